@@ -1,0 +1,1 @@
+"""The emu catalog (TOML): systems, models and plans. Installed as `emu.configs`."""

@@ -1,0 +1,1 @@
+"""emu: a differentiable emulator of AI clusters."""

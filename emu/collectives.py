@@ -1,0 +1,142 @@
+"""Alpha-beta cost of collectives on a system's network tiers.
+
+A group of `size` chips with rank `stride` (see `topology.participants`) has n_k participants
+at tier k. Hierarchical algorithms run each stage on its own tier, innermost first, so slow
+outer tiers carry only the already-reduced share of the data:
+
+    reduce_scatter(B) = sum_k [ (n_k - 1)/n_k * B_k / W_k + (n_k - 1) * lat_k + base_k ]
+    B_k = B / prod_{j<k} n_j,      W_k = bytes_per_s_k * efficiency_k / oversubscription_k
+
+all_gather is its mirror (same cost), all_reduce = reduce_scatter + all_gather with the
+bandwidth term divided by the tier's in-network `allreduce_speedup` (NVLink SHARP).
+A flat ring ("ring") instead runs one ring over all g members at the slowest spanned tier:
+2 (g - 1)/g * B / min_k W_k + 2 (g - 1) * max_k lat_k. `base_k` is charged only on tiers the
+group spans. B is the full buffer in bytes; times are seconds. Source of the form: "How To
+Scale Your Model" (collectives chapter) and NCCL's tuning model (facts, "Latency terms").
+
+>>> import jax.numpy as jnp
+>>> from emu.topology import example_system
+>>> sys = example_system()
+>>> t = all_reduce_time(sys, jnp.float32(1e9), jnp.float32(8))
+>>> round(float(t) * 1e3, 2)   # 2*7/8 * 1 GB / (450 GB/s * 0.82) / 1.3 + 14 us + 10 us
+3.67
+>>> float(all_reduce_time(sys, jnp.float32(1e9), jnp.float32(1)))
+0.0
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from emu.numerics import safe_div
+from emu.topology import System, participants
+
+__all__ = [
+    "all_reduce_time",
+    "all_gather_time",
+    "reduce_scatter_time",
+    "all_to_all_time",
+    "send_recv_time",
+    "effective_bandwidth",
+    "ALGORITHMS",
+]
+
+ALGORITHMS = ("hierarchical", "ring")
+
+
+def effective_bandwidth(tier):
+    """Achievable bytes/s per chip per direction on `tier`."""
+    return safe_div(tier.bytes_per_s * tier.efficiency, tier.oversubscription)
+
+
+def _spans(n):
+    # 1 where the group has more than one participant at this tier; linear in between so
+    # that gradients stay finite when degrees are relaxed to real numbers.
+    return jnp.clip(n - 1.0, 0.0, 1.0)
+
+
+def _check(algorithm):
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm '{algorithm}'; known: {', '.join(ALGORITHMS)}.")
+
+
+def _hierarchical(system: System, nbytes, size, stride, *, passes, reduce):
+    n = participants(system.tiers, size, stride)
+    total = jnp.zeros_like(nbytes * size)
+    share = nbytes
+    for tier, nk in zip(system.tiers, n, strict=True):
+        bw = effective_bandwidth(tier)
+        if reduce:
+            bw = bw * tier.allreduce_speedup
+        frac = safe_div(nk - 1.0, nk)
+        total = total + passes * (
+            safe_div(frac * share, bw) + (nk - 1.0) * tier.latency_s
+        ) + _spans(nk) * tier.base_latency_s
+        share = safe_div(share, nk)
+    return total
+
+
+def _ring(system: System, nbytes, size, stride, *, passes):
+    n = participants(system.tiers, size, stride)
+    spanned = [_spans(nk) for nk in n]
+    # slowest spanned tier sets the ring's bandwidth; the largest spanned latency its steps
+    inv_bw = jnp.zeros_like(nbytes)
+    lat = jnp.zeros_like(nbytes)
+    base = jnp.zeros_like(nbytes)
+    for tier, s in zip(system.tiers, spanned, strict=True):
+        inv_bw = jnp.maximum(inv_bw, s * safe_div(1.0, effective_bandwidth(tier)))
+        lat = jnp.maximum(lat, s * tier.latency_s)
+        base = jnp.maximum(base, s * tier.base_latency_s)
+    frac = safe_div(size - 1.0, size)
+    return passes * (frac * nbytes * inv_bw + (size - 1.0) * lat) + base
+
+
+def all_reduce_time(system: System, nbytes, size, *, stride=1.0, algorithm="hierarchical"):
+    """Seconds to all-reduce `nbytes` (the full buffer) over `size` chips."""
+    _check(algorithm)
+    if algorithm == "ring":
+        return _ring(system, nbytes, size, stride, passes=2.0)
+    return _hierarchical(system, nbytes, size, stride, passes=2.0, reduce=True)
+
+
+def reduce_scatter_time(system: System, nbytes, size, *, stride=1.0, algorithm="hierarchical"):
+    """Seconds to reduce-scatter an `nbytes` input buffer over `size` chips."""
+    _check(algorithm)
+    if algorithm == "ring":
+        return _ring(system, nbytes, size, stride, passes=1.0)
+    return _hierarchical(system, nbytes, size, stride, passes=1.0, reduce=False)
+
+
+def all_gather_time(system: System, nbytes, size, *, stride=1.0, algorithm="hierarchical"):
+    """Seconds to all-gather into an `nbytes` output buffer over `size` chips."""
+    return reduce_scatter_time(system, nbytes, size, stride=stride, algorithm=algorithm)
+
+
+def all_to_all_time(system: System, nbytes, size, *, stride=1.0):
+    """Seconds for an all-to-all in which each chip sends `nbytes` in total.
+
+    A share (1 - m_{k-1}/g) of each chip's data leaves its tier-(k-1) domain and crosses
+    tier k; tiers work in parallel, so the slowest sets the time:
+    max_k (1 - m_{k-1}/g) B / W_k + sum of spanned latencies.
+    """
+    n = participants(system.tiers, size, stride)
+    inside = jnp.ones_like(size)
+    worst = jnp.zeros_like(nbytes * size)
+    lat = jnp.zeros_like(worst)
+    for tier, nk in zip(system.tiers, n, strict=True):
+        leaving = 1.0 - safe_div(inside, size, 1.0)
+        worst = jnp.maximum(worst, safe_div(leaving * nbytes, effective_bandwidth(tier)))
+        lat = lat + _spans(nk) * (tier.base_latency_s + tier.latency_s)
+        inside = inside * nk
+    return worst + lat
+
+
+def send_recv_time(system: System, nbytes, *, stride=1.0):
+    """Seconds to send `nbytes` to the chip `stride` ranks away (a pipeline boundary)."""
+    n = participants(system.tiers, jnp.full_like(jnp.asarray(nbytes, jnp.float32), 2.0), stride)
+    # the pair sits on the innermost tier where both members fit (n_k = 2 there)
+    t = jnp.zeros_like(nbytes)
+    for tier, nk in zip(system.tiers, n, strict=True):
+        s = _spans(nk)
+        t = t + s * (safe_div(nbytes, effective_bandwidth(tier)) + tier.latency_s)
+    return t

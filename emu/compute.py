@@ -1,0 +1,52 @@
+"""Roofline time of matmuls and memory-bound kernels with a smooth efficiency curve.
+
+A matmul (m x k) @ (k x n) does 2 m n k FLOPs and moves (m k + k n + m n) elements. Its time
+is the larger of the compute time at the achievable rate and the HBM time:
+
+    eff(m, n, k) = matmul_efficiency / (1 + matmul_half_dim * (1/m + 1/n + 1/k))
+    t = max(2 m n k / (peak * eff), bytes / (hbm_bytes_per_s * hbm_efficiency)) + overhead
+
+Efficiency rises smoothly with every dimension (no step tables), so gradients with respect to
+shapes and chip parameters exist everywhere. Source of the roofline form: "How To Scale Your
+Model", "Rooflines" chapter.
+
+>>> import jax.numpy as jnp
+>>> from emu.hardware import example_chip
+>>> chip = example_chip()
+>>> t = matmul_time(chip, jnp.float32(8192), jnp.float32(8192), jnp.float32(8192), "bf16")
+>>> round(2 * 8192.0**3 / float(t) / 1e12)   # achieved TFLOP/s of a large bf16 GEMM
+723
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from emu.hardware import Chip, peak_flops
+from emu.numerics import safe_div
+from emu.units import BYTES_PER_ELEMENT
+
+__all__ = ["matmul_efficiency", "matmul_time", "memory_time"]
+
+
+def matmul_efficiency(chip: Chip, m, n, k):
+    """Achievable fraction of peak for an (m, n, k) matmul (dimensionless)."""
+    inv = safe_div(1.0, m) + safe_div(1.0, n) + safe_div(1.0, k)
+    return chip.matmul_efficiency / (1.0 + chip.matmul_half_dim * inv)
+
+
+def matmul_time(chip: Chip, m, n, k, precision: str, *, count=1.0):
+    """Seconds for `count` matmuls of shape (m, k) @ (k, n) at `precision`."""
+    flops = 2.0 * m * n * k
+    rate = peak_flops(chip, precision) * matmul_efficiency(chip, m, n, k)
+    t_compute = safe_div(flops, rate)
+    nbytes = (m * k + k * n + m * n) * BYTES_PER_ELEMENT[precision]
+    t_memory = safe_div(nbytes, chip.hbm_bytes_per_s * chip.hbm_efficiency)
+    return count * (jnp.maximum(t_compute, t_memory) + chip.kernel_overhead_s)
+
+
+def memory_time(chip: Chip, nbytes, *, kernels=0.0):
+    """Seconds for memory-bound kernels moving `nbytes` through HBM."""
+    return safe_div(nbytes, chip.hbm_bytes_per_s * chip.hbm_efficiency) + (
+        kernels * chip.kernel_overhead_s
+    )
