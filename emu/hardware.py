@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from emu.struct import dataclass, static_field
 from emu.units import PRECISIONS
 
-__all__ = ["Chip", "Host", "Facility", "peak_flops", "example_chip"]
+__all__ = ["Chip", "Host", "Facility", "Overlap", "peak_flops", "example_chip", "example_overlap"]
 
 Array = jnp.ndarray
 
@@ -80,6 +80,24 @@ class Facility:
 
     psu_efficiency: Array
     pue: Array
+
+
+@dataclass
+class Overlap:
+    """Fractions (0..1) of each communication kind that the frameworks hide behind compute:
+    `tp` (TP collectives overlapped with GEMMs), `dp` (gradient reduce-scatter and parameter
+    all-gather overlapped with one micro-batch of compute), `pp` (pipeline send/recv), `cp`
+    (context-parallel KV exchange overlapped with attention)."""
+
+    tp: Array
+    dp: Array
+    pp: Array
+    cp: Array
+
+
+def example_overlap() -> Overlap:
+    f = jnp.float32
+    return Overlap(tp=f(0.3), dp=f(0.9), pp=f(0.8), cp=f(0.9))
 
 
 def peak_flops(chip: Chip, precision: str) -> Array:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from emu.hardware import Chip, Facility, Host, example_chip
+from emu.hardware import Chip, Facility, Host, Overlap, example_chip, example_overlap
 from emu.numerics import safe_div
 from emu.struct import dataclass, static_field
 
@@ -75,6 +75,7 @@ class System:
     tiers: tuple
     host: Host
     facility: Facility
+    overlap: Overlap
 
 
 def tier_names(system: System) -> list[str]:
@@ -126,4 +127,5 @@ def example_system() -> System:
         tiers=(nvlink, ib),
         host=Host(cpus_per_chip=f(0.25), cpu_w=f(350.0), other_w_per_chip=f(300.0)),
         facility=Facility(psu_efficiency=f(0.95), pue=f(1.3)),
+        overlap=example_overlap(),
     )

@@ -1,0 +1,311 @@
+"""A parallel plan and what it puts on each chip: matmul shapes, bytes, collectives, memory.
+
+Megatron conventions (Narayanan et al. SC21; Korthikanti et al. 2022): ranks are ordered
+TP (innermost, stride 1), CP, DP, PP; n_chips = tp * cp * dp * pp. A step processes
+`global_batch` sequences of `seq_len` tokens as n_mb = global_batch / (dp * microbatch)
+micro-batches per pipeline. Every degree is a float32 leaf so one compiled function serves a
+sweep; integrality and divisibility are checked on the host (`Plan.validate`) and reported as
+data by traced code.
+
+Activation memory per layer and token, with flash attention (no s^2 term) and bf16
+activations, generalises Korthikanti's 34*h to GQA and SwiGLU:
+    10 d (/tp with SP) + (2 (d_q + 2 d_kv) + 2 d_q)/tp + 2 * mats * d_ff / tp   bytes.
+
+>>> from emu.workload import example_model
+>>> p = make_plan(tp=8, pp=1, dp=4, global_batch=64, seq_len=8192)
+>>> round(float(n_microbatches(p)))
+16
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+
+from emu.numerics import safe_div
+from emu.struct import dataclass, static_field
+from emu.units import BYTES_PER_ELEMENT, PRECISIONS
+from emu.workload import Model, attn_dims, ffn_mats, params_per_layer
+
+__all__ = [
+    "Plan",
+    "make_plan",
+    "validate_plan",
+    "n_microbatches",
+    "n_chips",
+    "layer_matmuls",
+    "Memory",
+    "memory",
+    "params_per_chip",
+    "RECOMPUTE",
+]
+
+Array = jnp.ndarray
+RECOMPUTE = {"none": 0.0, "selective": 1.0, "full": 2.0}
+#: optimizer state bytes per parameter: fp32 master weights + Adam m and v
+OPTIMIZER_BYTES = 12.0
+#: HBM traffic of one Adam update per parameter (read/write master, m, v, grad, bf16 weight)
+OPTIMIZER_TRAFFIC_BYTES = 30.0
+
+
+@dataclass
+class Plan:
+    """How a training step is split over chips.
+
+    Degrees `tp`, `pp`, `dp`, `cp`, `ep`; `microbatch` sequences per micro-batch per DP rank;
+    `global_batch` sequences per step; `seq_len` tokens per sequence; `vpp` virtual pipeline
+    chunks per stage (1 = plain 1F1B, >1 = interleaved); `zero` stage 0-3; `recompute`
+    0 none / 1 selective / 2 full; `sp` 1 = sequence parallelism with TP; `grad_bytes` bytes
+    per gradient element in the DP reduction. `precision` of the matmuls (static).
+    """
+
+    precision: str = static_field(default="bf16")
+    algorithm: str = static_field(default="hierarchical")
+    tp: Array
+    pp: Array
+    dp: Array
+    cp: Array
+    ep: Array
+    microbatch: Array
+    global_batch: Array
+    seq_len: Array
+    vpp: Array
+    zero: Array
+    recompute: Array
+    sp: Array
+    grad_bytes: Array
+
+
+def make_plan(
+    *,
+    tp=1,
+    pp=1,
+    dp=1,
+    cp=1,
+    ep=1,
+    microbatch=1,
+    global_batch=None,
+    seq_len=2048,
+    vpp=1,
+    zero=1,
+    recompute="selective",
+    sp=True,
+    grad_bytes=None,
+    precision="bf16",
+    algorithm="hierarchical",
+) -> Plan:
+    """Build a Plan from Python values (host side) and validate it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}'; known: {', '.join(PRECISIONS)}.")
+    if isinstance(recompute, str):
+        if recompute not in RECOMPUTE:
+            raise ValueError(
+                f"unknown recompute '{recompute}'; known: {', '.join(RECOMPUTE)}."
+            )
+        recompute = RECOMPUTE[recompute]
+    if global_batch is None:
+        global_batch = dp * microbatch
+    if grad_bytes is None:
+        # Megatron keeps fp32 main grads and reduces them in fp32 for bf16/fp8 training;
+        # fp16 training (SC21) reduces fp16 gradients.
+        grad_bytes = 2.0 if precision == "fp16" else 4.0
+    f = jnp.float32
+    plan = Plan(
+        precision=precision, algorithm=algorithm,
+        tp=f(tp), pp=f(pp), dp=f(dp), cp=f(cp), ep=f(ep), microbatch=f(microbatch),
+        global_batch=f(global_batch), seq_len=f(seq_len), vpp=f(vpp), zero=f(zero),
+        recompute=f(recompute), sp=f(1.0 if sp else 0.0), grad_bytes=f(grad_bytes),
+    )
+    return plan
+
+
+def _num(x) -> float:
+    return float(x)
+
+
+def validate_plan(plan: Plan, model: Model | None = None, *, max_chips: float | None = None):
+    """Host-side checks with messages that say how to fix the plan. Returns the plan."""
+    for name in ("tp", "pp", "dp", "cp", "ep", "microbatch", "global_batch", "seq_len", "vpp"):
+        v = _num(getattr(plan, name))
+        if not math.isfinite(v) or v < 1 or v != round(v):
+            raise ValueError(f"Plan: {name} must be a positive integer (got {name}={v:g}).")
+    if _num(plan.zero) not in (0, 1, 2, 3):
+        raise ValueError(f"Plan: zero must be 0, 1, 2 or 3 (got zero={_num(plan.zero):g}).")
+    if _num(plan.recompute) not in (0, 1, 2):
+        raise ValueError(
+            "Plan: recompute must be none, selective or full "
+            f"(got {_num(plan.recompute):g})."
+        )
+    if _num(plan.grad_bytes) <= 0:
+        raise ValueError(f"Plan: grad_bytes must be > 0 (got {_num(plan.grad_bytes):g}).")
+    dp, mb, gb = _num(plan.dp), _num(plan.microbatch), _num(plan.global_batch)
+    if gb % (dp * mb):
+        raise ValueError(
+            f"Plan: global_batch={gb:g} must be a multiple of dp*microbatch={dp * mb:g}; "
+            "adjust --global-batch or --microbatch."
+        )
+    if _num(plan.vpp) > 1 and _num(plan.pp) == 1:
+        raise ValueError("Plan: vpp > 1 (interleaved schedule) needs pp > 1.")
+    chips = _num(n_chips(plan))
+    if max_chips is not None and chips > max_chips:
+        raise ValueError(
+            f"Plan: tp*pp*dp*cp = {chips:g} chips exceeds the largest cluster of this system "
+            f"({max_chips:g}); reduce dp."
+        )
+    if model is not None:
+        tp, pp, cp = _num(plan.tp), _num(plan.pp), _num(plan.cp)
+        heads, kv = _num(model.n_heads), _num(model.n_kv_heads)
+        if heads % tp:
+            raise ValueError(
+                f"Plan: tp={tp:g} must divide the model's n_heads={heads:g}; "
+                "pick a tp that divides it."
+            )
+        if kv % tp and tp % kv:
+            raise ValueError(
+                f"Plan: tp={tp:g} and n_kv_heads={kv:g} must divide one another."
+            )
+        if _num(model.n_layers) % (pp * _num(plan.vpp)):
+            raise ValueError(
+                f"Plan: pp*vpp={pp * _num(plan.vpp):g} must divide "
+                f"n_layers={_num(model.n_layers):g}."
+            )
+        if _num(plan.seq_len) % cp:
+            raise ValueError(
+                f"Plan: cp={cp:g} must divide seq_len={_num(plan.seq_len):g}."
+            )
+    return plan
+
+
+def n_chips(plan: Plan):
+    return plan.tp * plan.pp * plan.dp * plan.cp
+
+
+def n_microbatches(plan: Plan):
+    return safe_div(plan.global_batch, plan.dp * plan.microbatch)
+
+
+def tokens_per_microbatch(plan: Plan):
+    """Tokens one chip's matmuls see per micro-batch (CP splits the sequence)."""
+    return safe_div(plan.microbatch * plan.seq_len, plan.cp)
+
+
+def layer_matmuls(model: Model, plan: Plan) -> dict:
+    """Forward matmuls of one layer on one chip per micro-batch: name -> (m, n, k, count).
+
+    Attention is flash attention with causal masking: half of the s x s work is skipped,
+    charged as count 0.5 per head for QK^T and for AV.
+    """
+    t = tokens_per_microbatch(plan)
+    d = model.d_model
+    d_q, d_kv = attn_dims(model)
+    tp = plan.tp
+    s_local = safe_div(plan.seq_len, plan.cp)
+    heads_local = safe_div(model.n_heads, tp)
+    mats = ffn_mats(model)
+    one = jnp.ones_like(t)
+    return {
+        "qkv": (t, safe_div(d_q + 2.0 * d_kv, tp), d, one),
+        "attn_out": (t, d, safe_div(d_q, tp), one),
+        "ffn_in": (t, safe_div(d_ff_local := model.d_ff, tp), d, (mats - 1.0) * one),
+        "ffn_out": (t, d, safe_div(d_ff_local, tp), one),
+        "attn_qk": (s_local, plan.seq_len, model.d_head, 0.5 * plan.microbatch * heads_local),
+        "attn_av": (s_local, model.d_head, plan.seq_len, 0.5 * plan.microbatch * heads_local),
+    }
+
+
+def elementwise_bytes_per_layer(model: Model, plan: Plan):
+    """Forward HBM bytes of the memory-bound kernels of one layer (norms, residuals,
+    dropout, activation function) on one chip per micro-batch."""
+    t = tokens_per_microbatch(plan)
+    el = BYTES_PER_ELEMENT["bf16"]
+    d_shard = jnp.where(plan.sp > 0.5, safe_div(model.d_model, plan.tp), model.d_model)
+    mats = ffn_mats(model)
+    return t * el * (14.0 * d_shard + (mats + 1.0) * safe_div(model.d_ff, plan.tp))
+
+
+def activation_bytes_per_layer(model: Model, plan: Plan):
+    """Activation bytes one layer stores for backward, per micro-batch, on one chip."""
+    t = tokens_per_microbatch(plan)
+    d_q, d_kv = attn_dims(model)
+    tp = plan.tp
+    d_part = 10.0 * model.d_model
+    d_part = jnp.where(plan.sp > 0.5, safe_div(d_part, tp), d_part)
+    attn_part = safe_div(2.0 * (d_q + 2.0 * d_kv) + 2.0 * d_q, tp)
+    ffn_part = safe_div(2.0 * ffn_mats(model) * model.d_ff, tp)
+    stored = t * (d_part + attn_part + ffn_part)
+    full = t * 2.0 * jnp.where(plan.sp > 0.5, safe_div(model.d_model, tp), model.d_model)
+    return jnp.where(plan.recompute > 1.5, full, stored), stored
+
+
+def params_per_chip(model: Model, plan: Plan):
+    """Parameters held by one chip of the last pipeline stage (the largest: it holds the
+    output head; with pp = 1 it also holds the input embedding)."""
+    layers = safe_div(model.n_layers, plan.pp)
+    vd = model.vocab * model.d_model
+    embed = jnp.where(
+        plan.pp > 1.5, vd, jnp.where(model.tied_embeddings, 1.0, 2.0) * vd
+    )
+    return safe_div(layers * params_per_layer(model) + embed, plan.tp)
+
+
+@dataclass
+class Memory:
+    """Bytes per chip (the most loaded pipeline stage), and whether they fit in HBM."""
+
+    weights_bytes: Array
+    gradients_bytes: Array
+    optimizer_bytes: Array
+    activations_bytes: Array
+    total_bytes: Array
+    capacity_bytes: Array
+    overshoot_bytes: Array
+    feasible: Array
+
+
+def memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
+    """Per-chip memory of a training plan (ZeRO shards over DP x CP ranks)."""
+    p = params_per_chip(model, plan)
+    shard = plan.dp * plan.cp
+    weights = p * BYTES_PER_ELEMENT["bf16"]
+    weights = jnp.where(plan.zero > 2.5, safe_div(weights, shard), weights)
+    grads = p * plan.grad_bytes
+    grads = jnp.where(plan.zero > 1.5, safe_div(grads, shard), grads)
+    opt = p * OPTIMIZER_BYTES
+    opt = jnp.where(plan.zero > 0.5, safe_div(opt, shard), opt)
+    per_layer, stored = activation_bytes_per_layer(model, plan)
+    layers = safe_div(model.n_layers, plan.pp)
+    nmb = n_microbatches(plan)
+    inflight = jnp.minimum(plan.pp, nmb) * (
+        1.0 + safe_div(plan.pp - 1.0, plan.pp * plan.vpp)
+    )
+    inflight = jnp.where(plan.vpp > 1.5, inflight, jnp.minimum(plan.pp, nmb))
+    acts = layers * per_layer * inflight
+    # with full recompute one layer's full activations are rebuilt for its backward pass
+    acts = acts + jnp.where(plan.recompute > 1.5, stored, 0.0)
+    # fp32 logits of the last stage for the loss
+    acts = acts + tokens_per_microbatch(plan) * safe_div(model.vocab, plan.tp) * 4.0
+    total = weights + grads + opt + acts
+    over = jnp.maximum(total - hbm_bytes, 0.0)
+    return Memory(
+        weights_bytes=weights, gradients_bytes=grads, optimizer_bytes=opt,
+        activations_bytes=acts, total_bytes=total, capacity_bytes=hbm_bytes + 0.0 * total,
+        overshoot_bytes=over, feasible=(over <= 0.0).astype(jnp.float32),
+    )
+
+
+def plan_dict(plan: Plan) -> dict:
+    """JSON-friendly view of a plan (ints where integral)."""
+    out = {}
+    for f in dataclasses.fields(plan):
+        v = getattr(plan, f.name)
+        if isinstance(v, str):
+            out[f.name] = v
+            continue
+        x = float(v)
+        out[f.name] = int(x) if x == round(x) else x
+    inv = {v: k for k, v in RECOMPUTE.items()}
+    out["recompute"] = inv.get(float(plan.recompute), out["recompute"])
+    out["sp"] = bool(float(plan.sp) > 0.5)
+    return out
