@@ -42,6 +42,7 @@ class Chip:
     """
 
     name: str = static_field()
+    family: str = static_field(default="")
     peak_flops_per_s: dict
     hbm_bytes: Array
     hbm_bytes_per_s: Array
@@ -112,6 +113,7 @@ def example_chip() -> Chip:
     f = jnp.float32
     return Chip(
         name="example-h100",
+        family="hopper",
         peak_flops_per_s={
             "bf16": f(989e12),
             "fp16": f(989e12),

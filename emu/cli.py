@@ -1,0 +1,339 @@
+"""The `emu` command line: list, describe, run, compare, sensitivity, validate.
+
+Every command takes `--json` (machine-readable, SI units, on stdout) and `--set PATH=VALUE`
+(repeatable) to override a field by dotted path: system fields as listed by
+`emu list --fields SYSTEM` (e.g. chip.hbm_bytes_per_s), model fields as `model.<field>`,
+plan fields as `plan.<field>`. Bad input prints one line on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+__all__ = ["main"]
+
+DEFAULT_COMPARE = ["cloudmatrix384", "gb200_nvl72"]
+DEFAULT_MODEL = "llama3_70b"
+
+
+class CliError(ValueError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        raise CliError(f"{message} (see `{self.prog} --help`)")
+
+
+def _workload_args(p: argparse.ArgumentParser, *, system: bool = True) -> None:
+    if system:
+        p.add_argument("--system", default="gb200_nvl72", help="catalog name or TOML path")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="catalog name or TOML path")
+    p.add_argument("--chips", type=int, help="chips used (default: one system unit)")
+    for name, hlp in (
+        ("tp", "tensor-parallel degree"),
+        ("pp", "pipeline-parallel degree"),
+        ("dp", "data-parallel degree"),
+        ("cp", "context-parallel degree"),
+        ("vpp", "virtual pipeline chunks per stage (interleaved 1F1B)"),
+    ):
+        p.add_argument(f"--{name}", type=int, help=hlp)
+    p.add_argument("--microbatch", type=int, default=1, help="sequences per micro-batch")
+    p.add_argument("--global-batch", type=int, help="sequences per step (default: >= 4Mi tokens)")
+    p.add_argument("--seq-len", type=int, default=8192, help="tokens per sequence")
+    p.add_argument("--recompute", choices=["none", "selective", "full"])
+    p.add_argument("--zero", type=int, default=1, choices=[0, 1, 2, 3], help="ZeRO stage")
+    p.add_argument("--no-sp", action="store_true", help="disable sequence parallelism")
+    p.add_argument("--precision", default="bf16", help="bf16, fp16, fp8, int8 or fp4")
+    p.add_argument("--algorithm", default="hierarchical", choices=["hierarchical", "ring"])
+    _common(p)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a field by dotted path (repeatable)")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="emu", description="Differentiable emulator of AI clusters.")
+    sub = ap.add_subparsers(dest="command", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("list", help="systems and models in the catalog")
+    p.add_argument("--fields", metavar="NAME", help="list the settable fields of a system/model")
+    _common(p)
+
+    p = sub.add_parser("describe", help="system totals computed from the parts")
+    p.add_argument("system", help="catalog name or TOML path")
+    _common(p)
+
+    p = sub.add_parser("run", help="emulate one training step",
+                       description="Emulate one training step. " + _PLAN_RULE)
+    _workload_args(p)
+
+    p = sub.add_parser("compare", help="several systems on one workload",
+                       description="Several systems on one workload. " + _PLAN_RULE)
+    p.add_argument("--systems", default=",".join(DEFAULT_COMPARE),
+                   help="comma-separated catalog names or TOML paths")
+    _workload_args(p, system=False)
+
+    p = sub.add_parser("sensitivity", help="elasticities of tokens/J and tokens/s (jax.grad)")
+    _workload_args(p)
+    p.add_argument("--top", type=int, default=15, help="rows in the table (all in --json)")
+
+    p = sub.add_parser("validate", help="predict published measurements and report errors")
+    p.add_argument("file", nargs="?", help="JSON Lines (default: the shipped measurement set)")
+    p.add_argument("--kind", help="only rows of this kind (train, prefill, decode, collective)")
+    p.add_argument("--show-skipped", action="store_true", help="list skipped rows in the table")
+    _common(p)
+    return ap
+
+
+_PLAN_RULE = (
+    "Degrees left out are chosen by a stated rule: TP = largest power of two <= 8 dividing "
+    "the heads inside the innermost scale-up tier; CP = 1; PP = smallest divisor of the "
+    "layers that fits in HBM (selective recompute, then full); DP = the rest."
+)
+
+
+def _split_overrides(items: list[str]) -> tuple[dict, dict, dict]:
+    from emu.config import parse_override
+
+    sys_o, model_o, plan_o = {}, {}, {}
+    for item in items:
+        path, value = parse_override(item)
+        if path.startswith("model."):
+            model_o[path[6:]] = value
+        elif path.startswith("plan."):
+            plan_o[path[5:]] = value
+        else:
+            sys_o[path] = value
+    return sys_o, model_o, plan_o
+
+
+def _setup(args, system_name: str):
+    from emu.config import apply_overrides, load_model, load_system
+    from emu.runner import auto_plan, check_plan
+
+    sys_o, model_o, plan_o = _split_overrides(args.set)
+    system = load_system(system_name, sys_o)
+    model = load_model(args.model, model_o)
+    chips = args.chips if args.chips is not None else int(float(system.n_chips))
+    plan = auto_plan(
+        system, model, chips, seq_len=args.seq_len, global_batch=args.global_batch,
+        microbatch=args.microbatch, tp=args.tp, pp=args.pp, dp=args.dp, cp=args.cp,
+        vpp=args.vpp or 1, zero=args.zero, recompute=args.recompute, sp=not args.no_sp,
+        precision=args.precision,
+    )
+    if args.algorithm != "hierarchical":
+        from emu.struct import replace
+
+        plan = replace(plan, algorithm=args.algorithm)
+    if plan_o:
+        plan = apply_overrides(plan, plan_o)
+        check_plan(system, model, plan)
+    return system, model, plan
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _si(x: float, unit: str) -> str:
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g} {unit}"
+    for factor, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"),
+                           (1e3, "k"), (1, ""), (1e-3, "m"), (1e-6, "u"), (1e-9, "n")):
+        if abs(x) >= factor:
+            return f"{x / factor:.3g} {prefix}{unit}"
+    return f"{x:.3g} {unit}"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                              for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *[fmt(r) for r in rows]])
+
+
+def _plan_text(p: dict) -> str:
+    return (f"tp={p['tp']} pp={p['pp']} dp={p['dp']} cp={p['cp']} vpp={p['vpp']} "
+            f"mb={p['microbatch']} gbs={p['global_batch']} seq={p['seq_len']} "
+            f"zero={p['zero']} recompute={p['recompute']} sp={p['sp']} {p['precision']}")
+
+
+_BREAKDOWN_ROWS = [
+    ("matmul_s", "dense matmuls"), ("attention_s", "attention core"),
+    ("memory_s", "memory-bound ops"), ("head_s", "output head + loss"),
+    ("compute_s", "= compute"), ("tp_comm_s", "TP comm (raw)"), ("cp_comm_s", "CP comm (raw)"),
+    ("pp_comm_s", "PP comm (raw)"), ("dp_comm_s", "DP comm (raw)"),
+    ("exposed_comm_s", "exposed comm"), ("bubble_s", "pipeline bubble"),
+    ("optimizer_s", "optimizer"), ("total_s", "= step time"),
+]
+
+
+def _run_text(results: list[dict]) -> str:
+    head = ["", *[r["system"] for r in results]]
+    rows = [
+        ["model", *[r["model"] for r in results]],
+        ["chips", *[f"{r['n_chips']:.0f}" for r in results]],
+        ["step time", *[_si(r["step_time_s"], "s") for r in results]],
+        ["tokens/s", *[_si(r["tokens_per_s"], "tok/s") for r in results]],
+        ["tokens/s per chip", *[f"{r['tokens_per_s'] / r['n_chips']:.0f}" for r in results]],
+        ["power (IT)", *[_si(r["power_w"], "W") for r in results]],
+        ["power (facility)", *[_si(r["facility_power_w"], "W") for r in results]],
+        ["tokens/J (IT)", *[f"{r['tokens_per_joule']:.3g}" for r in results]],
+        ["MFU", *[f"{100 * r['mfu']:.1f}%" for r in results]],
+        ["memory/chip", *[f"{_si(r['memory']['total_bytes'], 'B')} of "
+                          f"{_si(r['memory']['capacity_bytes'], 'B')}" for r in results]],
+        ["feasible", *[("yes" if r["feasible"] else "NO (out of memory)") for r in results]],
+    ]
+    out = [_table(rows, head), ""]
+    rows = [[label, *[_si(r["breakdown"][k], "s") for r in results]]
+            for k, label in _BREAKDOWN_ROWS]
+    out += [_table(rows, ["step breakdown", *[r["system"] for r in results]]), ""]
+    for r in results:
+        out.append(f"plan ({r['system']}): {_plan_text(r['plan'])}")
+    out.append(f"compile {sum(r['compile_s'] for r in results):.2f} s, "
+               f"evaluate {sum(r['eval_s'] for r in results) * 1e3:.1f} ms")
+    return "\n".join(out)
+
+
+def _emit(args, obj: Any, text: str) -> None:
+    if args.json:
+        print(json.dumps(obj, indent=2, allow_nan=False))
+    else:
+        print(text)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_list(args) -> None:
+    from emu.config import list_models, list_systems, load_model, load_system
+    from emu.struct import float_leaves
+
+    if args.fields:
+        name = args.fields
+        sys_o, model_o, _ = _split_overrides(args.set)
+        if name in list_models() and name not in list_systems():
+            leaves = {f"model.{k}": v for k, v in float_leaves(load_model(name, model_o)).items()}
+        else:
+            leaves = float_leaves(load_system(name, sys_o))
+        values = {k: float(v) for k, v in leaves.items()}
+        text = _table([[k, f"{v:.6g}", _unit(k)] for k, v in values.items()],
+                      ["path", "value", "unit"])
+        _emit(args, values, text)
+        return
+    systems, models = list_systems(), list_models()
+    text = "systems: " + ", ".join(systems) + "\nmodels:  " + ", ".join(models)
+    _emit(args, {"systems": systems, "models": models}, text)
+
+
+def _unit(path: str) -> str:
+    leaf = path.rsplit(".", 1)[-1]
+    if ".peak_flops_per_s." in path:
+        return "FLOP/s"
+    for suffix, unit in (("_bytes_per_s", "B/s"), ("bytes_per_s", "B/s"), ("_bytes", "B"),
+                         ("_w", "W"), ("_s", "s"), ("_per_chip", "per chip")):
+        if leaf.endswith(suffix):
+            return unit
+    return "-"
+
+
+def cmd_describe(args) -> None:
+    from emu.config import load_system
+    from emu.runner import describe
+
+    sys_o, _, _ = _split_overrides(args.set)
+    d = describe(load_system(args.system, sys_o))
+    rows = [["chips", f"{d['n_chips']} x {d['chip']}"]]
+    rows += [[f"peak {k} (dense)", _si(v, "FLOP/s")] for k, v in d["peak_flops_per_s"].items()]
+    rows += [["HBM capacity", _si(d["hbm_bytes"], "B")],
+             ["HBM bandwidth", _si(d["hbm_bytes_per_s"], "B/s")]]
+    for t in d["tiers"]:
+        rows.append([f"tier {t['name']} ({t['link']})",
+                     f"{_si(t['bytes_per_s_per_chip'], 'B/s')}/chip/dir, "
+                     f"domain {t['domain_chips']:.0f}"])
+    rows += [["power (IT, full load)", _si(d["power_w"], "W")]]
+    rows += [[f"  {k}", _si(v, "W")] for k, v in d["power"].items() if k not in ("it_w",)]
+    rows += [["facility power (PUE)", f"{_si(d['facility_power_w'], 'W')} (PUE {d['pue']:g})"]]
+    _emit(args, d, f"{d['system']}\n" + _table(rows, ["quantity", "value"]))
+
+
+def cmd_run(args) -> None:
+    from emu.runner import enable_cache, run
+
+    enable_cache()
+    system, model, plan = _setup(args, args.system)
+    r = run(system, model, plan)
+    _emit(args, r, _run_text([r]))
+
+
+def cmd_compare(args) -> None:
+    from emu.runner import enable_cache, run
+
+    enable_cache()
+    names = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if not names:
+        raise CliError("--systems is empty; give comma-separated system names.")
+    results = []
+    for name in names:
+        system, model, plan = _setup(args, name)
+        results.append(run(system, model, plan))
+    _emit(args, {"results": results}, _run_text(results))
+
+
+def cmd_sensitivity(args) -> None:
+    from emu.runner import enable_cache, sensitivity
+
+    enable_cache()
+    system, model, plan = _setup(args, args.system)
+    d = sensitivity(system, model, plan)
+    rows = [[k, f"{v['value']:.4g}", f"{v['tokens_per_joule']:+.4f}", f"{v['tokens_per_s']:+.4f}"]
+            for k, v in list(d["elasticities"].items())[: args.top]]
+    text = (f"{d['system']} / {d['model']}: tokens/J {d['tokens_per_joule']:.4g}, "
+            f"tokens/s {d['tokens_per_s']:.4g}\nelasticity d ln(y) / d ln(x), "
+            f"largest |tokens/J| first\n"
+            + _table(rows, ["field", "value", "tokens/J", "tokens/s"]))
+    _emit(args, d, text)
+
+
+def cmd_validate(args) -> None:
+    from emu.runner import enable_cache
+    from emu.validate import format_report, validate_file
+
+    enable_cache()
+    sys_o, _, _ = _split_overrides(args.set)
+    report = validate_file(args.file, kind=args.kind, overrides=sys_o)
+    _emit(args, report, format_report(report, show_skipped=args.show_skipped))
+
+
+COMMANDS = {
+    "list": cmd_list, "describe": cmd_describe, "run": cmd_run, "compare": cmd_compare,
+    "sensitivity": cmd_sensitivity, "validate": cmd_validate,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        COMMANDS[args.command](args)
+    except (ValueError, CliError) as e:
+        print(f"emu: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("emu: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

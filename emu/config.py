@@ -1,0 +1,335 @@
+"""The catalog: TOML in configs/ -> validated float32 pytrees (host side).
+
+`load_system`, `load_model` take a catalog name (`emu list`) or the path of a TOML file of
+the same shape (configs/README.md). Chip efficiency fields and tier latency/efficiency come
+from the calibration overlay (configs/calibration/) by chip `family` and tier `link`, unless
+the file sets them. Every problem raises ValueError with one line that says what, where and
+how to fix it.
+
+>>> sys = load_system("gb200_nvl72")
+>>> int(sys.n_chips), sys.tiers[0].link
+(72, 'nvlink5')
+>>> sys = apply_overrides(sys, {"chip.hbm_bytes_per_s": 4e12})
+>>> float(sys.chip.hbm_bytes_per_s)
+4000000000000.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+
+from emu.hardware import Chip, Facility, Host, Overlap
+from emu.struct import float_leaves, set_path
+from emu.topology import System, Tier
+from emu.units import PRECISIONS
+from emu.workload import FFN_KINDS, Model
+
+__all__ = [
+    "load_system",
+    "load_model",
+    "list_systems",
+    "list_models",
+    "apply_overrides",
+    "parse_override",
+    "calibration",
+    "config_dir",
+    "load_toml",
+]
+
+CALIBRATION_FILES = ("defaults.toml", "fitted.toml")
+
+# Lower bounds: ">0" strictly positive (default), ">=0", ">=1", "0..1" inclusive, "(0,1]".
+_BOUNDS = {
+    "idle_w": ">=0", "tdp_w": ">0", "matmul_half_dim": ">=0", "kernel_overhead_s": ">=0",
+    "matmul_efficiency": "(0,1]", "hbm_efficiency": "(0,1]", "efficiency": "(0,1]",
+    "matmul_power": "0..1", "memory_power": "0..1", "comm_power": "0..1",
+    "latency_s": ">=0", "base_latency_s": ">=0", "oversubscription": ">=1",
+    "allreduce_speedup": ">=1", "switch_w_per_chip": ">=0", "optics_per_chip": ">=0",
+    "optic_w": ">=0", "nic_w_per_chip": ">=0", "cpus_per_chip": ">=0", "cpu_w": ">=0",
+    "other_w_per_chip": ">=0", "psu_efficiency": "(0,1]", "pue": ">=1",
+    "tp": "0..1", "dp": "0..1", "pp": "0..1", "cp": "0..1",
+    "n_experts": ">=0", "top_k": ">=0", "d_ff_expert": ">=0", "n_shared_experts": ">=0",
+    "n_dense_layers": ">=0",
+}
+_BOUND_TEXT = {
+    ">0": "must be > 0", ">=0": "must be >= 0", ">=1": "must be >= 1",
+    "0..1": "must be between 0 and 1", "(0,1]": "must be in (0, 1]",
+}
+
+
+def _ok(bound: str, x: float) -> bool:
+    return {
+        ">0": x > 0, ">=0": x >= 0, ">=1": x >= 1, "0..1": 0 <= x <= 1, "(0,1]": 0 < x <= 1,
+    }[bound]
+
+
+def config_dir() -> Path:
+    """The catalog folder: the installed `emu.configs` package, or ./configs in a checkout."""
+    try:
+        return Path(str(resources.files("emu.configs")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+def load_toml(path: Path, what: str) -> dict:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ValueError(f"{what} file '{path}' not found.") from None
+    except IsADirectoryError:
+        raise ValueError(f"{what} path '{path}' is a directory, not a TOML file.") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{what} file '{path}' is not valid TOML: {e}.") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} file '{path}' is not UTF-8 text.") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {what} file '{path}': {e.strerror}.") from None
+
+
+def _names(kind: str) -> list[str]:
+    d = config_dir() / kind
+    return sorted(p.stem for p in d.glob("*.toml")) if d.is_dir() else []
+
+
+def list_systems() -> list[str]:
+    return _names("systems")
+
+
+def list_models() -> list[str]:
+    return _names("models")
+
+
+def _resolve(name_or_path: str | Path, kind: str) -> Path:
+    s = str(name_or_path)
+    if s.endswith(".toml") or "/" in s or Path(s).is_file():
+        return Path(s)
+    known = _names(kind)
+    if s not in known:
+        close = difflib.get_close_matches(s, known, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ValueError(
+            f"unknown {kind[:-1]} '{s}'.{hint} Known: {', '.join(known)}; "
+            "or pass the path of a TOML file."
+        )
+    return config_dir() / kind / f"{s}.toml"
+
+
+def calibration() -> dict:
+    """The merged calibration overlay (defaults, then fitted values where present)."""
+    out: dict = {}
+    for name in CALIBRATION_FILES:
+        p = config_dir() / "calibration" / name
+        if p.is_file():
+            _merge(out, load_toml(p, "calibration"))
+    return out
+
+
+def _merge(a: dict, b: dict) -> None:
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(a.get(k), dict):
+            _merge(a[k], v)
+        else:
+            a[k] = v
+
+
+def _number(value: Any, where: str, bound: str) -> jnp.ndarray:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(
+            f"{where} must be a number (got {type(value).__name__} {value!r}); "
+            "write SI units as plain numbers, e.g. 9e11."
+        )
+    x = float(value)
+    if not math.isfinite(x) or not _ok(bound, x):
+        raise ValueError(f"{where} {_BOUND_TEXT[bound]} (got {value!r}).")
+    return jnp.float32(x)
+
+
+def _build(cls, data: dict, where: str, *, defaults: dict | None = None, skip=()):
+    """Construct dataclass `cls` from a TOML table, checking keys, types and bounds."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a table (got {type(data).__name__}).")
+    defaults = defaults or {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    allowed = set(fields) | set(skip)
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ValueError(
+                f"{where}: unknown key '{key}'.{hint} Known keys: {', '.join(sorted(allowed))}."
+            )
+    kwargs = {}
+    for name, f in fields.items():
+        if name in skip:
+            continue
+        static = not f.metadata.get("pytree_node", True)
+        if name in data:
+            value = data[name]
+        elif name in defaults:
+            value = defaults[name]
+        elif f.default is not dataclasses.MISSING:
+            continue
+        else:
+            raise ValueError(f"{where}: missing key '{name}'; add `{name} = ...` to the file.")
+        if static:
+            if not isinstance(value, str | bool):
+                raise ValueError(f"{where}.{name} must be a string (got {value!r}).")
+            kwargs[name] = value
+        else:
+            kwargs[name] = _number(value, f"{where}.{name}", _BOUNDS.get(name, ">0"))
+    return kwargs
+
+
+def _chip(data: dict, cal: dict, where: str) -> Chip:
+    data = dict(data)
+    family = data.get("family")
+    fams = cal.get("chip_family", {})
+    if family not in fams:
+        raise ValueError(
+            f"{where}.family: unknown chip family {family!r}; known: {', '.join(sorted(fams))}."
+        )
+    peaks = data.pop("peak_flops_per_s", None)
+    if not isinstance(peaks, dict):
+        raise ValueError(f"{where}: missing table [chip.peak_flops_per_s] ({', '.join(PRECISIONS)}).")
+    for key in peaks:
+        if key not in PRECISIONS:
+            raise ValueError(
+                f"{where}.peak_flops_per_s: unknown precision '{key}'; "
+                f"known: {', '.join(PRECISIONS)}."
+            )
+    pf = {p: _number(peaks.get(p, 0.0), f"{where}.peak_flops_per_s.{p}", ">=0") for p in PRECISIONS}
+    if float(pf["bf16"]) <= 0 and float(pf["fp16"]) <= 0:
+        raise ValueError(f"{where}.peak_flops_per_s: bf16 or fp16 must be > 0.")
+    defaults = {**fams[family], **cal.get("power", {})}
+    kw = _build(Chip, data, where, defaults=defaults, skip=("peak_flops_per_s",))
+    return Chip(peak_flops_per_s=pf, **kw)
+
+
+def _system(data: dict, where: str) -> System:
+    cal = calibration()
+    data = dict(data)
+    allowed = {"name", "description", "n_chips", "chip", "tiers", "host", "facility", "overlap"}
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"{where}: unknown key '{key}'.{hint} Known: {', '.join(sorted(allowed))}.")
+    for key in ("name", "n_chips", "chip", "tiers", "host", "facility"):
+        if key not in data:
+            raise ValueError(f"{where}: missing '{key}'; see configs/README.md for the format.")
+    if not isinstance(data["name"], str) or not data["name"]:
+        raise ValueError(f"{where}.name must be a non-empty string.")
+    chip = _chip(data["chip"], cal, f"{where}.chip")
+    tiers_data = data["tiers"]
+    if not isinstance(tiers_data, list) or not tiers_data:
+        raise ValueError(f"{where}.tiers must be a non-empty array of [[tiers]] tables.")
+    links = cal.get("link", {})
+    tiers = []
+    seen = set()
+    prev = 0.0
+    for i, t in enumerate(tiers_data):
+        w = f"{where}.tiers[{i}]"
+        if not isinstance(t, dict):
+            raise ValueError(f"{w} must be a table.")
+        link = t.get("link")
+        if link not in links:
+            raise ValueError(f"{w}.link: unknown link type {link!r}; known: {', '.join(sorted(links))}.")
+        tier = Tier(**_build(Tier, t, w, defaults=links[link]))
+        if tier.name in seen:
+            raise ValueError(f"{w}.name '{tier.name}' is used twice; tier names must be unique.")
+        seen.add(tier.name)
+        if float(tier.domain_chips) < prev:
+            raise ValueError(
+                f"{w}.domain_chips={float(tier.domain_chips):g} is smaller than the tier inside "
+                f"it ({prev:g}); list tiers innermost first with growing domains."
+            )
+        prev = float(tier.domain_chips)
+        tiers.append(tier)
+    n = _number(data["n_chips"], f"{where}.n_chips", ">0")
+    if float(n) > prev:
+        raise ValueError(f"{where}.n_chips={float(n):g} exceeds the outermost tier's domain ({prev:g}).")
+    host = Host(**_build(Host, data["host"], f"{where}.host"))
+    fac = Facility(**_build(Facility, data["facility"], f"{where}.facility"))
+    ov = Overlap(**_build(Overlap, data.get("overlap", {}), f"{where}.overlap",
+                          defaults=cal.get("overlap", {})))
+    return System(name=data["name"], n_chips=n, chip=chip, tiers=tuple(tiers), host=host,
+                  facility=fac, overlap=ov)
+
+
+def load_system(name_or_path: str | Path, overrides: dict | None = None) -> System:
+    """A validated System from the catalog or a TOML file, with optional dotted overrides."""
+    path = _resolve(name_or_path, "systems")
+    sys = _system(load_toml(path, "system"), f"system '{Path(path).stem}'")
+    return apply_overrides(sys, overrides) if overrides else sys
+
+
+_MODEL_OPTIONAL = {"d_head": None, "n_experts": 0, "top_k": 0, "d_ff_expert": 0,
+                   "n_shared_experts": 0, "n_dense_layers": 0}
+
+
+def model_from_dict(data: dict, where: str) -> Model:
+    data = dict(data)
+    for key in ("n_layers", "d_model", "n_heads"):
+        if key not in data:
+            raise ValueError(f"{where}: missing key '{key}'; add `{key} = ...` to the file.")
+    if "n_kv_heads" not in data:
+        data["n_kv_heads"] = data["n_heads"]
+    if data.get("d_head") is None and isinstance(data["d_model"], int | float) and isinstance(
+        data["n_heads"], int | float
+    ) and data["n_heads"]:
+        data["d_head"] = data["d_model"] / data["n_heads"]
+    if "ffn" in data and data["ffn"] not in FFN_KINDS:
+        raise ValueError(f"{where}.ffn: unknown FFN {data['ffn']!r}; known: {', '.join(FFN_KINDS)}.")
+    defaults = {k: v for k, v in _MODEL_OPTIONAL.items() if v is not None}
+    kw = _build(Model, data, where, defaults=defaults)
+    m = Model(**kw)
+    heads, kv = float(m.n_heads), float(m.n_kv_heads)
+    if kv > heads or heads % kv:
+        raise ValueError(f"{where}: n_kv_heads={kv:g} must divide n_heads={heads:g}.")
+    for key in ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_ff", "vocab"):
+        v = float(getattr(m, key))
+        if v != round(v):
+            raise ValueError(f"{where}.{key} must be an integer (got {v:g}).")
+    return m
+
+
+def load_model(name_or_path: str | Path, overrides: dict | None = None) -> Model:
+    """A validated Model from the catalog or a TOML file, with optional dotted overrides."""
+    path = _resolve(name_or_path, "models")
+    m = model_from_dict(load_toml(path, "model"), f"model '{Path(path).stem}'")
+    return apply_overrides(m, overrides) if overrides else m
+
+
+def parse_override(text: str) -> tuple[str, float]:
+    """'chip.hbm_bytes_per_s=4e12' -> ('chip.hbm_bytes_per_s', 4e12)."""
+    path, sep, value = text.partition("=")
+    if not sep or not path.strip():
+        raise ValueError(f"--set expects PATH=VALUE (got '{text}'), e.g. --set chip.tdp_w=1000.")
+    try:
+        x = float(value)
+    except ValueError:
+        raise ValueError(f"--set {path.strip()}: value '{value}' is not a number.") from None
+    if not math.isfinite(x):
+        raise ValueError(f"--set {path.strip()}: value must be finite (got {value}).")
+    return path.strip(), x
+
+
+def apply_overrides(tree, overrides: dict):
+    """Replace leaves by dotted path, checking each value against the field's bounds."""
+    leaves = float_leaves(tree)
+    for path, value in overrides.items():
+        if path not in leaves:
+            tree = set_path(tree, path, value)  # raises the "unknown path" error
+        leaf = path.rsplit(".", 1)[-1]
+        bound = ">=0" if ".peak_flops_per_s." in f".{path}" else _BOUNDS.get(leaf, ">0")
+        tree = set_path(tree, path, _number(value, f"--set {path}", bound))
+    return tree
