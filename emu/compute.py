@@ -29,16 +29,20 @@ from emu.units import BYTES_PER_ELEMENT
 __all__ = ["matmul_efficiency", "matmul_time", "memory_time"]
 
 
-def matmul_efficiency(chip: Chip, m, n, k):
+LOW_PRECISIONS = ("fp8", "int8", "fp4")
+
+
+def matmul_efficiency(chip: Chip, m, n, k, precision: str = "bf16"):
     """Achievable fraction of peak for an (m, n, k) matmul (dimensionless)."""
     inv = safe_div(1.0, m) + safe_div(1.0, n) + safe_div(1.0, k)
-    return chip.matmul_efficiency / (1.0 + chip.matmul_half_dim * inv)
+    top = chip.lowp_matmul_efficiency if precision in LOW_PRECISIONS else chip.matmul_efficiency
+    return top / (1.0 + chip.matmul_half_dim * inv)
 
 
 def matmul_time(chip: Chip, m, n, k, precision: str, *, count=1.0):
     """Seconds for `count` matmuls of shape (m, k) @ (k, n) at `precision`."""
     flops = 2.0 * m * n * k
-    rate = peak_flops(chip, precision) * matmul_efficiency(chip, m, n, k)
+    rate = peak_flops(chip, precision) * matmul_efficiency(chip, m, n, k, precision)
     t_compute = safe_div(flops, rate)
     nbytes = (m * k + k * n + m * n) * BYTES_PER_ELEMENT[precision]
     t_memory = safe_div(nbytes, chip.hbm_bytes_per_s * chip.hbm_efficiency)

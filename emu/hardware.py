@@ -31,6 +31,8 @@ class Chip:
 
     Efficiency (calibrated per chip family, dimensionless unless stated):
     `matmul_efficiency` is the asymptotic fraction of peak reached by large matmuls;
+    `lowp_matmul_efficiency` the same for 8- and 4-bit matmuls (fraction of *their* peak:
+    scaling, casting and amax overheads make FP8 reach a smaller fraction);
     `matmul_half_dim` (elements) sets how fast efficiency rises with matrix size:
     eff(m, n, k) = matmul_efficiency / (1 + matmul_half_dim * (1/m + 1/n + 1/k));
     `hbm_efficiency` is the achievable fraction of HBM bandwidth for memory-bound kernels;
@@ -49,6 +51,7 @@ class Chip:
     tdp_w: Array
     idle_w: Array
     matmul_efficiency: Array
+    lowp_matmul_efficiency: Array
     matmul_half_dim: Array
     hbm_efficiency: Array
     kernel_overhead_s: Array
@@ -126,6 +129,7 @@ def example_chip() -> Chip:
         tdp_w=f(700.0),
         idle_w=f(70.0),
         matmul_efficiency=f(0.75),
+        lowp_matmul_efficiency=f(0.6),
         matmul_half_dim=f(64.0),
         hbm_efficiency=f(0.85),
         kernel_overhead_s=f(4e-6),

@@ -58,7 +58,9 @@ class Plan:
     `global_batch` sequences per step; `seq_len` tokens per sequence; `vpp` virtual pipeline
     chunks per stage (1 = plain 1F1B, >1 = interleaved); `zero` stage 0-3; `recompute`
     0 none / 1 selective / 2 full; `sp` 1 = sequence parallelism with TP; `grad_bytes` bytes
-    per gradient element in the DP reduction. `precision` of the matmuls (static).
+    per gradient element in the DP reduction; `lora` 1 = LoRA fine-tuning (frozen base
+    weights: no weight gradients, optimizer states or DP reduction for them; adapters are
+    neglected). `precision` of the matmuls (static).
     """
 
     precision: str = static_field(default="bf16")
@@ -76,6 +78,7 @@ class Plan:
     recompute: Array
     sp: Array
     grad_bytes: Array
+    lora: Array
 
 
 def make_plan(
@@ -93,6 +96,7 @@ def make_plan(
     recompute="selective",
     sp=True,
     grad_bytes=None,
+    lora=False,
     precision="bf16",
     algorithm="hierarchical",
 ) -> Plan:
@@ -117,6 +121,7 @@ def make_plan(
         tp=f(tp), pp=f(pp), dp=f(dp), cp=f(cp), ep=f(ep), microbatch=f(microbatch),
         global_batch=f(global_batch), seq_len=f(seq_len), vpp=f(vpp), zero=f(zero),
         recompute=f(recompute), sp=f(1.0 if sp else 0.0), grad_bytes=f(grad_bytes),
+        lora=f(1.0 if lora else 0.0),
     )
     return plan
 
@@ -270,9 +275,10 @@ def memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
     shard = plan.dp * plan.cp
     weights = p * BYTES_PER_ELEMENT["bf16"]
     weights = jnp.where(plan.zero > 2.5, safe_div(weights, shard), weights)
-    grads = p * plan.grad_bytes
+    trainable = p * (1.0 - plan.lora)
+    grads = trainable * plan.grad_bytes
     grads = jnp.where(plan.zero > 1.5, safe_div(grads, shard), grads)
-    opt = p * OPTIMIZER_BYTES
+    opt = trainable * OPTIMIZER_BYTES
     opt = jnp.where(plan.zero > 0.5, safe_div(opt, shard), opt)
     per_layer, stored = activation_bytes_per_layer(model, plan)
     layers = safe_div(model.n_layers, plan.pp)
@@ -308,4 +314,5 @@ def plan_dict(plan: Plan) -> dict:
     inv = {v: k for k, v in RECOMPUTE.items()}
     out["recompute"] = inv.get(float(plan.recompute), out["recompute"])
     out["sp"] = bool(float(plan.sp) > 0.5)
+    out["lora"] = bool(float(plan.lora) > 0.5)
     return out

@@ -45,6 +45,7 @@ __all__ = ["StepBreakdown", "train_step"]
 
 Array = jnp.ndarray
 ELEMENTWISE_KERNELS_FWD = 8.0  # fused norm/residual/activation kernels per layer forward
+ATTN_BWD = 2.5  # flash-attention backward / forward time (recomputes QK^T; Dao et al. 2022)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class StepBreakdown:
     dp_comm_s: Array
     exposed_comm_s: Array
     bubble_s: Array
+    exposed_dp_s: Array
     optimizer_s: Array
     total_s: Array
 
@@ -99,17 +101,18 @@ def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
     el = BYTES_PER_ELEMENT["bf16"]
 
     dense_f, attn_f, mem_f = _layer_compute(system, model, plan)
-    # backward = 2 x forward (dgrad + wgrad); recompute adds a forward (full) or the
-    # attention core (selective)
+    # backward = 2 x forward (dgrad + wgrad; LoRA: dgrad only); flash attention's backward
+    # recomputes the scores (2.5 x forward) whatever the recompute setting; full
+    # recomputation adds one forward of everything, selective nothing beyond flash.
     re_dense = jnp.where(plan.recompute > 1.5, 1.0, 0.0)
-    re_attn = jnp.where(plan.recompute > 0.5, 1.0, 0.0)
-    matmul_mb = layers * dense_f * (3.0 + re_dense)
-    attn_mb = layers * attn_f * (3.0 + re_attn)
+    bwd = 2.0 - plan.lora
+    matmul_mb = layers * dense_f * (1.0 + bwd + re_dense)
+    attn_mb = layers * attn_f * (1.0 + ATTN_BWD + re_dense)
     memory_mb = layers * mem_f * (3.0 + re_dense)
     head_f = compute.matmul_time(
         chip, t, safe_div(model.vocab, plan.tp), model.d_model, plan.precision
     ) + compute.memory_time(chip, t * safe_div(model.vocab, plan.tp) * 4.0 * 3.0, kernels=2.0)
-    head_mb = 3.0 * head_f
+    head_mb = (1.0 + bwd) * head_f
     compute_mb = matmul_mb + attn_mb + memory_mb + head_mb
 
     # TP: 2 collectives per layer forward, 2 backward (+2 with full recompute); all-reduce
@@ -149,21 +152,23 @@ def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
     # weights for every forward and backward micro-batch and reduce-scatters gradients.
     p = params_per_chip(model, plan)
     g = plan.dp * plan.cp
-    grad_b = p * plan.grad_bytes
+    grad_b = p * (1.0 - plan.lora) * plan.grad_bytes
     w_b = p * el
     kw = dict(stride=plan.tp, algorithm=plan.algorithm)
     rs = collectives.reduce_scatter_time(system, grad_b, g, **kw)
     ag = collectives.all_gather_time(system, w_b, g, **kw)
     ar = collectives.all_reduce_time(system, grad_b, g, **kw)
     dp_time = jnp.where(
-        plan.zero > 2.5, nmb * (rs + 2.0 * ag), jnp.where(plan.zero > 0.5, rs + ag, ar)
+        plan.zero > 2.5,
+        nmb * (rs + 2.0 * ag),
+        jnp.where(plan.zero > 0.5, rs + ag * (1.0 - plan.lora), ar),
     )
     window = jnp.where(plan.zero > 2.5, nmb * compute_mb, compute_mb)
     exposed_dp = jnp.maximum(dp_time - ov.dp * window, 0.0)
 
     shard = jnp.where(plan.zero > 0.5, g, 1.0)
     optimizer = compute.memory_time(
-        chip, safe_div(p * OPTIMIZER_TRAFFIC_BYTES, shard), kernels=4.0
+        chip, safe_div(p * (1.0 - plan.lora) * OPTIMIZER_TRAFFIC_BYTES, shard), kernels=4.0
     )
 
     total = nmb * t_mb + bubble + exposed_dp + optimizer
@@ -180,6 +185,7 @@ def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
         dp_comm_s=dp_time,
         exposed_comm_s=exposed,
         bubble_s=bubble,
+        exposed_dp_s=exposed_dp,
         optimizer_s=optimizer,
         total_s=total,
     )
