@@ -130,8 +130,17 @@ def _num(x) -> float:
     return float(x)
 
 
-def validate_plan(plan: Plan, model: Model | None = None, *, max_chips: float | None = None):
-    """Host-side checks with messages that say how to fix the plan. Returns the plan."""
+def validate_plan(
+    plan: Plan,
+    model: Model | None = None,
+    *,
+    max_chips: float | None = None,
+    even_layers: bool = True,
+):
+    """Host-side checks with messages that say how to fix the plan. Returns the plan.
+
+    `even_layers=False` admits pipelines whose stages hold unequal layer counts (Megatron's
+    uneven first/last stages); the emulator then charges n_layers / pp per stage."""
     for name in ("tp", "pp", "dp", "cp", "ep", "microbatch", "global_batch", "seq_len", "vpp"):
         v = _num(getattr(plan, name))
         if not math.isfinite(v) or v < 1 or v != round(v):
@@ -171,7 +180,7 @@ def validate_plan(plan: Plan, model: Model | None = None, *, max_chips: float | 
             raise ValueError(
                 f"Plan: tp={tp:g} and n_kv_heads={kv:g} must divide one another."
             )
-        if _num(model.n_layers) % (pp * _num(plan.vpp)):
+        if even_layers and _num(model.n_layers) % (pp * _num(plan.vpp)):
             raise ValueError(
                 f"Plan: pp*vpp={pp * _num(plan.vpp):g} must divide "
                 f"n_layers={_num(model.n_layers):g}."

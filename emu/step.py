@@ -158,9 +158,13 @@ def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
     rs = collectives.reduce_scatter_time(system, grad_b, g, **kw)
     ag = collectives.all_gather_time(system, w_b, g, **kw)
     ar = collectives.all_reduce_time(system, grad_b, g, **kw)
+    # ZeRO-3 gathers parameters layer by layer as they are needed: flat rings limited by the
+    # slowest spanned tier (no node-level pre-aggregation), as DeepSpeed/FSDP issue them.
+    rs3 = collectives.reduce_scatter_time(system, grad_b, g, stride=plan.tp, algorithm="ring")
+    ag3 = collectives.all_gather_time(system, w_b, g, stride=plan.tp, algorithm="ring")
     dp_time = jnp.where(
         plan.zero > 2.5,
-        nmb * (rs + 2.0 * ag),
+        nmb * (rs3 + 2.0 * ag3),
         jnp.where(plan.zero > 0.5, rs + ag * (1.0 - plan.lora), ar),
     )
     window = jnp.where(plan.zero > 2.5, nmb * compute_mb, compute_mb)

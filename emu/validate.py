@@ -1,0 +1,336 @@
+"""`emu validate`: predict published measurements and report the error of every row.
+
+Rows follow ../shared/data/MEASUREMENTS.md. Each modelled row becomes (system, model, plan);
+rows with the same program structure are stacked and evaluated in one vmapped call. Where a
+row leaves a field null, the documented default applies (see `row_plan`): micro-batch 1;
+dp = n_chips / (tp pp cp) (also when the published degrees do not multiply to n_chips);
+tp = the largest power of two <= 8 dividing the heads and the model-parallel size when only
+t*p is known; ZeRO 1 (distributed optimizer) unless the row says FSDP/ZeRO-3 (3);
+recomputation "selective" (flash attention); SP on when tp > 1; vpp 1.
+
+Error = |predicted - measured| / measured on the metric as published.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from emu.config import apply_overrides, load_system, model_from_dict
+from emu.objective import evaluate
+from emu.parallelism import make_plan, validate_plan
+from emu.struct import replace, stack
+from emu.workload import model_flops_per_token
+
+__all__ = ["validate_file", "validate_rows", "format_report", "default_measurements"]
+
+METRICS_TRAIN = {
+    "iteration_time", "train_step_time", "tokens_per_s_per_gpu", "achieved_tflops_per_gpu",
+    "tflops_per_gpu", "mfu", "layer_fwd_plus_bwd_time", "gpu_hours_per_trillion_tokens",
+}
+REQUIRED = ("id", "kind", "system", "n_chips", "metric", "value")
+
+
+def default_measurements() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("emu.data"))) / "measurements.jsonl"
+
+
+def read_rows(path) -> tuple[list[dict], list[dict]]:
+    """(rows, problems): bad lines are reported with their line number, never fatal."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"measurement file '{p}' not found.") from None
+    except IsADirectoryError:
+        raise ValueError(f"measurement path '{p}' is a directory, not a JSON Lines file.") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"measurement file '{p}' is not UTF-8 text.") from None
+    except OSError as e:
+        raise ValueError(f"cannot read measurement file '{p}': {e.strerror}.") from None
+    rows, problems = [], []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append({"id": f"line {i}", "status": "error",
+                             "reason": f"line {i}: invalid JSON ({e.msg})"})
+            continue
+        if not isinstance(row, dict):
+            problems.append({"id": f"line {i}", "status": "error",
+                             "reason": f"line {i}: expected a JSON object"})
+            continue
+        missing = [k for k in REQUIRED if k not in row]
+        if missing:
+            problems.append({"id": str(row.get("id", f"line {i}")), "status": "error",
+                             "reason": f"line {i}: missing {', '.join(missing)}"})
+            continue
+        v = row["value"]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+            problems.append({"id": str(row["id"]), "status": "error",
+                             "reason": f"line {i}: value must be a positive number (got {v!r})"})
+            continue
+        row["_line"] = i
+        rows.append(row)
+    if not rows and not problems:
+        raise ValueError(f"measurement file '{p}' is empty; expected JSON Lines rows.")
+    return rows, problems
+
+
+def _int_or(x, default):
+    if isinstance(x, bool) or x is None:
+        return default
+    if isinstance(x, int | float) and math.isfinite(x) and x >= 1:
+        return int(x)
+    return default
+
+
+def _ffn(m: dict) -> str:
+    name = str(m.get("name", "")).lower()
+    return "swiglu" if any(k in name for k in ("llama", "qwen", "mistral", "mixtral")) else "gelu"
+
+
+def row_model(row: dict):
+    m = row.get("model")
+    if not isinstance(m, dict):
+        raise ValueError("no model description")
+    if m.get("moe"):
+        raise NotImplementedError("MoE training is not modelled yet (issue 3)")
+    gpt = _ffn(m) == "gelu"
+    data = {
+        "name": "row",
+        "ffn": _ffn(m),
+        "tied_embeddings": gpt,  # Megatron GPT ties embeddings; Llama does not
+        "n_layers": m.get("n_layers"),
+        "d_model": m.get("d_model"),
+        "n_heads": m.get("n_heads"),
+        "n_kv_heads": m.get("n_kv_heads") or m.get("n_heads"),
+        "d_ff": m.get("d_ff") or (4 * m["d_model"] if m.get("d_model") else None),
+        "vocab": m.get("vocab") or 51200,
+    }
+    for k, v in data.items():
+        if v is None:
+            raise ValueError(f"model.{k} is null")
+    return model_from_dict(data, f"row {row['id']} model")
+
+
+def _zero(z) -> int:
+    if isinstance(z, int | float) and not isinstance(z, bool):
+        return int(z)
+    if isinstance(z, str) and re.search(r"fsdp|zero-?3", z, re.I):
+        return 3
+    return 1
+
+
+def _recompute(r) -> str:
+    if isinstance(r, str):
+        low = r.lower()
+        for k in ("full", "selective", "none"):
+            if low.startswith(k):
+                return k
+    return "selective"
+
+
+def row_plan(row: dict, model):
+    """The plan of a row, with the documented defaults for null fields."""
+    p = row.get("parallel") or {}
+    n = _int_or(row.get("n_chips"), None)
+    if n is None:
+        raise ValueError("n_chips must be a positive integer")
+    cp = _int_or(p.get("cp"), 1)
+    tp, pp, dp = _int_or(p.get("tp"), None), _int_or(p.get("pp"), None), _int_or(p.get("dp"), None)
+    heads = int(float(model.n_heads))
+    if tp is None and pp is None:
+        mp = n // ((dp or 1) * cp)
+        tp = max(t for t in (1, 2, 4, 8) if heads % t == 0 and mp % t == 0)
+        pp = mp // tp
+    elif tp is None:
+        tp = max(1, n // (pp * (dp or 1) * cp))
+    elif pp is None:
+        pp = max(1, n // (tp * (dp or 1) * cp))
+    dp = n // (tp * pp * cp)
+    if dp < 1 or tp * pp * cp * dp != n:
+        raise ValueError(f"tp*pp*cp = {tp * pp * cp} does not divide n_chips = {n}")
+    mb = _int_or(p.get("microbatch"), 1)
+    gb = _int_or(p.get("global_batch"), dp * mb)
+    if gb % (dp * mb):
+        gb = dp * mb * max(1, round(gb / (dp * mb)))
+    sp = p.get("sp")
+    sp = (tp > 1) if sp is None else bool(sp)
+    vpp = _int_or(p.get("vpp"), 1) if pp > 1 else 1
+    layers = int(float(model.n_layers))
+    if layers % (pp * vpp):
+        vpp = 1
+    seq = _int_or((row.get("model") or {}).get("seq_len"), None)
+    if seq is None:
+        raise ValueError("model.seq_len is null")
+    prec = row.get("precision") or "bf16"
+    notes = f"{row.get('notes', '')} {row['id']}".lower()
+    plan = make_plan(
+        tp=tp, pp=pp, dp=dp, cp=cp, microbatch=mb, global_batch=gb, seq_len=seq, vpp=vpp,
+        zero=_zero(p.get("zero")), recompute=_recompute(p.get("recompute")), sp=sp,
+        precision=prec, lora="lora" in notes,
+    )
+    return validate_plan(plan, model, even_layers=False)
+
+
+def predict_metric(metric: str, r, row: dict, model, plan) -> float:
+    n = float(r.n_chips)
+    t = float(r.step_time_s)
+    tokens = float(plan.global_batch * plan.seq_len)
+    if metric in ("iteration_time", "train_step_time"):
+        return t
+    if metric == "tokens_per_s_per_gpu":
+        return tokens / t / n
+    if metric == "achieved_tflops_per_gpu":
+        b, s, l, h, v = (float(plan.global_batch), float(plan.seq_len), float(model.n_layers),
+                         float(model.d_model), float(model.vocab))
+        flops = 96 * b * s * l * h * h * (1 + s / (6 * h) + v / (16 * l * h))
+        return flops / (t * n) / 1e12
+    if metric == "tflops_per_gpu":
+        return float(model_flops_per_token(model, plan.seq_len)) * tokens / (t * n) / 1e12
+    if metric == "mfu":
+        return 100.0 * float(r.mfu)
+    if metric == "layer_fwd_plus_bwd_time":
+        bd = r.breakdown
+        nmb = float(plan.global_batch / (plan.dp * plan.microbatch))
+        layers = float(model.n_layers / plan.pp)
+        per_mb = (float(bd.total_s - bd.optimizer_s - bd.exposed_dp_s - bd.bubble_s) / nmb
+                  - float(bd.head_s) / nmb)
+        return per_mb / layers * 1e3
+    if metric == "gpu_hours_per_trillion_tokens":
+        return n * 1e12 / (tokens / t) / 3600.0
+    raise NotImplementedError(f"metric '{metric}' is not modelled yet")
+
+
+_eval_batch = jax.jit(jax.vmap(evaluate))
+
+
+def validate_rows(rows: list[dict], *, overrides: dict | None = None) -> list[dict]:
+    results = []
+    prepared = []
+    systems: dict = {}
+    for row in rows:
+        base = {"id": str(row["id"]), "kind": row["kind"], "system": row["system"],
+                "metric": row["metric"], "measured": float(row["value"]),
+                "source": str(row.get("source", "")).split("|")[0].strip()}
+        try:
+            if row["kind"] != "train":
+                raise NotImplementedError(f"kind '{row['kind']}' is not modelled yet (issue 3)")
+            if row["metric"] not in METRICS_TRAIN:
+                raise NotImplementedError(f"metric '{row['metric']}' is not modelled yet")
+            model = row_model(row)
+            plan = row_plan(row, model)
+            if row["system"] not in systems:
+                systems[row["system"]] = load_system(row["system"], overrides)
+            system = systems[row["system"]]
+            prec = plan.precision
+            if float(system.chip.peak_flops_per_s.get(prec, 0.0)) <= 0:
+                raise ValueError(f"{system.chip.name} has no {prec} support")
+            prepared.append((base, row, system, model, plan))
+        except NotImplementedError as e:
+            results.append({**base, "predicted": None, "abs_pct_error": None,
+                            "status": "skipped", "reason": str(e)})
+        except (ValueError, KeyError, TypeError) as e:
+            results.append({**base, "predicted": None, "abs_pct_error": None,
+                            "status": "error", "reason": f"line {row.get('_line')}: {e}"})
+    groups = defaultdict(list)
+    for item in prepared:
+        _, _, system, model, plan = item
+        key = (system.name, model.ffn, model.tied_embeddings, plan.precision, plan.algorithm)
+        groups[key].append(item)
+    for items in groups.values():
+        sys_b = stack([i[2] for i in items])
+        mod_b = stack([i[3] for i in items])
+        plan_b = stack([i[4] for i in items])
+        out = jax.device_get(_eval_batch(sys_b, mod_b, plan_b))
+        for j, (base, row, system, model, plan) in enumerate(items):
+            r = jax.tree_util.tree_map(lambda x, j=j: np.asarray(x)[j], out)
+            pred = predict_metric(row["metric"], r, row, model, plan)
+            err = abs(pred - base["measured"]) / base["measured"]
+            results.append({**base, "predicted": pred, "abs_pct_error": 100.0 * err,
+                            "status": "ok", "reason": None,
+                            "feasible": bool(float(r.feasible) > 0.5)})
+    order = {str(r["id"]): i for i, r in enumerate(rows)}
+    results.sort(key=lambda r: order.get(r["id"], len(order)))
+    return results
+
+
+def _stats(errors: list[float]) -> dict:
+    if not errors:
+        return {"n": 0, "median_abs_pct_error": None, "p90_abs_pct_error": None}
+    a = np.asarray(errors)
+    return {"n": int(a.size), "median_abs_pct_error": float(np.median(a)),
+            "p90_abs_pct_error": float(np.percentile(a, 90)),
+            "mean_abs_pct_error": float(np.mean(a))}
+
+
+def summarise(results: list[dict]) -> dict:
+    ok = [r for r in results if r["status"] == "ok"]
+    by_kind, by_system, by_source = defaultdict(list), defaultdict(list), defaultdict(list)
+    for r in ok:
+        by_kind[r["kind"]].append(r["abs_pct_error"])
+        by_system[r["system"]].append(r["abs_pct_error"])
+        by_source[r["source"]].append(r["abs_pct_error"])
+    return {
+        "rows": len(results),
+        "modelled": len(ok),
+        "skipped": sum(r["status"] == "skipped" for r in results),
+        "errors": sum(r["status"] == "error" for r in results),
+        "all": _stats([r["abs_pct_error"] for r in ok]),
+        "by_kind": {k: _stats(v) for k, v in sorted(by_kind.items())},
+        "by_system": {k: _stats(v) for k, v in sorted(by_system.items())},
+        "by_source": {k: _stats(v) for k, v in sorted(by_source.items())},
+    }
+
+
+def validate_file(path=None, *, kind: str | None = None, overrides: dict | None = None) -> dict:
+    rows, problems = read_rows(path or default_measurements())
+    if kind:
+        rows = [r for r in rows if r.get("kind") == kind]
+    results = problems + validate_rows(rows, overrides=overrides)
+    for r in results:
+        r.setdefault("predicted", None)
+        r.setdefault("measured", None)
+        r.setdefault("abs_pct_error", None)
+    return {"rows": results, "summary": summarise(results)}
+
+
+def format_report(report: dict, *, show_skipped: bool = False) -> str:
+    lines = []
+    hdr = f"{'id':58} {'system':14} {'metric':26} {'predicted':>11} {'measured':>11} {'error':>7}"
+    lines += [hdr, "-" * len(hdr)]
+    for r in report["rows"]:
+        if r["status"] == "ok":
+            flag = "" if r.get("feasible", True) else "  (plan exceeds HBM in emu)"
+            lines.append(f"{r['id'][:58]:58} {r['system']:14} {r['metric'][:26]:26} "
+                         f"{r['predicted']:11.4g} {r['measured']:11.4g} "
+                         f"{r['abs_pct_error']:6.1f}%{flag}")
+        elif show_skipped or r["status"] == "error":
+            lines.append(f"{r['id'][:58]:58} {r['status'].upper()}: {r['reason']}")
+    s = report["summary"]
+    lines += ["", f"rows {s['rows']}: modelled {s['modelled']}, skipped {s['skipped']} "
+                  f"(use --show-skipped for reasons), errors {s['errors']}"]
+
+    def block(title, d):
+        out = [f"{title:44} {'n':>4} {'median':>8} {'p90':>8}"]
+        for k, v in d.items():
+            if v["n"]:
+                out.append(f"{k[:44]:44} {v['n']:4d} {v['median_abs_pct_error']:7.1f}% "
+                           f"{v['p90_abs_pct_error']:7.1f}%")
+        return out
+
+    lines += [""] + block("by kind", {**s["by_kind"], "ALL": s["all"]})
+    lines += [""] + block("by system", s["by_system"])
+    lines += [""] + block("by source", s["by_source"])
+    return "\n".join(lines)
