@@ -133,7 +133,7 @@ def all_to_all_time(system: System, nbytes, size, *, stride=1.0):
 
 def send_recv_time(system: System, nbytes, *, stride=1.0):
     """Seconds to send `nbytes` to the chip `stride` ranks away (a pipeline boundary)."""
-    n = participants(system.tiers, jnp.full_like(jnp.asarray(nbytes, jnp.float32), 2.0), stride)
+    n = participants(system.tiers, jnp.full_like(jnp.asarray(nbytes), 2.0), stride)
     # the pair sits on the innermost tier where both members fit (n_k = 2 there)
     t = jnp.zeros_like(nbytes)
     for tier, nk in zip(system.tiers, n, strict=True):
