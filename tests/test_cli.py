@@ -1,0 +1,108 @@
+import json
+
+import pytest
+
+from emu.cli import main
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys, *args):
+    code, out, err = run_cli(capsys, *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_list_and_fields(capsys):
+    d = run_json(capsys, "list")
+    assert {"cloudmatrix384", "gb200_nvl72", "dgx_h100"} <= set(d["systems"])
+    assert "llama3_70b" in d["models"]
+    fields = run_json(capsys, "list", "--fields", "gb200_nvl72")
+    assert fields["chip.hbm_bytes_per_s"] == pytest.approx(7.7e12, rel=0.05) or fields[
+        "chip.hbm_bytes_per_s"] == pytest.approx(8e12, rel=0.01)
+    assert "tiers.nvlink.bytes_per_s" in fields
+
+
+def test_describe_contract(capsys):
+    d = run_json(capsys, "describe", "cloudmatrix384")
+    for key in ("n_chips", "peak_flops_per_s", "hbm_bytes", "hbm_bytes_per_s", "power_w"):
+        assert key in d
+    assert d["n_chips"] == 384
+
+
+def test_run_contract_and_set(capsys):
+    args = ["run", "--system", "gb200_nvl72", "--model", "llama3_8b", "--seq-len", "4096"]
+    d = run_json(capsys, *args)
+    for key in ("step_time_s", "tokens_per_s", "tokens_per_joule", "power_w", "mfu",
+                "feasible", "breakdown", "memory", "plan"):
+        assert key in d
+    assert d["plan"]["tp"] * d["plan"]["pp"] * d["plan"]["dp"] * d["plan"]["cp"] == 72
+    slow = run_json(capsys, *args, "--set", "chip.peak_flops_per_s.bf16=1.25e15")
+    assert slow["step_time_s"] > d["step_time_s"]
+    longer = run_json(capsys, *args, "--set", "model.n_layers=64")
+    assert longer["step_time_s"] > d["step_time_s"]
+
+
+def test_compare_gives_both_systems_for_llama3_70b(capsys):
+    d = run_json(capsys, "compare", "--model", "llama3_70b")
+    systems = [r["system"] for r in d["results"]]
+    assert systems == ["cloudmatrix384", "gb200_nvl72"]
+    for r in d["results"]:
+        assert r["breakdown"]["total_s"] == pytest.approx(r["step_time_s"])
+
+
+def test_sensitivity_agrees_with_finite_differences_through_run_set(capsys):
+    base = ["--system", "gb200_nvl72", "--model", "llama3_8b", "--seq-len", "4096"]
+    s = run_json(capsys, "sensitivity", *base)
+    assert set(s) >= {"tokens_per_joule", "tokens_per_s", "elasticities"}
+    top = [k for k, v in s["elasticities"].items() if abs(v["tokens_per_joule"]) > 0.05][:3]
+    assert top
+    h = 0.01
+    for path in top:
+        x = s["elasticities"][path]["value"]
+        up = run_json(capsys, "run", *base, "--set", f"{path}={x * (1 + h)}")
+        dn = run_json(capsys, "run", *base, "--set", f"{path}={x * (1 - h)}")
+        import math
+
+        fd = (math.log(up["tokens_per_joule"]) - math.log(dn["tokens_per_joule"])) / (
+            math.log(1 + h) - math.log(1 - h))
+        assert s["elasticities"][path]["tokens_per_joule"] == pytest.approx(fd, abs=0.02), path
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["describe", "gb200_nvl73"], "unknown system 'gb200_nvl73'. Did you mean"),
+        (["run", "--chips", "72", "--tp", "8", "--pp", "1", "--dp", "8"], "must equal n_chips"),
+        (["run", "--model", "llama3_8b", "--tp", "3", "--chips", "72"], "must divide"),
+        (["run", "--set", "chip.hbm_bytes=-1"], "must be > 0"),
+        (["run", "--set", "chip.hbm_byte=1"], "Did you mean"),
+        (["run", "--system", "cloudmatrix384", "--precision", "fp8"], "no fp8 support"),
+        (["run", "--chips", "0"], "positive integer"),
+        (["validate", "/nonexistent.jsonl"], "not found"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(capsys, args, needle):
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2
+    assert needle in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_malformed_and_unknown_key_toml(capsys, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = 'x'\nn_chips = [\n")
+    code, _, err = run_cli(capsys, "describe", str(bad))
+    assert code == 2 and "not valid TOML" in err
+    from emu.config import config_dir
+
+    text = (config_dir() / "systems" / "gb200_nvl72.toml").read_text()
+    typo = tmp_path / "typo.toml"
+    typo.write_text(text.replace("hbm_bytes_per_s", "hbm_bytes_per_sec", 1))
+    code, _, err = run_cli(capsys, "describe", str(typo))
+    assert code == 2 and "unknown key 'hbm_bytes_per_sec'" in err and "Did you mean" in err

@@ -1,0 +1,57 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from emu.validate import default_measurements, validate_file
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "measurements.jsonl"
+
+
+def _file():
+    return SHARED if SHARED.exists() else default_measurements()
+
+
+@pytest.fixture(scope="module")
+def report():
+    return validate_file(_file())
+
+
+def test_every_row_is_predicted_or_has_a_reason(report):
+    n_lines = sum(1 for line in open(_file()) if line.strip())
+    assert len(report["rows"]) == n_lines
+    for r in report["rows"]:
+        assert r["status"] in ("ok", "skipped", "error")
+        if r["status"] != "ok":
+            assert r["reason"]
+
+
+def test_dense_train_rows_median_error_within_20_percent(report):
+    train = report["summary"]["by_kind"]["train"]
+    assert train["n"] >= 70  # every dense train row, pre-training and fine-tuning
+    assert train["median_abs_pct_error"] <= 20.0
+
+
+def test_json_contract(report):
+    row = next(r for r in report["rows"] if r["status"] == "ok")
+    for key in ("id", "predicted", "measured", "abs_pct_error", "status", "reason"):
+        assert key in row
+    json.dumps(report, allow_nan=False)
+
+
+def test_bad_lines_are_reported_with_line_numbers_and_rest_processed(tmp_path):
+    good = [line for line in open(_file()) if '"kind": "train"' in line][:2]
+    p = tmp_path / "m.jsonl"
+    p.write_text(good[0] + "{not json\n" + json.dumps({"id": "x"}) + "\n" + good[1])
+    rep = validate_file(p)
+    errors = [r for r in rep["rows"] if r["status"] == "error"]
+    assert any("line 2" in r["reason"] for r in errors)
+    assert any("line 3" in r["reason"] and "missing" in r["reason"] for r in errors)
+    assert sum(r["status"] == "ok" for r in rep["rows"]) == 2
+
+
+def test_empty_file_is_a_clear_error(tmp_path):
+    p = tmp_path / "empty.jsonl"
+    p.write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        validate_file(p)
