@@ -1,1 +1,62 @@
-"""emu: a differentiable emulator of AI clusters."""
+"""emu: a differentiable emulator of AI clusters.
+
+Hardware, network, workload and plan are pytrees; `evaluate(system, model, plan)` returns
+the step time, memory, power and tokens per joule of LLM training as a pytree, and is
+pure JAX: jit, vmap and grad all work.
+
+>>> import jax, emu
+>>> system, model = emu.load_system("gb200_nvl72"), emu.load_model("llama3_8b")
+>>> plan = emu.make_plan(tp=8, dp=9, global_batch=72, seq_len=4096)
+>>> r = emu.evaluate(system, model, plan)
+>>> g = jax.grad(lambda s: emu.evaluate(s, model, plan).tokens_per_joule)(system)
+>>> bool(g.chip.hbm_bytes_per_s >= 0)
+True
+"""
+
+from emu import (
+    collectives,
+    compute,
+    hardware,
+    numerics,
+    parallelism,
+    power,
+    step,
+    struct,
+    topology,
+    units,
+    workload,
+)
+from emu.config import list_models, list_systems, load_model, load_system
+from emu.objective import RunResult, evaluate
+from emu.parallelism import Plan, make_plan
+from emu.step import StepBreakdown, train_step
+from emu.topology import System
+from emu.workload import Model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "load_system",
+    "load_model",
+    "list_systems",
+    "list_models",
+    "make_plan",
+    "evaluate",
+    "train_step",
+    "System",
+    "Model",
+    "Plan",
+    "RunResult",
+    "StepBreakdown",
+    "collectives",
+    "compute",
+    "hardware",
+    "numerics",
+    "parallelism",
+    "power",
+    "step",
+    "struct",
+    "topology",
+    "units",
+    "workload",
+]
