@@ -54,8 +54,13 @@ def _workload_args(p: argparse.ArgumentParser, *, system: bool = True) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                   help="override a field by dotted path (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a field by dotted path (repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
@@ -72,14 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("system", help="catalog name or TOML path")
     _common(p)
 
-    p = sub.add_parser("run", help="emulate one training step",
-                       description="Emulate one training step. " + _PLAN_RULE)
+    p = sub.add_parser(
+        "run",
+        help="emulate one training step",
+        description="Emulate one training step. " + _PLAN_RULE,
+    )
     _workload_args(p)
 
-    p = sub.add_parser("compare", help="several systems on one workload",
-                       description="Several systems on one workload. " + _PLAN_RULE)
-    p.add_argument("--systems", default=",".join(DEFAULT_COMPARE),
-                   help="comma-separated catalog names or TOML paths")
+    p = sub.add_parser(
+        "compare",
+        help="several systems on one workload",
+        description="Several systems on one workload. " + _PLAN_RULE,
+    )
+    p.add_argument(
+        "--systems",
+        default=",".join(DEFAULT_COMPARE),
+        help="comma-separated catalog names or TOML paths",
+    )
     _workload_args(p, system=False)
 
     p = sub.add_parser("sensitivity", help="elasticities of tokens/J and tokens/s (jax.grad)")
@@ -125,9 +139,20 @@ def _setup(args, system_name: str):
     model = load_model(args.model, model_o)
     chips = args.chips if args.chips is not None else int(float(system.n_chips))
     plan = auto_plan(
-        system, model, chips, seq_len=args.seq_len, global_batch=args.global_batch,
-        microbatch=args.microbatch, tp=args.tp, pp=args.pp, dp=args.dp, cp=args.cp,
-        vpp=args.vpp or 1, zero=args.zero, recompute=args.recompute, sp=not args.no_sp,
+        system,
+        model,
+        chips,
+        seq_len=args.seq_len,
+        global_batch=args.global_batch,
+        microbatch=args.microbatch,
+        tp=args.tp,
+        pp=args.pp,
+        dp=args.dp,
+        cp=args.cp,
+        vpp=args.vpp or 1,
+        zero=args.zero,
+        recompute=args.recompute,
+        sp=not args.no_sp,
         precision=args.precision,
     )
     if args.algorithm != "hierarchical":
@@ -146,8 +171,18 @@ def _setup(args, system_name: str):
 def _si(x: float, unit: str) -> str:
     if x == 0 or not math.isfinite(x):
         return f"{x:g} {unit}"
-    for factor, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"),
-                           (1e3, "k"), (1, ""), (1e-3, "m"), (1e-6, "u"), (1e-9, "n")):
+    for factor, prefix in (
+        (1e18, "E"),
+        (1e15, "P"),
+        (1e12, "T"),
+        (1e9, "G"),
+        (1e6, "M"),
+        (1e3, "k"),
+        (1, ""),
+        (1e-3, "m"),
+        (1e-6, "u"),
+        (1e-9, "n"),
+    ):
         if abs(x) >= factor:
             return f"{x / factor:.3g} {prefix}{unit}"
     return f"{x:.3g} {unit}"
@@ -155,24 +190,35 @@ def _si(x: float, unit: str) -> str:
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    fmt = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                              for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+    fmt = lambda r: "  ".join(
+        str(c).ljust(w) if i == 0 else str(c).rjust(w)
+        for i, (c, w) in enumerate(zip(r, widths, strict=True))
+    )
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *[fmt(r) for r in rows]])
 
 
 def _plan_text(p: dict) -> str:
-    return (f"tp={p['tp']} pp={p['pp']} dp={p['dp']} cp={p['cp']} vpp={p['vpp']} "
-            f"mb={p['microbatch']} gbs={p['global_batch']} seq={p['seq_len']} "
-            f"zero={p['zero']} recompute={p['recompute']} sp={p['sp']} {p['precision']}")
+    return (
+        f"tp={p['tp']} pp={p['pp']} dp={p['dp']} cp={p['cp']} vpp={p['vpp']} "
+        f"mb={p['microbatch']} gbs={p['global_batch']} seq={p['seq_len']} "
+        f"zero={p['zero']} recompute={p['recompute']} sp={p['sp']} {p['precision']}"
+    )
 
 
 _BREAKDOWN_ROWS = [
-    ("matmul_s", "dense matmuls"), ("attention_s", "attention core"),
-    ("memory_s", "memory-bound ops"), ("head_s", "output head + loss"),
-    ("compute_s", "= compute"), ("tp_comm_s", "TP comm (raw)"), ("cp_comm_s", "CP comm (raw)"),
-    ("pp_comm_s", "PP comm (raw)"), ("dp_comm_s", "DP comm (raw)"),
-    ("exposed_comm_s", "exposed comm"), ("bubble_s", "pipeline bubble"),
-    ("optimizer_s", "optimizer"), ("total_s", "= step time"),
+    ("matmul_s", "dense matmuls"),
+    ("attention_s", "attention core"),
+    ("memory_s", "memory-bound ops"),
+    ("head_s", "output head + loss"),
+    ("compute_s", "= compute"),
+    ("tp_comm_s", "TP comm (raw)"),
+    ("cp_comm_s", "CP comm (raw)"),
+    ("pp_comm_s", "PP comm (raw)"),
+    ("dp_comm_s", "DP comm (raw)"),
+    ("exposed_comm_s", "exposed comm"),
+    ("bubble_s", "pipeline bubble"),
+    ("optimizer_s", "optimizer"),
+    ("total_s", "= step time"),
 ]
 
 
@@ -188,18 +234,27 @@ def _run_text(results: list[dict]) -> str:
         ["power (facility)", *[_si(r["facility_power_w"], "W") for r in results]],
         ["tokens/J (IT)", *[f"{r['tokens_per_joule']:.3g}" for r in results]],
         ["MFU", *[f"{100 * r['mfu']:.1f}%" for r in results]],
-        ["memory/chip", *[f"{_si(r['memory']['total_bytes'], 'B')} of "
-                          f"{_si(r['memory']['capacity_bytes'], 'B')}" for r in results]],
+        [
+            "memory/chip",
+            *[
+                f"{_si(r['memory']['total_bytes'], 'B')} of "
+                f"{_si(r['memory']['capacity_bytes'], 'B')}"
+                for r in results
+            ],
+        ],
         ["feasible", *[("yes" if r["feasible"] else "NO (out of memory)") for r in results]],
     ]
     out = [_table(rows, head), ""]
-    rows = [[label, *[_si(r["breakdown"][k], "s") for r in results]]
-            for k, label in _BREAKDOWN_ROWS]
+    rows = [
+        [label, *[_si(r["breakdown"][k], "s") for r in results]] for k, label in _BREAKDOWN_ROWS
+    ]
     out += [_table(rows, ["step breakdown", *[r["system"] for r in results]]), ""]
     for r in results:
         out.append(f"plan ({r['system']}): {_plan_text(r['plan'])}")
-    out.append(f"compile {sum(r['compile_s'] for r in results):.2f} s, "
-               f"evaluate {sum(r['eval_s'] for r in results) * 1e3:.1f} ms")
+    out.append(
+        f"compile {sum(r['compile_s'] for r in results):.2f} s, "
+        f"evaluate {sum(r['eval_s'] for r in results) * 1e3:.1f} ms"
+    )
     return "\n".join(out)
 
 
@@ -225,8 +280,9 @@ def cmd_list(args) -> None:
         else:
             leaves = float_leaves(load_system(name, sys_o))
         values = {k: float(v) for k, v in leaves.items()}
-        text = _table([[k, f"{v:.6g}", _unit(k)] for k, v in values.items()],
-                      ["path", "value", "unit"])
+        text = _table(
+            [[k, f"{v:.6g}", _unit(k)] for k, v in values.items()], ["path", "value", "unit"]
+        )
         _emit(args, values, text)
         return
     systems, models = list_systems(), list_models()
@@ -238,8 +294,14 @@ def _unit(path: str) -> str:
     leaf = path.rsplit(".", 1)[-1]
     if ".peak_flops_per_s." in path:
         return "FLOP/s"
-    for suffix, unit in (("_bytes_per_s", "B/s"), ("bytes_per_s", "B/s"), ("_bytes", "B"),
-                         ("_w", "W"), ("_s", "s"), ("_per_chip", "per chip")):
+    for suffix, unit in (
+        ("_bytes_per_s", "B/s"),
+        ("bytes_per_s", "B/s"),
+        ("_bytes", "B"),
+        ("_w", "W"),
+        ("_s", "s"),
+        ("_per_chip", "per chip"),
+    ):
         if leaf.endswith(suffix):
             return unit
     return "-"
@@ -253,12 +315,17 @@ def cmd_describe(args) -> None:
     d = describe(load_system(args.system, sys_o))
     rows = [["chips", f"{d['n_chips']} x {d['chip']}"]]
     rows += [[f"peak {k} (dense)", _si(v, "FLOP/s")] for k, v in d["peak_flops_per_s"].items()]
-    rows += [["HBM capacity", _si(d["hbm_bytes"], "B")],
-             ["HBM bandwidth", _si(d["hbm_bytes_per_s"], "B/s")]]
+    rows += [
+        ["HBM capacity", _si(d["hbm_bytes"], "B")],
+        ["HBM bandwidth", _si(d["hbm_bytes_per_s"], "B/s")],
+    ]
     for t in d["tiers"]:
-        rows.append([f"tier {t['name']} ({t['link']})",
-                     f"{_si(t['bytes_per_s_per_chip'], 'B/s')}/chip/dir, "
-                     f"domain {t['domain_chips']:.0f}"])
+        rows.append(
+            [
+                f"tier {t['name']} ({t['link']})",
+                f"{_si(t['bytes_per_s_per_chip'], 'B/s')}/chip/dir, domain {t['domain_chips']:.0f}",
+            ]
+        )
     rows += [["power (IT, full load)", _si(d["power_w"], "W")]]
     rows += [[f"  {k}", _si(v, "W")] for k, v in d["power"].items() if k not in ("it_w",)]
     rows += [["facility power (PUE)", f"{_si(d['facility_power_w'], 'W')} (PUE {d['pue']:g})"]]
@@ -294,12 +361,15 @@ def cmd_sensitivity(args) -> None:
     enable_cache()
     system, model, plan = _setup(args, args.system)
     d = sensitivity(system, model, plan)
-    rows = [[k, f"{v['value']:.4g}", f"{v['tokens_per_joule']:+.4f}", f"{v['tokens_per_s']:+.4f}"]
-            for k, v in list(d["elasticities"].items())[: args.top]]
-    text = (f"{d['system']} / {d['model']}: tokens/J {d['tokens_per_joule']:.4g}, "
-            f"tokens/s {d['tokens_per_s']:.4g}\nelasticity d ln(y) / d ln(x), "
-            f"largest |tokens/J| first\n"
-            + _table(rows, ["field", "value", "tokens/J", "tokens/s"]))
+    rows = [
+        [k, f"{v['value']:.4g}", f"{v['tokens_per_joule']:+.4f}", f"{v['tokens_per_s']:+.4f}"]
+        for k, v in list(d["elasticities"].items())[: args.top]
+    ]
+    text = (
+        f"{d['system']} / {d['model']}: tokens/J {d['tokens_per_joule']:.4g}, "
+        f"tokens/s {d['tokens_per_s']:.4g}\nelasticity d ln(y) / d ln(x), "
+        f"largest |tokens/J| first\n" + _table(rows, ["field", "value", "tokens/J", "tokens/s"])
+    )
     _emit(args, d, text)
 
 
@@ -314,8 +384,12 @@ def cmd_validate(args) -> None:
 
 
 COMMANDS = {
-    "list": cmd_list, "describe": cmd_describe, "run": cmd_run, "compare": cmd_compare,
-    "sensitivity": cmd_sensitivity, "validate": cmd_validate,
+    "list": cmd_list,
+    "describe": cmd_describe,
+    "run": cmd_run,
+    "compare": cmd_compare,
+    "sensitivity": cmd_sensitivity,
+    "validate": cmd_validate,
 }
 
 
@@ -324,8 +398,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         COMMANDS[args.command](args)
     except (ValueError, CliError) as e:
-        print(f"emu: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-              file=sys.stderr)
+        print(
+            f"emu: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
         print("emu: interrupted", file=sys.stderr)

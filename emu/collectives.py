@@ -69,9 +69,11 @@ def _hierarchical(system: System, nbytes, size, stride, *, passes, reduce):
         if reduce:
             bw = bw * tier.allreduce_speedup
         frac = safe_div(nk - 1.0, nk)
-        total = total + passes * (
-            safe_div(frac * share, bw) + (nk - 1.0) * tier.latency_s
-        ) + _spans(nk) * tier.base_latency_s
+        total = (
+            total
+            + passes * (safe_div(frac * share, bw) + (nk - 1.0) * tier.latency_s)
+            + _spans(nk) * tier.base_latency_s
+        )
         share = safe_div(share, nk)
     return total
 

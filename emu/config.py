@@ -48,26 +48,55 @@ CALIBRATION_FILES = ("defaults.toml", "fitted.toml")
 
 # Lower bounds: ">0" strictly positive (default), ">=0", ">=1", "0..1" inclusive, "(0,1]".
 _BOUNDS = {
-    "idle_w": ">=0", "tdp_w": ">0", "matmul_half_dim": ">=0", "kernel_overhead_s": ">=0",
-    "matmul_efficiency": "(0,1]", "hbm_efficiency": "(0,1]", "efficiency": "(0,1]",
-    "matmul_power": "0..1", "memory_power": "0..1", "comm_power": "0..1",
-    "latency_s": ">=0", "base_latency_s": ">=0", "oversubscription": ">=1",
-    "allreduce_speedup": ">=1", "switch_w_per_chip": ">=0", "optics_per_chip": ">=0",
-    "optic_w": ">=0", "nic_w_per_chip": ">=0", "cpus_per_chip": ">=0", "cpu_w": ">=0",
-    "other_w_per_chip": ">=0", "psu_efficiency": "(0,1]", "pue": ">=1",
-    "tp": "0..1", "dp": "0..1", "pp": "0..1", "cp": "0..1",
-    "n_experts": ">=0", "top_k": ">=0", "d_ff_expert": ">=0", "n_shared_experts": ">=0",
+    "idle_w": ">=0",
+    "tdp_w": ">0",
+    "matmul_half_dim": ">=0",
+    "kernel_overhead_s": ">=0",
+    "matmul_efficiency": "(0,1]",
+    "hbm_efficiency": "(0,1]",
+    "efficiency": "(0,1]",
+    "matmul_power": "0..1",
+    "memory_power": "0..1",
+    "comm_power": "0..1",
+    "latency_s": ">=0",
+    "base_latency_s": ">=0",
+    "oversubscription": ">=1",
+    "allreduce_speedup": ">=1",
+    "switch_w_per_chip": ">=0",
+    "optics_per_chip": ">=0",
+    "optic_w": ">=0",
+    "nic_w_per_chip": ">=0",
+    "cpus_per_chip": ">=0",
+    "cpu_w": ">=0",
+    "other_w_per_chip": ">=0",
+    "psu_efficiency": "(0,1]",
+    "pue": ">=1",
+    "tp": "0..1",
+    "dp": "0..1",
+    "pp": "0..1",
+    "cp": "0..1",
+    "n_experts": ">=0",
+    "top_k": ">=0",
+    "d_ff_expert": ">=0",
+    "n_shared_experts": ">=0",
     "n_dense_layers": ">=0",
 }
 _BOUND_TEXT = {
-    ">0": "must be > 0", ">=0": "must be >= 0", ">=1": "must be >= 1",
-    "0..1": "must be between 0 and 1", "(0,1]": "must be in (0, 1]",
+    ">0": "must be > 0",
+    ">=0": "must be >= 0",
+    ">=1": "must be >= 1",
+    "0..1": "must be between 0 and 1",
+    "(0,1]": "must be in (0, 1]",
 }
 
 
 def _ok(bound: str, x: float) -> bool:
     return {
-        ">0": x > 0, ">=0": x >= 0, ">=1": x >= 1, "0..1": 0 <= x <= 1, "(0,1]": 0 < x <= 1,
+        ">0": x > 0,
+        ">=0": x >= 0,
+        ">=1": x >= 1,
+        "0..1": 0 <= x <= 1,
+        "(0,1]": 0 < x <= 1,
     }[bound]
 
 
@@ -199,7 +228,9 @@ def _chip(data: dict, cal: dict, where: str) -> Chip:
         )
     peaks = data.pop("peak_flops_per_s", None)
     if not isinstance(peaks, dict):
-        raise ValueError(f"{where}: missing table [chip.peak_flops_per_s] ({', '.join(PRECISIONS)}).")
+        raise ValueError(
+            f"{where}: missing table [chip.peak_flops_per_s] ({', '.join(PRECISIONS)})."
+        )
     for key in peaks:
         if key not in PRECISIONS:
             raise ValueError(
@@ -222,7 +253,9 @@ def _system(data: dict, where: str) -> System:
         if key not in allowed:
             close = difflib.get_close_matches(key, sorted(allowed), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"{where}: unknown key '{key}'.{hint} Known: {', '.join(sorted(allowed))}.")
+            raise ValueError(
+                f"{where}: unknown key '{key}'.{hint} Known: {', '.join(sorted(allowed))}."
+            )
     for key in ("name", "n_chips", "chip", "tiers", "host", "facility"):
         if key not in data:
             raise ValueError(f"{where}: missing '{key}'; see configs/README.md for the format.")
@@ -242,7 +275,9 @@ def _system(data: dict, where: str) -> System:
             raise ValueError(f"{w} must be a table.")
         link = t.get("link")
         if link not in links:
-            raise ValueError(f"{w}.link: unknown link type {link!r}; known: {', '.join(sorted(links))}.")
+            raise ValueError(
+                f"{w}.link: unknown link type {link!r}; known: {', '.join(sorted(links))}."
+            )
         tier = Tier(**_build(Tier, t, w, defaults=links[link]))
         if tier.name in seen:
             raise ValueError(f"{w}.name '{tier.name}' is used twice; tier names must be unique.")
@@ -256,13 +291,25 @@ def _system(data: dict, where: str) -> System:
         tiers.append(tier)
     n = _number(data["n_chips"], f"{where}.n_chips", ">0")
     if float(n) > prev:
-        raise ValueError(f"{where}.n_chips={float(n):g} exceeds the outermost tier's domain ({prev:g}).")
+        raise ValueError(
+            f"{where}.n_chips={float(n):g} exceeds the outermost tier's domain ({prev:g})."
+        )
     host = Host(**_build(Host, data["host"], f"{where}.host"))
     fac = Facility(**_build(Facility, data["facility"], f"{where}.facility"))
-    ov = Overlap(**_build(Overlap, data.get("overlap", {}), f"{where}.overlap",
-                          defaults=cal.get("overlap", {})))
-    return System(name=data["name"], n_chips=n, chip=chip, tiers=tuple(tiers), host=host,
-                  facility=fac, overlap=ov)
+    ov = Overlap(
+        **_build(
+            Overlap, data.get("overlap", {}), f"{where}.overlap", defaults=cal.get("overlap", {})
+        )
+    )
+    return System(
+        name=data["name"],
+        n_chips=n,
+        chip=chip,
+        tiers=tuple(tiers),
+        host=host,
+        facility=fac,
+        overlap=ov,
+    )
 
 
 def load_system(name_or_path: str | Path, overrides: dict | None = None) -> System:
@@ -272,8 +319,14 @@ def load_system(name_or_path: str | Path, overrides: dict | None = None) -> Syst
     return apply_overrides(sys, overrides) if overrides else sys
 
 
-_MODEL_OPTIONAL = {"d_head": None, "n_experts": 0, "top_k": 0, "d_ff_expert": 0,
-                   "n_shared_experts": 0, "n_dense_layers": 0}
+_MODEL_OPTIONAL = {
+    "d_head": None,
+    "n_experts": 0,
+    "top_k": 0,
+    "d_ff_expert": 0,
+    "n_shared_experts": 0,
+    "n_dense_layers": 0,
+}
 
 
 def model_from_dict(data: dict, where: str) -> Model:
@@ -283,12 +336,17 @@ def model_from_dict(data: dict, where: str) -> Model:
             raise ValueError(f"{where}: missing key '{key}'; add `{key} = ...` to the file.")
     if "n_kv_heads" not in data:
         data["n_kv_heads"] = data["n_heads"]
-    if data.get("d_head") is None and isinstance(data["d_model"], int | float) and isinstance(
-        data["n_heads"], int | float
-    ) and data["n_heads"]:
+    if (
+        data.get("d_head") is None
+        and isinstance(data["d_model"], int | float)
+        and isinstance(data["n_heads"], int | float)
+        and data["n_heads"]
+    ):
         data["d_head"] = data["d_model"] / data["n_heads"]
     if "ffn" in data and data["ffn"] not in FFN_KINDS:
-        raise ValueError(f"{where}.ffn: unknown FFN {data['ffn']!r}; known: {', '.join(FFN_KINDS)}.")
+        raise ValueError(
+            f"{where}.ffn: unknown FFN {data['ffn']!r}; known: {', '.join(FFN_KINDS)}."
+        )
     defaults = {k: v for k, v in _MODEL_OPTIONAL.items() if v is not None}
     kw = _build(Model, data, where, defaults=defaults)
     m = Model(**kw)

@@ -58,9 +58,7 @@ def evaluate(system: System, model: Model, plan: Plan) -> RunResult:
     mm_frac = safe_div(b.matmul_s + b.attention_s + b.head_s, total)
     mem_frac = safe_div(b.memory_s + b.optimizer_s, total)
     comm_frac = safe_div(b.exposed_comm_s, total)
-    pw = step_power(
-        system, chips, matmul_frac=mm_frac, memory_frac=mem_frac, comm_frac=comm_frac
-    )
+    pw = step_power(system, chips, matmul_frac=mm_frac, memory_frac=mem_frac, comm_frac=comm_frac)
     tokens = plan.global_batch * plan.seq_len
     tps = safe_div(tokens, total)
     peak = peak_flops(system.chip, plan.precision)

@@ -105,9 +105,7 @@ def make_plan(
         raise ValueError(f"unknown precision '{precision}'; known: {', '.join(PRECISIONS)}.")
     if isinstance(recompute, str):
         if recompute not in RECOMPUTE:
-            raise ValueError(
-                f"unknown recompute '{recompute}'; known: {', '.join(RECOMPUTE)}."
-            )
+            raise ValueError(f"unknown recompute '{recompute}'; known: {', '.join(RECOMPUTE)}.")
         recompute = RECOMPUTE[recompute]
     if global_batch is None:
         global_batch = dp * microbatch
@@ -117,10 +115,21 @@ def make_plan(
         grad_bytes = 2.0 if precision == "fp16" else 4.0
     f = jnp.float32
     plan = Plan(
-        precision=precision, algorithm=algorithm,
-        tp=f(tp), pp=f(pp), dp=f(dp), cp=f(cp), ep=f(ep), microbatch=f(microbatch),
-        global_batch=f(global_batch), seq_len=f(seq_len), vpp=f(vpp), zero=f(zero),
-        recompute=f(recompute), sp=f(1.0 if sp else 0.0), grad_bytes=f(grad_bytes),
+        precision=precision,
+        algorithm=algorithm,
+        tp=f(tp),
+        pp=f(pp),
+        dp=f(dp),
+        cp=f(cp),
+        ep=f(ep),
+        microbatch=f(microbatch),
+        global_batch=f(global_batch),
+        seq_len=f(seq_len),
+        vpp=f(vpp),
+        zero=f(zero),
+        recompute=f(recompute),
+        sp=f(1.0 if sp else 0.0),
+        grad_bytes=f(grad_bytes),
         lora=f(1.0 if lora else 0.0),
     )
     return plan
@@ -149,8 +158,7 @@ def validate_plan(
         raise ValueError(f"Plan: zero must be 0, 1, 2 or 3 (got zero={_num(plan.zero):g}).")
     if _num(plan.recompute) not in (0, 1, 2):
         raise ValueError(
-            "Plan: recompute must be none, selective or full "
-            f"(got {_num(plan.recompute):g})."
+            f"Plan: recompute must be none, selective or full (got {_num(plan.recompute):g})."
         )
     if _num(plan.grad_bytes) <= 0:
         raise ValueError(f"Plan: grad_bytes must be > 0 (got {_num(plan.grad_bytes):g}).")
@@ -177,18 +185,14 @@ def validate_plan(
                 "pick a tp that divides it."
             )
         if kv % tp and tp % kv:
-            raise ValueError(
-                f"Plan: tp={tp:g} and n_kv_heads={kv:g} must divide one another."
-            )
+            raise ValueError(f"Plan: tp={tp:g} and n_kv_heads={kv:g} must divide one another.")
         if even_layers and _num(model.n_layers) % (pp * _num(plan.vpp)):
             raise ValueError(
                 f"Plan: pp*vpp={pp * _num(plan.vpp):g} must divide "
                 f"n_layers={_num(model.n_layers):g}."
             )
         if _num(plan.seq_len) % cp:
-            raise ValueError(
-                f"Plan: cp={cp:g} must divide seq_len={_num(plan.seq_len):g}."
-            )
+            raise ValueError(f"Plan: cp={cp:g} must divide seq_len={_num(plan.seq_len):g}.")
     return plan
 
 
@@ -258,9 +262,7 @@ def params_per_chip(model: Model, plan: Plan):
     output head; with pp = 1 it also holds the input embedding)."""
     layers = safe_div(model.n_layers, plan.pp)
     vd = model.vocab * model.d_model
-    embed = jnp.where(
-        plan.pp > 1.5, vd, jnp.where(model.tied_embeddings, 1.0, 2.0) * vd
-    )
+    embed = jnp.where(plan.pp > 1.5, vd, jnp.where(model.tied_embeddings, 1.0, 2.0) * vd)
     return safe_div(layers * params_per_layer(model) + embed, plan.tp)
 
 
@@ -292,9 +294,7 @@ def memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
     per_layer, stored = activation_bytes_per_layer(model, plan)
     layers = safe_div(model.n_layers, plan.pp)
     nmb = n_microbatches(plan)
-    inflight = jnp.minimum(plan.pp, nmb) * (
-        1.0 + safe_div(plan.pp - 1.0, plan.pp * plan.vpp)
-    )
+    inflight = jnp.minimum(plan.pp, nmb) * (1.0 + safe_div(plan.pp - 1.0, plan.pp * plan.vpp))
     inflight = jnp.where(plan.vpp > 1.5, inflight, jnp.minimum(plan.pp, nmb))
     acts = layers * per_layer * inflight
     # with full recompute one layer's full activations are rebuilt for its backward pass
@@ -304,9 +304,14 @@ def memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
     total = weights + grads + opt + acts
     over = jnp.maximum(total - hbm_bytes, 0.0)
     return Memory(
-        weights_bytes=weights, gradients_bytes=grads, optimizer_bytes=opt,
-        activations_bytes=acts, total_bytes=total, capacity_bytes=hbm_bytes + 0.0 * total,
-        overshoot_bytes=over, feasible=(over <= 0.0).astype(jnp.float32),
+        weights_bytes=weights,
+        gradients_bytes=grads,
+        optimizer_bytes=opt,
+        activations_bytes=acts,
+        total_bytes=total,
+        capacity_bytes=hbm_bytes + 0.0 * total,
+        overshoot_bytes=over,
+        feasible=(over <= 0.0).astype(jnp.float32),
     )
 
 

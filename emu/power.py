@@ -58,13 +58,25 @@ def network_w_per_chip(system: System):
 def _breakdown(system: System, chip_w, n_chips) -> PowerBreakdown:
     h = system.host
     sw, op, nic = network_w_per_chip(system)
-    parts = [n_chips * chip_w, n_chips * h.cpus_per_chip * h.cpu_w, n_chips * h.other_w_per_chip,
-             n_chips * sw, n_chips * op, n_chips * nic]
+    parts = [
+        n_chips * chip_w,
+        n_chips * h.cpus_per_chip * h.cpu_w,
+        n_chips * h.other_w_per_chip,
+        n_chips * sw,
+        n_chips * op,
+        n_chips * nic,
+    ]
     dc = sum(parts)
     it = safe_div(dc, system.facility.psu_efficiency)
     return PowerBreakdown(
-        chips_w=parts[0], cpus_w=parts[1], host_other_w=parts[2], switches_w=parts[3],
-        optics_w=parts[4], nics_w=parts[5], psu_loss_w=it - dc, it_w=it,
+        chips_w=parts[0],
+        cpus_w=parts[1],
+        host_other_w=parts[2],
+        switches_w=parts[3],
+        optics_w=parts[4],
+        nics_w=parts[5],
+        psu_loss_w=it - dc,
+        it_w=it,
         facility_w=system.facility.pue * it,
     )
 

@@ -104,12 +104,12 @@ def auto_plan(
     if pp is None and dp is not None:
         pp = rest // dp if rest % dp == 0 else None
         if pp is None:
-            raise ValueError(
-                f"Plan: dp={dp} must divide chips/(tp*cp) = {rest}; adjust --dp."
-            )
-    candidates = [pp] if pp is not None else [
-        d for d in _divisors(rest) if layers % (d * vpp) == 0 and (vpp == 1 or d > 1)
-    ]
+            raise ValueError(f"Plan: dp={dp} must divide chips/(tp*cp) = {rest}; adjust --dp.")
+    candidates = (
+        [pp]
+        if pp is not None
+        else [d for d in _divisors(rest) if layers % (d * vpp) == 0 and (vpp == 1 or d > 1)]
+    )
     if not candidates:
         raise ValueError(
             f"Plan: no pipeline degree divides both n_layers={layers} and chips/(tp*cp)={rest}; "
@@ -123,8 +123,18 @@ def auto_plan(
             unit = dp_ * microbatch
             gb = unit * max(1, math.ceil(DEFAULT_BATCH_TOKENS / seq_len / unit))
         return make_plan(
-            tp=tp, pp=pp_, dp=dp_, cp=cp, microbatch=microbatch, global_batch=gb,
-            seq_len=seq_len, vpp=vpp, zero=zero, recompute=rc, sp=sp, precision=precision,
+            tp=tp,
+            pp=pp_,
+            dp=dp_,
+            cp=cp,
+            microbatch=microbatch,
+            global_batch=gb,
+            seq_len=seq_len,
+            vpp=vpp,
+            zero=zero,
+            recompute=rc,
+            sp=sp,
+            precision=precision,
             grad_bytes=grad_bytes,
         )
 
@@ -266,9 +276,7 @@ def sensitivity(system: System, model: Model, plan: Plan) -> dict:
             "tokens_per_joule": float(x * gx[0]),
             "tokens_per_s": float(x * gx[1]),
         }
-    ordered = dict(
-        sorted(rows.items(), key=lambda kv: -abs(kv[1]["tokens_per_joule"]))
-    )
+    ordered = dict(sorted(rows.items(), key=lambda kv: -abs(kv[1]["tokens_per_joule"])))
     return {
         "system": system.name,
         "model": model.name,

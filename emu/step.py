@@ -139,12 +139,7 @@ def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
     pp_one = collectives.send_recv_time(system, pp_bytes, stride=pp_stride)
     pp_mb = jnp.where(plan.pp > 1.5, 2.0 * plan.vpp * pp_one, 0.0)
 
-    t_mb = (
-        compute_mb
-        + (1.0 - ov.tp) * tp_mb
-        + (1.0 - ov.cp) * cp_mb
-        + (1.0 - ov.pp) * pp_mb
-    )
+    t_mb = compute_mb + (1.0 - ov.tp) * tp_mb + (1.0 - ov.cp) * cp_mb + (1.0 - ov.pp) * pp_mb
     bubble = safe_div(plan.pp - 1.0, plan.vpp) * t_mb
 
     # DP (over dp x cp ranks that hold the same weights): ZeRO 0 all-reduces gradients;

@@ -109,16 +109,34 @@ def example_system() -> System:
     """A DGX-H100-like system: 8-GPU NVLink node, 400G InfiniBand (facts §10, nominal)."""
     f = jnp.float32
     nvlink = Tier(
-        name="nvlink", link="nvlink4", domain_chips=f(8), bytes_per_s=f(450e9),
-        efficiency=f(0.82), latency_s=f(1e-6), base_latency_s=f(10e-6),
-        oversubscription=f(1.0), allreduce_speedup=f(1.3), switch_w_per_chip=f(30.0),
-        optics_per_chip=f(0.0), optic_w=f(0.0), nic_w_per_chip=f(0.0),
+        name="nvlink",
+        link="nvlink4",
+        domain_chips=f(8),
+        bytes_per_s=f(450e9),
+        efficiency=f(0.82),
+        latency_s=f(1e-6),
+        base_latency_s=f(10e-6),
+        oversubscription=f(1.0),
+        allreduce_speedup=f(1.3),
+        switch_w_per_chip=f(30.0),
+        optics_per_chip=f(0.0),
+        optic_w=f(0.0),
+        nic_w_per_chip=f(0.0),
     )
     ib = Tier(
-        name="infiniband", link="ib400", domain_chips=f(1e6), bytes_per_s=f(50e9),
-        efficiency=f(0.85), latency_s=f(5e-6), base_latency_s=f(20e-6),
-        oversubscription=f(1.0), allreduce_speedup=f(1.0), switch_w_per_chip=f(35.0),
-        optics_per_chip=f(2.0), optic_w=f(8.0), nic_w_per_chip=f(25.0),
+        name="infiniband",
+        link="ib400",
+        domain_chips=f(1e6),
+        bytes_per_s=f(50e9),
+        efficiency=f(0.85),
+        latency_s=f(5e-6),
+        base_latency_s=f(20e-6),
+        oversubscription=f(1.0),
+        allreduce_speedup=f(1.0),
+        switch_w_per_chip=f(35.0),
+        optics_per_chip=f(2.0),
+        optic_w=f(8.0),
+        nic_w_per_chip=f(25.0),
     )
     return System(
         name="example-dgx-h100",

@@ -22,17 +22,23 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from emu.config import apply_overrides, load_system, model_from_dict
+from emu.config import load_system, model_from_dict
 from emu.objective import evaluate
 from emu.parallelism import make_plan, validate_plan
-from emu.struct import replace, stack
+from emu.struct import stack
 from emu.workload import model_flops_per_token
 
 __all__ = ["validate_file", "validate_rows", "format_report", "default_measurements"]
 
 METRICS_TRAIN = {
-    "iteration_time", "train_step_time", "tokens_per_s_per_gpu", "achieved_tflops_per_gpu",
-    "tflops_per_gpu", "mfu", "layer_fwd_plus_bwd_time", "gpu_hours_per_trillion_tokens",
+    "iteration_time",
+    "train_step_time",
+    "tokens_per_s_per_gpu",
+    "achieved_tflops_per_gpu",
+    "tflops_per_gpu",
+    "mfu",
+    "layer_fwd_plus_bwd_time",
+    "gpu_hours_per_trillion_tokens",
 }
 REQUIRED = ("id", "kind", "system", "n_chips", "metric", "value")
 
@@ -63,22 +69,42 @@ def read_rows(path) -> tuple[list[dict], list[dict]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            problems.append({"id": f"line {i}", "status": "error",
-                             "reason": f"line {i}: invalid JSON ({e.msg})"})
+            problems.append(
+                {
+                    "id": f"line {i}",
+                    "status": "error",
+                    "reason": f"line {i}: invalid JSON ({e.msg})",
+                }
+            )
             continue
         if not isinstance(row, dict):
-            problems.append({"id": f"line {i}", "status": "error",
-                             "reason": f"line {i}: expected a JSON object"})
+            problems.append(
+                {
+                    "id": f"line {i}",
+                    "status": "error",
+                    "reason": f"line {i}: expected a JSON object",
+                }
+            )
             continue
         missing = [k for k in REQUIRED if k not in row]
         if missing:
-            problems.append({"id": str(row.get("id", f"line {i}")), "status": "error",
-                             "reason": f"line {i}: missing {', '.join(missing)}"})
+            problems.append(
+                {
+                    "id": str(row.get("id", f"line {i}")),
+                    "status": "error",
+                    "reason": f"line {i}: missing {', '.join(missing)}",
+                }
+            )
             continue
         v = row["value"]
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
-            problems.append({"id": str(row["id"]), "status": "error",
-                             "reason": f"line {i}: value must be a positive number (got {v!r})"})
+            problems.append(
+                {
+                    "id": str(row["id"]),
+                    "status": "error",
+                    "reason": f"line {i}: value must be a positive number (got {v!r})",
+                }
+            )
             continue
         row["_line"] = i
         rows.append(row)
@@ -177,9 +203,19 @@ def row_plan(row: dict, model):
     prec = row.get("precision") or "bf16"
     notes = f"{row.get('notes', '')} {row['id']}".lower()
     plan = make_plan(
-        tp=tp, pp=pp, dp=dp, cp=cp, microbatch=mb, global_batch=gb, seq_len=seq, vpp=vpp,
-        zero=_zero(p.get("zero")), recompute=_recompute(p.get("recompute")), sp=sp,
-        precision=prec, lora="lora" in notes,
+        tp=tp,
+        pp=pp,
+        dp=dp,
+        cp=cp,
+        microbatch=mb,
+        global_batch=gb,
+        seq_len=seq,
+        vpp=vpp,
+        zero=_zero(p.get("zero")),
+        recompute=_recompute(p.get("recompute")),
+        sp=sp,
+        precision=prec,
+        lora="lora" in notes,
     )
     return validate_plan(plan, model, even_layers=False)
 
@@ -193,9 +229,14 @@ def predict_metric(metric: str, r, row: dict, model, plan) -> float:
     if metric == "tokens_per_s_per_gpu":
         return tokens / t / n
     if metric == "achieved_tflops_per_gpu":
-        b, s, l, h, v = (float(plan.global_batch), float(plan.seq_len), float(model.n_layers),
-                         float(model.d_model), float(model.vocab))
-        flops = 96 * b * s * l * h * h * (1 + s / (6 * h) + v / (16 * l * h))
+        b, s, n_l, h, v = (
+            float(plan.global_batch),
+            float(plan.seq_len),
+            float(model.n_layers),
+            float(model.d_model),
+            float(model.vocab),
+        )
+        flops = 96 * b * s * n_l * h * h * (1 + s / (6 * h) + v / (16 * n_l * h))
         return flops / (t * n) / 1e12
     if metric == "tflops_per_gpu":
         return float(model_flops_per_token(model, plan.seq_len)) * tokens / (t * n) / 1e12
@@ -205,8 +246,10 @@ def predict_metric(metric: str, r, row: dict, model, plan) -> float:
         bd = r.breakdown
         nmb = float(plan.global_batch / (plan.dp * plan.microbatch))
         layers = float(model.n_layers / plan.pp)
-        per_mb = (float(bd.total_s - bd.optimizer_s - bd.exposed_dp_s - bd.bubble_s) / nmb
-                  - float(bd.head_s) / nmb)
+        per_mb = (
+            float(bd.total_s - bd.optimizer_s - bd.exposed_dp_s - bd.bubble_s) / nmb
+            - float(bd.head_s) / nmb
+        )
         return per_mb / layers * 1e3
     if metric == "gpu_hours_per_trillion_tokens":
         return n * 1e12 / (tokens / t) / 3600.0
@@ -221,9 +264,14 @@ def validate_rows(rows: list[dict], *, overrides: dict | None = None) -> list[di
     prepared = []
     systems: dict = {}
     for row in rows:
-        base = {"id": str(row["id"]), "kind": row["kind"], "system": row["system"],
-                "metric": row["metric"], "measured": float(row["value"]),
-                "source": str(row.get("source", "")).split("|")[0].strip()}
+        base = {
+            "id": str(row["id"]),
+            "kind": row["kind"],
+            "system": row["system"],
+            "metric": row["metric"],
+            "measured": float(row["value"]),
+            "source": str(row.get("source", "")).split("|")[0].strip(),
+        }
         try:
             if row["kind"] != "train":
                 raise NotImplementedError(f"kind '{row['kind']}' is not modelled yet (issue 3)")
@@ -239,11 +287,25 @@ def validate_rows(rows: list[dict], *, overrides: dict | None = None) -> list[di
                 raise ValueError(f"{system.chip.name} has no {prec} support")
             prepared.append((base, row, system, model, plan))
         except NotImplementedError as e:
-            results.append({**base, "predicted": None, "abs_pct_error": None,
-                            "status": "skipped", "reason": str(e)})
+            results.append(
+                {
+                    **base,
+                    "predicted": None,
+                    "abs_pct_error": None,
+                    "status": "skipped",
+                    "reason": str(e),
+                }
+            )
         except (ValueError, KeyError, TypeError) as e:
-            results.append({**base, "predicted": None, "abs_pct_error": None,
-                            "status": "error", "reason": f"line {row.get('_line')}: {e}"})
+            results.append(
+                {
+                    **base,
+                    "predicted": None,
+                    "abs_pct_error": None,
+                    "status": "error",
+                    "reason": f"line {row.get('_line')}: {e}",
+                }
+            )
     groups = defaultdict(list)
     for item in prepared:
         _, _, system, model, plan = item
@@ -254,13 +316,20 @@ def validate_rows(rows: list[dict], *, overrides: dict | None = None) -> list[di
         mod_b = stack([i[3] for i in items])
         plan_b = stack([i[4] for i in items])
         out = jax.device_get(_eval_batch(sys_b, mod_b, plan_b))
-        for j, (base, row, system, model, plan) in enumerate(items):
+        for j, (base, row, _system, model, plan) in enumerate(items):
             r = jax.tree_util.tree_map(lambda x, j=j: np.asarray(x)[j], out)
             pred = predict_metric(row["metric"], r, row, model, plan)
             err = abs(pred - base["measured"]) / base["measured"]
-            results.append({**base, "predicted": pred, "abs_pct_error": 100.0 * err,
-                            "status": "ok", "reason": None,
-                            "feasible": bool(float(r.feasible) > 0.5)})
+            results.append(
+                {
+                    **base,
+                    "predicted": pred,
+                    "abs_pct_error": 100.0 * err,
+                    "status": "ok",
+                    "reason": None,
+                    "feasible": bool(float(r.feasible) > 0.5),
+                }
+            )
     order = {str(r["id"]): i for i, r in enumerate(rows)}
     results.sort(key=lambda r: order.get(r["id"], len(order)))
     return results
@@ -270,9 +339,12 @@ def _stats(errors: list[float]) -> dict:
     if not errors:
         return {"n": 0, "median_abs_pct_error": None, "p90_abs_pct_error": None}
     a = np.asarray(errors)
-    return {"n": int(a.size), "median_abs_pct_error": float(np.median(a)),
-            "p90_abs_pct_error": float(np.percentile(a, 90)),
-            "mean_abs_pct_error": float(np.mean(a))}
+    return {
+        "n": int(a.size),
+        "median_abs_pct_error": float(np.median(a)),
+        "p90_abs_pct_error": float(np.percentile(a, 90)),
+        "mean_abs_pct_error": float(np.mean(a)),
+    }
 
 
 def summarise(results: list[dict]) -> dict:
@@ -313,21 +385,28 @@ def format_report(report: dict, *, show_skipped: bool = False) -> str:
     for r in report["rows"]:
         if r["status"] == "ok":
             flag = "" if r.get("feasible", True) else "  (plan exceeds HBM in emu)"
-            lines.append(f"{r['id'][:58]:58} {r['system']:14} {r['metric'][:26]:26} "
-                         f"{r['predicted']:11.4g} {r['measured']:11.4g} "
-                         f"{r['abs_pct_error']:6.1f}%{flag}")
+            lines.append(
+                f"{r['id'][:58]:58} {r['system']:14} {r['metric'][:26]:26} "
+                f"{r['predicted']:11.4g} {r['measured']:11.4g} "
+                f"{r['abs_pct_error']:6.1f}%{flag}"
+            )
         elif show_skipped or r["status"] == "error":
             lines.append(f"{r['id'][:58]:58} {r['status'].upper()}: {r['reason']}")
     s = report["summary"]
-    lines += ["", f"rows {s['rows']}: modelled {s['modelled']}, skipped {s['skipped']} "
-                  f"(use --show-skipped for reasons), errors {s['errors']}"]
+    lines += [
+        "",
+        f"rows {s['rows']}: modelled {s['modelled']}, skipped {s['skipped']} "
+        f"(use --show-skipped for reasons), errors {s['errors']}",
+    ]
 
     def block(title, d):
         out = [f"{title:44} {'n':>4} {'median':>8} {'p90':>8}"]
         for k, v in d.items():
             if v["n"]:
-                out.append(f"{k[:44]:44} {v['n']:4d} {v['median_abs_pct_error']:7.1f}% "
-                           f"{v['p90_abs_pct_error']:7.1f}%")
+                out.append(
+                    f"{k[:44]:44} {v['n']:4d} {v['median_abs_pct_error']:7.1f}% "
+                    f"{v['p90_abs_pct_error']:7.1f}%"
+                )
         return out
 
     lines += [""] + block("by kind", {**s["by_kind"], "ALL": s["all"]})

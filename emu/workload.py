@@ -105,7 +105,18 @@ def example_model() -> Model:
     """Llama 3 8B (arXiv:2407.21783 Table 3)."""
     f = jnp.float32
     return Model(
-        name="llama3-8b", ffn="swiglu", n_layers=f(32), d_model=f(4096), n_heads=f(32),
-        n_kv_heads=f(8), d_head=f(128), d_ff=f(14336), vocab=f(128256), n_experts=f(0),
-        top_k=f(0), d_ff_expert=f(0), n_shared_experts=f(0), n_dense_layers=f(0),
+        name="llama3-8b",
+        ffn="swiglu",
+        n_layers=f(32),
+        d_model=f(4096),
+        n_heads=f(32),
+        n_kv_heads=f(8),
+        d_head=f(128),
+        d_ff=f(14336),
+        vocab=f(128256),
+        n_experts=f(0),
+        top_k=f(0),
+        d_ff_expert=f(0),
+        n_shared_experts=f(0),
+        n_dense_layers=f(0),
     )

@@ -31,10 +31,21 @@ def random_plans(n: int, seed: int = 0):
     f = lambda x: jnp.asarray(x, jnp.float32)
     full = lambda v: jnp.full((n,), v, jnp.float32)
     return replace(
-        base, tp=f(tp), pp=f(pp), dp=f(dp), cp=full(1.0), ep=full(1.0), microbatch=f(mb),
-        global_batch=f(dp * mb * 16), seq_len=full(8192.0), vpp=full(1.0),
-        zero=f(rng.integers(0, 4, n)), recompute=f(rng.integers(0, 3, n)),
-        sp=f(rng.integers(0, 2, n)), grad_bytes=full(4.0), lora=full(0.0),
+        base,
+        tp=f(tp),
+        pp=f(pp),
+        dp=f(dp),
+        cp=full(1.0),
+        ep=full(1.0),
+        microbatch=f(mb),
+        global_batch=f(dp * mb * 16),
+        seq_len=full(8192.0),
+        vpp=full(1.0),
+        zero=f(rng.integers(0, 4, n)),
+        recompute=f(rng.integers(0, 3, n)),
+        sp=f(rng.integers(0, 2, n)),
+        grad_bytes=full(4.0),
+        lora=full(0.0),
     )
 
 

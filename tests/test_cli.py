@@ -23,7 +23,8 @@ def test_list_and_fields(capsys):
     assert "llama3_70b" in d["models"]
     fields = run_json(capsys, "list", "--fields", "gb200_nvl72")
     assert fields["chip.hbm_bytes_per_s"] == pytest.approx(7.7e12, rel=0.05) or fields[
-        "chip.hbm_bytes_per_s"] == pytest.approx(8e12, rel=0.01)
+        "chip.hbm_bytes_per_s"
+    ] == pytest.approx(8e12, rel=0.01)
     assert "tiers.nvlink.bytes_per_s" in fields
 
 
@@ -37,8 +38,17 @@ def test_describe_contract(capsys):
 def test_run_contract_and_set(capsys):
     args = ["run", "--system", "gb200_nvl72", "--model", "llama3_8b", "--seq-len", "4096"]
     d = run_json(capsys, *args)
-    for key in ("step_time_s", "tokens_per_s", "tokens_per_joule", "power_w", "mfu",
-                "feasible", "breakdown", "memory", "plan"):
+    for key in (
+        "step_time_s",
+        "tokens_per_s",
+        "tokens_per_joule",
+        "power_w",
+        "mfu",
+        "feasible",
+        "breakdown",
+        "memory",
+        "plan",
+    ):
         assert key in d
     assert d["plan"]["tp"] * d["plan"]["pp"] * d["plan"]["dp"] * d["plan"]["cp"] == 72
     slow = run_json(capsys, *args, "--set", "chip.peak_flops_per_s.bf16=1.25e15")
@@ -69,7 +79,8 @@ def test_sensitivity_agrees_with_finite_differences_through_run_set(capsys):
         import math
 
         fd = (math.log(up["tokens_per_joule"]) - math.log(dn["tokens_per_joule"])) / (
-            math.log(1 + h) - math.log(1 - h))
+            math.log(1 + h) - math.log(1 - h)
+        )
         assert s["elasticities"][path]["tokens_per_joule"] == pytest.approx(fd, abs=0.02), path
 
 

@@ -25,8 +25,12 @@ def test_golden_h100_ring_allreduce_busbw():
 
 
 def test_group_of_one_costs_nothing():
-    for fn in (collectives.all_reduce_time, collectives.all_gather_time,
-               collectives.reduce_scatter_time, collectives.all_to_all_time):
+    for fn in (
+        collectives.all_reduce_time,
+        collectives.all_gather_time,
+        collectives.reduce_scatter_time,
+        collectives.all_to_all_time,
+    ):
         assert float(fn(SYS, f32(1e9), f32(1))) == 0.0
 
 
@@ -51,7 +55,9 @@ def test_jit_and_vmap_match_loop():
     sizes = jnp.array([1e3, 1e6, 1e9], dtype=jnp.float32)
     groups = jnp.array([2.0, 8.0, 64.0], dtype=jnp.float32)
     f = jax.jit(jax.vmap(lambda b, g: collectives.all_reduce_time(SYS, b, g)))
-    loop = [float(collectives.all_reduce_time(SYS, b, g)) for b, g in zip(sizes, groups)]
+    loop = [
+        float(collectives.all_reduce_time(SYS, b, g)) for b, g in zip(sizes, groups, strict=True)
+    ]
     np.testing.assert_allclose(np.asarray(f(sizes, groups)), loop, rtol=1e-6)
 
 

@@ -21,8 +21,8 @@ def test_grad_of_tokens_per_joule_matches_finite_differences(name):
     with jax.enable_x64(True):
         system = _f64(load_system(name))
         model = _f64(load_model("llama3_8b"))
-        # 48 chips: no group (nor pipeline pair) fills a tier's domain exactly, so no leaf sits on a kink of the
-        # exact (piecewise-linear) placement and one-sided differences are not needed.
+        # 48 chips: no group (nor pipeline pair) fills a tier's domain exactly, so no leaf
+        # sits on a kink of the exact (piecewise-linear) placement.
         plan = _f64(make_plan(tp=4, pp=4, dp=3, global_batch=48, seq_len=4096))
         f = jax.jit(lambda s: jnp.log(evaluate(s, model, plan).tokens_per_joule))
         grads = float_leaves(jax.grad(f)(system))
@@ -46,8 +46,10 @@ def test_grad_of_tokens_per_joule_matches_finite_differences(name):
 def test_gradients_finite_for_edge_plans(catalog):
     model = catalog["llama8"]
     f = jax.grad(lambda s, p: jnp.log(evaluate(s, model, p).tokens_per_joule))
-    for plan in (make_plan(tp=1, pp=1, dp=1, global_batch=1, seq_len=1),
-                 make_plan(tp=8, pp=32, dp=1, global_batch=1, seq_len=128),
-                 make_plan(tp=1, pp=1, dp=100000, global_batch=100000, seq_len=8192, zero=3)):
+    for plan in (
+        make_plan(tp=1, pp=1, dp=1, global_batch=1, seq_len=1),
+        make_plan(tp=8, pp=32, dp=1, global_batch=1, seq_len=128),
+        make_plan(tp=1, pp=1, dp=100000, global_batch=100000, seq_len=8192, zero=3),
+    ):
         g = f(catalog["h100"], plan)
         assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(g))

@@ -38,4 +38,5 @@ def test_average_power_between_idle_and_full_load(catalog):
     full = float(full_load_power(sys, 72.0).it_w)
     assert 0.5 * full < float(r.power_w) <= full
     assert float(r.tokens_per_joule) == pytest.approx(
-        float(r.tokens_per_s) / float(r.power_w), rel=1e-6)
+        float(r.tokens_per_s) / float(r.power_w), rel=1e-6
+    )

@@ -30,8 +30,9 @@ def test_step_is_bounded_by_compute_and_communication(catalog):
 
 def test_faster_scale_up_never_slows_a_step(catalog):
     sys = catalog["nvl72"]
-    fast = replace(sys, tiers=(replace(sys.tiers[0], bytes_per_s=sys.tiers[0].bytes_per_s * 2),
-                               *sys.tiers[1:]))
+    fast = replace(
+        sys, tiers=(replace(sys.tiers[0], bytes_per_s=sys.tiers[0].bytes_per_s * 2), *sys.tiers[1:])
+    )
     for plan in _plans():
         assert float(train_step(fast, catalog["llama8"], plan).total_s) <= float(
             train_step(sys, catalog["llama8"], plan).total_s
@@ -58,8 +59,9 @@ def test_pipeline_bubble_matches_1f1b_formula(catalog):
     plan = make_plan(tp=8, pp=4, dp=1, global_batch=16, seq_len=4096)
     b = train_step(catalog["cm"], catalog["llama70"], plan)
     nmb = 16
-    per_mb = (float(b.total_s) - float(b.bubble_s) - float(b.optimizer_s)
-              - float(b.exposed_dp_s)) / nmb
+    per_mb = (
+        float(b.total_s) - float(b.bubble_s) - float(b.optimizer_s) - float(b.exposed_dp_s)
+    ) / nmb
     assert float(b.bubble_s) == pytest.approx(3 * per_mb, rel=1e-4)
 
 
