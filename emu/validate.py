@@ -40,7 +40,10 @@ METRICS_TRAIN = {
     "layer_fwd_plus_bwd_time",
     "gpu_hours_per_trillion_tokens",
 }
+METRICS_ALLREDUCE = {"allreduce_busbw", "allreduce_busbw_peak", "effective_nvlink_busbw_ring"}
 REQUIRED = ("id", "kind", "system", "n_chips", "metric", "value")
+#: message size when a row gives none: "peak" bus bandwidth is reached with GB-scale buffers
+DEFAULT_MESSAGE_BYTES = 4e9
 
 
 def default_measurements() -> Path:
@@ -259,6 +262,35 @@ def predict_metric(metric: str, r, row: dict, model, plan) -> float:
 _eval_batch = jax.jit(jax.vmap(evaluate))
 
 
+def message_bytes(row: dict) -> float:
+    """Buffer size of a collective row from its notes ("4-8 GB messages" -> geometric mean,
+    ">256 MB" -> 256 MB); DEFAULT_MESSAGE_BYTES when the notes give none."""
+    notes = str(row.get("notes", ""))
+    unit = {"KB": 1e3, "MB": 1e6, "GB": 1e9, "K": 1e3, "M": 1e6, "G": 1e9}
+    m = re.search(r"(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB)\b", notes)
+    if m:
+        u = unit[m.group(3)]
+        return math.sqrt(float(m.group(1)) * float(m.group(2))) * u
+    m = re.search(r">\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB)\b", notes)
+    if m:
+        return float(m.group(1)) * unit[m.group(2)]
+    return DEFAULT_MESSAGE_BYTES
+
+
+def predict_allreduce_busbw(row: dict, system) -> float:
+    """nccl-tests bus bandwidth (GB/s) = size / time * 2 (n - 1) / n. The ring metric
+    ("NCCL_ALGO=RING or non-allreduce ops") uses a flat ring without in-switch reduction."""
+    from emu import collectives
+
+    n = float(row["n_chips"])
+    if n < 2:
+        raise ValueError("a collective needs n_chips >= 2")
+    b = message_bytes(row)
+    algo = "ring" if row["metric"] == "effective_nvlink_busbw_ring" else "hierarchical"
+    t = float(collectives.all_reduce_time(system, np.float32(b), np.float32(n), algorithm=algo))
+    return b / t * 2.0 * (n - 1.0) / n / 1e9
+
+
 def validate_rows(rows: list[dict], *, overrides: dict | None = None) -> list[dict]:
     results = []
     prepared = []
@@ -273,6 +305,21 @@ def validate_rows(rows: list[dict], *, overrides: dict | None = None) -> list[di
             "source": str(row.get("source", "")).split("|")[0].strip(),
         }
         try:
+            if row["kind"] == "collective" and row["metric"] in METRICS_ALLREDUCE:
+                if row["system"] not in systems:
+                    systems[row["system"]] = load_system(row["system"], overrides)
+                pred = predict_allreduce_busbw(row, systems[row["system"]])
+                err = abs(pred - base["measured"]) / base["measured"]
+                results.append(
+                    {
+                        **base,
+                        "predicted": pred,
+                        "abs_pct_error": 100.0 * err,
+                        "status": "ok",
+                        "reason": None,
+                    }
+                )
+                continue
             if row["kind"] != "train":
                 raise NotImplementedError(f"kind '{row['kind']}' is not modelled yet (issue 3)")
             if row["metric"] not in METRICS_TRAIN:
