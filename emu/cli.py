@@ -149,7 +149,7 @@ def _setup(args, system_name: str):
         pp=args.pp,
         dp=args.dp,
         cp=args.cp,
-        vpp=args.vpp or 1,
+        vpp=1 if args.vpp is None else args.vpp,
         zero=args.zero,
         recompute=args.recompute,
         sp=not args.no_sp,
@@ -160,8 +160,10 @@ def _setup(args, system_name: str):
 
         plan = replace(plan, algorithm=args.algorithm)
     if plan_o:
-        plan = apply_overrides(plan, plan_o)
-        check_plan(system, model, plan)
+        from emu.config import PLAN_BOUNDS
+
+        plan = apply_overrides(plan, plan_o, bounds=PLAN_BOUNDS)
+        check_plan(system, model, plan, args.chips)
     return system, model, plan
 
 
@@ -311,7 +313,9 @@ def cmd_describe(args) -> None:
     from emu.config import load_system
     from emu.runner import describe
 
-    sys_o, _, _ = _split_overrides(args.set)
+    sys_o, model_o, plan_o = _split_overrides(args.set)
+    if model_o or plan_o:
+        raise CliError("describe takes only system fields in --set (no model./plan. paths).")
     d = describe(load_system(args.system, sys_o))
     rows = [["chips", f"{d['n_chips']} x {d['chip']}"]]
     rows += [[f"peak {k} (dense)", _si(v, "FLOP/s")] for k, v in d["peak_flops_per_s"].items()]
@@ -378,7 +382,9 @@ def cmd_validate(args) -> None:
     from emu.validate import format_report, validate_file
 
     enable_cache()
-    sys_o, _, _ = _split_overrides(args.set)
+    sys_o, model_o, plan_o = _split_overrides(args.set)
+    if model_o or plan_o:
+        raise CliError("validate takes only system fields in --set (rows define model and plan).")
     report = validate_file(args.file, kind=args.kind, overrides=sys_o)
     _emit(args, report, format_report(report, show_skipped=args.show_skipped))
 

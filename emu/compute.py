@@ -26,7 +26,7 @@ from emu.hardware import Chip, peak_flops
 from emu.numerics import safe_div
 from emu.units import BYTES_PER_ELEMENT
 
-__all__ = ["matmul_efficiency", "matmul_time", "memory_time"]
+__all__ = ["matmul_efficiency", "matmul_time", "memory_time", "attention_time"]
 
 
 LOW_PRECISIONS = ("fp8", "int8", "fp4")
@@ -54,3 +54,18 @@ def memory_time(chip: Chip, nbytes, *, kernels=0.0):
     return safe_div(nbytes, chip.hbm_bytes_per_s * chip.hbm_efficiency) + (
         kernels * chip.kernel_overhead_s
     )
+
+
+def attention_time(chip: Chip, s_q, s_kv, d_head, heads, precision: str, *, causal=True):
+    """Seconds for one fused (flash) attention forward over `heads` heads.
+
+    FLOPs 4 s_q s_kv d_head per head (QK^T and AV), halved when causal; HBM traffic only
+    Q, K, V and O ((2 s_q + 2 s_kv) d_head per head: the s x s scores never leave the chip);
+    efficiency from the matmul curve at (s_q, s_kv, d_head); one kernel launch.
+    """
+    frac = 0.5 if causal else 1.0
+    flops = frac * 4.0 * s_q * s_kv * d_head * heads
+    rate = peak_flops(chip, precision) * matmul_efficiency(chip, s_q, s_kv, d_head, precision)
+    nbytes = (2.0 * s_q + 2.0 * s_kv) * d_head * heads * BYTES_PER_ELEMENT[precision]
+    t_memory = safe_div(nbytes, chip.hbm_bytes_per_s * chip.hbm_efficiency)
+    return jnp.maximum(safe_div(flops, rate), t_memory) + chip.kernel_overhead_s

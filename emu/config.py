@@ -71,10 +71,6 @@ _BOUNDS = {
     "other_w_per_chip": ">=0",
     "psu_efficiency": "(0,1]",
     "pue": ">=1",
-    "tp": "0..1",
-    "dp": "0..1",
-    "pp": "0..1",
-    "cp": "0..1",
     "n_experts": ">=0",
     "top_k": ">=0",
     "d_ff_expert": ">=0",
@@ -88,6 +84,11 @@ _BOUND_TEXT = {
     "0..1": "must be between 0 and 1",
     "(0,1]": "must be in (0, 1]",
 }
+
+
+_OVERLAP_BOUNDS = {"tp": "0..1", "dp": "0..1", "pp": "0..1", "cp": "0..1"}
+#: --set plan.<field>: categorical fields may be 0; validate_plan checks the values
+PLAN_BOUNDS = {"zero": ">=0", "recompute": ">=0", "sp": ">=0", "lora": ">=0"}
 
 
 def _ok(bound: str, x: float) -> bool:
@@ -177,12 +178,19 @@ def _number(value: Any, where: str, bound: str) -> jnp.ndarray:
             "write SI units as plain numbers, e.g. 9e11."
         )
     x = float(value)
-    if not math.isfinite(x) or not _ok(bound, x):
+    if math.isfinite(x) and abs(x) > 3.4e38:
+        raise ValueError(f"{where} = {value!r} is outside the float32 range emu computes in.")
+    y = (
+        float(jnp.float32(x)) if math.isfinite(x) else x
+    )  # what is stored: catch float32 overflow and underflow to 0
+    if not math.isfinite(y) or (x != 0 and y == 0):
+        raise ValueError(f"{where} = {value!r} is outside the float32 range emu computes in.")
+    if not _ok(bound, y):
         raise ValueError(f"{where} {_BOUND_TEXT[bound]} (got {value!r}).")
-    return jnp.float32(x)
+    return jnp.float32(y)
 
 
-def _build(cls, data: dict, where: str, *, defaults: dict | None = None, skip=()):
+def _build(cls, data: dict, where: str, *, defaults: dict | None = None, skip=(), bounds=None):
     """Construct dataclass `cls` from a TOML table, checking keys, types and bounds."""
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a table (got {type(data).__name__}).")
@@ -210,19 +218,24 @@ def _build(cls, data: dict, where: str, *, defaults: dict | None = None, skip=()
         else:
             raise ValueError(f"{where}: missing key '{name}'; add `{name} = ...` to the file.")
         if static:
-            if not isinstance(value, str | bool):
-                raise ValueError(f"{where}.{name} must be a string (got {value!r}).")
+            want = bool if isinstance(f.default, bool) else str
+            if not isinstance(value, want) or (want is str and not value):
+                kind = "true or false" if want is bool else "a non-empty string"
+                raise ValueError(f"{where}.{name} must be {kind} (got {value!r}).")
             kwargs[name] = value
         else:
-            kwargs[name] = _number(value, f"{where}.{name}", _BOUNDS.get(name, ">0"))
+            b = (bounds or {}).get(name) or _BOUNDS.get(name, ">0")
+            kwargs[name] = _number(value, f"{where}.{name}", b)
     return kwargs
 
 
 def _chip(data: dict, cal: dict, where: str) -> Chip:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a table [chip] (got {type(data).__name__}).")
     data = dict(data)
     family = data.get("family")
     fams = cal.get("chip_family", {})
-    if family not in fams:
+    if not isinstance(family, str) or family not in fams:
         raise ValueError(
             f"{where}.family: unknown chip family {family!r}; known: {', '.join(sorted(fams))}."
         )
@@ -274,7 +287,7 @@ def _system(data: dict, where: str) -> System:
         if not isinstance(t, dict):
             raise ValueError(f"{w} must be a table.")
         link = t.get("link")
-        if link not in links:
+        if not isinstance(link, str) or link not in links:
             raise ValueError(
                 f"{w}.link: unknown link type {link!r}; known: {', '.join(sorted(links))}."
             )
@@ -301,7 +314,7 @@ def _system(data: dict, where: str) -> System:
             Overlap, data.get("overlap", {}), f"{where}.overlap", defaults=cal.get("overlap", {})
         )
     )
-    return System(
+    system = System(
         name=data["name"],
         n_chips=n,
         chip=chip,
@@ -310,13 +323,39 @@ def _system(data: dict, where: str) -> System:
         facility=fac,
         overlap=ov,
     )
+    return check_system(system, where)
+
+
+def check_system(sys: System, where: str = "system") -> System:
+    """Cross-field checks (also after --set overrides)."""
+    c = sys.chip
+    if float(c.idle_w) > float(c.tdp_w):
+        raise ValueError(
+            f"{where}: chip.idle_w={float(c.idle_w):g} exceeds chip.tdp_w={float(c.tdp_w):g}."
+        )
+    prev = 0.0
+    for t in sys.tiers:
+        d = float(t.domain_chips)
+        if d != round(d) or d < prev:
+            raise ValueError(
+                f"{where}: tiers.{t.name}.domain_chips={d:g} must be an integer no smaller "
+                f"than the tier inside it ({prev:g})."
+            )
+        prev = d
+    n = float(sys.n_chips)
+    if n != round(n) or n > prev:
+        raise ValueError(
+            f"{where}: n_chips={n:g} must be an integer <= the outermost tier's domain ({prev:g})."
+        )
+    return sys
 
 
 def load_system(name_or_path: str | Path, overrides: dict | None = None) -> System:
     """A validated System from the catalog or a TOML file, with optional dotted overrides."""
     path = _resolve(name_or_path, "systems")
-    sys = _system(load_toml(path, "system"), f"system '{Path(path).stem}'")
-    return apply_overrides(sys, overrides) if overrides else sys
+    where = f"system '{Path(path).stem}'"
+    sys = _system(load_toml(path, "system"), where)
+    return check_system(apply_overrides(sys, overrides), where) if overrides else sys
 
 
 _MODEL_OPTIONAL = {
@@ -330,6 +369,8 @@ _MODEL_OPTIONAL = {
 
 
 def model_from_dict(data: dict, where: str) -> Model:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a table (got {type(data).__name__}).")
     data = dict(data)
     for key in ("n_layers", "d_model", "n_heads"):
         if key not in data:
@@ -343,13 +384,21 @@ def model_from_dict(data: dict, where: str) -> Model:
         and data["n_heads"]
     ):
         data["d_head"] = data["d_model"] / data["n_heads"]
-    if "ffn" in data and data["ffn"] not in FFN_KINDS:
+    if "ffn" in data and (not isinstance(data["ffn"], str) or data["ffn"] not in FFN_KINDS):
         raise ValueError(
             f"{where}.ffn: unknown FFN {data['ffn']!r}; known: {', '.join(FFN_KINDS)}."
         )
     defaults = {k: v for k, v in _MODEL_OPTIONAL.items() if v is not None}
     kw = _build(Model, data, where, defaults=defaults)
-    m = Model(**kw)
+    return check_model(Model(**kw), where)
+
+
+def check_model(m: Model, where: str = "model") -> Model:
+    """Cross-field checks (also after --set overrides)."""
+    if float(m.n_experts) > 0:
+        raise ValueError(
+            f"{where}: mixture-of-experts models are not modelled yet (issue 3); set n_experts = 0."
+        )
     heads, kv = float(m.n_heads), float(m.n_kv_heads)
     if kv > heads or heads % kv:
         raise ValueError(f"{where}: n_kv_heads={kv:g} must divide n_heads={heads:g}.")
@@ -363,8 +412,9 @@ def model_from_dict(data: dict, where: str) -> Model:
 def load_model(name_or_path: str | Path, overrides: dict | None = None) -> Model:
     """A validated Model from the catalog or a TOML file, with optional dotted overrides."""
     path = _resolve(name_or_path, "models")
-    m = model_from_dict(load_toml(path, "model"), f"model '{Path(path).stem}'")
-    return apply_overrides(m, overrides) if overrides else m
+    where = f"model '{Path(path).stem}'"
+    m = model_from_dict(load_toml(path, "model"), where)
+    return check_model(apply_overrides(m, overrides), where) if overrides else m
 
 
 def parse_override(text: str) -> tuple[str, float]:
@@ -381,13 +431,18 @@ def parse_override(text: str) -> tuple[str, float]:
     return path.strip(), x
 
 
-def apply_overrides(tree, overrides: dict):
+def apply_overrides(tree, overrides: dict, *, bounds: dict | None = None):
     """Replace leaves by dotted path, checking each value against the field's bounds."""
     leaves = float_leaves(tree)
     for path, value in overrides.items():
         if path not in leaves:
             tree = set_path(tree, path, value)  # raises the "unknown path" error
         leaf = path.rsplit(".", 1)[-1]
-        bound = ">=0" if ".peak_flops_per_s." in f".{path}" else _BOUNDS.get(leaf, ">0")
+        if ".peak_flops_per_s." in f".{path}":
+            bound = ">=0"
+        elif path.startswith("overlap."):
+            bound = _OVERLAP_BOUNDS.get(leaf, "0..1")
+        else:
+            bound = (bounds or {}).get(leaf) or _BOUNDS.get(leaf, ">0")
         tree = set_path(tree, path, _number(value, f"--set {path}", bound))
     return tree

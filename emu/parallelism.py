@@ -36,6 +36,8 @@ __all__ = [
     "n_microbatches",
     "n_chips",
     "layer_matmuls",
+    "attention_shape",
+    "kv_width_local",
     "Memory",
     "memory",
     "params_per_chip",
@@ -160,7 +162,10 @@ def validate_plan(
         raise ValueError(
             f"Plan: recompute must be none, selective or full (got {_num(plan.recompute):g})."
         )
-    if _num(plan.grad_bytes) <= 0:
+    for name in ("sp", "lora"):
+        if _num(getattr(plan, name)) not in (0, 1):
+            raise ValueError(f"Plan: {name} must be 0 or 1 (got {_num(getattr(plan, name)):g}).")
+    if not math.isfinite(_num(plan.grad_bytes)) or _num(plan.grad_bytes) <= 0:
         raise ValueError(f"Plan: grad_bytes must be > 0 (got {_num(plan.grad_bytes):g}).")
     dp, mb, gb = _num(plan.dp), _num(plan.microbatch), _num(plan.global_batch)
     if gb % (dp * mb):
@@ -209,28 +214,35 @@ def tokens_per_microbatch(plan: Plan):
     return safe_div(plan.microbatch * plan.seq_len, plan.cp)
 
 
-def layer_matmuls(model: Model, plan: Plan) -> dict:
-    """Forward matmuls of one layer on one chip per micro-batch: name -> (m, n, k, count).
+def kv_width_local(model: Model, plan: Plan):
+    """K (or V) width on one TP rank: KV heads are split over TP, and replicated once TP
+    exceeds their number (Megatron copies a whole KV head to each rank)."""
+    return jnp.maximum(safe_div(model.n_kv_heads, plan.tp), 1.0) * model.d_head
 
-    Attention is flash attention with causal masking: half of the s x s work is skipped,
-    charged as count 0.5 per head for QK^T and for AV.
-    """
+
+def layer_matmuls(model: Model, plan: Plan) -> dict:
+    """Forward dense matmuls of one layer on one chip per micro-batch: name -> (m, n, k, count)."""
     t = tokens_per_microbatch(plan)
     d = model.d_model
-    d_q, d_kv = attn_dims(model)
+    d_q, _ = attn_dims(model)
     tp = plan.tp
-    s_local = safe_div(plan.seq_len, plan.cp)
-    heads_local = safe_div(model.n_heads, tp)
     mats = ffn_mats(model)
     one = jnp.ones_like(t)
+    d_ff_local = safe_div(model.d_ff, tp)
     return {
-        "qkv": (t, safe_div(d_q + 2.0 * d_kv, tp), d, one),
+        "qkv": (t, safe_div(d_q, tp) + 2.0 * kv_width_local(model, plan), d, one),
         "attn_out": (t, d, safe_div(d_q, tp), one),
-        "ffn_in": (t, safe_div(d_ff_local := model.d_ff, tp), d, (mats - 1.0) * one),
-        "ffn_out": (t, d, safe_div(d_ff_local, tp), one),
-        "attn_qk": (s_local, plan.seq_len, model.d_head, 0.5 * plan.microbatch * heads_local),
-        "attn_av": (s_local, model.d_head, plan.seq_len, 0.5 * plan.microbatch * heads_local),
+        "ffn_in": (t, d_ff_local, d, (mats - 1.0) * one),
+        "ffn_out": (t, d, d_ff_local, one),
     }
+
+
+def attention_shape(model: Model, plan: Plan):
+    """(s_q, s_kv, d_head, heads) of the flash-attention kernel on one chip per micro-batch:
+    CP splits the queries, every rank attends to the whole sequence."""
+    s_local = safe_div(plan.seq_len, plan.cp)
+    heads = plan.microbatch * safe_div(model.n_heads, plan.tp)
+    return s_local, plan.seq_len, model.d_head, heads
 
 
 def elementwise_bytes_per_layer(model: Model, plan: Plan):
@@ -246,11 +258,11 @@ def elementwise_bytes_per_layer(model: Model, plan: Plan):
 def activation_bytes_per_layer(model: Model, plan: Plan):
     """Activation bytes one layer stores for backward, per micro-batch, on one chip."""
     t = tokens_per_microbatch(plan)
-    d_q, d_kv = attn_dims(model)
+    d_q, _ = attn_dims(model)
     tp = plan.tp
     d_part = 10.0 * model.d_model
     d_part = jnp.where(plan.sp > 0.5, safe_div(d_part, tp), d_part)
-    attn_part = safe_div(2.0 * (d_q + 2.0 * d_kv) + 2.0 * d_q, tp)
+    attn_part = safe_div(4.0 * d_q, tp) + 4.0 * kv_width_local(model, plan)
     ffn_part = safe_div(2.0 * ffn_mats(model) * model.d_ff, tp)
     stored = t * (d_part + attn_part + ffn_part)
     full = t * 2.0 * jnp.where(plan.sp > 0.5, safe_div(model.d_model, tp), model.d_model)

@@ -52,7 +52,8 @@ def enable_cache() -> None:
 
 
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
 
 
 def _int(x) -> int:
@@ -82,9 +83,29 @@ def auto_plan(
     if chips < 1 or chips != int(chips):
         raise ValueError(f"--chips must be a positive integer (got {chips}).")
     chips = int(chips)
+    max_chips = float(system.tiers[-1].domain_chips)
+    if chips > max_chips:
+        raise ValueError(
+            f"--chips {chips} exceeds the largest cluster of {system.name} ({max_chips:g}); "
+            "reduce --chips or raise the outermost tier's domain_chips."
+        )
+    for name, v in (
+        ("tp", tp),
+        ("pp", pp),
+        ("dp", dp),
+        ("cp", cp),
+        ("vpp", vpp),
+        ("microbatch", microbatch),
+        ("seq-len", seq_len),
+        ("global-batch", global_batch),
+    ):
+        if v is not None and (v != int(v) or v < 1):
+            raise ValueError(f"--{name} must be a positive integer (got {v}).")
+    if zero not in (0, 1, 2, 3):
+        raise ValueError(f"--zero must be 0, 1, 2 or 3 (got {zero}).")
     _check_precision(system, precision)
     heads, kv, layers = _int(model.n_heads), _int(model.n_kv_heads), _int(model.n_layers)
-    cp = cp or 1
+    cp = 1 if cp is None else cp
     if tp is None:
         inner = _int(system.tiers[0].domain_chips)
         free = chips // cp if chips % cp == 0 else 1
@@ -105,6 +126,10 @@ def auto_plan(
         pp = rest // dp if rest % dp == 0 else None
         if pp is None:
             raise ValueError(f"Plan: dp={dp} must divide chips/(tp*cp) = {rest}; adjust --dp.")
+    if pp is not None and rest % pp:
+        raise ValueError(
+            f"Plan: pp={pp} must divide chips/(tp*cp) = {rest}; adjust --pp or --chips."
+        )
     candidates = (
         [pp]
         if pp is not None
@@ -155,8 +180,7 @@ def auto_plan(
             f"Plan: tp*pp*dp*cp = {tp * _int(chosen.pp) * dp * cp} must equal n_chips = "
             f"{chips}; adjust dp (got dp={dp})."
         )
-    max_chips = float(system.tiers[-1].domain_chips)
-    return validate_plan(chosen, model, max_chips=max_chips)
+    return check_plan(system, model, chosen, chips)
 
 
 def _check_precision(system: System, precision: str) -> None:
@@ -207,6 +231,7 @@ def run(system: System, model: Model, plan: Plan) -> dict:
     r = jax.block_until_ready(compiled(system, model, plan))
     t2 = time.perf_counter()
     d = tree_to_dict(r)
+    _check_finite(d, f"{system.name}/{model.name}")
     d["feasible"] = bool(d["feasible"] > 0.5)
     d["memory"]["feasible"] = d["feasible"]
     return {
@@ -218,6 +243,17 @@ def run(system: System, model: Model, plan: Plan) -> dict:
         "compile_s": t1 - t0,
         "eval_s": t2 - t1,
     }
+
+
+def _check_finite(d: dict, what: str, prefix: str = "") -> None:
+    for k, v in d.items():
+        if isinstance(v, dict):
+            _check_finite(v, what, f"{prefix}{k}.")
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(
+                f"{what}: {prefix}{k} is not finite; an input is outside the float32 range "
+                "(check --seq-len, --global-batch and --set values)."
+            )
 
 
 def describe(system: System) -> dict:

@@ -30,7 +30,9 @@ from emu.numerics import safe_div
 from emu.parallelism import (
     OPTIMIZER_TRAFFIC_BYTES,
     Plan,
+    attention_shape,
     elementwise_bytes_per_layer,
+    kv_width_local,
     layer_matmuls,
     n_microbatches,
     params_per_chip,
@@ -39,7 +41,7 @@ from emu.parallelism import (
 from emu.struct import dataclass
 from emu.topology import System
 from emu.units import BYTES_PER_ELEMENT
-from emu.workload import Model, attn_dims
+from emu.workload import Model
 
 __all__ = ["StepBreakdown", "train_step"]
 
@@ -76,15 +78,11 @@ def _layer_compute(system: System, model: Model, plan: Plan):
     chip = system.chip
     mm = layer_matmuls(model, plan)
     dense = sum(
-        compute.matmul_time(chip, *mm[k][:3], plan.precision, count=mm[k][3])
-        for k in ("qkv", "attn_out", "ffn_in", "ffn_out")
+        compute.matmul_time(chip, m, n, k, plan.precision, count=c) for m, n, k, c in mm.values()
     )
     # Flash attention runs in 16-bit even in FP8/INT8/FP4 recipes.
     attn_prec = "fp16" if plan.precision == "fp16" else "bf16"
-    attn = sum(
-        compute.matmul_time(chip, *mm[k][:3], attn_prec, count=mm[k][3])
-        for k in ("attn_qk", "attn_av")
-    )
+    attn = compute.attention_time(chip, *attention_shape(model, plan), attn_prec)
     mem = compute.memory_time(
         chip, elementwise_bytes_per_layer(model, plan), kernels=ELEMENTWISE_KERNELS_FWD
     )
@@ -128,9 +126,10 @@ def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
     tp_mb = layers * n_tp * tp_one
 
     # CP: all-gather K and V of the local heads forward, reduce-scatter their grads backward.
-    _, d_kv = attn_dims(model)
-    kv = plan.microbatch * plan.seq_len * 2.0 * safe_div(d_kv, plan.tp) * el
-    cp_one = collectives.all_gather_time(system, kv, plan.cp, stride=plan.tp)
+    kv = plan.microbatch * plan.seq_len * 2.0 * kv_width_local(model, plan) * el
+    cp_one = collectives.all_gather_time(
+        system, kv, plan.cp, stride=plan.tp, algorithm=plan.algorithm
+    )
     cp_mb = layers * (2.0 + re_dense) * cp_one
 
     # PP: activations forward and their gradients backward at every chunk boundary.

@@ -173,6 +173,8 @@ def _recompute(r) -> str:
 def row_plan(row: dict, model):
     """The plan of a row, with the documented defaults for null fields."""
     p = row.get("parallel") or {}
+    if not isinstance(p, dict):
+        raise ValueError("parallel must be an object")
     n = _int_or(row.get("n_chips"), None)
     if n is None:
         raise ValueError("n_chips must be a positive integer")
@@ -181,6 +183,8 @@ def row_plan(row: dict, model):
     heads = int(float(model.n_heads))
     if tp is None and pp is None:
         mp = n // ((dp or 1) * cp)
+        if mp < 1:
+            raise ValueError(f"dp*cp = {(dp or 1) * cp} exceeds n_chips = {n}")
         tp = max(t for t in (1, 2, 4, 8) if heads % t == 0 and mp % t == 0)
         pp = mp // tp
     elif tp is None:
@@ -309,6 +313,8 @@ def validate_rows(rows: list[dict], *, overrides: dict | None = None) -> list[di
                 if row["system"] not in systems:
                     systems[row["system"]] = load_system(row["system"], overrides)
                 pred = predict_allreduce_busbw(row, systems[row["system"]])
+                if not math.isfinite(pred):
+                    raise ValueError("prediction is not finite (inputs outside float32 range)")
                 err = abs(pred - base["measured"]) / base["measured"]
                 results.append(
                     {
@@ -343,7 +349,7 @@ def validate_rows(rows: list[dict], *, overrides: dict | None = None) -> list[di
                     "reason": str(e),
                 }
             )
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as e:
             results.append(
                 {
                     **base,
@@ -366,6 +372,18 @@ def validate_rows(rows: list[dict], *, overrides: dict | None = None) -> list[di
         for j, (base, row, _system, model, plan) in enumerate(items):
             r = jax.tree_util.tree_map(lambda x, j=j: np.asarray(x)[j], out)
             pred = predict_metric(row["metric"], r, row, model, plan)
+            if not math.isfinite(pred):
+                results.append(
+                    {
+                        **base,
+                        "predicted": None,
+                        "abs_pct_error": None,
+                        "status": "error",
+                        "reason": f"line {row.get('_line')}: "
+                        "prediction is not finite (inputs outside float32 range)",
+                    }
+                )
+                continue
             err = abs(pred - base["measured"]) / base["measured"]
             results.append(
                 {

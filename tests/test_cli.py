@@ -96,6 +96,17 @@ def test_sensitivity_agrees_with_finite_differences_through_run_set(capsys):
         (["run", "--chips", "0"], "positive integer"),
         (["validate", "/nonexistent.jsonl"], "not found"),
         (["frobnicate"], "invalid choice"),
+        (["run", "--pp", "16"], "must divide chips/(tp*cp)"),
+        (["run", "--tp", "0"], "positive integer"),
+        (["run", "--seq-len", "0"], "positive integer"),
+        (["run", "--chips", "100000000000"], "exceeds the largest cluster"),
+        (["run", "--set", "chip.hbm_bytes_per_s=1e-50"], "float32 range"),
+        (["run", "--set", "chip.tdp_w=1e39"], "float32 range"),
+        (["run", "--set", "chip.idle_w=5000"], "exceeds chip.tdp_w"),
+        (["run", "--set", "plan.lora=0.5"], "must be 0 or 1"),
+        (["run", "--set", "model.n_experts=8"], "not modelled yet"),
+        (["run", "--seq-len", "10000000000000000000", "--global-batch", "9"], "not finite"),
+        (["describe", "gb200_nvl72", "--set", "plan.zero=2"], "only system fields"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, args, needle):
