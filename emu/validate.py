@@ -295,6 +295,28 @@ def predict_allreduce_busbw(row: dict, system) -> float:
     return b / t * 2.0 * (n - 1.0) / n / 1e9
 
 
+def _scored(base: dict, pred: float, row: dict, **extra) -> dict:
+    """The result of a modelled row: its error, or an error status if not finite."""
+    if not math.isfinite(pred):
+        return {
+            **base,
+            "predicted": None,
+            "abs_pct_error": None,
+            "status": "error",
+            "reason": f"line {row.get('_line')}: prediction is not finite "
+            "(inputs outside float32 range)",
+        }
+    err = abs(pred - base["measured"]) / base["measured"]
+    return {
+        **base,
+        "predicted": pred,
+        "abs_pct_error": 100.0 * err,
+        "status": "ok",
+        "reason": None,
+        **extra,
+    }
+
+
 def validate_rows(rows: list[dict], *, overrides: dict | None = None) -> list[dict]:
     results = []
     prepared = []
@@ -313,18 +335,7 @@ def validate_rows(rows: list[dict], *, overrides: dict | None = None) -> list[di
                 if row["system"] not in systems:
                     systems[row["system"]] = load_system(row["system"], overrides)
                 pred = predict_allreduce_busbw(row, systems[row["system"]])
-                if not math.isfinite(pred):
-                    raise ValueError("prediction is not finite (inputs outside float32 range)")
-                err = abs(pred - base["measured"]) / base["measured"]
-                results.append(
-                    {
-                        **base,
-                        "predicted": pred,
-                        "abs_pct_error": 100.0 * err,
-                        "status": "ok",
-                        "reason": None,
-                    }
-                )
+                results.append(_scored(base, pred, row))
                 continue
             if row["kind"] != "train":
                 raise NotImplementedError(f"kind '{row['kind']}' is not modelled yet (issue 3)")
@@ -372,29 +383,7 @@ def validate_rows(rows: list[dict], *, overrides: dict | None = None) -> list[di
         for j, (base, row, _system, model, plan) in enumerate(items):
             r = jax.tree_util.tree_map(lambda x, j=j: np.asarray(x)[j], out)
             pred = predict_metric(row["metric"], r, row, model, plan)
-            if not math.isfinite(pred):
-                results.append(
-                    {
-                        **base,
-                        "predicted": None,
-                        "abs_pct_error": None,
-                        "status": "error",
-                        "reason": f"line {row.get('_line')}: "
-                        "prediction is not finite (inputs outside float32 range)",
-                    }
-                )
-                continue
-            err = abs(pred - base["measured"]) / base["measured"]
-            results.append(
-                {
-                    **base,
-                    "predicted": pred,
-                    "abs_pct_error": 100.0 * err,
-                    "status": "ok",
-                    "reason": None,
-                    "feasible": bool(float(r.feasible) > 0.5),
-                }
-            )
+            results.append(_scored(base, pred, row, feasible=bool(float(r.feasible) > 0.5)))
     order = {str(r["id"]): i for i, r in enumerate(rows)}
     results.sort(key=lambda r: order.get(r["id"], len(order)))
     return results
