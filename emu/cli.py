@@ -50,6 +50,51 @@ def _workload_args(p: argparse.ArgumentParser, *, system: bool = True) -> None:
     p.add_argument("--no-sp", action="store_true", help="disable sequence parallelism")
     p.add_argument("--precision", default="bf16", help="bf16, fp16, fp8, int8 or fp4")
     p.add_argument("--algorithm", default="hierarchical", choices=["hierarchical", "ring"])
+    moe = p.add_argument_group("MoE")
+    moe.add_argument("--ep", type=int, help="expert-parallel degree")
+    moe.add_argument(
+        "--moe-imbalance",
+        type=float,
+        default=1.0,
+        help="busiest rank's routed tokens / mean (>= 1)",
+    )
+    moe.add_argument(
+        "--a2a-overlap",
+        action="store_true",
+        help="two-micro-batch overlap of dispatch/combine with compute",
+    )
+    inf = p.add_argument_group("inference")
+    inf.add_argument("--phase", default="train", choices=["train", "prefill", "decode"])
+    inf.add_argument(
+        "--batch",
+        type=int,
+        help="sequences per DP-attention rank (default: the largest meeting the SLO)",
+    )
+    inf.add_argument("--context", type=int, help="decode: KV-cache length (default --seq-len)")
+    inf.add_argument(
+        "--tpot-slo",
+        type=float,
+        default=0.05,
+        help="decode: time-per-output-token SLO in seconds (default 0.05)",
+    )
+    inf.add_argument(
+        "--ttft-slo",
+        type=float,
+        default=2.0,
+        help="prefill: time-to-first-token SLO in seconds (default 2.0)",
+    )
+    inf.add_argument(
+        "--mtp-accept",
+        type=float,
+        default=0.0,
+        help="acceptance rate of one MTP draft token (0 = no MTP)",
+    )
+    inf.add_argument(
+        "--cache-hit",
+        type=float,
+        default=0.0,
+        help="prefill: share of prompt tokens served from a prefix cache",
+    )
     _common(p)
 
 
@@ -144,7 +189,7 @@ def _setup(args, system_name: str):
         chips,
         seq_len=args.seq_len,
         global_batch=args.global_batch,
-        microbatch=args.microbatch,
+        microbatch=args.batch if args.phase != "train" and args.batch else args.microbatch,
         tp=args.tp,
         pp=args.pp,
         dp=args.dp,
@@ -154,6 +199,13 @@ def _setup(args, system_name: str):
         recompute=args.recompute,
         sp=not args.no_sp,
         precision=args.precision,
+        ep=args.ep,
+        phase=args.phase,
+        context=args.context,
+        mtp_accept=args.mtp_accept,
+        moe_imbalance=args.moe_imbalance,
+        a2a_overlap=args.a2a_overlap,
+        cache_hit=args.cache_hit,
     )
     if args.algorithm != "hierarchical":
         from emu.struct import replace
@@ -164,6 +216,15 @@ def _setup(args, system_name: str):
 
         plan = apply_overrides(plan, plan_o, bounds=PLAN_BOUNDS)
         check_plan(system, model, plan, args.chips)
+    if plan.phase != "train" and args.batch is None:
+        from emu.runner import largest_batch
+        from emu.struct import replace as _replace
+
+        slo = args.tpot_slo if plan.phase == "decode" else args.ttft_slo
+        if not (slo > 0 and math.isfinite(slo)):
+            raise CliError(f"the SLO must be a positive number of seconds (got {slo}).")
+        n = largest_batch(system, model, plan, slo)
+        plan = _replace(plan, microbatch=plan.microbatch * 0 + n, global_batch=plan.dp * n)
     return system, model, plan
 
 
@@ -208,15 +269,18 @@ def _plan_text(p: dict) -> str:
 
 
 _BREAKDOWN_ROWS = [
-    ("matmul_s", "dense matmuls"),
+    ("matmul_s", "projections + dense FFN"),
+    ("expert_s", "MoE experts + router"),
     ("attention_s", "attention core"),
     ("memory_s", "memory-bound ops"),
-    ("head_s", "output head + loss"),
+    ("head_s", "output head (+ loss)"),
     ("compute_s", "= compute"),
     ("tp_comm_s", "TP comm (raw)"),
     ("cp_comm_s", "CP comm (raw)"),
     ("pp_comm_s", "PP comm (raw)"),
     ("dp_comm_s", "DP comm (raw)"),
+    ("dispatch_s", "MoE dispatch (raw)"),
+    ("combine_s", "MoE combine (raw)"),
     ("exposed_comm_s", "exposed comm"),
     ("bubble_s", "pipeline bubble"),
     ("optimizer_s", "optimizer"),
@@ -229,7 +293,18 @@ def _run_text(results: list[dict]) -> str:
     rows = [
         ["model", *[r["model"] for r in results]],
         ["chips", *[f"{r['n_chips']:.0f}" for r in results]],
+        ["phase", *[r["phase"] for r in results]],
         ["step time", *[_si(r["step_time_s"], "s") for r in results]],
+        *(
+            [["TTFT", *[_si(r["ttft_s"], "s") if r["ttft_s"] else "-" for r in results]]]
+            if any(r.get("ttft_s") for r in results)
+            else []
+        ),
+        *(
+            [["TPOT", *[_si(r["tpot_s"], "s") if r["tpot_s"] else "-" for r in results]]]
+            if any(r.get("tpot_s") for r in results)
+            else []
+        ),
         ["tokens/s", *[_si(r["tokens_per_s"], "tok/s") for r in results]],
         ["tokens/s per chip", *[f"{r['tokens_per_s'] / r['n_chips']:.0f}" for r in results]],
         ["power (IT)", *[_si(r["power_w"], "W") for r in results]],
@@ -248,7 +323,9 @@ def _run_text(results: list[dict]) -> str:
     ]
     out = [_table(rows, head), ""]
     rows = [
-        [label, *[_si(r["breakdown"][k], "s") for r in results]] for k, label in _BREAKDOWN_ROWS
+        [label, *[_si(r["breakdown"][k], "s") if k in r["breakdown"] else "-" for r in results]]
+        for k, label in _BREAKDOWN_ROWS
+        if any(k in r["breakdown"] for r in results)
     ]
     out += [_table(rows, ["step breakdown", *[r["system"] for r in results]]), ""]
     for r in results:
@@ -408,6 +485,10 @@ def main(argv: list[str] | None = None) -> int:
             f"emu: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr
         )
         return 2
+    except (OSError, ArithmeticError, RuntimeError, TypeError, KeyError) as e:
+        # never a traceback: a bug or an environment problem still gets one line
+        print(f"emu: internal error ({type(e).__name__}): {e}; please report it", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("emu: interrupted", file=sys.stderr)
         return 130

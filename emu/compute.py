@@ -56,16 +56,16 @@ def memory_time(chip: Chip, nbytes, *, kernels=0.0):
     )
 
 
-def attention_time(chip: Chip, s_q, s_kv, d_head, heads, precision: str, *, causal=True):
+def attention_time(chip: Chip, s_q, s_kv, d_qk, d_v, heads, precision: str, *, causal=True):
     """Seconds for one fused (flash) attention forward over `heads` heads.
 
-    FLOPs 4 s_q s_kv d_head per head (QK^T and AV), halved when causal; HBM traffic only
-    Q, K, V and O ((2 s_q + 2 s_kv) d_head per head: the s x s scores never leave the chip);
-    efficiency from the matmul curve at (s_q, s_kv, d_head); one kernel launch.
+    FLOPs 2 s_q s_kv (d_qk + d_v) per head (QK^T and AV), halved when causal; HBM traffic only
+    Q, K, V and O ((s_q + s_kv)(d_qk + d_v) per head: the s x s scores never leave the chip);
+    efficiency from the matmul curve at (s_q, s_kv, d_qk); one kernel launch.
     """
     frac = 0.5 if causal else 1.0
-    flops = frac * 4.0 * s_q * s_kv * d_head * heads
-    rate = peak_flops(chip, precision) * matmul_efficiency(chip, s_q, s_kv, d_head, precision)
-    nbytes = (2.0 * s_q + 2.0 * s_kv) * d_head * heads * BYTES_PER_ELEMENT[precision]
+    flops = frac * 2.0 * s_q * s_kv * (d_qk + d_v) * heads
+    rate = peak_flops(chip, precision) * matmul_efficiency(chip, s_q, s_kv, d_qk, precision)
+    nbytes = (s_q + s_kv) * (d_qk + d_v) * heads * BYTES_PER_ELEMENT[precision]
     t_memory = safe_div(nbytes, chip.hbm_bytes_per_s * chip.hbm_efficiency)
     return jnp.maximum(safe_div(flops, rate), t_memory) + chip.kernel_overhead_s

@@ -30,7 +30,7 @@ from emu.hardware import Chip, Facility, Host, Overlap
 from emu.struct import float_leaves, set_path
 from emu.topology import System, Tier
 from emu.units import PRECISIONS
-from emu.workload import FFN_KINDS, Model
+from emu.workload import ATTENTION_KINDS, FFN_KINDS, Model
 
 __all__ = [
     "load_system",
@@ -76,6 +76,11 @@ _BOUNDS = {
     "d_ff_expert": ">=0",
     "n_shared_experts": ">=0",
     "n_dense_layers": ">=0",
+    "q_lora_rank": ">=0",
+    "kv_lora_rank": ">=0",
+    "rope_head_dim": ">=0",
+    "v_head_dim": ">=0",
+    "mtp_layers": ">=0",
 }
 _BOUND_TEXT = {
     ">0": "must be > 0",
@@ -86,9 +91,17 @@ _BOUND_TEXT = {
 }
 
 
-_OVERLAP_BOUNDS = {"tp": "0..1", "dp": "0..1", "pp": "0..1", "cp": "0..1"}
+_OVERLAP_BOUNDS = {"tp": "0..1", "dp": "0..1", "pp": "0..1", "cp": "0..1", "ep": "0..1"}
 #: --set plan.<field>: categorical fields may be 0; validate_plan checks the values
-PLAN_BOUNDS = {"zero": ">=0", "recompute": ">=0", "sp": ">=0", "lora": ">=0"}
+PLAN_BOUNDS = {
+    "zero": ">=0",
+    "recompute": ">=0",
+    "sp": ">=0",
+    "lora": ">=0",
+    "a2a_overlap": ">=0",
+    "mtp_accept": ">=0",
+    "cache_hit": ">=0",
+}
 
 
 def _ok(bound: str, x: float) -> bool:
@@ -311,7 +324,11 @@ def _system(data: dict, where: str) -> System:
     fac = Facility(**_build(Facility, data["facility"], f"{where}.facility"))
     ov = Overlap(
         **_build(
-            Overlap, data.get("overlap", {}), f"{where}.overlap", defaults=cal.get("overlap", {})
+            Overlap,
+            data.get("overlap", {}),
+            f"{where}.overlap",
+            defaults=cal.get("overlap", {}),
+            bounds=_OVERLAP_BOUNDS,
         )
     )
     system = System(
@@ -365,6 +382,11 @@ _MODEL_OPTIONAL = {
     "d_ff_expert": 0,
     "n_shared_experts": 0,
     "n_dense_layers": 0,
+    "q_lora_rank": 0,
+    "kv_lora_rank": 0,
+    "rope_head_dim": 0,
+    "v_head_dim": 0,
+    "mtp_layers": 0,
 }
 
 
@@ -395,10 +417,25 @@ def model_from_dict(data: dict, where: str) -> Model:
 
 def check_model(m: Model, where: str = "model") -> Model:
     """Cross-field checks (also after --set overrides)."""
-    if float(m.n_experts) > 0:
+    if m.attention not in ATTENTION_KINDS:
         raise ValueError(
-            f"{where}: mixture-of-experts models are not modelled yet (issue 3); set n_experts = 0."
+            f"{where}.attention: unknown {m.attention!r}; known: {', '.join(ATTENTION_KINDS)}."
         )
+    if m.attention == "mla" and (float(m.kv_lora_rank) <= 0 or float(m.v_head_dim) <= 0):
+        raise ValueError(f'{where}: attention = "mla" needs kv_lora_rank > 0 and v_head_dim > 0.')
+    if float(m.n_experts) > 0:
+        if not 1 <= float(m.top_k) <= float(m.n_experts):
+            raise ValueError(
+                f"{where}: top_k={float(m.top_k):g} must be between 1 and "
+                f"n_experts={float(m.n_experts):g}."
+            )
+        if float(m.d_ff_expert) <= 0:
+            raise ValueError(f"{where}: an MoE model needs d_ff_expert > 0.")
+        if float(m.n_dense_layers) >= float(m.n_layers):
+            raise ValueError(
+                f"{where}: n_dense_layers={float(m.n_dense_layers):g} must be < "
+                f"n_layers={float(m.n_layers):g}."
+            )
     heads, kv = float(m.n_heads), float(m.n_kv_heads)
     if kv > heads or heads % kv:
         raise ValueError(f"{where}: n_kv_heads={kv:g} must divide n_heads={heads:g}.")

@@ -91,17 +91,19 @@ class Overlap:
     """Fractions (0..1) of each communication kind that the frameworks hide behind compute:
     `tp` (TP collectives overlapped with GEMMs), `dp` (gradient reduce-scatter and parameter
     all-gather overlapped with one micro-batch of compute), `pp` (pipeline send/recv), `cp`
-    (context-parallel KV exchange overlapped with attention)."""
+    (context-parallel KV exchange overlapped with attention), `ep` (MoE dispatch/combine
+    overlapped without an explicit two-micro-batch schedule)."""
 
     tp: Array
     dp: Array
     pp: Array
     cp: Array
+    ep: Array
 
 
 def example_overlap() -> Overlap:
     f = jnp.float32
-    return Overlap(tp=f(0.3), dp=f(0.9), pp=f(0.8), cp=f(0.9))
+    return Overlap(tp=f(0.3), dp=f(0.9), pp=f(0.8), cp=f(0.9), ep=f(0.0))
 
 
 def peak_flops(chip: Chip, precision: str) -> Array:

@@ -1,8 +1,9 @@
 """Throughput, efficiency and energy of a run: the outputs researchers optimise.
 
-    tokens_per_s      = global_batch * seq_len / step_time
-    tokens_per_joule  = tokens_per_s / power_w           (power_w: average IT power)
-    mfu               = model_flops_per_token * tokens_per_s / (n_chips * peak[precision])
+    tokens_per_s      = tokens per step / step time   (train: global_batch * seq_len;
+                        prefill: prompt tokens; decode: accepted output tokens, all DP ranks)
+    tokens_per_joule  = tokens_per_s / power_w        (power_w: average IT power)
+    mfu               = model FLOPs per token * tokens_per_s / (n_chips * peak[precision])
 
 >>> from emu.topology import example_system
 >>> from emu.workload import example_model
@@ -15,63 +16,143 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from emu.hardware import peak_flops
 from emu.numerics import safe_div
-from emu.parallelism import Memory, Plan, memory, n_chips
+from emu.parallelism import (
+    Memory,
+    Plan,
+    memory,
+    n_chips,
+    params_split_per_chip,
+)
 from emu.power import PowerBreakdown, step_power
-from emu.step import StepBreakdown, train_step
-from emu.struct import dataclass
+from emu.step import inference_step, train_step
+from emu.struct import dataclass, replace
 from emu.topology import System
-from emu.workload import Model, model_flops_per_token
+from emu.units import BYTES_PER_ELEMENT
+from emu.workload import Model, attention_flops_dims, kv_cache_bytes_per_token, params_active
 
-__all__ = ["RunResult", "evaluate", "tokens_per_joule", "tokens_per_s"]
+__all__ = [
+    "RunResult",
+    "evaluate",
+    "tokens_per_joule",
+    "tokens_per_s",
+    "inference_memory",
+    "max_batch_under_slo",
+]
 
 Array = jnp.ndarray
 
 
 @dataclass
 class RunResult:
-    """Everything `emu run` reports, as a pytree (SI units)."""
+    """Everything `emu run` reports, as a pytree (SI units). `breakdown` is a StepBreakdown
+    (train) or an InferenceBreakdown (prefill, decode). `ttft_s` (prefill) and `tpot_s`
+    (decode) are 0 in phases where they do not apply."""
 
     n_chips: Array
     step_time_s: Array
     tokens_per_s: Array
+    tokens_per_s_per_chip: Array
     tokens_per_joule: Array
     power_w: Array
     facility_power_w: Array
     energy_per_step_j: Array
     mfu: Array
+    ttft_s: Array
+    tpot_s: Array
     feasible: Array
-    breakdown: StepBreakdown
+    breakdown: object
     memory: Memory
     power: PowerBreakdown
 
 
+def inference_memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
+    """Per-chip memory when serving: weights (dense / tp, experts / ep, at the plan's
+    precision, 16-bit at most), the KV cache of `microbatch` sequences of `context` (decode)
+    or `seq_len` (prefill) tokens, and the activations of one layer."""
+    dense, expert = params_split_per_chip(model, replace(plan, pp=plan.pp))
+    w_el = min(BYTES_PER_ELEMENT[plan.precision], 2.0)
+    weights = (dense + expert) * w_el
+    tokens = jnp.where(plan.phase == "decode", plan.context, plan.seq_len)
+    kv_tok = kv_cache_bytes_per_token(model) * jnp.where(
+        model.attention == "mla", 1.0, safe_div(1.0, jnp.minimum(plan.tp, model.n_kv_heads))
+    )
+    kv = plan.microbatch * tokens * safe_div(model.n_layers, plan.pp) * kv_tok
+    t = jnp.where(plan.phase == "decode", plan.microbatch * 2.0, plan.microbatch * plan.seq_len)
+    acts = t * (4.0 * model.d_model + 2.0 * jnp.maximum(model.d_ff, model.d_ff_expert)) * 2.0
+    total = weights + kv + acts
+    over = jnp.maximum(total - hbm_bytes, 0.0)
+    zero = 0.0 * total
+    return Memory(
+        weights_bytes=weights,
+        gradients_bytes=zero,
+        optimizer_bytes=kv,
+        activations_bytes=acts,
+        total_bytes=total,
+        capacity_bytes=hbm_bytes + zero,
+        overshoot_bytes=over,
+        feasible=(over <= 0.0).astype(jnp.float32),
+    )
+
+
+def _forward_flops_per_token(model: Model, context):
+    qk, v = attention_flops_dims(model)
+    return 2.0 * params_active(model) + 2.0 * model.n_layers * context * model.n_heads * (qk + v)
+
+
 def evaluate(system: System, model: Model, plan: Plan) -> RunResult:
-    """Training step time, memory, power and efficiency of `model` on `system` under `plan`."""
-    b = train_step(system, model, plan)
+    """Step time, memory, power and efficiency of `model` on `system` under `plan`
+    (training, prefill or decode by `plan.phase`)."""
     chips = n_chips(plan)
-    mem = memory(model, plan, system.chip.hbm_bytes)
-    total = b.total_s
-    mm_frac = safe_div(b.matmul_s + b.attention_s + b.head_s, total)
-    mem_frac = safe_div(b.memory_s + b.optimizer_s, total)
-    comm_frac = safe_div(b.exposed_comm_s, total)
-    pw = step_power(system, chips, matmul_frac=mm_frac, memory_frac=mem_frac, comm_frac=comm_frac)
-    tokens = plan.global_batch * plan.seq_len
-    tps = safe_div(tokens, total)
     peak = peak_flops(system.chip, plan.precision)
-    mfu = safe_div(model_flops_per_token(model, plan.seq_len) * tps, chips * peak)
+    if plan.phase == "train":
+        from emu.workload import model_flops_per_token
+
+        b = train_step(system, model, plan)
+        mem = memory(model, plan, system.chip.hbm_bytes)
+        tokens = plan.global_batch * plan.seq_len
+        flops_per_token = model_flops_per_token(model, plan.seq_len)
+        busy_mm = b.matmul_s + b.expert_s + b.attention_s + b.head_s
+        busy_mem = b.memory_s + b.optimizer_s
+        ttft = tpot = jnp.zeros_like(b.total_s)
+    else:
+        b = inference_step(system, model, plan)
+        mem = inference_memory(model, plan, system.chip.hbm_bytes)
+        decode = plan.phase == "decode"
+        per_rank = jnp.where(decode, b.tokens_out, b.tokens_in)
+        tokens = per_rank * plan.dp
+        ctx = jnp.where(decode, plan.context, 0.5 * plan.seq_len)
+        flops_per_token = _forward_flops_per_token(model, ctx)
+        busy_mm = b.matmul_s + b.expert_s + b.attention_s + b.head_s
+        busy_mem = b.memory_s
+        per_seq = jnp.where(decode, safe_div(b.tokens_out, plan.microbatch), 1.0)
+        tpot = jnp.where(decode, safe_div(b.total_s, per_seq), 0.0)
+        ttft = jnp.where(decode, 0.0, b.total_s)
+    total = b.total_s
+    pw = step_power(
+        system,
+        chips,
+        matmul_frac=safe_div(busy_mm, total),
+        memory_frac=safe_div(busy_mem, total),
+        comm_frac=safe_div(b.exposed_comm_s, total),
+    )
+    tps = safe_div(tokens, total)
     return RunResult(
         n_chips=chips,
         step_time_s=total,
         tokens_per_s=tps,
+        tokens_per_s_per_chip=safe_div(tps, chips),
         tokens_per_joule=safe_div(tps, pw.it_w),
         power_w=pw.it_w,
         facility_power_w=pw.facility_w,
         energy_per_step_j=pw.it_w * total,
-        mfu=mfu,
+        mfu=safe_div(flops_per_token * tps, chips * peak),
+        ttft_s=ttft,
+        tpot_s=tpot,
         feasible=mem.feasible,
         breakdown=b,
         memory=mem,
@@ -85,3 +166,36 @@ def tokens_per_s(system: System, model: Model, plan: Plan):
 
 def tokens_per_joule(system: System, model: Model, plan: Plan):
     return evaluate(system, model, plan).tokens_per_joule
+
+
+def max_batch_under_slo(system: System, model: Model, plan: Plan, slo_s, *, max_batch=4096.0):
+    """The largest batch per DP rank whose latency (TPOT in decode, TTFT in prefill) meets
+    `slo_s`, as a smooth function of every input, and the run at that batch.
+
+    Bisection on log(batch) (no gradient) finds b0 with latency(b0) ~= slo; one Newton step
+    b* = b0 - (latency(b0) - slo) / stop_gradient(d latency / d b) then carries the exact
+    implicit-function gradient db*/dx = -(d latency/dx) / (d latency/db). Returns
+    (batch, RunResult, feasible): feasible is 0 when even one sequence misses the SLO.
+    """
+
+    def latency(b):
+        r = evaluate(system, model, replace(plan, microbatch=b))
+        return jnp.where(plan.phase == "decode", r.tpot_s, r.ttft_s)
+
+    slo = jnp.asarray(slo_s, jnp.float32)
+    lo0 = jnp.zeros_like(slo)
+    hi0 = jnp.log(jnp.asarray(max_batch, jnp.float32)) + 0.0 * slo
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        ok = jax.lax.stop_gradient(latency(jnp.exp(mid))) <= jax.lax.stop_gradient(slo)
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, 40, body, (lo0, hi0))
+    b0 = jax.lax.stop_gradient(jnp.exp(lo))
+    lat0, dlat = jax.value_and_grad(latency)(b0)
+    b = b0 - safe_div(lat0 - slo, jax.lax.stop_gradient(dlat))
+    b = jnp.clip(b, 1.0, max_batch)
+    feasible = (jax.lax.stop_gradient(latency(jnp.ones_like(slo))) <= slo).astype(jnp.float32)
+    return b, evaluate(system, model, replace(plan, microbatch=b)), feasible

@@ -27,7 +27,16 @@ import jax.numpy as jnp
 from emu.numerics import safe_div
 from emu.struct import dataclass, static_field
 from emu.units import BYTES_PER_ELEMENT, PRECISIONS
-from emu.workload import Model, attn_dims, ffn_mats, params_per_layer
+from emu.workload import (
+    Model,
+    attention_flops_dims,
+    attn_dims,
+    ffn_mats,
+    n_moe_layers,
+    params_attention,
+    params_expert,
+    params_ffn,
+)
 
 __all__ = [
     "Plan",
@@ -35,7 +44,9 @@ __all__ = [
     "validate_plan",
     "n_microbatches",
     "n_chips",
-    "layer_matmuls",
+    "attention_matmuls",
+    "dense_ffn_matmuls",
+    "moe_matmuls",
     "attention_shape",
     "kv_width_local",
     "Memory",
@@ -46,6 +57,7 @@ __all__ = [
 
 Array = jnp.ndarray
 RECOMPUTE = {"none": 0.0, "selective": 1.0, "full": 2.0}
+PHASES = ("train", "prefill", "decode")
 #: optimizer state bytes per parameter: fp32 master weights + Adam m and v
 OPTIMIZER_BYTES = 12.0
 #: HBM traffic of one Adam update per parameter (read/write master, m, v, grad, bf16 weight)
@@ -62,11 +74,18 @@ class Plan:
     0 none / 1 selective / 2 full; `sp` 1 = sequence parallelism with TP; `grad_bytes` bytes
     per gradient element in the DP reduction; `lora` 1 = LoRA fine-tuning (frozen base
     weights: no weight gradients, optimizer states or DP reduction for them; adapters are
-    neglected). `precision` of the matmuls (static).
+    neglected). MoE: `moe_imbalance` >= 1 multiplies the busiest rank's expert work and
+    all-to-all; `a2a_overlap` 1 = two-micro-batch (DualPipe-style) overlap of dispatch/combine
+    with compute. Inference (`phase` "prefill" or "decode"): `microbatch` is the batch of
+    sequences per DP-attention rank, `seq_len` the prompt length (prefill), `context` the
+    KV-cache length (decode), `mtp_accept` the acceptance rate of one multi-token-prediction
+    draft token (0 = no MTP), `cache_hit` the share of prompt tokens served from a prefix
+    cache. `precision` of the matmuls (static).
     """
 
     precision: str = static_field(default="bf16")
     algorithm: str = static_field(default="hierarchical")
+    phase: str = static_field(default="train")
     tp: Array
     pp: Array
     dp: Array
@@ -81,6 +100,11 @@ class Plan:
     sp: Array
     grad_bytes: Array
     lora: Array
+    moe_imbalance: Array
+    a2a_overlap: Array
+    context: Array
+    mtp_accept: Array
+    cache_hit: Array
 
 
 def make_plan(
@@ -99,6 +123,12 @@ def make_plan(
     sp=True,
     grad_bytes=None,
     lora=False,
+    moe_imbalance=1.0,
+    a2a_overlap=False,
+    context=None,
+    mtp_accept=0.0,
+    cache_hit=0.0,
+    phase="train",
     precision="bf16",
     algorithm="hierarchical",
 ) -> Plan:
@@ -109,8 +139,12 @@ def make_plan(
         if recompute not in RECOMPUTE:
             raise ValueError(f"unknown recompute '{recompute}'; known: {', '.join(RECOMPUTE)}.")
         recompute = RECOMPUTE[recompute]
+    if phase not in PHASES:
+        raise ValueError(f"unknown phase '{phase}'; known: {', '.join(PHASES)}.")
     if global_batch is None:
         global_batch = dp * microbatch
+    if context is None:
+        context = seq_len
     if grad_bytes is None:
         # Megatron keeps fp32 main grads and reduces them in fp32 for bf16/fp8 training;
         # fp16 training (SC21) reduces fp16 gradients.
@@ -133,6 +167,12 @@ def make_plan(
         sp=f(1.0 if sp else 0.0),
         grad_bytes=f(grad_bytes),
         lora=f(1.0 if lora else 0.0),
+        moe_imbalance=f(moe_imbalance),
+        a2a_overlap=f(1.0 if a2a_overlap else 0.0),
+        context=f(context),
+        mtp_accept=f(mtp_accept),
+        cache_hit=f(cache_hit),
+        phase=phase,
     )
     return plan
 
@@ -162,7 +202,16 @@ def validate_plan(
         raise ValueError(
             f"Plan: recompute must be none, selective or full (got {_num(plan.recompute):g})."
         )
-    for name in ("sp", "lora"):
+    for name in ("moe_imbalance",):
+        if not 1 <= _num(getattr(plan, name)) < 1e3:
+            raise ValueError(f"Plan: {name} must be >= 1 (got {_num(getattr(plan, name)):g}).")
+    for name in ("mtp_accept", "cache_hit"):
+        v = _num(getattr(plan, name))
+        if not 0 <= v < 1:
+            raise ValueError(f"Plan: {name} must be in [0, 1) (got {v:g}).")
+    if not math.isfinite(_num(plan.context)) or _num(plan.context) < 1:
+        raise ValueError(f"Plan: context must be >= 1 token (got {_num(plan.context):g}).")
+    for name in ("sp", "lora", "a2a_overlap"):
         if _num(getattr(plan, name)) not in (0, 1):
             raise ValueError(f"Plan: {name} must be 0 or 1 (got {_num(getattr(plan, name)):g}).")
     if not math.isfinite(_num(plan.grad_bytes)) or _num(plan.grad_bytes) <= 0:
@@ -183,6 +232,19 @@ def validate_plan(
         )
     if model is not None:
         tp, pp, cp = _num(plan.tp), _num(plan.pp), _num(plan.cp)
+        ep, experts = _num(plan.ep), _num(model.n_experts)
+        if experts > 0 and experts % ep:
+            raise ValueError(
+                f"Plan: ep={ep:g} must divide the model's n_experts={experts:g}; "
+                "pick an ep that divides it."
+            )
+        if experts == 0 and ep > 1:
+            raise ValueError(f"Plan: ep={ep:g} needs an MoE model ({model.name} is dense).")
+        if ep > 1 and (tp * _num(plan.dp) * cp) % ep:
+            raise ValueError(
+                f"Plan: ep={ep:g} must divide tp*dp*cp={tp * _num(plan.dp) * cp:g} "
+                "(experts are spread over the data-parallel ranks of a stage)."
+            )
         heads, kv = _num(model.n_heads), _num(model.n_kv_heads)
         if heads % tp:
             raise ValueError(
@@ -220,39 +282,84 @@ def kv_width_local(model: Model, plan: Plan):
     return jnp.maximum(safe_div(model.n_kv_heads, plan.tp), 1.0) * model.d_head
 
 
-def layer_matmuls(model: Model, plan: Plan) -> dict:
-    """Forward dense matmuls of one layer on one chip per micro-batch: name -> (m, n, k, count)."""
-    t = tokens_per_microbatch(plan)
-    d = model.d_model
-    d_q, _ = attn_dims(model)
-    tp = plan.tp
-    mats = ffn_mats(model)
+def attention_matmuls(model: Model, plan: Plan, t) -> dict:
+    """Projection matmuls of one attention block on one chip for `t` tokens:
+    name -> (m, n, k, count). TP splits heads; MLA's down-projections are replicated."""
+    d, tp = model.d_model, plan.tp
     one = jnp.ones_like(t)
-    d_ff_local = safe_div(model.d_ff, tp)
+    if model.attention == "mla":
+        h = safe_div(model.n_heads, tp)
+        qk = model.d_head + model.rope_head_dim
+        has_q_lora = model.q_lora_rank > 0
+        return {
+            "q_down": (t, model.q_lora_rank, d, jnp.where(has_q_lora, 1.0, 0.0) * one),
+            "q_up": (t, h * qk, jnp.where(has_q_lora, model.q_lora_rank, d), one),
+            "kv_down": (t, model.kv_lora_rank + model.rope_head_dim, d, one),
+            "kv_up": (t, h * (model.d_head + model.v_head_dim), model.kv_lora_rank, one),
+            "attn_out": (t, d, h * model.v_head_dim, one),
+        }
+    d_q, _ = attn_dims(model)
     return {
         "qkv": (t, safe_div(d_q, tp) + 2.0 * kv_width_local(model, plan), d, one),
         "attn_out": (t, d, safe_div(d_q, tp), one),
-        "ffn_in": (t, d_ff_local, d, (mats - 1.0) * one),
-        "ffn_out": (t, d, d_ff_local, one),
+    }
+
+
+def dense_ffn_matmuls(model: Model, plan: Plan, t) -> dict:
+    d_ff_local = safe_div(model.d_ff, plan.tp)
+    mats = ffn_mats(model)
+    return {
+        "ffn_in": (t, d_ff_local, model.d_model, (mats - 1.0) * jnp.ones_like(t)),
+        "ffn_out": (t, model.d_model, d_ff_local, jnp.ones_like(t)),
+    }
+
+
+def moe_tokens_per_chip(plan: Plan, t):
+    """Tokens entering one chip's MoE layer: TP ranks hold disjoint sequence shards there."""
+    return safe_div(t, plan.tp)
+
+
+def moe_matmuls(model: Model, plan: Plan, t) -> dict:
+    """Expert, shared-expert and router matmuls of one MoE layer on one chip for `t` tokens of
+    the attention block. The busiest rank sees `moe_imbalance` x the mean routed tokens."""
+    tm = moe_tokens_per_chip(plan, t)
+    d, de = model.d_model, model.d_ff_expert
+    mats = ffn_mats(model)
+    local = safe_div(model.n_experts, plan.ep)
+    per_expert = safe_div(tm * model.top_k * plan.ep, model.n_experts) * plan.moe_imbalance
+    ds = model.n_shared_experts * de
+    one = jnp.ones_like(t)
+    return {
+        "expert_in": (per_expert, de, d, (mats - 1.0) * local),
+        "expert_out": (per_expert, d, de, local),
+        "shared_in": (tm, ds, d, (mats - 1.0) * jnp.where(ds > 0, 1.0, 0.0) * one),
+        "shared_out": (tm, d, ds, jnp.where(ds > 0, 1.0, 0.0) * one),
+        "router": (tm, model.n_experts, d, one),
     }
 
 
 def attention_shape(model: Model, plan: Plan):
-    """(s_q, s_kv, d_head, heads) of the flash-attention kernel on one chip per micro-batch:
-    CP splits the queries, every rank attends to the whole sequence."""
+    """(s_q, s_kv, d_qk, d_v, heads) of the flash-attention kernel on one chip per
+    micro-batch: CP splits the queries, every rank attends to the whole sequence."""
     s_local = safe_div(plan.seq_len, plan.cp)
     heads = plan.microbatch * safe_div(model.n_heads, plan.tp)
-    return s_local, plan.seq_len, model.d_head, heads
+    qk, v = attention_flops_dims(model)
+    return s_local, plan.seq_len, qk, v, heads
 
 
-def elementwise_bytes_per_layer(model: Model, plan: Plan):
+def elementwise_bytes_per_layer(model: Model, plan: Plan, t=None):
     """Forward HBM bytes of the memory-bound kernels of one layer (norms, residuals,
-    dropout, activation function) on one chip per micro-batch."""
-    t = tokens_per_microbatch(plan)
+    dropout, activation function, MoE permutation) on one chip for `t` tokens (default:
+    one training micro-batch)."""
+    t = tokens_per_microbatch(plan) if t is None else t
     el = BYTES_PER_ELEMENT["bf16"]
     d_shard = jnp.where(plan.sp > 0.5, safe_div(model.d_model, plan.tp), model.d_model)
     mats = ffn_mats(model)
-    return t * el * (14.0 * d_shard + (mats + 1.0) * safe_div(model.d_ff, plan.tp))
+    f = moe_fraction(model)
+    ffn = (1.0 - f) * (mats + 1.0) * safe_div(model.d_ff, plan.tp) + f * safe_div(
+        model.top_k * ((mats + 1.0) * model.d_ff_expert + 4.0 * model.d_model), plan.tp
+    )
+    return t * el * (14.0 * d_shard + ffn)
 
 
 def activation_bytes_per_layer(model: Model, plan: Plan):
@@ -263,19 +370,48 @@ def activation_bytes_per_layer(model: Model, plan: Plan):
     d_part = 10.0 * model.d_model
     d_part = jnp.where(plan.sp > 0.5, safe_div(d_part, tp), d_part)
     attn_part = safe_div(4.0 * d_q, tp) + 4.0 * kv_width_local(model, plan)
-    ffn_part = safe_div(2.0 * ffn_mats(model) * model.d_ff, tp)
+    f = moe_fraction(model)
+    moe_part = safe_div(
+        model.top_k * (2.0 * ffn_mats(model) * model.d_ff_expert + 4.0 * model.d_model)
+        + model.n_shared_experts * 2.0 * ffn_mats(model) * model.d_ff_expert,
+        tp,
+    )
+    ffn_part = (1.0 - f) * safe_div(2.0 * ffn_mats(model) * model.d_ff, tp) + f * moe_part
     stored = t * (d_part + attn_part + ffn_part)
     full = t * 2.0 * jnp.where(plan.sp > 0.5, safe_div(model.d_model, tp), model.d_model)
     return jnp.where(plan.recompute > 1.5, full, stored), stored
 
 
-def params_per_chip(model: Model, plan: Plan):
-    """Parameters held by one chip of the last pipeline stage (the largest: it holds the
-    output head; with pp = 1 it also holds the input embedding)."""
+def moe_fraction(model: Model):
+    """Share of layers that are MoE layers."""
+    return safe_div(n_moe_layers(model), model.n_layers)
+
+
+def params_split_per_chip(model: Model, plan: Plan):
+    """(dense, expert) parameters held by one chip of the last pipeline stage (the largest: it
+    holds the output head; with pp = 1 also the input embedding). Dense weights are split
+    over TP; routed experts over EP (expert tensor parallelism 1)."""
     layers = safe_div(model.n_layers, plan.pp)
+    f = moe_fraction(model)
+    shared = model.n_shared_experts * params_expert(model) + model.d_model * model.n_experts
+    dense_layer = (
+        params_attention(model) + 2.0 * model.d_model + (1.0 - f) * params_ffn(model) + f * shared
+    )
     vd = model.vocab * model.d_model
     embed = jnp.where(plan.pp > 1.5, vd, jnp.where(model.tied_embeddings, 1.0, 2.0) * vd)
-    return safe_div(layers * params_per_layer(model) + embed, plan.tp)
+    dense = safe_div(layers * dense_layer + embed, plan.tp)
+    expert = layers * f * safe_div(model.n_experts, plan.ep) * params_expert(model)
+    return dense, expert
+
+
+def params_per_chip(model: Model, plan: Plan):
+    dense, expert = params_split_per_chip(model, plan)
+    return dense + expert
+
+
+def expert_dp_size(plan: Plan):
+    """Ranks holding the same experts (expert data parallelism): tp * dp * cp / ep."""
+    return safe_div(plan.tp * plan.dp * plan.cp, plan.ep)
 
 
 @dataclass
@@ -294,15 +430,17 @@ class Memory:
 
 def memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
     """Per-chip memory of a training plan (ZeRO shards over DP x CP ranks)."""
-    p = params_per_chip(model, plan)
-    shard = plan.dp * plan.cp
-    weights = p * BYTES_PER_ELEMENT["bf16"]
-    weights = jnp.where(plan.zero > 2.5, safe_div(weights, shard), weights)
-    trainable = p * (1.0 - plan.lora)
-    grads = trainable * plan.grad_bytes
-    grads = jnp.where(plan.zero > 1.5, safe_div(grads, shard), grads)
-    opt = trainable * OPTIMIZER_BYTES
-    opt = jnp.where(plan.zero > 0.5, safe_div(opt, shard), opt)
+    dense, expert = params_split_per_chip(model, plan)
+    dshard, eshard = plan.dp * plan.cp, expert_dp_size(plan)
+
+    def sharded(bytes_per_param, stage):
+        d, e = dense * bytes_per_param, expert * bytes_per_param
+        on = plan.zero > stage - 0.5
+        return jnp.where(on, safe_div(d, dshard) + safe_div(e, eshard), d + e)
+
+    weights = sharded(BYTES_PER_ELEMENT["bf16"], 3.0)
+    grads = (1.0 - plan.lora) * sharded(plan.grad_bytes, 2.0)
+    opt = (1.0 - plan.lora) * sharded(OPTIMIZER_BYTES, 1.0)
     per_layer, stored = activation_bytes_per_layer(model, plan)
     layers = safe_div(model.n_layers, plan.pp)
     nmb = n_microbatches(plan)

@@ -78,8 +78,20 @@ def auto_plan(
     sp: bool = True,
     precision: str = "bf16",
     grad_bytes: float | None = None,
+    ep: int | None = None,
+    phase: str = "train",
+    context: int | None = None,
+    mtp_accept: float = 0.0,
+    moe_imbalance: float = 1.0,
+    a2a_overlap: bool = False,
+    cache_hit: float = 0.0,
 ) -> Plan:
-    """A valid plan for `chips` chips; degrees given are kept, the others chosen by the rule."""
+    """A valid plan for `chips` chips; degrees given are kept, the others chosen by the rule.
+
+    MoE models: EP = the largest divisor of the experts that divides tp*dp*cp and fits in the
+    scale-up domain (training) or the chip count (inference). Inference: pp = cp = 1; TP = 1
+    for MoE models (data-parallel attention, expert-parallel MoE), else the smallest power of
+    two <= 8 whose weights fit in HBM."""
     if chips < 1 or chips != int(chips):
         raise ValueError(f"--chips must be a positive integer (got {chips}).")
     chips = int(chips)
@@ -90,6 +102,8 @@ def auto_plan(
             "reduce --chips or raise the outermost tier's domain_chips."
         )
     for name, v in (
+        ("ep", ep),
+        ("context", context),
         ("tp", tp),
         ("pp", pp),
         ("dp", dp),
@@ -101,6 +115,24 @@ def auto_plan(
     ):
         if v is not None and (v != int(v) or v < 1):
             raise ValueError(f"--{name} must be a positive integer (got {v}).")
+    if phase != "train":
+        return _auto_inference_plan(
+            system,
+            model,
+            chips,
+            seq_len=seq_len,
+            microbatch=microbatch,
+            tp=tp,
+            dp=dp,
+            ep=ep,
+            phase=phase,
+            context=context,
+            mtp_accept=mtp_accept,
+            moe_imbalance=moe_imbalance,
+            a2a_overlap=a2a_overlap,
+            cache_hit=cache_hit,
+            precision=precision,
+        )
     if zero not in (0, 1, 2, 3):
         raise ValueError(f"--zero must be 0, 1, 2 or 3 (got {zero}).")
     _check_precision(system, precision)
@@ -147,7 +179,11 @@ def auto_plan(
         if gb is None:
             unit = dp_ * microbatch
             gb = unit * max(1, math.ceil(DEFAULT_BATCH_TOKENS / seq_len / unit))
+        ep_ = ep if ep is not None else _auto_ep(system, model, tp * dp_ * cp)
         return make_plan(
+            ep=ep_,
+            moe_imbalance=moe_imbalance,
+            a2a_overlap=a2a_overlap,
             tp=tp,
             pp=pp_,
             dp=dp_,
@@ -181,6 +217,88 @@ def auto_plan(
             f"{chips}; adjust dp (got dp={dp})."
         )
     return check_plan(system, model, chosen, chips)
+
+
+def scale_up_domain(system: System) -> float:
+    """Chips in the largest domain below the scale-out tier (NVL72: 72, CM384: 384)."""
+    tiers = system.tiers
+    return float((tiers[-2] if len(tiers) > 1 else tiers[0]).domain_chips)
+
+
+def _auto_ep(system: System, model: Model, ranks: int, *, limit: float | None = None) -> int:
+    experts = _int(model.n_experts)
+    if experts == 0:
+        return 1
+    cap = scale_up_domain(system) if limit is None else limit
+    return max(d for d in _divisors(experts) if ranks % d == 0 and d <= cap)
+
+
+def _auto_inference_plan(
+    system,
+    model,
+    chips,
+    *,
+    seq_len,
+    microbatch,
+    tp,
+    dp,
+    ep,
+    phase,
+    context,
+    mtp_accept,
+    moe_imbalance,
+    a2a_overlap,
+    cache_hit,
+    precision,
+) -> Plan:
+    heads = _int(model.n_heads)
+    moe = _int(model.n_experts) > 0
+    if tp is None:
+        tp = 1
+        if not moe:
+            for t in (1, 2, 4, 8):
+                if heads % t or chips % t:
+                    continue
+                tp = t
+                probe = make_plan(
+                    tp=t,
+                    dp=chips // t,
+                    seq_len=seq_len,
+                    phase=phase,
+                    microbatch=microbatch,
+                    context=context,
+                    precision=precision,
+                )
+                from emu.objective import inference_memory
+
+                if float(inference_memory(model, probe, system.chip.hbm_bytes).feasible) > 0.5:
+                    break
+    if chips % tp:
+        raise ValueError(f"Plan: tp={tp} must divide the chip count {chips}; adjust --tp.")
+    dp_ = chips // tp
+    if dp is not None and dp != dp_:
+        raise ValueError(
+            f"Plan: tp*pp*dp*cp = {tp * dp} must equal n_chips = {chips}; adjust dp (got dp={dp})."
+        )
+    ep_ = ep if ep is not None else _auto_ep(system, model, chips, limit=chips)
+    plan = make_plan(
+        tp=tp,
+        dp=dp_,
+        ep=ep_,
+        microbatch=microbatch,
+        global_batch=dp_ * microbatch,
+        seq_len=seq_len,
+        context=context,
+        phase=phase,
+        mtp_accept=mtp_accept,
+        moe_imbalance=moe_imbalance,
+        a2a_overlap=a2a_overlap,
+        cache_hit=cache_hit,
+        precision=precision,
+        recompute="none",
+        zero=0,
+    )
+    return check_plan(system, model, plan, chips)
 
 
 def _check_precision(system: System, precision: str) -> None:
@@ -234,10 +352,14 @@ def run(system: System, model: Model, plan: Plan) -> dict:
     _check_finite(d, f"{system.name}/{model.name}")
     d["feasible"] = bool(d["feasible"] > 0.5)
     d["memory"]["feasible"] = d["feasible"]
+    if plan.phase != "prefill":
+        d["ttft_s"] = None
+    if plan.phase != "decode":
+        d["tpot_s"] = None
     return {
         "system": system.name,
         "model": model.name,
-        "phase": "train",
+        "phase": plan.phase,
         "plan": plan_dict(plan),
         **d,
         "compile_s": t1 - t0,
@@ -245,11 +367,34 @@ def run(system: System, model: Model, plan: Plan) -> dict:
     }
 
 
+def largest_batch(system: System, model: Model, plan: Plan, slo_s: float) -> int:
+    """The largest integer batch per DP rank meeting the phase's latency SLO (exactly
+    re-evaluated), or raise if even one sequence misses it."""
+    from emu.objective import max_batch_under_slo
+    from emu.struct import replace
+
+    b, _, ok = jax.jit(max_batch_under_slo)(system, model, plan, jnp.float32(slo_s))
+    if float(ok) < 0.5:
+        what = "TPOT" if plan.phase == "decode" else "TTFT"
+        raise ValueError(
+            f"no batch meets the {what} SLO of {slo_s:g} s on {system.name}; even batch 1 "
+            "misses it: relax the SLO or add chips."
+        )
+    n = max(1, int(float(b)))
+    lat = "tpot_s" if plan.phase == "decode" else "ttft_s"
+    while n > 1:  # exact re-evaluation at the integer batch
+        r = _evaluate(system, model, replace(plan, microbatch=jnp.float32(n)))
+        if float(getattr(r, lat)) <= slo_s:
+            break
+        n -= 1
+    return n
+
+
 def _check_finite(d: dict, what: str, prefix: str = "") -> None:
     for k, v in d.items():
         if isinstance(v, dict):
             _check_finite(v, what, f"{prefix}{k}.")
-        elif isinstance(v, float) and not math.isfinite(v):
+        elif isinstance(v, float) and not math.isfinite(v):  # noqa: SIM114
             raise ValueError(
                 f"{what}: {prefix}{k} is not finite; an input is outside the float32 range "
                 "(check --seq-len, --global-batch and --set values)."

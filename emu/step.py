@@ -1,16 +1,23 @@
-"""One training step: compute and communication composed under a plan.
+"""One step: compute and communication composed under a plan.
 
-Per micro-batch on the slowest (last) pipeline stage, with L = n_layers / pp layers:
+Training, per micro-batch on the slowest (last) pipeline stage, with L = n_layers / pp
+layers of which a share f are MoE layers:
 
-    t_mb = compute_mb + (1 - ov_tp) tp_mb + (1 - ov_cp) cp_mb + (1 - ov_pp) pp_mb
+    t_mb = compute_mb + (1 - ov_tp) tp_mb + (1 - ov_cp) cp_mb + (1 - ov_pp) pp_mb + a2a_mb*
     compute_mb = L * (fwd + bwd (= 2 fwd) + recompute) + head
     step = n_mb * t_mb + bubble + exposed_dp + optimizer
     bubble = (pp - 1) / vpp * t_mb                         (1F1B, interleaved when vpp > 1)
     exposed_dp = max(0, dp_time - ov_dp * window)          window: one micro-batch of compute
                                                            (all of them with ZeRO-3)
+    a2a_mb* = max(0, a2a_mb - compute_mb) with two-micro-batch overlap, else (1 - ov_ep) a2a_mb
 
 so max(compute, comm) <= step <= compute + comm + bubble. Overlap fractions are shared,
 calibrated parameters of the system (`system.overlap`).
+
+Inference (plan.phase "prefill" or "decode") is one forward pass of the whole model per
+batch on each chip (pipeline stages in sequence): prefill over `seq_len` prompt tokens per
+sequence, decode over 1 + (MTP draft) tokens per sequence that read a KV cache of `context`
+tokens. MoE layers add dispatch and combine all-to-alls over the EP group.
 
 >>> from emu.topology import example_system
 >>> from emu.workload import example_model
@@ -30,20 +37,25 @@ from emu.numerics import safe_div
 from emu.parallelism import (
     OPTIMIZER_TRAFFIC_BYTES,
     Plan,
+    attention_matmuls,
     attention_shape,
+    dense_ffn_matmuls,
     elementwise_bytes_per_layer,
+    expert_dp_size,
     kv_width_local,
-    layer_matmuls,
+    moe_fraction,
+    moe_matmuls,
+    moe_tokens_per_chip,
     n_microbatches,
-    params_per_chip,
+    params_split_per_chip,
     tokens_per_microbatch,
 )
 from emu.struct import dataclass
 from emu.topology import System
 from emu.units import BYTES_PER_ELEMENT
-from emu.workload import Model
+from emu.workload import Model, kv_cache_bytes_per_token
 
-__all__ = ["StepBreakdown", "train_step"]
+__all__ = ["StepBreakdown", "train_step", "InferenceBreakdown", "inference_step"]
 
 Array = jnp.ndarray
 ELEMENTWISE_KERNELS_FWD = 8.0  # fused norm/residual/activation kernels per layer forward
@@ -52,12 +64,15 @@ ATTN_BWD = 2.5  # flash-attention backward / forward time (recomputes QK^T; Dao 
 
 @dataclass
 class StepBreakdown:
-    """Seconds per training step. `compute_s` = `matmul_s` + `attention_s` + `memory_s` +
-    `head_s` (all micro-batches, critical path); the `*_comm_s` fields are raw communication
-    times, `exposed_comm_s` the part not hidden behind compute; `bubble_s` the pipeline
-    bubble; `optimizer_s` the optimizer update; `total_s` the step time."""
+    """Seconds per training step. `compute_s` = `matmul_s` (attention projections, dense
+    FFN) + `expert_s` (routed and shared experts, router) + `attention_s` (attention core)
+    + `memory_s` + `head_s`, over all micro-batches on the critical path; the `*_comm_s`,
+    `dispatch_s` and `combine_s` fields are raw communication times, `exposed_comm_s` the
+    part not hidden behind compute; `bubble_s` the pipeline bubble; `optimizer_s` the
+    optimizer update; `total_s` the step time."""
 
     matmul_s: Array
+    expert_s: Array
     attention_s: Array
     memory_s: Array
     head_s: Array
@@ -66,6 +81,8 @@ class StepBreakdown:
     cp_comm_s: Array
     pp_comm_s: Array
     dp_comm_s: Array
+    dispatch_s: Array
+    combine_s: Array
     exposed_comm_s: Array
     bubble_s: Array
     exposed_dp_s: Array
@@ -73,20 +90,36 @@ class StepBreakdown:
     total_s: Array
 
 
-def _layer_compute(system: System, model: Model, plan: Plan):
-    """Forward seconds of one layer per micro-batch: (dense matmuls, attention core, memory)."""
+def _matmuls_time(chip, shapes: dict, precision: str):
+    return sum(
+        compute.matmul_time(chip, m, n, k, precision, count=c) for m, n, k, c in shapes.values()
+    )
+
+
+def _dispatch_bytes(plan: Plan) -> float:
+    """Bytes per element of the dispatch payload: FP8/INT8 plans send 8-bit tokens."""
+    return 1.0 if plan.precision in ("fp8", "int8", "fp4") else 2.0
+
+
+def _layer_forward(system: System, model: Model, plan: Plan, t, attn_shape):
+    """Forward seconds of one average layer on one chip for `t` tokens:
+    (projections + dense FFN, experts, attention core, memory-bound, dispatch, combine)."""
     chip = system.chip
-    mm = layer_matmuls(model, plan)
-    dense = sum(
-        compute.matmul_time(chip, m, n, k, plan.precision, count=c) for m, n, k, c in mm.values()
-    )
-    # Flash attention runs in 16-bit even in FP8/INT8/FP4 recipes.
+    f = moe_fraction(model)
+    proj = _matmuls_time(chip, attention_matmuls(model, plan, t), plan.precision)
+    dense_ffn = _matmuls_time(chip, dense_ffn_matmuls(model, plan, t), plan.precision)
+    experts = _matmuls_time(chip, moe_matmuls(model, plan, t), plan.precision)
     attn_prec = "fp16" if plan.precision == "fp16" else "bf16"
-    attn = compute.attention_time(chip, *attention_shape(model, plan), attn_prec)
+    attn = compute.attention_time(chip, *attn_shape, attn_prec)
     mem = compute.memory_time(
-        chip, elementwise_bytes_per_layer(model, plan), kernels=ELEMENTWISE_KERNELS_FWD
+        chip, elementwise_bytes_per_layer(model, plan, t), kernels=ELEMENTWISE_KERNELS_FWD
     )
-    return dense, attn, mem
+    tm = moe_tokens_per_chip(plan, t)
+    payload = tm * model.top_k * model.d_model
+    a2a = lambda nbytes: plan.moe_imbalance * collectives.all_to_all_time(system, nbytes, plan.ep)
+    dispatch = f * a2a(payload * _dispatch_bytes(plan))
+    combine = f * a2a(payload * BYTES_PER_ELEMENT["bf16"])
+    return proj + (1.0 - f) * dense_ffn, f * experts, attn, mem, dispatch, combine
 
 
 def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
@@ -98,20 +131,35 @@ def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
     t = tokens_per_microbatch(plan)
     el = BYTES_PER_ELEMENT["bf16"]
 
-    dense_f, attn_f, mem_f = _layer_compute(system, model, plan)
+    dense_f, expert_f, attn_f, mem_f, disp_f, comb_f = _layer_forward(
+        system, model, plan, t, attention_shape(model, plan)
+    )
     # backward = 2 x forward (dgrad + wgrad; LoRA: dgrad only); flash attention's backward
     # recomputes the scores (2.5 x forward) whatever the recompute setting; full
     # recomputation adds one forward of everything, selective nothing beyond flash.
     re_dense = jnp.where(plan.recompute > 1.5, 1.0, 0.0)
     bwd = 2.0 - plan.lora
     matmul_mb = layers * dense_f * (1.0 + bwd + re_dense)
+    expert_mb = layers * expert_f * (1.0 + bwd + re_dense)
     attn_mb = layers * attn_f * (1.0 + ATTN_BWD + re_dense)
     memory_mb = layers * mem_f * (3.0 + re_dense)
     head_f = compute.matmul_time(
         chip, t, safe_div(model.vocab, plan.tp), model.d_model, plan.precision
     ) + compute.memory_time(chip, t * safe_div(model.vocab, plan.tp) * 4.0 * 3.0, kernels=2.0)
     head_mb = (1.0 + bwd) * head_f
-    compute_mb = matmul_mb + attn_mb + memory_mb + head_mb
+    compute_mb = matmul_mb + expert_mb + attn_mb + memory_mb + head_mb
+
+    # MoE all-to-all: dispatch and combine forward, their gradients backward (bf16), again
+    # forward under full recomputation.
+    n_a2a = 1.0 + re_dense
+    dispatch_mb = layers * (n_a2a * disp_f + comb_f)
+    combine_mb = layers * (n_a2a * comb_f + comb_f)
+    a2a_mb = dispatch_mb + combine_mb
+    a2a_exposed = jnp.where(
+        plan.a2a_overlap > 0.5,
+        jnp.maximum(a2a_mb - compute_mb, 0.0),
+        (1.0 - ov.ep) * a2a_mb,
+    )
 
     # TP: 2 collectives per layer forward, 2 backward (+2 with full recompute); all-reduce
     # without SP, all-gather + reduce-scatter with SP (same bytes, the model charges alike).
@@ -138,41 +186,58 @@ def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
     pp_one = collectives.send_recv_time(system, pp_bytes, stride=pp_stride)
     pp_mb = jnp.where(plan.pp > 1.5, 2.0 * plan.vpp * pp_one, 0.0)
 
-    t_mb = compute_mb + (1.0 - ov.tp) * tp_mb + (1.0 - ov.cp) * cp_mb + (1.0 - ov.pp) * pp_mb
+    t_mb = (
+        compute_mb
+        + (1.0 - ov.tp) * tp_mb
+        + (1.0 - ov.cp) * cp_mb
+        + (1.0 - ov.pp) * pp_mb
+        + a2a_exposed
+    )
     bubble = safe_div(plan.pp - 1.0, plan.vpp) * t_mb
 
-    # DP (over dp x cp ranks that hold the same weights): ZeRO 0 all-reduces gradients;
-    # ZeRO 1/2 reduce-scatter gradients and all-gather updated bf16 weights; ZeRO 3 gathers
-    # weights for every forward and backward micro-batch and reduce-scatters gradients.
-    p = params_per_chip(model, plan)
-    g = plan.dp * plan.cp
-    grad_b = p * (1.0 - plan.lora) * plan.grad_bytes
-    w_b = p * el
-    kw = dict(stride=plan.tp, algorithm=plan.algorithm)
-    rs = collectives.reduce_scatter_time(system, grad_b, g, **kw)
-    ag = collectives.all_gather_time(system, w_b, g, **kw)
-    ar = collectives.all_reduce_time(system, grad_b, g, **kw)
-    # ZeRO-3 gathers parameters layer by layer as they are needed: flat rings limited by the
-    # slowest spanned tier (no node-level pre-aggregation), as DeepSpeed/FSDP issue them.
-    rs3 = collectives.reduce_scatter_time(system, grad_b, g, stride=plan.tp, algorithm="ring")
-    ag3 = collectives.all_gather_time(system, w_b, g, stride=plan.tp, algorithm="ring")
-    dp_time = jnp.where(
-        plan.zero > 2.5,
-        nmb * (rs3 + 2.0 * ag3),
-        jnp.where(plan.zero > 0.5, rs + ag * (1.0 - plan.lora), ar),
+    # DP: dense weights over dp x cp ranks (stride tp), experts over their expert-data-
+    # parallel ranks (stride ep). ZeRO 0 all-reduces gradients; ZeRO 1/2 reduce-scatter
+    # gradients and all-gather updated bf16 weights; ZeRO 3 gathers weights for every
+    # forward and backward micro-batch, as flat rings (layer-by-layer gathers see no
+    # node-level pre-aggregation, as DeepSpeed/FSDP issue them).
+    dense_p, expert_p = params_split_per_chip(model, plan)
+    trainable = 1.0 - plan.lora
+
+    def dp_comm(p, size, stride):
+        grad_b = p * trainable * plan.grad_bytes
+        w_b = p * el
+        kw = dict(stride=stride, algorithm=plan.algorithm)
+        rs = collectives.reduce_scatter_time(system, grad_b, size, **kw)
+        ag = collectives.all_gather_time(system, w_b, size, **kw)
+        ar = collectives.all_reduce_time(system, grad_b, size, **kw)
+        rs3 = collectives.reduce_scatter_time(system, grad_b, size, stride=stride, algorithm="ring")
+        ag3 = collectives.all_gather_time(system, w_b, size, stride=stride, algorithm="ring")
+        return jnp.where(
+            plan.zero > 2.5,
+            nmb * (rs3 + 2.0 * ag3),
+            jnp.where(plan.zero > 0.5, rs + ag * trainable, ar),
+        )
+
+    dp_time = dp_comm(dense_p, plan.dp * plan.cp, plan.tp) + dp_comm(
+        expert_p, expert_dp_size(plan), plan.ep
     )
     window = jnp.where(plan.zero > 2.5, nmb * compute_mb, compute_mb)
     exposed_dp = jnp.maximum(dp_time - ov.dp * window, 0.0)
 
-    shard = jnp.where(plan.zero > 0.5, g, 1.0)
+    opt_params = jnp.where(
+        plan.zero > 0.5,
+        safe_div(dense_p, plan.dp * plan.cp) + safe_div(expert_p, expert_dp_size(plan)),
+        dense_p + expert_p,
+    )
     optimizer = compute.memory_time(
-        chip, safe_div(p * (1.0 - plan.lora) * OPTIMIZER_TRAFFIC_BYTES, shard), kernels=4.0
+        chip, opt_params * trainable * OPTIMIZER_TRAFFIC_BYTES, kernels=4.0
     )
 
     total = nmb * t_mb + bubble + exposed_dp + optimizer
     exposed = nmb * (t_mb - compute_mb) + exposed_dp
     return StepBreakdown(
         matmul_s=nmb * matmul_mb,
+        expert_s=nmb * expert_mb,
         attention_s=nmb * attn_mb,
         memory_s=nmb * memory_mb,
         head_s=nmb * head_mb,
@@ -181,9 +246,131 @@ def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
         cp_comm_s=nmb * cp_mb,
         pp_comm_s=nmb * pp_mb,
         dp_comm_s=dp_time,
+        dispatch_s=nmb * dispatch_mb,
+        combine_s=nmb * combine_mb,
         exposed_comm_s=exposed,
         bubble_s=bubble,
         exposed_dp_s=exposed_dp,
         optimizer_s=optimizer,
         total_s=total,
+    )
+
+
+@dataclass
+class InferenceBreakdown:
+    """Seconds of one forward pass (a prefill batch or one decode step) on one chip, with the
+    tokens it produces. `total_s` is the latency of the pass; `tokens_in` prompt tokens
+    processed (prefill), `tokens_out` output tokens accepted (decode, with MTP)."""
+
+    matmul_s: Array
+    expert_s: Array
+    attention_s: Array
+    memory_s: Array
+    head_s: Array
+    compute_s: Array
+    tp_comm_s: Array
+    pp_comm_s: Array
+    dispatch_s: Array
+    combine_s: Array
+    exposed_comm_s: Array
+    total_s: Array
+    tokens_in: Array
+    tokens_out: Array
+
+
+def _decode_attention(system: System, model: Model, plan: Plan, q_tokens):
+    """One decode step's attention core on one chip: `q_tokens` queries per sequence read a
+    KV cache of `context` tokens (MLA: the compressed latent, absorbed projections)."""
+    chip = system.chip
+    b = plan.microbatch
+    heads = safe_div(model.n_heads, plan.tp)
+    ctx = plan.context
+    if model.attention == "mla":
+        d_qk = model.kv_lora_rank + model.rope_head_dim
+        d_v = model.kv_lora_rank
+    else:
+        d_qk = d_v = model.d_head
+    flops = 2.0 * q_tokens * ctx * (d_qk + d_v) * heads * b
+    if model.attention == "mla":  # the latent is shared by all heads, replicated over TP
+        kv_read = b * ctx * kv_cache_bytes_per_token(model)
+    else:
+        kv_read = b * ctx * 2.0 * kv_width_local(model, plan) * BYTES_PER_ELEMENT["bf16"]
+    rate = compute.peak_flops(chip, "bf16") * compute.matmul_efficiency(
+        chip, q_tokens * heads, ctx, d_qk
+    )
+    t_c = safe_div(flops, rate)
+    t_m = safe_div(kv_read, chip.hbm_bytes_per_s * chip.hbm_efficiency)
+    return jnp.maximum(t_c, t_m) + chip.kernel_overhead_s
+
+
+def inference_step(system: System, model: Model, plan: Plan) -> InferenceBreakdown:
+    """One prefill batch or one decode step of `model` on `system` under `plan`.
+
+    Prefill: each DP-attention rank runs `microbatch` prompts of `seq_len` tokens (the
+    `cache_hit` share of them is served from a prefix cache and skipped). Decode: each rank
+    advances `microbatch` sequences by one token (plus one MTP draft token verified with
+    acceptance `mtp_accept`), reading `context` cached tokens. Pipeline stages run in
+    sequence, so the pass covers all layers.
+    """
+    chip = system.chip
+    ov = system.overlap
+    el = BYTES_PER_ELEMENT["bf16"]
+    decode = plan.phase == "decode"
+    mtp = jnp.where(plan.mtp_accept > 0, 1.0, 0.0)
+    if decode:
+        q = 1.0 + mtp
+        t = plan.microbatch * q
+        attn_shape = (q, plan.context, 1.0, 1.0, 0.0)  # placeholder: replaced below
+    else:
+        t = plan.microbatch * plan.seq_len * (1.0 - plan.cache_hit)
+        attn_shape = attention_shape(model, plan)
+    dense_f, expert_f, attn_f, mem_f, disp_f, comb_f = _layer_forward(
+        system, model, plan, t, attn_shape
+    )
+    if decode:
+        attn_f = _decode_attention(system, model, plan, q)
+    layers = model.n_layers
+    head = compute.matmul_time(
+        chip,
+        jnp.where(decode, t, plan.microbatch),
+        safe_div(model.vocab, plan.tp),
+        model.d_model,
+        plan.precision,
+    )
+    comp = layers * (dense_f + expert_f + attn_f + mem_f) + head
+    act = t * model.d_model * el
+    tp_all = (
+        layers * 2.0 * collectives.all_reduce_time(system, act, plan.tp, algorithm=plan.algorithm)
+    )
+    pp_all = jnp.where(
+        plan.pp > 1.5,
+        (plan.pp - 1.0)
+        * collectives.send_recv_time(system, act, stride=plan.tp * plan.cp * plan.dp),
+        0.0,
+    )
+    dispatch = layers * disp_f
+    combine = layers * comb_f
+    a2a = dispatch + combine
+    a2a_exposed = jnp.where(
+        plan.a2a_overlap > 0.5, jnp.maximum(a2a - comp, 0.0), (1.0 - ov.ep) * a2a
+    )
+    exposed = (1.0 - ov.tp) * tp_all + pp_all + a2a_exposed
+    total = comp + exposed
+    tokens_out = jnp.where(decode, plan.microbatch * (1.0 + mtp * plan.mtp_accept), 0.0)
+    tokens_in = jnp.where(decode, 0.0, plan.microbatch * plan.seq_len)
+    return InferenceBreakdown(
+        matmul_s=layers * dense_f,
+        expert_s=layers * expert_f,
+        attention_s=layers * attn_f,
+        memory_s=layers * mem_f,
+        head_s=head,
+        compute_s=comp,
+        tp_comm_s=tp_all,
+        pp_comm_s=pp_all,
+        dispatch_s=dispatch,
+        combine_s=combine,
+        exposed_comm_s=exposed,
+        total_s=total,
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
     )

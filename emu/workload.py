@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from emu.numerics import safe_div
 from emu.struct import dataclass, static_field
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
 
 Array = jnp.ndarray
 FFN_KINDS = {"gelu": 2.0, "swiglu": 3.0}
+ATTENTION_KINDS = ("gqa", "mla")
 
 
 @dataclass
@@ -39,11 +41,16 @@ class Model:
     `ffn` is "gelu" (up, down) or "swiglu" (gate, up, down). `d_head` is the per-head
     dimension (often d_model / n_heads). `tied_embeddings` shares the input embedding and the
     output head. MoE fields (`n_experts`, `top_k`, `d_ff_expert`, `n_shared_experts`,
-    `n_dense_layers`) are 0 for dense models.
+    `n_dense_layers`) are 0 for dense models; `d_ff` is the width of the dense layers.
+    `attention` is "gqa" (MHA/GQA/MQA) or "mla" (DeepSeek multi-head latent attention:
+    `q_lora_rank`, `kv_lora_rank`, `rope_head_dim`, `v_head_dim`; `d_head` is the no-RoPE
+    query/key head dim). `mtp_layers` multi-token-prediction modules (training cost; draft
+    tokens in decode).
     """
 
     name: str = static_field()
     ffn: str = static_field(default="swiglu")
+    attention: str = static_field(default="gqa")
     tied_embeddings: bool = static_field(default=False)
     n_layers: Array
     d_model: Array
@@ -57,6 +64,11 @@ class Model:
     d_ff_expert: Array
     n_shared_experts: Array
     n_dense_layers: Array
+    q_lora_rank: Array
+    kv_lora_rank: Array
+    rope_head_dim: Array
+    v_head_dim: Array
+    mtp_layers: Array
 
 
 def attn_dims(model: Model):
@@ -69,8 +81,55 @@ def ffn_mats(model: Model) -> float:
 
 
 def params_attention(model: Model):
+    d = model.d_model
+    if model.attention == "mla":
+        h = model.n_heads
+        qk = model.d_head + model.rope_head_dim
+        q = jnp.where(
+            model.q_lora_rank > 0,
+            d * model.q_lora_rank + model.q_lora_rank * h * qk,
+            d * h * qk,
+        )
+        kv = d * (model.kv_lora_rank + model.rope_head_dim) + model.kv_lora_rank * h * (
+            model.d_head + model.v_head_dim
+        )
+        return q + kv + h * model.v_head_dim * d
     d_q, d_kv = attn_dims(model)
-    return model.d_model * (d_q + 2.0 * d_kv) + d_q * model.d_model
+    return d * (d_q + 2.0 * d_kv) + d_q * d
+
+
+def kv_cache_bytes_per_token(model: Model, bytes_per_element=2.0):
+    """KV-cache bytes one token adds per layer: 2 * n_kv_heads * d_head elements (GQA), or the
+    compressed latent plus the RoPE key, kv_lora_rank + rope_head_dim (MLA)."""
+    if model.attention == "mla":
+        return (model.kv_lora_rank + model.rope_head_dim) * bytes_per_element
+    return 2.0 * model.n_kv_heads * model.d_head * bytes_per_element
+
+
+def n_moe_layers(model: Model):
+    return jnp.where(model.n_experts > 0, model.n_layers - model.n_dense_layers, 0.0)
+
+
+def n_dense_ffn_layers(model: Model):
+    return model.n_layers - n_moe_layers(model)
+
+
+def params_expert(model: Model):
+    """Weights of one expert FFN."""
+    return ffn_mats(model) * model.d_model * model.d_ff_expert
+
+
+def params_moe_ffn(model: Model):
+    """FFN weights of one MoE layer: routed + shared experts + router."""
+    return (model.n_experts + model.n_shared_experts) * params_expert(model) + (
+        model.d_model * model.n_experts
+    )
+
+
+def params_moe_ffn_active(model: Model):
+    return (model.top_k + model.n_shared_experts) * params_expert(model) + (
+        model.d_model * model.n_experts
+    )
 
 
 def params_ffn(model: Model):
@@ -78,8 +137,12 @@ def params_ffn(model: Model):
 
 
 def params_per_layer(model: Model):
-    """Weights of one layer: attention, FFN and the two norms."""
-    return params_attention(model) + params_ffn(model) + 2.0 * model.d_model
+    """Average weights of one layer: attention, FFN (dense or MoE) and the two norms."""
+    ffn = safe_div(
+        n_dense_ffn_layers(model) * params_ffn(model) + n_moe_layers(model) * params_moe_ffn(model),
+        model.n_layers,
+    )
+    return params_attention(model) + ffn + 2.0 * model.d_model
 
 
 def params_embedding(model: Model):
@@ -92,13 +155,29 @@ def params_total(model: Model):
     return model.n_layers * params_per_layer(model) + params_embedding(model) + model.d_model
 
 
+def params_active(model: Model):
+    """Weights one token touches (MoE: top_k routed + shared experts)."""
+    ffn = n_dense_ffn_layers(model) * params_ffn(model) + n_moe_layers(model) * (
+        params_moe_ffn_active(model)
+    )
+    return model.n_layers * params_attention(model) + ffn + model.vocab * model.d_model
+
+
+def attention_flops_dims(model: Model):
+    """(qk, v) head widths that set the s^2 attention FLOPs."""
+    if model.attention == "mla":
+        return model.d_head + model.rope_head_dim, model.v_head_dim
+    return model.d_head, model.d_head
+
+
 def model_flops_per_token(model: Model, seq_len):
     """Training model FLOPs per token, no recomputation (PaLM appendix B convention):
-    6 * (non-embedding params + output head) + 12 * n_layers * seq_len * d_q."""
-    d_q, _ = attn_dims(model)
-    n_matmul = model.n_layers * (params_attention(model) + params_ffn(model))
-    head = model.vocab * model.d_model
-    return 6.0 * (n_matmul + head) + 12.0 * model.n_layers * seq_len * d_q
+    6 * (active matmul params + output head) + 6 * n_layers * seq_len * H * (d_qk + d_v)
+    (= 12 l s d_q for standard attention)."""
+    qk, v = attention_flops_dims(model)
+    n_matmul = params_active(model) - model.vocab * model.d_model + model.vocab * model.d_model
+    attn = 6.0 * model.n_layers * seq_len * model.n_heads * (qk + v)
+    return 6.0 * n_matmul + attn
 
 
 def example_model() -> Model:
@@ -119,4 +198,9 @@ def example_model() -> Model:
         d_ff_expert=f(0),
         n_shared_experts=f(0),
         n_dense_layers=f(0),
+        q_lora_rank=f(0),
+        kv_lora_rank=f(0),
+        rope_head_dim=f(0),
+        v_head_dim=f(0),
+        mtp_layers=f(0),
     )

@@ -104,7 +104,7 @@ def test_sensitivity_agrees_with_finite_differences_through_run_set(capsys):
         (["run", "--set", "chip.tdp_w=1e39"], "float32 range"),
         (["run", "--set", "chip.idle_w=5000"], "exceeds chip.tdp_w"),
         (["run", "--set", "plan.lora=0.5"], "must be 0 or 1"),
-        (["run", "--set", "model.n_experts=8"], "not modelled yet"),
+        (["run", "--set", "model.n_experts=8"], "top_k=0 must be between 1"),
         (["run", "--seq-len", "10000000000000000000", "--global-batch", "9"], "not finite"),
         (["describe", "gb200_nvl72", "--set", "plan.zero=2"], "only system fields"),
     ],
