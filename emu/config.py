@@ -91,7 +91,14 @@ _BOUND_TEXT = {
 }
 
 
-_OVERLAP_BOUNDS = {"tp": "0..1", "dp": "0..1", "pp": "0..1", "cp": "0..1", "ep": "0..1"}
+_OVERLAP_BOUNDS = {
+    "tp": "0..1",
+    "dp": "0..1",
+    "pp": "0..1",
+    "cp": "0..1",
+    "ep": "0..1",
+    "ep_tbo": "0..1",
+}
 #: --set plan.<field>: categorical fields may be 0; validate_plan checks the values
 PLAN_BOUNDS = {
     "zero": ">=0",
@@ -99,6 +106,7 @@ PLAN_BOUNDS = {
     "sp": ">=0",
     "lora": ">=0",
     "a2a_overlap": ">=0",
+    "moe_dedup": ">=0",
     "mtp_accept": ">=0",
     "cache_hit": ">=0",
 }

@@ -92,18 +92,20 @@ class Overlap:
     `tp` (TP collectives overlapped with GEMMs), `dp` (gradient reduce-scatter and parameter
     all-gather overlapped with one micro-batch of compute), `pp` (pipeline send/recv), `cp`
     (context-parallel KV exchange overlapped with attention), `ep` (MoE dispatch/combine
-    overlapped without an explicit two-micro-batch schedule)."""
+    overlapped without an explicit two-micro-batch schedule), `ep_tbo` (the share of
+    min(all-to-all, compute) that a two-micro-batch / DualPipe schedule hides)."""
 
     tp: Array
     dp: Array
     pp: Array
     cp: Array
     ep: Array
+    ep_tbo: Array
 
 
 def example_overlap() -> Overlap:
     f = jnp.float32
-    return Overlap(tp=f(0.3), dp=f(0.9), pp=f(0.8), cp=f(0.9), ep=f(0.0))
+    return Overlap(tp=f(0.3), dp=f(0.9), pp=f(0.8), cp=f(0.9), ep=f(0.0), ep_tbo=f(0.5))
 
 
 def peak_flops(chip: Chip, precision: str) -> Array:

@@ -14,7 +14,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["safe_div", "smooth_max", "smooth_relu", "smooth_ceil", "ste_round", "clip01"]
+__all__ = [
+    "safe_div",
+    "safe_pow",
+    "smooth_max",
+    "smooth_relu",
+    "smooth_ceil",
+    "ste_round",
+    "clip01",
+]
 
 
 def safe_div(num, den, default=0.0):
@@ -23,6 +31,13 @@ def safe_div(num, den, default=0.0):
     ok = den != 0
     safe_den = jnp.where(ok, den, jnp.ones_like(den))
     return jnp.where(ok, num / safe_den, default)
+
+
+def safe_pow(base, exponent):
+    """base ** exponent for base >= 0 with finite gradients at base = 0 (0 ** 0 = 1)."""
+    pos = base > 0
+    safe = jnp.where(pos, base, 1.0)
+    return jnp.where(pos, jnp.exp(exponent * jnp.log(safe)), jnp.where(exponent == 0, 1.0, 0.0))
 
 
 def smooth_max(a, b, *, temperature):

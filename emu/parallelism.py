@@ -75,12 +75,14 @@ class Plan:
     per gradient element in the DP reduction; `lora` 1 = LoRA fine-tuning (frozen base
     weights: no weight gradients, optimizer states or DP reduction for them; adapters are
     neglected). MoE: `moe_imbalance` >= 1 multiplies the busiest rank's expert work and
-    all-to-all; `a2a_overlap` 1 = two-micro-batch (DualPipe-style) overlap of dispatch/combine
-    with compute. Inference (`phase` "prefill" or "decode"): `microbatch` is the batch of
-    sequences per DP-attention rank, `seq_len` the prompt length (prefill), `context` the
-    KV-cache length (decode), `mtp_accept` the acceptance rate of one multi-token-prediction
-    draft token (0 = no MTP), `cache_hit` the share of prompt tokens served from a prefix
-    cache. `precision` of the matmuls (static).
+    all-to-all; `a2a_overlap` 1 = two-micro-batch (DualPipe-style) overlap of dispatch and
+    combine with compute; `moe_dedup` 1 = a token crosses each tier once per destination
+    domain and is forwarded inside it (DeepEP), 0 = one copy per routed expert.
+    Inference (`phase` "prefill" or "decode"): `microbatch` is the batch of sequences per
+    DP-attention rank, `seq_len` the prompt length (prefill), `context` the KV-cache length
+    (decode), `mtp_accept` the acceptance rate of one multi-token-prediction draft token
+    (0 = no MTP), `cache_hit` the share of prompt tokens served from a prefix cache.
+    `precision` of the matmuls (static).
     """
 
     precision: str = static_field(default="bf16")
@@ -102,6 +104,7 @@ class Plan:
     lora: Array
     moe_imbalance: Array
     a2a_overlap: Array
+    moe_dedup: Array
     context: Array
     mtp_accept: Array
     cache_hit: Array
@@ -125,6 +128,7 @@ def make_plan(
     lora=False,
     moe_imbalance=1.0,
     a2a_overlap=False,
+    moe_dedup=True,
     context=None,
     mtp_accept=0.0,
     cache_hit=0.0,
@@ -169,6 +173,7 @@ def make_plan(
         lora=f(1.0 if lora else 0.0),
         moe_imbalance=f(moe_imbalance),
         a2a_overlap=f(1.0 if a2a_overlap else 0.0),
+        moe_dedup=f(1.0 if moe_dedup else 0.0),
         context=f(context),
         mtp_accept=f(mtp_accept),
         cache_hit=f(cache_hit),
@@ -187,11 +192,14 @@ def validate_plan(
     *,
     max_chips: float | None = None,
     even_layers: bool = True,
+    even_experts: bool = True,
 ):
     """Host-side checks with messages that say how to fix the plan. Returns the plan.
 
     `even_layers=False` admits pipelines whose stages hold unequal layer counts (Megatron's
-    uneven first/last stages); the emulator then charges n_layers / pp per stage."""
+    uneven first/last stages); the emulator then charges n_layers / pp per stage.
+    `even_experts=False` admits an EP degree that does not divide the experts (deployments
+    with redundant expert replicas, e.g. 288 = 256 + 32 slots on 72 GPUs)."""
     for name in ("tp", "pp", "dp", "cp", "ep", "microbatch", "global_batch", "seq_len", "vpp"):
         v = _num(getattr(plan, name))
         if not math.isfinite(v) or v < 1 or v != round(v):
@@ -211,7 +219,7 @@ def validate_plan(
             raise ValueError(f"Plan: {name} must be in [0, 1) (got {v:g}).")
     if not math.isfinite(_num(plan.context)) or _num(plan.context) < 1:
         raise ValueError(f"Plan: context must be >= 1 token (got {_num(plan.context):g}).")
-    for name in ("sp", "lora", "a2a_overlap"):
+    for name in ("sp", "lora", "a2a_overlap", "moe_dedup"):
         if _num(getattr(plan, name)) not in (0, 1):
             raise ValueError(f"Plan: {name} must be 0 or 1 (got {_num(getattr(plan, name)):g}).")
     if not math.isfinite(_num(plan.grad_bytes)) or _num(plan.grad_bytes) <= 0:
@@ -233,7 +241,7 @@ def validate_plan(
     if model is not None:
         tp, pp, cp = _num(plan.tp), _num(plan.pp), _num(plan.cp)
         ep, experts = _num(plan.ep), _num(model.n_experts)
-        if experts > 0 and experts % ep:
+        if even_experts and experts > 0 and experts % ep:
             raise ValueError(
                 f"Plan: ep={ep:g} must divide the model's n_experts={experts:g}; "
                 "pick an ep that divides it."

@@ -9,7 +9,8 @@ layers of which a share f are MoE layers:
     bubble = (pp - 1) / vpp * t_mb                         (1F1B, interleaved when vpp > 1)
     exposed_dp = max(0, dp_time - ov_dp * window)          window: one micro-batch of compute
                                                            (all of them with ZeRO-3)
-    a2a_mb* = max(0, a2a_mb - compute_mb) with two-micro-batch overlap, else (1 - ov_ep) a2a_mb
+    a2a_mb* = a2a_mb - ov_tbo min(a2a_mb, compute_mb) with two-micro-batch overlap,
+              else (1 - ov_ep) a2a_mb
 
 so max(compute, comm) <= step <= compute + comm + bubble. Overlap fractions are shared,
 calibrated parameters of the system (`system.overlap`).
@@ -115,10 +116,15 @@ def _layer_forward(system: System, model: Model, plan: Plan, t, attn_shape):
         chip, elementwise_bytes_per_layer(model, plan, t), kernels=ELEMENTWISE_KERNELS_FWD
     )
     tm = moe_tokens_per_chip(plan, t)
-    payload = tm * model.top_k * model.d_model
-    a2a = lambda nbytes: plan.moe_imbalance * collectives.all_to_all_time(system, nbytes, plan.ep)
-    dispatch = f * a2a(payload * _dispatch_bytes(plan))
-    combine = f * a2a(payload * BYTES_PER_ELEMENT["bf16"])
+    payload = tm * model.d_model  # one copy of each token; the routing sets the copies
+
+    def a2a(el):
+        return plan.moe_imbalance * collectives.moe_all_to_all_time(
+            system, payload * el, model.top_k, plan.ep, dedup=plan.moe_dedup
+        )
+
+    dispatch = f * a2a(_dispatch_bytes(plan))
+    combine = f * a2a(BYTES_PER_ELEMENT["bf16"])
     return proj + (1.0 - f) * dense_ffn, f * experts, attn, mem, dispatch, combine
 
 
@@ -157,7 +163,7 @@ def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
     a2a_mb = dispatch_mb + combine_mb
     a2a_exposed = jnp.where(
         plan.a2a_overlap > 0.5,
-        jnp.maximum(a2a_mb - compute_mb, 0.0),
+        a2a_mb - ov.ep_tbo * jnp.minimum(a2a_mb, compute_mb),
         (1.0 - ov.ep) * a2a_mb,
     )
 
@@ -352,7 +358,7 @@ def inference_step(system: System, model: Model, plan: Plan) -> InferenceBreakdo
     combine = layers * comb_f
     a2a = dispatch + combine
     a2a_exposed = jnp.where(
-        plan.a2a_overlap > 0.5, jnp.maximum(a2a - comp, 0.0), (1.0 - ov.ep) * a2a
+        plan.a2a_overlap > 0.5, a2a - ov.ep_tbo * jnp.minimum(a2a, comp), (1.0 - ov.ep) * a2a
     )
     exposed = (1.0 - ov.tp) * tp_all + pp_all + a2a_exposed
     total = comp + exposed

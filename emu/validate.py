@@ -20,12 +20,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from emu.config import load_system, model_from_dict
 from emu.objective import evaluate
 from emu.parallelism import make_plan, validate_plan
-from emu.struct import stack
+from emu.struct import replace, stack
 from emu.workload import model_flops_per_token
 
 __all__ = ["validate_file", "validate_rows", "format_report", "default_measurements"]
@@ -44,6 +45,34 @@ METRICS_ALLREDUCE = {"allreduce_busbw", "allreduce_busbw_peak", "effective_nvlin
 REQUIRED = ("id", "kind", "system", "n_chips", "metric", "value")
 #: message size when a row gives none: "peak" bus bandwidth is reached with GB-scale buffers
 DEFAULT_MESSAGE_BYTES = 4e9
+METRICS_INFERENCE = {
+    "input_tokens_per_s_per_node": ("prefill", 8.0),
+    "input_tokens_per_s_per_gpu": ("prefill", 1.0),
+    "input_tokens_per_s_per_npu": ("prefill", 1.0),
+    "output_tokens_per_s_per_node": ("decode", 8.0),
+    "output_tokens_per_s_per_gpu": ("decode", 1.0),
+    "output_tokens_per_s_per_npu": ("decode", 1.0),
+}
+METRICS_MOE_COMM = {
+    "moe_dispatch_bandwidth",
+    "moe_combine_bandwidth",
+    "moe_dispatch_bottleneck_bandwidth",
+    "moe_combine_bottleneck_bandwidth",
+    "moe_dispatch_latency",
+    "moe_combine_latency",
+}
+#: Documented defaults for MoE/inference rows that leave a quantity out:
+#: production expert-load imbalance (perfect-EPLB projections are 1.18x faster than default
+#: EPLB: facts §5, CM Table 3 5,655 -> 6,688 and SGLang 6,288 -> 7,417 tok/s);
+DEFAULT_MOE_IMBALANCE = 1.18
+#: MTP draft acceptance when a row says "with MTP" but not the rate (CM paper's 70%, facts §5);
+DEFAULT_MTP_ACCEPT = 0.7
+#: DeepSeek's prefill profile: 16,384 tokens per device, 4K prompts (facts §5; row notes).
+DEFAULT_PREFILL_TOKENS = 16384
+DEFAULT_PROMPT = 4096
+#: DeepEP benchmark settings (DeepEP README): hidden 7168, top-8; normal mode 4,096 tokens
+#: per rank, low-latency mode 128.
+DEEPEP = {"hidden": 7168, "top_k": 8, "normal_tokens": 4096, "ll_tokens": 128}
 
 
 def default_measurements() -> Path:
@@ -134,7 +163,7 @@ def row_model(row: dict):
     if not isinstance(m, dict):
         raise ValueError("no model description")
     if m.get("moe"):
-        raise NotImplementedError("MoE training is not modelled yet (issue 3)")
+        return _catalog_moe(row, m)
     gpt = _ffn(m) == "gelu"
     data = {
         "name": "row",
@@ -151,6 +180,52 @@ def row_model(row: dict):
         if v is None:
             raise ValueError(f"model.{k} is null")
     return model_from_dict(data, f"row {row['id']} model")
+
+
+_MOE_CATALOG = {
+    "deepseekv3": "deepseek_v3",
+    "deepseekr1": "deepseek_r1",
+    "qwen3235ba22b": "qwen3_235b_a22b",
+    "qwen330ba3b": "qwen3_30b_a3b",
+    "gptoss120b": "gpt_oss_120b",
+    "internal352bmoe": "msmoe_352b",
+    "mixtral8x7b": "mixtral_8x7b",
+}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _catalog_moe(row: dict, m: dict):
+    """MoE rows name their model; the row schema has no MLA dims or dense-layer count, so the
+    catalog model of that name is used, after checking it agrees with the row."""
+    from emu.config import load_model
+
+    key = _norm(str(m.get("name", "")))
+    name = next((v for k, v in _MOE_CATALOG.items() if key.startswith(k)), None)
+    if name is None:
+        raise NotImplementedError(f"MoE model '{m.get('name')}' is not in the catalog")
+    model = load_model(name)
+    for field in ("n_layers", "d_model", "n_heads"):
+        if m.get(field) is not None and float(getattr(model, field)) != float(m[field]):
+            raise ValueError(
+                f"catalog model {name} has {field}={float(getattr(model, field)):g}, "
+                f"the row {m[field]}"
+            )
+    moe = m["moe"]
+    for field, key2 in (("n_experts", "n_experts"), ("top_k", "top_k")):
+        if moe.get(key2) is not None and float(getattr(model, field)) != float(moe[key2]):
+            raise ValueError(f"catalog model {name} disagrees with the row on {field}")
+    return replace(model, name="row")
+
+
+def _num_in(pattern: str, text: str, default=None):
+    """The first number a regex group captures in `text` (commas allowed), else default."""
+    m = re.search(pattern, text, re.I)
+    if not m:
+        return default
+    return float(m.group(1).replace(",", ""))
 
 
 def _zero(z) -> int:
@@ -204,12 +279,23 @@ def row_plan(row: dict, model):
     layers = int(float(model.n_layers))
     if layers % (pp * vpp):
         vpp = 1
+    prec = row.get("precision") or "bf16"
+    notes = f"{row.get('notes', '')} {row['id']}".lower()
+    text = f"{notes} {json.dumps(p).lower()}"
+    moe = float(model.n_experts) > 0
+    ep = _int_or(p.get("ep"), 1) if moe else 1
+    overlap = bool(re.search(r"dualpipe|two-(micro)?batch overlap|two-microbatch", text))
+    balanced = bool(re.search(r"perfect eplb|force-balanced", text))
+    imbalance = 1.0 if (balanced or not moe) else DEFAULT_MOE_IMBALANCE
+    if row["kind"] in ("prefill", "decode"):
+        return _inference_plan(row, model, n, tp, dp * pp, ep, prec, notes, overlap, imbalance)
     seq = _int_or((row.get("model") or {}).get("seq_len"), None)
     if seq is None:
         raise ValueError("model.seq_len is null")
-    prec = row.get("precision") or "bf16"
-    notes = f"{row.get('notes', '')} {row['id']}".lower()
     plan = make_plan(
+        ep=ep,
+        moe_imbalance=imbalance,
+        a2a_overlap=overlap,
         tp=tp,
         pp=pp,
         dp=dp,
@@ -225,6 +311,94 @@ def row_plan(row: dict, model):
         lora="lora" in notes,
     )
     return validate_plan(plan, model, even_layers=False)
+
+
+def _inference_plan(row, model, n, tp, dp, ep, prec, notes, overlap, imbalance):
+    phase = row["kind"]
+    p = row.get("parallel") or {}
+    if phase == "prefill":
+        prompt = _num_in(r"(?:prompt|input) length ([\d,]+)", notes) or (
+            1024 * _num_in(r"(\d+)k prompt", notes, DEFAULT_PROMPT / 1024)
+        )
+        per_dev = _num_in(r"([\d,]+) tokens per device", notes, DEFAULT_PREFILL_TOKENS)
+        batch = max(1.0, per_dev / prompt)
+        hit = _num_in(r"([\d.]+)% of [\w\s]*input tokens hit", notes, 0.0) / 100.0
+        plan = make_plan(
+            tp=tp,
+            dp=dp,
+            ep=ep,
+            microbatch=batch,
+            global_batch=batch * dp,
+            seq_len=prompt,
+            phase="prefill",
+            cache_hit=hit,
+            a2a_overlap=overlap,
+            moe_imbalance=imbalance,
+            precision=prec,
+            recompute="none",
+            zero=0,
+        )
+        return validate_plan(plan, model, even_layers=False, even_experts=False), None
+    ctx = _num_in(r"kv (?:cache )?length (?:per output token )?([\d,]+)", notes) or _num_in(
+        r"kv ([\d,]+)", notes, DEFAULT_PROMPT
+    )
+    accept = 0.0
+    if "mtp" in notes and "no mtp" not in notes:
+        accept = _num_in(r"(\d+)% acceptance", notes, 100 * DEFAULT_MTP_ACCEPT) / 100.0
+    batch = _int_or(p.get("microbatch"), None)
+    slo = None
+    if batch is None:
+        lo_hi = re.search(r"([\d.]+)-([\d.]+) tokens/s per user", notes)
+        if not lo_hi:
+            raise ValueError("decode row gives neither a batch nor a per-user speed (SLO)")
+        slo = 2.0 / (float(lo_hi.group(1)) + float(lo_hi.group(2)))
+        batch = 1
+    plan = make_plan(
+        tp=tp,
+        dp=dp,
+        ep=ep,
+        microbatch=batch,
+        global_batch=batch * dp,
+        seq_len=ctx,
+        context=ctx,
+        phase="decode",
+        mtp_accept=accept,
+        a2a_overlap=overlap,
+        moe_imbalance=imbalance,
+        precision=prec,
+        recompute="none",
+        zero=0,
+    )
+    return validate_plan(plan, model, even_layers=False, even_experts=False), slo
+
+
+def predict_moe_comm(row: dict, system) -> float:
+    """DeepEP dispatch/combine kernels: bandwidth in GB/s over the bottleneck link (bytes that
+    cross the slowest tier / kernel time) or latency in us, from the all-to-all model.
+    Dispatch payloads are FP8 (1 byte per element), combine BF16."""
+    from emu import collectives
+    from emu.topology import participants
+
+    ep = float(row["n_chips"])
+    if ep < 2:
+        raise ValueError("an all-to-all needs n_chips >= 2")
+    metric = row["metric"]
+    low_latency = "latency" in metric or "low-latency" in str(row.get("notes", "")).lower()
+    tokens = DEEPEP["ll_tokens"] if low_latency else DEEPEP["normal_tokens"]
+    el = 1.0 if "dispatch" in metric else 2.0
+    nbytes = np.float32(tokens * DEEPEP["top_k"] * DEEPEP["hidden"] * el)
+    t = float(collectives.all_to_all_time(system, nbytes, np.float32(ep)))
+    if "latency" in metric:
+        return t * 1e6
+    n = participants(system.tiers, np.float32(ep), np.float32(1.0))
+    inside, worst = 1.0, 0.0
+    for tier, nk in zip(system.tiers, n, strict=True):
+        leaving = 1.0 - inside / ep
+        load = leaving * float(nbytes) / float(collectives.effective_bandwidth(tier))
+        if load > worst:
+            worst, crossing = load, leaving * float(nbytes)
+        inside *= float(nk)
+    return crossing / t / 1e9
 
 
 def predict_metric(metric: str, r, row: dict, model, plan) -> float:
@@ -260,6 +434,8 @@ def predict_metric(metric: str, r, row: dict, model, plan) -> float:
         return per_mb / layers * 1e3
     if metric == "gpu_hours_per_trillion_tokens":
         return n * 1e12 / (tokens / t) / 3600.0
+    if metric in METRICS_INFERENCE:
+        return float(r.tokens_per_s_per_chip) * METRICS_INFERENCE[metric][1]
     raise NotImplementedError(f"metric '{metric}' is not modelled yet")
 
 
@@ -337,15 +513,30 @@ def validate_rows(rows: list[dict], *, overrides: dict | None = None) -> list[di
                 pred = predict_allreduce_busbw(row, systems[row["system"]])
                 results.append(_scored(base, pred, row))
                 continue
-            if row["kind"] != "train":
-                raise NotImplementedError(f"kind '{row['kind']}' is not modelled yet (issue 3)")
-            if row["metric"] not in METRICS_TRAIN:
+            if row["kind"] == "collective" and row["metric"] in METRICS_MOE_COMM:
+                if row["system"] not in systems:
+                    systems[row["system"]] = load_system(row["system"], overrides)
+                pred = predict_moe_comm(row, systems[row["system"]])
+                results.append(_scored(base, pred, row))
+                continue
+            known = METRICS_TRAIN if row["kind"] == "train" else set(METRICS_INFERENCE)
+            if row["kind"] not in ("train", "prefill", "decode"):
+                raise NotImplementedError(f"kind '{row['kind']}' metric '{row['metric']}'")
+            if row["metric"] not in known:
                 raise NotImplementedError(f"metric '{row['metric']}' is not modelled yet")
             model = row_model(row)
             plan = row_plan(row, model)
+            slo = None
+            if isinstance(plan, tuple):
+                plan, slo = plan
             if row["system"] not in systems:
                 systems[row["system"]] = load_system(row["system"], overrides)
             system = systems[row["system"]]
+            if slo is not None:
+                from emu.runner import largest_batch
+
+                b = largest_batch(system, model, plan, slo)
+                plan = replace(plan, microbatch=jnp.float32(b), global_batch=plan.dp * b)
             prec = plan.precision
             if float(system.chip.peak_flops_per_s.get(prec, 0.0)) <= 0:
                 raise ValueError(f"{system.chip.name} has no {prec} support")
@@ -373,7 +564,15 @@ def validate_rows(rows: list[dict], *, overrides: dict | None = None) -> list[di
     groups = defaultdict(list)
     for item in prepared:
         _, _, system, model, plan = item
-        key = (system.name, model.ffn, model.tied_embeddings, plan.precision, plan.algorithm)
+        key = (
+            system.name,
+            model.ffn,
+            model.attention,
+            model.tied_embeddings,
+            plan.precision,
+            plan.algorithm,
+            plan.phase,
+        )
         groups[key].append(item)
     for items in groups.values():
         sys_b = stack([i[2] for i in items])
