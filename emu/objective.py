@@ -182,9 +182,10 @@ def max_batch_under_slo(system: System, model: Model, plan: Plan, slo_s, *, max_
         r = evaluate(system, model, replace(plan, microbatch=b))
         return jnp.where(plan.phase == "decode", r.tpot_s, r.ttft_s)
 
-    slo = jnp.asarray(slo_s, jnp.float32)
+    dt = jnp.result_type(plan.microbatch)
+    slo = jnp.asarray(slo_s, dt)
     lo0 = jnp.zeros_like(slo)
-    hi0 = jnp.log(jnp.asarray(max_batch, jnp.float32)) + 0.0 * slo
+    hi0 = jnp.log(jnp.asarray(max_batch, dt)) + 0.0 * slo
 
     def body(_, bounds):
         lo, hi = bounds
@@ -196,6 +197,6 @@ def max_batch_under_slo(system: System, model: Model, plan: Plan, slo_s, *, max_
     b0 = jax.lax.stop_gradient(jnp.exp(lo))
     lat0, dlat = jax.value_and_grad(latency)(b0)
     b = b0 - safe_div(lat0 - slo, jax.lax.stop_gradient(dlat))
-    b = jnp.clip(b, 1.0, max_batch)
+    b = jnp.clip(b, 1.0, jnp.asarray(max_batch, dt))
     feasible = (jax.lax.stop_gradient(latency(jnp.ones_like(slo))) <= slo).astype(jnp.float32)
     return b, evaluate(system, model, replace(plan, microbatch=b)), feasible

@@ -32,6 +32,24 @@ def test_dense_train_rows_median_error_within_20_percent(report):
     assert train["median_abs_pct_error"] <= 20.0
 
 
+def test_moe_prefill_decode_collective_rows_median_within_20_percent(report):
+    rows = {json.loads(line)["id"]: json.loads(line) for line in open(_file()) if line.strip()}
+    errs = [
+        r["abs_pct_error"]
+        for r in report["rows"]
+        if r["status"] == "ok"
+        and (r["kind"] != "train" or (rows[r["id"]].get("model") or {}).get("moe"))
+    ]
+    assert len(errs) >= 55
+    errs.sort()
+    assert errs[len(errs) // 2] <= 20.0
+
+
+def test_every_kind_is_covered(report):
+    kinds = {r["kind"] for r in report["rows"] if r["status"] == "ok"}
+    assert kinds == {"train", "prefill", "decode", "collective"}
+
+
 def test_json_contract(report):
     row = next(r for r in report["rows"] if r["status"] == "ok")
     for key in ("id", "predicted", "measured", "abs_pct_error", "status", "reason"):
