@@ -134,23 +134,28 @@ def all_to_all_time(system: System, nbytes, size, *, stride=1.0):
     return worst + lat
 
 
-def moe_all_to_all_time(system: System, token_bytes, top_k, size, *, dedup=1.0):
+def moe_all_to_all_time(system: System, token_bytes, top_k, size, *, dedup=1.0, max_domains=0.0):
     """Seconds for an MoE dispatch (or combine) in which each chip routes its tokens, of
     `token_bytes` in total, to `top_k` experts spread uniformly over `size` chips.
 
     With dedup (DeepEP), a token crosses a tier boundary once per distinct remote domain it
     reaches, then is forwarded inside that domain: with D lower domains in the group the
     copies leaving are (D - 1)(1 - (1 - 1/D)^top_k). Without dedup every expert copy that
-    leaves is sent: top_k (1 - 1/D). Tiers work in parallel; the slowest sets the time.
+    leaves is sent: top_k (1 - 1/D). Node-limited routing (`max_domains` M > 0) caps the
+    remote domains a token reaches beyond the innermost tier at M (1 - 1/D). Tiers work in
+    parallel; the slowest sets the time.
     """
     n = participants(system.tiers, size, 1.0)
     inside = jnp.ones_like(size)
     worst = jnp.zeros_like(token_bytes * size)
     lat = jnp.zeros_like(worst)
-    for tier, nk in zip(system.tiers, n, strict=True):
+    for k, (tier, nk) in enumerate(zip(system.tiers, n, strict=True)):
         domains = safe_div(size, inside, 1.0)
         hit = 1.0 - safe_pow(jnp.clip(1.0 - safe_div(1.0, domains), 0.0, 1.0), top_k)
         copies_dedup = (domains - 1.0) * hit
+        if k > 0:
+            cap = max_domains * (1.0 - safe_div(1.0, domains))
+            copies_dedup = jnp.where(max_domains > 0, jnp.minimum(copies_dedup, cap), copies_dedup)
         copies_all = top_k * (1.0 - safe_div(1.0, domains))
         copies = dedup * copies_dedup + (1.0 - dedup) * copies_all
         worst = jnp.maximum(worst, safe_div(copies * token_bytes, effective_bandwidth(tier)))

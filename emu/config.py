@@ -81,6 +81,7 @@ _BOUNDS = {
     "rope_head_dim": ">=0",
     "v_head_dim": ">=0",
     "mtp_layers": ">=0",
+    "route_max_nodes": ">=0",
 }
 _BOUND_TEXT = {
     ">0": "must be > 0",
@@ -395,6 +396,7 @@ _MODEL_OPTIONAL = {
     "rope_head_dim": 0,
     "v_head_dim": 0,
     "mtp_layers": 0,
+    "route_max_nodes": 0,
 }
 
 

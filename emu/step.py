@@ -120,7 +120,12 @@ def _layer_forward(system: System, model: Model, plan: Plan, t, attn_shape):
 
     def a2a(el):
         return plan.moe_imbalance * collectives.moe_all_to_all_time(
-            system, payload * el, model.top_k, plan.ep, dedup=plan.moe_dedup
+            system,
+            payload * el,
+            model.top_k,
+            plan.ep,
+            dedup=plan.moe_dedup,
+            max_domains=model.route_max_nodes,
         )
 
     dispatch = f * a2a(_dispatch_bytes(plan))

@@ -45,7 +45,8 @@ class Model:
     `attention` is "gqa" (MHA/GQA/MQA) or "mla" (DeepSeek multi-head latent attention:
     `q_lora_rank`, `kv_lora_rank`, `rope_head_dim`, `v_head_dim`; `d_head` is the no-RoPE
     query/key head dim). `mtp_layers` multi-token-prediction modules (training cost; draft
-    tokens in decode).
+    tokens in decode). `route_max_nodes` > 0: node-limited routing (each token reaches at most
+    that many nodes, DeepSeek-V3 M = 4); 0 = unrestricted.
     """
 
     name: str = static_field()
@@ -69,6 +70,7 @@ class Model:
     rope_head_dim: Array
     v_head_dim: Array
     mtp_layers: Array
+    route_max_nodes: Array
 
 
 def attn_dims(model: Model):
@@ -203,4 +205,5 @@ def example_model() -> Model:
         rope_head_dim=f(0),
         v_head_dim=f(0),
         mtp_layers=f(0),
+        route_max_nodes=f(0),
     )
