@@ -28,24 +28,19 @@ def random_plans(n: int, seed: int = 0):
     dp = 2.0 ** rng.integers(0, 10, n)
     mb = 2.0 ** rng.integers(0, 3, n)
     base = make_plan(tp=1, pp=1, dp=1, global_batch=1, seq_len=8192)
+    # every leaf gets the batch axis; the knobs below vary, the rest keep their defaults
+    base = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,)), base)
     f = lambda x: jnp.asarray(x, jnp.float32)
-    full = lambda v: jnp.full((n,), v, jnp.float32)
     return replace(
         base,
         tp=f(tp),
         pp=f(pp),
         dp=f(dp),
-        cp=full(1.0),
-        ep=full(1.0),
         microbatch=f(mb),
         global_batch=f(dp * mb * 16),
-        seq_len=full(8192.0),
-        vpp=full(1.0),
         zero=f(rng.integers(0, 4, n)),
         recompute=f(rng.integers(0, 3, n)),
         sp=f(rng.integers(0, 2, n)),
-        grad_bytes=full(4.0),
-        lora=full(0.0),
     )
 
 
