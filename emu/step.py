@@ -8,7 +8,8 @@ layers of which a share f are MoE layers:
     step = n_mb * t_mb + bubble + exposed_dp + optimizer
     bubble = (pp - 1) / vpp * t_mb                         (1F1B, interleaved when vpp > 1)
     exposed_dp = max(0, dp_time - ov_dp * window)          window: one micro-batch of compute
-                                                           (all of them with ZeRO-3)
+                                                           (all of them with ZeRO-2/3, which
+                                                           reduce every micro-batch)
     a2a_mb* = a2a_mb - ov_tbo min(a2a_mb, compute_mb) with two-micro-batch overlap,
               else (1 - ov_ep) a2a_mb
 
@@ -223,16 +224,18 @@ def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
         ar = collectives.all_reduce_time(system, grad_b, size, **kw)
         rs3 = collectives.reduce_scatter_time(system, grad_b, size, stride=stride, algorithm="ring")
         ag3 = collectives.all_gather_time(system, w_b, size, stride=stride, algorithm="ring")
+        # ZeRO 2 keeps only a gradient shard, so it reduce-scatters every micro-batch
+        rs_count = jnp.where(plan.zero > 1.5, nmb, 1.0)
         return jnp.where(
             plan.zero > 2.5,
             nmb * (rs3 + 2.0 * ag3),
-            jnp.where(plan.zero > 0.5, rs + ag * trainable, ar),
+            jnp.where(plan.zero > 0.5, rs_count * rs + ag * trainable, ar),
         )
 
     dp_time = dp_comm(dense_p, plan.dp * plan.cp, plan.tp) + dp_comm(
         expert_p, expert_dp_size(plan), plan.ep
     )
-    window = jnp.where(plan.zero > 2.5, nmb * compute_mb, compute_mb)
+    window = jnp.where(plan.zero > 1.5, nmb * compute_mb, compute_mb)
     exposed_dp = jnp.maximum(dp_time - ov.dp * window, 0.0)
 
     opt_params = jnp.where(

@@ -71,3 +71,17 @@ def test_full_recompute_costs_about_a_third_more_compute(catalog):
     c0 = float(train_step(catalog["nvl72"], catalog["llama8"], base).compute_s)
     c1 = float(train_step(catalog["nvl72"], catalog["llama8"], full).compute_s)
     assert 1.2 < c1 / c0 < 1.4
+
+
+def test_zero_stages_order_dp_traffic(catalog):
+    # ZeRO-2 reduce-scatters every micro-batch, ZeRO-3 also gathers weights every one
+    sys, model = catalog["h100"], catalog["llama8"]
+    dp = [
+        float(
+            train_step(
+                sys, model, make_plan(tp=1, dp=64, global_batch=512, seq_len=2048, zero=z)
+            ).dp_comm_s
+        )
+        for z in (1, 2, 3)
+    ]
+    assert dp[0] < dp[1] < dp[2]
