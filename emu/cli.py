@@ -52,6 +52,7 @@ def _workload_args(p: argparse.ArgumentParser, *, system: bool = True) -> None:
     p.add_argument("--algorithm", default="hierarchical", choices=["hierarchical", "ring"])
     moe = p.add_argument_group("MoE")
     moe.add_argument("--ep", type=int, help="expert-parallel degree")
+    moe.add_argument("--etp", type=int, default=1, help="expert tensor-parallel degree")
     moe.add_argument(
         "--moe-imbalance",
         type=float,
@@ -141,6 +142,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _workload_args(p, system=False)
 
+    p = sub.add_parser(
+        "serve",
+        help="disaggregated prefill + decode deployment",
+        description="A prefill instance and a decode instance, each with its own chips and "
+        "plan (chosen by the serving rule), serving requests of --prompt-len input and "
+        "--output-len output tokens. Batches default to the largest meeting the SLOs.",
+    )
+    p.add_argument("--system", default="cloudmatrix384", help="catalog name or TOML path")
+    p.add_argument("--model", default="deepseek_r1", help="catalog name or TOML path")
+    p.add_argument("--prefill-chips", type=int, default=96)
+    p.add_argument("--decode-chips", type=int, default=160)
+    p.add_argument("--prompt-len", type=int, default=4096)
+    p.add_argument("--output-len", type=int, default=1024)
+    p.add_argument("--prefill-batch", type=int, help="prompts per DP rank per prefill batch")
+    p.add_argument("--decode-batch", type=int, help="sequences per DP rank in decode")
+    p.add_argument("--tpot-slo", type=float, default=0.05)
+    p.add_argument("--ttft-slo", type=float, default=2.0)
+    p.add_argument("--precision", default="bf16")
+    p.add_argument("--mtp-accept", type=float, default=0.0)
+    p.add_argument("--moe-imbalance", type=float, default=1.0)
+    p.add_argument("--a2a-overlap", action="store_true")
+    _common(p)
+
     p = sub.add_parser("sensitivity", help="elasticities of tokens/J and tokens/s (jax.grad)")
     _workload_args(p)
     p.add_argument("--top", type=int, default=15, help="rows in the table (all in --json)")
@@ -200,6 +224,7 @@ def _setup(args, system_name: str):
         sp=not args.no_sp,
         precision=args.precision,
         ep=args.ep,
+        etp=args.etp,
         phase=args.phase,
         context=args.context,
         mtp_accept=args.mtp_accept,
@@ -466,12 +491,91 @@ def cmd_validate(args) -> None:
     _emit(args, report, format_report(report, show_skipped=args.show_skipped))
 
 
+def cmd_serve(args) -> None:
+    from emu.config import load_model, load_system
+    from emu.runner import auto_plan, enable_cache, largest_batch, tree_to_dict
+    from emu.serving import disaggregated
+    from emu.struct import replace
+
+    enable_cache()
+    sys_o, model_o, plan_o = _split_overrides(args.set)
+    if plan_o:
+        raise CliError("serve takes system and model fields in --set, not plan fields.")
+    system = load_system(args.system, sys_o)
+    model = load_model(args.model, model_o)
+    common = dict(
+        precision=args.precision, moe_imbalance=args.moe_imbalance, a2a_overlap=args.a2a_overlap
+    )
+    plans = {}
+    for phase, chips, batch, slo in (
+        ("prefill", args.prefill_chips, args.prefill_batch, args.ttft_slo),
+        ("decode", args.decode_chips, args.decode_batch, args.tpot_slo),
+    ):
+        plan = auto_plan(
+            system,
+            model,
+            chips,
+            seq_len=args.prompt_len,
+            microbatch=batch or 1,
+            phase=phase,
+            context=args.prompt_len + args.output_len // 2,
+            mtp_accept=args.mtp_accept if phase == "decode" else 0.0,
+            **common,
+        )
+        if batch is None:
+            if not (slo > 0 and math.isfinite(slo)):
+                raise CliError(f"the SLO must be a positive number of seconds (got {slo}).")
+            n = largest_batch(system, model, plan, slo)
+            plan = replace(plan, microbatch=plan.microbatch * 0 + n, global_batch=plan.dp * n)
+        plans[phase] = plan
+    r = disaggregated(
+        system,
+        model,
+        plans["prefill"],
+        plans["decode"],
+        prompt_len=float(args.prompt_len),
+        output_len=float(args.output_len),
+    )
+    d = tree_to_dict(r)
+    d["feasible"] = bool(d["feasible"] > 0.5)
+    for phase in ("prefill", "decode"):
+        d[phase]["plan"] = plan_dict_of(plans[phase])
+    out = {"system": system.name, "model": model.name, **d}
+    rows = [
+        ["chips (prefill + decode)", f"{args.prefill_chips} + {args.decode_chips}"],
+        [
+            "batch per DP rank (prefill, decode)",
+            f"{d['prefill']['plan']['microbatch']}, {d['decode']['plan']['microbatch']}",
+        ],
+        ["requests/s", f"{d['requests_per_s']:.4g}"],
+        ["output tokens/s", _si(d["tokens_per_s"], "tok/s")],
+        ["output tokens/s per chip", f"{d['tokens_per_s_per_chip']:.4g}"],
+        ["TTFT (prefill batch)", _si(d["ttft_s"], "s")],
+        ["TPOT", _si(d["tpot_s"], "s")],
+        [
+            "utilisation (prefill, decode)",
+            f"{d['prefill_utilisation']:.0%}, {d['decode_utilisation']:.0%}",
+        ],
+        ["power (IT)", _si(d["power_w"], "W")],
+        ["output tokens/J", f"{d['tokens_per_joule']:.4g}"],
+        ["feasible", "yes" if d["feasible"] else "NO (out of memory)"],
+    ]
+    _emit(args, out, f"{system.name} / {model.name}\n" + _table(rows, ["quantity", "value"]))
+
+
+def plan_dict_of(plan) -> dict:
+    from emu.parallelism import plan_dict
+
+    return plan_dict(plan)
+
+
 COMMANDS = {
     "list": cmd_list,
     "describe": cmd_describe,
     "run": cmd_run,
     "compare": cmd_compare,
     "sensitivity": cmd_sensitivity,
+    "serve": cmd_serve,
     "validate": cmd_validate,
 }
 

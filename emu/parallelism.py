@@ -74,10 +74,12 @@ class Plan:
     0 none / 1 selective / 2 full; `sp` 1 = sequence parallelism with TP; `grad_bytes` bytes
     per gradient element in the DP reduction; `lora` 1 = LoRA fine-tuning (frozen base
     weights: no weight gradients, optimizer states or DP reduction for them; adapters are
-    neglected). MoE: `moe_imbalance` >= 1 multiplies the busiest rank's expert work and
-    all-to-all; `a2a_overlap` 1 = two-micro-batch (DualPipe-style) overlap of dispatch and
-    combine with compute; `moe_dedup` 1 = a token crosses each tier once per destination
-    domain and is forwarded inside it (DeepEP), 0 = one copy per routed expert.
+    neglected). MoE: `etp` expert tensor parallelism (each expert's width split over etp
+    chips that share their tokens; the EP x ETP grid spans ep * etp ranks);
+    `moe_imbalance` >= 1 multiplies the busiest rank's expert work and all-to-all;
+    `a2a_overlap` 1 = two-micro-batch (DualPipe-style) overlap of dispatch and combine with
+    compute; `moe_dedup` 1 = a token crosses each tier once per destination domain and is
+    forwarded inside it (DeepEP), 0 = one copy per routed expert.
     Inference (`phase` "prefill" or "decode"): `microbatch` is the batch of sequences per
     DP-attention rank, `seq_len` the prompt length (prefill), `context` the KV-cache length
     (decode), `mtp_accept` the acceptance rate of one multi-token-prediction draft token
@@ -102,6 +104,7 @@ class Plan:
     sp: Array
     grad_bytes: Array
     lora: Array
+    etp: Array
     moe_imbalance: Array
     a2a_overlap: Array
     moe_dedup: Array
@@ -117,6 +120,7 @@ def make_plan(
     dp=1,
     cp=1,
     ep=1,
+    etp=1,
     microbatch=1,
     global_batch=None,
     seq_len=2048,
@@ -171,6 +175,7 @@ def make_plan(
         sp=f(1.0 if sp else 0.0),
         grad_bytes=f(grad_bytes),
         lora=f(1.0 if lora else 0.0),
+        etp=f(etp),
         moe_imbalance=f(moe_imbalance),
         a2a_overlap=f(1.0 if a2a_overlap else 0.0),
         moe_dedup=f(1.0 if moe_dedup else 0.0),
@@ -200,7 +205,18 @@ def validate_plan(
     uneven first/last stages); the emulator then charges n_layers / pp per stage.
     `even_experts=False` admits an EP degree that does not divide the experts (deployments
     with redundant expert replicas, e.g. 288 = 256 + 32 slots on 72 GPUs)."""
-    for name in ("tp", "pp", "dp", "cp", "ep", "microbatch", "global_batch", "seq_len", "vpp"):
+    for name in (
+        "tp",
+        "pp",
+        "dp",
+        "cp",
+        "ep",
+        "etp",
+        "microbatch",
+        "global_batch",
+        "seq_len",
+        "vpp",
+    ):
         v = _num(getattr(plan, name))
         if not math.isfinite(v) or v < 1 or v != round(v):
             raise ValueError(f"Plan: {name} must be a positive integer (got {name}={v:g}).")
@@ -248,11 +264,14 @@ def validate_plan(
             )
         if experts == 0 and ep > 1:
             raise ValueError(f"Plan: ep={ep:g} needs an MoE model ({model.name} is dense).")
-        if ep > 1 and (tp * _num(plan.dp) * cp) % ep:
+        grid = ep * _num(plan.etp)
+        if grid > 1 and (tp * _num(plan.dp) * cp) % grid:
             raise ValueError(
-                f"Plan: ep={ep:g} must divide tp*dp*cp={tp * _num(plan.dp) * cp:g} "
+                f"Plan: ep*etp={grid:g} must divide tp*dp*cp={tp * _num(plan.dp) * cp:g} "
                 "(experts are spread over the data-parallel ranks of a stage)."
             )
+        if experts == 0 and _num(plan.etp) > 1:
+            raise ValueError(f"Plan: etp={_num(plan.etp):g} needs an MoE model.")
         heads, kv = _num(model.n_heads), _num(model.n_kv_heads)
         if heads % tp:
             raise ValueError(
@@ -334,12 +353,17 @@ def moe_matmuls(model: Model, plan: Plan, t) -> dict:
     d, de = model.d_model, model.d_ff_expert
     mats = ffn_mats(model)
     local = safe_div(model.n_experts, plan.ep)
-    per_expert = safe_div(tm * model.top_k * plan.ep, model.n_experts) * plan.moe_imbalance
+    # with expert TP the etp ranks gather each other's tokens and each computes 1/etp of the
+    # expert width: the same FLOPs per chip in wider-m, narrower-n GEMMs
+    per_expert = (
+        safe_div(tm * model.top_k * plan.ep * plan.etp, model.n_experts) * plan.moe_imbalance
+    )
+    de_local = safe_div(de, plan.etp)
     ds = model.n_shared_experts * de
     one = jnp.ones_like(t)
     return {
-        "expert_in": (per_expert, de, d, (mats - 1.0) * local),
-        "expert_out": (per_expert, d, de, local),
+        "expert_in": (per_expert, de_local, d, (mats - 1.0) * local),
+        "expert_out": (per_expert, d, de_local, local),
         "shared_in": (tm, ds, d, (mats - 1.0) * jnp.where(ds > 0, 1.0, 0.0) * one),
         "shared_out": (tm, d, ds, jnp.where(ds > 0, 1.0, 0.0) * one),
         "router": (tm, model.n_experts, d, one),
@@ -408,7 +432,7 @@ def params_split_per_chip(model: Model, plan: Plan):
     vd = model.vocab * model.d_model
     embed = jnp.where(plan.pp > 1.5, vd, jnp.where(model.tied_embeddings, 1.0, 2.0) * vd)
     dense = safe_div(layers * dense_layer + embed, plan.tp)
-    expert = layers * f * safe_div(model.n_experts, plan.ep) * params_expert(model)
+    expert = layers * f * safe_div(model.n_experts, plan.ep * plan.etp) * params_expert(model)
     return dense, expert
 
 
@@ -418,8 +442,8 @@ def params_per_chip(model: Model, plan: Plan):
 
 
 def expert_dp_size(plan: Plan):
-    """Ranks holding the same experts (expert data parallelism): tp * dp * cp / ep."""
-    return safe_div(plan.tp * plan.dp * plan.cp, plan.ep)
+    """Ranks holding the same expert shard (expert data parallelism): tp*dp*cp / (ep*etp)."""
+    return safe_div(plan.tp * plan.dp * plan.cp, plan.ep * plan.etp)
 
 
 @dataclass

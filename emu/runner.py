@@ -79,6 +79,7 @@ def auto_plan(
     precision: str = "bf16",
     grad_bytes: float | None = None,
     ep: int | None = None,
+    etp: int = 1,
     phase: str = "train",
     context: int | None = None,
     mtp_accept: float = 0.0,
@@ -103,6 +104,7 @@ def auto_plan(
         )
     for name, v in (
         ("ep", ep),
+        ("etp", etp),
         ("context", context),
         ("tp", tp),
         ("pp", pp),
@@ -179,9 +181,10 @@ def auto_plan(
         if gb is None:
             unit = dp_ * microbatch
             gb = unit * max(1, math.ceil(DEFAULT_BATCH_TOKENS / seq_len / unit))
-        ep_ = ep if ep is not None else _auto_ep(system, model, tp * dp_ * cp)
+        ep_ = ep if ep is not None else _auto_ep(system, model, tp * dp_ * cp // etp)
         return make_plan(
             ep=ep_,
+            etp=etp,
             moe_imbalance=moe_imbalance,
             a2a_overlap=a2a_overlap,
             tp=tp,

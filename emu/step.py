@@ -129,8 +129,17 @@ def _layer_forward(system: System, model: Model, plan: Plan, t, attn_shape):
             max_domains=model.route_max_nodes,
         )
 
-    dispatch = f * a2a(_dispatch_bytes(plan))
-    combine = f * a2a(BYTES_PER_ELEMENT["bf16"])
+    # expert TP: the etp ranks all-gather each other's routed tokens before the experts and
+    # reduce-scatter the partial outputs after (Megatron's ETP token exchange)
+    routed = tm * model.top_k * model.d_model
+    etp_ag = collectives.all_gather_time(
+        system, routed * plan.etp * _dispatch_bytes(plan), plan.etp, stride=plan.ep
+    )
+    etp_rs = collectives.reduce_scatter_time(
+        system, routed * plan.etp * BYTES_PER_ELEMENT["bf16"], plan.etp, stride=plan.ep
+    )
+    dispatch = f * (a2a(_dispatch_bytes(plan)) + plan.moe_imbalance * etp_ag)
+    combine = f * (a2a(BYTES_PER_ELEMENT["bf16"]) + plan.moe_imbalance * etp_rs)
     return proj + (1.0 - f) * dense_ffn, f * experts, attn, mem, dispatch, combine
 
 
@@ -233,7 +242,7 @@ def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
         )
 
     dp_time = dp_comm(dense_p, plan.dp * plan.cp, plan.tp) + dp_comm(
-        expert_p, expert_dp_size(plan), plan.ep
+        expert_p, expert_dp_size(plan), plan.ep * plan.etp
     )
     window = jnp.where(plan.zero > 1.5, nmb * compute_mb, compute_mb)
     exposed_dp = jnp.maximum(dp_time - ov.dp * window, 0.0)

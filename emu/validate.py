@@ -284,6 +284,8 @@ def row_plan(row: dict, model):
     text = f"{notes} {json.dumps(p).lower()}"
     moe = float(model.n_experts) > 0
     ep = _int_or(p.get("ep"), 1) if moe else 1
+    # "TP=8 ... for attention and experts" (Megatron-LM): experts are tensor-parallel too
+    etp = tp if (moe and re.search(r"for attention and experts", text)) else 1
     overlap = bool(re.search(r"dualpipe|two-(micro)?batch overlap|two-microbatch", text))
     balanced = bool(re.search(r"perfect eplb|force-balanced", text))
     imbalance = 1.0 if (balanced or not moe) else DEFAULT_MOE_IMBALANCE
@@ -294,6 +296,7 @@ def row_plan(row: dict, model):
         raise ValueError("model.seq_len is null")
     plan = make_plan(
         ep=ep,
+        etp=etp,
         moe_imbalance=imbalance,
         a2a_overlap=overlap,
         tp=tp,

@@ -22,6 +22,7 @@ ORDER = [
     "step",
     "power",
     "objective",
+    "serving",
 ]
 HOST = {"config", "runner", "validate", "cli", "__main__", "__init__"}
 
