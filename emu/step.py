@@ -167,7 +167,16 @@ def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
     head_f = compute.matmul_time(
         chip, t, safe_div(model.vocab, plan.tp), model.d_model, plan.precision
     ) + compute.memory_time(chip, t * safe_div(model.vocab, plan.tp) * 4.0 * 3.0, kernels=2.0)
-    head_mb = (1.0 + bwd) * head_f
+    # multi-token prediction: each MTP module is one more transformer block and output head
+    # (DeepSeek-V3 §2.2); pipeline splits rebalance stages around it, so its cost is spread
+    # over the pp stages
+    mtp = model.mtp_layers
+    head_mb = (1.0 + bwd) * head_f * (1.0 + safe_div(mtp, plan.pp))
+    per_layer = safe_div(1.0, model.n_layers)
+    matmul_mb = matmul_mb * (1.0 + mtp * per_layer)
+    expert_mb = expert_mb * (1.0 + mtp * per_layer)
+    attn_mb = attn_mb * (1.0 + mtp * per_layer)
+    memory_mb = memory_mb * (1.0 + mtp * per_layer)
     compute_mb = matmul_mb + expert_mb + attn_mb + memory_mb + head_mb
 
     # MoE all-to-all: dispatch and combine forward, their gradients backward (bf16), again
