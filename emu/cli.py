@@ -173,6 +173,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", help="JSON Lines (default: the shipped measurement set)")
     p.add_argument("--kind", help="only rows of this kind (train, prefill, decode, collective)")
     p.add_argument("--show-skipped", action="store_true", help="list skipped rows in the table")
+    p.add_argument("--plot", metavar="FILE", help="write a predicted-vs-measured PNG")
+    _common(p)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="fit the shared parameters to measurements (optax through the emulator)",
+        description="Fit the shared physical parameters (per chip family, per link type, "
+        "overlap fractions) from the priors in configs/calibration/defaults.toml to the "
+        "measurements, and write the overlay that emu loads by default.",
+    )
+    p.add_argument("file", nargs="?", help="JSON Lines (default: the shipped measurement set)")
+    p.add_argument("--steps", type=int, default=150, help="optimiser steps (default 150)")
+    p.add_argument(
+        "--cv",
+        action="store_true",
+        help="also leave-one-source-out and leave-one-system-out cross-validation",
+    )
+    p.add_argument(
+        "--out", metavar="PATH", help="overlay to write (default: configs/calibration/fitted.toml)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="fit and report, write nothing")
     _common(p)
     return ap
 
@@ -488,7 +509,80 @@ def cmd_validate(args) -> None:
     if model_o or plan_o:
         raise CliError("validate takes only system fields in --set (rows define model and plan).")
     report = validate_file(args.file, kind=args.kind, overrides=sys_o)
+    if args.plot:
+        from emu.validate import plot_report
+
+        plot_report(report, args.plot)
     _emit(args, report, format_report(report, show_skipped=args.show_skipped))
+
+
+def _progress(label: str):
+    """A one-line progress bar on stderr (no dependency); quiet when stderr is not a TTY
+    except for a line every 10%."""
+    tty = sys.stderr.isatty()
+    last = [-1]
+
+    def show(k, n, loss):
+        pct = int(100 * k / n)
+        if tty:
+            bar = "#" * (pct // 4)
+            print(f"\r{label} [{bar:<25}] {k}/{n} loss {loss:.5f}", end="", file=sys.stderr)
+            if k == n:
+                print(file=sys.stderr)
+        elif pct // 10 != last[0]:
+            last[0] = pct // 10
+            print(f"{label}: {k}/{n} loss {loss:.5f}", file=sys.stderr)
+
+    return show
+
+
+def cmd_calibrate(args) -> None:
+    from emu.calibrate import cross_validate, fit, write_overlay
+    from emu.runner import enable_cache
+
+    enable_cache()
+    if args.steps < 1:
+        raise CliError(f"--steps must be >= 1 (got {args.steps}).")
+    if args.set:
+        raise CliError("calibrate takes no --set: it fits the shared parameters itself.")
+    report = fit(args.file, steps=args.steps, progress=_progress("fit"))
+    cvs = []
+    if args.cv:
+        for by in ("source", "system"):
+            cvs.append(cross_validate(report, by=by))
+    command = (
+        "emu calibrate"
+        + (f" {args.file}" if args.file else "")
+        + (f" --steps {args.steps}" + (" --cv" if args.cv else ""))
+    )
+    path = None
+    if not args.dry_run:
+        path = write_overlay(report, args.out, command=command, cv=cvs)
+    out = {k: v for k, v in report.items() if not k.startswith("_")}
+    for key in ("values", "priors", "uncertainty"):
+        out[key] = {".".join(x for x in k if x): v for k, v in out[key].items()}
+    out["cross_validation"] = cvs
+    out["overlay"] = str(path) if path else None
+    rows = [
+        [k, f"{v:.4g}", f"{out['uncertainty'][k]:.2g}", f"{out['priors'][k]:.4g}"]
+        for k, v in out["values"].items()
+    ]
+    text = [
+        f"fitted {out['parameters']} shared parameters to {out['rows']} rows "
+        f"({out['steps']} steps, {out['wall_s']:.0f} s)",
+        f"median |error| {out['median_abs_pct_error_before']:.1f}% -> "
+        f"{out['median_abs_pct_error']:.1f}%, p90 {out['p90_abs_pct_error']:.1f}%",
+        *[
+            f"leave-one-{c['by']}-out ({c['groups']} groups): "
+            f"median {c['median_abs_pct_error']:.1f}%, p90 {c['p90_abs_pct_error']:.1f}%"
+            for c in cvs
+        ],
+        "",
+        _table(rows, ["parameter", "fitted", "+- 1 sigma", "prior"]),
+        "",
+        f"overlay written to {path}" if path else "dry run: nothing written",
+    ]
+    _emit(args, out, "\n".join(text))
 
 
 def cmd_serve(args) -> None:
@@ -576,6 +670,7 @@ COMMANDS = {
     "compare": cmd_compare,
     "sensitivity": cmd_sensitivity,
     "serve": cmd_serve,
+    "calibrate": cmd_calibrate,
     "validate": cmd_validate,
 }
 

@@ -175,10 +175,11 @@ def _resolve(name_or_path: str | Path, kind: str) -> Path:
     return config_dir() / kind / f"{s}.toml"
 
 
-def calibration() -> dict:
-    """The merged calibration overlay (defaults, then fitted values where present)."""
+def calibration(*, fitted: bool = True) -> dict:
+    """The merged calibration overlay: defaults, then the fitted values where present
+    (`fitted=False`: the defaults alone, the priors `emu calibrate` starts from)."""
     out: dict = {}
-    for name in CALIBRATION_FILES:
+    for name in CALIBRATION_FILES if fitted else CALIBRATION_FILES[:1]:
         p = config_dir() / "calibration" / name
         if p.is_file():
             _merge(out, load_toml(p, "calibration"))
@@ -280,8 +281,8 @@ def _chip(data: dict, cal: dict, where: str) -> Chip:
     return Chip(peak_flops_per_s=pf, **kw)
 
 
-def _system(data: dict, where: str) -> System:
-    cal = calibration()
+def _system(data: dict, where: str, cal: dict | None = None) -> System:
+    cal = calibration() if cal is None else cal
     data = dict(data)
     allowed = {"name", "description", "n_chips", "chip", "tiers", "host", "facility", "overlap"}
     for key in data:
@@ -376,11 +377,14 @@ def check_system(sys: System, where: str = "system") -> System:
     return sys
 
 
-def load_system(name_or_path: str | Path, overrides: dict | None = None) -> System:
-    """A validated System from the catalog or a TOML file, with optional dotted overrides."""
+def load_system(
+    name_or_path: str | Path, overrides: dict | None = None, *, calibration: dict | None = None
+) -> System:
+    """A validated System from the catalog or a TOML file, with optional dotted overrides
+    (`calibration`: use this overlay instead of the committed one)."""
     path = _resolve(name_or_path, "systems")
     where = f"system '{Path(path).stem}'"
-    sys = _system(load_toml(path, "system"), where)
+    sys = _system(load_toml(path, "system"), where, calibration)
     return check_system(apply_overrides(sys, overrides), where) if overrides else sys
 
 

@@ -383,66 +383,64 @@ def predict_moe_comm(row: dict, system) -> float:
     from emu.topology import participants
 
     ep = float(row["n_chips"])
-    if ep < 2:
+    if not ep >= 2:
         raise ValueError("an all-to-all needs n_chips >= 2")
     metric = row["metric"]
     low_latency = "latency" in metric or "low-latency" in str(row.get("notes", "")).lower()
     tokens = DEEPEP["ll_tokens"] if low_latency else DEEPEP["normal_tokens"]
     el = 1.0 if "dispatch" in metric else 2.0
-    nbytes = np.float32(tokens * DEEPEP["top_k"] * DEEPEP["hidden"] * el)
-    t = float(collectives.all_to_all_time(system, nbytes, np.float32(ep)))
+    nbytes = jnp.float32(tokens * DEEPEP["top_k"] * DEEPEP["hidden"] * el)
+    t = collectives.all_to_all_time(system, nbytes, jnp.float32(ep))
     if "latency" in metric:
         return t * 1e6
-    n = participants(system.tiers, np.float32(ep), np.float32(1.0))
-    inside, worst = 1.0, 0.0
+    # bytes over the bottleneck tier (the one with the largest load), per kernel time
+    n = participants(system.tiers, jnp.float32(ep), jnp.float32(1.0))
+    inside = 1.0
+    worst = jnp.float32(0.0)
+    crossing = jnp.float32(0.0)
     for tier, nk in zip(system.tiers, n, strict=True):
         leaving = 1.0 - inside / ep
-        load = leaving * float(nbytes) / float(collectives.effective_bandwidth(tier))
-        if load > worst:
-            worst, crossing = load, leaving * float(nbytes)
-        inside *= float(nk)
+        load = leaving * nbytes / collectives.effective_bandwidth(tier)
+        crossing = jnp.where(load > worst, leaving * nbytes, crossing)
+        worst = jnp.maximum(load, worst)
+        inside = inside * nk
     return crossing / t / 1e9
 
 
-def predict_metric(metric: str, r, row: dict, model, plan) -> float:
-    n = float(r.n_chips)
-    t = float(r.step_time_s)
-    tokens = float(plan.global_batch * plan.seq_len)
+def predict_metric(metric: str, r, row: dict, model, plan):
+    """The row's metric, as published, from a RunResult (jnp: differentiable)."""
+    n = r.n_chips
+    t = r.step_time_s
+    tokens = plan.global_batch * plan.seq_len
     if metric in ("iteration_time", "train_step_time"):
         return t
     if metric == "tokens_per_s_per_gpu":
         return tokens / t / n
     if metric == "achieved_tflops_per_gpu":
         b, s, n_l, h, v = (
-            float(plan.global_batch),
-            float(plan.seq_len),
-            float(model.n_layers),
-            float(model.d_model),
-            float(model.vocab),
+            plan.global_batch,
+            plan.seq_len,
+            model.n_layers,
+            model.d_model,
+            model.vocab,
         )
         flops = 96 * b * s * n_l * h * h * (1 + s / (6 * h) + v / (16 * n_l * h))
         return flops / (t * n) / 1e12
     if metric == "tflops_per_gpu":
-        return float(model_flops_per_token(model, plan.seq_len)) * tokens / (t * n) / 1e12
+        return model_flops_per_token(model, plan.seq_len) * tokens / (t * n) / 1e12
     if metric == "mfu":
-        return 100.0 * float(r.mfu)
+        return 100.0 * r.mfu
     if metric == "layer_fwd_plus_bwd_time":
         bd = r.breakdown
-        nmb = float(plan.global_batch / (plan.dp * plan.microbatch))
-        layers = float(model.n_layers / plan.pp)
-        per_mb = (
-            float(bd.total_s - bd.optimizer_s - bd.exposed_dp_s - bd.bubble_s) / nmb
-            - float(bd.head_s) / nmb
-        )
+        nmb = plan.global_batch / (plan.dp * plan.microbatch)
+        layers = model.n_layers / plan.pp
+        per_mb = (bd.total_s - bd.optimizer_s - bd.exposed_dp_s - bd.bubble_s - bd.head_s) / nmb
         return per_mb / layers * 1e3
     if metric == "gpu_hours_per_trillion_tokens":
         return n * 1e12 / (tokens / t) / 3600.0
     if metric in METRICS_INFERENCE:
-        return float(r.tokens_per_s_per_chip) * METRICS_INFERENCE[metric][1]
+        return r.tokens_per_s_per_chip * METRICS_INFERENCE[metric][1]
     raise NotImplementedError(f"metric '{metric}' is not modelled yet")
-
-
-_eval_batch = jax.jit(jax.vmap(evaluate))
 
 
 def message_bytes(row: dict) -> float:
@@ -460,17 +458,18 @@ def message_bytes(row: dict) -> float:
     return DEFAULT_MESSAGE_BYTES
 
 
-def predict_allreduce_busbw(row: dict, system) -> float:
+def predict_allreduce_busbw(row: dict, system):
     """nccl-tests bus bandwidth (GB/s) = size / time * 2 (n - 1) / n. The ring metric
-    ("NCCL_ALGO=RING or non-allreduce ops") uses a flat ring without in-switch reduction."""
+    ("NCCL_ALGO=RING or non-allreduce ops") uses a flat ring without in-switch reduction.
+    Differentiable in `system`."""
     from emu import collectives
 
     n = float(row["n_chips"])
-    if n < 2:
+    if not n >= 2:
         raise ValueError("a collective needs n_chips >= 2")
     b = message_bytes(row)
     algo = "ring" if row["metric"] == "effective_nvlink_busbw_ring" else "hierarchical"
-    t = float(collectives.all_reduce_time(system, np.float32(b), np.float32(n), algorithm=algo))
+    t = collectives.all_reduce_time(system, jnp.float32(b), jnp.float32(n), algorithm=algo)
     return b / t * 2.0 * (n - 1.0) / n / 1e9
 
 
@@ -496,31 +495,44 @@ def _scored(base: dict, pred: float, row: dict, **extra) -> dict:
     }
 
 
-def validate_rows(rows: list[dict], *, overrides: dict | None = None) -> list[dict]:
-    results = []
-    prepared = []
-    systems: dict = {}
+def _base(row: dict) -> dict:
+    return {
+        "id": str(row["id"]),
+        "kind": row["kind"],
+        "system": row["system"],
+        "metric": row["metric"],
+        "measured": float(row["value"]),
+        "source": str(row.get("source", "")).split("|")[0].strip(),
+    }
+
+
+def _failed(base: dict, status: str, reason: str) -> dict:
+    return {**base, "predicted": None, "abs_pct_error": None, "status": status, "reason": reason}
+
+
+def prepare_rows(rows: list[dict], *, overrides=None, calibration=None):
+    """Turn rows into prediction items. Returns (items, failures): an item is a dict with
+    `base`, `row`, `kind` ("run", "allreduce" or "moe_comm"), `system` and, for runs,
+    `model` and `plan`; failures are result dicts (skipped or error, with the reason)."""
+    items, failures, systems = [], [], {}
+
+    def system_of(name):
+        if name not in systems:
+            systems[name] = load_system(name, overrides, calibration=calibration)
+        return systems[name]
+
     for row in rows:
-        base = {
-            "id": str(row["id"]),
-            "kind": row["kind"],
-            "system": row["system"],
-            "metric": row["metric"],
-            "measured": float(row["value"]),
-            "source": str(row.get("source", "")).split("|")[0].strip(),
-        }
+        base = _base(row)
         try:
             if row["kind"] == "collective" and row["metric"] in METRICS_ALLREDUCE:
-                if row["system"] not in systems:
-                    systems[row["system"]] = load_system(row["system"], overrides)
-                pred = predict_allreduce_busbw(row, systems[row["system"]])
-                results.append(_scored(base, pred, row))
+                items.append(
+                    dict(base=base, row=row, kind="allreduce", system=system_of(row["system"]))
+                )
                 continue
             if row["kind"] == "collective" and row["metric"] in METRICS_MOE_COMM:
-                if row["system"] not in systems:
-                    systems[row["system"]] = load_system(row["system"], overrides)
-                pred = predict_moe_comm(row, systems[row["system"]])
-                results.append(_scored(base, pred, row))
+                items.append(
+                    dict(base=base, row=row, kind="moe_comm", system=system_of(row["system"]))
+                )
                 continue
             known = METRICS_TRAIN if row["kind"] == "train" else set(METRICS_INFERENCE)
             if row["kind"] not in ("train", "prefill", "decode"):
@@ -532,9 +544,7 @@ def validate_rows(rows: list[dict], *, overrides: dict | None = None) -> list[di
             slo = None
             if isinstance(plan, tuple):
                 plan, slo = plan
-            if row["system"] not in systems:
-                systems[row["system"]] = load_system(row["system"], overrides)
-            system = systems[row["system"]]
+            system = system_of(row["system"])
             if slo is not None:
                 from emu.runner import largest_batch
 
@@ -543,30 +553,23 @@ def validate_rows(rows: list[dict], *, overrides: dict | None = None) -> list[di
             prec = plan.precision
             if float(system.chip.peak_flops_per_s.get(prec, 0.0)) <= 0:
                 raise ValueError(f"{system.chip.name} has no {prec} support")
-            prepared.append((base, row, system, model, plan))
+            items.append(
+                dict(base=base, row=row, kind="run", system=system, model=model, plan=plan)
+            )
         except NotImplementedError as e:
-            results.append(
-                {
-                    **base,
-                    "predicted": None,
-                    "abs_pct_error": None,
-                    "status": "skipped",
-                    "reason": str(e),
-                }
-            )
+            failures.append(_failed(base, "skipped", str(e)))
         except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as e:
-            results.append(
-                {
-                    **base,
-                    "predicted": None,
-                    "abs_pct_error": None,
-                    "status": "error",
-                    "reason": f"line {row.get('_line')}: {e}",
-                }
-            )
+            failures.append(_failed(base, "error", f"line {row.get('_line')}: {e}"))
+    return items, failures
+
+
+def run_groups(items: list[dict]) -> dict:
+    """Run items grouped by program structure (one compiled, vmapped call per group)."""
     groups = defaultdict(list)
-    for item in prepared:
-        _, _, system, model, plan = item
+    for idx, it in enumerate(items):
+        if it["kind"] != "run":
+            continue
+        system, model, plan = it["system"], it["model"], it["plan"]
         key = (
             system.name,
             model.ffn,
@@ -576,16 +579,50 @@ def validate_rows(rows: list[dict], *, overrides: dict | None = None) -> list[di
             plan.algorithm,
             plan.phase,
         )
-        groups[key].append(item)
-    for items in groups.values():
-        sys_b = stack([i[2] for i in items])
-        mod_b = stack([i[3] for i in items])
-        plan_b = stack([i[4] for i in items])
-        out = jax.device_get(_eval_batch(sys_b, mod_b, plan_b))
-        for j, (base, row, _system, model, plan) in enumerate(items):
-            r = jax.tree_util.tree_map(lambda x, j=j: np.asarray(x)[j], out)
-            pred = predict_metric(row["metric"], r, row, model, plan)
-            results.append(_scored(base, pred, row, feasible=bool(float(r.feasible) > 0.5)))
+        groups[key].append(idx)
+    return groups
+
+
+def predict_items(items: list[dict], systems: dict | None = None, *, run=None):
+    """Predictions for every item, as jnp scalars (differentiable in the systems).
+    `systems` maps a system name to the System to use (default: each item's own);
+    `run` evaluates a stacked (models, plans) batch on one system (default: vmapped
+    evaluate). Returns (predictions, feasible) lists aligned with `items`."""
+    preds = [None] * len(items)
+    feas = [None] * len(items)
+    sys_of = lambda it: (systems or {}).get(it["system"].name, it["system"])
+    run = run or (lambda s, m, p: jax.vmap(evaluate, in_axes=(None, 0, 0))(s, m, p))
+    for idxs in run_groups(items).values():
+        first = items[idxs[0]]
+        out = run(
+            sys_of(first),
+            stack([items[i]["model"] for i in idxs]),
+            stack([items[i]["plan"] for i in idxs]),
+        )
+        for j, i in enumerate(idxs):
+            it = items[i]
+            r = jax.tree_util.tree_map(lambda x, j=j: x[j], out)
+            preds[i] = predict_metric(it["row"]["metric"], r, it["row"], it["model"], it["plan"])
+            feas[i] = r.feasible
+    for i, it in enumerate(items):
+        if it["kind"] == "allreduce":
+            preds[i] = predict_allreduce_busbw(it["row"], sys_of(it))
+        elif it["kind"] == "moe_comm":
+            preds[i] = predict_moe_comm(it["row"], sys_of(it))
+    return preds, feas
+
+
+_eval_group = jax.jit(jax.vmap(evaluate, in_axes=(None, 0, 0)))
+
+
+def validate_rows(
+    rows: list[dict], *, overrides: dict | None = None, calibration: dict | None = None
+) -> list[dict]:
+    items, results = prepare_rows(rows, overrides=overrides, calibration=calibration)
+    preds, feas = predict_items(items, run=lambda s, m, p: jax.device_get(_eval_group(s, m, p)))
+    for it, pred, ok in zip(items, preds, feas, strict=True):
+        extra = {} if ok is None else {"feasible": bool(float(ok) > 0.5)}
+        results.append(_scored(it["base"], float(pred), it["row"], **extra))
     order = {str(r["id"]): i for i, r in enumerate(rows)}
     results.sort(key=lambda r: order.get(r["id"], len(order)))
     return results
@@ -669,3 +706,53 @@ def format_report(report: dict, *, show_skipped: bool = False) -> str:
     lines += [""] + block("by system", s["by_system"])
     lines += [""] + block("by source", s["by_source"])
     return "\n".join(lines)
+
+
+def plot_report(report: dict, path) -> None:
+    """Predicted vs measured on log-log axes, one colour per system, with the 1:1 line and
+    +-10% bands; written as PNG (needs matplotlib: pip install 'cluster-emu[plot]')."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError(
+            "--plot needs matplotlib; install it with pip install 'cluster-emu[plot]'."
+        ) from None
+    ok = [r for r in report["rows"] if r["status"] == "ok"]
+    if not ok:
+        raise ValueError("no modelled rows to plot.")
+    fig, ax = plt.subplots(figsize=(7.5, 7))
+    systems = sorted({r["system"] for r in ok})
+    cmap = plt.get_cmap("tab10")
+    for i, s in enumerate(systems):
+        pts = [(r["measured"], r["predicted"]) for r in ok if r["system"] == s]
+        ax.scatter(*zip(*pts, strict=True), s=18, color=cmap(i % 10), label=s, alpha=0.8)
+    lo = min(min(r["measured"], r["predicted"]) for r in ok) * 0.7
+    hi = max(max(r["measured"], r["predicted"]) for r in ok) * 1.4
+    xs = np.geomspace(lo, hi, 50)
+    ax.plot(xs, xs, color="black", lw=1, label="1:1")
+    ax.fill_between(xs, xs * 0.9, xs * 1.1, color="grey", alpha=0.25, label="+-10%")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    s = report["summary"]["all"]
+    ax.set_title(
+        f"emu validate: {s['n']} rows, median |error| {s['median_abs_pct_error']:.1f}%"
+        f", p90 {s['p90_abs_pct_error']:.1f}%"
+    )
+    ax.set_xlabel("measured (each row's metric, as published: s, tok/s, TFLOP/s, GB/s, us)")
+    ax.set_ylabel("predicted (same unit)")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(True, which="both", alpha=0.2)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    import os
+
+    os.replace(tmp, out)
