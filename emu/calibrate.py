@@ -211,8 +211,10 @@ def _adam(problem, u, w, steps, lr=0.05, progress=None):
     loss = None
     for k in range(steps):
         loss, g = problem.value_and_grad(u, w)
-        updates, state = opt.update(g, state, u)
-        u = optax.apply_updates(u, updates)
+        # optax mixes its int32 step count with floats: allow it under strict promotion
+        with jax.numpy_dtype_promotion("standard"):
+            updates, state = opt.update(g, state, u)
+            u = optax.apply_updates(u, updates)
         if progress:
             progress(k + 1, steps, float(loss))
     return u, float(problem.loss(u, w))

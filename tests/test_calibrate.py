@@ -1,0 +1,65 @@
+import json
+import tomllib
+from pathlib import Path
+
+import jax.numpy as jnp
+import pytest
+
+from emu.calibrate import apply_parameters, cross_validate, fit, write_overlay
+from emu.config import load_system
+from emu.validate import default_measurements
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "measurements.jsonl"
+
+
+@pytest.fixture(scope="module")
+def small_fit(tmp_path_factory):
+    src = SHARED if SHARED.exists() else default_measurements()
+    rows = [json.loads(line) for line in open(src) if line.strip()]
+    keep = [r for r in rows if r["id"].startswith(("sc21_t1_", "korth_t5_"))]
+    path = tmp_path_factory.mktemp("cal") / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    return fit(path, steps=40), path
+
+
+def test_fit_lowers_the_error_with_few_shared_parameters(small_fit):
+    rep, _ = small_fit
+    assert rep["rows"] == 18
+    assert rep["parameters"] < rep["rows"]  # shared parameters only (30 for all 141 rows)
+    assert rep["median_abs_pct_error"] <= rep["median_abs_pct_error_before"]
+    for (sec, _key, field), v in rep["values"].items():
+        if "efficiency" in field or sec == "overlap":
+            assert 0 < v < 1
+        else:
+            assert v > 0
+        assert rep["uncertainty"][(sec, _key, field)] >= 0
+
+
+def test_overlay_is_valid_toml_with_provenance(small_fit, tmp_path):
+    rep, _ = small_fit
+    out = write_overlay(rep, tmp_path / "fitted.toml", command="emu calibrate test")
+    data = tomllib.loads(out.read_text())
+    assert data["provenance"]["rows"] == 18
+    assert data["provenance"]["command"] == "emu calibrate test"
+    assert 0 < data["chip_family"]["ampere"]["matmul_efficiency"] < 1
+
+
+def test_cross_validation_reports_held_out_error(small_fit):
+    rep, _ = small_fit
+    cv = cross_validate(rep, by="source", steps=5)
+    assert cv["groups"] == 2 and cv["median_abs_pct_error"] > 0
+
+
+def test_apply_parameters_targets_family_and_link_only():
+    s = load_system("dgx_a100")
+    vals = {
+        ("chip_family", "ampere", "matmul_efficiency"): jnp.float32(0.5),
+        ("chip_family", "hopper", "matmul_efficiency"): jnp.float32(0.1),
+        ("link", "nvlink3", "efficiency"): jnp.float32(0.6),
+        ("overlap", "", "tp"): jnp.float32(0.0),
+    }
+    t = apply_parameters(s, vals)
+    assert float(t.chip.matmul_efficiency) == 0.5
+    assert float(t.tiers[0].efficiency) == pytest.approx(0.6)
+    assert float(t.tiers[1].efficiency) == float(s.tiers[1].efficiency)
+    assert float(t.overlap.tp) == 0.0
