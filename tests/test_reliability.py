@@ -1,0 +1,246 @@
+"""Reliability: no NaN/inf anywhere over random (also invalid) configurations, determinism,
+and fuzzing of the CLI and the loaders (only success or a clean error may come out)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import emu
+from emu.cli import main
+from emu.objective import evaluate
+from emu.parallelism import make_plan
+from emu.struct import replace
+
+N = 100_000
+
+
+def _random_plans(n, seed, phase="train"):
+    rng = np.random.default_rng(seed)
+    base = make_plan(tp=1, pp=1, dp=1, global_batch=1, seq_len=1, phase=phase)
+    base = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,)), base)
+    f = lambda x: jnp.asarray(x, jnp.float32)
+    p2 = lambda lo, hi: f(2.0 ** rng.integers(lo, hi, n))
+    return replace(
+        base,
+        tp=p2(0, 7),
+        pp=p2(0, 8),
+        dp=f(rng.integers(1, 100_001, n)),
+        cp=p2(0, 4),
+        ep=p2(0, 9),
+        etp=p2(0, 2),
+        microbatch=p2(0, 9),
+        global_batch=p2(0, 20),
+        seq_len=p2(0, 21),
+        context=p2(0, 21),
+        vpp=p2(0, 3),
+        zero=f(rng.integers(0, 4, n)),
+        recompute=f(rng.integers(0, 3, n)),
+        sp=f(rng.integers(0, 2, n)),
+        lora=f(rng.integers(0, 2, n)),
+        a2a_overlap=f(rng.integers(0, 2, n)),
+        moe_imbalance=f(1 + rng.random(n)),
+        mtp_accept=f(0.9 * rng.random(n)),
+        cache_hit=f(0.9 * rng.random(n)),
+    )
+
+
+def _all_finite(tree):
+    return all(bool(np.isfinite(np.asarray(x)).all()) for x in jax.tree_util.tree_leaves(tree))
+
+
+def test_no_nan_or_inf_over_1e5_random_configurations():
+    system = emu.load_system("cloudmatrix384")
+    for model_name, phase, seed in (
+        ("llama3_70b", "train", 0),
+        ("deepseek_v3", "train", 1),
+        ("deepseek_v3", "decode", 2),
+        ("llama3_8b", "prefill", 3),
+    ):
+        model = emu.load_model(model_name)
+        plans = _random_plans(N, seed, phase)
+        out = jax.jit(jax.vmap(lambda p, m=model: evaluate(system, m, p)))(plans)
+        assert _all_finite(out), (model_name, phase)
+        assert float(jnp.min(out.step_time_s)) > 0
+
+
+def test_gradients_finite_over_random_configurations():
+    system, model = emu.load_system("gb200_nvl72"), emu.load_model("deepseek_v3")
+    plans = _random_plans(2_000, 7)
+    g = jax.jit(
+        jax.vmap(
+            jax.grad(lambda s, p: jnp.log(evaluate(s, model, p).tokens_per_joule)),
+            in_axes=(None, 0),
+        )
+    )(system, plans)
+    assert _all_finite(g)
+
+
+def test_deterministic_across_jit_and_batch_sizes():
+    system, model = emu.load_system("dgx_h100"), emu.load_model("llama3_8b")
+    plans = _random_plans(7, 11)
+    one = jax.tree_util.tree_map(lambda x: x[3], plans)
+    eager = evaluate(system, model, one).tokens_per_joule
+    jitted = jax.jit(evaluate)(system, model, one).tokens_per_joule
+    batch = jax.jit(jax.vmap(lambda p: evaluate(system, model, p)))(plans).tokens_per_joule
+    np.testing.assert_allclose(float(eager), float(jitted), rtol=1e-6)
+    np.testing.assert_allclose(float(batch[3]), float(jitted), rtol=1e-6)
+    np.testing.assert_array_equal(
+        np.asarray(batch),
+        np.asarray(jax.jit(jax.vmap(lambda p: evaluate(system, model, p)))(plans).tokens_per_joule),
+    )
+
+
+def _clean(capsys, args):
+    code = main(args)
+    out, err = capsys.readouterr()
+    assert code in (0, 2), (args, code, err)
+    if code == 2:
+        assert err.startswith("emu: error:") and err.count("\n") == 1, err
+        assert "Traceback" not in err
+    return code
+
+
+VALUES = st.one_of(
+    st.integers(-3, 10**7).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.sampled_from(["", "x", "1e40", "-0", "nan", "bf16", "fp8", "int8", "8", "2"]),
+)
+FLAGS = [
+    "--tp",
+    "--pp",
+    "--dp",
+    "--cp",
+    "--ep",
+    "--chips",
+    "--seq-len",
+    "--global-batch",
+    "--microbatch",
+    "--precision",
+    "--recompute",
+    "--zero",
+    "--phase",
+    "--batch",
+    "--context",
+    "--mtp-accept",
+    "--tpot-slo",
+    "--moe-imbalance",
+]
+SETS = [
+    "chip.hbm_bytes_per_s",
+    "chip.tdp_w",
+    "tiers.nvlink.bytes_per_s",
+    "model.n_layers",
+    "plan.zero",
+    "facility.pue",
+    "chip.peak_flops_per_s.bf16",
+    "nonsense.path",
+]
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    pairs=st.lists(st.tuples(st.sampled_from(FLAGS), VALUES), max_size=3),
+    sets=st.lists(st.tuples(st.sampled_from(SETS), VALUES), max_size=2),
+)
+def test_fuzz_run_command(capsys, pairs, sets):
+    args = ["run", "--model", "llama3_8b", "--seq-len", "2048"]
+    for flag, value in pairs:
+        args += [flag, value]
+    for path, value in sets:
+        args += ["--set", f"{path}={value}"]
+    _clean(capsys, args)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_fuzz_mutated_system_toml(capsys, tmp_path_factory, data):
+    from emu.config import config_dir
+
+    lines = (config_dir() / "systems" / "gb200_nvl72.toml").read_text().splitlines()
+    i = data.draw(st.integers(0, len(lines) - 1))
+    op = data.draw(st.sampled_from(["delete", "replace_value", "garbage", "duplicate"]))
+    if op == "delete":
+        del lines[i]
+    elif op == "replace_value" and "=" in lines[i]:
+        key = lines[i].split("=")[0]
+        lines[i] = (
+            key
+            + "= "
+            + data.draw(
+                st.sampled_from(
+                    ["-1", "0", "1e400", '"text"', "[1, 2]", "true", "nan", "{a = 1}", "1e-45"]
+                )
+            )
+        )
+    elif op == "garbage":
+        lines.insert(i, data.draw(st.text(max_size=20)))
+    else:
+        lines.insert(i, lines[i])
+    path = tmp_path_factory.mktemp("fuzz") / "sys.toml"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    _clean(capsys, ["describe", str(path)])
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.lists(
+        st.one_of(
+            st.text(max_size=30),
+            st.dictionaries(
+                st.sampled_from(
+                    [
+                        "id",
+                        "kind",
+                        "system",
+                        "n_chips",
+                        "metric",
+                        "value",
+                        "model",
+                        "parallel",
+                        "precision",
+                        "notes",
+                    ]
+                ),
+                st.one_of(
+                    st.none(),
+                    st.integers(-5, 10**6),
+                    st.floats(allow_nan=False),
+                    st.sampled_from(
+                        [
+                            "train",
+                            "decode",
+                            "collective",
+                            "dgx_h100",
+                            "tokens_per_s_per_gpu",
+                            "allreduce_busbw",
+                        ]
+                    ),
+                    st.dictionaries(
+                        st.sampled_from(["tp", "n_layers", "d_model"]),
+                        st.integers(0, 64),
+                        max_size=3,
+                    ),
+                ),
+                max_size=10,
+            ).map(json.dumps),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_fuzz_measurement_files(capsys, tmp_path_factory, rows):
+    path = tmp_path_factory.mktemp("fuzzv") / "rows.jsonl"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    _clean(capsys, ["validate", str(path), "--json"])
