@@ -71,7 +71,7 @@ def parameter_spec(items: list[dict]) -> OrderedDict[tuple, dict]:
     for link in links:
         for f, kind in (("efficiency", "logit"), ("latency_s", "log"), ("base_latency_s", "log")):
             spec[("link", link, f)] = {"transform": kind, "prior": float(cal["link"][link][f])}
-    for f in ("tp", "dp", "ep_tbo"):
+    for f in ("tp", "dp", "ep_tbo", "pipelining"):
         spec[("overlap", "", f)] = {"transform": "logit", "prior": float(cal["overlap"][f])}
     return spec
 

@@ -8,7 +8,10 @@ outer tiers carry only the already-reduced share of the data:
     B_k = B / prod_{j<k} n_j,      W_k = bytes_per_s_k * efficiency_k / oversubscription_k
 
 all_gather is its mirror (same cost), all_reduce = reduce_scatter + all_gather with the
-bandwidth term divided by the tier's in-network `allreduce_speedup` (NVLink SHARP).
+bandwidth term divided by the tier's in-network `allreduce_speedup` (NVLink SHARP). The
+stages are pipelined across tiers: a share `overlap.pipelining` of the bandwidth time of the
+non-bottleneck stages hides behind the slowest stage (0 = stages in sequence, 1 = only the
+slowest counts).
 A flat ring ("ring") instead runs one ring over all g members at the slowest spanned tier:
 2 (g - 1)/g * B / min_k W_k + 2 (g - 1) * max_k lat_k. `base_k` is charged only on tiers the
 group spans. B is the full buffer in bytes; times are seconds. Source of the form: "How To
@@ -63,20 +66,24 @@ def _check(algorithm):
 
 def _hierarchical(system: System, nbytes, size, stride, *, passes, reduce):
     n = participants(system.tiers, size, stride)
-    total = jnp.zeros_like(nbytes * size)
-    share = nbytes
+    fixed = jnp.zeros_like(nbytes * size)
+    stages, share = [], nbytes
     for tier, nk in zip(system.tiers, n, strict=True):
         bw = effective_bandwidth(tier)
         if reduce:
             bw = bw * tier.allreduce_speedup
         frac = safe_div(nk - 1.0, nk)
-        total = (
-            total
-            + passes * (safe_div(frac * share, bw) + (nk - 1.0) * tier.latency_s)
-            + _spans(nk) * tier.base_latency_s
-        )
+        stages.append(passes * safe_div(frac * share, bw))
+        fixed = fixed + passes * (nk - 1.0) * tier.latency_s + _spans(nk) * tier.base_latency_s
         share = safe_div(share, nk)
-    return total
+    # Stages on different tiers are pipelined chunk by chunk (NCCL): a share `pipelining` of
+    # the non-bottleneck stages hides behind the slowest one.
+    total_bw = sum(stages)
+    slowest = stages[0]
+    for st in stages[1:]:
+        slowest = jnp.maximum(slowest, st)
+    f = system.overlap.pipelining
+    return total_bw - f * (total_bw - slowest) + fixed
 
 
 def _ring(system: System, nbytes, size, stride, *, passes):

@@ -99,6 +99,7 @@ _OVERLAP_BOUNDS = {
     "cp": "0..1",
     "ep": "0..1",
     "ep_tbo": "0..1",
+    "pipelining": "0..1",
 }
 #: --set plan.<field>: categorical fields may be 0; validate_plan checks the values
 PLAN_BOUNDS = {

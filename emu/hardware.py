@@ -93,7 +93,9 @@ class Overlap:
     all-gather overlapped with one micro-batch of compute), `pp` (pipeline send/recv), `cp`
     (context-parallel KV exchange overlapped with attention), `ep` (MoE dispatch/combine
     overlapped without an explicit two-micro-batch schedule), `ep_tbo` (the share of
-    min(all-to-all, compute) that a two-micro-batch / DualPipe schedule hides)."""
+    min(all-to-all, compute) that a two-micro-batch / DualPipe schedule hides), `pipelining`
+    (the share of the non-bottleneck stages of a hierarchical collective hidden behind its
+    slowest stage by chunked pipelining)."""
 
     tp: Array
     dp: Array
@@ -101,11 +103,14 @@ class Overlap:
     cp: Array
     ep: Array
     ep_tbo: Array
+    pipelining: Array
 
 
 def example_overlap() -> Overlap:
     f = jnp.float32
-    return Overlap(tp=f(0.3), dp=f(0.9), pp=f(0.8), cp=f(0.9), ep=f(0.0), ep_tbo=f(0.5))
+    return Overlap(
+        tp=f(0.3), dp=f(0.9), pp=f(0.8), cp=f(0.9), ep=f(0.0), ep_tbo=f(0.5), pipelining=f(0.0)
+    )
 
 
 def peak_flops(chip: Chip, precision: str) -> Array:

@@ -1,6 +1,6 @@
 """Regenerate the full validation report into a results folder.
 
-    python experiments/validation.py [--out results/validation] [--steps 150]
+    python experiments/validation.py [--out experiments/figures/validation] [--steps 150]
 
 Writes: report.json (every row: prediction, measurement, error; summaries by kind, system
 and source, with the committed calibration), table.txt (the `emu validate` table),
@@ -25,7 +25,7 @@ from emu.validate import format_report, plot_report, validate_file
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("file", nargs="?", help="measurements (default: the shipped set)")
-    ap.add_argument("--out", default="results/validation")
+    ap.add_argument("--out", default="experiments/figures/validation")
     ap.add_argument("--steps", type=int, default=150)
     args = ap.parse_args()
     enable_cache()
