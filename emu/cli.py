@@ -165,6 +165,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--a2a-overlap", action="store_true")
     _common(p)
 
+    p = sub.add_parser(
+        "sweep",
+        help="evaluate every valid training plan (one compiled, vmapped, resumable sweep)",
+        description="Evaluate every valid discrete training plan of a problem in chunks with "
+        "one compilation, sharded over all JAX devices (and over processes with "
+        "--coordinator/--num-processes/--process-id or the JAX_COORDINATOR_ADDRESS, "
+        "JAX_NUM_PROCESSES, JAX_PROCESS_ID variables; processes share the output folder). "
+        "Chunks stream to OUT.parts/ as they finish; the same command resumes a killed sweep.",
+    )
+    p.add_argument("--system", default="gb200_nvl72")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--chips", type=int, help="chips (default: one system unit)")
+    p.add_argument("--seq-len", type=int, default=8192)
+    p.add_argument("--global-batch", type=int, help="sequences per step (default >= 4 Mi tokens)")
+    p.add_argument("--precision", default="bf16")
+    p.add_argument(
+        "--objective",
+        default="tokens_per_joule",
+        help="tokens_per_joule, tokens_per_s, mfu, step_time_s (minimised)",
+    )
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--out", metavar="FILE", help="all results as CSV (checkpoints in FILE.parts)")
+    p.add_argument("--chunk", type=int, default=1 << 16, help="plans per compiled call")
+    p.add_argument("--coordinator", metavar="HOST:PORT")
+    p.add_argument("--num-processes", type=int)
+    p.add_argument("--process-id", type=int)
+    _common(p)
+
     p = sub.add_parser("sensitivity", help="elasticities of tokens/J and tokens/s (jax.grad)")
     _workload_args(p)
     p.add_argument("--top", type=int, default=15, help="rows in the table (all in --json)")
@@ -657,6 +685,119 @@ def cmd_serve(args) -> None:
     _emit(args, out, f"{system.name} / {model.name}\n" + _table(rows, ["quantity", "value"]))
 
 
+def cmd_sweep(args) -> None:
+    import os
+    from pathlib import Path
+
+    from emu.config import load_model, load_system
+    from emu.runner import enable_cache
+    from emu.search import Problem, sweep, write_table
+
+    coord = args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    nproc = args.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "1"))
+    pid = (
+        args.process_id
+        if args.process_id is not None
+        else int(os.environ.get("JAX_PROCESS_ID", "0"))
+    )
+    if nproc < 1 or not 0 <= pid < nproc:
+        raise CliError(f"--process-id must be in [0, {nproc}) (got {pid}).")
+    if nproc > 1:
+        if not coord:
+            raise CliError("several processes need --coordinator HOST:PORT.")
+        import jax
+
+        jax.distributed.initialize(coordinator_address=coord, num_processes=nproc, process_id=pid)
+    enable_cache()
+    if args.chunk < 1 or args.top < 1:
+        raise CliError("--chunk and --top must be >= 1.")
+    sys_o, model_o, plan_o = _split_overrides(args.set)
+    if plan_o:
+        raise CliError("sweep varies the plan itself; --set takes system and model fields.")
+    system = load_system(args.system, sys_o)
+    model = load_model(args.model, model_o)
+    chips = args.chips if args.chips is not None else int(float(system.n_chips))
+    if chips < 1:
+        raise CliError(f"--chips must be a positive integer (got {chips}).")
+    problem = Problem(
+        system=system.name,
+        model=model.name,
+        chips=chips,
+        seq_len=args.seq_len,
+        global_batch=args.global_batch,
+        precision=args.precision,
+    )
+    out = Path(args.out) if args.out else None
+    if out and not out.parent.exists():
+        raise CliError(f"output folder '{out.parent}' does not exist.")
+    base = (
+        out.with_name(out.name + ".parts") if out else (Path.home() / ".cache" / "emu" / "sweeps")
+    )
+
+    def progress(done, total, rows):
+        if sys.stderr.isatty():
+            bar = "#" * int(25 * done / total)
+            print(f"\rsweep [{bar:<25}] {done}/{total} chunks", end="", file=sys.stderr)
+            if done == total:
+                print(file=sys.stderr)
+
+    res = sweep(
+        system,
+        model,
+        problem,
+        base,
+        objective=args.objective,
+        top=args.top,
+        chunk=args.chunk,
+        process_id=pid,
+        num_processes=nproc,
+        progress=progress,
+        warn=lambda m: print(f"emu: warning: {m}", file=sys.stderr),
+    )
+    if pid != 0:
+        return
+    if out:
+        write_table(res, out)
+    shown = {k: v for k, v in res.items() if not k.startswith("_")}
+    shown["out"] = str(out) if out else None
+    rows = [
+        [
+            str(i + 1),
+            f"{r['tp']}/{r['pp']}/{r['dp']}/{r['cp']}/{r['ep']}",
+            f"{r['microbatch']}",
+            f"{r['vpp']}",
+            f"{r['zero']}",
+            f"{r['recompute']}",
+            f"{r['sp']}",
+            f"{r['tokens_per_s']:.4g}",
+            f"{r['tokens_per_joule']:.4g}",
+            f"{100 * r['mfu']:.1f}%",
+        ]
+        for i, r in enumerate(res["top"])
+    ]
+    text = (
+        f"{res['evaluations']} plans ({res['feasible']} fit in memory), {res['chunks']} "
+        f"chunk(s), {res['resumed']} resumed, {res['wall_s']:.2f} s\n"
+        + _table(
+            rows,
+            [
+                "#",
+                "tp/pp/dp/cp/ep",
+                "mb",
+                "vpp",
+                "zero",
+                "recompute",
+                "sp",
+                "tokens/s",
+                "tokens/J",
+                "MFU",
+            ],
+        )
+        + f"\nPareto front (tokens/s vs W): {len(res['pareto'])} plans"
+    )
+    _emit(args, shown, text)
+
+
 def plan_dict_of(plan) -> dict:
     from emu.parallelism import plan_dict
 
@@ -671,6 +812,7 @@ COMMANDS = {
     "sensitivity": cmd_sensitivity,
     "serve": cmd_serve,
     "calibrate": cmd_calibrate,
+    "sweep": cmd_sweep,
     "validate": cmd_validate,
 }
 

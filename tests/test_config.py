@@ -23,6 +23,7 @@ ORDER = [
     "power",
     "objective",
     "serving",
+    "search",
 ]
 HOST = {"config", "runner", "validate", "calibrate", "cli", "__main__", "__init__"}
 

@@ -1,0 +1,317 @@
+"""Design-space exploration: exhaustive sweeps (and, next, gradient search).
+
+`enumerate_plans` lists every valid discrete plan of a problem on the host (numpy, fast);
+`sweep` evaluates them in fixed-size chunks with ONE compiled, vmapped function (the last
+chunk is padded), shards each chunk over all JAX devices, streams every chunk to disk as
+it finishes (write-then-rename, with a checksum), and on restart with the same problem
+skips the chunks already on disk, after verifying them: a killed sweep resumes without
+losing or duplicating results. With several processes (jax.distributed), process p takes
+the chunks i with i % n == p and process 0 merges. It keeps the top-k and the Pareto front
+(tokens/s vs watts) of the feasible plans.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass as pydataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emu.objective import evaluate
+from emu.parallelism import make_plan
+from emu.topology import System
+from emu.workload import Model
+
+__all__ = ["Problem", "enumerate_plans", "sweep", "pareto_front", "COLUMNS", "KNOBS"]
+
+#: plan leaves a sweep varies, in the column order of its output
+KNOBS = ("tp", "pp", "dp", "cp", "ep", "microbatch", "vpp", "zero", "recompute", "sp")
+#: outputs kept per plan
+COLUMNS = (
+    "step_time_s",
+    "tokens_per_s",
+    "tokens_per_joule",
+    "power_w",
+    "mfu",
+    "feasible",
+    "memory_bytes",
+)
+CHUNK = 1 << 16
+#: testing knob: seconds to pause after each chunk, so a test can kill a sweep mid-way
+_THROTTLE_S = float(os.environ.get("EMU_SWEEP_THROTTLE_S", "0") or 0)
+
+
+@pydataclass(frozen=True)
+class Problem:
+    """A sweep problem: the workload and the plan space (host-side, hashable)."""
+
+    system: str
+    model: str
+    chips: int
+    seq_len: int = 4096
+    global_batch: int | None = None
+    precision: str = "bf16"
+    phase: str = "train"
+
+    def signature(self, extra: str = "") -> str:
+        text = json.dumps(self.__dict__, sort_keys=True) + extra
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _pow2_upto(n: int) -> list[int]:
+    return [2**i for i in range(int(math.log2(max(n, 1))) + 1)]
+
+
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def enumerate_plans(system: System, model: Model, problem: Problem) -> np.ndarray:
+    """Every valid discrete training plan as rows of KNOBS (float32 array [N, len(KNOBS)]).
+
+    Valid: tp a power of two dividing the heads (and the KV heads or vice versa) within the
+    innermost tier; pp dividing the layers; cp a power of two <= 16 dividing seq_len;
+    dp = chips / (tp pp cp); ep dividing the experts and tp dp cp (MoE), else 1;
+    micro-batch a power of two dividing global_batch / dp; vpp in {1, 2, 4} with pp > 1
+    dividing layers / pp; ZeRO 0-3; recompute none/selective/full; SP with tp > 1 only.
+    """
+    if problem.phase != "train":
+        raise ValueError("sweeps enumerate training plans for now; use --phase train.")
+    chips = problem.chips
+    heads, kv = int(model.n_heads), int(model.n_kv_heads)
+    layers, experts = int(model.n_layers), int(model.n_experts)
+    inner = int(float(system.tiers[0].domain_chips))
+    rows = []
+    for tp in _pow2_upto(min(64, chips)):
+        if heads % tp or (kv % tp and tp % kv) or tp > max(inner, 1) or chips % tp:
+            continue
+        for cp in _pow2_upto(16):
+            if problem.seq_len % cp or chips % (tp * cp):
+                continue
+            for pp in _divisors(chips // (tp * cp)):
+                if layers % pp:
+                    continue
+                dp = chips // (tp * cp * pp)
+                gb = problem.global_batch or dp * max(1, 2**22 // (problem.seq_len * dp))
+                if gb % dp:
+                    continue
+                eps = [e for e in _divisors(experts) if (tp * dp * cp) % e == 0] or [1]
+                for mb in _pow2_upto(gb // dp):
+                    if (gb // dp) % mb:
+                        continue
+                    for vpp in (1, 2, 4):
+                        if vpp > 1 and (pp == 1 or layers % (pp * vpp)):
+                            continue
+                        for ep, zero, rc in itertools.product(eps, range(4), range(3)):
+                            for sp in (0, 1) if tp > 1 else (0,):
+                                rows.append((tp, pp, dp, cp, ep, mb, vpp, zero, rc, sp))
+    if not rows:
+        raise ValueError(
+            f"no valid plan for {problem.chips} chips of {problem.system} and {problem.model}; "
+            "check --chips and --seq-len."
+        )
+    return np.asarray(rows, np.float32)
+
+
+def _base_plan(problem: Problem, n: int):
+    plan = make_plan(
+        tp=1, pp=1, dp=1, seq_len=problem.seq_len, global_batch=1, precision=problem.precision
+    )
+    return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,)), plan)
+
+
+def _global_batch(problem: Problem, dp: np.ndarray) -> np.ndarray:
+    if problem.global_batch:
+        return np.full_like(dp, problem.global_batch)
+    return dp * np.maximum(1, 2**22 // (problem.seq_len * dp))
+
+
+def _make_eval(system: System, model: Model, problem: Problem, n: int):
+    from emu.struct import replace
+
+    base = _base_plan(problem, n)
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("d",))
+    shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+
+    def run(knobs, gb):
+        kw = {k: knobs[:, i] for i, k in enumerate(KNOBS)}
+        plan = replace(base, global_batch=gb, **kw)
+        r = jax.vmap(lambda p: evaluate(system, model, p))(plan)
+        return jnp.stack(
+            [
+                r.step_time_s,
+                r.tokens_per_s,
+                r.tokens_per_joule,
+                r.power_w,
+                r.mfu,
+                r.feasible,
+                r.memory.total_bytes,
+            ],
+            axis=1,
+        )
+
+    return jax.jit(run, in_shardings=(shard, shard), out_shardings=shard), shard
+
+
+def _write_chunk(path: Path, data: np.ndarray) -> None:
+    digest = hashlib.sha256(data.tobytes()).hexdigest()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+    with os.fdopen(fd, "wb") as fh:
+        np.savez(fh, data=data, sha256=np.array(digest))
+    os.replace(tmp, path)
+
+
+def _read_chunk(path: Path, rows: int) -> np.ndarray | None:
+    """The chunk's data if it is complete and its checksum matches, else None."""
+    try:
+        with np.load(path) as z:
+            data, digest = z["data"], str(z["sha256"])
+    except Exception:  # noqa: BLE001 - any unreadable file is a corrupt checkpoint
+        return None
+    if data.shape != (rows, len(COLUMNS)) or hashlib.sha256(data.tobytes()).hexdigest() != digest:
+        return None
+    return data
+
+
+def pareto_front(tokens_per_s: np.ndarray, power_w: np.ndarray) -> np.ndarray:
+    """Indices of the plans no other plan beats on both more tokens/s and fewer watts."""
+    order = np.lexsort((-tokens_per_s, power_w))
+    best, keep = -np.inf, []
+    for i in order:
+        if tokens_per_s[i] > best:
+            keep.append(i)
+            best = tokens_per_s[i]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def sweep(
+    system: System,
+    model: Model,
+    problem: Problem,
+    out_dir,
+    *,
+    objective="tokens_per_joule",
+    top=10,
+    chunk=CHUNK,
+    process_id=0,
+    num_processes=1,
+    progress=None,
+    warn=None,
+) -> dict:
+    """Evaluate every plan of `problem`; results stream to `out_dir` (see module doc).
+    Returns {"best", "top", "pareto", "evaluations", "wall_s", "chunks", "resumed"}."""
+    if objective not in COLUMNS or objective in ("feasible", "memory_bytes"):
+        raise ValueError(
+            f"unknown objective '{objective}'; known: tokens_per_s, "
+            "tokens_per_joule, mfu, step_time_s, power_w."
+        )
+    t0 = time.perf_counter()
+    knobs = enumerate_plans(system, model, problem)
+    n = knobs.shape[0]
+    n_dev = len(jax.local_devices())
+    chunk = max(n_dev, min(chunk, int(2 ** math.ceil(math.log2(max(n, 1))))))
+    chunk = int(math.ceil(chunk / n_dev) * n_dev)
+    n_chunks = int(math.ceil(n / chunk))
+    out = Path(out_dir)
+    sig = problem.signature(f"{chunk}")
+    parts = out / f"parts-{sig}"
+    parts.mkdir(parents=True, exist_ok=True)
+    fn, shard = _make_eval(system, model, problem, chunk)
+    mine = [i for i in range(n_chunks) if i % num_processes == process_id]
+    resumed, done = 0, 0
+    for i in mine:
+        path = parts / f"chunk-{i:06d}.npz"
+        rows = min(chunk, n - i * chunk)
+        if path.exists():
+            if _read_chunk(path, rows) is not None:
+                resumed += 1
+                done += 1
+                if progress:
+                    progress(done, len(mine), rows)
+                continue
+            if warn:
+                warn(f"checkpoint {path.name} is corrupt or partial; recomputing it")
+        k = np.zeros((chunk, len(KNOBS)), np.float32)
+        k[:rows] = knobs[i * chunk : i * chunk + rows]
+        k[rows:] = knobs[0]  # padding, dropped below
+        gb = _global_batch(problem, k[:, KNOBS.index("dp")]).astype(np.float32)
+        res = np.asarray(fn(jax.device_put(k, shard), jax.device_put(gb, shard)))[:rows]
+        _write_chunk(path, res.astype(np.float32))
+        if _THROTTLE_S:
+            time.sleep(_THROTTLE_S)
+        done += 1
+        if progress:
+            progress(done, len(mine), rows)
+    if process_id != 0:
+        return {
+            "evaluations": sum(min(chunk, n - i * chunk) for i in mine),
+            "wall_s": time.perf_counter() - t0,
+        }
+    results = np.zeros((n, len(COLUMNS)), np.float32)
+    deadline = time.time() + 3600
+    for i in range(n_chunks):
+        path = parts / f"chunk-{i:06d}.npz"
+        rows = min(chunk, n - i * chunk)
+        while True:
+            data = _read_chunk(path, rows) if path.exists() else None
+            if data is not None:
+                break
+            if i % num_processes == 0 or time.time() > deadline:
+                raise ValueError(f"sweep chunk {path} is missing or corrupt; rerun the command.")
+            time.sleep(0.2)  # another process is still writing it
+        results[i * chunk : i * chunk + rows] = data
+    col = {c: results[:, j] for j, c in enumerate(COLUMNS)}
+    feasible = col["feasible"] > 0.5
+    score = col[objective] if objective != "step_time_s" else -col[objective]
+    score = np.where(feasible, score, -np.inf)
+    order = np.argsort(-score, kind="stable")[:top]
+    order = [int(i) for i in order if np.isfinite(score[i])]
+
+    def row(i):
+        return {
+            **{k: int(knobs[i, j]) for j, k in enumerate(KNOBS)},
+            "global_batch": int(_global_batch(problem, knobs[i : i + 1, 2])[0]),
+            **{c: float(col[c][i]) for c in COLUMNS},
+        }
+
+    feas_idx = np.nonzero(feasible)[0]
+    front = feas_idx[pareto_front(col["tokens_per_s"][feas_idx], col["power_w"][feas_idx])]
+    return {
+        "problem": problem.__dict__,
+        "objective": objective,
+        "best": row(order[0]) if order else None,
+        "top": [row(i) for i in order],
+        "pareto": [row(int(i)) for i in front],
+        "evaluations": n,
+        "feasible": int(feasible.sum()),
+        "chunks": n_chunks,
+        "resumed": resumed,
+        "wall_s": time.perf_counter() - t0,
+        "_knobs": knobs,
+        "_results": results,
+    }
+
+
+def write_table(result: dict, path) -> Path:
+    """All evaluated plans as CSV (knobs, global batch, outputs), written atomically."""
+    path = Path(path)
+    knobs, res = result["_knobs"], result["_results"]
+    header = ",".join([*KNOBS, *COLUMNS])
+    fd, tmp = tempfile.mkstemp(
+        dir=path.parent if str(path.parent) else ".", prefix=".tmp-", suffix=".csv"
+    )
+    with os.fdopen(fd, "w") as fh:
+        fh.write(header + "\n")
+        np.savetxt(fh, np.concatenate([knobs, res], axis=1), delimiter=",", fmt="%.7g")
+    os.replace(tmp, path)
+    return path

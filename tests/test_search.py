@@ -1,0 +1,133 @@
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import emu
+from emu.search import COLUMNS, KNOBS, Problem, enumerate_plans, pareto_front, sweep
+
+ARGS = [
+    "sweep",
+    "--system",
+    "gb200_nvl72",
+    "--model",
+    "llama3_70b",
+    "--chips",
+    "144",
+    "--chunk",
+    "256",
+]
+
+
+def _emu(*args, env=None, **kw):
+    e = {**os.environ, **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "emu", *args],
+        env=e,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def _run(*args, env=None):
+    p = _emu(*args, env=env)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    return out, err
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ref")
+    _run(*ARGS, "--out", str(d / "ref.csv"))
+    return (d / "ref.csv").read_bytes()
+
+
+def test_enumerated_plans_are_valid():
+    system, model = emu.load_system("gb200_nvl72"), emu.load_model("llama3_70b")
+    k = enumerate_plans(system, model, Problem("gb200_nvl72", "llama3_70b", 144))
+    col = {name: k[:, i] for i, name in enumerate(KNOBS)}
+    assert np.all(col["tp"] * col["pp"] * col["dp"] * col["cp"] == 144)
+    assert np.all(64 % col["tp"] == 0) and np.all(80 % col["pp"] == 0)
+    assert np.all((col["sp"] == 0) | (col["tp"] > 1))
+    assert len({tuple(r) for r in k}) == len(k)  # no duplicates
+
+
+def test_sweep_best_is_the_feasible_maximum_and_front_is_undominated(tmp_path):
+    system, model = emu.load_system("dgx_h100"), emu.load_model("llama3_8b")
+    res = sweep(
+        system, model, Problem("dgx_h100", "llama3_8b", 16, seq_len=4096), tmp_path, chunk=128
+    )
+    r = res["_results"]
+    feas = r[:, COLUMNS.index("feasible")] > 0.5
+    tpj = r[:, COLUMNS.index("tokens_per_joule")]
+    assert res["best"]["tokens_per_joule"] == pytest.approx(float(tpj[feas].max()))
+    front = [(p["tokens_per_s"], p["power_w"]) for p in res["pareto"]]
+    for t, w in front:
+        assert not any(t2 > t and w2 < w for t2, w2 in front)
+    idx = pareto_front(np.array([1.0, 2.0, 2.0, 3.0]), np.array([1.0, 1.0, 2.0, 3.0]))
+    assert sorted(idx.tolist()) == [1, 3]
+
+
+def test_sigkill_mid_sweep_then_resume_gives_exactly_the_uninterrupted_result(tmp_path, reference):
+    out = tmp_path / "run.csv"
+    parts = Path(str(out) + ".parts")
+    p = _emu(*ARGS, "--out", str(out), env={"EMU_SWEEP_THROTTLE_S": "0.2"})
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if len(list(parts.glob("*/chunk-*.npz"))) >= 3:
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    n_done = len(list(parts.glob("*/chunk-*.npz")))
+    assert 3 <= n_done < 17 and not out.exists()  # really killed mid-way
+    _, err = _run(*ARGS, "--out", str(out), "--json")
+    assert out.read_bytes() == reference
+
+
+def test_corrupt_checkpoint_is_detected_reported_and_recomputed(tmp_path, reference):
+    out = tmp_path / "c.csv"
+    _run(*ARGS, "--out", str(out))
+    chunks = sorted(Path(str(out) + ".parts").glob("*/chunk-*.npz"))
+    chunks[2].write_bytes(chunks[2].read_bytes()[:100])  # truncated, as after a crash
+    out.unlink()
+    _, err = _run(*ARGS, "--out", str(out))
+    assert "corrupt or partial" in err
+    assert out.read_bytes() == reference
+
+
+def test_two_processes_on_loopback_equal_one_process(tmp_path, reference):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "two.csv"
+    common = [
+        *ARGS,
+        "--out",
+        str(out),
+        "--coordinator",
+        f"127.0.0.1:{port}",
+        "--num-processes",
+        "2",
+    ]
+    p1 = _emu(*common, "--process-id", "1")
+    p0 = _emu(*common, "--process-id", "0")
+    for p in (p0, p1):
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    assert out.read_bytes() == reference
+
+
+def test_sharded_over_two_cpu_devices_equals_one_device(tmp_path, reference):
+    out = tmp_path / "dev.csv"
+    _run(*ARGS, "--out", str(out), env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert out.read_bytes() == reference
