@@ -188,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--out", metavar="FILE", help="all results as CSV (checkpoints in FILE.parts)")
     p.add_argument("--chunk", type=int, default=1 << 16, help="plans per compiled call")
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="PATH=V1,V2,...",
+        help="also sweep a system field over these values (repeatable: product)",
+    )
     p.add_argument("--coordinator", metavar="HOST:PORT")
     p.add_argument("--num-processes", type=int)
     p.add_argument("--process-id", type=int)
@@ -741,11 +748,23 @@ def cmd_sweep(args) -> None:
             if done == total:
                 print(file=sys.stderr)
 
+    grid = {}
+    for item in args.grid:
+        path, sep, values = item.partition("=")
+        if not sep or not values:
+            raise CliError(f"--grid expects PATH=V1,V2,... (got '{item}').")
+        try:
+            grid[path.strip()] = [float(v) for v in values.split(",")]
+        except ValueError:
+            raise CliError(
+                f"--grid {path.strip()}: values must be numbers (got '{values}')."
+            ) from None
     res = sweep(
         system,
         model,
         problem,
         base,
+        grid=grid,
         objective=args.objective,
         top=args.top,
         chunk=args.chunk,
@@ -776,7 +795,8 @@ def cmd_sweep(args) -> None:
         for i, r in enumerate(res["top"])
     ]
     text = (
-        f"{res['evaluations']} plans ({res['feasible']} fit in memory), {res['chunks']} "
+        f"{res['evaluations']} configurations ({res['grid_points']} grid points, "
+        f"{res['feasible']} fit in memory), {res['chunks']} "
         f"chunk(s), {res['resumed']} resumed, {res['wall_s']:.2f} s\n"
         + _table(
             rows,

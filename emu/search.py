@@ -136,31 +136,46 @@ def _global_batch(problem: Problem, dp: np.ndarray) -> np.ndarray:
     return dp * np.maximum(1, 2**22 // (problem.seq_len * dp))
 
 
-def _make_eval(system: System, model: Model, problem: Problem, n: int):
+def _make_eval(systems: System, model: Model, problem: Problem, n: int):
+    """One compiled function for a chunk of n rows: knobs [n, K], global batch [n] and the
+    grid index [n] of each row into the stacked `systems`."""
     from emu.struct import replace
 
     base = _base_plan(problem, n)
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("d",))
     shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
 
-    def run(knobs, gb):
+    def run(knobs, gb, g):
         kw = {k: knobs[:, i] for i, k in enumerate(KNOBS)}
         plan = replace(base, global_batch=gb, **kw)
-        r = jax.vmap(lambda p: evaluate(system, model, p))(plan)
-        return jnp.stack(
-            [
-                r.step_time_s,
-                r.tokens_per_s,
-                r.tokens_per_joule,
-                r.power_w,
-                r.mfu,
-                r.feasible,
-                r.memory.total_bytes,
-            ],
-            axis=1,
-        )
+        rows_sys = jax.tree_util.tree_map(lambda x: x[g], systems)
+        r = jax.vmap(lambda s, p: evaluate(s, model, p))(rows_sys, plan)
+        cols = [
+            r.step_time_s,
+            r.tokens_per_s,
+            r.tokens_per_joule,
+            r.power_w,
+            r.mfu,
+            r.feasible,
+            r.memory.total_bytes,
+        ]
+        return jnp.stack(cols, axis=1)
 
-    return jax.jit(run, in_shardings=(shard, shard), out_shardings=shard), shard
+    return jax.jit(run, in_shardings=(shard, shard, shard), out_shardings=shard), shard
+
+
+def grid_systems(system: System, grid: dict | None):
+    """The cartesian product of `grid` (dotted path -> values) applied to `system`, stacked,
+    and the list of grid points (dicts)."""
+    from emu.config import apply_overrides
+    from emu.struct import stack
+
+    points = (
+        [dict(zip(grid, vals, strict=True)) for vals in itertools.product(*grid.values())]
+        if grid
+        else [{}]
+    )
+    return stack([apply_overrides(system, p) if p else system for p in points]), points
 
 
 def _write_chunk(path: Path, data: np.ndarray) -> None:
@@ -184,14 +199,14 @@ def _read_chunk(path: Path, rows: int) -> np.ndarray | None:
 
 
 def pareto_front(tokens_per_s: np.ndarray, power_w: np.ndarray) -> np.ndarray:
-    """Indices of the plans no other plan beats on both more tokens/s and fewer watts."""
+    """Indices of the plans no other plan beats on both more tokens/s and fewer watts
+    (vectorised: by rising power, keep each plan that beats every cheaper one)."""
+    if tokens_per_s.size == 0:
+        return np.zeros(0, np.int64)
     order = np.lexsort((-tokens_per_s, power_w))
-    best, keep = -np.inf, []
-    for i in order:
-        if tokens_per_s[i] > best:
-            keep.append(i)
-            best = tokens_per_s[i]
-    return np.asarray(keep, dtype=np.int64)
+    t = tokens_per_s[order]
+    prev = np.concatenate([[-np.inf], np.maximum.accumulate(t)[:-1]])
+    return order[t > prev].astype(np.int64)
 
 
 def sweep(
@@ -200,6 +215,7 @@ def sweep(
     problem: Problem,
     out_dir,
     *,
+    grid: dict | None = None,
     objective="tokens_per_joule",
     top=10,
     chunk=CHUNK,
@@ -216,17 +232,23 @@ def sweep(
             "tokens_per_joule, mfu, step_time_s, power_w."
         )
     t0 = time.perf_counter()
-    knobs = enumerate_plans(system, model, problem)
-    n = knobs.shape[0]
+    plans = enumerate_plans(system, model, problem)
+    systems, points = grid_systems(system, grid)
+    n_plans, n = plans.shape[0], plans.shape[0] * len(points)
+
+    def rows_of(i):  # knobs and grid index of chunk i, computed, never materialised whole
+        idx = np.arange(i * chunk, min(n, (i + 1) * chunk))
+        return plans[idx % n_plans], (idx // n_plans).astype(np.int32)
+
     n_dev = len(jax.local_devices())
     chunk = max(n_dev, min(chunk, int(2 ** math.ceil(math.log2(max(n, 1))))))
     chunk = int(math.ceil(chunk / n_dev) * n_dev)
     n_chunks = int(math.ceil(n / chunk))
     out = Path(out_dir)
-    sig = problem.signature(f"{chunk}")
+    sig = problem.signature(f"{chunk}{json.dumps(grid, sort_keys=True)}")
     parts = out / f"parts-{sig}"
     parts.mkdir(parents=True, exist_ok=True)
-    fn, shard = _make_eval(system, model, problem, chunk)
+    fn, shard = _make_eval(systems, model, problem, chunk)
     mine = [i for i in range(n_chunks) if i % num_processes == process_id]
     resumed, done = 0, 0
     for i in mine:
@@ -241,11 +263,15 @@ def sweep(
                 continue
             if warn:
                 warn(f"checkpoint {path.name} is corrupt or partial; recomputing it")
+        kr, gr = rows_of(i)
         k = np.zeros((chunk, len(KNOBS)), np.float32)
-        k[:rows] = knobs[i * chunk : i * chunk + rows]
-        k[rows:] = knobs[0]  # padding, dropped below
+        k[:rows], k[rows:] = kr, plans[0]  # padding rows, dropped below
         gb = _global_batch(problem, k[:, KNOBS.index("dp")]).astype(np.float32)
-        res = np.asarray(fn(jax.device_put(k, shard), jax.device_put(gb, shard)))[:rows]
+        g = np.zeros(chunk, np.int32)
+        g[:rows] = gr
+        res = np.asarray(
+            fn(jax.device_put(k, shard), jax.device_put(gb, shard), jax.device_put(g, shard))
+        )[:rows]
         _write_chunk(path, res.astype(np.float32))
         if _THROTTLE_S:
             time.sleep(_THROTTLE_S)
@@ -257,7 +283,12 @@ def sweep(
             "evaluations": sum(min(chunk, n - i * chunk) for i in mine),
             "wall_s": time.perf_counter() - t0,
         }
-    results = np.zeros((n, len(COLUMNS)), np.float32)
+    # streaming merge: per chunk keep its top-k candidates and its Pareto front, so memory
+    # does not grow with the sweep
+    sign = -1.0 if objective == "step_time_s" else 1.0
+    oc, tc, pc = COLUMNS.index(objective), COLUMNS.index("tokens_per_s"), COLUMNS.index("power_w")
+    cand_idx, cand_val, front_idx, front_val = [], [], [], []
+    n_feasible = 0
     deadline = time.time() + 3600
     for i in range(n_chunks):
         path = parts / f"chunk-{i:06d}.npz"
@@ -269,49 +300,77 @@ def sweep(
             if i % num_processes == 0 or time.time() > deadline:
                 raise ValueError(f"sweep chunk {path} is missing or corrupt; rerun the command.")
             time.sleep(0.2)  # another process is still writing it
-        results[i * chunk : i * chunk + rows] = data
-    col = {c: results[:, j] for j, c in enumerate(COLUMNS)}
-    feasible = col["feasible"] > 0.5
-    score = col[objective] if objective != "step_time_s" else -col[objective]
-    score = np.where(feasible, score, -np.inf)
-    order = np.argsort(-score, kind="stable")[:top]
-    order = [int(i) for i in order if np.isfinite(score[i])]
+        feas = np.nonzero(data[:, COLUMNS.index("feasible")] > 0.5)[0]
+        n_feasible += feas.size
+        if feas.size:
+            score = sign * data[feas, oc]
+            top_local = feas[np.argsort(-score, kind="stable")[:top]]
+            cand_idx.append(top_local + i * chunk)
+            cand_val.append(data[top_local])
+            f_local = feas[pareto_front(data[feas, tc], data[feas, pc])]
+            front_idx.append(f_local + i * chunk)
+            front_val.append(data[f_local])
+    points_arr = points
 
-    def row(i):
+    def row(gi, values):
+        knob = plans[gi % n_plans]
         return {
-            **{k: int(knobs[i, j]) for j, k in enumerate(KNOBS)},
-            "global_batch": int(_global_batch(problem, knobs[i : i + 1, 2])[0]),
-            **{c: float(col[c][i]) for c in COLUMNS},
+            **points_arr[int(gi // n_plans)],
+            **{k: int(knob[j]) for j, k in enumerate(KNOBS)},
+            "global_batch": int(_global_batch(problem, knob[2:3])[0]),
+            **{c: float(values[j]) for j, c in enumerate(COLUMNS)},
         }
 
-    feas_idx = np.nonzero(feasible)[0]
-    front = feas_idx[pareto_front(col["tokens_per_s"][feas_idx], col["power_w"][feas_idx])]
+    top_rows, front_rows = [], []
+    if cand_idx:
+        ci, cv = np.concatenate(cand_idx), np.concatenate(cand_val)
+        order = np.lexsort((ci, -sign * cv[:, oc]))[:top]
+        top_rows = [row(int(ci[o]), cv[o]) for o in order]
+        fi, fv = np.concatenate(front_idx), np.concatenate(front_val)
+        keep = pareto_front(fv[:, tc], fv[:, pc])
+        front_rows = [row(int(fi[o]), fv[o]) for o in keep]
     return {
         "problem": problem.__dict__,
         "objective": objective,
-        "best": row(order[0]) if order else None,
-        "top": [row(i) for i in order],
-        "pareto": [row(int(i)) for i in front],
+        "best": top_rows[0] if top_rows else None,
+        "top": top_rows,
+        "pareto": front_rows,
         "evaluations": n,
-        "feasible": int(feasible.sum()),
+        "feasible": int(n_feasible),
+        "grid_points": len(points),
         "chunks": n_chunks,
         "resumed": resumed,
         "wall_s": time.perf_counter() - t0,
-        "_knobs": knobs,
-        "_results": results,
+        "_parts": parts,
+        "_chunk": chunk,
+        "_plans": plans,
+        "_points": points,
+        "_grid_names": list(grid or {}),
+        "_problem": problem,
     }
 
 
 def write_table(result: dict, path) -> Path:
-    """All evaluated plans as CSV (knobs, global batch, outputs), written atomically."""
+    """All evaluated configurations as CSV (grid values, knobs, outputs), streamed chunk by
+    chunk from the checkpoints and written atomically (write, then rename)."""
     path = Path(path)
-    knobs, res = result["_knobs"], result["_results"]
-    header = ",".join([*KNOBS, *COLUMNS])
+    plans, points, names = result["_plans"], result["_points"], result["_grid_names"]
+    chunk, n, n_plans = result["_chunk"], result["evaluations"], len(result["_plans"])
+    values = np.asarray([[p[k] for k in names] for p in points], np.float64).reshape(
+        len(points), len(names)
+    )
     fd, tmp = tempfile.mkstemp(
         dir=path.parent if str(path.parent) else ".", prefix=".tmp-", suffix=".csv"
     )
     with os.fdopen(fd, "w") as fh:
-        fh.write(header + "\n")
-        np.savetxt(fh, np.concatenate([knobs, res], axis=1), delimiter=",", fmt="%.7g")
+        fh.write(",".join([*names, *KNOBS, *COLUMNS]) + "\n")
+        for i in range(result["chunks"]):
+            rows = min(chunk, n - i * chunk)
+            data = _read_chunk(result["_parts"] / f"chunk-{i:06d}.npz", rows)
+            if data is None:
+                raise ValueError(f"sweep chunk {i} vanished or changed; rerun the sweep.")
+            idx = np.arange(i * chunk, i * chunk + rows)
+            table = np.concatenate([values[idx // n_plans], plans[idx % n_plans], data], axis=1)
+            np.savetxt(fh, table, delimiter=",", fmt="%.7g")
     os.replace(tmp, path)
     return path

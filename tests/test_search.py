@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 import emu
-from emu.search import COLUMNS, KNOBS, Problem, enumerate_plans, pareto_front, sweep
+from emu.search import (
+    COLUMNS,
+    KNOBS,
+    Problem,
+    enumerate_plans,
+    pareto_front,
+    sweep,
+    write_table,
+)
 
 ARGS = [
     "sweep",
@@ -66,10 +74,13 @@ def test_sweep_best_is_the_feasible_maximum_and_front_is_undominated(tmp_path):
     res = sweep(
         system, model, Problem("dgx_h100", "llama3_8b", 16, seq_len=4096), tmp_path, chunk=128
     )
-    r = res["_results"]
+    csv = write_table(res, tmp_path / "all.csv")
+    r = np.loadtxt(csv, delimiter=",", skiprows=1)[:, len(KNOBS) :]
+    assert r.shape[0] == res["evaluations"]
     feas = r[:, COLUMNS.index("feasible")] > 0.5
     tpj = r[:, COLUMNS.index("tokens_per_joule")]
-    assert res["best"]["tokens_per_joule"] == pytest.approx(float(tpj[feas].max()))
+    assert res["best"]["tokens_per_joule"] == pytest.approx(float(tpj[feas].max()), rel=1e-6)
+    assert res["feasible"] == int(feas.sum())
     front = [(p["tokens_per_s"], p["power_w"]) for p in res["pareto"]]
     for t, w in front:
         assert not any(t2 > t and w2 < w for t2, w2 in front)
