@@ -19,6 +19,8 @@ one source (or one system) left out and predicts its rows.
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import math
 import os
 import tempfile
@@ -137,6 +139,9 @@ class _Problem:
             jax.jit(jax.value_and_grad(self._make_block_loss(f))) for f in self._residual_fns
         ]
 
+    def spec_priors(self):
+        return [self.spec[k]["prior"] for k in self.keys]
+
     def values(self, u):
         return {
             k: _from_u(u[i], kind)
@@ -205,24 +210,86 @@ class _Problem:
         return 0.5 * (hmat + hmat.T)
 
 
-def _adam(problem, u, w, steps, lr=0.05, progress=None):
+#: testing knob: seconds to pause after each step, so a test can kill a calibration mid-way
+_THROTTLE_S = float(os.environ.get("EMU_CALIBRATE_THROTTLE_S", "0") or 0)
+CHECKPOINT_EVERY = 10
+
+
+def _save_checkpoint(path: Path, step: int, u, state, signature: str) -> None:
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves((u, state))]
+    digest = hashlib.sha256(b"".join(x.tobytes() for x in leaves)).hexdigest()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ckpt-", suffix=".npz")
+    with os.fdopen(fd, "wb") as fh:
+        np.savez(
+            fh,
+            step=step,
+            signature=signature,
+            sha256=digest,
+            **{f"leaf{i}": x for i, x in enumerate(leaves)},
+        )
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, template, signature: str, warn=None):
+    """(step, u, state) from a checkpoint of this same problem, or None. A corrupt or
+    foreign checkpoint is reported and ignored, never used."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            if str(z["signature"]) != signature:
+                return None
+            n = len(jax.tree_util.tree_leaves(template))
+            leaves = [z[f"leaf{i}"] for i in range(n)]
+            ok = hashlib.sha256(b"".join(x.tobytes() for x in leaves)).hexdigest() == str(
+                z["sha256"]
+            )
+            step = int(z["step"])
+    except Exception:  # noqa: BLE001 - unreadable means corrupt
+        ok = False
+    if not ok:
+        if warn:
+            warn(f"calibration checkpoint {path} is corrupt or partial; starting over")
+        return None
+    treedef = jax.tree_util.tree_structure(template)
+    tmpl = jax.tree_util.tree_leaves(template)
+    leaves = [jnp.asarray(x, dtype=t.dtype) for x, t in zip(leaves, tmpl, strict=True)]
+    u, state = jax.tree_util.tree_unflatten(treedef, leaves)
+    return step, u, state
+
+
+def _adam(problem, u, w, steps, lr=0.05, progress=None, checkpoint=None, signature="", warn=None):
     opt = optax.adam(lr)
     state = opt.init(u)
+    start = 0
+    if checkpoint is not None:
+        got = _load_checkpoint(checkpoint, (u, state), signature, warn)
+        if got is not None:
+            start, u, state = got
     loss = None
-    for k in range(steps):
+    for k in range(start, steps):
         loss, g = problem.value_and_grad(u, w)
         # optax mixes its int32 step count with floats: allow it under strict promotion
         with jax.numpy_dtype_promotion("standard"):
             updates, state = opt.update(g, state, u)
             u = optax.apply_updates(u, updates)
+        if checkpoint is not None and ((k + 1) % CHECKPOINT_EVERY == 0 or k + 1 == steps):
+            _save_checkpoint(checkpoint, k + 1, u, state, signature)
+        if _THROTTLE_S:
+            time.sleep(_THROTTLE_S)
         if progress:
             progress(k + 1, steps, float(loss))
     return u, float(problem.loss(u, w))
 
 
-def fit(path=None, *, steps: int = 300, progress=None) -> dict:
+def fit(path=None, *, steps: int = 300, progress=None, checkpoint_dir=None, warn=None) -> dict:
     """Fit the shared parameters to every modelled row of `path` (default: the shipped
-    measurements), from the priors. Returns a report dict (values, uncertainty, errors)."""
+    measurements), from the priors. Returns a report dict (values, uncertainty, errors).
+
+    With `checkpoint_dir`, the optimiser state is saved every CHECKPOINT_EVERY steps
+    (write-then-rename, checksummed, keyed by the rows, the parameters and the steps), and a
+    run killed at any moment resumes from it with the same result as an uninterrupted run.
+    """
     from emu.validate import default_measurements
 
     t0 = time.perf_counter()
@@ -234,7 +301,17 @@ def fit(path=None, *, steps: int = 300, progress=None) -> dict:
     problem = _Problem(items)
     w = jnp.ones(len(items), jnp.float32)
     before = np.abs(np.expm1(problem.log_errors(problem.u0)))
-    u, loss = _adam(problem, problem.u0, w, steps, progress=progress)
+    ckpt, sig = None, ""
+    if checkpoint_dir is not None:
+        text = json.dumps([[it["base"]["id"], it["base"]["measured"]] for it in items])
+        text += json.dumps([list(k) for k in problem.keys]) + f"{steps}"
+        text += json.dumps(problem.spec_priors())
+        sig = hashlib.sha256(text.encode()).hexdigest()[:16]
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        ckpt = Path(checkpoint_dir) / f"calibrate-{sig}.npz"
+    u, loss = _adam(
+        problem, problem.u0, w, steps, progress=progress, checkpoint=ckpt, signature=sig, warn=warn
+    )
     r = problem.log_errors(u)
     after = np.abs(np.expm1(r))
     # Laplace approximation around the optimum

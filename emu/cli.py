@@ -572,6 +572,8 @@ def _progress(label: str):
 
 
 def cmd_calibrate(args) -> None:
+    import os
+
     from emu.calibrate import cross_validate, fit, write_overlay
     from emu.runner import enable_cache
 
@@ -580,7 +582,18 @@ def cmd_calibrate(args) -> None:
         raise CliError(f"--steps must be >= 1 (got {args.steps}).")
     if args.set:
         raise CliError("calibrate takes no --set: it fits the shared parameters itself.")
-    report = fit(args.file, steps=args.steps, progress=_progress("fit"))
+    from pathlib import Path
+
+    ckpt_dir = (
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "emu" / "calibrate"
+    )
+    report = fit(
+        args.file,
+        steps=args.steps,
+        progress=_progress("fit"),
+        checkpoint_dir=ckpt_dir,
+        warn=lambda m: print(f"emu: warning: {m}", file=sys.stderr),
+    )
     cvs = []
     if args.cv:
         for by in ("source", "system"):
@@ -846,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
             f"emu: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr
         )
         return 2
-    except (OSError, ArithmeticError, RuntimeError, TypeError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001
         # never a traceback: a bug or an environment problem still gets one line
         print(f"emu: internal error ({type(e).__name__}): {e}; please report it", file=sys.stderr)
         return 1

@@ -1,0 +1,102 @@
+"""Long runs: a calibration killed with SIGKILL resumes from its checkpoint and ends with
+exactly the result of an uninterrupted run; a corrupt checkpoint is reported, not used."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emu.numerics import smooth_ceil, smooth_max, smooth_relu
+from emu.validate import default_measurements
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "measurements.jsonl"
+
+
+@pytest.fixture(scope="module")
+def rows_file(tmp_path_factory):
+    src = SHARED if SHARED.exists() else default_measurements()
+    keep = [line for line in open(src) if '"sc21_t1_' in line]
+    path = tmp_path_factory.mktemp("rows") / "rows.jsonl"
+    path.write_text("".join(keep))
+    return path
+
+
+def _calibrate(rows_file, cache, env=None, wait=True):
+    cmd = [
+        sys.executable,
+        "-m",
+        "emu",
+        "calibrate",
+        str(rows_file),
+        "--steps",
+        "40",
+        "--dry-run",
+        "--json",
+    ]
+    p = subprocess.Popen(
+        cmd,
+        env={**os.environ, "XDG_CACHE_HOME": str(cache), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if not wait:
+        return p
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    return json.loads(out), err
+
+
+def test_killed_calibration_resumes_to_the_uninterrupted_result(rows_file, tmp_path):
+    ref, _ = _calibrate(rows_file, tmp_path / "ref-cache")
+    cache = tmp_path / "cache"
+    p = _calibrate(rows_file, cache, env={"EMU_CALIBRATE_THROTTLE_S": "0.3"}, wait=False)
+    ckpts = cache / "emu" / "calibrate"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(ckpts.glob("calibrate-*.npz")):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    ckpt = list(ckpts.glob("calibrate-*.npz"))
+    assert ckpt, "the run was not checkpointed before the kill"
+    with np.load(ckpt[0]) as z:
+        assert 0 < int(z["step"]) < 40  # killed mid-way
+    res, _ = _calibrate(rows_file, cache)
+    assert res["values"] == ref["values"]
+    assert res["loss"] == ref["loss"]
+
+
+def test_corrupt_calibration_checkpoint_is_reported_not_used(rows_file, tmp_path):
+    ref, _ = _calibrate(rows_file, tmp_path / "c1")
+    ckpt = next((tmp_path / "c1" / "emu" / "calibrate").glob("calibrate-*.npz"))
+    ckpt.write_bytes(ckpt.read_bytes()[:200])
+    res, err = _calibrate(rows_file, tmp_path / "c1")
+    assert "corrupt or partial" in err
+    assert res["values"] == ref["values"]
+
+
+def test_smooth_variants_agree_with_exact_where_smooth_and_have_finite_gradients():
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.linspace(-5.0, 5.0, 101, dtype=jnp.float32)
+    away = jnp.abs(x) > 0.5
+    assert np.allclose(
+        smooth_max(x, 0.0, temperature=0.01)[away], jnp.maximum(x, 0.0)[away], atol=1e-3
+    )
+    assert np.allclose(smooth_relu(x, temperature=0.01)[away], jax.nn.relu(x)[away], atol=1e-3)
+    y = jnp.asarray([0.3, 1.6, 2.9], jnp.float32)
+    assert np.allclose(smooth_ceil(y, temperature=0.01), jnp.ceil(y), atol=1e-2)
+    for f in (
+        lambda v: smooth_max(v, 0.0, temperature=0.01),
+        lambda v: smooth_relu(v, temperature=0.01),
+        lambda v: smooth_ceil(v, temperature=0.05),
+    ):
+        g = jax.vmap(jax.grad(f))(jnp.asarray([0.0, 1.0, 2.0, -1e-7], jnp.float32))
+        assert np.isfinite(np.asarray(g)).all()
