@@ -354,8 +354,38 @@ def _system(data: dict, where: str, cal: dict | None = None) -> System:
     return check_system(system, where)
 
 
+#: plausible SI magnitudes: a value outside them almost surely used another unit
+_UNIT_RANGES = {
+    "chip.hbm_bytes": (1e8, 1e14, "bytes (e.g. 80e9 for 80 GB)"),
+    "chip.hbm_bytes_per_s": (1e9, 1e15, "bytes per second (e.g. 3.35e12 for 3.35 TB/s)"),
+    "chip.tdp_w": (1.0, 1e5, "watts"),
+    "tier.bytes_per_s": (1e6, 1e14, "bytes per second per chip (e.g. 50e9 for 400 Gb/s)"),
+    "tier.latency_s": (0.0, 1e-2, "seconds (e.g. 1e-6 for 1 us)"),
+    "tier.base_latency_s": (0.0, 1e-1, "seconds (e.g. 2e-5 for 20 us)"),
+    "peak": (1e9, 1e18, "FLOP/s (e.g. 989e12 for 989 TFLOPS), or 0 if unsupported"),
+}
+
+
+def _check_units(sys: System, where: str) -> None:
+    def check(key, path, value):
+        lo, hi, unit = _UNIT_RANGES[key]
+        if not lo <= value <= hi:
+            raise ValueError(f"{where}: {path} = {value:g} is implausible; it must be in {unit}.")
+
+    c = sys.chip
+    for f in ("hbm_bytes", "hbm_bytes_per_s", "tdp_w"):
+        check(f"chip.{f}", f"chip.{f}", float(getattr(c, f)))
+    for p, v in c.peak_flops_per_s.items():
+        if float(v) > 0:
+            check("peak", f"chip.peak_flops_per_s.{p}", float(v))
+    for t in sys.tiers:
+        for f in ("bytes_per_s", "latency_s", "base_latency_s"):
+            check(f"tier.{f}", f"tiers.{t.name}.{f}", float(getattr(t, f)))
+
+
 def check_system(sys: System, where: str = "system") -> System:
     """Cross-field checks (also after --set overrides)."""
+    _check_units(sys, where)
     c = sys.chip
     if float(c.idle_w) > float(c.tdp_w):
         raise ValueError(

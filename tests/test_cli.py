@@ -107,6 +107,8 @@ def test_sensitivity_agrees_with_finite_differences_through_run_set(capsys):
         (["run", "--set", "model.n_experts=8"], "top_k=0 must be between 1"),
         (["run", "--seq-len", "10000000000000000000", "--global-batch", "9"], "not finite"),
         (["describe", "gb200_nvl72", "--set", "plan.zero=2"], "only system fields"),
+        (["describe", "gb200_nvl72", "--set", "chip.hbm_bytes=186"], "e.g. 80e9 for 80 GB"),
+        (["describe", "gb200_nvl72", "--set", "tiers.nvlink.latency_s=1"], "seconds"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, args, needle):
