@@ -374,3 +374,169 @@ def write_table(result: dict, path) -> Path:
             np.savetxt(fh, table, delimiter=",", fmt="%.7g")
     os.replace(tmp, path)
     return path
+
+
+# ----------------------------------------------------------------------------- gradient search
+
+#: continuous knobs of the relaxed plan, in log2 coordinates
+RELAXED = ("tp", "pp", "cp", "microbatch")
+_CATS = [(z, r) for z in range(4) for r in range(3)]  # ZeRO stage x recompute
+
+
+def _relaxed_objective(system, model, problem, objective):
+    """f(u, logits) for one start: the expected log objective over the relaxed categorical
+    choices (ZeRO stage, recompute) minus a smooth out-of-memory penalty."""
+    from emu.struct import replace
+
+    base = make_plan(
+        tp=1, pp=1, dp=1, seq_len=problem.seq_len, global_batch=1, precision=problem.precision
+    )
+    chips = float(problem.chips)
+    zs = jnp.asarray([c[0] for c in _CATS], jnp.float32)
+    rs = jnp.asarray([c[1] for c in _CATS], jnp.float32)
+    col = {"tokens_per_joule": "tokens_per_joule", "tokens_per_s": "tokens_per_s", "mfu": "mfu"}[
+        objective
+    ]
+
+    def f(u, logits):
+        tp, pp, cp, mb = (2.0 ** u[i] for i in range(4))
+        dp = chips / (tp * pp * cp)
+        gb = problem.global_batch or jnp.maximum(dp, 2.0**22 / problem.seq_len)
+
+        def one(z, r):
+            plan = replace(
+                base,
+                tp=tp,
+                pp=pp,
+                cp=cp,
+                dp=dp,
+                microbatch=mb,
+                global_batch=gb,
+                zero=z,
+                recompute=r,
+                sp=jnp.float32(1.0),
+            )
+            res = evaluate(system, model, plan)
+            over = jax.nn.relu(res.memory.total_bytes / system.chip.hbm_bytes - 1.0)
+            return jnp.log(getattr(res, col)) - 10.0 * over - 10.0 * over**2
+
+        vals = jax.vmap(one)(zs, rs)
+        w = (
+            jax.nn.softmax(logits[:4])[zs.astype(jnp.int32)]
+            * jax.nn.softmax(logits[4:])[rs.astype(jnp.int32)]
+        )
+        # a soft penalty keeps dp >= 1 and the degrees within their ranges
+        dp_pen = jax.nn.relu(-jnp.log2(dp)) ** 2
+        return jnp.sum(w * vals) - dp_pen
+
+    return f
+
+
+def gradient_search(
+    system: System,
+    model: Model,
+    problem: Problem,
+    *,
+    objective="tokens_per_joule",
+    starts=8,
+    steps=60,
+    optimizer=None,
+    neighbours=4,
+    seed=0,
+) -> dict:
+    """Maximise `objective` over relaxed plans by gradient, then round to valid plans.
+
+    Knobs: log2 of TP, PP, CP and micro-batch (DP takes the remaining chips), ZeRO stage and
+    recompute as softmax-relaxed categorical choices. `starts` random starts run at once
+    (vmap) for `steps` optimiser steps inside one `lax.scan` (default optax.adam(0.1); any
+    optax transform works). Each start's result is rounded to its `neighbours` nearest
+    valid plans (log2 distance, most probable ZeRO/recompute), then the best is polished by
+    trying every valid plan that differs from it in one knob; every reported result is
+    re-evaluated exactly. Returns {"best", "evaluations", "wall_s"}.
+    """
+    import optax
+
+    if objective not in ("tokens_per_joule", "tokens_per_s", "mfu"):
+        raise ValueError(
+            f"unknown objective '{objective}'; known: tokens_per_joule, tokens_per_s, mfu."
+        )
+    t0 = time.perf_counter()
+    valid = enumerate_plans(system, model, problem)
+    opt = optax.adam(0.1) if optimizer is None else optimizer
+    f = _relaxed_objective(system, model, problem, objective)
+    rng = np.random.default_rng(seed)
+    hi = np.log2([min(64, problem.chips), max(1, int(model.n_layers)), 16, 64])
+    u0 = jnp.asarray(rng.uniform(0, 1, (starts, 4)) * hi, jnp.float32)
+    l0 = jnp.zeros((starts, 7), jnp.float32)
+    grad = jax.grad(lambda u, lg: -f(u, lg), argnums=(0, 1))
+
+    @jax.jit
+    def run(u, lg):
+        def one_start(u, lg):
+            state = opt.init((u, lg))
+
+            def step(carry, _):
+                (u, lg), state = carry
+                g = grad(u, lg)
+                upd, state = opt.update(g, state, (u, lg))
+                u, lg = optax.apply_updates((u, lg), upd)
+                u = jnp.clip(u, 0.0, jnp.asarray(hi, jnp.float32))
+                return ((u, lg), state), None
+
+            ((u, lg), _), _ = jax.lax.scan(step, ((u, lg), state), None, length=steps)
+            return u, lg
+
+        return jax.vmap(one_start)(u, lg)
+
+    with jax.numpy_dtype_promotion("standard"):
+        u_opt, lg_opt = jax.device_get(run(u0, l0))
+    evals = starts * steps * len(_CATS)
+    # rounding: nearest valid plans of each start, with its most probable categories
+    logk = np.log2(valid[:, [KNOBS.index(k) for k in RELAXED]])
+    cand = set()
+    for s in range(starts):
+        z, r = int(np.argmax(lg_opt[s, :4])), int(np.argmax(lg_opt[s, 4:]))
+        same = np.nonzero(
+            (valid[:, KNOBS.index("zero")] == z) & (valid[:, KNOBS.index("recompute")] == r)
+        )[0]
+        pool = same if same.size else np.arange(len(valid))
+        d = np.sum((logk[pool] - u_opt[s]) ** 2, axis=1)
+        cand.update(int(i) for i in pool[np.argsort(d)[:neighbours]])
+    scores = _exact(system, model, problem, valid, sorted(cand), objective)
+    evals += len(cand)
+    best = max(scores, key=scores.get)
+    # local polish: every valid plan one knob away from the best, until no improvement
+    while True:
+        diff = np.sum(valid != valid[best], axis=1)
+        nbrs = [int(i) for i in np.nonzero(diff == 1)[0] if int(i) not in scores]
+        if not nbrs:
+            break
+        new = _exact(system, model, problem, valid, nbrs, objective)
+        evals += len(nbrs)
+        scores.update(new)
+        top = max(scores, key=scores.get)
+        if top == best:
+            break
+        best = top
+    k = valid[best]
+    return {
+        "best": {**{name: int(k[j]) for j, name in enumerate(KNOBS)}, objective: scores[best]},
+        "evaluations": int(evals),
+        "space": int(len(valid)),
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def _exact(system, model, problem, valid, idx, objective) -> dict:
+    """Exact objective of the valid plans `idx` (infeasible plans score -inf)."""
+    from emu.struct import replace
+
+    k = valid[idx]
+    base = _base_plan(problem, len(idx))
+    kw = {name: jnp.asarray(k[:, j]) for j, name in enumerate(KNOBS)}
+    gb = jnp.asarray(_global_batch(problem, k[:, KNOBS.index("dp")]), jnp.float32)
+    plans = replace(base, global_batch=gb, **kw)
+    r = jax.jit(jax.vmap(lambda p: evaluate(system, model, p)))(plans)
+    val = np.asarray(getattr(r, objective))
+    ok = np.asarray(r.feasible) > 0.5
+    return {int(i): (float(v) if o else -np.inf) for i, v, o in zip(idx, val, ok, strict=True)}
