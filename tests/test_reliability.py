@@ -244,3 +244,36 @@ def test_fuzz_measurement_files(capsys, tmp_path_factory, rows):
     path = tmp_path_factory.mktemp("fuzzv") / "rows.jsonl"
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     _clean(capsys, ["validate", str(path), "--json"])
+
+
+def test_no_nan_over_random_systems_and_plans():
+    """Every float leaf of the system scaled by a random factor in [1/4, 4] (fractions kept
+    in (0, 1]), with random plans, in one vmapped call; outputs and gradients finite."""
+    from emu.struct import float_leaves, set_path
+
+    base = emu.load_system("gb200_nvl72")
+    model = emu.load_model("deepseek_v3")
+    n = 20_000
+    rng = np.random.default_rng(5)
+    system = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,)), base)
+    for path, value in float_leaves(base).items():
+        scale = jnp.asarray(4.0 ** rng.uniform(-1, 1, n), jnp.float32)
+        v = value * scale
+        leaf = path.rsplit(".", 1)[-1]
+        if (
+            "efficiency" in leaf
+            or leaf in ("tp", "dp", "pp", "cp", "ep", "ep_tbo", "pipelining")
+            or leaf.endswith("_power")
+        ):
+            v = jnp.clip(v, 0.01, 1.0)
+        if leaf in ("oversubscription", "allreduce_speedup", "pue"):
+            v = jnp.maximum(v, 1.0)
+        system = set_path(system, path, v)
+    plans = _random_plans(n, 13)
+    out = jax.jit(jax.vmap(lambda s, p: evaluate(s, model, p)))(system, plans)
+    assert _all_finite(out)
+    g = jax.jit(jax.vmap(jax.grad(lambda s, p: jnp.log(evaluate(s, model, p).tokens_per_joule))))(
+        jax.tree_util.tree_map(lambda x: x[:2000], system),
+        jax.tree_util.tree_map(lambda x: x[:2000], plans),
+    )
+    assert _all_finite(g)
