@@ -306,6 +306,13 @@ def fit(path=None, *, steps: int = 300, progress=None, checkpoint_dir=None, warn
         text = json.dumps([[it["base"]["id"], it["base"]["measured"]] for it in items])
         text += json.dumps([list(k) for k in problem.keys]) + f"{steps}"
         text += json.dumps(problem.spec_priors())
+        from emu import __version__
+        from emu.struct import content_digest
+
+        for it in items:  # every value the fit depends on, and the release
+            trees = [it["system"]] + ([it["model"], it["plan"]] if it["kind"] == "run" else [])
+            text += json.dumps(it["row"], sort_keys=True, default=str)
+            text += content_digest(*trees, salt=__version__)
         sig = hashlib.sha256(text.encode()).hexdigest()[:16]
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
         ckpt = Path(checkpoint_dir) / f"calibrate-{sig}.npz"

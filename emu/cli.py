@@ -159,7 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-batch", type=int, help="sequences per DP rank in decode")
     p.add_argument("--tpot-slo", type=float, default=0.05)
     p.add_argument("--ttft-slo", type=float, default=2.0)
-    p.add_argument("--precision", default="bf16")
+    p.add_argument(
+        "--precision",
+        default=None,
+        help="default: the chip's 8-bit format (fp8, else int8), else bf16",
+    )
     p.add_argument("--mtp-accept", type=float, default=0.0)
     p.add_argument("--moe-imbalance", type=float, default=1.0)
     p.add_argument("--a2a-overlap", action="store_true")
@@ -256,6 +260,8 @@ def _split_overrides(items: list[str]) -> tuple[dict, dict, dict]:
 
 
 def _setup(args, system_name: str):
+    if getattr(args, "batch", None) is not None and args.batch < 1:
+        raise CliError(f"--batch must be a positive integer (got {args.batch}).")
     from emu.config import apply_overrides, load_model, load_system
     from emu.runner import auto_plan, check_plan
 
@@ -643,8 +649,18 @@ def cmd_serve(args) -> None:
     sys_o, model_o, plan_o = _split_overrides(args.set)
     if plan_o:
         raise CliError("serve takes system and model fields in --set, not plan fields.")
+    for flag in ("prefill_batch", "decode_batch"):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            raise CliError(f"--{flag.replace('_', '-')} must be a positive integer (got {v}).")
     system = load_system(args.system, sys_o)
     model = load_model(args.model, model_o)
+    if args.precision is None:  # serving default: the chip's 8-bit format, else bf16
+        from emu.hardware import peak_flops
+
+        args.precision = next(
+            p for p in ("fp8", "int8", "bf16") if float(peak_flops(system.chip, p)) > 0
+        )
     common = dict(
         precision=args.precision, moe_imbalance=args.moe_imbalance, a2a_overlap=args.a2a_overlap
     )
@@ -750,6 +766,8 @@ def cmd_sweep(args) -> None:
     out = Path(args.out) if args.out else None
     if out and not out.parent.exists():
         raise CliError(f"output folder '{out.parent}' does not exist.")
+    if out and out.is_dir():
+        raise CliError(f"--out '{out}' is a folder; give a file name such as results.csv.")
     base = (
         out.with_name(out.name + ".parts") if out else (Path.home() / ".cache" / "emu" / "sweeps")
     )

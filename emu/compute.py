@@ -39,14 +39,16 @@ def matmul_efficiency(chip: Chip, m, n, k, precision: str = "bf16"):
     return top / (1.0 + chip.matmul_half_dim * inv)
 
 
-def matmul_time(chip: Chip, m, n, k, precision: str, *, count=1.0):
-    """Seconds for `count` matmuls of shape (m, k) @ (k, n) at `precision`."""
+def matmul_time(chip: Chip, m, n, k, precision: str, *, count=1.0, kernels=None):
+    """Seconds for `count` matmuls of shape (m, k) @ (k, n) at `precision`, launched as
+    `kernels` kernels (default: one each; a grouped GEMM runs many in one launch)."""
     flops = 2.0 * m * n * k
     rate = peak_flops(chip, precision) * matmul_efficiency(chip, m, n, k, precision)
     t_compute = safe_div(flops, rate)
     nbytes = (m * k + k * n + m * n) * BYTES_PER_ELEMENT[precision]
     t_memory = safe_div(nbytes, chip.hbm_bytes_per_s * chip.hbm_efficiency)
-    return count * (jnp.maximum(t_compute, t_memory) + chip.kernel_overhead_s)
+    launches = count if kernels is None else kernels
+    return count * jnp.maximum(t_compute, t_memory) + launches * chip.kernel_overhead_s
 
 
 def memory_time(chip: Chip, nbytes, *, kernels=0.0):

@@ -126,7 +126,10 @@ def evaluate(system: System, model: Model, plan: Plan) -> RunResult:
         per_rank = jnp.where(decode, b.tokens_out, b.tokens_in)
         tokens = per_rank * plan.dp
         ctx = jnp.where(decode, plan.context, 0.5 * plan.seq_len)
-        flops_per_token = _forward_flops_per_token(model, ctx)
+        # MFU counts the work done: prefix-cache hits are served, not computed
+        flops_per_token = _forward_flops_per_token(model, ctx) * jnp.where(
+            decode, 1.0, 1.0 - plan.cache_hit
+        )
         busy_mm = b.matmul_s + b.expert_s + b.attention_s + b.head_s
         busy_mem = b.memory_s
         per_seq = jnp.where(decode, safe_div(b.tokens_out, plan.microbatch), 1.0)

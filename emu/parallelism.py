@@ -254,6 +254,15 @@ def validate_plan(
             f"Plan: tp*pp*dp*cp = {chips:g} chips exceeds the largest cluster of this system "
             f"({max_chips:g}); reduce dp."
         )
+    if plan.phase != "train" and (_num(plan.pp) > 1 or _num(plan.cp) > 1):
+        raise ValueError(
+            "Plan: serving plans use tp, dp and ep (pp = cp = 1); drop --pp/--cp "
+            f"(got pp={_num(plan.pp):g}, cp={_num(plan.cp):g})."
+        )
+    if model is not None and _num(plan.mtp_accept) > 0 and _num(model.mtp_layers) == 0:
+        raise ValueError(
+            f"Plan: --mtp-accept needs a model with MTP modules ({model.name} has none)."
+        )
     if model is not None:
         tp, pp, cp = _num(plan.tp), _num(plan.pp), _num(plan.cp)
         ep, experts = _num(plan.ep), _num(model.n_experts)
@@ -352,7 +361,8 @@ def moe_matmuls(model: Model, plan: Plan, t) -> dict:
     tm = moe_tokens_per_chip(plan, t)
     d, de = model.d_model, model.d_ff_expert
     mats = ffn_mats(model)
-    local = safe_div(model.n_experts, plan.ep)
+    # redundant expert slots: a rank holds ceil(E / ep) experts when ep does not divide E
+    local = jnp.ceil(safe_div(model.n_experts, plan.ep) - 1e-4)
     # with expert TP the etp ranks gather each other's tokens and each computes 1/etp of the
     # expert width: the same FLOPs per chip in wider-m, narrower-n GEMMs
     per_expert = (
@@ -432,7 +442,8 @@ def params_split_per_chip(model: Model, plan: Plan):
     vd = model.vocab * model.d_model
     embed = jnp.where(plan.pp > 1.5, vd, jnp.where(model.tied_embeddings, 1.0, 2.0) * vd)
     dense = safe_div(layers * dense_layer + embed, plan.tp)
-    expert = layers * f * safe_div(model.n_experts, plan.ep * plan.etp) * params_expert(model)
+    local = jnp.ceil(safe_div(model.n_experts, plan.ep) - 1e-4)  # redundant slots round up
+    expert = layers * f * safe_div(local, plan.etp) * params_expert(model)
     return dense, expert
 
 

@@ -118,6 +118,15 @@ def auto_plan(
         if v is not None and (v != int(v) or v < 1):
             raise ValueError(f"--{name} must be a positive integer (got {v}).")
     if phase != "train":
+        extra = {
+            "--pp": pp,
+            "--cp": cp if cp != 1 else None,
+            "--etp": etp if etp != 1 else None,
+            "--vpp": vpp if vpp != 1 else None,
+        }
+        bad = [k for k, v in extra.items() if v is not None]
+        if bad:
+            raise ValueError(f"serving plans use --tp, --dp and --ep only; drop {', '.join(bad)}.")
         return _auto_inference_plan(
             system,
             model,
@@ -385,9 +394,23 @@ def largest_batch(system: System, model: Model, plan: Plan, slo_s: float) -> int
         )
     n = max(1, int(float(b)))
     lat = "tpot_s" if plan.phase == "decode" else "ttft_s"
+
+    def ev(k):
+        return _evaluate(system, model, replace(plan, microbatch=jnp.float32(k)))
+
+    # the batch must also fit in HBM (weights + KV cache): largest feasible batch, by halving
+    if float(ev(1).feasible) < 0.5:
+        raise ValueError(
+            f"even batch 1 does not fit in HBM on {system.name}: the weights and KV cache "
+            "need more memory; add chips (or --tp) or shorten --context."
+        )
+    lo, hi = 1, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if float(ev(mid).feasible) > 0.5 else (lo, mid - 1)
+    n = lo
     while n > 1:  # exact re-evaluation at the integer batch
-        r = _evaluate(system, model, replace(plan, microbatch=jnp.float32(n)))
-        if float(getattr(r, lat)) <= slo_s:
+        if float(getattr(ev(n), lat)) <= slo_s:
             break
         n -= 1
     return n

@@ -67,6 +67,13 @@ class Problem:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _content_key(*trees) -> str:
+    from emu import __version__
+    from emu.struct import content_digest
+
+    return content_digest(*trees, salt=__version__)
+
+
 def _pow2_upto(n: int) -> list[int]:
     return [2**i for i in range(int(math.log2(max(n, 1))) + 1)]
 
@@ -87,6 +94,12 @@ def enumerate_plans(system: System, model: Model, problem: Problem) -> np.ndarra
     """
     if problem.phase != "train":
         raise ValueError("sweeps enumerate training plans for now; use --phase train.")
+    from emu.hardware import peak_flops
+
+    if float(peak_flops(system.chip, problem.precision)) <= 0:
+        raise ValueError(
+            f"{system.chip.name} has no {problem.precision} support; choose another --precision."
+        )
     chips = problem.chips
     heads, kv = int(model.n_heads), int(model.n_kv_heads)
     layers, experts = int(model.n_layers), int(model.n_experts)
@@ -102,7 +115,7 @@ def enumerate_plans(system: System, model: Model, problem: Problem) -> np.ndarra
                 if layers % pp:
                     continue
                 dp = chips // (tp * cp * pp)
-                gb = problem.global_batch or dp * max(1, 2**22 // (problem.seq_len * dp))
+                gb = problem.global_batch or dp * max(1, -(-(2**22) // (problem.seq_len * dp)))
                 if gb % dp:
                     continue
                 eps = [e for e in _divisors(experts) if (tp * dp * cp) % e == 0] or [1]
@@ -133,7 +146,7 @@ def _base_plan(problem: Problem, n: int):
 def _global_batch(problem: Problem, dp: np.ndarray) -> np.ndarray:
     if problem.global_batch:
         return np.full_like(dp, problem.global_batch)
-    return dp * np.maximum(1, 2**22 // (problem.seq_len * dp))
+    return dp * np.maximum(1, -(-(2**22) // (problem.seq_len * dp)))  # ceil, as `emu run`
 
 
 def _make_eval(systems: System, model: Model, problem: Problem, n: int):
@@ -241,11 +254,20 @@ def sweep(
         return plans[idx % n_plans], (idx // n_plans).astype(np.int32)
 
     n_dev = len(jax.local_devices())
-    chunk = max(n_dev, min(chunk, int(2 ** math.ceil(math.log2(max(n, 1))))))
-    chunk = int(math.ceil(chunk / n_dev) * n_dev)
+    # the chunk size must not depend on the local device count (all processes share the
+    # chunk layout): a multiple of 64, which every power-of-two device count divides
+    chunk = max(64, min(chunk, int(2 ** math.ceil(math.log2(max(n, 1))))))
+    chunk = int(math.ceil(chunk / 64) * 64)
+    if chunk % n_dev:
+        raise ValueError(
+            f"{n_dev} local devices do not divide the chunk of {chunk} plans; "
+            "use a power-of-two device count."
+        )
     n_chunks = int(math.ceil(n / chunk))
     out = Path(out_dir)
-    sig = problem.signature(f"{chunk}{json.dumps(grid, sort_keys=True)}")
+    sig = problem.signature(
+        f"{chunk}{json.dumps(list((grid or {}).items()))}" + _content_key(system, model)
+    )
     parts = out / f"parts-{sig}"
     parts.mkdir(parents=True, exist_ok=True)
     fn, shard = _make_eval(systems, model, problem, chunk)
@@ -285,12 +307,12 @@ def sweep(
         }
     # streaming merge: per chunk keep its top-k candidates and its Pareto front, so memory
     # does not grow with the sweep
-    sign = -1.0 if objective == "step_time_s" else 1.0
+    sign = -1.0 if objective in ("step_time_s", "power_w") else 1.0
     oc, tc, pc = COLUMNS.index(objective), COLUMNS.index("tokens_per_s"), COLUMNS.index("power_w")
     cand_idx, cand_val, front_idx, front_val = [], [], [], []
     n_feasible = 0
-    deadline = time.time() + 3600
     for i in range(n_chunks):
+        deadline = time.time() + 3600  # per chunk: a slow peer is waited for, not aborted
         path = parts / f"chunk-{i:06d}.npz"
         rows = min(chunk, n - i * chunk)
         while True:

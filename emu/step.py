@@ -92,9 +92,22 @@ class StepBreakdown:
     total_s: Array
 
 
+#: routed-expert GEMMs run as one grouped GEMM per matrix and layer (one launch)
+GROUPED = ("expert_in", "expert_out")
+
+
 def _matmuls_time(chip, shapes: dict, precision: str):
     return sum(
-        compute.matmul_time(chip, m, n, k, precision, count=c) for m, n, k, c in shapes.values()
+        compute.matmul_time(
+            chip,
+            m,
+            n,
+            k,
+            precision,
+            count=c,
+            kernels=jnp.minimum(c, 1.0) if name in GROUPED else None,
+        )
+        for name, (m, n, k, c) in shapes.items()
     )
 
 
@@ -348,14 +361,17 @@ def inference_step(system: System, model: Model, plan: Plan) -> InferenceBreakdo
     ov = system.overlap
     el = BYTES_PER_ELEMENT["bf16"]
     decode = plan.phase == "decode"
-    mtp = jnp.where(plan.mtp_accept > 0, 1.0, 0.0)
+    # MTP drafts need the model's MTP modules (validate_plan refuses them otherwise)
+    mtp = jnp.where((plan.mtp_accept > 0) & (model.mtp_layers > 0), 1.0, 0.0)
     if decode:
         q = 1.0 + mtp
         t = plan.microbatch * q
         attn_shape = (q, plan.context, 1.0, 1.0, 0.0)  # placeholder: replaced below
     else:
         t = plan.microbatch * plan.seq_len * (1.0 - plan.cache_hit)
-        attn_shape = attention_shape(model, plan)
+        s_q, s_kv, d_qk, d_v, heads = attention_shape(model, plan)
+        # prefix-cache hits skip their queries; the new ones still attend to the whole prompt
+        attn_shape = (s_q * (1.0 - plan.cache_hit), s_kv, d_qk, d_v, heads)
     dense_f, expert_f, attn_f, mem_f, disp_f, comb_f = _layer_forward(
         system, model, plan, t, attn_shape
     )
@@ -369,7 +385,9 @@ def inference_step(system: System, model: Model, plan: Plan) -> InferenceBreakdo
         model.d_model,
         plan.precision,
     )
-    comp = layers * (dense_f + expert_f + attn_f + mem_f) + head
+    # MTP drafting: each MTP module is one more block and head pass per decode step
+    mtp_cost = mtp * model.mtp_layers * (dense_f + expert_f + attn_f + mem_f + head)
+    comp = layers * (dense_f + expert_f + attn_f + mem_f) + head + mtp_cost
     act = t * model.d_model * el
     tp_all = (
         layers * 2.0 * collectives.all_reduce_time(system, act, plan.tp, algorithm=plan.algorithm)

@@ -28,7 +28,16 @@ import jax.numpy as jnp
 
 T = TypeVar("T")
 
-__all__ = ["dataclass", "static_field", "replace", "stack", "float_leaves", "get_path", "set_path"]
+__all__ = [
+    "dataclass",
+    "static_field",
+    "replace",
+    "stack",
+    "float_leaves",
+    "get_path",
+    "set_path",
+    "content_digest",
+]
 
 
 def dataclass(cls: type[T]) -> type[T]:
@@ -131,3 +140,19 @@ def _set(obj: Any, head: str, rest: str, value: Any) -> Any:
 def _split(path: str) -> tuple[str, str]:
     head, _, rest = path.partition(".")
     return head, rest
+
+
+def content_digest(*trees, salt: str = "") -> str:
+    """A short digest of every value and of the structure of the given pytrees (and `salt`):
+    checkpoints keyed by it never match a different configuration."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256(salt.encode())
+    for t in trees:
+        h.update(repr(jax.tree_util.tree_structure(t)).encode())
+        for k, v in sorted(float_leaves(t).items()):
+            h.update(k.encode())
+            h.update(np.asarray(v, np.float32).tobytes())
+    return h.hexdigest()[:16]

@@ -346,8 +346,8 @@ def _inference_plan(row, model, n, tp, dp, ep, prec, notes, overlap, imbalance):
         r"kv ([\d,]+)", notes, DEFAULT_PROMPT
     )
     accept = 0.0
-    if "mtp" in notes and "no mtp" not in notes:
-        accept = _num_in(r"(\d+)% acceptance", notes, 100 * DEFAULT_MTP_ACCEPT) / 100.0
+    if "mtp" in notes and not re.search(r"\b(no|without) mtp", notes):
+        accept = _num_in(r"([\d.]+)% acceptance", notes, 100 * DEFAULT_MTP_ACCEPT) / 100.0
     batch = _int_or(p.get("microbatch"), None)
     slo = None
     if batch is None:
