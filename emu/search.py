@@ -27,11 +27,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from emu.objective import evaluate
-from emu.parallelism import make_plan
+from emu.parallelism import Plan, make_plan
 from emu.topology import System
 from emu.workload import Model
 
-__all__ = ["Problem", "enumerate_plans", "sweep", "pareto_front", "COLUMNS", "KNOBS"]
+__all__ = [
+    "Problem",
+    "enumerate_plans",
+    "sweep",
+    "plan_of",
+    "pareto_front",
+    "gradient_search",
+    "COLUMNS",
+    "KNOBS",
+]
 
 #: plan leaves a sweep varies, in the column order of its output
 KNOBS = ("tp", "pp", "dp", "cp", "ep", "microbatch", "vpp", "zero", "recompute", "sp")
@@ -134,6 +143,26 @@ def enumerate_plans(system: System, model: Model, problem: Problem) -> np.ndarra
             "check --chips and --seq-len."
         )
     return np.asarray(rows, np.float32)
+
+
+def plan_of(problem: Problem, row: dict) -> Plan:
+    """The Plan of one sweep result row (`best`, `top` or `pareto` entries): the same plan
+    the sweep evaluated, for `emu.evaluate` or `emu.runner.run`."""
+    return make_plan(
+        tp=row["tp"],
+        pp=row["pp"],
+        dp=row["dp"],
+        cp=row["cp"],
+        ep=row["ep"],
+        microbatch=row["microbatch"],
+        vpp=row["vpp"],
+        zero=row["zero"],
+        recompute=("none", "selective", "full")[int(row["recompute"])],
+        sp=bool(row["sp"]),
+        seq_len=problem.seq_len,
+        global_batch=row["global_batch"],
+        precision=problem.precision,
+    )
 
 
 def _base_plan(problem: Problem, n: int):
@@ -542,7 +571,11 @@ def gradient_search(
         best = top
     k = valid[best]
     return {
-        "best": {**{name: int(k[j]) for j, name in enumerate(KNOBS)}, objective: scores[best]},
+        "best": {
+            **{name: int(k[j]) for j, name in enumerate(KNOBS)},
+            "global_batch": int(_global_batch(problem, k[2:3])[0]),
+            objective: scores[best],
+        },
         "evaluations": int(evals),
         "space": int(len(valid)),
         "wall_s": time.perf_counter() - t0,

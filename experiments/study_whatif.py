@@ -25,35 +25,16 @@ import jax.numpy as jnp
 
 from emu.config import load_model, load_system
 from emu.objective import evaluate
-from emu.runner import auto_plan, enable_cache
-from emu.search import Problem, sweep
+from emu.runner import enable_cache
+from emu.search import Problem, plan_of, sweep
 from emu.struct import replace
 
 
 def best_plan(system, model, chips, seq_len=8192):
+    problem = Problem(system.name, model.name, chips, seq_len=seq_len)
     with tempfile.TemporaryDirectory() as d:
-        res = sweep(
-            system, model, Problem(system.name, model.name, chips, seq_len=seq_len), d, top=1
-        )
-    b = res["best"]
-    plan = auto_plan(
-        system,
-        model,
-        chips,
-        seq_len=seq_len,
-        tp=b["tp"],
-        pp=b["pp"],
-        dp=b["dp"],
-        cp=b["cp"],
-        ep=b["ep"],
-        microbatch=b["microbatch"],
-        vpp=b["vpp"],
-        zero=b["zero"],
-        recompute=["none", "selective", "full"][b["recompute"]],
-        sp=bool(b["sp"]),
-        global_batch=b["global_batch"],
-    )
-    return plan, res["best"]["tokens_per_joule"]
+        res = sweep(system, model, problem, d, top=1)
+    return plan_of(problem, res["best"]), res["best"]["tokens_per_joule"]
 
 
 def optics_scaled(system, s):

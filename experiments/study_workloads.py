@@ -25,7 +25,7 @@ import numpy as np
 from emu.config import load_model, load_system
 from emu.power import full_load_power
 from emu.runner import auto_plan, enable_cache, largest_batch, run
-from emu.search import Problem, sweep
+from emu.search import Problem, plan_of, sweep
 from emu.struct import replace
 
 SYSTEMS = {"cloudmatrix384": "CloudMatrix 384", "gb200_nvl72": "GB200 NVL72"}
@@ -51,42 +51,13 @@ def equal_power_chips(name: str) -> int:
 
 def best_training(system_name, model_name, chips, precision="bf16"):
     system, model = load_system(system_name), load_model(model_name)
+    seq = 4096 if "deepseek" in model_name else 8192
+    problem = Problem(system_name, model_name, chips, seq_len=seq, precision=precision)
     with tempfile.TemporaryDirectory() as d:
-        res = sweep(
-            system,
-            model,
-            Problem(
-                system_name,
-                model_name,
-                chips,
-                seq_len=4096 if "deepseek" in model_name else 8192,
-                precision=precision,
-            ),
-            d,
-            top=1,
-        )
-    b = res["best"]
-    if b is None:
+        res = sweep(system, model, problem, d, top=1)
+    if res["best"] is None:
         return None
-    plan = auto_plan(
-        system,
-        model,
-        chips,
-        seq_len=4096 if "deepseek" in model_name else 8192,
-        tp=b["tp"],
-        pp=b["pp"],
-        dp=b["dp"],
-        cp=b["cp"],
-        ep=b["ep"],
-        microbatch=b["microbatch"],
-        vpp=b["vpp"],
-        zero=b["zero"],
-        recompute=["none", "selective", "full"][b["recompute"]],
-        sp=bool(b["sp"]),
-        precision=precision,
-        global_batch=b["global_batch"],
-    )
-    return run(system, model, plan)
+    return run(system, model, plan_of(problem, res["best"]))
 
 
 def serving(system_name, phase, chips):

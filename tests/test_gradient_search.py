@@ -1,7 +1,7 @@
 import numpy as np
 
 import emu
-from emu.search import KNOBS, Problem, enumerate_plans, gradient_search
+from emu.search import KNOBS, Problem, enumerate_plans, gradient_search, plan_of
 
 
 def test_gradient_search_returns_an_exactly_evaluated_valid_plan():
@@ -12,18 +12,8 @@ def test_gradient_search_returns_an_exactly_evaluated_valid_plan():
     valid = enumerate_plans(system, model, problem)
     row = np.asarray([best[k] for k in KNOBS], np.float32)
     assert (valid == row).all(axis=1).any()
-    plan = emu.make_plan(
-        tp=best["tp"],
-        pp=best["pp"],
-        dp=best["dp"],
-        cp=best["cp"],
-        microbatch=best["microbatch"],
-        vpp=best["vpp"],
-        zero=best["zero"],
-        recompute=["none", "selective", "full"][best["recompute"]],
-        sp=bool(best["sp"]),
-        seq_len=4096,
-        global_batch=best["dp"] * max(1, 2**22 // (4096 * best["dp"])),
+    plan = plan_of(
+        problem, {**best, "global_batch": best["dp"] * max(1, -(-(2**22) // (4096 * best["dp"])))}
     )
     exact = float(emu.evaluate(system, model, plan).tokens_per_joule)
     assert np.isclose(best["tokens_per_joule"], exact, rtol=1e-5)
