@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from emu.hardware import peak_flops
-from emu.objective import evaluate
+from emu.objective import evaluate, max_batch_under_slo
 from emu.parallelism import Plan, make_plan, memory, plan_dict, validate_plan
 from emu.power import full_load_power
 from emu.struct import float_leaves
@@ -337,6 +337,7 @@ def check_plan(system: System, model: Model, plan: Plan, chips: int | None = Non
 
 
 _evaluate = jax.jit(evaluate)
+_max_batch = jax.jit(max_batch_under_slo)  # module level: compiled once per structure
 
 
 def tree_to_dict(tree) -> dict:
@@ -382,10 +383,9 @@ def run(system: System, model: Model, plan: Plan) -> dict:
 def largest_batch(system: System, model: Model, plan: Plan, slo_s: float) -> int:
     """The largest integer batch per DP rank meeting the phase's latency SLO (exactly
     re-evaluated), or raise if even one sequence misses it."""
-    from emu.objective import max_batch_under_slo
     from emu.struct import replace
 
-    b, _, ok = jax.jit(max_batch_under_slo)(system, model, plan, jnp.float32(slo_s))
+    b, _, ok = _max_batch(system, model, plan, jnp.float32(slo_s))
     if float(ok) < 0.5:
         what = "TPOT" if plan.phase == "decode" else "TTFT"
         raise ValueError(
@@ -471,7 +471,7 @@ _jac = jax.jit(jax.jacrev(_log_outputs))
 def sensitivity(system: System, model: Model, plan: Plan) -> dict:
     """Elasticities d ln(y) / d ln(x) of tokens/J and tokens/s for every float field x of
     the system, from one reverse-mode pass; sorted by |elasticity of tokens/J|."""
-    r = jax.jit(evaluate)(system, model, plan)
+    r = _evaluate(system, model, plan)
     grads = _jac(system, model, plan)
     values = float_leaves(system)
     g = float_leaves(grads)
