@@ -319,6 +319,16 @@ def row_plan(row: dict, model):
 def _inference_plan(row, model, n, tp, dp, ep, prec, notes, overlap, imbalance):
     phase = row["kind"]
     p = row.get("parallel") or {}
+    common = dict(
+        tp=tp,
+        dp=dp,
+        ep=ep,
+        a2a_overlap=overlap,
+        moe_imbalance=imbalance,
+        precision=prec,
+        recompute="none",
+        zero=0,
+    )
     if phase == "prefill":
         prompt = _num_in(r"(?:prompt|input) length ([\d,]+)", notes) or (
             1024 * _num_in(r"(\d+)k prompt", notes, DEFAULT_PROMPT / 1024)
@@ -327,19 +337,12 @@ def _inference_plan(row, model, n, tp, dp, ep, prec, notes, overlap, imbalance):
         batch = max(1.0, per_dev / prompt)
         hit = _num_in(r"([\d.]+)% of [\w\s]*input tokens hit", notes, 0.0) / 100.0
         plan = make_plan(
-            tp=tp,
-            dp=dp,
-            ep=ep,
+            **common,
             microbatch=batch,
             global_batch=batch * dp,
             seq_len=prompt,
             phase="prefill",
             cache_hit=hit,
-            a2a_overlap=overlap,
-            moe_imbalance=imbalance,
-            precision=prec,
-            recompute="none",
-            zero=0,
         )
         return validate_plan(plan, model, even_layers=False, even_experts=False), None
     ctx = _num_in(r"kv (?:cache )?length (?:per output token )?([\d,]+)", notes) or _num_in(
@@ -357,20 +360,13 @@ def _inference_plan(row, model, n, tp, dp, ep, prec, notes, overlap, imbalance):
         slo = 2.0 / (float(lo_hi.group(1)) + float(lo_hi.group(2)))
         batch = 1
     plan = make_plan(
-        tp=tp,
-        dp=dp,
-        ep=ep,
+        **common,
         microbatch=batch,
         global_batch=batch * dp,
         seq_len=ctx,
         context=ctx,
         phase="decode",
         mtp_accept=accept,
-        a2a_overlap=overlap,
-        moe_imbalance=imbalance,
-        precision=prec,
-        recompute="none",
-        zero=0,
     )
     return validate_plan(plan, model, even_layers=False, even_experts=False), slo
 
