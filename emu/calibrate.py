@@ -75,6 +75,9 @@ def parameter_spec(items: list[dict]) -> OrderedDict[tuple, dict]:
             spec[("link", link, f)] = {"transform": kind, "prior": float(cal["link"][link][f])}
     for f in ("tp", "dp", "ep_tbo", "pipelining"):
         spec[("overlap", "", f)] = {"transform": "logit", "prior": float(cal["overlap"][f])}
+    if any(it["kind"] == "run" and it["plan"].phase == "train" for it in items):
+        f = "host_kernel_s"
+        spec[("overlap", "", f)] = {"transform": "log", "prior": float(cal["overlap"][f])}
     return spec
 
 

@@ -95,7 +95,11 @@ class Overlap:
     overlapped without an explicit two-micro-batch schedule), `ep_tbo` (the share of
     min(all-to-all, compute) that a two-micro-batch / DualPipe schedule hides), `pipelining`
     (the share of the non-bottleneck stages of a hierarchical collective hidden behind its
-    slowest stage by chunked pipelining)."""
+    slowest stage by chunked pipelining). Not a fraction: `host_kernel_s` (seconds), the
+    host-side cost of issuing one kernel from a training framework (Python dispatch, FP8
+    scaling bookkeeping, CUDA launch). The host runs ahead of the GPU, so it costs time only
+    when a micro-batch issues kernels faster than the GPU retires them (fine-grained MoE:
+    per-expert GEMM and cast launches; see `emu.step`)."""
 
     tp: Array
     dp: Array
@@ -104,12 +108,20 @@ class Overlap:
     ep: Array
     ep_tbo: Array
     pipelining: Array
+    host_kernel_s: Array
 
 
 def example_overlap() -> Overlap:
     f = jnp.float32
     return Overlap(
-        tp=f(0.3), dp=f(0.9), pp=f(0.8), cp=f(0.9), ep=f(0.0), ep_tbo=f(0.5), pipelining=f(0.0)
+        tp=f(0.3),
+        dp=f(0.9),
+        pp=f(0.8),
+        cp=f(0.9),
+        ep=f(0.0),
+        ep_tbo=f(0.5),
+        pipelining=f(0.0),
+        host_kernel_s=f(30e-6),
     )
 
 

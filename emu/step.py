@@ -16,6 +16,16 @@ layers of which a share f are MoE layers:
 so max(compute, comm) <= step <= compute + comm + bubble. Overlap fractions are shared,
 calibrated parameters of the system (`system.overlap`).
 
+Host-bound micro-batches: the framework's host thread issues every kernel of a micro-batch
+(`host_kernel_s` each) while the GPU runs the previous ones, so a micro-batch takes
+max(t_mb, host_mb). Dense layers issue few, large kernels and never fall behind (they are
+not counted); an MoE layer issues a dozen small routing kernels, then a GEMM (and an FP8
+cast or split) per local expert and matrix in forward, dgrad and wgrad (grouped-GEMM front
+ends loop over the experts on the host), so with many small experts per chip and few tokens
+per micro-batch the host, not the GPU, sets the pace:
+    host_mb = L * (1 + bwd + recompute) * f * (K_moe + local_experts * K_expert) * host_kernel_s
+The shortfall nmb * (max(t_mb, host_mb) - t_mb) is reported as `host_wait_s`.
+
 Inference (plan.phase "prefill" or "decode") is one forward pass of the whole model per
 batch on each chip (pipeline stages in sequence): prefill over `seq_len` prompt tokens per
 sequence, decode over 1 + (MTP draft) tokens per sequence that read a KV cache of `context`
@@ -62,6 +72,13 @@ __all__ = ["StepBreakdown", "train_step", "InferenceBreakdown", "inference_step"
 Array = jnp.ndarray
 ELEMENTWISE_KERNELS_FWD = 8.0  # fused norm/residual/activation kernels per layer forward
 ATTN_BWD = 2.5  # flash-attention backward / forward time (recomputes QK^T; Dao et al. 2022)
+#: small kernels an MoE layer forward issues besides the experts' GEMMs (router GEMM, softmax,
+#: top-k, auxiliary loss, token counts, permute, all-to-all, unpermute, probability scaling);
+#: the rest of a layer is a few large fused kernels the host issues far ahead of the GPU
+HOST_KERNELS_MOE_LAYER_FWD = 10.0
+#: kernels per local routed expert per layer forward: the two GEMMs (fused gate/up, down) and
+#: the cast/split of each input (Transformer Engine GroupedLinear issues them per expert)
+HOST_KERNELS_EXPERT_FWD = 4.0
 
 
 @dataclass
@@ -71,7 +88,8 @@ class StepBreakdown:
     + `memory_s` + `head_s`, over all micro-batches on the critical path; the `*_comm_s`,
     `dispatch_s` and `combine_s` fields are raw communication times, `exposed_comm_s` the
     part not hidden behind compute; `bubble_s` the pipeline bubble; `optimizer_s` the
-    optimizer update; `total_s` the step time."""
+    optimizer update; `host_wait_s` the time the GPU waits on the host issuing kernels
+    (host-bound micro-batches, see the module doc); `total_s` the step time."""
 
     matmul_s: Array
     expert_s: Array
@@ -89,6 +107,7 @@ class StepBreakdown:
     bubble_s: Array
     exposed_dp_s: Array
     optimizer_s: Array
+    host_wait_s: Array
     total_s: Array
 
 
@@ -229,13 +248,24 @@ def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
     pp_one = collectives.send_recv_time(system, pp_bytes, stride=pp_stride)
     pp_mb = jnp.where(plan.pp > 1.5, 2.0 * plan.vpp * pp_one, 0.0)
 
-    t_mb = (
+    t_gpu = (
         compute_mb
         + (1.0 - ov.tp) * tp_mb
         + (1.0 - ov.cp) * cp_mb
         + (1.0 - ov.pp) * pp_mb
         + a2a_exposed
     )
+    # host-bound micro-batches: the host issues every kernel of the micro-batch (forward,
+    # backward with dgrad and wgrad, recompute) while the GPU runs; the slower of the two
+    # sets the pace. Routed experts: one set of launches per expert slot on the chip.
+    local = jnp.ceil(safe_div(model.n_experts, plan.ep) - 1e-4)
+    kernels_fwd = moe_fraction(model) * (
+        HOST_KERNELS_MOE_LAYER_FWD + local * HOST_KERNELS_EXPERT_FWD
+    )
+    host_mb = (
+        layers * (1.0 + mtp * per_layer) * (1.0 + bwd + re_dense) * kernels_fwd * ov.host_kernel_s
+    )
+    t_mb = jnp.maximum(t_gpu, host_mb)
     bubble = safe_div(plan.pp - 1.0, plan.vpp) * t_mb
 
     # DP: dense weights over dp x cp ranks (stride tp), experts over their expert-data-
@@ -257,9 +287,15 @@ def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
         ag3 = collectives.all_gather_time(system, w_b, size, stride=stride, algorithm="ring")
         # ZeRO 2 keeps only a gradient shard, so it reduce-scatters every micro-batch
         rs_count = jnp.where(plan.zero > 1.5, nmb, 1.0)
+        # ZeRO 3 alone gathers the weights for forward and again for backward and reduces
+        # the gradients every micro-batch; under a pipeline a stage holds 1/pp of the model,
+        # so FSDP keeps it unsharded over the step's micro-batches (no reshard after forward
+        # or backward, gradients reduced after the last backward: Llama 3 §3.3.2, PyTorch
+        # pipelining): one gather and one reduce-scatter per step.
+        z3 = jnp.where(plan.pp > 1.5, rs3 + ag3, nmb * (rs3 + 2.0 * ag3))
         return jnp.where(
             plan.zero > 2.5,
-            nmb * (rs3 + 2.0 * ag3),
+            z3,
             jnp.where(plan.zero > 0.5, rs_count * rs + ag * trainable, ar),
         )
 
@@ -279,7 +315,7 @@ def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
     )
 
     total = nmb * t_mb + bubble + exposed_dp + optimizer
-    exposed = nmb * (t_mb - compute_mb) + exposed_dp
+    exposed = nmb * (t_gpu - compute_mb) + exposed_dp
     return StepBreakdown(
         matmul_s=nmb * matmul_mb,
         expert_s=nmb * expert_mb,
@@ -297,6 +333,7 @@ def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
         bubble_s=bubble,
         exposed_dp_s=exposed_dp,
         optimizer_s=optimizer,
+        host_wait_s=nmb * (t_mb - t_gpu),
         total_s=total,
     )
 

@@ -65,6 +65,10 @@ METRICS_MOE_COMM = {
 #: production expert-load imbalance (perfect-EPLB projections are 1.18x faster than default
 #: EPLB: facts §5, CM Table 3 5,655 -> 6,688 and SGLang 6,288 -> 7,417 tok/s);
 DEFAULT_MOE_IMBALANCE = 1.18
+#: expert-parallel serving (DP attention + EP over several nodes) uses two-micro-batch overlap
+#: when a row does not say: the published designs all do (DeepSeek's inference system, facts
+#: §5; SGLang large-scale EP; CloudMatrix-Infer's micro-batch pipelining)
+DEFAULT_EP_SERVING_OVERLAP = True
 #: MTP draft acceptance when a row says "with MTP" but not the rate (CM paper's 70%, facts §5);
 DEFAULT_MTP_ACCEPT = 0.7
 #: DeepSeek's prefill profile: 16,384 tokens per device, 4K prompts (facts §5; row notes).
@@ -287,6 +291,11 @@ def row_plan(row: dict, model):
     # "TP=8 ... for attention and experts" (Megatron-LM): experts are tensor-parallel too
     etp = tp if (moe and re.search(r"for attention and experts", text)) else 1
     overlap = bool(re.search(r"dualpipe|two-(micro)?batch overlap|two-microbatch", text))
+    if row["kind"] in ("prefill", "decode") and ep > 1:
+        # expert-parallel serving overlaps one micro-batch's dispatch/combine with the other's
+        # compute unless the row says otherwise (DEFAULT_EP_SERVING_OVERLAP)
+        off = re.search(r"\b(no|without) (two-(micro)?batch overlap|tbo)\b", text)
+        overlap = overlap or (DEFAULT_EP_SERVING_OVERLAP and not off)
     balanced = bool(re.search(r"perfect eplb|force-balanced", text))
     imbalance = 1.0 if (balanced or not moe) else DEFAULT_MOE_IMBALANCE
     if row["kind"] in ("prefill", "decode"):

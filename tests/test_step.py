@@ -25,7 +25,8 @@ def test_step_is_bounded_by_compute_and_communication(catalog):
         comm = b.tp_comm_s + b.cp_comm_s + b.pp_comm_s + b.dp_comm_s
         total = float(b.total_s)
         assert max(float(b.compute_s), 0.0) <= total
-        assert total <= float(b.compute_s + comm + b.bubble_s + b.optimizer_s) * (1 + 1e-6)
+        bound = b.compute_s + comm + b.bubble_s + b.optimizer_s + b.host_wait_s
+        assert total <= float(bound) * (1 + 1e-6)
 
 
 def test_faster_scale_up_never_slows_a_step(catalog):
@@ -85,3 +86,60 @@ def test_zero_stages_order_dp_traffic(catalog):
         for z in (1, 2, 3)
     ]
     assert dp[0] < dp[1] < dp[2]
+
+
+def _with_host(system, host_kernel_s):
+    return replace(
+        system, overlap=replace(system.overlap, host_kernel_s=jnp.float32(host_kernel_s))
+    )
+
+
+def test_host_bound_moe_micro_batches():
+    """Fine-grained MoE with few tokens per micro-batch: the host issuing per-expert kernels
+    sets the pace, more so with more experts per chip; a large dense step never waits on the
+    host; with a free host the step is the GPU-only step."""
+    from emu.config import load_model, load_system
+
+    sys = load_system("dgx_h100")
+    moe = load_model("qwen3_30b_a3b")
+
+    def plan(ep, mb):
+        return make_plan(
+            ep=ep, dp=8, microbatch=mb, global_batch=8 * mb * 4, seq_len=4096, precision="fp8"
+        )
+
+    slow = _with_host(sys, 60e-6)
+    few = train_step(slow, moe, plan(8, 1))  # 16 experts per chip
+    many = train_step(slow, moe, plan(1, 1))  # all 128 experts on every chip
+    assert float(few.host_wait_s) > 0.0
+    assert float(many.host_wait_s) > float(few.host_wait_s)
+    # more tokens per micro-batch give the GPU enough work to hide the host
+    big = train_step(slow, moe, plan(8, 16))
+    assert float(big.host_wait_s) / float(big.total_s) < float(few.host_wait_s) / float(few.total_s)
+    # the step grows monotonically with the host cost, and a free host changes nothing
+    t = [float(train_step(_with_host(sys, h), moe, plan(8, 1)).total_s) for h in (0, 3e-5, 6e-5)]
+    assert t[0] <= t[1] <= t[2] and t[0] < t[2]
+    free = train_step(_with_host(sys, 0.0), moe, plan(8, 1))
+    assert float(free.host_wait_s) == 0.0
+    dense = train_step(slow, load_model("llama3_70b"), make_plan(tp=8, dp=1, seq_len=8192))
+    assert float(dense.host_wait_s) == 0.0
+
+
+def test_fsdp_under_a_pipeline_gathers_once_per_step(catalog):
+    """ZeRO-3 alone gathers and reduces every micro-batch; under a pipeline (a stage holds
+    1/pp of the model) weights stay gathered over the step's micro-batches."""
+    sys, model = catalog["h100"], catalog["llama70"]
+
+    def dp_comm(pp, gb):
+        p = make_plan(tp=8, pp=pp, dp=8, global_batch=gb, seq_len=4096, zero=3)
+        return float(train_step(sys, model, p).dp_comm_s)
+
+    assert dp_comm(1, 64) == pytest.approx(2 * dp_comm(1, 32), rel=1e-5)
+    assert dp_comm(2, 64) == pytest.approx(dp_comm(2, 32), rel=1e-5)
+    # once per step, still at least ZeRO-1's gradient reduce-scatter + weight all-gather
+    z1 = float(
+        train_step(
+            sys, model, make_plan(tp=8, pp=2, dp=8, global_batch=64, seq_len=4096, zero=1)
+        ).dp_comm_s
+    )
+    assert dp_comm(2, 64) >= 0.5 * z1
