@@ -3,8 +3,10 @@
 Only parameters shared across rows are fitted, per chip family (the matmul efficiency
 curve: asymptotic 16-bit and 8-bit efficiency, half-efficiency size), per link type
 (achievable bandwidth fraction, fixed latency of a collective) and globally (overlap
-fractions). Each lives in a transformed coordinate (logit for fractions, log for positive
-quantities) with a Gaussian prior around the default of configs/calibration/defaults.toml:
+fractions; the host's cost of issuing one kernel, which only training rows with host-bound
+MoE micro-batches constrain). Each lives in a transformed coordinate (logit for fractions,
+log for positive quantities) with a Gaussian prior around the default of
+configs/calibration/defaults.toml:
 
     loss(u) = sum_i w_i huber(log pred_i(u) - log measured_i) / sum_i w_i
               + sum_j ((u_j - u0_j) / sigma)^2 / (2 sum_i w_i)

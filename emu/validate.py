@@ -6,7 +6,9 @@ row leaves a field null, the documented default applies (see `row_plan`): micro-
 dp = n_chips / (tp pp cp) (also when the published degrees do not multiply to n_chips);
 tp = the largest power of two <= 8 dividing the heads and the model-parallel size when only
 t*p is known; ZeRO 1 (distributed optimizer) unless the row says FSDP/ZeRO-3 (3);
-recomputation "selective" (flash attention); SP on when tp > 1; vpp 1.
+recomputation "selective" (flash attention); SP on when tp > 1; vpp 1; expert-parallel
+serving rows (prefill/decode with ep > 1) use two-micro-batch overlap unless they say "no"
+or "without" it.
 
 Error = |predicted - measured| / measured on the metric as published.
 """
@@ -290,11 +292,13 @@ def row_plan(row: dict, model):
     ep = _int_or(p.get("ep"), 1) if moe else 1
     # "TP=8 ... for attention and experts" (Megatron-LM): experts are tensor-parallel too
     etp = tp if (moe and re.search(r"for attention and experts", text)) else 1
-    overlap = bool(re.search(r"dualpipe|two-(micro)?batch overlap|two-microbatch", text))
+    off = bool(re.search(r"\b(no|without) (two-(micro)?batch overlap|tbo)\b", text))
+    overlap = not off and bool(
+        re.search(r"dualpipe|two-(micro)?batch overlap|two-microbatch", text)
+    )
     if row["kind"] in ("prefill", "decode") and ep > 1:
         # expert-parallel serving overlaps one micro-batch's dispatch/combine with the other's
         # compute unless the row says otherwise (DEFAULT_EP_SERVING_OVERLAP)
-        off = re.search(r"\b(no|without) (two-(micro)?batch overlap|tbo)\b", text)
         overlap = overlap or (DEFAULT_EP_SERVING_OVERLAP and not off)
     balanced = bool(re.search(r"perfect eplb|force-balanced", text))
     imbalance = 1.0 if (balanced or not moe) else DEFAULT_MOE_IMBALANCE

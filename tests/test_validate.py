@@ -73,3 +73,18 @@ def test_empty_file_is_a_clear_error(tmp_path):
     p.write_text("")
     with pytest.raises(ValueError, match="empty"):
         validate_file(p)
+
+
+def test_ep_serving_rows_default_to_two_micro_batch_overlap():
+    """An expert-parallel serving row that does not mention overlap gets the documented
+    default (two-micro-batch overlap); one that says it runs without it does not."""
+    from emu.validate import row_model, row_plan
+
+    rows = [json.loads(line) for line in open(_file()) if line.strip()]
+    row = next(r for r in rows if r["id"] == "sglang_h100_prefill_4096_perfectEPLB")
+    model = row_model(row)
+    plan, _ = row_plan(row, model)
+    assert float(plan.a2a_overlap) == 1.0
+    off = {**row, "notes": row["notes"] + " Run without two-batch overlap."}
+    plan_off, _ = row_plan(off, model)
+    assert float(plan_off.a2a_overlap) == 0.0
