@@ -29,11 +29,20 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{message} (see `{self.prog} --help`)")
 
 
-def _workload_args(p: argparse.ArgumentParser, *, system: bool = True) -> None:
+def _workload_args(
+    p: argparse.ArgumentParser, *, system: bool = True, chips_list: bool = False
+) -> None:
     if system:
         p.add_argument("--system", default="gb200_nvl72", help="catalog name or TOML path")
     p.add_argument("--model", default=DEFAULT_MODEL, help="catalog name or TOML path")
-    p.add_argument("--chips", type=int, help="chips used (default: one system unit)")
+    if chips_list:
+        p.add_argument(
+            "--chips",
+            help="chips used, or comma-separated candidates (the chip count becomes a knob, "
+            "e.g. under --power-cap); default: one system unit",
+        )
+    else:
+        p.add_argument("--chips", type=int, help="chips used (default: one system unit)")
     for name, hlp in (
         ("tp", "tensor-parallel degree"),
         ("pp", "pipeline-parallel degree"),
@@ -97,6 +106,38 @@ def _workload_args(p: argparse.ArgumentParser, *, system: bool = True) -> None:
         help="prefill: share of prompt tokens served from a prefix cache",
     )
     _common(p)
+
+
+def _search_args(p: argparse.ArgumentParser) -> None:
+    """The flags `emu search` and `emu sweep` share: `emu run`'s workload, then the search."""
+    _workload_args(p, chips_list=True)
+    g = p.add_argument_group("search")
+    g.add_argument(
+        "--objective",
+        default="tokens_per_joule",
+        help="run field to optimise: tokens_per_joule (default), tokens_per_s, "
+        "tokens_per_s_per_chip, mfu (maximised); step_time_s, power_w, ttft_s, tpot_s, "
+        "energy_per_step_j (minimised)",
+    )
+    g.add_argument(
+        "--free",
+        help="comma-separated plan knobs that vary (default: every knob not given on the "
+        "command line): tp, pp, cp, ep, microbatch, vpp, zero, recompute, sp",
+    )
+    g.add_argument("--power-cap", type=float, metavar="W", help="IT power cap, watts")
+    g.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2,...",
+        help="also search a topology knob (domain, scaleup_bw, scaleout_bw, "
+        "oversubscription, optics_share) or a system field path over these values "
+        "(repeatable: product)",
+    )
+    g.add_argument("--top", type=int, default=10, help="best configurations listed")
+    g.add_argument(
+        "--out", metavar="FILE", help="every evaluated configuration as CSV or Parquet (.parquet)"
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -170,39 +211,34 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser(
+        "search",
+        help="best plan (and topology) by gradient search, exactly re-evaluated",
+        description="Maximise --objective over the parallel plan (and the --grid topology "
+        "knobs) by gradient over a relaxed plan, then round to valid plans and polish them "
+        "by a discrete local search (emu.search.gradient_search). Knobs given on the "
+        "command line (--tp 8) stay fixed; --free lists the knobs that vary. The exhaustive "
+        "alternative is `emu sweep` with the same flags.",
+    )
+    _search_args(p)
+    p.add_argument("--starts", type=int, help="random starts (default: by the space size)")
+    p.add_argument("--steps", type=int, default=40, help="optimiser steps per start")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser(
         "sweep",
-        help="evaluate every valid training plan (one compiled, vmapped, resumable sweep)",
-        description="Evaluate every valid discrete training plan of a problem in chunks with "
-        "one compilation, sharded over all JAX devices (and over processes with "
-        "--coordinator/--num-processes/--process-id or the JAX_COORDINATOR_ADDRESS, "
-        "JAX_NUM_PROCESSES, JAX_PROCESS_ID variables; processes share the output folder). "
-        "Chunks stream to OUT.parts/ as they finish; the same command resumes a killed sweep.",
+        help="evaluate every valid plan (one compiled, vmapped, resumable sweep)",
+        description="Evaluate every valid discrete plan (times the --grid values) of a "
+        "problem in chunks with one compilation, sharded over all JAX devices (and over "
+        "processes with --coordinator/--num-processes/--process-id or the "
+        "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID variables; processes "
+        "share the output folder). Chunks stream to OUT.parts/ as they finish; the same "
+        "command resumes a killed sweep.",
     )
-    p.add_argument("--system", default="gb200_nvl72")
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--chips", type=int, help="chips (default: one system unit)")
-    p.add_argument("--seq-len", type=int, default=8192)
-    p.add_argument("--global-batch", type=int, help="sequences per step (default >= 4 Mi tokens)")
-    p.add_argument("--precision", default="bf16")
-    p.add_argument(
-        "--objective",
-        default="tokens_per_joule",
-        help="tokens_per_joule, tokens_per_s, mfu, step_time_s (minimised)",
-    )
-    p.add_argument("--top", type=int, default=10)
-    p.add_argument("--out", metavar="FILE", help="all results as CSV (checkpoints in FILE.parts)")
+    _search_args(p)
     p.add_argument("--chunk", type=int, default=1 << 16, help="plans per compiled call")
-    p.add_argument(
-        "--grid",
-        action="append",
-        default=[],
-        metavar="PATH=V1,V2,...",
-        help="also sweep a system field over these values (repeatable: product)",
-    )
     p.add_argument("--coordinator", metavar="HOST:PORT")
     p.add_argument("--num-processes", type=int)
     p.add_argument("--process-id", type=int)
-    _common(p)
 
     p = sub.add_parser("sensitivity", help="elasticities of tokens/J and tokens/s (jax.grad)")
     _workload_args(p)
@@ -721,13 +757,193 @@ def cmd_serve(args) -> None:
     _emit(args, out, f"{system.name} / {model.name}\n" + _table(rows, ["quantity", "value"]))
 
 
+def _search_setup(args):
+    """(system, model, problem, grid, out) of `emu search` / `emu sweep`, checked."""
+    from pathlib import Path
+
+    from emu.config import load_model, load_system
+    from emu.parallelism import RECOMPUTE
+    from emu.search import KNOBS, Problem, check_grid
+
+    sys_o, model_o, plan_o = _split_overrides(args.set)
+    if plan_o:
+        raise CliError(
+            f"{args.command} varies the plan itself; --set takes system and model fields."
+        )
+    if args.top < 1:
+        raise CliError(f"--top must be >= 1 (got {args.top}).")
+    if args.dp is not None:
+        raise CliError(f"{args.command} derives dp from --chips; drop --dp.")
+    if args.etp != 1 or args.algorithm != "hierarchical":
+        raise CliError(f"{args.command} keeps --etp 1 and the hierarchical algorithm; drop them.")
+    system = load_system(args.system, sys_o)
+    model = load_model(args.model, model_o)
+    if args.chips is None:
+        chips: int | tuple = int(float(system.n_chips))
+    else:
+        try:
+            counts = tuple(int(c) for c in str(args.chips).split(",") if c.strip())
+        except ValueError:
+            raise CliError(
+                f"--chips expects integers, e.g. 72 or 64,128,256 (got '{args.chips}')."
+            ) from None
+        if not counts:
+            raise CliError("--chips is empty; give a chip count.")
+        chips = counts[0] if len(counts) == 1 else counts
+    explicit = {
+        k: getattr(args, k) for k in ("tp", "pp", "cp", "vpp", "ep") if getattr(args, k) is not None
+    }
+    if args.recompute is not None:
+        explicit["recompute"] = int(RECOMPUTE[args.recompute])
+    if args.no_sp:
+        explicit["sp"] = 0
+    if args.phase != "train" and args.batch is not None:
+        explicit["microbatch"] = args.batch
+    plan_knobs = [k for k in KNOBS if k != "dp"]
+    if args.free is not None:
+        free = tuple(k.strip() for k in args.free.split(",") if k.strip())
+        bad = [k for k in free if k not in plan_knobs]
+        if bad:
+            raise CliError(f"--free: unknown knob '{bad[0]}'; known: {', '.join(plan_knobs)}.")
+        fixed = {**{"microbatch": args.microbatch, "zero": args.zero}, **explicit}
+    else:
+        free = tuple(k for k in plan_knobs if k not in explicit)
+        fixed = explicit
+    grid = {}
+    for item in args.grid:
+        path, sep, values = item.partition("=")
+        if not sep or not values:
+            raise CliError(f"--grid expects NAME=V1,V2,... (got '{item}').")
+        try:
+            grid[path.strip()] = [float(v) for v in values.split(",")]
+        except ValueError:
+            raise CliError(
+                f"--grid {path.strip()}: values must be numbers (got '{values}')."
+            ) from None
+    check_grid(system, grid)
+    problem = Problem(
+        system=system.name,
+        model=model.name,
+        chips=chips,
+        seq_len=args.seq_len,
+        global_batch=args.global_batch,
+        precision=args.precision,
+        phase=args.phase,
+        objective=args.objective,
+        free=free,
+        fixed=tuple(sorted(fixed.items())),
+        power_cap=args.power_cap,
+        tpot_slo=args.tpot_slo,
+        ttft_slo=args.ttft_slo if args.phase == "prefill" else None,
+        context=args.context,
+        a2a_overlap=args.a2a_overlap,
+        moe_imbalance=args.moe_imbalance,
+        mtp_accept=args.mtp_accept,
+        cache_hit=args.cache_hit,
+    )
+    out = Path(args.out) if args.out else None
+    if out and not out.parent.exists():
+        raise CliError(f"output folder '{out.parent}' does not exist.")
+    if out and out.is_dir():
+        raise CliError(f"--out '{out}' is a folder; give a file name such as results.csv.")
+    if out and out.suffix.lower() not in (".csv", ".parquet"):
+        raise CliError(f"--out '{out}': use a .csv or .parquet file name.")
+    return system, model, problem, grid, out
+
+
+def _best_run(system, model, problem, res) -> dict | None:
+    """The `run` object (with its plan) of the best configuration, plus its grid values."""
+    from emu.runner import run
+    from emu.search import plan_of, system_of
+
+    row = res["best"]
+    if row is None:
+        return None
+    names = res["_space"].names
+    r = run(system_of(system, row, names), model, plan_of(problem, row))
+    r["grid"] = {n: row[n] for n in names}
+    r["objective"] = {"name": res["objective"], "value": row["objective"]}
+    return r
+
+
+def _search_text(res: dict, what: str) -> str:
+    names = res["_space"].names
+    rows = [
+        [
+            str(i + 1),
+            *[f"{r[n]:g}" for n in names],
+            f"{r['tp']}/{r['pp']}/{r['dp']}/{r['cp']}/{r['ep']}",
+            f"{r['microbatch']}",
+            f"{r['vpp']}",
+            f"{r['zero']}",
+            ("none", "selective", "full")[r["recompute"]],
+            f"{r['sp']}",
+            f"{r['objective']:.4g}",
+            _si(r["tokens_per_s"], "tok/s"),
+            f"{r['tokens_per_joule']:.4g}",
+            _si(r["power_w"], "W"),
+        ]
+        for i, r in enumerate(res["top"])
+    ]
+    head = ["#", *names, "tp/pp/dp/cp/ep", "mb", "vpp", "zero", "recompute", "sp"]
+    head += [res["objective"], "tokens/s", "tokens/J", "power"]
+    text = what + "\n" + (_table(rows, head) if rows else "no feasible configuration")
+    if not rows:
+        text += (
+            " (none fits in memory, meets the SLO and stays under the power cap); relax "
+            "--tpot-slo/--power-cap, add chips or fix fewer knobs."
+        )
+    return text
+
+
+def _search_json(res: dict, best: dict | None, out) -> dict:
+    shown = {k: v for k, v in res.items() if not k.startswith("_") and k != "best"}
+    return {"best": best, **shown, "out": str(out) if out else None}
+
+
+def cmd_search(args) -> None:
+    from emu.runner import enable_cache
+    from emu.search import gradient_search, write_table
+
+    enable_cache()
+    system, model, problem, grid, out = _search_setup(args)
+    if args.starts is not None and args.starts < 1 or args.steps < 1:
+        raise CliError("--starts and --steps must be >= 1.")
+
+    def progress(stage: str, evaluations: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\rsearch: {stage:<38} {evaluations:7d} evaluations", end="", file=sys.stderr)
+            if stage == "done":
+                print(file=sys.stderr)
+
+    res = gradient_search(
+        system,
+        model,
+        problem,
+        grid=grid,
+        starts=args.starts,
+        steps=args.steps,
+        top=args.top,
+        seed=args.seed,
+        progress=progress,
+    )
+    if out:
+        write_table(res, out)
+    best = _best_run(system, model, problem, res)
+    what = (
+        f"gradient search: {res['evaluations']} evaluations ({res['gradient_evaluations']} "
+        f"gradient + {res['exact_evaluations']} exact) of a space of {res['space']}, "
+        f"{res['wall_s']:.1f} s"
+    )
+    _emit(args, _search_json(res, best, out), _search_text(res, what))
+
+
 def cmd_sweep(args) -> None:
     import os
     from pathlib import Path
 
-    from emu.config import load_model, load_system
     from emu.runner import enable_cache
-    from emu.search import Problem, sweep, write_table
+    from emu.search import sweep, write_table
 
     coord = args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
     nproc = args.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "1"))
@@ -745,29 +961,9 @@ def cmd_sweep(args) -> None:
 
         jax.distributed.initialize(coordinator_address=coord, num_processes=nproc, process_id=pid)
     enable_cache()
-    if args.chunk < 1 or args.top < 1:
-        raise CliError("--chunk and --top must be >= 1.")
-    sys_o, model_o, plan_o = _split_overrides(args.set)
-    if plan_o:
-        raise CliError("sweep varies the plan itself; --set takes system and model fields.")
-    system = load_system(args.system, sys_o)
-    model = load_model(args.model, model_o)
-    chips = args.chips if args.chips is not None else int(float(system.n_chips))
-    if chips < 1:
-        raise CliError(f"--chips must be a positive integer (got {chips}).")
-    problem = Problem(
-        system=system.name,
-        model=model.name,
-        chips=chips,
-        seq_len=args.seq_len,
-        global_batch=args.global_batch,
-        precision=args.precision,
-    )
-    out = Path(args.out) if args.out else None
-    if out and not out.parent.exists():
-        raise CliError(f"output folder '{out.parent}' does not exist.")
-    if out and out.is_dir():
-        raise CliError(f"--out '{out}' is a folder; give a file name such as results.csv.")
+    if args.chunk < 1:
+        raise CliError("--chunk must be >= 1.")
+    system, model, problem, grid, out = _search_setup(args)
     base = (
         out.with_name(out.name + ".parts") if out else (Path.home() / ".cache" / "emu" / "sweeps")
     )
@@ -779,24 +975,12 @@ def cmd_sweep(args) -> None:
             if done == total:
                 print(file=sys.stderr)
 
-    grid = {}
-    for item in args.grid:
-        path, sep, values = item.partition("=")
-        if not sep or not values:
-            raise CliError(f"--grid expects PATH=V1,V2,... (got '{item}').")
-        try:
-            grid[path.strip()] = [float(v) for v in values.split(",")]
-        except ValueError:
-            raise CliError(
-                f"--grid {path.strip()}: values must be numbers (got '{values}')."
-            ) from None
     res = sweep(
         system,
         model,
         problem,
         base,
         grid=grid,
-        objective=args.objective,
         top=args.top,
         chunk=args.chunk,
         process_id=pid,
@@ -808,45 +992,14 @@ def cmd_sweep(args) -> None:
         return
     if out:
         write_table(res, out)
-    shown = {k: v for k, v in res.items() if not k.startswith("_")}
-    shown["out"] = str(out) if out else None
-    rows = [
-        [
-            str(i + 1),
-            f"{r['tp']}/{r['pp']}/{r['dp']}/{r['cp']}/{r['ep']}",
-            f"{r['microbatch']}",
-            f"{r['vpp']}",
-            f"{r['zero']}",
-            f"{r['recompute']}",
-            f"{r['sp']}",
-            f"{r['tokens_per_s']:.4g}",
-            f"{r['tokens_per_joule']:.4g}",
-            f"{100 * r['mfu']:.1f}%",
-        ]
-        for i, r in enumerate(res["top"])
-    ]
-    text = (
+    best = _best_run(system, model, problem, res)
+    what = (
         f"{res['evaluations']} configurations ({res['grid_points']} grid points, "
-        f"{res['feasible']} fit in memory), {res['chunks']} "
-        f"chunk(s), {res['resumed']} resumed, {res['wall_s']:.2f} s\n"
-        + _table(
-            rows,
-            [
-                "#",
-                "tp/pp/dp/cp/ep",
-                "mb",
-                "vpp",
-                "zero",
-                "recompute",
-                "sp",
-                "tokens/s",
-                "tokens/J",
-                "MFU",
-            ],
-        )
-        + f"\nPareto front (tokens/s vs W): {len(res['pareto'])} plans"
+        f"{res['feasible']} feasible), {res['chunks']} chunk(s), {res['resumed']} resumed, "
+        f"{res['wall_s']:.2f} s"
     )
-    _emit(args, shown, text)
+    text = _search_text(res, what) + f"\nPareto front (tokens/s vs W): {len(res['pareto'])} plans"
+    _emit(args, _search_json(res, best, out), text)
 
 
 def plan_dict_of(plan) -> dict:
@@ -863,6 +1016,7 @@ COMMANDS = {
     "sensitivity": cmd_sensitivity,
     "serve": cmd_serve,
     "calibrate": cmd_calibrate,
+    "search": cmd_search,
     "sweep": cmd_sweep,
     "validate": cmd_validate,
 }

@@ -1,13 +1,25 @@
-"""Design-space exploration: exhaustive sweeps (and, next, gradient search).
+"""Design-space exploration: exhaustive sweeps and gradient search, over plans and topology.
 
-`enumerate_plans` lists every valid discrete plan of a problem on the host (numpy, fast);
-`sweep` evaluates them in fixed-size chunks with ONE compiled, vmapped function (the last
-chunk is padded), shards each chunk over all JAX devices, streams every chunk to disk as
-it finishes (write-then-rename, with a checksum), and on restart with the same problem
-skips the chunks already on disk, after verifying them: a killed sweep resumes without
-losing or duplicating results. With several processes (jax.distributed), process p takes
-the chunks i with i % n == p and process 0 merges. It keeps the top-k and the Pareto front
-(tokens/s vs watts) of the feasible plans.
+A `Problem` names a workload (system, model, chips, phase, sequence, SLO, power cap) and its
+discrete design space: every valid parallel plan (`enumerate_plans`, host-side numpy), times
+an optional `grid` of system values: dotted field paths (`chip.hbm_bytes_per_s`) or the
+topology knobs of `emu.topology.reshape` (`domain`, `scaleup_bw`, `scaleout_bw`,
+`oversubscription`, `optics_share`). A plan is feasible when it fits in HBM, meets the
+phase's latency SLO, stays under the power cap and its scale-up domain is reachable.
+
+`sweep` evaluates the whole space in fixed-size chunks with ONE compiled, vmapped function
+(the last chunk is padded), shards each chunk over all JAX devices, streams every chunk to
+disk as it finishes (write-then-rename, with a checksum), and on restart with the same
+problem skips the chunks already on disk, after verifying them: a killed sweep resumes
+without losing or duplicating results. With several processes (jax.distributed), process p
+takes the chunks i with i % n == p and process 0 merges. It keeps the top-k and the Pareto
+front (tokens/s vs watts) of the feasible plans.
+
+`gradient_search` relaxes the same space: log2 of the parallel degrees and batch, the grid
+axes as continuous coordinates, smooth penalties for memory, SLO, power cap and reach; an
+optax optimiser runs inside `lax.scan`, many starts at once under `vmap`; each start is
+rounded to its nearest valid discrete plans and grid points, the best are polished by a
+discrete local search, and every reported result is re-evaluated exactly.
 """
 
 from __future__ import annotations
@@ -19,7 +31,9 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass as pydataclass
+from dataclasses import field
 from pathlib import Path
 
 import jax
@@ -28,7 +42,8 @@ import numpy as np
 
 from emu.objective import evaluate
 from emu.parallelism import Plan, make_plan
-from emu.topology import System
+from emu.struct import replace, set_path
+from emu.topology import TOPOLOGY_KNOBS, System, reshape
 from emu.workload import Model
 
 __all__ = [
@@ -36,51 +51,121 @@ __all__ = [
     "enumerate_plans",
     "sweep",
     "plan_of",
+    "system_of",
     "pareto_front",
     "gradient_search",
+    "write_table",
     "COLUMNS",
     "KNOBS",
+    "OBJECTIVES",
 ]
 
-#: plan leaves a sweep varies, in the column order of its output
+#: plan leaves a search varies, in the column order of its output
 KNOBS = ("tp", "pp", "dp", "cp", "ep", "microbatch", "vpp", "zero", "recompute", "sp")
-#: outputs kept per plan
+#: outputs kept per configuration; `objective` is the value being optimised
 COLUMNS = (
+    "objective",
+    "feasible",
     "step_time_s",
     "tokens_per_s",
+    "tokens_per_s_per_chip",
     "tokens_per_joule",
     "power_w",
     "mfu",
-    "feasible",
+    "ttft_s",
+    "tpot_s",
     "memory_bytes",
 )
+#: objectives by name (fields of the `run` JSON): +1 maximised, -1 minimised
+OBJECTIVES = {
+    "tokens_per_joule": 1.0,
+    "tokens_per_s": 1.0,
+    "tokens_per_s_per_chip": 1.0,
+    "mfu": 1.0,
+    "step_time_s": -1.0,
+    "power_w": -1.0,
+    "facility_power_w": -1.0,
+    "energy_per_step_j": -1.0,
+    "ttft_s": -1.0,
+    "tpot_s": -1.0,
+}
+#: knob values when a knob is not free and not given
+DEFAULTS = {
+    "tp": 1,
+    "pp": 1,
+    "cp": 1,
+    "ep": 1,
+    "microbatch": 1,
+    "vpp": 1,
+    "zero": 1,
+    "recompute": 1,
+    "sp": 1,
+}
 CHUNK = 1 << 16
 #: testing knob: seconds to pause after each chunk, so a test can kill a sweep mid-way
 _THROTTLE_S = float(os.environ.get("EMU_SWEEP_THROTTLE_S", "0") or 0)
+_TOKENS_PER_STEP = 2**22  # default training batch: >= 4 Mi tokens per step, as `emu run`
 
 
 @pydataclass(frozen=True)
 class Problem:
-    """A sweep problem: the workload and the plan space (host-side, hashable)."""
+    """A search problem: the workload, its constraints and which knobs are free.
+
+    `chips` is one chip count or a tuple of candidates (with a `power_cap`, the number of
+    chips under a power budget becomes a knob). `free` names the plan knobs that vary (None:
+    all of KNOBS); the others take `fixed` values (tuple of (knob, value)) or DEFAULTS.
+    `objective` is a name in OBJECTIVES or a function of the RunResult to maximise.
+    Decode plans must meet `tpot_slo` (s), prefill plans `ttft_slo` (s, if given);
+    `power_cap` (W, IT power of the chips used) applies to every phase."""
 
     system: str
     model: str
-    chips: int
+    chips: int | tuple = 0
     seq_len: int = 4096
     global_batch: int | None = None
     precision: str = "bf16"
     phase: str = "train"
+    objective: str | Callable = "tokens_per_joule"
+    free: tuple | None = None
+    fixed: tuple = ()
+    power_cap: float | None = None
+    tpot_slo: float = 0.05
+    ttft_slo: float | None = None
+    context: int | None = None
+    a2a_overlap: bool = False
+    moe_imbalance: float = 1.0
+    mtp_accept: float = 0.0
+    cache_hit: float = 0.0
+    _cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def chip_counts(self) -> tuple[int, ...]:
+        c = self.chips if isinstance(self.chips, tuple | list) else (self.chips,)
+        return tuple(int(x) for x in c)
+
+    def sign(self) -> float:
+        return OBJECTIVES.get(self.objective, 1.0) if isinstance(self.objective, str) else 1.0
+
+    def objective_name(self) -> str:
+        o = self.objective
+        return o if isinstance(o, str) else getattr(o, "__qualname__", "user_objective")
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        d["objective"] = self.objective_name()
+        d["chips"] = (
+            list(self.chip_counts()) if isinstance(self.chips, tuple | list) else self.chips
+        )
+        d["free"] = list(self.free) if self.free is not None else None
+        d["fixed"] = dict(self.fixed)
+        return d
 
     def signature(self, extra: str = "") -> str:
-        text = json.dumps(self.__dict__, sort_keys=True) + extra
+        text = json.dumps(self.as_dict(), sort_keys=True, default=str) + extra
+        o = self.objective
+        if callable(o):  # a user function is keyed by its code and constants, not its name
+            code = getattr(o, "__code__", None)
+            text += repr((code.co_code, code.co_consts)) if code else repr(o)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _content_key(*trees) -> str:
-    from emu import __version__
-    from emu.struct import content_digest
-
-    return content_digest(*trees, salt=__version__)
 
 
 def _pow2_upto(n: int) -> list[int]:
@@ -92,132 +177,308 @@ def _divisors(n: int) -> list[int]:
     return sorted(set(small + [n // d for d in small]))
 
 
-def enumerate_plans(system: System, model: Model, problem: Problem) -> np.ndarray:
-    """Every valid discrete training plan as rows of KNOBS (float32 array [N, len(KNOBS)]).
+def _content_key(*trees) -> str:
+    from emu import __version__
+    from emu.struct import content_digest
 
-    Valid: tp a power of two dividing the heads (and the KV heads or vice versa) within the
-    innermost tier; pp dividing the layers; cp a power of two <= 16 dividing seq_len;
-    dp = chips / (tp pp cp); ep dividing the experts and tp dp cp (MoE), else 1;
-    micro-batch a power of two dividing global_batch / dp; vpp in {1, 2, 4} with pp > 1
-    dividing layers / pp; ZeRO 0-3; recompute none/selective/full; SP with tp > 1 only.
-    """
-    if problem.phase != "train":
-        raise ValueError("sweeps enumerate training plans for now; use --phase train.")
+    return content_digest(*trees, salt=__version__)
+
+
+def _pick(problem: Problem, knob: str, values) -> list[int]:
+    """The values a knob may take: all valid `values` if it is free, else its fixed value
+    (or default) when that value is valid here."""
+    if problem.free is None or knob in problem.free:
+        return list(values)
+    v = dict(problem.fixed).get(knob, DEFAULTS[knob])
+    return [x for x in values if x == v]
+
+
+def _check_problem(system: System, problem: Problem) -> None:
     from emu.hardware import peak_flops
 
+    if problem.phase not in ("train", "prefill", "decode"):
+        raise ValueError(f"unknown phase '{problem.phase}'; use train, prefill or decode.")
     if float(peak_flops(system.chip, problem.precision)) <= 0:
         raise ValueError(
             f"{system.chip.name} has no {problem.precision} support; choose another --precision."
         )
-    chips = problem.chips
+    unknown = set(problem.free or ()) - set(KNOBS) - set(TOPOLOGY_KNOBS)
+    unknown |= set(dict(problem.fixed)) - set(KNOBS)
+    if unknown:
+        raise ValueError(
+            f"unknown knob(s) {', '.join(sorted(unknown))}; plan knobs: {', '.join(KNOBS)}; "
+            f"topology knobs: {', '.join(TOPOLOGY_KNOBS)}."
+        )
+    if isinstance(problem.objective, str) and problem.objective not in OBJECTIVES:
+        raise ValueError(
+            f"unknown objective '{problem.objective}'; known: {', '.join(OBJECTIVES)}."
+        )
+    if any(c < 1 for c in problem.chip_counts()) or not problem.chip_counts():
+        raise ValueError(f"--chips must be positive integers (got {problem.chips}).")
+    top = float(system.tiers[-1].domain_chips)
+    if max(problem.chip_counts()) > top:
+        raise ValueError(
+            f"--chips {max(problem.chip_counts())} exceeds the largest cluster of "
+            f"{system.name} ({top:g}); reduce --chips."
+        )
+    for name, v in (
+        ("power cap", problem.power_cap),
+        ("TPOT SLO", problem.tpot_slo),
+        ("TTFT SLO", problem.ttft_slo),
+    ):
+        if v is not None and not (v > 0 and math.isfinite(v)):
+            raise ValueError(f"the {name} must be a positive finite number (got {v}).")
+
+
+def enumerate_plans(system: System, model: Model, problem: Problem) -> np.ndarray:
+    """Every valid discrete plan as rows of KNOBS (float32 array [N, len(KNOBS)]).
+
+    Training: tp a power of two dividing the heads (and the KV heads or vice versa) within
+    the innermost tier; cp a power of two <= 16 dividing seq_len; pp dividing the layers;
+    dp = chips / (tp pp cp); ep dividing the experts and tp dp cp (MoE), else 1; micro-batch
+    a power of two dividing global_batch / dp; vpp in {1, 2, 4} with pp > 1 dividing
+    layers / pp; ZeRO 0-3; recompute none/selective/full; SP with tp > 1 only.
+    Prefill/decode: tp as above, dp = chips / tp (data-parallel attention), ep dividing the
+    experts and the chips (MoE), batch per DP rank (`microbatch`) a power of two up to 64
+    (prefill) or 4096 (decode); pp = cp = vpp = 1, no ZeRO, recompute or SP.
+    Knobs that are not free take their fixed value. Each chip count of the problem adds its
+    plans."""
+    _check_problem(system, problem)
     heads, kv = int(model.n_heads), int(model.n_kv_heads)
     layers, experts = int(model.n_layers), int(model.n_experts)
-    inner = int(float(system.tiers[0].domain_chips))
+    inner = max(int(float(system.tiers[0].domain_chips)), 1)
     rows = []
-    for tp in _pow2_upto(min(64, chips)):
-        if heads % tp or (kv % tp and tp % kv) or tp > max(inner, 1) or chips % tp:
-            continue
-        for cp in _pow2_upto(16):
-            if problem.seq_len % cp or chips % (tp * cp):
+    for chips in problem.chip_counts():
+        tps = [
+            t
+            for t in _pow2_upto(min(64, chips, inner))
+            if not (heads % t or (kv % t and t % kv) or chips % t)
+        ]
+        for tp in _pick(problem, "tp", tps):
+            if problem.phase != "train":
+                dp = chips // tp
+                eps = [e for e in _divisors(experts) if chips % e == 0] if experts else [1]
+                mbs = _pow2_upto(4096 if problem.phase == "decode" else 64)
+                for ep, mb in itertools.product(
+                    _pick(problem, "ep", eps), _pick(problem, "microbatch", mbs)
+                ):
+                    rows.append((tp, 1, dp, 1, ep, mb, 1, 0, 0, 0))
                 continue
-            for pp in _divisors(chips // (tp * cp)):
-                if layers % pp:
-                    continue
-                dp = chips // (tp * cp * pp)
-                gb = problem.global_batch or dp * max(1, -(-(2**22) // (problem.seq_len * dp)))
-                if gb % dp:
-                    continue
-                eps = [e for e in _divisors(experts) if (tp * dp * cp) % e == 0] or [1]
-                for mb in _pow2_upto(gb // dp):
-                    if (gb // dp) % mb:
+            cps = [c for c in _pow2_upto(16) if not (problem.seq_len % c or chips % (tp * c))]
+            for cp in _pick(problem, "cp", cps):
+                pps = [p for p in _divisors(chips // (tp * cp)) if layers % p == 0]
+                for pp in _pick(problem, "pp", pps):
+                    dp = chips // (tp * cp * pp)
+                    gb = int(_global_batch(problem, np.array([dp]), np.array([1]))[0])
+                    if gb % dp:
                         continue
-                    for vpp in (1, 2, 4):
-                        if vpp > 1 and (pp == 1 or layers % (pp * vpp)):
-                            continue
-                        for ep, zero, rc in itertools.product(eps, range(4), range(3)):
-                            for sp in (0, 1) if tp > 1 else (0,):
-                                rows.append((tp, pp, dp, cp, ep, mb, vpp, zero, rc, sp))
+                    eps = (
+                        [e for e in _divisors(experts) if (tp * dp * cp) % e == 0]
+                        if experts
+                        else [1]
+                    )
+                    mbs = [m for m in _pow2_upto(gb // dp) if (gb // dp) % m == 0]
+                    vpps = [v for v in (1, 2, 4) if v == 1 or (pp > 1 and layers % (pp * v) == 0)]
+                    sps = [0] if tp == 1 else _pick(problem, "sp", (0, 1))
+                    rows.extend(
+                        (tp, pp, dp, cp, *rest)
+                        for rest in itertools.product(
+                            _pick(problem, "ep", eps),
+                            _pick(problem, "microbatch", mbs),
+                            _pick(problem, "vpp", vpps),
+                            _pick(problem, "zero", range(4)),
+                            _pick(problem, "recompute", range(3)),
+                            sps,
+                        )
+                    )
     if not rows:
         raise ValueError(
-            f"no valid plan for {problem.chips} chips of {problem.system} and {problem.model}; "
-            "check --chips and --seq-len."
+            f"no valid plan for {problem.chips} chips of {problem.system} and {problem.model} "
+            "with the fixed knobs; check --chips, --seq-len and the fixed degrees."
         )
     return np.asarray(rows, np.float32)
 
 
-def plan_of(problem: Problem, row: dict) -> Plan:
-    """The Plan of one sweep result row (`best`, `top` or `pareto` entries): the same plan
-    the sweep evaluated, for `emu.evaluate` or `emu.runner.run`."""
-    return make_plan(
-        tp=row["tp"],
-        pp=row["pp"],
-        dp=row["dp"],
-        cp=row["cp"],
-        ep=row["ep"],
-        microbatch=row["microbatch"],
-        vpp=row["vpp"],
-        zero=row["zero"],
-        recompute=("none", "selective", "full")[int(row["recompute"])],
-        sp=bool(row["sp"]),
-        seq_len=problem.seq_len,
-        global_batch=row["global_batch"],
-        precision=problem.precision,
-    )
-
-
-def _base_plan(problem: Problem, n: int):
-    plan = make_plan(
-        tp=1, pp=1, dp=1, seq_len=problem.seq_len, global_batch=1, precision=problem.precision
-    )
-    return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n,)), plan)
-
-
-def _global_batch(problem: Problem, dp: np.ndarray) -> np.ndarray:
+def _global_batch(problem: Problem, dp: np.ndarray, mb: np.ndarray) -> np.ndarray:
+    """Sequences per step (host side, exact integers): inference dp x batch; training the
+    problem's global batch, else the smallest multiple of dp with >= 4 Mi tokens."""
+    dp = np.asarray(dp, np.int64)
+    if problem.phase != "train":
+        return dp * np.asarray(mb, np.int64)
     if problem.global_batch:
         return np.full_like(dp, problem.global_batch)
-    return dp * np.maximum(1, -(-(2**22) // (problem.seq_len * dp)))  # ceil, as `emu run`
+    return dp * np.maximum(1, -(-_TOKENS_PER_STEP // (problem.seq_len * dp)))
 
 
-def _make_eval(systems: System, model: Model, problem: Problem, n: int):
-    """One compiled function for a chunk of n rows: knobs [n, K], global batch [n] and the
-    grid index [n] of each row into the stacked `systems`."""
-    from emu.struct import replace
+def _base_plan(problem: Problem) -> Plan:
+    inference = problem.phase != "train"
+    return make_plan(
+        tp=1,
+        pp=1,
+        dp=1,
+        seq_len=problem.seq_len,
+        global_batch=1,
+        precision=problem.precision,
+        phase=problem.phase,
+        context=problem.context,
+        a2a_overlap=problem.a2a_overlap,
+        moe_imbalance=problem.moe_imbalance,
+        mtp_accept=problem.mtp_accept,
+        cache_hit=problem.cache_hit,
+        zero=0 if inference else 1,
+        recompute="none" if inference else "selective",
+    )
 
-    base = _base_plan(problem, n)
-    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("d",))
-    shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
 
-    def run(knobs, gb, g):
-        kw = {k: knobs[:, i] for i, k in enumerate(KNOBS)}
-        plan = replace(base, global_batch=gb, **kw)
-        rows_sys = jax.tree_util.tree_map(lambda x: x[g], systems)
-        r = jax.vmap(lambda s, p: evaluate(s, model, p))(rows_sys, plan)
+def plan_of(problem: Problem, row: dict) -> Plan:
+    """The Plan of one result row (`best`, `top` or `pareto` entries): the same plan the
+    search evaluated, for `emu.evaluate` or `emu.runner.run`."""
+    base = _base_plan(problem)
+    kw = {k: jnp.float32(row[k]) for k in KNOBS}
+    gb = row.get("global_batch") or int(
+        _global_batch(problem, np.array([row["dp"]]), np.array([row["microbatch"]]))[0]
+    )
+    return replace(base, global_batch=jnp.float32(gb), **kw)
+
+
+def system_of(system: System, row: dict, grid_names=None) -> System:
+    """The system of one result row: `system` with the row's grid values applied."""
+    names = (
+        grid_names
+        if grid_names is not None
+        else [k for k in row if "." in k or k in TOPOLOGY_KNOBS]
+    )
+    s = system
+    topo = {}
+    for n in names:
+        if n in TOPOLOGY_KNOBS:
+            topo[n] = jnp.float32(row[n])
+        else:
+            s = set_path(s, n, jnp.float32(row[n]))
+    return reshape(s, **topo)[0] if topo else s
+
+
+_TOPO_RANGE = {
+    "domain": (1.0, math.inf),
+    "scaleup_bw": (1e-3, 1e3),
+    "scaleout_bw": (1e-3, 1e3),
+    "oversubscription": (1.0, 1e3),
+    "optics_share": (0.0, 1.0),
+}
+
+
+def check_grid(system: System, grid: dict | None) -> dict:
+    """Validated grid: name -> sorted unique float values (field bounds, knob ranges)."""
+    from emu.config import apply_overrides
+
+    out = {}
+    for name, values in (grid or {}).items():
+        vals = sorted({float(v) for v in values})
+        if not vals:
+            raise ValueError(f"--grid {name}: give at least one value.")
+        if name in TOPOLOGY_KNOBS:
+            lo, hi = _TOPO_RANGE[name]
+            bad = [v for v in vals if not (lo <= v <= hi)]
+            if bad:
+                raise ValueError(
+                    f"--grid {name}: {bad[0]:g} is outside [{lo:g}, {hi:g}] "
+                    f"({TOPOLOGY_KNOBS[name]})."
+                )
+        else:
+            for v in vals:
+                apply_overrides(system, {name: v})  # unknown path or out-of-bounds: raises
+        out[name] = vals
+    return out
+
+
+def _make_row_fn(system: System, model: Model, problem: Problem, names: list[str]):
+    """f(knobs[K], global_batch, grid_values[G]) -> (COLUMNS vector, penalty): one
+    configuration, traceable (vmap, grad). `penalty` sums the smooth log-excesses over the
+    constraints (memory, SLO, power cap, reach); 0 when feasible."""
+    base = _base_plan(problem)
+    obj = problem.objective
+    cap, phase = problem.power_cap, problem.phase
+
+    def f(k, gb, gv):
+        s, topo = system, {}
+        for j, n in enumerate(names):
+            if n in TOPOLOGY_KNOBS:
+                topo[n] = gv[j]
+            else:
+                s = set_path(s, n, gv[j])
+        reach = jnp.float32(0.0)
+        if topo:
+            s, reach = reshape(s, **topo)
+        plan = replace(base, global_batch=gb, **{n: k[i] for i, n in enumerate(KNOBS)})
+        r = evaluate(s, model, plan)
+        excess = [jnp.log(r.memory.total_bytes / r.memory.capacity_bytes), reach]
+        if cap is not None:
+            excess.append(jnp.log(r.power_w / cap))
+        if phase == "decode":
+            excess.append(jnp.log(r.tpot_s / problem.tpot_slo))
+        if phase == "prefill" and problem.ttft_slo is not None:
+            excess.append(jnp.log(r.ttft_s / problem.ttft_slo))
+        pen = sum(jax.nn.relu(e) for e in excess)
+        ok = r.feasible > 0.5
+        for e in excess[1:]:
+            ok = ok & (e <= 1e-6)
+        value = getattr(r, obj) if isinstance(obj, str) else obj(r)
         cols = [
+            value,
+            ok.astype(jnp.float32),
             r.step_time_s,
             r.tokens_per_s,
+            r.tokens_per_s_per_chip,
             r.tokens_per_joule,
             r.power_w,
             r.mfu,
-            r.feasible,
+            r.ttft_s,
+            r.tpot_s,
             r.memory.total_bytes,
         ]
-        return jnp.stack(cols, axis=1)
+        return jnp.stack([jnp.asarray(c, jnp.float32) for c in cols]), pen
 
-    return jax.jit(run, in_shardings=(shard, shard, shard), out_shardings=shard), shard
+    return f
 
 
-def grid_systems(system: System, grid: dict | None):
-    """The cartesian product of `grid` (dotted path -> values) applied to `system`, stacked,
-    and the list of grid points (dicts)."""
-    from emu.config import apply_overrides
-    from emu.struct import stack
+def _make_eval(system, model, problem, space: _Space, n: int):
+    """f(flat indices [n] int) -> COLUMNS [n, C] (asynchronous): ONE compiled function that
+    gathers each configuration's knobs and grid values from device-resident tables and
+    evaluates them, with the rows sharded over the local devices."""
+    row = _make_row_fn(system, model, problem, space.names)
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("d",))
+    shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    if space.size >= 2**31:
+        raise ValueError(
+            f"the space has {space.size:.3g} configurations, more than one sweep indexes "
+            "(2^31); narrow the grid or fix some knobs."
+        )
+    n_plans, shape = space.n_plans, space.shape
 
-    points = (
-        [dict(zip(grid, vals, strict=True)) for vals in itertools.product(*grid.values())]
-        if grid
-        else [{}]
+    def run(idx, plans, gb, axes):
+        p, g = idx % n_plans, idx // n_plans
+        vals = []
+        for a in reversed(range(len(shape))):  # C order: the last axis varies fastest
+            vals.append(axes[a][g % shape[a]])
+            g = g // shape[a]
+        gv = jnp.stack(vals[::-1], axis=1) if vals else jnp.zeros((idx.shape[0], 0))
+        return jax.vmap(lambda k, b, v: row(k, b, v)[0])(plans[p], gb[p], gv)
+
+    fn = jax.jit(run, in_shardings=(shard, rep, rep, rep), out_shardings=shard)
+    tables = jax.device_put(
+        (
+            jnp.asarray(space.plans, jnp.float32),
+            jnp.asarray(space.gb, jnp.float32),
+            tuple(jnp.asarray(a, jnp.float32) for a in space.axes),
+        ),
+        rep,
     )
-    return stack([apply_overrides(system, p) if p else system for p in points]), points
+
+    def call(idx: np.ndarray):
+        return fn(jax.device_put(np.asarray(idx, np.int32), shard), *tables)
+
+    return call
 
 
 def _write_chunk(path: Path, data: np.ndarray) -> None:
@@ -251,6 +512,85 @@ def pareto_front(tokens_per_s: np.ndarray, power_w: np.ndarray) -> np.ndarray:
     return order[t > prev].astype(np.int64)
 
 
+class _Space:
+    """The discrete space: valid plans x grid points, indexed i = g * n_plans + p."""
+
+    def __init__(self, system, model, problem, grid):
+        self.plans = enumerate_plans(system, model, problem)
+        self.grid = check_grid(system, grid)
+        self.names = list(self.grid)
+        self.axes = [np.asarray(v, np.float64) for v in self.grid.values()]
+        self.shape = tuple(len(a) for a in self.axes)
+        self.n_plans = len(self.plans)
+        self.n_points = int(np.prod(self.shape)) if self.shape else 1
+        self.size = self.n_plans * self.n_points
+        self.gb = _global_batch(
+            problem, self.plans[:, KNOBS.index("dp")], self.plans[:, KNOBS.index("microbatch")]
+        )
+        # the independent coordinates of a plan (local search moves): every knob but dp,
+        # which follows the chip count, and the chip count itself when it is free
+        chips = np.prod(self.plans[:, [KNOBS.index(k) for k in ("tp", "pp", "dp", "cp")]], 1)
+        names = [k for k in KNOBS if k != "dp"]
+        self.moves = np.column_stack([self.plans[:, [KNOBS.index(k) for k in names]], chips])
+        self.moves_tp_sp = (names.index("tp"), names.index("sp"))
+        self.ranks = np.column_stack(
+            [np.unique(c, return_inverse=True)[1] for c in self.moves.T]
+        ).astype(np.int32)
+        self.chips = chips
+
+    def point(self, g) -> np.ndarray:
+        """Grid values [len(g), G] of flat grid indices g."""
+        g = np.atleast_1d(g)
+        if not self.names:
+            return np.zeros((g.size, 0), np.float32)
+        idx = np.unravel_index(g, self.shape)
+        return np.stack([a[i] for a, i in zip(self.axes, idx, strict=True)], 1).astype(np.float32)
+
+    def rows(self, flat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        flat = np.asarray(flat, np.int64)
+        p, g = flat % self.n_plans, flat // self.n_plans
+        return self.plans[p], self.gb[p].astype(np.float32), self.point(g)
+
+    def describe(self, idx, values: np.ndarray) -> list[dict]:
+        """Result rows (dicts) of flat indices `idx` with their COLUMNS `values` [n, C]."""
+        idx = np.asarray(idx, np.int64).reshape(-1)
+        if idx.size == 0:
+            return []
+        k, gb, gv = self.rows(idx)
+        values = np.asarray(values, np.float64).reshape(idx.size, len(COLUMNS))
+        gv, k, gb = gv.tolist(), k.astype(np.int64).tolist(), gb.astype(np.int64).tolist()
+        vals = values.tolist()
+        fc = COLUMNS.index("feasible")
+        return [
+            {
+                **dict(zip(self.names, gv[r], strict=True)),
+                **dict(zip(KNOBS, k[r], strict=True)),
+                "global_batch": gb[r],
+                **dict(zip(COLUMNS, vals[r], strict=True)),
+                "feasible": vals[r][fc] > 0.5,
+            }
+            for r in range(idx.size)
+        ]
+
+
+def _reduce_chunk(data: np.ndarray, offset: int, sign: float, top: int) -> tuple:
+    """(top-k indices, their values, Pareto indices, their values, feasible count) of one
+    chunk's feasible rows; indices are flat (offset added)."""
+    fc, tc, pc = COLUMNS.index("feasible"), COLUMNS.index("tokens_per_s"), COLUMNS.index("power_w")
+    feas = np.nonzero(data[:, fc] > 0.5)[0]
+    if not feas.size:
+        return None
+    score = sign * data[feas, 0]
+    top_local = feas[np.argsort(-score, kind="stable")[:top]]
+    f_local = feas[pareto_front(data[feas, tc], data[feas, pc])]
+    return top_local + offset, data[top_local], f_local + offset, data[f_local], feas.size
+
+
+def _store(path: Path, data: np.ndarray, offset: int, sign: float, top: int) -> tuple:
+    _write_chunk(path, data)
+    return _reduce_chunk(data, offset, sign, top)
+
+
 def sweep(
     system: System,
     model: Model,
@@ -258,7 +598,7 @@ def sweep(
     out_dir,
     *,
     grid: dict | None = None,
-    objective="tokens_per_joule",
+    objective=None,
     top=10,
     chunk=CHUNK,
     process_id=0,
@@ -266,22 +606,15 @@ def sweep(
     progress=None,
     warn=None,
 ) -> dict:
-    """Evaluate every plan of `problem`; results stream to `out_dir` (see module doc).
-    Returns {"best", "top", "pareto", "evaluations", "wall_s", "chunks", "resumed"}."""
-    if objective not in COLUMNS or objective in ("feasible", "memory_bytes"):
-        raise ValueError(
-            f"unknown objective '{objective}'; known: tokens_per_s, "
-            "tokens_per_joule, mfu, step_time_s, power_w."
-        )
+    """Evaluate every configuration of `problem` (plans x `grid`); results stream to
+    `out_dir` (see module doc). `objective` overrides `problem.objective`. Returns
+    {"best", "top", "pareto", "evaluations", "feasible", "wall_s", "chunks", "resumed", ...}
+    where rows are dicts of grid values, KNOBS, global_batch and COLUMNS."""
+    if objective is not None:
+        problem = _with(problem, objective=objective)
     t0 = time.perf_counter()
-    plans = enumerate_plans(system, model, problem)
-    systems, points = grid_systems(system, grid)
-    n_plans, n = plans.shape[0], plans.shape[0] * len(points)
-
-    def rows_of(i):  # knobs and grid index of chunk i, computed, never materialised whole
-        idx = np.arange(i * chunk, min(n, (i + 1) * chunk))
-        return plans[idx % n_plans], (idx // n_plans).astype(np.int32)
-
+    space = _Space(system, model, problem, grid)
+    n = space.size
     n_dev = len(jax.local_devices())
     # the chunk size must not depend on the local device count (all processes share the
     # chunk layout): a multiple of 64, which every power-of-two device count divides
@@ -294,19 +627,27 @@ def sweep(
         )
     n_chunks = int(math.ceil(n / chunk))
     out = Path(out_dir)
-    sig = problem.signature(
-        f"{chunk}{json.dumps(list((grid or {}).items()))}" + _content_key(system, model)
-    )
+    sig = problem.signature(f"{chunk}{json.dumps(space.grid)}" + _content_key(system, model))
     parts = out / f"parts-{sig}"
     parts.mkdir(parents=True, exist_ok=True)
-    fn, shard = _make_eval(systems, model, problem, chunk)
+    fn = _make_eval(system, model, problem, space, chunk)
     mine = [i for i in range(n_chunks) if i % num_processes == process_id]
     resumed, done = 0, 0
+
+    def launch(i):  # dispatch chunk i (asynchronous: JAX returns before it is computed)
+        rows = min(chunk, n - i * chunk)
+        idx = np.arange(i * chunk, i * chunk + chunk)
+        idx[rows:] = 0  # padding rows repeat configuration 0 and are dropped
+        return fn(idx), rows
+
+    todo, reduced, sign = [], {}, problem.sign()
     for i in mine:
         path = parts / f"chunk-{i:06d}.npz"
         rows = min(chunk, n - i * chunk)
         if path.exists():
-            if _read_chunk(path, rows) is not None:
+            data = _read_chunk(path, rows)
+            if data is not None:
+                reduced[i] = _reduce_chunk(data, i * chunk, sign, top)
                 resumed += 1
                 done += 1
                 if progress:
@@ -314,21 +655,30 @@ def sweep(
                 continue
             if warn:
                 warn(f"checkpoint {path.name} is corrupt or partial; recomputing it")
-        kr, gr = rows_of(i)
-        k = np.zeros((chunk, len(KNOBS)), np.float32)
-        k[:rows], k[rows:] = kr, plans[0]  # padding rows, dropped below
-        gb = _global_batch(problem, k[:, KNOBS.index("dp")]).astype(np.float32)
-        g = np.zeros(chunk, np.int32)
-        g[:rows] = gr
-        res = np.asarray(
-            fn(jax.device_put(k, shard), jax.device_put(gb, shard), jax.device_put(g, shard))
-        )[:rows]
-        _write_chunk(path, res.astype(np.float32))
-        if _THROTTLE_S:
-            time.sleep(_THROTTLE_S)
-        done += 1
-        if progress:
-            progress(done, len(mine), rows)
+        todo.append(i)
+    # pipeline: chunk i+1 computes (JAX dispatch is asynchronous) while a writer thread
+    # checksums and stores chunk i; progress counts stored chunks only
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending = None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        writes = []
+        for i in [*todo, None]:
+            current = (i, *launch(i)) if i is not None else None
+            if pending is not None:
+                pi, fut, rows = pending
+                data = np.asarray(fut)[:rows]
+                path = parts / f"chunk-{pi:06d}.npz"
+                writes.append((pi, pool.submit(_store, path, data, pi * chunk, sign, top)))
+            while writes and (writes[0][1].done() or len(writes) > 1 or current is None):
+                wi, w = writes.pop(0)
+                reduced[wi] = w.result()  # re-raises a failed write
+                if _THROTTLE_S:
+                    time.sleep(_THROTTLE_S)
+                done += 1
+                if progress:
+                    progress(done, len(mine), chunk)
+            pending = current
     if process_id != 0:
         return {
             "evaluations": sum(min(chunk, n - i * chunk) for i in mine),
@@ -336,151 +686,211 @@ def sweep(
         }
     # streaming merge: per chunk keep its top-k candidates and its Pareto front, so memory
     # does not grow with the sweep
-    sign = -1.0 if objective in ("step_time_s", "power_w") else 1.0
-    oc, tc, pc = COLUMNS.index(objective), COLUMNS.index("tokens_per_s"), COLUMNS.index("power_w")
+    oc, tc, pc = 0, COLUMNS.index("tokens_per_s"), COLUMNS.index("power_w")
     cand_idx, cand_val, front_idx, front_val = [], [], [], []
     n_feasible = 0
     for i in range(n_chunks):
-        deadline = time.time() + 3600  # per chunk: a slow peer is waited for, not aborted
-        path = parts / f"chunk-{i:06d}.npz"
-        rows = min(chunk, n - i * chunk)
-        while True:
-            data = _read_chunk(path, rows) if path.exists() else None
-            if data is not None:
-                break
-            if i % num_processes == 0 or time.time() > deadline:
-                raise ValueError(f"sweep chunk {path} is missing or corrupt; rerun the command.")
-            time.sleep(0.2)  # another process is still writing it
-        feas = np.nonzero(data[:, COLUMNS.index("feasible")] > 0.5)[0]
-        n_feasible += feas.size
-        if feas.size:
-            score = sign * data[feas, oc]
-            top_local = feas[np.argsort(-score, kind="stable")[:top]]
-            cand_idx.append(top_local + i * chunk)
-            cand_val.append(data[top_local])
-            f_local = feas[pareto_front(data[feas, tc], data[feas, pc])]
-            front_idx.append(f_local + i * chunk)
-            front_val.append(data[f_local])
-    points_arr = points
-
-    def row(gi, values):
-        knob = plans[gi % n_plans]
-        return {
-            **points_arr[int(gi // n_plans)],
-            **{k: int(knob[j]) for j, k in enumerate(KNOBS)},
-            "global_batch": int(_global_batch(problem, knob[2:3])[0]),
-            **{c: float(values[j]) for j, c in enumerate(COLUMNS)},
-        }
-
+        if i in reduced:  # computed or verified by this process: reduced in memory
+            part = reduced[i]
+        else:
+            part = _reduce_chunk(
+                _wait_chunk(parts, i, chunk, n, num_processes), i * chunk, sign, top
+            )
+        if part is not None:
+            ti, tv, fi, fv, nf = part
+            cand_idx.append(ti)
+            cand_val.append(tv)
+            front_idx.append(fi)
+            front_val.append(fv)
+            n_feasible += nf
     top_rows, front_rows = [], []
     if cand_idx:
         ci, cv = np.concatenate(cand_idx), np.concatenate(cand_val)
         order = np.lexsort((ci, -sign * cv[:, oc]))[:top]
-        top_rows = [row(int(ci[o]), cv[o]) for o in order]
+        top_rows = space.describe(ci[order], cv[order])
         fi, fv = np.concatenate(front_idx), np.concatenate(front_val)
         keep = pareto_front(fv[:, tc], fv[:, pc])
-        front_rows = [row(int(fi[o]), fv[o]) for o in keep]
+        front_rows = space.describe(fi[keep], fv[keep])
     return {
-        "problem": problem.__dict__,
-        "objective": objective,
+        "problem": problem.as_dict(),
+        "objective": problem.objective_name(),
         "best": top_rows[0] if top_rows else None,
         "top": top_rows,
         "pareto": front_rows,
         "evaluations": n,
         "feasible": int(n_feasible),
-        "grid_points": len(points),
+        "space": n,
+        "grid_points": space.n_points,
         "chunks": n_chunks,
         "resumed": resumed,
         "wall_s": time.perf_counter() - t0,
         "_parts": parts,
         "_chunk": chunk,
-        "_plans": plans,
-        "_points": points,
-        "_grid_names": list(grid or {}),
-        "_problem": problem,
+        "_space": space,
     }
 
 
-def write_table(result: dict, path) -> Path:
-    """All evaluated configurations as CSV (grid values, knobs, outputs), streamed chunk by
-    chunk from the checkpoints and written atomically (write, then rename)."""
+def _wait_chunk(parts: Path, i: int, chunk: int, n: int, num_processes: int) -> np.ndarray:
+    """Chunk i written by another process (waited for), or raise if it is missing."""
+    deadline = time.time() + 3600  # per chunk: a slow peer is waited for, not aborted
+    path = parts / f"chunk-{i:06d}.npz"
+    rows = min(chunk, n - i * chunk)
+    while True:
+        data = _read_chunk(path, rows) if path.exists() else None
+        if data is not None:
+            return data
+        if i % num_processes == 0 or time.time() > deadline:
+            raise ValueError(f"sweep chunk {path} is missing or corrupt; rerun the command.")
+        time.sleep(0.2)  # another process is still writing it
+
+
+def _with(problem: Problem, **kw) -> Problem:
+    import dataclasses
+
+    return dataclasses.replace(problem, **kw)
+
+
+def _table_writer(path: Path, header: list[str]):
+    """(write(block), close()) for CSV or Parquet (by suffix), atomic: write, then rename."""
     path = Path(path)
-    plans, points, names = result["_plans"], result["_points"], result["_grid_names"]
-    chunk, n, n_plans = result["_chunk"], result["evaluations"], len(result["_plans"])
-    values = np.asarray([[p[k] for k in names] for p in points], np.float64).reshape(
-        len(points), len(names)
-    )
     fd, tmp = tempfile.mkstemp(
-        dir=path.parent if str(path.parent) else ".", prefix=".tmp-", suffix=".csv"
+        dir=path.parent if str(path.parent) else ".", prefix=".tmp-", suffix=path.suffix
     )
-    with os.fdopen(fd, "w") as fh:
-        fh.write(",".join([*names, *KNOBS, *COLUMNS]) + "\n")
+    if path.suffix.lower() == ".parquet":
+        os.close(fd)
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            os.unlink(tmp)
+            raise ValueError(
+                "Parquet output needs pyarrow: pip install 'cluster-emu[parquet]', "
+                "or give --out a .csv name."
+            ) from None
+        schema = pa.schema([(h, pa.float64()) for h in header])
+        writer = pq.ParquetWriter(tmp, schema)
+
+        def write(block):
+            writer.write_table(
+                pa.Table.from_arrays(
+                    [pa.array(block[:, j].astype(np.float64)) for j in range(len(header))],
+                    schema=schema,
+                )
+            )
+
+        def close():
+            writer.close()
+            os.replace(tmp, path)
+
+        return write, close
+    fh = os.fdopen(fd, "w")
+    fh.write(",".join(header) + "\n")
+
+    def write(block):
+        np.savetxt(fh, block, delimiter=",", fmt="%.7g")
+
+    def close():
+        fh.close()
+        os.replace(tmp, path)
+
+    return write, close
+
+
+def write_table(result: dict, path) -> Path:
+    """Every evaluated configuration (grid values, knobs, global batch, outputs) as CSV or
+    Parquet (by the file's suffix), streamed chunk by chunk and written atomically. For a
+    sweep: the whole space, from its checkpoints; for a gradient search: every exactly
+    evaluated candidate."""
+    path = Path(path)
+    space = result["_space"]
+    header = [*space.names, *KNOBS, "global_batch", *COLUMNS]
+    write, close = _table_writer(path, header)
+    if "_parts" in result:
+        chunk, n = result["_chunk"], result["evaluations"]
         for i in range(result["chunks"]):
             rows = min(chunk, n - i * chunk)
             data = _read_chunk(result["_parts"] / f"chunk-{i:06d}.npz", rows)
             if data is None:
                 raise ValueError(f"sweep chunk {i} vanished or changed; rerun the sweep.")
-            idx = np.arange(i * chunk, i * chunk + rows)
-            table = np.concatenate([values[idx // n_plans], plans[idx % n_plans], data], axis=1)
-            np.savetxt(fh, table, delimiter=",", fmt="%.7g")
-    os.replace(tmp, path)
+            k, gb, gv = space.rows(np.arange(i * chunk, i * chunk + rows))
+            write(np.concatenate([gv, k, gb[:, None], data], axis=1))
+    else:
+        idx = np.asarray(sorted(result["_scores"]), np.int64)
+        if idx.size:
+            k, gb, gv = space.rows(idx)
+            vals = np.stack([result["_scores"][int(i)] for i in idx])
+            write(np.concatenate([gv, k, gb[:, None], vals], axis=1))
+    close()
     return path
 
 
 # ----------------------------------------------------------------------------- gradient search
 
-#: continuous knobs of the relaxed plan, in log2 coordinates
-RELAXED = ("tp", "pp", "cp", "microbatch")
-_CATS = [(z, r) for z in range(4) for r in range(3)]  # ZeRO stage x recompute
+#: plan knobs relaxed to continuous log2 coordinates (dp too when the chip count is free)
+RELAXED = ("tp", "pp", "cp", "ep", "microbatch", "vpp")
+#: plan knobs chosen per start and by the discrete polish (categorical)
+CATEGORICAL = ("zero", "recompute", "sp")
+_PENALTY = 10.0
 
 
-def _relaxed_objective(system, model, problem, objective):
-    """f(u, logits) for one start: the expected log objective over the relaxed categorical
-    choices (ZeRO stage, recompute) minus a smooth out-of-memory penalty."""
-    from emu.struct import replace
+class _Exact:
+    """Exact, cached evaluation of flat configuration indices, in compiled batches of
+    fixed size (one compilation), returning sign x objective (-inf when infeasible)."""
 
-    base = make_plan(
-        tp=1, pp=1, dp=1, seq_len=problem.seq_len, global_batch=1, precision=problem.precision
-    )
-    chips = float(problem.chips)
-    zs = jnp.asarray([c[0] for c in _CATS], jnp.float32)
-    rs = jnp.asarray([c[1] for c in _CATS], jnp.float32)
-    col = {"tokens_per_joule": "tokens_per_joule", "tokens_per_s": "tokens_per_s", "mfu": "mfu"}[
-        objective
-    ]
+    BATCH = 64
 
-    def f(u, logits):
-        tp, pp, cp, mb = (2.0 ** u[i] for i in range(4))
-        dp = chips / (tp * pp * cp)
-        gb = problem.global_batch or jnp.maximum(dp, 2.0**22 / problem.seq_len)
+    def __init__(self, system, model, problem, space):
+        self.space, self.sign = space, problem.sign()
+        self.fn = _make_eval(system, model, problem, space, self.BATCH)
+        self.values: dict[int, np.ndarray] = {}
 
-        def one(z, r):
-            plan = replace(
-                base,
-                tp=tp,
-                pp=pp,
-                cp=cp,
-                dp=dp,
-                microbatch=mb,
-                global_batch=gb,
-                zero=z,
-                recompute=r,
-                sp=jnp.float32(1.0),
-            )
-            res = evaluate(system, model, plan)
-            over = jax.nn.relu(res.memory.total_bytes / system.chip.hbm_bytes - 1.0)
-            return jnp.log(getattr(res, col)) - 10.0 * over - 10.0 * over**2
+    def __call__(self, idx) -> None:
+        new = [int(i) for i in dict.fromkeys(idx) if int(i) not in self.values]
+        for s in range(0, len(new), self.BATCH):
+            part = np.asarray(new[s : s + self.BATCH], np.int64)
+            pad = np.concatenate([part, np.full(self.BATCH - part.size, part[0])])
+            out = np.asarray(self.fn(pad))
+            for j, i in enumerate(part):
+                self.values[int(i)] = out[j]
 
-        vals = jax.vmap(one)(zs, rs)
-        w = (
-            jax.nn.softmax(logits[:4])[zs.astype(jnp.int32)]
-            * jax.nn.softmax(logits[4:])[rs.astype(jnp.int32)]
-        )
-        # a soft penalty keeps dp >= 1 and the degrees within their ranges
-        dp_pen = jax.nn.relu(-jnp.log2(dp)) ** 2
-        return jnp.sum(w * vals) - dp_pen
+    def score(self, i: int) -> float:
+        v = self.values[int(i)]
+        return float(self.sign * v[0]) if v[1] > 0.5 else -math.inf
 
-    return f
+
+def _neighbours(space: _Space, i: int, radius: int) -> list[int]:
+    """Configurations `radius` moves or fewer from i. A move changes one independent plan
+    knob (or the chip count, when it is free) to another valid value (dp follows the chip
+    count, SP follows TP) or steps one grid axis to the next value up or down. A single
+    move may jump a knob to any value; within several moves each knob steps to a
+    neighbouring value."""
+    p, g = i % space.n_plans, i // space.n_plans
+    t, (tp, sp) = space.moves, space.moves_tp_sp
+    other = [j for j in range(t.shape[1]) if j != sp]
+    diff = np.sum(t[:, other] != t[p, other], axis=1)
+    # SP follows TP (it exists only with tp > 1): it counts as a move of its own only then
+    diff += (t[:, tp] > 1) & (t[p, tp] > 1) & (t[:, sp] != t[p, sp])
+    # one move may jump a knob to any value; several moves step each knob to a neighbouring
+    # value (keeps the two-move neighbourhood small)
+    adjacent = np.max(np.abs(space.ranks - space.ranks[p]), axis=1) <= 1
+    gi = np.array(np.unravel_index(g, space.shape)) if space.names else np.zeros(0, int)
+    out = []
+    for grid_moves in range(min(radius, 2 * len(space.shape)) + 1):
+        budget = radius - grid_moves
+        ok = (diff <= budget) & (diff > 0 if grid_moves == 0 else diff >= 0)
+        if radius > 1:
+            ok &= adjacent | (diff <= 1) & (grid_moves == 0)
+        near = np.nonzero(ok)[0]
+        for steps in itertools.combinations(range(len(space.shape)), grid_moves):
+            for signs in itertools.product((-1, 1), repeat=grid_moves):
+                h = gi.copy()
+                for a, d in zip(steps, signs, strict=True):
+                    h[a] += d
+                if np.any(h < 0) or np.any(h >= np.asarray(space.shape, int)):
+                    continue
+                gg = int(np.ravel_multi_index(tuple(h), space.shape)) if space.names else 0
+                out.extend((gg * space.n_plans + near).tolist())
+    return [j for j in dict.fromkeys(out) if j != i]
 
 
 def gradient_search(
@@ -488,110 +898,212 @@ def gradient_search(
     model: Model,
     problem: Problem,
     *,
-    objective="tokens_per_joule",
-    starts=8,
-    steps=60,
+    grid: dict | None = None,
+    objective=None,
+    starts=None,
+    steps=40,
+    learning_rate=0.2,
     optimizer=None,
-    neighbours=4,
+    neighbours=3,
+    polish=5,
+    top=10,
     seed=0,
+    progress=None,
 ) -> dict:
-    """Maximise `objective` over relaxed plans by gradient, then round to valid plans.
+    """Maximise the problem's objective by gradient over relaxed plans (and grid axes),
+    then round to valid discrete configurations and polish them; see the module doc.
 
-    Knobs: log2 of TP, PP, CP and micro-batch (DP takes the remaining chips), ZeRO stage and
-    recompute as softmax-relaxed categorical choices. `starts` random starts run at once
-    (vmap) for `steps` optimiser steps inside one `lax.scan` (default optax.adam(0.1); any
-    optax transform works). Each start's result is rounded to its `neighbours` nearest
-    valid plans (log2 distance, most probable ZeRO/recompute), then the best is polished by
-    trying every valid plan that differs from it in one knob; every reported result is
-    re-evaluated exactly. Returns {"best", "evaluations", "wall_s"}.
-    """
+    Continuous coordinates: log2 of the free degrees in RELAXED (and of the chip count when
+    it is free; dp takes the remaining chips) and one coordinate in [0, 1] per
+    grid axis (log-spaced between its extremes). ZeRO, recompute and SP are categorical:
+    each start keeps one valid combination and the polish changes them. `starts` starts
+    (random, seeded; default sqrt(space size) / 16, clipped to 4..16) run at once under
+    vmap for `steps` steps of `optimizer` (default optax.adam(learning_rate)) inside one
+    `lax.scan`, each keeping its best point. Each is rounded to its `neighbours` nearest
+    valid plans (log2 distance) at the grid points around it; from the best rounded point
+    of the `polish` best starts, a variable-neighbourhood descent moves to the best
+    configuration one move away (see `_neighbours`), or two when none is better, until
+    neither improves. Every reported value is exact.
+
+    `progress(stage, evaluations)`, if given, is called as the search advances.
+    Returns {"best", "top", "evaluations" (gradient + exact), "gradient_evaluations",
+    "exact_evaluations", "space", "wall_s", ...}."""
     import optax
 
-    if objective not in ("tokens_per_joule", "tokens_per_s", "mfu"):
-        raise ValueError(
-            f"unknown objective '{objective}'; known: tokens_per_joule, tokens_per_s, mfu."
-        )
+    if objective is not None:
+        problem = _with(problem, objective=objective)
     t0 = time.perf_counter()
-    valid = enumerate_plans(system, model, problem)
-    opt = optax.adam(0.1) if optimizer is None else optimizer
-    f = _relaxed_objective(system, model, problem, objective)
+    space = _Space(system, model, problem, grid)
+    if starts is None:  # the budget grows with the space: 4 starts up to 16 from 65,536
+        starts = int(np.clip(math.sqrt(space.size) / 16, 4, 16))
+    plans = space.plans
+    names = [k for k in RELAXED if np.unique(plans[:, KNOBS.index(k)]).size > 1]
+    table = {k: plans[:, KNOBS.index(k)] for k in names}
+    if np.unique(space.chips).size > 1:  # the chip count is a knob; dp follows it
+        names.append("chips")
+        table["chips"] = space.chips
+    logp = (
+        np.log2(np.column_stack([table[k] for k in names])) if names else np.zeros((len(plans), 0))
+    )
+    lo_p, hi_p = logp.min(0), logp.max(0)
+    axes = [a for a in space.axes]
+    g_axes = [j for j, a in enumerate(axes) if a.size > 1]
+    pos = [bool(np.all(a > 0)) for a in axes]
+
+    def t_of(j, v):  # grid value -> coordinate in [0, 1]
+        a = axes[j]
+        lo, hi = (np.log(a[0]), np.log(a[-1])) if pos[j] else (a[0], a[-1])
+        x = np.log(v) if pos[j] else v
+        return (x - lo) / (hi - lo)
+
+    def value_of(j, t):  # coordinate -> grid value (traceable)
+        a = axes[j]
+        if pos[j]:
+            return jnp.exp(np.log(a[0]) + t * (np.log(a[-1]) - np.log(a[0])))
+        return a[0] + t * (a[-1] - a[0])
+
+    row = _make_row_fn(system, model, problem, space.names)
+    chips = float(problem.chip_counts()[0])
+    sign = problem.sign()
+    heads = float(model.n_heads)
+    moe = float(model.n_experts) > 0
+    i_dp, i_mb, i_ep = KNOBS.index("dp"), KNOBS.index("microbatch"), KNOBS.index("ep")
+
+    def relaxed(x, cat):
+        """Relaxed score of one start: sign x log objective - penalties."""
+        k = jnp.asarray(plans[0], jnp.float32)
+        for c, kname in zip(cat, CATEGORICAL, strict=True):
+            k = k.at[KNOBS.index(kname)].set(c)
+        deg = {n: 2.0 ** x[j] for j, n in enumerate(names)}
+        for n, v in deg.items():
+            if n != "chips":
+                k = k.at[KNOBS.index(n)].set(v)
+        tp, pp, cp = (k[KNOBS.index(n)] for n in ("tp", "pp", "cp"))
+        extra = jnp.float32(0.0)
+        k = k.at[i_dp].set(deg.get("chips", chips) / (tp * pp * cp))
+        dp = k[i_dp]
+        if problem.phase == "train":
+            gb = (
+                jnp.float32(problem.global_batch)
+                if problem.global_batch
+                else jnp.maximum(dp, _TOKENS_PER_STEP / problem.seq_len)
+            )
+            extra += jax.nn.relu(jnp.log2(k[i_mb] * dp / gb))  # micro-batch <= batch per rank
+        else:
+            gb = dp * k[i_mb]
+        extra += jax.nn.relu(-jnp.log2(dp)) + jax.nn.relu(jnp.log2(tp / heads))
+        if moe:
+            extra += jax.nn.relu(jnp.log2(k[i_ep] / (tp * dp * cp)))
+        gv = (
+            jnp.stack([value_of(j, x[len(names) + n]) for n, j in enumerate(g_axes)])
+            if g_axes
+            else None
+        )
+        full = []
+        for j, a in enumerate(axes):
+            full.append(gv[g_axes.index(j)] if j in g_axes else jnp.float32(a[0]))
+        gvec = jnp.stack(full) if full else jnp.zeros((0,), jnp.float32)
+        out, pen = row(k, gb, gvec)
+        v = out[0]
+        core = sign * jnp.log(jnp.maximum(v, 1e-30)) if isinstance(problem.objective, str) else v
+        p = pen + extra
+        return core - _PENALTY * (p + p**2)
+
+    dim = len(names) + len(g_axes)
+    lo = jnp.asarray(np.concatenate([lo_p, np.zeros(len(g_axes))]), jnp.float32)
+    hi = jnp.asarray(np.concatenate([hi_p, np.ones(len(g_axes))]), jnp.float32)
+    opt = optax.adam(learning_rate) if optimizer is None else optimizer
     rng = np.random.default_rng(seed)
-    hi = np.log2([min(64, problem.chips), max(1, int(model.n_layers)), 16, 64])
-    u0 = jnp.asarray(rng.uniform(0, 1, (starts, 4)) * hi, jnp.float32)
-    l0 = jnp.zeros((starts, 7), jnp.float32)
-    grad = jax.grad(lambda u, lg: -f(u, lg), argnums=(0, 1))
+    x0 = jnp.asarray(rng.uniform(0, 1, (starts, dim)) * (hi - lo) + lo, jnp.float32)
+    cat_idx = [KNOBS.index(c) for c in CATEGORICAL]
+    combos = np.unique(plans[:, cat_idx], axis=0)
+    cats = jnp.asarray(combos[rng.integers(0, len(combos), starts)], jnp.float32)
+    vg = jax.value_and_grad(lambda x, c: -relaxed(x, c))
 
     @jax.jit
-    def run(u, lg):
-        def one_start(u, lg):
-            state = opt.init((u, lg))
+    def run(x0, cats):
+        def one(x, c):
+            state = opt.init(x)
 
             def step(carry, _):
-                (u, lg), state = carry
-                g = grad(u, lg)
-                upd, state = opt.update(g, state, (u, lg))
-                u, lg = optax.apply_updates((u, lg), upd)
-                u = jnp.clip(u, 0.0, jnp.asarray(hi, jnp.float32))
-                return ((u, lg), state), None
+                x, state, best_x, best_f = carry
+                f, g = vg(x, c)
+                g = jnp.where(jnp.isfinite(g), g, 0.0)
+                better = f < best_f
+                best_x, best_f = jnp.where(better, x, best_x), jnp.where(better, f, best_f)
+                upd, state = opt.update(g, state, x)
+                x = jnp.clip(optax.apply_updates(x, upd), lo, hi)
+                return (x, state, best_x, best_f), None
 
-            ((u, lg), _), _ = jax.lax.scan(step, ((u, lg), state), None, length=steps)
-            return u, lg
+            init = (x, state, x, jnp.float32(jnp.inf))
+            (x, _, best_x, best_f), _ = jax.lax.scan(step, init, None, length=steps)
+            f_last = vg(x, c)[0]
+            return jnp.where(f_last < best_f, x, best_x)
 
-        return jax.vmap(one_start)(u, lg)
+        return jax.vmap(one)(x0, cats)
 
-    with jax.numpy_dtype_promotion("standard"):
-        u_opt, lg_opt = jax.device_get(run(u0, l0))
-    evals = starts * steps * len(_CATS)
-    # rounding: nearest valid plans of each start, with its most probable categories
-    logk = np.log2(valid[:, [KNOBS.index(k) for k in RELAXED]])
-    cand = set()
+    report = progress or (lambda stage, evaluations: None)
+    report("compiling and running the gradient phase", 0)
+    if dim:
+        with jax.numpy_dtype_promotion("standard"):
+            x_opt = np.asarray(jax.device_get(run(x0, cats)))
+        grad_evals = starts * (steps + 1)
+    else:
+        x_opt, grad_evals = np.zeros((starts, 0)), 0
+    # rounding: each start's nearest valid plans (same categorical choice) at the grid
+    # points around it (the nearest value below and above on each axis)
+    exact = _Exact(system, model, problem, space)
+    per_start = []
+    cat_np = np.asarray(cats)
     for s in range(starts):
-        z, r = int(np.argmax(lg_opt[s, :4])), int(np.argmax(lg_opt[s, 4:]))
-        same = np.nonzero(
-            (valid[:, KNOBS.index("zero")] == z) & (valid[:, KNOBS.index("recompute")] == r)
-        )[0]
-        pool = same if same.size else np.arange(len(valid))
-        d = np.sum((logk[pool] - u_opt[s]) ** 2, axis=1)
-        cand.update(int(i) for i in pool[np.argsort(d)[:neighbours]])
-    scores = _exact(system, model, problem, valid, sorted(cand), objective)
-    evals += len(cand)
-    best = max(scores, key=scores.get)
-    # local polish: every valid plan one knob away from the best, until no improvement
-    while True:
-        diff = np.sum(valid != valid[best], axis=1)
-        nbrs = [int(i) for i in np.nonzero(diff == 1)[0] if int(i) not in scores]
-        if not nbrs:
-            break
-        new = _exact(system, model, problem, valid, nbrs, objective)
-        evals += len(nbrs)
-        scores.update(new)
-        top = max(scores, key=scores.get)
-        if top == best:
-            break
-        best = top
-    k = valid[best]
+        same = np.nonzero(np.all(plans[:, cat_idx] == cat_np[s], axis=1))[0]
+        pool = same if same.size else np.arange(len(plans))
+        d = np.sum((logp[pool] - x_opt[s, : len(names)]) ** 2, axis=1)
+        near = pool[np.argsort(d, kind="stable")[:neighbours]]
+        around = []
+        for n, j in enumerate(g_axes):
+            t = t_of(j, axes[j]) - x_opt[s, len(names) + n]
+            lo = np.nonzero(t <= 0)[0]
+            hi = np.nonzero(t >= 0)[0]
+            around.append(sorted({int(lo[-1]) if lo.size else 0, int(hi[0]) if hi.size else 0}))
+        mine = []
+        for pick in itertools.product(*around):
+            gi = [0] * len(axes)
+            for j, v in zip(g_axes, pick, strict=True):
+                gi[j] = v
+            g = int(np.ravel_multi_index(tuple(gi), space.shape)) if axes else 0
+            mine += [g * space.n_plans + int(p) for p in near]
+        per_start.append(mine)
+    report("rounding to valid plans", grad_evals)
+    exact([i for m in per_start for i in m])
+    # polish seeds: the best rounded configuration of each start (diverse basins), best first
+    firsts = {max(m, key=exact.score) for m in per_start}
+    seeds = sorted(firsts, key=lambda i: (-exact.score(i), i))[:polish]
+    for cur in seeds:  # variable-neighbourhood descent: one move, then two when stuck
+        radius = 1
+        while radius <= 2:
+            nb = _neighbours(space, cur, radius)
+            exact(nb)
+            report("polishing (local search)", grad_evals + len(exact.values))
+            best_nb = max(nb, key=exact.score, default=cur)
+            if exact.score(best_nb) > exact.score(cur):
+                cur, radius = best_nb, 1
+            else:
+                radius += 1
+    report("done", grad_evals + len(exact.values))
+    ranked = sorted(exact.values, key=lambda i: (-exact.score(i), i))
+    feasible = [i for i in ranked if exact.score(i) > -math.inf]
+    top_rows = space.describe(feasible[:top], [exact.values[i] for i in feasible[:top]])
     return {
-        "best": {
-            **{name: int(k[j]) for j, name in enumerate(KNOBS)},
-            "global_batch": int(_global_batch(problem, k[2:3])[0]),
-            objective: scores[best],
-        },
-        "evaluations": int(evals),
-        "space": int(len(valid)),
+        "problem": problem.as_dict(),
+        "objective": problem.objective_name(),
+        "best": top_rows[0] if top_rows else None,
+        "top": top_rows,
+        "evaluations": int(grad_evals + len(exact.values)),
+        "gradient_evaluations": int(grad_evals),
+        "exact_evaluations": len(exact.values),
+        "space": int(space.size),
         "wall_s": time.perf_counter() - t0,
+        "_scores": exact.values,
+        "_space": space,
     }
-
-
-def _exact(system, model, problem, valid, idx, objective) -> dict:
-    """Exact objective of the valid plans `idx` (infeasible plans score -inf)."""
-    from emu.struct import replace
-
-    k = valid[idx]
-    base = _base_plan(problem, len(idx))
-    kw = {name: jnp.asarray(k[:, j]) for j, name in enumerate(KNOBS)}
-    gb = jnp.asarray(_global_batch(problem, k[:, KNOBS.index("dp")]), jnp.float32)
-    plans = replace(base, global_batch=gb, **kw)
-    r = jax.jit(jax.vmap(lambda p: evaluate(system, model, p)))(plans)
-    val = np.asarray(getattr(r, objective))
-    ok = np.asarray(r.feasible) > 0.5
-    return {int(i): (float(v) if o else -np.inf) for i, v, o in zip(idx, val, ok, strict=True)}

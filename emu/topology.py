@@ -20,13 +20,24 @@ domain, so it spans a tier only when it outgrows the domain below.
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
 import jax.numpy as jnp
 
 from emu.hardware import Chip, Facility, Host, Overlap, example_chip, example_overlap
 from emu.numerics import safe_div
 from emu.struct import dataclass, static_field
 
-__all__ = ["Tier", "System", "participants", "example_system", "tier_names"]
+__all__ = [
+    "Tier",
+    "System",
+    "participants",
+    "example_system",
+    "tier_names",
+    "reshape",
+    "TOPOLOGY_KNOBS",
+]
 
 Array = jnp.ndarray
 
@@ -76,6 +87,97 @@ class System:
     host: Host
     facility: Facility
     overlap: Overlap
+
+
+#: topology knobs of `reshape`: name -> meaning (all smooth, so gradients flow through them)
+TOPOLOGY_KNOBS = {
+    "domain": "chips in the scale-up domain (domain_chips of the outermost scale-up tier)",
+    "scaleup_bw": "scale-up bandwidth per chip, x configured (links per chip; scale-up "
+    "switch, optics and NIC watts scale with it)",
+    "scaleout_bw": "scale-out bandwidth per chip, x configured (NICs per chip; scale-out "
+    "switch, optics and NIC watts scale with it)",
+    "oversubscription": "scale-out oversubscription (switch and optics watts scale with "
+    "the ports: (1 + 1/o) / (1 + 1/o_configured))",
+    "optics_share": "fraction of the scale-up links that are optical (0..1); copper "
+    "reaches COPPER_REACH_CHIPS chips, so a domain D needs a share >= 1 - reach/D",
+}
+#: chips one copper scale-up domain can span: the NVL72 rack's copper spine (facts §7);
+#: an assumption for every system (no other copper reach is published)
+COPPER_REACH_CHIPS = 72.0
+#: bytes/s per direction of one scale-up optical module: 400G (facts §4: CloudMatrix's UB
+#: optics are 400G LPO); one module per 400G of a chip's scale-up bandwidth, chip side
+OPTIC_BYTES_PER_S = 50e9
+#: watts of a scale-up module where the configured tier has none (facts §4: 8 W 400G LPO,
+#: the CloudMatrix 384 assumption)
+DEFAULT_OPTIC_W = 8.0
+
+
+def _scale_tier(t: Tier, bw, power) -> Tier:
+    return dataclasses.replace(
+        t,
+        bytes_per_s=t.bytes_per_s * bw,
+        switch_w_per_chip=t.switch_w_per_chip * power,
+        optics_per_chip=t.optics_per_chip * power,
+        nic_w_per_chip=t.nic_w_per_chip * power,
+    )
+
+
+def reshape(system: System, **knobs) -> tuple[System, Array]:
+    """`system` with its topology changed by `knobs` (see TOPOLOGY_KNOBS; omitted knobs keep
+    the configured value), and the violation of the copper-reach rule as a smooth,
+    non-negative number (0 when the scale-up domain is reachable; log of the excess).
+
+    The scale-up tiers are all but the last; the scale-out tier is the last. Pure jnp, so
+    every knob can be a traced value (vmapped grids, gradient search).
+
+    >>> s, bad = reshape(example_system(), scaleup_bw=2.0)
+    >>> round(float(s.tiers[0].bytes_per_s) / 1e9), float(s.tiers[0].switch_w_per_chip), float(bad)
+    (900, 60.0, 0.0)
+    """
+    unknown = set(knobs) - set(TOPOLOGY_KNOBS)
+    if unknown:
+        raise ValueError(
+            f"unknown topology knob(s) {sorted(unknown)}; known: {', '.join(TOPOLOGY_KNOBS)}."
+        )
+    tiers = list(system.tiers)
+    if len(tiers) < 2 and set(knobs) - {"scaleout_bw", "oversubscription"}:
+        raise ValueError(f"{system.name} has no scale-up tier to reshape.")
+    up, out = len(tiers) - 2, len(tiers) - 1
+    if "scaleup_bw" in knobs:
+        m = jnp.asarray(knobs["scaleup_bw"], jnp.float32)
+        tiers[:out] = [_scale_tier(t, m, m) for t in tiers[:out]]
+    if "scaleout_bw" in knobs:
+        m = jnp.asarray(knobs["scaleout_bw"], jnp.float32)
+        tiers[out] = _scale_tier(tiers[out], m, m)
+    if "oversubscription" in knobs:
+        o = jnp.asarray(knobs["oversubscription"], jnp.float32)
+        t = tiers[out]
+        ports = safe_div(1.0 + 1.0 / o, 1.0 + safe_div(1.0, t.oversubscription))
+        t = _scale_tier(t, 1.0, ports)
+        tiers[out] = dataclasses.replace(
+            t, oversubscription=o, nic_w_per_chip=tiers[out].nic_w_per_chip
+        )
+    violation = jnp.float32(0.0)
+    if up >= 0:
+        t = tiers[up]
+        full = t.bytes_per_s / OPTIC_BYTES_PER_S  # modules per chip if all links were optical
+        share = jnp.clip(safe_div(t.optics_per_chip, full), 0.0, 1.0)
+        if "optics_share" in knobs:
+            share = jnp.clip(jnp.asarray(knobs["optics_share"], jnp.float32), 0.0, 1.0)
+            optic_w = jnp.where(t.optic_w > 0, t.optic_w, DEFAULT_OPTIC_W)
+            t = dataclasses.replace(t, optics_per_chip=share * full, optic_w=optic_w)
+        domain = t.domain_chips
+        if "domain" in knobs:
+            domain = jnp.asarray(knobs["domain"], jnp.float32)
+            t = dataclasses.replace(t, domain_chips=domain)
+            tiers[:up] = [
+                dataclasses.replace(s, domain_chips=jnp.minimum(s.domain_chips, domain))
+                for s in tiers[:up]
+            ]
+        tiers[up] = t
+        reach = COPPER_REACH_CHIPS / jnp.maximum(1.0 - share, 1e-6)
+        violation = jax.nn.relu(jnp.log(safe_div(domain, reach)))
+    return dataclasses.replace(system, tiers=tuple(tiers)), violation
 
 
 def tier_names(system: System) -> list[str]:

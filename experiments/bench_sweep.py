@@ -41,7 +41,7 @@ print(json.dumps({"configurations": r["evaluations"], "wall_s": wall,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="1e5,1e6,4e6")
+    ap.add_argument("--sizes", default="1e5,1e6,1e7")
     args = ap.parse_args()
     print(f"{'configurations':>15} {'wall_s':>8} {'configs/s':>11} {'peak_rss_MB':>12}")
     for size in args.sizes.split(","):

@@ -1,20 +1,185 @@
+import json
+import math
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import emu
-from emu.search import KNOBS, Problem, enumerate_plans, gradient_search, plan_of
+from emu.power import full_load_power
+from emu.search import (
+    COLUMNS,
+    KNOBS,
+    Problem,
+    enumerate_plans,
+    gradient_search,
+    plan_of,
+    sweep,
+    system_of,
+    write_table,
+)
+from emu.topology import reshape
+
+SMALL = Problem("dgx_h100", "llama3_8b", 16, seq_len=4096)
+GRID = {"scaleup_bw": [0.5, 1.0, 2.0], "scaleout_bw": [0.5, 1.0, 2.0]}
 
 
-def test_gradient_search_returns_an_exactly_evaluated_valid_plan():
-    system, model = emu.load_system("dgx_h100"), emu.load_model("llama3_8b")
-    problem = Problem("dgx_h100", "llama3_8b", 16, seq_len=4096)
-    res = gradient_search(system, model, problem, starts=4, steps=20)
-    best = res["best"]
-    valid = enumerate_plans(system, model, problem)
-    row = np.asarray([best[k] for k in KNOBS], np.float32)
-    assert (valid == row).all(axis=1).any()
-    plan = plan_of(
-        problem, {**best, "global_batch": best["dp"] * max(1, -(-(2**22) // (4096 * best["dp"])))}
+@pytest.fixture(scope="module")
+def small():
+    return emu.load_system("dgx_h100"), emu.load_model("llama3_8b")
+
+
+@pytest.fixture(scope="module")
+def both(small, tmp_path_factory):
+    system, model = small
+    ex = sweep(system, model, SMALL, tmp_path_factory.mktemp("ex"), grid=GRID, chunk=4096)
+    gs = gradient_search(system, model, SMALL, grid=GRID, starts=4, steps=20)
+    return ex, gs
+
+
+def test_gradient_search_result_is_a_valid_plan_evaluated_exactly(small, both):
+    system, model = small
+    _, gs = both
+    best = gs["best"]
+    valid = enumerate_plans(system, model, SMALL)
+    assert (valid == np.asarray([best[k] for k in KNOBS], np.float32)).all(axis=1).any()
+    assert best["scaleup_bw"] in GRID["scaleup_bw"] and best["scaleout_bw"] in GRID["scaleout_bw"]
+    r = emu.evaluate(system_of(system, best, list(GRID)), model, plan_of(SMALL, best))
+    assert np.isclose(best["tokens_per_joule"], float(r.tokens_per_joule), rtol=1e-5)
+    assert best["objective"] == best["tokens_per_joule"] and best["feasible"]
+    assert gs["evaluations"] == gs["gradient_evaluations"] + gs["exact_evaluations"]
+
+
+def test_gradient_search_matches_the_exhaustive_optimum_with_fewer_evaluations(both):
+    ex, gs = both
+    assert gs["space"] == ex["evaluations"]
+    assert gs["best"]["objective"] >= 0.99 * ex["best"]["objective"]
+    assert gs["best"]["objective"] <= ex["best"]["objective"] * (1 + 1e-6)  # never above it
+    assert gs["evaluations"] < ex["evaluations"]
+
+
+def test_search_table_lists_every_exact_evaluation(both, tmp_path):
+    _, gs = both
+    path = write_table(gs, tmp_path / "gs.csv")
+    header = path.read_text().splitlines()[0].split(",")
+    assert header == [*GRID, *KNOBS, "global_batch", *COLUMNS]
+    rows = np.loadtxt(path, delimiter=",", skiprows=1)
+    assert rows.shape[0] == gs["exact_evaluations"]
+
+
+def test_decode_plans_meet_the_tpot_slo_and_power_cap(tmp_path):
+    system, model = emu.load_system("gb200_nvl72"), emu.load_model("llama3_70b")
+    problem = Problem(
+        "gb200_nvl72",
+        "llama3_70b",
+        (16, 32, 72),
+        seq_len=2048,
+        phase="decode",
+        precision="fp8",
+        objective="tokens_per_s",
+        tpot_slo=0.03,
+        power_cap=40e3,
     )
-    exact = float(emu.evaluate(system, model, plan).tokens_per_joule)
-    assert np.isclose(best["tokens_per_joule"], exact, rtol=1e-5)
-    assert res["evaluations"] > 0 and res["space"] == len(valid)
+    plans = enumerate_plans(system, model, problem)
+    col = {k: plans[:, i] for i, k in enumerate(KNOBS)}
+    assert set(np.unique(col["tp"] * col["dp"]).tolist()) == {16.0, 32.0, 72.0}
+    assert np.all(col["pp"] == 1) and np.all(col["zero"] == 0)
+    res = sweep(system, model, problem, tmp_path, chunk=1024)
+    rows = np.loadtxt(write_table(res, tmp_path / "d.csv"), delimiter=",", skiprows=1)
+    c = {k: rows[:, len(KNOBS) + 1 + i] for i, k in enumerate(COLUMNS)}
+    ok = c["feasible"] > 0.5
+    assert ok.any() and (~ok).any()  # the constraints bind somewhere
+    assert np.all(c["tpot_s"][ok] <= 0.03 * (1 + 1e-6))
+    assert np.all(c["power_w"][ok] <= 40e3 * (1 + 1e-6))
+    assert res["best"]["tokens_per_s"] == pytest.approx(c["tokens_per_s"][ok].max(), rel=1e-6)
+
+
+def test_fixed_knobs_stay_fixed_and_unknown_knobs_are_named(small):
+    system, model = small
+    p = Problem("dgx_h100", "llama3_8b", 16, free=("pp", "microbatch"), fixed=(("tp", 4),))
+    plans = enumerate_plans(system, model, p)
+    assert np.all(plans[:, KNOBS.index("tp")] == 4) and np.all(plans[:, KNOBS.index("zero")] == 1)
+    assert np.unique(plans[:, KNOBS.index("pp")]).size > 1
+    with pytest.raises(ValueError, match="unknown knob"):
+        enumerate_plans(system, model, Problem("dgx_h100", "llama3_8b", 16, free=("tpp",)))
+    with pytest.raises(ValueError, match="unknown objective"):
+        enumerate_plans(system, model, Problem("dgx_h100", "llama3_8b", 16, objective="speed"))
+
+
+def test_topology_knobs_trade_power_for_bandwidth_and_respect_copper_reach():
+    system = emu.load_system("gb200_nvl72")
+    w0 = float(full_load_power(system).it_w)
+    more, bad = reshape(system, scaleup_bw=2.0)
+    assert float(more.tiers[0].bytes_per_s) == pytest.approx(2 * 900e9, rel=1e-6)
+    assert float(full_load_power(more).it_w) > w0 and float(bad) == 0.0
+    _, bad = reshape(system, domain=144.0)  # copper cannot reach two racks
+    assert float(bad) > 0
+    optical, bad = reshape(system, domain=144.0, optics_share=1.0)
+    assert float(bad) == 0.0 and float(full_load_power(optical).it_w) > w0
+    with pytest.raises(ValueError, match="unknown topology knob"):
+        reshape(system, links=2.0)
+
+
+def test_tokens_per_joule_is_differentiable_in_the_topology_knobs():
+    system, model = emu.load_system("cloudmatrix384"), emu.load_model("llama3_70b")
+    from emu.runner import auto_plan
+
+    plan = auto_plan(system, model, 384, seq_len=4096)
+
+    def f(x):
+        s, _ = reshape(system, scaleup_bw=x[0], scaleout_bw=x[1], oversubscription=x[2])
+        return jnp.log(emu.evaluate(s, model, plan).tokens_per_joule)
+
+    x = jnp.asarray([1.0, 1.0, 2.0])
+    g = np.asarray(jax.grad(f)(x))
+    assert np.all(np.isfinite(g))
+    for i in range(3):  # central differences agree with the gradient
+        e = np.zeros(3, np.float32)
+        e[i] = 1e-2
+        fd = (float(f(x + e)) - float(f(x - e))) / 2e-2
+        assert g[i] == pytest.approx(fd, rel=0.05, abs=1e-4)
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "emu", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_search_json_contract_and_outputs(tmp_path):
+    out = tmp_path / "s.parquet"
+    r = _cli(
+        "search", "--system", "dgx_h100", "--model", "llama3_8b", "--chips", "16",
+        "--seq-len", "4096", "--grid", "scaleup_bw=0.5,1,2", "--starts", "4",
+        "--steps", "10", "--top", "3", "--out", str(out), "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["evaluations"] > 0 and d["wall_s"] > 0 and len(d["top"]) == 3
+    best = d["best"]
+    assert best["plan"]["tp"] * best["plan"]["pp"] * best["plan"]["dp"] == 16
+    assert best["grid"]["scaleup_bw"] in (0.5, 1.0, 2.0)
+    assert best["objective"]["name"] == "tokens_per_joule"
+    assert math.isclose(best["tokens_per_joule"], d["top"][0]["tokens_per_joule"], rel_tol=1e-5)
+    pq = pytest.importorskip("pyarrow.parquet")
+    assert pq.read_table(out).num_rows == d["exact_evaluations"]
+
+
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--free", "tp,foo"], "--free: unknown knob 'foo'"),
+        (["--dp", "4"], "derives dp from --chips"),
+        (["--objective", "speed"], "unknown objective 'speed'"),
+        (["--grid", "domain=0.5"], "--grid domain"),
+        (["--chips", "16,x"], "--chips expects integers"),
+        (["--out", "x.txt"], ".csv or .parquet"),
+    ],
+)
+def test_cli_search_bad_input_is_one_line(args, msg):
+    r = _cli("search", "--system", "dgx_h100", "--model", "llama3_8b", "--chips", "16", *args)
+    assert r.returncode == 2 and msg in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

@@ -75,7 +75,9 @@ def test_sweep_best_is_the_feasible_maximum_and_front_is_undominated(tmp_path):
         system, model, Problem("dgx_h100", "llama3_8b", 16, seq_len=4096), tmp_path, chunk=128
     )
     csv = write_table(res, tmp_path / "all.csv")
-    r = np.loadtxt(csv, delimiter=",", skiprows=1)[:, len(KNOBS) :]
+    header = csv.read_text().splitlines()[0].split(",")
+    assert header == [*KNOBS, "global_batch", *COLUMNS]
+    r = np.loadtxt(csv, delimiter=",", skiprows=1)[:, len(KNOBS) + 1 :]
     assert r.shape[0] == res["evaluations"]
     feas = r[:, COLUMNS.index("feasible")] > 0.5
     tpj = r[:, COLUMNS.index("tokens_per_joule")]
