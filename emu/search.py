@@ -441,7 +441,12 @@ def _make_row_fn(system: System, model: Model, problem: Problem, names: list[str
     return f
 
 
-def _make_eval(system, model, problem, space: _Space, n: int):
+#: XLA options for functions that run only a few hundred evaluations (the gradient phase,
+#: exact re-evaluation): a cheaper backend optimisation level compiles ~30% faster
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def _make_eval(system, model, problem, space: _Space, n: int, fast_compile: bool = False):
     """f(flat indices [n] int) -> COLUMNS [n, C] (asynchronous): ONE compiled function that
     gathers each configuration's knobs and grid values from device-resident tables and
     evaluates them, with the rows sharded over the local devices."""
@@ -475,8 +480,15 @@ def _make_eval(system, model, problem, space: _Space, n: int):
         rep,
     )
 
+    compiled = {}
+
     def call(idx: np.ndarray):
-        return fn(jax.device_put(np.asarray(idx, np.int32), shard), *tables)
+        a = jax.device_put(np.asarray(idx, np.int32), shard)
+        if not fast_compile:
+            return fn(a, *tables)
+        if "fn" not in compiled:
+            compiled["fn"] = fn.lower(a, *tables).compile(compiler_options=FAST_COMPILE)
+        return compiled["fn"](a, *tables)
 
     return call
 
@@ -841,7 +853,7 @@ class _Exact:
 
     def __init__(self, system, model, problem, space):
         self.space, self.sign = space, problem.sign()
-        self.fn = _make_eval(system, model, problem, space, self.BATCH)
+        self.fn = _make_eval(system, model, problem, space, self.BATCH, fast_compile=True)
         self.values: dict[int, np.ndarray] = {}
 
     def __call__(self, idx) -> None:
@@ -1036,9 +1048,8 @@ def gradient_search(
                 return (x, state, best_x, best_f), None
 
             init = (x, state, x, jnp.float32(jnp.inf))
-            (x, _, best_x, best_f), _ = jax.lax.scan(step, init, None, length=steps)
-            f_last = vg(x, c)[0]
-            return jnp.where(f_last < best_f, x, best_x)
+            (_, _, best_x, _), _ = jax.lax.scan(step, init, None, length=steps)
+            return best_x  # the best evaluated point (the last update is not evaluated)
 
         return jax.vmap(one)(x0, cats)
 
@@ -1046,8 +1057,9 @@ def gradient_search(
     report("compiling and running the gradient phase", 0)
     if dim:
         with jax.numpy_dtype_promotion("standard"):
-            x_opt = np.asarray(jax.device_get(run(x0, cats)))
-        grad_evals = starts * (steps + 1)
+            compiled = run.lower(x0, cats).compile(compiler_options=FAST_COMPILE)
+            x_opt = np.asarray(jax.device_get(compiled(x0, cats)))
+        grad_evals = starts * steps
     else:
         x_opt, grad_evals = np.zeros((starts, 0)), 0
     # rounding: each start's nearest valid plans (same categorical choice) at the grid
