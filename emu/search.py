@@ -16,10 +16,11 @@ takes the chunks i with i % n == p and process 0 merges. It keeps the top-k and 
 front (tokens/s vs watts) of the feasible plans.
 
 `gradient_search` relaxes the same space: log2 of the parallel degrees and batch, the grid
-axes as continuous coordinates, smooth penalties for memory, SLO, power cap and reach; an
-optax optimiser runs inside `lax.scan`, many starts at once under `vmap`; each start is
-rounded to its nearest valid discrete plans and grid points, the best are polished by a
-discrete local search, and every reported result is re-evaluated exactly.
+axes as continuous coordinates, ZeRO/recompute/SP as softmax-relaxed choices, smooth
+penalties for memory, SLO, power cap and reach; an optax optimiser runs inside `lax.scan`,
+many starts at once under `vmap`; each start is rounded to its nearest valid discrete plans
+and grid points, the best are polished by a discrete local search, and every reported
+result is re-evaluated exactly.
 """
 
 from __future__ import annotations
@@ -927,8 +928,9 @@ def gradient_search(
 
     Continuous coordinates: log2 of the free degrees in RELAXED (and of the chip count when
     it is free; dp takes the remaining chips) and one coordinate in [0, 1] per
-    grid axis (log-spaced between its extremes). ZeRO, recompute and SP are categorical:
-    each start keeps one valid combination and the polish changes them. `starts` starts
+    grid axis (log-spaced between its extremes). ZeRO, recompute and SP are relaxed
+    categorical choices (a softmax per knob; each step samples one value and moves the
+    logits by the score-function gradient). `starts` starts
     (random, seeded; default sqrt(space size) / 16, clipped to 4..16) run at once under
     vmap for `steps` steps of `optimizer` (default optax.adam(learning_rate)) inside one
     `lax.scan`, each keeping its best point. Each is rounded to its `neighbours` nearest
@@ -1027,41 +1029,69 @@ def gradient_search(
     opt = optax.adam(learning_rate) if optimizer is None else optimizer
     rng = np.random.default_rng(seed)
     x0 = jnp.asarray(rng.uniform(0, 1, (starts, dim)) * (hi - lo) + lo, jnp.float32)
+    # ZeRO, recompute and SP: relaxed categorical choices, a softmax per knob over its
+    # valid values; each step samples one value per knob (Gumbel-max) and updates the
+    # logits with the score-function gradient against a moving baseline, so a step costs
+    # one evaluation however many combinations exist
     cat_idx = [KNOBS.index(c) for c in CATEGORICAL]
-    combos = np.unique(plans[:, cat_idx], axis=0)
-    cats = jnp.asarray(combos[rng.integers(0, len(combos), starts)], jnp.float32)
+    choices = [jnp.asarray(np.unique(plans[:, j]), jnp.float32) for j in cat_idx]
+    sizes = [int(c.size) for c in choices]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    lg0 = jnp.asarray(rng.normal(0.0, 0.5, (starts, int(offsets[-1]))), jnp.float32)
+    keys = jax.random.split(jax.random.PRNGKey(seed), starts)
     vg = jax.value_and_grad(lambda x, c: -relaxed(x, c))
 
+    def sample(lg, key):
+        vals, onehot, prob = [], [], []
+        for j, n in enumerate(sizes):
+            part = lg[offsets[j] : offsets[j] + n]
+            key, sub = jax.random.split(key)
+            i = jnp.argmax(part + jax.random.gumbel(sub, (n,)))
+            vals.append(choices[j][i])
+            onehot.append(jax.nn.one_hot(i, n))
+            prob.append(jax.nn.softmax(part))
+        return jnp.stack(vals), jnp.concatenate(onehot), jnp.concatenate(prob)
+
     @jax.jit
-    def run(x0, cats):
-        def one(x, c):
-            state = opt.init(x)
+    def run(x0, lg0, keys):
+        def one(x, lg, key):
+            params = (x, lg)
+            state = opt.init(params)
 
-            def step(carry, _):
-                x, state, best_x, best_f = carry
-                f, g = vg(x, c)
-                g = jnp.where(jnp.isfinite(g), g, 0.0)
+            def step(carry, key):
+                (x, lg), state, best_x, best_c, best_f, base = carry
+                c, onehot, prob = sample(lg, key)
+                f, gx = vg(x, c)
+                gx = jnp.where(jnp.isfinite(gx), gx, 0.0)
+                base = jnp.where(jnp.isfinite(base), base, f)
+                adv = jnp.clip(f - base, -10.0, 10.0)
+                glg = adv * (onehot - prob)  # d E[f] / d logits, score-function estimate
+                base = 0.8 * base + 0.2 * f
                 better = f < best_f
-                best_x, best_f = jnp.where(better, x, best_x), jnp.where(better, f, best_f)
-                upd, state = opt.update(g, state, x)
-                x = jnp.clip(optax.apply_updates(x, upd), lo, hi)
-                return (x, state, best_x, best_f), None
+                best_x = jnp.where(better, x, best_x)
+                best_c = jnp.where(better, c, best_c)
+                best_f = jnp.where(better, f, best_f)
+                upd, state = opt.update((gx, glg), state, (x, lg))
+                x, lg = optax.apply_updates((x, lg), upd)
+                x = jnp.clip(x, lo, hi)
+                return ((x, lg), state, best_x, best_c, best_f, base), None
 
-            init = (x, state, x, jnp.float32(jnp.inf))
-            (_, _, best_x, _), _ = jax.lax.scan(step, init, None, length=steps)
-            return best_x  # the best evaluated point (the last update is not evaluated)
+            inf = jnp.float32(jnp.inf)
+            c0 = jnp.stack([ch[0] for ch in choices])
+            init = (params, state, x, c0, inf, inf)
+            keys_s = jax.random.split(key, steps)
+            (_, _, best_x, best_c, _, _), _ = jax.lax.scan(step, init, keys_s)
+            return best_x, best_c  # the best evaluated point and its categorical values
 
-        return jax.vmap(one)(x0, cats)
+        return jax.vmap(one)(x0, lg0, keys)
 
     report = progress or (lambda stage, evaluations: None)
     report("compiling and running the gradient phase", 0)
-    if dim:
-        with jax.numpy_dtype_promotion("standard"):
-            compiled = run.lower(x0, cats).compile(compiler_options=FAST_COMPILE)
-            x_opt = np.asarray(jax.device_get(compiled(x0, cats)))
-        grad_evals = starts * steps
-    else:
-        x_opt, grad_evals = np.zeros((starts, 0)), 0
+    with jax.numpy_dtype_promotion("standard"):
+        compiled = run.lower(x0, lg0, keys).compile(compiler_options=FAST_COMPILE)
+        x_opt, cats = jax.device_get(compiled(x0, lg0, keys))
+    x_opt = np.asarray(x_opt)
+    grad_evals = starts * steps
     # rounding: each start's nearest valid plans (same categorical choice) at the grid
     # points around it (the nearest value below and above on each axis)
     exact = _Exact(system, model, problem, space)

@@ -183,3 +183,21 @@ def test_cli_search_bad_input_is_one_line(args, msg):
     r = _cli("search", "--system", "dgx_h100", "--model", "llama3_8b", "--chips", "16", *args)
     assert r.returncode == 2 and msg in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_user_objective_and_any_optax_transform(small, tmp_path):
+    import optax
+
+    system, model = small
+
+    def per_kw(r):  # a user function of the outputs: tokens/s per kW of IT power, squared
+        return (r.tokens_per_s / (r.power_w / 1e3)) ** 2
+
+    problem = Problem("dgx_h100", "llama3_8b", 16, seq_len=4096, objective=per_kw)
+    ex = sweep(system, model, problem, tmp_path, chunk=1024)
+    gs = gradient_search(system, model, problem, starts=4, steps=10, optimizer=optax.sgd(0.05))
+    want = (ex["best"]["tokens_per_joule"] * 1e3) ** 2
+    assert ex["best"]["objective"] == pytest.approx(want, rel=1e-4)
+    assert gs["best"]["objective"] <= ex["best"]["objective"] * (1 + 1e-6)
+    assert gs["best"]["objective"] >= 0.9 * ex["best"]["objective"]
+    assert gs["objective"] == ex["objective"] and "per_kw" in gs["objective"]
