@@ -448,9 +448,10 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _make_eval(system, model, problem, space: _Space, n: int, fast_compile: bool = False):
-    """f(flat indices [n] int) -> COLUMNS [n, C] (asynchronous): ONE compiled function that
-    gathers each configuration's knobs and grid values from device-resident tables and
-    evaluates them, with the rows sharded over the local devices."""
+    """f(flat indices [n] int) -> list of COLUMNS blocks (asynchronous): ONE compiled
+    function, called per block of up to 4096 rows, gathers each configuration's knobs and
+    grid values from device-resident tables and evaluates them, with the rows sharded over
+    the local devices."""
     row = _make_row_fn(system, model, problem, space.names)
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("d",))
     shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
@@ -461,6 +462,8 @@ def _make_eval(system, model, problem, space: _Space, n: int, fast_compile: bool
             "(2^31); narrow the grid or fix some knobs."
         )
     n_plans, shape = space.n_plans, space.shape
+    sub = next(b for b in (4096, 2048, 1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1) if n % b == 0)
+    # (one compiled function per block size: every block of a sweep has `sub` rows)
 
     def run(idx, plans, gb, axes):
         p, g = idx % n_plans, idx // n_plans
@@ -483,13 +486,19 @@ def _make_eval(system, model, problem, space: _Space, n: int, fast_compile: bool
 
     compiled = {}
 
-    def call(idx: np.ndarray):
+    def block(idx: np.ndarray):
         a = jax.device_put(np.asarray(idx, np.int32), shard)
         if not fast_compile:
             return fn(a, *tables)
         if "fn" not in compiled:
             compiled["fn"] = fn.lower(a, *tables).compile(compiler_options=FAST_COMPILE)
         return compiled["fn"](a, *tables)
+
+    def call(idx: np.ndarray) -> list:
+        """Dispatch blocks of `sub` rows (asynchronous); np.concatenate the list for the
+        values. Blocks of ~4096 keep the intermediates in the CPU caches: 2-4x faster than
+        one vmap over a chunk of 2^18."""
+        return [block(idx[s : s + sub]) for s in range(0, len(idx), sub)]
 
     return call
 
@@ -674,13 +683,16 @@ def sweep(
     from concurrent.futures import ThreadPoolExecutor
 
     pending = None
+    first_s = None
     with ThreadPoolExecutor(max_workers=1) as pool:
         writes = []
         for i in [*todo, None]:
             current = (i, *launch(i)) if i is not None else None
             if pending is not None:
                 pi, fut, rows = pending
-                data = np.asarray(fut)[:rows]
+                data = np.concatenate([np.asarray(f) for f in fut])[:rows]
+                if first_s is None:  # compilation + the first chunk
+                    first_s = time.perf_counter() - t0
                 path = parts / f"chunk-{pi:06d}.npz"
                 writes.append((pi, pool.submit(_store, path, data, pi * chunk, sign, top)))
             while writes and (writes[0][1].done() or len(writes) > 1 or current is None):
@@ -737,6 +749,7 @@ def sweep(
         "chunks": n_chunks,
         "resumed": resumed,
         "wall_s": time.perf_counter() - t0,
+        "first_chunk_s": first_s,
         "_parts": parts,
         "_chunk": chunk,
         "_space": space,
@@ -862,7 +875,7 @@ class _Exact:
         for s in range(0, len(new), self.BATCH):
             part = np.asarray(new[s : s + self.BATCH], np.int64)
             pad = np.concatenate([part, np.full(self.BATCH - part.size, part[0])])
-            out = np.asarray(self.fn(pad))
+            out = np.concatenate([np.asarray(f) for f in self.fn(pad)])
             for j, i in enumerate(part):
                 self.values[int(i)] = out[j]
 
