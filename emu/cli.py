@@ -776,6 +776,12 @@ def _search_setup(args):
         raise CliError(f"{args.command} derives dp from --chips; drop --dp.")
     if args.etp != 1 or args.algorithm != "hierarchical":
         raise CliError(f"{args.command} keeps --etp 1 and the hierarchical algorithm; drop them.")
+    if args.phase != "train":
+        bad = [f"--{k}" for k in ("pp", "cp", "vpp", "recompute") if getattr(args, k) is not None]
+        if bad:
+            raise CliError(
+                f"serving plans vary --tp, --ep and --batch only; drop {', '.join(bad)}."
+            )
     system = load_system(args.system, sys_o)
     model = load_model(args.model, model_o)
     if args.chips is None:

@@ -177,6 +177,8 @@ def test_cli_search_json_contract_and_outputs(tmp_path):
         (["--grid", "domain=0.5"], "--grid domain"),
         (["--chips", "16,x"], "--chips expects integers"),
         (["--out", "x.txt"], ".csv or .parquet"),
+        (["--phase", "decode", "--pp", "2"], "drop --pp"),
+        (["--power-cap", "-5"], "power cap must be a positive"),
     ],
 )
 def test_cli_search_bad_input_is_one_line(args, msg):
