@@ -602,8 +602,14 @@ def _reduce_chunk(data: np.ndarray, offset: int, sign: float, top: int) -> tuple
     feas = np.nonzero(data[:, fc] > 0.5)[0]
     if not feas.size:
         return None
-    score = sign * data[feas, 0]
-    top_local = feas[np.argsort(-score, kind="stable")[:top]]
+    score = -sign * data[feas, 0]
+    if feas.size > top:  # the k best, then ordered (stable: ties keep the lower index)
+        keep = np.argpartition(score, top - 1)[:top]
+        cut = score[keep].max()
+        keep = np.nonzero(score <= cut)[0]  # every tie at the cut, so the order is exact
+    else:
+        keep = np.arange(feas.size)
+    top_local = feas[keep[np.argsort(score[keep], kind="stable")][:top]]
     f_local = feas[pareto_front(data[feas, tc], data[feas, pc])]
     return top_local + offset, data[top_local], f_local + offset, data[f_local], feas.size
 
