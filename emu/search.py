@@ -893,9 +893,10 @@ class _Exact:
 def _neighbours(space: _Space, i: int, radius: int) -> list[int]:
     """Configurations `radius` moves or fewer from i. A move changes one independent plan
     knob (or the chip count, when it is free) to another valid value (dp follows the chip
-    count, SP follows TP) or steps one grid axis to the next value up or down. A single
-    move may jump a knob to any value; within several moves each knob steps to a
-    neighbouring value."""
+    count, SP follows TP) or steps one grid axis to the next value up or down, possibly
+    setting one other axis to any value (axes that must move together, such as the
+    scale-up domain and its optical share). A single move may jump a knob to any value;
+    within several moves each knob steps to a neighbouring value."""
     p, g = i % space.n_plans, i // space.n_plans
     t, (tp, sp) = space.moves, space.moves_tp_sp
     other = [j for j in range(t.shape[1]) if j != sp]
@@ -922,6 +923,16 @@ def _neighbours(space: _Space, i: int, radius: int) -> list[int]:
                     continue
                 gg = int(np.ravel_multi_index(tuple(h), space.shape)) if space.names else 0
                 out.extend((gg * space.n_plans + near).tolist())
+    shape = np.asarray(space.shape, int)
+    if radius == 1 and shape.size > 1:  # coupled axes: a step on one, any value on another
+        for a, d in itertools.product(range(shape.size), (-1, 1)):
+            if not 0 <= gi[a] + d < shape[a]:
+                continue
+            for b in range(shape.size):
+                for v in range(shape[b]) if b != a else ():
+                    h = gi.copy()
+                    h[a], h[b] = h[a] + d, v
+                    out.append(int(np.ravel_multi_index(tuple(h), space.shape)) * space.n_plans + p)
     return [j for j in dict.fromkeys(out) if j != i]
 
 
