@@ -111,6 +111,7 @@ def _workload_args(
 def _search_args(p: argparse.ArgumentParser) -> None:
     """The flags `emu search` and `emu sweep` share: `emu run`'s workload, then the search."""
     _workload_args(p, chips_list=True)
+    p.set_defaults(microbatch=None, zero=None)  # given on the command line = fixed
     g = p.add_argument_group("search")
     g.add_argument(
         "--objective",
@@ -776,8 +777,11 @@ def _search_setup(args):
         raise CliError(f"{args.command} derives dp from --chips; drop --dp.")
     if args.etp != 1 or args.algorithm != "hierarchical":
         raise CliError(f"{args.command} keeps --etp 1 and the hierarchical algorithm; drop them.")
+    if args.phase == "train" and args.batch is not None:
+        raise CliError("--batch is the serving batch per DP rank; in training use --microbatch.")
     if args.phase != "train":
-        bad = [f"--{k}" for k in ("pp", "cp", "vpp", "recompute") if getattr(args, k) is not None]
+        keys = ("pp", "cp", "vpp", "recompute", "zero", "microbatch", "global_batch")
+        bad = [f"--{k.replace('_', '-')}" for k in keys if getattr(args, k) is not None]
         if bad:
             raise CliError(
                 f"serving plans vary --tp, --ep and --batch only; drop {', '.join(bad)}."
@@ -797,7 +801,9 @@ def _search_setup(args):
             raise CliError("--chips is empty; give a chip count.")
         chips = counts[0] if len(counts) == 1 else counts
     explicit = {
-        k: getattr(args, k) for k in ("tp", "pp", "cp", "vpp", "ep") if getattr(args, k) is not None
+        k: getattr(args, k)
+        for k in ("tp", "pp", "cp", "vpp", "ep", "microbatch", "zero")
+        if getattr(args, k) is not None
     }
     if args.recompute is not None:
         explicit["recompute"] = int(RECOMPUTE[args.recompute])
@@ -811,7 +817,7 @@ def _search_setup(args):
         bad = [k for k in free if k not in plan_knobs]
         if bad:
             raise CliError(f"--free: unknown knob '{bad[0]}'; known: {', '.join(plan_knobs)}.")
-        fixed = {**{"microbatch": args.microbatch, "zero": args.zero}, **explicit}
+        fixed = explicit
     else:
         free = tuple(k for k in plan_knobs if k not in explicit)
         fixed = explicit
@@ -820,6 +826,8 @@ def _search_setup(args):
         path, sep, values = item.partition("=")
         if not sep or not values:
             raise CliError(f"--grid expects NAME=V1,V2,... (got '{item}').")
+        if path.strip() in grid:
+            raise CliError(f"--grid {path.strip()} is given twice; list all its values once.")
         try:
             grid[path.strip()] = [float(v) for v in values.split(",")]
         except ValueError:
@@ -1039,7 +1047,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:  # noqa: BLE001
         # never a traceback: a bug or an environment problem still gets one line
-        print(f"emu: internal error ({type(e).__name__}): {e}; please report it", file=sys.stderr)
+        first = str(e).splitlines()[0] if str(e) else ""
+        print(
+            f"emu: internal error ({type(e).__name__}): {first}; please report it", file=sys.stderr
+        )
         return 1
     except KeyboardInterrupt:
         print("emu: interrupted", file=sys.stderr)

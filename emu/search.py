@@ -141,7 +141,7 @@ class Problem:
 
     def chip_counts(self) -> tuple[int, ...]:
         c = self.chips if isinstance(self.chips, tuple | list) else (self.chips,)
-        return tuple(int(x) for x in c)
+        return tuple(sorted({int(x) for x in c}))
 
     def sign(self) -> float:
         return OBJECTIVES.get(self.objective, 1.0) if isinstance(self.objective, str) else 1.0
@@ -163,10 +163,29 @@ class Problem:
     def signature(self, extra: str = "") -> str:
         text = json.dumps(self.as_dict(), sort_keys=True, default=str) + extra
         o = self.objective
-        if callable(o):  # a user function is keyed by its code and constants, not its name
-            code = getattr(o, "__code__", None)
-            text += repr((code.co_code, code.co_consts)) if code else repr(o)
+        if callable(o):  # a user function is keyed by what it computes, not by its name
+            text += _function_key(o)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _function_key(f) -> str:
+    """What a user objective computes: its code, constants, closure values and the globals
+    it names, recursively for functions it calls. Anything without a stable repr (an
+    object whose repr holds its address) changes the key, so such a sweep recomputes
+    rather than resume from another function's results."""
+    code = getattr(f, "__code__", None)
+    if code is None:
+        return repr(f)
+    parts = [repr((code.co_code, code.co_consts))]
+    for cell in getattr(f, "__closure__", None) or ():
+        v = cell.cell_contents
+        parts.append(_function_key(v) if callable(v) and hasattr(v, "__code__") else repr(v))
+    g = getattr(f, "__globals__", {})
+    for name in code.co_names:
+        if name in g:
+            v = g[name]
+            parts.append(name + "=" + (_function_key(v) if hasattr(v, "__code__") else repr(v)))
+    return "|".join(parts)
 
 
 def _pow2_upto(n: int) -> list[int]:
@@ -203,7 +222,15 @@ def _check_problem(system: System, problem: Problem) -> None:
         raise ValueError(
             f"{system.chip.name} has no {problem.precision} support; choose another --precision."
         )
-    unknown = set(problem.free or ()) - set(KNOBS) - set(TOPOLOGY_KNOBS)
+    if "dp" in dict(problem.fixed):
+        raise ValueError("dp follows the chip count (dp = chips / (tp pp cp)); fix --chips.")
+    topo = set(problem.free or ()) & set(TOPOLOGY_KNOBS)
+    if topo:
+        raise ValueError(
+            f"topology knobs ({', '.join(sorted(topo))}) vary through the grid "
+            "(--grid NAME=V1,V2,...), not --free."
+        )
+    unknown = set(problem.free or ()) - set(KNOBS)
     unknown |= set(dict(problem.fixed)) - set(KNOBS)
     if unknown:
         raise ValueError(
@@ -213,6 +240,14 @@ def _check_problem(system: System, problem: Problem) -> None:
     if isinstance(problem.objective, str) and problem.objective not in OBJECTIVES:
         raise ValueError(
             f"unknown objective '{problem.objective}'; known: {', '.join(OBJECTIVES)}."
+        )
+    phase_only = {"tpot_s": "decode", "ttft_s": "prefill"}
+    if isinstance(problem.objective, str) and phase_only.get(problem.objective, problem.phase) != (
+        problem.phase
+    ):
+        raise ValueError(
+            f"objective '{problem.objective}' exists only in the "
+            f"{phase_only[problem.objective]} phase (it is 0 in {problem.phase})."
         )
     if any(c < 1 for c in problem.chip_counts()) or not problem.chip_counts():
         raise ValueError(f"--chips must be positive integers (got {problem.chips}).")
@@ -295,7 +330,9 @@ def enumerate_plans(system: System, model: Model, problem: Problem) -> np.ndarra
     if not rows:
         raise ValueError(
             f"no valid plan for {problem.chips} chips of {problem.system} and {problem.model} "
-            "with the fixed knobs; check --chips, --seq-len and the fixed degrees."
+            "with the fixed knobs; check --chips, --seq-len and the fixed degrees (degrees "
+            "must divide the heads, layers and experts; batches are powers of two, up to 64 "
+            "in prefill and 4096 in decode)."
         )
     return np.asarray(rows, np.float32)
 
@@ -380,10 +417,12 @@ def check_grid(system: System, grid: dict | None) -> dict:
         if name in TOPOLOGY_KNOBS:
             lo, hi = _TOPO_RANGE[name]
             bad = [v for v in vals if not (lo <= v <= hi)]
+            if name == "domain":
+                bad += [v for v in vals if v != int(v)]
             if bad:
                 raise ValueError(
-                    f"--grid {name}: {bad[0]:g} is outside [{lo:g}, {hi:g}] "
-                    f"({TOPOLOGY_KNOBS[name]})."
+                    f"--grid {name}: {bad[0]:g} is outside [{lo:g}, {hi:g}] or not a whole "
+                    f"number of chips ({TOPOLOGY_KNOBS[name]})."
                 )
         else:
             for v in vals:
@@ -399,6 +438,7 @@ def _make_row_fn(system: System, model: Model, problem: Problem, names: list[str
     base = _base_plan(problem)
     obj = problem.objective
     cap, phase = problem.power_cap, problem.phase
+    tier_paths = any(n.startswith("tiers.") for n in names)
 
     def f(k, gb, gv):
         s, topo = system, {}
@@ -408,7 +448,7 @@ def _make_row_fn(system: System, model: Model, problem: Problem, names: list[str
             else:
                 s = set_path(s, n, gv[j])
         reach = jnp.float32(0.0)
-        if topo:
+        if topo or tier_paths:  # the copper reach of the scale-up domain as configured
             s, reach = reshape(s, **topo)
         plan = replace(base, global_batch=gb, **{n: k[i] for i, n in enumerate(KNOBS)})
         r = evaluate(s, model, plan)
@@ -538,8 +578,12 @@ class _Space:
     """The discrete space: valid plans x grid points, indexed i = g * n_plans + p."""
 
     def __init__(self, system, model, problem, grid):
-        self.plans = enumerate_plans(system, model, problem)
         self.grid = check_grid(system, grid)
+        # TP may span the widest scale-up domain the grid offers
+        widest = (
+            reshape(system, domain=max(self.grid["domain"]))[0] if "domain" in self.grid else system
+        )
+        self.plans = enumerate_plans(widest, model, problem)
         self.names = list(self.grid)
         self.axes = [np.asarray(v, np.float64) for v in self.grid.values()]
         self.shape = tuple(len(a) for a in self.axes)
@@ -555,6 +599,7 @@ class _Space:
         names = [k for k in KNOBS if k != "dp"]
         self.moves = np.column_stack([self.plans[:, [KNOBS.index(k) for k in names]], chips])
         self.moves_tp_sp = (names.index("tp"), names.index("sp"))
+        self.moves_pp_vpp = (names.index("pp"), names.index("vpp"))
         self.ranks = np.column_stack(
             [np.unique(c, return_inverse=True)[1] for c in self.moves.T]
         ).astype(np.int32)
@@ -869,9 +914,8 @@ class _Exact:
     """Exact, cached evaluation of flat configuration indices, in compiled batches of
     fixed size (one compilation), returning sign x objective (-inf when infeasible)."""
 
-    BATCH = 64
-
     def __init__(self, system, model, problem, space):
+        self.BATCH = 64 * len(jax.local_devices())  # any device count divides it
         self.space, self.sign = space, problem.sign()
         self.fn = _make_eval(system, model, problem, space, self.BATCH, fast_compile=True)
         self.values: dict[int, np.ndarray] = {}
@@ -898,14 +942,16 @@ def _neighbours(space: _Space, i: int, radius: int) -> list[int]:
     scale-up domain and its optical share). A single move may jump a knob to any value;
     within several moves each knob steps to a neighbouring value."""
     p, g = i % space.n_plans, i // space.n_plans
-    t, (tp, sp) = space.moves, space.moves_tp_sp
-    other = [j for j in range(t.shape[1]) if j != sp]
+    t, (tp, sp), (pp, vpp) = space.moves, space.moves_tp_sp, space.moves_pp_vpp
+    other = [j for j in range(t.shape[1]) if j not in (sp, vpp)]
     diff = np.sum(t[:, other] != t[p, other], axis=1)
-    # SP follows TP (it exists only with tp > 1): it counts as a move of its own only then
+    # SP follows TP and VPP follows PP (they exist only with tp > 1, pp > 1): a change of
+    # their own counts as a move only then
     diff += (t[:, tp] > 1) & (t[p, tp] > 1) & (t[:, sp] != t[p, sp])
+    diff += (t[:, pp] > 1) & (t[p, pp] > 1) & (t[:, vpp] != t[p, vpp])
     # one move may jump a knob to any value; several moves step each knob to a neighbouring
     # value (keeps the two-move neighbourhood small)
-    adjacent = np.max(np.abs(space.ranks - space.ranks[p]), axis=1) <= 1
+    adjacent = np.max(np.abs(space.ranks[:, other] - space.ranks[p, other]), axis=1) <= 1
     gi = np.array(np.unravel_index(g, space.shape)) if space.names else np.zeros(0, int)
     out = []
     for grid_moves in range(min(radius, 2 * len(space.shape)) + 1):
@@ -1007,7 +1053,7 @@ def gradient_search(
         return a[0] + t * (a[-1] - a[0])
 
     row = _make_row_fn(system, model, problem, space.names)
-    chips = float(problem.chip_counts()[0])
+    chips = float(space.chips[0])  # the chip count when it is not a knob
     sign = problem.sign()
     heads = float(model.n_heads)
     moe = float(model.n_experts) > 0

@@ -2,6 +2,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -179,6 +180,11 @@ def test_cli_search_json_contract_and_outputs(tmp_path):
         (["--out", "x.txt"], ".csv or .parquet"),
         (["--phase", "decode", "--pp", "2"], "drop --pp"),
         (["--power-cap", "-5"], "power cap must be a positive"),
+        (["--objective", "tpot_s"], "exists only in the decode phase"),
+        (["--phase", "decode", "--zero", "3"], "drop --zero"),
+        (["--batch", "4"], "in training use --microbatch"),
+        (["--grid", "scaleup_bw=1", "--grid", "scaleup_bw=2"], "given twice"),
+        (["--grid", "domain=7.5"], "whole number of chips"),
     ],
 )
 def test_cli_search_bad_input_is_one_line(args, msg):
@@ -203,3 +209,43 @@ def test_user_objective_and_any_optax_transform(small, tmp_path):
     assert gs["best"]["objective"] <= ex["best"]["objective"] * (1 + 1e-6)
     assert gs["best"]["objective"] >= 0.9 * ex["best"]["objective"]
     assert gs["objective"] == ex["objective"] and "per_kw" in gs["objective"]
+
+
+def test_a_changed_user_objective_never_resumes_old_results(small, tmp_path):
+    system, model = small
+
+    def scaled(w):
+        return lambda r: w * r.step_time_s
+
+    one = Problem("dgx_h100", "llama3_8b", 16, seq_len=4096, free=("pp",), objective=scaled(1.0))
+    a = sweep(system, model, one, tmp_path, chunk=64)
+    b = sweep(system, model, replace(one, objective=scaled(-1.0)), tmp_path, chunk=64)
+    assert b["resumed"] == 0  # same code, other closure value: recomputed, not reused
+    assert b["best"]["objective"] < 0 < a["best"]["objective"]
+
+
+def test_copper_reach_applies_to_the_domain_field_too(tmp_path):
+    system, model = emu.load_system("gb200_nvl72"), emu.load_model("llama3_8b")
+    p = Problem("gb200_nvl72", "llama3_8b", 8, seq_len=4096, free=("pp",))
+    for name in ("domain", "tiers.nvlink.domain_chips"):
+        res = sweep(system, model, p, tmp_path / name, grid={name: [72, 576]}, chunk=64)
+        rows = np.loadtxt(write_table(res, tmp_path / f"{name}.csv"), delimiter=",", skiprows=1)
+        feasible = rows[:, 1 + len(KNOBS) + 1 + COLUMNS.index("feasible")] > 0.5
+        assert np.all(feasible[rows[:, 0] == 72]) and not np.any(feasible[rows[:, 0] == 576])
+
+
+@pytest.mark.parametrize("name", emu.list_systems())
+def test_every_catalog_system_is_within_copper_reach(name):
+    assert float(reshape(emu.load_system(name))[1]) == 0.0
+
+
+def test_cli_fixed_zero_and_microbatch_stay_fixed(tmp_path):
+    r = _cli(
+        "sweep", "--system", "dgx_h100", "--model", "llama3_8b", "--chips", "16",
+        "--seq-len", "4096", "--zero", "3", "--microbatch", "2", "--json",
+        "--out", str(tmp_path / "z.csv"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert all(row["zero"] == 3 and row["microbatch"] == 2 for row in d["top"])
+    assert d["best"]["plan"]["zero"] == 3
