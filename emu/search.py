@@ -34,7 +34,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass as pydataclass
-from dataclasses import field
 from pathlib import Path
 
 import jax
@@ -137,7 +136,6 @@ class Problem:
     moe_imbalance: float = 1.0
     mtp_accept: float = 0.0
     cache_hit: float = 0.0
-    _cache: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def chip_counts(self) -> tuple[int, ...]:
         c = self.chips if isinstance(self.chips, tuple | list) else (self.chips,)
