@@ -25,6 +25,7 @@ result is re-evaluated exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -384,14 +385,22 @@ def system_of(system: System, row: dict, grid_names=None) -> System:
         if grid_names is not None
         else [k for k in row if "." in k or k in TOPOLOGY_KNOBS]
     )
-    s = system
-    topo = {}
-    for n in names:
+    return _apply_grid(system, names, [jnp.float32(row[n]) for n in names])[0]
+
+
+def _apply_grid(system: System, names, values) -> tuple[System, jnp.ndarray]:
+    """`system` with grid values applied (field paths set, then topology knobs through
+    `reshape`) and the copper-reach violation of the result (0 when reachable; computed
+    whenever a knob or a tier field changes). Traceable."""
+    s, topo = system, {}
+    for n, v in zip(names, values, strict=True):
         if n in TOPOLOGY_KNOBS:
-            topo[n] = jnp.float32(row[n])
+            topo[n] = v
         else:
-            s = set_path(s, n, jnp.float32(row[n]))
-    return reshape(s, **topo)[0] if topo else s
+            s = set_path(s, n, v)
+    if topo or any(n.startswith("tiers.") for n in names):
+        return reshape(s, **topo)
+    return s, jnp.float32(0.0)
 
 
 _TOPO_RANGE = {
@@ -436,18 +445,9 @@ def _make_row_fn(system: System, model: Model, problem: Problem, names: list[str
     base = _base_plan(problem)
     obj = problem.objective
     cap, phase = problem.power_cap, problem.phase
-    tier_paths = any(n.startswith("tiers.") for n in names)
 
     def f(k, gb, gv):
-        s, topo = system, {}
-        for j, n in enumerate(names):
-            if n in TOPOLOGY_KNOBS:
-                topo[n] = gv[j]
-            else:
-                s = set_path(s, n, gv[j])
-        reach = jnp.float32(0.0)
-        if topo or tier_paths:  # the copper reach of the scale-up domain as configured
-            s, reach = reshape(s, **topo)
+        s, reach = _apply_grid(system, names, [gv[j] for j in range(len(names))])
         plan = replace(base, global_batch=gb, **{n: k[i] for i, n in enumerate(KNOBS)})
         r = evaluate(s, model, plan)
         excess = [jnp.log(r.memory.total_bytes / r.memory.capacity_bytes), reach]
@@ -820,8 +820,6 @@ def _wait_chunk(parts: Path, i: int, chunk: int, n: int, num_processes: int) -> 
 
 
 def _with(problem: Problem, **kw) -> Problem:
-    import dataclasses
-
     return dataclasses.replace(problem, **kw)
 
 
