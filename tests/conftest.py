@@ -18,3 +18,15 @@ def catalog():
         "llama8": load_model("llama3_8b"),
         "gpt175": load_model("gpt3_175b"),
     }
+
+
+@pytest.fixture(scope="session")
+def validate_reports():
+    """`emu validate` on the pinned 141-row set and on the packaged default set (computed
+    once per session; several test modules read them)."""
+    from pathlib import Path
+
+    from emu.validate import default_measurements, validate_file
+
+    pinned = Path(__file__).resolve().parent / "data" / "measurements_141.jsonl"
+    return {"141": validate_file(pinned), "default": validate_file(default_measurements())}
