@@ -27,7 +27,7 @@ from emu import (
     units,
     workload,
 )
-from emu.config import list_models, list_systems, load_model, load_system
+from emu.catalog import list_models, list_systems, load_model, load_system
 from emu.objective import RunResult, evaluate
 from emu.parallelism import Plan, make_plan
 from emu.step import StepBreakdown, train_step

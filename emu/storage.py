@@ -122,7 +122,9 @@ def write_record(path, arrays: dict[str, np.ndarray], header: dict) -> None:
     if any(k.startswith("__") for k in arrays):
         raise ValueError("write_record: array names must not start with '__'.")
     with atomic_write(path) as fh:
-        np.savez(fh, __header__=np.array(text), __sha256__=np.array(_digest(text, arrays)), **arrays)
+        np.savez(
+            fh, __header__=np.array(text), __sha256__=np.array(_digest(text, arrays)), **arrays
+        )
 
 
 def read_record(path, *, expect: dict | None = None) -> tuple[dict, dict[str, np.ndarray]] | None:
@@ -144,8 +146,7 @@ def read_record(path, *, expect: dict | None = None) -> tuple[dict, dict[str, np
     for key, want in (expect or {}).items():
         if header.get(key) != want:
             raise RecordError(
-                f"'{path}' belongs to another run ({key} = {header.get(key)!r}, "
-                f"expected {want!r})."
+                f"'{path}' belongs to another run ({key} = {header.get(key)!r}, expected {want!r})."
             )
     return header, arrays
 
@@ -187,8 +188,6 @@ def check_output_path(
     work): not a folder, not a device or FIFO, a suffix in `suffixes` if given, and a file
     can be created in its folder (`make_parents`: the folder is created if missing)."""
     p = Path(path)
-    if suffixes is not None and p.suffix.lower() not in suffixes:
-        raise ValueError(f"{what} '{p}': use a {' or '.join(suffixes)} file name.")
     try:
         st = os.stat(p)
     except FileNotFoundError:
@@ -199,6 +198,8 @@ def check_output_path(
         raise ValueError(f"{what} '{p}' is a folder; give a file name.")
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise ValueError(f"{what} '{p}' exists and is not a regular file; give another name.")
+    if suffixes is not None and p.suffix.lower() not in suffixes:
+        raise ValueError(f"{what} '{p}': use a {' or '.join(suffixes)} file name.")
     folder = _folder(p)
     if make_parents:
         try:

@@ -123,10 +123,76 @@ def test_malformed_and_unknown_key_toml(capsys, tmp_path):
     bad.write_text("name = 'x'\nn_chips = [\n")
     code, _, err = run_cli(capsys, "describe", str(bad))
     assert code == 2 and "not valid TOML" in err
-    from emu.config import config_dir
+    from emu.catalog import config_dir
 
     text = (config_dir() / "systems" / "gb200_nvl72.toml").read_text()
     typo = tmp_path / "typo.toml"
     typo.write_text(text.replace("hbm_bytes_per_s", "hbm_bytes_per_sec", 1))
     code, _, err = run_cli(capsys, "describe", str(typo))
     assert code == 2 and "unknown key 'hbm_bytes_per_sec'" in err and "Did you mean" in err
+
+
+def _emu(*args, **kw):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "emu", *args], **kw)
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`emu ... | head`: the reader goes away before emu writes. It used to end in
+    "internal error" with status 1 (BrokenPipeError was caught after `except Exception`)."""
+    import subprocess
+
+    p = _emu("list", "--fields", "gb200_nvl72", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # long before emu has imported JAX and written anything
+    err = p.stderr.read().decode()
+    p.wait(timeout=120)
+    assert p.returncode == 0 and err == ""
+
+
+def test_a_full_stdout_is_one_line_and_status_1():
+    import subprocess
+
+    with open("/dev/full", "w") as full:
+        p = _emu("list", "--fields", "gb200_nvl72", stdout=full, stderr=subprocess.PIPE)
+        err = p.communicate(timeout=120)[1].decode()
+    assert p.returncode == 1
+    assert err == "emu: error: cannot write the output: No space left on device.\n"
+
+
+def test_a_fifo_as_system_is_refused_not_waited_on(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "system.toml"
+    os.mkfifo(fifo)
+    code, _, err = run_cli(capsys, "describe", str(fifo))
+    assert code == 2 and "is not a regular file" in err
+
+
+def test_validate_checks_the_plot_path_before_predicting(tmp_path, capsys, monkeypatch):
+    import emu.validation
+
+    def no_validation(*a, **k):
+        raise AssertionError("validation ran before the plot path was checked")
+
+    monkeypatch.setattr(emu.validation, "validate_file", no_validation)
+    (tmp_path / "file").write_text("")
+    code, _, err = run_cli(capsys, "validate", "--plot", str(tmp_path / "file" / "v.png"))
+    assert code == 2 and "Not a directory" in err
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["run", "--set", "chip.tdp_w"], "--set expected PATH=VALUE"),
+        (["run", "--set", "chip.tdp_w=abc"], "--set chip.tdp_w: value 'abc' is not a number"),
+        (["validate", "--kind", "banana"], "invalid choice: 'banana'"),
+        (["run", "--set", "chip.hbm_bytes_per_s=1e-39"], "float32 range"),
+        (["search", "--starts", "1000000"], "--starts: must be an integer in [1, 1024]"),
+        (["sweep", "--num-processes", "2"], "need --coordinator"),
+    ],
+)
+def test_flag_errors_name_the_flag(capsys, args, needle):
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and needle in err and err.count("\n") == 1

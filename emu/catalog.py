@@ -3,13 +3,15 @@
 `load_system`, `load_model` take a catalog name (`emu list`) or the path of a TOML file of
 the same shape (configs/README.md). Chip efficiency fields and tier latency/efficiency come
 from the calibration overlay (configs/calibration/) by chip `family` and tier `link`, unless
-the file sets them. Every problem raises ValueError with one line that says what, where and
-how to fix it.
+the file sets them. Every number passes `emu.overrides.check_value` (the one check for
+TOML, overrides, grids and the API); `check_system`/`check_model` add the cross-field checks
+(also after overrides: `override_system`, `override_model`). Every problem raises ValueError
+with one line that says what, where and how to fix it.
 
 >>> sys = load_system("gb200_nvl72")
 >>> int(sys.n_chips), sys.tiers[0].link
 (72, 'nvlink5')
->>> sys = apply_overrides(sys, {"chip.hbm_bytes_per_s": 4e12})
+>>> sys = override_system(sys, {"chip.hbm_bytes_per_s": 4e12})
 >>> round(float(sys.chip.hbm_bytes_per_s) / 1e12, 3)
 4.0
 """
@@ -18,16 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
+import os
+import stat
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
-import jax.numpy as jnp
-
-from emu.hardware import Chip, Facility, Host, Overlap
-from emu.struct import float_leaves, set_path
+from emu.hardware import Chip, Facility, Host, Overlap, peak_flops
+from emu.overrides import OVERLAP_BOUNDS, apply_overrides, bound_of, check_value
 from emu.topology import System, Tier
 from emu.units import PRECISIONS
 from emu.workload import ATTENTION_KINDS, FFN_KINDS, Model
@@ -37,91 +37,17 @@ __all__ = [
     "load_model",
     "list_systems",
     "list_models",
-    "apply_overrides",
-    "parse_override",
+    "override_system",
+    "override_model",
+    "check_system",
+    "check_model",
+    "model_from_dict",
     "calibration",
     "config_dir",
     "load_toml",
 ]
 
 CALIBRATION_FILES = ("defaults.toml", "fitted.toml")
-
-# Lower bounds: ">0" strictly positive (default), ">=0", ">=1", "0..1" inclusive, "(0,1]".
-_BOUNDS = {
-    "idle_w": ">=0",
-    "tdp_w": ">0",
-    "matmul_half_dim": ">=0",
-    "kernel_overhead_s": ">=0",
-    "matmul_efficiency": "(0,1]",
-    "hbm_efficiency": "(0,1]",
-    "efficiency": "(0,1]",
-    "matmul_power": "0..1",
-    "memory_power": "0..1",
-    "comm_power": "0..1",
-    "latency_s": ">=0",
-    "base_latency_s": ">=0",
-    "oversubscription": ">=1",
-    "allreduce_speedup": ">=1",
-    "switch_w_per_chip": ">=0",
-    "optics_per_chip": ">=0",
-    "optic_w": ">=0",
-    "nic_w_per_chip": ">=0",
-    "cpus_per_chip": ">=0",
-    "cpu_w": ">=0",
-    "other_w_per_chip": ">=0",
-    "psu_efficiency": "(0,1]",
-    "pue": ">=1",
-    "n_experts": ">=0",
-    "top_k": ">=0",
-    "d_ff_expert": ">=0",
-    "n_shared_experts": ">=0",
-    "n_dense_layers": ">=0",
-    "q_lora_rank": ">=0",
-    "kv_lora_rank": ">=0",
-    "rope_head_dim": ">=0",
-    "v_head_dim": ">=0",
-    "mtp_layers": ">=0",
-    "route_max_nodes": ">=0",
-}
-_BOUND_TEXT = {
-    ">0": "must be > 0",
-    ">=0": "must be >= 0",
-    ">=1": "must be >= 1",
-    "0..1": "must be between 0 and 1",
-    "(0,1]": "must be in (0, 1]",
-}
-
-
-_OVERLAP_BOUNDS = {
-    "tp": "0..1",
-    "dp": "0..1",
-    "pp": "0..1",
-    "cp": "0..1",
-    "ep": "0..1",
-    "ep_tbo": "0..1",
-    "pipelining": "0..1",
-}
-#: --set plan.<field>: categorical fields may be 0; validate_plan checks the values
-PLAN_BOUNDS = {
-    "zero": ">=0",
-    "recompute": ">=0",
-    "sp": ">=0",
-    "lora": ">=0",
-    "a2a_overlap": ">=0",
-    "moe_dedup": ">=0",
-    "mtp_accept": ">=0",
-    "cache_hit": ">=0",
-}
-
-
-def _ok(bound: str, x: float) -> bool:
-    return {
-        ">0": x > 0,
-        ">=0": x >= 0,
-        ">=1": x >= 1,
-        "0..1": 0 <= x <= 1,
-        "(0,1]": 0 < x <= 1,
-    }[bound]
 
 
 def config_dir() -> Path:
@@ -133,7 +59,11 @@ def config_dir() -> Path:
 
 
 def load_toml(path: Path, what: str) -> dict:
+    """The parsed TOML file at `path` (`what` names it in errors). Only a regular file is
+    opened: a FIFO or a device would block or never end."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode) and not Path(path).is_dir():
+            raise ValueError(f"{what} path '{path}' is not a regular file.")
         with open(path, "rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
@@ -195,25 +125,6 @@ def _merge(a: dict, b: dict) -> None:
             a[k] = v
 
 
-def _number(value: Any, where: str, bound: str) -> jnp.ndarray:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(
-            f"{where} must be a number (got {type(value).__name__} {value!r}); "
-            "write SI units as plain numbers, e.g. 9e11."
-        )
-    x = float(value)
-    if math.isfinite(x) and abs(x) > 3.4e38:
-        raise ValueError(f"{where} = {value!r} is outside the float32 range emu computes in.")
-    y = (
-        float(jnp.float32(x)) if math.isfinite(x) else x
-    )  # what is stored: catch float32 overflow and underflow to 0
-    if not math.isfinite(y) or (x != 0 and y == 0):
-        raise ValueError(f"{where} = {value!r} is outside the float32 range emu computes in.")
-    if not _ok(bound, y):
-        raise ValueError(f"{where} {_BOUND_TEXT[bound]} (got {value!r}).")
-    return jnp.float32(y)
-
-
 def _build(cls, data: dict, where: str, *, defaults: dict | None = None, skip=(), bounds=None):
     """Construct dataclass `cls` from a TOML table, checking keys, types and bounds."""
     if not isinstance(data, dict):
@@ -248,8 +159,7 @@ def _build(cls, data: dict, where: str, *, defaults: dict | None = None, skip=()
                 raise ValueError(f"{where}.{name} must be {kind} (got {value!r}).")
             kwargs[name] = value
         else:
-            b = (bounds or {}).get(name) or _BOUNDS.get(name, ">0")
-            kwargs[name] = _number(value, f"{where}.{name}", b)
+            kwargs[name] = check_value(value, f"{where}.{name}", bound_of(name, bounds))
     return kwargs
 
 
@@ -274,7 +184,10 @@ def _chip(data: dict, cal: dict, where: str) -> Chip:
                 f"{where}.peak_flops_per_s: unknown precision '{key}'; "
                 f"known: {', '.join(PRECISIONS)}."
             )
-    pf = {p: _number(peaks.get(p, 0.0), f"{where}.peak_flops_per_s.{p}", ">=0") for p in PRECISIONS}
+    pf = {
+        p: check_value(peaks.get(p, 0.0), f"{where}.peak_flops_per_s.{p}", ">=0")
+        for p in PRECISIONS
+    }
     if float(pf["bf16"]) <= 0 and float(pf["fp16"]) <= 0:
         raise ValueError(f"{where}.peak_flops_per_s: bf16 or fp16 must be > 0.")
     defaults = {**fams[family], **cal.get("power", {})}
@@ -326,7 +239,7 @@ def _system(data: dict, where: str, cal: dict | None = None) -> System:
             )
         prev = float(tier.domain_chips)
         tiers.append(tier)
-    n = _number(data["n_chips"], f"{where}.n_chips", ">0")
+    n = check_value(data["n_chips"], f"{where}.n_chips", ">0")
     if float(n) > prev:
         raise ValueError(
             f"{where}.n_chips={float(n):g} exceeds the outermost tier's domain ({prev:g})."
@@ -339,7 +252,7 @@ def _system(data: dict, where: str, cal: dict | None = None) -> System:
             data.get("overlap", {}),
             f"{where}.overlap",
             defaults=cal.get("overlap", {}),
-            bounds=_OVERLAP_BOUNDS,
+            bounds=OVERLAP_BOUNDS,
         )
     )
     system = System(
@@ -387,6 +300,8 @@ def check_system(sys: System, where: str = "system") -> System:
     """Cross-field checks (also after --set overrides)."""
     _check_units(sys, where)
     c = sys.chip
+    if float(peak_flops(c, "bf16")) <= 0 and float(peak_flops(c, "fp16")) <= 0:
+        raise ValueError(f"{where}: chip.peak_flops_per_s: bf16 or fp16 must be > 0.")
     if float(c.idle_w) > float(c.tdp_w):
         raise ValueError(
             f"{where}: chip.idle_w={float(c.idle_w):g} exceeds chip.tdp_w={float(c.tdp_w):g}."
@@ -416,7 +331,17 @@ def load_system(
     path = _resolve(name_or_path, "systems")
     where = f"system '{Path(path).stem}'"
     sys = _system(load_toml(path, "system"), where, calibration)
-    return check_system(apply_overrides(sys, overrides), where) if overrides else sys
+    return override_system(sys, overrides, where) if overrides else sys
+
+
+def override_system(system: System, overrides: dict, where: str = "system") -> System:
+    """`system` with dotted-path overrides (emu.overrides.apply_overrides), cross-checked."""
+    return check_system(apply_overrides(system, overrides), where)
+
+
+def override_model(model: Model, overrides: dict, where: str = "model") -> Model:
+    """`model` with dotted-path overrides, cross-checked."""
+    return check_model(apply_overrides(model, overrides), where)
 
 
 _MODEL_OPTIONAL = {
@@ -496,35 +421,4 @@ def load_model(name_or_path: str | Path, overrides: dict | None = None) -> Model
     path = _resolve(name_or_path, "models")
     where = f"model '{Path(path).stem}'"
     m = model_from_dict(load_toml(path, "model"), where)
-    return check_model(apply_overrides(m, overrides), where) if overrides else m
-
-
-def parse_override(text: str) -> tuple[str, float]:
-    """'chip.hbm_bytes_per_s=4e12' -> ('chip.hbm_bytes_per_s', 4e12)."""
-    path, sep, value = text.partition("=")
-    if not sep or not path.strip():
-        raise ValueError(f"--set expects PATH=VALUE (got '{text}'), e.g. --set chip.tdp_w=1000.")
-    try:
-        x = float(value)
-    except ValueError:
-        raise ValueError(f"--set {path.strip()}: value '{value}' is not a number.") from None
-    if not math.isfinite(x):
-        raise ValueError(f"--set {path.strip()}: value must be finite (got {value}).")
-    return path.strip(), x
-
-
-def apply_overrides(tree, overrides: dict, *, bounds: dict | None = None):
-    """Replace leaves by dotted path, checking each value against the field's bounds."""
-    leaves = float_leaves(tree)
-    for path, value in overrides.items():
-        if path not in leaves:
-            tree = set_path(tree, path, value)  # raises the "unknown path" error
-        leaf = path.rsplit(".", 1)[-1]
-        if ".peak_flops_per_s." in f".{path}":
-            bound = ">=0"
-        elif path.startswith("overlap."):
-            bound = _OVERLAP_BOUNDS.get(leaf, "0..1")
-        else:
-            bound = (bounds or {}).get(leaf) or _BOUNDS.get(leaf, ">0")
-        tree = set_path(tree, path, _number(value, f"--set {path}", bound))
-    return tree
+    return override_model(m, overrides, where) if overrides else m
