@@ -15,6 +15,7 @@ True
 
 from emu import (
     collectives,
+    comm,
     compute,
     hardware,
     numerics,
@@ -58,6 +59,7 @@ __all__ = [
     "StepBreakdown",
     "Memory",
     "collectives",
+    "comm",
     "compute",
     "hardware",
     "numerics",
