@@ -66,14 +66,29 @@ class RunResult:
     power: PowerBreakdown
 
 
+#: a prefill token attends on average to half the prompt (causal mask)
+_PREFILL_MEAN_CONTEXT = 0.5
+
+
 def _forward_flops_per_token(model: Model, context):
+    """Forward model FLOPs per token attending to `context` tokens:
+    2 active params + 2 n_layers context H (d_qk + d_v)."""
     qk, v = attention_flops_dims(model)
     return 2.0 * params_active(model) + 2.0 * model.n_layers * context * model.n_heads * (qk + v)
 
 
 def evaluate(system: System, model: Model, plan: Plan) -> RunResult:
     """Step time, memory, power and efficiency of `model` on `system` under `plan`
-    (training, prefill or decode by `plan.phase`)."""
+    (training, prefill or decode by the static `plan.phase`; formulas in the module doc).
+
+    Args: system, model, plan pytrees (float32 leaves; jit, vmap and grad go through).
+    Returns: a RunResult: the step time (`emu.step`), memory (`emu.parallelism.memory`),
+      average power from the activity shares of the step (`emu.power.step_power`), tokens/s
+      (train: global_batch * seq_len per step; serving: tokens per DP rank times dp),
+      tokens/J, MFU (model FLOPs per token: training 6N + attention (PaLM appendix B);
+      serving the forward 2N + attention at the decode context or half the prompt, times
+      the share of prompt tokens computed), TTFT and TPOT.
+    """
     chips = n_chips(plan)
     peak = peak_flops(system.chip, plan.precision)
     mem = memory(model, plan, system.chip.hbm_bytes)
@@ -89,7 +104,7 @@ def evaluate(system: System, model: Model, plan: Plan) -> RunResult:
         decode = plan.phase == "decode"
         per_rank = jnp.where(decode, b.tokens_out, b.tokens_in)
         tokens = per_rank * plan.dp
-        ctx = jnp.where(decode, plan.context, 0.5 * plan.seq_len)
+        ctx = jnp.where(decode, plan.context, _PREFILL_MEAN_CONTEXT * plan.seq_len)
         # MFU counts the work done: prefix-cache hits are served, not computed
         flops_per_token = _forward_flops_per_token(model, ctx) * jnp.where(
             decode, 1.0, 1.0 - plan.cache_hit
@@ -128,10 +143,12 @@ def evaluate(system: System, model: Model, plan: Plan) -> RunResult:
 
 
 def tokens_per_s(system: System, model: Model, plan: Plan):
+    """Tokens per second of the run (`evaluate(...).tokens_per_s`)."""
     return evaluate(system, model, plan).tokens_per_s
 
 
 def tokens_per_joule(system: System, model: Model, plan: Plan):
+    """Tokens per joule of IT energy (`evaluate(...).tokens_per_joule`)."""
     return evaluate(system, model, plan).tokens_per_joule
 
 
