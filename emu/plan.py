@@ -7,11 +7,9 @@ whether a search varies it, the phases it applies to and its CLI flag. Everythin
 derived from the declarations: `make_plan` (convert, default, validate), `validate_plan`
 (integrality, bounds, cross-knob rules, rules against a model), `plan_dict` (the JSON form)
 and `KNOBS` / `knobs()` (what the host reads for CLI flags, the search space and sweeps).
-Adding a knob is one declaration plus the formula that reads it.
-
-Megatron conventions (Narayanan et al. SC21): ranks are ordered TP (innermost, stride 1),
-CP, DP, PP; n_chips = tp * cp * dp * pp; a step processes `global_batch` sequences as
-n_mb = global_batch / (dp * microbatch) micro-batches per pipeline.
+Adding a knob is one declaration plus the formula that reads it. Megatron conventions
+(Narayanan et al. SC21): n_chips = tp * cp * dp * pp; a step processes `global_batch`
+sequences as n_mb = global_batch / (dp * microbatch) micro-batches per pipeline.
 
 >>> p = make_plan(tp=8, dp=4, global_batch=64, seq_len=8192, recompute="full")
 >>> int(n_chips(p)), plan_dict(p)["recompute"], int(n_microbatches(p))
@@ -38,7 +36,7 @@ import numpy as np
 
 from emu.collectives import ALGORITHMS
 from emu.numerics import safe_div
-from emu.struct import FieldInfo, check, dataclass, error, field
+from emu.struct import FieldInfo, check, dataclass, error, field, parse_bounds
 from emu.units import PRECISIONS
 from emu.workload import Model
 
@@ -147,14 +145,9 @@ class Knob(FieldInfo):
                 raise error(where, f"unknown {self.name} '{value}'; known: {known}.")
             return self.names[value]
         if isinstance(value, bool | str) or np.ndim(value) != 0:
-            raise error(
-                where,
-                f"{self.name} must be {self.describe()} (got {type(value).__name__} {value!r}).",
-            )
-        try:
-            x = float(value)
-        except (TypeError, ValueError):
-            raise error(where, f"{self.name} must be a number (got {value!r}).") from None
+            got = f"{type(value).__name__} {value!r}"
+            raise error(where, f"{self.name} must be {self.describe()} (got {got}).")
+        x = float(value)
         if math.isfinite(x) and abs(x) > _F32_MAX:
             raise error(where, f"{self.name} = {x:g} is outside the float32 range emu computes in.")
         return x
@@ -193,33 +186,21 @@ def knob(
     if kind not in KINDS:
         raise ValueError(f"unknown knob kind '{kind}'; known: {', '.join(KINDS)}.")
     span: dict = {}
-    if kind == "degree":
-        span = dict(lo=1.0, integer=True)
-    elif kind == "bool":
-        span = dict(lo=0.0, hi=1.0, integer=True)
+    if kind in ("degree", "bool"):
+        span = dict(lo=1.0) if kind == "degree" else dict(lo=0.0, hi=1.0)
     elif kind == "choice":
-        span = dict(lo=min(names.values()), hi=max(names.values()), integer=True)
+        span = dict(lo=min(names.values()), hi=max(names.values()))
     elif bounds:
-        lo, hi = (s.strip() for s in bounds[1:-1].split(","))
-        span = dict(
-            lo=float(lo),
-            hi=float(hi),
-            lo_open=bounds[0] == "(",
-            hi_open=bounds[-1] == ")",
-            integer=kind == "int",
-        )
+        span = parse_bounds(bounds)
+    meta = dict(unit=unit, help=help, kind=kind, default=default, derive=derive, names=names)
     info = Knob(
         **span,
+        **meta,
+        integer=kind not in ("static", "float"),
         choices=choices,
-        unit=unit,
-        help=help,
-        kind=kind,
-        default=default,
-        derive=derive,
         searchable=searchable,
         phases=tuple(phases),
         inactive=inactive,
-        names=names,
         flag_name=flag,
     )
     if kind == "static":
@@ -228,7 +209,6 @@ def knob(
 
 
 _TRAIN = ("train",)
-_SERVE_AND_TRAIN = PHASES
 
 
 @dataclass
@@ -238,26 +218,14 @@ class Plan:
     one compiled function serves a sweep and `grad` reaches it; `precision`, `algorithm`
     and `phase` change the program and are static."""
 
-    precision: str = knob(
-        "static", default="bf16", choices=PRECISIONS, help="number format of the matmuls"
-    )
+    precision: str = knob("static", default="bf16", choices=PRECISIONS, help="matmul precision")
     algorithm: str = knob(
-        "static",
-        default="hierarchical",
-        choices=ALGORITHMS,
-        help="collective algorithm for TP/CP/DP collectives (emu.collectives.ALGORITHMS)",
+        "static", default="hierarchical", choices=ALGORITHMS, help="TP/CP/DP collective algorithm"
     )
     phase: str = knob("static", default="train", choices=PHASES, help="train, prefill or decode")
-    tp: Array = knob(
-        "degree", default=1, searchable=True, help="tensor-parallel degree (heads, FFN split)"
-    )
+    tp: Array = knob("degree", default=1, searchable=True, help="tensor-parallel degree")
     pp: Array = knob(
-        "degree",
-        default=1,
-        searchable=True,
-        phases=_TRAIN,
-        inactive=1.0,
-        help="pipeline-parallel degree (layers split into pp stages)",
+        "degree", default=1, searchable=True, phases=_TRAIN, inactive=1.0, help="pipeline stages"
     )
     dp: Array = knob("degree", default=1, searchable=True, help="data-parallel degree")
     cp: Array = knob(
@@ -268,16 +236,14 @@ class Plan:
         inactive=1.0,
         help="context-parallel degree (each sequence split over cp chips)",
     )
-    ep: Array = knob(
-        "degree", default=1, searchable=True, help="expert-parallel degree (MoE experts split)"
-    )
+    ep: Array = knob("degree", default=1, searchable=True, help="expert-parallel degree")
     microbatch: Array = knob(
         "int",
         default=1,
         bounds="[1, inf)",
         unit="sequences",
         searchable=True,
-        help="sequences per micro-batch per DP rank (serving: the batch per DP-attention rank)",
+        help="sequences per micro-batch per DP rank (serving: the batch per DP rank)",
     )
     global_batch: Array = knob(
         "int",
@@ -292,7 +258,7 @@ class Plan:
         bounds="[1, inf)",
         unit="tokens",
         phases=("train", "prefill"),
-        help="tokens per sequence (prefill: the prompt length)",
+        help="tokens per sequence (prefill: the prompt)",
     )
     vpp: Array = knob(
         "degree",
@@ -306,19 +272,11 @@ class Plan:
         "int", default=1, bounds="[0, 3]", searchable=True, phases=_TRAIN, help="ZeRO stage"
     )
     recompute: Array = knob(
-        "choice",
-        default="selective",
-        names=RECOMPUTE,
-        searchable=True,
-        phases=_TRAIN,
+        "choice", default="selective", names=RECOMPUTE, searchable=True, phases=_TRAIN,
         help="activation recomputation",
-    )
+    )  # fmt: skip
     sp: Array = knob(
-        "bool",
-        default=True,
-        searchable=True,
-        phases=_TRAIN,
-        help="sequence parallelism with TP",
+        "bool", default=True, searchable=True, phases=_TRAIN, help="sequence parallelism with TP"
     )
     grad_bytes: Array = knob(
         "float",
@@ -334,30 +292,25 @@ class Plan:
         "bool",
         default=False,
         phases=_TRAIN,
-        help="LoRA fine-tuning: frozen base weights (no weight gradients, optimizer states "
-        "or DP reduction for them; adapters neglected)",
+        help="LoRA: frozen base weights (no weight gradients, optimizer states or DP "
+        "reduction for them; adapters neglected)",
     )
     etp: Array = knob(
-        "degree",
-        default=1,
-        help="expert tensor parallelism: each expert's width split over etp chips that "
-        "share their tokens (the EP x ETP grid spans ep * etp ranks)",
+        "degree", default=1, help="expert tensor-parallel degree (EP x ETP grid of ep*etp)"
     )
     moe_imbalance: Array = knob(
         "float",
         default=1.0,
         bounds="[1, 1e3)",
-        help="busiest rank's routed tokens / mean: multiplies its expert work and all-to-all",
+        help="busiest rank's routed tokens / mean (scales its expert work and all-to-all)",
     )
     a2a_overlap: Array = knob(
-        "bool",
-        default=False,
-        help="two-micro-batch (DualPipe-style) overlap of dispatch and combine with compute",
+        "bool", default=False, help="two-micro-batch overlap of dispatch/combine with compute"
     )
     moe_dedup: Array = knob(
         "bool",
         default=True,
-        help="a token crosses each tier once per destination domain and is forwarded inside "
+        help="a token crosses a tier once per destination domain, then is forwarded inside "
         "it (DeepEP); false: one copy per routed expert",
     )
     context: Array = knob(
@@ -366,7 +319,7 @@ class Plan:
         unit="tokens",
         phases=("decode",),
         derive=lambda v: v["seq_len"],
-        help="KV-cache length per sequence in decode (default seq_len)",
+        help="KV-cache length per sequence (default seq_len)",
     )
     mtp_accept: Array = knob(
         "float",
@@ -449,13 +402,8 @@ def make(cls: type, /, **values: Any):
     for k in specs:
         if k.name not in stored:
             stored[k.name] = k.encode(k.derive(stored))
-    plan = cls(
-        **{
-            k.name: stored[k.name] if k.kind == "static" else jnp.float32(stored[k.name])
-            for k in specs
-        }
-    )
-    return validate_plan(plan)
+    leaves = {k.name: jnp.float32(stored[k.name]) for k in specs if k.kind != "static"}
+    return validate_plan(cls(**{**stored, **leaves}))
 
 
 def make_plan(**values: Any) -> Plan:
@@ -510,40 +458,29 @@ def validate_plan(
 
 
 def _check_against_model(plan: Plan, model: Model, *, even_layers: bool, even_experts: bool):
-    g = lambda tree, name: float(getattr(tree, name))
-    tp, pp, cp, dp = g(plan, "tp"), g(plan, "pp"), g(plan, "cp"), g(plan, "dp")
-    ep, etp, experts = g(plan, "ep"), g(plan, "etp"), g(model, "n_experts")
-    if g(plan, "mtp_accept") > 0 and g(model, "mtp_layers") == 0:
-        raise ValueError(
-            f"Plan: mtp_accept needs a model with MTP modules ({model.name} has none)."
-        )
-    if even_experts and experts > 0 and experts % ep:
-        raise ValueError(
-            f"Plan: ep={ep:g} must divide the model's n_experts={experts:g}; "
-            "pick an ep that divides it."
-        )
-    if experts == 0 and ep > 1:
-        raise ValueError(f"Plan: ep={ep:g} needs an MoE model ({model.name} is dense).")
-    grid = ep * etp
-    if grid > 1 and (tp * dp * cp) % grid:
-        raise ValueError(
-            f"Plan: ep*etp={grid:g} must divide tp*dp*cp={tp * dp * cp:g} "
-            "(experts are spread over the data-parallel ranks of a stage)."
-        )
-    if experts == 0 and etp > 1:
-        raise ValueError(f"Plan: etp={etp:g} needs an MoE model.")
-    heads, kv = g(model, "n_heads"), g(model, "n_kv_heads")
-    if heads % tp:
-        raise ValueError(
-            f"Plan: tp={tp:g} must divide the model's n_heads={heads:g}; pick a tp that divides it."
-        )
-    if kv % tp and tp % kv:
-        raise ValueError(f"Plan: tp={tp:g} and n_kv_heads={kv:g} must divide one another.")
-    stages = pp * g(plan, "vpp")
-    if even_layers and g(model, "n_layers") % stages:
-        raise ValueError(f"Plan: pp*vpp={stages:g} must divide n_layers={g(model, 'n_layers'):g}.")
-    if g(plan, "seq_len") % cp:
-        raise ValueError(f"Plan: cp={cp:g} must divide seq_len={g(plan, 'seq_len'):g}.")
+    p = {f.name: float(getattr(plan, f.name)) for f in knobs(type(plan)) if f.kind != "static"}
+    tp, cp, ep, etp, seq = p["tp"], p["cp"], p["ep"], p["etp"], p["seq_len"]
+    experts, heads, kv = (float(x) for x in (model.n_experts, model.n_heads, model.n_kv_heads))
+    ranks, stages, layers = tp * p["dp"] * cp, p["pp"] * p["vpp"], float(model.n_layers)
+    rules = (
+        (p["mtp_accept"] > 0 and float(model.mtp_layers) == 0,
+         f"mtp_accept needs a model with MTP modules ({model.name} has none)."),
+        (even_experts and experts > 0 and experts % ep,
+         f"ep={ep:g} must divide the model's n_experts={experts:g}; pick an ep that divides it."),
+        (experts == 0 and ep > 1, f"ep={ep:g} needs an MoE model ({model.name} is dense)."),
+        (ep * etp > 1 and ranks % (ep * etp),
+         f"ep*etp={ep * etp:g} must divide tp*dp*cp={ranks:g} (experts are spread over the "
+         "data-parallel ranks of a stage)."),
+        (experts == 0 and etp > 1, f"etp={etp:g} needs an MoE model."),
+        (heads % tp,
+         f"tp={tp:g} must divide the model's n_heads={heads:g}; pick a tp that divides it."),
+        (kv % tp and tp % kv, f"tp={tp:g} and n_kv_heads={kv:g} must divide one another."),
+        (even_layers and layers % stages, f"pp*vpp={stages:g} must divide n_layers={layers:g}."),
+        (seq % cp, f"cp={cp:g} must divide seq_len={seq:g}."),
+    )  # fmt: skip
+    for broken, text in rules:
+        if broken:
+            raise ValueError(f"Plan: {text}")
 
 
 def plan_dict(plan: Plan) -> dict:

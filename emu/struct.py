@@ -43,6 +43,7 @@ __all__ = [
     "static_field",
     "field",
     "FieldInfo",
+    "parse_bounds",
     "field_info",
     "info_at",
     "check",
@@ -130,8 +131,12 @@ def _interval(info: FieldInfo) -> str:
     return f"in {'(' if info.lo_open else '['}{lo:g}, {hi:g}{')' if info.hi_open else ']'}"
 
 
-def _parse_interval(text: str) -> dict:
-    """'(0, 1]' -> dict(lo=0, hi=1, lo_open=True, hi_open=False); 'inf' is allowed."""
+def parse_bounds(text: str) -> dict:
+    """'(0, 1]' -> dict(lo=0.0, hi=1.0, lo_open=True, hi_open=False); 'inf' is allowed.
+
+    >>> parse_bounds("[1, inf)")
+    {'lo': 1.0, 'hi': inf, 'lo_open': False, 'hi_open': True}
+    """
     s = text.strip()
     if len(s) < 5 or s[0] not in "[(" or s[-1] not in "])" or "," not in s:
         raise ValueError(f"bounds '{text}' must be an interval such as '(0, 1]' or '[1, inf)'.")
@@ -156,7 +161,7 @@ def field(
     `static=True` makes it a static field; `info` passes a prepared FieldInfo (or subclass)
     instead. Other keyword arguments go to `dataclasses.field` (e.g. `default`)."""
     if info is None:
-        span = _parse_interval(bounds) if bounds else {}
+        span = parse_bounds(bounds) if bounds else {}
         info = FieldInfo(
             **span, integer=integer, zero_ok=zero_ok, choices=choices, unit=unit, help=help
         )
