@@ -151,6 +151,7 @@ class Overlap:
 
 
 def example_overlap() -> Overlap:
+    """The calibration defaults' overlap fractions (configs/calibration/defaults.toml)."""
     f = jnp.float32
     return Overlap(
         tp=f(0.3),
@@ -165,7 +166,8 @@ def example_overlap() -> Overlap:
 
 
 def peak_flops(chip: Chip, precision: str) -> Array:
-    """Dense peak FLOP/s of `chip` at `precision` (0 where unsupported)."""
+    """Dense peak FLOP/s of `chip` at `precision` (0 where unsupported); ValueError lists the
+    known precisions for an unknown name."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision '{precision}'; known: {', '.join(PRECISIONS)}.")
     return chip.peak_flops_per_s[precision]

@@ -86,11 +86,18 @@ __all__ = [
     "exposed_dp",
     "optimizer_time",
     "decode_attention",
+    "ELEMENTWISE_KERNELS_FWD",
+    "ATTN_BWD",
+    "HOST_KERNELS_MOE_LAYER_FWD",
+    "HOST_KERNELS_EXPERT_FWD",
 ]
 
 Array = jnp.ndarray
-ELEMENTWISE_KERNELS_FWD = 8.0  # fused norm/residual/activation kernels per layer forward
-ATTN_BWD = 2.5  # flash-attention backward / forward time (recomputes QK^T; Dao et al. 2022)
+#: fused norm/residual/activation kernels per layer forward (an estimate of Megatron's
+#: fused kernels: two norms, two residual adds, activation, rotary, dropouts)
+ELEMENTWISE_KERNELS_FWD = 8.0
+#: flash-attention backward / forward time (the backward recomputes QK^T; Dao et al. 2022)
+ATTN_BWD = 2.5
 #: small kernels an MoE layer forward issues besides the experts' GEMMs (router GEMM, softmax,
 #: top-k, auxiliary loss, token counts, permute, all-to-all, unpermute, probability scaling);
 #: the rest of a layer is a few large fused kernels the host issues far ahead of the GPU
@@ -107,7 +114,7 @@ _LOGIT_BYTES, _LOGIT_PASSES, _HEAD_KERNELS = 4.0, 3.0, 2.0
 #: fused Adam (multi-tensor apply) launches per step
 _OPTIMIZER_KERNELS = 4.0
 #: routed-expert GEMMs run as one grouped GEMM per matrix and layer (one launch)
-GROUPED = ("expert_in", "expert_out")
+_GROUPED = ("expert_in", "expert_out")
 
 
 @dataclass
@@ -173,7 +180,7 @@ def _matmuls_time(chip, shapes: dict, precision: str):
             k,
             precision,
             count=c,
-            kernels=jnp.minimum(c, 1.0) if name in GROUPED else None,
+            kernels=jnp.minimum(c, 1.0) if name in _GROUPED else None,
         )
         for name, (m, n, k, c) in shapes.items()
     )

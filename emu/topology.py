@@ -37,6 +37,9 @@ __all__ = [
     "tier_names",
     "reshape",
     "TOPOLOGY_KNOBS",
+    "COPPER_REACH_CHIPS",
+    "OPTIC_BYTES_PER_S",
+    "DEFAULT_OPTIC_W",
 ]
 
 Array = jnp.ndarray
@@ -216,11 +219,13 @@ def reshape(system: System, **knobs) -> tuple[System, Array]:
 
 
 def tier_names(system: System) -> list[str]:
+    """The names of the system's tiers, innermost first (they address `tiers.<name>.*`)."""
     return [t.name for t in system.tiers]
 
 
-def members_within(tiers, size, stride):
-    """Members of a group (size, stride) inside one domain of each tier, innermost first."""
+def _members_within(tiers, size, stride):
+    """Members of a group (size, stride) inside one domain of each tier, innermost first:
+    m_k = clip(domain_chips_k / stride, 1, size), and the whole group on the last tier."""
     out = []
     for k, tier in enumerate(tiers):
         if k == len(tiers) - 1:
@@ -231,8 +236,14 @@ def members_within(tiers, size, stride):
 
 
 def participants(tiers, size, stride):
-    """Participants per tier: n_k = m_k / m_{k-1}; their product is the group size."""
-    m = members_within(tiers, size, stride)
+    """Participants of a group of `size` chips with ranks `stride` apart at each tier,
+    innermost first: n_k = m_k / m_{k-1} with m_k the members inside one tier-k domain
+    (module doc); their product is the group size. Smooth in size and stride.
+
+    Args: tiers the system's tiers; size, stride float arrays (chips).
+    Returns: a list of arrays, one per tier.
+    """
+    m = _members_within(tiers, size, stride)
     prev = jnp.ones_like(size)
     out = []
     for mk in m:

@@ -1,8 +1,9 @@
-"""Model descriptions and their per-layer FLOPs, parameters and activations.
+"""Model descriptions and their parameters, FLOPs and KV cache.
 
-Dense transformers with MHA or GQA attention (`n_kv_heads` <= `n_heads`) and a GELU
-(2 matrices) or SwiGLU (3 matrices) FFN. Counts are per token unless stated; all
-quantities are float32 leaves so a sweep over models is one compiled function.
+Decoder-only transformers with MHA/GQA/MQA or DeepSeek MLA attention, a GELU (2 matrices)
+or SwiGLU (3 matrices) FFN, and optional MoE layers (routed and shared experts, a router).
+Counts are parameters (elements) or per token unless stated; all quantities are float32
+leaves so a sweep over models is one compiled function.
 
 >>> m = example_model()
 >>> round(float(params_total(m)) / 1e9, 1)   # Llama 3 8B
@@ -21,16 +22,30 @@ from emu.struct import dataclass, error, field, static_field
 __all__ = [
     "Model",
     "FFN_KINDS",
+    "ATTENTION_KINDS",
     "attn_dims",
+    "ffn_mats",
+    "params_attention",
+    "kv_cache_bytes_per_token",
+    "n_moe_layers",
+    "n_dense_ffn_layers",
+    "params_expert",
+    "params_moe_ffn",
+    "params_moe_ffn_active",
+    "params_ffn",
     "params_per_layer",
     "params_embedding",
     "params_total",
+    "params_active",
+    "attention_flops_dims",
     "model_flops_per_token",
     "example_model",
 ]
 
 Array = jnp.ndarray
+#: FFN kind -> weight matrices per FFN (GELU: up, down; SwiGLU: gate, up, down)
 FFN_KINDS = {"gelu": 2.0, "swiglu": 3.0}
+#: attention kinds: "gqa" (MHA/GQA/MQA) and "mla" (DeepSeek multi-head latent attention)
 ATTENTION_KINDS = ("gqa", "mla")
 
 
@@ -111,15 +126,21 @@ class Model:
 
 
 def attn_dims(model: Model):
-    """(d_q, d_kv): widths of the query and of each of key and value projections."""
+    """(d_q, d_kv) = (n_heads d_head, n_kv_heads d_head): widths of the query and of each of
+    the key and value projections (elements)."""
     return model.n_heads * model.d_head, model.n_kv_heads * model.d_head
 
 
 def ffn_mats(model: Model) -> float:
+    """Weight matrices per FFN: 2 (GELU) or 3 (SwiGLU)."""
     return FFN_KINDS[model.ffn]
 
 
 def params_attention(model: Model):
+    """Weights of one attention block. GQA: d (d_q + 2 d_kv) + d_q d. MLA (DeepSeek-V2 §2.1):
+    query down/up projections (or a full one without q_lora_rank), the joint KV down
+    projection to kv_lora_rank + rope_head_dim, the KV up projection to H (d_head +
+    v_head_dim), and the output H v_head_dim d."""
     d = model.d_model
     if model.attention == "mla":
         h = model.n_heads
@@ -146,10 +167,12 @@ def kv_cache_bytes_per_token(model: Model, bytes_per_element=2.0):
 
 
 def n_moe_layers(model: Model):
+    """Layers with an MoE FFN: n_layers - n_dense_layers for MoE models, else 0."""
     return jnp.where(model.n_experts > 0, model.n_layers - model.n_dense_layers, 0.0)
 
 
 def n_dense_ffn_layers(model: Model):
+    """Layers with a dense FFN: n_layers - n_moe_layers."""
     return model.n_layers - n_moe_layers(model)
 
 
@@ -166,12 +189,15 @@ def params_moe_ffn(model: Model):
 
 
 def params_moe_ffn_active(model: Model):
+    """FFN weights one token touches in an MoE layer: top_k routed + shared experts +
+    router."""
     return (model.top_k + model.n_shared_experts) * params_expert(model) + (
         model.d_model * model.n_experts
     )
 
 
 def params_ffn(model: Model):
+    """Weights of one dense FFN: mats d_model d_ff."""
     return ffn_mats(model) * model.d_model * model.d_ff
 
 
@@ -191,11 +217,14 @@ def params_embedding(model: Model):
 
 
 def params_total(model: Model):
+    """All weights: n_layers per-layer weights + embeddings + the final norm (d_model)."""
     return model.n_layers * params_per_layer(model) + params_embedding(model) + model.d_model
 
 
 def params_active(model: Model):
-    """Weights one token touches (MoE: top_k routed + shared experts)."""
+    """Matmul weights one token touches: attention, FFN (MoE layers: top_k routed + shared
+    experts + router) and the output head (vocab d_model; the input embedding is a lookup,
+    and norms are not matmuls)."""
     ffn = n_dense_ffn_layers(model) * params_ffn(model) + n_moe_layers(model) * (
         params_moe_ffn_active(model)
     )
@@ -203,7 +232,8 @@ def params_active(model: Model):
 
 
 def attention_flops_dims(model: Model):
-    """(qk, v) head widths that set the s^2 attention FLOPs."""
+    """(d_qk, d_v) head widths that set the s^2 attention FLOPs: (d_head, d_head) for GQA;
+    (d_head + rope_head_dim, v_head_dim) for MLA."""
     if model.attention == "mla":
         return model.d_head + model.rope_head_dim, model.v_head_dim
     return model.d_head, model.d_head

@@ -175,23 +175,6 @@ def test_train_step_is_the_composition_of_its_parts(catalog):
     assert float(work.total_s) <= float(t_gpu) <= float(work.total_s + raw) * (1 + 1e-6)
 
 
-def test_each_communication_axis_is_priced_on_its_own(catalog):
-    from emu import comm
-
-    sys, model = catalog["h100"], catalog["llama70"]
-    one = comm.train_comm(sys, model, make_plan(tp=1, dp=8, global_batch=8, seq_len=4096))
-    assert float(one.tp_s) == float(one.cp_s) == float(one.pp_s) == 0.0
-    assert float(one.dp_s) > 0
-    tp = comm.train_comm(sys, model, make_plan(tp=8, global_batch=1, seq_len=4096))
-    assert float(tp.tp_s) > 0 and float(tp.dp_s) < float(one.dp_s)
-    cp = comm.train_comm(sys, model, make_plan(cp=8, global_batch=1, seq_len=4096))
-    assert float(cp.cp_s) > 0 and float(cp.tp_s) == 0.0
-    pp = comm.train_comm(sys, model, make_plan(pp=8, global_batch=8, seq_len=4096))
-    assert float(pp.pp_s) > 0
-    dense = comm.train_comm(sys, model, make_plan(tp=8, global_batch=1, seq_len=4096))
-    assert float(dense.dispatch_s) == float(dense.combine_s) == 0.0
-
-
 def test_run_result_has_the_same_structure_in_every_phase(catalog):
     sys, model = catalog["nvl72"], catalog["llama8"]
     plans = [
