@@ -28,8 +28,9 @@ import jax.numpy as jnp
 
 from emu.hardware import peak_flops
 from emu.objective import evaluate, inference_memory, max_batch_under_slo
-from emu.parallelism import Plan, make_plan, memory, validate_plan
-from emu.struct import replace
+from emu.parallelism import memory
+from emu.plan import KNOBS, Plan, make_plan, validate_plan
+from emu.struct import check_value, replace
 from emu.topology import System
 from emu.units import PRECISIONS
 from emu.workload import Model
@@ -43,6 +44,7 @@ __all__ = [
     "scale_up_domain",
     "divisors",
     "DEFAULT_BATCH_TOKENS",
+    "RULE_KNOBS",
 ]
 
 #: tokens per training step when no global batch is given (4 Mi, a common pre-training size)
@@ -59,8 +61,15 @@ def _int(x) -> int:
     return int(round(float(x)))
 
 
-def _check_counts(chips, system: System, **counts) -> int:
-    """`chips` as an int after checking it and every given count is a positive integer."""
+#: knobs the rule chooses when they are left out (None)
+RULE_KNOBS = ("tp", "pp", "dp", "cp", "ep", "vpp", "global_batch", "recompute")
+#: knobs a serving plan fixes: no pipeline, context or expert-tensor parallelism
+_SERVING_FIXED = ("pp", "cp", "etp", "vpp")
+
+
+def _check_knobs(chips, system: System, knobs: dict) -> int:
+    """`chips` as an int after checking it, that every name is a plan knob and that every
+    given count (degrees, integers) is valid by its declaration."""
     if chips < 1 or chips != int(chips):
         raise ValueError(f"chips must be a positive integer (got {chips}).")
     chips = int(chips)
@@ -70,60 +79,35 @@ def _check_counts(chips, system: System, **counts) -> int:
             f"chips = {chips} exceeds the largest cluster of {system.name} ({max_chips:g}); "
             "use fewer chips or raise the outermost tier's domain_chips."
         )
-    for name, v in counts.items():
-        if v is not None and (v != int(v) or v < 1):
-            raise ValueError(f"{name} must be a positive integer (got {v}).")
+    declared = {k.name: k for k in KNOBS}
+    for name, v in knobs.items():
+        k = declared.get(name)
+        if k is None:
+            make_plan(**{name: v})  # raises "unknown knob ... Did you mean"
+        if k.kind in ("degree", "int", "float"):
+            check_value(v, k, name)  # the knob's declared bounds, as make_plan checks them
     return chips
 
 
-def auto_plan(
-    system: System,
-    model: Model,
-    chips: int,
-    *,
-    seq_len: int = 4096,
-    global_batch: int | None = None,
-    microbatch: int = 1,
-    tp: int | None = None,
-    pp: int | None = None,
-    dp: int | None = None,
-    cp: int | None = None,
-    vpp: int = 1,
-    zero: int = 1,
-    recompute: str | None = None,
-    sp: bool = True,
-    precision: str = "bf16",
-    grad_bytes: float | None = None,
-    ep: int | None = None,
-    etp: int = 1,
-    phase: str = "train",
-    context: int | None = None,
-    mtp_accept: float = 0.0,
-    moe_imbalance: float = 1.0,
-    a2a_overlap: bool = False,
-    cache_hit: float = 0.0,
-) -> Plan:
-    """A valid plan for `chips` chips; degrees given are kept, the others chosen by the rule
-    of the module doc."""
-    chips = _check_counts(
-        chips, system, ep=ep, etp=etp, context=context, tp=tp, pp=pp, dp=dp, cp=cp, vpp=vpp,
-        microbatch=microbatch, seq_len=seq_len, global_batch=global_batch,
-    )  # fmt: skip
-    moe = dict(moe_imbalance=moe_imbalance, a2a_overlap=a2a_overlap, precision=precision)
-    if phase != "train":
-        extra = {"pp": pp, "cp": cp if cp != 1 else None, "etp": etp if etp != 1 else None}
-        extra["vpp"] = vpp if vpp != 1 else None
-        bad = [k for k, v in extra.items() if v is not None]
+def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
+    """A valid plan for `chips` chips. `knobs` are Plan knobs by name (emu.plan.KNOBS):
+    those given (not None) are kept; the degrees, global batch and recomputation of
+    RULE_KNOBS that are left out are chosen by the rule of the module doc; the others take
+    their declared defaults (seq_len: 4096)."""
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    knobs.setdefault("seq_len", 4096)
+    chips = _check_knobs(chips, system, knobs)
+    if knobs.get("phase", "train") != "train":
+        bad = [k for k in _SERVING_FIXED if knobs.get(k, 1) != 1]
         if bad:
             raise ValueError(f"serving plans take tp, dp and ep only; drop {', '.join(bad)}.")
-        return _auto_inference_plan(
-            system, model, chips, seq_len=seq_len, microbatch=microbatch, tp=tp, dp=dp, ep=ep,
-            phase=phase, context=context, mtp_accept=mtp_accept, cache_hit=cache_hit, **moe,
-        )  # fmt: skip
-    if zero not in (0, 1, 2, 3):
-        raise ValueError(f"zero must be 0, 1, 2 or 3 (got {zero}).")
-    _check_precision(system, precision)
-    cp = 1 if cp is None else cp
+        return _auto_inference_plan(system, model, chips, knobs)
+    _check_precision(system, knobs.get("precision", "bf16"))
+    tp, pp, dp = knobs.pop("tp", None), knobs.pop("pp", None), knobs.pop("dp", None)
+    cp, ep = knobs.pop("cp", 1), knobs.pop("ep", None)
+    vpp, microbatch = knobs.setdefault("vpp", 1), knobs.setdefault("microbatch", 1)
+    etp, global_batch = knobs.get("etp", 1), knobs.pop("global_batch", None)
+    recompute = knobs.pop("recompute", None)
     tp = _default_tp(system, model, chips, cp=cp, dp=dp, pp=pp) if tp is None else tp
     rest = chips / (tp * cp)
     if rest != int(rest):
@@ -138,13 +122,11 @@ def auto_plan(
         gb = global_batch
         if gb is None:
             unit = dp_ * microbatch
-            gb = unit * max(1, math.ceil(DEFAULT_BATCH_TOKENS / seq_len / unit))
+            gb = unit * max(1, math.ceil(DEFAULT_BATCH_TOKENS / knobs["seq_len"] / unit))
         ep_ = ep if ep is not None else _auto_ep(system, model, tp * dp_ * cp // etp)
         return make_plan(
-            ep=ep_, etp=etp, tp=tp, pp=pp_, dp=dp_, cp=cp, microbatch=microbatch,
-            global_batch=gb, seq_len=seq_len, vpp=vpp, zero=zero, recompute=rc, sp=sp,
-            grad_bytes=grad_bytes, **moe,
-        )  # fmt: skip
+            **knobs, ep=ep_, tp=tp, pp=pp_, dp=dp_, cp=cp, global_batch=gb, recompute=rc
+        )
 
     chosen = _first_fitting(system, model, build, candidates, recompute)
     if dp is not None and _int(chosen.dp) != dp:
@@ -218,35 +200,33 @@ def _auto_ep(system: System, model: Model, ranks: int, *, limit: float | None = 
     return max(d for d in divisors(experts) if ranks % d == 0 and d <= cap)
 
 
-def _serving_tp(system, model, chips, *, seq_len, phase, microbatch, context, precision) -> int:
+def _serving_tp(system, model, chips, knobs: dict) -> int:
     """TP of a serving plan: 1 for MoE models, else the smallest power of two <= 8 whose
     weights (and KV cache) fit in HBM."""
     heads = _int(model.n_heads)
     tp = 1
     if _int(model.n_experts) > 0:
         return tp
+    probe_knobs = {k: knobs[k] for k in ("seq_len", "phase", "microbatch", "context", "precision")
+                   if k in knobs}  # fmt: skip
     for t in (1, 2, 4, 8):
         if heads % t or chips % t:
             continue
         tp = t
-        probe = make_plan(
-            tp=t, dp=chips // t, seq_len=seq_len, phase=phase, microbatch=microbatch,
-            context=context, precision=precision,
-        )  # fmt: skip
+        probe = make_plan(tp=t, dp=chips // t, **probe_knobs)
         if float(inference_memory(model, probe, system.chip.hbm_bytes).feasible) > 0.5:
             break
     return tp
 
 
-def _auto_inference_plan(
-    system, model, chips, *, seq_len, microbatch, tp, dp, ep, phase, context, mtp_accept,
-    moe_imbalance, a2a_overlap, cache_hit, precision,
-) -> Plan:  # fmt: skip
+def _auto_inference_plan(system, model, chips: int, knobs: dict) -> Plan:
+    knobs = dict(knobs)
+    tp, dp, ep = knobs.pop("tp", None), knobs.pop("dp", None), knobs.pop("ep", None)
+    microbatch = knobs.pop("microbatch", 1)
+    for name in ("pp", "cp", "vpp", "zero", "recompute", "global_batch"):
+        knobs.pop(name, None)  # a serving plan has none of them (the batch is dp x microbatch)
     if tp is None:
-        tp = _serving_tp(
-            system, model, chips, seq_len=seq_len, phase=phase, microbatch=microbatch,
-            context=context, precision=precision,
-        )  # fmt: skip
+        tp = _serving_tp(system, model, chips, {**knobs, "microbatch": microbatch})
     if chips % tp:
         raise ValueError(f"Plan: tp={tp} must divide the chip count {chips}; adjust tp.")
     dp_ = chips // tp
@@ -256,10 +236,8 @@ def _auto_inference_plan(
         )
     ep_ = ep if ep is not None else _auto_ep(system, model, chips, limit=chips)
     plan = make_plan(
-        tp=tp, dp=dp_, ep=ep_, microbatch=microbatch, global_batch=dp_ * microbatch,
-        seq_len=seq_len, context=context, phase=phase, mtp_accept=mtp_accept,
-        moe_imbalance=moe_imbalance, a2a_overlap=a2a_overlap, cache_hit=cache_hit,
-        precision=precision, recompute="none", zero=0,
+        **knobs, tp=tp, dp=dp_, ep=ep_, microbatch=microbatch, global_batch=dp_ * microbatch,
+        recompute="none", zero=0,
     )  # fmt: skip
     return check_plan(system, model, plan, chips)
 

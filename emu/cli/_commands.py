@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from emu import analysis, catalog, policy, storage
 from emu.cli import _render as render
-from emu.cli._parser import CliError
+from emu.cli._parser import FLAG_DEFAULTS, CliError
 from emu.overrides import apply_overrides, parse_override, split_overrides
-from emu.parallelism import plan_dict
-from emu.struct import float_leaves, replace
+from emu.plan import KNOBS, plan_dict
+from emu.struct import float_leaves
 
 
 def overrides(args) -> tuple[dict, dict, dict]:
@@ -25,41 +25,37 @@ def overrides(args) -> tuple[dict, dict, dict]:
     return split_overrides(parsed)
 
 
+def plan_knobs(args) -> dict:
+    """The plan knobs given on the command line, by name (the rest is left to the plan rule
+    and the declared defaults); a flag the plan's phase would ignore is refused."""
+    given = {k.name: getattr(args, k.name) for k in KNOBS if getattr(args, k.name) is not None}
+    phase = given.get("phase", "train")
+    if phase == "train" and args.batch is not None:
+        raise CliError("--batch is the serving batch per DP rank; in training use --microbatch.")
+    for k in KNOBS:
+        if k.name not in given or k.kind == "static" or k.name in FLAG_DEFAULTS:
+            continue
+        if phase != "train" and k.name in ("microbatch", "global_batch"):
+            raise CliError(f"a {phase} plan's batch is --batch (per DP rank); drop {k.flag}.")
+        if not k.applies_to(phase):
+            raise CliError(
+                f"{k.flag} applies to {'/'.join(k.phases)} plans only; drop it (--phase {phase})."
+            )
+    if phase != "train" and args.batch is not None:
+        given["microbatch"] = args.batch
+    return given
+
+
 def setup(args, system_name: str):
     """(system, model, plan) of the workload flags of run/compare/sensitivity."""
     sys_o, model_o, plan_o = overrides(args)
+    knobs = plan_knobs(args)
     system = catalog.load_system(system_name, sys_o)
     model = catalog.load_model(args.model, model_o)
     chips = args.chips if args.chips is not None else int(float(system.n_chips))
-    plan = policy.auto_plan(
-        system,
-        model,
-        chips,
-        seq_len=args.seq_len,
-        global_batch=args.global_batch,
-        microbatch=args.batch if args.phase != "train" and args.batch else args.microbatch,
-        tp=args.tp,
-        pp=args.pp,
-        dp=args.dp,
-        cp=args.cp,
-        vpp=1 if args.vpp is None else args.vpp,
-        zero=args.zero,
-        recompute=args.recompute,
-        sp=not args.no_sp,
-        precision=args.precision,
-        ep=args.ep,
-        etp=args.etp,
-        phase=args.phase,
-        context=args.context,
-        mtp_accept=args.mtp_accept,
-        moe_imbalance=args.moe_imbalance,
-        a2a_overlap=args.a2a_overlap,
-        cache_hit=args.cache_hit,
-    )
-    if args.algorithm != "hierarchical":
-        plan = replace(plan, algorithm=args.algorithm)
+    plan = policy.auto_plan(system, model, chips, **knobs)
     if plan_o:
-        plan = apply_overrides(plan, plan_o)
+        plan = apply_overrides(plan, plan_o, "Plan")
         policy.check_plan(system, model, plan, args.chips)
     if plan.phase != "train" and args.batch is None:
         slo = args.tpot_slo if plan.phase == "decode" else args.ttft_slo

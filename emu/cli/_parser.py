@@ -1,11 +1,15 @@
-"""The flags of every `emu` command (argparse). Flag values are checked here (positive
-integers, choices read from the library's registries); everything else is the library's."""
+"""The flags of every `emu` command (argparse). The plan flags (`--tp`, `--zero`, `--no-sp`,
+...) are derived from the knob declarations of emu.plan (spelling, type, bounds, choices,
+help), the `--objective` and `--kind` choices from the library's registries; flag values are
+checked here, everything else by the library."""
 
 from __future__ import annotations
 
 import argparse
 
+from emu.plan import KNOBS
 from emu.search import OBJECTIVES
+from emu.struct import check_value
 from emu.validation import KINDS
 
 DEFAULT_COMPARE = ["cloudmatrix384", "gb200_nvl72"]
@@ -64,62 +68,57 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
-def _degree_args(p: argparse.ArgumentParser, *, chips_list: bool) -> None:
-    if chips_list:
-        p.add_argument(
-            "--chips",
-            help="chips used, or comma-separated candidates (the chip count becomes a knob, "
-            "e.g. under --power-cap); default: one system unit",
-        )
+#: flag defaults that differ from the knob's declared default (`emu run` models an 8k step)
+FLAG_DEFAULTS = {"seq_len": 8192}
+
+
+def _knob_type(k):
+    """argparse type of a numeric knob: its declared rule (bounds, integrality)."""
+
+    def parse(text: str):
+        try:
+            v = float(text)
+            check_value(v, k, k.name)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {k.describe()} (got {text!r})") from None
+        return int(v) if k.integer else v
+
+    parse.__name__ = k.kind  # argparse names the type in some messages
+    return parse
+
+
+def _knob_flag(g, k) -> None:
+    """The flag of one plan knob, from its declaration (emu.plan.KNOBS): spelling, type,
+    choices, help. Unset flags are None (the library's default or rule applies), except
+    static knobs and FLAG_DEFAULTS."""
+    hlp = k.help + (f" ({k.unit})" if k.unit else "")
+    if k.kind == "static":
+        g.add_argument(k.flag, default=k.default, choices=list(k.choices), help=hlp)
+    elif k.kind == "bool":
+        action = "store_false" if k.default is True else "store_true"
+        hlp = f"turn off: {hlp}" if k.default is True else hlp
+        g.add_argument(k.flag, dest=k.name, action=action, default=None, help=hlp)
+    elif k.kind == "choice":
+        g.add_argument(k.flag, choices=list(k.names), help=hlp)
     else:
-        p.add_argument("--chips", type=positive_int, help="chips used (default: one system unit)")
-    for name, hlp in (
-        ("tp", "tensor-parallel degree"),
-        ("pp", "pipeline-parallel degree"),
-        ("dp", "data-parallel degree"),
-        ("cp", "context-parallel degree"),
-        ("vpp", "virtual pipeline chunks per stage (interleaved 1F1B)"),
-    ):
-        p.add_argument(f"--{name}", type=positive_int, help=hlp)
-    p.add_argument("--microbatch", type=positive_int, default=1, help="sequences per micro-batch")
-    p.add_argument(
-        "--global-batch", type=positive_int, help="sequences per step (default: >= 4Mi tokens)"
-    )
-    p.add_argument("--seq-len", type=positive_int, default=8192, help="tokens per sequence")
-    p.add_argument("--recompute", choices=["none", "selective", "full"])
-    p.add_argument("--zero", type=int, default=1, choices=[0, 1, 2, 3], help="ZeRO stage")
-    p.add_argument("--no-sp", action="store_true", help="disable sequence parallelism")
-    p.add_argument("--precision", default="bf16", help="bf16, fp16, fp8, int8 or fp4")
-    p.add_argument("--algorithm", default="hierarchical", choices=["hierarchical", "ring"])
+        default = FLAG_DEFAULTS.get(k.name)
+        if default is not None:
+            hlp += f" (default {default})"
+        g.add_argument(k.flag, type=_knob_type(k), default=default, metavar="N", help=hlp)
 
 
-def _moe_args(p: argparse.ArgumentParser) -> None:
-    moe = p.add_argument_group("MoE")
-    moe.add_argument("--ep", type=positive_int, help="expert-parallel degree")
-    moe.add_argument("--etp", type=positive_int, default=1, help="expert tensor-parallel degree")
-    moe.add_argument(
-        "--moe-imbalance",
-        type=float,
-        default=1.0,
-        help="busiest rank's routed tokens / mean (>= 1)",
-    )
-    moe.add_argument(
-        "--a2a-overlap",
-        action="store_true",
-        help="two-micro-batch overlap of dispatch/combine with compute",
-    )
+def _knob_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("plan (every knob of emu.plan.KNOBS; left out: the plan rule)")
+    for k in KNOBS:
+        _knob_flag(g, k)
 
 
-def _inference_args(p: argparse.ArgumentParser) -> None:
-    inf = p.add_argument_group("inference")
-    inf.add_argument("--phase", default="train", choices=["train", "prefill", "decode"])
+def _serving_args(p: argparse.ArgumentParser) -> None:
+    inf = p.add_argument_group("serving")
     inf.add_argument(
         "--batch",
         type=positive_int,
         help="sequences per DP-attention rank (default: the largest meeting the SLO)",
-    )
-    inf.add_argument(
-        "--context", type=positive_int, help="decode: KV-cache length (default --seq-len)"
     )
     inf.add_argument(
         "--tpot-slo",
@@ -133,18 +132,6 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
         default=2.0,
         help="prefill: time-to-first-token SLO in seconds (default 2.0)",
     )
-    inf.add_argument(
-        "--mtp-accept",
-        type=float,
-        default=0.0,
-        help="acceptance rate of one MTP draft token (0 = no MTP)",
-    )
-    inf.add_argument(
-        "--cache-hit",
-        type=float,
-        default=0.0,
-        help="prefill: share of prompt tokens served from a prefix cache",
-    )
 
 
 def _workload_args(
@@ -153,9 +140,16 @@ def _workload_args(
     if system:
         p.add_argument("--system", default="gb200_nvl72", help="catalog name or TOML path")
     p.add_argument("--model", default=DEFAULT_MODEL, help="catalog name or TOML path")
-    _degree_args(p, chips_list=chips_list)
-    _moe_args(p)
-    _inference_args(p)
+    if chips_list:
+        p.add_argument(
+            "--chips",
+            help="chips used, or comma-separated candidates (the chip count becomes a knob, "
+            "e.g. under --power-cap); default: one system unit",
+        )
+    else:
+        p.add_argument("--chips", type=positive_int, help="chips used (default: one system unit)")
+    _knob_args(p)
+    _serving_args(p)
     _common(p)
 
 
@@ -171,7 +165,6 @@ def _objective_help() -> str:
 def _search_args(p: argparse.ArgumentParser) -> None:
     """The flags `emu search` and `emu sweep` share: `emu run`'s workload, then the search."""
     _workload_args(p, chips_list=True)
-    p.set_defaults(microbatch=None, zero=None)  # given on the command line = fixed
     g = p.add_argument_group("search")
     g.add_argument(
         "--objective",
@@ -183,7 +176,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--free",
         help="comma-separated plan knobs that vary (default: every knob not given on the "
-        "command line): tp, pp, cp, ep, microbatch, vpp, zero, recompute, sp",
+        "command line): " + ", ".join(k.name for k in KNOBS if k.searchable and k.name != "dp"),
     )
     g.add_argument("--power-cap", type=float, metavar="W", help="IT power cap, watts")
     g.add_argument(

@@ -10,23 +10,37 @@ from emu import analysis, catalog, storage
 from emu.cli import _render as render
 from emu.cli._commands import overrides
 from emu.cli._parser import CliError
-from emu.parallelism import RECOMPUTE
-from emu.search import KNOBS, Problem, check_grid
+from emu.plan import KNOBS
+from emu.plan import knobs as plan_knobs
+from emu.search import Problem, check_grid
 
 _OUT_SUFFIXES = (".csv", ".parquet")
 
 
+#: plan knobs a search Problem takes as given (it varies the searchable ones)
+PROBLEM_KNOBS = (
+    "seq_len", "global_batch", "precision", "phase", "context", "a2a_overlap",
+    "moe_imbalance", "mtp_accept", "cache_hit",
+)  # fmt: skip
+
+
 def _check_flags(args) -> None:
-    """Flags a search does not take (it varies or derives them)."""
+    """Flags a search does not take (it varies or derives them, or its Problem has no
+    place for them)."""
     if args.dp is not None:
         raise CliError(f"{args.command} derives dp from --chips; drop --dp.")
-    if args.etp != 1 or args.algorithm != "hierarchical":
-        raise CliError(f"{args.command} keeps --etp 1 and the hierarchical algorithm; drop them.")
+    searchable = {k.name for k in plan_knobs(searchable=True)}
+    for k in KNOBS:
+        v = getattr(args, k.name)
+        extra = k.name not in searchable and k.name not in PROBLEM_KNOBS
+        if extra and v is not None and v != k.default:
+            raise CliError(f"{args.command} keeps {k.name} at its default; drop {k.flag}.")
     if args.phase == "train" and args.batch is not None:
         raise CliError("--batch is the serving batch per DP rank; in training use --microbatch.")
     if args.phase != "train":
-        keys = ("pp", "cp", "vpp", "recompute", "zero", "microbatch", "global_batch")
-        bad = [f"--{k.replace('_', '-')}" for k in keys if getattr(args, k) is not None]
+        keys = [k for k in KNOBS if k.name in searchable and not k.applies_to(args.phase)]
+        keys += [k for k in KNOBS if k.name in ("microbatch", "global_batch")]
+        bad = [k.flag for k in keys if getattr(args, k.name) is not None]
         if bad:
             raise CliError(
                 f"serving plans vary --tp, --ep and --batch only; drop {', '.join(bad)}."
@@ -48,26 +62,24 @@ def _chips(args, system) -> int | tuple:
 
 
 def _free_and_fixed(args) -> tuple[tuple, dict]:
-    """Knobs given on the command line are fixed; --free names the varying ones (default:
-    every plan knob not given)."""
-    fixed = {
-        k: getattr(args, k)
-        for k in ("tp", "pp", "cp", "vpp", "ep", "microbatch", "zero")
-        if getattr(args, k) is not None
-    }
-    if args.recompute is not None:
-        fixed["recompute"] = int(RECOMPUTE[args.recompute])
-    if args.no_sp:
-        fixed["sp"] = 0
+    """Knobs given on the command line are fixed (as stored numbers); --free names the
+    varying ones (default: every searchable knob not given)."""
+    plan_knob_list = [k for k in plan_knobs(searchable=True) if k.name != "dp"]
+    fixed = {}
+    for k in plan_knob_list:
+        v = getattr(args, k.name)
+        if v is not None:
+            x = float(k.encode(v))
+            fixed[k.name] = int(x) if x.is_integer() else x
     if args.phase != "train" and args.batch is not None:
         fixed["microbatch"] = args.batch
-    plan_knobs = [k for k in KNOBS if k != "dp"]
+    names = [k.name for k in plan_knob_list]
     if args.free is None:
-        return tuple(k for k in plan_knobs if k not in fixed), fixed
+        return tuple(k for k in names if k not in fixed), fixed
     free = tuple(k.strip() for k in args.free.split(",") if k.strip())
-    bad = [k for k in free if k not in plan_knobs]
+    bad = [k for k in free if k not in names]
     if bad:
-        raise CliError(f"--free: unknown knob '{bad[0]}'; known: {', '.join(plan_knobs)}.")
+        raise CliError(f"--free: unknown knob '{bad[0]}'; known: {', '.join(names)}.")
     return free, fixed
 
 
@@ -107,25 +119,18 @@ def search_setup(args):
     system = catalog.load_system(args.system, sys_o)
     model = catalog.load_model(args.model, model_o)
     free, fixed = _free_and_fixed(args)
+    given = {n: getattr(args, n) for n in PROBLEM_KNOBS if getattr(args, n) is not None}
     problem = Problem(
         system=system.name,
         model=model.name,
         chips=_chips(args, system),
-        seq_len=args.seq_len,
-        global_batch=args.global_batch,
-        precision=args.precision,
-        phase=args.phase,
         objective=args.objective,
         free=free,
         fixed=tuple(sorted(fixed.items())),
         power_cap=args.power_cap,
         tpot_slo=args.tpot_slo,
         ttft_slo=args.ttft_slo if args.phase == "prefill" else None,
-        context=args.context,
-        a2a_overlap=args.a2a_overlap,
-        moe_imbalance=args.moe_imbalance,
-        mtp_accept=args.mtp_accept,
-        cache_hit=args.cache_hit,
+        **given,
     )
     return system, model, problem, _grid(args, system), out
 

@@ -10,12 +10,14 @@ import math
 from collections.abc import Callable
 
 from emu.hardware import peak_flops
-from emu.parallelism import PHASES
+from emu.plan import PHASES
+from emu.plan import knobs as plan_knobs
 from emu.search._objectives import get_objective
 from emu.topology import TOPOLOGY_KNOBS, System
 
-#: plan leaves a search varies, in the column order of its output
-KNOBS = ("tp", "pp", "dp", "cp", "ep", "microbatch", "vpp", "zero", "recompute", "sp")
+#: plan knobs a search varies (declared searchable in emu.plan), in the column order of its
+#: output
+KNOBS = tuple(k.name for k in plan_knobs(searchable=True))
 #: outputs kept per configuration; `objective` is the value being optimised
 COLUMNS = (
     "objective",
@@ -30,18 +32,9 @@ COLUMNS = (
     "tpot_s",
     "memory_bytes",
 )
-#: knob values when a knob is not free and not given
-DEFAULTS = {
-    "tp": 1,
-    "pp": 1,
-    "cp": 1,
-    "ep": 1,
-    "microbatch": 1,
-    "vpp": 1,
-    "zero": 1,
-    "recompute": 1,
-    "sp": 1,
-}
+#: knob values when a knob is not free and not given: the declared defaults, as stored
+#: numbers (dp has none: it follows the chip count)
+DEFAULTS = {k.name: int(k.encode(k.default)) for k in plan_knobs(searchable=True) if k.name != "dp"}
 
 
 @dataclasses.dataclass(frozen=True)

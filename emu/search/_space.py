@@ -3,8 +3,8 @@ system values, and how one configuration of it becomes a (system, plan) pair.
 
 A grid axis is a dotted system field path (`chip.hbm_bytes_per_s`) or a topology knob of
 `emu.topology.reshape` (`domain`, `scaleup_bw`, `scaleout_bw`, `oversubscription`,
-`optics_share`). Grid values pass the same checks as any override (emu.overrides,
-emu.catalog.check_system).
+`optics_share`). Grid values pass the same checks as any override (emu.overrides: the bounds
+beside the field, then the system's cross-field rules).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from emu.catalog import override_system
-from emu.parallelism import Plan, make_plan
+from emu.overrides import apply_overrides
+from emu.plan import Plan, make_plan
+from emu.plan import knobs as plan_knobs
 from emu.policy import DEFAULT_BATCH_TOKENS, divisors
 from emu.search._problem import COLUMNS, DEFAULTS, KNOBS, Problem, check_problem
 from emu.struct import replace, set_path
@@ -31,6 +32,14 @@ TOPOLOGY_RANGES = {
     "oversubscription": (1.0, 1e3),
     "optics_share": (0.0, 1.0),
 }
+
+
+_KNOBS = {k.name: k for k in plan_knobs(searchable=True)}
+
+
+def _choices(name: str) -> list[int]:
+    """Every stored value of a categorical knob (zero, recompute, sp), from its declaration."""
+    return [int(v) for v in _KNOBS[name].values]
 
 
 def _pow2_upto(n: int) -> list[int]:
@@ -75,15 +84,15 @@ def _training_rows(problem: Problem, model: Model, chips: int, tp: int) -> list[
             eps = [e for e in divisors(experts) if (tp * dp * cp) % e == 0] if experts else [1]
             mbs = [m for m in _pow2_upto(gb // dp) if (gb // dp) % m == 0]
             vpps = [v for v in (1, 2, 4) if v == 1 or (pp > 1 and layers % (pp * v) == 0)]
-            sps = [0] if tp == 1 else _pick(problem, "sp", (0, 1))
+            sps = [0] if tp == 1 else _pick(problem, "sp", _choices("sp"))
             rows.extend(
                 (tp, pp, dp, cp, *rest)
                 for rest in itertools.product(
                     _pick(problem, "ep", eps),
                     _pick(problem, "microbatch", mbs),
                     _pick(problem, "vpp", vpps),
-                    _pick(problem, "zero", range(4)),
-                    _pick(problem, "recompute", range(3)),
+                    _pick(problem, "zero", _choices("zero")),
+                    _pick(problem, "recompute", _choices("recompute")),
                     sps,
                 )
             )
@@ -199,8 +208,8 @@ def apply_grid(system: System, names, values) -> tuple[System, jnp.ndarray]:
 
 def check_grid(system: System, grid: dict | None) -> dict:
     """Validated grid: name -> sorted unique float values. A field path's values pass the
-    checks of any override (its bound, then the system's cross-field checks); a topology
-    knob's values lie in TOPOLOGY_RANGES."""
+    checks of any override (the bounds beside the field, then the system's cross-field
+    rules); a topology knob's values lie in TOPOLOGY_RANGES."""
     out = {}
     for name, values in (grid or {}).items():
         vals = sorted({float(v) for v in values})
@@ -218,7 +227,7 @@ def check_grid(system: System, grid: dict | None) -> dict:
                 )
         else:
             for v in vals:  # unknown path, out of bounds or inconsistent: raises
-                override_system(system, {name: v}, f"grid {name}={v:g}")
+                apply_overrides(system, {name: v}, f"grid {name}={v:g}")
         out[name] = vals
     return out
 
