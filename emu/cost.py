@@ -140,7 +140,10 @@ class Region:
 class CostBreakdown:
     """USD per hour of running for all the chips of a run, by part, and per million tokens.
     Capital parts are 0 when an all-in hourly price is used (`all_in_usd_per_hour`); then
-    `energy_share` is 0 too (the price does not say how much of it is electricity)."""
+    `energy_share` is 0 too (the price does not say how much of it is electricity).
+    `capex_usd` is the up-front capital of the build-up (hardware of the run's chips plus
+    facility for `provisioned_w`), reported in both modes; `electricity_usd_per_kwh` is the
+    price this system pays in the region (subsidised or not)."""
 
     chips_usd_per_hour: Array
     hosts_usd_per_hour: Array
