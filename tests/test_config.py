@@ -23,6 +23,7 @@ ORDER = [
     "power",
     "objective",
     "serving",
+    "cost",
     "search",
 ]
 HOST = {"config", "runner", "validate", "calibrate", "cli", "__main__", "__init__"}
