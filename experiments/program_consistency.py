@@ -15,10 +15,11 @@ within 10%, step time within 15%.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import emu
-from emu.config import model_from_dict
 from emu.examples import llama
 from emu.program import trace_program
 from emu.program.compare import compare
@@ -30,6 +31,14 @@ SMALL = dict(
 )
 
 
+def load_model(conf: llama.Config):
+    """The reference program's model through emu's catalog loader (a TOML file)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "reference_llama.toml"
+        path.write_text(llama.emu_model_toml(conf))
+        return emu.load_model(path)
+
+
 def run(cfg: dict, tp: int, dp: int, systems: list[str]) -> list[dict]:
     size = "tiny" if "d_model" in cfg else "8b"
     kwargs = {"size": size, "tp": tp, **{k: v for k, v in cfg.items()}}
@@ -37,7 +46,7 @@ def run(cfg: dict, tp: int, dp: int, systems: list[str]) -> list[dict]:
     prog = trace_program("emu/examples/llama.py:train", devices=tp * dp, kwargs=kwargs)
     trace_s = time.perf_counter() - t0
     conf = llama._config(size, {k: v for k, v in cfg.items()})
-    model = model_from_dict(llama.emu_model_dict(conf), "reference_llama")
+    model = load_model(conf)
     plan = emu.make_plan(
         tp=tp,
         dp=dp,

@@ -172,7 +172,7 @@ def test_async_pair_is_overlappable_and_custom_call_is_listed():
     (un,) = prog.uncosted
     assert "my_fancy_kernel" in un["reason"]
     system = emu.load_system("dgx_h100")
-    cost = prog.cost(system)
+    cost = prog.cost_fn()(system)
     t = np.asarray(cost.op_time_s)
     i = prog.table.ops.index(ag)
     expected = max(t[i] - t[dot], 0.0)
@@ -243,8 +243,8 @@ def test_group_to_tier_placement():
     assert (inner.axes, inner.group_size, inner.stride) == (("model",), 8, 1)
     assert (outer.axes, outer.group_size, outer.stride) == (("data",), 8, 8)
     h100, nvl72 = emu.load_system("dgx_h100"), emu.load_system("gb200_nvl72")
-    t_h = np.asarray(prog.cost(h100).op_time_s)
-    t_n = np.asarray(prog.cost(nvl72).op_time_s)
+    t_h = np.asarray(prog.cost_fn()(h100).op_time_s)
+    t_n = np.asarray(prog.cost_fn()(nvl72).op_time_s)
     i, o = prog.table.ops.index(inner), prog.table.ops.index(outer)
     # an 8-GPU node: model groups stay on NVLink, data groups (stride 8) cross InfiniBand
     assert t_h[o] > 4 * t_h[i]
@@ -329,15 +329,16 @@ def test_gradient_finite_and_matches_finite_differences(reference_program):
 # ----------------------------------------------------------------------------- reference
 
 
-def test_reference_program_agrees_with_emu_evaluate(reference_program):
+def test_reference_program_agrees_with_emu_evaluate(reference_program, tmp_path):
     """FLOPs within 2%, bytes per collective kind within 10%, step time within 15%."""
-    from emu.config import model_from_dict
     from emu.examples import llama
     from emu.program.compare import compare
 
     prog, tp, dp = reference_program
     cfg = llama.Config(**SMALL, batch=2 * dp)
-    model = model_from_dict(llama.emu_model_dict(cfg), "reference")
+    path = tmp_path / "reference.toml"
+    path.write_text(llama.emu_model_toml(cfg))
+    model = emu.load_model(path)
     plan = emu.make_plan(
         tp=tp, dp=dp, microbatch=2, global_batch=2 * dp, seq_len=cfg.seq_len, zero=0, grad_bytes=2
     )
@@ -410,6 +411,9 @@ def test_cli_one_line_errors_and_json(tmp_path, capsys):
     path.write_text(_two_groups())
     assert main_program(["--hlo", str(path)]) == 2
     assert "--mesh" in capsys.readouterr().err
+    bad_set = ["--hlo", str(path), "--mesh", "data=8,model=8", "--set", "plan.tp=2"]
+    assert main_program(bad_set) == 2
+    assert "only system fields" in capsys.readouterr().err
     argv = ["--hlo", str(path), "--mesh", "data=8,model=8", "--system", "dgx_h100", "--json"]
     assert main_program([*argv, "--tokens-per-step", "4096"]) == 0
     out = json.loads(capsys.readouterr().out)

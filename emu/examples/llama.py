@@ -56,6 +56,7 @@ __all__ = [
     "train",
     "decode",
     "emu_model_dict",
+    "emu_model_toml",
     "params_count",
     "flash_attention",
 ]
@@ -104,7 +105,7 @@ class Config:
 
 
 def emu_model_dict(cfg: Config, name: str = "reference_llama") -> dict:
-    """The same model for `emu.config.model_from_dict` (emu.evaluate's model)."""
+    """The same model as emu's catalog keys (a model TOML; `emu_model_toml`)."""
     return {
         "name": name,
         "ffn": "swiglu",
@@ -117,6 +118,23 @@ def emu_model_dict(cfg: Config, name: str = "reference_llama") -> dict:
         "d_ff": cfg.d_ff,
         "vocab": cfg.vocab,
     }
+
+
+def emu_model_toml(cfg: Config, name: str = "reference_llama") -> str:
+    """The same model as a TOML file for `emu.load_model(path)` (emu.evaluate's model).
+
+    >>> print(emu_model_toml(Config(n_layers=2)).splitlines()[1])
+    ffn = "swiglu"
+    """
+    lines = []
+    for key, value in emu_model_dict(cfg, name).items():
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, str):
+            lines.append(f'{key} = "{value}"')
+        else:
+            lines.append(f"{key} = {value}")
+    return "\n".join(lines) + "\n"
 
 
 def params_count(cfg: Config) -> int:

@@ -106,7 +106,9 @@ def _literal(text: str):
 def run_program_cli(args: argparse.Namespace) -> int:
     """Run `emu program` for parsed `args`; prints the report, returns 0 (raises ValueError
     with one line on bad input)."""
-    from emu.config import load_system, parse_override
+    import math
+
+    from emu import load_system
     from emu.program import from_hlo, text_report, trace_program
 
     if args.top < 0:
@@ -114,8 +116,13 @@ def run_program_cli(args: argparse.Namespace) -> int:
     if args.tokens_per_step is not None and not args.tokens_per_step >= 0:
         raise ValueError(f"--tokens-per-step must be >= 0 (got {args.tokens_per_step}).")
     overrides = {}
-    for item in args.set:
-        path, value = parse_override(item)
+    for path, text in _pairs(args.set, "--set").items():
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"--set {path}: value '{text}' is not a number.") from None
+        if not math.isfinite(value):
+            raise ValueError(f"--set {path}: value must be finite (got {text}).")
         if path.startswith(("model.", "plan.")):
             raise ValueError(
                 f"--set {path}: `emu program` reads the model and plan from the program; "

@@ -28,9 +28,9 @@ dot FLOPs are the latter (masked scores included: the kernels' dots compute them
 
 from __future__ import annotations
 
+import emu
 from emu import step as emu_step
-from emu.objective import evaluate
-from emu.parallelism import Plan, n_chips, params_split_per_chip, tokens_per_microbatch
+from emu.parallelism import params_split_per_chip, tokens_per_microbatch
 from emu.program.table import COLLECTIVE_KINDS
 from emu.topology import System
 from emu.workload import Model, attention_flops_dims, model_flops_per_token
@@ -38,14 +38,14 @@ from emu.workload import Model, attention_flops_dims, model_flops_per_token
 __all__ = ["reference", "compare"]
 
 
-def reference(system: System, model: Model, plan: Plan) -> dict:
+def reference(system: System, model: Model, plan) -> dict:
     """emu's FLOPs, collective bytes by kind and step time for `plan` (dense training)."""
     f = float
     if plan.phase != "train":
         raise ValueError("reference: only training plans (phase 'train') are compared.")
     if f(model.n_experts) > 0 or f(plan.ep) > 1:
         raise ValueError("reference: MoE plans are not compared yet (dense models only).")
-    chips = f(n_chips(plan))
+    chips = f(plan.tp) * f(plan.pp) * f(plan.dp) * f(plan.cp)
     layers = f(model.n_layers) / f(plan.pp)
     nmb = f(plan.global_batch) / (f(plan.dp) * f(plan.microbatch))
     t = f(tokens_per_microbatch(plan))
@@ -90,7 +90,7 @@ def reference(system: System, model: Model, plan: Plan) -> dict:
     attn_fwd = 2.0 * f(model.n_layers) * f(plan.seq_len) * f(model.n_heads) * f(qk + v)
     attn_bwd = getattr(emu_step, "ATTN_BWD", 2.5)
     executed = model_flops + (attn_bwd - 2.0) * attn_fwd * tokens / chips
-    r = evaluate(system, model, plan)
+    r = emu.evaluate(system, model, plan)
     return {
         "flops": executed,
         "model_flops": model_flops,
@@ -100,7 +100,7 @@ def reference(system: System, model: Model, plan: Plan) -> dict:
     }
 
 
-def compare(program, system: System, model: Model, plan: Plan) -> dict:
+def compare(program, system: System, model: Model, plan) -> dict:
     """Side by side: the traced `program` (an emu.program.Program) and emu.evaluate on
     `system`; relative errors (program / emu - 1) of FLOPs, each collective kind's bytes
     (None where emu charges none) and the step time."""

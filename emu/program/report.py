@@ -55,7 +55,9 @@ class TopOp:
 
 @dataclasses.dataclass
 class ProgramResult:
-    """The program on one system: what `emu program` prints (SI units, per step)."""
+    """The program on one system: what `emu program` prints (SI units, per step). `flops`
+    are the dot FLOPs one device executes per step; `mfu` = flops / (step time x the chip's
+    dense bf16 peak)."""
 
     system: str
     program: str

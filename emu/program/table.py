@@ -948,14 +948,15 @@ class _Builder:
         return _PRECISION_OF.get(dtype)
 
     def _matmul(self, comp: Computation, ins: Instruction, count: float) -> int:
-        flops, (_, m, n, k, batch) = self._matmul_shape(comp, ins)
+        flops, (_, m, n, k, _) = self._matmul_shape(comp, ins)
         prec = self._precision(comp, ins)
         if prec is None:
             a, b = self.matmul_operand_ldtypes(comp, ins)
             return self._uncosted(
                 comp, ins, count, f"matmul in {_wider(a, b)}: emu has no peak for it", flops=flops
             )
-        # a batched dot of `batch` (m, k) @ (k, n) products; flops already counts all of them
+        # `batch` (m, k) @ (k, n) products of the largest dot carry all the FLOPs (a batched
+        # dot, or several dots in one fusion)
         return self._row(
             comp,
             ins,
@@ -965,7 +966,7 @@ class _Builder:
             m=m,
             n=n,
             k=k,
-            batch=batch * (flops / max(2.0 * m * n * k * batch, 1.0)),
+            batch=flops / max(2.0 * m * n * k, 1.0),
             precision=prec,
         )
 
