@@ -66,6 +66,26 @@ def run(cfg: dict, tp: int, dp: int, systems: list[str]) -> list[dict]:
     return rows
 
 
+def run_decode(tp: int, batch: int, context: int, systems: list[str]) -> list[str]:
+    """The decode step against emu.evaluate's decode phase (step time only)."""
+    kwargs = {"size": "8b", "tp": tp, "batch": batch, "context": context}
+    prog = trace_program("emu/examples/llama.py:decode", devices=tp, kwargs=kwargs)
+    model = load_model(llama._config("8b", {"batch": batch, "context": context}))
+    plan = emu.make_plan(
+        tp=tp, dp=1, microbatch=batch, global_batch=batch, phase="decode", context=context
+    )
+    out = []
+    for name in systems:
+        system = emu.load_system(name)
+        got = prog.estimate(system, tokens_per_step=batch)[0].step_time_s
+        want = float(emu.evaluate(system, model, plan).step_time_s)
+        out.append(
+            f"decode TP{tp} batch {batch} context {context} on {name}: program "
+            f"{got * 1e3:.2f} ms, emu {want * 1e3:.2f} ms ({100 * (got / want - 1):+.1f}%)"
+        )
+    return out
+
+
 def show(rows: list[dict]) -> None:
     def pct(e):
         return "-" if e is None else f"{100 * e:+.1f}%"
@@ -101,6 +121,8 @@ def main() -> None:
         rows += run({"seq_len": args.seq_len, "batch": 1}, 8, 1, systems)
         rows += run({"seq_len": args.seq_len, "batch": 8}, 8, 8, systems)
     show(rows)
+    if not args.small:
+        print("\n".join(run_decode(8, 8, args.seq_len, systems)))
 
 
 if __name__ == "__main__":

@@ -182,6 +182,28 @@ def test_async_pair_is_overlappable_and_custom_call_is_listed():
     assert r.uncosted and r.uncosted[0]["name"] == "cc"
 
 
+def test_gpu_gemm_custom_call_is_a_matmul():
+    text = _synthetic(
+        """
+        ENTRY %main (a: bf16[1024,4096], b: bf16[4096,512]) -> bf16[1024,512] {
+          %a = bf16[1024,4096]{1,0} parameter(0)
+          %b = bf16[4096,512]{1,0} parameter(1)
+          %g = (bf16[1024,512]{1,0}, s8[65536]{0}) custom-call(%a, %b), GEMM
+          ROOT %r = bf16[1024,512]{1,0} get-tuple-element(%g), index=0
+        }
+        """
+    )
+    dims = (
+        '"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],'
+        '"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]}'
+    )
+    gemm = 'custom_call_target="__cublas$gemm", backend_config={"gemm_backend_config":{' + dims
+    prog = program.from_hlo(text.replace("GEMM", gemm + "}}"), {"d": 1})
+    (mm,) = prog.table.ops
+    assert (mm.kind, mm.m, mm.n, mm.k, mm.precision) == ("matmul", 1024, 512, 4096, "bf16")
+    assert prog.flops == 2.0 * 1024 * 512 * 4096 and not prog.uncosted
+
+
 def test_conditional_and_unknown_opcode():
     text = _synthetic(
         """

@@ -140,8 +140,11 @@ _BREAKDOWN = [
 
 
 def _short(op_name: str, width: int = 48) -> str:
+    """The last scopes of an op_name, marked 'bwd' inside a transpose (the backward pass)."""
     parts = [p for p in op_name.split("/") if p and not p.startswith("jit(")]
     text = "/".join(parts[-3:])
+    if "transpose(" in op_name:
+        text = "bwd " + text
     return text if len(text) <= width else "..." + text[-(width - 3) :]
 
 

@@ -359,7 +359,7 @@ class _Builder:
         return len(params) == 1 and ops <= {"parameter", "convert", "bitcast", "reshape"}
 
     def is_matmul(self, ins: Instruction) -> bool:
-        if ins.opcode in ("dot", "convolution"):
+        if ins.opcode in ("dot", "convolution") or _is_gemm_call(ins):
             return True
         body = self.fused(ins)
         return body is not None and bool(self.inner_ops(body) & {"dot", "convolution"})
@@ -538,7 +538,7 @@ class _Builder:
         return widest
 
     def matmul_operand_ldtypes(self, comp: Computation, ins: Instruction) -> tuple[str, str]:
-        if ins.opcode in ("dot", "convolution"):
+        if ins.opcode in ("dot", "convolution") or _is_gemm_call(ins):
             return self.ld(comp, ins.operands[0]), self.ld(comp, ins.operands[1])
         body = self.fused(ins)
         outer = [self.ld(comp, o) for o in ins.operands]
@@ -923,6 +923,8 @@ class _Builder:
         return flops, float(m), float(out_feat), float(macs_per_out), 1.0
 
     def _matmul_shape(self, comp: Computation, ins: Instruction):
+        if _is_gemm_call(ins):
+            return self._gemm_call_shape(comp, ins)
         if ins.opcode in ("dot", "convolution"):
             where, dots = comp, [ins]
         else:
@@ -939,6 +941,27 @@ class _Builder:
             if best is None or dims[0] > best[0]:
                 best = dims
         return total, best
+
+    def _gemm_call_shape(self, comp: Computation, ins: Instruction):
+        """A cuBLAS GEMM custom call of a GPU-compiled module: dimension numbers from its
+        backend config, result = the first element of a (result, workspace) tuple."""
+        cfg = ins.backend_config()
+        dims = cfg.get("gemm_backend_config", cfg).get("dot_dimension_numbers", {})
+        lhs, rhs = comp.by_name[ins.operands[0]], comp.by_name[ins.operands[1]]
+        out = ins.shape.elements[0] if ins.shape.is_tuple else ins.shape
+
+        def get(key):
+            return [int(x) for x in dims.get(key, [])]
+
+        lc, rc = get("lhs_contracting_dimensions"), get("rhs_contracting_dimensions")
+        lb, rb = get("lhs_batch_dimensions"), get("rhs_batch_dimensions")
+        ld, rd = lhs.shape.dims, rhs.shape.dims
+        k = math.prod(ld[i] for i in lc) if lc else 1
+        m = math.prod(d for i, d in enumerate(ld) if i not in lc and i not in lb)
+        n = math.prod(d for i, d in enumerate(rd) if i not in rc and i not in rb)
+        batch = math.prod(ld[i] for i in lb) if lb else 1
+        flops = 2.0 * out.size * k
+        return flops, (flops, float(m), float(n), float(k), float(batch))
 
     def _precision(self, comp, ins) -> str | None:
         a, b = self.matmul_operand_ldtypes(comp, ins)
@@ -1297,6 +1320,18 @@ class _Builder:
         for m in members:
             groups.setdefault(find(m.name), []).append(m)
         return list(groups.values())
+
+
+#: GEMM custom calls of GPU-compiled modules (`emu program --hlo` of a GPU compile)
+_GEMM_TARGETS = ("__cublas$gemm", "__cublas$lt$matmul", "__cublas$lt$matmul$f8")
+
+
+def _is_gemm_call(ins: Instruction) -> bool:
+    return (
+        ins.opcode == "custom-call"
+        and ins.attrs.get("custom_call_target", "").strip('"') in _GEMM_TARGETS
+        and len(ins.operands) >= 2
+    )
 
 
 def _int_literal(text: str) -> int | None:
