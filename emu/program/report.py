@@ -192,7 +192,7 @@ def text_report(results: list[ProgramResult], *, top: int = 10) -> str:
             ]
             for i, o in enumerate(r.top_ops[:top])
         ]
-        out.append(f"top ops on {r.system}")
+        out.append(f"top ops on {r.system} (raw times: overlap hides part of the collectives)")
         out += [_table(rows, ["#", "kind", "time", "share", "x", "op", "source"]), ""]
         rows = [
             [
