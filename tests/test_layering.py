@@ -28,6 +28,9 @@ CORE = [
     "power",
     "objective",
     "serving",
+    "cost",
+    "examples",
+    "program",
 ]
 #: host layers, left to right; modules of one layer may import each other in the listed order
 HOST = [
@@ -41,6 +44,11 @@ HOST = [
     ("cli",),
 ]
 HOST_ORDER = [m for layer in HOST for m in layer]
+#: known exceptions, each with its reason: to be removed, never extended
+EXCEPTIONS = {
+    ("cost", "catalog"): "emu.cost's TOML loaders (load_cost, load_region) are host code in a "
+    "core module and belong in emu.catalog; cost.py is outside the host split (issue 14)",
+}
 #: `emu/__init__.py` re-exports from both sides; `__main__` runs the CLI
 ENTRY = {"__init__", "__main__"}
 #: package data (emu.data: the measurement set), not code
@@ -90,8 +98,8 @@ def test_every_module_has_a_place_in_the_layers():
 def test_imports_run_left_to_right(path):
     me = _unit(path)
     for other in _imports(path) - {me} - ENTRY:
-        if other not in CORE and other not in HOST_ORDER:
-            continue  # e.g. emu.configs, emu.data (package data)
+        if other not in CORE and other not in HOST_ORDER or (me, other) in EXCEPTIONS:
+            continue  # package data (emu.configs, emu.data), or a stated exception
         assert _rank(other) < _rank(me) or (
             # hardware and topology are siblings of the foundations (STYLE.md diagram)
             other in ("hardware", "topology") and me in CORE and _rank(other) < _rank(me)
@@ -101,12 +109,14 @@ def test_imports_run_left_to_right(path):
 def test_core_never_imports_host():
     for path in SOURCES:
         if _unit(path) in CORE:
-            host = _imports(path) & set(HOST_ORDER)
+            host = {
+                h for h in _imports(path) & set(HOST_ORDER) if (_unit(path), h) not in EXCEPTIONS
+            }
             assert not host, f"{path.name} (core) imports host module(s) {sorted(host)}"
 
 
 def test_host_submodules_are_private_and_packages_declare_all():
-    for pkg in {_unit(p) for p in SOURCES if p.parent != EMU}:
+    for pkg in {_unit(p) for p in SOURCES if p.parent != EMU} & set(HOST_ORDER):
         for path in (EMU / pkg).glob("*.py"):
             assert path.name == "__init__.py" or path.name.startswith("_"), (
                 f"{pkg}/{path.name}: a submodule of a host package is private (_name); "

@@ -1,0 +1,185 @@
+"""`emu program`: estimate a JAX program on one or more systems.
+
+    emu program emu/examples/llama.py:train --devices 64 --arg size=8b --arg seq_len=4096 \\
+        --system gb200_nvl72 --system cloudmatrix384 --tokens-per-step 32768 [--json]
+
+`add_program_parser(subparsers)` adds the subcommand to emu's parser and `run_program_cli(args)`
+runs it; `main_program(argv)` is the whole command on its own (exit status 2 and one line on
+stderr for bad input, as every emu command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+
+__all__ = ["add_program_parser", "run_program_cli", "main_program", "build_program_parser"]
+
+DEFAULT_SYSTEMS = ["gb200_nvl72"]
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "builder",
+        nargs="?",
+        help="path/to/file.py:builder or package.module:builder, returning (jitted fn, args)",
+    )
+    p.add_argument("--devices", type=int, help="devices the program is compiled for (N)")
+    p.add_argument(
+        "--system",
+        action="append",
+        default=[],
+        help="catalog name or TOML path (repeatable; default gb200_nvl72)",
+    )
+    p.add_argument(
+        "--tokens-per-step", type=float, help="tokens one step processes (for tokens/s, /J)"
+    )
+    p.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword argument for the builder (a Python literal or a string; repeatable)",
+    )
+    p.add_argument("--hlo", metavar="FILE", help="cost this HLO text instead of a builder")
+    p.add_argument("--mesh", metavar="AXIS=N,...", help="with --hlo: the mesh, e.g. data=8,model=8")
+    p.add_argument(
+        "--axis-role",
+        action="append",
+        default=[],
+        metavar="AXIS=ROLE",
+        help="overlap class of a mesh axis: tp, dp, cp, pp, ep or other (repeatable)",
+    )
+    p.add_argument("--fusion", default="ideal", choices=["ideal", "as_compiled"])
+    p.add_argument("--algorithm", default="hierarchical", choices=["hierarchical", "ring"])
+    p.add_argument("--top", type=int, default=10, help="most expensive ops listed")
+    p.add_argument("--timeout", type=float, default=600.0, help="tracing timeout, seconds")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a system field by dotted path (repeatable)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def add_program_parser(subparsers) -> argparse.ArgumentParser:
+    """Add `program` to an argparse subparsers object; returns the new parser."""
+    p = subparsers.add_parser(
+        "program", help="estimate your own JAX program (its compiled HLO) on systems"
+    )
+    _add_arguments(p)
+    return p
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        raise ValueError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_program_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="emu program", description="Estimate a JAX program on emu systems.")
+    _add_arguments(p)
+    return p
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{what} expects KEY=VALUE (got '{item}').")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def run_program_cli(args: argparse.Namespace) -> int:
+    """Run `emu program` for parsed `args`; prints the report, returns 0 (raises ValueError
+    with one line on bad input)."""
+    import math
+
+    from emu import load_system
+    from emu.program import from_hlo, text_report, trace_program
+
+    if args.top < 0:
+        raise ValueError(f"--top must be >= 0 (got {args.top}).")
+    if args.tokens_per_step is not None and not args.tokens_per_step >= 0:
+        raise ValueError(f"--tokens-per-step must be >= 0 (got {args.tokens_per_step}).")
+    overrides = {}
+    for path, text in _pairs(args.set, "--set").items():
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"--set {path}: value '{text}' is not a number.") from None
+        if not math.isfinite(value):
+            raise ValueError(f"--set {path}: value must be finite (got {text}).")
+        if path.startswith(("model.", "plan.")):
+            raise ValueError(
+                f"--set {path}: `emu program` reads the model and plan from the program; "
+                "only system fields can be set."
+            )
+        overrides[path] = value
+    systems = [load_system(s, overrides) for s in (args.system or DEFAULT_SYSTEMS)]
+    roles = _pairs(args.axis_role, "--axis-role")
+    if args.hlo:
+        if args.builder:
+            raise ValueError("give either a builder or --hlo FILE, not both.")
+        if not args.mesh:
+            raise ValueError("--hlo needs --mesh AXIS=N,... (e.g. --mesh data=8,model=8).")
+        mesh = {}
+        for k, v in _pairs(args.mesh.split(","), "--mesh").items():
+            if not v.isdigit() or int(v) < 1:
+                raise ValueError(f"--mesh {k}={v}: the size must be a positive integer.")
+            mesh[k] = int(v)
+        try:
+            text = open(args.hlo).read()
+        except OSError as e:
+            raise ValueError(f"cannot read --hlo {args.hlo}: {e.strerror}.") from None
+        prog = from_hlo(text, mesh, fusion=args.fusion, axis_roles=roles)
+    else:
+        if not args.builder:
+            raise ValueError("give a builder (path/to/file.py:builder) or --hlo FILE.")
+        if args.devices is None:
+            raise ValueError("--devices N is required: the number of devices to compile for.")
+        kwargs = {k: _literal(v) for k, v in _pairs(args.arg, "--arg").items()}
+        prog = trace_program(
+            args.builder,
+            devices=args.devices,
+            kwargs=kwargs,
+            fusion=args.fusion,
+            axis_roles=roles,
+            timeout_s=args.timeout,
+        )
+    results = prog.estimate(
+        systems, tokens_per_step=args.tokens_per_step, algorithm=args.algorithm, top=args.top
+    )
+    if args.json:
+        print(json.dumps({"results": [r.to_json() for r in results]}, indent=2, allow_nan=False))
+    else:
+        print(text_report(results, top=args.top))
+    return 0
+
+
+def main_program(argv: list[str] | None = None) -> int:
+    """`emu program ...` as a standalone command: exit status 0, or 2 with one line on
+    stderr for bad input."""
+    try:
+        return run_program_cli(build_program_parser().parse_args(argv))
+    except ValueError as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"emu: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main_program())

@@ -1,0 +1,264 @@
+"""`Program`: a traced JAX program as an op table, costed on any System without re-tracing.
+
+>>> import jax, jax.numpy as jnp
+>>> import emu
+>>> from emu import program
+>>> f = jax.jit(lambda a, b: a @ b)
+>>> args = (jax.ShapeDtypeStruct((512, 1024), jnp.bfloat16),
+...         jax.ShapeDtypeStruct((1024, 256), jnp.bfloat16))
+>>> prog = program.trace(f, args)
+>>> prog.flops                          # 2 m n k
+268435456.0
+>>> r = prog.estimate(emu.load_system("gb200_nvl72"))[0]
+>>> r.top_ops[0].kind
+'matmul'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emu.program.cost import ProgramCost, program_cost
+from emu.program.report import CollectiveSummary, ProgramResult, TopOp
+from emu.program.table import MeshInfo, OpTable, build_table
+from emu.program.trace import Traced, compile_hlo, trace_builder
+from emu.topology import System, participants
+
+__all__ = ["Program", "trace", "trace_program", "from_hlo"]
+
+
+class Program:
+    """A traced program: its op table (static arrays) and the pure cost functions over it.
+
+    `cost(system)` is a pure JAX function of the System pytree (jit, vmap, grad);
+    `cost_fn` is it jitted (one compile per system structure, then milliseconds per system);
+    `batch_cost(stacked)` is the vmapped, jitted form for `emu.struct.stack`ed systems;
+    `estimate(systems)` returns typed, host-side results for reports.
+    """
+
+    def __init__(self, traced: Traced, *, fusion: str = "ideal", axis_roles=None):
+        self.traced = traced
+        self.table: OpTable = build_table(
+            traced.hlo, traced.mesh, fusion=fusion, axis_roles=axis_roles
+        )
+        self._jit: dict[tuple, Any] = {}
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def name(self) -> str:
+        return self.traced.name or "program"
+
+    @property
+    def mesh(self) -> MeshInfo:
+        return self.traced.mesh
+
+    @property
+    def n_devices(self) -> int:
+        return self.table.n_devices
+
+    @property
+    def flops(self) -> float:
+        """Dot FLOPs per device per step, as written in the program."""
+        return self.table.flops_per_step
+
+    def collective_bytes(self) -> dict[str, float]:
+        return self.table.collective_bytes()
+
+    @property
+    def uncosted(self) -> list[dict[str, Any]]:
+        return [
+            {"name": o.name, "reason": o.note, "count": o.count, "bytes": o.bytes * o.count}
+            for o in self.table.uncosted
+        ]
+
+    # ------------------------------------------------------------------ cost
+    def cost(
+        self, system: System, *, tokens_per_step: float = 0.0, algorithm: str = "hierarchical"
+    ) -> ProgramCost:
+        """Pure JAX cost of one step on `system` (see emu.program.cost)."""
+        return program_cost(
+            system, self.table, tokens_per_step=tokens_per_step, algorithm=algorithm
+        )
+
+    def cost_fn(self, *, tokens_per_step: float = 0.0, algorithm: str = "hierarchical"):
+        """`cost` jitted for these settings (cached): system -> ProgramCost. Names are
+        stripped before the call, so systems with the same number of tiers share one
+        compiled function."""
+        key = ("one", float(tokens_per_step), algorithm)
+        if key not in self._jit:
+            jitted = jax.jit(
+                functools.partial(self.cost, tokens_per_step=tokens_per_step, algorithm=algorithm)
+            )
+            self._jit[key] = lambda system: jitted(anonymous(system))
+        return self._jit[key]
+
+    def batch_cost(
+        self, systems: System, *, tokens_per_step: float = 0.0, algorithm: str = "hierarchical"
+    ) -> ProgramCost:
+        """ProgramCost of a batch of systems stacked on a leading axis: one compiled call."""
+        key = ("batch", float(tokens_per_step), algorithm)
+        if key not in self._jit:
+            self._jit[key] = jax.jit(
+                jax.vmap(
+                    functools.partial(
+                        self.cost, tokens_per_step=tokens_per_step, algorithm=algorithm
+                    )
+                )
+            )
+        return self._jit[key](anonymous(systems))
+
+    # ------------------------------------------------------------------ reports
+    def estimate(
+        self,
+        systems: System | Sequence[System],
+        *,
+        tokens_per_step: float | None = None,
+        algorithm: str = "hierarchical",
+        top: int = 10,
+    ) -> list[ProgramResult]:
+        """Typed results, one per system (host side)."""
+        if isinstance(systems, System):
+            systems = [systems]
+        tokens = float(tokens_per_step or 0.0)
+        if tokens < 0:
+            raise ValueError(f"tokens_per_step must be >= 0 (got {tokens_per_step}).")
+        out = []
+        for system in systems:
+            cost = self.cost_fn(tokens_per_step=tokens, algorithm=algorithm)(system)
+            out.append(self._result(system, jax.device_get(cost), tokens, top))
+        return out
+
+    def _result(self, system: System, cost: ProgramCost, tokens: float, top: int):
+        t = np.asarray(cost.op_time_s, np.float64)
+        step = float(cost.step_time_s)
+        ops = self.table.ops
+        order = [i for i in np.argsort(-t) if t[i] > 0][:top]
+        top_ops = [
+            TopOp(
+                name=ops[i].name,
+                kind=ops[i].collective if ops[i].kind == "collective" else ops[i].kind,
+                time_s=float(t[i]),
+                share=float(t[i] / step) if step > 0 else 0.0,
+                count=float(ops[i].count),
+                flops=float(ops[i].flops * ops[i].count),
+                bytes=float(ops[i].bytes * ops[i].count),
+                op_name=ops[i].op_name,
+                source=ops[i].source,
+            )
+            for i in order
+        ]
+        groups: dict[tuple, CollectiveSummary] = {}
+        for i, o in enumerate(ops):
+            if o.kind != "collective":
+                continue
+            key = (o.collective, o.axes, o.group_size, o.stride)
+            if key not in groups:
+                groups[key] = CollectiveSummary(
+                    kind=o.collective,
+                    axes=list(o.axes),
+                    group_size=int(o.group_size),
+                    stride=float(o.stride),
+                    tiers=_tiers(system, o.group_size, o.stride),
+                    count=0.0,
+                    bytes=0.0,
+                    bytes_per_call=0.0,
+                    time_s=0.0,
+                )
+            g = groups[key]
+            g.count += o.count
+            g.bytes += o.bytes * o.count
+            g.time_s += float(t[i])
+        for g in groups.values():
+            g.bytes_per_call = g.bytes / g.count if g.count else 0.0
+        bd = {k: float(v) for k, v in vars(cost.breakdown).items()}
+        peak = float(system.chip.peak_flops_per_s["bf16"])
+        return ProgramResult(
+            system=system.name,
+            program=self.name,
+            n_devices=self.n_devices,
+            step_time_s=step,
+            flops=self.flops,
+            breakdown=bd,
+            power_w=float(cost.power_w),
+            facility_power_w=float(cost.facility_power_w),
+            energy_per_step_j=float(cost.energy_per_step_j),
+            tokens_per_step=tokens,
+            tokens_per_s=float(cost.tokens_per_s),
+            tokens_per_joule=float(cost.tokens_per_joule),
+            mfu=self.flops / (step * peak) if step > 0 and peak > 0 else 0.0,
+            collectives=sorted(groups.values(), key=lambda g: -g.time_s),
+            top_ops=top_ops,
+            uncosted=self.uncosted,
+            notes=list(dict.fromkeys(self.table.notes)),
+        )
+
+
+def anonymous(system: System) -> System:
+    """`system` with its names (static fields that the cost never reads) blanked, so that
+    one compiled cost function serves every system of the same shape."""
+    chip = dataclasses.replace(system.chip, name="", family="")
+    tiers = tuple(dataclasses.replace(t, name=f"t{i}", link="") for i, t in enumerate(system.tiers))
+    return dataclasses.replace(system, name="", chip=chip, tiers=tiers)
+
+
+def _tiers(system: System, size: float, stride: float) -> str:
+    """The tiers a (size, stride) group spans on `system`, with participants at each."""
+    n = participants(system.tiers, jnp.float32(size), jnp.float32(stride))
+    parts = [f"{t.name}x{float(k):g}" for t, k in zip(system.tiers, n, strict=True) if k > 1.0]
+    return ",".join(parts) or "-"
+
+
+def trace(
+    fn: Any,
+    args: Sequence[Any],
+    *,
+    mesh: Any = None,
+    fusion: str = "ideal",
+    axis_roles: dict[str, str] | None = None,
+    name: str = "",
+) -> Program:
+    """Trace and compile `fn(*args)` in this process (which must have the mesh's devices)
+    and read its HLO into a Program. `mesh` (a jax Mesh or {axis: size}) defaults to the
+    arguments' NamedSharding mesh; `axis_roles` maps mesh axes to emu's overlap classes
+    ('tp', 'dp', 'cp', 'pp', 'ep') where the names are not the usual ones."""
+    return Program(
+        compile_hlo(fn, tuple(args), mesh=mesh, name=name), fusion=fusion, axis_roles=axis_roles
+    )
+
+
+def trace_program(
+    builder: str,
+    *,
+    devices: int,
+    kwargs: dict | None = None,
+    fusion: str = "ideal",
+    axis_roles: dict[str, str] | None = None,
+    timeout_s: float = 600.0,
+) -> Program:
+    """Call `builder` ('path/file.py:name' or 'package.module:name', returning `(fn, args)`)
+    in a process with `devices` CPU devices (a subprocess unless this one has exactly that
+    many), compile, and read the HLO into a Program."""
+    traced = trace_builder(builder, devices=devices, kwargs=kwargs, timeout_s=timeout_s)
+    return Program(traced, fusion=fusion, axis_roles=axis_roles)
+
+
+def from_hlo(
+    hlo: str,
+    mesh: Any,
+    *,
+    fusion: str = "ideal",
+    axis_roles: dict[str, str] | None = None,
+    name: str = "hlo",
+) -> Program:
+    """A Program from HLO text compiled elsewhere (`compiled.as_text()`, e.g. on a GPU) and
+    the mesh ({axis: size} in mesh order) it was partitioned over."""
+    from emu.program.trace import _as_mesh
+
+    return Program(Traced(hlo, _as_mesh(mesh), name), fusion=fusion, axis_roles=axis_roles)

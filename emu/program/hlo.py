@@ -1,0 +1,554 @@
+"""Parse XLA's HLO text (`compiled.as_text()`) into computations and instructions (host side).
+
+Only what the emulator needs is read: every instruction's result type, opcode, operands,
+called computations, the attributes that size it (contracting and batch dimensions, replica
+groups, source-target pairs, trip counts) and its metadata (op_name and source location,
+from `source_file`/`source_line` or from the module's StackFrames table).
+
+Replica groups come in three spellings, all expanded to lists of device ids:
+
+    {{0,1},{2,3}}                                   explicit
+    [2,4]<=[8]   [4,2]<=[2,4]T(1,0)                 iota: reshape(transpose(iota))
+    mesh['x'=2,'y'=4] {'y'}   (device_ids=(...))    mesh axes (sub-axes 'x':(1)2)
+
+>>> mod = parse_module('''HloModule m
+... ENTRY %main (p0: f32[8,16], p1: f32[16,4]) -> f32[8,4] {
+...   %p0 = f32[8,16]{1,0} parameter(0)
+...   %p1 = f32[16,4]{1,0} parameter(1)
+...   ROOT %dot = f32[8,4]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+... }''')
+>>> ins = mod.entry.by_name["dot"]
+>>> ins.opcode, ins.shape.dims, ins.operands
+('dot', (8, 4), ('p0', 'p1'))
+>>> replica_groups("[4,2]<=[2,4]T(1,0)")
+[[0, 4], [1, 5], [2, 6], [3, 7]]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+
+import numpy as np
+
+__all__ = [
+    "Shape",
+    "Instruction",
+    "Computation",
+    "Module",
+    "parse_module",
+    "parse_shape",
+    "replica_groups",
+    "source_target_pairs",
+    "ELEMENT_BYTES",
+]
+
+#: bytes per element of every HLO element type emu may meet (sub-byte types as fractions)
+ELEMENT_BYTES = {
+    "pred": 1.0,
+    "s2": 0.25,
+    "u2": 0.25,
+    "s4": 0.5,
+    "u4": 0.5,
+    "s8": 1.0,
+    "u8": 1.0,
+    "s16": 2.0,
+    "u16": 2.0,
+    "s32": 4.0,
+    "u32": 4.0,
+    "s64": 8.0,
+    "u64": 8.0,
+    "f16": 2.0,
+    "bf16": 2.0,
+    "f32": 4.0,
+    "f64": 8.0,
+    "c64": 8.0,
+    "c128": 16.0,
+    "f4e2m1fn": 0.5,
+    "f8e3m4": 1.0,
+    "f8e4m3": 1.0,
+    "f8e4m3fn": 1.0,
+    "f8e4m3fnuz": 1.0,
+    "f8e4m3b11fnuz": 1.0,
+    "f8e5m2": 1.0,
+    "f8e5m2fnuz": 1.0,
+    "f8e8m0fnu": 1.0,
+    "token": 0.0,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """An array type (`dtype`, `dims`) or a tuple of shapes (`elements`, dtype "tuple")."""
+
+    dtype: str
+    dims: tuple[int, ...] = ()
+    elements: tuple[Shape, ...] = ()
+
+    @property
+    def is_tuple(self) -> bool:
+        return self.dtype == "tuple"
+
+    @property
+    def size(self) -> int:
+        """Elements of an array (1 for a scalar); the sum over a tuple."""
+        if self.is_tuple:
+            return sum(e.size for e in self.elements)
+        return math.prod(self.dims)
+
+    @property
+    def element_bytes(self) -> float:
+        if self.dtype not in ELEMENT_BYTES:
+            raise ValueError(
+                f"HLO element type '{self.dtype}' is unknown to emu; known: "
+                f"{', '.join(ELEMENT_BYTES)}."
+            )
+        return ELEMENT_BYTES[self.dtype]
+
+    @property
+    def nbytes(self) -> float:
+        if self.is_tuple:
+            return sum(e.nbytes for e in self.elements)
+        return self.size * self.element_bytes
+
+    def leaves(self) -> list[Shape]:
+        if self.is_tuple:
+            return [x for e in self.elements for x in e.leaves()]
+        return [self]
+
+
+@dataclasses.dataclass
+class Instruction:
+    name: str
+    shape: Shape
+    opcode: str
+    operands: tuple[str, ...]
+    attrs: dict[str, str]
+    computation: str
+    index: int
+    is_root: bool = False
+    op_name: str = ""
+    source: str = ""
+    #: parameter number (opcode "parameter") or constant text (opcode "constant")
+    literal: str = ""
+
+    def called(self) -> list[str]:
+        """Names of the computations this instruction calls, in attribute order."""
+        out = []
+        for key in ("calls", "to_apply", "condition", "body", "true_computation"):
+            if key in self.attrs:
+                out += _names(self.attrs[key])
+        for key in ("false_computation", "branch_computations"):
+            if key in self.attrs:
+                out += _names(self.attrs[key])
+        return out
+
+    def int_list(self, key: str) -> tuple[int, ...]:
+        text = self.attrs.get(key, "")
+        return tuple(int(x) for x in re.findall(r"-?\d+", text))
+
+    def backend_config(self) -> dict:
+        text = self.attrs.get("backend_config", "")
+        if text.startswith('"') and text.endswith('"'):
+            text = bytes(text[1:-1], "utf-8").decode("unicode_escape")
+        try:
+            out = json.loads(text) if text.startswith("{") else {}
+        except json.JSONDecodeError:
+            return {}
+        return out if isinstance(out, dict) else {}
+
+
+@dataclasses.dataclass
+class Computation:
+    name: str
+    instructions: list[Instruction]
+    is_entry: bool = False
+    by_name: dict[str, Instruction] = dataclasses.field(default_factory=dict)
+    users: dict[str, list[Instruction]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def root(self) -> Instruction:
+        for ins in self.instructions:
+            if ins.is_root:
+                return ins
+        return self.instructions[-1]
+
+    def parameters(self) -> list[Instruction]:
+        ps = [i for i in self.instructions if i.opcode == "parameter"]
+        return sorted(ps, key=lambda i: int(i.literal or 0))
+
+
+@dataclasses.dataclass
+class Module:
+    name: str
+    computations: dict[str, Computation]
+    entry: Computation
+    num_partitions: int = 1
+
+
+_NAME = r"[\w.\-]+"
+_ARRAY = re.compile(r"(\w+)\[([^\]]*)\]")
+
+
+def _names(text: str) -> list[str]:
+    return re.findall(r"%?(" + _NAME + r")", text.strip("{}"))
+
+
+def called_name(text: str) -> str:
+    """'%fused_computation.3' -> 'fused_computation.3'."""
+    return text.strip().lstrip("%")
+
+
+def _matching(text: str, start: int) -> int:
+    """Index just past the bracket that closes the one at `start` (quotes respected)."""
+    pairs = {"(": ")", "[": "]", "{": "}"}
+    stack, i, quote = [], start, None
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in "\"'":
+            quote = c
+        elif c in pairs:
+            stack.append(pairs[c])
+        elif stack and c == stack[-1]:
+            stack.pop()
+            if not stack:
+                return i + 1
+        i += 1
+    raise ValueError(f"HLO: unbalanced brackets in '{text[start : start + 80]}...'")
+
+
+def parse_shape(text: str) -> Shape:
+    """'bf16[8,32]{1,0}' or '(f32[], s32[4])' -> Shape."""
+    text = text.strip()
+    if text.startswith("("):
+        inner = text[1 : _matching(text, 0) - 1]
+        return Shape("tuple", (), tuple(parse_shape(p) for p in _split_top(inner) if p.strip()))
+    m = _ARRAY.match(text)
+    if not m:
+        if text.startswith("token"):
+            return Shape("token")
+        raise ValueError(f"HLO: cannot read the type '{text[:60]}'.")
+    dims = tuple(int(d.replace("<=", "")) for d in m.group(2).split(",") if d.strip())
+    return Shape(m.group(1), dims)
+
+
+def _split_top(text: str, sep: str = ",") -> list[str]:
+    """Split on `sep` outside brackets and quotes; drops /*index=5*/ comments."""
+    text = re.sub(r"/\*.*?\*/", "", text)
+    out, depth, quote, cur = [], 0, None, []
+    for c in text:
+        if quote:
+            cur.append(c)
+            if c == quote:
+                quote = None
+            continue
+        if c in "\"'":
+            quote = c
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        if c == sep and depth == 0:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+    if cur:
+        out.append("".join(cur))
+    return out
+
+
+def _parse_attrs(text: str) -> dict[str, str]:
+    attrs = {}
+    for part in _split_top(text):
+        key, sep, value = part.strip().partition("=")
+        if sep:
+            attrs[key.strip()] = value.strip()
+    return attrs
+
+
+def _metadata(text: str) -> dict[str, str]:
+    out = {}
+    for m in re.finditer(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s}]+)', text.strip("{}")):
+        v = m.group(2)
+        out[m.group(1)] = v[1:-1] if v.startswith('"') else v
+    return out
+
+
+_INSTR = re.compile(r"^\s*(ROOT\s+)?%?(" + _NAME + r")\s*=\s*")
+_HEADER = re.compile(r"^\s*(ENTRY\s+)?%?(" + _NAME + r")\s*(\(.*)?\{\s*$")
+
+
+#: paths of installed libraries: a source location inside them is not the user's line
+_LIBRARY_MARKS = ("site-packages", "dist-packages", "/jax/_src/", "/flax/", "/optax/")
+
+
+class _Frames:
+    """The StackFrames / FileLocations / FileNames / FunctionNames tables of newer HLO."""
+
+    def __init__(self):
+        self.files: dict[int, str] = {}
+        self.functions: dict[int, str] = {}
+        self.locations: dict[int, dict] = {}
+        self.frames: dict[int, dict] = {}
+
+    def read(self, section: str, line: str) -> None:
+        m = re.match(r"\s*(\d+)\s+(.*)$", line)
+        if not m:
+            return
+        key, rest = int(m.group(1)), m.group(2).strip()
+        if section == "FileNames":
+            self.files[key] = rest.strip('"')
+        elif section == "FunctionNames":
+            self.functions[key] = rest.strip('"')
+        elif section == "FileLocations":
+            self.locations[key] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", rest)}
+        elif section == "StackFrames":
+            self.frames[key] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", rest)}
+
+    def _at(self, frame: dict) -> str:
+        loc = self.locations.get(frame.get("file_location_id", -1), {})
+        f = self.files.get(loc.get("file_name_id", -1), "")
+        return f"{f}:{loc['line']}" if f and "line" in loc else ""
+
+    def source(self, frame_id: int) -> str:
+        """The innermost frame in the user's code (not in an installed library), else the
+        innermost frame."""
+        first, seen = "", set()
+        frame = self.frames.get(frame_id)
+        while frame and frame_id not in seen:
+            seen.add(frame_id)
+            at = self._at(frame)
+            first = first or at
+            if at and not any(m in at for m in _LIBRARY_MARKS):
+                return at
+            frame_id = frame.get("parent_frame_id", -1)
+            frame = self.frames.get(frame_id)
+        return first
+
+
+def parse_module(text: str) -> Module:
+    """Parse HLO module text; ValueError (one line) when it is not HLO."""
+    lines = text.splitlines()
+    if not lines or not any(line.startswith("HloModule") for line in lines[:5]):
+        raise ValueError(
+            "not an HLO module: expected text from `jax.jit(f).lower(*args).compile().as_text()`."
+        )
+    header = next(line for line in lines if line.startswith("HloModule"))
+    name = header.split()[1].rstrip(",")
+    m = re.search(r"num_partitions=(\d+)", header)
+    partitions = int(m.group(1)) if m else 1
+    frames = _Frames()
+    comps: dict[str, Computation] = {}
+    entry = None
+    current: Computation | None = None
+    section = ""
+    for line in lines[1:]:
+        stripped = line.strip()
+        if current is None:
+            if stripped in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
+                section = stripped
+                continue
+            hm = _HEADER.match(line)
+            if hm and stripped.endswith("{"):
+                section = ""
+                current = Computation(hm.group(2), [], is_entry=bool(hm.group(1)))
+                continue
+            if section and stripped:
+                frames.read(section, stripped)
+            continue
+        if stripped == "}":
+            comps[current.name] = current
+            if current.is_entry:
+                entry = current
+            current = None
+            continue
+        if stripped:
+            ins = _parse_instruction(line, current, frames)
+            if ins is not None:
+                current.instructions.append(ins)
+    if entry is None:
+        if not comps:
+            raise ValueError("HLO module has no computations.")
+        entry = list(comps.values())[-1]
+        entry.is_entry = True
+    for comp in comps.values():
+        comp.by_name = {i.name: i for i in comp.instructions}
+        for ins in comp.instructions:
+            for op in ins.operands:
+                comp.users.setdefault(op, []).append(ins)
+    return Module(name, comps, entry, partitions)
+
+
+def _parse_instruction(line: str, comp: Computation, frames: _Frames) -> Instruction | None:
+    m = _INSTR.match(line)
+    if not m:
+        return None
+    rest = line[m.end() :]
+    # the result type: a tuple in parentheses, or one array type
+    if rest.startswith("("):
+        end = _matching(rest, 0)
+    else:
+        tm = re.match(r"\w+\[[^\]]*\](\{[^}]*\})?", rest)
+        end = tm.end() if tm else rest.index(" ")
+    shape = parse_shape(rest[:end])
+    rest = rest[end:].strip()
+    om = re.match(r"([\w\-]+)\(", rest)
+    if not om:
+        return None
+    opcode = om.group(1)
+    close = _matching(rest, om.end() - 1)
+    operand_text = rest[om.end() : close - 1]
+    attrs = _parse_attrs(rest[close:].lstrip(", "))
+    literal = ""
+    if opcode in ("parameter", "constant"):
+        operands: tuple[str, ...] = ()
+        literal = operand_text.strip()
+    else:
+        operands = tuple(re.findall(r"%(" + _NAME + r")", operand_text))
+        if not operands and operand_text.strip():
+            operands = tuple(
+                p.strip().split()[-1].lstrip("%") for p in _split_top(operand_text) if p.strip()
+            )
+    meta = _metadata(attrs.get("metadata", ""))
+    source = ""
+    if "source_file" in meta:
+        source = f"{meta['source_file']}:{meta.get('source_line', '?')}"
+    elif "stack_frame_id" in meta:
+        source = frames.source(int(meta["stack_frame_id"]))
+    return Instruction(
+        name=m.group(2),
+        shape=shape,
+        opcode=opcode,
+        operands=operands,
+        attrs=attrs,
+        computation=comp.name,
+        index=len(comp.instructions),
+        is_root=bool(m.group(1)),
+        op_name=meta.get("op_name", ""),
+        source=source,
+        literal=literal,
+    )
+
+
+# ----------------------------------------------------------------------------- groups
+
+
+def _iota(text: str) -> np.ndarray:
+    """'[4,2]<=[2,4]T(1,0)' -> the 2-D array of device ids."""
+    m = re.match(r"\s*\[([\d,\s]+)\]\s*<=\s*\[([\d,\s]+)\](?:\s*T\(([\d,\s]+)\))?", text)
+    if not m:
+        raise ValueError(f"HLO: cannot read the iota device list '{text[:60]}'.")
+    out = [int(x) for x in m.group(1).split(",")]
+    dims = [int(x) for x in m.group(2).split(",")]
+    ids = np.arange(math.prod(dims)).reshape(dims)
+    if m.group(3):
+        perm = [int(x) for x in m.group(3).split(",")]
+        if sorted(perm) != list(range(len(dims))):
+            raise ValueError(f"HLO: bad transpose {perm} in the iota device list '{text[:60]}'.")
+        ids = ids.transpose(perm)
+    if math.prod(out) != ids.size:
+        raise ValueError(f"HLO: iota device list '{text[:60]}' has mismatched sizes.")
+    return ids.reshape(out)
+
+
+def _mesh_groups(text: str) -> list[list[int]]:
+    """mesh['a'=2,'b'=4](device_ids) {'b'} or {'a':(1)2} -> groups (XLA's
+    MeshAxesReplicaGroupList: reshape each axis around its sub-axes, move the grouped
+    axes last, and read the groups off in row-major order)."""
+    m = re.match(r"\s*@?mesh\s*[\[<](.*?)[\]>]", text)
+    if not m:
+        raise ValueError(f"HLO: cannot read the mesh replica groups '{text[:60]}'.")
+    axes = [(n.strip("'\" "), int(s)) for n, s in re.findall(r"([^=,]+)=(\d+)", m.group(1))]
+    names = [a for a, _ in axes]
+    sizes = [s for _, s in axes]
+    rest = text[m.end() :]
+    ids = np.arange(math.prod(sizes)).reshape(sizes)
+    dm = re.match(r"\s*,?\s*(?:device_ids=)?\((.*?\))\)", rest) or re.match(
+        r"\s*,?\s*(?:device_ids=)?\((\[.*?\].*?)\)\s*\{", rest
+    )
+    if dm:
+        inner = dm.group(1)
+        if "<=" in inner:
+            arr = _iota(inner)
+        elif inner.startswith("["):
+            # an iota tile assignment printed as [reshape_dims]T(perm): the mesh's ids are
+            # iota(n) reshaped to reshape_dims, transposed by perm
+            shape = ",".join(map(str, sizes))
+            arr = _iota(f"[{shape}]<={inner}")
+        else:
+            arr = np.array([int(x) for x in re.findall(r"\d+", inner)])
+        if arr.size == ids.size:
+            ids = arr.reshape(sizes)
+        rest = rest[dm.end() :]
+    gm = re.search(r"\{([^}]*)\}", rest)
+    if not gm:
+        raise ValueError(f"HLO: mesh replica groups without grouped axes: '{text[:80]}'.")
+    refs = []
+    for part in _split_top(gm.group(1)):
+        part = part.strip()
+        if not part:
+            continue
+        am = re.match(r"['\"]?([^'\":]+)['\"]?(?::\((\d+)\)(\d+))?$", part)
+        if not am or am.group(1) not in names:
+            raise ValueError(f"HLO: unknown mesh axis '{part}' in replica groups '{text[:80]}'.")
+        sub = (int(am.group(2)), int(am.group(3))) if am.group(2) else None
+        refs.append((names.index(am.group(1)), sub))
+    reshape, grouped = [], []
+    for axis, size in enumerate(sizes):
+        mine = [(i, sub) for i, (a, sub) in enumerate(refs) if a == axis]
+        base = len(reshape)
+        if not mine:
+            reshape.append(size)
+            continue
+        if len(mine) == 1 and mine[0][1] is None:
+            reshape.append(size)
+            grouped.append((mine[0][0], base))
+            continue
+        subs = sorted(((sub, i) for i, sub in mine), key=lambda t: t[0][0])
+        prefix = 1
+        for (pre, sz), order in subs:
+            if pre != prefix:
+                reshape.append(pre // prefix)
+                prefix = pre
+            grouped.append((order, len(reshape)))
+            reshape.append(sz)
+            prefix *= sz
+        if prefix != size:
+            reshape.append(size // prefix)
+    grouped_axes = [d for _, d in sorted(grouped)]
+    perm = [d for d in range(len(reshape)) if d not in grouped_axes] + grouped_axes
+    per_group = math.prod(reshape[d] for d in grouped_axes)
+    arr = ids.reshape(reshape).transpose(perm).reshape(-1, per_group)
+    return arr.tolist()
+
+
+def replica_groups(text: str, n_devices: int | None = None) -> list[list[int]]:
+    """Expand a `replica_groups=` value to lists of device ids. An empty list `{}` means one
+    group of all `n_devices`."""
+    text = text.strip()
+    if text.startswith("[") and "<=" in text:
+        return _iota(text).tolist()
+    if text.startswith("mesh") or text.startswith("@mesh"):
+        return _mesh_groups(text)
+    if text.startswith("{"):
+        groups = [
+            [int(x) for x in re.findall(r"\d+", g)] for g in re.findall(r"\{([^{}]*)\}", text)
+        ]
+        groups = [g for g in groups if g]
+        if not groups and n_devices:
+            return [list(range(n_devices))]
+        return groups
+    raise ValueError(f"HLO: cannot read replica_groups='{text[:60]}'.")
+
+
+def source_target_pairs(text: str) -> list[tuple[int, int]]:
+    """'{{0,1},{1,2}}' -> [(0, 1), (1, 2)]."""
+    return [(int(a), int(b)) for a, b in re.findall(r"\{\s*(\d+)\s*,\s*(\d+)\s*\}", text)]

@@ -1,0 +1,370 @@
+"""emu.cost: the cost model (golden values, the SemiAnalysis cross-check, jit/vmap, gradients
+checked against finite differences, properties) and its loaders (validation messages)."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import emu
+from emu import cost as C
+from emu.struct import float_leaves, replace, set_path
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+REQUIRED_REGIONS = ("us_average", "us_iowa", "china_coast", "china_dc_subsidy", "south_africa")
+
+
+@pytest.fixture(scope="module")
+def gb():
+    return C.load_cost("gb200_nvl72")
+
+
+@pytest.fixture(scope="module")
+def cm():
+    return C.load_cost("cloudmatrix384")
+
+
+@pytest.fixture(scope="module")
+def us():
+    return C.load_region("us_average")
+
+
+def run(cost, region, n=72.0, power=120e3, tps=72e3, prov=None):
+    return C.run_cost(cost, region, n_chips=n, power_w=power, tokens_per_s=tps, provisioned_w=prov)
+
+
+# ----------------------------------------------------------------------------- golden values
+
+
+def test_build_up_matches_the_formula_by_hand(gb, us):
+    """Hand computation from the file's numbers (float64) against emu (float32)."""
+    n, p, tps, prov = 72.0, 110e3, 5.0e4, 122e3
+    per_chip = 35000.0 + 9222.22 + 3000.0 + 4688.0 + 2800.0
+    hours = 8760.0 * 0.8
+    hardware = n * per_chip / (4.0 * hours)
+    facility = 25.0 * prov / (10.0 * hours)
+    energy = p * 1.3 * 0.0806 / 1000.0
+    total = hardware + facility + energy
+    c = run(gb, us, n, p, tps, prov)
+    assert float(c.hardware_usd_per_hour) == pytest.approx(hardware, rel=1e-6)
+    assert float(c.facility_usd_per_hour) == pytest.approx(facility, rel=1e-6)
+    assert float(c.energy_usd_per_hour) == pytest.approx(energy, rel=1e-6)
+    assert float(c.usd_per_hour) == pytest.approx(total, rel=1e-6)
+    assert float(c.usd_per_mtoken) == pytest.approx(total * 1e6 / (3600.0 * tps), rel=1e-6)
+    assert float(c.energy_share) == pytest.approx(energy / total, rel=1e-5)
+    assert float(c.capex_usd) == pytest.approx(n * per_chip + 25.0 * prov, rel=1e-6)
+    parts = (
+        c.chips_usd_per_hour
+        + c.hosts_usd_per_hour
+        + c.scale_up_usd_per_hour
+        + c.scale_out_usd_per_hour
+        + c.optics_usd_per_hour
+    )
+    assert float(parts) == pytest.approx(float(c.hardware_usd_per_hour), rel=1e-6)
+    assert float(c.all_in_usd_per_hour) == 0.0
+
+
+def test_semianalysis_cross_check_gb200(catalog):
+    """Issue 13: with the SA-TCO hourly cost for GB200 (facts §28, 2.21 USD per GPU-hour) as
+    input, usd_per_mtoken == hourly x 1e6 / (3600 x tokens/s per GPU), for an emu run."""
+    sys = catalog["nvl72"]
+    r = emu.evaluate(sys, catalog["llama8"], emu.make_plan(tp=8, dp=9, global_batch=72,
+                                                           seq_len=4096))  # fmt: skip
+    cost = C.load_cost("gb200_nvl72", reference_hourly=True)
+    assert C.cost_reference("gb200_nvl72")["hourly_usd_per_chip"] == 2.21
+    assert float(cost.hourly_usd_per_chip) == pytest.approx(2.21)
+    per_gpu = float(r.tokens_per_s) / float(r.n_chips)
+    want = 2.21 * 1e6 / (3600.0 * per_gpu)
+    for region in REQUIRED_REGIONS:  # neither electricity, PUE nor utilisation enters
+        for u in (1.0, 0.5):
+            c = C.from_result(replace(cost, utilisation=jnp.float32(u)), C.load_region(region), r,
+                              system=sys)  # fmt: skip
+            assert float(c.usd_per_mtoken) == pytest.approx(want, rel=2e-6)
+            assert float(c.usd_per_hour) == pytest.approx(2.21 * float(r.n_chips), rel=1e-6)
+            assert float(c.energy_share) == 0.0 and float(c.capital_usd_per_hour) == 0.0
+
+
+def test_parts_add_up_to_the_sourced_totals():
+    """Each [total] in configs/costs/ is met by its parts (the loader checks it; so does this)."""
+    checked = 0
+    for name in C.list_costs():
+        data = tomllib.loads((CONFIGS / "costs" / f"{name}.toml").read_text())
+        t = data.get("total")
+        if t is None:
+            continue
+        cost = C.load_cost(name)
+        got = sum(float(getattr(cost, p)) for p in t["parts"]) * t["chips"]
+        assert got == pytest.approx(t["usd"], rel=1e-5), name
+        checked += 1
+    assert checked >= 4  # gb200, gb300, cloudmatrix384, dgx_a100
+
+
+def test_a_wrong_total_is_rejected(tmp_path):
+    text = (CONFIGS / "costs" / "gb200_nvl72.toml").read_text().replace("usd = 3.4e6", "usd = 4e6")
+    p = tmp_path / "gb.toml"
+    p.write_text(text)
+    with pytest.raises(ValueError, match=r"add up to 3,400,000 USD per 72 chips .* says 4,000,000"):
+        C.load_cost(p)
+
+
+# ----------------------------------------------------------------------------- catalog
+
+
+def test_every_catalog_system_and_required_region_loads():
+    assert C.list_costs() == emu.list_systems()
+    assert set(REQUIRED_REGIONS) <= set(C.list_regions())
+    for name in C.list_costs():
+        cost = C.load_cost(name)
+        assert cost.name == name and cost.chip_origin in ("US", "CN")
+        assert float(cost.chip_usd) > 0
+    for name in C.list_regions():
+        data = tomllib.loads((CONFIGS / "regions" / f"{name}.toml").read_text())
+        assert data.get("source") and data.get("date"), f"{name}: needs source and date"
+        r = C.load_region(name)
+        assert 0.01 < float(r.electricity_usd_per_kwh) < 0.5 and 1.0 <= float(r.pue) < 2.0
+
+
+def test_currency_conversion_and_the_domestic_chip_subsidy(gb, cm):
+    za = C.load_region("south_africa")
+    assert float(za.electricity_usd_per_kwh) == pytest.approx(0.902 / 17.80, rel=1e-6)
+    cn = C.load_region("china_dc_subsidy")
+    assert float(cn.subsidised_electricity_usd_per_kwh) == pytest.approx(0.40 / 7.1287, rel=1e-6)
+    # the FT subsidy is for domestic chips only: CloudMatrix gets it, NVL72 does not
+    assert float(C.electricity_price(cm, cn)) == pytest.approx(0.0561, abs=1e-4)
+    assert float(C.electricity_price(gb, cn)) == pytest.approx(0.063, rel=1e-6)
+    coast = C.load_region("china_coast")  # no subsidy there
+    assert float(C.electricity_price(cm, coast)) == float(C.electricity_price(gb, coast))
+
+
+def test_region_pue_reaches_the_system(catalog, us):
+    sys = C.with_region_pue(catalog["nvl72"], replace(us, pue=jnp.float32(1.17)))
+    r = emu.evaluate(sys, catalog["llama8"], emu.make_plan(tp=8, dp=9, global_batch=72,
+                                                           seq_len=4096))  # fmt: skip
+    assert float(r.facility_power_w) == pytest.approx(1.17 * float(r.power_w), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- jit, vmap
+
+
+def test_vmap_over_prices_equals_the_loop_and_compiles_once(gb, us):
+    prices = jnp.asarray([0.03, 0.06, 0.09, 0.2], jnp.float32)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def f(price, tps):
+        reg = replace(us, electricity_usd_per_kwh=price)
+        return C.usd_per_mtoken(gb, reg, n_chips=72.0, power_w=1.2e5, tokens_per_s=tps)
+
+    batch = jax.vmap(f, in_axes=(0, None))(prices, jnp.float32(7e4))
+    loop = [
+        float(C.usd_per_mtoken(gb, replace(us, electricity_usd_per_kwh=p), n_chips=72.0,
+                               power_w=1.2e5, tokens_per_s=7e4))
+        for p in prices
+    ]  # fmt: skip
+    np.testing.assert_allclose(np.asarray(batch), loop, rtol=1e-6)
+    for tps in (1e4, 2e4, 3e4):  # new values, same shapes: no retrace
+        f(prices[0], jnp.float32(tps))
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+def _f64(tree):
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), tree)
+
+
+@pytest.mark.parametrize("mode", ["build-up", "all-in"])
+@pytest.mark.parametrize("system,region", [("gb200_nvl72", "us_average"),
+                                           ("cloudmatrix384", "china_dc_subsidy")])  # fmt: skip
+def test_gradients_match_finite_differences(mode, system, region):
+    """d usd_per_mtoken / d x for every cost and region field, against central finite
+    differences in log space (x(1 +- h)), in float64."""
+    with jax.enable_x64(True):
+        cost = _f64(C.load_cost(system, reference_hourly=False))
+        if mode == "all-in":
+            cost = replace(cost, hourly_usd_per_chip=jnp.float64(2.21))
+        reg = _f64(C.load_region(region))
+        kw = dict(n_chips=jnp.float64(384.0), power_w=jnp.float64(5.2e5),
+                  tokens_per_s=jnp.float64(4.0e5), provisioned_w=jnp.float64(5.6e5))  # fmt: skip
+
+        def f(tree):
+            return C.usd_per_mtoken(tree["cost"], tree["region"], **kw)
+
+        tree = {"cost": cost, "region": reg}
+        grads = float_leaves(jax.grad(f)(tree))
+        values = float_leaves(tree)
+        assert set(grads) == set(values) and len(values) == 13
+        h = 1e-6
+        for path, x in values.items():
+            g = float(grads[path])
+            assert math.isfinite(g), path
+            up = float(f(set_path(tree, path, x * (1 + h))))
+            dn = float(f(set_path(tree, path, x * (1 - h))))
+            fd = (up - dn) / (2 * h)  # d f / d ln x
+            assert float(x) * g == pytest.approx(fd, rel=1e-5, abs=1e-9 * float(f(tree))), path
+            if mode == "build-up" and path in ("cost.chip_usd", "region.pue"):
+                assert float(x) * g > 0  # the check can fail: these fields matter
+
+
+def test_gradients_are_finite_at_the_edges(gb, us):
+    """Zero tokens/s (value inf, gradient 0), one chip, zero power, zero-cost parts."""
+    zero = replace(gb, chip_usd=jnp.float32(0.0), optics_usd_per_chip=jnp.float32(0.0))
+    cases = [(gb, 72.0, 1.2e5, 0.0), (gb, 1.0, 0.0, 1.0), (zero, 72.0, 1e5, 5e4)]
+    for cost, n, power, tps in cases:
+
+        def f(tree, field, n=n, power=power, tps=tps):
+            c = C.run_cost(tree["cost"], tree["region"], n_chips=n, power_w=power, tokens_per_s=tps)
+            return getattr(c, field)
+
+        for field in ("usd_per_hour", "usd_per_mtoken", "energy_share"):
+            g = jax.grad(f)({"cost": cost, "region": us}, field)
+            assert all(np.isfinite(float(v)) for v in float_leaves(g).values()), field
+    c = run(gb, us, tps=0.0)
+    assert math.isinf(float(c.usd_per_mtoken))  # nothing produced: no finite price per token
+
+
+def test_elasticities(gb, us):
+    e = C.elasticities(gb, us, n_chips=72.0, power_w=1.2e5, tokens_per_s=7e4)
+    assert e["tokens_per_s"] == pytest.approx(-1.0, abs=1e-5)
+    # capital parts + facility + energy shares sum to 1 (cost is homogeneous of degree 1)
+    shares = [v for k, v in e.items() if k.endswith("_usd_per_chip") or k == "cost.chip_usd"]
+    total = sum(shares) + e["cost.facility_usd_per_w"] + e["region.electricity_usd_per_kwh"]
+    assert total == pytest.approx(1.0, abs=1e-4)
+    assert e["region.pue"] == pytest.approx(e["power_w"], rel=1e-5)
+    assert e["cost.utilisation"] == pytest.approx(-(1.0 - e["power_w"]), abs=1e-4)
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    k=st.floats(0.01, 100.0),
+    price=st.floats(0.0, 0.5),
+    util=st.floats(0.05, 1.0),
+    tps=st.floats(1.0, 1e7),
+)
+def test_properties(gb, us, k, price, util, tps):
+    cost = replace(gb, utilisation=jnp.float32(util))
+    reg = replace(us, electricity_usd_per_kwh=jnp.float32(price))
+    a = run(cost, reg, 72.0, 1.2e5, tps, 1.3e5)
+    # a k-times larger deployment making k times the tokens costs the same per token
+    b = run(cost, reg, 72.0 * k, 1.2e5 * k, tps * k, 1.3e5 * k)
+    assert float(b.usd_per_mtoken) == pytest.approx(float(a.usd_per_mtoken), rel=1e-4)
+    # dearer electricity or chips never make a token cheaper
+    dear = run(cost, replace(reg, electricity_usd_per_kwh=jnp.float32(price + 0.01)), 72.0,
+               1.2e5, tps, 1.3e5)  # fmt: skip
+    assert float(dear.usd_per_mtoken) > float(a.usd_per_mtoken)
+    assert 0.0 <= float(a.energy_share) <= 1.0
+    # capital per running hour scales as 1 / utilisation; energy does not
+    full = run(replace(gb, utilisation=jnp.float32(1.0)), reg, 72.0, 1.2e5, tps, 1.3e5)
+    assert float(a.capital_usd_per_hour) * util == pytest.approx(
+        float(full.capital_usd_per_hour), rel=1e-5
+    )
+    assert float(a.energy_usd_per_hour) == pytest.approx(float(full.energy_usd_per_hour), rel=1e-6)
+
+
+def test_newton_solves_linear_and_nonlinear_crossovers(gb, cm, us):
+    """The capital cost per 910C at which CloudMatrix matches NVL72 per token (linear, the
+    root may be negative), and the NVL72 utilisation at which it matches CloudMatrix (1/u)."""
+    nv = dict(n_chips=72.0, power_w=1.2e5, tokens_per_s=72 * 3000.0)
+    cmk = dict(n_chips=384.0, power_w=5.2e5, tokens_per_s=384 * 1000.0)
+    target = C.usd_per_mtoken(gb, us, **nv)
+
+    def gap_chip(x):
+        return C.usd_per_mtoken(replace(cm, chip_usd=x), us, **cmk) - target
+
+    x, ok = C.newton(gap_chip, 7000.0, log_space=False)
+    assert ok and abs(float(gap_chip(jnp.float32(x)))) < 1e-4 * float(target)
+    cm_cost = C.usd_per_mtoken(cm, us, **cmk)
+
+    def gap_util(u):
+        return C.usd_per_mtoken(replace(gb, utilisation=u), us, **nv) - cm_cost
+
+    u, ok = C.newton(gap_util, 0.5)
+    assert ok and 0 < u < 0.8
+    assert float(gap_util(jnp.float32(u))) == pytest.approx(0.0, abs=1e-4 * float(cm_cost))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _region_file(tmp_path, body: str) -> Path:
+    p = tmp_path / "r.toml"
+    p.write_text('name = "r"\ndate = "2025"\nsource = "test"\n' + body)
+    return p
+
+
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("electricity_usd_per_kwh = -0.1\npue = 1.3\n", r"electricity_usd_per_kwh must be >= 0 "
+         r"\(got -0.1\); prices and costs cannot be negative"),
+        ("electricity_usd_per_kwh = 0.1\npue = 0.9\n", r"pue must be >= 1"),
+        ("electricity_usd_per_kwh = 0.1\n", r"missing 'pue'"),
+        ("electricity_usd_per_kwh = 0.1\npue = 1.2\nprice = 3\n", r"unknown key 'price'"),
+        ('electricity_usd_per_kwh = "cheap"\npue = 1.2\n', r"must be a number in USD per kWh"),
+        ('pue = 1.2\n[local]\ncurrency = "ZAR"\ndate = "2025"\nelectricity_per_kwh = 0.9\n',
+         r"missing 'per_usd'"),
+        ('pue = 1.2\n[local]\ncurrency = "ZAR"\ndate = "2025"\nper_usd = 0\n'
+         'electricity_per_kwh = 0.9\n', r"per_usd must be > 0"),
+        ('electricity_usd_per_kwh = 0.1\npue = 1.2\nsubsidy_chip_origin = "CN"\n',
+         r"needs a subsidised electricity price"),
+    ],
+)  # fmt: skip
+def test_bad_region_files(tmp_path, body, message):
+    with pytest.raises(ValueError, match=message) as e:
+        C.load_region(_region_file(tmp_path, body))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("hardware_life_years", 0.0, r"hardware_life_years must be > 0 \(got 0.0\); a life of "
+         r"zero would spread the capital over no hours"),
+        ("facility_life_years", -1.0, r"facility_life_years must be > 0"),
+        ("utilisation", 0.0, r"utilisation must be in \(0, 1\]"),
+        ("utilisation", 1.5, r"utilisation must be in \(0, 1\]"),
+        ("chip_usd", -5.0, r"chip_usd must be >= 0"),
+        ("hourly_usd_per_chip", float("nan"), r"must be a finite number"),
+    ],
+)  # fmt: skip
+def test_bad_cost_values(field, value, message):
+    with pytest.raises(ValueError, match=message) as e:
+        C.load_cost("gb200_nvl72", {field: value})
+    assert "\n" not in str(e.value) and "--set cost." in str(e.value)
+
+
+def test_unknown_names_list_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown region 'south_afrika'\. Did you mean "
+                       r"'south_africa'\? Known: china_coast, .*us_iowa") as e:  # fmt: skip
+        C.load_region("south_afrika")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match=r"unknown cost \(system\) 'gb200'.*'gb200_nvl72'"):
+        C.load_cost("gb200")
+    with pytest.raises(ValueError, match=r"unknown key 'pue'.*Known keys: chip_usd"):
+        C.load_cost("gb200_nvl72", {"pue": 1.2})
+    with pytest.raises(ValueError, match=r"region 'us_average': --set region\. electricity"):
+        C.load_region("us_average", {"electricity_usd_per_kwh": -1.0})
+    with pytest.raises(ValueError, match=r"no \[reference\] hourly_usd_per_chip"):
+        C.load_cost("cloudmatrix384", reference_hourly=True)
+    with pytest.raises(ValueError, match=r"not found"):
+        C.load_region("/nonexistent/region.toml")
+
+
+def test_overrides_apply_and_keep_float32(us):
+    r = C.load_region("us_average", {"electricity_usd_per_kwh": 0.12, "pue": 1.1})
+    assert float(r.electricity_usd_per_kwh) == pytest.approx(0.12)
+    assert r.pue.dtype == jnp.float32 and r.name == "us_average"
+    c = C.load_cost("cloudmatrix384", {"chip_usd": 20000})
+    assert float(c.chip_usd) == 20000.0 and c.chip_usd.dtype == jnp.float32

@@ -1,0 +1,447 @@
+"""emu.program: HLO parsing, op table, placement, cost (jit/vmap/grad), the flax reference
+program against emu.evaluate, and bad input. Programs that need N > 1 devices are traced in
+a subprocess (this process has one CPU device)."""
+
+import dataclasses
+import json
+import math
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import emu
+from emu import program
+from emu.program import hlo
+from emu.program.cli import main_program
+from emu.program.table import MeshInfo, build_table
+
+BUILDERS = textwrap.dedent(
+    '''
+    import jax, jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    def _mesh(shape, names):
+        return jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
+
+    def collectives():
+        """psum over 'model' (4 ranks, stride 1) and over 'data' (2 ranks, stride 4)."""
+        mesh = _mesh((2, 4), ("data", "model"))
+
+        def inner(x, w):
+            y = jax.lax.psum(x @ w, "model")
+            return y * jax.lax.psum(jnp.sum(y.astype(jnp.float32)), "data").astype(y.dtype)
+
+        f = jax.shard_map(inner, mesh=mesh, in_specs=(P("data", "model"), P("model", None)),
+                          out_specs=P("data", None))
+        x = jax.ShapeDtypeStruct((64, 512), jnp.bfloat16,
+                                 sharding=NamedSharding(mesh, P("data", "model")))
+        w = jax.ShapeDtypeStruct((512, 256), jnp.bfloat16,
+                                 sharding=NamedSharding(mesh, P("model", None)))
+        return jax.jit(f), (x, w)
+
+    def small_mesh():
+        """A mesh of 4 of the process's devices."""
+        mesh = jax.make_mesh((4,), ("x",), devices=jax.devices()[:4])
+        x = jax.ShapeDtypeStruct((8, 8), jnp.float32, sharding=NamedSharding(mesh, P("x")))
+        return jax.jit(lambda a: a * 2), (x,)
+    '''
+)
+
+#: the consistency model (experiments/program_consistency.py --small): Llama widths, 16 layers
+SMALL = dict(
+    n_layers=16, d_model=2048, n_heads=16, n_kv_heads=8, d_ff=8192, vocab=32000, seq_len=2048
+)
+
+
+@pytest.fixture(scope="module")
+def builders(tmp_path_factory):
+    path = tmp_path_factory.mktemp("builders") / "builders.py"
+    path.write_text(BUILDERS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def collective_program(builders):
+    return program.trace_program(f"{builders}:collectives", devices=8)
+
+
+@pytest.fixture(scope="module")
+def reference_program():
+    tp, dp = 4, 2
+    prog = program.trace_program(
+        "emu/examples/llama.py:train", devices=tp * dp, kwargs={"tp": tp, **SMALL, "batch": 2 * dp}
+    )
+    return prog, tp, dp
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def test_single_matmul_flops_and_shape():
+    m, k, n = 512, 1024, 256
+    f = jax.jit(lambda a, b: a @ b)
+    args = (
+        jax.ShapeDtypeStruct((m, k), jnp.bfloat16),
+        jax.ShapeDtypeStruct((k, n), jnp.bfloat16),
+    )
+    prog = program.trace(f, args)
+    mm = [o for o in prog.table.ops if o.kind == "matmul"]
+    assert len(mm) == 1
+    assert prog.flops == 2.0 * m * n * k
+    assert (mm[0].m, mm[0].n, mm[0].k, mm[0].precision) == (m, n, k, "bf16")
+    assert prog.table.uncosted == []
+
+
+def test_scan_costs_trip_count_times_body_with_or_without_known_trip_count():
+    layers, b, d, e = 5, 64, 128, 32
+
+    def f(xs, w):
+        def body(c, x):
+            return c + jnp.tanh(x @ w), None
+
+        return jax.lax.scan(body, jnp.zeros((b, e), jnp.bfloat16), xs)[0]
+
+    args = (
+        jax.ShapeDtypeStruct((layers, b, d), jnp.bfloat16),
+        jax.ShapeDtypeStruct((d, e), jnp.bfloat16),
+    )
+    prog = program.trace(jax.jit(f), args)
+    assert prog.flops == layers * 2.0 * b * d * e
+    mm = [o for o in prog.table.ops if o.kind == "matmul"]
+    assert [o.count for o in mm] == [layers]
+    # without XLA's known_trip_count the bound comes from the condition's compare
+    assert '"known_trip_count":{"n":"5"}' in prog.traced.hlo
+    text = prog.traced.hlo.replace('"known_trip_count":{"n":"5"}', '"unknown":{}')
+    again = program.from_hlo(text, {"d": 1})
+    assert again.flops == prog.flops and again.table.notes == []
+
+
+def test_replica_group_spellings():
+    assert hlo.replica_groups("{{0,1},{2,3}}") == [[0, 1], [2, 3]]
+    assert hlo.replica_groups("[2,4]<=[8]") == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert hlo.replica_groups("[4,2]<=[2,4]T(1,0)") == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    assert hlo.replica_groups("mesh['a'=2,'b'=4] {'b'}") == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert hlo.replica_groups("mesh['a'=2,'b'=4] {'a'}") == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    # a transposed device order: axis_0 (4) is the inner axis of the devices
+    text = "mesh['axis_0'=4,'axis_1'=1,'axis_2'=2], device_ids=([2,4]T(1,0)) {'axis_0'}"
+    assert hlo.replica_groups(text) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert hlo.replica_groups("mesh['a'=8] {'a':(2)2}") == [[0, 2], [1, 3], [4, 6], [5, 7]]
+    assert hlo.replica_groups("{}", 4) == [[0, 1, 2, 3]]
+
+
+def test_psum_over_mesh_axes(collective_program):
+    prog = collective_program
+    assert prog.n_devices == 8 and prog.mesh.axis_names == ("data", "model")
+    assert prog.flops == 2.0 * 32 * 128 * 256  # the per-device (32, 128) @ (128, 256)
+    rows = {o.axes: o for o in prog.table.ops if o.kind == "collective"}
+    model, data = rows[("model",)], rows[("data",)]
+    assert (model.collective, model.group_size, model.stride) == ("all-reduce", 4, 1)
+    assert model.bytes == 32 * 256 * 2  # the bf16 partial sums (the CPU upcasts to f32)
+    assert (data.collective, data.group_size, data.stride, data.role) == ("all-reduce", 2, 4, "dp")
+    assert model.role == "tp"
+
+
+def _synthetic(body: str, partitions: int = 1) -> str:
+    return f"HloModule m, num_partitions={partitions}\n\n" + textwrap.dedent(body)
+
+
+def test_async_pair_is_overlappable_and_custom_call_is_listed():
+    text = _synthetic(
+        """
+        ENTRY %main (p0: bf16[1024,4096], p1: bf16[4096,4096]) -> (bf16[4096,4096], f32[16]) {
+          %p0 = bf16[1024,4096]{1,0} parameter(0)
+          %p1 = bf16[4096,4096]{1,0} parameter(1)
+          %ags = (bf16[1024,4096]{1,0}, bf16[4096,4096]{1,0}) all-gather-start(%p0), AG_ATTRS
+          %dot = bf16[1024,4096]{1,0} dot(%p0, %p1), DOT_ATTRS
+          %agd = bf16[4096,4096]{1,0} all-gather-done(%ags)
+          %cc = f32[16]{0} custom-call(%dot), custom_call_target="my_fancy_kernel"
+          ROOT %t = (bf16[4096,4096]{1,0}, f32[16]{0}) tuple(%agd, %cc)
+        }
+        """,
+        partitions=4,
+    )
+    text = text.replace("AG_ATTRS", "replica_groups=[1,4]<=[4], dimensions={0}")
+    text = text.replace("DOT_ATTRS", "lhs_contracting_dims={1}, rhs_contracting_dims={0}")
+    prog = program.from_hlo(text, {"x": 4})
+    ag = next(o for o in prog.table.ops if o.kind == "collective")
+    dot = next(i for i, o in enumerate(prog.table.ops) if o.kind == "matmul")
+    assert ag.is_async and ag.window == (dot,) and ag.bytes == 4096 * 4096 * 2
+    (un,) = prog.uncosted
+    assert "my_fancy_kernel" in un["reason"]
+    system = emu.load_system("dgx_h100")
+    cost = prog.cost_fn()(system)
+    t = np.asarray(cost.op_time_s)
+    i = prog.table.ops.index(ag)
+    expected = max(t[i] - t[dot], 0.0)
+    assert float(cost.breakdown.exposed_comm_s) == pytest.approx(expected, rel=1e-5, abs=1e-9)
+    # listed in the report, never dropped
+    r = prog.estimate(system)[0]
+    assert r.uncosted and r.uncosted[0]["name"] == "cc"
+
+
+def test_gpu_gemm_custom_call_is_a_matmul():
+    text = _synthetic(
+        """
+        ENTRY %main (a: bf16[1024,4096], b: bf16[4096,512]) -> bf16[1024,512] {
+          %a = bf16[1024,4096]{1,0} parameter(0)
+          %b = bf16[4096,512]{1,0} parameter(1)
+          %g = (bf16[1024,512]{1,0}, s8[65536]{0}) custom-call(%a, %b), GEMM
+          ROOT %r = bf16[1024,512]{1,0} get-tuple-element(%g), index=0
+        }
+        """
+    )
+    dims = (
+        '"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],'
+        '"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]}'
+    )
+    gemm = 'custom_call_target="__cublas$gemm", backend_config={"gemm_backend_config":{' + dims
+    prog = program.from_hlo(text.replace("GEMM", gemm + "}}"), {"d": 1})
+    (mm,) = prog.table.ops
+    assert (mm.kind, mm.m, mm.n, mm.k, mm.precision) == ("matmul", 1024, 512, 4096, "bf16")
+    assert prog.flops == 2.0 * 1024 * 512 * 4096 and not prog.uncosted
+
+
+def test_conditional_and_unknown_opcode():
+    text = _synthetic(
+        """
+        %b0 (p: f32[64,64]) -> f32[64,64] {
+          %p = f32[64,64]{1,0} parameter(0)
+          ROOT %d = f32[64,64]{1,0} dot(%p, %p), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+        }
+
+        %b1 (p: f32[64,64]) -> f32[64,64] {
+          %p = f32[64,64]{1,0} parameter(0)
+          ROOT %n = f32[64,64]{1,0} negate(%p)
+        }
+
+        ENTRY %main (i: s32[], x: f32[64,64]) -> f32[64,64] {
+          %i = s32[] parameter(0)
+          %x = f32[64,64]{1,0} parameter(1)
+          %c = f32[64,64]{1,0} conditional(%i, %x, %x), branch_computations={%b0, %b1}
+          ROOT %w = f32[64,64]{1,0} weird-new-op(%c)
+        }
+        """
+    )
+    prog = program.from_hlo(text, {"d": 1})
+    (mm,) = [o for o in prog.table.ops if o.kind == "matmul"]
+    assert mm.count == 0.5 and mm.precision == "tf32"
+    assert any("weird-new-op" in u["reason"] for u in prog.uncosted)
+    assert any("conditional" in n for n in prog.table.notes)
+
+
+# ----------------------------------------------------------------------------- placement
+
+
+def _two_groups() -> str:
+    ar = (
+        "{} = bf16[4096,1024]{{1,0}} all-reduce(%p), channel_id={}, replica_groups={}, "
+        "use_global_device_ids=true, to_apply=%add"
+    )
+    return _synthetic(
+        f"""
+        %add (a: bf16[], b: bf16[]) -> bf16[] {{
+          %a = bf16[] parameter(0)
+          %b = bf16[] parameter(1)
+          ROOT %s = bf16[] add(%a, %b)
+        }}
+
+        ENTRY %main (p: bf16[4096,1024]) -> (bf16[4096,1024], bf16[4096,1024]) {{
+          %p = bf16[4096,1024]{{1,0}} parameter(0)
+          {ar.format("%inner", 1, "[8,8]<=[64]")}
+          {ar.format("%outer", 2, "[8,8]<=[8,8]T(1,0)")}
+          ROOT %t = (bf16[4096,1024]{{1,0}}, bf16[4096,1024]{{1,0}}) tuple(%inner, %outer)
+        }}
+        """,
+        partitions=64,
+    )
+
+
+def test_group_to_tier_placement():
+    prog = program.from_hlo(_two_groups(), {"data": 8, "model": 8})
+    inner, outer = [o for o in prog.table.ops if o.kind == "collective"]
+    assert (inner.axes, inner.group_size, inner.stride) == (("model",), 8, 1)
+    assert (outer.axes, outer.group_size, outer.stride) == (("data",), 8, 8)
+    h100, nvl72 = emu.load_system("dgx_h100"), emu.load_system("gb200_nvl72")
+    t_h = np.asarray(prog.cost_fn()(h100).op_time_s)
+    t_n = np.asarray(prog.cost_fn()(nvl72).op_time_s)
+    i, o = prog.table.ops.index(inner), prog.table.ops.index(outer)
+    # an 8-GPU node: model groups stay on NVLink, data groups (stride 8) cross InfiniBand
+    assert t_h[o] > 4 * t_h[i]
+    # one 72-GPU NVLink domain holds both
+    assert t_n[o] == pytest.approx(t_n[i], rel=1e-6)
+    r = prog.estimate([h100, nvl72])
+    tiers = {(c.axes[0], s.system): c.tiers for s in r for c in s.collectives}
+    assert tiers[("model", "dgx_h100")] == "nvlinkx8"
+    assert tiers[("data", "dgx_h100")] == "scale_outx8"
+    assert tiers[("data", "gb200_nvl72")] == "nvlinkx8"
+
+
+def test_non_uniform_group_uses_its_span():
+    mesh = MeshInfo(("a", "b", "c"), (2, 2, 2))
+    assert mesh.axes_of([0, 1, 4, 5]) == ("a", "c")
+    text = _two_groups().replace("[8,8]<=[64]", "{{0,1,4,5},{2,3,6,7}}", 1)
+    text = text.replace("num_partitions=64", "num_partitions=8").replace(
+        "[8,8]<=[8,8]T(1,0)", "[4,2]<=[8]"
+    )
+    prog = build_table(text, MeshInfo(("data", "model"), (4, 2)))
+    first = next(o for o in prog.ops if o.kind == "collective")
+    assert first.group_size == 4 and first.stride == pytest.approx(6 / 4)
+
+
+# ----------------------------------------------------------------------------- cost
+
+
+def test_jit_vmap_match_the_loop(collective_program):
+    base = emu.load_system("gb200_nvl72")
+    scales = [0.5, 1.0, 2.0]
+    systems = [
+        dataclasses.replace(
+            base,
+            tiers=(
+                dataclasses.replace(base.tiers[0], bytes_per_s=base.tiers[0].bytes_per_s * m),
+                base.tiers[1],
+            ),
+        )
+        for m in scales
+    ]
+    fn = collective_program.cost_fn(tokens_per_step=1024.0)
+    loop = [float(fn(s).step_time_s) for s in systems]
+    batch = collective_program.batch_cost(emu.struct.stack(systems), tokens_per_step=1024.0)
+    np.testing.assert_allclose(np.asarray(batch.step_time_s), loop, rtol=1e-6)
+    assert loop[0] > loop[1] > loop[2] > 0
+
+
+def test_gradient_finite_and_matches_finite_differences(reference_program):
+    prog, _, _ = reference_program
+    system = emu.load_system("gb200_nvl72")
+    tokens = 4 * 2048.0
+
+    def tpj(s):
+        return prog.cost(s, tokens_per_step=tokens).tokens_per_joule
+
+    g = jax.jit(jax.grad(tpj))(system)
+    leaves = jax.tree_util.tree_leaves(g)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+    f = jax.jit(tpj)
+
+    def set_bw(s, x):
+        tiers = (dataclasses.replace(s.tiers[0], bytes_per_s=x), *s.tiers[1:])
+        return dataclasses.replace(s, tiers=tiers)
+
+    def set_peak(s, x):
+        peaks = {**s.chip.peak_flops_per_s, "bf16": x}
+        return dataclasses.replace(s, chip=dataclasses.replace(s.chip, peak_flops_per_s=peaks))
+
+    h = 0.02
+    for grad, x0, setter in (
+        (g.tiers[0].bytes_per_s, system.tiers[0].bytes_per_s, set_bw),
+        (g.chip.peak_flops_per_s["bf16"], system.chip.peak_flops_per_s["bf16"], set_peak),
+    ):
+        fd = (
+            float(f(setter(system, x0 * math.exp(h)))) - float(f(setter(system, x0 * math.exp(-h))))
+        ) / (2 * h)
+        ad = float(grad * x0)  # d tokens/J / d log x
+        assert ad > 0  # more bandwidth or FLOP/s: more tokens per joule
+        assert ad == pytest.approx(fd, rel=0.05)
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def test_reference_program_agrees_with_emu_evaluate(reference_program, tmp_path):
+    """FLOPs within 2%, bytes per collective kind within 10%, step time within 15%."""
+    from emu.examples import llama
+    from emu.program.compare import compare
+
+    prog, tp, dp = reference_program
+    cfg = llama.Config(**SMALL, batch=2 * dp)
+    path = tmp_path / "reference.toml"
+    path.write_text(llama.emu_model_toml(cfg))
+    model = emu.load_model(path)
+    plan = emu.make_plan(
+        tp=tp, dp=dp, microbatch=2, global_batch=2 * dp, seq_len=cfg.seq_len, zero=0, grad_bytes=2
+    )
+    r = compare(prog, emu.load_system("gb200_nvl72"), model, plan)
+    assert abs(r["flops"][2]) < 0.02
+    for kind in ("all-gather", "reduce-scatter", "all-reduce"):
+        got, want, err = r["bytes"][kind]
+        assert want > 0 and abs(err) < 0.10, (kind, got, want)
+    assert r["bytes"]["all-to-all"][0] == 0 and r["bytes"]["collective-permute"][0] == 0
+    assert abs(r["step_time_s"][2]) < 0.15
+    # the flash kernels are fused (their scores never reach HBM) and the 16 layers are a loop
+    kernels = [o for o in prog.table.ops if o.kind == "kernel" and o.flops > 0]
+    assert {o.name for o in kernels} == {"flash_attention", "flash_attention_bwd"}
+    assert all(o.count == 16 for o in kernels)
+
+
+def test_reference_decode_step_on_one_device():
+    prog = program.trace_program(
+        "emu/examples/llama.py:decode", devices=1, kwargs={"n_layers": 2, "batch": 2}
+    )
+    kinds = {o.kind for o in prog.table.ops}
+    assert {"matmul", "kernel", "memory"} <= kinds and "collective" not in kinds
+    (attn,) = [o for o in prog.table.ops if o.kind == "kernel" and o.flops > 0]
+    assert attn.name == "decode_attention" and attn.count == 2
+    r = prog.estimate(emu.load_system("dgx_h100"), tokens_per_step=2)[0]
+    assert r.step_time_s > 0 and r.tokens_per_s == pytest.approx(2 / r.step_time_s, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_function_that_fails_to_trace():
+    def bad(x):
+        return x @ jnp.ones((3, 3), jnp.float32)
+
+    with pytest.raises(ValueError, match="failed to trace"):
+        program.trace(jax.jit(bad), (jax.ShapeDtypeStruct((2, 2), jnp.float32),))
+
+
+def test_mesh_size_mismatch(builders):
+    f = jax.jit(lambda a: a + 1)
+    args = (jax.ShapeDtypeStruct((4,), jnp.float32),)
+    with pytest.raises(ValueError, match="needs 8 devices but this process has 1"):
+        program.trace(f, args, mesh={"data": 8})
+    with pytest.raises(ValueError, match="mesh of 4 devices.*--devices is 8"):
+        program.trace_program(f"{builders}:small_mesh", devices=8)
+    text = _two_groups()
+    with pytest.raises(ValueError, match="partitioned 64 ways"):
+        program.from_hlo(text, {"data": 8})
+
+
+def test_missing_builder_and_bad_names(tmp_path, builders):
+    with pytest.raises(ValueError, match="does not exist"):
+        program.trace_program(str(tmp_path / "nope.py") + ":build", devices=8)
+    with pytest.raises(ValueError, match="has no function 'nope'"):
+        program.trace_program(f"{builders}:nope", devices=1)
+    with pytest.raises(ValueError, match="path/to/file.py:name"):
+        program.trace_program("no_colon", devices=2)
+    with pytest.raises(ValueError, match="not HLO|not an HLO"):
+        program.from_hlo("hello", {"d": 1})
+    with pytest.raises(ValueError, match="unknown role"):
+        program.from_hlo(_two_groups(), {"data": 8, "model": 8}, axis_roles={"data": "zz"})
+
+
+def test_cli_one_line_errors_and_json(tmp_path, capsys):
+    assert main_program([str(tmp_path / "missing.py") + ":b", "--devices", "8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("emu: error:") and "does not exist" in err[0]
+    path = tmp_path / "m.hlo"
+    path.write_text(_two_groups())
+    assert main_program(["--hlo", str(path)]) == 2
+    assert "--mesh" in capsys.readouterr().err
+    bad_set = ["--hlo", str(path), "--mesh", "data=8,model=8", "--set", "plan.tp=2"]
+    assert main_program(bad_set) == 2
+    assert "only system fields" in capsys.readouterr().err
+    argv = ["--hlo", str(path), "--mesh", "data=8,model=8", "--system", "dgx_h100", "--json"]
+    assert main_program([*argv, "--tokens-per-step", "4096"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    (r,) = out["results"]
+    keys = {"system", "step_time_s", "flops", "breakdown", "power_w", "collectives", "top_ops"}
+    assert keys <= set(r)
+    assert {c["kind"] for c in r["collectives"]} == {"all-reduce"}
+    assert {"kind", "bytes", "group_size", "count", "time_s"} <= set(r["collectives"][0])
+    assert r["tokens_per_s"] == pytest.approx(4096 / r["step_time_s"], rel=1e-5)
