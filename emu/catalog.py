@@ -125,6 +125,17 @@ def _merge(a: dict, b: dict) -> None:
             a[k] = v
 
 
+def _check_keys(data: dict, allowed: set, where: str) -> None:
+    """ValueError for the first key of a TOML table that is not `allowed` (with a guess)."""
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ValueError(
+                f"{where}: unknown key '{key}'.{hint} Known keys: {', '.join(sorted(allowed))}."
+            )
+
+
 def _build(cls, data: dict, where: str, *, defaults: dict | None = None, skip=()):
     """Keyword arguments of dataclass `cls` from a TOML table: known keys only, every
     required key present, static fields of the right type, numbers checked against the
@@ -134,14 +145,7 @@ def _build(cls, data: dict, where: str, *, defaults: dict | None = None, skip=()
     defaults = defaults or {}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     infos = field_info(cls)
-    allowed = set(fields) | set(skip)
-    for key in data:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, sorted(allowed), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ValueError(
-                f"{where}: unknown key '{key}'.{hint} Known keys: {', '.join(sorted(allowed))}."
-            )
+    _check_keys(data, set(fields) | set(skip), where)
     kwargs = {}
     for name, f in fields.items():
         if name in skip:
@@ -220,13 +224,7 @@ _SYSTEM_KEYS = {"name", "description", "n_chips", "chip", "tiers", "host", "faci
 def _system(data: dict, where: str, cal: dict | None = None) -> System:
     cal = calibration() if cal is None else cal
     data = dict(data)
-    for key in data:
-        if key not in _SYSTEM_KEYS:
-            close = difflib.get_close_matches(key, sorted(_SYSTEM_KEYS), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ValueError(
-                f"{where}: unknown key '{key}'.{hint} Known: {', '.join(sorted(_SYSTEM_KEYS))}."
-            )
+    _check_keys(data, _SYSTEM_KEYS, where)
     for key in ("name", "n_chips", "chip", "tiers", "host", "facility"):
         if key not in data:
             raise ValueError(f"{where}: missing '{key}'; see configs/README.md for the format.")

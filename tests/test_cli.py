@@ -196,3 +196,20 @@ def test_validate_checks_the_plot_path_before_predicting(tmp_path, capsys, monke
 def test_flag_errors_name_the_flag(capsys, args, needle):
     code, _, err = run_cli(capsys, *args)
     assert code == 2 and needle in err and err.count("\n") == 1
+
+
+def test_a_dead_coordinator_is_one_line_after_the_timeout(capsys):
+    """It used to wait 5 minutes, then abort with a C++ stack trace."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nobody listens there
+    t = time.perf_counter()
+    code, _, err = run_cli(
+        capsys, "sweep", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+        "--process-id", "1", "--coordinator-timeout", "2",
+    )  # fmt: skip
+    assert code == 2 and "cannot reach the coordinator" in err and err.count("\n") == 1
+    assert 2 <= time.perf_counter() - t < 30

@@ -124,7 +124,10 @@ def cmd_validate(args) -> None:
     report = validation.validate_file(args.file, kind=args.kind, overrides=sys_o)
     if args.plot:
         validation.plot_report(report, args.plot)
-    render.emit(args, report, validation.format_report(report, show_skipped=args.show_skipped))
+    text = validation.format_report(
+        report, show_skipped=args.show_skipped, skipped_hint="use --show-skipped for reasons"
+    )
+    render.emit(args, report, text)
 
 
 def cmd_calibrate(args) -> None:

@@ -4,6 +4,8 @@ search, and its result as text or JSON (with the best configuration's full `run`
 from __future__ import annotations
 
 import os
+import socket
+import time
 from pathlib import Path
 
 from emu import analysis, catalog, storage
@@ -196,6 +198,8 @@ def _processes(args) -> tuple[int, int]:
     if nproc > 1:
         if not coord:
             raise CliError("several processes need --coordinator HOST:PORT.")
+        if pid != 0:  # jax aborts the process (C++) when the coordinator never answers
+            _wait_for_coordinator(coord, args.coordinator_timeout)
         import jax
 
         try:
@@ -212,6 +216,25 @@ def _processes(args) -> tuple[int, int]:
                 f"({first}); start every process, or raise --coordinator-timeout."
             ) from None
     return pid, nproc
+
+
+def _wait_for_coordinator(coord: str, timeout_s: float) -> None:
+    """Return once a TCP connection to HOST:PORT succeeds; CliError after `timeout_s`."""
+    host, sep, port = coord.rpartition(":")
+    if not sep or not port.isdigit():
+        raise CliError(f"--coordinator expects HOST:PORT (got '{coord}').")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise CliError(
+                    f"cannot reach the coordinator {coord} within {timeout_s:g} s; start "
+                    "process 0 first, or raise --coordinator-timeout."
+                ) from None
+            time.sleep(0.2)
 
 
 def cmd_sweep(args) -> None:

@@ -49,20 +49,8 @@ class SweepResult:
 
     def to_json(self) -> dict:
         """The JSON form (`emu sweep --json` without its `best` run and `out`)."""
-        return {
-            "problem": self.problem.as_dict(),
-            "objective": self.objective,
-            "top": self.top,
-            "pareto": self.pareto,
-            "evaluations": self.evaluations,
-            "feasible": self.feasible,
-            "space": self.space_size,
-            "grid_points": self.grid_points,
-            "chunks": self.chunks,
-            "resumed": self.resumed,
-            "wall_s": self.wall_s,
-            "first_chunk_s": self.first_chunk_s,
-        }
+        return _json(self, "top", "pareto", "evaluations", "feasible", "space", "grid_points",
+                     "chunks", "resumed", "wall_s", "first_chunk_s")  # fmt: skip
 
     def table_blocks(self) -> Iterator[np.ndarray]:
         """Every configuration of the space as table rows, chunk by chunk, read back from
@@ -105,22 +93,22 @@ class SearchResult:
 
     def to_json(self) -> dict:
         """The JSON form (`emu search --json` without its `best` run and `out`)."""
-        return {
-            "problem": self.problem.as_dict(),
-            "objective": self.objective,
-            "top": self.top,
-            "evaluations": self.evaluations,
-            "gradient_evaluations": self.gradient_evaluations,
-            "exact_evaluations": self.exact_evaluations,
-            "space": self.space_size,
-            "wall_s": self.wall_s,
-        }
+        return _json(self, "top", "evaluations", "gradient_evaluations", "exact_evaluations",
+                     "space", "wall_s")  # fmt: skip
 
     def table_blocks(self) -> Iterator[np.ndarray]:
         """Every exactly evaluated configuration as table rows, by flat index."""
         idx = np.asarray(sorted(self.scores), np.int64)
         if idx.size:
             yield self.space.table(idx, np.stack([self.scores[int(i)] for i in idx]))
+
+
+def _json(result, *keys: str) -> dict:
+    """problem (as a dict), objective, then `keys` ("space" is the space's size)."""
+    out = {"problem": result.problem.as_dict(), "objective": result.objective}
+    for k in keys:
+        out[k] = result.space_size if k == "space" else getattr(result, k)
+    return out
 
 
 def chunk_header(index: int, rows: int, signature: str) -> dict:

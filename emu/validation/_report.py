@@ -109,8 +109,9 @@ def validate_file(path=None, *, kind: str | None = None, overrides: dict | None 
     return {"rows": results, "summary": summarise(results)}
 
 
-def format_report(report: dict, *, show_skipped: bool = False) -> str:
-    """The report as a text table and summary blocks."""
+def format_report(report: dict, *, show_skipped: bool = False, skipped_hint: str = "") -> str:
+    """The report as a text table and summary blocks (`skipped_hint`: how to see the reasons
+    of skipped rows, shown beside their count)."""
     lines = []
     hdr = f"{'id':58} {'system':14} {'metric':26} {'predicted':>11} {'measured':>11} {'error':>7}"
     lines += [hdr, "-" * len(hdr)]
@@ -127,8 +128,9 @@ def format_report(report: dict, *, show_skipped: bool = False) -> str:
     s = report["summary"]
     lines += [
         "",
-        f"rows {s['rows']}: modelled {s['modelled']}, skipped {s['skipped']} "
-        f"(use --show-skipped for reasons), errors {s['errors']}",
+        f"rows {s['rows']}: modelled {s['modelled']}, skipped {s['skipped']}"
+        + (f" ({skipped_hint})" if skipped_hint else "")
+        + f", errors {s['errors']}",
     ]
 
     def block(title, d):
