@@ -46,9 +46,9 @@ class Chip:
         unit="FLOP/s",
         help="dense peak per precision of emu.units.PRECISIONS (0 = unsupported)",
     )
-    hbm_bytes: Array = field("[1e8, 1e14]", unit="bytes", help="HBM capacity (80e9 = 80 GB)")
+    hbm_bytes: Array = field("[1e8, 1e14]", unit="bytes", help="HBM capacity, e.g. 80e9 for 80 GB")
     hbm_bytes_per_s: Array = field(
-        "[1e9, 1e15]", unit="bytes/s", help="HBM bandwidth, aggregate (3.35e12 = 3.35 TB/s)"
+        "[1e9, 1e15]", unit="bytes/s", help="HBM bandwidth, e.g. 3.35e12 for 3.35 TB/s"
     )
     tdp_w: Array = field("[1, 1e5]", unit="W", help="board power at full load")
     idle_w: Array = field("[0, 1e5]", unit="W", help="board power when idle (<= tdp_w)")

@@ -144,7 +144,8 @@ class Knob(FieldInfo):
                 known = ", ".join(self.names)
                 raise error(where, f"unknown {self.name} '{value}'; known: {known}.")
             return self.names[value]
-        if isinstance(value, bool | str) or np.ndim(value) != 0:
+        number = not isinstance(value, bool | str) and np.asarray(value).dtype.kind in "iuf"
+        if not number or np.ndim(value):
             got = f"{type(value).__name__} {value!r}"
             raise error(where, f"{self.name} must be {self.describe()} (got {got}).")
         x = float(value)

@@ -379,13 +379,14 @@ def decode_attention(system: System, model: Model, plan: Plan, q_tokens):
 
 
 def _pass_tokens(model: Model, plan: Plan):
-    """(tokens per rank in the pass, queries per sequence, 1 if MTP drafts else 0)."""
+    """(tokens per rank in the pass, new queries per sequence, 1 if MTP drafts else 0)."""
     # MTP drafts need the model's MTP modules (validate_plan refuses them otherwise)
     mtp = jnp.where((plan.mtp_accept > 0) & (model.mtp_layers > 0), 1.0, 0.0)
     if plan.phase == "decode":
         q = 1.0 + mtp
         return plan.microbatch * q, q, mtp
-    return plan.microbatch * plan.seq_len * (1.0 - plan.cache_hit), plan.seq_len, mtp
+    t = plan.microbatch * plan.seq_len * (1.0 - plan.cache_hit)
+    return t, plan.seq_len * (1.0 - plan.cache_hit), mtp
 
 
 def inference_compute(system: System, model: Model, plan: Plan) -> Compute:

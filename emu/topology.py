@@ -66,13 +66,17 @@ class Tier:
     bytes_per_s: Array = field(
         "[1e6, 1e14]",
         unit="bytes/s",
-        help="per chip per direction, unidirectional (50e9 for 400 Gb/s)",
+        help="per chip per direction, e.g. 50e9 for 400 Gb/s",
     )
     efficiency: Array = field(
         "[0.01, 1]", help="achievable fraction of bytes_per_s for large collectives"
     )
-    latency_s: Array = field("[0, 1e-2]", unit="s", help="one algorithm step (hop + endpoint)")
-    base_latency_s: Array = field("[0, 1e-1]", unit="s", help="fixed cost of one collective call")
+    latency_s: Array = field(
+        "[0, 1e-2]", unit="s", help="one algorithm step (hop + endpoint), e.g. 1e-6 for 1 us"
+    )
+    base_latency_s: Array = field(
+        "[0, 1e-1]", unit="s", help="fixed cost of one collective call, e.g. 2e-5 for 20 us"
+    )
     oversubscription: Array = field(
         "[1, 64]", help="taper of the tier's switches (1 = non-blocking)"
     )
@@ -148,6 +152,9 @@ OPTIC_BYTES_PER_S = 50e9
 #: watts of a scale-up module where the configured tier has none (facts §4: 8 W 400G LPO,
 #: the CloudMatrix 384 assumption)
 DEFAULT_OPTIC_W = 8.0
+#: an all-optical scale-up tier reaches any domain: the copper share is floored here so the
+#: reach stays finite (1e6 x COPPER_REACH_CHIPS)
+_MIN_COPPER_SHARE = 1e-6
 
 
 def _scale_tier(t: Tier, bw, power) -> Tier:
@@ -213,7 +220,7 @@ def reshape(system: System, **knobs) -> tuple[System, Array]:
                 for s in tiers[:up]
             ]
         tiers[up] = t
-        reach = COPPER_REACH_CHIPS / jnp.maximum(1.0 - share, 1e-6)
+        reach = COPPER_REACH_CHIPS / jnp.maximum(1.0 - share, _MIN_COPPER_SHARE)
         violation = jax.nn.relu(jnp.log(safe_div(domain, reach)))
     return dataclasses.replace(system, tiers=tuple(tiers)), violation
 

@@ -177,7 +177,7 @@ def n_dense_ffn_layers(model: Model):
 
 
 def params_expert(model: Model):
-    """Weights of one expert FFN."""
+    """Weights of one expert FFN: mats d_model d_ff_expert."""
     return ffn_mats(model) * model.d_model * model.d_ff_expert
 
 
@@ -251,7 +251,7 @@ def model_flops_per_token(model: Model, seq_len):
 
 
 def example_model() -> Model:
-    """Llama 3 8B (arXiv:2407.21783 Table 3)."""
+    """Llama 3 8B (arXiv:2407.21783 Table 3), for examples and tests."""
     f = jnp.float32
     return Model(
         name="llama3-8b",
