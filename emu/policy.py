@@ -62,7 +62,7 @@ def _int(x) -> int:
 
 
 #: knobs the rule chooses when they are left out (None)
-RULE_KNOBS = ("tp", "pp", "dp", "cp", "ep", "vpp", "global_batch", "recompute")
+RULE_KNOBS = ("tp", "pp", "dp", "cp", "ep", "global_batch", "recompute")
 #: knobs a serving plan fixes: no pipeline, context or expert-tensor parallelism
 _SERVING_FIXED = ("pp", "cp", "etp", "vpp")
 
@@ -84,6 +84,7 @@ def _check_knobs(chips, system: System, knobs: dict) -> int:
         k = declared.get(name)
         if k is None:
             make_plan(**{name: v})  # raises "unknown knob ... Did you mean"
+            continue
         if k.kind in ("degree", "int", "float"):
             check_value(v, k, name)  # the knob's declared bounds, as make_plan checks them
     return chips
