@@ -15,10 +15,13 @@ True
 
 from emu import (
     collectives,
+    comm,
     compute,
     hardware,
     numerics,
+    objective,
     parallelism,
+    plan,
     power,
     serving,
     step,
@@ -29,8 +32,9 @@ from emu import (
 )
 from emu.config import list_models, list_systems, load_model, load_system
 from emu.objective import RunResult, evaluate
-from emu.parallelism import Plan, make_plan
-from emu.step import StepBreakdown, train_step
+from emu.parallelism import Memory
+from emu.plan import KNOBS, Plan, make_plan, plan_dict, validate_plan
+from emu.step import StepBreakdown, inference_step, train_step
 from emu.topology import System
 from emu.workload import Model
 
@@ -42,18 +46,26 @@ __all__ = [
     "list_systems",
     "list_models",
     "make_plan",
+    "validate_plan",
+    "plan_dict",
+    "KNOBS",
     "evaluate",
     "train_step",
+    "inference_step",
     "System",
     "Model",
     "Plan",
     "RunResult",
     "StepBreakdown",
+    "Memory",
     "collectives",
+    "comm",
     "compute",
     "hardware",
     "numerics",
+    "objective",
     "parallelism",
+    "plan",
     "power",
     "serving",
     "step",

@@ -29,6 +29,8 @@ Scale Your Model" (collectives chapter) and NCCL's tuning model (facts, "Latency
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax.numpy as jnp
 
 from emu.numerics import safe_div, safe_pow
@@ -43,13 +45,47 @@ __all__ = [
     "moe_all_to_all_time",
     "effective_bandwidth",
     "ALGORITHMS",
+    "Algorithm",
+    "register",
+    "hierarchical",
+    "ring",
 ]
 
-ALGORITHMS = ("hierarchical", "ring")
+#: An algorithm prices one reduce-scatter-like sweep over a group:
+#: fn(system, nbytes, size, stride, *, passes, reduce) -> seconds, where `passes` is 1
+#: (reduce-scatter or all-gather) or 2 (all-reduce = reduce-scatter + all-gather) and
+#: `reduce` says the data are reduced in flight (all-reduce: in-network reduction applies).
+Algorithm = Callable[..., jnp.ndarray]
+
+#: The registry: name -> Algorithm. `Plan.algorithm` names an entry (checked when the plan
+#: is made); the CLI lists its keys. Add one with `register`.
+ALGORITHMS: dict[str, Algorithm] = {}
+
+
+def register(name: str) -> Callable[[Algorithm], Algorithm]:
+    """Decorator: add `fn` to ALGORITHMS under `name` (a new algorithm is one function plus
+    this line). Raises ValueError if the name is taken.
+
+    >>> @register("doc-example")
+    ... def flat(system, nbytes, size, stride, *, passes, reduce):
+    ...     return passes * nbytes / 1e11
+    >>> "doc-example" in ALGORITHMS
+    True
+    >>> del ALGORITHMS["doc-example"]
+    """
+
+    def add(fn: Algorithm) -> Algorithm:
+        if name in ALGORITHMS:
+            raise ValueError(f"collective algorithm '{name}' is already registered.")
+        ALGORITHMS[name] = fn
+        return fn
+
+    return add
 
 
 def effective_bandwidth(tier):
-    """Achievable bytes/s per chip per direction on `tier`."""
+    """Achievable bytes/s per chip per direction on `tier`:
+    bytes_per_s * efficiency / oversubscription."""
     return safe_div(tier.bytes_per_s * tier.efficiency, tier.oversubscription)
 
 
@@ -59,12 +95,18 @@ def _spans(n):
     return jnp.clip(n - 1.0, 0.0, 1.0)
 
 
-def _check(algorithm):
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm '{algorithm}'; known: {', '.join(ALGORITHMS)}.")
+def _algorithm(name: str) -> Algorithm:
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm '{name}'; known: {', '.join(ALGORITHMS)}.")
+    return ALGORITHMS[name]
 
 
-def _hierarchical(system: System, nbytes, size, stride, *, passes, reduce):
+@register("hierarchical")
+def hierarchical(system: System, nbytes, size, stride, *, passes, reduce):
+    """One stage per tier, innermost first, each on the already-reduced share (module doc):
+    sum_k passes (n_k - 1)/n_k B_k / W_k, with W_k multiplied by `allreduce_speedup` when
+    `reduce`; a share `overlap.pipelining` of the non-bottleneck stages hides behind the
+    slowest. Plus passes (n_k - 1) lat_k and base_k on spanned tiers. Seconds."""
     n = participants(system.tiers, size, stride)
     fixed = jnp.zeros_like(nbytes * size)
     stages, share = [], nbytes
@@ -86,7 +128,12 @@ def _hierarchical(system: System, nbytes, size, stride, *, passes, reduce):
     return total_bw - f * (total_bw - slowest) + fixed
 
 
-def _ring(system: System, nbytes, size, stride, *, passes):
+@register("ring")
+def ring(system: System, nbytes, size, stride, *, passes, reduce):
+    """One flat ring over all g members at the slowest spanned tier (no in-network
+    reduction, so `reduce` is unused): passes ((g - 1)/g B / min_k W_k + (g - 1) max_k lat_k)
+    + max_k base_k over spanned tiers. Seconds."""
+    del reduce
     n = participants(system.tiers, size, stride)
     spanned = [_spans(nk) for nk in n]
     # slowest spanned tier sets the ring's bandwidth; the largest spanned latency its steps
@@ -102,23 +149,20 @@ def _ring(system: System, nbytes, size, stride, *, passes):
 
 
 def all_reduce_time(system: System, nbytes, size, *, stride=1.0, algorithm="hierarchical"):
-    """Seconds to all-reduce `nbytes` (the full buffer) over `size` chips."""
-    _check(algorithm)
-    if algorithm == "ring":
-        return _ring(system, nbytes, size, stride, passes=2.0)
-    return _hierarchical(system, nbytes, size, stride, passes=2.0, reduce=True)
+    """Seconds to all-reduce `nbytes` (the full buffer, bytes) over `size` chips whose ranks
+    are `stride` apart, with the registered `algorithm`: reduce-scatter + all-gather
+    (passes = 2), in-network reduction where the tier has it."""
+    return _algorithm(algorithm)(system, nbytes, size, stride, passes=2.0, reduce=True)
 
 
 def reduce_scatter_time(system: System, nbytes, size, *, stride=1.0, algorithm="hierarchical"):
-    """Seconds to reduce-scatter an `nbytes` input buffer over `size` chips."""
-    _check(algorithm)
-    if algorithm == "ring":
-        return _ring(system, nbytes, size, stride, passes=1.0)
-    return _hierarchical(system, nbytes, size, stride, passes=1.0, reduce=False)
+    """Seconds to reduce-scatter an `nbytes` input buffer over `size` chips (passes = 1)."""
+    return _algorithm(algorithm)(system, nbytes, size, stride, passes=1.0, reduce=False)
 
 
 def all_gather_time(system: System, nbytes, size, *, stride=1.0, algorithm="hierarchical"):
-    """Seconds to all-gather into an `nbytes` output buffer over `size` chips."""
+    """Seconds to all-gather into an `nbytes` output buffer over `size` chips: the mirror of
+    reduce-scatter, same cost."""
     return reduce_scatter_time(system, nbytes, size, stride=stride, algorithm=algorithm)
 
 

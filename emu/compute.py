@@ -26,22 +26,41 @@ from emu.hardware import Chip, peak_flops
 from emu.numerics import safe_div
 from emu.units import BYTES_PER_ELEMENT
 
-__all__ = ["matmul_efficiency", "matmul_time", "memory_time", "attention_time"]
+__all__ = [
+    "matmul_efficiency",
+    "matmul_time",
+    "memory_time",
+    "attention_time",
+    "peak_flops",
+    "LOW_PRECISIONS",
+]
 
-
+#: precisions whose matmuls reach `lowp_matmul_efficiency` of their peak (scaling, casting
+#: and amax overheads), the others `matmul_efficiency`
 LOW_PRECISIONS = ("fp8", "int8", "fp4")
+#: flash attention's causal mask skips half of the s_q x s_kv scores
+_CAUSAL_FRACTION = 0.5
 
 
 def matmul_efficiency(chip: Chip, m, n, k, precision: str = "bf16"):
-    """Achievable fraction of peak for an (m, n, k) matmul (dimensionless)."""
+    """Achievable fraction of peak for an (m, n, k) matmul (dimensionless):
+    eff = top / (1 + matmul_half_dim (1/m + 1/n + 1/k)), top the chip's
+    `lowp_matmul_efficiency` for LOW_PRECISIONS, else `matmul_efficiency` (calibrated)."""
     inv = safe_div(1.0, m) + safe_div(1.0, n) + safe_div(1.0, k)
     top = chip.lowp_matmul_efficiency if precision in LOW_PRECISIONS else chip.matmul_efficiency
     return top / (1.0 + chip.matmul_half_dim * inv)
 
 
 def matmul_time(chip: Chip, m, n, k, precision: str, *, count=1.0, kernels=None):
-    """Seconds for `count` matmuls of shape (m, k) @ (k, n) at `precision`, launched as
-    `kernels` kernels (default: one each; a grouped GEMM runs many in one launch)."""
+    """Seconds for `count` matmuls of shape (m, k) @ (k, n) at `precision` (module doc):
+    count * max(2 m n k / (peak * eff), (m k + k n + m n) bytes_el / (hbm_bytes_per_s *
+    hbm_efficiency)) + kernels * kernel_overhead_s.
+
+    Args: m, n, k matrix dimensions (elements); precision a name in emu.units.PRECISIONS;
+      count how many such matmuls; kernels launches (default `count`: one each; a grouped
+      GEMM runs many in one launch).
+    Returns: seconds, an array of the broadcast shape of the inputs.
+    """
     flops = 2.0 * m * n * k
     rate = peak_flops(chip, precision) * matmul_efficiency(chip, m, n, k, precision)
     t_compute = safe_div(flops, rate)
@@ -52,7 +71,14 @@ def matmul_time(chip: Chip, m, n, k, precision: str, *, count=1.0, kernels=None)
 
 
 def memory_time(chip: Chip, nbytes, *, kernels=0.0):
-    """Seconds for memory-bound kernels moving `nbytes` through HBM."""
+    """Seconds for memory-bound kernels moving `nbytes` bytes through HBM, launched as
+    `kernels` kernels: nbytes / (hbm_bytes_per_s * hbm_efficiency) + kernels *
+    kernel_overhead_s.
+
+    >>> from emu.hardware import example_chip
+    >>> round(float(memory_time(example_chip(), 3.35e12 * 0.85)), 6)   # one second of HBM
+    1.0
+    """
     return safe_div(nbytes, chip.hbm_bytes_per_s * chip.hbm_efficiency) + (
         kernels * chip.kernel_overhead_s
     )
@@ -62,10 +88,15 @@ def attention_time(chip: Chip, s_q, s_kv, d_qk, d_v, heads, precision: str, *, c
     """Seconds for one fused (flash) attention forward over `heads` heads.
 
     FLOPs 2 s_q s_kv (d_qk + d_v) per head (QK^T and AV), halved when causal; HBM traffic only
-    Q, K, V and O ((s_q + s_kv)(d_qk + d_v) per head: the s x s scores never leave the chip);
-    efficiency from the matmul curve at (s_q, s_kv, d_qk); one kernel launch.
+    Q, K, V and O ((s_q + s_kv)(d_qk + d_v) per head: the s x s scores never leave the chip;
+    Dao et al. 2022); efficiency from the matmul curve at (s_q, s_kv, d_qk); one kernel
+    launch: max(FLOPs / (peak * eff), bytes / HBM) + kernel_overhead_s.
+
+    Args: s_q queries and s_kv keys per head (tokens); d_qk, d_v head widths (elements);
+      heads the number of (batch x head) pairs; precision of the matmuls; causal masking.
+    Returns: seconds.
     """
-    frac = 0.5 if causal else 1.0
+    frac = _CAUSAL_FRACTION if causal else 1.0
     flops = frac * 2.0 * s_q * s_kv * (d_qk + d_v) * heads
     rate = peak_flops(chip, precision) * matmul_efficiency(chip, s_q, s_kv, d_qk, precision)
     nbytes = (s_q + s_kv) * (d_qk + d_v) * heads * BYTES_PER_ELEMENT[precision]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from emu.struct import dataclass, static_field
+from emu.struct import dataclass, error, field, static_field
 from emu.units import PRECISIONS
 
 __all__ = ["Chip", "Host", "Facility", "Overlap", "peak_flops", "example_chip", "example_overlap"]
@@ -21,97 +21,137 @@ __all__ = ["Chip", "Host", "Facility", "Overlap", "peak_flops", "example_chip", 
 Array = jnp.ndarray
 
 
+#: an achievable fraction of a peak below 1% is not a working system: a unit slip
+_EFFICIENCY = "[0.01, 1]"
+
+
 @dataclass
 class Chip:
-    """One accelerator package.
+    """One accelerator package: peak FLOP/s per precision, HBM, power, and the shared,
+    calibrated parameters of its achievable-efficiency curves (SI units; bandwidths are per
+    chip, one direction). Matmul efficiency rises with the shape (see `emu.compute`):
 
-    Fields (SI): `peak_flops_per_s` maps each precision in `emu.units.PRECISIONS` to dense
-    peak FLOP/s (0 = unsupported); `hbm_bytes`, `hbm_bytes_per_s` (aggregate, one direction);
-    `tdp_w` (board power at full load), `idle_w`.
+        eff(m, n, k) = matmul_efficiency / (1 + matmul_half_dim * (1/m + 1/n + 1/k))
 
-    Efficiency (calibrated per chip family, dimensionless unless stated):
-    `matmul_efficiency` is the asymptotic fraction of peak reached by large matmuls;
-    `lowp_matmul_efficiency` the same for 8- and 4-bit matmuls (fraction of *their* peak:
-    scaling, casting and amax overheads make FP8 reach a smaller fraction);
-    `matmul_half_dim` (elements) sets how fast efficiency rises with matrix size:
-    eff(m, n, k) = matmul_efficiency / (1 + matmul_half_dim * (1/m + 1/n + 1/k));
-    `hbm_efficiency` is the achievable fraction of HBM bandwidth for memory-bound kernels;
-    `kernel_overhead_s` is the fixed cost of one kernel launch.
-
-    Power: dynamic power (tdp_w - idle_w) is scaled by the activity of the step:
-    `matmul_power` while tensor cores run, `memory_power` during memory-bound kernels,
-    `comm_power` while the chip only waits on communication.
+    Power: dynamic power (tdp_w - idle_w) is scaled by the activity of the step
+    (`matmul_power`, `memory_power`, `comm_power`; see `emu.power`). Bounds beside each
+    field; `idle_w <= tdp_w` and "bf16 or fp16 supported" are cross-field rules.
     """
 
     name: str = static_field()
     family: str = static_field(default="")
-    peak_flops_per_s: dict
-    hbm_bytes: Array
-    hbm_bytes_per_s: Array
-    tdp_w: Array
-    idle_w: Array
-    matmul_efficiency: Array
-    lowp_matmul_efficiency: Array
-    matmul_half_dim: Array
-    hbm_efficiency: Array
-    kernel_overhead_s: Array
-    matmul_power: Array
-    memory_power: Array
-    comm_power: Array
+    peak_flops_per_s: dict = field(
+        "[1e9, 1e18]",
+        zero_ok=True,
+        unit="FLOP/s",
+        help="dense peak per precision of emu.units.PRECISIONS (0 = unsupported)",
+    )
+    hbm_bytes: Array = field("[1e8, 1e14]", unit="bytes", help="HBM capacity, e.g. 80e9 for 80 GB")
+    hbm_bytes_per_s: Array = field(
+        "[1e9, 1e15]", unit="bytes/s", help="HBM bandwidth, e.g. 3.35e12 for 3.35 TB/s"
+    )
+    tdp_w: Array = field("[1, 1e5]", unit="W", help="board power at full load")
+    idle_w: Array = field("[0, 1e5]", unit="W", help="board power when idle (<= tdp_w)")
+    matmul_efficiency: Array = field(
+        _EFFICIENCY, help="asymptotic fraction of the 16-bit peak reached by large matmuls"
+    )
+    lowp_matmul_efficiency: Array = field(
+        _EFFICIENCY,
+        help="the same for 8- and 4-bit matmuls, as a fraction of *their* peak (scaling, "
+        "casting and amax overheads make FP8 reach a smaller fraction)",
+    )
+    matmul_half_dim: Array = field(
+        "[0, 1e5]", unit="elements", help="how fast matmul efficiency rises with the shape"
+    )
+    hbm_efficiency: Array = field(
+        _EFFICIENCY, help="achievable fraction of HBM bandwidth for memory-bound kernels"
+    )
+    kernel_overhead_s: Array = field("[0, 1e-3]", unit="s", help="fixed cost of one kernel")
+    matmul_power: Array = field("[0, 1]", help="activity (share of tdp - idle) in matmuls")
+    memory_power: Array = field("[0, 1]", help="activity in memory-bound kernels")
+    comm_power: Array = field("[0, 1]", help="activity while only waiting on communication")
+
+    def _cross_check(self, where: str, at: str) -> None:
+        if float(self.idle_w) > float(self.tdp_w):
+            raise error(
+                where,
+                f"{at}idle_w={float(self.idle_w):g} exceeds {at}tdp_w={float(self.tdp_w):g}.",
+            )
+        peaks = self.peak_flops_per_s
+        if float(peaks.get("bf16", 0.0)) <= 0 and float(peaks.get("fp16", 0.0)) <= 0:
+            raise error(where, f"{at}peak_flops_per_s: bf16 or fp16 must be > 0.")
+        unknown = set(peaks) - set(PRECISIONS)
+        if unknown:
+            raise error(
+                where,
+                f"{at}peak_flops_per_s: unknown precision(s) {sorted(unknown)}; "
+                f"known: {', '.join(PRECISIONS)}.",
+            )
 
 
 @dataclass
 class Host:
-    """Everything in a node besides accelerators and network, attributed per chip.
+    """Everything in a node besides accelerators and network, attributed per chip (watts
+    are averages under an LLM job; a stated assumption where no source gives them)."""
 
-    `cpus_per_chip` CPUs of `cpu_w` each (average power under an LLM job, including their
-    memory where the source says so); `other_w_per_chip` for fans, DRAM, boards, storage and
-    management (a stated assumption where no source gives it).
-    """
-
-    cpus_per_chip: Array
-    cpu_w: Array
-    other_w_per_chip: Array
+    cpus_per_chip: Array = field("[0, 64]", unit="CPUs", help="host CPUs per accelerator")
+    cpu_w: Array = field(
+        "[0, 5e3]", unit="W", help="one CPU under load (with its memory where the source does)"
+    )
+    other_w_per_chip: Array = field(
+        "[0, 1e5]", unit="W", help="fans, DRAM, boards, storage and management, per chip"
+    )
 
 
 @dataclass
 class Facility:
-    """Power conversion and cooling.
+    """Power conversion and cooling: IT power = DC load / psu_efficiency; facility power =
+    pue * IT power (reported separately; `power_w` is IT)."""
 
-    `psu_efficiency` converts DC load to AC input (IT power = DC load / psu_efficiency);
-    `pue` multiplies IT power into facility power (reported separately; `power_w` is IT).
-    """
-
-    psu_efficiency: Array
-    pue: Array
+    psu_efficiency: Array = field(
+        "(0.5, 1]", help="DC load / AC input of the power supplies (real PSUs: 0.9-0.97)"
+    )
+    pue: Array = field("[1, 4]", help="facility power / IT power (power usage effectiveness)")
 
 
 @dataclass
 class Overlap:
-    """Fractions (0..1) of each communication kind that the frameworks hide behind compute:
-    `tp` (TP collectives overlapped with GEMMs), `dp` (gradient reduce-scatter and parameter
-    all-gather overlapped with one micro-batch of compute), `pp` (pipeline send/recv), `cp`
-    (context-parallel KV exchange overlapped with attention), `ep` (MoE dispatch/combine
-    overlapped without an explicit two-micro-batch schedule), `ep_tbo` (the share of
-    min(all-to-all, compute) that a two-micro-batch / DualPipe schedule hides), `pipelining`
-    (the share of the non-bottleneck stages of a hierarchical collective hidden behind its
-    slowest stage by chunked pipelining). Not a fraction: `host_kernel_s` (seconds), the
-    host-side cost of issuing one kernel from a training framework (Python dispatch, FP8
-    scaling bookkeeping, CUDA launch). The host runs ahead of the GPU, so it costs time only
-    when a micro-batch issues kernels faster than the GPU retires them (fine-grained MoE:
-    per-expert GEMM and cast launches; see `emu.step`)."""
+    """Shares of communication and host work hidden behind compute by the frameworks:
+    seven fractions (`tp`, `dp`, `pp`, `cp`, `ep`, `ep_tbo`, `pipelining`, each in [0, 1])
+    and one time (`host_kernel_s`). The host runs ahead of the GPU, so `host_kernel_s`
+    costs time only when a micro-batch issues kernels faster than the GPU retires them
+    (fine-grained MoE: per-expert GEMM and cast launches; see `emu.step`)."""
 
-    tp: Array
-    dp: Array
-    pp: Array
-    cp: Array
-    ep: Array
-    ep_tbo: Array
-    pipelining: Array
-    host_kernel_s: Array
+    tp: Array = field("[0, 1]", help="TP collectives overlapped with GEMMs")
+    dp: Array = field(
+        "[0, 1]",
+        help="gradient reduce-scatter and parameter all-gather overlapped with one "
+        "micro-batch of compute",
+    )
+    pp: Array = field("[0, 1]", help="pipeline send/recv overlapped")
+    cp: Array = field("[0, 1]", help="context-parallel KV exchange overlapped with attention")
+    ep: Array = field(
+        "[0, 1]", help="MoE dispatch/combine overlapped without a two-micro-batch schedule"
+    )
+    ep_tbo: Array = field(
+        "[0, 1]",
+        help="share of min(all-to-all, compute) a two-micro-batch / DualPipe schedule hides",
+    )
+    pipelining: Array = field(
+        "[0, 1]",
+        help="share of the non-bottleneck stages of a hierarchical collective hidden behind "
+        "its slowest stage by chunked pipelining",
+    )
+    host_kernel_s: Array = field(
+        "[0, 1e-2]",
+        unit="s",
+        help="host time to issue one kernel from a training framework (Python dispatch, "
+        "FP8 scaling bookkeeping, CUDA launch)",
+    )
 
 
 def example_overlap() -> Overlap:
+    """The calibration defaults' overlap fractions (configs/calibration/defaults.toml)."""
     f = jnp.float32
     return Overlap(
         tp=f(0.3),
@@ -126,7 +166,8 @@ def example_overlap() -> Overlap:
 
 
 def peak_flops(chip: Chip, precision: str) -> Array:
-    """Dense peak FLOP/s of `chip` at `precision` (0 where unsupported)."""
+    """Dense peak FLOP/s of `chip` at `precision` (0 where unsupported); ValueError lists the
+    known precisions for an unknown name."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision '{precision}'; known: {', '.join(PRECISIONS)}.")
     return chip.peak_flops_per_s[precision]

@@ -1,5 +1,11 @@
 """Numerical helpers with finite gradients everywhere.
 
+Exact forms (`safe_div`, `safe_pow`, `clip01`) are what the physics uses. The smooth forms
+(`smooth_max`, `smooth_relu`, `smooth_ceil`) are for searches that relax discrete or kinked
+quantities: each takes an explicit temperature in the units of its argument (STYLE.md:
+report with exact max/ceil, search with smooth versions whose temperature is relative to
+the scale).
+
 >>> import jax, jax.numpy as jnp
 >>> float(safe_div(1.0, 0.0))
 0.0
@@ -20,13 +26,23 @@ __all__ = [
     "smooth_max",
     "smooth_relu",
     "smooth_ceil",
-    "ste_round",
     "clip01",
 ]
 
+#: floor on a temperature, so a zero temperature divides by a tiny number instead of 0
+_MIN_TEMPERATURE = 1e-30
+#: where `smooth_ceil` steps up: this far above each integer (in units of x), so an exact
+#: integer n maps to about n + 1/2 and n + 2 * offset already rounds up
+_CEIL_OFFSET = 1e-3
+
 
 def safe_div(num, den, default=0.0):
-    """num / den, or `default` where den == 0, with finite gradients (double-where)."""
+    """num / den, or `default` where den == 0, with finite gradients (double-where: the
+    division never sees a zero, so its gradient is never inf * 0).
+
+    Args: num, den arrays (broadcast); default the value where den == 0.
+    Returns: an array of the broadcast shape.
+    """
     den = jnp.asarray(den)
     ok = den != 0
     safe_den = jnp.where(ok, den, jnp.ones_like(den))
@@ -34,35 +50,47 @@ def safe_div(num, den, default=0.0):
 
 
 def safe_pow(base, exponent):
-    """base ** exponent for base >= 0 with finite gradients at base = 0 (0 ** 0 = 1)."""
+    """base ** exponent for base >= 0 as exp(exponent * log base), with finite gradients at
+    base = 0 (where it returns 1 if exponent == 0, else 0).
+
+    >>> float(safe_pow(jnp.float32(0.0), jnp.float32(0.0)))
+    1.0
+    """
     pos = base > 0
     safe = jnp.where(pos, base, 1.0)
     return jnp.where(pos, jnp.exp(exponent * jnp.log(safe)), jnp.where(exponent == 0, 1.0, 0.0))
 
 
 def smooth_max(a, b, *, temperature):
-    """Log-sum-exp max; `temperature` is in the units of a and b (make it relative)."""
-    t = jnp.maximum(temperature, 1e-30)
+    """Log-sum-exp maximum, T log(exp(a/T) + exp(b/T)) >= max(a, b), within T log 2 of it;
+    `temperature` T is in the units of a and b (make it relative to their scale)."""
+    t = jnp.maximum(temperature, _MIN_TEMPERATURE)
     return t * jnp.logaddexp(a / t, b / t)
 
 
 def smooth_relu(x, *, temperature):
-    """softplus with a temperature in the units of x."""
-    t = jnp.maximum(temperature, 1e-30)
+    """Softplus with a temperature in the units of x: T log(1 + exp(x / T)) ~ max(x, 0)."""
+    t = jnp.maximum(temperature, _MIN_TEMPERATURE)
     return t * jax.nn.softplus(x / t)
 
 
 def smooth_ceil(x, *, temperature=0.1):
-    """A differentiable staircase: floor(x) + sigmoid((frac(x) - 0.5)/temperature) shifted up."""
+    """A differentiable staircase close to ceil(x):
+
+        floor(x) + sigmoid((frac(x) - 1e-3) / temperature),   frac(x) = x - floor(x)
+
+    Each step rises just above an integer, so it equals ceil(x) to within
+    sigmoid(-(frac - 1e-3) / T) once frac(x) is a few temperatures away from 0; at an exact
+    integer n it gives about n + 1/2. `temperature` is in the units of x.
+
+    >>> [round(float(smooth_ceil(jnp.float32(v), temperature=0.01)), 3) for v in (0.3, 1.6)]
+    [1.0, 2.0]
+    """
     base = jnp.floor(x)
     frac = x - base
-    return base + jax.nn.sigmoid((frac - 1e-3) / temperature)
-
-
-def ste_round(x):
-    """Round in the forward pass, identity gradient (straight-through estimator)."""
-    return x + jax.lax.stop_gradient(jnp.round(x) - x)
+    return base + jax.nn.sigmoid((frac - _CEIL_OFFSET) / temperature)
 
 
 def clip01(x):
+    """x clipped to [0, 1] (a fraction)."""
     return jnp.clip(x, 0.0, 1.0)

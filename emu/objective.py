@@ -21,19 +21,12 @@ import jax.numpy as jnp
 
 from emu.hardware import peak_flops
 from emu.numerics import safe_div
-from emu.parallelism import (
-    Memory,
-    Plan,
-    memory,
-    n_chips,
-    params_split_per_chip,
-)
+from emu.parallelism import Memory, Plan, inference_memory, memory, n_chips
 from emu.power import PowerBreakdown, step_power
-from emu.step import inference_step, train_step
+from emu.step import StepBreakdown, inference_step, train_step
 from emu.struct import dataclass, replace
 from emu.topology import System
-from emu.units import BYTES_PER_ELEMENT
-from emu.workload import Model, attention_flops_dims, kv_cache_bytes_per_token, params_active
+from emu.workload import Model, attention_flops_dims, model_flops_per_token, params_active
 
 __all__ = [
     "RunResult",
@@ -45,13 +38,16 @@ __all__ = [
 ]
 
 Array = jnp.ndarray
+#: bisection steps of `max_batch_under_slo` on log(batch): 40 halvings of log(4096) leave
+#: ~1e-11 of relative error, far below float32 resolution
+_BISECTION_STEPS = 40
 
 
 @dataclass
 class RunResult:
-    """Everything `emu run` reports, as a pytree (SI units). `breakdown` is a StepBreakdown
-    (train) or an InferenceBreakdown (prefill, decode). `ttft_s` (prefill) and `tpot_s`
-    (decode) are 0 in phases where they do not apply."""
+    """Everything `emu run` reports, as a pytree (SI units), with the same structure in
+    every phase: `breakdown` a StepBreakdown, `memory` a Memory, `power` a PowerBreakdown.
+    `ttft_s` (prefill) and `tpot_s` (decode) are 0 in phases where they do not apply."""
 
     n_chips: Array
     step_time_s: Array
@@ -65,55 +61,39 @@ class RunResult:
     ttft_s: Array
     tpot_s: Array
     feasible: Array
-    breakdown: object
+    breakdown: StepBreakdown
     memory: Memory
     power: PowerBreakdown
 
 
-def inference_memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
-    """Per-chip memory when serving: weights (dense / tp, experts / ep, at the plan's
-    precision, 16-bit at most), the KV cache of `microbatch` sequences of `context` (decode)
-    or `seq_len` (prefill) tokens, and the activations of one layer."""
-    dense, expert = params_split_per_chip(model, replace(plan, pp=plan.pp))
-    w_el = min(BYTES_PER_ELEMENT[plan.precision], 2.0)
-    weights = (dense + expert) * w_el
-    tokens = jnp.where(plan.phase == "decode", plan.context, plan.seq_len)
-    kv_tok = kv_cache_bytes_per_token(model) * jnp.where(
-        model.attention == "mla", 1.0, safe_div(1.0, jnp.minimum(plan.tp, model.n_kv_heads))
-    )
-    kv = plan.microbatch * tokens * safe_div(model.n_layers, plan.pp) * kv_tok
-    t = jnp.where(plan.phase == "decode", plan.microbatch * 2.0, plan.microbatch * plan.seq_len)
-    acts = t * (4.0 * model.d_model + 2.0 * jnp.maximum(model.d_ff, model.d_ff_expert)) * 2.0
-    total = weights + kv + acts
-    over = jnp.maximum(total - hbm_bytes, 0.0)
-    zero = 0.0 * total
-    return Memory(
-        weights_bytes=weights,
-        gradients_bytes=zero,
-        optimizer_bytes=kv,
-        activations_bytes=acts,
-        total_bytes=total,
-        capacity_bytes=hbm_bytes + zero,
-        overshoot_bytes=over,
-        feasible=(over <= 0.0).astype(jnp.float32),
-    )
+#: a prefill token attends on average to half the prompt (causal mask)
+_PREFILL_MEAN_CONTEXT = 0.5
 
 
 def _forward_flops_per_token(model: Model, context):
+    """Forward model FLOPs per token attending to `context` tokens:
+    2 active params + 2 n_layers context H (d_qk + d_v)."""
     qk, v = attention_flops_dims(model)
     return 2.0 * params_active(model) + 2.0 * model.n_layers * context * model.n_heads * (qk + v)
 
 
 def evaluate(system: System, model: Model, plan: Plan) -> RunResult:
     """Step time, memory, power and efficiency of `model` on `system` under `plan`
-    (training, prefill or decode by `plan.phase`)."""
+    (training, prefill or decode by the static `plan.phase`; formulas in the module doc).
+
+    Args: system, model, plan pytrees (float32 leaves; jit, vmap and grad go through).
+    Returns: a RunResult: the step time (`emu.step`), memory (`emu.parallelism.memory`),
+      average power from the activity shares of the step (`emu.power.step_power`), tokens/s
+      (train: global_batch * seq_len per step; serving: tokens per DP rank times dp),
+      tokens/J, MFU (model FLOPs per token: training 6N + attention (PaLM appendix B);
+      serving the forward 2N + attention at the decode context or half the prompt, times
+      the share of prompt tokens computed), TTFT and TPOT.
+    """
     chips = n_chips(plan)
     peak = peak_flops(system.chip, plan.precision)
+    mem = memory(model, plan, system.chip.hbm_bytes)
     if plan.phase == "train":
-        from emu.workload import model_flops_per_token
-
         b = train_step(system, model, plan)
-        mem = memory(model, plan, system.chip.hbm_bytes)
         tokens = plan.global_batch * plan.seq_len
         flops_per_token = model_flops_per_token(model, plan.seq_len)
         busy_mm = b.matmul_s + b.expert_s + b.attention_s + b.head_s
@@ -121,11 +101,10 @@ def evaluate(system: System, model: Model, plan: Plan) -> RunResult:
         ttft = tpot = jnp.zeros_like(b.total_s)
     else:
         b = inference_step(system, model, plan)
-        mem = inference_memory(model, plan, system.chip.hbm_bytes)
         decode = plan.phase == "decode"
         per_rank = jnp.where(decode, b.tokens_out, b.tokens_in)
         tokens = per_rank * plan.dp
-        ctx = jnp.where(decode, plan.context, 0.5 * plan.seq_len)
+        ctx = jnp.where(decode, plan.context, _PREFILL_MEAN_CONTEXT * plan.seq_len)
         # MFU counts the work done: prefix-cache hits are served, not computed
         flops_per_token = _forward_flops_per_token(model, ctx) * jnp.where(
             decode, 1.0, 1.0 - plan.cache_hit
@@ -164,10 +143,12 @@ def evaluate(system: System, model: Model, plan: Plan) -> RunResult:
 
 
 def tokens_per_s(system: System, model: Model, plan: Plan):
+    """Tokens per second of the run (`evaluate(...).tokens_per_s`)."""
     return evaluate(system, model, plan).tokens_per_s
 
 
 def tokens_per_joule(system: System, model: Model, plan: Plan):
+    """Tokens per joule of IT energy (`evaluate(...).tokens_per_joule`)."""
     return evaluate(system, model, plan).tokens_per_joule
 
 
@@ -196,7 +177,7 @@ def max_batch_under_slo(system: System, model: Model, plan: Plan, slo_s, *, max_
         ok = jax.lax.stop_gradient(latency(jnp.exp(mid))) <= jax.lax.stop_gradient(slo)
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
 
-    lo, _ = jax.lax.fori_loop(0, 40, body, (lo0, hi0))
+    lo, _ = jax.lax.fori_loop(0, _BISECTION_STEPS, body, (lo0, hi0))
     b0 = jax.lax.stop_gradient(jnp.exp(lo))
     lat0, dlat = jax.value_and_grad(latency)(b0)
     b = b0 - safe_div(lat0 - slo, jax.lax.stop_gradient(dlat))

@@ -1,11 +1,10 @@
-"""A parallel plan and what it puts on each chip: matmul shapes, bytes, collectives, memory.
+"""What a plan puts on each chip: matmul shapes, bytes, parameters and memory.
 
-Megatron conventions (Narayanan et al. SC21; Korthikanti et al. 2022): ranks are ordered
-TP (innermost, stride 1), CP, DP, PP; n_chips = tp * cp * dp * pp. A step processes
-`global_batch` sequences of `seq_len` tokens as n_mb = global_batch / (dp * microbatch)
-micro-batches per pipeline. Every degree is a float32 leaf so one compiled function serves a
-sweep; integrality and divisibility are checked on the host (`Plan.validate`) and reported as
-data by traced code.
+The plan itself (its knobs, `make_plan`, `validate_plan`, `plan_dict`) lives in `emu.plan`
+and is re-exported here. Megatron conventions (Narayanan et al. SC21; Korthikanti et al.
+2022): ranks are ordered TP (innermost, stride 1), CP, DP, PP. Every degree is a float32
+leaf so one compiled function serves a sweep; integrality and divisibility are checked on
+the host (`validate_plan`) and reported as data by traced code.
 
 Activation memory per layer and token, with flash attention (no s^2 term) and bf16
 activations, generalises Korthikanti's 34*h to GQA and SwiGLU:
@@ -19,19 +18,27 @@ activations, generalises Korthikanti's 34*h to GQA and SwiGLU:
 
 from __future__ import annotations
 
-import dataclasses
-import math
-
 import jax.numpy as jnp
 
 from emu.numerics import safe_div
-from emu.struct import dataclass, static_field
-from emu.units import BYTES_PER_ELEMENT, PRECISIONS
+from emu.plan import (
+    PHASES,
+    RECOMPUTE,
+    Plan,
+    make_plan,
+    n_chips,
+    n_microbatches,
+    plan_dict,
+    validate_plan,
+)
+from emu.struct import dataclass
+from emu.units import BYTES_PER_ELEMENT
 from emu.workload import (
     Model,
     attention_flops_dims,
     attn_dims,
     ffn_mats,
+    kv_cache_bytes_per_token,
     n_moe_layers,
     params_attention,
     params_expert,
@@ -39,288 +46,63 @@ from emu.workload import (
 )
 
 __all__ = [
+    # re-exported from emu.plan (their home since the knob declarations moved there)
     "Plan",
     "make_plan",
     "validate_plan",
-    "n_microbatches",
+    "plan_dict",
     "n_chips",
+    "n_microbatches",
+    "RECOMPUTE",
+    "PHASES",
+    # per-chip work
+    "tokens_per_microbatch",
+    "kv_width_local",
     "attention_matmuls",
     "dense_ffn_matmuls",
+    "moe_tokens_per_chip",
     "moe_matmuls",
     "attention_shape",
-    "kv_width_local",
+    "elementwise_bytes_per_layer",
+    "activation_bytes_per_layer",
+    "moe_fraction",
+    "local_experts",
+    "params_split_per_chip",
+    "params_per_chip",
+    "expert_dp_size",
+    # memory
     "Memory",
     "memory",
-    "params_per_chip",
-    "RECOMPUTE",
+    "train_memory",
+    "inference_memory",
+    "OPTIMIZER_BYTES",
+    "OPTIMIZER_TRAFFIC_BYTES",
 ]
 
 Array = jnp.ndarray
-RECOMPUTE = {"none": 0.0, "selective": 1.0, "full": 2.0}
-PHASES = ("train", "prefill", "decode")
 #: optimizer state bytes per parameter: fp32 master weights + Adam m and v
 OPTIMIZER_BYTES = 12.0
 #: HBM traffic of one Adam update per parameter (read/write master, m, v, grad, bf16 weight)
 OPTIMIZER_TRAFFIC_BYTES = 30.0
 
 
-@dataclass
-class Plan:
-    """How a training step is split over chips.
-
-    Degrees `tp`, `pp`, `dp`, `cp`, `ep`; `microbatch` sequences per micro-batch per DP rank;
-    `global_batch` sequences per step; `seq_len` tokens per sequence; `vpp` virtual pipeline
-    chunks per stage (1 = plain 1F1B, >1 = interleaved); `zero` stage 0-3; `recompute`
-    0 none / 1 selective / 2 full; `sp` 1 = sequence parallelism with TP; `grad_bytes` bytes
-    per gradient element in the DP reduction; `lora` 1 = LoRA fine-tuning (frozen base
-    weights: no weight gradients, optimizer states or DP reduction for them; adapters are
-    neglected). MoE: `etp` expert tensor parallelism (each expert's width split over etp
-    chips that share their tokens; the EP x ETP grid spans ep * etp ranks);
-    `moe_imbalance` >= 1 multiplies the busiest rank's expert work and all-to-all;
-    `a2a_overlap` 1 = two-micro-batch (DualPipe-style) overlap of dispatch and combine with
-    compute; `moe_dedup` 1 = a token crosses each tier once per destination domain and is
-    forwarded inside it (DeepEP), 0 = one copy per routed expert.
-    Inference (`phase` "prefill" or "decode"): `microbatch` is the batch of sequences per
-    DP-attention rank, `seq_len` the prompt length (prefill), `context` the KV-cache length
-    (decode), `mtp_accept` the acceptance rate of one multi-token-prediction draft token
-    (0 = no MTP), `cache_hit` the share of prompt tokens served from a prefix cache.
-    `precision` of the matmuls (static).
-    """
-
-    precision: str = static_field(default="bf16")
-    algorithm: str = static_field(default="hierarchical")
-    phase: str = static_field(default="train")
-    tp: Array
-    pp: Array
-    dp: Array
-    cp: Array
-    ep: Array
-    microbatch: Array
-    global_batch: Array
-    seq_len: Array
-    vpp: Array
-    zero: Array
-    recompute: Array
-    sp: Array
-    grad_bytes: Array
-    lora: Array
-    etp: Array
-    moe_imbalance: Array
-    a2a_overlap: Array
-    moe_dedup: Array
-    context: Array
-    mtp_accept: Array
-    cache_hit: Array
-
-
-def make_plan(
-    *,
-    tp=1,
-    pp=1,
-    dp=1,
-    cp=1,
-    ep=1,
-    etp=1,
-    microbatch=1,
-    global_batch=None,
-    seq_len=2048,
-    vpp=1,
-    zero=1,
-    recompute="selective",
-    sp=True,
-    grad_bytes=None,
-    lora=False,
-    moe_imbalance=1.0,
-    a2a_overlap=False,
-    moe_dedup=True,
-    context=None,
-    mtp_accept=0.0,
-    cache_hit=0.0,
-    phase="train",
-    precision="bf16",
-    algorithm="hierarchical",
-) -> Plan:
-    """Build a Plan from Python values (host side) and validate it."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision '{precision}'; known: {', '.join(PRECISIONS)}.")
-    if isinstance(recompute, str):
-        if recompute not in RECOMPUTE:
-            raise ValueError(f"unknown recompute '{recompute}'; known: {', '.join(RECOMPUTE)}.")
-        recompute = RECOMPUTE[recompute]
-    if phase not in PHASES:
-        raise ValueError(f"unknown phase '{phase}'; known: {', '.join(PHASES)}.")
-    if global_batch is None:
-        global_batch = dp * microbatch
-    if context is None:
-        context = seq_len
-    if grad_bytes is None:
-        # Megatron keeps fp32 main grads and reduces them in fp32 for bf16/fp8 training;
-        # fp16 training (SC21) reduces fp16 gradients.
-        grad_bytes = 2.0 if precision == "fp16" else 4.0
-    f = jnp.float32
-    plan = Plan(
-        precision=precision,
-        algorithm=algorithm,
-        tp=f(tp),
-        pp=f(pp),
-        dp=f(dp),
-        cp=f(cp),
-        ep=f(ep),
-        microbatch=f(microbatch),
-        global_batch=f(global_batch),
-        seq_len=f(seq_len),
-        vpp=f(vpp),
-        zero=f(zero),
-        recompute=f(recompute),
-        sp=f(1.0 if sp else 0.0),
-        grad_bytes=f(grad_bytes),
-        lora=f(1.0 if lora else 0.0),
-        etp=f(etp),
-        moe_imbalance=f(moe_imbalance),
-        a2a_overlap=f(1.0 if a2a_overlap else 0.0),
-        moe_dedup=f(1.0 if moe_dedup else 0.0),
-        context=f(context),
-        mtp_accept=f(mtp_accept),
-        cache_hit=f(cache_hit),
-        phase=phase,
-    )
-    return plan
-
-
-def _num(x) -> float:
-    return float(x)
-
-
-def validate_plan(
-    plan: Plan,
-    model: Model | None = None,
-    *,
-    max_chips: float | None = None,
-    even_layers: bool = True,
-    even_experts: bool = True,
-):
-    """Host-side checks with messages that say how to fix the plan. Returns the plan.
-
-    `even_layers=False` admits pipelines whose stages hold unequal layer counts (Megatron's
-    uneven first/last stages); the emulator then charges n_layers / pp per stage.
-    `even_experts=False` admits an EP degree that does not divide the experts (deployments
-    with redundant expert replicas, e.g. 288 = 256 + 32 slots on 72 GPUs)."""
-    for name in (
-        "tp",
-        "pp",
-        "dp",
-        "cp",
-        "ep",
-        "etp",
-        "microbatch",
-        "global_batch",
-        "seq_len",
-        "vpp",
-    ):
-        v = _num(getattr(plan, name))
-        if not math.isfinite(v) or v < 1 or v != round(v):
-            raise ValueError(f"Plan: {name} must be a positive integer (got {name}={v:g}).")
-    if _num(plan.zero) not in (0, 1, 2, 3):
-        raise ValueError(f"Plan: zero must be 0, 1, 2 or 3 (got zero={_num(plan.zero):g}).")
-    if _num(plan.recompute) not in (0, 1, 2):
-        raise ValueError(
-            f"Plan: recompute must be none, selective or full (got {_num(plan.recompute):g})."
-        )
-    for name in ("moe_imbalance",):
-        if not 1 <= _num(getattr(plan, name)) < 1e3:
-            raise ValueError(f"Plan: {name} must be >= 1 (got {_num(getattr(plan, name)):g}).")
-    for name in ("mtp_accept", "cache_hit"):
-        v = _num(getattr(plan, name))
-        if not 0 <= v < 1:
-            raise ValueError(f"Plan: {name} must be in [0, 1) (got {v:g}).")
-    if not math.isfinite(_num(plan.context)) or _num(plan.context) < 1:
-        raise ValueError(f"Plan: context must be >= 1 token (got {_num(plan.context):g}).")
-    for name in ("sp", "lora", "a2a_overlap", "moe_dedup"):
-        if _num(getattr(plan, name)) not in (0, 1):
-            raise ValueError(f"Plan: {name} must be 0 or 1 (got {_num(getattr(plan, name)):g}).")
-    if not math.isfinite(_num(plan.grad_bytes)) or _num(plan.grad_bytes) <= 0:
-        raise ValueError(f"Plan: grad_bytes must be > 0 (got {_num(plan.grad_bytes):g}).")
-    dp, mb, gb = _num(plan.dp), _num(plan.microbatch), _num(plan.global_batch)
-    if gb % (dp * mb):
-        raise ValueError(
-            f"Plan: global_batch={gb:g} must be a multiple of dp*microbatch={dp * mb:g}; "
-            "adjust --global-batch or --microbatch."
-        )
-    if _num(plan.vpp) > 1 and _num(plan.pp) == 1:
-        raise ValueError("Plan: vpp > 1 (interleaved schedule) needs pp > 1.")
-    chips = _num(n_chips(plan))
-    if max_chips is not None and chips > max_chips:
-        raise ValueError(
-            f"Plan: tp*pp*dp*cp = {chips:g} chips exceeds the largest cluster of this system "
-            f"({max_chips:g}); reduce dp."
-        )
-    if plan.phase != "train" and (_num(plan.pp) > 1 or _num(plan.cp) > 1):
-        raise ValueError(
-            "Plan: serving plans use tp, dp and ep (pp = cp = 1); drop --pp/--cp "
-            f"(got pp={_num(plan.pp):g}, cp={_num(plan.cp):g})."
-        )
-    if model is not None and _num(plan.mtp_accept) > 0 and _num(model.mtp_layers) == 0:
-        raise ValueError(
-            f"Plan: --mtp-accept needs a model with MTP modules ({model.name} has none)."
-        )
-    if model is not None:
-        tp, pp, cp = _num(plan.tp), _num(plan.pp), _num(plan.cp)
-        ep, experts = _num(plan.ep), _num(model.n_experts)
-        if even_experts and experts > 0 and experts % ep:
-            raise ValueError(
-                f"Plan: ep={ep:g} must divide the model's n_experts={experts:g}; "
-                "pick an ep that divides it."
-            )
-        if experts == 0 and ep > 1:
-            raise ValueError(f"Plan: ep={ep:g} needs an MoE model ({model.name} is dense).")
-        grid = ep * _num(plan.etp)
-        if grid > 1 and (tp * _num(plan.dp) * cp) % grid:
-            raise ValueError(
-                f"Plan: ep*etp={grid:g} must divide tp*dp*cp={tp * _num(plan.dp) * cp:g} "
-                "(experts are spread over the data-parallel ranks of a stage)."
-            )
-        if experts == 0 and _num(plan.etp) > 1:
-            raise ValueError(f"Plan: etp={_num(plan.etp):g} needs an MoE model.")
-        heads, kv = _num(model.n_heads), _num(model.n_kv_heads)
-        if heads % tp:
-            raise ValueError(
-                f"Plan: tp={tp:g} must divide the model's n_heads={heads:g}; "
-                "pick a tp that divides it."
-            )
-        if kv % tp and tp % kv:
-            raise ValueError(f"Plan: tp={tp:g} and n_kv_heads={kv:g} must divide one another.")
-        if even_layers and _num(model.n_layers) % (pp * _num(plan.vpp)):
-            raise ValueError(
-                f"Plan: pp*vpp={pp * _num(plan.vpp):g} must divide "
-                f"n_layers={_num(model.n_layers):g}."
-            )
-        if _num(plan.seq_len) % cp:
-            raise ValueError(f"Plan: cp={cp:g} must divide seq_len={_num(plan.seq_len):g}.")
-    return plan
-
-
-def n_chips(plan: Plan):
-    return plan.tp * plan.pp * plan.dp * plan.cp
-
-
-def n_microbatches(plan: Plan):
-    return safe_div(plan.global_batch, plan.dp * plan.microbatch)
-
-
 def tokens_per_microbatch(plan: Plan):
-    """Tokens one chip's matmuls see per micro-batch (CP splits the sequence)."""
+    """Tokens one chip's matmuls see per micro-batch: microbatch * seq_len / cp (CP splits
+    the sequence)."""
     return safe_div(plan.microbatch * plan.seq_len, plan.cp)
 
 
 def kv_width_local(model: Model, plan: Plan):
-    """K (or V) width on one TP rank: KV heads are split over TP, and replicated once TP
-    exceeds their number (Megatron copies a whole KV head to each rank)."""
+    """K (or V) width on one TP rank, elements: max(n_kv_heads / tp, 1) * d_head. KV heads
+    are split over TP and replicated once TP exceeds their number (Megatron copies a whole
+    KV head to each rank)."""
     return jnp.maximum(safe_div(model.n_kv_heads, plan.tp), 1.0) * model.d_head
 
 
 def attention_matmuls(model: Model, plan: Plan, t) -> dict:
-    """Projection matmuls of one attention block on one chip for `t` tokens:
-    name -> (m, n, k, count). TP splits heads; MLA's down-projections are replicated."""
+    """Projection matmuls of one attention block on one chip for `t` tokens, as
+    name -> (m, n, k, count): GQA's fused QKV (t, d_q/tp + 2 kv_width_local, d) and output
+    (t, d, d_q/tp); MLA's down-projections replicated, up-projections split over TP heads."""
     d, tp = model.d_model, plan.tp
     one = jnp.ones_like(t)
     if model.attention == "mla":
@@ -342,6 +124,8 @@ def attention_matmuls(model: Model, plan: Plan, t) -> dict:
 
 
 def dense_ffn_matmuls(model: Model, plan: Plan, t) -> dict:
+    """Matmuls of one dense FFN on one chip for `t` tokens, name -> (m, n, k, count): the
+    mats - 1 input matrices (t, d_ff/tp, d) and the output (t, d, d_ff/tp)."""
     d_ff_local = safe_div(model.d_ff, plan.tp)
     mats = ffn_mats(model)
     return {
@@ -351,20 +135,31 @@ def dense_ffn_matmuls(model: Model, plan: Plan, t) -> dict:
 
 
 def moe_tokens_per_chip(plan: Plan, t):
-    """Tokens entering one chip's MoE layer: TP ranks hold disjoint sequence shards there."""
+    """Tokens entering one chip's MoE layer, t / tp: TP ranks hold disjoint sequence shards
+    there."""
     return safe_div(t, plan.tp)
+
+
+#: slack below an integer before `local_experts` rounds up: E / ep is computed in float32,
+#: so an exact quotient such as 256 / 8 must not round up to 33
+_CEIL_SLACK = 1e-4
+
+
+def local_experts(model: Model, plan: Plan):
+    """Routed-expert slots on one chip: ceil(n_experts / ep). Redundant slots round up when
+    ep does not divide the experts (deployments with replicas)."""
+    return jnp.ceil(safe_div(model.n_experts, plan.ep) - _CEIL_SLACK)
 
 
 def moe_matmuls(model: Model, plan: Plan, t) -> dict:
     """Expert, shared-expert and router matmuls of one MoE layer on one chip for `t` tokens of
-    the attention block. The busiest rank sees `moe_imbalance` x the mean routed tokens."""
+    the attention block, name -> (m, n, k, count). Each local expert sees
+    t/tp * top_k * ep * etp / n_experts tokens, times `moe_imbalance` on the busiest rank;
+    expert TP splits the expert width over etp (same FLOPs, wider m, narrower n)."""
     tm = moe_tokens_per_chip(plan, t)
     d, de = model.d_model, model.d_ff_expert
     mats = ffn_mats(model)
-    # redundant expert slots: a rank holds ceil(E / ep) experts when ep does not divide E
-    local = jnp.ceil(safe_div(model.n_experts, plan.ep) - 1e-4)
-    # with expert TP the etp ranks gather each other's tokens and each computes 1/etp of the
-    # expert width: the same FLOPs per chip in wider-m, narrower-n GEMMs
+    local = local_experts(model, plan)
     per_expert = (
         safe_div(tm * model.top_k * plan.ep * plan.etp, model.n_experts) * plan.moe_imbalance
     )
@@ -381,58 +176,86 @@ def moe_matmuls(model: Model, plan: Plan, t) -> dict:
 
 
 def attention_shape(model: Model, plan: Plan):
-    """(s_q, s_kv, d_qk, d_v, heads) of the flash-attention kernel on one chip per
-    micro-batch: CP splits the queries, every rank attends to the whole sequence."""
+    """(s_q, s_kv, d_qk, d_v, heads) of the flash-attention kernel on one chip per training
+    micro-batch or prefill batch: CP splits the queries (s_q = seq_len / cp), every rank
+    attends to the whole sequence (s_kv = seq_len); heads = microbatch * n_heads / tp."""
     s_local = safe_div(plan.seq_len, plan.cp)
     heads = plan.microbatch * safe_div(model.n_heads, plan.tp)
     qk, v = attention_flops_dims(model)
     return s_local, plan.seq_len, qk, v, heads
 
 
+#: bf16 elements per token and (sharded) d_model element that one layer's memory-bound
+#: kernels move forward: norms, residual adds, dropout and rotary embedding (an estimate
+#: counting each kernel's reads and writes)
+_ELEMENTWISE_D = 14.0
+#: MoE permutation traffic per routed copy, in d_model elements (permute and unpermute,
+#: each a read and a write)
+_PERMUTE_D = 4.0
+
+
 def elementwise_bytes_per_layer(model: Model, plan: Plan, t=None):
-    """Forward HBM bytes of the memory-bound kernels of one layer (norms, residuals,
-    dropout, activation function, MoE permutation) on one chip for `t` tokens (default:
-    one training micro-batch)."""
+    """Forward HBM bytes of the memory-bound kernels of one layer on one chip for `t` tokens
+    (default: one training micro-batch), bf16:
+    t * 2 * (14 d_shard + (1 - f)(mats + 1) d_ff/tp + f top_k ((mats + 1) d_ff_e + 4 d)/tp)
+    with d_shard = d/tp under SP, f the MoE share of layers."""
     t = tokens_per_microbatch(plan) if t is None else t
     el = BYTES_PER_ELEMENT["bf16"]
     d_shard = jnp.where(plan.sp > 0.5, safe_div(model.d_model, plan.tp), model.d_model)
     mats = ffn_mats(model)
     f = moe_fraction(model)
     ffn = (1.0 - f) * (mats + 1.0) * safe_div(model.d_ff, plan.tp) + f * safe_div(
-        model.top_k * ((mats + 1.0) * model.d_ff_expert + 4.0 * model.d_model), plan.tp
+        model.top_k * ((mats + 1.0) * model.d_ff_expert + _PERMUTE_D * model.d_model), plan.tp
     )
-    return t * el * (14.0 * d_shard + ffn)
+    return t * el * (_ELEMENTWISE_D * d_shard + ffn)
+
+
+#: Korthikanti et al. 2022 (arXiv:2205.05198) Eq. 2: bytes per token and d_model element
+#: stored outside attention and the FFN (layer norms, residual, dropout masks); split over
+#: TP with sequence parallelism
+_ACT_D = 10.0
+#: bytes per token and width element of the attention inputs kept for backward (Q and the
+#: output: 4 d_q / tp; K and V: 4 kv_width_local), bf16 with two copies
+_ACT_ATTN = 4.0
+#: bytes per token kept under full recomputation: the bf16 layer input, d (/tp with SP)
+_ACT_FULL = 2.0
 
 
 def activation_bytes_per_layer(model: Model, plan: Plan):
-    """Activation bytes one layer stores for backward, per micro-batch, on one chip."""
+    """(kept, stored) activation bytes of one layer per micro-batch on one chip: `stored` is
+    what a layer saves for backward, with flash attention (no s^2 term), generalising
+    Korthikanti's 34 d per token to GQA and SwiGLU:
+        t (10 d [/tp with SP] + 4 d_q/tp + 4 kv_local + (1 - f) 2 mats d_ff/tp + f moe/tp),
+        moe = top_k (2 mats d_ff_e + 4 d) + n_shared 2 mats d_ff_e;
+    `kept` is `stored`, or only the layer input (2 d [/tp]) under full recomputation."""
     t = tokens_per_microbatch(plan)
     d_q, _ = attn_dims(model)
     tp = plan.tp
-    d_part = 10.0 * model.d_model
+    d_part = _ACT_D * model.d_model
     d_part = jnp.where(plan.sp > 0.5, safe_div(d_part, tp), d_part)
-    attn_part = safe_div(4.0 * d_q, tp) + 4.0 * kv_width_local(model, plan)
+    attn_part = safe_div(_ACT_ATTN * d_q, tp) + _ACT_ATTN * kv_width_local(model, plan)
     f = moe_fraction(model)
     moe_part = safe_div(
-        model.top_k * (2.0 * ffn_mats(model) * model.d_ff_expert + 4.0 * model.d_model)
+        model.top_k * (2.0 * ffn_mats(model) * model.d_ff_expert + _PERMUTE_D * model.d_model)
         + model.n_shared_experts * 2.0 * ffn_mats(model) * model.d_ff_expert,
         tp,
     )
     ffn_part = (1.0 - f) * safe_div(2.0 * ffn_mats(model) * model.d_ff, tp) + f * moe_part
     stored = t * (d_part + attn_part + ffn_part)
-    full = t * 2.0 * jnp.where(plan.sp > 0.5, safe_div(model.d_model, tp), model.d_model)
+    full = t * _ACT_FULL * jnp.where(plan.sp > 0.5, safe_div(model.d_model, tp), model.d_model)
     return jnp.where(plan.recompute > 1.5, full, stored), stored
 
 
 def moe_fraction(model: Model):
-    """Share of layers that are MoE layers."""
+    """Share of layers that are MoE layers (0 for dense models)."""
     return safe_div(n_moe_layers(model), model.n_layers)
 
 
 def params_split_per_chip(model: Model, plan: Plan):
     """(dense, expert) parameters held by one chip of the last pipeline stage (the largest: it
-    holds the output head; with pp = 1 also the input embedding). Dense weights are split
-    over TP; routed experts over EP (expert tensor parallelism 1)."""
+    holds the output head; with pp = 1 also the input embedding). Dense weights (attention,
+    norms, dense FFN, shared experts, router, embeddings) are split over TP; routed experts
+    over EP (local_experts slots), and each expert's width over ETP."""
     layers = safe_div(model.n_layers, plan.pp)
     f = moe_fraction(model)
     shared = model.n_shared_experts * params_expert(model) + model.d_model * model.n_experts
@@ -442,12 +265,12 @@ def params_split_per_chip(model: Model, plan: Plan):
     vd = model.vocab * model.d_model
     embed = jnp.where(plan.pp > 1.5, vd, jnp.where(model.tied_embeddings, 1.0, 2.0) * vd)
     dense = safe_div(layers * dense_layer + embed, plan.tp)
-    local = jnp.ceil(safe_div(model.n_experts, plan.ep) - 1e-4)  # redundant slots round up
-    expert = layers * f * safe_div(local, plan.etp) * params_expert(model)
+    expert = layers * f * safe_div(local_experts(model, plan), plan.etp) * params_expert(model)
     return dense, expert
 
 
 def params_per_chip(model: Model, plan: Plan):
+    """Parameters held by one chip of the last pipeline stage: dense + expert."""
     dense, expert = params_split_per_chip(model, plan)
     return dense + expert
 
@@ -459,20 +282,51 @@ def expert_dp_size(plan: Plan):
 
 @dataclass
 class Memory:
-    """Bytes per chip (the most loaded pipeline stage), and whether they fit in HBM."""
+    """Bytes per chip (the most loaded pipeline stage), and whether they fit in HBM. The same
+    fields in every phase: training has no KV cache, serving no gradients or optimizer
+    states (those fields are 0 there). `total_bytes` is the sum of the five parts;
+    `overshoot_bytes` = max(total - capacity, 0); `feasible` 1 when it fits, else 0."""
 
     weights_bytes: Array
     gradients_bytes: Array
     optimizer_bytes: Array
     activations_bytes: Array
+    kv_cache_bytes: Array
     total_bytes: Array
     capacity_bytes: Array
     overshoot_bytes: Array
     feasible: Array
 
 
-def memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
-    """Per-chip memory of a training plan (ZeRO shards over DP x CP ranks)."""
+def _fits(weights, grads, opt, acts, kv, hbm_bytes, total) -> Memory:
+    over = jnp.maximum(total - hbm_bytes, 0.0)
+    return Memory(
+        weights_bytes=weights,
+        gradients_bytes=grads,
+        optimizer_bytes=opt,
+        activations_bytes=acts,
+        kv_cache_bytes=kv,
+        total_bytes=total,
+        capacity_bytes=hbm_bytes + 0.0 * total,
+        overshoot_bytes=over,
+        feasible=(over <= 0.0).astype(jnp.float32),
+    )
+
+
+#: bytes per element of the fp32 logits the last stage keeps for the loss
+_LOGIT_BYTES = 4.0
+
+
+def train_memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
+    """Per-chip memory of a training plan on the most loaded stage (bytes).
+
+    Weights (bf16), gradients (`grad_bytes` each) and optimizer states (OPTIMIZER_BYTES per
+    parameter) are sharded over DP x CP ranks (experts over their expert-DP ranks) from ZeRO
+    stage 3, 2 and 1 on; LoRA keeps neither gradients nor optimizer states of the frozen
+    weights. Activations: `activation_bytes_per_layer` for each layer of the stage times the
+    micro-batches in flight, min(pp, n_mb) for 1F1B and min(pp, n_mb)(1 + (pp - 1)/(pp vpp))
+    interleaved (Narayanan et al. SC21 §2.2), plus one layer's full activations rebuilt under
+    full recomputation and the fp32 logits of one micro-batch."""
     dense, expert = params_split_per_chip(model, plan)
     dshard, eshard = plan.dp * plan.cp, expert_dp_size(plan)
 
@@ -492,34 +346,48 @@ def memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
     acts = layers * per_layer * inflight
     # with full recompute one layer's full activations are rebuilt for its backward pass
     acts = acts + jnp.where(plan.recompute > 1.5, stored, 0.0)
-    # fp32 logits of the last stage for the loss
-    acts = acts + tokens_per_microbatch(plan) * safe_div(model.vocab, plan.tp) * 4.0
+    acts = acts + tokens_per_microbatch(plan) * safe_div(model.vocab, plan.tp) * _LOGIT_BYTES
     total = weights + grads + opt + acts
-    over = jnp.maximum(total - hbm_bytes, 0.0)
-    return Memory(
-        weights_bytes=weights,
-        gradients_bytes=grads,
-        optimizer_bytes=opt,
-        activations_bytes=acts,
-        total_bytes=total,
-        capacity_bytes=hbm_bytes + 0.0 * total,
-        overshoot_bytes=over,
-        feasible=(over <= 0.0).astype(jnp.float32),
+    zero = 0.0 * total
+    return _fits(weights, grads, opt, acts, zero, hbm_bytes, total)
+
+
+#: activation elements per token of the one layer a serving pass keeps live: the residual
+#: stream, attention input/output and normalised copies (4 d) and the FFN intermediate
+#: (2 d_ff: gate and up); an assumption, small beside weights and KV cache
+_SERVE_ACT_D, _SERVE_ACT_FF = 4.0, 2.0
+#: decode keeps two tokens per sequence live (the new token and one MTP draft)
+_DECODE_LIVE_TOKENS = 2.0
+
+
+def inference_memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
+    """Per-chip memory when serving (bytes): weights (dense / tp, experts / ep, at the plan's
+    precision, 16-bit at most), the KV cache of `microbatch` sequences of `context` (decode)
+    or `seq_len` (prefill) tokens over the layers of a stage (KV heads split over TP up to
+    their number; MLA's latent is replicated), and the activations of one layer (bf16)."""
+    dense, expert = params_split_per_chip(model, plan)
+    w_el = min(BYTES_PER_ELEMENT[plan.precision], 2.0)
+    weights = (dense + expert) * w_el
+    decode = plan.phase == "decode"
+    tokens = jnp.where(decode, plan.context, plan.seq_len)
+    kv_tok = kv_cache_bytes_per_token(model) * jnp.where(
+        model.attention == "mla", 1.0, safe_div(1.0, jnp.minimum(plan.tp, model.n_kv_heads))
     )
+    kv = plan.microbatch * tokens * safe_div(model.n_layers, plan.pp) * kv_tok
+    t = jnp.where(decode, plan.microbatch * _DECODE_LIVE_TOKENS, plan.microbatch * plan.seq_len)
+    width = _SERVE_ACT_D * model.d_model + _SERVE_ACT_FF * jnp.maximum(
+        model.d_ff, model.d_ff_expert
+    )
+    acts = t * width * BYTES_PER_ELEMENT["bf16"]
+    # the sum in the order the golden outputs pin: weights, then KV cache, then activations
+    total = weights + kv + acts
+    zero = 0.0 * total
+    return _fits(weights, zero, zero, acts, kv, hbm_bytes, total)
 
 
-def plan_dict(plan: Plan) -> dict:
-    """JSON-friendly view of a plan (ints where integral)."""
-    out = {}
-    for f in dataclasses.fields(plan):
-        v = getattr(plan, f.name)
-        if isinstance(v, str):
-            out[f.name] = v
-            continue
-        x = float(v)
-        out[f.name] = int(x) if x == round(x) else x
-    inv = {v: k for k, v in RECOMPUTE.items()}
-    out["recompute"] = inv.get(float(plan.recompute), out["recompute"])
-    out["sp"] = bool(float(plan.sp) > 0.5)
-    out["lora"] = bool(float(plan.lora) > 0.5)
-    return out
+def memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
+    """Per-chip memory of `plan` against `hbm_bytes` of HBM: `train_memory` for training
+    plans, `inference_memory` for prefill and decode (by the static `plan.phase`)."""
+    if plan.phase == "train":
+        return train_memory(model, plan, hbm_bytes)
+    return inference_memory(model, plan, hbm_bytes)

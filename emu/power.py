@@ -48,7 +48,8 @@ class PowerBreakdown:
 
 
 def network_w_per_chip(system: System):
-    """(switches, optics, NICs) watts attributed to one chip, summed over tiers."""
+    """(switches, optics, NICs) watts attributed to one chip, summed over tiers:
+    sum_k switch_w_per_chip, sum_k optics_per_chip * optic_w, sum_k nic_w_per_chip."""
     sw = sum(t.switch_w_per_chip for t in system.tiers)
     op = sum(t.optics_per_chip * t.optic_w for t in system.tiers)
     nic = sum(t.nic_w_per_chip for t in system.tiers)
@@ -82,14 +83,23 @@ def _breakdown(system: System, chip_w, n_chips) -> PowerBreakdown:
 
 
 def full_load_power(system: System, n_chips=None) -> PowerBreakdown:
-    """Nameplate-style power of `n_chips` (default: one system) with every chip at TDP."""
+    """Nameplate-style power of `n_chips` chips (default: one system) with every chip at
+    TDP (module doc), in watts. Source of the form: vendors' node maximum power (configs/
+    README.md shows the sum per catalog system)."""
     n = system.n_chips if n_chips is None else n_chips
     return _breakdown(system, system.chip.tdp_w, n)
 
 
 def step_power(system: System, n_chips, *, matmul_frac, memory_frac, comm_frac):
-    """Average power over a step given the fractions of time the chips spend in matmuls,
-    memory-bound kernels and exposed communication (the rest is idle, e.g. bubbles)."""
+    """Average power over a step of `n_chips` chips (module doc), in watts.
+
+    Args: matmul_frac, memory_frac, comm_frac the shares of step time the chips spend in
+      matmuls, memory-bound kernels and exposed communication (the rest is idle, e.g.
+      bubbles); the activity matmul_power * f_matmul + memory_power * f_memory +
+      comm_power * f_comm is clipped to [0, 1].
+    Returns: a PowerBreakdown (chips, CPUs, other host parts, switches, optics, NICs, PSU
+      loss, IT and facility watts).
+    """
     c = system.chip
     activity = clip01(
         c.matmul_power * matmul_frac + c.memory_power * memory_frac + c.comm_power * comm_frac

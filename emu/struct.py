@@ -1,36 +1,54 @@
-"""The one pytree convention of emu.
+"""The one pytree convention of emu, and field metadata beside the field.
 
 `dataclass` is a keyword-only `flax.struct.dataclass`: every field is a pytree leaf
 (a float32 array after `create`) unless declared with `static_field()`, which is for values
 that change the *program* (names, enums, the number of network tiers).
 
+`field(...)` declares a leaf together with its metadata (`FieldInfo`: bounds, unit, help);
+`check(tree, where)` validates every leaf of a tree against the bounds declared beside it,
+then the cross-field rules a class states in a `_cross_check(self, where, at)` method.
+
 >>> import jax.numpy as jnp
 >>> @dataclass
 ... class Link:
 ...     name: str = static_field()
-...     bytes_per_s: jnp.ndarray
+...     bytes_per_s: jnp.ndarray = field("[1e6, 1e14]", unit="bytes/s", help="per direction")
 >>> link = Link(name="nvlink", bytes_per_s=jnp.float32(4.5e11))
 >>> round(float(replace(link, bytes_per_s=jnp.float32(9e11)).bytes_per_s) / 1e9)
 900
 >>> stack([link, link]).bytes_per_s.shape
 (2,)
+>>> check(replace(link, bytes_per_s=jnp.float32(0.5)), "link")
+Traceback (most recent call last):
+...
+ValueError: link: bytes_per_s must be in [1e+06, 1e+14] bytes/s (got 0.5).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 T = TypeVar("T")
 
 __all__ = [
     "dataclass",
     "static_field",
+    "field",
+    "FieldInfo",
+    "parse_bounds",
+    "field_info",
+    "info_at",
+    "check",
+    "check_value",
+    "error",
     "replace",
     "stack",
     "float_leaves",
@@ -38,6 +56,12 @@ __all__ = [
     "set_path",
     "content_digest",
 ]
+
+#: metadata key under which a field's FieldInfo is stored
+_META = "emu"
+#: float32 limits: emu computes in float32, so a value it cannot hold is an input error
+_F32_MAX = float(np.finfo(np.float32).max)
+_F32_TINY = float(np.finfo(np.float32).tiny)  # smallest normal float32, 1.18e-38
 
 
 def dataclass(cls: type[T]) -> type[T]:
@@ -48,6 +72,214 @@ def dataclass(cls: type[T]) -> type[T]:
 def static_field(**kwargs: Any) -> Any:
     """A field that is part of the tree *structure*: changing it recompiles."""
     return flax.struct.field(pytree_node=False, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldInfo:
+    """What a field may hold, declared beside it.
+
+    A leaf must be finite, a normal float32 (or 0), and lie in [lo, hi] (an end is excluded
+    when `lo_open` / `hi_open`), be an integer when `integer`, or be exactly 0 when
+    `zero_ok` ("0 = unsupported/off" fields such as a peak of an absent precision). A static
+    field with `choices` must be one of them (`choices` may be a live registry: membership
+    is read when checked). `unit` and `help` are for people (messages, CLI, docs).
+    """
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+    integer: bool = False
+    zero_ok: bool = False
+    choices: Any = None
+    unit: str = ""
+    help: str = ""
+
+    def admits(self, x: float) -> bool:
+        """True when the number `x` is allowed (finite, in bounds, integral if required)."""
+        if not math.isfinite(x):
+            return False
+        if self.zero_ok and x == 0:
+            return True
+        if self.integer and x != round(x):
+            return False
+        above = x > self.lo if self.lo_open else x >= self.lo
+        below = x < self.hi if self.hi_open else x <= self.hi
+        return above and below
+
+    def describe(self) -> str:
+        """The rule in words, e.g. 'a positive integer' or 'in (0.5, 1]'."""
+        if self.integer and self.lo == 1 and self.hi == math.inf:
+            text = "a positive integer"
+        elif self.integer and self.lo == 0 and self.hi == math.inf:
+            text = "a non-negative integer"
+        else:
+            text = ("an integer " if self.integer else "") + _interval(self)
+        if self.zero_ok:
+            text = f"0 or {text}"
+        return f"{text} {self.unit}".rstrip() if self.unit else text
+
+
+def _interval(info: FieldInfo) -> str:
+    lo, hi = info.lo, info.hi
+    if lo == -math.inf and hi == math.inf:
+        return "finite"
+    if hi == math.inf:
+        return f"{'>' if info.lo_open else '>='} {lo:g}"
+    if lo == -math.inf:
+        return f"{'<' if info.hi_open else '<='} {hi:g}"
+    return f"in {'(' if info.lo_open else '['}{lo:g}, {hi:g}{')' if info.hi_open else ']'}"
+
+
+def parse_bounds(text: str) -> dict:
+    """'(0, 1]' -> dict(lo=0.0, hi=1.0, lo_open=True, hi_open=False); 'inf' is allowed.
+
+    >>> parse_bounds("[1, inf)")
+    {'lo': 1.0, 'hi': inf, 'lo_open': False, 'hi_open': True}
+    """
+    s = text.strip()
+    if len(s) < 5 or s[0] not in "[(" or s[-1] not in "])" or "," not in s:
+        raise ValueError(f"bounds '{text}' must be an interval such as '(0, 1]' or '[1, inf)'.")
+    lo, hi = (float(p) for p in s[1:-1].split(","))
+    return dict(lo=lo, hi=hi, lo_open=s[0] == "(", hi_open=s[-1] == ")")
+
+
+def field(
+    bounds: str | None = None,
+    *,
+    integer: bool = False,
+    zero_ok: bool = False,
+    choices: Any = None,
+    unit: str = "",
+    help: str = "",
+    static: bool = False,
+    info: FieldInfo | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A dataclass field with its `FieldInfo`: `bounds` in interval notation ('(0, 1]',
+    '[1, inf)'), `integer`, `zero_ok`, `choices` (static fields), `unit`, `help`.
+    `static=True` makes it a static field; `info` passes a prepared FieldInfo (or subclass)
+    instead. Other keyword arguments go to `dataclasses.field` (e.g. `default`)."""
+    if info is None:
+        span = parse_bounds(bounds) if bounds else {}
+        info = FieldInfo(
+            **span, integer=integer, zero_ok=zero_ok, choices=choices, unit=unit, help=help
+        )
+    return flax.struct.field(pytree_node=not static, metadata={_META: info}, **kwargs)
+
+
+def field_info(cls_or_obj: Any) -> dict[str, FieldInfo]:
+    """name -> FieldInfo of every field of a dataclass (or instance) that declares one."""
+    return {
+        f.name: f.metadata[_META] for f in dataclasses.fields(cls_or_obj) if _META in f.metadata
+    }
+
+
+def info_at(obj: Any, path: str) -> FieldInfo | None:
+    """The FieldInfo that governs the leaf at dotted `path` of `obj` (see `float_leaves`):
+    ``chip.tdp_w``, ``tiers.nvlink.bytes_per_s``, ``chip.peak_flops_per_s.bf16`` (a dict's
+    entries share the field's info). None where no metadata is declared."""
+    info = None
+    for part in path.split("."):
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            f = {f.name: f for f in dataclasses.fields(obj)}.get(part)
+            if f is None:
+                return None
+            info, obj = f.metadata.get(_META), getattr(obj, part)
+        elif isinstance(obj, dict):
+            obj = obj.get(part)
+        elif isinstance(obj, tuple | list):
+            obj = dict(_children(obj)).get(part)
+        else:
+            return None
+    return info
+
+
+def error(where: str, text: str) -> ValueError:
+    """A ValueError reading '<where>: <text>' (just `text` when `where` is empty)."""
+    return ValueError(f"{where}: {text}" if where else text)
+
+
+def _fail(where: str, path: str, rule: str, x: float, *, echo: bool) -> ValueError:
+    got = f"{path}={x:g}" if echo else f"{x:g}"
+    return error(where, f"{path} must be {rule} (got {got}).")
+
+
+def _check_numbers(values: np.ndarray, info: FieldInfo | None, where: str, path: str, echo: bool):
+    for x in values.ravel().tolist():
+        if info is not None and not info.admits(x):
+            raise _fail(where, path, info.describe(), x, echo=echo)
+        if not math.isfinite(x):
+            raise _fail(where, path, "finite", x, echo=echo)
+        if abs(x) > _F32_MAX or 0 < abs(x) < _F32_TINY:
+            raise error(
+                where,
+                f"{path} = {x:g} is outside the float32 range emu computes in "
+                f"(0 or magnitudes in [{_F32_TINY:.3g}, {_F32_MAX:.3g}]).",
+            )
+
+
+def check_value(value: Any, info: FieldInfo | None, where: str) -> float:
+    """`value` as the float32 number emu would store, after checking it is a number (not a
+    bool or a string), representable in float32 (no overflow, no underflow to 0, no
+    subnormal) and admitted by `info`. Raises ValueError naming `where`.
+
+    >>> check_value(0.5, FieldInfo(lo=0, hi=1), "overlap.tp")
+    0.5
+    >>> check_value(1e-38, FieldInfo(lo=0, hi=1, lo_open=True), "efficiency")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: efficiency = 1e-38 is outside the float32 range emu computes in (0 or ...
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise ValueError(
+            f"{where} must be a number (got {type(value).__name__} {value!r}); "
+            "write SI units as plain numbers, e.g. 9e11."
+        )
+    x = float(value)
+    if math.isfinite(x) and (abs(x) > _F32_MAX or (x != 0 and float(np.float32(x)) == 0)):
+        raise ValueError(f"{where} = {value!r} is outside the float32 range emu computes in.")
+    _check_numbers(np.asarray([x]), info, "", where, echo=False)
+    return float(np.float32(x))
+
+
+def check(tree: T, where: str = "", *, echo: bool = False) -> T:
+    """Validate every leaf of `tree` against the FieldInfo declared beside its field, then
+    the cross-field rules of every dataclass node, children first: a class states them in a
+    method `_cross_check(self, where, at)` that raises `error(where, ...)`, writing field
+    names as `f"{at}tdp_w"` (`at` is the node's dotted path plus '.', or ''). Returns
+    `tree`; raises ValueError naming `where` and the dotted path.
+
+    Leaves must be finite and normal float32 numbers (or 0); static fields with `choices`
+    must be one of them. Bounds are checked element-wise on batched trees; the cross-field
+    rules read scalars (check one tree, then `stack`). `echo=True` repeats the name in the
+    value (`(got tp=0)`), as the plan messages do.
+    """
+    _check_node(tree, None, where, "", echo)
+    return tree
+
+
+def _check_node(obj: Any, info: FieldInfo | None, where: str, path: str, echo: bool) -> None:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            sub = f"{path}.{f.name}" if path else f.name
+            finfo = f.metadata.get(_META)
+            value = getattr(obj, f.name)
+            if not f.metadata.get("pytree_node", True):
+                if finfo is not None and finfo.choices is not None:
+                    if value not in finfo.choices:
+                        known = ", ".join(finfo.choices)
+                        raise error(where, f"unknown {sub} {value!r}; known: {known}.")
+                continue
+            _check_node(value, finfo, where, sub, echo)
+        cross = getattr(obj, "_cross_check", None)
+        if cross is not None:
+            cross(where, f"{path}." if path else "")
+    elif isinstance(obj, dict | tuple | list):
+        for name, value in _children(obj):
+            _check_node(value, info, where, f"{path}.{name}" if path else name, echo)
+    elif obj is not None and not isinstance(obj, str):
+        _check_numbers(np.asarray(obj, np.float64), info, where, path, echo)
 
 
 def replace(obj: T, **changes: Any) -> T:
@@ -146,8 +378,6 @@ def content_digest(*trees, salt: str = "") -> str:
     """A short digest of every value and of the structure of the given pytrees (and `salt`):
     checkpoints keyed by it never match a different configuration."""
     import hashlib
-
-    import numpy as np
 
     h = hashlib.sha256(salt.encode())
     for t in trees:

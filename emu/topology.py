@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from emu.hardware import Chip, Facility, Host, Overlap, example_chip, example_overlap
 from emu.numerics import safe_div
-from emu.struct import dataclass, static_field
+from emu.struct import dataclass, error, field, static_field
 
 __all__ = [
     "Tier",
@@ -37,6 +37,9 @@ __all__ = [
     "tier_names",
     "reshape",
     "TOPOLOGY_KNOBS",
+    "COPPER_REACH_CHIPS",
+    "OPTIC_BYTES_PER_S",
+    "DEFAULT_OPTIC_W",
 ]
 
 Array = jnp.ndarray
@@ -44,49 +47,88 @@ Array = jnp.ndarray
 
 @dataclass
 class Tier:
-    """One level of the network.
+    """One level of the network, innermost first.
 
     `link` names the link technology (for calibration per link type, e.g. "nvlink4", "ub",
-    "ib400"). Numbers (SI): `domain_chips` chips share one domain of this tier (the last tier's
-    value is the largest cluster it can build); `bytes_per_s` per chip per direction;
-    `efficiency` achievable fraction of it for large collectives; `latency_s` per algorithm
-    step (hop plus endpoint); `base_latency_s` fixed cost of one collective call on this tier;
-    `oversubscription` >= 1 (taper of the tier's switches); `allreduce_speedup` >= 1 from
-    in-network reduction (NVLink SHARP), 1 where the switches cannot reduce.
-
-    Power, attributed per chip: `switch_w_per_chip` (switch ASICs and their boxes),
-    `optics_per_chip` transceivers of `optic_w` each, `nic_w_per_chip` (NICs, DPUs).
+    "ib400"). Bandwidth is per chip and per direction; power is attributed per chip.
+    Bounds beside each field; `domain_chips` grow outwards (a System rule).
     """
 
     name: str = static_field()
     link: str = static_field()
-    domain_chips: Array
-    bytes_per_s: Array
-    efficiency: Array
-    latency_s: Array
-    base_latency_s: Array
-    oversubscription: Array
-    allreduce_speedup: Array
-    switch_w_per_chip: Array
-    optics_per_chip: Array
-    optic_w: Array
-    nic_w_per_chip: Array
+    domain_chips: Array = field(
+        "[1, 1e7]",
+        integer=True,
+        unit="chips",
+        help="chips in one domain of this tier, cumulative (the last tier: the largest "
+        "cluster it can build)",
+    )
+    bytes_per_s: Array = field(
+        "[1e6, 1e14]",
+        unit="bytes/s",
+        help="per chip per direction, e.g. 50e9 for 400 Gb/s",
+    )
+    efficiency: Array = field(
+        "[0.01, 1]", help="achievable fraction of bytes_per_s for large collectives"
+    )
+    latency_s: Array = field(
+        "[0, 1e-2]", unit="s", help="one algorithm step (hop + endpoint), e.g. 1e-6 for 1 us"
+    )
+    base_latency_s: Array = field(
+        "[0, 1e-1]", unit="s", help="fixed cost of one collective call, e.g. 2e-5 for 20 us"
+    )
+    oversubscription: Array = field(
+        "[1, 64]", help="taper of the tier's switches (1 = non-blocking)"
+    )
+    allreduce_speedup: Array = field(
+        "[1, 10]", help="in-network reduction (NVLink SHARP); 1 where switches cannot reduce"
+    )
+    switch_w_per_chip: Array = field("[0, 1e4]", unit="W", help="switch ASICs and their boxes")
+    optics_per_chip: Array = field(
+        "[0, 1e3]", unit="transceivers", help="transceivers per chip, both ends counted"
+    )
+    optic_w: Array = field("[0, 1e3]", unit="W", help="one transceiver")
+    nic_w_per_chip: Array = field("[0, 1e4]", unit="W", help="NICs and DPUs")
 
 
 @dataclass
 class System:
     """A machine: `n_chips` chips (one supernode, rack or node) of `chip` on `tiers`.
 
-    Clusters larger than `n_chips` are several systems on the outermost tier.
+    Clusters larger than `n_chips` are several systems on the outermost tier. Rules across
+    fields: tier names unique, `domain_chips` non-decreasing outwards, `n_chips` no larger
+    than the outermost domain.
     """
 
     name: str = static_field()
-    n_chips: Array
+    n_chips: Array = field("[1, 1e7]", integer=True, unit="chips", help="chips in one system")
     chip: Chip
     tiers: tuple
     host: Host
     facility: Facility
     overlap: Overlap
+
+    def _cross_check(self, where: str, at: str) -> None:
+        seen: set[str] = set()
+        prev = 0.0
+        for t in self.tiers:
+            if t.name in seen:
+                raise error(where, f"{at}tiers: name '{t.name}' is used twice; names are unique.")
+            seen.add(t.name)
+            d = float(t.domain_chips)
+            if d < prev:
+                raise error(
+                    where,
+                    f"{at}tiers.{t.name}.domain_chips={d:g} must be an integer no smaller than "
+                    f"the tier inside it ({prev:g}); list tiers innermost first.",
+                )
+            prev = d
+        n = float(self.n_chips)
+        if n > prev:
+            raise error(
+                where,
+                f"{at}n_chips={n:g} must be an integer <= the outermost tier's domain ({prev:g}).",
+            )
 
 
 #: topology knobs of `reshape`: name -> meaning (all smooth, so gradients flow through them)
@@ -110,6 +152,9 @@ OPTIC_BYTES_PER_S = 50e9
 #: watts of a scale-up module where the configured tier has none (facts §4: 8 W 400G LPO,
 #: the CloudMatrix 384 assumption)
 DEFAULT_OPTIC_W = 8.0
+#: an all-optical scale-up tier reaches any domain: the copper share is floored here so the
+#: reach stays finite (1e6 x COPPER_REACH_CHIPS)
+_MIN_COPPER_SHARE = 1e-6
 
 
 def _scale_tier(t: Tier, bw, power) -> Tier:
@@ -175,17 +220,19 @@ def reshape(system: System, **knobs) -> tuple[System, Array]:
                 for s in tiers[:up]
             ]
         tiers[up] = t
-        reach = COPPER_REACH_CHIPS / jnp.maximum(1.0 - share, 1e-6)
+        reach = COPPER_REACH_CHIPS / jnp.maximum(1.0 - share, _MIN_COPPER_SHARE)
         violation = jax.nn.relu(jnp.log(safe_div(domain, reach)))
     return dataclasses.replace(system, tiers=tuple(tiers)), violation
 
 
 def tier_names(system: System) -> list[str]:
+    """The names of the system's tiers, innermost first (they address `tiers.<name>.*`)."""
     return [t.name for t in system.tiers]
 
 
-def members_within(tiers, size, stride):
-    """Members of a group (size, stride) inside one domain of each tier, innermost first."""
+def _members_within(tiers, size, stride):
+    """Members of a group (size, stride) inside one domain of each tier, innermost first:
+    m_k = clip(domain_chips_k / stride, 1, size), and the whole group on the last tier."""
     out = []
     for k, tier in enumerate(tiers):
         if k == len(tiers) - 1:
@@ -196,8 +243,14 @@ def members_within(tiers, size, stride):
 
 
 def participants(tiers, size, stride):
-    """Participants per tier: n_k = m_k / m_{k-1}; their product is the group size."""
-    m = members_within(tiers, size, stride)
+    """Participants of a group of `size` chips with ranks `stride` apart at each tier,
+    innermost first: n_k = m_k / m_{k-1} with m_k the members inside one tier-k domain
+    (module doc); their product is the group size. Smooth in size and stride.
+
+    Args: tiers the system's tiers; size, stride float arrays (chips).
+    Returns: a list of arrays, one per tier.
+    """
+    m = _members_within(tiers, size, stride)
     prev = jnp.ones_like(size)
     out = []
     for mk in m:

@@ -8,6 +8,27 @@ Multiply to convert into SI, divide to convert out of it:
 2500.0
 """
 
+__all__ = [
+    "KB",
+    "MB",
+    "GB",
+    "TB",
+    "GiB",
+    "GBps",
+    "TBps",
+    "Gbps",
+    "TFLOPS",
+    "PFLOPS",
+    "ns",
+    "us",
+    "ms",
+    "W",
+    "kW",
+    "MW",
+    "BYTES_PER_ELEMENT",
+    "PRECISIONS",
+]
+
 # Sizes (decimal, as vendors quote them)
 KB = 1e3
 MB = 1e6

@@ -1,8 +1,9 @@
-"""Model descriptions and their per-layer FLOPs, parameters and activations.
+"""Model descriptions and their parameters, FLOPs and KV cache.
 
-Dense transformers with MHA or GQA attention (`n_kv_heads` <= `n_heads`) and a GELU
-(2 matrices) or SwiGLU (3 matrices) FFN. Counts are per token unless stated; all
-quantities are float32 leaves so a sweep over models is one compiled function.
+Decoder-only transformers with MHA/GQA/MQA or DeepSeek MLA attention, a GELU (2 matrices)
+or SwiGLU (3 matrices) FFN, and optional MoE layers (routed and shared experts, a router).
+Counts are parameters (elements) or per token unless stated; all quantities are float32
+leaves so a sweep over models is one compiled function.
 
 >>> m = example_model()
 >>> round(float(params_total(m)) / 1e9, 1)   # Llama 3 8B
@@ -16,73 +17,130 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from emu.numerics import safe_div
-from emu.struct import dataclass, static_field
+from emu.struct import dataclass, error, field, static_field
 
 __all__ = [
     "Model",
     "FFN_KINDS",
+    "ATTENTION_KINDS",
     "attn_dims",
+    "ffn_mats",
+    "params_attention",
+    "kv_cache_bytes_per_token",
+    "n_moe_layers",
+    "n_dense_ffn_layers",
+    "params_expert",
+    "params_moe_ffn",
+    "params_moe_ffn_active",
+    "params_ffn",
     "params_per_layer",
     "params_embedding",
     "params_total",
+    "params_active",
+    "attention_flops_dims",
     "model_flops_per_token",
     "example_model",
 ]
 
 Array = jnp.ndarray
+#: FFN kind -> weight matrices per FFN (GELU: up, down; SwiGLU: gate, up, down)
 FFN_KINDS = {"gelu": 2.0, "swiglu": 3.0}
+#: attention kinds: "gqa" (MHA/GQA/MQA) and "mla" (DeepSeek multi-head latent attention)
 ATTENTION_KINDS = ("gqa", "mla")
 
 
 @dataclass
 class Model:
-    """A decoder-only transformer.
-
-    `ffn` is "gelu" (up, down) or "swiglu" (gate, up, down). `d_head` is the per-head
-    dimension (often d_model / n_heads). `tied_embeddings` shares the input embedding and the
-    output head. MoE fields (`n_experts`, `top_k`, `d_ff_expert`, `n_shared_experts`,
-    `n_dense_layers`) are 0 for dense models; `d_ff` is the width of the dense layers.
-    `attention` is "gqa" (MHA/GQA/MQA) or "mla" (DeepSeek multi-head latent attention:
-    `q_lora_rank`, `kv_lora_rank`, `rope_head_dim`, `v_head_dim`; `d_head` is the no-RoPE
-    query/key head dim). `mtp_layers` multi-token-prediction modules (training cost; draft
-    tokens in decode). `route_max_nodes` > 0: node-limited routing (each token reaches at most
-    that many nodes, DeepSeek-V3 M = 4); 0 = unrestricted.
+    """A decoder-only transformer (counts and widths as float32 leaves; bounds beside each
+    field). MoE fields are 0 for dense models; MLA fields are 0 for GQA attention. Rules
+    across fields: `n_kv_heads` divides `n_heads`; MLA needs `kv_lora_rank` and `v_head_dim`;
+    an MoE model has 1 <= `top_k` <= `n_experts`, `d_ff_expert` > 0 and fewer dense layers
+    than layers.
     """
 
     name: str = static_field()
-    ffn: str = static_field(default="swiglu")
-    attention: str = static_field(default="gqa")
+    ffn: str = field(
+        static=True,
+        default="swiglu",
+        choices=FFN_KINDS,
+        help='"gelu" (up, down) or "swiglu" (gate, up, down)',
+    )
+    attention: str = field(
+        static=True,
+        default="gqa",
+        choices=ATTENTION_KINDS,
+        help='"gqa" (MHA/GQA/MQA) or "mla" (DeepSeek multi-head latent attention)',
+    )
     tied_embeddings: bool = static_field(default=False)
-    n_layers: Array
-    d_model: Array
-    n_heads: Array
-    n_kv_heads: Array
-    d_head: Array
-    d_ff: Array
-    vocab: Array
-    n_experts: Array
-    top_k: Array
-    d_ff_expert: Array
-    n_shared_experts: Array
-    n_dense_layers: Array
-    q_lora_rank: Array
-    kv_lora_rank: Array
-    rope_head_dim: Array
-    v_head_dim: Array
-    mtp_layers: Array
-    route_max_nodes: Array
+    n_layers: Array = field("[1, 1e4]", integer=True, help="transformer blocks")
+    d_model: Array = field("[1, 1e6]", integer=True, help="hidden width")
+    n_heads: Array = field("[1, 1e5]", integer=True, help="query heads")
+    n_kv_heads: Array = field("[1, 1e5]", integer=True, help="key/value heads (divides n_heads)")
+    d_head: Array = field(
+        "(0, 1e5]", help="per-head dimension (MLA: the no-RoPE query/key head dim)"
+    )
+    d_ff: Array = field("[1, 1e7]", integer=True, help="FFN width of the dense layers")
+    vocab: Array = field("[1, 1e8]", integer=True, help="vocabulary size")
+    n_experts: Array = field("[0, 1e5]", integer=True, help="routed experts (0 = dense)")
+    top_k: Array = field("[0, 1e3]", integer=True, help="routed experts per token")
+    d_ff_expert: Array = field("[0, 1e7]", help="FFN width of one expert")
+    n_shared_experts: Array = field("[0, 1e3]", integer=True, help="always-active experts")
+    n_dense_layers: Array = field("[0, 1e4]", integer=True, help="leading dense FFN layers")
+    q_lora_rank: Array = field("[0, 1e6]", help="MLA query compression rank (0 = none)")
+    kv_lora_rank: Array = field("[0, 1e6]", help="MLA key/value latent width")
+    rope_head_dim: Array = field("[0, 1e5]", help="MLA decoupled RoPE key/query width")
+    v_head_dim: Array = field("[0, 1e5]", help="MLA value head dim")
+    mtp_layers: Array = field(
+        "[0, 100]",
+        integer=True,
+        help="multi-token-prediction modules (training cost; draft tokens in decode)",
+    )
+    route_max_nodes: Array = field(
+        "[0, 1e5]",
+        integer=True,
+        help="node-limited routing: nodes a token reaches at most (DeepSeek-V3: 4; 0 = any)",
+    )
+
+    def _cross_check(self, where: str, at: str) -> None:
+        f = lambda name: float(getattr(self, name))
+        if self.attention == "mla" and (f("kv_lora_rank") <= 0 or f("v_head_dim") <= 0):
+            raise error(where, f'{at}attention = "mla" needs kv_lora_rank > 0 and v_head_dim > 0.')
+        if f("n_experts") > 0:
+            if not 1 <= f("top_k") <= f("n_experts"):
+                raise error(
+                    where,
+                    f"{at}top_k={f('top_k'):g} must be between 1 and "
+                    f"{at}n_experts={f('n_experts'):g}.",
+                )
+            if f("d_ff_expert") <= 0:
+                raise error(where, f"{at}d_ff_expert must be > 0 in an MoE model.")
+            if f("n_dense_layers") >= f("n_layers"):
+                raise error(
+                    where,
+                    f"{at}n_dense_layers={f('n_dense_layers'):g} must be < "
+                    f"{at}n_layers={f('n_layers'):g}.",
+                )
+        heads, kv = f("n_heads"), f("n_kv_heads")
+        if kv > heads or heads % kv:
+            raise error(where, f"{at}n_kv_heads={kv:g} must divide {at}n_heads={heads:g}.")
 
 
 def attn_dims(model: Model):
-    """(d_q, d_kv): widths of the query and of each of key and value projections."""
+    """(d_q, d_kv) = (n_heads d_head, n_kv_heads d_head): widths of the query and of each of
+    the key and value projections (elements)."""
     return model.n_heads * model.d_head, model.n_kv_heads * model.d_head
 
 
 def ffn_mats(model: Model) -> float:
+    """Weight matrices per FFN: 2 (GELU) or 3 (SwiGLU)."""
     return FFN_KINDS[model.ffn]
 
 
 def params_attention(model: Model):
+    """Weights of one attention block. GQA: d (d_q + 2 d_kv) + d_q d. MLA (DeepSeek-V2 §2.1):
+    query down/up projections (or a full one without q_lora_rank), the joint KV down
+    projection to kv_lora_rank + rope_head_dim, the KV up projection to H (d_head +
+    v_head_dim), and the output H v_head_dim d."""
     d = model.d_model
     if model.attention == "mla":
         h = model.n_heads
@@ -109,15 +167,17 @@ def kv_cache_bytes_per_token(model: Model, bytes_per_element=2.0):
 
 
 def n_moe_layers(model: Model):
+    """Layers with an MoE FFN: n_layers - n_dense_layers for MoE models, else 0."""
     return jnp.where(model.n_experts > 0, model.n_layers - model.n_dense_layers, 0.0)
 
 
 def n_dense_ffn_layers(model: Model):
+    """Layers with a dense FFN: n_layers - n_moe_layers."""
     return model.n_layers - n_moe_layers(model)
 
 
 def params_expert(model: Model):
-    """Weights of one expert FFN."""
+    """Weights of one expert FFN: mats d_model d_ff_expert."""
     return ffn_mats(model) * model.d_model * model.d_ff_expert
 
 
@@ -129,12 +189,15 @@ def params_moe_ffn(model: Model):
 
 
 def params_moe_ffn_active(model: Model):
+    """FFN weights one token touches in an MoE layer: top_k routed + shared experts +
+    router."""
     return (model.top_k + model.n_shared_experts) * params_expert(model) + (
         model.d_model * model.n_experts
     )
 
 
 def params_ffn(model: Model):
+    """Weights of one dense FFN: mats d_model d_ff."""
     return ffn_mats(model) * model.d_model * model.d_ff
 
 
@@ -154,11 +217,14 @@ def params_embedding(model: Model):
 
 
 def params_total(model: Model):
+    """All weights: n_layers per-layer weights + embeddings + the final norm (d_model)."""
     return model.n_layers * params_per_layer(model) + params_embedding(model) + model.d_model
 
 
 def params_active(model: Model):
-    """Weights one token touches (MoE: top_k routed + shared experts)."""
+    """Matmul weights one token touches: attention, FFN (MoE layers: top_k routed + shared
+    experts + router) and the output head (vocab d_model; the input embedding is a lookup,
+    and norms are not matmuls)."""
     ffn = n_dense_ffn_layers(model) * params_ffn(model) + n_moe_layers(model) * (
         params_moe_ffn_active(model)
     )
@@ -166,7 +232,8 @@ def params_active(model: Model):
 
 
 def attention_flops_dims(model: Model):
-    """(qk, v) head widths that set the s^2 attention FLOPs."""
+    """(d_qk, d_v) head widths that set the s^2 attention FLOPs: (d_head, d_head) for GQA;
+    (d_head + rope_head_dim, v_head_dim) for MLA."""
     if model.attention == "mla":
         return model.d_head + model.rope_head_dim, model.v_head_dim
     return model.d_head, model.d_head
@@ -177,13 +244,14 @@ def model_flops_per_token(model: Model, seq_len):
     6 * (active matmul params + output head) + 6 * n_layers * seq_len * H * (d_qk + d_v)
     (= 12 l s d_q for standard attention)."""
     qk, v = attention_flops_dims(model)
-    n_matmul = params_active(model) - model.vocab * model.d_model + model.vocab * model.d_model
+    # params_active counts the output head (vocab x d_model) once; the input embedding is a
+    # lookup, not a matmul
     attn = 6.0 * model.n_layers * seq_len * model.n_heads * (qk + v)
-    return 6.0 * n_matmul + attn
+    return 6.0 * params_active(model) + attn
 
 
 def example_model() -> Model:
-    """Llama 3 8B (arXiv:2407.21783 Table 3)."""
+    """Llama 3 8B (arXiv:2407.21783 Table 3), for examples and tests."""
     f = jnp.float32
     return Model(
         name="llama3-8b",

@@ -143,3 +143,69 @@ def test_fsdp_under_a_pipeline_gathers_once_per_step(catalog):
         ).dp_comm_s
     )
     assert dp_comm(2, 64) >= 0.5 * z1
+
+
+# --- the step as a pipeline of named parts; one breakdown type in every phase ---
+
+
+def test_train_step_is_the_composition_of_its_parts(catalog):
+    from emu import comm, step
+
+    sys, model = catalog["nvl72"], catalog["llama70"]
+    plan = make_plan(tp=4, pp=2, dp=9, global_batch=144, seq_len=8192, vpp=2)
+    work = step.train_compute(sys, model, plan)
+    c = comm.train_comm(sys, model, plan)
+    t_gpu = step.microbatch_time(sys.overlap, plan, work, c)
+    t_mb = jnp.maximum(t_gpu, step.host_time(sys, model, plan))
+    nmb = 144 / (9 * 1)
+    b = train_step(sys, model, plan)
+    assert float(b.compute_s) == pytest.approx(nmb * float(work.total_s), rel=1e-6)
+    assert float(b.tp_comm_s) == pytest.approx(nmb * float(c.tp_s), rel=1e-6)
+    assert float(b.bubble_s) == pytest.approx(float(step.pipeline_bubble(plan, t_mb)), rel=1e-6)
+    assert float(b.bubble_s) == pytest.approx((2 - 1) / 2 * float(t_mb), rel=1e-6)
+    total = (
+        nmb * float(t_mb)
+        + float(b.bubble_s)
+        + float(step.exposed_dp(sys.overlap, plan, work, c))
+        + float(step.optimizer_time(sys, model, plan))
+    )
+    assert float(b.total_s) == pytest.approx(total, rel=1e-6)
+    # exposure lies between none and all of the micro-batch's communication
+    raw = c.tp_s + c.cp_s + c.pp_s + c.dispatch_s + c.combine_s
+    assert float(work.total_s) <= float(t_gpu) <= float(work.total_s + raw) * (1 + 1e-6)
+
+
+def test_run_result_has_the_same_structure_in_every_phase(catalog):
+    sys, model = catalog["nvl72"], catalog["llama8"]
+    plans = [
+        make_plan(tp=8, dp=9, global_batch=72, seq_len=4096),
+        make_plan(tp=8, dp=9, microbatch=2, seq_len=4096, phase="prefill", recompute="none"),
+        make_plan(tp=8, dp=9, microbatch=64, context=4096, phase="decode", recompute="none"),
+    ]
+    results = [evaluate(sys, model, p) for p in plans]
+    structs = {jax.tree_util.tree_structure(r) for r in results}
+    assert len(structs) == 1
+    train, prefill, decode = results
+    assert float(train.memory.kv_cache_bytes) == 0.0 and float(train.memory.optimizer_bytes) > 0
+    for r in (prefill, decode):
+        assert float(r.memory.kv_cache_bytes) > 0
+        assert float(r.memory.optimizer_bytes) == float(r.memory.gradients_bytes) == 0.0
+        assert float(r.breakdown.bubble_s) == float(r.breakdown.dp_comm_s) == 0.0
+        parts = r.memory.weights_bytes + r.memory.kv_cache_bytes + r.memory.activations_bytes
+        assert float(r.memory.total_bytes) == pytest.approx(float(parts), rel=1e-6)
+    assert float(decode.breakdown.tokens_out) == 64.0 and float(decode.breakdown.tokens_in) == 0
+    assert float(prefill.breakdown.tokens_in) == 2 * 4096
+    assert float(train.breakdown.tokens_in) == 72 / 9 * 4096
+
+
+def test_decode_attention_reads_the_kv_cache(catalog):
+    from emu.step import decode_attention
+
+    sys, model = catalog["h100"], catalog["llama70"]
+    short = make_plan(tp=8, microbatch=32, context=1024, phase="decode", recompute="none")
+    long = replace(short, context=jnp.float32(32768))
+    launch = float(sys.chip.kernel_overhead_s)
+    t0 = float(decode_attention(sys, model, short, jnp.float32(1.0))) - launch
+    t1 = float(decode_attention(sys, model, long, jnp.float32(1.0))) - launch
+    # memory-bound: a 32 x longer cache takes 32 x the time beyond the fixed launch
+    assert t1 / t0 == pytest.approx(32.0, rel=1e-3)

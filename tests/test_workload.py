@@ -1,7 +1,17 @@
+import jax.numpy as jnp
 import pytest
 
+import emu
 from emu.config import load_model
-from emu.workload import model_flops_per_token, params_total
+from emu.struct import check, field_info, replace
+from emu.workload import (
+    Model,
+    example_model,
+    kv_cache_bytes_per_token,
+    model_flops_per_token,
+    params_active,
+    params_total,
+)
 
 
 @pytest.mark.parametrize(
@@ -23,3 +33,44 @@ def test_model_flops_match_nemo_convention():
     # 16,934 tokens/s/GPU => 46.06 GFLOP per token at seq 4096.
     m = load_model("llama2_7b")
     assert float(model_flops_per_token(m, 4096.0)) == pytest.approx(780e12 / 16934, rel=0.005)
+
+
+def test_model_flops_are_six_active_params_plus_attention():
+    m = example_model()
+    qk = float(m.d_head)
+    want = 6 * float(params_active(m)) + 6 * 32 * 8192 * 32 * 2 * qk
+    assert float(model_flops_per_token(m, 8192.0)) == pytest.approx(want, rel=1e-6)
+
+
+def test_kv_cache_per_token():
+    m = example_model()  # Llama 3 8B: 8 KV heads of 128, bf16
+    assert float(kv_cache_bytes_per_token(m)) == 2 * 8 * 128 * 2
+
+
+def test_every_model_field_declares_its_bounds():
+    info = field_info(Model)
+    leaves = [f for f, v in Model.__dataclass_fields__.items() if v.metadata.get("pytree_node")]
+    assert set(leaves) <= set(info)
+    assert all(info[f].help for f in leaves)
+
+
+@pytest.mark.parametrize("name", emu.list_models())
+def test_catalog_models_pass_their_bounds(name):
+    check(load_model(name), name)
+
+
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        (dict(n_layers=jnp.float32(0)), "n_layers must be an integer in"),
+        (dict(vocab=jnp.float32(1.5)), "vocab must be an integer"),
+        (dict(n_kv_heads=jnp.float32(5)), "n_kv_heads=5 must divide n_heads=32"),
+        (dict(n_experts=jnp.float32(8)), "top_k=0 must be between 1 and n_experts=8"),
+        (dict(attention="mla"), "needs kv_lora_rank > 0"),
+        (dict(ffn="relu"), "unknown ffn 'relu'"),
+        (dict(d_head=jnp.float32(0)), "d_head must be"),
+    ],
+)
+def test_bad_models_are_rejected(change, needle):
+    with pytest.raises(ValueError, match=needle):
+        check(replace(example_model(), **change), "model")

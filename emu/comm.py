@@ -1,0 +1,247 @@
+"""Communication of a plan, one part per parallel axis, before any overlap.
+
+Each part prices the collectives one chip takes part in, from `emu.collectives` on the
+system's tiers (ranks in Megatron order: TP stride 1, then CP, DP, PP):
+
+    TP   all-reduce of the activations, t d bytes (all-gather + reduce-scatter with SP):
+         4 per layer per training micro-batch (2 forward, 2 backward; +2 with full
+         recompute), 2 per layer per serving pass
+    CP   all-gather of the local K and V, microbatch * seq_len * 2 kv_local bytes, forward;
+         their gradients reduce-scattered backward (+1 with full recompute)
+    PP   send/recv of the activations (t d / tp with SP) at each of the 2 vpp chunk
+         boundaries per training micro-batch; pp - 1 hops per serving pass
+    EP   MoE dispatch (8-bit tokens under FP8/INT8/FP4, else bf16) and combine (bf16) over
+         the EP group, times `moe_imbalance`, plus the ETP token exchange
+    DP   ZeRO 0: all-reduce of the gradients; ZeRO 1/2: reduce-scatter of the gradients
+         (every micro-batch with ZeRO 2) and all-gather of the updated bf16 weights;
+         ZeRO 3: per-micro-batch gathers and reductions as flat rings (once per step under
+         a pipeline); dense weights over dp x cp ranks, experts over expert-DP ranks
+
+Seconds, per training micro-batch (DP: per step) or per serving pass, in a `Comm`.
+
+>>> from emu.topology import example_system
+>>> from emu.workload import example_model
+>>> from emu.plan import make_plan
+>>> c = train_comm(example_system(), example_model(), make_plan(tp=8, global_batch=4))
+>>> bool(c.tp_s > 0), float(c.pp_s), float(c.cp_s)   # tp = 8 on one NVLink node
+(True, 0.0, 0.0)
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from emu import collectives
+from emu.numerics import safe_div
+from emu.parallelism import (
+    Plan,
+    expert_dp_size,
+    kv_width_local,
+    moe_fraction,
+    moe_tokens_per_chip,
+    n_microbatches,
+    params_split_per_chip,
+    tokens_per_microbatch,
+)
+from emu.struct import dataclass
+from emu.topology import System
+from emu.units import BYTES_PER_ELEMENT
+from emu.workload import Model
+
+__all__ = [
+    "Comm",
+    "train_comm",
+    "inference_comm",
+    "tp_time",
+    "cp_time",
+    "pp_time",
+    "ep_layer_time",
+    "dp_time",
+    "full_recompute",
+]
+
+Array = jnp.ndarray
+_BF16 = BYTES_PER_ELEMENT["bf16"]
+#: bytes per element of a dispatched token under 8- and 4-bit plans: tokens are sent as FP8
+#: (DeepEP's FP8 dispatch; combine stays bf16)
+_DISPATCH_BYTES_LOWP = 1.0
+#: TP collectives (all-reduce equivalents) per layer per training micro-batch: two in the
+#: forward pass (attention and FFN outputs), two in the backward; full recompute adds the
+#: forward's two again (Korthikanti et al. 2022, §4)
+_TP_PER_LAYER_TRAIN, _TP_PER_LAYER_RECOMPUTE = 4.0, 2.0
+#: TP all-reduces per layer per serving pass (attention and FFN outputs)
+_TP_PER_LAYER_SERVE = 2.0
+#: CP collectives per layer per micro-batch: K/V all-gather forward, gradient
+#: reduce-scatter backward (+1 forward again under full recompute)
+_CP_PER_LAYER = 2.0
+
+
+@dataclass
+class Comm:
+    """Raw communication seconds on one chip by parallel axis, before any overlap: per
+    training micro-batch (`dp_s` per step) or per serving pass (`cp_s` = `dp_s` = 0)."""
+
+    tp_s: Array
+    cp_s: Array
+    pp_s: Array
+    dp_s: Array
+    dispatch_s: Array
+    combine_s: Array
+
+
+def full_recompute(plan: Plan):
+    """1 under full activation recomputation, else 0 (forward passes repeated in backward)."""
+    return jnp.where(plan.recompute > 1.5, 1.0, 0.0)
+
+
+def tp_time(system: System, plan: Plan, nbytes, *, sp=None):
+    """Seconds of one TP all-reduce of `nbytes` activations over tp chips (stride 1), or
+    with sequence parallelism (`sp`, default the plan's) an all-gather plus a
+    reduce-scatter of the same bytes."""
+    sp = plan.sp if sp is None else sp
+    kw = dict(algorithm=plan.algorithm)
+    return jnp.where(
+        sp > 0.5,
+        collectives.all_gather_time(system, nbytes, plan.tp, **kw)
+        + collectives.reduce_scatter_time(system, nbytes, plan.tp, **kw),
+        collectives.all_reduce_time(system, nbytes, plan.tp, **kw),
+    )
+
+
+def cp_time(system: System, model: Model, plan: Plan):
+    """Seconds of one CP all-gather of the local K and V of a micro-batch over cp chips
+    (stride tp): microbatch * seq_len * 2 kv_width_local bf16 bytes."""
+    kv = plan.microbatch * plan.seq_len * 2.0 * kv_width_local(model, plan) * _BF16
+    return collectives.all_gather_time(
+        system, kv, plan.cp, stride=plan.tp, algorithm=plan.algorithm
+    )
+
+
+def pp_time(system: System, plan: Plan, nbytes):
+    """Seconds to send `nbytes` to the next pipeline stage (stride tp * cp * dp)."""
+    return collectives.send_recv_time(system, nbytes, stride=plan.tp * plan.cp * plan.dp)
+
+
+def _dispatch_bytes(plan: Plan) -> float:
+    return _DISPATCH_BYTES_LOWP if plan.precision in ("fp8", "int8", "fp4") else _BF16
+
+
+def ep_layer_time(system: System, model: Model, plan: Plan, t):
+    """(dispatch, combine) seconds of one average layer's forward for `t` tokens of the
+    attention block on one chip: the MoE share f of layers routes t/tp tokens of d_model
+    elements to top_k experts over the EP group (`collectives.moe_all_to_all_time`), and
+    with expert TP the etp ranks all-gather each other's routed tokens before the experts
+    and reduce-scatter the partial outputs after (Megatron's ETP token exchange); both
+    scaled by `moe_imbalance` on the busiest rank."""
+    f = moe_fraction(model)
+    tm = moe_tokens_per_chip(plan, t)
+    payload = tm * model.d_model  # one copy of each token; the routing sets the copies
+
+    def a2a(el):
+        return plan.moe_imbalance * collectives.moe_all_to_all_time(
+            system,
+            payload * el,
+            model.top_k,
+            plan.ep,
+            dedup=plan.moe_dedup,
+            max_domains=model.route_max_nodes,
+        )
+
+    routed = tm * model.top_k * model.d_model
+    etp_ag = collectives.all_gather_time(
+        system, routed * plan.etp * _dispatch_bytes(plan), plan.etp, stride=plan.ep
+    )
+    etp_rs = collectives.reduce_scatter_time(
+        system, routed * plan.etp * _BF16, plan.etp, stride=plan.ep
+    )
+    dispatch = f * (a2a(_dispatch_bytes(plan)) + plan.moe_imbalance * etp_ag)
+    combine = f * (a2a(_BF16) + plan.moe_imbalance * etp_rs)
+    return dispatch, combine
+
+
+def _dp_group_time(system: System, plan: Plan, params, size, stride):
+    trainable = 1.0 - plan.lora
+    grad_b = params * trainable * plan.grad_bytes
+    w_b = params * _BF16
+    nmb = n_microbatches(plan)
+    kw = dict(stride=stride, algorithm=plan.algorithm)
+    rs = collectives.reduce_scatter_time(system, grad_b, size, **kw)
+    ag = collectives.all_gather_time(system, w_b, size, **kw)
+    ar = collectives.all_reduce_time(system, grad_b, size, **kw)
+    # ZeRO 3 as DeepSpeed/FSDP issue it: layer-by-layer flat rings, no node-level
+    # pre-aggregation
+    rs3 = collectives.reduce_scatter_time(system, grad_b, size, stride=stride, algorithm="ring")
+    ag3 = collectives.all_gather_time(system, w_b, size, stride=stride, algorithm="ring")
+    # ZeRO 2 keeps only a gradient shard, so it reduce-scatters every micro-batch
+    rs_count = jnp.where(plan.zero > 1.5, nmb, 1.0)
+    # ZeRO 3 alone gathers the weights for forward and again for backward and reduces the
+    # gradients every micro-batch; under a pipeline a stage holds 1/pp of the model, so FSDP
+    # keeps it unsharded over the step's micro-batches (no reshard after forward or
+    # backward, gradients reduced after the last backward: Llama 3 §3.3.2, PyTorch
+    # pipelining): one gather and one reduce-scatter per step.
+    z3 = jnp.where(plan.pp > 1.5, rs3 + ag3, nmb * (rs3 + 2.0 * ag3))
+    return jnp.where(
+        plan.zero > 2.5,
+        z3,
+        jnp.where(plan.zero > 0.5, rs_count * rs + ag * trainable, ar),
+    )
+
+
+def dp_time(system: System, model: Model, plan: Plan):
+    """Seconds of data-parallel communication per step (module doc, DP): dense weights over
+    dp * cp ranks (stride tp), routed experts over their expert-data-parallel ranks
+    (stride ep * etp)."""
+    dense_p, expert_p = params_split_per_chip(model, plan)
+    return _dp_group_time(system, plan, dense_p, plan.dp * plan.cp, plan.tp) + _dp_group_time(
+        system, plan, expert_p, expert_dp_size(plan), plan.ep * plan.etp
+    )
+
+
+def train_comm(system: System, model: Model, plan: Plan) -> Comm:
+    """Raw communication of one training micro-batch on the last pipeline stage (layers
+    n_layers / pp), by axis (module doc); `dp_s` per step. The MoE all-to-alls run forward
+    (again under full recompute) and their gradients backward in bf16: dispatch counts the
+    forward dispatches plus one combine-sized backward transfer, combine likewise."""
+    layers = safe_div(model.n_layers, plan.pp)
+    t = tokens_per_microbatch(plan)
+    re = full_recompute(plan)
+    disp_f, comb_f = ep_layer_time(system, model, plan, t)
+    n_a2a = 1.0 + re
+    act = t * model.d_model * _BF16
+    tp_mb = (
+        layers * (_TP_PER_LAYER_TRAIN + _TP_PER_LAYER_RECOMPUTE * re) * tp_time(system, plan, act)
+    )
+    cp_mb = layers * (_CP_PER_LAYER + re) * cp_time(system, model, plan)
+    pp_bytes = act * jnp.where(plan.sp > 0.5, safe_div(1.0, plan.tp), 1.0)
+    pp_mb = jnp.where(plan.pp > 1.5, 2.0 * plan.vpp * pp_time(system, plan, pp_bytes), 0.0)
+    return Comm(
+        tp_s=tp_mb,
+        cp_s=cp_mb,
+        pp_s=pp_mb,
+        dp_s=dp_time(system, model, plan),
+        dispatch_s=layers * (n_a2a * disp_f + comb_f),
+        combine_s=layers * (n_a2a * comb_f + comb_f),
+    )
+
+
+def inference_comm(system: System, model: Model, plan: Plan, t) -> Comm:
+    """Raw communication of one serving pass over all layers for `t` tokens per rank: TP
+    all-reduces (no SP), pp - 1 pipeline hops, MoE dispatch and combine per layer."""
+    layers = model.n_layers
+    act = t * model.d_model * _BF16
+    disp_f, comb_f = ep_layer_time(system, model, plan, t)
+    tp_all = (
+        layers
+        * _TP_PER_LAYER_SERVE
+        * collectives.all_reduce_time(system, act, plan.tp, algorithm=plan.algorithm)
+    )
+    pp_all = jnp.where(plan.pp > 1.5, (plan.pp - 1.0) * pp_time(system, plan, act), 0.0)
+    zero = jnp.zeros_like(tp_all)
+    return Comm(
+        tp_s=tp_all,
+        cp_s=zero,
+        pp_s=pp_all,
+        dp_s=zero,
+        dispatch_s=layers * disp_f,
+        combine_s=layers * comb_f,
+    )

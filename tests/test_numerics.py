@@ -1,0 +1,69 @@
+"""emu.numerics: exact helpers with finite gradients, smooth helpers close to the exact ones."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from emu import numerics
+from emu.numerics import clip01, safe_div, safe_pow, smooth_ceil, smooth_max, smooth_relu
+
+
+def test_safe_div_defaults_at_zero_with_finite_gradients():
+    assert float(safe_div(6.0, 3.0)) == 2.0
+    assert float(safe_div(1.0, 0.0, 7.0)) == 7.0
+    g = jax.grad(lambda d: safe_div(1.0, d))(jnp.float32(0.0))
+    assert float(g) == 0.0
+    assert float(jax.grad(lambda d: safe_div(1.0, d))(jnp.float32(2.0))) == -0.25
+
+
+def test_safe_pow_matches_power_and_is_finite_at_zero():
+    x = jnp.asarray([0.0, 0.5, 2.0], jnp.float32)
+    np.testing.assert_allclose(safe_pow(x, jnp.float32(3.0)), x**3, rtol=1e-6)
+    assert float(safe_pow(jnp.float32(0.0), jnp.float32(0.0))) == 1.0
+    g = jax.grad(lambda b: safe_pow(b, jnp.float32(0.5)))(jnp.float32(0.0))
+    assert np.isfinite(float(g))
+
+
+def test_clip01():
+    np.testing.assert_allclose(clip01(jnp.asarray([-1.0, 0.3, 2.0])), [0.0, 0.3, 1.0], rtol=1e-7)
+
+
+def test_smooth_variants_agree_with_exact_where_smooth_and_have_finite_gradients():
+    x = jnp.linspace(-5.0, 5.0, 101, dtype=jnp.float32)
+    away = jnp.abs(x) > 0.5
+    t = 0.01
+    assert np.allclose(
+        smooth_max(x, 0.0, temperature=t)[away], jnp.maximum(x, 0.0)[away], atol=1e-3
+    )
+    assert np.allclose(smooth_relu(x, temperature=t)[away], jax.nn.relu(x)[away], atol=1e-3)
+    # smooth_max is an upper bound within T log 2
+    gap = smooth_max(x, 0.0, temperature=t) - jnp.maximum(x, 0.0)
+    assert float(jnp.min(gap)) >= -1e-6 and float(jnp.max(gap)) <= t * np.log(2) + 1e-6
+    for f in (
+        lambda v: smooth_max(v, 0.0, temperature=0.01),
+        lambda v: smooth_relu(v, temperature=0.01),
+        lambda v: smooth_ceil(v, temperature=0.05),
+    ):
+        g = jax.vmap(jax.grad(f))(jnp.asarray([0.0, 1.0, 2.0, -1e-7], jnp.float32))
+        assert np.isfinite(np.asarray(g)).all()
+
+
+def test_smooth_ceil_is_what_its_docstring_says():
+    y = jnp.asarray([0.3, 1.6, 2.9], jnp.float32)
+    assert np.allclose(smooth_ceil(y, temperature=0.01), jnp.ceil(y), atol=1e-2)
+    # at an exact integer it sits half-way up the step that starts just above it
+    assert float(smooth_ceil(jnp.float32(2.0), temperature=0.01)) == pytest.approx(
+        2.0 + float(jax.nn.sigmoid(-0.1)), abs=1e-6
+    )
+
+
+def test_public_names_are_listed():
+    assert set(numerics.__all__) == {
+        "safe_div",
+        "safe_pow",
+        "smooth_max",
+        "smooth_relu",
+        "smooth_ceil",
+        "clip01",
+    }

@@ -1,0 +1,65 @@
+"""emu.parallelism: what a plan puts on each chip (shapes, parameters, memory)."""
+
+import jax.numpy as jnp
+import pytest
+
+from emu import parallelism as par
+from emu.plan import make_plan
+from emu.struct import replace
+from emu.workload import example_model, params_total
+
+
+def test_plan_names_are_still_importable_from_parallelism():
+    from emu import plan
+
+    for name in ("Plan", "make_plan", "validate_plan", "plan_dict", "n_chips", "RECOMPUTE"):
+        assert getattr(par, name) is getattr(plan, name)
+
+
+def test_parameters_split_over_tp_and_pp_add_up(catalog):
+    model = catalog["llama70"]
+    whole = float(par.params_per_chip(model, make_plan()))
+    assert whole == pytest.approx(float(params_total(model)), rel=1e-3)
+    tp8 = float(par.params_per_chip(model, make_plan(tp=8)))
+    assert tp8 == pytest.approx(whole / 8, rel=1e-3)
+
+
+def test_local_experts_round_up_for_replicas():
+    from emu.config import load_model
+
+    moe = load_model("deepseek_v3")  # 256 routed experts
+    assert float(par.local_experts(moe, make_plan(ep=8, dp=8))) == 32.0
+    uneven = replace(make_plan(), ep=jnp.float32(72.0))
+    assert float(par.local_experts(moe, uneven)) == 4.0  # ceil(256 / 72)
+
+
+def test_train_memory_shards_optimizer_states_with_zero(catalog):
+    model, hbm = catalog["llama8"], jnp.float32(80e9)
+    z0 = par.memory(model, make_plan(dp=8, zero=0, global_batch=8), hbm)
+    z1 = par.memory(model, make_plan(dp=8, zero=1, global_batch=8), hbm)
+    assert float(z1.optimizer_bytes) == pytest.approx(float(z0.optimizer_bytes) / 8, rel=1e-6)
+    assert float(z1.kv_cache_bytes) == 0.0
+    parts = z1.weights_bytes + z1.gradients_bytes + z1.optimizer_bytes + z1.activations_bytes
+    assert float(z1.total_bytes) == pytest.approx(float(parts), rel=1e-6)
+    assert float(z0.optimizer_bytes) == pytest.approx(
+        par.OPTIMIZER_BYTES * float(par.params_per_chip(model, make_plan())), rel=1e-6
+    )
+
+
+def test_kv_cache_is_its_own_field_when_serving():
+    m, hbm = example_model(), jnp.float32(80e9)
+    plan = make_plan(tp=8, microbatch=16, context=8192, phase="decode", recompute="none")
+    mem = par.memory(m, plan, hbm)
+    # Llama 3 8B: 8 KV heads over tp=8 -> one head (2 x 128 bf16 elements) per layer per token
+    want = 16 * 8192 * 32 * (2 * 128 * 2)
+    assert float(mem.kv_cache_bytes) == pytest.approx(want, rel=1e-6)
+    assert float(mem.optimizer_bytes) == float(mem.gradients_bytes) == 0.0
+    assert par.memory(m, plan, hbm).total_bytes == par.inference_memory(m, plan, hbm).total_bytes
+
+
+def test_activations_with_full_recompute_keep_only_the_layer_input(catalog):
+    model = catalog["llama8"]
+    kept, stored = par.activation_bytes_per_layer(model, make_plan(tp=8, recompute="full"))
+    assert float(kept) < 0.1 * float(stored)
+    kept_sel, _ = par.activation_bytes_per_layer(model, make_plan(tp=8))
+    assert float(kept_sel) == float(stored)
