@@ -73,23 +73,17 @@ def collective_op(
     values: Values, placement: Placement, comp: Computation, ins: Instruction, count: float
 ) -> Op | None:
     """The row of one collective (None for a group of one device: it moves nothing)."""
-    kind = COLLECTIVE_OPS[ins.opcode]
+    kind, note = COLLECTIVE_OPS[ins.opcode], ""
     if kind == "collective-permute":
-        return _permute_op(values, placement, comp, ins, count)
-    size, stride, axes = placement.place(placement.groups(ins))
-    if size <= 1:
-        # a collective over one device (a mesh axis of size 1) moves nothing
-        return None
-    if ins.opcode.endswith("-start") or ins.shape.is_tuple and kind != "all-reduce":
-        # async starts return (operands, results, ...): size from the operands
-        el = width(values.types.ld(comp, ins.operands[0])) if ins.operands else 4.0
-        elements = sum(comp.by_name[o].shape.size for o in ins.operands if o in comp.by_name)
-        nbytes = elements * el * (size if kind == "all-gather" else 1.0)
+        nbytes, size, stride, axes = _permute_shape(values, placement, comp, ins)
     else:
-        nbytes = values.value_bytes(comp, ins.name) * (size if kind == "reduce-scatter" else 1.0)
-    note = ""
-    if kind == "all-reduce" and size > 1 and _only_sliced(values, comp, ins, size):
-        kind, note = "reduce-scatter", "all-reduce + dynamic-slice (a reduce-scatter)"
+        size, stride, axes = placement.place(placement.groups(ins))
+        if size <= 1:
+            # a collective over one device (a mesh axis of size 1) moves nothing
+            return None
+        nbytes = _group_bytes(values, comp, ins, kind, size)
+        if kind == "all-reduce" and size > 1 and _only_sliced(values, comp, ins, size):
+            kind, note = "reduce-scatter", "all-reduce + dynamic-slice (a reduce-scatter)"
     return Op.at(
         comp,
         ins,
@@ -105,28 +99,30 @@ def collective_op(
     )
 
 
-def _permute_op(
-    values: Values, placement: Placement, comp: Computation, ins: Instruction, count: float
-) -> Op:
-    """A collective-permute: bytes = its operand, a pair at the longest source-target hop."""
+def _group_bytes(
+    values: Values, comp: Computation, ins: Instruction, kind: str, size: float
+) -> float:
+    """Bytes of a grouped collective in emu's convention (see the module doc)."""
+    if ins.opcode.endswith("-start") or ins.shape.is_tuple and kind != "all-reduce":
+        # async starts return (operands, results, ...): size from the operands
+        el = width(values.types.ld(comp, ins.operands[0])) if ins.operands else 4.0
+        elements = sum(comp.by_name[o].shape.size for o in ins.operands if o in comp.by_name)
+        return elements * el * (size if kind == "all-gather" else 1.0)
+    return values.value_bytes(comp, ins.name) * (size if kind == "reduce-scatter" else 1.0)
+
+
+def _permute_shape(
+    values: Values, placement: Placement, comp: Computation, ins: Instruction
+) -> tuple[float, float, float, tuple[str, ...]]:
+    """(bytes, group size, stride, axes) of a collective-permute: bytes = its operand, a
+    pair (a group of one when every pair is a self-send) at the longest source-target hop."""
     pairs = source_target_pairs(ins.attrs.get("source_target_pairs", ""))
     nbytes = sum(values.value_bytes(comp, o) for o in ins.operands[:1])
     dist = max((abs(t - s) for s, t in pairs), default=0)
     axes = ()
     if pairs:
         axes = tuple(sorted({a for s, t in pairs for a in placement.mesh.axes_of([s, t])}))
-    return Op.at(
-        comp,
-        ins,
-        kind="collective",
-        count=count,
-        bytes=nbytes,
-        collective="collective-permute",
-        group_size=2.0 if dist else 1.0,
-        stride=float(max(dist, 1)),
-        axes=axes,
-        role=placement.role(axes),
-    )
+    return nbytes, 2.0 if dist else 1.0, float(max(dist, 1)), axes
 
 
 def _only_sliced(values: Values, comp: Computation, ins: Instruction, size: float) -> bool:

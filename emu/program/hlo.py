@@ -92,6 +92,7 @@ class Shape:
 
     @property
     def is_tuple(self) -> bool:
+        """A tuple type (its `elements` are the members)."""
         return self.dtype == "tuple"
 
     @property
@@ -246,6 +247,7 @@ class _Frames:
         self.frames: dict[int, dict] = {}
 
     def read(self, section: str, line: str) -> None:
+        """One line of a FileNames / FunctionNames / FileLocations / StackFrames table."""
         m = re.match(r"\s*(\d+)\s+(.*)$", line)
         if not m:
             return
