@@ -39,6 +39,12 @@ pipeline leaves all-reduce + dynamic-slice) and is costed as one.
 
 Loops multiply their body by the trip count (`known_trip_count` in the backend config, else
 the bound of the condition's compare); conditionals charge each branch with weight 1/branches.
+
+Where each rule lives (private modules, each with its formulas in its docstring):
+`_optable` the rows and arrays; `_opcodes` op classification; `_dtypes` logical types;
+`_values` constant-derived values and bytes read/written; `_matmul` dot, convolution, GEMM,
+attention and fused-kernel FLOPs; `_collectives` collective bytes and replica-group
+placement; `_loops` trip counts; `_grouping` memory-bound grouping; `_builder` the traversal.
 """
 
 from __future__ import annotations
