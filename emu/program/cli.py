@@ -21,49 +21,42 @@ DEFAULT_SYSTEMS = ["gb200_nvl72"]
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
+    """The command's arguments: a builder or --hlo, the systems, and the options."""
     p.add_argument(
         "builder",
         nargs="?",
         help="path/to/file.py:builder or package.module:builder, returning (jitted fn, args)",
     )
     p.add_argument("--devices", type=int, help="devices the program is compiled for (N)")
-    p.add_argument(
-        "--system",
-        action="append",
-        default=[],
-        help="catalog name or TOML path (repeatable; default gb200_nvl72)",
-    )
+    _repeatable(p, "--system", None, "catalog name or TOML path (repeatable; default gb200_nvl72)")
     p.add_argument(
         "--tokens-per-step", type=float, help="tokens one step processes (for tokens/s, /J)"
     )
-    p.add_argument(
+    _repeatable(
+        p,
         "--arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="keyword argument for the builder (a Python literal or a string; repeatable)",
+        "KEY=VALUE",
+        "keyword argument for the builder (a Python literal or a string; repeatable)",
     )
     p.add_argument("--hlo", metavar="FILE", help="cost this HLO text instead of a builder")
     p.add_argument("--mesh", metavar="AXIS=N,...", help="with --hlo: the mesh, e.g. data=8,model=8")
-    p.add_argument(
+    _repeatable(
+        p,
         "--axis-role",
-        action="append",
-        default=[],
-        metavar="AXIS=ROLE",
-        help="overlap class of a mesh axis: tp, dp, cp, pp, ep or other (repeatable)",
+        "AXIS=ROLE",
+        "overlap class of a mesh axis: tp, dp, cp, pp, ep or other (repeatable)",
     )
     p.add_argument("--fusion", default="ideal", choices=["ideal", "as_compiled"])
     p.add_argument("--algorithm", default="hierarchical", choices=["hierarchical", "ring"])
     p.add_argument("--top", type=int, default=10, help="most expensive ops listed")
     p.add_argument("--timeout", type=float, default=600.0, help="tracing timeout, seconds")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help="override a system field by dotted path (repeatable)",
-    )
+    _repeatable(p, "--set", "PATH=VALUE", "override a system field by dotted path (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+def _repeatable(p: argparse.ArgumentParser, flag: str, metavar: str | None, help: str) -> None:
+    """A flag that may be given several times (values collected in a list)."""
+    p.add_argument(flag, action="append", default=[], metavar=metavar, help=help)
 
 
 def add_program_parser(subparsers) -> argparse.ArgumentParser:
@@ -76,17 +69,21 @@ def add_program_parser(subparsers) -> argparse.ArgumentParser:
 
 
 class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors raised as ValueError (exit status 2 in `main_program`)."""
+
     def error(self, message):  # one line, exit 2, no usage dump
         raise ValueError(f"{message} (see `{self.prog} --help`)")
 
 
 def build_program_parser() -> argparse.ArgumentParser:
+    """The standalone `emu program` parser."""
     p = _Parser(prog="emu program", description="Estimate a JAX program on emu systems.")
     _add_arguments(p)
     return p
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
+    """['k=v', ...] -> {'k': 'v'}; a one-line error names the flag `what`."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -97,6 +94,7 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
 
 
 def _literal(text: str):
+    """A Python literal ('8', '"8b"', 'True'), else the text itself."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -106,17 +104,34 @@ def _literal(text: str):
 def run_program_cli(args: argparse.Namespace) -> int:
     """Run `emu program` for parsed `args`; prints the report, returns 0 (raises ValueError
     with one line on bad input)."""
-    import math
-
     from emu import load_system
-    from emu.program import from_hlo, text_report, trace_program
+    from emu.program import text_report
 
     if args.top < 0:
         raise ValueError(f"--top must be >= 0 (got {args.top}).")
     if args.tokens_per_step is not None and not args.tokens_per_step >= 0:
         raise ValueError(f"--tokens-per-step must be >= 0 (got {args.tokens_per_step}).")
+    overrides = _system_overrides(args.set)
+    systems = [load_system(s, overrides) for s in (args.system or DEFAULT_SYSTEMS)]
+    roles = _pairs(args.axis_role, "--axis-role")
+    prog = _hlo_program(args, roles) if args.hlo else _builder_program(args, roles)
+    results = prog.estimate(
+        systems, tokens_per_step=args.tokens_per_step, algorithm=args.algorithm, top=args.top
+    )
+    if args.json:
+        print(json.dumps({"results": [r.to_json() for r in results]}, indent=2, allow_nan=False))
+    else:
+        print(text_report(results, top=args.top))
+    return 0
+
+
+def _system_overrides(items: list[str]) -> dict[str, float]:
+    """`--set PATH=VALUE` pairs as finite floats; model./plan. paths are refused (the
+    program is the model and the plan)."""
+    import math
+
     overrides = {}
-    for path, text in _pairs(args.set, "--set").items():
+    for path, text in _pairs(items, "--set").items():
         try:
             value = float(text)
         except ValueError:
@@ -129,45 +144,46 @@ def run_program_cli(args: argparse.Namespace) -> int:
                 "only system fields can be set."
             )
         overrides[path] = value
-    systems = [load_system(s, overrides) for s in (args.system or DEFAULT_SYSTEMS)]
-    roles = _pairs(args.axis_role, "--axis-role")
-    if args.hlo:
-        if args.builder:
-            raise ValueError("give either a builder or --hlo FILE, not both.")
-        if not args.mesh:
-            raise ValueError("--hlo needs --mesh AXIS=N,... (e.g. --mesh data=8,model=8).")
-        mesh = {}
-        for k, v in _pairs(args.mesh.split(","), "--mesh").items():
-            if not v.isdigit() or int(v) < 1:
-                raise ValueError(f"--mesh {k}={v}: the size must be a positive integer.")
-            mesh[k] = int(v)
-        try:
-            text = open(args.hlo).read()
-        except OSError as e:
-            raise ValueError(f"cannot read --hlo {args.hlo}: {e.strerror}.") from None
-        prog = from_hlo(text, mesh, fusion=args.fusion, axis_roles=roles)
-    else:
-        if not args.builder:
-            raise ValueError("give a builder (path/to/file.py:builder) or --hlo FILE.")
-        if args.devices is None:
-            raise ValueError("--devices N is required: the number of devices to compile for.")
-        kwargs = {k: _literal(v) for k, v in _pairs(args.arg, "--arg").items()}
-        prog = trace_program(
-            args.builder,
-            devices=args.devices,
-            kwargs=kwargs,
-            fusion=args.fusion,
-            axis_roles=roles,
-            timeout_s=args.timeout,
-        )
-    results = prog.estimate(
-        systems, tokens_per_step=args.tokens_per_step, algorithm=args.algorithm, top=args.top
+    return overrides
+
+
+def _hlo_program(args: argparse.Namespace, roles: dict[str, str]):
+    """The Program of `--hlo FILE --mesh AXIS=N,...`."""
+    from emu.program import from_hlo
+
+    if args.builder:
+        raise ValueError("give either a builder or --hlo FILE, not both.")
+    if not args.mesh:
+        raise ValueError("--hlo needs --mesh AXIS=N,... (e.g. --mesh data=8,model=8).")
+    mesh = {}
+    for k, v in _pairs(args.mesh.split(","), "--mesh").items():
+        if not v.isdigit() or int(v) < 1:
+            raise ValueError(f"--mesh {k}={v}: the size must be a positive integer.")
+        mesh[k] = int(v)
+    try:
+        text = open(args.hlo).read()
+    except OSError as e:
+        raise ValueError(f"cannot read --hlo {args.hlo}: {e.strerror}.") from None
+    return from_hlo(text, mesh, fusion=args.fusion, axis_roles=roles)
+
+
+def _builder_program(args: argparse.Namespace, roles: dict[str, str]):
+    """The Program of a builder traced for `--devices N` devices."""
+    from emu.program import trace_program
+
+    if not args.builder:
+        raise ValueError("give a builder (path/to/file.py:builder) or --hlo FILE.")
+    if args.devices is None:
+        raise ValueError("--devices N is required: the number of devices to compile for.")
+    kwargs = {k: _literal(v) for k, v in _pairs(args.arg, "--arg").items()}
+    return trace_program(
+        args.builder,
+        devices=args.devices,
+        kwargs=kwargs,
+        fusion=args.fusion,
+        axis_roles=roles,
+        timeout_s=args.timeout,
     )
-    if args.json:
-        print(json.dumps({"results": [r.to_json() for r in results]}, indent=2, allow_nan=False))
-    else:
-        print(text_report(results, top=args.top))
-    return 0
 
 
 def main_program(argv: list[str] | None = None) -> int:

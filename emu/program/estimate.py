@@ -53,14 +53,17 @@ class Program:
     # ------------------------------------------------------------------ facts
     @property
     def name(self) -> str:
+        """The builder's or function's name ("program" if none)."""
         return self.traced.name or "program"
 
     @property
     def mesh(self) -> MeshInfo:
+        """The mesh the program was compiled for."""
         return self.traced.mesh
 
     @property
     def n_devices(self) -> int:
+        """Devices the program was compiled for."""
         return self.table.n_devices
 
     @property
@@ -69,10 +72,12 @@ class Program:
         return self.table.flops_per_step
 
     def collective_bytes(self) -> dict[str, float]:
+        """Bytes per device per step by collective kind (emu's convention)."""
         return self.table.collective_bytes()
 
     @property
     def uncosted(self) -> list[dict[str, Any]]:
+        """The ops emu cannot cost: name, reason, count and bytes per step."""
         return [
             {"name": o.name, "reason": o.note, "count": o.count, "bytes": o.bytes * o.count}
             for o in self.table.uncosted

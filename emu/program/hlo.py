@@ -5,7 +5,8 @@ called computations, the attributes that size it (contracting and batch dimensio
 groups, source-target pairs, trip counts) and its metadata (op_name and source location,
 from `source_file`/`source_line` or from the module's StackFrames table).
 
-Replica groups come in three spellings, all expanded to lists of device ids:
+Replica groups come in three spellings, all expanded to lists of device ids
+(`replica_groups`, from `emu.program._replica_groups`):
 
     {{0,1},{2,3}}                                   explicit
     [2,4]<=[8]   [4,2]<=[2,4]T(1,0)                 iota: reshape(transpose(iota))
@@ -31,7 +32,8 @@ import json
 import math
 import re
 
-import numpy as np
+from emu.program._hlo_text import NAME, matching, metadata, names, parse_attrs, split_top
+from emu.program._replica_groups import replica_groups, source_target_pairs
 
 __all__ = [
     "Shape",
@@ -40,6 +42,7 @@ __all__ = [
     "Module",
     "parse_module",
     "parse_shape",
+    "called_name",
     "replica_groups",
     "source_target_pairs",
     "ELEMENT_BYTES",
@@ -89,6 +92,7 @@ class Shape:
 
     @property
     def is_tuple(self) -> bool:
+        """A tuple type (its `elements` are the members)."""
         return self.dtype == "tuple"
 
     @property
@@ -100,6 +104,7 @@ class Shape:
 
     @property
     def element_bytes(self) -> float:
+        """Bytes per element (`ELEMENT_BYTES`); ValueError for a type emu does not know."""
         if self.dtype not in ELEMENT_BYTES:
             raise ValueError(
                 f"HLO element type '{self.dtype}' is unknown to emu; known: "
@@ -109,11 +114,13 @@ class Shape:
 
     @property
     def nbytes(self) -> float:
+        """Bytes: elements x bytes per element, summed over a tuple."""
         if self.is_tuple:
             return sum(e.nbytes for e in self.elements)
         return self.size * self.element_bytes
 
     def leaves(self) -> list[Shape]:
+        """The array shapes of a (nested) tuple, in order; [self] for an array."""
         if self.is_tuple:
             return [x for e in self.elements for x in e.leaves()]
         return [self]
@@ -121,6 +128,9 @@ class Shape:
 
 @dataclasses.dataclass
 class Instruction:
+    """One HLO instruction: result type, opcode, operand names, attributes as written, its
+    position in its computation (`index`, the schedule order) and its metadata."""
+
     name: str
     shape: Shape
     opcode: str
@@ -139,17 +149,19 @@ class Instruction:
         out = []
         for key in ("calls", "to_apply", "condition", "body", "true_computation"):
             if key in self.attrs:
-                out += _names(self.attrs[key])
+                out += names(self.attrs[key])
         for key in ("false_computation", "branch_computations"):
             if key in self.attrs:
-                out += _names(self.attrs[key])
+                out += names(self.attrs[key])
         return out
 
     def int_list(self, key: str) -> tuple[int, ...]:
+        """The integers of an attribute ('lhs_contracting_dims={1,2}' -> (1, 2))."""
         text = self.attrs.get(key, "")
         return tuple(int(x) for x in re.findall(r"-?\d+", text))
 
     def backend_config(self) -> dict:
+        """The JSON backend config ({} when absent or unreadable)."""
         text = self.attrs.get("backend_config", "")
         if text.startswith('"') and text.endswith('"'):
             text = bytes(text[1:-1], "utf-8").decode("unicode_escape")
@@ -162,6 +174,8 @@ class Instruction:
 
 @dataclasses.dataclass
 class Computation:
+    """A computation: its instructions in order, indexed by name and by user."""
+
     name: str
     instructions: list[Instruction]
     is_entry: bool = False
@@ -170,30 +184,29 @@ class Computation:
 
     @property
     def root(self) -> Instruction:
+        """The ROOT instruction (the last one when none is marked)."""
         for ins in self.instructions:
             if ins.is_root:
                 return ins
         return self.instructions[-1]
 
     def parameters(self) -> list[Instruction]:
+        """Parameter instructions by parameter number."""
         ps = [i for i in self.instructions if i.opcode == "parameter"]
         return sorted(ps, key=lambda i: int(i.literal or 0))
 
 
 @dataclasses.dataclass
 class Module:
+    """A parsed HLO module: its computations by name, the entry, the SPMD partition count."""
+
     name: str
     computations: dict[str, Computation]
     entry: Computation
     num_partitions: int = 1
 
 
-_NAME = r"[\w.\-]+"
 _ARRAY = re.compile(r"(\w+)\[([^\]]*)\]")
-
-
-def _names(text: str) -> list[str]:
-    return re.findall(r"%?(" + _NAME + r")", text.strip("{}"))
 
 
 def called_name(text: str) -> str:
@@ -201,35 +214,12 @@ def called_name(text: str) -> str:
     return text.strip().lstrip("%")
 
 
-def _matching(text: str, start: int) -> int:
-    """Index just past the bracket that closes the one at `start` (quotes respected)."""
-    pairs = {"(": ")", "[": "]", "{": "}"}
-    stack, i, quote = [], start, None
-    while i < len(text):
-        c = text[i]
-        if quote:
-            if c == "\\":
-                i += 1
-            elif c == quote:
-                quote = None
-        elif c in "\"'":
-            quote = c
-        elif c in pairs:
-            stack.append(pairs[c])
-        elif stack and c == stack[-1]:
-            stack.pop()
-            if not stack:
-                return i + 1
-        i += 1
-    raise ValueError(f"HLO: unbalanced brackets in '{text[start : start + 80]}...'")
-
-
 def parse_shape(text: str) -> Shape:
     """'bf16[8,32]{1,0}' or '(f32[], s32[4])' -> Shape."""
     text = text.strip()
     if text.startswith("("):
-        inner = text[1 : _matching(text, 0) - 1]
-        return Shape("tuple", (), tuple(parse_shape(p) for p in _split_top(inner) if p.strip()))
+        inner = text[1 : matching(text, 0) - 1]
+        return Shape("tuple", (), tuple(parse_shape(p) for p in split_top(inner) if p.strip()))
     m = _ARRAY.match(text)
     if not m:
         if text.startswith("token"):
@@ -239,51 +229,8 @@ def parse_shape(text: str) -> Shape:
     return Shape(m.group(1), dims)
 
 
-def _split_top(text: str, sep: str = ",") -> list[str]:
-    """Split on `sep` outside brackets and quotes; drops /*index=5*/ comments."""
-    text = re.sub(r"/\*.*?\*/", "", text)
-    out, depth, quote, cur = [], 0, None, []
-    for c in text:
-        if quote:
-            cur.append(c)
-            if c == quote:
-                quote = None
-            continue
-        if c in "\"'":
-            quote = c
-        elif c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        if c == sep and depth == 0:
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(c)
-    if cur:
-        out.append("".join(cur))
-    return out
-
-
-def _parse_attrs(text: str) -> dict[str, str]:
-    attrs = {}
-    for part in _split_top(text):
-        key, sep, value = part.strip().partition("=")
-        if sep:
-            attrs[key.strip()] = value.strip()
-    return attrs
-
-
-def _metadata(text: str) -> dict[str, str]:
-    out = {}
-    for m in re.finditer(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s}]+)', text.strip("{}")):
-        v = m.group(2)
-        out[m.group(1)] = v[1:-1] if v.startswith('"') else v
-    return out
-
-
-_INSTR = re.compile(r"^\s*(ROOT\s+)?%?(" + _NAME + r")\s*=\s*")
-_HEADER = re.compile(r"^\s*(ENTRY\s+)?%?(" + _NAME + r")\s*(\(.*)?\{\s*$")
+_INSTR = re.compile(r"^\s*(ROOT\s+)?%?(" + NAME + r")\s*=\s*")
+_HEADER = re.compile(r"^\s*(ENTRY\s+)?%?(" + NAME + r")\s*(\(.*)?\{\s*$")
 
 
 #: paths of installed libraries: a source location inside them is not the user's line
@@ -300,6 +247,7 @@ class _Frames:
         self.frames: dict[int, dict] = {}
 
     def read(self, section: str, line: str) -> None:
+        """One line of a FileNames / FunctionNames / FileLocations / StackFrames table."""
         m = re.match(r"\s*(\d+)\s+(.*)$", line)
         if not m:
             return
@@ -394,7 +342,7 @@ def _parse_instruction(line: str, comp: Computation, frames: _Frames) -> Instruc
     rest = line[m.end() :]
     # the result type: a tuple in parentheses, or one array type
     if rest.startswith("("):
-        end = _matching(rest, 0)
+        end = matching(rest, 0)
     else:
         tm = re.match(r"\w+\[[^\]]*\](\{[^}]*\})?", rest)
         end = tm.end() if tm else rest.index(" ")
@@ -404,20 +352,20 @@ def _parse_instruction(line: str, comp: Computation, frames: _Frames) -> Instruc
     if not om:
         return None
     opcode = om.group(1)
-    close = _matching(rest, om.end() - 1)
+    close = matching(rest, om.end() - 1)
     operand_text = rest[om.end() : close - 1]
-    attrs = _parse_attrs(rest[close:].lstrip(", "))
+    attrs = parse_attrs(rest[close:].lstrip(", "))
     literal = ""
     if opcode in ("parameter", "constant"):
         operands: tuple[str, ...] = ()
         literal = operand_text.strip()
     else:
-        operands = tuple(re.findall(r"%(" + _NAME + r")", operand_text))
+        operands = tuple(re.findall(r"%(" + NAME + r")", operand_text))
         if not operands and operand_text.strip():
             operands = tuple(
-                p.strip().split()[-1].lstrip("%") for p in _split_top(operand_text) if p.strip()
+                p.strip().split()[-1].lstrip("%") for p in split_top(operand_text) if p.strip()
             )
-    meta = _metadata(attrs.get("metadata", ""))
+    meta = metadata(attrs.get("metadata", ""))
     source = ""
     if "source_file" in meta:
         source = f"{meta['source_file']}:{meta.get('source_line', '?')}"
@@ -436,119 +384,3 @@ def _parse_instruction(line: str, comp: Computation, frames: _Frames) -> Instruc
         source=source,
         literal=literal,
     )
-
-
-# ----------------------------------------------------------------------------- groups
-
-
-def _iota(text: str) -> np.ndarray:
-    """'[4,2]<=[2,4]T(1,0)' -> the 2-D array of device ids."""
-    m = re.match(r"\s*\[([\d,\s]+)\]\s*<=\s*\[([\d,\s]+)\](?:\s*T\(([\d,\s]+)\))?", text)
-    if not m:
-        raise ValueError(f"HLO: cannot read the iota device list '{text[:60]}'.")
-    out = [int(x) for x in m.group(1).split(",")]
-    dims = [int(x) for x in m.group(2).split(",")]
-    ids = np.arange(math.prod(dims)).reshape(dims)
-    if m.group(3):
-        perm = [int(x) for x in m.group(3).split(",")]
-        if sorted(perm) != list(range(len(dims))):
-            raise ValueError(f"HLO: bad transpose {perm} in the iota device list '{text[:60]}'.")
-        ids = ids.transpose(perm)
-    if math.prod(out) != ids.size:
-        raise ValueError(f"HLO: iota device list '{text[:60]}' has mismatched sizes.")
-    return ids.reshape(out)
-
-
-def _mesh_groups(text: str) -> list[list[int]]:
-    """mesh['a'=2,'b'=4](device_ids) {'b'} or {'a':(1)2} -> groups (XLA's
-    MeshAxesReplicaGroupList: reshape each axis around its sub-axes, move the grouped
-    axes last, and read the groups off in row-major order)."""
-    m = re.match(r"\s*@?mesh\s*[\[<](.*?)[\]>]", text)
-    if not m:
-        raise ValueError(f"HLO: cannot read the mesh replica groups '{text[:60]}'.")
-    axes = [(n.strip("'\" "), int(s)) for n, s in re.findall(r"([^=,]+)=(\d+)", m.group(1))]
-    names = [a for a, _ in axes]
-    sizes = [s for _, s in axes]
-    rest = text[m.end() :]
-    ids = np.arange(math.prod(sizes)).reshape(sizes)
-    dm = re.match(r"\s*,?\s*(?:device_ids=)?\((.*?\))\)", rest) or re.match(
-        r"\s*,?\s*(?:device_ids=)?\((\[.*?\].*?)\)\s*\{", rest
-    )
-    if dm:
-        inner = dm.group(1)
-        if "<=" in inner:
-            arr = _iota(inner)
-        elif inner.startswith("["):
-            # an iota tile assignment printed as [reshape_dims]T(perm): the mesh's ids are
-            # iota(n) reshaped to reshape_dims, transposed by perm
-            shape = ",".join(map(str, sizes))
-            arr = _iota(f"[{shape}]<={inner}")
-        else:
-            arr = np.array([int(x) for x in re.findall(r"\d+", inner)])
-        if arr.size == ids.size:
-            ids = arr.reshape(sizes)
-        rest = rest[dm.end() :]
-    gm = re.search(r"\{([^}]*)\}", rest)
-    if not gm:
-        raise ValueError(f"HLO: mesh replica groups without grouped axes: '{text[:80]}'.")
-    refs = []
-    for part in _split_top(gm.group(1)):
-        part = part.strip()
-        if not part:
-            continue
-        am = re.match(r"['\"]?([^'\":]+)['\"]?(?::\((\d+)\)(\d+))?$", part)
-        if not am or am.group(1) not in names:
-            raise ValueError(f"HLO: unknown mesh axis '{part}' in replica groups '{text[:80]}'.")
-        sub = (int(am.group(2)), int(am.group(3))) if am.group(2) else None
-        refs.append((names.index(am.group(1)), sub))
-    reshape, grouped = [], []
-    for axis, size in enumerate(sizes):
-        mine = [(i, sub) for i, (a, sub) in enumerate(refs) if a == axis]
-        base = len(reshape)
-        if not mine:
-            reshape.append(size)
-            continue
-        if len(mine) == 1 and mine[0][1] is None:
-            reshape.append(size)
-            grouped.append((mine[0][0], base))
-            continue
-        subs = sorted(((sub, i) for i, sub in mine), key=lambda t: t[0][0])
-        prefix = 1
-        for (pre, sz), order in subs:
-            if pre != prefix:
-                reshape.append(pre // prefix)
-                prefix = pre
-            grouped.append((order, len(reshape)))
-            reshape.append(sz)
-            prefix *= sz
-        if prefix != size:
-            reshape.append(size // prefix)
-    grouped_axes = [d for _, d in sorted(grouped)]
-    perm = [d for d in range(len(reshape)) if d not in grouped_axes] + grouped_axes
-    per_group = math.prod(reshape[d] for d in grouped_axes)
-    arr = ids.reshape(reshape).transpose(perm).reshape(-1, per_group)
-    return arr.tolist()
-
-
-def replica_groups(text: str, n_devices: int | None = None) -> list[list[int]]:
-    """Expand a `replica_groups=` value to lists of device ids. An empty list `{}` means one
-    group of all `n_devices`."""
-    text = text.strip()
-    if text.startswith("[") and "<=" in text:
-        return _iota(text).tolist()
-    if text.startswith("mesh") or text.startswith("@mesh"):
-        return _mesh_groups(text)
-    if text.startswith("{"):
-        groups = [
-            [int(x) for x in re.findall(r"\d+", g)] for g in re.findall(r"\{([^{}]*)\}", text)
-        ]
-        groups = [g for g in groups if g]
-        if not groups and n_devices:
-            return [list(range(n_devices))]
-        return groups
-    raise ValueError(f"HLO: cannot read replica_groups='{text[:60]}'.")
-
-
-def source_target_pairs(text: str) -> list[tuple[int, int]]:
-    """'{{0,1},{1,2}}' -> [(0, 1), (1, 2)]."""
-    return [(int(a), int(b)) for a, b in re.findall(r"\{\s*(\d+)\s*,\s*(\d+)\s*\}", text)]

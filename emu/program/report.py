@@ -42,6 +42,9 @@ class CollectiveSummary:
 
 @dataclasses.dataclass
 class TopOp:
+    """One of the most expensive rows: its time per step (raw, before overlap), its share of
+    the summed row times, and where it comes from (op_name, source location)."""
+
     name: str
     kind: str
     time_s: float
@@ -78,6 +81,7 @@ class ProgramResult:
     notes: list[str]
 
     def to_json(self) -> dict[str, Any]:
+        """The result as JSON-ready dicts (non-finite numbers as null)."""
         out = dataclasses.asdict(self)
         return _finite(out)
 
