@@ -327,7 +327,7 @@ def newton(f, x0: float, *, log_space: bool = True, steps: int = 50, rtol: float
 
 
 def _config_dir() -> Path:
-    from emu.config import config_dir
+    from emu.catalog import config_dir
 
     return config_dir()
 
@@ -363,7 +363,7 @@ def _resolve(name_or_path: str | Path, kind: str, what: str) -> Path:
 
 
 def _read(path: Path, what: str) -> dict:
-    from emu.config import load_toml
+    from emu.catalog import load_toml
 
     return load_toml(path, what)
 

@@ -8,7 +8,7 @@ Workloads (as experiments/study_workloads.py): Llama 3 405B training (BF16, 8K s
 1,152 chips of each (3 supernodes, 16 racks). Every plan comes from emu's search
 (`emu.search.gradient_search`, then `plan_of`), with cost per token as the objective: maximise
 -ln(usd_per_mtoken) in us_average, facility charged on the full-load IT power of the chips.
-Decode batches are then filled to the TPOT SLO (`emu.runner.largest_batch`) when that stays in
+Decode batches are then filled to the TPOT SLO (`emu.policy.largest_batch`) when that stays in
 HBM. The same plan is priced in every region (the plan barely depends on the electricity
 price; the crossovers below hold the plan fixed).
 
@@ -56,8 +56,8 @@ def solve(system_name: str, workload: tuple) -> dict:
     """The plan of least cost per token (emu search), evaluated exactly; floats only."""
     import emu
     from emu import cost as C
+    from emu.policy import largest_batch
     from emu.power import full_load_power
-    from emu.runner import largest_batch
     from emu.search import Problem, gradient_search, plan_of
     from emu.struct import replace
 
@@ -93,7 +93,7 @@ def solve(system_name: str, workload: tuple) -> dict:
     t0 = time.perf_counter()
     res = gradient_search(system, model, problem)
     wall = time.perf_counter() - t0
-    row = res["best"]
+    row = res.best
     if row is None:
         raise ValueError(f"no feasible plan for {system_name} {workload[0]}")
     plan = plan_of(problem, row)
