@@ -20,6 +20,27 @@ from emu.validation import Item, predict_items, run_groups
 PRIOR_SIGMA = 1.0  # in transformed units (logit or log)
 HUBER_DELTA = 0.25  # in log error units (about 25%)
 LOWP = ("fp8", "int8", "fp4")
+#: fitted per chip family (the matmul efficiency curve and the per-kernel fixed cost)
+FAMILY_FIELDS = ("matmul_efficiency", "matmul_half_dim", "kernel_overhead_s")
+#: fitted per link type (emu.collectives: ring efficiency and per-hop latency; MoE
+#: dispatch/combine kernels' bandwidth fraction, peer penalty and fixed costs), where the
+#: calibration defaults define them; fractions in logit, the rest in log coordinates
+LINK_FIELDS = (
+    ("efficiency", "logit"),
+    ("latency_s", "log"),
+    ("a2a_efficiency", "logit"),
+    ("a2a_peer_penalty", "log"),
+    ("dispatch_latency_s", "log"),
+    ("combine_latency_s", "log"),
+)
+#: collective parameters shared by every link type (one value each, fidelity DESIGN §3c:
+#: the base cost of one library call, the ring channels entering a domain, the in-switch
+#: all-reduce latency), fitted as one global and written to every [link.*] section
+SHARED_LINK_FIELDS = (
+    ("base_latency_s", "log"),
+    ("ring_channels", "log"),
+    ("nvls_latency_s", "log"),
+)
 
 
 def parameter_spec(items: list[Item]) -> OrderedDict[tuple, dict]:
@@ -39,7 +60,7 @@ def parameter_spec(items: list[Item]) -> OrderedDict[tuple, dict]:
             if t.link not in links:
                 links.append(t.link)
     for fam in fams:
-        fields = ["matmul_efficiency", "matmul_half_dim", "kernel_overhead_s"]
+        fields = list(FAMILY_FIELDS)
         if fam in lowp:
             fields.insert(1, "lowp_matmul_efficiency")
         for f in fields:
@@ -49,8 +70,17 @@ def parameter_spec(items: list[Item]) -> OrderedDict[tuple, dict]:
                 "prior": float(cal["chip_family"][fam][f]),
             }
     for link in links:
-        for f, kind in (("efficiency", "logit"), ("latency_s", "log"), ("base_latency_s", "log")):
-            spec[("link", link, f)] = {"transform": kind, "prior": float(cal["link"][link][f])}
+        for f, kind in LINK_FIELDS:
+            if f in cal["link"].get(link, {}):
+                spec[("link", link, f)] = {
+                    "transform": kind,
+                    "prior": float(cal["link"][link][f]),
+                }
+    for f, kind in SHARED_LINK_FIELDS:
+        priors = [float(cal["link"][k][f]) for k in links if f in cal["link"].get(k, {})]
+        if priors:  # the geometric mean of the link priors (they agree in the defaults)
+            prior = math.exp(sum(math.log(x) for x in priors) / len(priors))
+            spec[("link", "", f)] = {"transform": kind, "prior": prior}
     for f in ("tp", "dp", "ep_tbo", "pipelining"):
         spec[("overlap", "", f)] = {"transform": "logit", "prior": float(cal["overlap"][f])}
     if any(it.kind == "run" and it.plan.phase == "train" for it in items):
@@ -69,14 +99,15 @@ def _from_u(u, kind):
 
 
 def apply_parameters(system, values: dict):
-    """`system` with the chip-family, link and overlap fields of `values` substituted."""
+    """`system` with the chip-family, link and overlap fields of `values` substituted (a
+    link key "" is a parameter shared by every link type)."""
     fam, chip = system.chip.family, {}
     for (sec, key, f), v in values.items():
         if sec == "chip_family" and key == fam:
             chip[f] = v
     tiers = []
     for t in system.tiers:
-        ch = {f: v for (sec, key, f), v in values.items() if sec == "link" and key == t.link}
+        ch = {f: v for (sec, key, f), v in values.items() if sec == "link" and key in ("", t.link)}
         tiers.append(replace(t, **ch) if ch else t)
     ov = {f: v for (sec, _, f), v in values.items() if sec == "overlap"}
     return replace(
