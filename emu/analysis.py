@@ -204,7 +204,10 @@ def run(system: System, model: Model, plan: Plan) -> dict:
 
 
 def describe(system: System) -> dict:
-    """System totals from the parts (one system unit of `n_chips` chips)."""
+    """System totals from the parts (one system unit of `n_chips` chips), and `interval`:
+    the 80% band of a training and a serving throughput of 1 on this chip family (the
+    factors every prediction's interval applies; `extrapolation` when no validated row
+    shares the family)."""
     n = float(system.n_chips)
     p = full_load_power(system)
     return {
@@ -233,6 +236,10 @@ def describe(system: System) -> dict:
         "facility_power_w": float(p.facility_w),
         "power": tree_to_dict(p),
         "pue": float(system.facility.pue),
+        "interval": {
+            kind: interval(1.0, interval_group(system, phase))
+            for kind, phase in (("train", "train"), ("serve", "decode"))
+        },
     }
 
 

@@ -274,11 +274,12 @@ def _record(it, w: float, r_in: float, r_cv: float | None) -> dict:
 
 
 def _summary(records: list[dict]) -> dict:
-    """Median/p90 |error| (%) in sample and held out, overall and by system, kind, source."""
+    """Median/p90 |error| (%) on the metric as published, in sample and held out, overall
+    and by system, kind, source."""
     out = {}
-    for label, key in (("in_sample", "r_in"), ("held_out", "r_cv")):
+    for label, key in (("in_sample", "predicted_in"), ("held_out", "predicted_cv")):
         recs = [x for x in records if x[key] is not None]
-        out[label] = error_stats(recs, lambda x, key=key: 100 * abs(np.expm1(x[key])))
+        out[label] = error_stats(recs, lambda x, key=key: 100 * abs(x[key] / x["measured"] - 1))
     return out
 
 

@@ -43,11 +43,26 @@ SHARED_LINK_FIELDS = (
 )
 
 
+def _uses_a2a(it: Item) -> bool:
+    """Whether a row's prediction runs MoE dispatch/combine kernels."""
+    if it.kind == "moe_comm":
+        return True
+    plans = [it.plan] + ([it.serving.prefill] if it.serving and it.serving.prefill else [])
+    return (
+        it.kind == "run" and float(it.model.n_experts) > 0 and any(float(p.ep) > 1 for p in plans)
+    )
+
+
 def parameter_spec(items: list[Item]) -> OrderedDict[tuple, dict]:
-    """The fitted parameters for these rows: (section, key, field) -> {transform, prior}."""
+    """The fitted parameters for these rows: (section, key, field) -> {transform, prior}.
+    Only parameters some row depends on: the chip-family fields of the families with
+    train/serving rows (the 8-bit efficiency only with low-precision rows), the ring fields
+    of every link type of the rows' systems, the all-to-all fields of link types whose
+    systems have MoE communication rows or expert-parallel MoE runs, the overlap fractions
+    of the plans that use them."""
     cal = calibration(fitted=False)
     spec: OrderedDict = OrderedDict()
-    fams, lowp, links = [], set(), []
+    fams, lowp, links, a2a_links = [], set(), [], set()
     for it in items:
         sys = it.system
         if it.kind == "run":
@@ -59,6 +74,8 @@ def parameter_spec(items: list[Item]) -> OrderedDict[tuple, dict]:
         for t in sys.tiers:
             if t.link not in links:
                 links.append(t.link)
+            if _uses_a2a(it):
+                a2a_links.add(t.link)
     for fam in fams:
         fields = list(FAMILY_FIELDS)
         if fam in lowp:
@@ -71,7 +88,8 @@ def parameter_spec(items: list[Item]) -> OrderedDict[tuple, dict]:
             }
     for link in links:
         for f, kind in LINK_FIELDS:
-            if f in cal["link"].get(link, {}):
+            a2a = f.startswith(("a2a_", "dispatch_", "combine_"))
+            if f in cal["link"].get(link, {}) and (link in a2a_links or not a2a):
                 spec[("link", link, f)] = {
                     "transform": kind,
                     "prior": float(cal["link"][link][f]),
@@ -81,9 +99,17 @@ def parameter_spec(items: list[Item]) -> OrderedDict[tuple, dict]:
         if priors:  # the geometric mean of the link priors (they agree in the defaults)
             prior = math.exp(sum(math.log(x) for x in priors) / len(priors))
             spec[("link", "", f)] = {"transform": kind, "prior": prior}
-    for f in ("tp", "dp", "ep_tbo", "pipelining"):
-        spec[("overlap", "", f)] = {"transform": "logit", "prior": float(cal["overlap"][f])}
-    if any(it.kind == "run" and it.plan.phase == "train" for it in items):
+    runs = [it for it in items if it.kind == "run"]
+    used = {
+        "tp": any(float(it.plan.tp) > 1 for it in runs),
+        "dp": any(it.plan.phase == "train" and float(it.plan.dp) > 1 for it in runs),
+        "ep_tbo": any(float(it.plan.a2a_overlap) > 0 for it in runs),
+        "pipelining": any(it.plan.algorithm == "staged" for it in runs),
+    }
+    for f, on in used.items():
+        if on:
+            spec[("overlap", "", f)] = {"transform": "logit", "prior": float(cal["overlap"][f])}
+    if any(it.plan.phase == "train" for it in runs):
         f = "host_kernel_s"
         spec[("overlap", "", f)] = {"transform": "log", "prior": float(cal["overlap"][f])}
     return spec

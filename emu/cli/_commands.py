@@ -214,4 +214,8 @@ def cmd_serve(args) -> None:
     d["prefill"]["plan"] = plan_dict(prefill)
     d["decode"]["plan"] = plan_dict(decode)
     out = {"system": system.name, "model": model.name, **d}
+    out["interval"] = analysis.intervals(
+        {"tokens_per_s": d["tokens_per_s"], "tpot_s": d["tpot_s"]},
+        analysis.interval_group(system, "decode"),
+    )
     render.emit(args, out, render.serve_text(out, (args.prefill_chips, args.decode_chips)))

@@ -96,16 +96,38 @@ def _latency_rows(results: list[dict]) -> list[list[str]]:
     return rows
 
 
+def band(iv: dict | None, unit: str) -> str:
+    """An interval as "[low - high]" with SI prefixes ("~[...]" when it extrapolates beyond
+    the validated rows), "-" when there is none."""
+    if not iv or iv.get("low") is None:
+        return "-"
+    mark = "~" if iv.get("extrapolation") else ""
+    return f"{mark}[{si(iv['low'], unit)} - {si(iv['high'], unit)}]"
+
+
+def interval_lines(results: list[dict], label=lambda r: r["system"]) -> list[str]:
+    """One line per result naming the basis of its intervals (and the extrapolation)."""
+    out = []
+    for r in results:
+        iv = (r.get("interval") or {}).get("tokens_per_s")
+        if iv:
+            out.append(f"{iv['level']:.0%} interval ({label(r)}): basis {iv['basis']}")
+    return out
+
+
 def run_text(results: list[dict]) -> str:
     """`emu run`/`emu compare`: one column per result, then the step breakdown and plans."""
     head = ["", *[r["system"] for r in results]]
+    ivs = [r.get("interval") or {} for r in results]
     rows = [
         ["model", *[r["model"] for r in results]],
         ["chips", *[f"{r['n_chips']:.0f}" for r in results]],
         ["phase", *[r["phase"] for r in results]],
         ["step time", *[si(r["step_time_s"], "s") for r in results]],
+        ["  80% interval", *[band(iv.get("step_time_s"), "s") for iv in ivs]],
         *_latency_rows(results),
         ["tokens/s", *[si(r["tokens_per_s"], "tok/s") for r in results]],
+        ["  80% interval", *[band(iv.get("tokens_per_s"), "tok/s") for iv in ivs]],
         ["tokens/s per chip", *[f"{r['tokens_per_s'] / r['n_chips']:.0f}" for r in results]],
         ["power (IT)", *[si(r["power_w"], "W") for r in results]],
         ["power (facility)", *[si(r["facility_power_w"], "W") for r in results]],
@@ -129,6 +151,7 @@ def run_text(results: list[dict]) -> str:
     out += [table(rows, ["step breakdown", *[r["system"] for r in results]]), ""]
     for r in results:
         out.append(f"plan ({r['system']}): {plan_text(r['plan'])}")
+    out += interval_lines(results)
     out.append(
         f"compile {sum(r['compile_s'] for r in results):.2f} s, "
         f"evaluate {sum(r['eval_s'] for r in results) * 1e3:.1f} ms"
@@ -153,6 +176,15 @@ def describe_text(d: dict) -> str:
     rows += [["power (IT, full load)", si(d["power_w"], "W")]]
     rows += [[f"  {k}", si(v, "W")] for k, v in d["power"].items() if k not in ("it_w",)]
     rows += [["facility power (PUE)", f"{si(d['facility_power_w'], 'W')} (PUE {d['pue']:g})"]]
+    for kind, iv in (d.get("interval") or {}).items():
+        if iv.get("low") is not None:
+            mark = "~" if iv["extrapolation"] else ""
+            rows.append(
+                [
+                    f"{kind} throughput, {iv['level']:.0%} interval",
+                    f"{mark}x{iv['low']:.2f} - x{iv['high']:.2f} ({iv['basis']})",
+                ]
+            )
     return f"{d['system']}\n" + table(rows, ["quantity", "value"])
 
 
@@ -183,12 +215,41 @@ def calibrate_text(out: dict, path) -> str:
             f"median {c['median_abs_pct_error']:.1f}%, p90 {c['p90_abs_pct_error']:.1f}%"
             for c in out["cross_validation"]
         ],
+        *_cv_tables(out["cross_validation"]),
         "",
         table(rows, ["parameter", "fitted", "+- 1 sigma", "prior"]),
         "",
         f"overlay written to {path}" if path else "dry run: nothing written",
     ]
     return "\n".join(text)
+
+
+def _cv_tables(cvs: list[dict]) -> list[str]:
+    """In-sample and leave-one-source-out |error| by system, kind and source."""
+    cv = next((c for c in cvs if c["by"] == "source" and c.get("summary")), None)
+    if cv is None:
+        return []
+    ins, held = cv["summary"]["in_sample"], cv["summary"]["held_out"]
+    out = []
+    for key, title in (("by_system", "system"), ("by_kind", "kind"), ("by_source", "source")):
+        rows = []
+        for name, h in held[key].items():
+            i = ins[key].get(name) or {}
+            if not h["n"]:
+                continue
+            rows.append(
+                [
+                    name[:50],
+                    str(h["n"]),
+                    f"{i.get('median_abs_pct_error', float('nan')):.1f}%",
+                    f"{i.get('p90_abs_pct_error', float('nan')):.1f}%",
+                    f"{h['median_abs_pct_error']:.1f}%",
+                    f"{h['p90_abs_pct_error']:.1f}%",
+                ]
+            )
+        head = [title, "n", "median", "p90", "LOSO median", "LOSO p90"]
+        out += ["", table(rows, head)]
+    return out
 
 
 def serve_text(d: dict, chips: tuple[int, int]) -> str:
@@ -200,9 +261,11 @@ def serve_text(d: dict, chips: tuple[int, int]) -> str:
         ],
         ["requests/s", f"{d['requests_per_s']:.4g}"],
         ["output tokens/s", si(d["tokens_per_s"], "tok/s")],
+        ["  80% interval", band((d.get("interval") or {}).get("tokens_per_s"), "tok/s")],
         ["output tokens/s per chip", f"{d['tokens_per_s_per_chip']:.4g}"],
         ["TTFT (prefill batch)", si(d["ttft_s"], "s")],
         ["TPOT", si(d["tpot_s"], "s")],
+        ["  80% interval", band((d.get("interval") or {}).get("tpot_s"), "s")],
         [
             "utilisation (prefill, decode)",
             f"{d['prefill_utilisation']:.0%}, {d['decode_utilisation']:.0%}",
@@ -211,7 +274,21 @@ def serve_text(d: dict, chips: tuple[int, int]) -> str:
         ["output tokens/J", f"{d['tokens_per_joule']:.4g}"],
         ["feasible", "yes" if d["feasible"] else "NO (out of memory)"],
     ]
-    return f"{d['system']} / {d['model']}\n" + table(rows, ["quantity", "value"])
+    text = f"{d['system']} / {d['model']}\n" + table(rows, ["quantity", "value"])
+    return "\n".join([text, *interval_lines([d])])
+
+
+def best_interval_text(best: dict | None) -> str:
+    """The intervals of a search's best configuration, as one line ("" without one)."""
+    ivs = (best or {}).get("interval") or {}
+    if "tokens_per_s" not in ivs:
+        return ""
+    return (
+        f"\nbest: tokens/s {si(best['tokens_per_s'], 'tok/s')} "
+        f"{band(ivs['tokens_per_s'], 'tok/s')}, step time {si(best['step_time_s'], 's')} "
+        f"{band(ivs.get('step_time_s'), 's')} ({ivs['tokens_per_s']['level']:.0%} interval, "
+        f"basis {ivs['tokens_per_s']['basis']})"
+    )
 
 
 def search_text(res, what: str) -> str:

@@ -154,7 +154,7 @@ def _best_run(system, model, problem, res) -> dict | None:
 def _emit_result(args, system, model, problem, res, out, text: str) -> None:
     best = _best_run(system, model, problem, res)
     obj = {"best": best, **res.to_json(), "out": str(out) if out else None}
-    render.emit(args, obj, text)
+    render.emit(args, obj, text + render.best_interval_text(best))
 
 
 def cmd_search(args) -> None:

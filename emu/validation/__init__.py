@@ -76,6 +76,7 @@ from emu.validation._rows import (
     default_measurements,
     read_rows,
     row_model,
+    row_text,
     row_weight,
     speed_sign,
 )
@@ -94,6 +95,7 @@ __all__ = [
     "read_rows",
     "check_row",
     "row_weight",
+    "row_text",
     "row_model",
     "row_plan",
     "script_plan",

@@ -100,11 +100,13 @@ def predict_allreduce_busbw(row: dict, system):
     return b / t * 2.0 * (n - 1.0) / n / 1e9
 
 
-def moe_comm_setup(row: dict) -> dict:
-    """What a dispatch/combine row measures: {tokens (per rank), token_bytes (one copy),
-    dedup (1: one copy per destination rank/domain, DeepEP normal; 0: one copy per routed
-    expert, low-latency and one-sided kernels), max_domains (node-limited routing), group
-    (ranks), combine, convention ("latency", "bottleneck", "logical", "per_rank")}."""
+def moe_comm_setup(row: dict, system) -> dict:
+    """What a dispatch/combine row measures on `system` (host values, from the topology
+    only): {tokens (per rank), token_bytes (one copy), dedup (1: one copy per destination
+    rank/domain, DeepEP normal; 0: one copy per routed expert, low-latency and one-sided
+    kernels), max_domains (node-limited routing), group (ranks), combine, convention
+    ("latency", "bottleneck", "logical", "per_rank"), moved (the bytes the published
+    bandwidth divides by the kernel time; 0 for a latency)}."""
     text = row_text(row)
     metric = row["metric"]
     combine = "combine" in metric
@@ -131,7 +133,7 @@ def moe_comm_setup(row: dict) -> dict:
         convention = "logical"
     else:
         convention = "per_rank"
-    return {
+    setup = {
         "tokens": float(tokens),
         "token_bytes": token_bytes,
         "dedup": 0.0 if (low_latency and convention != "bottleneck") or one_sided else 1.0,
@@ -140,38 +142,54 @@ def moe_comm_setup(row: dict) -> dict:
         "combine": combine,
         "convention": convention,
     }
+    per_copy = setup["tokens"] * token_bytes
+    if convention == "bottleneck":
+        moved = _outer_copies(system, setup) * per_copy
+    elif convention == "logical":
+        moved = min(setup["group"], MOE_TOP_K) * per_copy
+    elif convention == "per_rank":
+        moved = MOE_TOP_K * per_copy
+    else:
+        moved = 0.0
+    return {**setup, "moved": moved}
 
 
 def _outer_copies(system, setup: dict) -> float:
-    """Copies of one token that cross the outermost tier the group spans (DeepEP's
-    "bottleneck" link): with dedup, (n_k - 1)(1 - (1 - 1/D_k)^K) distinct remote domains
-    (capped at M (1 - 1/D_k) with node-limited routing), else K (1 - m_{k-1}/n) expert copies
-    leave their domain; n_k the group's members at tier k, D_k its tier-(k-1) domains."""
+    """Copies of one token that cross the link type of the outermost tier the group spans
+    (DeepEP's "bottleneck" link; nested tiers of one link type share its ports), by the
+    copy count of `collectives.moe_all_to_all_time`: at tier k, with dedup
+    (n_k - 1)(1 - (1 - 1/D_k)^K) distinct remote domains (capped at M (1 - 1/D_k) with
+    node-limited routing), else K (m_k - m_{k-1}) / size expert copies; n_k the group's
+    members at tier k, m_k inside one tier-k domain, D_k = size / m_{k-1}."""
     sys_r = rank_system(system)
     size = setup["group"]
     n = [float(x) for x in participants(sys_r.tiers, jnp.float32(size), jnp.float32(1.0))]
-    inside, k_out = 1.0, 0
-    for k, nk in enumerate(n):
-        if nk > 1.0 + 1e-6:
-            k_out = k
-    for nk in n[:k_out]:
-        inside *= nk
-    domains = size / inside
-    k = MOE_TOP_K
-    if setup["dedup"] > 0:
-        c = (n[k_out] - 1.0) * (1.0 - (1.0 - 1.0 / domains) ** k)
-        if setup["max_domains"] > 0 and k_out > 0:
-            c = min(c, setup["max_domains"] * (1.0 - 1.0 / domains))
-        return c
-    return k * (1.0 - inside / size)
+    spanned = [k for k, nk in enumerate(n) if nk > 1.0 + 1e-6]
+    if not spanned:
+        return 0.0
+    link = sys_r.tiers[spanned[-1]].link
+    total, prev, k_top = 0.0, 1.0, MOE_TOP_K
+    for k, (tier, nk) in enumerate(zip(sys_r.tiers, n, strict=True)):
+        domains = size / prev
+        if setup["dedup"] > 0:
+            c = (nk - 1.0) * (1.0 - (1.0 - 1.0 / domains) ** k_top)
+            if setup["max_domains"] > 0 and k > 0:
+                c = min(c, setup["max_domains"] * (1.0 - 1.0 / domains))
+        else:
+            c = k_top * (prev * nk - prev) / size
+        if tier.link == link and k in spanned:
+            total += c
+        prev *= nk
+    return total
 
 
-def predict_moe_comm(row: dict, system):
-    """One dispatch or combine kernel of a row (`moe_comm_setup`): latency in us, or GB/s in
-    the row's convention: "bottleneck" = bytes over the outermost spanned tier / time
-    (DeepEP normal), "logical" = T min(ep, K) b / time (TRT-LLM one-sided, includes the local
-    share), "per_rank" = T K b / time (DeepEP low-latency tables)."""
-    s = moe_comm_setup(row)
+def predict_moe_comm(row: dict, system, setup: dict | None = None):
+    """One dispatch or combine kernel of a row (`moe_comm_setup`, computed on the concrete
+    system before `system` is traced): latency in us, or GB/s in the row's convention:
+    "bottleneck" = bytes over the outermost spanned tier / time (DeepEP normal), "logical" =
+    T min(ep, K) b / time (TRT-LLM one-sided, includes the local share), "per_rank" = T K b /
+    time (DeepEP low-latency tables)."""
+    s = setup if setup is not None else moe_comm_setup(row, system)
     if not s["group"] >= 2:
         raise ValueError("an all-to-all needs n_chips >= 2")
     nbytes = jnp.float32(s["tokens"] * s["token_bytes"])
@@ -184,16 +202,9 @@ def predict_moe_comm(row: dict, system):
         max_domains=s["max_domains"],
         combine=s["combine"],
     )
-    conv = s["convention"]
-    if conv == "latency":
+    if s["convention"] == "latency":
         return t * 1e6
-    if conv == "bottleneck":
-        moved = _outer_copies(system, s) * s["tokens"] * s["token_bytes"]
-    elif conv == "logical":
-        moved = s["tokens"] * min(s["group"], MOE_TOP_K) * s["token_bytes"]
-    else:
-        moved = s["tokens"] * MOE_TOP_K * s["token_bytes"]
-    return moved / t / 1e9
+    return s["moved"] / t / 1e9
 
 
 def collective_link(system, ranks: float) -> str:

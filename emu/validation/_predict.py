@@ -26,6 +26,7 @@ from emu.validation._collectives import (
     METRICS_ALLREDUCE,
     METRICS_MOE_COMM,
     collective_link,
+    moe_comm_setup,
     predict_allreduce_busbw,
     predict_moe_comm,
 )
@@ -69,8 +70,9 @@ MFU_PEAK_FLOPS = {"mindspeed": 313e12}
 class Item:
     """One modelled row, ready to predict. `kind` is "run" (a step: `model` and `plan` set;
     a serving deployment also `serving`, whose decode plan is `plan`), "allreduce" or
-    "moe_comm" (collective rows: the system alone); `base` holds the result fields of the
-    row (id, kind, system, metric, measured, source)."""
+    "moe_comm" (collective rows: the system, and for moe_comm the row's `setup`,
+    `moe_comm_setup`); `base` holds the result fields of the row (id, kind, system, metric,
+    measured, source)."""
 
     base: dict
     row: dict
@@ -79,6 +81,7 @@ class Item:
     model: Model | None = None
     plan: Plan | None = None
     serving: ServingRow | None = None
+    setup: dict | None = None
 
 
 def _base(row: dict) -> dict:
@@ -194,7 +197,8 @@ def prepare_rows(
             if row["kind"] == "collective" and row["metric"] in METRICS_ALLREDUCE:
                 items.append(Item(base, row, "allreduce", system))
             elif row["kind"] == "collective" and row["metric"] in METRICS_MOE_COMM:
-                items.append(Item(base, row, "moe_comm", system))
+                setup = moe_comm_setup(row, system)
+                items.append(Item(base, row, "moe_comm", system, setup=setup))
             else:
                 items.append(_run_item(row, base, system_of))
         except NotImplementedError as e:
@@ -308,7 +312,7 @@ def predict_items(items: list[Item], systems: dict | None = None, *, run=None):
         if it.kind == "allreduce":
             preds[i] = predict_allreduce_busbw(it.row, sys_of(it))
         elif it.kind == "moe_comm":
-            preds[i] = predict_moe_comm(it.row, sys_of(it))
+            preds[i] = predict_moe_comm(it.row, sys_of(it), it.setup)
     return preds, feas
 
 
