@@ -1,5 +1,5 @@
 """The `emu` command line: list, describe, run, compare, sensitivity, serve, search, sweep,
-validate, calibrate.
+validate, calibrate, program.
 
 Every command takes `--json` (machine-readable, SI units, on stdout) and `--set PATH=VALUE`
 (repeatable) to override a field by dotted path: system fields as listed by
@@ -29,6 +29,7 @@ from emu.cli._commands import (
 )
 from emu.cli._parser import CliError, build_parser
 from emu.cli._search_commands import cmd_search, cmd_sweep
+from emu.program.cli import run_program_cli
 
 __all__ = ["main"]
 
@@ -43,6 +44,7 @@ COMMANDS = {
     "search": cmd_search,
     "sweep": cmd_sweep,
     "validate": cmd_validate,
+    "program": run_program_cli,
 }
 
 

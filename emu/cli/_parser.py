@@ -341,4 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_search_commands(sub)
     _add_measurement_commands(sub)
+    from emu.program.cli import add_program_parser
+
+    add_program_parser(sub)
     return ap
