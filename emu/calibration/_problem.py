@@ -166,9 +166,12 @@ class FitProblem:
                     [i for i, it in enumerate(items) if it.kind == kind and it.system.name == name]
                 )
         self.blocks = [b for b in blocks if b]
-        self._residual_fns = [jax.jit(self._make_residuals(b)) for b in self.blocks]
-        self._loss_fns = [
-            jax.jit(jax.value_and_grad(self._make_block_loss(f))) for f in self._residual_fns
+        # one compiled function per block gives the loss, its gradient and the residuals
+        self._fns = [
+            jax.jit(
+                jax.value_and_grad(self._make_block_loss(self._make_residuals(b)), has_aux=True)
+            )
+            for b in self.blocks
         ]
 
     def spec_priors(self):
@@ -197,25 +200,28 @@ class FitProblem:
     @staticmethod
     def _make_block_loss(residuals):
         def block(u, w):
-            return jnp.sum(w * optax.huber_loss(residuals(u), delta=HUBER_DELTA))
+            r = residuals(u)
+            return jnp.sum(w * optax.huber_loss(r, delta=HUBER_DELTA)), r
 
         return block
 
     def log_errors(self, u):
+        """log(predicted / measured) of every row at `u` (on the metric as published)."""
         out = np.zeros(len(self.items), np.float32)
-        for idxs, f in zip(self.blocks, self._residual_fns, strict=True):
-            out[idxs] = np.asarray(f(u))
+        for idxs, f in zip(self.blocks, self._fns, strict=True):
+            (_, r), _ = f(u, jnp.ones(len(idxs), jnp.float32))
+            out[idxs] = np.asarray(r)
         return out
 
     def value_and_grad(self, u, w):
         w = np.asarray(w, np.float32)
         total_w = float(w.sum())
         val, grad = 0.0, jnp.zeros_like(u)
-        for idxs, f in zip(self.blocks, self._loss_fns, strict=True):
+        for idxs, f in zip(self.blocks, self._fns, strict=True):
             wb = w[idxs]
             if not wb.any():
                 continue
-            v, g = f(u, jnp.asarray(wb))
+            (v, _), g = f(u, jnp.asarray(wb))
             val, grad = val + float(v), grad + g
         d = u - self.u0
         val = val / total_w + 0.5 * float(jnp.sum((d / PRIOR_SIGMA) ** 2)) / total_w

@@ -106,7 +106,8 @@ def moe_comm_setup(row: dict, system) -> dict:
     rank/domain, DeepEP normal; 0: one copy per routed expert, low-latency and one-sided
     kernels), max_domains (node-limited routing), group (ranks), combine, convention
     ("latency", "bottleneck", "logical", "per_rank"), moved (the bytes the published
-    bandwidth divides by the kernel time; 0 for a latency)}."""
+    bandwidth divides by the kernel time; 0 for a latency and for "bottleneck", whose
+    bytes are the prediction's own `AllToAll.bottleneck_bytes`)}."""
     text = row_text(row)
     metric = row["metric"]
     combine = "combine" in metric
@@ -143,59 +144,27 @@ def moe_comm_setup(row: dict, system) -> dict:
         "convention": convention,
     }
     per_copy = setup["tokens"] * token_bytes
-    if convention == "bottleneck":
-        moved = _outer_copies(system, setup) * per_copy
-    elif convention == "logical":
+    if convention == "logical":
         moved = min(setup["group"], MOE_TOP_K) * per_copy
     elif convention == "per_rank":
         moved = MOE_TOP_K * per_copy
-    else:
+    else:  # a latency, or the bottleneck bytes of the prediction itself
         moved = 0.0
     return {**setup, "moved": moved}
-
-
-def _outer_copies(system, setup: dict) -> float:
-    """Copies of one token that cross the link type of the outermost tier the group spans
-    (DeepEP's "bottleneck" link; nested tiers of one link type share its ports), by the
-    copy count of `collectives.moe_all_to_all_time`: at tier k, with dedup
-    (n_k - 1)(1 - (1 - 1/D_k)^K) distinct remote domains (capped at M (1 - 1/D_k) with
-    node-limited routing), else K (m_k - m_{k-1}) / size expert copies; n_k the group's
-    members at tier k, m_k inside one tier-k domain, D_k = size / m_{k-1}."""
-    sys_r = rank_system(system)
-    size = setup["group"]
-    n = [float(x) for x in participants(sys_r.tiers, jnp.float32(size), jnp.float32(1.0))]
-    spanned = [k for k, nk in enumerate(n) if nk > 1.0 + 1e-6]
-    if not spanned:
-        return 0.0
-    link = sys_r.tiers[spanned[-1]].link
-    total, prev, k_top = 0.0, 1.0, MOE_TOP_K
-    for k, (tier, nk) in enumerate(zip(sys_r.tiers, n, strict=True)):
-        domains = size / prev
-        if setup["dedup"] > 0:
-            c = (nk - 1.0) * (1.0 - (1.0 - 1.0 / domains) ** k_top)
-            if setup["max_domains"] > 0 and k > 0:
-                c = min(c, setup["max_domains"] * (1.0 - 1.0 / domains))
-        else:
-            c = k_top * (prev * nk - prev) / size
-        if tier.link == link and k in spanned:
-            total += c
-        prev *= nk
-    return total
 
 
 def predict_moe_comm(row: dict, system, setup: dict | None = None):
     """One dispatch or combine kernel of a row (`moe_comm_setup`, computed on the concrete
     system before `system` is traced): latency in us, or GB/s in the row's convention:
-    "bottleneck" = bytes over the outermost spanned tier / time (DeepEP normal), "logical" =
+    "bottleneck" = bytes over the slowest tier / time (DeepEP normal), "logical" =
     T min(ep, K) b / time (TRT-LLM one-sided, includes the local share), "per_rank" = T K b /
     time (DeepEP low-latency tables)."""
     s = setup if setup is not None else moe_comm_setup(row, system)
     if not s["group"] >= 2:
         raise ValueError("an all-to-all needs n_chips >= 2")
-    nbytes = jnp.float32(s["tokens"] * s["token_bytes"])
-    t = collectives.moe_all_to_all_time(
+    a2a = collectives.moe_all_to_all(
         system,
-        nbytes,
+        jnp.float32(s["tokens"] * s["token_bytes"]),
         float(MOE_TOP_K),
         jnp.float32(s["group"]),
         dedup=s["dedup"],
@@ -203,8 +172,9 @@ def predict_moe_comm(row: dict, system, setup: dict | None = None):
         combine=s["combine"],
     )
     if s["convention"] == "latency":
-        return t * 1e6
-    return s["moved"] / t / 1e9
+        return a2a.time_s * 1e6
+    moved = a2a.bottleneck_bytes if s["convention"] == "bottleneck" else s["moved"]
+    return moved / a2a.time_s / 1e9
 
 
 def collective_link(system, ranks: float) -> str:

@@ -348,7 +348,8 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
 
     - decode instance: R ranks (`tp`, dies on 910C; else all n_chips x dies), attention DP
       `dp` (MoE rows that say "attention DP": R; else 1), attention TP R/dp, EP `ep` (MoE:
-      R when null); batch per DP rank = `global_batch` (max running requests) / dp, or for
+      R when null; dp <= the running requests); batch per DP rank = `global_batch` (max
+      running requests) / dp, or for
       offline max-throughput rows the largest that fits (batch_cap = min(OFFLINE_MAX_BATCH,
       the stated request count));
     - speculative decoding from the notes (`speculation`); context = prompt + output/2;
@@ -370,14 +371,17 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     ranks = int_or(p.get("tp"), None) or cards * dies
     if ranks > cards * dies:
         raise ValueError(f"decode tp = {ranks} ranks exceeds the {cards * dies} ranks of the row")
+    gb = int_or(p.get("global_batch"), None)
     dp = int_or(p.get("dp"), None) or (ranks if moe and "attention dp" in notes else 1)
-    dp = max(1, min(dp, ranks))
+    # attention DP over more ranks than running requests would leave ranks without one
+    dp = max(1, min(dp, ranks, gb or ranks))
+    while ranks % dp:
+        dp -= 1
     att_tp = max(1, ranks // dp)
     ep = (int_or(p.get("ep"), None) or ranks) if moe else 1
     imbalance = DEFAULT_MOE_IMBALANCE if moe else 1.0
     common = dict(precision=prec, recompute="none", zero=0, moe_imbalance=imbalance)
     spec = dict(draft_tokens=k, accept_len=acc) if k > 0 else {}
-    gb = int_or(p.get("global_batch"), None)
     cap = None
     if gb is None:
         cap = OFFLINE_MAX_BATCH

@@ -14,14 +14,14 @@ import jax
 import jax.numpy as jnp
 
 from emu.catalog import list_systems, load_system
-from emu.hardware import peak_flops
+from emu.hardware import peak_flops, usable_hbm_bytes
 from emu.numerics import safe_div
 from emu.objective import evaluate
-from emu.parallelism import Plan
+from emu.parallelism import Plan, memory, stage_layers
 from emu.policy import with_largest_batch
 from emu.serving import disaggregated
 from emu.struct import replace, stack
-from emu.topology import System
+from emu.topology import System, rank_system
 from emu.validation._collectives import (
     METRICS_ALLREDUCE,
     METRICS_MOE_COMM,
@@ -124,7 +124,12 @@ def _check_size(row: dict, system: System) -> None:
         )
 
 
-_feasible = jax.jit(lambda s, m, p: evaluate(s, m, p).feasible)
+@jax.jit
+def _feasible(system: System, model: Model, plan: Plan):
+    """Whether `plan` fits in the usable HBM of a rank (as `evaluate` checks it; the
+    memory model alone compiles in a fraction of the step's time)."""
+    chip = rank_system(system).chip
+    return memory(model, plan, usable_hbm_bytes(chip)).feasible
 
 
 def _largest_fitting(system: System, model: Model, plan: Plan, cap: int) -> Plan:
@@ -357,7 +362,7 @@ def predict_metric(metric: str, r, row: dict, model, plan, system: System | None
     if metric == "layer_fwd_plus_bwd_time":
         bd = r.breakdown
         nmb = plan.global_batch / (plan.dp * plan.microbatch)
-        layers = model.n_layers / plan.pp
+        layers = stage_layers(model, plan)[0]  # the heaviest stage the step is priced on
         per_mb = (bd.total_s - bd.optimizer_s - bd.exposed_dp_s - bd.bubble_s - bd.head_s) / nmb
         return per_mb / layers * 1e3
     if metric == "gpu_hours_per_trillion_tokens":
