@@ -56,13 +56,14 @@ def _uses_a2a(it: Item) -> bool:
 def parameter_spec(items: list[Item]) -> OrderedDict[tuple, dict]:
     """The fitted parameters for these rows: (section, key, field) -> {transform, prior}.
     Only parameters some row depends on: the chip-family fields of the families with
-    train/serving rows (the 8-bit efficiency only with low-precision rows), the ring fields
+    train/serving rows (the 8-bit efficiency only with low-precision rows, the achievable
+    HBM bandwidth fraction only with decode rows), the ring fields
     of every link type of the rows' systems, the all-to-all fields of link types whose
     systems have MoE communication rows or expert-parallel MoE runs, the overlap fractions
     of the plans that use them."""
     cal = calibration(fitted=False)
     spec: OrderedDict = OrderedDict()
-    fams, lowp, links, a2a_links = [], set(), [], set()
+    fams, lowp, serve, links, a2a_links = [], set(), set(), [], set()
     for it in items:
         sys = it.system
         if it.kind == "run":
@@ -71,6 +72,8 @@ def parameter_spec(items: list[Item]) -> OrderedDict[tuple, dict]:
                 fams.append(fam)
             if it.plan.precision in LOWP:
                 lowp.add(fam)
+            if it.plan.phase == "decode":
+                serve.add(fam)
         for t in sys.tiers:
             if t.link not in links:
                 links.append(t.link)
@@ -80,6 +83,8 @@ def parameter_spec(items: list[Item]) -> OrderedDict[tuple, dict]:
         fields = list(FAMILY_FIELDS)
         if fam in lowp:
             fields.insert(1, "lowp_matmul_efficiency")
+        if fam in serve:  # decode steps are HBM-bound: their rows constrain it
+            fields.append("hbm_efficiency")
         for f in fields:
             kind = "logit" if "efficiency" in f else "log"
             spec[("chip_family", fam, f)] = {

@@ -5,7 +5,8 @@ Training rows (`row_plan`): micro-batch 1; dp = ranks / (tp pp cp) (also when th
 degrees do not multiply to the ranks); tp = the largest power of two <= 8 dividing the heads
 and the model-parallel size when only t*p is known; ZeRO 1 (distributed optimizer) unless the
 row says FSDP/ZeRO-3 (3); recomputation "selective" (flash attention); SP on when tp > 1;
-vpp 1; expert TP = 1 unless the row says TP applies to experts or names an ETP. A row with no
+vpp 1; expert TP = 1 unless the row says TP applies to experts, names an ETP, or has no
+expert parallelism (EP1: experts split over TP like any MLP). A row with no
 parallel config whose notes cite the repo's example script at n0 chips takes the script's
 plan, weak-scaled to the row's chips (`script_plan`).
 
@@ -37,6 +38,10 @@ DEFAULT_MOE_IMBALANCE = 1.18
 #: when a row does not say: the published designs all do (DeepSeek's inference system, facts
 #: §5; SGLang large-scale EP; CloudMatrix-Infer's micro-batch pipelining)
 DEFAULT_EP_SERVING_OVERLAP = True
+#: a training row with MoE layers, TP > 1 and no expert parallelism (EP1) shards its
+#: experts over the TP group (Megatron's MoE MLPs are tensor-parallel unless experts are
+#: expert-parallel; fidelity DESIGN §5 "expert TP default")
+DEFAULT_ETP_WITHOUT_EP = True
 #: MTP draft acceptance when a row says "with MTP" but not the rate (CM paper's 70%, facts §5)
 DEFAULT_MTP_ACCEPT = 0.7
 #: DeepSeek's prefill profile: 16,384 tokens per device, 4K prompts (facts §5; row notes)
@@ -144,9 +149,13 @@ def _moe_settings(row: dict, model: Model, tp: int, text: str) -> tuple[int, int
     moe = float(model.n_experts) > 0
     ep = int_or(p.get("ep"), 1) if moe else 1
     # "TP=8 ... for attention and experts" (Megatron-LM): experts are tensor-parallel too;
-    # "ETP4" (dgxc recipe tables) names the expert TP
+    # "ETP4" (dgxc recipe tables) names the expert TP; without expert parallelism (EP1) the
+    # experts are Megatron MLPs split over the TP group like the dense ones
+    # (DEFAULT_ETP_WITHOUT_EP; MindSpeed Mixtral TP8 EP1)
     etp = int(num_in(r"\betp(\d+)", text, 1)) if moe else 1
     if moe and re.search(r"for attention and experts", text):
+        etp = tp
+    if moe and ep == 1 and DEFAULT_ETP_WITHOUT_EP and not re.search(r"\betp\d", text):
         etp = tp
     off = bool(re.search(r"\b(no|without) (two-(micro)?batch overlap|tbo)\b", text))
     overlap = not off and bool(
