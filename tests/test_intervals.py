@@ -148,3 +148,32 @@ def test_describe_gives_the_band_factors_of_a_family():
         iv = d["interval"][kind]
         assert iv["low"] < 1.0 < iv["high"]
     json.dumps(d, allow_nan=False)
+
+
+def test_validate_rows_carry_the_band_of_their_prediction():
+    from emu.validation import default_measurements, validate_rows
+
+    rows = [json.loads(line) for line in open(default_measurements())]
+    sel = [r for r in rows if r["id"] in ("limulidae_910b_allreduce_8npu", "sc21_t1_1.7B")]
+    res = {r["id"]: r for r in validate_rows(sel, table=TABLE)}
+    hccs = res["limulidae_910b_allreduce_8npu"]
+    assert hccs["group"] == "collective/hccs" and hccs["interval"]["extrapolation"] is True
+    a100 = res["sc21_t1_1.7B"]
+    assert a100["group"] == "train/ampere" and a100["interval"]["basis"].startswith("train (")
+    for r in res.values():
+        lo, hi = r["interval"]["low"], r["interval"]["high"]
+        assert lo < r["predicted"] < hi and r["inside"] == (lo <= r["measured"] <= hi)
+
+
+def test_coverage_of_a_file_matches_shipped_residuals_by_id_and_value():
+    from emu.validation import coverage_of_file
+
+    results = [{"id": str(i), "status": "ok", "measured": 1.0 + i} for i in range(10)] + [
+        {"id": "x", "status": "error", "measured": None}
+    ]
+    residuals = [{**x, "measured": 1.0 + int(x["id"]), "r_cv": x["r"]} for x in _ladder()] + [
+        {"id": "3", "source": "s3", "group": "train/x", "measured": 99.0, "r_cv": 5.0}
+    ]
+    c = coverage_of_file(results, residuals)
+    assert c["rows"] == 10 and c["nested"] == pytest.approx(0.8)  # the ladder, by hand
+    assert coverage_of_file(results, []) is None
