@@ -47,7 +47,7 @@ Priors from /work/notes/fidelity/fit_a2a.py (DeepEP, DeepEP-Ascend, TRT-LLM one-
 >>> sys = example_system()
 >>> t = all_reduce_time(sys, jnp.float32(8e9), jnp.float32(8), algorithm="ring")
 >>> round(8e9 / float(t) * 2 * 7 / 8 / 1e9)   # ring busbw of 8 H100s, GB/s (NCCL-212: ~370)
-371
+364
 >>> float(all_reduce_time(sys, jnp.float32(1e9), jnp.float32(1)))
 0.0
 """
