@@ -23,6 +23,7 @@ a deployment (`serving_row`, fidelity DESIGN §2 "serving rule").
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import NamedTuple
 
@@ -338,15 +339,22 @@ def needs_serving_rule(row: dict) -> bool:
 def speculation(notes: str, model: Model) -> tuple[float, float]:
     """(draft tokens k, accept length A) of a decode row: "accept length 2.59" with
     "NEXTN 3 steps / 4 draft tokens" (k = steps = draft tokens - 1, the verified root
-    excluded) or "EAGLE3 3 steps" (DEFAULT_DRAFT_STEPS when only the accept length is given);
-    "with MTP" without an accept length: one draft at DEFAULT_MTP_ACCEPT; (0, 1) without
-    speculation. A <= 1 + k."""
+    excluded; the largest stated steps: a PD deployment's prefill instance runs NEXTN 1) or
+    "EAGLE3 3 steps" (DEFAULT_DRAFT_STEPS when only the accept length is given; at least
+    A - 1); steps > 1 without an accept length: A = 1 + a + ... + a^k with a =
+    DEFAULT_MTP_ACCEPT (each draft accepted after its predecessor); "with MTP" without an
+    accept length: one draft at DEFAULT_MTP_ACCEPT; (0, 1) without speculation."""
     acc = num_in(r"accept(?:ance)?(?: length)? (\d+(?:\.\d+)?)", notes)
-    steps = num_in(r"(\d+) steps", notes) or num_in(r"nextn (\d+)", notes)
+    # the decode instance's steps: the largest stated (PD prefill instances run NEXTN 1)
+    steps = [float(x) for x in re.findall(r"(\d+) steps|nextn (\d+)", notes) for x in x if x]
     drafts = num_in(r"(\d+) draft tokens", notes)
     if acc and acc > 1:
-        k = steps or (drafts - 1 if drafts else DEFAULT_DRAFT_STEPS)
-        return max(k, 1.0), min(acc, 1.0 + max(k, 1.0))
+        k = max(steps) if steps else (drafts - 1 if drafts else DEFAULT_DRAFT_STEPS)
+        k = max(k, math.ceil(acc - 1.0))  # an accept length needs that many drafts
+        return k, acc
+    if steps and max(steps) > 1:  # steps without an accept length: a chain of drafts,
+        k = max(steps)  # each accepted with DEFAULT_MTP_ACCEPT after its predecessor
+        return k, 1.0 + sum(DEFAULT_MTP_ACCEPT**i for i in range(1, int(k) + 1))
     if re.search(r"\bwith mtp\b|enable mtp", notes):
         return 1.0, 1.0 + DEFAULT_MTP_ACCEPT
     return 0.0, 1.0
