@@ -166,8 +166,11 @@ def test_house_docstrings_become_markdown():
     i = out.index("```pycon")
     assert out[i + 1 : i + 4] == [">>> f(1)", "[1.0, 2.0]", "```"]
     assert out.count("```pycon") == 1 and ">>> inside a fence stays" in out
+    assert HOOK.house_docstring(["n = tp*dp*cp, `a*b` and *emphasis*"]) == [
+        "n = tp\\*dp\\*cp, `a*b` and *emphasis*"
+    ]
     google = HOOK.house_docstring(["Args:", "    x: the input", "      more on x", "    y: other"])
-    assert google == ["**Args:**", "- x: the input more on x", "- y: other"]
+    assert google == ["**Args:**", "", "- x: the input more on x", "- y: other"]
 
 
 # --- ARCHITECTURE.md ------------------------------------------------------------------

@@ -5,10 +5,13 @@
 - `<!-- emu:tutorial -->` becomes the cells of examples/tutorial.ipynb (markdown as text,
   code as fenced Python), and `<!-- emu:experiments -->` a table of experiments/*.py with
   the first line of each script's docstring;
+- `<!-- emu:exports -->` becomes a table of `emu.__all__`, and on docs/model.md every
+  backticked `emu.x.y` links to its API entry (an unknown name fails the strict build);
 - docstrings are written as in the house style (STYLE.md: formula, units, source, an inline
   `Args: ...` / `Returns: ...` and `>>>` examples), not in Google or NumPy layout, so
-  `DocstringMarkdown` fences the `>>>` examples as Python console code and sets the
-  `Args:`/`Returns:` labels in bold on their own lines.
+  `DocstringMarkdown` fences the `>>>` examples as Python console code, sets the
+  `Args:`/`Returns:` labels in bold on their own lines and keeps `tp*dp*cp` from turning
+  into emphasis.
 
 The renderers are plain functions (no MkDocs import at module level) so that
 tests/test_docs.py checks them without the docs extra installed.
@@ -225,8 +228,10 @@ def house_docstring(lines: list[str]) -> list[str]:
             if out and out[-1].strip():
                 out.append("")
             rest = (m.group(2) or "").strip()
-            out.append(f"**{m.group(1)}:** {rest}".rstrip())
+            out.append(f"**{m.group(1)}:** {_escape_products(rest)}".rstrip())
             i += 1
+            if not rest and i < len(lines) and lines[i].startswith("    "):
+                out.append("")  # a Markdown list needs a blank line above it
             # a Google-style block under a bare label: one bullet per `name: text` line
             while not rest and i < len(lines) and lines[i].startswith("    "):
                 item = lines[i].strip()
@@ -236,9 +241,18 @@ def house_docstring(lines: list[str]) -> list[str]:
                     out[-1] += " " + item
                 i += 1
             continue
-        out.append(line)
+        out.append(line if fenced or indent >= 4 else _escape_products(line))
         i += 1
     return out
+
+
+def _escape_products(line: str) -> str:
+    """`tp*dp*cp` is a product, not emphasis: escape a `*` between word characters, outside
+    code spans."""
+    parts = line.split("`")
+    for k in range(0, len(parts), 2):  # even pieces are outside backticks
+        parts[k] = re.sub(r"(?<=[\w)\]])\*(?=[\w(])", r"\\*", parts[k])
+    return "`".join(parts)
 
 
 def _extension():
