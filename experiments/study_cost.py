@@ -56,6 +56,7 @@ def solve(system_name: str, workload: tuple) -> dict:
     """The plan of least cost per token (emu search), evaluated exactly; floats only."""
     import emu
     from emu import cost as C
+    from emu import costs_catalog as K
     from emu.policy import largest_batch
     from emu.power import full_load_power
     from emu.search import Problem, gradient_search, plan_of
@@ -63,7 +64,7 @@ def solve(system_name: str, workload: tuple) -> dict:
 
     _, model_name, phase, seq = workload
     system, model = emu.load_system(system_name), emu.load_model(model_name)
-    cost, region = C.load_cost(system_name), C.load_region(SEARCH_REGION)
+    cost, region = K.load_cost(system_name), K.load_region(SEARCH_REGION)
 
     def neg_log_cost(r):  # maximised by the search
         prov = full_load_power(system, r.n_chips).it_w
@@ -202,6 +203,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     from emu import cost as C
+    from emu import costs_catalog as K
     from emu.struct import replace
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -218,8 +220,8 @@ def main() -> None:
         futs = {(w[0], s): pool.submit(solve, s, w) for w, s in tasks}
         runs = {k: f.result() for k, f in futs.items()}
 
-    costs = {s: C.load_cost(s) for s in SYSTEMS}
-    regions = {g: C.load_region(g) for g in REGIONS}
+    costs = {s: K.load_cost(s) for s in SYSTEMS}
+    regions = {g: K.load_region(g) for g in REGIONS}
     sa = replace(costs["gb200_nvl72"], hourly_usd_per_chip=jnp.float32(SA_HOURLY_GB200))
     table = {}
     for w in WORKLOADS:
