@@ -202,7 +202,6 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from emu import cost as C
     from emu import costs_catalog as K
     from emu.struct import replace
 

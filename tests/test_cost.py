@@ -310,10 +310,12 @@ def _region_file(tmp_path, body: str) -> Path:
     [
         ("electricity_usd_per_kwh = -0.1\npue = 1.3\n", r"electricity_usd_per_kwh must be in "
          r"\[0, 10\] USD per kWh \(got -0.1\); prices and costs cannot be negative"),
-        ("electricity_usd_per_kwh = 0.1\npue = 0.9\n", r"pue must be in \[1, 4\] ratio \(got 0.9\); PUE is facility power"),
+        ("electricity_usd_per_kwh = 0.1\npue = 0.9\n", r"pue must be in \[1, 4\] ratio "
+         r"\(got 0.9\); PUE is facility power"),
         ("electricity_usd_per_kwh = 0.1\n", r"missing 'pue'"),
         ("electricity_usd_per_kwh = 0.1\npue = 1.2\nprice = 3\n", r"unknown key 'price'"),
-        ('electricity_usd_per_kwh = "cheap"\npue = 1.2\n', r"electricity_usd_per_kwh must be a number \(got str 'cheap'\)"),
+        ('electricity_usd_per_kwh = "cheap"\npue = 1.2\n', r"electricity_usd_per_kwh must "
+         r"be a number \(got str 'cheap'\)"),
         ('pue = 1.2\n[local]\ncurrency = "ZAR"\ndate = "2025"\nelectricity_per_kwh = 0.9\n',
          r"missing 'per_usd'"),
         ('pue = 1.2\n[local]\ncurrency = "ZAR"\ndate = "2025"\nper_usd = 0\n'
