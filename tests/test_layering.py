@@ -1,6 +1,7 @@
 """STYLE.md "The house": data flows one way. A module imports only from modules to its left:
 core modules in their fixed order and never a host module; host modules in the
-order catalog <- costs_catalog <- storage <- policy <- analysis <- validation <- calibration <- search <- cli.
+order catalog <- costs_catalog <- storage <- policy <- analysis <- validation <- calibration
+<- search <- cli.
 Private submodules of a host package count as the package. Experiments import only public
 names."""
 
