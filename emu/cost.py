@@ -149,7 +149,8 @@ class CostBreakdown:
     `energy_share` is 0 too (the price does not say how much of it is electricity).
     `capex_usd` is the up-front capital of the build-up (hardware of the run's chips plus
     facility for `provisioned_w`), reported in both modes; `electricity_usd_per_kwh` is the
-    price this system pays in the region (subsidised or not)."""
+    price this system pays in the region (subsidised or not). The `*_usd_per_mtoken` parts
+    split `usd_per_mtoken`: capital (hardware + facility) + energy + all-in."""
 
     chips_usd_per_hour: Array
     hosts_usd_per_hour: Array
@@ -163,6 +164,9 @@ class CostBreakdown:
     all_in_usd_per_hour: Array
     usd_per_hour: Array
     usd_per_mtoken: Array
+    capital_usd_per_mtoken: Array
+    energy_usd_per_mtoken: Array
+    all_in_usd_per_mtoken: Array
     energy_share: Array
     capex_usd: Array
     electricity_usd_per_kwh: Array
@@ -214,6 +218,9 @@ def run_cost(
         )
         + cost.facility_usd_per_w * prov
     )
+    per_mtoken = lambda usd_per_hour: safe_div(  # noqa: E731
+        usd_per_hour * 1e6, 3600.0 * tokens_per_s, jnp.inf
+    )
     return CostBreakdown(
         chips_usd_per_hour=chips,
         hosts_usd_per_hour=hosts,
@@ -226,7 +233,10 @@ def run_cost(
         energy_usd_per_hour=energy,
         all_in_usd_per_hour=all_in,
         usd_per_hour=total,
-        usd_per_mtoken=safe_div(total * 1e6, 3600.0 * tokens_per_s, jnp.inf),
+        usd_per_mtoken=per_mtoken(total),
+        capital_usd_per_mtoken=per_mtoken(hardware + facility),
+        energy_usd_per_mtoken=per_mtoken(energy),
+        all_in_usd_per_mtoken=per_mtoken(all_in),
         energy_share=safe_div(energy, total),
         capex_usd=capex,
         electricity_usd_per_kwh=price + 0.0 * total,
