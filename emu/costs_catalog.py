@@ -124,6 +124,12 @@ def apply_cost_overrides(tree: Cost | Region, overrides: dict | None, where: str
     for path, value in overrides.items():
         name = path.removeprefix(f"{prefix}.")
         if name not in fields:
+            other, cls = ("region", Region) if prefix == "cost" else ("cost", Cost)
+            if name in _leaf_fields(cls):
+                raise ValueError(
+                    f"{where or prefix}: {name} belongs to the {other}, not the {prefix}; "
+                    f"write {other}.{name}."
+                )
             raise _unknown_key(
                 where or prefix, f"{prefix}.{name}", [f"{prefix}.{f}" for f in fields]
             )
