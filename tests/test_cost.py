@@ -62,6 +62,10 @@ def test_build_up_matches_the_formula_by_hand(gb, us):
     assert float(c.usd_per_hour) == pytest.approx(total, rel=1e-6)
     assert float(c.usd_per_mtoken) == pytest.approx(total * 1e6 / (3600.0 * tps), rel=1e-6)
     assert float(c.energy_share) == pytest.approx(energy / total, rel=1e-5)
+    per_m = 1e6 / (3600.0 * tps)
+    assert float(c.capital_usd_per_mtoken) == pytest.approx((hardware + facility) * per_m, rel=1e-6)
+    assert float(c.energy_usd_per_mtoken) == pytest.approx(energy * per_m, rel=1e-6)
+    assert float(c.all_in_usd_per_mtoken) == 0.0
     assert float(c.capex_usd) == pytest.approx(n * per_chip + 25.0 * prov, rel=1e-6)
     parts = (
         c.chips_usd_per_hour
@@ -372,3 +376,39 @@ def test_overrides_apply_and_keep_float32(us):
     assert r.pue.dtype == jnp.float32 and r.name == "us_average"
     c = K.load_cost("cloudmatrix384", {"chip_usd": 20000})
     assert float(c.chip_usd) == 20000.0 and c.chip_usd.dtype == jnp.float32
+
+
+# ----------------------------------------------------------------------------- search
+
+
+def test_the_cost_objective_needs_a_price_and_keys_the_sweep_by_it(catalog):
+    """usd_per_mtoken is a registered, minimised objective that needs Problem.cost; the
+    problem's signature (sweep resume key) changes with every cost and region value."""
+    from emu.search import OBJECTIVES, Problem, check_problem
+
+    obj = OBJECTIVES["usd_per_mtoken"]
+    assert obj.sign == -1.0 and obj.needs == ("cost",)
+    sys = catalog["h100"]
+    bare = Problem("dgx_h100", "llama3_8b", 8, objective="usd_per_mtoken")
+    with pytest.raises(ValueError, match=r"needs Problem.cost = \(Cost, Region\)"):
+        check_problem(sys, bare)
+    with pytest.raises(ValueError, match=r"must be a \(emu.cost.Cost, emu.cost.Region\) pair"):
+        check_problem(sys, replace(bare, cost=(K.load_region("us_average"),) * 2))
+    price = (K.load_cost("dgx_h100"), K.load_region("us_average"))
+    priced = replace(bare, cost=price)
+    check_problem(sys, priced)
+    assert priced.as_dict()["cost"]["region.pue"] == pytest.approx(1.3)
+    dearer = replace(priced, cost=(price[0], K.load_region("us_average", {"pue": 1.31})))
+    assert len({bare.signature(), priced.signature(), dearer.signature()}) == 3
+
+
+def test_the_objective_prices_an_evaluation_like_from_result(catalog):
+    from emu.search import Problem, get_objective
+
+    sys, model = catalog["h100"], catalog["llama8"]
+    r = emu.evaluate(sys, model, emu.make_plan(tp=8, global_batch=8, seq_len=4096))
+    price = (K.load_cost("dgx_h100"), K.load_region("china_coast"))
+    p = Problem("dgx_h100", "llama3_8b", 8, objective="usd_per_mtoken", cost=price)
+    got = get_objective("usd_per_mtoken").value(r, system=sys, problem=p)
+    want = C.from_result(*price, r, system=sys).usd_per_mtoken
+    assert float(got) == float(want) > 0
