@@ -360,7 +360,11 @@ def test_unknown_names_list_the_known_ones():
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match=r"unknown cost \(system\) 'gb200'.*'gb200_nvl72'"):
         K.load_cost("gb200")
-    with pytest.raises(ValueError, match=r"unknown key 'cost.pue'.*Known keys: cost.chip_usd"):
+    with pytest.raises(
+        ValueError, match=r"unknown key 'cost.chips_usd'.*Known keys: cost.chip_usd"
+    ):
+        K.load_cost("gb200_nvl72", {"chips_usd": 1.0})
+    with pytest.raises(ValueError, match=r"pue belongs to the region, not the cost; write region"):
         K.load_cost("gb200_nvl72", {"pue": 1.2})
     with pytest.raises(ValueError, match=r"region 'us_average': region\.electricity.*got -1"):
         K.load_region("us_average", {"electricity_usd_per_kwh": -1.0})
