@@ -11,7 +11,8 @@ Workloads (as experiments/study_workloads.py): Llama 3 405B training (BF16, 8K s
 charged on the full-load IT power of the chips; the command-line equivalent is e.g.
 
     emu search --system cloudmatrix384 --model deepseek_r1 --phase decode --precision int8 \
-        --chips 1152 --context 4096 --mtp-accept 0.7 --objective usd_per_mtoken --region us_average
+        --seq-len 4096 --chips 1152 --context 4096 --mtp-accept 0.7 \
+        --objective usd_per_mtoken --region us_average
 
 Decode batches are then filled to the TPOT SLO (`emu.policy.largest_batch`) when that stays in
 HBM. The same plan is priced in every region (the plan barely depends on the electricity

@@ -120,6 +120,7 @@ def test_cost_fields_are_settable_and_move_the_price(capsys):
         (["run", "--region", "us_average", "--set", "cost.utilisation=1.5"], "in (0, 1] fraction"),
         (["run", "--region", "us_average", "--set", "region.pue=0.9"], "at least 1"),
         (["run", "--region", "us_average", "--set", "cost.pue=1.2"], "write region.pue"),
+        (["run", "--region", "us_average", "--set", "facility.pue=1.1"], "--set region.pue=V"),
         (["run", "--region", "us_average", "--set", "cost.chips_usd=1"], "unknown key 'cost."),
         (["run", "--set", "cost.utilisation=0.5"], "add --region NAME"),
         (["run", "--cost", "gb200_nvl72"], "add --region NAME"),

@@ -95,7 +95,14 @@ def region(args) -> C.Region | None:
 def with_region(args, system):
     """`system` with the region's PUE (unchanged without --region)."""
     r = region(args)
-    return system if r is None else C.with_region_pue(system, r)
+    if r is None:
+        return system
+    if any(item.partition("=")[0].strip() == "facility.pue" for item in args.set):
+        raise ValueError(
+            "with --region the PUE is the region's (it replaces the system's facility.pue); "
+            "write --set region.pue=V instead of facility.pue."
+        )
+    return C.with_region_pue(system, r)
 
 
 def _load_cost(args, system_name: str) -> C.Cost:
