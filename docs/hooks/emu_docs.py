@@ -159,6 +159,7 @@ def exports_markdown() -> str:
 
     modules = [m for m in api_modules() if m != "emu"]
     rows = ["| name | what it is | documented in |", "|---|---|---|"]
+    own = []  # defined in emu/__init__.py itself: documented on this page, below the table
     for name in emu.__all__:
         obj = getattr(emu, name)
         if isinstance(obj, types.ModuleType):
@@ -168,16 +169,27 @@ def exports_markdown() -> str:
             continue
         # the defining module first, then any documented module that exports the object
         defined = getattr(obj, "__module__", None)
-        home = next(
+        homes = [
             m
             for m in sorted(modules, key=lambda m: m != defined)
             if name in getattr(importlib.import_module(m), "__all__", ())
             and getattr(importlib.import_module(m), name) is obj
-        )
+        ]
+        if homes:
+            home = homes[0]
+        elif defined == "emu":
+            home = "emu"
+            own.append(name)
+        else:
+            raise ValueError(
+                f"emu.{name} is exported by emu but no API page documents it: export it from "
+                f"a documented module's __all__ or add a page for {defined} (docs/api/)."
+            )
         doc = " ".join((inspect.getdoc(obj) or "").split()) if callable(obj) else ""
         doc = re.split(r"(?<=\.)\s", doc, maxsplit=1)[0].replace("|", "/")
         rows.append(f"| [`emu.{name}`][{home}.{name}] | {doc} | `{home}` |")
-    return "\n".join(rows) + "\n"
+    blocks = [f"::: emu.{name}\n    options:\n      show_root_heading: true" for name in own]
+    return "\n\n".join(["\n".join(rows), *blocks]) + "\n"
 
 
 def model_table(path: Path = ROOT / "docs" / MODEL_PAGE) -> list[tuple[str, str, list[str]]]:
