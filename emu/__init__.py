@@ -30,7 +30,7 @@ from emu import (
     units,
     workload,
 )
-from emu.config import list_models, list_systems, load_model, load_system
+from emu.catalog import list_models, list_systems, load_model, load_system
 from emu.objective import RunResult, evaluate
 from emu.parallelism import Memory
 from emu.plan import KNOBS, Plan, make_plan, plan_dict, validate_plan

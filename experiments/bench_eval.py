@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emu.config import load_model, load_system
+from emu.catalog import load_model, load_system
 from emu.objective import evaluate
 from emu.parallelism import make_plan
 from emu.struct import replace, set_path

@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emu.config import load_system
+from emu.catalog import load_system
 from emu.objective import evaluate
 from emu.struct import replace
-from emu.validate import default_measurements, row_model, row_plan
+from emu.validation import default_measurements, row_model, row_plan
 
 ROWS = (
     "korth_t5_175B_full",
@@ -63,7 +63,7 @@ def main() -> None:
     for rid in ROWS:
         row = rows[rid]
         model = row_model(row)
-        plan = row_plan(row, model)
+        plan = row_plan(row, model).plan
         plans.append(plan)
         meas = measured_step_s(row)
         t_emu = float(fn(system, model, plan).step_time_s)

@@ -18,7 +18,7 @@ import json
 import tempfile
 import time
 
-from emu.config import load_model, load_system
+from emu.catalog import load_model, load_system
 from emu.search import Problem, gradient_search, sweep
 
 BW = [0.25, 0.5, 1.0, 2.0, 4.0]
@@ -101,22 +101,22 @@ def run(name: str) -> dict:
     t = time.perf_counter()
     gs = gradient_search(system, model, problem, grid=grid)
     t_gs = time.perf_counter() - t
-    best, found = ex["best"]["objective"], gs["best"]["objective"]
+    best, found = ex.best["objective"], gs.best["objective"]
     sign = problem.sign()
     ratio = found / best if sign > 0 else best / found
     return {
         "problem": name,
         "objective": problem.objective_name(),
-        "space": ex["evaluations"],
+        "space": ex.evaluations,
         "exhaustive": best,
         "gradient": found,
         "ratio": ratio,
-        "exhaustive_evals": ex["evaluations"],
-        "gradient_evals": gs["evaluations"],
-        "eval_share": gs["evaluations"] / ex["evaluations"],
+        "exhaustive_evals": ex.evaluations,
+        "gradient_evals": gs.evaluations,
+        "eval_share": gs.evaluations / ex.evaluations,
         "exhaustive_wall_s": t_ex,
         "gradient_wall_s": t_gs,
-        "ok": ratio >= 0.99 and gs["evaluations"] <= 0.05 * ex["evaluations"],
+        "ok": ratio >= 0.99 and gs.evaluations <= 0.05 * ex.evaluations,
     }
 
 

@@ -26,9 +26,9 @@ CHILD = r"""
 import json, resource, sys, tempfile, time
 import numpy as np
 if sys.argv[2] == "1":
-    from emu.runner import enable_cache
-    enable_cache()
-from emu.config import load_model, load_system
+    from emu.storage import enable_compilation_cache
+    enable_compilation_cache()
+from emu.catalog import load_model, load_system
 from emu.search import Problem, enumerate_plans, sweep
 n_target = float(sys.argv[1])
 system, model = load_system("gb200_nvl72"), load_model("llama3_70b")
@@ -43,10 +43,10 @@ with tempfile.TemporaryDirectory() as d:
     t = time.perf_counter()
     r = sweep(system, model, problem, d, grid=grid, chunk=chunk)
     wall = time.perf_counter() - t
-n = r["evaluations"]
-steady = (n - min(n, chunk)) / max(wall - r["first_chunk_s"], 1e-9) if n > chunk else None
+n = r.evaluations
+steady = (n - min(n, chunk)) / max(wall - r.first_chunk_s, 1e-9) if n > chunk else None
 print(json.dumps({"configurations": n, "wall_s": wall, "per_s": n / wall,
-                  "first_chunk_s": r["first_chunk_s"], "steady_per_s": steady,
+                  "first_chunk_s": r.first_chunk_s, "steady_per_s": steady,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 
 import emu
-from emu.runner import enable_cache
+from emu.storage import enable_compilation_cache as enable_cache
 
 MODEL, SEQ, BATCH_SEQS, TP = "llama3_405b", 8192, 2048, 8
 # (catalog name, title, unit chips, pipeline degree, units per point)

@@ -3,7 +3,7 @@
     python experiments/study_sensitivity.py [--out experiments/figures/study] [--top 12]
 
 Llama 3 70B training at sequence length 8192 on one unit of each system (384 NPUs, 72 GPUs),
-with the plan rule's plan (`emu.runner.auto_plan`). `emu.runner.sensitivity` gives, from one
+with the plan rule's plan (`emu.policy.auto_plan`). `emu.analysis.sensitivity` gives, from one
 reverse-mode pass, the elasticity d ln(y) / d ln(x) of y = tokens/J and y = tokens/s for every
 float field x of the system. Writes sensitivity.png (grouped horizontal bars of the largest
 |elasticity of tokens/J| across both systems) and sensitivity.md (every parameter).
@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 import emu
-from emu.runner import auto_plan, enable_cache, sensitivity
+from emu.analysis import sensitivity
+from emu.policy import auto_plan
+from emu.storage import enable_compilation_cache as enable_cache
 
 SYSTEMS = (("cloudmatrix384", "CloudMatrix 384", 384), ("gb200_nvl72", "GB200 NVL72", 72))
 MODEL, SEQ = "llama3_70b", 8192
@@ -177,7 +179,7 @@ def markdown(rows: dict, results: list[dict], names: list[str]) -> str:
         f"# Elasticities of tokens/J and tokens/s, Llama 3 70B training (seq {SEQ})",
         "",
         "Elasticity = d ln(y) / d ln(x): % change in y per % change in the parameter x, "
-        "from `jax.grad` through `emu.evaluate` (`emu.runner.sensitivity`). tokens/J counts "
+        "from `jax.grad` through `emu.evaluate` (`emu.analysis.sensitivity`). tokens/J counts "
         "IT power, so PUE has zero elasticity.",
         "",
     ]

@@ -4,7 +4,7 @@
 
 Peak compute per precision, HBM capacity and bandwidth, scale-up and scale-out bandwidth,
 full-load IT power and their per-watt ratios, all computed from the parts by
-`emu.runner.describe`, with SemiAnalysis's published ratios beside them (facts §4).
+`emu.analysis.describe`, with SemiAnalysis's published ratios beside them (facts §4).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emu.config import load_system
-from emu.runner import describe
+from emu.analysis import describe
+from emu.catalog import load_system
 
 SYSTEMS = ("cloudmatrix384", "gb200_nvl72", "gb300_nvl72")
 #: SemiAnalysis, CM384 / NVL72 (facts §4 "efficiency ratios"; secondary)

@@ -102,8 +102,8 @@ def exhaustive(system_name, model_name, chips, **kw):
     for dval in DOMAINS:
         m = ok & (dom == dval)
         curve[dval] = float(obj[m].max()) if m.any() else float("nan")
-    return {"curve": curve, "best": res["best"], "wall_s": time.perf_counter() - t0,
-            "evaluations": res["evaluations"]}  # fmt: skip
+    return {"curve": curve, "best": res.best, "wall_s": time.perf_counter() - t0,
+            "evaluations": res.evaluations}  # fmt: skip
 
 
 def main() -> None:
@@ -149,7 +149,7 @@ def main() -> None:
 
     # 1. optics parity: Newton on tokens/J(s) - target with d/ds from jax.grad
     model, cm = emu.load_model("llama3_70b"), emu.load_system(cm)
-    cm_plan, nv_tpj = plan_of(p_cm, r_cm["best"]), r_nv["best"]["tokens_per_joule"]
+    cm_plan, nv_tpj = plan_of(p_cm, r_cm.best), r_nv.best["tokens_per_joule"]
 
     def tpj_of(s):
         return emu.evaluate(optics_scaled(cm, s), model, cm_plan).tokens_per_joule
@@ -157,13 +157,13 @@ def main() -> None:
     tpj, dtpj = jax.jit(tpj_of), jax.jit(jax.grad(tpj_of))
     optic_w = max(float(t.optic_w) for t in cm.tiers)  # the UB and RoCE modules (same W)
     at_zero, at_one = float(tpj(jnp.float32(0.0))), float(tpj(jnp.float32(1.0)))
-    free_best = r_free["best"]["tokens_per_joule"]
+    free_best = r_free.best["tokens_per_joule"]
     if max(at_zero, free_best) < nv_tpj:
         crossing = None
         verdict = (
             f"**not reachable**: even free optics give CloudMatrix 384 {at_zero:.3g} tokens/J "
             f"with today's plan and {free_best:.3g} with a plan searched for free optics "
-            f"({plan_text(r_free['best'])}), {100 * max(at_zero, free_best) / nv_tpj:.0f}% of "
+            f"({plan_text(r_free.best)}), {100 * max(at_zero, free_best) / nv_tpj:.0f}% of "
             f"NVL72's {nv_tpj:.3g}"
         )
     else:
@@ -177,9 +177,9 @@ def main() -> None:
         "",
         "Llama 3 70B training, 8K sequences, BF16; plans from `emu search` (tokens/J).",
         "",
-        f"- CloudMatrix 384 (384 NPUs): {at_one:.3g} tokens/J with {plan_text(r_cm['best'])}"
+        f"- CloudMatrix 384 (384 NPUs): {at_one:.3g} tokens/J with {plan_text(r_cm.best)}"
         f" (search {t_cm:.0f} s)",
-        f"- GB200 NVL72 (72 GPUs): {nv_tpj:.3g} tokens/J with {plan_text(r_nv['best'])}"
+        f"- GB200 NVL72 (72 GPUs): {nv_tpj:.3g} tokens/J with {plan_text(r_nv.best)}"
         f" (search {t_nv:.0f} s)",
         f"- d(tokens/J)/d(W per transceiver) at today's {optic_w:g} W: "
         f"{float(dtpj(jnp.float32(1.0))) / optic_w:.3g} per W (jax.grad)",
@@ -200,7 +200,7 @@ def main() -> None:
         "|---|---|" + "---|" * len(DOMAINS) + "---|",
     ]
     for m in dom_models:
-        b = dom[m][1]["best"]
+        b = dom[m][1].best
         lines.append(
             f"| {LABEL[m]} | best tokens/J (sweep) | "
             + " | ".join(f"{sw[m]['curve'][d]:.3g}" for d in DOMAINS)
@@ -212,12 +212,12 @@ def main() -> None:
         r, s_ = dom[m][1], sw[m]
         lines.append(
             f"- {LABEL[m]}: gradient search {r['evaluations']} evaluations in "
-            f"{dom[m][2]:.0f} s, {100 * r['best']['objective'] / s_['best']['objective']:.1f}% "
+            f"{dom[m][2]:.0f} s, {100 * r.best['objective'] / s_['best']['objective']:.1f}% "
             f"of the sweep's optimum ({s_['evaluations']} evaluations, {s_['wall_s']:.0f} s; "
             f"domain {s_['best']['domain']:g})"
         )
     # 3. fixed power budget
-    b = r_cap["best"]
+    b = r_cap.best
     nchips = n_chips(b)
     lines += [
         "",
@@ -230,7 +230,7 @@ def main() -> None:
         + " | ".join(f"{swcap['curve'][d]:.4g}" for d in DOMAINS)
         + " |",
         "",
-        f"- gradient search ({t_cap:.0f} s, {r_cap['evaluations']} evaluations): **domain "
+        f"- gradient search ({t_cap:.0f} s, {r_cap.evaluations} evaluations): **domain "
         f"{b['domain']:g}** (optical share {b['optics_share']:g}), {nchips} GPUs, "
         f"{b['tokens_per_s']:.4g} tokens/s at {b['power_w'] / 1e3:.0f} kW, "
         f"{b['tokens_per_joule']:.3g} tokens/J, {plan_text(b)}; "
@@ -270,7 +270,7 @@ def main() -> None:
             DOMAINS, [sw[m]["curve"][d] / ref for d in DOMAINS], "o-", color=colors[m],
             label=f"{LABEL[m]}: best plan per domain (sweep); 72 = {ref:.3g} tokens/J",
         )  # fmt: skip
-        bst = dom[m][1]["best"]
+        bst = dom[m][1].best
         a2.plot(
             [bst["domain"]], [bst["tokens_per_joule"] / ref], "*", color=colors[m], ms=16,
             mec="k", label=f"{LABEL[m]}: gradient search's pick (domain {bst['domain']:g})",

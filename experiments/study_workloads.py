@@ -18,7 +18,7 @@ Two scales:
 power_cap=W)`, the search returned a poor DeepSeek-V3 plan, so the rack count is fixed.)
 
 The search's decode batch per DP rank is a power of two; the script then raises it to the
-largest batch meeting the TPOT SLO (`emu.runner.largest_batch`) when that stays within HBM
+largest batch meeting the TPOT SLO (`emu.policy.largest_batch`) when that stays within HBM
 and the power cap (the table shows both). Study 3: Pareto fronts of tokens/s vs IT power
 over every feasible Llama 3 405B training plan at 3-4 sizes per system (one exhaustive
 `sweep` per system, the chip count a knob).
@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import emu
+from emu.policy import largest_batch
 from emu.power import full_load_power
-from emu.runner import largest_batch
 from emu.search import Problem, gradient_search, plan_of, sweep
 from emu.struct import replace
 
@@ -109,7 +109,7 @@ def solve(system_name: str, workload: tuple, scale: str, budget: float) -> dict:
     t0 = time.perf_counter()
     res = gradient_search(system, model, problem)
     wall = time.perf_counter() - t0
-    row = res["best"]
+    row = res.best
     if row is None:
         raise ValueError(f"no feasible plan for {system_name} {workload[0]} at {scale}")
     plan = plan_of(problem, row)
@@ -129,8 +129,8 @@ def solve(system_name: str, workload: tuple, scale: str, budget: float) -> dict:
     return {
         "row": row,
         "search_s": wall,
-        "evaluations": res["evaluations"],
-        "space": res["space"],
+        "evaluations": res.evaluations,
+        "space": res.space_size,
         "chips": int(float(r.n_chips)),
         "batch": int(float(plan.microbatch)),
         "search_batch": batch,
@@ -172,7 +172,7 @@ def pareto_points(system_name: str, sizes: list[int]) -> list[tuple[float, float
         res = sweep(emu.load_system(system_name), emu.load_model("llama3_405b"), problem, d, top=1)
     pts = [
         (p["power_w"], p["tokens_per_s"], int(p["tp"] * p["pp"] * p["dp"] * p["cp"]))
-        for p in res["pareto"]
+        for p in res.pareto
     ]
     return sorted(pts)
 

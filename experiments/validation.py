@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from emu.calibrate import cross_validate, fit
-from emu.runner import enable_cache
-from emu.validate import format_report, plot_report, validate_file
+from emu.calibration import cross_validate, fit
+from emu.storage import enable_compilation_cache as enable_cache
+from emu.validation import format_report, plot_report, validate_file
 
 
 def main() -> None:
@@ -46,8 +46,9 @@ def main() -> None:
         if k == n or k % 50 == 0:
             print(f"  fit {k}/{n} loss {loss:.5f}", file=sys.stderr)
 
-    rep = fit(args.file, steps=args.steps, progress=progress)
-    cvs = [cross_validate(rep, by=by) for by in ("source", "system")]
+    fitted = fit(args.file, steps=args.steps, progress=progress)
+    rep = fitted.to_json()  # parameter keys joined with "."
+    cvs = [vars(cross_validate(fitted, by=by)) for by in ("source", "system")]
     cal = {
         "rows": rep["rows"],
         "parameters": rep["parameters"],
@@ -58,8 +59,8 @@ def main() -> None:
             "median_abs_pct_error_priors": rep["median_abs_pct_error_before"],
         },
         "cross_validation": cvs,
-        "values": {".".join(x for x in k if x): v for k, v in rep["values"].items()},
-        "uncertainty": {".".join(x for x in k if x): v for k, v in rep["uncertainty"].items()},
+        "values": rep["values"],
+        "uncertainty": rep["uncertainty"],
         "wall_s": rep["wall_s"],
     }
     (out / "calibration.json").write_text(json.dumps(cal, indent=1, allow_nan=False))

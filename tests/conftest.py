@@ -7,7 +7,7 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 @pytest.fixture(scope="session")
 def catalog():
-    from emu.config import load_model, load_system
+    from emu.catalog import load_model, load_system
 
     return {
         "cm": load_system("cloudmatrix384"),
@@ -26,7 +26,7 @@ def validate_reports():
     once per session; several test modules read them)."""
     from pathlib import Path
 
-    from emu.validate import default_measurements, validate_file
+    from emu.validation import default_measurements, validate_file
 
     pinned = Path(__file__).resolve().parent / "data" / "measurements_141.jsonl"
     return {"141": validate_file(pinned), "default": validate_file(default_measurements())}

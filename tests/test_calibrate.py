@@ -5,9 +5,9 @@ from pathlib import Path
 import jax.numpy as jnp
 import pytest
 
-from emu.calibrate import apply_parameters, cross_validate, fit, write_overlay
-from emu.config import load_system
-from emu.validate import default_measurements
+from emu.calibration import apply_parameters, cross_validate, fit, write_overlay
+from emu.catalog import load_system
+from emu.validation import default_measurements
 
 # Regression tests are pinned to the 141-row set they were written for (the shared file has
 # grown since); the fidelity tests read the grown set.
@@ -26,15 +26,15 @@ def small_fit(tmp_path_factory):
 
 def test_fit_lowers_the_error_with_few_shared_parameters(small_fit):
     rep, _ = small_fit
-    assert rep["rows"] == 18
-    assert rep["parameters"] < rep["rows"]  # shared parameters only (32 for all 141 rows)
-    assert rep["median_abs_pct_error"] <= rep["median_abs_pct_error_before"]
-    for (sec, _key, field), v in rep["values"].items():
+    assert rep.rows == 18
+    assert rep.parameters < rep.rows  # shared parameters only (32 for all 141 rows)
+    assert rep.median_abs_pct_error <= rep.median_abs_pct_error_before
+    for (sec, _key, field), v in rep.values.items():
         if "efficiency" in field or sec == "overlap":
             assert 0 < v < 1
         else:
             assert v > 0
-        assert rep["uncertainty"][(sec, _key, field)] >= 0
+        assert rep.uncertainty[(sec, _key, field)] >= 0
 
 
 def test_overlay_is_valid_toml_with_provenance(small_fit, tmp_path):
@@ -49,7 +49,7 @@ def test_overlay_is_valid_toml_with_provenance(small_fit, tmp_path):
 def test_cross_validation_reports_held_out_error(small_fit):
     rep, _ = small_fit
     cv = cross_validate(rep, by="source", steps=5)
-    assert cv["groups"] == 2 and cv["median_abs_pct_error"] > 0
+    assert cv.groups == 2 and cv.median_abs_pct_error > 0
 
 
 def test_apply_parameters_targets_family_and_link_only():
@@ -65,3 +65,61 @@ def test_apply_parameters_targets_family_and_link_only():
     assert float(t.tiers[0].efficiency) == pytest.approx(0.6)
     assert float(t.tiers[1].efficiency) == float(s.tiers[1].efficiency)
     assert float(t.overlap.tp) == 0.0
+
+
+def test_overlay_survives_quotes_and_backslashes_in_paths(small_fit, tmp_path):
+    """A measurement file or command with `"` or `\\` must not break the overlay TOML (it
+    did: the path was pasted between quotes)."""
+    import dataclasses
+
+    rep, _ = small_fit
+    odd = dataclasses.replace(rep, source_file=str(tmp_path / 'a"b\\c\x01.jsonl'))
+    command = 'emu calibrate "x y".jsonl --steps 40'
+    out = write_overlay(odd, tmp_path / "fitted.toml", command=command)
+    data = tomllib.loads(out.read_text())
+    assert data["provenance"]["source_file"] == 'a"b\\c\x01.jsonl'
+    assert data["provenance"]["command"] == command
+
+
+def test_overlay_has_the_umask_mode_and_creates_its_folder(small_fit, tmp_path):
+    import os
+    import stat
+
+    rep, _ = small_fit
+    old = os.umask(0o022)
+    try:
+        out = write_overlay(rep, tmp_path / "new" / "fitted.toml")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644  # mkstemp gave 0600
+    assert sorted(p.name for p in out.parent.iterdir()) == ["fitted.toml"]
+
+
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda d: d, "is a folder"),
+        (lambda d: d / "file" / "fitted.toml", "Not a directory"),
+        (lambda d: "/sys/fitted.toml", "cannot write --out '/sys/fitted.toml'"),
+    ],
+)
+def test_calibrate_refuses_a_bad_out_before_fitting(tmp_path, capsys, monkeypatch, make, needle):
+    import emu.calibration
+    from emu.cli import main
+
+    def no_fit(*a, **k):
+        raise AssertionError("the fit started before the output path was checked")
+
+    monkeypatch.setattr(emu.calibration, "fit", no_fit)
+    (tmp_path / "file").write_text("")
+    code = main(["calibrate", "--out", str(make(tmp_path)), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and err.count("\n") == 1
+
+
+def test_an_uncreatable_checkpoint_folder_is_a_warning_not_a_failure(small_fit, tmp_path):
+    _, rows = small_fit
+    (tmp_path / "file").write_text("")
+    warnings = []
+    rep = fit(rows, steps=2, checkpoint_dir=tmp_path / "file" / "ckpt", warn=warnings.append)
+    assert rep.steps == 2 and "fitting without checkpoints" in warnings[0]

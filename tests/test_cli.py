@@ -90,7 +90,7 @@ def test_sensitivity_agrees_with_finite_differences_through_run_set(capsys):
         (["describe", "gb200_nvl73"], "unknown system 'gb200_nvl73'. Did you mean"),
         (["run", "--chips", "72", "--tp", "8", "--pp", "1", "--dp", "8"], "must equal n_chips"),
         (["run", "--model", "llama3_8b", "--tp", "3", "--chips", "72"], "must divide"),
-        (["run", "--set", "chip.hbm_bytes=-1"], "must be > 0"),
+        (["run", "--set", "chip.hbm_bytes=-1"], "must be in [1e+08, 1e+14] bytes (got -1)"),
         (["run", "--set", "chip.hbm_byte=1"], "Did you mean"),
         (["run", "--system", "cloudmatrix384", "--precision", "fp8"], "no fp8 support"),
         (["run", "--chips", "0"], "positive integer"),
@@ -107,8 +107,8 @@ def test_sensitivity_agrees_with_finite_differences_through_run_set(capsys):
         (["run", "--set", "model.n_experts=8"], "top_k=0 must be between 1"),
         (["run", "--seq-len", "10000000000000000000", "--global-batch", "9"], "not finite"),
         (["describe", "gb200_nvl72", "--set", "plan.zero=2"], "only system fields"),
-        (["describe", "gb200_nvl72", "--set", "chip.hbm_bytes=186"], "e.g. 80e9 for 80 GB"),
-        (["describe", "gb200_nvl72", "--set", "tiers.nvlink.latency_s=1"], "seconds"),
+        (["describe", "gb200_nvl72", "--set", "chip.hbm_bytes=186"], "[1e+08, 1e+14] bytes"),
+        (["describe", "gb200_nvl72", "--set", "tiers.nvlink.latency_s=1"], "in [0, 0.01] s"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, args, needle):
@@ -123,10 +123,93 @@ def test_malformed_and_unknown_key_toml(capsys, tmp_path):
     bad.write_text("name = 'x'\nn_chips = [\n")
     code, _, err = run_cli(capsys, "describe", str(bad))
     assert code == 2 and "not valid TOML" in err
-    from emu.config import config_dir
+    from emu.catalog import config_dir
 
     text = (config_dir() / "systems" / "gb200_nvl72.toml").read_text()
     typo = tmp_path / "typo.toml"
     typo.write_text(text.replace("hbm_bytes_per_s", "hbm_bytes_per_sec", 1))
     code, _, err = run_cli(capsys, "describe", str(typo))
     assert code == 2 and "unknown key 'hbm_bytes_per_sec'" in err and "Did you mean" in err
+
+
+def _emu(*args, **kw):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "emu", *args], **kw)
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`emu ... | head`: the reader goes away before emu writes. It used to end in
+    "internal error" with status 1 (BrokenPipeError was caught after `except Exception`)."""
+    import subprocess
+
+    p = _emu("list", "--fields", "gb200_nvl72", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # long before emu has imported JAX and written anything
+    err = p.stderr.read().decode()
+    p.wait(timeout=120)
+    assert p.returncode == 0 and err == ""
+
+
+def test_a_full_stdout_is_one_line_and_status_1():
+    import subprocess
+
+    with open("/dev/full", "w") as full:
+        p = _emu("list", "--fields", "gb200_nvl72", stdout=full, stderr=subprocess.PIPE)
+        err = p.communicate(timeout=120)[1].decode()
+    assert p.returncode == 1
+    assert err == "emu: error: cannot write the output: No space left on device.\n"
+
+
+def test_a_fifo_as_system_is_refused_not_waited_on(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "system.toml"
+    os.mkfifo(fifo)
+    code, _, err = run_cli(capsys, "describe", str(fifo))
+    assert code == 2 and "is not a regular file" in err
+
+
+def test_validate_checks_the_plot_path_before_predicting(tmp_path, capsys, monkeypatch):
+    import emu.validation
+
+    def no_validation(*a, **k):
+        raise AssertionError("validation ran before the plot path was checked")
+
+    monkeypatch.setattr(emu.validation, "validate_file", no_validation)
+    (tmp_path / "file").write_text("")
+    code, _, err = run_cli(capsys, "validate", "--plot", str(tmp_path / "file" / "v.png"))
+    assert code == 2 and "Not a directory" in err
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["run", "--set", "chip.tdp_w"], "--set expected PATH=VALUE"),
+        (["run", "--set", "chip.tdp_w=abc"], "--set chip.tdp_w: value 'abc' is not a number"),
+        (["validate", "--kind", "banana"], "invalid choice: 'banana'"),
+        (["run", "--set", "tiers.nvlink.latency_s=1e-39"], "float32 range"),
+        (["search", "--starts", "1000000"], "--starts: must be an integer in [1, 1024]"),
+        (["sweep", "--num-processes", "2"], "need --coordinator"),
+    ],
+)
+def test_flag_errors_name_the_flag(capsys, args, needle):
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and needle in err and err.count("\n") == 1
+
+
+def test_a_dead_coordinator_is_one_line_after_the_timeout(capsys):
+    """It used to wait 5 minutes, then abort with a C++ stack trace."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nobody listens there
+    t = time.perf_counter()
+    code, _, err = run_cli(
+        capsys, "sweep", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+        "--process-id", "1", "--coordinator-timeout", "2",
+    )  # fmt: skip
+    assert code == 2 and "cannot reach the coordinator" in err and err.count("\n") == 1
+    assert 2 <= time.perf_counter() - t < 30

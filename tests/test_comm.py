@@ -45,7 +45,7 @@ def test_zero3_is_per_microbatch_without_a_pipeline(catalog):
 
 
 def test_moe_dispatch_and_combine(catalog):
-    from emu.config import load_model
+    from emu.catalog import load_model
 
     sys, moe = catalog["h100"], load_model("mixtral_8x7b")
     plan = make_plan(ep=8, dp=8, global_batch=8, seq_len=4096, precision="fp8")

@@ -44,22 +44,22 @@ def both(small, tmp_path_factory):
 def test_gradient_search_result_is_a_valid_plan_evaluated_exactly(small, both):
     system, model = small
     _, gs = both
-    best = gs["best"]
+    best = gs.best
     valid = enumerate_plans(system, model, SMALL)
     assert (valid == np.asarray([best[k] for k in KNOBS], np.float32)).all(axis=1).any()
     assert best["scaleup_bw"] in GRID["scaleup_bw"] and best["scaleout_bw"] in GRID["scaleout_bw"]
     r = emu.evaluate(system_of(system, best, list(GRID)), model, plan_of(SMALL, best))
     assert np.isclose(best["tokens_per_joule"], float(r.tokens_per_joule), rtol=1e-5)
     assert best["objective"] == best["tokens_per_joule"] and best["feasible"]
-    assert gs["evaluations"] == gs["gradient_evaluations"] + gs["exact_evaluations"]
+    assert gs.evaluations == gs.gradient_evaluations + gs.exact_evaluations
 
 
 def test_gradient_search_matches_the_exhaustive_optimum_with_fewer_evaluations(both):
     ex, gs = both
-    assert gs["space"] == ex["evaluations"]
-    assert gs["best"]["objective"] >= 0.99 * ex["best"]["objective"]
-    assert gs["best"]["objective"] <= ex["best"]["objective"] * (1 + 1e-6)  # never above it
-    assert gs["evaluations"] < ex["evaluations"]
+    assert gs.space_size == ex.evaluations
+    assert gs.best["objective"] >= 0.99 * ex.best["objective"]
+    assert gs.best["objective"] <= ex.best["objective"] * (1 + 1e-6)  # never above it
+    assert gs.evaluations < ex.evaluations
 
 
 def test_search_table_lists_every_exact_evaluation(both, tmp_path):
@@ -68,7 +68,7 @@ def test_search_table_lists_every_exact_evaluation(both, tmp_path):
     header = path.read_text().splitlines()[0].split(",")
     assert header == [*GRID, *KNOBS, "global_batch", *COLUMNS]
     rows = np.loadtxt(path, delimiter=",", skiprows=1)
-    assert rows.shape[0] == gs["exact_evaluations"]
+    assert rows.shape[0] == gs.exact_evaluations
 
 
 def test_decode_plans_meet_the_tpot_slo_and_power_cap(tmp_path):
@@ -95,7 +95,7 @@ def test_decode_plans_meet_the_tpot_slo_and_power_cap(tmp_path):
     assert ok.any() and (~ok).any()  # the constraints bind somewhere
     assert np.all(c["tpot_s"][ok] <= 0.03 * (1 + 1e-6))
     assert np.all(c["power_w"][ok] <= 40e3 * (1 + 1e-6))
-    assert res["best"]["tokens_per_s"] == pytest.approx(c["tokens_per_s"][ok].max(), rel=1e-6)
+    assert res.best["tokens_per_s"] == pytest.approx(c["tokens_per_s"][ok].max(), rel=1e-6)
 
 
 def test_fixed_knobs_stay_fixed_and_unknown_knobs_are_named(small):
@@ -126,7 +126,7 @@ def test_topology_knobs_trade_power_for_bandwidth_and_respect_copper_reach():
 
 def test_tokens_per_joule_is_differentiable_in_the_topology_knobs():
     system, model = emu.load_system("cloudmatrix384"), emu.load_model("llama3_70b")
-    from emu.runner import auto_plan
+    from emu.policy import auto_plan
 
     plan = auto_plan(system, model, 384, seq_len=4096)
 
@@ -174,7 +174,7 @@ def test_cli_search_json_contract_and_outputs(tmp_path):
     [
         (["--free", "tp,foo"], "--free: unknown knob 'foo'"),
         (["--dp", "4"], "derives dp from --chips"),
-        (["--objective", "speed"], "unknown objective 'speed'"),
+        (["--objective", "speed"], "invalid choice: 'speed'"),
         (["--grid", "domain=0.5"], "--grid domain"),
         (["--chips", "16,x"], "--chips expects integers"),
         (["--out", "x.txt"], ".csv or .parquet"),
@@ -204,11 +204,11 @@ def test_user_objective_and_any_optax_transform(small, tmp_path):
     problem = Problem("dgx_h100", "llama3_8b", 16, seq_len=4096, objective=per_kw)
     ex = sweep(system, model, problem, tmp_path, chunk=1024)
     gs = gradient_search(system, model, problem, starts=4, steps=10, optimizer=optax.sgd(0.05))
-    want = (ex["best"]["tokens_per_joule"] * 1e3) ** 2
-    assert ex["best"]["objective"] == pytest.approx(want, rel=1e-4)
-    assert gs["best"]["objective"] <= ex["best"]["objective"] * (1 + 1e-6)
-    assert gs["best"]["objective"] >= 0.9 * ex["best"]["objective"]
-    assert gs["objective"] == ex["objective"] and "per_kw" in gs["objective"]
+    want = (ex.best["tokens_per_joule"] * 1e3) ** 2
+    assert ex.best["objective"] == pytest.approx(want, rel=1e-4)
+    assert gs.best["objective"] <= ex.best["objective"] * (1 + 1e-6)
+    assert gs.best["objective"] >= 0.9 * ex.best["objective"]
+    assert gs.objective == ex.objective and "per_kw" in gs.objective
 
 
 def test_a_changed_user_objective_never_resumes_old_results(small, tmp_path):
@@ -220,8 +220,8 @@ def test_a_changed_user_objective_never_resumes_old_results(small, tmp_path):
     one = Problem("dgx_h100", "llama3_8b", 16, seq_len=4096, free=("pp",), objective=scaled(1.0))
     a = sweep(system, model, one, tmp_path, chunk=64)
     b = sweep(system, model, replace(one, objective=scaled(-1.0)), tmp_path, chunk=64)
-    assert b["resumed"] == 0  # same code, other closure value: recomputed, not reused
-    assert b["best"]["objective"] < 0 < a["best"]["objective"]
+    assert b.resumed == 0  # same code, other closure value: recomputed, not reused
+    assert b.best["objective"] < 0 < a.best["objective"]
 
 
 def test_copper_reach_applies_to_the_domain_field_too(tmp_path):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emu.config import load_model, load_system
+from emu.catalog import load_model, load_system
 from emu.objective import evaluate
 from emu.parallelism import make_plan
 from emu.struct import float_leaves, set_path

@@ -25,7 +25,7 @@ def test_parameters_split_over_tp_and_pp_add_up(catalog):
 
 
 def test_local_experts_round_up_for_replicas():
-    from emu.config import load_model
+    from emu.catalog import load_model
 
     moe = load_model("deepseek_v3")  # 256 routed experts
     assert float(par.local_experts(moe, make_plan(ep=8, dp=8))) == 32.0

@@ -1,10 +1,10 @@
 import pytest
 
-from emu.config import list_systems, load_system
+from emu.analysis import describe
+from emu.catalog import list_systems, load_system
 from emu.objective import evaluate
 from emu.parallelism import make_plan
 from emu.power import full_load_power
-from emu.runner import describe
 
 
 def test_cloudmatrix384_totals_come_out_of_the_parts():

@@ -445,3 +445,12 @@ def test_cli_one_line_errors_and_json(tmp_path, capsys):
     assert {c["kind"] for c in r["collectives"]} == {"all-reduce"}
     assert {"kind", "bytes", "group_size", "count", "time_s"} <= set(r["collectives"][0])
     assert r["tokens_per_s"] == pytest.approx(4096 / r["step_time_s"], rel=1e-5)
+
+
+def test_emu_program_is_a_subcommand_of_emu(capsys):
+    """`emu program` is wired into the main CLI: bad input is one line and exit status 2."""
+    from emu.cli import main
+
+    assert main(["program", "emu/examples/llama.py:no_such_builder", "--devices", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("emu: error:") and "no_such_builder" in err and len(err.splitlines()) == 1

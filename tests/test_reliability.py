@@ -164,7 +164,7 @@ def test_fuzz_run_command(capsys, pairs, sets):
 )
 @given(data=st.data())
 def test_fuzz_mutated_system_toml(capsys, tmp_path_factory, data):
-    from emu.config import config_dir
+    from emu.catalog import config_dir
 
     lines = (config_dir() / "systems" / "gb200_nvl72.toml").read_text().splitlines()
     i = data.draw(st.integers(0, len(lines) - 1))

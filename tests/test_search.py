@@ -1,6 +1,8 @@
 import os
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -78,22 +80,23 @@ def test_sweep_best_is_the_feasible_maximum_and_front_is_undominated(tmp_path):
     header = csv.read_text().splitlines()[0].split(",")
     assert header == [*KNOBS, "global_batch", *COLUMNS]
     r = np.loadtxt(csv, delimiter=",", skiprows=1)[:, len(KNOBS) + 1 :]
-    assert r.shape[0] == res["evaluations"]
+    assert r.shape[0] == res.evaluations
     feas = r[:, COLUMNS.index("feasible")] > 0.5
     tpj = r[:, COLUMNS.index("tokens_per_joule")]
-    assert res["best"]["tokens_per_joule"] == pytest.approx(float(tpj[feas].max()), rel=1e-6)
-    assert res["feasible"] == int(feas.sum())
-    front = [(p["tokens_per_s"], p["power_w"]) for p in res["pareto"]]
+    assert res.best["tokens_per_joule"] == pytest.approx(float(tpj[feas].max()), rel=1e-6)
+    assert res.feasible == int(feas.sum())
+    front = [(p["tokens_per_s"], p["power_w"]) for p in res.pareto]
     for t, w in front:
         assert not any(t2 > t and w2 < w for t2, w2 in front)
     idx = pareto_front(np.array([1.0, 2.0, 2.0, 3.0]), np.array([1.0, 1.0, 2.0, 3.0]))
     assert sorted(idx.tolist()) == [1, 3]
 
 
-def test_sigkill_mid_sweep_then_resume_gives_exactly_the_uninterrupted_result(tmp_path, reference):
-    out = tmp_path / "run.csv"
+def _killed_midway(out: Path) -> list[Path]:
+    """Start the sweep of ARGS into `out`, throttled, and SIGKILL it after 3 chunks: the
+    chunk records on disk."""
     parts = Path(str(out) + ".parts")
-    p = _emu(*ARGS, "--out", str(out), env={"EMU_SWEEP_THROTTLE_S": "0.2"})
+    p = _emu(*ARGS, "--out", str(out), "--throttle-s", "0.2")
     deadline = time.time() + 120
     while time.time() < deadline:
         if len(list(parts.glob("*/chunk-*.npz"))) >= 3:
@@ -101,21 +104,79 @@ def test_sigkill_mid_sweep_then_resume_gives_exactly_the_uninterrupted_result(tm
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    n_done = len(list(parts.glob("*/chunk-*.npz")))
-    assert 3 <= n_done < 17 and not out.exists()  # really killed mid-way
+    chunks = sorted(parts.glob("*/chunk-*.npz"))
+    assert 3 <= len(chunks) < 17 and not out.exists()  # really killed mid-way
+    return chunks
+
+
+def test_sigkill_mid_sweep_then_resume_gives_exactly_the_uninterrupted_result(tmp_path, reference):
+    out = tmp_path / "run.csv"
+    _killed_midway(out)
     _, err = _run(*ARGS, "--out", str(out), "--json")
     assert out.read_bytes() == reference
+    # after success: the chunks are gone, the table has the umask's mode (not mkstemp's 0600)
+    assert not Path(str(out) + ".parts").exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
 
 
-def test_corrupt_checkpoint_is_detected_reported_and_recomputed(tmp_path, reference):
+def test_corrupt_or_misplaced_chunks_are_detected_reported_and_recomputed(tmp_path, reference):
     out = tmp_path / "c.csv"
-    _run(*ARGS, "--out", str(out))
-    chunks = sorted(Path(str(out) + ".parts").glob("*/chunk-*.npz"))
-    chunks[2].write_bytes(chunks[2].read_bytes()[:100])  # truncated, as after a crash
-    out.unlink()
+    chunks = _killed_midway(out)
+    chunks[1].write_bytes(chunks[1].read_bytes()[:100])  # truncated, as after a crash
+    shutil.copyfile(chunks[0], chunks[2])  # a valid chunk at the wrong index
     _, err = _run(*ARGS, "--out", str(out))
     assert "corrupt or partial" in err
+    assert "belongs to another run (index = 0, expected 2)" in err
     assert out.read_bytes() == reference
+
+
+def test_a_chunk_of_another_problem_is_not_used(tmp_path):
+    """The checksum covers the header: a chunk of another problem, copied in place of this
+    problem's chunk 0 (same index, same size), is refused."""
+    system, model = emu.load_system("dgx_h100"), emu.load_model("llama3_8b")
+    a = Problem("dgx_h100", "llama3_8b", 16, seq_len=4096, free=("pp",))
+    b = Problem("dgx_h100", "llama3_8b", 16, seq_len=4096, free=("pp",), objective="mfu")
+    ra = sweep(system, model, a, tmp_path, chunk=64)
+    rb = sweep(system, model, b, tmp_path, chunk=64)
+    shutil.copyfile(rb.parts / "chunk-000000.npz", ra.parts / "chunk-000000.npz")
+    warnings = []
+    again = sweep(system, model, a, tmp_path, chunk=64, warn=warnings.append)
+    assert again.resumed == 0 and "signature" in warnings[0]
+    assert again.best == ra.best
+
+
+@pytest.mark.parametrize(
+    "out,needle",
+    [
+        ("/proc/emu-sweep.csv", "cannot write --out '/proc/emu-sweep.csv'"),
+        ("{tmp}/file/x.csv", "Not a directory"),
+        ("{tmp}", "is a folder"),
+        ("{tmp}/missing/x.csv", "does not exist"),
+    ],
+)
+def test_bad_output_paths_fail_before_the_sweep(tmp_path, capsys, out, needle):
+    from emu.cli import main
+
+    (tmp_path / "file").write_text("")
+    t = time.perf_counter()
+    code = main([*ARGS, "--out", out.format(tmp=tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and err.count("\n") == 1
+    assert time.perf_counter() - t < 20  # refused before any compilation or evaluation
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing left behind
+
+
+def test_sweep_without_out_caches_chunks_under_xdg_cache_home(tmp_path, monkeypatch, capsys):
+    from emu.cli import main
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    args = ["sweep", "--system", "dgx_h100", "--model", "llama3_8b", "--chips", "16"]
+    assert main([*args, "--seq-len", "4096", "--free", "pp", "--json"]) == 0, capsys.readouterr()
+    assert (tmp_path / "xdg" / "emu" / "sweeps").is_dir()
+    assert not (tmp_path / "home" / ".cache" / "emu" / "sweeps").exists()
 
 
 def test_two_processes_on_loopback_equal_one_process(tmp_path, reference):

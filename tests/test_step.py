@@ -98,7 +98,7 @@ def test_host_bound_moe_micro_batches():
     """Fine-grained MoE with few tokens per micro-batch: the host issuing per-expert kernels
     sets the pace, more so with more experts per chip; a large dense step never waits on the
     host; with a free host the step is the GPU-only step."""
-    from emu.config import load_model, load_system
+    from emu.catalog import load_model, load_system
 
     sys = load_system("dgx_h100")
     moe = load_model("qwen3_30b_a3b")

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from emu.validate import default_measurements, validate_file
+from emu.validation import default_measurements, validate_file
 
 # Regression tests are pinned to the 141-row set they were written for (the shared file has
 # grown since); the fidelity tests read the grown set.
@@ -80,7 +80,7 @@ def test_empty_file_is_a_clear_error(tmp_path):
 def test_ep_serving_rows_default_to_two_micro_batch_overlap():
     """An expert-parallel serving row that does not mention overlap gets the documented
     default (two-micro-batch overlap); one that says it runs without it does not."""
-    from emu.validate import row_model, row_plan
+    from emu.validation import row_model, row_plan
 
     rows = [json.loads(line) for line in open(_file()) if line.strip()]
     row = next(r for r in rows if r["id"] == "sglang_h100_prefill_4096_perfectEPLB")

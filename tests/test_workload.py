@@ -2,7 +2,7 @@ import jax.numpy as jnp
 import pytest
 
 import emu
-from emu.config import load_model
+from emu.catalog import load_model
 from emu.struct import check, field_info, replace
 from emu.workload import (
     Model,

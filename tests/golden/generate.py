@@ -87,7 +87,7 @@ def evaluations() -> list[dict]:
 
 
 def validation(path) -> list[dict]:
-    from emu.validate import validate_file
+    from emu.validation import validate_file
 
     rep = validate_file(path)
     return [{k: r.get(k) for k in ("id", "status", "predicted", "reason")} for r in rep["rows"]]
@@ -95,7 +95,7 @@ def validation(path) -> list[dict]:
 
 def main() -> int:
     jax.config.update("jax_platforms", "cpu")
-    from emu.validate import default_measurements
+    from emu.validation import default_measurements
 
     cases = evaluations()
     (HERE / "evaluations.json").write_text(json.dumps(cases, indent=0, sort_keys=True) + "\n")

@@ -1,0 +1,251 @@
+"""The fit: Adam from the priors (resumable from checksummed checkpoints), a Laplace
+approximation of the uncertainty, and leave-one-group-out cross-validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from emu.calibration._problem import FitProblem, _from_u
+from emu.catalog import calibration
+from emu.storage import RecordError, StorageError, read_record, write_record
+from emu.struct import content_digest
+from emu.validation import default_measurements, prepare_rows, read_rows
+
+#: optimiser steps between two checkpoints
+CHECKPOINT_EVERY = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """The result of `fit`. `values`, `priors` and `uncertainty` (1 sigma, Laplace) are keyed
+    by (section, key, field), e.g. ("chip_family", "hopper", "matmul_efficiency"); errors are
+    median/p90 |error| in percent over the fitted rows. `problem` and `u` (the optimum in
+    transformed coordinates) let `cross_validate` refit warm."""
+
+    source_file: str
+    rows: int
+    parameters: int
+    steps: int
+    loss: float
+    values: dict
+    priors: dict
+    uncertainty: dict
+    median_abs_pct_error_before: float
+    median_abs_pct_error: float
+    p90_abs_pct_error: float
+    wall_s: float
+    problem: FitProblem = dataclasses.field(repr=False)
+    u: jnp.ndarray = dataclasses.field(repr=False)
+
+    def to_json(self) -> dict:
+        """JSON-ready dict: parameter keys joined with '.' (chip_family.hopper.matmul_...)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del out["problem"], out["u"]
+        for key in ("values", "priors", "uncertainty"):
+            out[key] = {".".join(x for x in k if x): v for k, v in out[key].items()}
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossValidation:
+    """Held-out error of `cross_validate`: `groups` groups of rows split `by` source or
+    system; median/p90 |error| in percent of each row when its group was left out."""
+
+    by: str
+    groups: int
+    median_abs_pct_error: float
+    p90_abs_pct_error: float
+
+
+class _Checkpoint:
+    """The optimiser state of one fit, saved every CHECKPOINT_EVERY steps as a storage record
+    bound to the fit's signature. A corrupt checkpoint is reported and ignored; one that
+    cannot be written is reported once and checkpointing stops (the fit goes on)."""
+
+    def __init__(self, path: Path | None, signature: str, warn):
+        self.path, self.signature, self.warn = path, signature, warn or (lambda m: None)
+
+    def load(self, template):
+        """(step, u, state) from a checkpoint of this same problem, or None."""
+        if self.path is None:
+            return None
+        try:
+            got = read_record(self.path, expect={"signature": self.signature})
+        except RecordError:
+            self.warn(f"calibration checkpoint {self.path} is corrupt or partial; starting over")
+            return None
+        if got is None:
+            return None
+        header, arrays = got
+        tmpl = jax.tree_util.tree_leaves(template)
+        leaves = [jnp.asarray(arrays[f"leaf{i}"], dtype=t.dtype) for i, t in enumerate(tmpl)]
+        u, state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
+        return int(header["step"]), u, state
+
+    def save(self, step: int, u, state) -> None:
+        if self.path is None:
+            return
+        leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves((u, state))]
+        try:
+            write_record(
+                self.path,
+                {f"leaf{i}": x for i, x in enumerate(leaves)},
+                {"signature": self.signature, "step": step},
+            )
+        except StorageError as e:
+            self.warn(f"{e} Checkpointing is off for the rest of this fit.")
+            self.path = None
+
+
+def _adam(problem, u, w, steps, *, lr=0.05, progress=None, checkpoint=None, throttle_s=0.0):
+    opt = optax.adam(lr)
+    state = opt.init(u)
+    start = 0
+    got = checkpoint.load((u, state)) if checkpoint is not None else None
+    if got is not None:
+        start, u, state = got
+    for k in range(start, steps):
+        loss, g = problem.value_and_grad(u, w)
+        # optax mixes its int32 step count with floats: allow it under strict promotion
+        with jax.numpy_dtype_promotion("standard"):
+            updates, state = opt.update(g, state, u)
+            u = optax.apply_updates(u, updates)
+        if checkpoint is not None and ((k + 1) % CHECKPOINT_EVERY == 0 or k + 1 == steps):
+            checkpoint.save(k + 1, u, state)
+        if throttle_s:
+            time.sleep(throttle_s)
+        if progress:
+            progress(k + 1, steps, float(loss))
+    return u, float(problem.loss(u, w))
+
+
+def _signature(problem: FitProblem, steps: int) -> str:
+    """Every value the fit depends on: rows, parameters, priors, steps, each item's system,
+    model and plan, and the release."""
+    from emu import __version__
+
+    items = problem.items
+    text = json.dumps([[it.base["id"], it.base["measured"]] for it in items])
+    text += json.dumps([list(k) for k in problem.keys]) + f"{steps}"
+    text += json.dumps(problem.spec_priors())
+    for it in items:
+        trees = [it.system] + ([it.model, it.plan] if it.kind == "run" else [])
+        text += json.dumps(it.row, sort_keys=True, default=str)
+        text += content_digest(*trees, salt=__version__)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _checkpoint(problem, steps, checkpoint_dir, warn) -> _Checkpoint | None:
+    if checkpoint_dir is None:
+        return None
+    sig = _signature(problem, steps)
+    try:
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if warn:
+            warn(f"cannot create checkpoint folder '{checkpoint_dir}' ({e.strerror}); "
+                 "fitting without checkpoints")  # fmt: skip
+        return _Checkpoint(None, sig, warn)
+    return _Checkpoint(Path(checkpoint_dir) / f"calibrate-{sig}.npz", sig, warn)
+
+
+def _uncertainty(problem: FitProblem, u, w, residuals) -> np.ndarray:
+    """1-sigma uncertainty of each transformed coordinate: cov(u) = s^2 (N H)^-1 with H the
+    Hessian of the mean loss and s^2 the residual variance (NaN if H is singular)."""
+    hess = problem.hessian(u, w)
+    s2 = float(np.mean(residuals**2))
+    try:
+        cov_u = s2 * np.linalg.inv(len(problem.items) * hess)
+        return np.sqrt(np.clip(np.diag(cov_u), 0.0, None))
+    except np.linalg.LinAlgError:
+        return np.full(len(problem.keys), np.nan)
+
+
+def fit(
+    path=None,
+    *,
+    steps: int = 300,
+    progress=None,
+    checkpoint_dir=None,
+    warn=None,
+    throttle_s: float = 0.0,
+) -> Calibration:
+    """Fit the shared parameters to every modelled row of `path` (default: the shipped
+    measurements), from the priors.
+
+    With `checkpoint_dir`, the optimiser state is saved every CHECKPOINT_EVERY steps
+    (emu.storage records, keyed by the rows, the parameters and the steps), and a run killed
+    at any moment resumes from it with the same result as an uninterrupted run.
+    `throttle_s` pauses after each step (tests kill a fit mid-way with it).
+    """
+    t0 = time.perf_counter()
+    src = Path(path) if path else default_measurements()
+    rows, _ = read_rows(src)
+    items, _ = prepare_rows(rows, calibration=calibration(fitted=False))
+    if not items:
+        raise ValueError(f"no modelled rows in '{src}' to calibrate against.")
+    problem = FitProblem(items)
+    w = jnp.ones(len(items), jnp.float32)
+    before = np.abs(np.expm1(problem.log_errors(problem.u0)))
+    ckpt = _checkpoint(problem, steps, checkpoint_dir, warn)
+    u, loss = _adam(
+        problem, problem.u0, w, steps, progress=progress, checkpoint=ckpt, throttle_s=throttle_s
+    )
+    r = problem.log_errors(u)
+    after = np.abs(np.expm1(r))
+    std_u = _uncertainty(problem, u, w, r)
+    values, uncertainty = {}, {}
+    for i, (k, kind) in enumerate(zip(problem.keys, problem.kinds, strict=True)):
+        x = float(_from_u(u[i], kind))
+        dxdu = x * (1 - x) if kind == "logit" else x
+        values[k] = x
+        uncertainty[k] = float(abs(dxdu) * std_u[i])
+    return Calibration(
+        source_file=str(src),
+        rows=len(items),
+        parameters=len(problem.keys),
+        steps=steps,
+        loss=loss,
+        values=values,
+        priors={k: problem.spec[k]["prior"] for k in problem.keys},
+        uncertainty=uncertainty,
+        median_abs_pct_error_before=100 * float(np.median(before)),
+        median_abs_pct_error=100 * float(np.median(after)),
+        p90_abs_pct_error=100 * float(np.percentile(after, 90)),
+        wall_s=time.perf_counter() - t0,
+        problem=problem,
+        u=u,
+    )
+
+
+def cross_validate(report: Calibration, *, by: str = "source", steps: int = 100):
+    """Leave-one-group-out errors (`by`: "source" or "system"): refit without each group,
+    warm-started from the full fit, and predict the held-out rows."""
+    if by not in ("source", "system"):
+        raise ValueError(f"by must be 'source' or 'system' (got {by!r}).")
+    problem, u_full = report.problem, report.u
+    labels = [it.base[by] for it in problem.items]
+    held = np.zeros(len(labels))
+    for g in sorted(set(labels)):
+        mask = np.array([lab == g for lab in labels])
+        w = jnp.asarray(~mask, jnp.float32)
+        if float(w.sum()) == 0:
+            continue
+        u, _ = _adam(problem, u_full, w, steps)
+        r = problem.log_errors(u)
+        held[mask] = np.abs(np.expm1(r[mask]))
+    return CrossValidation(
+        by=by,
+        groups=len(set(labels)),
+        median_abs_pct_error=100 * float(np.median(held)),
+        p90_abs_pct_error=100 * float(np.percentile(held, 90)),
+    )

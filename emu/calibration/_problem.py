@@ -1,0 +1,185 @@
+"""The calibration problem: which shared parameters the rows constrain, in which transformed
+coordinates, and the loss (a Huber loss on log errors plus a Gaussian prior), evaluated as a
+sum of per-group compiled blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from emu.catalog import calibration
+from emu.struct import replace
+from emu.validation import Item, predict_items, run_groups
+
+PRIOR_SIGMA = 1.0  # in transformed units (logit or log)
+HUBER_DELTA = 0.25  # in log error units (about 25%)
+LOWP = ("fp8", "int8", "fp4")
+
+
+def parameter_spec(items: list[Item]) -> OrderedDict[tuple, dict]:
+    """The fitted parameters for these rows: (section, key, field) -> {transform, prior}."""
+    cal = calibration(fitted=False)
+    spec: OrderedDict = OrderedDict()
+    fams, lowp, links = [], set(), []
+    for it in items:
+        sys = it.system
+        if it.kind == "run":
+            fam = sys.chip.family
+            if fam not in fams:
+                fams.append(fam)
+            if it.plan.precision in LOWP:
+                lowp.add(fam)
+        for t in sys.tiers:
+            if t.link not in links:
+                links.append(t.link)
+    for fam in fams:
+        fields = ["matmul_efficiency", "matmul_half_dim", "kernel_overhead_s"]
+        if fam in lowp:
+            fields.insert(1, "lowp_matmul_efficiency")
+        for f in fields:
+            kind = "logit" if "efficiency" in f else "log"
+            spec[("chip_family", fam, f)] = {
+                "transform": kind,
+                "prior": float(cal["chip_family"][fam][f]),
+            }
+    for link in links:
+        for f, kind in (("efficiency", "logit"), ("latency_s", "log"), ("base_latency_s", "log")):
+            spec[("link", link, f)] = {"transform": kind, "prior": float(cal["link"][link][f])}
+    for f in ("tp", "dp", "ep_tbo", "pipelining"):
+        spec[("overlap", "", f)] = {"transform": "logit", "prior": float(cal["overlap"][f])}
+    if any(it.kind == "run" and it.plan.phase == "train" for it in items):
+        f = "host_kernel_s"
+        spec[("overlap", "", f)] = {"transform": "log", "prior": float(cal["overlap"][f])}
+    return spec
+
+
+def _to_u(x, kind):
+    x = min(max(x, 1e-6), 1 - 1e-6) if kind == "logit" else max(x, 1e-12)
+    return math.log(x / (1 - x)) if kind == "logit" else math.log(x)
+
+
+def _from_u(u, kind):
+    return jax.nn.sigmoid(u) if kind == "logit" else jnp.exp(u)
+
+
+def apply_parameters(system, values: dict):
+    """`system` with the chip-family, link and overlap fields of `values` substituted."""
+    fam, chip = system.chip.family, {}
+    for (sec, key, f), v in values.items():
+        if sec == "chip_family" and key == fam:
+            chip[f] = v
+    tiers = []
+    for t in system.tiers:
+        ch = {f: v for (sec, key, f), v in values.items() if sec == "link" and key == t.link}
+        tiers.append(replace(t, **ch) if ch else t)
+    ov = {f: v for (sec, _, f), v in values.items() if sec == "overlap"}
+    return replace(
+        system,
+        chip=replace(system.chip, **chip),
+        tiers=tuple(tiers),
+        overlap=replace(system.overlap, **ov),
+    )
+
+
+class FitProblem:
+    """Rows, parameter spec and the loss as a sum of per-group compiled blocks: each block
+    (rows sharing one program structure, or one collective row kind) compiles once and its
+    value and gradient are summed on the host, which keeps compile time and memory small."""
+
+    def __init__(self, items: list[Item]):
+        self.items = items
+        self.spec = parameter_spec(items)
+        self.keys = list(self.spec)
+        self.kinds = [self.spec[k]["transform"] for k in self.keys]
+        self.u0 = jnp.asarray(
+            [_to_u(self.spec[k]["prior"], self.spec[k]["transform"]) for k in self.keys],
+            jnp.float32,
+        )
+        self.measured = np.asarray([it.base["measured"] for it in items], np.float32)
+        blocks = [list(ix) for ix in run_groups(items).values()]
+        for kind in ("allreduce", "moe_comm"):
+            for name in sorted({it.system.name for it in items if it.kind == kind}):
+                blocks.append(
+                    [i for i, it in enumerate(items) if it.kind == kind and it.system.name == name]
+                )
+        self.blocks = [b for b in blocks if b]
+        self._residual_fns = [jax.jit(self._make_residuals(b)) for b in self.blocks]
+        self._loss_fns = [
+            jax.jit(jax.value_and_grad(self._make_block_loss(f))) for f in self._residual_fns
+        ]
+
+    def spec_priors(self):
+        return [self.spec[k]["prior"] for k in self.keys]
+
+    def values(self, u):
+        return {
+            k: _from_u(u[i], kind)
+            for i, (k, kind) in enumerate(zip(self.keys, self.kinds, strict=True))
+        }
+
+    def _make_residuals(self, idxs):
+        sub = [self.items[i] for i in idxs]
+        meas = jnp.asarray(self.measured[idxs])
+        system = sub[0].system
+
+        def residuals(u):
+            vals = self.values(u)
+            s = apply_parameters(system, vals)
+            preds, _ = predict_items(sub, {system.name: s})
+            pred = jnp.stack([jnp.asarray(p, jnp.float32) for p in preds])
+            return jnp.log(jnp.maximum(pred, 1e-30)) - jnp.log(meas)
+
+        return residuals
+
+    @staticmethod
+    def _make_block_loss(residuals):
+        def block(u, w):
+            return jnp.sum(w * optax.huber_loss(residuals(u), delta=HUBER_DELTA))
+
+        return block
+
+    def log_errors(self, u):
+        out = np.zeros(len(self.items), np.float32)
+        for idxs, f in zip(self.blocks, self._residual_fns, strict=True):
+            out[idxs] = np.asarray(f(u))
+        return out
+
+    def value_and_grad(self, u, w):
+        w = np.asarray(w, np.float32)
+        total_w = float(w.sum())
+        val, grad = 0.0, jnp.zeros_like(u)
+        for idxs, f in zip(self.blocks, self._loss_fns, strict=True):
+            wb = w[idxs]
+            if not wb.any():
+                continue
+            v, g = f(u, jnp.asarray(wb))
+            val, grad = val + float(v), grad + g
+        d = u - self.u0
+        val = val / total_w + 0.5 * float(jnp.sum((d / PRIOR_SIGMA) ** 2)) / total_w
+        grad = grad / total_w + d / PRIOR_SIGMA**2 / total_w
+        return val, grad
+
+    def loss(self, u, w):
+        return self.value_and_grad(u, w)[0]
+
+    def hessian(self, u, w, h=1e-3):
+        """Central differences of the analytic gradient (P gradient pairs)."""
+        n = u.shape[0]
+        cols = []
+        for j in range(n):
+            e = jnp.zeros_like(u).at[j].set(h)
+            cols.append(
+                (
+                    np.asarray(self.value_and_grad(u + e, w)[1])
+                    - np.asarray(self.value_and_grad(u - e, w)[1])
+                )
+                / (2 * h)
+            )
+        hmat = np.stack(cols, axis=1).astype(np.float64)
+        return 0.5 * (hmat + hmat.T)

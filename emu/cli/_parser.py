@@ -1,0 +1,352 @@
+"""The flags of every `emu` command (argparse). The plan flags (`--tp`, `--zero`, `--no-sp`,
+...) are derived from the knob declarations of emu.plan (spelling, type, bounds, choices,
+help), the `--objective` and `--kind` choices from the library's registries; flag values are
+checked here, everything else by the library."""
+
+from __future__ import annotations
+
+import argparse
+
+from emu.cli._cost import add_cost_args
+from emu.plan import KNOBS
+from emu.search import OBJECTIVES
+from emu.struct import check_value
+from emu.validation import KINDS
+
+DEFAULT_COMPARE = ["cloudmatrix384", "gb200_nvl72"]
+DEFAULT_MODEL = "llama3_70b"
+#: --starts and --steps of `emu search`: a bound keeps a typo from running for days
+MAX_STARTS, MAX_STEPS = 1024, 10_000
+
+PLAN_RULE = (
+    "Degrees left out are chosen by a stated rule: TP = largest power of two <= 8 dividing "
+    "the heads inside the innermost scale-up tier; CP = 1; PP = smallest divisor of the "
+    "layers that fits in HBM (selective recompute, then full); DP = the rest."
+)
+
+
+class CliError(ValueError):
+    """Bad command-line input: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        raise CliError(f"{message} (see `{self.prog} --help`)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = None
+    if v is None or v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (got {text!r})")
+    return v
+
+
+def _bounded_int(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be an integer in [{lo}, {hi}] (got {text!r})")
+        return v
+
+    return parse
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a field by dotted path (repeatable)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
+#: flag defaults that differ from the knob's declared default (`emu run` models an 8k step)
+FLAG_DEFAULTS = {"seq_len": 8192}
+
+
+def _knob_type(k):
+    """argparse type of a numeric knob: its declared rule (bounds, integrality)."""
+
+    def parse(text: str):
+        try:
+            v = float(text)
+            check_value(v, k, k.name)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {k.describe()} (got {text!r})") from None
+        return int(v) if k.integer else v
+
+    parse.__name__ = k.kind  # argparse names the type in some messages
+    return parse
+
+
+def _knob_flag(g, k) -> None:
+    """The flag of one plan knob, from its declaration (emu.plan.KNOBS): spelling, type,
+    choices, help. Unset flags are None (the library's default or rule applies), except
+    static knobs and FLAG_DEFAULTS."""
+    hlp = k.help + (f" ({k.unit})" if k.unit else "")
+    if k.kind == "static":
+        g.add_argument(k.flag, default=k.default, choices=list(k.choices), help=hlp)
+    elif k.kind == "bool":
+        action = "store_false" if k.default is True else "store_true"
+        hlp = f"turn off: {hlp}" if k.default is True else hlp
+        g.add_argument(k.flag, dest=k.name, action=action, default=None, help=hlp)
+    elif k.kind == "choice":
+        g.add_argument(k.flag, choices=list(k.names), help=hlp)
+    else:
+        default = FLAG_DEFAULTS.get(k.name)
+        if default is not None:
+            hlp += f" (default {default})"
+        g.add_argument(k.flag, type=_knob_type(k), default=default, metavar="N", help=hlp)
+
+
+def _knob_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("plan (every knob of emu.plan.KNOBS; left out: the plan rule)")
+    for k in KNOBS:
+        _knob_flag(g, k)
+
+
+def _serving_args(p: argparse.ArgumentParser) -> None:
+    inf = p.add_argument_group("serving")
+    inf.add_argument(
+        "--batch",
+        type=positive_int,
+        help="sequences per DP-attention rank (default: the largest meeting the SLO)",
+    )
+    inf.add_argument(
+        "--tpot-slo",
+        type=float,
+        default=0.05,
+        help="decode: time-per-output-token SLO in seconds (default 0.05)",
+    )
+    inf.add_argument(
+        "--ttft-slo",
+        type=float,
+        default=2.0,
+        help="prefill: time-to-first-token SLO in seconds (default 2.0)",
+    )
+
+
+def _workload_args(
+    p: argparse.ArgumentParser, *, system: bool = True, chips_list: bool = False
+) -> None:
+    if system:
+        p.add_argument("--system", default="gb200_nvl72", help="catalog name or TOML path")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="catalog name or TOML path")
+    if chips_list:
+        p.add_argument(
+            "--chips",
+            help="chips used, or comma-separated candidates (the chip count becomes a knob, "
+            "e.g. under --power-cap); default: one system unit",
+        )
+    else:
+        p.add_argument("--chips", type=positive_int, help="chips used (default: one system unit)")
+    _knob_args(p)
+    _serving_args(p)
+    add_cost_args(p)
+    _common(p)
+
+
+def _objective_help() -> str:
+    up = [n for n, o in OBJECTIVES.items() if o.sign > 0]
+    down = [n for n, o in OBJECTIVES.items() if o.sign < 0]
+    return (
+        f"objective to optimise (default tokens_per_joule): {', '.join(up)} (maximised); "
+        f"{', '.join(down)} (minimised)"
+    )
+
+
+def _search_args(p: argparse.ArgumentParser) -> None:
+    """The flags `emu search` and `emu sweep` share: `emu run`'s workload, then the search."""
+    _workload_args(p, chips_list=True)
+    g = p.add_argument_group("search")
+    g.add_argument(
+        "--objective",
+        default="tokens_per_joule",
+        choices=list(OBJECTIVES),
+        metavar="NAME",
+        help=_objective_help(),
+    )
+    g.add_argument(
+        "--free",
+        help="comma-separated plan knobs that vary (default: every knob not given on the "
+        "command line): " + ", ".join(k.name for k in KNOBS if k.searchable and k.name != "dp"),
+    )
+    g.add_argument("--power-cap", type=float, metavar="W", help="IT power cap, watts")
+    g.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2,...",
+        help="also search a topology knob (domain, scaleup_bw, scaleout_bw, "
+        "oversubscription, optics_share) or a system field path over these values "
+        "(repeatable: product)",
+    )
+    g.add_argument("--top", type=positive_int, default=10, help="best configurations listed")
+    g.add_argument(
+        "--out", metavar="FILE", help="every evaluated configuration as CSV or Parquet (.parquet)"
+    )
+
+
+def _add_simple_commands(sub) -> None:
+    p = sub.add_parser("list", help="systems and models in the catalog")
+    p.add_argument("--fields", metavar="NAME", help="list the settable fields of a system/model")
+    p.add_argument("--regions", action="store_true", help="the regions with their sources")
+    add_cost_args(p)
+    _common(p)
+
+    p = sub.add_parser("describe", help="system totals computed from the parts")
+    p.add_argument("system", help="catalog name or TOML path")
+    _common(p)
+
+    p = sub.add_parser(
+        "run",
+        help="emulate one training step",
+        description="Emulate one training step. " + PLAN_RULE,
+    )
+    _workload_args(p)
+
+    p = sub.add_parser(
+        "compare",
+        help="several systems on one workload",
+        description="Several systems on one workload. " + PLAN_RULE,
+    )
+    p.add_argument(
+        "--systems",
+        default=",".join(DEFAULT_COMPARE),
+        help="comma-separated catalog names or TOML paths",
+    )
+    _workload_args(p, system=False)
+
+    p = sub.add_parser("sensitivity", help="elasticities of tokens/J and tokens/s (jax.grad)")
+    _workload_args(p)
+    p.add_argument("--top", type=positive_int, default=15, help="rows in the table (all in --json)")
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="disaggregated prefill + decode deployment",
+        description="A prefill instance and a decode instance, each with its own chips and "
+        "plan (chosen by the serving rule), serving requests of --prompt-len input and "
+        "--output-len output tokens. Batches default to the largest meeting the SLOs.",
+    )
+    p.add_argument("--system", default="cloudmatrix384", help="catalog name or TOML path")
+    p.add_argument("--model", default="deepseek_r1", help="catalog name or TOML path")
+    p.add_argument("--prefill-chips", type=positive_int, default=96)
+    p.add_argument("--decode-chips", type=positive_int, default=160)
+    p.add_argument("--prompt-len", type=positive_int, default=4096)
+    p.add_argument("--output-len", type=positive_int, default=1024)
+    p.add_argument("--prefill-batch", type=positive_int, help="prompts per DP rank per batch")
+    p.add_argument("--decode-batch", type=positive_int, help="sequences per DP rank in decode")
+    p.add_argument("--tpot-slo", type=float, default=0.05)
+    p.add_argument("--ttft-slo", type=float, default=2.0)
+    p.add_argument(
+        "--precision",
+        default=None,
+        help="default: the chip's 8-bit format (fp8, else int8), else bf16",
+    )
+    p.add_argument("--mtp-accept", type=float, default=0.0)
+    p.add_argument("--moe-imbalance", type=float, default=1.0)
+    p.add_argument("--a2a-overlap", action="store_true")
+    add_cost_args(p)
+    _common(p)
+
+
+def _add_search_commands(sub) -> None:
+    p = sub.add_parser(
+        "search",
+        help="best plan (and topology) by gradient search, exactly re-evaluated",
+        description="Maximise --objective over the parallel plan (and the --grid topology "
+        "knobs) by gradient over a relaxed plan, then round to valid plans and polish them "
+        "by a discrete local search (emu.search.gradient_search). Knobs given on the "
+        "command line (--tp 8) stay fixed; --free lists the knobs that vary. The exhaustive "
+        "alternative is `emu sweep` with the same flags.",
+    )
+    _search_args(p)
+    p.add_argument(
+        "--starts",
+        type=_bounded_int(1, MAX_STARTS),
+        help="random starts (default: by the space size)",
+    )
+    p.add_argument(
+        "--steps", type=_bounded_int(1, MAX_STEPS), default=40, help="optimiser steps per start"
+    )
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser(
+        "sweep",
+        help="evaluate every valid plan (one compiled, vmapped, resumable sweep)",
+        description="Evaluate every valid discrete plan (times the --grid values) of a "
+        "problem in chunks with one compilation, sharded over all JAX devices (and over "
+        "processes with --coordinator/--num-processes/--process-id or the "
+        "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID variables; processes "
+        "share the output folder). Chunks stream to OUT.parts/ as they finish (removed after "
+        "success); the same command resumes a killed sweep.",
+    )
+    _search_args(p)
+    p.add_argument("--chunk", type=positive_int, default=1 << 16, help="plans per compiled call")
+    p.add_argument("--coordinator", metavar="HOST:PORT")
+    p.add_argument("--num-processes", type=positive_int)
+    p.add_argument("--process-id", type=int)
+    p.add_argument(
+        "--coordinator-timeout",
+        type=positive_int,
+        default=120,
+        metavar="S",
+        help="seconds to wait for all processes to connect (default 120)",
+    )
+    p.add_argument("--throttle-s", type=float, default=0.0, help=argparse.SUPPRESS)  # tests
+
+
+def _add_measurement_commands(sub) -> None:
+    p = sub.add_parser("validate", help="predict published measurements and report errors")
+    p.add_argument("file", nargs="?", help="JSON Lines (default: the shipped measurement set)")
+    p.add_argument("--kind", choices=KINDS, help="only rows of this kind")
+    p.add_argument("--show-skipped", action="store_true", help="list skipped rows in the table")
+    p.add_argument("--plot", metavar="FILE", help="write a predicted-vs-measured PNG")
+    _common(p)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="fit the shared parameters to measurements (optax through the emulator)",
+        description="Fit the shared physical parameters (per chip family, per link type, "
+        "overlap fractions) from the priors in configs/calibration/defaults.toml to the "
+        "measurements, and write the overlay that emu loads by default.",
+    )
+    p.add_argument("file", nargs="?", help="JSON Lines (default: the shipped measurement set)")
+    p.add_argument("--steps", type=positive_int, default=150, help="optimiser steps (default 150)")
+    p.add_argument(
+        "--cv",
+        action="store_true",
+        help="also leave-one-source-out and leave-one-system-out cross-validation",
+    )
+    p.add_argument(
+        "--out", metavar="PATH", help="overlay to write (default: configs/calibration/fitted.toml)"
+    )
+    p.add_argument("--dry-run", action="store_true", help="fit and report, write nothing")
+    p.add_argument("--throttle-s", type=float, default=0.0, help=argparse.SUPPRESS)  # tests
+    _common(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `emu` parser (built per call: choices read the registries as they are now)."""
+    ap = _Parser(prog="emu", description="Differentiable emulator of AI clusters.")
+    sub = ap.add_subparsers(dest="command", parser_class=_Parser)
+    sub.required = True
+    _add_simple_commands(sub)
+    _add_serve(sub)
+    _add_search_commands(sub)
+    _add_measurement_commands(sub)
+    from emu.program.cli import add_program_parser
+
+    add_program_parser(sub)
+    return ap

@@ -1,0 +1,290 @@
+"""Rendering: SI-prefixed numbers, aligned tables, the text of every command's result, the
+progress lines on stderr, and printing (text or --json)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+_PREFIXES = (
+    (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1, ""),
+    (1e-3, "m"), (1e-6, "u"), (1e-9, "n"),
+)  # fmt: skip
+
+
+def si(x: float, unit: str) -> str:
+    """`x` with an SI prefix and three significant digits: si(1.5e12, "B/s") = '1.5 TB/s'."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g} {unit}"
+    for factor, prefix in _PREFIXES:
+        if abs(x) >= factor:
+            return f"{x / factor:.3g} {prefix}{unit}"
+    return f"{x:.3g} {unit}"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    """Columns aligned: the first left, the others right."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(
+        str(c).ljust(w) if i == 0 else str(c).rjust(w)
+        for i, (c, w) in enumerate(zip(r, widths, strict=True))
+    )
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *[fmt(r) for r in rows]])
+
+
+def emit(args, obj: Any, text: str) -> None:
+    """`obj` as JSON with --json, else `text`, on stdout."""
+    if args.json:
+        print(json.dumps(obj, indent=2, allow_nan=False))
+    else:
+        print(text)
+
+
+def unit_of(path: str) -> str:
+    """The unit of a field path, from its name (emu's naming convention)."""
+    leaf = path.rsplit(".", 1)[-1]
+    if ".peak_flops_per_s." in path:
+        return "FLOP/s"
+    for suffix, unit in (
+        ("_bytes_per_s", "B/s"),
+        ("bytes_per_s", "B/s"),
+        ("_bytes", "B"),
+        ("_w", "W"),
+        ("_s", "s"),
+        ("_per_chip", "per chip"),
+    ):
+        if leaf.endswith(suffix):
+            return unit
+    return "-"
+
+
+def plan_text(p: dict) -> str:
+    return (
+        f"tp={p['tp']} pp={p['pp']} dp={p['dp']} cp={p['cp']} vpp={p['vpp']} "
+        f"mb={p['microbatch']} gbs={p['global_batch']} seq={p['seq_len']} "
+        f"zero={p['zero']} recompute={p['recompute']} sp={p['sp']} {p['precision']}"
+    )
+
+
+_BREAKDOWN_ROWS = [
+    ("matmul_s", "projections + dense FFN"),
+    ("expert_s", "MoE experts + router"),
+    ("attention_s", "attention core"),
+    ("memory_s", "memory-bound ops"),
+    ("head_s", "output head (+ loss)"),
+    ("compute_s", "= compute"),
+    ("tp_comm_s", "TP comm (raw)"),
+    ("cp_comm_s", "CP comm (raw)"),
+    ("pp_comm_s", "PP comm (raw)"),
+    ("dp_comm_s", "DP comm (raw)"),
+    ("dispatch_s", "MoE dispatch (raw)"),
+    ("combine_s", "MoE combine (raw)"),
+    ("exposed_comm_s", "exposed comm"),
+    ("bubble_s", "pipeline bubble"),
+    ("optimizer_s", "optimizer"),
+    ("total_s", "= step time"),
+]
+
+
+def _latency_rows(results: list[dict]) -> list[list[str]]:
+    rows = []
+    for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT")):
+        if any(r.get(key) for r in results):
+            rows.append([label, *[si(r[key], "s") if r[key] else "-" for r in results]])
+    return rows
+
+
+def run_text(results: list[dict]) -> str:
+    """`emu run`/`emu compare`: one column per result, then the step breakdown and plans."""
+    head = ["", *[r["system"] for r in results]]
+    rows = [
+        ["model", *[r["model"] for r in results]],
+        ["chips", *[f"{r['n_chips']:.0f}" for r in results]],
+        ["phase", *[r["phase"] for r in results]],
+        ["step time", *[si(r["step_time_s"], "s") for r in results]],
+        *_latency_rows(results),
+        ["tokens/s", *[si(r["tokens_per_s"], "tok/s") for r in results]],
+        ["tokens/s per chip", *[f"{r['tokens_per_s'] / r['n_chips']:.0f}" for r in results]],
+        ["power (IT)", *[si(r["power_w"], "W") for r in results]],
+        ["power (facility)", *[si(r["facility_power_w"], "W") for r in results]],
+        ["tokens/J (IT)", *[f"{r['tokens_per_joule']:.3g}" for r in results]],
+        ["MFU", *[f"{100 * r['mfu']:.1f}%" for r in results]],
+        [
+            "memory/chip",
+            *[
+                f"{si(r['memory']['total_bytes'], 'B')} of {si(r['memory']['capacity_bytes'], 'B')}"
+                for r in results
+            ],
+        ],
+        ["feasible", *[("yes" if r["feasible"] else "NO (out of memory)") for r in results]],
+    ]
+    out = [table(rows, head), ""]
+    rows = [
+        [label, *[si(r["breakdown"][k], "s") if k in r["breakdown"] else "-" for r in results]]
+        for k, label in _BREAKDOWN_ROWS
+        if any(k in r["breakdown"] for r in results)
+    ]
+    out += [table(rows, ["step breakdown", *[r["system"] for r in results]]), ""]
+    for r in results:
+        out.append(f"plan ({r['system']}): {plan_text(r['plan'])}")
+    out.append(
+        f"compile {sum(r['compile_s'] for r in results):.2f} s, "
+        f"evaluate {sum(r['eval_s'] for r in results) * 1e3:.1f} ms"
+    )
+    return "\n".join(out)
+
+
+def describe_text(d: dict) -> str:
+    rows = [["chips", f"{d['n_chips']} x {d['chip']}"]]
+    rows += [[f"peak {k} (dense)", si(v, "FLOP/s")] for k, v in d["peak_flops_per_s"].items()]
+    rows += [
+        ["HBM capacity", si(d["hbm_bytes"], "B")],
+        ["HBM bandwidth", si(d["hbm_bytes_per_s"], "B/s")],
+    ]
+    for t in d["tiers"]:
+        rows.append(
+            [
+                f"tier {t['name']} ({t['link']})",
+                f"{si(t['bytes_per_s_per_chip'], 'B/s')}/chip/dir, domain {t['domain_chips']:.0f}",
+            ]
+        )
+    rows += [["power (IT, full load)", si(d["power_w"], "W")]]
+    rows += [[f"  {k}", si(v, "W")] for k, v in d["power"].items() if k not in ("it_w",)]
+    rows += [["facility power (PUE)", f"{si(d['facility_power_w'], 'W')} (PUE {d['pue']:g})"]]
+    return f"{d['system']}\n" + table(rows, ["quantity", "value"])
+
+
+def sensitivity_text(d: dict, top: int) -> str:
+    rows = [
+        [k, f"{v['value']:.4g}", f"{v['tokens_per_joule']:+.4f}", f"{v['tokens_per_s']:+.4f}"]
+        for k, v in list(d["elasticities"].items())[:top]
+    ]
+    return (
+        f"{d['system']} / {d['model']}: tokens/J {d['tokens_per_joule']:.4g}, "
+        f"tokens/s {d['tokens_per_s']:.4g}\nelasticity d ln(y) / d ln(x), "
+        f"largest |tokens/J| first\n" + table(rows, ["field", "value", "tokens/J", "tokens/s"])
+    )
+
+
+def calibrate_text(out: dict, path) -> str:
+    rows = [
+        [k, f"{v:.4g}", f"{out['uncertainty'][k]:.2g}", f"{out['priors'][k]:.4g}"]
+        for k, v in out["values"].items()
+    ]
+    text = [
+        f"fitted {out['parameters']} shared parameters to {out['rows']} rows "
+        f"({out['steps']} steps, {out['wall_s']:.0f} s)",
+        f"median |error| {out['median_abs_pct_error_before']:.1f}% -> "
+        f"{out['median_abs_pct_error']:.1f}%, p90 {out['p90_abs_pct_error']:.1f}%",
+        *[
+            f"leave-one-{c['by']}-out ({c['groups']} groups): "
+            f"median {c['median_abs_pct_error']:.1f}%, p90 {c['p90_abs_pct_error']:.1f}%"
+            for c in out["cross_validation"]
+        ],
+        "",
+        table(rows, ["parameter", "fitted", "+- 1 sigma", "prior"]),
+        "",
+        f"overlay written to {path}" if path else "dry run: nothing written",
+    ]
+    return "\n".join(text)
+
+
+def serve_text(d: dict, chips: tuple[int, int]) -> str:
+    rows = [
+        ["chips (prefill + decode)", f"{chips[0]} + {chips[1]}"],
+        [
+            "batch per DP rank (prefill, decode)",
+            f"{d['prefill']['plan']['microbatch']}, {d['decode']['plan']['microbatch']}",
+        ],
+        ["requests/s", f"{d['requests_per_s']:.4g}"],
+        ["output tokens/s", si(d["tokens_per_s"], "tok/s")],
+        ["output tokens/s per chip", f"{d['tokens_per_s_per_chip']:.4g}"],
+        ["TTFT (prefill batch)", si(d["ttft_s"], "s")],
+        ["TPOT", si(d["tpot_s"], "s")],
+        [
+            "utilisation (prefill, decode)",
+            f"{d['prefill_utilisation']:.0%}, {d['decode_utilisation']:.0%}",
+        ],
+        ["power (IT)", si(d["power_w"], "W")],
+        ["output tokens/J", f"{d['tokens_per_joule']:.4g}"],
+        ["feasible", "yes" if d["feasible"] else "NO (out of memory)"],
+    ]
+    return f"{d['system']} / {d['model']}\n" + table(rows, ["quantity", "value"])
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def search_text(res, what: str) -> str:
+    """The top configurations of a SweepResult or SearchResult, under the line `what`."""
+    names = res.space.names
+    priced = getattr(res.problem, "cost", None) is not None  # --region: USD per M tokens
+    rows = [
+        [
+            str(i + 1),
+            *[f"{r[n]:g}" for n in names],
+            f"{r['tp']}/{r['pp']}/{r['dp']}/{r['cp']}/{r['ep']}",
+            f"{r['microbatch']}",
+            f"{r['vpp']}",
+            f"{r['zero']}",
+            ("none", "selective", "full")[r["recompute"]],
+            f"{r['sp']}",
+            _num(r["objective"]),
+            si(r["tokens_per_s"], "tok/s"),
+            f"{r['tokens_per_joule']:.4g}",
+            si(r["power_w"], "W"),
+            *([_num(r["usd_per_mtoken"])] if priced else []),
+        ]
+        for i, r in enumerate(res.top)
+    ]
+    head = ["#", *names, "tp/pp/dp/cp/ep", "mb", "vpp", "zero", "recompute", "sp"]
+    head += [res.objective, "tokens/s", "tokens/J", "power", *(["USD/Mtok"] if priced else [])]
+    text = what + "\n" + (table(rows, head) if rows else "no feasible configuration")
+    if not rows:
+        text += (
+            " (none fits in memory, meets the SLO and stays under the power cap); relax "
+            "--tpot-slo/--power-cap, add chips or fix fewer knobs."
+        )
+    return text
+
+
+def fit_progress(label: str):
+    """A one-line progress bar on stderr (no dependency); when stderr is not a TTY, a line
+    every 10% instead."""
+    tty = sys.stderr.isatty()
+    last = [-1]
+
+    def show(k, n, loss):
+        pct = int(100 * k / n)
+        if tty:
+            bar = "#" * (pct // 4)
+            print(f"\r{label} [{bar:<25}] {k}/{n} loss {loss:.5f}", end="", file=sys.stderr)
+            if k == n:
+                print(file=sys.stderr)
+        elif pct // 10 != last[0]:
+            last[0] = pct // 10
+            print(f"{label}: {k}/{n} loss {loss:.5f}", file=sys.stderr)
+
+    return show
+
+
+def search_progress(stage: str, evaluations: int) -> None:
+    if sys.stderr.isatty():
+        print(f"\rsearch: {stage:<38} {evaluations:7d} evaluations", end="", file=sys.stderr)
+        if stage == "done":
+            print(file=sys.stderr)
+
+
+def sweep_progress(done: int, total: int, rows: int) -> None:
+    if sys.stderr.isatty():
+        bar = "#" * int(25 * done / total)
+        print(f"\rsweep [{bar:<25}] {done}/{total} chunks", end="", file=sys.stderr)
+        if done == total:
+            print(file=sys.stderr)
+
+
+def warn(message: str) -> None:
+    print(f"emu: warning: {message}", file=sys.stderr)

@@ -1,0 +1,317 @@
+"""The plan policy: which plan when the user leaves degrees out, and the largest batch that
+meets a latency SLO.
+
+Training rule (stated in `emu run --help` and the README): TP = the largest power of two
+<= 8 that divides the heads and fits in the innermost scale-up tier; CP = 1; PP = the
+smallest divisor of the layers that makes the plan fit in HBM (selective recomputation
+first, then full); DP takes the remaining chips. The default global batch is the smallest
+multiple of dp * microbatch holding >= DEFAULT_BATCH_TOKENS tokens. MoE models: EP = the
+largest divisor of the experts that divides tp*dp*cp and fits in the scale-up domain.
+
+Serving rule: pp = cp = 1; TP = 1 for MoE models (data-parallel attention, expert-parallel
+MoE), else the smallest power of two <= 8 whose weights fit in HBM; EP = the largest divisor
+of the experts that divides the chip count. The batch per DP rank defaults to the largest
+meeting the phase's SLO (`largest_batch`).
+
+>>> from emu.catalog import load_system, load_model
+>>> plan = auto_plan(load_system("gb200_nvl72"), load_model("llama3_70b"), 72, seq_len=8192)
+>>> [int(plan.tp), int(plan.pp), int(plan.dp)]
+[8, 1, 9]
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from emu.hardware import peak_flops
+from emu.objective import evaluate, inference_memory, max_batch_under_slo
+from emu.parallelism import memory
+from emu.plan import KNOBS, Plan, make_plan, validate_plan
+from emu.struct import check_value, replace
+from emu.topology import System
+from emu.units import PRECISIONS
+from emu.workload import Model
+
+__all__ = [
+    "auto_plan",
+    "check_plan",
+    "largest_batch",
+    "with_largest_batch",
+    "serving_precision",
+    "scale_up_domain",
+    "divisors",
+    "DEFAULT_BATCH_TOKENS",
+    "RULE_KNOBS",
+]
+
+#: tokens per training step when no global batch is given (4 Mi, a common pre-training size)
+DEFAULT_BATCH_TOKENS = 4 * 2**20
+
+
+def divisors(n: int) -> list[int]:
+    """The positive divisors of n, ascending."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def _int(x) -> int:
+    return int(round(float(x)))
+
+
+#: knobs the rule chooses when they are left out (None)
+RULE_KNOBS = ("tp", "pp", "dp", "cp", "ep", "global_batch", "recompute")
+#: knobs a serving plan fixes: no pipeline, context or expert-tensor parallelism
+_SERVING_FIXED = ("pp", "cp", "etp", "vpp")
+
+
+def _check_knobs(chips, system: System, knobs: dict) -> int:
+    """`chips` as an int after checking it, that every name is a plan knob and that every
+    given count (degrees, integers) is valid by its declaration."""
+    if chips < 1 or chips != int(chips):
+        raise ValueError(f"chips must be a positive integer (got {chips}).")
+    chips = int(chips)
+    max_chips = float(system.tiers[-1].domain_chips)
+    if chips > max_chips:
+        raise ValueError(
+            f"chips = {chips} exceeds the largest cluster of {system.name} ({max_chips:g}); "
+            "use fewer chips or raise the outermost tier's domain_chips."
+        )
+    declared = {k.name: k for k in KNOBS}
+    for name, v in knobs.items():
+        k = declared.get(name)
+        if k is None:
+            make_plan(**{name: v})  # raises "unknown knob ... Did you mean"
+            continue
+        if k.kind in ("degree", "int", "float"):
+            check_value(v, k, name)  # the knob's declared bounds, as make_plan checks them
+    return chips
+
+
+def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
+    """A valid plan for `chips` chips. `knobs` are Plan knobs by name (emu.plan.KNOBS):
+    those given (not None) are kept; the degrees, global batch and recomputation of
+    RULE_KNOBS that are left out are chosen by the rule of the module doc; the others take
+    their declared defaults (seq_len: 4096)."""
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    knobs.setdefault("seq_len", 4096)
+    chips = _check_knobs(chips, system, knobs)
+    if knobs.get("phase", "train") != "train":
+        bad = [k for k in _SERVING_FIXED if knobs.get(k, 1) != 1]
+        if bad:
+            raise ValueError(f"serving plans take tp, dp and ep only; drop {', '.join(bad)}.")
+        return _auto_inference_plan(system, model, chips, knobs)
+    _check_precision(system, knobs.get("precision", "bf16"))
+    tp, pp, dp = knobs.pop("tp", None), knobs.pop("pp", None), knobs.pop("dp", None)
+    cp, ep = knobs.pop("cp", 1), knobs.pop("ep", None)
+    vpp, microbatch = knobs.setdefault("vpp", 1), knobs.setdefault("microbatch", 1)
+    etp, global_batch = knobs.get("etp", 1), knobs.pop("global_batch", None)
+    recompute = knobs.pop("recompute", None)
+    tp = _default_tp(system, model, chips, cp=cp, dp=dp, pp=pp) if tp is None else tp
+    rest = chips / (tp * cp)
+    if rest != int(rest):
+        raise ValueError(
+            f"Plan: tp*cp = {tp * cp} must divide the chip count {chips}; adjust tp or cp."
+        )
+    rest = int(rest)
+    candidates = _pp_candidates(model, rest, pp=pp, dp=dp, vpp=vpp)
+
+    def build(pp_, rc):
+        dp_ = rest // pp_
+        gb = global_batch
+        if gb is None:
+            unit = dp_ * microbatch
+            gb = unit * max(1, math.ceil(DEFAULT_BATCH_TOKENS / knobs["seq_len"] / unit))
+        ep_ = ep if ep is not None else _auto_ep(system, model, tp * dp_ * cp // etp)
+        return make_plan(
+            **knobs, ep=ep_, tp=tp, pp=pp_, dp=dp_, cp=cp, global_batch=gb, recompute=rc
+        )
+
+    chosen = _first_fitting(system, model, build, candidates, recompute)
+    if dp is not None and _int(chosen.dp) != dp:
+        raise ValueError(
+            f"Plan: tp*pp*dp*cp = {tp * _int(chosen.pp) * dp * cp} must equal n_chips = "
+            f"{chips}; adjust dp (got dp={dp})."
+        )
+    return check_plan(system, model, chosen, chips)
+
+
+def _default_tp(system: System, model: Model, chips: int, *, cp: int, dp, pp) -> int:
+    """The largest power of two <= 8 dividing the heads (and the KV heads, or vice versa)
+    inside the innermost tier and the chips left by cp (and dp, pp when given)."""
+    heads, kv = _int(model.n_heads), _int(model.n_kv_heads)
+    inner = _int(system.tiers[0].domain_chips)
+    free = chips // cp if chips % cp == 0 else 1
+    if dp is not None and pp is not None:
+        free = max(1, free // max(dp * pp, 1))
+    for t in (8, 4, 2):
+        if t <= inner and heads % t == 0 and (kv % t == 0 or t % kv == 0) and free % t == 0:
+            return t
+    return 1
+
+
+def _pp_candidates(model: Model, rest: int, *, pp, dp, vpp: int) -> list[int]:
+    """Pipeline degrees to try, shallowest first, for `rest` = chips / (tp cp)."""
+    layers = _int(model.n_layers)
+    if pp is None and dp is not None:
+        pp = rest // dp if rest % dp == 0 else None
+        if pp is None:
+            raise ValueError(f"Plan: dp={dp} must divide chips/(tp*cp) = {rest}; adjust dp.")
+    if pp is not None and rest % pp:
+        raise ValueError(
+            f"Plan: pp={pp} must divide chips/(tp*cp) = {rest}; adjust pp or the chip count."
+        )
+    if pp is not None:
+        return [pp]
+    candidates = [d for d in divisors(rest) if layers % (d * vpp) == 0 and (vpp == 1 or d > 1)]
+    if not candidates:
+        raise ValueError(
+            f"Plan: no pipeline degree divides both n_layers={layers} and chips/(tp*cp)={rest}; "
+            "set pp and dp explicitly."
+        )
+    return candidates
+
+
+def _first_fitting(system, model, build, candidates, recompute) -> Plan:
+    """The first plan `build(pp, recompute)` that fits in HBM, trying every pipeline degree
+    with selective recomputation, then with full; else the deepest pipeline (reported as
+    infeasible)."""
+    recomputes = [recompute] if recompute else ["selective", "full"]
+    for rc in recomputes:
+        for p in candidates:
+            plan = build(p, rc)
+            if float(memory(model, plan, system.chip.hbm_bytes).feasible) > 0.5:
+                return plan
+    return build(candidates[-1], recomputes[-1])
+
+
+def scale_up_domain(system: System) -> float:
+    """Chips in the largest domain below the scale-out tier (NVL72: 72, CM384: 384)."""
+    tiers = system.tiers
+    return float((tiers[-2] if len(tiers) > 1 else tiers[0]).domain_chips)
+
+
+def _auto_ep(system: System, model: Model, ranks: int, *, limit: float | None = None) -> int:
+    experts = _int(model.n_experts)
+    if experts == 0:
+        return 1
+    cap = scale_up_domain(system) if limit is None else limit
+    return max(d for d in divisors(experts) if ranks % d == 0 and d <= cap)
+
+
+def _serving_tp(system, model, chips, knobs: dict) -> int:
+    """TP of a serving plan: 1 for MoE models, else the smallest power of two <= 8 whose
+    weights (and KV cache) fit in HBM."""
+    heads = _int(model.n_heads)
+    tp = 1
+    if _int(model.n_experts) > 0:
+        return tp
+    probe_knobs = {k: knobs[k] for k in ("seq_len", "phase", "microbatch", "context", "precision")
+                   if k in knobs}  # fmt: skip
+    for t in (1, 2, 4, 8):
+        if heads % t or chips % t:
+            continue
+        tp = t
+        probe = make_plan(tp=t, dp=chips // t, **probe_knobs)
+        if float(inference_memory(model, probe, system.chip.hbm_bytes).feasible) > 0.5:
+            break
+    return tp
+
+
+def _auto_inference_plan(system, model, chips: int, knobs: dict) -> Plan:
+    knobs = dict(knobs)
+    tp, dp, ep = knobs.pop("tp", None), knobs.pop("dp", None), knobs.pop("ep", None)
+    microbatch = knobs.pop("microbatch", 1)
+    for name in ("pp", "cp", "vpp", "zero", "recompute", "global_batch"):
+        knobs.pop(name, None)  # a serving plan has none of them (the batch is dp x microbatch)
+    if tp is None:
+        tp = _serving_tp(system, model, chips, {**knobs, "microbatch": microbatch})
+    if chips % tp:
+        raise ValueError(f"Plan: tp={tp} must divide the chip count {chips}; adjust tp.")
+    dp_ = chips // tp
+    if dp is not None and dp != dp_:
+        raise ValueError(
+            f"Plan: tp*pp*dp*cp = {tp * dp} must equal n_chips = {chips}; adjust dp (got dp={dp})."
+        )
+    ep_ = ep if ep is not None else _auto_ep(system, model, chips, limit=chips)
+    plan = make_plan(
+        **knobs, tp=tp, dp=dp_, ep=ep_, microbatch=microbatch, global_batch=dp_ * microbatch,
+        recompute="none", zero=0,
+    )  # fmt: skip
+    return check_plan(system, model, plan, chips)
+
+
+def _check_precision(system: System, precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}'; known: {', '.join(PRECISIONS)}.")
+    if float(peak_flops(system.chip, precision)) <= 0:
+        have = [p for p in PRECISIONS if float(peak_flops(system.chip, p)) > 0]
+        raise ValueError(
+            f"{system.chip.name} has no {precision} support; use one of: {', '.join(have)}."
+        )
+
+
+def serving_precision(system: System) -> str:
+    """The serving default: the chip's 8-bit format (fp8, else int8), else bf16."""
+    return next(p for p in ("fp8", "int8", "bf16") if float(peak_flops(system.chip, p)) > 0)
+
+
+def check_plan(system: System, model: Model, plan: Plan, chips: int | None = None) -> Plan:
+    """Validate a fully specified plan against the system and model."""
+    _check_precision(system, plan.precision)
+    if chips is not None:
+        n = _int(plan.tp * plan.pp * plan.dp * plan.cp)
+        if n != chips:
+            raise ValueError(
+                f"Plan: tp*pp*dp*cp = {n} must equal n_chips = {chips}; adjust dp "
+                f"(got dp={_int(plan.dp)})."
+            )
+    return validate_plan(plan, model, max_chips=float(system.tiers[-1].domain_chips))
+
+
+_evaluate = jax.jit(evaluate)
+_max_batch = jax.jit(max_batch_under_slo)  # module level: compiled once per structure
+
+
+def largest_batch(system: System, model: Model, plan: Plan, slo_s: float) -> int:
+    """The largest integer batch per DP rank meeting the phase's latency SLO (exactly
+    re-evaluated) and fitting in HBM, or ValueError if even one sequence misses either."""
+    b, _, ok = _max_batch(system, model, plan, jnp.float32(slo_s))
+    if float(ok) < 0.5:
+        what = "TPOT" if plan.phase == "decode" else "TTFT"
+        raise ValueError(
+            f"no batch meets the {what} SLO of {slo_s:g} s on {system.name}; even batch 1 "
+            "misses it: relax the SLO or add chips."
+        )
+    n = max(1, int(float(b)))
+    lat = "tpot_s" if plan.phase == "decode" else "ttft_s"
+
+    def ev(k):
+        return _evaluate(system, model, replace(plan, microbatch=jnp.float32(k)))
+
+    # the batch must also fit in HBM (weights + KV cache): largest feasible batch, by halving
+    if float(ev(1).feasible) < 0.5:
+        raise ValueError(
+            f"even batch 1 does not fit in HBM on {system.name}: the weights and KV cache "
+            "need more memory; add chips (or raise tp) or shorten the context."
+        )
+    lo, hi = 1, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if float(ev(mid).feasible) > 0.5 else (lo, mid - 1)
+    n = lo
+    while n > 1:  # exact re-evaluation at the integer batch
+        if float(getattr(ev(n), lat)) <= slo_s:
+            break
+        n -= 1
+    return n
+
+
+def with_largest_batch(system: System, model: Model, plan: Plan, slo_s: float) -> Plan:
+    """`plan` (prefill or decode) with the batch per DP rank of `largest_batch`."""
+    if not (slo_s > 0 and math.isfinite(slo_s)):
+        raise ValueError(f"the SLO must be a positive number of seconds (got {slo_s}).")
+    n = largest_batch(system, model, plan, slo_s)
+    return replace(plan, microbatch=jnp.float32(n), global_batch=plan.dp * n)

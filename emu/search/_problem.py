@@ -1,0 +1,193 @@
+"""A search problem: the workload, its constraints, which plan knobs are free, and what is
+optimised; and the columns every evaluated configuration reports."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Callable
+
+from emu import cost as C
+from emu.hardware import peak_flops
+from emu.plan import PHASES
+from emu.plan import knobs as plan_knobs
+from emu.search._objectives import get_objective
+from emu.struct import float_leaves
+from emu.topology import TOPOLOGY_KNOBS, System
+
+#: plan knobs a search varies (declared searchable in emu.plan), in the column order of its
+#: output
+KNOBS = tuple(k.name for k in plan_knobs(searchable=True))
+#: outputs kept per configuration; `objective` is the value being optimised
+COLUMNS = (
+    "objective",
+    "feasible",
+    "step_time_s",
+    "tokens_per_s",
+    "tokens_per_s_per_chip",
+    "tokens_per_joule",
+    "power_w",
+    "mfu",
+    "ttft_s",
+    "tpot_s",
+    "memory_bytes",
+    "usd_per_mtoken",
+)
+#: knob values when a knob is not free and not given: the declared defaults, as stored
+#: numbers (dp has none: it follows the chip count)
+DEFAULTS = {k.name: int(k.encode(k.default)) for k in plan_knobs(searchable=True) if k.name != "dp"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A search problem: the workload, its constraints and which knobs are free.
+
+    `chips` is one chip count or a tuple of candidates (with a `power_cap`, the number of
+    chips under a power budget becomes a knob). `free` names the plan knobs that vary (None:
+    all of KNOBS); the others take `fixed` values (tuple of (knob, value)) or DEFAULTS.
+    `objective` is a name in emu.search.OBJECTIVES or a function of the RunResult to
+    maximise. Decode plans must meet `tpot_slo` (s), prefill plans `ttft_slo` (s, if given);
+    `power_cap` (W, IT power of the chips used) applies to every phase. `cost`: (emu.cost.Cost,
+    emu.cost.Region) prices every configuration (the `usd_per_mtoken` column and objective;
+    without it the column is NaN)."""
+
+    system: str
+    model: str
+    chips: int | tuple = 0
+    seq_len: int = 4096
+    global_batch: int | None = None
+    precision: str = "bf16"
+    phase: str = "train"
+    objective: str | Callable = "tokens_per_joule"
+    free: tuple | None = None
+    fixed: tuple = ()
+    power_cap: float | None = None
+    tpot_slo: float = 0.05
+    ttft_slo: float | None = None
+    context: int | None = None
+    a2a_overlap: bool = False
+    moe_imbalance: float = 1.0
+    mtp_accept: float = 0.0
+    cache_hit: float = 0.0
+    cost: tuple | None = None
+
+    def chip_counts(self) -> tuple[int, ...]:
+        c = self.chips if isinstance(self.chips, tuple | list) else (self.chips,)
+        return tuple(sorted({int(x) for x in c}))
+
+    def sign(self) -> float:
+        """+1 when the objective is maximised, -1 when minimised."""
+        return get_objective(self.objective).sign
+
+    def objective_name(self) -> str:
+        return get_objective(self.objective).name
+
+    def as_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["objective"] = self.objective_name()
+        d["chips"] = (
+            list(self.chip_counts()) if isinstance(self.chips, tuple | list) else self.chips
+        )
+        d["free"] = list(self.free) if self.free is not None else None
+        d["fixed"] = dict(self.fixed)
+        d["cost"] = _cost_dict(self.cost)
+        return d
+
+    def signature(self, extra: str = "") -> str:
+        text = json.dumps(self.as_dict(), sort_keys=True, default=str) + extra
+        o = self.objective
+        if callable(o):  # a user function is keyed by what it computes, not by its name
+            text += _function_key(o)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _cost_dict(cost) -> dict | None:
+    """The JSON form of Problem.cost: the cost and region names and every field's value."""
+    if cost is None:
+        return None
+    c, r = cost
+    values = {f"cost.{k}": float(v) for k, v in float_leaves(c).items()}
+    values |= {f"region.{k}": float(v) for k, v in float_leaves(r).items()}
+    return {"cost": c.name, "region": r.name, "chip_origin": c.chip_origin, **values}
+
+
+def _function_key(f) -> str:
+    """What a user objective computes: its code, constants, closure values and the globals
+    it names, recursively for functions it calls. Anything without a stable repr (an
+    object whose repr holds its address) changes the key, so such a sweep recomputes
+    rather than resume from another function's results."""
+    code = getattr(f, "__code__", None)
+    if code is None:
+        return repr(f)
+    parts = [repr((code.co_code, code.co_consts))]
+    for cell in getattr(f, "__closure__", None) or ():
+        v = cell.cell_contents
+        parts.append(_function_key(v) if callable(v) and hasattr(v, "__code__") else repr(v))
+    g = getattr(f, "__globals__", {})
+    for name in code.co_names:
+        if name in g:
+            v = g[name]
+            parts.append(name + "=" + (_function_key(v) if hasattr(v, "__code__") else repr(v)))
+    return "|".join(parts)
+
+
+def check_problem(system: System, problem: Problem) -> None:
+    """ValueError naming the parameter when the problem cannot be searched on `system`."""
+    if problem.phase not in PHASES:
+        raise ValueError(f"unknown phase '{problem.phase}'; use train, prefill or decode.")
+    if float(peak_flops(system.chip, problem.precision)) <= 0:
+        raise ValueError(
+            f"{system.chip.name} has no {problem.precision} support; choose another precision."
+        )
+    if "dp" in dict(problem.fixed):
+        raise ValueError("dp follows the chip count (dp = chips / (tp pp cp)); fix chips.")
+    topo = set(problem.free or ()) & set(TOPOLOGY_KNOBS)
+    if topo:
+        raise ValueError(
+            f"topology knobs ({', '.join(sorted(topo))}) vary through the grid "
+            "(grid NAME=V1,V2,...), not through the free knobs."
+        )
+    unknown = set(problem.free or ()) - set(KNOBS)
+    unknown |= set(dict(problem.fixed)) - set(KNOBS)
+    if unknown:
+        raise ValueError(
+            f"unknown knob(s) {', '.join(sorted(unknown))}; plan knobs: {', '.join(KNOBS)}; "
+            f"topology knobs: {', '.join(TOPOLOGY_KNOBS)}."
+        )
+    objective = get_objective(problem.objective)
+    for need in objective.needs:
+        if getattr(problem, need, None) is None:
+            raise ValueError(
+                f"objective '{objective.name}' needs Problem.{need}"
+                + (" = (Cost, Region) (CLI: --region)" if need == "cost" else "")
+                + "."
+            )
+    if problem.cost is not None and not (
+        isinstance(problem.cost, tuple | list)
+        and len(problem.cost) == 2
+        and isinstance(problem.cost[0], C.Cost)
+        and isinstance(problem.cost[1], C.Region)
+    ):
+        raise ValueError("Problem.cost must be a (emu.cost.Cost, emu.cost.Region) pair.")
+    if problem.phase not in objective.phases:
+        raise ValueError(
+            f"objective '{objective.name}' exists only in the {', '.join(objective.phases)} "
+            f"phase (it is 0 in {problem.phase})."
+        )
+    if any(c < 1 for c in problem.chip_counts()) or not problem.chip_counts():
+        raise ValueError(f"chips must be positive integers (got {problem.chips}).")
+    top = float(system.tiers[-1].domain_chips)
+    if max(problem.chip_counts()) > top:
+        raise ValueError(
+            f"chips = {max(problem.chip_counts())} exceeds the largest cluster of "
+            f"{system.name} ({top:g}); use fewer chips."
+        )
+    for name, v in (
+        ("power cap", problem.power_cap),
+        ("TPOT SLO", problem.tpot_slo),
+        ("TTFT SLO", problem.ttft_slo),
+    ):
+        if v is not None and not (v > 0 and math.isfinite(v)):
+            raise ValueError(f"the {name} must be a positive finite number (got {v}).")

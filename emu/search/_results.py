@@ -1,0 +1,128 @@
+"""What a search returns (the same kind of typed result for a sweep and a gradient search),
+and the table of every evaluated configuration (CSV or Parquet, through emu.storage).
+
+Result rows (`best`, `top`, `pareto`) are flat dicts of the grid values, the KNOBS, the
+global batch and the COLUMNS (`feasible` as a bool): JSON-ready, and accepted by
+`plan_of`/`system_of`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from emu.search._problem import COLUMNS, Problem
+from emu.search._space import Space
+from emu.storage import RecordError, read_record, table_writer
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    """The result of `sweep`: the best configurations (`top`, best first) and the Pareto
+    front (tokens/s vs watts) of the feasible ones, out of `evaluations` configurations
+    (`space_size`, `grid_points` grid points) in `chunks` chunks of `chunk` rows (`resumed`
+    of them verified from disk). On a process other than 0 of a multi-process sweep,
+    `merged` is False and only `evaluations` (this process's) and `wall_s` are set."""
+
+    problem: Problem
+    objective: str
+    best: dict | None
+    top: list[dict]
+    pareto: list[dict]
+    evaluations: int
+    feasible: int
+    space_size: int
+    grid_points: int
+    chunks: int
+    resumed: int
+    wall_s: float
+    first_chunk_s: float | None
+    space: Space = dataclasses.field(repr=False)
+    parts: Path = dataclasses.field(repr=False)
+    chunk: int = 0
+    signature: str = ""
+    merged: bool = True
+
+    def to_json(self) -> dict:
+        """The JSON form (`emu sweep --json` without its `best` run and `out`)."""
+        return _json(self, "top", "pareto", "evaluations", "feasible", "space", "grid_points",
+                     "chunks", "resumed", "wall_s", "first_chunk_s")  # fmt: skip
+
+    def table_blocks(self) -> Iterator[np.ndarray]:
+        """Every configuration of the space as table rows, chunk by chunk, read back from
+        the verified chunk records."""
+        for i in range(self.chunks):
+            rows = min(self.chunk, self.evaluations - i * self.chunk)
+            path = self.parts / f"chunk-{i:06d}.npz"
+            try:
+                got = read_record(path, expect=chunk_header(i, rows, self.signature))
+            except RecordError:
+                got = None
+            if got is None or got[1]["data"].shape != (rows, len(COLUMNS)):
+                raise ValueError(f"sweep chunk {i} vanished or changed; rerun the sweep.")
+            yield self.space.table(np.arange(i * self.chunk, i * self.chunk + rows), got[1]["data"])
+
+    def remove_parts(self) -> None:
+        """Delete the chunk records (after the table is written): only a killed sweep needs
+        them, to resume."""
+        shutil.rmtree(self.parts, ignore_errors=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """The result of `gradient_search`: the best exactly evaluated configurations (`top`,
+    best first); `evaluations` = `gradient_evaluations` (relaxed, in the optimiser) +
+    `exact_evaluations`, out of a space of `space_size`. `scores` maps each exactly
+    evaluated flat index to its COLUMNS values."""
+
+    problem: Problem
+    objective: str
+    best: dict | None
+    top: list[dict]
+    evaluations: int
+    gradient_evaluations: int
+    exact_evaluations: int
+    space_size: int
+    wall_s: float
+    space: Space = dataclasses.field(repr=False)
+    scores: dict = dataclasses.field(repr=False, default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The JSON form (`emu search --json` without its `best` run and `out`)."""
+        return _json(self, "top", "evaluations", "gradient_evaluations", "exact_evaluations",
+                     "space", "wall_s")  # fmt: skip
+
+    def table_blocks(self) -> Iterator[np.ndarray]:
+        """Every exactly evaluated configuration as table rows, by flat index."""
+        idx = np.asarray(sorted(self.scores), np.int64)
+        if idx.size:
+            yield self.space.table(idx, np.stack([self.scores[int(i)] for i in idx]))
+
+
+def _json(result, *keys: str) -> dict:
+    """problem (as a dict), objective, then `keys` ("space" is the space's size)."""
+    out = {"problem": result.problem.as_dict(), "objective": result.objective}
+    for k in keys:
+        out[k] = result.space_size if k == "space" else getattr(result, k)
+    return out
+
+
+def chunk_header(index: int, rows: int, signature: str) -> dict:
+    """The header binding a sweep chunk record to its index, size and problem."""
+    return {"index": index, "rows": rows, "signature": signature}
+
+
+def write_table(result: SweepResult | SearchResult, path) -> Path:
+    """Every evaluated configuration (grid values, knobs, global batch, outputs) as CSV or
+    Parquet (by the file's suffix), streamed block by block and written atomically. For a
+    sweep: the whole space, from its chunk records; for a gradient search: every exactly
+    evaluated candidate."""
+    path = Path(path)
+    with table_writer(path, result.space.header()) as write:
+        for block in result.table_blocks():
+            write(block)
+    return path

@@ -1,0 +1,271 @@
+"""The exhaustive sweep: every configuration of a `Space`, in fixed-size chunks with ONE
+compiled, vmapped function (the last chunk is padded), sharded over all local JAX devices.
+
+Each chunk streams to disk as it finishes, as an emu.storage record bound to its index and
+to the problem's signature; on restart with the same problem, the chunks already on disk are
+verified and skipped (a partial, corrupt or foreign chunk is reported and recomputed), so a
+killed sweep resumes without losing or duplicating results. With several processes
+(jax.distributed), process p takes the chunks i with i % n == p and process 0 merges. The
+merge keeps, per chunk, the top-k and the Pareto front (tokens/s vs watts) of the feasible
+configurations, so memory does not grow with the sweep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from emu.search._evaluate import make_eval
+from emu.search._problem import COLUMNS, Problem
+from emu.search._results import SweepResult, chunk_header
+from emu.search._space import Space
+from emu.storage import RecordError, StorageError, read_record, write_record
+from emu.struct import content_digest
+from emu.topology import System
+from emu.workload import Model
+
+#: configurations per compiled call (the default chunk)
+CHUNK = 1 << 16
+#: how long process 0 waits for one chunk of another process
+PEER_CHUNK_TIMEOUT_S = 3600
+
+
+def pareto_front(tokens_per_s: np.ndarray, power_w: np.ndarray) -> np.ndarray:
+    """Indices of the plans no other plan beats on both more tokens/s and fewer watts
+    (vectorised: by rising power, keep each plan that beats every cheaper one)."""
+    if tokens_per_s.size == 0:
+        return np.zeros(0, np.int64)
+    order = np.lexsort((-tokens_per_s, power_w))
+    t = tokens_per_s[order]
+    prev = np.concatenate([[-np.inf], np.maximum.accumulate(t)[:-1]])
+    return order[t > prev].astype(np.int64)
+
+
+def _reduce_chunk(data: np.ndarray, offset: int, sign: float, top: int) -> tuple | None:
+    """(top-k indices, their values, Pareto indices, their values, feasible count) of one
+    chunk's feasible rows; indices are flat (offset added)."""
+    fc, tc, pc = COLUMNS.index("feasible"), COLUMNS.index("tokens_per_s"), COLUMNS.index("power_w")
+    feas = np.nonzero(data[:, fc] > 0.5)[0]
+    if not feas.size:
+        return None
+    score = -sign * data[feas, 0]
+    if feas.size > top:  # the k best, then ordered (stable: ties keep the lower index)
+        keep = np.argpartition(score, top - 1)[:top]
+        cut = score[keep].max()
+        keep = np.nonzero(score <= cut)[0]  # every tie at the cut, so the order is exact
+    else:
+        keep = np.arange(feas.size)
+    top_local = feas[keep[np.argsort(score[keep], kind="stable")][:top]]
+    f_local = feas[pareto_front(data[feas, tc], data[feas, pc])]
+    return top_local + offset, data[top_local], f_local + offset, data[f_local], feas.size
+
+
+@dataclasses.dataclass
+class _Chunks:
+    """The chunk records of one sweep: chunk i holds flat indices [i chunk, (i+1) chunk)."""
+
+    parts: Path
+    chunk: int
+    n: int
+    signature: str
+    sign: float
+    top: int
+
+    def rows(self, i: int) -> int:
+        return min(self.chunk, self.n - i * self.chunk)
+
+    def path(self, i: int) -> Path:
+        return self.parts / f"chunk-{i:06d}.npz"
+
+    def read(self, i: int) -> np.ndarray | None:
+        """The verified data of chunk i; None when absent; RecordError when it is partial,
+        corrupt, of another size, index or problem."""
+        header = chunk_header(i, self.rows(i), self.signature)
+        got = read_record(self.path(i), expect=header)
+        if got is None:
+            return None
+        data = got[1].get("data")
+        if data is None or data.shape != (self.rows(i), len(COLUMNS)):
+            raise RecordError(f"'{self.path(i)}' is corrupt or partial (wrong shape).")
+        return data
+
+    def reduce(self, i: int, data: np.ndarray) -> tuple | None:
+        return _reduce_chunk(data, i * self.chunk, self.sign, self.top)
+
+    def store(self, i: int, data: np.ndarray) -> tuple | None:
+        write_record(self.path(i), {"data": data}, chunk_header(i, self.rows(i), self.signature))
+        return self.reduce(i, data)
+
+    def wait(self, i: int, num_processes: int) -> np.ndarray:
+        """Chunk i written by another process (waited for), or raise if it is missing."""
+        deadline = time.time() + PEER_CHUNK_TIMEOUT_S  # a slow peer is waited for
+        while True:
+            try:
+                data = self.read(i)
+            except RecordError:
+                data = None
+            if data is not None:
+                return data
+            if i % num_processes == 0 or time.time() > deadline:
+                raise ValueError(
+                    f"sweep chunk {self.path(i)} is missing or corrupt; rerun the command."
+                )
+            time.sleep(0.2)  # another process is still writing it
+
+
+def _chunk_size(n: int, chunk: int) -> int:
+    """The chunk size must not depend on the local device count (all processes share the
+    chunk layout): a multiple of 64, which every power-of-two device count divides."""
+    chunk = max(64, min(chunk, int(2 ** math.ceil(math.log2(max(n, 1))))))
+    chunk = int(math.ceil(chunk / 64) * 64)
+    n_dev = len(jax.local_devices())
+    if chunk % n_dev:
+        raise ValueError(
+            f"{n_dev} local devices do not divide the chunk of {chunk} plans; "
+            "use a power-of-two device count."
+        )
+    return chunk
+
+
+def _resume(chunks: _Chunks, mine: list[int], progress, warn) -> tuple[dict, list[int]]:
+    """(reduced chunks verified on disk, chunks left to compute)."""
+    reduced, todo = {}, []
+    for i in mine:
+        try:
+            data = chunks.read(i)
+        except RecordError as e:
+            if warn:
+                warn(f"{e} Recomputing that chunk.")
+            data = None
+        if data is None:
+            todo.append(i)
+            continue
+        reduced[i] = chunks.reduce(i, data)
+        if progress:
+            progress(len(reduced), len(mine), chunks.rows(i))
+    return reduced, todo
+
+
+def _compute(fn, chunks: _Chunks, todo, reduced, *, total, progress, throttle_s, t0):
+    """Compute and store the chunks `todo` as a pipeline: chunk i+1 computes (JAX dispatch
+    is asynchronous) while a writer thread checksums and stores chunk i; progress counts
+    stored chunks only. Returns the time to the first computed chunk (compilation + one
+    chunk), or None if nothing was computed."""
+
+    def launch(i):
+        idx = np.arange(i * chunks.chunk, (i + 1) * chunks.chunk)
+        idx[chunks.rows(i) :] = 0  # padding rows repeat configuration 0 and are dropped
+        return fn(idx)
+
+    pending, first_s, writes = None, None, []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for i in [*todo, None]:
+            current = (i, launch(i)) if i is not None else None
+            if pending is not None:
+                pi, fut = pending
+                data = np.concatenate([np.asarray(f) for f in fut])[: chunks.rows(pi)]
+                if first_s is None:
+                    first_s = time.perf_counter() - t0
+                writes.append((pi, pool.submit(chunks.store, pi, data)))
+            while writes and (writes[0][1].done() or len(writes) > 1 or current is None):
+                wi, w = writes.pop(0)
+                reduced[wi] = w.result()  # re-raises a failed write
+                if throttle_s:
+                    time.sleep(throttle_s)
+                if progress:
+                    progress(len(reduced), total, chunks.chunk)
+            pending = current
+    return first_s
+
+
+def _merge(space: Space, chunks: _Chunks, reduced: dict, n_chunks: int, num_processes: int):
+    """(top rows, Pareto rows, feasible count) over every chunk."""
+    cand_idx, cand_val, front_idx, front_val = [], [], [], []
+    n_feasible = 0
+    for i in range(n_chunks):
+        part = reduced[i] if i in reduced else chunks.reduce(i, chunks.wait(i, num_processes))
+        if part is not None:
+            ti, tv, fi, fv, nf = part
+            cand_idx.append(ti)
+            cand_val.append(tv)
+            front_idx.append(fi)
+            front_val.append(fv)
+            n_feasible += nf
+    if not cand_idx:
+        return [], [], 0
+    tc, pc = COLUMNS.index("tokens_per_s"), COLUMNS.index("power_w")
+    ci, cv = np.concatenate(cand_idx), np.concatenate(cand_val)
+    order = np.lexsort((ci, -chunks.sign * cv[:, 0]))[: chunks.top]
+    fi, fv = np.concatenate(front_idx), np.concatenate(front_val)
+    keep = pareto_front(fv[:, tc], fv[:, pc])
+    return space.describe(ci[order], cv[order]), space.describe(fi[keep], fv[keep]), n_feasible
+
+
+def sweep(
+    system: System,
+    model: Model,
+    problem: Problem,
+    out_dir,
+    *,
+    grid: dict | None = None,
+    objective=None,
+    top: int = 10,
+    chunk: int = CHUNK,
+    process_id: int = 0,
+    num_processes: int = 1,
+    progress=None,
+    warn=None,
+    throttle_s: float = 0.0,
+) -> SweepResult:
+    """Evaluate every configuration of `problem` (plans x `grid`); chunk records stream to
+    `out_dir`/parts-<signature> (see the module doc). `objective` overrides
+    `problem.objective`; `progress(done, total, rows)` is called per stored chunk, `warn(msg)`
+    for a chunk recomputed; `throttle_s` pauses after each stored chunk (tests kill a sweep
+    mid-way with it)."""
+    if objective is not None:
+        problem = dataclasses.replace(problem, objective=objective)
+    t0 = time.perf_counter()
+    space = Space(system, model, problem, grid)
+    n = space.size
+    size = _chunk_size(n, chunk)
+    n_chunks = int(math.ceil(n / size))
+    from emu import __version__
+
+    key = content_digest(system, model, salt=__version__)
+    sig = problem.signature(f"{size}{json.dumps(space.grid)}{key}")
+    parts = Path(out_dir) / f"parts-{sig}"
+    try:
+        parts.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"cannot create the sweep folder '{parts}': {e.strerror}.") from None
+    chunks = _Chunks(parts, size, n, sig, problem.sign(), top)
+    fn = make_eval(system, model, problem, space, size)
+    mine = [i for i in range(n_chunks) if i % num_processes == process_id]
+    reduced, todo = _resume(chunks, mine, progress, warn)
+    resumed = len(reduced)
+    first_s = _compute(
+        fn, chunks, todo, reduced, total=len(mine), progress=progress, throttle_s=throttle_s, t0=t0
+    )
+    common = dict(
+        problem=problem, objective=problem.objective_name(), space_size=n,
+        grid_points=space.n_points, chunks=n_chunks, resumed=resumed, first_chunk_s=first_s,
+        space=space, parts=parts, chunk=size, signature=sig,
+    )  # fmt: skip
+    if process_id != 0:
+        mine_rows = sum(chunks.rows(i) for i in mine)
+        return SweepResult(
+            best=None, top=[], pareto=[], evaluations=mine_rows, feasible=0,
+            wall_s=time.perf_counter() - t0, merged=False, **common,
+        )  # fmt: skip
+    top_rows, front_rows, n_feasible = _merge(space, chunks, reduced, n_chunks, num_processes)
+    return SweepResult(
+        best=top_rows[0] if top_rows else None, top=top_rows, pareto=front_rows, evaluations=n,
+        feasible=int(n_feasible), wall_s=time.perf_counter() - t0, **common,
+    )  # fmt: skip

@@ -1,0 +1,81 @@
+"""emu.overrides: one validation path for --set, --grid, TOML and the API (issue 16: grids
+used to skip the checks --set applies, and subnormal values were flushed to 0)."""
+
+import numpy as np
+import pytest
+
+import emu
+from emu.overrides import apply_overrides, parse_override, split_overrides
+from emu.search import Problem, Space, check_grid
+
+
+@pytest.fixture(scope="module")
+def nvl72():
+    return emu.load_system("gb200_nvl72")
+
+
+def test_parse_and_split():
+    assert parse_override(" chip.tdp_w = 1e3") == ("chip.tdp_w", 1000.0)
+    for bad, needle in (("chip.tdp_w", "expected PATH=VALUE"), ("x=abc", "not a number")):
+        with pytest.raises(ValueError, match=needle):
+            parse_override(bad)
+    with pytest.raises(ValueError, match="must be finite"):
+        parse_override("chip.tdp_w=inf")
+    assert split_overrides({"a.b": 1, "model.n_layers": 2, "plan.tp": 4}) == (
+        {"a.b": 1},
+        {"n_layers": 2},
+        {"tp": 4},
+    )
+
+
+@pytest.mark.parametrize(
+    "path,value,needle",
+    [
+        ("chip.hbm_bytes", -1.0, r"chip.hbm_bytes must be in \[1e\+08, 1e\+14\] bytes"),
+        ("chip.idle_w", 5000.0, "chip.idle_w=5000 exceeds chip.tdp_w"),
+        ("tiers.nvlink.latency_s", 1e-39, "outside the float32 range"),  # a subnormal
+        ("facility.psu_efficiency", 1e-38, "psu_efficiency must be"),
+        ("chip.hbm_byte", 1.0, "unknown field path 'chip.hbm_byte'. Did you mean"),
+    ],
+)
+def test_bad_values_are_refused_with_the_path(nvl72, path, value, needle):
+    with pytest.raises(ValueError, match=needle):
+        apply_overrides(nvl72, {path: value}, "system")
+
+
+def test_good_values_are_applied_as_float32(nvl72):
+    s = apply_overrides(nvl72, {"chip.hbm_bytes_per_s": 4e12, "facility.pue": 1.3})
+    assert float(s.chip.hbm_bytes_per_s) == float(np.float32(4e12))
+    assert s.chip.hbm_bytes_per_s.dtype == np.float32
+    assert apply_overrides(nvl72, {}) is nvl72
+
+
+def test_plans_and_models_take_the_same_path():
+    plan = emu.make_plan(tp=8, dp=9, global_batch=72)
+    with pytest.raises(ValueError, match="zero must be 0, 1, 2 or 3"):
+        apply_overrides(plan, {"zero": 7}, "Plan")
+    model = emu.load_model("llama3_8b")
+    with pytest.raises(ValueError, match="n_kv_heads=3 must divide"):
+        apply_overrides(model, {"n_kv_heads": 3}, "model")
+
+
+@pytest.mark.parametrize(
+    "grid,needle",
+    [
+        ({"chip.idle_w": [100.0, 5000.0]}, "exceeds chip.tdp_w"),
+        ({"chip.hbm_bytes": [80e9, 1e30]}, "chip.hbm_bytes"),
+        ({"tiers.nvlink.base_latency_s": [0.0, 1e-39]}, "float32 range"),
+        ({"domain": [7.5]}, "whole number of chips"),
+    ],
+)
+def test_grid_values_pass_the_checks_of_any_override(nvl72, grid, needle):
+    with pytest.raises(ValueError, match=needle):
+        check_grid(nvl72, grid)
+
+
+def test_a_grid_cannot_remove_the_searched_precision(nvl72):
+    """A sweep over peak bf16 FLOP/s = 0 used to report the zero-FLOP chip as the best."""
+    model = emu.load_model("llama3_8b")
+    grid = {"chip.peak_flops_per_s.bf16": [0.0, 2.5e15]}
+    with pytest.raises(ValueError, match="without bf16 support"):
+        Space(nvl72, model, Problem("gb200_nvl72", "llama3_8b", 8, free=("pp",)), grid)
