@@ -145,7 +145,7 @@ def test_a_toy_algorithm_is_one_function_plus_one_registry_entry():
 def priors():
     """Catalog systems with the link priors of defaults.toml (the standalone network fits),
     so the curves below do not move with a refit of the shipped calibration."""
-    from emu.config import calibration, load_system
+    from emu.catalog import calibration, load_system
 
     cal = calibration(fitted=False)
     return {

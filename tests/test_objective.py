@@ -62,7 +62,7 @@ def test_prefill_cache_hits_raise_throughput(catalog):
 
 
 def test_cloudmatrix_plans_count_dies_and_report_packages(catalog):
-    from emu.config import load_model
+    from emu.catalog import load_model
     from emu.hardware import usable_hbm_bytes
 
     cm, model = catalog["cm"], load_model("deepseek_r1")
@@ -156,7 +156,7 @@ _EVALUATE = jax.jit(evaluate)
 def test_mfu_is_between_zero_and_one_on_random_valid_training_plans(catalog, data):
     """Property (issue 16): 0 <= MFU <= 1 on every valid training plan, long sequences and
     near-peak chips included (the chip's efficiency curve is drawn too)."""
-    from emu.config import load_model
+    from emu.catalog import load_model
     from emu.plan import validate_plan
     from emu.struct import replace
 

@@ -66,7 +66,7 @@ def test_activations_with_full_recompute_keep_only_the_layer_input(catalog):
 
 
 def test_stage_layers_price_the_heaviest_stage():
-    from emu.config import load_model
+    from emu.catalog import load_model
 
     llama405 = load_model("llama3_405b")  # 126 layers, head 128256 x 16384
     # PP16: interior stages of 8 layers; first and last give up the 2 missing (7 each); one
@@ -86,7 +86,7 @@ def test_stage_layers_price_the_heaviest_stage():
 
 
 def test_redundant_expert_slots_share_the_routed_load():
-    from emu.config import load_model
+    from emu.catalog import load_model
 
     moe = load_model("deepseek_v3")  # 256 routed experts, top-8
     t = jnp.float32(4096.0)
@@ -107,7 +107,7 @@ def test_redundant_expert_slots_share_the_routed_load():
 
 
 def test_speculation_reads_the_mtp_case_and_the_draft_knobs():
-    from emu.config import load_model
+    from emu.catalog import load_model
 
     ds, dense = load_model("deepseek_v3"), example_model()
     k, a = par.speculation(ds, make_plan(phase="decode", mtp_accept=0.7))

@@ -142,7 +142,7 @@ def test_validate_plan_checks_against_the_model(catalog):
 
 
 def test_uneven_pipeline_stages_are_writable():
-    from emu.config import load_model
+    from emu.catalog import load_model
 
     llama405 = load_model("llama3_405b")  # 126 layers; Llama 3: PP16, stages of 8 and 7
     plan = make_plan(tp=8, pp=16, dp=1, global_batch=16, seq_len=8192)
@@ -154,7 +154,7 @@ def test_uneven_pipeline_stages_are_writable():
 
 
 def test_expert_parallelism_need_not_divide_the_experts():
-    from emu.config import load_model
+    from emu.catalog import load_model
 
     ds = load_model("deepseek_v3")  # 256 routed experts
     for ranks in (72, 288, 320):  # NVL72; xDeepServe DP288/EP288; CM paper DP320/EP320
@@ -167,7 +167,7 @@ def test_expert_parallelism_need_not_divide_the_experts():
 
 
 def test_speculative_decoding_knobs():
-    from emu.config import load_model
+    from emu.catalog import load_model
 
     ds = load_model("deepseek_v3")
     spec = make_plan(phase="decode", draft_tokens=3, accept_len=2.8)

@@ -215,7 +215,7 @@ def test_uneven_stages_run_on_the_heaviest_stage(catalog):
     # Llama 3 405B, PP16 over 126 layers (arXiv:2407.21783 §3.3.2): the step is priced on an
     # interior stage of 8 layers without the head; the same model with 128 layers (even
     # 8-layer stages, the last with the head) only adds the head
-    from emu.config import load_model
+    from emu.catalog import load_model
     from emu.step import pipeline_bubble, train_compute
 
     sys = catalog["nvl72"]
@@ -237,7 +237,7 @@ def test_uneven_stages_run_on_the_heaviest_stage(catalog):
 
 
 def test_speculative_decoding_verifies_k_and_emits_the_accept_length():
-    from emu.config import load_model, load_system
+    from emu.catalog import load_model, load_system
 
     sys, ds = load_system("hgx_h800"), load_model("deepseek_v3")
     base = dict(dp=32, ep=32, microbatch=64, global_batch=2048, context=4096, phase="decode",

@@ -6,6 +6,7 @@ emu.cli._render."""
 from __future__ import annotations
 
 from emu import analysis, catalog, policy, storage
+from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
 from emu.cli._parser import FLAG_DEFAULTS, CliError
 from emu.overrides import apply_overrides, parse_override, split_overrides
@@ -22,6 +23,8 @@ def overrides(args) -> tuple[dict, dict, dict]:
         except ValueError as e:
             raise CliError(f"--set {e}") from None
         parsed[path] = value
+    if hasattr(args, "region"):  # cost.* and region.* go to the cost flags (emu.cli._cost)
+        parsed = {p: v for p, v in parsed.items() if not cost_flags.is_cost_path(p)}
     return split_overrides(parsed)
 
 
@@ -50,7 +53,7 @@ def setup(args, system_name: str):
     """(system, model, plan) of the workload flags of run/compare/sensitivity."""
     sys_o, model_o, plan_o = overrides(args)
     knobs = plan_knobs(args)
-    system = catalog.load_system(system_name, sys_o)
+    system = cost_flags.with_region(args, catalog.load_system(system_name, sys_o))
     model = catalog.load_model(args.model, model_o)
     chips = args.chips if args.chips is not None else int(float(system.n_chips))
     plan = policy.auto_plan(system, model, chips, **knobs)
@@ -73,13 +76,21 @@ def cmd_list(args) -> None:
             }
         else:
             leaves = float_leaves(catalog.load_system(name, sys_o))
+            leaves |= cost_flags.field_rows(args, name)
         values = {k: float(v) for k, v in leaves.items()}
-        rows = [[k, f"{v:.6g}", render.unit_of(k)] for k, v in values.items()]
+        unit = lambda k: cost_flags.unit_of(k) if cost_flags.is_cost_path(k) else render.unit_of(k)  # noqa: E731
+        rows = [[k, f"{v:.6g}", unit(k)] for k, v in values.items()]
         render.emit(args, values, render.table(rows, ["path", "value", "unit"]))
         return
     systems, models = catalog.list_systems(), catalog.list_models()
     text = "systems: " + ", ".join(systems) + "\nmodels:  " + ", ".join(models)
-    render.emit(args, {"systems": systems, "models": models}, text)
+    regions = cost_flags.regions()
+    if args.regions:
+        render.emit(args, {"regions": cost_flags.regions_json(regions)},
+                    cost_flags.regions_text(regions))  # fmt: skip
+        return
+    text += "\nregions: " + ", ".join(regions) + " (--region; `emu list --regions` for sources)"
+    render.emit(args, {"systems": systems, "models": models, "regions": regions}, text)
 
 
 def cmd_describe(args) -> None:
@@ -93,8 +104,11 @@ def cmd_describe(args) -> None:
 def cmd_run(args) -> None:
     storage.enable_compilation_cache()
     system, model, plan = setup(args, args.system)
+    price = cost_flags.pricing(args, system)  # checked before the run
     r = analysis.run(system, model, plan)
-    render.emit(args, r, render.run_text([r]))
+    if price:
+        r |= analysis.cost_block(system, r, *price)
+    render.emit(args, r, render.run_text([r]) + cost_flags.text([r]))
 
 
 def cmd_compare(args) -> None:
@@ -102,13 +116,27 @@ def cmd_compare(args) -> None:
     names = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not names:
         raise CliError("--systems is empty; give comma-separated system names.")
-    results = [analysis.run(*setup(args, name)) for name in names]
-    render.emit(args, {"results": results}, render.run_text(results))
+    results = [_priced_run(args, name) for name in names]
+    render.emit(args, {"results": results}, render.run_text(results) + cost_flags.text(results))
+
+
+def _priced_run(args, name: str) -> dict:
+    """`analysis.run` of one system, with its cost block under --region."""
+    system, model, plan = setup(args, name)
+    price = cost_flags.pricing(args, system)
+    r = analysis.run(system, model, plan)
+    return r | analysis.cost_block(system, r, *price) if price else r
 
 
 def cmd_sensitivity(args) -> None:
     storage.enable_compilation_cache()
-    d = analysis.sensitivity(*setup(args, args.system))
+    system, model, plan = setup(args, args.system)
+    price = cost_flags.pricing(args, system)
+    if price:  # with cost: one reverse pass through emulator and cost model
+        d = analysis.cost_sensitivity(system, model, plan, *price)
+        render.emit(args, d, cost_flags.sensitivity_text(d, args.top))
+        return
+    d = analysis.sensitivity(system, model, plan)
     render.emit(args, d, render.sensitivity_text(d, args.top))
 
 
@@ -190,7 +218,8 @@ def cmd_serve(args) -> None:
     sys_o, model_o, plan_o = overrides(args)
     if plan_o:
         raise CliError("serve takes system and model fields in --set, not plan fields.")
-    system = catalog.load_system(args.system, sys_o)
+    system = cost_flags.with_region(args, catalog.load_system(args.system, sys_o))
+    price = cost_flags.pricing(args, system)
     model = catalog.load_model(args.model, model_o)
     precision = args.precision or policy.serving_precision(system)
     prefill = _serving_plan(
@@ -218,4 +247,11 @@ def cmd_serve(args) -> None:
         {"tokens_per_s": d["tokens_per_s"], "tpot_s": d["tpot_s"]},
         analysis.interval_group(system, "decode"),
     )
-    render.emit(args, out, render.serve_text(out, (args.prefill_chips, args.decode_chips)))
+    text = render.serve_text(out, (args.prefill_chips, args.decode_chips))
+    if price:  # the deployment per output token; each instance per token it makes
+        out |= analysis.cost_block(system, r, *price)
+        out["prefill"] |= analysis.cost_block(system, r.prefill, *price)
+        out["decode"] |= analysis.cost_block(system, r.decode, *price)
+        names = ["deployment (output)", "prefill (prompt)", "decode (output)"]
+        text += cost_flags.text([out, out["prefill"], out["decode"]], names)
+    render.emit(args, out, text)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from emu.cli._cost import add_cost_args
 from emu.plan import KNOBS
 from emu.search import OBJECTIVES
 from emu.struct import check_value
@@ -150,6 +151,7 @@ def _workload_args(
         p.add_argument("--chips", type=positive_int, help="chips used (default: one system unit)")
     _knob_args(p)
     _serving_args(p)
+    add_cost_args(p)
     _common(p)
 
 
@@ -197,6 +199,8 @@ def _search_args(p: argparse.ArgumentParser) -> None:
 def _add_simple_commands(sub) -> None:
     p = sub.add_parser("list", help="systems and models in the catalog")
     p.add_argument("--fields", metavar="NAME", help="list the settable fields of a system/model")
+    p.add_argument("--regions", action="store_true", help="the regions with their sources")
+    add_cost_args(p)
     _common(p)
 
     p = sub.add_parser("describe", help="system totals computed from the parts")
@@ -253,6 +257,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--mtp-accept", type=float, default=0.0)
     p.add_argument("--moe-imbalance", type=float, default=1.0)
     p.add_argument("--a2a-overlap", action="store_true")
+    add_cost_args(p)
     _common(p)
 
 

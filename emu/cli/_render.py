@@ -291,9 +291,14 @@ def best_interval_text(best: dict | None) -> str:
     )
 
 
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
 def search_text(res, what: str) -> str:
     """The top configurations of a SweepResult or SearchResult, under the line `what`."""
     names = res.space.names
+    priced = getattr(res.problem, "cost", None) is not None  # --region: USD per M tokens
     rows = [
         [
             str(i + 1),
@@ -304,15 +309,16 @@ def search_text(res, what: str) -> str:
             f"{r['zero']}",
             ("none", "selective", "full")[r["recompute"]],
             f"{r['sp']}",
-            f"{r['objective']:.4g}",
+            _num(r["objective"]),
             si(r["tokens_per_s"], "tok/s"),
             f"{r['tokens_per_joule']:.4g}",
             si(r["power_w"], "W"),
+            *([_num(r["usd_per_mtoken"])] if priced else []),
         ]
         for i, r in enumerate(res.top)
     ]
     head = ["#", *names, "tp/pp/dp/cp/ep", "mb", "vpp", "zero", "recompute", "sp"]
-    head += [res.objective, "tokens/s", "tokens/J", "power"]
+    head += [res.objective, "tokens/s", "tokens/J", "power", *(["USD/Mtok"] if priced else [])]
     text = what + "\n" + (table(rows, head) if rows else "no feasible configuration")
     if not rows:
         text += (

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from emu import analysis, catalog, storage
+from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
 from emu.cli._commands import overrides
 from emu.cli._parser import CliError
@@ -118,7 +119,13 @@ def search_setup(args):
     out = None
     if args.out:
         out = storage.check_output_path(args.out, suffixes=_OUT_SUFFIXES, what="--out")
-    system = catalog.load_system(args.system, sys_o)
+    system = cost_flags.with_region(args, catalog.load_system(args.system, sys_o))
+    price = cost_flags.pricing(args, system)
+    if price is None and args.objective == "usd_per_mtoken":
+        raise CliError(
+            "--objective usd_per_mtoken needs --region (cost per token needs a region's "
+            "electricity price and PUE); `emu list` shows the regions."
+        )
     model = catalog.load_model(args.model, model_o)
     free, fixed = _free_and_fixed(args)
     given = {n: getattr(args, n) for n in PROBLEM_KNOBS if getattr(args, n) is not None}
@@ -132,6 +139,7 @@ def search_setup(args):
         power_cap=args.power_cap,
         tpot_slo=args.tpot_slo,
         ttft_slo=args.ttft_slo if args.phase == "prefill" else None,
+        cost=price,
         **given,
     )
     return system, model, problem, _grid(args, system), out
@@ -146,6 +154,8 @@ def _best_run(system, model, problem, res) -> dict | None:
         return None
     names = res.space.names
     r = analysis.run(system_of(system, row, names), model, plan_of(problem, row))
+    if problem.cost is not None:
+        r |= analysis.cost_block(system_of(system, row, names), r, *problem.cost)
     r["grid"] = {n: row[n] for n in names}
     r["objective"] = {"name": res.objective, "value": row["objective"]}
     return r
