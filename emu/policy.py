@@ -9,9 +9,14 @@ multiple of dp * microbatch holding >= DEFAULT_BATCH_TOKENS tokens. MoE models: 
 largest divisor of the experts that divides tp*dp*cp and fits in the scale-up domain.
 
 Serving rule: pp = cp = 1; TP = 1 for MoE models (data-parallel attention, expert-parallel
-MoE), else the smallest power of two <= 8 whose weights fit in HBM; EP = the largest divisor
-of the experts that divides the chip count. The batch per DP rank defaults to the largest
-meeting the phase's SLO (`largest_batch`).
+MoE), else the smallest power of two <= 8 whose weights fit in HBM; EP = every rank of the
+scale-up domain (the largest divisor of the chip count <= the domain; when it does not divide
+the experts, the remainder are redundant expert slots, as DeepSeek's and CloudMatrix's
+deployments place them). The batch per DP rank defaults to the largest meeting the phase's
+SLO (`largest_batch`).
+
+Precision (`default_precision`): training BF16 (FP16 on a chip without BF16); serving the
+chip's 8-bit format (FP8, else INT8), else BF16. FP4 only when asked: it changes the model.
 
 >>> from emu.catalog import load_system, load_model
 >>> plan = auto_plan(load_system("gb200_nvl72"), load_model("llama3_70b"), 72, seq_len=8192)
@@ -41,6 +46,8 @@ __all__ = [
     "largest_batch",
     "with_largest_batch",
     "serving_precision",
+    "default_precision",
+    "checked_evaluate",
     "scale_up_domain",
     "divisors",
     "DEFAULT_BATCH_TOKENS",
@@ -194,11 +201,22 @@ def scale_up_domain(system: System) -> float:
 
 
 def _auto_ep(system: System, model: Model, ranks: int, *, limit: float | None = None) -> int:
+    """Training: the largest divisor of the experts that divides `ranks` and fits in the
+    scale-up domain (or `limit`)."""
     experts = _int(model.n_experts)
     if experts == 0:
         return 1
     cap = scale_up_domain(system) if limit is None else limit
     return max(d for d in divisors(experts) if ranks % d == 0 and d <= cap)
+
+
+def _serving_ep(system: System, model: Model, chips: int) -> int:
+    """Serving: every rank of the scale-up domain (the largest divisor of `chips` no larger
+    than the domain); expert slots beyond n_experts are redundant replicas."""
+    if _int(model.n_experts) == 0:
+        return 1
+    cap = min(chips, scale_up_domain(system))
+    return max(d for d in divisors(chips) if d <= cap)
 
 
 def _serving_tp(system, model, chips, knobs: dict) -> int:
@@ -235,7 +253,7 @@ def _auto_inference_plan(system, model, chips: int, knobs: dict) -> Plan:
         raise ValueError(
             f"Plan: tp*pp*dp*cp = {tp * dp} must equal n_chips = {chips}; adjust dp (got dp={dp})."
         )
-    ep_ = ep if ep is not None else _auto_ep(system, model, chips, limit=chips)
+    ep_ = ep if ep is not None else _serving_ep(system, model, chips)
     plan = make_plan(
         **knobs, tp=tp, dp=dp_, ep=ep_, microbatch=microbatch, global_batch=dp_ * microbatch,
         recompute="none", zero=0,
@@ -258,8 +276,19 @@ def serving_precision(system: System) -> str:
     return next(p for p in ("fp8", "int8", "bf16") if float(peak_flops(system.chip, p)) > 0)
 
 
+def default_precision(system: System, phase: str = "train") -> str:
+    """Each system's own precision when none is given: training bf16 (fp16 on a chip
+    without bf16); serving `serving_precision` (fp8, else int8, else bf16)."""
+    if phase != "train":
+        return serving_precision(system)
+    return "bf16" if float(peak_flops(system.chip, "bf16")) > 0 else "fp16"
+
+
 def check_plan(system: System, model: Model, plan: Plan, chips: int | None = None) -> Plan:
-    """Validate a fully specified plan against the system and model."""
+    """Validate a fully specified plan against the system and model: a precision the chip
+    has, the chip count, at most the largest cluster the system builds, and the model's
+    divisibility rules. Pipeline stages may hold unequal layer counts (Megatron's uneven
+    first and last stages); serving EP need not divide the experts (redundant slots)."""
     _check_precision(system, plan.precision)
     if chips is not None:
         n = _int(plan.tp * plan.pp * plan.dp * plan.cp)
@@ -268,7 +297,31 @@ def check_plan(system: System, model: Model, plan: Plan, chips: int | None = Non
                 f"Plan: tp*pp*dp*cp = {n} must equal n_chips = {chips}; adjust dp "
                 f"(got dp={_int(plan.dp)})."
             )
-    return validate_plan(plan, model, max_chips=float(system.tiers[-1].domain_chips))
+    return validate_plan(
+        plan,
+        model,
+        max_chips=float(system.tiers[-1].domain_chips),
+        even_layers=False,
+        even_experts=plan.phase == "train",
+    )
+
+
+def _concrete(*trees) -> bool:
+    """True when every leaf is a concrete scalar (not a tracer, not a batch)."""
+    for x in jax.tree_util.tree_leaves(trees):
+        if isinstance(x, jax.core.Tracer) or jnp.ndim(x) != 0:
+            return False
+    return True
+
+
+def checked_evaluate(system: System, model: Model, plan: Plan):
+    """`emu.objective.evaluate`, after `check_plan` when the inputs are concrete scalars
+    (a plan the system cannot run raises ValueError: a degree that does not divide the
+    heads, more chips than the system builds, a precision the chip lacks). Under jit, vmap
+    or grad the inputs are tracers and pass through unchecked: traced code never raises."""
+    if _concrete(system, model, plan):
+        check_plan(system, model, plan)
+    return evaluate(system, model, plan)
 
 
 _evaluate = jax.jit(evaluate)
