@@ -8,10 +8,10 @@ import socket
 import time
 from pathlib import Path
 
-from emu import analysis, catalog, storage
+from emu import analysis, catalog, policy, storage
 from emu.cli import _render as render
-from emu.cli._commands import overrides
-from emu.cli._parser import CliError
+from emu.cli._parser import SLO_DEFAULTS, CliError
+from emu.cli._setup import overrides, resolved, set_note, slo
 from emu.plan import KNOBS
 from emu.plan import knobs as plan_knobs
 from emu.search import Problem, check_grid
@@ -39,6 +39,13 @@ def _check_flags(args) -> None:
             raise CliError(f"{args.command} keeps {k.name} at its default; drop {k.flag}.")
     if args.phase == "train" and args.batch is not None:
         raise CliError("--batch is the serving batch per DP rank; in training use --microbatch.")
+    for k in KNOBS:
+        if k.name in PROBLEM_KNOBS and k.kind != "static" and k.name != "seq_len":
+            if getattr(args, k.name) is not None and not k.applies_to(args.phase):
+                raise CliError(
+                    f"{k.flag} applies to {'/'.join(k.phases)} plans only; drop it "
+                    f"(--phase {args.phase})."
+                )
     if args.phase != "train":
         keys = [k for k in KNOBS if k.name in searchable and not k.applies_to(args.phase)]
         keys += [k for k in KNOBS if k.name in ("microbatch", "global_batch")]
@@ -106,35 +113,84 @@ def _grid(args, system) -> dict:
     return grid
 
 
+def _problem(args, system, model, chips, free, fixed, slo_s) -> Problem:
+    """The search Problem of the workload flags (precision: each system's own default)."""
+    given = {n: getattr(args, n) for n in PROBLEM_KNOBS if getattr(args, n, None) is not None}
+    given.setdefault("precision", policy.default_precision(system, args.phase))
+    return Problem(
+        system=system.name,
+        model=model.name,
+        chips=chips,
+        objective=getattr(args, "objective", "tokens_per_joule"),
+        free=free,
+        fixed=tuple(sorted(fixed.items())),
+        power_cap=getattr(args, "power_cap", None),
+        tpot_slo=slo_s if args.phase == "decode" else SLO_DEFAULTS["tpot_slo"],
+        ttft_slo=slo_s if args.phase == "prefill" else None,
+        **given,
+    )
+
+
 def search_setup(args):
-    """(system, model, problem, grid, out) of `emu search` / `emu sweep`, all checked before
-    any work (the output path too)."""
+    """(system, model, problem, grid, out, notes) of `emu search` / `emu sweep`, all checked
+    before any work (the output path too)."""
     sys_o, model_o, plan_o = overrides(args)
     if plan_o:
         raise CliError(
             f"{args.command} varies the plan itself; --set takes system and model fields."
         )
     _check_flags(args)
+    slo_s = slo(args, args.phase)
     out = None
     if args.out:
         out = storage.check_output_path(args.out, suffixes=_OUT_SUFFIXES, what="--out")
-    system = catalog.load_system(args.system, sys_o)
-    model = catalog.load_model(args.model, model_o)
+    notes: list[str] = []
+    system = catalog.load_system(resolved(args.system, "systems", notes), sys_o)
+    model = catalog.load_model(resolved(args.model, "models", notes), model_o)
     free, fixed = _free_and_fixed(args)
-    given = {n: getattr(args, n) for n in PROBLEM_KNOBS if getattr(args, n) is not None}
+    problem = _problem(args, system, model, _chips(args, system), free, fixed, slo_s)
+    if args.precision is None:
+        notes.append(f"precision: {problem.precision} (--precision to change)")
+    return system, model, problem, _grid(args, system), out, notes + set_note(args)
+
+
+def quick_search(args, system, model, chips: int, knobs: dict, slo_s) -> tuple:
+    """`--plan best` of run/compare: a short gradient search over the knobs not given
+    (exactly re-evaluated); (plan, a sentence saying what it was)."""
+    from emu.search import gradient_search, plan_of
+
+    searchable = {k.name for k in plan_knobs(searchable=True)} - {"dp"}
+    fixed = {}
+    for name, v in knobs.items():
+        if name in searchable:
+            x = float(next(k for k in KNOBS if k.name == name).encode(v))
+            fixed[name] = int(x) if x.is_integer() else x
+    phase = knobs.get("phase", "train")
+    free = tuple(k for k in (x.name for x in plan_knobs(searchable=True)) if k in searchable
+                 and k not in fixed)  # fmt: skip
+    if phase != "train":
+        free = tuple(k for k in free if k in ("tp", "ep", "microbatch"))
+    given = {n: knobs[n] for n in PROBLEM_KNOBS if n in knobs}
     problem = Problem(
-        system=system.name,
-        model=model.name,
-        chips=_chips(args, system),
-        objective=args.objective,
-        free=free,
+        system=system.name, model=model.name, chips=chips, free=free,
         fixed=tuple(sorted(fixed.items())),
-        power_cap=args.power_cap,
-        tpot_slo=args.tpot_slo,
-        ttft_slo=args.ttft_slo if args.phase == "prefill" else None,
-        **given,
+        tpot_slo=slo_s if phase == "decode" else SLO_DEFAULTS["tpot_slo"],
+        ttft_slo=slo_s if phase == "prefill" else None, **given,
+    )  # fmt: skip
+    with render.working(f"--plan best: searching plans of {system.name} / {model.name}"):
+        res = gradient_search(system, model, problem, starts=4, steps=20, polish=2, top=1)
+    if res.best is None:
+        raise CliError(
+            f"--plan best found no feasible plan on {system.name} (none fits in memory and "
+            "meets the SLO); add chips, relax the SLO or fix fewer knobs."
+        )
+    plan = plan_of(problem, res.best)
+    text = (
+        f"plan on {system.name}: the best of a quick gradient search for tokens/J "
+        f"({res.evaluations:,} evaluations of a space of {res.space_size:,}, "
+        f"{res.wall_s:.0f} s); `emu search` searches longer, `emu sweep` exhaustively"
     )
-    return system, model, problem, _grid(args, system), out
+    return plan, text
 
 
 def _best_run(system, model, problem, res) -> dict | None:
@@ -151,17 +207,17 @@ def _best_run(system, model, problem, res) -> dict | None:
     return r
 
 
-def _emit_result(args, system, model, problem, res, out, text: str) -> None:
+def _emit_result(args, system, model, problem, res, out, text: str, notes) -> None:
     best = _best_run(system, model, problem, res)
-    obj = {"best": best, **res.to_json(), "out": str(out) if out else None}
-    render.emit(args, obj, text)
+    obj = {"best": best, **res.to_json(), "out": str(out) if out else None, "notes": notes}
+    render.emit(args, obj, text + "".join(f"\nnote: {n}" for n in notes))
 
 
 def cmd_search(args) -> None:
     from emu.search import gradient_search, write_table
 
     storage.enable_compilation_cache()
-    system, model, problem, grid, out = search_setup(args)
+    system, model, problem, grid, out, notes = search_setup(args)
     res = gradient_search(
         system,
         model,
@@ -171,7 +227,7 @@ def cmd_search(args) -> None:
         steps=args.steps,
         top=args.top,
         seed=args.seed,
-        progress=render.search_progress,
+        progress=render.search_progress(),
     )
     if out:
         write_table(res, out)
@@ -180,7 +236,7 @@ def cmd_search(args) -> None:
         f"gradient + {res.exact_evaluations} exact) of a space of {res.space_size}, "
         f"{res.wall_s:.1f} s"
     )
-    _emit_result(args, system, model, problem, res, out, render.search_text(res, what))
+    _emit_result(args, system, model, problem, res, out, render.search_text(res, what), notes)
 
 
 def _processes(args) -> tuple[int, int]:
@@ -242,7 +298,7 @@ def cmd_sweep(args) -> None:
 
     pid, nproc = _processes(args)
     storage.enable_compilation_cache()
-    system, model, problem, grid, out = search_setup(args)
+    system, model, problem, grid, out, notes = search_setup(args)
     base = out.with_name(out.name + ".parts") if out else storage.cache_dir("sweeps")
     res = sweep(
         system,
@@ -254,7 +310,7 @@ def cmd_sweep(args) -> None:
         chunk=args.chunk,
         process_id=pid,
         num_processes=nproc,
-        progress=render.sweep_progress,
+        progress=render.sweep_progress(),
         warn=render.warn,
         throttle_s=args.throttle_s,
     )
@@ -273,7 +329,7 @@ def cmd_sweep(args) -> None:
     text = (
         render.search_text(res, what) + f"\nPareto front (tokens/s vs W): {len(res.pareto)} plans"
     )
-    _emit_result(args, system, model, problem, res, out, text)
+    _emit_result(args, system, model, problem, res, out, text, notes)
 
 
 def _remove_if_empty(folder: Path) -> None:
