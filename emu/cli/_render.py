@@ -269,33 +269,47 @@ def serve_text(d: dict, chips: tuple[int, int]) -> str:
     return lead + f"{d['system']} / {d['model']}\n" + table(rows, ["quantity", "value"]) + notes
 
 
-def search_text(res, what: str) -> str:
-    """The top configurations of a SweepResult or SearchResult, under the line `what`."""
-    names = res.space.names
-    rows = [
-        [
-            str(i + 1),
-            *[f"{r[n]:g}" for n in names],
-            f"{r['tp']}/{r['pp']}/{r['dp']}/{r['cp']}/{r['ep']}",
-            f"{r['microbatch']}",
-            f"{r['vpp']}",
-            f"{r['zero']}",
-            ("none", "selective", "full")[r["recompute"]],
+def _search_row(r: dict, names, serving: bool, lat: str | None) -> list[str]:
+    chips = r["tp"] * r["pp"] * r["dp"] * r["cp"]
+    row = [*[f"{r[n]:g}" for n in names], f"{chips}"]
+    if serving:
+        row += [f"{r['tp']}/{r['dp']}/{r['ep']}", f"{r['microbatch']}"]
+        row += [si(r[lat], "s")] if lat else []
+    else:
+        row += [
+            f"{r['tp']}/{r['pp']}/{r['dp']}/{r['cp']}/{r['ep']}", f"{r['microbatch']}",
+            f"{r['vpp']}", f"{r['zero']}", ("none", "selective", "full")[r["recompute"]],
             f"{r['sp']}",
-            f"{r['objective']:.4g}",
-            si(r["tokens_per_s"], "tok/s"),
-            f"{r['tokens_per_joule']:.4g}",
-            si(r["power_w"], "W"),
-        ]
-        for i, r in enumerate(res.top)
-    ]
-    head = ["#", *names, "tp/pp/dp/cp/ep", "mb", "vpp", "zero", "recompute", "sp"]
-    head += [res.objective, "tokens/s", "tokens/J", "power"]
-    text = what + "\n" + (table(rows, head) if rows else "no feasible configuration")
+        ]  # fmt: skip
+    return row + [
+        f"{r['objective']:.4g}", si(r["tokens_per_s"], "tok/s"), f"{r['tokens_per_joule']:.4g}",
+        si(r["power_w"], "W"), f"{100 * r['mfu']:.1f}%",
+    ]  # fmt: skip
+
+
+def search_text(res, what: str) -> str:
+    """The top configurations of a SweepResult or SearchResult (feasible ones only, best
+    first), under the line `what`: chips, the plan, the latency against its SLO (serving)."""
+    names, pr = res.space.names, res.problem
+    serving = pr.phase != "train"
+    lat = {"decode": "tpot_s", "prefill": "ttft_s"}.get(pr.phase)
+    slo = pr.tpot_slo if pr.phase == "decode" else pr.ttft_slo
+    if lat and slo is None:
+        lat = None
+    rows = [[str(i + 1), *_search_row(r, names, serving, lat)] for i, r in enumerate(res.top)]
+    head = ["#", *names, "chips"]
+    if serving:
+        head += ["tp/dp/ep", "batch"]
+        head += [f"{lat[:4].upper()} (SLO {si(slo, 's')})"] if lat else []
+    else:
+        head += ["tp/pp/dp/cp/ep", "mb", "vpp", "zero", "recompute", "sp"]
+    head += [res.objective, "tokens/s", "tokens/J", "power", "MFU"]
+    cap = f", power cap {si(pr.power_cap, 'W')}" if pr.power_cap else ""
+    text = f"{what}{cap}\n" + (table(rows, head) if rows else "no feasible configuration")
     if not rows:
         text += (
             " (none fits in memory, meets the SLO and stays under the power cap); relax "
-            "--tpot-slo/--power-cap, add chips or fix fewer knobs."
+            "--tpot-slo/--ttft-slo/--power-cap, add chips or fix fewer knobs."
         )
     return text
 
