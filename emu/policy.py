@@ -380,6 +380,20 @@ def _gb(x: float) -> str:
     return f"{x / 1e9:.0f} GB" if x >= 1e10 else f"{x / 1e9:.3g} GB"
 
 
+def _memory_fixes(plan: dict, serving: bool) -> str:
+    """What would shrink the memory of `plan` (only the moves still open)."""
+    if serving:
+        moves = ["add chips", "raise ep or tp"]
+        moves += ["use an 8-bit --precision"] if plan["precision"] in ("bf16", "fp16") else []
+        moves += ["a smaller --batch or --context"]
+    else:
+        moves = ["raise tp or pp"] + (["raise --zero"] if plan["zero"] < 3 else [])
+        moves += ["--recompute full"] if plan["recompute"] != "full" else []
+        moves += ["a smaller --microbatch"] if plan["microbatch"] > 1 else []
+        moves += ["add chips"]
+    return ", ".join(moves[:-1]) + f" or {moves[-1]}"
+
+
 def diagnose(run: dict, *, slo_s: float | None = None) -> tuple[list[str], list[str]]:
     """(why the run is infeasible, warnings) for an `emu.analysis.run` dict, each a sentence
     that says what to change. Infeasible: out of memory; the latency SLO missed (when
@@ -390,12 +404,8 @@ def diagnose(run: dict, *, slo_s: float | None = None) -> tuple[list[str], list[
     used, cap = mem["total_bytes"], mem["capacity_bytes"]
     serving = run["phase"] != "train"
     if not run["feasible"] and used > cap:
-        fix = (
-            "add chips, raise ep or tp, use an 8-bit --precision or a smaller --batch/--context"
-            if serving
-            else "raise tp, pp or zero, use --recompute full, a smaller --microbatch, or add chips"
-        )
-        reasons.append(f"out of memory: {_gb(used)} of {_gb(cap)} per chip; {fix}.")
+        fix = "; " + _memory_fixes(plan, serving)
+        reasons.append(f"out of memory: {_gb(used)} of {_gb(cap)} per chip{fix}.")
     if slo_s is not None and serving:
         lat, what = (run["tpot_s"], "TPOT") if run["phase"] == "decode" else (run["ttft_s"], "TTFT")
         if lat is not None and lat > slo_s:
