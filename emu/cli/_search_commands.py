@@ -3,13 +3,11 @@ search, and its result as text or JSON (with the best configuration's full `run`
 
 from __future__ import annotations
 
-import os
-import socket
-import time
 from pathlib import Path
 
 from emu import analysis, catalog, policy, storage
 from emu.cli import _render as render
+from emu.cli._distributed import processes as _processes
 from emu.cli._parser import SLO_DEFAULTS, CliError
 from emu.cli._setup import overrides, resolved, set_note, slo
 from emu.plan import KNOBS
@@ -237,60 +235,6 @@ def cmd_search(args) -> None:
         f"{res.wall_s:.1f} s"
     )
     _emit_result(args, system, model, problem, res, out, render.search_text(res, what), notes)
-
-
-def _processes(args) -> tuple[int, int]:
-    """(process id, process count), with jax.distributed initialised when there are
-    several (the coordinator wait is bounded by --coordinator-timeout)."""
-    coord = args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
-    try:
-        nproc = args.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "1"))
-        pid = args.process_id
-        pid = pid if pid is not None else int(os.environ.get("JAX_PROCESS_ID", "0"))
-    except ValueError:
-        raise CliError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers.") from None
-    if nproc < 1 or not 0 <= pid < nproc:
-        raise CliError(f"--process-id must be in [0, {nproc}) (got {pid}).")
-    if nproc > 1:
-        if not coord:
-            raise CliError("several processes need --coordinator HOST:PORT.")
-        if pid != 0:  # jax aborts the process (C++) when the coordinator never answers
-            _wait_for_coordinator(coord, args.coordinator_timeout)
-        import jax
-
-        try:
-            jax.distributed.initialize(
-                coordinator_address=coord,
-                num_processes=nproc,
-                process_id=pid,
-                initialization_timeout=args.coordinator_timeout,
-            )
-        except Exception as e:  # noqa: BLE001 - jax raises several types; one line for all
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise CliError(
-                f"cannot reach the coordinator {coord} within {args.coordinator_timeout} s "
-                f"({first}); start every process, or raise --coordinator-timeout."
-            ) from None
-    return pid, nproc
-
-
-def _wait_for_coordinator(coord: str, timeout_s: float) -> None:
-    """Return once a TCP connection to HOST:PORT succeeds; CliError after `timeout_s`."""
-    host, sep, port = coord.rpartition(":")
-    if not sep or not port.isdigit():
-        raise CliError(f"--coordinator expects HOST:PORT (got '{coord}').")
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise CliError(
-                    f"cannot reach the coordinator {coord} within {timeout_s:g} s; start "
-                    "process 0 first, or raise --coordinator-timeout."
-                ) from None
-            time.sleep(0.2)
 
 
 def cmd_sweep(args) -> None:
