@@ -320,10 +320,20 @@ def checked_evaluate(system: System, model: Model, plan: Plan):
     """`emu.objective.evaluate`, after `check_plan` when the inputs are concrete scalars
     (a plan the system cannot run raises ValueError: a degree that does not divide the
     heads, more chips than the system builds, a precision the chip lacks). Under jit, vmap
-    or grad the inputs are tracers and pass through unchecked: traced code never raises."""
-    if _concrete(system, model, plan):
-        check_plan(system, model, plan)
-    return evaluate(system, model, plan)
+    or grad the inputs are tracers and pass through unchecked: traced code never raises.
+    A concrete result is also checked physically possible (`check_result`)."""
+    if not _concrete(system, model, plan):
+        return evaluate(system, model, plan)
+    check_plan(system, model, plan)
+    r = evaluate(system, model, plan)
+    check_result(
+        {
+            "system": system.name,
+            "model": model.name,
+            **{k: float(getattr(r, k)) for k in ("step_time_s", "power_w", "tokens_per_s", "mfu")},
+        }
+    )
+    return r
 
 
 _evaluate = jax.jit(evaluate)
@@ -435,9 +445,15 @@ def diagnose(run: dict, *, slo_s: float | None = None) -> tuple[list[str], list[
 
 
 def check_result(run: dict) -> None:
-    """ValueError unless the run is physically possible: step time and power > 0, tokens/s
-    >= 0 and 0 <= MFU <= 1 (never report an impossible number as an answer)."""
+    """ValueError unless the run is physically possible: every number finite, step time and
+    power > 0, tokens/s >= 0 and 0 <= MFU <= 1 (never report an impossible number)."""
     where = f"{run['system']}/{run['model']}"
+    for k in ("step_time_s", "power_w", "tokens_per_s", "mfu"):
+        if not math.isfinite(run[k]):
+            raise ValueError(
+                f"{where}: {k} is not finite; an input is outside the float32 range (check "
+                "seq_len, global_batch and the overridden values)."
+            )
     rules = (
         (run["step_time_s"] > 0, f"step time {run['step_time_s']:g} s is not positive"),
         (run["power_w"] > 0, f"power {run['power_w']:g} W is not positive"),
