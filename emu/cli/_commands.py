@@ -38,7 +38,10 @@ def cmd_list(args) -> None:
         systems.append(render.system_row(name, d))
     for name in catalog.list_models():
         models.append(render.model_row(name, catalog.load_model(name)))
-    out = {"systems": systems, "models": models}
+    out = {  # keyed by name: `name in out["systems"]` and the old list of names still work
+        "systems": {r.pop("name"): r for r in systems},
+        "models": {r.pop("name"): r for r in models},
+    }
     render.emit(args, out, render.list_text(out))
 
 

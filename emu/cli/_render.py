@@ -377,19 +377,19 @@ def _params(n: float) -> str:
 def list_text(out: dict) -> str:
     sys_rows = [
         [
-            s["name"], s["chip"], f"{s['chips']}", si(s["peak_bf16_flops_per_s"], "FLOP/s"),
+            name, s["chip"], f"{s['chips']}", si(s["peak_bf16_flops_per_s"], "FLOP/s"),
             si(s["hbm_bytes_per_chip"], "B"), f"{s['scale_up_chips']:g}",
             ",".join(s["precisions"]), si(s["power_w"], "W"),
         ]
-        for s in out["systems"]
+        for name, s in out["systems"].items()
     ]  # fmt: skip
     model_rows = [
         [
-            m["name"], _params(m["params"]), _params(m["active_params"]),
+            name, _params(m["params"]), _params(m["active_params"]),
             f"{m['layers']}", f"{m['d_model']}", m["heads"], m["attention"],
             f"{m['experts']} (top {m['top_k']})" if m["experts"] else "-",
         ]
-        for m in out["models"]
+        for name, m in out["models"].items()
     ]  # fmt: skip
     return (
         table(
