@@ -330,7 +330,10 @@ def checked_evaluate(system: System, model: Model, plan: Plan):
         {
             "system": system.name,
             "model": model.name,
-            **{k: float(getattr(r, k)) for k in ("step_time_s", "power_w", "tokens_per_s", "mfu")},
+            **{
+                k: float(getattr(r, k))
+                for k in ("step_time_s", "power_w", "tokens_per_s", "mfu", "energy_per_step_j")
+            },
         }
     )
     return r
@@ -448,8 +451,8 @@ def check_result(run: dict) -> None:
     """ValueError unless the run is physically possible: every number finite, step time and
     power > 0, tokens/s >= 0 and 0 <= MFU <= 1 (never report an impossible number)."""
     where = f"{run['system']}/{run['model']}"
-    for k in ("step_time_s", "power_w", "tokens_per_s", "mfu"):
-        if not math.isfinite(run[k]):
+    for k in ("step_time_s", "power_w", "tokens_per_s", "mfu", "energy_per_step_j"):
+        if k in run and not math.isfinite(run[k]):
             raise ValueError(
                 f"{where}: {k} is not finite; an input is outside the float32 range (check "
                 "seq_len, global_batch and the overridden values)."
