@@ -9,7 +9,8 @@ import atexit
 import contextlib
 import sys
 
-_state = {"quiet": False}
+#: quiet: --json; status: the one spinner shown (rich allows one live display at a time)
+_state = {"quiet": False, "status": None}
 
 
 def configure(args) -> None:
@@ -33,12 +34,27 @@ def _console():
 
 @contextlib.contextmanager
 def working(text: str):
-    """A transient spinner with `text` while the block runs (a compile, a batch search)."""
+    """A transient spinner with `text` while the block runs (a compile, a batch search);
+    nested blocks change the text of the one spinner."""
     if not enabled():
         yield
         return
-    with _console().status(text, spinner="dots"):
+    status = _state["status"]
+    if status is not None:
+        old = status.status
+        status.update(text)
+        try:
+            yield
+        finally:
+            status.update(old)
+        return
+    status = _state["status"] = _console().status(text, spinner="dots")
+    status.start()
+    try:
         yield
+    finally:
+        status.stop()
+        _state["status"] = None
 
 
 class _Bar:
@@ -48,7 +64,7 @@ class _Bar:
         self.label, self.live, self.task = label, None, None
 
     def update(self, done: float, total: float, extra: str = "") -> None:
-        if not enabled():
+        if not enabled() or _state["status"] is not None:  # a spinner holds the terminal
             return
         if self.live is None:
             from rich.progress import (
@@ -96,19 +112,19 @@ def sweep_progress():
 
 
 def search_progress():
-    """progress(stage, evaluations) of a gradient search: a spinner naming the stage."""
-    status = {"cm": None}
+    """progress(stage, evaluations) of a gradient search: the spinner names the stage."""
+    block = {"cm": None}
 
     def show(stage: str, evaluations: int) -> None:
         if not enabled():
             return
-        if status["cm"] is None:
-            status["cm"] = _console().status("", spinner="dots")
-            status["cm"].start()
-            atexit.register(status["cm"].stop)
-        status["cm"].update(f"search: {stage} ({evaluations:,} evaluations)")
+        if block["cm"] is None:
+            block["cm"] = working("")
+            block["cm"].__enter__()
+            atexit.register(lambda: block["cm"] and block["cm"].__exit__(None, None, None))
+        _state["status"].update(f"search: {stage} ({evaluations:,} evaluations)")
         if stage == "done":
-            status["cm"].stop()
-            status["cm"] = None
+            block["cm"].__exit__(None, None, None)
+            block["cm"] = None
 
     return show
