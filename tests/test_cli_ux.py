@@ -199,3 +199,49 @@ def test_search_table_shows_chips_and_the_slo(capsys, tmp_path):
     assert not np.any(feasible[np.argmin(feasible) :])  # no feasible row after the first not
     obj = rows[feasible, header.index("objective")]
     assert np.all(np.diff(obj) <= 0)
+
+
+def test_grid_values_take_units_too(capsys):
+    import argparse
+
+    import emu
+    from emu.cli._search_commands import _grid
+
+    system = emu.load_system("gb200_nvl72")
+    args = argparse.Namespace(grid=["chip.hbm_bytes_per_s=4TB/s,8TB/s", "scaleup_bw=0.5,1"])
+    assert _grid(args, system) == {"chip.hbm_bytes_per_s": [4e12, 8e12], "scaleup_bw": [0.5, 1]}
+    code, _, err = run_cli(capsys, "search", "--grid", "chip.tdp_w=1kW,16TB/s")
+    assert code == 2 and "--grid chip.tdp_w: '16TB/s' is in bytes/s, but" in err
+
+
+def _readme_commands() -> list[str]:
+    """The `emu ...` commands of the README's bash blocks (continuations joined)."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    lines = [ln.split("#")[0].strip() for b in blocks for ln in b.replace("\\\n", " ").splitlines()]
+    return [
+        ln.split("&&")[-1].strip() for ln in lines if ln.split("&&")[-1].strip().startswith("emu ")
+    ]
+
+
+def test_readme_commands_parse():
+    """Every `emu ...` line of the README's code blocks parses with today's flags."""
+    import shlex
+
+    from emu.cli._parser import build_parser
+
+    commands = _readme_commands()
+    assert len(commands) >= 4
+    for cmd in commands:
+        if "..." not in cmd:  # `emu sweep ...` is elided
+            build_parser().parse_args(shlex.split(cmd)[1:])
+
+
+@pytest.mark.xfail(
+    strict=False, reason="README text pending: /work/notes/ux-readme.md (the lead edits README)"
+)
+def test_readme_commands_need_no_shared_folder():
+    """A fresh clone has no ../shared: `emu validate` uses the shipped measurement set."""
+    assert not [c for c in _readme_commands() if "../shared" in c]

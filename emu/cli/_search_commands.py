@@ -10,9 +10,11 @@ from emu.cli import _render as render
 from emu.cli._distributed import processes as _processes
 from emu.cli._parser import SLO_DEFAULTS, CliError
 from emu.cli._setup import overrides, resolved, set_note, slo
+from emu.overrides import check_unit, parse_value
 from emu.plan import KNOBS
 from emu.plan import knobs as plan_knobs
 from emu.search import Problem, check_grid
+from emu.struct import info_at
 
 _OUT_SUFFIXES = (".csv", ".parquet")
 
@@ -98,12 +100,15 @@ def _grid(args, system) -> dict:
             raise CliError(f"--grid expects NAME=V1,V2,... (got '{item}').")
         if path.strip() in grid:
             raise CliError(f"--grid {path.strip()} is given twice; list all its values once.")
-        try:
-            grid[path.strip()] = [float(v) for v in values.split(",")]
-        except ValueError:
-            raise CliError(
-                f"--grid {path.strip()}: values must be numbers (got '{values}')."
-            ) from None
+        name = path.strip()
+        try:  # values may carry units (4TB/s), checked against the field's unit
+            parsed = [parse_value(v) for v in values.split(",")]
+            for v in parsed:
+                check_unit(v, info_at(system, name), f"--grid {name}")
+        except ValueError as e:
+            text = str(e) if "--grid" in str(e) else f"--grid {name}: {e}"
+            raise CliError(text) from None
+        grid[name] = [float(v) for v in parsed]
     try:
         check_grid(system, grid)
     except ValueError as e:
