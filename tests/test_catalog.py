@@ -100,9 +100,9 @@ def test_a_new_chip_family_and_link_type_are_declarable(tmp_path):
     """`unknown chip family 'tpu'` / `unknown link type 'ici'` used to be the end (issue 15):
     a file declares them (`like` a calibrated one, or its own parameters), and the system
     says it is uncalibrated."""
-    from emu.catalog import calibration, uncalibrated
-
     from pathlib import Path
+
+    from emu.catalog import calibration, uncalibrated
 
     s = load_system(Path(__file__).parents[1] / "examples" / "tpu_like.toml")
     hopper = calibration()["chip_family"]["hopper"]
