@@ -346,25 +346,32 @@ _max_batch = jax.jit(max_batch_under_slo)  # module level: compiled once per str
 def largest_batch(system: System, model: Model, plan: Plan, slo_s: float) -> int:
     """The largest integer batch per DP rank meeting the phase's latency SLO (exactly
     re-evaluated) and fitting in HBM, or ValueError if even one sequence misses either."""
-    b, _, ok = _max_batch(system, model, plan, jnp.float32(slo_s))
-    if float(ok) < 0.5:
-        what = "TPOT" if plan.phase == "decode" else "TTFT"
-        raise ValueError(
-            f"no batch meets the {what} SLO of {slo_s:g} s on {system.name}; even batch 1 "
-            "misses it: relax the SLO or add chips."
-        )
-    n = max(1, int(float(b)))
-    lat = "tpot_s" if plan.phase == "decode" else "ttft_s"
 
     def ev(k):
         return _evaluate(system, model, replace(plan, microbatch=jnp.float32(k)))
 
-    # the batch must also fit in HBM (weights + KV cache): largest feasible batch, by halving
-    if float(ev(1).feasible) < 0.5:
+    # batch 1 must fit in HBM (weights + KV cache) before any SLO question
+    one = ev(1)
+    if float(one.feasible) < 0.5:
+        used, cap = float(one.memory.total_bytes), float(one.memory.capacity_bytes)
+        lowp = " use an 8-bit precision," if plan.precision in ("bf16", "fp16") else ""
         raise ValueError(
-            f"even batch 1 does not fit in HBM on {system.name}: the weights and KV cache "
-            "need more memory; add chips (or raise tp) or shorten the context."
+            f"even batch 1 does not fit in HBM on {system.name} ({_gb(used)} of {_gb(cap)} "
+            f"per chip for the weights and KV cache at tp={_int(plan.tp)}, ep={_int(plan.ep)}):"
+            f"{lowp} raise ep or tp, add chips or shorten the context."
         )
+    b, _, ok = _max_batch(system, model, plan, jnp.float32(slo_s))
+    if float(ok) < 0.5:
+        what = "TPOT" if plan.phase == "decode" else "TTFT"
+        lat = float(getattr(one, "tpot_s" if plan.phase == "decode" else "ttft_s"))
+        raise ValueError(
+            f"no batch meets the {what} SLO of {slo_s:g} s on {system.name}: even batch 1 "
+            f"takes {lat:.3g} s; relax the SLO, add chips, raise tp or ep, or shorten the "
+            + ("context." if plan.phase == "decode" else "prompt.")
+        )
+    n = max(1, int(float(b)))
+    lat = "tpot_s" if plan.phase == "decode" else "ttft_s"
+
     lo, hi = 1, n
     while lo < hi:
         mid = (lo + hi + 1) // 2

@@ -132,3 +132,17 @@ def test_diagnose_names_the_reason_and_the_moves_left():
     assert any("pipeline bubble" in w for w in warnings)
     with pytest.raises(ValueError, match=r"MFU 1.5 is outside \[0, 1\]"):
         check_result({**r, "mfu": 1.5})
+
+
+def test_serving_that_cannot_fit_says_what_to_change():
+    """DeepSeek-R1 serving used to stop at "does not fit in HBM" / "misses the 2 s TTFT SLO"
+    with no numbers and no move to make."""
+    h100, r1 = emu.load_system("dgx_h100"), emu.load_model("deepseek_r1")
+    plan = auto_plan(h100, r1, 8, phase="decode", precision="bf16", seq_len=4096)
+    oom = r"does not fit in HBM on dgx_h100 \(\d+ GB of 80 GB per chip .*\): use an 8-bit"
+    with pytest.raises(ValueError, match=oom):
+        with_largest_batch(h100, r1, plan, 0.05)
+    nvl = emu.load_system("gb200_nvl72")
+    plan = auto_plan(nvl, r1, 72, phase="prefill", precision="fp8", seq_len=4096)
+    with pytest.raises(ValueError, match=r"even batch 1 takes [\d.]+ s; relax the SLO, add chips"):
+        with_largest_batch(nvl, r1, plan, 0.001)
