@@ -265,8 +265,10 @@ def serve_text(d: dict, chips: tuple[int, int]) -> str:
     ]
     lead = "" if d["feasible"] else "INFEASIBLE: out of memory or SLO missed in one instance\n"
     rows.insert(0, ["feasible", "yes" if d["feasible"] else "NO"])
+    plans = "".join(f"\nplan ({k}): {plan_text(d[k]['plan'])}" for k in ("prefill", "decode"))
     notes = "".join(f"\nnote: {n}" for n in d.get("notes", []))
-    return lead + f"{d['system']} / {d['model']}\n" + table(rows, ["quantity", "value"]) + notes
+    head = f"{d['system']} / {d['model']}\n"
+    return lead + head + table(rows, ["quantity", "value"]) + plans + notes
 
 
 def _search_row(r: dict, names, serving: bool, lat: str | None) -> list[str]:
