@@ -9,10 +9,11 @@ multiple of dp * microbatch holding >= DEFAULT_BATCH_TOKENS tokens. MoE models: 
 largest divisor of the experts that divides tp*dp*cp and fits in the scale-up domain.
 
 Serving rule: pp = cp = 1; TP = 1 for MoE models (data-parallel attention, expert-parallel
-MoE), else the smallest power of two <= 8 whose weights fit in HBM; EP = every rank of the
-scale-up domain (the largest divisor of the chip count <= the domain; when it does not divide
-the experts, the remainder are redundant expert slots, as DeepSeek's and CloudMatrix's
-deployments place them). The batch per DP rank defaults to the largest meeting the phase's
+MoE), else the smallest power of two <= 8 whose weights fit in HBM; EP = the largest divisor
+of the chip count no larger than max(scale-up domain, experts): every rank of an NVL72 or a
+CloudMatrix 384 (where EP does not divide the experts, the extra slots hold redundant
+replicas, as DeepSeek's and CloudMatrix's deployments place them), and across nodes on
+8-GPU servers. The batch per DP rank defaults to the largest meeting the phase's
 SLO (`largest_batch`).
 
 Precision (`default_precision`): training BF16 (FP16 on a chip without BF16); serving the
@@ -213,11 +214,14 @@ def _auto_ep(system: System, model: Model, ranks: int, *, limit: float | None = 
 
 
 def _serving_ep(system: System, model: Model, chips: int) -> int:
-    """Serving: every rank of the scale-up domain (the largest divisor of `chips` no larger
-    than the domain); expert slots beyond n_experts are redundant replicas."""
-    if _int(model.n_experts) == 0:
+    """Serving: the largest divisor of `chips` no larger than max(scale-up domain,
+    n_experts): every rank of a large scale-up domain (NVL72: 72, CloudMatrix 384: 384,
+    expert slots beyond n_experts being redundant replicas), and across nodes on small ones
+    (8-GPU servers: up to one rank per expert, as DeepSeek's deployment)."""
+    experts = _int(model.n_experts)
+    if experts == 0:
         return 1
-    cap = min(chips, scale_up_domain(system))
+    cap = max(scale_up_domain(system), experts)
     return max(d for d in divisors(chips) if d <= cap)
 
 

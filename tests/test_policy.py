@@ -35,7 +35,9 @@ def test_serving_rule_for_moe(sys_models):
     assert int(p.tp) == 1 and int(p.dp) == 72 and int(p.ep) == 72
     assert float(p.zero) == 0 and float(p.recompute) == 0
     on_two_racks = auto_plan(system, ds, 144, phase="prefill", precision="fp8", seq_len=4096)
-    assert int(on_two_racks.ep) == 72  # the scale-up domain, not the cluster
+    assert int(on_two_racks.ep) == 144  # up to one rank per expert (256) beyond the domain
+    h800 = emu.load_system("hgx_h800")  # 8-GPU nodes: EP across nodes, as DeepSeek's
+    assert int(auto_plan(h800, ds, 128, phase="decode", precision="fp8", seq_len=4096).ep) == 128
 
 
 @pytest.mark.parametrize(

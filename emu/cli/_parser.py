@@ -22,8 +22,9 @@ PLAN_RULE = (
     "Degrees left out are chosen by a stated rule: TP = largest power of two <= 8 dividing "
     "the heads inside the innermost scale-up tier; CP = 1; PP = smallest divisor of the "
     "layers that fits in HBM (selective recompute, then full); DP = the rest. Serving "
-    "(--phase prefill|decode): TP = 1 and EP = every rank of the scale-up domain for MoE "
-    "models; the batch per DP rank is the largest meeting --ttft-slo/--tpot-slo. Precision "
+    "(--phase prefill|decode): TP = 1 and EP = all ranks up to max(scale-up domain, "
+    "experts) for MoE models; the batch per DP rank is the largest meeting "
+    "--ttft-slo/--tpot-slo. Precision "
     "left out: bf16 in training, the chip's fp8 (else int8) in serving. --plan best replaces "
     "the rule by a quick search."
 )
@@ -71,7 +72,10 @@ def watts(text: str) -> float:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     if getattr(v, "dim", "W") != "W" or not 0 < v < 1e12:
-        raise argparse.ArgumentTypeError(f"must be a power in (0, 1e12) W (got {text!r})")
+        raise argparse.ArgumentTypeError(
+            f"the power cap must be a positive number of watts below 1e12, e.g. 60e3 or 60kW "
+            f"(got {text!r})"
+        )
     return float(v)
 
 
