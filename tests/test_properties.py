@@ -270,3 +270,43 @@ def test_model_loaders_validate_or_build_a_checked_model(cfg, hf):
         assert re.match(r"model '", str(e)), e
         return
     emu.struct.check(m, "model")
+
+
+@SETTINGS
+@given(
+    knobs=st.fixed_dictionaries(
+        {
+            "tp": st.sampled_from([1, 2, 3, 8, 64]),
+            "dp": st.sampled_from([1, 3, 16, 10**5]),
+            "microbatch": st.sampled_from([1, 4, 4096]),
+            "seq_len": st.sampled_from([1, 4096, 2**20]),
+        },
+        optional={
+            "pp": st.sampled_from([1, 2, 7, 64]),
+            "cp": st.sampled_from([1, 2, 16]),
+            "ep": st.sampled_from([1, 3, 8]),
+            "precision": st.sampled_from(["bf16", "fp8", "int8", "fp4"]),
+            "phase": st.sampled_from(["train", "prefill", "decode"]),
+            "zero": st.sampled_from([0, 3]),
+        },
+    ),
+    model=st.sampled_from(["llama3_8b", "mixtral_8x7b"]),
+)
+def test_evaluate_on_any_valid_plan_raises_or_is_physical(knobs, model):
+    """Any plan make_plan accepts, on any model: `emu.evaluate` raises ValueError (naming
+    the rule the plan breaks on this system) or returns a physically possible result."""
+    if knobs.get("phase", "train") != "train":
+        knobs = {k: v for k, v in knobs.items() if k not in ("pp", "cp", "zero")}
+    try:
+        plan = emu.make_plan(**knobs, global_batch=knobs["dp"] * knobs["microbatch"])
+    except ValueError:
+        return
+    try:
+        r = emu.evaluate(emu.load_system(SYSTEM), emu.load_model(model), plan)
+    except ValueError as e:
+        event("ValueError")
+        assert str(e).split(":")[0] in ("Plan", f"{SYSTEM}/{model}") or "support" in str(e), e
+        return
+    event("result")
+    assert 0 < float(r.step_time_s) < math.inf and 0 < float(r.power_w) < math.inf
+    assert 0 <= float(r.mfu) <= 1 + 1e-6 and float(r.tokens_per_s) >= 0
