@@ -4,7 +4,9 @@
 `run` compiles `emu.evaluate` ahead of time (so the compile and evaluation times are
 reported apart) and refuses a non-finite result; `sensitivity` gives the elasticities
 d ln(y) / d ln(x) of tokens/J and tokens/s for every float field x of the system from one
-reverse-mode pass.
+reverse-mode pass. With a cost and a region (emu.cost), `cost_block` prices a result (USD
+per hour, per million tokens, by part) and `cost_sensitivity` gives the elasticities of USD
+per million tokens for every system, cost and region field.
 
 >>> from emu.catalog import load_system
 >>> d = describe(load_system("gb200_nvl72"))
@@ -21,6 +23,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from emu import cost as C
 from emu.objective import evaluate
 from emu.parallelism import Plan, plan_dict
 from emu.power import full_load_power
@@ -28,7 +31,7 @@ from emu.struct import float_leaves
 from emu.topology import System
 from emu.workload import Model
 
-__all__ = ["run", "describe", "sensitivity", "tree_to_dict"]
+__all__ = ["run", "describe", "sensitivity", "tree_to_dict", "cost_block", "cost_sensitivity"]
 
 _evaluate = jax.jit(evaluate)
 
@@ -149,5 +152,86 @@ def sensitivity(system: System, model: Model, plan: Plan) -> dict:
         "plan": plan_dict(plan),
         "tokens_per_joule": float(r.tokens_per_joule),
         "tokens_per_s": float(r.tokens_per_s),
+        "elasticities": ordered,
+    }
+
+
+# --------------------------------------------------------------------------- cost (emu.cost)
+
+
+def cost_block(system: System, result, cost: C.Cost, region: C.Region) -> dict:
+    """What `result` costs: the keys `usd_per_hour`, `usd_per_mtoken` (None when nothing is
+    produced) and `cost` (every CostBreakdown part, the per-million-token capital/energy split,
+    and the region, cost, PUE, utilisation and mode), to merge into a run or serve object.
+
+    `result`: an `analysis.run` dict, a RunResult or a ServingResult (n_chips, power_w,
+    tokens_per_s); the facility is charged on the full-load IT power of its chips on
+    `system` (give the system with the region's PUE, `emu.cost.with_region_pue`)."""
+    get = result.__getitem__ if isinstance(result, dict) else lambda k: getattr(result, k)
+    n = jnp.float32(get("n_chips"))
+    b = C.run_cost(
+        cost,
+        region,
+        n_chips=n,
+        power_w=jnp.float32(get("power_w")),
+        tokens_per_s=jnp.float32(get("tokens_per_s")),
+        provisioned_w=full_load_power(system, n).it_w,
+    )
+    d = {k: (v if math.isfinite(v) else None) for k, v in tree_to_dict(b).items()}
+    d |= {
+        "region": region.name,
+        "cost": cost.name,
+        "mode": "all-in" if float(cost.hourly_usd_per_chip) > 0 else "build-up",
+        "pue": float(region.pue),
+        "utilisation": float(cost.utilisation),
+    }
+    return {"usd_per_hour": d["usd_per_hour"], "usd_per_mtoken": d["usd_per_mtoken"], "cost": d}
+
+
+def _log_outputs_priced(system, model, plan, cost, region):
+    r = evaluate(system, model, plan)
+    usd = C.from_result(cost, region, r, system=system).usd_per_mtoken
+    values = jnp.stack([r.tokens_per_joule, r.tokens_per_s, usd])
+    return jnp.log(values), values
+
+
+_priced_jac = jax.jit(jax.jacrev(_log_outputs_priced, argnums=(0, 3, 4), has_aux=True))
+
+
+def cost_sensitivity(
+    system: System, model: Model, plan: Plan, cost: C.Cost, region: C.Region
+) -> dict:
+    """`sensitivity` with a price: elasticities d ln(y) / d ln(x) of tokens/J, tokens/s and
+    USD per million tokens for every float field x of the system (`chip.tdp_w`, ...), of the
+    cost (`cost.<field>`) and of the region (`region.<field>`), from one reverse-mode pass
+    through the emulator and the cost model; sorted by |elasticity of usd_per_mtoken|. Give
+    the system with the region's PUE (`emu.cost.with_region_pue`)."""
+    (j_sys, j_cost, j_reg), values = _priced_jac(system, model, plan, cost, region)
+    rows = {}
+    for prefix, tree, jac in (
+        ("", system, j_sys),
+        ("cost.", cost, j_cost),
+        ("region.", region, j_reg),
+    ):
+        g = float_leaves(jac)
+        for path, x in float_leaves(tree).items():
+            e = [float(x * gi) + 0.0 for gi in g[path]]  # no -0.0
+            rows[prefix + path] = {
+                "value": float(x),
+                "tokens_per_joule": e[0],
+                "tokens_per_s": e[1],
+                "usd_per_mtoken": e[2],
+            }
+    ordered = dict(sorted(rows.items(), key=lambda kv: -abs(kv[1]["usd_per_mtoken"])))
+    tpj, tps, usd = (float(v) for v in values)
+    return {
+        "system": system.name,
+        "model": model.name,
+        "plan": plan_dict(plan),
+        "tokens_per_joule": tpj,
+        "tokens_per_s": tps,
+        "usd_per_mtoken": usd if math.isfinite(usd) else None,
+        "region": region.name,
+        "cost": cost.name,
         "elasticities": ordered,
     }

@@ -27,15 +27,23 @@ electricity cheaper to chips of one origin (`subsidy_chip_origin`; China's data-
 provinces and domestic chips, FT Nov 2025 via facts §28); `Cost.chip_origin` selects the price.
 
 The pure functions (`run_cost`, `usd_per_mtoken`, `from_result`) are JAX: jit, vmap and grad
-reach every cost and region field. The host side loads TOML from configs/costs/ and
-configs/regions/ with validation (`load_cost`, `load_region`); bounds sit beside the fields
-(field metadata "bound").
+reach every cost and region field. Bounds, units and help sit beside the fields
+(`emu.struct.field`), so `emu.struct.check` and `emu.overrides.apply_overrides` validate a
+Cost or Region as they do a System. The TOML files in configs/costs/ and configs/regions/
+are loaded on the host side by `emu.costs_catalog` (`load_cost`, `load_region`).
 
->>> cost, region = load_cost("gb200_nvl72"), load_region("us_average")
+>>> f = jnp.float32
+>>> cost = Cost(name="toy", chip_usd=f(35e3), host_usd_per_chip=f(9e3),
+...             scale_up_usd_per_chip=f(3e3), scale_out_usd_per_chip=f(4.7e3),
+...             optics_usd_per_chip=f(2.8e3),
+...             hardware_life_years=f(4), facility_usd_per_w=f(25), facility_life_years=f(10),
+...             utilisation=f(0.8), hourly_usd_per_chip=f(0))
+>>> region = Region(name="us", electricity_usd_per_kwh=f(0.08),
+...                 subsidised_electricity_usd_per_kwh=f(0.08), pue=f(1.3))
 >>> c = run_cost(cost, region, n_chips=72.0, power_w=120e3, tokens_per_s=72 * 1000.0)
 >>> bool(c.usd_per_mtoken > 0) and bool(0 < c.energy_share < 1)
 True
->>> rented = replace(cost, hourly_usd_per_chip=jnp.float32(2.21))   # SA-TCO, facts §28
+>>> rented = replace(cost, hourly_usd_per_chip=f(2.21))   # SA-TCO, facts §28
 >>> round(float(usd_per_mtoken(rented, region, n_chips=72.0, power_w=120e3,
 ...                            tokens_per_s=72 * 1000.0)), 4)       # 2.21e6 / 3.6e6
 0.6139
@@ -43,17 +51,13 @@ True
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
-from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from emu.numerics import safe_div
-from emu.struct import dataclass, float_leaves, replace, set_path, static_field
+from emu.struct import dataclass, field, float_leaves, replace, static_field
 
 __all__ = [
     "Cost",
@@ -66,12 +70,6 @@ __all__ = [
     "with_region_pue",
     "elasticities",
     "newton",
-    "load_cost",
-    "load_region",
-    "cost_reference",
-    "list_costs",
-    "list_regions",
-    "apply_overrides",
     "HOURS_PER_YEAR",
 ]
 
@@ -79,12 +77,6 @@ Array = jnp.ndarray
 
 #: hours in a (365-day) year: the unit of useful life
 HOURS_PER_YEAR = 8760.0
-
-
-def _leaf(bound: str, unit: str, help: str) -> Any:
-    """A float leaf with its bound, unit and help beside it (read by the loaders).
-    Bounds: ">0", ">=0", ">=1", "(0,1]"."""
-    return dataclasses.field(metadata={"bound": bound, "unit": unit, "help": help})
 
 
 @dataclass
@@ -98,25 +90,37 @@ class Cost:
 
     name: str = static_field()
     chip_origin: str = static_field(default="")
-    chip_usd: Array = _leaf(">=0", "USD per chip", "accelerator package (dies, HBM)")
-    host_usd_per_chip: Array = _leaf(
-        ">=0", "USD per chip", "CPUs, boards, memory, trays, racks, power shelves, cooling"
+    chip_usd: Array = field("[0, 1e7]", unit="USD per chip", help="accelerator package (dies, HBM)")
+    host_usd_per_chip: Array = field(
+        "[0, 1e7]",
+        unit="USD per chip",
+        help="CPUs, boards, memory, trays, racks, power shelves, cooling",
     )
-    scale_up_usd_per_chip: Array = _leaf(
-        ">=0", "USD per chip", "scale-up switches, boxes and electrical cables"
+    scale_up_usd_per_chip: Array = field(
+        "[0, 1e7]", unit="USD per chip", help="scale-up switches, boxes and electrical cables"
     )
-    scale_out_usd_per_chip: Array = _leaf(
-        ">=0", "USD per chip", "scale-out NICs not on the chip, switch ports, fibre"
+    scale_out_usd_per_chip: Array = field(
+        "[0, 1e7]", unit="USD per chip", help="scale-out NICs not on the chip, switch ports, fibre"
     )
-    optics_usd_per_chip: Array = _leaf(">=0", "USD per chip", "optical transceivers, all tiers")
-    hardware_life_years: Array = _leaf(">0", "years", "useful life of the IT hardware")
-    facility_usd_per_w: Array = _leaf(
-        ">=0", "USD per W of IT power", "data-centre capital (building, power, cooling)"
+    optics_usd_per_chip: Array = field(
+        "[0, 1e7]", unit="USD per chip", help="optical transceivers, all tiers"
     )
-    facility_life_years: Array = _leaf(">0", "years", "useful life of the facility")
-    utilisation: Array = _leaf("(0,1]", "fraction", "share of the year spent on paid work")
-    hourly_usd_per_chip: Array = _leaf(
-        ">=0", "USD per chip-hour", "all-in hourly price; 0 = build up from the parts"
+    hardware_life_years: Array = field(
+        "(0, 50]", unit="years", help="useful life of the IT hardware"
+    )
+    facility_usd_per_w: Array = field(
+        "[0, 1000]",
+        unit="USD per W of IT power",
+        help="data-centre capital (building, power, cooling)",
+    )
+    facility_life_years: Array = field("(0, 100]", unit="years", help="useful life of the facility")
+    utilisation: Array = field(
+        "(0, 1]", unit="fraction", help="share of the year spent on paid work"
+    )
+    hourly_usd_per_chip: Array = field(
+        "[0, 1000]",
+        unit="USD per chip-hour",
+        help="all-in hourly price; 0 = build up from the parts",
     )
 
 
@@ -129,11 +133,13 @@ class Region:
     name: str = static_field()
     country: str = static_field(default="")
     subsidy_chip_origin: str = static_field(default="")
-    electricity_usd_per_kwh: Array = _leaf(">=0", "USD per kWh", "industrial electricity")
-    subsidised_electricity_usd_per_kwh: Array = _leaf(
-        ">=0", "USD per kWh", "price for subsidised (domestic) chips"
+    electricity_usd_per_kwh: Array = field(
+        "[0, 10]", unit="USD per kWh", help="industrial electricity"
     )
-    pue: Array = _leaf(">=1", "ratio", "facility power / IT power of the site")
+    subsidised_electricity_usd_per_kwh: Array = field(
+        "[0, 10]", unit="USD per kWh", help="price for subsidised (domestic) chips"
+    )
+    pue: Array = field("[1, 4]", unit="ratio", help="facility power / IT power of the site")
 
 
 @dataclass
@@ -143,7 +149,8 @@ class CostBreakdown:
     `energy_share` is 0 too (the price does not say how much of it is electricity).
     `capex_usd` is the up-front capital of the build-up (hardware of the run's chips plus
     facility for `provisioned_w`), reported in both modes; `electricity_usd_per_kwh` is the
-    price this system pays in the region (subsidised or not)."""
+    price this system pays in the region (subsidised or not). The `*_usd_per_mtoken` parts
+    split `usd_per_mtoken`: capital (hardware + facility) + energy + all-in."""
 
     chips_usd_per_hour: Array
     hosts_usd_per_hour: Array
@@ -157,6 +164,9 @@ class CostBreakdown:
     all_in_usd_per_hour: Array
     usd_per_hour: Array
     usd_per_mtoken: Array
+    capital_usd_per_mtoken: Array
+    energy_usd_per_mtoken: Array
+    all_in_usd_per_mtoken: Array
     energy_share: Array
     capex_usd: Array
     electricity_usd_per_kwh: Array
@@ -208,6 +218,9 @@ def run_cost(
         )
         + cost.facility_usd_per_w * prov
     )
+    per_mtoken = lambda usd_per_hour: safe_div(  # noqa: E731
+        usd_per_hour * 1e6, 3600.0 * tokens_per_s, jnp.inf
+    )
     return CostBreakdown(
         chips_usd_per_hour=chips,
         hosts_usd_per_hour=hosts,
@@ -220,7 +233,10 @@ def run_cost(
         energy_usd_per_hour=energy,
         all_in_usd_per_hour=all_in,
         usd_per_hour=total,
-        usd_per_mtoken=safe_div(total * 1e6, 3600.0 * tokens_per_s, jnp.inf),
+        usd_per_mtoken=per_mtoken(total),
+        capital_usd_per_mtoken=per_mtoken(hardware + facility),
+        energy_usd_per_mtoken=per_mtoken(energy),
+        all_in_usd_per_mtoken=per_mtoken(all_in),
         energy_share=safe_div(energy, total),
         capex_usd=capex,
         electricity_usd_per_kwh=price + 0.0 * total,
@@ -321,274 +337,3 @@ def newton(f, x0: float, *, log_space: bool = True, steps: int = 50, rtol: float
             x = math.exp(u) if log_space else u
             return x, True
     return (math.exp(u) if log_space else u), False
-
-
-# --------------------------------------------------------------------------- host side: TOML
-
-
-def _config_dir() -> Path:
-    from emu.catalog import config_dir
-
-    return config_dir()
-
-
-def _names(kind: str) -> list[str]:
-    d = _config_dir() / kind
-    return sorted(p.stem for p in d.glob("*.toml") if p.stem != "defaults") if d.is_dir() else []
-
-
-def list_costs() -> list[str]:
-    """Systems with a cost file in configs/costs/."""
-    return _names("costs")
-
-
-def list_regions() -> list[str]:
-    """Regions in configs/regions/."""
-    return _names("regions")
-
-
-def _resolve(name_or_path: str | Path, kind: str, what: str) -> Path:
-    s = str(name_or_path)
-    if s.endswith(".toml") or "/" in s:
-        return Path(s)
-    known = _names(kind)
-    if s not in known:
-        close = difflib.get_close_matches(s, known, n=2, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(
-            f"unknown {what} '{s}'.{hint} Known: {', '.join(known) or 'none'}; "
-            "or pass the path of a TOML file."
-        )
-    return _config_dir() / kind / f"{s}.toml"
-
-
-def _read(path: Path, what: str) -> dict:
-    from emu.catalog import load_toml
-
-    return load_toml(path, what)
-
-
-_BOUND_TEXT = {
-    ">0": "must be > 0",
-    ">=0": "must be >= 0",
-    ">=1": "must be >= 1",
-    "(0,1]": "must be in (0, 1]",
-}
-
-
-def _ok(bound: str, x: float) -> bool:
-    return {">0": x > 0, ">=0": x >= 0, ">=1": x >= 1, "(0,1]": 0 < x <= 1}[bound]
-
-
-def _fields(cls) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("pytree_node", True)}
-
-
-def _number(value: Any, where: str, f: dataclasses.Field) -> Array:
-    bound, unit = f.metadata["bound"], f.metadata["unit"]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(
-            f"{where} must be a number in {unit} (got {type(value).__name__} {value!r})."
-        )
-    x = float(value)
-    if not math.isfinite(x) or abs(x) > 3.4e38:
-        raise ValueError(f"{where} must be a finite number in {unit} (got {value!r}).")
-    if not _ok(bound, x):
-        fix = {
-            ">0": "a life of zero would spread the capital over no hours",
-            "(0,1]": "utilisation is the share of the year the system does paid work",
-            ">=1": "PUE is facility power / IT power, at least 1",
-            ">=0": "prices and costs cannot be negative",
-        }[bound]
-        raise ValueError(f"{where} {_BOUND_TEXT[bound]} (got {value!r}); {fix}.")
-    return jnp.float32(x)
-
-
-def _unknown_key(where: str, key: str, allowed: list[str]) -> ValueError:
-    close = difflib.get_close_matches(key, allowed, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    return ValueError(f"{where}: unknown key '{key}'.{hint} Known keys: {', '.join(allowed)}.")
-
-
-_COST_META = ("name", "description", "system", "chip_origin", "source", "total", "reference")
-
-
-def _cost_from(data: dict, where: str, defaults: dict) -> Cost:
-    fields = _fields(Cost)
-    allowed = sorted(set(fields) | set(_COST_META))
-    for key in data:
-        if key not in allowed:
-            raise _unknown_key(where, key, allowed)
-    kw = {}
-    for name, f in fields.items():
-        if name in data:
-            kw[name] = _number(data[name], f"{where}.{name}", f)
-        elif name in defaults:
-            kw[name] = _number(defaults[name], f"{where} (defaults.toml).{name}", f)
-        else:
-            raise ValueError(
-                f"{where}: missing '{name}' ({f.metadata['unit']}: {f.metadata['help']}); "
-                f"add `{name} = ...` to the file or to configs/costs/defaults.toml."
-            )
-    name = data.get("name")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{where}.name must be a non-empty string.")
-    origin = data.get("chip_origin", "")
-    if not isinstance(origin, str):
-        raise ValueError(f'{where}.chip_origin must be a country code string, e.g. "US".')
-    cost = Cost(name=name, chip_origin=origin, **kw)
-    total = data.get("total")
-    if total is not None:
-        _check_total(cost, total, where)
-    return cost
-
-
-def _check_total(cost: Cost, total: Any, where: str) -> None:
-    """The parts listed in [total] must add up to the sourced total per chip (0.5%)."""
-    if not isinstance(total, dict) or not {"usd", "chips", "parts"} <= set(total):
-        raise ValueError(f"{where}.total must be a table with usd, chips and parts.")
-    fields = _fields(Cost)
-    parts = total["parts"]
-    if not isinstance(parts, list) or not parts or any(p not in fields for p in parts):
-        raise ValueError(f'{where}.total.parts must list cost fields, e.g. ["chip_usd"].')
-    usd, chips = total["usd"], total["chips"]
-    if not all(isinstance(v, int | float) and v > 0 for v in (usd, chips)):
-        raise ValueError(f"{where}.total.usd and .chips must be positive numbers.")
-    got = sum(float(getattr(cost, p)) for p in parts) * chips
-    if abs(got - usd) > 5e-3 * usd:
-        raise ValueError(
-            f"{where}: the parts {', '.join(parts)} add up to {got:,.0f} USD per "
-            f"{chips:g} chips but [total] says {usd:,.0f}; fix the parts or the total."
-        )
-
-
-def apply_overrides(tree, overrides: dict | None, *, where: str = "--set"):
-    """Replace Cost or Region leaves by field name (as `--set cost.<field>` / `region.<field>`
-    give them, without the prefix), checking each value against the field's bound."""
-    if not overrides:
-        return tree
-    fields = _fields(type(tree))
-    for path, value in overrides.items():
-        if path not in fields:
-            raise _unknown_key(where, path, sorted(fields))
-        tree = set_path(tree, path, _number(value, f"{where} {path}", fields[path]))
-    return tree
-
-
-def load_cost(
-    name_or_path: str | Path, overrides: dict | None = None, *, reference_hourly: bool = False
-) -> Cost:
-    """The validated Cost of a catalog system (configs/costs/<system>.toml) or a TOML file.
-    Fields not in the file come from configs/costs/defaults.toml. `reference_hourly`: use the
-    file's [reference] all-in hourly price (SemiAnalysis TCO) instead of the build-up."""
-    path = _resolve(name_or_path, "costs", "cost (system)")
-    where = f"cost '{Path(path).stem}'"
-    d = _config_dir() / "costs" / "defaults.toml"
-    defaults = _read(d, "cost defaults") if d.is_file() else {}
-    for key in defaults:
-        if key not in _fields(Cost):
-            raise _unknown_key("configs/costs/defaults.toml", key, sorted(_fields(Cost)))
-    cost = _cost_from(_read(path, "cost"), where, defaults)
-    if reference_hourly:
-        hourly = cost_reference(path)["hourly_usd_per_chip"]
-        cost = replace(cost, hourly_usd_per_chip=jnp.float32(hourly))
-    return apply_overrides(cost, overrides, where=f"{where}: --set cost.")
-
-
-def cost_reference(name_or_path: str | Path) -> dict:
-    """The [reference] table of a cost file: a published all-in hourly price per chip and its
-    source, e.g. {"hourly_usd_per_chip": 2.21, "source": "SA-TCO ..."}."""
-    path = _resolve(name_or_path, "costs", "cost (system)")
-    ref = _read(path, "cost").get("reference")
-    h = ref.get("hourly_usd_per_chip") if isinstance(ref, dict) else None
-    if not isinstance(h, int | float) or isinstance(h, bool) or not h > 0:
-        raise ValueError(
-            f"cost '{Path(path).stem}' has no [reference] hourly_usd_per_chip (no published "
-            "all-in hourly price); set cost.hourly_usd_per_chip yourself."
-        )
-    return dict(ref)
-
-
-_REGION_META = ("name", "description", "country", "date", "source", "local")
-_LOCAL_KEYS = (
-    "currency",
-    "per_usd",
-    "date",
-    "source",
-    "electricity_per_kwh",
-    "subsidised_electricity_per_kwh",
-)
-
-
-def _region_from(data: dict, where: str) -> Region:
-    fields = _fields(Region)
-    allowed = sorted(set(fields) | set(_REGION_META) | {"subsidy_chip_origin"})
-    for key in data:
-        if key not in allowed:
-            raise _unknown_key(where, key, allowed)
-    data = dict(data)
-    local = data.get("local")
-    if local is not None:  # prices in a local currency: convert at the stated rate
-        if not isinstance(local, dict):
-            raise ValueError(f"{where}.local must be a table [local].")
-        for key in local:
-            if key not in _LOCAL_KEYS:
-                raise _unknown_key(f"{where}.local", key, list(_LOCAL_KEYS))
-        for key in ("currency", "per_usd", "date"):
-            if key not in local:
-                raise ValueError(
-                    f"{where}.local: missing '{key}'; a local price needs its currency, the "
-                    "exchange rate per USD and the rate's date."
-                )
-        if not {"electricity_per_kwh", "subsidised_electricity_per_kwh"} & set(local):
-            raise ValueError(
-                f"{where}.local: give electricity_per_kwh (or subsidised_electricity_per_kwh) "
-                f"in {local['currency']} per kWh."
-            )
-        rate = local["per_usd"]
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not rate > 0:
-            raise ValueError(
-                f"{where}.local.per_usd must be > 0 (units of {local['currency']} per USD)."
-            )
-        for src, dst in (
-            ("electricity_per_kwh", "electricity_usd_per_kwh"),
-            ("subsidised_electricity_per_kwh", "subsidised_electricity_usd_per_kwh"),
-        ):
-            if src in local:
-                if dst in data:
-                    raise ValueError(f"{where}: give {dst} or local.{src}, not both.")
-                v = local[src]
-                if isinstance(v, bool) or not isinstance(v, int | float):
-                    raise ValueError(f"{where}.local.{src} must be a number.")
-                data[dst] = v / rate
-    origin = data.get("subsidy_chip_origin", "")
-    if not isinstance(origin, str):
-        raise ValueError(f'{where}.subsidy_chip_origin must be a country code string or "".')
-    if origin and "subsidised_electricity_usd_per_kwh" not in data:
-        raise ValueError(
-            f"{where}: subsidy_chip_origin = {origin!r} needs a subsidised electricity price."
-        )
-    if "subsidised_electricity_usd_per_kwh" not in data and "electricity_usd_per_kwh" in data:
-        data["subsidised_electricity_usd_per_kwh"] = data["electricity_usd_per_kwh"]
-    kw = {}
-    for name, f in fields.items():
-        if name not in data:
-            raise ValueError(
-                f"{where}: missing '{name}' ({f.metadata['unit']}: {f.metadata['help']}); "
-                f"add `{name} = ...` to the file."
-            )
-        kw[name] = _number(data[name], f"{where}.{name}", f)
-    name = data.get("name")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{where}.name must be a non-empty string.")
-    country = data.get("country", "")
-    return Region(name=name, country=str(country), subsidy_chip_origin=origin, **kw)
-
-
-def load_region(name_or_path: str | Path, overrides: dict | None = None) -> Region:
-    """The validated Region from configs/regions/ (`list_regions()`) or a TOML file, with
-    optional overrides by field name (`{"electricity_usd_per_kwh": 0.1}`)."""
-    path = _resolve(name_or_path, "regions", "region")
-    where = f"region '{Path(path).stem}'"
-    region = _region_from(_read(path, "region"), where)
-    return apply_overrides(region, overrides, where=f"{where}: --set region.")

@@ -6,13 +6,20 @@ Workloads (as experiments/study_workloads.py): Llama 3 405B training (BF16, 8K s
 >= 4 Mi tokens per step) and DeepSeek-R1 serving, prefill (4K prompts, TTFT <= 2 s) and decode
 (4K context, TPOT <= 50 ms, MTP at 70% acceptance), INT8 on CloudMatrix 384 and FP8 on NVL72;
 1,152 chips of each (3 supernodes, 16 racks). Every plan comes from emu's search
-(`emu.search.gradient_search`, then `plan_of`), with cost per token as the objective: maximise
--ln(usd_per_mtoken) in us_average, facility charged on the full-load IT power of the chips.
+(`emu.search.gradient_search`, then `plan_of`) with the registered objective `usd_per_mtoken`
+(minimised; `Problem(cost=(Cost, Region))` prices each configuration) in us_average, facility
+charged on the full-load IT power of the chips; the command-line equivalent is e.g.
+
+    emu search --system cloudmatrix384 --model deepseek_r1 --phase decode --precision int8 \
+        --seq-len 4096 --chips 1152 --context 4096 --mtp-accept 0.7 \
+        --objective usd_per_mtoken --region us_average
+
 Decode batches are then filled to the TPOT SLO (`emu.policy.largest_batch`) when that stays in
 HBM. The same plan is priced in every region (the plan barely depends on the electricity
 price; the crossovers below hold the plan fixed).
 
-Costs: emu.cost with configs/costs/<system>.toml and configs/regions/*.toml. For scale, NVL72
+Costs: emu.cost (the model) with configs/costs/<system>.toml and configs/regions/*.toml
+(loaded by emu.costs_catalog). For scale, NVL72
 is also priced at SemiAnalysis's all-in 2.21 USD per GPU-hour (facts §28).
 
 Crossovers, solved by Newton's method on jax.grad (`emu.cost.newton`), holding plans fixed:
@@ -55,7 +62,7 @@ SA_HOURLY_GB200 = 2.21  # facts §28, SA-TCO per GPU-hour
 def solve(system_name: str, workload: tuple) -> dict:
     """The plan of least cost per token (emu search), evaluated exactly; floats only."""
     import emu
-    from emu import cost as C
+    from emu import costs_catalog as K
     from emu.policy import largest_batch
     from emu.power import full_load_power
     from emu.search import Problem, gradient_search, plan_of
@@ -63,19 +70,7 @@ def solve(system_name: str, workload: tuple) -> dict:
 
     _, model_name, phase, seq = workload
     system, model = emu.load_system(system_name), emu.load_model(model_name)
-    cost, region = C.load_cost(system_name), C.load_region(SEARCH_REGION)
-
-    def neg_log_cost(r):  # maximised by the search
-        prov = full_load_power(system, r.n_chips).it_w
-        usd = C.usd_per_mtoken(
-            cost,
-            region,
-            n_chips=r.n_chips,
-            power_w=r.power_w,
-            tokens_per_s=r.tokens_per_s,
-            provisioned_w=prov,
-        )
-        return -jnp.log(usd)
+    price = (K.load_cost(system_name), K.load_region(SEARCH_REGION))
 
     prec = "bf16" if phase == "train" else ("int8" if system_name == "cloudmatrix384" else "fp8")
     kw = {}
@@ -88,7 +83,7 @@ def solve(system_name: str, workload: tuple) -> dict:
         )
     problem = Problem(
         system_name, model_name, CHIPS, seq_len=seq, precision=prec, phase=phase,
-        objective=neg_log_cost, **kw,
+        objective="usd_per_mtoken", cost=price, **kw,
     )  # fmt: skip
     t0 = time.perf_counter()
     res = gradient_search(system, model, problem)
@@ -108,6 +103,7 @@ def solve(system_name: str, workload: tuple) -> dict:
                 plan, r = p2, r2
     return {
         "row": {k: v for k, v in row.items() if isinstance(v, int | float)},
+        "search_usd_per_mtoken": row["usd_per_mtoken"],
         "batch": int(float(plan.microbatch)),
         "search_s": wall,
         "n_chips": float(r.n_chips),
@@ -201,7 +197,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from emu import cost as C
+    from emu import costs_catalog as K
     from emu.struct import replace
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -218,8 +214,8 @@ def main() -> None:
         futs = {(w[0], s): pool.submit(solve, s, w) for w, s in tasks}
         runs = {k: f.result() for k, f in futs.items()}
 
-    costs = {s: C.load_cost(s) for s in SYSTEMS}
-    regions = {g: C.load_region(g) for g in REGIONS}
+    costs = {s: K.load_cost(s) for s in SYSTEMS}
+    regions = {g: K.load_region(g) for g in REGIONS}
     sa = replace(costs["gb200_nvl72"], hourly_usd_per_chip=jnp.float32(SA_HOURLY_GB200))
     table = {}
     for w in WORKLOADS:

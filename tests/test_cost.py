@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import emu
 from emu import cost as C
+from emu import costs_catalog as K
 from emu.struct import float_leaves, replace, set_path
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -25,17 +26,17 @@ REQUIRED_REGIONS = ("us_average", "us_iowa", "china_coast", "china_dc_subsidy", 
 
 @pytest.fixture(scope="module")
 def gb():
-    return C.load_cost("gb200_nvl72")
+    return K.load_cost("gb200_nvl72")
 
 
 @pytest.fixture(scope="module")
 def cm():
-    return C.load_cost("cloudmatrix384")
+    return K.load_cost("cloudmatrix384")
 
 
 @pytest.fixture(scope="module")
 def us():
-    return C.load_region("us_average")
+    return K.load_region("us_average")
 
 
 def run(cost, region, n=72.0, power=120e3, tps=72e3, prov=None):
@@ -61,6 +62,10 @@ def test_build_up_matches_the_formula_by_hand(gb, us):
     assert float(c.usd_per_hour) == pytest.approx(total, rel=1e-6)
     assert float(c.usd_per_mtoken) == pytest.approx(total * 1e6 / (3600.0 * tps), rel=1e-6)
     assert float(c.energy_share) == pytest.approx(energy / total, rel=1e-5)
+    per_m = 1e6 / (3600.0 * tps)
+    assert float(c.capital_usd_per_mtoken) == pytest.approx((hardware + facility) * per_m, rel=1e-6)
+    assert float(c.energy_usd_per_mtoken) == pytest.approx(energy * per_m, rel=1e-6)
+    assert float(c.all_in_usd_per_mtoken) == 0.0
     assert float(c.capex_usd) == pytest.approx(n * per_chip + 25.0 * prov, rel=1e-6)
     parts = (
         c.chips_usd_per_hour
@@ -79,14 +84,14 @@ def test_semianalysis_cross_check_gb200(catalog):
     sys = catalog["nvl72"]
     r = emu.evaluate(sys, catalog["llama8"], emu.make_plan(tp=8, dp=9, global_batch=72,
                                                            seq_len=4096))  # fmt: skip
-    cost = C.load_cost("gb200_nvl72", reference_hourly=True)
-    assert C.cost_reference("gb200_nvl72")["hourly_usd_per_chip"] == 2.21
+    cost = K.load_cost("gb200_nvl72", reference_hourly=True)
+    assert K.cost_reference("gb200_nvl72")["hourly_usd_per_chip"] == 2.21
     assert float(cost.hourly_usd_per_chip) == pytest.approx(2.21)
     per_gpu = float(r.tokens_per_s) / float(r.n_chips)
     want = 2.21 * 1e6 / (3600.0 * per_gpu)
     for region in REQUIRED_REGIONS:  # neither electricity, PUE nor utilisation enters
         for u in (1.0, 0.5):
-            c = C.from_result(replace(cost, utilisation=jnp.float32(u)), C.load_region(region), r,
+            c = C.from_result(replace(cost, utilisation=jnp.float32(u)), K.load_region(region), r,
                               system=sys)  # fmt: skip
             assert float(c.usd_per_mtoken) == pytest.approx(want, rel=2e-6)
             assert float(c.usd_per_hour) == pytest.approx(2.21 * float(r.n_chips), rel=1e-6)
@@ -96,12 +101,12 @@ def test_semianalysis_cross_check_gb200(catalog):
 def test_parts_add_up_to_the_sourced_totals():
     """Each [total] in configs/costs/ is met by its parts (the loader checks it; so does this)."""
     checked = 0
-    for name in C.list_costs():
+    for name in K.list_costs():
         data = tomllib.loads((CONFIGS / "costs" / f"{name}.toml").read_text())
         t = data.get("total")
         if t is None:
             continue
-        cost = C.load_cost(name)
+        cost = K.load_cost(name)
         got = sum(float(getattr(cost, p)) for p in t["parts"]) * t["chips"]
         assert got == pytest.approx(t["usd"], rel=1e-5), name
         checked += 1
@@ -113,35 +118,35 @@ def test_a_wrong_total_is_rejected(tmp_path):
     p = tmp_path / "gb.toml"
     p.write_text(text)
     with pytest.raises(ValueError, match=r"add up to 3,400,000 USD per 72 chips .* says 4,000,000"):
-        C.load_cost(p)
+        K.load_cost(p)
 
 
 # ----------------------------------------------------------------------------- catalog
 
 
 def test_every_catalog_system_and_required_region_loads():
-    assert C.list_costs() == emu.list_systems()
-    assert set(REQUIRED_REGIONS) <= set(C.list_regions())
-    for name in C.list_costs():
-        cost = C.load_cost(name)
+    assert K.list_costs() == emu.list_systems()
+    assert set(REQUIRED_REGIONS) <= set(K.list_regions())
+    for name in K.list_costs():
+        cost = K.load_cost(name)
         assert cost.name == name and cost.chip_origin in ("US", "CN")
         assert float(cost.chip_usd) > 0
-    for name in C.list_regions():
+    for name in K.list_regions():
         data = tomllib.loads((CONFIGS / "regions" / f"{name}.toml").read_text())
         assert data.get("source") and data.get("date"), f"{name}: needs source and date"
-        r = C.load_region(name)
+        r = K.load_region(name)
         assert 0.01 < float(r.electricity_usd_per_kwh) < 0.5 and 1.0 <= float(r.pue) < 2.0
 
 
 def test_currency_conversion_and_the_domestic_chip_subsidy(gb, cm):
-    za = C.load_region("south_africa")
+    za = K.load_region("south_africa")
     assert float(za.electricity_usd_per_kwh) == pytest.approx(0.902 / 17.80, rel=1e-6)
-    cn = C.load_region("china_dc_subsidy")
+    cn = K.load_region("china_dc_subsidy")
     assert float(cn.subsidised_electricity_usd_per_kwh) == pytest.approx(0.40 / 7.1287, rel=1e-6)
     # the FT subsidy is for domestic chips only: CloudMatrix gets it, NVL72 does not
     assert float(C.electricity_price(cm, cn)) == pytest.approx(0.0561, abs=1e-4)
     assert float(C.electricity_price(gb, cn)) == pytest.approx(0.063, rel=1e-6)
-    coast = C.load_region("china_coast")  # no subsidy there
+    coast = K.load_region("china_coast")  # no subsidy there
     assert float(C.electricity_price(cm, coast)) == float(C.electricity_price(gb, coast))
 
 
@@ -189,10 +194,10 @@ def test_gradients_match_finite_differences(mode, system, region):
     """d usd_per_mtoken / d x for every cost and region field, against central finite
     differences in log space (x(1 +- h)), in float64."""
     with jax.enable_x64(True):
-        cost = _f64(C.load_cost(system, reference_hourly=False))
+        cost = _f64(K.load_cost(system, reference_hourly=False))
         if mode == "all-in":
             cost = replace(cost, hourly_usd_per_chip=jnp.float64(2.21))
-        reg = _f64(C.load_region(region))
+        reg = _f64(K.load_region(region))
         kw = dict(n_chips=jnp.float64(384.0), power_w=jnp.float64(5.2e5),
                   tokens_per_s=jnp.float64(4.0e5), provisioned_w=jnp.float64(5.6e5))  # fmt: skip
 
@@ -307,12 +312,14 @@ def _region_file(tmp_path, body: str) -> Path:
 @pytest.mark.parametrize(
     "body,message",
     [
-        ("electricity_usd_per_kwh = -0.1\npue = 1.3\n", r"electricity_usd_per_kwh must be >= 0 "
-         r"\(got -0.1\); prices and costs cannot be negative"),
-        ("electricity_usd_per_kwh = 0.1\npue = 0.9\n", r"pue must be >= 1"),
+        ("electricity_usd_per_kwh = -0.1\npue = 1.3\n", r"electricity_usd_per_kwh must be in "
+         r"\[0, 10\] USD per kWh \(got -0.1\); prices and costs cannot be negative"),
+        ("electricity_usd_per_kwh = 0.1\npue = 0.9\n", r"pue must be in \[1, 4\] ratio "
+         r"\(got 0.9\); PUE is facility power"),
         ("electricity_usd_per_kwh = 0.1\n", r"missing 'pue'"),
         ("electricity_usd_per_kwh = 0.1\npue = 1.2\nprice = 3\n", r"unknown key 'price'"),
-        ('electricity_usd_per_kwh = "cheap"\npue = 1.2\n', r"must be a number in USD per kWh"),
+        ('electricity_usd_per_kwh = "cheap"\npue = 1.2\n', r"electricity_usd_per_kwh must "
+         r"be a number \(got str 'cheap'\)"),
         ('pue = 1.2\n[local]\ncurrency = "ZAR"\ndate = "2025"\nelectricity_per_kwh = 0.9\n',
          r"missing 'per_usd'"),
         ('pue = 1.2\n[local]\ncurrency = "ZAR"\ndate = "2025"\nper_usd = 0\n'
@@ -323,48 +330,89 @@ def _region_file(tmp_path, body: str) -> Path:
 )  # fmt: skip
 def test_bad_region_files(tmp_path, body, message):
     with pytest.raises(ValueError, match=message) as e:
-        C.load_region(_region_file(tmp_path, body))
+        K.load_region(_region_file(tmp_path, body))
     assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize(
     "field,value,message",
     [
-        ("hardware_life_years", 0.0, r"hardware_life_years must be > 0 \(got 0.0\); a life of "
-         r"zero would spread the capital over no hours"),
-        ("facility_life_years", -1.0, r"facility_life_years must be > 0"),
-        ("utilisation", 0.0, r"utilisation must be in \(0, 1\]"),
+        ("hardware_life_years", 0.0, r"cost.hardware_life_years must be in \(0, 50\] years \(got "
+         r"0\); a life of zero would spread the capital over no hours"),
+        ("facility_life_years", -1.0, r"facility_life_years must be in \(0, 100\] years"),
+        ("utilisation", 0.0, r"utilisation must be in \(0, 1\] fraction \(got 0\); utilisation is"),
         ("utilisation", 1.5, r"utilisation must be in \(0, 1\]"),
-        ("chip_usd", -5.0, r"chip_usd must be >= 0"),
-        ("hourly_usd_per_chip", float("nan"), r"must be a finite number"),
+        ("chip_usd", -5.0, r"chip_usd must be in \[0, 1e\+07\] USD per chip \(got -5\); prices"),
+        ("hourly_usd_per_chip", float("nan"), r"hourly_usd_per_chip must be in .* \(got nan\)"),
+        ("hourly_usd_per_chip", 5e3, r"must be in \[0, 1000\] USD per chip-hour \(got 5000\)\.$"),
     ],
 )  # fmt: skip
 def test_bad_cost_values(field, value, message):
     with pytest.raises(ValueError, match=message) as e:
-        C.load_cost("gb200_nvl72", {field: value})
-    assert "\n" not in str(e.value) and "--set cost." in str(e.value)
+        K.load_cost("gb200_nvl72", {field: value})
+    assert "\n" not in str(e.value) and str(e.value).startswith("cost 'gb200_nvl72': cost.")
 
 
 def test_unknown_names_list_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown region 'south_afrika'\. Did you mean "
                        r"'south_africa'\? Known: china_coast, .*us_iowa") as e:  # fmt: skip
-        C.load_region("south_afrika")
+        K.load_region("south_afrika")
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match=r"unknown cost \(system\) 'gb200'.*'gb200_nvl72'"):
-        C.load_cost("gb200")
-    with pytest.raises(ValueError, match=r"unknown key 'pue'.*Known keys: chip_usd"):
-        C.load_cost("gb200_nvl72", {"pue": 1.2})
-    with pytest.raises(ValueError, match=r"region 'us_average': --set region\. electricity"):
-        C.load_region("us_average", {"electricity_usd_per_kwh": -1.0})
+        K.load_cost("gb200")
+    with pytest.raises(
+        ValueError, match=r"unknown key 'cost.chips_usd'.*Known keys: cost.chip_usd"
+    ):
+        K.load_cost("gb200_nvl72", {"chips_usd": 1.0})
+    with pytest.raises(ValueError, match=r"pue belongs to the region, not the cost; write region"):
+        K.load_cost("gb200_nvl72", {"pue": 1.2})
+    with pytest.raises(ValueError, match=r"region 'us_average': region\.electricity.*got -1"):
+        K.load_region("us_average", {"electricity_usd_per_kwh": -1.0})
     with pytest.raises(ValueError, match=r"no \[reference\] hourly_usd_per_chip"):
-        C.load_cost("cloudmatrix384", reference_hourly=True)
+        K.load_cost("cloudmatrix384", reference_hourly=True)
     with pytest.raises(ValueError, match=r"not found"):
-        C.load_region("/nonexistent/region.toml")
+        K.load_region("/nonexistent/region.toml")
 
 
 def test_overrides_apply_and_keep_float32(us):
-    r = C.load_region("us_average", {"electricity_usd_per_kwh": 0.12, "pue": 1.1})
+    r = K.load_region("us_average", {"electricity_usd_per_kwh": 0.12, "pue": 1.1})
     assert float(r.electricity_usd_per_kwh) == pytest.approx(0.12)
     assert r.pue.dtype == jnp.float32 and r.name == "us_average"
-    c = C.load_cost("cloudmatrix384", {"chip_usd": 20000})
+    c = K.load_cost("cloudmatrix384", {"chip_usd": 20000})
     assert float(c.chip_usd) == 20000.0 and c.chip_usd.dtype == jnp.float32
+
+
+# ----------------------------------------------------------------------------- search
+
+
+def test_the_cost_objective_needs_a_price_and_keys_the_sweep_by_it(catalog):
+    """usd_per_mtoken is a registered, minimised objective that needs Problem.cost; the
+    problem's signature (sweep resume key) changes with every cost and region value."""
+    from emu.search import OBJECTIVES, Problem, check_problem
+
+    obj = OBJECTIVES["usd_per_mtoken"]
+    assert obj.sign == -1.0 and obj.needs == ("cost",)
+    sys = catalog["h100"]
+    bare = Problem("dgx_h100", "llama3_8b", 8, objective="usd_per_mtoken")
+    with pytest.raises(ValueError, match=r"needs Problem.cost = \(Cost, Region\)"):
+        check_problem(sys, bare)
+    with pytest.raises(ValueError, match=r"must be a \(emu.cost.Cost, emu.cost.Region\) pair"):
+        check_problem(sys, replace(bare, cost=(K.load_region("us_average"),) * 2))
+    price = (K.load_cost("dgx_h100"), K.load_region("us_average"))
+    priced = replace(bare, cost=price)
+    check_problem(sys, priced)
+    assert priced.as_dict()["cost"]["region.pue"] == pytest.approx(1.3)
+    dearer = replace(priced, cost=(price[0], K.load_region("us_average", {"pue": 1.31})))
+    assert len({bare.signature(), priced.signature(), dearer.signature()}) == 3
+
+
+def test_the_objective_prices_an_evaluation_like_from_result(catalog):
+    from emu.search import Problem, get_objective
+
+    sys, model = catalog["h100"], catalog["llama8"]
+    r = emu.evaluate(sys, model, emu.make_plan(tp=8, global_batch=8, seq_len=4096))
+    price = (K.load_cost("dgx_h100"), K.load_region("china_coast"))
+    p = Problem("dgx_h100", "llama3_8b", 8, objective="usd_per_mtoken", cost=price)
+    got = get_objective("usd_per_mtoken").value(r, system=sys, problem=p)
+    want = C.from_result(*price, r, system=sys).usd_per_mtoken
+    assert float(got) == float(want) > 0

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import emu
+from emu import costs_catalog
 from emu.search import OBJECTIVES, Problem, get_objective, register_objective, sweep
 
 PHASE_PLAN = {
@@ -28,10 +29,18 @@ def test_every_objective_runs_under_jit_vmap_and_grad(setup, phase):
     system, model = setup
     objs = [o for o in OBJECTIVES.values() if phase in o.phases]
     assert len(objs) >= 8
+    # the context an objective may need (usd_per_mtoken: a cost and a region)
+    priced = Problem(
+        "dgx_h100",
+        "llama3_8b",
+        cost=(costs_catalog.load_cost("dgx_h100"), costs_catalog.load_region("us_average")),
+    )
 
     def values(s, p):
         r = emu.evaluate(s, model, p)
-        return jnp.stack([jnp.asarray(o.fn(r), jnp.float32) for o in objs])
+        return jnp.stack(
+            [jnp.asarray(o.value(r, system=s, problem=priced), jnp.float32) for o in objs]
+        )
 
     plan = emu.make_plan(**PHASE_PLAN[phase])
     one = np.asarray(jax.jit(values)(system, plan))

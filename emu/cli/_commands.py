@@ -6,6 +6,7 @@ emu.cli._render."""
 from __future__ import annotations
 
 from emu import analysis, catalog, policy, storage
+from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
 from emu.cli._parser import CliError
 from emu.cli._setup import overrides, resolved, set_note, setup
@@ -32,6 +33,11 @@ def cmd_list(args) -> None:
     if args.fields:
         _list_fields(args)
         return
+    regions = cost_flags.regions()
+    if args.regions:
+        render.emit(args, {"regions": cost_flags.regions_json(regions)},
+                    cost_flags.regions_text(regions))  # fmt: skip
+        return
     systems, models = [], []
     for name in catalog.list_systems():
         d = analysis.describe(catalog.load_system(name))
@@ -41,8 +47,11 @@ def cmd_list(args) -> None:
     out = {  # keyed by name: `name in out["systems"]` and the old list of names still work
         "systems": {r.pop("name"): r for r in systems},
         "models": {r.pop("name"): r for r in models},
+        "regions": regions,
     }
-    render.emit(args, out, render.list_text(out))
+    text = render.list_text(out)
+    text += "\nregions: " + ", ".join(regions) + " (--region; `emu list --regions` for sources)"
+    render.emit(args, out, text)
 
 
 def _list_fields(args) -> None:
@@ -61,8 +70,10 @@ def _list_fields(args) -> None:
         }
     else:
         leaves = float_leaves(catalog.load_system(name, sys_o))
+        leaves |= cost_flags.field_rows(args, name)
     values = {k: float(v) for k, v in leaves.items()}
-    rows = [[k, f"{v:.6g}", render.unit_of(k)] for k, v in values.items()]
+    unit = lambda k: cost_flags.unit_of(k) if cost_flags.is_cost_path(k) else render.unit_of(k)  # noqa: E731
+    rows = [[k, f"{v:.6g}", unit(k)] for k, v in values.items()]
     render.note_lines(args, notes)
     render.emit(args, values, render.table(rows, ["path", "value", "unit"]))
 
@@ -129,8 +140,12 @@ def _compiling(system: str, model: str) -> str:
 def cmd_run(args) -> None:
     storage.enable_compilation_cache()
     with render.working(_compiling(args.system, args.model)):
-        r = evaluated(args, setup(args, args.system))
-    render.emit(args, r, render.run_text([r]))
+        s = setup(args, args.system)
+        price = cost_flags.pricing(args, s.system)  # checked before the run
+        r = evaluated(args, s)
+    if price:
+        r |= analysis.cost_block(s.system, r, *price)
+    render.emit(args, r, render.run_text([r]) + cost_flags.text([r]))
 
 
 def cmd_compare(args) -> None:
@@ -141,16 +156,31 @@ def cmd_compare(args) -> None:
     results = []
     for name in names:
         with render.working(_compiling(name, args.model)):
-            results.append(evaluated(args, setup(args, name)))
-    render.emit(args, {"results": results}, render.run_text(results))
+            results.append(_priced_run(args, name))
+    render.emit(args, {"results": results}, render.run_text(results) + cost_flags.text(results))
+
+
+def _priced_run(args, name: str) -> dict:
+    """`evaluated` on one system, with its cost block under --region."""
+    s = setup(args, name)
+    price = cost_flags.pricing(args, s.system)
+    r = evaluated(args, s)
+    return r | analysis.cost_block(s.system, r, *price) if price else r
 
 
 def cmd_sensitivity(args) -> None:
     storage.enable_compilation_cache()
     with render.working(_compiling(args.system, args.model) + " with gradients"):
         s = setup(args, args.system)
-        d = analysis.sensitivity(s.system, s.model, s.plan)
+        price = cost_flags.pricing(args, s.system)
+        if price:  # with cost: one reverse pass through emulator and cost model
+            d = analysis.cost_sensitivity(s.system, s.model, s.plan, *price)
+        else:
+            d = analysis.sensitivity(s.system, s.model, s.plan)
     d["notes"] = s.notes + set_note(args)
+    if price:
+        render.emit(args, d, cost_flags.sensitivity_text(d, args.top))
+        return
     render.emit(args, d, render.sensitivity_text(d, args.top))
 
 
@@ -227,24 +257,32 @@ def _serving_plan(args, system, model, phase, chips, batch, slo, precision):
 
 
 def cmd_serve(args) -> None:
-
     storage.enable_compilation_cache()
     sys_o, model_o, plan_o = overrides(args)
     if plan_o:
         raise CliError("serve takes system and model fields in --set, not plan fields.")
     notes: list[str] = []
     system = catalog.load_system(resolved(args.system, "systems", notes), sys_o)
+    system = cost_flags.with_region(args, system)
+    price = cost_flags.pricing(args, system)
     model = catalog.load_model(resolved(args.model, "models", notes), model_o)
     precision = args.precision or policy.serving_precision(system)
     if args.precision is None:
         notes.append(f"precision: {precision} (the chip's serving format; --precision to change)")
     with render.working(_compiling(system.name, model.name) + " (prefill and decode)"):
-        out = _serve(args, system, model, precision)
+        out, r = _serve(args, system, model, precision)
     out["notes"] = notes + set_note(args)
-    render.emit(args, out, render.serve_text(out, (args.prefill_chips, args.decode_chips)))
+    text = render.serve_text(out, (args.prefill_chips, args.decode_chips))
+    if price:  # the deployment per output token; each instance per token it makes
+        out |= analysis.cost_block(system, r, *price)
+        out["prefill"] |= analysis.cost_block(system, r.prefill, *price)
+        out["decode"] |= analysis.cost_block(system, r.decode, *price)
+        names = ["deployment (output)", "prefill (prompt)", "decode (output)"]
+        text += cost_flags.text([out, out["prefill"], out["decode"]], names)
+    render.emit(args, out, text)
 
 
-def _serve(args, system, model, precision) -> dict:
+def _serve(args, system, model, precision) -> tuple:
     from emu.serving import disaggregated
 
     prefill = _serving_plan(
@@ -269,4 +307,4 @@ def _serve(args, system, model, precision) -> dict:
     d["prefill"]["plan"] = plan_dict(prefill)
     d["decode"]["plan"] = plan_dict(decode)
     feasible = d.pop("feasible")
-    return {"feasible": feasible, "system": system.name, "model": model.name, **d}
+    return {"feasible": feasible, "system": system.name, "model": model.name, **d}, r

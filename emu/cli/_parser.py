@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from emu.cli._cost import add_cost_args
 from emu.plan import KNOBS
 from emu.search import OBJECTIVES
 from emu.struct import check_value
@@ -188,6 +189,7 @@ def _workload_args(
         p.add_argument("--chips", type=positive_int, help="chips used (default: one system unit)")
     _knob_args(p)
     _serving_args(p)
+    add_cost_args(p)
     _common(p)
 
 
@@ -255,6 +257,8 @@ def _add_simple_commands(sub) -> None:
         metavar="NAME",
         help="settable fields of a system or model (dotted paths for --set), or 'plan'",
     )
+    p.add_argument("--regions", action="store_true", help="the regions with their sources")
+    add_cost_args(p)
     _common(p)
 
     p = sub.add_parser("describe", help="system totals computed from the parts")
@@ -315,6 +319,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--mtp-accept", type=float, default=0.0)
     p.add_argument("--moe-imbalance", type=float, default=1.0)
     p.add_argument("--a2a-overlap", action="store_true")
+    add_cost_args(p)
     _common(p)
 
 

@@ -284,9 +284,13 @@ def _search_row(r: dict, names, serving: bool, lat: str | None) -> list[str]:
             f"{r['sp']}",
         ]  # fmt: skip
     return row + [
-        f"{r['objective']:.4g}", si(r["tokens_per_s"], "tok/s"), f"{r['tokens_per_joule']:.4g}",
+        _num(r["objective"]), si(r["tokens_per_s"], "tok/s"), f"{r['tokens_per_joule']:.4g}",
         si(r["power_w"], "W"), f"{100 * r['mfu']:.1f}%",
     ]  # fmt: skip
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.4g}"
 
 
 def search_text(res, what: str) -> str:
@@ -298,7 +302,12 @@ def search_text(res, what: str) -> str:
     slo = pr.tpot_slo if pr.phase == "decode" else pr.ttft_slo
     if lat and slo is None:
         lat = None
-    rows = [[str(i + 1), *_search_row(r, names, serving, lat)] for i, r in enumerate(res.top)]
+    priced = getattr(pr, "cost", None) is not None  # --region: USD per M tokens
+    rows = [
+        [str(i + 1), *_search_row(r, names, serving, lat)]
+        + ([_num(r["usd_per_mtoken"])] if priced else [])
+        for i, r in enumerate(res.top)
+    ]
     head = ["#", *names, "chips"]
     if serving:
         head += ["tp/dp/ep", "batch"]
@@ -306,6 +315,7 @@ def search_text(res, what: str) -> str:
     else:
         head += ["tp/pp/dp/cp/ep", "mb", "vpp", "zero", "recompute", "sp"]
     head += [res.objective, "tokens/s", "tokens/J", "power", "MFU"]
+    head += ["USD/Mtok"] if priced else []
     cap = f", power cap {si(pr.power_cap, 'W')}" if pr.power_cap else ""
     text = f"{what}{cap}\n" + (table(rows, head) if rows else "no feasible configuration")
     if not rows:

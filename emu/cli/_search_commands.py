@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from emu import analysis, catalog, policy, storage
+from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
 from emu.cli._distributed import processes as _processes
 from emu.cli._parser import SLO_DEFAULTS, CliError
@@ -116,8 +117,9 @@ def _grid(args, system) -> dict:
     return grid
 
 
-def _problem(args, system, model, chips, free, fixed, slo_s) -> Problem:
-    """The search Problem of the workload flags (precision: each system's own default)."""
+def _problem(args, system, model, chips, free, fixed, slo_s, price=None) -> Problem:
+    """The search Problem of the workload flags (precision: each system's own default;
+    `price`: the --region cost, for the usd_per_mtoken objective and column)."""
     given = {n: getattr(args, n) for n in PROBLEM_KNOBS if getattr(args, n, None) is not None}
     given.setdefault("precision", policy.default_precision(system, args.phase))
     return Problem(
@@ -130,6 +132,7 @@ def _problem(args, system, model, chips, free, fixed, slo_s) -> Problem:
         power_cap=getattr(args, "power_cap", None),
         tpot_slo=slo_s if args.phase == "decode" else SLO_DEFAULTS["tpot_slo"],
         ttft_slo=slo_s if args.phase == "prefill" else None,
+        cost=price,
         **given,
     )
 
@@ -149,9 +152,16 @@ def search_setup(args):
         out = storage.check_output_path(args.out, suffixes=_OUT_SUFFIXES, what="--out")
     notes: list[str] = []
     system = catalog.load_system(resolved(args.system, "systems", notes), sys_o)
+    system = cost_flags.with_region(args, system)
+    price = cost_flags.pricing(args, system)
+    if price is None and args.objective == "usd_per_mtoken":
+        raise CliError(
+            "--objective usd_per_mtoken needs --region (cost per token needs a region's "
+            "electricity price and PUE); `emu list` shows the regions."
+        )
     model = catalog.load_model(resolved(args.model, "models", notes), model_o)
     free, fixed = _free_and_fixed(args)
-    problem = _problem(args, system, model, _chips(args, system), free, fixed, slo_s)
+    problem = _problem(args, system, model, _chips(args, system), free, fixed, slo_s, price)
     if args.precision is None:
         notes.append(f"precision: {problem.precision} (--precision to change)")
     return system, model, problem, _grid(args, system), out, notes + set_note(args)
@@ -205,6 +215,8 @@ def _best_run(system, model, problem, res) -> dict | None:
         return None
     names = res.space.names
     r = analysis.run(system_of(system, row, names), model, plan_of(problem, row))
+    if problem.cost is not None:
+        r |= analysis.cost_block(system_of(system, row, names), r, *problem.cost)
     r["grid"] = {n: row[n] for n in names}
     r["objective"] = {"name": res.objective, "value": row["objective"]}
     return r

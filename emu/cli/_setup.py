@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from emu import catalog, policy
+from emu.cli import _cost as cost_flags
 from emu.cli._parser import FLAG_DEFAULTS, SLO_DEFAULTS, CliError
 from emu.overrides import apply_overrides, parse_override, split_overrides
 from emu.plan import KNOBS, Plan
@@ -35,6 +36,8 @@ def overrides(args) -> tuple[dict, dict, dict]:
         except ValueError as e:
             raise CliError(f"--set {e}") from None
         parsed[path] = value
+    if hasattr(args, "region"):  # cost.* and region.* go to the cost flags (emu.cli._cost)
+        parsed = {p: v for p, v in parsed.items() if not cost_flags.is_cost_path(p)}
     return split_overrides(parsed)
 
 
@@ -107,6 +110,7 @@ def setup(args, system_name: str) -> Setup:
     phase = knobs.get("phase", "train")
     slo_s = slo(args, phase)
     system = catalog.load_system(resolved(system_name, "systems", notes), sys_o)
+    system = cost_flags.with_region(args, system)
     model = catalog.load_model(resolved(args.model, "models", notes), model_o)
     knobs["precision"] = _precision(args, system, phase, notes)
     missing = catalog.uncalibrated(system)

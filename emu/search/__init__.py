@@ -1,7 +1,9 @@
 """Design-space exploration: exhaustive sweeps and gradient search, over plans and topology.
 
 A `Problem` names a workload (system, model, chips, phase, sequence, SLO, power cap), what is
-optimised (an objective of the registry `OBJECTIVES`, or a function of the RunResult) and
+optimised (an objective of the registry `OBJECTIVES`, or a function of the RunResult; with
+`cost=(emu.cost.Cost, emu.cost.Region)` every configuration is priced, and `usd_per_mtoken`
+can be minimised) and
 its discrete design space: every valid parallel plan (`enumerate_plans`) times an optional
 `grid` of system values: dotted field paths (`chip.hbm_bytes_per_s`) or the topology knobs
 of `emu.topology.reshape` (`domain`, `scaleup_bw`, `scaleout_bw`, `oversubscription`,

@@ -9,6 +9,7 @@ import numpy as np
 
 from emu.objective import evaluate
 from emu.search._objectives import get_objective
+from emu.search._objectives import usd_per_mtoken as _usd_per_mtoken
 from emu.search._problem import KNOBS, Problem
 from emu.search._space import Space, apply_grid, base_plan
 from emu.struct import replace
@@ -39,7 +40,12 @@ def make_row_fn(system: System, model: Model, problem: Problem, names: list[str]
         ok = r.feasible > 0.5
         for e in excess[1:]:
             ok = ok & (e <= 1e-6)
-        value = objective.fn(r)
+        value = objective.value(r, system=s, problem=problem)
+        usd = (
+            _usd_per_mtoken(r, system=s, problem=problem)
+            if problem.cost is not None
+            else jnp.float32(jnp.nan)
+        )
         cols = [
             value,
             ok.astype(jnp.float32),
@@ -52,6 +58,7 @@ def make_row_fn(system: System, model: Model, problem: Problem, names: list[str]
             r.ttft_s,
             r.tpot_s,
             r.memory.total_bytes,
+            usd,
         ]
         return jnp.stack([jnp.asarray(c, jnp.float32) for c in cols]), pen
 

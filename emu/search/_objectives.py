@@ -6,6 +6,11 @@ ladder). The CLI's `--objective` choices, the sign a search applies and the phas
 read `OBJECTIVES`. A plain Python function of the RunResult may also be passed wherever an
 objective name is accepted; it is maximised as is.
 
+An objective that needs more than the RunResult declares the Problem fields it reads in
+`needs` and is called `fn(result, system=..., problem=...)` (`Objective.value` does the
+dispatch): `usd_per_mtoken` needs `Problem.cost` = (emu.cost.Cost, emu.cost.Region) and the
+system evaluated (its full-load power sizes the facility).
+
 >>> get_objective("power_w").sign
 -1.0
 >>> sorted(o.name for o in OBJECTIVES.values() if o.phases == ("decode",))
@@ -18,6 +23,7 @@ import dataclasses
 import operator
 from collections.abc import Callable
 
+from emu import cost as C
 from emu.parallelism import PHASES
 
 __all__ = ["Objective", "OBJECTIVES", "register_objective", "get_objective"]
@@ -36,6 +42,13 @@ class Objective:
     phases: tuple[str, ...] = PHASES
     log_space: bool = True
     help: str = ""
+    needs: tuple[str, ...] = ()
+
+    def value(self, result, *, system=None, problem=None):
+        """The objective of one evaluation: `fn(result)`, or with the context it `needs`."""
+        if self.needs:
+            return self.fn(result, system=system, problem=problem)
+        return self.fn(result)
 
 
 #: the registered objectives by name
@@ -50,14 +63,16 @@ def register_objective(
     phases: tuple[str, ...] = PHASES,
     log_space: bool = True,
     help: str = "",
+    needs: tuple[str, ...] = (),
 ) -> Objective:
-    """Add (or replace) the objective `name`; returns it."""
+    """Add (or replace) the objective `name`; returns it. `needs`: Problem fields the
+    objective reads (then `fn(result, system=, problem=)`; the problem check requires them)."""
     if sign not in (1.0, -1.0):
         raise ValueError(f"objective {name!r}: sign must be +1 (maximise) or -1 (got {sign}).")
     bad = [p for p in phases if p not in PHASES]
     if bad or not phases:
         raise ValueError(f"objective {name!r}: phases must be among {', '.join(PHASES)}.")
-    obj = Objective(name, fn, float(sign), tuple(phases), log_space, help)
+    obj = Objective(name, fn, float(sign), tuple(phases), log_space, help, tuple(needs))
     OBJECTIVES[name] = obj
     return obj
 
@@ -91,4 +106,17 @@ register_objective(
 register_objective(
     "tpot_s", operator.attrgetter("tpot_s"), sign=-1.0, phases=("decode",),
     help="time per output token",
+)  # fmt: skip
+
+
+def usd_per_mtoken(result, *, system, problem):
+    """USD per million tokens of an evaluation (emu.cost.from_result with the facility sized
+    on the full-load power of `system`'s chips), priced by `problem.cost` = (Cost, Region)."""
+    cost, region = problem.cost
+    return C.from_result(cost, region, result, system=system).usd_per_mtoken
+
+
+register_objective(
+    "usd_per_mtoken", usd_per_mtoken, sign=-1.0, needs=("cost",),
+    help="USD per million tokens (needs a cost and region)",
 )  # fmt: skip

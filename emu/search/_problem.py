@@ -9,10 +9,12 @@ import json
 import math
 from collections.abc import Callable
 
+from emu import cost as C
 from emu.hardware import peak_flops
 from emu.plan import PHASES
 from emu.plan import knobs as plan_knobs
 from emu.search._objectives import get_objective
+from emu.struct import float_leaves
 from emu.topology import TOPOLOGY_KNOBS, System
 
 #: plan knobs a search varies (declared searchable in emu.plan), in the column order of its
@@ -31,6 +33,7 @@ COLUMNS = (
     "ttft_s",
     "tpot_s",
     "memory_bytes",
+    "usd_per_mtoken",
 )
 #: knob values when a knob is not free and not given: the declared defaults, as stored
 #: numbers (dp has none: it follows the chip count)
@@ -46,7 +49,9 @@ class Problem:
     all of KNOBS); the others take `fixed` values (tuple of (knob, value)) or DEFAULTS.
     `objective` is a name in emu.search.OBJECTIVES or a function of the RunResult to
     maximise. Decode plans must meet `tpot_slo` (s), prefill plans `ttft_slo` (s, if given);
-    `power_cap` (W, IT power of the chips used) applies to every phase."""
+    `power_cap` (W, IT power of the chips used) applies to every phase. `cost`: (emu.cost.Cost,
+    emu.cost.Region) prices every configuration (the `usd_per_mtoken` column and objective;
+    without it the column is NaN)."""
 
     system: str
     model: str
@@ -66,6 +71,7 @@ class Problem:
     moe_imbalance: float = 1.0
     mtp_accept: float = 0.0
     cache_hit: float = 0.0
+    cost: tuple | None = None
 
     def chip_counts(self) -> tuple[int, ...]:
         c = self.chips if isinstance(self.chips, tuple | list) else (self.chips,)
@@ -86,6 +92,7 @@ class Problem:
         )
         d["free"] = list(self.free) if self.free is not None else None
         d["fixed"] = dict(self.fixed)
+        d["cost"] = _cost_dict(self.cost)
         return d
 
     def signature(self, extra: str = "") -> str:
@@ -94,6 +101,16 @@ class Problem:
         if callable(o):  # a user function is keyed by what it computes, not by its name
             text += _function_key(o)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _cost_dict(cost) -> dict | None:
+    """The JSON form of Problem.cost: the cost and region names and every field's value."""
+    if cost is None:
+        return None
+    c, r = cost
+    values = {f"cost.{k}": float(v) for k, v in float_leaves(c).items()}
+    values |= {f"region.{k}": float(v) for k, v in float_leaves(r).items()}
+    return {"cost": c.name, "region": r.name, "chip_origin": c.chip_origin, **values}
 
 
 def _function_key(f) -> str:
@@ -140,6 +157,20 @@ def check_problem(system: System, problem: Problem) -> None:
             f"topology knobs: {', '.join(TOPOLOGY_KNOBS)}."
         )
     objective = get_objective(problem.objective)
+    for need in objective.needs:
+        if getattr(problem, need, None) is None:
+            raise ValueError(
+                f"objective '{objective.name}' needs Problem.{need}"
+                + (" = (Cost, Region) (CLI: --region)" if need == "cost" else "")
+                + "."
+            )
+    if problem.cost is not None and not (
+        isinstance(problem.cost, tuple | list)
+        and len(problem.cost) == 2
+        and isinstance(problem.cost[0], C.Cost)
+        and isinstance(problem.cost[1], C.Region)
+    ):
+        raise ValueError("Problem.cost must be a (emu.cost.Cost, emu.cost.Region) pair.")
     if problem.phase not in objective.phases:
         raise ValueError(
             f"objective '{objective.name}' exists only in the {', '.join(objective.phases)} "

@@ -312,7 +312,10 @@ class Space:
                 **dict(zip(self.names, gv[r], strict=True)),
                 **dict(zip(KNOBS, k[r], strict=True)),
                 "global_batch": gb[r],
-                **dict(zip(COLUMNS, vals[r], strict=True)),
+                **{
+                    c: v if math.isfinite(v) else None
+                    for c, v in zip(COLUMNS, vals[r], strict=True)
+                },
                 "feasible": vals[r][fc] > 0.5,
             }
             for r in range(idx.size)

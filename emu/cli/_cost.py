@@ -1,0 +1,256 @@
+"""Cost flags of `emu run`, `compare`, `serve`, `sensitivity`, `search`, `sweep` and `list`:
+`--region`, `--cost`, `--hourly-price`, `--reference-hourly`, and `--set cost.<field>=V` /
+`--set region.<field>=V`; the cost block of a result (emu.analysis.cost_block) and its text.
+
+Without `--region` nothing changes. With it, the system's `facility.pue` becomes the region's
+(emu.cost.with_region_pue: the facility power and the energy cost use one PUE) and every
+result gains `usd_per_hour`, `usd_per_mtoken` and a `cost` breakdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from emu import analysis, costs_catalog
+from emu import cost as C
+from emu.cli import _render as render
+from emu.overrides import parse_override
+
+#: --set prefixes that go to the cost and the region instead of the system
+PREFIXES = ("cost.", "region.")
+
+
+def add_cost_args(p: argparse.ArgumentParser) -> None:
+    """The cost flags (one group)."""
+    g = p.add_argument_group(
+        "cost (with --region: usd_per_hour, usd_per_mtoken and a cost breakdown; "
+        "--set cost.<field>=V / region.<field>=V, fields in `emu list --fields SYSTEM`)"
+    )
+    g.add_argument(
+        "--region",
+        metavar="NAME|PATH",
+        help="price the run in a region (electricity, PUE): "
+        + ", ".join(costs_catalog.list_regions())
+        + ", or a TOML file; its PUE replaces the system's",
+    )
+    g.add_argument(
+        "--cost",
+        metavar="NAME|PATH",
+        help="capital costs (configs/costs/; default: the system's own file)",
+    )
+    g.add_argument(
+        "--hourly-price",
+        type=float,
+        metavar="USD",
+        help="all-in price per chip-hour, replacing the build-up (= --set "
+        "cost.hourly_usd_per_chip=USD; e.g. 2.21, SemiAnalysis's GB200 TCO)",
+    )
+    g.add_argument(
+        "--reference-hourly",
+        action="store_true",
+        help="use the cost file's published all-in price per chip-hour ([reference])",
+    )
+
+
+def is_cost_path(path: str) -> bool:
+    return path.startswith(PREFIXES)
+
+
+def _cost_overrides(args) -> tuple[dict, dict]:
+    """(cost, region) overrides of the --set flags, by field name."""
+    cost_o, region_o = {}, {}
+    for item in args.set:
+        try:
+            path, value = parse_override(item)
+        except ValueError:
+            continue  # reported by the system overrides
+        if path.startswith("cost."):
+            cost_o[path[5:]] = value
+        elif path.startswith("region."):
+            region_o[path[7:]] = value
+    return cost_o, region_o
+
+
+def _requested(args) -> bool:
+    cost_o, region_o = _cost_overrides(args)
+    return bool(
+        args.cost or args.hourly_price is not None or args.reference_hourly or cost_o or region_o
+    )
+
+
+def region(args) -> C.Region | None:
+    """The --region (with its --set region.* overrides), or None; ValueError for cost flags
+    without a region."""
+    if getattr(args, "region", None) is None:
+        if hasattr(args, "region") and _requested(args):
+            raise ValueError(
+                "--cost, --hourly-price, --reference-hourly and --set cost.*/region.* price "
+                "a run in a region: add --region NAME (`emu list` shows them)."
+            )
+        return None
+    _, region_o = _cost_overrides(args)
+    return costs_catalog.load_region(args.region, region_o)
+
+
+def with_region(args, system):
+    """`system` with the region's PUE (unchanged without --region)."""
+    r = region(args)
+    if r is None:
+        return system
+    if any(item.partition("=")[0].strip() == "facility.pue" for item in args.set):
+        raise ValueError(
+            "with --region the PUE is the region's (it replaces the system's facility.pue); "
+            "write --set region.pue=V instead of facility.pue."
+        )
+    return C.with_region_pue(system, r)
+
+
+def _load_cost(args, system_name: str) -> C.Cost:
+    """The Cost of the flags: --cost or the system's own file, --hourly-price,
+    --reference-hourly and the --set cost.* overrides."""
+    cost_o, _ = _cost_overrides(args)
+    if args.hourly_price is not None:
+        if args.reference_hourly or "hourly_usd_per_chip" in cost_o:
+            raise ValueError(
+                "--hourly-price, --reference-hourly and --set cost.hourly_usd_per_chip set the "
+                "same price; give one."
+            )
+        cost_o["hourly_usd_per_chip"] = args.hourly_price
+    name = args.cost or system_name
+    if args.cost is None and name not in costs_catalog.list_costs():
+        raise ValueError(
+            f"no cost file for system '{name}' (known: {', '.join(costs_catalog.list_costs())}); "
+            "give --cost NAME|PATH or --hourly-price USD."
+        )
+    return costs_catalog.load_cost(name, cost_o, reference_hourly=args.reference_hourly)
+
+
+def pricing(args, system) -> tuple[C.Cost, C.Region] | None:
+    """(Cost, Region) of the flags for `system`, or None without --region."""
+    reg = region(args)
+    return None if reg is None else (_load_cost(args, system.name), reg)
+
+
+def block(args, system, result) -> dict:
+    """The cost keys to merge into a result object ({} without --region)."""
+    p = pricing(args, system)
+    return {} if p is None else analysis.cost_block(system, result, *p)
+
+
+def _usd(x) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def text(results: list[dict], names: list[str] | None = None) -> str:
+    """The cost table of priced results (one column each): USD per M tokens with its
+    capital/energy split, USD per hour by part, energy share; '' when none is priced."""
+    priced = [r for r in results if "cost" in r]
+    if not priced:
+        return ""
+    names = names or [r.get("system", "") for r in results]
+    cs = [r["cost"] for r in priced]
+    all_in = any(c["mode"] == "all-in" for c in cs)
+    rows = [
+        ["USD per M tokens", *[_usd(r["usd_per_mtoken"]) for r in priced]],
+        ["  capital (hardware + facility)", *[_usd(c["capital_usd_per_mtoken"]) for c in cs]],
+        ["  energy", *[_usd(c["energy_usd_per_mtoken"]) for c in cs]],
+    ]
+    if all_in:
+        rows.append(["  all-in hourly price", *[_usd(c["all_in_usd_per_mtoken"]) for c in cs]])
+    rows += [
+        ["USD per hour", *[_usd(r["usd_per_hour"]) for r in priced]],
+        ["  hardware", *[_usd(c["hardware_usd_per_hour"]) for c in cs]],
+        ["  facility", *[_usd(c["facility_usd_per_hour"]) for c in cs]],
+        ["  energy", *[_usd(c["energy_usd_per_hour"]) for c in cs]],
+    ]
+    if all_in:
+        rows.append(["  all-in", *[_usd(c["all_in_usd_per_hour"]) for c in cs]])
+    rows += [
+        ["energy share", *[f"{100 * c['energy_share']:.1f}%" for c in cs]],
+        ["electricity (USD/kWh)", *[f"{c['electricity_usd_per_kwh']:.4g}" for c in cs]],
+        ["capital (USD, build-up)", *[render.si(c["capex_usd"], "USD") for c in cs]],
+        ["cost file (mode)", *[f"{c['cost']} ({c['mode']})" for c in cs]],
+    ]
+    c0 = cs[0]
+    head = (
+        f"cost in {c0['region']} (PUE {c0['pue']:.3g}, utilisation {100 * c0['utilisation']:.0f}%)"
+    )
+    cols = [n for n, r in zip(names, results, strict=True) if "cost" in r]
+    return "\n\n" + render.table(rows, [head, *cols])
+
+
+def sensitivity_text(d: dict, top: int) -> str:
+    """`emu sensitivity --region`: elasticities of USD per M tokens beside tokens/J, tokens/s."""
+    rows = [
+        [
+            k,
+            f"{v['value']:.4g}",
+            f"{v['usd_per_mtoken']:+.4f}",
+            f"{v['tokens_per_joule']:+.4f}",
+            f"{v['tokens_per_s']:+.4f}",
+        ]
+        for k, v in list(d["elasticities"].items())[:top]
+    ]
+    return (
+        f"{d['system']} / {d['model']} in {d['region']}: {_usd(d['usd_per_mtoken'])} USD per M "
+        f"tokens, tokens/J {d['tokens_per_joule']:.4g}, tokens/s {d['tokens_per_s']:.4g}\n"
+        "elasticity d ln(y) / d ln(x), largest |USD per M tokens| first\n"
+        + render.table(rows, ["field", "value", "USD/Mtok", "tokens/J", "tokens/s"])
+    )
+
+
+def field_rows(args, system_name: str) -> dict:
+    """`emu list --fields`: the cost.* fields of the system's cost (as the cost flags give
+    it) and the region.* fields of --region (default us_average), by dotted path."""
+    from emu.struct import float_leaves
+
+    out = {}
+    if args.cost or system_name in costs_catalog.list_costs():
+        cost = _load_cost(args, system_name)
+        out |= {f"cost.{k}": float(v) for k, v in float_leaves(cost).items()}
+    _, region_o = _cost_overrides(args)
+    reg = costs_catalog.load_region(args.region or "us_average", region_o)
+    out |= {f"region.{k}": float(v) for k, v in float_leaves(reg).items()}
+    return out
+
+
+def unit_of(path: str) -> str:
+    """The declared unit of a cost.* / region.* path."""
+    from emu.struct import field_info
+
+    prefix, _, name = path.partition(".")
+    info = field_info(C.Cost if prefix == "cost" else C.Region).get(name)
+    return info.unit if info is not None else "-"
+
+
+def regions() -> list[str]:
+    return costs_catalog.list_regions()
+
+
+def regions_json(names: list[str]) -> list[dict]:
+    """`emu list --regions --json`: each region's values and what its file says of itself."""
+    from emu.struct import float_leaves
+
+    out = []
+    for n in names:
+        r = costs_catalog.load_region(n)
+        values = {k: float(v) for k, v in float_leaves(r).items()}
+        info = costs_catalog.region_info(n)
+        out.append({**info, "subsidy_chip_origin": r.subsidy_chip_origin, **values})
+    return out
+
+
+def regions_text(names: list[str]) -> str:
+    """`emu list --regions`: each region with its electricity price, PUE, date and source."""
+    rows = []
+    for n in names:
+        r, info = costs_catalog.load_region(n), costs_catalog.region_info(n)
+        sub = ""
+        if r.subsidy_chip_origin:
+            price = float(r.subsidised_electricity_usd_per_kwh)
+            sub = f" ({price:.4f} {r.subsidy_chip_origin} chips)"
+        rows.append(
+            [n, f"{float(r.electricity_usd_per_kwh):.4f}{sub}", f"{float(r.pue):.3g}",
+             str(info["date"]), str(info["description"])]
+        )  # fmt: skip
+    return render.table(rows, ["region", "USD/kWh", "PUE", "date", "description"])
