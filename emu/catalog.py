@@ -179,8 +179,8 @@ def _build(cls, data: dict, where: str, *, defaults: dict | None = None, skip=()
             value = data[name]
         elif name in defaults:
             value = defaults[name]
-        elif f.default is not dataclasses.MISSING:
-            continue
+        elif f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+            continue  # a defaulted field (a value or a factory) may be left out
         else:
             raise ValueError(f"{where}: missing key '{name}'; add `{name} = ...` to the file.")
         if static:

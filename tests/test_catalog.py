@@ -121,3 +121,25 @@ def test_a_new_chip_family_and_link_type_are_declarable(tmp_path):
     )
     with pytest.raises(ValueError, match="like = 'nvlink9' is not a calibrated link type"):
         load_system(f)
+
+
+def test_a_defaulted_field_may_be_left_out_of_a_file():
+    """A field with a default_factory (not only a default value) is optional in a TOML table
+    (e.g. a per-chip count that core adds later must not break older files)."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from emu.catalog import _build
+    from emu.struct import dataclass, field
+
+    @dataclass
+    class Toy:
+        a: jnp.ndarray = field("[0, 10]")
+        b: jnp.ndarray = field("[1, 8]", default_factory=lambda: jnp.float32(1.0))
+
+    kw = _build(Toy, {"a": 2.0}, "toy")
+    assert set(kw) == {"a"} and float(Toy(**kw).b) == 1.0
+    with pytest.raises(ValueError, match="toy: missing key 'a'"):
+        _build(Toy, {"b": 2.0}, "toy")
+    assert dataclasses.is_dataclass(Toy)

@@ -373,3 +373,27 @@ def test_progress_is_quiet_when_piped_or_json(capsys):
     code = main(["describe", "gb200_nvl72", "--json"])
     out, err = capsys.readouterr()
     assert code == 0 and err == "" and json.loads(out)["n_chips"] == 72
+
+
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        (dict(neighbours=0), r"neighbours must be an integer in \[1, 1000\] \(got 0\)"),
+        (dict(starts=10**6), r"starts must be an integer in \[1, 1024\]"),
+        (dict(steps=0), r"steps must be an integer in \[1, 10000\]"),
+        (dict(top=0), r"top must be an integer"),
+        (dict(polish=-1), r"polish must be an integer"),
+        (dict(learning_rate=float("nan")), "learning_rate must be a positive number"),
+    ],
+)
+def test_search_budgets_are_bounded(kw, needle):
+    """gradient_search(neighbours=0) crashed with "max() arg is an empty sequence";
+    starts=1e6 ran unbounded. Every budget argument is checked before any work."""
+    from emu.search import Problem, gradient_search, sweep
+
+    system, model = emu.load_system("dgx_h100"), emu.load_model("llama3_8b")
+    problem = Problem("dgx_h100", "llama3_8b", 8, seq_len=4096, free=("pp",))
+    with pytest.raises(ValueError, match=needle):
+        gradient_search(system, model, problem, **kw)
+    with pytest.raises(ValueError, match=r"chunk must be an integer in \[1, 16777216\]"):
+        sweep(system, model, problem, "/nonexistent-never-written", chunk=0)

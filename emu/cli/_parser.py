@@ -9,15 +9,15 @@ import argparse
 
 from emu.cli._cost import add_cost_args
 from emu.plan import KNOBS
-from emu.search import OBJECTIVES
+from emu.search import BUDGET, OBJECTIVES
 from emu.struct import check_value
 from emu.units import PRECISIONS
 from emu.validation import KINDS
 
 DEFAULT_COMPARE = ["cloudmatrix384", "gb200_nvl72"]
 DEFAULT_MODEL = "llama3_70b"
-#: --starts and --steps of `emu search`: a bound keeps a typo from running for days
-MAX_STARTS, MAX_STEPS = 1024, 10_000
+#: --starts and --steps of `emu search`: the library's bounds (a typo must not run for days)
+MAX_STARTS, MAX_STEPS = BUDGET["starts"][1], BUDGET["steps"][1]
 
 PLAN_RULE = (
     "Degrees left out are chosen by a stated rule: TP = largest power of two <= 8 dividing "
@@ -355,7 +355,12 @@ def _add_search_commands(sub) -> None:
         "success); the same command resumes a killed sweep.",
     )
     _search_args(p)
-    p.add_argument("--chunk", type=positive_int, default=1 << 16, help="plans per compiled call")
+    p.add_argument(
+        "--chunk",
+        type=_bounded_int(*BUDGET["chunk"]),
+        default=1 << 16,
+        help="plans per compiled call",
+    )
     p.add_argument("--coordinator", metavar="HOST:PORT")
     p.add_argument("--num-processes", type=positive_int)
     p.add_argument("--process-id", type=int)
