@@ -192,8 +192,8 @@ def cmd_validate(args) -> None:
     if model_o or plan_o:
         raise CliError("validate takes only system fields in --set (rows define model and plan).")
     if args.plot:  # before the work, not after it
-        render.need_matplotlib("--plot")
         storage.check_output_path(args.plot, make_parents=True, what="--plot")
+        render.need_matplotlib("--plot")
     report = validation.validate_file(args.file, kind=args.kind, overrides=sys_o)
     if args.plot:
         validation.plot_report(report, args.plot)
