@@ -30,8 +30,9 @@ from emu import (
     units,
     workload,
 )
+from emu import policy as _policy
 from emu.catalog import list_models, list_systems, load_model, load_system
-from emu.objective import RunResult, evaluate
+from emu.objective import RunResult
 from emu.parallelism import Memory
 from emu.plan import KNOBS, Plan, make_plan, plan_dict, validate_plan
 from emu.step import StepBreakdown, inference_step, train_step
@@ -39,6 +40,20 @@ from emu.topology import System
 from emu.workload import Model
 
 __version__ = "0.1.0"
+
+
+def evaluate(system: System, model: Model, plan: Plan) -> RunResult:
+    """Step time, memory, power and efficiency of `model` on `system` under `plan`
+    (`emu.objective.evaluate`: the formulas, units and sources are there).
+
+    With concrete inputs the plan is first checked against the system and the model
+    (`emu.policy.check_plan`): a degree that does not divide the heads, more chips than the
+    system builds or a precision the chip lacks raises ValueError naming the knob. Under
+    `jit`, `vmap` or `grad` the inputs are tracers and pass through unchecked (traced code
+    never raises; validate plans on the host, or read `RunResult.feasible`).
+    """
+    return _policy.checked_evaluate(system, model, plan)
+
 
 __all__ = [
     "load_system",

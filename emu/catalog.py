@@ -45,6 +45,11 @@ __all__ = [
     "calibration",
     "config_dir",
     "load_toml",
+    "resolve_name",
+    "uncalibrated",
+    "model_from_hf",
+    "FAMILY_KEYS",
+    "LINK_KEYS",
 ]
 
 CALIBRATION_FILES = ("defaults.toml", "fitted.toml")
@@ -91,19 +96,38 @@ def list_models() -> list[str]:
     return _names("models")
 
 
+def _key(name: str) -> str:
+    """The spelling-free key of a name: lower case, letters and digits only
+    ('Llama-3-70B', 'llama3_70b' and 'llama3.70b' share 'llama370b')."""
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+def resolve_name(name: str, kind: str) -> str:
+    """The catalog name that `name` spells (case, '-', '_', '.' and spaces ignored:
+    'Llama-3-70B' -> 'llama3_70b'); ValueError with a guess and the known names."""
+    known = _names(kind)
+    if name in known:
+        return name
+    hits = [k for k in known if _key(k) == _key(name)]
+    if len(hits) == 1:
+        return hits[0]
+    what = kind[:-1]
+    if len(hits) > 1:
+        raise ValueError(f"{what} '{name}' could be {' or '.join(hits)}; give the exact name.")
+    close = difflib.get_close_matches(_key(name), [_key(k) for k in known], n=1, cutoff=0.7)
+    guess = next((k for k in known if close and _key(k) == close[0]), None)
+    hint = f" Did you mean '{guess}'?" if guess else ""
+    raise ValueError(
+        f"unknown {what} '{name}'.{hint} Known: {', '.join(known)}; "
+        "or pass the path of a TOML file."
+    )
+
+
 def _resolve(name_or_path: str | Path, kind: str) -> Path:
     s = str(name_or_path)
-    if s.endswith(".toml") or "/" in s or Path(s).is_file():
+    if s.endswith((".toml", ".json")) or "/" in s or Path(s).is_file():
         return Path(s)
-    known = _names(kind)
-    if s not in known:
-        close = difflib.get_close_matches(s, known, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ValueError(
-            f"unknown {kind[:-1]} '{s}'.{hint} Known: {', '.join(known)}; "
-            "or pass the path of a TOML file."
-        )
-    return config_dir() / kind / f"{s}.toml"
+    return config_dir() / kind / f"{resolve_name(s, kind)}.toml"
 
 
 def calibration(*, fitted: bool = True) -> dict:
@@ -155,8 +179,8 @@ def _build(cls, data: dict, where: str, *, defaults: dict | None = None, skip=()
             value = data[name]
         elif name in defaults:
             value = defaults[name]
-        elif f.default is not dataclasses.MISSING:
-            continue
+        elif f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+            continue  # a defaulted field (a value or a factory) may be left out
         else:
             raise ValueError(f"{where}: missing key '{name}'; add `{name} = ...` to the file.")
         if static:
@@ -170,16 +194,61 @@ def _build(cls, data: dict, where: str, *, defaults: dict | None = None, skip=()
     return kwargs
 
 
+#: the shared parameters a chip family / link type carries in the calibration overlay; a
+#: file that names a family or link type the overlay does not know declares them itself
+#: (or `like = "<known one>"` to start from it)
+FAMILY_KEYS = (
+    "matmul_efficiency", "lowp_matmul_efficiency", "matmul_half_dim", "hbm_efficiency",
+    "kernel_overhead_s",
+)  # fmt: skip
+LINK_KEYS = ("efficiency", "latency_s", "base_latency_s")
+
+
+def _declared(data: dict, known: dict, name, what: str, keys: tuple, where: str) -> dict:
+    """The shared parameters of chip family / link type `name`: the calibration overlay's
+    (`known`), or, for a name it does not know, `like = "<known>"`'s, with whatever the
+    table sets itself on top; every key of `keys` must then be given. Pops `like`."""
+    like = data.pop("like", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}: {what} must be a non-empty string (got {name!r}).")
+    if like is not None and (not isinstance(like, str) or like not in known):
+        raise ValueError(
+            f"{where}: like = {like!r} is not a calibrated {what}; "
+            f"known: {', '.join(sorted(known))}."
+        )
+    if name in known and like is None:
+        return dict(known[name])
+    params = dict(known[like]) if like is not None else {}
+    missing = [k for k in keys if k not in params and k not in data]
+    if missing:
+        raise ValueError(
+            f"{where}: unknown {what} {name!r} (calibrated: {', '.join(sorted(known))}); "
+            f'declare it: like = "{sorted(known)[0]}" to start from a calibrated one, or set '
+            f"{', '.join(missing)} in the same table."
+        )
+    return params
+
+
+def uncalibrated(system: System, cal: dict | None = None) -> list[str]:
+    """What in `system` has no calibrated shared parameters: its chip family and link
+    types that the calibration overlay does not know (declared in the file itself or
+    `like` a known one). Empty for every catalog system."""
+    cal = calibration() if cal is None else cal
+    out = []
+    if system.chip.family not in cal.get("chip_family", {}):
+        out.append(f"chip family '{system.chip.family}'")
+    links = cal.get("link", {})
+    out += [f"link type '{t.link}' (tier {t.name})" for t in system.tiers if t.link not in links]
+    return out
+
+
 def _chip(data: dict, cal: dict, where: str) -> Chip:
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a table [chip] (got {type(data).__name__}).")
     data = dict(data)
     family = data.get("family")
     fams = cal.get("chip_family", {})
-    if not isinstance(family, str) or family not in fams:
-        raise ValueError(
-            f"{where}.family: unknown chip family {family!r}; known: {', '.join(sorted(fams))}."
-        )
+    params = _declared(data, fams, family, "chip family", FAMILY_KEYS, f"{where}.family")
     peaks = data.pop("peak_flops_per_s", None)
     if not isinstance(peaks, dict):
         raise ValueError(
@@ -196,7 +265,7 @@ def _chip(data: dict, cal: dict, where: str) -> Chip:
         p: jnp.float32(check_value(peaks.get(p, 0.0), info, f"{where}.peak_flops_per_s.{p}"))
         for p in PRECISIONS
     }
-    defaults = {**fams[family], **cal.get("power", {})}
+    defaults = {**params, **cal.get("power", {})}
     kw = _build(Chip, data, where, defaults=defaults, skip=("peak_flops_per_s",))
     return Chip(peak_flops_per_s=pf, **kw)
 
@@ -209,12 +278,9 @@ def _tiers(tiers_data, links: dict, where: str) -> tuple[Tier, ...]:
         w = f"{where}.tiers[{i}]"
         if not isinstance(t, dict):
             raise ValueError(f"{w} must be a table.")
-        link = t.get("link")
-        if not isinstance(link, str) or link not in links:
-            raise ValueError(
-                f"{w}.link: unknown link type {link!r}; known: {', '.join(sorted(links))}."
-            )
-        tiers.append(Tier(**_build(Tier, t, w, defaults=links[link])))
+        t = dict(t)
+        params = _declared(t, links, t.get("link"), "link type", LINK_KEYS, f"{w}.link")
+        tiers.append(Tier(**_build(Tier, t, w, defaults=params)))
     return tuple(tiers)
 
 
@@ -295,9 +361,112 @@ def model_from_dict(data: dict, where: str) -> Model:
     return check(Model(**kw), where)
 
 
+#: Hugging Face `model_type`s whose FFN is a plain two-matrix MLP (the rest are gated:
+#: SwiGLU/GeGLU, three matrices)
+_HF_UNGATED = {"gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "gpt_bigcode", "phi"}
+
+
+def _hf_get(cfg: dict, *names, default=None):
+    for n in names:
+        if cfg.get(n) is not None:
+            return cfg[n]
+    return default
+
+
+def model_from_hf(config: dict, name: str, where: str | None = None) -> Model:
+    """A validated Model from a Hugging Face `config.json` (as transformers writes it):
+    dense GQA/MHA models (Llama, Mistral, Qwen, GPT-2 names), MoE fields (DeepSeek
+    `n_routed_experts`/`first_k_dense_replace`, Mixtral `num_local_experts`, Qwen
+    `num_experts`/`shared_expert_intermediate_size`) and MLA fields (`kv_lora_rank`,
+    `q_lora_rank`, `qk_rope_head_dim`, `qk_nope_head_dim`, `v_head_dim`); a multimodal
+    config's `text_config` is used. The FFN is gated (three matrices) unless the
+    `model_type` is a GPT-2/NeoX-style MLP."""
+    where = where or f"model '{name}'"
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: config.json must hold a JSON object.")
+    cfg = config.get("text_config") if "num_hidden_layers" not in config else None
+    cfg = cfg if isinstance(cfg, dict) else config
+    g = lambda *n, default=None: _hf_get(cfg, *n, default=default)
+    layers, d, heads = (
+        g("num_hidden_layers", "n_layer"),
+        g("hidden_size", "n_embd"),
+        g("num_attention_heads", "n_head"),
+    )
+    if layers is None or d is None or heads is None:
+        raise ValueError(
+            f"{where}: not a transformer config.json (needs num_hidden_layers, hidden_size "
+            "and num_attention_heads)."
+        )
+    mla = g("kv_lora_rank") is not None
+    experts = g("n_routed_experts", "num_local_experts", "num_experts", default=0)
+    d_ff = g("intermediate_size", "n_inner", "ffn_dim", default=4 * d)
+    d_ff_expert = g("moe_intermediate_size", default=d_ff if experts else 0)
+    shared = g("n_shared_experts")
+    if shared is None and g("shared_expert_intermediate_size") and d_ff_expert:
+        shared = g("shared_expert_intermediate_size") / d_ff_expert
+    data = {
+        "name": name,
+        "ffn": "gelu" if cfg.get("model_type") in _HF_UNGATED else "swiglu",
+        "attention": "mla" if mla else "gqa",
+        "tied_embeddings": bool(g("tie_word_embeddings", default=False)),
+        "n_layers": layers,
+        "d_model": d,
+        "n_heads": heads,
+        "n_kv_heads": heads if mla else g("num_key_value_heads", default=heads),
+        "d_head": g("qk_nope_head_dim") if mla else g("head_dim", default=d / heads),
+        "d_ff": d_ff,
+        "vocab": g("vocab_size"),
+        "n_experts": experts,
+        "top_k": g("num_experts_per_tok", "num_experts_per_token", default=0) if experts else 0,
+        "d_ff_expert": d_ff_expert,
+        "n_shared_experts": shared or 0,
+        "n_dense_layers": g("first_k_dense_replace", default=0) if experts else 0,
+        "mtp_layers": g("num_nextn_predict_layers", default=0),
+        # DeepSeek group-limited routing: experts in n_group groups (one per node in
+        # deployment), a token reaches topk_group of them
+        "route_max_nodes": g("topk_group", default=0) if (g("n_group") or 1) > 1 else 0,
+    }
+    if mla:
+        data.update(
+            q_lora_rank=g("q_lora_rank", default=0),
+            kv_lora_rank=g("kv_lora_rank"),
+            rope_head_dim=g("qk_rope_head_dim", default=0),
+            v_head_dim=g("v_head_dim", default=g("qk_nope_head_dim")),
+        )
+    if data["vocab"] is None:
+        raise ValueError(f"{where}: config.json has no vocab_size.")
+    return model_from_dict(data, where)
+
+
+def _load_hf(path: Path) -> Model:
+    import json
+
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ValueError(f"model path '{path}' is not a regular file.")
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"model file '{path}' not found.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"model file '{path}' is not valid JSON: {e}.") from None
+    except OSError as e:
+        raise ValueError(f"cannot read model file '{path}': {e.strerror}.") from None
+    stem = path.parent.name if path.name == "config.json" else path.stem
+    name = str(config.get("_name_or_path") or stem).rstrip("/").rsplit("/", 1)[-1] or "model"
+    return model_from_hf(config, name, f"model '{path}'")
+
+
 def load_model(name_or_path: str | Path, overrides: dict | None = None) -> Model:
-    """A validated Model from the catalog or a TOML file, with optional dotted overrides."""
-    path = _resolve(name_or_path, "models")
-    where = f"model '{Path(path).stem}'"
-    m = model_from_dict(load_toml(path, "model"), where)
+    """A validated Model from the catalog (any spelling of a name: `resolve_name`), a TOML
+    file, or a Hugging Face `config.json` (or a folder holding one), with optional dotted
+    overrides."""
+    p = Path(str(name_or_path))
+    if str(name_or_path).endswith(".json") or (p.is_dir() and (p / "config.json").is_file()):
+        m, where = _load_hf(p), f"model '{p}'"
+    else:
+        path = _resolve(name_or_path, "models")
+        where = f"model '{Path(path).stem}'"
+        m = model_from_dict(load_toml(path, "model"), where)
     return apply_overrides(m, overrides, where) if overrides else m

@@ -10,8 +10,14 @@ largest divisor of the experts that divides tp*dp*cp and fits in the scale-up do
 
 Serving rule: pp = cp = 1; TP = 1 for MoE models (data-parallel attention, expert-parallel
 MoE), else the smallest power of two <= 8 whose weights fit in HBM; EP = the largest divisor
-of the experts that divides the chip count. The batch per DP rank defaults to the largest
-meeting the phase's SLO (`largest_batch`).
+of the chip count no larger than max(scale-up domain, experts): every rank of an NVL72 or a
+CloudMatrix 384 (where EP does not divide the experts, the extra slots hold redundant
+replicas, as DeepSeek's and CloudMatrix's deployments place them), and across nodes on
+8-GPU servers. The batch per DP rank defaults to the largest meeting the phase's
+SLO (`largest_batch`).
+
+Precision (`default_precision`): training BF16 (FP16 on a chip without BF16); serving the
+chip's 8-bit format (FP8, else INT8), else BF16. FP4 only when asked: it changes the model.
 
 >>> from emu.catalog import load_system, load_model
 >>> plan = auto_plan(load_system("gb200_nvl72"), load_model("llama3_70b"), 72, seq_len=8192)
@@ -41,10 +47,14 @@ __all__ = [
     "largest_batch",
     "with_largest_batch",
     "serving_precision",
+    "default_precision",
+    "checked_evaluate",
     "scale_up_domain",
     "divisors",
     "DEFAULT_BATCH_TOKENS",
     "RULE_KNOBS",
+    "diagnose",
+    "check_result",
 ]
 
 #: tokens per training step when no global batch is given (4 Mi, a common pre-training size)
@@ -194,11 +204,25 @@ def scale_up_domain(system: System) -> float:
 
 
 def _auto_ep(system: System, model: Model, ranks: int, *, limit: float | None = None) -> int:
+    """Training: the largest divisor of the experts that divides `ranks` and fits in the
+    scale-up domain (or `limit`)."""
     experts = _int(model.n_experts)
     if experts == 0:
         return 1
     cap = scale_up_domain(system) if limit is None else limit
     return max(d for d in divisors(experts) if ranks % d == 0 and d <= cap)
+
+
+def _serving_ep(system: System, model: Model, chips: int) -> int:
+    """Serving: the largest divisor of `chips` no larger than max(scale-up domain,
+    n_experts): every rank of a large scale-up domain (NVL72: 72, CloudMatrix 384: 384,
+    expert slots beyond n_experts being redundant replicas), and across nodes on small ones
+    (8-GPU servers: up to one rank per expert, as DeepSeek's deployment)."""
+    experts = _int(model.n_experts)
+    if experts == 0:
+        return 1
+    cap = max(scale_up_domain(system), experts)
+    return max(d for d in divisors(chips) if d <= cap)
 
 
 def _serving_tp(system, model, chips, knobs: dict) -> int:
@@ -235,7 +259,7 @@ def _auto_inference_plan(system, model, chips: int, knobs: dict) -> Plan:
         raise ValueError(
             f"Plan: tp*pp*dp*cp = {tp * dp} must equal n_chips = {chips}; adjust dp (got dp={dp})."
         )
-    ep_ = ep if ep is not None else _auto_ep(system, model, chips, limit=chips)
+    ep_ = ep if ep is not None else _serving_ep(system, model, chips)
     plan = make_plan(
         **knobs, tp=tp, dp=dp_, ep=ep_, microbatch=microbatch, global_batch=dp_ * microbatch,
         recompute="none", zero=0,
@@ -258,8 +282,19 @@ def serving_precision(system: System) -> str:
     return next(p for p in ("fp8", "int8", "bf16") if float(peak_flops(system.chip, p)) > 0)
 
 
+def default_precision(system: System, phase: str = "train") -> str:
+    """Each system's own precision when none is given: training bf16 (fp16 on a chip
+    without bf16); serving `serving_precision` (fp8, else int8, else bf16)."""
+    if phase != "train":
+        return serving_precision(system)
+    return "bf16" if float(peak_flops(system.chip, "bf16")) > 0 else "fp16"
+
+
 def check_plan(system: System, model: Model, plan: Plan, chips: int | None = None) -> Plan:
-    """Validate a fully specified plan against the system and model."""
+    """Validate a fully specified plan against the system and model: a precision the chip
+    has, the chip count, at most the largest cluster the system builds, and the model's
+    divisibility rules. Pipeline stages may hold unequal layer counts (Megatron's uneven
+    first and last stages); serving EP need not divide the experts (redundant slots)."""
     _check_precision(system, plan.precision)
     if chips is not None:
         n = _int(plan.tp * plan.pp * plan.dp * plan.cp)
@@ -268,7 +303,44 @@ def check_plan(system: System, model: Model, plan: Plan, chips: int | None = Non
                 f"Plan: tp*pp*dp*cp = {n} must equal n_chips = {chips}; adjust dp "
                 f"(got dp={_int(plan.dp)})."
             )
-    return validate_plan(plan, model, max_chips=float(system.tiers[-1].domain_chips))
+    return validate_plan(
+        plan,
+        model,
+        max_chips=float(system.tiers[-1].domain_chips),
+        even_layers=False,
+        even_experts=plan.phase == "train",
+    )
+
+
+def _concrete(*trees) -> bool:
+    """True when every leaf is a concrete scalar (not a tracer, not a batch)."""
+    for x in jax.tree_util.tree_leaves(trees):
+        if isinstance(x, jax.core.Tracer) or jnp.ndim(x) != 0:
+            return False
+    return True
+
+
+def checked_evaluate(system: System, model: Model, plan: Plan):
+    """`emu.objective.evaluate`, after `check_plan` when the inputs are concrete scalars
+    (a plan the system cannot run raises ValueError: a degree that does not divide the
+    heads, more chips than the system builds, a precision the chip lacks). Under jit, vmap
+    or grad the inputs are tracers and pass through unchecked: traced code never raises.
+    A concrete result is also checked physically possible (`check_result`)."""
+    if not _concrete(system, model, plan):
+        return evaluate(system, model, plan)
+    check_plan(system, model, plan)
+    r = evaluate(system, model, plan)
+    check_result(
+        {
+            "system": system.name,
+            "model": model.name,
+            **{
+                k: float(getattr(r, k))
+                for k in ("step_time_s", "power_w", "tokens_per_s", "mfu", "energy_per_step_j")
+            },
+        }
+    )
+    return r
 
 
 _evaluate = jax.jit(evaluate)
@@ -278,25 +350,32 @@ _max_batch = jax.jit(max_batch_under_slo)  # module level: compiled once per str
 def largest_batch(system: System, model: Model, plan: Plan, slo_s: float) -> int:
     """The largest integer batch per DP rank meeting the phase's latency SLO (exactly
     re-evaluated) and fitting in HBM, or ValueError if even one sequence misses either."""
-    b, _, ok = _max_batch(system, model, plan, jnp.float32(slo_s))
-    if float(ok) < 0.5:
-        what = "TPOT" if plan.phase == "decode" else "TTFT"
-        raise ValueError(
-            f"no batch meets the {what} SLO of {slo_s:g} s on {system.name}; even batch 1 "
-            "misses it: relax the SLO or add chips."
-        )
-    n = max(1, int(float(b)))
-    lat = "tpot_s" if plan.phase == "decode" else "ttft_s"
 
     def ev(k):
         return _evaluate(system, model, replace(plan, microbatch=jnp.float32(k)))
 
-    # the batch must also fit in HBM (weights + KV cache): largest feasible batch, by halving
-    if float(ev(1).feasible) < 0.5:
+    # batch 1 must fit in HBM (weights + KV cache) before any SLO question
+    one = ev(1)
+    if float(one.feasible) < 0.5:
+        used, cap = float(one.memory.total_bytes), float(one.memory.capacity_bytes)
+        lowp = " use an 8-bit precision," if plan.precision in ("bf16", "fp16") else ""
         raise ValueError(
-            f"even batch 1 does not fit in HBM on {system.name}: the weights and KV cache "
-            "need more memory; add chips (or raise tp) or shorten the context."
+            f"even batch 1 does not fit in HBM on {system.name} ({_gb(used)} of {_gb(cap)} "
+            f"per chip for the weights and KV cache at tp={_int(plan.tp)}, ep={_int(plan.ep)}):"
+            f"{lowp} raise ep or tp, add chips or shorten the context."
         )
+    b, _, ok = _max_batch(system, model, plan, jnp.float32(slo_s))
+    if float(ok) < 0.5:
+        what = "TPOT" if plan.phase == "decode" else "TTFT"
+        lat = float(getattr(one, "tpot_s" if plan.phase == "decode" else "ttft_s"))
+        raise ValueError(
+            f"no batch meets the {what} SLO of {slo_s:g} s on {system.name}: even batch 1 "
+            f"takes {lat:.3g} s; relax the SLO, add chips, raise tp or ep, or shorten the "
+            + ("context." if plan.phase == "decode" else "prompt.")
+        )
+    n = max(1, int(float(b)))
+    lat = "tpot_s" if plan.phase == "decode" else "ttft_s"
+
     lo, hi = 1, n
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -315,3 +394,89 @@ def with_largest_batch(system: System, model: Model, plan: Plan, slo_s: float) -
         raise ValueError(f"the SLO must be a positive number of seconds (got {slo_s}).")
     n = largest_batch(system, model, plan, slo_s)
     return replace(plan, microbatch=jnp.float32(n), global_batch=plan.dp * n)
+
+
+#: thresholds of the advice in `diagnose` (shares of the step time / of usable HBM)
+BUBBLE_WARN, EXPOSED_COMM_WARN, HBM_WARN = 0.25, 0.4, 0.95
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:.0f} GB" if x >= 1e10 else f"{x / 1e9:.3g} GB"
+
+
+def _memory_fixes(plan: dict, serving: bool) -> str:
+    """What would shrink the memory of `plan` (only the moves still open)."""
+    if serving:
+        moves = ["add chips", "raise ep or tp"]
+        moves += ["use an 8-bit --precision"] if plan["precision"] in ("bf16", "fp16") else []
+        moves += ["a smaller --batch or --context"]
+    else:
+        moves = ["raise tp or pp"] + (["raise --zero"] if plan["zero"] < 3 else [])
+        moves += ["--recompute full"] if plan["recompute"] != "full" else []
+        moves += ["a smaller --microbatch"] if plan["microbatch"] > 1 else []
+        moves += ["add chips"]
+    return ", ".join(moves[:-1]) + f" or {moves[-1]}"
+
+
+def diagnose(run: dict, *, slo_s: float | None = None) -> tuple[list[str], list[str]]:
+    """(why the run is infeasible, warnings) for an `emu.analysis.run` dict, each a sentence
+    that says what to change. Infeasible: out of memory; the latency SLO missed (when
+    `slo_s` is given). Warnings: a pipeline bubble >= BUBBLE_WARN of the step, exposed
+    communication >= EXPOSED_COMM_WARN, HBM use >= HBM_WARN of capacity."""
+    reasons, warnings = [], []
+    mem, b, plan = run["memory"], run["breakdown"], run["plan"]
+    used, cap = mem["total_bytes"], mem["capacity_bytes"]
+    serving = run["phase"] != "train"
+    if not run["feasible"] and used > cap:
+        fix = "; " + _memory_fixes(plan, serving)
+        reasons.append(f"out of memory: {_gb(used)} of {_gb(cap)} per chip{fix}.")
+    if slo_s is not None and serving:
+        lat, what = (run["tpot_s"], "TPOT") if run["phase"] == "decode" else (run["ttft_s"], "TTFT")
+        if lat is not None and lat > slo_s:
+            reasons.append(
+                f"{what} {lat:.3g} s misses the {slo_s:g} s SLO; lower --batch (or leave it out "
+                "for the largest batch meeting it), add chips or relax the SLO."
+            )
+    total = b["total_s"]
+    if total > 0 and b.get("bubble_s", 0) / total >= BUBBLE_WARN:
+        mbs = plan["global_batch"] / max(plan["dp"] * plan["microbatch"], 1)
+        warnings.append(
+            f"the pipeline bubble is {b['bubble_s'] / total:.0%} of the step (pp={plan['pp']}, "
+            f"{mbs:g} micro-batches per step): raise --global-batch, lower --microbatch or "
+            "--pp, use --vpp, or try --plan best."
+        )
+    if total > 0 and b.get("exposed_comm_s", 0) / total >= EXPOSED_COMM_WARN:
+        warnings.append(
+            f"exposed communication is {b['exposed_comm_s'] / total:.0%} of the step: change "
+            "tp/ep/dp (keep tp inside the scale-up domain) or try --plan best."
+        )
+    if run["feasible"] and cap > 0 and used / cap >= HBM_WARN:
+        warnings.append(
+            f"HBM use is {used / cap:.0%} of capacity ({_gb(used)} of {_gb(cap)}): little "
+            "headroom for fragmentation and peaks."
+        )
+    return reasons, warnings
+
+
+def check_result(run: dict) -> None:
+    """ValueError unless the run is physically possible: every number finite, step time and
+    power > 0, tokens/s >= 0 and 0 <= MFU <= 1 (never report an impossible number)."""
+    where = f"{run['system']}/{run['model']}"
+    for k in ("step_time_s", "power_w", "tokens_per_s", "mfu", "energy_per_step_j"):
+        if k in run and not math.isfinite(run[k]):
+            raise ValueError(
+                f"{where}: {k} is not finite; an input is outside the float32 range (check "
+                "seq_len, global_batch and the overridden values)."
+            )
+    rules = (
+        (run["step_time_s"] > 0, f"step time {run['step_time_s']:g} s is not positive"),
+        (run["power_w"] > 0, f"power {run['power_w']:g} W is not positive"),
+        (run["tokens_per_s"] >= 0, f"tokens/s {run['tokens_per_s']:g} is negative"),
+        (0 <= run["mfu"] <= 1 + 1e-6, f"MFU {run['mfu']:.3g} is outside [0, 1]"),
+    )
+    for ok, text in rules:
+        if not ok:
+            raise ValueError(
+                f"{where}: {text}; the inputs are outside what emu models (check the "
+                "--set values and the plan)."
+            )

@@ -32,3 +32,114 @@ def test_system_loads_and_every_number_cites_a_source(name):
 @pytest.mark.parametrize("name", list_models())
 def test_models_load(name):
     assert float(load_model(name).n_layers) >= 1
+
+
+@pytest.mark.parametrize(
+    "spelling,kind,name",
+    [
+        ("Llama-3-70B", "models", "llama3_70b"),
+        ("llama3-70b", "models", "llama3_70b"),
+        ("deepseek-r1", "models", "deepseek_r1"),
+        ("DeepSeek.V3", "models", "deepseek_v3"),
+        ("GB200-NVL72", "systems", "gb200_nvl72"),
+        ("CloudMatrix384", "systems", "cloudmatrix384"),
+    ],
+)
+def test_names_resolve_from_obvious_spellings(spelling, kind, name):
+    from emu.catalog import resolve_name
+
+    assert resolve_name(spelling, kind) == name
+    load = load_model if kind == "models" else load_system
+    assert load(spelling).name == load(name).name
+
+
+def test_an_unknown_name_gets_a_guess():
+    with pytest.raises(ValueError, match="unknown model 'llama-3-71b'. Did you mean 'llama3_70b'"):
+        load_model("llama-3-71b")
+
+
+@pytest.mark.parametrize("name", ["deepseek_v3", "llama3_70b", "mixtral_8x7b"])
+def test_hugging_face_config_gives_the_catalog_model(name):
+    """MoE (routed, shared, leading dense layers, group-limited routing), MLA and MTP fields
+    of a transformers config.json map onto the catalog's fields, value for value."""
+    from pathlib import Path
+
+    from emu.struct import float_leaves
+
+    path = Path(__file__).parent / "data" / "hf" / f"{name}_config.json"
+    hf, ref = load_model(path), load_model(name)
+    values = lambda m: {k: float(v) for k, v in float_leaves(m).items()}
+    assert values(hf) == values(ref)
+    assert (hf.ffn, hf.attention, hf.tied_embeddings) == (
+        ref.ffn,
+        ref.attention,
+        ref.tied_embeddings,
+    )
+
+
+def test_hugging_face_errors(tmp_path):
+    bad = tmp_path / "config.json"
+    bad.write_text('{"model_type": "llama"}')
+    with pytest.raises(ValueError, match="not a transformer config.json"):
+        load_model(tmp_path)  # a folder holding config.json
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        load_model(bad)
+
+
+def _tpu_text(**replace) -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "examples" / "tpu_like.toml").read_text()
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    return text
+
+
+def test_a_new_chip_family_and_link_type_are_declarable(tmp_path):
+    """`unknown chip family 'tpu'` / `unknown link type 'ici'` used to be the end (issue 15):
+    a file declares them (`like` a calibrated one, or its own parameters), and the system
+    says it is uncalibrated."""
+    from pathlib import Path
+
+    from emu.catalog import calibration, uncalibrated
+
+    s = load_system(Path(__file__).parents[1] / "examples" / "tpu_like.toml")
+    hopper = calibration()["chip_family"]["hopper"]
+    assert float(s.chip.matmul_efficiency) == pytest.approx(hopper["matmul_efficiency"])
+    assert float(s.chip.hbm_efficiency) == pytest.approx(0.85)  # the file's own value wins
+    assert float(s.tiers[0].efficiency) == pytest.approx(0.80)
+    assert uncalibrated(s) == ["chip family 'tpu'", "link type 'ici' (tier ici)"]
+    assert uncalibrated(load_system("gb200_nvl72")) == []
+    # without `like` or its own parameters, the error says how to declare it
+    f = tmp_path / "t.toml"
+    f.write_text(_tpu_text(**{'like = "hopper"': "", "hbm_efficiency = 0.85": ""}))
+    with pytest.raises(ValueError, match="unknown chip family 'tpu'.*declare it: like = "):
+        load_system(f)
+    f.write_text(
+        _tpu_text(**{"efficiency = 0.80 ": "", 'link = "ici" ': 'link = "ici"\nlike = "nvlink9"'})
+    )
+    with pytest.raises(ValueError, match="like = 'nvlink9' is not a calibrated link type"):
+        load_system(f)
+
+
+def test_a_defaulted_field_may_be_left_out_of_a_file():
+    """A field with a default_factory (not only a default value) is optional in a TOML table
+    (e.g. a per-chip count that core adds later must not break older files)."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from emu.catalog import _build
+    from emu.struct import dataclass, field
+
+    @dataclass
+    class Toy:
+        a: jnp.ndarray = field("[0, 10]")
+        b: jnp.ndarray = field("[1, 8]", default_factory=lambda: jnp.float32(1.0))
+
+    kw = _build(Toy, {"a": 2.0}, "toy")
+    assert set(kw) == {"a"} and float(Toy(**kw).b) == 1.0
+    with pytest.raises(ValueError, match="toy: missing key 'a'"):
+        _build(Toy, {"b": 2.0}, "toy")
+    assert dataclasses.is_dataclass(Toy)

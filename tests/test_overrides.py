@@ -1,6 +1,8 @@
 """emu.overrides: one validation path for --set, --grid, TOML and the API (issue 16: grids
 used to skip the checks --set applies, and subnormal values were flushed to 0)."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -79,3 +81,44 @@ def test_a_grid_cannot_remove_the_searched_precision(nvl72):
     grid = {"chip.peak_flops_per_s.bf16": [0.0, 2.5e15]}
     with pytest.raises(ValueError, match="without bf16 support"):
         Space(nvl72, model, Problem("gb200_nvl72", "llama3_8b", 8, free=("pp",)), grid)
+
+
+@pytest.mark.parametrize(
+    "text,path,si",
+    [
+        ("chip.hbm_bytes_per_s=16TB/s", "chip.hbm_bytes_per_s", 16e12),
+        ("chip.hbm_bytes=141GiB", "chip.hbm_bytes", 141 * 2**30),
+        ("chip.hbm_bytes=80 GB", "chip.hbm_bytes", 80e9),
+        ("tiers.nvlink.latency_s=2us", "tiers.nvlink.latency_s", 2e-6),
+        ("tiers.nvlink.base_latency_s=0.02ms", "tiers.nvlink.base_latency_s", 2e-5),
+        ("chip.tdp_w=1.2kW", "chip.tdp_w", 1200.0),
+        ("chip.peak_flops_per_s.bf16=989TFLOPS", "chip.peak_flops_per_s.bf16", 989e12),
+        ("tiers.scale_out.bytes_per_s=400Gb/s", "tiers.scale_out.bytes_per_s", 50e9),
+    ],
+)
+def test_values_with_units(text, path, si):
+    """`--set chip.hbm_bytes_per_s=16TB/s` used to be refused (issue 15)."""
+    from emu.catalog import load_system
+    from emu.struct import float_leaves
+
+    p, v = parse_override(text)
+    assert p == path and v == pytest.approx(si)
+    s = apply_overrides(load_system("gb200_nvl72"), {p: v})
+    assert float(float_leaves(s)[path]) == pytest.approx(si, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("chip.tdp_w=3furlongs", "unknown unit 'furlongs' in '3furlongs'; known units: GB"),
+        ("chip.tdp_w=16TB/s", "'16TB/s' is in bytes/s, but chip.tdp_w takes W (W, kW)"),
+        ("facility.pue=1.2GB", "facility.pue takes a plain number"),
+        ("chip.hbm_bytes=80gb", "unknown unit 'gb'"),  # bits or bytes? refused, not guessed
+    ],
+)
+def test_unknown_or_mismatched_units_are_refused(text, needle):
+    from emu.catalog import load_system
+
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        p, v = parse_override(text)
+        apply_overrides(load_system("gb200_nvl72"), {p: v})

@@ -1,6 +1,8 @@
 """emu.policy: the plan rule, the serving rule and the largest batch under an SLO; errors
 name parameters, never flags."""
 
+import re
+
 import pytest
 
 import emu
@@ -29,8 +31,13 @@ def test_training_rule(sys_models):
 def test_serving_rule_for_moe(sys_models):
     system, _, ds = sys_models
     p = auto_plan(system, ds, 72, phase="decode", precision="fp8", seq_len=4096)
-    assert int(p.tp) == 1 and int(p.dp) == 72 and 256 % int(p.ep) == 0
+    # EP = every rank of the NVLink domain: 256 experts in 72 x 4 slots (32 redundant)
+    assert int(p.tp) == 1 and int(p.dp) == 72 and int(p.ep) == 72
     assert float(p.zero) == 0 and float(p.recompute) == 0
+    on_two_racks = auto_plan(system, ds, 144, phase="prefill", precision="fp8", seq_len=4096)
+    assert int(on_two_racks.ep) == 144  # up to one rank per expert (256) beyond the domain
+    h800 = emu.load_system("hgx_h800")  # 8-GPU nodes: EP across nodes, as DeepSeek's
+    assert int(auto_plan(h800, ds, 128, phase="decode", precision="fp8", seq_len=4096).ep) == 128
 
 
 @pytest.mark.parametrize(
@@ -58,7 +65,9 @@ def test_largest_batch_meets_the_slo_and_one_more_does_not(sys_models):
     best = with_largest_batch(system, llama, plan, slo)
     n = int(best.microbatch)
     assert float(emu.evaluate(system, llama, best).tpot_s) <= slo
-    more = emu.struct.replace(best, microbatch=best.microbatch + 1)
+    more = emu.struct.replace(
+        best, microbatch=best.microbatch + 1, global_batch=best.dp * (best.microbatch + 1)
+    )
     r = emu.evaluate(system, llama, more)
     assert float(r.tpot_s) > slo or float(r.feasible) < 0.5
     assert float(best.global_batch) == n * float(best.dp)
@@ -68,3 +77,74 @@ def test_largest_batch_meets_the_slo_and_one_more_does_not(sys_models):
 
 def test_divisors():
     assert divisors(12) == [1, 2, 3, 4, 6, 12] and divisors(1) == [1]
+
+
+def test_each_system_has_its_own_precision_per_phase():
+    from emu.policy import default_precision
+
+    cm, nvl = emu.load_system("cloudmatrix384"), emu.load_system("gb200_nvl72")
+    assert [default_precision(cm, p) for p in ("train", "prefill", "decode")] == [
+        "bf16", "int8", "int8",
+    ]  # fmt: skip
+    assert [default_precision(nvl, p) for p in ("train", "prefill", "decode")] == [
+        "bf16", "fp8", "fp8",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        ("tp3", "tp=3 must divide the model's n_heads=64"),
+        ("216_chips", "216 chips exceeds the largest cluster of this system (72)"),
+        ("fp8_on_ascend", "Ascend 910C has no fp8 support"),
+    ],
+)
+def test_the_api_checks_concrete_plans_against_the_system(case, needle):
+    """emu.evaluate used to return a "feasible" 515k tok/s for these (issue 15)."""
+    import jax
+
+    llama = emu.load_model("llama3_70b")
+    system = emu.load_system("gb200_nvl72")
+    plan = emu.make_plan(tp=3, dp=24, global_batch=24, seq_len=4096)
+    if case == "216_chips":  # a one-rack system: its outermost tier holds 72 chips
+        system = emu.load_system("gb200_nvl72", {"tiers.scale_out.domain_chips": 72})
+        plan = emu.make_plan(tp=8, dp=27, global_batch=27, seq_len=4096)
+    if case == "fp8_on_ascend":
+        system = emu.load_system("cloudmatrix384")
+        plan = emu.make_plan(tp=8, dp=48, global_batch=48, seq_len=4096, precision="fp8")
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        emu.evaluate(system, llama, plan)
+    # traced code never raises: jit passes the same plan through (RunResult.feasible is data)
+    r = jax.jit(emu.evaluate)(system, llama, plan)
+    assert r.step_time_s.shape == ()
+
+
+def test_diagnose_names_the_reason_and_the_moves_left():
+    from emu.analysis import run
+    from emu.policy import check_result, diagnose
+
+    system, llama = emu.load_system("gb200_nvl72"), emu.load_model("llama3_70b")
+    plan = emu.make_plan(tp=2, dp=36, microbatch=4, global_batch=144, seq_len=8192, zero=3)
+    r = run(system, llama, plan)
+    reasons, _ = diagnose(r)
+    assert not r["feasible"] and reasons[0].startswith("out of memory: ")
+    assert "--recompute full" in reasons[0] and "--zero" not in reasons[0]  # zero=3 already
+    deep = emu.make_plan(tp=8, pp=10, dp=9, global_batch=9, seq_len=8192, zero=1)
+    _, warnings = diagnose(run(system, llama, emu.make_plan(**{**emu.plan_dict(deep)})))
+    assert any("pipeline bubble" in w for w in warnings)
+    with pytest.raises(ValueError, match=r"MFU 1.5 is outside \[0, 1\]"):
+        check_result({**r, "mfu": 1.5})
+
+
+def test_serving_that_cannot_fit_says_what_to_change():
+    """DeepSeek-R1 serving used to stop at "does not fit in HBM" / "misses the 2 s TTFT SLO"
+    with no numbers and no move to make."""
+    h100, r1 = emu.load_system("dgx_h100"), emu.load_model("deepseek_r1")
+    plan = auto_plan(h100, r1, 8, phase="decode", precision="bf16", seq_len=4096)
+    oom = r"does not fit in HBM on dgx_h100 \(\d+ GB of 80 GB per chip .*\): use an 8-bit"
+    with pytest.raises(ValueError, match=oom):
+        with_largest_batch(h100, r1, plan, 0.05)
+    nvl = emu.load_system("gb200_nvl72")
+    plan = auto_plan(nvl, r1, 72, phase="prefill", precision="fp8", seq_len=4096)
+    with pytest.raises(ValueError, match=r"even batch 1 takes [\d.]+ s; relax the SLO, add chips"):
+        with_largest_batch(nvl, r1, plan, 0.001)

@@ -6,6 +6,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -277,3 +278,122 @@ def test_no_nan_over_random_systems_and_plans():
         jax.tree_util.tree_map(lambda x: x[:2000], plans),
     )
     assert _all_finite(g)
+
+
+# --- issue 16, class by class: each of these exited 0 with a wrong answer, or hung -------
+
+
+def _one_line(capsys, args, needle):
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and err.count("\n") == 1, (args, code, err)
+
+
+def test_serve_refuses_a_negative_output_length(capsys):
+    """It gave -46,921 requests/s, feasible."""
+    _one_line(capsys, ["serve", "--output-len", "-5"], "--output-len: must be a positive integer")
+
+
+def test_describe_refuses_a_pue_that_overflows(capsys):
+    """It printed `inf W`, and its --json failed cryptically."""
+    _one_line(capsys, ["describe", "gb200_nvl72", "--set", "facility.pue=3e38"],
+              "facility.pue must be in [1, 4] (got 3e+38)")  # fmt: skip
+    _one_line(capsys, ["describe", "gb200_nvl72", "--set", "facility.pue=3e38", "--json"],
+              "facility.pue must be in [1, 4]")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--phase", "decode", "--zero", "3"], "--zero applies to train plans only"),
+        (["--phase", "decode", "--recompute", "full"], "--recompute applies to train plans"),
+        (["--phase", "decode", "--global-batch", "64"], "a decode plan's batch is --batch"),
+        (["--phase", "decode", "--microbatch", "4"], "a decode plan's batch is --batch"),
+        (["--phase", "decode", "--ttft-slo", "1"], "--ttft-slo does not apply to decode"),
+        (["--phase", "prefill", "--tpot-slo", "1"], "--tpot-slo does not apply to prefill"),
+        (["--phase", "decode", "--cache-hit", "0.5"], "--cache-hit applies to prefill plans"),
+        (["--phase", "prefill", "--mtp-accept", "0.5"], "--mtp-accept applies to decode plans"),
+        (["--batch", "4"], "--batch is the serving batch per DP rank"),
+        (["--tpot-slo", "0.05"], "--tpot-slo does not apply to train plans"),
+    ],
+)
+def test_flags_a_phase_would_ignore_are_refused(capsys, args, needle):
+    """Decode used to ignore --zero, --recompute, --global-batch, --microbatch, --ttft-slo
+    and --cache-hit, training --batch, without a word."""
+    _one_line(capsys, ["run", "--model", "llama3_8b", *args], needle)
+
+
+@pytest.mark.parametrize("command", ["search", "sweep"])
+def test_search_refuses_flags_its_phase_would_ignore(capsys, command):
+    _one_line(capsys, [command, "--phase", "decode", "--ttft-slo", "1"], "--ttft-slo does not")
+    _one_line(capsys, [command, "--phase", "decode", "--cache-hit", "0.2"], "--cache-hit applies")
+
+
+def test_validate_refuses_an_unknown_kind(capsys):
+    """`validate --kind banana` filtered to nothing without a word."""
+    _one_line(capsys, ["validate", "--kind", "banana"], "invalid choice: 'banana'")
+
+
+def test_api_refuses_impossible_results():
+    """emu.evaluate returned negative tokens/J or MFU 33.9 marked feasible, results for a
+    precision the chip lacks or more chips than the system has: now the plan is checked
+    against the system, and a concrete result must be physically possible."""
+    system, model = emu.load_system("cloudmatrix384"), emu.load_model("llama3_8b")
+    with pytest.raises(ValueError, match="no fp8 support"):
+        emu.evaluate(system, model, make_plan(tp=8, dp=48, global_batch=48, precision="fp8"))
+    with pytest.raises(ValueError, match="exceeds the largest cluster"):
+        emu.evaluate(system, model, make_plan(tp=8, dp=10**6, global_batch=10**6))
+
+
+def test_process_0_waits_for_its_peers_a_bounded_time():
+    """Process 0 of a multi-process sweep waited on absent peers, then jax aborted it with a
+    C++ stack trace; now one line after --coordinator-timeout."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = time.perf_counter()
+    p = subprocess.run(
+        [sys.executable, "-m", "emu", "sweep", "--system", "dgx_h100", "--model", "llama3_8b",
+         "--chips", "8", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+         "--process-id", "0", "--coordinator-timeout", "3"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert p.stderr.startswith("emu: error: process 0 of 2: the other processes did not connect")
+    assert p.stderr.count("\n") == 1 and "Check failure" not in p.stderr
+    assert time.perf_counter() - t < 60
+
+
+def test_progress_is_quiet_when_piped_or_json(capsys):
+    code = main(["describe", "gb200_nvl72", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == "" and json.loads(out)["n_chips"] == 72
+
+
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        (dict(neighbours=0), r"neighbours must be an integer in \[1, 1000\] \(got 0\)"),
+        (dict(starts=10**6), r"starts must be an integer in \[1, 1024\]"),
+        (dict(steps=0), r"steps must be an integer in \[1, 10000\]"),
+        (dict(top=0), r"top must be an integer"),
+        (dict(polish=-1), r"polish must be an integer"),
+        (dict(learning_rate=float("nan")), "learning_rate must be a positive number"),
+    ],
+)
+def test_search_budgets_are_bounded(kw, needle):
+    """gradient_search(neighbours=0) crashed with "max() arg is an empty sequence";
+    starts=1e6 ran unbounded. Every budget argument is checked before any work."""
+    from emu.search import Problem, gradient_search, sweep
+
+    system, model = emu.load_system("dgx_h100"), emu.load_model("llama3_8b")
+    problem = Problem("dgx_h100", "llama3_8b", 8, seq_len=4096, free=("pp",))
+    with pytest.raises(ValueError, match=needle):
+        gradient_search(system, model, problem, **kw)
+    with pytest.raises(ValueError, match=r"chunk must be an integer in \[1, 16777216\]"):
+        sweep(system, model, problem, "/nonexistent-never-written", chunk=0)

@@ -28,6 +28,7 @@ from emu.cli._commands import (
     cmd_validate,
 )
 from emu.cli._parser import CliError, build_parser
+from emu.cli._progress import configure as configure_progress
 from emu.cli._search_commands import cmd_search, cmd_sweep
 from emu.program.cli import run_program_cli
 
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     error, 130 interrupted)."""
     try:
         args = build_parser().parse_args(argv)
+        configure_progress(args)
         COMMANDS[args.command](args)
         sys.stdout.flush()  # a closed pipe or a full disk shows here, not at exit
     except BrokenPipeError:  # the reader went away (`emu ... | head`): not an error
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    except SystemExit as e:  # --help, --version
+        return e.code if isinstance(e.code, int) else 0
     except KeyboardInterrupt:
         print("emu: interrupted", file=sys.stderr)
         return 130

@@ -8,106 +8,143 @@ from __future__ import annotations
 from emu import analysis, catalog, policy, storage
 from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
-from emu.cli._parser import FLAG_DEFAULTS, CliError
-from emu.overrides import apply_overrides, parse_override, split_overrides
-from emu.plan import KNOBS, plan_dict
+from emu.cli._parser import CliError
+from emu.cli._setup import overrides, resolved, set_note, setup
+from emu.plan import plan_dict
 from emu.struct import float_leaves
 
 
-def overrides(args) -> tuple[dict, dict, dict]:
-    """(system, model, plan) overrides of the --set flags."""
-    parsed = {}
-    for item in args.set:
-        try:
-            path, value = parse_override(item)
-        except ValueError as e:
-            raise CliError(f"--set {e}") from None
-        parsed[path] = value
-    if hasattr(args, "region"):  # cost.* and region.* go to the cost flags (emu.cli._cost)
-        parsed = {p: v for p, v in parsed.items() if not cost_flags.is_cost_path(p)}
-    return split_overrides(parsed)
-
-
-def plan_knobs(args) -> dict:
-    """The plan knobs given on the command line, by name (the rest is left to the plan rule
-    and the declared defaults); a flag the plan's phase would ignore is refused."""
-    given = {k.name: getattr(args, k.name) for k in KNOBS if getattr(args, k.name) is not None}
-    phase = given.get("phase", "train")
-    if phase == "train" and args.batch is not None:
-        raise CliError("--batch is the serving batch per DP rank; in training use --microbatch.")
-    for k in KNOBS:
-        if k.name not in given or k.kind == "static" or k.name in FLAG_DEFAULTS:
-            continue
-        if phase != "train" and k.name in ("microbatch", "global_batch"):
-            raise CliError(f"a {phase} plan's batch is --batch (per DP rank); drop {k.flag}.")
-        if not k.applies_to(phase):
-            raise CliError(
-                f"{k.flag} applies to {'/'.join(k.phases)} plans only; drop it (--phase {phase})."
-            )
-    if phase != "train" and args.batch is not None:
-        given["microbatch"] = args.batch
-    return given
-
-
-def setup(args, system_name: str):
-    """(system, model, plan) of the workload flags of run/compare/sensitivity."""
-    sys_o, model_o, plan_o = overrides(args)
-    knobs = plan_knobs(args)
-    system = cost_flags.with_region(args, catalog.load_system(system_name, sys_o))
-    model = catalog.load_model(args.model, model_o)
-    chips = args.chips if args.chips is not None else int(float(system.n_chips))
-    plan = policy.auto_plan(system, model, chips, **knobs)
-    if plan_o:
-        plan = apply_overrides(plan, plan_o, "Plan")
-        policy.check_plan(system, model, plan, args.chips)
-    if plan.phase != "train" and args.batch is None:
-        slo = args.tpot_slo if plan.phase == "decode" else args.ttft_slo
-        plan = policy.with_largest_batch(system, model, plan, slo)
-    return system, model, plan
+def evaluated(args, s) -> dict:
+    """`analysis.run` of a Setup, checked physically possible, with what the user must see
+    first: feasible (and why not), warnings, notes (resolved names, precision, overrides,
+    uncalibrated parts, a searched plan)."""
+    r = analysis.run(s.system, s.model, s.plan)
+    policy.check_result(r)
+    reasons, warnings = policy.diagnose(r, slo_s=s.slo_s)
+    feasible = r["feasible"] and not reasons
+    head = {"feasible": feasible, "infeasible_reasons": reasons, "warnings": warnings}
+    if s.slo_s is not None:
+        head["slo_s"] = s.slo_s
+    r.pop("feasible")
+    return {**head, **r, "notes": s.notes + set_note(args)}
 
 
 def cmd_list(args) -> None:
     if args.fields:
-        name = args.fields
-        sys_o, model_o, _ = overrides(args)
-        if name in catalog.list_models() and name not in catalog.list_systems():
-            leaves = {
-                f"model.{k}": v for k, v in float_leaves(catalog.load_model(name, model_o)).items()
-            }
-        else:
-            leaves = float_leaves(catalog.load_system(name, sys_o))
-            leaves |= cost_flags.field_rows(args, name)
-        values = {k: float(v) for k, v in leaves.items()}
-        unit = lambda k: cost_flags.unit_of(k) if cost_flags.is_cost_path(k) else render.unit_of(k)  # noqa: E731
-        rows = [[k, f"{v:.6g}", unit(k)] for k, v in values.items()]
-        render.emit(args, values, render.table(rows, ["path", "value", "unit"]))
+        _list_fields(args)
         return
-    systems, models = catalog.list_systems(), catalog.list_models()
-    text = "systems: " + ", ".join(systems) + "\nmodels:  " + ", ".join(models)
     regions = cost_flags.regions()
     if args.regions:
         render.emit(args, {"regions": cost_flags.regions_json(regions)},
                     cost_flags.regions_text(regions))  # fmt: skip
         return
+    systems, models = [], []
+    for name in catalog.list_systems():
+        d = analysis.describe(catalog.load_system(name))
+        systems.append(render.system_row(name, d))
+    for name in catalog.list_models():
+        models.append(render.model_row(name, catalog.load_model(name)))
+    out = {  # keyed by name: `name in out["systems"]` and the old list of names still work
+        "systems": {r.pop("name"): r for r in systems},
+        "models": {r.pop("name"): r for r in models},
+        "regions": regions,
+    }
+    text = render.list_text(out)
     text += "\nregions: " + ", ".join(regions) + " (--region; `emu list --regions` for sources)"
-    render.emit(args, {"systems": systems, "models": models, "regions": regions}, text)
+    render.emit(args, out, text)
+
+
+def _list_fields(args) -> None:
+    name = args.fields
+    sys_o, model_o, _ = overrides(args)
+    if name == "plan":
+        out = render.plan_fields()
+        render.emit(args, out, render.plan_fields_text(out))
+        return
+    notes: list[str] = []
+    kind = _kind_of(name)
+    name = resolved(name, kind, notes)
+    if kind == "models":
+        leaves = {
+            f"model.{k}": v for k, v in float_leaves(catalog.load_model(name, model_o)).items()
+        }
+    else:
+        leaves = float_leaves(catalog.load_system(name, sys_o))
+        leaves |= cost_flags.field_rows(args, name)
+    values = {k: float(v) for k, v in leaves.items()}
+    unit = lambda k: cost_flags.unit_of(k) if cost_flags.is_cost_path(k) else render.unit_of(k)  # noqa: E731
+    rows = [[k, f"{v:.6g}", unit(k)] for k, v in values.items()]
+    render.note_lines(args, notes)
+    render.emit(args, values, render.table(rows, ["path", "value", "unit"]))
+
+
+def _kind_of(name: str) -> str:
+    """'models' or 'systems': what a --fields NAME (a catalog name or a file) names."""
+    s = str(name)
+    if s.endswith(".json"):
+        return "models"
+    if s.endswith(".toml") or "/" in s:
+        from pathlib import Path
+
+        return "systems" if "chip" in catalog.load_toml(Path(s), "--fields") else "models"
+    try:
+        catalog.resolve_name(s, "models")
+        return "models"
+    except ValueError:
+        pass
+    try:
+        catalog.resolve_name(s, "systems")
+    except ValueError:
+        raise CliError(
+            f"--fields: '{s}' is neither a system, a model nor 'plan'; see `emu list`."
+        ) from None
+    return "systems"
 
 
 def cmd_describe(args) -> None:
     sys_o, model_o, plan_o = overrides(args)
     if model_o or plan_o:
         raise CliError("describe takes only system fields in --set (no model./plan. paths).")
-    d = analysis.describe(catalog.load_system(args.system, sys_o))
+    notes: list[str] = []
+    system = catalog.load_system(resolved(args.system, "systems", notes), sys_o)
+    d = analysis.describe(system)
+    _check_finite(d)
+    missing = catalog.uncalibrated(system)
+    d["calibrated"] = not missing
+    if missing:
+        notes.append(f"uncalibrated: {', '.join(missing)}")
+    d["notes"] = notes + set_note(args)
     render.emit(args, d, render.describe_text(d))
+
+
+def _check_finite(d: dict, prefix: str = "") -> None:
+    """A number that overflows float32 (e.g. huge overrides multiplied) is refused."""
+    import math
+
+    for k, v in d.items():
+        if isinstance(v, dict):
+            _check_finite(v, f"{prefix}{k}.")
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(
+                f"{prefix}{k} is not finite: the overridden values are too large for float32."
+            )
+
+
+def _compiling(system: str, model: str) -> str:
+    return (
+        f"compiling and evaluating {system} / {model} (a new shape compiles once, 10-30 s; "
+        "cached afterwards)"
+    )
 
 
 def cmd_run(args) -> None:
     storage.enable_compilation_cache()
-    system, model, plan = setup(args, args.system)
-    price = cost_flags.pricing(args, system)  # checked before the run
-    r = analysis.run(system, model, plan)
+    with render.working(_compiling(args.system, args.model)):
+        s = setup(args, args.system)
+        price = cost_flags.pricing(args, s.system)  # checked before the run
+        r = evaluated(args, s)
     if price:
-        r |= analysis.cost_block(system, r, *price)
+        r |= analysis.cost_block(s.system, r, *price)
     render.emit(args, r, render.run_text([r]) + cost_flags.text([r]))
 
 
@@ -116,27 +153,34 @@ def cmd_compare(args) -> None:
     names = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not names:
         raise CliError("--systems is empty; give comma-separated system names.")
-    results = [_priced_run(args, name) for name in names]
+    results = []
+    for name in names:
+        with render.working(_compiling(name, args.model)):
+            results.append(_priced_run(args, name))
     render.emit(args, {"results": results}, render.run_text(results) + cost_flags.text(results))
 
 
 def _priced_run(args, name: str) -> dict:
-    """`analysis.run` of one system, with its cost block under --region."""
-    system, model, plan = setup(args, name)
-    price = cost_flags.pricing(args, system)
-    r = analysis.run(system, model, plan)
-    return r | analysis.cost_block(system, r, *price) if price else r
+    """`evaluated` on one system, with its cost block under --region."""
+    s = setup(args, name)
+    price = cost_flags.pricing(args, s.system)
+    r = evaluated(args, s)
+    return r | analysis.cost_block(s.system, r, *price) if price else r
 
 
 def cmd_sensitivity(args) -> None:
     storage.enable_compilation_cache()
-    system, model, plan = setup(args, args.system)
-    price = cost_flags.pricing(args, system)
-    if price:  # with cost: one reverse pass through emulator and cost model
-        d = analysis.cost_sensitivity(system, model, plan, *price)
+    with render.working(_compiling(args.system, args.model) + " with gradients"):
+        s = setup(args, args.system)
+        price = cost_flags.pricing(args, s.system)
+        if price:  # with cost: one reverse pass through emulator and cost model
+            d = analysis.cost_sensitivity(s.system, s.model, s.plan, *price)
+        else:
+            d = analysis.sensitivity(s.system, s.model, s.plan)
+    d["notes"] = s.notes + set_note(args)
+    if price:
         render.emit(args, d, cost_flags.sensitivity_text(d, args.top))
         return
-    d = analysis.sensitivity(system, model, plan)
     render.emit(args, d, render.sensitivity_text(d, args.top))
 
 
@@ -149,6 +193,7 @@ def cmd_validate(args) -> None:
         raise CliError("validate takes only system fields in --set (rows define model and plan).")
     if args.plot:  # before the work, not after it
         storage.check_output_path(args.plot, make_parents=True, what="--plot")
+        render.need_matplotlib("--plot")
     report = validation.validate_file(args.file, kind=args.kind, overrides=sys_o)
     if args.plot:
         validation.plot_report(report, args.plot)
@@ -212,16 +257,38 @@ def _serving_plan(args, system, model, phase, chips, batch, slo, precision):
 
 
 def cmd_serve(args) -> None:
-    from emu.serving import disaggregated
-
     storage.enable_compilation_cache()
     sys_o, model_o, plan_o = overrides(args)
     if plan_o:
         raise CliError("serve takes system and model fields in --set, not plan fields.")
-    system = cost_flags.with_region(args, catalog.load_system(args.system, sys_o))
+    notes: list[str] = []
+    system = catalog.load_system(resolved(args.system, "systems", notes), sys_o)
+    system = cost_flags.with_region(args, system)
     price = cost_flags.pricing(args, system)
-    model = catalog.load_model(args.model, model_o)
+    model = catalog.load_model(resolved(args.model, "models", notes), model_o)
     precision = args.precision or policy.serving_precision(system)
+    if args.precision is None:
+        notes.append(f"precision: {precision} (the chip's serving format; --precision to change)")
+    with render.working(_compiling(system.name, model.name) + " (prefill and decode)"):
+        out, r = _serve(args, system, model, precision)
+    out["notes"] = notes + set_note(args)
+    out["interval"] = analysis.intervals(
+        {"tokens_per_s": out["tokens_per_s"], "tpot_s": out["tpot_s"]},
+        analysis.interval_group(system, "decode"),
+    )
+    text = render.serve_text(out, (args.prefill_chips, args.decode_chips))
+    if price:  # the deployment per output token; each instance per token it makes
+        out |= analysis.cost_block(system, r, *price)
+        out["prefill"] |= analysis.cost_block(system, r.prefill, *price)
+        out["decode"] |= analysis.cost_block(system, r.decode, *price)
+        names = ["deployment (output)", "prefill (prompt)", "decode (output)"]
+        text += cost_flags.text([out, out["prefill"], out["decode"]], names)
+    render.emit(args, out, text)
+
+
+def _serve(args, system, model, precision) -> tuple:
+    from emu.serving import disaggregated
+
     prefill = _serving_plan(
         args, system, model, "prefill", args.prefill_chips, args.prefill_batch, args.ttft_slo,
         precision,
@@ -239,19 +306,9 @@ def cmd_serve(args) -> None:
         output_len=float(args.output_len),
     )
     d = analysis.tree_to_dict(r)
+    _check_finite(d)
     d["feasible"] = bool(d["feasible"] > 0.5)
     d["prefill"]["plan"] = plan_dict(prefill)
     d["decode"]["plan"] = plan_dict(decode)
-    out = {"system": system.name, "model": model.name, **d}
-    out["interval"] = analysis.intervals(
-        {"tokens_per_s": d["tokens_per_s"], "tpot_s": d["tpot_s"]},
-        analysis.interval_group(system, "decode"),
-    )
-    text = render.serve_text(out, (args.prefill_chips, args.decode_chips))
-    if price:  # the deployment per output token; each instance per token it makes
-        out |= analysis.cost_block(system, r, *price)
-        out["prefill"] |= analysis.cost_block(system, r.prefill, *price)
-        out["decode"] |= analysis.cost_block(system, r.decode, *price)
-        names = ["deployment (output)", "prefill (prompt)", "decode (output)"]
-        text += cost_flags.text([out, out["prefill"], out["decode"]], names)
-    render.emit(args, out, text)
+    feasible = d.pop("feasible")
+    return {"feasible": feasible, "system": system.name, "model": model.name, **d}, r

@@ -9,19 +9,25 @@ import argparse
 
 from emu.cli._cost import add_cost_args
 from emu.plan import KNOBS
-from emu.search import OBJECTIVES
+from emu.search import BUDGET, OBJECTIVES
 from emu.struct import check_value
+from emu.units import PRECISIONS
 from emu.validation import KINDS
 
 DEFAULT_COMPARE = ["cloudmatrix384", "gb200_nvl72"]
 DEFAULT_MODEL = "llama3_70b"
-#: --starts and --steps of `emu search`: a bound keeps a typo from running for days
-MAX_STARTS, MAX_STEPS = 1024, 10_000
+#: --starts and --steps of `emu search`: the library's bounds (a typo must not run for days)
+MAX_STARTS, MAX_STEPS = BUDGET["starts"][1], BUDGET["steps"][1]
 
 PLAN_RULE = (
     "Degrees left out are chosen by a stated rule: TP = largest power of two <= 8 dividing "
     "the heads inside the innermost scale-up tier; CP = 1; PP = smallest divisor of the "
-    "layers that fits in HBM (selective recompute, then full); DP = the rest."
+    "layers that fits in HBM (selective recompute, then full); DP = the rest. Serving "
+    "(--phase prefill|decode): TP = 1 and EP = all ranks up to max(scale-up domain, "
+    "experts) for MoE models; the batch per DP rank is the largest meeting "
+    "--ttft-slo/--tpot-slo. Precision "
+    "left out: bf16 in training, the chip's fp8 (else int8) in serving. --plan best replaces "
+    "the rule by a quick search."
 )
 
 
@@ -43,6 +49,35 @@ def positive_int(text: str) -> int:
     if v is None or v < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer (got {text!r})")
     return v
+
+
+def seconds(text: str) -> float:
+    """argparse type: a positive time in seconds, with an optional unit (50ms, 2s, 500us)."""
+    from emu.overrides import parse_value
+
+    try:
+        v = parse_value(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if getattr(v, "dim", "s") != "s" or not 0 < v <= 3600:
+        raise argparse.ArgumentTypeError(f"must be a time in (0, 3600] s, e.g. 0.05 (got {text!r})")
+    return float(v)
+
+
+def watts(text: str) -> float:
+    """argparse type: a positive power in watts, with an optional unit (60kW, 1MW)."""
+    from emu.overrides import parse_value
+
+    try:
+        v = parse_value(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if getattr(v, "dim", "W") != "W" or not 0 < v < 1e12:
+        raise argparse.ArgumentTypeError(
+            f"the power cap must be a positive number of watts below 1e12, e.g. 60e3 or 60kW "
+            f"(got {text!r})"
+        )
+    return float(v)
 
 
 def _bounded_int(lo: int, hi: int):
@@ -71,6 +106,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 #: flag defaults that differ from the knob's declared default (`emu run` models an 8k step)
 FLAG_DEFAULTS = {"seq_len": 8192}
+#: the latency SLO of each serving phase when its flag is not given (seconds)
+SLO_DEFAULTS = {"tpot_slo": 0.05, "ttft_slo": 2.0}
 
 
 def _knob_type(k):
@@ -93,7 +130,10 @@ def _knob_flag(g, k) -> None:
     choices, help. Unset flags are None (the library's default or rule applies), except
     static knobs and FLAG_DEFAULTS."""
     hlp = k.help + (f" ({k.unit})" if k.unit else "")
-    if k.kind == "static":
+    if k.name == "precision":  # left out: each system's own (emu.policy.default_precision)
+        hlp += " (default: bf16 in training; serving: the chip's fp8, else int8)"
+        g.add_argument(k.flag, default=None, choices=list(k.choices), help=hlp)
+    elif k.kind == "static":
         g.add_argument(k.flag, default=k.default, choices=list(k.choices), help=hlp)
     elif k.kind == "bool":
         action = "store_false" if k.default is True else "store_true"
@@ -123,15 +163,13 @@ def _serving_args(p: argparse.ArgumentParser) -> None:
     )
     inf.add_argument(
         "--tpot-slo",
-        type=float,
-        default=0.05,
-        help="decode: time-per-output-token SLO in seconds (default 0.05)",
+        type=seconds,
+        help="decode only: time-per-output-token SLO in seconds (default 0.05; 50ms works)",
     )
     inf.add_argument(
         "--ttft-slo",
-        type=float,
-        default=2.0,
-        help="prefill: time-to-first-token SLO in seconds (default 2.0)",
+        type=seconds,
+        help="prefill only: time-to-first-token SLO in seconds (default 2.0; 2s works)",
     )
 
 
@@ -180,7 +218,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
         help="comma-separated plan knobs that vary (default: every knob not given on the "
         "command line): " + ", ".join(k.name for k in KNOBS if k.searchable and k.name != "dp"),
     )
-    g.add_argument("--power-cap", type=float, metavar="W", help="IT power cap, watts")
+    g.add_argument("--power-cap", type=watts, metavar="W", help="IT power cap, watts (or 60kW)")
     g.add_argument(
         "--grid",
         action="append",
@@ -196,9 +234,29 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _plan_choice(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--plan",
+        choices=["rule", "best"],
+        default="rule",
+        help="degrees left out: 'rule' (the stated plan rule, default) or 'best' (a quick "
+        "gradient search for the most tokens/J; `emu search` is the full one)",
+    )
+
+
 def _add_simple_commands(sub) -> None:
-    p = sub.add_parser("list", help="systems and models in the catalog")
-    p.add_argument("--fields", metavar="NAME", help="list the settable fields of a system/model")
+    p = sub.add_parser(
+        "list",
+        help="systems and models in the catalog, one line each",
+        description="Systems (chips, peak, memory) and models (parameters, layers, experts) "
+        "of the catalog; --fields NAME lists the settable fields of a system, a model or "
+        "'plan' (the plan knobs).",
+    )
+    p.add_argument(
+        "--fields",
+        metavar="NAME",
+        help="settable fields of a system or model (dotted paths for --set), or 'plan'",
+    )
     p.add_argument("--regions", action="store_true", help="the regions with their sources")
     add_cost_args(p)
     _common(p)
@@ -210,9 +268,11 @@ def _add_simple_commands(sub) -> None:
     p = sub.add_parser(
         "run",
         help="emulate one training step",
-        description="Emulate one training step. " + PLAN_RULE,
+        description="Emulate one training step (or, with --phase, one prefill batch or decode "
+        "step). " + PLAN_RULE,
     )
     _workload_args(p)
+    _plan_choice(p)
 
     p = sub.add_parser(
         "compare",
@@ -225,6 +285,7 @@ def _add_simple_commands(sub) -> None:
         help="comma-separated catalog names or TOML paths",
     )
     _workload_args(p, system=False)
+    _plan_choice(p)
 
     p = sub.add_parser("sensitivity", help="elasticities of tokens/J and tokens/s (jax.grad)")
     _workload_args(p)
@@ -247,11 +308,12 @@ def _add_serve(sub) -> None:
     p.add_argument("--output-len", type=positive_int, default=1024)
     p.add_argument("--prefill-batch", type=positive_int, help="prompts per DP rank per batch")
     p.add_argument("--decode-batch", type=positive_int, help="sequences per DP rank in decode")
-    p.add_argument("--tpot-slo", type=float, default=0.05)
-    p.add_argument("--ttft-slo", type=float, default=2.0)
+    p.add_argument("--tpot-slo", type=seconds, default=0.05, help="seconds (default 0.05)")
+    p.add_argument("--ttft-slo", type=seconds, default=2.0, help="seconds (default 2.0)")
     p.add_argument(
         "--precision",
         default=None,
+        choices=list(PRECISIONS),
         help="default: the chip's 8-bit format (fp8, else int8), else bf16",
     )
     p.add_argument("--mtp-accept", type=float, default=0.0)
@@ -293,7 +355,12 @@ def _add_search_commands(sub) -> None:
         "success); the same command resumes a killed sweep.",
     )
     _search_args(p)
-    p.add_argument("--chunk", type=positive_int, default=1 << 16, help="plans per compiled call")
+    p.add_argument(
+        "--chunk",
+        type=_bounded_int(*BUDGET["chunk"]),
+        default=1 << 16,
+        help="plans per compiled call",
+    )
     p.add_argument("--coordinator", metavar="HOST:PORT")
     p.add_argument("--num-processes", type=positive_int)
     p.add_argument("--process-id", type=int)
@@ -339,7 +406,10 @@ def _add_measurement_commands(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `emu` parser (built per call: choices read the registries as they are now)."""
+    from emu import __version__
+
     ap = _Parser(prog="emu", description="Differentiable emulator of AI clusters.")
+    ap.add_argument("--version", action="version", version=f"emu {__version__}")
     sub = ap.add_subparsers(dest="command", parser_class=_Parser)
     sub.required = True
     _add_simple_commands(sub)

@@ -8,6 +8,10 @@ import math
 import sys
 from typing import Any
 
+from emu.cli._progress import fit_progress, search_progress, sweep_progress, working
+
+__all__ = ["fit_progress", "search_progress", "sweep_progress", "working"]  # and the rest
+
 _PREFIXES = (
     (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1, ""),
     (1e-3, "m"), (1e-6, "u"), (1e-9, "n"),
@@ -61,11 +65,45 @@ def unit_of(path: str) -> str:
 
 
 def plan_text(p: dict) -> str:
+    """A plan on one line: the knobs of its phase (EP and ETP where they act)."""
+    moe = f" ep={p['ep']}" + (f" etp={p['etp']}" if p.get("etp", 1) != 1 else "")
+    if p["phase"] != "train":
+        length = f"context={p['context']:g}" if p["phase"] == "decode" else f"prompt={p['seq_len']}"
+        extra = f" mtp_accept={p['mtp_accept']:g}" if p.get("mtp_accept") else ""
+        extra += f" cache_hit={p['cache_hit']:g}" if p.get("cache_hit") else ""
+        return (
+            f"{p['phase']}: tp={p['tp']} dp={p['dp']}{moe} batch/rank={p['microbatch']} "
+            f"{length}{extra} {p['precision']}"
+        )
     return (
-        f"tp={p['tp']} pp={p['pp']} dp={p['dp']} cp={p['cp']} vpp={p['vpp']} "
+        f"tp={p['tp']} pp={p['pp']} dp={p['dp']} cp={p['cp']}{moe} vpp={p['vpp']} "
         f"mb={p['microbatch']} gbs={p['global_batch']} seq={p['seq_len']} "
         f"zero={p['zero']} recompute={p['recompute']} sp={p['sp']} {p['precision']}"
     )
+
+
+def _feasible_text(r: dict) -> str:
+    if r["feasible"]:
+        return "yes"
+    first = (r.get("infeasible_reasons") or ["out of memory"])[0]
+    return "NO (" + first.split(":")[0].split(";")[0] + ")"
+
+
+def _phase_rows(results: list[dict]) -> list[list[str]]:
+    """precision, the serving lengths and batch, and the latencies (where they apply)."""
+    rows = [["precision", *[r["plan"]["precision"] for r in results]]]
+    if any(r["phase"] == "prefill" for r in results):
+        rows.append(["prompt", *[f"{r['plan']['seq_len']}" for r in results]])
+    if any(r["phase"] == "decode" for r in results):
+        rows.append(["context", *[f"{r['plan']['context']:g}" for r in results]])
+    if any(r["phase"] != "train" for r in results):
+        rows.append(["batch per DP rank", *[f"{r['plan']['microbatch']}" for r in results]])
+    else:
+        rows.append(["seq", *[f"{r['plan']['seq_len']}" for r in results]])
+    rows += _latency_rows(results)
+    if any(r.get("slo_s") is not None for r in results):
+        rows.append(["SLO", *[si(r["slo_s"], "s") if r.get("slo_s") else "-" for r in results]])
+    return rows
 
 
 _BREAKDOWN_ROWS = [
@@ -116,16 +154,25 @@ def interval_lines(results: list[dict], label=lambda r: r["system"]) -> list[str
 
 
 def run_text(results: list[dict]) -> str:
-    """`emu run`/`emu compare`: one column per result, then the step breakdown and plans."""
+    """`emu run`/`emu compare`: infeasibility first, then one column per result, the step
+    breakdown, the plans, warnings and notes."""
+    out = [
+        f"INFEASIBLE on {r['system']}: {reason}"
+        for r in results
+        if not r["feasible"]
+        for reason in (r.get("infeasible_reasons") or ["out of memory"])
+    ]
+    out += [""] if out else []
     head = ["", *[r["system"] for r in results]]
     ivs = [r.get("interval") or {} for r in results]
     rows = [
+        ["feasible", *[_feasible_text(r) for r in results]],
         ["model", *[r["model"] for r in results]],
         ["chips", *[f"{r['n_chips']:.0f}" for r in results]],
         ["phase", *[r["phase"] for r in results]],
+        *_phase_rows(results),
         ["step time", *[si(r["step_time_s"], "s") for r in results]],
         ["  80% interval", *[band(iv.get("step_time_s"), "s") for iv in ivs]],
-        *_latency_rows(results),
         ["tokens/s", *[si(r["tokens_per_s"], "tok/s") for r in results]],
         ["  80% interval", *[band(iv.get("tokens_per_s"), "tok/s") for iv in ivs]],
         ["tokens/s per chip", *[f"{r['tokens_per_s'] / r['n_chips']:.0f}" for r in results]],
@@ -140,18 +187,21 @@ def run_text(results: list[dict]) -> str:
                 for r in results
             ],
         ],
-        ["feasible", *[("yes" if r["feasible"] else "NO (out of memory)") for r in results]],
     ]
-    out = [table(rows, head), ""]
+    out += [table(rows, head), ""]
     rows = [
         [label, *[si(r["breakdown"][k], "s") if k in r["breakdown"] else "-" for r in results]]
         for k, label in _BREAKDOWN_ROWS
-        if any(k in r["breakdown"] for r in results)
+        if any(r["breakdown"].get(k) for r in results) or k in ("compute_s", "total_s")
     ]
     out += [table(rows, ["step breakdown", *[r["system"] for r in results]]), ""]
     for r in results:
         out.append(f"plan ({r['system']}): {plan_text(r['plan'])}")
+    for r in results:
+        out += [f"warning ({r['system']}): {w}" for w in r.get("warnings", [])]
     out += interval_lines(results)
+    notes = list(dict.fromkeys(n for r in results for n in r.get("notes", [])))
+    out += [f"note: {n}" for n in notes]
     out.append(
         f"compile {sum(r['compile_s'] for r in results):.2f} s, "
         f"evaluate {sum(r['eval_s'] for r in results) * 1e3:.1f} ms"
@@ -185,7 +235,8 @@ def describe_text(d: dict) -> str:
                     f"{mark}x{iv['low']:.2f} - x{iv['high']:.2f} ({iv['basis']})",
                 ]
             )
-    return f"{d['system']}\n" + table(rows, ["quantity", "value"])
+    notes = "".join(f"\nnote: {n}" for n in d.get("notes", []))
+    return f"{d['system']}\n" + table(rows, ["quantity", "value"]) + notes
 
 
 def sensitivity_text(d: dict, top: int) -> str:
@@ -196,7 +247,9 @@ def sensitivity_text(d: dict, top: int) -> str:
     return (
         f"{d['system']} / {d['model']}: tokens/J {d['tokens_per_joule']:.4g}, "
         f"tokens/s {d['tokens_per_s']:.4g}\nelasticity d ln(y) / d ln(x), "
-        f"largest |tokens/J| first\n" + table(rows, ["field", "value", "tokens/J", "tokens/s"])
+        f"largest |tokens/J| first\n"
+        + table(rows, ["field", "value", "tokens/J", "tokens/s"])
+        + "".join(f"\nnote: {n}" for n in d.get("notes", []))
     )
 
 
@@ -272,10 +325,32 @@ def serve_text(d: dict, chips: tuple[int, int]) -> str:
         ],
         ["power (IT)", si(d["power_w"], "W")],
         ["output tokens/J", f"{d['tokens_per_joule']:.4g}"],
-        ["feasible", "yes" if d["feasible"] else "NO (out of memory)"],
     ]
-    text = f"{d['system']} / {d['model']}\n" + table(rows, ["quantity", "value"])
-    return "\n".join([text, *interval_lines([d])])
+    lead = "" if d["feasible"] else "INFEASIBLE: out of memory or SLO missed in one instance\n"
+    rows.insert(0, ["feasible", "yes" if d["feasible"] else "NO"])
+    plans = "".join(f"\nplan ({k}): {plan_text(d[k]['plan'])}" for k in ("prefill", "decode"))
+    notes = "".join(f"\nnote: {n}" for n in d.get("notes", []))
+    head = f"{d['system']} / {d['model']}\n"
+    ivs = "".join(f"\n{line}" for line in interval_lines([d]))
+    return lead + head + table(rows, ["quantity", "value"]) + plans + ivs + notes
+
+
+def _search_row(r: dict, names, serving: bool, lat: str | None) -> list[str]:
+    chips = r["tp"] * r["pp"] * r["dp"] * r["cp"]
+    row = [*[f"{r[n]:g}" for n in names], f"{chips}"]
+    if serving:
+        row += [f"{r['tp']}/{r['dp']}/{r['ep']}", f"{r['microbatch']}"]
+        row += [si(r[lat], "s")] if lat else []
+    else:
+        row += [
+            f"{r['tp']}/{r['pp']}/{r['dp']}/{r['cp']}/{r['ep']}", f"{r['microbatch']}",
+            f"{r['vpp']}", f"{r['zero']}", ("none", "selective", "full")[r["recompute"]],
+            f"{r['sp']}",
+        ]  # fmt: skip
+    return row + [
+        _num(r["objective"]), si(r["tokens_per_s"], "tok/s"), f"{r['tokens_per_joule']:.4g}",
+        si(r["power_w"], "W"), f"{100 * r['mfu']:.1f}%",
+    ]  # fmt: skip
 
 
 def best_interval_text(best: dict | None) -> str:
@@ -296,72 +371,183 @@ def _num(x) -> str:
 
 
 def search_text(res, what: str) -> str:
-    """The top configurations of a SweepResult or SearchResult, under the line `what`."""
-    names = res.space.names
-    priced = getattr(res.problem, "cost", None) is not None  # --region: USD per M tokens
+    """The top configurations of a SweepResult or SearchResult (feasible ones only, best
+    first), under the line `what`: chips, the plan, the latency against its SLO (serving)."""
+    names, pr = res.space.names, res.problem
+    serving = pr.phase != "train"
+    lat = {"decode": "tpot_s", "prefill": "ttft_s"}.get(pr.phase)
+    slo = pr.tpot_slo if pr.phase == "decode" else pr.ttft_slo
+    if lat and slo is None:
+        lat = None
+    priced = getattr(pr, "cost", None) is not None  # --region: USD per M tokens
     rows = [
-        [
-            str(i + 1),
-            *[f"{r[n]:g}" for n in names],
-            f"{r['tp']}/{r['pp']}/{r['dp']}/{r['cp']}/{r['ep']}",
-            f"{r['microbatch']}",
-            f"{r['vpp']}",
-            f"{r['zero']}",
-            ("none", "selective", "full")[r["recompute"]],
-            f"{r['sp']}",
-            _num(r["objective"]),
-            si(r["tokens_per_s"], "tok/s"),
-            f"{r['tokens_per_joule']:.4g}",
-            si(r["power_w"], "W"),
-            *([_num(r["usd_per_mtoken"])] if priced else []),
-        ]
+        [str(i + 1), *_search_row(r, names, serving, lat)]
+        + ([_num(r["usd_per_mtoken"])] if priced else [])
         for i, r in enumerate(res.top)
     ]
-    head = ["#", *names, "tp/pp/dp/cp/ep", "mb", "vpp", "zero", "recompute", "sp"]
-    head += [res.objective, "tokens/s", "tokens/J", "power", *(["USD/Mtok"] if priced else [])]
-    text = what + "\n" + (table(rows, head) if rows else "no feasible configuration")
+    head = ["#", *names, "chips"]
+    if serving:
+        head += ["tp/dp/ep", "batch"]
+        head += [f"{lat[:4].upper()} (SLO {si(slo, 's')})"] if lat else []
+    else:
+        head += ["tp/pp/dp/cp/ep", "mb", "vpp", "zero", "recompute", "sp"]
+    head += [res.objective, "tokens/s", "tokens/J", "power", "MFU"]
+    head += ["USD/Mtok"] if priced else []
+    cap = f", power cap {si(pr.power_cap, 'W')}" if pr.power_cap else ""
+    text = f"{what}{cap}\n" + (table(rows, head) if rows else "no feasible configuration")
     if not rows:
         text += (
             " (none fits in memory, meets the SLO and stays under the power cap); relax "
-            "--tpot-slo/--power-cap, add chips or fix fewer knobs."
+            "--tpot-slo/--ttft-slo/--power-cap, add chips or fix fewer knobs."
         )
     return text
 
 
-def fit_progress(label: str):
-    """A one-line progress bar on stderr (no dependency); when stderr is not a TTY, a line
-    every 10% instead."""
-    tty = sys.stderr.isatty()
-    last = [-1]
-
-    def show(k, n, loss):
-        pct = int(100 * k / n)
-        if tty:
-            bar = "#" * (pct // 4)
-            print(f"\r{label} [{bar:<25}] {k}/{n} loss {loss:.5f}", end="", file=sys.stderr)
-            if k == n:
-                print(file=sys.stderr)
-        elif pct // 10 != last[0]:
-            last[0] = pct // 10
-            print(f"{label}: {k}/{n} loss {loss:.5f}", file=sys.stderr)
-
-    return show
-
-
-def search_progress(stage: str, evaluations: int) -> None:
-    if sys.stderr.isatty():
-        print(f"\rsearch: {stage:<38} {evaluations:7d} evaluations", end="", file=sys.stderr)
-        if stage == "done":
-            print(file=sys.stderr)
-
-
-def sweep_progress(done: int, total: int, rows: int) -> None:
-    if sys.stderr.isatty():
-        bar = "#" * int(25 * done / total)
-        print(f"\rsweep [{bar:<25}] {done}/{total} chunks", end="", file=sys.stderr)
-        if done == total:
-            print(file=sys.stderr)
-
-
 def warn(message: str) -> None:
     print(f"emu: warning: {message}", file=sys.stderr)
+
+
+def note_lines(args, notes: list[str]) -> None:
+    """Notes on stderr (when the output itself has no place for them), unless --json."""
+    if not args.json:
+        for n in notes:
+            print(f"emu: note: {n}", file=sys.stderr)
+
+
+def need_matplotlib(flag: str) -> None:
+    """ValueError saying exactly how to get matplotlib, before any work."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ValueError(f"{flag} needs matplotlib: pip install 'cluster-emu[plot]'") from None
+
+
+def system_row(name: str, d: dict) -> dict:
+    """One `emu list` line of a system, from `emu.analysis.describe`."""
+    peaks = d["peak_flops_per_s"]
+    return {
+        "name": name,
+        "chip": d["chip"],
+        "chips": d["n_chips"],
+        # the whole system unit's dense peak (describe sums the chips)
+        "peak_bf16_flops_per_s": peaks.get("bf16", peaks.get("fp16", 0.0)),
+        "precisions": list(peaks),
+        "hbm_bytes_per_chip": d["hbm_bytes"] / d["n_chips"],
+        "hbm_bytes": d["hbm_bytes"],
+        "scale_up_chips": max(
+            (t["domain_chips"] for t in d["tiers"][:-1]), default=d["tiers"][0]["domain_chips"]
+        ),
+        "power_w": d["power_w"],
+    }
+
+
+def model_row(name: str, model) -> dict:
+    """One `emu list` line of a model."""
+    from emu.workload import params_active, params_total
+
+    f = lambda x: int(round(float(x)))
+    return {
+        "name": name,
+        "params": float(params_total(model)),
+        "active_params": float(params_active(model)),
+        "layers": f(model.n_layers),
+        "d_model": f(model.d_model),
+        "heads": f"{f(model.n_heads)}/{f(model.n_kv_heads)}",
+        "attention": model.attention,
+        "experts": f(model.n_experts),
+        "top_k": f(model.top_k),
+    }
+
+
+def _params(n: float) -> str:
+    return f"{n / 1e12:.3g}T" if n >= 1e12 else f"{n / 1e9:.3g}B"
+
+
+def list_text(out: dict) -> str:
+    sys_rows = [
+        [
+            name, s["chip"], f"{s['chips']}", si(s["peak_bf16_flops_per_s"], "FLOP/s"),
+            si(s["hbm_bytes_per_chip"], "B"), f"{s['scale_up_chips']:g}",
+            ",".join(s["precisions"]), si(s["power_w"], "W"),
+        ]
+        for name, s in out["systems"].items()
+    ]  # fmt: skip
+    model_rows = [
+        [
+            name, _params(m["params"]), _params(m["active_params"]),
+            f"{m['layers']}", f"{m['d_model']}", m["heads"], m["attention"],
+            f"{m['experts']} (top {m['top_k']})" if m["experts"] else "-",
+        ]
+        for name, m in out["models"].items()
+    ]  # fmt: skip
+    return (
+        table(
+            sys_rows,
+            [
+                "system",
+                "chip",
+                "chips",
+                "peak bf16",
+                "HBM/chip",
+                "scale-up",
+                "precisions",
+                "power (IT)",
+            ],
+        )  # fmt: skip
+        + "\n\n"
+        + table(
+            model_rows,
+            [
+                "model",
+                "params",
+                "active",
+                "layers",
+                "d_model",
+                "heads (q/kv)",
+                "attention",
+                "experts",
+            ],
+        )  # fmt: skip
+        + "\n\n(`emu list --fields NAME` for a system's or model's fields, `--fields plan` "
+        "for the plan knobs)"
+    )
+
+
+def plan_fields() -> dict:
+    """Every plan knob (emu.plan.KNOBS): flag, kind, default, bounds or choices, phases."""
+    from emu.plan import KNOBS
+
+    out = {}
+    for k in KNOBS:
+        if k.kind == "static":
+            rule = ", ".join(k.choices)
+        elif k.kind == "choice":
+            rule = ", ".join(k.names)
+        else:
+            rule = k.describe()
+        out[k.name] = {
+            "flag": k.flag,
+            "set": f"plan.{k.name}",
+            "kind": k.kind,
+            "default": k.default if k.default is not None else "derived",
+            "values": rule,
+            "unit": k.unit,
+            "phases": list(k.phases),
+            "help": k.help,
+        }
+    return out
+
+
+def _short(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[: n - 3].rstrip() + "..."
+
+
+def plan_fields_text(out: dict) -> str:
+    rows = [
+        [name, d["flag"], f"{d['default']}", d["values"], "/".join(d["phases"]), _short(d["help"])]
+        for name, d in out.items()
+    ]
+    return (
+        table(rows, ["knob", "flag", "default", "values", "phases", "help"])
+        + "\n(set any knob with its flag or --set plan.NAME=VALUE; --json has the full help)"
+    )

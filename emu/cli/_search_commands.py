@@ -3,19 +3,19 @@ search, and its result as text or JSON (with the best configuration's full `run`
 
 from __future__ import annotations
 
-import os
-import socket
-import time
 from pathlib import Path
 
-from emu import analysis, catalog, storage
+from emu import analysis, catalog, policy, storage
 from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
-from emu.cli._commands import overrides
-from emu.cli._parser import CliError
+from emu.cli._distributed import processes as _processes
+from emu.cli._parser import SLO_DEFAULTS, CliError
+from emu.cli._setup import overrides, resolved, set_note, slo
+from emu.overrides import check_unit, parse_value
 from emu.plan import KNOBS
 from emu.plan import knobs as plan_knobs
 from emu.search import Problem, check_grid
+from emu.struct import info_at
 
 _OUT_SUFFIXES = (".csv", ".parquet")
 
@@ -40,6 +40,13 @@ def _check_flags(args) -> None:
             raise CliError(f"{args.command} keeps {k.name} at its default; drop {k.flag}.")
     if args.phase == "train" and args.batch is not None:
         raise CliError("--batch is the serving batch per DP rank; in training use --microbatch.")
+    for k in KNOBS:
+        if k.name in PROBLEM_KNOBS and k.kind != "static" and k.name != "seq_len":
+            if getattr(args, k.name) is not None and not k.applies_to(args.phase):
+                raise CliError(
+                    f"{k.flag} applies to {'/'.join(k.phases)} plans only; drop it "
+                    f"(--phase {args.phase})."
+                )
     if args.phase != "train":
         keys = [k for k in KNOBS if k.name in searchable and not k.applies_to(args.phase)]
         keys += [k for k in KNOBS if k.name in ("microbatch", "global_batch")]
@@ -94,12 +101,15 @@ def _grid(args, system) -> dict:
             raise CliError(f"--grid expects NAME=V1,V2,... (got '{item}').")
         if path.strip() in grid:
             raise CliError(f"--grid {path.strip()} is given twice; list all its values once.")
-        try:
-            grid[path.strip()] = [float(v) for v in values.split(",")]
-        except ValueError:
-            raise CliError(
-                f"--grid {path.strip()}: values must be numbers (got '{values}')."
-            ) from None
+        name = path.strip()
+        try:  # values may carry units (4TB/s), checked against the field's unit
+            parsed = [parse_value(v) for v in values.split(",")]
+            for v in parsed:
+                check_unit(v, info_at(system, name), f"--grid {name}")
+        except ValueError as e:
+            text = str(e) if "--grid" in str(e) else f"--grid {name}: {e}"
+            raise CliError(text) from None
+        grid[name] = [float(v) for v in parsed]
     try:
         check_grid(system, grid)
     except ValueError as e:
@@ -107,42 +117,93 @@ def _grid(args, system) -> dict:
     return grid
 
 
+def _problem(args, system, model, chips, free, fixed, slo_s, price=None) -> Problem:
+    """The search Problem of the workload flags (precision: each system's own default;
+    `price`: the --region cost, for the usd_per_mtoken objective and column)."""
+    given = {n: getattr(args, n) for n in PROBLEM_KNOBS if getattr(args, n, None) is not None}
+    given.setdefault("precision", policy.default_precision(system, args.phase))
+    return Problem(
+        system=system.name,
+        model=model.name,
+        chips=chips,
+        objective=getattr(args, "objective", "tokens_per_joule"),
+        free=free,
+        fixed=tuple(sorted(fixed.items())),
+        power_cap=getattr(args, "power_cap", None),
+        tpot_slo=slo_s if args.phase == "decode" else SLO_DEFAULTS["tpot_slo"],
+        ttft_slo=slo_s if args.phase == "prefill" else None,
+        cost=price,
+        **given,
+    )
+
+
 def search_setup(args):
-    """(system, model, problem, grid, out) of `emu search` / `emu sweep`, all checked before
-    any work (the output path too)."""
+    """(system, model, problem, grid, out, notes) of `emu search` / `emu sweep`, all checked
+    before any work (the output path too)."""
     sys_o, model_o, plan_o = overrides(args)
     if plan_o:
         raise CliError(
             f"{args.command} varies the plan itself; --set takes system and model fields."
         )
     _check_flags(args)
+    slo_s = slo(args, args.phase)
     out = None
     if args.out:
         out = storage.check_output_path(args.out, suffixes=_OUT_SUFFIXES, what="--out")
-    system = cost_flags.with_region(args, catalog.load_system(args.system, sys_o))
+    notes: list[str] = []
+    system = catalog.load_system(resolved(args.system, "systems", notes), sys_o)
+    system = cost_flags.with_region(args, system)
     price = cost_flags.pricing(args, system)
     if price is None and args.objective == "usd_per_mtoken":
         raise CliError(
             "--objective usd_per_mtoken needs --region (cost per token needs a region's "
             "electricity price and PUE); `emu list` shows the regions."
         )
-    model = catalog.load_model(args.model, model_o)
+    model = catalog.load_model(resolved(args.model, "models", notes), model_o)
     free, fixed = _free_and_fixed(args)
-    given = {n: getattr(args, n) for n in PROBLEM_KNOBS if getattr(args, n) is not None}
+    problem = _problem(args, system, model, _chips(args, system), free, fixed, slo_s, price)
+    if args.precision is None:
+        notes.append(f"precision: {problem.precision} (--precision to change)")
+    return system, model, problem, _grid(args, system), out, notes + set_note(args)
+
+
+def quick_search(args, system, model, chips: int, knobs: dict, slo_s) -> tuple:
+    """`--plan best` of run/compare: a short gradient search over the knobs not given
+    (exactly re-evaluated); (plan, a sentence saying what it was)."""
+    from emu.search import gradient_search, plan_of
+
+    searchable = {k.name for k in plan_knobs(searchable=True)} - {"dp"}
+    fixed = {}
+    for name, v in knobs.items():
+        if name in searchable:
+            x = float(next(k for k in KNOBS if k.name == name).encode(v))
+            fixed[name] = int(x) if x.is_integer() else x
+    phase = knobs.get("phase", "train")
+    free = tuple(k for k in (x.name for x in plan_knobs(searchable=True)) if k in searchable
+                 and k not in fixed)  # fmt: skip
+    if phase != "train":
+        free = tuple(k for k in free if k in ("tp", "ep", "microbatch"))
+    given = {n: knobs[n] for n in PROBLEM_KNOBS if n in knobs}
     problem = Problem(
-        system=system.name,
-        model=model.name,
-        chips=_chips(args, system),
-        objective=args.objective,
-        free=free,
+        system=system.name, model=model.name, chips=chips, free=free,
         fixed=tuple(sorted(fixed.items())),
-        power_cap=args.power_cap,
-        tpot_slo=args.tpot_slo,
-        ttft_slo=args.ttft_slo if args.phase == "prefill" else None,
-        cost=price,
-        **given,
+        tpot_slo=slo_s if phase == "decode" else SLO_DEFAULTS["tpot_slo"],
+        ttft_slo=slo_s if phase == "prefill" else None, **given,
+    )  # fmt: skip
+    with render.working(f"--plan best: searching plans of {system.name} / {model.name}"):
+        res = gradient_search(system, model, problem, starts=4, steps=20, polish=2, top=1)
+    if res.best is None:
+        raise CliError(
+            f"--plan best found no feasible plan on {system.name} (none fits in memory and "
+            "meets the SLO); add chips, relax the SLO or fix fewer knobs."
+        )
+    plan = plan_of(problem, res.best)
+    text = (
+        f"plan on {system.name}: the best of a quick gradient search for tokens/J "
+        f"({res.evaluations:,} evaluations of a space of {res.space_size:,}, "
+        f"{res.wall_s:.0f} s); `emu search` searches longer, `emu sweep` exhaustively"
     )
-    return system, model, problem, _grid(args, system), out
+    return plan, text
 
 
 def _best_run(system, model, problem, res) -> dict | None:
@@ -161,17 +222,18 @@ def _best_run(system, model, problem, res) -> dict | None:
     return r
 
 
-def _emit_result(args, system, model, problem, res, out, text: str) -> None:
+def _emit_result(args, system, model, problem, res, out, text: str, notes) -> None:
     best = _best_run(system, model, problem, res)
-    obj = {"best": best, **res.to_json(), "out": str(out) if out else None}
-    render.emit(args, obj, text + render.best_interval_text(best))
+    obj = {"best": best, **res.to_json(), "out": str(out) if out else None, "notes": notes}
+    text += render.best_interval_text(best)
+    render.emit(args, obj, text + "".join(f"\nnote: {n}" for n in notes))
 
 
 def cmd_search(args) -> None:
     from emu.search import gradient_search, write_table
 
     storage.enable_compilation_cache()
-    system, model, problem, grid, out = search_setup(args)
+    system, model, problem, grid, out, notes = search_setup(args)
     res = gradient_search(
         system,
         model,
@@ -181,7 +243,7 @@ def cmd_search(args) -> None:
         steps=args.steps,
         top=args.top,
         seed=args.seed,
-        progress=render.search_progress,
+        progress=render.search_progress(),
     )
     if out:
         write_table(res, out)
@@ -190,61 +252,7 @@ def cmd_search(args) -> None:
         f"gradient + {res.exact_evaluations} exact) of a space of {res.space_size}, "
         f"{res.wall_s:.1f} s"
     )
-    _emit_result(args, system, model, problem, res, out, render.search_text(res, what))
-
-
-def _processes(args) -> tuple[int, int]:
-    """(process id, process count), with jax.distributed initialised when there are
-    several (the coordinator wait is bounded by --coordinator-timeout)."""
-    coord = args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
-    try:
-        nproc = args.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "1"))
-        pid = args.process_id
-        pid = pid if pid is not None else int(os.environ.get("JAX_PROCESS_ID", "0"))
-    except ValueError:
-        raise CliError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers.") from None
-    if nproc < 1 or not 0 <= pid < nproc:
-        raise CliError(f"--process-id must be in [0, {nproc}) (got {pid}).")
-    if nproc > 1:
-        if not coord:
-            raise CliError("several processes need --coordinator HOST:PORT.")
-        if pid != 0:  # jax aborts the process (C++) when the coordinator never answers
-            _wait_for_coordinator(coord, args.coordinator_timeout)
-        import jax
-
-        try:
-            jax.distributed.initialize(
-                coordinator_address=coord,
-                num_processes=nproc,
-                process_id=pid,
-                initialization_timeout=args.coordinator_timeout,
-            )
-        except Exception as e:  # noqa: BLE001 - jax raises several types; one line for all
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise CliError(
-                f"cannot reach the coordinator {coord} within {args.coordinator_timeout} s "
-                f"({first}); start every process, or raise --coordinator-timeout."
-            ) from None
-    return pid, nproc
-
-
-def _wait_for_coordinator(coord: str, timeout_s: float) -> None:
-    """Return once a TCP connection to HOST:PORT succeeds; CliError after `timeout_s`."""
-    host, sep, port = coord.rpartition(":")
-    if not sep or not port.isdigit():
-        raise CliError(f"--coordinator expects HOST:PORT (got '{coord}').")
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise CliError(
-                    f"cannot reach the coordinator {coord} within {timeout_s:g} s; start "
-                    "process 0 first, or raise --coordinator-timeout."
-                ) from None
-            time.sleep(0.2)
+    _emit_result(args, system, model, problem, res, out, render.search_text(res, what), notes)
 
 
 def cmd_sweep(args) -> None:
@@ -252,7 +260,7 @@ def cmd_sweep(args) -> None:
 
     pid, nproc = _processes(args)
     storage.enable_compilation_cache()
-    system, model, problem, grid, out = search_setup(args)
+    system, model, problem, grid, out, notes = search_setup(args)
     base = out.with_name(out.name + ".parts") if out else storage.cache_dir("sweeps")
     res = sweep(
         system,
@@ -264,7 +272,7 @@ def cmd_sweep(args) -> None:
         chunk=args.chunk,
         process_id=pid,
         num_processes=nproc,
-        progress=render.sweep_progress,
+        progress=render.sweep_progress(),
         warn=render.warn,
         throttle_s=args.throttle_s,
     )
@@ -283,7 +291,7 @@ def cmd_sweep(args) -> None:
     text = (
         render.search_text(res, what) + f"\nPareto front (tokens/s vs W): {len(res.pareto)} plans"
     )
-    _emit_result(args, system, model, problem, res, out, text)
+    _emit_result(args, system, model, problem, res, out, text, notes)
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -23,7 +23,15 @@ Parts: `_objectives` (the registry), `_problem` (Problem, KNOBS, COLUMNS), `_spa
 
 from emu.search._gradient import CATEGORICAL, RELAXED, gradient_search
 from emu.search._objectives import OBJECTIVES, Objective, get_objective, register_objective
-from emu.search._problem import COLUMNS, DEFAULTS, KNOBS, Problem, check_problem
+from emu.search._problem import (
+    BUDGET,
+    COLUMNS,
+    DEFAULTS,
+    KNOBS,
+    Problem,
+    check_budget,
+    check_problem,
+)
 from emu.search._results import SearchResult, SweepResult, write_table
 from emu.search._space import (
     TOPOLOGY_RANGES,
@@ -49,6 +57,8 @@ __all__ = [
     "apply_grid",
     "check_grid",
     "check_problem",
+    "check_budget",
+    "BUDGET",
     "pareto_front",
     "Space",
     "Objective",

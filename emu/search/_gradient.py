@@ -27,7 +27,7 @@ from emu.policy import DEFAULT_BATCH_TOKENS
 from emu.search._evaluate import FAST_COMPILE, make_row_fn
 from emu.search._local import Exact, descend
 from emu.search._objectives import get_objective
-from emu.search._problem import KNOBS, Problem
+from emu.search._problem import KNOBS, Problem, check_budget
 from emu.search._results import SearchResult
 from emu.search._space import Space
 from emu.topology import System
@@ -253,6 +253,9 @@ def gradient_search(
     called as the search advances."""
     import optax
 
+    check_budget(starts=starts, steps=steps, neighbours=neighbours, polish=polish, top=top)
+    if not (learning_rate > 0 and math.isfinite(learning_rate)):
+        raise ValueError(f"learning_rate must be a positive number (got {learning_rate!r}).")
     if objective is not None:
         problem = dataclasses.replace(problem, objective=objective)
     t0 = time.perf_counter()

@@ -9,6 +9,8 @@ import json
 import math
 from collections.abc import Callable
 
+import numpy as np
+
 from emu import cost as C
 from emu.hardware import peak_flops
 from emu.plan import PHASES
@@ -191,3 +193,25 @@ def check_problem(system: System, problem: Problem) -> None:
     ):
         if v is not None and not (v > 0 and math.isfinite(v)):
             raise ValueError(f"the {name} must be a positive finite number (got {v}).")
+
+
+#: bounds of the search budget arguments (inclusive): a typo must not run for days or crash
+BUDGET = {
+    "starts": (1, 1024),
+    "steps": (1, 10_000),
+    "neighbours": (1, 1000),
+    "polish": (0, 1024),
+    "top": (1, 1_000_000),
+    "chunk": (1, 1 << 24),
+}
+
+
+def check_budget(**values) -> None:
+    """ValueError naming the argument when a budget value (BUDGET) is not an integer in its
+    bounds; None values (the default rule) pass."""
+    for name, v in values.items():
+        if v is None:
+            continue
+        lo, hi = BUDGET[name]
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or not lo <= v <= hi:
+            raise ValueError(f"{name} must be an integer in [{lo}, {hi}] (got {v!r}).")

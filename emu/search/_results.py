@@ -116,13 +116,36 @@ def chunk_header(index: int, rows: int, signature: str) -> dict:
     return {"index": index, "rows": rows, "signature": signature}
 
 
+#: a sweep table up to this many rows is ranked whole in memory (~100 MB); a larger one is
+#: streamed feasible rows first, then the rest, each in the order of the space
+RANK_ROWS = 1 << 20
+
+
+def _ranked(block: np.ndarray, feasible_col: int, objective_col: int, sign: float):
+    """Rows of `block` feasible first, then by the objective, best first."""
+    order = np.lexsort((-sign * block[:, objective_col], block[:, feasible_col] <= 0.5))
+    return block[order]
+
+
 def write_table(result: SweepResult | SearchResult, path) -> Path:
     """Every evaluated configuration (grid values, knobs, global batch, outputs) as CSV or
-    Parquet (by the file's suffix), streamed block by block and written atomically. For a
-    sweep: the whole space, from its chunk records; for a gradient search: every exactly
-    evaluated candidate."""
+    Parquet (by the file's suffix), written atomically, feasible configurations first: a
+    gradient search's candidates and a sweep of up to RANK_ROWS rows ranked (feasible, then
+    the objective, best first); a larger sweep streamed from its chunk records, its feasible
+    rows first and then the others, each group in the order of the space."""
     path = Path(path)
-    with table_writer(path, result.space.header()) as write:
-        for block in result.table_blocks():
-            write(block)
+    header = result.space.header()
+    fc, oc = header.index("feasible"), header.index("objective")
+    sign = result.problem.sign()
+    with table_writer(path, header) as write:
+        if isinstance(result, SearchResult) or result.evaluations <= RANK_ROWS:
+            blocks = list(result.table_blocks())
+            if blocks:
+                write(_ranked(np.concatenate(blocks), fc, oc, sign))
+            return path
+        for feasible in (True, False):
+            for block in result.table_blocks():
+                keep = (block[:, fc] > 0.5) == feasible
+                if keep.any():
+                    write(block[keep])
     return path

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from emu.search._evaluate import make_eval
-from emu.search._problem import COLUMNS, Problem
+from emu.search._problem import COLUMNS, Problem, check_budget
 from emu.search._results import SweepResult, chunk_header
 from emu.search._space import Space
 from emu.storage import RecordError, StorageError, read_record, write_record
@@ -229,6 +229,7 @@ def sweep(
     `problem.objective`; `progress(done, total, rows)` is called per stored chunk, `warn(msg)`
     for a chunk recomputed; `throttle_s` pauses after each stored chunk (tests kill a sweep
     mid-way with it)."""
+    check_budget(top=top, chunk=chunk)
     if objective is not None:
         problem = dataclasses.replace(problem, objective=objective)
     t0 = time.perf_counter()

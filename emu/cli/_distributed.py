@@ -1,0 +1,96 @@
+"""Several processes of one sweep: process ids, the coordinator, and waits that end with
+one line (never jax's C++ abort) after --coordinator-timeout."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+
+from emu.cli._parser import CliError
+
+#: exit status of a coordinator wait that ran out (bad input: the other processes)
+TIMEOUT_STATUS = 2
+
+
+def _watchdog(coord: str, pid: int, nproc: int, timeout_s: float) -> threading.Timer:
+    """A timer that, unless cancelled within `timeout_s`, prints one line and ends the
+    process (jax's initialise would otherwise abort it with a C++ stack trace)."""
+    who = "the other processes" if pid == 0 else "the coordinator (process 0)"
+
+    def expire() -> None:
+        print(
+            f"emu: error: process {pid} of {nproc}: {who} did not connect to {coord} within "
+            f"{timeout_s:g} s; start every process (same command, --process-id 0..{nproc - 1}) "
+            "or raise --coordinator-timeout.",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(TIMEOUT_STATUS)
+
+    t = threading.Timer(timeout_s, expire)
+    t.daemon = True
+    t.start()
+    return t
+
+
+def processes(args) -> tuple[int, int]:
+    """(process id, process count), with jax.distributed initialised when there are
+    several (the coordinator wait is bounded by --coordinator-timeout)."""
+    coord = args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    try:
+        nproc = args.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "1"))
+        pid = args.process_id
+        pid = pid if pid is not None else int(os.environ.get("JAX_PROCESS_ID", "0"))
+    except ValueError:
+        raise CliError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers.") from None
+    if nproc < 1 or not 0 <= pid < nproc:
+        raise CliError(f"--process-id must be in [0, {nproc}) (got {pid}).")
+    if nproc > 1:
+        if not coord:
+            raise CliError("several processes need --coordinator HOST:PORT.")
+        if pid != 0:  # jax aborts the process (C++) when the coordinator never answers
+            _wait_for_coordinator(coord, args.coordinator_timeout)
+        import jax
+
+        timeout = args.coordinator_timeout
+        # jax aborts the process (C++, a stack trace) when the wait runs out: a watchdog
+        # ends it first with one line; jax's own limit is a little later
+        watchdog = _watchdog(coord, pid, nproc, timeout)
+        try:
+            jax.distributed.initialize(
+                coordinator_address=coord,
+                num_processes=nproc,
+                process_id=pid,
+                initialization_timeout=int(timeout) + 10,
+            )
+        except Exception as e:  # noqa: BLE001 - jax raises several types; one line for all
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CliError(
+                f"cannot reach the coordinator {coord} within {args.coordinator_timeout} s "
+                f"({first}); start every process, or raise --coordinator-timeout."
+            ) from None
+        finally:
+            watchdog.cancel()
+    return pid, nproc
+
+
+def _wait_for_coordinator(coord: str, timeout_s: float) -> None:
+    """Return once a TCP connection to HOST:PORT succeeds; CliError after `timeout_s`."""
+    host, sep, port = coord.rpartition(":")
+    if not sep or not port.isdigit():
+        raise CliError(f"--coordinator expects HOST:PORT (got '{coord}').")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise CliError(
+                    f"cannot reach the coordinator {coord} within {timeout_s:g} s; start "
+                    "process 0 first, or raise --coordinator-timeout."
+                ) from None
+            time.sleep(0.2)

@@ -1,0 +1,135 @@
+"""Flags -> the (system, model, plan) of `run`, `compare` and `sensitivity`, with the notes a
+user should see about how they were chosen: which catalog name a spelling resolved to, the
+precision picked for each system, the `--set` overrides applied, an uncalibrated chip family
+or link type, and a plan from a quick search (`--plan best`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from emu import catalog, policy
+from emu.cli import _cost as cost_flags
+from emu.cli._parser import FLAG_DEFAULTS, SLO_DEFAULTS, CliError
+from emu.overrides import apply_overrides, parse_override, split_overrides
+from emu.plan import KNOBS, Plan
+from emu.topology import System
+from emu.workload import Model
+
+
+@dataclasses.dataclass
+class Setup:
+    """One configuration to evaluate and what the user should be told about it."""
+
+    system: System
+    model: Model
+    plan: Plan
+    slo_s: float | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def overrides(args) -> tuple[dict, dict, dict]:
+    """(system, model, plan) overrides of the --set flags (values may carry units)."""
+    parsed = {}
+    for item in args.set:
+        try:
+            path, value = parse_override(item)
+        except ValueError as e:
+            raise CliError(f"--set {e}") from None
+        parsed[path] = value
+    if hasattr(args, "region"):  # cost.* and region.* go to the cost flags (emu.cli._cost)
+        parsed = {p: v for p, v in parsed.items() if not cost_flags.is_cost_path(p)}
+    return split_overrides(parsed)
+
+
+def set_note(args) -> list[str]:
+    """'--set applied: ...' (what the user changed, as typed), or nothing."""
+    return [f"--set applied: {', '.join(args.set)}"] if getattr(args, "set", None) else []
+
+
+def resolved(name: str, kind: str, notes: list[str]) -> str:
+    """The catalog name `name` spells (a note when it differs), or `name` if it is a path."""
+    s = str(name)
+    if s.endswith((".toml", ".json")) or "/" in s:
+        return s
+    canonical = catalog.resolve_name(s, kind)
+    if canonical != s:
+        notes.append(f"{kind[:-1]} '{s}' is the catalog's '{canonical}'")
+    return canonical
+
+
+def slo(args, phase: str) -> float | None:
+    """The latency SLO of `phase` (decode: --tpot-slo, prefill: --ttft-slo; their defaults
+    when not given); a SLO flag the phase would ignore is refused."""
+    own = {"decode": "tpot_slo", "prefill": "ttft_slo"}.get(phase)
+    for name in SLO_DEFAULTS:
+        if getattr(args, name, None) is not None and name != own:
+            flag = "--" + name.replace("_", "-")
+            use = f"; --{own.replace('_', '-')} is the {phase} SLO" if own else ""
+            raise CliError(f"{flag} does not apply to {phase} plans; drop it{use}.")
+    if own is None:
+        return None
+    value = getattr(args, own, None)
+    return SLO_DEFAULTS[own] if value is None else value
+
+
+def plan_knobs(args) -> dict:
+    """The plan knobs given on the command line, by name (the rest is left to the plan rule
+    and the declared defaults); a flag the plan's phase would ignore is refused."""
+    given = {k.name: getattr(args, k.name) for k in KNOBS if getattr(args, k.name) is not None}
+    phase = given.get("phase", "train")
+    if phase == "train" and args.batch is not None:
+        raise CliError("--batch is the serving batch per DP rank; in training use --microbatch.")
+    for k in KNOBS:
+        if k.name not in given or k.kind == "static" or k.name in FLAG_DEFAULTS:
+            continue
+        if phase != "train" and k.name in ("microbatch", "global_batch"):
+            raise CliError(f"a {phase} plan's batch is --batch (per DP rank); drop {k.flag}.")
+        if not k.applies_to(phase):
+            raise CliError(
+                f"{k.flag} applies to {'/'.join(k.phases)} plans only; drop it (--phase {phase})."
+            )
+    if phase != "train" and args.batch is not None:
+        given["microbatch"] = args.batch
+    return given
+
+
+def _precision(args, system: System, phase: str, notes: list[str]) -> str:
+    if args.precision is not None:
+        return args.precision
+    p = policy.default_precision(system, phase)
+    why = "training default" if phase == "train" else "the chip's serving format"
+    notes.append(f"precision on {system.name}: {p} ({why}; --precision to change)")
+    return p
+
+
+def setup(args, system_name: str) -> Setup:
+    """The configuration of the workload flags of run/compare/sensitivity on one system."""
+    notes: list[str] = []
+    sys_o, model_o, plan_o = overrides(args)
+    knobs = plan_knobs(args)
+    phase = knobs.get("phase", "train")
+    slo_s = slo(args, phase)
+    system = catalog.load_system(resolved(system_name, "systems", notes), sys_o)
+    system = cost_flags.with_region(args, system)
+    model = catalog.load_model(resolved(args.model, "models", notes), model_o)
+    knobs["precision"] = _precision(args, system, phase, notes)
+    missing = catalog.uncalibrated(system)
+    if missing:
+        notes.append(
+            f"uncalibrated: {', '.join(missing)} (parameters declared in the file, not fitted "
+            "to measurements); expect larger errors"
+        )
+    chips = args.chips if args.chips is not None else int(float(system.n_chips))
+    if getattr(args, "plan", "rule") == "best":
+        from emu.cli._search_commands import quick_search
+
+        plan, text = quick_search(args, system, model, chips, knobs, slo_s)
+        notes.append(text)
+    else:
+        plan = policy.auto_plan(system, model, chips, **knobs)
+    if plan_o:
+        plan = apply_overrides(plan, plan_o, "Plan")
+        policy.check_plan(system, model, plan, args.chips)
+    if plan.phase != "train" and args.batch is None:
+        plan = policy.with_largest_batch(system, model, plan, slo_s)
+    return Setup(system, model, plan, slo_s, notes)
