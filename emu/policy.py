@@ -1,9 +1,13 @@
 """The plan policy: which plan when the user leaves degrees out, and the largest batch that
 meets a latency SLO.
 
+Chips are packages; plan degrees count ranks (dies as ranks, issue 11): `chips` packages of
+a chip with d dies (Ascend 910C: 2) give chips x d ranks, and the rules below apply to ranks
+and to each rank's share of HBM (`emu.topology.rank_system`).
+
 Training rule (stated in `emu run --help` and the README): TP = the largest power of two
-<= 8 that divides the heads and fits in the innermost scale-up tier; CP = 1; PP = the
-smallest divisor of the layers that makes the plan fit in HBM (selective recomputation
+<= 8 that divides the heads and fits in the scale-up node (`emu.topology.node_tier`);
+CP = 1; PP = the smallest divisor of the layers that makes the plan fit in HBM (selective recomputation
 first, then full); DP takes the remaining chips. The default global batch is the smallest
 multiple of dp * microbatch holding >= DEFAULT_BATCH_TOKENS tokens. MoE models: EP = the
 largest divisor of the experts that divides tp*dp*cp and fits in the scale-up domain.
@@ -32,12 +36,12 @@ import math
 import jax
 import jax.numpy as jnp
 
-from emu.hardware import peak_flops
+from emu.hardware import peak_flops, usable_hbm_bytes
 from emu.objective import evaluate, inference_memory, max_batch_under_slo
 from emu.parallelism import memory
 from emu.plan import KNOBS, Plan, make_plan, validate_plan
 from emu.struct import check_value, replace
-from emu.topology import System
+from emu.topology import System, node_tier, rank_system
 from emu.units import PRECISIONS
 from emu.workload import Model
 
@@ -69,6 +73,23 @@ def divisors(n: int) -> list[int]:
 
 def _int(x) -> int:
     return int(round(float(x)))
+
+
+def _dies(system: System) -> int:
+    return _int(system.chip.dies_per_chip)
+
+
+def _ranks_text(system: System, ranks: int) -> str:
+    """"the chip count 64", or "the rank count 768 (384 chips x 2 dies)" on multi-die chips."""
+    d = _dies(system)
+    return f"the chip count {ranks}" if d == 1 else (
+        f"the rank count {ranks} ({ranks // d} chips x {d} dies)"
+    )
+
+
+def _capacity(system: System):
+    """HBM one rank may use (bytes): its share of the package, less the runtime's reserve."""
+    return usable_hbm_bytes(rank_system(system).chip)
 
 
 #: knobs the rule chooses when they are left out (None)
@@ -107,7 +128,8 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     their declared defaults (seq_len: 4096)."""
     knobs = {k: v for k, v in knobs.items() if v is not None}
     knobs.setdefault("seq_len", 4096)
-    chips = _check_knobs(chips, system, knobs)
+    packages = _check_knobs(chips, system, knobs)
+    chips = packages * _dies(system)  # ranks from here on
     if knobs.get("phase", "train") != "train":
         bad = [k for k in _SERVING_FIXED if knobs.get(k, 1) != 1]
         if bad:
@@ -123,7 +145,8 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     rest = chips / (tp * cp)
     if rest != int(rest):
         raise ValueError(
-            f"Plan: tp*cp = {tp * cp} must divide the chip count {chips}; adjust tp or cp."
+            f"Plan: tp*cp = {tp * cp} must divide {_ranks_text(system, chips)}; "
+            "adjust tp or cp."
         )
     rest = int(rest)
     candidates = _pp_candidates(model, rest, pp=pp, dp=dp, vpp=vpp)
@@ -142,17 +165,17 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     chosen = _first_fitting(system, model, build, candidates, recompute)
     if dp is not None and _int(chosen.dp) != dp:
         raise ValueError(
-            f"Plan: tp*pp*dp*cp = {tp * _int(chosen.pp) * dp * cp} must equal n_chips = "
-            f"{chips}; adjust dp (got dp={dp})."
+            f"Plan: tp*pp*dp*cp = {tp * _int(chosen.pp) * dp * cp} must equal "
+            f"{_ranks_text(system, chips)}; adjust dp (got dp={dp})."
         )
-    return check_plan(system, model, chosen, chips)
+    return check_plan(system, model, chosen, packages)
 
 
 def _default_tp(system: System, model: Model, chips: int, *, cp: int, dp, pp) -> int:
     """The largest power of two <= 8 dividing the heads (and the KV heads, or vice versa)
     inside the innermost tier and the chips left by cp (and dp, pp when given)."""
     heads, kv = _int(model.n_heads), _int(model.n_kv_heads)
-    inner = _int(system.tiers[0].domain_chips)
+    inner = _int(node_tier(system).domain_chips) * _dies(system)
     free = chips // cp if chips % cp == 0 else 1
     if dp is not None and pp is not None:
         free = max(1, free // max(dp * pp, 1))
@@ -192,15 +215,16 @@ def _first_fitting(system, model, build, candidates, recompute) -> Plan:
     for rc in recomputes:
         for p in candidates:
             plan = build(p, rc)
-            if float(memory(model, plan, system.chip.hbm_bytes).feasible) > 0.5:
+            if float(memory(model, plan, _capacity(system)).feasible) > 0.5:
                 return plan
     return build(candidates[-1], recomputes[-1])
 
 
 def scale_up_domain(system: System) -> float:
-    """Chips in the largest domain below the scale-out tier (NVL72: 72, CM384: 384)."""
+    """Ranks in the largest domain below the scale-out tier (NVL72: 72, CM384: 384 chips x 2
+    dies = 768)."""
     tiers = system.tiers
-    return float((tiers[-2] if len(tiers) > 1 else tiers[0]).domain_chips)
+    return float((tiers[-2] if len(tiers) > 1 else tiers[0]).domain_chips) * _dies(system)
 
 
 def _auto_ep(system: System, model: Model, ranks: int, *, limit: float | None = None) -> int:
@@ -239,7 +263,7 @@ def _serving_tp(system, model, chips, knobs: dict) -> int:
             continue
         tp = t
         probe = make_plan(tp=t, dp=chips // t, **probe_knobs)
-        if float(inference_memory(model, probe, system.chip.hbm_bytes).feasible) > 0.5:
+        if float(inference_memory(model, probe, _capacity(system)).feasible) > 0.5:
             break
     return tp
 
@@ -253,18 +277,19 @@ def _auto_inference_plan(system, model, chips: int, knobs: dict) -> Plan:
     if tp is None:
         tp = _serving_tp(system, model, chips, {**knobs, "microbatch": microbatch})
     if chips % tp:
-        raise ValueError(f"Plan: tp={tp} must divide the chip count {chips}; adjust tp.")
+        raise ValueError(f"Plan: tp={tp} must divide {_ranks_text(system, chips)}; adjust tp.")
     dp_ = chips // tp
     if dp is not None and dp != dp_:
         raise ValueError(
-            f"Plan: tp*pp*dp*cp = {tp * dp} must equal n_chips = {chips}; adjust dp (got dp={dp})."
+            f"Plan: tp*pp*dp*cp = {tp * dp} must equal {_ranks_text(system, chips)}; "
+            f"adjust dp (got dp={dp})."
         )
     ep_ = ep if ep is not None else _serving_ep(system, model, chips)
     plan = make_plan(
         **knobs, tp=tp, dp=dp_, ep=ep_, microbatch=microbatch, global_batch=dp_ * microbatch,
         recompute="none", zero=0,
     )  # fmt: skip
-    return check_plan(system, model, plan, chips)
+    return check_plan(system, model, plan, chips // _dies(system))
 
 
 def _check_precision(system: System, precision: str) -> None:
@@ -298,15 +323,16 @@ def check_plan(system: System, model: Model, plan: Plan, chips: int | None = Non
     _check_precision(system, plan.precision)
     if chips is not None:
         n = _int(plan.tp * plan.pp * plan.dp * plan.cp)
-        if n != chips:
+        if n != chips * _dies(system):
             raise ValueError(
-                f"Plan: tp*pp*dp*cp = {n} must equal n_chips = {chips}; adjust dp "
-                f"(got dp={_int(plan.dp)})."
+                f"Plan: tp*pp*dp*cp = {n} must equal {_ranks_text(system, chips * _dies(system))}"
+                f"; adjust dp (got dp={_int(plan.dp)})."
             )
     return validate_plan(
         plan,
         model,
         max_chips=float(system.tiers[-1].domain_chips),
+        dies_per_chip=float(system.chip.dies_per_chip),
         even_layers=False,
         even_experts=plan.phase == "train",
     )
@@ -388,11 +414,29 @@ def largest_batch(system: System, model: Model, plan: Plan, slo_s: float) -> int
     return n
 
 
-def with_largest_batch(system: System, model: Model, plan: Plan, slo_s: float) -> Plan:
-    """`plan` (prefill or decode) with the batch per DP rank of `largest_batch`."""
+def with_largest_batch(
+    system: System, model: Model, plan: Plan, slo_s: float, *, widen_tp: bool = False
+) -> Plan:
+    """`plan` (prefill or decode) with the batch per DP rank of `largest_batch`. With
+    `widen_tp` (TP left to the rule), when even batch 1 misses the SLO at the plan's TP, the
+    smallest TP in 2, 4, 8 (dp shrinking to keep the ranks) whose batch 1 meets it: one long
+    prompt split over a few ranks, as prefill deployments do."""
     if not (slo_s > 0 and math.isfinite(slo_s)):
         raise ValueError(f"the SLO must be a positive number of seconds (got {slo_s}).")
-    n = largest_batch(system, model, plan, slo_s)
+    try:
+        n = largest_batch(system, model, plan, slo_s)
+    except ValueError as e:
+        if not widen_tp or "SLO" not in str(e):
+            raise
+        tp, ranks = _int(plan.tp), _int(plan.tp * plan.dp)
+        for t in (t for t in (2, 4, 8) if t > tp and ranks % t == 0):
+            wider = replace(plan, tp=jnp.float32(t), dp=jnp.float32(ranks // t))
+            try:
+                check_plan(system, model, wider)
+                return with_largest_batch(system, model, wider, slo_s)
+            except ValueError:
+                continue
+        raise
     return replace(plan, microbatch=jnp.float32(n), global_batch=plan.dp * n)
 
 

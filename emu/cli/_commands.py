@@ -253,7 +253,9 @@ def _serving_plan(args, system, model, phase, chips, batch, slo, precision):
         moe_imbalance=args.moe_imbalance,
         a2a_overlap=args.a2a_overlap,
     )
-    return plan if batch is not None else policy.with_largest_batch(system, model, plan, slo)
+    if batch is not None:
+        return plan
+    return policy.with_largest_batch(system, model, plan, slo, widen_tp=True)
 
 
 def cmd_serve(args) -> None:

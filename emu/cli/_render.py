@@ -153,6 +153,16 @@ def interval_lines(results: list[dict], label=lambda r: r["system"]) -> list[str
     return out
 
 
+def _dies(r: dict) -> int:
+    """Dies (ranks) per chip of a result: n_ranks / n_chips (2 on a CloudMatrix 384)."""
+    return round(r.get("n_ranks", r["n_chips"]) / max(r["n_chips"], 1e-9))
+
+
+def _chips_text(r: dict) -> str:
+    d = _dies(r)
+    return f"{r['n_chips']:.0f}" + (f" ({r['n_ranks']:.0f} dies)" if d > 1 else "")
+
+
 def run_text(results: list[dict]) -> str:
     """`emu run`/`emu compare`: infeasibility first, then one column per result, the step
     breakdown, the plans, warnings and notes."""
@@ -168,7 +178,7 @@ def run_text(results: list[dict]) -> str:
     rows = [
         ["feasible", *[_feasible_text(r) for r in results]],
         ["model", *[r["model"] for r in results]],
-        ["chips", *[f"{r['n_chips']:.0f}" for r in results]],
+        ["chips", *[_chips_text(r) for r in results]],
         ["phase", *[r["phase"] for r in results]],
         *_phase_rows(results),
         ["step time", *[si(r["step_time_s"], "s") for r in results]],
@@ -181,9 +191,10 @@ def run_text(results: list[dict]) -> str:
         ["tokens/J (IT)", *[f"{r['tokens_per_joule']:.3g}" for r in results]],
         ["MFU", *[f"{100 * r['mfu']:.1f}%" for r in results]],
         [
-            "memory/chip",
+            "memory/rank" if any(_dies(r) > 1 for r in results) else "memory/chip",
             *[
                 f"{si(r['memory']['total_bytes'], 'B')} of {si(r['memory']['capacity_bytes'], 'B')}"
+                + (" per die" if _dies(r) > 1 else "")
                 for r in results
             ],
         ],
