@@ -8,8 +8,8 @@ and to each rank's share of HBM (`emu.topology.rank_system`).
 Training rule (stated in `emu run --help` and the README): TP = the largest power of two
 <= 8 that divides the heads and fits in the scale-up node (`emu.topology.node_tier`);
 CP = 1; PP = the smallest divisor of the layers that makes the plan fit in HBM (selective
-recomputation first, then full); DP takes the remaining chips. The default global batch is the smallest
-multiple of dp * microbatch holding >= DEFAULT_BATCH_TOKENS tokens. MoE models: EP = the
+recomputation first, then full); DP takes the remaining ranks. The default global batch is
+the smallest multiple of dp * microbatch holding >= DEFAULT_BATCH_TOKENS tokens. MoE models: EP = the
 largest divisor of the experts that divides tp*dp*cp and fits in the scale-up domain.
 
 Serving rule: pp = cp = 1; TP = 1 for MoE models (data-parallel attention, expert-parallel
