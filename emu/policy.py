@@ -9,8 +9,8 @@ Training rule (stated in `emu run --help` and the README): TP = the largest powe
 <= 8 that divides the heads and fits in the scale-up node (`emu.topology.node_tier`);
 CP = 1; PP = the smallest divisor of the layers that makes the plan fit in HBM (selective
 recomputation first, then full); DP takes the remaining ranks. The default global batch is
-the smallest multiple of dp * microbatch holding >= DEFAULT_BATCH_TOKENS tokens. MoE models: EP = the
-largest divisor of the experts that divides tp*dp*cp and fits in the scale-up domain.
+the smallest multiple of dp * microbatch holding >= DEFAULT_BATCH_TOKENS tokens. MoE models:
+EP = the largest divisor of the experts that divides tp*dp*cp and fits in the scale-up domain.
 
 Serving rule: pp = cp = 1; TP = 1 for MoE models (data-parallel attention, expert-parallel
 MoE), else the smallest power of two <= 8 whose weights fit in HBM; EP = the largest divisor
@@ -80,10 +80,12 @@ def _dies(system: System) -> int:
 
 
 def _ranks_text(system: System, ranks: int) -> str:
-    """"the chip count 64", or "the rank count 768 (384 chips x 2 dies)" on multi-die chips."""
+    """ "the chip count 64", or "the rank count 768 (384 chips x 2 dies)" on multi-die chips."""
     d = _dies(system)
-    return f"the chip count {ranks}" if d == 1 else (
-        f"the rank count {ranks} ({ranks // d} chips x {d} dies)"
+    return (
+        f"the chip count {ranks}"
+        if d == 1
+        else (f"the rank count {ranks} ({ranks // d} chips x {d} dies)")
     )
 
 
@@ -145,8 +147,7 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     rest = chips / (tp * cp)
     if rest != int(rest):
         raise ValueError(
-            f"Plan: tp*cp = {tp * cp} must divide {_ranks_text(system, chips)}; "
-            "adjust tp or cp."
+            f"Plan: tp*cp = {tp * cp} must divide {_ranks_text(system, chips)}; adjust tp or cp."
         )
     rest = int(rest)
     candidates = _pp_candidates(model, rest, pp=pp, dp=dp, vpp=vpp)
