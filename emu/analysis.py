@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from emu import cost as C
 from emu.catalog import config_dir, load_toml
+from emu.catalog import uncalibrated as catalog_uncalibrated
 from emu.objective import evaluate
 from emu.parallelism import Plan, plan_dict
 from emu.power import full_load_power
@@ -119,7 +120,14 @@ def interval_group(system: System, phase: str) -> str:
     return f"{kind}/{system.chip.family}"
 
 
-def interval(value: float, group: str, *, time: bool = False, table: dict | None = None):
+def interval(
+    value: float,
+    group: str,
+    *,
+    time: bool = False,
+    table: dict | None = None,
+    uncalibrated: tuple = (),
+):
     """The interval of a predicted `value` of `group` (`basis_keys`) from the interval
     table (default: the shipped one): {low, high, level, basis, extrapolation}.
 
@@ -129,7 +137,9 @@ def interval(value: float, group: str, *, time: bool = False, table: dict | None
     basis is the most specific one with >= MIN_ROWS rows from >= MIN_SOURCES sources.
     `extrapolation` is true when no validated row shares the kind and family (a new chip
     family, a kind without rows): the band is then the wider of the kind's and all rows'.
-    Without a table, low and high are None and the basis says why."""
+    `uncalibrated` (what of the system no fit has seen, `emu.catalog.uncalibrated`) makes
+    it an extrapolation too. Without a table, low and high are None and the basis says
+    why."""
     table = table if table is not None else interval_table()
     if not table:
         return {
@@ -144,7 +154,7 @@ def interval(value: float, group: str, *, time: bool = False, table: dict | None
     name = next((k for k in keys if bases.get(k, {}).get("usable")), None) or "all"
     b = bases.get(name) or {"q_lo": -math.inf, "q_hi": math.inf, "rows": 0, "sources": 0}
     q_lo, q_hi = float(b["q_lo"]), float(b["q_hi"])
-    extrapolation = keys[0] not in bases or name == "all"
+    extrapolation = bool(uncalibrated) or keys[0] not in bases or name == "all"
     if extrapolation:
         for k in keys[1:]:
             if k in bases:
@@ -158,6 +168,8 @@ def interval(value: float, group: str, *, time: bool = False, table: dict | None
         )
     )
     note = "" if not extrapolation else f"; extrapolation: no validated {keys[0]} rows"
+    if uncalibrated:
+        note = f"; extrapolation: uncalibrated {', '.join(uncalibrated)}"
     return {
         "low": lo,
         "high": hi,
@@ -167,11 +179,16 @@ def interval(value: float, group: str, *, time: bool = False, table: dict | None
     }
 
 
-def intervals(values: dict, group: str, *, table: dict | None = None) -> dict:
+def intervals(
+    values: dict, group: str, *, table: dict | None = None, uncalibrated: tuple = ()
+) -> dict:
     """{name: interval} for the outputs in `values` (name -> predicted value); names ending
     in `_s` are times, the others rates."""
     return {
-        k: interval(float(v), group, time=k.endswith("_s"), table=table) for k, v in values.items()
+        k: interval(
+            float(v), group, time=k.endswith("_s"), table=table, uncalibrated=tuple(uncalibrated)
+        )
+        for k, v in values.items()
     }
 
 
@@ -201,7 +218,9 @@ def run(system: System, model: Model, plan: Plan) -> dict:
         "plan": plan_dict(plan),
         **d,
         "interval": intervals(
-            {"tokens_per_s": d["tokens_per_s"], "step_time_s": d["step_time_s"]}, group
+            {"tokens_per_s": d["tokens_per_s"], "step_time_s": d["step_time_s"]},
+            group,
+            uncalibrated=tuple(catalog_uncalibrated(system)),
         ),
         "compile_s": t1 - t0,
         "eval_s": t2 - t1,

@@ -177,3 +177,21 @@ def test_coverage_of_a_file_matches_shipped_residuals_by_id_and_value():
     c = coverage_of_file(results, residuals)
     assert c["rows"] == 10 and c["nested"] == pytest.approx(0.8)  # the ladder, by hand
     assert coverage_of_file(results, []) is None
+
+
+def test_uncalibrated_parts_make_the_band_an_extrapolation():
+    from emu.analysis import interval
+
+    table = {
+        "provenance": {"level": 0.8},
+        "basis": {
+            "train/x": {"rows": 20, "sources": 3, "q_lo": -0.1, "q_hi": 0.1, "usable": True},
+            "train": {"rows": 50, "sources": 6, "q_lo": -0.3, "q_hi": 0.2, "usable": True},
+            "all": {"rows": 90, "sources": 9, "q_lo": -0.4, "q_hi": 0.3, "usable": True},
+        },
+    }
+    known = interval(100.0, "train/x", table=table)
+    new = interval(100.0, "train/x", table=table, uncalibrated=("link type 'foo' (tier t)",))
+    assert not known["extrapolation"] and new["extrapolation"]
+    assert new["low"] < known["low"] and new["high"] > known["high"]
+    assert "uncalibrated link type 'foo'" in new["basis"]
