@@ -239,9 +239,6 @@ def test_readme_commands_parse():
             build_parser().parse_args(shlex.split(cmd)[1:])
 
 
-@pytest.mark.xfail(
-    strict=False, reason="README text pending: /work/notes/ux-readme.md (the lead edits README)"
-)
 def test_readme_commands_need_no_shared_folder():
     """A fresh clone has no ../shared: `emu validate` uses the shipped measurement set."""
     assert not [c for c in _readme_commands() if "../shared" in c]
