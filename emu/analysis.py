@@ -183,10 +183,15 @@ def intervals(
     values: dict, group: str, *, table: dict | None = None, uncalibrated: tuple = ()
 ) -> dict:
     """{name: interval} for the outputs in `values` (name -> predicted value); names ending
-    in `_s` are times, the others rates."""
+    in `_s` are times (`step_time_s`, `tpot_s`), those ending in `_per_s` and the others
+    rates (`tokens_per_s`)."""
     return {
         k: interval(
-            float(v), group, time=k.endswith("_s"), table=table, uncalibrated=tuple(uncalibrated)
+            float(v),
+            group,
+            time=k.endswith("_s") and not k.endswith("_per_s"),
+            table=table,
+            uncalibrated=tuple(uncalibrated),
         )
         for k, v in values.items()
     }
