@@ -1,8 +1,10 @@
 """Analysis of one configuration: what it costs (`run`), what a system is made of
-(`describe`), and what the result is sensitive to (`sensitivity`), as JSON-ready dicts.
+(`describe`), what the result is sensitive to (`sensitivity`), and how far off it may be
+(`interval`), as JSON-ready dicts.
 
 `run` compiles `emu.evaluate` ahead of time (so the compile and evaluation times are
-reported apart) and refuses a non-finite result; `sensitivity` gives the elasticities
+reported apart), refuses a non-finite result and attaches the 80% interval of its
+throughput and step time; `sensitivity` gives the elasticities
 d ln(y) / d ln(x) of tokens/J and tokens/s for every float field x of the system from one
 reverse-mode pass. With a cost and a region (emu.cost), `cost_block` prices a result (USD
 per hour, per million tokens, by part) and `cost_sensitivity` gives the elasticities of USD
@@ -17,13 +19,17 @@ per million tokens for every system, cost and region field.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 from emu import cost as C
+from emu.catalog import config_dir, load_toml
+from emu.catalog import uncalibrated as catalog_uncalibrated
 from emu.objective import evaluate
 from emu.parallelism import Plan, plan_dict
 from emu.power import full_load_power
@@ -31,7 +37,26 @@ from emu.struct import float_leaves
 from emu.topology import System
 from emu.workload import Model
 
-__all__ = ["run", "describe", "sensitivity", "tree_to_dict", "cost_block", "cost_sensitivity"]
+__all__ = [
+    "run",
+    "describe",
+    "sensitivity",
+    "tree_to_dict",
+    "interval",
+    "intervals",
+    "interval_group",
+    "interval_table",
+    "basis_keys",
+    "cost_block",
+    "cost_sensitivity",
+]
+
+#: the level of every interval emu reports (issue 11: an 80% band)
+INTERVAL_LEVEL = 0.8
+#: a basis (kind x chip family / link type, or kind) is used only with this many
+#: cross-validated residuals from this many sources (else the next, wider basis)
+MIN_ROWS = 8
+MIN_SOURCES = 2
 
 _evaluate = jax.jit(evaluate)
 
@@ -61,10 +86,122 @@ def _check_finite(d: dict, what: str, prefix: str = "") -> None:
             )
 
 
+def interval_path() -> Path:
+    """The shipped interval table (configs/calibration/intervals.toml), written by
+    `emu calibrate --cv` from the leave-one-source-out residuals."""
+    return config_dir() / "calibration" / "intervals.toml"
+
+
+@functools.cache
+def _shipped_table() -> dict | None:
+    path = interval_path()
+    return load_toml(path, "interval table") if path.is_file() else None
+
+
+def interval_table(path=None) -> dict | None:
+    """The interval table ({"provenance": ..., "basis": {name: {rows, sources, q_lo, q_hi,
+    usable}}}) at `path`, default the shipped one; None when there is none."""
+    if path is None:
+        return _shipped_table()
+    return load_toml(Path(path), "interval table")
+
+
+def basis_keys(group: str) -> list[str]:
+    """The bases of a prediction of `group` ("kind/family"), most specific first:
+    ["train/hopper", "train", "all"]. Kinds: train, serve (prefill and decode), collective;
+    the family is the chip family (train, serve) or the link type (collective)."""
+    kind = group.split("/", 1)[0]
+    return [group, kind, "all"] if "/" in group else [kind, "all"]
+
+
+def interval_group(system: System, phase: str) -> str:
+    """The basis group of a `phase` ("train", "prefill", "decode") result on `system`."""
+    kind = "train" if phase == "train" else "serve"
+    return f"{kind}/{system.chip.family}"
+
+
+def interval(
+    value: float,
+    group: str,
+    *,
+    time: bool = False,
+    table: dict | None = None,
+    uncalibrated: tuple = (),
+):
+    """The interval of a predicted `value` of `group` (`basis_keys`) from the interval
+    table (default: the shipped one): {low, high, level, basis, extrapolation}.
+
+    With the basis' residual quantiles q_lo, q_hi of log(predicted / measured speed), a
+    rate y lies in [y exp(-q_hi), y exp(-q_lo)] and a time t (`time=True`) in
+    [t exp(q_lo), t exp(q_hi)] with probability `level` (calibrated out of sample). The
+    basis is the most specific one with >= MIN_ROWS rows from >= MIN_SOURCES sources.
+    `extrapolation` is true when no validated row shares the kind and family (a new chip
+    family, a kind without rows): the band is then the wider of the kind's and all rows'.
+    `uncalibrated` (what of the system no fit has seen, `emu.catalog.uncalibrated`) makes
+    it an extrapolation too. Without a table, low and high are None and the basis says
+    why."""
+    table = table if table is not None else interval_table()
+    if not table:
+        return {
+            "low": None,
+            "high": None,
+            "level": INTERVAL_LEVEL,
+            "basis": "none: no interval table (run `emu calibrate --cv`)",
+            "extrapolation": True,
+        }
+    bases = table.get("basis", {})
+    keys = basis_keys(group)
+    name = next((k for k in keys if bases.get(k, {}).get("usable")), None) or "all"
+    b = bases.get(name) or {"q_lo": -math.inf, "q_hi": math.inf, "rows": 0, "sources": 0}
+    q_lo, q_hi = float(b["q_lo"]), float(b["q_hi"])
+    extrapolation = bool(uncalibrated) or keys[0] not in bases or name == "all"
+    if extrapolation:
+        for k in keys[1:]:
+            if k in bases:
+                q_lo, q_hi = min(q_lo, float(bases[k]["q_lo"])), max(q_hi, float(bases[k]["q_hi"]))
+    lo, hi = (
+        (value * math.exp(q_lo), value * math.exp(q_hi))
+        if time
+        else (
+            value * math.exp(-q_hi),
+            value * math.exp(-q_lo),
+        )
+    )
+    note = "" if not extrapolation else f"; extrapolation: no validated {keys[0]} rows"
+    if uncalibrated:
+        note = f"; extrapolation: uncalibrated {', '.join(uncalibrated)}"
+    return {
+        "low": lo,
+        "high": hi,
+        "level": float(table.get("provenance", {}).get("level", INTERVAL_LEVEL)),
+        "basis": f"{name} ({int(b['rows'])} rows, {int(b['sources'])} sources){note}",
+        "extrapolation": bool(extrapolation),
+    }
+
+
+def intervals(
+    values: dict, group: str, *, table: dict | None = None, uncalibrated: tuple = ()
+) -> dict:
+    """{name: interval} for the outputs in `values` (name -> predicted value); names ending
+    in `_s` are times (`step_time_s`, `tpot_s`), those ending in `_per_s` and the others
+    rates (`tokens_per_s`)."""
+    return {
+        k: interval(
+            float(v),
+            group,
+            time=k.endswith("_s") and not k.endswith("_per_s"),
+            table=table,
+            uncalibrated=tuple(uncalibrated),
+        )
+        for k, v in values.items()
+    }
+
+
 def run(system: System, model: Model, plan: Plan) -> dict:
     """Evaluate one configuration (compiled) and return the `run` JSON object: system,
     model, phase, plan, every RunResult field (ttft_s only in prefill, tpot_s only in decode;
-    None elsewhere), compile_s and eval_s."""
+    None elsewhere), `interval` (the 80% intervals of tokens_per_s and step_time_s, see
+    `interval`), compile_s and eval_s."""
     t0 = time.perf_counter()
     compiled = _evaluate.lower(system, model, plan).compile()
     t1 = time.perf_counter()
@@ -78,19 +215,28 @@ def run(system: System, model: Model, plan: Plan) -> dict:
         d["ttft_s"] = None
     if plan.phase != "decode":
         d["tpot_s"] = None
+    group = interval_group(system, plan.phase)
     return {
         "system": system.name,
         "model": model.name,
         "phase": plan.phase,
         "plan": plan_dict(plan),
         **d,
+        "interval": intervals(
+            {"tokens_per_s": d["tokens_per_s"], "step_time_s": d["step_time_s"]},
+            group,
+            uncalibrated=tuple(catalog_uncalibrated(system)),
+        ),
         "compile_s": t1 - t0,
         "eval_s": t2 - t1,
     }
 
 
 def describe(system: System) -> dict:
-    """System totals from the parts (one system unit of `n_chips` chips)."""
+    """System totals from the parts (one system unit of `n_chips` chips), and `interval`:
+    the 80% band of a training and a serving throughput of 1 on this chip family (the
+    factors every prediction's interval applies; `extrapolation` when no validated row
+    shares the family)."""
     n = float(system.n_chips)
     p = full_load_power(system)
     return {
@@ -119,6 +265,10 @@ def describe(system: System) -> dict:
         "facility_power_w": float(p.facility_w),
         "power": tree_to_dict(p),
         "pue": float(system.facility.pue),
+        "interval": {
+            kind: interval(1.0, interval_group(system, phase))
+            for kind, phase in (("train", "train"), ("serve", "decode"))
+        },
     }
 
 

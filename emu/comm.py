@@ -14,8 +14,10 @@ system's tiers (ranks in Megatron order: TP stride 1, then CP, DP, PP):
          the EP group, times `moe_imbalance`, plus the ETP token exchange
     DP   ZeRO 0: all-reduce of the gradients; ZeRO 1/2: reduce-scatter of the gradients
          (every micro-batch with ZeRO 2) and all-gather of the updated bf16 weights;
-         ZeRO 3: per-micro-batch gathers and reductions as flat rings (once per step under
-         a pipeline); dense weights over dp x cp ranks, experts over expert-DP ranks
+         ZeRO 3: per-micro-batch gathers and reductions as one-channel rings (once per step
+         under a pipeline); dense weights over dp x cp ranks, experts over expert-DP ranks
+         (a group that holds no bytes, such as the expert group of a dense model, costs
+         nothing)
 
 Seconds, per training micro-batch (DP: per step) or per serving pass, in a `Comm`.
 
@@ -41,6 +43,7 @@ from emu.parallelism import (
     moe_tokens_per_chip,
     n_microbatches,
     params_split_per_chip,
+    stage_layers,
     tokens_per_microbatch,
 )
 from emu.struct import dataclass
@@ -62,9 +65,13 @@ __all__ = [
 
 Array = jnp.ndarray
 _BF16 = BYTES_PER_ELEMENT["bf16"]
-#: bytes per element of a dispatched token under 8- and 4-bit plans: tokens are sent as FP8
-#: (DeepEP's FP8 dispatch; combine stays bf16)
-_DISPATCH_BYTES_LOWP = 1.0
+#: bytes per element of a dispatched token by plan precision, scales included; combine stays
+#: bf16. FP8: one byte plus a 4-byte scale per 128-element block (DeepEP: 7,168 + 224 bytes
+#: per DeepSeek token); INT8: a 4-byte scale per token (Ascend: 7,168 + 4), added in
+#: `_dispatch_bytes`; FP4: half a byte plus an FP8 scale per 16 elements (NVFP4: 4,032 bytes
+#: per 7,168-element token). Source: the rows' notes, fidelity DESIGN §2.
+_DISPATCH_BYTES = {"fp8": 1.0 + 4.0 / 128.0, "int8": 1.0, "fp4": 0.5 + 1.0 / 16.0}
+_INT8_SCALE_BYTES = 4.0
 #: TP collectives (all-reduce equivalents) per layer per training micro-batch: two in the
 #: forward pass (attention and FFN outputs), two in the backward; full recompute adds the
 #: forward's two again (Korthikanti et al. 2022, §4)
@@ -122,40 +129,44 @@ def pp_time(system: System, plan: Plan, nbytes):
     return collectives.send_recv_time(system, nbytes, stride=plan.tp * plan.cp * plan.dp)
 
 
-def _dispatch_bytes(plan: Plan) -> float:
-    return _DISPATCH_BYTES_LOWP if plan.precision in ("fp8", "int8", "fp4") else _BF16
+def _dispatch_bytes(model: Model, plan: Plan):
+    """Bytes per d_model element of one dispatched token copy (scales included)."""
+    if plan.precision == "int8":
+        return 1.0 + safe_div(_INT8_SCALE_BYTES, model.d_model)
+    return _DISPATCH_BYTES.get(plan.precision, _BF16)
 
 
 def ep_layer_time(system: System, model: Model, plan: Plan, t):
     """(dispatch, combine) seconds of one average layer's forward for `t` tokens of the
-    attention block on one chip: the MoE share f of layers routes t/tp tokens of d_model
-    elements to top_k experts over the EP group (`collectives.moe_all_to_all_time`), and
-    with expert TP the etp ranks all-gather each other's routed tokens before the experts
-    and reduce-scatter the partial outputs after (Megatron's ETP token exchange); both
-    scaled by `moe_imbalance` on the busiest rank."""
+    attention block on one rank: the MoE share f of layers routes t/tp tokens of d_model
+    elements to top_k experts over the EP group (`collectives.moe_all_to_all_time`, the
+    dispatch and the combine kernels), and with expert TP the etp ranks all-gather each
+    other's routed tokens before the experts and reduce-scatter the partial outputs after
+    (Megatron's ETP token exchange). The busiest rank moves `moe_imbalance` times the mean
+    bytes."""
     f = moe_fraction(model)
-    tm = moe_tokens_per_chip(plan, t)
+    tm = moe_tokens_per_chip(plan, t) * plan.moe_imbalance
     payload = tm * model.d_model  # one copy of each token; the routing sets the copies
 
-    def a2a(el):
-        return plan.moe_imbalance * collectives.moe_all_to_all_time(
+    def a2a(el, combine):
+        return collectives.moe_all_to_all_time(
             system,
             payload * el,
             model.top_k,
             plan.ep,
             dedup=plan.moe_dedup,
             max_domains=model.route_max_nodes,
+            combine=combine,
         )
 
     routed = tm * model.top_k * model.d_model
-    etp_ag = collectives.all_gather_time(
-        system, routed * plan.etp * _dispatch_bytes(plan), plan.etp, stride=plan.ep
-    )
+    el = _dispatch_bytes(model, plan)
+    etp_ag = collectives.all_gather_time(system, routed * plan.etp * el, plan.etp, stride=plan.ep)
     etp_rs = collectives.reduce_scatter_time(
         system, routed * plan.etp * _BF16, plan.etp, stride=plan.ep
     )
-    dispatch = f * (a2a(_dispatch_bytes(plan)) + plan.moe_imbalance * etp_ag)
-    combine = f * (a2a(_BF16) + plan.moe_imbalance * etp_rs)
+    dispatch = f * (a2a(el, False) + etp_ag)
+    combine = f * (a2a(_BF16, True) + etp_rs)
     return dispatch, combine
 
 
@@ -168,10 +179,11 @@ def _dp_group_time(system: System, plan: Plan, params, size, stride):
     rs = collectives.reduce_scatter_time(system, grad_b, size, **kw)
     ag = collectives.all_gather_time(system, w_b, size, **kw)
     ar = collectives.all_reduce_time(system, grad_b, size, **kw)
-    # ZeRO 3 as DeepSpeed/FSDP issue it: layer-by-layer flat rings, no node-level
-    # pre-aggregation
-    rs3 = collectives.reduce_scatter_time(system, grad_b, size, stride=stride, algorithm="ring")
-    ag3 = collectives.all_gather_time(system, w_b, size, stride=stride, algorithm="ring")
+    # ZeRO 3 as DeepSpeed/FSDP issue it: layer-by-layer rings of one channel across node
+    # boundaries, no node-level pre-aggregation
+    flat = dict(stride=stride, algorithm="ring_flat")
+    rs3 = collectives.reduce_scatter_time(system, grad_b, size, **flat)
+    ag3 = collectives.all_gather_time(system, w_b, size, **flat)
     # ZeRO 2 keeps only a gradient shard, so it reduce-scatters every micro-batch
     rs_count = jnp.where(plan.zero > 1.5, nmb, 1.0)
     # ZeRO 3 alone gathers the weights for forward and again for backward and reduces the
@@ -198,11 +210,12 @@ def dp_time(system: System, model: Model, plan: Plan):
 
 
 def train_comm(system: System, model: Model, plan: Plan) -> Comm:
-    """Raw communication of one training micro-batch on the last pipeline stage (layers
-    n_layers / pp), by axis (module doc); `dp_s` per step. The MoE all-to-alls run forward
-    (again under full recompute) and their gradients backward in bf16: dispatch counts the
-    forward dispatches plus one combine-sized backward transfer, combine likewise."""
-    layers = safe_div(model.n_layers, plan.pp)
+    """Raw communication of one training micro-batch on the heaviest pipeline stage
+    (`parallelism.stage_layers`), by axis (module doc); `dp_s` per step. The MoE
+    all-to-alls run forward (again under full recompute) and their gradients backward in
+    bf16: dispatch counts the forward dispatches plus one combine-sized backward transfer,
+    combine likewise."""
+    layers = stage_layers(model, plan)[0]
     t = tokens_per_microbatch(plan)
     re = full_recompute(plan)
     disp_f, comb_f = ep_layer_time(system, model, plan, t)

@@ -16,7 +16,16 @@ import jax.numpy as jnp
 from emu.struct import dataclass, error, field, static_field
 from emu.units import PRECISIONS
 
-__all__ = ["Chip", "Host", "Facility", "Overlap", "peak_flops", "example_chip", "example_overlap"]
+__all__ = [
+    "Chip",
+    "Host",
+    "Facility",
+    "Overlap",
+    "peak_flops",
+    "usable_hbm_bytes",
+    "example_chip",
+    "example_overlap",
+]
 
 Array = jnp.ndarray
 
@@ -33,6 +42,13 @@ class Chip:
 
         eff(m, n, k) = matmul_efficiency / (1 + matmul_half_dim * (1/m + 1/n + 1/k))
 
+    A package may hold `dies_per_chip` dies that software sees as separate devices (Ascend
+    910C: 2, facts §25; B200/B300 are two dies but one CUDA device, so 1). The fields are
+    package totals as vendors publish them; `emu.topology.rank_system` derives the per-die
+    rank the cost model computes on (each die 1/d of the FLOP/s, HBM, bandwidth and power).
+    Usable memory per device is the reported capacity minus `hbm_reserve_bytes`
+    (`usable_hbm_bytes`).
+
     Power: dynamic power (tdp_w - idle_w) is scaled by the activity of the step
     (`matmul_power`, `memory_power`, `comm_power`; see `emu.power`). Bounds beside each
     field; `idle_w <= tdp_w` and "bf16 or fp16 supported" are cross-field rules.
@@ -46,7 +62,12 @@ class Chip:
         unit="FLOP/s",
         help="dense peak per precision of emu.units.PRECISIONS (0 = unsupported)",
     )
-    hbm_bytes: Array = field("[1e8, 1e14]", unit="bytes", help="HBM capacity, e.g. 80e9 for 80 GB")
+    hbm_bytes: Array = field(
+        "[1e8, 1e14]",
+        unit="bytes",
+        help="HBM capacity per package as the driver reports it (nvidia-smi / npu-smi, binary "
+        "MiB): 81559 MiB = 85.5e9 on an H100 '80 GB'",
+    )
     hbm_bytes_per_s: Array = field(
         "[1e9, 1e15]", unit="bytes/s", help="HBM bandwidth, e.g. 3.35e12 for 3.35 TB/s"
     )
@@ -70,12 +91,33 @@ class Chip:
     matmul_power: Array = field("[0, 1]", help="activity (share of tdp - idle) in matmuls")
     memory_power: Array = field("[0, 1]", help="activity in memory-bound kernels")
     comm_power: Array = field("[0, 1]", help="activity while only waiting on communication")
+    dies_per_chip: Array = field(
+        "[1, 16]",
+        integer=True,
+        default_factory=lambda: jnp.float32(1.0),
+        unit="dies",
+        help="software-visible devices (ranks) per package: 2 on Ascend 910C, else 1",
+    )
+    hbm_reserve_bytes: Array = field(
+        "[0, 1e12]",
+        unit="bytes",
+        default_factory=lambda: jnp.float32(0.0),
+        help="HBM each device's runtime holds before the model sees memory (context, "
+        "collective buffers, workspaces), per die; e.g. 2.684e9 for 2.5 GiB",
+    )
 
     def _cross_check(self, where: str, at: str) -> None:
         if float(self.idle_w) > float(self.tdp_w):
             raise error(
                 where,
                 f"{at}idle_w={float(self.idle_w):g} exceeds {at}tdp_w={float(self.tdp_w):g}.",
+            )
+        d, reserve = float(self.dies_per_chip), float(self.hbm_reserve_bytes)
+        if d * reserve >= float(self.hbm_bytes):
+            raise error(
+                where,
+                f"{at}hbm_reserve_bytes={reserve:g} per die x {d:g} dies leaves no memory of "
+                f"{at}hbm_bytes={float(self.hbm_bytes):g}.",
             )
         peaks = self.peak_flops_per_s
         if float(peaks.get("bf16", 0.0)) <= 0 and float(peaks.get("fp16", 0.0)) <= 0:
@@ -173,6 +215,18 @@ def peak_flops(chip: Chip, precision: str) -> Array:
     return chip.peak_flops_per_s[precision]
 
 
+def usable_hbm_bytes(chip: Chip) -> Array:
+    """Bytes a framework can allocate on one package: the reported capacity less the runtime
+    reserve of each of its dies, hbm_bytes - dies_per_chip * hbm_reserve_bytes (on a rank
+    chip from `emu.topology.rank_system`, d = 1: per die). Source of the rule: issue 11 /
+    fidelity DESIGN §3d (nvidia-smi / npu-smi totals less the idle occupancy).
+
+    >>> round(float(usable_hbm_bytes(example_chip())) / 2**30, 2)   # 81559 MiB - 2.5 GiB
+    77.15
+    """
+    return chip.hbm_bytes - chip.dies_per_chip * chip.hbm_reserve_bytes
+
+
 def example_chip() -> Chip:
     """An H100-SXM-like chip for examples and tests (facts §10, nominal)."""
     f = jnp.float32
@@ -186,7 +240,7 @@ def example_chip() -> Chip:
             "int8": f(1979e12),
             "fp4": f(0.0),
         },
-        hbm_bytes=f(80e9),
+        hbm_bytes=f(81559 * 2**20),
         hbm_bytes_per_s=f(3.35e12),
         tdp_w=f(700.0),
         idle_w=f(70.0),
@@ -198,4 +252,5 @@ def example_chip() -> Chip:
         matmul_power=f(1.0),
         memory_power=f(0.6),
         comm_power=f(0.3),
+        hbm_reserve_bytes=f(2.5 * 2**30),
     )

@@ -3,7 +3,13 @@
     tokens_per_s      = tokens per step / step time   (train: global_batch * seq_len;
                         prefill: prompt tokens; decode: accepted output tokens, all DP ranks)
     tokens_per_joule  = tokens_per_s / power_w        (power_w: average IT power)
-    mfu               = model FLOPs per token * tokens_per_s / (n_chips * peak[precision])
+    mfu               = model FLOPs per token * tokens_per_s / (n_ranks * peak_rank[precision])
+
+Ranks are what plans count (`plan.n_ranks`); chips are packages, n_chips = n_ranks / d with
+d the system's dies per chip (Ascend 910C: 2), so per-chip figures are per-rank times d and
+n_ranks * peak_rank = n_chips * peak_chip. The MFU numerator counts the FLOPs the time model
+spends, so 0 <= mfu <= 1 on every valid plan: causal attention (half the s^2 scores, as the
+flash-attention kernels skip them) and no weight gradients for frozen LoRA weights.
 
 >>> from emu.topology import example_system
 >>> from emu.workload import example_model
@@ -19,20 +25,21 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from emu.hardware import peak_flops
+from emu.hardware import peak_flops, usable_hbm_bytes
 from emu.numerics import safe_div
-from emu.parallelism import Memory, Plan, inference_memory, memory, n_chips
+from emu.parallelism import Memory, Plan, inference_memory, memory, n_ranks
 from emu.power import PowerBreakdown, step_power
 from emu.step import StepBreakdown, inference_step, train_step
 from emu.struct import dataclass, replace
-from emu.topology import System
-from emu.workload import Model, attention_flops_dims, model_flops_per_token, params_active
+from emu.topology import System, rank_system
+from emu.workload import Model, attention_flops_dims, params_active
 
 __all__ = [
     "RunResult",
     "evaluate",
     "tokens_per_joule",
     "tokens_per_s",
+    "train_flops_per_token",
     "inference_memory",
     "max_batch_under_slo",
 ]
@@ -46,13 +53,17 @@ _BISECTION_STEPS = 40
 @dataclass
 class RunResult:
     """Everything `emu run` reports, as a pytree (SI units), with the same structure in
-    every phase: `breakdown` a StepBreakdown, `memory` a Memory, `power` a PowerBreakdown.
+    every phase: `breakdown` a StepBreakdown, `memory` a Memory (per rank), `power` a
+    PowerBreakdown. `n_chips` counts packages and `n_ranks` the devices plans count (equal
+    unless a chip holds several dies); `tokens_per_s_per_chip` and `_per_rank` likewise.
     `ttft_s` (prefill) and `tpot_s` (decode) are 0 in phases where they do not apply."""
 
     n_chips: Array
+    n_ranks: Array
     step_time_s: Array
     tokens_per_s: Array
     tokens_per_s_per_chip: Array
+    tokens_per_s_per_rank: Array
     tokens_per_joule: Array
     power_w: Array
     facility_power_w: Array
@@ -77,6 +88,17 @@ def _forward_flops_per_token(model: Model, context):
     return 2.0 * params_active(model) + 2.0 * model.n_layers * context * model.n_heads * (qk + v)
 
 
+def train_flops_per_token(model: Model, plan: Plan):
+    """Training model FLOPs per token that the time model spends (no recomputation):
+    2 N_active (1 + bwd) + 3 * 2 n_layers (seq_len / 2) H (d_qk + d_v), with bwd = 2 (1 for
+    frozen LoRA weights: input gradients only) and causal attention (forward plus a backward
+    of twice its FLOPs, half the scores). `workload.model_flops_per_token` is the PaLM
+    convention (full attention, 6N) that sources' MFU figures use."""
+    qk, v = attention_flops_dims(model)
+    attn = 6.0 * model.n_layers * _PREFILL_MEAN_CONTEXT * plan.seq_len * model.n_heads * (qk + v)
+    return 2.0 * params_active(model) * (3.0 - plan.lora) + attn
+
+
 def evaluate(system: System, model: Model, plan: Plan) -> RunResult:
     """Step time, memory, power and efficiency of `model` on `system` under `plan`
     (training, prefill or decode by the static `plan.phase`; formulas in the module doc).
@@ -85,17 +107,22 @@ def evaluate(system: System, model: Model, plan: Plan) -> RunResult:
     Returns: a RunResult: the step time (`emu.step`), memory (`emu.parallelism.memory`),
       average power from the activity shares of the step (`emu.power.step_power`), tokens/s
       (train: global_batch * seq_len per step; serving: tokens per DP rank times dp),
-      tokens/J, MFU (model FLOPs per token: training 6N + attention (PaLM appendix B);
-      serving the forward 2N + attention at the decode context or half the prompt, times
-      the share of prompt tokens computed), TTFT and TPOT.
+      tokens/J, MFU (model FLOPs per token: training `train_flops_per_token`; serving the
+      forward 2N + attention at the decode context or half the prompt, times the share of
+      prompt tokens computed), TTFT and TPOT. The system is evaluated on its ranks
+      (`topology.rank_system`); memory is per rank against its usable HBM
+      (`hardware.usable_hbm_bytes`).
     """
-    chips = n_chips(plan)
+    dies = system.chip.dies_per_chip
+    system = rank_system(system)
+    ranks = n_ranks(plan)
+    chips = safe_div(ranks, dies)
     peak = peak_flops(system.chip, plan.precision)
-    mem = memory(model, plan, system.chip.hbm_bytes)
+    mem = memory(model, plan, usable_hbm_bytes(system.chip))
     if plan.phase == "train":
         b = train_step(system, model, plan)
         tokens = plan.global_batch * plan.seq_len
-        flops_per_token = model_flops_per_token(model, plan.seq_len)
+        flops_per_token = train_flops_per_token(model, plan)
         busy_mm = b.matmul_s + b.expert_s + b.attention_s + b.head_s
         busy_mem = b.memory_s + b.optimizer_s
         ttft = tpot = jnp.zeros_like(b.total_s)
@@ -117,7 +144,7 @@ def evaluate(system: System, model: Model, plan: Plan) -> RunResult:
     total = b.total_s
     pw = step_power(
         system,
-        chips,
+        ranks,
         matmul_frac=safe_div(busy_mm, total),
         memory_frac=safe_div(busy_mem, total),
         comm_frac=safe_div(b.exposed_comm_s, total),
@@ -125,14 +152,16 @@ def evaluate(system: System, model: Model, plan: Plan) -> RunResult:
     tps = safe_div(tokens, total)
     return RunResult(
         n_chips=chips,
+        n_ranks=ranks,
         step_time_s=total,
         tokens_per_s=tps,
         tokens_per_s_per_chip=safe_div(tps, chips),
+        tokens_per_s_per_rank=safe_div(tps, ranks),
         tokens_per_joule=safe_div(tps, pw.it_w),
         power_w=pw.it_w,
         facility_power_w=pw.facility_w,
         energy_per_step_j=pw.it_w * total,
-        mfu=safe_div(flops_per_token * tps, chips * peak),
+        mfu=safe_div(flops_per_token * tps, ranks * peak),
         ttft_s=ttft,
         tpot_s=tpot,
         feasible=mem.feasible,

@@ -18,6 +18,7 @@ activations, generalises Korthikanti's 34*h to GQA and SwiGLU:
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from emu.numerics import safe_div
@@ -28,6 +29,7 @@ from emu.plan import (
     make_plan,
     n_chips,
     n_microbatches,
+    n_ranks,
     plan_dict,
     validate_plan,
 )
@@ -40,6 +42,7 @@ from emu.workload import (
     ffn_mats,
     kv_cache_bytes_per_token,
     n_moe_layers,
+    params_active,
     params_attention,
     params_expert,
     params_ffn,
@@ -52,6 +55,7 @@ __all__ = [
     "validate_plan",
     "plan_dict",
     "n_chips",
+    "n_ranks",
     "n_microbatches",
     "RECOMPUTE",
     "PHASES",
@@ -67,6 +71,10 @@ __all__ = [
     "activation_bytes_per_layer",
     "moe_fraction",
     "local_experts",
+    "expert_slots",
+    "speculation",
+    "full_stage_layers",
+    "stage_layers",
     "params_split_per_chip",
     "params_per_chip",
     "expert_dp_size",
@@ -145,23 +153,64 @@ def moe_tokens_per_chip(plan: Plan, t):
 _CEIL_SLACK = 1e-4
 
 
+def _ceil(x):
+    # ceil with the gradient of x (straight through), robust to float32 quotients
+    return x + jax.lax.stop_gradient(jnp.ceil(x - _CEIL_SLACK) - x)
+
+
 def local_experts(model: Model, plan: Plan):
-    """Routed-expert slots on one chip: ceil(n_experts / ep). Redundant slots round up when
-    ep does not divide the experts (deployments with replicas)."""
+    """Routed-expert slots on one rank: ceil(n_experts / ep). EP need not divide the
+    experts: the slots round up and the spare ones hold replicas of the hottest experts
+    (EPLB; DeepSeek-V3 serving, xDeepServe EP288 on 256 experts: one slot per die)."""
     return jnp.ceil(safe_div(model.n_experts, plan.ep) - _CEIL_SLACK)
 
 
+def expert_slots(model: Model, plan: Plan):
+    """Routed-expert slots of an EP group: ep * ceil(n_experts / ep) >= n_experts (the
+    replicas' weights are counted in memory; EPLB spreads the routed load over all slots)."""
+    return plan.ep * local_experts(model, plan)
+
+
+def full_stage_layers(model: Model, plan: Plan):
+    """Layers of the fullest pipeline stage, vpp * ceil(n_layers / (pp vpp)) (n_layers / pp
+    for even splits): the stage whose weights and activations set the memory."""
+    return plan.vpp * _ceil(safe_div(model.n_layers, plan.pp * plan.vpp))
+
+
+def stage_layers(model: Model, plan: Plan):
+    """(layers, head) of the heaviest pipeline stage, the one the step is priced on: each
+    of the pp * vpp chunks holds c = ceil(n_layers / (pp vpp)) layers, except that the
+    first and last stages give up the r = pp vpp c - n_layers missing ones (Megatron's
+    uneven first/last stages; Llama 3 405B: PP16 over 126 layers, stages of 8 with 7 on the
+    first and last, arXiv:2407.21783 §3.3.2). An interior stage holds vpp c layers, the last
+    vpp c - ceil(r / 2) plus the output head; the heavier by forward matmul FLOPs per token
+    (2 params per layer vs 2 vocab d_model for the head) sets the step. `head` is 1 when it
+    is the last stage. Even splits give (n_layers / pp, 1)."""
+    chunks = plan.pp * plan.vpp
+    c = _ceil(safe_div(model.n_layers, chunks))
+    full = full_stage_layers(model, plan)
+    missing = jax.lax.stop_gradient(jnp.maximum(chunks * c - model.n_layers, 0.0))
+    last = jnp.maximum(full - jnp.ceil(0.5 * missing - _CEIL_SLACK), 0.0)
+    head = model.vocab * model.d_model
+    per_layer = safe_div(params_active(model) - head, model.n_layers)
+    last_heavier = (full - last) * per_layer <= head
+    return jnp.where(last_heavier, last, full), jnp.where(last_heavier, 1.0, 0.0)
+
+
 def moe_matmuls(model: Model, plan: Plan, t) -> dict:
-    """Expert, shared-expert and router matmuls of one MoE layer on one chip for `t` tokens of
-    the attention block, name -> (m, n, k, count). Each local expert sees
-    t/tp * top_k * ep * etp / n_experts tokens, times `moe_imbalance` on the busiest rank;
-    expert TP splits the expert width over etp (same FLOPs, wider m, narrower n)."""
+    """Expert, shared-expert and router matmuls of one MoE layer on one rank for `t` tokens
+    of the attention block, name -> (m, n, k, count). The EP x ETP group routes
+    t/tp * top_k * ep * etp token copies over its `expert_slots`, so each local slot sees
+    t/tp * top_k * ep * etp / slots tokens (slots = n_experts when ep divides them; EPLB
+    balances replicas), times `moe_imbalance` on the busiest rank; expert TP splits the
+    expert width over etp (same FLOPs, wider m, narrower n)."""
     tm = moe_tokens_per_chip(plan, t)
     d, de = model.d_model, model.d_ff_expert
     mats = ffn_mats(model)
     local = local_experts(model, plan)
     per_expert = (
-        safe_div(tm * model.top_k * plan.ep * plan.etp, model.n_experts) * plan.moe_imbalance
+        safe_div(tm * model.top_k * plan.ep * plan.etp, expert_slots(model, plan))
+        * plan.moe_imbalance
     )
     de_local = safe_div(de, plan.etp)
     ds = model.n_shared_experts * de
@@ -252,11 +301,12 @@ def moe_fraction(model: Model):
 
 
 def params_split_per_chip(model: Model, plan: Plan):
-    """(dense, expert) parameters held by one chip of the last pipeline stage (the largest: it
-    holds the output head; with pp = 1 also the input embedding). Dense weights (attention,
+    """(dense, expert) parameters held by one rank of the fullest pipeline stage
+    (`full_stage_layers`) with the output head (an upper bound of the last stage; with
+    pp = 1 also the input embedding). Dense weights (attention,
     norms, dense FFN, shared experts, router, embeddings) are split over TP; routed experts
     over EP (local_experts slots), and each expert's width over ETP."""
-    layers = safe_div(model.n_layers, plan.pp)
+    layers = full_stage_layers(model, plan)
     f = moe_fraction(model)
     shared = model.n_shared_experts * params_expert(model) + model.d_model * model.n_experts
     dense_layer = (
@@ -339,7 +389,7 @@ def train_memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
     grads = (1.0 - plan.lora) * sharded(plan.grad_bytes, 2.0)
     opt = (1.0 - plan.lora) * sharded(OPTIMIZER_BYTES, 1.0)
     per_layer, stored = activation_bytes_per_layer(model, plan)
-    layers = safe_div(model.n_layers, plan.pp)
+    layers = full_stage_layers(model, plan)
     nmb = n_microbatches(plan)
     inflight = jnp.minimum(plan.pp, nmb) * (1.0 + safe_div(plan.pp - 1.0, plan.pp * plan.vpp))
     inflight = jnp.where(plan.vpp > 1.5, inflight, jnp.minimum(plan.pp, nmb))
@@ -356,8 +406,17 @@ def train_memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
 #: stream, attention input/output and normalised copies (4 d) and the FFN intermediate
 #: (2 d_ff: gate and up); an assumption, small beside weights and KV cache
 _SERVE_ACT_D, _SERVE_ACT_FF = 4.0, 2.0
-#: decode keeps two tokens per sequence live (the new token and one MTP draft)
-_DECODE_LIVE_TOKENS = 2.0
+
+
+def speculation(model: Model, plan: Plan):
+    """(k, A): draft tokens verified per sequence per decode step and the mean tokens each
+    step emits per sequence. draft_tokens > 0: (draft_tokens, accept_len); else one MTP
+    draft when mtp_accept > 0 and the model has MTP modules: (1, 1 + mtp_accept); else
+    (0, 1)."""
+    mtp = jnp.where((plan.mtp_accept > 0) & (model.mtp_layers > 0), 1.0, 0.0)
+    spec = plan.draft_tokens > 0
+    k = jnp.where(spec, plan.draft_tokens, mtp)
+    return k, jnp.where(spec, plan.accept_len, 1.0 + mtp * plan.mtp_accept)
 
 
 def inference_memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
@@ -374,7 +433,9 @@ def inference_memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
         model.attention == "mla", 1.0, safe_div(1.0, jnp.minimum(plan.tp, model.n_kv_heads))
     )
     kv = plan.microbatch * tokens * safe_div(model.n_layers, plan.pp) * kv_tok
-    t = jnp.where(decode, plan.microbatch * _DECODE_LIVE_TOKENS, plan.microbatch * plan.seq_len)
+    # decode keeps the new token and its drafts live, at least two tokens per sequence
+    live = jnp.maximum(1.0 + speculation(model, plan)[0], 2.0)
+    t = jnp.where(decode, plan.microbatch * live, plan.microbatch * plan.seq_len)
     width = _SERVE_ACT_D * model.d_model + _SERVE_ACT_FF * jnp.maximum(
         model.d_ff, model.d_ff_expert
     )

@@ -51,6 +51,7 @@ __all__ = [
     "validate_plan",
     "plan_dict",
     "n_chips",
+    "n_ranks",
     "n_microbatches",
     "PHASES",
     "RECOMPUTE",
@@ -322,13 +323,24 @@ class Plan:
         derive=lambda v: v["seq_len"],
         help="KV-cache length per sequence (default seq_len)",
     )
+    # fmt: off
     mtp_accept: Array = knob(
-        "float",
-        default=0.0,
-        bounds="[0, 1)",
-        phases=("decode",),
-        help="acceptance rate of one multi-token-prediction draft token (0 = no MTP)",
+        "float", default=0.0, bounds="[0, 1)", phases=("decode",),
+        help="acceptance rate of one multi-token-prediction draft token (0 = no MTP; "
+        "draft_tokens = 1 and accept_len = 1 + mtp_accept with the model's MTP module)",
     )
+    draft_tokens: Array = knob(
+        "int", default=0, bounds="[0, 16]", phases=("decode",), unit="tokens",
+        help="speculative decoding: draft tokens verified per sequence per step (MTP or "
+        "EAGLE drafts, one draft block + head pass each; 0 = none)",
+    )
+    accept_len: Array = knob(
+        "float", bounds="[1, 17]", phases=("decode",), unit="tokens",
+        derive=lambda v: 1.0 + v["mtp_accept"],
+        help="mean tokens emitted per sequence per step with draft_tokens > 0 (1 <= "
+        "accept_len <= 1 + draft_tokens; default 1 + mtp_accept)",
+    )
+    # fmt: on
     cache_hit: Array = knob(
         "float",
         default=0.0,
@@ -350,14 +362,21 @@ class Plan:
                         f"{float(v):g}).",
                     )
         dp, mb, gb = float(self.dp), float(self.microbatch), float(self.global_batch)
-        if gb % (dp * mb):
-            raise error(
-                where,
-                f"global_batch={gb:g} must be a multiple of dp*microbatch={dp * mb:g}; "
-                "adjust global_batch or microbatch.",
-            )
-        if float(self.vpp) > 1 and float(self.pp) == 1:
-            raise error(where, "vpp > 1 (interleaved schedule) needs pp > 1.")
+        k, a, m = float(self.draft_tokens), float(self.accept_len), float(self.mtp_accept)
+        rules = (
+            (gb % (dp * mb), f"global_batch={gb:g} must be a multiple of dp*microbatch="
+             f"{dp * mb:g}; adjust global_batch or microbatch."),
+            (float(self.vpp) > 1 and float(self.pp) == 1,
+             "vpp > 1 (interleaved schedule) needs pp > 1."),
+            (k > 0 and m > 0, f"set mtp_accept={m:g} or draft_tokens={k:g}, not both "
+             "(mtp_accept is draft_tokens = 1 with accept_len = 1 + mtp_accept)."),
+            (k > 0 and a > 1 + k, f"accept_len={a:g} must be <= 1 + draft_tokens = {1 + k:g}."),
+            (k == 0 and abs(a - (1 + m)) > 1e-6,
+             f"accept_len={a:g} needs draft_tokens > 0; set draft_tokens."),
+        )  # fmt: skip
+        for broken, text in rules:
+            if broken:
+                raise error(where, text)
 
 
 def knobs(
@@ -436,22 +455,25 @@ def validate_plan(
     model: Model | None = None,
     *,
     max_chips: float | None = None,
-    even_layers: bool = True,
-    even_experts: bool = True,
+    dies_per_chip: float = 1.0,
+    even_layers: bool = False,
+    even_experts: bool = False,
 ):
     """Host-side checks with messages that name the knob and say how to fix it; returns the
     plan. Every knob against its declaration (integrality, bounds, names), the cross-knob
-    rules of the plan class, then, with `max_chips`, the cluster size and, with a `model`,
-    the divisibility rules. `even_layers=False` admits stages with unequal layer counts
-    (Megatron's uneven first/last stages; the emulator then charges n_layers / pp per
-    stage); `even_experts=False` admits an EP degree that does not divide the experts
-    (redundant expert replicas, e.g. 288 = 256 + 32 slots on 72 GPUs)."""
+    rules of the plan class, then, with `max_chips` (packages; `dies_per_chip` ranks each),
+    the cluster size, and with a `model` the rules against it. Plan degrees count ranks.
+    Stages may hold unequal layer counts (Megatron's uneven first/last stages: the step is
+    priced on the heaviest stage, `parallelism.stage_layers`) and EP need not divide the
+    experts (redundant expert slots, `parallelism.local_experts`); `even_layers=True` /
+    `even_experts=True` ask for the stricter divisibility anyway."""
     check(plan, "Plan", echo=True)
-    chips = float(n_chips(plan))
-    if max_chips is not None and chips > max_chips:
+    ranks = float(n_chips(plan))
+    if max_chips is not None and ranks > max_chips * dies_per_chip:
+        per = f" ({max_chips:g} chips x {dies_per_chip:g} dies)" if dies_per_chip != 1 else ""
         raise ValueError(
-            f"Plan: tp*pp*dp*cp = {chips:g} chips exceeds the largest cluster of this system "
-            f"({max_chips:g}); reduce dp."
+            f"Plan: tp*pp*dp*cp = {ranks:g} ranks exceeds the largest cluster of this system"
+            f"{per}: {max_chips * dies_per_chip:g} ranks; reduce dp."
         )
     if model is not None:
         _check_against_model(plan, model, even_layers=even_layers, even_experts=even_experts)
@@ -465,18 +487,21 @@ def _check_against_model(plan: Plan, model: Model, *, even_layers: bool, even_ex
     ranks, stages, layers = tp * p["dp"] * cp, p["pp"] * p["vpp"], float(model.n_layers)
     rules = (
         (p["mtp_accept"] > 0 and float(model.mtp_layers) == 0,
-         f"mtp_accept needs a model with MTP modules ({model.name} has none)."),
+         f"mtp_accept needs a model with MTP modules ({model.name} has none); for other "
+         "draft models set draft_tokens and accept_len."),
         (even_experts and experts > 0 and experts % ep,
          f"ep={ep:g} must divide the model's n_experts={experts:g}; pick an ep that divides it."),
         (experts == 0 and ep > 1, f"ep={ep:g} needs an MoE model ({model.name} is dense)."),
         (ep * etp > 1 and ranks % (ep * etp),
-         f"ep*etp={ep * etp:g} must divide tp*dp*cp={ranks:g} (experts are spread over the "
-         "data-parallel ranks of a stage)."),
+         f"ep*etp={ep * etp:g} must divide tp*dp*cp={ranks:g} (EP groups tile the ranks of a "
+         "stage; ep may exceed or not divide the experts: slots are replicated)."),
         (experts == 0 and etp > 1, f"etp={etp:g} needs an MoE model."),
         (heads % tp,
          f"tp={tp:g} must divide the model's n_heads={heads:g}; pick a tp that divides it."),
         (kv % tp and tp % kv, f"tp={tp:g} and n_kv_heads={kv:g} must divide one another."),
         (even_layers and layers % stages, f"pp*vpp={stages:g} must divide n_layers={layers:g}."),
+        (stages > layers,
+         f"pp*vpp={stages:g} exceeds n_layers={layers:g}: every chunk needs a layer."),
         (seq % cp, f"cp={cp:g} must divide seq_len={seq:g}."),
     )  # fmt: skip
     for broken, text in rules:
@@ -491,8 +516,13 @@ def plan_dict(plan: Plan) -> dict:
 
 
 def n_chips(plan: Plan):
-    """Chips the plan occupies: tp * pp * dp * cp (EP and ETP reuse the DP ranks)."""
+    """Ranks the plan occupies: tp * pp * dp * cp (EP and ETP reuse the DP ranks). A rank is
+    a software-visible device: a chip, or one die of a multi-die package (Ascend 910C)."""
     return plan.tp * plan.pp * plan.dp * plan.cp
+
+
+#: the same count under its precise name (plan degrees count ranks)
+n_ranks = n_chips
 
 
 def n_microbatches(plan: Plan):

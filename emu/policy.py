@@ -1,12 +1,16 @@
 """The plan policy: which plan when the user leaves degrees out, and the largest batch that
 meets a latency SLO.
 
+Chips are packages; plan degrees count ranks (dies as ranks, issue 11): `chips` packages of
+a chip with d dies (Ascend 910C: 2) give chips x d ranks, and the rules below apply to ranks
+and to each rank's share of HBM (`emu.topology.rank_system`).
+
 Training rule (stated in `emu run --help` and the README): TP = the largest power of two
-<= 8 that divides the heads and fits in the innermost scale-up tier; CP = 1; PP = the
-smallest divisor of the layers that makes the plan fit in HBM (selective recomputation
-first, then full); DP takes the remaining chips. The default global batch is the smallest
-multiple of dp * microbatch holding >= DEFAULT_BATCH_TOKENS tokens. MoE models: EP = the
-largest divisor of the experts that divides tp*dp*cp and fits in the scale-up domain.
+<= 8 that divides the heads and fits in the scale-up node (`emu.topology.node_tier`);
+CP = 1; PP = the smallest divisor of the layers that makes the plan fit in HBM (selective
+recomputation first, then full); DP takes the remaining ranks. The default global batch is
+the smallest multiple of dp * microbatch holding >= DEFAULT_BATCH_TOKENS tokens. MoE models:
+EP = the largest divisor of the experts that divides tp*dp*cp and fits in the scale-up domain.
 
 Serving rule: pp = cp = 1; TP = 1 for MoE models (data-parallel attention, expert-parallel
 MoE), else the smallest power of two <= 8 whose weights fit in HBM; EP = the largest divisor
@@ -32,12 +36,13 @@ import math
 import jax
 import jax.numpy as jnp
 
-from emu.hardware import peak_flops
+from emu.advice import check_result, diagnose
+from emu.hardware import peak_flops, usable_hbm_bytes
 from emu.objective import evaluate, inference_memory, max_batch_under_slo
 from emu.parallelism import memory
 from emu.plan import KNOBS, Plan, make_plan, validate_plan
 from emu.struct import check_value, replace
-from emu.topology import System
+from emu.topology import System, node_tier, rank_system
 from emu.units import PRECISIONS
 from emu.workload import Model
 
@@ -69,6 +74,25 @@ def divisors(n: int) -> list[int]:
 
 def _int(x) -> int:
     return int(round(float(x)))
+
+
+def _dies(system: System) -> int:
+    return _int(system.chip.dies_per_chip)
+
+
+def _ranks_text(system: System, ranks: int) -> str:
+    """ "the chip count 64", or "the rank count 768 (384 chips x 2 dies)" on multi-die chips."""
+    d = _dies(system)
+    return (
+        f"the chip count {ranks}"
+        if d == 1
+        else (f"the rank count {ranks} ({ranks // d} chips x {d} dies)")
+    )
+
+
+def _capacity(system: System):
+    """HBM one rank may use (bytes): its share of the package, less the runtime's reserve."""
+    return usable_hbm_bytes(rank_system(system).chip)
 
 
 #: knobs the rule chooses when they are left out (None)
@@ -107,7 +131,8 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     their declared defaults (seq_len: 4096)."""
     knobs = {k: v for k, v in knobs.items() if v is not None}
     knobs.setdefault("seq_len", 4096)
-    chips = _check_knobs(chips, system, knobs)
+    packages = _check_knobs(chips, system, knobs)
+    chips = packages * _dies(system)  # ranks from here on
     if knobs.get("phase", "train") != "train":
         bad = [k for k in _SERVING_FIXED if knobs.get(k, 1) != 1]
         if bad:
@@ -123,7 +148,7 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     rest = chips / (tp * cp)
     if rest != int(rest):
         raise ValueError(
-            f"Plan: tp*cp = {tp * cp} must divide the chip count {chips}; adjust tp or cp."
+            f"Plan: tp*cp = {tp * cp} must divide {_ranks_text(system, chips)}; adjust tp or cp."
         )
     rest = int(rest)
     candidates = _pp_candidates(model, rest, pp=pp, dp=dp, vpp=vpp)
@@ -142,17 +167,17 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     chosen = _first_fitting(system, model, build, candidates, recompute)
     if dp is not None and _int(chosen.dp) != dp:
         raise ValueError(
-            f"Plan: tp*pp*dp*cp = {tp * _int(chosen.pp) * dp * cp} must equal n_chips = "
-            f"{chips}; adjust dp (got dp={dp})."
+            f"Plan: tp*pp*dp*cp = {tp * _int(chosen.pp) * dp * cp} must equal "
+            f"{_ranks_text(system, chips)}; adjust dp (got dp={dp})."
         )
-    return check_plan(system, model, chosen, chips)
+    return check_plan(system, model, chosen, packages)
 
 
 def _default_tp(system: System, model: Model, chips: int, *, cp: int, dp, pp) -> int:
     """The largest power of two <= 8 dividing the heads (and the KV heads, or vice versa)
     inside the innermost tier and the chips left by cp (and dp, pp when given)."""
     heads, kv = _int(model.n_heads), _int(model.n_kv_heads)
-    inner = _int(system.tiers[0].domain_chips)
+    inner = _int(node_tier(system).domain_chips) * _dies(system)
     free = chips // cp if chips % cp == 0 else 1
     if dp is not None and pp is not None:
         free = max(1, free // max(dp * pp, 1))
@@ -192,15 +217,16 @@ def _first_fitting(system, model, build, candidates, recompute) -> Plan:
     for rc in recomputes:
         for p in candidates:
             plan = build(p, rc)
-            if float(memory(model, plan, system.chip.hbm_bytes).feasible) > 0.5:
+            if float(memory(model, plan, _capacity(system)).feasible) > 0.5:
                 return plan
     return build(candidates[-1], recomputes[-1])
 
 
 def scale_up_domain(system: System) -> float:
-    """Chips in the largest domain below the scale-out tier (NVL72: 72, CM384: 384)."""
+    """Ranks in the largest domain below the scale-out tier (NVL72: 72, CM384: 384 chips x 2
+    dies = 768)."""
     tiers = system.tiers
-    return float((tiers[-2] if len(tiers) > 1 else tiers[0]).domain_chips)
+    return float((tiers[-2] if len(tiers) > 1 else tiers[0]).domain_chips) * _dies(system)
 
 
 def _auto_ep(system: System, model: Model, ranks: int, *, limit: float | None = None) -> int:
@@ -239,7 +265,7 @@ def _serving_tp(system, model, chips, knobs: dict) -> int:
             continue
         tp = t
         probe = make_plan(tp=t, dp=chips // t, **probe_knobs)
-        if float(inference_memory(model, probe, system.chip.hbm_bytes).feasible) > 0.5:
+        if float(inference_memory(model, probe, _capacity(system)).feasible) > 0.5:
             break
     return tp
 
@@ -253,18 +279,19 @@ def _auto_inference_plan(system, model, chips: int, knobs: dict) -> Plan:
     if tp is None:
         tp = _serving_tp(system, model, chips, {**knobs, "microbatch": microbatch})
     if chips % tp:
-        raise ValueError(f"Plan: tp={tp} must divide the chip count {chips}; adjust tp.")
+        raise ValueError(f"Plan: tp={tp} must divide {_ranks_text(system, chips)}; adjust tp.")
     dp_ = chips // tp
     if dp is not None and dp != dp_:
         raise ValueError(
-            f"Plan: tp*pp*dp*cp = {tp * dp} must equal n_chips = {chips}; adjust dp (got dp={dp})."
+            f"Plan: tp*pp*dp*cp = {tp * dp} must equal {_ranks_text(system, chips)}; "
+            f"adjust dp (got dp={dp})."
         )
     ep_ = ep if ep is not None else _serving_ep(system, model, chips)
     plan = make_plan(
         **knobs, tp=tp, dp=dp_, ep=ep_, microbatch=microbatch, global_batch=dp_ * microbatch,
         recompute="none", zero=0,
     )  # fmt: skip
-    return check_plan(system, model, plan, chips)
+    return check_plan(system, model, plan, chips // _dies(system))
 
 
 def _check_precision(system: System, precision: str) -> None:
@@ -298,15 +325,16 @@ def check_plan(system: System, model: Model, plan: Plan, chips: int | None = Non
     _check_precision(system, plan.precision)
     if chips is not None:
         n = _int(plan.tp * plan.pp * plan.dp * plan.cp)
-        if n != chips:
+        if n != chips * _dies(system):
             raise ValueError(
-                f"Plan: tp*pp*dp*cp = {n} must equal n_chips = {chips}; adjust dp "
-                f"(got dp={_int(plan.dp)})."
+                f"Plan: tp*pp*dp*cp = {n} must equal {_ranks_text(system, chips * _dies(system))}"
+                f"; adjust dp (got dp={_int(plan.dp)})."
             )
     return validate_plan(
         plan,
         model,
         max_chips=float(system.tiers[-1].domain_chips),
+        dies_per_chip=float(system.chip.dies_per_chip),
         even_layers=False,
         even_experts=plan.phase == "train",
     )
@@ -388,95 +416,31 @@ def largest_batch(system: System, model: Model, plan: Plan, slo_s: float) -> int
     return n
 
 
-def with_largest_batch(system: System, model: Model, plan: Plan, slo_s: float) -> Plan:
-    """`plan` (prefill or decode) with the batch per DP rank of `largest_batch`."""
+def with_largest_batch(
+    system: System, model: Model, plan: Plan, slo_s: float, *, widen_tp: bool = False
+) -> Plan:
+    """`plan` (prefill or decode) with the batch per DP rank of `largest_batch`. With
+    `widen_tp` (TP left to the rule), when even batch 1 misses the SLO at the plan's TP, the
+    smallest TP in 2, 4, 8 (dp shrinking to keep the ranks) whose batch 1 meets it: one long
+    prompt split over a few ranks, as prefill deployments do."""
     if not (slo_s > 0 and math.isfinite(slo_s)):
         raise ValueError(f"the SLO must be a positive number of seconds (got {slo_s}).")
-    n = largest_batch(system, model, plan, slo_s)
+    try:
+        n = largest_batch(system, model, plan, slo_s)
+    except ValueError as e:
+        if not widen_tp or "SLO" not in str(e):
+            raise
+        tp, ranks = _int(plan.tp), _int(plan.tp * plan.dp)
+        for t in (t for t in (2, 4, 8) if t > tp and ranks % t == 0):
+            wider = replace(plan, tp=jnp.float32(t), dp=jnp.float32(ranks // t))
+            try:
+                check_plan(system, model, wider)
+                return with_largest_batch(system, model, wider, slo_s)
+            except ValueError:
+                continue
+        raise
     return replace(plan, microbatch=jnp.float32(n), global_batch=plan.dp * n)
-
-
-#: thresholds of the advice in `diagnose` (shares of the step time / of usable HBM)
-BUBBLE_WARN, EXPOSED_COMM_WARN, HBM_WARN = 0.25, 0.4, 0.95
 
 
 def _gb(x: float) -> str:
     return f"{x / 1e9:.0f} GB" if x >= 1e10 else f"{x / 1e9:.3g} GB"
-
-
-def _memory_fixes(plan: dict, serving: bool) -> str:
-    """What would shrink the memory of `plan` (only the moves still open)."""
-    if serving:
-        moves = ["add chips", "raise ep or tp"]
-        moves += ["use an 8-bit --precision"] if plan["precision"] in ("bf16", "fp16") else []
-        moves += ["a smaller --batch or --context"]
-    else:
-        moves = ["raise tp or pp"] + (["raise --zero"] if plan["zero"] < 3 else [])
-        moves += ["--recompute full"] if plan["recompute"] != "full" else []
-        moves += ["a smaller --microbatch"] if plan["microbatch"] > 1 else []
-        moves += ["add chips"]
-    return ", ".join(moves[:-1]) + f" or {moves[-1]}"
-
-
-def diagnose(run: dict, *, slo_s: float | None = None) -> tuple[list[str], list[str]]:
-    """(why the run is infeasible, warnings) for an `emu.analysis.run` dict, each a sentence
-    that says what to change. Infeasible: out of memory; the latency SLO missed (when
-    `slo_s` is given). Warnings: a pipeline bubble >= BUBBLE_WARN of the step, exposed
-    communication >= EXPOSED_COMM_WARN, HBM use >= HBM_WARN of capacity."""
-    reasons, warnings = [], []
-    mem, b, plan = run["memory"], run["breakdown"], run["plan"]
-    used, cap = mem["total_bytes"], mem["capacity_bytes"]
-    serving = run["phase"] != "train"
-    if not run["feasible"] and used > cap:
-        fix = "; " + _memory_fixes(plan, serving)
-        reasons.append(f"out of memory: {_gb(used)} of {_gb(cap)} per chip{fix}.")
-    if slo_s is not None and serving:
-        lat, what = (run["tpot_s"], "TPOT") if run["phase"] == "decode" else (run["ttft_s"], "TTFT")
-        if lat is not None and lat > slo_s:
-            reasons.append(
-                f"{what} {lat:.3g} s misses the {slo_s:g} s SLO; lower --batch (or leave it out "
-                "for the largest batch meeting it), add chips or relax the SLO."
-            )
-    total = b["total_s"]
-    if total > 0 and b.get("bubble_s", 0) / total >= BUBBLE_WARN:
-        mbs = plan["global_batch"] / max(plan["dp"] * plan["microbatch"], 1)
-        warnings.append(
-            f"the pipeline bubble is {b['bubble_s'] / total:.0%} of the step (pp={plan['pp']}, "
-            f"{mbs:g} micro-batches per step): raise --global-batch, lower --microbatch or "
-            "--pp, use --vpp, or try --plan best."
-        )
-    if total > 0 and b.get("exposed_comm_s", 0) / total >= EXPOSED_COMM_WARN:
-        warnings.append(
-            f"exposed communication is {b['exposed_comm_s'] / total:.0%} of the step: change "
-            "tp/ep/dp (keep tp inside the scale-up domain) or try --plan best."
-        )
-    if run["feasible"] and cap > 0 and used / cap >= HBM_WARN:
-        warnings.append(
-            f"HBM use is {used / cap:.0%} of capacity ({_gb(used)} of {_gb(cap)}): little "
-            "headroom for fragmentation and peaks."
-        )
-    return reasons, warnings
-
-
-def check_result(run: dict) -> None:
-    """ValueError unless the run is physically possible: every number finite, step time and
-    power > 0, tokens/s >= 0 and 0 <= MFU <= 1 (never report an impossible number)."""
-    where = f"{run['system']}/{run['model']}"
-    for k in ("step_time_s", "power_w", "tokens_per_s", "mfu", "energy_per_step_j"):
-        if k in run and not math.isfinite(run[k]):
-            raise ValueError(
-                f"{where}: {k} is not finite; an input is outside the float32 range (check "
-                "seq_len, global_batch and the overridden values)."
-            )
-    rules = (
-        (run["step_time_s"] > 0, f"step time {run['step_time_s']:g} s is not positive"),
-        (run["power_w"] > 0, f"power {run['power_w']:g} W is not positive"),
-        (run["tokens_per_s"] >= 0, f"tokens/s {run['tokens_per_s']:g} is negative"),
-        (0 <= run["mfu"] <= 1 + 1e-6, f"MFU {run['mfu']:.3g} is outside [0, 1]"),
-    )
-    for ok, text in rules:
-        if not ok:
-            raise ValueError(
-                f"{where}: {text}; the inputs are outside what emu models (check the "
-                "--set values and the plan)."
-            )

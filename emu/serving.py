@@ -40,7 +40,8 @@ Array = jnp.ndarray
 
 @dataclass
 class ServingResult:
-    """A prefill + decode deployment (SI units). `prefill_utilisation` and
+    """A prefill + decode deployment (SI units). `n_chips` counts packages, `n_ranks`
+    devices (see `emu.objective.RunResult`). `prefill_utilisation` and
     `decode_utilisation` are the shares of each instance's capacity in use (one is 1)."""
 
     requests_per_s: Array
@@ -49,6 +50,8 @@ class ServingResult:
     tokens_per_joule: Array
     power_w: Array
     n_chips: Array
+    n_ranks: Array
+    tokens_per_s_per_rank: Array
     ttft_s: Array
     tpot_s: Array
     prefill_utilisation: Array
@@ -76,6 +79,7 @@ def disaggregated(
     rps = jnp.minimum(pre_rps, dec_rps)
     tokens = rps * output_len
     chips = pre.n_chips + dec.n_chips
+    ranks = pre.n_ranks + dec.n_ranks
     power = pre.power_w + dec.power_w
     return ServingResult(
         requests_per_s=rps,
@@ -84,6 +88,8 @@ def disaggregated(
         tokens_per_joule=safe_div(tokens, power),
         power_w=power,
         n_chips=chips,
+        n_ranks=ranks,
+        tokens_per_s_per_rank=safe_div(tokens, ranks),
         ttft_s=pre.ttft_s,
         tpot_s=dec.tpot_s,
         prefill_utilisation=safe_div(rps, pre_rps),

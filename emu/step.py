@@ -64,10 +64,12 @@ from emu.parallelism import (
     moe_matmuls,
     n_microbatches,
     params_split_per_chip,
+    speculation,
+    stage_layers,
     tokens_per_microbatch,
 )
 from emu.struct import dataclass
-from emu.topology import System
+from emu.topology import System, rank_system
 from emu.units import BYTES_PER_ELEMENT
 from emu.workload import Model, kv_cache_bytes_per_token
 
@@ -192,11 +194,11 @@ def _attention_precision(plan: Plan) -> str:
 
 
 def layer_forward(system: System, model: Model, plan: Plan, t):
-    """Forward seconds of one average layer on one chip for `t` tokens, besides the
+    """Forward seconds of one average layer on one rank for `t` tokens, besides the
     attention core: (projections + (1 - f) dense FFN, f * experts, memory-bound kernels),
     with f the MoE share of layers (`emu.compute` rooflines of the `emu.parallelism`
     shapes)."""
-    chip = system.chip
+    chip = rank_system(system).chip
     f = moe_fraction(model)
     proj = _matmuls_time(chip, attention_matmuls(model, plan, t), plan.precision)
     dense_ffn = _matmuls_time(chip, dense_ffn_matmuls(model, plan, t), plan.precision)
@@ -212,9 +214,11 @@ def train_compute(system: System, model: Model, plan: Plan) -> Compute:
     L = n_layers / pp layers runs forward, backward (2 x forward; LoRA: dgrad only) and,
     under full recompute, forward again; flash attention's backward is ATTN_BWD x forward;
     the head (output matmul and fp32 loss) runs forward and backward. Each MTP module adds
-    one more block (spread over the stages) and one more head."""
+    one more block (spread over the stages) and one more head. The stage is the heaviest
+    (`parallelism.stage_layers`: uneven stages; the head only on the last)."""
+    system = rank_system(system)
     chip = system.chip
-    layers = safe_div(model.n_layers, plan.pp)
+    layers, head_on = stage_layers(model, plan)
     t = tokens_per_microbatch(plan)
     dense_f, expert_f, mem_f = layer_forward(system, model, plan, t)
     attn_f = compute.attention_time(chip, *attention_shape(model, plan), _attention_precision(plan))
@@ -234,7 +238,7 @@ def train_compute(system: System, model: Model, plan: Plan) -> Compute:
     # (DeepSeek-V3 §2.2); pipeline splits rebalance stages around it, so its cost is spread
     # over the pp stages
     mtp = model.mtp_layers
-    head_mb = (1.0 + bwd) * head_f * (1.0 + safe_div(mtp, plan.pp))
+    head_mb = (1.0 + bwd) * head_f * (head_on + safe_div(mtp, plan.pp))
     more = 1.0 + mtp * safe_div(1.0, model.n_layers)
     matmul_mb, expert_mb, attn_mb, memory_mb = (
         x * more for x in (matmul_mb, expert_mb, attn_mb, memory_mb)
@@ -275,8 +279,8 @@ def microbatch_time(overlap: Overlap, plan: Plan, work: Compute, comm: Comm):
 def host_time(system: System, model: Model, plan: Plan):
     """Host seconds to issue the kernels of one training micro-batch (module doc, host-bound
     micro-batches): L (1 + mtp / n_layers)(1 + bwd + recompute) f (K_moe + local_experts
-    K_expert) host_kernel_s, with the K constants HOST_KERNELS_*."""
-    layers = safe_div(model.n_layers, plan.pp)
+    K_expert) host_kernel_s, with the K constants HOST_KERNELS_* (L of the heaviest stage)."""
+    layers = stage_layers(model, plan)[0]
     more = 1.0 + model.mtp_layers * safe_div(1.0, model.n_layers)
     passes = 1.0 + (2.0 - plan.lora) + full_recompute(plan)
     kernels_fwd = moe_fraction(model) * (
@@ -299,8 +303,9 @@ def exposed_dp(overlap: Overlap, plan: Plan, work: Compute, comm: Comm):
 
 
 def optimizer_time(system: System, model: Model, plan: Plan):
-    """Seconds of the optimizer update: the chip's parameter share (ZeRO >= 1 shards it over
+    """Seconds of the optimizer update: the rank's parameter share (ZeRO >= 1 shards it over
     the DP ranks) times OPTIMIZER_TRAFFIC_BYTES of HBM traffic (0 for frozen LoRA weights)."""
+    system = rank_system(system)
     dense_p, expert_p = params_split_per_chip(model, plan)
     opt_params = jnp.where(
         plan.zero > 0.5,
@@ -315,7 +320,9 @@ def optimizer_time(system: System, model: Model, plan: Plan):
 
 
 def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
-    """Step-time breakdown of training `model` on `system` under `plan` (module doc)."""
+    """Step-time breakdown of training `model` on `system` under `plan` (module doc), on
+    the system's ranks (`topology.rank_system`)."""
+    system = rank_system(system)
     work = train_compute(system, model, plan)  # compute per micro-batch, by kind
     comm = train_comm(system, model, plan)  # raw communication, by axis
     t_gpu = microbatch_time(system.overlap, plan, work, comm)  # overlap and exposure
@@ -356,7 +363,7 @@ def decode_attention(system: System, model: Model, plan: Plan, q_tokens):
     (q heads, ctx, d_qk) GEMM; bytes the local KV cache (MLA: the compressed latent with
     absorbed projections, shared by all heads and replicated over TP); roofline max of the
     two plus one kernel launch."""
-    chip = system.chip
+    chip = rank_system(system).chip
     b = plan.microbatch
     heads = safe_div(model.n_heads, plan.tp)
     ctx = plan.context
@@ -379,22 +386,23 @@ def decode_attention(system: System, model: Model, plan: Plan, q_tokens):
 
 
 def _pass_tokens(model: Model, plan: Plan):
-    """(tokens per rank in the pass, new queries per sequence, 1 if MTP drafts else 0)."""
-    # MTP drafts need the model's MTP modules (validate_plan refuses them otherwise)
-    mtp = jnp.where((plan.mtp_accept > 0) & (model.mtp_layers > 0), 1.0, 0.0)
+    """(tokens per rank in the pass, new queries per sequence, draft passes per step)."""
     if plan.phase == "decode":
-        q = 1.0 + mtp
-        return plan.microbatch * q, q, mtp
+        k = speculation(model, plan)[0]
+        q = 1.0 + k
+        return plan.microbatch * q, q, k
     t = plan.microbatch * plan.seq_len * (1.0 - plan.cache_hit)
-    return t, plan.seq_len * (1.0 - plan.cache_hit), mtp
+    return t, plan.seq_len * (1.0 - plan.cache_hit), jnp.zeros_like(t)
 
 
 def inference_compute(system: System, model: Model, plan: Plan) -> Compute:
-    """Compute of one serving pass on one chip over all layers: prefill over the prompt
+    """Compute of one serving pass on one rank over all layers: prefill over the prompt
     tokens not served from the prefix cache (they still attend to the whole prompt), decode
-    over 1 + MTP draft tokens per sequence (`decode_attention`); the head over the last
-    token of each prompt (prefill) or every decoded token. MTP drafting adds one more block
-    and head pass per module. Fields are per layer times n_layers; `total_s` adds MTP."""
+    over 1 + k tokens per sequence, k the draft tokens it verifies (`speculation`;
+    `decode_attention`); the head over the last token of each prompt (prefill) or every
+    verified token. Drafting adds k passes of one block and head (an MTP module or an EAGLE
+    layer). Fields are per layer times n_layers; `total_s` adds the drafting."""
+    system = rank_system(system)
     chip = system.chip
     decode = plan.phase == "decode"
     t, q, mtp = _pass_tokens(model, plan)
@@ -414,7 +422,7 @@ def inference_compute(system: System, model: Model, plan: Plan) -> Compute:
         model.d_model,
         plan.precision,
     )
-    mtp_cost = mtp * model.mtp_layers * (dense_f + expert_f + attn_f + mem_f + head)
+    mtp_cost = mtp * (dense_f + expert_f + attn_f + mem_f + head)
     return Compute(
         matmul_s=layers * dense_f,
         expert_s=layers * expert_f,
@@ -433,17 +441,19 @@ def inference_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
     advances `microbatch` sequences by one token (plus one MTP draft token verified with
     acceptance `mtp_accept`), reading `context` cached tokens. Pipeline stages run in
     sequence, so the pass covers all layers; pipeline hops are exposed, TP all-reduces
-    hide a share ov_tp, the MoE all-to-alls as in training.
+    hide a share ov_tp, the MoE all-to-alls as in training. A decode step emits A tokens
+    per sequence (`speculation`: 1, 1 + mtp_accept, or accept_len).
     """
+    system = rank_system(system)
     ov = system.overlap
     work = inference_compute(system, model, plan)  # compute per pass, by kind
-    t, _, mtp = _pass_tokens(model, plan)
+    t, _, _ = _pass_tokens(model, plan)
     comm = inference_comm(system, model, plan, t)  # raw communication, by axis
     a2a = comm.dispatch_s + comm.combine_s
     exposed = (1.0 - ov.tp) * comm.tp_s + comm.pp_s + _a2a_exposed(ov, plan, a2a, work.total_s)
     zero = jnp.zeros_like(work.total_s)
     if plan.phase == "decode":
-        tokens_in, tokens_out = zero, plan.microbatch * (1.0 + mtp * plan.mtp_accept)
+        tokens_in, tokens_out = zero, plan.microbatch * speculation(model, plan)[1]
     else:
         tokens_in, tokens_out = plan.microbatch * plan.seq_len, zero
     return StepBreakdown(

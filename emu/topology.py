@@ -33,6 +33,11 @@ __all__ = [
     "Tier",
     "System",
     "participants",
+    "members",
+    "rank_system",
+    "n_ranks",
+    "node_tier",
+    "TIER_TOPOLOGIES",
     "example_system",
     "tier_names",
     "reshape",
@@ -43,6 +48,15 @@ __all__ = [
 ]
 
 Array = jnp.ndarray
+#: how the members of one domain of a tier are wired: "switch" (every member reaches the
+#: switches at the full per-chip bandwidth) or "mesh" (a direct full mesh: a member's
+#: bandwidth is split over links to each of the other members; HCCS on 910B, the 910C
+#: die-to-die link)
+TIER_TOPOLOGIES = ("switch", "mesh")
+
+
+def _f32(x: float):
+    return lambda: jnp.float32(x)
 
 
 @dataclass
@@ -50,12 +64,21 @@ class Tier:
     """One level of the network, innermost first.
 
     `link` names the link technology (for calibration per link type, e.g. "nvlink4", "ub",
-    "ib400"). Bandwidth is per chip and per direction; power is attributed per chip.
-    Bounds beside each field; `domain_chips` grow outwards (a System rule).
+    "ib"). Bandwidth is per chip and per direction; power is attributed per chip. The
+    collective and all-to-all parameters (`efficiency` ... `combine_latency_s`) are shared
+    per link type and filled from the calibration overlay (configs/calibration/); their
+    meaning is in `emu.collectives`. Bounds beside each field; `domain_chips` grow outwards
+    (a System rule).
     """
 
     name: str = static_field()
     link: str = static_field()
+    topology: str = field(
+        static=True,
+        default="switch",
+        choices=TIER_TOPOLOGIES,
+        help='"switch" or "mesh" (a direct full mesh between the members of a domain)',
+    )
     domain_chips: Array = field(
         "[1, 1e7]",
         integer=True,
@@ -69,10 +92,10 @@ class Tier:
         help="per chip per direction, e.g. 50e9 for 400 Gb/s",
     )
     efficiency: Array = field(
-        "[0.01, 1]", help="achievable fraction of bytes_per_s for large collectives"
+        "[0.01, 1]", help="achievable fraction of bytes_per_s of a ring collective's steps"
     )
     latency_s: Array = field(
-        "[0, 1e-2]", unit="s", help="one algorithm step (hop + endpoint), e.g. 1e-6 for 1 us"
+        "[0, 1e-2]", unit="s", help="one hop of a ring (or a send), e.g. 1e-6 for 1 us"
     )
     base_latency_s: Array = field(
         "[0, 1e-1]", unit="s", help="fixed cost of one collective call, e.g. 2e-5 for 20 us"
@@ -89,6 +112,41 @@ class Tier:
     )
     optic_w: Array = field("[0, 1e3]", unit="W", help="one transceiver")
     nic_w_per_chip: Array = field("[0, 1e4]", unit="W", help="NICs and DPUs")
+    ring_channels: Array = field(
+        "[1, 1024]",
+        default_factory=_f32(15.0),
+        unit="channels",
+        help="ring channels that cross into a domain of this tier at once, each on its own "
+        "port (NCCL channels over the NICs of a node)",
+    )
+    nvls_latency_s: Array = field(
+        "[0, 1e-2]",
+        default_factory=_f32(6.3e-6),
+        unit="s",
+        help="latency of an in-switch (NVLS) all-reduce inside one domain of this tier",
+    )
+    a2a_efficiency: Array = field(
+        "[0.01, 1]",
+        default_factory=_f32(0.85),
+        help="achievable fraction of bytes_per_s of an MoE dispatch/combine kernel",
+    )
+    a2a_peer_penalty: Array = field(
+        "[0, 10]",
+        default_factory=_f32(0.05),
+        help="all-to-all bandwidth falls as 1 / (1 + penalty log2(peers)): fewer bytes per peer",
+    )
+    dispatch_latency_s: Array = field(
+        "[0, 1e-2]",
+        default_factory=_f32(20e-6),
+        unit="s",
+        help="fixed cost of one MoE dispatch kernel whose farthest peer is on this tier",
+    )
+    combine_latency_s: Array = field(
+        "[0, 1e-2]",
+        default_factory=_f32(20e-6),
+        unit="s",
+        help="fixed cost of one MoE combine kernel whose farthest peer is on this tier",
+    )
 
 
 @dataclass
@@ -242,6 +300,18 @@ def _members_within(tiers, size, stride):
     return out
 
 
+def members(tiers, size, stride):
+    """(n, m) of a group of `size` ranks `stride` apart, innermost first: n_k its
+    participants at tier k (`participants`) and m_k = n_0 ... n_k the members inside one
+    tier-k domain (the whole group at the last tier). Smooth in size and stride."""
+    n = participants(tiers, size, stride)
+    m, prev = [], jnp.ones_like(size)
+    for nk in n:
+        prev = prev * nk
+        m.append(prev)
+    return n, m
+
+
 def participants(tiers, size, stride):
     """Participants of a group of `size` chips with ranks `stride` apart at each tier,
     innermost first: n_k = m_k / m_{k-1} with m_k the members inside one tier-k domain
@@ -260,38 +330,119 @@ def participants(tiers, size, stride):
     return out
 
 
+def _is_one(x) -> bool:
+    return not isinstance(x, jax.core.Tracer) and jnp.ndim(x) == 0 and float(x) == 1.0
+
+
+def rank_system(system: System) -> System:
+    """The same machine seen as ranks: each of the d = `chip.dies_per_chip` dies of a
+    package becomes one chip with 1/d of the package's peak FLOP/s, HBM capacity, HBM
+    bandwidth, TDP and idle power (facts §25: "per die: 64 GB at 1.6 TB/s, UB 196 GB/s per
+    direction, RDMA 200 Gb/s"), each tier's per-chip bandwidth and watts divided by d and its
+    domain counted in ranks (x d), the system's `n_chips` in ranks, the host's per-chip
+    shares divided by d. Totals (FLOP/s, bytes, watts of a system) are unchanged. The
+    result has dies_per_chip = 1, so the function is idempotent; d = 1 returns `system`
+    unchanged in value. Every cost function of emu computes on this view (group sizes,
+    plan degrees and memory are per rank); the TOML and `--set` keep package numbers.
+
+    >>> import jax.numpy as jnp
+    >>> from emu.struct import replace
+    >>> s = example_system()
+    >>> s2 = replace(s, chip=replace(s.chip, dies_per_chip=jnp.float32(2)))
+    >>> r = rank_system(s2)
+    >>> int(r.n_chips), int(r.tiers[0].domain_chips), round(float(r.chip.hbm_bytes_per_s) / 1e12, 3)
+    (16, 16, 1.675)
+    """
+    c = system.chip
+    d = c.dies_per_chip
+    if _is_one(d):
+        return system
+    per = lambda x: x / d  # noqa: E731 - a package total shared by its d dies
+    chip = dataclasses.replace(
+        c,
+        peak_flops_per_s={k: per(v) for k, v in c.peak_flops_per_s.items()},
+        hbm_bytes=per(c.hbm_bytes),
+        hbm_bytes_per_s=per(c.hbm_bytes_per_s),
+        tdp_w=per(c.tdp_w),
+        idle_w=per(c.idle_w),
+        dies_per_chip=jnp.ones_like(d),
+    )
+    tiers = tuple(
+        dataclasses.replace(
+            t,
+            domain_chips=t.domain_chips * d,
+            bytes_per_s=per(t.bytes_per_s),
+            switch_w_per_chip=per(t.switch_w_per_chip),
+            optics_per_chip=per(t.optics_per_chip),
+            nic_w_per_chip=per(t.nic_w_per_chip),
+        )
+        for t in system.tiers
+    )
+    h = system.host
+    host = dataclasses.replace(
+        h, cpus_per_chip=per(h.cpus_per_chip), other_w_per_chip=per(h.other_w_per_chip)
+    )
+    return dataclasses.replace(
+        system, chip=chip, tiers=tiers, host=host, n_chips=system.n_chips * d
+    )
+
+
+def node_tier(system: System) -> Tier:
+    """The innermost tier whose domain holds more than one package (a DGX node, an NVL72
+    rack, a CloudMatrix node): the scale-up tier that TP groups live in. The die tier of a
+    multi-die package (domain_chips = 1) is skipped; a single-tier system returns its tier."""
+    for t in system.tiers:
+        if float(t.domain_chips) > 1:
+            return t
+    return system.tiers[-1]
+
+
+def n_ranks(system: System) -> Array:
+    """Ranks (software-visible devices) of one system: n_chips * dies_per_chip."""
+    return system.n_chips * system.chip.dies_per_chip
+
+
 def example_system() -> System:
-    """A DGX-H100-like system: 8-GPU NVLink node, 400G InfiniBand (facts §10, nominal)."""
+    """A DGX-H100-like system: 8-GPU NVLink node, 400G InfiniBand (facts §10, nominal;
+    collective parameters: the standalone network fits of issue 11, fidelity DESIGN §3c)."""
     f = jnp.float32
     nvlink = Tier(
         name="nvlink",
         link="nvlink4",
         domain_chips=f(8),
         bytes_per_s=f(450e9),
-        efficiency=f(0.82),
-        latency_s=f(1e-6),
-        base_latency_s=f(10e-6),
+        efficiency=f(0.836),
+        latency_s=f(0.71e-6),
+        base_latency_s=f(9.3e-6),
         oversubscription=f(1.0),
-        allreduce_speedup=f(1.3),
+        allreduce_speedup=f(1.32),
         switch_w_per_chip=f(30.0),
         optics_per_chip=f(0.0),
         optic_w=f(0.0),
         nic_w_per_chip=f(0.0),
+        a2a_efficiency=f(0.83),
+        a2a_peer_penalty=f(0.044),
+        dispatch_latency_s=f(19.8e-6),
+        combine_latency_s=f(19.6e-6),
     )
     ib = Tier(
         name="infiniband",
-        link="ib400",
+        link="ib",
         domain_chips=f(1e6),
         bytes_per_s=f(50e9),
-        efficiency=f(0.85),
-        latency_s=f(5e-6),
-        base_latency_s=f(20e-6),
+        efficiency=f(0.933),
+        latency_s=f(4.19e-6),
+        base_latency_s=f(9.3e-6),
         oversubscription=f(1.0),
         allreduce_speedup=f(1.0),
         switch_w_per_chip=f(35.0),
         optics_per_chip=f(2.0),
         optic_w=f(8.0),
         nic_w_per_chip=f(25.0),
+        a2a_efficiency=f(0.921),
+        a2a_peer_penalty=f(0.0212),
+        dispatch_latency_s=f(24.3e-6),
+        combine_latency_s=f(18.6e-6),
     )
     return System(
         name="example-dgx-h100",

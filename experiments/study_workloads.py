@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import emu
+from emu.analysis import interval, interval_group
 from emu.policy import largest_batch
 from emu.power import full_load_power
 from emu.search import Problem, gradient_search, plan_of, sweep
@@ -123,6 +124,7 @@ def solve(system_name: str, workload: tuple, scale: str, budget: float) -> dict:
             cap_ok = problem.power_cap is None or float(r2.power_w) <= problem.power_cap
             if float(r2.feasible) > 0.5 and cap_ok:
                 plan, r = p2, r2
+    iv = interval(1.0, interval_group(system, problem.phase))  # the band as factors
     b = r.breakdown
     parts = {k: float(getattr(b, k, 0.0)) for k, _ in PARTS[:-1]}
     parts["other_s"] = max(float(b.total_s) - sum(parts.values()), 0.0)
@@ -142,6 +144,7 @@ def solve(system_name: str, workload: tuple, scale: str, budget: float) -> dict:
         "tpot_s": float(r.tpot_s),
         "ttft_s": float(r.ttft_s),
         "feasible": float(r.feasible) > 0.5,
+        "band": (iv["low"], iv["high"], iv["basis"]),
         "parts": parts,
         "total_s": float(b.total_s),
     }
@@ -224,15 +227,30 @@ def main() -> None:
                     f"{r['power_w'] / 1e3:.0f} | {r['search_s']:.0f} |"
                     + ("" if r["feasible"] else " INFEASIBLE")
                 )
-    lines += ["", "| scale | workload | NVL72 / CM384 tokens/s | NVL72 / CM384 tokens/J |"]
-    lines += ["|---|---|---|---|"]
+    lines += [
+        "",
+        "| scale | workload | NVL72 / CM384 tokens/s | NVL72 / CM384 tokens/J "
+        "| tokens/J ratio, band ends |",
+    ]
+    lines += ["|---|---|---|---|---|"]
     for sc in scales:
         for w in WORKLOADS:
             c, n = results[(sc, w[0], "cloudmatrix384")], results[(sc, w[0], "gb200_nvl72")]
+            ratio = n["tokens_per_joule"] / c["tokens_per_joule"]
+            lo, hi = ratio * n["band"][0] / c["band"][1], ratio * n["band"][1] / c["band"][0]
             lines.append(
                 f"| {sc} | {w[0]} | {n['tokens_per_s'] / c['tokens_per_s']:.2f}x | "
-                f"{n['tokens_per_joule'] / c['tokens_per_joule']:.2f}x |"
+                f"{ratio:.2f}x | {lo:.2f}x - {hi:.2f}x |"
             )
+    lines += [
+        "",
+        "Band ends: each system's 80% throughput interval (`emu.analysis.interval`, from the "
+        "leave-one-source-out residuals of its chip family and kind) applied at opposite ends; "
+        "tokens/J shares the throughput's band (power is modelled, not measured). Bases:",
+        "",
+    ]
+    bases = sorted({(SYSTEMS[k[2]], r["band"][2]) for k, r in results.items()})
+    lines += [f"- {s_}: {b_}" for s_, b_ in bases]
     text = "\n".join(lines)
     (out / "workloads.md").write_text(text + "\n")
     print(text)

@@ -1,4 +1,5 @@
 import json
+import math
 import tomllib
 from pathlib import Path
 
@@ -123,3 +124,63 @@ def test_an_uncreatable_checkpoint_folder_is_a_warning_not_a_failure(small_fit, 
     warnings = []
     rep = fit(rows, steps=2, checkpoint_dir=tmp_path / "file" / "ckpt", warn=warnings.append)
     assert rep.steps == 2 and "fitting without checkpoints" in warnings[0]
+
+
+def test_cross_validation_keeps_every_rows_held_out_residual(small_fit):
+    rep, _ = small_fit
+    cv = cross_validate(rep, by="source", steps=5)
+    assert len(cv.rows) == rep.rows
+    for x in cv.rows:
+        assert x["group"] == "train/ampere" and x["r_cv"] is not None
+        # r is log(predicted / measured speed): a time metric flips the sign
+        sign = -1.0 if x["metric"] in ("iteration_time", "train_step_time") else 1.0
+        assert x["r_cv"] == pytest.approx(sign * math.log(x["predicted_cv"] / x["measured"]))
+    held = cv.summary["held_out"]
+    assert held["all"]["n"] == rep.rows and set(held["by_source"]) == {r["source"] for r in cv.rows}
+    assert cv.median_abs_pct_error == pytest.approx(held["all"]["median_abs_pct_error"])
+
+
+def test_a_held_out_source_never_reaches_its_own_refit(small_fit, tmp_path):
+    """Leave-one-source-out refits from the priors: scaling a source's measurements by 10
+    leaves that source's held-out predictions unchanged (a warm start from the full fit,
+    or its rows in the loss, would move them)."""
+    rep, path = small_fit
+    rows = [json.loads(line) for line in open(path)]
+    src = rows[0]["source"]
+    for r in rows:
+        if r["source"] == src:
+            r["value"] *= 10
+    p2 = tmp_path / "scaled.jsonl"
+    p2.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a = {x["id"]: x for x in cross_validate(rep, steps=5).rows}
+    b = {x["id"]: x for x in cross_validate(fit(p2, steps=rep.steps), steps=5).rows}
+    moved = [k for k in a if a[k]["source"] == src.split("|")[0].strip()]
+    assert moved
+    for k in moved:
+        assert b[k]["predicted_cv"] == pytest.approx(a[k]["predicted_cv"], rel=1e-4)
+        assert b[k]["predicted_in"] != pytest.approx(a[k]["predicted_in"], rel=1e-3)
+
+
+def test_rows_are_weighted_by_their_stated_confidence(small_fit):
+    rep, _ = small_fit
+    assert rep.weights == "confidence" and rep.w.shape == (rep.rows,)
+    assert all(0.25 <= w <= 1.0 for w in rep.w)
+    with pytest.raises(ValueError, match="weights must be"):
+        fit(small_fit[1], steps=1, weights="uniform")
+
+
+def test_overlay_with_cv_writes_residuals_and_a_calibrated_interval_table(small_fit, tmp_path):
+    from emu.analysis import interval, interval_table
+    from emu.validation import read_residuals
+
+    rep, _ = small_fit
+    cv = cross_validate(rep, by="source", steps=5)
+    write_overlay(rep, tmp_path / "fitted.toml", command="t", cv=[cv])
+    res = read_residuals(tmp_path / "residuals.jsonl")
+    assert [x["id"] for x in res] == [x["id"] for x in cv.rows]
+    table = interval_table(tmp_path / "intervals.toml")
+    prov = table["provenance"]
+    assert prov["level"] == 0.8 and prov["rows"] == rep.rows and 0 < prov["tail"] <= 0.2
+    assert set(table["basis"]) == {"train/ampere", "train", "all"}
+    iv = interval(100.0, "train/ampere", table=table)
+    assert iv["low"] < iv["high"] and iv["level"] == 0.8

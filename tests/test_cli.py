@@ -88,7 +88,7 @@ def test_sensitivity_agrees_with_finite_differences_through_run_set(capsys):
     "args,needle",
     [
         (["describe", "gb200_nvl73"], "unknown system 'gb200_nvl73'. Did you mean"),
-        (["run", "--chips", "72", "--tp", "8", "--pp", "1", "--dp", "8"], "must equal n_chips"),
+        (["run", "--chips", "72", "--tp", "8", "--pp", "1", "--dp", "8"], "the chip count 72"),
         (["run", "--model", "llama3_8b", "--tp", "3", "--chips", "72"], "must divide"),
         (["run", "--set", "chip.hbm_bytes=-1"], "must be in [1e+08, 1e+14] bytes (got -1)"),
         (["run", "--set", "chip.hbm_byte=1"], "Did you mean"),

@@ -37,7 +37,7 @@ def test_deepseek_r1_serving_compares_with_default_flags(capsys, phase):
     assert by["cloudmatrix384"]["plan"]["precision"] == "int8"
     assert by["gb200_nvl72"]["plan"]["precision"] == "fp8"
     assert by["gb200_nvl72"]["plan"]["ep"] == 72  # every rank of the NVLink domain
-    assert by["cloudmatrix384"]["plan"]["ep"] == 384  # every NPU of the supernode
+    assert by["cloudmatrix384"]["plan"]["ep"] == 768  # every die (rank) of the supernode
     latency, slo = ("tpot_s", 0.05) if phase == "decode" else ("ttft_s", 2.0)
     for r in by.values():
         assert r["feasible"] and r["infeasible_reasons"] == []
@@ -67,7 +67,7 @@ def test_an_infeasible_result_leads_with_that_fact(capsys):
     code, out, _ = run_cli(capsys, *args)
     assert code == 0
     first = out.splitlines()[0]
-    assert first.startswith("INFEASIBLE on gb200_nvl72: out of memory: 407 GB of 186 GB per chip")
+    assert first.startswith("INFEASIBLE on gb200_nvl72: out of memory: 407 GB of 196 GB per chip")
     d = run_json(capsys, *args)
     assert list(d)[:3] == ["feasible", "infeasible_reasons", "warnings"]
     assert d["feasible"] is False and d["infeasible_reasons"][0].startswith("out of memory")
@@ -121,7 +121,7 @@ def test_version_and_list(capsys):
     d = run_json(capsys, "list")
     nvl = d["systems"]["gb200_nvl72"]
     assert nvl["chips"] == 72 and nvl["peak_bf16_flops_per_s"] == pytest.approx(180e15)
-    assert nvl["hbm_bytes_per_chip"] == pytest.approx(186e9)
+    assert nvl["hbm_bytes_per_chip"] == pytest.approx(189471 * 2**20)  # driver MiB
     r1 = d["models"]["deepseek_r1"]
     assert (
         r1["layers"] == 61 and r1["experts"] == 256 and r1["params"] == pytest.approx(671e9, 0.01)

@@ -51,9 +51,26 @@ def test_moe_dispatch_and_combine(catalog):
     plan = make_plan(ep=8, dp=8, global_batch=8, seq_len=4096, precision="fp8")
     d, c = comm.ep_layer_time(sys, moe, plan, jnp.float32(4096))
     assert 0 < float(d) < float(c)  # 8-bit dispatch, bf16 combine
+    # the busiest rank moves twice the bytes; the kernel's fixed cost stays (moe_fraction 1)
     heavy = replace(plan, moe_imbalance=jnp.float32(2.0))
     d2, _ = comm.ep_layer_time(sys, moe, heavy, jnp.float32(4096))
-    assert float(d2) == pytest.approx(2 * float(d), rel=1e-6)
+    alpha = float(sys.tiers[0].dispatch_latency_s)
+    assert float(d2) - alpha == pytest.approx(2 * (float(d) - alpha), rel=1e-5)
+
+
+def test_a_dense_model_pays_no_expert_group_in_dp(catalog):
+    # issue 14 regression: the expert group of a dense model holds no bytes, so it costs 0
+    # (before: ~34 us per step of fixed latency at tp = 8)
+    sys, model = catalog["h100"], catalog["llama8"]
+    from emu.parallelism import params_split_per_chip
+
+    for zero in (0, 1, 2, 3):
+        plan = make_plan(tp=8, dp=4, global_batch=4, zero=zero)
+        dense_p, expert_p = params_split_per_chip(model, plan)
+        assert float(expert_p) == 0.0
+        dense_only = comm._dp_group_time(sys, plan, dense_p, plan.dp * plan.cp, plan.tp)
+        assert float(comm.dp_time(sys, model, plan)) == pytest.approx(float(dense_only), rel=1e-6)
+        assert float(comm._dp_group_time(sys, plan, expert_p, 4.0, 8.0)) == 0.0
 
 
 def test_inference_comm_has_no_cp_or_dp(catalog):

@@ -70,3 +70,17 @@ def test_peak_flops_names_the_precision():
 def test_examples_pass_their_bounds():
     check(example_chip())
     check(example_overlap())
+
+
+def test_usable_memory_is_the_reported_capacity_less_the_reserve(catalog):
+    from emu.hardware import usable_hbm_bytes
+    from emu.struct import replace
+
+    h100 = catalog["h100"].chip
+    # nvidia-smi 81559 MiB less 2.5 GiB: 77.1 GiB, more than the decimal "80 GB" minus nothing
+    assert float(h100.hbm_bytes) == 81559 * 2**20
+    assert float(usable_hbm_bytes(h100)) == pytest.approx(81559 * 2**20 - 2.5 * 2**30, rel=1e-6)
+    cm = catalog["cm"].chip  # 2 dies x (64 GiB - 4 GiB)
+    assert float(usable_hbm_bytes(cm)) == pytest.approx(2 * (64 - 4) * 2**30, rel=1e-6)
+    with pytest.raises(ValueError, match="leaves no memory"):
+        check(replace(h100, hbm_reserve_bytes=jnp.float32(90e9)))

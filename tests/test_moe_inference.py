@@ -168,11 +168,11 @@ def test_bad_moe_and_inference_input(capsys):
                 "--chips",
                 "96",
                 "--ep",
-                "96",
+                "64",
                 "--precision",
                 "fp8",
             ],
-            "must divide the model's n_experts",
+            "must divide tp*dp*cp=96",
         ),
         (
             ["run", "--model", "deepseek_v3", "--system", "cloudmatrix384", "--precision", "fp8"],

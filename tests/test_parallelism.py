@@ -63,3 +63,56 @@ def test_activations_with_full_recompute_keep_only_the_layer_input(catalog):
     assert float(kept) < 0.1 * float(stored)
     kept_sel, _ = par.activation_bytes_per_layer(model, make_plan(tp=8))
     assert float(kept_sel) == float(stored)
+
+
+def test_stage_layers_price_the_heaviest_stage():
+    from emu.catalog import load_model
+
+    llama405 = load_model("llama3_405b")  # 126 layers, head 128256 x 16384
+    # PP16: interior stages of 8 layers; first and last give up the 2 missing (7 each); one
+    # layer (3.2e9 params) outweighs the head (2.1e9), so an interior stage is the heaviest
+    layers, head = par.stage_layers(llama405, make_plan(pp=16))
+    assert (float(layers), float(head)) == (8.0, 0.0)
+    assert float(par.full_stage_layers(llama405, make_plan(pp=16))) == 8.0
+    # even splits: the last stage, with the head, as before
+    layers, head = par.stage_layers(llama405, make_plan(pp=2))
+    assert (float(layers), float(head)) == (63.0, 1.0)
+    small = example_model()  # 32 layers, head 128256 x 4096 outweighs a layer
+    layers, head = par.stage_layers(small, make_plan(pp=3))  # 11 + 11 + 10
+    assert (float(layers), float(head)) == (10.0, 1.0)
+    assert float(par.full_stage_layers(small, make_plan(pp=3))) == 11.0
+    # interleaved: pp * vpp chunks of ceil(L / (pp vpp)) layers
+    assert float(par.full_stage_layers(llama405, make_plan(pp=8, vpp=2))) == 16.0
+
+
+def test_redundant_expert_slots_share_the_routed_load():
+    from emu.catalog import load_model
+
+    moe = load_model("deepseek_v3")  # 256 routed experts, top-8
+    t = jnp.float32(4096.0)
+    flops = {}
+    for ep in (64, 72, 320):
+        plan = replace(make_plan(dp=ep, ep=ep), moe_imbalance=jnp.float32(1.0))
+        slots = float(par.expert_slots(moe, plan))
+        assert slots == ep * float(par.local_experts(moe, plan)) >= 256
+        m, n, k, c = par.moe_matmuls(moe, plan, t)["expert_out"]
+        flops[ep] = float(2 * m * n * k * c)
+    # every rank computes its fair share T K of the routed tokens, replicas or not
+    assert flops[72] == pytest.approx(flops[64], rel=1e-5)
+    assert flops[320] == pytest.approx(flops[64], rel=1e-5)
+    # and holds the weights of all its slots, replicas included
+    dense72, expert72 = par.params_split_per_chip(moe, make_plan(dp=72, ep=72))
+    _, expert64 = par.params_split_per_chip(moe, make_plan(dp=64, ep=64))
+    assert float(expert72) == pytest.approx(float(expert64), rel=1e-6)  # 4 slots each
+
+
+def test_speculation_reads_the_mtp_case_and_the_draft_knobs():
+    from emu.catalog import load_model
+
+    ds, dense = load_model("deepseek_v3"), example_model()
+    k, a = par.speculation(ds, make_plan(phase="decode", mtp_accept=0.7))
+    assert (float(k), float(a)) == pytest.approx((1.0, 1.7))
+    k, a = par.speculation(ds, make_plan(phase="decode", draft_tokens=3, accept_len=2.5))
+    assert (float(k), float(a)) == pytest.approx((3.0, 2.5))
+    k, a = par.speculation(dense, make_plan(phase="decode"))
+    assert (float(k), float(a)) == (0.0, 1.0)

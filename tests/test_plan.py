@@ -135,6 +135,54 @@ def test_validate_plan_checks_against_the_model(catalog):
     # a plan changed after construction is re-checked knob by knob
     with pytest.raises(ValueError, match=r"zero must be 0, 1, 2 or 3 \(got zero=5\)"):
         validate_plan(replace(make_plan(), zero=jnp.float32(5)))
+    # plan degrees count ranks: a two-die system admits twice its packages
+    with pytest.raises(ValueError, match=r"800 ranks exceeds .* \(384 chips x 2 dies\)"):
+        validate_plan(make_plan(dp=800), llama, max_chips=384, dies_per_chip=2)
+    assert validate_plan(make_plan(dp=768), llama, max_chips=384, dies_per_chip=2)
+
+
+def test_uneven_pipeline_stages_are_writable():
+    from emu.catalog import load_model
+
+    llama405 = load_model("llama3_405b")  # 126 layers; Llama 3: PP16, stages of 8 and 7
+    plan = make_plan(tp=8, pp=16, dp=1, global_batch=16, seq_len=8192)
+    assert validate_plan(plan, llama405) is plan
+    with pytest.raises(ValueError, match="pp\\*vpp=16 must divide n_layers=126"):
+        validate_plan(plan, llama405, even_layers=True)
+    with pytest.raises(ValueError, match="pp\\*vpp=128 exceeds n_layers=126"):
+        validate_plan(make_plan(pp=64, vpp=2, global_batch=1), llama405)
+
+
+def test_expert_parallelism_need_not_divide_the_experts():
+    from emu.catalog import load_model
+
+    ds = load_model("deepseek_v3")  # 256 routed experts
+    for ranks in (72, 288, 320):  # NVL72; xDeepServe DP288/EP288; CM paper DP320/EP320
+        plan = make_plan(dp=ranks, ep=ranks, phase="decode", recompute="none", zero=0)
+        assert validate_plan(plan, ds) is plan
+    with pytest.raises(ValueError, match="ep=72 must divide the model's n_experts=256"):
+        validate_plan(make_plan(dp=72, ep=72), ds, even_experts=True)
+    with pytest.raises(ValueError, match="ep\\*etp=48 must divide tp\\*dp\\*cp=72"):
+        validate_plan(make_plan(dp=72, ep=48), ds)
+
+
+def test_speculative_decoding_knobs():
+    from emu.catalog import load_model
+
+    ds = load_model("deepseek_v3")
+    spec = make_plan(phase="decode", draft_tokens=3, accept_len=2.8)
+    assert float(spec.accept_len) == pytest.approx(2.8)
+    assert float(make_plan(phase="decode", mtp_accept=0.7).accept_len) == pytest.approx(1.7)
+    with pytest.raises(ValueError, match="accept_len=4.5 must be <= 1 \\+ draft_tokens = 4"):
+        make_plan(phase="decode", draft_tokens=3, accept_len=4.5)
+    with pytest.raises(ValueError, match="not both"):
+        make_plan(phase="decode", draft_tokens=1, accept_len=1.5, mtp_accept=0.5)
+    with pytest.raises(ValueError, match="accept_len=2 needs draft_tokens > 0"):
+        make_plan(phase="decode", accept_len=2.0)
+    with pytest.raises(ValueError, match="draft_tokens must be"):
+        make_plan(phase="decode", draft_tokens=-1)
+    # EAGLE-style drafts need no MTP modules; mtp_accept does
+    assert validate_plan(make_plan(phase="decode", draft_tokens=2, accept_len=2.0), ds)
 
 
 # --- adding a knob: one declaration (here in a subclass) plus the formula that reads it ---

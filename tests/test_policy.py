@@ -95,7 +95,7 @@ def test_each_system_has_its_own_precision_per_phase():
     "case,needle",
     [
         ("tp3", "tp=3 must divide the model's n_heads=64"),
-        ("216_chips", "216 chips exceeds the largest cluster of this system (72)"),
+        ("216_chips", "216 ranks exceeds the largest cluster of this system: 72 ranks"),
         ("fp8_on_ascend", "Ascend 910C has no fp8 support"),
     ],
 )
@@ -141,10 +141,38 @@ def test_serving_that_cannot_fit_says_what_to_change():
     with no numbers and no move to make."""
     h100, r1 = emu.load_system("dgx_h100"), emu.load_model("deepseek_r1")
     plan = auto_plan(h100, r1, 8, phase="decode", precision="bf16", seq_len=4096)
-    oom = r"does not fit in HBM on dgx_h100 \(\d+ GB of 80 GB per chip .*\): use an 8-bit"
+    oom = r"does not fit in HBM on dgx_h100 \(\d+ GB of 83 GB per chip .*\): use an 8-bit"
     with pytest.raises(ValueError, match=oom):
         with_largest_batch(h100, r1, plan, 0.05)
     nvl = emu.load_system("gb200_nvl72")
     plan = auto_plan(nvl, r1, 72, phase="prefill", precision="fp8", seq_len=4096)
     with pytest.raises(ValueError, match=r"even batch 1 takes [\d.]+ s; relax the SLO, add chips"):
         with_largest_batch(nvl, r1, plan, 0.001)
+
+
+def test_chips_are_packages_and_plans_count_dies():
+    """`--chips 384` on a CloudMatrix 384 is 768 ranks (two dies per 910C); the memory check
+    is per die, and the error for a wrong DP says both counts."""
+    cm, llama = emu.load_system("cloudmatrix384"), emu.load_model("llama3_70b")
+    plan = auto_plan(cm, llama, 384, seq_len=8192)
+    assert int(plan.tp * plan.pp * plan.dp * plan.cp) == 768
+    r = emu.evaluate(cm, llama, plan)
+    assert float(r.n_chips) == 384 and float(r.n_ranks) == 768
+    assert float(r.memory.capacity_bytes) < float(cm.chip.hbm_bytes) / 2
+    with pytest.raises(ValueError, match=re.escape("the rank count 768 (384 chips x 2 dies)")):
+        auto_plan(cm, llama, 384, seq_len=8192, tp=8, pp=1, dp=8)
+
+
+def test_prefill_widens_tp_only_when_batch_1_misses_the_slo():
+    from emu.policy import with_largest_batch
+
+    cm, r1 = emu.load_system("cloudmatrix384"), emu.load_model("deepseek_r1")
+    plan = auto_plan(cm, r1, 384, phase="prefill", precision="int8", seq_len=8192)
+    assert int(plan.tp) == 1
+    with pytest.raises(ValueError, match="no batch meets the TTFT SLO"):
+        with_largest_batch(cm, r1, plan, 2.0)
+    wider = with_largest_batch(cm, r1, plan, 2.0, widen_tp=True)
+    assert int(wider.tp) > 1 and int(wider.tp * wider.dp) == 768
+    assert float(emu.evaluate(cm, r1, wider).ttft_s) <= 2.0
+    # a loose SLO keeps the rule's tp
+    assert int(with_largest_batch(cm, r1, plan, 10.0, widen_tp=True).tp) == 1

@@ -209,3 +209,44 @@ def test_decode_attention_reads_the_kv_cache(catalog):
     t1 = float(decode_attention(sys, model, long, jnp.float32(1.0))) - launch
     # memory-bound: a 32 x longer cache takes 32 x the time beyond the fixed launch
     assert t1 / t0 == pytest.approx(32.0, rel=1e-3)
+
+
+def test_uneven_stages_run_on_the_heaviest_stage(catalog):
+    # Llama 3 405B, PP16 over 126 layers (arXiv:2407.21783 §3.3.2): the step is priced on an
+    # interior stage of 8 layers without the head; the same model with 128 layers (even
+    # 8-layer stages, the last with the head) only adds the head
+    from emu.catalog import load_model
+    from emu.step import pipeline_bubble, train_compute
+
+    sys = catalog["nvl72"]
+    m126 = load_model("llama3_405b")
+    m128 = replace(m126, n_layers=jnp.float32(128))
+    plan = make_plan(tp=8, pp=16, dp=1, global_batch=16, seq_len=8192)
+    c126, c128 = train_compute(sys, m126, plan), train_compute(sys, m128, plan)
+    assert float(c126.matmul_s) == pytest.approx(float(c128.matmul_s), rel=1e-6)
+    assert float(c126.head_s) == 0.0 < float(c128.head_s)
+    b = train_step(sys, m126, plan)
+    t_mb = (
+        float(b.total_s) - float(b.bubble_s) - float(b.exposed_dp_s) - float(b.optimizer_s)
+    ) / 16
+    assert float(b.bubble_s) == pytest.approx(15 * t_mb, rel=1e-5)
+    assert float(pipeline_bubble(plan, jnp.float32(t_mb))) == pytest.approx(float(b.bubble_s))
+    r126, r128 = evaluate(sys, m126, plan), evaluate(sys, m128, plan)
+    assert float(r126.memory.weights_bytes) == pytest.approx(float(r128.memory.weights_bytes))
+    assert float(r126.step_time_s) < float(r128.step_time_s)
+
+
+def test_speculative_decoding_verifies_k_and_emits_the_accept_length():
+    from emu.catalog import load_model, load_system
+
+    sys, ds = load_system("hgx_h800"), load_model("deepseek_v3")
+    base = dict(dp=32, ep=32, microbatch=64, global_batch=2048, context=4096, phase="decode",
+                precision="fp8", recompute="none", zero=0)  # fmt: skip
+    mtp = evaluate(sys, ds, make_plan(**base, mtp_accept=0.7))
+    k1 = evaluate(sys, ds, make_plan(**base, draft_tokens=1, accept_len=1.7))
+    assert float(k1.step_time_s) == pytest.approx(float(mtp.step_time_s), rel=1e-6)
+    assert float(k1.tokens_per_s) == pytest.approx(float(mtp.tokens_per_s), rel=1e-6)
+    k3 = evaluate(sys, ds, make_plan(**base, draft_tokens=3, accept_len=2.5))
+    assert float(k3.breakdown.tokens_out) == pytest.approx(64 * 2.5)
+    assert float(k3.step_time_s) > float(k1.step_time_s)  # 4 tokens verified, 3 drafted
+    assert float(k3.tpot_s) == pytest.approx(float(k3.step_time_s) / 2.5, rel=1e-6)

@@ -18,7 +18,15 @@ from emu.calibration._problem import FitProblem, _from_u
 from emu.catalog import calibration
 from emu.storage import RecordError, StorageError, read_record, write_record
 from emu.struct import content_digest
-from emu.validation import default_measurements, prepare_rows, read_rows
+from emu.validation import (
+    default_measurements,
+    error_stats,
+    item_group,
+    prepare_rows,
+    read_rows,
+    row_weight,
+    speed_sign,
+)
 
 #: optimiser steps between two checkpoints
 CHECKPOINT_EVERY = 10
@@ -43,13 +51,15 @@ class Calibration:
     median_abs_pct_error: float
     p90_abs_pct_error: float
     wall_s: float
-    problem: FitProblem = dataclasses.field(repr=False)
-    u: jnp.ndarray = dataclasses.field(repr=False)
+    weights: str = "confidence"
+    problem: FitProblem = dataclasses.field(repr=False, default=None)
+    u: jnp.ndarray = dataclasses.field(repr=False, default=None)
+    w: np.ndarray = dataclasses.field(repr=False, default=None)
 
     def to_json(self) -> dict:
         """JSON-ready dict: parameter keys joined with '.' (chip_family.hopper.matmul_...)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        del out["problem"], out["u"]
+        del out["problem"], out["u"], out["w"]
         for key in ("values", "priors", "uncertainty"):
             out[key] = {".".join(x for x in k if x): v for k, v in out[key].items()}
         return out
@@ -58,12 +68,18 @@ class Calibration:
 @dataclasses.dataclass(frozen=True)
 class CrossValidation:
     """Held-out error of `cross_validate`: `groups` groups of rows split `by` source or
-    system; median/p90 |error| in percent of each row when its group was left out."""
+    system; median/p90 |error| in percent of each row when its group was left out.
+    `rows`: every row's record (id, source, system, kind, metric, group, weight, measured,
+    predicted in sample and held out, and r_in / r_cv = log(predicted / measured speed),
+    `speed_sign` x the log ratio on the metric as published); `summary`: median/p90 in
+    sample and held out, overall and by system, kind and source (`validation.error_stats`)."""
 
     by: str
     groups: int
     median_abs_pct_error: float
     p90_abs_pct_error: float
+    rows: list = dataclasses.field(default_factory=list, repr=False)
+    summary: dict = dataclasses.field(default_factory=dict, repr=False)
 
 
 class _Checkpoint:
@@ -128,15 +144,17 @@ def _adam(problem, u, w, steps, *, lr=0.05, progress=None, checkpoint=None, thro
     return u, float(problem.loss(u, w))
 
 
-def _signature(problem: FitProblem, steps: int) -> str:
-    """Every value the fit depends on: rows, parameters, priors, steps, each item's system,
-    model and plan, and the release."""
+def _signature(problem: FitProblem, steps: int, w=None) -> str:
+    """Every value the fit depends on: rows, their weights, parameters, priors, steps, each
+    item's system, model and plan, and the release."""
     from emu import __version__
 
     items = problem.items
     text = json.dumps([[it.base["id"], it.base["measured"]] for it in items])
     text += json.dumps([list(k) for k in problem.keys]) + f"{steps}"
     text += json.dumps(problem.spec_priors())
+    if w is not None:
+        text += json.dumps([float(x) for x in w])
     for it in items:
         trees = [it.system] + ([it.model, it.plan] if it.kind == "run" else [])
         text += json.dumps(it.row, sort_keys=True, default=str)
@@ -144,10 +162,10 @@ def _signature(problem: FitProblem, steps: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _checkpoint(problem, steps, checkpoint_dir, warn) -> _Checkpoint | None:
+def _checkpoint(problem, steps, checkpoint_dir, warn, w=None) -> _Checkpoint | None:
     if checkpoint_dir is None:
         return None
-    sig = _signature(problem, steps)
+    sig = _signature(problem, steps, w)
     try:
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -178,9 +196,11 @@ def fit(
     checkpoint_dir=None,
     warn=None,
     throttle_s: float = 0.0,
+    weights: str = "confidence",
 ) -> Calibration:
     """Fit the shared parameters to every modelled row of `path` (default: the shipped
-    measurements), from the priors.
+    measurements), from the priors. `weights`: "confidence" weighs each row by its stated
+    confidence (`validation.row_weight`, MEASUREMENTS.md), "none" weighs all rows alike.
 
     With `checkpoint_dir`, the optimiser state is saved every CHECKPOINT_EVERY steps
     (emu.storage records, keyed by the rows, the parameters and the steps), and a run killed
@@ -193,10 +213,14 @@ def fit(
     items, _ = prepare_rows(rows, calibration=calibration(fitted=False))
     if not items:
         raise ValueError(f"no modelled rows in '{src}' to calibrate against.")
+    if weights not in ("confidence", "none"):
+        raise ValueError(f"weights must be 'confidence' or 'none' (got {weights!r}).")
     problem = FitProblem(items)
-    w = jnp.ones(len(items), jnp.float32)
+    w = np.asarray(
+        [row_weight(it.row) if weights == "confidence" else 1.0 for it in items], np.float32
+    )
     before = np.abs(np.expm1(problem.log_errors(problem.u0)))
-    ckpt = _checkpoint(problem, steps, checkpoint_dir, warn)
+    ckpt = _checkpoint(problem, steps, checkpoint_dir, warn, w)
     u, loss = _adam(
         problem, problem.u0, w, steps, progress=progress, checkpoint=ckpt, throttle_s=throttle_s
     )
@@ -222,30 +246,73 @@ def fit(
         median_abs_pct_error=100 * float(np.median(after)),
         p90_abs_pct_error=100 * float(np.percentile(after, 90)),
         wall_s=time.perf_counter() - t0,
+        weights=weights,
         problem=problem,
         u=u,
+        w=w,
     )
 
 
-def cross_validate(report: Calibration, *, by: str = "source", steps: int = 100):
+def _record(it, w: float, r_in: float, r_cv: float | None) -> dict:
+    """The residual record of one row (see CrossValidation.rows)."""
+    sign = speed_sign(it.base["metric"])
+    m = it.base["measured"]
+    return {
+        "id": it.base["id"],
+        "source": it.base["source"],
+        "system": it.base["system"],
+        "kind": it.base["kind"],
+        "metric": it.base["metric"],
+        "group": item_group(it),
+        "weight": float(w),
+        "measured": m,
+        "predicted_in": float(m * np.exp(r_in)),
+        "predicted_cv": None if r_cv is None else float(m * np.exp(r_cv)),
+        "r_in": float(sign * r_in),
+        "r_cv": None if r_cv is None else float(sign * r_cv),
+    }
+
+
+def _summary(records: list[dict]) -> dict:
+    """Median/p90 |error| (%) on the metric as published, in sample and held out, overall
+    and by system, kind, source."""
+    out = {}
+    for label, key in (("in_sample", "predicted_in"), ("held_out", "predicted_cv")):
+        recs = [x for x in records if x[key] is not None]
+        out[label] = error_stats(recs, lambda x, key=key: 100 * abs(x[key] / x["measured"] - 1))
+    return out
+
+
+def cross_validate(report: Calibration, *, by: str = "source", steps: int | None = None):
     """Leave-one-group-out errors (`by`: "source" or "system"): refit without each group,
-    warm-started from the full fit, and predict the held-out rows."""
+    from the priors with the fit's own steps and weights (`steps` to change them), and
+    predict the held-out rows. Nothing of the held-out group reaches its refit: neither its
+    rows nor a warm start from the full fit."""
     if by not in ("source", "system"):
         raise ValueError(f"by must be 'source' or 'system' (got {by!r}).")
     problem, u_full = report.problem, report.u
+    w_all = report.w if report.w is not None else np.ones(len(problem.items), np.float32)
+    steps = report.steps if steps is None else steps
     labels = [it.base[by] for it in problem.items]
-    held = np.zeros(len(labels))
+    held = np.full(len(labels), np.nan)
     for g in sorted(set(labels)):
         mask = np.array([lab == g for lab in labels])
-        w = jnp.asarray(~mask, jnp.float32)
+        w = np.where(mask, 0.0, w_all).astype(np.float32)
         if float(w.sum()) == 0:
             continue
-        u, _ = _adam(problem, u_full, w, steps)
-        r = problem.log_errors(u)
-        held[mask] = np.abs(np.expm1(r[mask]))
+        u, _ = _adam(problem, problem.u0, w, steps)
+        held[mask] = problem.log_errors(u)[mask]
+    r_in = problem.log_errors(u_full)
+    records = [
+        _record(it, w_all[i], float(r_in[i]), None if np.isnan(held[i]) else float(held[i]))
+        for i, it in enumerate(problem.items)
+    ]
+    err = np.abs(np.expm1(held[~np.isnan(held)]))
     return CrossValidation(
         by=by,
         groups=len(set(labels)),
-        median_abs_pct_error=100 * float(np.median(held)),
-        p90_abs_pct_error=100 * float(np.percentile(held, 90)),
+        median_abs_pct_error=100 * float(np.median(err)) if err.size else float("nan"),
+        p90_abs_pct_error=100 * float(np.percentile(err, 90)) if err.size else float("nan"),
+        rows=records,
+        summary=_summary(records),
     )

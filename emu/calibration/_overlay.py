@@ -1,15 +1,26 @@
-"""The calibration overlay: the fitted values as TOML (configs/calibration/fitted.toml by
-default), with provenance, written atomically through emu.storage."""
+"""The calibration outputs, written atomically through emu.storage next to each other
+(configs/calibration/ by default):
+
+- fitted.toml: the fitted values as a TOML overlay, with provenance;
+- residuals.jsonl: every row's in-sample and leave-one-source-out residual
+  (`CrossValidation.rows`), which `emu validate` reads for the coverage of the intervals;
+- intervals.toml: the residual quantile table every prediction's interval comes from
+  (`emu.analysis.interval`), its tail calibrated by nested leave-one-source-out
+  (`emu.validation.calibrate_tail`), with the out-of-sample coverage of the procedure.
+"""
 
 from __future__ import annotations
 
 import datetime
+import json
 from collections import OrderedDict
 from pathlib import Path
 
+from emu.analysis import INTERVAL_LEVEL, MIN_ROWS, MIN_SOURCES
 from emu.calibration._fit import Calibration, CrossValidation
-from emu.catalog import config_dir
+from emu.catalog import calibration, config_dir
 from emu.storage import atomic_write, check_output_path
+from emu.validation import calibrate_tail, coverage, quantile_table
 
 
 def overlay_path() -> Path:
@@ -68,15 +79,88 @@ def write_overlay(
     for c in cv or []:
         lines.append(f"cv_{c.by}_median_abs_pct_error = {_fmt(c.median_abs_pct_error)}")
     sections: dict = OrderedDict()
+    links = sorted(calibration(fitted=False).get("link", {}))
     for (sec, key, f), v in report.values.items():
-        head = f"[{sec}.{key}]" if key else f"[{sec}]"
         sd = report.uncertainty[(sec, key, f)]
         prior = report.priors[(sec, key, f)]
-        sections.setdefault(head, []).append(
-            f"{f} = {_fmt(v)}  # +- {_fmt(sd)} (1 sigma, Laplace); prior {_fmt(prior)}"
-        )
+        text = f"{f} = {_fmt(v)}  # +- {_fmt(sd)} (1 sigma, Laplace); prior {_fmt(prior)}"
+        if sec == "link" and not key:  # one value shared by every link type
+            for link in links:
+                sections.setdefault(f"[link.{link}]", []).append(text + "; shared")
+            continue
+        head = f"[{sec}.{key}]" if key else f"[{sec}]"
+        sections.setdefault(head, []).append(text)
     for head, body in sections.items():
         lines += ["", head, *body]
+    with atomic_write(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    for c in cv or []:
+        if c.by == "source" and c.rows:
+            write_residuals(c, path.parent / "residuals.jsonl")
+            write_intervals(c, path.parent / "intervals.toml", command=command)
+    return path
+
+
+def write_residuals(cv: CrossValidation, path: Path) -> Path:
+    """Every row's residual record (`CrossValidation.rows`) as JSON Lines, atomically."""
+    path = check_output_path(path, make_parents=True, what="residuals")
+    with atomic_write(path, "w") as fh:
+        for x in cv.rows:
+            fh.write(json.dumps(x, allow_nan=False) + "\n")
+    return path
+
+
+def interval_records(cv: CrossValidation) -> list[dict]:
+    """The held-out residuals of `cv` in the form `emu.validation.coverage` reads."""
+    return [
+        {"id": x["id"], "source": x["source"], "group": x["group"], "r": x["r_cv"]}
+        for x in cv.rows
+        if x["r_cv"] is not None
+    ]
+
+
+def write_intervals(
+    cv: CrossValidation, path: Path, *, command: str = "emu calibrate --cv", level=INTERVAL_LEVEL
+) -> Path:
+    """The interval table of the leave-one-source-out residuals of `cv` as TOML: the tail
+    calibrated so that nested leave-one-source-out coverage reaches `level`, the quantiles
+    of every basis at that tail, and the out-of-sample coverage of the procedure."""
+    if cv.by != "source":
+        raise ValueError("intervals come from leave-one-source-out residuals (by='source').")
+    recs = interval_records(cv)
+    tail = calibrate_tail(recs, level)
+    table = quantile_table(recs, tail)
+    cov = coverage(recs, level)
+    path = check_output_path(path, make_parents=True, what="intervals")
+    lines = [
+        "# 80% prediction intervals from leave-one-source-out residuals (emu calibrate --cv).",
+        "# r = log(predicted / measured speed); a rate y lies in [y exp(-q_hi), y exp(-q_lo)],",
+        "# a time t in [t exp(q_lo), t exp(q_hi)]. Do not edit by hand.",
+        "",
+        "[provenance]",
+        f"command = {toml_string(command)}",
+        f"level = {level:g}",
+        f"tail = {tail:g}  # per side, calibrated by nested leave-one-source-out",
+        'residual = "log(predicted / measured speed), leave-one-source-out"',
+        f"min_rows = {MIN_ROWS}",
+        f"min_sources = {MIN_SOURCES}",
+        f"rows = {len(recs)}",
+        f"coverage_out_of_sample = {_fmt(cov['out_of_sample'])}  # level chosen without the row's"
+        " source",
+        f"coverage_nested = {_fmt(cov['nested'])}  # at the shipped tail",
+        f"median_width = {_fmt(cov['median_width'])}  # high / low",
+        f'date = "{datetime.date.today().isoformat()}"',
+    ]
+    for name, b in table.items():
+        lines += [
+            "",
+            f"[basis.{toml_string(name)}]",
+            f"rows = {b['rows']}",
+            f"sources = {b['sources']}",
+            f"q_lo = {_fmt(b['q_lo'])}",
+            f"q_hi = {_fmt(b['q_hi'])}",
+            f"usable = {'true' if b['usable'] else 'false'}",
+        ]
     with atomic_write(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")
     return path

@@ -20,13 +20,50 @@ from emu.validation import Item, predict_items, run_groups
 PRIOR_SIGMA = 1.0  # in transformed units (logit or log)
 HUBER_DELTA = 0.25  # in log error units (about 25%)
 LOWP = ("fp8", "int8", "fp4")
+#: fitted per chip family (the matmul efficiency curve and the per-kernel fixed cost)
+FAMILY_FIELDS = ("matmul_efficiency", "matmul_half_dim", "kernel_overhead_s")
+#: fitted per link type (emu.collectives: ring efficiency and per-hop latency; MoE
+#: dispatch/combine kernels' bandwidth fraction, peer penalty and fixed costs), where the
+#: calibration defaults define them; fractions in logit, the rest in log coordinates
+LINK_FIELDS = (
+    ("efficiency", "logit"),
+    ("latency_s", "log"),
+    ("a2a_efficiency", "logit"),
+    ("a2a_peer_penalty", "log"),
+    ("dispatch_latency_s", "log"),
+    ("combine_latency_s", "log"),
+)
+#: collective parameters shared by every link type (one value each, fidelity DESIGN §3c:
+#: the base cost of one library call, the ring channels entering a domain, the in-switch
+#: all-reduce latency), fitted as one global and written to every [link.*] section
+SHARED_LINK_FIELDS = (
+    ("base_latency_s", "log"),
+    ("ring_channels", "log"),
+    ("nvls_latency_s", "log"),
+)
+
+
+def _uses_a2a(it: Item) -> bool:
+    """Whether a row's prediction runs MoE dispatch/combine kernels."""
+    if it.kind == "moe_comm":
+        return True
+    plans = [it.plan] + ([it.serving.prefill] if it.serving and it.serving.prefill else [])
+    return (
+        it.kind == "run" and float(it.model.n_experts) > 0 and any(float(p.ep) > 1 for p in plans)
+    )
 
 
 def parameter_spec(items: list[Item]) -> OrderedDict[tuple, dict]:
-    """The fitted parameters for these rows: (section, key, field) -> {transform, prior}."""
+    """The fitted parameters for these rows: (section, key, field) -> {transform, prior}.
+    Only parameters some row depends on: the chip-family fields of the families with
+    train/serving rows (the 8-bit efficiency only with low-precision rows, the achievable
+    HBM bandwidth fraction only with decode rows), the ring fields
+    of every link type of the rows' systems, the all-to-all fields of link types whose
+    systems have MoE communication rows or expert-parallel MoE runs, the overlap fractions
+    of the plans that use them."""
     cal = calibration(fitted=False)
     spec: OrderedDict = OrderedDict()
-    fams, lowp, links = [], set(), []
+    fams, lowp, serve, links, a2a_links = [], set(), set(), [], set()
     for it in items:
         sys = it.system
         if it.kind == "run":
@@ -35,13 +72,19 @@ def parameter_spec(items: list[Item]) -> OrderedDict[tuple, dict]:
                 fams.append(fam)
             if it.plan.precision in LOWP:
                 lowp.add(fam)
+            if it.plan.phase == "decode":
+                serve.add(fam)
         for t in sys.tiers:
             if t.link not in links:
                 links.append(t.link)
+            if _uses_a2a(it):
+                a2a_links.add(t.link)
     for fam in fams:
-        fields = ["matmul_efficiency", "matmul_half_dim", "kernel_overhead_s"]
+        fields = list(FAMILY_FIELDS)
         if fam in lowp:
             fields.insert(1, "lowp_matmul_efficiency")
+        if fam in serve:  # decode steps are HBM-bound: their rows constrain it
+            fields.append("hbm_efficiency")
         for f in fields:
             kind = "logit" if "efficiency" in f else "log"
             spec[("chip_family", fam, f)] = {
@@ -49,11 +92,29 @@ def parameter_spec(items: list[Item]) -> OrderedDict[tuple, dict]:
                 "prior": float(cal["chip_family"][fam][f]),
             }
     for link in links:
-        for f, kind in (("efficiency", "logit"), ("latency_s", "log"), ("base_latency_s", "log")):
-            spec[("link", link, f)] = {"transform": kind, "prior": float(cal["link"][link][f])}
-    for f in ("tp", "dp", "ep_tbo", "pipelining"):
-        spec[("overlap", "", f)] = {"transform": "logit", "prior": float(cal["overlap"][f])}
-    if any(it.kind == "run" and it.plan.phase == "train" for it in items):
+        for f, kind in LINK_FIELDS:
+            a2a = f.startswith(("a2a_", "dispatch_", "combine_"))
+            if f in cal["link"].get(link, {}) and (link in a2a_links or not a2a):
+                spec[("link", link, f)] = {
+                    "transform": kind,
+                    "prior": float(cal["link"][link][f]),
+                }
+    for f, kind in SHARED_LINK_FIELDS:
+        priors = [float(cal["link"][k][f]) for k in links if f in cal["link"].get(k, {})]
+        if priors:  # the geometric mean of the link priors (they agree in the defaults)
+            prior = math.exp(sum(math.log(x) for x in priors) / len(priors))
+            spec[("link", "", f)] = {"transform": kind, "prior": prior}
+    runs = [it for it in items if it.kind == "run"]
+    used = {
+        "tp": any(float(it.plan.tp) > 1 for it in runs),
+        "dp": any(it.plan.phase == "train" and float(it.plan.dp) > 1 for it in runs),
+        "ep_tbo": any(float(it.plan.a2a_overlap) > 0 for it in runs),
+        "pipelining": any(it.plan.algorithm == "staged" for it in runs),
+    }
+    for f, on in used.items():
+        if on:
+            spec[("overlap", "", f)] = {"transform": "logit", "prior": float(cal["overlap"][f])}
+    if any(it.plan.phase == "train" for it in runs):
         f = "host_kernel_s"
         spec[("overlap", "", f)] = {"transform": "log", "prior": float(cal["overlap"][f])}
     return spec
@@ -69,14 +130,15 @@ def _from_u(u, kind):
 
 
 def apply_parameters(system, values: dict):
-    """`system` with the chip-family, link and overlap fields of `values` substituted."""
+    """`system` with the chip-family, link and overlap fields of `values` substituted (a
+    link key "" is a parameter shared by every link type)."""
     fam, chip = system.chip.family, {}
     for (sec, key, f), v in values.items():
         if sec == "chip_family" and key == fam:
             chip[f] = v
     tiers = []
     for t in system.tiers:
-        ch = {f: v for (sec, key, f), v in values.items() if sec == "link" and key == t.link}
+        ch = {f: v for (sec, key, f), v in values.items() if sec == "link" and key in ("", t.link)}
         tiers.append(replace(t, **ch) if ch else t)
     ov = {f: v for (sec, _, f), v in values.items() if sec == "overlap"}
     return replace(
@@ -109,9 +171,12 @@ class FitProblem:
                     [i for i, it in enumerate(items) if it.kind == kind and it.system.name == name]
                 )
         self.blocks = [b for b in blocks if b]
-        self._residual_fns = [jax.jit(self._make_residuals(b)) for b in self.blocks]
-        self._loss_fns = [
-            jax.jit(jax.value_and_grad(self._make_block_loss(f))) for f in self._residual_fns
+        # one compiled function per block gives the loss, its gradient and the residuals
+        self._fns = [
+            jax.jit(
+                jax.value_and_grad(self._make_block_loss(self._make_residuals(b)), has_aux=True)
+            )
+            for b in self.blocks
         ]
 
     def spec_priors(self):
@@ -140,25 +205,28 @@ class FitProblem:
     @staticmethod
     def _make_block_loss(residuals):
         def block(u, w):
-            return jnp.sum(w * optax.huber_loss(residuals(u), delta=HUBER_DELTA))
+            r = residuals(u)
+            return jnp.sum(w * optax.huber_loss(r, delta=HUBER_DELTA)), r
 
         return block
 
     def log_errors(self, u):
+        """log(predicted / measured) of every row at `u` (on the metric as published)."""
         out = np.zeros(len(self.items), np.float32)
-        for idxs, f in zip(self.blocks, self._residual_fns, strict=True):
-            out[idxs] = np.asarray(f(u))
+        for idxs, f in zip(self.blocks, self._fns, strict=True):
+            (_, r), _ = f(u, jnp.ones(len(idxs), jnp.float32))
+            out[idxs] = np.asarray(r)
         return out
 
     def value_and_grad(self, u, w):
         w = np.asarray(w, np.float32)
         total_w = float(w.sum())
         val, grad = 0.0, jnp.zeros_like(u)
-        for idxs, f in zip(self.blocks, self._loss_fns, strict=True):
+        for idxs, f in zip(self.blocks, self._fns, strict=True):
             wb = w[idxs]
             if not wb.any():
                 continue
-            v, g = f(u, jnp.asarray(wb))
+            (v, _), g = f(u, jnp.asarray(wb))
             val, grad = val + float(v), grad + g
         d = u - self.u0
         val = val / total_w + 0.5 * float(jnp.sum((d / PRIOR_SIGMA) ** 2)) / total_w

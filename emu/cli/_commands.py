@@ -8,6 +8,7 @@ from __future__ import annotations
 from emu import analysis, catalog, policy, storage
 from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
+from emu.cli import _render_catalog as render_catalog
 from emu.cli._parser import CliError
 from emu.cli._setup import overrides, resolved, set_note, setup
 from emu.plan import plan_dict
@@ -41,15 +42,15 @@ def cmd_list(args) -> None:
     systems, models = [], []
     for name in catalog.list_systems():
         d = analysis.describe(catalog.load_system(name))
-        systems.append(render.system_row(name, d))
+        systems.append(render_catalog.system_row(name, d))
     for name in catalog.list_models():
-        models.append(render.model_row(name, catalog.load_model(name)))
+        models.append(render_catalog.model_row(name, catalog.load_model(name)))
     out = {  # keyed by name: `name in out["systems"]` and the old list of names still work
         "systems": {r.pop("name"): r for r in systems},
         "models": {r.pop("name"): r for r in models},
         "regions": regions,
     }
-    text = render.list_text(out)
+    text = render_catalog.list_text(out)
     text += "\nregions: " + ", ".join(regions) + " (--region; `emu list --regions` for sources)"
     render.emit(args, out, text)
 
@@ -58,8 +59,8 @@ def _list_fields(args) -> None:
     name = args.fields
     sys_o, model_o, _ = overrides(args)
     if name == "plan":
-        out = render.plan_fields()
-        render.emit(args, out, render.plan_fields_text(out))
+        out = render_catalog.plan_fields()
+        render.emit(args, out, render_catalog.plan_fields_text(out))
         return
     notes: list[str] = []
     kind = _kind_of(name)
@@ -253,7 +254,9 @@ def _serving_plan(args, system, model, phase, chips, batch, slo, precision):
         moe_imbalance=args.moe_imbalance,
         a2a_overlap=args.a2a_overlap,
     )
-    return plan if batch is not None else policy.with_largest_batch(system, model, plan, slo)
+    if batch is not None:
+        return plan
+    return policy.with_largest_batch(system, model, plan, slo, widen_tp=True)
 
 
 def cmd_serve(args) -> None:
@@ -272,6 +275,10 @@ def cmd_serve(args) -> None:
     with render.working(_compiling(system.name, model.name) + " (prefill and decode)"):
         out, r = _serve(args, system, model, precision)
     out["notes"] = notes + set_note(args)
+    out["interval"] = analysis.intervals(
+        {"tokens_per_s": out["tokens_per_s"], "tpot_s": out["tpot_s"]},
+        analysis.interval_group(system, "decode"),
+    )
     text = render.serve_text(out, (args.prefill_chips, args.decode_chips))
     if price:  # the deployment per output token; each instance per token it makes
         out |= analysis.cost_block(system, r, *price)

@@ -134,6 +134,35 @@ def _latency_rows(results: list[dict]) -> list[list[str]]:
     return rows
 
 
+def band(iv: dict | None, unit: str) -> str:
+    """An interval as "[low - high]" with SI prefixes ("~[...]" when it extrapolates beyond
+    the validated rows), "-" when there is none."""
+    if not iv or iv.get("low") is None:
+        return "-"
+    mark = "~" if iv.get("extrapolation") else ""
+    return f"{mark}[{si(iv['low'], unit)} - {si(iv['high'], unit)}]"
+
+
+def interval_lines(results: list[dict], label=lambda r: r["system"]) -> list[str]:
+    """One line per result naming the basis of its intervals (and the extrapolation)."""
+    out = []
+    for r in results:
+        iv = (r.get("interval") or {}).get("tokens_per_s")
+        if iv:
+            out.append(f"{iv['level']:.0%} interval ({label(r)}): basis {iv['basis']}")
+    return out
+
+
+def _dies(r: dict) -> int:
+    """Dies (ranks) per chip of a result: n_ranks / n_chips (2 on a CloudMatrix 384)."""
+    return round(r.get("n_ranks", r["n_chips"]) / max(r["n_chips"], 1e-9))
+
+
+def _chips_text(r: dict) -> str:
+    d = _dies(r)
+    return f"{r['n_chips']:.0f}" + (f" ({r['n_ranks']:.0f} dies)" if d > 1 else "")
+
+
 def run_text(results: list[dict]) -> str:
     """`emu run`/`emu compare`: infeasibility first, then one column per result, the step
     breakdown, the plans, warnings and notes."""
@@ -145,23 +174,27 @@ def run_text(results: list[dict]) -> str:
     ]
     out += [""] if out else []
     head = ["", *[r["system"] for r in results]]
+    ivs = [r.get("interval") or {} for r in results]
     rows = [
         ["feasible", *[_feasible_text(r) for r in results]],
         ["model", *[r["model"] for r in results]],
-        ["chips", *[f"{r['n_chips']:.0f}" for r in results]],
+        ["chips", *[_chips_text(r) for r in results]],
         ["phase", *[r["phase"] for r in results]],
         *_phase_rows(results),
         ["step time", *[si(r["step_time_s"], "s") for r in results]],
+        ["  80% interval", *[band(iv.get("step_time_s"), "s") for iv in ivs]],
         ["tokens/s", *[si(r["tokens_per_s"], "tok/s") for r in results]],
+        ["  80% interval", *[band(iv.get("tokens_per_s"), "tok/s") for iv in ivs]],
         ["tokens/s per chip", *[f"{r['tokens_per_s'] / r['n_chips']:.0f}" for r in results]],
         ["power (IT)", *[si(r["power_w"], "W") for r in results]],
         ["power (facility)", *[si(r["facility_power_w"], "W") for r in results]],
         ["tokens/J (IT)", *[f"{r['tokens_per_joule']:.3g}" for r in results]],
         ["MFU", *[f"{100 * r['mfu']:.1f}%" for r in results]],
         [
-            "memory/chip",
+            "memory/rank" if any(_dies(r) > 1 for r in results) else "memory/chip",
             *[
                 f"{si(r['memory']['total_bytes'], 'B')} of {si(r['memory']['capacity_bytes'], 'B')}"
+                + (" per die" if _dies(r) > 1 else "")
                 for r in results
             ],
         ],
@@ -177,6 +210,7 @@ def run_text(results: list[dict]) -> str:
         out.append(f"plan ({r['system']}): {plan_text(r['plan'])}")
     for r in results:
         out += [f"warning ({r['system']}): {w}" for w in r.get("warnings", [])]
+    out += interval_lines(results)
     notes = list(dict.fromkeys(n for r in results for n in r.get("notes", [])))
     out += [f"note: {n}" for n in notes]
     out.append(
@@ -203,6 +237,15 @@ def describe_text(d: dict) -> str:
     rows += [["power (IT, full load)", si(d["power_w"], "W")]]
     rows += [[f"  {k}", si(v, "W")] for k, v in d["power"].items() if k not in ("it_w",)]
     rows += [["facility power (PUE)", f"{si(d['facility_power_w'], 'W')} (PUE {d['pue']:g})"]]
+    for kind, iv in (d.get("interval") or {}).items():
+        if iv.get("low") is not None:
+            mark = "~" if iv["extrapolation"] else ""
+            rows.append(
+                [
+                    f"{kind} throughput, {iv['level']:.0%} interval",
+                    f"{mark}x{iv['low']:.2f} - x{iv['high']:.2f} ({iv['basis']})",
+                ]
+            )
     notes = "".join(f"\nnote: {n}" for n in d.get("notes", []))
     return f"{d['system']}\n" + table(rows, ["quantity", "value"]) + notes
 
@@ -236,12 +279,41 @@ def calibrate_text(out: dict, path) -> str:
             f"median {c['median_abs_pct_error']:.1f}%, p90 {c['p90_abs_pct_error']:.1f}%"
             for c in out["cross_validation"]
         ],
+        *_cv_tables(out["cross_validation"]),
         "",
         table(rows, ["parameter", "fitted", "+- 1 sigma", "prior"]),
         "",
         f"overlay written to {path}" if path else "dry run: nothing written",
     ]
     return "\n".join(text)
+
+
+def _cv_tables(cvs: list[dict]) -> list[str]:
+    """In-sample and leave-one-source-out |error| by system, kind and source."""
+    cv = next((c for c in cvs if c["by"] == "source" and c.get("summary")), None)
+    if cv is None:
+        return []
+    ins, held = cv["summary"]["in_sample"], cv["summary"]["held_out"]
+    out = []
+    for key, title in (("by_system", "system"), ("by_kind", "kind"), ("by_source", "source")):
+        rows = []
+        for name, h in held[key].items():
+            i = ins[key].get(name) or {}
+            if not h["n"]:
+                continue
+            rows.append(
+                [
+                    name[:50],
+                    str(h["n"]),
+                    f"{i.get('median_abs_pct_error', float('nan')):.1f}%",
+                    f"{i.get('p90_abs_pct_error', float('nan')):.1f}%",
+                    f"{h['median_abs_pct_error']:.1f}%",
+                    f"{h['p90_abs_pct_error']:.1f}%",
+                ]
+            )
+        head = [title, "n", "median", "p90", "LOSO median", "LOSO p90"]
+        out += ["", table(rows, head)]
+    return out
 
 
 def serve_text(d: dict, chips: tuple[int, int]) -> str:
@@ -253,9 +325,11 @@ def serve_text(d: dict, chips: tuple[int, int]) -> str:
         ],
         ["requests/s", f"{d['requests_per_s']:.4g}"],
         ["output tokens/s", si(d["tokens_per_s"], "tok/s")],
+        ["  80% interval", band((d.get("interval") or {}).get("tokens_per_s"), "tok/s")],
         ["output tokens/s per chip", f"{d['tokens_per_s_per_chip']:.4g}"],
         ["TTFT (prefill batch)", si(d["ttft_s"], "s")],
         ["TPOT", si(d["tpot_s"], "s")],
+        ["  80% interval", band((d.get("interval") or {}).get("tpot_s"), "s")],
         [
             "utilisation (prefill, decode)",
             f"{d['prefill_utilisation']:.0%}, {d['decode_utilisation']:.0%}",
@@ -268,7 +342,8 @@ def serve_text(d: dict, chips: tuple[int, int]) -> str:
     plans = "".join(f"\nplan ({k}): {plan_text(d[k]['plan'])}" for k in ("prefill", "decode"))
     notes = "".join(f"\nnote: {n}" for n in d.get("notes", []))
     head = f"{d['system']} / {d['model']}\n"
-    return lead + head + table(rows, ["quantity", "value"]) + plans + notes
+    ivs = "".join(f"\n{line}" for line in interval_lines([d]))
+    return lead + head + table(rows, ["quantity", "value"]) + plans + ivs + notes
 
 
 def _search_row(r: dict, names, serving: bool, lat: str | None) -> list[str]:
@@ -287,6 +362,19 @@ def _search_row(r: dict, names, serving: bool, lat: str | None) -> list[str]:
         _num(r["objective"]), si(r["tokens_per_s"], "tok/s"), f"{r['tokens_per_joule']:.4g}",
         si(r["power_w"], "W"), f"{100 * r['mfu']:.1f}%",
     ]  # fmt: skip
+
+
+def best_interval_text(best: dict | None) -> str:
+    """The intervals of a search's best configuration, as one line ("" without one)."""
+    ivs = (best or {}).get("interval") or {}
+    if "tokens_per_s" not in ivs:
+        return ""
+    return (
+        f"\nbest: tokens/s {si(best['tokens_per_s'], 'tok/s')} "
+        f"{band(ivs['tokens_per_s'], 'tok/s')}, step time {si(best['step_time_s'], 's')} "
+        f"{band(ivs.get('step_time_s'), 's')} ({ivs['tokens_per_s']['level']:.0%} interval, "
+        f"basis {ivs['tokens_per_s']['basis']})"
+    )
 
 
 def _num(x) -> str:
@@ -343,134 +431,3 @@ def need_matplotlib(flag: str) -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise ValueError(f"{flag} needs matplotlib: pip install 'cluster-emu[plot]'") from None
-
-
-def system_row(name: str, d: dict) -> dict:
-    """One `emu list` line of a system, from `emu.analysis.describe`."""
-    peaks = d["peak_flops_per_s"]
-    return {
-        "name": name,
-        "chip": d["chip"],
-        "chips": d["n_chips"],
-        # the whole system unit's dense peak (describe sums the chips)
-        "peak_bf16_flops_per_s": peaks.get("bf16", peaks.get("fp16", 0.0)),
-        "precisions": list(peaks),
-        "hbm_bytes_per_chip": d["hbm_bytes"] / d["n_chips"],
-        "hbm_bytes": d["hbm_bytes"],
-        "scale_up_chips": max(
-            (t["domain_chips"] for t in d["tiers"][:-1]), default=d["tiers"][0]["domain_chips"]
-        ),
-        "power_w": d["power_w"],
-    }
-
-
-def model_row(name: str, model) -> dict:
-    """One `emu list` line of a model."""
-    from emu.workload import params_active, params_total
-
-    f = lambda x: int(round(float(x)))
-    return {
-        "name": name,
-        "params": float(params_total(model)),
-        "active_params": float(params_active(model)),
-        "layers": f(model.n_layers),
-        "d_model": f(model.d_model),
-        "heads": f"{f(model.n_heads)}/{f(model.n_kv_heads)}",
-        "attention": model.attention,
-        "experts": f(model.n_experts),
-        "top_k": f(model.top_k),
-    }
-
-
-def _params(n: float) -> str:
-    return f"{n / 1e12:.3g}T" if n >= 1e12 else f"{n / 1e9:.3g}B"
-
-
-def list_text(out: dict) -> str:
-    sys_rows = [
-        [
-            name, s["chip"], f"{s['chips']}", si(s["peak_bf16_flops_per_s"], "FLOP/s"),
-            si(s["hbm_bytes_per_chip"], "B"), f"{s['scale_up_chips']:g}",
-            ",".join(s["precisions"]), si(s["power_w"], "W"),
-        ]
-        for name, s in out["systems"].items()
-    ]  # fmt: skip
-    model_rows = [
-        [
-            name, _params(m["params"]), _params(m["active_params"]),
-            f"{m['layers']}", f"{m['d_model']}", m["heads"], m["attention"],
-            f"{m['experts']} (top {m['top_k']})" if m["experts"] else "-",
-        ]
-        for name, m in out["models"].items()
-    ]  # fmt: skip
-    return (
-        table(
-            sys_rows,
-            [
-                "system",
-                "chip",
-                "chips",
-                "peak bf16",
-                "HBM/chip",
-                "scale-up",
-                "precisions",
-                "power (IT)",
-            ],
-        )  # fmt: skip
-        + "\n\n"
-        + table(
-            model_rows,
-            [
-                "model",
-                "params",
-                "active",
-                "layers",
-                "d_model",
-                "heads (q/kv)",
-                "attention",
-                "experts",
-            ],
-        )  # fmt: skip
-        + "\n\n(`emu list --fields NAME` for a system's or model's fields, `--fields plan` "
-        "for the plan knobs)"
-    )
-
-
-def plan_fields() -> dict:
-    """Every plan knob (emu.plan.KNOBS): flag, kind, default, bounds or choices, phases."""
-    from emu.plan import KNOBS
-
-    out = {}
-    for k in KNOBS:
-        if k.kind == "static":
-            rule = ", ".join(k.choices)
-        elif k.kind == "choice":
-            rule = ", ".join(k.names)
-        else:
-            rule = k.describe()
-        out[k.name] = {
-            "flag": k.flag,
-            "set": f"plan.{k.name}",
-            "kind": k.kind,
-            "default": k.default if k.default is not None else "derived",
-            "values": rule,
-            "unit": k.unit,
-            "phases": list(k.phases),
-            "help": k.help,
-        }
-    return out
-
-
-def _short(text: str, n: int = 60) -> str:
-    return text if len(text) <= n else text[: n - 3].rstrip() + "..."
-
-
-def plan_fields_text(out: dict) -> str:
-    rows = [
-        [name, d["flag"], f"{d['default']}", d["values"], "/".join(d["phases"]), _short(d["help"])]
-        for name, d in out.items()
-    ]
-    return (
-        table(rows, ["knob", "flag", "default", "values", "phases", "help"])
-        + "\n(set any knob with its flag or --set plan.NAME=VALUE; --json has the full help)"
-    )

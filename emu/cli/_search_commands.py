@@ -225,6 +225,7 @@ def _best_run(system, model, problem, res) -> dict | None:
 def _emit_result(args, system, model, problem, res, out, text: str, notes) -> None:
     best = _best_run(system, model, problem, res)
     obj = {"best": best, **res.to_json(), "out": str(out) if out else None, "notes": notes}
+    text += render.best_interval_text(best)
     render.emit(args, obj, text + "".join(f"\nnote: {n}" for n in notes))
 
 

@@ -131,5 +131,12 @@ def setup(args, system_name: str) -> Setup:
         plan = apply_overrides(plan, plan_o, "Plan")
         policy.check_plan(system, model, plan, args.chips)
     if plan.phase != "train" and args.batch is None:
-        plan = policy.with_largest_batch(system, model, plan, slo_s)
+        widen = knobs.get("tp") is None and not plan_o and getattr(args, "plan", "rule") != "best"
+        chosen = policy.with_largest_batch(system, model, plan, slo_s, widen_tp=widen)
+        if int(float(chosen.tp)) != int(float(plan.tp)):
+            notes.append(
+                f"tp={int(float(chosen.tp))}: at tp={int(float(plan.tp))} even batch 1 misses "
+                f"the SLO of {slo_s:g} s on {system.name} (--tp to choose)"
+            )
+        plan = chosen
     return Setup(system, model, plan, slo_s, notes)

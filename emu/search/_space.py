@@ -21,7 +21,7 @@ from emu.plan import knobs as plan_knobs
 from emu.policy import DEFAULT_BATCH_TOKENS, divisors
 from emu.search._problem import COLUMNS, DEFAULTS, KNOBS, Problem, check_problem
 from emu.struct import replace, set_path
-from emu.topology import TOPOLOGY_KNOBS, System, reshape
+from emu.topology import TOPOLOGY_KNOBS, System, node_tier, reshape
 from emu.workload import Model
 
 #: the range of each topology knob on a grid (factors of today's value, or chips/shares)
@@ -114,9 +114,11 @@ def enumerate_plans(system: System, model: Model, problem: Problem) -> np.ndarra
     plans."""
     check_problem(system, problem)
     heads, kv = int(model.n_heads), int(model.n_kv_heads)
-    inner = max(int(float(system.tiers[0].domain_chips)), 1)
+    dies = int(round(float(system.chip.dies_per_chip)))  # plans count ranks (dies)
+    inner = max(int(float(node_tier(system).domain_chips)), 1) * dies
     rows = []
-    for chips in problem.chip_counts():
+    for packages in problem.chip_counts():
+        chips = packages * dies
         tps = [
             t
             for t in _pow2_upto(min(64, chips, inner))

@@ -1,28 +1,43 @@
-"""Predictions for measurement rows: each modelled row becomes an `Item` (system, and for
-runs the model and plan of the row); runs with the same program structure are stacked and
-evaluated in one vmapped call; collective rows use the all-reduce and all-to-all models.
-Every prediction is a jnp scalar, differentiable in the systems (emu.calibration fits
-through it).
+"""Predictions for measurement rows: each modelled row becomes an `Item` (its system, and for
+runs the model and plan(s) of the row); items with the same program structure are stacked
+and evaluated in one vmapped call; collective rows use emu's collective models
+(`_collectives`). Every prediction is a jnp scalar, differentiable in the systems
+(emu.calibration fits through it).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 from collections import defaultdict
 
 import jax
 import jax.numpy as jnp
 
-from emu import collectives
 from emu.catalog import list_systems, load_system
+from emu.hardware import peak_flops, usable_hbm_bytes
+from emu.numerics import safe_div
 from emu.objective import evaluate
-from emu.parallelism import Plan
+from emu.parallelism import Plan, memory, stage_layers
 from emu.policy import with_largest_batch
-from emu.struct import stack
-from emu.topology import System, participants
-from emu.validation._rows import row_model, row_plan
+from emu.serving import disaggregated
+from emu.struct import replace, stack
+from emu.topology import System, rank_system
+from emu.validation._collectives import (
+    METRICS_ALLREDUCE,
+    METRICS_MOE_COMM,
+    collective_link,
+    moe_comm_setup,
+    predict_allreduce_busbw,
+    predict_moe_comm,
+)
+from emu.validation._plans import (
+    ServingRow,
+    needs_serving_rule,
+    row_plan,
+    script_plan,
+    serving_row,
+)
+from emu.validation._rows import approximations, check_row, row_model
 from emu.workload import Model, model_flops_per_token
 
 METRICS_TRAIN = {
@@ -35,9 +50,7 @@ METRICS_TRAIN = {
     "layer_fwd_plus_bwd_time",
     "gpu_hours_per_trillion_tokens",
 }
-METRICS_ALLREDUCE = {"allreduce_busbw", "allreduce_busbw_peak", "effective_nvlink_busbw_ring"}
-#: message size when a row gives none: "peak" bus bandwidth is reached with GB-scale buffers
-DEFAULT_MESSAGE_BYTES = 4e9
+#: inference metrics: (phase, chips per unit)
 METRICS_INFERENCE = {
     "input_tokens_per_s_per_node": ("prefill", 8.0),
     "input_tokens_per_s_per_gpu": ("prefill", 1.0),
@@ -46,24 +59,20 @@ METRICS_INFERENCE = {
     "output_tokens_per_s_per_gpu": ("decode", 1.0),
     "output_tokens_per_s_per_npu": ("decode", 1.0),
 }
-METRICS_MOE_COMM = {
-    "moe_dispatch_bandwidth",
-    "moe_combine_bandwidth",
-    "moe_dispatch_bottleneck_bandwidth",
-    "moe_combine_bottleneck_bandwidth",
-    "moe_dispatch_latency",
-    "moe_combine_latency",
-}
-#: DeepEP benchmark settings (DeepEP README): hidden 7168, top-8; normal mode 4,096 tokens
-#: per rank, low-latency mode 128.
-DEEPEP = {"hidden": 7168, "top_k": 8, "normal_tokens": 4096, "ll_tokens": 128}
+#: the peak FLOP/s a source's MFU is normalised by, when the source states one (a published
+#: convention of the source, not a fitted factor): MindSpeed-LLM's MFU uses 313 TF per 910B
+#: (facts §26: 153 tok/s x 1.076 TF/token = 165 TF = 52.6% of 313). Keyed by a substring of
+#: the row's `source`; other sources: emu's dense peak of the chip at the row's precision.
+MFU_PEAK_FLOPS = {"mindspeed": 313e12}
 
 
 @dataclasses.dataclass(frozen=True)
 class Item:
-    """One modelled row, ready to predict. `kind` is "run" (a step: `model` and `plan` set),
-    "allreduce" or "moe_comm" (collective rows: the system alone); `base` holds the result
-    fields of the row (id, kind, system, metric, measured, source)."""
+    """One modelled row, ready to predict. `kind` is "run" (a step: `model` and `plan` set;
+    a serving deployment also `serving`, whose decode plan is `plan`), "allreduce" or
+    "moe_comm" (collective rows: the system, and for moe_comm the row's `setup`,
+    `moe_comm_setup`); `base` holds the result fields of the row (id, kind, system, metric,
+    measured, source)."""
 
     base: dict
     row: dict
@@ -71,6 +80,8 @@ class Item:
     system: System
     model: Model | None = None
     plan: Plan | None = None
+    serving: ServingRow | None = None
+    setup: dict | None = None
 
 
 def _base(row: dict) -> dict:
@@ -97,21 +108,75 @@ def _row_system(name) -> str:
     return name
 
 
+def dies_of(system: System) -> int:
+    """Ranks per chip (package) of a system (Ascend 910C: 2)."""
+    return int(round(float(system.chip.dies_per_chip)))
+
+
+def _check_size(row: dict, system: System) -> None:
+    """A row's chips (ranks on a collective row) must fit the system's largest cluster."""
+    dies = dies_of(system)
+    largest = float(system.tiers[-1].domain_chips) * dies
+    ranks = float(row["n_chips"]) * (1 if row["kind"] == "collective" else dies)
+    if ranks > largest:
+        raise ValueError(
+            f"{ranks:g} ranks exceed the largest {system.name} cluster ({largest:g} ranks)"
+        )
+
+
+@jax.jit
+def _feasible(system: System, model: Model, plan: Plan):
+    """Whether `plan` fits in the usable HBM of a rank (as `evaluate` checks it; the
+    memory model alone compiles in a fraction of the step's time)."""
+    chip = rank_system(system).chip
+    return memory(model, plan, usable_hbm_bytes(chip)).feasible
+
+
+def _largest_fitting(system: System, model: Model, plan: Plan, cap: int) -> Plan:
+    """`plan` with the largest batch per DP rank in [1, cap] that fits in memory (the
+    offline serving rule; batch 1 if none does)."""
+
+    def fits(b):
+        p = replace(plan, microbatch=jnp.float32(b), global_batch=plan.dp * jnp.float32(b))
+        return float(_feasible(system, model, p)) > 0.5
+
+    lo, hi = 1, int(cap)
+    if fits(hi):
+        lo = hi
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return replace(plan, microbatch=jnp.float32(lo), global_batch=plan.dp * jnp.float32(lo))
+
+
 def _run_item(row: dict, base: dict, system_of) -> Item:
     """The Item of a train/prefill/decode row (NotImplementedError: not modelled yet)."""
-    known = METRICS_TRAIN if row["kind"] == "train" else set(METRICS_INFERENCE)
     if row["kind"] not in ("train", "prefill", "decode"):
         raise NotImplementedError(f"kind '{row['kind']}' metric '{row['metric']}'")
+    known = METRICS_TRAIN if row["kind"] == "train" else set(METRICS_INFERENCE)
     if row["metric"] not in known:
         raise NotImplementedError(f"metric '{row['metric']}' is not modelled yet")
-    model = row_model(row)
-    plan, slo = row_plan(row, model)
+    if "disagg_moe_attention" in row["id"] or "attention/expert disaggregation" in str(
+        row.get("notes", "")
+    ):
+        raise NotImplementedError(
+            "attention/expert disaggregation (attention and expert ranks taking turns) is not "
+            "modelled (fidelity DESIGN §3b.3)"
+        )
     system = system_of(row["system"])
+    dies = dies_of(system)
+    row = script_plan(row) or row
+    model = row_model(row)
+    if needs_serving_rule(row):
+        s = serving_row(row, model, dies=dies)
+        if s.batch_cap is not None:
+            s = s._replace(decode=_largest_fitting(system, model, s.decode, s.batch_cap))
+        return Item(base, row, "run", system, model, s.decode, s)
+    plan, slo = row_plan(row, model, dies=dies)
     if slo is not None:
         plan = with_largest_batch(system, model, plan, slo)
-    prec = plan.precision
-    if float(system.chip.peak_flops_per_s.get(prec, 0.0)) <= 0:
-        raise ValueError(f"{system.chip.name} has no {prec} support")
+    if float(system.chip.peak_flops_per_s.get(plan.precision, 0.0)) <= 0:
+        raise ValueError(f"{system.chip.name} has no {plan.precision} support")
     return Item(base=base, row=row, kind="run", system=system, model=model, plan=plan)
 
 
@@ -131,10 +196,14 @@ def prepare_rows(
     for row in rows:
         base = _base(row)
         try:
+            check_row(row)
+            system = system_of(row["system"])
+            _check_size(row, system)
             if row["kind"] == "collective" and row["metric"] in METRICS_ALLREDUCE:
-                items.append(Item(base, row, "allreduce", system_of(row["system"])))
+                items.append(Item(base, row, "allreduce", system))
             elif row["kind"] == "collective" and row["metric"] in METRICS_MOE_COMM:
-                items.append(Item(base, row, "moe_comm", system_of(row["system"])))
+                setup = moe_comm_setup(row, system)
+                items.append(Item(base, row, "moe_comm", system, setup=setup))
             else:
                 items.append(_run_item(row, base, system_of))
         except NotImplementedError as e:
@@ -144,24 +213,80 @@ def prepare_rows(
     return items, failures
 
 
+def item_group(item: Item) -> str:
+    """The interval basis group of an item (`analysis.basis_keys`): "train/<chip family>",
+    "serve/<chip family>" (prefill and decode) or "collective/<link type>" (the outermost
+    tier the group spans)."""
+    if item.kind == "run":
+        kind = "train" if item.base["kind"] == "train" else "serve"
+        return f"{kind}/{item.system.chip.family}"
+    return f"collective/{collective_link(item.system, float(item.row['n_chips']))}"
+
+
+def item_notes(item: Item) -> list[str]:
+    """What a row's prediction approximates (`_rows.approximations`)."""
+    return approximations(item.row)
+
+
+def _structure(it: Item) -> tuple:
+    s, m, p = it.system, it.model, it.plan
+    key = (s.name, m.ffn, m.attention, m.tied_embeddings, p.precision, p.algorithm, p.phase)
+    if it.serving is None:
+        return key
+    pre = it.serving.prefill
+    return (*key, it.serving.mode) + (() if pre is None else (pre.precision, pre.algorithm))
+
+
 def run_groups(items: list[Item]) -> dict[tuple, list[int]]:
     """Indices of the run items by program structure (one compiled, vmapped call each)."""
     groups = defaultdict(list)
     for idx, it in enumerate(items):
-        if it.kind != "run":
-            continue
-        system, model, plan = it.system, it.model, it.plan
-        key = (
-            system.name,
-            model.ffn,
-            model.attention,
-            model.tied_embeddings,
-            plan.precision,
-            plan.algorithm,
-            plan.phase,
-        )
-        groups[key].append(idx)
+        if it.kind == "run":
+            groups[_structure(it)].append(idx)
     return groups
+
+
+def serving_rate(system: System, model: Model, decode: Plan, prefill, lengths, *, mode: str):
+    """Output tokens/s of a deployment (`ServingRow`): "decode" D; "separated"
+    `serving.disaggregated` (min(D, P out/in)); "mixed" 1 / (1/D + (in/out)/P) (prefill and
+    decode take turns on the same ranks). `lengths` = (prompt_len, output_len). Returns
+    (rate, feasible)."""
+    if prefill is None:
+        r = evaluate(system, model, decode)
+        return r.tokens_per_s, r.feasible
+    isl, osl = lengths
+    s = disaggregated(system, model, prefill, decode, prompt_len=isl, output_len=osl)
+    if mode == "separated":
+        return s.tokens_per_s, s.feasible
+    d, p = s.decode.tokens_per_s, s.prefill.tokens_per_s
+    return safe_div(1.0, safe_div(1.0, d) + safe_div(isl / osl, p)), s.feasible
+
+
+_SERVE = {}
+
+
+def _serve_batch(mode: str):
+    """The jitted, vmapped `serving_rate` of one mode (compiled once per structure)."""
+    if mode not in _SERVE:
+        fn = lambda s, m, d, p, ln: serving_rate(s, m, d, p, ln, mode=mode)
+        _SERVE[mode] = jax.jit(jax.vmap(fn, in_axes=(None, 0, 0, 0, 0)))
+    return _SERVE[mode]
+
+
+def _evaluate_group(system, items: list[Item], run):
+    """RunResults (or serving (rate, feasible)) of a group of items of one structure."""
+    first = items[0]
+    models = stack([it.model for it in items])
+    plans = stack([it.plan for it in items])
+    if first.serving is None:
+        return run(system, models, plans)
+    pre = first.serving.prefill
+    pres = None if pre is None else stack([it.serving.prefill for it in items])
+    lengths = (
+        jnp.asarray([it.serving.prompt_len for it in items], jnp.float32),
+        jnp.asarray([it.serving.output_len for it in items], jnp.float32),
+    )
+    return _serve_batch(first.serving.mode)(system, models, plans, pres, lengths)
 
 
 def predict_items(items: list[Item], systems: dict | None = None, *, run=None):
@@ -175,56 +300,41 @@ def predict_items(items: list[Item], systems: dict | None = None, *, run=None):
     sys_of = lambda it: (systems or {}).get(it.system.name, it.system)
     run = run or (lambda s, m, p: jax.vmap(evaluate, in_axes=(None, 0, 0))(s, m, p))
     for idxs in run_groups(items).values():
-        first = items[idxs[0]]
-        out = run(
-            sys_of(first),
-            stack([items[i].model for i in idxs]),
-            stack([items[i].plan for i in idxs]),
-        )
+        group = [items[i] for i in idxs]
+        out = _evaluate_group(sys_of(group[0]), group, run)
         for j, i in enumerate(idxs):
             it = items[i]
             r = jax.tree_util.tree_map(lambda x, j=j: x[j], out)
-            preds[i] = predict_metric(it.row["metric"], r, it.row, it.model, it.plan)
+            if it.serving is not None:
+                rate, ok = r
+                unit = METRICS_INFERENCE[it.row["metric"]][1]
+                preds[i] = rate / it.serving.cards * unit
+                feas[i] = ok
+                continue
+            preds[i] = predict_metric(it.row["metric"], r, it.row, it.model, it.plan, it.system)
             feas[i] = r.feasible
     for i, it in enumerate(items):
         if it.kind == "allreduce":
             preds[i] = predict_allreduce_busbw(it.row, sys_of(it))
         elif it.kind == "moe_comm":
-            preds[i] = predict_moe_comm(it.row, sys_of(it))
+            preds[i] = predict_moe_comm(it.row, sys_of(it), it.setup)
     return preds, feas
 
 
-def predict_moe_comm(row: dict, system) -> float:
-    """DeepEP dispatch/combine kernels: bandwidth in GB/s over the bottleneck link (bytes that
-    cross the slowest tier / kernel time) or latency in us, from the all-to-all model.
-    Dispatch payloads are FP8 (1 byte per element), combine BF16."""
-    ep = float(row["n_chips"])
-    if not ep >= 2:
-        raise ValueError("an all-to-all needs n_chips >= 2")
-    metric = row["metric"]
-    low_latency = "latency" in metric or "low-latency" in str(row.get("notes", "")).lower()
-    tokens = DEEPEP["ll_tokens"] if low_latency else DEEPEP["normal_tokens"]
-    el = 1.0 if "dispatch" in metric else 2.0
-    nbytes = jnp.float32(tokens * DEEPEP["top_k"] * DEEPEP["hidden"] * el)
-    t = collectives.all_to_all_time(system, nbytes, jnp.float32(ep))
-    if "latency" in metric:
-        return t * 1e6
-    # bytes over the bottleneck tier (the one with the largest load), per kernel time
-    n = participants(system.tiers, jnp.float32(ep), jnp.float32(1.0))
-    inside = 1.0
-    worst = jnp.float32(0.0)
-    crossing = jnp.float32(0.0)
-    for tier, nk in zip(system.tiers, n, strict=True):
-        leaving = 1.0 - inside / ep
-        load = leaving * nbytes / collectives.effective_bandwidth(tier)
-        crossing = jnp.where(load > worst, leaving * nbytes, crossing)
-        worst = jnp.maximum(load, worst)
-        inside = inside * nk
-    return crossing / t / 1e9
+def mfu_peak(row: dict, system: System, precision: str) -> float:
+    """The peak FLOP/s per chip (package) a row's MFU is normalised by: the source's stated
+    peak (MFU_PEAK_FLOPS) or emu's dense peak of the chip at `precision`."""
+    src = str(row.get("source", "")).lower()
+    for key, peak in MFU_PEAK_FLOPS.items():
+        if key in src:
+            return peak
+    return float(peak_flops(system.chip, precision))
 
 
-def predict_metric(metric: str, r, row: dict, model, plan):
-    """The row's metric, as published, from a RunResult (jnp: differentiable)."""
+def predict_metric(metric: str, r, row: dict, model, plan, system: System | None = None):
+    """The row's metric, as published, from a RunResult (jnp: differentiable). MFU is the
+    sources' convention: PaLM model FLOPs per token (`workload.model_flops_per_token`) x
+    tokens/s over the chips' peak (`mfu_peak`)."""
     n = r.n_chips
     t = r.step_time_s
     tokens = plan.global_batch * plan.seq_len
@@ -245,11 +355,14 @@ def predict_metric(metric: str, r, row: dict, model, plan):
     if metric == "tflops_per_gpu":
         return model_flops_per_token(model, plan.seq_len) * tokens / (t * n) / 1e12
     if metric == "mfu":
-        return 100.0 * r.mfu
+        if system is None:
+            return 100.0 * r.mfu
+        flops = model_flops_per_token(model, plan.seq_len) * tokens / t
+        return 100.0 * flops / (n * mfu_peak(row, system, plan.precision))
     if metric == "layer_fwd_plus_bwd_time":
         bd = r.breakdown
         nmb = plan.global_batch / (plan.dp * plan.microbatch)
-        layers = model.n_layers / plan.pp
+        layers = stage_layers(model, plan)[0]  # the heaviest stage the step is priced on
         per_mb = (bd.total_s - bd.optimizer_s - bd.exposed_dp_s - bd.bubble_s - bd.head_s) / nmb
         return per_mb / layers * 1e3
     if metric == "gpu_hours_per_trillion_tokens":
@@ -257,31 +370,3 @@ def predict_metric(metric: str, r, row: dict, model, plan):
     if metric in METRICS_INFERENCE:
         return r.tokens_per_s_per_chip * METRICS_INFERENCE[metric][1]
     raise NotImplementedError(f"metric '{metric}' is not modelled yet")
-
-
-def message_bytes(row: dict) -> float:
-    """Buffer size of a collective row from its notes ("4-8 GB messages" -> geometric mean,
-    ">256 MB" -> 256 MB); DEFAULT_MESSAGE_BYTES when the notes give none."""
-    notes = str(row.get("notes", ""))
-    unit = {"KB": 1e3, "MB": 1e6, "GB": 1e9, "K": 1e3, "M": 1e6, "G": 1e9}
-    m = re.search(r"(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB)\b", notes)
-    if m:
-        u = unit[m.group(3)]
-        return math.sqrt(float(m.group(1)) * float(m.group(2))) * u
-    m = re.search(r">\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB)\b", notes)
-    if m:
-        return float(m.group(1)) * unit[m.group(2)]
-    return DEFAULT_MESSAGE_BYTES
-
-
-def predict_allreduce_busbw(row: dict, system):
-    """nccl-tests bus bandwidth (GB/s) = size / time * 2 (n - 1) / n. The ring metric
-    ("NCCL_ALGO=RING or non-allreduce ops") uses a flat ring without in-switch reduction.
-    Differentiable in `system`."""
-    n = float(row["n_chips"])
-    if not n >= 2:
-        raise ValueError("a collective needs n_chips >= 2")
-    b = message_bytes(row)
-    algo = "ring" if row["metric"] == "effective_nvlink_busbw_ring" else "hierarchical"
-    t = collectives.all_reduce_time(system, jnp.float32(b), jnp.float32(n), algorithm=algo)
-    return b / t * 2.0 * (n - 1.0) / n / 1e9

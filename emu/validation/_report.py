@@ -1,21 +1,32 @@
-"""Validation results: the error of every row, the summary by kind, system and source, the
-text table and the predicted-vs-measured plot.
+"""Validation results: the error of every row with its 80% interval, the summary by kind,
+system and source, the coverage of the intervals, the text table and the
+predicted-vs-measured plot.
 
-Error = |predicted - measured| / measured on the metric as published.
+Error = |predicted - measured| / measured on the metric as published. Coverage: the share
+of rows whose measurement lies inside the interval of their prediction, (a) out of sample,
+from the shipped leave-one-source-out residuals (configs/calibration/residuals.jsonl,
+written by `emu calibrate --cv`; no refit), doubly nested (`_intervals.coverage`), and (b)
+with the shipped interval table on this file's predictions (in sample for the rows the
+calibration saw; out of sample for a file it never saw).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
+from pathlib import Path
 
 import jax
 import numpy as np
 
+from emu.analysis import interval, interval_table
+from emu.catalog import config_dir
 from emu.objective import evaluate
 from emu.storage import atomic_write, check_output_path
-from emu.validation._predict import predict_items, prepare_rows
-from emu.validation._rows import default_measurements, read_rows
+from emu.validation._intervals import coverage
+from emu.validation._predict import item_group, item_notes, predict_items, prepare_rows
+from emu.validation._rows import TIME_METRICS, default_measurements, read_rows
 
 #: the row kinds a measurement file may hold (`validate_file(kind=...)`)
 KINDS = ("train", "prefill", "decode", "collective")
@@ -46,16 +57,49 @@ def _scored(base: dict, pred: float, row: dict, **extra) -> dict:
 _eval_group = jax.jit(jax.vmap(evaluate, in_axes=(None, 0, 0)))
 
 
+def residuals_path() -> Path:
+    """The shipped leave-one-source-out residuals (configs/calibration/residuals.jsonl)."""
+    return config_dir() / "calibration" / "residuals.jsonl"
+
+
+def read_residuals(path=None) -> list[dict]:
+    """The residual records of `path` (default: the shipped ones; [] if there are none):
+    one JSON object per row (`calibration.CrossValidation.rows`)."""
+    p = Path(path) if path else residuals_path()
+    if not p.is_file():
+        return []
+    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line]
+
+
 def validate_rows(
-    rows: list[dict], *, overrides: dict | None = None, calibration: dict | None = None
+    rows: list[dict],
+    *,
+    overrides: dict | None = None,
+    calibration: dict | None = None,
+    table: dict | None = None,
 ) -> list[dict]:
     """The result of every row (in the rows' order): predicted, measured, abs_pct_error,
-    status ("ok", "skipped" or "error") and reason."""
+    status ("ok", "skipped" or "error"), reason, and for modelled rows the interval
+    `group`, the `interval` of the prediction (shipped table, or `table`), whether the
+    measurement is `inside` it, and what the prediction `approximates`."""
     items, results = prepare_rows(rows, overrides=overrides, calibration=calibration)
     preds, feas = predict_items(items, run=lambda s, m, p: jax.device_get(_eval_group(s, m, p)))
+    table = table if table is not None else interval_table()
     for it, pred, ok in zip(items, preds, feas, strict=True):
         extra = {} if ok is None else {"feasible": bool(float(ok) > 0.5)}
-        results.append(_scored(it.base, float(pred), it.row, **extra))
+        res = _scored(it.base, float(pred), it.row, **extra)
+        if res["status"] == "ok":
+            group = item_group(it)
+            band = interval(
+                res["predicted"], group, time=it.base["metric"] in TIME_METRICS, table=table
+            )
+            res["group"] = group
+            res["interval"] = band
+            res["inside"] = (
+                None if band["low"] is None else band["low"] <= res["measured"] <= band["high"]
+            )
+            res["approximates"] = item_notes(it)
+        results.append(res)
     order = {str(r["id"]): i for i, r in enumerate(rows)}
     results.sort(key=lambda r: order.get(r["id"], len(order)))
     return results
@@ -73,29 +117,55 @@ def _stats(errors: list[float]) -> dict:
     }
 
 
+def error_stats(records: list[dict], error_of) -> dict:
+    """Median/p90/mean of `error_of(record)` (percent) overall ("all") and by kind, system
+    and source ("by_kind", "by_system", "by_source")."""
+    groups = {"by_kind": "kind", "by_system": "system", "by_source": "source"}
+    out = {"all": _stats([error_of(r) for r in records])}
+    for name, key in groups.items():
+        split = defaultdict(list)
+        for r in records:
+            split[r[key]].append(error_of(r))
+        out[name] = {k: _stats(v) for k, v in sorted(split.items())}
+    return out
+
+
 def summarise(results: list[dict]) -> dict:
-    """Row counts and error statistics, overall and by kind, system and source."""
+    """Row counts and error statistics, overall and by kind, system and source, and the
+    share of modelled rows inside their interval ("inside": in sample for this file)."""
     ok = [r for r in results if r["status"] == "ok"]
-    by_kind, by_system, by_source = defaultdict(list), defaultdict(list), defaultdict(list)
-    for r in ok:
-        by_kind[r["kind"]].append(r["abs_pct_error"])
-        by_system[r["system"]].append(r["abs_pct_error"])
-        by_source[r["source"]].append(r["abs_pct_error"])
+    banded = [r for r in ok if r.get("inside") is not None]
     return {
         "rows": len(results),
         "modelled": len(ok),
         "skipped": sum(r["status"] == "skipped" for r in results),
         "errors": sum(r["status"] == "error" for r in results),
-        "all": _stats([r["abs_pct_error"] for r in ok]),
-        "by_kind": {k: _stats(v) for k, v in sorted(by_kind.items())},
-        "by_system": {k: _stats(v) for k, v in sorted(by_system.items())},
-        "by_source": {k: _stats(v) for k, v in sorted(by_source.items())},
+        **error_stats(ok, lambda r: r["abs_pct_error"]),
+        "inside": {
+            "n": len(banded),
+            "share": float(np.mean([r["inside"] for r in banded])) if banded else None,
+        },
     }
 
 
+def coverage_of_file(results: list[dict], residuals: list[dict] | None = None) -> dict | None:
+    """Out-of-sample coverage of the intervals (`_intervals.coverage`) over the shipped
+    leave-one-source-out residuals of the rows of `results` (matched by id and measured
+    value); None when no shipped residual matches."""
+    residuals = read_residuals() if residuals is None else residuals
+    ok = {(r["id"], r["measured"]) for r in results if r["status"] == "ok"}
+    recs = [
+        {"id": x["id"], "source": x["source"], "group": x["group"], "r": x["r_cv"]}
+        for x in residuals
+        if x.get("r_cv") is not None and (x["id"], x["measured"]) in ok
+    ]
+    return coverage(recs) if recs else None
+
+
 def validate_file(path=None, *, kind: str | None = None, overrides: dict | None = None) -> dict:
-    """{"rows": every row's result, "summary": `summarise`} for a JSON Lines file (default:
-    the shipped measurements), optionally only rows of one `kind` (KINDS)."""
+    """{"rows": every row's result, "summary": `summarise`, "coverage": `coverage_of_file`}
+    for a JSON Lines file (default: the shipped measurements), optionally only rows of one
+    `kind` (KINDS)."""
     if kind is not None and kind not in KINDS:
         raise ValueError(f"unknown row kind '{kind}'; known: {', '.join(KINDS)}.")
     rows, problems = read_rows(path or default_measurements())
@@ -106,22 +176,36 @@ def validate_file(path=None, *, kind: str | None = None, overrides: dict | None 
         r.setdefault("predicted", None)
         r.setdefault("measured", None)
         r.setdefault("abs_pct_error", None)
-    return {"rows": results, "summary": summarise(results)}
+    return {
+        "rows": results,
+        "summary": summarise(results),
+        "coverage": coverage_of_file(results),
+    }
 
 
 def format_report(report: dict, *, show_skipped: bool = False, skipped_hint: str = "") -> str:
     """The report as a text table and summary blocks (`skipped_hint`: how to see the reasons
     of skipped rows, shown beside their count)."""
     lines = []
-    hdr = f"{'id':58} {'system':14} {'metric':26} {'predicted':>11} {'measured':>11} {'error':>7}"
+    hdr = (
+        f"{'id':58} {'system':14} {'metric':26} {'predicted':>11} {'80% interval':>21} "
+        f"{'measured':>11} {'error':>7}"
+    )
     lines += [hdr, "-" * len(hdr)]
     for r in report["rows"]:
         if r["status"] == "ok":
             flag = "" if r.get("feasible", True) else "  (plan exceeds HBM in emu)"
+            band = r.get("interval") or {}
+            if band.get("low") is None:
+                span = "-"
+            else:
+                mark = "~" if band["extrapolation"] else ""
+                span = f"{mark}[{band['low']:.3g}-{band['high']:.3g}]"
+            out = "" if r.get("inside", True) is not False else " out"
             lines.append(
                 f"{r['id'][:58]:58} {r['system']:14} {r['metric'][:26]:26} "
-                f"{r['predicted']:11.4g} {r['measured']:11.4g} "
-                f"{r['abs_pct_error']:6.1f}%{flag}"
+                f"{r['predicted']:11.4g} {span:>21} {r['measured']:11.4g} "
+                f"{r['abs_pct_error']:6.1f}%{out}{flag}"
             )
         elif show_skipped or r["status"] == "error":
             lines.append(f"{r['id'][:58]:58} {r['status'].upper()}: {r['reason']}")
@@ -146,7 +230,33 @@ def format_report(report: dict, *, show_skipped: bool = False, skipped_hint: str
     lines += [""] + block("by kind", {**s["by_kind"], "ALL": s["all"]})
     lines += [""] + block("by system", s["by_system"])
     lines += [""] + block("by source", s["by_source"])
+    lines += [""] + coverage_lines(report)
     return "\n".join(lines)
+
+
+def coverage_lines(report: dict) -> list[str]:
+    """The coverage block of a report: in-sample share inside the shipped bands and the
+    out-of-sample coverage from the shipped residuals."""
+    s = report["summary"].get("inside") or {}
+    out = ["interval coverage (target 75-85% for an 80% band)"]
+    if s.get("share") is not None:
+        out.append(
+            f"  this file, shipped interval table: {100 * s['share']:.1f}% of {s['n']} rows "
+            "inside (in sample for rows the calibration saw)"
+        )
+    c = report.get("coverage")
+    if not c:
+        out.append("  out of sample: no shipped residuals match these rows (emu calibrate --cv)")
+        return out
+    out.append(
+        f"  out of sample (leave-one-source-out residuals, level calibrated without the "
+        f"row's source): {100 * c['out_of_sample']:.1f}% of {c['rows']} rows; nested at the "
+        f"shipped tail {c['tail']:g}: {100 * c['nested']:.1f}%; median width "
+        f"{c['median_width']:.2f}x; {c['extrapolated']} extrapolated"
+    )
+    for k, v in c["by_kind"].items():
+        out.append(f"    {k:40} {v['n']:4d} {100 * v['coverage']:6.1f}%")
+    return out
 
 
 def plot_report(report: dict, path) -> None:

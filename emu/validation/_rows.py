@@ -1,13 +1,9 @@
-"""Measurement rows (../shared/data/MEASUREMENTS.md): reading a JSON Lines file, and the
-model and plan a row describes.
+"""Measurement rows (../shared/data/MEASUREMENTS.md): reading a JSON Lines file, checking a
+row (chip count, unit), its fit weight, and the model it describes.
 
-Where a row leaves a field null, the documented default applies (see `row_plan`):
-micro-batch 1; dp = n_chips / (tp pp cp) (also when the published degrees do not multiply to
-n_chips); tp = the largest power of two <= 8 dividing the heads and the model-parallel size
-when only t*p is known; ZeRO 1 (distributed optimizer) unless the row says FSDP/ZeRO-3 (3);
-recomputation "selective" (flash attention); SP on when tp > 1; vpp 1; expert-parallel
-serving rows (prefill/decode with ep > 1) use two-micro-batch overlap unless they say "no"
-or "without" it.
+Plans are in `_plans` (training, inference, the serving rule); collective rows in
+`_collectives`. Every default a rule takes is a named constant here or there, with its
+source.
 """
 
 from __future__ import annotations
@@ -18,35 +14,95 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import NamedTuple
 
 from emu.catalog import load_model, model_from_dict
-from emu.parallelism import Plan, make_plan, validate_plan
 from emu.struct import replace
 from emu.workload import Model
 
 REQUIRED = ("id", "kind", "system", "n_chips", "metric", "value")
-#: Documented defaults for MoE/inference rows that leave a quantity out:
-#: production expert-load imbalance (perfect-EPLB projections are 1.18x faster than default
-#: EPLB: facts §5, CM Table 3 5,655 -> 6,688 and SGLang 6,288 -> 7,417 tok/s);
-DEFAULT_MOE_IMBALANCE = 1.18
-#: expert-parallel serving (DP attention + EP over several nodes) uses two-micro-batch overlap
-#: when a row does not say: the published designs all do (DeepSeek's inference system, facts
-#: §5; SGLang large-scale EP; CloudMatrix-Infer's micro-batch pipelining)
-DEFAULT_EP_SERVING_OVERLAP = True
-#: MTP draft acceptance when a row says "with MTP" but not the rate (CM paper's 70%, facts §5);
-DEFAULT_MTP_ACCEPT = 0.7
-#: DeepSeek's prefill profile: 16,384 tokens per device, 4K prompts (facts §5; row notes).
-DEFAULT_PREFILL_TOKENS = 16384
-DEFAULT_PROMPT = 4096
+#: a row's n_chips must be a whole number in [1, MAX_CHIPS] (issue 16: 2.5 or 1e30 chips
+#: were modelled); the largest published run in the set is 16,384 GPUs, the largest system
+#: domain 100,000 (the system's own outermost tier is checked when the row is predicted)
+MAX_CHIPS = 1_000_000
+#: the unit a metric is published in (MEASUREMENTS.md "Metrics"): a row whose `unit` names
+#: another quantity is refused (issue 16: the unit field was ignored). A row may omit `unit`.
+METRIC_UNITS = {
+    "iteration_time": r"s",
+    "train_step_time": r"s",
+    "layer_fwd_plus_bwd_time": r"ms",
+    "tokens_per_s_per_gpu": r"tokens/s/(GPU|NPU)",
+    "achieved_tflops_per_gpu": r"TFLOP/s/(GPU|NPU)",
+    "tflops_per_gpu": r"TFLOP/s/(GPU|NPU)",
+    "mfu": r"%",
+    "gpu_hours_per_trillion_tokens": r"(\w+ )?GPU-hours / 1T tokens",
+    "input_tokens_per_s_per_node": r"tokens/s per (8-GPU )?node",
+    "input_tokens_per_s_per_gpu": r"tokens/s/GPU",
+    "input_tokens_per_s_per_npu": r"tokens/s/NPU",
+    "output_tokens_per_s_per_node": r"tokens/s per (8-GPU )?node",
+    "output_tokens_per_s_per_gpu": r"tokens/s/GPU",
+    "output_tokens_per_s_per_npu": r"tokens/s/NPU",
+    "allreduce_busbw": r"GB/s",
+    "allreduce_busbw_peak": r"GB/s",
+    "effective_nvlink_busbw_ring": r"GB/s",
+    "moe_dispatch_bandwidth": r"GB/s",
+    "moe_combine_bandwidth": r"GB/s",
+    "moe_dispatch_bottleneck_bandwidth": r"GB/s",
+    "moe_combine_bottleneck_bandwidth": r"GB/s",
+    "moe_dispatch_latency": r"(us|µs)",
+    "moe_combine_latency": r"(us|µs)",
+}
+#: metrics that are times (smaller is faster): a prediction interval and a residual of
+#: "speed" use their inverse (`speed_sign`)
+TIME_METRICS = frozenset(
+    {
+        "iteration_time",
+        "train_step_time",
+        "layer_fwd_plus_bwd_time",
+        "gpu_hours_per_trillion_tokens",
+        "moe_dispatch_latency",
+        "moe_combine_latency",
+    }
+)
 
+#: Fit weights from a row's `confidence` (MEASUREMENTS.md: rows marked LOW or "read off a
+#: figure" deserve less weight): w = value part x config part (fidelity DESIGN §4). The
+#: value part: an exact table/log/text value 1.0, a derived or secondary-source value 0.7,
+#: a value read off a figure 0.5, a value the source itself marks LOW 0.3.
+CONFIDENCE_VALUE = (("low", 0.3), ("read off a figure", 0.5), ("derived", 0.7), ("secondary", 0.7))
+#: the config part, from "config: high|medium|low" (default: high, i.e. stated)
+CONFIDENCE_CONFIG = {"high": 1.0, "medium": 0.8, "low": 0.5, "unknown": 0.5}
 
-class RowPlan(NamedTuple):
-    """The plan of a row and, for a decode row that gives a per-user speed instead of a
-    batch, the TPOT SLO (s) its batch must meet (else None)."""
-
-    plan: Plan
-    slo_s: float | None
+#: Models built from a row's fields (names not in the catalog), defaults for what the row
+#: leaves out (fidelity DESIGN §3e): vocab 51,200 (GPT-2's 50,257 padded, Megatron's
+#: default); the dense FFN 4 d_model, or an MoE model's expert width; d_head = d_model /
+#: n_heads; n_kv_heads = n_heads (MHA); GQA attention; no dense leading layers, except
+#: that "alternates dense and MoE" layers (Llama 4 Maverick) give n_layers / 2 dense ones.
+DEFAULT_VOCAB = 51200
+#: model families with a gated FFN (SwiGLU / GeGLU: three matrices): their published
+#: configs (Llama, Qwen, Mistral, Yi, InternLM, ChatGLM, Gemma, Baichuan, DeepSeek, Pangu,
+#: Grok); other dense names (GPT, BLOOM, OPT) keep a GELU MLP and tied embeddings
+#: (Megatron GPT)
+GATED_FFN = (
+    "llama", "qwen", "mistral", "mixtral", "yi", "internlm", "chatglm", "glm", "gemma",
+    "baichuan", "deepseek", "pangu", "grok",
+)  # fmt: skip
+#: MoE rows naming one of these models use the catalog's (MLA dims, dense layers, MTP
+#: modules the row schema cannot carry), after checking the row agrees with it
+MOE_CATALOG = {
+    "deepseekv3": "deepseek_v3",
+    "deepseekr1": "deepseek_r1",
+    "qwen3235ba22b": "qwen3_235b_a22b",
+    "qwen330ba3b": "qwen3_30b_a3b",
+    "gptoss120b": "gpt_oss_120b",
+    "internal352bmoe": "msmoe_352b",
+    "mixtral8x7b": "mixtral_8x7b",
+    "llama4scout": "llama4_scout",
+}
+#: structure emu does not model, said in a row's result (`approximations`)
+APPROXIMATIONS = (
+    (r"dsa sparse attention|deepseek-v3\.2", "DSA sparse attention modelled as dense MLA"),
+    (r"alternates dense and moe", "alternating dense/MoE layers modelled as n_layers/2 dense"),
+)
 
 
 def default_measurements() -> Path:
@@ -122,67 +178,124 @@ def read_rows(path) -> tuple[list[dict], list[dict]]:
     return rows, problems
 
 
-def _int_or(x, default):
-    if isinstance(x, bool) or x is None:
-        return default
-    if isinstance(x, int | float) and math.isfinite(x) and x >= 1:
-        return int(x)
-    return default
+def check_row(row: dict) -> None:
+    """ValueError when a row cannot describe a run: n_chips not a whole number in
+    [1, MAX_CHIPS], or a `unit` that does not match the metric (METRIC_UNITS)."""
+    n = row.get("n_chips")
+    ok = isinstance(n, int | float) and not isinstance(n, bool) and math.isfinite(n)
+    if not ok or n != int(n) or not 1 <= n <= MAX_CHIPS:
+        raise ValueError(
+            f"n_chips must be a whole number of chips in [1, {MAX_CHIPS:,}] (got {n!r})"
+        )
+    unit = row.get("unit")
+    want = METRIC_UNITS.get(row["metric"])
+    if unit is not None and want is not None:
+        if not isinstance(unit, str) or not re.fullmatch(want, unit.strip()):
+            raise ValueError(
+                f"unit {unit!r} does not match metric '{row['metric']}' "
+                f"(expected {want.replace(chr(92), '')})"
+            )
+
+
+def speed_sign(metric: str) -> float:
+    """+1 for a rate (tokens/s, TFLOP/s, MFU, GB/s), -1 for a time (TIME_METRICS): the sign
+    that turns log(predicted / measured) into log(predicted / measured speed)."""
+    return -1.0 if metric in TIME_METRICS else 1.0
+
+
+def row_weight(row: dict) -> float:
+    """The fit weight of a row from its `confidence` text (CONFIDENCE_VALUE x
+    CONFIDENCE_CONFIG). "exact (table); config: medium" -> 0.8; "read off a figure ...;
+    parallel config: unknown" -> 0.25; "... LOW confidence; parallel config: high" -> 0.3.
+
+    >>> row_weight({"confidence": "exact (table); parallel config: medium (from a script)"})
+    0.8
+    """
+    text = str(row.get("confidence") or "").lower()
+    value_text, _, config_text = text.partition("config:")
+    value = 1.0
+    # "for the total; per-GPU derived (total / TP)" is exact arithmetic on an exact value
+    value_text = re.sub(r"per-(gpu|npu) (value )?derived[^;]*", "", value_text)
+    for needle, w in CONFIDENCE_VALUE:
+        pattern = r"\blow\b(?!-)" if needle == "low" else re.escape(needle)
+        if re.search(pattern, value_text):
+            value = w
+            break
+    m = re.match(r"\s*(low-medium|high|medium|low|unknown)", config_text)
+    level = (m.group(1) if m else "high").replace("low-medium", "low")
+    return value * CONFIDENCE_CONFIG[level]
+
+
+def row_text(row: dict) -> str:
+    """The notes and id of a row, lower case: what the rules read."""
+    return f"{row.get('notes', '')} {row['id']}".lower()
+
+
+def approximations(row: dict) -> list[str]:
+    """The structure of a row emu does not model (APPROXIMATIONS), as short phrases."""
+    text = f"{row_text(row)} {(row.get('model') or {}).get('name', '')}".lower()
+    return [say for pattern, say in APPROXIMATIONS if re.search(pattern, text)]
 
 
 def _ffn(m: dict) -> str:
     name = str(m.get("name", "")).lower()
-    return "swiglu" if any(k in name for k in ("llama", "qwen", "mistral", "mixtral")) else "gelu"
-
-
-def row_model(row: dict) -> Model:
-    """The model of a row: its dimensions (dense rows), or the catalog model it names (MoE
-    rows), checked against the row."""
-    m = row.get("model")
-    if not isinstance(m, dict):
-        raise ValueError("no model description")
-    if m.get("moe"):
-        return _catalog_moe(row, m)
-    gpt = _ffn(m) == "gelu"
-    data = {
-        "name": "row",
-        "ffn": _ffn(m),
-        "tied_embeddings": gpt,  # Megatron GPT ties embeddings; Llama does not
-        "n_layers": m.get("n_layers"),
-        "d_model": m.get("d_model"),
-        "n_heads": m.get("n_heads"),
-        "n_kv_heads": m.get("n_kv_heads") or m.get("n_heads"),
-        "d_ff": m.get("d_ff") or (4 * m["d_model"] if m.get("d_model") else None),
-        "vocab": m.get("vocab") or 51200,
-    }
-    for k, v in data.items():
-        if v is None:
-            raise ValueError(f"model.{k} is null")
-    return model_from_dict(data, f"row {row['id']} model")
-
-
-_MOE_CATALOG = {
-    "deepseekv3": "deepseek_v3",
-    "deepseekr1": "deepseek_r1",
-    "qwen3235ba22b": "qwen3_235b_a22b",
-    "qwen330ba3b": "qwen3_30b_a3b",
-    "gptoss120b": "gpt_oss_120b",
-    "internal352bmoe": "msmoe_352b",
-    "mixtral8x7b": "mixtral_8x7b",
-}
+    return "swiglu" if any(k in name for k in GATED_FFN) else "gelu"
 
 
 def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def _catalog_moe(row: dict, m: dict) -> Model:
-    """MoE rows name their model; the row schema has no MLA dims or dense-layer count, so the
-    catalog model of that name is used, after checking it agrees with the row."""
-    key = _norm(str(m.get("name", "")))
-    name = next((v for k, v in _MOE_CATALOG.items() if key.startswith(k)), None)
-    if name is None:
-        raise NotImplementedError(f"MoE model '{m.get('name')}' is not in the catalog")
+def row_model(row: dict) -> Model:
+    """The model of a row: the catalog model it names (MOE_CATALOG), checked against the
+    row, or one built from its fields with the documented defaults (module constants)."""
+    m = row.get("model")
+    if not isinstance(m, dict):
+        raise ValueError("no model description")
+    moe = m.get("moe")
+    if moe:
+        key = _norm(str(m.get("name", "")))
+        name = next((v for k, v in MOE_CATALOG.items() if key.startswith(k)), None)
+        if name is not None:
+            return _catalog_moe(row, m, name)
+    gated = _ffn(m) == "swiglu" or bool(moe)
+    text = row_text(row)
+    data = {
+        "name": "row",
+        "ffn": "swiglu" if gated else "gelu",
+        "tied_embeddings": not gated,  # Megatron GPT ties embeddings; Llama-like do not
+        "n_layers": m.get("n_layers"),
+        "d_model": m.get("d_model"),
+        "n_heads": m.get("n_heads"),
+        "n_kv_heads": m.get("n_kv_heads") or m.get("n_heads"),
+        "d_ff": m.get("d_ff") or (4 * m["d_model"] if m.get("d_model") else None),
+        "vocab": m.get("vocab") or DEFAULT_VOCAB,
+    }
+    if moe:
+        de = moe.get("d_ff_expert")
+        data.update(
+            n_experts=moe.get("n_experts"),
+            top_k=moe.get("top_k"),
+            d_ff_expert=de,
+            d_ff=m.get("d_ff") or de,
+            n_shared_experts=moe.get("n_shared") or 0,
+            n_dense_layers=0,
+        )
+        if re.search(r"alternates dense and moe", text) and m.get("n_layers"):
+            data["n_dense_layers"] = int(m["n_layers"]) // 2
+        # one wide shared expert (Qwen2-57B: intermediate 20,480 = 8 expert widths)
+        wide = re.search(r"shared expert of intermediate ([\d,]+)", text)
+        if wide and de:
+            data["n_shared_experts"] = round(float(wide.group(1).replace(",", "")) / de)
+    for k, v in data.items():
+        if v is None:
+            raise ValueError(f"model.{k} is null")
+    return model_from_dict(data, f"row {row['id']} model")
+
+
+def _catalog_moe(row: dict, m: dict, name: str) -> Model:
+    """The catalog model `name` for a row that names it, after checking it agrees with the
+    row (the row schema has no MLA dims or dense-layer count)."""
     model = load_model(name)
     for field in ("n_layers", "d_model", "n_heads"):
         if m.get(field) is not None and float(getattr(model, field)) != float(m[field]):
@@ -197,7 +310,7 @@ def _catalog_moe(row: dict, m: dict) -> Model:
     return replace(model, name="row")
 
 
-def _num_in(pattern: str, text: str, default=None):
+def num_in(pattern: str, text: str, default=None):
     """The first number a regex group captures in `text` (commas allowed), else default."""
     m = re.search(pattern, text, re.I)
     if not m:
@@ -205,150 +318,10 @@ def _num_in(pattern: str, text: str, default=None):
     return float(m.group(1).replace(",", ""))
 
 
-def _zero(z) -> int:
-    if isinstance(z, int | float) and not isinstance(z, bool):
-        return int(z)
-    if isinstance(z, str) and re.search(r"fsdp|zero-?3", z, re.I):
-        return 3
-    return 1
-
-
-def _recompute(r) -> str:
-    if isinstance(r, str):
-        low = r.lower()
-        for k in ("full", "selective", "none"):
-            if low.startswith(k):
-                return k
-    return "selective"
-
-
-def _degrees(row: dict, p: dict, model: Model) -> tuple[int, int, int, int, int]:
-    """(n_chips, tp, pp, dp, cp) of a row: dp = n / (tp pp cp); tp = the largest power of
-    two <= 8 dividing the heads and the model-parallel size when neither tp nor pp is given."""
-    n = _int_or(row.get("n_chips"), None)
-    if n is None:
-        raise ValueError("n_chips must be a positive integer")
-    cp = _int_or(p.get("cp"), 1)
-    tp, pp, dp = _int_or(p.get("tp"), None), _int_or(p.get("pp"), None), _int_or(p.get("dp"), None)
-    heads = int(float(model.n_heads))
-    if tp is None and pp is None:
-        mp = n // ((dp or 1) * cp)
-        if mp < 1:
-            raise ValueError(f"dp*cp = {(dp or 1) * cp} exceeds n_chips = {n}")
-        tp = max(t for t in (1, 2, 4, 8) if heads % t == 0 and mp % t == 0)
-        pp = mp // tp
-    elif tp is None:
-        tp = max(1, n // (pp * (dp or 1) * cp))
-    elif pp is None:
-        pp = max(1, n // (tp * (dp or 1) * cp))
-    dp = n // (tp * pp * cp)
-    if dp < 1 or tp * pp * cp * dp != n:
-        raise ValueError(f"tp*pp*cp = {tp * pp * cp} does not divide n_chips = {n}")
-    return n, tp, pp, dp, cp
-
-
-def _moe_settings(row: dict, model: Model, tp: int, text: str) -> tuple[int, int, bool, float]:
-    """(ep, etp, a2a_overlap, moe_imbalance) of a row from its degrees and its text."""
-    p = row.get("parallel") or {}
-    moe = float(model.n_experts) > 0
-    ep = _int_or(p.get("ep"), 1) if moe else 1
-    # "TP=8 ... for attention and experts" (Megatron-LM): experts are tensor-parallel too
-    etp = tp if (moe and re.search(r"for attention and experts", text)) else 1
-    off = bool(re.search(r"\b(no|without) (two-(micro)?batch overlap|tbo)\b", text))
-    overlap = not off and bool(
-        re.search(r"dualpipe|two-(micro)?batch overlap|two-microbatch", text)
-    )
-    if row["kind"] in ("prefill", "decode") and ep > 1:
-        # expert-parallel serving overlaps one micro-batch's dispatch/combine with the other's
-        # compute unless the row says otherwise (DEFAULT_EP_SERVING_OVERLAP)
-        overlap = overlap or (DEFAULT_EP_SERVING_OVERLAP and not off)
-    balanced = bool(re.search(r"perfect eplb|force-balanced", text))
-    imbalance = 1.0 if (balanced or not moe) else DEFAULT_MOE_IMBALANCE
-    return ep, etp, overlap, imbalance
-
-
-def row_plan(row: dict, model: Model) -> RowPlan:
-    """The plan of a row, with the documented defaults for null fields (module doc)."""
-    p = row.get("parallel") or {}
-    if not isinstance(p, dict):
-        raise ValueError("parallel must be an object")
-    n, tp, pp, dp, cp = _degrees(row, p, model)
-    mb = _int_or(p.get("microbatch"), 1)
-    gb = _int_or(p.get("global_batch"), dp * mb)
-    if gb % (dp * mb):
-        gb = dp * mb * max(1, round(gb / (dp * mb)))
-    sp = p.get("sp")
-    sp = (tp > 1) if sp is None else bool(sp)
-    vpp = _int_or(p.get("vpp"), 1) if pp > 1 else 1
-    layers = int(float(model.n_layers))
-    if layers % (pp * vpp):
-        vpp = 1
-    prec = row.get("precision") or "bf16"
-    notes = f"{row.get('notes', '')} {row['id']}".lower()
-    ep, etp, overlap, imbalance = _moe_settings(row, model, tp, f"{notes} {json.dumps(p).lower()}")
-    if row["kind"] in ("prefill", "decode"):
-        return _inference_plan(row, model, n, tp, dp * pp, ep, prec, notes, overlap, imbalance)
-    seq = _int_or((row.get("model") or {}).get("seq_len"), None)
-    if seq is None:
-        raise ValueError("model.seq_len is null")
-    plan = make_plan(
-        ep=ep, etp=etp, moe_imbalance=imbalance, a2a_overlap=overlap, tp=tp, pp=pp, dp=dp,
-        cp=cp, microbatch=mb, global_batch=gb, seq_len=seq, vpp=vpp, zero=_zero(p.get("zero")),
-        recompute=_recompute(p.get("recompute")), sp=sp, precision=prec, lora="lora" in notes,
-    )  # fmt: skip
-    return RowPlan(validate_plan(plan, model, even_layers=False), None)
-
-
-def _inference_plan(row, model, n, tp, dp, ep, prec, notes, overlap, imbalance) -> RowPlan:
-    phase = row["kind"]
-    p = row.get("parallel") or {}
-    common = dict(
-        tp=tp,
-        dp=dp,
-        ep=ep,
-        a2a_overlap=overlap,
-        moe_imbalance=imbalance,
-        precision=prec,
-        recompute="none",
-        zero=0,
-    )
-    if phase == "prefill":
-        prompt = _num_in(r"(?:prompt|input) length ([\d,]+)", notes) or (
-            1024 * _num_in(r"(\d+)k prompt", notes, DEFAULT_PROMPT / 1024)
-        )
-        per_dev = _num_in(r"([\d,]+) tokens per device", notes, DEFAULT_PREFILL_TOKENS)
-        batch = max(1.0, per_dev / prompt)
-        hit = _num_in(r"([\d.]+)% of [\w\s]*input tokens hit", notes, 0.0) / 100.0
-        plan = make_plan(
-            **common,
-            microbatch=batch,
-            global_batch=batch * dp,
-            seq_len=prompt,
-            phase="prefill",
-            cache_hit=hit,
-        )
-        return RowPlan(validate_plan(plan, model, even_layers=False, even_experts=False), None)
-    ctx = _num_in(r"kv (?:cache )?length (?:per output token )?([\d,]+)", notes) or _num_in(
-        r"kv ([\d,]+)", notes, DEFAULT_PROMPT
-    )
-    accept = 0.0
-    if "mtp" in notes and not re.search(r"\b(no|without) mtp", notes):
-        accept = _num_in(r"([\d.]+)% acceptance", notes, 100 * DEFAULT_MTP_ACCEPT) / 100.0
-    batch = _int_or(p.get("microbatch"), None)
-    slo = None
-    if batch is None:
-        lo_hi = re.search(r"([\d.]+)-([\d.]+) tokens/s per user", notes)
-        if not lo_hi:
-            raise ValueError("decode row gives neither a batch nor a per-user speed (SLO)")
-        slo = 2.0 / (float(lo_hi.group(1)) + float(lo_hi.group(2)))
-        batch = 1
-    plan = make_plan(
-        **common,
-        microbatch=batch,
-        global_batch=batch * dp,
-        seq_len=ctx,
-        context=ctx,
-        phase="decode",
-        mtp_accept=accept,
-    )
-    return RowPlan(validate_plan(plan, model, even_layers=False, even_experts=False), slo)
+def int_or(x, default):
+    """`x` as an int when it is a finite number >= 1, else `default`."""
+    if isinstance(x, bool) or x is None:
+        return default
+    if isinstance(x, int | float) and math.isfinite(x) and x >= 1:
+        return int(x)
+    return default

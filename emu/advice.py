@@ -1,0 +1,95 @@
+"""Advice on one result: why a run is infeasible and what to change (`diagnose`), warnings
+for a step that wastes its chips (pipeline bubble, exposed communication, HBM nearly full),
+and the physical sanity check of a concrete result (`check_result`). Sentences only, no
+model code: the thresholds are the module's constants."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["diagnose", "check_result", "BUBBLE_WARN", "EXPOSED_COMM_WARN", "HBM_WARN"]
+
+#: thresholds of the advice in `diagnose` (shares of the step time / of usable HBM)
+BUBBLE_WARN, EXPOSED_COMM_WARN, HBM_WARN = 0.25, 0.4, 0.95
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:.0f} GB" if x >= 1e10 else f"{x / 1e9:.3g} GB"
+
+
+def _memory_fixes(plan: dict, serving: bool) -> str:
+    """What would shrink the memory of `plan` (only the moves still open)."""
+    if serving:
+        moves = ["add chips", "raise ep or tp"]
+        moves += ["use an 8-bit --precision"] if plan["precision"] in ("bf16", "fp16") else []
+        moves += ["a smaller --batch or --context"]
+    else:
+        moves = ["raise tp or pp"] + (["raise --zero"] if plan["zero"] < 3 else [])
+        moves += ["--recompute full"] if plan["recompute"] != "full" else []
+        moves += ["a smaller --microbatch"] if plan["microbatch"] > 1 else []
+        moves += ["add chips"]
+    return ", ".join(moves[:-1]) + f" or {moves[-1]}"
+
+
+def diagnose(run: dict, *, slo_s: float | None = None) -> tuple[list[str], list[str]]:
+    """(why the run is infeasible, warnings) for an `emu.analysis.run` dict, each a sentence
+    that says what to change. Infeasible: out of memory; the latency SLO missed (when
+    `slo_s` is given). Warnings: a pipeline bubble >= BUBBLE_WARN of the step, exposed
+    communication >= EXPOSED_COMM_WARN, HBM use >= HBM_WARN of capacity."""
+    reasons, warnings = [], []
+    mem, b, plan = run["memory"], run["breakdown"], run["plan"]
+    used, cap = mem["total_bytes"], mem["capacity_bytes"]
+    serving = run["phase"] != "train"
+    if not run["feasible"] and used > cap:
+        fix = "; " + _memory_fixes(plan, serving)
+        reasons.append(f"out of memory: {_gb(used)} of {_gb(cap)} per chip{fix}.")
+    if slo_s is not None and serving:
+        lat, what = (run["tpot_s"], "TPOT") if run["phase"] == "decode" else (run["ttft_s"], "TTFT")
+        if lat is not None and lat > slo_s:
+            reasons.append(
+                f"{what} {lat:.3g} s misses the {slo_s:g} s SLO; lower --batch (or leave it out "
+                "for the largest batch meeting it), add chips or relax the SLO."
+            )
+    total = b["total_s"]
+    if total > 0 and b.get("bubble_s", 0) / total >= BUBBLE_WARN:
+        mbs = plan["global_batch"] / max(plan["dp"] * plan["microbatch"], 1)
+        warnings.append(
+            f"the pipeline bubble is {b['bubble_s'] / total:.0%} of the step (pp={plan['pp']}, "
+            f"{mbs:g} micro-batches per step): raise --global-batch, lower --microbatch or "
+            "--pp, use --vpp, or try --plan best."
+        )
+    if total > 0 and b.get("exposed_comm_s", 0) / total >= EXPOSED_COMM_WARN:
+        warnings.append(
+            f"exposed communication is {b['exposed_comm_s'] / total:.0%} of the step: change "
+            "tp/ep/dp (keep tp inside the scale-up domain) or try --plan best."
+        )
+    if run["feasible"] and cap > 0 and used / cap >= HBM_WARN:
+        warnings.append(
+            f"HBM use is {used / cap:.0%} of capacity ({_gb(used)} of {_gb(cap)}): little "
+            "headroom for fragmentation and peaks."
+        )
+    return reasons, warnings
+
+
+def check_result(run: dict) -> None:
+    """ValueError unless the run is physically possible: every number finite, step time and
+    power > 0, tokens/s >= 0 and 0 <= MFU <= 1 (never report an impossible number)."""
+    where = f"{run['system']}/{run['model']}"
+    for k in ("step_time_s", "power_w", "tokens_per_s", "mfu", "energy_per_step_j"):
+        if k in run and not math.isfinite(run[k]):
+            raise ValueError(
+                f"{where}: {k} is not finite; an input is outside the float32 range (check "
+                "seq_len, global_batch and the overridden values)."
+            )
+    rules = (
+        (run["step_time_s"] > 0, f"step time {run['step_time_s']:g} s is not positive"),
+        (run["power_w"] > 0, f"power {run['power_w']:g} W is not positive"),
+        (run["tokens_per_s"] >= 0, f"tokens/s {run['tokens_per_s']:g} is negative"),
+        (0 <= run["mfu"] <= 1 + 1e-6, f"MFU {run['mfu']:.3g} is outside [0, 1]"),
+    )
+    for ok, text in rules:
+        if not ok:
+            raise ValueError(
+                f"{where}: {text}; the inputs are outside what emu models (check the "
+                "--set values and the plan)."
+            )

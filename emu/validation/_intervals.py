@@ -1,0 +1,180 @@
+"""Prediction intervals from cross-validated residuals, and how often they cover.
+
+A residual is r = log(predicted speed / measured speed), from the leave-one-source-out fit
+(each row predicted by parameters fitted without its source). "Speed" is the metric itself
+for rates (tokens/s, TFLOP/s, MFU, GB/s) and its inverse for times (s, ms, us, GPU-hours), so
+residuals of both pool. A row's basis is the most specific of `analysis.basis_keys` (kind x
+chip family or link type, then kind, then all) holding >= MIN_ROWS residuals from
+>= MIN_SOURCES sources; the band is [q(tail), q(1 - tail)] of the basis' residuals, and the
+measurement is inside when q_lo <= r <= q_hi.
+
+The tail is *calibrated*, not read off the level: with tail = (1 - level)/2 the band of a
+source never seen covers less than the level (the prototype's 10th/90th percentiles covered
+67%: a held-out source has a systematic offset that in-basis residuals of other sources
+underestimate). `calibrate_tail` picks the largest tail whose nested leave-one-source-out
+coverage (the quantiles for a row of source S from the other sources' residuals only)
+reaches the level: split-conformal calibration with sources as the exchangeable groups.
+`coverage` reports it honestly, doubly nested: for each source S the tail is calibrated on
+the other sources, then S's rows are scored with bands from the other sources at that tail.
+
+>>> recs = [{"id": str(i), "source": f"s{i % 4}", "group": "train/x", "r": 0.01 * (i - 10)}
+...         for i in range(21)]
+>>> t = quantile_table(recs, 0.1)
+>>> round(t["train/x"]["q_lo"], 3), round(t["train/x"]["q_hi"], 3), t["train/x"]["usable"]
+(-0.08, 0.08, True)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+
+from emu.analysis import INTERVAL_LEVEL, MIN_ROWS, MIN_SOURCES, basis_keys
+
+#: tails searched by `calibrate_tail` (per side): 0.5% steps from 0.5% to 20%
+TAIL_GRID = tuple(round(0.005 * k, 3) for k in range(1, 41))
+
+
+def quantile_table(records: list[dict], tail: float) -> dict:
+    """{basis name: {rows, sources, q_lo, q_hi, usable}} over every basis a record belongs
+    to (`records`: dicts with `source`, `group` ("kind/family") and `r`)."""
+    pools = defaultdict(list)
+    for x in records:
+        for key in basis_keys(x["group"]):
+            pools[key].append(x)
+    out = {}
+    for key in sorted(pools, key=lambda k: (k == "all", k.count("/") == 0, k)):
+        sub = pools[key]
+        r = np.asarray([x["r"] for x in sub], np.float64)
+        n_src = len({x["source"] for x in sub})
+        out[key] = {
+            "rows": len(sub),
+            "sources": n_src,
+            "q_lo": float(np.quantile(r, tail)),
+            "q_hi": float(np.quantile(r, 1.0 - tail)),
+            "usable": len(sub) >= MIN_ROWS and n_src >= MIN_SOURCES,
+        }
+    return out
+
+
+class _Pools:
+    """Sorted residuals per (excluded sources, basis key), computed once."""
+
+    def __init__(self, records: list[dict]):
+        self.records = records
+        self.cache: dict = {}
+
+    def pool(self, excluded: frozenset, key: str) -> tuple[np.ndarray, int]:
+        got = self.cache.get((excluded, key))
+        if got is None:
+            sub = [
+                x
+                for x in self.records
+                if x["source"] not in excluded and key in basis_keys(x["group"])
+            ]
+            got = (np.sort([x["r"] for x in sub]), len({x["source"] for x in sub}))
+            self.cache[(excluded, key)] = got
+        return got
+
+    def band(self, excluded: frozenset, group: str, tails) -> tuple[np.ndarray, np.ndarray, str]:
+        """(q_lo, q_hi) arrays over `tails` for a row of `group` from the pool without the
+        `excluded` sources, and the basis used ("...~" when extrapolating)."""
+        tails = np.asarray(tails, np.float64)
+        keys = basis_keys(group)
+        specific, n_src = self.pool(excluded, keys[0])
+        for key in keys:
+            r, n_src = self.pool(excluded, key)
+            if r.size >= MIN_ROWS and n_src >= MIN_SOURCES:
+                break
+        else:
+            key = "all"
+            r, _ = self.pool(excluded, key)
+        if r.size == 0:
+            return np.full_like(tails, -np.inf), np.full_like(tails, np.inf), "none~"
+        lo, hi = np.quantile(r, tails), np.quantile(r, 1.0 - tails)
+        if specific.size == 0 or key == "all":  # extrapolation: the wider of kind and all
+            for wider in keys[1:]:
+                w, _ = self.pool(excluded, wider)
+                if w.size:
+                    lo = np.minimum(lo, np.quantile(w, tails))
+                    hi = np.maximum(hi, np.quantile(w, 1.0 - tails))
+            key += "~"
+        return lo, hi, key
+
+
+def _inside(records, pools: _Pools, outer: frozenset, tails) -> np.ndarray:
+    """Inside flags (rows x tails) of each record of `records` with the bands from the pool
+    without its own source and the `outer` sources."""
+    out = np.zeros((len(records), len(tails)), bool)
+    for i, x in enumerate(records):
+        lo, hi, _ = pools.band(outer | {x["source"]}, x["group"], tails)
+        out[i] = (lo <= x["r"]) & (x["r"] <= hi)
+    return out
+
+
+def _pick(coverage: np.ndarray, level: float) -> float:
+    ok = [t for t, c in zip(TAIL_GRID, coverage, strict=True) if c >= level]
+    return max(ok) if ok else TAIL_GRID[0]
+
+
+def calibrate_tail(records: list[dict], level: float = INTERVAL_LEVEL) -> float:
+    """The largest tail of TAIL_GRID whose nested leave-one-source-out coverage of
+    `records` is >= `level` (the smallest tail if none reaches it)."""
+    if not records:
+        raise ValueError("no residuals to calibrate intervals on.")
+    inside = _inside(records, _Pools(records), frozenset(), TAIL_GRID)
+    return _pick(inside.mean(axis=0), level)
+
+
+def coverage(records: list[dict], level: float = INTERVAL_LEVEL) -> dict:
+    """Out-of-sample coverage of the interval procedure, doubly nested (module doc):
+    {"level", "tail" (calibrated on all records), "nested" (share inside at that tail, each
+    row's band from the other sources), "out_of_sample" (the tail itself also calibrated
+    without the row's source), "rows", "by_kind", "by_basis" (out-of-sample share and n),
+    "median_width" (high/low ratio), "extrapolated" (rows whose band extrapolated)}."""
+    if not records:
+        raise ValueError("no residuals to compute the coverage of.")
+    pools = _Pools(records)
+    tail = _pick(_inside(records, pools, frozenset(), TAIL_GRID).mean(axis=0), level)
+    by_source = defaultdict(list)
+    for i, x in enumerate(records):
+        by_source[x["source"]].append(i)
+    hit = np.zeros(len(records), bool)
+    nested = np.zeros(len(records), bool)
+    width = np.zeros(len(records))
+    basis = [""] * len(records)
+    for src, idx in by_source.items():
+        others = [x for x in records if x["source"] != src]
+        # the level calibration without this source (nested inside the other sources)
+        t_src = (
+            _pick(_inside(others, pools, frozenset({src}), TAIL_GRID).mean(axis=0), level)
+            if others
+            else tail
+        )
+        for i in idx:
+            x = records[i]
+            lo, hi, key = pools.band(frozenset({src}), x["group"], (t_src, tail))
+            hit[i] = lo[0] <= x["r"] <= hi[0]
+            nested[i] = lo[1] <= x["r"] <= hi[1]
+            width[i] = math.exp(hi[0] - lo[0]) if math.isfinite(hi[0] - lo[0]) else math.inf
+            basis[i] = key
+
+    def share(mask_of):
+        groups = defaultdict(list)
+        for i, x in enumerate(records):
+            groups[mask_of(i, x)].append(bool(hit[i]))
+        return {k: {"n": len(v), "coverage": float(np.mean(v))} for k, v in sorted(groups.items())}
+
+    return {
+        "level": level,
+        "tail": tail,
+        "rows": len(records),
+        "nested": float(nested.mean()),
+        "out_of_sample": float(hit.mean()),
+        "median_width": float(np.median(width)),
+        "extrapolated": int(sum(b.endswith("~") for b in basis)),
+        "by_kind": share(lambda i, x: x["group"].split("/")[0]),
+        "by_basis": share(lambda i, x: basis[i]),
+    }

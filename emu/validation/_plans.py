@@ -1,0 +1,434 @@
+"""The plan a measurement row describes, with the documented default for every field it
+leaves out.
+
+Training rows (`row_plan`): micro-batch 1; dp = ranks / (tp pp cp) (also when the published
+degrees do not multiply to the ranks); tp = the largest power of two <= 8 dividing the heads
+and the model-parallel size when only t*p is known; ZeRO 1 (distributed optimizer) unless the
+row says FSDP/ZeRO-3 (3); recomputation "selective" (flash attention); SP on when tp > 1;
+vpp 1; expert TP = 1 unless the row says TP applies to experts, names an ETP, or has no
+expert parallelism (EP1: experts split over TP like any MLP). A row with no
+parallel config whose notes cite the repo's example script at n0 chips takes the script's
+plan, weak-scaled to the row's chips (`script_plan`).
+
+Ranks: a row's parallel degrees count ranks, and on a system whose chips hold several dies
+(Ascend 910C: 2) a rank is a die while `n_chips` counts packages (MEASUREMENTS.md
+"Conventions"): ranks = n_chips x dies_per_chip.
+
+Serving rows: prefill/decode rows that give a per-rank batch (or a per-user speed, the SLO
+the batch must meet) are one instance (`row_plan`); expert-parallel ones overlap two
+micro-batches unless they say "no" or "without" it. Decode rows that give neither describe
+a deployment (`serving_row`, fidelity DESIGN §2 "serving rule").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import NamedTuple
+
+from emu.parallelism import Plan, make_plan, validate_plan
+from emu.validation._rows import int_or, num_in, row_text
+from emu.workload import Model
+
+#: production expert-load imbalance when a MoE row does not say (perfect-EPLB projections
+#: are 1.18x faster than default EPLB: facts §5, CM Table 3 5,655 -> 6,688 and SGLang
+#: 6,288 -> 7,417 tok/s); "perfect EPLB" / "force-balanced" rows use 1.0
+DEFAULT_MOE_IMBALANCE = 1.18
+#: expert-parallel serving (DP attention + EP over several nodes) uses two-micro-batch overlap
+#: when a row does not say: the published designs all do (DeepSeek's inference system, facts
+#: §5; SGLang large-scale EP; CloudMatrix-Infer's micro-batch pipelining)
+DEFAULT_EP_SERVING_OVERLAP = True
+#: a training row with MoE layers, TP > 1 and no expert parallelism (EP1) shards its
+#: experts over the TP group (Megatron's MoE MLPs are tensor-parallel unless experts are
+#: expert-parallel; fidelity DESIGN §5 "expert TP default")
+DEFAULT_ETP_WITHOUT_EP = True
+#: MTP draft acceptance when a row says "with MTP" but not the rate (CM paper's 70%, facts §5)
+DEFAULT_MTP_ACCEPT = 0.7
+#: DeepSeek's prefill profile: 16,384 tokens per device, 4K prompts (facts §5; row notes)
+DEFAULT_PREFILL_TOKENS = 16384
+DEFAULT_PROMPT = 4096
+#: draft steps of a row that gives an accept length but not the steps (SGLang's EAGLE3 rows
+#: of the same doc state 3 steps / 4 draft tokens)
+DEFAULT_DRAFT_STEPS = 3.0
+#: offline max-throughput serving without a stated batch (TensorRT-LLM trtllm-bench): the
+#: largest batch per rank that fits in usable HBM, capped at TRT-LLM's default
+#: `max_batch_size` 2,048 and at the request count the row states
+OFFLINE_MAX_BATCH = 2048
+#: TRT-LLM's default `max_num_tokens` 8,192: the prompt tokens per rank of one in-flight
+#: prefill chunk (dense models on NVIDIA); MoE and Ascend prefill use DEFAULT_PREFILL_TOKENS
+PREFILL_CHUNK_TOKENS = 8192
+#: the "script weak scaling" rule: a row with no parallel config whose notes say the repo's
+#: example script "uses TP t PP p VPP v ..., MBS m, GBS g, seq s, <precision> on a x b"
+#: chips takes t, p, v, m, s from the script, dp = (ranks // (t p)) (the largest multiple of
+#: the model-parallel size that fits; MFU and per-chip rates are per chip) and the global
+#: batch g weak-scaled with dp (MindSpeed's linearity figure: 128 -> 7,968 NPUs)
+SCRIPT_PATTERN = re.compile(
+    r"uses tp(\d+) pp(\d+) vpp(\d+)[^,]*, mbs(\d+), gbs(\d+), seq (\d+), (bf16|fp16|fp8)? ?"
+    r"on (\d+)x(\d+)"
+)
+
+
+class RowPlan(NamedTuple):
+    """The plan of a row and, for a decode row that gives a per-user speed instead of a
+    batch, the TPOT SLO (s) its batch must meet (else None)."""
+
+    plan: Plan
+    slo_s: float | None
+
+
+class ServingRow(NamedTuple):
+    """A decode row that describes a deployment (the serving rule, `serving_row`).
+
+    `decode`: the decode instance's plan (batch per DP rank; 1 when `batch_cap` asks for the
+    largest that fits); `prefill`: the prefill instance's plan or None; `mode`: "separated"
+    (own cards: rate = min(D, P x out/in)), "mixed" (the same cards: rate = 1 / (1/D +
+    (in/out)/P)) or "decode" (decode alone, D) with D, P the instances' output and prompt
+    tokens/s; `prompt_len`, `output_len`: tokens per request; `cards`: the chips (packages)
+    a per-card figure divides the rate by (all of them, prefill included); `batch_cap`:
+    None, or the cap of the largest batch that fits (offline rows)."""
+
+    decode: Plan
+    prefill: Plan | None
+    mode: str
+    prompt_len: float
+    output_len: float
+    cards: float
+    batch_cap: int | None
+
+
+def ranks_of(row: dict, dies: int) -> int:
+    """Ranks of a train/prefill/decode row: n_chips packages x `dies` per package."""
+    n = int_or(row.get("n_chips"), None)
+    if n is None:
+        raise ValueError("n_chips must be a positive integer")
+    return n * dies
+
+
+def _zero(z) -> int:
+    if isinstance(z, int | float) and not isinstance(z, bool):
+        return int(z)
+    if isinstance(z, str) and re.search(r"fsdp|zero-?3", z, re.I):
+        return 3
+    return 1
+
+
+def _recompute(r) -> str:
+    if isinstance(r, str):
+        low = r.lower()
+        for k in ("full", "selective", "none"):
+            if low.startswith(k):
+                return k
+    return "selective"
+
+
+def _degrees(n: int, p: dict, model: Model) -> tuple[int, int, int, int]:
+    """(tp, pp, dp, cp) of a row on n ranks: dp = n / (tp pp cp); tp = the largest power of
+    two <= 8 dividing the heads and the model-parallel size when neither tp nor pp is given."""
+    cp = int_or(p.get("cp"), 1)
+    tp, pp, dp = int_or(p.get("tp"), None), int_or(p.get("pp"), None), int_or(p.get("dp"), None)
+    heads = int(float(model.n_heads))
+    if tp is None and pp is None:
+        mp = n // ((dp or 1) * cp)
+        if mp < 1:
+            raise ValueError(f"dp*cp = {(dp or 1) * cp} exceeds the {n} ranks")
+        tp = max(t for t in (1, 2, 4, 8) if heads % t == 0 and mp % t == 0)
+        pp = mp // tp
+    elif tp is None:
+        tp = max(1, n // (pp * (dp or 1) * cp))
+    elif pp is None:
+        pp = max(1, n // (tp * (dp or 1) * cp))
+    dp = n // (tp * pp * cp)
+    if dp < 1 or tp * pp * cp * dp != n:
+        raise ValueError(f"tp*pp*cp = {tp * pp * cp} does not divide the {n} ranks")
+    return tp, pp, dp, cp
+
+
+def _moe_settings(row: dict, model: Model, tp: int, text: str) -> tuple[int, int, bool, float]:
+    """(ep, etp, a2a_overlap, moe_imbalance) of a row from its degrees and its text."""
+    p = row.get("parallel") or {}
+    moe = float(model.n_experts) > 0
+    ep = int_or(p.get("ep"), 1) if moe else 1
+    # "TP=8 ... for attention and experts" (Megatron-LM): experts are tensor-parallel too;
+    # "ETP4" (dgxc recipe tables) names the expert TP; without expert parallelism (EP1) the
+    # experts are Megatron MLPs split over the TP group like the dense ones
+    # (DEFAULT_ETP_WITHOUT_EP; MindSpeed Mixtral TP8 EP1)
+    etp = int(num_in(r"\betp(\d+)", text, 1)) if moe else 1
+    if moe and re.search(r"for attention and experts", text):
+        etp = tp
+    if moe and ep == 1 and DEFAULT_ETP_WITHOUT_EP and not re.search(r"\betp\d", text):
+        etp = tp
+    off = bool(re.search(r"\b(no|without) (two-(micro)?batch overlap|tbo)\b", text))
+    overlap = not off and bool(
+        re.search(r"dualpipe|two-(micro)?batch overlap|two-microbatch", text)
+    )
+    if row["kind"] in ("prefill", "decode") and ep > 1:
+        # expert-parallel serving overlaps one micro-batch's dispatch/combine with the other's
+        # compute unless the row says otherwise (DEFAULT_EP_SERVING_OVERLAP)
+        overlap = overlap or (DEFAULT_EP_SERVING_OVERLAP and not off)
+    balanced = bool(re.search(r"perfect eplb|force-balanced", text))
+    imbalance = 1.0 if (balanced or not moe) else DEFAULT_MOE_IMBALANCE
+    return ep, etp, overlap, imbalance
+
+
+def script_plan(row: dict) -> dict | None:
+    """The row with the plan of the example script its notes cite, weak-scaled to its
+    chips (SCRIPT_PATTERN), when the row gives no parallel config; else None."""
+    p = row.get("parallel") or {}
+    if any(v is not None for v in p.values()):
+        return None
+    m = SCRIPT_PATTERN.search(row_text(row))
+    if not m:
+        return None
+    tp, pp, vpp, mbs, gbs, seq = (int(x) for x in m.groups()[:6])
+    prec, a, b = m.group(7), int(m.group(8)), int(m.group(9))
+    n = int(row["n_chips"]) // (tp * pp) * (tp * pp)
+    if n < tp * pp:
+        raise ValueError(f"the cited script's tp*pp = {tp * pp} exceeds n_chips")
+    dp, dp0 = n // (tp * pp), max(1, a * b // (tp * pp))
+    gb = max(dp * mbs, gbs * dp // dp0 // (dp * mbs) * dp * mbs)
+    p = dict(p, tp=tp, pp=pp, vpp=vpp, microbatch=mbs, dp=dp, global_batch=gb)
+    model = dict(row.get("model") or {}, seq_len=(row.get("model") or {}).get("seq_len") or seq)
+    return dict(row, n_chips=n, parallel=p, model=model, precision=row.get("precision") or prec)
+
+
+def row_plan(row: dict, model: Model, *, dies: int = 1) -> RowPlan:
+    """The plan of a train/prefill/decode row on ranks = n_chips x `dies`, with the
+    documented defaults for null fields (module doc)."""
+    p = row.get("parallel") or {}
+    if not isinstance(p, dict):
+        raise ValueError("parallel must be an object")
+    n = ranks_of(row, dies)
+    tp, pp, dp, cp = _degrees(n, p, model)
+    mb = int_or(p.get("microbatch"), 1)
+    gb = int_or(p.get("global_batch"), dp * mb)
+    if gb % (dp * mb):
+        gb = dp * mb * max(1, round(gb / (dp * mb)))
+    sp = p.get("sp")
+    sp = (tp > 1) if sp is None else bool(sp)
+    vpp = int_or(p.get("vpp"), 1) if pp > 1 else 1
+    layers = int(float(model.n_layers))
+    if layers < pp * vpp:
+        vpp = 1
+    prec = row.get("precision") or "bf16"
+    notes = row_text(row)
+    ep, etp, overlap, imbalance = _moe_settings(row, model, tp, f"{notes} {json.dumps(p).lower()}")
+    if row["kind"] in ("prefill", "decode"):
+        return _inference_plan(row, model, tp, dp * pp, ep, prec, notes, overlap, imbalance)
+    seq = int_or((row.get("model") or {}).get("seq_len"), None)
+    if seq is None:
+        raise ValueError("model.seq_len is null")
+    plan = make_plan(
+        ep=ep, etp=etp, moe_imbalance=imbalance, a2a_overlap=overlap, tp=tp, pp=pp, dp=dp,
+        cp=cp, microbatch=mb, global_batch=gb, seq_len=seq, vpp=vpp, zero=_zero(p.get("zero")),
+        recompute=_recompute(p.get("recompute")), sp=sp, precision=prec, lora="lora" in notes,
+    )  # fmt: skip
+    return RowPlan(validate_plan(plan, model, even_layers=False, even_experts=False), None)
+
+
+def lengths(row: dict) -> tuple[float | None, float | None]:
+    """(prompt, output) tokens per request of a serving row from its notes or id ("input
+    6000, output 1600", "2048/2048 ->", "..._3p5k_1p5k_...", "..._128_2048"); None where the
+    row does not say."""
+    notes = str(row.get("notes", "")).lower()
+    rid = row["id"].lower()
+    for pattern in (
+        r"input (\d[\d,]*)\s*[,/]\s*output (\d[\d,]*)",
+        r"\bin (\d+) / out (\d+)",
+        r"\b(\d{3,6})/(\d{3,6}) ->",
+    ):
+        m = re.search(pattern, notes)
+        if m:
+            return tuple(float(g.replace(",", "")) for g in m.groups())
+    m = re.search(r"_(\d+(?:p\d+)?)k_(\d+(?:p\d+)?)k(?:_|$)", rid)
+    if m:
+        return tuple(float(g.replace("p", ".")) * 1000 for g in m.groups())
+    m = re.search(r"_(\d{2,6})_(\d{2,6})$", rid)
+    if m:
+        return float(m.group(1)), float(m.group(2))
+    isl = num_in(r"(\d+)k-token prompts", notes)
+    osl = num_in(r"(\d+)k-token outputs", notes)
+    if isl:
+        return 1024 * isl, (1024 * osl if osl else None)
+    return num_in(r"input length ([\d,]+)", notes), None
+
+
+def _context(row: dict, notes: str) -> float:
+    """Decode context: the row's "kv (cache) length", else prompt + half the output, else
+    the prompt, else DEFAULT_PROMPT."""
+    ctx = num_in(r"kv (?:cache )?length (?:per output token )?([\d,]+)", notes) or num_in(
+        r"kv ([\d,]+)", notes
+    )
+    if ctx:
+        return ctx
+    isl, osl = lengths(row)
+    return (isl + (osl or 0.0) / 2) if isl else DEFAULT_PROMPT
+
+
+def _mtp_accept(notes: str) -> float:
+    if "mtp" not in notes or re.search(r"\b(no|without) mtp", notes):
+        return 0.0
+    pct = num_in(r"([\d.]+)% acceptance", notes) or num_in(
+        r"acceptance rate of (?:about )?([\d.]+)%", notes, 100 * DEFAULT_MTP_ACCEPT
+    )
+    return pct / 100.0
+
+
+def _inference_plan(row, model, tp, dp, ep, prec, notes, overlap, imbalance) -> RowPlan:
+    phase = row["kind"]
+    p = row.get("parallel") or {}
+    common = dict(
+        tp=tp,
+        dp=dp,
+        ep=ep,
+        a2a_overlap=overlap,
+        moe_imbalance=imbalance,
+        precision=prec,
+        recompute="none",
+        zero=0,
+    )
+    if phase == "prefill":
+        prompt = num_in(r"(?:prompt|input) length ([\d,]+)", notes) or (
+            1024 * num_in(r"(\d+)k prompt", notes, DEFAULT_PROMPT / 1024)
+        )
+        per_dev = num_in(r"([\d,]+) tokens per device", notes, DEFAULT_PREFILL_TOKENS)
+        batch = int_or(p.get("microbatch"), None) or max(1.0, per_dev / prompt)
+        hit = num_in(r"([\d.]+)% of [\w\s]*input tokens hit", notes, 0.0) / 100.0
+        plan = make_plan(
+            **common,
+            microbatch=batch,
+            global_batch=batch * dp,
+            seq_len=prompt,
+            phase="prefill",
+            cache_hit=hit,
+        )
+        return RowPlan(validate_plan(plan, model, even_layers=False, even_experts=False), None)
+    ctx = _context(row, notes)
+    accept = _mtp_accept(notes) if float(model.mtp_layers) > 0 else 0.0
+    batch = int_or(p.get("microbatch"), None)
+    slo = None
+    if batch is None:
+        lo_hi = re.search(r"([\d.]+)-([\d.]+) tokens/s per user", notes)
+        if not lo_hi:
+            raise ValueError("decode row gives neither a batch nor a per-user speed (SLO)")
+        slo = 2.0 / (float(lo_hi.group(1)) + float(lo_hi.group(2)))
+        batch = 1
+    plan = make_plan(
+        **common,
+        microbatch=batch,
+        global_batch=batch * dp,
+        seq_len=ctx,
+        context=ctx,
+        phase="decode",
+        mtp_accept=accept,
+    )
+    return RowPlan(validate_plan(plan, model, even_layers=False, even_experts=False), slo)
+
+
+def needs_serving_rule(row: dict) -> bool:
+    """A decode row that gives neither a per-rank batch nor a per-user speed (SLO): it
+    describes a deployment, predicted by the serving rule (`serving_row`)."""
+    p = row.get("parallel") or {}
+    return (
+        row["kind"] == "decode"
+        and int_or(p.get("microbatch"), None) is None
+        and not re.search(r"([\d.]+)-([\d.]+) tokens/s per user", row_text(row))
+    )
+
+
+def speculation(notes: str, model: Model) -> tuple[float, float]:
+    """(draft tokens k, accept length A) of a decode row: "accept length 2.59" with
+    "NEXTN 3 steps / 4 draft tokens" (k = steps = draft tokens - 1, the verified root
+    excluded; the largest stated steps: a PD deployment's prefill instance runs NEXTN 1) or
+    "EAGLE3 3 steps" (DEFAULT_DRAFT_STEPS when only the accept length is given; at least
+    A - 1); steps > 1 without an accept length: A = 1 + a + ... + a^k with a =
+    DEFAULT_MTP_ACCEPT (each draft accepted after its predecessor); "with MTP" without an
+    accept length: one draft at DEFAULT_MTP_ACCEPT; (0, 1) without speculation."""
+    acc = num_in(r"accept(?:ance)?(?: length)? (\d+(?:\.\d+)?)", notes)
+    # the decode instance's steps: the largest stated (PD prefill instances run NEXTN 1)
+    steps = [float(x) for x in re.findall(r"(\d+) steps|nextn (\d+)", notes) for x in x if x]
+    drafts = num_in(r"(\d+) draft tokens", notes)
+    if acc and acc > 1:
+        k = max(steps) if steps else (drafts - 1 if drafts else DEFAULT_DRAFT_STEPS)
+        k = max(k, math.ceil(acc - 1.0))  # an accept length needs that many drafts
+        return k, acc
+    if steps and max(steps) > 1:  # steps without an accept length: a chain of drafts,
+        k = max(steps)  # each accepted with DEFAULT_MTP_ACCEPT after its predecessor
+        return k, 1.0 + sum(DEFAULT_MTP_ACCEPT**i for i in range(1, int(k) + 1))
+    if re.search(r"\bwith mtp\b|enable mtp", notes):
+        return 1.0, 1.0 + DEFAULT_MTP_ACCEPT
+    return 0.0, 1.0
+
+
+def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
+    """The deployment a decode row without batch or SLO describes (fidelity DESIGN §2):
+
+    - decode instance: R ranks (`tp`, dies on 910C; else all n_chips x dies), attention DP
+      `dp` (MoE rows that say "attention DP": R; else 1), attention TP R/dp, EP `ep` (MoE:
+      R when null; dp <= the running requests); batch per DP rank = `global_batch` (max
+      running requests) / dp, or for
+      offline max-throughput rows the largest that fits (batch_cap = min(OFFLINE_MAX_BATCH,
+      the stated request count));
+    - speculative decoding from the notes (`speculation`); context = prompt + output/2;
+    - prefill instance: on the other cards ("PD separation"), on the same ranks ("PD
+      mixed", offline / in-flight batching) or none (a decode-only measurement with a
+      stated batch); TP 1 with EP for MoE models, the decode TP for dense ones;
+      DEFAULT_PREFILL_TOKENS (MoE, Ascend) or PREFILL_CHUNK_TOKENS prompt tokens per rank;
+    - the per-card figure divides by all n_chips cards."""
+    p = row.get("parallel") or {}
+    notes = row_text(row)
+    cards = int(row["n_chips"])
+    isl, osl = lengths(row)
+    if isl is None:
+        raise ValueError("decode row gives no prompt length (serving rule)")
+    ctx = isl + (osl or 0.0) / 2  # mean context over the output; the prompt if unstated
+    prec = row.get("precision") or "bf16"
+    moe = float(model.n_experts) > 0
+    k, acc = speculation(notes, model)
+    ranks = int_or(p.get("tp"), None) or cards * dies
+    if ranks > cards * dies:
+        raise ValueError(f"decode tp = {ranks} ranks exceeds the {cards * dies} ranks of the row")
+    gb = int_or(p.get("global_batch"), None)
+    dp = int_or(p.get("dp"), None) or (ranks if moe and "attention dp" in notes else 1)
+    # attention DP over more ranks than running requests would leave ranks without one
+    dp = max(1, min(dp, ranks, gb or ranks))
+    while ranks % dp:
+        dp -= 1
+    att_tp = max(1, ranks // dp)
+    ep = (int_or(p.get("ep"), None) or ranks) if moe else 1
+    imbalance = DEFAULT_MOE_IMBALANCE if moe else 1.0
+    common = dict(precision=prec, recompute="none", zero=0, moe_imbalance=imbalance)
+    spec = dict(draft_tokens=k, accept_len=acc) if k > 0 else {}
+    cap = None
+    if gb is None:
+        cap = OFFLINE_MAX_BATCH
+        requests = num_in(r"([\d,]+) requests", notes)
+        if requests:
+            cap = min(cap, int(requests))
+    b = max(1, round(gb / dp)) if gb else 1
+    dec = make_plan(
+        **common, **spec, tp=att_tp, dp=dp, ep=ep, microbatch=b, global_batch=b * dp,
+        a2a_overlap=DEFAULT_EP_SERVING_OVERLAP and ep > 1, seq_len=ctx, context=ctx,
+        phase="decode",
+    )  # fmt: skip
+    dec = validate_plan(dec, model, even_layers=False, even_experts=False)
+    separated = "pd separation" in notes
+    mixed = bool(re.search(r"pd mixed|interleaved|offline", notes)) or gb is None
+    pre_ranks = cards * dies - ranks if separated else ranks
+    if not (separated or mixed):
+        return ServingRow(dec, None, "decode", isl, osl or isl, cards, cap)
+    if osl is None:
+        raise ValueError("a PD deployment row gives no output length (serving rule)")
+    if pre_ranks < 1:
+        raise ValueError("PD separation leaves no cards for the prefill instance")
+    pre_tp = 1 if moe else att_tp
+    pre_dp = max(1, pre_ranks // pre_tp)
+    tokens = DEFAULT_PREFILL_TOKENS if (moe or dies > 1) else PREFILL_CHUNK_TOKENS
+    pb = max(1.0, float(tokens // isl))
+    pre = make_plan(
+        **common, tp=pre_tp, dp=pre_dp, ep=pre_ranks if moe else 1, microbatch=pb,
+        global_batch=pb * pre_dp, a2a_overlap=DEFAULT_EP_SERVING_OVERLAP and moe and pre_ranks > 1,
+        seq_len=isl, phase="prefill",
+    )  # fmt: skip
+    pre = validate_plan(pre, model, even_layers=False, even_experts=False)
+    return ServingRow(dec, pre, "separated" if separated else "mixed", isl, osl, cards, cap)

@@ -1,0 +1,197 @@
+"""80% intervals: the residual quantile table, the basis and extrapolation rules, the
+nested leave-one-source-out coverage and its calibrated tail (synthetic residuals with
+answers derived by hand), and the JSON contract of `interval` on run/describe results."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from emu import analysis
+from emu.validation import TAIL_GRID, calibrate_tail, coverage, quantile_table
+
+
+def _ladder(n=10, group="train/x"):
+    """n sources with one residual each: r = 0, 0.1, ..., (n-1)/10."""
+    return [{"id": str(i), "source": f"s{i}", "group": group, "r": i / 10} for i in range(n)]
+
+
+def test_nested_coverage_of_a_ladder_is_known_by_hand():
+    """Held out, the lowest and the highest rung fall outside the band of the other nine
+    (below their minimum / above their maximum); every other rung is inside while the band
+    still reaches its neighbours: with 9 values, np.quantile's q(t) = 1.6 t above 0 for
+    t <= 1/8, so rung 0.1 stays inside for t <= 0.0625 -> coverage 8/10 up to the grid's
+    0.06, then 6/10."""
+    recs = _ladder()
+    assert calibrate_tail(recs, 0.8) == pytest.approx(0.06)
+    c = coverage(recs, 0.8)
+    assert c["tail"] == pytest.approx(0.06)
+    assert c["nested"] == pytest.approx(0.8)
+    assert c["rows"] == 10 and 0.0 <= c["out_of_sample"] <= 1.0
+    # a level nothing reaches falls back to the smallest tail
+    assert calibrate_tail(recs, 0.95) == TAIL_GRID[0]
+
+
+def test_out_of_sample_coverage_is_lower_when_sources_are_offset():
+    """Sources with systematic offsets (a residual per source, spread within it) are what
+    the doubly-nested coverage must see: the in-sample share at the calibrated tail is
+    higher than the out-of-sample one would be with a tail read off the level."""
+    rng = np.random.default_rng(0)
+    recs = []
+    for s in range(12):
+        off = rng.normal(0, 0.3)
+        for i in range(6):
+            recs.append({"id": f"{s}.{i}", "source": f"s{s}", "group": "train/x",
+                         "r": off + rng.normal(0, 0.05)})  # fmt: skip
+    naive = quantile_table(recs, 0.1)["train/x"]
+    inside = np.mean([naive["q_lo"] <= x["r"] <= naive["q_hi"] for x in recs])
+    assert inside == pytest.approx(0.8, abs=0.05)  # in sample the naive band is ~80%
+    c = coverage(recs, 0.8)
+    assert c["tail"] < 0.1  # the calibrated band is wider than the naive 10/90 one
+    assert c["nested"] >= 0.8
+
+
+def test_quantile_table_bases_and_usability():
+    recs = _ladder(10, "train/x") + [
+        {"id": f"c{i}", "source": "one", "group": "collective/ub", "r": 0.0} for i in range(9)
+    ]
+    t = quantile_table(recs, 0.1)
+    assert set(t) == {"train/x", "collective/ub", "train", "collective", "all"}
+    assert t["train/x"]["rows"] == 10 and t["train/x"]["sources"] == 10
+    assert t["train/x"]["usable"]
+    assert not t["collective/ub"]["usable"]  # 9 rows but one source
+    assert t["all"]["rows"] == 19
+    assert t["train/x"]["q_lo"] == pytest.approx(np.quantile(np.arange(10) / 10, 0.1))
+
+
+TABLE = {
+    "provenance": {"level": 0.8},
+    "basis": {
+        "train/hopper": {"rows": 40, "sources": 5, "q_lo": -0.1, "q_hi": 0.2, "usable": True},
+        "train/tiny": {"rows": 3, "sources": 1, "q_lo": 0.0, "q_hi": 0.01, "usable": False},
+        "train": {"rows": 90, "sources": 9, "q_lo": -0.3, "q_hi": 0.25, "usable": True},
+        "all": {"rows": 300, "sources": 30, "q_lo": -0.4, "q_hi": 0.5, "usable": True},
+    },
+}
+
+
+def test_interval_of_a_rate_and_a_time_from_the_basis_quantiles():
+    iv = analysis.interval(100.0, "train/hopper", table=TABLE)
+    assert iv["low"] == pytest.approx(100 * math.exp(-0.2))
+    assert iv["high"] == pytest.approx(100 * math.exp(0.1))
+    assert iv["basis"].startswith("train/hopper (40 rows, 5 sources)")
+    assert iv["level"] == 0.8 and iv["extrapolation"] is False
+    t = analysis.interval(2.0, "train/hopper", time=True, table=TABLE)
+    assert (t["low"], t["high"]) == pytest.approx((2 * math.exp(-0.1), 2 * math.exp(0.2)))
+
+
+def test_a_thin_basis_falls_back_to_its_kind_without_extrapolating():
+    iv = analysis.interval(1.0, "train/tiny", table=TABLE)
+    assert iv["basis"].startswith("train (") and iv["extrapolation"] is False
+    assert (iv["low"], iv["high"]) == pytest.approx((math.exp(-0.25), math.exp(0.3)))
+
+
+def test_a_new_family_or_kind_extrapolates_with_the_wider_band():
+    iv = analysis.interval(1.0, "train/newchip", table=TABLE)
+    assert iv["extrapolation"] is True and "extrapolation" in iv["basis"]
+    # the wider of train (-0.3, 0.25) and all (-0.4, 0.5)
+    assert (iv["low"], iv["high"]) == pytest.approx((math.exp(-0.5), math.exp(0.4)))
+    iv = analysis.interval(1.0, "serve/hopper", table=TABLE)  # a kind without rows
+    assert iv["extrapolation"] is True and iv["basis"].startswith("all (")
+
+
+def test_no_table_gives_no_band_and_says_why():
+    iv = analysis.interval(1.0, "train/hopper", table={})
+    assert iv["low"] is None and iv["high"] is None and "no interval table" in iv["basis"]
+
+
+def test_shipped_table_is_calibrated_and_covers_every_catalog_family():
+    table = analysis.interval_table()
+    assert table is not None, "configs/calibration/intervals.toml is missing (emu calibrate --cv)"
+    prov = table["provenance"]
+    assert prov["level"] == 0.8 and 0 < prov["tail"] <= 0.1
+    assert 0.75 <= prov["coverage_out_of_sample"] <= 0.85
+    for b in table["basis"].values():
+        assert b["q_lo"] <= b["q_hi"]
+
+
+@pytest.fixture(scope="module")
+def small_run():
+    from emu.catalog import load_model, load_system
+    from emu.parallelism import make_plan
+
+    system, model = load_system("dgx_h100"), load_model("llama3_8b")
+    plan = make_plan(tp=8, dp=1, microbatch=1, global_batch=8, seq_len=2048)
+    return analysis.run(system, model, plan)
+
+
+def test_run_results_carry_intervals_for_throughput_and_step_time(small_run):
+    r = small_run
+    for key in ("tokens_per_s", "step_time_s"):
+        iv = r["interval"][key]
+        assert set(iv) == {"low", "high", "level", "basis", "extrapolation"}
+        assert iv["low"] < r[key] < iv["high"]
+        assert iv["level"] == 0.8 and isinstance(iv["extrapolation"], bool)
+        assert iv["basis"].startswith(("train/hopper", "train"))
+    # the rate's band and the time's band are the same relative band, inverted
+    tp, st = r["interval"]["tokens_per_s"], r["interval"]["step_time_s"]
+    assert tp["low"] / r["tokens_per_s"] == pytest.approx(r["step_time_s"] / st["high"], 1e-6)
+    json.dumps(r, allow_nan=False)
+
+
+def test_describe_gives_the_band_factors_of_a_family():
+    from emu.catalog import load_system
+
+    d = analysis.describe(load_system("cloudmatrix384"))
+    for kind in ("train", "serve"):
+        iv = d["interval"][kind]
+        assert iv["low"] < 1.0 < iv["high"]
+    json.dumps(d, allow_nan=False)
+
+
+def test_validate_rows_carry_the_band_of_their_prediction():
+    from emu.validation import default_measurements, validate_rows
+
+    rows = [json.loads(line) for line in open(default_measurements())]
+    sel = [r for r in rows if r["id"] in ("limulidae_910b_allreduce_8npu", "sc21_t1_1.7B")]
+    res = {r["id"]: r for r in validate_rows(sel, table=TABLE)}
+    hccs = res["limulidae_910b_allreduce_8npu"]
+    assert hccs["group"] == "collective/hccs" and hccs["interval"]["extrapolation"] is True
+    a100 = res["sc21_t1_1.7B"]
+    assert a100["group"] == "train/ampere" and a100["interval"]["basis"].startswith("train (")
+    for r in res.values():
+        lo, hi = r["interval"]["low"], r["interval"]["high"]
+        assert lo < r["predicted"] < hi and r["inside"] == (lo <= r["measured"] <= hi)
+
+
+def test_coverage_of_a_file_matches_shipped_residuals_by_id_and_value():
+    from emu.validation import coverage_of_file
+
+    results = [{"id": str(i), "status": "ok", "measured": 1.0 + i} for i in range(10)] + [
+        {"id": "x", "status": "error", "measured": None}
+    ]
+    residuals = [{**x, "measured": 1.0 + int(x["id"]), "r_cv": x["r"]} for x in _ladder()] + [
+        {"id": "3", "source": "s3", "group": "train/x", "measured": 99.0, "r_cv": 5.0}
+    ]
+    c = coverage_of_file(results, residuals)
+    assert c["rows"] == 10 and c["nested"] == pytest.approx(0.8)  # the ladder, by hand
+    assert coverage_of_file(results, []) is None
+
+
+def test_uncalibrated_parts_make_the_band_an_extrapolation():
+    from emu.analysis import interval
+
+    table = {
+        "provenance": {"level": 0.8},
+        "basis": {
+            "train/x": {"rows": 20, "sources": 3, "q_lo": -0.1, "q_hi": 0.1, "usable": True},
+            "train": {"rows": 50, "sources": 6, "q_lo": -0.3, "q_hi": 0.2, "usable": True},
+            "all": {"rows": 90, "sources": 9, "q_lo": -0.4, "q_hi": 0.3, "usable": True},
+        },
+    }
+    known = interval(100.0, "train/x", table=table)
+    new = interval(100.0, "train/x", table=table, uncalibrated=("link type 'foo' (tier t)",))
+    assert not known["extrapolation"] and new["extrapolation"]
+    assert new["low"] < known["low"] and new["high"] > known["high"]
+    assert "uncalibrated link type 'foo'" in new["basis"]

@@ -1,0 +1,217 @@
+"""The row rules of `emu validate` on the 340-row set (issue 11 "every row modelled"): checks
+(chip counts, units), confidence weights, models from fields, dies as ranks, the serving
+rule, script plans, collective row conventions, the MFU normaliser. Small row subsets; the
+every-row count reads the session's validate report."""
+
+import json
+import math
+
+import pytest
+
+from emu import validation as V
+from emu.catalog import load_system
+
+ROWS = {json.loads(line)["id"]: json.loads(line) for line in open(V.default_measurements())}
+
+
+def row(rid: str, **changes) -> dict:
+    return {**ROWS[rid], **changes}
+
+
+def test_at_least_98_percent_of_the_rows_are_modelled_and_skips_say_why(validate_reports):
+    rep = validate_reports["default"]
+    s = rep["summary"]
+    assert s["rows"] == len(ROWS) == 340
+    assert s["modelled"] >= math.ceil(0.98 * 340) and s["errors"] == 0
+    for r in rep["rows"]:
+        if r["status"] != "ok":
+            assert r["status"] == "skipped" and len(r["reason"]) > 20
+    skipped = {r["id"] for r in rep["rows"] if r["status"] == "skipped"}
+    assert skipped <= {"xds_decode_disagg_moe_attention_768dies"}
+
+
+@pytest.mark.parametrize("n", [2.5, 1e30, 0, -8, "8", True])
+def test_rows_with_fractional_or_absurd_chip_counts_are_refused(n):
+    res = V.validate_rows([row("limulidae_910b_allreduce_8npu", n_chips=n)])[0]
+    assert res["status"] == "error" and "n_chips must be a whole number" in res["reason"]
+
+
+def test_a_unit_that_does_not_match_the_metric_is_refused():
+    res = V.validate_rows([row("limulidae_910b_allreduce_8npu", unit="us")])[0]
+    assert res["status"] == "error" and "unit 'us' does not match" in res["reason"]
+    V.check_row(row("limulidae_910b_allreduce_8npu", unit="GB/s"))
+    V.check_row({k: v for k, v in ROWS["limulidae_910b_allreduce_8npu"].items() if k != "unit"})
+    for r in ROWS.values():  # every published unit matches its metric
+        V.check_row(r)
+
+
+def test_a_run_larger_than_the_system_is_refused():
+    res = V.validate_rows([row("limulidae_910b_allreduce_8npu", n_chips=200000)])[0]
+    assert res["status"] == "error" and "exceed the largest" in res["reason"]
+
+
+@pytest.mark.parametrize(
+    "confidence,weight",
+    [
+        ("exact (table)", 1.0),
+        ("exact (table); config: medium (ep inferred)", 0.8),
+        ("exact (table) for the total; per-GPU derived (total / TP); parallel config: high", 1.0),
+        ("derived (busbw = algbw x 2(n-1)/n); secondary third-party repo", 0.7),
+        ("read off a figure (labels); parallel config: unknown (not stated)", 0.25),
+        ("exact (text of a worked example) — LOW confidence; parallel config: high", 0.3),
+        ("exact (Table 6 + text); parallel config: low-medium (4 accelerators stated)", 0.5),
+        (None, 1.0),
+    ],
+)
+def test_confidence_weights(confidence, weight):
+    assert V.row_weight({"confidence": confidence}) == pytest.approx(weight)
+
+
+def test_every_row_has_a_weight_in_the_documented_range():
+    ws = [V.row_weight(r) for r in ROWS.values()]
+    assert min(ws) >= 0.25 and max(ws) == 1.0
+    assert sum(w < 1 for w in ws) >= 40  # the figure, LOW, derived and medium-config rows
+
+
+def test_moe_models_not_in_the_catalog_are_built_from_the_row():
+    m = V.row_model(ROWS["mindspeed_tps_qwen2_57b_a14b_4k_8x8"])
+    assert float(m.n_experts) == 64 and float(m.top_k) == 8 and float(m.d_ff_expert) == 2560
+    assert float(m.n_shared_experts) == 8  # one shared expert of 20,480 = 8 x 2,560
+    mav = V.row_model(ROWS["dgxc_recipe_llama4_maverick_bf16_128gb200"])
+    assert float(mav.n_dense_layers) == 24  # "alternates dense and MoE layers"
+    assert (
+        "alternating dense/MoE"
+        in V.approximations(ROWS["dgxc_recipe_llama4_maverick_bf16_128gb200"])[0]
+    )
+    pangu = V.row_model(ROWS["pangu_pro_moe_800ia2_decode_bs456"])
+    assert pangu.ffn == "swiglu" and float(pangu.vocab) == 153376
+    glm = V.row_model(ROWS["flagperf_chatglm3_6b_ds_a2_1x8_tokens_per_s_per_gpu"])
+    assert glm.ffn == "swiglu" and not glm.tied_embeddings
+
+
+def test_910c_degrees_count_dies():
+    r = ROWS["xds_decode_colocated_dp288_ep288"]
+    model = V.row_model(r)
+    plan, _ = V.row_plan(r, model, dies=2)
+    assert (float(plan.tp), float(plan.dp), float(plan.ep)) == (1.0, 288.0, 288.0)
+    assert float(plan.microbatch) == 60 and float(plan.context) == 3072  # 2K + 2K/2
+    assert float(plan.mtp_accept) == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="ep\\*etp=288 must divide tp\\*dp\\*cp=144"):
+        V.row_plan(r, model, dies=1)  # counted as packages, EP288 cannot be placed
+
+
+def test_serving_rule_on_a_pd_mixed_row_with_known_numbers():
+    """SGLang A3 DeepSeek-R1, PD mixed on 8 cards (16 dies): --tp 16 --dp-size 16,
+    --max-running-requests 256, NEXTN 3 steps / 4 draft tokens, accept length 2.82,
+    2048 in / 2048 out."""
+    r = ROWS["sglang_a3_dsr1_mixed_8c_2k_2k_50ms"]
+    assert V.needs_serving_rule(r)
+    s = V.serving_row(r, V.row_model(r), dies=2)
+    d, p = s.decode, s.prefill
+    assert s.mode == "mixed" and s.cards == 8 and (s.prompt_len, s.output_len) == (2048, 2048)
+    assert (float(d.tp), float(d.dp), float(d.ep)) == (1.0, 16.0, 16.0)
+    assert float(d.microbatch) == 16  # 256 running / 16 DP ranks
+    assert (float(d.draft_tokens), float(d.accept_len)) == (3.0, pytest.approx(2.82))
+    assert float(d.context) == 2048 + 1024
+    assert (float(p.tp), float(p.dp), float(p.ep)) == (1.0, 16.0, 16.0)
+    assert float(p.microbatch) == 16384 // 2048 and float(p.seq_len) == 2048
+
+
+def test_serving_rule_puts_prefill_on_the_other_cards_when_separated():
+    r = ROWS["sglang_a3_dsr1_pdsep_32c_3p5k_1p5k_50ms"]  # decode tp 32 dies of 32 cards
+    s = V.serving_row(r, V.row_model(r), dies=2)
+    assert s.mode == "separated" and (s.prompt_len, s.output_len) == (3500, 1500)
+    assert float(s.decode.dp) == 32 and float(s.decode.microbatch) == 26  # 832 / 32
+    assert float(s.prefill.tp * s.prefill.dp) == 64 - 32
+
+
+def test_offline_rows_take_the_largest_batch_that_fits():
+    items, fails = V.prepare_rows([ROWS["trtllm_perf_dgx_h100_llama33_70b_tp2_fp8_1000_1000"]])
+    assert not fails
+    it = items[0]
+    assert it.serving.mode == "mixed" and it.serving.batch_cap == V.OFFLINE_MAX_BATCH
+    b = float(it.plan.microbatch)
+    assert 1 < b < V.OFFLINE_MAX_BATCH
+    from emu.objective import evaluate
+    from emu.struct import replace
+
+    fits = lambda k: float(
+        evaluate(it.system, it.model, replace(it.plan, microbatch=k, global_batch=k)).feasible
+    )
+    assert fits(b) == 1.0 and fits(b + 1) == 0.0
+
+
+def test_mixed_serving_rate_is_the_harmonic_composition():
+    import jax.numpy as jnp
+
+    from emu.objective import evaluate
+
+    items, _ = V.prepare_rows([ROWS["sglang_a2_qwen3_32b_tp4_2k_2k_50ms"]])
+    it = items[0]
+    s = it.serving
+    rate, _ = V.serving_rate(
+        it.system, it.model, s.decode, s.prefill, (jnp.float32(2000), jnp.float32(2000)),
+        mode="mixed",
+    )  # fmt: skip
+    d = float(evaluate(it.system, it.model, s.decode).tokens_per_s)
+    p = float(evaluate(it.system, it.model, s.prefill).tokens_per_s)
+    assert float(rate) == pytest.approx(1 / (1 / d + 1 / p), rel=1e-5)
+    pred, _ = V.predict_items(items)
+    assert float(pred[0]) == pytest.approx(float(rate) / 4, rel=1e-5)  # per card, 4 cards
+
+
+def test_script_weak_scaling_plan_for_rows_without_a_plan():
+    r = V.script_plan(ROWS["mindspeed_gpt3_175b_mfu_7968"])
+    p = r["parallel"]
+    assert (p["tp"], p["pp"], p["vpp"], p["microbatch"]) == (8, 16, 3, 2)
+    assert r["n_chips"] == 7936 and p["dp"] == 62  # the largest multiple of tp*pp = 128
+    assert p["global_batch"] == 1024 * 62  # GBS 1024 at dp 1 (16x8 NPUs), weak-scaled
+    assert r["precision"] == "fp16" and r["model"]["seq_len"] == 2048
+    assert V.script_plan(ROWS["mindspeed_tps_llama2_7b_4k_1x8"]) is None  # has a plan
+
+
+def test_mindspeed_mfu_uses_the_source_peak():
+    s = load_system("atlas800t_a2")
+    assert V.mfu_peak(ROWS["mindspeed_mfu_llama2_7b"], s, "bf16") == 313e12
+    flag = ROWS["flagperf_chatglm3_6b_ds_a2_1x8_mfu"]
+    assert V.mfu_peak(flag, s, "bf16") == float(s.chip.peak_flops_per_s["bf16"])
+
+
+def test_collective_rows_read_size_tokens_bytes_and_convention():
+    assert V.message_bytes(ROWS["azure_gb200_4gpu_allreduce_ring_67M"]) == 2**26
+    assert V.message_bytes(ROWS["dgxc_nccl_h100_8gpu_allreduce_1048576"]) == 1048576
+    assert V.message_bytes(ROWS["limulidae_910b_allreduce_8npu"]) == V.DEFAULT_MESSAGE_BYTES
+    assert V.allreduce_algorithm(ROWS["oci_gb200_128gpu_2rack_allreduce_1048576"]) == "ring"
+    assert V.allreduce_algorithm(ROWS["dgxc_nccl_h100_8gpu_allreduce_1048576"]) == "hierarchical"
+    gb, cm = load_system("gb200_nvl72"), load_system("cloudmatrix384")
+    s = V.moe_comm_setup(ROWS["trtllm_nvl1sided_gb200_dispatch_bw_ep8_bs2048_mxfp8"], gb)
+    assert (s["tokens"], s["token_bytes"], s["dedup"], s["convention"]) == (
+        2048, 7392, 0.0, "logical",
+    )  # fmt: skip
+    assert s["moved"] == 2048 * 8 * 7392
+    s = V.moe_comm_setup(ROWS["deepep_ascend_a3_normal_dispatch_ep16"], cm)
+    assert (s["tokens"], s["token_bytes"], s["dedup"], s["convention"]) == (
+        4096, 7168 + 4, 1.0, "bottleneck",
+    )  # fmt: skip
+    assert s["group"] == 16  # ranks are dies
+    s = V.moe_comm_setup(ROWS["xds_dispatch_insitu_ep288_bs60"], cm)
+    assert s["tokens"] == 120 and s["dedup"] == 0.0  # 60 requests x 2 tokens (MTP)
+    s = V.moe_comm_setup(ROWS["deepep_ascend_a3_ll_combine_bw_ep8"], cm)
+    assert (s["token_bytes"], s["convention"], s["moved"]) == (14336, "per_rank", 128 * 8 * 14336)
+
+
+def test_interval_groups_of_collective_rows_name_the_outermost_link():
+    gb, h800 = load_system("gb200_nvl72"), load_system("hgx_h800")
+    assert V.collective_link(gb, 4) == "nvlink5"
+    assert V.collective_link(gb, 1440) != "nvlink5"
+    assert V.collective_link(h800, 8) == "nvlink4" and V.collective_link(h800, 16) == "ib"
+
+
+def test_speculation_and_lengths_from_notes():
+    m = V.row_model(ROWS["sglang_a2_qwen3_32b_tp8_4k_1p5k_lowlat"])
+    assert V.speculation(V.row_text(ROWS["sglang_a2_qwen3_32b_tp8_4k_1p5k_lowlat"]), m) == (
+        4.0, pytest.approx(2.04),
+    )  # fmt: skip
+    assert V.lengths(ROWS["sglang_a3_dsr1_pdsep_32c_6k_1p6k_20ms"]) == (6000, 1600)
+    assert V.lengths(ROWS["trtllm_perf_gb200_llama33_70b_tp1_fp4_128_2048"]) == (128, 2048)
+    assert V.lengths(ROWS["pangu_pro_moe_800ia2_decode_bs1"]) == (2048, None)
