@@ -454,3 +454,18 @@ def test_emu_program_is_a_subcommand_of_emu(capsys):
     assert main(["program", "emu/examples/llama.py:no_such_builder", "--devices", "8"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("emu: error:") and "no_such_builder" in err and len(err.splitlines()) == 1
+
+
+def test_a_device_is_a_rank_on_a_multi_die_chip(collective_program):
+    """On a CloudMatrix 384 a JAX device is one 910C die (issue 11: dies as ranks): the
+    program costs the same on the system as on its rank view, and a device has half a
+    package's FLOP/s (it used to get the whole package's compute and watts)."""
+    from emu.topology import rank_system
+
+    cm = emu.load_system("cloudmatrix384")
+    fn = collective_program.cost_fn(tokens_per_step=1024.0)
+    a, b = fn(cm), fn(rank_system(cm))
+    assert float(a.step_time_s) == pytest.approx(float(b.step_time_s), rel=1e-6)
+    assert float(a.power_w) == pytest.approx(float(b.power_w), rel=1e-6)
+    one_die = emu.struct.replace(cm, chip=emu.struct.replace(cm.chip, dies_per_chip=1.0))
+    assert float(fn(one_die).power_w) > 1.5 * float(a.power_w)

@@ -39,7 +39,7 @@ from emu.numerics import safe_div
 from emu.power import PowerBreakdown
 from emu.program.table import COLLECTIVE_KINDS, OpTable
 from emu.struct import dataclass
-from emu.topology import System
+from emu.topology import System, rank_system
 
 __all__ = ["ProgramBreakdown", "ProgramCost", "program_cost", "op_times"]
 
@@ -117,7 +117,9 @@ def _tf32_matmul_time(chip, m, n, k, count, kernels):
 
 
 def op_times(system: System, table: OpTable, *, algorithm: str = "hierarchical") -> Array:
-    """Seconds per step of every row of `table` on `system` (0 for uncosted rows)."""
+    """Seconds per step of every row of `table` on `system` (0 for uncosted rows), a device
+    being a rank of the system (`topology.rank_system`)."""
+    system = rank_system(system)
     chip = system.chip
     t = jnp.zeros(len(table.ops), jnp.float32) + 0.0 * chip.hbm_bytes_per_s
     for prec in table.precisions:
@@ -173,7 +175,10 @@ def program_cost(
     algorithm: str = "hierarchical",
 ) -> ProgramCost:
     """Step time, breakdown, power and energy of the traced program on `system` (see the
-    module doc). Pure jnp: jit, vmap over stacked systems and grad all work."""
+    module doc). Pure jnp: jit, vmap over stacked systems and grad all work. A device of the
+    program is a rank of the system (`topology.rank_system`: one die of a CloudMatrix 384's
+    910C, with its share of FLOP/s, HBM, links and watts), as a JAX device is on Ascend."""
+    system = rank_system(system)
     t = op_times(system, table, algorithm=algorithm)
     kinds = table.kind
 
