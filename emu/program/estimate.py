@@ -29,7 +29,7 @@ from emu.program.cost import ProgramCost, program_cost
 from emu.program.report import CollectiveSummary, ProgramResult, TopOp
 from emu.program.table import MeshInfo, OpTable, build_table
 from emu.program.trace import Traced, compile_hlo, trace_builder
-from emu.topology import System, participants
+from emu.topology import System, participants, rank_system
 
 __all__ = ["Program", "trace", "trace_program", "from_hlo"]
 
@@ -183,7 +183,7 @@ class Program:
         for g in groups.values():
             g.bytes_per_call = g.bytes / g.count if g.count else 0.0
         bd = {k: float(v) for k, v in vars(cost.breakdown).items()}
-        peak = float(system.chip.peak_flops_per_s["bf16"])
+        peak = float(rank_system(system).chip.peak_flops_per_s["bf16"])  # per device
         return ProgramResult(
             system=system.name,
             program=self.name,
@@ -215,8 +215,9 @@ def anonymous(system: System) -> System:
 
 def _tiers(system: System, size: float, stride: float) -> str:
     """The tiers a (size, stride) group spans on `system`, with participants at each."""
-    n = participants(system.tiers, jnp.float32(size), jnp.float32(stride))
-    parts = [f"{t.name}x{float(k):g}" for t, k in zip(system.tiers, n, strict=True) if k > 1.0]
+    tiers = rank_system(system).tiers  # devices are ranks (dies on a CloudMatrix 384)
+    n = participants(tiers, jnp.float32(size), jnp.float32(stride))
+    parts = [f"{t.name}x{float(k):g}" for t, k in zip(tiers, n, strict=True) if k > 1.0]
     return ",".join(parts) or "-"
 
 

@@ -59,8 +59,8 @@ class TopOp:
 @dataclasses.dataclass
 class ProgramResult:
     """The program on one system: what `emu program` prints (SI units, per step). `flops`
-    are the dot FLOPs one device executes per step; `mfu` = flops / (step time x the chip's
-    dense bf16 peak)."""
+    are the dot FLOPs one device executes per step; `mfu` = flops / (step time x one device's
+    dense bf16 peak: a rank's, a die's on CloudMatrix 384)."""
 
     system: str
     program: str
