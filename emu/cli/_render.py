@@ -347,7 +347,9 @@ def serve_text(d: dict, chips: tuple[int, int]) -> str:
 
 
 def _search_row(r: dict, names, serving: bool, lat: str | None) -> list[str]:
-    chips = r["tp"] * r["pp"] * r["dp"] * r["cp"]
+    chips = r["tp"] * r["pp"] * r["dp"] * r["cp"]  # ranks; packages where a chip has dies
+    if r.get("tokens_per_s_per_chip", 0) > 0 and r.get("tokens_per_s", 0) > 0:
+        chips = round(r["tokens_per_s"] / r["tokens_per_s_per_chip"])
     row = [*[f"{r[n]:g}" for n in names], f"{chips}"]
     if serving:
         row += [f"{r['tp']}/{r['dp']}/{r['ep']}", f"{r['microbatch']}"]
