@@ -36,7 +36,7 @@ CORE = [
 #: host layers, left to right; modules of one layer may import each other in the listed order
 HOST = [
     ("overrides", "catalog", "costs_catalog"),
-    ("storage",),
+    ("storage", "fast"),
     ("policy",),
     ("analysis",),
     ("validation",),

@@ -5,7 +5,7 @@ emu.cli._render."""
 
 from __future__ import annotations
 
-from emu import analysis, catalog, policy, storage
+from emu import analysis, catalog, fast, policy, storage
 from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
 from emu.cli._parser import CliError
@@ -137,8 +137,21 @@ def _compiling(system: str, model: str) -> str:
     )
 
 
+def _fast_start() -> None:
+    """The compiled evaluations of `analysis.run`, the plan rule and the serving batch rule
+    loaded from disk (`emu.fast.aot`): a repeated `emu run` neither traces, lowers nor
+    compiles them again. JAX's persistent cache stays off here: it would only hold the few
+    tiny programs left, and an executable it loads cannot be serialized again on CPU."""
+    if not fast.aot_enabled():
+        storage.enable_compilation_cache()
+        return
+    fast.cache_executables(analysis, "_evaluate")
+    # the plan rule's memory probes run op by op otherwise (~20 small programs, ~0.5 s)
+    fast.cache_executables(policy, "_evaluate", "_max_batch", plain=("memory",))
+
+
 def cmd_run(args) -> None:
-    storage.enable_compilation_cache()
+    _fast_start()
     with render.working(_compiling(args.system, args.model)):
         s = setup(args, args.system)
         price = cost_flags.pricing(args, s.system)  # checked before the run
@@ -149,7 +162,7 @@ def cmd_run(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    storage.enable_compilation_cache()
+    _fast_start()
     names = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not names:
         raise CliError("--systems is empty; give comma-separated system names.")
