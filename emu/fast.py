@@ -106,7 +106,9 @@ class Evaluator:
         self.vary = list(vary)
         self._vary_idx = np.array([self._offsets[self.inputs.index(v)] for v in vary], int)
         self._one = jax.jit(self._flat)
+        self._one_c = None
         self._batch = None
+        self._compiled: dict[int, Callable] = {}
 
     def pack(self, system, model, plan) -> np.ndarray:
         """The float32 vector of the leaves of (system, model, plan), in `inputs` order."""
@@ -133,8 +135,14 @@ class Evaluator:
 
     def __call__(self, x=None) -> jax.Array:
         """The `outputs` of packed inputs `x` (default: the construction's) as one float32
-        vector (a device array; `np.asarray` it, or index it)."""
-        return self._one(self.x0 if x is None else x)
+        vector (a device array; `np.asarray` it, or index it). The compiled executable is
+        called directly: no pytree flattening, no jit cache lookup (~10 us less than a
+        jitted call on CPU). Pass a device array (`jnp.asarray(ev.pack(...))`) to skip
+        the transfer of the inputs as well."""
+        if self._one_c is None:
+            self._x0d = jnp.asarray(self.x0)
+            self._one_c = self._one.lower(self._x0d).compile()
+        return self._one_c(self._x0d if x is None else x)
 
     def result(self, x=None):
         """The full RunResult (numpy float32 leaves) of packed inputs `x`; needs
@@ -150,19 +158,27 @@ class Evaluator:
 
     def batch_fn(self) -> Callable:
         """The jitted batch program: f(values [n, len(vary)] float32) -> tuple of
-        len(outputs) arrays [n] (column-major: one output per array; XLA fuses each
-        row's computation once and writes only these columns)."""
+        len(outputs) arrays [n] (one output per array: XLA writes only these columns)."""
         if self._batch is None:
             self._batch = jax.jit(jax.vmap(self._row))
         return self._batch
+
+    def compile_batch(self, block: int = BLOCK):
+        """The batch program compiled for blocks of `block` rows (cached; `batch` calls it);
+        its `cost_analysis()` counts the FLOPs and bytes of one block."""
+        if block not in self._compiled:
+            spec = jax.ShapeDtypeStruct((block, len(self.vary)), jnp.float32)
+            self._compiled[block] = self.batch_fn().lower(spec).compile()
+        return self._compiled[block]
 
     def batch(self, values, *, block: int = BLOCK) -> np.ndarray:
         """`outputs` [n, len(outputs)] of n rows of `vary` values [n, len(vary)], in blocks
         of `block` rows (one compiled program; the last block is padded)."""
         values = np.asarray(values, np.float32).reshape(-1, len(self.vary))
         n = len(values)
-        fn, out = self.batch_fn(), np.empty((n, len(self.outputs)), np.float32)
+        out = np.empty((n, len(self.outputs)), np.float32)
         block = min(block, max(n, 1))
+        fn = self.compile_batch(block)
         pending = []
         for s in range(0, n, block):
             v = values[s : s + block]
