@@ -100,11 +100,12 @@ def test_evaluator_errors_name_the_fix(nvl72):
         ev.pack(nvl72, model, decode)
 
 
-def test_aot_executables_round_trip(tmp_path, nvl72):
+def test_aot_executables_round_trip(tmp_path, nvl72, monkeypatch):
     """A second `aot` (as a new process would build) loads the executable from disk and
     returns the same result as jax.jit; a corrupt file is recompiled, not trusted."""
     from emu.objective import evaluate
 
+    monkeypatch.setenv("EMU_AOT", "sync")
     model = emu.load_model("llama3_8b")
     p = emu.make_plan(tp=8, dp=9, global_batch=72, seq_len=4096)
     want = float(jax.jit(evaluate)(nvl72, model, p).tokens_per_joule)
@@ -117,6 +118,22 @@ def test_aot_executables_round_trip(tmp_path, nvl72):
     files[0].write_bytes(b"not a pickle")
     third = fast.aot(evaluate, folder=tmp_path)
     assert float(third(nvl72, model, p).tokens_per_joule) == want
+
+
+def test_aot_without_an_executable_evaluates_eagerly(tmp_path, nvl72, monkeypatch):
+    """Mode "eager" (and "auto" off a terminal): the same numbers as `emu.evaluate`, and
+    nothing compiled or written."""
+    from emu.objective import evaluate
+
+    model = emu.load_model("llama3_8b")
+    p = emu.make_plan(tp=8, dp=9, global_batch=72, seq_len=4096)
+    want = float(emu.evaluate(nvl72, model, p).step_time_s)
+    for mode in ("eager", "auto"):
+        monkeypatch.setenv("EMU_AOT", mode)
+        a = fast.aot(evaluate, folder=tmp_path)
+        got = a.lower(nvl72, model, p).compile()(nvl72, model, p)
+        assert float(got.step_time_s) == want
+    assert not list(tmp_path.iterdir())
 
 
 def test_sweep_with_fewer_columns_finds_the_same_best(tmp_path, nvl72):

@@ -130,18 +130,26 @@ def _check_finite(d: dict, prefix: str = "") -> None:
             )
 
 
-def _compiling(system: str, model: str) -> str:
+def _compiling(system: str, model: str, *, compiles: str = "") -> str:
+    """The spinner's text: run/compare evaluate a new shape eagerly (emu.fast.aot); the
+    other commands (`compiles` says what they add) compile it."""
+    if compiles:
+        return (
+            f"compiling and evaluating {system} / {model}{compiles} (a new shape compiles "
+            "once, 10-30 s; cached afterwards)"
+        )
     return (
-        f"compiling and evaluating {system} / {model} (a new shape compiles once, 10-30 s; "
-        "cached afterwards)"
+        f"evaluating {system} / {model} (a new shape runs op by op, ~1-3 s, and is compiled "
+        "in the background for the next run)"
     )
 
 
 def _fast_start() -> None:
     """The compiled evaluations of `analysis.run`, the plan rule and the serving batch rule
     loaded from disk (`emu.fast.aot`): a repeated `emu run` neither traces, lowers nor
-    compiles them again. JAX's persistent cache stays off here: it would only hold the few
-    tiny programs left, and an executable it loads cannot be serialized again on CPU."""
+    compiles them again; before they are on disk, one configuration is evaluated eagerly
+    (faster than compiling it). JAX's persistent cache stays off here: it would only hold
+    tiny programs, and an executable it loads cannot be serialized again on CPU."""
     if not fast.aot_enabled():
         storage.enable_compilation_cache()
         return
@@ -183,7 +191,7 @@ def _priced_run(args, name: str) -> dict:
 
 def cmd_sensitivity(args) -> None:
     storage.enable_compilation_cache()
-    with render.working(_compiling(args.system, args.model) + " with gradients"):
+    with render.working(_compiling(args.system, args.model, compiles=" with gradients")):
         s = setup(args, args.system)
         price = cost_flags.pricing(args, s.system)
         if price:  # with cost: one reverse pass through emulator and cost model
@@ -282,7 +290,7 @@ def cmd_serve(args) -> None:
     precision = args.precision or policy.serving_precision(system)
     if args.precision is None:
         notes.append(f"precision: {precision} (the chip's serving format; --precision to change)")
-    with render.working(_compiling(system.name, model.name) + " (prefill and decode)"):
+    with render.working(_compiling(system.name, model.name, compiles=" (prefill and decode)")):
         out, r = _serve(args, system, model, precision)
     out["notes"] = notes + set_note(args)
     text = render.serve_text(out, (args.prefill_chips, args.decode_chips))
