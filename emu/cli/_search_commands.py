@@ -254,9 +254,12 @@ def cmd_search(args) -> None:
     system, model, problem, grid, out, notes = search_setup(args)
     method, why = _method(args, Space(system, model, problem, grid).size)
     if method == "exhaustive":
+        shown = ["tokens_per_joule", "mfu", "tpot_s", "ttft_s", "usd_per_mtoken"]
         with tempfile.TemporaryDirectory(prefix="emu-search-") as parts:
+            # the columns the table shows (every column with --out)
             res = sweep(system, model, problem, parts, grid=grid, top=args.top,
-                        progress=render.sweep_progress(), warn=render.warn)  # fmt: skip
+                        progress=render.sweep_progress(), warn=render.warn,
+                        columns=None if out else shown)  # fmt: skip
             if out:
                 write_table(res, out)
         what = (
