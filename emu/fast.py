@@ -61,6 +61,8 @@ __all__ = [
 #: overhead of XLA's CPU runtime, small enough that the intermediates stay in the caches
 #: (measured on 2 cores: 16384 beats 4096 by ~2x and 65536 by ~2x for the full result)
 BLOCK = 16384
+#: up to this many outputs, `Evaluator.batch` compiles one program per output
+SPLIT = 4
 
 
 def _path_name(path) -> str:
@@ -166,43 +168,53 @@ class Evaluator:
         y = np.asarray(self(x))
         return jax.tree_util.tree_unflatten(self._out_def, list(y))
 
-    def _row(self, v):
+    def _row(self, v, idx):
         x = jnp.asarray(self.x0).at[self._vary_idx].set(v)
-        return tuple(self._outputs(_evaluate(*self._unpack(x))))
+        leaves = self._outputs(_evaluate(*self._unpack(x)))
+        return tuple(leaves[i] for i in idx)
 
-    def batch_fn(self) -> Callable:
-        """The jitted batch program: f(values [n, len(vary)] float32) -> tuple of
-        len(outputs) arrays [n] (one output per array: XLA writes only these columns)."""
+    def _groups(self) -> list[tuple[int, ...]]:
+        """Output indices per batch program: one program per output up to SPLIT outputs
+        (XLA's CPU backend fuses a single-output program into one loop; several outputs
+        split it into dozens of fusions writing intermediates to memory), else one."""
+        n = len(self.outputs)
+        return [(j,) for j in range(n)] if n <= SPLIT else [tuple(range(n))]
+
+    def batch_fn(self) -> list[Callable]:
+        """The jitted batch programs (see `_groups`): f(values [n, len(vary)] float32) ->
+        tuple of arrays [n], one per output of its group (XLA computes only these)."""
         if self._batch is None:
-            self._batch = jax.jit(jax.vmap(self._row))
+            self._batch = [jax.jit(jax.vmap(lambda v, g=g: self._row(v, g)))
+                           for g in self._groups()]  # fmt: skip
         return self._batch
 
-    def compile_batch(self, block: int = BLOCK):
-        """The batch program compiled for blocks of `block` rows (cached; `batch` calls it);
-        its `cost_analysis()` counts the FLOPs and bytes of one block."""
+    def compile_batch(self, block: int = BLOCK) -> list:
+        """The batch programs compiled for blocks of `block` rows (cached; `batch` calls
+        them); each one's `cost_analysis()` counts the FLOPs and bytes of one block."""
         if block not in self._compiled:
             spec = jax.ShapeDtypeStruct((block, len(self.vary)), jnp.float32)
-            self._compiled[block] = self.batch_fn().lower(spec).compile()
+            self._compiled[block] = [f.lower(spec).compile() for f in self.batch_fn()]
         return self._compiled[block]
 
     def batch(self, values, *, block: int = BLOCK) -> np.ndarray:
         """`outputs` [n, len(outputs)] of n rows of `vary` values [n, len(vary)], in blocks
-        of `block` rows (one compiled program; the last block is padded)."""
+        of `block` rows (compiled once; the last block is padded)."""
         values = np.asarray(values, np.float32).reshape(-1, len(self.vary))
         n = len(values)
         out = np.empty((n, len(self.outputs)), np.float32)
         block = min(block, max(n, 1))
-        fn = self.compile_batch(block)
+        fns, groups = self.compile_batch(block), self._groups()
         pending = []
         for s in range(0, n, block):
             v = values[s : s + block]
             if len(v) < block:
                 v = np.concatenate([v, np.repeat(v[:1], block - len(v), 0)])
-            pending.append((s, fn(v)))  # asynchronous: the next block is dispatched at once
-        for s, cols in pending:
+            pending.append((s, [fn(v) for fn in fns]))  # asynchronous dispatch
+        for s, results in pending:
             rows = min(block, n - s)
-            for j, c in enumerate(cols):
-                out[s : s + rows, j] = np.asarray(c)[:rows]
+            for g, cols in zip(groups, results, strict=True):
+                for j, c in zip(g, cols, strict=True):
+                    out[s : s + rows, j] = np.asarray(c)[:rows]
         return out
 
 
