@@ -95,18 +95,19 @@ def main() -> None:
     warm = {"warm": scratch / "warm", "old-warm": scratch / "old-warm"}
     base = {k: v for k, v in os.environ.items() if k not in ("EMU_AOT", "EMU_NO_AOT")}
 
-    def env(mode: str, i: int) -> dict:
+    def env(mode: str, tag: str) -> dict:
+        """A cold run gets a cache folder of its own (per case and round)."""
         e = dict(base, PYTHONUNBUFFERED="1")
         if mode.startswith("old"):
             e["EMU_AOT"] = "off"
-        e["XDG_CACHE_HOME"] = str(warm[mode] if mode in warm else scratch / f"{mode}-{i}")
+        e["XDG_CACHE_HOME"] = str(warm[mode] if mode in warm else scratch / f"{mode}-{tag}")
         return e
 
     # prepare the warm caches: executables (EMU_AOT=sync) and JAX's persistent cache
     for case in cases:
-        _timed(EMU + CASES[case], env=dict(env("warm", 0), EMU_AOT="sync"))
+        _timed(EMU + CASES[case], env=dict(env("warm", ""), EMU_AOT="sync"))
         if not args.no_old:
-            _timed(EMU + CASES[case], env=env("old-warm", 0))
+            _timed(EMU + CASES[case], env=env("old-warm", ""))
     times: dict[str, list[float]] = {}
     for r in range(args.rounds):
         for name, cmd in FLOORS.items():
@@ -116,7 +117,7 @@ def main() -> None:
             times.setdefault("calculon", []).append(_timed(calc[0], env=e, cwd=calc[1]))
         for case in cases:
             for mode in modes:
-                t = _timed(EMU + CASES[case], env=env(mode, r))
+                t = _timed(EMU + CASES[case], env=env(mode, f"{case}-{r}"))
                 times.setdefault(f"emu {case} {mode}", []).append(t)
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     ref = statistics.median(times["calculon"]) if "calculon" in times else None
