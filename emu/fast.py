@@ -269,6 +269,8 @@ class _Lowered:
 #: low-priority process for the next run; "eager" only evaluates eagerly; "sync" compiles
 #: and stores it now; "off" is plain `jax.jit` (with JAX's persistent cache)
 AOT_MODES = ("auto", "eager", "sync", "off")
+#: executables loaded or compiled in this process, by key
+_MEM: dict[str, Callable] = {}
 #: a background compilation older than this is presumed dead and may be started again
 _PENDING_S = 600
 
@@ -293,14 +295,16 @@ class aot:  # noqa: N801  (used like jax.jit)
     the backend cannot serialize; a stale, foreign or unloadable file is recompiled (the
     key covers the emu source, the JAX version, the backend and the arguments'
     structure). `fn` must be importable by `name` (module.qualname) for the background
-    compilation."""
+    compilation. `eager=False`: a function called many times per process, or one with
+    loops, that is slower op by op than compiled: on a miss it is compiled and stored now."""
 
-    def __init__(self, fn: Callable, *, name: str | None = None, folder: Path | None = None):
-        self._fn, self._jit = fn, jax.jit(fn)
+    def __init__(self, fn: Callable, *, name: str | None = None, folder: Path | None = None,
+                 eager: bool = True):  # fmt: skip
+        self._fn, self._jit, self._eager = fn, jax.jit(fn), eager
         self._name = name or f"{fn.__module__}.{getattr(fn, '__qualname__', fn)}"
         self._target = f"{fn.__module__}:{getattr(fn, '__qualname__', '')}"
         self._folder = folder
-        self._mem: dict[str, Callable] = {}
+        self._mem = _MEM  # one executable per key in a process, whichever aot loaded it
 
     def _path(self, key: str) -> Path:
         folder = self._folder or cache_dir("aot")
@@ -373,7 +377,7 @@ class aot:  # noqa: N801  (used like jax.jit)
         if key in self._mem:
             return _Compiled(self._mem[key])
         call = self._load(key, args)
-        if call is None and mode in ("auto", "eager"):
+        if call is None and mode in ("auto", "eager") and self._eager:
             if mode == "auto" and sys.stdout.isatty():
                 self._compile_later(key, args)
             return _Compiled(self._fn)  # eager: not remembered, the file may appear later
@@ -433,7 +437,7 @@ def _compile_job(pending: str) -> None:
         Path(pending).unlink(missing_ok=True)
 
 
-def cache_executables(module, *names: str, plain: tuple[str, ...] = ()) -> None:
+def cache_executables(module, *names: str, plain: tuple[str, ...] = (), eager: bool = True) -> None:
     """Replace each `module.<name>` that is a `jax.jit` function by `aot` of the function it
     wraps (the same program; executables kept on disk), and each of `plain` (a traceable
     function the module calls eagerly, op by op) by `aot` of it. Names that are absent, or
@@ -444,8 +448,8 @@ def cache_executables(module, *names: str, plain: tuple[str, ...] = ()) -> None:
         inner = getattr(f, "__wrapped__", None)
         if inner is None or isinstance(f, aot) or not hasattr(f, "lower"):
             continue
-        setattr(module, name, aot(inner, name=f"{module.__name__}.{name}"))
+        setattr(module, name, aot(inner, eager=eager))  # keyed by the function: shared
     for name in plain:
         f = getattr(module, name, None)
         if callable(f) and not isinstance(f, aot) and not hasattr(f, "lower"):
-            setattr(module, name, aot(f, name=f"{module.__name__}.{name}"))
+            setattr(module, name, aot(f, eager=eager))

@@ -155,7 +155,9 @@ def _fast_start() -> None:
         return
     fast.cache_executables(analysis, "_evaluate")
     # the plan rule's memory probes run op by op otherwise (~20 small programs, ~0.5 s)
-    fast.cache_executables(policy, "_evaluate", "_max_batch", plain=("memory",))
+    fast.cache_executables(policy, plain=("memory",))
+    # the serving batch rule calls these many times (and loops): compiled on a miss
+    fast.cache_executables(policy, "_evaluate", "_max_batch", eager=False)
 
 
 def cmd_run(args) -> None:
