@@ -119,6 +119,9 @@ class Evaluator:
                 f"Evaluator: unknown input '{bad[0]}'; inputs are named system.<path>, "
                 "model.<path> or plan.<path> (see Evaluator.inputs)."
             )
+        bad = [v for v in vary if self._sizes[self.inputs.index(v)] != 1]
+        if bad:
+            raise ValueError(f"Evaluator: vary takes scalar leaves; '{bad[0]}' is an array.")
         self.vary = list(vary)
         self._vary_idx = np.array([self._offsets[self.inputs.index(v)] for v in vary], int)
         self._one = jax.jit(self._flat)
