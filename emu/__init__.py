@@ -13,31 +13,46 @@ pure JAX: jit, vmap and grad all work.
 True
 """
 
-from emu import (
-    collectives,
-    comm,
-    compute,
-    hardware,
-    numerics,
-    objective,
-    parallelism,
-    plan,
-    power,
-    serving,
-    step,
-    struct,
-    topology,
-    units,
-    workload,
-)
-from emu import policy as _policy
-from emu.catalog import list_models, list_systems, load_model, load_system
-from emu.objective import RunResult
-from emu.parallelism import Memory
-from emu.plan import KNOBS, Plan, make_plan, plan_dict, validate_plan
-from emu.step import StepBreakdown, inference_step, train_step
-from emu.topology import System
-from emu.workload import Model
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the names of the signature below, for type checkers and the docs
+    from emu.objective import RunResult
+    from emu.plan import Plan
+    from emu.topology import System
+    from emu.workload import Model
+
+#: submodules, loaded on first use (PEP 562): `import emu` costs nothing until a name is
+#: used, and `emu.cli` or `emu.storage` do not pay for what they do not touch
+_MODULES = (
+    "collectives", "comm", "compute", "hardware", "numerics", "objective", "parallelism",
+    "plan", "power", "serving", "step", "struct", "topology", "units", "workload", "fast",
+)  # fmt: skip
+#: public names -> the module that defines them
+_NAMES = {
+    "list_models": "catalog", "list_systems": "catalog", "load_model": "catalog",
+    "load_system": "catalog", "RunResult": "objective", "Memory": "parallelism",
+    "KNOBS": "plan", "Plan": "plan", "make_plan": "plan", "plan_dict": "plan",
+    "validate_plan": "plan", "StepBreakdown": "step", "inference_step": "step",
+    "train_step": "step", "System": "topology", "Model": "workload",
+}  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name in _MODULES:
+        return importlib.import_module(f"emu.{name}")
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f"emu.{_NAMES[name]}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'emu' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.1.0"
 
@@ -52,7 +67,9 @@ def evaluate(system: System, model: Model, plan: Plan) -> RunResult:
     `jit`, `vmap` or `grad` the inputs are tracers and pass through unchecked (traced code
     never raises; validate plans on the host, or read `RunResult.feasible`).
     """
-    return _policy.checked_evaluate(system, model, plan)
+    from emu import policy
+
+    return policy.checked_evaluate(system, model, plan)
 
 
 __all__ = [
@@ -88,4 +105,5 @@ __all__ = [
     "topology",
     "units",
     "workload",
+    "fast",
 ]

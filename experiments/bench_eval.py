@@ -1,8 +1,22 @@
 """Benchmark: evaluations per second of the emulator (jit + vmap on CPU).
 
-    python experiments/bench_eval.py [--max 1e6]
+    python experiments/bench_eval.py [--max 1e6] [--sections one,batch,train,grad,scale]
 
-Three tables, on GB200 NVL72 clusters:
+`one` and `batch` come first (issue 17's figures, printed side by side in one run):
+0. `one`: one configuration (GPT-3 175B on 1,024 A100, the plan rule's plan): one call of
+   `jax.jit(emu.objective.evaluate)` on the three pytrees, one call of the packed
+   `emu.fast.Evaluator` (one flat float32 vector in, the full RunResult as one vector out),
+   and llm-analysis's `train` on a GPT-3 175B configuration (if installed:
+   `pip install 'cluster-emu[bench]'`); median of 200 calls each, with the ratios.
+1. `batch`: the packed batch program (`emu.fast.Evaluator.batch`, system and model folded
+   in as constants, the plan knobs per row) over every valid Llama 3 70B training plan on
+   144 GB200 GPUs, with the full result (every RunResult leaf), the four columns a sweep's
+   merge needs, and the step time alone: configurations per second, FLOPs per
+   configuration from XLA's `compiled.cost_analysis()`, the cores' measured float32 FMA
+   rate (a 2048^2 matmul, jax and numpy, all cores) and the fraction of that arithmetic
+   limit reached.
+
+Then, on GB200 NVL72 clusters:
 1. The training model (Llama 3 70B, random TP/PP/DP/micro-batch/ZeRO/recompute/SP plans)
    and the decode model (DeepSeek-R1, random TP/EP/batch/context plans): for batches of
    1 to `--max` plans, compile time, the steady wall time of one vmapped call (best of 3),
@@ -23,9 +37,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emu import fast, policy
 from emu.catalog import load_model, load_system
 from emu.objective import evaluate
 from emu.parallelism import make_plan
+from emu.search import COLUMNS, KNOBS, Problem, Space, plan_of
 from emu.struct import replace, set_path
 
 
@@ -84,13 +100,129 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _median_us(fn, n: int = 200, q: float = 50) -> float:
+    fn()
+    times = []
+    for _ in range(n):
+        s = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - s)
+    return 1e6 * float(np.percentile(times, q))
+
+
+def _llm_analysis_us() -> float | None:
+    """One llm-analysis `train` call on GPT-3 175B (TP 8, PP 8, DP 16), median of 20."""
+    try:
+        import logging
+
+        from llm_analysis.analysis import train
+    except ImportError:
+        return None
+    logging.disable(logging.WARNING)
+    kw = dict(model_name="megatron-lm-175b", gpu_name="a100-sxm-80gb",
+              dtype_name="w16a16e16", log_level="ERROR", batch_size_per_gpu=1,
+              global_batch_size=1536, seq_len=2048, activation_recomputation=2, tp_size=8,
+              pp_size=8, dp_size=16, total_num_gpus=1024, flash_attn=False)  # fmt: skip
+    return _median_us(lambda: train(**kw), n=20)
+
+
+def section_one() -> None:
+    print("\n0. one configuration: GPT-3 175B on 1,024 A100 (plan rule), median of 200 calls")
+    system, model = load_system("dgx_a100"), load_model("gpt3_175b")
+    plan = policy.auto_plan(system, model, 1024)
+    jitted = jax.jit(evaluate)
+    t_jit = _median_us(lambda: jax.block_until_ready(jitted(system, model, plan)))
+    ev = fast.Evaluator(system, model, plan)
+    x = jnp.asarray(ev.pack(system, model, plan))
+    t_fast = _median_us(lambda: np.asarray(ev(x)))
+    t_res = _median_us(lambda: ev.result(x))
+    t_la = _llm_analysis_us()
+    t_fast10 = _median_us(lambda: np.asarray(ev(x)), n=1000, q=10)
+    print(f"{'path':52} {'us/call':>9}")
+    print(f"{'jax.jit(evaluate)(system, model, plan), full RunResult':52} {t_jit:9.1f}")
+    print(f"{'emu.fast.Evaluator: packed in, full result vector out':52} {t_fast:9.1f}")
+    print(f"{'  the same, 10th percentile of 1000 (a quiet machine)':52} {t_fast10:9.1f}")
+    print(f"{'emu.fast.Evaluator.result: the same, as a RunResult':52} {t_res:9.1f}")
+    if t_la is not None:
+        print(f"{'llm-analysis train() (GPT-3 175B, one call)':52} {t_la:9.1f}")
+        print(f"ratios: packed {t_jit / t_fast:.1f}x faster than jit on pytrees; "
+              f"{t_la / t_fast:.0f}x faster than llm-analysis (jit on pytrees: "
+              f"{t_la / t_jit:.1f}x)")  # fmt: skip
+    else:
+        print(f"ratio: packed {t_jit / t_fast:.1f}x faster than jit on pytrees "
+              "(llm-analysis not installed: pip install 'cluster-emu[bench]')")  # fmt: skip
+
+
+def fma_rate() -> tuple[float, float]:
+    """float32 FLOP/s of a 2048^2 matmul on every core: (jax, numpy)."""
+    a = np.random.default_rng(0).random((2048, 2048), np.float32)
+    aj = jnp.asarray(a)
+    mm = jax.jit(lambda x: x @ x)
+    t_j = _median_us(lambda: jax.block_until_ready(mm(aj)), n=10) * 1e-6
+    t_n = _median_us(lambda: a @ a, n=10) * 1e-6
+    flops = 2 * 2048**3
+    return flops / t_j, flops / t_n
+
+
+def section_batch() -> None:
+    print("\n1. batches (emu.fast.Evaluator.batch): every Llama 3 70B training plan on 144 "
+          "GB200, system and model folded in")  # fmt: skip
+    system, model = load_system("gb200_nvl72"), load_model("llama3_70b")
+    problem = Problem("gb200_nvl72", "llama3_70b", 144, seq_len=8192)
+    space = Space(system, model, problem, None)
+    rows = np.column_stack([space.plans, space.gb]).astype(np.float32)
+    base = plan_of(problem, space.describe([0], np.zeros((1, len(COLUMNS))))[0])
+    n = 1 << 20
+    rows = rows[np.arange(n) % len(rows)]
+    vary = [f"plan.{name}" for name in KNOBS] + ["plan.global_batch"]
+    rate_j, rate_n = fma_rate()
+    peak = max(rate_j, rate_n)
+    print(f"FMA rate of the cores (float32 matmul): jax {rate_j:.3g} FLOP/s, numpy "
+          f"{rate_n:.3g} FLOP/s; the limit below uses {peak:.3g}")  # fmt: skip
+    print(f"{'outputs':24} {'compile_s':>9} {'configs/s':>10} {'FLOPs/cfg':>9} "
+          f"{'B moved/cfg':>11} {'limit/s':>9} {'of limit':>8}")  # fmt: skip
+    merge = ("feasible", "tokens_per_s", "power_w", "tokens_per_joule")
+    for label, outputs in (("full result (all)", None), ("sweep merge (4)", merge),
+                           ("step time only", ("step_time_s",))):  # fmt: skip
+        ev = fast.Evaluator(system, model, base, outputs=outputs, vary=vary)
+        t0 = time.perf_counter()
+        compiled = ev.compile_batch()  # one program per output up to fast.SPLIT outputs
+        compile_s = time.perf_counter() - t0
+        flops = moved = 0.0
+        for c in compiled:
+            ca = c.cost_analysis()
+            ca = ca[0] if isinstance(ca, list) else ca
+            flops += float(ca.get("flops", 0.0)) / fast.BLOCK
+            moved += float(ca.get("bytes accessed", 0.0)) / fast.BLOCK
+        ev.batch(rows[: 2 * fast.BLOCK])  # warm
+        t = min(_timed_once(lambda e=ev: e.batch(rows)) for _ in range(3))
+        per_s = n / t
+        limit = peak / max(flops, 1.0)
+        print(f"{label:24} {compile_s:9.2f} {per_s:10.3g} {flops:9.0f} {moved:11.0f} "
+              f"{limit:9.3g} {100 * per_s / limit:7.1f}%", flush=True)  # fmt: skip
+
+
+def _timed_once(fn) -> float:
+    s = time.perf_counter()
+    fn()
+    return time.perf_counter() - s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max", type=float, default=1e6, help="largest batch (default 1e6)")
+    ap.add_argument("--sections", default="one,batch,train,grad,scale")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s)")
+    if "one" in sections:
+        section_one()
+    if "batch" in sections:
+        section_batch()
+    if not sections & {"train", "grad", "scale"}:
+        return
     system = load_system("gb200_nvl72")
     system = set_path(system, "tiers.scale_out.domain_chips", 1e6)  # room for 1e6 chips
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s)")
     sizes = [10**k for k in range(int(np.log10(args.max)) + 1)]
 
     print("\n1. evaluations per second (jit + vmap)")

@@ -1,6 +1,6 @@
 """Benchmark: exhaustive sweep throughput and memory (dense training model, CPU).
 
-    python experiments/bench_sweep.py [--sizes 1e5,1e6,1e7,4e7]
+    python experiments/bench_sweep.py [--sizes 1e5,1e6,1e7,4e7] [--columns all,merge]
 
 Sweeps every valid Llama 3 70B training plan on 144 GB200 NVL72 GPUs times a grid of HBM
 and NVLink bandwidths sized to reach each target, streaming chunks (2^18 configurations,
@@ -10,7 +10,10 @@ end to end (enumeration, the one compilation, evaluation, checksummed chunk writ
 merge), configurations per second end to end, the steady rate after the first chunk
 (compilation excluded), and peak RSS. With --cached the children use JAX's persistent
 compilation cache (as `emu sweep` does), so a repeated sweep of the same shape skips
-compilation; without it every child compiles from scratch.
+compilation; without it every child compiles from scratch. `--columns` runs each size
+with every output column (`all`, 12 per configuration) and with only the four the merge
+needs (`merge`: objective, feasible, tokens/s, watts; `emu.search.sweep(columns=())`), side
+by side: the outputs a sweep does not ask for are neither computed nor stored.
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ a = max(1, int(g ** 0.5)); b = max(1, g // a)
 grid = {"chip.hbm_bytes_per_s": list(np.geomspace(4e12, 16e12, a)),
         "tiers.nvlink.bytes_per_s": list(np.geomspace(4e11, 1.8e12, b))}
 chunk = 1 << 18
+columns = None if sys.argv[3] == "all" else ()
 with tempfile.TemporaryDirectory() as d:
     t = time.perf_counter()
-    r = sweep(system, model, problem, d, grid=grid, chunk=chunk)
+    r = sweep(system, model, problem, d, grid=grid, chunk=chunk, columns=columns)
     wall = time.perf_counter() - t
 n = r.evaluations
 steady = (n - min(n, chunk)) / max(wall - r.first_chunk_s, 1e-9) if n > chunk else None
@@ -55,18 +59,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1e5,1e6,1e7,4e7")
     ap.add_argument("--cached", action="store_true", help="use the compilation cache")
+    ap.add_argument("--columns", default="all,merge", help="all and/or merge (default both)")
     args = ap.parse_args()
     print(
-        f"{'configurations':>15} {'wall_s':>8} {'configs/s':>11} {'first_chunk_s':>14} "
-        f"{'steady/s':>10} {'peak_rss_MB':>12}"
+        f"{'columns':>8} {'configurations':>15} {'wall_s':>8} {'configs/s':>11} "
+        f"{'first_chunk_s':>14} {'steady/s':>10} {'peak_rss_MB':>12}"
     )
     env = dict(os.environ)
     with tempfile.TemporaryDirectory() as cache:
         if not args.cached:  # a private, empty cache: every child compiles from scratch
             env["XDG_CACHE_HOME"] = cache
-        for size in args.sizes.split(","):
+        for size, cols in [(s, c) for s in args.sizes.split(",") for c in args.columns.split(",")]:
             out = subprocess.run(
-                [sys.executable, "-c", CHILD, size, "1" if args.cached else "0"],
+                [sys.executable, "-c", CHILD, size, "1" if args.cached else "0", cols],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -75,7 +80,7 @@ def main() -> None:
             d = json.loads(out.stdout.strip().splitlines()[-1])
             steady = f"{d['steady_per_s']:10.3g}" if d["steady_per_s"] else f"{'-':>10}"
             print(
-                f"{d['configurations']:15d} {d['wall_s']:8.2f} {d['per_s']:11.3g} "
+                f"{cols:>8} {d['configurations']:15d} {d['wall_s']:8.2f} {d['per_s']:11.3g} "
                 f"{d['first_chunk_s']:14.2f} {steady} {d['peak_rss_mb']:12.0f}",
                 flush=True,
             )

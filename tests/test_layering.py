@@ -1,7 +1,7 @@
 """STYLE.md "The house": data flows one way. A module imports only from modules to its left:
 core modules in their fixed order and never a host module; host modules in the
-order catalog <- costs_catalog <- storage, advice <- policy <- analysis <- validation <- calibration
-<- search <- cli.
+order catalog <- costs_catalog <- storage, advice, fast <- policy <- analysis <- validation
+<- calibration <- search <- cli.
 Private submodules of a host package count as the package. Experiments import only public
 names."""
 
@@ -36,7 +36,7 @@ CORE = [
 #: host layers, left to right; modules of one layer may import each other in the listed order
 HOST = [
     ("overrides", "catalog", "costs_catalog"),
-    ("storage", "advice"),
+    ("storage", "advice", "fast"),
     ("policy",),
     ("analysis",),
     ("validation",),

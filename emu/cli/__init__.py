@@ -30,7 +30,14 @@ from emu.cli._commands import (
 from emu.cli._parser import CliError, build_parser
 from emu.cli._progress import configure as configure_progress
 from emu.cli._search_commands import cmd_search, cmd_sweep
-from emu.program.cli import run_program_cli
+
+
+def run_program_cli(args):
+    """`emu program` (emu.program.cli), imported only when that command runs (~0.1 s)."""
+    from emu.program.cli import run_program_cli as run
+
+    return run(args)
+
 
 __all__ = ["main"]
 

@@ -5,7 +5,7 @@ emu.cli._render."""
 
 from __future__ import annotations
 
-from emu import analysis, catalog, policy, storage
+from emu import analysis, catalog, fast, policy, storage
 from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
 from emu.cli import _render_catalog as render_catalog
@@ -131,15 +131,38 @@ def _check_finite(d: dict, prefix: str = "") -> None:
             )
 
 
-def _compiling(system: str, model: str) -> str:
+def _compiling(system: str, model: str, *, compiles: str = "") -> str:
+    """The spinner's text: run/compare evaluate a new shape eagerly (emu.fast.aot); the
+    other commands (`compiles` says what they add) compile it."""
+    if compiles:
+        return (
+            f"compiling and evaluating {system} / {model}{compiles} (a new shape compiles "
+            "once, 10-30 s; cached afterwards)"
+        )
     return (
-        f"compiling and evaluating {system} / {model} (a new shape compiles once, 10-30 s; "
-        "cached afterwards)"
+        f"evaluating {system} / {model} (a new shape runs op by op, ~1-3 s, and is compiled "
+        "in the background for the next run)"
     )
 
 
+def _fast_start() -> None:
+    """The compiled evaluations of `analysis.run`, the plan rule and the serving batch rule
+    loaded from disk (`emu.fast.aot`): a repeated `emu run` neither traces, lowers nor
+    compiles them again; before they are on disk, one configuration is evaluated eagerly
+    (faster than compiling it). JAX's persistent cache stays off here: it would only hold
+    tiny programs, and an executable it loads cannot be serialized again on CPU."""
+    if not fast.aot_enabled():
+        storage.enable_compilation_cache()
+        return
+    fast.cache_executables(analysis, "_evaluate")
+    # the plan rule's memory probes run op by op otherwise (~20 small programs, ~0.5 s)
+    fast.cache_executables(policy, plain=("memory",))
+    # the serving batch rule calls these many times (and loops): compiled on a miss
+    fast.cache_executables(policy, "_evaluate", "_max_batch", eager=False)
+
+
 def cmd_run(args) -> None:
-    storage.enable_compilation_cache()
+    _fast_start()
     with render.working(_compiling(args.system, args.model)):
         s = setup(args, args.system)
         price = cost_flags.pricing(args, s.system)  # checked before the run
@@ -150,7 +173,7 @@ def cmd_run(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    storage.enable_compilation_cache()
+    _fast_start()
     names = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not names:
         raise CliError("--systems is empty; give comma-separated system names.")
@@ -171,7 +194,7 @@ def _priced_run(args, name: str) -> dict:
 
 def cmd_sensitivity(args) -> None:
     storage.enable_compilation_cache()
-    with render.working(_compiling(args.system, args.model) + " with gradients"):
+    with render.working(_compiling(args.system, args.model, compiles=" with gradients")):
         s = setup(args, args.system)
         price = cost_flags.pricing(args, s.system)
         if price:  # with cost: one reverse pass through emulator and cost model
@@ -272,7 +295,7 @@ def cmd_serve(args) -> None:
     precision = args.precision or policy.serving_precision(system)
     if args.precision is None:
         notes.append(f"precision: {precision} (the chip's serving format; --precision to change)")
-    with render.working(_compiling(system.name, model.name) + " (prefill and decode)"):
+    with render.working(_compiling(system.name, model.name, compiles=" (prefill and decode)")):
         out, r = _serve(args, system, model, precision)
     out["notes"] = notes + set_note(args)
     out["interval"] = analysis.intervals(

@@ -330,19 +330,28 @@ def _add_search_commands(sub) -> None:
         description="Maximise --objective over the parallel plan (and the --grid topology "
         "knobs) by gradient over a relaxed plan, then round to valid plans and polish them "
         "by a discrete local search (emu.search.gradient_search). Knobs given on the "
-        "command line (--tp 8) stay fixed; --free lists the knobs that vary. The exhaustive "
-        "alternative is `emu sweep` with the same flags.",
+        "command line (--tp 8) stay fixed; --free lists the knobs that vary. On a small "
+        "space (--method auto) it evaluates every configuration instead, and says so; "
+        "`emu sweep` is the resumable, multi-process exhaustive search.",
     )
     _search_args(p)
+    p.add_argument(
+        "--method",
+        choices=("auto", "gradient", "exhaustive"),
+        default="auto",
+        help="auto (default): evaluate every configuration when the space is small enough "
+        "for that to beat the gradient search (emu.search.EXHAUSTIVE_MAX) and no gradient "
+        "flag (--starts, --steps, --seed) is given; the output says which ran",
+    )
     p.add_argument(
         "--starts",
         type=_bounded_int(1, MAX_STARTS),
         help="random starts (default: by the space size)",
     )
     p.add_argument(
-        "--steps", type=_bounded_int(1, MAX_STEPS), default=40, help="optimiser steps per start"
+        "--steps", type=_bounded_int(1, MAX_STEPS), help="optimiser steps per start (default 40)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
 
     p = sub.add_parser(
         "sweep",

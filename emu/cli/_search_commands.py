@@ -14,7 +14,7 @@ from emu.cli._setup import overrides, resolved, set_note, slo
 from emu.overrides import check_unit, parse_value
 from emu.plan import KNOBS
 from emu.plan import knobs as plan_knobs
-from emu.search import Problem, check_grid
+from emu.search import EXHAUSTIVE_MAX, Problem, check_grid
 from emu.struct import info_at
 
 _OUT_SUFFIXES = (".csv", ".parquet")
@@ -222,27 +222,64 @@ def _best_run(system, model, problem, res) -> dict | None:
     return r
 
 
-def _emit_result(args, system, model, problem, res, out, text: str, notes) -> None:
+def _emit_result(args, system, model, problem, res, out, text: str, notes, method=None) -> None:
     best = _best_run(system, model, problem, res)
     obj = {"best": best, **res.to_json(), "out": str(out) if out else None, "notes": notes}
     text += render.best_interval_text(best)
+    if method is not None:
+        obj["method"] = method
     render.emit(args, obj, text + "".join(f"\nnote: {n}" for n in notes))
 
 
+def _method(args, size: int) -> tuple[str, str]:
+    """(method, why) of `emu search`: --method, or by the space's size under auto."""
+    if args.method != "auto":
+        return args.method, f"--method {args.method}"
+    flags = [f for f in ("starts", "steps", "seed") if getattr(args, f) is not None]
+    if flags:
+        return "gradient", f"--{flags[0]} given"
+    if size <= EXHAUSTIVE_MAX:
+        return "exhaustive", (
+            f"auto: {size:,} configurations <= {EXHAUSTIVE_MAX:.0e}, where evaluating every one "
+            "is faster than the gradient search; --method gradient to force it"
+        )
+    return "gradient", f"auto: {size:,} configurations > {EXHAUSTIVE_MAX:.0e}"
+
+
 def cmd_search(args) -> None:
-    from emu.search import gradient_search, write_table
+    import tempfile
+
+    from emu.search import Space, gradient_search, sweep, write_table
 
     storage.enable_compilation_cache()
     system, model, problem, grid, out, notes = search_setup(args)
+    method, why = _method(args, Space(system, model, problem, grid).size)
+    if method == "exhaustive":
+        shown = ["tokens_per_joule", "mfu", "tpot_s", "ttft_s", "usd_per_mtoken"]
+        with tempfile.TemporaryDirectory(prefix="emu-search-") as parts:
+            # the columns the table shows (every column with --out)
+            res = sweep(system, model, problem, parts, grid=grid, top=args.top,
+                        progress=render.sweep_progress(), warn=render.warn,
+                        columns=None if out else shown)  # fmt: skip
+            if out:
+                write_table(res, out)
+        what = (
+            f"exhaustive search: every one of {res.evaluations} configurations "
+            f"({res.feasible} feasible), {res.wall_s:.1f} s ({why})"
+        )
+        notes = [*notes, f"method: exhaustive ({why})"]
+        _emit_result(args, system, model, problem, res, out, render.search_text(res, what),
+                     notes, method="exhaustive")  # fmt: skip
+        return
     res = gradient_search(
         system,
         model,
         problem,
         grid=grid,
         starts=args.starts,
-        steps=args.steps,
+        steps=40 if args.steps is None else args.steps,
         top=args.top,
-        seed=args.seed,
+        seed=0 if args.seed is None else args.seed,
         progress=render.search_progress(),
     )
     if out:
@@ -250,9 +287,10 @@ def cmd_search(args) -> None:
     what = (
         f"gradient search: {res.evaluations} evaluations ({res.gradient_evaluations} "
         f"gradient + {res.exact_evaluations} exact) of a space of {res.space_size}, "
-        f"{res.wall_s:.1f} s"
+        f"{res.wall_s:.1f} s ({why})"
     )
-    _emit_result(args, system, model, problem, res, out, render.search_text(res, what), notes)
+    _emit_result(args, system, model, problem, res, out, render.search_text(res, what), notes,
+                 method="gradient")  # fmt: skip
 
 
 def cmd_sweep(args) -> None:

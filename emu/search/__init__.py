@@ -42,7 +42,7 @@ from emu.search._space import (
     plan_of,
     system_of,
 )
-from emu.search._sweep import CHUNK, pareto_front, sweep
+from emu.search._sweep import CHUNK, EXHAUSTIVE_MAX, MERGE_COLUMNS, pareto_front, sweep
 
 __all__ = [
     "Problem",
@@ -71,5 +71,7 @@ __all__ = [
     "RELAXED",
     "CATEGORICAL",
     "CHUNK",
+    "EXHAUSTIVE_MAX",
+    "MERGE_COLUMNS",
     "TOPOLOGY_RANGES",
 ]

@@ -10,7 +10,7 @@ import math
 import jax
 import numpy as np
 
-from emu.search._evaluate import make_eval
+from emu.search._evaluate import gather, make_eval
 from emu.search._space import Space
 
 
@@ -29,7 +29,7 @@ class Exact:
         for s in range(0, len(new), self.BATCH):
             part = np.asarray(new[s : s + self.BATCH], np.int64)
             pad = np.concatenate([part, np.full(self.BATCH - part.size, part[0])])
-            out = np.concatenate([np.asarray(f) for f in self.fn(pad)])
+            out = gather(self.fn(pad))
             for j, i in enumerate(part):
                 self.values[int(i)] = out[j]
 

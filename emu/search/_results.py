@@ -46,6 +46,7 @@ class SweepResult:
     chunk: int = 0
     signature: str = ""
     merged: bool = True
+    columns: tuple = COLUMNS  # the COLUMNS computed and stored (the others are NaN)
 
     def to_json(self) -> dict:
         """The JSON form (`emu sweep --json` without its `best` run and `out`)."""
@@ -62,9 +63,14 @@ class SweepResult:
                 got = read_record(path, expect=chunk_header(i, rows, self.signature))
             except RecordError:
                 got = None
-            if got is None or got[1]["data"].shape != (rows, len(COLUMNS)):
+            if got is None or got[1]["data"].shape != (rows, len(self.columns)):
                 raise ValueError(f"sweep chunk {i} vanished or changed; rerun the sweep.")
-            yield self.space.table(np.arange(i * self.chunk, i * self.chunk + rows), got[1]["data"])
+            data = got[1]["data"]
+            if tuple(self.columns) != COLUMNS:  # NaN where a column was not computed
+                full = np.full((rows, len(COLUMNS)), np.nan, np.float32)
+                full[:, [COLUMNS.index(c) for c in self.columns]] = data
+                data = full
+            yield self.space.table(np.arange(i * self.chunk, i * self.chunk + rows), data)
 
     def remove_parts(self) -> None:
         """Delete the chunk records (after the table is written): only a killed sweep needs

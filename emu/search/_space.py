@@ -55,6 +55,11 @@ def _pick(problem: Problem, knob: str, values) -> list[int]:
     return [x for x in values if x == v]
 
 
+def _divisors_upto(n: int, cap: int) -> list[int]:
+    """The divisors of n that are <= cap, ascending."""
+    return [d for d in divisors(n) if d <= cap]
+
+
 def _serving_rows(problem: Problem, chips: int, tp: int, experts: int) -> list[tuple]:
     """Prefill/decode plans at one tp: dp = chips / tp, ep dividing the experts and the
     chips, batch per DP rank a power of two up to 64 (prefill) or 4096 (decode)."""
@@ -73,7 +78,10 @@ def _training_rows(problem: Problem, model: Model, chips: int, tp: int) -> list[
     """Training plans at one tp (see `enumerate_plans`)."""
     layers, experts = int(model.n_layers), int(model.n_experts)
     rows = []
-    cps = [c for c in _pow2_upto(16) if not (problem.seq_len % c or chips % (tp * c))]
+    # Megatron-LM's rules: any cp dividing the sequence (here up to 16), any pp dividing the
+    # layers, any micro-batch dividing the batch per DP rank, any vpp dividing the layers
+    # per stage (interleaving needs pp > 1)
+    cps = [c for c in _divisors_upto(problem.seq_len, 16) if not chips % (tp * c)]
     for cp in _pick(problem, "cp", cps):
         pps = [p for p in divisors(chips // (tp * cp)) if layers % p == 0]
         for pp in _pick(problem, "pp", pps):
@@ -82,8 +90,8 @@ def _training_rows(problem: Problem, model: Model, chips: int, tp: int) -> list[
             if gb % dp:
                 continue
             eps = [e for e in divisors(experts) if (tp * dp * cp) % e == 0] if experts else [1]
-            mbs = [m for m in _pow2_upto(gb // dp) if (gb // dp) % m == 0]
-            vpps = [v for v in (1, 2, 4) if v == 1 or (pp > 1 and layers % (pp * v) == 0)]
+            mbs = divisors(gb // dp)
+            vpps = divisors(layers // pp) if pp > 1 else [1]
             sps = [0] if tp == 1 else _pick(problem, "sp", _choices("sp"))
             rows.extend(
                 (tp, pp, dp, cp, *rest)
@@ -102,11 +110,12 @@ def _training_rows(problem: Problem, model: Model, chips: int, tp: int) -> list[
 def enumerate_plans(system: System, model: Model, problem: Problem) -> np.ndarray:
     """Every valid discrete plan as rows of KNOBS (float32 array [N, len(KNOBS)]).
 
-    Training: tp a power of two dividing the heads (and the KV heads or vice versa) within
-    the innermost tier; cp a power of two <= 16 dividing seq_len; pp dividing the layers;
+    Every degree the frameworks allow (Megatron-LM's divisibility rules, not only powers
+    of two). Training: tp <= 64 dividing the heads (and the KV heads or vice versa) and the
+    chips, within the innermost tier; cp <= 16 dividing seq_len; pp dividing the layers;
     dp = chips / (tp pp cp); ep dividing the experts and tp dp cp (MoE), else 1; micro-batch
-    a power of two dividing global_batch / dp; vpp in {1, 2, 4} with pp > 1 dividing
-    layers / pp; ZeRO 0-3; recompute none/selective/full; SP with tp > 1 only.
+    dividing global_batch / dp; vpp dividing layers / pp (vpp > 1 only with pp > 1: 3 and 6
+    where the layers allow); ZeRO 0-3; recompute none/selective/full; SP with tp > 1 only.
     Prefill/decode: tp as above, dp = chips / tp (data-parallel attention), ep dividing the
     experts and the chips (MoE), batch per DP rank (`microbatch`) a power of two up to 64
     (prefill) or 4096 (decode); pp = cp = vpp = 1, no ZeRO, recompute or SP.
@@ -121,8 +130,8 @@ def enumerate_plans(system: System, model: Model, problem: Problem) -> np.ndarra
         chips = packages * dies
         tps = [
             t
-            for t in _pow2_upto(min(64, chips, inner))
-            if not (heads % t or (kv % t and t % kv) or chips % t)
+            for t in _divisors_upto(heads, min(64, chips, inner))
+            if not ((kv % t and t % kv) or chips % t)
         ]
         for tp in _pick(problem, "tp", tps):
             if problem.phase != "train":

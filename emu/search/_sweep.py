@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from emu.search._evaluate import make_eval
+from emu.search._evaluate import gather, make_eval
 from emu.search._problem import COLUMNS, Problem, check_budget
 from emu.search._results import SweepResult, chunk_header
 from emu.search._space import Space
@@ -33,6 +33,12 @@ from emu.workload import Model
 
 #: configurations per compiled call (the default chunk)
 CHUNK = 1 << 16
+#: the columns the merge needs (top-k by the objective, Pareto front of tokens/s vs watts)
+MERGE_COLUMNS = ("objective", "feasible", "tokens_per_s", "power_w")
+#: `emu search --method auto` evaluates every configuration of a space up to this size: on 2
+#: CPU cores a sweep compiles in ~5-8 s and then runs ~2e6 configurations/s (bench_sweep),
+#: while the gradient search takes ~10-25 s whatever the size (bench_search)
+EXHAUSTIVE_MAX = 10**7
 #: how long process 0 waits for one chunk of another process
 PEER_CHUNK_TIMEOUT_S = 3600
 
@@ -48,10 +54,32 @@ def pareto_front(tokens_per_s: np.ndarray, power_w: np.ndarray) -> np.ndarray:
     return order[t > prev].astype(np.int64)
 
 
-def _reduce_chunk(data: np.ndarray, offset: int, sign: float, top: int) -> tuple | None:
+def kept_columns(columns) -> tuple[str, ...]:
+    """The COLUMNS a sweep computes and stores: those asked for and MERGE_COLUMNS, in the
+    order of COLUMNS (None: all of them)."""
+    if columns is None:
+        return COLUMNS
+    bad = [c for c in columns if c not in COLUMNS]
+    if bad:
+        raise ValueError(f"sweep: unknown column '{bad[0]}'; known: {', '.join(COLUMNS)}.")
+    return tuple(c for c in COLUMNS if c in set(columns) | set(MERGE_COLUMNS))
+
+
+def full_columns(values: np.ndarray, kept) -> np.ndarray:
+    """Values [n, len(kept)] as [n, len(COLUMNS)], NaN where a column was not computed."""
+    if tuple(kept) == COLUMNS:
+        return values
+    out = np.full((len(values), len(COLUMNS)), np.nan, np.float32)
+    out[:, [COLUMNS.index(c) for c in kept]] = values
+    return out
+
+
+def _reduce_chunk(
+    data: np.ndarray, offset: int, sign: float, top: int, kept=COLUMNS
+) -> tuple | None:
     """(top-k indices, their values, Pareto indices, their values, feasible count) of one
     chunk's feasible rows; indices are flat (offset added)."""
-    fc, tc, pc = COLUMNS.index("feasible"), COLUMNS.index("tokens_per_s"), COLUMNS.index("power_w")
+    fc, tc, pc = (kept.index(c) for c in ("feasible", "tokens_per_s", "power_w"))
     feas = np.nonzero(data[:, fc] > 0.5)[0]
     if not feas.size:
         return None
@@ -77,6 +105,7 @@ class _Chunks:
     signature: str
     sign: float
     top: int
+    kept: tuple = COLUMNS
 
     def rows(self, i: int) -> int:
         return min(self.chunk, self.n - i * self.chunk)
@@ -92,12 +121,12 @@ class _Chunks:
         if got is None:
             return None
         data = got[1].get("data")
-        if data is None or data.shape != (self.rows(i), len(COLUMNS)):
+        if data is None or data.shape != (self.rows(i), len(self.kept)):
             raise RecordError(f"'{self.path(i)}' is corrupt or partial (wrong shape).")
         return data
 
     def reduce(self, i: int, data: np.ndarray) -> tuple | None:
-        return _reduce_chunk(data, i * self.chunk, self.sign, self.top)
+        return _reduce_chunk(data, i * self.chunk, self.sign, self.top, self.kept)
 
     def store(self, i: int, data: np.ndarray) -> tuple | None:
         write_record(self.path(i), {"data": data}, chunk_header(i, self.rows(i), self.signature))
@@ -170,7 +199,7 @@ def _compute(fn, chunks: _Chunks, todo, reduced, *, total, progress, throttle_s,
             current = (i, launch(i)) if i is not None else None
             if pending is not None:
                 pi, fut = pending
-                data = np.concatenate([np.asarray(f) for f in fut])[: chunks.rows(pi)]
+                data = gather(fut)[: chunks.rows(pi)]
                 if first_s is None:
                     first_s = time.perf_counter() - t0
                 writes.append((pi, pool.submit(chunks.store, pi, data)))
@@ -200,12 +229,14 @@ def _merge(space: Space, chunks: _Chunks, reduced: dict, n_chunks: int, num_proc
             n_feasible += nf
     if not cand_idx:
         return [], [], 0
-    tc, pc = COLUMNS.index("tokens_per_s"), COLUMNS.index("power_w")
+    tc, pc = chunks.kept.index("tokens_per_s"), chunks.kept.index("power_w")
     ci, cv = np.concatenate(cand_idx), np.concatenate(cand_val)
     order = np.lexsort((ci, -chunks.sign * cv[:, 0]))[: chunks.top]
     fi, fv = np.concatenate(front_idx), np.concatenate(front_val)
     keep = pareto_front(fv[:, tc], fv[:, pc])
-    return space.describe(ci[order], cv[order]), space.describe(fi[keep], fv[keep]), n_feasible
+    full = lambda v: full_columns(v, chunks.kept)  # noqa: E731
+    top_rows = space.describe(ci[order], full(cv[order]))
+    return top_rows, space.describe(fi[keep], full(fv[keep])), n_feasible
 
 
 def sweep(
@@ -223,13 +254,17 @@ def sweep(
     progress=None,
     warn=None,
     throttle_s: float = 0.0,
+    columns=None,
 ) -> SweepResult:
     """Evaluate every configuration of `problem` (plans x `grid`); chunk records stream to
     `out_dir`/parts-<signature> (see the module doc). `objective` overrides
     `problem.objective`; `progress(done, total, rows)` is called per stored chunk, `warn(msg)`
     for a chunk recomputed; `throttle_s` pauses after each stored chunk (tests kill a sweep
-    mid-way with it)."""
+    mid-way with it). `columns`: the COLUMNS to compute and store besides MERGE_COLUMNS
+    (None: all); the others are neither computed nor moved, and read NaN (None in result
+    rows)."""
     check_budget(top=top, chunk=chunk)
+    kept = kept_columns(columns)
     if objective is not None:
         problem = dataclasses.replace(problem, objective=objective)
     t0 = time.perf_counter()
@@ -240,14 +275,15 @@ def sweep(
     from emu import __version__
 
     key = content_digest(system, model, salt=__version__)
-    sig = problem.signature(f"{size}{json.dumps(space.grid)}{key}")
+    cols = "" if kept == COLUMNS else json.dumps(kept)  # (all columns: the old signature)
+    sig = problem.signature(f"{size}{json.dumps(space.grid)}{key}{cols}")
     parts = Path(out_dir) / f"parts-{sig}"
     try:
         parts.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StorageError(f"cannot create the sweep folder '{parts}': {e.strerror}.") from None
-    chunks = _Chunks(parts, size, n, sig, problem.sign(), top)
-    fn = make_eval(system, model, problem, space, size)
+    chunks = _Chunks(parts, size, n, sig, problem.sign(), top, kept)
+    fn = make_eval(system, model, problem, space, size, columns=kept)
     mine = [i for i in range(n_chunks) if i % num_processes == process_id]
     reduced, todo = _resume(chunks, mine, progress, warn)
     resumed = len(reduced)
@@ -257,7 +293,7 @@ def sweep(
     common = dict(
         problem=problem, objective=problem.objective_name(), space_size=n,
         grid_points=space.n_points, chunks=n_chunks, resumed=resumed, first_chunk_s=first_s,
-        space=space, parts=parts, chunk=size, signature=sig,
+        space=space, parts=parts, chunk=size, signature=sig, columns=kept,
     )  # fmt: skip
     if process_id != 0:
         mine_rows = sum(chunks.rows(i) for i in mine)

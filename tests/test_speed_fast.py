@@ -1,0 +1,152 @@
+"""emu.fast and the sweep space: correctness only (the timings are in experiments/bench_*)."""
+
+import jax
+import numpy as np
+import pytest
+
+import emu
+from emu import fast
+from emu.search import KNOBS, Problem, enumerate_plans, sweep
+
+
+@pytest.fixture(scope="module")
+def nvl72():
+    return emu.load_system("gb200_nvl72")
+
+
+def _close(a, b):
+    return np.allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-5, atol=0)
+
+
+def test_space_has_every_vpp_and_divisor():
+    """GPT-3 175B (96 layers): interleaving 3 and 6 (Calculon's best GPT-3 plan uses 6);
+    micro-batches that are not powers of two where the batch per rank allows them."""
+    system, model = emu.load_system("dgx_a100"), emu.load_model("gpt3_175b")
+    k = enumerate_plans(system, model, Problem("dgx_a100", "gpt3_175b", 1024))
+    col = {n: k[:, KNOBS.index(n)].astype(int) for n in KNOBS}
+    assert {3, 6, 12}.issubset(set(col["vpp"]))
+    per_stage = 96 // col["pp"]
+    assert np.all(per_stage % col["vpp"] == 0) and np.all((col["vpp"] == 1) | (col["pp"] > 1))
+    m70 = emu.load_model("llama3_70b")
+    k70 = enumerate_plans(
+        emu.load_system("gb200_nvl72"), m70, Problem("gb200_nvl72", "llama3_70b", 144)
+    )
+    mb = set(k70[:, KNOBS.index("microbatch")].astype(int))
+    assert mb - {1, 2, 4, 8, 16, 32, 64, 128}  # 3, 6, ... where they divide the batch per rank
+
+
+def test_every_enumerated_plan_passes_the_plan_checks():
+    from emu import policy
+    from emu.search import plan_of
+
+    system, model = emu.load_system("dgx_a100"), emu.load_model("gpt3_175b")
+    problem = Problem("dgx_a100", "gpt3_175b", 1024)
+    k = enumerate_plans(system, model, problem)
+    for i in np.random.default_rng(0).choice(len(k), 40, replace=False):
+        plan = plan_of(problem, dict(zip(KNOBS, k[i].tolist(), strict=True)))
+        policy.check_plan(system, model, plan, 1024)  # raises on an invalid plan
+
+
+def test_packed_evaluator_equals_evaluate(nvl72):
+    model = emu.load_model("llama3_8b")
+    plans = [
+        emu.make_plan(tp=8, dp=9, global_batch=72, seq_len=4096),
+        emu.make_plan(tp=4, pp=2, dp=9, global_batch=144, seq_len=8192, recompute="full"),
+        emu.make_plan(tp=2, pp=4, dp=9, vpp=2, global_batch=288, seq_len=4096, zero=3),
+    ]
+    ev = fast.Evaluator(nvl72, model, plans[0])
+    for p in plans:
+        want = emu.evaluate(nvl72, model, p)
+        got = ev.result(ev.pack(nvl72, model, p))
+        for name, a, b in zip(
+            ev.all_outputs, jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want),
+            strict=True,
+        ):  # fmt: skip
+            assert _close(a, b), (name, a, b)
+    # a subset of outputs: the same numbers
+    sub = fast.Evaluator(nvl72, model, plans[1], outputs=("step_time_s", "memory.total_bytes"))
+    want = emu.evaluate(nvl72, model, plans[1])
+    assert _close(np.asarray(sub()), [want.step_time_s, want.memory.total_bytes])
+
+
+def test_packed_batch_equals_loop(nvl72):
+    model = emu.load_model("llama3_8b")
+    base = emu.make_plan(tp=1, dp=72, global_batch=576, seq_len=4096)
+    ev = fast.Evaluator(
+        nvl72, model, base, outputs=("step_time_s", "tokens_per_joule"),
+        vary=("plan.tp", "plan.dp", "plan.microbatch"),
+    )  # fmt: skip
+    rows = np.array([[1, 72, 1], [2, 36, 2], [4, 18, 4], [8, 9, 8], [8, 9, 1]], np.float32)
+    got = ev.batch(rows, block=4)  # two blocks, the last one padded
+    for r, (tp, dp, mb) in zip(got, rows.tolist(), strict=True):
+        p = emu.make_plan(tp=int(tp), dp=int(dp), microbatch=int(mb), global_batch=576,
+                          seq_len=4096)  # fmt: skip
+        want = emu.evaluate(nvl72, model, p)
+        assert _close(r, [want.step_time_s, want.tokens_per_joule])
+
+
+def test_evaluator_errors_name_the_fix(nvl72):
+    model = emu.load_model("llama3_8b")
+    p = emu.make_plan(tp=8, dp=9, global_batch=72, seq_len=4096)
+    with pytest.raises(ValueError, match="unknown output 'step_time'"):
+        fast.Evaluator(nvl72, model, p, outputs=("step_time",))
+    with pytest.raises(ValueError, match="unknown input 'plan.tpp'"):
+        fast.Evaluator(nvl72, model, p, vary=("plan.tpp",))
+    ev = fast.Evaluator(nvl72, model, p, outputs=("step_time_s",))
+    with pytest.raises(ValueError, match="outputs=None"):
+        ev.result()
+    decode = emu.make_plan(tp=8, dp=9, phase="decode", precision="fp8", zero=0)
+    with pytest.raises(ValueError, match="structure"):
+        ev.pack(nvl72, model, decode)
+
+
+def test_aot_executables_round_trip(tmp_path, nvl72, monkeypatch):
+    """A second `aot` (as a new process would build) loads the executable from disk and
+    returns the same result as jax.jit; a corrupt file is recompiled, not trusted."""
+    from emu.objective import evaluate
+
+    monkeypatch.setenv("EMU_AOT", "sync")
+    model = emu.load_model("llama3_8b")
+    p = emu.make_plan(tp=8, dp=9, global_batch=72, seq_len=4096)
+    want = float(jax.jit(evaluate)(nvl72, model, p).tokens_per_joule)
+    first = fast.aot(evaluate, folder=tmp_path)
+    assert float(first(nvl72, model, p).tokens_per_joule) == want
+    files = list(tmp_path.glob("*.bin"))
+    assert len(files) == 1
+    monkeypatch.setattr(fast, "_MEM", {})  # as in a new process: nothing loaded yet
+    second = fast.aot(evaluate, folder=tmp_path)
+    assert float(second.lower(nvl72, model, p).compile()(nvl72, model, p).tokens_per_joule) == want
+    files[0].write_bytes(b"not a pickle")
+    monkeypatch.setattr(fast, "_MEM", {})
+    third = fast.aot(evaluate, folder=tmp_path)
+    assert float(third(nvl72, model, p).tokens_per_joule) == want
+
+
+def test_aot_without_an_executable_evaluates_eagerly(tmp_path, nvl72, monkeypatch):
+    """Mode "eager" (and "auto" off a terminal): the same numbers as `emu.evaluate`, and
+    nothing compiled or written."""
+    from emu.objective import evaluate
+
+    model = emu.load_model("llama3_8b")
+    p = emu.make_plan(tp=8, dp=9, global_batch=72, seq_len=4096)
+    want = float(emu.evaluate(nvl72, model, p).step_time_s)
+    monkeypatch.setattr(fast, "_MEM", {})
+    for mode in ("eager", "auto"):
+        monkeypatch.setenv("EMU_AOT", mode)
+        a = fast.aot(evaluate, folder=tmp_path)
+        got = a.lower(nvl72, model, p).compile()(nvl72, model, p)
+        assert float(got.step_time_s) == want
+    assert not list(tmp_path.iterdir())
+
+
+def test_sweep_with_fewer_columns_finds_the_same_best(tmp_path, nvl72):
+    model = emu.load_model("llama3_8b")
+    problem = Problem("gb200_nvl72", "llama3_8b", 8, free=("tp", "pp", "microbatch"))
+    full = sweep(nvl72, model, problem, tmp_path / "a")
+    few = sweep(nvl72, model, problem, tmp_path / "b", columns=("mfu",))
+    assert few.columns == ("objective", "feasible", "tokens_per_s", "power_w", "mfu")
+    # another XLA fusion of the same formulas: equal to float32 rounding
+    assert _close([r["objective"] for r in few.top], [r["objective"] for r in full.top])
+    assert {k: few.best[k] for k in KNOBS} == {k: full.best[k] for k in KNOBS}
+    assert _close(few.best["mfu"], full.best["mfu"]) and few.best["step_time_s"] is None
+    assert len(few.pareto) == len(full.pareto)
