@@ -226,11 +226,14 @@ def cache_dir(*parts: str) -> Path:
 
 
 def enable_compilation_cache() -> None:
-    """JAX's persistent compilation cache in `cache_dir("jax")` (quick repeated runs);
-    silently off when the folder cannot be created."""
+    """JAX's persistent compilation cache in `cache_dir("jax")` (quick repeated runs), or in
+    the folder JAX was already given (JAX_COMPILATION_CACHE_DIR, `jax.config`), which is kept:
+    XLA's compile options, and so every cache key, contain the folder's path, so processes
+    share compiled programs only when they name the same folder. Silently off when the folder
+    cannot be created."""
     import jax
 
-    path = cache_dir("jax")
+    path = Path(jax.config.jax_compilation_cache_dir or cache_dir("jax"))
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError:

@@ -1,8 +1,40 @@
+import os
+
 import jax
 import pytest
 
+from emu import storage
+
 # STYLE.md: strict dtype promotion so a stray float64 or int never slips into a computation.
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+# JAX's persistent compilation cache, the one the CLI uses (`$XDG_CACHE_HOME/emu/jax`),
+# switched on here, before the session's first compilation: JAX decides at its first compile
+# whether a process uses the cache (jax._src.compilation_cache.is_cache_used is checked once),
+# so the CLI's own `enable_compilation_cache()` inside an in-process CLI test came too late and
+# every program of the session was compiled from scratch. With it, a program compiled by two
+# jit objects (`analysis._evaluate` and `policy._evaluate`, a test's own `jax.jit(...)`), or by
+# an earlier session or a CLI subprocess, is compiled once. The cache changes only where an
+# executable comes from, not what it computes (its key is the HLO, the compile options and the
+# jax/jaxlib versions).
+storage.enable_compilation_cache()
+#: the folder of that cache. A subprocess shares it only under the same path: the path is part
+#: of every cache key (XLA's compile options name it).
+JAX_CACHE = str(jax.config.jax_compilation_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def shared_jax_cache():
+    """`env(path)` -> the environment of a subprocess whose XDG_CACHE_HOME is the fresh folder
+    `path` (its own sweep and calibration checkpoints) but whose compiled programs come from
+    and go to the session's JAX cache (JAX_COMPILATION_CACHE_DIR, which
+    `storage.enable_compilation_cache` keeps), so a test that starts several `emu` processes on
+    fresh cache folders compiles each program once, not once per process."""
+
+    def env(path) -> dict[str, str]:
+        return {**os.environ, "XDG_CACHE_HOME": str(path), "JAX_COMPILATION_CACHE_DIR": JAX_CACHE}
+
+    return env
 
 
 @pytest.fixture(scope="session")

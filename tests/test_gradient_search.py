@@ -187,9 +187,21 @@ def test_cli_search_json_contract_and_outputs(tmp_path):
         (["--grid", "domain=7.5"], "whole number of chips"),
     ],
 )
-def test_cli_search_bad_input_is_one_line(args, msg):
-    r = _cli("search", "--system", "dgx_h100", "--model", "llama3_8b", "--chips", "16", *args)
-    assert r.returncode == 2 and msg in r.stderr
+def test_cli_search_bad_input_is_one_line(args, msg, capsys):
+    """In-process (`emu.cli.main` is what `python -m emu` runs; a process start costs seconds
+    each); the test below runs one case through a real `python -m emu` process."""
+    from emu.cli import main
+
+    code = main(["search", "--system", "dgx_h100", "--model", "llama3_8b", "--chips", "16", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and msg in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_search_bad_input_is_one_line_in_a_process():
+    r = _cli("search", "--system", "dgx_h100", "--model", "llama3_8b", "--chips", "16",
+             "--free", "tp,foo")  # fmt: skip
+    assert r.returncode == 2 and "--free: unknown knob 'foo'" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 

@@ -2,7 +2,6 @@
 exactly the result of an uninterrupted run; a corrupt checkpoint is reported, not used."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -30,7 +29,7 @@ def rows_file(tmp_path_factory):
     return path
 
 
-def _calibrate(rows_file, cache, *extra, wait=True):
+def _calibrate(rows_file, env, *extra, wait=True):
     cmd = [
         sys.executable,
         "-m",
@@ -45,7 +44,7 @@ def _calibrate(rows_file, cache, *extra, wait=True):
     ]
     p = subprocess.Popen(
         cmd,
-        env={**os.environ, "XDG_CACHE_HOME": str(cache)},
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -57,10 +56,13 @@ def _calibrate(rows_file, cache, *extra, wait=True):
     return json.loads(out), err
 
 
-def test_killed_calibration_resumes_to_the_uninterrupted_result(rows_file, tmp_path):
-    ref, _ = _calibrate(rows_file, tmp_path / "ref-cache")
+def test_killed_calibration_resumes_to_the_uninterrupted_result(
+    rows_file, tmp_path, shared_jax_cache
+):
+    ref, _ = _calibrate(rows_file, shared_jax_cache(tmp_path / "ref-cache"))
     cache = tmp_path / "cache"
-    p = _calibrate(rows_file, cache, "--throttle-s", "0.3", wait=False)
+    env = shared_jax_cache(cache)
+    p = _calibrate(rows_file, env, "--throttle-s", "0.3", wait=False)
     ckpts = cache / "emu" / "calibrate"
     deadline = time.time() + 300
     while time.time() < deadline and not list(ckpts.glob("calibrate-*.npz")):
@@ -71,16 +73,17 @@ def test_killed_calibration_resumes_to_the_uninterrupted_result(rows_file, tmp_p
     assert ckpt, "the run was not checkpointed before the kill"
     header, _ = read_record(ckpt[0])
     assert 0 < header["step"] < 40  # killed mid-way
-    res, _ = _calibrate(rows_file, cache)
+    res, _ = _calibrate(rows_file, env)
     assert res["values"] == ref["values"]
     assert res["loss"] == ref["loss"]
 
 
-def test_corrupt_calibration_checkpoint_is_reported_not_used(rows_file, tmp_path):
-    ref, _ = _calibrate(rows_file, tmp_path / "c1")
+def test_corrupt_calibration_checkpoint_is_reported_not_used(rows_file, tmp_path, shared_jax_cache):
+    env = shared_jax_cache(tmp_path / "c1")
+    ref, _ = _calibrate(rows_file, env)
     ckpt = next((tmp_path / "c1" / "emu" / "calibrate").glob("calibrate-*.npz"))
     ckpt.write_bytes(ckpt.read_bytes()[:200])
-    res, err = _calibrate(rows_file, tmp_path / "c1")
+    res, err = _calibrate(rows_file, env)
     assert "corrupt or partial" in err
     assert res["values"] == ref["values"]
 

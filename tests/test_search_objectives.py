@@ -48,10 +48,18 @@ def test_every_objective_runs_under_jit_vmap_and_grad(setup, phase):
     plans = emu.struct.stack([plan, emu.struct.replace(plan, seq_len=jnp.float32(2048))])
     batch = np.asarray(jax.jit(jax.vmap(values, in_axes=(None, 0)))(system, plans))
     np.testing.assert_allclose(batch[0], one, rtol=1e-6)
-    jac = jax.jit(jax.jacrev(lambda s: jnp.log(values(s, plan))))(system)
-    rows = np.concatenate(
-        [np.asarray(x).reshape(len(objs), -1) for x in jax.tree_util.tree_leaves(jac)], axis=1
-    )
+
+    # The Jacobian row by row: one reverse pass per objective (the cotangent e_i), through one
+    # compiled VJP. Same rows as jax.jacrev (which vmaps this VJP over the basis), at half the
+    # compile time of the vmapped program.
+    @jax.jit
+    def row(s, cotangent):
+        _, pull = jax.vjp(lambda s: jnp.log(values(s, plan)), s)
+        (g,) = pull(cotangent)
+        return jnp.concatenate([jnp.ravel(x) for x in jax.tree_util.tree_leaves(g)])
+
+    eye = np.eye(len(objs), dtype=np.float32)
+    rows = np.stack([np.asarray(row(system, e)) for e in eye])
     assert np.all(np.isfinite(rows))
     for o, row in zip(objs, rows, strict=True):
         assert np.abs(row).max() > 0, f"{o.name} ({phase}) has no gradient in the system"

@@ -164,3 +164,22 @@ def test_cache_dir_follows_xdg_cache_home(tmp_path, monkeypatch):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert storage.cache_dir() == tmp_path / "home" / ".cache" / "emu"
+
+
+def test_compilation_cache_keeps_a_folder_jax_was_given(tmp_path, monkeypatch):
+    """JAX_COMPILATION_CACHE_DIR (or jax.config) wins over cache_dir("jax"): the folder's path
+    is part of every cache key, so a process must be able to name the folder it shares."""
+    import jax
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "given"))
+        storage.enable_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "given")
+        assert (tmp_path / "given").is_dir() and not (tmp_path / "xdg").exists()
+        jax.config.update("jax_compilation_cache_dir", None)
+        storage.enable_compilation_cache()  # nothing given: the user's cache folder
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xdg" / "emu" / "jax")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
