@@ -175,7 +175,8 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
 
 def _default_tp(system: System, model: Model, chips: int, *, cp: int, dp, pp) -> int:
     """The largest power of two <= 8 dividing the heads (and the KV heads, or vice versa)
-    inside the innermost tier and the chips left by cp (and dp, pp when given)."""
+    inside the scale-up node (node_tier, in ranks) and the ranks left by cp (and dp, pp when
+    given)."""
     heads, kv = _int(model.n_heads), _int(model.n_kv_heads)
     inner = _int(node_tier(system).domain_chips) * _dies(system)
     free = chips // cp if chips % cp == 0 else 1
@@ -421,8 +422,8 @@ def with_largest_batch(
 ) -> Plan:
     """`plan` (prefill or decode) with the batch per DP rank of `largest_batch`. With
     `widen_tp` (TP left to the rule), when even batch 1 misses the SLO at the plan's TP, the
-    smallest TP in 2, 4, 8 (dp shrinking to keep the ranks) whose batch 1 meets it: one long
-    prompt split over a few ranks, as prefill deployments do."""
+    smallest TP in 2, 4, 8 (dp shrinking to keep the ranks) whose batch 1 meets it (prefill:
+    one long prompt split over a few ranks, as prefill deployments do; decode likewise)."""
     if not (slo_s > 0 and math.isfinite(slo_s)):
         raise ValueError(f"the SLO must be a positive number of seconds (got {slo_s}).")
     try:

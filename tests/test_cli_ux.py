@@ -242,3 +242,14 @@ def test_readme_commands_parse():
 def test_readme_commands_need_no_shared_folder():
     """A fresh clone has no ../shared: `emu validate` uses the shipped measurement set."""
     assert not [c for c in _readme_commands() if "../shared" in c]
+
+
+def test_exhaustive_search_table_counts_chips_not_dies(capsys):
+    """The exhaustive path computes only the table's columns; the chips column used to read
+    a column it had not computed (TypeError) and, before that, counted ranks (dies)."""
+    args = ["search", "--system", "cloudmatrix384", "--model", "llama3_8b", "--chips", "4"]
+    code, out, err = run_cli(capsys, *args, "--phase", "decode")
+    assert code == 0, err
+    assert out.startswith("exhaustive search: every one of")
+    first = next(line for line in out.splitlines() if line.startswith("1 "))
+    assert first.split()[1] == "4"  # 4 chips = 8 dies

@@ -301,6 +301,7 @@ def cmd_serve(args) -> None:
     out["interval"] = analysis.intervals(
         {"tokens_per_s": out["tokens_per_s"], "tpot_s": out["tpot_s"]},
         analysis.interval_group(system, "decode"),
+        uncalibrated=tuple(catalog.uncalibrated(system)),
     )
     text = render.serve_text(out, (args.prefill_chips, args.decode_chips))
     if price:  # the deployment per output token; each instance per token it makes

@@ -346,10 +346,8 @@ def serve_text(d: dict, chips: tuple[int, int]) -> str:
     return lead + head + table(rows, ["quantity", "value"]) + plans + ivs + notes
 
 
-def _search_row(r: dict, names, serving: bool, lat: str | None) -> list[str]:
-    chips = r["tp"] * r["pp"] * r["dp"] * r["cp"]  # ranks; packages where a chip has dies
-    if r.get("tokens_per_s_per_chip", 0) > 0 and r.get("tokens_per_s", 0) > 0:
-        chips = round(r["tokens_per_s"] / r["tokens_per_s_per_chip"])
+def _search_row(r: dict, names, serving: bool, lat: str | None, dies: int = 1) -> list[str]:
+    chips = r["tp"] * r["pp"] * r["dp"] * r["cp"] // dies  # packages (plans count ranks)
     row = [*[f"{r[n]:g}" for n in names], f"{chips}"]
     if serving:
         row += [f"{r['tp']}/{r['dp']}/{r['ep']}", f"{r['microbatch']}"]
@@ -383,7 +381,7 @@ def _num(x) -> str:
     return "-" if x is None else f"{x:.4g}"
 
 
-def search_text(res, what: str) -> str:
+def search_text(res, what: str, dies: int = 1) -> str:
     """The top configurations of a SweepResult or SearchResult (feasible ones only, best
     first), under the line `what`: chips, the plan, the latency against its SLO (serving)."""
     names, pr = res.space.names, res.problem
@@ -394,7 +392,7 @@ def search_text(res, what: str) -> str:
         lat = None
     priced = getattr(pr, "cost", None) is not None  # --region: USD per M tokens
     rows = [
-        [str(i + 1), *_search_row(r, names, serving, lat)]
+        [str(i + 1), *_search_row(r, names, serving, lat, dies)]
         + ([_num(r["usd_per_mtoken"])] if priced else [])
         for i, r in enumerate(res.top)
     ]

@@ -268,8 +268,8 @@ def cmd_search(args) -> None:
             f"({res.feasible} feasible), {res.wall_s:.1f} s ({why})"
         )
         notes = [*notes, f"method: exhaustive ({why})"]
-        _emit_result(args, system, model, problem, res, out, render.search_text(res, what),
-                     notes, method="exhaustive")  # fmt: skip
+        text = render.search_text(res, what, _dies(system))
+        _emit_result(args, system, model, problem, res, out, text, notes, method="exhaustive")
         return
     res = gradient_search(
         system,
@@ -289,8 +289,8 @@ def cmd_search(args) -> None:
         f"gradient + {res.exact_evaluations} exact) of a space of {res.space_size}, "
         f"{res.wall_s:.1f} s ({why})"
     )
-    _emit_result(args, system, model, problem, res, out, render.search_text(res, what), notes,
-                 method="gradient")  # fmt: skip
+    text = render.search_text(res, what, _dies(system))
+    _emit_result(args, system, model, problem, res, out, text, notes, method="gradient")
 
 
 def cmd_sweep(args) -> None:
@@ -327,7 +327,8 @@ def cmd_sweep(args) -> None:
         f"{res.wall_s:.2f} s"
     )
     text = (
-        render.search_text(res, what) + f"\nPareto front (tokens/s vs W): {len(res.pareto)} plans"
+        render.search_text(res, what, _dies(system))
+        + f"\nPareto front (tokens/s vs W): {len(res.pareto)} plans"
     )
     _emit_result(args, system, model, problem, res, out, text, notes)
 
@@ -337,3 +338,8 @@ def _remove_if_empty(folder: Path) -> None:
         folder.rmdir()
     except OSError:
         pass  # another sweep's chunks are still there
+
+
+def _dies(system) -> int:
+    """Ranks per chip (2 on a CloudMatrix 384): the search table counts packages."""
+    return int(round(float(system.chip.dies_per_chip)))

@@ -112,7 +112,8 @@ def enumerate_plans(system: System, model: Model, problem: Problem) -> np.ndarra
 
     Every degree the frameworks allow (Megatron-LM's divisibility rules, not only powers
     of two). Training: tp <= 64 dividing the heads (and the KV heads or vice versa) and the
-    chips, within the innermost tier; cp <= 16 dividing seq_len; pp dividing the layers;
+    chips, within the scale-up node (node_tier, in ranks); cp <= 16 dividing seq_len; pp
+    dividing the layers;
     dp = chips / (tp pp cp); ep dividing the experts and tp dp cp (MoE), else 1; micro-batch
     dividing global_batch / dp; vpp dividing layers / pp (vpp > 1 only with pp > 1: 3 and 6
     where the layers allow); ZeRO 0-3; recompute none/selective/full; SP with tp > 1 only.
