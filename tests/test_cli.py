@@ -1,20 +1,5 @@
-import json
-
 import pytest
-
-from emu.cli import main
-
-
-def run_cli(capsys, *args):
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_json(capsys, *args):
-    code, out, err = run_cli(capsys, *args, "--json")
-    assert code == 0, err
-    return json.loads(out)
+from _cli import run_cli, run_json
 
 
 def test_list_and_fields(capsys):

@@ -3,28 +3,16 @@ default flags, each system's own precision, infeasibility first, warnings, notes
 what was chosen, units and spellings, a user's own hardware, and output that shows what
 matters."""
 
-import json
+from functools import partial
 from pathlib import Path
 
 import pytest
-
-from emu.cli import main
+from _cli import run_cli
+from _cli import run_json as _run_json
 
 ROOT = Path(__file__).resolve().parents[1]
 TPU = str(ROOT / "examples" / "tpu_like.toml")
-
-
-def run_cli(capsys, *args):
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_json(capsys, *args):
-    code, out, err = run_cli(capsys, *args, "--json")
-    assert code == 0, err
-    assert err == ""  # --json: no progress, no notes on stderr
-    return json.loads(out)
+run_json = partial(_run_json, quiet=True)  # --json: nothing on stderr
 
 
 @pytest.mark.parametrize("phase", ["decode", "prefill"])

@@ -2,26 +2,12 @@
 serve, sensitivity, sweep and list; the capital/energy split in JSON and text; the
 SemiAnalysis cross-check through the JSON path; bad input as one line and exit 2."""
 
-import json
 import math
 
 import pytest
-
-from emu.cli import main
+from _cli import run_cli, run_json
 
 SMALL = ["--system", "gb200_nvl72", "--model", "llama3_8b", "--seq-len", "4096"]
-
-
-def run_cli(capsys, *args):
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run_json(capsys, *args):
-    code, out, err = run_cli(capsys, *args, "--json")
-    assert code == 0, err
-    return json.loads(out)
 
 
 def _check_block(r: dict) -> None:

@@ -1,22 +1,14 @@
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _cli import run_json
 
 import emu
 from emu.cli import main
 from emu.objective import evaluate, max_batch_under_slo
 from emu.struct import float_leaves, set_path
 from emu.workload import kv_cache_bytes_per_token, params_active, params_total
-
-
-def run_json(capsys, *args):
-    code = main([*args, "--json"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    return json.loads(out)
 
 
 def test_deepseek_v3_parameter_counts():
