@@ -42,7 +42,9 @@ def diagnose(run: dict, *, slo_s: float | None = None) -> tuple[list[str], list[
     serving = run["phase"] != "train"
     if not run["feasible"] and used > cap:
         fix = "; " + _memory_fixes(plan, serving)
-        reasons.append(f"out of memory: {_gb(used)} of {_gb(cap)} per chip{fix}.")
+        multi_die = run.get("n_ranks", run.get("n_chips")) != run.get("n_chips")
+        per = "per die" if multi_die else "per chip"
+        reasons.append(f"out of memory: {_gb(used)} of {_gb(cap)} {per}{fix}.")
     if slo_s is not None and serving:
         lat, what = (run["tpot_s"], "TPOT") if run["phase"] == "decode" else (run["ttft_s"], "TTFT")
         if lat is not None and lat > slo_s:

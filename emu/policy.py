@@ -390,7 +390,8 @@ def largest_batch(system: System, model: Model, plan: Plan, slo_s: float) -> int
         lowp = " use an 8-bit precision," if plan.precision in ("bf16", "fp16") else ""
         raise ValueError(
             f"even batch 1 does not fit in HBM on {system.name} ({_gb(used)} of {_gb(cap)} "
-            f"per chip for the weights and KV cache at tp={_int(plan.tp)}, ep={_int(plan.ep)}):"
+            f"per {'die' if _dies(system) > 1 else 'chip'} for the weights and KV cache at "
+            f"tp={_int(plan.tp)}, ep={_int(plan.ep)}):"
             f"{lowp} raise ep or tp, add chips or shorten the context."
         )
     b, _, ok = _max_batch(system, model, plan, jnp.float32(slo_s))
