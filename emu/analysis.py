@@ -24,10 +24,9 @@ import math
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-
+from emu import _backend
 from emu import cost as C
+from emu._backend import is_numpy, jax, jnp
 from emu.catalog import config_dir, load_toml
 from emu.catalog import uncalibrated as catalog_uncalibrated
 from emu.objective import evaluate
@@ -201,11 +200,16 @@ def run(system: System, model: Model, plan: Plan) -> dict:
     """Evaluate one configuration (compiled) and return the `run` JSON object: system,
     model, phase, plan, every RunResult field (ttft_s only in prefill, tpot_s only in decode;
     None elsewhere), `interval` (the 80% intervals of tokens_per_s and step_time_s, see
-    `interval`), compile_s and eval_s."""
+    `interval`), backend ("jax", or "numpy": evaluated without compiling, `emu._backend`),
+    compile_s and eval_s."""
     t0 = time.perf_counter()
-    compiled = _evaluate.lower(system, model, plan).compile()
-    t1 = time.perf_counter()
-    r = jax.block_until_ready(compiled(system, model, plan))
+    if is_numpy():  # the NumPy backend evaluates directly: nothing to compile
+        t1 = t0
+        r = evaluate(system, model, plan)
+    else:
+        compiled = _evaluate.lower(system, model, plan).compile()
+        t1 = time.perf_counter()
+        r = jax.block_until_ready(compiled(system, model, plan))
     t2 = time.perf_counter()
     d = tree_to_dict(r)
     _check_finite(d, f"{system.name}/{model.name}")
@@ -227,6 +231,7 @@ def run(system: System, model: Model, plan: Plan) -> dict:
             group,
             uncalibrated=tuple(catalog_uncalibrated(system)),
         ),
+        "backend": _backend.name(),
         "compile_s": t1 - t0,
         "eval_s": t2 - t1,
     }
@@ -277,14 +282,17 @@ def _log_outputs(system, model, plan):
     return jnp.stack([jnp.log(r.tokens_per_joule), jnp.log(r.tokens_per_s)])
 
 
-_jac = jax.jit(jax.jacrev(_log_outputs))
+@functools.cache
+def _jac():
+    """The compiled Jacobian of `_log_outputs` (built on first use: it needs JAX)."""
+    return jax.jit(jax.jacrev(_log_outputs))
 
 
 def sensitivity(system: System, model: Model, plan: Plan) -> dict:
     """Elasticities d ln(y) / d ln(x) of tokens/J and tokens/s for every float field x of
     the system, from one reverse-mode pass; sorted by |elasticity of tokens/J|."""
     r = _evaluate(system, model, plan)
-    grads = _jac(system, model, plan)
+    grads = _jac()(system, model, plan)
     values = float_leaves(system)
     g = float_leaves(grads)
     rows = {}
@@ -345,7 +353,10 @@ def _log_outputs_priced(system, model, plan, cost, region):
     return jnp.log(values), values
 
 
-_priced_jac = jax.jit(jax.jacrev(_log_outputs_priced, argnums=(0, 3, 4), has_aux=True))
+@functools.cache
+def _priced_jac():
+    """The compiled Jacobian of `_log_outputs_priced` (built on first use: it needs JAX)."""
+    return jax.jit(jax.jacrev(_log_outputs_priced, argnums=(0, 3, 4), has_aux=True))
 
 
 def cost_sensitivity(
@@ -356,7 +367,7 @@ def cost_sensitivity(
     cost (`cost.<field>`) and of the region (`region.<field>`), from one reverse-mode pass
     through the emulator and the cost model; sorted by |elasticity of usd_per_mtoken|. Give
     the system with the region's PUE (`emu.cost.with_region_pue`)."""
-    (j_sys, j_cost, j_reg), values = _priced_jac(system, model, plan, cost, region)
+    (j_sys, j_cost, j_reg), values = _priced_jac()(system, model, plan, cost, region)
     rows = {}
     for prefix, tree, jac in (
         ("", system, j_sys),

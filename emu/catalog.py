@@ -27,8 +27,7 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
-import jax.numpy as jnp
-
+from emu._backend import jnp
 from emu.hardware import Chip, Facility, Host, Overlap
 from emu.overrides import apply_overrides
 from emu.struct import check, check_value, field_info

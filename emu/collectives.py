@@ -56,8 +56,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import jax.numpy as jnp
-
+from emu._backend import jnp
 from emu.numerics import safe_div, safe_pow
 from emu.struct import dataclass, replace
 from emu.topology import System, members, participants, rank_system

@@ -31,9 +31,8 @@ Seconds, per training micro-batch (DP: per step) or per serving pass, in a `Comm
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from emu import collectives
+from emu._backend import jnp
 from emu.numerics import safe_div
 from emu.parallelism import (
     Plan,

@@ -20,8 +20,7 @@ Model", "Rooflines" chapter.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
+from emu._backend import jnp
 from emu.hardware import Chip, peak_flops
 from emu.numerics import safe_div
 from emu.units import BYTES_PER_ELEMENT

@@ -53,9 +53,7 @@ from __future__ import annotations
 
 import math
 
-import jax
-import jax.numpy as jnp
-
+from emu._backend import jax, jnp
 from emu.numerics import safe_div
 from emu.struct import dataclass, field, float_leaves, replace, static_field
 

@@ -29,8 +29,7 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
-
+from emu._backend import jnp
 from emu.catalog import config_dir, load_toml
 from emu.cost import Cost, Region
 from emu.struct import check, check_value, field_info, float_leaves, replace, set_path

@@ -11,8 +11,7 @@ achievable-efficiency curves. All bandwidths are per chip; SI units throughout.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
+from emu._backend import jnp
 from emu.struct import dataclass, error, field, static_field
 from emu.units import PRECISIONS
 

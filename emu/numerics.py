@@ -17,8 +17,7 @@ the scale).
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
+from emu._backend import jax, jnp
 
 __all__ = [
     "safe_div",

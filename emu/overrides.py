@@ -24,8 +24,7 @@ from __future__ import annotations
 import math
 import re
 
-import jax.numpy as jnp
-
+from emu._backend import jnp
 from emu.struct import check, check_value, float_leaves, info_at, set_path
 
 __all__ = ["parse_override", "parse_value", "split_overrides", "apply_overrides", "UNITS"]

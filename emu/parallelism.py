@@ -18,9 +18,7 @@ activations, generalises Korthikanti's 34*h to GQA and SwiGLU:
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-
+from emu._backend import jax, jnp
 from emu.numerics import safe_div
 from emu.plan import (
     PHASES,

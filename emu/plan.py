@@ -31,9 +31,9 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
+from emu._backend import jnp
 from emu.collectives import ALGORITHMS
 from emu.numerics import safe_div
 from emu.struct import FieldInfo, check, dataclass, error, field, parse_bounds

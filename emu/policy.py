@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import math
 
-import jax
-import jax.numpy as jnp
-
+from emu._backend import jax, jnp
 from emu.advice import check_result, diagnose
 from emu.hardware import peak_flops, usable_hbm_bytes
 from emu.objective import evaluate, inference_memory, max_batch_under_slo

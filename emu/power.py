@@ -20,8 +20,7 @@ facility power multiplies by PUE:
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
+from emu._backend import jnp
 from emu.numerics import clip01, safe_div
 from emu.struct import dataclass
 from emu.topology import System

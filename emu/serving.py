@@ -24,8 +24,7 @@ True
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
+from emu._backend import jnp
 from emu.numerics import safe_div
 from emu.objective import RunResult, evaluate
 from emu.parallelism import Plan

@@ -44,9 +44,8 @@ True
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from emu import compute
+from emu._backend import jnp
 from emu.comm import Comm, full_recompute, inference_comm, train_comm
 from emu.hardware import Overlap
 from emu.numerics import safe_div

@@ -31,10 +31,9 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
-import flax.struct
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+from emu._backend import is_numpy, jax, jnp
 
 T = TypeVar("T")
 
@@ -65,13 +64,31 @@ _F32_TINY = float(np.finfo(np.float32).tiny)  # smallest normal float32, 1.18e-3
 
 
 def dataclass(cls: type[T]) -> type[T]:
-    """A frozen, keyword-only pytree dataclass (flax.struct.dataclass)."""
+    """A frozen, keyword-only pytree dataclass (flax.struct.dataclass; under the NumPy
+    backend a plain frozen dataclass with the same `replace`, walked by `emu._npjax`)."""
+    if is_numpy():
+        out = dataclasses.dataclass(cls, frozen=True, kw_only=True)
+        out.replace = lambda self, **changes: dataclasses.replace(self, **changes)
+        return out
+    import flax.struct
+
     return flax.struct.dataclass(cls, kw_only=True)
+
+
+def _tree_field(*, pytree_node: bool, metadata: dict | None = None, **kwargs: Any) -> Any:
+    """A dataclass field that says whether it is a leaf (`pytree_node`), as flax's does."""
+    if is_numpy():
+        return dataclasses.field(
+            metadata={**(metadata or {}), "pytree_node": pytree_node}, **kwargs
+        )
+    import flax.struct
+
+    return flax.struct.field(pytree_node=pytree_node, metadata=metadata, **kwargs)
 
 
 def static_field(**kwargs: Any) -> Any:
     """A field that is part of the tree *structure*: changing it recompiles."""
-    return flax.struct.field(pytree_node=False, **kwargs)
+    return _tree_field(pytree_node=False, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +182,7 @@ def field(
         info = FieldInfo(
             **span, integer=integer, zero_ok=zero_ok, choices=choices, unit=unit, help=help
         )
-    return flax.struct.field(pytree_node=not static, metadata={_META: info}, **kwargs)
+    return _tree_field(pytree_node=not static, metadata={_META: info}, **kwargs)
 
 
 def field_info(cls_or_obj: Any) -> dict[str, FieldInfo]:

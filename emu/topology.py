@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
-
+from emu._backend import jax, jnp
 from emu.hardware import Chip, Facility, Host, Overlap, example_chip, example_overlap
 from emu.numerics import safe_div
 from emu.struct import dataclass, error, field, static_field

@@ -14,8 +14,7 @@ leaves so a sweep over models is one compiled function.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
+from emu._backend import jnp
 from emu.numerics import safe_div
 from emu.struct import dataclass, error, field, static_field
 

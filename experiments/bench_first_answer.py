@@ -12,13 +12,16 @@ every tool alike. Cases:
 - `compare`: `emu compare` (the README's first command: two systems, Llama 3 70B);
 - `calculon`: `calculon llm models/gpt3-175B.json examples/3072_t4_p64_d12_mbs4_full.json
   systems/a100_80g.json out.json` (the same configuration as `run-3072`);
-- floors: `python -c "import numpy"`, `python -c "import jax.numpy"` and
-  `python -c "import emu.cli"` (what any emu process pays before its first line of work).
+- floors: `python -c "import numpy"`, `python -c "import jax.numpy"` and `emu --version`
+  (what any emu process pays before its first line of work: Python, NumPy, the parser).
 
-emu runs in four ways: `cold` (an empty cache folder: `XDG_CACHE_HOME` fresh per run;
-no executable on disk, so the configuration is evaluated eagerly), `warm` (executables
-stored by `emu.fast.aot` in a prepared cache folder), and, for reference, the previous
-path (`EMU_AOT=off`: `jax.jit` with JAX's persistent compilation cache) cold and warm.
+A fresh `emu run` / `emu compare` process evaluates on NumPy (`emu._backend`: nothing is
+imported from JAX, nothing compiled). For reference the JAX paths run too
+(`EMU_BACKEND=jax`): `jax-cold` (an empty cache folder: `XDG_CACHE_HOME` fresh per run, no
+executable on disk, so the configuration is evaluated eagerly), `jax-warm` (executables
+stored by `emu.fast.aot` in a prepared cache folder) and the path before those
+(`EMU_AOT=off`: `jax.jit` with JAX's persistent compilation cache) cold and warm. `cold`
+and `warm` are the NumPy process with a fresh and a prepared cache folder (it reads none).
 Reports the median and the minimum per case and its ratio to Calculon's median.
 
 Calculon is not part of emu: fetch it into a scratch folder and give its folder
@@ -53,7 +56,7 @@ CASES = {
 FLOORS = {
     "import numpy": [sys.executable, "-c", "import numpy"],
     "import jax.numpy": [sys.executable, "-c", "import jax.numpy"],
-    "import emu.cli": [sys.executable, "-c", "import emu.cli"],
+    "emu --version": [sys.executable, "-m", "emu", "--version"],
 }
 
 
@@ -90,14 +93,18 @@ def main() -> None:
         print(__doc__.split("Calculon is not part of emu:")[1].strip())
         print("\n(Calculon not found: emu's figures only.)\n")
     cases = [c for c in args.cases.split(",") if c]
-    modes = ["cold", "warm"] + ([] if args.no_old else ["old-cold", "old-warm"])
+    modes = ["cold", "warm", "jax-cold", "jax-warm"]
+    modes += [] if args.no_old else ["old-cold", "old-warm"]
     scratch = Path(tempfile.mkdtemp(prefix="emu-first-answer-"))
-    warm = {"warm": scratch / "warm", "old-warm": scratch / "old-warm"}
-    base = {k: v for k, v in os.environ.items() if k not in ("EMU_AOT", "EMU_NO_AOT")}
+    warm = {m: scratch / m for m in ("warm", "jax-warm", "old-warm")}
+    skip = ("EMU_AOT", "EMU_NO_AOT", "EMU_BACKEND")
+    base = {k: v for k, v in os.environ.items() if k not in skip}
 
     def env(mode: str, tag: str) -> dict:
         """A cold run gets a cache folder of its own (per case and round)."""
         e = dict(base, PYTHONUNBUFFERED="1")
+        if mode.startswith(("jax", "old")):
+            e["EMU_BACKEND"] = "jax"
         if mode.startswith("old"):
             e["EMU_AOT"] = "off"
         e["XDG_CACHE_HOME"] = str(warm[mode] if mode in warm else scratch / f"{mode}-{tag}")
@@ -105,7 +112,8 @@ def main() -> None:
 
     # prepare the warm caches: executables (EMU_AOT=sync) and JAX's persistent cache
     for case in cases:
-        _timed(EMU + CASES[case], env=dict(env("warm", ""), EMU_AOT="sync"))
+        _timed(EMU + CASES[case], env=env("warm", ""))
+        _timed(EMU + CASES[case], env=dict(env("jax-warm", ""), EMU_AOT="sync"))
         if not args.no_old:
             _timed(EMU + CASES[case], env=env("old-warm", ""))
     times: dict[str, list[float]] = {}

@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 EMU = ROOT / "emu"
 
 CORE = [
+    "_npjax",
+    "_backend",
     "struct",
     "units",
     "numerics",

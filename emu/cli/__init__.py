@@ -17,43 +17,65 @@ from __future__ import annotations
 import os
 import sys
 
-from emu.cli._commands import (
-    cmd_calibrate,
-    cmd_compare,
-    cmd_describe,
-    cmd_list,
-    cmd_run,
-    cmd_sensitivity,
-    cmd_serve,
-    cmd_validate,
-)
-from emu.cli._parser import CliError, build_parser
-from emu.cli._progress import configure as configure_progress
-from emu.cli._search_commands import cmd_search, cmd_sweep
+from emu import _backend
 
 
-def run_program_cli(args):
-    """`emu program` (emu.program.cli), imported only when that command runs (~0.1 s)."""
-    from emu.program.cli import run_program_cli as run
+def _command(module: str, name: str):
+    """A command function imported when it runs: the parser, the physics and (for most
+    commands) JAX are imported only after the backend is chosen (`_choose_backend`)."""
 
-    return run(args)
+    def call(args):
+        import importlib
 
+        return getattr(importlib.import_module(module), name)(args)
 
-__all__ = ["main"]
+    call.__name__ = name
+    return call
+
 
 COMMANDS = {
-    "list": cmd_list,
-    "describe": cmd_describe,
-    "run": cmd_run,
-    "compare": cmd_compare,
-    "sensitivity": cmd_sensitivity,
-    "serve": cmd_serve,
-    "calibrate": cmd_calibrate,
-    "search": cmd_search,
-    "sweep": cmd_sweep,
-    "validate": cmd_validate,
-    "program": run_program_cli,
+    "list": _command("emu.cli._commands", "cmd_list"),
+    "describe": _command("emu.cli._commands", "cmd_describe"),
+    "run": _command("emu.cli._commands", "cmd_run"),
+    "compare": _command("emu.cli._commands", "cmd_compare"),
+    "sensitivity": _command("emu.cli._commands", "cmd_sensitivity"),
+    "serve": _command("emu.cli._commands", "cmd_serve"),
+    "calibrate": _command("emu.cli._commands", "cmd_calibrate"),
+    "search": _command("emu.cli._search_commands", "cmd_search"),
+    "sweep": _command("emu.cli._search_commands", "cmd_sweep"),
+    "validate": _command("emu.cli._commands", "cmd_validate"),
+    "program": _command("emu.program.cli", "run_program_cli"),
 }
+
+#: commands that only evaluate configurations forward (no jit, vmap or grad): they run on
+#: the NumPy backend, which spares the process importing JAX (~0.8 s of a ~0.3 s answer;
+#: `experiments/bench_first_answer.py`), unless EMU_BACKEND=jax asks for JAX
+NUMPY_COMMANDS = frozenset({"list", "describe", "run", "compare", "serve"})
+
+
+def _choose_backend(argv: list[str], *, own_process: bool) -> None:
+    """NumPy for NUMPY_COMMANDS when the command line is the process's own (`emu ...`,
+    `python -m emu ...`) and EMU_BACKEND is unset. A caller that passes `argv` (a test, a
+    notebook) shares its process with other emu code, so the backend stays as chosen."""
+    if os.environ.get("EMU_BACKEND"):
+        _backend.name()  # checks the value before any work
+        return
+    if not own_process:
+        return
+    command = next((a for a in argv if not a.startswith("-")), None)
+    helping = not {"-h", "--help", "--version"}.isdisjoint(argv)  # parsing only: no physics
+    if command is None or command in NUMPY_COMMANDS or helping:
+        _backend.select("numpy")
+
+
+def build_parser():
+    """The `emu` argparse parser (emu.cli._parser.build_parser)."""
+    from emu.cli._parser import build_parser as build
+
+    return build()
+
+
+__all__ = ["main", "build_parser", "COMMANDS"]
 
 
 def _first_line(e: BaseException) -> str:
@@ -75,6 +97,16 @@ def _detach_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (0 ok, 2 bad input, 1 I/O or internal
     error, 130 interrupted)."""
+    own_process = argv is None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        _choose_backend(argv, own_process=own_process)
+    except ValueError as e:  # a bad EMU_BACKEND
+        print(f"emu: error: {_first_line(e)}", file=sys.stderr)
+        return 2
+    from emu.cli._parser import CliError, build_parser
+    from emu.cli._progress import configure as configure_progress
+
     try:
         args = build_parser().parse_args(argv)
         configure_progress(args)

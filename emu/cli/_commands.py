@@ -5,7 +5,7 @@ emu.cli._render."""
 
 from __future__ import annotations
 
-from emu import analysis, catalog, fast, policy, storage
+from emu import _backend, analysis, catalog, policy, storage
 from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
 from emu.cli import _render_catalog as render_catalog
@@ -139,6 +139,8 @@ def _compiling(system: str, model: str, *, compiles: str = "") -> str:
             f"compiling and evaluating {system} / {model}{compiles} (a new shape compiles "
             "once, 10-30 s; cached afterwards)"
         )
+    if _backend.is_numpy():
+        return f"evaluating {system} / {model}"
     return (
         f"evaluating {system} / {model} (a new shape runs op by op, ~1-3 s, and is compiled "
         "in the background for the next run)"
@@ -151,6 +153,10 @@ def _fast_start() -> None:
     compiles them again; before they are on disk, one configuration is evaluated eagerly
     (faster than compiling it). JAX's persistent cache stays off here: it would only hold
     tiny programs, and an executable it loads cannot be serialized again on CPU."""
+    if _backend.is_numpy():  # one configuration on NumPy: nothing to compile or load
+        return
+    from emu import fast
+
     if not fast.aot_enabled():
         storage.enable_compilation_cache()
         return

@@ -213,10 +213,11 @@ def run_text(results: list[dict]) -> str:
     out += interval_lines(results)
     notes = list(dict.fromkeys(n for r in results for n in r.get("notes", [])))
     out += [f"note: {n}" for n in notes]
-    out.append(
-        f"compile {sum(r['compile_s'] for r in results):.2f} s, "
-        f"evaluate {sum(r['eval_s'] for r in results) * 1e3:.1f} ms"
-    )
+    evaluate = f"evaluate {sum(r['eval_s'] for r in results) * 1e3:.1f} ms"
+    if all(r.get("backend") == "numpy" for r in results):
+        out.append(f"{evaluate} (NumPy, nothing compiled)")
+    else:
+        out.append(f"compile {sum(r['compile_s'] for r in results):.2f} s, {evaluate}")
     return "\n".join(out)
 
 

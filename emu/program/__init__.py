@@ -14,14 +14,44 @@ every matmul, fused kernel, memory-bound op and collective on any emu System.
 Pieces (each a module): `hlo` parses HLO text; `table` turns it into static op rows
 (conventions in its docstring: logical bf16 types, ideal fusion of memory-bound ops,
 fused kernels marked with `fused_kernel`, collectives placed by (size, stride) in mesh
-order); `cost` is the pure JAX cost; `trace` compiles programs for N CPU devices (in a
+order); `cost` is the pure JAX cost; `tracing` compiles programs for N CPU devices (in a
 subprocess when needed); `report` holds the typed results; `cli` the `emu program` command.
 """
 
-from emu.program.cost import ProgramBreakdown, ProgramCost, program_cost
-from emu.program.estimate import Program, from_hlo, trace, trace_program
-from emu.program.report import CollectiveSummary, ProgramResult, TopOp, text_report
-from emu.program.table import MeshInfo, OpTable, build_table, fused_kernel
+import importlib
+
+#: public name -> the submodule that defines it; imported on first use (PEP 562), so that
+#: the CLI's flags (`emu.program.cli`) do not import the HLO costing, and JAX with it
+_NAMES = {
+    "ProgramBreakdown": "emu.program.cost",
+    "ProgramCost": "emu.program.cost",
+    "program_cost": "emu.program.cost",
+    "Program": "emu.program.estimate",
+    "from_hlo": "emu.program.estimate",
+    "trace": "emu.program.estimate",
+    "trace_program": "emu.program.estimate",
+    "CollectiveSummary": "emu.program.report",
+    "ProgramResult": "emu.program.report",
+    "TopOp": "emu.program.report",
+    "text_report": "emu.program.report",
+    "MeshInfo": "emu.program.table",
+    "OpTable": "emu.program.table",
+    "build_table": "emu.program.table",
+    "fused_kernel": "emu.program.table",
+}
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'emu.program' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "trace",

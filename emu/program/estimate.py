@@ -28,7 +28,7 @@ import numpy as np
 from emu.program.cost import ProgramCost, program_cost
 from emu.program.report import CollectiveSummary, ProgramResult, TopOp
 from emu.program.table import MeshInfo, OpTable, build_table
-from emu.program.trace import Traced, compile_hlo, trace_builder
+from emu.program.tracing import Traced, compile_hlo, trace_builder
 from emu.topology import System, participants, rank_system
 
 __all__ = ["Program", "trace", "trace_program", "from_hlo"]
@@ -265,6 +265,6 @@ def from_hlo(
 ) -> Program:
     """A Program from HLO text compiled elsewhere (`compiled.as_text()`, e.g. on a GPU) and
     the mesh ({axis: size} in mesh order) it was partitioned over."""
-    from emu.program.trace import _as_mesh
+    from emu.program.tracing import _as_mesh
 
     return Program(Traced(hlo, _as_mesh(mesh), name), fusion=fusion, axis_roles=axis_roles)

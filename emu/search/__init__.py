@@ -21,28 +21,54 @@ Parts: `_objectives` (the registry), `_problem` (Problem, KNOBS, COLUMNS), `_spa
 `_gradient`, `_local` (exact cache and discrete polish), `_results`.
 """
 
-from emu.search._gradient import CATEGORICAL, RELAXED, gradient_search
-from emu.search._objectives import OBJECTIVES, Objective, get_objective, register_objective
-from emu.search._problem import (
-    BUDGET,
-    COLUMNS,
-    DEFAULTS,
-    KNOBS,
-    Problem,
-    check_budget,
-    check_problem,
-)
-from emu.search._results import SearchResult, SweepResult, write_table
-from emu.search._space import (
-    TOPOLOGY_RANGES,
-    Space,
-    apply_grid,
-    check_grid,
-    enumerate_plans,
-    plan_of,
-    system_of,
-)
-from emu.search._sweep import CHUNK, EXHAUSTIVE_MAX, MERGE_COLUMNS, pareto_front, sweep
+import importlib
+
+#: public name -> the submodule that defines it; imported on first use (PEP 562), so that
+#: `from emu.search._x import y` (the CLI's flags) does not import every part, and JAX with them
+_NAMES = {
+    "CATEGORICAL": "emu.search._gradient",
+    "RELAXED": "emu.search._gradient",
+    "gradient_search": "emu.search._gradient",
+    "OBJECTIVES": "emu.search._objectives",
+    "Objective": "emu.search._objectives",
+    "get_objective": "emu.search._objectives",
+    "register_objective": "emu.search._objectives",
+    "BUDGET": "emu.search._problem",
+    "COLUMNS": "emu.search._problem",
+    "DEFAULTS": "emu.search._problem",
+    "KNOBS": "emu.search._problem",
+    "Problem": "emu.search._problem",
+    "check_budget": "emu.search._problem",
+    "check_problem": "emu.search._problem",
+    "SearchResult": "emu.search._results",
+    "SweepResult": "emu.search._results",
+    "write_table": "emu.search._results",
+    "TOPOLOGY_RANGES": "emu.search._space",
+    "Space": "emu.search._space",
+    "apply_grid": "emu.search._space",
+    "check_grid": "emu.search._space",
+    "enumerate_plans": "emu.search._space",
+    "plan_of": "emu.search._space",
+    "system_of": "emu.search._space",
+    "CHUNK": "emu.search._sweep",
+    "EXHAUSTIVE_MAX": "emu.search._sweep",
+    "MERGE_COLUMNS": "emu.search._sweep",
+    "pareto_front": "emu.search._sweep",
+    "sweep": "emu.search._sweep",
+}
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'emu.search' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "Problem",

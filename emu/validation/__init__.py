@@ -19,67 +19,79 @@ Rows follow ../shared/data/MEASUREMENTS.md. The parts, one question each:
 Error = |predicted - measured| / measured on the metric as published.
 """
 
-from emu.validation._collectives import (
-    DEFAULT_MESSAGE_BYTES,
-    allreduce_algorithm,
-    collective_link,
-    message_bytes,
-    moe_comm_setup,
-    predict_allreduce_busbw,
-    predict_moe_comm,
-)
-from emu.validation._intervals import TAIL_GRID, calibrate_tail, coverage, quantile_table
-from emu.validation._plans import (
-    DEFAULT_MOE_IMBALANCE,
-    OFFLINE_MAX_BATCH,
-    PREFILL_CHUNK_TOKENS,
-    RowPlan,
-    ServingRow,
-    lengths,
-    needs_serving_rule,
-    row_plan,
-    script_plan,
-    serving_row,
-    speculation,
-)
-from emu.validation._predict import (
-    MFU_PEAK_FLOPS,
-    Item,
-    item_group,
-    mfu_peak,
-    predict_items,
-    predict_metric,
-    prepare_rows,
-    run_groups,
-    serving_rate,
-)
-from emu.validation._report import (
-    KINDS,
-    coverage_of_file,
-    error_stats,
-    format_report,
-    plot_report,
-    read_residuals,
-    residuals_path,
-    summarise,
-    validate_file,
-    validate_rows,
-)
-from emu.validation._rows import (
-    CONFIDENCE_CONFIG,
-    CONFIDENCE_VALUE,
-    MAX_CHIPS,
-    METRIC_UNITS,
-    TIME_METRICS,
-    approximations,
-    check_row,
-    default_measurements,
-    read_rows,
-    row_model,
-    row_text,
-    row_weight,
-    speed_sign,
-)
+import importlib
+
+#: public name -> the submodule that defines it; imported on first use (PEP 562), so that
+#: `from emu.validation._x import y` (the CLI's flags) does not import every part, and JAX with them
+_NAMES = {
+    "DEFAULT_MESSAGE_BYTES": "emu.validation._collectives",
+    "allreduce_algorithm": "emu.validation._collectives",
+    "collective_link": "emu.validation._collectives",
+    "message_bytes": "emu.validation._collectives",
+    "moe_comm_setup": "emu.validation._collectives",
+    "predict_allreduce_busbw": "emu.validation._collectives",
+    "predict_moe_comm": "emu.validation._collectives",
+    "TAIL_GRID": "emu.validation._intervals",
+    "calibrate_tail": "emu.validation._intervals",
+    "coverage": "emu.validation._intervals",
+    "quantile_table": "emu.validation._intervals",
+    "DEFAULT_MOE_IMBALANCE": "emu.validation._plans",
+    "OFFLINE_MAX_BATCH": "emu.validation._plans",
+    "PREFILL_CHUNK_TOKENS": "emu.validation._plans",
+    "RowPlan": "emu.validation._plans",
+    "ServingRow": "emu.validation._plans",
+    "lengths": "emu.validation._plans",
+    "needs_serving_rule": "emu.validation._plans",
+    "row_plan": "emu.validation._plans",
+    "script_plan": "emu.validation._plans",
+    "serving_row": "emu.validation._plans",
+    "speculation": "emu.validation._plans",
+    "MFU_PEAK_FLOPS": "emu.validation._predict",
+    "Item": "emu.validation._predict",
+    "item_group": "emu.validation._predict",
+    "mfu_peak": "emu.validation._predict",
+    "predict_items": "emu.validation._predict",
+    "predict_metric": "emu.validation._predict",
+    "prepare_rows": "emu.validation._predict",
+    "run_groups": "emu.validation._predict",
+    "serving_rate": "emu.validation._predict",
+    "KINDS": "emu.validation._rows",
+    "coverage_of_file": "emu.validation._report",
+    "error_stats": "emu.validation._report",
+    "format_report": "emu.validation._report",
+    "plot_report": "emu.validation._report",
+    "read_residuals": "emu.validation._report",
+    "residuals_path": "emu.validation._report",
+    "summarise": "emu.validation._report",
+    "validate_file": "emu.validation._report",
+    "validate_rows": "emu.validation._report",
+    "CONFIDENCE_CONFIG": "emu.validation._rows",
+    "CONFIDENCE_VALUE": "emu.validation._rows",
+    "MAX_CHIPS": "emu.validation._rows",
+    "METRIC_UNITS": "emu.validation._rows",
+    "TIME_METRICS": "emu.validation._rows",
+    "approximations": "emu.validation._rows",
+    "check_row": "emu.validation._rows",
+    "default_measurements": "emu.validation._rows",
+    "read_rows": "emu.validation._rows",
+    "row_model": "emu.validation._rows",
+    "row_text": "emu.validation._rows",
+    "row_weight": "emu.validation._rows",
+    "speed_sign": "emu.validation._rows",
+}
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'emu.validation' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "validate_file",

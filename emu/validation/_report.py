@@ -26,10 +26,7 @@ from emu.objective import evaluate
 from emu.storage import atomic_write, check_output_path
 from emu.validation._intervals import coverage
 from emu.validation._predict import item_group, item_notes, predict_items, prepare_rows
-from emu.validation._rows import TIME_METRICS, default_measurements, read_rows
-
-#: the row kinds a measurement file may hold (`validate_file(kind=...)`)
-KINDS = ("train", "prefill", "decode", "collective")
+from emu.validation._rows import KINDS, TIME_METRICS, default_measurements, read_rows
 
 
 def _scored(base: dict, pred: float, row: dict, **extra) -> dict:

@@ -19,6 +19,8 @@ from emu.catalog import load_model, model_from_dict
 from emu.struct import replace
 from emu.workload import Model
 
+#: the row kinds a measurement file may hold (`validate_file(kind=...)`)
+KINDS = ("train", "prefill", "decode", "collective")
 REQUIRED = ("id", "kind", "system", "n_chips", "metric", "value")
 #: a row's n_chips must be a whole number in [1, MAX_CHIPS] (issue 16: 2.5 or 1e30 chips
 #: were modelled); the largest published run in the set is 16,384 GPUs, the largest system

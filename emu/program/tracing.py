@@ -228,7 +228,7 @@ def trace_builder(
         flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
         env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
         env["JAX_PLATFORMS"] = "cpu"
-        code = "import sys; from emu.program.trace import _child; sys.exit(_child(*sys.argv[1:]))"
+        code = "import sys; from emu.program.tracing import _child; sys.exit(_child(*sys.argv[1:]))"
         cmd = [sys.executable, "-c", code, spec, str(devices), json.dumps(kwargs)]
         t0 = time.perf_counter()
         try:
