@@ -69,6 +69,7 @@ def _bind() -> None:
     if _name == "numpy":
         from emu import _npjax
 
+        _npjax.quiet()
         g["jax"], g["jnp"] = _npjax, _npjax.numpy
     else:
         import jax

@@ -2,8 +2,8 @@
 forward path, on NumPy, with JAX's default float32 semantics.
 
 - `numpy`: NumPy functions whose 64-bit results come back as float32 / int32 (JAX without
-  x64: `asarray(1.0)` and `where(c, 1.0, 0.0)` are float32), with floating-point warnings
-  off (JAX computes inf and nan silently; `where` evaluates both branches in both).
+  x64: `asarray(1.0)` and `where(c, 1.0, 0.0)` are float32); `quiet()` turns floating-point
+  warnings off (JAX computes inf and nan silently; `where` evaluates both branches in both).
 - `lax.stop_gradient` (identity), `lax.fori_loop` (a loop), `nn.softplus|sigmoid|relu`.
 - `tree_util`: flatten / unflatten / map over emu's pytrees (dataclasses whose fields say
   `pytree_node` in their metadata, dicts in sorted key order, lists, tuples, None).
@@ -28,9 +28,14 @@ import numpy as _np
 
 __all__ = ["numpy", "lax", "nn", "tree_util", "core", "jit", "config", "grad", "vmap"]
 
-_np.seterr(all="ignore")
-
 _F64, _I64 = _np.dtype(_np.float64), _np.dtype(_np.int64)
+_I32 = _np.iinfo(_np.int32)
+
+
+def quiet() -> None:
+    """Floating-point warnings off for the process, as JAX computes inf and nan silently
+    (`emu._backend` calls this when it binds NumPy)."""
+    _np.seterr(all="ignore")
 
 
 def _down(x):
@@ -38,8 +43,8 @@ def _down(x):
     if isinstance(x, _np.ndarray | _np.generic):
         if x.dtype == _F64:
             return x.astype(_np.float32)
-        if x.dtype == _I64:
-            return x.astype(_np.int32)
+        if x.dtype == _I64 and (x.size == 0 or (x.min() >= _I32.min and x.max() <= _I32.max)):
+            return x.astype(_np.int32)  # (an int32 overflow stays int64 rather than wrap)
         return x
     if isinstance(x, tuple | list):
         return type(x)(_down(v) for v in x)
