@@ -180,3 +180,15 @@ def test_tree_functions_walk_pytrees_as_jax_does():
 def test_numpy_has_no_gradient_and_says_so():
     with pytest.raises(RuntimeError, match="needs the JAX backend.*unset EMU_BACKEND"):
         _npjax.grad(lambda x: x)(1.0)
+
+
+@pytest.mark.parametrize("package", ["emu.search", "emu.validation", "emu.program"])
+def test_lazy_packages_resolve_every_public_name(package):
+    import importlib
+
+    pkg = importlib.import_module(package)
+    for name in pkg.__all__:
+        assert getattr(pkg, name) is getattr(importlib.import_module(pkg._NAMES[name]), name)
+    assert set(pkg.__all__) <= set(dir(pkg))
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        pkg.nope  # noqa: B018

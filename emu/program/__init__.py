@@ -19,6 +19,7 @@ subprocess when needed); `report` holds the typed results; `cli` the `emu progra
 """
 
 import importlib
+from typing import TYPE_CHECKING
 
 #: public name -> the submodule that defines it; imported on first use (PEP 562), so that
 #: the CLI's flags (`emu.program.cli`) do not import the HLO costing, and JAX with it
@@ -39,6 +40,13 @@ _NAMES = {
     "build_table": "emu.program.table",
     "fused_kernel": "emu.program.table",
 }
+
+
+if TYPE_CHECKING:  # the same names for type checkers and the docs (griffe)
+    from emu.program.cost import ProgramBreakdown, ProgramCost, program_cost
+    from emu.program.estimate import Program, from_hlo, trace, trace_program
+    from emu.program.report import CollectiveSummary, ProgramResult, TopOp, text_report
+    from emu.program.table import MeshInfo, OpTable, build_table, fused_kernel
 
 
 def __getattr__(name: str):

@@ -22,6 +22,7 @@ Parts: `_objectives` (the registry), `_problem` (Problem, KNOBS, COLUMNS), `_spa
 """
 
 import importlib
+from typing import TYPE_CHECKING
 
 #: public name -> the submodule that defines it; imported on first use (PEP 562), so that
 #: `from emu.search._x import y` (the CLI's flags) does not import every part, and JAX with them
@@ -56,6 +57,31 @@ _NAMES = {
     "pareto_front": "emu.search._sweep",
     "sweep": "emu.search._sweep",
 }
+
+
+if TYPE_CHECKING:  # the same names for type checkers and the docs (griffe)
+    from emu.search._gradient import CATEGORICAL, RELAXED, gradient_search
+    from emu.search._objectives import OBJECTIVES, Objective, get_objective, register_objective
+    from emu.search._problem import (
+        BUDGET,
+        COLUMNS,
+        DEFAULTS,
+        KNOBS,
+        Problem,
+        check_budget,
+        check_problem,
+    )
+    from emu.search._results import SearchResult, SweepResult, write_table
+    from emu.search._space import (
+        TOPOLOGY_RANGES,
+        Space,
+        apply_grid,
+        check_grid,
+        enumerate_plans,
+        plan_of,
+        system_of,
+    )
+    from emu.search._sweep import CHUNK, EXHAUSTIVE_MAX, MERGE_COLUMNS, pareto_front, sweep
 
 
 def __getattr__(name: str):

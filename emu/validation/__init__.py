@@ -20,6 +20,7 @@ Error = |predicted - measured| / measured on the metric as published.
 """
 
 import importlib
+from typing import TYPE_CHECKING
 
 #: public name -> the submodule that defines it; imported on first use (PEP 562), so that
 #: `from emu.validation._x import y` (the CLI's flags) does not import every part, and JAX with them
@@ -79,6 +80,70 @@ _NAMES = {
     "row_weight": "emu.validation._rows",
     "speed_sign": "emu.validation._rows",
 }
+
+
+if TYPE_CHECKING:  # the same names for type checkers and the docs (griffe)
+    from emu.validation._collectives import (
+        DEFAULT_MESSAGE_BYTES,
+        allreduce_algorithm,
+        collective_link,
+        message_bytes,
+        moe_comm_setup,
+        predict_allreduce_busbw,
+        predict_moe_comm,
+    )
+    from emu.validation._intervals import TAIL_GRID, calibrate_tail, coverage, quantile_table
+    from emu.validation._plans import (
+        DEFAULT_MOE_IMBALANCE,
+        OFFLINE_MAX_BATCH,
+        PREFILL_CHUNK_TOKENS,
+        RowPlan,
+        ServingRow,
+        lengths,
+        needs_serving_rule,
+        row_plan,
+        script_plan,
+        serving_row,
+        speculation,
+    )
+    from emu.validation._predict import (
+        MFU_PEAK_FLOPS,
+        Item,
+        item_group,
+        mfu_peak,
+        predict_items,
+        predict_metric,
+        prepare_rows,
+        run_groups,
+        serving_rate,
+    )
+    from emu.validation._report import (
+        coverage_of_file,
+        error_stats,
+        format_report,
+        plot_report,
+        read_residuals,
+        residuals_path,
+        summarise,
+        validate_file,
+        validate_rows,
+    )
+    from emu.validation._rows import (
+        CONFIDENCE_CONFIG,
+        CONFIDENCE_VALUE,
+        KINDS,
+        MAX_CHIPS,
+        METRIC_UNITS,
+        TIME_METRICS,
+        approximations,
+        check_row,
+        default_measurements,
+        read_rows,
+        row_model,
+        row_text,
+        row_weight,
+        speed_sign,
+    )
 
 
 def __getattr__(name: str):
