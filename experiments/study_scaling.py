@@ -3,9 +3,11 @@
     python experiments/study_scaling.py [--out experiments/figures/study] [--repeats 5]
 
 A fixed global batch of 16 Mi tokens (2,048 sequences of 8,192; rounded up to a multiple of
-dp) and a fixed model split per system: CloudMatrix 384 TP 8 x PP 6 (48 NPUs per replica,
-dp = chips / 48), GB200 NVL72 TP 8 x PP 9 (one rack per replica, dp = racks); micro-batch 1,
-1F1B, ZeRO-1, selective recomputation. Chip counts are powers of two of the unit (384 ...
+dp) and a fixed model split per system, over ranks (a 910C is two dies, each a rank with
+64 GB): CloudMatrix 384 TP 8 x PP 6 (48 dies = 24 NPUs per replica, dp = 2 x chips / 48)
+with full recomputation (selective needs ~130 GB per die there), GB200 NVL72 TP 8 x PP 9
+(one rack per replica, dp = racks) with selective recomputation; micro-batch 1, 1F1B,
+ZeRO-1. Chip counts are powers of two of the unit (384 ...
 98,304 NPUs; 72 ... 73,728 GPUs, plus 98,280), joined by each system's scale-out network.
 `emu.evaluate` is compiled once per system (the plan's degrees are float leaves) and timed at
 every size. Writes scaling.png (tokens/s per chip and tokens/J vs chips) and scaling.md.
@@ -25,33 +27,35 @@ import emu
 from emu.storage import enable_compilation_cache as enable_cache
 
 MODEL, SEQ, BATCH_SEQS, TP = "llama3_405b", 8192, 2048, 8
-# (catalog name, title, unit chips, pipeline degree, units per point)
+# (catalog name, title, unit chips, pipeline degree, units per point, recomputation)
 SYSTEMS = (
-    ("cloudmatrix384", "CloudMatrix 384", 384, 6, [2**k for k in range(9)]),
-    ("gb200_nvl72", "GB200 NVL72", 72, 9, [2**k for k in range(11)] + [1365]),
+    ("cloudmatrix384", "CloudMatrix 384", 384, 6, [2**k for k in range(9)], "full"),
+    ("gb200_nvl72", "GB200 NVL72", 72, 9, [2**k for k in range(11)] + [1365], "selective"),
 )
 COLORS = ("#c0392b", "#2e86c1")
 
 
-def plan_for(chips: int, pp: int):
-    dp = chips // (TP * pp)
-    assert dp * TP * pp == chips, (chips, pp)
+def plan_for(ranks: int, pp: int, recompute: str):
+    """The plan over `ranks` (chips x dies per chip): TP x PP fixed, DP the rest."""
+    dp = ranks // (TP * pp)
+    assert dp * TP * pp == ranks, (ranks, pp)
     gb = dp * math.ceil(BATCH_SEQS / dp)
-    return emu.make_plan(tp=TP, pp=pp, dp=dp, global_batch=gb, seq_len=SEQ)
+    return emu.make_plan(tp=TP, pp=pp, dp=dp, global_batch=gb, seq_len=SEQ, recompute=recompute)
 
 
 def sweep(repeats: int) -> tuple[list[dict], dict]:
     model = emu.load_model(MODEL)
     evaluate = jax.jit(emu.evaluate)
     rows, compile_s = [], {}
-    for name, title, unit, pp, units in SYSTEMS:
+    for name, title, unit, pp, units, rc in SYSTEMS:
         system = emu.load_system(name)
+        dies = int(system.chip.dies_per_chip)
         t0 = time.perf_counter()
-        jax.block_until_ready(evaluate(system, model, plan_for(unit * units[0], pp)))
+        jax.block_until_ready(evaluate(system, model, plan_for(unit * units[0] * dies, pp, rc)))
         compile_s[title] = time.perf_counter() - t0
         for u in units:
             chips = unit * u
-            plan = plan_for(chips, pp)
+            plan = plan_for(chips * dies, pp, rc)
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
@@ -65,6 +69,8 @@ def sweep(repeats: int) -> tuple[list[dict], dict]:
                     "units": u,
                     "tp": TP,
                     "pp": pp,
+                    "recompute": rc,
+                    "dies": dies,
                     "dp": int(plan.dp),
                     "global_batch": int(plan.global_batch),
                     "microbatches": int(plan.global_batch) // int(plan.dp),
@@ -90,14 +96,22 @@ def markdown(rows: list[dict], compile_s: dict, repeats: int) -> str:
         f"# Llama 3 405B training scaling (seq {SEQ}, global batch {BATCH_SEQS} sequences "
         "= 16 Mi tokens, rounded up to a multiple of dp)",
         "",
-        "Plans: CloudMatrix 384 TP 8 x PP 6, GB200 NVL72 TP 8 x PP 9; DP = the remaining chips; "
-        "micro-batch 1, 1F1B, ZeRO-1, selective recomputation. tokens/J counts IT power. "
+        "Plans over ranks (a 910C is two dies, each a rank): CloudMatrix 384 TP 8 x PP 6 with "
+        "full recomputation (selective does not fit in a die's 64 GB), GB200 NVL72 TP 8 x PP 9 "
+        "with selective recomputation; DP = the remaining ranks; micro-batch 1, 1F1B, ZeRO-1. "
+        "tokens/J counts IT power. HBM GB is per rank (per die on CloudMatrix). "
         "'OOM': the plan does not fit in HBM (kept in the table, marked in the figure). "
         f"eval ms: median of {repeats} calls of the compiled `emu.evaluate` "
         "(compile: " + ", ".join(f"{k} {v:.2f} s" for k, v in compile_s.items()) + ").",
         "",
-        "Where 2048 is not a multiple of dp (98,280 GPUs = 1,365 racks) the batch rounds up "
-        "(2,730 sequences), so that point is not at the same batch as the others.",
+        "Where 2048 is not a multiple of dp the batch rounds up, so that point is not at the "
+        "same batch as the others: "
+        + "; ".join(
+            f"{r['system']} {r['chips']:,} chips (dp {r['dp']:,}): {r['global_batch']:,} sequences"
+            for r in rows
+            if r["global_batch"] != BATCH_SEQS
+        )
+        + ".",
         "",
         "| system | chips | units | dp | global batch | micro-batches/rank | step s | "
         "tokens/s | tokens/s/chip | MFU | bubble share | IT MW | tokens/J | HBM GB "
@@ -130,7 +144,7 @@ def plot(rows: list[dict], path) -> None:
     )
     any_oom = False
     for ax, (key, ylabel) in zip(axes, panels, strict=True):
-        for (_, title, _unit, pp, _), color in zip(SYSTEMS, COLORS, strict=True):
+        for (_, title, _unit, pp, _, rc), color in zip(SYSTEMS, COLORS, strict=True):
             rs = [r for r in rows if r["system"] == title]
             x = [r["chips"] for r in rs]
             y = [r[key] for r in rs]
@@ -140,7 +154,7 @@ def plot(rows: list[dict], path) -> None:
                 "-",
                 color=color,
                 lw=1.8,
-                label=f"{title} (TP {TP} x PP {pp}, DP = chips/{TP * pp})",
+                label=f"{title} (TP {TP} x PP {pp} over ranks, {rc} recompute)",
             )
             ok = [r["feasible"] for r in rs]
             ax.plot(
@@ -185,7 +199,7 @@ def plot(rows: list[dict], path) -> None:
     fig.suptitle(
         f"Llama 3 405B training, seq {SEQ}, fixed global batch of 16 Mi tokens "
         f"({BATCH_SEQS} sequences, rounded up to a multiple of DP): one unit to ~100k chips\n"
-        "micro-batch 1, 1F1B, ZeRO-1, selective recompute. With a fixed batch the "
+        "micro-batch 1, 1F1B, ZeRO-1 (ranks: a 910C is two dies). With a fixed batch the "
         "micro-batches per pipeline fall as DP grows, so the pipeline bubble takes over at "
         "scale.\ntokens/J counts IT power (PUE not included)",
         fontsize=10.5,

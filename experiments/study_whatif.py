@@ -211,7 +211,7 @@ def main() -> None:
     for m in dom_models:
         r, s_ = dom[m][1], sw[m]
         lines.append(
-            f"- {LABEL[m]}: gradient search {r['evaluations']} evaluations in "
+            f"- {LABEL[m]}: gradient search {r.evaluations} evaluations in "
             f"{dom[m][2]:.0f} s, {100 * r.best['objective'] / s_['best']['objective']:.1f}% "
             f"of the sweep's optimum ({s_['evaluations']} evaluations, {s_['wall_s']:.0f} s; "
             f"domain {s_['best']['domain']:g})"
