@@ -137,7 +137,7 @@ def _compiling(system: str, model: str, *, compiles: str = "") -> str:
     if compiles:
         return (
             f"compiling and evaluating {system} / {model}{compiles} (a new shape compiles "
-            "once, 10-30 s; cached afterwards)"
+            "once, 10-60 s on 2 cores; cached afterwards)"
         )
     if _backend.is_numpy():
         return f"evaluating {system} / {model}"
