@@ -258,3 +258,30 @@ def test_expert_tensor_parallelism_keeps_flops_and_splits_expert_weights():
     # only ~96 tokens per expert at etp=1 the wider-m GEMMs run closer to peak
     assert float(r8.breakdown.expert_s) < float(r1.breakdown.expert_s)
     assert float(r8.breakdown.dispatch_s) > 0
+
+
+@pytest.mark.parametrize("system", ["cloudmatrix384", "gb200_nvl72"])
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+def test_deepseek_r1_serving_with_default_flags_meets_the_default_slo(system, phase):
+    """Issue 11: `emu run --model deepseek_r1 --phase decode|prefill` with default flags gives
+    a feasible plan on one NVL72 and one CloudMatrix 384 (the CM paper serves DeepSeek-R1
+    under a 50 ms TPOT on it). A real process: the CLI's own (NumPy) backend."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    p = subprocess.run(
+        [sys.executable, "-m", "emu", "run", "--model", "deepseek_r1", "--phase", phase,
+         "--system", system, "--json"],
+        capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+        env={k: v for k, v in os.environ.items() if k != "EMU_BACKEND"},
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["feasible"] and d["phase"] == phase
+    latency, slo = (d["tpot_s"], 0.05) if phase == "decode" else (d["ttft_s"], 2.0)
+    assert 0 < latency <= slo * (1 + 1e-6)
+    assert d["tokens_per_s_per_chip"] > 0
