@@ -129,10 +129,13 @@ _GROUPED = ("expert_in", "expert_out")
 #: (fidelity DESIGN §5 item 8: "~20-25 on Ascend graph mode"), priced at the chip family's
 #: fitted `kernel_overhead_s`; decode steps are small, so these fixed costs matter there
 #: (row pangu_pro_moe_800ia2_decode_bs1: TPOT 18.44 ms over 48 layers, 384 us per layer).
-#: Training and prefill do not count them (few tokens per launch only in decode). Chosen by
-#: leave-one-source-out cross-validation of the calibration: none 9.6%, 12 kernels 9.4%,
-#: 24 kernels 9.1% median error.
-DECODE_KERNELS_PER_LAYER = 24.0
+#: Training and prefill do not count them (few tokens per launch only in decode). Leave-one-
+#: source-out median error of the calibration: none 9.6%, 12 kernels 9.4%, 24 kernels 9.1%;
+#: 12, because 24 (at Ascend's fitted ~14 us a launch) prices DeepSeek-R1 batch-1 decode on
+#: CloudMatrix 384 at 58 ms a token, slower than CloudMatrix-Infer's measured 15 ms-SLO
+#: point (facts §5: batch 8 at 14.9 ms TPOT); the fused kernels of Huawei's own stack
+#: launch fewer, so the count stays at the lower estimate.
+DECODE_KERNELS_PER_LAYER = 12.0
 
 
 @dataclass
