@@ -30,7 +30,10 @@ The shortfall nmb * (max(t_mb, host_mb) - t_mb) is reported as `host_wait_s`.
 Inference (plan.phase "prefill" or "decode") is one forward pass of the whole model per
 batch on each chip (pipeline stages in sequence): prefill over `seq_len` prompt tokens per
 sequence, decode over 1 + (MTP draft) tokens per sequence that read a KV cache of `context`
-tokens. MoE layers add dispatch and combine all-to-alls over the EP group. Both phases
+tokens. MoE layers add dispatch and combine all-to-alls over the EP group; their grouped
+expert GEMMs read only the experts that receive a token (a share 1 - exp(-m) of the local
+experts at m routed copies each). A decode layer also launches DECODE_KERNELS_PER_LAYER small
+kernels (quantisation, KV write, routing) at the chip's `kernel_overhead_s` each. Both phases
 return the same `StepBreakdown`.
 
 >>> from emu.topology import example_system
@@ -88,6 +91,7 @@ __all__ = [
     "optimizer_time",
     "decode_attention",
     "ELEMENTWISE_KERNELS_FWD",
+    "DECODE_KERNELS_PER_LAYER",
     "ATTN_BWD",
     "HOST_KERNELS_MOE_LAYER_FWD",
     "HOST_KERNELS_EXPERT_FWD",
@@ -116,6 +120,21 @@ _LOGIT_BYTES, _LOGIT_PASSES, _HEAD_KERNELS = 4.0, 3.0, 2.0
 _OPTIMIZER_KERNELS = 4.0
 #: routed-expert GEMMs run as one grouped GEMM per matrix and layer (one launch)
 _GROUPED = ("expert_in", "expert_out")
+#: small kernels a decode layer launches besides those `layer_forward` and `decode_attention`
+#: count (its GEMMs, ELEMENTWISE_KERNELS_FWD, the attention core): per-token activation
+#: quantisation and dequantisation around each projection (~8 with W8A8/FP8), the KV-cache
+#: write, the MLA/RoPE query and key split-and-concat steps, and MoE routing (gate
+#: activation, top-k, renormalisation, token counts, permute, unpermute: ~8). An estimate
+#: (fidelity DESIGN §5 item 8: "~20-25 on Ascend graph mode"), priced at the chip family's
+#: fitted `kernel_overhead_s`; decode steps are small, so these fixed costs matter there
+#: (row pangu_pro_moe_800ia2_decode_bs1: TPOT 18.44 ms over 48 layers, 384 us per layer).
+#: Training and prefill do not count them (few tokens per launch only in decode). Leave-one-
+#: source-out median error of the calibration: none 9.6%, 12 kernels 9.4%, 24 kernels 9.1%;
+#: 12, because 24 (at Ascend's fitted ~14 us a launch) prices DeepSeek-R1 batch-1 decode on
+#: CloudMatrix 384 at 58 ms a token, slower than CloudMatrix-Infer's measured 15 ms-SLO
+#: point (facts §5: batch 8 at 14.9 ms TPOT); the fused kernels of Huawei's own stack
+#: launch fewer, so the count stays at the lower estimate.
+DECODE_KERNELS_PER_LAYER = 12.0
 
 
 @dataclass
@@ -192,6 +211,21 @@ def _attention_precision(plan: Plan) -> str:
     return "fp16" if plan.precision == "fp16" else "bf16"
 
 
+def _active_experts(shapes: dict) -> dict:
+    """The routed-expert GEMM shapes with only the experts that receive a token: with m
+    routed copies per local expert on average (uniform routing), a share
+    a = 1 - exp(-m) of the experts gets at least one and the grouped GEMM skips the rest
+    (their weights are not read), so count -> count a and m -> m / a (same FLOPs). a -> 1
+    once m >> 1 (training, prefill, large decode batches); it matters for small decode
+    batches (one token reads ~top_k experts, not all local ones)."""
+    out = dict(shapes)
+    for name in _GROUPED:
+        m, n, k, c = shapes[name]
+        a = 1.0 - jnp.exp(-m)
+        out[name] = (safe_div(m, a), n, k, c * a)
+    return out
+
+
 def layer_forward(system: System, model: Model, plan: Plan, t):
     """Forward seconds of one average layer on one rank for `t` tokens, besides the
     attention core: (projections + (1 - f) dense FFN, f * experts, memory-bound kernels),
@@ -201,7 +235,7 @@ def layer_forward(system: System, model: Model, plan: Plan, t):
     f = moe_fraction(model)
     proj = _matmuls_time(chip, attention_matmuls(model, plan, t), plan.precision)
     dense_ffn = _matmuls_time(chip, dense_ffn_matmuls(model, plan, t), plan.precision)
-    experts = _matmuls_time(chip, moe_matmuls(model, plan, t), plan.precision)
+    experts = _matmuls_time(chip, _active_experts(moe_matmuls(model, plan, t)), plan.precision)
     mem = compute.memory_time(
         chip, elementwise_bytes_per_layer(model, plan, t), kernels=ELEMENTWISE_KERNELS_FWD
     )
@@ -413,6 +447,8 @@ def inference_compute(system: System, model: Model, plan: Plan) -> Compute:
             chip, s_q * (1.0 - plan.cache_hit), s_kv, d_qk, d_v, heads, _attention_precision(plan)
         )
     dense_f, expert_f, mem_f = layer_forward(system, model, plan, t)
+    if decode:  # the small kernels of a decode layer (DECODE_KERNELS_PER_LAYER)
+        mem_f = mem_f + DECODE_KERNELS_PER_LAYER * chip.kernel_overhead_s
     layers = model.n_layers
     head = compute.matmul_time(
         chip,

@@ -1,3 +1,5 @@
+import math
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -209,6 +211,51 @@ def test_decode_attention_reads_the_kv_cache(catalog):
     t1 = float(decode_attention(sys, model, long, jnp.float32(1.0))) - launch
     # memory-bound: a 32 x longer cache takes 32 x the time beyond the fixed launch
     assert t1 / t0 == pytest.approx(32.0, rel=1e-3)
+
+
+def test_decode_layers_pay_their_small_kernels(catalog):
+    # every launch costs kernel_overhead_s; a decode pass launches the same GEMMs, norms,
+    # attention core and head as a prefill pass plus DECODE_KERNELS_PER_LAYER per layer
+    from emu.step import DECODE_KERNELS_PER_LAYER, inference_compute
+
+    sys, model = catalog["h100"], catalog["llama70"]
+    dec = make_plan(tp=8, microbatch=32, context=1024, phase="decode", recompute="none")
+    pre = make_plan(tp=8, microbatch=1, seq_len=1024, phase="prefill", recompute="none")
+
+    def launches_s(plan):
+        def total(ko):
+            chip = replace(sys.chip, kernel_overhead_s=jnp.float32(ko))
+            return float(inference_compute(replace(sys, chip=chip), model, plan).total_s)
+
+        return total(1e-5) - total(0.0)
+
+    extra = launches_s(dec) - launches_s(pre)
+    expected = float(model.n_layers) * DECODE_KERNELS_PER_LAYER * 1e-5
+    assert extra == pytest.approx(expected, rel=1e-3)
+
+
+def test_small_decode_batches_read_only_the_experts_they_route_to():
+    from emu.step import _active_experts
+
+    def shapes(m):
+        m = jnp.float32(m)
+        one = jnp.float32(1.0)
+        return {
+            "expert_in": (m, 4096.0 * one, 7168.0 * one, 16.0 * one),
+            "expert_out": (m, 7168.0 * one, 2048.0 * one, 8.0 * one),
+        }
+
+    for m in (0.05, 0.5, 3.0):
+        got = _active_experts(shapes(m))
+        for name, (m0, _, _, c0) in shapes(m).items():
+            m1, _, _, c1 = got[name]
+            share = 1.0 - math.exp(-m)
+            assert float(c1) == pytest.approx(float(c0) * share, rel=1e-5)  # idle experts
+            assert float(m1 * c1) == pytest.approx(float(m0 * c0), rel=1e-5)  # same FLOPs
+    busy = _active_experts(shapes(40.0))  # every expert gets tokens: unchanged
+    assert float(busy["expert_in"][3]) == pytest.approx(16.0, rel=1e-6)
+    g = jax.grad(lambda m: _active_experts(shapes(m))["expert_in"][3])(jnp.float32(0.5))
+    assert np.isfinite(float(g)) and float(g) > 0
 
 
 def test_uneven_stages_run_on_the_heaviest_stage(catalog):

@@ -160,6 +160,35 @@ def test_mixed_serving_rate_is_the_harmonic_composition():
     assert float(pred[0]) == pytest.approx(float(rate) / 4, rel=1e-5)  # per card, 4 cards
 
 
+def test_separated_serving_pays_the_first_wave_of_prefills():
+    """A closed-loop benchmark of N prompts at concurrency C queues its first C prompts for
+    the prefill instance: N out tokens take N out / R + C in / P (R the steady state)."""
+    import jax.numpy as jnp
+
+    from emu.objective import evaluate
+
+    r = ROWS["sglang_a3_dsr1_pdsep_32c_3p5k_1p5k_50ms"]  # concurrency 832, 3328 prompts
+    items, _ = V.prepare_rows([r])
+    it = items[0]
+    s = it.serving
+    assert s.mode == "separated" and s.ramp == pytest.approx(832 / 3328)
+    paced = ROWS["sglang_a3_dsr1_pdsep_16c_2k_2k_50ms"]  # request rate 8: no first wave
+    assert V.serving_row(paced, V.row_model(paced), dies=2).ramp == 0.0
+    mixed = ROWS["sglang_a3_dsr1_mixed_8c_2k_2k_50ms"]  # mixed: prefill already in the rate
+    assert V.serving_row(mixed, V.row_model(mixed), dies=2).ramp == 0.0
+    isl, osl = jnp.float32(3500), jnp.float32(1500)
+    steady, _ = V.serving_rate(
+        it.system, it.model, s.decode, s.prefill, (isl, osl), mode="separated"
+    )  # fmt: skip
+    rate, _ = V.serving_rate(
+        it.system, it.model, s.decode, s.prefill, (isl, osl, jnp.float32(0.25)), mode="separated"
+    )  # fmt: skip
+    p = float(evaluate(it.system, it.model, s.prefill).tokens_per_s)
+    assert 1 / float(rate) == pytest.approx(1 / float(steady) + 0.25 * (3500 / 1500) / p, rel=1e-5)
+    pred, _ = V.predict_items(items)
+    assert float(pred[0]) == pytest.approx(float(rate) / 32, rel=1e-5)  # per card, 32 cards
+
+
 def test_script_weak_scaling_plan_for_rows_without_a_plan():
     r = V.script_plan(ROWS["mindspeed_gpt3_175b_mfu_7968"])
     p = r["parallel"]

@@ -86,7 +86,10 @@ class ServingRow(NamedTuple):
     (in/out)/P)) or "decode" (decode alone, D) with D, P the instances' output and prompt
     tokens/s; `prompt_len`, `output_len`: tokens per request; `cards`: the chips (packages)
     a per-card figure divides the rate by (all of them, prefill included); `batch_cap`:
-    None, or the cap of the largest batch that fits (offline rows)."""
+    None, or the cap of the largest batch that fits (offline rows); `ramp`: the share
+    C / N of the benchmark's requests in its first wave (concurrency C, N prompts; 0 when
+    the row does not state both), whose prompts queue for the prefill instance before
+    their decode starts (`emu.validation.serving_rate`)."""
 
     decode: Plan
     prefill: Plan | None
@@ -95,6 +98,7 @@ class ServingRow(NamedTuple):
     output_len: float
     cards: float
     batch_cap: int | None
+    ramp: float = 0.0
 
 
 def ranks_of(row: dict, dies: int) -> int:
@@ -374,6 +378,8 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
       mixed", offline / in-flight batching) or none (a decode-only measurement with a
       stated batch); TP 1 with EP for MoE models, the decode TP for dense ones;
       DEFAULT_PREFILL_TOKENS (MoE, Ascend) or PREFILL_CHUNK_TOKENS prompt tokens per rank;
+    - a PD-separated closed-loop benchmark that states its concurrency C and N prompts (and
+      no request rate) starts with C prompts queued for prefill: `ramp` = C / N;
     - the per-card figure divides by all n_chips cards."""
     p = row.get("parallel") or {}
     notes = row_text(row)
@@ -421,6 +427,7 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
         raise ValueError("a PD deployment row gives no output length (serving rule)")
     if pre_ranks < 1:
         raise ValueError("PD separation leaves no cards for the prefill instance")
+    ramp = _first_wave(notes) if separated else 0.0
     pre_tp = 1 if moe else att_tp
     pre_dp = max(1, pre_ranks // pre_tp)
     tokens = DEFAULT_PREFILL_TOKENS if (moe or dies > 1) else PREFILL_CHUNK_TOKENS
@@ -431,4 +438,16 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
         seq_len=isl, phase="prefill",
     )  # fmt: skip
     pre = validate_plan(pre, model, even_layers=False, even_experts=False)
-    return ServingRow(dec, pre, "separated" if separated else "mixed", isl, osl, cards, cap)
+    mode = "separated" if separated else "mixed"
+    return ServingRow(dec, pre, mode, isl, osl, cards, cap, ramp)
+
+
+def _first_wave(notes: str) -> float:
+    """C / N of a closed-loop benchmark that states its concurrency C and its N prompts
+    ("--max-concurrency 32 ... 32 prompts"), at most 1; 0 when it does not state both or
+    paces arrivals at a stated request rate (no first wave then)."""
+    if "request rate" in notes:
+        return 0.0
+    c = num_in(r"concurrency (\d[\d,]*)", notes)
+    n = num_in(r"(\d[\d,]*) prompts", notes)
+    return min(1.0, c / n) if c and n else 0.0

@@ -248,16 +248,22 @@ def run_groups(items: list[Item]) -> dict[tuple, list[int]]:
 
 def serving_rate(system: System, model: Model, decode: Plan, prefill, lengths, *, mode: str):
     """Output tokens/s of a deployment (`ServingRow`): "decode" D; "separated"
-    `serving.disaggregated` (min(D, P out/in)); "mixed" 1 / (1/D + (in/out)/P) (prefill and
-    decode take turns on the same ranks). `lengths` = (prompt_len, output_len). Returns
-    (rate, feasible)."""
+    1 / (1/R + w (in/out)/P) with R = `serving.disaggregated`'s min(D, P out/in) the steady
+    state and w = C/N the benchmark's first-wave share (`ServingRow.ramp`): a closed loop of
+    N requests at concurrency C starts with C prompts queued for the prefill instance,
+    C in / P seconds before the last of them decodes, so N out tokens take
+    N out / R + C in / P; "mixed" 1 / (1/D + (in/out)/P) (prefill and decode take turns on
+    the same ranks, the first wave's prefill included). `lengths` = (prompt_len,
+    output_len[, ramp]). Returns (rate, feasible)."""
     if prefill is None:
         r = evaluate(system, model, decode)
         return r.tokens_per_s, r.feasible
-    isl, osl = lengths
+    isl, osl = lengths[0], lengths[1]
     s = disaggregated(system, model, prefill, decode, prompt_len=isl, output_len=osl)
     if mode == "separated":
-        return s.tokens_per_s, s.feasible
+        w = lengths[2] if len(lengths) > 2 else 0.0
+        fill = w * safe_div(isl / osl, s.prefill.tokens_per_s)
+        return safe_div(1.0, safe_div(1.0, s.tokens_per_s) + fill), s.feasible
     d, p = s.decode.tokens_per_s, s.prefill.tokens_per_s
     return safe_div(1.0, safe_div(1.0, d) + safe_div(isl / osl, p)), s.feasible
 
@@ -285,6 +291,7 @@ def _evaluate_group(system, items: list[Item], run):
     lengths = (
         jnp.asarray([it.serving.prompt_len for it in items], jnp.float32),
         jnp.asarray([it.serving.output_len for it in items], jnp.float32),
+        jnp.asarray([it.serving.ramp for it in items], jnp.float32),
     )
     return _serve_batch(first.serving.mode)(system, models, plans, pres, lengths)
 
