@@ -192,3 +192,27 @@ def test_lazy_packages_resolve_every_public_name(package):
     assert set(pkg.__all__) <= set(dir(pkg))
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         pkg.nope  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    "argv,numpy",
+    [
+        (["run", "--system", "dgx_a100"], True),
+        (["compare", "--region", "south_africa"], True),
+        (["serve"], True),
+        ([], True),
+        (["search", "--help"], True),
+        (["--version"], True),
+        (["search"], False),
+        (["sensitivity"], False),
+        (["run", "--plan", "best"], False),  # a gradient search: JAX
+        (["compare", "--plan=best"], False),
+        (["run", "--pla", "best"], False),  # argparse's abbreviation
+        (["run", "--plan", "rule"], True),
+        (["run", "--plan"], True),  # argparse reports the missing value
+    ],
+)
+def test_the_cli_uses_numpy_only_where_nothing_needs_jax(argv, numpy):
+    from emu.cli import forward_only
+
+    assert forward_only(argv) is numpy

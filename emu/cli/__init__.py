@@ -60,12 +60,26 @@ def _choose_backend(argv: list[str], *, own_process: bool) -> None:
     if os.environ.get("EMU_BACKEND"):
         _backend.name()  # checks the value before any work
         return
-    if not own_process:
-        return
-    command = next((a for a in argv if not a.startswith("-")), None)
-    helping = not {"-h", "--help", "--version"}.isdisjoint(argv)  # parsing only: no physics
-    if command is None or command in NUMPY_COMMANDS or helping:
+    if own_process and forward_only(argv):
         _backend.select("numpy")
+
+
+def forward_only(argv: list[str]) -> bool:
+    """True when the command line only evaluates configurations forward (NUMPY_COMMANDS,
+    help, --version), i.e. needs no jit, vmap or grad: not `--plan best` (a gradient
+    search), in any spelling argparse accepts (`--plan=best`, `--pla best`)."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if not {"-h", "--help", "--version"}.isdisjoint(argv):
+        return True  # parsing only: no physics
+    if command is not None and command not in NUMPY_COMMANDS:
+        return False
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if len(name) >= 4 and "--plan".startswith(name):
+            given = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+            if given == "best":
+                return False
+    return True
 
 
 def build_parser():
