@@ -18,8 +18,9 @@ order); `cost` is the pure JAX cost; `tracing` compiles programs for N CPU devic
 subprocess when needed); `report` holds the typed results; `cli` the `emu program` command.
 """
 
-import importlib
 from typing import TYPE_CHECKING
+
+from emu._lazy import lazy_dir, lazy_getattr
 
 #: public name -> the submodule that defines it; imported on first use (PEP 562), so that
 #: the CLI's flags (`emu.program.cli`) do not import the HLO costing, and JAX with it
@@ -49,16 +50,8 @@ if TYPE_CHECKING:  # the same names for type checkers and the docs (griffe)
     from emu.program.table import MeshInfo, OpTable, build_table, fused_kernel
 
 
-def __getattr__(name: str):
-    if name in _NAMES:
-        value = getattr(importlib.import_module(_NAMES[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'emu.program' has no attribute '{name}'")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__ = lazy_getattr(__name__, _NAMES, globals())
+__dir__ = lazy_dir(globals())
 
 
 __all__ = [

@@ -21,8 +21,9 @@ Parts: `_objectives` (the registry), `_problem` (Problem, KNOBS, COLUMNS), `_spa
 `_gradient`, `_local` (exact cache and discrete polish), `_results`.
 """
 
-import importlib
 from typing import TYPE_CHECKING
+
+from emu._lazy import lazy_dir, lazy_getattr
 
 #: public name -> the submodule that defines it; imported on first use (PEP 562), so that
 #: `from emu.search._x import y` (the CLI's flags) does not import every part, and JAX with them
@@ -84,16 +85,8 @@ if TYPE_CHECKING:  # the same names for type checkers and the docs (griffe)
     from emu.search._sweep import CHUNK, EXHAUSTIVE_MAX, MERGE_COLUMNS, pareto_front, sweep
 
 
-def __getattr__(name: str):
-    if name in _NAMES:
-        value = getattr(importlib.import_module(_NAMES[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'emu.search' has no attribute '{name}'")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__ = lazy_getattr(__name__, _NAMES, globals())
+__dir__ = lazy_dir(globals())
 
 
 __all__ = [

@@ -19,8 +19,9 @@ Rows follow ../shared/data/MEASUREMENTS.md. The parts, one question each:
 Error = |predicted - measured| / measured on the metric as published.
 """
 
-import importlib
 from typing import TYPE_CHECKING
+
+from emu._lazy import lazy_dir, lazy_getattr
 
 #: public name -> the submodule that defines it; imported on first use (PEP 562), so that
 #: `from emu.validation._x import y` (the CLI's flags) does not import every part, and JAX with them
@@ -146,16 +147,8 @@ if TYPE_CHECKING:  # the same names for type checkers and the docs (griffe)
     )
 
 
-def __getattr__(name: str):
-    if name in _NAMES:
-        value = getattr(importlib.import_module(_NAMES[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'emu.validation' has no attribute '{name}'")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__ = lazy_getattr(__name__, _NAMES, globals())
+__dir__ = lazy_dir(globals())
 
 
 __all__ = [
