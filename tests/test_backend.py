@@ -138,6 +138,25 @@ def test_a_bad_backend_is_one_line_before_any_work():
     ]
 
 
+@pytest.mark.parametrize(
+    "argv,what", [(["search"], "emu search"), (["run", "--plan", "best"], "emu run --plan best")]
+)
+def test_numpy_for_a_command_that_needs_jax_is_one_line_before_any_work(argv, what):
+    p = subprocess.run(
+        [sys.executable, "-m", "emu", *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "EMU_BACKEND": "numpy"},
+        timeout=120,
+    )
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.strip().splitlines() == [
+        f"emu: error: {what} needs JAX (jit, vmap or grad: a search, a fit or gradients), "
+        "and EMU_BACKEND=numpy asks for NumPy; unset EMU_BACKEND or set it to jax."
+    ]
+
+
 def test_the_backend_is_chosen_once():
     from emu import _backend
 

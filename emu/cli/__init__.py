@@ -56,12 +56,17 @@ NUMPY_COMMANDS = frozenset({"list", "describe", "run", "compare", "serve"})
 def _choose_backend(argv: list[str], *, own_process: bool) -> None:
     """NumPy for NUMPY_COMMANDS when the command line is the process's own (`emu ...`,
     `python -m emu ...`) and EMU_BACKEND is unset. A caller that passes `argv` (a test, a
-    notebook) shares its process with other emu code, so the backend stays as chosen."""
-    if os.environ.get("EMU_BACKEND"):
-        _backend.name()  # checks the value before any work
-        return
-    if own_process and forward_only(argv):
+    notebook) shares its process with other emu code, so the backend stays as chosen. A
+    command that needs JAX under EMU_BACKEND=numpy is refused here, before any work."""
+    if not os.environ.get("EMU_BACKEND") and own_process and forward_only(argv):
         _backend.select("numpy")
+    if _backend.name() == "numpy" and not forward_only(argv):  # name() checks EMU_BACKEND
+        command = next((a for a in argv if not a.startswith("-")), "")
+        command += " --plan best" if command in NUMPY_COMMANDS else ""
+        raise ValueError(
+            f"emu {command} needs JAX (jit, vmap or grad: a search, a fit or gradients), "
+            "and EMU_BACKEND=numpy asks for NumPy; unset EMU_BACKEND or set it to jax."
+        )
 
 
 def forward_only(argv: list[str]) -> bool:
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         _choose_backend(argv, own_process=own_process)
-    except ValueError as e:  # a bad EMU_BACKEND
+    except ValueError as e:  # a bad EMU_BACKEND, or NumPy for a command that needs JAX
         print(f"emu: error: {_first_line(e)}", file=sys.stderr)
         return 2
     from emu.cli._parser import CliError, build_parser
