@@ -31,7 +31,7 @@ from emu.plan import (
     plan_dict,
     validate_plan,
 )
-from emu.struct import dataclass
+from emu.struct import dataclass, replace
 from emu.units import BYTES_PER_ELEMENT
 from emu.workload import (
     Model,
@@ -421,7 +421,10 @@ def inference_memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
     """Per-chip memory when serving (bytes): weights (dense / tp, experts / ep, at the plan's
     precision, 16-bit at most), the KV cache of `microbatch` sequences of `context` (decode)
     or `seq_len` (prefill) tokens over the layers of a stage (KV heads split over TP up to
-    their number; MLA's latent is replicated), and the activations of one layer (bf16)."""
+    their number; MLA's latent is replicated), and the activations of one layer (bf16).
+    With attention/expert disaggregation (`expert_ranks` > 0) the fields describe an
+    attention rank (no expert weights); `feasible` also asks that an expert rank holds its
+    `local_experts` slots and their tokens' activations."""
     dense, expert = params_split_per_chip(model, plan)
     w_el = min(BYTES_PER_ELEMENT[plan.precision], 2.0)
     weights = (dense + expert) * w_el
@@ -438,10 +441,23 @@ def inference_memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
         model.d_ff, model.d_ff_expert
     )
     acts = t * width * BYTES_PER_ELEMENT["bf16"]
+    # attention/expert disaggregation (decode, expert_ranks > 0): an attention rank holds
+    # the dense weights without the shared experts; an expert rank holds its expert slots
+    # (routed and shared alike, `local_experts` of ep = expert_ranks) and its tokens' FFN
+    # activations; the plan fits when both kinds of rank do
+    disagg = plan.expert_ranks > 0.5
+    layers = full_stage_layers(model, plan)
+    shared = layers * moe_fraction(model) * model.n_shared_experts * params_expert(model)
+    weights = jnp.where(disagg, (dense - safe_div(shared, plan.tp)) * w_el, weights)
     # the sum in the order the golden outputs pin: weights, then KV cache, then activations
     total = weights + kv + acts
     zero = 0.0 * total
-    return _fits(weights, zero, zero, acts, kv, hbm_bytes, total)
+    mem = _fits(weights, zero, zero, acts, kv, hbm_bytes, total)
+    expert_rank = expert * w_el + t * _SERVE_ACT_FF * model.d_ff_expert * BYTES_PER_ELEMENT["bf16"]
+    over = jnp.where(
+        disagg, jnp.maximum(mem.overshoot_bytes, expert_rank - hbm_bytes), mem.overshoot_bytes
+    )
+    return replace(mem, overshoot_bytes=over, feasible=(over <= 0.0).astype(jnp.float32))
 
 
 def memory(model: Model, plan: Plan, hbm_bytes) -> Memory:

@@ -348,6 +348,19 @@ class Plan:
         phases=("prefill",),
         help="share of prompt tokens served from a prefix cache",
     )
+    # fmt: off
+    expert_ranks: Array = knob(
+        "int", default=0, bounds="[0, inf)", phases=("decode",), inactive=0.0, unit="ranks",
+        help="attention/expert disaggregation: ranks that hold only the MoE experts (routed "
+        "and shared, one EP group of ep = expert_ranks) while tp*dp ranks run attention "
+        "(xDeepServe on CloudMatrix 384); 0 = experts on the attention ranks",
+    )
+    attention_groups: Array = knob(
+        "degree", default=1, phases=("decode",), inactive=1.0,
+        help="with expert_ranks > 0: DP domains of the attention ranks that take turns on "
+        "the expert ranks (xDeepServe: 3 domains of 160)",
+    )
+    # fmt: on
 
     def _cross_check(self, where: str, at: str) -> None:
         """Rules across knobs that need no model (validate_plan adds the model's)."""
@@ -363,6 +376,7 @@ class Plan:
                     )
         dp, mb, gb = float(self.dp), float(self.microbatch), float(self.global_batch)
         k, a, m = float(self.draft_tokens), float(self.accept_len), float(self.mtp_accept)
+        er, g = float(self.expert_ranks), float(self.attention_groups)
         rules = (
             (gb % (dp * mb), f"global_batch={gb:g} must be a multiple of dp*microbatch="
              f"{dp * mb:g}; adjust global_batch or microbatch."),
@@ -373,6 +387,14 @@ class Plan:
             (k > 0 and a > 1 + k, f"accept_len={a:g} must be <= 1 + draft_tokens = {1 + k:g}."),
             (k == 0 and abs(a - (1 + m)) > 1e-6,
              f"accept_len={a:g} needs draft_tokens > 0; set draft_tokens."),
+            (er > 0 and float(self.ep) != er,
+             f"expert_ranks={er:g} needs ep={er:g} (the expert ranks form the EP group; got "
+             f"ep={float(self.ep):g})."),
+            (er > 0 and float(self.etp) != 1, "expert_ranks > 0 needs etp=1."),
+            (er > 0 and float(self.pp) != 1, "expert_ranks > 0 needs pp=1."),
+            (dp % g, f"attention_groups={g:g} must divide dp={dp:g}."),
+            (g > 1 and er == 0, f"attention_groups={g:g} needs expert_ranks > 0 (the groups "
+             "take turns on the expert ranks)."),
         )  # fmt: skip
         for broken, text in rules:
             if broken:
@@ -472,8 +494,8 @@ def validate_plan(
     if max_chips is not None and ranks > max_chips * dies_per_chip:
         per = f" ({max_chips:g} chips x {dies_per_chip:g} dies)" if dies_per_chip != 1 else ""
         raise ValueError(
-            f"Plan: tp*pp*dp*cp = {ranks:g} ranks exceeds the largest cluster of this system"
-            f"{per}: {max_chips * dies_per_chip:g} ranks; reduce dp."
+            f"Plan: tp*pp*dp*cp (+ expert_ranks) = {ranks:g} ranks exceeds the largest "
+            f"cluster of this system{per}: {max_chips * dies_per_chip:g} ranks; reduce dp."
         )
     if model is not None:
         _check_against_model(plan, model, even_layers=even_layers, even_experts=even_experts)
@@ -492,7 +514,9 @@ def _check_against_model(plan: Plan, model: Model, *, even_layers: bool, even_ex
         (even_experts and experts > 0 and experts % ep,
          f"ep={ep:g} must divide the model's n_experts={experts:g}; pick an ep that divides it."),
         (experts == 0 and ep > 1, f"ep={ep:g} needs an MoE model ({model.name} is dense)."),
-        (ep * etp > 1 and ranks % (ep * etp),
+        (p["expert_ranks"] > 0 and experts == 0,
+         f"expert_ranks={p['expert_ranks']:g} needs an MoE model ({model.name} is dense)."),
+        (ep * etp > 1 and ranks % (ep * etp) and p["expert_ranks"] == 0,
          f"ep*etp={ep * etp:g} must divide tp*dp*cp={ranks:g} (EP groups tile the ranks of a "
          "stage; ep may exceed or not divide the experts: slots are replicated)."),
         (experts == 0 and etp > 1, f"etp={etp:g} needs an MoE model."),
@@ -516,9 +540,10 @@ def plan_dict(plan: Plan) -> dict:
 
 
 def n_chips(plan: Plan):
-    """Ranks the plan occupies: tp * pp * dp * cp (EP and ETP reuse the DP ranks). A rank is
-    a software-visible device: a chip, or one die of a multi-die package (Ascend 910C)."""
-    return plan.tp * plan.pp * plan.dp * plan.cp
+    """Ranks the plan occupies: tp * pp * dp * cp (EP and ETP reuse the DP ranks), plus the
+    `expert_ranks` of an attention/expert-disaggregated decode plan. A rank is a
+    software-visible device: a chip, or one die of a multi-die package (Ascend 910C)."""
+    return plan.tp * plan.pp * plan.dp * plan.cp + plan.expert_ranks
 
 
 #: the same count under its precise name (plan degrees count ranks)

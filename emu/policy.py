@@ -38,7 +38,7 @@ from emu.advice import check_result, diagnose
 from emu.hardware import peak_flops, usable_hbm_bytes
 from emu.objective import evaluate, inference_memory, max_batch_under_slo
 from emu.parallelism import memory
-from emu.plan import KNOBS, Plan, make_plan, validate_plan
+from emu.plan import KNOBS, Plan, make_plan, n_ranks, validate_plan
 from emu.struct import check_value, replace
 from emu.topology import System, node_tier, rank_system
 from emu.units import PRECISIONS
@@ -275,17 +275,31 @@ def _auto_inference_plan(system, model, chips: int, knobs: dict) -> Plan:
     microbatch = knobs.pop("microbatch", 1)
     for name in ("pp", "cp", "vpp", "zero", "recompute", "global_batch"):
         knobs.pop(name, None)  # a serving plan has none of them (the batch is dp x microbatch)
-    if tp is None:
-        tp = _serving_tp(system, model, chips, {**knobs, "microbatch": microbatch})
-    if chips % tp:
-        raise ValueError(f"Plan: tp={tp} must divide {_ranks_text(system, chips)}; adjust tp.")
-    dp_ = chips // tp
-    if dp is not None and dp != dp_:
+    # attention/expert disaggregation: the expert ranks leave chips - expert_ranks ranks
+    # for attention, and form the EP group
+    er = _int(knobs.get("expert_ranks") or 0)
+    if er and _int(model.n_experts) == 0:
+        raise ValueError(f"Plan: expert_ranks={er} needs an MoE model ({model.name} is dense).")
+    if not 0 <= er < chips:
         raise ValueError(
-            f"Plan: tp*pp*dp*cp = {tp * dp} must equal {_ranks_text(system, chips)}; "
-            f"adjust dp (got dp={dp})."
+            f"Plan: expert_ranks={er} must be below {_ranks_text(system, chips)}; reduce it."
         )
-    ep_ = ep if ep is not None else _serving_ep(system, model, chips)
+    att = chips - er
+    if tp is None:
+        tp = _serving_tp(system, model, att, {**knobs, "microbatch": microbatch})
+    if att % tp:
+        plus = f" - expert_ranks {er}" if er else ""
+        raise ValueError(
+            f"Plan: tp={tp} must divide {_ranks_text(system, chips)}{plus}; adjust tp."
+        )
+    dp_ = att // tp
+    if dp is not None and dp != dp_:
+        plus = " + expert_ranks" if er else ""
+        raise ValueError(
+            f"Plan: tp*pp*dp*cp{plus} = {tp * dp + er} must equal "
+            f"{_ranks_text(system, chips)}; adjust dp (got dp={dp})."
+        )
+    ep_ = ep if ep is not None else (er or _serving_ep(system, model, chips))
     plan = make_plan(
         **knobs, tp=tp, dp=dp_, ep=ep_, microbatch=microbatch, global_batch=dp_ * microbatch,
         recompute="none", zero=0,
@@ -323,11 +337,12 @@ def check_plan(system: System, model: Model, plan: Plan, chips: int | None = Non
     first and last stages); serving EP need not divide the experts (redundant slots)."""
     _check_precision(system, plan.precision)
     if chips is not None:
-        n = _int(plan.tp * plan.pp * plan.dp * plan.cp)
+        n = _int(n_ranks(plan))
         if n != chips * _dies(system):
+            plus = " + expert_ranks" if float(plan.expert_ranks) > 0 else ""
             raise ValueError(
-                f"Plan: tp*pp*dp*cp = {n} must equal {_ranks_text(system, chips * _dies(system))}"
-                f"; adjust dp (got dp={_int(plan.dp)})."
+                f"Plan: tp*pp*dp*cp{plus} = {n} must equal "
+                f"{_ranks_text(system, chips * _dies(system))}; adjust dp (got dp={_int(plan.dp)})."
             )
     return validate_plan(
         plan,

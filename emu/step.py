@@ -33,8 +33,11 @@ sequence, decode over 1 + (MTP draft) tokens per sequence that read a KV cache o
 tokens. MoE layers add dispatch and combine all-to-alls over the EP group; their grouped
 expert GEMMs read only the experts that receive a token (a share 1 - exp(-m) of the local
 experts at m routed copies each). A decode layer also launches DECODE_KERNELS_PER_LAYER small
-kernels (quantisation, KV write, routing) at the chip's `kernel_overhead_s` each. Both phases
-return the same `StepBreakdown`.
+kernels (quantisation, KV write, routing) at the chip's `kernel_overhead_s` each. A decode
+plan with `expert_ranks` > 0 puts the experts on ranks of their own (attention/expert
+disaggregation, `_disaggregated_decode`): a layer takes max(attention chain, g x expert
+turn), the attention ranks' wait reported as `bubble_s`. Both phases return the same
+`StepBreakdown`.
 
 >>> from emu.topology import example_system
 >>> from emu.workload import example_model
@@ -48,8 +51,8 @@ True
 from __future__ import annotations
 
 from emu import compute
-from emu._backend import jnp
-from emu.comm import Comm, full_recompute, inference_comm, train_comm
+from emu._backend import jax, jnp
+from emu.comm import Comm, ep_layer_time, full_recompute, inference_comm, train_comm
 from emu.hardware import Overlap
 from emu.numerics import safe_div
 from emu.parallelism import (
@@ -468,6 +471,52 @@ def inference_compute(system: System, model: Model, plan: Plan) -> Compute:
     )
 
 
+def _disaggregated_decode(system: System, model: Model, plan: Plan, work: Compute, t):
+    """(compute, comm, exposed, wait) of one decode step with attention/expert
+    disaggregation (`plan.expert_ranks` E > 0; xDeepServe on CloudMatrix 384, arXiv:2508.02520
+    §7.1). The tp*dp attention ranks form g = `attention_groups` domains that take turns on
+    the E expert ranks. Per layer, a domain runs its attention block (projections, attention
+    core, memory-bound kernels) for its t tokens per rank, sends each token's top_k copies to
+    the expert ranks (A2E, the dispatch of an EP group of E) and gets them back (E2A, the
+    combine); an expert rank runs the routed and shared experts on the t_e = (dp/g) t / E
+    tokens one domain sends it (shared experts spread over the expert ranks like routed
+    slots). A layer of the domain chain takes t_att + t_a2e + t_exp + t_e2a; the expert
+    ranks serve g domains per layer, so a layer takes
+        max(t_att + t_a2e + t_exp + t_e2a, g t_exp)
+    and `wait` (reported as `bubble_s`) is the time the attention ranks wait on the experts.
+    The MTP draft pass costs one more such layer and head."""
+    dp_group = safe_div(plan.dp, plan.attention_groups)
+    t_e = safe_div(dp_group * t, plan.expert_ranks)
+    _, expert_f, _ = layer_forward(system, model, plan, t_e)
+    # the busier side of the exchange: an attention rank sends t top_k copies, an expert
+    # rank receives t_e top_k of them
+    disp_f, comb_f = ep_layer_time(system, model, plan, jnp.maximum(t, t_e))
+    layers = model.n_layers
+    att = safe_div(work.matmul_s + work.attention_s + work.memory_s, layers)
+    chain = att + disp_f + expert_f + comb_f
+    layer = jnp.maximum(chain, plan.attention_groups * expert_f)
+    _, _, mtp = _pass_tokens(model, plan)
+    passes = layers + mtp
+    head = work.head_s * (1.0 + mtp)
+    compute_total = passes * (att + expert_f) + head
+    exposed = passes * (disp_f + comb_f)
+    wait = passes * (layer - chain)
+    out = Compute(
+        matmul_s=work.matmul_s,
+        expert_s=layers * expert_f,
+        attention_s=work.attention_s,
+        memory_s=work.memory_s,
+        head_s=work.head_s,
+        total_s=compute_total,
+    )
+    zero = jnp.zeros_like(exposed)
+    comm = Comm(
+        tp_s=zero, cp_s=zero, pp_s=zero, dp_s=zero,
+        dispatch_s=layers * disp_f, combine_s=layers * comb_f,
+    )  # fmt: skip
+    return out, comm, exposed, wait
+
+
 def inference_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
     """One prefill batch or one decode step of `model` on `system` under `plan`.
 
@@ -487,6 +536,15 @@ def inference_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
     a2a = comm.dispatch_s + comm.combine_s
     exposed = (1.0 - ov.tp) * comm.tp_s + comm.pp_s + _a2a_exposed(ov, plan, a2a, work.total_s)
     zero = jnp.zeros_like(work.total_s)
+    wait = zero
+    if plan.phase == "decode":  # attention/expert disaggregation when expert_ranks > 0
+        d = _disaggregated_decode(system, model, plan, work, t)
+        on = plan.expert_ranks > 0.5
+        pick = lambda a, b: jnp.where(on, a, b)  # noqa: E731
+        work = jax.tree_util.tree_map(pick, d[0], work)
+        comm = jax.tree_util.tree_map(pick, d[1], comm)
+        exposed = jnp.where(on, d[2], exposed)
+        wait = jnp.where(on, d[3], zero)
     if plan.phase == "decode":
         tokens_in, tokens_out = zero, plan.microbatch * speculation(model, plan)[1]
     else:
@@ -505,11 +563,11 @@ def inference_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
         dispatch_s=comm.dispatch_s,
         combine_s=comm.combine_s,
         exposed_comm_s=exposed,
-        bubble_s=zero,
+        bubble_s=wait,
         exposed_dp_s=zero,
         optimizer_s=zero,
         host_wait_s=zero,
-        total_s=work.total_s + exposed,
+        total_s=work.total_s + exposed + wait,
         tokens_in=tokens_in,
         tokens_out=tokens_out,
     )

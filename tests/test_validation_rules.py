@@ -27,7 +27,7 @@ def test_at_least_98_percent_of_the_rows_are_modelled_and_skips_say_why(validate
         if r["status"] != "ok":
             assert r["status"] == "skipped" and len(r["reason"]) > 20
     skipped = {r["id"] for r in rep["rows"] if r["status"] == "skipped"}
-    assert skipped <= {"xds_decode_disagg_moe_attention_768dies"}
+    assert not skipped  # every row, the 768-die disaggregated decode included
 
 
 @pytest.mark.parametrize("n", [2.5, 1e30, 0, -8, "8", True])

@@ -67,6 +67,8 @@ def unit_of(path: str) -> str:
 def plan_text(p: dict) -> str:
     """A plan on one line: the knobs of its phase (EP and ETP where they act)."""
     moe = f" ep={p['ep']}" + (f" etp={p['etp']}" if p.get("etp", 1) != 1 else "")
+    if p.get("expert_ranks"):  # attention/expert disaggregation
+        moe += f" expert_ranks={p['expert_ranks']} attention_groups={p['attention_groups']}"
     if p["phase"] != "train":
         length = f"context={p['context']:g}" if p["phase"] == "decode" else f"prompt={p['seq_len']}"
         extra = f" mtp_accept={p['mtp_accept']:g}" if p.get("mtp_accept") else ""
@@ -124,6 +126,11 @@ _BREAKDOWN_ROWS = [
     ("optimizer_s", "optimizer"),
     ("total_s", "= step time"),
 ]
+
+
+#: `bubble_s` of a decode step: attention ranks waiting on the shared expert ranks
+#: (attention/expert disaggregation, `emu.step`)
+_EXPERT_WAIT = "wait on expert ranks"
 
 
 def _latency_rows(results: list[dict]) -> list[list[str]]:
@@ -205,6 +212,8 @@ def run_text(results: list[dict]) -> str:
         for k, label in _BREAKDOWN_ROWS
         if any(r["breakdown"].get(k) for r in results) or k in ("compute_s", "total_s")
     ]
+    if all(r["phase"] == "decode" for r in results):  # disaggregation: attention waits
+        rows = [[_EXPERT_WAIT if row[0] == "pipeline bubble" else row[0], *row[1:]] for row in rows]
     out += [table(rows, ["step breakdown", *[r["system"] for r in results]]), ""]
     for r in results:
         out.append(f"plan ({r['system']}): {plan_text(r['plan'])}")

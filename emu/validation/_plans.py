@@ -17,7 +17,10 @@ Ranks: a row's parallel degrees count ranks, and on a system whose chips hold se
 Serving rows: prefill/decode rows that give a per-rank batch (or a per-user speed, the SLO
 the batch must meet) are one instance (`row_plan`); expert-parallel ones overlap two
 micro-batches unless they say "no" or "without" it. Decode rows that give neither describe
-a deployment (`serving_row`, fidelity DESIGN §2 "serving rule").
+a deployment (`serving_row`, fidelity DESIGN §2 "serving rule"). A decode row whose
+published attention ranks (tp * dp * cp) and expert ranks (ep) add up to its ranks runs
+attention/expert disaggregation (`expert_ranks` = ep; `attention_groups` = the "N DP
+domains" it states, else 1: `_disaggregation`).
 """
 
 from __future__ import annotations
@@ -203,7 +206,8 @@ def row_plan(row: dict, model: Model, *, dies: int = 1) -> RowPlan:
     if not isinstance(p, dict):
         raise ValueError("parallel must be an object")
     n = ranks_of(row, dies)
-    tp, pp, dp, cp = _degrees(n, p, model)
+    er, groups = _disaggregation(row, n)
+    tp, pp, dp, cp = _degrees(n - er, p, model)
     mb = int_or(p.get("microbatch"), 1)
     gb = int_or(p.get("global_batch"), dp * mb)
     if gb % (dp * mb):
@@ -218,7 +222,10 @@ def row_plan(row: dict, model: Model, *, dies: int = 1) -> RowPlan:
     notes = row_text(row)
     ep, etp, overlap, imbalance = _moe_settings(row, model, tp, f"{notes} {json.dumps(p).lower()}")
     if row["kind"] in ("prefill", "decode"):
-        return _inference_plan(row, model, tp, dp * pp, ep, prec, notes, overlap, imbalance)
+        disagg = dict(expert_ranks=er, attention_groups=groups) if er else {}
+        return _inference_plan(
+            row, model, tp, dp * pp, ep, prec, notes, overlap, imbalance, **disagg
+        )
     seq = int_or((row.get("model") or {}).get("seq_len"), None)
     if seq is None:
         raise ValueError("model.seq_len is null")
@@ -232,8 +239,8 @@ def row_plan(row: dict, model: Model, *, dies: int = 1) -> RowPlan:
 
 def lengths(row: dict) -> tuple[float | None, float | None]:
     """(prompt, output) tokens per request of a serving row from its notes or id ("input
-    6000, output 1600", "2048/2048 ->", "..._3p5k_1p5k_...", "..._128_2048"); None where the
-    row does not say."""
+    6000, output 1600", "2048/2048 ->", "2K+2K workload", "..._3p5k_1p5k_...",
+    "..._128_2048"); None where the row does not say."""
     notes = str(row.get("notes", "")).lower()
     rid = row["id"].lower()
     for pattern in (
@@ -244,6 +251,9 @@ def lengths(row: dict) -> tuple[float | None, float | None]:
         m = re.search(pattern, notes)
         if m:
             return tuple(float(g.replace(",", "")) for g in m.groups())
+    m = re.search(r"\b(\d+)k\+(\d+)k workload", notes)  # "a fixed 2K+2K workload"
+    if m:
+        return tuple(1024.0 * float(g) for g in m.groups())
     m = re.search(r"_(\d+(?:p\d+)?)k_(\d+(?:p\d+)?)k(?:_|$)", rid)
     if m:
         return tuple(float(g.replace("p", ".")) * 1000 for g in m.groups())
@@ -278,10 +288,29 @@ def _mtp_accept(notes: str) -> float:
     return pct / 100.0
 
 
-def _inference_plan(row, model, tp, dp, ep, prec, notes, overlap, imbalance) -> RowPlan:
+_GROUP_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "eight": 8}
+
+
+def _disaggregation(row: dict, n: int) -> tuple[int, int]:
+    """(expert_ranks, attention_groups) of a decode row that states attention/expert
+    disaggregation: its published tp * dp * cp attention ranks and ep expert ranks add up to
+    its n ranks (xDeepServe: 480 + 288 = 768 dies); the attention ranks form the "N DP
+    domains" the row states (else 1). Other rows: (0, 1)."""
+    p = row.get("parallel") or {}
+    tp, dp, ep = (int_or(p.get(k), None) for k in ("tp", "dp", "ep"))
+    cp = int_or(p.get("cp"), 1)
+    if row["kind"] != "decode" or None in (tp, dp, ep) or tp * dp * cp + ep != n:
+        return 0, 1
+    m = re.search(r"\b(\d+|" + "|".join(_GROUP_WORDS) + r") dp domains", row_text(row))
+    groups = 1 if m is None else _GROUP_WORDS.get(m.group(1)) or int(m.group(1))
+    return ep, groups
+
+
+def _inference_plan(row, model, tp, dp, ep, prec, notes, overlap, imbalance, **disagg) -> RowPlan:
     phase = row["kind"]
     p = row.get("parallel") or {}
     common = dict(
+        **disagg,
         tp=tp,
         dp=dp,
         ep=ep,

@@ -156,13 +156,6 @@ def _run_item(row: dict, base: dict, system_of) -> Item:
     known = METRICS_TRAIN if row["kind"] == "train" else set(METRICS_INFERENCE)
     if row["metric"] not in known:
         raise NotImplementedError(f"metric '{row['metric']}' is not modelled yet")
-    if "disagg_moe_attention" in row["id"] or "attention/expert disaggregation" in str(
-        row.get("notes", "")
-    ):
-        raise NotImplementedError(
-            "attention/expert disaggregation (attention and expert ranks taking turns) is not "
-            "modelled (fidelity DESIGN §3b.3)"
-        )
     system = system_of(row["system"])
     dies = dies_of(system)
     row = script_plan(row) or row
