@@ -172,3 +172,15 @@ def test_cli_runs_the_published_plan_and_shows_it(capsys):
         capsys, "run", "--model", "llama3_70b", "--phase", "decode", "--expert-ranks", "8"
     )
     assert code == 2 and "needs an MoE model" in err
+
+
+def test_serve_takes_a_disaggregated_decode_instance(capsys):
+    out = run_json(
+        capsys, "serve", "--decode-chips", "384", "--decode-expert-ranks", "288",
+        "--decode-attention-groups", "3", "--mtp-accept", "0.9",
+    )  # fmt: skip
+    d = out["decode"]["plan"]
+    assert (d["dp"], d["ep"], d["expert_ranks"], d["attention_groups"]) == (480, 288, 288, 3)
+    assert out["prefill"]["plan"]["expert_ranks"] == 0 and out["tokens_per_s"] > 0
+    code, _, err = run_cli(capsys, "serve", "--decode-expert-ranks", "-3")
+    assert code == 2 and "non-negative integer" in err

@@ -282,6 +282,14 @@ def _serving_plan(args, system, model, phase, chips, batch, slo, precision):
         precision=precision,
         moe_imbalance=args.moe_imbalance,
         a2a_overlap=args.a2a_overlap,
+        **(
+            dict(
+                expert_ranks=args.decode_expert_ranks,
+                attention_groups=args.decode_attention_groups,
+            )
+            if phase == "decode"
+            else {}
+        ),
     )
     if batch is not None:
         return plan

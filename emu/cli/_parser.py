@@ -51,6 +51,17 @@ def positive_int(text: str) -> int:
     return v
 
 
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = None
+    if v is None or v < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer (got {text!r})")
+    return v
+
+
 def seconds(text: str) -> float:
     """argparse type: a positive time in seconds, with an optional unit (50ms, 2s, 500us)."""
     from emu.overrides import parse_value
@@ -319,6 +330,19 @@ def _add_serve(sub) -> None:
     p.add_argument("--mtp-accept", type=float, default=0.0)
     p.add_argument("--moe-imbalance", type=float, default=1.0)
     p.add_argument("--a2a-overlap", action="store_true")
+    p.add_argument(
+        "--decode-expert-ranks",
+        type=nonnegative_int,
+        default=0,
+        help="attention/expert disaggregation in the decode instance: ranks (dies on a "
+        "CloudMatrix 384) that hold only the experts (default 0: colocated)",
+    )
+    p.add_argument(
+        "--decode-attention-groups",
+        type=positive_int,
+        default=1,
+        help="with --decode-expert-ranks: DP domains taking turns on the expert ranks",
+    )
     add_cost_args(p)
     _common(p)
 
