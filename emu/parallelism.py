@@ -421,16 +421,16 @@ def inference_memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
     """Per-chip memory when serving (bytes): weights (dense / tp, experts / ep, at the plan's
     precision, 16-bit at most), the KV cache of `microbatch` sequences of `context` (decode)
     or `seq_len` (prefill) tokens over the layers of a stage (KV heads split over TP up to
-    their number; MLA's latent is replicated), and the activations of one layer (bf16).
-    With attention/expert disaggregation (`expert_ranks` > 0) the fields describe an
-    attention rank (no expert weights); `feasible` also asks that an expert rank holds its
-    `local_experts` slots and their tokens' activations."""
+    their number; MLA's latent is replicated) at `kv_precision` bytes per element, and the
+    activations of one layer (bf16). With attention/expert disaggregation (`expert_ranks` > 0)
+    the fields describe an attention rank (no expert weights); `feasible` also asks that an
+    expert rank holds its `local_experts` slots and their tokens' activations."""
     dense, expert = params_split_per_chip(model, plan)
     w_el = min(BYTES_PER_ELEMENT[plan.precision], 2.0)
     weights = (dense + expert) * w_el
     decode = plan.phase == "decode"
     tokens = jnp.where(decode, plan.context, plan.seq_len)
-    kv_tok = kv_cache_bytes_per_token(model) * jnp.where(
+    kv_tok = kv_cache_bytes_per_token(model, plan.kv_precision) * jnp.where(
         model.attention == "mla", 1.0, safe_div(1.0, jnp.minimum(plan.tp, model.n_kv_heads))
     )
     kv = plan.microbatch * tokens * safe_div(model.n_layers, plan.pp) * kv_tok

@@ -55,12 +55,19 @@ __all__ = [
     "n_microbatches",
     "PHASES",
     "RECOMPUTE",
+    "KV_PRECISIONS",
     "KINDS",
 ]
 
 Array = jnp.ndarray
 PHASES = ("train", "prefill", "decode")
 RECOMPUTE = {"none": 0.0, "selective": 1.0, "full": 2.0}
+#: KV-cache element formats: name -> bytes per element, the code a `kv_precision` leaf
+#: stores (so the cost formulas read the bytes directly and `grad` reaches them). FP8 KV
+#: caches: vLLM `--kv-cache-dtype fp8` (docs.vllm.ai, "Quantized KV Cache"), TensorRT-LLM
+#: `KvCacheConfig(dtype='fp8')` or a ModelOpt checkpoint whose hf_quant_config.json says
+#: "kv_cache_quant_algo": "FP8" (nvidia.github.io/TensorRT-LLM, features/quantization)
+KV_PRECISIONS = {"bf16": 2.0, "fp8": 1.0}
 #: knob kinds: how a Python value becomes the stored one and how it is searched
 KINDS = ("static", "degree", "int", "bool", "choice", "float")
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -347,6 +354,13 @@ class Plan:
         bounds="[0, 1)",
         phases=("prefill",),
         help="share of prompt tokens served from a prefix cache",
+    )
+    kv_precision: Array = knob(
+        "choice",
+        default="bf16",
+        names=KV_PRECISIONS,
+        phases=("prefill", "decode"),
+        help="KV-cache element format (the leaf stores its bytes per element: bf16 2, fp8 1)",
     )
     # fmt: off
     expert_ranks: Array = knob(

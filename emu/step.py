@@ -75,7 +75,6 @@ from emu.parallelism import (
 )
 from emu.struct import dataclass
 from emu.topology import System, rank_system
-from emu.units import BYTES_PER_ELEMENT
 from emu.workload import Model, kv_cache_bytes_per_token
 
 __all__ = [
@@ -410,9 +409,9 @@ def decode_attention(system: System, model: Model, plan: Plan, q_tokens):
         d_qk = d_v = model.d_head
     flops = 2.0 * q_tokens * ctx * (d_qk + d_v) * heads * b
     if model.attention == "mla":
-        kv_read = b * ctx * kv_cache_bytes_per_token(model)
+        kv_read = b * ctx * kv_cache_bytes_per_token(model, plan.kv_precision)
     else:
-        kv_read = b * ctx * 2.0 * kv_width_local(model, plan) * BYTES_PER_ELEMENT["bf16"]
+        kv_read = b * ctx * 2.0 * kv_width_local(model, plan) * plan.kv_precision
     rate = compute.peak_flops(chip, "bf16") * compute.matmul_efficiency(
         chip, q_tokens * heads, ctx, d_qk
     )

@@ -159,7 +159,8 @@ def params_attention(model: Model):
 
 def kv_cache_bytes_per_token(model: Model, bytes_per_element=2.0):
     """KV-cache bytes one token adds per layer: 2 * n_kv_heads * d_head elements (GQA), or the
-    compressed latent plus the RoPE key, kv_lora_rank + rope_head_dim (MLA)."""
+    compressed latent plus the RoPE key, kv_lora_rank + rope_head_dim (MLA), of
+    `bytes_per_element` each (2 bf16; a plan's `kv_precision` leaf holds its own)."""
     if model.attention == "mla":
         return (model.kv_lora_rank + model.rope_head_dim) * bytes_per_element
     return 2.0 * model.n_kv_heads * model.d_head * bytes_per_element

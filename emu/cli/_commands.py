@@ -280,6 +280,7 @@ def _serving_plan(args, system, model, phase, chips, batch, slo, precision):
         context=args.prompt_len + args.output_len // 2,
         mtp_accept=args.mtp_accept if phase == "decode" else 0.0,
         precision=precision,
+        kv_precision=args.kv_precision,
         moe_imbalance=args.moe_imbalance,
         a2a_overlap=args.a2a_overlap,
         **(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from emu.cli._cost import add_cost_args
-from emu.plan import KNOBS
+from emu.plan import KNOBS, KV_PRECISIONS
 from emu.search import BUDGET, OBJECTIVES
 from emu.struct import check_value
 from emu.units import PRECISIONS
@@ -326,6 +326,12 @@ def _add_serve(sub) -> None:
         default=None,
         choices=list(PRECISIONS),
         help="default: the chip's 8-bit format (fp8, else int8), else bf16",
+    )
+    p.add_argument(
+        "--kv-precision",
+        default="bf16",
+        choices=list(KV_PRECISIONS),
+        help="KV-cache element format of both instances (default bf16)",
     )
     p.add_argument("--mtp-accept", type=float, default=0.0)
     p.add_argument("--moe-imbalance", type=float, default=1.0)

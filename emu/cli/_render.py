@@ -75,7 +75,7 @@ def plan_text(p: dict) -> str:
         extra += f" cache_hit={p['cache_hit']:g}" if p.get("cache_hit") else ""
         return (
             f"{p['phase']}: tp={p['tp']} dp={p['dp']}{moe} batch/rank={p['microbatch']} "
-            f"{length}{extra} {p['precision']}"
+            f"{length}{extra} {p['precision']} kv={p.get('kv_precision', 'bf16')}"
         )
     return (
         f"tp={p['tp']} pp={p['pp']} dp={p['dp']} cp={p['cp']}{moe} vpp={p['vpp']} "
