@@ -395,9 +395,12 @@ def decode_attention(system: System, model: Model, plan: Plan, q_tokens):
     """Seconds of one decode step's attention core on one chip: `q_tokens` queries per
     sequence of `microbatch` sequences read a KV cache of `context` tokens. FLOPs
     2 q ctx (d_qk + d_v) heads/tp per sequence at the matmul efficiency of a
-    (q heads, ctx, d_qk) GEMM; bytes the local KV cache (MLA: the compressed latent with
-    absorbed projections, shared by all heads and replicated over TP); roofline max of the
-    two plus one kernel launch."""
+    (q heads, ctx, d_qk) GEMM; bytes the local KV cache at `kv_precision` bytes per
+    element (MLA: the compressed latent with absorbed projections, shared by all heads and
+    replicated over TP); roofline max of the two plus one kernel launch. (The packed MLA
+    kernels' benchmark efficiency, 65-67% of peak in CloudMatrix Table 8, as a fitted
+    per-family prior made leave-one-source-out worse, 9.42% -> 9.53%: the rows sit at an
+    effective 40-50%, near this matmul curve.)"""
     chip = rank_system(system).chip
     b = plan.microbatch
     heads = safe_div(model.n_heads, plan.tp)
