@@ -45,6 +45,13 @@ def diagnose(run: dict, *, slo_s: float | None = None) -> tuple[list[str], list[
         multi_die = run.get("n_ranks", run.get("n_chips")) != run.get("n_chips")
         per = "per die" if multi_die else "per chip"
         reasons.append(f"out of memory: {_gb(used)} of {_gb(cap)} {per}{fix}.")
+    elif not run["feasible"] and plan.get("expert_ranks") and mem["overshoot_bytes"] > 0:
+        # attention/expert disaggregation: the attention ranks fit, the expert ranks do not
+        need = cap + mem["overshoot_bytes"]
+        reasons.append(
+            f"out of memory on the {plan['expert_ranks']} expert ranks: each needs {_gb(need)} "
+            f"of {_gb(cap)} for its expert slots; raise --expert-ranks."
+        )
     if slo_s is not None and serving:
         lat, what = (run["tpot_s"], "TPOT") if run["phase"] == "decode" else (run["ttft_s"], "TTFT")
         if lat is not None and lat > slo_s:
@@ -53,7 +60,12 @@ def diagnose(run: dict, *, slo_s: float | None = None) -> tuple[list[str], list[
                 "for the largest batch meeting it), add chips or relax the SLO."
             )
     total = b["total_s"]
-    if total > 0 and b.get("bubble_s", 0) / total >= BUBBLE_WARN:
+    if total > 0 and b.get("bubble_s", 0) / total >= BUBBLE_WARN and plan.get("expert_ranks"):
+        warnings.append(
+            f"the attention ranks wait on the expert ranks for {b['bubble_s'] / total:.0%} of "
+            "the step: use fewer --attention-groups or more --expert-ranks."
+        )
+    elif total > 0 and b.get("bubble_s", 0) / total >= BUBBLE_WARN:
         mbs = plan["global_batch"] / max(plan["dp"] * plan["microbatch"], 1)
         warnings.append(
             f"the pipeline bubble is {b['bubble_s'] / total:.0%} of the step (pp={plan['pp']}, "

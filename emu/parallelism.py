@@ -453,7 +453,10 @@ def inference_memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
     total = weights + kv + acts
     zero = 0.0 * total
     mem = _fits(weights, zero, zero, acts, kv, hbm_bytes, total)
-    expert_rank = expert * w_el + t * _SERVE_ACT_FF * model.d_ff_expert * BYTES_PER_ELEMENT["bf16"]
+    # an expert rank runs the shared experts for its tokens too (`emu.step`), so it holds them
+    expert_rank = (expert + shared) * w_el + (
+        t * _SERVE_ACT_FF * model.d_ff_expert * BYTES_PER_ELEMENT["bf16"]
+    )
     over = jnp.where(
         disagg, jnp.maximum(mem.overshoot_bytes, expert_rank - hbm_bytes), mem.overshoot_bytes
     )

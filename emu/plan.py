@@ -360,11 +360,11 @@ class Plan:
         default="bf16",
         names=KV_PRECISIONS,
         phases=("prefill", "decode"),
-        help="KV-cache element format (the leaf stores its bytes per element: bf16 2, fp8 1)",
+        help="KV-cache element format: bf16 (2 bytes per element) or fp8 (1 byte)",
     )
     # fmt: off
     expert_ranks: Array = knob(
-        "int", default=0, bounds="[0, inf)", phases=("decode",), inactive=0.0, unit="ranks",
+        "int", default=0, bounds="[0, inf)", phases=("decode",), inactive=0.0,
         help="attention/expert disaggregation: ranks that hold only the MoE experts (routed "
         "and shared, one EP group of ep = expert_ranks) while tp*dp ranks run attention "
         "(xDeepServe on CloudMatrix 384); 0 = experts on the attention ranks",
@@ -406,9 +406,11 @@ class Plan:
              f"ep={float(self.ep):g})."),
             (er > 0 and float(self.etp) != 1, "expert_ranks > 0 needs etp=1."),
             (er > 0 and float(self.pp) != 1, "expert_ranks > 0 needs pp=1."),
-            (dp % g, f"attention_groups={g:g} must divide dp={dp:g}."),
             (g > 1 and er == 0, f"attention_groups={g:g} needs expert_ranks > 0 (the groups "
              "take turns on the expert ranks)."),
+            (dp % g, f"attention_groups={g:g} must divide dp={dp:g}."),
+            (er > 0 and float(self.a2a_overlap) > 0.5, "a2a_overlap does not apply with "
+             "expert_ranks > 0 (attention domains take turns on the experts instead); drop it."),
         )  # fmt: skip
         for broken, text in rules:
             if broken:

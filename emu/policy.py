@@ -400,6 +400,13 @@ def largest_batch(system: System, model: Model, plan: Plan, slo_s: float) -> int
     one = ev(1)
     if float(one.feasible) < 0.5:
         used, cap = float(one.memory.total_bytes), float(one.memory.capacity_bytes)
+        er = _int(plan.expert_ranks)
+        if er and used <= cap:  # disaggregation: the expert ranks cannot hold their experts
+            need = cap + float(one.memory.overshoot_bytes)
+            raise ValueError(
+                f"the {er} expert ranks cannot hold their experts on {system.name} "
+                f"({_gb(need)} of {_gb(cap)} each): raise --expert-ranks."
+            )
         lowp = " use an 8-bit precision," if plan.precision in ("bf16", "fp16") else ""
         raise ValueError(
             f"even batch 1 does not fit in HBM on {system.name} ({_gb(used)} of {_gb(cap)} "

@@ -489,10 +489,12 @@ def _disaggregated_decode(system: System, model: Model, plan: Plan, work: Comput
     The MTP draft pass costs one more such layer and head."""
     dp_group = safe_div(plan.dp, plan.attention_groups)
     t_e = safe_div(dp_group * t, plan.expert_ranks)
-    _, expert_f, _ = layer_forward(system, model, plan, t_e)
-    # the busier side of the exchange: an attention rank sends t top_k copies, an expert
-    # rank receives t_e top_k of them
-    disp_f, comb_f = ep_layer_time(system, model, plan, jnp.maximum(t, t_e))
+    # the MoE helpers take the tokens of an attention block and split them over its TP
+    # ranks (`moe_tokens_per_chip`); an expert rank is not TP-split: scale by tp
+    _, expert_f, _ = layer_forward(system, model, plan, t_e * plan.tp)
+    # the busier side of the exchange: an attention rank sends its t/tp tokens' top_k
+    # copies, an expert rank receives t_e tokens' top_k copies
+    disp_f, comb_f = ep_layer_time(system, model, plan, jnp.maximum(t, t_e * plan.tp))
     layers = model.n_layers
     att = safe_div(work.matmul_s + work.attention_s + work.memory_s, layers)
     chain = att + disp_f + expert_f + comb_f

@@ -184,3 +184,53 @@ def test_serve_takes_a_disaggregated_decode_instance(capsys):
     assert out["prefill"]["plan"]["expert_ranks"] == 0 and out["tokens_per_s"] > 0
     code, _, err = run_cli(capsys, "serve", "--decode-expert-ranks", "-3")
     assert code == 2 and "non-negative integer" in err
+
+
+def test_expert_side_does_not_depend_on_the_attention_tp():
+    """An expert rank receives (dp/g) t / E tokens whatever the attention ranks' TP: the same
+    domain tokens at tp 1, 2, 4 give the same expert time and dispatch."""
+    out = []
+    for tp, dp, b in ((1, 480, 96), (2, 240, 192), (4, 120, 384)):
+        r = evaluate(SYSTEM, MODEL, xds(tp=tp, dp=dp, microbatch=b, attention_groups=1))
+        out.append((float(r.breakdown.expert_s), float(r.breakdown.dispatch_s)))
+    assert out[1] == pytest.approx(out[0], rel=1e-5) and out[2] == pytest.approx(out[0], rel=1e-5)
+
+
+def test_expert_ranks_hold_the_shared_experts_they_run():
+    from emu.workload import params_expert
+
+    crowded = xds(dp=760, ep=8, expert_ranks=8, attention_groups=1, microbatch=1)
+    mem = inference_memory(MODEL, crowded, 64e9)
+    assert float(mem.total_bytes) < 64e9  # the attention ranks fit ...
+    slots = 256 / 8 + 1  # ... an expert rank holds 32 routed slots and the shared expert
+    moe_layers = float(MODEL.n_layers - MODEL.n_dense_layers)
+    need = slots * moe_layers * float(params_expert(MODEL))  # int8: one byte per parameter
+    assert float(mem.overshoot_bytes) + 64e9 == pytest.approx(need, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--expert-ranks", "8", "--batch", "1", "--tpot-slo", "5"],
+         "out of memory on the 8 expert ranks"),
+        (["--expert-ranks", "8"], "the 8 expert ranks cannot hold their experts"),
+        (["--expert-ranks", "288", "--a2a-overlap", "--batch", "4"], "a2a_overlap does not apply"),
+        (["--attention-groups", "5"], "needs expert_ranks > 0"),
+        (["--expert-ranks", "288", "--plan", "best"], "--plan best searches with expert_ranks"),
+        (["--kv-precision", "fp8", "--plan", "best"], "--plan best searches with kv_precision"),
+    ],
+)  # fmt: skip
+def test_disaggregated_plans_fail_with_the_fix(capsys, flags, message):
+    base = ["run", "--system", "cloudmatrix384", "--model", "deepseek_r1", "--phase", "decode"]
+    code, out, err = run_cli(capsys, *base, *flags)
+    assert code in (0, 2) and message in out + err  # 0: an INFEASIBLE result, said first
+    if code == 2:
+        assert err.count("\n") == 1 and err.startswith("emu: error:")
+
+
+def test_the_wait_on_expert_ranks_is_named_as_such(capsys):
+    code, out, _ = run_cli(
+        capsys, "run", "--system", "cloudmatrix384", "--model", "deepseek_r1", "--phase",
+        "decode", "--expert-ranks", "288", "--attention-groups", "480", "--batch", "96",
+    )  # fmt: skip
+    assert "attention ranks wait on the expert ranks" in out and "pipeline bubble" not in out

@@ -173,6 +173,13 @@ def quick_search(args, system, model, chips: int, knobs: dict, slo_s) -> tuple:
     from emu.search import gradient_search, plan_of
 
     searchable = {k.name for k in plan_knobs(searchable=True)} - {"dp"}
+    for k in KNOBS:  # a knob the search's Problem has no place for would be dropped silently
+        v = knobs.get(k.name)
+        if k.name not in searchable | set(PROBLEM_KNOBS) and v is not None and v != k.default:
+            raise CliError(
+                f"--plan best searches with {k.name} at its default; drop {k.flag} or give the "
+                "plan's degrees instead of --plan best."
+            )
     fixed = {}
     for name, v in knobs.items():
         if name in searchable:

@@ -223,6 +223,7 @@ def row_plan(row: dict, model: Model, *, dies: int = 1) -> RowPlan:
     ep, etp, overlap, imbalance = _moe_settings(row, model, tp, f"{notes} {json.dumps(p).lower()}")
     if row["kind"] in ("prefill", "decode"):
         disagg = dict(expert_ranks=er, attention_groups=groups) if er else {}
+        overlap = overlap and not er  # domains take turns on the experts instead
         return _inference_plan(
             row, model, tp, dp * pp, ep, prec, notes, overlap, imbalance, **disagg
         )
