@@ -142,9 +142,18 @@ def test_cli_bad_kv_precision_is_one_error_line(capsys):
         assert len(lines) == 1 and lines[0].startswith("emu: error:") and "'fp4'" in lines[0]
 
 
-def test_search_says_it_keeps_the_kv_precision(capsys):
-    code, _, err = run_cli(capsys, "search", "--phase", "decode", "--kv-precision", "fp8")
-    assert code == 2 and "drop --kv-precision" in err and len(err.strip().splitlines()) == 1
+def test_search_takes_the_kv_precision(capsys):
+    """A KV-bound decode (Llama 3 70B at 32K context on 8 GB200): the search with an FP8 KV
+    cache finds plans with the KV precision fixed and more tokens/s than with bf16."""
+    args = ["search", "--system", "gb200_nvl72", "--model", "llama3_70b", "--phase", "decode",
+            "--chips", "8", "--context", "32768"]  # fmt: skip
+    fp8 = run_json(capsys, *args, "--kv-precision", "fp8")
+    bf16 = run_json(capsys, *args)
+    assert fp8["problem"]["kv_precision"] == "fp8" and bf16["problem"]["kv_precision"] == "bf16"
+    assert fp8["best"]["plan"]["kv_precision"] == "fp8"
+    assert fp8["best"]["tokens_per_s"] > 1.5 * bf16["best"]["tokens_per_s"]
+    code, _, err = run_cli(capsys, "search", "--kv-precision", "fp8")  # training: no KV cache
+    assert code == 2 and "--kv-precision applies to prefill/decode plans only" in err
 
 
 def test_serve_takes_the_kv_precision_for_both_instances(capsys):

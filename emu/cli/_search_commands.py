@@ -23,7 +23,7 @@ _OUT_SUFFIXES = (".csv", ".parquet")
 #: plan knobs a search Problem takes as given (it varies the searchable ones)
 PROBLEM_KNOBS = (
     "seq_len", "global_batch", "precision", "phase", "context", "a2a_overlap",
-    "moe_imbalance", "mtp_accept", "cache_hit",
+    "moe_imbalance", "mtp_accept", "cache_hit", "kv_precision",
 )  # fmt: skip
 
 

@@ -73,6 +73,7 @@ class Problem:
     moe_imbalance: float = 1.0
     mtp_accept: float = 0.0
     cache_hit: float = 0.0
+    kv_precision: str = "bf16"
     cost: tuple | None = None
 
     def chip_counts(self) -> tuple[int, ...]:

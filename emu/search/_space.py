@@ -177,6 +177,7 @@ def base_plan(problem: Problem) -> Plan:
         moe_imbalance=problem.moe_imbalance,
         mtp_accept=problem.mtp_accept,
         cache_hit=problem.cache_hit,
+        kv_precision=problem.kv_precision,
         zero=0 if inference else 1,
         recompute="none" if inference else "selective",
     )
