@@ -234,3 +234,10 @@ def test_the_wait_on_expert_ranks_is_named_as_such(capsys):
         "decode", "--expert-ranks", "288", "--attention-groups", "480", "--batch", "96",
     )  # fmt: skip
     assert "attention ranks wait on the expert ranks" in out and "pipeline bubble" not in out
+
+
+def test_compare_names_the_system_an_error_comes_from(capsys):
+    code, _, err = run_cli(
+        capsys, "compare", "--model", "deepseek_r1", "--phase", "decode", "--expert-ranks", "100"
+    )
+    assert code == 2 and err.startswith("emu: error: gb200_nvl72: ") and "below" in err

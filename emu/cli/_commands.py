@@ -186,7 +186,12 @@ def cmd_compare(args) -> None:
     results = []
     for name in names:
         with render.working(_compiling(name, args.model)):
-            results.append(_priced_run(args, name))
+            try:
+                results.append(_priced_run(args, name))
+            except ValueError as e:  # say which of the compared systems it is
+                if len(names) < 2 or str(e).startswith(f"{name}:"):
+                    raise
+                raise ValueError(f"{name}: {e}") from None
     render.emit(args, {"results": results}, render.run_text(results) + cost_flags.text(results))
 
 
