@@ -545,9 +545,15 @@ def inference_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
         d = _disaggregated_decode(system, model, plan, work, t)
         on = plan.expert_ranks > 0.5
         pick = lambda a, b: jnp.where(on, a, b)  # noqa: E731
+        # the attention ranks keep their TP all-reduces (tp > 1) and pipeline hops
+        tp_pp = (1.0 - ov.tp) * comm.tp_s + comm.pp_s
+        d_comm = Comm(
+            tp_s=comm.tp_s, cp_s=comm.cp_s, pp_s=comm.pp_s, dp_s=comm.dp_s,
+            dispatch_s=d[1].dispatch_s, combine_s=d[1].combine_s,
+        )  # fmt: skip
         work = jax.tree_util.tree_map(pick, d[0], work)
-        comm = jax.tree_util.tree_map(pick, d[1], comm)
-        exposed = jnp.where(on, d[2], exposed)
+        comm = jax.tree_util.tree_map(pick, d_comm, comm)
+        exposed = jnp.where(on, d[2] + tp_pp, exposed)
         wait = jnp.where(on, d[3], zero)
     if plan.phase == "decode":
         tokens_in, tokens_out = zero, plan.microbatch * speculation(model, plan)[1]

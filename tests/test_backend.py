@@ -93,8 +93,27 @@ def _numbers(x, path=""):
     [
         ["compare"],
         ["run", "--model", "deepseek_r1", "--phase", "decode", "--system", "cloudmatrix384"],
+        [
+            "run",
+            "--model",
+            "deepseek_r1",
+            "--phase",
+            "decode",
+            "--system",
+            "cloudmatrix384",
+            "--tp",
+            "2",
+            "--dp",
+            "240",
+            "--expert-ranks",
+            "288",
+            "--attention-groups",
+            "3",
+            "--kv-precision",
+            "fp8",
+        ],
     ],
-    ids=["compare", "decode-cm384"],
+    ids=["compare", "decode-cm384", "disaggregated-fp8-kv"],
 )
 def test_the_cli_process_runs_on_numpy_with_the_numbers_of_jax(argv, capsys):
     p = subprocess.run(

@@ -217,7 +217,6 @@ def test_expert_ranks_hold_the_shared_experts_they_run():
         (["--expert-ranks", "288", "--a2a-overlap", "--batch", "4"], "a2a_overlap does not apply"),
         (["--attention-groups", "5"], "needs expert_ranks > 0"),
         (["--expert-ranks", "288", "--plan", "best"], "--plan best searches with expert_ranks"),
-        (["--kv-precision", "fp8", "--plan", "best"], "--plan best searches with kv_precision"),
     ],
 )  # fmt: skip
 def test_disaggregated_plans_fail_with_the_fix(capsys, flags, message):
@@ -241,3 +240,12 @@ def test_compare_names_the_system_an_error_comes_from(capsys):
         capsys, "compare", "--model", "deepseek_r1", "--phase", "decode", "--expert-ranks", "100"
     )
     assert code == 2 and err.startswith("emu: error: gb200_nvl72: ") and "below" in err
+
+
+def test_attention_ranks_keep_their_tp_all_reduces():
+    one = evaluate(SYSTEM, MODEL, xds(attention_groups=1)).breakdown
+    two = evaluate(SYSTEM, MODEL, xds(tp=2, dp=240, microbatch=192, attention_groups=1)).breakdown
+    assert float(one.tp_comm_s) == 0.0 and float(two.tp_comm_s) > 0.0
+    extra = float(two.exposed_comm_s) - float(two.dispatch_s + two.combine_s)
+    assert extra > 0.0  # the exposed share of the TP all-reduces is on the step
+    assert float(two.exposed_comm_s) > float(one.exposed_comm_s)

@@ -161,3 +161,9 @@ def test_serve_takes_the_kv_precision_for_both_instances(capsys):
     assert d["prefill"]["plan"]["kv_precision"] == "fp8"
     assert d["decode"]["plan"]["kv_precision"] == "fp8"
     assert run_json(capsys, "serve")["decode"]["plan"]["kv_precision"] == "bf16"
+
+
+def test_plan_best_keeps_the_kv_precision(capsys):
+    d = run_json(capsys, "run", "--system", "gb200_nvl72", "--model", "llama3_70b", "--phase",
+                 "decode", "--chips", "8", "--kv-precision", "fp8", "--plan", "best")  # fmt: skip
+    assert d["plan"]["kv_precision"] == "fp8"
