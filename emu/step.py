@@ -50,8 +50,10 @@ True
 
 from __future__ import annotations
 
+import numpy as np
+
 from emu import compute
-from emu._backend import jax, jnp
+from emu._backend import is_numpy, jax, jnp
 from emu.comm import Comm, ep_layer_time, full_recompute, inference_comm, train_comm
 from emu.hardware import Overlap
 from emu.numerics import safe_div
@@ -73,7 +75,7 @@ from emu.parallelism import (
     stage_layers,
     tokens_per_microbatch,
 )
-from emu.struct import dataclass
+from emu.struct import dataclass, replace
 from emu.topology import System, rank_system
 from emu.workload import Model, kv_cache_bytes_per_token
 
@@ -513,12 +515,7 @@ def _disaggregated_decode(system: System, model: Model, plan: Plan, work: Comput
         head_s=work.head_s,
         total_s=compute_total,
     )
-    zero = jnp.zeros_like(exposed)
-    comm = Comm(
-        tp_s=zero, cp_s=zero, pp_s=zero, dp_s=zero,
-        dispatch_s=layers * disp_f, combine_s=layers * comb_f,
-    )  # fmt: skip
-    return out, comm, exposed, wait
+    return out, layers * disp_f, layers * comb_f, exposed, wait
 
 
 def inference_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
@@ -541,20 +538,22 @@ def inference_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
     exposed = (1.0 - ov.tp) * comm.tp_s + comm.pp_s + _a2a_exposed(ov, plan, a2a, work.total_s)
     zero = jnp.zeros_like(work.total_s)
     wait = zero
-    if plan.phase == "decode":  # attention/expert disaggregation when expert_ranks > 0
-        d = _disaggregated_decode(system, model, plan, work, t)
+    # attention/expert disaggregation when expert_ranks > 0 (both branches are traced; the
+    # NumPy backend, which holds concrete values, skips it for colocated plans)
+    colocated = is_numpy() and not np.any(plan.expert_ranks)
+    if plan.phase == "decode" and not colocated:
+        d_work, disp, comb, a2a_exposed, d_wait = _disaggregated_decode(
+            system, model, plan, work, t
+        )
         on = plan.expert_ranks > 0.5
         pick = lambda a, b: jnp.where(on, a, b)  # noqa: E731
+        work = jax.tree_util.tree_map(pick, d_work, work)
+        comm = replace(
+            comm, dispatch_s=pick(disp, comm.dispatch_s), combine_s=pick(comb, comm.combine_s)
+        )
         # the attention ranks keep their TP all-reduces (tp > 1) and pipeline hops
-        tp_pp = (1.0 - ov.tp) * comm.tp_s + comm.pp_s
-        d_comm = Comm(
-            tp_s=comm.tp_s, cp_s=comm.cp_s, pp_s=comm.pp_s, dp_s=comm.dp_s,
-            dispatch_s=d[1].dispatch_s, combine_s=d[1].combine_s,
-        )  # fmt: skip
-        work = jax.tree_util.tree_map(pick, d[0], work)
-        comm = jax.tree_util.tree_map(pick, d_comm, comm)
-        exposed = jnp.where(on, d[2] + tp_pp, exposed)
-        wait = jnp.where(on, d[3], zero)
+        exposed = pick(a2a_exposed + (1.0 - ov.tp) * comm.tp_s + comm.pp_s, exposed)
+        wait = pick(d_wait, zero)
     if plan.phase == "decode":
         tokens_in, tokens_out = zero, plan.microbatch * speculation(model, plan)[1]
     else:

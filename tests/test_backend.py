@@ -40,6 +40,21 @@ def _python(code: str, env: dict | None = None, args: tuple = ()) -> subprocess.
     )
 
 
+def _emu(argv, backend: str | None, timeout: int = 120) -> subprocess.CompletedProcess:
+    """`python -m emu *argv` in a fresh process with EMU_BACKEND=backend (None: unset)."""
+    env = {k: v for k, v in os.environ.items() if k != "EMU_BACKEND"}
+    if backend is not None:
+        env["EMU_BACKEND"] = backend
+    return subprocess.run(
+        [sys.executable, "-m", "emu", *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=timeout,
+    )
+
+
 def test_numpy_backend_reproduces_the_golden_snapshot_without_importing_jax():
     code = """
         import json, sys
@@ -116,14 +131,7 @@ def _numbers(x, path=""):
     ids=["compare", "decode-cm384", "disaggregated-fp8-kv"],
 )
 def test_the_cli_process_runs_on_numpy_with_the_numbers_of_jax(argv, capsys):
-    p = subprocess.run(
-        [sys.executable, "-m", "emu", *argv, "--json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if k != "EMU_BACKEND"},
-        timeout=300,
-    )
+    p = _emu([*argv, "--json"], None, timeout=300)
     assert p.returncode == 0, p.stderr
     numpy_run = json.loads(p.stdout)
     code, out, err = run_cli(capsys, *argv, "--json")  # in this process: JAX
@@ -142,14 +150,7 @@ def test_the_cli_process_runs_on_numpy_with_the_numbers_of_jax(argv, capsys):
 
 
 def test_a_bad_backend_is_one_line_before_any_work():
-    p = subprocess.run(
-        [sys.executable, "-m", "emu", "run"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "EMU_BACKEND": "torch"},
-        timeout=120,
-    )
+    p = _emu(["run"], "torch")
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.strip().splitlines() == [
         "emu: error: EMU_BACKEND='torch' is not a backend; use one of jax, numpy "
@@ -161,14 +162,7 @@ def test_a_bad_backend_is_one_line_before_any_work():
     "argv,what", [(["search"], "emu search"), (["run", "--plan", "best"], "emu run --plan best")]
 )
 def test_numpy_for_a_command_that_needs_jax_is_one_line_before_any_work(argv, what):
-    p = subprocess.run(
-        [sys.executable, "-m", "emu", *argv],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "EMU_BACKEND": "numpy"},
-        timeout=120,
-    )
+    p = _emu(argv, "numpy")
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.strip().splitlines() == [
         f"emu: error: {what} needs JAX (jit, vmap or grad: a search, a fit or gradients), "

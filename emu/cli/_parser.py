@@ -40,26 +40,24 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{message} (see `{self.prog} --help`)")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
+def _int_at_least(text: str, lo: int, words: str) -> int:
     try:
         v = int(text)
     except ValueError:
         v = None
-    if v is None or v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (got {text!r})")
+    if v is None or v < lo:
+        raise argparse.ArgumentTypeError(f"must be a {words} integer (got {text!r})")
     return v
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1, "positive")
 
 
 def nonnegative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
-    try:
-        v = int(text)
-    except ValueError:
-        v = None
-    if v is None or v < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer (got {text!r})")
-    return v
+    return _int_at_least(text, 0, "non-negative")
 
 
 def seconds(text: str) -> float:
