@@ -22,6 +22,7 @@ from emu._backend import jax, jnp
 __all__ = [
     "safe_div",
     "safe_pow",
+    "overlapped_sum",
     "smooth_max",
     "smooth_relu",
     "smooth_ceil",
@@ -58,6 +59,22 @@ def safe_pow(base, exponent):
     pos = base > 0
     safe = jnp.where(pos, base, 1.0)
     return jnp.where(pos, jnp.exp(exponent * jnp.log(safe)), jnp.where(exponent == 0, 1.0, 0.0))
+
+
+def overlapped_sum(a, b, hiding):
+    """Two costs that partly overlap, (a^p + b^p)^(1/p) with p = 1 / (1 - hiding), for
+    a, b >= 0 and hiding in [0, 1): a + b at 0 (in series), towards max(a, b) as hiding
+    approaches 1 (fully hidden). Scaled by max(a, b), so gradients stay finite at 0.
+
+    >>> round(float(overlapped_sum(jnp.float32(3.0), jnp.float32(4.0), 0.5)), 3)
+    5.0
+    >>> float(overlapped_sum(jnp.float32(3.0), jnp.float32(4.0), 0.0))
+    7.0
+    """
+    p = safe_div(1.0, 1.0 - jnp.clip(hiding, 0.0, 0.99), 1.0)
+    m = jnp.maximum(a, b)
+    s = safe_pow(safe_div(a, m), p) + safe_pow(safe_div(b, m), p)
+    return m * safe_pow(s, safe_div(1.0, p))
 
 
 def smooth_max(a, b, *, temperature):

@@ -273,6 +273,7 @@ def test_dedup_sends_fewer_copies_and_grows_with_tokens(priors):
 _NEW_LINK_FIELDS = (
     "efficiency", "latency_s", "base_latency_s", "ring_channels", "nvls_latency_s",
     "a2a_efficiency", "a2a_peer_penalty", "dispatch_latency_s", "combine_latency_s",
+    "a2a_latency_hiding",
 )  # fmt: skip
 
 
@@ -293,7 +294,7 @@ def test_gradients_of_the_link_parameters_match_finite_differences(priors):
          1, ("a2a_efficiency", "a2a_peer_penalty", "dispatch_latency_s")),
         ("cloudmatrix384", lambda s: collectives.moe_all_to_all_time(
             s, 128.0 * 14336, 8.0, 32.0, dedup=0.0, combine=True),
-         1, ("a2a_efficiency", "a2a_peer_penalty", "combine_latency_s")),
+         1, ("a2a_efficiency", "a2a_peer_penalty", "combine_latency_s", "a2a_latency_hiding")),
     ]  # fmt: skip
     seen = set()
     with jax.enable_x64(True):

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from emu import numerics
-from emu.numerics import clip01, safe_div, safe_pow, smooth_ceil, smooth_max, smooth_relu
+from emu.numerics import (
+    clip01,
+    overlapped_sum,
+    safe_div,
+    safe_pow,
+    smooth_ceil,
+    smooth_max,
+    smooth_relu,
+)
 
 
 def test_safe_div_defaults_at_zero_with_finite_gradients():
@@ -49,6 +57,25 @@ def test_smooth_variants_agree_with_exact_where_smooth_and_have_finite_gradients
         assert np.isfinite(np.asarray(g)).all()
 
 
+def test_overlapped_sum_runs_from_the_sum_to_the_larger_with_finite_gradients():
+    a, b = jnp.float32(3.0), jnp.float32(4.0)
+    assert float(overlapped_sum(a, b, 0.0)) == pytest.approx(7.0)
+    # q = 1 / (1 - hiding) = 2: the Euclidean norm
+    assert float(overlapped_sum(a, b, 0.5)) == pytest.approx(5.0, rel=1e-6)
+    hs = jnp.linspace(0.0, 0.99, 34)
+    v = np.asarray(jax.vmap(lambda h: overlapped_sum(a, b, h))(hs))
+    assert (np.diff(v) < 0).all() and v[-1] == pytest.approx(4.0, rel=0.01)
+    # bounded by the larger and the sum; one zero term leaves the other
+    assert (v >= 4.0 - 1e-5).all() and (v <= 7.0 + 1e-5).all()
+    assert float(overlapped_sum(jnp.float32(0.0), b, 0.3)) == pytest.approx(4.0, rel=1e-6)
+    assert float(overlapped_sum(jnp.float32(0.0), jnp.float32(0.0), 0.3)) == 0.0
+    for args in ((0.0, 0.0, 0.3), (0.0, 2.0, 0.3), (3.0, 4.0, 0.0), (3.0, 4.0, 0.6)):
+        g = jax.grad(lambda x, y, h: overlapped_sum(x, y, h), argnums=(0, 1, 2))(
+            *(jnp.float32(z) for z in args)
+        )
+        assert np.isfinite(np.asarray(g)).all(), args
+
+
 def test_smooth_ceil_is_what_its_docstring_says():
     y = jnp.asarray([0.3, 1.6, 2.9], jnp.float32)
     assert np.allclose(smooth_ceil(y, temperature=0.01), jnp.ceil(y), atol=1e-2)
@@ -62,6 +89,7 @@ def test_public_names_are_listed():
     assert set(numerics.__all__) == {
         "safe_div",
         "safe_pow",
+        "overlapped_sum",
         "smooth_max",
         "smooth_relu",
         "smooth_ceil",

@@ -40,6 +40,7 @@ SHARED_LINK_FIELDS = (
     ("base_latency_s", "log"),
     ("ring_channels", "log"),
     ("nvls_latency_s", "log"),
+    ("a2a_latency_hiding", "logit"),
 )
 
 
