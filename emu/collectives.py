@@ -42,7 +42,8 @@ The kernel's fixed cost (launch, flags, barriers) and its data movement overlap 
 a hiding of 0 adds them, towards 1 only the larger counts (one parameter shared by every
 link type; measured: TRT-LLM's one-sided dispatch on 8 GB200 takes 18.9, 31.7 and 311.8 us
 at 1, 128 and 2,048 tokens per rank, so at 128 tokens, where fixed cost and transfer are
-alike, it costs 1.65x either, not 2x: q ~ 1.4).
+alike, it costs 1.65x either, not 2x: q ~ 1.4; a standalone fit of all 90 dispatch/combine
+rows gives a hiding of 0.25, q = 1.33).
 Tiers of the same link type nested in one another are levels of one switched fabric
 reached through the same ports (UB node and supernode): an all-to-all sees them as one
 tier (a token is deduplicated per rank there, and all its copies share the ports).
