@@ -1,10 +1,10 @@
 """Numerical helpers with finite gradients everywhere.
 
-Exact forms (`safe_div`, `safe_pow`, `clip01`) are what the physics uses. The smooth forms
-(`smooth_max`, `smooth_relu`, `smooth_ceil`) are for searches that relax discrete or kinked
-quantities: each takes an explicit temperature in the units of its argument (STYLE.md:
-report with exact max/ceil, search with smooth versions whose temperature is relative to
-the scale).
+Exact forms (`safe_div`, `safe_pow`, `clip01`, `overlapped_sum`) are what the physics uses.
+The smooth forms (`smooth_max`, `smooth_relu`, `smooth_ceil`) are for searches that relax
+discrete or kinked quantities: each takes an explicit temperature in the units of its
+argument (STYLE.md: report with exact max/ceil, search with smooth versions whose
+temperature is relative to the scale).
 
 >>> import jax, jax.numpy as jnp
 >>> float(safe_div(1.0, 0.0))
@@ -29,6 +29,9 @@ __all__ = [
     "clip01",
 ]
 
+#: below this magnitude `overlapped_sum` adds its terms: dividing by a smaller one would
+#: underflow float32 in the gradient (1/m^2)
+_TINY_SUM = 1e-18
 #: floor on a temperature, so a zero temperature divides by a tiny number instead of 0
 _MIN_TEMPERATURE = 1e-30
 #: where `smooth_ceil` steps up: this far above each integer (in units of x), so an exact
@@ -62,19 +65,23 @@ def safe_pow(base, exponent):
 
 
 def overlapped_sum(a, b, hiding):
-    """Two costs that partly overlap, (a^p + b^p)^(1/p) with p = 1 / (1 - hiding), for
-    a, b >= 0 and hiding in [0, 1): a + b at 0 (in series), towards max(a, b) as hiding
-    approaches 1 (fully hidden). Scaled by max(a, b), so gradients stay finite at 0.
+    """Two costs that partly overlap, (a^q + b^q)^(1/q) with q = 1 / (1 - hiding), for
+    a, b >= 0 and hiding in [0, 1) (clipped to [0, 0.99]): a + b at 0 (in series), towards
+    max(a, b) as hiding approaches 1 (fully hidden). Computed relative to max(a, b); where
+    that is below _TINY_SUM (0 included) it returns a + b, so values and gradients stay
+    finite in float32.
 
     >>> round(float(overlapped_sum(jnp.float32(3.0), jnp.float32(4.0), 0.5)), 3)
     5.0
     >>> float(overlapped_sum(jnp.float32(3.0), jnp.float32(4.0), 0.0))
     7.0
     """
-    p = safe_div(1.0, 1.0 - jnp.clip(hiding, 0.0, 0.99), 1.0)
+    q = safe_div(1.0, 1.0 - jnp.clip(hiding, 0.0, 0.99), 1.0)
     m = jnp.maximum(a, b)
-    s = safe_pow(safe_div(a, m), p) + safe_pow(safe_div(b, m), p)
-    return m * safe_pow(s, safe_div(1.0, p))
+    big = m > _TINY_SUM
+    m_safe = jnp.where(big, m, 1.0)
+    s = safe_pow(a / m_safe, q) + safe_pow(b / m_safe, q)
+    return jnp.where(big, m_safe * safe_pow(s, safe_div(1.0, q)), a + b)
 
 
 def smooth_max(a, b, *, temperature):

@@ -63,7 +63,7 @@ class Tier:
 
     `link` names the link technology (for calibration per link type, e.g. "nvlink4", "ub",
     "ib"). Bandwidth is per chip and per direction; power is attributed per chip. The
-    collective and all-to-all parameters (`efficiency` ... `combine_latency_s`) are shared
+    collective and all-to-all parameters (`efficiency` ... `a2a_latency_hiding`) are shared
     per link type and filled from the calibration overlay (configs/calibration/); their
     meaning is in `emu.collectives`. Bounds beside each field; `domain_chips` grow outwards
     (a System rule).
@@ -147,7 +147,7 @@ class Tier:
     )
     a2a_latency_hiding: Array = field(
         "[0, 0.99]",
-        default_factory=_f32(0.0),
+        default_factory=_f32(0.25),
         help="how much of an MoE kernel's fixed cost its data movement hides: 0 adds them, "
         "towards 1 the larger one alone (emu.collectives)",
     )

@@ -69,7 +69,12 @@ def test_overlapped_sum_runs_from_the_sum_to_the_larger_with_finite_gradients():
     assert (v >= 4.0 - 1e-5).all() and (v <= 7.0 + 1e-5).all()
     assert float(overlapped_sum(jnp.float32(0.0), b, 0.3)) == pytest.approx(4.0, rel=1e-6)
     assert float(overlapped_sum(jnp.float32(0.0), jnp.float32(0.0), 0.3)) == 0.0
-    for args in ((0.0, 0.0, 0.3), (0.0, 2.0, 0.3), (3.0, 4.0, 0.0), (3.0, 4.0, 0.6)):
+    # tiny magnitudes (a float32 gradient of 1/m^2 would underflow) add their terms
+    assert float(overlapped_sum(jnp.float32(1e-20), jnp.float32(2e-20), 0.5)) == pytest.approx(
+        3e-20
+    )
+    cases = ((0.0, 0.0, 0.3), (0.0, 2.0, 0.3), (3.0, 4.0, 0.0), (3.0, 4.0, 0.6), (1e-20, 0.0, 0.3))
+    for args in cases:
         g = jax.grad(lambda x, y, h: overlapped_sum(x, y, h), argnums=(0, 1, 2))(
             *(jnp.float32(z) for z in args)
         )

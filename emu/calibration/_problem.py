@@ -35,7 +35,9 @@ LINK_FIELDS = (
 )
 #: collective parameters shared by every link type (one value each, fidelity DESIGN §3c:
 #: the base cost of one library call, the ring channels entering a domain, the in-switch
-#: all-reduce latency), fitted as one global and written to every [link.*] section
+#: all-reduce latency, the share of an MoE kernel's fixed cost its transfer hides), fitted
+#: as one global and written to every [link.*] section; the all-to-all one only when some
+#: row runs MoE dispatch/combine kernels
 SHARED_LINK_FIELDS = (
     ("base_latency_s", "log"),
     ("ring_channels", "log"),
@@ -101,6 +103,8 @@ def parameter_spec(items: list[Item]) -> OrderedDict[tuple, dict]:
                     "prior": float(cal["link"][link][f]),
                 }
     for f, kind in SHARED_LINK_FIELDS:
+        if f.startswith("a2a_") and not a2a_links:
+            continue
         priors = [float(cal["link"][k][f]) for k in links if f in cal["link"].get(k, {})]
         if priors:  # the geometric mean of the link priors (they agree in the defaults)
             prior = math.exp(sum(math.log(x) for x in priors) / len(priors))
