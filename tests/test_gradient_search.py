@@ -185,6 +185,8 @@ def test_cli_search_json_contract_and_outputs(tmp_path):
         (["--batch", "4"], "in training use --microbatch"),
         (["--grid", "scaleup_bw=1", "--grid", "scaleup_bw=2"], "given twice"),
         (["--grid", "domain=7.5"], "whole number of chips"),
+        (["--expert-ranks", "8"], "drop --expert-ranks"),
+        (["--lora"], "drop --lora"),
     ],
 )
 def test_cli_search_bad_input_is_one_line(args, msg, capsys):
@@ -261,3 +263,22 @@ def test_cli_fixed_zero_and_microbatch_stay_fixed(tmp_path):
     d = json.loads(r.stdout)
     assert all(row["zero"] == 3 and row["microbatch"] == 2 for row in d["top"])
     assert d["best"]["plan"]["zero"] == 3
+
+
+def test_search_help_lists_only_the_knobs_it_takes(capsys):
+    """Knobs a search refuses (dp, derived from --chips; those its Problem has no place for)
+    are parsed, so they get the one-line refusal above, but `--help` does not offer them."""
+    from emu.cli import main
+    from emu.cli._parser import PROBLEM_KNOBS
+    from emu.plan import KNOBS
+
+    for command in ("search", "sweep"):
+        try:
+            code = main([command, "--help"])
+        except SystemExit as e:  # argparse's own exit, if main lets it through
+            code = e.code
+        assert code in (0, None)
+        out = capsys.readouterr().out
+        for k in KNOBS:
+            offered = k.searchable and k.name != "dp" or k.name in PROBLEM_KNOBS
+            assert (f"{k.flag} " in out or f"{k.flag}\n" in out) == offered, (command, k.flag)

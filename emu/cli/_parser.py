@@ -113,6 +113,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
+#: plan knobs a search Problem takes as given (it varies the searchable ones)
+PROBLEM_KNOBS = (
+    "seq_len", "global_batch", "precision", "phase", "context", "a2a_overlap",
+    "moe_imbalance", "mtp_accept", "cache_hit", "kv_precision",
+)  # fmt: skip
+
+
 #: flag defaults that differ from the knob's declared default (`emu run` models an 8k step)
 FLAG_DEFAULTS = {"seq_len": 8192}
 #: the latency SLO of each serving phase when its flag is not given (seconds)
@@ -134,11 +141,14 @@ def _knob_type(k):
     return parse
 
 
-def _knob_flag(g, k) -> None:
+def _knob_flag(g, k, *, hidden: bool = False) -> None:
     """The flag of one plan knob, from its declaration (emu.plan.KNOBS): spelling, type,
     choices, help. Unset flags are None (the library's default or rule applies), except
-    static knobs and FLAG_DEFAULTS."""
+    static knobs and FLAG_DEFAULTS. `hidden`: parsed (a command can refuse it with its own
+    message) but left out of --help."""
     hlp = k.help + (f" ({k.unit})" if k.unit else "")
+    if hidden:
+        g = _Hidden(g)
     if k.name == "precision":  # left out: each system's own (emu.policy.default_precision)
         hlp += " (default: bf16 in training; serving: the chip's fp8, else int8)"
         g.add_argument(k.flag, default=None, choices=list(k.choices), help=hlp)
@@ -157,10 +167,21 @@ def _knob_flag(g, k) -> None:
         g.add_argument(k.flag, type=_knob_type(k), default=default, metavar="N", help=hlp)
 
 
-def _knob_args(p: argparse.ArgumentParser) -> None:
+class _Hidden:
+    """An argument group whose arguments are parsed but not listed in --help."""
+
+    def __init__(self, group):
+        self._group = group
+
+    def add_argument(self, *args, **kwargs):
+        kwargs["help"] = argparse.SUPPRESS
+        return self._group.add_argument(*args, **kwargs)
+
+
+def _knob_args(p: argparse.ArgumentParser, hide=frozenset()) -> None:
     g = p.add_argument_group("plan (every knob of emu.plan.KNOBS; left out: the plan rule)")
     for k in KNOBS:
-        _knob_flag(g, k)
+        _knob_flag(g, k, hidden=k.name in hide)
 
 
 def _serving_args(p: argparse.ArgumentParser) -> None:
@@ -183,7 +204,7 @@ def _serving_args(p: argparse.ArgumentParser) -> None:
 
 
 def _workload_args(
-    p: argparse.ArgumentParser, *, system: bool = True, chips_list: bool = False
+    p: argparse.ArgumentParser, *, system: bool = True, chips_list: bool = False, hide=frozenset()
 ) -> None:
     if system:
         p.add_argument("--system", default="gb200_nvl72", help="catalog name or TOML path")
@@ -196,7 +217,7 @@ def _workload_args(
         )
     else:
         p.add_argument("--chips", type=positive_int, help="chips used (default: one system unit)")
-    _knob_args(p)
+    _knob_args(p, hide)
     _serving_args(p)
     add_cost_args(p)
     _common(p)
@@ -212,8 +233,12 @@ def _objective_help() -> str:
 
 
 def _search_args(p: argparse.ArgumentParser) -> None:
-    """The flags `emu search` and `emu sweep` share: `emu run`'s workload, then the search."""
-    _workload_args(p, chips_list=True)
+    """The flags `emu search` and `emu sweep` share: `emu run`'s workload, then the search.
+    The plan knobs a search neither varies nor takes as given (dp, derived from --chips, and
+    those its Problem has no place for) are parsed, so they are refused with one line, but
+    not listed."""
+    fixed = {k.name for k in KNOBS if not k.searchable and k.name not in PROBLEM_KNOBS}
+    _workload_args(p, chips_list=True, hide=frozenset(fixed | {"dp"}))
     g = p.add_argument_group("search")
     g.add_argument(
         "--objective",

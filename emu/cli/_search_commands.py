@@ -9,7 +9,7 @@ from emu import analysis, catalog, policy, storage
 from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
 from emu.cli._distributed import processes as _processes
-from emu.cli._parser import SLO_DEFAULTS, CliError
+from emu.cli._parser import PROBLEM_KNOBS, SLO_DEFAULTS, CliError
 from emu.cli._setup import overrides, resolved, set_note, slo
 from emu.overrides import check_unit, parse_value
 from emu.plan import KNOBS
@@ -18,13 +18,6 @@ from emu.search import EXHAUSTIVE_MAX, Problem, check_grid
 from emu.struct import info_at
 
 _OUT_SUFFIXES = (".csv", ".parquet")
-
-
-#: plan knobs a search Problem takes as given (it varies the searchable ones)
-PROBLEM_KNOBS = (
-    "seq_len", "global_batch", "precision", "phase", "context", "a2a_overlap",
-    "moe_imbalance", "mtp_accept", "cache_hit", "kv_precision",
-)  # fmt: skip
 
 
 def _check_flags(args) -> None:
