@@ -60,15 +60,16 @@ def diagnose(run: dict, *, slo_s: float | None = None) -> tuple[list[str], list[
                 "for the largest batch meeting it), add chips or relax the SLO."
             )
     total = b["total_s"]
-    if total > 0 and b.get("bubble_s", 0) / total >= BUBBLE_WARN and plan.get("expert_ranks"):
+    bubble = b.get("bubble_s", 0) / total if total > 0 else 0.0
+    if bubble >= BUBBLE_WARN and plan.get("expert_ranks"):  # bubble_s: the wait on experts
         warnings.append(
-            f"the attention ranks wait on the expert ranks for {b['bubble_s'] / total:.0%} of "
-            "the step: use fewer --attention-groups or more --expert-ranks."
+            f"the attention ranks wait on the expert ranks for {bubble:.0%} of the step: use "
+            "fewer --attention-groups or more --expert-ranks."
         )
-    elif total > 0 and b.get("bubble_s", 0) / total >= BUBBLE_WARN:
+    elif bubble >= BUBBLE_WARN:
         mbs = plan["global_batch"] / max(plan["dp"] * plan["microbatch"], 1)
         warnings.append(
-            f"the pipeline bubble is {b['bubble_s'] / total:.0%} of the step (pp={plan['pp']}, "
+            f"the pipeline bubble is {bubble:.0%} of the step (pp={plan['pp']}, "
             f"{mbs:g} micro-batches per step): raise --global-batch, lower --microbatch or "
             "--pp, use --vpp, or try --plan best."
         )

@@ -118,6 +118,11 @@ PROBLEM_KNOBS = (
     "seq_len", "global_batch", "precision", "phase", "context", "a2a_overlap",
     "moe_imbalance", "mtp_accept", "cache_hit", "kv_precision",
 )  # fmt: skip
+#: plan knobs a search neither varies nor takes as given: kept at their defaults (a flag
+#: setting one is refused); dp is derived from --chips besides
+SEARCH_FIXED_KNOBS = frozenset(
+    k.name for k in KNOBS if not k.searchable and k.name not in PROBLEM_KNOBS
+)
 
 
 #: flag defaults that differ from the knob's declared default (`emu run` models an 8k step)
@@ -237,8 +242,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     The plan knobs a search neither varies nor takes as given (dp, derived from --chips, and
     those its Problem has no place for) are parsed, so they are refused with one line, but
     not listed."""
-    fixed = {k.name for k in KNOBS if not k.searchable and k.name not in PROBLEM_KNOBS}
-    _workload_args(p, chips_list=True, hide=frozenset(fixed | {"dp"}))
+    _workload_args(p, chips_list=True, hide=SEARCH_FIXED_KNOBS | {"dp"})
     g = p.add_argument_group("search")
     g.add_argument(
         "--objective",

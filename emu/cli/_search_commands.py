@@ -9,7 +9,7 @@ from emu import analysis, catalog, policy, storage
 from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
 from emu.cli._distributed import processes as _processes
-from emu.cli._parser import PROBLEM_KNOBS, SLO_DEFAULTS, CliError
+from emu.cli._parser import PROBLEM_KNOBS, SEARCH_FIXED_KNOBS, SLO_DEFAULTS, CliError
 from emu.cli._setup import overrides, resolved, set_note, slo
 from emu.overrides import check_unit, parse_value
 from emu.plan import KNOBS
@@ -28,8 +28,7 @@ def _check_flags(args) -> None:
     searchable = {k.name for k in plan_knobs(searchable=True)}
     for k in KNOBS:
         v = getattr(args, k.name)
-        extra = k.name not in searchable and k.name not in PROBLEM_KNOBS
-        if extra and v is not None and v != k.default:
+        if k.name in SEARCH_FIXED_KNOBS and v is not None and v != k.default:
             raise CliError(f"{args.command} keeps {k.name} at its default; drop {k.flag}.")
     if args.phase == "train" and args.batch is not None:
         raise CliError("--batch is the serving batch per DP rank; in training use --microbatch.")
@@ -168,7 +167,7 @@ def quick_search(args, system, model, chips: int, knobs: dict, slo_s) -> tuple:
     searchable = {k.name for k in plan_knobs(searchable=True)} - {"dp"}
     for k in KNOBS:  # a knob the search's Problem has no place for would be dropped silently
         v = knobs.get(k.name)
-        if k.name not in searchable | set(PROBLEM_KNOBS) and v is not None and v != k.default:
+        if k.name in SEARCH_FIXED_KNOBS | {"dp"} and v is not None and v != k.default:
             raise CliError(
                 f"--plan best searches with {k.name} at its default; drop {k.flag} or give the "
                 "plan's degrees instead of --plan best."
