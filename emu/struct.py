@@ -91,6 +91,11 @@ def static_field(**kwargs: Any) -> Any:
     return _tree_field(pytree_node=False, **kwargs)
 
 
+def _as_f32(v: float) -> float:
+    """`v` rounded to float32 (infinite bounds stay infinite)."""
+    return float(np.float32(v)) if math.isfinite(v) else v
+
+
 @dataclasses.dataclass(frozen=True)
 class FieldInfo:
     """What a field may hold, declared beside it.
@@ -120,8 +125,11 @@ class FieldInfo:
             return True
         if self.integer and x != round(x):
             return False
-        above = x > self.lo if self.lo_open else x >= self.lo
-        below = x < self.hi if self.hi_open else x <= self.hi
+        # the bounds as float32 stores them: a value at a bound that float32 cannot hold
+        # exactly (0.01, 0.99) is stored rounded and must still be admitted
+        lo, hi = _as_f32(self.lo), _as_f32(self.hi)
+        above = x > lo if self.lo_open else x >= lo
+        below = x < hi if self.hi_open else x <= hi
         return above and below
 
     def describe(self) -> str:

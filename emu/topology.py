@@ -146,10 +146,10 @@ class Tier:
         help="fixed cost of one MoE combine kernel whose farthest peer is on this tier",
     )
     a2a_latency_hiding: Array = field(
-        "[0, 1]",
+        "[0, 0.99]",
         default_factory=_f32(0.25),
         help="how much of an MoE kernel's fixed cost its data movement hides: 0 adds them, "
-        "towards 1 the larger one alone (used up to 0.99; emu.collectives)",
+        "towards 1 the larger one alone (emu.collectives)",
     )
 
 

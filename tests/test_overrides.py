@@ -45,13 +45,18 @@ def test_bad_values_are_refused_with_the_path(nvl72, path, value, needle):
         apply_overrides(nvl72, {path: value}, "system")
 
 
-def test_the_whole_declared_range_of_a_fraction_is_accepted(nvl72):
-    # a bound below 1 would refuse its own end once float32 rounds it (0.99 -> 0.99000001)
-    for v in (0.0, 0.99, 1.0):
-        s = apply_overrides(nvl72, {"tiers.nvlink.a2a_latency_hiding": v})
-        assert float(s.tiers[0].a2a_latency_hiding) == float(np.float32(v))
-    with pytest.raises(ValueError, match="a2a_latency_hiding must be in"):
-        apply_overrides(nvl72, {"tiers.nvlink.a2a_latency_hiding": 1.5})
+@pytest.mark.parametrize(
+    "path,edge,beyond",
+    [
+        ("tiers.nvlink.a2a_latency_hiding", 0.99, 0.995),  # [0, 0.99]: 0.99 -> 0.99000001
+        ("tiers.nvlink.efficiency", 0.01, 0.009),  # [0.01, 1]: 0.01 -> 0.0099999998
+    ],
+)
+def test_a_bound_float32_cannot_hold_exactly_is_admitted(nvl72, path, edge, beyond):
+    s = apply_overrides(nvl72, {path: edge})
+    assert float(getattr(s.tiers[0], path.split(".")[-1])) == float(np.float32(edge))
+    with pytest.raises(ValueError, match="must be in"):
+        apply_overrides(nvl72, {path: beyond})
 
 
 def test_good_values_are_applied_as_float32(nvl72):
