@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import emu
 from emu.search import (
@@ -90,6 +92,35 @@ def test_sweep_best_is_the_feasible_maximum_and_front_is_undominated(tmp_path):
         assert not any(t2 > t and w2 < w for t2, w2 in front)
     idx = pareto_front(np.array([1.0, 2.0, 2.0, 3.0]), np.array([1.0, 1.0, 2.0, 3.0]))
     assert sorted(idx.tolist()) == [1, 3]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    pts=st.lists(
+        st.tuples(st.integers(0, 12), st.integers(0, 12)),  # small ranges: many ties
+        min_size=1,
+        max_size=60,
+    ),
+    bins=st.integers(1, 5),
+)
+def test_pareto_prefilter_gives_the_exact_front(pts, bins):
+    """The binned prefilter of `pareto_front` (large inputs) drops only dominated plans:
+    the same indices as ordering every plan, ties and equal powers included."""
+    from emu.search import _sweep
+
+    t, p = (np.float32([x[i] for x in pts]) * np.float32(1e3) for i in (0, 1))
+    want = _sweep._front_exact(t, p)
+    old = _sweep.FRONT_BINS
+    _sweep.FRONT_BINS = bins  # so that 4 x bins < len(pts) takes the prefilter
+    try:
+        got = pareto_front(t, p)
+    finally:
+        _sweep.FRONT_BINS = old
+    assert got.tolist() == want.tolist()
+    rng = np.random.default_rng(len(pts))  # and at a chunk's size with the real bins
+    tb = np.float32(rng.integers(0, 500, 70_000)) * t.max(initial=1)
+    pb = np.float32(rng.integers(0, 900, 70_000))
+    assert pareto_front(tb, pb).tolist() == _sweep._front_exact(tb, pb).tolist()
 
 
 def _killed_midway(out: Path) -> list[Path]:

@@ -150,3 +150,39 @@ def test_sweep_with_fewer_columns_finds_the_same_best(tmp_path, nvl72):
     assert {k: few.best[k] for k in KNOBS} == {k: full.best[k] for k in KNOBS}
     assert _close(few.best["mfu"], full.best["mfu"]) and few.best["step_time_s"] is None
     assert len(few.pareto) == len(full.pareto)
+
+
+def test_host_derived_columns_are_exact_and_not_compiled(tmp_path, nvl72):
+    """tokens/J and an objective that is a column are derived on the host from the columns
+    computed anyway (one compiled program fewer each), bit for bit; an objective that only
+    shares a column's name, or needs more than the result, is still compiled."""
+    from emu.search import register_objective
+    from emu.search._evaluate import host_columns
+    from emu.search._sweep import MERGE_COLUMNS
+
+    model = emu.load_model("llama3_8b")
+    problem = Problem("gb200_nvl72", "llama3_8b", 8, free=("tp", "pp", "microbatch"))
+    assert set(host_columns(problem, MERGE_COLUMNS)) == {"objective"}  # 3 programs, not 4
+    r = sweep(nvl72, model, problem, tmp_path / "a")
+    rows = r.top + r.pareto
+    tps, pw = (np.float32([x[c] for x in rows]) for c in ("tokens_per_s", "power_w"))
+    assert np.array_equal(np.float32([x["tokens_per_joule"] for x in rows]), tps / pw)
+    assert np.array_equal(np.float32([x["objective"] for x in rows]), tps / pw)
+    # the derived value is the model's own tokens/J of that plan (float32 rounding)
+    from emu.search import plan_of
+
+    got = emu.evaluate(nvl72, model, plan_of(problem, r.best)).tokens_per_joule
+    assert _close(r.best["tokens_per_joule"], got)
+    by_tps = Problem("gb200_nvl72", "llama3_8b", 8, objective="tokens_per_s")
+    assert host_columns(by_tps, MERGE_COLUMNS)["objective"][1] == ("tokens_per_s",)
+    assert (
+        host_columns(Problem("gb200_nvl72", "llama3_8b", 8, objective="mfu"), MERGE_COLUMNS) == {}
+    )
+    try:  # a replaced objective of the same name is not the column: computed on the device
+        register_objective("tokens_per_s", lambda res: 2 * res.tokens_per_s, sign=1.0)
+        assert host_columns(by_tps, MERGE_COLUMNS) == {}
+    finally:
+        import operator
+
+        register_objective("tokens_per_s", operator.attrgetter("tokens_per_s"), sign=1.0,
+                           help="tokens per second")  # fmt: skip

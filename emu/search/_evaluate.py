@@ -4,6 +4,7 @@ many configurations of a `Space` by their flat indices."""
 from __future__ import annotations
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
@@ -98,6 +99,37 @@ BLOCK = 16384
 SPLIT_COLUMNS = 4
 
 
+def host_columns(problem: Problem, columns) -> dict[str, tuple]:
+    """The `columns` a sweep derives on the host from others it computes anyway, as
+    {column: (function, its input columns)}: `tokens_per_joule` = tokens_per_s / power_w
+    (RunResult's own float32 safe division), and `objective` when the objective is a COLUMN
+    itself (the registered attribute objectives: tokens_per_joule, tokens_per_s, power_w,
+    ...), a copy of it. Each derivation is exact: the same float32 operation on the same
+    float32 values; each saves one compiled program per sweep (one full evaluation per
+    configuration)."""
+    cols = set(columns)
+    out: dict[str, tuple] = {}
+    per_joule = (_safe_div, ("tokens_per_s", "power_w"))
+    computed = {"tokens_per_s", "power_w"} <= cols
+    if "tokens_per_joule" in cols and computed:
+        out["tokens_per_joule"] = per_joule
+    obj = get_objective(problem.objective)
+    plain = not obj.needs and repr(obj.fn) == f"operator.attrgetter({obj.name!r})"
+    if "objective" in cols and plain and obj.name in COLUMNS:
+        if obj.name == "tokens_per_joule" and computed:
+            out["objective"] = per_joule
+        elif obj.name in cols and obj.name not in out and obj.name != "objective":
+            out["objective"] = (np.asarray, (obj.name,))
+    return out
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """emu.numerics.safe_div on float32 host arrays (0 where den == 0)."""
+    num, den = np.asarray(num, np.float32), np.asarray(den, np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den != 0, num / np.where(den != 0, den, 1), 0).astype(np.float32)
+
+
 def make_eval(system, model, problem, space: Space, n: int, fast_compile: bool = False,
               columns=COLUMNS, split: bool | None = None):  # fmt: skip
     """f(flat indices [n] int) -> list of blocks (asynchronous; `gather` them into the
@@ -111,7 +143,9 @@ def make_eval(system, model, problem, space: Space, n: int, fast_compile: bool =
     their intermediates to memory; measured on 2 cores, the four columns of a sweep's merge
     run ~2x faster as four programs than as one, and compile no slower. Many columns
     compile faster as one program (each single-output program compiles in ~1.5-2.5 s).
-    Only the `columns` asked for are compiled, computed and moved."""
+    Only the `columns` asked for are compiled, computed and moved, and of those, the ones
+    the host derives exactly from the others (`host_columns`: tokens/J; an objective that
+    is itself a column) are not compiled at all."""
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("d",))
     shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -124,7 +158,7 @@ def make_eval(system, model, problem, space: Space, n: int, fast_compile: bool =
     sub = next(b for b in (BLOCK >> i for i in range(15)) if b and n % b == 0)
     # (one compiled function per block size: every block of a sweep has `sub` rows)
 
-    def program(cols: tuple):
+    def run_of(cols: tuple):
         row = make_columns_fn(system, model, problem, space.names, cols)
 
         def run(idx, plans, gb, axes):
@@ -136,10 +170,12 @@ def make_eval(system, model, problem, space: Space, n: int, fast_compile: bool =
             gv = jnp.stack(vals[::-1], axis=1) if vals else jnp.zeros((idx.shape[0], 0))
             return jax.vmap(lambda k, b, v: tuple(row(k, b, v)[0]))(plans[p], gb[p], gv)
 
-        return jax.jit(run, in_shardings=(shard, rep, rep, rep), out_shardings=shard)
+        return run
 
-    split = len(columns) <= SPLIT_COLUMNS if split is None else split
-    fns = [program((c,)) for c in columns] if split else [program(tuple(columns))]
+    jit = lambda f: jax.jit(f, in_shardings=(shard, rep, rep, rep), out_shardings=shard)  # noqa: E731
+    derived = host_columns(problem, columns)
+    device = tuple(c for c in columns if c not in derived)
+    split = len(device) <= SPLIT_COLUMNS if split is None else split
     tables = jax.device_put(
         (
             jnp.asarray(space.plans, jnp.float32),
@@ -148,6 +184,20 @@ def make_eval(system, model, problem, space: Space, n: int, fast_compile: bool =
         ),
         rep,
     )
+    if split and len(device) > 1:
+        # trace the model once for all the columns (tracing, not XLA, is most of a
+        # sweep's start-up), then one program per column from that trace: XLA drops
+        # what a column does not need, as if it had been traced alone
+        idx0 = jax.ShapeDtypeStruct((sub,), jnp.int32)
+        traced = jax.make_jaxpr(run_of(device))(idx0, *tables)
+        whole = jax.extend.core.jaxpr_as_fun(traced)
+
+        def column(j: int):
+            return lambda *a: (whole(*jax.tree.leaves(a))[j],)
+
+        fns = [jit(column(j)) for j in range(len(device))]
+    else:
+        fns = [jit(run_of((c,))) for c in device] if split else [jit(run_of(device))]
 
     compiled = {}
 
@@ -162,12 +212,28 @@ def make_eval(system, model, problem, space: Space, n: int, fast_compile: bool =
 
     def call(idx: np.ndarray) -> list:
         """Dispatch blocks of `sub` rows (asynchronous); `gather` the list for the values."""
-        return [block(idx[s : s + sub]) for s in range(0, len(idx), sub)]
+        blocks = [block(idx[s : s + sub]) for s in range(0, len(idx), sub)]
+        return [_Block(b, tuple(columns), device, derived) for b in blocks]
 
     return call
 
 
+class _Block:
+    """One dispatched block: the device arrays of the `device` columns (still computing)
+    and how to derive the other `columns` from them on the host (`host_columns`)."""
+
+    def __init__(self, arrays: tuple, columns: tuple, device: tuple, derived: dict):
+        self.arrays, self.columns, self.device, self.derived = arrays, columns, device, derived
+
+    def values(self) -> np.ndarray:
+        """[rows, len(columns)] float32 (waits for the device)."""
+        got = {c: np.asarray(a) for c, a in zip(self.device, self.arrays, strict=True)}
+        for c, (fn, deps) in self.derived.items():
+            got[c] = fn(*(got[d] for d in deps))
+        return np.column_stack([got[c] for c in self.columns]).astype(np.float32, copy=False)
+
+
 def gather(blocks: list) -> np.ndarray:
     """The values [n, C] of the blocks `make_eval`'s function returned (waits for them)."""
-    out = [np.column_stack([np.asarray(c) for c in cols]) for cols in blocks]
+    out = [b.values() for b in blocks]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
