@@ -11,7 +11,8 @@
 1. `batch`: the packed batch program (`emu.fast.Evaluator.batch`, system and model folded
    in as constants, the plan knobs per row) over every valid Llama 3 70B training plan on
    144 GB200 GPUs, with the full result (every RunResult leaf), the four columns a sweep's
-   merge needs, and the step time alone: configurations per second, FLOPs per
+   merge needs (three computed, tokens/J divided on the host as the sweep does), and the
+   step time alone: configurations per second, FLOPs per
    configuration from XLA's `compiled.cost_analysis()`, the cores' measured float32 FMA
    rate (a 2048^2 matmul, jax and numpy, all cores) and the fraction of that arithmetic
    limit reached.
@@ -181,8 +182,8 @@ def section_batch() -> None:
           f"{rate_n:.3g} FLOP/s; the limit below uses {peak:.3g}")  # fmt: skip
     print(f"{'outputs':24} {'compile_s':>9} {'configs/s':>10} {'FLOPs/cfg':>9} "
           f"{'B moved/cfg':>11} {'limit/s':>9} {'of limit':>8}")  # fmt: skip
-    merge = ("feasible", "tokens_per_s", "power_w", "tokens_per_joule")
-    for label, outputs in (("full result (all)", None), ("sweep merge (4)", merge),
+    merge = ("feasible", "tokens_per_s", "power_w")  # + tokens/J on the host (the sweep's)
+    for label, outputs in (("full result (all)", None), ("sweep merge (3 + host)", merge),
                            ("step time only", ("step_time_s",))):  # fmt: skip
         ev = fast.Evaluator(system, model, base, outputs=outputs, vary=vary)
         t0 = time.perf_counter()
@@ -194,12 +195,22 @@ def section_batch() -> None:
             ca = ca[0] if isinstance(ca, list) else ca
             flops += float(ca.get("flops", 0.0)) / fast.BLOCK
             moved += float(ca.get("bytes accessed", 0.0)) / fast.BLOCK
-        ev.batch(rows[: 2 * fast.BLOCK])  # warm
-        t = min(_timed_once(lambda e=ev: e.batch(rows)) for _ in range(3))
+        run = ev.batch if outputs != merge else lambda r, e=ev: _with_tokens_per_joule(e, r)
+        run(rows[: 2 * fast.BLOCK])  # warm
+        t = min(_timed_once(lambda f=run: f(rows)) for _ in range(3))
         per_s = n / t
         limit = peak / max(flops, 1.0)
         print(f"{label:24} {compile_s:9.2f} {per_s:10.3g} {flops:9.0f} {moved:11.0f} "
               f"{limit:9.3g} {100 * per_s / limit:7.1f}%", flush=True)  # fmt: skip
+
+
+def _with_tokens_per_joule(ev, rows) -> np.ndarray:
+    """The merge columns as a sweep gets them: feasible, tokens/s and watts computed,
+    tokens/J divided on the host (emu.search._evaluate.host_columns)."""
+    from emu.search._evaluate import _safe_div
+
+    out = ev.batch(rows)
+    return np.column_stack([out, _safe_div(out[:, 1], out[:, 2])])
 
 
 def _timed_once(fn) -> float:

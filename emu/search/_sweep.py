@@ -36,8 +36,10 @@ CHUNK = 1 << 16
 #: the columns the merge needs (top-k by the objective, Pareto front of tokens/s vs watts)
 MERGE_COLUMNS = ("objective", "feasible", "tokens_per_s", "power_w")
 #: `emu search --method auto` evaluates every configuration of a space up to this size: on 2
-#: CPU cores a sweep compiles in ~5-8 s and then runs ~2e6 configurations/s (bench_sweep),
-#: while the gradient search takes ~10-25 s whatever the size (bench_search)
+#: CPU cores a sweep reaches its first chunk in ~2.5-4 s and then runs ~5-10e6
+#: configurations/s (bench_sweep), while the gradient search takes ~15-25 s whatever the size
+#: (bench_search: a tie at 1e8); above it, the chunks a search keeps in a temporary folder
+#: (16 bytes per configuration) would pass 160 MB
 EXHAUSTIVE_MAX = 10**7
 #: how long process 0 waits for one chunk of another process
 PEER_CHUNK_TIMEOUT_S = 3600
