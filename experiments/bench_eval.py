@@ -206,11 +206,12 @@ def section_batch() -> None:
 
 def _with_tokens_per_joule(ev, rows) -> np.ndarray:
     """The merge columns as a sweep gets them: feasible, tokens/s and watts computed,
-    tokens/J divided on the host (emu.search._evaluate.host_columns)."""
-    from emu.search._evaluate import _safe_div
-
+    tokens/J divided on the host (the sweep's host columns: float32, 0 where no watts)."""
     out = ev.batch(rows)
-    return np.column_stack([out, _safe_div(out[:, 1], out[:, 2])])
+    tps, pw = out[:, 1], out[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpj = np.where(pw != 0, tps / np.where(pw != 0, pw, 1), 0).astype(np.float32)
+    return np.column_stack([out, tpj])
 
 
 def _timed_once(fn) -> float:

@@ -117,6 +117,15 @@ def test_pareto_prefilter_gives_the_exact_front(pts, bins):
     finally:
         _sweep.FRONT_BINS = old
     assert got.tolist() == want.tolist()
+    # powers spanning float32's whole range, or a sliver of it: the bins stay monotone
+    for scale in (np.float32(3e38) / 12, np.float32(1e-45), np.float32(1e-7)):
+        pw = (p / np.float32(1e3) * scale + (1 if scale < 1e-6 else 0)).astype(np.float32)
+        _sweep.FRONT_BINS = bins
+        try:
+            got = pareto_front(t, pw)
+        finally:
+            _sweep.FRONT_BINS = old
+        assert got.tolist() == _sweep._front_exact(t, pw).tolist()
     rng = np.random.default_rng(len(pts))  # and at a chunk's size with the real bins
     tb = np.float32(rng.integers(0, 500, 70_000)) * t.max(initial=1)
     pb = np.float32(rng.integers(0, 900, 70_000))

@@ -65,8 +65,9 @@ def pareto_front(tokens_per_s: np.ndarray, power_w: np.ndarray) -> np.ndarray:
     lo, hi = (p.min(), p.max()) if np.isfinite(p).all() and np.isfinite(t).all() else (0, 0)
     if t.size <= 4 * FRONT_BINS or not hi > lo:
         return _front_exact(t, p)
-    b = ((p - lo) * ((FRONT_BINS - 1) / (hi - lo))).astype(np.int64)
-    np.clip(b, 0, FRONT_BINS - 1, out=b)
+    # float64 and clipped before the cast: no overflow breaks the monotone binning
+    scale = (FRONT_BINS - 1) / (float(hi) - float(lo))
+    b = np.clip((p.astype(np.float64) - float(lo)) * scale, 0, FRONT_BINS - 1).astype(np.int64)
     best = np.full(FRONT_BINS, -np.inf, t.dtype)
     np.maximum.at(best, b, t)
     below = np.concatenate([[-np.inf], np.maximum.accumulate(best)[:-1]]).astype(t.dtype)
