@@ -12,8 +12,9 @@ Done when: ratio >= 0.99 and gradient evaluations <= 5% of the space, on every r
 The sweep computes only the columns its merge needs (`sweep(columns=())`: objective,
 feasible, tokens/s, watts), as `emu search --method exhaustive` does. The last problem
 (`nvl72-405b-train-8192-1e8`, ~1e8 configurations: four fine topology and HBM axes) is
-the size where the gradient search, whose cost does not grow with the space, beats the
-sweep in wall time.
+about the size where the gradient search, whose cost does not grow with the space, catches
+up with the sweep in wall time (README "Speed": a tie since the sweep's merge runs three
+programs; most of the gradient search's time is compiling its value-and-gradient program).
 """
 
 from __future__ import annotations
