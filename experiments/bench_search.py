@@ -1,6 +1,6 @@
 """Benchmark: gradient search against exhaustive enumeration on co-design problems.
 
-    python experiments/bench_search.py [--only NAME] [--json FILE]
+    python experiments/bench_search.py [--only NAME] [--json FILE] [--sweep-columns SETS]
 
 Each problem searches the parallel plan jointly with topology knobs (emu.topology.reshape)
 on a grid, so the exhaustive space is plans x grid points. For every problem the script
@@ -10,11 +10,14 @@ the evaluations each used (the gradient search counts each value-and-gradient ca
 each exact evaluation) and the wall times (each including its compilation).
 Done when: ratio >= 0.99 and gradient evaluations <= 5% of the space, on every row.
 The sweep computes only the columns its merge needs (`sweep(columns=())`: objective,
-feasible, tokens/s, watts), as `emu search --method exhaustive` does. The last problem
+feasible, tokens/s, watts; `emu search --method exhaustive` also computes the five its
+table shows). The last problem
 (`nvl72-405b-train-8192-1e8`, ~1e8 configurations: four fine topology and HBM axes) is
 about the size where the gradient search, whose cost does not grow with the space, catches
 up with the sweep in wall time (README "Speed": a tie since the sweep's merge runs three
 programs; most of the gradient search's time is compiling its value-and-gradient program).
+`--sweep-columns merge,search,all` times only the sweep, with the merge's columns, those
+`emu search --method exhaustive` computes, and every column (`emu sweep`).
 """
 
 from __future__ import annotations
@@ -137,12 +140,45 @@ def run(name: str) -> dict:
     }
 
 
+#: the column sets of `--sweep-columns`: the merge's alone, those `emu search --method
+#: exhaustive` computes (its table's five besides), and every column (`emu sweep`)
+SWEEP_COLUMNS = {
+    "merge": (),
+    "search": ("tokens_per_joule", "mfu", "tpot_s", "ttft_s", "usd_per_mtoken"),
+    "all": None,
+}
+
+
+def sweep_only(name: str, which: str) -> tuple[float, int]:
+    """(wall seconds, configurations) of the sweep of problem `name` with a column set."""
+    problem, grid = PROBLEMS[name]
+    system, model = load_system(problem.system), load_model(problem.model)
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        r = sweep(system, model, problem, d, grid=grid, columns=SWEEP_COLUMNS[which])
+        return time.perf_counter() - t, r.evaluations
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", help="comma-separated problem names")
     ap.add_argument("--json", help="also write the rows to this JSON file")
+    ap.add_argument(
+        "--sweep-columns",
+        help="instead: time only the sweep, with each of these column sets "
+        f"({', '.join(SWEEP_COLUMNS)}; comma-separated)",
+    )
     args = ap.parse_args()
     names = args.only.split(",") if args.only else list(PROBLEMS)
+    if args.sweep_columns:
+        for name in names:
+            for which in args.sweep_columns.split(","):
+                if which not in SWEEP_COLUMNS:
+                    raise SystemExit(f"--sweep-columns: unknown set {which!r}")
+                wall, n = sweep_only(name, which)
+                print(f"{name:28} sweep, {which:6} columns: {n:,} in {wall:.1f} s "
+                      f"({n / wall:.3g}/s)", flush=True)  # fmt: skip
+        return
     head = (
         f"{'problem':28} {'objective':22} {'space':>9} {'exhaustive':>11} {'gradient':>11} "
         f"{'ratio':>6} {'evals':>6} {'share':>6} {'wall ex/gr s':>13} ok"

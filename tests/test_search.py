@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import signal
@@ -118,14 +119,25 @@ def test_pareto_prefilter_gives_the_exact_front(pts, bins):
         _sweep.FRONT_BINS = old
     assert got.tolist() == want.tolist()
     # powers spanning float32's whole range, or a sliver of it: the bins stay monotone
-    for scale in (np.float32(3e38) / 12, np.float32(1e-45), np.float32(1e-7)):
-        pw = (p / np.float32(1e3) * scale + (1 if scale < 1e-6 else 0)).astype(np.float32)
+    for scale, offset in ((np.float32(3e38) / 12, 0), (np.float32(1e-45), 0), (1e-7, 1)):
+        pw = (p / np.float32(1e3) * np.float32(scale) + offset).astype(np.float32)
         _sweep.FRONT_BINS = bins
         try:
             got = pareto_front(t, pw)
         finally:
             _sweep.FRONT_BINS = old
         assert got.tolist() == _sweep._front_exact(t, pw).tolist()
+    # integer inputs (cast, not wrapped: -t of unsigned integers would wrap) and float64
+    # powers whose span overflows: the exact front
+    ti, pi = (np.array([x[i] for x in pts], np.uint32) for i in (0, 1))
+    assert pareto_front(ti, pi).tolist() == _sweep._front_exact(t, p).tolist()
+    wide = np.where(p > p.min(), 1.7e308, -1.7e308)
+    _sweep.FRONT_BINS = bins
+    try:
+        got = pareto_front(t, wide)
+    finally:
+        _sweep.FRONT_BINS = old
+    assert got.tolist() == _sweep._front_exact(t, wide).tolist()
     rng = np.random.default_rng(len(pts))  # and at a chunk's size with the real bins
     tb = np.float32(rng.integers(0, 500, 70_000)) * t.max(initial=1)
     pb = np.float32(rng.integers(0, 900, 70_000))
@@ -239,6 +251,31 @@ def test_two_processes_on_loopback_equal_one_process(tmp_path, reference):
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
     assert out.read_bytes() == reference
+
+
+_MERGE_SWEEP = """
+import json, sys, tempfile
+import jax
+from emu.catalog import load_model, load_system
+from emu.search import Problem, sweep
+p = Problem("gb200_nvl72", "llama3_70b", 144, seq_len=8192)
+with tempfile.TemporaryDirectory() as d:
+    r = sweep(load_system("gb200_nvl72"), load_model("llama3_70b"), p, d, chunk=256, columns=())
+print(json.dumps([len(jax.local_devices()), r.top, r.pareto, r.feasible]))
+"""
+
+
+def test_per_column_programs_sharded_over_two_devices_equal_one_device():
+    """The merge's per-column programs (built from one trace, tokens/J and the objective
+    derived on the host) give the same rows on two CPU devices as on one."""
+    got = []
+    for n in (1, 2):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+        out = subprocess.run([sys.executable, "-c", _MERGE_SWEEP], env=env, capture_output=True,
+                             text=True, timeout=300, check=True)  # fmt: skip
+        got.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert [g[0] for g in got] == [1, 2]
+    assert got[0][1:] == got[1][1:] and got[0][3] > 0
 
 
 def test_sharded_over_two_cpu_devices_equals_one_device(tmp_path, reference):

@@ -154,25 +154,38 @@ def test_sweep_with_fewer_columns_finds_the_same_best(tmp_path, nvl72):
 
 def test_host_derived_columns_are_exact_and_not_compiled(tmp_path, nvl72):
     """tokens/J and an objective that is a column are derived on the host from the columns
-    computed anyway (one compiled program fewer each), bit for bit; an objective that only
-    shares a column's name, or needs more than the result, is still compiled."""
-    from emu.search import register_objective
-    from emu.search._evaluate import host_columns
+    computed anyway (one compiled program fewer each), to float32 rounding what the device
+    computes; an objective that only shares a column's name, reads a column that is not the result's
+    attribute, or needs more than the result, is still computed on the device."""
+    import operator
+
+    from emu.search import plan_of, register_objective
+    from emu.search._evaluate import gather, host_columns, make_eval
+    from emu.search._space import Space
     from emu.search._sweep import MERGE_COLUMNS
 
     model = emu.load_model("llama3_8b")
     problem = Problem("gb200_nvl72", "llama3_8b", 8, free=("tp", "pp", "microbatch"))
     assert set(host_columns(problem, MERGE_COLUMNS)) == {"objective"}  # 3 programs, not 4
+    space = Space(nvl72, model, problem, None)
+    n = 64 * -(-space.size // 64)
+    idx = np.arange(n) % space.size
+    cols = ("objective", "feasible", "tokens_per_s", "tokens_per_joule", "power_w")
+    assert set(host_columns(problem, cols)) == {"objective", "tokens_per_joule"}
+    host = gather(make_eval(nvl72, model, problem, space, n, columns=cols)(idx))
+    on_device = gather(make_eval(nvl72, model, problem, space, n, columns=cols[3:4])(idx))
+    # exactly tokens/s / watts of the columns reported beside it; what a program computing
+    # tokens/J itself gives, to float32 rounding (another XLA fusion of the same formulas)
+    assert np.array_equal(host[:, 3], host[:, 2] / host[:, 4])
+    assert np.array_equal(host[:, 0], host[:, 3])
+    assert _close(host[:, 3], on_device[:, 0])
+    # and what a sweep reports is the model's own tokens/J of that plan (float32 rounding)
     r = sweep(nvl72, model, problem, tmp_path / "a")
-    rows = r.top + r.pareto
-    tps, pw = (np.float32([x[c] for x in rows]) for c in ("tokens_per_s", "power_w"))
-    assert np.array_equal(np.float32([x["tokens_per_joule"] for x in rows]), tps / pw)
-    assert np.array_equal(np.float32([x["objective"] for x in rows]), tps / pw)
-    # the derived value is the model's own tokens/J of that plan (float32 rounding)
-    from emu.search import plan_of
-
     got = emu.evaluate(nvl72, model, plan_of(problem, r.best)).tokens_per_joule
-    assert _close(r.best["tokens_per_joule"], got)
+    assert (
+        _close(r.best["tokens_per_joule"], got)
+        and r.best["objective"] == r.best["tokens_per_joule"]
+    )
     by_tps = Problem("gb200_nvl72", "llama3_8b", 8, objective="tokens_per_s")
     assert host_columns(by_tps, MERGE_COLUMNS)["objective"][1] == ("tokens_per_s",)
     assert (
@@ -181,8 +194,13 @@ def test_host_derived_columns_are_exact_and_not_compiled(tmp_path, nvl72):
     try:  # a replaced objective of the same name is not the column: computed on the device
         register_objective("tokens_per_s", lambda res: 2 * res.tokens_per_s, sign=1.0)
         assert host_columns(by_tps, MERGE_COLUMNS) == {}
+        # the feasible column adds the problem's constraints to RunResult.feasible
+        register_objective("feasible", operator.attrgetter("feasible"), sign=1.0)
+        by_feasible = Problem("gb200_nvl72", "llama3_8b", 8, objective="feasible")
+        assert host_columns(by_feasible, MERGE_COLUMNS) == {}
     finally:
-        import operator
+        from emu.search._objectives import OBJECTIVES
 
+        OBJECTIVES.pop("feasible", None)
         register_objective("tokens_per_s", operator.attrgetter("tokens_per_s"), sign=1.0,
                            help="tokens per second")  # fmt: skip

@@ -95,18 +95,22 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 BLOCK = 16384
 
 
-#: up to this many columns, `make_eval` compiles one program per column (module doc)
+#: up to this many columns computed on the device (after `host_columns`), `make_eval`
+#: compiles one program per column (module doc)
 SPLIT_COLUMNS = 4
 
 
 def host_columns(problem: Problem, columns) -> dict[str, tuple]:
     """The `columns` a sweep derives on the host from others it computes anyway, as
     {column: (function, its input columns)}: `tokens_per_joule` = tokens_per_s / power_w
-    (RunResult's own float32 safe division), and `objective` when the objective is a COLUMN
-    itself (the registered attribute objectives: tokens_per_joule, tokens_per_s, power_w,
-    ...), a copy of it. Each derivation is exact: the same float32 operation on the same
-    float32 values; each saves one compiled program per sweep (one full evaluation per
-    configuration)."""
+    (RunResult's own float32 safe division), and `objective` when the objective is a
+    RESULT_COLUMNS attribute itself (the registered attribute objectives: tokens_per_joule,
+    tokens_per_s, power_w, ...), a copy of it. A derived tokens/J is exactly tokens/s /
+    watts of the columns reported beside it, and what a program computing it on the device
+    gives to float32 rounding (XLA contracts and fuses each program its own way: <= 3 ulp
+    measured; its CPU backend also flushes subnormals to zero, NumPy does not).
+    Each derived column is one program fewer where columns compile one program each (up
+    to SPLIT_COLUMNS), and one output fewer otherwise."""
     cols = set(columns)
     out: dict[str, tuple] = {}
     per_joule = (_safe_div, ("tokens_per_s", "power_w"))
@@ -115,12 +119,20 @@ def host_columns(problem: Problem, columns) -> dict[str, tuple]:
         out["tokens_per_joule"] = per_joule
     obj = get_objective(problem.objective)
     plain = not obj.needs and repr(obj.fn) == f"operator.attrgetter({obj.name!r})"
-    if "objective" in cols and plain and obj.name in COLUMNS:
+    if "objective" in cols and plain and obj.name in RESULT_COLUMNS:
         if obj.name == "tokens_per_joule" and computed:
             out["objective"] = per_joule
-        elif obj.name in cols and obj.name not in out and obj.name != "objective":
+        elif obj.name in cols and obj.name not in out:
             out["objective"] = (np.asarray, (obj.name,))
     return out
+
+
+#: the COLUMNS that are the RunResult attribute of the same name as it is (`feasible` adds
+#: the problem's constraints; memory_bytes and usd_per_mtoken are computed from others)
+RESULT_COLUMNS = (
+    "step_time_s", "tokens_per_s", "tokens_per_s_per_chip", "tokens_per_joule", "power_w",
+    "mfu", "ttft_s", "tpot_s",
+)  # fmt: skip
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -144,8 +156,8 @@ def make_eval(system, model, problem, space: Space, n: int, fast_compile: bool =
     run ~2x faster as four programs than as one, and compile no slower. Many columns
     compile faster as one program (each single-output program compiles in ~1.5-2.5 s).
     Only the `columns` asked for are compiled, computed and moved, and of those, the ones
-    the host derives exactly from the others (`host_columns`: tokens/J; an objective that
-    is itself a column) are not compiled at all."""
+    the host derives from the others (`host_columns`: tokens/J; an objective that is
+    itself a column) are not compiled at all."""
     mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ("d",))
     shard = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -184,24 +196,28 @@ def make_eval(system, model, problem, space: Space, n: int, fast_compile: bool =
         ),
         rep,
     )
-    if split and len(device) > 1:
-        # trace the model once for all the columns (tracing, not XLA, is most of a
-        # sweep's start-up), then one program per column from that trace: XLA drops
-        # what a column does not need, as if it had been traced alone
-        idx0 = jax.ShapeDtypeStruct((sub,), jnp.int32)
-        traced = jax.make_jaxpr(run_of(device))(idx0, *tables)
-        whole = jax.extend.core.jaxpr_as_fun(traced)
 
-        def column(j: int):
-            return lambda *a: (whole(*jax.tree.leaves(a))[j],)
+    def programs() -> list:
+        if split and len(device) > 1:
+            # trace the model once for all the columns (tracing, not XLA, is most of a
+            # sweep's start-up), then one program per column from that trace: XLA drops
+            # what a column does not need, as if it had been traced alone
+            idx0 = jax.ShapeDtypeStruct((sub,), jnp.int32)
+            whole = jax.extend.core.jaxpr_as_fun(jax.make_jaxpr(run_of(device))(idx0, *tables))
 
-        fns = [jit(column(j)) for j in range(len(device))]
-    else:
-        fns = [jit(run_of((c,))) for c in device] if split else [jit(run_of(device))]
+            def column(j: int):
+                return lambda *a: (whole(*jax.tree.leaves(a))[j],)
 
-    compiled = {}
+            return [jit(column(j)) for j in range(len(device))]
+        return [jit(run_of((c,))) for c in device] if split else [jit(run_of(device))]
+
+    fns, compiled = [], {}  # built on the first block: a resumed sweep may need none
 
     def block(idx: np.ndarray) -> tuple:
+        if len(idx) != sub:
+            raise ValueError(f"make_eval: blocks of {sub} rows only (got {len(idx)}).")
+        if not fns:
+            fns.extend(programs())
         a = jax.device_put(np.asarray(idx, np.int32), shard)
         if not fast_compile:
             return tuple(c for fn in fns for c in fn(a, *tables))

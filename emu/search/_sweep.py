@@ -1,5 +1,6 @@
-"""The exhaustive sweep: every configuration of a `Space`, in fixed-size chunks with ONE
-compiled, vmapped function (the last chunk is padded), sharded over all local JAX devices.
+"""The exhaustive sweep: every configuration of a `Space`, in fixed-size chunks with the same
+compiled, vmapped programs (one per column up to four columns, built from one trace; the
+last chunk is padded), sharded over all local JAX devices.
 
 Each chunk streams to disk as it finishes, as an emu.storage record bound to its index and
 to the problem's signature; on restart with the same problem, the chunks already on disk are
@@ -36,10 +37,10 @@ CHUNK = 1 << 16
 #: the columns the merge needs (top-k by the objective, Pareto front of tokens/s vs watts)
 MERGE_COLUMNS = ("objective", "feasible", "tokens_per_s", "power_w")
 #: `emu search --method auto` evaluates every configuration of a space up to this size: on 2
-#: CPU cores a sweep reaches its first chunk in ~2.5-4 s and then runs ~5-10e6
-#: configurations/s (bench_sweep), while the gradient search takes ~15-25 s whatever the size
-#: (bench_search: a tie at 1e8); above it, the chunks a search keeps in a temporary folder
-#: (16 bytes per configuration) would pass 160 MB
+#: CPU cores a sweep of the search's columns reaches its first chunk in ~2.5-4 s and then
+#: runs ~4e6 configurations/s (bench_sweep, all columns; the merge's alone ~1e7), while the
+#: gradient search takes ~15-25 s whatever the size (bench_search); it also bounds the
+#: chunks a search keeps in a temporary folder (9 columns, 36 bytes per configuration)
 EXHAUSTIVE_MAX = 10**7
 #: how long process 0 waits for one chunk of another process
 PEER_CHUNK_TIMEOUT_S = 3600
@@ -56,17 +57,19 @@ def pareto_front(tokens_per_s: np.ndarray, power_w: np.ndarray) -> np.ndarray:
     Large inputs are first cut down without sorting: binned by power (monotone, so a plan
     in a lower bin draws strictly less), a plan whose tokens/s do not beat the best of
     every lower bin is dominated and dropped. The survivors (typically a few hundred of a
-    chunk's 2^18) are then ordered exactly, so the answer is the same, index for index,
+    chunk's rows) are then ordered exactly, so the answer is the same, index for index,
     as ordering all of them (tested), ~50x faster: the per-chunk merge no longer costs as
     much as computing the chunk."""
-    t, p = np.asarray(tokens_per_s), np.asarray(power_w)
+    t, p = (np.asarray(a) for a in (tokens_per_s, power_w))
+    t, p = (a if a.dtype.kind == "f" else a.astype(np.float64) for a in (t, p))
     if t.size == 0:
         return np.zeros(0, np.int64)
     lo, hi = (p.min(), p.max()) if np.isfinite(p).all() and np.isfinite(t).all() else (0, 0)
-    if t.size <= 4 * FRONT_BINS or not hi > lo:
+    span = float(hi) - float(lo)
+    scale = (FRONT_BINS - 1) / span if 0 < span < np.inf else np.inf
+    if t.size <= 4 * FRONT_BINS or not np.isfinite(scale):
         return _front_exact(t, p)
     # float64 and clipped before the cast: no overflow breaks the monotone binning
-    scale = (FRONT_BINS - 1) / (float(hi) - float(lo))
     b = np.clip((p.astype(np.float64) - float(lo)) * scale, 0, FRONT_BINS - 1).astype(np.int64)
     best = np.full(FRONT_BINS, -np.inf, t.dtype)
     np.maximum.at(best, b, t)
