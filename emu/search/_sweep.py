@@ -40,7 +40,8 @@ MERGE_COLUMNS = ("objective", "feasible", "tokens_per_s", "power_w")
 #: CPU cores a sweep of the search's columns reaches its first chunk in ~2.5-4 s and then
 #: runs ~4e6 configurations/s (bench_sweep, all columns; the merge's alone ~1e7), while the
 #: gradient search takes ~15-25 s whatever the size (bench_search); it also bounds the
-#: chunks a search keeps in a temporary folder (9 columns, 36 bytes per configuration)
+#: chunks a search keeps in a temporary folder (9 columns, 36 bytes per configuration; 12
+#: with --out)
 EXHAUSTIVE_MAX = 10**7
 #: how long process 0 waits for one chunk of another process
 PEER_CHUNK_TIMEOUT_S = 3600
