@@ -110,34 +110,26 @@ def test_pareto_prefilter_gives_the_exact_front(pts, bins):
     from emu.search import _sweep
 
     t, p = (np.float32([x[i] for x in pts]) * np.float32(1e3) for i in (0, 1))
-    want = _sweep._front_exact(t, p)
-    old = _sweep.FRONT_BINS
-    _sweep.FRONT_BINS = bins  # so that 4 x bins < len(pts) takes the prefilter
-    try:
-        got = pareto_front(t, p)
-    finally:
-        _sweep.FRONT_BINS = old
-    assert got.tolist() == want.tolist()
+
+    def binned(tt, pp):  # FRONT_BINS = bins, so that 4 x bins < len(pts) takes the prefilter
+        old = _sweep.FRONT_BINS
+        _sweep.FRONT_BINS = bins
+        try:
+            return pareto_front(tt, pp).tolist()
+        finally:
+            _sweep.FRONT_BINS = old
+
+    assert binned(t, p) == _sweep._front_exact(t, p).tolist()
     # powers spanning float32's whole range, or a sliver of it: the bins stay monotone
     for scale, offset in ((np.float32(3e38) / 12, 0), (np.float32(1e-45), 0), (1e-7, 1)):
         pw = (p / np.float32(1e3) * np.float32(scale) + offset).astype(np.float32)
-        _sweep.FRONT_BINS = bins
-        try:
-            got = pareto_front(t, pw)
-        finally:
-            _sweep.FRONT_BINS = old
-        assert got.tolist() == _sweep._front_exact(t, pw).tolist()
+        assert binned(t, pw) == _sweep._front_exact(t, pw).tolist()
     # integer inputs (cast, not wrapped: -t of unsigned integers would wrap) and float64
     # powers whose span overflows: the exact front
     ti, pi = (np.array([x[i] for x in pts], np.uint32) for i in (0, 1))
     assert pareto_front(ti, pi).tolist() == _sweep._front_exact(t, p).tolist()
     wide = np.where(p > p.min(), 1.7e308, -1.7e308)
-    _sweep.FRONT_BINS = bins
-    try:
-        got = pareto_front(t, wide)
-    finally:
-        _sweep.FRONT_BINS = old
-    assert got.tolist() == _sweep._front_exact(t, wide).tolist()
+    assert binned(t, wide) == _sweep._front_exact(t, wide).tolist()
     rng = np.random.default_rng(len(pts))  # and at a chunk's size with the real bins
     tb = np.float32(rng.integers(0, 500, 70_000)) * t.max(initial=1)
     pb = np.float32(rng.integers(0, 900, 70_000))
