@@ -163,7 +163,11 @@ class Overlap:
     costs time only when a micro-batch issues kernels faster than the GPU retires them
     (fine-grained MoE: per-expert GEMM and cast launches; see `emu.step`)."""
 
-    tp: Array = field("[0, 1]", help="TP collectives overlapped with GEMMs")
+    tp: Array = field(
+        "[0, 1]",
+        help="TP collectives overlapped with GEMMs in training (serving exposes them: "
+        "emu.step.SERVING_TP_OVERLAP)",
+    )
     dp: Array = field(
         "[0, 1]",
         help="gradient reduce-scatter and parameter all-gather overlapped with one "

@@ -33,7 +33,8 @@ sequence, decode over 1 + (MTP draft) tokens per sequence that read a KV cache o
 tokens. MoE layers add dispatch and combine all-to-alls over the EP group; their grouped
 expert GEMMs read only the experts that receive a token (a share 1 - exp(-m) of the local
 experts at m routed copies each). A decode layer also launches DECODE_KERNELS_PER_LAYER small
-kernels (quantisation, KV write, routing) at the chip's `kernel_overhead_s` each. A decode
+kernels (quantisation, KV write, routing) at the chip's `kernel_overhead_s` each. TP
+all-reduces are exposed in full (SERVING_TP_OVERLAP; `overlap.tp` is training's). A decode
 plan with `expert_ranks` > 0 puts the experts on ranks of their own (attention/expert
 disaggregation, `_disaggregated_decode`): a layer takes max(attention chain, g x expert
 turn), the attention ranks' wait reported as `bubble_s`. Both phases return the same
@@ -518,6 +519,14 @@ def _disaggregated_decode(system: System, model: Model, plan: Plan, work: Comput
     return out, layers * disp_f, layers * comb_f, exposed, wait
 
 
+#: share of a serving pass's TP all-reduces hidden behind compute: none. The fitted
+#: `overlap.tp` is Megatron's training-time TP communication overlap (userbuffers splitting
+#: all-gather/reduce-scatter into GEMM chunks); serving engines (TensorRT-LLM, vLLM, SGLang)
+#: run each TP all-reduce between the layer's GEMMs, on the critical path (TensorRT-LLM fuses
+#: it with the following RMSNorm, which saves a kernel, not the transfer)
+SERVING_TP_OVERLAP = 0.0
+
+
 def inference_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
     """One prefill batch or one decode step of `model` on `system` under `plan`.
 
@@ -525,8 +534,8 @@ def inference_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
     `cache_hit` share of them is served from a prefix cache and skipped). Decode: each rank
     advances `microbatch` sequences by one token (plus one MTP draft token verified with
     acceptance `mtp_accept`), reading `context` cached tokens. Pipeline stages run in
-    sequence, so the pass covers all layers; pipeline hops are exposed, TP all-reduces
-    hide a share ov_tp, the MoE all-to-alls as in training. A decode step emits A tokens
+    sequence, so the pass covers all layers; pipeline hops and TP all-reduces are exposed
+    (SERVING_TP_OVERLAP), the MoE all-to-alls as in training. A decode step emits A tokens
     per sequence (`speculation`: 1, 1 + mtp_accept, or accept_len).
     """
     system = rank_system(system)
@@ -535,7 +544,8 @@ def inference_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
     t, _, _ = _pass_tokens(model, plan)
     comm = inference_comm(system, model, plan, t)  # raw communication, by axis
     a2a = comm.dispatch_s + comm.combine_s
-    exposed = (1.0 - ov.tp) * comm.tp_s + comm.pp_s + _a2a_exposed(ov, plan, a2a, work.total_s)
+    tp_exposed = (1.0 - SERVING_TP_OVERLAP) * comm.tp_s
+    exposed = tp_exposed + comm.pp_s + _a2a_exposed(ov, plan, a2a, work.total_s)
     zero = jnp.zeros_like(work.total_s)
     wait = zero
     # attention/expert disaggregation when expert_ranks > 0 (both branches are traced; the
@@ -552,7 +562,7 @@ def inference_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
             comm, dispatch_s=pick(disp, comm.dispatch_s), combine_s=pick(comb, comm.combine_s)
         )
         # the attention ranks keep their TP all-reduces (tp > 1) and pipeline hops
-        exposed = pick(a2a_exposed + (1.0 - ov.tp) * comm.tp_s + comm.pp_s, exposed)
+        exposed = pick(a2a_exposed + tp_exposed + comm.pp_s, exposed)
         wait = pick(d_wait, zero)
     if plan.phase == "decode":
         tokens_in, tokens_out = zero, plan.microbatch * speculation(model, plan)[1]

@@ -184,3 +184,33 @@ def test_overlay_with_cv_writes_residuals_and_a_calibrated_interval_table(small_
     assert set(table["basis"]) == {"train/ampere", "train", "all"}
     iv = interval(100.0, "train/ampere", table=table)
     assert iv["low"] < iv["high"] and iv["level"] == 0.8
+
+
+def test_a_checkpoint_is_keyed_by_the_code_and_the_loss(small_fit, tmp_path, monkeypatch):
+    """The checkpoint signature covers the model code and the loss constants, not only the
+    rows and plans: after a model change `emu calibrate` refits instead of resuming a
+    finished fit of the old code."""
+    from emu.calibration import _fit, _problem
+    from emu.calibration._problem import FitProblem
+    from emu.validation import prepare_rows, read_rows
+
+    rows, _ = read_rows(small_fit[1])
+    problem = FitProblem(prepare_rows(rows)[0])
+    sig = _fit._signature(problem, 40)
+    assert _fit._signature(problem, 40) == sig  # deterministic
+    monkeypatch.setattr(_problem, "HUBER_DELTA", _problem.HUBER_DELTA / 2)
+    assert _fit._signature(problem, 40) != sig
+    monkeypatch.undo()
+    src = tmp_path / "pkg"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "step.py").write_text("EXPOSED = 1.0\n")
+    before = _fit._code_digest(src)
+    (src / "sub" / "step.py").write_text("EXPOSED = 0.7\n")
+    assert _fit._code_digest(src) != before
+    assert _fit._code_digest(tmp_path / "empty") == ""  # nothing to fingerprint
+    monkeypatch.setattr(_fit, "_code_digest", lambda root=None: before)
+    assert _fit._signature(problem, 40) != sig  # the package's own digest is part of it
+    monkeypatch.setattr(_fit, "_code_digest", lambda root=None: "")
+    said = []
+    assert _fit._checkpoint(problem, 40, tmp_path / "ck", said.append) is None
+    assert "without checkpoints" in said[0]

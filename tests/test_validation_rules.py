@@ -125,20 +125,57 @@ def test_serving_rule_puts_prefill_on_the_other_cards_when_separated():
     assert float(s.prefill.tp * s.prefill.dp) == 64 - 32
 
 
-def test_offline_rows_take_the_largest_batch_that_fits():
+def test_offline_rows_take_the_largest_batch_that_fits_with_kv_for_prompt_and_output():
+    """TensorRT-LLM's GUARANTEED_NO_EVICT scheduler admits a request only with KV blocks for
+    its whole prompt + output: the batch is the largest that fits at context 1000 + 1000,
+    while the step time reads the mean context 1000 + 500."""
     items, fails = V.prepare_rows([ROWS["trtllm_perf_dgx_h100_llama33_70b_tp2_fp8_1000_1000"]])
     assert not fails
     it = items[0]
     assert it.serving.mode == "mixed" and it.serving.batch_cap == V.OFFLINE_MAX_BATCH
+    assert it.serving.kv_reserve == 1000 + 1000
+    assert float(it.plan.context) == 1500.0 and float(it.plan.kv_precision) == 1.0  # fp8 KV
     b = float(it.plan.microbatch)
     assert 1 < b < V.OFFLINE_MAX_BATCH
     from emu.objective import evaluate
     from emu.struct import replace
 
-    fits = lambda k: float(
-        evaluate(it.system, it.model, replace(it.plan, microbatch=k, global_batch=k)).feasible
-    )
-    assert fits(b) == 1.0 and fits(b + 1) == 0.0
+    def fits(k, ctx):
+        p = replace(it.plan, microbatch=k, global_batch=k, context=ctx, seq_len=ctx)
+        return float(evaluate(it.system, it.model, p).feasible)
+
+    assert fits(b, 2000.0) == 1.0 and fits(b + 1, 2000.0) == 0.0
+    assert fits(b + 1, 1500.0) == 1.0  # the mean context alone would admit more
+
+
+def test_tensorrt_llm_rows_at_fp8_or_fp4_keep_an_fp8_kv_cache():
+    """trtllm-bench forces the FP8 KV cache for FP8/NVFP4 models (and NVIDIA's ModelOpt
+    checkpoints carry kv_cache_quant_algo FP8); other stacks and BF16 rows keep bf16."""
+    assert V.kv_precision(ROWS["trtllm_perf_gb200_llama33_70b_tp1_fp4_1000_1000"]) == "fp8"
+    assert V.kv_precision(ROWS["azure_gb200_trtllm_llama_3p1_8b_tp1_128_128"]) == "fp8"
+    trt = ROWS["trtllm_perf_dgx_h100_llama33_70b_tp2_fp8_1000_1000"]
+    assert V.kv_precision({**trt, "precision": "bf16"}) == "bf16"
+    sglang = ROWS["sglang_h100_decode_2k"]  # an FP8 model on SGLang: KV in the model dtype
+    assert sglang["precision"] == "fp8" and V.kv_precision(sglang) == "bf16"
+    for rid in ("sglang_a3_dsr1_mixed_8c_2k_2k_50ms", "xds_decode_colocated_dp288_ep288"):
+        assert V.kv_precision(ROWS[rid]) == "bf16"  # int8 Ascend rows
+    assert V.kv_precision({**trt, "precision": "FP8"}) == "fp8"
+    assert V.kv_precision({**trt, "precision": None}) == "bf16"  # bf16 when unstated
+    # the engine is read from the hardware field and the id, not from a comparison in notes
+    other = {**sglang, "notes": "2x faster than TensorRT-LLM on this benchmark"}
+    assert not V.trtllm_row(other) and V.kv_precision(other) == "bf16"
+    assert V.trtllm_row({"id": "x", "hardware": "8x H100, TensorRT LLM 1.0"})
+
+
+def test_only_tensorrt_llm_offline_rows_reserve_kv_for_the_whole_request():
+    """vLLM and SGLang admit requests by their current tokens (and preempt), so the
+    prompt + output reservation is TensorRT-LLM's alone."""
+    trt = ROWS["trtllm_perf_dgx_h100_llama33_70b_tp2_fp8_1000_1000"]
+    model = V.row_model(trt)
+    assert V.serving_row(trt, model).kv_reserve == 2000.0
+    vllm = {**trt, "id": "vllm_h100_1000_1000", "hardware": "8x H100, vLLM 0.9 offline"}
+    s = V.serving_row(vllm, model)
+    assert s.batch_cap == V.OFFLINE_MAX_BATCH and s.kv_reserve is None
 
 
 def test_mixed_serving_rate_is_the_harmonic_composition():

@@ -144,13 +144,28 @@ def _adam(problem, u, w, steps, *, lr=0.05, progress=None, checkpoint=None, thro
     return u, float(problem.loss(u, w))
 
 
+def _code_digest(root: Path | None = None) -> str:
+    """SHA-256 of the package's Python sources (every emu/**/*.py, by relative path): a
+    checkpoint written by other model code, loss or optimiser is not resumed, whatever the
+    version string says. "" when no source file is found (then nothing is checkpointed)."""
+    root = Path(__file__).resolve().parents[1] if root is None else Path(root)
+    files = sorted(root.rglob("*.py"))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest() if files else ""
+
+
 def _signature(problem: FitProblem, steps: int, w=None) -> str:
     """Every value the fit depends on: rows, their weights, parameters, priors, steps, each
-    item's system, model and plan, and the release."""
+    item's system, model and plan, the loss constants, the code (`_code_digest`) and the
+    release."""
     from emu import __version__
+    from emu.calibration import _problem
 
     items = problem.items
-    text = json.dumps([[it.base["id"], it.base["measured"]] for it in items])
+    text = _code_digest() + f"{_problem.HUBER_DELTA}/{_problem.PRIOR_SIGMA}"
+    text += json.dumps([[it.base["id"], it.base["measured"]] for it in items])
     text += json.dumps([list(k) for k in problem.keys]) + f"{steps}"
     text += json.dumps(problem.spec_priors())
     if w is not None:
@@ -164,6 +179,10 @@ def _signature(problem: FitProblem, steps: int, w=None) -> str:
 
 def _checkpoint(problem, steps, checkpoint_dir, warn, w=None) -> _Checkpoint | None:
     if checkpoint_dir is None:
+        return None
+    if not _code_digest():  # no sources to fingerprint (a zip or .pyc-only install)
+        if warn:
+            warn("cannot fingerprint emu's source files; fitting without checkpoints")
         return None
     sig = _signature(problem, steps, w)
     try:

@@ -193,6 +193,8 @@ def program_cost(
     is_async = np.array([o.kind == "collective" and o.is_async for o in table.ops])
     ov = system.overlap
     exposed = jnp.zeros_like(comp)
+    # a traced program is priced with the training overlaps (a serving program's TP
+    # all-reduces would be fully exposed: emu.step.SERVING_TP_OVERLAP)
     for role, frac in (("tp", ov.tp), ("cp", ov.cp), ("pp", ov.pp), ("ep", ov.ep)):
         mask = np.array([o.kind == "collective" and o.role == role for o in table.ops])
         exposed = exposed + (1.0 - frac) * total(mask & ~is_async)

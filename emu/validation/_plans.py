@@ -58,9 +58,24 @@ DEFAULT_DRAFT_STEPS = 3.0
 #: largest batch per rank that fits in usable HBM, capped at TRT-LLM's default
 #: `max_batch_size` 2,048 and at the request count the row states
 OFFLINE_MAX_BATCH = 2048
+#: ... and on TensorRT-LLM the batch that fits keeps KV cache for each request's whole
+#: prompt + output (`ServingRow.kv_reserve`): its default capacity scheduler policy,
+#: GUARANTEED_NO_EVICT, starts a request only when blocks for all its tokens are free
+#: (trtllm-bench sizes max_batch_size the same way: KV memory / (ISL + OSL),
+#: tensorrt_llm/bench/build/tuning.py); the step time reads the mean context prompt +
+#: output / 2. Other stacks (vLLM, SGLang) admit by the current tokens and preempt.
 #: TRT-LLM's default `max_num_tokens` 8,192: the prompt tokens per rank of one in-flight
 #: prefill chunk (dense models on NVIDIA); MoE and Ascend prefill use DEFAULT_PREFILL_TOKENS
 PREFILL_CHUNK_TOKENS = 8192
+#: TensorRT-LLM serves FP8 and NVFP4 models with an FP8 KV cache: `trtllm-bench build`
+#: forces it ("If the quantization is NVFP4 or FP8, force the KV cache dtype to FP8",
+#: tensorrt_llm/bench/build/build.py) and NVIDIA's ModelOpt checkpoints that its
+#: perf-overview tables use carry `kv_cache_quant_algo: FP8` in hf_quant_config.json, which
+#: the PyTorch backend's "auto" KV dtype follows. Serving rows of that stack at these
+#: precisions keep their KV cache in FP8; other stacks keep the bf16 default. A row is on
+#: TensorRT-LLM when its `hardware` (which names the serving engine) or id says so.
+TRTLLM_STACK = re.compile(r"tensorrt[-_ ]?llm|trt[-_ ]?llm")
+FP8_KV_PRECISIONS = ("fp8", "fp4")
 #: the "script weak scaling" rule: a row with no parallel config whose notes say the repo's
 #: example script "uses TP t PP p VPP v ..., MBS m, GBS g, seq s, <precision> on a x b"
 #: chips takes t, p, v, m, s from the script, dp = (ranks // (t p)) (the largest multiple of
@@ -92,7 +107,10 @@ class ServingRow(NamedTuple):
     None, or the cap of the largest batch that fits (offline rows); `ramp`: the share
     C / N of the benchmark's requests in its first wave (concurrency C, N prompts; 0 when
     the row does not state both), whose prompts queue for the prefill instance before
-    their decode starts (`emu.validation.serving_rate`)."""
+    their decode starts (`emu.validation.serving_rate`); `kv_reserve`: None, or the tokens
+    of KV cache each running sequence holds when the scheduler reserves them for the whole
+    request (TensorRT-LLM offline rows: prompt + output), which the largest batch that fits
+    is sized by."""
 
     decode: Plan
     prefill: Plan | None
@@ -102,6 +120,7 @@ class ServingRow(NamedTuple):
     cards: float
     batch_cap: int | None
     ramp: float = 0.0
+    kv_reserve: float | None = None
 
 
 def ranks_of(row: dict, dies: int) -> int:
@@ -238,6 +257,18 @@ def row_plan(row: dict, model: Model, *, dies: int = 1) -> RowPlan:
     return RowPlan(validate_plan(plan, model, even_layers=False, even_experts=False), None)
 
 
+def trtllm_row(row: dict) -> bool:
+    """Whether a serving row ran on TensorRT-LLM (TRTLLM_STACK in its hardware or id)."""
+    return bool(TRTLLM_STACK.search(f"{row.get('hardware') or ''} {row['id']}".lower()))
+
+
+def kv_precision(row: dict) -> str:
+    """The KV-cache format of a serving row: "fp8" for TensorRT-LLM rows at FP8/FP4
+    (`trtllm_row`, FP8_KV_PRECISIONS), else "bf16"."""
+    low = str(row.get("precision") or "bf16").lower() in FP8_KV_PRECISIONS
+    return "fp8" if low and trtllm_row(row) else "bf16"
+
+
 def lengths(row: dict) -> tuple[float | None, float | None]:
     """(prompt, output) tokens per request of a serving row from its notes or id ("input
     6000, output 1600", "2048/2048 ->", "2K+2K workload", "..._3p5k_1p5k_...",
@@ -320,6 +351,7 @@ def _inference_plan(row, model, tp, dp, ep, prec, notes, overlap, imbalance, **d
         precision=prec,
         recompute="none",
         zero=0,
+        kv_precision=kv_precision(row),
     )
     if phase == "prefill":
         prompt = num_in(r"(?:prompt|input) length ([\d,]+)", notes) or (
@@ -433,7 +465,10 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     att_tp = max(1, ranks // dp)
     ep = (int_or(p.get("ep"), None) or ranks) if moe else 1
     imbalance = DEFAULT_MOE_IMBALANCE if moe else 1.0
-    common = dict(precision=prec, recompute="none", zero=0, moe_imbalance=imbalance)
+    common = dict(
+        precision=prec, recompute="none", zero=0, moe_imbalance=imbalance,
+        kv_precision=kv_precision(row),
+    )  # fmt: skip
     spec = dict(draft_tokens=k, accept_len=acc) if k > 0 else {}
     cap = None
     if gb is None:
@@ -469,7 +504,8 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     )  # fmt: skip
     pre = validate_plan(pre, model, even_layers=False, even_experts=False)
     mode = "separated" if separated else "mixed"
-    return ServingRow(dec, pre, mode, isl, osl, cards, cap, ramp)
+    reserve = isl + osl if cap is not None and trtllm_row(row) else None
+    return ServingRow(dec, pre, mode, isl, osl, cards, cap, ramp, reserve)
 
 
 def _first_wave(notes: str) -> float:

@@ -132,12 +132,21 @@ def _feasible(system: System, model: Model, plan: Plan):
     return memory(model, plan, usable_hbm_bytes(chip)).feasible
 
 
-def _largest_fitting(system: System, model: Model, plan: Plan, cap: int) -> Plan:
+def _largest_fitting(system: System, model: Model, plan: Plan, cap: int, reserve=None) -> Plan:
     """`plan` with the largest batch per DP rank in [1, cap] that fits in memory (the
-    offline serving rule; batch 1 if none does)."""
+    offline serving rule; batch 1 if none does). `reserve`: the tokens of KV cache each
+    sequence holds while it runs, when the scheduler reserves more than the plan's mean
+    `context` (`ServingRow.kv_reserve`: TensorRT-LLM's GUARANTEED_NO_EVICT capacity policy
+    admits a request only with KV blocks for its whole prompt + output); the returned plan
+    keeps its own context (the step time reads the mean)."""
+    fit_plan = (
+        plan
+        if reserve is None
+        else replace(plan, context=jnp.float32(reserve), seq_len=jnp.float32(reserve))
+    )
 
     def fits(b):
-        p = replace(plan, microbatch=jnp.float32(b), global_batch=plan.dp * jnp.float32(b))
+        p = replace(fit_plan, microbatch=jnp.float32(b), global_batch=plan.dp * jnp.float32(b))
         return float(_feasible(system, model, p)) > 0.5
 
     lo, hi = 1, int(cap)
@@ -163,7 +172,8 @@ def _run_item(row: dict, base: dict, system_of) -> Item:
     if needs_serving_rule(row):
         s = serving_row(row, model, dies=dies)
         if s.batch_cap is not None:
-            s = s._replace(decode=_largest_fitting(system, model, s.decode, s.batch_cap))
+            plan = _largest_fitting(system, model, s.decode, s.batch_cap, s.kv_reserve)
+            s = s._replace(decode=plan)
         return Item(base, row, "run", system, model, s.decode, s)
     plan, slo = row_plan(row, model, dies=dies)
     if slo is not None:
