@@ -61,9 +61,12 @@ def test_errors_name_parameters_not_flags(sys_models, kw, needle):
 def test_largest_batch_meets_the_slo_and_one_more_does_not(sys_models):
     system, llama, _ = sys_models
     plan = auto_plan(system, llama, 72, phase="decode", seq_len=4096)
-    slo = 0.03
+    # an SLO twice batch 1's TPOT: met by more than one sequence, whatever the physics
+    one = emu.struct.replace(plan, microbatch=1.0, global_batch=plan.dp)
+    slo = 2.0 * float(emu.evaluate(system, llama, one).tpot_s)
     best = with_largest_batch(system, llama, plan, slo)
     n = int(best.microbatch)
+    assert n > 1
     assert float(emu.evaluate(system, llama, best).tpot_s) <= slo
     more = emu.struct.replace(
         best, microbatch=best.microbatch + 1, global_batch=best.dp * (best.microbatch + 1)
