@@ -14,7 +14,8 @@ Ranks: a row's parallel degrees count ranks, and on a system whose chips hold se
 (Ascend 910C: 2) a rank is a die while `n_chips` counts packages (MEASUREMENTS.md
 "Conventions"): ranks = n_chips x dies_per_chip.
 
-Serving rows: prefill/decode rows that give a per-rank batch (or a per-user speed, the SLO
+Serving rows (KV cache bf16, FP8 on TensorRT-LLM rows at FP8/FP4: `kv_precision`):
+prefill/decode rows that give a per-rank batch (or a per-user speed, the SLO
 the batch must meet) are one instance (`row_plan`); expert-parallel ones overlap two
 micro-batches unless they say "no" or "without" it. Decode rows that give neither describe
 a deployment (`serving_row`, fidelity DESIGN §2 "serving rule"). A decode row whose
@@ -56,14 +57,14 @@ DEFAULT_PROMPT = 4096
 DEFAULT_DRAFT_STEPS = 3.0
 #: offline max-throughput serving without a stated batch (TensorRT-LLM trtllm-bench): the
 #: largest batch per rank that fits in usable HBM, capped at TRT-LLM's default
-#: `max_batch_size` 2,048 and at the request count the row states
+#: `max_batch_size` 2,048 and at the request count the row states. On TensorRT-LLM the batch
+#: that fits keeps KV cache for each request's whole prompt + output
+#: (`ServingRow.kv_reserve`): its default capacity scheduler policy, GUARANTEED_NO_EVICT,
+#: starts a request only when blocks for all its tokens are free (trtllm-bench sizes
+#: max_batch_size the same way: KV memory / (ISL + OSL), tensorrt_llm/bench/build/tuning.py);
+#: the step time reads the mean context prompt + output / 2. Other stacks (vLLM, SGLang)
+#: admit by the current tokens and preempt.
 OFFLINE_MAX_BATCH = 2048
-#: ... and on TensorRT-LLM the batch that fits keeps KV cache for each request's whole
-#: prompt + output (`ServingRow.kv_reserve`): its default capacity scheduler policy,
-#: GUARANTEED_NO_EVICT, starts a request only when blocks for all its tokens are free
-#: (trtllm-bench sizes max_batch_size the same way: KV memory / (ISL + OSL),
-#: tensorrt_llm/bench/build/tuning.py); the step time reads the mean context prompt +
-#: output / 2. Other stacks (vLLM, SGLang) admit by the current tokens and preempt.
 #: TRT-LLM's default `max_num_tokens` 8,192: the prompt tokens per rank of one in-flight
 #: prefill chunk (dense models on NVIDIA); MoE and Ascend prefill use DEFAULT_PREFILL_TOKENS
 PREFILL_CHUNK_TOKENS = 8192
@@ -442,6 +443,8 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
       DEFAULT_PREFILL_TOKENS (MoE, Ascend) or PREFILL_CHUNK_TOKENS prompt tokens per rank;
     - a PD-separated closed-loop benchmark that states its concurrency C and N prompts (and
       no request rate) starts with C prompts queued for prefill: `ramp` = C / N;
+    - TensorRT-LLM rows (`trtllm_row`) at FP8/FP4 keep an FP8 KV cache (`kv_precision`), and
+      their offline batches are sized with KV for the whole prompt + output (`kv_reserve`);
     - the per-card figure divides by all n_chips cards."""
     p = row.get("parallel") or {}
     notes = row_text(row)
