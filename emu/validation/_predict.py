@@ -139,11 +139,7 @@ def _largest_fitting(system: System, model: Model, plan: Plan, cap: int, reserve
     `context` (`ServingRow.kv_reserve`: TensorRT-LLM's GUARANTEED_NO_EVICT capacity policy
     admits a request only with KV blocks for its whole prompt + output); the returned plan
     keeps its own context (the step time reads the mean)."""
-    fit_plan = (
-        plan
-        if reserve is None
-        else replace(plan, context=jnp.float32(reserve), seq_len=jnp.float32(reserve))
-    )
+    fit_plan = plan if reserve is None else replace(plan, context=jnp.float32(reserve))
 
     def fits(b):
         p = replace(fit_plan, microbatch=jnp.float32(b), global_batch=plan.dp * jnp.float32(b))
