@@ -282,3 +282,32 @@ def test_search_help_lists_only_the_knobs_it_takes(capsys):
         for k in KNOBS:
             offered = k.searchable and k.name != "dp" or k.name in PROBLEM_KNOBS
             assert (f"{k.flag} " in out or f"{k.flag}\n" in out) == offered, (command, k.flag)
+
+
+def test_forward_mode_gradient_of_the_relaxed_score_is_the_reverse_mode_gradient(small):
+    """The gradient phase takes d score / d x by forward mode (faster to compile); it must be
+    the reverse-mode gradient, finite, at random points of the relaxed space, and fall back to
+    reverse mode above FORWARD_MAX coordinates."""
+    from emu.search import _gradient as g
+    from emu.search._space import Space
+
+    system, model = small
+    relax = g._Relaxation(system, model, SMALL, Space(system, model, SMALL, GRID))
+    f = lambda x, c: -relax.score(x, c)  # noqa: E731
+    fwd = jax.jit(g.value_and_grad_x(f, relax.dim))
+    rev = jax.jit(jax.value_and_grad(f))
+    rng = np.random.default_rng(1)
+    c = jnp.stack([ch[-1] for ch in relax.choices])
+    for _ in range(3):
+        u = rng.uniform(0, 1, relax.dim)
+        x = jnp.asarray(relax.lo + u * (relax.hi - relax.lo), jnp.float32)
+        (v1, g1), (v2, g2) = fwd(x, c), rev(x, c)
+        assert g1.shape == (relax.dim,) and np.all(np.isfinite(g1))
+        assert float(v1) == pytest.approx(float(v2), rel=1e-6)
+        np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(g2))))
+    n = g.FORWARD_MAX + 1  # reverse mode
+    x = jnp.arange(n, dtype=jnp.float32)
+    v, gx = g.value_and_grad_x(lambda x, c: jnp.sum(x**2) + jnp.sum(c), n)(x, c)
+    np.testing.assert_allclose(gx, 2 * x)
+    v0, g0 = g.value_and_grad_x(lambda x, c: jnp.sum(c), 0)(jnp.zeros((0,)), c)
+    assert g0.shape == (0,) and float(v0) == float(jnp.sum(c))
