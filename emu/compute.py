@@ -50,18 +50,19 @@ def matmul_efficiency(chip: Chip, m, n, k, precision: str = "bf16"):
     return top / (1.0 + chip.matmul_half_dim * inv)
 
 
-def matmul_time(chip: Chip, m, n, k, precision: str, *, count=1.0, kernels=None):
+def matmul_time(chip: Chip, m, n, k, precision: str, *, count=1.0, kernels=None, scale=1.0):
     """Seconds for `count` matmuls of shape (m, k) @ (k, n) at `precision` (module doc):
     count * max(2 m n k / (peak * eff), (m k + k n + m n) bytes_el / (hbm_bytes_per_s *
     hbm_efficiency)) + kernels * kernel_overhead_s.
 
     Args: m, n, k matrix dimensions (elements); precision a name in emu.units.PRECISIONS;
       count how many such matmuls; kernels launches (default `count`: one each; a grouped
-      GEMM runs many in one launch).
+      GEMM runs many in one launch); scale multiplies the achievable rate (a grouped GEMM:
+      the chip's `grouped_matmul_efficiency`).
     Returns: seconds, an array of the broadcast shape of the inputs.
     """
     flops = 2.0 * m * n * k
-    rate = peak_flops(chip, precision) * matmul_efficiency(chip, m, n, k, precision)
+    rate = peak_flops(chip, precision) * matmul_efficiency(chip, m, n, k, precision) * scale
     t_compute = safe_div(flops, rate)
     nbytes = (m * k + k * n + m * n) * BYTES_PER_ELEMENT[precision]
     t_memory = safe_div(nbytes, chip.hbm_bytes_per_s * chip.hbm_efficiency)

@@ -86,6 +86,13 @@ class Chip:
     hbm_efficiency: Array = field(
         _EFFICIENCY, help="achievable fraction of HBM bandwidth for memory-bound kernels"
     )
+    grouped_matmul_efficiency: Array = field(
+        _EFFICIENCY,
+        default_factory=lambda: jnp.float32(1.0),
+        help="the routed experts' grouped GEMMs reach this fraction of the rate of a dense "
+        "GEMM of the same shape (ragged per-expert token counts, per-expert tails); 1 = as "
+        "dense",
+    )
     kernel_overhead_s: Array = field("[0, 1e-3]", unit="s", help="fixed cost of one kernel")
     matmul_power: Array = field("[0, 1]", help="activity (share of tdp - idle) in matmuls")
     memory_power: Array = field("[0, 1]", help="activity in memory-bound kernels")

@@ -123,7 +123,8 @@ _MEMORY_PASSES_TRAIN = 3.0
 _LOGIT_BYTES, _LOGIT_PASSES, _HEAD_KERNELS = 4.0, 3.0, 2.0
 #: fused Adam (multi-tensor apply) launches per step
 _OPTIMIZER_KERNELS = 4.0
-#: routed-expert GEMMs run as one grouped GEMM per matrix and layer (one launch)
+#: routed-expert GEMMs run as one grouped GEMM per matrix and layer (one launch), at the
+#: chip's `grouped_matmul_efficiency` times a dense GEMM's rate of the same shape
 _GROUPED = ("expert_in", "expert_out")
 #: small kernels a decode layer launches besides those `layer_forward` and `decode_attention`
 #: count (its GEMMs, ELEMENTWISE_KERNELS_FWD, the attention core): per-token activation
@@ -206,6 +207,7 @@ def _matmuls_time(chip, shapes: dict, precision: str):
             precision,
             count=c,
             kernels=jnp.minimum(c, 1.0) if name in _GROUPED else None,
+            scale=chip.grouped_matmul_efficiency if name in _GROUPED else 1.0,
         )
         for name, (m, n, k, c) in shapes.items()
     )

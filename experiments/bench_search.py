@@ -13,9 +13,9 @@ The sweep computes only the columns its merge needs (`sweep(columns=())`: object
 feasible, tokens/s, watts; `emu search --method exhaustive` also computes the five its
 table shows). The last problem
 (`nvl72-405b-train-8192-1e8`, ~1e8 configurations: four fine topology and HBM axes) is
-about the size where the gradient search, whose cost does not grow with the space, catches
-up with the sweep in wall time (README "Speed": a tie since the sweep's merge runs three
-programs; most of the gradient search's time is compiling its value-and-gradient program).
+past the size where the gradient search, whose cost does not grow with the space, beats
+the sweep in wall time (README "Speed": 16.4 s against 27.2 s once the gradient phase
+took its gradient by forward mode; most of its time is still compiling that program).
 `--sweep-columns merge,search,all` times only the sweep, with the merge's columns, those
 `emu search --method exhaustive` computes, and every column (`emu sweep`).
 """

@@ -52,6 +52,7 @@ CHIP_LABELS = {
     "chip.matmul_efficiency": ("Compute", "matmul efficiency†"),
     "chip.lowp_matmul_efficiency": ("Compute", "8/4-bit matmul efficiency†"),
     "chip.matmul_half_dim": ("Compute", "matmul half-efficiency size†"),
+    "chip.grouped_matmul_efficiency": ("Compute", "grouped (MoE) GEMM efficiency†"),
     "chip.kernel_overhead_s": ("Compute", "kernel launch overhead†"),
     "chip.tdp_w": ("Chip power", "chip TDP"),
     "chip.idle_w": ("Chip power", "chip idle power"),

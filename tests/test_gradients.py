@@ -53,3 +53,29 @@ def test_gradients_finite_for_edge_plans(catalog):
     ):
         g = f(catalog["h100"], plan)
         assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(g))
+
+
+def test_grouped_gemm_efficiency_slows_only_moe_layers_and_its_gradient_is_right():
+    """`chip.grouped_matmul_efficiency` scales the rate of the routed experts' grouped GEMMs:
+    a dense model does not see it; an MoE training step slows as it falls, and d log
+    tokens/J / d log (it) equals central finite differences (float64)."""
+    with jax.enable_x64(True):
+        system = _f64(load_system("gb200_nvl72"))
+        plan = _f64(make_plan(tp=2, pp=1, dp=4, ep=4, global_batch=16, seq_len=4096))
+        path = "chip.grouped_matmul_efficiency"
+        x = float(float_leaves(system)[path])
+        dense = _f64(load_model("llama3_8b"))
+        dense_plan = _f64(make_plan(tp=2, pp=1, dp=4, global_batch=16, seq_len=4096))
+        t = lambda s, m, p: float(evaluate(s, m, p).step_time_s)  # noqa: E731
+        half = set_path(system, path, jnp.float64(x / 2))
+        assert t(half, dense, dense_plan) == t(system, dense, dense_plan)
+        moe = _f64(load_model("mixtral_8x7b"))
+        assert t(half, moe, plan) > 1.05 * t(system, moe, plan)
+        f = jax.jit(lambda s: jnp.log(evaluate(s, moe, plan).tokens_per_joule))
+        g = float(float_leaves(jax.grad(f)(system))[path])
+        h = 1e-4
+        up = f(set_path(system, path, jnp.float64(x * np.exp(h))))
+        dn = f(set_path(system, path, jnp.float64(x * np.exp(-h))))
+        fd = (float(up) - float(dn)) / (2 * h)
+        assert np.isfinite(g) and x * g > 0
+        assert x * g == pytest.approx(fd, rel=1e-3)

@@ -66,7 +66,7 @@ def parameter_spec(items: list[Item]) -> OrderedDict[tuple, dict]:
     of the plans that use them."""
     cal = calibration(fitted=False)
     spec: OrderedDict = OrderedDict()
-    fams, lowp, serve, links, a2a_links = [], set(), set(), [], set()
+    fams, lowp, serve, moe, links, a2a_links = [], set(), set(), set(), [], set()
     for it in items:
         sys = it.system
         if it.kind == "run":
@@ -77,6 +77,8 @@ def parameter_spec(items: list[Item]) -> OrderedDict[tuple, dict]:
                 lowp.add(fam)
             if it.plan.phase == "decode":
                 serve.add(fam)
+            if float(it.model.n_experts) > 0:
+                moe.add(fam)
         for t in sys.tiers:
             if t.link not in links:
                 links.append(t.link)
@@ -88,6 +90,8 @@ def parameter_spec(items: list[Item]) -> OrderedDict[tuple, dict]:
             fields.insert(1, "lowp_matmul_efficiency")
         if fam in serve:  # decode steps are HBM-bound: their rows constrain it
             fields.append("hbm_efficiency")
+        if fam in moe:  # only MoE rows run grouped expert GEMMs
+            fields.append("grouped_matmul_efficiency")
         for f in fields:
             kind = "logit" if "efficiency" in f else "log"
             spec[("chip_family", fam, f)] = {
