@@ -4,7 +4,11 @@ A matmul (m x k) @ (k x n) does 2 m n k FLOPs and moves (m k + k n + m n) elemen
 is the larger of the compute time at the achievable rate and the HBM time:
 
     eff(m, n, k) = matmul_efficiency / (1 + matmul_half_dim * (1/m + 1/n + 1/k))
-    t = max(2 m n k / (peak * eff), bytes / (hbm_bytes_per_s * hbm_efficiency)) + overhead
+    t = max(2 m n k / (peak * eff * scale), bytes / (hbm_bytes_per_s * hbm_efficiency))
+        + overhead
+
+with scale = 1, or the chip's `grouped_matmul_efficiency` for the routed experts' grouped
+GEMMs (`emu.step`).
 
 Efficiency rises smoothly with every dimension (no step tables), so gradients with respect to
 shapes and chip parameters exist everywhere. Source of the roofline form: "How To Scale Your
@@ -52,8 +56,8 @@ def matmul_efficiency(chip: Chip, m, n, k, precision: str = "bf16"):
 
 def matmul_time(chip: Chip, m, n, k, precision: str, *, count=1.0, kernels=None, scale=1.0):
     """Seconds for `count` matmuls of shape (m, k) @ (k, n) at `precision` (module doc):
-    count * max(2 m n k / (peak * eff), (m k + k n + m n) bytes_el / (hbm_bytes_per_s *
-    hbm_efficiency)) + kernels * kernel_overhead_s.
+    count * max(2 m n k / (peak * eff * scale), (m k + k n + m n) bytes_el /
+    (hbm_bytes_per_s * hbm_efficiency)) + kernels * kernel_overhead_s.
 
     Args: m, n, k matrix dimensions (elements); precision a name in emu.units.PRECISIONS;
       count how many such matmuls; kernels launches (default `count`: one each; a grouped

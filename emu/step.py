@@ -32,7 +32,8 @@ batch on each chip (pipeline stages in sequence): prefill over `seq_len` prompt 
 sequence, decode over 1 + (MTP draft) tokens per sequence that read a KV cache of `context`
 tokens. MoE layers add dispatch and combine all-to-alls over the EP group; their grouped
 expert GEMMs read only the experts that receive a token (a share 1 - exp(-m) of the local
-experts at m routed copies each). A decode layer also launches DECODE_KERNELS_PER_LAYER small
+experts at m routed copies each) and run at the chip's `grouped_matmul_efficiency` times a
+dense GEMM's rate (every phase). A decode layer also launches DECODE_KERNELS_PER_LAYER small
 kernels (quantisation, KV write, routing) at the chip's `kernel_overhead_s` each. TP
 all-reduces are exposed in full (SERVING_TP_OVERLAP; `overlap.tp` is training's). A decode
 plan with `expert_ranks` > 0 puts the experts on ranks of their own (attention/expert

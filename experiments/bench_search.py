@@ -14,8 +14,9 @@ feasible, tokens/s, watts; `emu search --method exhaustive` also computes the fi
 table shows). The last problem
 (`nvl72-405b-train-8192-1e8`, ~1e8 configurations: four fine topology and HBM axes) is
 past the size where the gradient search, whose cost does not grow with the space, beats
-the sweep in wall time (README "Speed": 16.4 s against 27.2 s once the gradient phase
-took its gradient by forward mode; most of its time is still compiling that program).
+the sweep in wall time (README "Speed": 16.4 s against 27.2 s in one run each, once the
+gradient phase took its gradient by forward mode; timings vary ~1.5x between runs on the
+shared machine; most of the search's time is still compiling that program).
 `--sweep-columns merge,search,all` times only the sweep, with the merge's columns, those
 `emu search --method exhaustive` computes, and every column (`emu sweep`).
 """

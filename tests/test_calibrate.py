@@ -214,3 +214,23 @@ def test_a_checkpoint_is_keyed_by_the_code_and_the_loss(small_fit, tmp_path, mon
     said = []
     assert _fit._checkpoint(problem, 40, tmp_path / "ck", said.append) is None
     assert "without checkpoints" in said[0]
+
+
+def test_grouped_gemm_efficiency_is_fitted_only_for_families_with_moe_rows():
+    """`grouped_matmul_efficiency` enters the fit for a chip family only when one of its
+    rows runs an MoE model: a dense-only family does not get it (its rows could not
+    constrain it)."""
+    from emu.calibration._problem import parameter_spec
+    from emu.validation import prepare_rows
+
+    rows = [json.loads(line) for line in default_measurements().read_text().splitlines()]
+    pick = {
+        "mbridge_25.11_DGX-B200_Qwen3_235B_a22B_FP8-MX_64_pretrain",  # MoE on blackwell
+        "sc21_t1_1.7B",  # dense on ampere
+    }
+    items, failed = prepare_rows([r for r in rows if r["id"] in pick])
+    assert len(items) == 2 and not failed
+    fams = {(k[1], k[2]) for k in parameter_spec(items) if k[0] == "chip_family"}
+    assert ("blackwell", "grouped_matmul_efficiency") in fams
+    assert ("ampere", "matmul_efficiency") in fams
+    assert ("ampere", "grouped_matmul_efficiency") not in fams

@@ -311,3 +311,18 @@ def test_forward_mode_gradient_of_the_relaxed_score_is_the_reverse_mode_gradient
     np.testing.assert_allclose(gx, 2 * x)
     v0, g0 = g.value_and_grad_x(lambda x, c: jnp.sum(c), 0)(jnp.zeros((0,)), c)
     assert g0.shape == (0,) and float(v0) == float(jnp.sum(c))
+
+
+def test_fast_compile_drops_an_option_the_installed_xla_does_not_know(monkeypatch):
+    """The search's few-evaluation programs compile with FAST_COMPILE; an option this jaxlib
+    lacks is dropped (the program compiles, only slower), any other error still raises."""
+    from emu.search import _evaluate
+
+    monkeypatch.setattr(
+        _evaluate, "FAST_COMPILE", {**_evaluate.FAST_COMPILE, "xla_no_such_option_emu": True}
+    )
+    lowered = jax.jit(lambda x: x * 2.0 + 1.0).lower(jnp.ones(3))
+    assert np.allclose(_evaluate.compile_fast(lowered)(jnp.ones(3)), 3.0)
+    monkeypatch.setattr(_evaluate, "FAST_COMPILE", {"xla_backend_optimization_level": "x"})
+    with pytest.raises(Exception):  # noqa: B017, PT011  (a bad value is not "unknown")
+        _evaluate.compile_fast(lowered)

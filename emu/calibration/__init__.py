@@ -7,8 +7,9 @@ with the residuals and the interval table beside it).
 
 Only parameters shared across rows are fitted, per chip family (the matmul efficiency
 curve: asymptotic 16-bit and 8-bit efficiency, half-efficiency size; the fixed cost of one
-kernel), per link type (ring efficiency and per-hop latency; the MoE dispatch/combine
-kernels' bandwidth fraction, peer penalty and fixed costs) and globally (the base cost of a
+kernel; the grouped expert GEMMs' share of a dense GEMM's rate, only with MoE rows), per
+link type (ring efficiency and per-hop latency; the MoE dispatch/combine kernels'
+bandwidth fraction, peer penalty and fixed costs) and globally (the base cost of a
 collective call, the ring channels entering a domain, the in-switch all-reduce latency;
 overlap fractions; the host's cost of issuing one kernel, which only training rows with
 host-bound MoE micro-batches constrain). No per-row or per-source factor. Each lives in a

@@ -20,7 +20,8 @@ from emu.validation import Item, predict_items, run_groups
 PRIOR_SIGMA = 1.0  # in transformed units (logit or log)
 HUBER_DELTA = 0.25  # in log error units (about 25%)
 LOWP = ("fp8", "int8", "fp4")
-#: fitted per chip family (the matmul efficiency curve and the per-kernel fixed cost)
+#: fitted per chip family (the matmul efficiency curve and the per-kernel fixed cost; also
+#: `grouped_matmul_efficiency` for families with MoE rows, `parameter_spec`)
 FAMILY_FIELDS = ("matmul_efficiency", "matmul_half_dim", "kernel_overhead_s")
 #: fitted per link type (emu.collectives: ring efficiency and per-hop latency; MoE
 #: dispatch/combine kernels' bandwidth fraction, peer penalty and fixed costs), where the
@@ -60,7 +61,8 @@ def parameter_spec(items: list[Item]) -> OrderedDict[tuple, dict]:
     """The fitted parameters for these rows: (section, key, field) -> {transform, prior}.
     Only parameters some row depends on: the chip-family fields of the families with
     train/serving rows (the 8-bit efficiency only with low-precision rows, the achievable
-    HBM bandwidth fraction only with decode rows), the ring fields
+    HBM bandwidth fraction only with decode rows, the grouped expert GEMMs' efficiency only
+    with MoE rows), the ring fields
     of every link type of the rows' systems, the all-to-all fields of link types whose
     systems have MoE communication rows or expert-parallel MoE runs, the overlap fractions
     of the plans that use them."""

@@ -1,6 +1,8 @@
 """Seconds, watts and joules of an op table on a System: a pure JAX function of the system.
 
-Each row of the table (see `emu.program.table`) is timed with emu's own functions:
+Each row of the table (see `emu.program.table`) is timed with emu's own functions (every
+GEMM at a dense GEMM's rate: a traced program's op table does not say which GEMMs are an
+MoE's grouped expert GEMMs, so `grouped_matmul_efficiency` does not apply):
 
     matmul      compute.matmul_time(chip, m, n, k, precision, count=batch x count,
                                     kernels=count)

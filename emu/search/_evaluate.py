@@ -87,10 +87,27 @@ def make_columns_fn(
 
 #: XLA options for functions that run only a few hundred evaluations (the gradient phase,
 #: exact re-evaluation): a cheaper backend optimisation level compiles ~30% faster, and
-#: XLA's older loop emitters instead of its fusion emitters ~20-30% faster again
-#: (bench_search's 1e8 problem: gradient phase 21 s -> 15 s, exact re-evaluation 3.0 s
-#: -> 1.9 s on 2 cores); the sweep keeps XLA's defaults (its programs run millions of rows)
+#: XLA's older loop emitters instead of its fusion emitters faster again (bench_search's
+#: 1e8 problem, one run each after the forward-mode gradient: gradient phase 21.3 s ->
+#: 14.6 s on 2 cores); the sweep keeps XLA's defaults (its programs run millions of rows).
+#: `compile_fast` drops an option the installed XLA does not know.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+
+
+def compile_fast(lowered):
+    """`lowered.compile()` with FAST_COMPILE, or with only the options the installed XLA
+    knows (an older or newer jaxlib may lack the emitter switch: the program is the same,
+    it only compiles slower)."""
+    opts = dict(FAST_COMPILE)
+    while True:
+        try:
+            return lowered.compile(compiler_options=opts)
+        except Exception as e:  # noqa: BLE001  (XLA raises its own runtime error type)
+            unknown = [k for k in opts if "No such compile option" in str(e) and k in str(e)]
+            if not unknown:
+                raise
+            for k in unknown:
+                opts.pop(k)
 
 
 #: rows per compiled call of a sweep: large enough to amortise the per-call and per-fusion
@@ -226,7 +243,7 @@ def make_eval(system, model, problem, space: Space, n: int, fast_compile: bool =
             return tuple(c for fn in fns for c in fn(a, *tables))
         if not compiled:
             for j, fn in enumerate(fns):
-                compiled[j] = fn.lower(a, *tables).compile(compiler_options=FAST_COMPILE)
+                compiled[j] = compile_fast(fn.lower(a, *tables))
         return tuple(c for j in range(len(fns)) for c in compiled[j](a, *tables))
 
     def call(idx: np.ndarray) -> list:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from emu.policy import DEFAULT_BATCH_TOKENS
-from emu.search._evaluate import FAST_COMPILE, make_row_fn
+from emu.search._evaluate import compile_fast, make_row_fn
 from emu.search._local import Exact, descend
 from emu.search._objectives import get_objective
 from emu.search._problem import KNOBS, Problem, check_budget
@@ -155,19 +155,20 @@ class _Relaxation:
 
 
 def value_and_grad_x(f, dim: int):
-    """(value, gradient) of f(x, c) with respect to x (`dim` coordinates). Up to FORWARD_MAX
-    coordinates by forward mode: one Jacobian-vector product per coordinate, all under one
-    vmap; the same gradient as reverse mode (`jax.value_and_grad`, to float32 rounding), and
-    its program compiles faster, since the reverse pass of the whole model is most of what
-    XLA has to compile otherwise (one start of bench_search's 1e8 problem: 13 s against 19
-    s; the whole gradient phase 22-25 s -> 16 s). Wider relaxations use reverse mode."""
+    """(value, gradient) of f(x, c) with respect to a 1-D x of `dim` coordinates. Up to
+    FORWARD_MAX coordinates by forward mode: one Jacobian-vector product per coordinate, all
+    under one vmap; the same gradient as reverse mode (`jax.value_and_grad`, to float32
+    rounding), and its program compiles faster, since the reverse pass of the whole model
+    is most of what XLA has to compile otherwise (bench_search's 1e8 problem, one run each:
+    one start's program 13 s against 19 s, the whole gradient phase 31.5 s -> 21.3 s).
+    Wider relaxations use reverse mode."""
     if dim > FORWARD_MAX:
         return jax.value_and_grad(f)
 
     def vg(x, c):
-        if x.shape[0] == 0:  # nothing relaxed: only categorical knobs
+        if dim == 0:  # nothing relaxed: only categorical knobs
             return f(x, c), jnp.zeros_like(x)
-        basis = jnp.eye(x.shape[0], dtype=x.dtype)
+        basis = jnp.eye(dim, dtype=x.dtype)
         vals, grads = jax.vmap(lambda v: jax.jvp(lambda y: f(y, c), (x,), (v,)))(basis)
         return vals[0], grads
 
@@ -214,7 +215,7 @@ def _optimise(relax: _Relaxation, *, starts, steps, opt, seed):
 
     run = jax.jit(lambda x0, lg0, keys: jax.vmap(one)(x0, lg0, keys))
     with jax.numpy_dtype_promotion("standard"):
-        compiled = run.lower(x0, lg0, keys).compile(compiler_options=FAST_COMPILE)
+        compiled = compile_fast(run.lower(x0, lg0, keys))
         x_opt, cats = jax.device_get(compiled(x0, lg0, keys))
     return np.asarray(x_opt), np.asarray(cats)
 
