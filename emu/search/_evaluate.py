@@ -103,7 +103,8 @@ def compile_fast(lowered):
         try:
             return lowered.compile(compiler_options=opts)
         except Exception as e:  # noqa: BLE001  (XLA raises its own runtime error type)
-            unknown = [k for k in opts if "No such compile option" in str(e) and k in str(e)]
+            msg = str(e)
+            unknown = [k for k in opts if k in msg] if "No such compile option" in msg else []
             if not unknown:
                 raise
             for k in unknown:
