@@ -24,8 +24,9 @@ line is the optimum of a pipeline of k chunks over p stages, (k + p - 1)(S/(kB) 
 busbw rises with size as 1 - O(S^-1/2), as every measured curve does (facts §27: Azure
 4-GPU 80 -> 680 GB/s from 1 MB to 8 GB; CoreWeave 1,440 GPUs 151 -> 406 GB/s). Parameters:
 per link type (`Tier` fields `efficiency`, `latency_s`, `base_latency_s`, `ring_channels`,
-`nvls_latency_s`; `allreduce_speedup` is the tier's s_nvls), fitted by `emu calibrate`,
-priors from the standalone fit (/work/notes/fidelity/fit_allreduce.py).
+`nvls_latency_s`; `allreduce_speedup` is the tier's s_nvls), fitted by `emu calibrate`
+from priors that are assumptions or NCCL planning constants, not fits to the rows
+(configs/calibration/defaults.toml).
 
 MoE dispatch and combine (`moe_all_to_all_time`): each rank sends T tokens of h b bytes to
 top_k experts spread over the group; copies whose farthest crossed tier is k use tier k:
@@ -42,12 +43,12 @@ The kernel's fixed cost (launch, flags, barriers) and its data movement overlap 
 a hiding of 0 adds them, towards 1 only the larger counts (one parameter shared by every
 link type; measured: TRT-LLM's one-sided dispatch on 8 GB200 takes 18.9, 31.7 and 311.8 us
 at 1, 128 and 2,048 tokens per rank, so at 128 tokens, where fixed cost and transfer are
-alike, it costs 1.65x either, not 2x: q ~ 1.4; a standalone fit of all 90 dispatch/combine
-rows gives a hiding of 0.25, q = 1.33).
+alike, it costs 1.65x either, not 2x: q ~ 1.4; its prior is 0.5, an assumption).
 Tiers of the same link type nested in one another are levels of one switched fabric
 reached through the same ports (UB node and supernode): an all-to-all sees them as one
 tier (a token is deduplicated per rank there, and all its copies share the ports).
-Priors from /work/notes/fidelity/fit_a2a.py (DeepEP, DeepEP-Ascend, TRT-LLM one-sided).
+Fitted by `emu calibrate` to the DeepEP, DeepEP-Ascend and TRT-LLM one-sided rows, from
+assumed priors.
 
 >>> import jax.numpy as jnp
 >>> from emu.topology import example_system

@@ -408,7 +408,8 @@ def n_ranks(system: System) -> Array:
 
 def example_system() -> System:
     """A DGX-H100-like system: 8-GPU NVLink node, 400G InfiniBand (facts §10, nominal;
-    collective parameters: the standalone network fits of issue 11, fidelity DESIGN §3c)."""
+    collective parameters: an early fit of issue 11's network rows, fixed here so the
+    example does not move with a refit; the catalog's systems take the shipped fit)."""
     f = jnp.float32
     nvlink = Tier(
         name="nvlink",

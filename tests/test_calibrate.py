@@ -234,3 +234,30 @@ def test_grouped_gemm_efficiency_is_fitted_only_for_families_with_moe_rows():
     assert ("blackwell", "grouped_matmul_efficiency") in fams
     assert ("ampere", "matmul_efficiency") in fams
     assert ("ampere", "grouped_matmul_efficiency") not in fams
+
+
+def test_no_prior_of_a_fitted_parameter_is_a_fit_to_the_rows():
+    """Every leave-one-source-out refit starts from the priors of defaults.toml and is pulled
+    towards them, so a prior fitted to the measurement rows hands a held-out source its own
+    fit (until session 10 the network priors were such fits). Each fitted field's value must
+    carry a stated reason that is not a fit: an assumption, a fact or a planning constant."""
+    from emu.calibration import _problem
+    from emu.catalog import config_dir
+
+    fitted = set(_problem.FAMILY_FIELDS) | {"lowp_matmul_efficiency", "hbm_efficiency",
+                                            "grouped_matmul_efficiency"}  # fmt: skip
+    fitted |= {f for f, _ in _problem.LINK_FIELDS + _problem.SHARED_LINK_FIELDS}
+    text = (config_dir() / "calibration" / "defaults.toml").read_text()
+    section, bad, checked = "", [], 0
+    for line in text.splitlines():
+        if line.startswith("["):
+            section = line.split("]")[0] + "]"
+        key, eq, rest = line.partition("=")
+        if not eq or key.strip() not in fitted or not section.startswith(("[link", "[chip")):
+            continue
+        checked += 1
+        comment = rest.partition("#")[2].strip().lower()
+        if comment.startswith("fit") or "standalone fit" in comment:
+            bad.append(f"{section} {line.strip()}")
+    assert checked > 60, checked  # the loop saw the file's fitted fields
+    assert not bad, "priors fitted to the rows:\n" + "\n".join(bad)

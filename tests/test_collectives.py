@@ -143,11 +143,18 @@ def test_a_toy_algorithm_is_one_function_plus_one_registry_entry():
 
 @pytest.fixture(scope="module")
 def priors():
-    """Catalog systems with the link priors of defaults.toml (the standalone network fits),
-    so the curves below do not move with a refit of the shipped calibration."""
+    """Catalog systems with the link parameters of the standalone network fit
+    (tests/data/network_fit.toml), so the curves below check the collective formulas at one
+    fixed parameter set and do not move with a refit of the shipped calibration (whose
+    priors are assumptions, not fits)."""
+    import tomllib
+    from pathlib import Path
+
     from emu.catalog import calibration, load_system
 
     cal = calibration(fitted=False)
+    path = Path(__file__).parent / "data" / "network_fit.toml"
+    cal["link"] = tomllib.loads(path.read_text())["link"]
     return {
         n: load_system(n, calibration=cal)
         for n in ("gb200_nvl72", "dgx_h100", "atlas800t_a2", "cloudmatrix384", "hgx_h800")
