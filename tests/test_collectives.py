@@ -142,7 +142,7 @@ def test_a_toy_algorithm_is_one_function_plus_one_registry_entry():
 
 
 @pytest.fixture(scope="module")
-def priors():
+def network_fit():
     """Catalog systems with the link parameters of the standalone network fit
     (tests/data/network_fit.toml), so the curves below check the collective formulas at one
     fixed parameter set and do not move with a refit of the shipped calibration (whose
@@ -166,19 +166,19 @@ def _busbw(system, size, n, algorithm="ring"):
     return size / float(t) * 2 * (n - 1) / n
 
 
-def test_golden_allreduce_curves_of_the_measured_sources(priors):
-    nvl = priors["gb200_nvl72"]
+def test_golden_allreduce_curves_of_the_measured_sources(network_fit):
+    nvl = network_fit["gb200_nvl72"]
     # facts §27: Azure ND GB200, 4 GPUs of one tray, NCCL ring: 680 GB/s at 8 GB
     assert _busbw(nvl, 8 * 2**30, 4) == pytest.approx(680e9, rel=0.03)
     assert _busbw(nvl, 2**20, 4) == pytest.approx(80e9, rel=0.15)  # 80 GB/s at 1 MB
     # facts §27: CoreWeave, 1,440 GPUs in 20 racks: 346 GB/s at 4 GB (the ring's 2.9k hops)
     assert _busbw(nvl, 4 * 2**30, 1440, "hierarchical") == pytest.approx(346e9, rel=0.03)
     # facts §26: 910B HCCS full mesh, m of 8 NPUs use m - 1 of 7 links: 18 / 45 / 126 GB/s
-    a2 = priors["atlas800t_a2"]
+    a2 = network_fit["atlas800t_a2"]
     got = [_busbw(a2, 4 * 2**30, n, "hierarchical") for n in (2, 4, 8)]
     assert got == pytest.approx([18e9, 45e9, 126e9], rel=0.15)
     # facts "Bandwidth": NVLS all-reduce on 8 H100s ~480 GB/s, ring ~370
-    h = priors["dgx_h100"]
+    h = network_fit["dgx_h100"]
     assert _busbw(h, 8 * 2**30, 8, "hierarchical") == pytest.approx(480e9, rel=0.03)
     assert _busbw(h, 8 * 2**30, 8, "ring") == pytest.approx(370e9, rel=0.03)
 
@@ -190,10 +190,10 @@ def test_golden_allreduce_curves_of_the_measured_sources(priors):
     stride=st.sampled_from([1, 2, 8]),
     algorithm=st.sampled_from(["hierarchical", "ring", "ring_flat"]),
 )
-def test_busbw_rises_with_size_and_stays_below_the_link(priors, name, n, stride, algorithm):
+def test_busbw_rises_with_size_and_stays_below_the_link(network_fit, name, n, stride, algorithm):
     from emu.topology import members, rank_system
 
-    system = priors[name]
+    system = network_fit[name]
     sizes = [2.0**k for k in range(12, 36, 2)]
     bw = [_busbw(system, s, n, algorithm) for s in sizes]
     assert all(b2 >= b1 * (1 - 1e-5) for b1, b2 in zip(bw, bw[1:], strict=False)), bw
@@ -209,8 +209,8 @@ def test_busbw_rises_with_size_and_stays_below_the_link(priors, name, n, stride,
     assert max(bw) <= cap * (1 + 1e-5)
 
 
-def test_nothing_to_send_costs_nothing(priors):
-    for name, s in priors.items():
+def test_nothing_to_send_costs_nothing(network_fit):
+    for name, s in network_fit.items():
         for fn in TIMES:
             assert float(fn(s, f32(0.0), f32(64))) == 0.0, name
             assert float(fn(s, f32(1e9), f32(1))) == 0.0, name
@@ -220,8 +220,8 @@ def test_nothing_to_send_costs_nothing(priors):
         assert float(collectives.send_recv_time(s, f32(0.0), stride=f32(8))) == 0.0
 
 
-def test_ring_flat_is_slower_across_nodes_and_equal_inside(priors):
-    h = priors["dgx_h100"]
+def test_ring_flat_is_slower_across_nodes_and_equal_inside(network_fit):
+    h = network_fit["dgx_h100"]
     inside = [
         float(collectives.all_gather_time(h, f32(1e9), f32(8), algorithm=a))
         for a in ("ring", "ring_flat")
@@ -234,10 +234,10 @@ def test_ring_flat_is_slower_across_nodes_and_equal_inside(priors):
     assert across[1] > 4 * across[0]  # one NIC instead of eight
 
 
-def test_moe_dispatch_on_cloudmatrix_dies_follows_deepep_ascend(priors):
+def test_moe_dispatch_on_cloudmatrix_dies_follows_deepep_ascend(network_fit):
     # facts §2 (DEA): normal dispatch, 4,096 tokens x 7,168 INT8 (+4 scale) bytes, top-8,
     # dedup per rank: bottleneck bandwidth 146 / 107 / 102 / 81 / 57 GB/s at EP 8 ... 128 dies
-    cm = priors["cloudmatrix384"]
+    cm = network_fit["cloudmatrix384"]
     got = []
     for ep in (8, 16, 32, 64, 128):
         a = collectives.moe_all_to_all(cm, f32(4096 * 7172), 8.0, f32(ep), dedup=1.0)
@@ -247,10 +247,10 @@ def test_moe_dispatch_on_cloudmatrix_dies_follows_deepep_ascend(priors):
     assert got[0] == pytest.approx(146, rel=0.25) and got[0] / got[-1] > 1.3
 
 
-def test_one_sided_all_to_all_on_nvlink5(priors):
+def test_one_sided_all_to_all_on_nvlink5(network_fit):
     # facts §27 (TRT18): one-sided dispatch at batch 2048, BF16 14,336 B/token: 753 GB/s of
     # "logical" bandwidth (T min(e, K) b / t) at EP 8, falling to 588 at EP 64
-    nvl = priors["gb200_nvl72"]
+    nvl = network_fit["gb200_nvl72"]
     got = []
     for ep in (8, 64):
         t = collectives.moe_all_to_all_time(nvl, f32(2048 * 14336), 8.0, f32(ep), dedup=0.0)
@@ -264,8 +264,8 @@ def test_one_sided_all_to_all_on_nvlink5(priors):
     assert float(c) > float(d)
 
 
-def test_dedup_sends_fewer_copies_and_grows_with_tokens(priors):
-    h800 = priors["hgx_h800"]
+def test_dedup_sends_fewer_copies_and_grows_with_tokens(network_fit):
+    h800 = network_fit["hgx_h800"]
     for ep in (8, 16, 64):
         one = collectives.moe_all_to_all(h800, f32(4096 * 7392), 8.0, f32(ep), dedup=1.0)
         each = collectives.moe_all_to_all(h800, f32(4096 * 7392), 8.0, f32(ep), dedup=0.0)
@@ -284,7 +284,7 @@ _NEW_LINK_FIELDS = (
 )  # fmt: skip
 
 
-def test_gradients_of_the_link_parameters_match_finite_differences(priors):
+def test_gradients_of_the_link_parameters_match_finite_differences(network_fit):
     """d log t / d log p of every per-link collective parameter, jax.grad against central
     finite differences in log space (float64), on cases where each parameter matters."""
     f64 = lambda tree: jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), tree)  # noqa: E731
@@ -306,7 +306,7 @@ def test_gradients_of_the_link_parameters_match_finite_differences(priors):
     seen = set()
     with jax.enable_x64(True):
         for name, fn, k, fields in cases:
-            system = f64(priors[name])
+            system = f64(network_fit[name])
             logt = lambda s, fn=fn: jnp.log(fn(s))  # noqa: E731
             grad = jax.grad(logt)(system)
             for field in fields:

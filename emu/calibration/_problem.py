@@ -18,14 +18,15 @@ from emu.struct import replace
 from emu.validation import Item, predict_items, run_groups
 
 #: in transformed units (logit or log). The data term is a weighted sum over rows divided by
-#: the total weight, and so is the prior's, so a sigma of 1 weighs about as much as a handful
-#: of rows: a parameter only a few rows constrain (a link type's collectives) stays near its
-#: prior, which is why the priors must not be fits to the rows (defaults.toml). Judged by
+#: the total weight, and so is the prior's, so a sigma of 1 weighs as much as one unit-weight
+#: row per parameter, and more than a few rows whose residuals move weakly with it: a
+#: parameter only a few rows constrain (a link type's collectives) stays near its prior,
+#: which is why the priors must not be fits to the rows (defaults.toml). Judged by
 #: leave-one-source-out on the 340 rows with those priors (`emu calibrate --cv --dry-run`):
 #: sigma 1 / 3 / 10 gave LOSO medians 11.8% / 11.9% / 12.5% (p90 43.6% / 44.1% / 45.2%),
 #: in-sample 9.3% / 6.9% / 6.4%. 3 and 10 fit the rows better without predicting held-out
 #: sources better, and 3 lets SGLang's Atlas A3 decode rows double the 910C launch cost
-#: (10.9 -> 21.7 us), which puts DeepSeek-R1 batch-1 decode on CloudMatrix 384 at 65 ms a
+#: (11.1 -> 21.7 us), which puts DeepSeek-R1 batch-1 decode on CloudMatrix 384 at 65 ms a
 #: token against CloudMatrix-Infer's measured batch 8 at 15 ms (facts section 5): 1 stays.
 PRIOR_SIGMA = 1.0
 HUBER_DELTA = 0.25  # in log error units (about 25%)
