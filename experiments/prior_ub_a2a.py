@@ -2,7 +2,8 @@
 measurement (not a row of the measurement set) implies, as candidate priors for
 `dispatch_latency_s` and `combine_latency_s` of [link.ub] in
 configs/calibration/defaults.toml (tried as priors and judged by leave-one-source-out in
-session 11; README, "Validation and calibration", "Tried and not kept").
+session 11, not shipped: README, "Validation and calibration", "Latest changes", "Tried in
+session 11 and not shipped").
 
     python experiments/prior_ub_a2a.py
 
@@ -13,7 +14,15 @@ combine) take 116/131/133/141/152/152 us to dispatch at EP 8/16/32/64/128/256 an
 prior (a2a_efficiency, a2a_peer_penalty, a2a_latency_hiding), the script finds the fixed cost
 alpha of each kernel whose modelled times match the table best (least squares in log time
 over the six group sizes, a grid of 1 us steps) and prints the table beside the model
-(printed in session 11: 125 us dispatch, 61 us combine, against the shipped priors' 20 us).
+(printed in session 11: 125 us dispatch, 61 us combine, against the shipped priors' 20 us;
+the model is flatter in EP than the table, within 13% of it).
+
+Caveat on the bytes: the combine times assume Table 7's GB/s count T K 2h bytes per rank
+(BF16 combine, as DeepEP-Ascend states for its own kernels; facts §26 does not say). Its
+dispatch pairs imply ~8.2 MB per rank (71 GB/s x 116 us), 12% more than T K (h + 4), so if
+the combine's bytes are counted the same way its times are ~12% longer and its fixed cost
+higher than printed. The constants below copy emu's validation defaults for the DeepEP-Ascend
+rows (`emu.validation`'s collective rows; private there, so copied).
 """
 
 from __future__ import annotations
