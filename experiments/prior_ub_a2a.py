@@ -27,9 +27,8 @@ rows (`emu.validation`'s collective rows; private there, so copied).
 
 from __future__ import annotations
 
-import math
-
 import jax.numpy as jnp
+import numpy as np
 
 from emu import collectives
 from emu.catalog import calibration, load_system
@@ -44,39 +43,30 @@ DISPATCH_US = (116.0, 131.0, 133.0, 141.0, 152.0, 152.0)
 COMBINE_GBPS = (131.0, 117.0, 105.0, 103.0, 103.0, 103.0)
 
 
-def _times(system, alpha: float, combine: bool) -> list[float]:
-    tiers = tuple(
-        replace(t, **{("combine" if combine else "dispatch") + "_latency_s": alpha})
-        if t.link == "ub"
-        else t
-        for t in system.tiers
-    )
+def _times(system, alpha, combine: bool) -> np.ndarray:
+    """Modelled kernel times (us), shape (len(alpha), len(EP)): the fixed costs `alpha`
+    (seconds, an array) broadcast through one evaluation per group size."""
+    field = ("combine" if combine else "dispatch") + "_latency_s"
+    alpha = jnp.asarray(alpha, jnp.float32)
+    tiers = tuple(replace(t, **{field: alpha}) if t.link == "ub" else t for t in system.tiers)
     s = replace(system, tiers=tiers)
-    nbytes = LOW_LATENCY_TOKENS * TOKEN_BYTES["bf16" if combine else "int8"]
-    return [
-        1e6
-        * float(
-            collectives.moe_all_to_all_time(
-                s,
-                jnp.float32(nbytes),
-                float(MOE_TOP_K),
-                jnp.float32(ep),
-                dedup=0.0,
-                combine=combine,
-            )
+    nbytes = jnp.float32(LOW_LATENCY_TOKENS * TOKEN_BYTES["bf16" if combine else "int8"])
+    cols = [
+        collectives.moe_all_to_all_time(
+            s, nbytes, float(MOE_TOP_K), jnp.float32(ep), dedup=0.0, combine=combine
         )
         for ep in EP
     ]
+    return 1e6 * np.stack([np.broadcast_to(np.asarray(c), alpha.shape) for c in cols], axis=1)
 
 
-def _best(system, measured_us, combine: bool) -> tuple[float, list[float]]:
-    best = None
-    for a_us in range(1, 301):
-        t = _times(system, a_us * 1e-6, combine)
-        err = sum(math.log(p / m) ** 2 for p, m in zip(t, measured_us, strict=True))
-        if best is None or err < best[0]:
-            best = (err, a_us, t)
-    return best[1], best[2]
+def _best(system, measured_us, combine: bool) -> tuple[int, np.ndarray]:
+    """The fixed cost on a 1-300 us grid with the least squared log error, and its times."""
+    grid = np.arange(1, 301)
+    t = _times(system, grid * 1e-6, combine)
+    err = (np.log(t / np.asarray(measured_us)) ** 2).sum(axis=1)
+    k = int(np.argmin(err))
+    return int(grid[k]), t[k]
 
 
 def main() -> None:
