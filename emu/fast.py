@@ -55,6 +55,9 @@ __all__ = [
     "source_digest",
     "BLOCK",
     "AOT_MODES",
+    "ONE_COMPILE",
+    "BATCH_COMPILE",
+    "compile_with",
 ]
 
 #: rows per compiled batch call: large enough to amortise the per-call and per-fusion
@@ -63,6 +66,33 @@ __all__ = [
 BLOCK = 16384
 #: up to this many outputs, `Evaluator.batch` compiles one program per output
 SPLIT = 4
+#: XLA options of the single-configuration executable (`Evaluator.__call__`): XLA's loop
+#: emitters instead of its fusion emitters run its ~200 scalar fusions 14-20% faster
+#: (GPT-3 175B on 1,024 A100, both executables in one process, 60 interleaved rounds of 100
+#: calls, 2 cores: median ratio 0.80-0.86); batches keep XLA's defaults
+ONE_COMPILE = {"xla_cpu_use_fusion_emitters": False}
+#: XLA options of batch programs (`Evaluator.batch`, the sweep's blocks): 512-bit vectors
+#: where the CPU has them (XLA's CPU default prefers 256) ran the step-time and
+#: full-result programs 1.11-1.18x faster (same values; one process, 12 interleaved rounds,
+#: 2 cores with AVX-512); a CPU without them compiles the same program as before
+BATCH_COMPILE = {"xla_cpu_prefer_vector_width": 512}
+
+
+def compile_with(lowered, options: dict):
+    """`lowered.compile(compiler_options=options)`, dropping any option the installed XLA
+    does not know (an older or newer jaxlib may lack one: the program is the same, only its
+    speed differs)."""
+    opts = dict(options)
+    while True:
+        try:
+            return lowered.compile(compiler_options=opts)
+        except Exception as e:  # noqa: BLE001  (XLA raises its own runtime error type)
+            msg = str(e)
+            unknown = [k for k in opts if k in msg] if "No such compile option" in msg else []
+            if not unknown:
+                raise
+            for k in unknown:
+                opts.pop(k)
 
 
 def _path_name(path) -> str:
@@ -156,11 +186,15 @@ class Evaluator:
         """The `outputs` of packed inputs `x` (default: the construction's) as one float32
         vector (a device array; `np.asarray` it, or index it). The compiled executable is
         called directly: no pytree flattening, no jit cache lookup (~10 us less than a
-        jitted call on CPU). Pass a device array (`jnp.asarray(ev.pack(...))`) to skip
-        the transfer of the inputs as well."""
+        jitted call on CPU), compiled with ONE_COMPILE. Pass a device array
+        (`jnp.asarray(ev.pack(...))`) to skip the transfer of the inputs as well. On CPU,
+        JAX dispatches every call to a worker thread; a process that evaluates one
+        configuration at a time runs ~1.2-1.4x faster per call with
+        `jax.config.update("jax_cpu_enable_async_dispatch", False)` set before JAX's first
+        computation (`experiments/bench_eval.py --sections one` measures both)."""
         if self._one_c is None:
             self._x0d = jnp.asarray(self.x0)
-            self._one_c = self._one.lower(self._x0d).compile()
+            self._one_c = compile_with(self._one.lower(self._x0d), ONE_COMPILE)
         return self._one_c(self._x0d if x is None else x)
 
     def result(self, x=None):
@@ -196,7 +230,9 @@ class Evaluator:
         them); each one's `cost_analysis()` counts the FLOPs and bytes of one block."""
         if block not in self._compiled:
             spec = jax.ShapeDtypeStruct((block, len(self.vary)), jnp.float32)
-            self._compiled[block] = [f.lower(spec).compile() for f in self.batch_fn()]
+            self._compiled[block] = [
+                compile_with(f.lower(spec), BATCH_COMPILE) for f in self.batch_fn()
+            ]
         return self._compiled[block]
 
     def batch(self, values, *, block: int = BLOCK) -> np.ndarray:

@@ -361,7 +361,8 @@ def rank_system(system: System) -> System:
     d = c.dies_per_chip
     if _is_one(d):
         return system
-    per = lambda x: x / d  # noqa: E731 - a package total shared by its d dies
+    inv = 1.0 / d  # one division shared by every per-die figure (d = 1 or 2: exact)
+    per = lambda x: x * inv  # noqa: E731 - a package total shared by its d dies
     chip = dataclasses.replace(
         c,
         peak_flops_per_s={k: per(v) for k, v in c.peak_flops_per_s.items()},

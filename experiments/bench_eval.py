@@ -1,13 +1,16 @@
 """Benchmark: evaluations per second of the emulator (jit + vmap on CPU).
 
     python experiments/bench_eval.py [--max 1e6] [--sections one,batch,train,grad,scale]
+                                     [--rounds 3]
 
 `one` and `batch` come first (issue 17's figures, printed side by side in one run):
 0. `one`: one configuration (GPT-3 175B on 1,024 A100, the plan rule's plan): one call of
    `jax.jit(emu.objective.evaluate)` on the three pytrees, one call of the packed
    `emu.fast.Evaluator` (one flat float32 vector in, the full RunResult as one vector out),
    and llm-analysis's `train` on a GPT-3 175B configuration (if installed:
-   `pip install 'cluster-emu[bench]'`); median of 200 calls each, with the ratios.
+   `pip install 'cluster-emu[bench]'`); each round runs one fresh process with JAX's
+   default asynchronous CPU dispatch and one with synchronous dispatch
+   (`jax_cpu_enable_async_dispatch=False`), interleaved; medians over `--rounds`.
 1. `batch`: the packed batch program (`emu.fast.Evaluator.batch`, system and model folded
    in as constants, the plan knobs per row) over every valid Llama 3 70B training plan on
    144 GB200 GPUs, with the full result (every RunResult leaf), the four columns a sweep's
@@ -31,7 +34,10 @@ Then, on GB200 NVL72 clusters:
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import subprocess
+import sys
 import time
 
 import jax
@@ -127,31 +133,56 @@ def _llm_analysis_us() -> float | None:
     return _median_us(lambda: train(**kw), n=20)
 
 
-def section_one() -> None:
-    print("\n0. one configuration: GPT-3 175B on 1,024 A100 (plan rule), median of 200 calls")
+def _one_child() -> None:
+    """One process's figures for `section_one` (its dispatch mode set by the parent), as
+    one JSON line: jit on pytrees, the packed Evaluator (median and 10th percentile) and
+    its RunResult, in microseconds."""
     system, model = load_system("dgx_a100"), load_model("gpt3_175b")
     plan = policy.auto_plan(system, model, 1024)
     jitted = jax.jit(evaluate)
-    t_jit = _median_us(lambda: jax.block_until_ready(jitted(system, model, plan)))
     ev = fast.Evaluator(system, model, plan)
     x = jnp.asarray(ev.pack(system, model, plan))
-    t_fast = _median_us(lambda: np.asarray(ev(x)))
-    t_res = _median_us(lambda: ev.result(x))
+    out = {
+        "jit": _median_us(lambda: jax.block_until_ready(jitted(system, model, plan))),
+        "packed": _median_us(lambda: np.asarray(ev(x)), n=1000),
+        "packed_p10": _median_us(lambda: np.asarray(ev(x)), n=1000, q=10),
+        "result": _median_us(lambda: ev.result(x)),
+    }
+    print(json.dumps(out))
+
+
+def section_one(rounds: int) -> None:
+    print("\n0. one configuration: GPT-3 175B on 1,024 A100 (plan rule); each round one fresh "
+          "process per CPU dispatch mode, interleaved; medians over the rounds")  # fmt: skip
+    runs: dict[str, list[dict]] = {"async": [], "sync": []}
+    for _ in range(rounds):
+        for mode in runs:
+            cmd = [sys.executable, __file__, "--one-child"] + (["--sync"] if mode == "sync" else [])
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"bench_eval: the {mode} child failed:\n{done.stderr[-2000:]}")
+            runs[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    def med(mode, key):
+        return float(np.median([r[key] for r in runs[mode]]))
+
     t_la = _llm_analysis_us()
-    t_fast10 = _median_us(lambda: np.asarray(ev(x)), n=1000, q=10)
-    print(f"{'path':52} {'us/call':>9}")
-    print(f"{'jax.jit(evaluate)(system, model, plan), full RunResult':52} {t_jit:9.1f}")
-    print(f"{'emu.fast.Evaluator: packed in, full result vector out':52} {t_fast:9.1f}")
-    print(f"{'  the same, 10th percentile of 1000 (a quiet machine)':52} {t_fast10:9.1f}")
-    print(f"{'emu.fast.Evaluator.result: the same, as a RunResult':52} {t_res:9.1f}")
+    print(f"{'path (us per call)':58} {'async (default)':>15} {'sync':>9}")
+    for key, label in (
+        ("jit", "jax.jit(evaluate)(system, model, plan), full RunResult"),
+        ("packed", "emu.fast.Evaluator: packed in, full result vector out"),
+        ("packed_p10", "  the same, 10th percentile of 1000 calls"),
+        ("result", "emu.fast.Evaluator.result: the same, as a RunResult"),
+    ):
+        print(f"{label:58} {med('async', key):15.1f} {med('sync', key):9.1f}")
+    print("(sync: jax.config.update('jax_cpu_enable_async_dispatch', False) before JAX's "
+          "first computation)")  # fmt: skip
     if t_la is not None:
-        print(f"{'llm-analysis train() (GPT-3 175B, one call)':52} {t_la:9.1f}")
-        print(f"ratios: packed {t_jit / t_fast:.1f}x faster than jit on pytrees; "
-              f"{t_la / t_fast:.0f}x faster than llm-analysis (jit on pytrees: "
-              f"{t_la / t_jit:.1f}x)")  # fmt: skip
+        print(f"{'llm-analysis train() (GPT-3 175B, one call)':58} {t_la:15.1f}")
+        print(f"ratios: packed {t_la / med('async', 'packed'):.0f}x (async) and "
+              f"{t_la / med('sync', 'packed'):.0f}x (sync) faster than llm-analysis")  # fmt: skip
     else:
-        print(f"ratio: packed {t_jit / t_fast:.1f}x faster than jit on pytrees "
-              "(llm-analysis not installed: pip install 'cluster-emu[bench]')")  # fmt: skip
+        print("(llm-analysis not installed: pip install 'cluster-emu[bench]')")
 
 
 def fma_rate() -> tuple[float, float]:
@@ -224,11 +255,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max", type=float, default=1e6, help="largest batch (default 1e6)")
     ap.add_argument("--sections", default="one,batch,train,grad,scale")
+    ap.add_argument("--rounds", type=int, default=3, help="`one`: rounds of fresh processes")
+    ap.add_argument("--one-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--sync", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.one_child:
+        if args.sync:
+            jax.config.update("jax_cpu_enable_async_dispatch", False)
+        _one_child()
+        return
     sections = set(args.sections.split(","))
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s)")
     if "one" in sections:
-        section_one()
+        section_one(args.rounds)
     if "batch" in sections:
         section_batch()
     if not sections & {"train", "grad", "scale"}:

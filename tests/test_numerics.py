@@ -25,6 +25,29 @@ def test_safe_div_defaults_at_zero_with_finite_gradients():
     assert float(jax.grad(lambda d: safe_div(1.0, d))(jnp.float32(2.0))) == -0.25
 
 
+def test_safe_div_derivatives_match_the_quotient_rule_and_stay_finite_at_zero():
+    num = jnp.asarray([3.0, -2.0, 5.0, 0.0], jnp.float32)
+    den = jnp.asarray([2.0, 0.0, -4.0, 0.0], jnp.float32)
+    ok = den != 0
+    want_dn = jnp.where(ok, 1.0 / jnp.where(ok, den, 1.0), 0.0)
+    want_dd = jnp.where(ok, -num / jnp.where(ok, den, 1.0) ** 2, 0.0)
+    for default in (0.0, 7.0):
+        f = lambda n, d, default=default: safe_div(n, d, default)  # noqa: E731
+        np.testing.assert_array_equal(f(num, den), jnp.where(ok, num / den, default))
+        dn, dd = jax.vmap(jax.grad(f, argnums=(0, 1)))(num, den)  # reverse mode
+        np.testing.assert_allclose(dn, want_dn, rtol=1e-6)
+        np.testing.assert_allclose(dd, want_dd, rtol=1e-6)
+        fwd = jax.jvp(f, (num, den), (jnp.ones_like(num), jnp.ones_like(den)))[1]
+        np.testing.assert_allclose(fwd, want_dn + want_dd, rtol=1e-6)
+    # second order (d^2/dd^2 of 1/d = 2/d^3) and a traced default's own gradient
+    assert float(jax.grad(jax.grad(lambda d: safe_div(1.0, d)))(jnp.float32(2.0))) == 0.25
+    assert float(jax.grad(lambda z: safe_div(1.0, jnp.float32(0.0), z))(jnp.float32(3.0))) == 1.0
+    assert np.isfinite(float(jax.grad(jax.grad(lambda d: safe_div(1.0, d)))(jnp.float32(0.0))))
+    # broadcasting and integer inputs
+    assert safe_div(jnp.float32(1.0), den).shape == (4,)
+    assert float(safe_div(jnp.int32(3), jnp.int32(2))) == 1.5
+
+
 def test_safe_pow_matches_power_and_is_finite_at_zero():
     x = jnp.asarray([0.0, 0.5, 2.0], jnp.float32)
     np.testing.assert_allclose(safe_pow(x, jnp.float32(3.0)), x**3, rtol=1e-6)

@@ -8,6 +8,7 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
+from emu.fast import BATCH_COMPILE, compile_with
 from emu.objective import evaluate
 from emu.search._objectives import get_objective
 from emu.search._objectives import usd_per_mtoken as _usd_per_mtoken
@@ -96,19 +97,8 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitter
 
 def compile_fast(lowered):
     """`lowered.compile()` with FAST_COMPILE, or with only the options the installed XLA
-    knows (an older or newer jaxlib may lack the emitter switch: the program is the same,
-    it only compiles slower)."""
-    opts = dict(FAST_COMPILE)
-    while True:
-        try:
-            return lowered.compile(compiler_options=opts)
-        except Exception as e:  # noqa: BLE001  (XLA raises its own runtime error type)
-            msg = str(e)
-            unknown = [k for k in opts if k in msg] if "No such compile option" in msg else []
-            if not unknown:
-                raise
-            for k in unknown:
-                opts.pop(k)
+    knows (`emu.fast.compile_with`)."""
+    return compile_with(lowered, FAST_COMPILE)
 
 
 #: rows per compiled call of a sweep: large enough to amortise the per-call and per-fusion
@@ -240,11 +230,12 @@ def make_eval(system, model, problem, space: Space, n: int, fast_compile: bool =
         if not fns:
             fns.extend(programs())
         a = jax.device_put(np.asarray(idx, np.int32), shard)
-        if not fast_compile:
-            return tuple(c for fn in fns for c in fn(a, *tables))
         if not compiled:
             for j, fn in enumerate(fns):
-                compiled[j] = compile_fast(fn.lower(a, *tables))
+                lowered = fn.lower(a, *tables)
+                compiled[j] = (
+                    compile_fast(lowered) if fast_compile else compile_with(lowered, BATCH_COMPILE)
+                )
         return tuple(c for j in range(len(fns)) for c in compiled[j](a, *tables))
 
     def call(idx: np.ndarray) -> list:
