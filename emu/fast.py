@@ -67,14 +67,15 @@ BLOCK = 16384
 #: up to this many outputs, `Evaluator.batch` compiles one program per output
 SPLIT = 4
 #: XLA options of the single-configuration executable (`Evaluator.__call__`): with XLA's
-#: loop emitters instead of its fusion emitters its ~200 scalar fusions took 0.80-0.86x the
-#: time (GPT-3 175B on 1,024 A100, both executables in one process, 60 interleaved rounds
-#: of 100 calls, 2 cores, four runs); batch programs take BATCH_COMPILE
+#: loop emitters instead of its fusion emitters its ~200 scalar fusions took 0.89x the
+#: time (GPT-3 175B on 1,024 A100, `experiments/bench_eval.py --sections options`: both
+#: executables in one process, 60 interleaved rounds of 100 calls, 2 cores); batch programs
+#: take BATCH_COMPILE
 ONE_COMPILE = {"xla_cpu_use_fusion_emitters": False}
 #: XLA options of batch programs (`Evaluator.batch`, the sweep's blocks): 512-bit vectors
 #: where the CPU has them (XLA's CPU default prefers 256) ran the step-time and
-#: full-result programs 1.11-1.18x faster (same values; one process, 12 interleaved rounds,
-#: 2 cores with AVX-512); a CPU without them compiles the same program as before
+#: full-result programs 1.15x and 1.19x faster (same values; `bench_eval.py --sections
+#: options`, 2 cores with AVX-512); a CPU without them compiles the same program as before
 BATCH_COMPILE = {"xla_cpu_prefer_vector_width": 512}
 
 
@@ -189,7 +190,7 @@ class Evaluator:
         jitted call on CPU), compiled with ONE_COMPILE. Pass a device array
         (`jnp.asarray(ev.pack(...))`) to skip the transfer of the inputs as well. On CPU,
         JAX dispatches every call to a worker thread; a process that evaluates one
-        configuration at a time ran 1.2-1.6x faster per call with
+        configuration at a time ran up to 1.6x faster per call with
         `jax.config.update("jax_cpu_enable_async_dispatch", False)` set before JAX's first
         computation (`experiments/bench_eval.py --sections one` measures both)."""
         if self._one_c is None:

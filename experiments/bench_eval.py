@@ -1,7 +1,7 @@
 """Benchmark: evaluations per second of the emulator (jit + vmap on CPU).
 
-    python experiments/bench_eval.py [--max 1e6] [--sections one,batch,train,grad,scale]
-                                     [--rounds 3]
+    python experiments/bench_eval.py [--max 1e6]
+        [--sections one,batch,options,train,grad,scale] [--rounds 3]
 
 `one` and `batch` come first (issue 17's figures, printed side by side in one run):
 0. `one`: one configuration (GPT-3 175B on 1,024 A100, the plan rule's plan): one call of
@@ -19,6 +19,10 @@
    configuration from XLA's `compiled.cost_analysis()`, the cores' measured float32 FMA
    rate (a 2048^2 matmul, jax and numpy, all cores) and the fraction of that arithmetic
    limit reached.
+2. `options`: emu's XLA compile options (`emu.fast.ONE_COMPILE` for one configuration,
+   `emu.fast.BATCH_COMPILE` for batches) against XLA's defaults, each program compiled both
+   ways in one process and timed interleaved, so the machine's drift between processes
+   cancels: times, their ratio and whether the values are identical.
 
 Then, on GB200 NVL72 clusters:
 1. The training model (Llama 3 70B, random TP/PP/DP/micro-batch/ZeRO/recompute/SP plans)
@@ -185,6 +189,66 @@ def section_one(rounds: int) -> None:
         print("(llm-analysis not installed: pip install 'cluster-emu[bench]')")
 
 
+def _interleaved(calls: dict, rounds: int, reps: int) -> dict:
+    """Median seconds per call of each of `calls` (name -> function), the calls interleaved
+    over `rounds` rounds of `reps` calls each, and each one's median ratio to the first."""
+    per = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, f in calls.items():
+            s = time.perf_counter()
+            for _ in range(reps):
+                f()
+            per[k].append((time.perf_counter() - s) / reps)
+    first = np.asarray(per[next(iter(calls))])
+    return {k: (float(np.median(v)), float(np.median(np.asarray(v) / first)))
+            for k, v in per.items()}  # fmt: skip
+
+
+def section_options() -> None:
+    """emu's XLA options against XLA's defaults, each program compiled both ways in this one
+    process and timed interleaved (process-to-process variation cancels)."""
+    print("\nXLA options: emu.fast.ONE_COMPILE / BATCH_COMPILE against XLA's defaults, in one "
+          "process, interleaved")  # fmt: skip
+    system, model = load_system("dgx_a100"), load_model("gpt3_175b")
+    plan = policy.auto_plan(system, model, 1024)
+    ev = fast.Evaluator(system, model, plan)
+    x = jnp.asarray(ev.pack(system, model, plan))
+    low = ev._one.lower(x)
+    base, opt = low.compile(), fast.compile_with(low, fast.ONE_COMPILE)
+    same = np.array_equal(np.asarray(base(x)), np.asarray(opt(x)))
+    r = _interleaved({"default": lambda: np.asarray(base(x)), "emu": lambda: np.asarray(opt(x))},
+                     rounds=60, reps=100)  # fmt: skip
+    print(f"one configuration (GPT-3 175B, 1,024 A100): XLA default {1e6 * r['default'][0]:.1f} "
+          f"us, ONE_COMPILE {1e6 * r['emu'][0]:.1f} us, time ratio {r['emu'][1]:.3f} "
+          f"(60 rounds of 100 calls; identical values: {same})")  # fmt: skip
+    gb, gm = load_system("gb200_nvl72"), load_model("llama3_70b")
+    problem = Problem("gb200_nvl72", "llama3_70b", 144, seq_len=8192)
+    space = Space(gb, gm, problem, None)
+    rows = np.column_stack([space.plans, space.gb]).astype(np.float32)
+    bplan = plan_of(problem, space.describe([0], np.zeros((1, len(COLUMNS))))[0])
+    vary = [f"plan.{name}" for name in KNOBS] + ["plan.global_batch"]
+    v = jnp.asarray(rows[np.arange(fast.BLOCK) % len(rows)])
+    spec = jax.ShapeDtypeStruct((fast.BLOCK, len(vary)), jnp.float32)
+    for label, outputs in (("step time only", ("step_time_s",)), ("full result", None)):
+        e = fast.Evaluator(gb, gm, bplan, outputs=outputs, vary=vary)
+        lows = [f.lower(spec) for f in e.batch_fn()]
+        base = [lo.compile() for lo in lows]
+        opt = [fast.compile_with(lo, fast.BATCH_COMPILE) for lo in lows]
+        same = all(np.array_equal(np.asarray(b(v)[0]), np.asarray(o(v)[0]))
+                   for b, o in zip(base, opt, strict=True))  # fmt: skip
+        r = _interleaved({"default": lambda b=base: _run_blocks(b, v),
+                          "emu": lambda o=opt: _run_blocks(o, v)}, rounds=12, reps=10)  # fmt: skip
+        print(f"batch, {label}: XLA default {fast.BLOCK / r['default'][0]:.3g}/s, "
+              f"BATCH_COMPILE {fast.BLOCK / r['emu'][0]:.3g}/s, speed ratio "
+              f"{1 / r['emu'][1]:.3f} (12 rounds of 10 blocks; identical values: "
+              f"{same})")  # fmt: skip
+
+
+def _run_blocks(compiled, v) -> None:
+    for c in compiled:
+        jax.block_until_ready(c(v))
+
+
 def fma_rate() -> tuple[float, float]:
     """float32 FLOP/s of a 2048^2 matmul on every core: (jax, numpy)."""
     a = np.random.default_rng(0).random((2048, 2048), np.float32)
@@ -254,11 +318,13 @@ def _timed_once(fn) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max", type=float, default=1e6, help="largest batch (default 1e6)")
-    ap.add_argument("--sections", default="one,batch,train,grad,scale")
+    ap.add_argument("--sections", default="one,batch,options,train,grad,scale")
     ap.add_argument("--rounds", type=int, default=3, help="`one`: rounds of fresh processes")
     ap.add_argument("--one-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--sync", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1 (got {args.rounds}).")
     if args.one_child:
         if args.sync:
             jax.config.update("jax_cpu_enable_async_dispatch", False)
@@ -270,6 +336,8 @@ def main() -> None:
         section_one(args.rounds)
     if "batch" in sections:
         section_batch()
+    if "options" in sections:
+        section_options()
     if not sections & {"train", "grad", "scale"}:
         return
     system = load_system("gb200_nvl72")
