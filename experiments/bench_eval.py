@@ -331,6 +331,10 @@ def main() -> None:
         _one_child()
         return
     sections = set(args.sections.split(","))
+    known = {"one", "batch", "options", "train", "grad", "scale"}
+    if sections - known:
+        ap.error(f"unknown section(s) {', '.join(sorted(sections - known))}; "
+                 f"choose from {','.join(sorted(known))}.")  # fmt: skip
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} device(s)")
     if "one" in sections:
         section_one(args.rounds)
