@@ -9,6 +9,10 @@ the host (`validate_plan`) and reported as data by traced code.
 Activation memory per layer and token, with flash attention (no s^2 term) and bf16
 activations, generalises Korthikanti's 34*h to GQA and SwiGLU:
     10 d (/tp with SP) + (2 (d_q + 2 d_kv) + 2 d_q)/tp + 2 * mats * d_ff / tp   bytes.
+FP8 training (Transformer Engine's FP8/MXFP8 recipes) saves the 1-byte cast of most
+linear layers' inputs for the backward pass instead of the bf16 input
+(`fp8_linear_input_saving` says which). A pipeline's peak is the larger of its first stage (the most
+micro-batches in flight) and its last (fewer in flight, plus the loss's fp32 logits).
 
 >>> from emu.workload import example_model
 >>> p = make_plan(tp=8, pp=1, dp=4, global_batch=64, seq_len=8192)
@@ -67,6 +71,7 @@ __all__ = [
     "attention_shape",
     "elementwise_bytes_per_layer",
     "activation_bytes_per_layer",
+    "fp8_linear_input_saving",
     "moe_fraction",
     "local_experts",
     "expert_slots",
@@ -268,13 +273,52 @@ _ACT_ATTN = 4.0
 _ACT_FULL = 2.0
 
 
+#: training precisions whose linear layers quantise their inputs (Transformer Engine's
+#: FP8 and MXFP8 recipes; NVFP4 counted at FP8's byte, an upper bound)
+_QUANTISED_TRAINING = ("fp8", "fp4")
+
+
+def fp8_linear_input_saving(model: Model, plan: Plan):
+    """Bytes per token and layer that FP8 training does not keep (0 in other precisions).
+    Transformer Engine's FP8 linear layers save one FP8 copy of their input (1 byte per
+    element; MXFP8 adds 1/32 byte of scales, not counted) for the weight gradient where
+    bf16 training saves the bf16 input (2 bytes): TE v2.8 `_Linear.forward` keeps only the
+    column-wise FP8 copy, `LayerNormLinear` its FP8 normalised output, `GroupedLinear`
+    each expert's FP8 input; DeepSeek-V3 caches the same inputs in FP8 (arXiv:2412.19437
+    §3.3.3). One byte less per element of these inputs among `activation_bytes_per_layer`'s
+    terms (d_n = d, /tp with SP):
+    - the QKV projection's normalised input, d_n (GQA/MHA; MLA's separate down-projections
+      each keep an FP8 copy of it, so no saving);
+    - dense layers: the FFN's normalised input d_n and its down-projection input d_ff / tp;
+    - MoE layers: each routed copy's expert input and down-projection input,
+      top_k (d + d_ff_e) / tp, and the shared experts' down-projection input,
+      n_shared d_ff_e / tp, less d / tp for the FP8 copy their up-projection adds (the
+      router's gate stays in bf16 and keeps the bf16 normalised input).
+    The attention output projection's input is the output flash attention keeps in bf16
+    for its own backward; Megatron (TE >= 2.6, current scaling) saves that tensor instead
+    of a copy, so it counts nothing here (delayed scaling adds an FP8 copy, d_q / tp)."""
+    if plan.precision not in _QUANTISED_TRAINING:
+        return jnp.zeros_like(plan.tp)
+    tp = plan.tp
+    d_n = jnp.where(plan.sp > 0.5, safe_div(model.d_model, tp), model.d_model)
+    qkv = 0.0 * d_n if model.attention == "mla" else d_n
+    dense = d_n + safe_div(model.d_ff, tp)
+    shared = model.n_shared_experts * model.d_ff_expert - jnp.where(
+        model.n_shared_experts > 0, model.d_model, 0.0
+    )
+    moe = safe_div(model.top_k * (model.d_model + model.d_ff_expert) + shared, tp)
+    f = moe_fraction(model)
+    return qkv + (1.0 - f) * dense + f * moe
+
+
 def activation_bytes_per_layer(model: Model, plan: Plan):
     """(kept, stored) activation bytes of one layer per micro-batch on one chip: `stored` is
     what a layer saves for backward, with flash attention (no s^2 term), generalising
     Korthikanti's 34 d per token to GQA and SwiGLU:
         t (10 d [/tp with SP] + 4 d_q/tp + 4 kv_local + (1 - f) 2 mats d_ff/tp + f moe/tp),
-        moe = top_k (2 mats d_ff_e + 4 d) + n_shared 2 mats d_ff_e;
-    `kept` is `stored`, or only the layer input (2 d [/tp]) under full recomputation."""
+        moe = top_k (2 mats d_ff_e + 4 d) + n_shared 2 mats d_ff_e,
+    less `fp8_linear_input_saving` in FP8 training; `kept` is `stored`, or only the layer
+    input (2 d [/tp]) under full recomputation."""
     t = tokens_per_microbatch(plan)
     d_q, _ = attn_dims(model)
     tp = plan.tp
@@ -288,7 +332,7 @@ def activation_bytes_per_layer(model: Model, plan: Plan):
         tp,
     )
     ffn_part = (1.0 - f) * safe_div(2.0 * ffn_mats(model) * model.d_ff, tp) + f * moe_part
-    stored = t * (d_part + attn_part + ffn_part)
+    stored = t * (d_part + attn_part + ffn_part - fp8_linear_input_saving(model, plan))
     full = t * _ACT_FULL * jnp.where(plan.sp > 0.5, safe_div(model.d_model, tp), model.d_model)
     return jnp.where(plan.recompute > 1.5, full, stored), stored
 
@@ -372,9 +416,13 @@ def train_memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
     parameter) are sharded over DP x CP ranks (experts over their expert-DP ranks) from ZeRO
     stage 3, 2 and 1 on; LoRA keeps neither gradients nor optimizer states of the frozen
     weights. Activations: `activation_bytes_per_layer` for each layer of the stage times the
-    micro-batches in flight, min(pp, n_mb) for 1F1B and min(pp, n_mb)(1 + (pp - 1)/(pp vpp))
-    interleaved (Narayanan et al. SC21 §2.2), plus one layer's full activations rebuilt under
-    full recomputation and the fp32 logits of one micro-batch."""
+    micro-batches in flight, plus one layer's full activations rebuilt under full
+    recomputation; the peak is the larger of two stages (Megatron's schedules: a rank
+    holds its warm-up micro-batches plus one, in chunks of L / vpp layers): the first,
+    min(pp, n_mb) micro-batches for 1F1B and min(pp, n_mb)(1 + (pp - 1)/(pp vpp))
+    interleaved (Narayanan et al. SC21 §2.2), and the last, min(((vpp - 1) pp + 1)/vpp,
+    n_mb) (one for 1F1B) plus the fp32 logits of one micro-batch (the whole model when
+    pp = 1)."""
     dense, expert = params_split_per_chip(model, plan)
     dshard, eshard = plan.dp * plan.cp, expert_dp_size(plan)
 
@@ -389,12 +437,14 @@ def train_memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
     per_layer, stored = activation_bytes_per_layer(model, plan)
     layers = full_stage_layers(model, plan)
     nmb = n_microbatches(plan)
-    inflight = jnp.minimum(plan.pp, nmb) * (1.0 + safe_div(plan.pp - 1.0, plan.pp * plan.vpp))
-    inflight = jnp.where(plan.vpp > 1.5, inflight, jnp.minimum(plan.pp, nmb))
-    acts = layers * per_layer * inflight
+    ranks = jnp.minimum(plan.pp, nmb)
+    first = ranks * (1.0 + safe_div(plan.pp - 1.0, plan.pp * plan.vpp))
+    first = jnp.where(plan.vpp > 1.5, first, ranks)
+    last = jnp.minimum(safe_div((plan.vpp - 1.0) * plan.pp + 1.0, plan.vpp), nmb)
     # with full recompute one layer's full activations are rebuilt for its backward pass
-    acts = acts + jnp.where(plan.recompute > 1.5, stored, 0.0)
-    acts = acts + tokens_per_microbatch(plan) * safe_div(model.vocab, plan.tp) * _LOGIT_BYTES
+    rebuilt = jnp.where(plan.recompute > 1.5, stored, 0.0)
+    logits = tokens_per_microbatch(plan) * safe_div(model.vocab, plan.tp) * _LOGIT_BYTES
+    acts = rebuilt + jnp.maximum(layers * per_layer * first, layers * per_layer * last + logits)
     total = weights + grads + opt + acts
     zero = 0.0 * total
     return _fits(weights, grads, opt, acts, zero, hbm_bytes, total)

@@ -116,3 +116,64 @@ def test_speculation_reads_the_mtp_case_and_the_draft_knobs():
     assert (float(k), float(a)) == pytest.approx((3.0, 2.5))
     k, a = par.speculation(dense, make_plan(phase="decode"))
     assert (float(k), float(a)) == (0.0, 1.0)
+
+
+def test_fp8_training_keeps_one_byte_per_linear_input_element():
+    """Transformer Engine saves the FP8 cast of a linear layer's input
+    (`fp8_linear_input_saving`): FP8 activations are the bf16 ones less one byte per such
+    element, counted by hand for Llama 3 8B (dense), Mixtral 8x7B (MoE, no shared expert)
+    and DeepSeek-V3 (MLA, a shared expert); other precisions save nothing."""
+    from emu.catalog import load_model
+
+    plan = dict(tp=4, sp=True, global_batch=8, seq_len=4096)
+    t = 4096.0
+
+    def saved(model, **kw):
+        _, bf16 = par.activation_bytes_per_layer(model, make_plan(**plan, **kw))
+        _, fp8 = par.activation_bytes_per_layer(model, make_plan(**plan, **kw, precision="fp8"))
+        assert 0.0 < float(fp8) < float(bf16)
+        return float(bf16) - float(fp8)
+
+    dense = example_model()  # Llama 3 8B: d 4096, d_ff 14336
+    # the QKV and FFN normalised inputs (sequence-parallel over 4), the down-projection input
+    assert saved(dense) == pytest.approx(t * (2 * 4096 / 4 + 14336 / 4), rel=1e-5)
+    assert float(par.fp8_linear_input_saving(dense, make_plan(**plan))) == 0.0
+    # every layer MoE: the QKV input, and per routed copy (top-2) the expert's input and
+    # down-projection input; the router keeps the bf16 FFN input
+    mixtral = load_model("mixtral_8x7b")  # d 4096, d_ff_e 14336
+    assert saved(mixtral, ep=2) == pytest.approx(t * (4096 / 4 + 2 * (4096 + 14336) / 4), rel=1e-5)
+    # MLA: no QKV saving; 3 dense layers of 61, the MoE ones with top-8 copies and one
+    # shared expert (its down-projection input saved, an FP8 copy of its input added)
+    v3 = load_model("deepseek_v3")  # d 7168, d_ff 18432, d_ff_e 2048
+    f = 58 / 61
+    moe = (8 * (7168 + 2048) + 2048 - 7168) / 4
+    want = t * ((1 - f) * (7168 / 4 + 18432 / 4) + f * moe)
+    assert saved(v3, ep=8) == pytest.approx(want, rel=1e-4)
+
+
+def test_pipeline_peak_is_the_larger_of_the_first_and_last_stage():
+    """The first stage holds min(pp, n_mb) micro-batches (interleaved: x (1 + (pp-1)/(pp
+    vpp))); the last one (((vpp - 1) pp + 1) / vpp chunks) plus the fp32 logits; the
+    activations are the larger, not the first stage's plus the logits."""
+    m, hbm = example_model(), jnp.float32(1e15)
+    for vpp in (1, 2):
+        p = make_plan(tp=1, pp=4, vpp=vpp, sp=False, global_batch=32, seq_len=4096)
+        _, per_layer = par.activation_bytes_per_layer(m, p)
+        layers = float(par.full_stage_layers(m, p))  # 8 of the 32 layers
+        logits = 4096 * 128256 * 4.0
+        first = 4 * (1 + 3 / (4 * vpp)) if vpp > 1 else 4.0
+        last = ((vpp - 1) * 4 + 1) / vpp
+        want = max(layers * float(per_layer) * first, layers * float(per_layer) * last + logits)
+        got = float(par.memory(m, p, hbm).activations_bytes)
+        assert got == pytest.approx(want, rel=1e-5)
+        assert got < layers * float(per_layer) * first + logits
+    # fewer micro-batches than stages: each stage holds what it has, the last one of them
+    p = make_plan(tp=1, pp=8, sp=False, global_batch=1, seq_len=4096)
+    _, per_layer = par.activation_bytes_per_layer(m, p)
+    want = 4 * float(per_layer) + 4096 * 128256 * 4.0  # 4 layers per stage, one micro-batch
+    assert float(par.memory(m, p, hbm).activations_bytes) == pytest.approx(want, rel=1e-5)
+    # one stage: the whole model's micro-batch plus its logits
+    p = make_plan(tp=1, pp=1, sp=False, global_batch=32, seq_len=4096)
+    _, per_layer = par.activation_bytes_per_layer(m, p)
+    want = 32 * float(per_layer) + 4096 * 128256 * 4.0
+    assert float(par.memory(m, p, hbm).activations_bytes) == pytest.approx(want, rel=1e-5)

@@ -90,3 +90,21 @@ def test_ep_serving_rows_default_to_two_micro_batch_overlap():
     off = {**row, "notes": row["notes"] + " Run without two-batch overlap."}
     plan_off, _ = row_plan(off, model)
     assert float(plan_off.a2a_overlap) == 0.0
+
+
+def test_memory_check_counts_the_measured_runs_emu_puts_over_hbm(validate_reports):
+    """Every modelled train/prefill/decode row ran on its hardware, so `summary.memory`
+    counts the rows whose plan emu's memory model puts over the usable HBM, and the text
+    report says how many. On the shipped set: 23 of the runs (33 before FP8 training kept
+    one byte per linear-input element and the pipeline peak became the larger of the first
+    and last stage, not their sum); a change that over-counts more runs fails here."""
+    from emu.validation import format_report
+
+    rep = validate_reports["default"]
+    runs = [r for r in rep["rows"] if r["status"] == "ok" and r["kind"] != "collective"]
+    over = [r["id"] for r in runs if not r["feasible"]]
+    mem = rep["summary"]["memory"]
+    assert (mem["runs"], mem["over_hbm"], mem["ids"]) == (len(runs), len(over), over)
+    assert mem["runs"] >= 200
+    assert mem["over_hbm"] <= 23
+    assert f"memory model: {mem['over_hbm']} of {mem['runs']} measured runs" in format_report(rep)

@@ -127,12 +127,24 @@ def error_stats(records: list[dict], error_of) -> dict:
     return out
 
 
+def memory_check(results: list[dict]) -> dict:
+    """The memory model against the measured runs: every modelled train, prefill or decode
+    row ran on its hardware, so its plan fits there; {"runs": how many carry emu's
+    feasibility, "over_hbm": how many emu's memory model puts over the usable HBM, "ids":
+    those rows}."""
+    runs = [r for r in results if r["status"] == "ok" and "feasible" in r]
+    over = [str(r["id"]) for r in runs if not r["feasible"]]
+    return {"runs": len(runs), "over_hbm": len(over), "ids": over}
+
+
 def summarise(results: list[dict]) -> dict:
-    """Row counts and error statistics, overall and by kind, system and source, and the
-    share of modelled rows inside their interval ("inside": in sample for this file)."""
+    """Row counts and error statistics, overall and by kind, system and source, the share
+    of modelled rows inside their interval ("inside": in sample for this file), and the
+    measured runs the memory model puts over HBM (`memory_check`)."""
     ok = [r for r in results if r["status"] == "ok"]
     banded = [r for r in ok if r.get("inside") is not None]
     return {
+        "memory": memory_check(results),
         "rows": len(results),
         "modelled": len(ok),
         "skipped": sum(r["status"] == "skipped" for r in results),
@@ -224,6 +236,12 @@ def format_report(report: dict, *, show_skipped: bool = False, skipped_hint: str
                 )
         return out
 
+    mem = s.get("memory") or {}
+    if mem.get("runs"):
+        lines.append(
+            f"memory model: {mem['over_hbm']} of {mem['runs']} measured runs exceed the usable "
+            "HBM in emu (each ran on its hardware; flagged 'plan exceeds HBM in emu' above)"
+        )
     lines += [""] + block("by kind", {**s["by_kind"], "ALL": s["all"]})
     lines += [""] + block("by system", s["by_system"])
     lines += [""] + block("by source", s["by_source"])
