@@ -167,6 +167,15 @@ def test_pipeline_peak_is_the_larger_of_the_first_and_last_stage():
         got = float(par.memory(m, p, hbm).activations_bytes)
         assert got == pytest.approx(want, rel=1e-5)
         assert got < layers * float(per_layer) * first + logits
+    # a vocabulary large enough that the last stage (((vpp - 1) pp + 1) / vpp = 2.5
+    # micro-batches, plus the logits) outweighs the first (4 x (1 + 3/8) = 5.5)
+    big = replace(m, vocab=jnp.float32(2e6))
+    p = make_plan(tp=1, pp=4, vpp=2, sp=False, global_batch=32, seq_len=4096)
+    _, per_layer = par.activation_bytes_per_layer(big, p)
+    logits = 4096 * 2e6 * 4.0
+    assert 8 * float(per_layer) * 2.5 + logits > 8 * float(per_layer) * 5.5
+    got = float(par.memory(big, p, hbm).activations_bytes)
+    assert got == pytest.approx(8 * float(per_layer) * 2.5 + logits, rel=1e-5)
     # fewer micro-batches than stages: each stage holds what it has, the last one of them
     p = make_plan(tp=1, pp=8, sp=False, global_batch=1, seq_len=4096)
     _, per_layer = par.activation_bytes_per_layer(m, p)
