@@ -11,8 +11,9 @@ activations, generalises Korthikanti's 34*h to GQA and SwiGLU:
     10 d (/tp with SP) + (2 (d_q + 2 d_kv) + 2 d_q)/tp + 2 * mats * d_ff / tp   bytes.
 FP8 training (Transformer Engine's FP8/MXFP8 recipes) saves the 1-byte cast of most
 linear layers' inputs for the backward pass instead of the bf16 input
-(`fp8_linear_input_saving` says which). A pipeline's peak is the larger of its first stage (the most
-micro-batches in flight) and its last (fewer in flight, plus the loss's fp32 logits).
+(`fp8_linear_input_saving` says which). A pipeline's peak is the larger of its first
+stage (the most micro-batches in flight) and its last (fewer in flight, plus the loss's
+fp32 logits).
 
 >>> from emu.workload import example_model
 >>> p = make_plan(tp=8, pp=1, dp=4, global_batch=64, seq_len=8192)
@@ -246,6 +247,12 @@ _ELEMENTWISE_D = 14.0
 _PERMUTE_D = 4.0
 
 
+def _d_per_rank(model: Model, plan: Plan):
+    """d_model elements per token a rank holds outside attention and the FFN: d / tp with
+    sequence parallelism, else d."""
+    return jnp.where(plan.sp > 0.5, safe_div(model.d_model, plan.tp), model.d_model)
+
+
 def elementwise_bytes_per_layer(model: Model, plan: Plan, t=None):
     """Forward HBM bytes of the memory-bound kernels of one layer on one chip for `t` tokens
     (default: one training micro-batch), bf16:
@@ -253,7 +260,7 @@ def elementwise_bytes_per_layer(model: Model, plan: Plan, t=None):
     with d_shard = d/tp under SP, f the MoE share of layers."""
     t = tokens_per_microbatch(plan) if t is None else t
     el = BYTES_PER_ELEMENT["bf16"]
-    d_shard = jnp.where(plan.sp > 0.5, safe_div(model.d_model, plan.tp), model.d_model)
+    d_shard = _d_per_rank(model, plan)
     mats = ffn_mats(model)
     f = moe_fraction(model)
     ffn = (1.0 - f) * (mats + 1.0) * safe_div(model.d_ff, plan.tp) + f * safe_div(
@@ -300,7 +307,7 @@ def fp8_linear_input_saving(model: Model, plan: Plan):
     if plan.precision not in _QUANTISED_TRAINING:
         return jnp.zeros_like(plan.tp)
     tp = plan.tp
-    d_n = jnp.where(plan.sp > 0.5, safe_div(model.d_model, tp), model.d_model)
+    d_n = _d_per_rank(model, plan)
     qkv = 0.0 * d_n if model.attention == "mla" else d_n
     dense = d_n + safe_div(model.d_ff, tp)
     shared = model.n_shared_experts * model.d_ff_expert - jnp.where(
@@ -333,7 +340,7 @@ def activation_bytes_per_layer(model: Model, plan: Plan):
     )
     ffn_part = (1.0 - f) * safe_div(2.0 * ffn_mats(model) * model.d_ff, tp) + f * moe_part
     stored = t * (d_part + attn_part + ffn_part - fp8_linear_input_saving(model, plan))
-    full = t * _ACT_FULL * jnp.where(plan.sp > 0.5, safe_div(model.d_model, tp), model.d_model)
+    full = t * _ACT_FULL * _d_per_rank(model, plan)
     return jnp.where(plan.recompute > 1.5, full, stored), stored
 
 

@@ -232,10 +232,8 @@ def make_eval(system, model, problem, space: Space, n: int, fast_compile: bool =
         a = jax.device_put(np.asarray(idx, np.int32), shard)
         if not compiled:
             for j, fn in enumerate(fns):
-                lowered = fn.lower(a, *tables)
-                compiled[j] = (
-                    compile_fast(lowered) if fast_compile else compile_with(lowered, BATCH_COMPILE)
-                )
+                options = FAST_COMPILE if fast_compile else BATCH_COMPILE
+                compiled[j] = compile_with(fn.lower(a, *tables), options)
         return tuple(c for j in range(len(fns)) for c in compiled[j](a, *tables))
 
     def call(idx: np.ndarray) -> list:
