@@ -299,8 +299,8 @@ def fp8_linear_input_saving(model: Model, plan: Plan):
     - dense layers: the FFN's normalised input d_n and its down-projection input d_ff / tp;
     - MoE layers: each routed copy's expert input and down-projection input,
       top_k (d + d_ff_e) / tp, and the shared experts' down-projection input,
-      n_shared d_ff_e / tp, less d / tp for the FP8 copy their up-projection adds (the
-      router's gate stays in bf16 and keeps the bf16 normalised input).
+      n_shared d_ff_e / tp, less d_n for the FP8 copy of the normalised input their
+      up-projection adds (the router's gate stays in bf16 and keeps the bf16 one).
     The attention output projection's input is the output flash attention keeps in bf16
     for its own backward; Megatron (TE >= 2.6, current scaling) saves that tensor instead
     of a copy, so it counts nothing here (delayed scaling adds an FP8 copy, d_q / tp)."""
@@ -310,10 +310,13 @@ def fp8_linear_input_saving(model: Model, plan: Plan):
     d_n = _d_per_rank(model, plan)
     qkv = 0.0 * d_n if model.attention == "mla" else d_n
     dense = d_n + safe_div(model.d_ff, tp)
-    shared = model.n_shared_experts * model.d_ff_expert - jnp.where(
-        model.n_shared_experts > 0, model.d_model, 0.0
-    )
-    moe = safe_div(model.top_k * (model.d_model + model.d_ff_expert) + shared, tp)
+    # the shared experts' FP8 copy of their input is the normalised input, d_n (not /tp
+    # without sequence parallelism)
+    moe = safe_div(
+        model.top_k * (model.d_model + model.d_ff_expert)
+        + model.n_shared_experts * model.d_ff_expert,
+        tp,
+    ) - jnp.where(model.n_shared_experts > 0, d_n, 0.0)
     f = moe_fraction(model)
     return qkv + (1.0 - f) * dense + f * moe
 

@@ -167,6 +167,41 @@ def test_rows_are_weighted_by_their_stated_confidence(small_fit):
     assert all(0.25 <= w <= 1.0 for w in rep.w)
     with pytest.raises(ValueError, match="weights must be"):
         fit(small_fit[1], steps=1, weights="uniform")
+    import numpy as np
+
+    from emu.calibration._fit import row_weights
+
+    src = fit(small_fit[1], steps=1, weights="source")  # the fit uses the option's weights
+    assert src.weights == "source"
+    assert np.allclose(src.w, row_weights(src.problem.items, "source"))
+    assert not np.allclose(src.w, rep.w)
+
+
+def test_source_weights_divide_by_the_design_effect_and_keep_the_total():
+    """weights="source": a row of a source with n rows weighs its confidence over
+    1 + (n - 1) rho, rescaled so that the total equals the confidence weights' total."""
+    from types import SimpleNamespace
+
+    from emu.calibration._fit import SOURCE_CORRELATION, row_weights
+
+    def item(src, conf):
+        return SimpleNamespace(row={"confidence": conf}, base={"source": src})
+
+    items = [item("big", "exact") for _ in range(10)] + [
+        item("lone", "exact"),
+        item("pair", "exact"),
+        item("pair", "read off a figure; parallel config: unknown"),
+    ]
+    conf = row_weights(items, "confidence")
+    w = row_weights(items, "source")
+    assert float(w.sum()) == pytest.approx(float(conf.sum()), rel=1e-6)
+    rho = SOURCE_CORRELATION
+    assert w[10] / w[0] == pytest.approx(1.0 + 9.0 * rho, rel=1e-6)  # lone vs one of ten
+    assert w[10] / w[11] == pytest.approx(1.0 + rho, rel=1e-6)  # lone vs one of two
+    assert w[12] / w[11] == pytest.approx(conf[12] / conf[11], rel=1e-6)  # confidence kept
+    assert list(row_weights(items, "none")) == [1.0] * len(items)
+    with pytest.raises(ValueError, match="weights must be one of confidence, source, none"):
+        row_weights(items, "uniform")
 
 
 def test_overlay_with_cv_writes_residuals_and_a_calibrated_interval_table(small_fit, tmp_path):
@@ -241,8 +276,8 @@ def test_no_prior_of_a_fitted_parameter_is_a_fit_to_the_rows():
     towards them, so a prior fitted to the measurement rows hands a held-out source its own
     fit (until session 10 the network priors were such fits; tests/data/network_fit.toml
     keeps them). No fitted field's comment may call its value a fit, and no link prior may
-    still hold a value that the old file marked as fitted ("fit", "the ... fit", "shared"),
-    except the die-to-die residual defaults.toml names (to go at the next refit)."""
+    still hold a value that the old file marked as fitted ("fit", "the ... fit", "shared";
+    the die-to-die section's four were the last, replaced in session 14)."""
     import re
 
     from emu.calibration import _problem
@@ -251,8 +286,6 @@ def test_no_prior_of_a_fitted_parameter_is_a_fit_to_the_rows():
     fitted = set(_problem.FAMILY_FIELDS) | {"lowp_matmul_efficiency", "hbm_efficiency",
                                             "grouped_matmul_efficiency"}  # fmt: skip
     fitted |= {f for f, _ in _problem.LINK_FIELDS + _problem.SHARED_LINK_FIELDS}
-    residual = {("d2d", f) for f in ("base_latency_s", "ring_channels", "nvls_latency_s",
-                                     "a2a_latency_hiding")}  # fmt: skip
 
     def entries(text):
         section = ""
@@ -278,11 +311,7 @@ def test_no_prior_of_a_fitted_parameter_is_a_fit_to_the_rows():
         name = sec.removeprefix("link.")
         if comment.startswith("fit") or "standalone fit" in comment:
             bad.append(f"[{sec}] {key}: comment '{comment[:40]}'")
-        if (
-            (name, key) in old_fits
-            and value == old_fits[(name, key)]
-            and (name, key) not in residual
-        ):
+        if (name, key) in old_fits and value == old_fits[(name, key)]:
             bad.append(f"[{sec}] {key} = {value}: the old fitted value")
     assert len(old_fits) > 40  # the old file's fits were found, so the value check bites
     assert not bad, "priors fitted to the rows:\n" + "\n".join(bad)

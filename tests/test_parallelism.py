@@ -149,6 +149,14 @@ def test_fp8_training_keeps_one_byte_per_linear_input_element():
     moe = (8 * (7168 + 2048) + 2048 - 7168) / 4
     want = t * ((1 - f) * (7168 / 4 + 18432 / 4) + f * moe)
     assert saved(v3, ep=8) == pytest.approx(want, rel=1e-4)
+    # without sequence parallelism the normalised inputs are whole on every TP rank: the
+    # QKV/FFN ones saved whole, and the shared expert's added copy is d, not d / tp
+    # (Megatron itself requires SP for MoE with TP; emu's plans allow it)
+    plan["sp"] = False
+    moe = (8 * (7168 + 2048) + 2048) / 4 - 7168
+    want = t * ((1 - f) * (7168 + 18432 / 4) + f * moe)
+    assert saved(v3, ep=8) == pytest.approx(want, rel=1e-4)
+    assert saved(dense) == pytest.approx(t * (2 * 4096 + 14336 / 4), rel=1e-5)
 
 
 def test_pipeline_peak_is_the_larger_of_the_first_and_last_stage():

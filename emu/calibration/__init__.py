@@ -21,7 +21,8 @@ prior around the default of configs/calibration/defaults.toml:
 
 minimised with optax (Adam) through the differentiable emulator, with w_i the row's stated
 confidence (`emu.validation.row_weight`: exact 1.0, derived 0.7, read off a figure 0.5,
-LOW 0.3, times 0.8 / 0.5 for a medium / low parallel config). Only parameters that some row
+LOW 0.3, times 0.8 / 0.5 for a medium / low parallel config; `weights="source"` also
+divides it by its source's design effect, `row_weights`). Only parameters that some row
 depends on are fitted (a chip family with no rows keeps its prior). Uncertainty: a Laplace
 approximation, cov(u) = s^2 (N H)^-1 with H the Hessian of the mean loss and s^2 the
 residual variance, mapped to natural units by the delta method. Cross-validation refits

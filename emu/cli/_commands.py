@@ -254,6 +254,7 @@ def cmd_calibrate(args) -> None:
         checkpoint_dir=storage.cache_dir("calibrate"),
         warn=render.warn,
         throttle_s=args.throttle_s,
+        weights=args.weights,
     )
     cvs = (
         [calibration.cross_validate(report, by=by) for by in ("source", "system")]
@@ -264,6 +265,7 @@ def cmd_calibrate(args) -> None:
         "emu calibrate"
         + (f" {args.file}" if args.file else "")
         + (f" --steps {args.steps}" + (" --cv" if args.cv else ""))
+        + (f" --weights {args.weights}" if args.weights != "confidence" else "")
     )
     path = None
     if not args.dry_run:

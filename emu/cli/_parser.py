@@ -465,6 +465,14 @@ def _add_measurement_commands(sub) -> None:
     p.add_argument(
         "--out", metavar="PATH", help="overlay to write (default: configs/calibration/fitted.toml)"
     )
+    p.add_argument(
+        "--weights",
+        choices=("confidence", "source", "none"),
+        default="confidence",
+        help="row weights: the stated confidence (default); 'source': also divided by "
+        "1 + 0.3 (n - 1), n the rows of the row's source, rescaled to the same total, so "
+        "that a source counts by its information, not its row count; 'none': all alike",
+    )
     p.add_argument("--dry-run", action="store_true", help="fit and report, write nothing")
     p.add_argument("--throttle-s", type=float, default=0.0, help=argparse.SUPPRESS)  # tests
     _common(p)
