@@ -34,8 +34,8 @@ CHECKPOINT_EVERY = 10
 #: the correlation of two rows' errors from the same source (one stack, one measurement
 #: convention), for `weights="source"`: n rows of one source carry the information of
 #: n / (1 + (n - 1) rho) independent ones (Kish's design effect). The intra-class
-#: correlation of the shipped fit's leave-one-source-out log errors is 0.29 (one-way ANOVA
-#: over the 33 sources of the 340 rows, errors clipped to +-1).
+#: correlation of the session-13 fit's leave-one-source-out log errors is 0.29 (one-way
+#: ANOVA over the 33 sources of the 340 rows, errors clipped to +-1).
 SOURCE_CORRELATION = 0.3
 WEIGHTS = ("confidence", "source", "none")
 
