@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import jax
@@ -55,7 +56,7 @@ def row_weights(items, weights: str = "confidence") -> np.ndarray:
     if weights == "confidence":
         return conf.astype(np.float32)
     sources = [it.base["source"] for it in items]
-    count = {s: sources.count(s) for s in set(sources)}
+    count = Counter(sources)
     w = conf / np.asarray([1.0 + (count[s] - 1) * SOURCE_CORRELATION for s in sources])
     return (w * conf.sum() / w.sum()).astype(np.float32)
 

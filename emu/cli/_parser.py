@@ -467,6 +467,8 @@ def _add_measurement_commands(sub) -> None:
     )
     p.add_argument(
         "--weights",
+        # emu.calibration._fit.WEIGHTS and SOURCE_CORRELATION, spelt out: importing them
+        # here would pull JAX into every command's start-up
         choices=("confidence", "source", "none"),
         default="confidence",
         help="row weights: the stated confidence (default); 'source': also divided by "

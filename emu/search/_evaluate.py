@@ -231,8 +231,8 @@ def make_eval(system, model, problem, space: Space, n: int, fast_compile: bool =
             fns.extend(programs())
         a = jax.device_put(np.asarray(idx, np.int32), shard)
         if not compiled:
+            options = FAST_COMPILE if fast_compile else BATCH_COMPILE
             for j, fn in enumerate(fns):
-                options = FAST_COMPILE if fast_compile else BATCH_COMPILE
                 compiled[j] = compile_with(fn.lower(a, *tables), options)
         return tuple(c for j in range(len(fns)) for c in compiled[j](a, *tables))
 
