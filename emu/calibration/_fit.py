@@ -176,13 +176,20 @@ def _adam(problem, u, w, steps, *, lr=0.05, progress=None, checkpoint=None, thro
 def _code_digest(root: Path | None = None) -> str:
     """SHA-256 of the package's Python sources (every emu/**/*.py, by relative path): a
     checkpoint written by other model code, loss or optimiser is not resumed, whatever the
-    version string says. "" when no source file is found (then nothing is checkpointed)."""
-    root = Path(__file__).resolve().parents[1] if root is None else Path(root)
+    version string says. "" when no source file is found (then nothing is checkpointed).
+    The package's own digest is taken once, when this module is imported, so that a fit
+    keys its checkpoints by the code it runs even if the files change while it runs."""
+    if root is None:
+        return _PACKAGE_DIGEST
+    root = Path(root)
     files = sorted(root.rglob("*.py"))
     h = hashlib.sha256()
     for f in files:
         h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest() if files else ""
+
+
+_PACKAGE_DIGEST = _code_digest(Path(__file__).resolve().parents[1])
 
 
 def _signature(problem: FitProblem, steps: int, w=None) -> str:
