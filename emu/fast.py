@@ -77,6 +77,73 @@ ONE_COMPILE = {"xla_cpu_use_fusion_emitters": False}
 #: full-result programs 1.15x and 1.19x faster (same values; `bench_eval.py --sections
 #: options`, 2 cores with AVX-512); a CPU without them compiles the same program as before
 BATCH_COMPILE = {"xla_cpu_prefer_vector_width": 512}
+#: run `Evaluator.__call__` on a synchronous CPU client of its own when JAX's CPU dispatch is
+#: asynchronous (JAX's default): the default client hands every call to a worker thread and
+#: back, which cost more than the program itself (GPT-3 175B on 1,024 A100, 2 cores: ~24 us
+#: per call on the synchronous client against ~58 us on the default one, same values;
+#: `experiments/bench_eval.py --sections one`). False: always the default client.
+SYNC_ONE = True
+
+
+class _SyncOne:
+    """The single-configuration executable on a synchronous PjRt CPU client (one per
+    process, `_sync_cpu_client`): `__call__(x)` runs it in the caller's thread.
+
+    JAX's CPU dispatch mode is one setting per process, read when its CPU client is made,
+    and its default (asynchronous) suits sweeps, whose blocks overlap with the host's work;
+    a caller evaluating one configuration at a time waits for each result, so the thread
+    hand-off is pure overhead. This uses JAX's internal client API (`jax._src`): where the
+    installed JAX lacks it, building this raises and `Evaluator` keeps the default client."""
+
+    def __init__(self, lowered, x0: np.ndarray):
+        from jax._src import compiler, core
+        from jax._src.lib import _jax
+        from jax._src.lib import xla_client as xc
+        from jax.sharding import SingleDeviceSharding
+
+        client = _sync_cpu_client()
+        self._dev = client.local_devices()[0]
+        opts = compiler.get_compile_options(
+            num_replicas=1, num_partitions=1, env_options_overrides=dict(ONE_COMPILE)
+        )
+        self._exe = client.compile_and_load(lowered.as_text(), xc.DeviceList((self._dev,)), opts)
+        self.sharding = SingleDeviceSharding(self._dev)
+        self._aval = core.ShapedArray(np.shape(x0), np.dtype(np.float32))
+        self._put = _jax.batched_device_put
+        self.x0 = self.put(x0)
+
+    def put(self, x) -> jax.Array:
+        """`x` (any float32 vector of the packed length) as an array of this client."""
+        return self._put(self._aval, self.sharding, [np.asarray(x, np.float32)], [self._dev])
+
+    def __call__(self, x=None) -> jax.Array:
+        if x is None:
+            x = self.x0
+        elif getattr(x, "sharding", None) is not self.sharding:
+            x = self.put(x)
+        return self._exe.execute([x])[0]
+
+
+_SYNC_CLIENT: list = []
+
+
+def _sync_cpu_client():
+    """A synchronous PjRt CPU client, made once per process (~1 ms)."""
+    if not _SYNC_CLIENT:
+        from jax._src.lib import xla_client as xc
+
+        _SYNC_CLIENT.append(xc.make_cpu_client(asynchronous=False))
+    return _SYNC_CLIENT[0]
+
+
+def _async_cpu() -> bool:
+    """True when JAX runs on the CPU with its asynchronous CPU dispatch (its default)."""
+    try:
+        return jax.default_backend() == "cpu" and bool(
+            jax.config.read("jax_cpu_enable_async_dispatch")
+        )
+    except Exception:  # noqa: BLE001  (a JAX without the option: its dispatch is synchronous)
+        return False
 
 
 def compile_with(lowered, options: dict):
@@ -136,6 +203,7 @@ class Evaluator:
         self.x0 = self.pack(system, model, plan)
         shape = jax.eval_shape(_evaluate, system, model, plan)
         self._out_leaves, self._out_def = jax.tree_util.tree_flatten(shape)
+        self._rebuild = _rebuilder(shape, self._out_def)
         self.all_outputs = leaf_names(shape)
         bad = [o for o in (outputs or ()) if o not in self.all_outputs]
         if bad:
@@ -187,24 +255,43 @@ class Evaluator:
         """The `outputs` of packed inputs `x` (default: the construction's) as one float32
         vector (a device array; `np.asarray` it, or index it). The compiled executable is
         called directly: no pytree flattening, no jit cache lookup (~10 us less than a
-        jitted call on CPU), compiled with ONE_COMPILE. Pass a device array
-        (`jnp.asarray(ev.pack(...))`) to skip the transfer of the inputs as well. On CPU,
-        JAX dispatches every call to a worker thread; a process that evaluates one
-        configuration at a time ran up to 1.6x faster per call with
-        `jax.config.update("jax_cpu_enable_async_dispatch", False)` set before JAX's first
-        computation (`experiments/bench_eval.py --sections one` measures both)."""
+        jitted call on CPU), compiled with ONE_COMPILE. On the CPU under JAX's default
+        asynchronous dispatch it runs on a synchronous CPU client of its own (`SYNC_ONE`,
+        `_SyncOne`): JAX's default client would hand the call to a worker thread and
+        back, which took longer than the program (`experiments/bench_eval.py --sections
+        one` times every path). Pass `ev.device(ev.pack(...))` to skip the transfer of
+        the inputs as well."""
         if self._one_c is None:
-            self._x0d = jnp.asarray(self.x0)
-            self._one_c = compile_with(self._one.lower(self._x0d), ONE_COMPILE)
+            self._compile_one()
         return self._one_c(self._x0d if x is None else x)
+
+    def device(self, x) -> jax.Array:
+        """Packed inputs `x` (`pack`) as an array of the device `__call__` runs on: passing
+        it saves the transfer of the inputs on every call."""
+        if self._one_c is None:
+            self._compile_one()
+        if isinstance(self._one_c, _SyncOne):
+            return self._one_c.put(x)
+        return jnp.asarray(x, jnp.float32)
+
+    def _compile_one(self) -> None:
+        lowered = self._one.lower(jax.ShapeDtypeStruct(self.x0.shape, jnp.float32))
+        if SYNC_ONE and _async_cpu():
+            try:
+                self._one_c = _SyncOne(lowered, self.x0)
+                self._x0d = None  # _SyncOne keeps its own copy of x0
+                return
+            except Exception:  # noqa: BLE001  (JAX's internal API moved: the default client)
+                pass
+        self._x0d = jnp.asarray(self.x0)
+        self._one_c = compile_with(lowered, ONE_COMPILE)
 
     def result(self, x=None):
         """The full RunResult (numpy float32 leaves) of packed inputs `x`; needs
         `outputs=None`."""
         if len(self._out_idx) != len(self.all_outputs):
             raise ValueError("Evaluator.result needs every output; build it with outputs=None.")
-        y = np.asarray(self(x))
-        return jax.tree_util.tree_unflatten(self._out_def, list(y))
+        return self._rebuild(list(np.asarray(self(x))))
 
     def _row(self, v, idx):
         x = jnp.asarray(self.x0).at[self._vary_idx].set(v)
@@ -256,6 +343,50 @@ class Evaluator:
                 for j, c in zip(g, cols, strict=True):
                     out[s : s + rows, j] = np.asarray(c)[:rows]
         return out
+
+
+def _rebuilder(shape, treedef) -> Callable[[list], object]:
+    """A function of the leaves of `shape` (a tree of dataclasses, as `jax.eval_shape`
+    gives) that rebuilds the tree: `jax.tree_util.tree_unflatten(treedef, leaves)`, but
+    without running each class's `__init__` (a frozen dataclass sets every field through
+    `object.__setattr__`: ~15 us for a RunResult's 52 leaves, more than evaluating it). Each
+    node gets its fields from `shape`'s node (the static ones) and the leaves; a tree with
+    any node that is not a dataclass whose children are its fields is unflattened by JAX."""
+    import dataclasses
+
+    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(shape)[0]]
+    if not all(isinstance(k, jax.tree_util.GetAttrKey) for p in paths for k in p):
+        return lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves)
+
+    def plan(node, prefix):
+        if not (dataclasses.is_dataclass(node) and hasattr(node, "__dict__")):
+            raise TypeError
+        leaf, sub = [], []
+        for f in dataclasses.fields(node):
+            path = (*prefix, jax.tree_util.GetAttrKey(f.name))
+            here = [i for i, p in enumerate(paths) if p[: len(path)] == path]
+            if len(here) == 1 and len(paths[here[0]]) == len(path):
+                leaf.append((f.name, here[0]))
+            elif here:
+                sub.append((f.name, plan(getattr(node, f.name), path)))
+        return type(node), dict(vars(node)), leaf, sub
+
+    def build(p, leaves):
+        cls, static, leaf, sub = p
+        obj = object.__new__(cls)
+        d = obj.__dict__
+        d.update(static)
+        for name, i in leaf:
+            d[name] = leaves[i]
+        for name, q in sub:
+            d[name] = build(q, leaves)
+        return obj
+
+    try:
+        root = plan(shape, ())
+    except TypeError:
+        return lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves)
+    return lambda leaves: build(root, leaves)
 
 
 # --- executables on disk -----------------------------------------------------------------

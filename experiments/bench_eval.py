@@ -6,7 +6,9 @@
 `one` and `batch` come first (issue 17's figures, printed side by side in one run):
 0. `one`: one configuration (GPT-3 175B on 1,024 A100, the plan rule's plan): one call of
    `jax.jit(emu.objective.evaluate)` on the three pytrees, one call of the packed
-   `emu.fast.Evaluator` (one flat float32 vector in, the full RunResult as one vector out),
+   `emu.fast.Evaluator` (one flat float32 vector in, the full RunResult as one vector out;
+   under asynchronous dispatch on its own synchronous CPU client, also timed on JAX's
+   default client and with the inputs passed as a NumPy vector),
    and llm-analysis's `train` on a GPT-3 175B configuration (if installed:
    `pip install 'cluster-emu[bench]'`); each round runs one fresh process with JAX's
    default asynchronous CPU dispatch and one with synchronous dispatch
@@ -145,11 +147,17 @@ def _one_child() -> None:
     plan = policy.auto_plan(system, model, 1024)
     jitted = jax.jit(evaluate)
     ev = fast.Evaluator(system, model, plan)
-    x = jnp.asarray(ev.pack(system, model, plan))
+    x = ev.device(ev.pack(system, model, plan))
+    fast.SYNC_ONE = False  # the same program on JAX's own client, for comparison
+    ev_default = fast.Evaluator(system, model, plan)
+    xd = ev_default.device(ev_default.pack(system, model, plan))
+    fast.SYNC_ONE = True
     out = {
         "jit": _median_us(lambda: jax.block_until_ready(jitted(system, model, plan))),
         "packed": _median_us(lambda: np.asarray(ev(x)), n=1000),
         "packed_p10": _median_us(lambda: np.asarray(ev(x)), n=1000, q=10),
+        "packed_default": _median_us(lambda: np.asarray(ev_default(xd)), n=1000),
+        "packed_np": _median_us(lambda: np.asarray(ev(ev.x0)), n=1000),
         "result": _median_us(lambda: ev.result(x)),
     }
     print(json.dumps(out))
@@ -176,6 +184,8 @@ def section_one(rounds: int) -> None:
         ("jit", "jax.jit(evaluate)(system, model, plan), full RunResult"),
         ("packed", "emu.fast.Evaluator: packed in, full result vector out"),
         ("packed_p10", "  the same, 10th percentile of 1000 calls"),
+        ("packed_default", "  the same on JAX's default client (fast.SYNC_ONE = False)"),
+        ("packed_np", "  the same, inputs passed as a NumPy vector"),
         ("result", "emu.fast.Evaluator.result: the same, as a RunResult"),
     ):
         print(f"{label:58} {med('async', key):15.1f} {med('sync', key):9.1f}")

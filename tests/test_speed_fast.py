@@ -69,6 +69,50 @@ def test_packed_evaluator_equals_evaluate(nvl72):
     assert _close(np.asarray(sub()), [want.step_time_s, want.memory.total_bytes])
 
 
+def test_one_configuration_runs_synchronously_with_the_same_values(nvl72, monkeypatch):
+    """Under JAX's default asynchronous CPU dispatch, `Evaluator.__call__` runs on a
+    synchronous CPU client of its own: bit-identical values to the default client's
+    executable, whatever form the inputs take; where that client cannot be built (JAX's
+    internal API moved) it falls back to the default client."""
+    model = emu.load_model("llama3_8b")
+    p = emu.make_plan(tp=4, pp=2, dp=9, global_batch=144, seq_len=8192)
+    ev = fast.Evaluator(nvl72, model, p)
+    y = np.asarray(ev())
+    assert isinstance(ev._one_c, fast._SyncOne) == fast._async_cpu()
+    monkeypatch.setattr(fast, "SYNC_ONE", False)
+    plain = fast.Evaluator(nvl72, model, p)
+    np.testing.assert_array_equal(np.asarray(plain()), y)
+    assert not isinstance(plain._one_c, fast._SyncOne)
+    x = ev.pack(nvl72, model, p)
+    for form in (x, ev.device(x), jax.numpy.asarray(x)):
+        np.testing.assert_array_equal(np.asarray(ev(form)), y)
+    other = ev.pack(nvl72, model, emu.make_plan(tp=8, dp=9, global_batch=72, seq_len=4096))
+    np.testing.assert_array_equal(np.asarray(ev(ev.device(other))), np.asarray(plain(other)))
+    monkeypatch.setattr(fast, "SYNC_ONE", True)
+
+    def broken(*a, **k):
+        raise AttributeError("no such internal API")
+
+    monkeypatch.setattr(fast, "_SyncOne", broken)
+    fallback = fast.Evaluator(nvl72, model, p)
+    np.testing.assert_array_equal(np.asarray(fallback()), y)
+    assert fallback._x0d is not None  # the default client's executable and inputs
+
+
+def test_result_rebuilds_the_tree_jax_would(nvl72):
+    """`Evaluator.result` builds the RunResult without running the dataclasses' __init__:
+    the same classes, structure and leaves as `jax.tree_util.tree_unflatten`, and equal."""
+    model = emu.load_model("llama3_8b")
+    ev = fast.Evaluator(nvl72, model, emu.make_plan(tp=8, dp=9, global_batch=72, seq_len=4096))
+    got = ev.result()
+    want = jax.tree_util.tree_unflatten(ev._out_def, list(np.asarray(ev())))
+    assert type(got) is type(want) and got == want
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
+        assert type(a) is type(b) and a == b
+    assert got.replace(step_time_s=1.0).step_time_s == 1.0  # a dataclass like any other
+
+
 def test_packed_batch_equals_loop(nvl72):
     model = emu.load_model("llama3_8b")
     base = emu.make_plan(tp=1, dp=72, global_batch=576, seq_len=4096)
