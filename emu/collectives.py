@@ -33,12 +33,18 @@ top_k experts spread over the group; copies whose farthest crossed tier is k use
 
     copies_k = dedup (n_k - 1)(1 - (1 - 1/D_k)^K) + (1 - dedup) K (m_k - m_{k-1}) / n
     bw_k     = a2a_efficiency W_k / (1 + a2a_peer_penalty log2(peers_k))
-    x        = max_k copies_k T h b / bw_k  [+ K T h b / HBM for the combine's sum]
+    x        = max_k copies_k T max(h b / bw_k, (1 - dedup) tau_k')
+               [the combine: max(x, K T h b / HBM), the copies summed as they arrive]
     t        = (alpha^q + x^q)^(1/q),  q = 1 / (1 - a2a_latency_hiding)
 
 (D_k = n / m_{k-1} lower domains; dedup = 1: a token crosses a tier once per destination
 domain, DeepEP normal kernels; 0: one copy per expert, low-latency and one-sided kernels;
-alpha = `dispatch_latency_s` or `combine_latency_s` of the farthest spanned tier's link).
+alpha = `dispatch_latency_s` or `combine_latency_s` of the farthest spanned tier's link;
+tau_k' = `a2a_message_s` (1 + a2a_peer_penalty log2(peers_k)): a kernel that sends each
+token copy on its own is message-bound when a copy's h b bytes take less than tau on the
+link, i.e. its bandwidth is capped at h b / tau: CloudMatrix-Infer's decode dispatch
+moves half its combine's bytes in about the combine's time, CM Table 7, facts §26; with
+0 < dedup < 1 only the (1 - dedup) share sent per expert has the floor).
 The kernel's fixed cost (launch, flags, barriers) and its data movement overlap in part:
 a hiding of 0 adds them, towards 1 only the larger counts (one parameter shared by every
 link type; measured: TRT-LLM's one-sided dispatch on 8 GB200 takes 18.9, 31.7 and 311.8 us
@@ -302,15 +308,20 @@ def _fabrics(system: System, size, stride):
     return out
 
 
-def _a2a_time(fabrics, copies, peers):
+def _a2a_time(fabrics, copies, peers, single=None, messages=0.0):
     """(max_k copies_k / bw_k, copies at that k): seconds and copies per byte of one copy of
-    every token, over the fabrics of `_fabrics` (module doc)."""
+    every token, over the fabrics of `_fabrics` (module doc). Of each fabric's copies, those
+    in `single` are sent one token at a time, each taking at least `a2a_message_s`
+    (`messages`: tokens per byte of one copy)."""
     worst = jnp.zeros_like(copies[0])
     at = jnp.zeros_like(worst)
-    for (tier, nk, _), c, p in zip(fabrics, copies, peers, strict=True):
+    single = single if single is not None else [0.0] * len(copies)
+    for (tier, nk, _), c, c1, p in zip(fabrics, copies, single, peers, strict=True):
         bw = safe_div(tier.bytes_per_s * tier.a2a_efficiency, tier.oversubscription)
-        bw = safe_div(bw, 1.0 + tier.a2a_peer_penalty * jnp.log2(jnp.maximum(p, 1.0)))
-        load = _crosses(nk) * safe_div(c, bw)
+        floor = jnp.maximum(safe_div(1.0, bw), tier.a2a_message_s * messages)
+        per_copy = (c - c1) * safe_div(1.0, bw) + c1 * floor
+        penalty = 1.0 + tier.a2a_peer_penalty * jnp.log2(jnp.maximum(p, 1.0))
+        load = _crosses(nk) * per_copy * penalty
         at = jnp.where(load > worst, c, at)
         worst = jnp.maximum(worst, load)
     return worst, at
@@ -351,18 +362,24 @@ class AllToAll:
 
 
 def moe_all_to_all(
-    system: System, token_bytes, top_k, size, *, dedup=1.0, max_domains=0.0, combine=False
-) -> AllToAll:
+    system: System, token_bytes, top_k, size, *, dedup=1.0, max_domains=0.0, combine=False,
+    tokens=0.0,
+) -> AllToAll:  # fmt: skip
     """One MoE dispatch (or, with `combine`, combine) kernel in which each rank routes its
     tokens, `token_bytes` for one copy of all of them, to `top_k` experts spread uniformly
     over `size` ranks (module doc). `dedup` 1: one copy per destination domain, forwarded
-    inside it (DeepEP normal); 0: one copy per routed expert (low-latency, one-sided).
+    inside it (DeepEP normal); 0: one copy per routed expert (low-latency, one-sided), each
+    of the `tokens` copies sent on its own and taking at least the link's `a2a_message_s`
+    (0 tokens: no such floor).
     Node-limited routing (`max_domains` M > 0) caps the remote domains a token reaches
-    beyond the innermost tier at M (1 - 1/D). The combine adds its weighted sum of the top_k
-    returned copies, read from HBM at hbm_efficiency."""
+    beyond the innermost tier at M (1 - 1/D). The combine sums the top_k returned copies
+    (read from HBM at hbm_efficiency) as they arrive: it takes the longer of that sum and
+    the transfer (TensorRT-LLM's one-sided combine on 8 GB200 at 2,048 tokens per rank takes
+    323 us against its dispatch's 312 us, where a sum after the transfer would add ~35 us;
+    rows of the measurement set, which this structure was chosen by looking at)."""
     system = rank_system(system)
     fabrics = _fabrics(system, size, 1.0)
-    copies, peers, prev = [], [], jnp.ones_like(fabrics[0][2])
+    copies, single, peers, prev = [], [], [], jnp.ones_like(fabrics[0][2])
     for k, (_, nk, mk) in enumerate(fabrics):
         domains = safe_div(size, prev, 1.0)
         hit = 1.0 - safe_pow(jnp.clip(1.0 - safe_div(1.0, domains), 0.0, 1.0), top_k)
@@ -372,14 +389,17 @@ def moe_all_to_all(
             c_dedup = jnp.where(max_domains > 0, jnp.minimum(c_dedup, cap), c_dedup)
         c_all = top_k * safe_div(mk - prev, size)
         copies.append(dedup * c_dedup + (1.0 - dedup) * c_all)
+        single.append((1.0 - dedup) * c_all)
         peers.append(dedup * (nk - 1.0) + (1.0 - dedup) * (mk - prev))
         prev = mk
-    per_byte, at = _a2a_time(fabrics, copies, peers)
+    per_byte, at = _a2a_time(fabrics, copies, peers, single, safe_div(tokens, token_bytes))
     name = "combine_latency_s" if combine else "dispatch_latency_s"
     t = token_bytes * per_byte
-    if combine:
+    if combine:  # the K returned copies are summed as they arrive: the slower of the two
         chip = system.chip
-        t = t + safe_div(top_k * token_bytes, chip.hbm_bytes_per_s * chip.hbm_efficiency)
+        t = jnp.maximum(
+            t, safe_div(top_k * token_bytes, chip.hbm_bytes_per_s * chip.hbm_efficiency)
+        )
     t = overlapped_sum(_farthest(fabrics, name), t, _farthest(fabrics, "a2a_latency_hiding"))
     busy = jnp.max(jnp.stack([_crosses(f[1]) for f in fabrics]), axis=0)
     on = token_bytes > 0
@@ -389,12 +409,14 @@ def moe_all_to_all(
 
 
 def moe_all_to_all_time(
-    system: System, token_bytes, top_k, size, *, dedup=1.0, max_domains=0.0, combine=False
-):
+    system: System, token_bytes, top_k, size, *, dedup=1.0, max_domains=0.0, combine=False,
+    tokens=0.0,
+):  # fmt: skip
     """Seconds of one MoE dispatch (combine) kernel: `moe_all_to_all(...).time_s`."""
     return moe_all_to_all(
-        system, token_bytes, top_k, size, dedup=dedup, max_domains=max_domains, combine=combine
-    ).time_s
+        system, token_bytes, top_k, size, dedup=dedup, max_domains=max_domains, combine=combine,
+        tokens=tokens,
+    ).time_s  # fmt: skip
 
 
 def send_recv_time(system: System, nbytes, *, stride=1.0):

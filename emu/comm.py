@@ -156,6 +156,7 @@ def ep_layer_time(system: System, model: Model, plan: Plan, t):
             dedup=plan.moe_dedup,
             max_domains=model.route_max_nodes,
             combine=combine,
+            tokens=tm,
         )
 
     routed = tm * model.top_k * model.d_model

@@ -35,6 +35,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -79,60 +80,105 @@ ONE_COMPILE = {"xla_cpu_use_fusion_emitters": False}
 BATCH_COMPILE = {"xla_cpu_prefer_vector_width": 512}
 #: run `Evaluator.__call__` on a synchronous CPU client of its own when JAX's CPU dispatch is
 #: asynchronous (JAX's default): the default client hands every call to a worker thread and
-#: back, which cost more than the program itself (GPT-3 175B on 1,024 A100, 2 cores: ~24 us
-#: per call on the synchronous client against ~58 us on the default one, same values;
-#: `experiments/bench_eval.py --sections one`). False: always the default client.
+#: back, which cost more than the program itself (GPT-3 175B on 1,024 A100, 2 cores, session
+#: 17: 25-38 us per call on the synchronous client against 65-74 us on the default one in
+#: the same processes, identical values; `experiments/bench_eval.py --sections one`).
+#: False: always the default client.
 SYNC_ONE = True
 
 
 class _SyncOne:
     """The single-configuration executable on a synchronous PjRt CPU client (one per
-    process, `_sync_cpu_client`): `__call__(x)` runs it in the caller's thread.
+    process, `_sync_cpu_client`): `__call__(x)` runs it in the caller's thread and returns
+    a NumPy vector (an array of this private client would not mix with the default
+    client's arrays).
 
     JAX's CPU dispatch mode is one setting per process, read when its CPU client is made,
     and its default (asynchronous) suits sweeps, whose blocks overlap with the host's work;
     a caller evaluating one configuration at a time waits for each result, so the thread
-    hand-off is pure overhead. This uses JAX's internal client API (`jax._src`): where the
-    installed JAX lacks it, building this raises and `Evaluator` keeps the default client."""
+    hand-off is pure overhead. The executable bypasses JAX's compilation caches, so it is
+    kept on disk itself (`cache_dir("aot")`, keyed by the program's text, the options and
+    the JAX version; EMU_AOT=off: not kept), and a loaded one must run before it is used.
+    This uses JAX's internal client API (`jax._src`): where the installed JAX lacks it,
+    building this raises and `Evaluator` keeps the default client."""
 
     def __init__(self, lowered, x0: np.ndarray):
-        from jax._src import compiler, core
+        from jax._src import core
         from jax._src.lib import _jax
         from jax._src.lib import xla_client as xc
         from jax.sharding import SingleDeviceSharding
 
         client = _sync_cpu_client()
         self._dev = client.local_devices()[0]
-        opts = compiler.get_compile_options(
-            num_replicas=1, num_partitions=1, env_options_overrides=dict(ONE_COMPILE)
-        )
-        self._exe = client.compile_and_load(lowered.as_text(), xc.DeviceList((self._dev,)), opts)
         self.sharding = SingleDeviceSharding(self._dev)
         self._aval = core.ShapedArray(np.shape(x0), np.dtype(np.float32))
         self._put = _jax.batched_device_put
         self.x0 = self.put(x0)
+        devices = xc.DeviceList((self._dev,))
+        text = lowered.as_text()
+        key = hashlib.sha256(
+            f"{text}|{sorted(ONE_COMPILE.items())}|{jax.__version__}".encode()
+        ).hexdigest()[:32]
+        path = cache_dir("aot") / f"sync-one-{key}.bin"
+        keep = aot_mode() != "off"
+        self._exe = None
+        if keep and path.exists():
+            try:
+                exe = client.deserialize_executable(path.read_bytes(), devices, _one_options())
+                exe.execute([self.x0])  # a file without its code fails here, not later
+                self._exe = exe
+            except Exception:  # noqa: BLE001  (stale or foreign file: compile it again)
+                self._exe = None
+        if self._exe is None:
+            self._exe = _compile_sync(client, text, devices)
+            if keep:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with atomic_write(path) as fh:
+                        fh.write(client.serialize_executable(self._exe))
+                except Exception:  # noqa: BLE001  (read-only cache: compile next time)
+                    pass
 
     def put(self, x) -> jax.Array:
         """`x` (any float32 vector of the packed length) as an array of this client."""
         return self._put(self._aval, self.sharding, [np.asarray(x, np.float32)], [self._dev])
 
-    def __call__(self, x=None) -> jax.Array:
+    def __call__(self, x=None) -> np.ndarray:
         if x is None:
             x = self.x0
         elif getattr(x, "sharding", None) is not self.sharding:
             x = self.put(x)
-        return self._exe.execute([x])[0]
+        return np.asarray(self._exe.execute([x])[0])
+
+
+def _one_options(options: dict | None = None):
+    from jax._src import compiler
+
+    opts = ONE_COMPILE if options is None else options
+    return compiler.get_compile_options(
+        num_replicas=1, num_partitions=1, env_options_overrides=dict(opts)
+    )
+
+
+def _compile_sync(client, text: str, devices):
+    """`client.compile_and_load` with ONE_COMPILE, dropping any option the installed XLA
+    does not know (as `compile_with`)."""
+    return _known_options(
+        lambda opts: client.compile_and_load(text, devices, _one_options(opts)), ONE_COMPILE
+    )
 
 
 _SYNC_CLIENT: list = []
+_SYNC_LOCK = threading.Lock()
 
 
 def _sync_cpu_client():
     """A synchronous PjRt CPU client, made once per process (~1 ms)."""
-    if not _SYNC_CLIENT:
-        from jax._src.lib import xla_client as xc
+    with _SYNC_LOCK:
+        if not _SYNC_CLIENT:
+            from jax._src.lib import xla_client as xc
 
-        _SYNC_CLIENT.append(xc.make_cpu_client(asynchronous=False))
+            _SYNC_CLIENT.append(xc.make_cpu_client(asynchronous=False))
     return _SYNC_CLIENT[0]
 
 
@@ -150,10 +196,15 @@ def compile_with(lowered, options: dict):
     """`lowered.compile(compiler_options=options)`, dropping any option the installed XLA
     does not know (an older or newer jaxlib may lack one: the program is the same, only its
     speed differs)."""
+    return _known_options(lambda opts: lowered.compile(compiler_options=opts), options)
+
+
+def _known_options(compile_fn: Callable, options: dict):
+    """`compile_fn(options)`, retried without each option XLA says it does not know."""
     opts = dict(options)
     while True:
         try:
-            return lowered.compile(compiler_options=opts)
+            return compile_fn(opts)
         except Exception as e:  # noqa: BLE001  (XLA raises its own runtime error type)
             msg = str(e)
             unknown = [k for k in opts if k in msg] if "No such compile option" in msg else []
@@ -253,7 +304,8 @@ class Evaluator:
 
     def __call__(self, x=None) -> jax.Array:
         """The `outputs` of packed inputs `x` (default: the construction's) as one float32
-        vector (a device array; `np.asarray` it, or index it). The compiled executable is
+        vector: a NumPy array on emu's synchronous CPU client (below), else a device array
+        (`np.asarray` it, or index it). The compiled executable is
         called directly: no pytree flattening, no jit cache lookup (~10 us less than a
         jitted call on CPU), compiled with ONE_COMPILE. On the CPU under JAX's default
         asynchronous dispatch it runs on a synchronous CPU client of its own (`SYNC_ONE`,
@@ -267,7 +319,8 @@ class Evaluator:
 
     def device(self, x) -> jax.Array:
         """Packed inputs `x` (`pack`) as an array of the device `__call__` runs on: passing
-        it saves the transfer of the inputs on every call."""
+        it saves the transfer of the inputs on every call. On emu's synchronous CPU client
+        the array belongs to that client: pass it to this Evaluator's calls only."""
         if self._one_c is None:
             self._compile_one()
         if isinstance(self._one_c, _SyncOne):
@@ -298,7 +351,7 @@ class Evaluator:
         # depends on constants alone (most of the system and model) and never builds a
         # [block, inputs] array (a scatter into x0 did: ~0.5 KB per row written and read)
         o, pos = self._offsets, {int(k): j for j, k in enumerate(self._vary_idx)}
-        leaves = [v[pos[o[i]]] if o[i] in pos and not s
+        leaves = [v[pos[o[i]]].reshape(s) if o[i] in pos
                   else jnp.asarray(self.x0[o[i] : o[i + 1]].reshape(s), jnp.float32)
                   for i, s in enumerate(self._shapes)]  # fmt: skip
         inputs = jax.tree_util.tree_unflatten(self._in_def, leaves)
@@ -334,7 +387,8 @@ class Evaluator:
         """`outputs` [n, len(outputs)] of n rows of `vary` values [n, len(vary)], in blocks
         of `block` rows (compiled once; the last block is padded). The array is
         column-major (each output's values contiguous: copying the blocks' outputs into
-        rows of a row-major array, strided, took ~40% of a full result's time)."""
+        rows of a row-major array, strided, took ~40% of a full result's time);
+        `np.ascontiguousarray` it where row-major memory is needed."""
         values = np.asarray(values, np.float32).reshape(-1, len(self.vary))
         n = len(values)
         out = np.empty((len(self.outputs), n), np.float32)
@@ -358,9 +412,10 @@ def _rebuilder(shape, treedef) -> Callable[[list], object]:
     """A function of the leaves of `shape` (a tree of dataclasses, as `jax.eval_shape`
     gives) that rebuilds the tree: `jax.tree_util.tree_unflatten(treedef, leaves)`, but
     without running each class's `__init__` (a frozen dataclass sets every field through
-    `object.__setattr__`: ~15 us for a RunResult's 52 leaves, more than evaluating it). Each
-    node gets its fields from `shape`'s node (the static ones) and the leaves; a tree with
-    any node that is not a dataclass whose children are its fields is unflattened by JAX."""
+    `object.__setattr__`: 15-17 us for a RunResult's 52 leaves in a scratch timing, against
+    ~24 us for evaluating it). Each node gets its fields from `shape`'s node (the static
+    ones) and the leaves; a tree with any node that is not a dataclass whose children are
+    its fields, or whose fields do not take every leaf, is unflattened by JAX."""
     import dataclasses
 
     paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(shape)[0]]
@@ -391,9 +446,15 @@ def _rebuilder(shape, treedef) -> Callable[[list], object]:
             d[name] = build(q, leaves)
         return obj
 
+    def used(p):
+        _, _, leaf, sub = p
+        return [i for _, i in leaf] + [i for _, q in sub for i in used(q)]
+
     try:
         root = plan(shape, ())
     except TypeError:
+        root = None
+    if root is None or sorted(used(root)) != list(range(len(paths))):
         return lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves)
     return lambda leaves: build(root, leaves)
 

@@ -131,7 +131,15 @@ class Tier:
     a2a_peer_penalty: Array = field(
         "[0, 10]",
         default_factory=_f32(0.05),
-        help="all-to-all bandwidth falls as 1 / (1 + penalty log2(peers)): fewer bytes per peer",
+        help="all-to-all bandwidth falls as 1 / (1 + penalty log2(peers)): fewer bytes per peer "
+        "(the per-copy message floor rises by the same factor)",
+    )
+    a2a_message_s: Array = field(
+        "[0, 1e-3]",
+        default_factory=_f32(0.0),
+        unit="s",
+        help="least time per token copy of a kernel that sends each copy on its own "
+        "(low-latency, one-sided): a message-rate floor under bytes / bandwidth",
     )
     dispatch_latency_s: Array = field(
         "[0, 1e-2]",

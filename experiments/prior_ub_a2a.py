@@ -12,7 +12,9 @@ kernels with 128 tokens per rank (DeepSeek-R1: hidden 7,168, top-8, INT8 dispatc
 combine) take 116/131/133/141/152/152 us to dispatch at EP 8/16/32/64/128/256 and combine at
 131/117/105/103/103/103 GB/s per rank (T K b / time). With every other UB parameter at its
 prior (a2a_efficiency, a2a_peer_penalty, a2a_latency_hiding), the script finds the fixed cost
-alpha of each kernel whose modelled times match the table best (least squares in log time
+alpha of each kernel whose modelled times match the table best (the kernels are called
+without a token count, so session 17's per-copy floor `a2a_message_s` stays off, as in
+session 11's model) (least squares in log time
 over the six group sizes, a grid of 1 us steps) and prints the table beside the model
 (printed in session 11: 125 us dispatch, 61 us combine, against the shipped priors' 20 us;
 the model is flatter in EP than the table, within 13% of it).

@@ -256,7 +256,8 @@ def test_one_sided_all_to_all_on_nvlink5(network_fit):
         t = collectives.moe_all_to_all_time(nvl, f32(2048 * 14336), 8.0, f32(ep), dedup=0.0)
         got.append(2048 * 8 * 14336 / float(t) / 1e9)
     assert got[0] == pytest.approx(753, rel=0.15) and got[1] == pytest.approx(588, rel=0.15)
-    # the combine also sums the K returned copies: slower than the dispatch of the same bytes
+    # the combine's fixed cost (it also sums the K returned copies, as they arrive) makes it
+    # slower than the dispatch of the same bytes
     d = collectives.moe_all_to_all_time(nvl, f32(2048 * 14336), 8.0, f32(8), dedup=0.0)
     c = collectives.moe_all_to_all_time(
         nvl, f32(2048 * 14336), 8.0, f32(8), dedup=0.0, combine=True
@@ -277,6 +278,54 @@ def test_dedup_sends_fewer_copies_and_grows_with_tokens(network_fit):
     assert ts[0] < ts[1] < ts[2]
 
 
+def test_per_copy_message_floor(network_fit):
+    """`a2a_message_s`: a kernel that sends each token copy on its own (dedup 0) takes at
+    least that long per copy, so below h b / tau its time no longer falls with the bytes
+    (CloudMatrix-Infer's decode dispatch moves half the combine's bytes in about the
+    combine's time, facts §26); deduplicated kernels and calls without a token count are
+    unaffected; its gradient is finite and matches finite differences."""
+
+    def with_floor(s, tau):
+        tiers = tuple(
+            replace(t, a2a_message_s=jnp.asarray(tau, jnp.asarray(t.a2a_message_s).dtype))
+            if t.link == "ub"
+            else t
+            for t in s.tiers
+        )
+        return replace(s, tiers=tiers)
+
+    cm = network_fit["cloudmatrix384"]
+    floor, none = with_floor(cm, 1e-7), with_floor(cm, 0.0)
+
+    def t(s, b, dedup=0.0, tokens=128.0):
+        return float(
+            collectives.moe_all_to_all_time(s, f32(128 * b), 8.0, f32(8), dedup=dedup,
+                                            tokens=f32(tokens))
+        )  # fmt: skip
+
+    assert t(floor, 3586) == pytest.approx(t(floor, 7172), rel=1e-6)  # message-bound
+    assert t(none, 7172) - t(none, 3586) > 1e-5  # without the floor the bytes matter
+    assert t(floor, 7172) > 1.3 * t(none, 7172)
+    # large copies are bandwidth-bound either way; dedup and a missing token count: no floor
+    assert t(floor, 4 * 14336) == pytest.approx(t(none, 4 * 14336), rel=1e-6)
+    assert t(floor, 7172, dedup=1.0) == pytest.approx(t(none, 7172, dedup=1.0), rel=1e-6)
+    assert t(floor, 7172, tokens=0.0) == pytest.approx(t(none, 7172), rel=1e-6)
+    with jax.enable_x64(True):
+        s64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), floor)
+
+        def logt(tau):
+            return jnp.log(
+                collectives.moe_all_to_all_time(with_floor(s64, tau), 128.0 * 7172, 8.0, 8.0,
+                                                dedup=0.0, tokens=128.0)
+            )  # fmt: skip
+
+        tau, h = 1e-7, 1e-5
+        analytic = float(jax.grad(logt)(jnp.float64(tau))) * tau
+        fd = (float(logt(tau * np.exp(h))) - float(logt(tau * np.exp(-h)))) / (2 * h)
+        assert np.isfinite(analytic) and analytic > 0.1
+        assert analytic == pytest.approx(fd, rel=1e-3)
+
+
 _NEW_LINK_FIELDS = (
     "efficiency", "latency_s", "base_latency_s", "ring_channels", "nvls_latency_s",
     "a2a_efficiency", "a2a_peer_penalty", "dispatch_latency_s", "combine_latency_s",
@@ -286,7 +335,8 @@ _NEW_LINK_FIELDS = (
 
 def test_gradients_of_the_link_parameters_match_finite_differences(network_fit):
     """d log t / d log p of every per-link collective parameter, jax.grad against central
-    finite differences in log space (float64), on cases where each parameter matters."""
+    finite differences in log space (float64), on cases where each parameter matters
+    (`a2a_message_s`, 0 in these systems, in `test_per_copy_message_floor`)."""
     f64 = lambda tree: jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), tree)  # noqa: E731
     cases = [
         # (system, function of the system, tier index, fields that matter there); nested

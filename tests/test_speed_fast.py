@@ -99,6 +99,34 @@ def test_one_configuration_runs_synchronously_with_the_same_values(nvl72, monkey
     assert fallback._x0d is not None  # the default client's executable and inputs
 
 
+def test_one_configuration_executable_is_kept_on_disk(nvl72, monkeypatch, tmp_path):
+    """The synchronous client's executable bypasses JAX's compilation caches, so emu keeps
+    it on disk: a second Evaluator of the same program loads it (no compilation) and gets
+    the same values; a corrupt file is compiled again and rewritten, not trusted."""
+    if not fast._async_cpu():
+        pytest.skip("synchronous CPU dispatch (or no CPU backend): JAX's own client is used")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model = emu.load_model("llama3_8b")
+    p = emu.make_plan(tp=8, dp=9, global_batch=72, seq_len=4096)
+    y = np.asarray(fast.Evaluator(nvl72, model, p)())
+    files = list((tmp_path / "emu" / "aot").glob("sync-one-*.bin"))
+    assert len(files) == 1 and files[0].stat().st_size > 1000
+    compile_sync = fast._compile_sync
+
+    def no_compile(*a, **k):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(fast, "_compile_sync", no_compile)
+    loaded = fast.Evaluator(nvl72, model, p)
+    np.testing.assert_array_equal(np.asarray(loaded()), y)
+    assert isinstance(loaded._one_c, fast._SyncOne)  # (a failed load would have fallen back)
+    files[0].write_bytes(b"not an executable")
+    monkeypatch.setattr(fast, "_compile_sync", compile_sync)
+    again = fast.Evaluator(nvl72, model, p)
+    np.testing.assert_array_equal(np.asarray(again()), y)
+    assert isinstance(again._one_c, fast._SyncOne) and files[0].stat().st_size > 1000
+
+
 def test_result_rebuilds_the_tree_jax_would(nvl72):
     """`Evaluator.result` builds the RunResult without running the dataclasses' __init__:
     the same classes, structure and leaves as `jax.tree_util.tree_unflatten`, and equal."""

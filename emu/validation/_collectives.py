@@ -50,7 +50,7 @@ TOKEN_BYTES = {
     "fp4": MOE_HIDDEN / 2 + MOE_HIDDEN / 16,
 }
 #: an all-to-all's combine is a weighted sum of the top-k copies read from HBM; emu's
-#: `moe_all_to_all_time(combine=True)` charges it
+#: `moe_all_to_all_time(combine=True)` overlaps it with the transfer (the longer of the two)
 
 
 def message_bytes(row: dict) -> float:
@@ -170,6 +170,7 @@ def predict_moe_comm(row: dict, system, setup: dict | None = None):
         dedup=s["dedup"],
         max_domains=s["max_domains"],
         combine=s["combine"],
+        tokens=jnp.float32(s["tokens"]),
     )
     if s["convention"] == "latency":
         return a2a.time_s * 1e6
