@@ -302,7 +302,7 @@ class Evaluator:
     def _flat(self, x):
         return jnp.stack(self._outputs(_evaluate(*self._unpack(x))))
 
-    def __call__(self, x=None) -> jax.Array:
+    def __call__(self, x=None) -> np.ndarray | jax.Array:
         """The `outputs` of packed inputs `x` (default: the construction's) as one float32
         vector: a NumPy array on emu's synchronous CPU client (below), else a device array
         (`np.asarray` it, or index it). The compiled executable is
@@ -419,8 +419,6 @@ def _rebuilder(shape, treedef) -> Callable[[list], object]:
     import dataclasses
 
     paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(shape)[0]]
-    if not all(isinstance(k, jax.tree_util.GetAttrKey) for p in paths for k in p):
-        return lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves)
 
     def plan(node, prefix):
         if not (dataclasses.is_dataclass(node) and hasattr(node, "__dict__")):
@@ -452,7 +450,7 @@ def _rebuilder(shape, treedef) -> Callable[[list], object]:
 
     try:
         root = plan(shape, ())
-    except TypeError:
+    except TypeError:  # a node that is not a dataclass
         root = None
     if root is None or sorted(used(root)) != list(range(len(paths))):
         return lambda leaves: jax.tree_util.tree_unflatten(treedef, leaves)
