@@ -141,7 +141,13 @@ class _SyncOne:
 
     def put(self, x) -> jax.Array:
         """`x` (any float32 vector of the packed length) as an array of this client."""
-        return self._put(self._aval, self.sharding, [np.asarray(x, np.float32)], [self._dev])
+        a = np.asarray(x, np.float32)
+        if a.shape != self._aval.shape:
+            raise ValueError(
+                f"Evaluator: packed inputs of shape {a.shape}, this Evaluator takes "
+                f"{self._aval.shape}; build them with ev.pack(system, model, plan)."
+            )
+        return self._put(self._aval, self.sharding, [a], [self._dev])
 
     def __call__(self, x=None) -> np.ndarray:
         if x is None:
