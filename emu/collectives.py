@@ -17,14 +17,20 @@ ring with an optimally chunked pipeline (fidelity DESIGN §3c):
                                                    for an in-switch all-reduce, NVLS)
     L   = passes sum_k (n/m_{k-1} - n/m_k) lam_k   the ring's hops, each at its tier's
                                                    latency (NVLS inside one domain: lam_nvls)
-    t   = base + (sqrt(x / B) + sqrt(L))^2         base = max base_latency_s over spanned tiers
+    t   = base + x / B + L + 2 c sqrt(x L / B)     base = max base_latency_s over spanned tiers,
+                                                   c = ring_chunking of the farthest spanned
 
-with W_k = bytes_per_s efficiency / oversubscription (per rank, one direction). The last
-line is the optimum of a pipeline of k chunks over p stages, (k + p - 1)(S/(kB) + lam):
-busbw rises with size as 1 - O(S^-1/2), as every measured curve does (facts §27: Azure
-4-GPU 80 -> 680 GB/s from 1 MB to 8 GB; CoreWeave 1,440 GPUs 151 -> 406 GB/s). Parameters:
-per link type (`Tier` fields `efficiency`, `latency_s`, `base_latency_s`, `ring_channels`,
-`nvls_latency_s`; `allreduce_speedup` is the tier's s_nvls), fitted by `emu calibrate`
+with W_k = bytes_per_s efficiency / oversubscription (per rank, one direction). With c = 1
+the last line is the optimum of a pipeline of k chunks over p stages, (k + p - 1)(S/(kB) +
+lam) = (sqrt(x / B) + sqrt(L))^2: busbw rises with size as 1 - O(S^-1/2), as every
+measured curve does (facts §27: Azure 4-GPU 80 -> 680 GB/s from 1 MB to 8 GB; CoreWeave
+1,440 GPUs 151 -> 406 GB/s); c = 0 is the alpha-beta bound x / B + L, which no chunking
+reaches. A library's fixed chunk sizes and its channels' parallel pipelines put it between
+the two (OCI's 2-rack GB200 all-reduce at 16-512 MB lies there), so c is fitted per link
+type, that of the farthest tier the ring spans. Parameters:
+per link type (`Tier` fields `efficiency`, `latency_s`, `ring_chunking`, `base_latency_s`,
+`ring_channels`, `nvls_latency_s`; `allreduce_speedup` is the tier's s_nvls), fitted by
+`emu calibrate`
 from priors that are assumptions or NCCL planning constants, not fits to the rows
 (configs/calibration/defaults.toml).
 
@@ -175,17 +181,18 @@ def _mesh_share(tier, nk, inner_domain):
 
 
 def ring_bandwidth(system: System, size, *, stride=1.0, nvls=False, channels=True):
-    """(inverse bandwidth 1/B in s/byte, ring latency L in s per pass, base latency in s) of a
-    ring over a group of `size` ranks `stride` apart on the rank view of `system` (module
-    doc): B the slowest spanned tier's W_k min(m_{k-1}, C_k) (one channel when not
-    `channels`; the mesh share on mesh tiers; x allreduce_speedup on the innermost spanned
-    tier when `nvls`), L the ring's hops per pass at their tiers' latency (the tier's
-    nvls_latency_s when `nvls` and the group lies inside one domain of an in-switch tier),
-    base the largest base_latency_s of the spanned tiers."""
+    """(inverse bandwidth 1/B in s/byte, ring latency L in s per pass, base latency in s, whether
+    the group is one in-switch (NVLS) domain, its NVLS latency, and c the farthest spanned
+    tier's `ring_chunking`) of a ring over a group of `size` ranks `stride` apart on the
+    rank view of `system` (module doc): B the slowest spanned tier's W_k min(m_{k-1}, C_k)
+    (one channel when not `channels`; the mesh share on mesh tiers; x allreduce_speedup on
+    the innermost spanned tier when `nvls`), L the ring's hops per pass at their tiers'
+    latency (the tier's nvls_latency_s when `nvls` and the group lies inside one domain of
+    an in-switch tier), base the largest base_latency_s of the spanned tiers."""
     system = rank_system(system)
     n, m = members(system.tiers, size, stride)
     zero = jnp.zeros_like(jnp.asarray(size))
-    inv_bw, hops, base, lam_nvls, w_nvls = zero, zero, zero, zero, zero
+    inv_bw, hops, base, lam_nvls, w_nvls, chunk = zero, zero, zero, zero, zero, zero
     prev_m, inner_domain, inner_free = jnp.ones_like(zero), 1.0, jnp.ones_like(zero)
     spans = [_crosses(nk) for nk in n]
     outer_free = [jnp.ones_like(zero)]  # prod_{j>k} (1 - s_j), built outermost first
@@ -206,17 +213,18 @@ def ring_bandwidth(system: System, size, *, stride=1.0, nvls=False, channels=Tru
         inv_bw = jnp.maximum(inv_bw, s * safe_div(1.0, w))
         hops = hops + (safe_div(size, prev_m) - safe_div(size, mk)) * tier.latency_s
         base = jnp.maximum(base, s * tier.base_latency_s)
+        chunk = chunk + s * outer_free[k] * tier.ring_chunking  # the farthest spanned tier's
         prev_m, inner_domain, inner_free = mk, tier.domain_chips, inner_free * (1.0 - s)
-    return inv_bw, hops, base, w_nvls, lam_nvls
+    return inv_bw, hops, base, w_nvls, lam_nvls, chunk
 
 
 def _ring_time(system, nbytes, size, stride, *, passes, nvls, channels):
-    inv_bw, hops, base, w_nvls, lam_nvls = ring_bandwidth(
+    inv_bw, hops, base, w_nvls, lam_nvls, chunk = ring_bandwidth(
         system, size, stride=stride, nvls=nvls, channels=channels
     )
     lat = (1.0 - w_nvls) * passes * hops + lam_nvls
     a = passes * safe_div(size - 1.0, size) * nbytes * inv_bw
-    t = base + a + lat + 2.0 * _sqrt(a * lat)
+    t = base + a + lat + 2.0 * chunk * _sqrt(a * lat)
     return jnp.where(nbytes > 0, t, 0.0)
 
 

@@ -117,6 +117,13 @@ class Tier:
         help="ring channels that cross into a domain of this tier at once, each on its own "
         "port (NCCL channels over the NICs of a node)",
     )
+    ring_chunking: Array = field(
+        "[0, 1]",
+        default_factory=_f32(1.0),
+        help="share of an optimally chunked pipeline's overhead a ring pays when this is "
+        "the farthest tier it spans: 1 = (sqrt(x/B) + sqrt(L))^2, 0 = x/B + L "
+        "(emu.collectives)",
+    )
     nvls_latency_s: Array = field(
         "[0, 1e-2]",
         default_factory=_f32(6.3e-6),

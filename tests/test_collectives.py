@@ -1,3 +1,5 @@
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -326,10 +328,36 @@ def test_per_copy_message_floor(network_fit):
         assert analytic == pytest.approx(fd, rel=1e-3)
 
 
+def test_ring_chunking_spans_the_alpha_beta_bound_to_the_optimal_pipeline(network_fit):
+    """`ring_chunking` c of the farthest spanned tier: t = base + x/B + L + 2 c sqrt(x L / B);
+    c = 0 is the alpha-beta bound, c = 1 the optimally chunked pipeline, time rising with c
+    in between; the inner tier's c does not matter once the ring crosses the outer one."""
+    gb = network_fit["gb200_nvl72"]
+
+    def with_c(s, k, c):
+        t = replace(s.tiers[k], ring_chunking=f32(c))
+        return replace(s, tiers=s.tiers[:k] + (t,) + s.tiers[k + 1 :])
+
+    def t(s, size=128.0, nbytes=2.0**26):
+        return float(collectives.all_reduce_time(s, f32(nbytes), f32(size), algorithm="ring"))
+
+    inv_bw, hops, base, *_ = collectives.ring_bandwidth(gb, f32(128.0))
+    x, lat = 2 * 127 / 128 * 2.0**26 * float(inv_bw), 2 * float(hops)
+    assert t(with_c(gb, 1, 0.0)) == pytest.approx(float(base) + x + lat, rel=1e-5)
+    assert t(with_c(gb, 1, 1.0)) == pytest.approx(
+        float(base) + (math.sqrt(x) + math.sqrt(lat)) ** 2, rel=1e-5
+    )
+    times = [t(with_c(gb, 1, c)) for c in (0.0, 0.25, 0.5, 1.0)]
+    assert all(a < b for a, b in zip(times, times[1:], strict=False))
+    # 128 ranks cross the NVLink domain: the NVLink tier's c plays no part; 4 ranks do not
+    assert t(with_c(gb, 0, 0.0)) == pytest.approx(t(with_c(gb, 0, 1.0)), rel=1e-6)
+    assert t(with_c(gb, 0, 0.0), size=4.0) < t(with_c(gb, 0, 1.0), size=4.0)
+
+
 _NEW_LINK_FIELDS = (
-    "efficiency", "latency_s", "base_latency_s", "ring_channels", "nvls_latency_s",
-    "a2a_efficiency", "a2a_peer_penalty", "dispatch_latency_s", "combine_latency_s",
-    "a2a_latency_hiding",
+    "efficiency", "latency_s", "ring_chunking", "base_latency_s", "ring_channels",
+    "nvls_latency_s", "a2a_efficiency", "a2a_peer_penalty", "dispatch_latency_s",
+    "combine_latency_s", "a2a_latency_hiding",
 )  # fmt: skip
 
 
@@ -342,7 +370,7 @@ def test_gradients_of_the_link_parameters_match_finite_differences(network_fit):
         # (system, function of the system, tier index, fields that matter there); nested
         # tiers of one link type act as one fabric with the inner tier's parameters
         ("gb200_nvl72", lambda s: collectives.all_reduce_time(s, 2.0**28, 128.0, algorithm="ring"),
-         1, ("efficiency", "latency_s", "ring_channels")),
+         1, ("efficiency", "latency_s", "ring_channels", "ring_chunking")),
         ("gb200_nvl72", lambda s: collectives.all_reduce_time(s, 2.0**24, 4.0, algorithm="ring"),
          0, ("efficiency", "latency_s", "base_latency_s")),
         ("dgx_h100", lambda s: collectives.all_reduce_time(s, 2.0**22, 8.0),

@@ -34,13 +34,14 @@ LOWP = ("fp8", "int8", "fp4")
 #: fitted per chip family (the matmul efficiency curve and the per-kernel fixed cost; also
 #: `grouped_matmul_efficiency` for families with MoE rows, `parameter_spec`)
 FAMILY_FIELDS = ("matmul_efficiency", "matmul_half_dim", "kernel_overhead_s")
-#: fitted per link type (emu.collectives: ring efficiency and per-hop latency; MoE
+#: fitted per link type (emu.collectives: ring efficiency, per-hop latency and chunking; MoE
 #: dispatch/combine kernels' bandwidth fraction, peer penalty, per-copy message floor and
 #: fixed costs), where the calibration defaults define them; fractions in logit, the rest
 #: in log coordinates
 LINK_FIELDS = (
     ("efficiency", "logit"),
     ("latency_s", "log"),
+    ("ring_chunking", "logit"),
     ("a2a_efficiency", "logit"),
     ("a2a_peer_penalty", "log"),
     ("a2a_message_s", "log"),
