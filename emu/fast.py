@@ -62,9 +62,16 @@ __all__ = [
 ]
 
 #: rows per compiled batch call: large enough to amortise the per-call and per-fusion
-#: overhead of XLA's CPU runtime, small enough that the intermediates stay in the caches
-#: (measured on 2 cores: 16384 beats 4096 by ~2x and 65536 by ~2x for the full result)
-BLOCK = 16384
+#: overhead of XLA's CPU runtime and for XLA to split each fusion's loop over the cores
+#: (it splits only loops its cost model deems large enough). Measured on 2 cores, session
+#: 18 (a scratch script, Llama 3 70B plans on 144 GB200): step time alone 2.0e7 / 2.3e7 /
+#: 3.4e7 / 3.0e7 configurations/s at 4,096 / 16,384 / 65,536 / 262,144 rows, the full
+#: result 3.5e6 / 5.3e6 / 5.5-5.7e6 / 4.8e6 (before system and model were folded in,
+#: session 12, 65,536 had been ~2x slower than 16,384 for the full result). In
+#: `bench_eval.py --sections batch` beside 16,384: step time 2.75-2.95e7 -> 3.35-3.36e7/s,
+#: the full result and the merge within their noise. Sweeps keep their own
+#: (`emu.search._evaluate.BLOCK`: 65,536 was no faster there, and its peak memory higher)
+BLOCK = 65536
 #: up to this many outputs, `Evaluator.batch` compiles one program per output
 SPLIT = 4
 #: XLA options of the single-configuration executable (`Evaluator.__call__`): with XLA's
