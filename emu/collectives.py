@@ -6,7 +6,8 @@ n_k participants at tier k and m_k = n_0 ... n_k members inside one tier-k domai
 (`topology.members`). Zero bytes or a group of one cost nothing.
 
 Ring collectives (reduce-scatter, all-gather: `passes` = 1; all-reduce: 2), an NCCL-like
-ring with an optimally chunked pipeline (fidelity DESIGN §3c):
+ring whose chunked pipeline pays a share c of an optimal pipeline's overhead (fidelity
+DESIGN §3c; the in-switch NVLS all-reduce inside one domain takes the same form):
 
     x   = passes (n - 1)/n S                       busbw-normalised bytes (S the buffer)
     B_k = W_k min(m_{k-1}, C_k) [x (n_k - 1)/(D_k - 1) on a mesh tier]
@@ -18,7 +19,8 @@ ring with an optimally chunked pipeline (fidelity DESIGN §3c):
     L   = passes sum_k (n/m_{k-1} - n/m_k) lam_k   the ring's hops, each at its tier's
                                                    latency (NVLS inside one domain: lam_nvls)
     t   = base + x / B + L + 2 c sqrt(x L / B)     base = max base_latency_s over spanned tiers,
-                                                   c = ring_chunking of the farthest spanned
+                                                   c = ring_chunking of the farthest
+                                                   spanned tier
 
 with W_k = bytes_per_s efficiency / oversubscription (per rank, one direction). With c = 1
 the last line is the optimum of a pipeline of k chunks over p stages, (k + p - 1)(S/(kB) +
@@ -27,11 +29,10 @@ measured curve does (facts §27: Azure 4-GPU 80 -> 680 GB/s from 1 MB to 8 GB; C
 1,440 GPUs 151 -> 406 GB/s); c = 0 is the alpha-beta bound x / B + L, which no chunking
 reaches. A library's fixed chunk sizes and its channels' parallel pipelines put it between
 the two (OCI's 2-rack GB200 all-reduce at 16-512 MB lies there), so c is fitted per link
-type, that of the farthest tier the ring spans. Parameters:
-per link type (`Tier` fields `efficiency`, `latency_s`, `ring_chunking`, `base_latency_s`,
-`ring_channels`, `nvls_latency_s`; `allreduce_speedup` is the tier's s_nvls), fitted by
-`emu calibrate`
-from priors that are assumptions or NCCL planning constants, not fits to the rows
+type, that of the farthest tier the ring spans. Parameters: per link type (`Tier` fields
+`efficiency`, `latency_s`, `ring_chunking`, `base_latency_s`, `ring_channels`,
+`nvls_latency_s`; `allreduce_speedup` is the tier's s_nvls), fitted by `emu calibrate` from
+priors that are assumptions or NCCL planning constants, not fits to the rows
 (configs/calibration/defaults.toml).
 
 MoE dispatch and combine (`moe_all_to_all_time`): each rank sends T tokens of h b bytes to
@@ -67,7 +68,7 @@ assumed priors.
 >>> sys = example_system()
 >>> t = all_reduce_time(sys, jnp.float32(8e9), jnp.float32(8), algorithm="ring")
 >>> round(8e9 / float(t) * 2 * 7 / 8 / 1e9)   # ring busbw of 8 H100s, GB/s (NCCL-212: ~370)
-364
+370
 >>> float(all_reduce_time(sys, jnp.float32(1e9), jnp.float32(1)))
 0.0
 """

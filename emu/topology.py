@@ -119,10 +119,10 @@ class Tier:
     )
     ring_chunking: Array = field(
         "[0, 1]",
-        default_factory=_f32(1.0),
-        help="share of an optimally chunked pipeline's overhead a ring pays when this is "
-        "the farthest tier it spans: 1 = (sqrt(x/B) + sqrt(L))^2, 0 = x/B + L "
-        "(emu.collectives)",
+        default_factory=_f32(0.5),
+        help="share of an optimally chunked pipeline's overhead a ring (or an in-switch "
+        "all-reduce) pays when this is the farthest tier it spans: 1 = (sqrt(x/B) + "
+        "sqrt(L))^2, 0 = x/B + L (emu.collectives); 0.5, the calibration's prior, when left out",
     )
     nvls_latency_s: Array = field(
         "[0, 1e-2]",

@@ -71,6 +71,7 @@ TIER_FIELDS = {
     "efficiency": (None, "link efficiency†"),
     "latency_s": (None, "step latency†"),
     "base_latency_s": (None, "call latency†"),
+    "ring_chunking": (None, "ring chunking†"),
     "oversubscription": (None, "oversubscription"),
     "allreduce_speedup": (None, "in-switch all-reduce speed-up"),
     "domain_chips": (None, "domain size"),

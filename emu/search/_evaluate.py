@@ -102,7 +102,8 @@ def compile_fast(lowered):
 
 
 #: rows per compiled call of a sweep: large enough to amortise the per-call and per-fusion
-#: overhead of XLA's CPU runtime, small enough for the caches (emu.fast.BLOCK)
+#: overhead of XLA's CPU runtime (emu.fast.BLOCK is 65,536 since session 18; a sweep's
+#: blocks were no faster at that size in `bench_sweep.py`, and its peak memory was higher)
 BLOCK = 16384
 
 
