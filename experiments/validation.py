@@ -22,7 +22,7 @@ from pathlib import Path
 
 from emu.calibration import cross_validate, fit, interval_records, write_intervals, write_residuals
 from emu.storage import enable_compilation_cache as enable_cache
-from emu.validation import coverage, format_report, plot_report, validate_file
+from emu.validation import coverage, format_report, plot_report, tails_text, validate_file
 
 
 def _table(title: str, ins: dict, held: dict | None) -> list[str]:
@@ -101,8 +101,8 @@ def main() -> None:
         f"leave-one-system-out ({by_system.groups} systems): median "
         f"{by_system.median_abs_pct_error:.1f}%, p90 {by_system.p90_abs_pct_error:.1f}%",
         f"interval coverage (80% band, out of sample, level calibrated without the row's source): "
-        f"{100 * cov['out_of_sample']:.1f}% of {cov['rows']} rows (tail {cov['tail']:g}, median "
-        f"width {cov['median_width']:.2f}x)",
+        f"{100 * cov['out_of_sample']:.1f}% of {cov['rows']} rows (tails "
+        f"{tails_text(cov['tail'])}, median width {cov['median_width']:.2f}x)",
         "",
         *_table("by system", ins["by_system"], held["by_system"]),
         "",

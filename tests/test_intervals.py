@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from emu import analysis
-from emu.validation import TAIL_GRID, calibrate_tail, coverage, quantile_table
+from emu.validation import (
+    TAIL_GRID,
+    calibrate_tail,
+    calibrate_tails,
+    coverage,
+    quantile_table,
+    tails_text,
+)
 
 
 def _ladder(n=10, group="train/x"):
@@ -26,7 +33,7 @@ def test_nested_coverage_of_a_ladder_is_known_by_hand():
     recs = _ladder()
     assert calibrate_tail(recs, 0.8) == pytest.approx(0.06)
     c = coverage(recs, 0.8)
-    assert c["tail"] == pytest.approx(0.06)
+    assert c["tail"] == {"train": pytest.approx(0.06), "all": pytest.approx(0.06)}
     assert c["nested"] == pytest.approx(0.8)
     assert c["rows"] == 10 and 0.0 <= c["out_of_sample"] <= 1.0
     # a level nothing reaches falls back to the smallest tail
@@ -48,7 +55,7 @@ def test_out_of_sample_coverage_is_lower_when_sources_are_offset():
     inside = np.mean([naive["q_lo"] <= x["r"] <= naive["q_hi"] for x in recs])
     assert inside == pytest.approx(0.8, abs=0.05)  # in sample the naive band is ~80%
     c = coverage(recs, 0.8)
-    assert c["tail"] < 0.1  # the calibrated band is wider than the naive 10/90 one
+    assert c["tail"]["train"] < 0.1  # the calibrated band is wider than the naive 10/90 one
     assert c["nested"] >= 0.8
 
 
@@ -63,6 +70,52 @@ def test_quantile_table_bases_and_usability():
     assert not t["collective/ub"]["usable"]  # 9 rows but one source
     assert t["all"]["rows"] == 19
     assert t["train/x"]["q_lo"] == pytest.approx(np.quantile(np.arange(10) / 10, 0.1))
+
+
+def test_tails_are_calibrated_per_kind_and_cover_each_kind_out_of_sample():
+    """Mondrian calibration: a kind whose held-out sources scatter widely (serve: offsets
+    +-0.4) gets a smaller tail (a wider band) than one whose sources agree (collective:
+    +-0.05), and each kind's own out-of-sample coverage reaches the level, where one pooled
+    tail covers the agreeing kind more and the scattered kind less."""
+    rng = np.random.default_rng(1)
+    recs = []
+    for kind, spread in (("collective/nvlink5", 0.05), ("serve/hopper", 0.4)):
+        for s in range(12):
+            off = rng.normal(0, spread)
+            for i in range(4):
+                recs.append({"id": f"{kind}{s}.{i}", "source": f"{kind}{s}", "group": kind,
+                             "r": off + rng.normal(0, 0.02)})  # fmt: skip
+    tails = calibrate_tails(recs, 0.8)
+    assert set(tails) == {"collective", "serve", "all"}
+    assert tails["all"] == min(tails["collective"], tails["serve"])
+    # the same procedure on one kind's rows alone gives that kind's tail
+    serve = [x for x in recs if x["group"].startswith("serve")]
+    assert tails["serve"] == calibrate_tail(serve, 0.8)
+    t = quantile_table(recs, tails)
+    assert t["serve/hopper"]["tail"] == tails["serve"] == t["serve"]["tail"]
+    assert t["collective/nvlink5"]["tail"] == tails["collective"]
+    assert t["all"]["tail"] == tails["all"]
+    c = coverage(recs, 0.8)
+    assert c["tail"] == tails
+    for kind in ("collective", "serve"):
+        assert c["by_kind"][kind]["coverage"] >= 0.75, c["by_kind"]
+    assert tails_text(tails) == f"collective {tails['collective']:g}, serve {tails['serve']:g}"
+
+
+def test_a_kind_only_one_source_shows_takes_the_widest_tail_when_that_source_is_out():
+    """Held out, a kind with a single source has no rows of its own to calibrate on: its
+    tail is the other kinds' widest (`tail_of`'s fallback), never an error."""
+    recs = _ladder(10, "train/x") + [
+        {"id": f"c{i}", "source": "one", "group": "collective/ub", "r": 0.01 * i} for i in range(9)
+    ]
+    c = coverage(recs, 0.8)
+    assert set(c["by_kind"]) == {"train", "collective"}
+    assert 0.0 <= c["by_kind"]["collective"]["coverage"] <= 1.0
+    from emu.validation._intervals import tail_of
+
+    assert tail_of({"train": 0.06, "all": 0.06}, "collective/ub") == 0.06
+    assert tail_of({"train": 0.06, "serve": 0.02}, "all") == 0.02
+    assert tail_of(0.1, "serve/hopper") == 0.1
 
 
 TABLE = {
@@ -112,6 +165,14 @@ def test_shipped_table_is_calibrated_and_covers_every_catalog_family():
     prov = table["provenance"]
     assert prov["level"] == 0.8 and 0 < prov["tail"] <= 0.1
     assert 0.75 <= prov["coverage_out_of_sample"] <= 0.85
+    # each kind's band is calibrated on its own rows, and each covers 75-85% out of sample
+    assert set(prov["tails"]) == {"train", "serve", "collective"}
+    assert prov["tail"] == min(prov["tails"].values())
+    for kind, share in prov["coverage_by_kind"].items():
+        assert 0.75 <= share <= 0.85, (kind, share)
+    for name, b in table["basis"].items():
+        kind = name.split("/")[0]
+        assert b["tail"] == prov["tails"].get(kind, prov["tail"]), name
     for b in table["basis"].values():
         assert b["q_lo"] <= b["q_hi"]
 

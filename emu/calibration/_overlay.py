@@ -5,8 +5,8 @@
 - residuals.jsonl: every row's in-sample and leave-one-source-out residual
   (`CrossValidation.rows`), which `emu validate` reads for the coverage of the intervals;
 - intervals.toml: the residual quantile table every prediction's interval comes from
-  (`emu.analysis.interval`), its tail calibrated by nested leave-one-source-out
-  (`emu.validation.calibrate_tail`), with the out-of-sample coverage of the procedure.
+  (`emu.analysis.interval`), its tail calibrated per kind by nested leave-one-source-out
+  (`emu.validation.calibrate_tails`), with the out-of-sample coverage of the procedure.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from emu.analysis import INTERVAL_LEVEL, MIN_ROWS, MIN_SOURCES
 from emu.calibration._fit import Calibration, CrossValidation
 from emu.catalog import calibration, config_dir
 from emu.storage import atomic_write, check_output_path
-from emu.validation import calibrate_tail, coverage, quantile_table
+from emu.validation import calibrate_tails, coverage, quantile_table
 
 
 def overlay_path() -> Path:
@@ -122,14 +122,15 @@ def interval_records(cv: CrossValidation) -> list[dict]:
 def write_intervals(
     cv: CrossValidation, path: Path, *, command: str = "emu calibrate --cv", level=INTERVAL_LEVEL
 ) -> Path:
-    """The interval table of the leave-one-source-out residuals of `cv` as TOML: the tail
-    calibrated so that nested leave-one-source-out coverage reaches `level`, the quantiles
-    of every basis at that tail, and the out-of-sample coverage of the procedure."""
+    """The interval table of the leave-one-source-out residuals of `cv` as TOML: the tail of
+    each kind calibrated so that nested leave-one-source-out coverage of its rows reaches
+    `level`, the quantiles of every basis at its kind's tail, and the out-of-sample coverage
+    of the procedure (all rows and by kind)."""
     if cv.by != "source":
         raise ValueError("intervals come from leave-one-source-out residuals (by='source').")
     recs = interval_records(cv)
-    tail = calibrate_tail(recs, level)
-    table = quantile_table(recs, tail)
+    tails = calibrate_tails(recs, level)
+    table = quantile_table(recs, tails)
     cov = coverage(recs, level)
     path = check_output_path(path, make_parents=True, what="intervals")
     lines = [
@@ -140,7 +141,10 @@ def write_intervals(
         "[provenance]",
         f"command = {toml_string(command)}",
         f"level = {level:g}",
-        f"tail = {tail:g}  # per side, calibrated by nested leave-one-source-out",
+        f"tail = {tails['all']:g}  # per side, the smallest of the kinds' (their widest band)",
+        "tails = {"
+        + ", ".join(f"{k} = {v:g}" for k, v in sorted(tails.items()) if k != "all")
+        + "}  # per side and kind, calibrated by nested leave-one-source-out",
         'residual = "log(predicted / measured speed), leave-one-source-out"',
         f"min_rows = {MIN_ROWS}",
         f"min_sources = {MIN_SOURCES}",
@@ -149,6 +153,9 @@ def write_intervals(
         " source",
         f"coverage_nested = {_fmt(cov['nested'])}  # at the shipped tail",
         f"median_width = {_fmt(cov['median_width'])}  # high / low",
+        "coverage_by_kind = {"
+        + ", ".join(f"{k} = {_fmt(v['coverage'])}" for k, v in cov["by_kind"].items())
+        + "}  # out of sample",
         f'date = "{datetime.date.today().isoformat()}"',
     ]
     for name, b in table.items():
@@ -157,6 +164,7 @@ def write_intervals(
             f"[basis.{toml_string(name)}]",
             f"rows = {b['rows']}",
             f"sources = {b['sources']}",
+            f"tail = {b['tail']:g}",
             f"q_lo = {_fmt(b['q_lo'])}",
             f"q_hi = {_fmt(b['q_hi'])}",
             f"usable = {'true' if b['usable'] else 'false'}",

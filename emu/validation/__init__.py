@@ -11,8 +11,9 @@ Rows follow ../shared/data/MEASUREMENTS.md. The parts, one question each:
 - prediction (`prepare_rows`, `predict_items`, `predict_metric`): what does emu predict for
   the row's metric, as published? Rows with the same program structure are stacked and
   evaluated in one vmapped call.
-- intervals (`quantile_table`, `calibrate_tail`, `coverage`): the 80% band of a prediction
-  from cross-validated residuals, and how often it covers out of sample.
+- intervals (`quantile_table`, `calibrate_tails`, `calibrate_tail`, `coverage`): the 80%
+  band of a prediction from cross-validated residuals, its tail calibrated per kind, and how
+  often it covers out of sample.
 - report (`validate_file`, `validate_rows`, `summarise`, `format_report`, `plot_report`):
   how far off is each row, and overall?
 
@@ -35,6 +36,8 @@ _NAMES = {
     "predict_moe_comm": "emu.validation._collectives",
     "TAIL_GRID": "emu.validation._intervals",
     "calibrate_tail": "emu.validation._intervals",
+    "calibrate_tails": "emu.validation._intervals",
+    "tails_text": "emu.validation._intervals",
     "coverage": "emu.validation._intervals",
     "quantile_table": "emu.validation._intervals",
     "DEFAULT_MOE_IMBALANCE": "emu.validation._plans",
@@ -95,7 +98,14 @@ if TYPE_CHECKING:  # the same names for type checkers and the docs (griffe)
         predict_allreduce_busbw,
         predict_moe_comm,
     )
-    from emu.validation._intervals import TAIL_GRID, calibrate_tail, coverage, quantile_table
+    from emu.validation._intervals import (
+        TAIL_GRID,
+        calibrate_tail,
+        calibrate_tails,
+        coverage,
+        quantile_table,
+        tails_text,
+    )
     from emu.validation._plans import (
         DEFAULT_MOE_IMBALANCE,
         OFFLINE_MAX_BATCH,
@@ -199,6 +209,8 @@ __all__ = [
     "run_groups",
     "quantile_table",
     "calibrate_tail",
+    "calibrate_tails",
+    "tails_text",
     "coverage",
     "KINDS",
     "TAIL_GRID",

@@ -24,7 +24,7 @@ from emu.analysis import interval, interval_table
 from emu.catalog import config_dir
 from emu.objective import evaluate
 from emu.storage import atomic_write, check_output_path
-from emu.validation._intervals import coverage
+from emu.validation._intervals import coverage, tails_text
 from emu.validation._predict import item_group, item_notes, predict_items, prepare_rows
 from emu.validation._rows import KINDS, TIME_METRICS, default_measurements, read_rows
 
@@ -266,7 +266,7 @@ def coverage_lines(report: dict) -> list[str]:
     out.append(
         f"  out of sample (leave-one-source-out residuals, level calibrated without the "
         f"row's source): {100 * c['out_of_sample']:.1f}% of {c['rows']} rows; nested at the "
-        f"shipped tail {c['tail']:g}: {100 * c['nested']:.1f}%; median width "
+        f"shipped tails ({tails_text(c['tail'])}): {100 * c['nested']:.1f}%; median width "
         f"{c['median_width']:.2f}x; {c['extrapolated']} extrapolated"
     )
     for k, v in c["by_kind"].items():
