@@ -80,11 +80,27 @@ SPLIT = 4
 #: executables in one process, 60 interleaved rounds of 100 calls, 2 cores); batch programs
 #: take BATCH_COMPILE
 ONE_COMPILE = {"xla_cpu_use_fusion_emitters": False}
-#: XLA options of batch programs (`Evaluator.batch`, the sweep's blocks): 512-bit vectors
-#: where the CPU has them (XLA's CPU default prefers 256) ran the step-time and
-#: full-result programs 1.15x and 1.19x faster (same values; `bench_eval.py --sections
-#: options`, 2 cores with AVX-512); a CPU without them compiles the same program as before
-BATCH_COMPILE = {"xla_cpu_prefer_vector_width": 512}
+#: XLA options of batch programs (`Evaluator.batch`, the sweep's blocks):
+#: - 512-bit vectors where the CPU has them (XLA's CPU default prefers 256) ran the
+#:   step-time and full-result programs 1.15x and 1.19x faster (same values; `bench_eval.py
+#:   --sections options`, 2 cores with AVX-512); a CPU without them compiles the same
+#:   program as before;
+#: - LLVM may reassociate, contract into fused multiply-adds and ignore the sign of zero
+#:   (XLA's fast math with NaNs, infinities, divisions and library functions honoured: every
+#:   division and exp/log/sqrt stays IEEE-exact, a NaN or an infinity still propagates).
+#:   Since the batch programs fold system and model in (session 17) they are bound by
+#:   arithmetic, not memory, and this ran the step-time program 2.3x and the full result
+#:   1.2x faster (session 19, `bench_eval.py --sections batch`). Values move by a few ulp
+#:   (at most 4.8e-7 relative over 131,072 Llama 3 70B plans); the plan's integer steps
+#:   (`emu.parallelism._ceil`) have a 1e-4 slack, far above that.
+BATCH_COMPILE = {
+    "xla_cpu_prefer_vector_width": 512,
+    "xla_cpu_enable_fast_math": True,
+    "xla_cpu_fast_math_honor_nans": True,
+    "xla_cpu_fast_math_honor_infs": True,
+    "xla_cpu_fast_math_honor_division": True,
+    "xla_cpu_fast_math_honor_functions": True,
+}
 #: run `Evaluator.__call__` on a synchronous CPU client of its own when JAX's CPU dispatch is
 #: asynchronous (JAX's default): the default client hands every call to a worker thread and
 #: back, which cost more than the program itself (GPT-3 175B on 1,024 A100, 2 cores, session
@@ -212,10 +228,27 @@ def compile_with(lowered, options: dict):
     return _known_options(lambda opts: lowered.compile(compiler_options=opts), options)
 
 
+#: options that are only safe together with others: XLA's fast math without the flags that
+#: keep NaNs, infinities, divisions and functions exact would change results, so an XLA
+#: that lacks one of them compiles without fast math
+_NEEDS = {
+    "xla_cpu_enable_fast_math": (
+        "xla_cpu_fast_math_honor_nans",
+        "xla_cpu_fast_math_honor_infs",
+        "xla_cpu_fast_math_honor_division",
+        "xla_cpu_fast_math_honor_functions",
+    )
+}
+
+
 def _known_options(compile_fn: Callable, options: dict):
-    """`compile_fn(options)`, retried without each option XLA says it does not know."""
+    """`compile_fn(options)`, retried without each option XLA says it does not know (and
+    without any option whose companions in _NEEDS were dropped)."""
     opts = dict(options)
     while True:
+        for k, needs in _NEEDS.items():
+            if k in opts and any(n in options and n not in opts for n in needs):
+                opts.pop(k)
         try:
             return compile_fn(opts)
         except Exception as e:  # noqa: BLE001  (XLA raises its own runtime error type)

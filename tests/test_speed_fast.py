@@ -157,6 +157,48 @@ def test_packed_batch_equals_loop(nvl72):
         assert _close(r, [want.step_time_s, want.tokens_per_joule])
 
 
+def test_batch_program_keeps_nans_infinities_and_integer_steps(nvl72):
+    """The batch programs compile with XLA's fast math (`fast.BATCH_COMPILE`, NaNs and
+    infinities honoured): a row with a NaN input still comes out NaN, not a finite number,
+    and rows whose quotients are exact integers (experts per rank) or round up (layers on
+    the fullest stage) land on the same discrete plan as `emu.evaluate` (values within a few
+    ulp, not a step apart)."""
+    model = emu.load_model("deepseek_v3")
+    base = emu.make_plan(tp=1, pp=4, dp=18, ep=2, global_batch=576, seq_len=4096)
+    ev = fast.Evaluator(
+        nvl72, model, base, outputs=("step_time_s", "memory.total_bytes"),
+        vary=("plan.pp", "plan.ep", "plan.dp"),
+    )  # fmt: skip
+    # experts per rank 256/ep exact (must not round up), 61 layers over 4, 2 and 8 stages
+    # uneven (ceil(61/pp) on the fullest stage)
+    rows = np.array([[4, 2, 18], [2, 4, 36], [1, 8, 72], [8, 1, 9], [1, 4, 72],
+                     [np.nan, 2, 18]], np.float32)  # fmt: skip
+    got = ev.batch(rows, block=8)
+    assert np.isnan(got[-1, 0])
+    for r, (pp, ep, dp) in zip(got[:-1], rows[:-1].tolist(), strict=True):
+        p = emu.make_plan(tp=1, pp=int(pp), dp=int(dp), ep=int(ep), global_batch=576,
+                          seq_len=4096)  # fmt: skip
+        want = emu.evaluate(nvl72, model, p)
+        np.testing.assert_allclose(r, [want.step_time_s, want.memory.total_bytes], rtol=2e-6)
+
+
+def test_fast_math_is_dropped_with_any_flag_that_keeps_it_exact():
+    """An XLA that does not know one of the honour flags must not compile with fast math
+    alone (that would let NaNs and divisions change): `_known_options` drops both."""
+    seen = []
+
+    def compile_fn(opts):
+        seen.append(dict(opts))
+        if "xla_cpu_fast_math_honor_nans" in opts:
+            raise RuntimeError("No such compile option: 'xla_cpu_fast_math_honor_nans'")
+        return "compiled"
+
+    assert fast._known_options(compile_fn, fast.BATCH_COMPILE) == "compiled"
+    assert "xla_cpu_enable_fast_math" not in seen[-1]
+    assert seen[-1]["xla_cpu_prefer_vector_width"] == 512
+    assert fast._known_options(lambda o: o, fast.BATCH_COMPILE) == fast.BATCH_COMPILE
+
+
 def test_evaluator_errors_name_the_fix(nvl72):
     model = emu.load_model("llama3_8b")
     p = emu.make_plan(tp=8, dp=9, global_batch=72, seq_len=4096)
