@@ -98,8 +98,10 @@ def _shipped_table() -> dict | None:
 
 
 def interval_table(path=None) -> dict | None:
-    """The interval table ({"provenance": ..., "basis": {name: {rows, sources, q_lo, q_hi,
-    usable}}}) at `path`, default the shipped one; None when there is none."""
+    """The interval table ({"provenance": {level, tail (the widest kind's), tails (per kind),
+    coverage ...}, "basis": {name: {rows, sources, tail, q_lo, q_hi, usable}}}) at `path`,
+    default the shipped one; None when there is none. Each basis' quantiles are read at its
+    kind's tail (`emu.validation.calibrate_tails`); `interval` uses them as they are."""
     if path is None:
         return _shipped_table()
     return load_toml(Path(path), "interval table")

@@ -89,9 +89,10 @@ ONE_COMPILE = {"xla_cpu_use_fusion_emitters": False}
 #:   (XLA's fast math with NaNs, infinities, divisions and library functions honoured: every
 #:   division and exp/log/sqrt stays IEEE-exact, a NaN or an infinity still propagates).
 #:   Since the batch programs fold system and model in (session 17) they are bound by
-#:   arithmetic, not memory, and this ran the step-time program 2.3x and the full result
-#:   1.2x faster (session 19, `bench_eval.py --sections batch`). Values move by a few ulp
-#:   (at most 4.8e-7 relative over 131,072 Llama 3 70B plans); the plan's integer steps
+#:   arithmetic, not memory, and this ran the step-time program 2.5x and the full result
+#:   1.35x faster (session 19, `bench_eval.py --sections batch`, two interleaved rounds
+#:   beside the previous commit). Values move by a few ulp (at most 4.8e-7 relative over
+#:   131,072 Llama 3 70B plans, a scratch check); the plan's integer steps
 #:   (`emu.parallelism._ceil`) have a 1e-4 slack, far above that.
 BATCH_COMPILE = {
     "xla_cpu_prefer_vector_width": 512,

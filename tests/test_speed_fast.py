@@ -182,6 +182,25 @@ def test_batch_program_keeps_nans_infinities_and_integer_steps(nvl72):
         np.testing.assert_allclose(r, [want.step_time_s, want.memory.total_bytes], rtol=2e-6)
 
 
+def test_batch_compile_options_keep_nan_checks_and_exact_functions():
+    """What the honour flags buy, on a program small enough to show it: with XLA's fast
+    math alone, `isnan(2 x)` of a NaN can fold to false and exp(NaN) come out a number (seen on
+    jax 0.10.2); under BATCH_COMPILE both stay right, and exp and a division are exact."""
+    import jax.numpy as jnp
+
+    def f(x):
+        return jnp.where(jnp.isnan(2.0 * x), 1.0, 0.0), jnp.exp(x), x / 3.0
+
+    x = np.array([np.nan, 1.0, -np.inf, 0.5], np.float32)
+    lowered = jax.jit(f).lower(jax.ShapeDtypeStruct(x.shape, x.dtype))
+    flag, e, q = (np.asarray(v) for v in fast.compile_with(lowered, fast.BATCH_COMPILE)(x))
+    np.testing.assert_array_equal(flag, [1.0, 0.0, 0.0, 0.0])
+    assert np.isnan(e[0]) and e[2] == 0.0
+    ref = jax.jit(f)(x)
+    np.testing.assert_array_equal(e[1:], np.asarray(ref[1])[1:])
+    np.testing.assert_array_equal(q[1:], np.asarray(ref[2])[1:])
+
+
 def test_fast_math_is_dropped_with_any_flag_that_keeps_it_exact():
     """An XLA that does not know one of the honour flags must not compile with fast math
     alone (that would let NaNs and divisions change): `_known_options` drops both."""

@@ -151,7 +151,7 @@ def write_intervals(
         f"rows = {len(recs)}",
         f"coverage_out_of_sample = {_fmt(cov['out_of_sample'])}  # level chosen without the row's"
         " source",
-        f"coverage_nested = {_fmt(cov['nested'])}  # at the shipped tail",
+        f"coverage_nested = {_fmt(cov['nested'])}  # at the shipped tails",
         f"median_width = {_fmt(cov['median_width'])}  # high / low",
         "coverage_by_kind = {"
         + ", ".join(f"{k} = {_fmt(v['coverage'])}" for k, v in cov["by_kind"].items())

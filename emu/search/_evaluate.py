@@ -90,7 +90,8 @@ def make_columns_fn(
 #: exact re-evaluation): a cheaper backend optimisation level compiles ~30% faster, and
 #: XLA's older loop emitters instead of its fusion emitters faster again (bench_search's
 #: 1e8 problem, one run each after the forward-mode gradient: gradient phase 21.3 s ->
-#: 14.6 s on 2 cores); the sweep keeps XLA's defaults (its programs run millions of rows).
+#: 14.6 s on 2 cores); the sweep's blocks take `emu.fast.BATCH_COMPILE` (its programs run
+#: millions of rows).
 #: `compile_fast` drops an option the installed XLA does not know.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
