@@ -236,6 +236,34 @@ def test_script_weak_scaling_plan_for_rows_without_a_plan():
     assert V.script_plan(ROWS["mindspeed_tps_llama2_7b_4k_1x8"]) is None  # has a plan
 
 
+def test_a_training_row_that_states_no_degrees_takes_the_plan_rule():
+    """Without tp, pp and dp (and no script to weak-scale), a training row runs the plan
+    `emu run` would pick for its system, model and chips, with what it does state kept (its
+    global batch and micro-batch), and its result says so; before, all its ranks went to
+    TP x PP (Megatron SC21's 39.1B row: 512 GPUs as TP 8 x PP 64 over 48 layers, refused)."""
+    from emu.policy import auto_plan
+
+    base = ROWS["sc21_t1_39.1B"]
+    par = {k: None for k in base["parallel"]}
+    r = row("sc21_t1_39.1B", parallel=dict(par, global_batch=1536, microbatch=1))
+    assert V.states_no_degrees(r["parallel"]) and not V.states_no_degrees(base["parallel"])
+    system, model = load_system(r["system"]), V.row_model(r)
+    plan, slo = V.row_plan(r, model, system=system)
+    prec = r.get("precision") or "bf16"
+    want = auto_plan(system, model, r["n_chips"], seq_len=r["model"]["seq_len"],
+                     precision=prec, global_batch=1536, microbatch=1)  # fmt: skip
+    for k in ("tp", "pp", "dp", "cp", "global_batch", "microbatch", "recompute"):
+        assert float(getattr(plan, k)) == float(getattr(want, k)), k
+    assert slo is None and float(plan.global_batch) == 1536
+    assert float(plan.pp) * float(plan.vpp) <= float(model.n_layers)
+    res = V.validate_rows([r])[0]
+    assert res["status"] == "ok" and res["predicted"] > 0
+    assert any(a.startswith("plan not stated: emu's plan rule (tp") for a in res["approximates"])
+    # without the system (the old call) the degree rule still applies, and refuses it
+    with pytest.raises(ValueError, match="exceeds n_layers"):
+        V.row_plan(r, model)
+
+
 def test_mindspeed_mfu_uses_the_source_peak():
     s = load_system("atlas800t_a2")
     assert V.mfu_peak(ROWS["mindspeed_mfu_llama2_7b"], s, "bf16") == 313e12

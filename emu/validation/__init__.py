@@ -51,6 +51,7 @@ _NAMES = {
     "needs_serving_rule": "emu.validation._plans",
     "row_plan": "emu.validation._plans",
     "script_plan": "emu.validation._plans",
+    "states_no_degrees": "emu.validation._plans",
     "serving_row": "emu.validation._plans",
     "speculation": "emu.validation._plans",
     "MFU_PEAK_FLOPS": "emu.validation._predict",
@@ -119,6 +120,7 @@ if TYPE_CHECKING:  # the same names for type checkers and the docs (griffe)
         script_plan,
         serving_row,
         speculation,
+        states_no_degrees,
         trtllm_row,
     )
     from emu.validation._predict import (
@@ -183,6 +185,7 @@ __all__ = [
     "row_model",
     "row_plan",
     "script_plan",
+    "states_no_degrees",
     "serving_row",
     "needs_serving_rule",
     "speculation",

@@ -8,7 +8,13 @@ row says FSDP/ZeRO-3 (3); recomputation "selective" (flash attention); SP on whe
 vpp 1; expert TP = 1 unless the row says TP applies to experts, names an ETP, or has no
 expert parallelism (EP1: experts split over TP like any MLP). A row with no
 parallel config whose notes cite the repo's example script at n0 chips takes the script's
-plan, weak-scaled to the row's chips (`script_plan`).
+plan, weak-scaled to the row's chips (`script_plan`). A training row that states none of
+tp, pp and dp otherwise takes the degrees, global batch and recomputation `emu run` would
+choose for its system, model and chips (`emu.policy.auto_plan`, the plan rule), keeping
+what it does state (cp, ep, micro-batch, global batch, vpp, ZeRO, recomputation, SP,
+precision, sequence length): splitting all its ranks into tensor and pipeline parallelism,
+as the degree rule above does, gives a pipeline of one micro-batch, or more stages than
+layers.
 
 Ranks: a row's parallel degrees count ranks, and on a system whose chips hold several dies
 (Ascend 910C: 2) a rank is a die while `n_chips` counts packages (MEASUREMENTS.md
@@ -31,7 +37,10 @@ import math
 import re
 from typing import NamedTuple
 
+from emu._backend import jnp
 from emu.parallelism import Plan, make_plan, validate_plan
+from emu.policy import auto_plan
+from emu.struct import replace
 from emu.validation._rows import int_or, num_in, row_text
 from emu.workload import Model
 
@@ -219,12 +228,54 @@ def script_plan(row: dict) -> dict | None:
     return dict(row, n_chips=n, parallel=p, model=model, precision=row.get("precision") or prec)
 
 
-def row_plan(row: dict, model: Model, *, dies: int = 1) -> RowPlan:
+def states_no_degrees(p: dict) -> bool:
+    """Whether a row's parallel config states none of tp, pp and dp."""
+    return all(int_or(p.get(k), None) is None for k in ("tp", "pp", "dp"))
+
+
+def _rule_plan(row: dict, model: Model, system, p: dict) -> RowPlan:
+    """A training row that states none of tp, pp and dp: the plan rule's degrees, global
+    batch and recomputation for its system, model and chips, with every knob it does state
+    kept (module doc)."""
+    seq = int_or((row.get("model") or {}).get("seq_len"), None)
+    if seq is None:
+        raise ValueError("model.seq_len is null")
+    notes = row_text(row)
+    knobs = {
+        "cp": int_or(p.get("cp"), None),
+        "ep": int_or(p.get("ep"), None) if float(model.n_experts) > 0 else None,
+        "microbatch": int_or(p.get("microbatch"), None),
+        "global_batch": int_or(p.get("global_batch"), None),
+        "vpp": int_or(p.get("vpp"), None),
+        "zero": _zero(p.get("zero")) if p.get("zero") is not None else None,
+        "recompute": _recompute(p.get("recompute")) if p.get("recompute") is not None else None,
+        "sp": None if p.get("sp") is None else bool(p.get("sp")),
+    }
+    plan = auto_plan(
+        system, model, int(row["n_chips"]), seq_len=seq, precision=row.get("precision") or "bf16",
+        lora="lora" in notes, **knobs,
+    )  # fmt: skip
+    tp = int(float(plan.tp))
+    _, etp, overlap, imbalance = _moe_settings(
+        dict(row, parallel=dict(p, ep=int(float(plan.ep)))), model, tp,
+        f"{notes} {json.dumps(p).lower()}",
+    )  # fmt: skip
+    plan = replace(
+        plan, etp=jnp.float32(etp), moe_imbalance=jnp.float32(imbalance),
+        a2a_overlap=jnp.float32(overlap),
+    )  # fmt: skip
+    return RowPlan(validate_plan(plan, model, even_layers=False, even_experts=False), None)
+
+
+def row_plan(row: dict, model: Model, *, dies: int = 1, system=None) -> RowPlan:
     """The plan of a train/prefill/decode row on ranks = n_chips x `dies`, with the
-    documented defaults for null fields (module doc)."""
+    documented defaults for null fields (module doc); `system` (the row's) lets a training
+    row that states no degrees take the plan rule's (`_rule_plan`)."""
     p = row.get("parallel") or {}
     if not isinstance(p, dict):
         raise ValueError("parallel must be an object")
+    if system is not None and row["kind"] == "train" and states_no_degrees(p):
+        return _rule_plan(row, model, system, p)
     n = ranks_of(row, dies)
     er, groups = _disaggregation(row, n)
     tp, pp, dp, cp = _degrees(n - er, p, model)

@@ -36,6 +36,7 @@ from emu.validation._plans import (
     row_plan,
     script_plan,
     serving_row,
+    states_no_degrees,
 )
 from emu.validation._rows import approximations, check_row, row_model
 from emu.workload import Model, model_flops_per_token
@@ -171,7 +172,7 @@ def _run_item(row: dict, base: dict, system_of) -> Item:
             plan = _largest_fitting(system, model, s.decode, s.batch_cap, s.kv_reserve)
             s = s._replace(decode=plan)
         return Item(base, row, "run", system, model, s.decode, s)
-    plan, slo = row_plan(row, model, dies=dies)
+    plan, slo = row_plan(row, model, dies=dies, system=system)
     if slo is not None:
         plan = with_largest_batch(system, model, plan, slo)
     if float(system.chip.peak_flops_per_s.get(plan.precision, 0.0)) <= 0:
@@ -223,8 +224,20 @@ def item_group(item: Item) -> str:
 
 
 def item_notes(item: Item) -> list[str]:
-    """What a row's prediction approximates (`_rows.approximations`)."""
-    return approximations(item.row)
+    """What a row's prediction approximates (`_rows.approximations`), and, for a training
+    row that states no degrees, the plan rule's plan it was predicted with."""
+    notes = approximations(item.row)
+    if (
+        item.kind == "run"
+        and item.row["kind"] == "train"
+        and states_no_degrees(item.row.get("parallel") or {})
+    ):
+        p = item.plan
+        deg = " ".join(f"{k}{float(getattr(p, k)):g}" for k in ("tp", "pp", "dp", "cp", "ep"))
+        notes.append(
+            f"plan not stated: emu's plan rule ({deg}, global batch {float(p.global_batch):g})"
+        )
+    return notes
 
 
 def _structure(it: Item) -> tuple:
