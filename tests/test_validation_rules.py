@@ -264,6 +264,38 @@ def test_a_training_row_that_states_no_degrees_takes_the_plan_rule():
         V.row_plan(r, model)
 
 
+def test_a_deployment_row_without_lengths_takes_them_from_its_seq_len():
+    """A decode row for the serving rule that states no prompt or output length predicts
+    as if it said prompt = output = seq_len / 2 (the set's convention: seq_len = prompt +
+    output); with only the prompt, the output is seq_len - prompt; with neither lengths nor
+    seq_len it is one clear error."""
+    rid = "trtllm_perf_gb200_llama4_scout_tp1_fp4_2048_2048"  # seq_len 4096, 2048/2048
+    base = ROWS[rid]
+    text = base["notes"].replace("'2048/2048'", "'fixed'").replace("ISL/OSL", "lengths")
+    blind = row(rid, id="trtllm_perf_gb200_llama4_scout_tp1_fp4", notes=text)
+    assert V.lengths(blind) == (None, None) and V.lengths(base) == (2048, 2048)
+    got, want = V.validate_rows([blind, base])
+    assert got["status"] == want["status"] == "ok"
+    assert got["predicted"] == pytest.approx(want["predicted"], rel=1e-6)
+    prompt_only = row(rid, id=blind["id"], notes=text + " input length 1,000.")
+    s = V.serving_row(prompt_only, V.row_model(prompt_only))
+    assert (s.prompt_len, s.output_len) == (1000, 3096)
+    none = row(rid, id=blind["id"], notes=text, model={**base["model"], "seq_len": None})
+    res = V.validate_rows([none])[0]
+    assert res["status"] == "error" and "no prompt length and no seq_len" in res["reason"]
+
+
+def test_a_deployment_row_without_dp_gets_an_attention_tp_that_divides_the_heads():
+    """48 ranks (24 Atlas A3 cards) of Qwen3-235B (64 heads) with no TP or DP stated: the
+    serving rule's attention DP 1 would need TP 48; it takes DP 3, TP 16 instead of
+    refusing the row."""
+    rid = "sglang_a3_qwen3_235b_mixed_8c_2k_2k"
+    r = row(rid, n_chips=24, parallel={**ROWS[rid]["parallel"], "tp": None, "dp": None})
+    s = V.serving_row(r, V.row_model(r), dies=2)
+    assert (float(s.decode.tp), float(s.decode.dp)) == (16.0, 3.0)
+    assert V.validate_rows([r])[0]["status"] == "ok"
+
+
 def test_mindspeed_mfu_uses_the_source_peak():
     s = load_system("atlas800t_a2")
     assert V.mfu_peak(ROWS["mindspeed_mfu_llama2_7b"], s, "bf16") == 313e12

@@ -14,7 +14,8 @@ choose for its system, model and chips (`emu.policy.auto_plan`, the plan rule), 
 what it does state (cp, ep, micro-batch, global batch, vpp, ZeRO, recomputation, SP,
 precision, sequence length): splitting all its ranks into tensor and pipeline parallelism,
 as the degree rule above does, gives a pipeline of one micro-batch, or more stages than
-layers.
+layers. (Prefill and decode rows with a batch or an SLO keep the degree rule: TP over the
+instance, as serving stacks launch by default.)
 
 Ranks: a row's parallel degrees count ranks, and on a system whose chips hold several dies
 (Ascend 910C: 2) a rank is a die while `n_chips` counts packages (MEASUREMENTS.md
@@ -478,16 +479,36 @@ def speculation(notes: str, model: Model) -> tuple[float, float]:
     return 0.0, 1.0
 
 
+def _default_lengths(row: dict, isl, osl) -> tuple[float, float | None]:
+    """(prompt, output) of a deployment row whose text states neither or only the prompt:
+    the measurement set's convention is model.seq_len = prompt + output (MEASUREMENTS.md;
+    xDeepServe's 2K + 2K rows give 4096), so a row without lengths takes half of seq_len
+    for each, and one with only the prompt takes seq_len - prompt for the output (when
+    positive); a row without seq_len either keeps its missing length (an error where the
+    mode needs it)."""
+    seq = int_or((row.get("model") or {}).get("seq_len"), None)
+    if isl is None:
+        if seq is None:
+            raise ValueError("decode row gives no prompt length and no seq_len (serving rule)")
+        return seq / 2.0, (osl if osl is not None else seq / 2.0)
+    if osl is None and seq is not None and seq > isl:
+        osl = float(seq - isl)
+    return isl, osl
+
+
 def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     """The deployment a decode row without batch or SLO describes (fidelity DESIGN §2):
 
     - decode instance: R ranks (`tp`, dies on 910C; else all n_chips x dies), attention DP
-      `dp` (MoE rows that say "attention DP": R; else 1), attention TP R/dp, EP `ep` (MoE:
-      R when null; dp <= the running requests); batch per DP rank = `global_batch` (max
+      `dp` (MoE rows that say "attention DP": R; else 1; dp <= the running requests; raised
+      to the next divisor of R whose TP R/dp divides the heads), attention TP R/dp, EP `ep`
+      (MoE: R when null); batch per DP rank = `global_batch` (max
       running requests) / dp, or for
       offline max-throughput rows the largest that fits (batch_cap = min(OFFLINE_MAX_BATCH,
       the stated request count));
     - speculative decoding from the notes (`speculation`); context = prompt + output/2;
+      a row that does not state the lengths takes them from its seq_len
+      (`_default_lengths`: prompt + output = seq_len);
     - prefill instance: on the other cards ("PD separation"), on the same ranks ("PD
       mixed", offline / in-flight batching) or none (a decode-only measurement with a
       stated batch); TP 1 with EP for MoE models, the decode TP for dense ones;
@@ -500,9 +521,7 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     p = row.get("parallel") or {}
     notes = row_text(row)
     cards = int(row["n_chips"])
-    isl, osl = lengths(row)
-    if isl is None:
-        raise ValueError("decode row gives no prompt length (serving rule)")
+    isl, osl = _default_lengths(row, *lengths(row))
     ctx = isl + (osl or 0.0) / 2  # mean context over the output; the prompt if unstated
     prec = row.get("precision") or "bf16"
     moe = float(model.n_experts) > 0
@@ -516,6 +535,11 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     dp = max(1, min(dp, ranks, gb or ranks))
     while ranks % dp:
         dp -= 1
+    # attention TP must divide the heads: a row that does not state its DP (or states a DP
+    # that leaves more TP ranks than heads allow) takes the next DP that does
+    heads = int(float(model.n_heads))
+    while dp < ranks and (ranks % dp or heads % (ranks // dp)):
+        dp += 1
     att_tp = max(1, ranks // dp)
     ep = (int_or(p.get("ep"), None) or ranks) if moe else 1
     imbalance = DEFAULT_MOE_IMBALANCE if moe else 1.0
