@@ -264,6 +264,25 @@ def test_a_training_row_that_states_no_degrees_takes_the_plan_rule():
         V.row_plan(r, model)
 
 
+def test_a_row_without_degrees_keeps_every_knob_it_states():
+    """The plan rule fills in the degrees only: CP, ZeRO ("FSDP" -> 3), recomputation,
+    micro-batch and SP stay as stated, and a stated global batch is rounded to whole
+    micro-batches per DP rank of the rule's plan (not refused)."""
+    from emu.plan import RECOMPUTE
+
+    rid = "sc21_t1_39.1B"
+    par = {k: None for k in ROWS[rid]["parallel"]}
+    par.update(cp=2, zero="FSDP", recompute="full", microbatch=2, global_batch=1000, sp=True)
+    r = row(rid, parallel=par)
+    system, model = load_system(r["system"]), V.row_model(r)
+    plan, _ = V.row_plan(r, model, system=system)
+    assert (float(plan.cp), float(plan.zero), float(plan.microbatch)) == (2.0, 3.0, 2.0)
+    assert float(plan.recompute) == RECOMPUTE["full"] and float(plan.sp) == 1.0
+    unit = float(plan.dp) * 2
+    gb = float(plan.global_batch)
+    assert gb % unit == 0 and abs(gb - 1000) <= unit / 2
+
+
 def test_a_deployment_row_without_lengths_takes_them_from_its_seq_len():
     """A decode row for the serving rule that states no prompt or output length predicts
     as if it said prompt = output = seq_len / 2 (the set's convention: seq_len = prompt +
@@ -280,6 +299,9 @@ def test_a_deployment_row_without_lengths_takes_them_from_its_seq_len():
     prompt_only = row(rid, id=blind["id"], notes=text + " input length 1,000.")
     s = V.serving_row(prompt_only, V.row_model(prompt_only))
     assert (s.prompt_len, s.output_len) == (1000, 3096)
+    odd = row(rid, id=blind["id"], notes=text, model={**base["model"], "seq_len": 4095})
+    s = V.serving_row(odd, V.row_model(odd))  # whole tokens: 2047 + 2048, context 3071
+    assert (s.prompt_len, s.output_len, float(s.decode.context)) == (2047, 2048, 3071)
     none = row(rid, id=blind["id"], notes=text, model={**base["model"], "seq_len": None})
     res = V.validate_rows([none])[0]
     assert res["status"] == "error" and "no prompt length and no seq_len" in res["reason"]

@@ -246,7 +246,6 @@ def _rule_plan(row: dict, model: Model, system, p: dict) -> RowPlan:
         "cp": int_or(p.get("cp"), None),
         "ep": int_or(p.get("ep"), None) if float(model.n_experts) > 0 else None,
         "microbatch": int_or(p.get("microbatch"), None),
-        "global_batch": int_or(p.get("global_batch"), None),
         "vpp": int_or(p.get("vpp"), None),
         "zero": _zero(p.get("zero")) if p.get("zero") is not None else None,
         "recompute": _recompute(p.get("recompute")) if p.get("recompute") is not None else None,
@@ -256,6 +255,10 @@ def _rule_plan(row: dict, model: Model, system, p: dict) -> RowPlan:
         system, model, int(row["n_chips"]), seq_len=seq, precision=row.get("precision") or "bf16",
         lora="lora" in notes, **knobs,
     )  # fmt: skip
+    gb = int_or(p.get("global_batch"), None)
+    if gb is not None:  # the stated batch, rounded to whole micro-batches per DP rank
+        unit = int(float(plan.dp)) * int(float(plan.microbatch))
+        plan = replace(plan, global_batch=jnp.float32(unit * max(1, round(gb / unit))))
     tp = int(float(plan.tp))
     _, etp, overlap, imbalance = _moe_settings(
         dict(row, parallel=dict(p, ep=int(float(plan.ep)))), model, tp,
@@ -481,16 +484,18 @@ def speculation(notes: str, model: Model) -> tuple[float, float]:
 
 def _default_lengths(row: dict, isl, osl) -> tuple[float, float | None]:
     """(prompt, output) of a deployment row whose text states neither or only the prompt:
-    the measurement set's convention is model.seq_len = prompt + output (MEASUREMENTS.md;
-    xDeepServe's 2K + 2K rows give 4096), so a row without lengths takes half of seq_len
-    for each, and one with only the prompt takes seq_len - prompt for the output (when
-    positive); a row without seq_len either keeps its missing length (an error where the
-    mode needs it)."""
+    in the shipped set model.seq_len = prompt + output on 35 of the 37 decode rows that
+    state both (xDeepServe's 2K + 2K rows give 4096), so a row without lengths takes half
+    of seq_len for each (rounded down for the prompt), and one with only the prompt takes
+    seq_len - prompt for the output (when positive); a row without seq_len keeps its
+    missing output length (an error where the mode needs it) and, without a prompt, is
+    refused."""
     seq = int_or((row.get("model") or {}).get("seq_len"), None)
     if isl is None:
         if seq is None:
             raise ValueError("decode row gives no prompt length and no seq_len (serving rule)")
-        return seq / 2.0, (osl if osl is not None else seq / 2.0)
+        isl = float(seq // 2)
+        return isl, (osl if osl is not None else float(seq) - isl)
     if osl is None and seq is not None and seq > isl:
         osl = float(seq - isl)
     return isl, osl
@@ -500,9 +505,10 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     """The deployment a decode row without batch or SLO describes (fidelity DESIGN §2):
 
     - decode instance: R ranks (`tp`, dies on 910C; else all n_chips x dies), attention DP
-      `dp` (MoE rows that say "attention DP": R; else 1; dp <= the running requests; raised
-      to the next divisor of R whose TP R/dp divides the heads), attention TP R/dp, EP `ep`
-      (MoE: R when null); batch per DP rank = `global_batch` (max
+      `dp` (MoE rows that say "attention DP": R; else 1; dp <= the running requests, then
+      raised, past them if need be, to the next divisor of R whose TP R/dp divides the heads
+      and divides or is divided by the KV heads), attention TP R/dp, EP `ep` (MoE: R when
+      null); batch per DP rank = `global_batch` (max
       running requests) / dp, or for
       offline max-throughput rows the largest that fits (batch_cap = min(OFFLINE_MAX_BATCH,
       the stated request count));
@@ -522,7 +528,9 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     notes = row_text(row)
     cards = int(row["n_chips"])
     isl, osl = _default_lengths(row, *lengths(row))
-    ctx = isl + (osl or 0.0) / 2  # mean context over the output; the prompt if unstated
+    # mean context over the output (whole tokens: seq_len is an integer knob); the prompt
+    # if unstated
+    ctx = float(round(isl + (osl or 0.0) / 2))
     prec = row.get("precision") or "bf16"
     moe = float(model.n_experts) > 0
     k, acc = speculation(notes, model)
@@ -537,8 +545,13 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
         dp -= 1
     # attention TP must divide the heads: a row that does not state its DP (or states a DP
     # that leaves more TP ranks than heads allow) takes the next DP that does
-    heads = int(float(model.n_heads))
-    while dp < ranks and (ranks % dp or heads % (ranks // dp)):
+    heads, kv = int(float(model.n_heads)), int(float(model.n_kv_heads))
+
+    def splits_badly(d: int) -> bool:
+        t = ranks // d
+        return bool(ranks % d or heads % t or (kv % t and t % kv))
+
+    while dp < ranks and splits_badly(dp):
         dp += 1
     att_tp = max(1, ranks // dp)
     ep = (int_or(p.get("ep"), None) or ranks) if moe else 1
