@@ -229,6 +229,17 @@ def script_plan(row: dict) -> dict | None:
     return dict(row, n_chips=n, parallel=p, model=model, precision=row.get("precision") or prec)
 
 
+def _row_seq_len(row: dict) -> int:
+    """A training row's model.seq_len; one line naming what is wrong when it is missing or
+    not a positive integer."""
+    raw = (row.get("model") or {}).get("seq_len")
+    seq = int_or(raw, None)
+    if seq is None:
+        got = "null" if raw is None else f"{raw!r}"
+        raise ValueError(f"model.seq_len must be a positive integer (got {got})")
+    return seq
+
+
 def states_no_degrees(p: dict) -> bool:
     """Whether a row's parallel config states none of tp, pp and dp."""
     return all(int_or(p.get(k), None) is None for k in ("tp", "pp", "dp"))
@@ -238,9 +249,7 @@ def _rule_plan(row: dict, model: Model, system, p: dict) -> RowPlan:
     """A training row that states none of tp, pp and dp: the plan rule's degrees, global
     batch and recomputation for its system, model and chips, with every knob it does state
     kept (module doc)."""
-    seq = int_or((row.get("model") or {}).get("seq_len"), None)
-    if seq is None:
-        raise ValueError("model.seq_len is null")
+    seq = _row_seq_len(row)
     notes = row_text(row)
     knobs = {
         "cp": int_or(p.get("cp"), None),
@@ -302,9 +311,7 @@ def row_plan(row: dict, model: Model, *, dies: int = 1, system=None) -> RowPlan:
         return _inference_plan(
             row, model, tp, dp * pp, ep, prec, notes, overlap, imbalance, **disagg
         )
-    seq = int_or((row.get("model") or {}).get("seq_len"), None)
-    if seq is None:
-        raise ValueError("model.seq_len is null")
+    seq = _row_seq_len(row)
     plan = make_plan(
         ep=ep, etp=etp, moe_imbalance=imbalance, a2a_overlap=overlap, tp=tp, pp=pp, dp=dp,
         cp=cp, microbatch=mb, global_batch=gb, seq_len=seq, vpp=vpp, zero=_zero(p.get("zero")),
