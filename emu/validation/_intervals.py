@@ -240,6 +240,6 @@ def coverage(records: list[dict], level: float = INTERVAL_LEVEL) -> dict:
         "out_of_sample": float(hit.mean()),
         "median_width": float(np.median(width)),
         "extrapolated": int(sum(b.endswith("~") for b in basis)),
-        "by_kind": share(lambda i, x: x["group"].split("/")[0]),
+        "by_kind": share(lambda i, x: record_kind(x)),
         "by_basis": share(lambda i, x: basis[i]),
     }
