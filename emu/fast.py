@@ -33,6 +33,7 @@ import atexit
 import hashlib
 import os
 import pickle
+import re
 import subprocess
 import sys
 import threading
@@ -55,6 +56,8 @@ __all__ = [
     "cache_executables",
     "source_digest",
     "BLOCK",
+    "BLOCK_COLUMNS",
+    "repeated_outputs",
     "AOT_MODES",
     "ONE_COMPILE",
     "BATCH_COMPILE",
@@ -72,8 +75,15 @@ __all__ = [
 #: the full result and the merge within their noise. Sweeps keep their own
 #: (`emu.search._evaluate.BLOCK`: 65,536 was no faster there, and its peak memory higher)
 BLOCK = 65536
+#: rows per block of `Evaluator.batch`'s program of several outputs: smaller than BLOCK,
+#: so each block's ~50 output arrays are still in cache when the host copies them out:
+#: the full result 1.04e7 against 9.7e6/s at 65,536 (medians of 5 interleaved runs,
+#: session 20, a scratch script, two blocks in flight; 1.04e7 against 9.4e6 with four)
+BLOCK_COLUMNS = 32768
 #: up to this many outputs, `Evaluator.batch` compiles one program per output
 SPLIT = 4
+#: blocks `Evaluator.batch` has in flight beyond the one it copies out
+AHEAD = 2
 #: XLA options of the single-configuration executable (`Evaluator.__call__`): with XLA's
 #: loop emitters instead of its fusion emitters its ~200 scalar fusions took 0.89x the
 #: time (GPT-3 175B on 1,024 A100, `experiments/bench_eval.py --sections options`: both
@@ -325,6 +335,7 @@ class Evaluator:
         self._one_c = None
         self._batch = None
         self._compiled: dict[int, Callable] = {}
+        self._repeats: dict[int, tuple[set[int], dict[int, int]]] = {}
 
     def pack(self, system, model, plan) -> np.ndarray:
         """The float32 vector of the leaves of (system, model, plan), in `inputs` order."""
@@ -413,46 +424,208 @@ class Evaluator:
         return [(j,) for j in range(n)] if n <= SPLIT else [tuple(range(n))]
 
     def batch_fn(self) -> list[Callable]:
-        """The jitted batch programs (see `_groups`): f(values [n, len(vary)] float32) ->
-        tuple of arrays [n], one per output of its group (XLA computes only these)."""
+        """The jitted batch programs (see `_groups`): f(values) -> tuple of arrays [n], one
+        per output of its group (XLA computes only these). `values` are rows [n,
+        len(vary)] for one-output programs and columns [len(vary), n] (one row per `vary`
+        input, `columns`) for a program of several outputs: XLA fuses a one-output program
+        into one loop that reads each row once, but splits a program of several outputs
+        into ~90 fusions, each reading only the inputs it needs; from rows each of them read
+        every input's cache lines, and the full result ran 1.6x slower (session 20, a
+        scratch script: 90 against 56 ns per configuration, Llama 3 70B plans on 144
+        GB200, 2 cores), while for step time alone the transposition on the host cost more
+        than it saved (`bench_eval.py --sections batch`: 4.6-5.2e7 against 8.0-8.9e7/s)."""
         if self._batch is None:
-            self._batch = [jax.jit(jax.vmap(lambda v, g=g: self._row(v, g)))
+            axis = 1 if self.columns else 0
+            self._batch = [jax.jit(jax.vmap(lambda v, g=g: self._row(v, g), in_axes=axis))
                            for g in self._groups()]  # fmt: skip
         return self._batch
 
-    def compile_batch(self, block: int = BLOCK) -> list:
+    @property
+    def columns(self) -> bool:
+        """True where the batch program takes its inputs as columns [len(vary), n] (a
+        program of several outputs, `batch_fn`), False where it takes rows [n, len(vary)]."""
+        return len(self._groups()[0]) > 1
+
+    @property
+    def block(self) -> int:
+        """The default rows per block of `batch`: `BLOCK_COLUMNS` for a program of several
+        outputs (`columns`), else `BLOCK`."""
+        return BLOCK_COLUMNS if self.columns else BLOCK
+
+    def compile_batch(self, block: int | None = None) -> list:
         """The batch programs compiled for blocks of `block` rows (cached; `batch` calls
-        them); each one's `cost_analysis()` counts the FLOPs and bytes of one block."""
+        them on rows or columns, `columns`); each one's `cost_analysis()` counts the FLOPs
+        and bytes of one block."""
+        block = self.block if block is None else block
         if block not in self._compiled:
-            spec = jax.ShapeDtypeStruct((block, len(self.vary)), jnp.float32)
+            shape = (len(self.vary), block) if self.columns else (block, len(self.vary))
+            spec = jax.ShapeDtypeStruct(shape, jnp.float32)
             self._compiled[block] = [
                 compile_with(f.lower(spec), BATCH_COMPILE) for f in self.batch_fn()
             ]
         return self._compiled[block]
 
-    def batch(self, values, *, block: int = BLOCK) -> np.ndarray:
+    def _repeated(self, block: int) -> tuple[set[int], dict[int, int]]:
+        """`repeated_outputs` of the one batch program of several outputs ((set(), {})
+        for one-output programs), in `outputs` indices."""
+        if not self.columns:
+            return set(), {}
+        if block not in self._repeats:
+            try:
+                text = self.compile_batch(block)[0].as_text()
+            except Exception:  # noqa: BLE001  (no HLO text from this jaxlib: copy everything)
+                text = ""
+            self._repeats[block] = repeated_outputs(text or "", len(self.outputs))
+        return self._repeats[block]
+
+    def batch(self, values, *, block: int | None = None, out: np.ndarray | None = None
+              ) -> np.ndarray:  # fmt: skip
         """`outputs` [n, len(outputs)] of n rows of `vary` values [n, len(vary)], in blocks
-        of `block` rows (compiled once; the last block is padded). The array is
-        column-major (each output's values contiguous: copying the blocks' outputs into
-        rows of a row-major array, strided, took ~40% of a full result's time);
-        `np.ascontiguousarray` it where row-major memory is needed."""
+        of `block` rows (default `self.block`; compiled once per block size; the last block
+        is padded).
+
+        The array is column-major (each output's values contiguous: copying the blocks'
+        outputs into rows of a row-major array, strided, took ~40% of a full result's
+        time); `np.ascontiguousarray` it where row-major memory is needed. `out`: a
+        float32 array [n, len(outputs)] to write into and return instead of a new one
+        (column-major is fastest, e.g. `np.empty((len(outputs), n), np.float32).T`): a
+        new array's memory is zeroed by the kernel on first touch, which cost ~25 ns per
+        configuration of the full result's ~100 (2 cores, session 20), so a caller that
+        evaluates batch after batch saves it by passing the same `out`.
+
+        Outputs the compiled program computes as constants or as copies of another output
+        (`repeated_outputs`) are filled once or copied from that output's column, not
+        copied from the program's result. Blocks are dispatched `AHEAD` at a time: the
+        cores compute the next blocks while this thread copies one out, and no more than
+        `AHEAD + 1` blocks' outputs are held (memory flat in n)."""
         values = np.asarray(values, np.float32).reshape(-1, len(self.vary))
-        n = len(values)
-        out = np.empty((len(self.outputs), n), np.float32)
-        block = min(block, max(n, 1))
+        n, k = len(values), len(self.outputs)
+        if out is None:
+            out = np.empty((k, n), np.float32).T
+        elif not (isinstance(out, np.ndarray) and out.dtype == np.float32
+                  and out.shape == (n, k) and out.flags.writeable):  # fmt: skip
+            got = getattr(out, "shape", None), getattr(out, "dtype", type(out).__name__)
+            raise ValueError(
+                f"Evaluator.batch: out must be a writable float32 array of shape ({n}, {k}) "
+                f"(rows x outputs), got shape {got[0]} and dtype {got[1]}; or leave it out."
+            )
+        cols = out.T  # [outputs, n]: out[:, j] is row j of this view
+        block = min(self.block if block is None else block, max(n, 1))
         fns, groups = self.compile_batch(block), self._groups()
-        pending = []
+        constant, same = self._repeated(block)
+        pending: list = []
+
+        def drain() -> None:
+            s, results = pending.pop(0)
+            rows = min(block, n - s)
+            for g, arrays in zip(groups, results, strict=True):
+                for j, c in zip(g, arrays, strict=True):
+                    if j in constant:
+                        if s == 0:  # the same in every row: one fill
+                            cols[j] = np.asarray(c)[0]
+                    elif j not in same:
+                        cols[j, s : s + rows] = np.asarray(c)[:rows]
+            for j, i in same.items():
+                cols[j, s : s + rows] = cols[i, s : s + rows]
+
         for s in range(0, n, block):
             v = values[s : s + block]
             if len(v) < block:
                 v = np.concatenate([v, np.repeat(v[:1], block - len(v), 0)])
+            if self.columns:
+                v = np.ascontiguousarray(v.T)  # [len(vary), block]: see batch_fn
             pending.append((s, [fn(v) for fn in fns]))  # asynchronous dispatch
-        for s, results in pending:
-            rows = min(block, n - s)
-            for g, cols in zip(groups, results, strict=True):
-                for j, c in zip(g, cols, strict=True):
-                    out[j, s : s + rows] = np.asarray(c)[:rows]
-        return out.T
+            if len(pending) > AHEAD:
+                drain()
+        while pending:
+            drain()
+        return out
+
+
+_HLO_NAME = re.compile(r"%[\w.\-]+")
+
+
+def _balanced(text: str, i: int) -> int:
+    """The index just past the parenthesis that closes the one at text[i]."""
+    depth = 0
+    for k in range(i, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[k], 0)
+        if depth == 0:
+            return k + 1
+    return len(text)
+
+
+def _hlo_instruction(line: str) -> tuple[str, str, list[str]] | None:
+    """(name, opcode, operand names) of one instruction line of HLO text, else None."""
+    head, sep, rest = line.strip().removeprefix("ROOT ").partition(" = ")
+    if not sep or not head.startswith("%"):
+        return None
+    k = _balanced(rest, 0) if rest.startswith("(") else rest.find(" ")  # past the type
+    if k < 0:
+        return None
+    rest = rest[k:].lstrip()
+    p = rest.find("(")
+    if p <= 0:
+        return None
+    return head, rest[:p], _HLO_NAME.findall(rest[p : _balanced(rest, p)])
+
+
+def repeated_outputs(hlo_text: str, n_outputs: int) -> tuple[set[int], dict[int, int]]:
+    """From the optimized HLO text of a compiled program whose result is a tuple of
+    `n_outputs` arrays (`compiled.as_text()`): the outputs that depend on no parameter
+    (`constant`: the same value in every element, for a vmapped program of rows) and the
+    outputs that are copies of an earlier one (`same`: {output: earlier output}). XLA
+    writes each of them as an array of its own, folding (`x * 0`, `x * 1`) and common
+    subexpressions having made them constants or copies. ({}, {}) where the text is not
+    as expected: the caller then copies every output (slower, never wrong)."""
+    entry = hlo_text[hlo_text.find("\nENTRY") :] if "\nENTRY" in hlo_text else ""
+    defs: dict[str, tuple[str, list[str]]] = {}
+    root = None
+    for line in entry.splitlines()[1:]:
+        parsed = _hlo_instruction(line)
+        if parsed is None:
+            continue
+        name, op, args = parsed
+        defs[name] = (op, args)
+        if line.lstrip().startswith("ROOT "):
+            root = name
+    if root is None or defs[root][0] != "tuple" or len(defs[root][1]) != n_outputs:
+        return set(), {}
+    varying: dict[str, bool] = {}
+
+    def depends(name: str) -> bool:  # on a parameter (iterative: no recursion limit)
+        stack = [name]
+        while stack:
+            x = stack[-1]
+            if x in varying:
+                stack.pop()
+                continue
+            op, args = defs.get(x, ("parameter", []))
+            todo = [a for a in args if a not in varying]
+            if todo:
+                stack.extend(todo)
+                continue
+            varying[x] = op == "parameter" or any(varying[a] for a in args)
+            stack.pop()
+        return varying[name]
+
+    def origin(name: str) -> str:
+        while defs.get(name, ("", []))[0] in ("copy", "bitcast") and len(defs[name][1]) == 1:
+            name = defs[name][1][0]
+        return name
+
+    constant: set[int] = set()
+    same: dict[int, int] = {}
+    first: dict[str, int] = {}
+    for j, name in enumerate(defs[root][1]):
+        o = origin(name)
+        if not depends(o):
+            constant.add(j)
+        elif o in first:
+            same[j] = first[o]
+        else:
+            first[o] = j
+    return constant, same
 
 
 def _rebuilder(shape, treedef) -> Callable[[list], object]:

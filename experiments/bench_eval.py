@@ -17,7 +17,9 @@
    in as constants, the plan knobs per row) over every valid Llama 3 70B training plan on
    144 GB200 GPUs, with the full result (every RunResult leaf), the four columns a sweep's
    merge needs (three computed, tokens/J divided on the host as the sweep does), and the
-   step time alone: configurations per second, FLOPs per
+   step time alone (the full result also into one array reused call after call,
+   `batch(out=...)`, which skips the kernel's zeroing of a new array's pages): configurations
+   per second (best of 3 calls on 2^20 rows, each call a new array unless reused), FLOPs per
    configuration from XLA's `compiled.cost_analysis()`, the cores' measured float32 FMA
    rate (a 2048^2 matmul, jax and numpy, all cores) and the fraction of that arithmetic
    limit reached.
@@ -237,17 +239,19 @@ def section_options() -> None:
     rows = np.column_stack([space.plans, space.gb]).astype(np.float32)
     bplan = plan_of(problem, space.describe([0], np.zeros((1, len(COLUMNS))))[0])
     vary = [f"plan.{name}" for name in KNOBS] + ["plan.global_batch"]
-    v = jnp.asarray(rows[np.arange(fast.BLOCK) % len(rows)])
-    spec = jax.ShapeDtypeStruct((fast.BLOCK, len(vary)), jnp.float32)
+    rows = rows[np.arange(fast.BLOCK) % len(rows)]
     for label, outputs in (("step time only", ("step_time_s",)), ("full result", None)):
         e = fast.Evaluator(gb, gm, bplan, outputs=outputs, vary=vary)
+        v = jnp.asarray(rows.T if e.columns else rows)  # see Evaluator.batch_fn
+        spec = jax.ShapeDtypeStruct(v.shape, jnp.float32)
         lows = [f.lower(spec) for f in e.batch_fn()]
         base = [lo.compile() for lo in lows]
         opt = [fast.compile_with(lo, fast.BATCH_COMPILE) for lo in lows]
         same = all(np.array_equal(np.asarray(b(v)[0]), np.asarray(o(v)[0]))
                    for b, o in zip(base, opt, strict=True))  # fmt: skip
-        r = _interleaved({"default": lambda b=base: _run_blocks(b, v),
-                          "emu": lambda o=opt: _run_blocks(o, v)}, rounds=12, reps=10)  # fmt: skip
+        r = _interleaved({"default": lambda b=base, v=v: _run_blocks(b, v),
+                          "emu": lambda o=opt, v=v: _run_blocks(o, v)},
+                         rounds=12, reps=10)  # fmt: skip
         print(f"batch, {label}: XLA default {fast.BLOCK / r['default'][0]:.3g}/s, "
               f"BATCH_COMPILE {fast.BLOCK / r['emu'][0]:.3g}/s, speed ratio "
               f"{1 / r['emu'][1]:.3f} (12 rounds of 10 blocks; identical values: "
@@ -298,15 +302,21 @@ def section_batch() -> None:
         for c in compiled:
             ca = c.cost_analysis()
             ca = ca[0] if isinstance(ca, list) else ca
-            flops += float(ca.get("flops", 0.0)) / fast.BLOCK
-            moved += float(ca.get("bytes accessed", 0.0)) / fast.BLOCK
+            flops += float(ca.get("flops", 0.0)) / ev.block
+            moved += float(ca.get("bytes accessed", 0.0)) / ev.block
         run = ev.batch if outputs != merge else lambda r, e=ev: _with_tokens_per_joule(e, r)
-        run(rows[: 2 * fast.BLOCK])  # warm
-        t = min(_timed_once(lambda f=run: f(rows)) for _ in range(3))
-        per_s = n / t
-        limit = peak / max(flops, 1.0)
-        print(f"{label:24} {compile_s:9.2f} {per_s:10.3g} {flops:9.0f} {moved:11.0f} "
-              f"{limit:9.3g} {100 * per_s / limit:7.1f}%", flush=True)  # fmt: skip
+        runs = [(label, run)]
+        if outputs is None:  # the same into one array reused call after call (`out=`)
+            buf = np.empty((len(ev.outputs), n), np.float32).T
+            runs.append(("  into a reused array",
+                         lambda r, e=ev, b=buf: e.batch(r, out=b[: len(r)])))  # fmt: skip
+        for name, fn in runs:
+            fn(rows[: 2 * ev.block])  # warm
+            t = min(_timed_once(lambda f=fn: f(rows)) for _ in range(3))
+            per_s = n / t
+            limit = peak / max(flops, 1.0)
+            print(f"{name:24} {compile_s:9.2f} {per_s:10.3g} {flops:9.0f} {moved:11.0f} "
+                  f"{limit:9.3g} {100 * per_s / limit:7.1f}%", flush=True)  # fmt: skip
 
 
 def _with_tokens_per_joule(ev, rows) -> np.ndarray:

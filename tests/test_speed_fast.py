@@ -157,6 +157,76 @@ def test_packed_batch_equals_loop(nvl72):
         assert _close(r, [want.step_time_s, want.tokens_per_joule])
 
 
+def test_full_result_batch_equals_evaluate_with_repeated_outputs_filled(nvl72):
+    """The full result (every RunResult leaf) in one program of several outputs: it takes
+    columns, runs in blocks (three here, the last padded), and the outputs XLA computes as
+    constants (a dense model's expert and dispatch times, a training run's TTFT) or as
+    copies of another (n_ranks of n_chips on one die per chip, breakdown.total_s of
+    step_time_s) are filled on the host, not copied from the program: every row still
+    equals `emu.evaluate`, leaf by leaf."""
+    model = emu.load_model("llama3_8b")
+    base = emu.make_plan(tp=1, dp=72, global_batch=576, seq_len=4096)
+    ev = fast.Evaluator(nvl72, model, base, vary=("plan.tp", "plan.dp", "plan.microbatch"))
+    assert ev.columns and len(ev.outputs) > fast.SPLIT
+    rows = np.array([[1, 72, 1], [2, 36, 2], [4, 18, 4], [8, 9, 8], [8, 9, 1], [2, 36, 8],
+                     [1, 72, 2], [4, 18, 1], [8, 9, 4]], np.float32)  # fmt: skip
+    got = ev.batch(rows, block=4)
+    constant, same = ev._repeated(4)
+    names = ev.outputs
+    assert {"ttft_s", "breakdown.expert_s"} <= {names[j] for j in constant}
+    assert {(names[j], names[k]) for j, k in same.items()} >= {
+        ("n_ranks", "n_chips"),
+        ("breakdown.total_s", "step_time_s"),
+    }
+    assert got.shape == (len(rows), len(names))
+    for r, (tp, dp, mb) in zip(got, rows.tolist(), strict=True):
+        p = emu.make_plan(tp=int(tp), dp=int(dp), microbatch=int(mb), global_batch=576,
+                          seq_len=4096)  # fmt: skip
+        want = [float(x) for x in jax.tree_util.tree_leaves(emu.evaluate(nvl72, model, p))]
+        np.testing.assert_allclose(r, want, rtol=2e-6, atol=0)
+    # the same values without the host's fills and copies (every output copied out)
+    ev._repeats[4] = (set(), {})
+    np.testing.assert_array_equal(ev.batch(rows, block=4), got)
+    # into the caller's array (`out`), column-major or row-major, returned as given
+    for buf in (np.full((len(names), len(rows)), np.nan, np.float32).T,
+                np.full((len(rows), len(names)), np.nan, np.float32)):  # fmt: skip
+        assert ev.batch(rows, block=4, out=buf) is buf
+        np.testing.assert_array_equal(buf, got)
+    for bad in (np.empty((len(rows), 3), np.float32), np.empty(got.shape, np.float64), [0.0]):
+        with pytest.raises(ValueError, match=r"out must be a writable float32 array of shape"):
+            ev.batch(rows, block=4, out=bad)
+
+
+def test_repeated_outputs_reads_hlo_text_and_falls_back():
+    """`fast.repeated_outputs` on hand-written HLO: a broadcast constant (also through a
+    copy) is constant, a copy or bitcast of an earlier output's instruction is the same as
+    that output; text that is not a program with a tuple of that many outputs gives
+    nothing (every output copied, never a wrong fill)."""
+    tup = "(" + ", ".join(["f32[4]{0}"] * 4) + ", /*index=4*/f32[4]{0})"
+    text = f"""HloModule m
+
+%f (p: f32[4]) -> f32[4] {{
+  %p = f32[4]{{0}} parameter(0)
+  ROOT %n = f32[4]{{0}} negate(%p)
+}}
+
+ENTRY %main.1 (v.1: f32[2,4]) -> {tup} {{
+  %v.1 = f32[2,4]{{1,0}} parameter(0)
+  %constant.1 = f32[] constant(0)
+  %zeros = f32[4]{{0}} broadcast(%constant.1), dimensions={{}}
+  %row = f32[4]{{0}} fusion(%v.1), kind=kLoop, calls=%f
+  %copy = f32[4]{{0}} copy(%row)
+  %copy.1 = f32[4]{{0}} copy(%zeros)
+  %bit = f32[4]{{0}} bitcast(%row)
+  ROOT %tuple = {tup} tuple(%row, %zeros, %copy, %copy.1, %bit)
+}}
+"""
+    assert fast.repeated_outputs(text, 5) == ({1, 3}, {2: 0, 4: 0})
+    assert fast.repeated_outputs(text, 4) == (set(), {})  # another number of outputs
+    assert fast.repeated_outputs("not HLO", 5) == (set(), {})
+    assert fast.repeated_outputs(text.replace("ROOT %tuple", "%tuple"), 5) == (set(), {})
+
+
 def test_batch_program_keeps_nans_infinities_and_integer_steps(nvl72):
     """The batch programs compile with XLA's fast math (`fast.BATCH_COMPILE`, NaNs and
     infinities honoured): a row with a NaN input still comes out NaN, not a finite number,
