@@ -64,7 +64,8 @@ __all__ = [
     "compile_with",
 ]
 
-#: rows per compiled batch call: large enough to amortise the per-call and per-fusion
+#: rows per compiled batch call of a one-output program (several outputs: BLOCK_COLUMNS;
+#: `Evaluator.block`): large enough to amortise the per-call and per-fusion
 #: overhead of XLA's CPU runtime and for XLA to split each fusion's loop over the cores
 #: (it splits only loops its cost model deems large enough). Measured on 2 cores, session
 #: 18 (a scratch script, Llama 3 70B plans on 144 GB200): step time alone 2.0e7 / 2.3e7 /
@@ -495,9 +496,11 @@ class Evaluator:
 
         Outputs the compiled program computes as constants or as copies of another output
         (`repeated_outputs`) are filled once or copied from that output's column, not
-        copied from the program's result. Blocks are dispatched `AHEAD` at a time: the
-        cores compute the next blocks while this thread copies one out, and no more than
-        `AHEAD + 1` blocks' outputs are held (memory flat in n)."""
+        copied from the program's result. Blocks are dispatched one after another with up
+        to `AHEAD` of them in flight beyond the one this thread copies out, so the cores
+        compute while it copies, and no more than `AHEAD + 1` blocks' program outputs are
+        held at once (before, every block's were held until the end); the result and the
+        float32 copy of `values` still grow with n."""
         values = np.asarray(values, np.float32).reshape(-1, len(self.vary))
         n, k = len(values), len(self.outputs)
         if out is None:
@@ -555,71 +558,87 @@ def _balanced(text: str, i: int) -> int:
     return len(text)
 
 
-def _hlo_instruction(line: str) -> tuple[str, str, list[str]] | None:
-    """(name, opcode, operand names) of one instruction line of HLO text, else None."""
+def _hlo_instruction(line: str) -> tuple[str, str, str, list[str]] | None:
+    """(name, type, opcode, operand names) of one instruction line of HLO text, else None."""
     head, sep, rest = line.strip().removeprefix("ROOT ").partition(" = ")
     if not sep or not head.startswith("%"):
         return None
     k = _balanced(rest, 0) if rest.startswith("(") else rest.find(" ")  # past the type
     if k < 0:
         return None
-    rest = rest[k:].lstrip()
+    typ, rest = rest[:k], rest[k:].lstrip()
     p = rest.find("(")
     if p <= 0:
         return None
-    return head, rest[:p], _HLO_NAME.findall(rest[p : _balanced(rest, p)])
+    return head, typ, rest[:p], _HLO_NAME.findall(rest[p : _balanced(rest, p)])
 
 
 def repeated_outputs(hlo_text: str, n_outputs: int) -> tuple[set[int], dict[int, int]]:
     """From the optimized HLO text of a compiled program whose result is a tuple of
-    `n_outputs` arrays (`compiled.as_text()`): the outputs that depend on no parameter
-    (`constant`: the same value in every element, for a vmapped program of rows) and the
-    outputs that are copies of an earlier one (`same`: {output: earlier output}). XLA
+    `n_outputs` arrays (`compiled.as_text()`): the outputs computed from constants alone
+    (`constant`: the same value in every element, for a program vmapped over
+    configurations) and the outputs that are copies of an earlier one (`same`: {output:
+    earlier output}, through `copy` and `bitcast` of the same type and layout only). XLA
     writes each of them as an array of its own, folding (`x * 0`, `x * 1`) and common
-    subexpressions having made them constants or copies. ({}, {}) where the text is not
-    as expected: the caller then copies every output (slower, never wrong)."""
-    entry = hlo_text[hlo_text.find("\nENTRY") :] if "\nENTRY" in hlo_text else ""
-    defs: dict[str, tuple[str, list[str]]] = {}
+    subexpressions having made them constants or copies. Only the ENTRY computation is
+    read; an instruction with no operands other than `constant` counts as varying (an
+    iota, a random number). (set(), {}) where the text is not as expected (no ENTRY, a
+    name defined twice, a cycle, another number of outputs): the caller then copies every
+    output (slower, never wrong)."""
+    start = hlo_text.find("\nENTRY ")
+    if start < 0:
+        return set(), {}
+    defs: dict[str, tuple[str, str, list[str]]] = {}
     root = None
-    for line in entry.splitlines()[1:]:
+    for line in hlo_text[start + 1 :].splitlines()[1:]:
+        if line.strip() == "}":  # the end of ENTRY
+            break
         parsed = _hlo_instruction(line)
         if parsed is None:
             continue
-        name, op, args = parsed
-        defs[name] = (op, args)
+        name, typ, op, args = parsed
+        if name in defs:
+            return set(), {}
+        defs[name] = (typ, op, args)
         if line.lstrip().startswith("ROOT "):
             root = name
-    if root is None or defs[root][0] != "tuple" or len(defs[root][1]) != n_outputs:
+    if root is None or defs[root][1] != "tuple" or len(defs[root][2]) != n_outputs:
         return set(), {}
     varying: dict[str, bool] = {}
-
-    def depends(name: str) -> bool:  # on a parameter (iterative: no recursion limit)
-        stack = [name]
+    for name in defs:  # every instruction, operands first (iterative: no recursion limit)
+        stack, open_ = [name], set()
         while stack:
             x = stack[-1]
             if x in varying:
                 stack.pop()
                 continue
-            op, args = defs.get(x, ("parameter", []))
+            _, op, args = defs.get(x, ("", "parameter", []))  # unknown: as a parameter
             todo = [a for a in args if a not in varying]
             if todo:
+                if x in open_:  # a cycle: not a program
+                    return set(), {}
+                open_.add(x)
                 stack.extend(todo)
                 continue
-            varying[x] = op == "parameter" or any(varying[a] for a in args)
+            varying[x] = op != "constant" and (not args or any(varying[a] for a in args))
             stack.pop()
-        return varying[name]
 
     def origin(name: str) -> str:
-        while defs.get(name, ("", []))[0] in ("copy", "bitcast") and len(defs[name][1]) == 1:
-            name = defs[name][1][0]
+        while defs[name][1] in ("copy", "bitcast") and len(defs[name][2]) == 1:
+            a = defs[name][2][0]
+            if a not in defs or defs[a][0] != defs[name][0]:  # a relayout or a reshape
+                break
+            name = a
         return name
 
     constant: set[int] = set()
     same: dict[int, int] = {}
     first: dict[str, int] = {}
-    for j, name in enumerate(defs[root][1]):
+    for j, name in enumerate(defs[root][2]):
+        if name not in defs:
+            return set(), {}
         o = origin(name)
-        if not depends(o):
+        if not varying[o]:
             constant.add(j)
         elif o in first:
             same[j] = first[o]
