@@ -397,3 +397,25 @@ def test_search_budgets_are_bounded(kw, needle):
         gradient_search(system, model, problem, **kw)
     with pytest.raises(ValueError, match=r"chunk must be an integer in \[1, 16777216\]"):
         sweep(system, model, problem, "/nonexistent-never-written", chunk=0)
+
+
+def test_validate_json_of_a_file_whose_rows_all_extrapolate(capsys, tmp_path):
+    """One shipped row alone: held out, its source leaves no residual to build a band from,
+    so the coverage's median width is unbounded. The JSON says null (it has no infinity),
+    where the strict encoder refused the whole report ('Out of range float values are not
+    JSON compliant: inf', exit 2); the text says "unbounded"."""
+    from emu.validation import default_measurements
+
+    rows = default_measurements().read_text(encoding="utf-8").splitlines()
+    one = next(r for r in rows if '"azure_gb200_trtllm_llama_3_70b_tp4_1024_1024"' in r)
+    path = tmp_path / "one.jsonl"
+    path.write_text(one + "\n", encoding="utf-8")
+    code = main(["validate", str(path), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["coverage"]["extrapolated"] == 1
+    assert report["coverage"]["median_width"] is None
+    code = main(["validate", str(path)])
+    out, err = capsys.readouterr()
+    assert code == 0 and "median width unbounded (no band)" in out, err

@@ -267,11 +267,16 @@ def coverage_lines(report: dict) -> list[str]:
         f"  out of sample (leave-one-source-out residuals, level calibrated without the "
         f"row's source): {100 * c['out_of_sample']:.1f}% of {c['rows']} rows; nested at the "
         f"shipped tails ({tails_text(c['tail'])}): {100 * c['nested']:.1f}%; median width "
-        f"{c['median_width']:.2f}x; {c['extrapolated']} extrapolated"
+        f"{_width(c['median_width'])}; {c['extrapolated']} extrapolated"
     )
     for k, v in c["by_kind"].items():
         out.append(f"    {k:40} {v['n']:4d} {100 * v['coverage']:6.1f}%")
     return out
+
+
+def _width(w) -> str:
+    """A band's high/low ratio as text: unbounded where most rows extrapolate (no band)."""
+    return f"{w:.2f}x" if w is not None and math.isfinite(w) else "unbounded (no band)"
 
 
 def plot_report(report: dict, path) -> None:
