@@ -108,3 +108,21 @@ def test_memory_check_counts_the_measured_runs_emu_puts_over_hbm(validate_report
     assert mem["runs"] >= 200
     assert mem["over_hbm"] <= 23
     assert f"memory model: {mem['over_hbm']} of {mem['runs']} measured runs" in format_report(rep)
+
+
+def test_coverage_line_says_whose_tails_it_used(validate_reports, tmp_path):
+    """The coverage line's nested figure reads the bands at tails calibrated on the file's
+    own residuals: on the shipped set those are the shipped tails, and the line says so; on
+    a subset they are not (one row alone calibrates a wider tail), and the line said
+    "shipped tails" there too."""
+    from emu.validation import default_measurements, format_report, validate_file
+
+    rep = validate_reports["default"]
+    assert rep["coverage"]["tails_are_shipped"]
+    assert "nested at the shipped tails (" in format_report(rep)
+    rows = default_measurements().read_text(encoding="utf-8").splitlines()
+    path = tmp_path / "one.jsonl"
+    path.write_text(next(r for r in rows if '"kind": "decode"' in r) + "\n", encoding="utf-8")
+    one = validate_file(path)
+    assert not one["coverage"]["tails_are_shipped"]
+    assert "nested at the tails these rows calibrate (" in format_report(one)

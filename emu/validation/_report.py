@@ -168,7 +168,15 @@ def coverage_of_file(results: list[dict], residuals: list[dict] | None = None) -
         for x in residuals
         if x.get("r_cv") is not None and (x["id"], x["measured"]) in ok
     ]
-    return coverage(recs) if recs else None
+    if not recs:
+        return None
+    cov = coverage(recs)
+    shipped = ((interval_table() or {}).get("provenance") or {}).get("tails")
+    cov["tails_are_shipped"] = isinstance(shipped, dict) and all(
+        math.isclose(float(shipped.get(k, math.nan)), float(v)) for k, v in cov["tail"].items()
+        if k != "all"
+    )  # fmt: skip
+    return cov
 
 
 def validate_file(path=None, *, kind: str | None = None, overrides: dict | None = None) -> dict:
@@ -266,7 +274,8 @@ def coverage_lines(report: dict) -> list[str]:
     out.append(
         f"  out of sample (leave-one-source-out residuals, level calibrated without the "
         f"row's source): {100 * c['out_of_sample']:.1f}% of {c['rows']} rows; nested at the "
-        f"shipped tails ({tails_text(c['tail'])}): {100 * c['nested']:.1f}%; median width "
+        f"{'shipped tails' if c.get('tails_are_shipped') else 'tails these rows calibrate'} "
+        f"({tails_text(c['tail'])}): {100 * c['nested']:.1f}%; median width "
         f"{_width(c['median_width'])}; {c['extrapolated']} extrapolated"
     )
     for k, v in c["by_kind"].items():
