@@ -102,7 +102,7 @@ def test_cost_fields_are_settable_and_move_the_price(capsys):
         (["run", "--region", "us_average", "--set", "cost.chip_usd=-5"],
          "cost.chip_usd must be in [0, 1e+07] USD per chip (got -5)"),
         (["run", "--region", "us_average", "--hourly-price", "-2"],
-         "cost.hourly_usd_per_chip must be in [0, 1000] USD per chip-hour (got -2)"),
+         "--hourly-price: must be a price in (0, 1000] USD per chip-hour (got '-2')"),
         (["run", "--region", "us_average", "--set", "cost.utilisation=1.5"], "in (0, 1] fraction"),
         (["run", "--region", "us_average", "--set", "region.pue=0.9"], "at least 1"),
         (["run", "--region", "us_average", "--set", "cost.pue=1.2"], "write region.pue"),

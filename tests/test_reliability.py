@@ -419,3 +419,118 @@ def test_validate_json_of_a_file_whose_rows_all_extrapolate(capsys, tmp_path):
     code = main(["validate", str(path)])
     out, err = capsys.readouterr()
     assert code == 0 and "median width unbounded (no band)" in out, err
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["program", "x.py:build", "--devices", "2", "--timeout", "inf"], "--timeout must be"),
+        (["program", "x.py:build", "--devices", "2", "--timeout", "0"], "--timeout must be"),
+        (
+            ["program", "x.py:build", "--devices", "2", "--tokens-per-step", "1e39"],
+            "--tokens-per-step must be",
+        ),  # fmt: skip
+        (["program", "x.py:build", "--devices", "100000"], "--devices must be in [1, 16384]"),
+        (
+            ["search", "--system", "dgx_h100", "--model", "llama3_8b", "--free", ""],
+            "--free is empty",
+        ),  # fmt: skip
+        (
+            ["sweep", "--system", "dgx_h100", "--model", "llama3_8b", "--free", "tp", "--tp", "8"],
+            "--free tp varies the knob that --tp fixes",
+        ),  # fmt: skip
+        (
+            [
+                "run",
+                "--system",
+                "dgx_h100",
+                "--model",
+                "llama3_8b",
+                "--set",
+                "plan.tp=2",
+                "--tp",
+                "4",
+            ],
+            "--set plan.tp and --tp both set",
+        ),  # fmt: skip
+        (
+            [
+                "run",
+                "--system",
+                "dgx_h100",
+                "--model",
+                "llama3_8b",
+                "--region",
+                "us_iowa",
+                "--hourly-price",
+                "0",
+            ],
+            "must be a price in (0, 1000]",
+        ),  # fmt: skip
+        (["list", "--region", "us_iowa"], "emu list prints the catalog as shipped; --region"),
+    ],
+)
+def test_contradictory_or_out_of_range_flags_are_one_line(capsys, args, needle):
+    """Each of these was taken and answered wrongly or not at all (session 20's red team):
+    an infinite --timeout crashed (OverflowError); --tokens-per-step 1e39 overflowed float32
+    into infinite tokens/s; --devices 100000 waited out the timeout; an empty --free swept
+    one arbitrary plan and reported no feasible one; --free tp beside --tp 8 and --set
+    plan.tp beside --tp silently dropped one; --hourly-price 0 silently became the built-up
+    cost; `list` took and ignored the cost flags."""
+    _one_line(capsys, args, needle)
+
+
+def _rows_of(*ids: str) -> list[str]:
+    from emu.validation import default_measurements
+
+    lines = default_measurements().read_text(encoding="utf-8").splitlines()
+    return [next(r for r in lines if f'"id": "{i}"' in r) for i in ids]
+
+
+def test_validate_keeps_the_good_rows_when_one_row_is_malformed(capsys, tmp_path):
+    """A row whose id is null crashed the whole run ('internal error (TypeError)'), and a
+    collective row with n_chips 1 aborted it ('a collective needs n_chips >= 2', no line),
+    after the good rows had been predicted: both are now that row's error."""
+    good, coll = _rows_of("sc21_t1_1.7B", "nccl_h100_roce_2node_nvls")
+    no_id = json.loads(good) | {"id": None}
+    one_chip = json.loads(coll) | {"n_chips": 1}
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join([good, json.dumps(no_id), json.dumps(one_chip)]) + "\n")
+    code = main(["validate", str(path), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    rows = json.loads(out)["rows"]
+    assert [r["status"] for r in rows].count("ok") == 1
+    reasons = " | ".join(r.get("reason") or "" for r in rows)
+    assert "line 2: id must be a non-empty string (got None)" in reasons
+    assert "line 3: a collective row needs n_chips >= 2 (got 1)" in reasons
+
+
+def test_validate_refuses_files_and_flags_that_model_nothing(capsys, tmp_path):
+    """No row modelled (invalid JSON), --kind matching no row, and a --set that no system
+    takes were reports of zero rows or hundreds of identical row errors, exit 0; each is now
+    one line and exit 2. A byte-order mark is read as one, not as invalid JSON."""
+    (good,) = _rows_of("sc21_t1_1.7B")
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_text("not json\n")
+    _one_line(capsys, ["validate", str(garbage)], "could be modelled: 1 rows, none predicted")
+    one = tmp_path / "one.jsonl"
+    one.write_text(good + "\n")
+    _one_line(capsys, ["validate", str(one), "--kind", "decode"], "no decode rows in")
+    _one_line(capsys, ["validate", str(one), "--set", "nosuch=1"], "--set: unknown field path")
+    bom = tmp_path / "bom.jsonl"
+    bom.write_text("\ufeff" + good + "\n", encoding="utf-8")
+    assert main(["validate", str(bom)]) == 0
+    assert "modelled 1" in capsys.readouterr().out
+
+
+def test_sensitivity_says_when_its_plan_cannot_run(capsys):
+    """`sensitivity` printed elasticities of a plan 15x over the HBM without a word."""
+    args = ["sensitivity", "--system", "dgx_h100", "--model", "llama3_70b", "--tp", "1",
+            "--pp", "1", "--zero", "0"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("INFEASIBLE on dgx_h100: out of memory")
+    assert main([*args, "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["feasible"] is False and d["infeasible_reasons"]

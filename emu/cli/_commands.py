@@ -34,6 +34,15 @@ def cmd_list(args) -> None:
     if args.fields:
         _list_fields(args)
         return
+    given = [f for f, on in (("--region", args.region), ("--cost", args.cost),
+                             ("--hourly-price", args.hourly_price is not None),
+                             ("--reference-hourly", args.reference_hourly),
+                             ("--set", args.set)) if on]  # fmt: skip
+    if given:
+        raise CliError(
+            f"emu list prints the catalog as shipped; {given[0]} applies with --fields NAME "
+            "(the fields it sets) or to run, compare, serve and search: drop it here."
+        )
     regions = cost_flags.regions()
     if args.regions:
         render.emit(args, {"regions": cost_flags.regions_json(regions)},
@@ -212,11 +221,19 @@ def cmd_sensitivity(args) -> None:
             d = analysis.cost_sensitivity(s.system, s.model, s.plan, *price)
         else:
             d = analysis.sensitivity(s.system, s.model, s.plan)
+    r = evaluated(args, s)  # is the plan possible at all? (the same compiled evaluation)
+    d = {k: r[k] for k in ("feasible", "infeasible_reasons", "warnings")} | d
     d["notes"] = s.notes + set_note(args)
+    why_not = d["infeasible_reasons"] or ([] if d["feasible"] else ["out of memory"])
+    lead = "".join(
+        f"INFEASIBLE on {s.system.name}: {why.rstrip('.')}; the elasticities below are of a "
+        "plan that cannot run\n"
+        for why in why_not
+    )
     if price:
-        render.emit(args, d, cost_flags.sensitivity_text(d, args.top))
+        render.emit(args, d, lead + cost_flags.sensitivity_text(d, args.top))
         return
-    render.emit(args, d, render.sensitivity_text(d, args.top))
+    render.emit(args, d, lead + render.sensitivity_text(d, args.top))
 
 
 def cmd_validate(args) -> None:
@@ -230,6 +247,14 @@ def cmd_validate(args) -> None:
         storage.check_output_path(args.plot, make_parents=True, what="--plot")
         render.need_matplotlib("--plot")
     report = validation.validate_file(args.file, kind=args.kind, overrides=sys_o)
+    if not any(r.get("status") == "ok" for r in report["rows"]):
+        bad = [r for r in report["rows"] if r.get("reason")]
+        first = f" (first: {bad[0]['reason']})" if bad else ""
+        raise CliError(
+            f"no row of {args.file or 'the shipped set'} could be modelled: "
+            f"{len(report['rows'])} rows, none predicted{first}; see --show-skipped "
+            "and MEASUREMENTS.md for the row format."
+        )
     if args.plot:
         validation.plot_report(report, args.plot)
     text = validation.format_report(

@@ -40,7 +40,7 @@ def add_cost_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--hourly-price",
-        type=float,
+        type=_price,
         metavar="USD",
         help="all-in price per chip-hour, replacing the build-up (= --set "
         "cost.hourly_usd_per_chip=USD; e.g. 2.21, SemiAnalysis's GB200 TCO)",
@@ -50,6 +50,24 @@ def add_cost_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use the cost file's published all-in price per chip-hour ([reference])",
     )
+
+
+def _price(text: str) -> float:
+    """argparse type of --hourly-price: a positive, finite USD per chip-hour (0 would mean
+    "no price" to the cost model, which then built the cost up instead, silently)."""
+    import argparse
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and 0 < v <= 1000):
+        raise argparse.ArgumentTypeError(
+            f"must be a price in (0, 1000] USD per chip-hour (got {text!r}); leave it out "
+            "for the cost built up from capex, power and hosting"
+        )
+    return v
 
 
 def is_cost_path(path: str) -> bool:

@@ -79,9 +79,19 @@ def _free_and_fixed(args) -> tuple[tuple, dict]:
     if args.free is None:
         return tuple(k for k in names if k not in fixed), fixed
     free = tuple(k.strip() for k in args.free.split(",") if k.strip())
+    if not free:
+        raise CliError(
+            f"--free is empty; name the knobs to vary (e.g. --free tp,pp; known: "
+            f"{', '.join(names)}), or leave it out to vary every knob not given."
+        )
     bad = [k for k in free if k not in names]
     if bad:
         raise CliError(f"--free: unknown knob '{bad[0]}'; known: {', '.join(names)}.")
+    both = [k for k in free if k in fixed]
+    if both:
+        flags = {k.name: k.flag for k in plan_knob_list}
+        flag = "--batch" if both[0] == "microbatch" and args.phase != "train" else flags[both[0]]
+        raise CliError(f"--free {both[0]} varies the knob that {flag} fixes; drop one of them.")
     return free, fixed
 
 

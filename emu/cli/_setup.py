@@ -107,6 +107,13 @@ def setup(args, system_name: str) -> Setup:
     notes: list[str] = []
     sys_o, model_o, plan_o = overrides(args)
     knobs = plan_knobs(args)
+    both = [p for p in plan_o if p.removeprefix("plan.") in knobs]
+    if both:
+        name = both[0].removeprefix("plan.")
+        flag = next(k.flag for k in KNOBS if k.name == name)
+        if name == "microbatch" and getattr(args, "batch", None) is not None:
+            flag = "--batch"
+        raise CliError(f"--set plan.{name} and {flag} both set the plan's {name}; drop one.")
     phase = knobs.get("phase", "train")
     slo_s = slo(args, phase)
     system = catalog.load_system(resolved(system_name, "systems", notes), sys_o)

@@ -18,6 +18,11 @@ import sys
 __all__ = ["add_program_parser", "run_program_cli", "main_program", "build_program_parser"]
 
 DEFAULT_SYSTEMS = ["gb200_nvl72"]
+#: bounds of the numeric flags (a larger --tokens-per-step overflowed float32 into an
+#: infinite tokens/s; an infinite --timeout crashed; --devices 20000 waited out the timeout)
+MAX_TOKENS_PER_STEP = 1e15
+MAX_TIMEOUT_S = 86400.0
+MAX_DEVICES = 16384
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -109,8 +114,22 @@ def run_program_cli(args: argparse.Namespace) -> int:
 
     if args.top < 0:
         raise ValueError(f"--top must be >= 0 (got {args.top}).")
-    if args.tokens_per_step is not None and not args.tokens_per_step >= 0:
-        raise ValueError(f"--tokens-per-step must be >= 0 (got {args.tokens_per_step}).")
+    tps = args.tokens_per_step
+    if tps is not None and not 0 <= tps <= MAX_TOKENS_PER_STEP:
+        raise ValueError(
+            f"--tokens-per-step must be a number of tokens in [0, {MAX_TOKENS_PER_STEP:.0e}] "
+            f"(got {tps:g})."
+        )
+    if not 0 < args.timeout <= MAX_TIMEOUT_S:
+        raise ValueError(
+            f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT_S:g}] "
+            f"(got {args.timeout:g})."
+        )
+    if args.devices is not None and not 1 <= args.devices <= MAX_DEVICES:
+        raise ValueError(
+            f"--devices must be in [1, {MAX_DEVICES}] (got {args.devices}): the builder is "
+            "traced on that many virtual CPU devices in one process."
+        )
     overrides = _system_overrides(args.set)
     systems = [load_system(s, overrides) for s in (args.system or DEFAULT_SYSTEMS)]
     roles = _pairs(args.axis_role, "--axis-role")

@@ -179,15 +179,41 @@ def coverage_of_file(results: list[dict], residuals: list[dict] | None = None) -
     return cov
 
 
+def _check_overrides(rows: list[dict], overrides: dict) -> None:
+    """ValueError, before any row is predicted, when the system overrides (`--set`) fail
+    on every system the rows name (a path no system has, a value out of range): then every
+    row would fail the same way. Where they fail on some systems only, those rows say so."""
+    from emu.catalog import load_system
+
+    errors = []
+    for name in sorted({r["system"] for r in rows if isinstance(r.get("system"), str)}):
+        try:
+            load_system(name, overrides)
+            return
+        except (ValueError, KeyError, TypeError) as e:
+            errors.append(str(e))
+    if errors:
+        raise ValueError(f"--set: {errors[0].rstrip('.')} (on every system the rows name).")
+
+
 def validate_file(path=None, *, kind: str | None = None, overrides: dict | None = None) -> dict:
     """{"rows": every row's result, "summary": `summarise`, "coverage": `coverage_of_file`}
     for a JSON Lines file (default: the shipped measurements), optionally only rows of one
     `kind` (KINDS)."""
     if kind is not None and kind not in KINDS:
         raise ValueError(f"unknown row kind '{kind}'; known: {', '.join(KINDS)}.")
-    rows, problems = read_rows(path or default_measurements())
+    path = path or default_measurements()
+    rows, problems = read_rows(path)
     if kind:
+        kinds = sorted({str(r.get("kind")) for r in rows})
         rows = [r for r in rows if r.get("kind") == kind]
+        if not rows:
+            raise ValueError(
+                f"no {kind} rows in '{path}' (its rows' kinds: {', '.join(kinds) or 'none'}); "
+                "drop --kind or pick one of these."
+            )
+    if overrides:
+        _check_overrides(rows, overrides)
     results = problems + validate_rows(rows, overrides=overrides)
     for r in results:
         r.setdefault("predicted", None)

@@ -120,7 +120,7 @@ def read_rows(path) -> tuple[list[dict], list[dict]]:
     try:
         if not stat.S_ISREG(os.stat(p).st_mode) and not p.is_dir():
             raise ValueError(f"measurement path '{p}' is not a regular file.")
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark is not a row
     except FileNotFoundError:
         raise ValueError(f"measurement file '{p}' not found.") from None
     except IsADirectoryError:
@@ -163,6 +163,15 @@ def read_rows(path) -> tuple[list[dict], list[dict]]:
                 }
             )
             continue
+        if not isinstance(row["id"], str) or not row["id"].strip():
+            problems.append(
+                {
+                    "id": f"line {i}",
+                    "status": "error",
+                    "reason": f"line {i}: id must be a non-empty string (got {row['id']!r})",
+                }
+            )
+            continue
         v = row["value"]
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
             problems.append(
@@ -182,13 +191,16 @@ def read_rows(path) -> tuple[list[dict], list[dict]]:
 
 def check_row(row: dict) -> None:
     """ValueError when a row cannot describe a run: n_chips not a whole number in
-    [1, MAX_CHIPS], or a `unit` that does not match the metric (METRIC_UNITS)."""
+    [1, MAX_CHIPS] (a collective: at least 2), or a `unit` that does not match the metric
+    (METRIC_UNITS)."""
     n = row.get("n_chips")
     ok = isinstance(n, int | float) and not isinstance(n, bool) and math.isfinite(n)
     if not ok or n != int(n) or not 1 <= n <= MAX_CHIPS:
         raise ValueError(
             f"n_chips must be a whole number of chips in [1, {MAX_CHIPS:,}] (got {n!r})"
         )
+    if row.get("kind") == "collective" and n < 2:
+        raise ValueError(f"a collective row needs n_chips >= 2 (got {n!r})")
     unit = row.get("unit")
     want = METRIC_UNITS.get(row["metric"])
     if unit is not None and want is not None:
