@@ -468,6 +468,11 @@ def test_validate_json_of_a_file_whose_rows_all_extrapolate(capsys, tmp_path):
             "must be a price in (0, 1000]",
         ),  # fmt: skip
         (["list", "--region", "us_iowa"], "emu list prints the catalog as shipped; --region"),
+        (
+            ["sweep", "--system", "dgx_h100", "--model", "llama3_8b", "--grid", "nosuch=1"],
+            "--grid: unknown field path 'nosuch'",
+        ),  # fmt: skip (was "--unknown field path")
+        (["serve", "--mtp-accept", "1"], "argument --mtp-accept: must be an acceptance rate"),
     ],
 )
 def test_contradictory_or_out_of_range_flags_are_one_line(capsys, args, needle):

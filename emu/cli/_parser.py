@@ -6,6 +6,8 @@ checked here, everything else by the library."""
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
 
 from emu.cli._cost import add_cost_args
 from emu.plan import KNOBS, KV_PRECISIONS
@@ -58,6 +60,21 @@ def positive_int(text: str) -> int:
 def nonnegative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
     return _int_at_least(text, 0, "non-negative")
+
+
+def _in_range(lo: float, hi: float, words: str, closed_hi: bool = True) -> Callable:
+    """argparse type: a float in [lo, hi] ([lo, hi) where not `closed_hi`)."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        if not (lo <= v <= hi if closed_hi else lo <= v < hi):
+            raise argparse.ArgumentTypeError(f"must be {words} (got {text!r})")
+        return v
+
+    return parse
 
 
 def seconds(text: str) -> float:
@@ -360,8 +377,20 @@ def _add_serve(sub) -> None:
         choices=list(KV_PRECISIONS),
         help="KV-cache element format of both instances (default bf16)",
     )
-    p.add_argument("--mtp-accept", type=float, default=0.0)
-    p.add_argument("--moe-imbalance", type=float, default=1.0)
+    p.add_argument(
+        "--mtp-accept",
+        type=_in_range(0.0, 1.0, "an acceptance rate in [0, 1)", closed_hi=False),
+        default=0.0,
+        help="share of multi-token-prediction drafts accepted, in [0, 1) (default 0)",
+    )
+    p.add_argument(
+        "--moe-imbalance",
+        type=_in_range(
+            1.0, 1000.0, "a load ratio in [1, 1000) (busiest expert / mean)", closed_hi=False
+        ),  # fmt: skip
+        default=1.0,
+        help="busiest expert's load over the mean, >= 1 (default 1: balanced)",
+    )
     p.add_argument("--a2a-overlap", action="store_true")
     p.add_argument(
         "--decode-expert-ranks",

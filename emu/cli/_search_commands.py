@@ -115,7 +115,8 @@ def _grid(args, system) -> dict:
     try:
         check_grid(system, grid)
     except ValueError as e:
-        raise CliError(f"--{e}") from None  # the library names `grid NAME`
+        msg = str(e)  # the library names `grid NAME` (its own checks) or the field
+        raise CliError(f"--{msg}" if msg.startswith("grid ") else f"--grid: {msg}") from None
     return grid
 
 

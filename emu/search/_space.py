@@ -231,12 +231,16 @@ def check_grid(system: System, grid: dict | None) -> dict:
         if name in TOPOLOGY_KNOBS:
             lo, hi = TOPOLOGY_RANGES[name]
             bad = [v for v in vals if not (lo <= v <= hi)]
-            if name == "domain":
-                bad += [v for v in vals if v != int(v)]
             if bad:
                 raise ValueError(
-                    f"grid {name}: {bad[0]:g} is outside [{lo:g}, {hi:g}] or not a whole "
-                    f"number of chips ({TOPOLOGY_KNOBS[name]})."
+                    f"grid {name}: {bad[0]:g} is outside [{lo:g}, {hi:g}] "
+                    f"({TOPOLOGY_KNOBS[name]})."
+                )
+            bad = [v for v in vals if name == "domain" and v != int(v)]
+            if bad:
+                raise ValueError(
+                    f"grid {name}: {bad[0]:g} is not a whole number of chips "
+                    f"({TOPOLOGY_KNOBS[name]})."
                 )
         else:
             for v in vals:  # unknown path, out of bounds or inconsistent: raises
