@@ -264,7 +264,8 @@ class Plan:
     seq_len: Array = knob(
         "int",
         default=2048,
-        bounds="[1, inf)",
+        # 10M tokens: Llama 4 Scout's claimed context; float32 holds every whole number to 2^24
+        bounds="[1, 1e7]",
         unit="tokens",
         phases=("train", "prefill"),
         help="tokens per sequence (prefill: the prompt)",

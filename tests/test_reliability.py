@@ -473,6 +473,7 @@ def test_validate_json_of_a_file_whose_rows_all_extrapolate(capsys, tmp_path):
             "--grid: unknown field path 'nosuch'",
         ),  # fmt: skip (was "--unknown field path")
         (["serve", "--mtp-accept", "1"], "argument --mtp-accept: must be an acceptance rate"),
+        (["run", "--seq-len", "1e30"], "argument --seq-len: must be an integer in [1, 1e+07]"),
     ],
 )
 def test_contradictory_or_out_of_range_flags_are_one_line(capsys, args, needle):

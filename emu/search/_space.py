@@ -233,8 +233,7 @@ def check_grid(system: System, grid: dict | None) -> dict:
             bad = [v for v in vals if not (lo <= v <= hi)]
             if bad:
                 raise ValueError(
-                    f"grid {name}: {bad[0]:g} is outside [{lo:g}, {hi:g}] "
-                    f"({TOPOLOGY_KNOBS[name]})."
+                    f"grid {name}: {bad[0]:g} is outside [{lo:g}, {hi:g}] ({TOPOLOGY_KNOBS[name]})."
                 )
             bad = [v for v in vals if name == "domain" and v != int(v)]
             if bad:
