@@ -24,7 +24,7 @@ def test_run_object(small):
 
 def test_run_refuses_a_non_finite_result(small):
     system, model, _ = small
-    plan = emu.make_plan(tp=8, dp=1, global_batch=9, seq_len=1e19)
+    plan = emu.make_plan(tp=8, dp=1, global_batch=1e38, seq_len=1e7)  # overflows float32
     with pytest.raises(ValueError, match="not finite"):
         run(system, model, plan)
 

@@ -291,7 +291,7 @@ def _one_line(capsys, args, needle):
 
 def test_serve_refuses_a_negative_output_length(capsys):
     """It gave -46,921 requests/s, feasible."""
-    _one_line(capsys, ["serve", "--output-len", "-5"], "--output-len: must be a positive integer")
+    _one_line(capsys, ["serve", "--output-len", "-5"], "--output-len: must be an integer in [1,")
 
 
 def test_describe_refuses_a_pue_that_overflows(capsys):
@@ -519,7 +519,7 @@ def test_validate_refuses_files_and_flags_that_model_nothing(capsys, tmp_path):
     (good,) = _rows_of("sc21_t1_1.7B")
     garbage = tmp_path / "garbage.jsonl"
     garbage.write_text("not json\n")
-    _one_line(capsys, ["validate", str(garbage)], "could be modelled: 1 rows, none predicted")
+    _one_line(capsys, ["validate", str(garbage)], "could be modelled (1 rows: line 1: invalid JSON")
     one = tmp_path / "one.jsonl"
     one.write_text(good + "\n")
     _one_line(capsys, ["validate", str(one), "--kind", "decode"], "no decode rows in")
@@ -540,3 +540,11 @@ def test_sensitivity_says_when_its_plan_cannot_run(capsys):
     assert main([*args, "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["feasible"] is False and d["infeasible_reasons"]
+
+
+def test_set_plan_seq_len_alone_is_not_a_conflict_with_the_flag_default(capsys):
+    """--seq-len has a default (8192), so `--set plan.seq_len=4096` alone must not read as
+    two settings of one knob (a first version of the conflict check refused it)."""
+    args = ["run", "--system", "dgx_h100", "--model", "llama3_8b", "--set", "plan.seq_len=4096"]
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["plan"]["seq_len"] == 4096

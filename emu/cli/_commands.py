@@ -221,7 +221,9 @@ def cmd_sensitivity(args) -> None:
             d = analysis.cost_sensitivity(s.system, s.model, s.plan, *price)
         else:
             d = analysis.sensitivity(s.system, s.model, s.plan)
-    r = evaluated(args, s)  # is the plan possible at all? (the same compiled evaluation)
+        # is the plan possible at all? (reuses sensitivity's compiled evaluation; with
+        # --region, cost_sensitivity compiled none, so this compiles one)
+        r = evaluated(args, s)
     d = {k: r[k] for k in ("feasible", "infeasible_reasons", "warnings")} | d
     d["notes"] = s.notes + set_note(args)
     why_not = d["infeasible_reasons"] or ([] if d["feasible"] else ["out of memory"])
@@ -248,12 +250,12 @@ def cmd_validate(args) -> None:
         render.need_matplotlib("--plot")
     report = validation.validate_file(args.file, kind=args.kind, overrides=sys_o)
     if not any(r.get("status") == "ok" for r in report["rows"]):
-        bad = [r for r in report["rows"] if r.get("reason")]
-        first = f" (first: {bad[0]['reason']})" if bad else ""
+        why = "; ".join(r["reason"] for r in report["rows"] if r.get("reason"))
+        why = why if len(why) <= 300 else why[:297] + "..."
         raise CliError(
-            f"no row of {args.file or 'the shipped set'} could be modelled: "
-            f"{len(report['rows'])} rows, none predicted{first}; see --show-skipped "
-            "and MEASUREMENTS.md for the row format."
+            f"no row of {args.file or 'the shipped set'} could be modelled "
+            f"({len(report['rows'])} rows: {why or 'no reason given'}); the row format is in "
+            "MEASUREMENTS.md beside the shipped set (emu/data/)."
         )
     if args.plot:
         validation.plot_report(report, args.plot)

@@ -359,8 +359,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--model", default="deepseek_r1", help="catalog name or TOML path")
     p.add_argument("--prefill-chips", type=positive_int, default=96)
     p.add_argument("--decode-chips", type=positive_int, default=160)
-    p.add_argument("--prompt-len", type=positive_int, default=4096)
-    p.add_argument("--output-len", type=positive_int, default=1024)
+    p.add_argument("--prompt-len", type=_bounded_int(1, 10_000_000), default=4096)
+    p.add_argument("--output-len", type=_bounded_int(1, 10_000_000), default=1024)
     p.add_argument("--prefill-batch", type=positive_int, help="prompts per DP rank per batch")
     p.add_argument("--decode-batch", type=positive_int, help="sequences per DP rank in decode")
     p.add_argument("--tpot-slo", type=seconds, default=0.05, help="seconds (default 0.05)")
@@ -389,7 +389,7 @@ def _add_serve(sub) -> None:
             1.0, 1000.0, "a load ratio in [1, 1000) (busiest expert / mean)", closed_hi=False
         ),  # fmt: skip
         default=1.0,
-        help="busiest expert's load over the mean, >= 1 (default 1: balanced)",
+        help="busiest expert's load over the mean, in [1, 1000) (default 1: balanced)",
     )
     p.add_argument("--a2a-overlap", action="store_true")
     p.add_argument(

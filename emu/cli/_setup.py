@@ -107,7 +107,8 @@ def setup(args, system_name: str) -> Setup:
     notes: list[str] = []
     sys_o, model_o, plan_o = overrides(args)
     knobs = plan_knobs(args)
-    both = [p for p in plan_o if p.removeprefix("plan.") in knobs]
+    typed = {k: v for k, v in knobs.items() if FLAG_DEFAULTS.get(k, object()) != v}
+    both = [p for p in plan_o if p.removeprefix("plan.") in typed]  # (a flag's default: not typed)
     if both:
         name = both[0].removeprefix("plan.")
         flag = next(k.flag for k in KNOBS if k.name == name)

@@ -183,10 +183,11 @@ def _check_overrides(rows: list[dict], overrides: dict) -> None:
     """ValueError, before any row is predicted, when the system overrides (`--set`) fail
     on every system the rows name (a path no system has, a value out of range): then every
     row would fail the same way. Where they fail on some systems only, those rows say so."""
-    from emu.catalog import load_system
+    from emu.catalog import list_systems, load_system
 
+    known = set(list_systems())  # (a row naming another system is that row's error)
     errors = []
-    for name in sorted({r["system"] for r in rows if isinstance(r.get("system"), str)}):
+    for name in sorted({r.get("system") for r in rows} & known):
         try:
             load_system(name, overrides)
             return
