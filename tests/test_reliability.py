@@ -421,57 +421,23 @@ def test_validate_json_of_a_file_whose_rows_all_extrapolate(capsys, tmp_path):
     assert code == 0 and "median width unbounded (no band)" in out, err
 
 
+_H100_8B = ["--system", "dgx_h100", "--model", "llama3_8b"]
+_PROG = ["program", "x.py:build", "--devices", "2"]
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["program", "x.py:build", "--devices", "2", "--timeout", "inf"], "--timeout must be"),
-        (["program", "x.py:build", "--devices", "2", "--timeout", "0"], "--timeout must be"),
-        (
-            ["program", "x.py:build", "--devices", "2", "--tokens-per-step", "1e39"],
-            "--tokens-per-step must be",
-        ),  # fmt: skip
+        ([*_PROG, "--timeout", "inf"], "--timeout must be"),
+        ([*_PROG, "--timeout", "0"], "--timeout must be"),
+        ([*_PROG, "--tokens-per-step", "1e39"], "--tokens-per-step must be"),
         (["program", "x.py:build", "--devices", "100000"], "--devices must be in [1, 16384]"),
-        (
-            ["search", "--system", "dgx_h100", "--model", "llama3_8b", "--free", ""],
-            "--free is empty",
-        ),  # fmt: skip
-        (
-            ["sweep", "--system", "dgx_h100", "--model", "llama3_8b", "--free", "tp", "--tp", "8"],
-            "--free tp varies the knob that --tp fixes",
-        ),  # fmt: skip
-        (
-            [
-                "run",
-                "--system",
-                "dgx_h100",
-                "--model",
-                "llama3_8b",
-                "--set",
-                "plan.tp=2",
-                "--tp",
-                "4",
-            ],
-            "--set plan.tp and --tp both set",
-        ),  # fmt: skip
-        (
-            [
-                "run",
-                "--system",
-                "dgx_h100",
-                "--model",
-                "llama3_8b",
-                "--region",
-                "us_iowa",
-                "--hourly-price",
-                "0",
-            ],
-            "must be a price in (0, 1000]",
-        ),  # fmt: skip
+        (["search", *_H100_8B, "--free", ""], "--free is empty"),
+        (["sweep", *_H100_8B, "--free", "tp", "--tp", "8"], "--free tp varies the knob"),
+        (["run", *_H100_8B, "--set", "plan.tp=2", "--tp", "4"], "--set plan.tp and --tp both"),
+        (["run", *_H100_8B, "--region", "us_iowa", "--hourly-price", "0"], "(0, 1000]"),
         (["list", "--region", "us_iowa"], "emu list prints the catalog as shipped; --region"),
-        (
-            ["sweep", "--system", "dgx_h100", "--model", "llama3_8b", "--grid", "nosuch=1"],
-            "--grid: unknown field path 'nosuch'",
-        ),  # fmt: skip (was "--unknown field path")
+        (["sweep", *_H100_8B, "--grid", "nosuch=1"], "--grid: unknown field path 'nosuch'"),
         (["serve", "--mtp-accept", "1"], "argument --mtp-accept: must be an acceptance rate"),
         (["run", "--seq-len", "1e30"], "argument --seq-len: must be an integer in [1, 1e+07]"),
     ],
