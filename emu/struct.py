@@ -54,6 +54,7 @@ __all__ = [
     "get_path",
     "set_path",
     "content_digest",
+    "json_safe",
 ]
 
 #: metadata key under which a field's FieldInfo is stored
@@ -411,3 +412,16 @@ def content_digest(*trees, salt: str = "") -> str:
             h.update(k.encode())
             h.update(np.asarray(v, np.float32).tobytes())
     return h.hexdigest()[:16]
+
+
+def json_safe(obj):
+    """`obj` (dicts, lists, tuples, numbers, strings) with every non-finite float as None:
+    JSON has no infinity or NaN, and a strict encoder (`allow_nan=False`) refused a whole
+    result for one (an unbounded interval width, say). Every command's --json uses it."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from emu.cli._progress import fit_progress, search_progress, sweep_progress, working
+from emu.struct import json_safe
 
 __all__ = ["fit_progress", "search_progress", "sweep_progress", "working"]  # and the rest
 
@@ -38,22 +39,10 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *[fmt(r) for r in rows]])
 
 
-def _json_safe(obj: Any) -> Any:
-    """`obj` with every non-finite float (an unbounded interval width, say) as None: JSON
-    has no infinity or NaN, and a strict encoder refused the whole result for one."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def emit(args, obj: Any, text: str) -> None:
     """`obj` as JSON with --json (non-finite numbers as null), else `text`, on stdout."""
     if args.json:
-        print(json.dumps(_json_safe(obj), indent=2, allow_nan=False))
+        print(json.dumps(json_safe(obj), indent=2, allow_nan=False))
     else:
         print(text)
 

@@ -138,9 +138,9 @@ def run_program_cli(args: argparse.Namespace) -> int:
         systems, tokens_per_step=args.tokens_per_step, algorithm=args.algorithm, top=args.top
     )
     if args.json:
-        from emu.cli._render import _json_safe  # non-finite numbers as null, as every command
+        from emu.struct import json_safe  # non-finite numbers as null, as every command
 
-        out = _json_safe({"results": [r.to_json() for r in results]})
+        out = json_safe({"results": [r.to_json() for r in results]})
         print(json.dumps(out, indent=2, allow_nan=False))
     else:
         print(text_report(results, top=args.top))
