@@ -466,8 +466,10 @@ def test_validate_keeps_the_good_rows_when_one_row_is_malformed(capsys, tmp_path
     good, coll = _rows_of("sc21_t1_1.7B", "nccl_h100_roce_2node_nvls")
     no_id = json.loads(good) | {"id": None}
     one_chip = json.loads(coll) | {"n_chips": 1}
+    flat = json.loads(good) | {"id": "flat", "parallel": "tp8"}
     path = tmp_path / "rows.jsonl"
-    path.write_text("\n".join([good, json.dumps(no_id), json.dumps(one_chip)]) + "\n")
+    rows = [good, json.dumps(no_id), json.dumps(one_chip), json.dumps(flat)]
+    path.write_text("\n".join(rows) + "\n")
     code = main(["validate", str(path), "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -476,6 +478,7 @@ def test_validate_keeps_the_good_rows_when_one_row_is_malformed(capsys, tmp_path
     reasons = " | ".join(r.get("reason") or "" for r in rows)
     assert "line 2: id must be a non-empty string (got None)" in reasons
     assert "line 3: a collective row needs n_chips >= 2 (got 1)" in reasons
+    assert "line 4: parallel must be a JSON object or null (got 'tp8')" in reasons
 
 
 def test_validate_refuses_files_and_flags_that_model_nothing(capsys, tmp_path):

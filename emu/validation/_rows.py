@@ -201,6 +201,9 @@ def check_row(row: dict) -> None:
         )
     if row.get("kind") == "collective" and n < 2:
         raise ValueError(f"a collective row needs n_chips >= 2 (got {n!r})")
+    for key in ("model", "parallel"):
+        if row.get(key) is not None and not isinstance(row[key], dict):
+            raise ValueError(f"{key} must be a JSON object or null (got {row[key]!r})")
     unit = row.get("unit")
     want = METRIC_UNITS.get(row["metric"])
     if unit is not None and want is not None:
