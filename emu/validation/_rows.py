@@ -100,6 +100,12 @@ MOE_CATALOG = {
     "mixtral8x7b": "mixtral_8x7b",
     "llama4scout": "llama4_scout",
 }
+#: dense catalog models whose published head width is not d_model / n_heads (the row schema
+#: has no head width, and a row built from its fields would take d_model / n_heads)
+DENSE_CATALOG = {
+    "qwen332b": "qwen3_32b",
+    "gemma227b": "gemma2_27b",
+}
 #: structure emu does not model, said in a row's result (`approximations`)
 APPROXIMATIONS = (
     (r"dsa sparse attention|deepseek-v3\.2", "DSA sparse attention modelled as dense MLA"),
@@ -264,17 +270,19 @@ def _norm(name: str) -> str:
 
 
 def row_model(row: dict) -> Model:
-    """The model of a row: the catalog model it names (MOE_CATALOG), checked against the
-    row, or one built from its fields with the documented defaults (module constants)."""
+    """The model of a row: the catalog model it names (MOE_CATALOG, DENSE_CATALOG),
+    checked against the row, or one built from its fields with the documented defaults
+    (module constants)."""
     m = row.get("model")
     if not isinstance(m, dict):
         raise ValueError("no model description")
     moe = m.get("moe")
-    if moe:
-        key = _norm(str(m.get("name", "")))
-        name = next((v for k, v in MOE_CATALOG.items() if key.startswith(k)), None)
-        if name is not None:
-            return _catalog_moe(row, m, name)
+    key = _norm(str(m.get("name", "")))
+    name = next(
+        (v for k, v in (MOE_CATALOG if moe else DENSE_CATALOG).items() if key.startswith(k)), None
+    )
+    if name is not None:
+        return _catalog_model(m, name)
     gated = _ffn(m) == "swiglu" or bool(moe)
     text = row_text(row)
     data = {
@@ -310,20 +318,21 @@ def row_model(row: dict) -> Model:
     return model_from_dict(data, f"row {row['id']} model")
 
 
-def _catalog_moe(row: dict, m: dict, name: str) -> Model:
+def _catalog_model(m: dict, name: str) -> Model:
     """The catalog model `name` for a row that names it, after checking it agrees with the
-    row (the row schema has no MLA dims or dense-layer count)."""
+    row on every dimension the row states (the row schema has no head width, MLA dims or
+    dense-layer count)."""
     model = load_model(name)
-    for field in ("n_layers", "d_model", "n_heads"):
-        if m.get(field) is not None and float(getattr(model, field)) != float(m[field]):
+    fields = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab")
+    stated = {f: m.get(f) for f in (fields[:3] if m.get("moe") else fields)}
+    moe = m.get("moe") or {}
+    stated.update(n_experts=moe.get("n_experts"), top_k=moe.get("top_k"))
+    for field, value in stated.items():
+        if value is not None and float(getattr(model, field)) != float(value):
             raise ValueError(
                 f"catalog model {name} has {field}={float(getattr(model, field)):g}, "
-                f"the row {m[field]}"
+                f"the row {value}"
             )
-    moe = m["moe"]
-    for field, key2 in (("n_experts", "n_experts"), ("top_k", "top_k")):
-        if moe.get(key2) is not None and float(getattr(model, field)) != float(moe[key2]):
-            raise ValueError(f"catalog model {name} disagrees with the row on {field}")
     return replace(model, name="row")
 
 
