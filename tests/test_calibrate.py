@@ -221,6 +221,20 @@ def test_overlay_with_cv_writes_residuals_and_a_calibrated_interval_table(small_
     assert iv["low"] < iv["high"] and iv["level"] == 0.8
 
 
+def test_an_overlay_whose_intervals_cannot_be_built_writes_nothing(small_fit, tmp_path):
+    """A cross-validation without a held-out residual (one source: nothing to hold out
+    against) wrote fitted.toml and residuals.jsonl, then failed on the intervals, leaving a
+    new overlay beside the old intervals; now it fails before the first file is written."""
+    import dataclasses
+
+    rep, _ = small_fit
+    cv = cross_validate(rep, by="source", steps=5)
+    empty = dataclasses.replace(cv, rows=[{**x, "r_cv": None} for x in cv.rows])
+    with pytest.raises(ValueError, match="no residuals to calibrate intervals on"):
+        write_overlay(rep, tmp_path / "fitted.toml", command="t", cv=[empty])
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_checkpoint_is_keyed_by_the_code_and_the_loss(small_fit, tmp_path, monkeypatch):
     """The checkpoint signature covers the model code and the loss constants, not only the
     rows and plans: after a model change `emu calibrate` refits instead of resuming a

@@ -2,6 +2,7 @@
 and fuzzing of the CLI and the loaders (only success or a clean error may come out)."""
 
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -437,9 +438,14 @@ _PROG = ["program", "x.py:build", "--devices", "2"]
         (["run", *_H100_8B, "--set", "plan.tp=2", "--tp", "4"], "--set plan.tp and --tp both"),
         (["run", *_H100_8B, "--region", "us_iowa", "--hourly-price", "0"], "(0, 1000]"),
         (["list", "--region", "us_iowa"], "emu list prints the catalog as shipped; --region"),
+        (["list", "--fields", "plan", "--region", "us_iowa"], "changes no knob here: drop it"),
+        (["list", "--fields", "llama3_8b", "--set", "chip.hbm_bytes=1"], "a model's fields;"),
+        (["list", "--fields", "dgx_h100", "--set", "plan.tp=8"], "a system's fields; --set"),
+        (["compare", "--systems", "dgx_h100,dgx_h100"], "--systems lists 'dgx_h100' twice"),
         (["sweep", *_H100_8B, "--grid", "nosuch=1"], "--grid: unknown field path 'nosuch'"),
         (["serve", "--mtp-accept", "1"], "argument --mtp-accept: must be an acceptance rate"),
         (["run", "--seq-len", "1e30"], "argument --seq-len: must be an integer in [1, 1e+07]"),
+        (["search", *_H100_8B, "--seed", "-1"], "argument --seed: must be an integer in [0, "),
     ],
 )
 def test_contradictory_or_out_of_range_flags_are_one_line(capsys, args, needle):
@@ -450,6 +456,29 @@ def test_contradictory_or_out_of_range_flags_are_one_line(capsys, args, needle):
     plan.tp beside --tp silently dropped one; --hourly-price 0 silently became the built-up
     cost; `list` took and ignored the cost flags."""
     _one_line(capsys, args, needle)
+
+
+def test_compare_numbers_the_columns_of_two_systems_that_share_a_name(capsys, tmp_path):
+    """Two TOML files that both say name = "dgx_h100" printed two identical headers."""
+    from emu.catalog import config_dir
+
+    text = (config_dir() / "systems" / "dgx_h100.toml").read_text()
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text(text)
+    b.write_text(text)
+    assert main(["compare", "--systems", f"{a},{b}", "--model", "llama3_8b"]) == 0
+    head = capsys.readouterr().out.splitlines()[0].split()
+    assert head == ["dgx_h100", "#1", "dgx_h100", "#2"]
+
+
+def test_calibrate_cv_on_one_source_is_refused_before_the_fit(capsys, tmp_path):
+    """It fitted for minutes, then said 'no residuals to calibrate intervals on'."""
+    path = tmp_path / "one_source.jsonl"
+    path.write_text("\n".join(_rows_of("sc21_t1_1.7B", "sc21_t1_3.6B")) + "\n")
+    _one_line(
+        capsys, ["calibrate", str(path), "--cv", "--dry-run"],
+        "--cv holds out one of the rows' sources at a time and needs at least two; the file has 1",
+    )  # fmt: skip
 
 
 def _rows_of(*ids: str) -> list[str]:
@@ -479,6 +508,26 @@ def test_validate_keeps_the_good_rows_when_one_row_is_malformed(capsys, tmp_path
     assert "line 2: id must be a non-empty string (got None)" in reasons
     assert "line 3: a collective row needs n_chips >= 2 (got 1)" in reasons
     assert "line 4: parallel must be a JSON object or null (got 'tp8')" in reasons
+
+
+def test_validate_refuses_a_denormal_value_and_a_duplicate_id_on_their_lines(capsys, tmp_path):
+    """A measured value of 5e-324 was taken: its error overflowed to 'inf%' and the
+    summary's p90 became NaN; a row repeated under the same id was counted twice in every
+    summary. Each is now that line's error, and the summary counts the good row once."""
+    (good,) = _rows_of("sc21_t1_1.7B")
+    tiny = json.loads(good) | {"id": "tiny", "value": 5e-324}
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join([good, json.dumps(tiny), good]) + "\n")
+    code = main(["validate", str(path), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    rep = json.loads(out)
+    reasons = " | ".join(r.get("reason") or "" for r in rep["rows"])
+    assert "line 2: value must be a positive number in [1e-06, 1e+12]" in reasons
+    assert "line 3: duplicate id 'sc21_t1_1.7B' (first on line 1)" in reasons
+    s = rep["summary"]
+    assert s["modelled"] == 1 and s["errors"] == 2
+    assert s["all"]["n"] == 1 and math.isfinite(s["all"]["p90_abs_pct_error"])
 
 
 def test_validate_refuses_files_and_flags_that_model_nothing(capsys, tmp_path):

@@ -92,21 +92,30 @@ def write_overlay(
         sections.setdefault(head, []).append(text)
     for head, body in sections.items():
         lines += ["", head, *body]
-    with atomic_write(path, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    # every file's text first, then the writes: a cross-validation that cannot give
+    # intervals (no held-out residual) must not leave a new overlay beside old intervals
+    files = [(path, "\n".join(lines) + "\n")]
     for c in cv or []:
         if c.by == "source" and c.rows:
-            write_residuals(c, path.parent / "residuals.jsonl")
-            write_intervals(c, path.parent / "intervals.toml", command=command)
+            files.append((path.parent / "residuals.jsonl", _residuals_text(c)))
+            body = "\n".join(_intervals_lines(c, command=command)) + "\n"
+            files.append((path.parent / "intervals.toml", body))
+    for p, text in files:
+        with atomic_write(check_output_path(p, make_parents=True, what=p.name), "w") as fh:
+            fh.write(text)
     return path
+
+
+def _residuals_text(cv: CrossValidation) -> str:
+    return "".join(json.dumps(x, allow_nan=False) + "\n" for x in cv.rows)
 
 
 def write_residuals(cv: CrossValidation, path: Path) -> Path:
     """Every row's residual record (`CrossValidation.rows`) as JSON Lines, atomically."""
+    text = _residuals_text(cv)
     path = check_output_path(path, make_parents=True, what="residuals")
     with atomic_write(path, "w") as fh:
-        for x in cv.rows:
-            fh.write(json.dumps(x, allow_nan=False) + "\n")
+        fh.write(text)
     return path
 
 
@@ -126,13 +135,21 @@ def write_intervals(
     each kind calibrated so that nested leave-one-source-out coverage of its rows reaches
     `level`, the quantiles of every basis at its kind's tail, and the out-of-sample coverage
     of the procedure (all rows and by kind)."""
+    lines = _intervals_lines(cv, command=command, level=level)
+    path = check_output_path(path, make_parents=True, what="intervals")
+    with atomic_write(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return path
+
+
+def _intervals_lines(cv: CrossValidation, *, command: str, level=INTERVAL_LEVEL) -> list[str]:
+    """The text of `write_intervals` (ValueError when `cv` has no held-out residual)."""
     if cv.by != "source":
         raise ValueError("intervals come from leave-one-source-out residuals (by='source').")
     recs = interval_records(cv)
     tails = calibrate_tails(recs, level)
     table = quantile_table(recs, tails)
     cov = coverage(recs, level)
-    path = check_output_path(path, make_parents=True, what="intervals")
     lines = [
         "# 80% prediction intervals from leave-one-source-out residuals (emu calibrate --cv).",
         "# r = log(predicted / measured speed); a rate y lies in [y exp(-q_hi), y exp(-q_lo)],",
@@ -169,6 +186,4 @@ def write_intervals(
             f"q_hi = {_fmt(b['q_hi'])}",
             f"usable = {'true' if b['usable'] else 'false'}",
         ]
-    with atomic_write(path, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    return path
+    return lines

@@ -30,14 +30,19 @@ def evaluated(args, s) -> dict:
     return {**head, **r, "notes": s.notes + set_note(args)}
 
 
+def _cost_flags_given(args) -> list[str]:
+    """The cost flags (and --set) a `list` command line gives."""
+    return [f for f, on in (("--region", args.region), ("--cost", args.cost),
+                            ("--hourly-price", args.hourly_price is not None),
+                            ("--reference-hourly", args.reference_hourly),
+                            ("--set", args.set)) if on]  # fmt: skip
+
+
 def cmd_list(args) -> None:
     if args.fields:
         _list_fields(args)
         return
-    given = [f for f, on in (("--region", args.region), ("--cost", args.cost),
-                             ("--hourly-price", args.hourly_price is not None),
-                             ("--reference-hourly", args.reference_hourly),
-                             ("--set", args.set)) if on]  # fmt: skip
+    given = _cost_flags_given(args)
     if given:
         raise CliError(
             f"emu list prints the catalog as shipped; {given[0]} applies with --fields NAME "
@@ -66,7 +71,12 @@ def cmd_list(args) -> None:
 
 def _list_fields(args) -> None:
     name = args.fields
-    sys_o, model_o, _ = overrides(args)
+    if name == "plan" and _cost_flags_given(args):  # the knobs' declarations, no values
+        raise CliError(
+            f"emu list --fields plan lists the plan knobs as declared; "
+            f"{_cost_flags_given(args)[0]} changes no knob here: drop it."
+        )
+    sys_o, model_o, plan_o = overrides(args)
     if name == "plan":
         out = render_catalog.plan_fields()
         render.emit(args, out, render_catalog.plan_fields_text(out))
@@ -75,10 +85,22 @@ def _list_fields(args) -> None:
     kind = _kind_of(name)
     name = resolved(name, kind, notes)
     if kind == "models":
+        given = [f for f in _cost_flags_given(args) if f != "--set"]
+        if given or sys_o or plan_o or any(cost_flags.is_cost_path(i) for i in args.set):
+            what = given[0] if given else "--set of a system, plan or cost field"
+            raise CliError(
+                f"emu list --fields {args.fields} lists a model's fields; {what} changes "
+                "none of them (cost: --fields SYSTEM): drop it, or --set model.<field>=V."
+            )
         leaves = {
             f"model.{k}": v for k, v in float_leaves(catalog.load_model(name, model_o)).items()
         }
     else:
+        if model_o or plan_o:
+            raise CliError(
+                f"emu list --fields {args.fields} lists a system's fields; --set model.* and "
+                "plan.* apply to a model's (--fields MODEL) or to a run: drop them here."
+            )
         leaves = float_leaves(catalog.load_system(name, sys_o))
         leaves |= cost_flags.field_rows(args, name)
     values = {k: float(v) for k, v in leaves.items()}
@@ -192,6 +214,9 @@ def cmd_compare(args) -> None:
     names = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not names:
         raise CliError("--systems is empty; give comma-separated system names.")
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise CliError(f"--systems lists {twice!r} twice; name each system once.")
     results = []
     for name in names:
         with render.working(_compiling(name, args.model)):
@@ -271,6 +296,8 @@ def cmd_calibrate(args) -> None:
     storage.enable_compilation_cache()
     if args.set:
         raise CliError("calibrate takes no --set: it fits the shared parameters itself.")
+    if args.cv:  # before a fit of minutes, not after it
+        _check_cv_groups(args.file)
     if not args.dry_run:  # before a fit of minutes, not after it
         out = args.out or calibration.overlay_path()
         storage.check_output_path(out, make_parents=True, what="--out")
@@ -301,6 +328,23 @@ def cmd_calibrate(args) -> None:
     out["cross_validation"] = [vars(c) for c in cvs]
     out["overlay"] = str(path) if path else None
     render.emit(args, out, render.calibrate_text(out, path))
+
+
+def _check_cv_groups(file) -> None:
+    """`--cv` holds out one source, then one system, at a time: a file with fewer than two
+    of either has nothing to hold out (it fitted for minutes, then said 'no residuals to
+    calibrate intervals on')."""
+    from emu import validation
+
+    rows, _ = validation.read_rows(file or validation.default_measurements())
+    for what, key in (("sources", lambda r: str(r.get("source", "")).split("|")[0].strip()),
+                      ("systems", lambda r: str(r.get("system", ""))),):  # fmt: skip
+        groups = {key(r) for r in rows}
+        if len(groups) < 2:
+            raise CliError(
+                f"--cv holds out one of the rows' {what} at a time and needs at least two; "
+                f"the file has {len(groups)}. Leave out --cv to fit without cross-validation."
+            )
 
 
 def _serving_plan(args, system, model, phase, chips, batch, slo, precision):

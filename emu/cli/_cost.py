@@ -14,6 +14,7 @@ import argparse
 from emu import analysis, costs_catalog
 from emu import cost as C
 from emu.cli import _render as render
+from emu.cli._types import in_range
 from emu.overrides import parse_override
 
 #: --set prefixes that go to the cost and the region instead of the system
@@ -52,22 +53,12 @@ def add_cost_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _price(text: str) -> float:
-    """argparse type of --hourly-price: a positive, finite USD per chip-hour (0 would mean
-    "no price" to the cost model, which then built the cost up instead, silently)."""
-    import argparse
-    import math
-
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not (math.isfinite(v) and 0 < v <= 1000):
-        raise argparse.ArgumentTypeError(
-            f"must be a price in (0, 1000] USD per chip-hour (got {text!r}); leave it out "
-            "for the cost built up from capex, power and hosting"
-        )
-    return v
+#: argparse type of --hourly-price: a positive, finite USD per chip-hour (0 would mean "no
+#: price" to the cost model, which then built the cost up instead, silently)
+_price = in_range(
+    0.0, 1000.0, "a price in (0, 1000] USD per chip-hour", closed_lo=False,
+    hint="; leave it out for the cost built up from capex, power and hosting",
+)  # fmt: skip
 
 
 def is_cost_path(path: str) -> bool:

@@ -6,10 +6,9 @@ checked here, everything else by the library."""
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Callable
 
 from emu.cli._cost import add_cost_args
+from emu.cli._types import in_range
 from emu.plan import KNOBS, KV_PRECISIONS
 from emu.search import BUDGET, OBJECTIVES
 from emu.struct import check_value
@@ -60,21 +59,6 @@ def positive_int(text: str) -> int:
 def nonnegative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
     return _int_at_least(text, 0, "non-negative")
-
-
-def _in_range(lo: float, hi: float, words: str, closed_hi: bool = True) -> Callable:
-    """argparse type: a float in [lo, hi] ([lo, hi) where not `closed_hi`)."""
-
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            v = math.nan
-        if not (lo <= v <= hi if closed_hi else lo <= v < hi):
-            raise argparse.ArgumentTypeError(f"must be {words} (got {text!r})")
-        return v
-
-    return parse
 
 
 def seconds(text: str) -> float:
@@ -379,13 +363,13 @@ def _add_serve(sub) -> None:
     )
     p.add_argument(
         "--mtp-accept",
-        type=_in_range(0.0, 1.0, "an acceptance rate in [0, 1)", closed_hi=False),
+        type=in_range(0.0, 1.0, "an acceptance rate in [0, 1)", closed_hi=False),
         default=0.0,
         help="share of multi-token-prediction drafts accepted, in [0, 1) (default 0)",
     )
     p.add_argument(
         "--moe-imbalance",
-        type=_in_range(
+        type=in_range(
             1.0, 1000.0, "a load ratio in [1, 1000) (busiest expert / mean)", closed_hi=False
         ),  # fmt: skip
         default=1.0,
@@ -437,7 +421,9 @@ def _add_search_commands(sub) -> None:
     p.add_argument(
         "--steps", type=_bounded_int(1, MAX_STEPS), help="optimiser steps per start (default 40)"
     )
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument(
+        "--seed", type=_bounded_int(0, 2**32 - 1), help="random seed in [0, 2^32) (default 0)"
+    )
 
     p = sub.add_parser(
         "sweep",

@@ -171,6 +171,14 @@ def _chips_text(r: dict) -> str:
     return f"{r['n_chips']:.0f}" + (f" ({r['n_ranks']:.0f} dies)" if d > 1 else "")
 
 
+def _column_names(results: list[dict]) -> list[str]:
+    """The systems' names, numbered where two share one (two TOML files that both say
+    name = "custom"), so that no two columns look alike."""
+    names = [str(r["system"]) for r in results]
+    return [f"{n} #{names[: i + 1].count(n)}" if names.count(n) > 1 else n
+            for i, n in enumerate(names)]  # fmt: skip
+
+
 def run_text(results: list[dict]) -> str:
     """`emu run`/`emu compare`: infeasibility first, then one column per result, the step
     breakdown, the plans, warnings and notes."""
@@ -181,7 +189,7 @@ def run_text(results: list[dict]) -> str:
         for reason in (r.get("infeasible_reasons") or ["out of memory"])
     ]
     out += [""] if out else []
-    head = ["", *[r["system"] for r in results]]
+    head = ["", *_column_names(results)]
     ivs = [r.get("interval") or {} for r in results]
     rows = [
         ["feasible", *[_feasible_text(r) for r in results]],

@@ -138,12 +138,17 @@ def write_table(result: SweepResult | SearchResult, path) -> Path:
     Parquet (by the file's suffix), written atomically, feasible configurations first: a
     gradient search's candidates and a sweep of up to RANK_ROWS rows ranked (feasible, then
     the objective, best first); a larger sweep streamed from its chunk records, its feasible
-    rows first and then the others, each group in the order of the space."""
+    rows first and then the others, each group in the order of the space. Without
+    `Problem.cost` the usd_per_mtoken column is left out."""
     path = Path(path)
     header = result.space.header()
     fc, oc = header.index("feasible"), header.index("objective")
     sign = result.problem.sign()
-    with table_writer(path, header) as write:
+    # an unpriced problem (no cost and region) has no usd_per_mtoken: the column is left
+    # out rather than written as NaN on every row
+    cols = [j for j, h in enumerate(header) if h != "usd_per_mtoken" or result.problem.cost]
+    with table_writer(path, [header[j] for j in cols]) as put:
+        write = lambda block: put(block[:, cols])  # noqa: E731
         if isinstance(result, SearchResult) or result.evaluations <= RANK_ROWS:
             blocks = list(result.table_blocks())
             if blocks:

@@ -26,6 +26,10 @@ REQUIRED = ("id", "kind", "system", "n_chips", "metric", "value")
 #: were modelled); the largest published run in the set is 16,384 GPUs, the largest system
 #: domain 100,000 (the system's own outermost tier is checked when the row is predicted)
 MAX_CHIPS = 1_000_000
+#: the measured values a row may state, in its metric's unit (the shipped rows span 1.1 to
+#: 180,000): a value outside (a denormal such as 5e-324, or 1e300) is a typo, and its
+#: relative error would overflow to inf% and turn the summary's p90 into NaN
+VALUE_RANGE = (1e-6, 1e12)
 #: the unit a metric is published in (MEASUREMENTS.md "Metrics"): a row whose `unit` names
 #: another quantity is refused (issue 16: the unit field was ignored). A row may omit `unit`.
 METRIC_UNITS = {
@@ -135,7 +139,7 @@ def read_rows(path) -> tuple[list[dict], list[dict]]:
         raise ValueError(f"measurement file '{p}' is not UTF-8 text.") from None
     except OSError as e:
         raise ValueError(f"cannot read measurement file '{p}': {e.strerror}.") from None
-    rows, problems = [], []
+    rows, problems, first_line = [], [], {}
     for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -179,15 +183,28 @@ def read_rows(path) -> tuple[list[dict], list[dict]]:
             )
             continue
         v = row["value"]
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+        lo, hi = VALUE_RANGE
+        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
             problems.append(
                 {
                     "id": str(row["id"]),
                     "status": "error",
-                    "reason": f"line {i}: value must be a positive number (got {v!r})",
+                    "reason": f"line {i}: value must be a positive number in [{lo:g}, {hi:g}] "
+                    f"in the metric's unit (got {v!r})",
                 }
             )
             continue
+        if row["id"] in first_line:
+            problems.append(
+                {
+                    "id": row["id"],
+                    "status": "error",
+                    "reason": f"line {i}: duplicate id {row['id']!r} (first on line "
+                    f"{first_line[row['id']]}); give each row its own id",
+                }
+            )
+            continue
+        first_line[row["id"]] = i
         row["_line"] = i
         rows.append(row)
     if not rows and not problems:
