@@ -89,20 +89,28 @@ def test_moe_models_not_in_the_catalog_are_built_from_the_row():
     assert glm.ffn == "swiglu" and not glm.tied_embeddings
 
 
-def test_dense_rows_naming_a_model_with_a_stated_head_width_take_it_from_the_catalog():
+def test_rows_of_families_with_a_published_head_width_take_it():
     # Qwen3-32B: 64 heads x 128 = 8,192 != d_model 5,120; built from the row's fields alone
     # it got d_model / n_heads = 80, so 0.62x its KV cache and attention projections
     q = V.row_model(ROWS["sglang_a2_qwen3_32b_tp4_2k_2k_50ms"])
     assert float(q.d_head) == 128 and float(q.d_model) == 5120 and not q.tied_embeddings
     g = V.row_model(ROWS["mindspeed_tps_gemma2_27b_8k_2x8"])
     assert float(g.d_head) == 128 and g.tied_embeddings  # 32 x 128 = 4,096 != 4,608
-    # a row that names the model but disagrees with it is an error, not a silent mix
-    bad = row("sglang_a2_qwen3_32b_tp4_2k_2k_50ms")
-    bad["model"] = {**bad["model"], "d_ff": 27648}
-    with pytest.raises(ValueError, match="catalog model qwen3_32b has d_ff=25600, the row 27648"):
-        V.row_model(bad)
-    # other dense rows are still built from their fields (d_head = d_model / n_heads)
+    # other rows keep d_model / n_heads
     assert float(V.row_model(ROWS["mindspeed_tps_llama2_7b_4k_1x8"]).d_head) == 128
+    assert float(V.row_model(ROWS["sc21_t1_1.7B"]).d_head) == 96  # 2,304 / 24
+
+    def width(name):
+        return float(
+            V.row_model(
+                row("sc21_t1_1.7B", model={**ROWS["sc21_t1_1.7B"]["model"], "name": name})
+            ).d_head
+        )
+
+    cases = {"Qwen3-0.6B": 128, "Qwen3-Next-80B-A3B": 256, "gemma-2-9b": 256,
+             "Gemma 3 27B": 128, "RecurrentGemma-9B": 96, "GLM-4.5-Air": 128,
+             "Mistral-Small-24B-2501": 128, "gpt-oss-20b": 64, "Qwen2.5-32B": 96}  # fmt: skip
+    assert {n: width(n) for n in cases} == cases
 
 
 def test_910c_degrees_count_dies():

@@ -104,12 +104,31 @@ MOE_CATALOG = {
     "mixtral8x7b": "mixtral_8x7b",
     "llama4scout": "llama4_scout",
 }
-#: dense catalog models whose published head width is not d_model / n_heads (the row schema
-#: has no head width, and a row built from its fields would take d_model / n_heads)
-DENSE_CATALOG = {
-    "qwen332b": "qwen3_32b",
-    "gemma227b": "gemma2_27b",
-}
+#: published head widths of model families whose head width is not d_model / n_heads: a
+#: model built from a row's fields (the row schema has no head width) takes the width of
+#: the first pattern its lower-case name matches. Sources: each model's Hugging Face
+#: config.json `head_dim` (configs/models/qwen3_32b.toml and gemma2_27b.toml cite two):
+#: - every Qwen3 size, dense and MoE, 0.6B-235B (Qwen3-32B: 64 x 128 = 8,192 != 5,120);
+#:   Qwen3-Next: 16 x 256 on d_model 2,048;
+#: - Gemma 2 27B and Gemma 3 27B: 128 (query_pre_attn_scalar 144 / 168 scales the logits
+#:   only); every other Gemma (1: 2B, 7B; 2: 2B, 9B; 3: 1B, 4B, 12B): 256;
+#: - GLM-4.5/4.6/4.7 (and -Air): 96 heads x 128 on d_model 5,120 (Air: 4,096);
+#: - Mistral NeMo 12B and Mistral Small 24B: 32 x 128 on d_model 5,120 (Small 22B: 48 x 128 on
+#:   6,144, the same either way);
+#: - gpt-oss (20B; 120B is in the catalog): 64 x 64 on d_model 2,880.
+HEAD_WIDTHS = (
+    (r"qwen-?3[.\-_ ]?next", 256),
+    (r"qwen-?3", 128),
+    (r"gemma[\-_ ]?[23]\b.*\b27b", 128),
+    (r"(?<!recurrent)gemma", 256),
+    (r"glm-?4\.[5-7]", 128),
+    (r"mistral[\-_ ]?(nemo|small)", 128),
+    (r"gpt-?oss", 64),
+)
+#: model families that tie the input embedding and the output head although their FFN is
+#: gated (the field rule takes gated = untied, as Llama): Gemma (every version, config
+#: tie_word_embeddings true; no lm_head weight in the checkpoints)
+TIED_FAMILIES = (r"(?<!recurrent)gemma",)
 #: structure emu does not model, said in a row's result (`approximations`)
 APPROXIMATIONS = (
     (r"dsa sparse attention|deepseek-v3\.2", "DSA sparse attention modelled as dense MLA"),
@@ -287,25 +306,26 @@ def _norm(name: str) -> str:
 
 
 def row_model(row: dict) -> Model:
-    """The model of a row: the catalog model it names (MOE_CATALOG, DENSE_CATALOG),
-    checked against the row, or one built from its fields with the documented defaults
-    (module constants)."""
+    """The model of a row: the catalog MoE model it names (MOE_CATALOG), checked against
+    the row, or one built from its fields with the documented defaults (module constants;
+    a published head width where the family's is not d_model / n_heads, HEAD_WIDTHS)."""
     m = row.get("model")
     if not isinstance(m, dict):
         raise ValueError("no model description")
     moe = m.get("moe")
-    key = _norm(str(m.get("name", "")))
-    name = next(
-        (v for k, v in (MOE_CATALOG if moe else DENSE_CATALOG).items() if key.startswith(k)), None
-    )
-    if name is not None:
-        return _catalog_model(m, name)
+    if moe:
+        key = _norm(str(m.get("name", "")))
+        name = next((v for k, v in MOE_CATALOG.items() if key.startswith(k)), None)
+        if name is not None:
+            return _catalog_model(m, name)
     gated = _ffn(m) == "swiglu" or bool(moe)
+    label = str(m.get("name", "")).lower()
     text = row_text(row)
     data = {
         "name": "row",
         "ffn": "swiglu" if gated else "gelu",
-        "tied_embeddings": not gated,  # Megatron GPT ties embeddings; Llama-like do not
+        # Megatron GPT ties embeddings; Llama-like do not, Gemma does (TIED_FAMILIES)
+        "tied_embeddings": not gated or any(re.search(t, label) for t in TIED_FAMILIES),
         "n_layers": m.get("n_layers"),
         "d_model": m.get("d_model"),
         "n_heads": m.get("n_heads"),
@@ -329,6 +349,9 @@ def row_model(row: dict) -> Model:
         wide = re.search(r"shared expert of intermediate ([\d,]+)", text)
         if wide and de:
             data["n_shared_experts"] = round(float(wide.group(1).replace(",", "")) / de)
+    width = next((w for pattern, w in HEAD_WIDTHS if re.search(pattern, label)), None)
+    if width is not None:
+        data["d_head"] = width
     for k, v in data.items():
         if v is None:
             raise ValueError(f"model.{k} is null")
@@ -337,19 +360,18 @@ def row_model(row: dict) -> Model:
 
 def _catalog_model(m: dict, name: str) -> Model:
     """The catalog model `name` for a row that names it, after checking it agrees with the
-    row on every dimension the row states (the row schema has no head width, MLA dims or
-    dense-layer count)."""
+    row (the row schema has no MLA dims or dense-layer count)."""
     model = load_model(name)
-    fields = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab")
-    stated = {f: m.get(f) for f in (fields[:3] if m.get("moe") else fields)}
-    moe = m.get("moe") or {}
-    stated.update(n_experts=moe.get("n_experts"), top_k=moe.get("top_k"))
-    for field, value in stated.items():
-        if value is not None and float(getattr(model, field)) != float(value):
+    for field in ("n_layers", "d_model", "n_heads"):
+        if m.get(field) is not None and float(getattr(model, field)) != float(m[field]):
             raise ValueError(
                 f"catalog model {name} has {field}={float(getattr(model, field)):g}, "
-                f"the row {value}"
+                f"the row {m[field]}"
             )
+    moe = m["moe"]
+    for field, key2 in (("n_experts", "n_experts"), ("top_k", "top_k")):
+        if moe.get(key2) is not None and float(getattr(model, field)) != float(moe[key2]):
+            raise ValueError(f"catalog model {name} disagrees with the row on {field}")
     return replace(model, name="row")
 
 
