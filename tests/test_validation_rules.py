@@ -113,6 +113,25 @@ def test_rows_of_families_with_a_published_head_width_take_it():
     assert {n: width(n) for n in cases} == cases
 
 
+def test_mla_families_outside_the_catalog_get_latent_attention_and_their_published_size():
+    from emu.workload import kv_cache_bytes_per_token, params_active, params_total
+
+    moe = {"n_experts": 384, "top_k": 8, "d_ff_expert": 2048, "n_shared": 1}
+    k2 = {"name": "Kimi-K2-Instruct", "n_layers": 61, "d_model": 7168, "n_heads": 64,
+          "n_kv_heads": 64, "d_ff": 18432, "vocab": 163840, "moe": moe}  # fmt: skip
+    m = V.row_model({"id": "k2", "model": k2})
+    # Moonshot: 1.04T total, 32B activated; the KV cache is the 512 + 64 latent (bf16)
+    assert m.attention == "mla" and float(m.n_dense_layers) == 1
+    assert float(params_total(m)) == pytest.approx(1.03e12, rel=0.02)
+    assert float(params_active(m)) == pytest.approx(32e9, rel=0.03)
+    assert float(kv_cache_bytes_per_token(m)) == (512 + 64) * 2
+    lite = {"name": "DeepSeek-V2-Lite", "n_layers": 27, "d_model": 2048, "n_heads": 16,
+            "d_ff": 10944, "vocab": 102400,
+            "moe": {"n_experts": 64, "top_k": 6, "d_ff_expert": 1408, "n_shared": 2}}  # fmt: skip
+    m = V.row_model({"id": "lite", "model": lite})
+    assert float(m.q_lora_rank) == 0 and float(params_total(m)) == pytest.approx(15.7e9, rel=0.02)
+
+
 def test_910c_degrees_count_dies():
     r = ROWS["xds_decode_colocated_dp288_ep288"]
     model = V.row_model(r)

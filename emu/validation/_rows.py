@@ -125,6 +125,21 @@ HEAD_WIDTHS = (
     (r"mistral[\-_ ]?(nemo|small)", 128),
     (r"gpt-?oss", 64),
 )
+#: model families with DeepSeek's multi-head latent attention that are not in the catalog:
+#: built from a row's fields as GQA, their KV cache would be n_kv_heads x 2 x 128 wide
+#: instead of the 576-wide latent (about 28x too large at 64 heads). The MLA dimensions
+#: and dense leading layers of each family's config.json (kv_lora_rank, q_lora_rank,
+#: qk_nope_head_dim, qk_rope_head_dim, v_head_dim, first_k_dense_replace):
+#: - Kimi K2 (moonshotai/Kimi-K2-Instruct, DeepSeek-V3 architecture): 512, 1536, 128, 64,
+#:   128, 1 dense layer;
+#: - DeepSeek-V2 and V2.5 (deepseek-ai/DeepSeek-V2): 512, 1536, 128, 64, 128, 1; V2-Lite:
+#:   no query compression (q_lora_rank null).
+MLA = dict(attention="mla", kv_lora_rank=512, q_lora_rank=1536, rope_head_dim=64, d_head=128,
+           v_head_dim=128, n_dense_layers=1)  # fmt: skip
+MLA_FAMILIES = (
+    (r"deepseek[\-_ ]?v2.*lite", {**MLA, "q_lora_rank": 0}),
+    (r"kimi[\-_ ]?k2|deepseek[\-_ ]?v2", MLA),
+)
 #: model families that tie the input embedding and the output head although their FFN is
 #: gated (the field rule takes gated = untied, as Llama): Gemma (every version, config
 #: tie_word_embeddings true; no lm_head weight in the checkpoints)
@@ -352,6 +367,9 @@ def row_model(row: dict) -> Model:
     width = next((w for pattern, w in HEAD_WIDTHS if re.search(pattern, label)), None)
     if width is not None:
         data["d_head"] = width
+    mla = next((f for pattern, f in MLA_FAMILIES if re.search(pattern, label)), None)
+    if mla is not None:
+        data.update({k: v for k, v in mla.items() if k != "n_dense_layers" or moe})
     for k, v in data.items():
         if v is None:
             raise ValueError(f"model.{k} is null")
