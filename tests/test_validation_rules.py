@@ -132,6 +132,20 @@ def test_mla_families_outside_the_catalog_get_latent_attention_and_their_publish
     assert float(m.q_lora_rank) == 0 and float(params_total(m)) == pytest.approx(15.7e9, rel=0.02)
 
 
+def test_a_row_of_another_variant_of_a_catalog_moe_model_is_built_from_its_fields():
+    # 62 layers (the MTP module counted): the catalog's 61-layer DeepSeek-V3 does not fit;
+    # the row was an error ("catalog model deepseek_v3 has n_layers=61"), now it is modelled
+    # from its fields with DeepSeek's latent attention, and says so
+    r = row("ds_infer_decode", model={**ROWS["ds_infer_decode"]["model"], "n_layers": 62})
+    m = V.row_model(r)
+    assert m.attention == "mla" and float(m.n_layers) == 62 and float(m.n_dense_layers) == 3
+    assert V.approximations(r) == [
+        "built from the row's fields: catalog model deepseek_v3 has n_layers=61, the row 62"
+    ]
+    assert V.row_model(ROWS["ds_infer_decode"]).attention == "mla"  # the catalog's, as before
+    assert not V.approximations(ROWS["ds_infer_decode"])
+
+
 def test_910c_degrees_count_dies():
     r = ROWS["xds_decode_colocated_dp288_ep288"]
     model = V.row_model(r)

@@ -139,6 +139,8 @@ MLA = dict(attention="mla", kv_lora_rank=512, q_lora_rank=1536, rope_head_dim=64
 MLA_FAMILIES = (
     (r"deepseek[\-_ ]?v2.*lite", {**MLA, "q_lora_rank": 0}),
     (r"kimi[\-_ ]?k2|deepseek[\-_ ]?v2", MLA),
+    # DeepSeek-V3/R1 (3 dense layers) when a row's dimensions differ from the catalog's
+    (r"deepseek[\-_ ]?(v3|r1)", {**MLA, "n_dense_layers": 3}),
 )
 #: model families that tie the input embedding and the output head although their FFN is
 #: gated (the field rule takes gated = untied, as Llama): Gemma (every version, config
@@ -308,7 +310,14 @@ def row_text(row: dict) -> str:
 def approximations(row: dict) -> list[str]:
     """The structure of a row emu does not model (APPROXIMATIONS), as short phrases."""
     text = f"{row_text(row)} {(row.get('model') or {}).get('name', '')}".lower()
-    return [say for pattern, say in APPROXIMATIONS if re.search(pattern, text)]
+    out = [say for pattern, say in APPROXIMATIONS if re.search(pattern, text)]
+    m = row.get("model")
+    if isinstance(m, dict) and m.get("moe") and _catalog_of(m):
+        try:
+            _catalog_model(m, _catalog_of(m))
+        except ValueError as e:
+            out.append(f"built from the row's fields: {e}")
+    return out
 
 
 def _ffn(m: dict) -> str:
@@ -321,18 +330,19 @@ def _norm(name: str) -> str:
 
 
 def row_model(row: dict) -> Model:
-    """The model of a row: the catalog MoE model it names (MOE_CATALOG), checked against
-    the row, or one built from its fields with the documented defaults (module constants;
-    a published head width where the family's is not d_model / n_heads, HEAD_WIDTHS)."""
+    """The model of a row: the catalog MoE model it names (MOE_CATALOG) when the row's
+    dimensions agree with it, or one built from its fields with the documented defaults
+    (module constants), the family's published head width (HEAD_WIDTHS) and latent
+    attention (MLA_FAMILIES)."""
     m = row.get("model")
     if not isinstance(m, dict):
         raise ValueError("no model description")
     moe = m.get("moe")
-    if moe:
-        key = _norm(str(m.get("name", "")))
-        name = next((v for k, v in MOE_CATALOG.items() if key.startswith(k)), None)
-        if name is not None:
-            return _catalog_model(m, name)
+    if moe and _catalog_of(m):
+        try:
+            return _catalog_model(m, _catalog_of(m))
+        except ValueError:  # dimensions of another variant: built from the row's fields
+            pass  # (`approximations` says so)
     gated = _ffn(m) == "swiglu" or bool(moe)
     label = str(m.get("name", "")).lower()
     text = row_text(row)
@@ -374,6 +384,12 @@ def row_model(row: dict) -> Model:
         if v is None:
             raise ValueError(f"model.{k} is null")
     return model_from_dict(data, f"row {row['id']} model")
+
+
+def _catalog_of(m: dict) -> str | None:
+    """The MOE_CATALOG model a row's model name names, if any."""
+    key = _norm(str(m.get("name", "")))
+    return next((v for k, v in MOE_CATALOG.items() if key.startswith(k)), None)
 
 
 def _catalog_model(m: dict, name: str) -> Model:
