@@ -43,6 +43,14 @@ def test_a_unit_that_does_not_match_the_metric_is_refused():
     V.check_row({k: v for k, v in ROWS["limulidae_910b_allreduce_8npu"].items() if k != "unit"})
     for r in ROWS.values():  # every published unit matches its metric
         V.check_row(r)
+    # spellings of the same unit are that unit; another unit is still refused
+    for rid, unit in (("limulidae_910b_allreduce_8npu", "GBps"),
+                      ("sc21_t1_1.7B", "TFLOPS per GPU"),
+                      ("deepep_v1_ll_dispatch_ep8", "µs"),
+                      ("sglang_a3_dsr1_mixed_8c_2k_2k_50ms", "Tokens/sec per NPU")):  # fmt: skip
+        V.check_row(row(rid, unit=unit))
+    with pytest.raises(ValueError, match="does not match metric 'moe_dispatch_latency'"):
+        V.check_row(row("deepep_v1_ll_dispatch_ep8", unit="ms"))
 
 
 def test_a_run_larger_than_the_system_is_refused():

@@ -36,26 +36,26 @@ METRIC_UNITS = {
     "iteration_time": r"s",
     "train_step_time": r"s",
     "layer_fwd_plus_bwd_time": r"ms",
-    "tokens_per_s_per_gpu": r"tokens/s/(GPU|NPU)",
-    "achieved_tflops_per_gpu": r"TFLOP/s/(GPU|NPU)",
-    "tflops_per_gpu": r"TFLOP/s/(GPU|NPU)",
+    "tokens_per_s_per_gpu": r"tokens/s/(gpu|npu)",
+    "achieved_tflops_per_gpu": r"tflop/s/(gpu|npu)",
+    "tflops_per_gpu": r"tflop/s/(gpu|npu)",
     "mfu": r"%",
-    "gpu_hours_per_trillion_tokens": r"(\w+ )?GPU-hours / 1T tokens",
-    "input_tokens_per_s_per_node": r"tokens/s per (8-GPU )?node",
-    "input_tokens_per_s_per_gpu": r"tokens/s/GPU",
-    "input_tokens_per_s_per_npu": r"tokens/s/NPU",
-    "output_tokens_per_s_per_node": r"tokens/s per (8-GPU )?node",
-    "output_tokens_per_s_per_gpu": r"tokens/s/GPU",
-    "output_tokens_per_s_per_npu": r"tokens/s/NPU",
-    "allreduce_busbw": r"GB/s",
-    "allreduce_busbw_peak": r"GB/s",
-    "effective_nvlink_busbw_ring": r"GB/s",
-    "moe_dispatch_bandwidth": r"GB/s",
-    "moe_combine_bandwidth": r"GB/s",
-    "moe_dispatch_bottleneck_bandwidth": r"GB/s",
-    "moe_combine_bottleneck_bandwidth": r"GB/s",
-    "moe_dispatch_latency": r"(us|µs)",
-    "moe_combine_latency": r"(us|µs)",
+    "gpu_hours_per_trillion_tokens": r"(\w+ )?gpu-hours/1t tokens",
+    "input_tokens_per_s_per_node": r"tokens/s/(8-(gpu|npu) )?node",
+    "input_tokens_per_s_per_gpu": r"tokens/s/gpu",
+    "input_tokens_per_s_per_npu": r"tokens/s/npu",
+    "output_tokens_per_s_per_node": r"tokens/s/(8-(gpu|npu) )?node",
+    "output_tokens_per_s_per_gpu": r"tokens/s/gpu",
+    "output_tokens_per_s_per_npu": r"tokens/s/npu",
+    "allreduce_busbw": r"gb/s",
+    "allreduce_busbw_peak": r"gb/s",
+    "effective_nvlink_busbw_ring": r"gb/s",
+    "moe_dispatch_bandwidth": r"gb/s",
+    "moe_combine_bandwidth": r"gb/s",
+    "moe_dispatch_bottleneck_bandwidth": r"gb/s",
+    "moe_combine_bottleneck_bandwidth": r"gb/s",
+    "moe_dispatch_latency": r"us",
+    "moe_combine_latency": r"us",
 }
 #: metrics that are times (smaller is faster): a prediction interval and a residual of
 #: "speed" use their inverse (`speed_sign`)
@@ -248,6 +248,19 @@ def read_rows(path) -> tuple[list[dict], list[dict]]:
     return rows, problems
 
 
+def unit_key(unit: str) -> str:
+    """A unit in the spelling METRIC_UNITS matches: lower case; µs as us; "per" and
+    spaces around "/" as "/"; token/tok as tokens; sec as s; TFLOPS as TFLOP/s; GBps as
+    GB/s ("Tokens/sec per GPU" and "tokens/s/GPU" are one unit)."""
+    u = unit.strip().lower().replace("µ", "u").replace("μ", "u")
+    u = re.sub(r"\s*/\s*|\s+per\s+|\s*\bper-", "/", u)
+    u = re.sub(r"\b(tokens?|toks?)\b", "tokens", u)
+    u = re.sub(r"/sec\b|/second\b", "/s", u)
+    u = re.sub(r"\btflops\b", "tflop/s", u)
+    u = re.sub(r"\bgbps\b", "gb/s", u)
+    return re.sub(r"\s+", " ", u)
+
+
 def check_row(row: dict) -> None:
     """ValueError when a row cannot describe a run: n_chips not a whole number in
     [1, MAX_CHIPS] (a collective: at least 2), or a `unit` that does not match the metric
@@ -266,7 +279,7 @@ def check_row(row: dict) -> None:
     unit = row.get("unit")
     want = METRIC_UNITS.get(row["metric"])
     if unit is not None and want is not None:
-        if not isinstance(unit, str) or not re.fullmatch(want, unit.strip()):
+        if not isinstance(unit, str) or not re.fullmatch(want, unit_key(unit)):
             raise ValueError(
                 f"unit {unit!r} does not match metric '{row['metric']}' "
                 f"(expected {want.replace(chr(92), '')})"
