@@ -53,6 +53,21 @@ def test_a_unit_that_does_not_match_the_metric_is_refused():
         V.check_row(row("deepep_v1_ll_dispatch_ep8", unit="ms"))
 
 
+def test_precision_spellings_are_the_chip_format_they_name():
+    # 'MXFP8', 'W4A8' and 'NVFP4' were errors ("unknown precision"); they run at the FP8,
+    # INT8 and FP4 rates, the predictions of the rows that spell them fp8, int8 and fp4
+    spelled = {
+        "mbridge_26.06_DGX-B300_Qwen3_30B_a3B_MXFP8_8_pretrain": "MXFP8",
+        "sglang_a3_dsr1_mixed_8c_2k_2k_50ms": "W4A8",
+        "trtllm_nvl1sided_gb200_dispatch_bw_ep8_bs2048_nvfp4": "NVFP4",
+    }
+    for rid, spelling in spelled.items():
+        a, b = V.validate_rows([ROWS[rid], row(rid, precision=spelling)])
+        assert b["status"] == "ok" and b["predicted"] == a["predicted"]
+    res = V.validate_rows([row("sc21_t1_1.7B", precision="fp7")])[0]
+    assert res["status"] == "error" and "unknown precision 'fp7'" in res["reason"]
+
+
 def test_a_run_larger_than_the_system_is_refused():
     res = V.validate_rows([row("limulidae_910b_allreduce_8npu", n_chips=200000)])[0]
     assert res["status"] == "error" and "exceed the largest" in res["reason"]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from emu import collectives
 from emu.topology import participants, rank_system
-from emu.validation._rows import int_or, row_text
+from emu.validation._rows import int_or, row_precision, row_text
 
 METRICS_ALLREDUCE = {"allreduce_busbw", "allreduce_busbw_peak", "effective_nvlink_busbw_ring"}
 METRICS_MOE_COMM = {
@@ -122,7 +122,7 @@ def moe_comm_setup(row: dict, system) -> dict:
     if m:
         tokens = int(m.group(1))
     table = re.search(r"\| (?:mxfp8|nvfp4) \| (\d+)", text)
-    prec = "bf16" if combine else (row.get("precision") or "bf16")
+    prec = "bf16" if combine else (row_precision(row.get("precision")) or "bf16")
     token_bytes = float(table.group(1)) if table and not combine else TOKEN_BYTES.get(prec)
     if token_bytes is None:
         raise ValueError(f"no bytes per token for a {prec} payload")

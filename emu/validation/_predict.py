@@ -38,7 +38,7 @@ from emu.validation._plans import (
     serving_row,
     states_no_degrees,
 )
-from emu.validation._rows import approximations, check_row, row_model
+from emu.validation._rows import approximations, check_row, row_model, row_precision
 from emu.workload import Model, model_flops_per_token
 
 METRICS_TRAIN = {
@@ -164,6 +164,7 @@ def _run_item(row: dict, base: dict, system_of) -> Item:
         raise NotImplementedError(f"metric '{row['metric']}' is not modelled yet")
     system = system_of(row["system"])
     dies = dies_of(system)
+    row = {**row, "precision": row_precision(row.get("precision"))}
     row = script_plan(row) or row
     model = row_model(row)
     if needs_serving_rule(row):

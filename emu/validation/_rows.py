@@ -248,6 +248,28 @@ def read_rows(path) -> tuple[list[dict], list[dict]]:
     return rows, problems
 
 
+#: spellings of the chip precisions (emu.units.PRECISIONS) a row may give: the format family
+#: sets the peak rate (MXFP8 and FP8 with current or delayed scaling run at the FP8 rate;
+#: NVFP4 and MXFP4 at the FP4 rate; W8A8 / W4A8 at the INT8 rate, the activations' format)
+PRECISION_SPELLINGS = (
+    (r"^(bf16|bfloat16)$", "bf16"),
+    (r"^(fp16|float16|half)$", "fp16"),
+    (r"^(mx|nv)?fp8([\-_ ]?(cs|ds|mx|e4m3|hybrid|delayed|current))?$", "fp8"),
+    (r"^(nv|mx)?fp4$", "fp4"),
+    (r"^(int8|w8a8|w4a8|w8a8c8)$", "int8"),
+)
+
+
+def row_precision(value) -> str | None:
+    """A row's `precision` as one of emu.units.PRECISIONS (None stays None: the rules'
+    default applies); a spelling not in PRECISION_SPELLINGS is returned as given (and
+    refused where a plan is made, with the list)."""
+    if not isinstance(value, str):
+        return value
+    low = value.strip().lower()
+    return next((p for pattern, p in PRECISION_SPELLINGS if re.match(pattern, low)), value)
+
+
 def unit_key(unit: str) -> str:
     """A unit in the spelling METRIC_UNITS matches: lower case; µs as us; "per" and
     spaces around "/" as "/"; token/tok as tokens; sec as s; TFLOPS as TFLOP/s; GBps as
