@@ -68,6 +68,21 @@ def test_precision_spellings_are_the_chip_format_they_name():
     assert res["status"] == "error" and "unknown precision 'fp7'" in res["reason"]
 
 
+def test_rows_that_state_no_parallel_config_are_modelled_by_the_documented_defaults():
+    """Every shipped row with `parallel` null is modelled (14 of 340 were errors): the plan
+    rule's EP beside a text's expert TP (MegaScale-MoE), EP over every rank in serving
+    (DeepSeek's decode, 656 GB per chip at EP 1), half the cards decoding in a PD-separated
+    deployment (SGLang), decode alone without an output length (Pangu)."""
+    ids = ["msmoe_t3_Megatron-LM_240", "ds_infer_decode", "sglang_a3_dsr1_pdsep_16c_2k_2k_50ms",
+           "pangu_pro_moe_800ia2_decode_bs456"]  # fmt: skip
+    res = V.validate_rows([row(i, parallel=None) for i in ids])
+    assert [r["status"] for r in res] == ["ok"] * 4, [r.get("reason") for r in res]
+    assert all(r["predicted"] > 0 for r in res)
+    r = row("sglang_a3_dsr1_pdsep_16c_2k_2k_50ms", parallel=None)
+    s = V.serving_row(r, V.row_model(r), dies=2)
+    assert (float(s.decode.tp) * float(s.decode.dp), s.mode) == (16.0, "separated")  # 8 of 16
+
+
 def test_a_run_larger_than_the_system_is_refused():
     res = V.validate_rows([row("limulidae_910b_allreduce_8npu", n_chips=200000)])[0]
     assert res["status"] == "error" and "exceed the largest" in res["reason"]

@@ -75,6 +75,9 @@ DEFAULT_DRAFT_STEPS = 3.0
 #: the step time reads the mean context prompt + output / 2. Other stacks (vLLM, SGLang)
 #: admit by the current tokens and preempt.
 OFFLINE_MAX_BATCH = 2048
+#: share of a PD-separated deployment's cards that decode when the row does not state the
+#: decode instance's size (its tp): half (an assumption; the shipped SGLang rows state it)
+DEFAULT_DECODE_SHARE = 0.5
 #: TRT-LLM's default `max_num_tokens` 8,192: the prompt tokens per rank of one in-flight
 #: prefill chunk (dense models on NVIDIA); MoE and Ascend prefill use DEFAULT_PREFILL_TOKENS
 PREFILL_CHUNK_TOKENS = 8192
@@ -273,6 +276,12 @@ def _rule_plan(row: dict, model: Model, system, p: dict) -> RowPlan:
         dict(row, parallel=dict(p, ep=int(float(plan.ep)))), model, tp,
         f"{notes} {json.dumps(p).lower()}",
     )  # fmt: skip
+    # the text's expert TP where the rule's EP groups leave room for it, else the largest
+    # power-of-two share of it that does ("TP=8 for attention and experts" beside the
+    # rule's EP 8 on 240 GPUs: ep x etp = 64 does not tile tp x dp = 40 ranks)
+    ranks = tp * int(float(plan.dp)) * int(float(plan.cp))
+    while etp > 1 and ranks % (int(float(plan.ep)) * etp):
+        etp //= 2
     plan = replace(
         plan, etp=jnp.float32(etp), moe_imbalance=jnp.float32(imbalance),
         a2a_overlap=jnp.float32(overlap),
@@ -306,6 +315,8 @@ def row_plan(row: dict, model: Model, *, dies: int = 1, system=None) -> RowPlan:
     notes = row_text(row)
     ep, etp, overlap, imbalance = _moe_settings(row, model, tp, f"{notes} {json.dumps(p).lower()}")
     if row["kind"] in ("prefill", "decode"):
+        if float(model.n_experts) > 0 and int_or(p.get("ep"), None) is None:
+            ep = tp * dp * pp  # serving spreads the experts over every rank (the CLI's rule)
         disagg = dict(expert_ranks=er, attention_groups=groups) if er else {}
         overlap = overlap and not er  # domains take turns on the experts instead
         return _inference_plan(
@@ -511,7 +522,8 @@ def _default_lengths(row: dict, isl, osl) -> tuple[float, float | None]:
 def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     """The deployment a decode row without batch or SLO describes (fidelity DESIGN §2):
 
-    - decode instance: R ranks (`tp`, dies on 910C; else all n_chips x dies), attention DP
+    - decode instance: R ranks (`tp`, dies on 910C; else all n_chips x dies, or half of
+      them in a PD-separated deployment, DEFAULT_DECODE_SHARE), attention DP
       `dp` (MoE rows that say "attention DP": R; else 1; dp <= the running requests, then
       raised, past them if need be, to the next divisor of R whose TP R/dp divides the heads
       and divides or is divided by the KV heads), attention TP R/dp, EP `ep` (MoE: R when
@@ -524,7 +536,8 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
       (`_default_lengths`: prompt + output = seq_len);
     - prefill instance: on the other cards ("PD separation"), on the same ranks ("PD
       mixed", offline / in-flight batching) or none (a decode-only measurement with a
-      stated batch); TP 1 with EP for MoE models, the decode TP for dense ones;
+      stated batch, or a mixed one that gives no output length to share the ranks by);
+      TP 1 with EP for MoE models, the decode TP for dense ones;
       DEFAULT_PREFILL_TOKENS (MoE, Ascend) or PREFILL_CHUNK_TOKENS prompt tokens per rank;
     - a PD-separated closed-loop benchmark that states its concurrency C and N prompts (and
       no request rate) starts with C prompts queued for prefill: `ramp` = C / N;
@@ -541,7 +554,11 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     prec = row.get("precision") or "bf16"
     moe = float(model.n_experts) > 0
     k, acc = speculation(notes, model)
-    ranks = int_or(p.get("tp"), None) or cards * dies
+    separated = "pd separation" in notes
+    # decode ranks: the stated decode TP; else all (PD separation without it: half the cards,
+    # DEFAULT_DECODE_SHARE, the other half prefill)
+    default = max(dies, int(cards * DEFAULT_DECODE_SHARE) * dies) if separated else cards * dies
+    ranks = int_or(p.get("tp"), None) or default
     if ranks > cards * dies:
         raise ValueError(f"decode tp = {ranks} ranks exceeds the {cards * dies} ranks of the row")
     gb = int_or(p.get("global_batch"), None)
@@ -581,10 +598,10 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
         phase="decode",
     )  # fmt: skip
     dec = validate_plan(dec, model, even_layers=False, even_experts=False)
-    separated = "pd separation" in notes
     mixed = bool(re.search(r"pd mixed|interleaved|offline", notes)) or gb is None
     pre_ranks = cards * dies - ranks if separated else ranks
-    if not (separated or mixed):
+    if not (separated or mixed) or (osl is None and not separated):
+        # decode alone; also a row that gives no output length to share the ranks by
         return ServingRow(dec, None, "decode", isl, osl or isl, cards, cap)
     if osl is None:
         raise ValueError("a PD deployment row gives no output length (serving rule)")
