@@ -66,7 +66,8 @@ def test_search_table_lists_every_exact_evaluation(both, tmp_path):
     _, gs = both
     path = write_table(gs, tmp_path / "gs.csv")
     header = path.read_text().splitlines()[0].split(",")
-    assert header == [*GRID, *KNOBS, "global_batch", *COLUMNS]
+    unpriced = [c for c in COLUMNS if c != "usd_per_mtoken"]  # no cost: no price column
+    assert header == [*GRID, *KNOBS, "global_batch", *unpriced]
     rows = np.loadtxt(path, delimiter=",", skiprows=1)
     assert rows.shape[0] == gs.exact_evaluations
 
@@ -90,7 +91,8 @@ def test_decode_plans_meet_the_tpot_slo_and_power_cap(tmp_path):
     assert np.all(col["pp"] == 1) and np.all(col["zero"] == 0)
     res = sweep(system, model, problem, tmp_path, chunk=1024)
     rows = np.loadtxt(write_table(res, tmp_path / "d.csv"), delimiter=",", skiprows=1)
-    c = {k: rows[:, len(KNOBS) + 1 + i] for i, k in enumerate(COLUMNS)}
+    unpriced = [k for k in COLUMNS if k != "usd_per_mtoken"]  # no cost: no price column
+    c = {k: rows[:, len(KNOBS) + 1 + i] for i, k in enumerate(unpriced)}
     ok = c["feasible"] > 0.5
     assert ok.any() and (~ok).any()  # the constraints bind somewhere
     assert np.all(c["tpot_s"][ok] <= 0.03 * (1 + 1e-6))

@@ -441,7 +441,7 @@ _PROG = ["program", "x.py:build", "--devices", "2"]
         (["list", "--fields", "plan", "--region", "us_iowa"], "changes no knob here: drop it"),
         (["list", "--fields", "llama3_8b", "--set", "chip.hbm_bytes=1"], "a model's fields;"),
         (["list", "--fields", "dgx_h100", "--set", "plan.tp=8"], "a system's fields; --set"),
-        (["compare", "--systems", "dgx_h100,dgx_h100"], "--systems lists 'dgx_h100' twice"),
+        (["compare", "--systems", "dgx_h100,DGX-H100"], "--systems lists 'DGX-H100' twice"),
         (["sweep", *_H100_8B, "--grid", "nosuch=1"], "--grid: unknown field path 'nosuch'"),
         (["serve", "--mtp-accept", "1"], "argument --mtp-accept: must be an acceptance rate"),
         (["run", "--seq-len", "1e30"], "argument --seq-len: must be an integer in [1, 1e+07]"),
@@ -467,8 +467,10 @@ def test_compare_numbers_the_columns_of_two_systems_that_share_a_name(capsys, tm
     a.write_text(text)
     b.write_text(text)
     assert main(["compare", "--systems", f"{a},{b}", "--model", "llama3_8b"]) == 0
-    head = capsys.readouterr().out.splitlines()[0].split()
-    assert head == ["dgx_h100", "#1", "dgx_h100", "#2"]
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["dgx_h100", "#1", "dgx_h100", "#2"]
+    assert "plan (dgx_h100 #1)" in out and "plan (dgx_h100 #2)" in out
+    assert "step breakdown           dgx_h100 #1  dgx_h100 #2" in out
 
 
 def test_calibrate_cv_on_one_source_is_refused_before_the_fit(capsys, tmp_path):

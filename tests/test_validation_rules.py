@@ -51,6 +51,9 @@ def test_a_unit_that_does_not_match_the_metric_is_refused():
         V.check_row(row(rid, unit=unit))
     with pytest.raises(ValueError, match="does not match metric 'moe_dispatch_latency'"):
         V.check_row(row("deepep_v1_ll_dispatch_ep8", unit="ms"))
+    for bits in ("Gb/s", "Gbps"):  # gigabits are 8x fewer bytes: refused, not taken as GB/s
+        with pytest.raises(ValueError, match=f"unit '{bits}' does not match"):
+            V.check_row(row("limulidae_910b_allreduce_8npu", unit=bits))
 
 
 def test_precision_spellings_are_the_chip_format_they_name():
@@ -145,9 +148,11 @@ def test_rows_of_families_with_a_published_head_width_take_it():
             ).d_head
         )
 
-    cases = {"Qwen3-0.6B": 128, "Qwen3-Next-80B-A3B": 256, "gemma-2-9b": 256,
-             "Gemma 3 27B": 128, "RecurrentGemma-9B": 96, "GLM-4.5-Air": 128,
-             "Mistral-Small-24B-2501": 128, "gpt-oss-20b": 64, "Qwen2.5-32B": 96}  # fmt: skip
+    cases = {"Qwen3-0.6B": 128, "Qwen 3 8B": 128, "Qwen3-Next-80B-A3B": 256, "gemma-2-9b": 256,
+             "Gemma 3 27B": 128, "medgemma-27b": 128, "RecurrentGemma-9B": 96,
+             "Recurrent Gemma 9B": 96, "GLM-4.5-Air": 128, "Mistral-Small-24B-2501": 128,
+             "gpt-oss-20b": 64, "Qwen2.5-32B": 96, "qwen3.5-27b": 96,
+             "DeepSeek-R1-Distill-Qwen-32B": 96}  # fmt: skip
     assert {n: width(n) for n in cases} == cases
 
 
@@ -168,6 +173,12 @@ def test_mla_families_outside_the_catalog_get_latent_attention_and_their_publish
             "moe": {"n_experts": 64, "top_k": 6, "d_ff_expert": 1408, "n_shared": 2}}  # fmt: skip
     m = V.row_model({"id": "lite", "model": lite})
     assert float(m.q_lora_rank) == 0 and float(params_total(m)) == pytest.approx(15.7e9, rel=0.02)
+    coder = V.row_model({"id": "c", "model": {**lite, "name": "DeepSeek-Coder-V2-Lite"}})
+    assert coder.attention == "mla" and float(coder.q_lora_rank) == 0
+    # a dense R1 distillation is the Llama it was distilled into, not a latent-attention model
+    distill = {"name": "DeepSeek-R1-Distill-Llama-70B", "n_layers": 80, "d_model": 8192,
+               "n_heads": 64, "n_kv_heads": 8, "d_ff": 28672, "vocab": 128256}  # fmt: skip
+    assert V.row_model({"id": "d", "model": distill}).attention == "gqa"
 
 
 def test_a_row_of_another_variant_of_a_catalog_moe_model_is_built_from_its_fields():

@@ -214,7 +214,8 @@ def cmd_compare(args) -> None:
     names = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not names:
         raise CliError("--systems is empty; give comma-separated system names.")
-    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    low = [n.lower().replace("-", "_") for n in names]
+    twice = next((n for i, n in enumerate(names) if low[i] in low[:i]), None)
     if twice is not None:
         raise CliError(f"--systems lists {twice!r} twice; name each system once.")
     results = []
@@ -226,7 +227,10 @@ def cmd_compare(args) -> None:
                 if len(names) < 2 or str(e).startswith(f"{name}:"):
                     raise
                 raise ValueError(f"{name}: {e}") from None
-    render.emit(args, {"results": results}, render.run_text(results) + cost_flags.text(results))
+    names = render.column_names(results)
+    render.emit(
+        args, {"results": results}, render.run_text(results) + cost_flags.text(results, names)
+    )
 
 
 def _priced_run(args, name: str) -> dict:
@@ -331,20 +335,21 @@ def cmd_calibrate(args) -> None:
 
 
 def _check_cv_groups(file) -> None:
-    """`--cv` holds out one source, then one system, at a time: a file with fewer than two
-    of either has nothing to hold out (it fitted for minutes, then said 'no residuals to
+    """`--cv` holds out one source, then one system, at a time: a file with one source has
+    nothing to build the intervals from (it fitted for minutes, then said 'no residuals to
     calibrate intervals on')."""
     from emu import validation
 
     rows, _ = validation.read_rows(file or validation.default_measurements())
-    for what, key in (("sources", lambda r: str(r.get("source", "")).split("|")[0].strip()),
-                      ("systems", lambda r: str(r.get("system", ""))),):  # fmt: skip
-        groups = {key(r) for r in rows}
-        if len(groups) < 2:
-            raise CliError(
-                f"--cv holds out one of the rows' {what} at a time and needs at least two; "
-                f"the file has {len(groups)}. Leave out --cv to fit without cross-validation."
-            )
+    # the intervals come from the leave-one-source-out pass; leave-one-system-out over one
+    # system simply holds nothing out. (Rows that turn out not to be modelled still count
+    # here: the check reads the file, not the fit's items.)
+    sources = {str(r.get("source", "")).split("|")[0].strip() for r in rows}
+    if len(sources) < 2:
+        raise CliError(
+            f"--cv holds out one of the rows' sources at a time and needs at least two; "
+            f"the file has {len(sources)}. Leave out --cv to fit without cross-validation."
+        )
 
 
 def _serving_plan(args, system, model, phase, chips, batch, slo, precision):

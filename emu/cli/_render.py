@@ -171,25 +171,32 @@ def _chips_text(r: dict) -> str:
     return f"{r['n_chips']:.0f}" + (f" ({r['n_ranks']:.0f} dies)" if d > 1 else "")
 
 
-def _column_names(results: list[dict]) -> list[str]:
+def column_names(results: list[dict]) -> list[str]:
     """The systems' names, numbered where two share one (two TOML files that both say
-    name = "custom"), so that no two columns look alike."""
+    name = "custom"), so that no two columns, plan lines or warnings look alike."""
     names = [str(r["system"]) for r in results]
-    return [f"{n} #{names[: i + 1].count(n)}" if names.count(n) > 1 else n
-            for i, n in enumerate(names)]  # fmt: skip
+    out: list[str] = []
+    for i, n in enumerate(names):
+        label, k = n, names[: i + 1].count(n)
+        while names.count(n) > 1 and (label == n or label in names or label in out):
+            label, k = f"{n} #{k}", k + 1
+        out.append(label)
+    return out
 
 
 def run_text(results: list[dict]) -> str:
     """`emu run`/`emu compare`: infeasibility first, then one column per result, the step
     breakdown, the plans, warnings and notes."""
+    names = column_names(results)
+    label = dict(zip(map(id, results), names, strict=True))
     out = [
-        f"INFEASIBLE on {r['system']}: {reason}"
+        f"INFEASIBLE on {label[id(r)]}: {reason}"
         for r in results
         if not r["feasible"]
         for reason in (r.get("infeasible_reasons") or ["out of memory"])
     ]
     out += [""] if out else []
-    head = ["", *_column_names(results)]
+    head = ["", *names]
     ivs = [r.get("interval") or {} for r in results]
     rows = [
         ["feasible", *[_feasible_text(r) for r in results]],
@@ -223,12 +230,12 @@ def run_text(results: list[dict]) -> str:
     ]
     if all(r["phase"] == "decode" for r in results):  # disaggregation: attention waits
         rows = [[_EXPERT_WAIT if row[0] == "pipeline bubble" else row[0], *row[1:]] for row in rows]
-    out += [table(rows, ["step breakdown", *[r["system"] for r in results]]), ""]
+    out += [table(rows, ["step breakdown", *names]), ""]
     for r in results:
-        out.append(f"plan ({r['system']}): {plan_text(r['plan'])}")
+        out.append(f"plan ({label[id(r)]}): {plan_text(r['plan'])}")
     for r in results:
-        out += [f"warning ({r['system']}): {w}" for w in r.get("warnings", [])]
-    out += interval_lines(results)
+        out += [f"warning ({label[id(r)]}): {w}" for w in r.get("warnings", [])]
+    out += interval_lines(results, lambda r: label[id(r)])
     notes = list(dict.fromkeys(n for r in results for n in r.get("notes", [])))
     out += [f"note: {n}" for n in notes]
     evaluate = f"evaluate {sum(r['eval_s'] for r in results) * 1e3:.1f} ms"

@@ -14,8 +14,10 @@ choose for its system, model and chips (`emu.policy.auto_plan`, the plan rule), 
 what it does state (cp, ep, micro-batch, global batch, vpp, ZeRO, recomputation, SP,
 precision, sequence length): splitting all its ranks into tensor and pipeline parallelism,
 as the degree rule above does, gives a pipeline of one micro-batch, or more stages than
-layers. (Prefill and decode rows with a batch or an SLO keep the degree rule: TP over the
-instance, as serving stacks launch by default.)
+layers; an expert TP its text names is halved until the rule's EP groups tile its ranks.
+(Prefill and decode rows with a batch or an SLO keep the degree rule: TP over the
+instance, as serving stacks launch by default; an MoE one that states no EP spreads the
+experts over every rank, as `emu run` does.)
 
 Ranks: a row's parallel degrees count ranks, and on a system whose chips hold several dies
 (Ascend 910C: 2) a rank is a die while `n_chips` counts packages (MEASUREMENTS.md
@@ -25,9 +27,10 @@ Serving rows (KV cache bf16, FP8 on TensorRT-LLM rows at FP8/FP4: `kv_precision`
 prefill/decode rows that give a per-rank batch (or a per-user speed, the SLO
 the batch must meet) are one instance (`row_plan`); expert-parallel ones overlap two
 micro-batches unless they say "no" or "without" it. Decode rows that give neither describe
-a deployment (`serving_row`, fidelity DESIGN §2 "serving rule"). A decode row whose
-published attention ranks (tp * dp * cp) and expert ranks (ep) add up to its ranks runs
-attention/expert disaggregation (`expert_ranks` = ep; `attention_groups` = the "N DP
+a deployment (`serving_row`, fidelity DESIGN §2 "serving rule"; a PD-separated one that
+does not size its decode instance decodes on half the cards, DEFAULT_DECODE_SHARE). A
+decode row whose published attention ranks (tp * dp * cp) and expert ranks (ep) add up to
+its ranks runs attention/expert disaggregation (`expert_ranks` = ep; `attention_groups` = the "N DP
 domains" it states, else 1: `_disaggregation`).
 """
 
@@ -276,9 +279,9 @@ def _rule_plan(row: dict, model: Model, system, p: dict) -> RowPlan:
         dict(row, parallel=dict(p, ep=int(float(plan.ep)))), model, tp,
         f"{notes} {json.dumps(p).lower()}",
     )  # fmt: skip
-    # the text's expert TP where the rule's EP groups leave room for it, else the largest
-    # power-of-two share of it that does ("TP=8 for attention and experts" beside the
-    # rule's EP 8 on 240 GPUs: ep x etp = 64 does not tile tp x dp = 40 ranks)
+    # the text's expert TP where the rule's EP groups leave room for it, else halved until
+    # they do ("TP=8 for attention and experts" beside the rule's EP 8 on 240 GPUs:
+    # ep x etp = 64 does not tile tp x dp = 40 ranks; 8 x 4 = 32 does not either, 8 x 1 does)
     ranks = tp * int(float(plan.dp)) * int(float(plan.cp))
     while etp > 1 and ranks % (int(float(plan.ep)) * etp):
         etp //= 2
@@ -313,10 +316,13 @@ def row_plan(row: dict, model: Model, *, dies: int = 1, system=None) -> RowPlan:
         vpp = 1
     prec = row.get("precision") or "bf16"
     notes = row_text(row)
+    serving = row["kind"] in ("prefill", "decode")
+    if serving and float(model.n_experts) > 0 and int_or(p.get("ep"), None) is None:
+        # serving spreads the experts over every rank (the CLI's rule), and overlaps their
+        # all-to-alls as expert-parallel serving does (`_moe_settings`)
+        row = dict(row, parallel=dict(p, ep=tp * dp * pp))
     ep, etp, overlap, imbalance = _moe_settings(row, model, tp, f"{notes} {json.dumps(p).lower()}")
-    if row["kind"] in ("prefill", "decode"):
-        if float(model.n_experts) > 0 and int_or(p.get("ep"), None) is None:
-            ep = tp * dp * pp  # serving spreads the experts over every rank (the CLI's rule)
+    if serving:
         disagg = dict(expert_ranks=er, attention_groups=groups) if er else {}
         overlap = overlap and not er  # domains take turns on the experts instead
         return _inference_plan(

@@ -109,21 +109,22 @@ MOE_CATALOG = {
 #: the first pattern its lower-case name matches. Sources: each model's Hugging Face
 #: config.json `head_dim` (configs/models/qwen3_32b.toml and gemma2_27b.toml cite two):
 #: - every Qwen3 size, dense and MoE, 0.6B-235B (Qwen3-32B: 64 x 128 = 8,192 != 5,120);
-#:   Qwen3-Next: 16 x 256 on d_model 2,048;
-#: - Gemma 2 27B and Gemma 3 27B: 128 (query_pre_attn_scalar 144 / 168 scales the logits
-#:   only); every other Gemma (1: 2B, 7B; 2: 2B, 9B; 3: 1B, 4B, 12B): 256;
+#:   Qwen3-Next: 16 x 256 on d_model 2,048; not Qwen3.5 (its width is not sourced here);
+#: - Gemma 2 27B and Gemma 3 27B (and their 27B derivatives): 128 (query_pre_attn_scalar
+#:   144 / 168 scales the logits only); every other Gemma (1: 2B, 7B; 2: 2B, 9B; 3: 1B,
+#:   4B, 12B): 256; not RecurrentGemma;
 #: - GLM-4.5/4.6/4.7 (and -Air): 96 heads x 128 on d_model 5,120 (Air: 4,096);
 #: - Mistral NeMo 12B and Mistral Small 24B: 32 x 128 on d_model 5,120 (Small 22B: 48 x 128 on
 #:   6,144, the same either way);
 #: - gpt-oss (20B; 120B is in the catalog): 64 x 64 on d_model 2,880.
 HEAD_WIDTHS = (
-    (r"qwen-?3[.\-_ ]?next", 256),
-    (r"qwen-?3", 128),
-    (r"gemma[\-_ ]?[23]\b.*\b27b", 128),
-    (r"(?<!recurrent)gemma", 256),
-    (r"glm-?4\.[5-7]", 128),
+    (r"qwen[\-_ ]?3[.\-_ ]?next", 256),
+    (r"qwen[\-_ ]?3(?![\d.])", 128),
+    (r"(?<!recurrent)(?<!recurrent[\-_ ])gemma.*\b27b", 128),
+    (r"(?<!recurrent)(?<!recurrent[\-_ ])gemma", 256),
+    (r"glm[\-_ ]?4\.[5-7]", 128),
     (r"mistral[\-_ ]?(nemo|small)", 128),
-    (r"gpt-?oss", 64),
+    (r"gpt[\-_ ]?oss", 64),
 )
 #: model families with DeepSeek's multi-head latent attention that are not in the catalog:
 #: built from a row's fields as GQA, their KV cache would be n_kv_heads x 2 x 128 wide
@@ -132,20 +133,21 @@ HEAD_WIDTHS = (
 #: qk_nope_head_dim, qk_rope_head_dim, v_head_dim, first_k_dense_replace):
 #: - Kimi K2 (moonshotai/Kimi-K2-Instruct, DeepSeek-V3 architecture): 512, 1536, 128, 64,
 #:   128, 1 dense layer;
-#: - DeepSeek-V2 and V2.5 (deepseek-ai/DeepSeek-V2): 512, 1536, 128, 64, 128, 1; V2-Lite:
-#:   no query compression (q_lora_rank null).
+#: - DeepSeek-V2, V2.5 and Coder-V2 (deepseek-ai/DeepSeek-V2): 512, 1536, 128, 64, 128, 1;
+#:   the Lite models: no query compression (q_lora_rank null).
+#: Applied to MoE rows only: the dense R1 distillations are Llama and Qwen models.
 MLA = dict(attention="mla", kv_lora_rank=512, q_lora_rank=1536, rope_head_dim=64, d_head=128,
            v_head_dim=128, n_dense_layers=1)  # fmt: skip
 MLA_FAMILIES = (
-    (r"deepseek[\-_ ]?v2.*lite", {**MLA, "q_lora_rank": 0}),
-    (r"kimi[\-_ ]?k2|deepseek[\-_ ]?v2", MLA),
+    (r"deepseek.*v2.*lite", {**MLA, "q_lora_rank": 0}),
+    (r"kimi[\-_ ]?k2|deepseek.*v2", MLA),
     # DeepSeek-V3/R1 (3 dense layers) when a row's dimensions differ from the catalog's
     (r"deepseek[\-_ ]?(v3|r1)", {**MLA, "n_dense_layers": 3}),
 )
 #: model families that tie the input embedding and the output head although their FFN is
 #: gated (the field rule takes gated = untied, as Llama): Gemma (every version, config
 #: tie_word_embeddings true; no lm_head weight in the checkpoints)
-TIED_FAMILIES = (r"(?<!recurrent)gemma",)
+TIED_FAMILIES = (r"(?<!recurrent)(?<!recurrent[\-_ ])gemma",)
 #: structure emu does not model, said in a row's result (`approximations`)
 APPROXIMATIONS = (
     (r"dsa sparse attention|deepseek-v3\.2", "DSA sparse attention modelled as dense MLA"),
@@ -272,10 +274,12 @@ def row_precision(value) -> str | None:
 
 def unit_key(unit: str) -> str:
     """A unit in the spelling METRIC_UNITS matches: lower case; µs as us; "per" and
-    spaces around "/" as "/"; token/tok as tokens; sec as s; TFLOPS as TFLOP/s; GBps as
-    GB/s ("Tokens/sec per GPU" and "tokens/s/GPU" are one unit)."""
-    u = unit.strip().lower().replace("µ", "u").replace("μ", "u")
-    u = re.sub(r"\s*/\s*|\s+per\s+|\s*\bper-", "/", u)
+    spaces around "/" as "/"; token/tok as tokens; /sec as /s; TFLOPS as TFLOP/s; GBps as
+    GB/s ("Tokens/sec per GPU" and "tokens/s/GPU" are one unit). Bits stay bits: Gb/s and
+    Gbps (gigabits) become gbit/s, which no byte-rate metric matches."""
+    u = re.sub(r"\b([KMGT])b(ps|/s)\b", r"\1bit/s", unit.strip())
+    u = u.lower().replace("µ", "u").replace("μ", "u")
+    u = re.sub(r"\s*/\s*(per[\-\s]+)?|\s+per[\-\s]+", "/", u)
     u = re.sub(r"\b(tokens?|toks?)\b", "tokens", u)
     u = re.sub(r"/sec\b|/second\b", "/s", u)
     u = re.sub(r"\btflops\b", "tflop/s", u)
@@ -413,8 +417,8 @@ def row_model(row: dict) -> Model:
     if width is not None:
         data["d_head"] = width
     mla = next((f for pattern, f in MLA_FAMILIES if re.search(pattern, label)), None)
-    if mla is not None:
-        data.update({k: v for k, v in mla.items() if k != "n_dense_layers" or moe})
+    if mla is not None and moe:
+        data.update(mla)
     for k, v in data.items():
         if v is None:
             raise ValueError(f"model.{k} is null")
