@@ -483,6 +483,18 @@ def test_calibrate_cv_on_one_source_is_refused_before_the_fit(capsys, tmp_path):
     )  # fmt: skip
 
 
+def test_calibrate_cv_on_one_system_says_nothing_was_held_out(capsys, tmp_path):
+    """Two sources on one system: leave-one-source-out works, leave-one-system-out has
+    nothing to hold out. It printed 'median nan%, p90 nan%'."""
+    path = tmp_path / "one_system.jsonl"
+    path.write_text("\n".join(_rows_of("sc21_t1_1.7B", "korth_t5_22B_full")) + "\n")
+    code = main(["calibrate", str(path), "--cv", "--steps", "2", "--dry-run"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "leave-one-system-out (1 group): nothing held out (one system in the file)" in out
+    assert "nan%" not in out
+
+
 def _rows_of(*ids: str) -> list[str]:
     from emu.validation import default_measurements
 

@@ -300,11 +300,7 @@ def calibrate_text(out: dict, path) -> str:
         f"({out['steps']} steps, {out['wall_s']:.0f} s)",
         f"median |error| {out['median_abs_pct_error_before']:.1f}% -> "
         f"{out['median_abs_pct_error']:.1f}%, p90 {out['p90_abs_pct_error']:.1f}%",
-        *[
-            f"leave-one-{c['by']}-out ({c['groups']} groups): "
-            f"median {c['median_abs_pct_error']:.1f}%, p90 {c['p90_abs_pct_error']:.1f}%"
-            for c in out["cross_validation"]
-        ],
+        *[_cv_line(c) for c in out["cross_validation"]],
         *_cv_tables(out["cross_validation"]),
         "",
         table(rows, ["parameter", "fitted", "+- 1 sigma", "prior"]),
@@ -312,6 +308,14 @@ def calibrate_text(out: dict, path) -> str:
         f"overlay written to {path}" if path else "dry run: nothing written",
     ]
     return "\n".join(text)
+
+
+def _cv_line(c: dict) -> str:
+    """The summary line of one cross-validation; a single group holds nothing out."""
+    head = f"leave-one-{c['by']}-out ({c['groups']} group{'s' * (c['groups'] != 1)}): "
+    if c["groups"] < 2 or not math.isfinite(c["median_abs_pct_error"]):
+        return head + f"nothing held out (one {c['by']} in the file)"
+    return head + f"median {c['median_abs_pct_error']:.1f}%, p90 {c['p90_abs_pct_error']:.1f}%"
 
 
 def _cv_tables(cvs: list[dict]) -> list[str]:
