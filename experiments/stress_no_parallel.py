@@ -1,0 +1,42 @@
+"""Stress test of the row rules: every shipped row with its `parallel` fields blanked.
+
+    python experiments/stress_no_parallel.py [file]    # ~1-2 min on 2 cores
+
+Predicts every row of the measurement set (default: the shipped one) twice, as published
+and with `parallel` set to null (the plan left to emu's documented defaults), and prints
+how many rows are modelled and the median error by kind for both. Not a benchmark of
+accuracy (the rows ran with their stated plans); a check that rows which state less are
+still modelled, and how much a source's own plan is worth. Prints the rows that fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from emu.validation import default_measurements, read_rows, validate_rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("file", nargs="?", help="measurements (default: the shipped set)")
+    args = ap.parse_args()
+    rows, _ = read_rows(args.file or default_measurements())
+    stated = validate_rows(rows)
+    blank = validate_rows([{**r, "parallel": None} for r in rows])
+    ok = [x for x in blank if x["status"] == "ok"]
+    print(f"modelled with parallel blanked: {len(ok)} of {len(blank)}")
+    print(f"{'kind':12} {'rows':>5} {'median, blanked':>16} {'median, as stated':>18}")
+    for kind in ("train", "prefill", "decode", "collective"):
+        e = [x["abs_pct_error"] for x in ok if x["kind"] == kind]
+        e0 = [x["abs_pct_error"] for x in stated if x["status"] == "ok" and x["kind"] == kind]
+        if e:
+            print(f"{kind:12} {len(e):5d} {statistics.median(e):15.1f}% "
+                  f"{statistics.median(e0):17.1f}%")  # fmt: skip
+    for r, x in zip(rows, blank, strict=True):
+        if x["status"] != "ok":
+            print(f"  not modelled: {r['id']}: {x.get('reason')}")
+
+
+if __name__ == "__main__":
+    main()
