@@ -67,7 +67,11 @@ def _breakdown(system: System, chip_w, n_chips) -> PowerBreakdown:
         n_chips * nic,
     ]
     dc = sum(parts)
-    it = safe_div(dc, system.facility.psu_efficiency)
+    eta = system.facility.psu_efficiency
+    it = safe_div(dc, eta)
+    # the loss as dc (1 - eta) / eta, not it - dc: the difference of two near-equal float32
+    # numbers carried ~20x their rounding (2e-6 relative under the batch programs' fast math)
+    loss = dc * safe_div(1.0 - eta, eta)
     return PowerBreakdown(
         chips_w=parts[0],
         cpus_w=parts[1],
@@ -75,7 +79,7 @@ def _breakdown(system: System, chip_w, n_chips) -> PowerBreakdown:
         switches_w=parts[3],
         optics_w=parts[4],
         nics_w=parts[5],
-        psu_loss_w=it - dc,
+        psu_loss_w=loss,
         it_w=it,
         facility_w=system.facility.pue * it,
     )
