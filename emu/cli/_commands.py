@@ -71,10 +71,11 @@ def cmd_list(args) -> None:
 
 def _list_fields(args) -> None:
     name = args.fields
-    if name == "plan" and _cost_flags_given(args):  # the knobs' declarations, no values
+    flags = _cost_flags_given(args)
+    if name == "plan" and flags:  # the knobs' declarations, no values
         raise CliError(
-            f"emu list --fields plan lists the plan knobs as declared; "
-            f"{_cost_flags_given(args)[0]} changes no knob here: drop it."
+            f"emu list --fields plan lists the plan knobs as declared; {flags[0]} changes no "
+            "knob here: drop it."
         )
     sys_o, model_o, plan_o = overrides(args)
     if name == "plan":
@@ -85,7 +86,7 @@ def _list_fields(args) -> None:
     kind = _kind_of(name)
     name = resolved(name, kind, notes)
     if kind == "models":
-        given = [f for f in _cost_flags_given(args) if f != "--set"]
+        given = [f for f in flags if f != "--set"]
         if given or sys_o or plan_o or any(cost_flags.is_cost_path(i) for i in args.set):
             what = given[0] if given else "--set of a system, plan or cost field"
             raise CliError(
@@ -344,7 +345,7 @@ def _check_cv_groups(file) -> None:
     # the intervals come from the leave-one-source-out pass; leave-one-system-out over one
     # system simply holds nothing out. (Rows that turn out not to be modelled still count
     # here: the check reads the file, not the fit's items.)
-    sources = {str(r.get("source", "")).split("|")[0].strip() for r in rows}
+    sources = {validation.row_source(r) for r in rows}
     if len(sources) < 2:
         raise CliError(
             f"--cv holds out one of the rows' sources at a time and needs at least two; "

@@ -151,13 +151,14 @@ def band(iv: dict | None, unit: str) -> str:
     return f"{mark}[{si(iv['low'], unit)} - {si(iv['high'], unit)}]"
 
 
-def interval_lines(results: list[dict], label=lambda r: r["system"]) -> list[str]:
-    """One line per result naming the basis of its intervals (and the extrapolation)."""
+def interval_lines(results: list[dict], names: list[str] | None = None) -> list[str]:
+    """One line per result naming the basis of its intervals (and the extrapolation);
+    `names`: the results' labels (default: their systems)."""
     out = []
-    for r in results:
+    for r, name in zip(results, names or [r["system"] for r in results], strict=True):
         iv = (r.get("interval") or {}).get("tokens_per_s")
         if iv:
-            out.append(f"{iv['level']:.0%} interval ({label(r)}): basis {iv['basis']}")
+            out.append(f"{iv['level']:.0%} interval ({name}): basis {iv['basis']}")
     return out
 
 
@@ -175,23 +176,17 @@ def column_names(results: list[dict]) -> list[str]:
     """The systems' names, numbered where two share one (two TOML files that both say
     name = "custom"), so that no two columns, plan lines or warnings look alike."""
     names = [str(r["system"]) for r in results]
-    out: list[str] = []
-    for i, n in enumerate(names):
-        label, k = n, names[: i + 1].count(n)
-        while names.count(n) > 1 and (label == n or label in names or label in out):
-            label, k = f"{n} #{k}", k + 1
-        out.append(label)
-    return out
+    return [f"{n} #{names[: i + 1].count(n)}" if names.count(n) > 1 else n
+            for i, n in enumerate(names)]  # fmt: skip
 
 
 def run_text(results: list[dict]) -> str:
     """`emu run`/`emu compare`: infeasibility first, then one column per result, the step
     breakdown, the plans, warnings and notes."""
     names = column_names(results)
-    label = dict(zip(map(id, results), names, strict=True))
     out = [
-        f"INFEASIBLE on {label[id(r)]}: {reason}"
-        for r in results
+        f"INFEASIBLE on {name}: {reason}"
+        for r, name in zip(results, names, strict=True)
         if not r["feasible"]
         for reason in (r.get("infeasible_reasons") or ["out of memory"])
     ]
@@ -231,11 +226,11 @@ def run_text(results: list[dict]) -> str:
     if all(r["phase"] == "decode" for r in results):  # disaggregation: attention waits
         rows = [[_EXPERT_WAIT if row[0] == "pipeline bubble" else row[0], *row[1:]] for row in rows]
     out += [table(rows, ["step breakdown", *names]), ""]
-    for r in results:
-        out.append(f"plan ({label[id(r)]}): {plan_text(r['plan'])}")
-    for r in results:
-        out += [f"warning ({label[id(r)]}): {w}" for w in r.get("warnings", [])]
-    out += interval_lines(results, lambda r: label[id(r)])
+    for r, name in zip(results, names, strict=True):
+        out.append(f"plan ({name}): {plan_text(r['plan'])}")
+    for r, name in zip(results, names, strict=True):
+        out += [f"warning ({name}): {w}" for w in r.get("warnings", [])]
+    out += interval_lines(results, names)
     notes = list(dict.fromkeys(n for r in results for n in r.get("notes", [])))
     out += [f"note: {n}" for n in notes]
     evaluate = f"evaluate {sum(r['eval_s'] for r in results) * 1e3:.1f} ms"

@@ -38,7 +38,13 @@ from emu.validation._plans import (
     serving_row,
     states_no_degrees,
 )
-from emu.validation._rows import approximations, check_row, row_model, row_precision
+from emu.validation._rows import (
+    approximations,
+    check_row,
+    row_model,
+    row_precision,
+    row_source,
+)
 from emu.workload import Model, model_flops_per_token
 
 METRICS_TRAIN = {
@@ -92,7 +98,7 @@ def _base(row: dict) -> dict:
         "system": row["system"],
         "metric": row["metric"],
         "measured": float(row["value"]),
-        "source": str(row.get("source", "")).split("|")[0].strip(),
+        "source": row_source(row),
     }
 
 
@@ -164,7 +170,6 @@ def _run_item(row: dict, base: dict, system_of) -> Item:
         raise NotImplementedError(f"metric '{row['metric']}' is not modelled yet")
     system = system_of(row["system"])
     dies = dies_of(system)
-    row = {**row, "precision": row_precision(row.get("precision"))}
     row = script_plan(row) or row
     model = row_model(row)
     if needs_serving_rule(row):
@@ -196,6 +201,8 @@ def prepare_rows(
 
     for row in rows:
         base = _base(row)
+        # a precision spelled another way (MXFP8, W4A8) is the chip format it names
+        row = {**row, "precision": row_precision(row.get("precision"))}
         try:
             check_row(row)
             system = system_of(row["system"])

@@ -262,6 +262,12 @@ PRECISION_SPELLINGS = (
 )
 
 
+def row_source(row: dict) -> str:
+    """The source a row's results and the leave-one-source-out groups name: its `source`
+    up to the first "|" (what follows locates the table or figure within it)."""
+    return str(row.get("source", "")).split("|")[0].strip()
+
+
 def row_precision(value) -> str | None:
     """A row's `precision` as one of emu.units.PRECISIONS (None stays None: the rules'
     default applies); a spelling not in PRECISION_SPELLINGS is returned as given (and
@@ -351,9 +357,10 @@ def approximations(row: dict) -> list[str]:
     text = f"{row_text(row)} {(row.get('model') or {}).get('name', '')}".lower()
     out = [say for pattern, say in APPROXIMATIONS if re.search(pattern, text)]
     m = row.get("model")
-    if isinstance(m, dict) and m.get("moe") and _catalog_of(m):
+    name = _catalog_of(m) if isinstance(m, dict) and m.get("moe") else None
+    if name is not None:
         try:
-            _catalog_model(m, _catalog_of(m))
+            _catalog_model(m, name)
         except ValueError as e:
             out.append(f"built from the row's fields: {e}")
     return out
@@ -377,9 +384,10 @@ def row_model(row: dict) -> Model:
     if not isinstance(m, dict):
         raise ValueError("no model description")
     moe = m.get("moe")
-    if moe and _catalog_of(m):
+    name = _catalog_of(m) if moe else None
+    if name is not None:
         try:
-            return _catalog_model(m, _catalog_of(m))
+            return _catalog_model(m, name)
         except ValueError:  # dimensions of another variant: built from the row's fields
             pass  # (`approximations` says so)
     gated = _ffn(m) == "swiglu" or bool(moe)
