@@ -312,6 +312,19 @@ def _system(data: dict, where: str, cal: dict | None = None) -> System:
     return check(system, where)
 
 
+def _check_stem(data, path, kind: str) -> None:
+    """A file's `name` is its stem (configs/README.md): results, cost files and the
+    catalog are keyed by the name, so a copy of dgx_h100.toml that still says
+    name = "gb200_nvl72" was reported, and priced, as the GB200 rack."""
+    name = data.get("name") if isinstance(data, dict) else None
+    stem = Path(path).stem
+    if isinstance(name, str) and name and name != stem:
+        raise ValueError(
+            f"{kind} file '{path}' says name = \"{name}\", but a {kind}'s name must equal its "
+            f'file stem: set name = "{stem}".'
+        )
+
+
 def load_system(
     name_or_path: str | Path, overrides: dict | None = None, *, calibration: dict | None = None
 ) -> System:
@@ -319,7 +332,9 @@ def load_system(
     (`calibration`: use this overlay instead of the committed one)."""
     path = _resolve(name_or_path, "systems")
     where = f"system '{Path(path).stem}'"
-    sys = _system(load_toml(path, "system"), where, calibration)
+    data = load_toml(path, "system")
+    _check_stem(data, path, "system")
+    sys = _system(data, where, calibration)
     return apply_overrides(sys, overrides, where) if overrides else sys
 
 
@@ -437,6 +452,11 @@ def model_from_hf(config: dict, name: str, where: str | None = None) -> Model:
     return model_from_dict(data, where)
 
 
+#: how a JSON value other than an object reads in an error message
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}  # fmt: skip
+
+
 def _load_hf(path: Path) -> Model:
     import json
 
@@ -452,6 +472,11 @@ def _load_hf(path: Path) -> Model:
         raise ValueError(f"model file '{path}' is not valid JSON: {e}.") from None
     except OSError as e:
         raise ValueError(f"cannot read model file '{path}': {e.strerror}.") from None
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"model file '{path}' must hold a JSON object (a Hugging Face config.json), "
+            f"not {_JSON_KINDS.get(type(config), type(config).__name__)}."
+        )
     stem = path.parent.name if path.name == "config.json" else path.stem
     name = str(config.get("_name_or_path") or stem).rstrip("/").rsplit("/", 1)[-1] or "model"
     return model_from_hf(config, name, f"model '{path}'")
@@ -467,5 +492,7 @@ def load_model(name_or_path: str | Path, overrides: dict | None = None) -> Model
     else:
         path = _resolve(name_or_path, "models")
         where = f"model '{Path(path).stem}'"
-        m = model_from_dict(load_toml(path, "model"), where)
+        data = load_toml(path, "model")
+        _check_stem(data, path, "model")
+        m = model_from_dict(data, where)
     return apply_overrides(m, overrides, where) if overrides else m

@@ -392,7 +392,12 @@ class Plan:
         dp, mb, gb = float(self.dp), float(self.microbatch), float(self.global_batch)
         k, a, m = float(self.draft_tokens), float(self.accept_len), float(self.mtp_accept)
         er, g = float(self.expert_ranks), float(self.attention_groups)
+        hit, seq = float(self.cache_hit), float(self.seq_len)
         rules = (
+            (hit > 0 and seq * (1.0 - hit) < 1.0 - 1e-3,
+             f"cache_hit={hit:g} leaves {seq * (1.0 - hit):.3g} of the {seq:g} prompt tokens "
+             f"to compute; a prefill computes at least the last one: cache_hit <= 1 - 1/seq_len "
+             f"= {1.0 - 1.0 / seq:.6g}."),
             (gb % (dp * mb), f"global_batch={gb:g} must be a multiple of dp*microbatch="
              f"{dp * mb:g}; adjust global_batch or microbatch."),
             (float(self.vpp) > 1 and float(self.pp) == 1,

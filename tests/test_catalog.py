@@ -85,6 +85,10 @@ def test_hugging_face_errors(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="is not valid JSON"):
         load_model(bad)
+    for text, kind in (("[1]", "an array"), ("null", "null"), ('"x"', "a string")):
+        bad.write_text(text)  # valid JSON, but not an object (was an AttributeError)
+        with pytest.raises(ValueError, match=f"must hold a JSON object .*not {kind}"):
+            load_model(bad)
 
 
 def _tpu_text(**replace) -> str:
@@ -112,7 +116,7 @@ def test_a_new_chip_family_and_link_type_are_declarable(tmp_path):
     assert uncalibrated(s) == ["chip family 'tpu'", "link type 'ici' (tier ici)"]
     assert uncalibrated(load_system("gb200_nvl72")) == []
     # without `like` or its own parameters, the error says how to declare it
-    f = tmp_path / "t.toml"
+    f = tmp_path / "tpu_like.toml"
     f.write_text(_tpu_text(**{'like = "hopper"': "", "hbm_efficiency = 0.85": ""}))
     with pytest.raises(ValueError, match="unknown chip family 'tpu'.*declare it: like = "):
         load_system(f)

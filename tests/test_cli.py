@@ -114,7 +114,7 @@ def test_malformed_and_unknown_key_toml(capsys, tmp_path):
     from emu.catalog import config_dir
 
     text = (config_dir() / "systems" / "gb200_nvl72.toml").read_text()
-    typo = tmp_path / "typo.toml"
+    typo = tmp_path / "gb200_nvl72.toml"  # a file's name is its stem
     typo.write_text(text.replace("hbm_bytes_per_s", "hbm_bytes_per_sec", 1))
     code, _, err = run_cli(capsys, "describe", str(typo))
     assert code == 2 and "unknown key 'hbm_bytes_per_sec'" in err and "Did you mean" in err

@@ -358,7 +358,7 @@ def test_reference_program_agrees_with_emu_evaluate(reference_program, tmp_path)
 
     prog, tp, dp = reference_program
     cfg = llama.Config(**SMALL, batch=2 * dp)
-    path = tmp_path / "reference.toml"
+    path = tmp_path / "reference_llama.toml"  # a model file's name is its stem
     path.write_text(llama.emu_model_toml(cfg))
     model = emu.load_model(path)
     plan = emu.make_plan(
@@ -410,6 +410,25 @@ def test_mesh_size_mismatch(builders):
     text = _two_groups()
     with pytest.raises(ValueError, match="partitioned 64 ways"):
         program.from_hlo(text, {"data": 8})
+
+
+def test_one_device_hlo_with_a_larger_mesh_nothing_to_price_and_repeated_keys(tmp_path):
+    """A module without num_partitions runs on one device: a mesh of 100,000 used to be
+    priced as 100,000 devices (170 MW); a program of zero-size arrays raised a TypeError;
+    a repeated --mesh axis kept the last size."""
+    a = jax.ShapeDtypeStruct((64, 64), jnp.float32)
+    text = jax.jit(lambda x, y: x @ y).lower(a, a).compile().as_text()
+    assert "num_partitions" not in text.splitlines()[0]
+    with pytest.raises(ValueError, match="compiled for one device.*has 100000 devices"):
+        program.from_hlo(text, {"data": 100000})
+    assert program.from_hlo(text, {"data": 1}).table.ops  # the mesh it was compiled for
+    empty = jax.ShapeDtypeStruct((0, 0), jnp.float32)
+    text0 = jax.jit(lambda x, y: x @ y).lower(empty, empty).compile().as_text()
+    with pytest.raises(ValueError, match="nothing emu can price"):
+        program.from_hlo(text0, {"data": 1})
+    path = tmp_path / "one.hlo"
+    path.write_text(text)
+    assert main_program(["--hlo", str(path), "--mesh", "data=1,data=2"]) == 2
 
 
 def test_missing_builder_and_bad_names(tmp_path, builders):

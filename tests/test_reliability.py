@@ -458,12 +458,47 @@ def test_contradictory_or_out_of_range_flags_are_one_line(capsys, args, needle):
     _one_line(capsys, args, needle)
 
 
+def test_a_prefill_computes_at_least_one_token_per_prompt(capsys):
+    """cache_hit 0.999999 priced 0.008 tokens per 8,192-token prompt: 41 Mtok/s on 8 H100."""
+    _one_line(
+        capsys,
+        ["run", "--system", "dgx_h100", "--model", "llama3_8b", "--phase", "prefill",
+         "--cache-hit", "0.999999"],
+        "cache_hit <= 1 - 1/seq_len = 0.999878",
+    )  # fmt: skip
+    args = ["run", "--system", "dgx_h100", "--model", "llama3_8b", "--phase", "prefill"]
+    assert main([*args, "--cache-hit", str(1 - 1 / 8192)]) == 0  # exactly one token computed
+    capsys.readouterr()
+
+
+def test_a_file_whose_name_is_not_its_stem_is_refused(capsys, tmp_path):
+    """A copy of dgx_h100.toml that still said name = "gb200_nvl72" was labelled, and
+    priced with the cost file of, the GB200 rack (configs/README.md: name = file stem)."""
+    from emu.catalog import config_dir
+
+    text = (config_dir() / "systems" / "dgx_h100.toml").read_text()
+    f = tmp_path / "my_h100.toml"
+    f.write_text(text.replace('name = "dgx_h100"', 'name = "gb200_nvl72"', 1))
+    _one_line(
+        capsys, ["run", "--system", str(f), "--model", "llama3_8b"],
+        'says name = "gb200_nvl72", but a system\'s name must equal its file stem: set name = '
+        '"my_h100"',
+    )  # fmt: skip
+    m = tmp_path / "mine.toml"
+    m.write_text((config_dir() / "models" / "llama3_8b.toml").read_text())
+    _one_line(
+        capsys, ["run", "--system", "dgx_h100", "--model", str(m)],
+        'says name = "llama3_8b", but a model\'s name must equal its file stem',
+    )  # fmt: skip
+
+
 def test_compare_numbers_the_columns_of_two_systems_that_share_a_name(capsys, tmp_path):
     """Two TOML files that both say name = "dgx_h100" printed two identical headers."""
     from emu.catalog import config_dir
 
     text = (config_dir() / "systems" / "dgx_h100.toml").read_text()
-    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    a, b = tmp_path / "a" / "dgx_h100.toml", tmp_path / "b" / "dgx_h100.toml"
     a.write_text(text)
     b.write_text(text)
     assert main(["compare", "--systems", f"{a},{b}", "--model", "llama3_8b"]) == 0

@@ -94,6 +94,8 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"{what} expects KEY=VALUE (got '{item}').")
+        if key.strip() in out:
+            raise ValueError(f"{what} names {key.strip()} twice; give each once.")
         out[key.strip()] = value.strip()
     return out
 

@@ -115,6 +115,11 @@ def build_table(
     module = parse_module(hlo_text)
     _check(module.num_partitions, mesh, axis_roles or {})
     table = Builder(module, mesh, fusion=fusion, axis_roles=axis_roles or {}).run()
+    if not table.ops:
+        raise ValueError(
+            "the program has nothing emu can price (no matmul, kernel, memory traffic or "
+            "collective: zero-size arrays?); give it the arrays of a real step."
+        )
     table.notes.extend(unplaced_notes(table))
     overlap_windows(table)
     return table
@@ -122,9 +127,14 @@ def build_table(
 
 def _check(num_partitions: int, mesh: MeshInfo, axis_roles: dict[str, str]) -> None:
     """One-line ValueErrors for a module partitioned for another mesh and bad axis roles."""
-    if num_partitions > 1 and num_partitions != mesh.size:
+    if num_partitions != mesh.size:  # a module without num_partitions runs on one device
+        ways = (
+            f"partitioned {num_partitions} ways"
+            if num_partitions > 1
+            else "compiled for one device (its header has no num_partitions)"
+        )
         raise ValueError(
-            f"the HLO module is partitioned {num_partitions} ways but the mesh "
+            f"the HLO module is {ways} but the mesh "
             f"{dict(zip(mesh.axis_names, mesh.shape, strict=True))} has {mesh.size} devices; "
             "pass the mesh the program was compiled for."
         )
