@@ -40,6 +40,25 @@ def _from_env() -> str:
     return value
 
 
+#: EMU_AOT's values (`emu.fast`: how an executable not yet on disk is handled); here, where
+#: the command line can check the variable without importing JAX
+AOT_MODES = ("auto", "eager", "sync", "off")
+
+
+def aot_from_env() -> str:
+    """EMU_AOT (AOT_MODES, case and spaces ignored), default "auto"; EMU_NO_AOT set means
+    "off"; another value is refused (it used to fall back to "auto" silently)."""
+    if os.environ.get("EMU_NO_AOT"):
+        return "off"
+    value = os.environ.get("EMU_AOT", "auto").strip().lower() or "auto"
+    if value not in AOT_MODES:
+        raise ValueError(
+            f"EMU_AOT={value!r} is not a mode; use one of {', '.join(AOT_MODES)} (or unset it "
+            "for auto)."
+        )
+    return value
+
+
 def select(backend: str) -> str:
     """Choose the backend if no physics module has been imported yet; returns the backend
     in force (which is `backend` unless one was already chosen)."""

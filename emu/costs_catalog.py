@@ -311,7 +311,9 @@ def _region_from(data: dict, where: str) -> Region:
     if not isinstance(name, str) or not name:
         raise ValueError(f"{where}.name must be a non-empty string.")
     country = data.get("country", "")
-    return check(Region(name=name, country=str(country), subsidy_chip_origin=origin, **kw), where)
+    region = check(Region(name=name, country=str(country), subsidy_chip_origin=origin, **kw), where)
+    _check_subsidy(region, where)
+    return region
 
 
 def load_region(name_or_path: str | Path, overrides: dict | None = None) -> Region:
@@ -320,7 +322,28 @@ def load_region(name_or_path: str | Path, overrides: dict | None = None) -> Regi
     path = _resolve(name_or_path, "regions", "region")
     where = f"region '{Path(path).stem}'"
     region = _region_from(load_toml(path, "region"), where)
-    return apply_cost_overrides(region, overrides, where)
+    key = "subsidised_electricity_usd_per_kwh"
+    if overrides and key in overrides and not region.subsidy_chip_origin:
+        raise ValueError(
+            f"{where} subsidises no chips (no subsidy_chip_origin), so region.{key} would "
+            "change nothing; set region.electricity_usd_per_kwh instead."
+        )
+    region = apply_cost_overrides(region, overrides, where)
+    _check_subsidy(region, where)
+    return region
+
+
+def _check_subsidy(region: Region, where: str) -> None:
+    """A subsidised price above the unsubsidised one is a typo, not a subsidy."""
+    sub, full = (
+        float(region.subsidised_electricity_usd_per_kwh),
+        float(region.electricity_usd_per_kwh),
+    )
+    if region.subsidy_chip_origin and sub > full:
+        raise ValueError(
+            f"{where}: the subsidised electricity price ({sub:g} USD/kWh) exceeds the "
+            f"unsubsidised one ({full:g} USD/kWh); a subsidy lowers the price."
+        )
 
 
 def region_info(name_or_path: str | Path) -> dict:

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emu import _backend
 from emu.objective import evaluate as _evaluate
 from emu.storage import atomic_write, cache_dir
 
@@ -746,7 +747,7 @@ class _Lowered:
 #: on an interactive terminal only, compiles and stores the executable in a detached,
 #: low-priority process for the next run; "eager" only evaluates eagerly; "sync" compiles
 #: and stores it now; "off" is plain `jax.jit` (with JAX's persistent cache)
-AOT_MODES = ("auto", "eager", "sync", "off")
+AOT_MODES = _backend.AOT_MODES
 #: executables loaded or compiled in this process, by key
 _MEM: dict[str, Callable] = {}
 #: a background compilation older than this is presumed dead and may be started again
@@ -754,11 +755,9 @@ _PENDING_S = 600
 
 
 def aot_mode() -> str:
-    """EMU_AOT (AOT_MODES), default "auto"; EMU_NO_AOT=1 means "off"."""
-    if os.environ.get("EMU_NO_AOT"):
-        return "off"
-    mode = os.environ.get("EMU_AOT", "auto")
-    return mode if mode in AOT_MODES else "auto"
+    """EMU_AOT (AOT_MODES), default "auto"; EMU_NO_AOT=1 means "off"; another value is a
+    ValueError (`emu._backend.aot_from_env`)."""
+    return _backend.aot_from_env()
 
 
 def aot_enabled() -> bool:

@@ -143,6 +143,8 @@ class FieldInfo:
             text = ("an integer " if self.integer else "") + _interval(self)
         if self.zero_ok:
             text = f"0 or {text}"
+        if self.unit and text.endswith(" integer"):  # "a positive integer (sequences)"
+            return f"{text} ({self.unit})"
         return f"{text} {self.unit}".rstrip() if self.unit else text
 
 

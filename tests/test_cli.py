@@ -179,6 +179,9 @@ def test_validate_checks_the_plot_path_before_predicting(tmp_path, capsys, monke
         (["run", "--set", "tiers.nvlink.latency_s=1e-39"], "float32 range"),
         (["search", "--starts", "1000000"], "--starts: must be an integer in [1, 1024]"),
         (["sweep", "--num-processes", "2"], "need --coordinator"),
+        (["sweep", "--coordinator", "foo:1"], "--coordinator joins a sweep of several"),
+        (["run", "--microbatch", "1e30"], "up to 16,777,216 (got '1e30')"),
+        (["list", "--region", "us_average"], "run, compare, serve, search, sweep and sensitivity"),
     ],
 )
 def test_flag_errors_name_the_flag(capsys, args, needle):

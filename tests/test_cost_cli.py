@@ -122,7 +122,15 @@ def test_cost_fields_are_settable_and_move_the_price(capsys):
         (["search", "--region", "us_average", "--set", "region.electricity_usd_per_kwh=-0.1"],
          "cannot be negative"),
         (["compare", "--region", "us_average", "--set", "cost.utilisation=0"], "(0, 1]"),
-        (["describe", "gb200_nvl72", "--set", "cost.utilisation=0.5"], "unknown field path"),
+        (["describe", "gb200_nvl72", "--set", "cost.utilisation=0.5"],
+         "describe shows the system as built; --set cost.utilisation prices a run"),
+        # a subsidised price where the region subsidises nothing did nothing; one above the
+        # unsubsidised price was used as the price
+        (["run", "--region", "us_average", "--set",
+          "region.subsidised_electricity_usd_per_kwh=1"], "subsidises no chips"),
+        (["run", "--system", "cloudmatrix384", "--chips", "16", "--region", "china_dc_subsidy",
+          "--set", "region.subsidised_electricity_usd_per_kwh=5"],
+         "exceeds the unsubsidised one (0.063 USD/kWh)"),
     ],
 )  # fmt: skip
 def test_bad_cost_input_is_one_line_exit_2(capsys, args, needle):

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -429,6 +430,33 @@ def test_one_device_hlo_with_a_larger_mesh_nothing_to_price_and_repeated_keys(tm
     path = tmp_path / "one.hlo"
     path.write_text(text)
     assert main_program(["--hlo", str(path), "--mesh", "data=1,data=2"]) == 2
+
+
+def test_program_flags_that_would_do_nothing_are_refused(tmp_path, builders, capsys):
+    """--mesh with a builder, --devices/--arg with --hlo, --top 0 and a repeated --system
+    were accepted and did nothing; an in-process builder had no timeout."""
+    a = jax.ShapeDtypeStruct((64, 64), jnp.float32)
+    path = tmp_path / "one.hlo"
+    path.write_text(jax.jit(lambda x, y: x @ y).lower(a, a).compile().as_text())
+    hlo = ["--hlo", str(path), "--mesh", "data=1"]
+    cases = [
+        ([f"{builders}:small_mesh", "--devices", "1", "--mesh", "x=1"], "--mesh is for --hlo"),
+        ([*hlo, "--devices", "4"], "--devices is for a builder"),
+        ([*hlo, "--arg", "n=5"], "--arg is for a builder"),
+        ([*hlo, "--top", "0"], "--top must be >= 1"),
+        ([*hlo, "--system", "dgx_h100", "--system", "DGX-H100"], "given twice"),
+    ]
+    for argv, needle in cases:
+        assert main_program(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, (argv, err)
+    hang = tmp_path / "hang.py"
+    hang.write_text("def build():\n    import time\n    time.sleep(120)\n")
+    assert jax.device_count() == 1  # so the builder runs in this process
+    t0 = time.perf_counter()
+    assert main_program([f"{hang}:build", "--devices", "1", "--timeout", "1"]) == 2
+    assert time.perf_counter() - t0 < 30
+    assert "took over 1 s" in capsys.readouterr().err
 
 
 def test_missing_builder_and_bad_names(tmp_path, builders):

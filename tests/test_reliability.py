@@ -458,6 +458,47 @@ def test_contradictory_or_out_of_range_flags_are_one_line(capsys, args, needle):
     _one_line(capsys, args, needle)
 
 
+@pytest.mark.parametrize(
+    ("argv", "flags"),
+    [
+        (["run", "--moe-imbalance", "5", "--a2a-overlap", "--no-moe-dedup"],
+         "--moe-imbalance, --a2a-overlap, --no-moe-dedup apply"),
+        (["serve", "--moe-imbalance", "5"], "--moe-imbalance applies"),
+        (["serve", "--a2a-overlap"], "--a2a-overlap applies"),
+        (["search", "--a2a-overlap"], "--a2a-overlap applies"),
+    ],
+)  # fmt: skip
+def test_expert_only_flags_on_a_dense_model_are_refused(capsys, argv, flags):
+    """They were accepted and changed nothing (`--ep` was already refused)."""
+    argv = [*argv, "--system", "dgx_h100", "--model", "llama3_8b"]
+    _one_line(capsys, argv, f"{flags} to MoE models' experts (llama3_8b is dense)")
+
+
+def test_exhaustive_search_refuses_the_gradient_search_flags(capsys):
+    """`--method exhaustive --starts 2` said method exhaustive and ignored --starts."""
+    argv = ["search", "--system", "dgx_h100", "--model", "llama3_8b", "--method", "exhaustive"]
+    _one_line(capsys, [*argv, "--starts", "2"], "--starts sets the gradient search")
+
+
+def test_an_unknown_emu_aot_mode_is_refused(capsys, monkeypatch):
+    """EMU_AOT=bogus fell back to auto silently (EMU_BACKEND=torch was refused)."""
+    monkeypatch.setenv("EMU_AOT", "bogus")
+    _one_line(capsys, ["list"], "EMU_AOT='bogus' is not a mode; use one of auto, eager, sync, off")
+
+
+def test_a_hugging_face_folder_in_the_working_directory_is_a_model(capsys, monkeypatch, tmp_path):
+    """`--model hf` (a folder holding config.json) was looked up in the catalog only."""
+    from pathlib import Path
+
+    (tmp_path / "hf").mkdir()
+    config = Path(__file__).parent / "data" / "hf" / "llama3_70b_config.json"
+    (tmp_path / "hf" / "config.json").write_text(config.read_text())
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--system", "dgx_h100", "--model", "hf", "--chips", "64", "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "hf"  # named after its folder
+
+
 def test_a_prefill_computes_at_least_one_token_per_prompt(capsys):
     """cache_hit 0.999999 priced 0.008 tokens per 8,192-token prompt: 41 Mtok/s on 8 H100."""
     _one_line(

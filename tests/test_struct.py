@@ -77,7 +77,7 @@ def test_field_metadata_lives_beside_the_field():
     info = field_info(_Pipe)
     assert set(info) == {"kind", "rate", "count", "peak"}
     assert info["rate"] == FieldInfo(lo=0.0, hi=1.0, lo_open=True, help="a fraction")
-    assert info["count"].describe() == "a positive integer links"
+    assert info["count"].describe() == "a positive integer (links)"
     assert info["peak"].describe() == "0 or in [1e+09, 1e+18] FLOP/s"
     assert parse_bounds("[0, 1)") == dict(lo=0.0, hi=1.0, lo_open=False, hi_open=True)
     with pytest.raises(ValueError, match="interval"):
@@ -89,7 +89,7 @@ def test_field_metadata_lives_beside_the_field():
     [
         (dict(rate=jnp.float32(0.0)), r"rate must be in \(0, 1\] \(got 0\)"),
         (dict(rate=jnp.float32(float("nan"))), "rate must be"),
-        (dict(count=jnp.float32(2.5)), "count must be a positive integer links"),
+        (dict(count=jnp.float32(2.5)), r"count must be a positive integer \(links\)"),
         (dict(count=jnp.float32(200.0)), "count=200 needs rate <= 0.5"),  # cross-field rule
         (dict(kind="steel"), "unknown kind 'steel'; known: copper, optical"),
         (dict(peak={"a": jnp.float32(5.0)}), r"peak.a must be 0 or in \[1e\+09"),

@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         _choose_backend(argv, own_process=own_process)
-    except ValueError as e:  # a bad EMU_BACKEND, or NumPy for a command that needs JAX
+        _backend.aot_from_env()
+    except ValueError as e:  # a bad EMU_BACKEND or EMU_AOT, or NumPy for a JAX command
         print(f"emu: error: {_first_line(e)}", file=sys.stderr)
         return 2
     from emu.cli._parser import CliError, build_parser

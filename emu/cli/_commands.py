@@ -10,7 +10,7 @@ from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
 from emu.cli import _render_catalog as render_catalog
 from emu.cli._parser import CliError
-from emu.cli._setup import overrides, resolved, set_note, setup
+from emu.cli._setup import overrides, refuse_moe_flags, resolved, set_note, setup
 from emu.plan import plan_dict
 from emu.struct import float_leaves
 
@@ -46,7 +46,8 @@ def cmd_list(args) -> None:
     if given:
         raise CliError(
             f"emu list prints the catalog as shipped; {given[0]} applies with --fields NAME "
-            "(the fields it sets) or to run, compare, serve and search: drop it here."
+            "(the fields it sets) or to run, compare, serve, search, sweep and sensitivity: "
+            "drop it here."
         )
     regions = cost_flags.regions()
     if args.regions:
@@ -135,6 +136,12 @@ def _kind_of(name: str) -> str:
 
 
 def cmd_describe(args) -> None:
+    costly = [x for x in args.set if x.strip().startswith(cost_flags.PREFIXES)]
+    if costly:
+        raise CliError(
+            f"describe shows the system as built; --set {costly[0].split('=')[0]} prices a "
+            "run: give it to run, compare, serve, search, sweep or sensitivity with --region."
+        )
     sys_o, model_o, plan_o = overrides(args)
     if model_o or plan_o:
         raise CliError("describe takes only system fields in --set (no model./plan. paths).")
@@ -391,6 +398,7 @@ def cmd_serve(args) -> None:
     system = cost_flags.with_region(args, system)
     price = cost_flags.pricing(args, system)
     model = catalog.load_model(resolved(args.model, "models", notes), model_o)
+    refuse_moe_flags(args, model)
     precision = args.precision or policy.serving_precision(system)
     if args.precision is None:
         notes.append(f"precision: {precision} (the chip's serving format; --precision to change)")

@@ -48,6 +48,11 @@ def processes(args) -> tuple[int, int]:
         raise CliError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers.") from None
     if nproc < 1 or not 0 <= pid < nproc:
         raise CliError(f"--process-id must be in [0, {nproc}) (got {pid}).")
+    if nproc == 1 and args.coordinator:  # it was accepted and ignored
+        raise CliError(
+            "--coordinator joins a sweep of several processes; give --num-processes N (N > 1) "
+            "and --process-id on each, or drop --coordinator."
+        )
     if nproc > 1:
         if not coord:
             raise CliError("several processes need --coordinator HOST:PORT.")

@@ -132,6 +132,11 @@ FLAG_DEFAULTS = {"seq_len": 8192}
 SLO_DEFAULTS = {"tpot_slo": 0.05, "ttft_slo": 2.0}
 
 
+#: the largest integer a plan knob flag takes: float32 holds every integer up to 2^24 and
+#: no odd one beyond (`--microbatch 1e30` was refused as "not a positive integer")
+MAX_INTEGER_KNOB = 2**24
+
+
 def _knob_type(k):
     """argparse type of a numeric knob: its declared rule (bounds, integrality)."""
 
@@ -141,6 +146,11 @@ def _knob_type(k):
             check_value(v, k, k.name)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {k.describe()} (got {text!r})") from None
+        if k.integer and v > MAX_INTEGER_KNOB:
+            raise argparse.ArgumentTypeError(
+                f"must be {k.describe()} up to {MAX_INTEGER_KNOB:,} (got {text!r}): emu computes "
+                "in float32, which holds integers exactly only up to 2^24"
+            )
         return int(v) if k.integer else v
 
     parse.__name__ = k.kind  # argparse names the type in some messages

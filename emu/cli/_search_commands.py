@@ -10,7 +10,7 @@ from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
 from emu.cli._distributed import processes as _processes
 from emu.cli._parser import PROBLEM_KNOBS, SEARCH_FIXED_KNOBS, SLO_DEFAULTS, CliError
-from emu.cli._setup import overrides, resolved, set_note, slo
+from emu.cli._setup import overrides, refuse_moe_flags, resolved, set_note, slo
 from emu.overrides import check_unit, parse_value
 from emu.plan import KNOBS
 from emu.plan import knobs as plan_knobs
@@ -25,6 +25,14 @@ def _check_flags(args) -> None:
     place for them)."""
     if args.dp is not None:
         raise CliError(f"{args.command} derives dp from --chips; drop --dp.")
+    if getattr(args, "method", None) == "exhaustive":
+        grad = [f"--{f}" for f in ("starts", "steps", "seed") if getattr(args, f) is not None]
+        if grad:
+            raise CliError(
+                f"{', '.join(grad)} {'sets' if len(grad) == 1 else 'set'} the gradient search; "
+                "--method exhaustive evaluates every configuration: drop "
+                f"{'it' if len(grad) == 1 else 'them'} or use --method gradient."
+            )
     searchable = {k.name for k in plan_knobs(searchable=True)}
     for k in KNOBS:
         v = getattr(args, k.name)
@@ -163,6 +171,7 @@ def search_setup(args):
             "electricity price and PUE); `emu list` shows the regions."
         )
     model = catalog.load_model(resolved(args.model, "models", notes), model_o)
+    refuse_moe_flags(args, model)
     free, fixed = _free_and_fixed(args)
     problem = _problem(args, system, model, _chips(args, system), free, fixed, slo_s, price)
     if args.precision is None:

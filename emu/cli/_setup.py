@@ -6,6 +6,7 @@ or link type, and a plan from a quick search (`--plan best`)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from emu import catalog, policy
 from emu.cli import _cost as cost_flags
@@ -51,10 +52,37 @@ def resolved(name: str, kind: str, notes: list[str]) -> str:
     s = str(name)
     if s.endswith((".toml", ".json")) or "/" in s:
         return s
+    if kind == "models" and (Path(s) / "config.json").is_file():
+        return s  # a Hugging Face folder in the working directory (`--model hf`)
     canonical = catalog.resolve_name(s, kind)
     if canonical != s:
         notes.append(f"{kind[:-1]} '{s}' is the catalog's '{canonical}'")
     return canonical
+
+
+#: plan knobs that only an MoE model's experts read: (name, flag, value that does nothing)
+MOE_ONLY_KNOBS = (
+    ("moe_imbalance", "--moe-imbalance", 1.0),
+    ("a2a_overlap", "--a2a-overlap", False),
+    ("moe_dedup", "--no-moe-dedup", True),
+)
+
+
+def refuse_moe_flags(args, model: Model) -> None:
+    """An expert-only flag on a dense model did nothing and said nothing (`--ep` and
+    `--expert-ranks` are refused by the plan rules): refuse it in one line."""
+    if float(model.n_experts) > 0:
+        return
+    given = [
+        flag
+        for name, flag, idle in MOE_ONLY_KNOBS
+        if getattr(args, name, None) is not None and getattr(args, name) != idle
+    ]
+    if given:
+        raise CliError(
+            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to MoE models' "
+            f"experts ({model.name} is dense); drop {'it' if len(given) == 1 else 'them'}."
+        )
 
 
 def slo(args, phase: str) -> float | None:
@@ -120,6 +148,7 @@ def setup(args, system_name: str) -> Setup:
     system = catalog.load_system(resolved(system_name, "systems", notes), sys_o)
     system = cost_flags.with_region(args, system)
     model = catalog.load_model(resolved(args.model, "models", notes), model_o)
+    refuse_moe_flags(args, model)
     knobs["precision"] = _precision(args, system, phase, notes)
     missing = catalog.uncalibrated(system)
     if missing:

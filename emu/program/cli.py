@@ -114,8 +114,12 @@ def run_program_cli(args: argparse.Namespace) -> int:
     from emu import load_system
     from emu.program import text_report
 
-    if args.top < 0:
-        raise ValueError(f"--top must be >= 0 (got {args.top}).")
+    if args.top < 1:
+        raise ValueError(f"--top must be >= 1: the most expensive ops listed (got {args.top}).")
+    names = [str(x).lower().replace("-", "_") for x in args.system or []]
+    twice = next((x for i, x in enumerate(args.system or []) if names[i] in names[:i]), None)
+    if twice is not None:
+        raise ValueError(f"--system {twice} is given twice; name each system once.")
     tps = args.tokens_per_step
     if tps is not None and not 0 <= tps <= MAX_TOKENS_PER_STEP:
         raise ValueError(
@@ -177,6 +181,13 @@ def _hlo_program(args: argparse.Namespace, roles: dict[str, str]):
 
     if args.builder:
         raise ValueError("give either a builder or --hlo FILE, not both.")
+    unused = [f for f, v in (("--devices", args.devices), ("--arg", args.arg)) if v]
+    if unused:
+        raise ValueError(
+            f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} for a builder; "
+            "an --hlo module was compiled already (its mesh is --mesh): drop "
+            f"{'it' if len(unused) == 1 else 'them'}."
+        )
     if not args.mesh:
         raise ValueError("--hlo needs --mesh AXIS=N,... (e.g. --mesh data=8,model=8).")
     mesh = {}
@@ -197,6 +208,11 @@ def _builder_program(args: argparse.Namespace, roles: dict[str, str]):
 
     if not args.builder:
         raise ValueError("give a builder (path/to/file.py:builder) or --hlo FILE.")
+    if args.mesh:
+        raise ValueError(
+            "--mesh is for --hlo; a builder's program carries its own mesh (--devices N "
+            "devices): drop --mesh."
+        )
     if args.devices is None:
         raise ValueError("--devices N is required: the number of devices to compile for.")
     kwargs = {k: _literal(v) for k, v in _pairs(args.arg, "--arg").items()}

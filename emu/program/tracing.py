@@ -221,7 +221,7 @@ def trace_builder(
         raise ValueError("builder kwargs must be JSON values (numbers, strings, lists).") from None
     check_spec(spec)
     if _jax_started() and _device_count() == devices:
-        return _run_builder(spec, devices, kwargs)
+        return _in_process(spec, devices, kwargs, timeout_s)
     with tempfile.TemporaryDirectory(prefix="emu_program_") as tmp:
         out = Path(tmp) / "traced.json"
         env = dict(os.environ)
@@ -253,6 +253,34 @@ def trace_builder(
     traced = Traced(data["hlo"], mesh, data.get("name", ""), data.get("compile_s", 0.0))
     traced.compile_s = time.perf_counter() - t0
     return traced
+
+
+def _in_process(spec: str, devices: int, kwargs: dict, timeout_s: float) -> Traced:
+    """`_run_builder` in this process, under the same timeout as the child process (it had
+    none: a builder that hangs kept `emu program --timeout 3` waiting). The builder runs in
+    a daemon thread; past the timeout it is abandoned (a thread cannot be stopped) and the
+    error says so."""
+    import threading
+
+    box: dict = {}
+
+    def work() -> None:
+        try:
+            box["traced"] = _run_builder(spec, devices, kwargs)
+        except BaseException as e:  # noqa: BLE001  (re-raised in the caller's thread)
+            box["error"] = e
+
+    thread = threading.Thread(target=work, name="emu-trace", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise ValueError(
+            f"tracing '{spec}' on {devices} devices took over {timeout_s:g} s; "
+            "use a smaller configuration or raise the timeout."
+        )
+    if "error" in box:
+        raise box["error"]
+    return box["traced"]
 
 
 def _jax_started() -> bool:
