@@ -318,7 +318,7 @@ def _check_stem(data, path, kind: str) -> None:
     name = "gb200_nvl72" was reported, and priced, as the GB200 rack."""
     name = data.get("name") if isinstance(data, dict) else None
     stem = Path(path).stem
-    if isinstance(name, str) and name and name != stem:
+    if isinstance(name, str) and name and name not in (stem, Path(path).resolve().stem):
         raise ValueError(
             f"{kind} file '{path}' says name = \"{name}\", but a {kind}'s name must equal its "
             f'file stem: set name = "{stem}".'

@@ -323,7 +323,8 @@ def load_region(name_or_path: str | Path, overrides: dict | None = None) -> Regi
     where = f"region '{Path(path).stem}'"
     region = _region_from(load_toml(path, "region"), where)
     key = "subsidised_electricity_usd_per_kwh"
-    if overrides and key in overrides and not region.subsidy_chip_origin:
+    given = {str(k).removeprefix("region.") for k in overrides or {}}
+    if key in given and not region.subsidy_chip_origin:
         raise ValueError(
             f"{where} subsidises no chips (no subsidy_chip_origin), so region.{key} would "
             "change nothing; set region.electricity_usd_per_kwh instead."
@@ -342,7 +343,9 @@ def _check_subsidy(region: Region, where: str) -> None:
     if region.subsidy_chip_origin and sub > full:
         raise ValueError(
             f"{where}: the subsidised electricity price ({sub:g} USD/kWh) exceeds the "
-            f"unsubsidised one ({full:g} USD/kWh); a subsidy lowers the price."
+            f"unsubsidised one ({full:g} USD/kWh); a subsidy lowers the price: set "
+            f"region.subsidised_electricity_usd_per_kwh <= {full:g} (or the unsubsidised "
+            "price higher)."
         )
 
 

@@ -390,6 +390,7 @@ class Evaluator:
     def _compile_one(self) -> None:
         lowered = self._one.lower(jax.ShapeDtypeStruct(self.x0.shape, jnp.float32))
         if SYNC_ONE and _async_cpu():
+            aot_mode()  # a bad EMU_AOT is an error, not a reason to fall back below
             try:
                 self._one_c = _SyncOne(lowered, self.x0)
                 self._x0d = None  # _SyncOne keeps its own copy of x0

@@ -393,11 +393,17 @@ class Plan:
         k, a, m = float(self.draft_tokens), float(self.accept_len), float(self.mtp_accept)
         er, g = float(self.expert_ranks), float(self.attention_groups)
         hit, seq = float(self.cache_hit), float(self.seq_len)
+        # the largest float32 cache_hit that leaves one token; float32 rounds 1 - 1/seq by up
+        # to 2^-24, i.e. up to seq 2^-24 tokens, which the test allows for
+        top = np.float32(1.0 - 1.0 / max(seq, 1.0))
+        top = float(
+            np.nextafter(top, np.float32(0)) if float(top) > 1.0 - 1.0 / max(seq, 1.0) else top
+        )
         rules = (
-            (hit > 0 and seq * (1.0 - hit) < 1.0 - 1e-3,
-             f"cache_hit={hit:g} leaves {seq * (1.0 - hit):.3g} of the {seq:g} prompt tokens "
+            (hit > 0 and seq * (1.0 - hit) < 1.0 - max(1e-3, seq * 2.0**-23),
+             f"cache_hit={hit:.9g} leaves {seq * (1.0 - hit):.3g} of the {seq:g} prompt tokens "
              f"to compute; a prefill computes at least the last one: cache_hit <= 1 - 1/seq_len "
-             f"= {1.0 - 1.0 / seq:.6g}."),
+             f"(at most {top:.9g})."),
             (gb % (dp * mb), f"global_batch={gb:g} must be a multiple of dp*microbatch="
              f"{dp * mb:g}; adjust global_batch or microbatch."),
             (float(self.vpp) > 1 and float(self.pp) == 1,

@@ -211,3 +211,15 @@ def test_sensitivity_with_a_region_gives_cost_elasticities(capsys):
         )
         assert abs(e[path]["usd_per_mtoken"]) > 0.01, path  # the check can fail
         assert e[path]["usd_per_mtoken"] == pytest.approx(fd, rel=0.02, abs=2e-3), path
+
+
+def test_region_overrides_by_either_spelling_are_checked_alike():
+    """`load_region(name, {"region.<field>": v})` skipped the subsidy check."""
+    from emu.costs_catalog import load_region
+
+    key = "subsidised_electricity_usd_per_kwh"
+    for k in (key, f"region.{key}"):
+        with pytest.raises(ValueError, match="subsidises no chips"):
+            load_region("us_average", {k: 1.0})
+    with pytest.raises(ValueError, match=f"set region.{key} <= 0.03"):
+        load_region("china_dc_subsidy", {"region.electricity_usd_per_kwh": 0.03})

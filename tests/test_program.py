@@ -420,7 +420,8 @@ def test_one_device_hlo_with_a_larger_mesh_nothing_to_price_and_repeated_keys(tm
     a = jax.ShapeDtypeStruct((64, 64), jnp.float32)
     text = jax.jit(lambda x, y: x @ y).lower(a, a).compile().as_text()
     assert "num_partitions" not in text.splitlines()[0]
-    with pytest.raises(ValueError, match="compiled for one device.*has 100000 devices"):
+    one = r"compiled for 1 device \(num_partitions=1, replica_count=1.*has 100000 devices"
+    with pytest.raises(ValueError, match=one):
         program.from_hlo(text, {"data": 100000})
     assert program.from_hlo(text, {"data": 1}).table.ops  # the mesh it was compiled for
     empty = jax.ShapeDtypeStruct((0, 0), jnp.float32)

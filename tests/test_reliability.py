@@ -3,6 +3,7 @@ and fuzzing of the CLI and the loaders (only success or a clean error may come o
 
 import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -188,7 +189,7 @@ def test_fuzz_mutated_system_toml(capsys, tmp_path_factory, data):
         lines.insert(i, data.draw(st.text(max_size=20)))
     else:
         lines.insert(i, lines[i])
-    path = tmp_path_factory.mktemp("fuzz") / "sys.toml"
+    path = tmp_path_factory.mktemp("fuzz") / "gb200_nvl72.toml"  # a file's name is its stem
     path.write_text("\n".join(lines), encoding="utf-8")
     _clean(capsys, ["describe", str(path)])
 
@@ -505,11 +506,18 @@ def test_a_prefill_computes_at_least_one_token_per_prompt(capsys):
         capsys,
         ["run", "--system", "dgx_h100", "--model", "llama3_8b", "--phase", "prefill",
          "--cache-hit", "0.999999"],
-        "cache_hit <= 1 - 1/seq_len = 0.999878",
+        "cache_hit <= 1 - 1/seq_len (at most 0.99987793)",
     )  # fmt: skip
     args = ["run", "--system", "dgx_h100", "--model", "llama3_8b", "--phase", "prefill"]
     assert main([*args, "--cache-hit", str(1 - 1 / 8192)]) == 0  # exactly one token computed
     capsys.readouterr()
+    # the limit the message prints is admitted where float32 cannot hold 1 - 1/seq exactly
+    for seq in (32000, 250000, 5000000):
+        with pytest.raises(ValueError, match=r"at most (0\.\d+)\)") as e:
+            make_plan(phase="prefill", seq_len=seq, cache_hit=1 - 0.3 / seq)
+        top = float(re.search(r"at most (0\.\d+)\)", str(e.value)).group(1))
+        make_plan(phase="prefill", seq_len=seq, cache_hit=top)
+        make_plan(phase="prefill", seq_len=seq, cache_hit=1 - 1 / seq)
 
 
 def test_a_file_whose_name_is_not_its_stem_is_refused(capsys, tmp_path):
@@ -525,6 +533,9 @@ def test_a_file_whose_name_is_not_its_stem_is_refused(capsys, tmp_path):
         'says name = "gb200_nvl72", but a system\'s name must equal its file stem: set name = '
         '"my_h100"',
     )  # fmt: skip
+    link = tmp_path / "h100.toml"  # a link to a catalog file keeps the catalog's name
+    link.symlink_to(config_dir() / "systems" / "dgx_h100.toml")
+    assert emu.load_system(link).name == "dgx_h100"
     m = tmp_path / "mine.toml"
     m.write_text((config_dir() / "models" / "llama3_8b.toml").read_text())
     _one_line(

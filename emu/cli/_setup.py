@@ -53,7 +53,10 @@ def resolved(name: str, kind: str, notes: list[str]) -> str:
     if s.endswith((".toml", ".json")) or "/" in s:
         return s
     if kind == "models" and (Path(s) / "config.json").is_file():
-        return s  # a Hugging Face folder in the working directory (`--model hf`)
+        # a Hugging Face folder in the working directory (`--model hf`): it wins over a
+        # catalog model of the same name, and says so
+        notes.append(f"model '{s}' is the Hugging Face folder ./{s} (its config.json)")
+        return s
     canonical = catalog.resolve_name(s, kind)
     if canonical != s:
         notes.append(f"{kind[:-1]} '{s}' is the catalog's '{canonical}'")

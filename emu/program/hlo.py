@@ -204,6 +204,8 @@ class Module:
     computations: dict[str, Computation]
     entry: Computation
     num_partitions: int = 1
+    #: `replica_count` of the header (a pmap-style module runs on that many replicas)
+    num_replicas: int = 1
 
 
 _ARRAY = re.compile(r"(\w+)\[([^\]]*)\]")
@@ -293,6 +295,8 @@ def parse_module(text: str) -> Module:
     name = header.split()[1].rstrip(",")
     m = re.search(r"num_partitions=(\d+)", header)
     partitions = int(m.group(1)) if m else 1
+    m = re.search(r"replica_count=(\d+)", header)
+    replicas = int(m.group(1)) if m else 1
     frames = _Frames()
     comps: dict[str, Computation] = {}
     entry = None
@@ -332,7 +336,7 @@ def parse_module(text: str) -> Module:
         for ins in comp.instructions:
             for op in ins.operands:
                 comp.users.setdefault(op, []).append(ins)
-    return Module(name, comps, entry, partitions)
+    return Module(name, comps, entry, partitions, replicas)
 
 
 def _parse_instruction(line: str, comp: Computation, frames: _Frames) -> Instruction | None:

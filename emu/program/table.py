@@ -113,7 +113,7 @@ def build_table(
         The rows (per device, per execution; `count` executions per step) as static arrays.
     """
     module = parse_module(hlo_text)
-    _check(module.num_partitions, mesh, axis_roles or {})
+    _check(module.num_partitions, mesh, axis_roles or {}, replicas=module.num_replicas)
     table = Builder(module, mesh, fusion=fusion, axis_roles=axis_roles or {}).run()
     if not table.ops:
         raise ValueError(
@@ -125,13 +125,20 @@ def build_table(
     return table
 
 
-def _check(num_partitions: int, mesh: MeshInfo, axis_roles: dict[str, str]) -> None:
-    """One-line ValueErrors for a module partitioned for another mesh and bad axis roles."""
-    if num_partitions != mesh.size:  # a module without num_partitions runs on one device
+def _check(
+    num_partitions: int, mesh: MeshInfo, axis_roles: dict[str, str], *, replicas: int = 1
+) -> None:
+    """One-line ValueErrors for a module compiled for another number of devices than the
+    mesh has (num_partitions x replica_count of its header; 1 x 1 when the header states
+    neither) and for bad axis roles."""
+    devices = num_partitions * replicas
+    if devices != mesh.size:
         ways = (
             f"partitioned {num_partitions} ways"
-            if num_partitions > 1
-            else "compiled for one device (its header has no num_partitions)"
+            if num_partitions > 1 and replicas == 1
+            else f"compiled for {devices} device{'s' if devices > 1 else ''} "
+            f"(num_partitions={num_partitions}, replica_count={replicas} in its header; "
+            "1 where it states none)"
         )
         raise ValueError(
             f"the HLO module is {ways} but the mesh "

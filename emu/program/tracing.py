@@ -272,7 +272,7 @@ def _in_process(spec: str, devices: int, kwargs: dict, timeout_s: float) -> Trac
 
     thread = threading.Thread(target=work, name="emu-trace", daemon=True)
     thread.start()
-    thread.join(timeout_s)
+    thread.join(min(float(timeout_s), threading.TIMEOUT_MAX))
     if thread.is_alive():
         raise ValueError(
             f"tracing '{spec}' on {devices} devices took over {timeout_s:g} s; "
