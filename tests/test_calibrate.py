@@ -8,7 +8,7 @@ import pytest
 
 from emu.calibration import apply_parameters, cross_validate, fit, write_overlay
 from emu.catalog import load_system
-from emu.validation import default_measurements
+from emu.validation import default_measurements, row_source
 
 # Regression tests are pinned to the 141-row set they were written for (the shared file has
 # grown since); the fidelity tests read the grown set.
@@ -154,7 +154,7 @@ def test_a_held_out_source_never_reaches_its_own_refit(small_fit, tmp_path):
     p2.write_text("".join(json.dumps(r) + "\n" for r in rows))
     a = {x["id"]: x for x in cross_validate(rep, steps=5).rows}
     b = {x["id"]: x for x in cross_validate(fit(p2, steps=rep.steps), steps=5).rows}
-    moved = [k for k in a if a[k]["source"] == src.split("|")[0].strip()]
+    moved = [k for k in a if a[k]["source"] == row_source(rows[0])]  # the document
     assert moved
     for k in moved:
         assert b[k]["predicted_cv"] == pytest.approx(a[k]["predicted_cv"], rel=1e-4)

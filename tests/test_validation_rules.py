@@ -114,6 +114,31 @@ def test_every_row_has_a_weight_in_the_documented_range():
     assert sum(w < 1 for w in ws) >= 40  # the figure, LOW, derived and medium-config rows
 
 
+@pytest.mark.parametrize(
+    ("source", "document"),
+    [
+        ("Paper (SC21) | Table 1", "Paper"),
+        ("Doc 'Title' (repo docs/a.md; copy read from x@abc)", "Doc 'Title'"),
+        ("Doc 'Title' (repo; copy read from x@abc)", "Doc 'Title'"),
+        ("Team (Meta), The Herd of Models", "Team (Meta), The Herd of Models"),
+        ("Tables (legacy) (docs/legacy.md)", "Tables (legacy)"),
+        ("README 'sample (excerpt)'", "README 'sample (excerpt)'"),
+        ("(only a parenthesis)", "(only a parenthesis)"),
+        ("unbalanced b)", "unbalanced b)"),
+    ],
+)
+def test_a_rows_source_is_its_document_without_the_closing_parenthesis(source, document):
+    assert V.row_source({"source": source}) == document
+
+
+def test_the_shipped_sglang_ascend_rows_are_one_source():
+    doc = "Best Practice on Ascend NPU"
+    sources = {V.row_source(r) for r in ROWS.values() if doc in r["source"]}
+    assert sources == {"SGLang / Ascend team, 'Best Practice on Ascend NPU'"}
+    # the pre-check of `calibrate --cv` and the leave-one-source-out groups use the same key
+    assert len({V.row_source(r) for r in ROWS.values()}) == 32
+
+
 def test_moe_models_not_in_the_catalog_are_built_from_the_row():
     m = V.row_model(ROWS["mindspeed_tps_qwen2_57b_a14b_4k_8x8"])
     assert float(m.n_experts) == 64 and float(m.top_k) == 8 and float(m.d_ff_expert) == 2560

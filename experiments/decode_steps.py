@@ -1,0 +1,79 @@
+"""Decode rows that also print their TPOT: emu's decode step against the measured one.
+
+A serving row's metric is its throughput per card, which mixes the decode step with the
+deployment (prefill share, first-wave ramp). Rows whose notes also give the mean TPOT (and,
+with speculative decoding, the accept length) let the decode step be checked alone: the
+measured step is TPOT x accept length (tokens accepted per sequence per step), emu's the
+`inference_step` of the row's decode plan, at the shipped calibration.
+
+    python experiments/decode_steps.py                 # every row with a TPOT in its notes
+    python experiments/decode_steps.py sglang_a3       # rows whose id contains the text
+
+Columns: the row, emu's decode plan (TP, DP, EP, batch per rank), measured TPOT and accept
+length, measured step (ms), emu's step (ms) and accept length, and the step's ratio
+emu / measured (> 1: emu's step is slower), then the row's throughput error in sample
+(predicted / measured - 1 at the shipped fit).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import numpy as np
+
+from emu.parallelism import speculation
+from emu.step import inference_step
+from emu.validation import default_measurements, predict_items, prepare_rows, read_rows
+
+NUM = r"(\d+(?:\.\d+)?)"
+TPOT = re.compile(rf"tpot (?:of )?{NUM} ?ms")
+ACCEPT = re.compile(rf"accept(?:ance)? length {NUM}|accept {NUM}")
+#: an MTP draft accepted at a rate: accept length 1 + rate
+RATE = re.compile(rf"acceptance rate of (?:about )?{NUM}%")
+
+
+def _first(pattern: re.Pattern, text: str) -> float | None:
+    m = pattern.search(text)
+    return float(next(g for g in m.groups() if g)) if m else None
+
+
+def main(pattern: str = "") -> None:
+    rows, _ = read_rows(default_measurements())
+    picked = [
+        r for r in rows
+        if r["kind"] == "decode" and pattern in r["id"] and _first(TPOT, r.get("notes", "").lower())
+    ]  # fmt: skip
+    items, failures = prepare_rows(picked)
+    for f in failures:
+        print(f"{f['id']}: not modelled ({f['reason']})")
+    predicted, _ = predict_items(items)
+    head = (
+        "row | tp/dp/ep/batch | TPOT ms | accept | step ms | emu step ms | emu accept | ratio"
+        " | throughput"
+    )
+    print(head)
+    print("-" * len(head))
+    for it, pred in zip(items, predicted, strict=True):
+        notes = it.row.get("notes", "").lower()
+        tpot = _first(TPOT, notes)
+        emu_accept = float(np.asarray(speculation(it.model, it.plan)[1]))
+        accept = _first(ACCEPT, notes)
+        if accept is None and _first(RATE, notes) is not None:
+            accept = 1.0 + _first(RATE, notes) / 100.0
+        accept = emu_accept if accept is None else accept  # not stated: emu's
+        plan = it.plan
+        step = inference_step(it.system, it.model, plan)
+        emu_ms = float(np.asarray(step.total_s)) * 1e3
+        measured_ms = tpot * accept
+        err = float(np.asarray(pred)) / it.base["measured"] - 1.0
+        degrees = "/".join(str(int(float(x))) for x in (plan.tp, plan.dp, plan.ep, plan.microbatch))
+        print(
+            f"{it.base['id'][:44]:44s} | {degrees:14s} | {tpot:6.2f} | {accept:4.2f} | "
+            f"{measured_ms:7.1f} | {emu_ms:7.1f} | {emu_accept:4.2f} | "
+            f"{emu_ms / measured_ms:5.2f} | {err:+.0%}"
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "")
