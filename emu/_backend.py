@@ -30,14 +30,20 @@ BACKENDS = ("jax", "numpy")
 _name: str | None = None
 
 
-def _from_env() -> str:
-    value = os.environ.get("EMU_BACKEND", "jax").strip().lower() or "jax"
-    if value not in BACKENDS:
+def _env_choice(var: str, choices: tuple[str, ...], default: str, what: str) -> str:
+    """The environment variable `var` as one of `choices` (case and spaces ignored),
+    `default` when unset or empty; another value is a one-line ValueError."""
+    value = os.environ.get(var, default).strip().lower() or default
+    if value not in choices:
         raise ValueError(
-            f"EMU_BACKEND={value!r} is not a backend; use one of {', '.join(BACKENDS)} "
-            "(or unset it for jax)."
+            f"{var}={value!r} is not {what}; use one of {', '.join(choices)} (or unset it "
+            f"for {default})."
         )
     return value
+
+
+def _from_env() -> str:
+    return _env_choice("EMU_BACKEND", BACKENDS, "jax", "a backend")
 
 
 #: EMU_AOT's values (`emu.fast`: how an executable not yet on disk is handled); here, where
@@ -50,13 +56,7 @@ def aot_from_env() -> str:
     "off"; another value is refused (it used to fall back to "auto" silently)."""
     if os.environ.get("EMU_NO_AOT"):
         return "off"
-    value = os.environ.get("EMU_AOT", "auto").strip().lower() or "auto"
-    if value not in AOT_MODES:
-        raise ValueError(
-            f"EMU_AOT={value!r} is not a mode; use one of {', '.join(AOT_MODES)} (or unset it "
-            "for auto)."
-        )
-    return value
+    return _env_choice("EMU_AOT", AOT_MODES, "auto", "a mode")
 
 
 def select(backend: str) -> str:
