@@ -136,7 +136,7 @@ def _kind_of(name: str) -> str:
 
 
 def cmd_describe(args) -> None:
-    costly = [x for x in args.set if x.strip().startswith(cost_flags.PREFIXES)]
+    costly = [x for x in args.set if cost_flags.is_cost_path(x.strip())]
     if costly:
         raise CliError(
             f"describe shows the system as built; --set {costly[0].split('=')[0]} prices a "

@@ -470,8 +470,8 @@ def _catalog_model(m: dict, name: str) -> Model:
                 f"the row {m[field]}"
             )
     moe = m["moe"]
-    for field, key2 in (("n_experts", "n_experts"), ("top_k", "top_k")):
-        if moe.get(key2) is not None and float(getattr(model, field)) != float(moe[key2]):
+    for field in ("n_experts", "top_k"):
+        if moe.get(field) is not None and float(getattr(model, field)) != float(moe[field]):
             raise ValueError(f"catalog model {name} disagrees with the row on {field}")
     return replace(model, name="row")
 
