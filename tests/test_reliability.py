@@ -1,6 +1,7 @@
 """Reliability: no NaN/inf anywhere over random (also invalid) configurations, determinism,
 and fuzzing of the CLI and the loaders (only success or a clean error may come out)."""
 
+import argparse
 import json
 import math
 import re
@@ -667,3 +668,24 @@ def test_set_plan_seq_len_alone_is_not_a_conflict_with_the_flag_default(capsys):
     args = ["run", "--system", "dgx_h100", "--model", "llama3_8b", "--set", "plan.seq_len=4096"]
     assert main([*args, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["plan"]["seq_len"] == 4096
+
+
+def test_integer_flags_take_an_integer_spelled_as_a_float_and_refuse_a_fraction(capsys):
+    """`--microbatch 1e3` (a plan knob) was taken while `--chips 1e3` was refused as "not a
+    positive integer": the integer flags now take an integral float spelling as the knobs
+    do, and still refuse a fraction, inf and values below their bound, in one line."""
+    from emu.cli._parser import nonnegative_int, positive_int
+
+    assert positive_int("1e3") == 1000 and positive_int("1024.0") == 1024
+    assert positive_int("64") == 64 and nonnegative_int("0.0") == 0
+    for bad in ("1.5", "inf", "nan", "0", "-8", "1e400", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="positive integer"):
+            positive_int(bad)
+    code = main(["run", "--system", "dgx_a100", "--model", "gpt3_175b", "--chips", "1e3",
+                 "--json"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["n_chips"] == 1000
+    code = main(["run", "--system", "dgx_a100", "--model", "gpt3_175b", "--chips", "2.5"])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.count("\n") == 1 and "--chips: must be a positive integer" in err

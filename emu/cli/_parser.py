@@ -6,6 +6,7 @@ checked here, everything else by the library."""
 from __future__ import annotations
 
 import argparse
+import math
 
 from emu.cli._cost import add_cost_args
 from emu.cli._types import in_range
@@ -42,10 +43,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _int_at_least(text: str, lo: int, words: str) -> int:
+    # an integer spelled as a float (1e3, 1024.0) is taken, as the plan knobs' flags take it;
+    # a fraction, inf or nan is not
     try:
         v = int(text)
     except ValueError:
-        v = None
+        try:
+            f = float(text)
+            v = int(f) if math.isfinite(f) and f == int(f) and abs(f) <= 2**53 else None
+        except ValueError:
+            v = None
     if v is None or v < lo:
         raise argparse.ArgumentTypeError(f"must be a {words} integer (got {text!r})")
     return v
