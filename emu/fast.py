@@ -320,6 +320,8 @@ class Evaluator:
             raise ValueError(
                 f"Evaluator: unknown output '{bad[0]}'; known: {', '.join(self.all_outputs)}."
             )
+        if outputs is not None and not list(outputs):
+            raise ValueError("Evaluator: outputs is empty; name at least one, or None for all.")
         self.outputs = list(outputs) if outputs is not None else list(self.all_outputs)
         self._out_idx = [self.all_outputs.index(o) for o in self.outputs]
         bad = [v for v in vary if v not in self.inputs]
@@ -363,7 +365,8 @@ class Evaluator:
         # the vector is built by one select per output over its slot index, not by
         # jnp.stack: XLA's CPU backend fuses the selects with each output's last operations
         # into one loop, where a concatenate of scalars left each output a fusion of its own
-        # (GPT-3's full result: 204 -> 189 fusions, ~21 -> ~18 us per call; the same values)
+        # (GPT-3's full result: 204 -> 189 fusions, 22.9-23.1 -> 20.1-20.6 us per call in
+        # bench_eval's asynchronous processes; XLA's regrouping may move a value by an ulp)
         outs = self._outputs(_evaluate(*self._unpack(x)))
         slot = jnp.arange(len(outs))
         vec = jnp.zeros(len(outs), jnp.float32)

@@ -674,13 +674,21 @@ def test_integer_flags_take_an_integer_spelled_as_a_float_and_refuse_a_fraction(
     """`--microbatch 1e3` (a plan knob) was taken while `--chips 1e3` was refused as "not a
     positive integer": the integer flags now take an integral float spelling as the knobs
     do, and still refuse a fraction, inf and values below their bound, in one line."""
-    from emu.cli._parser import nonnegative_int, positive_int
+    from emu.cli._parser import _bounded_int, nonnegative_int, positive_int
 
     assert positive_int("1e3") == 1000 and positive_int("1024.0") == 1024
     assert positive_int("64") == 64 and nonnegative_int("0.0") == 0
+    assert _bounded_int(0, 2**31)("1e2") == 100  # --seed and the other ranged flags alike
     for bad in ("1.5", "inf", "nan", "0", "-8", "1e400", "x"):
         with pytest.raises(argparse.ArgumentTypeError, match="positive integer"):
             positive_int(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="non-negative integer"):
+        nonnegative_int("-1.0")
+    # one cap for every spelling, said as such (not "not an integer")
+    for big in ("1e16", str(2**53 + 1)):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"up to 2\^53"):
+            positive_int(big)
+    assert positive_int(str(2**53)) == 2**53
     code = main(["run", "--system", "dgx_a100", "--model", "gpt3_175b", "--chips", "1e3",
                  "--json"])  # fmt: skip
     out, err = capsys.readouterr()
@@ -689,3 +697,13 @@ def test_integer_flags_take_an_integer_spelled_as_a_float_and_refuse_a_fraction(
     code = main(["run", "--system", "dgx_a100", "--model", "gpt3_175b", "--chips", "2.5"])
     _, err = capsys.readouterr()
     assert code == 2 and err.count("\n") == 1 and "--chips: must be a positive integer" in err
+    # search's --chips list reads its counts the same way
+    from types import SimpleNamespace
+
+    from emu.cli._search_commands import _chips
+
+    assert _chips(SimpleNamespace(chips="7.2e1, 144"), None) == (72, 144)
+    code = main(["search", "--system", "gb200_nvl72", "--model", "llama3_70b", "--chips",
+                 "7.2e1,72.5"])  # fmt: skip
+    _, err = capsys.readouterr()
+    assert code == 2 and "--chips expects integers" in err and "72.5" in err

@@ -331,6 +331,8 @@ def test_evaluator_errors_name_the_fix(nvl72):
         fast.Evaluator(nvl72, model, p, outputs=("step_time",))
     with pytest.raises(ValueError, match="unknown input 'plan.tpp'"):
         fast.Evaluator(nvl72, model, p, vary=("plan.tpp",))
+    with pytest.raises(ValueError, match="outputs is empty"):
+        fast.Evaluator(nvl72, model, p, outputs=())
     ev = fast.Evaluator(nvl72, model, p, outputs=("step_time_s",))
     with pytest.raises(ValueError, match="outputs=None"):
         ev.result()

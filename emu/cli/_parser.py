@@ -42,19 +42,32 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{message} (see `{self.prog} --help`)")
 
 
-def _int_at_least(text: str, lo: int, words: str) -> int:
-    # an integer spelled as a float (1e3, 1024.0) is taken, as the plan knobs' flags take it;
-    # a fraction, inf or nan is not
+#: the largest integer an integer flag takes, however spelled (float64 holds every integer
+#: up to it; plan knobs stop at MAX_INTEGER_KNOB)
+MAX_INTEGER_FLAG = 2**53
+
+
+def as_int(text: str, cap: int | None = MAX_INTEGER_FLAG) -> int | None:
+    """`text` as an integer: an integer literal, or an integer spelled as a float (1e3,
+    1024.0), as the plan knobs' flags take it; None for a fraction, inf, nan, anything else,
+    or a size above `cap`."""
     try:
         v = int(text)
     except ValueError:
         try:
             f = float(text)
-            v = int(f) if math.isfinite(f) and f == int(f) and abs(f) <= 2**53 else None
         except ValueError:
-            v = None
+            return None
+        v = int(f) if math.isfinite(f) and f == int(f) else None
+    return v if v is not None and (cap is None or abs(v) <= cap) else None
+
+
+def _int_at_least(text: str, lo: int, words: str) -> int:
+    v = as_int(text)
     if v is None or v < lo:
-        raise argparse.ArgumentTypeError(f"must be a {words} integer (got {text!r})")
+        big = v is None and as_int(text, cap=None) is not None
+        cap = f" up to 2^53 = {MAX_INTEGER_FLAG:,}" if big else ""
+        raise argparse.ArgumentTypeError(f"must be a {words} integer{cap} (got {text!r})")
     return v
 
 
@@ -99,10 +112,7 @@ def watts(text: str) -> float:
 
 def _bounded_int(lo: int, hi: int):
     def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            v = None
+        v = as_int(text)
         if v is None or not lo <= v <= hi:
             raise argparse.ArgumentTypeError(f"must be an integer in [{lo}, {hi}] (got {text!r})")
         return v

@@ -9,7 +9,7 @@ from emu import analysis, catalog, policy, storage
 from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
 from emu.cli._distributed import processes as _processes
-from emu.cli._parser import PROBLEM_KNOBS, SEARCH_FIXED_KNOBS, SLO_DEFAULTS, CliError
+from emu.cli._parser import PROBLEM_KNOBS, SEARCH_FIXED_KNOBS, SLO_DEFAULTS, CliError, as_int
 from emu.cli._setup import overrides, refuse_moe_flags, resolved, set_note, slo
 from emu.overrides import check_unit, parse_value
 from emu.plan import KNOBS
@@ -60,12 +60,9 @@ def _check_flags(args) -> None:
 def _chips(args, system) -> int | tuple:
     if args.chips is None:
         return int(float(system.n_chips))
-    try:
-        counts = tuple(int(c) for c in str(args.chips).split(",") if c.strip())
-    except ValueError:
-        raise CliError(
-            f"--chips expects integers, e.g. 72 or 64,128,256 (got '{args.chips}')."
-        ) from None
+    counts = tuple(as_int(c.strip()) for c in str(args.chips).split(",") if c.strip())
+    if None in counts:
+        raise CliError(f"--chips expects integers, e.g. 72 or 64,128,256 (got '{args.chips}').")
     if not counts:
         raise CliError("--chips is empty; give a chip count.")
     return counts[0] if len(counts) == 1 else counts
