@@ -267,12 +267,38 @@ _SHARD_RTOL = 2e-6
 _PLAN_KEYS = (*KNOBS, "global_batch", "feasible")
 
 
+def _tie_runs(rows: list[dict]) -> list[tuple[int, int]]:
+    """[start, end) runs of consecutive rows whose objectives agree within _SHARD_RTOL (one
+    row each where there is no objective): a near-tie may round either way on two devices,
+    so its plans may come in either order."""
+    runs, i = [], 0
+    while i < len(rows):
+        j = i + 1
+        if "objective" in rows[i]:
+            o = float(rows[i]["objective"])
+            while j < len(rows) and abs(float(rows[j]["objective"]) - o) <= _SHARD_RTOL * abs(o):
+                j += 1
+        runs.append((i, j))
+        i = j
+    return runs
+
+
 def _same_rows(a: list[dict], b: list[dict]) -> None:
-    """The same plans in the same order; each value within _SHARD_RTOL."""
+    """The same plans in the same order, up to the order within a near-tie of the objective
+    (`_tie_runs`: session 23's refit made two plans of the 144-GB200 sweep tie to the last
+    printed digit, 1.421122, and two devices listed them the other way round); each value
+    within _SHARD_RTOL."""
     assert len(a) == len(b)
+
+    def plan(r):
+        return [r[k] for k in _PLAN_KEYS if k in r]
+
+    for i, j in _tie_runs(a):
+        a[i:j] = sorted(a[i:j], key=lambda r: str(plan(r)))
+        b[i:j] = sorted(b[i:j], key=lambda r: str(plan(r)))
     for x, y in zip(a, b, strict=True):
         assert x.keys() == y.keys()
-        assert [x[k] for k in _PLAN_KEYS if k in x] == [y[k] for k in _PLAN_KEYS if k in y]
+        assert plan(x) == plan(y)
         for k in x.keys() - set(_PLAN_KEYS):
             if x[k] is None or y[k] is None:
                 assert x[k] is y[k], k
