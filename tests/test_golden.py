@@ -73,6 +73,7 @@ def test_random_evaluations_match_the_snapshot(cases):
     assert not mismatches, f"{len(mismatches)} mismatches, first: {mismatches[:5]}"
 
 
+@pytest.mark.xdist_group("validate")  # one worker computes the session's validate_reports
 @pytest.mark.parametrize("name", ["141", "default"])
 def test_validate_matches_the_snapshot(name, validate_reports):
     want = json.loads((GOLDEN / f"validate_{name}.json").read_text())

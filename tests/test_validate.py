@@ -10,6 +10,11 @@ from emu.validation import default_measurements, validate_file
 SHARED = Path(__file__).resolve().parent / "data" / "measurements_141.jsonl"
 
 
+# every test here that reads the session's `validate_reports` runs on one pytest-xdist worker
+# (`--dist loadgroup`), which computes them once
+VALIDATE = pytest.mark.xdist_group("validate")
+
+
 def _file():
     return SHARED if SHARED.exists() else default_measurements()
 
@@ -19,6 +24,7 @@ def report(validate_reports):
     return validate_reports["141"]
 
 
+@VALIDATE
 def test_every_row_is_predicted_or_has_a_reason(report):
     n_lines = sum(1 for line in open(_file()) if line.strip())
     assert len(report["rows"]) == n_lines
@@ -28,12 +34,14 @@ def test_every_row_is_predicted_or_has_a_reason(report):
             assert r["reason"]
 
 
+@VALIDATE
 def test_dense_train_rows_median_error_within_20_percent(report):
     train = report["summary"]["by_kind"]["train"]
     assert train["n"] >= 70  # every dense train row, pre-training and fine-tuning
     assert train["median_abs_pct_error"] <= 20.0
 
 
+@VALIDATE
 def test_moe_prefill_decode_collective_rows_median_within_20_percent(report):
     rows = {json.loads(line)["id"]: json.loads(line) for line in open(_file()) if line.strip()}
     errs = [
@@ -47,11 +55,13 @@ def test_moe_prefill_decode_collective_rows_median_within_20_percent(report):
     assert errs[len(errs) // 2] <= 20.0
 
 
+@VALIDATE
 def test_every_kind_is_covered(report):
     kinds = {r["kind"] for r in report["rows"] if r["status"] == "ok"}
     assert kinds == {"train", "prefill", "decode", "collective"}
 
 
+@VALIDATE
 def test_json_contract(report):
     row = next(r for r in report["rows"] if r["status"] == "ok")
     for key in ("id", "predicted", "measured", "abs_pct_error", "status", "reason"):
@@ -92,6 +102,7 @@ def test_ep_serving_rows_default_to_two_micro_batch_overlap():
     assert float(plan_off.a2a_overlap) == 0.0
 
 
+@VALIDATE
 def test_memory_check_counts_the_measured_runs_emu_puts_over_hbm(validate_reports):
     """Every modelled train/prefill/decode row ran on its hardware, so `summary.memory`
     counts the rows whose plan emu's memory model puts over the usable HBM, and the text
@@ -111,6 +122,7 @@ def test_memory_check_counts_the_measured_runs_emu_puts_over_hbm(validate_report
     assert f"memory model: {mem['over_hbm']} of {mem['runs']} measured runs" in format_report(rep)
 
 
+@VALIDATE
 def test_coverage_line_says_whose_tails_it_used(validate_reports, tmp_path):
     """The coverage line's nested figure reads the bands at tails calibrated on the file's
     own residuals: on the shipped set those are the shipped tails, and the line says so; on

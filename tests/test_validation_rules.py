@@ -18,6 +18,7 @@ def row(rid: str, **changes) -> dict:
     return {**ROWS[rid], **changes}
 
 
+@pytest.mark.xdist_group("validate")  # one worker computes the session's validate_reports
 def test_at_least_98_percent_of_the_rows_are_modelled_and_skips_say_why(validate_reports):
     rep = validate_reports["default"]
     s = rep["summary"]
