@@ -1,6 +1,6 @@
 """Benchmark: exhaustive sweep throughput and memory (dense training model, CPU).
 
-    python experiments/bench_sweep.py [--sizes 1e5,1e6,1e7,4e7] [--columns all,merge]
+    python experiments/bench_sweep.py [--sizes 1e5,1e6,1e7,4e7] [--columns all,merge,cli]
 
 Sweeps every valid Llama 3 70B training plan on 144 GB200 NVL72 GPUs times a grid of HBM
 and NVLink bandwidths sized to reach each target, streaming chunks (2^18 configurations,
@@ -13,7 +13,12 @@ compilation cache (as `emu sweep` does), so a repeated sweep of the same shape s
 compilation; without it every child compiles from scratch. `--columns` runs each size
 with every output column (`all`, 12 per configuration) and with only the four the merge
 needs (`merge`: objective, feasible, tokens/s, watts; `emu.search.sweep(columns=())`), side
-by side: the outputs a sweep does not ask for are neither computed nor stored.
+by side: the outputs a sweep does not ask for are neither computed nor stored. `cli` runs
+the same sweep as a user does, `emu sweep ... --grid ... --json` in a fresh process (its
+default chunk; without --out it scans spaces of `FILL_MIN` configurations or more with the
+merge's columns and evaluates the rows it shows in full): wall_s and configs/s are the
+sweep's own (its JSON `wall_s`), first_chunk_s its first chunk, and the process's whole
+wall time (imports and setup included) is printed after the row.
 """
 
 from __future__ import annotations
@@ -24,8 +29,24 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
-CHILD = r"""
+GRID = r"""
+def bench_grid(n_target):
+    import numpy as np
+    from emu.catalog import load_model, load_system
+    from emu.search import Problem, enumerate_plans
+    system, model = load_system("gb200_nvl72"), load_model("llama3_70b")
+    problem = Problem("gb200_nvl72", "llama3_70b", 144, seq_len=8192)
+    n_plans = len(enumerate_plans(system, model, problem))
+    g = max(1, int(round(n_target / n_plans)))
+    a = max(1, int(g ** 0.5)); b = max(1, g // a)
+    return {"chip.hbm_bytes_per_s": list(np.geomspace(4e12, 16e12, a)),
+            "tiers.nvlink.bytes_per_s": list(np.geomspace(4e11, 1.8e12, b))}
+"""
+
+CHILD = (
+    r"""
 import json, resource, sys, tempfile, time
 import numpy as np
 if sys.argv[2] == "1":
@@ -36,11 +57,10 @@ from emu.search import Problem, enumerate_plans, sweep
 n_target = float(sys.argv[1])
 system, model = load_system("gb200_nvl72"), load_model("llama3_70b")
 problem = Problem("gb200_nvl72", "llama3_70b", 144, seq_len=8192)
-n_plans = len(enumerate_plans(system, model, problem))
-g = max(1, int(round(n_target / n_plans)))
-a = max(1, int(g ** 0.5)); b = max(1, g // a)
-grid = {"chip.hbm_bytes_per_s": list(np.geomspace(4e12, 16e12, a)),
-        "tiers.nvlink.bytes_per_s": list(np.geomspace(4e11, 1.8e12, b))}
+"""
+    + GRID
+    + r"""
+grid = bench_grid(n_target)
 chunk = 1 << 18
 columns = None if sys.argv[3] == "all" else ()
 with tempfile.TemporaryDirectory() as d:
@@ -53,6 +73,7 @@ print(json.dumps({"configurations": n, "wall_s": wall, "per_s": n / wall,
                   "first_chunk_s": r.first_chunk_s, "steady_per_s": steady,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
+)
 
 
 def main() -> None:
@@ -70,6 +91,9 @@ def main() -> None:
         if not args.cached:  # a private, empty cache: every child compiles from scratch
             env["XDG_CACHE_HOME"] = cache
         for size, cols in [(s, c) for s in args.sizes.split(",") for c in args.columns.split(",")]:
+            if cols == "cli":
+                _cli_row(size, env)
+                continue
             out = subprocess.run(
                 [sys.executable, "-c", CHILD, size, "1" if args.cached else "0", cols],
                 capture_output=True,
@@ -84,6 +108,26 @@ def main() -> None:
                 f"{d['first_chunk_s']:14.2f} {steady} {d['peak_rss_mb']:12.0f}",
                 flush=True,
             )
+
+
+def _cli_row(size: str, env: dict) -> None:
+    """One `emu sweep` process on the benchmark's space (the `cli` columns mode)."""
+    scope: dict = {}
+    exec(GRID, scope)
+    grid = scope["bench_grid"](float(size))
+    flags = [f"--grid={k}=" + ",".join(f"{v:.6g}" for v in vals) for k, vals in grid.items()]
+    cmd = [sys.executable, "-m", "emu", "sweep", "--system", "gb200_nvl72", "--model",
+           "llama3_70b", "--chips", "144", "--seq-len", "8192", "--top", "5", "--json",
+           *flags]  # fmt: skip
+    t = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env,
+                         cwd=tempfile.gettempdir())  # fmt: skip
+    process_s = time.perf_counter() - t
+    d = json.loads(out.stdout)
+    n, wall = d["evaluations"], d["wall_s"]
+    print(f"{'cli':>8} {n:15d} {wall:8.2f} {n / wall:11.3g} {d['first_chunk_s']:14.2f} "
+          f"{'-':>10} {'-':>12}   (process {process_s:.2f} s: {n / process_s:.3g}/s)",
+          flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -396,6 +396,63 @@ def test_sweep_with_fewer_columns_finds_the_same_best(tmp_path, nvl72):
     assert len(few.pareto) == len(full.pareto)
 
 
+def test_a_lean_sweep_fills_the_rows_it_reports(tmp_path, nvl72):
+    """`sweep(columns=MERGE_COLUMNS, fill=True)` scans with the merge's columns alone and then
+    evaluates its top and Pareto rows with every column: the best plan and the rows of a sweep
+    of all columns, every column filled (to float32 rounding: another XLA program of the same
+    formulas), the scanned columns as the scan stored them."""
+    from emu.search._sweep import MERGE_COLUMNS
+
+    model = emu.load_model("llama3_8b")
+    problem = Problem("gb200_nvl72", "llama3_8b", 8, free=("tp", "pp", "microbatch"))
+    full = sweep(nvl72, model, problem, tmp_path / "a")
+    bare = sweep(nvl72, model, problem, tmp_path / "b", columns=MERGE_COLUMNS)
+    lean = sweep(nvl72, model, problem, tmp_path / "c", columns=MERGE_COLUMNS, fill=True)
+    assert lean.columns == MERGE_COLUMNS and bare.best["mfu"] is None
+    assert {k: lean.best[k] for k in KNOBS} == {k: full.best[k] for k in KNOBS}
+    plan = lambda r: tuple(r[k] for k in KNOBS)  # noqa: E731
+    for got, want, scan in (
+        (lean.top, full.top, bare.top),
+        (lean.pareto, full.pareto, bare.pareto),
+    ):
+        assert len(got) == len(want) > 0
+        # the scanned columns as the scan stored them; the others filled, as a full sweep
+        # computes them for the same plan (float32 rounding; near ties may order differently)
+        assert [r["objective"] for r in got] == [r["objective"] for r in scan]
+        same = {plan(r): r for r in want}
+        assert sum(plan(r) in same for r in got) >= len(got) - 1
+        for r in got:
+            for col in ("step_time_s", "mfu", "memory_bytes", "tokens_per_joule"):
+                assert r[col] is not None, col
+                if plan(r) in same:
+                    assert _close(r[col], same[plan(r)][col]), col
+
+
+def test_emu_sweep_scans_a_large_space_lean(capsys, monkeypatch):
+    """`emu sweep` without --out scans a space of FILL_MIN configurations or more with the
+    merge's columns and reports its rows in full, and says so; below it, every column."""
+    from emu.search import _sweep
+    from tests._cli import run_cli, run_json
+
+    args = ("sweep", "--system", "gb200_nvl72", "--model", "llama3_8b", "--chips", "8",
+            "--top", "3")  # fmt: skip
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0 and "evaluated in full" not in out
+    every = run_json(capsys, *args)
+    monkeypatch.setattr(_sweep, "FILL_MIN", 1)
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0 and "the rows shown evaluated in full" in out
+    lean = run_json(capsys, *args)
+    plan = lambda r: tuple(r[k] for k in KNOBS)  # noqa: E731
+    assert plan(lean["top"][0]) == plan(every["top"][0])
+    want = {plan(r): r for r in every["top"]}
+    for r in lean["top"]:
+        assert r["mfu"] is not None and r["step_time_s"] is not None
+        if plan(r) in want:  # the same plan: the same values, to float32 rounding
+            for col in ("objective", "mfu", "step_time_s", "memory_bytes"):
+                assert _close(r[col], want[plan(r)][col]), col
+
+
 def test_host_derived_columns_are_exact_and_not_compiled(tmp_path, nvl72):
     """tokens/J and an objective that is a column are derived on the host from the columns
     computed anyway (one compiled program fewer each), to float32 rounding what the device

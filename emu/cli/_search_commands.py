@@ -310,12 +310,17 @@ def cmd_search(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from emu.search import sweep, write_table
+    from emu.search import Space, sweep, write_table
+    from emu.search._sweep import FILL_MIN, MERGE_COLUMNS
 
     pid, nproc = _processes(args)
     storage.enable_compilation_cache()
     system, model, problem, grid, out, notes = search_setup(args)
     base = out.with_name(out.name + ".parts") if out else storage.cache_dir("sweeps")
+    # without --out only the rows shown need every column: a large space is scanned with the
+    # merge's columns alone and its top and Pareto rows evaluated in full (`FILL_MIN`)
+    size = Space(system, model, problem, grid).size
+    lean = out is None and nproc == 1 and size >= FILL_MIN
     res = sweep(
         system,
         model,
@@ -329,6 +334,8 @@ def cmd_sweep(args) -> None:
         progress=render.sweep_progress(),
         warn=render.warn,
         throttle_s=args.throttle_s,
+        columns=MERGE_COLUMNS if lean else None,
+        fill=lean,
     )
     if pid != 0:
         return
@@ -341,6 +348,12 @@ def cmd_sweep(args) -> None:
         f"{res.evaluations} configurations ({res.grid_points} grid points, "
         f"{res.feasible} feasible), {res.chunks} chunk(s), {res.resumed} resumed, "
         f"{res.wall_s:.2f} s"
+        + (
+            f"; scanned with the {len(res.columns)} columns the ranking and the Pareto front "
+            "need, the rows shown evaluated in full"
+            if lean
+            else ""
+        )
     )
     text = (
         render.search_text(res, what, _dies(system))
