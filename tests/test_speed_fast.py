@@ -418,7 +418,13 @@ def test_a_lean_sweep_fills_the_rows_it_reports(tmp_path, nvl72):
         assert len(got) == len(want) > 0
         # the scanned columns as the scan stored them; the others filled, as a full sweep
         # computes them for the same plan (float32 rounding; near ties may order differently)
-        assert [r["objective"] for r in got] == [r["objective"] for r in scan]
+        for col in MERGE_COLUMNS:
+            assert [r[col] for r in got] == [r[col] for r in scan], col
+        # and what a full sweep derives stays derived from the row's own columns
+        for r in got:
+            assert r["objective"] == r["tokens_per_joule"]
+            tpj = np.float32(r["tokens_per_s"]) / np.float32(r["power_w"])
+            assert np.float32(r["tokens_per_joule"]) == tpj
         same = {plan(r): r for r in want}
         assert sum(plan(r) in same for r in got) >= len(got) - 1
         for r in got:
@@ -428,11 +434,29 @@ def test_a_lean_sweep_fills_the_rows_it_reports(tmp_path, nvl72):
                     assert _close(r[col], same[plan(r)][col]), col
 
 
-def test_emu_sweep_scans_a_large_space_lean(capsys, monkeypatch):
+def test_a_lean_priced_sweep_keeps_its_objective_in_the_column_it_names(tmp_path):
+    """With the cost per token as the objective, a filled row's usd_per_mtoken is its own
+    objective (as in a sweep of every column), not the exact program's rounding of it."""
+    from emu import costs_catalog as K
+    from emu.search._sweep import MERGE_COLUMNS
+
+    system, model = emu.load_system("dgx_h100"), emu.load_model("llama3_8b")
+    price = (K.load_cost("dgx_h100"), K.load_region("us_average"))
+    problem = Problem("dgx_h100", "llama3_8b", 8, objective="usd_per_mtoken", cost=price,
+                      free=("tp", "pp", "microbatch"))  # fmt: skip
+    lean = sweep(system, model, problem, tmp_path, columns=MERGE_COLUMNS, fill=True)
+    assert lean.top and all(r["usd_per_mtoken"] == r["objective"] > 0 for r in lean.top)
+    assert all(r["mfu"] is not None for r in lean.top + lean.pareto)
+
+
+def test_emu_sweep_scans_a_large_space_lean(capsys, monkeypatch, tmp_path):
     """`emu sweep` without --out scans a space of FILL_MIN configurations or more with the
-    merge's columns and reports its rows in full, and says so; below it, every column."""
+    merge's columns and reports its rows in full, and says so (JSON: a note); below it, every
+    column."""
     from emu.search import _sweep
     from tests._cli import run_cli, run_json
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # its chunks, not the user's cache
 
     args = ("sweep", "--system", "gb200_nvl72", "--model", "llama3_8b", "--chips", "8",
             "--top", "3")  # fmt: skip
@@ -443,6 +467,8 @@ def test_emu_sweep_scans_a_large_space_lean(capsys, monkeypatch):
     code, out, _ = run_cli(capsys, *args)
     assert code == 0 and "the rows shown evaluated in full" in out
     lean = run_json(capsys, *args)
+    assert any("the rows shown evaluated in full" in n for n in lean["notes"])
+    assert not any("evaluated in full" in n for n in every["notes"])
     plan = lambda r: tuple(r[k] for k in KNOBS)  # noqa: E731
     assert plan(lean["top"][0]) == plan(every["top"][0])
     want = {plan(r): r for r in every["top"]}

@@ -344,16 +344,16 @@ def cmd_sweep(args) -> None:
     res.remove_parts()  # only a killed sweep needs its chunks
     if out:
         _remove_if_empty(base)
+    how = (
+        f"scanned with the {len(res.columns)} columns the ranking and the Pareto front need, "
+        "the rows shown evaluated in full"
+    )
+    if lean and args.json:  # the text says it in its first line
+        notes = [*notes, f"{how} (a space of {FILL_MIN:.0e} configurations or more)"]
     what = (
         f"{res.evaluations} configurations ({res.grid_points} grid points, "
         f"{res.feasible} feasible), {res.chunks} chunk(s), {res.resumed} resumed, "
-        f"{res.wall_s:.2f} s"
-        + (
-            f"; scanned with the {len(res.columns)} columns the ranking and the Pareto front "
-            "need, the rows shown evaluated in full"
-            if lean
-            else ""
-        )
+        f"{res.wall_s:.2f} s" + (f"; {how}" if lean else "")
     )
     text = (
         render.search_text(res, what, _dies(system))

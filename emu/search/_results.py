@@ -46,7 +46,9 @@ class SweepResult:
     chunk: int = 0
     signature: str = ""
     merged: bool = True
-    columns: tuple = COLUMNS  # the COLUMNS computed and stored (the others are NaN)
+    # the COLUMNS the scan computed and stored (the others are NaN in the stored chunks and
+    # the table; in `best`, `top` and `pareto` too, unless the sweep ran with `fill`)
+    columns: tuple = COLUMNS
 
     def to_json(self) -> dict:
         """The JSON form (`emu sweep --json` without its `best` run and `out`)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from emu.search._evaluate import gather, make_eval
+from emu.search._evaluate import _safe_div, gather, make_eval
 from emu.search._local import Exact
 from emu.search._problem import COLUMNS, Problem, check_budget
 from emu.search._results import SweepResult, chunk_header
@@ -46,11 +46,12 @@ MERGE_COLUMNS = ("objective", "feasible", "tokens_per_s", "power_w")
 EXHAUSTIVE_MAX = 10**7
 #: `emu sweep` without --out scans spaces of at least this many configurations with the
 #: merge's columns alone and fills the rows it shows exactly (`sweep(fill=True)`). Measured
-#: (`bench_sweep.py --columns cli`, 2 cores, session 24, two runs each against all 12
-#: columns): 4.0e7 configurations 7.2-7.5 s against 8.1-8.3 s, but 1.0e7 4.8-4.9 s against
+#: cold (`bench_sweep.py --columns cli`, 2 cores, session 24, two runs each against all 12
+#: columns): 4.0e7 configurations 7.2-7.5 s against 8.0-8.3 s, but 1.0e7 4.8-4.9 s against
 #: 3.6 s (the merge's four single-output programs compile ~0.35 s slower than one, and the
-#: exact evaluation of the rows shown compiles in ~1.4 s cold): it pays from ~2e7 on
-FILL_MIN = 2 * 10**7
+#: exact evaluation of the rows shown compiles in ~1.4 s): a line through them breaks even
+#: near 2.8e7 (lower with a warm compilation cache)
+FILL_MIN = 3 * 10**7
 #: how long process 0 waits for one chunk of another process
 PEER_CHUNK_TIMEOUT_S = 3600
 
@@ -279,15 +280,29 @@ def _merge(space: Space, chunks: _Chunks, reduced: dict, n_chunks: int, num_proc
     return (ci[order], full(cv[order])), (fi[keep], full(fv[keep])), n_feasible
 
 
-def _fill(exact, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """`values` [n, len(COLUMNS)] of the configurations `idx` with their NaN columns (those
-    the scan did not compute) taken from `exact`'s evaluation of every column; the computed
-    columns are kept as the scan stored them."""
+def _fill(exact, idx: np.ndarray, values: np.ndarray, kept, problem: Problem) -> np.ndarray:
+    """`values` [n, len(COLUMNS)] of the configurations `idx` with the columns the scan did
+    not compute (not in `kept`) taken from `exact`'s evaluation of every column; the scanned
+    columns stay as the scan stored them, and the columns a full sweep derives from those
+    stay derived from them: tokens/J = tokens/s / watts of the row (`host_columns`), and the
+    column the objective names (tokens_per_joule, usd_per_mtoken, ...) equals the row's
+    objective, as in a sweep of every column."""
     if idx.size == 0:
         return values
     exact(idx.tolist())
     got = np.stack([exact.values[int(i)] for i in idx]).astype(values.dtype)
-    return np.where(np.isnan(values), got, values)
+    out = values.copy()
+    miss = [COLUMNS.index(c) for c in COLUMNS if c not in kept]
+    out[:, miss] = got[:, miss]
+    col = COLUMNS.index
+    if "tokens_per_joule" not in kept:
+        out[:, col("tokens_per_joule")] = _safe_div(
+            out[:, col("tokens_per_s")], out[:, col("power_w")]
+        )
+    name = problem.objective_name()
+    if name in COLUMNS and name != "objective" and name not in kept:
+        out[:, col(name)] = out[:, col("objective")]
+    return out
 
 
 def sweep(
@@ -316,8 +331,9 @@ def sweep(
     (None: all); the others are neither computed nor moved, and read NaN (None in result
     rows), unless `fill`: then the top and Pareto rows (a few dozen) are evaluated once more
     with every column (one more compiled program, `emu.search._local.Exact`) and their
-    missing columns filled, so a scan of the merge's columns alone still reports complete
-    rows (the stored chunks and `SweepResult.table` keep NaN there)."""
+    missing columns filled (`_fill`), so a scan of the merge's columns alone still reports
+    complete rows (the stored chunks, and so `SweepResult.table_blocks` and `write_table`,
+    keep NaN there)."""
     check_budget(top=top, chunk=chunk)
     kept = kept_columns(columns)
     if objective is not None:
@@ -359,7 +375,7 @@ def sweep(
     (ti, tv), (fi, fv), n_feasible = _merge(space, chunks, reduced, n_chunks, num_processes)
     if fill and kept != COLUMNS and (ti.size or fi.size):
         exact = Exact(system, model, problem, space)
-        tv, fv = _fill(exact, ti, tv), _fill(exact, fi, fv)
+        tv, fv = _fill(exact, ti, tv, kept, problem), _fill(exact, fi, fv, kept, problem)
     top_rows, front_rows = space.describe(ti, tv), space.describe(fi, fv)
     return SweepResult(
         best=top_rows[0] if top_rows else None, top=top_rows, pareto=front_rows, evaluations=n,
