@@ -80,8 +80,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1e5,1e6,1e7,4e7")
     ap.add_argument("--cached", action="store_true", help="use the compilation cache")
-    ap.add_argument("--columns", default="all,merge", help="all and/or merge (default both)")
+    ap.add_argument("--columns", default="all,merge",
+                    help="all, merge and/or cli, comma-separated (default all,merge)")  # fmt: skip
     args = ap.parse_args()
+    bad = sorted(set(args.columns.split(",")) - {"all", "merge", "cli"})
+    if bad:
+        ap.error(f"--columns: unknown mode {bad[0]!r}; use all, merge or cli, comma-separated")
     print(
         f"{'columns':>8} {'configurations':>15} {'wall_s':>8} {'configs/s':>11} "
         f"{'first_chunk_s':>14} {'steady/s':>10} {'peak_rss_MB':>12}"
