@@ -1,12 +1,16 @@
 """Stress test of the row rules: every shipped row with its `parallel` fields blanked.
 
     python experiments/stress_no_parallel.py [file]    # ~1-2 min on 2 cores
+    python experiments/stress_no_parallel.py --blank shape   # the models' shapes instead
 
 Predicts every row of the measurement set (default: the shipped one) twice, as published
 and with `parallel` set to null (the plan left to emu's documented defaults), and prints
 how many rows are modelled and the median error by kind for both. Not a benchmark of
 accuracy (the rows ran with their stated plans); a check that rows which state less are
 still modelled, and how much a source's own plan is worth. Prints the rows that fail.
+`--blank shape` nulls each model's n_layers, d_model, n_heads, n_kv_heads, d_ff and vocab
+instead, keeping its name, seq_len and MoE fields: a row that names a catalog model then
+takes the catalog's shape (`emu.validation.DENSE_CATALOG`); the others cannot be built.
 """
 
 from __future__ import annotations
@@ -15,17 +19,32 @@ import argparse
 import statistics
 
 from emu.validation import default_measurements, read_rows, validate_rows
+from emu.validation._rows import MODEL_FIELDS
+
+
+def _shapeless(row: dict) -> dict:
+    """`row` with its model's shape fields (MODEL_FIELDS) null."""
+    m = row.get("model")
+    if not isinstance(m, dict):
+        return row
+    return {**row, "model": {**m, **dict.fromkeys(MODEL_FIELDS)}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("file", nargs="?", help="measurements (default: the shipped set)")
+    ap.add_argument(
+        "--blank", choices=("parallel", "shape"), default="parallel", help="what to null"
+    )
     args = ap.parse_args()
     rows, _ = read_rows(args.file or default_measurements())
     stated = validate_rows(rows)
-    blank = validate_rows([{**r, "parallel": None} for r in rows])
+    if args.blank == "parallel":
+        blank = validate_rows([{**r, "parallel": None} for r in rows])
+    else:
+        blank = validate_rows([_shapeless(r) for r in rows])
     ok = [x for x in blank if x["status"] == "ok"]
-    print(f"modelled with parallel blanked: {len(ok)} of {len(blank)}")
+    print(f"modelled with {args.blank} blanked: {len(ok)} of {len(blank)}")
     print(f"{'kind':12} {'rows':>5} {'median, blanked':>16} {'median, as stated':>18}")
     for kind in ("train", "prefill", "decode", "collective"):
         e = [x["abs_pct_error"] for x in ok if x["kind"] == kind]

@@ -221,6 +221,58 @@ def test_a_row_of_another_variant_of_a_catalog_moe_model_is_built_from_its_field
     assert not V.approximations(ROWS["ds_infer_decode"])
 
 
+def test_a_dense_row_naming_a_catalog_model_takes_its_shape_for_what_it_leaves_out():
+    # a source that names a published model often states none of its shape; such a row was
+    # an error ("model.n_layers is null"), or took d_ff = 4 d_model (16,384 for Llama 2 7B,
+    # whose published FFN is 11,008) and MHA for a GQA model
+    full = ROWS["mindspeed_tps_llama2_7b_4k_1x8"]
+    bare = row(full["id"], model={"name": "Llama-2-7B", "seq_len": 4096})
+    for f in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab", "d_head"):
+        assert float(getattr(V.row_model(bare), f)) == float(getattr(V.row_model(full), f)), f
+    assert V.approximations(bare) == [
+        "n_layers, d_model, n_heads, n_kv_heads, d_ff, vocab not stated: catalog llama2_7b's"
+    ]
+    got = V.validate_rows([full, bare])
+    assert got[1]["status"] == "ok" and got[1]["predicted"] == pytest.approx(got[0]["predicted"])
+    # GQA and the FFN width from the catalog where only they are missing (Llama 3 8B: 8 KV
+    # heads, 14,336)
+    r = row("nemo2407_pre_LLAMA3-8B_8")
+    m = V.row_model(row(r["id"], model={**r["model"], "n_kv_heads": None, "d_ff": None}))
+    assert float(m.n_kv_heads) == 8 and float(m.d_ff) == 14336
+    for name, catalog in (("Meta-Llama-3.1-70B-Instruct", "llama3_70b"),
+                          ("Llama 3.3 70B", "llama3_70b"), ("Llama-3/3.1-8B", "llama3_8b"),
+                          ("GPT-3 175B", "gpt3_175b"), ("Qwen3-32B", "qwen3_32b"),
+                          ("llama-2-70b-chat", "llama2_70b"), ("Llama-3.2-3B", None),
+                          ("GPT 1.7B", "gpt_1_7b"), ("MT-NLG 530B", "gpt_530b"),
+                          ("GPT 1008.0B", "gpt_1t"), ("gpt-oss-20b", None),
+                          ("Llama-2-34B (CodeLlama-34B architecture)", None),
+                          ("DeepSeek-R1-Distill-Llama-70B", None)):  # fmt: skip
+        assert V.dense_catalog_of({"name": name}) == catalog, name
+    # a row that states another shape is not given the catalog's: its null field is an error
+    # that says what to give
+    other = row(full["id"], model={"name": "Llama-2-7B", "n_layers": 40, "seq_len": 4096})
+    res = V.validate_rows([other])[0]
+    assert res["status"] == "error"
+    assert "model.d_model is null" in res["reason"] and "give the row's model" in res["reason"]
+
+
+def test_a_training_row_without_seq_len_takes_its_notes_or_the_documented_default():
+    r = ROWS["mindspeed_tps_llama2_7b_4k_1x8"]
+    model = {**r["model"], "seq_len": None}
+    stated = row(r["id"], model=model, notes="MindSpeed table, seq 4K, bf16")
+    assert V.train_seq_len(stated) == (4096, "seq_len not stated in the model: 4096 from the notes")
+    assert V.train_seq_len(row(r["id"], model=model, notes="sequence length 8,192"))[0] == 8192
+    bare = row(r["id"], model=model, notes="")
+    assert V.train_seq_len(bare) == (V.DEFAULT_TRAIN_SEQ, "seq_len not stated: 4096 assumed")
+    got = V.validate_rows([r, stated, bare])
+    assert all(g["status"] == "ok" for g in got)
+    assert got[1]["predicted"] == pytest.approx(got[0]["predicted"])
+    assert "seq_len not stated: 4096 assumed" in got[2]["approximates"]
+    assert V.train_seq_len(r) == (4096, None) and not V.approximations(r)
+    bad = V.validate_rows([row(r["id"], model={**r["model"], "seq_len": "long"})])[0]
+    assert bad["status"] == "error" and "model.seq_len must be a positive integer" in bad["reason"]
+
+
 def test_910c_degrees_count_dies():
     r = ROWS["xds_decode_colocated_dp288_ep288"]
     model = V.row_model(r)

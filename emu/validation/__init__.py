@@ -75,18 +75,22 @@ _NAMES = {
     "validate_rows": "emu.validation._report",
     "CONFIDENCE_CONFIG": "emu.validation._rows",
     "CONFIDENCE_VALUE": "emu.validation._rows",
+    "DEFAULT_TRAIN_SEQ": "emu.validation._rows",
+    "DENSE_CATALOG": "emu.validation._rows",
     "MAX_CHIPS": "emu.validation._rows",
     "METRIC_UNITS": "emu.validation._rows",
     "TIME_METRICS": "emu.validation._rows",
     "approximations": "emu.validation._rows",
     "check_row": "emu.validation._rows",
     "default_measurements": "emu.validation._rows",
+    "dense_catalog_of": "emu.validation._rows",
     "read_rows": "emu.validation._rows",
     "row_model": "emu.validation._rows",
     "row_source": "emu.validation._rows",
     "row_text": "emu.validation._rows",
     "row_weight": "emu.validation._rows",
     "speed_sign": "emu.validation._rows",
+    "train_seq_len": "emu.validation._rows",
 }
 
 
@@ -149,6 +153,8 @@ if TYPE_CHECKING:  # the same names for type checkers and the docs (griffe)
     from emu.validation._rows import (
         CONFIDENCE_CONFIG,
         CONFIDENCE_VALUE,
+        DEFAULT_TRAIN_SEQ,
+        DENSE_CATALOG,
         KINDS,
         MAX_CHIPS,
         METRIC_UNITS,
@@ -156,12 +162,14 @@ if TYPE_CHECKING:  # the same names for type checkers and the docs (griffe)
         approximations,
         check_row,
         default_measurements,
+        dense_catalog_of,
         read_rows,
         row_model,
         row_source,
         row_text,
         row_weight,
         speed_sign,
+        train_seq_len,
     )
 
 
@@ -185,6 +193,10 @@ __all__ = [
     "row_weight",
     "row_text",
     "row_model",
+    "dense_catalog_of",
+    "train_seq_len",
+    "DEFAULT_TRAIN_SEQ",
+    "DENSE_CATALOG",
     "row_source",
     "row_plan",
     "script_plan",

@@ -45,7 +45,7 @@ from emu._backend import jnp
 from emu.parallelism import Plan, make_plan, validate_plan
 from emu.policy import auto_plan
 from emu.struct import replace
-from emu.validation._rows import int_or, num_in, row_text
+from emu.validation._rows import int_or, num_in, row_text, train_seq_len
 from emu.workload import Model
 
 #: production expert-load imbalance when a MoE row does not say (perfect-EPLB projections
@@ -236,13 +236,13 @@ def script_plan(row: dict) -> dict | None:
 
 
 def _row_seq_len(row: dict) -> int:
-    """A training row's model.seq_len; one line naming what is wrong when it is missing or
-    not a positive integer."""
-    raw = (row.get("model") or {}).get("seq_len")
-    seq = int_or(raw, None)
+    """A training row's sequence length (`_rows.train_seq_len`: model.seq_len, else its
+    notes', else the documented default); one line naming what is wrong when model.seq_len
+    is not a positive integer."""
+    seq = train_seq_len(row)[0]
     if seq is None:
-        got = "null" if raw is None else f"{raw!r}"
-        raise ValueError(f"model.seq_len must be a positive integer (got {got})")
+        raw = (row.get("model") or {}).get("seq_len")
+        raise ValueError(f"model.seq_len must be a positive integer (got {raw!r})")
     return seq
 
 

@@ -105,6 +105,39 @@ MOE_CATALOG = {
     "mixtral8x7b": "mixtral_8x7b",
     "llama4scout": "llama4_scout",
 }
+#: dense rows naming one of these catalog models (a regex on the lower-case name) take the
+#: catalog's value for every dimension the row leaves null (a source that names a
+#: published model often states none of its shape), when the dimensions it does state
+#: agree with the catalog's; a row that states another shape is built from its fields
+DENSE_CATALOG = (
+    (r"llama[\s\-_]*2\b.*?(?<![\d.])7b\b", "llama2_7b"),
+    (r"llama[\s\-_]*2\b.*?(?<![\d.])13b\b", "llama2_13b"),
+    (r"llama[\s\-_]*2\b.*?(?<![\d.])70b\b", "llama2_70b"),
+    (r"llama[\s\-_]*3(?:\.1|/3\.1)?\b.*?(?<![\d.])8b\b", "llama3_8b"),
+    (r"llama[\s\-_]*3(?:\.[13]|/3\.1)?\b.*?(?<![\d.])70b\b", "llama3_70b"),
+    (r"llama[\s\-_]*3(?:\.1)?\b.*?(?<![\d.])405b\b", "llama3_405b"),
+    (r"gpt[\s\-_]*3\b.*?(?<![\d.])17(?:5|4\.6)b\b", "gpt3_175b"),
+    # Megatron's GPT sizes (Narayanan et al. SC21 Table 1, Korthikanti et al. Tables 4-5)
+    (r"\bgpt[\s\-_]*1\.7b\b", "gpt_1_7b"),
+    (r"\bgpt[\s\-_]*3\.6b\b", "gpt_3_6b"),
+    (r"\bgpt[\s\-_]*7\.5b\b", "gpt_7_5b"),
+    (r"\bgpt[\s\-_]*18\.4b\b", "gpt_18_4b"),
+    (r"\bgpt[\s\-_]*22b\b", "gpt_22b"),
+    (r"\bgpt[\s\-_]*39(?:\.1)?b\b", "gpt_39b"),
+    (r"\bgpt[\s\-_]*76(?:\.1)?b\b", "gpt_76b"),
+    (r"\bgpt[\s\-_]*(?:145\.6|146)b\b", "gpt_146b"),
+    (r"\bgpt[\s\-_]*310(?:\.1)?b\b", "gpt_310b"),
+    (r"\bgpt[\s\-_]*(?:529\.6|530)b\b|\bmt[\s\-_]*nlg\b", "gpt_530b"),
+    (r"\bgpt[\s\-_]*(?:1t|1008(?:\.0)?b)\b", "gpt_1t"),
+    (r"qwen[\s\-_]*3\b.*?(?<![\d.])32b\b", "qwen3_32b"),
+    (r"gemma[\s\-_]*2\b.*?(?<![\d.])27b\b", "gemma2_27b"),
+)
+#: the fields a row's model gives (the catalog fills those it leaves null)
+MODEL_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab")
+#: a training row's sequence length when neither its model nor its notes state one (and
+#: 4,096 tokens, the median of the shipped set's 160 training rows (2,048 the most common,
+#: 51 rows, 4,096 48); said in the row's result (`approximations`)
+DEFAULT_TRAIN_SEQ = 4096
 #: published head widths of model families whose head width is not d_model / n_heads: a
 #: model built from a row's fields (the row schema has no head width) takes the width of
 #: the first pattern its lower-case name matches. Sources: each model's Hugging Face
@@ -376,6 +409,15 @@ def approximations(row: dict) -> list[str]:
             _catalog_model(m, name)
         except ValueError as e:
             out.append(f"built from the row's fields: {e}")
+    if isinstance(m, dict) and not m.get("moe"):
+        filled = _filled(m)
+        missing = [f for f in MODEL_FIELDS if m.get(f) is None and filled.get(f) is not None]
+        if missing:
+            out.append(f"{', '.join(missing)} not stated: catalog {dense_catalog_of(m)}'s")
+    if row.get("kind") == "train" and isinstance(m, dict):
+        said = train_seq_len(row)[1]
+        if said:
+            out.append(said)
     return out
 
 
@@ -403,6 +445,7 @@ def row_model(row: dict) -> Model:
             return _catalog_model(m, name)
         except ValueError:  # dimensions of another variant: built from the row's fields
             pass  # (`approximations` says so)
+    m = _filled(m) if not moe else m
     gated = _ffn(m) == "swiglu" or bool(moe)
     label = str(m.get("name", "")).lower()
     text = row_text(row)
@@ -442,8 +485,55 @@ def row_model(row: dict) -> Model:
         data.update(mla)
     for k, v in data.items():
         if v is None:
-            raise ValueError(f"model.{k} is null")
+            raise ValueError(
+                f"model.{k} is null, and {m.get('name')!r} names no catalog model whose "
+                "shape agrees with the row's: give the row's model its dimensions"
+            )
     return model_from_dict(data, f"row {row['id']} model")
+
+
+def train_seq_len(row: dict) -> tuple[int | None, str | None]:
+    """A training row's sequence length and, when the row's model does not give it, where it
+    came from: (model.seq_len, None); else the length its notes state ("seq 4K", "sequence
+    length 8192"), else DEFAULT_TRAIN_SEQ, with a phrase saying so; (None, None) when
+    model.seq_len is given but is not a positive integer."""
+    raw = (row.get("model") or {}).get("seq_len")
+    if raw is not None:
+        return int_or(raw, None), None
+    hit = re.search(
+        r"\bseq(?:uence)?[\s_\-]*(?:len(?:gth)?)?\s*[=:]?\s*(\d[\d,]*)\s*(k\b)?",
+        str(row.get("notes") or "").lower(),
+    )
+    if hit:
+        n = int(hit.group(1).replace(",", "")) * (1024 if hit.group(2) else 1)
+        if n > 0:
+            return n, f"seq_len not stated in the model: {n} from the notes"
+    return DEFAULT_TRAIN_SEQ, f"seq_len not stated: {DEFAULT_TRAIN_SEQ} assumed"
+
+
+def dense_catalog_of(m: dict) -> str | None:
+    """The DENSE_CATALOG model a dense row's model names, if any."""
+    label = str(m.get("name", "")).lower()
+    return next((v for pattern, v in DENSE_CATALOG if re.search(pattern, label)), None)
+
+
+def _filled(m: dict) -> dict:
+    """A dense row's model with the null fields of MODEL_FIELDS taken from the catalog model
+    it names (DENSE_CATALOG), when the fields it states agree with that model's; else as
+    given."""
+    name = dense_catalog_of(m)
+    if name is None or all(m.get(f) is not None for f in MODEL_FIELDS):
+        return m
+    model = _catalog_load(name)
+    try:
+        other = any(
+            m.get(f) is not None and float(m[f]) != float(getattr(model, f)) for f in MODEL_FIELDS
+        )
+    except (TypeError, ValueError):  # a malformed field: the row's own checks say which
+        return m
+    if other:
+        return m
+    return {**m, **{f: int(float(getattr(model, f))) for f in MODEL_FIELDS if m.get(f) is None}}
 
 
 def _catalog_of(m: dict) -> str | None:
