@@ -532,6 +532,45 @@ def test_collective_rows_read_size_tokens_bytes_and_convention():
     assert (s["token_bytes"], s["convention"], s["moved"]) == (14336, "per_rank", 128 * 8 * 14336)
 
 
+def test_collective_rows_from_other_sources_read_what_their_notes_state():
+    # a row whose id does not end with its size (another source's naming) reads it from its
+    # notes; one that states none takes the plateau buffer and says so (not silently)
+    base = {**ROWS["dgxc_nccl_h100_8gpu_allreduce_1048576"], "id": "other_h100_allreduce"}
+    for notes, size in (("busbw at size 33554432 B, 8 ranks", 33554432),
+                        ("all_reduce_perf with 32 MB messages", 32e6),
+                        ("Message size: 512 MiB, NCCL 2.21", 512 * 2**20),
+                        ("4-8 GB messages", math.sqrt(32) * 1e9),
+                        ("at large sizes (>256 MB)", 256e6)):  # fmt: skip
+        assert V.message_size({**base, "notes": notes}) == (size, None), notes
+    none = {**base, "notes": "8x H100, 80 GB HBM3, 400 Gb/s NICs"}
+    assert V.message_size(none) == (
+        V.DEFAULT_MESSAGE_BYTES,
+        "message size not stated: 4 GB assumed (the busbw plateau)",
+    )
+    got = V.validate_rows([{**base, "notes": "busbw at size 1048576 B"}, none])
+    ref = V.validate_rows([ROWS["dgxc_nccl_h100_8gpu_allreduce_1048576"]])[0]
+    assert got[0]["predicted"] == pytest.approx(ref["predicted"]) and not got[0]["approximates"]
+    assert got[1]["approximates"] == [V.message_size(none)[1]]
+    # an all-to-all benchmark of another model: its tokens per rank, hidden size and top-k
+    h800 = load_system("hgx_h800")
+    ll = ROWS["deepep_v1_ll_dispatch_ep16"]
+    s0 = V.moe_comm_setup(ll, h800)
+    assert (s0["tokens"], s0["top_k"], s0["assumed"]) == (128, 8, [])
+    notes = "low-latency kernel, 256 tokens per rank, hidden 4096, top-6 experts, BF16"
+    s = V.moe_comm_setup({**ll, "notes": notes, "precision": "bf16"}, h800)
+    assert (s["tokens"], s["token_bytes"], s["top_k"]) == (256, 2 * 4096, 6)
+    # the DeepSeek profile (hidden 7,168, top-8) and the kernel's token count when unstated,
+    # and the row says so
+    bare = V.moe_comm_setup({**ll, "notes": "low-latency kernel"}, h800)
+    assert (bare["tokens"], bare["top_k"], bare["token_bytes"]) == (128, 8, s0["token_bytes"])
+    assert bare["assumed"] == [
+        "tokens per rank not stated: 128 (low-latency kernels) assumed",
+        "hidden size not stated: 7168 (DeepSeek-V3) assumed",
+    ]
+    res = V.validate_rows([{**ll, "notes": "low-latency kernel"}])[0]
+    assert res["status"] == "ok" and res["approximates"] == bare["assumed"]
+
+
 def test_interval_groups_of_collective_rows_name_the_outermost_link():
     gb, h800 = load_system("gb200_nvl72"), load_system("hgx_h800")
     assert V.collective_link(gb, 4) == "nvlink5"

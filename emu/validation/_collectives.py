@@ -53,28 +53,51 @@ TOKEN_BYTES = {
 #: `moe_all_to_all_time(combine=True)` overlaps it with the transfer (the longer of the two)
 
 
-def message_bytes(row: dict) -> float:
-    """The all-reduce buffer of a row: the byte count closing its id
-    ("..._allreduce_1048576"), a size label closing it ("..._ring_67M": the repo's labels for
-    powers of two, Azure issue #8, so 2^26), a range in the notes ("4-8 GB messages" ->
-    the geometric mean) or ">256 MB"; else DEFAULT_MESSAGE_BYTES."""
-    rid = row["id"]
+#: byte units of a message size in a row's notes (decimal and binary spellings)
+_SIZE_UNITS = {"B": 1.0, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2.0**10, "MIB": 2.0**20,
+               "GIB": 2.0**30}  # fmt: skip
+_SIZE = r"(\d+(?:\.\d+)?)\s*(KiB|MiB|GiB|KB|MB|GB)(?![\w/])"
+
+
+def message_size(row: dict) -> tuple[float, str | None]:
+    """The all-reduce buffer of a row in bytes and, when the row does not state it, the phrase
+    saying what was assumed: the byte count closing its id ("..._allreduce_1048576"), a
+    size label closing it ("..._ring_67M": the repo's labels for powers of two, Azure
+    issue #8, so 2^26), a byte count in the notes ("at size 1048576 B"), a range there
+    ("4-8 GB messages" -> the geometric mean), ">256 MB", or one size named as the message
+    or buffer ("32 MB messages", "message size 512 MiB"); else DEFAULT_MESSAGE_BYTES."""
+    rid = str(row["id"])
     m = re.search(r"allreduce_(\d{4,})$", rid)
     if m:
-        return float(m.group(1))
+        return float(m.group(1)), None
     m = re.search(r"allreduce\w*_(\d+)([KMG])$", rid)
     if m:
         v = float(m.group(1)) * {"K": 1e3, "M": 1e6, "G": 1e9}[m.group(2)]
-        return float(2 ** round(math.log2(v)))
+        return float(2 ** round(math.log2(v))), None
     notes = str(row.get("notes", ""))
-    unit = {"KB": 1e3, "MB": 1e6, "GB": 1e9}
-    m = re.search(r"(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB)\b", notes)
+    unit = lambda u: _SIZE_UNITS[u.upper()]  # noqa: E731
+    m = re.search(r"\bat (?:size )?(\d{3,}) ?B\b", notes)
     if m:
-        return math.sqrt(float(m.group(1)) * float(m.group(2))) * unit[m.group(3)]
-    m = re.search(r">\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB)\b", notes)
+        return float(m.group(1)), None
+    m = re.search(r"(\d+(?:\.\d+)?)\s*-\s*" + _SIZE, notes)
     if m:
-        return float(m.group(1)) * unit[m.group(2)]
-    return DEFAULT_MESSAGE_BYTES
+        return math.sqrt(float(m.group(1)) * float(m.group(2))) * unit(m.group(3)), None
+    m = re.search(r">\s*" + _SIZE, notes)
+    if m:
+        return float(m.group(1)) * unit(m.group(2)), None
+    m = re.search(_SIZE + r"\s*(?:messages?|buffers?)\b", notes, re.I) or re.search(
+        r"\b(?:message|buffer)(?: size)?s?\s*(?:of|=|:)?\s*" + _SIZE, notes, re.I
+    )
+    if m:
+        return float(m.group(1)) * unit(m.group(2)), None
+    return DEFAULT_MESSAGE_BYTES, (
+        f"message size not stated: {DEFAULT_MESSAGE_BYTES / 1e9:g} GB assumed (the busbw plateau)"
+    )
+
+
+def message_bytes(row: dict) -> float:
+    """The all-reduce buffer of a row in bytes (`message_size`)."""
+    return message_size(row)[0]
 
 
 def allreduce_algorithm(row: dict) -> str:
@@ -114,18 +137,34 @@ def moe_comm_setup(row: dict, system) -> dict:
     low_latency = "low-latency" in text or "_ll_" in row["id"] or "latency" in metric
     one_sided = "one-sided" in text or "a2e" in text or "e2a" in text or "in-situ" in text
     p = row.get("parallel") or {}
+    assumed = []
+    stated = re.search(r"(\d[\d,]*)\s*tokens? per (?:batch|rank|gpu|die|npu|device)\b", text)
     tokens = int_or(p.get("microbatch"), None) or (
-        LOW_LATENCY_TOKENS if low_latency else NORMAL_TOKENS
+        int(stated.group(1).replace(",", "")) if stated else None
     )
+    if not tokens:
+        tokens = LOW_LATENCY_TOKENS if low_latency else NORMAL_TOKENS
+        kernel = "low-latency" if low_latency else "normal"
+        assumed.append(f"tokens per rank not stated: {tokens} ({kernel} kernels) assumed")
     # in-situ decode kernels carry the MTP draft too: "tokens per die per dispatch are ~120"
     m = re.search(r"tokens per die per dispatch are ~(\d+)", text)
     if m:
         tokens = int(m.group(1))
+    hid = re.search(r"hidden(?: size| dim(?:ension)?)?\s*[=:]?\s*(\d[\d,]*\d)", text) or re.search(
+        r"(\d[\d,]*\d) hidden(?: size| dim(?:ension)?)?\b", text
+    )
+    hidden = int(hid.group(1).replace(",", "")) if hid else MOE_HIDDEN
+    if not hid:
+        assumed.append(f"hidden size not stated: {MOE_HIDDEN} (DeepSeek-V3) assumed")
+    k = re.search(r"\btop[\-\s]?(\d+)\b(?!\s*groups?)", text)
+    top_k = int(k.group(1)) if k and int(k.group(1)) > 0 else MOE_TOP_K
     table = re.search(r"\| (?:mxfp8|nvfp4) \| (\d+)", text)
     prec = "bf16" if combine else (row_precision(row.get("precision")) or "bf16")
     token_bytes = float(table.group(1)) if table and not combine else TOKEN_BYTES.get(prec)
     if token_bytes is None:
         raise ValueError(f"no bytes per token for a {prec} payload")
+    if not (table and not combine):  # TOKEN_BYTES are per DeepSeek-V3 token: scale to h
+        token_bytes *= hidden / MOE_HIDDEN
     if metric.endswith("latency"):
         convention = "latency"
     elif metric.endswith("bottleneck_bandwidth"):
@@ -142,12 +181,14 @@ def moe_comm_setup(row: dict, system) -> dict:
         "group": float(row["n_chips"]),
         "combine": combine,
         "convention": convention,
+        "top_k": float(top_k),
+        "assumed": assumed,
     }
     per_copy = setup["tokens"] * token_bytes
     if convention == "logical":
-        moved = min(setup["group"], MOE_TOP_K) * per_copy
+        moved = min(setup["group"], top_k) * per_copy
     elif convention == "per_rank":
-        moved = MOE_TOP_K * per_copy
+        moved = top_k * per_copy
     else:  # a latency, or the bottleneck bytes of the prediction itself
         moved = 0.0
     return {**setup, "moved": moved}
@@ -165,7 +206,7 @@ def predict_moe_comm(row: dict, system, setup: dict | None = None):
     a2a = collectives.moe_all_to_all(
         system,
         jnp.float32(s["tokens"] * s["token_bytes"]),
-        float(MOE_TOP_K),
+        float(s.get("top_k", MOE_TOP_K)),
         jnp.float32(s["group"]),
         dedup=s["dedup"],
         max_domains=s["max_domains"],

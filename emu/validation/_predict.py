@@ -26,6 +26,7 @@ from emu.validation._collectives import (
     METRICS_ALLREDUCE,
     METRICS_MOE_COMM,
     collective_link,
+    message_size,
     moe_comm_setup,
     predict_allreduce_busbw,
     predict_moe_comm,
@@ -232,9 +233,14 @@ def item_group(item: Item) -> str:
 
 
 def item_notes(item: Item) -> list[str]:
-    """What a row's prediction approximates (`_rows.approximations`), and, for a training
-    row that states no degrees, the plan rule's plan it was predicted with."""
+    """What a row's prediction approximates (`_rows.approximations`), for a training row
+    that states no degrees the plan rule's plan it was predicted with, and for a collective
+    row what it does not state and emu assumed (message size; tokens per rank, hidden size)."""
     notes = approximations(item.row)
+    if item.kind == "allreduce" and message_size(item.row)[1]:
+        notes.append(message_size(item.row)[1])
+    if item.kind == "moe_comm":
+        notes.extend(item.setup.get("assumed", []))
     if (
         item.kind == "run"
         and item.row["kind"] == "train"
