@@ -2,6 +2,7 @@
 
     python experiments/stress_no_parallel.py [file]    # ~1-2 min on 2 cores
     python experiments/stress_no_parallel.py --blank shape   # the models' shapes instead
+    python experiments/stress_no_parallel.py --blank each    # one parallel field at a time
 
 Predicts every row of the measurement set (default: the shipped one) twice, as published
 and with `parallel` set to null (the plan left to emu's documented defaults), and prints
@@ -11,6 +12,8 @@ still modelled, and how much a source's own plan is worth. Prints the rows that 
 `--blank shape` nulls each model's n_layers, d_model, n_heads, n_kv_heads, d_ff and vocab
 instead, keeping its name, seq_len and MoE fields: a row that names a catalog model then
 takes the catalog's shape (`emu.validation.DENSE_CATALOG`); the others cannot be built.
+`--blank each` nulls one parallel field at a time (global batch, micro-batch, tp, pp, dp,
+ep; ~3 min) and counts the rows still modelled.
 """
 
 from __future__ import annotations
@@ -30,14 +33,37 @@ def _shapeless(row: dict) -> dict:
     return {**row, "model": {**m, **dict.fromkeys(MODEL_FIELDS)}}
 
 
+#: the parallel fields `--blank each` nulls one at a time
+EACH = ("global_batch", "microbatch", "tp", "pp", "dp", "ep")
+
+
+def _each(rows: list[dict]) -> None:
+    """Every row with one parallel field at a time set to null: how many are modelled."""
+    total = ok = 0
+    for key in EACH:
+        res = validate_rows(
+            [{**r, "parallel": {**(r.get("parallel") or {}), key: None}} for r in rows]
+        )
+        good = sum(x["status"] == "ok" for x in res)
+        total, ok = total + len(res), ok + good
+        print(f"{key:13} blanked: {good} of {len(res)} modelled")
+        for r, x in zip(rows, res, strict=True):
+            if x["status"] != "ok":
+                print(f"  not modelled: {r['id']}: {x.get('reason')}")
+    print(f"all: {ok} of {total}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("file", nargs="?", help="measurements (default: the shipped set)")
     ap.add_argument(
-        "--blank", choices=("parallel", "shape"), default="parallel", help="what to null"
+        "--blank", choices=("parallel", "shape", "each"), default="parallel", help="what to null"
     )
     args = ap.parse_args()
     rows, _ = read_rows(args.file or default_measurements())
+    if args.blank == "each":
+        _each(rows)
+        return
     stated = validate_rows(rows)
     if args.blank == "parallel":
         blank = validate_rows([{**r, "parallel": None} for r in rows])

@@ -571,6 +571,30 @@ def test_collective_rows_from_other_sources_read_what_their_notes_state():
     assert res["status"] == "ok" and res["approximates"] == bare["assumed"]
 
 
+def test_rows_stating_some_degrees_take_the_usual_defaults_for_the_others():
+    # pp alone (MegaScale-MoE's pp 15 on 720 GPUs without its dp): tp was every remaining
+    # rank (48, more than the 32 heads allow: an error); now TP within a node, DP the rest
+    r = ROWS["msmoe_t3_MegaScale-MoE_720"]
+    plan = V.row_plan(row(r["id"], parallel={**r["parallel"], "dp": None}), V.row_model(r))[0]
+    assert (float(plan.tp), float(plan.pp), float(plan.dp)) == (8, 15, 6)
+    # tp alone on a training row: no pipeline (Megatron's default), DP the rest
+    r = ROWS["mindspeed_tps_llama3p1_70b_8k_4x8"]
+    bare = {k: None for k in r["parallel"]} | {"tp": 8, "global_batch": 512}
+    plan = V.row_plan(row(r["id"], parallel=bare), V.row_model(r))[0]
+    assert (float(plan.tp), float(plan.pp), float(plan.dp)) == (8, 1, 4)
+    # a decode deployment row with Megatron-style degrees (tp 1, dp 72) and no batch field:
+    # the serving rule took tp as the instance's ranks (SGLang's --tp-size) and put EP 72 on
+    # one rank (an error); it reads "batch 256 per device" from the notes too
+    r = ROWS["sglang_h100_decode_2k"]
+    s = V.serving_row(row(r["id"], parallel={**r["parallel"], "microbatch": None}), V.row_model(r))
+    d = s.decode
+    assert (float(d.tp), float(d.dp), float(d.ep), float(d.microbatch)) == (1, 72, 72, 256)
+    # SGLang's own convention is kept: --tp-size 32 --dp-size 32 is 32 ranks
+    a3 = ROWS["sglang_a3_dsr1_pdsep_32c_3p5k_1p5k_50ms"]
+    d = V.serving_row(a3, V.row_model(a3), dies=2).decode
+    assert float(d.tp) * float(d.dp) == 32
+
+
 def test_interval_groups_of_collective_rows_name_the_outermost_link():
     gb, h800 = load_system("gb200_nvl72"), load_system("hgx_h800")
     assert V.collective_link(gb, 4) == "nvlink5"

@@ -167,7 +167,9 @@ def _recompute(r) -> str:
 
 def _degrees(n: int, p: dict, model: Model) -> tuple[int, int, int, int]:
     """(tp, pp, dp, cp) of a row on n ranks: dp = n / (tp pp cp); tp = the largest power of
-    two <= 8 dividing the heads and the model-parallel size when neither tp nor pp is given."""
+    two <= 8 dividing the heads and the model-parallel size when neither tp nor pp is given,
+    or when only pp is (and dp is not); pp = 1 when only tp is given (Megatron's default,
+    dp takes the rest); with dp given, the missing one takes the rest."""
     cp = int_or(p.get("cp"), 1)
     tp, pp, dp = int_or(p.get("tp"), None), int_or(p.get("pp"), None), int_or(p.get("dp"), None)
     heads = int(float(model.n_heads))
@@ -177,10 +179,13 @@ def _degrees(n: int, p: dict, model: Model) -> tuple[int, int, int, int]:
             raise ValueError(f"dp*cp = {(dp or 1) * cp} exceeds the {n} ranks")
         tp = max(t for t in (1, 2, 4, 8) if heads % t == 0 and mp % t == 0)
         pp = mp // tp
+    elif tp is None and dp is None:
+        mp = max(1, n // (pp * cp))
+        tp = max(t for t in (1, 2, 4, 8) if heads % t == 0 and mp % t == 0)
     elif tp is None:
-        tp = max(1, n // (pp * (dp or 1) * cp))
+        tp = max(1, n // (pp * dp * cp))
     elif pp is None:
-        pp = max(1, n // (tp * (dp or 1) * cp))
+        pp = 1 if dp is None else max(1, n // (tp * dp * cp))
     dp = n // (tp * pp * cp)
     if dp < 1 or tp * pp * cp * dp != n:
         raise ValueError(f"tp*pp*cp = {tp * pp * cp} does not divide the {n} ranks")
@@ -565,9 +570,17 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     # DEFAULT_DECODE_SHARE, the other half prefill)
     default = max(dies, int(cards * DEFAULT_DECODE_SHARE) * dies) if separated else cards * dies
     ranks = int_or(p.get("tp"), None) or default
+    # SGLang's --tp-size counts the instance's ranks and --dp-size splits them (dp <= tp);
+    # a row stating a larger dp gives Megatron-style degrees: tp x dp ranks
+    dp_stated = int_or(p.get("dp"), None)
+    if p.get("tp") is not None and dp_stated and dp_stated > ranks:
+        ranks *= dp_stated
     if ranks > cards * dies:
         raise ValueError(f"decode tp = {ranks} ranks exceeds the {cards * dies} ranks of the row")
     gb = int_or(p.get("global_batch"), None)
+    per_rank = num_in(r"batch (?:size )?(\d[\d,]*) per (?:device|gpu|rank|die|npu)", notes)
+    if gb is None and per_rank:
+        gb = int(per_rank) * (dp_stated or 1)
     dp = int_or(p.get("dp"), None) or (ranks if moe and "attention dp" in notes else 1)
     # attention DP over more ranks than running requests would leave ranks without one
     dp = max(1, min(dp, ranks, gb or ranks))
