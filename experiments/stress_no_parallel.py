@@ -21,8 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from emu.validation import default_measurements, read_rows, validate_rows
-from emu.validation._rows import MODEL_FIELDS
+from emu.validation import MODEL_FIELDS, default_measurements, read_rows, validate_rows
 
 
 def _shapeless(row: dict) -> dict:

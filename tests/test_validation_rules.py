@@ -246,7 +246,10 @@ def test_a_dense_row_naming_a_catalog_model_takes_its_shape_for_what_it_leaves_o
                           ("GPT 1.7B", "gpt_1_7b"), ("MT-NLG 530B", "gpt_530b"),
                           ("GPT 1008.0B", "gpt_1t"), ("gpt-oss-20b", None),
                           ("Llama-2-34B (CodeLlama-34B architecture)", None),
-                          ("DeepSeek-R1-Distill-Llama-70B", None)):  # fmt: skip
+                          ("DeepSeek-R1-Distill-Llama-70B", None),
+                          ("Llama-2-70B (vs a 7B baseline)", "llama2_70b"),
+                          ("Llama-3.2-8B", None), ("GPT 175B", "gpt3_175b"),
+                          ("Megatron-Turing NLG 530B", "gpt_530b")):  # fmt: skip
         assert V.dense_catalog_of({"name": name}) == catalog, name
     # a row that states another shape is not given the catalog's: its null field is an error
     # that says what to give
@@ -264,6 +267,9 @@ def test_a_training_row_without_seq_len_takes_its_notes_or_the_documented_defaul
     assert V.train_seq_len(row(r["id"], model=model, notes="sequence length 8,192"))[0] == 8192
     bare = row(r["id"], model=model, notes="")
     assert V.train_seq_len(bare) == (V.DEFAULT_TRAIN_SEQ, "seq_len not stated: 4096 assumed")
+    for notes, n in (("seq 2048, global batch 512", 2048), ("sequence 1 of 3", 4096),
+                     ("a seq2seq model", 4096), ("seq 4.5k", 4096)):  # fmt: skip
+        assert V.train_seq_len(row(r["id"], model=model, notes=notes))[0] == n, notes
     got = V.validate_rows([r, stated, bare])
     assert all(g["status"] == "ok" for g in got)
     assert got[1]["predicted"] == pytest.approx(got[0]["predicted"])
@@ -540,9 +546,11 @@ def test_collective_rows_from_other_sources_read_what_their_notes_state():
                         ("all_reduce_perf with 32 MB messages", 32e6),
                         ("Message size: 512 MiB, NCCL 2.21", 512 * 2**20),
                         ("4-8 GB messages", math.sqrt(32) * 1e9),
-                        ("at large sizes (>256 MB)", 256e6)):  # fmt: skip
+                        ("at large sizes (>256 MB)", 256e6),
+                        ("8x A100-80GB, 1 GB messages", 1e9),  # a GPU name is not a size
+                        ("NCCL_BUFFSIZE 8 MB buffers; 1 GB messages", 1e9)):  # fmt: skip
         assert V.message_size({**base, "notes": notes}) == (size, None), notes
-    none = {**base, "notes": "8x H100, 80 GB HBM3, 400 Gb/s NICs"}
+    none = {**base, "notes": "8x H100-80GB, 80 GB HBM3, 400 Gb/s NICs, 100 Gb messages"}
     assert V.message_size(none) == (
         V.DEFAULT_MESSAGE_BYTES,
         "message size not stated: 4 GB assumed (the busbw plateau)",
@@ -566,9 +574,17 @@ def test_collective_rows_from_other_sources_read_what_their_notes_state():
     assert bare["assumed"] == [
         "tokens per rank not stated: 128 (low-latency kernels) assumed",
         "hidden size not stated: 7168 (DeepSeek-V3) assumed",
+        "top-k not stated: 8 (DeepSeek-V3) assumed",
     ]
     res = V.validate_rows([{**ll, "notes": "low-latency kernel"}])[0]
     assert res["status"] == "ok" and res["approximates"] == bare["assumed"]
+    # numbers that are not hidden sizes or top-k (layers, node-limited routing) are not read
+    odd = V.moe_comm_setup({**ll, "notes": "61 hidden layers, top-4 nodes, topk=6"}, h800)
+    assert (odd["token_bytes"], odd["top_k"]) == (s0["token_bytes"], 6)
+    # the top-k reaches the prediction: fewer copies per token, a faster kernel
+    t4, t8 = V.validate_rows([{**ll, "notes": f"low-latency, top-{k} experts"} for k in (4, 8)])
+    assert t4["predicted"] < t8["predicted"]
+    assert t8["predicted"] == pytest.approx(V.validate_rows([ll])[0]["predicted"])
 
 
 def test_rows_stating_some_degrees_take_the_usual_defaults_for_the_others():
@@ -589,6 +605,12 @@ def test_rows_stating_some_degrees_take_the_usual_defaults_for_the_others():
     s = V.serving_row(row(r["id"], parallel={**r["parallel"], "microbatch": None}), V.row_model(r))
     d = s.decode
     assert (float(d.tp), float(d.dp), float(d.ep), float(d.microbatch)) == (1, 72, 72, 256)
+    # with attention DP over every rank and no dp field, the per-device batch is per DP rank
+    bare = {**r["parallel"], "microbatch": None, "tp": None, "dp": None, "ep": None}
+    d = V.serving_row(
+        row(r["id"], parallel=bare, notes=r["notes"] + " Attention DP."), V.row_model(r)
+    ).decode
+    assert (float(d.dp), float(d.microbatch)) == (72, 256)
     # SGLang's own convention is kept: --tp-size 32 --dp-size 32 is 32 ranks
     a3 = ROWS["sglang_a3_dsr1_pdsep_32c_3p5k_1p5k_50ms"]
     d = V.serving_row(a3, V.row_model(a3), dies=2).decode

@@ -35,6 +35,9 @@ DEFAULT_MESSAGE_BYTES = 4e9
 #: DeepEP-Ascend, TRT-LLM, xDeepServe notes): hidden 7,168, top-8
 MOE_HIDDEN = 7168
 MOE_TOP_K = 8
+#: a hidden size read from a row's notes outside this range is not one (layer counts,
+#: microseconds): the DeepSeek profile is assumed instead
+HIDDEN_RANGE = (256, 65536)
 #: tokens per rank when the row gives none: DeepEP normal kernels 4,096 (the pre-training
 #: setting), low-latency kernels 128 (the decode setting) (DeepEP README; DeepEP-Ascend notes)
 NORMAL_TOKENS = 4096
@@ -56,16 +59,19 @@ TOKEN_BYTES = {
 #: byte units of a message size in a row's notes (decimal and binary spellings)
 _SIZE_UNITS = {"B": 1.0, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2.0**10, "MIB": 2.0**20,
                "GIB": 2.0**30}  # fmt: skip
-_SIZE = r"(\d+(?:\.\d+)?)\s*(KiB|MiB|GiB|KB|MB|GB)(?![\w/])"
+# a number not glued to a word ("A100-80GB" is a GPU) and a byte unit ("Gb" is gigabits,
+# "GB/s" a rate)
+_NUM_UNIT = r"(\d+(?:\.\d+)?)\s*((?i:[kmg])i?B)(?![\w/])"
+_SIZE = r"(?<![\w.\-])" + _NUM_UNIT
 
 
 def message_size(row: dict) -> tuple[float, str | None]:
     """The all-reduce buffer of a row in bytes and, when the row does not state it, the phrase
     saying what was assumed: the byte count closing its id ("..._allreduce_1048576"), a
     size label closing it ("..._ring_67M": the repo's labels for powers of two, Azure
-    issue #8, so 2^26), a byte count in the notes ("at size 1048576 B"), a range there
-    ("4-8 GB messages" -> the geometric mean), ">256 MB", or one size named as the message
-    or buffer ("32 MB messages", "message size 512 MiB"); else DEFAULT_MESSAGE_BYTES."""
+    issue #8, so 2^26), a byte count in the notes ("at size 1048576 B"), one size named as
+    the message ("32 MB messages", "message size 512 MiB"; then as the buffer), a range
+    ("4-8 GB messages" -> the geometric mean) or ">256 MB"; else DEFAULT_MESSAGE_BYTES."""
     rid = str(row["id"])
     m = re.search(r"allreduce_(\d{4,})$", rid)
     if m:
@@ -79,15 +85,16 @@ def message_size(row: dict) -> tuple[float, str | None]:
     m = re.search(r"\bat (?:size )?(\d{3,}) ?B\b", notes)
     if m:
         return float(m.group(1)), None
-    m = re.search(r"(\d+(?:\.\d+)?)\s*-\s*" + _SIZE, notes)
+    for word in ("messages?", "buffers?"):
+        m = re.search(_SIZE + rf"\s*(?i:{word})\b", notes) or re.search(
+            rf"\b(?i:{word[:-2]})(?i: size)?s?\s*(?:of|=|:)?\s*" + _SIZE, notes
+        )
+        if m:
+            return float(m.group(1)) * unit(m.group(2)), None
+    m = re.search(r"(?<![\w.\-])(\d+(?:\.\d+)?)\s*-\s*" + _NUM_UNIT, notes)
     if m:
         return math.sqrt(float(m.group(1)) * float(m.group(2))) * unit(m.group(3)), None
-    m = re.search(r">\s*" + _SIZE, notes)
-    if m:
-        return float(m.group(1)) * unit(m.group(2)), None
-    m = re.search(_SIZE + r"\s*(?:messages?|buffers?)\b", notes, re.I) or re.search(
-        r"\b(?:message|buffer)(?: size)?s?\s*(?:of|=|:)?\s*" + _SIZE, notes, re.I
-    )
+    m = re.search(r">\s*" + _NUM_UNIT, notes)
     if m:
         return float(m.group(1)) * unit(m.group(2)), None
     return DEFAULT_MESSAGE_BYTES, (
@@ -150,15 +157,23 @@ def moe_comm_setup(row: dict, system) -> dict:
     m = re.search(r"tokens per die per dispatch are ~(\d+)", text)
     if m:
         tokens = int(m.group(1))
-    hid = re.search(r"hidden(?: size| dim(?:ension)?)?\s*[=:]?\s*(\d[\d,]*\d)", text) or re.search(
-        r"(\d[\d,]*\d) hidden(?: size| dim(?:ension)?)?\b", text
+    number = r"(\d{1,3}(?:,\d{3})+|\d{3,})(?!\d|,\d{3}(?!\d))"
+    hid = re.search(r"hidden(?: size| dim(?:ension)?)?\s*[=:]?\s*" + number, text) or re.search(
+        number + r" hidden (?:size|dim)", text
     )
-    hidden = int(hid.group(1).replace(",", "")) if hid else MOE_HIDDEN
-    if not hid:
-        assumed.append(f"hidden size not stated: {MOE_HIDDEN} (DeepSeek-V3) assumed")
-    k = re.search(r"\btop[\-\s]?(\d+)\b(?!\s*groups?)", text)
-    top_k = int(k.group(1)) if k and int(k.group(1)) > 0 else MOE_TOP_K
+    hidden = int(hid.group(1).replace(",", "")) if hid else 0
     table = re.search(r"\| (?:mxfp8|nvfp4) \| (\d+)", text)
+    if not HIDDEN_RANGE[0] <= hidden <= HIDDEN_RANGE[1]:
+        hidden = MOE_HIDDEN
+        if not (table and not combine):  # a table's bytes per token need no hidden size
+            assumed.append(f"hidden size not stated: {MOE_HIDDEN} (DeepSeek-V3) assumed")
+    # "top-8 experts", "topk=6"; not DeepSeek's "top-4 groups" or node-limited "top-4 nodes"
+    k = re.search(
+        r"\btop[\-_\s]?k?\s*[=:]?\s*(\d+)\b(?!\s*(?:groups?|nodes?|devices?|ranks?|%))", text
+    )
+    top_k = int(k.group(1)) if k and int(k.group(1)) > 0 else MOE_TOP_K
+    if not (k and int(k.group(1)) > 0):
+        assumed.append(f"top-k not stated: {MOE_TOP_K} (DeepSeek-V3) assumed")
     prec = "bf16" if combine else (row_precision(row.get("precision")) or "bf16")
     token_bytes = float(table.group(1)) if table and not combine else TOKEN_BYTES.get(prec)
     if token_bytes is None:

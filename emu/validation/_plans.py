@@ -573,15 +573,23 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     # SGLang's --tp-size counts the instance's ranks and --dp-size splits them (dp <= tp);
     # a row stating a larger dp gives Megatron-style degrees: tp x dp ranks
     dp_stated = int_or(p.get("dp"), None)
-    if p.get("tp") is not None and dp_stated and dp_stated > ranks:
+    if int_or(p.get("tp"), None) and dp_stated and dp_stated > ranks:
         ranks *= dp_stated
+        if ranks > cards * dies:
+            raise ValueError(
+                f"decode tp x dp = {ranks} ranks exceeds the {cards * dies} ranks of the row"
+            )
     if ranks > cards * dies:
         raise ValueError(f"decode tp = {ranks} ranks exceeds the {cards * dies} ranks of the row")
     gb = int_or(p.get("global_batch"), None)
-    per_rank = num_in(r"batch (?:size )?(\d[\d,]*) per (?:device|gpu|rank|die|npu)", notes)
-    if gb is None and per_rank:
-        gb = int(per_rank) * (dp_stated or 1)
-    dp = int_or(p.get("dp"), None) or (ranks if moe and "attention dp" in notes else 1)
+    dp = dp_stated or (ranks if moe and "attention dp" in notes else 1)
+    per_rank = num_in(
+        r"batch (?:size )?(?:of )?(\d[\d,]*) (?:sequences |requests )?"
+        r"per (?:device|gpu|rank|die|npu)",
+        notes,
+    )
+    if gb is None and per_rank:  # per attention-DP rank
+        gb = int(per_rank) * min(dp, ranks)
     # attention DP over more ranks than running requests would leave ranks without one
     dp = max(1, min(dp, ranks, gb or ranks))
     while ranks % dp:

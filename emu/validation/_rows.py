@@ -113,10 +113,10 @@ DENSE_CATALOG = (
     (r"llama[\s\-_]*2\b.*?(?<![\d.])7b\b", "llama2_7b"),
     (r"llama[\s\-_]*2\b.*?(?<![\d.])13b\b", "llama2_13b"),
     (r"llama[\s\-_]*2\b.*?(?<![\d.])70b\b", "llama2_70b"),
-    (r"llama[\s\-_]*3(?:\.1|/3\.1)?\b.*?(?<![\d.])8b\b", "llama3_8b"),
-    (r"llama[\s\-_]*3(?:\.[13]|/3\.1)?\b.*?(?<![\d.])70b\b", "llama3_70b"),
-    (r"llama[\s\-_]*3(?:\.1)?\b.*?(?<![\d.])405b\b", "llama3_405b"),
-    (r"gpt[\s\-_]*3\b.*?(?<![\d.])17(?:5|4\.6)b\b", "gpt3_175b"),
+    (r"llama[\s\-_]*3(?:\.1|/3\.1)?(?![.\d]).*?(?<![\d.])8b\b", "llama3_8b"),
+    (r"llama[\s\-_]*3(?:\.[13]|/3\.1)?(?![.\d]).*?(?<![\d.])70b\b", "llama3_70b"),
+    (r"llama[\s\-_]*3(?:\.1)?(?![.\d]).*?(?<![\d.])405b\b", "llama3_405b"),
+    (r"gpt[\s\-_]*3\b.*?(?<![\d.])17(?:5|4\.6)b\b|^gpt[\s\-_]*17(?:5|4\.6)b\b", "gpt3_175b"),
     # Megatron's GPT sizes (Narayanan et al. SC21 Table 1, Korthikanti et al. Tables 4-5)
     (r"\bgpt[\s\-_]*1\.7b\b", "gpt_1_7b"),
     (r"\bgpt[\s\-_]*3\.6b\b", "gpt_3_6b"),
@@ -127,7 +127,7 @@ DENSE_CATALOG = (
     (r"\bgpt[\s\-_]*76(?:\.1)?b\b", "gpt_76b"),
     (r"\bgpt[\s\-_]*(?:145\.6|146)b\b", "gpt_146b"),
     (r"\bgpt[\s\-_]*310(?:\.1)?b\b", "gpt_310b"),
-    (r"\bgpt[\s\-_]*(?:529\.6|530)b\b|\bmt[\s\-_]*nlg\b", "gpt_530b"),
+    (r"\bgpt[\s\-_]*(?:529\.6|530)b\b|\bmt[\s\-_]*nlg\b|megatron[\s\-_]*turing", "gpt_530b"),
     (r"\bgpt[\s\-_]*(?:1t|1008(?:\.0)?b)\b", "gpt_1t"),
     (r"qwen[\s\-_]*3\b.*?(?<![\d.])32b\b", "qwen3_32b"),
     (r"gemma[\s\-_]*2\b.*?(?<![\d.])27b\b", "gemma2_27b"),
@@ -138,6 +138,7 @@ MODEL_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab")
 #: 4,096 tokens, the median of the shipped set's 160 training rows (2,048 the most common,
 #: 51 rows, 4,096 48); said in the row's result (`approximations`)
 DEFAULT_TRAIN_SEQ = 4096
+MIN_TRAIN_SEQ = 128
 #: published head widths of model families whose head width is not d_model / n_heads: a
 #: model built from a row's fields (the row schema has no head width) takes the width of
 #: the first pattern its lower-case name matches. Sources: each model's Hugging Face
@@ -501,19 +502,23 @@ def train_seq_len(row: dict) -> tuple[int | None, str | None]:
     if raw is not None:
         return int_or(raw, None), None
     hit = re.search(
-        r"\bseq(?:uence)?[\s_\-]*(?:len(?:gth)?)?\s*[=:]?\s*(\d[\d,]*)\s*(k\b)?",
+        r"\bseq(?:uence)?(?:[\s_\-]*len(?:gth)?)?\b\s*(?:of\s+)?[=:]?\s*"
+        r"(\d{1,3}(?:,\d{3})+|\d+)(?!\d|[.,]\d)\s*(k\b)?",
         str(row.get("notes") or "").lower(),
     )
     if hit:
         n = int(hit.group(1).replace(",", "")) * (1024 if hit.group(2) else 1)
-        if n > 0:
+        if n >= MIN_TRAIN_SEQ:  # a smaller number is not a training length ("sequence 1 of 3")
             return n, f"seq_len not stated in the model: {n} from the notes"
     return DEFAULT_TRAIN_SEQ, f"seq_len not stated: {DEFAULT_TRAIN_SEQ} assumed"
 
 
 def dense_catalog_of(m: dict) -> str | None:
-    """The DENSE_CATALOG model a dense row's model names, if any."""
+    """The DENSE_CATALOG model a dense row's model names, if any: the patterns read the name
+    up to its first size ("Llama-2-70B (vs a 7B baseline)" is a 70B)."""
     label = str(m.get("name", "")).lower()
+    size = re.search(r"(?<![\w.])\d+(?:\.\d+)?[bt]\b", label)
+    label = label[: size.end()] if size else label
     return next((v for pattern, v in DENSE_CATALOG if re.search(pattern, label)), None)
 
 
