@@ -617,6 +617,22 @@ def test_rows_stating_some_degrees_take_the_usual_defaults_for_the_others():
     assert float(d.tp) * float(d.dp) == 32
 
 
+def test_per_node_throughput_counts_the_nodes_chips():
+    # an NVL72 node (compute tray) is 4 GPUs, a DGX node 8; the unit or notes may say
+    r = ROWS["azure_gb200_trtllm_llama_3p1_8b_tp1_128_128"]
+    node = dict(metric="output_tokens_per_s_per_node", unit="tokens/s/node")
+    per_gpu, tray, stated, unit = V.validate_rows([
+        r, row(r["id"], **node), row(r["id"], **node, notes=r["notes"] + " 8 GPUs per node"),
+        row(r["id"], **{**node, "unit": "tokens/s per 2-GPU node"}),
+    ])  # fmt: skip
+    assert tray["predicted"] == pytest.approx(4 * per_gpu["predicted"])
+    assert stated["predicted"] == pytest.approx(8 * per_gpu["predicted"])
+    assert unit["predicted"] == pytest.approx(2 * per_gpu["predicted"])
+    ds = ROWS["ds_infer_decode"]  # "tokens/s per 8-GPU node" on H800
+    assert V.chips_per_unit(ds, load_system("hgx_h800")) == 8
+    assert V.chips_per_unit(row(ds["id"], unit="tokens/s/node", notes=""), None) == 8
+
+
 def test_interval_groups_of_collective_rows_name_the_outermost_link():
     gb, h800 = load_system("gb200_nvl72"), load_system("hgx_h800")
     assert V.collective_link(gb, 4) == "nvlink5"

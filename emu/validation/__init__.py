@@ -59,6 +59,8 @@ _NAMES = {
     "Item": "emu.validation._predict",
     "item_group": "emu.validation._predict",
     "mfu_peak": "emu.validation._predict",
+    "chips_per_unit": "emu.validation._predict",
+    "NODE_CHIPS": "emu.validation._predict",
     "predict_items": "emu.validation._predict",
     "predict_metric": "emu.validation._predict",
     "prepare_rows": "emu.validation._predict",
@@ -133,7 +135,9 @@ if TYPE_CHECKING:  # the same names for type checkers and the docs (griffe)
     )
     from emu.validation._predict import (
         MFU_PEAK_FLOPS,
+        NODE_CHIPS,
         Item,
+        chips_per_unit,
         item_group,
         mfu_peak,
         predict_items,
@@ -223,6 +227,8 @@ __all__ = [
     "predict_metric",
     "serving_rate",
     "mfu_peak",
+    "chips_per_unit",
+    "NODE_CHIPS",
     "predict_allreduce_busbw",
     "message_size",
     "predict_moe_comm",

@@ -8,6 +8,7 @@ and evaluated in one vmapped call; collective rows use emu's collective models
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import defaultdict
 
 import jax
@@ -67,6 +68,28 @@ METRICS_INFERENCE = {
     "output_tokens_per_s_per_gpu": ("decode", 1.0),
     "output_tokens_per_s_per_npu": ("decode", 1.0),
 }
+#: chips in one node of a system whose node is not 8 chips ("per node" metrics): a GB200 or
+#: GB300 NVL72 compute tray holds 4 GPUs (18 trays per rack: configs/systems/gb200_nvl72.toml
+#: header, facts §8); DGX/HGX, Atlas and CloudMatrix nodes hold 8 GPUs or NPUs
+NODE_CHIPS = {"gb200_nvl72": 4, "gb300_nvl72": 4}
+
+
+def chips_per_unit(row: dict, system: System | None) -> float:
+    """Chips per unit of an inference metric: a node's chips for "..._per_node" (what the
+    row's unit or notes say, "tokens/s per 4-GPU node", "8 GPUs per node"; else NODE_CHIPS
+    or 8), else 1."""
+    per = METRICS_INFERENCE[row["metric"]][1]
+    if per == 1.0:
+        return per
+    text = f"{row.get('unit') or ''} {row.get('notes') or ''}".lower()
+    m = re.search(r"(\d+)-(?:gpu|npu) node", text) or re.search(
+        r"(\d+)\s*(?:gpus|npus|cards|chips|accelerators) per (?:node|server|tray)", text
+    )
+    if m and int(m.group(1)) > 0:
+        return float(m.group(1))
+    return float(NODE_CHIPS.get(getattr(system, "name", None), per))
+
+
 #: the peak FLOP/s a source's MFU is normalised by, when the source states one (a published
 #: convention of the source, not a fitted factor): MindSpeed-LLM's MFU uses 313 TF per 910B
 #: (facts §26: 153 tok/s x 1.076 TF/token = 165 TF = 52.6% of 313). Keyed by a substring of
@@ -340,8 +363,7 @@ def predict_items(items: list[Item], systems: dict | None = None, *, run=None):
             r = jax.tree_util.tree_map(lambda x, j=j: x[j], out)
             if it.serving is not None:
                 rate, ok = r
-                unit = METRICS_INFERENCE[it.row["metric"]][1]
-                preds[i] = rate / it.serving.cards * unit
+                preds[i] = rate / it.serving.cards * chips_per_unit(it.row, it.system)
                 feas[i] = ok
                 continue
             preds[i] = predict_metric(it.row["metric"], r, it.row, it.model, it.plan, it.system)
@@ -401,5 +423,5 @@ def predict_metric(metric: str, r, row: dict, model, plan, system: System | None
     if metric == "gpu_hours_per_trillion_tokens":
         return n * 1e12 / (tokens / t) / 3600.0
     if metric in METRICS_INFERENCE:
-        return r.tokens_per_s_per_chip * METRICS_INFERENCE[metric][1]
+        return r.tokens_per_s_per_chip * chips_per_unit(row, system)
     raise NotImplementedError(f"metric '{metric}' is not modelled yet")
