@@ -268,7 +268,9 @@ def test_a_training_row_without_seq_len_takes_its_notes_or_the_documented_defaul
     bare = row(r["id"], model=model, notes="")
     assert V.train_seq_len(bare) == (V.DEFAULT_TRAIN_SEQ, "seq_len not stated: 4096 assumed")
     for notes, n in (("seq 2048, global batch 512", 2048), ("sequence 1 of 3", 4096),
-                     ("a seq2seq model", 4096), ("seq 4.5k", 4096)):  # fmt: skip
+                     ("a seq2seq model", 4096), ("seq 4.5k", 4608),
+                     ("sequence 1 of 3; seq len 2048", 2048), ("seq 2048,16 nodes", 4096),
+                     ("SP=2 (seq 2), seq_len 8192", 8192)):  # fmt: skip
         assert V.train_seq_len(row(r["id"], model=model, notes=notes))[0] == n, notes
     got = V.validate_rows([r, stated, bare])
     assert all(g["status"] == "ok" for g in got)
@@ -548,7 +550,9 @@ def test_collective_rows_from_other_sources_read_what_their_notes_state():
                         ("4-8 GB messages", math.sqrt(32) * 1e9),
                         ("at large sizes (>256 MB)", 256e6),
                         ("8x A100-80GB, 1 GB messages", 1e9),  # a GPU name is not a size
-                        ("NCCL_BUFFSIZE 8 MB buffers; 1 GB messages", 1e9)):  # fmt: skip
+                        ("NCCL_BUFFSIZE 8 MB buffers; 1 GB messages", 1e9),
+                        ("4 - 8 GB messages", math.sqrt(32) * 1e9),  # a range, not 8 GB
+                        ("1,024 MB messages", 1.024e9)):  # fmt: skip
         assert V.message_size({**base, "notes": notes}) == (size, None), notes
     none = {**base, "notes": "8x H100-80GB, 80 GB HBM3, 400 Gb/s NICs, 100 Gb messages"}
     assert V.message_size(none) == (
@@ -581,6 +585,11 @@ def test_collective_rows_from_other_sources_read_what_their_notes_state():
     # numbers that are not hidden sizes or top-k (layers, node-limited routing) are not read
     odd = V.moe_comm_setup({**ll, "notes": "61 hidden layers, top-4 nodes, topk=6"}, h800)
     assert (odd["token_bytes"], odd["top_k"]) == (s0["token_bytes"], 6)
+    assert "hidden size not stated: 7168 (DeepSeek-V3) assumed" in odd["assumed"]
+    for notes in ("hidden_size=4096, top-4 expert groups, top-6 experts",
+                  "hidden dim of 4096; top-2 servers; top_k: 6"):  # fmt: skip
+        spelled = V.moe_comm_setup({**ll, "notes": notes, "precision": "bf16"}, h800)
+        assert (spelled["token_bytes"], spelled["top_k"]) == (2 * 4096, 6), notes
     # the top-k reaches the prediction: fewer copies per token, a faster kernel
     t4, t8 = V.validate_rows([{**ll, "notes": f"low-latency, top-{k} experts"} for k in (4, 8)])
     assert t4["predicted"] < t8["predicted"]
@@ -618,19 +627,26 @@ def test_rows_stating_some_degrees_take_the_usual_defaults_for_the_others():
 
 
 def test_per_node_throughput_counts_the_nodes_chips():
-    # an NVL72 node (compute tray) is 4 GPUs, a DGX node 8; the unit or notes may say
+    # the schema's node is 8 chips; a row's unit, then its notes, may say another count
     r = ROWS["azure_gb200_trtllm_llama_3p1_8b_tp1_128_128"]
     node = dict(metric="output_tokens_per_s_per_node", unit="tokens/s/node")
-    per_gpu, tray, stated, unit = V.validate_rows([
-        r, row(r["id"], **node), row(r["id"], **node, notes=r["notes"] + " 8 GPUs per node"),
+    per_gpu, plain, noted, unit = V.validate_rows([
+        r, row(r["id"], **node), row(r["id"], **node, notes=r["notes"] + " 4 GPUs per node"),
         row(r["id"], **{**node, "unit": "tokens/s per 2-GPU node"}),
     ])  # fmt: skip
-    assert tray["predicted"] == pytest.approx(4 * per_gpu["predicted"])
-    assert stated["predicted"] == pytest.approx(8 * per_gpu["predicted"])
+    assert plain["predicted"] == pytest.approx(8 * per_gpu["predicted"])
+    assert noted["predicted"] == pytest.approx(4 * per_gpu["predicted"])
     assert unit["predicted"] == pytest.approx(2 * per_gpu["predicted"])
-    ds = ROWS["ds_infer_decode"]  # "tokens/s per 8-GPU node" on H800
-    assert V.chips_per_unit(ds, load_system("hgx_h800")) == 8
-    assert V.chips_per_unit(row(ds["id"], unit="tokens/s/node", notes=""), None) == 8
+
+    def chips(unit, notes):
+        return V.chips_per_unit(dict(metric=node["metric"], unit=unit, notes=notes))
+
+    assert chips("tokens/s per 4-GPU node", "8 GPUs per node") == 4  # the unit first
+    assert chips("tokens/s/node", "8x GB200, 4 GPUs/node") == 4
+    # a model number is not a count; nor is a rack
+    assert chips("tokens/s/node", "B200 GPUs/node, H800 GPUs per node") == 8
+    assert chips("tokens/s/node", "72 GPUs per rack") == 8
+    assert V.chips_per_unit(ROWS["ds_infer_decode"]) == 8  # "tokens/s per 8-GPU node"
 
 
 def test_interval_groups_of_collective_rows_name_the_outermost_link():

@@ -60,7 +60,6 @@ _NAMES = {
     "item_group": "emu.validation._predict",
     "mfu_peak": "emu.validation._predict",
     "chips_per_unit": "emu.validation._predict",
-    "NODE_CHIPS": "emu.validation._predict",
     "predict_items": "emu.validation._predict",
     "predict_metric": "emu.validation._predict",
     "prepare_rows": "emu.validation._predict",
@@ -135,7 +134,6 @@ if TYPE_CHECKING:  # the same names for type checkers and the docs (griffe)
     )
     from emu.validation._predict import (
         MFU_PEAK_FLOPS,
-        NODE_CHIPS,
         Item,
         chips_per_unit,
         item_group,
@@ -228,7 +226,6 @@ __all__ = [
     "serving_rate",
     "mfu_peak",
     "chips_per_unit",
-    "NODE_CHIPS",
     "predict_allreduce_busbw",
     "message_size",
     "predict_moe_comm",

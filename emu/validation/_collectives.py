@@ -61,8 +61,10 @@ _SIZE_UNITS = {"B": 1.0, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2.0**10, "MIB":
                "GIB": 2.0**30}  # fmt: skip
 # a number not glued to a word ("A100-80GB" is a GPU) and a byte unit ("Gb" is gigabits,
 # "GB/s" a rate)
-_NUM_UNIT = r"(\d+(?:\.\d+)?)\s*((?i:[kmg])i?B)(?![\w/])"
-_SIZE = r"(?<![\w.\-])" + _NUM_UNIT
+_NUM_UNIT = r"(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)\s*((?i:[kmg])i?B)(?![\w/])"
+# not the end of a range ("4 - 8 GB", "4 to 8 GB") or of a number with thousands separators
+_SIZE = r"(?<![\w.,\-\u2013])(?<!\d - )(?<!\d \u2013 )(?<!\d to )" + _NUM_UNIT
+_RANGE = r"(?<![\w.,\-])(\d+(?:\.\d+)?)\s*(?:-|\u2013|to)\s*" + _NUM_UNIT
 
 
 def message_size(row: dict) -> tuple[float, str | None]:
@@ -82,6 +84,7 @@ def message_size(row: dict) -> tuple[float, str | None]:
         return float(2 ** round(math.log2(v))), None
     notes = str(row.get("notes", ""))
     unit = lambda u: _SIZE_UNITS[u.upper()]  # noqa: E731
+    num = lambda x: float(x.replace(",", ""))  # noqa: E731
     m = re.search(r"\bat (?:size )?(\d{3,}) ?B\b", notes)
     if m:
         return float(m.group(1)), None
@@ -90,13 +93,13 @@ def message_size(row: dict) -> tuple[float, str | None]:
             rf"\b(?i:{word[:-2]})(?i: size)?s?\s*(?:of|=|:)?\s*" + _SIZE, notes
         )
         if m:
-            return float(m.group(1)) * unit(m.group(2)), None
-    m = re.search(r"(?<![\w.\-])(\d+(?:\.\d+)?)\s*-\s*" + _NUM_UNIT, notes)
+            return num(m.group(1)) * unit(m.group(2)), None
+    m = re.search(_RANGE, notes)
     if m:
-        return math.sqrt(float(m.group(1)) * float(m.group(2))) * unit(m.group(3)), None
+        return math.sqrt(num(m.group(1)) * num(m.group(2))) * unit(m.group(3)), None
     m = re.search(r">\s*" + _NUM_UNIT, notes)
     if m:
-        return float(m.group(1)) * unit(m.group(2)), None
+        return num(m.group(1)) * unit(m.group(2)), None
     return DEFAULT_MESSAGE_BYTES, (
         f"message size not stated: {DEFAULT_MESSAGE_BYTES / 1e9:g} GB assumed (the busbw plateau)"
     )
@@ -158,9 +161,9 @@ def moe_comm_setup(row: dict, system) -> dict:
     if m:
         tokens = int(m.group(1))
     number = r"(\d{1,3}(?:,\d{3})+|\d{3,})(?!\d|,\d{3}(?!\d))"
-    hid = re.search(r"hidden(?: size| dim(?:ension)?)?\s*[=:]?\s*" + number, text) or re.search(
-        number + r" hidden (?:size|dim)", text
-    )
+    hid = re.search(
+        r"hidden(?:[\s_\-](?:size|dim(?:ension)?))?\s*(?:of\s+)?[=:]?\s*" + number, text
+    ) or re.search(number + r" hidden[\s_\-](?:size|dim)", text)
     hidden = int(hid.group(1).replace(",", "")) if hid else 0
     table = re.search(r"\| (?:mxfp8|nvfp4) \| (\d+)", text)
     if not HIDDEN_RANGE[0] <= hidden <= HIDDEN_RANGE[1]:
@@ -169,7 +172,9 @@ def moe_comm_setup(row: dict, system) -> dict:
             assumed.append(f"hidden size not stated: {MOE_HIDDEN} (DeepSeek-V3) assumed")
     # "top-8 experts", "topk=6"; not DeepSeek's "top-4 groups" or node-limited "top-4 nodes"
     k = re.search(
-        r"\btop[\-_\s]?k?\s*[=:]?\s*(\d+)\b(?!\s*(?:groups?|nodes?|devices?|ranks?|%))", text
+        r"\btop[\-_\s]?k?\s*[=:]?\s*(\d+)\b(?!\s*(?:\w+\s+)?(?:groups?|nodes?|devices?|ranks?"
+        r"|domains?|servers?|machines?|racks?)\b|\s*%)",
+        text,
     )
     top_k = int(k.group(1)) if k and int(k.group(1)) > 0 else MOE_TOP_K
     if not (k and int(k.group(1)) > 0):

@@ -588,8 +588,7 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
         r"per (?:device|gpu|rank|die|npu)",
         notes,
     )
-    if gb is None and per_rank:  # per attention-DP rank
-        gb = int(per_rank) * min(dp, ranks)
+    per_rank = int(per_rank) if gb is None and per_rank else None  # per attention-DP rank
     # attention DP over more ranks than running requests would leave ranks without one
     dp = max(1, min(dp, ranks, gb or ranks))
     while ranks % dp:
@@ -605,6 +604,8 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     while dp < ranks and splits_badly(dp):
         dp += 1
     att_tp = max(1, ranks // dp)
+    if per_rank:  # the stated batch on each DP rank settled above
+        gb = per_rank * dp
     ep = (int_or(p.get("ep"), None) or ranks) if moe else 1
     imbalance = DEFAULT_MOE_IMBALANCE if moe else 1.0
     common = dict(

@@ -68,26 +68,27 @@ METRICS_INFERENCE = {
     "output_tokens_per_s_per_gpu": ("decode", 1.0),
     "output_tokens_per_s_per_npu": ("decode", 1.0),
 }
-#: chips in one node of a system whose node is not 8 chips ("per node" metrics): a GB200 or
-#: GB300 NVL72 compute tray holds 4 GPUs (18 trays per rack: configs/systems/gb200_nvl72.toml
-#: header, facts §8); DGX/HGX, Atlas and CloudMatrix nodes hold 8 GPUs or NPUs
-NODE_CHIPS = {"gb200_nvl72": 4, "gb300_nvl72": 4}
 
 
-def chips_per_unit(row: dict, system: System | None) -> float:
-    """Chips per unit of an inference metric: a node's chips for "..._per_node" (what the
-    row's unit or notes say, "tokens/s per 4-GPU node", "8 GPUs per node"; else NODE_CHIPS
-    or 8), else 1."""
+def chips_per_unit(row: dict, system: System | None = None) -> float:
+    """Chips per unit of an inference metric: for "..._per_node" the 8 chips of the
+    measurement schema's node ("per 8-chip node", emu/data/MEASUREMENTS.md), unless the
+    row's unit, then its notes, say another count ("tokens/s per 4-GPU node", "4 GPUs per
+    node"; a number glued to a word, as in "8 B200 GPUs", is a model name); else 1.
+    `system` is unused (kept for callers that have it)."""
     per = METRICS_INFERENCE[row["metric"]][1]
     if per == 1.0:
         return per
-    text = f"{row.get('unit') or ''} {row.get('notes') or ''}".lower()
-    m = re.search(r"(\d+)-(?:gpu|npu) node", text) or re.search(
-        r"(\d+)\s*(?:gpus|npus|cards|chips|accelerators) per (?:node|server|tray)", text
-    )
-    if m and int(m.group(1)) > 0:
-        return float(m.group(1))
-    return float(NODE_CHIPS.get(getattr(system, "name", None), per))
+    count = r"(?<![\w.\-])(\d+)"
+    for text in (str(row.get("unit") or ""), str(row.get("notes") or "")):
+        text = text.lower()
+        m = re.search(count + r"[\s\-](?:gpu|npu|chip|card)s? node", text) or re.search(
+            count + r"\s*(?:gpus?|npus?|cards?|chips?|accelerators?)\s*(?:per|/)\s*(?:node|server)",
+            text,
+        )
+        if m and 0 < int(m.group(1)) <= 64:
+            return float(m.group(1))
+    return per
 
 
 #: the peak FLOP/s a source's MFU is normalised by, when the source states one (a published
@@ -258,7 +259,8 @@ def item_group(item: Item) -> str:
 def item_notes(item: Item) -> list[str]:
     """What a row's prediction approximates (`_rows.approximations`), for a training row
     that states no degrees the plan rule's plan it was predicted with, and for a collective
-    row what it does not state and emu assumed (message size; tokens per rank, hidden size)."""
+    row what it does not state and emu assumed (message size; tokens per rank, hidden size,
+    top-k)."""
     notes = approximations(item.row)
     if item.kind == "allreduce" and message_size(item.row)[1]:
         notes.append(message_size(item.row)[1])

@@ -361,7 +361,7 @@ def check_row(row: dict) -> None:
         if not isinstance(unit, str) or not re.fullmatch(want, unit_key(unit)):
             raise ValueError(
                 f"unit {unit!r} does not match metric '{row['metric']}' "
-                f"(expected {want.replace(chr(92), '')})"
+                f"(expected {want.replace(chr(92) + 'd+', 'N').replace(chr(92), '')})"
             )
 
 
@@ -501,14 +501,15 @@ def train_seq_len(row: dict) -> tuple[int | None, str | None]:
     raw = (row.get("model") or {}).get("seq_len")
     if raw is not None:
         return int_or(raw, None), None
-    hit = re.search(
+    for hit in re.finditer(
         r"\bseq(?:uence)?(?:[\s_\-]*len(?:gth)?)?\b\s*(?:of\s+)?[=:]?\s*"
-        r"(\d{1,3}(?:,\d{3})+|\d+)(?!\d|[.,]\d)\s*(k\b)?",
+        r"(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)(?!\d|[.,]\d)\s*(k\b)?",
         str(row.get("notes") or "").lower(),
-    )
-    if hit:
-        n = int(hit.group(1).replace(",", "")) * (1024 if hit.group(2) else 1)
-        if n >= MIN_TRAIN_SEQ:  # a smaller number is not a training length ("sequence 1 of 3")
+    ):
+        value = float(hit.group(1).replace(",", "")) * (1024 if hit.group(2) else 1)
+        n = int(value)
+        # a smaller number is not a training length ("sequence 1 of 3"), nor a fraction
+        if n >= MIN_TRAIN_SEQ and n == value:
             return n, f"seq_len not stated in the model: {n} from the notes"
     return DEFAULT_TRAIN_SEQ, f"seq_len not stated: {DEFAULT_TRAIN_SEQ} assumed"
 
