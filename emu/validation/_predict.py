@@ -70,12 +70,11 @@ METRICS_INFERENCE = {
 }
 
 
-def chips_per_unit(row: dict, system: System | None = None) -> float:
+def chips_per_unit(row: dict) -> float:
     """Chips per unit of an inference metric: for "..._per_node" the 8 chips of the
     measurement schema's node ("per 8-chip node", emu/data/MEASUREMENTS.md), unless the
     row's unit, then its notes, say another count ("tokens/s per 4-GPU node", "4 GPUs per
-    node"; a number glued to a word, as in "8 B200 GPUs", is a model name); else 1.
-    `system` is unused (kept for callers that have it)."""
+    node"; a number glued to a word, as in "8 B200 GPUs", is a model name); else 1."""
     per = METRICS_INFERENCE[row["metric"]][1]
     if per == 1.0:
         return per
@@ -365,7 +364,7 @@ def predict_items(items: list[Item], systems: dict | None = None, *, run=None):
             r = jax.tree_util.tree_map(lambda x, j=j: x[j], out)
             if it.serving is not None:
                 rate, ok = r
-                preds[i] = rate / it.serving.cards * chips_per_unit(it.row, it.system)
+                preds[i] = rate / it.serving.cards * chips_per_unit(it.row)
                 feas[i] = ok
                 continue
             preds[i] = predict_metric(it.row["metric"], r, it.row, it.model, it.plan, it.system)
@@ -425,5 +424,5 @@ def predict_metric(metric: str, r, row: dict, model, plan, system: System | None
     if metric == "gpu_hours_per_trillion_tokens":
         return n * 1e12 / (tokens / t) / 3600.0
     if metric in METRICS_INFERENCE:
-        return r.tokens_per_s_per_chip * chips_per_unit(row, system)
+        return r.tokens_per_s_per_chip * chips_per_unit(row)
     raise NotImplementedError(f"metric '{metric}' is not modelled yet")
