@@ -166,9 +166,10 @@ def moe_comm_setup(row: dict, system) -> dict:
     ) or re.search(number + r" hidden[\s_\-](?:size|dim)", text)
     hidden = int(hid.group(1).replace(",", "")) if hid else 0
     table = re.search(r"\| (?:mxfp8|nvfp4) \| (\d+)", text)
+    tabled = bool(table) and not combine  # the row's own bytes per token: no hidden size
     if not HIDDEN_RANGE[0] <= hidden <= HIDDEN_RANGE[1]:
         hidden = MOE_HIDDEN
-        if not (table and not combine):  # a table's bytes per token need no hidden size
+        if not tabled:
             assumed.append(f"hidden size not stated: {MOE_HIDDEN} (DeepSeek-V3) assumed")
     # "top-8 experts", "topk=6"; not DeepSeek's "top-4 groups" or node-limited "top-4 nodes"
     k = re.search(
@@ -176,14 +177,15 @@ def moe_comm_setup(row: dict, system) -> dict:
         r"|domains?|servers?|machines?|racks?)\b|\s*%)",
         text,
     )
-    top_k = int(k.group(1)) if k and int(k.group(1)) > 0 else MOE_TOP_K
-    if not (k and int(k.group(1)) > 0):
+    top_k = int(k.group(1)) if k else 0
+    if top_k <= 0:
+        top_k = MOE_TOP_K
         assumed.append(f"top-k not stated: {MOE_TOP_K} (DeepSeek-V3) assumed")
     prec = "bf16" if combine else (row_precision(row.get("precision")) or "bf16")
-    token_bytes = float(table.group(1)) if table and not combine else TOKEN_BYTES.get(prec)
+    token_bytes = float(table.group(1)) if tabled else TOKEN_BYTES.get(prec)
     if token_bytes is None:
         raise ValueError(f"no bytes per token for a {prec} payload")
-    if not (table and not combine):  # TOKEN_BYTES are per DeepSeek-V3 token: scale to h
+    if not tabled:  # TOKEN_BYTES are per DeepSeek-V3 token: scale to h
         token_bytes *= hidden / MOE_HIDDEN
     if metric.endswith("latency"):
         convention = "latency"
@@ -226,7 +228,7 @@ def predict_moe_comm(row: dict, system, setup: dict | None = None):
     a2a = collectives.moe_all_to_all(
         system,
         jnp.float32(s["tokens"] * s["token_bytes"]),
-        float(s.get("top_k", MOE_TOP_K)),
+        s["top_k"],
         jnp.float32(s["group"]),
         dedup=s["dedup"],
         max_domains=s["max_domains"],

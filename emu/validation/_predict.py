@@ -261,8 +261,9 @@ def item_notes(item: Item) -> list[str]:
     row what it does not state and emu assumed (message size; tokens per rank, hidden size,
     top-k)."""
     notes = approximations(item.row)
-    if item.kind == "allreduce" and message_size(item.row)[1]:
-        notes.append(message_size(item.row)[1])
+    said = message_size(item.row)[1] if item.kind == "allreduce" else None
+    if said:
+        notes.append(said)
     if item.kind == "moe_comm":
         notes.extend(item.setup.get("assumed", []))
     if (

@@ -134,10 +134,11 @@ DENSE_CATALOG = (
 )
 #: the fields a row's model gives (the catalog fills those it leaves null)
 MODEL_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab")
-#: a training row's sequence length when neither its model nor its notes state one (and
+#: a training row's sequence length when neither its model nor its notes state one:
 #: 4,096 tokens, the median of the shipped set's 160 training rows (2,048 the most common,
 #: 51 rows, 4,096 48); said in the row's result (`approximations`)
 DEFAULT_TRAIN_SEQ = 4096
+#: a smaller number after "seq" in the notes is not a training length ("sequence 1 of 3")
 MIN_TRAIN_SEQ = 128
 #: published head widths of model families whose head width is not d_model / n_heads: a
 #: model built from a row's fields (the row schema has no head width) takes the width of
@@ -532,14 +533,19 @@ def _filled(m: dict) -> dict:
         return m
     model = _catalog_load(name)
     try:
-        other = any(
-            m.get(f) is not None and float(m[f]) != float(getattr(model, f)) for f in MODEL_FIELDS
-        )
+        if _disagreeing(m, model, MODEL_FIELDS):
+            return m
     except (TypeError, ValueError):  # a malformed field: the row's own checks say which
         return m
-    if other:
-        return m
     return {**m, **{f: int(float(getattr(model, f))) for f in MODEL_FIELDS if m.get(f) is None}}
+
+
+def _disagreeing(m: dict, model: Model, fields) -> str | None:
+    """The first of `fields` the row's dict `m` states with another value than `model`."""
+    return next(
+        (f for f in fields if m.get(f) is not None and float(m[f]) != float(getattr(model, f))),
+        None,
+    )
 
 
 def _catalog_of(m: dict) -> str | None:
@@ -559,16 +565,14 @@ def _catalog_model(m: dict, name: str) -> Model:
     """The catalog model `name` for a row that names it, after checking it agrees with the
     row (the row schema has no MLA dims or dense-layer count)."""
     model = _catalog_load(name)
-    for field in ("n_layers", "d_model", "n_heads"):
-        if m.get(field) is not None and float(getattr(model, field)) != float(m[field]):
-            raise ValueError(
-                f"catalog model {name} has {field}={float(getattr(model, field)):g}, "
-                f"the row {m[field]}"
-            )
-    moe = m["moe"]
-    for field in ("n_experts", "top_k"):
-        if moe.get(field) is not None and float(getattr(model, field)) != float(moe[field]):
-            raise ValueError(f"catalog model {name} disagrees with the row on {field}")
+    field = _disagreeing(m, model, ("n_layers", "d_model", "n_heads"))
+    if field:
+        raise ValueError(
+            f"catalog model {name} has {field}={float(getattr(model, field)):g}, the row {m[field]}"
+        )
+    field = _disagreeing(m["moe"], model, ("n_experts", "top_k"))
+    if field:
+        raise ValueError(f"catalog model {name} disagrees with the row on {field}")
     return replace(model, name="row")
 
 
