@@ -351,6 +351,8 @@ _MODEL_OPTIONAL = {
     "v_head_dim": 0,
     "mtp_layers": 0,
     "route_max_nodes": 0,
+    "attention_window": 0,
+    "window_layers": 0,
 }
 
 
@@ -392,7 +394,8 @@ def model_from_hf(config: dict, name: str, where: str | None = None) -> Model:
     dense GQA/MHA models (Llama, Mistral, Qwen, GPT-2 names), MoE fields (DeepSeek
     `n_routed_experts`/`first_k_dense_replace`, Mixtral `num_local_experts`, Qwen
     `num_experts`/`shared_expert_intermediate_size`) and MLA fields (`kv_lora_rank`,
-    `q_lora_rank`, `qk_rope_head_dim`, `qk_nope_head_dim`, `v_head_dim`); a multimodal
+    `q_lora_rank`, `qk_rope_head_dim`, `qk_nope_head_dim`, `v_head_dim`), sliding-window
+    attention (`sliding_window` and its layers, `_hf_window`); a multimodal
     config's `text_config` is used. The FFN is gated (three matrices) unless the
     `model_type` is a GPT-2/NeoX-style MLP."""
     where = where or f"model '{name}'"
@@ -449,7 +452,30 @@ def model_from_hf(config: dict, name: str, where: str | None = None) -> Model:
         )
     if data["vocab"] is None:
         raise ValueError(f"{where}: config.json has no vocab_size.")
+    data.update(_hf_window(cfg, layers))
     return model_from_dict(data, where)
+
+
+def _hf_window(cfg: dict, layers) -> dict:
+    """attention_window and window_layers of a config.json: `sliding_window` unless
+    `use_sliding_window` is false (Qwen2/3), on the layers `layer_types` names
+    "sliding_attention", else all but every `sliding_window_pattern`-th (Gemma 3), else
+    every other layer (Gemma 2), else every layer (Mistral 7B v0.1)."""
+    window = cfg.get("sliding_window")
+    number = isinstance(window, int | float) and not isinstance(window, bool)
+    if not number or window <= 0 or not cfg.get("use_sliding_window", True):
+        return {}
+    types = cfg.get("layer_types")
+    pattern = cfg.get("sliding_window_pattern")
+    if isinstance(types, list) and types:
+        local = sum(1 for t in types if t == "sliding_attention")
+    elif isinstance(pattern, int) and pattern > 0:
+        local = int(layers) - int(layers) // pattern
+    elif cfg.get("model_type") == "gemma2":
+        local = int(layers) // 2
+    else:
+        local = int(layers)
+    return {"attention_window": window, "window_layers": local} if local else {}
 
 
 #: how a JSON value other than an object reads in an error message

@@ -88,21 +88,31 @@ def memory_time(chip: Chip, nbytes, *, kernels=0.0):
     )
 
 
-def attention_time(chip: Chip, s_q, s_kv, d_qk, d_v, heads, precision: str, *, causal=True):
+def attention_time(
+    chip: Chip, s_q, s_kv, d_qk, d_v, heads, precision: str, *, causal=True, window=0.0
+):  # fmt: skip
     """Seconds for one fused (flash) attention forward over `heads` heads.
 
-    FLOPs 2 s_q s_kv (d_qk + d_v) per head (QK^T and AV), halved when causal; HBM traffic only
-    Q, K, V and O ((s_q + s_kv)(d_qk + d_v) per head: the s x s scores never leave the chip;
-    Dao et al. 2022); efficiency from the matmul curve at (s_q, s_kv, d_qk); one kernel
-    launch: max(FLOPs / (peak * eff), bytes / HBM) + kernel_overhead_s.
+    FLOPs 2 s_q s_kv (d_qk + d_v) per head (QK^T and AV), halved when causal; with a causal
+    sliding window of w keys (`window` > 0) the scored share is r (1 - r/2), r = min(w / s_kv,
+    1) (`workload.causal_pair_fraction`), and the keys a query block scans, min(w, s_kv), set
+    the efficiency; HBM traffic only Q, K, V and O ((s_q + s_kv)(d_qk + d_v) per head: the
+    s x s scores never leave the chip; Dao et al. 2022); efficiency from the matmul curve at
+    (s_q, s_kv, d_qk); one kernel launch: max(FLOPs / (peak * eff), bytes / HBM) +
+    kernel_overhead_s.
 
     Args: s_q queries and s_kv keys per head (tokens); d_qk, d_v head widths (elements);
-      heads the number of (batch x head) pairs; precision of the matmuls; causal masking.
+      heads the number of (batch x head) pairs; precision of the matmuls; causal masking;
+      window the sliding window's keys (0: none; causal passes only).
     Returns: seconds.
     """
+    windowed = (jnp.asarray(window) > 0) if causal else False
+    r = jnp.minimum(safe_div(window, s_kv, 1.0), 1.0)
     frac = _CAUSAL_FRACTION if causal else 1.0
+    frac = jnp.where(windowed, r * (1.0 - 0.5 * r), frac)
+    keys = jnp.where(windowed, jnp.minimum(window, s_kv), s_kv)
     flops = frac * 2.0 * s_q * s_kv * (d_qk + d_v) * heads
-    rate = peak_flops(chip, precision) * matmul_efficiency(chip, s_q, s_kv, d_qk, precision)
+    rate = peak_flops(chip, precision) * matmul_efficiency(chip, s_q, keys, d_qk, precision)
     nbytes = (s_q + s_kv) * (d_qk + d_v) * heads * BYTES_PER_ELEMENT[precision]
     t_memory = safe_div(nbytes, chip.hbm_bytes_per_s * chip.hbm_efficiency)
     return jnp.maximum(safe_div(flops, rate), t_memory) + chip.kernel_overhead_s

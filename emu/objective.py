@@ -30,7 +30,13 @@ from emu.power import PowerBreakdown, step_power
 from emu.step import StepBreakdown, inference_step, train_step
 from emu.struct import dataclass, replace
 from emu.topology import System, rank_system
-from emu.workload import Model, attention_flops_dims, params_active
+from emu.workload import (
+    Model,
+    attended_context,
+    attention_flops_dims,
+    causal_pair_fraction,
+    params_active,
+)
 
 __all__ = [
     "RunResult",
@@ -75,12 +81,8 @@ class RunResult:
     power: PowerBreakdown
 
 
-#: a prefill token attends on average to half the prompt (causal mask)
-_PREFILL_MEAN_CONTEXT = 0.5
-
-
 def _forward_flops_per_token(model: Model, context):
-    """Forward model FLOPs per token attending to `context` tokens:
+    """Forward model FLOPs per token attending to `context` tokens (the mean over the layers):
     2 active params + 2 n_layers context H (d_qk + d_v)."""
     qk, v = attention_flops_dims(model)
     return 2.0 * params_active(model) + 2.0 * model.n_layers * context * model.n_heads * (qk + v)
@@ -88,12 +90,15 @@ def _forward_flops_per_token(model: Model, context):
 
 def train_flops_per_token(model: Model, plan: Plan):
     """Training model FLOPs per token that the time model spends (no recomputation):
-    2 N_active (1 + bwd) + 3 * 2 n_layers (seq_len / 2) H (d_qk + d_v), with bwd = 2 (1 for
+    2 N_active (1 + bwd) + 3 * 2 n_layers (seq_len f) H (d_qk + d_v), with bwd = 2 (1 for
     frozen LoRA weights: input gradients only) and causal attention (forward plus a backward
-    of twice its FLOPs, half the scores). `workload.model_flops_per_token` is the PaLM
+    of twice its FLOPs; f the share of the scores a causal pass computes, 1/2 without a
+    sliding window, `workload.causal_pair_fraction`). `workload.model_flops_per_token` is the PaLM
     convention (full attention, 6N) that sources' MFU figures use."""
     qk, v = attention_flops_dims(model)
-    attn = 6.0 * model.n_layers * _PREFILL_MEAN_CONTEXT * plan.seq_len * model.n_heads * (qk + v)
+    # the scored share of a causal pass: 1/2, less on layers with a sliding window
+    frac = causal_pair_fraction(model, plan.seq_len)
+    attn = 6.0 * model.n_layers * frac * plan.seq_len * model.n_heads * (qk + v)
     return 2.0 * params_active(model) * (3.0 - plan.lora) + attn
 
 
@@ -129,7 +134,14 @@ def evaluate(system: System, model: Model, plan: Plan) -> RunResult:
         decode = plan.phase == "decode"
         per_rank = jnp.where(decode, b.tokens_out, b.tokens_in)
         tokens = per_rank * plan.dp
-        ctx = jnp.where(decode, plan.context, _PREFILL_MEAN_CONTEXT * plan.seq_len)
+        # the keys a token attends to, the mean over the layers: the decode context (a
+        # sliding window caps it), or a prefill token's share of its causal prompt (half of
+        # it without a window)
+        ctx = jnp.where(
+            decode,
+            attended_context(model, plan.context),
+            causal_pair_fraction(model, plan.seq_len) * plan.seq_len,
+        )
         # MFU counts the work done: prefix-cache hits are served, not computed
         flops_per_token = _forward_flops_per_token(model, ctx) * jnp.where(
             decode, 1.0, 1.0 - plan.cache_hit

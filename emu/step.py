@@ -79,7 +79,7 @@ from emu.parallelism import (
 )
 from emu.struct import dataclass, replace
 from emu.topology import System, rank_system
-from emu.workload import Model, kv_cache_bytes_per_token
+from emu.workload import Model, attended_context, kv_cache_bytes_per_token, windowed_share
 
 __all__ = [
     "StepBreakdown",
@@ -96,6 +96,7 @@ __all__ = [
     "exposed_dp",
     "optimizer_time",
     "decode_attention",
+    "attention_core",
     "ELEMENTWISE_KERNELS_FWD",
     "DECODE_KERNELS_PER_LAYER",
     "ATTN_BWD",
@@ -262,7 +263,7 @@ def train_compute(system: System, model: Model, plan: Plan) -> Compute:
     layers, head_on = stage_layers(model, plan)
     t = tokens_per_microbatch(plan)
     dense_f, expert_f, mem_f = layer_forward(system, model, plan, t)
-    attn_f = compute.attention_time(chip, *attention_shape(model, plan), _attention_precision(plan))
+    attn_f = attention_core(chip, model, *attention_shape(model, plan), _attention_precision(plan))
     re = full_recompute(plan)
     bwd = 2.0 - plan.lora
     matmul_mb = layers * dense_f * (1.0 + bwd + re)
@@ -397,9 +398,22 @@ def train_step(system: System, model: Model, plan: Plan) -> StepBreakdown:
     )
 
 
+def attention_core(chip, model: Model, s_q, s_kv, d_qk, d_v, heads, precision: str):
+    """Seconds of one layer's causal flash attention, the mean over the model's layers: the
+    full kernel on the layers without a sliding window, the windowed one
+    (`compute.attention_time` with `window`) on the `window_layers` with one."""
+    share = windowed_share(model)
+    full = compute.attention_time(chip, s_q, s_kv, d_qk, d_v, heads, precision)
+    windowed = compute.attention_time(
+        chip, s_q, s_kv, d_qk, d_v, heads, precision, window=model.attention_window
+    )
+    return (1.0 - share) * full + share * windowed
+
+
 def decode_attention(system: System, model: Model, plan: Plan, q_tokens):
     """Seconds of one decode step's attention core on one chip: `q_tokens` queries per
-    sequence of `microbatch` sequences read a KV cache of `context` tokens. FLOPs
+    sequence of `microbatch` sequences read a KV cache of `context` tokens (a layer with a
+    sliding window: at most `attention_window` of them; `workload.attended_context`). FLOPs
     2 q ctx (d_qk + d_v) heads/tp per sequence at the matmul efficiency of a
     (q heads, ctx, d_qk) GEMM; bytes the local KV cache at `kv_precision` bytes per
     element (MLA: the compressed latent with absorbed projections, shared by all heads and
@@ -410,7 +424,8 @@ def decode_attention(system: System, model: Model, plan: Plan, q_tokens):
     chip = rank_system(system).chip
     b = plan.microbatch
     heads = safe_div(model.n_heads, plan.tp)
-    ctx = plan.context
+    # the cached tokens a query reads, the mean over the layers (a sliding window caps them)
+    ctx = attended_context(model, plan.context)
     if model.attention == "mla":
         d_qk = model.kv_lora_rank + model.rope_head_dim
         d_v = model.kv_lora_rank
@@ -454,9 +469,10 @@ def inference_compute(system: System, model: Model, plan: Plan) -> Compute:
         attn_f = decode_attention(system, model, plan, q)
     else:
         s_q, s_kv, d_qk, d_v, heads = attention_shape(model, plan)
-        attn_f = compute.attention_time(
-            chip, s_q * (1.0 - plan.cache_hit), s_kv, d_qk, d_v, heads, _attention_precision(plan)
-        )
+        attn_f = attention_core(
+            chip, model, s_q * (1.0 - plan.cache_hit), s_kv, d_qk, d_v, heads,
+            _attention_precision(plan),
+        )  # fmt: skip
     dense_f, expert_f, mem_f = layer_forward(system, model, plan, t)
     if decode:  # the small kernels of a decode layer (DECODE_KERNELS_PER_LAYER)
         mem_f = mem_f + DECODE_KERNELS_PER_LAYER * chip.kernel_overhead_s

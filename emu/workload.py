@@ -26,6 +26,9 @@ __all__ = [
     "ffn_mats",
     "params_attention",
     "kv_cache_bytes_per_token",
+    "windowed_share",
+    "causal_pair_fraction",
+    "attended_context",
     "n_moe_layers",
     "n_dense_ffn_layers",
     "params_expert",
@@ -99,6 +102,18 @@ class Model:
         integer=True,
         help="node-limited routing: nodes a token reaches at most (DeepSeek-V3: 4; 0 = any)",
     )
+    attention_window: Array = field(
+        "[0, 1e8]",
+        integer=True,
+        help="sliding-window attention: keys a query of a windowed layer attends to, itself "
+        "included (Mistral 7B v0.1: 4096; 0 = no window)",
+    )
+    window_layers: Array = field(
+        "[0, 1e4]",
+        integer=True,
+        help="layers with the sliding window; the others attend to their whole context "
+        "(gpt-oss: 18 of 36, Gemma 2: half)",
+    )
 
     def _cross_check(self, where: str, at: str) -> None:
         f = lambda name: float(getattr(self, name))
@@ -119,6 +134,19 @@ class Model:
                     f"{at}n_dense_layers={f('n_dense_layers'):g} must be < "
                     f"{at}n_layers={f('n_layers'):g}.",
                 )
+        if (f("attention_window") > 0) != (f("window_layers") > 0):
+            raise error(
+                where,
+                f"{at}attention_window={f('attention_window'):g} and "
+                f"{at}window_layers={f('window_layers'):g}: set both (a sliding window and the "
+                "layers that use it) or neither.",
+            )
+        if f("window_layers") > f("n_layers"):
+            raise error(
+                where,
+                f"{at}window_layers={f('window_layers'):g} must be <= "
+                f"{at}n_layers={f('n_layers'):g}.",
+            )
         heads, kv = f("n_heads"), f("n_kv_heads")
         if kv > heads or heads % kv:
             raise error(where, f"{at}n_kv_heads={kv:g} must divide {at}n_heads={heads:g}.")
@@ -164,6 +192,28 @@ def kv_cache_bytes_per_token(model: Model, bytes_per_element=2.0):
     if model.attention == "mla":
         return (model.kv_lora_rank + model.rope_head_dim) * bytes_per_element
     return 2.0 * model.n_kv_heads * model.d_head * bytes_per_element
+
+
+def windowed_share(model: Model):
+    """Share of the layers with a sliding attention window (0 without one)."""
+    return jnp.where(model.attention_window > 0, safe_div(model.window_layers, model.n_layers), 0.0)
+
+
+def causal_pair_fraction(model: Model, s_kv):
+    """Mean over the layers of the query-key pairs a causal pass over `s_kv` tokens scores,
+    as a fraction of s_kv^2: 1/2 for full attention; r (1 - r/2), r = min(w / s_kv, 1), for
+    a window of w keys (sum over positions i of min(i, w) = w s - w(w - 1)/2 ~ s^2 r (1 - r/2),
+    1/2 again once the window spans the sequence)."""
+    r = jnp.minimum(safe_div(model.attention_window, s_kv, 1.0), 1.0)
+    share = windowed_share(model)
+    return (1.0 - share) * 0.5 + share * r * (1.0 - 0.5 * r)
+
+
+def attended_context(model: Model, context):
+    """Mean over the layers of the cached tokens a decode query reads (and a sequence keeps)
+    at `context` tokens: windowed layers hold at most attention_window of them."""
+    share = windowed_share(model)
+    return (1.0 - share) * context + share * jnp.minimum(context, model.attention_window)
 
 
 def n_moe_layers(model: Model):
@@ -274,4 +324,6 @@ def example_model() -> Model:
         v_head_dim=f(0),
         mtp_layers=f(0),
         route_max_nodes=f(0),
+        attention_window=f(0),
+        window_layers=f(0),
     )

@@ -147,3 +147,24 @@ def test_a_defaulted_field_may_be_left_out_of_a_file():
     with pytest.raises(ValueError, match="toy: missing key 'a'"):
         _build(Toy, {"b": 2.0}, "toy")
     assert dataclasses.is_dataclass(Toy)
+
+
+def test_hf_configs_give_their_sliding_window_and_its_layers():
+    from emu.catalog import model_from_hf
+
+    base = dict(num_hidden_layers=36, hidden_size=2880, num_attention_heads=64,
+                num_key_value_heads=8, head_dim=64, intermediate_size=2880,
+                vocab_size=201088)  # fmt: skip
+
+    def window(**cfg):
+        m = model_from_hf({**base, **cfg}, "x")
+        return float(m.attention_window), float(m.window_layers)
+
+    alternating = ["sliding_attention", "full_attention"] * 18
+    assert window(sliding_window=128, layer_types=alternating) == (128, 18)  # gpt-oss
+    assert window(sliding_window=4096) == (4096, 36)  # Mistral 7B v0.1: every layer
+    assert window(sliding_window=4096, model_type="gemma2") == (4096, 18)
+    assert window(sliding_window=1024, sliding_window_pattern=6) == (1024, 30)  # Gemma 3
+    assert window(sliding_window=None) == (0, 0)  # Mistral 7B v0.2
+    assert window(sliding_window=32768, use_sliding_window=False) == (0, 0)  # Qwen2
+    assert window(sliding_window=4096, layer_types=["full_attention"] * 36) == (0, 0)

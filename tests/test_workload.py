@@ -74,3 +74,31 @@ def test_catalog_models_pass_their_bounds(name):
 def test_bad_models_are_rejected(change, needle):
     with pytest.raises(ValueError, match=needle):
         check(replace(example_model(), **change), "model")
+
+
+def test_a_sliding_window_needs_its_layers_and_fits_the_model():
+    with pytest.raises(ValueError, match="set both"):
+        check(replace(example_model(), attention_window=jnp.float32(4096)), "model")
+    with pytest.raises(ValueError, match="set both"):
+        check(replace(example_model(), window_layers=jnp.float32(8)), "model")
+    with pytest.raises(ValueError, match="window_layers=40 must be <= n_layers=32"):
+        bad = dict(attention_window=jnp.float32(4096), window_layers=jnp.float32(40))
+        check(replace(example_model(), **bad), "model")
+
+
+def test_causal_pair_fraction_counts_the_pairs_a_window_scores():
+    """The scored share of a causal pass of s tokens, against a direct count of the
+    (query, key) pairs with key <= query < key + w, layers mixed by window_layers."""
+    from emu.workload import attended_context, causal_pair_fraction
+
+    m = example_model()
+    assert float(causal_pair_fraction(m, 8192.0)) == pytest.approx(0.5)
+    for w, s, local in ((4096, 32768, 32), (128, 4096, 16), (4096, 4096, 32), (8192, 4096, 8)):
+        mw = replace(m, attention_window=jnp.float32(w), window_layers=jnp.float32(local))
+        pairs = sum(min(i, w) for i in range(1, s + 1)) / s**2  # windowed layers
+        want = (local * pairs + (32 - local) * 0.5 * (s + 1) / s) / 32
+        assert float(causal_pair_fraction(mw, float(s))) == pytest.approx(want, rel=2e-3)
+        # decode: a windowed layer reads at most w cached tokens
+        ctx = 10_000.0
+        want_ctx = (local * min(ctx, w) + (32 - local) * ctx) / 32
+        assert float(attended_context(mw, ctx)) == pytest.approx(want_ctx)

@@ -180,6 +180,23 @@ MLA_FAMILIES = (
     # DeepSeek-V3/R1 (3 dense layers) when a row's dimensions differ from the catalog's
     (r"deepseek[\-_ ]?(v3|r1)", {**MLA, "n_dense_layers": 3}),
 )
+#: published sliding-window attention of model families built from a row's fields (the row
+#: schema has no window): the first pattern the lower-case name matches gives the window
+#: (keys) and the layers that use it, of n_layers (`Model.attention_window`,
+#: `window_layers`). Sources: each model's Hugging Face config.json `sliding_window` and
+#: layer pattern:
+#: - Mistral 7B (Jiang et al., arXiv:2310.06825, Table 1: window_size 4096, every layer;
+#:   mistralai/Mistral-7B-v0.1 config sliding_window 4096); v0.2 and later have none
+#:   (config sliding_window null), so a name with "v0.2"/"v0.3" takes no window;
+#: - Gemma 2 (every size; arXiv:2408.00118: local 4,096-token windows on every other layer);
+#: - Gemma 3 (every size; five local 1,024-token layers to one global: n - n // 6 local);
+#: - gpt-oss (20B; 120B is in the catalog): 128-token windows on every other layer.
+SLIDING_WINDOWS = (
+    (r"mistral[\-_ ]?7b(?!.*v0?\.?[2-9])", 4096, lambda n: n),
+    (r"(?<!recurrent)(?<!recurrent[\-_ ])gemma[\-_ ]?2(?!\d)", 4096, lambda n: n // 2),
+    (r"(?<!recurrent)(?<!recurrent[\-_ ])gemma[\-_ ]?3(?!\d)", 1024, lambda n: n - n // 6),
+    (r"gpt[\-_ ]?oss", 128, lambda n: n // 2),
+)
 #: model families that tie the input embedding and the output head although their FFN is
 #: gated (the field rule takes gated = untied, as Llama): Gemma (every version, config
 #: tie_word_embeddings true; no lm_head weight in the checkpoints)
@@ -435,8 +452,8 @@ def _norm(name: str) -> str:
 def row_model(row: dict) -> Model:
     """The model of a row: the catalog MoE model it names (MOE_CATALOG) when the row's
     dimensions agree with it, or one built from its fields with the documented defaults
-    (module constants), the family's published head width (HEAD_WIDTHS) and latent
-    attention (MLA_FAMILIES)."""
+    (module constants), the family's published head width (HEAD_WIDTHS), sliding window
+    (SLIDING_WINDOWS) and latent attention (MLA_FAMILIES)."""
     m = row.get("model")
     if not isinstance(m, dict):
         raise ValueError("no model description")
@@ -482,6 +499,10 @@ def row_model(row: dict) -> Model:
     width = next((w for pattern, w in HEAD_WIDTHS if re.search(pattern, label)), None)
     if width is not None:
         data["d_head"] = width
+    window = next((w for w in SLIDING_WINDOWS if re.search(w[0], label)), None)
+    if window is not None and m.get("n_layers"):
+        data["attention_window"] = window[1]
+        data["window_layers"] = window[2](int(m["n_layers"]))
     mla = next((f for pattern, f in MLA_FAMILIES if re.search(pattern, label)), None)
     if mla is not None and moe:
         data.update(mla)
