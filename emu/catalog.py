@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import stat
 import tomllib
@@ -461,9 +462,14 @@ def _hf_window(cfg: dict, layers) -> dict:
     `use_sliding_window` is false (Qwen2/3), on the layers `layer_types` names
     "sliding_attention", else all but every `sliding_window_pattern`-th (Gemma 3), else
     every other layer (Gemma 2), else every layer (Mistral 7B v0.1)."""
+
+    def number(x) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
     window = cfg.get("sliding_window")
-    number = isinstance(window, int | float) and not isinstance(window, bool)
-    if not number or window <= 0 or not cfg.get("use_sliding_window", True):
+    if not number(window) or window <= 0 or not cfg.get("use_sliding_window", True):
+        return {}
+    if not number(layers):  # model_from_dict refuses it with its own message
         return {}
     types = cfg.get("layer_types")
     pattern = cfg.get("sliding_window_pattern")

@@ -481,8 +481,8 @@ def speculation(model: Model, plan: Plan):
 def inference_memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
     """Per-chip memory when serving (bytes): weights (dense / tp, experts / ep, at the plan's
     precision, 16-bit at most), the KV cache of `microbatch` sequences of `context` (decode)
-    or `seq_len` (prefill) tokens (at most `attention_window` on a layer with a sliding
-    window) over the layers of a stage (KV heads split over TP up to
+    or `seq_len` (prefill) tokens (in decode at most `attention_window` on a layer with a
+    sliding window) over the layers of a stage (KV heads split over TP up to
     their number; MLA's latent is replicated) at `kv_precision` bytes per element, and the
     activations of one layer (bf16). With attention/expert disaggregation (`expert_ranks` > 0)
     the fields describe an attention rank (no expert weights); `feasible` also asks that an
@@ -491,8 +491,10 @@ def inference_memory(model: Model, plan: Plan, hbm_bytes) -> Memory:
     w_el = min(BYTES_PER_ELEMENT[plan.precision], 2.0)
     weights = (dense + expert) * w_el
     decode = plan.phase == "decode"
-    # a layer with a sliding window keeps at most attention_window tokens
-    tokens = attended_context(model, jnp.where(decode, plan.context, plan.seq_len))
+    # a decoding sequence keeps at most attention_window tokens on a layer with a sliding
+    # window; a prefill pass writes the whole prompt's K and V first (paged engines free the
+    # blocks outside the window afterwards), so it holds them all
+    tokens = jnp.where(decode, attended_context(model, plan.context), plan.seq_len)
     kv_tok = kv_cache_bytes_per_token(model, plan.kv_precision) * jnp.where(
         model.attention == "mla", 1.0, safe_div(1.0, jnp.minimum(plan.tp, model.n_kv_heads))
     )

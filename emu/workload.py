@@ -195,7 +195,9 @@ def kv_cache_bytes_per_token(model: Model, bytes_per_element=2.0):
 
 
 def windowed_share(model: Model):
-    """Share of the layers with a sliding attention window (0 without one)."""
+    """Share of the layers with a sliding attention window (0 without one). It switches on
+    at attention_window > 0, so the gradient in the window is 0 at 0 (no window): a search
+    cannot grow a window from none."""
     return jnp.where(model.attention_window > 0, safe_div(model.window_layers, model.n_layers), 0.0)
 
 

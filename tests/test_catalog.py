@@ -168,3 +168,5 @@ def test_hf_configs_give_their_sliding_window_and_its_layers():
     assert window(sliding_window=None) == (0, 0)  # Mistral 7B v0.2
     assert window(sliding_window=32768, use_sliding_window=False) == (0, 0)  # Qwen2
     assert window(sliding_window=4096, layer_types=["full_attention"] * 36) == (0, 0)
+    with pytest.raises(ValueError, match="num_hidden_layers|n_layers"):  # one line, not int()'s
+        model_from_hf({**base, "num_hidden_layers": "x", "sliding_window": 128}, "x")

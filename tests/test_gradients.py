@@ -102,6 +102,9 @@ def test_a_sliding_window_shortens_long_sequences_only_and_its_gradient_is_right
         )
     kv = lambda m: float(evaluate(system, m, decode).memory.kv_cache_bytes)  # noqa: E731
     assert kv(swa) == pytest.approx(kv(base) * 4096 / 32768, rel=1e-5)
+    # a prefill pass writes the whole prompt's K and V before any block is freed
+    kv_pf = lambda m: float(evaluate(system, m, prefill).memory.kv_cache_bytes)  # noqa: E731
+    assert kv_pf(swa) == kv_pf(base)
     with jax.enable_x64(True):
         s64 = _f64(system)
         for plan in (long, decode):

@@ -686,5 +686,6 @@ def test_rows_of_families_with_a_published_sliding_window_take_it():
     cases = {"Mistral-7B-v0.1": (4096, 32), "Mistral-7B-Instruct-v0.2": (0, 0),
              "mistral-7b-v0.3": (0, 0), "Mixtral-8x7B": (0, 0), "gemma-2-9b": (4096, 16),
              "Gemma 3 27B": (1024, 27), "RecurrentGemma-9B": (0, 0), "gpt-oss-20b": (128, 16),
-             "Qwen2.5-7B": (0, 0)}  # fmt: skip
+             "Qwen2.5-7B": (0, 0), "gemma-2b": (0, 0), "Gemma 2B": (0, 0),
+             "gemma-2-2b": (4096, 16), "gemma-3n-e4b": (0, 0)}  # fmt: skip
     assert {n: window(n) for n in cases} == cases

@@ -187,14 +187,18 @@ MLA_FAMILIES = (
 #: layer pattern:
 #: - Mistral 7B (Jiang et al., arXiv:2310.06825, Table 1: window_size 4096, every layer;
 #:   mistralai/Mistral-7B-v0.1 config sliding_window 4096); v0.2 and later have none
-#:   (config sliding_window null), so a name with "v0.2"/"v0.3" takes no window;
-#: - Gemma 2 (every size; arXiv:2408.00118: local 4,096-token windows on every other layer);
-#: - Gemma 3 (every size; five local 1,024-token layers to one global: n - n // 6 local);
+#:   (config sliding_window null), so a name with "v0.2"/"v0.3" takes no window, and a bare
+#:   "Mistral-7B" is taken as the paper's model (MindSpeed's 32K row runs its window; a
+#:   serving row of a later version should name it);
+#: - Gemma 2 (every size; arXiv:2408.00118: local 4,096-token windows on every other layer),
+#:   not Gemma 1's "gemma-2b";
+#: - Gemma 3 (every size; five local 1,024-token layers to one global: n - n // 6 local),
+#:   not Gemma 3n;
 #: - gpt-oss (20B; 120B is in the catalog): 128-token windows on every other layer.
 SLIDING_WINDOWS = (
     (r"mistral[\-_ ]?7b(?!.*v0?\.?[2-9])", 4096, lambda n: n),
-    (r"(?<!recurrent)(?<!recurrent[\-_ ])gemma[\-_ ]?2(?!\d)", 4096, lambda n: n // 2),
-    (r"(?<!recurrent)(?<!recurrent[\-_ ])gemma[\-_ ]?3(?!\d)", 1024, lambda n: n - n // 6),
+    (r"(?<!recurrent)(?<!recurrent[\-_ ])gemma[\-_ ]?2(?![\db])", 4096, lambda n: n // 2),
+    (r"(?<!recurrent)(?<!recurrent[\-_ ])gemma[\-_ ]?3(?![\dn])", 1024, lambda n: n - n // 6),
     (r"gpt[\-_ ]?oss", 128, lambda n: n // 2),
 )
 #: model families that tie the input embedding and the output head although their FFN is
