@@ -540,6 +540,30 @@ def test_collective_rows_read_size_tokens_bytes_and_convention():
     assert (s["token_bytes"], s["convention"], s["moved"]) == (14336, "per_rank", 128 * 8 * 14336)
 
 
+def test_a_row_measured_in_the_same_setup_as_another_reads_that_rows_notes_too():
+    # xDeepServe's combine row states its tokens per die only through the dispatch row it
+    # was timed beside ("Same setup as xds_dispatch_insitu_ep288_bs60."): 60 requests x 2
+    # tokens (MTP), not the row's own batch of 60
+    pair = [ROWS["xds_dispatch_insitu_ep288_bs60"], ROWS["xds_combine_insitu_ep288_bs60"]]
+    items, failures = V.prepare_rows(pair)
+    assert not failures
+    assert [it.setup["tokens"] for it in items] == [120, 120]
+    alone, _ = V.prepare_rows(pair[1:])  # without the named row: its own batch
+    assert alone[0].setup["tokens"] == 60
+    # a name that is no row of the file changes nothing
+    rows = [pair[0], {**pair[1], "notes": "Same setup as no_such_row_42."}]
+    assert V.with_referenced_notes(rows) == rows
+    # the xDeepServe E2A row reads the hidden size and top-k its A2E row states ...
+    a2e, e2a = ROWS["xds_a2e_latency_ep288"], ROWS["xds_e2a_latency_ep288"]
+    assert "hidden" not in e2a["notes"] and "top-8" in a2e["notes"]
+    items, _ = V.prepare_rows([a2e, e2a])
+    assert not items[1].setup["assumed"] and items[1].setup["top_k"] == 8
+    # ... and what a row states itself comes first
+    own = {**e2a, "notes": "hidden 5120, top-6 experts. " + e2a["notes"]}
+    s = V.prepare_rows([a2e, own])[0][1].setup
+    assert s["top_k"] == 6 and s["token_bytes"] == pytest.approx(items[1].setup["token_bytes"] * 5120 / 7168)
+
+
 def test_collective_rows_from_other_sources_read_what_their_notes_state():
     # a row whose id does not end with its size (another source's naming) reads it from its
     # notes; one that states none takes the plateau buffer and says so (not silently)

@@ -63,6 +63,7 @@ _NAMES = {
     "predict_items": "emu.validation._predict",
     "predict_metric": "emu.validation._predict",
     "prepare_rows": "emu.validation._predict",
+    "with_referenced_notes": "emu.validation._predict",
     "run_groups": "emu.validation._predict",
     "serving_rate": "emu.validation._predict",
     "KINDS": "emu.validation._rows",
@@ -143,6 +144,7 @@ if TYPE_CHECKING:  # the same names for type checkers and the docs (griffe)
         prepare_rows,
         run_groups,
         serving_rate,
+        with_referenced_notes,
     )
     from emu.validation._report import (
         coverage_of_file,
@@ -221,6 +223,7 @@ __all__ = [
     "Item",
     "item_group",
     "prepare_rows",
+    "with_referenced_notes",
     "predict_items",
     "predict_metric",
     "serving_rate",

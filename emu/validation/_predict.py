@@ -210,13 +210,38 @@ def _run_item(row: dict, base: dict, system_of) -> Item:
     return Item(base=base, row=row, kind="run", system=system, model=model, plan=plan)
 
 
+#: a row whose notes say it was measured in the "same setup as <id>" of another row
+#: (xDeepServe's combine row names the dispatch row it was timed beside, and states its
+#: tokens per die only there)
+SAME_SETUP = re.compile(r"\bsame (?:setup|run|deployment) as ([a-z0-9_][\w.\-]*\w)", re.I)
+
+
+def with_referenced_notes(rows: list[dict]) -> list[dict]:
+    """`rows`, each row whose notes name another row of `rows` by "same setup as <id>"
+    (SAME_SETUP) with that row's notes appended after its own, so the rules read the
+    setup there (tokens per rank, hidden size, top-k) where the row itself does not state
+    it; its own statements come first and win. Other rows are returned as they are."""
+    by_id = {r.get("id"): r for r in rows if isinstance(r, dict)}
+    out = []
+    for row in rows:
+        notes = row.get("notes") if isinstance(row, dict) else None
+        hit = SAME_SETUP.search(notes) if isinstance(notes, str) else None
+        ref = by_id.get(hit.group(1)) if hit else None
+        if ref is not None and ref is not row and isinstance(ref.get("notes"), str):
+            row = {**row, "notes": f"{notes} [setup of {ref['id']}:] {ref['notes']}"}
+        out.append(row)
+    return out
+
+
 def prepare_rows(
     rows: list[dict], *, overrides=None, calibration=None
 ) -> tuple[list[Item], list[dict]]:
     """Turn rows into prediction items. Returns (items, failures); failures are result
     dicts (status skipped or error, with the reason). `overrides` (dotted system paths) and
-    `calibration` (an overlay dict) apply to every system."""
+    `calibration` (an overlay dict) apply to every system. A row measured in the same setup
+    as another row of `rows` is read with that row's notes too (`with_referenced_notes`)."""
     items, failures, systems = [], [], {}
+    rows = with_referenced_notes(rows)
 
     def system_of(name):
         if name not in systems:
