@@ -561,7 +561,8 @@ def test_a_row_measured_in_the_same_setup_as_another_reads_that_rows_notes_too()
     # ... and what a row states itself comes first
     own = {**e2a, "notes": "hidden 5120, top-6 experts. " + e2a["notes"]}
     s = V.prepare_rows([a2e, own])[0][1].setup
-    assert s["top_k"] == 6 and s["token_bytes"] == pytest.approx(items[1].setup["token_bytes"] * 5120 / 7168)
+    scaled = items[1].setup["token_bytes"] * 5120 / 7168
+    assert s["top_k"] == 6 and s["token_bytes"] == pytest.approx(scaled)
 
 
 def test_collective_rows_from_other_sources_read_what_their_notes_state():
