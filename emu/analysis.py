@@ -147,8 +147,12 @@ def interval(
     `extrapolation` is true when no validated row shares the kind and family (a new chip
     family, a kind without rows): the band is then the wider of the kind's and all rows'.
     `uncalibrated` (what of the system no fit has seen, `emu.catalog.uncalibrated`) makes
-    it an extrapolation too. Without a table, low and high are None and the basis says
-    why."""
+    it an extrapolation too. A family with >= MIN_ROWS rows but from too few sources for a
+    band of its own still widens its kind's band to its own quantiles (a family whose few
+    sources disagree, as CloudMatrix 384's serving rows do, keeps that spread): a
+    conservative rule the out-of-sample coverage does not score, since with its source held
+    out such a family has fewer sources still. Without a table, low and high are None and
+    the basis says why."""
     table = table if table is not None else interval_table()
     if not table:
         return {
@@ -168,6 +172,12 @@ def interval(
         for k in keys[1:]:
             if k in bases:
                 q_lo, q_hi = min(q_lo, float(bases[k]["q_lo"])), max(q_hi, float(bases[k]["q_hi"]))
+    family = bases.get(keys[0]) if name != keys[0] and "/" in keys[0] else None
+    widened = False
+    if family and not extrapolation and int(family.get("rows", 0)) >= MIN_ROWS:
+        f_lo, f_hi = float(family["q_lo"]), float(family["q_hi"])
+        widened = f_lo < q_lo or f_hi > q_hi
+        q_lo, q_hi = min(q_lo, f_lo), max(q_hi, f_hi)
     lo, hi = (
         (value * math.exp(q_lo), value * math.exp(q_hi))
         if time
@@ -177,6 +187,11 @@ def interval(
         )
     )
     note = "" if not extrapolation else f"; extrapolation: no validated {keys[0]} rows"
+    if widened:
+        note = (
+            f"; widened to {keys[0]} ({int(family['rows'])} rows, {int(family['sources'])}"
+            f" sources: too few for its own band)"
+        )
     if uncalibrated:
         note = f"; extrapolation: uncalibrated {', '.join(uncalibrated)}"
     return {

@@ -13,9 +13,12 @@ prints each kind's coverage over the copies and how many copies leave a kind out
     python experiments/interval_robustness.py                        # 20 copies, noise 0.003
     python experiments/interval_robustness.py --copies 50 --noise 0.01
     python experiments/interval_robustness.py --residuals other/residuals.jsonl
+    python experiments/interval_robustness.py --by-system          # the file, by system
 
-Noise is in log-speed units (0.003 = 0.3%); copy 0 is the file itself. Seeded: the same
-arguments give the same figures. Each copy takes ~1 s.
+`--by-system` also prints the file's out-of-sample coverage by system and kind (a row is
+inside when its band, chosen without its source, holds its measurement): where the bands
+hold and where they do not. Noise is in log-speed units (0.003 = 0.3%); copy 0 is the file
+itself. Seeded: the same arguments give the same figures. Each copy takes ~1 s.
 """
 
 from __future__ import annotations
@@ -49,12 +52,27 @@ def copies(recs: list[dict], n: int, noise: float, seed: int = 0):
         yield [{**x, "r": x["r"] + float(rng.normal(0.0, noise))} for x in recs]
 
 
+def by_system(rows: list[dict], missed: set) -> None:
+    """Print the share of each (system, kind) cell's rows inside their band."""
+    cells: dict[tuple, list[bool]] = {}
+    for x in rows:
+        if x.get("r_cv") is None:
+            continue
+        kind = "collective" if x["kind"] == "collective" else (
+            "train" if x["kind"] == "train" else "serve")  # fmt: skip
+        cells.setdefault((x["system"], kind), []).append(x["id"] not in missed)
+    print("  by system and kind (rows, share inside):")
+    for (system, kind), v in sorted(cells.items()):
+        print(f"    {system:16s} {kind:10s} {len(v):4d} {np.mean(v):6.1%}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--residuals", help="residuals.jsonl (default: the shipped one)")
     ap.add_argument("--copies", type=int, default=20, help="copies, the file included")
     ap.add_argument("--noise", type=float, default=0.003, help="noise per residual (log)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--by-system", action="store_true", help="the file's coverage by system")
     args = ap.parse_args(argv)
     if args.copies < 1 or not args.noise >= 0:
         print("error: --copies must be >= 1 and --noise >= 0", file=sys.stderr)
@@ -86,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"the file: overall {cov['out_of_sample']:.1%}, "
                 + ", ".join(f"{k} {v:.1%} (n {cov['by_kind'][k]['n']})" for k, v in shares.items())
             )
+            if args.by_system:
+                by_system(rows, set(cov["missed"]))
     print(f"{args.copies} copies, noise {args.noise:g} per residual (seed {args.seed}):")
     print(f"  overall    {min(overall):.1%} - {max(overall):.1%} (mean {np.mean(overall):.1%})")
     for k, v in sorted(by_kind.items()):

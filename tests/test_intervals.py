@@ -127,6 +127,10 @@ def test_a_kind_only_one_source_shows_is_scored_with_the_widest_tail():
     # (its quantiles span about 0.054-0.846 of the 10 train rows): 0.1 ... 0.8 -> 8 of 12
     assert c["by_kind"]["collective"]["coverage"] == pytest.approx(8 / 12)
     assert c["extrapolated"] == 12
+    # the rows outside their band are named: here rungs 0.0 (below) and 0.9-1.1 (above),
+    # and the training ladder's two ends
+    assert [i for i in c["missed"] if i.startswith("c")] == ["c0", "c9", "c10", "c11"]
+    assert len(c["missed"]) == round(c["rows"] * (1 - c["out_of_sample"])) == 6
 
 
 TABLE = {
@@ -153,6 +157,24 @@ def test_interval_of_a_rate_and_a_time_from_the_basis_quantiles():
 def test_a_thin_basis_falls_back_to_its_kind_without_extrapolating():
     iv = analysis.interval(1.0, "train/tiny", table=TABLE)
     assert iv["basis"].startswith("train (") and iv["extrapolation"] is False
+    assert (iv["low"], iv["high"]) == pytest.approx((math.exp(-0.25), math.exp(0.3)))
+
+
+def test_a_family_of_too_few_sources_widens_its_kinds_band_to_its_own():
+    """Enough rows but too few sources for a band of its own (MIN_SOURCES): the kind's band
+    is used, widened to the family's quantiles where they reach further (CloudMatrix 384's
+    serving rows come from two sources that disagree); never narrowed."""
+    assert analysis.MIN_ROWS <= 20 and analysis.MIN_SOURCES > 2
+    few = {"rows": 20, "sources": 2, "q_lo": -0.5, "q_hi": 0.1, "usable": False}
+    table = {**TABLE, "basis": {**TABLE["basis"], "train/few": few}}
+    iv = analysis.interval(1.0, "train/few", table=table)
+    assert iv["basis"].startswith("train (90 rows, 9 sources); widened to train/few (20 rows")
+    assert (iv["low"], iv["high"]) == pytest.approx((math.exp(-0.25), math.exp(0.5)))
+    assert iv["extrapolation"] is False
+    inside = {**few, "q_lo": -0.2, "q_hi": 0.2}  # within the kind's band: nothing to say
+    table = {**TABLE, "basis": {**TABLE["basis"], "train/few": inside}}
+    iv = analysis.interval(1.0, "train/few", table=table)
+    assert iv["basis"] == "train (90 rows, 9 sources)"
     assert (iv["low"], iv["high"]) == pytest.approx((math.exp(-0.25), math.exp(0.3)))
 
 

@@ -200,7 +200,7 @@ def coverage(records: list[dict], level: float = INTERVAL_LEVEL) -> dict:
     those tails, each row's band from the other sources), "out_of_sample" (the tails
     themselves also calibrated without the row's source), "rows", "by_kind", "by_basis"
     (out-of-sample share and n), "median_width" (high/low ratio), "extrapolated" (rows whose
-    band extrapolated)}."""
+    band extrapolated), "missed" (the ids of the rows outside their out-of-sample band)}."""
     if not records:
         raise ValueError("no residuals to compute the coverage of.")
     pools = _Pools(records)
@@ -240,6 +240,7 @@ def coverage(records: list[dict], level: float = INTERVAL_LEVEL) -> dict:
         "out_of_sample": float(hit.mean()),
         "median_width": float(np.median(width)),
         "extrapolated": int(sum(b.endswith("~") for b in basis)),
+        "missed": [x.get("id") for x, h in zip(records, hit, strict=True) if not h],
         "by_kind": share(lambda i, x: record_kind(x)),
         "by_basis": share(lambda i, x: basis[i]),
     }
