@@ -58,9 +58,8 @@ def by_system(rows: list[dict], missed: set) -> None:
     for x in rows:
         if x.get("r_cv") is None:
             continue
-        kind = "collective" if x["kind"] == "collective" else (
-            "train" if x["kind"] == "train" else "serve")  # fmt: skip
-        cells.setdefault((x["system"], kind), []).append(x["id"] not in missed)
+        kind = str(x["group"]).split("/", 1)[0]  # train, serve or collective
+        cells.setdefault((str(x.get("system", "?")), kind), []).append(x["id"] not in missed)
     print("  by system and kind (rows, share inside):")
     for (system, kind), v in sorted(cells.items()):
         print(f"    {system:16s} {kind:10s} {len(v):4d} {np.mean(v):6.1%}")

@@ -171,6 +171,17 @@ def test_a_family_of_too_few_sources_widens_its_kinds_band_to_its_own():
     assert iv["basis"].startswith("train (90 rows, 9 sources); widened to train/few (20 rows")
     assert (iv["low"], iv["high"]) == pytest.approx((math.exp(-0.25), math.exp(0.5)))
     assert iv["extrapolation"] is False
+    # a time's band widens the same way; so does an uncalibrated system's (extrapolated:
+    # the kind's and all rows' bands, then the family's), never narrower than calibrated
+    t = analysis.interval(2.0, "train/few", time=True, table=table)
+    assert (t["low"], t["high"]) == pytest.approx((2 * math.exp(-0.5), 2 * math.exp(0.25)))
+    un = analysis.interval(1.0, "train/few", table=table, uncalibrated=("chip family 'x'",))
+    assert un["extrapolation"] is True and "widened to train/few" in un["basis"]
+    assert un["low"] <= iv["low"] and un["high"] >= iv["high"]
+    assert (un["low"], un["high"]) == pytest.approx((math.exp(-0.5), math.exp(0.5)))
+    bare = {"rows": 20, "usable": False}  # a hand-made entry without quantiles: ignored
+    table_bare = {**TABLE, "basis": {**TABLE["basis"], "train/few": bare}}
+    assert analysis.interval(1.0, "train/few", table=table_bare)["basis"].startswith("train (")
     inside = {**few, "q_lo": -0.2, "q_hi": 0.2}  # within the kind's band: nothing to say
     table = {**TABLE, "basis": {**TABLE["basis"], "train/few": inside}}
     iv = analysis.interval(1.0, "train/few", table=table)

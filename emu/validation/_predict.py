@@ -213,14 +213,21 @@ def _run_item(row: dict, base: dict, system_of) -> Item:
 #: a row whose notes say it was measured in the "same setup as <id>" of another row
 #: (xDeepServe's combine row names the dispatch row it was timed beside, and states its
 #: tokens per die only there)
-SAME_SETUP = re.compile(r"\bsame (?:setup|run|deployment) as ([a-z0-9_][\w.\-]*\w)", re.I)
+SAME_SETUP = re.compile(
+    r"(?<!not )(?<!not the )\bsame (?:setup|run|deployment) as ([a-z0-9_][\w.\-]*\w)", re.I
+)
 
 
 def with_referenced_notes(rows: list[dict]) -> list[dict]:
     """`rows`, each row whose notes name another row of `rows` by "same setup as <id>"
-    (SAME_SETUP) with that row's notes appended after its own, so the rules read the
-    setup there (tokens per rank, hidden size, top-k) where the row itself does not state
-    it; its own statements come first and win. Other rows are returned as they are."""
+    (SAME_SETUP; the first such phrase, one step: a chain of references is not followed)
+    with that row's notes appended after its own, so the rules read the setup there
+    (tokens per rank, hidden size, top-k) where the row itself does not state it. A rule
+    that takes the first number it finds reads the row's own statement first; a rule that
+    looks for a phrase anywhere (a kernel flavour such as "low-latency", xDeepServe's
+    "tokens per die per dispatch are ~N") reads the named row's too, as a setup shared
+    with it. Only rows validated together are joined: `emu validate --kind` keeps a
+    collective row's partner, other subsets may not. Other rows are returned as they are."""
     by_id = {r.get("id"): r for r in rows if isinstance(r, dict)}
     out = []
     for row in rows:
