@@ -555,6 +555,10 @@ def test_a_row_measured_in_the_same_setup_as_another_reads_that_rows_notes_too()
     assert V.with_referenced_notes(rows) == rows
     rows = [pair[0], {**pair[1], "notes": f"Not the same setup as {pair[0]['id']}."}]
     assert V.with_referenced_notes(rows) == rows  # a negation names no setup to share
+    # malformed rows (an id that is a list, a row without notes, not an object) pass through
+    # untouched, for the row checks to refuse with their own line
+    odd = [{"id": ["x"], "notes": "same setup as y"}, {"id": "y"}, "not a row", None]
+    assert V.with_referenced_notes(odd) == odd
     # the xDeepServe E2A row reads the hidden size and top-k its A2E row states ...
     a2e, e2a = ROWS["xds_a2e_latency_ep288"], ROWS["xds_e2a_latency_ep288"]
     assert "hidden" not in e2a["notes"] and "top-8" in a2e["notes"]

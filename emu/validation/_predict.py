@@ -228,7 +228,7 @@ def with_referenced_notes(rows: list[dict]) -> list[dict]:
     "tokens per die per dispatch are ~N") reads the named row's too, as a setup shared
     with it. Only rows validated together are joined: `emu validate --kind` keeps a
     collective row's partner, other subsets may not. Other rows are returned as they are."""
-    by_id = {r.get("id"): r for r in rows if isinstance(r, dict)}
+    by_id = {r["id"]: r for r in rows if isinstance(r, dict) and isinstance(r.get("id"), str)}
     out = []
     for row in rows:
         notes = row.get("notes") if isinstance(row, dict) else None
