@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         recs = records(rows)
         if not recs:
             raise ValueError("no held-out residuals (r_cv) in the file")
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         print(f"error: cannot read the residuals: {e}", file=sys.stderr)
         return 2
     by_kind: dict[str, list[float]] = {}
