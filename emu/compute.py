@@ -34,6 +34,7 @@ __all__ = [
     "matmul_time",
     "memory_time",
     "attention_time",
+    "windowed_causal_fraction",
     "peak_flops",
     "LOW_PRECISIONS",
 ]
@@ -43,6 +44,15 @@ __all__ = [
 LOW_PRECISIONS = ("fp8", "int8", "fp4")
 #: flash attention's causal mask skips half of the s_q x s_kv scores
 _CAUSAL_FRACTION = 0.5
+
+
+def windowed_causal_fraction(window, s_kv):
+    """Share of the s_kv^2 query-key pairs a causal pass with a sliding window of `window`
+    keys scores: r (1 - r/2), r = min(window / s_kv, 1) (the sum over positions i of
+    min(i, w) = w s - w (w - 1) / 2 ~ s^2 r (1 - r/2); 1/2 once the window spans the
+    sequence)."""
+    r = jnp.minimum(safe_div(window, s_kv, 1.0), 1.0)
+    return r * (1.0 - 0.5 * r)
 
 
 def matmul_efficiency(chip: Chip, m, n, k, precision: str = "bf16"):
@@ -95,7 +105,7 @@ def attention_time(
 
     FLOPs 2 s_q s_kv (d_qk + d_v) per head (QK^T and AV), halved when causal; with a causal
     sliding window of w keys (`window` > 0) the scored share is r (1 - r/2), r = min(w / s_kv,
-    1) (`workload.causal_pair_fraction`), and the keys a query block scans, min(w, s_kv), set
+    1) (`windowed_causal_fraction`), and the keys a query block scans, min(w, s_kv), set
     the efficiency; HBM traffic only Q, K, V and O ((s_q + s_kv)(d_qk + d_v) per head: the
     s x s scores never leave the chip; Dao et al. 2022); efficiency from the matmul curve at
     (s_q, s_kv, d_qk); one kernel launch: max(FLOPs / (peak * eff), bytes / HBM) +
@@ -107,9 +117,8 @@ def attention_time(
     Returns: seconds.
     """
     windowed = (jnp.asarray(window) > 0) if causal else False
-    r = jnp.minimum(safe_div(window, s_kv, 1.0), 1.0)
     frac = _CAUSAL_FRACTION if causal else 1.0
-    frac = jnp.where(windowed, r * (1.0 - 0.5 * r), frac)
+    frac = jnp.where(windowed, windowed_causal_fraction(window, s_kv), frac)
     keys = jnp.where(windowed, jnp.minimum(window, s_kv), s_kv)
     flops = frac * 2.0 * s_q * s_kv * (d_qk + d_v) * heads
     rate = peak_flops(chip, precision) * matmul_efficiency(chip, s_q, keys, d_qk, precision)

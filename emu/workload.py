@@ -15,6 +15,7 @@ leaves so a sweep over models is one compiled function.
 from __future__ import annotations
 
 from emu._backend import jnp
+from emu.compute import windowed_causal_fraction
 from emu.numerics import safe_div
 from emu.struct import dataclass, error, field, static_field
 
@@ -203,12 +204,10 @@ def windowed_share(model: Model):
 
 def causal_pair_fraction(model: Model, s_kv):
     """Mean over the layers of the query-key pairs a causal pass over `s_kv` tokens scores,
-    as a fraction of s_kv^2: 1/2 for full attention; r (1 - r/2), r = min(w / s_kv, 1), for
-    a window of w keys (sum over positions i of min(i, w) = w s - w(w - 1)/2 ~ s^2 r (1 - r/2),
-    1/2 again once the window spans the sequence)."""
-    r = jnp.minimum(safe_div(model.attention_window, s_kv, 1.0), 1.0)
+    as a fraction of s_kv^2: 1/2 for full attention, `compute.windowed_causal_fraction` for
+    a window of w keys."""
     share = windowed_share(model)
-    return (1.0 - share) * 0.5 + share * r * (1.0 - 0.5 * r)
+    return (1.0 - share) * 0.5 + share * windowed_causal_fraction(model.attention_window, s_kv)
 
 
 def attended_context(model: Model, context):
