@@ -453,29 +453,43 @@ def model_from_hf(config: dict, name: str, where: str | None = None) -> Model:
         )
     if data["vocab"] is None:
         raise ValueError(f"{where}: config.json has no vocab_size.")
-    data.update(_hf_window(cfg, layers))
+    data.update(_hf_window(cfg, layers, where))
     return model_from_dict(data, where)
 
 
-def _hf_window(cfg: dict, layers) -> dict:
+def _hf_window(cfg: dict, layers, where: str = "model") -> dict:
     """attention_window and window_layers of a config.json: `sliding_window` unless
     `use_sliding_window` is false (Qwen2/3), on the layers `layer_types` names
     "sliding_attention", else all but every `sliding_window_pattern`-th (Gemma 3), else
-    every other layer (Gemma 2), else every layer (Mistral 7B v0.1)."""
+    every other layer (Gemma 2), else every layer (Mistral 7B v0.1). A window or pattern that
+    is not a positive number (a string, NaN, negative) is refused (ValueError naming
+    `where`), not read as no window."""
 
     def number(x) -> bool:
         return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
     window = cfg.get("sliding_window")
-    if not number(window) or window <= 0 or not cfg.get("use_sliding_window", True):
+    if window is None or window == 0 or not cfg.get("use_sliding_window", True):
         return {}
+    if not number(window) or window < 0:
+        raise ValueError(
+            f"{where}: config.json's sliding_window is {window!r}: give the window in keys "
+            "(a positive number), or null for none."
+        )
     if not number(layers):  # model_from_dict refuses it with its own message
         return {}
     types = cfg.get("layer_types")
     pattern = cfg.get("sliding_window_pattern")
+    if pattern is not None and not (
+        isinstance(pattern, int) and not isinstance(pattern, bool) and pattern > 0
+    ):
+        raise ValueError(
+            f"{where}: config.json's sliding_window_pattern is {pattern!r}: give the period of the "
+            "global layers (a positive integer, Gemma 3: 6), or leave it out."
+        )
     if isinstance(types, list) and types:
         local = sum(1 for t in types if t == "sliding_attention")
-    elif isinstance(pattern, int) and pattern > 0:
+    elif pattern is not None:
         local = int(layers) - int(layers) // pattern
     elif cfg.get("model_type") == "gemma2":
         local = int(layers) // 2

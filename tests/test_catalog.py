@@ -170,3 +170,27 @@ def test_hf_configs_give_their_sliding_window_and_its_layers():
     assert window(sliding_window=4096, layer_types=["full_attention"] * 36) == (0, 0)
     with pytest.raises(ValueError, match="num_hidden_layers|n_layers"):  # one line, not int()'s
         model_from_hf({**base, "num_hidden_layers": "x", "sliding_window": 128}, "x")
+
+
+@pytest.mark.parametrize(
+    "cfg, field",
+    [({"sliding_window": "4096"}, "sliding_window"), ({"sliding_window": -128}, "sliding_window"),
+     ({"sliding_window": float("nan")}, "sliding_window"),
+     ({"sliding_window": float("inf")}, "sliding_window"),
+     ({"sliding_window": 1024, "sliding_window_pattern": "6"}, "sliding_window_pattern"),
+     ({"sliding_window": 1024, "sliding_window_pattern": 0}, "sliding_window_pattern"),
+     ({"sliding_window": 1024, "sliding_window_pattern": 6.0}, "sliding_window_pattern")],
+)  # fmt: skip
+def test_a_malformed_hf_sliding_window_is_refused_not_read_as_none(cfg, field):
+    """A config.json window that is not a positive number was silently read as no window
+    (every layer full attention: a silent wrong answer); it is refused in one line that
+    names the file and the field."""
+    from emu.catalog import model_from_hf
+
+    base = dict(num_hidden_layers=36, hidden_size=2880, num_attention_heads=64,
+                num_key_value_heads=8, head_dim=64, intermediate_size=2880,
+                vocab_size=201088)  # fmt: skip
+    with pytest.raises(ValueError, match=f"model 'cfg.json': config.json's {field} is"):
+        model_from_hf({**base, **cfg}, "x", "model 'cfg.json'")
+    # null and 0 stay "no window", as the Hugging Face configs write it
+    assert float(model_from_hf({**base, "sliding_window": 0}, "x").attention_window) == 0

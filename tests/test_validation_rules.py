@@ -700,7 +700,8 @@ def test_speculation_and_lengths_from_notes():
 def test_rows_of_families_with_a_published_sliding_window_take_it():
     """MindSpeed's Mistral 7B at 32K runs `--sliding-window 4096` (its example script), as
     the Mistral 7B paper defines the model; built without it, the row was predicted 44%
-    slow. Gemma 2 windows every other layer; gpt-oss (the catalog's 120B) too, at 128."""
+    slow. Gemma 2 windows every other layer; gpt-oss (the catalog's 120B) too, at 128.
+    Gemma 3's 1B and 270M configs window 512 keys, its larger sizes 1,024."""
     m = V.row_model(ROWS["mindspeed_tps_mistral_7b_32k_1x8"])
     assert (float(m.attention_window), float(m.window_layers)) == (4096, 32)
     g = V.row_model(ROWS["mindspeed_tps_gemma2_27b_8k_2x8"])
@@ -716,7 +717,8 @@ def test_rows_of_families_with_a_published_sliding_window_take_it():
 
     cases = {"Mistral-7B-v0.1": (4096, 32), "Mistral-7B-Instruct-v0.2": (0, 0),
              "mistral-7b-v0.3": (0, 0), "Mixtral-8x7B": (0, 0), "gemma-2-9b": (4096, 16),
-             "Gemma 3 27B": (1024, 27), "RecurrentGemma-9B": (0, 0), "gpt-oss-20b": (128, 16),
+             "Gemma 3 27B": (1024, 27), "gemma-3-1b-it": (512, 27), "Gemma 3 270M": (512, 27),
+             "gemma-3-4b-pt": (1024, 27), "RecurrentGemma-9B": (0, 0), "gpt-oss-20b": (128, 16),
              "Qwen2.5-7B": (0, 0), "gemma-2b": (0, 0), "Gemma 2B": (0, 0),
              "gemma-2-2b": (4096, 16), "gemma-3n-e4b": (0, 0)}  # fmt: skip
     assert {n: window(n) for n in cases} == cases

@@ -192,12 +192,19 @@ MLA_FAMILIES = (
 #:   serving row of a later version should name it);
 #: - Gemma 2 (every size; arXiv:2408.00118: local 4,096-token windows on every other layer),
 #:   not Gemma 1's "gemma-2b";
-#: - Gemma 3 (every size; five local 1,024-token layers to one global: n - n // 6 local),
-#:   not Gemma 3n;
+#: - Gemma 3 (five local layers to one global: n - n // 6 local), not Gemma 3n: 1,024-token
+#:   windows at 4B, 12B and 27B (arXiv:2503.19786), 512 at 1B and 270M (their config.json
+#:   `sliding_window`), the sizes read from the name ("gemma-3-1b-it", "Gemma 3 270M");
 #: - gpt-oss (20B; 120B is in the catalog): 128-token windows on every other layer.
 SLIDING_WINDOWS = (
     (r"mistral[\-_ ]?7b(?!.*v0?\.?[2-9])", 4096, lambda n: n),
     (r"(?<!recurrent)(?<!recurrent[\-_ ])gemma[\-_ ]?2(?![\db])", 4096, lambda n: n // 2),
+    (
+        r"(?<!recurrent)(?<!recurrent[\-_ ])gemma[\-_ ]?3(?![\dn])"
+        r"[\-_ ]?(?:\w+[\-_ ])?(?:1b|270m)\b",
+        512,
+        lambda n: n - n // 6,
+    ),
     (r"(?<!recurrent)(?<!recurrent[\-_ ])gemma[\-_ ]?3(?![\dn])", 1024, lambda n: n - n // 6),
     (r"gpt[\-_ ]?oss", 128, lambda n: n // 2),
 )
