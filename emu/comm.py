@@ -96,8 +96,9 @@ class Comm:
 
 
 def full_recompute(plan: Plan):
-    """1 under full activation recomputation, else 0 (forward passes repeated in backward)."""
-    return jnp.where(plan.recompute > 1.5, 1.0, 0.0)
+    """The share of layers whose forward pass is repeated in backward: `recompute_fraction`
+    (1: every layer) under full activation recomputation, else 0."""
+    return jnp.where(plan.recompute > 1.5, plan.recompute_fraction, 0.0)
 
 
 def tp_time(system: System, plan: Plan, nbytes, *, sp=None):

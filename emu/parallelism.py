@@ -329,7 +329,9 @@ def activation_bytes_per_layer(model: Model, plan: Plan):
         t (10 d [/tp with SP] + 4 d_q/tp + 4 kv_local + (1 - f) 2 mats d_ff/tp + f moe/tp),
         moe = top_k (2 mats d_ff_e + 4 d) + n_shared 2 mats d_ff_e,
     less `fp8_linear_input_saving` in FP8 training; `kept` is `stored`, or only the layer
-    input (2 d [/tp]) under full recomputation."""
+    input (2 d [/tp]) under full recomputation: the mean over the stage's layers, of which
+    the `recompute_fraction` share keeps the input and the rest `stored` (Megatron's block
+    method recomputes the first N layers of each stage chunk)."""
     t = tokens_per_microbatch(plan)
     d_q, _ = attn_dims(model)
     tp = plan.tp
@@ -345,7 +347,8 @@ def activation_bytes_per_layer(model: Model, plan: Plan):
     ffn_part = (1.0 - f) * safe_div(2.0 * ffn_mats(model) * model.d_ff, tp) + f * moe_part
     stored = t * (d_part + attn_part + ffn_part - fp8_linear_input_saving(model, plan))
     full = t * _ACT_FULL * _d_per_rank(model, plan)
-    return jnp.where(plan.recompute > 1.5, full, stored), stored
+    share = plan.recompute_fraction
+    return jnp.where(plan.recompute > 1.5, share * full + (1.0 - share) * stored, stored), stored
 
 
 def moe_fraction(model: Model):

@@ -285,6 +285,15 @@ class Plan:
         "choice", default="selective", names=RECOMPUTE, searchable=True, phases=_TRAIN,
         help="activation recomputation",
     )  # fmt: skip
+    recompute_fraction: Array = knob(
+        "float",
+        default=1.0,
+        bounds="(0, 1]",
+        phases=_TRAIN,
+        inactive=1.0,
+        help="under recompute=full, the share of each pipeline stage's layers recomputed "
+        "(Megatron's block method: --recompute-num-layers N of a stage chunk's layers); 1: all",
+    )
     sp: Array = knob(
         "bool", default=True, searchable=True, phases=_TRAIN, help="sequence parallelism with TP"
     )
@@ -408,6 +417,9 @@ class Plan:
              f"{dp * mb:g}; adjust global_batch or microbatch."),
             (float(self.vpp) > 1 and float(self.pp) == 1,
              "vpp > 1 (interleaved schedule) needs pp > 1."),
+            (float(self.recompute_fraction) < 1 and float(self.recompute) < 1.5,
+             f"recompute_fraction={float(self.recompute_fraction):g} is the share of layers "
+             "recomputed in full; it needs recompute=full (or drop it)."),
             (k > 0 and m > 0, f"set mtp_accept={m:g} or draft_tokens={k:g}, not both "
              "(mtp_accept is draft_tokens = 1 with accept_len = 1 + mtp_accept)."),
             (k > 0 and a > 1 + k, f"accept_len={a:g} must be <= 1 + draft_tokens = {1 + k:g}."),

@@ -142,6 +142,8 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     vpp, microbatch = knobs.setdefault("vpp", 1), knobs.setdefault("microbatch", 1)
     etp, global_batch = knobs.get("etp", 1), knobs.pop("global_batch", None)
     recompute = knobs.pop("recompute", None)
+    if recompute is None and float(knobs.get("recompute_fraction", 1.0)) < 1.0:
+        recompute = "full"  # a share of layers recomputed in full is full recomputation
     tp = _default_tp(system, model, chips, cp=cp, dp=dp, pp=pp) if tp is None else tp
     rest = chips / (tp * cp)
     if rest != int(rest):

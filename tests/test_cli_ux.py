@@ -241,3 +241,21 @@ def test_exhaustive_search_table_counts_chips_not_dies(capsys):
     assert out.startswith("exhaustive search: every one of")
     first = next(line for line in out.splitlines() if line.startswith("1 "))
     assert first.split()[1] == "4"  # 4 chips = 8 dies
+
+
+def test_a_recomputed_share_of_layers_is_full_recompute_and_says_so(capsys):
+    """--recompute-fraction (Megatron's block method: N of a stage chunk's layers) implies
+    recompute=full, shows in the plan line, costs less than recomputing every layer and
+    keeps more activations; with another recompute it is refused in one line."""
+    args = ("run", "--system", "gb200_nvl72", "--model", "llama3_70b", "--chips", "64")
+    part = run_json(capsys, *args, "--recompute-fraction", "0.25")
+    full = run_json(capsys, *args, "--recompute", "full")
+    assert part["plan"]["recompute"] == "full" and part["plan"]["recompute_fraction"] == 0.25
+    assert part["step_time_s"] < full["step_time_s"]
+    assert part["memory"]["activations_bytes"] > full["memory"]["activations_bytes"]
+    code, out, err = run_cli(capsys, *args, "--recompute-fraction", "0.25")
+    assert code == 0 and "recompute=full recompute_fraction=0.25" in out
+    code, out, err = run_cli(
+        capsys, *args, "--recompute", "selective", "--recompute-fraction", "0.5"
+    )
+    assert code == 2 and "needs recompute=full" in err and len(err.strip().splitlines()) == 1

@@ -122,3 +122,27 @@ def test_a_sliding_window_shortens_long_sequences_only_and_its_gradient_is_right
             fd = (float(f(w * np.exp(h))) - float(f(w * np.exp(-h)))) / (2 * h)
             assert 4096.0 * g == pytest.approx(fd, rel=1e-3, abs=1e-6)
             assert fd > 1e-3  # a wider window costs time at 32K
+
+
+def test_the_recomputed_share_of_layers_has_a_right_gradient():
+    """d log step / d log recompute_fraction is finite and positive (recomputing more layers
+    costs time) and matches central differences (float64); d log memory is negative."""
+    system = load_system("gb200_nvl72")
+    model = load_model("llama3_70b")
+    plan = make_plan(tp=8, pp=2, dp=4, global_batch=64, seq_len=8192, recompute="full")
+    with jax.enable_x64(True):
+        s64, m64, p64 = _f64(system), _f64(model), _f64(plan)
+        for out in ("step_time_s", "memory"):
+
+            def f(r, out=out):
+                res = evaluate(s64, m64, replace(p64, recompute_fraction=r))
+                return jnp.log(res.step_time_s if out == "step_time_s" else res.memory.total_bytes)
+
+            f = jax.jit(f)
+            r = jnp.float64(0.5)
+            g = float(jax.grad(f)(r))
+            assert np.isfinite(g)
+            h = 1e-4
+            fd = (float(f(r * np.exp(h))) - float(f(r * np.exp(-h)))) / (2 * h)
+            assert 0.5 * g == pytest.approx(fd, rel=1e-3, abs=1e-7)
+            assert (fd > 1e-3) if out == "step_time_s" else (fd < -1e-3)

@@ -65,6 +65,22 @@ def test_activations_with_full_recompute_keep_only_the_layer_input(catalog):
     assert float(kept_sel) == float(stored)
 
 
+def test_a_share_of_layers_recomputed_keeps_that_share_of_inputs_only(catalog):
+    """Megatron's block method recomputes N of a stage chunk's layers: recompute_fraction f
+    of the layers keep their input only, the rest their full activations."""
+    model = catalog["llama8"]
+    full, stored = par.activation_bytes_per_layer(model, make_plan(tp=8, recompute="full"))
+    for f in (0.1, 0.5):
+        kept, _ = par.activation_bytes_per_layer(
+            model, make_plan(tp=8, recompute="full", recompute_fraction=f)
+        )
+        assert float(kept) == pytest.approx(f * float(full) + (1 - f) * float(stored), rel=1e-6)
+    with pytest.raises(ValueError, match="needs recompute=full"):
+        make_plan(tp=8, recompute="selective", recompute_fraction=0.5)
+    with pytest.raises(ValueError, match="recompute_fraction"):
+        make_plan(tp=8, recompute="full", recompute_fraction=0.0)
+
+
 def test_stage_layers_price_the_heaviest_stage():
     from emu.catalog import load_model
 

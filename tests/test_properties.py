@@ -178,6 +178,7 @@ KNOB_VALUES = {
     "zero": st.sampled_from([0, 1, 2, 3]),
     "vpp": st.sampled_from([1, 2]),
     "recompute": st.sampled_from(["none", "selective", "full"]),
+    "recompute_fraction": st.sampled_from([0.25, 1.0]),
     "precision": st.sampled_from(["bf16", "fp8", "fp4"]),
 }
 

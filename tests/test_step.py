@@ -76,6 +76,21 @@ def test_full_recompute_costs_about_a_third_more_compute(catalog):
     assert 1.2 < c1 / c0 < 1.4
 
 
+def test_recomputing_a_share_of_layers_costs_that_share_of_a_forward(catalog):
+    """recompute_fraction f repeats the forward of f of the layers: compute (and the TP
+    traffic of the repeated forward) is linear in f between no recompute and full."""
+    base = make_plan(tp=8, dp=9, global_batch=72, seq_len=4096, recompute="full")
+    step = lambda f: train_step(
+        catalog["nvl72"], catalog["llama8"], replace(base, recompute_fraction=jnp.float32(f))
+    )
+    none = train_step(catalog["nvl72"], catalog["llama8"], replace(base, recompute=jnp.float32(0)))
+    for field in ("compute_s", "tp_comm_s"):
+        c0, c1 = float(getattr(none, field)), float(getattr(step(1.0), field))
+        assert c1 > c0
+        for f in (0.25, 0.5):
+            assert float(getattr(step(f), field)) == pytest.approx(c0 + f * (c1 - c0), rel=1e-5)
+
+
 def test_zero_stages_order_dp_traffic(catalog):
     # ZeRO-2 reduce-scatters every micro-batch, ZeRO-3 also gathers weights every one
     sys, model = catalog["h100"], catalog["llama8"]

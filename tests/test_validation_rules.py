@@ -722,3 +722,26 @@ def test_rows_of_families_with_a_published_sliding_window_take_it():
              "Qwen2.5-7B": (0, 0), "gemma-2b": (0, 0), "Gemma 2B": (0, 0),
              "gemma-2-2b": (4096, 16), "gemma-3n-e4b": (0, 0)}  # fmt: skip
     assert {n: window(n) for n in cases} == cases
+
+
+def test_block_recompute_of_n_layers_recomputes_that_share_of_a_stage():
+    """Megatron's block method recomputes the first N layers of each stage chunk
+    (MindSpeed's Llama 2 13B MFU row: --recompute-num-layers 1 of 40 layers / pp4 = 10 per
+    stage, so 0.1); N >= a chunk's layers, the uniform method or no N recompute them all; a
+    method without full granularity recomputes nothing in full."""
+    r = ROWS["mindspeed_mfu_llama2_13b"]
+    assert float(V.row_plan(r, V.row_model(r))[0].recompute_fraction) == pytest.approx(0.1)
+
+    def share(recompute, notes="", pp=4, vpp=None):
+        p = {**r["parallel"], "recompute": recompute, "pp": pp, "dp": 2 * 4 // pp, "vpp": vpp}
+        plan = V.row_plan(row(r["id"], parallel=p, notes=notes), V.row_model(r))[0]
+        return float(plan.recompute), round(float(plan.recompute_fraction), 4)
+
+    assert share("full (method block, 70 layers)") == (2.0, 1.0)
+    assert share("full", "--recompute-granularity full --recompute-method block "
+                 "--recompute-num-layers 2") == (2.0, 0.2)  # fmt: skip
+    assert share("full", "--recompute-method block --recompute-num-layers 2", pp=2) == (2.0, 0.1)
+    assert share("full", "--recompute-method block --recompute-num-layers 2", vpp=2) == (2.0, 0.4)
+    assert share("full", "--recompute-method uniform --recompute-num-layers 1") == (2.0, 1.0)
+    assert share("full") == (2.0, 1.0)
+    assert share("--recompute-method block --recompute-num-layers 3 (no granularity)")[1] == 1.0

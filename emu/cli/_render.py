@@ -78,10 +78,12 @@ def plan_text(p: dict) -> str:
             f"{p['phase']}: tp={p['tp']} dp={p['dp']}{moe} batch/rank={p['microbatch']} "
             f"{length}{extra} {p['precision']} kv={p.get('kv_precision', 'bf16')}"
         )
+    share = p.get("recompute_fraction", 1)
+    rc = f"{p['recompute']}" + (f" recompute_fraction={share:g}" if share != 1 else "")
     return (
         f"tp={p['tp']} pp={p['pp']} dp={p['dp']} cp={p['cp']}{moe} vpp={p['vpp']} "
         f"mb={p['microbatch']} gbs={p['global_batch']} seq={p['seq_len']} "
-        f"zero={p['zero']} recompute={p['recompute']} sp={p['sp']} {p['precision']}"
+        f"zero={p['zero']} recompute={rc} sp={p['sp']} {p['precision']}"
     )
 
 

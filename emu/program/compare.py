@@ -49,7 +49,7 @@ def reference(system: System, model: Model, plan) -> dict:
     layers = f(model.n_layers) / f(plan.pp)
     nmb = f(plan.global_batch) / (f(plan.dp) * f(plan.microbatch))
     t = f(tokens_per_microbatch(plan))
-    re = 1.0 if f(plan.recompute) > 1.5 else 0.0
+    re = f(plan.recompute_fraction) if f(plan.recompute) > 1.5 else 0.0
     act = t * f(model.d_model) * 2.0
     out = dict.fromkeys(COLLECTIVE_KINDS, 0.0)
     if f(plan.tp) > 1:

@@ -165,6 +165,19 @@ def _recompute(r) -> str:
     return "selective"
 
 
+def _recompute_fraction(p: dict, notes: str, layers: int, pp: int, vpp: int) -> float:
+    """The share of a stage's layers a full-recompute row recomputes: Megatron's block
+    method recomputes the first N layers of each stage chunk (`--recompute-method block
+    --recompute-num-layers N`, "block method, 1 layer per stage"), N / (layers / (pp vpp))
+    capped at 1; 1 otherwise (the uniform method, or no N, recomputes every layer)."""
+    text = f"{p.get('recompute') or ''} {notes}".lower()
+    if _recompute(p.get("recompute")) != "full" or "block" not in text:
+        return 1.0
+    n = num_in(r"(?:recompute[-_]num[-_]layers[=\s]+|method block,? |block method,? )(\d+)", text)
+    chunk = layers / max(1, pp * vpp)
+    return 1.0 if not n or n < 1 else min(1.0, n / chunk)
+
+
 def _degrees(n: int, p: dict, model: Model) -> tuple[int, int, int, int]:
     """(tp, pp, dp, cp) of a row on n ranks: dp = n / (tp pp cp); tp = the largest power of
     two <= 8 dividing the heads and the model-parallel size when neither tp nor pp is given,
@@ -338,6 +351,7 @@ def row_plan(row: dict, model: Model, *, dies: int = 1, system=None) -> RowPlan:
         ep=ep, etp=etp, moe_imbalance=imbalance, a2a_overlap=overlap, tp=tp, pp=pp, dp=dp,
         cp=cp, microbatch=mb, global_batch=gb, seq_len=seq, vpp=vpp, zero=_zero(p.get("zero")),
         recompute=_recompute(p.get("recompute")), sp=sp, precision=prec, lora="lora" in notes,
+        recompute_fraction=_recompute_fraction(p, notes, layers, pp, vpp),
     )  # fmt: skip
     return RowPlan(validate_plan(plan, model, even_layers=False, even_experts=False), None)
 
