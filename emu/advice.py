@@ -25,7 +25,10 @@ def _memory_fixes(plan: dict, serving: bool) -> str:
         moves += ["a smaller --batch or --context"]
     else:
         moves = ["raise tp or pp"] + (["raise --zero"] if plan["zero"] < 3 else [])
-        moves += ["--recompute full"] if plan["recompute"] != "full" else []
+        if plan["recompute"] != "full":
+            moves += ["--recompute full"]
+        elif plan.get("recompute_fraction", 1) < 1:  # a share of the layers recomputed
+            moves += ["raise --recompute-fraction (1: every layer)"]
         moves += ["a smaller --microbatch"] if plan["microbatch"] > 1 else []
         moves += ["add chips"]
     return ", ".join(moves[:-1]) + f" or {moves[-1]}"

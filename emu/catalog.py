@@ -469,7 +469,8 @@ def _hf_window(cfg: dict, layers, where: str = "model") -> dict:
         return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
     window = cfg.get("sliding_window")
-    if window is None or window == 0 or not cfg.get("use_sliding_window", True):
+    off = window is None or (number(window) and window == 0)
+    if off or not cfg.get("use_sliding_window", True):
         return {}
     if not number(window) or window < 0:
         raise ValueError(

@@ -177,6 +177,7 @@ def test_hf_configs_give_their_sliding_window_and_its_layers():
     [({"sliding_window": "4096"}, "sliding_window"), ({"sliding_window": -128}, "sliding_window"),
      ({"sliding_window": float("nan")}, "sliding_window"),
      ({"sliding_window": float("inf")}, "sliding_window"),
+     ({"sliding_window": False}, "sliding_window"), ({"sliding_window": True}, "sliding_window"),
      ({"sliding_window": 1024, "sliding_window_pattern": "6"}, "sliding_window_pattern"),
      ({"sliding_window": 1024, "sliding_window_pattern": 0}, "sliding_window_pattern"),
      ({"sliding_window": 1024, "sliding_window_pattern": 6.0}, "sliding_window_pattern")],

@@ -259,3 +259,11 @@ def test_a_recomputed_share_of_layers_is_full_recompute_and_says_so(capsys):
         capsys, *args, "--recompute", "selective", "--recompute-fraction", "0.5"
     )
     assert code == 2 and "needs recompute=full" in err and len(err.strip().splitlines()) == 1
+    # --set plan.recompute_fraction is the flag's knob: it implies full recomputation too
+    via_set = run_json(capsys, *args, "--set", "plan.recompute_fraction=0.25")
+    assert via_set["plan"]["recompute"] == "full"
+    assert via_set["step_time_s"] == pytest.approx(part["step_time_s"], rel=1e-6)
+    # out of memory with a share recomputed: raising the share is offered
+    oom = ("--tp", "8", "--pp", "2", "--zero", "3", "--microbatch", "8")
+    code, out, err = run_cli(capsys, *args[:-1], "16", *oom, "--recompute-fraction", "0.1")
+    assert "out of memory" in out and "raise --recompute-fraction" in out

@@ -718,7 +718,9 @@ def test_rows_of_families_with_a_published_sliding_window_take_it():
     cases = {"Mistral-7B-v0.1": (4096, 32), "Mistral-7B-Instruct-v0.2": (0, 0),
              "mistral-7b-v0.3": (0, 0), "Mixtral-8x7B": (0, 0), "gemma-2-9b": (4096, 16),
              "Gemma 3 27B": (1024, 27), "gemma-3-1b-it": (512, 27), "Gemma 3 270M": (512, 27),
-             "gemma-3-4b-pt": (1024, 27), "RecurrentGemma-9B": (0, 0), "gpt-oss-20b": (128, 16),
+             "gemma-3-4b-pt": (1024, 27), "gemma_3_1b_it": (512, 27), "gemma3:270m": (512, 27),
+             "gemma-3-27b-1b-draft": (1024, 27), "RecurrentGemma-9B": (0, 0),
+             "gpt-oss-20b": (128, 16),
              "Qwen2.5-7B": (0, 0), "gemma-2b": (0, 0), "Gemma 2B": (0, 0),
              "gemma-2-2b": (4096, 16), "gemma-3n-e4b": (0, 0)}  # fmt: skip
     assert {n: window(n) for n in cases} == cases
@@ -745,3 +747,15 @@ def test_block_recompute_of_n_layers_recomputes_that_share_of_a_stage():
     assert share("full", "--recompute-method uniform --recompute-num-layers 1") == (2.0, 1.0)
     assert share("full") == (2.0, 1.0)
     assert share("--recompute-method block --recompute-num-layers 3 (no granularity)")[1] == 1.0
+    # "blockwise FP8" or "transformer block" is not the block method; YAML spells it too
+    assert share("full", "uniform method, recompute_num_layers 1, blockwise FP8") == (2.0, 1.0)
+    assert share("full", "recompute_method: block\nrecompute_num_layers: 5") == (2.0, 0.5)
+    # block method with N = 0 recomputes no layer in full
+    assert share("full", "--recompute-method block --recompute-num-layers 0") == (0.0, 1.0)
+    # a row that states no degrees: N of the plan rule's stages (here one stage of 40)
+    bare = {**r["parallel"], "tp": None, "pp": None, "dp": None, "vpp": None}
+    plan = V.row_plan(
+        row(r["id"], parallel=bare), V.row_model(r), system=load_system("atlas800t_a2")
+    )[0]
+    chunk = 40 / (float(plan.pp) * float(plan.vpp))
+    assert float(plan.recompute_fraction) == pytest.approx(min(1.0, 1 / chunk))

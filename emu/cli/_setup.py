@@ -160,6 +160,10 @@ def setup(args, system_name: str) -> Setup:
             "to measurements); expect larger errors"
         )
     chips = args.chips if args.chips is not None else int(float(system.n_chips))
+    share = plan_o.get("recompute_fraction")
+    if isinstance(share, int | float) and share < 1.0:
+        if "recompute" not in knobs and "recompute" not in plan_o:
+            knobs["recompute"] = "full"  # a share of layers recomputed in full (as the flag)
     if getattr(args, "plan", "rule") == "best":
         from emu.cli._search_commands import quick_search
 

@@ -165,17 +165,34 @@ def _recompute(r) -> str:
     return "selective"
 
 
+#: Megatron's block recompute method named in a row (not "blockwise FP8" or "transformer
+#: block"): `--recompute-method block`, "recompute_method: block", "block method"
+_BLOCK_METHOD = re.compile(r"recompute[-_]method[=:\s]+block\b|\bblock method\b|\bmethod block\b")
+
+
 def _recompute_fraction(p: dict, notes: str, layers: int, pp: int, vpp: int) -> float:
     """The share of a stage's layers a full-recompute row recomputes: Megatron's block
     method recomputes the first N layers of each stage chunk (`--recompute-method block
-    --recompute-num-layers N`, "block method, 1 layer per stage"), N / (layers / (pp vpp))
-    capped at 1; 1 otherwise (the uniform method, or no N, recomputes every layer)."""
+    --recompute-num-layers N`, "recompute_num_layers: N", "block method, 1 layer per
+    stage"), N / (layers / (pp vpp)) capped at 1; 0 for N = 0 (no layer recomputed); 1
+    otherwise (the uniform method, or no N, recomputes every layer)."""
     text = f"{p.get('recompute') or ''} {notes}".lower()
-    if _recompute(p.get("recompute")) != "full" or "block" not in text:
+    if _recompute(p.get("recompute")) != "full" or not _BLOCK_METHOD.search(text):
         return 1.0
-    n = num_in(r"(?:recompute[-_]num[-_]layers[=\s]+|method block,? |block method,? )(\d+)", text)
-    chunk = layers / max(1, pp * vpp)
-    return 1.0 if not n or n < 1 else min(1.0, n / chunk)
+    if re.search(r"recompute[-_]method[=:\s]+uniform", text):
+        return 1.0
+    n = num_in(r"(?:recompute[-_]num[-_]layers[=:\s]+|method block,? |block method,? )(\d+)", text)
+    if n is None:
+        return 1.0
+    return min(1.0, n / (layers / max(1, pp * vpp)))
+
+
+def _with_recompute_share(plan, share: float):
+    """`plan` with the recomputed share of layers (`_recompute_fraction`); a share of 0 is no
+    full recomputation at all."""
+    if share <= 0.0:
+        return replace(plan, recompute=jnp.float32(0.0))
+    return replace(plan, recompute_fraction=jnp.float32(share))
 
 
 def _degrees(n: int, p: dict, model: Model) -> tuple[int, int, int, int]:
@@ -307,6 +324,10 @@ def _rule_plan(row: dict, model: Model, system, p: dict) -> RowPlan:
         plan, etp=jnp.float32(etp), moe_imbalance=jnp.float32(imbalance),
         a2a_overlap=jnp.float32(overlap),
     )  # fmt: skip
+    if float(plan.recompute) > 1.5:  # block recompute of N layers of the rule's stages
+        pp, vpp = int(float(plan.pp)), int(float(plan.vpp))
+        share = _recompute_fraction(p, notes, int(float(model.n_layers)), pp, vpp)
+        plan = _with_recompute_share(plan, share)
     return RowPlan(validate_plan(plan, model, even_layers=False, even_experts=False), None)
 
 
@@ -351,8 +372,8 @@ def row_plan(row: dict, model: Model, *, dies: int = 1, system=None) -> RowPlan:
         ep=ep, etp=etp, moe_imbalance=imbalance, a2a_overlap=overlap, tp=tp, pp=pp, dp=dp,
         cp=cp, microbatch=mb, global_batch=gb, seq_len=seq, vpp=vpp, zero=_zero(p.get("zero")),
         recompute=_recompute(p.get("recompute")), sp=sp, precision=prec, lora="lora" in notes,
-        recompute_fraction=_recompute_fraction(p, notes, layers, pp, vpp),
     )  # fmt: skip
+    plan = _with_recompute_share(plan, _recompute_fraction(p, notes, layers, pp, vpp))
     return RowPlan(validate_plan(plan, model, even_layers=False, even_experts=False), None)
 
 

@@ -194,14 +194,15 @@ MLA_FAMILIES = (
 #:   not Gemma 1's "gemma-2b";
 #: - Gemma 3 (five local layers to one global: n - n // 6 local), not Gemma 3n: 1,024-token
 #:   windows at 4B, 12B and 27B (arXiv:2503.19786), 512 at 1B and 270M (their config.json
-#:   `sliding_window`), the sizes read from the name ("gemma-3-1b-it", "Gemma 3 270M");
+#:   `sliding_window`), the size read from the name ("gemma-3-1b-it", "Gemma 3 270M",
+#:   "gemma3:1b"; not a 27B draft named "gemma-3-27b-1b-draft");
 #: - gpt-oss (20B; 120B is in the catalog): 128-token windows on every other layer.
 SLIDING_WINDOWS = (
     (r"mistral[\-_ ]?7b(?!.*v0?\.?[2-9])", 4096, lambda n: n),
     (r"(?<!recurrent)(?<!recurrent[\-_ ])gemma[\-_ ]?2(?![\db])", 4096, lambda n: n // 2),
     (
         r"(?<!recurrent)(?<!recurrent[\-_ ])gemma[\-_ ]?3(?![\dn])"
-        r"[\-_ ]?(?:\w+[\-_ ])?(?:1b|270m)\b",
+        r"[\-_ :]?(?:[a-z]+[\-_ ])?\(?(?:1b|270m)(?![a-z0-9])",
         512,
         lambda n: n - n // 6,
     ),
