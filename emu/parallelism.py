@@ -73,6 +73,7 @@ __all__ = [
     "attention_shape",
     "elementwise_bytes_per_layer",
     "activation_bytes_per_layer",
+    "activation_output_width",
     "fp8_linear_input_saving",
     "moe_fraction",
     "local_experts",
@@ -322,13 +323,25 @@ def fp8_linear_input_saving(model: Model, plan: Plan):
     return qkv + (1.0 - f) * dense + f * moe
 
 
+def activation_output_width(model: Model, plan: Plan):
+    """Elements per token of one layer's FFN activation outputs on one rank (the inputs of
+    the down projections), the mean over the layers: (1 - f) d_ff / tp dense, f (top_k +
+    n_shared) d_ff_e / tp in MoE layers."""
+    f = moe_fraction(model)
+    dense = safe_div(model.d_ff, plan.tp)
+    moe = safe_div((model.top_k + model.n_shared_experts) * model.d_ff_expert, plan.tp)
+    return (1.0 - f) * dense + f * moe
+
+
 def activation_bytes_per_layer(model: Model, plan: Plan):
     """(kept, stored) activation bytes of one layer per micro-batch on one chip: `stored` is
     what a layer saves for backward, with flash attention (no s^2 term), generalising
     Korthikanti's 34 d per token to GQA and SwiGLU:
         t (10 d [/tp with SP] + 4 d_q/tp + 4 kv_local + (1 - f) 2 mats d_ff/tp + f moe/tp),
         moe = top_k (2 mats d_ff_e + 4 d) + n_shared 2 mats d_ff_e,
-    less `fp8_linear_input_saving` in FP8 training; `kept` is `stored`, or only the layer
+    less `fp8_linear_input_saving` in FP8 training, less the activation outputs
+    (`activation_output_width`, the bytes FP8 training left of them) when
+    `recompute_activation` rebuilds them in backward; `kept` is `stored`, or only the layer
     input (2 d [/tp]) under full recomputation: the mean over the stage's layers, of which
     the `recompute_fraction` share keeps the input and the rest `stored` (Megatron's block
     method recomputes the first N layers of each stage chunk)."""
@@ -345,7 +358,10 @@ def activation_bytes_per_layer(model: Model, plan: Plan):
         tp,
     )
     ffn_part = (1.0 - f) * safe_div(2.0 * ffn_mats(model) * model.d_ff, tp) + f * moe_part
-    stored = t * (d_part + attn_part + ffn_part - fp8_linear_input_saving(model, plan))
+    fp8 = fp8_linear_input_saving(model, plan)
+    quantised = 1.0 if plan.precision in _QUANTISED_TRAINING else 0.0
+    act_out = plan.recompute_activation * (2.0 - quantised) * activation_output_width(model, plan)
+    stored = t * (d_part + attn_part + ffn_part - fp8 - act_out)
     full = t * _ACT_FULL * _d_per_rank(model, plan)
     share = plan.recompute_fraction
     return jnp.where(plan.recompute > 1.5, share * full + (1.0 - share) * stored, stored), stored

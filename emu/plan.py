@@ -294,6 +294,14 @@ class Plan:
         help="under recompute=full, the share of each pipeline stage's layers recomputed "
         "(Megatron's block method: --recompute-num-layers N of a stage chunk's layers); 1: all",
     )
+    recompute_activation: Array = knob(
+        "bool",
+        default=False,
+        phases=_TRAIN,
+        inactive=0.0,
+        help="recompute the FFN activation function's output in backward instead of keeping "
+        "it (MindSpeed --recompute-activation-function)",
+    )
     sp: Array = knob(
         "bool", default=True, searchable=True, phases=_TRAIN, help="sequence parallelism with TP"
     )

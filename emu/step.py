@@ -62,6 +62,7 @@ from emu.numerics import safe_div
 from emu.parallelism import (
     OPTIMIZER_TRAFFIC_BYTES,
     Plan,
+    activation_output_width,
     attention_matmuls,
     attention_shape,
     dense_ffn_matmuls,
@@ -120,6 +121,9 @@ HOST_KERNELS_EXPERT_FWD = 4.0
 #: memory-bound passes of a layer's elementwise kernels per training micro-batch: forward
 #: once, backward twice (each kernel's gradient reads and writes its input and output)
 _MEMORY_PASSES_TRAIN = 3.0
+#: bytes per activation-output element that recomputing the FFN activation moves: two bf16
+#: inputs (gate and up; GELU's one input is counted as two, an upper bound) and its output
+_ACT_RECOMPUTE_BYTES = 6.0
 #: the loss head keeps fp32 logits (4 bytes) and makes three passes over them (write,
 #: softmax/cross-entropy read, gradient write) in two kernels
 _LOGIT_BYTES, _LOGIT_PASSES, _HEAD_KERNELS = 4.0, 3.0, 2.0
@@ -270,6 +274,12 @@ def train_compute(system: System, model: Model, plan: Plan) -> Compute:
     expert_mb = layers * expert_f * (1.0 + bwd + re)
     attn_mb = layers * attn_f * (1.0 + ATTN_BWD + re)
     memory_mb = layers * mem_f * (_MEMORY_PASSES_TRAIN + re)
+    # recomputing the FFN activation in backward (layers not recomputed in full): reading
+    # its gate/up inputs and writing its output again, bf16
+    act_recompute = compute.memory_time(
+        chip, t * _ACT_RECOMPUTE_BYTES * activation_output_width(model, plan)
+    )
+    memory_mb = memory_mb + layers * plan.recompute_activation * (1.0 - re) * act_recompute
     vocab_local = safe_div(model.vocab, plan.tp)
     head_f = compute.matmul_time(
         chip, t, vocab_local, model.d_model, plan.precision

@@ -267,3 +267,11 @@ def test_a_recomputed_share_of_layers_is_full_recompute_and_says_so(capsys):
     oom = ("--tp", "8", "--pp", "2", "--zero", "3", "--microbatch", "8")
     code, out, err = run_cli(capsys, *args[:-1], "16", *oom, "--recompute-fraction", "0.1")
     assert "out of memory" in out and "raise --recompute-fraction" in out
+    act = run_json(capsys, *args, "--recompute-activation")
+    assert act["plan"]["recompute_activation"] is True
+    plain = run_json(capsys, *args)
+    assert act["memory"]["activations_bytes"] < plain["memory"]["activations_bytes"]
+    code, out, err = run_cli(capsys, *args, "--recompute-activation")
+    assert code == 0 and "recompute=selective recompute_activation" in out
+    code, out, err = run_cli(capsys, *args[:-1], "16", *oom, "--recompute", "selective")
+    assert "out of memory" in out and "--recompute full, --recompute-activation" in out

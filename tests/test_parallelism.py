@@ -81,6 +81,25 @@ def test_a_share_of_layers_recomputed_keeps_that_share_of_inputs_only(catalog):
         make_plan(tp=8, recompute="full", recompute_fraction=0.0)
 
 
+def test_recomputing_the_activation_drops_its_outputs_from_the_stored_bytes(catalog):
+    """MindSpeed's --recompute-activation-function: a layer keeps no FFN activation output
+    (the down projection's input: d_ff / tp per token, bf16; the one byte FP8 training left
+    of it), dense and MoE alike."""
+    from emu.catalog import load_model
+
+    for model in (catalog["llama8"], load_model("deepseek_v3")):
+        for prec, left in (("bf16", 2.0), ("fp8", 1.0)):
+            base = make_plan(tp=4, ep=4 if float(model.n_experts) else 1, precision=prec)
+            on = replace(base, recompute_activation=jnp.float32(1.0))
+            _, s0 = par.activation_bytes_per_layer(model, base)
+            _, s1 = par.activation_bytes_per_layer(model, on)
+            t = float(par.tokens_per_microbatch(base))
+            width = float(par.activation_output_width(model, base))
+            assert float(s0) - float(s1) == pytest.approx(t * left * width, rel=1e-5)
+    with pytest.raises(ValueError, match="recompute_activation"):
+        make_plan(phase="decode", recompute_activation=True)
+
+
 def test_stage_layers_price_the_heaviest_stage():
     from emu.catalog import load_model
 

@@ -91,6 +91,20 @@ def test_recomputing_a_share_of_layers_costs_that_share_of_a_forward(catalog):
             assert float(getattr(step(f), field)) == pytest.approx(c0 + f * (c1 - c0), rel=1e-5)
 
 
+def test_recomputing_the_activation_costs_a_memory_bound_pass_unless_all_is_recomputed(catalog):
+    """--recompute-activation adds a small memory-bound pass per layer (under 2% here) and
+    nothing when every layer is recomputed in full anyway."""
+    base = make_plan(tp=8, dp=9, global_batch=72, seq_len=4096)
+    on = replace(base, recompute_activation=jnp.float32(1.0))
+    step = lambda p: train_step(catalog["nvl72"], catalog["llama8"], p)  # noqa: E731
+    m0, m1 = float(step(base).memory_s), float(step(on).memory_s)
+    assert m1 > m0 and float(step(on).total_s) < 1.02 * float(step(base).total_s)
+    full = replace(base, recompute=jnp.float32(2))
+    assert float(step(replace(full, recompute_activation=jnp.float32(1.0))).total_s) == (
+        pytest.approx(float(step(full).total_s), rel=1e-6)
+    )
+
+
 def test_zero_stages_order_dp_traffic(catalog):
     # ZeRO-2 reduce-scatters every micro-batch, ZeRO-3 also gathers weights every one
     sys, model = catalog["h100"], catalog["llama8"]

@@ -732,7 +732,12 @@ def test_block_recompute_of_n_layers_recomputes_that_share_of_a_stage():
     stage, so 0.1); N >= a chunk's layers, the uniform method or no N recompute them all; a
     method without full granularity recomputes nothing in full."""
     r = ROWS["mindspeed_mfu_llama2_13b"]
-    assert float(V.row_plan(r, V.row_model(r))[0].recompute_fraction) == pytest.approx(0.1)
+    plan13 = V.row_plan(r, V.row_model(r))[0]
+    assert float(plan13.recompute_fraction) == pytest.approx(0.1)
+    # its script's --recompute-activation-function, read too (the row then fits its HBM)
+    assert float(plan13.recompute_activation) == 1.0
+    other = ROWS["mindspeed_mfu_llama2_7b"]
+    assert float(V.row_plan(other, V.row_model(other))[0].recompute_activation) == 0.0
 
     def share(recompute, notes="", pp=4, vpp=None):
         p = {**r["parallel"], "recompute": recompute, "pp": pp, "dp": 2 * 4 // pp, "vpp": vpp}

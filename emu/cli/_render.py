@@ -80,6 +80,7 @@ def plan_text(p: dict) -> str:
         )
     share = p.get("recompute_fraction", 1)
     rc = f"{p['recompute']}" + (f" recompute_fraction={share:g}" if share != 1 else "")
+    rc += " recompute_activation" if p.get("recompute_activation") else ""
     return (
         f"tp={p['tp']} pp={p['pp']} dp={p['dp']} cp={p['cp']}{moe} vpp={p['vpp']} "
         f"mb={p['microbatch']} gbs={p['global_batch']} seq={p['seq_len']} "

@@ -187,6 +187,14 @@ def _recompute_fraction(p: dict, notes: str, layers: int, pp: int, vpp: int) -> 
     return min(1.0, n / (layers / max(1, pp * vpp)))
 
 
+def _recompute_activation(p: dict, notes: str) -> bool:
+    """Whether a row recomputes its FFN activation function in backward (MindSpeed's
+    `--recompute-activation-function`, "activation-function recompute")."""
+    text = f"{p.get('recompute') or ''} {notes}".lower()
+    spelled = r"recompute[-_]activation[-_]function|activation[- ]function recompute"
+    return bool(re.search(spelled, text))
+
+
 def _with_recompute_share(plan, share: float):
     """`plan` with the recomputed share of layers (`_recompute_fraction`); a share of 0 is no
     full recomputation at all."""
@@ -300,6 +308,7 @@ def _rule_plan(row: dict, model: Model, system, p: dict) -> RowPlan:
         "zero": _zero(p.get("zero")) if p.get("zero") is not None else None,
         "recompute": _recompute(p.get("recompute")) if p.get("recompute") is not None else None,
         "sp": None if p.get("sp") is None else bool(p.get("sp")),
+        "recompute_activation": _recompute_activation(p, notes) or None,
     }
     plan = auto_plan(
         system, model, int(row["n_chips"]), seq_len=seq, precision=row.get("precision") or "bf16",
@@ -372,6 +381,7 @@ def row_plan(row: dict, model: Model, *, dies: int = 1, system=None) -> RowPlan:
         ep=ep, etp=etp, moe_imbalance=imbalance, a2a_overlap=overlap, tp=tp, pp=pp, dp=dp,
         cp=cp, microbatch=mb, global_batch=gb, seq_len=seq, vpp=vpp, zero=_zero(p.get("zero")),
         recompute=_recompute(p.get("recompute")), sp=sp, precision=prec, lora="lora" in notes,
+        recompute_activation=_recompute_activation(p, notes),
     )  # fmt: skip
     plan = _with_recompute_share(plan, _recompute_fraction(p, notes, layers, pp, vpp))
     return RowPlan(validate_plan(plan, model, even_layers=False, even_experts=False), None)
