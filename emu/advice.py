@@ -29,7 +29,8 @@ def _memory_fixes(plan: dict, serving: bool) -> str:
             moves += ["--recompute full"]
         elif plan.get("recompute_fraction", 1) < 1:  # a share of the layers recomputed
             moves += ["raise --recompute-fraction (1: every layer)"]
-        if plan["recompute"] != "full" and not plan.get("recompute_activation"):
+        every_layer = plan["recompute"] == "full" and plan.get("recompute_fraction", 1) >= 1
+        if not every_layer and not plan.get("recompute_activation"):
             moves += ["--recompute-activation"]
         moves += ["a smaller --microbatch"] if plan["microbatch"] > 1 else []
         moves += ["add chips"]

@@ -339,9 +339,10 @@ def activation_bytes_per_layer(model: Model, plan: Plan):
     Korthikanti's 34 d per token to GQA and SwiGLU:
         t (10 d [/tp with SP] + 4 d_q/tp + 4 kv_local + (1 - f) 2 mats d_ff/tp + f moe/tp),
         moe = top_k (2 mats d_ff_e + 4 d) + n_shared 2 mats d_ff_e,
-    less `fp8_linear_input_saving` in FP8 training, less the activation outputs
-    (`activation_output_width`, the bytes FP8 training left of them) when
-    `recompute_activation` rebuilds them in backward; `kept` is `stored`, or only the layer
+    less `fp8_linear_input_saving` in FP8 training, less the bf16 activation outputs
+    (`activation_output_width`, 2 bytes; none in FP8 training, whose down projections keep
+    their own FP8 copy) when `recompute_activation` rebuilds them in backward; `kept` is
+    `stored`, or only the layer
     input (2 d [/tp]) under full recomputation: the mean over the stage's layers, of which
     the `recompute_fraction` share keeps the input and the rest `stored` (Megatron's block
     method recomputes the first N layers of each stage chunk)."""
@@ -359,8 +360,10 @@ def activation_bytes_per_layer(model: Model, plan: Plan):
     )
     ffn_part = (1.0 - f) * safe_div(2.0 * ffn_mats(model) * model.d_ff, tp) + f * moe_part
     fp8 = fp8_linear_input_saving(model, plan)
-    quantised = 1.0 if plan.precision in _QUANTISED_TRAINING else 0.0
-    act_out = plan.recompute_activation * (2.0 - quantised) * activation_output_width(model, plan)
+    # FP8 training keeps only the down projection's own FP8 copy of its input, which the
+    # activation recompute does not free (an assumption: MindSpeed discards the bf16 output)
+    kept_bf16 = 0.0 if plan.precision in _QUANTISED_TRAINING else 2.0
+    act_out = plan.recompute_activation * kept_bf16 * activation_output_width(model, plan)
     stored = t * (d_part + attn_part + ffn_part - fp8 - act_out)
     full = t * _ACT_FULL * _d_per_rank(model, plan)
     share = plan.recompute_fraction

@@ -80,7 +80,13 @@ from emu.parallelism import (
 )
 from emu.struct import dataclass, replace
 from emu.topology import System, rank_system
-from emu.workload import Model, attended_context, kv_cache_bytes_per_token, windowed_share
+from emu.workload import (
+    Model,
+    attended_context,
+    ffn_mats,
+    kv_cache_bytes_per_token,
+    windowed_share,
+)
 
 __all__ = [
     "StepBreakdown",
@@ -121,9 +127,6 @@ HOST_KERNELS_EXPERT_FWD = 4.0
 #: memory-bound passes of a layer's elementwise kernels per training micro-batch: forward
 #: once, backward twice (each kernel's gradient reads and writes its input and output)
 _MEMORY_PASSES_TRAIN = 3.0
-#: bytes per activation-output element that recomputing the FFN activation moves: two bf16
-#: inputs (gate and up; GELU's one input is counted as two, an upper bound) and its output
-_ACT_RECOMPUTE_BYTES = 6.0
 #: the loss head keeps fp32 logits (4 bytes) and makes three passes over them (write,
 #: softmax/cross-entropy read, gradient write) in two kernels
 _LOGIT_BYTES, _LOGIT_PASSES, _HEAD_KERNELS = 4.0, 3.0, 2.0
@@ -275,9 +278,9 @@ def train_compute(system: System, model: Model, plan: Plan) -> Compute:
     attn_mb = layers * attn_f * (1.0 + ATTN_BWD + re)
     memory_mb = layers * mem_f * (_MEMORY_PASSES_TRAIN + re)
     # recomputing the FFN activation in backward (layers not recomputed in full): reading
-    # its gate/up inputs and writing its output again, bf16
+    # its inputs (gate and up; GELU one) and writing its output again, bf16: 2 mats bytes
     act_recompute = compute.memory_time(
-        chip, t * _ACT_RECOMPUTE_BYTES * activation_output_width(model, plan)
+        chip, t * 2.0 * ffn_mats(model) * activation_output_width(model, plan)
     )
     memory_mb = memory_mb + layers * plan.recompute_activation * (1.0 - re) * act_recompute
     vocab_local = safe_div(model.vocab, plan.tp)

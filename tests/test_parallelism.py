@@ -82,20 +82,25 @@ def test_a_share_of_layers_recomputed_keeps_that_share_of_inputs_only(catalog):
 
 
 def test_recomputing_the_activation_drops_its_outputs_from_the_stored_bytes(catalog):
-    """MindSpeed's --recompute-activation-function: a layer keeps no FFN activation output
-    (the down projection's input: d_ff / tp per token, bf16; the one byte FP8 training left
-    of it), dense and MoE alike."""
+    """MindSpeed's --recompute-activation-function: a layer keeps no bf16 FFN activation
+    output (the down projection's input: d_ff / tp per token dense; (top_k + n_shared)
+    d_ff_e / tp on MoE layers), 2 bytes each; in FP8 training nothing (the down projection
+    keeps its own FP8 copy)."""
     from emu.catalog import load_model
 
-    for model in (catalog["llama8"], load_model("deepseek_v3")):
-        for prec, left in (("bf16", 2.0), ("fp8", 1.0)):
-            base = make_plan(tp=4, ep=4 if float(model.n_experts) else 1, precision=prec)
-            on = replace(base, recompute_activation=jnp.float32(1.0))
-            _, s0 = par.activation_bytes_per_layer(model, base)
-            _, s1 = par.activation_bytes_per_layer(model, on)
-            t = float(par.tokens_per_microbatch(base))
-            width = float(par.activation_output_width(model, base))
-            assert float(s0) - float(s1) == pytest.approx(t * left * width, rel=1e-5)
+    llama8, dsv3 = catalog["llama8"], load_model("deepseek_v3")  # d_ff 14336; 2048, top-8 + 1
+    moe_share = 58 / 61  # DeepSeek-V3: 3 dense layers (d_ff 18432) of 61
+    widths = {"llama8": 14336 / 4, "dsv3": (1 - moe_share) * 18432 / 4 + moe_share * 9 * 2048 / 4}
+    for name, model in (("llama8", llama8), ("dsv3", dsv3)):
+        base = make_plan(tp=4, ep=4 if name == "dsv3" else 1, seq_len=4096)
+        assert float(par.activation_output_width(model, base)) == pytest.approx(widths[name])
+        for prec, left in (("bf16", 2.0), ("fp8", 0.0)):
+            plan = replace(base, precision=prec)
+            _, s0 = par.activation_bytes_per_layer(model, plan)
+            _, s1 = par.activation_bytes_per_layer(
+                model, replace(plan, recompute_activation=jnp.float32(1.0))
+            )
+            assert float(s0) - float(s1) == pytest.approx(4096 * left * widths[name], rel=1e-5)
     with pytest.raises(ValueError, match="recompute_activation"):
         make_plan(phase="decode", recompute_activation=True)
 

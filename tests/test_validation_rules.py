@@ -738,6 +738,12 @@ def test_block_recompute_of_n_layers_recomputes_that_share_of_a_stage():
     assert float(plan13.recompute_activation) == 1.0
     other = ROWS["mindspeed_mfu_llama2_7b"]
     assert float(V.row_plan(other, V.row_model(other))[0].recompute_activation) == 0.0
+    from emu.validation._plans import _recompute_activation
+
+    said = {"--recompute-activation-function": True, "activation-function recompute": True,
+            "run without --recompute-activation-function": False,
+            "no activation-function recompute": False, "recompute activations": False}  # fmt: skip
+    assert {t: _recompute_activation({}, t) for t in said} == said
 
     def share(recompute, notes="", pp=4, vpp=None):
         p = {**r["parallel"], "recompute": recompute, "pp": pp, "dp": 2 * 4 // pp, "vpp": vpp}

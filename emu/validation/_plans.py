@@ -191,7 +191,10 @@ def _recompute_activation(p: dict, notes: str) -> bool:
     """Whether a row recomputes its FFN activation function in backward (MindSpeed's
     `--recompute-activation-function`, "activation-function recompute")."""
     text = f"{p.get('recompute') or ''} {notes}".lower()
-    spelled = r"recompute[-_]activation[-_]function|activation[- ]function recompute"
+    spelled = (
+        r"(?<!without --)(?<!without )(?<!no --)(?<!no )recompute[-_]activation[-_]function"
+        r"|(?<!no )activation[- ]function recompute"
+    )
     return bool(re.search(spelled, text))
 
 
