@@ -341,11 +341,10 @@ def activation_bytes_per_layer(model: Model, plan: Plan):
         moe = top_k (2 mats d_ff_e + 4 d) + n_shared 2 mats d_ff_e,
     less `fp8_linear_input_saving` in FP8 training, less the bf16 activation outputs
     (`activation_output_width`, 2 bytes; none in FP8 training, whose down projections keep
-    their own FP8 copy) when `recompute_activation` rebuilds them in backward; `kept` is
-    `stored`, or only the layer
-    input (2 d [/tp]) under full recomputation: the mean over the stage's layers, of which
-    the `recompute_fraction` share keeps the input and the rest `stored` (Megatron's block
-    method recomputes the first N layers of each stage chunk)."""
+    their own FP8 copy) when `recompute_activation` rebuilds them in backward. `kept` is
+    `stored`, or under full recomputation the mean over the stage's layers, of which the
+    `recompute_fraction` share keeps only its input (2 d [/tp]) and the rest `stored`
+    (Megatron's block method recomputes the first N layers of each stage chunk)."""
     t = tokens_per_microbatch(plan)
     d_q, _ = attn_dims(model)
     tp = plan.tp

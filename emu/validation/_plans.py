@@ -170,13 +170,18 @@ def _recompute(r) -> str:
 _BLOCK_METHOD = re.compile(r"recompute[-_]method[=:\s]+block\b|\bblock method\b|\bmethod block\b")
 
 
+def _recompute_text(p: dict, notes: str) -> str:
+    """A row's recompute field and notes, lower case: where its recompute flags are read."""
+    return f"{p.get('recompute') or ''} {notes}".lower()
+
+
 def _recompute_fraction(p: dict, notes: str, layers: int, pp: int, vpp: int) -> float:
     """The share of a stage's layers a full-recompute row recomputes: Megatron's block
     method recomputes the first N layers of each stage chunk (`--recompute-method block
     --recompute-num-layers N`, "recompute_num_layers: N", "block method, 1 layer per
     stage"), N / (layers / (pp vpp)) capped at 1; 0 for N = 0 (no layer recomputed); 1
     otherwise (the uniform method, or no N, recomputes every layer)."""
-    text = f"{p.get('recompute') or ''} {notes}".lower()
+    text = _recompute_text(p, notes)
     if _recompute(p.get("recompute")) != "full" or not _BLOCK_METHOD.search(text):
         return 1.0
     if re.search(r"recompute[-_]method[=:\s]+uniform", text):
@@ -190,7 +195,7 @@ def _recompute_fraction(p: dict, notes: str, layers: int, pp: int, vpp: int) -> 
 def _recompute_activation(p: dict, notes: str) -> bool:
     """Whether a row recomputes its FFN activation function in backward (MindSpeed's
     `--recompute-activation-function`, "activation-function recompute")."""
-    text = f"{p.get('recompute') or ''} {notes}".lower()
+    text = _recompute_text(p, notes)
     spelled = (
         r"(?<!without --)(?<!without )(?<!no --)(?<!no )recompute[-_]activation[-_]function"
         r"|(?<!no )activation[- ]function recompute"
