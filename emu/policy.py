@@ -18,7 +18,9 @@ of the chip count no larger than max(scale-up domain, experts): every rank of an
 CloudMatrix 384 (where EP does not divide the experts, the extra slots hold redundant
 replicas, as DeepSeek's and CloudMatrix's deployments place them), and across nodes on
 8-GPU servers. The batch per DP rank defaults to the largest meeting the phase's
-SLO (`largest_batch`).
+SLO (`largest_batch`). A model with MTP modules (DeepSeek-V3/R1) decodes with one MTP draft
+token accepted DEFAULT_MTP_ACCEPT of the time unless the plan sets its speculation
+(mtp_accept, draft_tokens or accept_len; mtp_accept 0 turns it off).
 
 Precision (`default_precision`): training BF16 (FP16 on a chip without BF16); serving the
 chip's 8-bit format (FP8, else INT8), else BF16. FP4 only when asked: it changes the model.
@@ -55,6 +57,8 @@ __all__ = [
     "scale_up_domain",
     "divisors",
     "DEFAULT_BATCH_TOKENS",
+    "DEFAULT_MTP_ACCEPT",
+    "default_mtp_accept",
     "RULE_KNOBS",
     "diagnose",
     "check_result",
@@ -93,6 +97,14 @@ def _capacity(system: System):
     return usable_hbm_bytes(rank_system(system).chip)
 
 
+#: acceptance of the one MTP draft token a model with MTP modules decodes with when the plan
+#: leaves speculation out: CloudMatrix-Infer's stated assumption, 70% (facts §5), also what
+#: `emu.validation` gives a row that says "with MTP" without its rate. The published
+#: DeepSeek-V3/R1 deployments decode with MTP (DeepSeek's own, SGLang's, CloudMatrix-Infer,
+#: xDeepServe: facts §5, the measurement set's decode rows)
+DEFAULT_MTP_ACCEPT = 0.7
+#: the knobs that set a decode plan's speculation
+SPECULATION_KNOBS = ("mtp_accept", "draft_tokens", "accept_len")
 #: knobs the rule chooses when they are left out (None)
 RULE_KNOBS = ("tp", "pp", "dp", "cp", "ep", "global_batch", "recompute")
 #: knobs a serving plan fixes: no pipeline, context or expert-tensor parallelism
@@ -271,6 +283,12 @@ def _serving_tp(system, model, chips, knobs: dict) -> int:
     return tp
 
 
+def default_mtp_accept(model: Model, phase: str) -> float:
+    """The serving rule's MTP acceptance for a plan that leaves speculation out:
+    DEFAULT_MTP_ACCEPT for a decode plan of a model with MTP modules, else 0 (none)."""
+    return DEFAULT_MTP_ACCEPT if phase == "decode" and _int(model.mtp_layers) > 0 else 0.0
+
+
 def _auto_inference_plan(system, model, chips: int, knobs: dict) -> Plan:
     knobs = dict(knobs)
     tp, dp, ep = knobs.pop("tp", None), knobs.pop("dp", None), knobs.pop("ep", None)
@@ -302,6 +320,8 @@ def _auto_inference_plan(system, model, chips: int, knobs: dict) -> Plan:
             f"{_ranks_text(system, chips)}; adjust dp (got dp={dp})."
         )
     ep_ = ep if ep is not None else (er or _serving_ep(system, model, chips))
+    if not any(k in knobs for k in SPECULATION_KNOBS):
+        knobs["mtp_accept"] = default_mtp_accept(model, knobs.get("phase", "train"))
     plan = make_plan(
         **knobs, tp=tp, dp=dp_, ep=ep_, microbatch=microbatch, global_batch=dp_ * microbatch,
         recompute="none", zero=0,

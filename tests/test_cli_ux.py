@@ -34,6 +34,23 @@ def test_deepseek_r1_serving_compares_with_default_flags(capsys, phase):
         assert any(n.startswith(f"precision on {r['system']}: ") for n in r["notes"])
 
 
+def test_mtp_default_is_said_and_can_be_turned_off(capsys):
+    args = ["run", "--model", "deepseek_r1", "--phase", "decode", "--system", "gb200_nvl72"]
+    on = run_json(capsys, *args)
+    assert on["plan"]["mtp_accept"] == pytest.approx(0.7)
+    assert any(n.startswith("MTP on: deepseek_r1") for n in on["notes"])
+    off = run_json(capsys, *args, "--mtp-accept", "0")
+    assert off["plan"]["mtp_accept"] == 0 and not any("MTP on" in n for n in off["notes"])
+    assert off["tokens_per_s_per_chip"] < on["tokens_per_s_per_chip"]
+    # speculation set through --set: the rule adds no MTP to it (not "both" an error)
+    drafts = ["--set", "plan.draft_tokens=2", "--set", "plan.accept_len=2.4"]
+    drafted = run_json(capsys, *args, *drafts)
+    assert drafted["plan"]["mtp_accept"] == 0 and drafted["plan"]["draft_tokens"] == 2
+    served = run_json(capsys, "serve", "--model", "deepseek_r1", "--system", "gb200_nvl72")
+    assert served["decode"]["plan"]["mtp_accept"] == pytest.approx(0.7)
+    assert any(n.startswith("MTP on: deepseek_r1") for n in served["notes"])
+
+
 def test_text_shows_precision_serving_lengths_ep_and_overrides(capsys):
     args = ["run", "--system", "dgx_h100", "--model", "mixtral_8x7b", "--chips", "8"]
     code, out, _ = run_cli(

@@ -10,7 +10,7 @@ from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
 from emu.cli import _render_catalog as render_catalog
 from emu.cli._parser import CliError
-from emu.cli._setup import overrides, refuse_moe_flags, resolved, set_note, setup
+from emu.cli._setup import mtp_note, overrides, refuse_moe_flags, resolved, set_note, setup
 from emu.plan import plan_dict
 from emu.struct import float_leaves
 
@@ -369,6 +369,7 @@ def _serving_plan(args, system, model, phase, chips, batch, slo, precision):
         microbatch=batch or 1,
         phase=phase,
         context=args.prompt_len + args.output_len // 2,
+        # None: the serving rule's MTP for a model with MTP modules (policy.DEFAULT_MTP_ACCEPT)
         mtp_accept=args.mtp_accept if phase == "decode" else 0.0,
         precision=precision,
         kv_precision=args.kv_precision,
@@ -404,6 +405,8 @@ def cmd_serve(args) -> None:
         notes.append(f"precision: {precision} (the chip's serving format; --precision to change)")
     with render.working(_compiling(system.name, model.name, compiles=" (prefill and decode)")):
         out, r = _serve(args, system, model, precision)
+    if args.mtp_accept is None and out["decode"]["plan"]["mtp_accept"] > 0:
+        notes.append(mtp_note(model, out["decode"]["plan"]["mtp_accept"]))
     out["notes"] = notes + set_note(args)
     out["interval"] = analysis.intervals(
         {"tokens_per_s": out["tokens_per_s"], "tpot_s": out["tpot_s"]},

@@ -391,8 +391,9 @@ def _add_serve(sub) -> None:
     p.add_argument(
         "--mtp-accept",
         type=in_range(0.0, 1.0, "an acceptance rate in [0, 1)", closed_hi=False),
-        default=0.0,
-        help="share of multi-token-prediction drafts accepted, in [0, 1) (default 0)",
+        default=None,
+        help="share of multi-token-prediction drafts accepted, in [0, 1) (default: 0.7 for a "
+        "model with MTP modules, as the serving rule decodes them; 0 turns MTP off)",
     )
     p.add_argument(
         "--moe-imbalance",

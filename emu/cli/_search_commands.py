@@ -10,7 +10,7 @@ from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
 from emu.cli._distributed import processes as _processes
 from emu.cli._parser import PROBLEM_KNOBS, SEARCH_FIXED_KNOBS, SLO_DEFAULTS, CliError, as_int
-from emu.cli._setup import overrides, refuse_moe_flags, resolved, set_note, slo
+from emu.cli._setup import mtp_note, overrides, refuse_moe_flags, resolved, set_note, slo
 from emu.overrides import check_unit, parse_value
 from emu.plan import KNOBS
 from emu.plan import knobs as plan_knobs
@@ -130,6 +130,7 @@ def _problem(args, system, model, chips, free, fixed, slo_s, price=None) -> Prob
     `price`: the --region cost, for the usd_per_mtoken objective and column)."""
     given = {n: getattr(args, n) for n in PROBLEM_KNOBS if getattr(args, n, None) is not None}
     given.setdefault("precision", policy.default_precision(system, args.phase))
+    given.setdefault("mtp_accept", policy.default_mtp_accept(model, args.phase))
     return Problem(
         system=system.name,
         model=model.name,
@@ -173,6 +174,8 @@ def search_setup(args):
     problem = _problem(args, system, model, _chips(args, system), free, fixed, slo_s, price)
     if args.precision is None:
         notes.append(f"precision: {problem.precision} (--precision to change)")
+    if args.mtp_accept is None and problem.mtp_accept > 0:
+        notes.append(mtp_note(model, problem.mtp_accept))
     return system, model, problem, _grid(args, system), out, notes + set_note(args)
 
 

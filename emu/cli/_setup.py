@@ -133,6 +133,15 @@ def _precision(args, system: System, phase: str, notes: list[str]) -> str:
     return p
 
 
+def mtp_note(model: Model, accept: float) -> str:
+    """The note of a decode plan the serving rule gave MTP (`policy.DEFAULT_MTP_ACCEPT`)."""
+    return (
+        f"MTP on: {model.name} decodes with its MTP module, one draft token accepted "
+        f"{accept:.0%} of the time (CloudMatrix-Infer's assumption); --mtp-accept to change, "
+        "0 to turn it off"
+    )
+
+
 def setup(args, system_name: str) -> Setup:
     """The configuration of the workload flags of run/compare/sensitivity on one system."""
     notes: list[str] = []
@@ -164,6 +173,11 @@ def setup(args, system_name: str) -> Setup:
     if isinstance(share, int | float) and share < 1.0:
         if "recompute" not in knobs and "recompute" not in plan_o:
             knobs["recompute"] = "full"  # a share of layers recomputed in full (as the flag)
+    # the serving rule's MTP (policy.default_mtp_accept) unless speculation is set (--set
+    # too: the rule's MTP and a --set draft would be "both"); --plan best searches with it
+    spec = [k for k in policy.SPECULATION_KNOBS if k in knobs or k in plan_o]
+    if "mtp_accept" not in knobs:
+        knobs["mtp_accept"] = 0.0 if spec else policy.default_mtp_accept(model, phase)
     if getattr(args, "plan", "rule") == "best":
         from emu.cli._search_commands import quick_search
 
@@ -183,4 +197,6 @@ def setup(args, system_name: str) -> Setup:
                 f"the SLO of {slo_s:g} s on {system.name} (--tp to choose)"
             )
         plan = chosen
+    if not spec and float(plan.mtp_accept) > 0:
+        notes.append(mtp_note(model, float(plan.mtp_accept)))
     return Setup(system, model, plan, slo_s, notes)

@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 from emu._backend import jnp
 from emu.parallelism import Plan, make_plan, validate_plan
-from emu.policy import auto_plan
+from emu.policy import DEFAULT_MTP_ACCEPT, auto_plan
 from emu.struct import replace
 from emu.validation._rows import int_or, num_in, row_text, train_seq_len
 from emu.workload import Model
@@ -60,8 +60,7 @@ DEFAULT_EP_SERVING_OVERLAP = True
 #: experts over the TP group (Megatron's MoE MLPs are tensor-parallel unless experts are
 #: expert-parallel; fidelity DESIGN §5 "expert TP default")
 DEFAULT_ETP_WITHOUT_EP = True
-#: MTP draft acceptance when a row says "with MTP" but not the rate (CM paper's 70%, facts §5)
-DEFAULT_MTP_ACCEPT = 0.7
+# (a row that says "with MTP" but not the rate: `emu.policy.DEFAULT_MTP_ACCEPT`, 70%)
 #: DeepSeek's prefill profile: 16,384 tokens per device, 4K prompts (facts §5; row notes)
 DEFAULT_PREFILL_TOKENS = 16384
 DEFAULT_PROMPT = 4096
