@@ -46,6 +46,8 @@ def test_mtp_default_is_said_and_can_be_turned_off(capsys):
     drafts = ["--set", "plan.draft_tokens=2", "--set", "plan.accept_len=2.4"]
     drafted = run_json(capsys, *args, *drafts)
     assert drafted["plan"]["mtp_accept"] == 0 and drafted["plan"]["draft_tokens"] == 2
+    code, out, _ = run_cli(capsys, *args, *drafts)
+    assert code == 0 and "draft_tokens=2 accept_len=2.4" in out and "MTP on" not in out
     served = run_json(capsys, "serve", "--model", "deepseek_r1", "--system", "gb200_nvl72")
     assert served["decode"]["plan"]["mtp_accept"] == pytest.approx(0.7)
     assert any(n.startswith("MTP on: deepseek_r1") for n in served["notes"])

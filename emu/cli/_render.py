@@ -73,6 +73,8 @@ def plan_text(p: dict) -> str:
     if p["phase"] != "train":
         length = f"context={p['context']:g}" if p["phase"] == "decode" else f"prompt={p['seq_len']}"
         extra = f" mtp_accept={p['mtp_accept']:g}" if p.get("mtp_accept") else ""
+        if p.get("draft_tokens"):  # speculative decoding with its own drafts
+            extra += f" draft_tokens={p['draft_tokens']:g} accept_len={p['accept_len']:g}"
         extra += f" cache_hit={p['cache_hit']:g}" if p.get("cache_hit") else ""
         return (
             f"{p['phase']}: tp={p['tp']} dp={p['dp']}{moe} batch/rank={p['microbatch']} "
