@@ -352,7 +352,8 @@ class Plan:
     mtp_accept: Array = knob(
         "float", default=0.0, bounds="[0, 1)", phases=("decode",),
         help="acceptance rate of one multi-token-prediction draft token (0 = no MTP; "
-        "draft_tokens = 1 and accept_len = 1 + mtp_accept with the model's MTP module)",
+        "draft_tokens = 1 and accept_len = 1 + mtp_accept with the model's MTP module; the "
+        "CLI's serving rule gives a model with MTP modules 0.7 when speculation is left out)",
     )
     draft_tokens: Array = knob(
         "int", default=0, bounds="[0, 16]", phases=("decode",), unit="tokens",

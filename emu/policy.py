@@ -138,7 +138,8 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     """A valid plan for `chips` chips. `knobs` are Plan knobs by name (emu.plan.KNOBS):
     those given (not None) are kept; the degrees, global batch and recomputation of
     RULE_KNOBS that are left out are chosen by the rule of the module doc; the others take
-    their declared defaults (seq_len: 4096)."""
+    their declared defaults (seq_len: 4096), except a decode plan's speculation
+    (`default_mtp_accept`)."""
     knobs = {k: v for k, v in knobs.items() if v is not None}
     knobs.setdefault("seq_len", 4096)
     packages = _check_knobs(chips, system, knobs)

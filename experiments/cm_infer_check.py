@@ -59,9 +59,9 @@ def _run(phase: str, batch: int, length: int, mtp: float, imbalance: float) -> d
         "--moe-imbalance", str(imbalance), "--a2a-overlap", "--json",
     ]  # fmt: skip
     if decode:
+        # the MTP rate as stated, 0 included (emu's serving rule would otherwise add its own)
         args += ["--phase", "decode", "--context", str(length), "--tpot-slo", "10"]
-        if mtp > 0:
-            args += ["--mtp-accept", str(mtp)]
+        args += ["--mtp-accept", str(mtp)]
     else:
         args += ["--phase", "prefill", "--seq-len", str(length), "--ttft-slo", "100"]
     out = subprocess.run(args, capture_output=True, text=True, check=True)

@@ -46,6 +46,13 @@ def test_mtp_default_is_said_and_can_be_turned_off(capsys):
     drafts = ["--set", "plan.draft_tokens=2", "--set", "plan.accept_len=2.4"]
     drafted = run_json(capsys, *args, *drafts)
     assert drafted["plan"]["mtp_accept"] == 0 and drafted["plan"]["draft_tokens"] == 2
+    typed = run_json(capsys, *args, "--mtp-accept", "0.7")  # given: nothing to note
+    assert typed["plan"]["mtp_accept"] == pytest.approx(0.7)
+    assert not any("MTP on" in n for n in typed["notes"])
+    # --set plan.mtp_accept derives accept_len as the flag does (it was "accept_len=1 needs
+    # draft_tokens > 0")
+    half = run_json(capsys, *args, "--set", "plan.mtp_accept=0.5")
+    assert half["feasible"] and half["plan"]["accept_len"] == pytest.approx(1.5)
     code, out, _ = run_cli(capsys, *args, *drafts)
     assert code == 0 and "draft_tokens=2 accept_len=2.4" in out and "MTP on" not in out
     served = run_json(capsys, "serve", "--model", "deepseek_r1", "--system", "gb200_nvl72")

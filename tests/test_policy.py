@@ -52,6 +52,7 @@ def test_serving_rule_decodes_with_the_models_mtp_module(sys_models):
     assert float(auto_plan(system, ds, 72, **kw, mtp_accept=0.0).mtp_accept) == 0.0
     drafted = auto_plan(system, ds, 72, **kw, draft_tokens=2, accept_len=2.4)
     assert float(drafted.mtp_accept) == 0.0 and float(drafted.draft_tokens) == 2.0
+    assert float(auto_plan(system, ds, 72, **kw, accept_len=1.0).mtp_accept) == 0.0
     assert float(auto_plan(system, llama, 72, **kw).mtp_accept) == 0.0  # no MTP module
     prefill = auto_plan(system, ds, 72, **{**kw, "phase": "prefill"})
     assert float(prefill.mtp_accept) == 0.0

@@ -27,7 +27,9 @@ PLAN_RULE = (
     "layers that fits in HBM (selective recompute, then full); DP = the rest. Serving "
     "(--phase prefill|decode): TP = 1 and EP = all ranks up to max(scale-up domain, "
     "experts) for MoE models; the batch per DP rank is the largest meeting "
-    "--ttft-slo/--tpot-slo. Precision "
+    "--ttft-slo/--tpot-slo; a model with MTP modules decodes with one MTP draft accepted "
+    "70% of the time unless --mtp-accept (0: none), --draft-tokens or --accept-len is given. "
+    "Precision "
     "left out: bf16 in training, the chip's fp8 (else int8) in serving. --plan best replaces "
     "the rule by a quick search."
 )

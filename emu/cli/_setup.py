@@ -137,8 +137,8 @@ def mtp_note(model: Model, accept: float) -> str:
     """The note of a decode plan the serving rule gave MTP (`policy.DEFAULT_MTP_ACCEPT`)."""
     return (
         f"MTP on: {model.name} decodes with its MTP module, one draft token accepted "
-        f"{accept:.0%} of the time (CloudMatrix-Infer's assumption); --mtp-accept to change, "
-        "0 to turn it off"
+        f"{accept:.0%} of the time (the rate CloudMatrix-Infer assumes); --mtp-accept to "
+        "change, 0 to turn it off"
     )
 
 
@@ -186,6 +186,11 @@ def setup(args, system_name: str) -> Setup:
     else:
         plan = policy.auto_plan(system, model, chips, **knobs)
     if plan_o:
+        if "mtp_accept" in plan_o and not {"accept_len", "draft_tokens"} & set(plan_o):
+            try:  # accept_len derives from mtp_accept (make_plan); --set replaces leaves only
+                plan_o = {**plan_o, "accept_len": 1.0 + float(plan_o["mtp_accept"])}
+            except (TypeError, ValueError):
+                pass  # not a number: apply_overrides says so, naming the path
         plan = apply_overrides(plan, plan_o, "Plan")
         policy.check_plan(system, model, plan, args.chips)
     if plan.phase != "train" and args.batch is None:
