@@ -12,7 +12,11 @@ measured step is TPOT x accept length (tokens accepted per sequence per step), e
 Columns: the row, emu's decode plan (TP, DP, EP, batch per rank), measured TPOT and accept
 length, measured step (ms), emu's step (ms) and accept length, and the step's ratio
 emu / measured (> 1: emu's step is slower), then the row's throughput error in sample
-(predicted / measured - 1 at the shipped fit).
+(predicted / measured - 1 at the shipped fit), and, for a deployment row (`ServingRow`),
+the throughput error emu's deployment rule would make with the *measured* TPOT in place of
+its own decode step ("at TPOT"): D = the decode instance's running sequences / TPOT, emu's
+prefill rate P, composed as `emu.validation.serving_rate` composes them. It isolates the
+deployment rule (prefill share, first wave) from the decode step model.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import sys
 
 import numpy as np
 
+from emu.objective import evaluate
 from emu.parallelism import speculation
 from emu.step import inference_step
 from emu.validation import default_measurements, predict_items, prepare_rows, read_rows
+from emu.validation._predict import chips_per_unit
 
 NUM = r"(\d+(?:\.\d+)?)"
 TPOT = re.compile(rf"tpot (?:of )?{NUM} ?ms")
@@ -36,6 +42,26 @@ RATE = re.compile(rf"acceptance rate of (?:about )?{NUM}%")
 def _first(pattern: re.Pattern, text: str) -> float | None:
     m = pattern.search(text)
     return float(next(g for g in m.groups() if g)) if m else None
+
+
+def _at_tpot(it, tpot_s: float) -> float | None:
+    """Per-card throughput of a deployment row with the measured TPOT as its decode step
+    (module doc); None for a row that is one instance."""
+    sv = it.serving
+    if sv is None:
+        return None
+    d = float(np.asarray(sv.decode.global_batch)) / tpot_s
+    if sv.prefill is None:
+        rate = d
+    else:
+        isl, osl = sv.prompt_len, sv.output_len
+        p = float(np.asarray(evaluate(it.system, it.model, sv.prefill).tokens_per_s))
+        if sv.mode == "separated":  # steady state min(D, P out/in), then the first wave
+            r = min(d, p * osl / isl)
+            rate = 1.0 / (1.0 / r + sv.ramp * (isl / osl) / p)
+        else:  # mixed: prefill and decode take turns on the same ranks
+            rate = 1.0 / (1.0 / d + (isl / osl) / p)
+    return rate / sv.cards * chips_per_unit(it.row)
 
 
 def main(pattern: str = "") -> None:
@@ -50,7 +76,7 @@ def main(pattern: str = "") -> None:
     predicted, _ = predict_items(items)
     head = (
         "row | tp/dp/ep/batch | TPOT ms | accept | step ms | emu step ms | emu accept | ratio"
-        " | throughput"
+        " | throughput | at TPOT"
     )
     print(head)
     print("-" * len(head))
@@ -67,11 +93,13 @@ def main(pattern: str = "") -> None:
         emu_ms = float(np.asarray(step.total_s)) * 1e3
         measured_ms = tpot * accept
         err = float(np.asarray(pred)) / it.base["measured"] - 1.0
+        at = _at_tpot(it, tpot / 1e3)
+        at_text = "" if at is None else f" | {at / it.base['measured'] - 1.0:+.0%}"
         degrees = "/".join(str(int(float(x))) for x in (plan.tp, plan.dp, plan.ep, plan.microbatch))
         print(
             f"{it.base['id'][:44]:44s} | {degrees:14s} | {tpot:6.2f} | {accept:4.2f} | "
             f"{measured_ms:7.1f} | {emu_ms:7.1f} | {emu_accept:4.2f} | "
-            f"{emu_ms / measured_ms:5.2f} | {err:+.0%}"
+            f"{emu_ms / measured_ms:5.2f} | {err:+.0%}{at_text}"
         )
 
 
