@@ -29,8 +29,13 @@ import numpy as np
 from emu.objective import evaluate
 from emu.parallelism import speculation
 from emu.step import inference_step
-from emu.validation import default_measurements, predict_items, prepare_rows, read_rows
-from emu.validation._predict import chips_per_unit
+from emu.validation import (
+    chips_per_unit,
+    default_measurements,
+    predict_items,
+    prepare_rows,
+    read_rows,
+)
 
 NUM = r"(\d+(?:\.\d+)?)"
 TPOT = re.compile(rf"tpot (?:of )?{NUM} ?ms")
