@@ -32,6 +32,7 @@ from emu.step import inference_step
 from emu.validation import (
     chips_per_unit,
     default_measurements,
+    deployment_rate,
     predict_items,
     prepare_rows,
     read_rows,
@@ -56,17 +57,9 @@ def _at_tpot(it, tpot_s: float) -> float | None:
     if sv is None:
         return None
     d = float(np.asarray(sv.decode.global_batch)) / tpot_s
-    if sv.prefill is None:
-        rate = d
-    else:
-        isl, osl = sv.prompt_len, sv.output_len
-        p = float(np.asarray(evaluate(it.system, it.model, sv.prefill).tokens_per_s))
-        if sv.mode == "separated":  # steady state min(D, P out/in), then the first wave
-            r = min(d, p * osl / isl)
-            rate = 1.0 / (1.0 / r + sv.ramp * (isl / osl) / p)
-        else:  # mixed: prefill and decode take turns on the same ranks
-            rate = 1.0 / (1.0 / d + (isl / osl) / p)
-    return rate / sv.cards * chips_per_unit(it.row)
+    p = 0.0 if sv.prefill is None else evaluate(it.system, it.model, sv.prefill).tokens_per_s
+    rate = deployment_rate(sv.mode, d, p, sv.prompt_len, sv.output_len, sv.ramp)
+    return float(np.asarray(rate)) / sv.cards * chips_per_unit(it.row)
 
 
 def main(pattern: str = "") -> None:

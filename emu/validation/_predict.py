@@ -343,12 +343,23 @@ def serving_rate(system: System, model: Model, decode: Plan, prefill, lengths, *
         return r.tokens_per_s, r.feasible
     isl, osl = lengths[0], lengths[1]
     s = disaggregated(system, model, prefill, decode, prompt_len=isl, output_len=osl)
-    if mode == "separated":
-        w = lengths[2] if len(lengths) > 2 else 0.0
-        fill = w * safe_div(isl / osl, s.prefill.tokens_per_s)
-        return safe_div(1.0, safe_div(1.0, s.tokens_per_s) + fill), s.feasible
+    ramp = lengths[2] if len(lengths) > 2 else 0.0
     d, p = s.decode.tokens_per_s, s.prefill.tokens_per_s
-    return safe_div(1.0, safe_div(1.0, d) + safe_div(isl / osl, p)), s.feasible
+    return deployment_rate(mode, d, p, isl, osl, ramp), s.feasible
+
+
+def deployment_rate(mode: str, d, p, isl, osl, ramp=0.0):
+    """Output tokens/s of a deployment (`serving_rate`'s composition) from its decode
+    instance's output rate `d` and its prefill instance's prompt rate `p` (tokens/s):
+    "decode" d; "separated" 1 / (1/R + ramp (in/out)/p), R = min(p/in, d/out) out
+    (`serving.disaggregated`'s steady state); "mixed" 1 / (1/d + (in/out)/p)."""
+    if mode == "decode":
+        return d
+    if mode == "separated":
+        steady = jnp.minimum(safe_div(p, isl), safe_div(d, osl)) * osl
+        fill = ramp * safe_div(isl / osl, p)
+        return safe_div(1.0, safe_div(1.0, steady) + fill)
+    return safe_div(1.0, safe_div(1.0, d) + safe_div(isl / osl, p))
 
 
 _SERVE = {}
