@@ -282,6 +282,12 @@ def cmd_validate(args) -> None:
     sys_o, model_o, plan_o = overrides(args)
     if model_o or plan_o:
         raise CliError("validate takes only system fields in --set (rows define model and plan).")
+    if args.row is not None:
+        if args.kind or args.plot or args.show_skipped:
+            raise CliError("--row explains one row: drop --kind, --plot and --show-skipped.")
+        exp = validation.explain_row(args.row, args.file, overrides=sys_o)
+        render.emit(args, exp.to_json(), render.explain_text(exp))
+        return
     if args.plot:  # before the work, not after it
         storage.check_output_path(args.plot, make_parents=True, what="--plot")
         render.need_matplotlib("--plot")

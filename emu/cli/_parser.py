@@ -491,6 +491,12 @@ def _add_measurement_commands(sub) -> None:
     p.add_argument("--kind", choices=KINDS, help="only rows of this kind")
     p.add_argument("--show-skipped", action="store_true", help="list skipped rows in the table")
     p.add_argument("--plot", metavar="FILE", help="write a predicted-vs-measured PNG")
+    p.add_argument(
+        "--row",
+        metavar="ID",
+        help="explain one row: its plan, deployment or collective setup, step breakdown and "
+        "error",
+    )
     _common(p)
 
     p = sub.add_parser(

@@ -185,10 +185,11 @@ def column_names(results: list[dict]) -> list[str]:
             for i, n in enumerate(names)]  # fmt: skip
 
 
-def run_text(results: list[dict]) -> str:
+def run_text(results: list[dict], names: list[str] | None = None) -> str:
     """`emu run`/`emu compare`: infeasibility first, then one column per result, the step
-    breakdown, the plans, warnings and notes."""
-    names = column_names(results)
+    breakdown, the plans, warnings and notes. `names`: the columns' labels (default: the
+    systems, `column_names`)."""
+    names = names or column_names(results)
     out = [
         f"INFEASIBLE on {name}: {reason}"
         for r, name in zip(results, names, strict=True)
@@ -244,6 +245,79 @@ def run_text(results: list[dict]) -> str:
     else:
         out.append(f"compile {sum(r['compile_s'] for r in results):.2f} s, {evaluate}")
     return "\n".join(out)
+
+
+#: how a deployment's output rate composes its instances' rates (`validation.deployment_rate`)
+_DEPLOYMENT_RULE = {
+    "decode": "decode alone: rate = D",
+    "mixed": "PD mixed on the same ranks: rate = 1 / (1/D + (in/out)/P)",
+    "separated": "PD separated: rate = 1 / (1/R + ramp (in/out)/P), R = min(P/in, D/out) out",
+}
+
+
+def _signed_error(res: dict) -> str:
+    diff = res["predicted"] / res["measured"] - 1.0
+    side = "above" if diff > 0 else "below"
+    band = res.get("interval") or {}
+    where = {True: "inside", False: "outside"}.get(res.get("inside"), "no")
+    return f"{100 * diff:+.1f}% (predicted {side} measured; {where} the 80% interval)" + (
+        f" [{band['low']:.4g} - {band['high']:.4g}]" if band.get("low") is not None else ""
+    )
+
+
+def _collective_lines(c: dict) -> list[str]:
+    if c["op"] == "all-reduce":
+        size = si(c["bytes"], "B") + (f" ({c['bytes_assumed']})" if c.get("bytes_assumed") else "")
+        return [f"all-reduce of {size} over {c['ranks']:g} ranks, {c['algorithm']} algorithm"]
+    copies = "one copy per routed expert" if c["dedup"] < 0.5 else "one copy per destination"
+    lines = [
+        f"MoE {c['op']}: {c['tokens']:g} tokens per rank x {c['token_bytes']:.0f} B per copy, "
+        f"top-{c['top_k']:g} over {c['group']:g} ranks ({copies}"
+        + (f", at most {c['max_domains']:g} domains per token" if c["max_domains"] else "")
+        + f"); published as {c['convention']}"
+        + (f" over {si(c['moved'], 'B')} moved" if c.get("moved") else "")
+    ]
+    return lines + [f"assumed: {a}" for a in c.get("assumed", [])]
+
+
+def explain_text(exp) -> str:
+    """`emu validate --row ID`: the row's result, what it measures or how its deployment
+    composes its instances, and the instances' steps (`run_text`, one column each)."""
+    res = exp.result
+    if res["status"] != "ok":  # a refused line has no kind or system to show
+        return f"row {res['id']}: not modelled ({res['status']}): {res['reason']}"
+    out = [
+        f"row {res['id']} ({res['kind']}, {res['system']})",
+        f"source: {res.get('source', '-')}",
+    ]
+    out.append(
+        f"{res['metric']}: predicted {res['predicted']:.4g}, measured {res['measured']:.4g}: "
+        + _signed_error(res)
+    )
+    if res.get("feasible") is False:
+        out.append("memory: the plan exceeds the usable HBM in emu (it ran on its hardware)")
+    out += [f"approximates: {a}" for a in res.get("approximates", [])]
+    if exp.collective is not None:
+        return "\n".join(out + _collective_lines(exp.collective))
+    d = exp.deployment
+    if d is not None:
+        pre = d["prefill_tokens_per_s"]
+        out += [
+            f"deployment: {_DEPLOYMENT_RULE[d['mode']]}",
+            f"  in = {d['prompt_len']:g} prompt and out = {d['output_len']:g} output tokens "
+            f"per request" + (f", first-wave ramp {d['ramp']:.3g}" if d["ramp"] else ""),
+            f"  D = {d['decode_tokens_per_s']:,.0f} output tok/s (decode instance)"
+            + (f", P = {pre:,.0f} prompt tok/s (prefill instance)" if pre is not None else ""),
+            f"  rate {d['rate_tokens_per_s']:,.0f} tok/s over {d['cards']} cards"
+            + (f" x {d['chips_per_unit']:g} per unit" if d["chips_per_unit"] != 1 else "")
+            + f" = {d['per_unit']:.4g} (the published figure)",
+        ]
+        if d["batch_cap"] is not None:
+            out.append(
+                f"  decode batch: the largest that fits, at most {d['batch_cap']}"
+                + (f" (KV held for {d['kv_reserve']:g} tokens)" if d["kv_reserve"] else "")
+            )
+    return "\n".join([*out, "", run_text(exp.runs, exp.roles)])
 
 
 def describe_text(d: dict) -> str:

@@ -16,6 +16,8 @@ Rows follow ../shared/data/MEASUREMENTS.md. The parts, one question each:
   often it covers out of sample.
 - report (`validate_file`, `validate_rows`, `summarise`, `format_report`, `plot_report`):
   how far off is each row, and overall?
+- explanation (`explain_row`, `RowExplanation`): how was one row modelled, part by part
+  (`emu validate --row ID`)?
 
 Error = |predicted - measured| / measured on the metric as published.
 """
@@ -68,6 +70,8 @@ _NAMES = {
     "serving_rate": "emu.validation._predict",
     "deployment_rate": "emu.validation._predict",
     "KINDS": "emu.validation._rows",
+    "RowExplanation": "emu.validation._explain",
+    "explain_row": "emu.validation._explain",
     "coverage_of_file": "emu.validation._report",
     "error_stats": "emu.validation._report",
     "format_report": "emu.validation._report",
@@ -110,6 +114,7 @@ if TYPE_CHECKING:  # the same names for type checkers and the docs (griffe)
         predict_allreduce_busbw,
         predict_moe_comm,
     )
+    from emu.validation._explain import RowExplanation, explain_row
     from emu.validation._intervals import (
         TAIL_GRID,
         calibrate_tail,
@@ -189,6 +194,8 @@ __dir__ = lazy_dir(globals())
 
 __all__ = [
     "validate_file",
+    "explain_row",
+    "RowExplanation",
     "validate_rows",
     "format_report",
     "plot_report",

@@ -83,23 +83,31 @@ def validate_rows(
     preds, feas = predict_items(items, run=lambda s, m, p: jax.device_get(_eval_group(s, m, p)))
     table = table if table is not None else interval_table()
     for it, pred, ok in zip(items, preds, feas, strict=True):
-        extra = {} if ok is None else {"feasible": bool(float(ok) > 0.5)}
-        res = _scored(it.base, float(pred), it.row, **extra)
-        if res["status"] == "ok":
-            group = item_group(it)
-            band = interval(
-                res["predicted"], group, time=it.base["metric"] in TIME_METRICS, table=table
-            )
-            res["group"] = group
-            res["interval"] = band
-            res["inside"] = (
-                None if band["low"] is None else band["low"] <= res["measured"] <= band["high"]
-            )
-            res["approximates"] = item_notes(it)
-        results.append(res)
+        results.append(score_item(it, float(pred), ok, table))
     order = {str(r["id"]): i for i, r in enumerate(rows)}
     results.sort(key=lambda r: order.get(r["id"], len(order)))
     return results
+
+
+def score_item(it, pred: float, ok, table: dict | None) -> dict:
+    """The report entry of one predicted item (`validate_rows`): error against the row's
+    measurement, `feasible` (run rows: whether the plan fits emu's memory model), and for a
+    scored row its interval `group`, the `interval` of the prediction from `table`, whether
+    the measurement is `inside` it, and what the prediction `approximates`."""
+    extra = {} if ok is None else {"feasible": bool(float(ok) > 0.5)}
+    res = _scored(it.base, pred, it.row, **extra)
+    if res["status"] == "ok":
+        group = item_group(it)
+        band = interval(
+            res["predicted"], group, time=it.base["metric"] in TIME_METRICS, table=table
+        )
+        res["group"] = group
+        res["interval"] = band
+        res["inside"] = (
+            None if band["low"] is None else band["low"] <= res["measured"] <= band["high"]
+        )
+        res["approximates"] = item_notes(it)
+    return res
 
 
 def _stats(errors: list[float]) -> dict:
