@@ -12,10 +12,13 @@ from tests._cli import run_cli, run_json
 # one worker: the comparison reads the session's `validate_reports`; the fixture runs once
 pytestmark = pytest.mark.xdist_group("validate")
 
-#: one row of each way a prediction is made: a deployment of two instances (PD mixed), a
-#: training step read as MFU, an MoE dispatch kernel, an all-reduce
+#: one row of each way a prediction is made: deployments of two instances (PD mixed; PD
+#: separated with a first-wave ramp) and of decode alone, a training step read as MFU, an
+#: MoE dispatch kernel, an all-reduce
 ROWS = {
     "sglang_a3_qwen3_235b_mixed_8c_2k_2k": ["decode instance", "prefill instance"],
+    "sglang_a3_dsr1_pdsep_32c_6k_1p6k_20ms": ["decode instance", "prefill instance"],
+    "pangu_pro_moe_800ia2_decode_bs456": ["decode instance"],
     "mindspeed_mfu_llama2_7b": ["step"],
     "deepep_v1_ll_dispatch_ep8": [],
     "oci_gb200_128gpu_2rack_allreduce_1048576": [],
@@ -63,14 +66,43 @@ def test_collective_setup_is_what_the_row_states(explained):
     assert (a["op"], a["bytes"], a["ranks"]) == ("all-reduce", 1048576.0, 128.0)
 
 
-def test_unknown_id_names_the_closest(tmp_path):
+def test_separated_deployment_pays_its_first_wave(explained):
+    e = explained["sglang_a3_dsr1_pdsep_32c_6k_1p6k_20ms"]
+    d = e.deployment
+    dec, pre = (r["tokens_per_s"] for r in e.runs)
+    steady = min(pre / d["prompt_len"], dec / d["output_len"]) * d["output_len"]
+    fill = d["ramp"] * d["prompt_len"] / d["output_len"] / pre
+    assert d["ramp"] > 0 and d["rate_tokens_per_s"] == pytest.approx(1 / (1 / steady + fill))
+    assert d["context"] == d["prompt_len"] + d["output_len"] / 2
+
+
+def test_mfu_row_names_the_peak_it_is_normalised_by(explained):
+    (note,) = explained["mindspeed_mfu_llama2_7b"].notes
+    assert "313 TFLOP/s" in note and "source's stated peak" in note
+
+
+def test_unknown_id_names_the_closest():
     with pytest.raises(ValueError, match="close: mindspeed_mfu_llama2_7b"):
         explain_row("mindspeed_mfu_llama2_7")
+    with pytest.raises(ValueError, match="needs a row id"):
+        explain_row(" ")
+
+
+def _shipped_row(rid):
+    with open(default_measurements()) as f:
+        return next(r for r in map(json.loads, f) if r["id"] == rid)
+
+
+def test_duplicate_id_explains_the_row_the_report_models(tmp_path):
+    row = _shipped_row("mindspeed_mfu_llama2_7b")
+    f = tmp_path / "rows.jsonl"
+    f.write_text(json.dumps(row) + "\n" + json.dumps({**row, "value": 1.0}) + "\n")
+    e = explain_row("mindspeed_mfu_llama2_7b", f)
+    assert e.result["status"] == "ok" and e.result["measured"] == row["value"]
 
 
 def test_row_not_modelled_says_why(tmp_path, capsys):
-    shipped = [json.loads(x) for x in open(default_measurements()) if x.strip()]
-    row = next(r for r in shipped if r["id"] == "mindspeed_mfu_llama2_7b")
+    row = _shipped_row("mindspeed_mfu_llama2_7b")
     odd = {**row, "id": "odd", "metric": "joules_per_token"}  # a metric emu does not model
     bad = {k: v for k, v in row.items() if k != "value"} | {"id": "bad"}  # refused by the reader
     f = tmp_path / "rows.jsonl"
@@ -94,3 +126,8 @@ def test_cli_row_text_json_and_refusals(capsys):
     code, out, err = run_cli(capsys, "validate", "--row", "no_such_row")
     assert code == 2 and "no row 'no_such_row'" in err
     assert str(default_measurements()) in err
+    # a bad system override is the command's error, not the row's
+    code, out, err = run_cli(
+        capsys, "validate", "--row", "mindspeed_mfu_llama2_7b", "--set", "chip.no_such=1"
+    )
+    assert code == 2 and "--set: unknown field path" in err

@@ -283,8 +283,10 @@ def cmd_validate(args) -> None:
     if model_o or plan_o:
         raise CliError("validate takes only system fields in --set (rows define model and plan).")
     if args.row is not None:
-        if args.kind or args.plot or args.show_skipped:
-            raise CliError("--row explains one row: drop --kind, --plot and --show-skipped.")
+        given = [f for f, on in (("--kind", args.kind), ("--plot", args.plot),
+                                 ("--show-skipped", args.show_skipped)) if on]  # fmt: skip
+        if given:
+            raise CliError(f"--row explains one row: drop {' and '.join(given)}.")
         exp = validation.explain_row(args.row, args.file, overrides=sys_o)
         render.emit(args, exp.to_json(), render.explain_text(exp))
         return

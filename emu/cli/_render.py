@@ -257,12 +257,14 @@ _DEPLOYMENT_RULE = {
 
 def _signed_error(res: dict) -> str:
     diff = res["predicted"] / res["measured"] - 1.0
-    side = "above" if diff > 0 else "below"
+    side = "above" if diff > 0 else "below" if diff < 0 else "equal to"
     band = res.get("interval") or {}
-    where = {True: "inside", False: "outside"}.get(res.get("inside"), "no")
-    return f"{100 * diff:+.1f}% (predicted {side} measured; {where} the 80% interval)" + (
-        f" [{band['low']:.4g} - {band['high']:.4g}]" if band.get("low") is not None else ""
-    )
+    if band.get("low") is None:
+        where = f"no 80% interval: {band.get('basis', 'none')}"
+    else:
+        inside = "inside" if res.get("inside") else "outside"
+        where = f"{inside} the 80% interval [{band['low']:.4g} - {band['high']:.4g}]"
+    return f"{100 * diff:+.1f}% (predicted {side} measured; {where})"
 
 
 def _collective_lines(c: dict) -> list[str]:
@@ -280,43 +282,55 @@ def _collective_lines(c: dict) -> list[str]:
     return lines + [f"assumed: {a}" for a in c.get("assumed", [])]
 
 
+def _deployment_lines(d: dict) -> list[str]:
+    pre = d["prefill_tokens_per_s"]
+    if pre is None:  # decode alone: only the context matters
+        lengths = f"  decode context {d['context']:g} tokens (the prompt, {d['prompt_len']:g}"
+        lengths += f", + half the output, {d['output_len']:g})" if d["output_len"] else ")"
+    else:
+        lengths = (
+            f"  in = {d['prompt_len']:g} prompt and out = {d['output_len']:g} output tokens per "
+            f"request (decode context in + out/2 = {d['context']:g})"
+            + (f"; first-wave ramp {d['ramp']:.3g}" if d["ramp"] else "")
+        )
+    unit = f" x {d['chips_per_unit']:g} chips per unit" if d["chips_per_unit"] != 1 else ""
+    out = [
+        f"deployment: {_DEPLOYMENT_RULE[d['mode']]}",
+        lengths,
+        f"  D = {d['decode_tokens_per_s']:,.0f} output tok/s (decode instance)"
+        + (f", P = {pre:,.0f} prompt tok/s (prefill instance)" if pre is not None else ""),
+        f"  rate {d['rate_tokens_per_s']:,.0f} tok/s / {d['cards']} cards{unit} = "
+        f"{d['per_unit']:.4g} (the published figure)",
+    ]
+    if d["batch_cap"] is not None:
+        out.append(
+            f"  decode batch: the largest that fits, at most {d['batch_cap']}"
+            + (f" (KV held for {d['kv_reserve']:g} tokens)" if d["kv_reserve"] else "")
+        )
+    return out
+
+
 def explain_text(exp) -> str:
     """`emu validate --row ID`: the row's result, what it measures or how its deployment
     composes its instances, and the instances' steps (`run_text`, one column each)."""
     res = exp.result
     if res["status"] != "ok":  # a refused line has no kind or system to show
         return f"row {res['id']}: not modelled ({res['status']}): {res['reason']}"
+    unit = f" {res['unit']}" if res.get("unit") else ""
     out = [
         f"row {res['id']} ({res['kind']}, {res['system']})",
         f"source: {res.get('source', '-')}",
+        f"{res['metric']}: predicted {res['predicted']:.4g}{unit}, measured "
+        f"{res['measured']:.4g}{unit}: " + _signed_error(res),
     ]
-    out.append(
-        f"{res['metric']}: predicted {res['predicted']:.4g}, measured {res['measured']:.4g}: "
-        + _signed_error(res)
-    )
     if res.get("feasible") is False:
         out.append("memory: the plan exceeds the usable HBM in emu (it ran on its hardware)")
+    out += [f"note: {n}" for n in exp.notes]
     out += [f"approximates: {a}" for a in res.get("approximates", [])]
     if exp.collective is not None:
         return "\n".join(out + _collective_lines(exp.collective))
-    d = exp.deployment
-    if d is not None:
-        pre = d["prefill_tokens_per_s"]
-        out += [
-            f"deployment: {_DEPLOYMENT_RULE[d['mode']]}",
-            f"  in = {d['prompt_len']:g} prompt and out = {d['output_len']:g} output tokens "
-            f"per request" + (f", first-wave ramp {d['ramp']:.3g}" if d["ramp"] else ""),
-            f"  D = {d['decode_tokens_per_s']:,.0f} output tok/s (decode instance)"
-            + (f", P = {pre:,.0f} prompt tok/s (prefill instance)" if pre is not None else ""),
-            f"  rate {d['rate_tokens_per_s']:,.0f} tok/s over {d['cards']} cards"
-            + (f" x {d['chips_per_unit']:g} per unit" if d["chips_per_unit"] != 1 else "")
-            + f" = {d['per_unit']:.4g} (the published figure)",
-        ]
-        if d["batch_cap"] is not None:
-            out.append(
-                f"  decode batch: the largest that fits, at most {d['batch_cap']}"
-                + (f" (KV held for {d['kv_reserve']:g} tokens)" if d["kv_reserve"] else "")
-            )
+    if exp.deployment is not None:
+        out += _deployment_lines(exp.deployment)
     return "\n".join([*out, "", run_text(exp.runs, exp.roles)])
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from types import SimpleNamespace
 
 from emu.analysis import interval_table, run
 from emu.validation._collectives import (
@@ -21,14 +22,17 @@ from emu.validation._collectives import (
     predict_allreduce_busbw,
     predict_moe_comm,
 )
+from emu.validation._plans import _default_lengths, lengths
 from emu.validation._predict import (
+    MFU_PEAK_FLOPS,
     chips_per_unit,
     deployment_rate,
+    mfu_peak,
     predict_metric,
     prepare_rows,
     with_referenced_notes,
 )
-from emu.validation._report import score_item
+from emu.validation._report import check_overrides, score_item
 from emu.validation._rows import default_measurements, read_rows
 
 __all__ = ["RowExplanation", "explain_row"]
@@ -42,19 +46,23 @@ class RowExplanation:
     """One row as emu modelled it.
 
     - `result`: the row's entry of the validation report (predicted, measured,
-      abs_pct_error, status, reason, interval, inside, approximates, feasible);
+      abs_pct_error, status, reason, interval, inside, approximates, feasible), with the
+      row's `unit`;
     - `runs`: `analysis.run` objects (plan, breakdown, memory, intervals) of the steps the
       prediction is made of, named by `roles`: ["step"] for a training, prefill or decode
-      row; ["decode instance", "prefill instance"] for a deployment (`deployment` set);
-      empty for collective rows and rows that were not modelled;
-    - `deployment`: for a serving deployment, {mode, prompt_len, output_len, cards,
+      row; ["decode instance"] or ["decode instance", "prefill instance"] for a deployment
+      (`deployment` set); empty for collective rows and rows that were not modelled;
+    - `deployment`: for a serving deployment, {mode, prompt_len, output_len (None when the
+      row states none and decodes alone), context (the decode plan's mean context), cards,
       chips_per_unit, ramp, batch_cap, kv_reserve, decode_tokens_per_s,
-      prefill_tokens_per_s, rate_tokens_per_s (`deployment_rate`)}; else None;
+      prefill_tokens_per_s, rate_tokens_per_s (`deployment_rate`), per_unit}; else None;
     - `collective`: for a collective row, what it measures ({"op": "all-reduce", bytes,
-      algorithm, ranks} or {"op": "dispatch"/"combine", and `moe_comm_setup`'s fields});
-      else None;
+      bytes_assumed, algorithm, ranks} or {"op": "dispatch"/"combine", and
+      `moe_comm_setup`'s fields}); else None;
     - `derived`: the published metric computed from `runs` / `deployment` (the
-      `predicted` of `result`; None for collective rows and rows not modelled)."""
+      `predicted` of `result`; None for collective rows and rows not modelled);
+    - `notes`: conventions of the published metric the runs' own figures do not show (the
+      peak an MFU row is normalised by)."""
 
     result: dict
     runs: list[dict]
@@ -62,6 +70,7 @@ class RowExplanation:
     deployment: dict | None
     collective: dict | None
     derived: float | None
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict:
         """JSON form: the fields above, runs as `emu run --json` objects with their role."""
@@ -71,39 +80,55 @@ class RowExplanation:
             "deployment": self.deployment,
             "collective": self.collective,
             "derived": self.derived,
+            "notes": self.notes,
         }
 
 
-def _find(rows: list[dict], row_id: str, path) -> dict:
+def _not_found(row_id: str, rows: list[dict], problems: list[dict], path) -> ValueError:
     ids = [r["id"] for r in rows if isinstance(r.get("id"), str)]
-    for r in rows:
-        if r.get("id") == row_id:
-            return r
     close = difflib.get_close_matches(row_id, ids, n=_SUGGESTIONS, cutoff=0.5)
     hint = f"; close: {', '.join(close)}" if close else ""
-    raise ValueError(
+    if problems:  # an id on a line the reader refused (invalid JSON) cannot be seen
+        hint += f"; {len(problems)} lines refused ({problems[0]['reason']})"
+    return ValueError(
         f"no row '{row_id}' in '{path}' ({len(ids)} rows){hint}. --row takes a row's \"id\" "
-        "(`emu validate --json` lists them)."
+        f"(grep '\"id\"' {path} lists them)."
     )
+
+
+def _unmodelled(entry: dict, unit) -> RowExplanation:
+    result = {"predicted": None, "measured": None, "abs_pct_error": None, **entry, "unit": unit}
+    return RowExplanation(result, [], [], None, None, None)
 
 
 def explain_row(row_id: str, path=None, *, overrides: dict | None = None) -> RowExplanation:
     """How emu modelled the row `row_id` of a JSON Lines file (default: the shipped set):
     see `RowExplanation`. The row is read with the notes of a row it names as its setup
-    ("same setup as <id>"), as in the full report. ValueError when no row has that id (the
-    closest ids are named)."""
+    ("same setup as <id>"), as in the full report; a line the reader refused under that id
+    (a missing field) is explained by its reason. ValueError when no line has that id (the
+    closest ids are named), or when the system overrides fail on the row's system."""
+    if not isinstance(row_id, str) or not row_id.strip():
+        raise ValueError('--row needs a row id (a row\'s "id" field).')
     path = path or default_measurements()
     rows, problems = read_rows(path)
-    for bad in problems:  # a line the reader refused (invalid JSON, a missing field)
-        if bad["id"] == row_id:
-            return RowExplanation({"predicted": None, **bad}, [], [], None, None, None)
-    row = _find(with_referenced_notes(rows), row_id, path)
+    matches = [r for r in with_referenced_notes(rows) if r.get("id") == row_id]
+    if not matches:
+        for bad in problems:  # a line the reader refused (a missing field, a bad value)
+            if bad["id"] == row_id:
+                return _unmodelled(bad, None)
+        raise _not_found(row_id, rows, problems, path)
+    row = matches[0]
+    if overrides:  # a bad --set is the command's error, not the row's
+        check_overrides([row], overrides)
     items, failures = prepare_rows([row], overrides=overrides)
     if failures:
-        result = {"predicted": None, "abs_pct_error": None, **failures[0]}
-        return RowExplanation(result, [], [], None, None, None)
+        return _unmodelled(failures[0], row.get("unit"))
     it = items[0]
     table = interval_table()
+
+    def scored(pred: float, ok) -> dict:
+        return {**score_item(it, pred, ok, table), "unit": row.get("unit")}
+
     if it.kind == "allreduce":
         size, assumed = message_size(it.row)
         coll = {
@@ -114,23 +139,26 @@ def explain_row(row_id: str, path=None, *, overrides: dict | None = None) -> Row
             "ranks": float(it.row["n_chips"]),
         }
         pred = float(predict_allreduce_busbw(it.row, it.system))
-        return RowExplanation(score_item(it, pred, None, table), [], [], None, coll, None)
+        return RowExplanation(scored(pred, None), [], [], None, coll, None)
     if it.kind == "moe_comm":
         coll = {"op": "combine" if it.setup["combine"] else "dispatch", **it.setup}
         pred = float(predict_moe_comm(it.row, it.system, it.setup))
-        return RowExplanation(score_item(it, pred, None, table), [], [], None, coll, None)
+        return RowExplanation(scored(pred, None), [], [], None, coll, None)
     s = it.serving
-    if s is None or s.prefill is None:
+    if s is None:
         r = _run(it, it.plan)
-        if s is None:
-            derived = _metric_from_run(it, r)
-            deployment = None
-        else:  # a deployment of decode alone: its output rate over the row's cards
-            derived = r["tokens_per_s"] / s.cards * chips_per_unit(it.row)
-            deployment = _deployment(it, r["tokens_per_s"], None, derived)
-        result = score_item(it, derived, float(r["feasible"]), table)
-        return RowExplanation(result, [r], ["step"], deployment, None, derived)
+        derived = _metric_from_run(it, r)
+        notes = _metric_notes(it)
+        return RowExplanation(
+            scored(derived, r["feasible"]), [r], ["step"], None, None, derived, notes
+        )
     dec = _run(it, s.decode)
+    if s.prefill is None:  # a deployment of decode alone: its output rate over the row's cards
+        derived = dec["tokens_per_s"] / s.cards * chips_per_unit(it.row)
+        deployment = _deployment(it, dec, None, dec["tokens_per_s"], derived)
+        return RowExplanation(
+            scored(derived, dec["feasible"]), [dec], ["decode instance"], deployment, None, derived
+        )
     pre = _run(it, s.prefill)
     rate = float(
         deployment_rate(
@@ -138,16 +166,29 @@ def explain_row(row_id: str, path=None, *, overrides: dict | None = None) -> Row
         )
     )
     derived = rate / s.cards * chips_per_unit(it.row)
-    deployment = _deployment(it, dec["tokens_per_s"], pre["tokens_per_s"], derived, rate)
-    ok = float(dec["feasible"] and pre["feasible"])
+    deployment = _deployment(it, dec, pre, rate, derived)
+    ok = dec["feasible"] and pre["feasible"]
     return RowExplanation(
-        score_item(it, derived, ok, table),
+        scored(derived, ok),
         [dec, pre],
         ["decode instance", "prefill instance"],
         deployment,
         None,
         derived,
     )
+
+
+def _metric_notes(it) -> list[str]:
+    """What the published metric divides by that the run's own figures do not show."""
+    if it.row["metric"] != "mfu":
+        return []
+    peak = mfu_peak(it.row, it.system, it.plan.precision)
+    stated = any(k in str(it.row.get("source", "")).lower() for k in MFU_PEAK_FLOPS)
+    whose = "the source's stated peak" if stated else f"emu's dense {it.plan.precision} peak"
+    return [
+        f"the published MFU divides model FLOP/s (PaLM's count) by {peak / 1e12:g} TFLOP/s per "
+        f"chip ({whose}); the table's MFU is emu's own (its FLOPs over its peak)"
+    ]
 
 
 def _run(it, plan) -> dict:
@@ -164,26 +205,28 @@ def _run(it, plan) -> dict:
 def _metric_from_run(it, r: dict) -> float:
     """The row's metric from the run object of its step (the report's `predict_metric`,
     fed the run's figures)."""
-    from types import SimpleNamespace
-
     bd = SimpleNamespace(**r["breakdown"])
     res = SimpleNamespace(**{k: v for k, v in r.items() if k != "breakdown"}, breakdown=bd)
     return float(predict_metric(it.row["metric"], res, it.row, it.model, it.plan, it.system))
 
 
-def _deployment(it, decode_rate, prefill_rate, derived, rate=None) -> dict:
+def _deployment(it, dec: dict, pre: dict | None, rate: float, derived: float) -> dict:
     s = it.serving
+    alone = pre is None
+    stated_output = _default_lengths(it.row, *lengths(it.row))[1]
     return {
         "mode": s.mode,
         "prompt_len": float(s.prompt_len),
-        "output_len": float(s.output_len),
+        # decode alone uses no output length; a row that states none gets the prompt's
+        "output_len": None if alone and stated_output is None else float(s.output_len),
+        "context": float(dec["plan"]["context"]),
         "cards": int(s.cards),
         "chips_per_unit": chips_per_unit(it.row),
         "ramp": float(s.ramp),
         "batch_cap": s.batch_cap,
         "kv_reserve": None if s.kv_reserve is None else float(s.kv_reserve),
-        "decode_tokens_per_s": float(decode_rate),
-        "prefill_tokens_per_s": None if prefill_rate is None else float(prefill_rate),
-        "rate_tokens_per_s": float(decode_rate if rate is None else rate),
+        "decode_tokens_per_s": float(dec["tokens_per_s"]),
+        "prefill_tokens_per_s": None if alone else float(pre["tokens_per_s"]),
+        "rate_tokens_per_s": float(rate),
         "per_unit": derived,
     }

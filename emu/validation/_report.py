@@ -25,7 +25,7 @@ from emu.catalog import config_dir
 from emu.objective import evaluate
 from emu.storage import atomic_write, check_output_path
 from emu.validation._intervals import coverage, tails_text
-from emu.validation._predict import item_group, item_notes, predict_items, prepare_rows
+from emu.validation._predict import Item, item_group, item_notes, predict_items, prepare_rows
 from emu.validation._rows import KINDS, TIME_METRICS, default_measurements, read_rows
 
 
@@ -89,7 +89,7 @@ def validate_rows(
     return results
 
 
-def score_item(it, pred: float, ok, table: dict | None) -> dict:
+def score_item(it: Item, pred: float, ok, table: dict | None) -> dict:
     """The report entry of one predicted item (`validate_rows`): error against the row's
     measurement, `feasible` (run rows: whether the plan fits emu's memory model), and for a
     scored row its interval `group`, the `interval` of the prediction from `table`, whether
@@ -187,7 +187,7 @@ def coverage_of_file(results: list[dict], residuals: list[dict] | None = None) -
     return cov
 
 
-def _check_overrides(rows: list[dict], overrides: dict) -> None:
+def check_overrides(rows: list[dict], overrides: dict) -> None:
     """ValueError, before any row is predicted, when the system overrides (`--set`) fail
     on every system the rows name (a path no system has, a value out of range): then every
     row would fail the same way. Where they fail on some systems only, those rows say so."""
@@ -222,7 +222,7 @@ def validate_file(path=None, *, kind: str | None = None, overrides: dict | None 
                 "drop --kind or pick one of these."
             )
     if overrides:
-        _check_overrides(rows, overrides)
+        check_overrides(rows, overrides)
     results = problems + validate_rows(rows, overrides=overrides)
     for r in results:
         r.setdefault("predicted", None)
