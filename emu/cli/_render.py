@@ -269,7 +269,8 @@ def _signed_error(res: dict) -> str:
 
 def _collective_lines(c: dict) -> list[str]:
     if c["op"] == "all-reduce":
-        size = si(c["bytes"], "B") + (f" ({c['bytes_assumed']})" if c.get("bytes_assumed") else "")
+        # an assumed size is among the result's `approximates`, printed above
+        size = si(c["bytes"], "B") + (" (assumed)" if c.get("bytes_assumed") else "")
         return [f"all-reduce of {size} over {c['ranks']:g} ranks, {c['algorithm']} algorithm"]
     copies = "one copy per routed expert" if c["dedup"] < 0.5 else "one copy per destination"
     lines = [
@@ -279,7 +280,7 @@ def _collective_lines(c: dict) -> list[str]:
         + f"); published as {c['convention']}"
         + (f" over {si(c['moved'], 'B')} moved" if c.get("moved") else "")
     ]
-    return lines + [f"assumed: {a}" for a in c.get("assumed", [])]
+    return lines  # what was assumed is among the result's `approximates`, printed above
 
 
 def _deployment_lines(d: dict) -> list[str]:
