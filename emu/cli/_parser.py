@@ -494,8 +494,7 @@ def _add_measurement_commands(sub) -> None:
     p.add_argument(
         "--row",
         metavar="ID",
-        help="explain one row: its plan, deployment or collective setup, step breakdown and "
-        "error",
+        help="explain one row: its plan, deployment or collective setup, step breakdown and error",
     )
     _common(p)
 
