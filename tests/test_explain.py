@@ -20,6 +20,7 @@ ROWS = {
     "sglang_a3_dsr1_pdsep_32c_6k_1p6k_20ms": ["decode instance", "prefill instance"],
     "pangu_pro_moe_800ia2_decode_bs456": ["decode instance"],
     "mindspeed_mfu_llama2_7b": ["step"],
+    "mindspeed_tps_llama2_7b_4k_1x8": ["step"],
     "deepep_v1_ll_dispatch_ep8": [],
     "oci_gb200_128gpu_2rack_allreduce_1048576": [],
 }
@@ -79,6 +80,14 @@ def test_separated_deployment_pays_its_first_wave(explained):
 def test_mfu_row_names_the_peak_it_is_normalised_by(explained):
     (note,) = explained["mindspeed_mfu_llama2_7b"].notes
     assert "313 TFLOP/s" in note and "source's stated peak" in note
+
+
+def test_training_metric_says_how_it_is_computed(explained):
+    e = explained["mindspeed_tps_llama2_7b_4k_1x8"]
+    (r,) = e.runs
+    (note,) = e.notes
+    assert "global batch 256 x seq 4096 tokens" in note and "/ 8 chips" in note
+    assert e.derived == pytest.approx(256 * 4096 / r["step_time_s"] / 8, rel=1e-5)
 
 
 def test_unknown_id_names_the_closest():

@@ -24,6 +24,7 @@ from emu.validation._collectives import (
 )
 from emu.validation._plans import _default_lengths, lengths
 from emu.validation._predict import (
+    METRICS_INFERENCE,
     MFU_PEAK_FLOPS,
     chips_per_unit,
     deployment_rate,
@@ -148,7 +149,7 @@ def explain_row(row_id: str, path=None, *, overrides: dict | None = None) -> Row
     if s is None:
         r = _run(it, it.plan)
         derived = _metric_from_run(it, r)
-        notes = _metric_notes(it)
+        notes = _metric_notes(it, r)
         return RowExplanation(
             scored(derived, r["feasible"]), [r], ["step"], None, None, derived, notes
         )
@@ -178,17 +179,38 @@ def explain_row(row_id: str, path=None, *, overrides: dict | None = None) -> Row
     )
 
 
-def _metric_notes(it) -> list[str]:
-    """What the published metric divides by that the run's own figures do not show."""
-    if it.row["metric"] != "mfu":
-        return []
-    peak = mfu_peak(it.row, it.system, it.plan.precision)
-    stated = any(k in str(it.row.get("source", "")).lower() for k in MFU_PEAK_FLOPS)
-    whose = "the source's stated peak" if stated else f"emu's dense {it.plan.precision} peak"
-    return [
-        f"the published MFU divides model FLOP/s (PaLM's count) by {peak / 1e12:g} TFLOP/s per "
-        f"chip ({whose}); the table's MFU is emu's own (its FLOPs over its peak)"
-    ]
+def _metric_notes(it, r: dict) -> list[str]:
+    """How the published metric is computed from the step shown (`predict_metric`), and what
+    it divides by that the run's own figures do not show."""
+    p, metric = it.plan, it.row["metric"]
+    t, n = r["step_time_s"], r["n_chips"]
+    batch = f"global batch {float(p.global_batch):g} x seq {float(p.seq_len):g}"
+    formula = {
+        "tokens_per_s_per_gpu": f"{batch} tokens / step {t:.4g} s / {n:g} chips",
+        "iteration_time": f"the step time, {t:.4g} s",
+        "train_step_time": f"the step time, {t:.4g} s",
+        "tflops_per_gpu": f"model FLOPs per token (no recomputation) x {batch} / step {t:.4g} s"
+        f" / {n:g} chips",
+        "achieved_tflops_per_gpu": f"Megatron's 96 B s l h^2 (1 + s/6h + V/16lh) FLOPs / step "
+        f"{t:.4g} s / {n:g} chips",
+        "gpu_hours_per_trillion_tokens": f"{n:g} chips x the hours of 1e12 tokens at {batch} "
+        f"tokens per {t:.4g} s step",
+        "layer_fwd_plus_bwd_time": "one micro-batch's step less optimizer, exposed DP, bubble "
+        "and head, per layer of the heaviest stage",
+    }.get(metric)
+    if metric in METRICS_INFERENCE:
+        formula = f"{r['tokens_per_s_per_chip']:.4g} tokens/s per chip x {chips_per_unit(it.row):g}"
+        formula += " chips per unit (a batch of the row's own; no deployment rule)"
+    notes = [f"{metric} = {formula}"] if formula else []
+    if metric == "mfu":
+        peak = mfu_peak(it.row, it.system, p.precision)
+        stated = any(k in str(it.row.get("source", "")).lower() for k in MFU_PEAK_FLOPS)
+        whose = "the source's stated peak" if stated else f"emu's dense {p.precision} peak"
+        notes.append(
+            f"the published MFU divides model FLOP/s (PaLM's count) by {peak / 1e12:g} TFLOP/s "
+            f"per chip ({whose}); the table's MFU is emu's own (its FLOPs over its peak)"
+        )
+    return notes
 
 
 def _run(it, plan) -> dict:
