@@ -479,7 +479,8 @@ def test_a_deployment_row_without_lengths_takes_them_from_its_seq_len():
     """A decode row for the serving rule that states no prompt or output length predicts
     as if it said prompt = output = seq_len / 2 (the set's convention: seq_len = prompt +
     output); with only the prompt, the output is seq_len - prompt; with neither lengths nor
-    seq_len it is one clear error."""
+    seq_len it takes the documented default prompt (DEFAULT_PROMPT, as a decode row's
+    context does), decodes alone (no output length to share ranks by) and says so."""
     rid = "trtllm_perf_gb200_llama4_scout_tp1_fp4_2048_2048"  # seq_len 4096, 2048/2048
     base = ROWS[rid]
     text = base["notes"].replace("'2048/2048'", "'fixed'").replace("ISL/OSL", "lengths")
@@ -495,8 +496,36 @@ def test_a_deployment_row_without_lengths_takes_them_from_its_seq_len():
     s = V.serving_row(odd, V.row_model(odd))  # whole tokens: 2047 + 2048, context 3071
     assert (s.prompt_len, s.output_len, float(s.decode.context)) == (2047, 2048, 3071)
     none = row(rid, id=blind["id"], notes=text, model={**base["model"], "seq_len": None})
+    s = V.serving_row(none, V.row_model(none))
+    assert (s.prompt_len, s.output_len, s.mode) == (4096, 4096, "decode")
+    assert float(s.decode.context) == 4096
     res = V.validate_rows([none])[0]
-    assert res["status"] == "error" and "no prompt length and no seq_len" in res["reason"]
+    assert res["status"] == "ok"
+    assert "prompt length not stated: 4096 tokens assumed" in res["approximates"]
+
+
+def test_an_moe_row_without_its_expert_width_takes_megatrons_default():
+    """An MoE model the catalog does not name, with no expert width: d_ff_expert = its
+    d_ff (Megatron-Core's moe_ffn_hidden_size default), else 4 d_model, and the result says
+    so; a stated width is kept."""
+    rid = "mindspeed_tps_mixtral_8x22b_32k_8x8"  # d_ff 16384 = the expert width
+    base = ROWS[rid]
+    model = {**base["model"], "name": "SomeNewMoE", "moe": {**base["model"]["moe"]}}
+    model["moe"]["d_ff_expert"] = None
+    r = row(rid, model=model)
+    assert float(V.row_model(r).d_ff_expert) == base["model"]["d_ff"]
+    said = [a for a in V.approximations(r) if a.startswith("moe.d_ff_expert not stated")]
+    assert said and str(base["model"]["d_ff"]) in said[0]
+    bare = row(rid, model={**model, "d_ff": None})
+    assert float(V.row_model(bare).d_ff_expert) == 4 * base["model"]["d_model"]
+    assert float(V.row_model(row(rid)).d_ff_expert) == base["model"]["moe"]["d_ff_expert"]
+
+
+def test_a_disaggregated_decode_row_without_its_batch_says_what_to_add():
+    base = ROWS["xds_decode_disagg_moe_attention_768dies"]
+    r = row(base["id"], parallel={**base["parallel"], "microbatch": None, "global_batch": None})
+    res = V.validate_rows([r])[0]
+    assert res["status"] == "error" and "needs its batch per attention rank" in res["reason"]
 
 
 def test_a_deployment_row_without_dp_gets_an_attention_tp_that_divides_the_heads():

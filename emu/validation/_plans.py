@@ -569,12 +569,12 @@ def _default_lengths(row: dict, isl, osl) -> tuple[float, float | None]:
     state both (xDeepServe's 2K + 2K rows give 4096), so a row without lengths takes half
     of seq_len for each (rounded down for the prompt), and one with only the prompt takes
     seq_len - prompt for the output (when positive); a row without seq_len keeps its
-    missing output length (an error where the mode needs it) and, without a prompt, is
-    refused."""
+    missing output length (an error where the mode needs it) and, without a prompt, takes
+    DEFAULT_PROMPT (`approximations` says so)."""
     seq = int_or((row.get("model") or {}).get("seq_len"), None)
     if isl is None:
-        if seq is None:
-            raise ValueError("decode row gives no prompt length and no seq_len (serving rule)")
+        if seq is None:  # nothing to split: the documented default prompt (`_context`'s)
+            return float(DEFAULT_PROMPT), osl
         isl = float(seq // 2)
         return isl, (osl if osl is not None else float(seq) - isl)
     if osl is None and seq is not None and seq > isl:
@@ -610,6 +610,11 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     p = row.get("parallel") or {}
     notes = row_text(row)
     cards = int(row["n_chips"])
+    if _disaggregation(row, cards * dies)[0]:
+        raise ValueError(
+            "an attention/expert-disaggregated decode row needs its batch per attention rank "
+            "(parallel.microbatch): the serving rule sizes only co-located deployments"
+        )
     isl, osl = _default_lengths(row, *lengths(row))
     # mean context over the output (whole tokens: seq_len is an integer knob); the prompt
     # if unstated

@@ -33,7 +33,9 @@ from emu.validation._collectives import (
     predict_moe_comm,
 )
 from emu.validation._plans import (
+    DEFAULT_PROMPT,
     ServingRow,
+    lengths,
     needs_serving_rule,
     row_plan,
     script_plan,
@@ -293,6 +295,9 @@ def item_notes(item: Item) -> list[str]:
     row what it does not state and emu assumed (message size; tokens per rank, hidden size,
     top-k)."""
     notes = approximations(item.row)
+    if item.serving is not None and lengths(item.row)[0] is None:
+        if (item.row.get("model") or {}).get("seq_len") is None:
+            notes.append(f"prompt length not stated: {DEFAULT_PROMPT} tokens assumed")
     said = message_size(item.row)[1] if item.kind == "allreduce" else None
     if said:
         notes.append(said)

@@ -440,6 +440,13 @@ def approximations(row: dict) -> list[str]:
             _catalog_model(m, name)
         except ValueError as e:
             out.append(f"built from the row's fields: {e}")
+    moe = m.get("moe") if isinstance(m, dict) else None
+    if isinstance(moe, dict) and not moe.get("d_ff_expert") and _moe_ffn_default(m):
+        how = "its d_ff" if m.get("d_ff") else "4 d_model (no d_ff either)"
+        out.append(
+            f"moe.d_ff_expert not stated: {how}, {_moe_ffn_default(m)} (Megatron-Core's "
+            "default expert width)"
+        )
     if isinstance(m, dict) and not m.get("moe"):
         filled = _filled(m)
         missing = [f for f in MODEL_FIELDS if m.get(f) is None and filled.get(f) is not None]
@@ -493,7 +500,7 @@ def row_model(row: dict) -> Model:
         "vocab": m.get("vocab") or DEFAULT_VOCAB,
     }
     if moe:
-        de = moe.get("d_ff_expert")
+        de = moe.get("d_ff_expert") or _moe_ffn_default(m)
         data.update(
             n_experts=moe.get("n_experts"),
             top_k=moe.get("top_k"),
@@ -525,6 +532,15 @@ def row_model(row: dict) -> Model:
                 "shape agrees with the row's: give the row's model its dimensions"
             )
     return model_from_dict(data, f"row {row['id']} model")
+
+
+def _moe_ffn_default(m: dict) -> int | None:
+    """An MoE row's expert FFN width when it states none: its FFN width `d_ff`, else
+    4 d_model (the dense default), as Megatron-Core does (`moe_ffn_hidden_size` defaults to
+    `ffn_hidden_size`, TransformerConfig); `approximations` says so."""
+    if m.get("d_ff"):
+        return m["d_ff"]
+    return 4 * m["d_model"] if m.get("d_model") else None
 
 
 def train_seq_len(row: dict) -> tuple[int | None, str | None]:
