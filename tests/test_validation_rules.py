@@ -521,6 +521,17 @@ def test_an_moe_row_without_its_expert_width_takes_megatrons_default():
     assert float(V.row_model(row(rid)).d_ff_expert) == base["model"]["moe"]["d_ff_expert"]
 
 
+def test_a_model_without_heads_takes_the_usual_head_width():
+    rid = "mindspeed_tps_llama2_7b_4k_1x8"  # d_model 4096, 32 heads of 128
+    new = {**ROWS[rid]["model"], "name": "NewModel"}  # a name the catalog does not fill
+    r = row(rid, model={**new, "n_heads": None})
+    m = V.row_model(r)
+    assert float(m.n_heads) == float(m.n_kv_heads) == 4096 / V.DEFAULT_HEAD_WIDTH
+    got, want = V.validate_rows([r, row(rid, id="stated", model={**new, "n_kv_heads": 32})])
+    assert got["predicted"] == pytest.approx(want["predicted"], rel=1e-6)
+    assert "n_heads not stated: 32 (d_model / 128, the usual head width)" in got["approximates"]
+
+
 def test_a_disaggregated_decode_row_without_its_batch_says_what_to_add():
     base = ROWS["xds_decode_disagg_moe_attention_768dies"]
     r = row(base["id"], parallel={**base["parallel"], "microbatch": None, "global_batch": None})

@@ -84,6 +84,7 @@ _NAMES = {
     "CONFIDENCE_CONFIG": "emu.validation._rows",
     "CONFIDENCE_VALUE": "emu.validation._rows",
     "DEFAULT_TRAIN_SEQ": "emu.validation._rows",
+    "DEFAULT_HEAD_WIDTH": "emu.validation._rows",
     "DENSE_CATALOG": "emu.validation._rows",
     "MODEL_FIELDS": "emu.validation._rows",
     "MAX_CHIPS": "emu.validation._rows",
@@ -167,6 +168,7 @@ if TYPE_CHECKING:  # the same names for type checkers and the docs (griffe)
     from emu.validation._rows import (
         CONFIDENCE_CONFIG,
         CONFIDENCE_VALUE,
+        DEFAULT_HEAD_WIDTH,
         DEFAULT_TRAIN_SEQ,
         DENSE_CATALOG,
         KINDS,
@@ -213,6 +215,7 @@ __all__ = [
     "dense_catalog_of",
     "train_seq_len",
     "DEFAULT_TRAIN_SEQ",
+    "DEFAULT_HEAD_WIDTH",
     "DENSE_CATALOG",
     "MODEL_FIELDS",
     "row_source",

@@ -81,10 +81,14 @@ CONFIDENCE_CONFIG = {"high": 1.0, "medium": 0.8, "low": 0.5, "unknown": 0.5}
 
 #: Models built from a row's fields (names not in the catalog), defaults for what the row
 #: leaves out (fidelity DESIGN §3e): vocab 51,200 (GPT-2's 50,257 padded, Megatron's
-#: default); the dense FFN 4 d_model, or an MoE model's expert width; d_head = d_model /
+#: default); the dense FFN 4 d_model, or an MoE model's expert width (and an MoE expert
+#: width: d_ff, else 4 d_model); n_heads = d_model / DEFAULT_HEAD_WIDTH; d_head = d_model /
 #: n_heads; n_kv_heads = n_heads (MHA); GQA attention; no dense leading layers, except
 #: that "alternates dense and MoE" layers (Llama 4 Maverick) give n_layers / 2 dense ones.
 DEFAULT_VOCAB = 51200
+#: heads when a row gives none: d_model / 128, the head width of GPT-3 175B, Llama 2 and 3,
+#: Mistral and Qwen2.5 (their config.json files); `approximations` says so
+DEFAULT_HEAD_WIDTH = 128
 #: model families with a gated FFN (SwiGLU / GeGLU: three matrices): their published
 #: configs (Llama, Qwen, Mistral, Yi, InternLM, ChatGLM, Gemma, Baichuan, DeepSeek, Pangu,
 #: Grok); other dense names (GPT, BLOOM, OPT) keep a GELU MLP and tied embeddings
@@ -440,6 +444,12 @@ def approximations(row: dict) -> list[str]:
             _catalog_model(m, name)
         except ValueError as e:
             out.append(f"built from the row's fields: {e}")
+    filled = (_filled(m) if not m.get("moe") else m) if isinstance(m, dict) else {}
+    if isinstance(m, dict) and not filled.get("n_heads") and _heads_default(m):
+        out.append(
+            f"n_heads not stated: {_heads_default(m)} (d_model / {DEFAULT_HEAD_WIDTH}, the "
+            "usual head width)"
+        )
     moe = m.get("moe") if isinstance(m, dict) else None
     if isinstance(moe, dict) and not moe.get("d_ff_expert") and _moe_ffn_default(m):
         how = "its d_ff" if m.get("d_ff") else "4 d_model (no d_ff either)"
@@ -494,8 +504,8 @@ def row_model(row: dict) -> Model:
         "tied_embeddings": not gated or any(re.search(t, label) for t in TIED_FAMILIES),
         "n_layers": m.get("n_layers"),
         "d_model": m.get("d_model"),
-        "n_heads": m.get("n_heads"),
-        "n_kv_heads": m.get("n_kv_heads") or m.get("n_heads"),
+        "n_heads": m.get("n_heads") or _heads_default(m),
+        "n_kv_heads": m.get("n_kv_heads") or m.get("n_heads") or _heads_default(m),
         "d_ff": m.get("d_ff") or (4 * m["d_model"] if m.get("d_model") else None),
         "vocab": m.get("vocab") or DEFAULT_VOCAB,
     }
@@ -532,6 +542,13 @@ def row_model(row: dict) -> Model:
                 "shape agrees with the row's: give the row's model its dimensions"
             )
     return model_from_dict(data, f"row {row['id']} model")
+
+
+def _heads_default(m: dict) -> int | None:
+    """Attention heads of a row's model that states none: d_model / DEFAULT_HEAD_WIDTH
+    (at least 1)."""
+    d = m.get("d_model")
+    return max(1, int(d) // DEFAULT_HEAD_WIDTH) if isinstance(d, int | float) and d > 0 else None
 
 
 def _moe_ffn_default(m: dict) -> int | None:
