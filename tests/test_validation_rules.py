@@ -521,6 +521,18 @@ def test_an_moe_row_without_its_expert_width_takes_megatrons_default():
     assert float(V.row_model(row(rid)).d_ff_expert) == base["model"]["moe"]["d_ff_expert"]
 
 
+@pytest.mark.parametrize(
+    "said, stage",
+    [("ZeRO-2", 2), ("zero stage 2", 2), ("FSDP", 3), ("ZeRO stage 3", 3), ("DDP", 0),
+     ("distributed optimizer/DDP", 1), (None, 1), (3, 3)],
+)  # fmt: skip
+def test_a_rows_zero_spelling_is_the_stage_it_names(said, stage):
+    rid = "mindspeed_tps_llama2_7b_4k_1x8"
+    r = row(rid, parallel={**ROWS[rid]["parallel"], "zero": said})
+    plan, _ = V.row_plan(r, V.row_model(r), system=load_system(r["system"]))
+    assert float(plan.zero) == stage
+
+
 def test_a_model_without_heads_takes_the_usual_head_width():
     rid = "mindspeed_tps_llama2_7b_4k_1x8"  # d_model 4096, 32 heads of 128
     new = {**ROWS[rid]["model"], "name": "NewModel"}  # a name the catalog does not fill

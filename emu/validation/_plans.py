@@ -148,10 +148,18 @@ def ranks_of(row: dict, dies: int) -> int:
 
 
 def _zero(z) -> int:
+    """A row's ZeRO stage: a number as given; FSDP or ZeRO-3 (stage 3) 3; ZeRO-2 (stage 2)
+    2; plain DDP without a distributed optimizer 0; otherwise (a distributed optimizer,
+    ZeRO-1, a spelling not listed) 1, Megatron's distributed optimizer."""
     if isinstance(z, int | float) and not isinstance(z, bool):
         return int(z)
-    if isinstance(z, str) and re.search(r"fsdp|zero-?3", z, re.I):
+    text = str(z).lower() if isinstance(z, str) else ""
+    if re.search(r"fsdp|zero[\s\-_]?(?:stage[\s\-_]?)?3|stage[\s\-_]?3", text):
         return 3
+    if re.search(r"zero[\s\-_]?(?:stage[\s\-_]?)?2|stage[\s\-_]?2", text):
+        return 2
+    if re.fullmatch(r"\s*(ddp|none|no|zero[\s\-_]?0|0)\s*", text):
+        return 0
     return 1
 
 
