@@ -10,6 +10,7 @@ import pytest
 
 from emu import validation as V
 from emu.catalog import load_system
+from emu.plan import RECOMPUTE
 
 ROWS = {json.loads(line)["id"]: json.loads(line) for line in open(V.default_measurements())}
 
@@ -460,8 +461,6 @@ def test_a_row_without_degrees_keeps_every_knob_it_states():
     """The plan rule fills in the degrees only: CP, ZeRO ("FSDP" -> 3), recomputation,
     micro-batch and SP stay as stated, and a stated global batch is rounded to whole
     micro-batches per DP rank of the rule's plan (not refused)."""
-    from emu.plan import RECOMPUTE
-
     rid = "sc21_t1_39.1B"
     par = {k: None for k in ROWS[rid]["parallel"]}
     par.update(cp=2, zero="FSDP", recompute="full", microbatch=2, global_batch=1000, sp=True)
@@ -531,6 +530,21 @@ def test_a_rows_zero_spelling_is_the_stage_it_names(said, stage):
     r = row(rid, parallel={**ROWS[rid]["parallel"], "zero": said})
     plan, _ = V.row_plan(r, V.row_model(r), system=load_system(r["system"]))
     assert float(plan.zero) == stage
+
+
+@pytest.mark.parametrize(
+    "said, kind",
+    [("--recompute-granularity full --recompute-method uniform", "full"),
+     ("activation checkpointing: full", "full"), ("full (method block, 70 layers)", "full"),
+     ("no recompute", "none"), ("selective: moe_act, layernorm", "selective"),
+     ("--recompute-method block (no --recompute-granularity flag)", "selective"),
+     (None, "selective")],
+)  # fmt: skip
+def test_a_rows_recompute_spelling_is_the_granularity_it_names(said, kind):
+    rid = "mindspeed_tps_llama2_7b_4k_1x8"
+    r = row(rid, parallel={**ROWS[rid]["parallel"], "recompute": said})
+    plan, _ = V.row_plan(r, V.row_model(r), system=load_system(r["system"]))
+    assert float(plan.recompute) == RECOMPUTE[kind]
 
 
 def test_a_model_without_heads_takes_the_usual_head_width():

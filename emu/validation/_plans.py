@@ -164,11 +164,24 @@ def _zero(z) -> int:
 
 
 def _recompute(r) -> str:
+    """A row's recompute field as "full", "selective" or "none": the word it starts with;
+    else full when it names full granularity ("--recompute-granularity full", "full
+    activation checkpointing"), none when it says there is none ("no recompute", "off");
+    otherwise (null, a module list) "selective" (with flash attention: nothing rebuilt)."""
     if isinstance(r, str):
-        low = r.lower()
+        low = r.strip().lower()
         for k in ("full", "selective", "none"):
             if low.startswith(k):
                 return k
+        said = r"(?:recompute|recomputation|checkpointing)"
+        if re.search(
+            rf"granularity[=:\s]+full\b|\bfull (?:activation )?{said}|{said}[=:\s]+full\b", low
+        ):
+            return "full"
+        if re.search(
+            r"^(?:no|off|false|disabled)\b|\bno (?:activation )?(?:recomput|checkpoint)", low
+        ):
+            return "none"
     return "selective"
 
 
