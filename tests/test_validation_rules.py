@@ -547,6 +547,14 @@ def test_a_rows_recompute_spelling_is_the_granularity_it_names(said, kind):
     assert float(plan.recompute) == RECOMPUTE[kind]
 
 
+def test_degrees_written_as_strings_are_read():
+    rid = "mindspeed_tps_llama2_7b_4k_1x8"  # TP1 PP2, micro-batch 1, global batch 256
+    p = ROWS[rid]["parallel"]
+    spelled = {k: str(v) if isinstance(v, int) else v for k, v in p.items()}
+    got, want = V.validate_rows([row(rid, id="spelled", parallel=spelled), ROWS[rid]])
+    assert got["predicted"] == pytest.approx(want["predicted"], rel=1e-6)
+
+
 def test_a_model_without_heads_takes_the_usual_head_width():
     rid = "mindspeed_tps_llama2_7b_4k_1x8"  # d_model 4096, 32 heads of 128
     new = {**ROWS[rid]["model"], "name": "NewModel"}  # a name the catalog does not fill

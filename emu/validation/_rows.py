@@ -651,9 +651,12 @@ def num_in(pattern: str, text: str, default=None):
 
 
 def int_or(x, default):
-    """`x` as an int when it is a finite number >= 1, else `default`."""
+    """`x` as an int when it is a finite number >= 1 (or a string of one: "8"), else
+    `default`."""
     if isinstance(x, bool) or x is None:
         return default
+    if isinstance(x, str) and re.fullmatch(r"\s*\d+(?:\.0*)?\s*", x):
+        x = float(x)
     if isinstance(x, int | float) and math.isfinite(x) and x >= 1:
         return int(x)
     return default
