@@ -351,11 +351,16 @@ def row_source(row: dict) -> str:
 
 def row_precision(value) -> str | None:
     """A row's `precision` as one of emu.units.PRECISIONS (None stays None: the rules'
-    default applies); a spelling not in PRECISION_SPELLINGS is returned as given (and
-    refused where a plan is made, with the list)."""
+    default applies), a closing parenthetical ignored; a spelling not in PRECISION_SPELLINGS
+    is returned as given (and refused where a plan is made, with the list).
+
+    >>> row_precision("FP8 (blockwise, DeepSeek recipe)"), row_precision("bf16/fp8")
+    ('fp8', 'bf16/fp8')
+    """
     if not isinstance(value, str):
         return value
-    low = value.strip().lower()
+    # a closing parenthetical qualifies the format ("fp8 (blockwise scaling)")
+    low = re.sub(r"\s*\([^()]*\)\s*$", "", value.strip().lower())
     return next((p for pattern, p in PRECISION_SPELLINGS if re.match(pattern, low)), value)
 
 
