@@ -547,6 +547,24 @@ def test_a_rows_recompute_spelling_is_the_granularity_it_names(said, kind):
     assert float(plan.recompute) == RECOMPUTE[kind]
 
 
+@pytest.mark.parametrize(
+    "rid, unit, scale",
+    [("korth_t4_22B_Baseline_no_recompute", "us", 1e3),  # a layer time in ms
+     ("deepep_v1_ll_dispatch_ep8", "ms", 1e-3),  # a kernel latency in us
+     ("oci_gb200_128gpu_2rack_allreduce_1048576", "Gbps", 8.0)],  # busbw in GB/s
+)  # fmt: skip
+def test_a_value_in_a_commensurable_unit_is_converted(rid, unit, scale):
+    base = ROWS[rid]
+    r = row(rid, id="converted", unit=unit, value=base["value"] * scale)
+    got, want = V.validate_rows([r, base])
+    assert got["status"] == "ok"
+    assert got["measured"] == pytest.approx(want["measured"], rel=1e-9)
+    assert got["abs_pct_error"] == pytest.approx(want["abs_pct_error"], rel=1e-6)
+    assert any(a.startswith(f"stated as {r['value']:g} {unit}") for a in got["approximates"])
+    bad = V.validate_rows([row(rid, id="bad", unit="tokens/s")])[0]
+    assert bad["status"] == "error" and "does not match metric" in bad["reason"]
+
+
 def test_degrees_written_as_strings_are_read():
     rid = "mindspeed_tps_llama2_7b_4k_1x8"  # TP1 PP2, micro-batch 1, global batch 256
     p = ROWS[rid]["parallel"]

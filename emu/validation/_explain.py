@@ -127,8 +127,8 @@ def explain_row(row_id: str, path=None, *, overrides: dict | None = None) -> Row
     it = items[0]
     table = interval_table()
 
-    def scored(pred: float, ok) -> dict:
-        return {**score_item(it, pred, ok, table), "unit": row.get("unit")}
+    def scored(pred: float, ok) -> dict:  # in the metric's unit (`in_metric_unit`)
+        return {**score_item(it, pred, ok, table), "unit": it.row.get("unit")}
 
     if it.kind == "allreduce":
         size, assumed = message_size(it.row)

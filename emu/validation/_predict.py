@@ -45,6 +45,7 @@ from emu.validation._plans import (
 from emu.validation._rows import (
     approximations,
     check_row,
+    in_metric_unit,
     row_model,
     row_precision,
     row_source,
@@ -258,6 +259,7 @@ def prepare_rows(
         return systems[name]
 
     for row in rows:
+        row = in_metric_unit(row)  # "ms" for a time in s: the value in the metric's unit
         base = _base(row)
         # a precision spelled another way (MXFP8, W4A8) is the chip format it names
         row = {**row, "precision": row_precision(row.get("precision"))}
@@ -295,6 +297,9 @@ def item_notes(item: Item) -> list[str]:
     row what it does not state and emu assumed (message size; tokens per rank, hidden size,
     top-k)."""
     notes = approximations(item.row)
+    if "stated_unit" in item.row:  # exact: the value converted into the metric's unit
+        r = item.row
+        notes.append(f"stated as {r['stated_value']:g} {r['stated_unit']}: {r['value']:g} {r['unit']}")
     if item.serving is not None and lengths(item.row)[0] is None:
         if (item.row.get("model") or {}).get("seq_len") is None:
             notes.append(f"prompt length not stated: {DEFAULT_PROMPT} tokens assumed")

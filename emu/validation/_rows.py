@@ -404,6 +404,33 @@ def check_row(row: dict) -> None:
             )
 
 
+#: units a row may state its value in, as a multiple of the metric's own unit
+#: (METRIC_UNITS), for the metrics whose unit is a time or a byte rate (`in_metric_unit`)
+_SCALES = {
+    "s": {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "min": 60.0, "h": 3600.0},
+    "ms": {"s": 1e3, "ms": 1.0, "us": 1e-3},
+    "us": {"s": 1e6, "ms": 1e3, "us": 1.0, "ns": 1e-3},
+    "gb/s": {"gb/s": 1.0, "tb/s": 1e3, "mb/s": 1e-3, "gbit/s": 1 / 8, "tbit/s": 1e3 / 8},
+}
+
+
+def in_metric_unit(row: dict) -> dict:
+    """`row` with its value in its metric's unit when it states a commensurable one (an
+    iteration time in ms, a latency in ms, a bus bandwidth in TB/s or Gb/s): value scaled
+    and `unit` replaced, the original kept in `stated_value` and `stated_unit`. Other rows
+    are returned as they are (`check_row` refuses a unit that does not match)."""
+    unit, value = row.get("unit"), row.get("value")
+    want = METRIC_UNITS.get(row.get("metric"))
+    if not isinstance(unit, str) or want not in _SCALES or isinstance(value, bool):
+        return row
+    key = unit_key(unit).replace("sec", "s").replace("seconds", "s").replace("µs", "us")
+    scale = _SCALES[want].get(key)
+    if scale is None or scale == 1.0 or not isinstance(value, int | float):
+        return row
+    return {**row, "value": value * scale, "unit": want,
+            "stated_value": value, "stated_unit": unit}  # fmt: skip
+
+
 def speed_sign(metric: str) -> float:
     """+1 for a rate (tokens/s, TFLOP/s, MFU, GB/s), -1 for a time (TIME_METRICS): the sign
     that turns log(predicted / measured) into log(predicted / measured speed)."""
