@@ -299,7 +299,8 @@ def item_notes(item: Item) -> list[str]:
     notes = approximations(item.row)
     if "stated_unit" in item.row:  # exact: the value converted into the metric's unit
         r = item.row
-        notes.append(f"stated as {r['stated_value']:g} {r['stated_unit']}: {r['value']:g} {r['unit']}")
+        stated = f"{r['stated_value']:g} {r['stated_unit']}"
+        notes.append(f"stated as {stated}: {r['value']:g} {r['unit']}")
     if item.serving is not None and lengths(item.row)[0] is None:
         if (item.row.get("model") or {}).get("seq_len") is None:
             notes.append(f"prompt length not stated: {DEFAULT_PROMPT} tokens assumed")
