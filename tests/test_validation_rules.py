@@ -501,6 +501,10 @@ def test_a_deployment_row_without_lengths_takes_them_from_its_seq_len():
     res = V.validate_rows([none])[0]
     assert res["status"] == "ok"
     assert "prompt length not stated: 4096 tokens assumed" in res["approximates"]
+    assert any(a.startswith("no output length: decoded alone") for a in res["approximates"])
+    bad = row(rid, id=blind["id"], notes=text, model={**base["model"], "seq_len": "4k"})
+    said = V.validate_rows([bad])[0]["approximates"]
+    assert "prompt length not stated: 4096 tokens assumed" in said
 
 
 def test_an_moe_row_without_its_expert_width_takes_megatrons_default():
@@ -523,7 +527,9 @@ def test_an_moe_row_without_its_expert_width_takes_megatrons_default():
 @pytest.mark.parametrize(
     "said, stage",
     [("ZeRO-2", 2), ("zero stage 2", 2), ("FSDP", 3), ("ZeRO stage 3", 3), ("DDP", 0),
-     ("distributed optimizer/DDP", 1), (None, 1), (3, 3)],
+     ("distributed optimizer/DDP", 1), (None, 1), (3, 3), ("zero_stage=2", 2),
+     ("ZeRO stage: 2", 2), ("none (DDP)", 0), ("SHARD_GRAD_OP", 2), ("FULL_SHARD", 3),
+     ("ZeRO-1 (distributed optimizer, like stage 2 memory)", 1), ("pipeline stage 2", 1)],
 )  # fmt: skip
 def test_a_rows_zero_spelling_is_the_stage_it_names(said, stage):
     rid = "mindspeed_tps_llama2_7b_4k_1x8"
@@ -538,7 +544,9 @@ def test_a_rows_zero_spelling_is_the_stage_it_names(said, stage):
      ("activation checkpointing: full", "full"), ("full (method block, 70 layers)", "full"),
      ("no recompute", "none"), ("selective: moe_act, layernorm", "selective"),
      ("--recompute-method block (no --recompute-granularity flag)", "selective"),
-     (None, "selective")],
+     (None, "selective"), ("activation checkpointing (full)", "full"),
+     ("no full recompute", "none"), ("recompute: none", "none"),
+     ("full recompute disabled", "none"), ("partial (not full recompute)", "selective")],
 )  # fmt: skip
 def test_a_rows_recompute_spelling_is_the_granularity_it_names(said, kind):
     rid = "mindspeed_tps_llama2_7b_4k_1x8"
@@ -551,6 +559,7 @@ def test_a_rows_recompute_spelling_is_the_granularity_it_names(said, kind):
     "rid, unit, scale",
     [("korth_t4_22B_Baseline_no_recompute", "us", 1e3),  # a layer time in ms
      ("deepep_v1_ll_dispatch_ep8", "ms", 1e-3),  # a kernel latency in us
+     ("deepep_v1_ll_dispatch_ep8", "msec", 1e-3),
      ("oci_gb200_128gpu_2rack_allreduce_1048576", "Gbps", 8.0)],  # busbw in GB/s
 )  # fmt: skip
 def test_a_value_in_a_commensurable_unit_is_converted(rid, unit, scale):
@@ -563,6 +572,16 @@ def test_a_value_in_a_commensurable_unit_is_converted(rid, unit, scale):
     assert any(a.startswith(f"stated as {r['value']:g} {unit}") for a in got["approximates"])
     bad = V.validate_rows([row(rid, id="bad", unit="tokens/s")])[0]
     assert bad["status"] == "error" and "does not match metric" in bad["reason"]
+
+
+def test_a_unit_spelled_out_is_its_metrics_unit_and_a_conversion_stays_in_range():
+    rid = next(k for k, r in ROWS.items() if r["metric"] == "iteration_time")
+    for unit in ("sec", "Seconds", "secs"):
+        assert V.validate_rows([row(rid, unit=unit)])[0]["status"] == "ok"
+    lat = "deepep_v1_ll_dispatch_ep8"
+    assert V.validate_rows([row(lat, unit="usec")])[0]["status"] == "ok"
+    tiny = V.validate_rows([row(lat, id="tiny", unit="ns", value=1e-4)])[0]
+    assert tiny["status"] == "error" and "outside" in tiny["reason"]
 
 
 def test_degrees_written_as_strings_are_read():
@@ -581,7 +600,22 @@ def test_a_model_without_heads_takes_the_usual_head_width():
     assert float(m.n_heads) == float(m.n_kv_heads) == 4096 / V.DEFAULT_HEAD_WIDTH
     got, want = V.validate_rows([r, row(rid, id="stated", model={**new, "n_kv_heads": 32})])
     assert got["predicted"] == pytest.approx(want["predicted"], rel=1e-6)
-    assert "n_heads not stated: 32 (d_model / 128, the usual head width)" in got["approximates"]
+    assert "n_heads not stated: 32 (d_model / 128, heads of 128)" in got["approximates"]
+
+
+def test_a_pd_separated_row_whose_degrees_add_up_is_not_taken_for_disaggregation():
+    rid = "sglang_a3_dsr1_pdsep_16c_2k_2k_50ms"  # tp 16 + ep 16 = 32 dies when dp is 1
+    r = row(rid, parallel={**ROWS[rid]["parallel"], "dp": 1})
+    assert V.validate_rows([r])[0]["status"] == "ok"
+
+
+def test_a_catalog_moe_model_reports_no_defaults_it_does_not_use():
+    rid = "sglang_a3_qwen3_235b_mixed_8c_2k_2k"  # Qwen3-235B-A22B: the catalog's dims
+    m = ROWS[rid]["model"]
+    r = row(rid, model={**m, "n_heads": None, "moe": {**m["moe"], "d_ff_expert": None}})
+    notes = V.approximations(r)
+    assert not any("not stated" in a for a in notes), notes
+    assert float(V.row_model(r).d_ff_expert) == m["moe"]["d_ff_expert"]
 
 
 def test_a_disaggregated_decode_row_without_its_batch_says_what_to_add():

@@ -34,7 +34,7 @@ from emu.validation._predict import (
     with_referenced_notes,
 )
 from emu.validation._report import check_overrides, score_item
-from emu.validation._rows import default_measurements, read_rows
+from emu.validation._rows import default_measurements, in_metric_unit, read_rows
 
 __all__ = ["RowExplanation", "explain_row"]
 
@@ -122,8 +122,12 @@ def explain_row(row_id: str, path=None, *, overrides: dict | None = None) -> Row
     if overrides:  # a bad --set is the command's error, not the row's
         check_overrides([row], overrides)
     items, failures = prepare_rows([row], overrides=overrides)
-    if failures:
-        return _unmodelled(failures[0], row.get("unit"))
+    if failures:  # the unit of its value as reported (converted where it could be)
+        try:
+            unit = in_metric_unit(row).get("unit")
+        except ValueError:
+            unit = row.get("unit")
+        return _unmodelled(failures[0], unit)
     it = items[0]
     table = interval_table()
 

@@ -148,41 +148,56 @@ def ranks_of(row: dict, dies: int) -> int:
 
 
 def _zero(z) -> int:
-    """A row's ZeRO stage: a number as given; FSDP or ZeRO-3 (stage 3) 3; ZeRO-2 (stage 2)
-    2; plain DDP without a distributed optimizer 0; otherwise (a distributed optimizer,
-    ZeRO-1, a spelling not listed) 1, Megatron's distributed optimizer."""
+    """A row's ZeRO stage: a number as given; else, its parentheticals set aside: FSDP
+    (FULL_SHARD) 3, SHARD_GRAD_OP 2, "ZeRO-N" / "zero_stage=N" / "ZeRO stage: N" / a field
+    that starts "stage N" N; plain DDP (no distributed optimizer named) or "none" 0;
+    otherwise (a distributed optimizer, a spelling not listed, null) 1, Megatron's
+    distributed optimizer."""
     if isinstance(z, int | float) and not isinstance(z, bool):
         return int(z)
-    text = str(z).lower() if isinstance(z, str) else ""
-    if re.search(r"fsdp|zero[\s\-_]?(?:stage[\s\-_]?)?3|stage[\s\-_]?3", text):
+    text = re.sub(r"\([^()]*\)", " ", str(z).lower()) if isinstance(z, str) else ""
+    if re.search(r"\bfsdp\b|full_shard", text) and not re.search(r"\bno\s+fsdp", text):
         return 3
-    if re.search(r"zero[\s\-_]?(?:stage[\s\-_]?)?2|stage[\s\-_]?2", text):
+    if "shard_grad_op" in text:
         return 2
-    if re.fullmatch(r"\s*(ddp|none|no|zero[\s\-_]?0|0)\s*", text):
+    m = re.search(r"\bzero[\s_\-]*(?:stage)?[\s_\-=:]*([0-3])\b", text) or re.match(
+        r"\s*stage[\s_\-=:]*([0-3])\b", text
+    )
+    if m:
+        return int(m.group(1))
+    if re.fullmatch(r"\s*(?:none|no)\s*", text) or (
+        re.search(r"\bddp\b", text) and "distributed optimizer" not in text
+    ):
         return 0
     return 1
 
 
 def _recompute(r) -> str:
-    """A row's recompute field as "full", "selective" or "none": the word it starts with;
-    else full when it names full granularity ("--recompute-granularity full", "full
-    activation checkpointing"), none when it says there is none ("no recompute", "off");
-    otherwise (null, a module list) "selective" (with flash attention: nothing rebuilt)."""
-    if isinstance(r, str):
-        low = r.strip().lower()
-        for k in ("full", "selective", "none"):
-            if low.startswith(k):
-                return k
-        said = r"(?:recompute|recomputation|checkpointing)"
-        if re.search(
-            rf"granularity[=:\s]+full\b|\bfull (?:activation )?{said}|{said}[=:\s]+full\b", low
-        ):
-            return "full"
-        if re.search(
-            r"^(?:no|off|false|disabled)\b|\bno (?:activation )?(?:recomput|checkpoint)", low
-        ):
-            return "none"
-    return "selective"
+    """A row's recompute field as "full", "selective" or "none": none when it says so
+    ("disabled", "off", "no recompute", "recompute: none"; a field that starts with
+    "selective" stays selective); else the word it starts with; else full when it names full
+    granularity ("--recompute-granularity full", "activation checkpointing (full)");
+    otherwise (null, a module list, "partial") "selective" (with flash attention: nothing
+    rebuilt)."""
+    if not isinstance(r, str):
+        return "selective"
+    low = r.strip().lower()
+    said = r"(?:recompute|recomputation|checkpointing)"
+    negated = (  # outside parentheses ("partial (not full recompute)" is partial)
+        r"\bdisabled\b|\boff\b|^(?:no|false)\b|\b(?:no|not|without)\s+(?:full\s+)?"
+        r"(?:activation\s+)?(?:recomput|checkpoint)"
+    )
+    bare = re.sub(r"\([^()]*\)", " ", low)
+    if not low.startswith("selective") and (
+        re.search(negated, bare) or re.search(rf"{said}[=:\s(]+none\b", low)
+    ):
+        return "none"
+    for k in ("full", "selective", "none"):
+        if low.startswith(k):
+            return k
+    full = rf"granularity[=:\s]+full\b|\bfull (?:activation )?{said}"
+    named = re.search(full, bare) or re.search(rf"{said}[=:\s(]+full\b", low)
+    return "full" if named else "selective"
 
 
 #: Megatron's block recompute method named in a row (not "blockwise FP8" or "transformer
@@ -591,7 +606,7 @@ def _default_lengths(row: dict, isl, osl) -> tuple[float, float | None]:
     of seq_len for each (rounded down for the prompt), and one with only the prompt takes
     seq_len - prompt for the output (when positive); a row without seq_len keeps its
     missing output length (an error where the mode needs it) and, without a prompt, takes
-    DEFAULT_PROMPT (`approximations` says so)."""
+    DEFAULT_PROMPT (`item_notes` says so)."""
     seq = int_or((row.get("model") or {}).get("seq_len"), None)
     if isl is None:
         if seq is None:  # nothing to split: the documented default prompt (`_context`'s)
@@ -631,7 +646,8 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     p = row.get("parallel") or {}
     notes = row_text(row)
     cards = int(row["n_chips"])
-    if _disaggregation(row, cards * dies)[0]:
+    said = re.search(r"disagg\w*[\s_\-]+(?:moe|expert)|(?:moe|expert)[\s_\-/]+attention", notes)
+    if said and "pd separation" not in notes and _disaggregation(row, cards * dies)[0]:
         raise ValueError(
             "an attention/expert-disaggregated decode row needs its batch per attention rank "
             "(parallel.microbatch): the serving rule sizes only co-located deployments"

@@ -46,6 +46,7 @@ from emu.validation._rows import (
     approximations,
     check_row,
     in_metric_unit,
+    int_or,
     row_model,
     row_precision,
     row_source,
@@ -259,7 +260,11 @@ def prepare_rows(
         return systems[name]
 
     for row in rows:
-        row = in_metric_unit(row)  # "ms" for a time in s: the value in the metric's unit
+        try:  # "ms" for a time in s: the value in the metric's unit, before it is read
+            row = in_metric_unit(row)
+        except ValueError as e:
+            failures.append(_failed(_base(row), "error", f"line {row.get('_line')}: {e}"))
+            continue
         base = _base(row)
         # a precision spelled another way (MXFP8, W4A8) is the chip format it names
         row = {**row, "precision": row_precision(row.get("precision"))}
@@ -297,13 +302,17 @@ def item_notes(item: Item) -> list[str]:
     row what it does not state and emu assumed (message size; tokens per rank, hidden size,
     top-k)."""
     notes = approximations(item.row)
-    if "stated_unit" in item.row:  # exact: the value converted into the metric's unit
-        r = item.row
-        stated = f"{r['stated_value']:g} {r['stated_unit']}"
-        notes.append(f"stated as {stated}: {r['value']:g} {r['unit']}")
+    if "_stated" in item.row:  # exact: the value converted into the metric's unit
+        (value, unit), r = item.row["_stated"], item.row
+        notes.append(f"stated as {value:g} {unit}: {r['value']:g} {r['unit']}")
     if item.serving is not None and lengths(item.row)[0] is None:
-        if (item.row.get("model") or {}).get("seq_len") is None:
+        if int_or((item.row.get("model") or {}).get("seq_len"), None) is None:
             notes.append(f"prompt length not stated: {DEFAULT_PROMPT} tokens assumed")
+            if item.serving.prefill is None:
+                notes.append(
+                    "no output length: decoded alone (the prefill's share of the ranks is "
+                    "not modelled)"
+                )
     said = message_size(item.row)[1] if item.kind == "allreduce" else None
     if said:
         notes.append(said)

@@ -370,10 +370,14 @@ def unit_key(unit: str) -> str:
     GB/s ("Tokens/sec per GPU" and "tokens/s/GPU" are one unit). Bits stay bits: Gb/s and
     Gbps (gigabits) become gbit/s, which no byte-rate metric matches."""
     u = re.sub(r"\b([KMGT])b(ps|/s)\b", r"\1bit/s", unit.strip())
-    u = u.lower().replace("µ", "u").replace("μ", "u")
+    u = u.lower().replace("µ", "u").replace("μ", "u").strip()
     u = re.sub(r"\s*/\s*(per[\-\s]+)?|\s+per[\-\s]+", "/", u)
     u = re.sub(r"\b(tokens?|toks?)\b", "tokens", u)
     u = re.sub(r"/sec\b|/second\b", "/s", u)
+    # a time unit spelled out: "sec", "seconds", "msec", "milliseconds", "usec"
+    u = re.sub(r"^(milli|m)(?:sec|secs|seconds?)$", "ms", u)
+    u = re.sub(r"^(micro|u)(?:sec|secs|seconds?)$", "us", u)
+    u = re.sub(r"^(?:sec|secs|seconds?)$", "s", u)
     u = re.sub(r"\btflops\b", "tflop/s", u)
     u = re.sub(r"\bgbps\b", "gb/s", u)
     return re.sub(r"\s+", " ", u)
@@ -414,21 +418,33 @@ _SCALES = {
 }
 
 
+#: how a converted row's unit is written (METRIC_UNITS keys are lower case)
+_DISPLAY = {"s": "s", "ms": "ms", "us": "us", "gb/s": "GB/s"}
+
+
 def in_metric_unit(row: dict) -> dict:
     """`row` with its value in its metric's unit when it states a commensurable one (an
-    iteration time in ms, a latency in ms, a bus bandwidth in TB/s or Gb/s): value scaled
-    and `unit` replaced, the original kept in `stated_value` and `stated_unit`. Other rows
-    are returned as they are (`check_row` refuses a unit that does not match)."""
-    unit, value = row.get("unit"), row.get("value")
-    want = METRIC_UNITS.get(row.get("metric"))
-    if not isinstance(unit, str) or want not in _SCALES or isinstance(value, bool):
+    iteration time in ms, a latency in ms, a bus bandwidth in TB/s or Gb/s): value scaled,
+    `unit` replaced and the stated (value, unit) kept in `_stated` (`item_notes` says so).
+    ValueError when the converted value leaves VALUE_RANGE. Other rows are returned as they
+    are (`check_row` refuses a unit that does not match)."""
+    row = {k: v for k, v in row.items() if k != "_stated"}
+    unit, value, metric = row.get("unit"), row.get("value"), row.get("metric")
+    want = METRIC_UNITS.get(metric) if isinstance(metric, str) else None
+    if not isinstance(unit, str) or want not in _SCALES:
         return row
-    key = unit_key(unit).replace("sec", "s").replace("seconds", "s").replace("µs", "us")
-    scale = _SCALES[want].get(key)
-    if scale is None or scale == 1.0 or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return row
-    return {**row, "value": value * scale, "unit": want,
-            "stated_value": value, "stated_unit": unit}  # fmt: skip
+    scale = _SCALES[want].get(unit_key(unit))
+    if scale is None or scale == 1.0:
+        return row
+    converted = value * scale
+    lo, hi = VALUE_RANGE
+    if not lo <= converted <= hi:
+        raise ValueError(
+            f"value {value:g} {unit} is {converted:g} {_DISPLAY[want]}, outside [{lo:g}, {hi:g}]"
+        )
+    return {**row, "value": converted, "unit": _DISPLAY[want], "_stated": (value, unit)}
 
 
 def speed_sign(metric: str) -> float:
@@ -471,18 +487,18 @@ def approximations(row: dict) -> list[str]:
     out = [say for pattern, say in APPROXIMATIONS if re.search(pattern, text)]
     m = row.get("model")
     name = _catalog_of(m) if isinstance(m, dict) and m.get("moe") else None
+    catalog = False  # the catalog model is used: its dimensions, not defaults
     if name is not None:
         try:
             _catalog_model(m, name)
+            catalog = True
         except ValueError as e:
             out.append(f"built from the row's fields: {e}")
     filled = (_filled(m) if not m.get("moe") else m) if isinstance(m, dict) else {}
-    if isinstance(m, dict) and not filled.get("n_heads") and _heads_default(m):
-        out.append(
-            f"n_heads not stated: {_heads_default(m)} (d_model / {DEFAULT_HEAD_WIDTH}, the "
-            "usual head width)"
-        )
-    moe = m.get("moe") if isinstance(m, dict) else None
+    if isinstance(m, dict) and not catalog and not filled.get("n_heads") and _heads_default(m):
+        w = _head_width(m)
+        out.append(f"n_heads not stated: {_heads_default(m)} (d_model / {w}, heads of {w})")
+    moe = m.get("moe") if isinstance(m, dict) and not catalog else None
     if isinstance(moe, dict) and not moe.get("d_ff_expert") and _moe_ffn_default(m):
         how = "its d_ff" if m.get("d_ff") else "4 d_model (no d_ff either)"
         out.append(
@@ -576,11 +592,20 @@ def row_model(row: dict) -> Model:
     return model_from_dict(data, f"row {row['id']} model")
 
 
+def _head_width(m: dict) -> int:
+    """The head width of a row's model family (HEAD_WIDTHS), else DEFAULT_HEAD_WIDTH."""
+    label = str(m.get("name", "")).lower()
+    width = next((w for pattern, w in HEAD_WIDTHS if re.search(pattern, label)), None)
+    return int(width or DEFAULT_HEAD_WIDTH)
+
+
 def _heads_default(m: dict) -> int | None:
-    """Attention heads of a row's model that states none: d_model / DEFAULT_HEAD_WIDTH
-    (at least 1)."""
+    """Attention heads of a row's model that states none: d_model over its family's head
+    width (`_head_width`), at least 1."""
     d = m.get("d_model")
-    return max(1, int(d) // DEFAULT_HEAD_WIDTH) if isinstance(d, int | float) and d > 0 else None
+    if not isinstance(d, int | float) or isinstance(d, bool) or d <= 0:
+        return None
+    return max(1, int(d) // _head_width(m))
 
 
 def _moe_ffn_default(m: dict) -> int | None:
