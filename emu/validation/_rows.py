@@ -573,7 +573,7 @@ def row_model(row: dict) -> Model:
         wide = re.search(r"shared expert of intermediate ([\d,]+)", text)
         if wide and de:
             data["n_shared_experts"] = round(float(wide.group(1).replace(",", "")) / de)
-    width = next((w for pattern, w in HEAD_WIDTHS if re.search(pattern, label)), None)
+    width = _family_head_width(label)
     if width is not None:
         data["d_head"] = width
     window = next((w for w in SLIDING_WINDOWS if re.search(w[0], label)), None)
@@ -592,11 +592,14 @@ def row_model(row: dict) -> Model:
     return model_from_dict(data, f"row {row['id']} model")
 
 
+def _family_head_width(label: str) -> int | None:
+    """The published head width of the model family a lower-case name names (HEAD_WIDTHS)."""
+    return next((w for pattern, w in HEAD_WIDTHS if re.search(pattern, label)), None)
+
+
 def _head_width(m: dict) -> int:
-    """The head width of a row's model family (HEAD_WIDTHS), else DEFAULT_HEAD_WIDTH."""
-    label = str(m.get("name", "")).lower()
-    width = next((w for pattern, w in HEAD_WIDTHS if re.search(pattern, label)), None)
-    return int(width or DEFAULT_HEAD_WIDTH)
+    """The head width of a row's model family, else DEFAULT_HEAD_WIDTH."""
+    return int(_family_head_width(str(m.get("name", "")).lower()) or DEFAULT_HEAD_WIDTH)
 
 
 def _heads_default(m: dict) -> int | None:
