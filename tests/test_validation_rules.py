@@ -584,6 +584,12 @@ def test_a_unit_spelled_out_is_its_metrics_unit_and_a_conversion_stays_in_range(
     assert tiny["status"] == "error" and "outside" in tiny["reason"]
 
 
+def test_a_row_whose_metric_is_not_a_string_says_so():
+    rid = "mindspeed_tps_llama2_7b_4k_1x8"
+    res = V.validate_rows([row(rid, metric=["tokens_per_s_per_gpu"])])[0]
+    assert res["status"] == "error" and "metric must be a string" in res["reason"]
+
+
 def test_degrees_written_as_strings_are_read():
     rid = "mindspeed_tps_llama2_7b_4k_1x8"  # TP1 PP2, micro-batch 1, global batch 256
     p = ROWS[rid]["parallel"]

@@ -387,6 +387,9 @@ def check_row(row: dict) -> None:
     """ValueError when a row cannot describe a run: n_chips not a whole number in
     [1, MAX_CHIPS] (a collective: at least 2), or a `unit` that does not match the metric
     (METRIC_UNITS)."""
+    for key in ("kind", "system", "metric"):
+        if not isinstance(row.get(key), str):
+            raise ValueError(f"{key} must be a string (got {row.get(key)!r}); see MEASUREMENTS.md")
     n = row.get("n_chips")
     ok = isinstance(n, int | float) and not isinstance(n, bool) and math.isfinite(n)
     if not ok or n != int(n) or not 1 <= n <= MAX_CHIPS:
