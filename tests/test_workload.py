@@ -28,6 +28,12 @@ def test_parameter_counts(name, billions):
     assert float(params_total(load_model(name))) / 1e9 == pytest.approx(billions, rel=0.005)
 
 
+def test_pangu_ultra_is_the_published_135b():
+    # arXiv:2504.07866 gives "135 billion parameters", rounded; with untied embeddings
+    # (an assumption: the paper does not say) the count is 133.9B, tied 132.0B
+    assert float(params_total(load_model("pangu_ultra"))) / 1e9 == pytest.approx(135, rel=0.01)
+
+
 def test_model_flops_match_nemo_convention():
     # NeMo 24.07 (measurements row nemo2407_pre_LLAMA2-7B_8): 780 TFLOP/s/GPU at
     # 16,934 tokens/s/GPU => 46.06 GFLOP per token at seq 4096.
