@@ -902,3 +902,39 @@ def test_block_recompute_of_n_layers_recomputes_that_share_of_a_stage():
     )[0]
     chunk = 40 / (float(plan.pp) * float(plan.vpp))
     assert float(plan.recompute_fraction) == pytest.approx(min(1.0, 1 / chunk))
+
+
+def test_a_deployment_row_without_its_batch_reads_the_running_requests_its_notes_state():
+    """A decode row whose global_batch is empty takes the running requests its notes bound
+    (the largest engine admission flag, the decode instance's, and the smallest
+    closed-loop concurrency), else a batch it names, per attention-DP rank; where it named
+    neither it decoded at the largest batch that fits (SGLang's 20 ms Atlas A3 rows at
+    concurrency 32: +533% to +917% with the field blanked, their stated-batch +3% to +29%).
+    Each says what it read."""
+    from emu.validation._plans import batch_said, running_requests
+
+    pd = "prefill --max-running-requests 8; decode --max-running-requests 832. concurrency 832"
+    assert running_requests(pd)[0] == 832
+    assert running_requests("prefill max 1 running request, decode max 32 running, "
+                            "concurrency 32, 64 prompts")[0] == 32  # fmt: skip
+    assert running_requests("--max-concurrency 16, --max-num-seqs 64")[0] == 16
+    assert running_requests("200 concurrent users")[0] == 200
+    assert running_requests("concurrency 0; 3,000 requests") == (None, None)
+    assert batch_said("table 6: batch 1, tpot 18.44 ms") == 1
+    assert batch_said("global batch size of 60 x 288 = 17,280") is None
+    assert batch_said("cuda-graph bs 12-26 per rank") is None
+    for rid in ("sglang_a3_dsr1_pdsep_32c_3p9k_1k_20ms", "sglang_a3_dsr1_pdsep_32c_3p5k_1p5k_50ms",
+                "sglang_a2_qwen3_32b_tp8_4k_1p5k_lowlat"):  # fmt: skip
+        base = ROWS[rid]
+        blank = row(rid, id=rid + "_nobatch", parallel={**base["parallel"], "global_batch": None})
+        got, want = V.validate_rows([blank, base])
+        assert got["predicted"] == pytest.approx(want["predicted"], rel=1e-6)
+        assert any(
+            a.startswith("running requests not in global_batch") for a in got["approximates"]
+        )
+        assert not any("global_batch" in a for a in want["approximates"])
+    rid = "pangu_pro_moe_800ia2_decode_bs1"  # "batch 1" read per attention-DP rank (4 ranks)
+    blank = row(rid, id=rid + "_nobatch", parallel={**ROWS[rid]["parallel"], "global_batch": None})
+    s = V.serving_row(blank, V.row_model(blank))
+    assert float(s.decode.microbatch) == 1 and s.batch_cap is None
+    assert "batch 1 read per attention-DP rank" in s.batch_read

@@ -80,6 +80,61 @@ OFFLINE_MAX_BATCH = 2048
 #: share of a PD-separated deployment's cards that decode when the row does not state the
 #: decode instance's size (its tp): half (an assumption; the shipped SGLang rows state it)
 DEFAULT_DECODE_SHARE = 0.5
+
+#: the bounds on a deployment's running requests its notes may state when its
+#: `global_batch` field is empty: the engines' admission flags (SGLang
+#: --max-running-requests, vLLM --max-num-seqs, TensorRT-LLM max_batch_size; the largest
+#: stated is the decode instance's, a PD deployment's prefill servers admit few) and the
+#: benchmark's closed-loop concurrency (--max-concurrency, "N concurrent users"; the
+#: smallest stated); `running_requests` takes the smaller of the two
+_ADMISSION = (
+    r"max[-_ ]running[-_ ]requests[=:\s]+(\d[\d,]*)",
+    r"\bmax (\d[\d,]*) running\b",
+    r"max[-_ ]num[-_ ]seqs[=:\s]+(\d[\d,]*)",
+    r"max[-_ ]batch[-_ ]size[=:\s]+(\d[\d,]*)",
+)
+_CONCURRENCY = (
+    r"\bconcurrency[=:\s]+(?:of\s+)?(\d[\d,]*)",
+    r"(\d[\d,]*) concurrent (?:requests|users|sequences|streams)\b",
+)
+#: a decode batch named as such ("batch 456", "batch size 1", "bs=8"), not a product
+#: ("batch size of 60 x 288") or a range ("bs 12-26"): read as the batch of each attention
+#: DP rank (`serving_row`), as "batch 128" is in DeepSeek's per-GPU profiles and as a
+#: deployment without attention DP has one rank's batch
+_BATCH_SAID = re.compile(
+    r"(?<![\w.-])(?:batch(?: size)?|bs)[=:\s]+(?:of\s+)?(\d[\d,]*)"
+    r"(?![\d,]*\s*(?:[-x\u00d7*/]|tokens?\b))"
+)
+
+
+def _counts(patterns, notes: str) -> list[tuple[int, str]]:
+    """(count, words) of every positive count the patterns find in `notes`."""
+    out = []
+    for pattern in patterns:
+        for m in re.finditer(pattern, notes, re.I):
+            n = int(m.group(1).replace(",", ""))
+            if n >= 1:
+                out.append((n, m.group(0).strip()))
+    return out
+
+
+def running_requests(notes: str) -> tuple[int | None, str | None]:
+    """(running requests, the words read) a deployment row's notes state when its
+    `global_batch` field is empty: the smaller of the largest admission bound and the
+    smallest concurrency (`_ADMISSION`, `_CONCURRENCY`); (None, None) when it states
+    neither."""
+    admission, concurrency = _counts(_ADMISSION, notes), _counts(_CONCURRENCY, notes)
+    bounds = ([max(admission)] if admission else []) + ([min(concurrency)] if concurrency else [])
+    return min(bounds) if bounds else (None, None)
+
+
+def batch_said(notes: str) -> int | None:
+    """The decode batch a deployment row's notes name as such ("batch 1", `_BATCH_SAID`),
+    else None."""
+    m = _BATCH_SAID.search(notes)
+    return int(m.group(1).replace(",", "")) if m and int(m.group(1).replace(",", "")) else None
+
+
 #: TRT-LLM's default `max_num_tokens` 8,192: the prompt tokens per rank of one in-flight
 #: prefill chunk (dense models on NVIDIA); MoE and Ascend prefill use DEFAULT_PREFILL_TOKENS
 PREFILL_CHUNK_TOKENS = 8192
@@ -126,7 +181,9 @@ class ServingRow(NamedTuple):
     their decode starts (`emu.validation.serving_rate`); `kv_reserve`: None, or the tokens
     of KV cache each running sequence holds when the scheduler reserves them for the whole
     request (TensorRT-LLM offline rows: prompt + output), which the largest batch that fits
-    is sized by."""
+    is sized by; `batch_read`: None, or how the decode batch was read from the notes of
+    a row whose `global_batch` is empty (`running_requests`, `batch_said`), said in the
+    prediction's `approximates`."""
 
     decode: Plan
     prefill: Plan | None
@@ -137,6 +194,7 @@ class ServingRow(NamedTuple):
     batch_cap: int | None
     ramp: float = 0.0
     kv_reserve: float | None = None
+    batch_read: str | None = None
 
 
 def ranks_of(row: dict, dies: int) -> int:
@@ -681,8 +739,19 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
         r"batch (?:size )?(?:of )?(\d[\d,]*) (?:sequences |requests )?"
         r"per (?:device|gpu|rank|die|npu)",
         notes,
-    )
+    ) or num_in(r"\blocal batch (?:size )?(?:of )?(\d[\d,]*)", notes)
     per_rank = int(per_rank) if gb is None and per_rank else None  # per attention-DP rank
+    read = None
+    if gb is None and per_rank is None:  # the running requests the notes state, if any,
+        gb, words = running_requests(notes)  # else a batch they name (per attention-DP rank)
+        per_rank = batch_said(notes) if gb is None else None
+        if gb is not None:
+            read = f"running requests not in global_batch: {gb} from the notes ('{words}')"
+        elif per_rank is not None:
+            read = (
+                f"decode batch not in global_batch: the notes' batch {per_rank} read per "
+                "attention-DP rank"
+            )
     # attention DP over more ranks than running requests would leave ranks without one
     dp = max(1, min(dp, ranks, gb or ranks))
     while ranks % dp:
@@ -724,7 +793,7 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     pre_ranks = cards * dies - ranks if separated else ranks
     if not (separated or mixed) or (osl is None and not separated):
         # decode alone; also a row that gives no output length to share the ranks by
-        return ServingRow(dec, None, "decode", isl, osl or isl, cards, cap)
+        return ServingRow(dec, None, "decode", isl, osl or isl, cards, cap, batch_read=read)
     if osl is None:
         raise ValueError("a PD deployment row gives no output length (serving rule)")
     if pre_ranks < 1:
@@ -742,7 +811,7 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     pre = validate_plan(pre, model, even_layers=False, even_experts=False)
     mode = "separated" if separated else "mixed"
     reserve = isl + osl if cap is not None and trtllm_row(row) else None
-    return ServingRow(dec, pre, mode, isl, osl, cards, cap, ramp, reserve)
+    return ServingRow(dec, pre, mode, isl, osl, cards, cap, ramp, reserve, read)
 
 
 def _first_wave(notes: str) -> float:

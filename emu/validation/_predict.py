@@ -313,6 +313,8 @@ def item_notes(item: Item) -> list[str]:
                     "no output length: decoded alone (the prefill's share of the ranks is "
                     "not modelled)"
                 )
+    if item.serving is not None and item.serving.batch_read:
+        notes.append(item.serving.batch_read)
     said = message_size(item.row)[1] if item.kind == "allreduce" else None
     if said:
         notes.append(said)
