@@ -938,3 +938,61 @@ def test_a_deployment_row_without_its_batch_reads_the_running_requests_its_notes
     s = V.serving_row(blank, V.row_model(blank))
     assert float(s.decode.microbatch) == 1 and s.batch_cap is None
     assert "batch 1 read per attention-DP rank" in s.batch_read
+
+
+def test_a_training_row_without_its_global_batch_reads_its_notes_or_takes_the_rule_default():
+    """A training row whose global_batch is empty reads the batch its notes write ("GBS=64",
+    "global batch size 1,536"), else takes the plan rule's (>= 4 Mi tokens, as `emu run`
+    does) where it took one micro-batch per DP rank (DeepSeek-V3's PP16 run, blanked, came
+    out 14x slow: one micro-batch in a 16-stage pipeline). Each says what it read, and a
+    step-time row that the default reaches says its time scales with the batch."""
+    from emu.validation._plans import global_batch_of
+
+    rid = "nemo2407_pre_GPT3-175B_128"  # tp4 pp8 dp4 vpp6 mb1, global batch 256
+    base = ROWS[rid]
+    blank = {**base["parallel"], "global_batch": None}
+    said = row(rid, id=rid + "_gbs", parallel=blank, notes=base["notes"] + " (GBS=256)")
+    assert global_batch_of(said) == (256, "global batch not in parallel.global_batch: 256 "
+                                     "from the notes ('gbs=256')")  # fmt: skip
+    assert global_batch_of(row(rid, notes="global batch size of 1,536 sequences"))[0] == 256
+    assert global_batch_of(row(rid, parallel=blank, notes="global batch size 1,536"))[0] == 1536
+    assert global_batch_of(row(rid, parallel=blank, notes="60 x 288 global batch"))[0] is None
+    none = row(rid, id=rid + "_nogbs", parallel=blank)
+    got, want, rule = V.validate_rows([said, base, none])
+    assert got["predicted"] == pytest.approx(want["predicted"], rel=1e-6)
+    assert any(
+        a.startswith("global batch not in parallel.global_batch") for a in got["approximates"]
+    )
+    # the rule's default: >= 4 Mi tokens of 2,048 -> 2,048 sequences (512 micro-batches per
+    # DP rank), a smaller bubble than the stated 256: faster
+    assert rule["status"] == "ok" and rule["predicted"] > want["predicted"]
+    assert "global batch not stated: the plan rule's 2048 sequences" in " ".join(
+        rule["approximates"]
+    )
+    timed = next(r for r in ROWS.values() if r["metric"] == "iteration_time")
+    gone = row(timed["id"], id="t", parallel={**timed["parallel"], "global_batch": None})
+    res = V.validate_rows([gone])[0]
+    assert res["status"] == "ok"
+    assert any(a.endswith("a step time scales with it") for a in res["approximates"])
+
+
+def test_a_row_without_its_precision_reads_the_format_its_notes_name():
+    """A row whose precision field is empty takes the format its notes name: what a MoE
+    dispatch sends ("FP8 dispatch", "INT8 dispatching"), else the run's ("precision
+    MXFP8", "FP8 mixed precision", "W8A8 quantization"); it took the rules' defaults (bf16
+    dispatch: DeepEP's low-latency FP8 dispatch rows came out +115-127%). It says so."""
+    from emu.validation._rows import notes_precision
+
+    assert notes_precision({"metric": "moe_dispatch_latency", "notes": "INT8 dispatching"}) == (
+        "int8", "INT8 dispatch")  # fmt: skip
+    assert notes_precision({"metric": "moe_combine_latency", "notes": "INT8 dispatching"}) == (
+        None, None)  # fmt: skip
+    assert notes_precision({"metric": "mfu", "notes": "pretrain; precision MXFP8; x"})[0] == "fp8"
+    assert notes_precision({"metric": "mfu", "notes": "W8A8 quantization"})[0] == "int8"
+    assert notes_precision({"metric": "mfu", "notes": "FP8 mixed precision"})[0] == "fp8"
+    assert notes_precision({"metric": "mfu", "notes": "a BF16 baseline"}) == (None, None)
+    ids = ("deepep_v1_ll_dispatch_ep256", "deepep_ascend_a3_ll_dispatch_bw_ep8", "dsv3_pretrain")
+    for rid in ids:
+        got, want = V.validate_rows([row(rid, id=rid + "_x", precision=None), ROWS[rid]])
+        assert got["predicted"] == pytest.approx(want["predicted"], rel=1e-6)
+        assert any(a.startswith("precision not stated: ") for a in got["approximates"])

@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 from emu._backend import jnp
 from emu.parallelism import Plan, make_plan, validate_plan
-from emu.policy import DEFAULT_MTP_ACCEPT, auto_plan
+from emu.policy import DEFAULT_BATCH_TOKENS, DEFAULT_MTP_ACCEPT, auto_plan
 from emu.struct import replace
 from emu.validation._rows import int_or, num_in, row_text, train_seq_len
 from emu.workload import Model
@@ -390,6 +390,43 @@ def _row_seq_len(row: dict) -> int:
     return seq
 
 
+#: a training row's global batch written in its notes: "GBS=64", "GBS1024", "global batch
+#: size 1536", "global batch of 2,048", "global_batch_size: 512" (not "global batch size of
+#: 60 x 288", a product)
+_GBS = re.compile(
+    r"\bgbs[=:\s]*(\d[\d,]*)\b"
+    r"|\bglobal[ _]batch(?:[ _]size)?(?:[=:\s]+|\s+of\s+)(\d[\d,]*)(?![\d,]*\s*[x\u00d7*])"
+)
+#: training metrics that are the time of one step: they scale with the global batch, which a
+#: row that states none takes from the plan rule, and says so (`_predict.item_notes`)
+STEP_TIME_METRICS = frozenset({"iteration_time", "train_step_time"})
+
+
+def global_batch_of(row: dict) -> tuple[int | None, str | None]:
+    """(global batch, how it was read) of a training row: its `parallel.global_batch`, else
+    the batch its notes write (`_GBS`), else (None, None): `unstated_global_batch`."""
+    p = row.get("parallel") or {}
+    gb = int_or(p.get("global_batch"), None)
+    if gb is not None:
+        return gb, None
+    m = _GBS.search(row_text(row))
+    n = int((m.group(1) or m.group(2)).replace(",", "")) if m else 0
+    if n >= 1:
+        return n, f"global batch not in parallel.global_batch: {n} from the notes ('{m.group(0)}')"
+    return None, None
+
+
+def unstated_global_batch(unit: int, seq: float) -> int:
+    """The global batch of a training row that states none (`global_batch_of`): the plan
+    rule's, the smallest multiple of `unit` (dp x micro-batch) holding DEFAULT_BATCH_TOKENS
+    tokens of `seq` (`emu.policy.auto_plan`'s default, as `emu run` takes it), where one
+    micro-batch per DP rank was taken (DeepSeek-V3's PP16 run, blanked, came out 14x slow).
+    A step time (STEP_TIME_METRICS) scales with the batch, and says so: blanked, the 22
+    shipped step-time rows are 34% off at the median this way and 84% with one micro-batch
+    per DP rank (all too fast), though Korthikanti's 4-sequence iterations come out 445x."""
+    return unit * max(1, math.ceil(DEFAULT_BATCH_TOKENS / seq / unit))
+
+
 def states_no_degrees(p: dict) -> bool:
     """Whether a row's parallel config states none of tp, pp and dp."""
     return all(int_or(p.get(k), None) is None for k in ("tp", "pp", "dp"))
@@ -415,10 +452,12 @@ def _rule_plan(row: dict, model: Model, system, p: dict) -> RowPlan:
         system, model, int(row["n_chips"]), seq_len=seq, precision=row.get("precision") or "bf16",
         lora="lora" in notes, **knobs,
     )  # fmt: skip
-    gb = int_or(p.get("global_batch"), None)
+    gb = global_batch_of(row)[0]
+    unit = int(float(plan.dp)) * int(float(plan.microbatch))
     if gb is not None:  # the stated batch, rounded to whole micro-batches per DP rank
-        unit = int(float(plan.dp)) * int(float(plan.microbatch))
         plan = replace(plan, global_batch=jnp.float32(unit * max(1, round(gb / unit))))
+    else:  # the rule's own default
+        plan = replace(plan, global_batch=jnp.float32(unstated_global_batch(unit, seq)))
     tp = int(float(plan.tp))
     _, etp, overlap, imbalance = _moe_settings(
         dict(row, parallel=dict(p, ep=int(float(plan.ep)))), model, tp,
@@ -454,7 +493,10 @@ def row_plan(row: dict, model: Model, *, dies: int = 1, system=None) -> RowPlan:
     er, groups = _disaggregation(row, n)
     tp, pp, dp, cp = _degrees(n - er, p, model)
     mb = int_or(p.get("microbatch"), 1)
-    gb = int_or(p.get("global_batch"), dp * mb)
+    if row["kind"] == "train":  # stated (field or notes), else `unstated_global_batch`
+        gb = global_batch_of(row)[0] or unstated_global_batch(dp * mb, _row_seq_len(row))
+    else:
+        gb = int_or(p.get("global_batch"), dp * mb)
     if gb % (dp * mb):
         gb = dp * mb * max(1, round(gb / (dp * mb)))
     sp = p.get("sp")

@@ -19,7 +19,7 @@ from emu.hardware import peak_flops, usable_hbm_bytes
 from emu.numerics import safe_div
 from emu.objective import evaluate
 from emu.parallelism import Plan, memory, stage_layers
-from emu.policy import with_largest_batch
+from emu.policy import DEFAULT_BATCH_TOKENS, with_largest_batch
 from emu.serving import disaggregated
 from emu.struct import replace, stack
 from emu.topology import System, rank_system
@@ -34,7 +34,9 @@ from emu.validation._collectives import (
 )
 from emu.validation._plans import (
     DEFAULT_PROMPT,
+    STEP_TIME_METRICS,
     ServingRow,
+    global_batch_of,
     lengths,
     needs_serving_rule,
     row_plan,
@@ -47,6 +49,7 @@ from emu.validation._rows import (
     check_row,
     in_metric_unit,
     int_or,
+    notes_precision,
     row_model,
     row_precision,
     row_source,
@@ -268,6 +271,10 @@ def prepare_rows(
         base = _base(row)
         # a precision spelled another way (MXFP8, W4A8) is the chip format it names
         row = {**row, "precision": row_precision(row.get("precision"))}
+        if row["precision"] is None:  # the format its notes name, if any (said below)
+            prec, words = notes_precision(row)
+            if prec is not None:
+                row = {**row, "precision": prec, "_precision_read": words}
         try:
             check_row(row)
             system = system_of(row["system"])
@@ -313,6 +320,11 @@ def item_notes(item: Item) -> list[str]:
                     "no output length: decoded alone (the prefill's share of the ranks is "
                     "not modelled)"
                 )
+    if "_precision_read" in item.row:
+        notes.append(
+            f"precision not stated: {item.row['precision']} from the notes "
+            f"('{item.row['_precision_read']}')"
+        )
     if item.serving is not None and item.serving.batch_read:
         notes.append(item.serving.batch_read)
     said = message_size(item.row)[1] if item.kind == "allreduce" else None
@@ -320,6 +332,19 @@ def item_notes(item: Item) -> list[str]:
         notes.append(said)
     if item.kind == "moe_comm":
         notes.extend(item.setup.get("assumed", []))
+    if item.kind == "run" and item.row["kind"] == "train":
+        gb, read = global_batch_of(item.row)
+        if read:
+            notes.append(read)
+        elif gb is None:
+            timed = item.row["metric"] in STEP_TIME_METRICS
+            if timed or not states_no_degrees(item.row.get("parallel") or {}):
+                notes.append(
+                    f"global batch not stated: the plan rule's "
+                    f"{float(item.plan.global_batch):g} sequences (>= "
+                    f"{DEFAULT_BATCH_TOKENS / 2**20:g} Mi tokens)"
+                    + (": a step time scales with it" if timed else "")
+                )
     if (
         item.kind == "run"
         and item.row["kind"] == "train"

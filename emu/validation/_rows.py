@@ -364,6 +364,37 @@ def row_precision(value) -> str | None:
     return next((p for pattern, p in PRECISION_SPELLINGS if re.match(pattern, low)), value)
 
 
+#: a format word as rows and their notes spell it (PRECISION_SPELLINGS reads it)
+_FORMAT = r"((?:mx|nv)?fp(?:8|4|16)(?:-(?:cs|mx))?|bf16|bfloat16|int8|w8a8|w4a8)"
+#: where a row's notes name its precision when the `precision` field is empty: the format a
+#: MoE dispatch sends ("FP8 dispatch", "INT8 dispatching"; its combine is bf16 anyway), or
+#: the run's ("precision FP8", "FP8 training", "NVFP4 weights", "W8A8 quantization")
+_DISPATCH_FORMAT = re.compile(rf"\b{_FORMAT}[\s-]+dispatch", re.I)
+_RUN_FORMAT = re.compile(
+    rf"\bprecision[:=\s]+(?:is\s+)?{_FORMAT}\b"
+    rf"|\b{_FORMAT}[\s-]+(?:mixed[\s-]+precision|training|weights|quantization|"
+    r"quantized|checkpoint|inference|gemms?|model)\b",
+    re.I,
+)
+
+
+def notes_precision(row: dict) -> tuple[str | None, str | None]:
+    """(precision, the words read) a row's notes state when its `precision` field is empty
+    (`_DISPATCH_FORMAT` for a dispatch row, else `_RUN_FORMAT`), as PRECISION_SPELLINGS
+    reads it; (None, None) when they name none (the rules' defaults apply)."""
+    text = str(row.get("notes") or "")
+    dispatch = "dispatch" in str(row.get("metric") or "")
+    pattern = _DISPATCH_FORMAT if dispatch else _RUN_FORMAT
+    m = pattern.search(text)
+    if not m:
+        return None, None
+    word = next(g for g in m.groups() if g)
+    prec = row_precision(word.lower())
+    return (
+        (prec, m.group(0).strip()) if prec in {p for _, p in PRECISION_SPELLINGS} else (None, None)
+    )
+
+
 def unit_key(unit: str) -> str:
     """A unit in the spelling METRIC_UNITS matches: lower case; µs as us; "per" and
     spaces around "/" as "/"; token/tok as tokens; /sec as /s; TFLOPS as TFLOP/s; GBps as
