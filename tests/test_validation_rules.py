@@ -261,22 +261,34 @@ def test_a_dense_row_naming_a_catalog_model_takes_its_shape_for_what_it_leaves_o
 
 
 def test_a_training_row_without_seq_len_takes_its_notes_or_the_documented_default():
+    """model.seq_len, else the notes' length, else the model family's pre-training context
+    (TRAIN_CONTEXTS: GPT-3 2,048, Llama 2 4,096, Llama 3 8,192, ...), else 4,096."""
     r = ROWS["mindspeed_tps_llama2_7b_4k_1x8"]
     model = {**r["model"], "seq_len": None}
     stated = row(r["id"], model=model, notes="MindSpeed table, seq 4K, bf16")
     assert V.train_seq_len(stated) == (4096, "seq_len not stated in the model: 4096 from the notes")
     assert V.train_seq_len(row(r["id"], model=model, notes="sequence length 8,192"))[0] == 8192
-    bare = row(r["id"], model=model, notes="")
-    assert V.train_seq_len(bare) == (V.DEFAULT_TRAIN_SEQ, "seq_len not stated: 4096 assumed")
+    bare = row(r["id"], model=model, notes="")  # Llama 2: its pre-training context
+    assert V.train_seq_len(bare) == (4096, "seq_len not stated: 4096, Llama 2's pre-training "
+                                     "context")  # fmt: skip
+    anon = row(r["id"], model={**model, "name": "Model-7B"}, notes="")
+    assert V.train_seq_len(anon) == (V.DEFAULT_TRAIN_SEQ, "seq_len not stated: 4096 assumed")
+    for name, n in (("GPT-3 175B", 2048), ("GPT 22B", 2048), ("MT-NLG 530B", 2048),
+                    ("LLaMA-33B", 2048), ("Llama-3.1-405B", 8192), ("Llama-3/3.1-70B", 8192),
+                    ("BLOOM-176B", 2048), ("CodeLlama-34B", 4096), ("Qwen2-7B", 4096)):  # fmt: skip
+        got = V.train_seq_len(row(r["id"], model={**model, "name": name}, notes=""))[0]
+        assert got == n, name
     for notes, n in (("seq 2048, global batch 512", 2048), ("sequence 1 of 3", 4096),
                      ("a seq2seq model", 4096), ("seq 4.5k", 4608),
                      ("sequence 1 of 3; seq len 2048", 2048), ("seq 2048,16 nodes", 4096),
                      ("SP=2 (seq 2), seq_len 8192", 8192)):  # fmt: skip
         assert V.train_seq_len(row(r["id"], model=model, notes=notes))[0] == n, notes
-    got = V.validate_rows([r, stated, bare])
+    got = V.validate_rows([r, stated, bare, anon])
     assert all(g["status"] == "ok" for g in got)
     assert got[1]["predicted"] == pytest.approx(got[0]["predicted"])
-    assert "seq_len not stated: 4096 assumed" in got[2]["approximates"]
+    assert got[2]["predicted"] == pytest.approx(got[0]["predicted"])
+    assert "seq_len not stated: 4096, Llama 2's pre-training context" in got[2]["approximates"]
+    assert "seq_len not stated: 4096 assumed" in got[3]["approximates"]
     assert V.train_seq_len(r) == (4096, None) and not V.approximations(r)
     bad = V.validate_rows([row(r["id"], model={**r["model"], "seq_len": "long"})])[0]
     assert bad["status"] == "error" and "model.seq_len must be a positive integer" in bad["reason"]

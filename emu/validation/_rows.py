@@ -142,6 +142,21 @@ MODEL_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab")
 #: 4,096 tokens, the median of the shipped set's 160 training rows (2,048 the most common,
 #: 51 rows, 4,096 48); said in the row's result (`approximations`)
 DEFAULT_TRAIN_SEQ = 4096
+#: a training row's sequence length when neither its model nor its notes state one but its
+#: model's name is a family with a published pre-training context (first match, lower-case
+#: name): GPT-3 and Megatron's GPT sizes 2,048 (Brown et al. 2020, arXiv:2005.14165 Table
+#: 2.1 n_ctx; SC21 and Korthikanti et al. train them at 2,048), MT-NLG 2,048 (Smith et al.
+#: 2022), LLaMA 2,048 (arXiv:2302.13971 §2.2), Llama 2 4,096 (arXiv:2307.09288 Table 1),
+#: Llama 3 / 3.1 8,192 (arXiv:2407.21783 §3.4: 8K-token sequences), BLOOM 2,048
+#: (arXiv:2211.05100 §3.4). Of the 105 shipped training rows naming these families, 86 state
+#: these lengths; the others are long-context runs and two Llama 3 70B runs at 4,096
+TRAIN_CONTEXTS = (
+    (r"\bgpt[\s\-_]*3\b|^gpt[\s\-_]*\d|\bmt[\s\-_]*nlg\b|megatron[\s\-_]*turing", 2048, "GPT-3"),
+    (r"\bllama[\s\-_]*2(?![\d.])", 4096, "Llama 2"),
+    (r"\bllama[\s\-_]*3(?:\.\d)?(?![\d.])", 8192, "Llama 3"),
+    (r"\bllama(?:[\s\-_]*\d+(?:\.\d+)?b\b|$)", 2048, "LLaMA"),
+    (r"\bbloom\b", 2048, "BLOOM"),
+)
 #: a smaller number after "seq" in the notes is not a training length ("sequence 1 of 3")
 MIN_TRAIN_SEQ = 128
 #: published head widths of model families whose head width is not d_model / n_heads: a
@@ -657,8 +672,9 @@ def _moe_ffn_default(m: dict) -> int | None:
 def train_seq_len(row: dict) -> tuple[int | None, str | None]:
     """A training row's sequence length and, when the row's model does not give it, where it
     came from: (model.seq_len, None); else the length its notes state ("seq 4K", "sequence
-    length 8192"), else DEFAULT_TRAIN_SEQ, with a phrase saying so; (None, None) when
-    model.seq_len is given but is not a positive integer."""
+    length 8192"), else its model family's pre-training context (TRAIN_CONTEXTS), else
+    DEFAULT_TRAIN_SEQ, with a phrase saying so; (None, None) when model.seq_len is given
+    but is not a positive integer."""
     raw = (row.get("model") or {}).get("seq_len")
     if raw is not None:
         return int_or(raw, None), None
@@ -672,6 +688,10 @@ def train_seq_len(row: dict) -> tuple[int | None, str | None]:
         # a smaller number is not a training length ("sequence 1 of 3"), nor a fraction
         if n >= MIN_TRAIN_SEQ and n == value:
             return n, f"seq_len not stated in the model: {n} from the notes"
+    name = str((row.get("model") or {}).get("name") or "").lower()
+    for pattern, seq, family in TRAIN_CONTEXTS:
+        if re.search(pattern, name):
+            return seq, f"seq_len not stated: {seq}, {family}'s pre-training context"
     return DEFAULT_TRAIN_SEQ, f"seq_len not stated: {DEFAULT_TRAIN_SEQ} assumed"
 
 
