@@ -57,6 +57,7 @@ __all__ = [
     "scale_up_domain",
     "divisors",
     "DEFAULT_BATCH_TOKENS",
+    "default_global_batch",
     "DEFAULT_MTP_ACCEPT",
     "default_mtp_accept",
     "RULE_KNOBS",
@@ -134,6 +135,12 @@ def _check_knobs(chips, system: System, knobs: dict) -> int:
     return chips
 
 
+def default_global_batch(unit: int, seq_len: float) -> int:
+    """The rule's global batch when none is given: the smallest multiple of `unit` (dp x
+    micro-batch sequences) holding DEFAULT_BATCH_TOKENS tokens of `seq_len`."""
+    return int(unit * max(1, math.ceil(DEFAULT_BATCH_TOKENS / seq_len / unit)))
+
+
 def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     """A valid plan for `chips` chips. `knobs` are Plan knobs by name (emu.plan.KNOBS):
     those given (not None) are kept; the degrees, global batch and recomputation of
@@ -170,8 +177,7 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
         dp_ = rest // pp_
         gb = global_batch
         if gb is None:
-            unit = dp_ * microbatch
-            gb = unit * max(1, math.ceil(DEFAULT_BATCH_TOKENS / knobs["seq_len"] / unit))
+            gb = default_global_batch(dp_ * microbatch, knobs["seq_len"])
         ep_ = ep if ep is not None else _auto_ep(system, model, tp * dp_ * cp // etp)
         return make_plan(
             **knobs, ep=ep_, tp=tp, pp=pp_, dp=dp_, cp=cp, global_batch=gb, recompute=rc

@@ -932,6 +932,14 @@ def test_a_deployment_row_without_its_batch_reads_the_running_requests_its_notes
     assert running_requests("--max-concurrency 16, --max-num-seqs 64")[0] == 16
     assert running_requests("200 concurrent users")[0] == 200
     assert running_requests("concurrency 0; 3,000 requests") == (None, None)
+    assert running_requests("prefill --max-running-requests 4096; decode "
+                            "--max-running-requests 128")[0] == 128  # fmt: skip
+    for notes in ("concurrency 128 per gpu", "concurrency 4-64 sweep", "concurrency 1,2,4,8",
+                  "--max-num-seqs 64", "max_batch_size 128"):  # fmt: skip
+        assert running_requests(notes) == (None, None), notes
+    assert batch_said("prefill batch 8, decode batch 256") == 256
+    for notes in ("batch 16k tokens", "micro batch 4", "batch 8.5", "batch 1,2,4,8"):
+        assert batch_said(notes) is None, notes
     assert batch_said("table 6: batch 1, tpot 18.44 ms") == 1
     assert batch_said("global batch size of 60 x 288 = 17,280") is None
     assert batch_said("cuda-graph bs 12-26 per rank") is None
@@ -945,7 +953,9 @@ def test_a_deployment_row_without_its_batch_reads_the_running_requests_its_notes
             a.startswith("running requests not in global_batch") for a in got["approximates"]
         )
         assert not any("global_batch" in a for a in want["approximates"])
-    rid = "pangu_pro_moe_800ia2_decode_bs1"  # "batch 1" read per attention-DP rank (4 ranks)
+    # a known limit: Pangu's "batch 1" is its 4-card instance's, read per attention-DP rank
+    # (4 sequences over 4 ranks: +213% where the stated batch gives -6%)
+    rid = "pangu_pro_moe_800ia2_decode_bs1"
     blank = row(rid, id=rid + "_nobatch", parallel={**ROWS[rid]["parallel"], "global_batch": None})
     s = V.serving_row(blank, V.row_model(blank))
     assert float(s.decode.microbatch) == 1 and s.batch_cap is None
@@ -968,7 +978,9 @@ def test_a_training_row_without_its_global_batch_reads_its_notes_or_takes_the_ru
                                      "from the notes ('gbs=256')")  # fmt: skip
     assert global_batch_of(row(rid, notes="global batch size of 1,536 sequences"))[0] == 256
     assert global_batch_of(row(rid, parallel=blank, notes="global batch size 1,536"))[0] == 1536
-    assert global_batch_of(row(rid, parallel=blank, notes="60 x 288 global batch"))[0] is None
+    for notes in ("global batch size of 60 x 288", "global batch of 16M tokens",
+                  "GBS 4,096 tokens", "global batch sizes 1,2,4"):  # fmt: skip
+        assert global_batch_of(row(rid, parallel=blank, notes=notes))[0] is None, notes
     none = row(rid, id=rid + "_nogbs", parallel=blank)
     got, want, rule = V.validate_rows([said, base, none])
     assert got["predicted"] == pytest.approx(want["predicted"], rel=1e-6)
@@ -978,7 +990,7 @@ def test_a_training_row_without_its_global_batch_reads_its_notes_or_takes_the_ru
     # the rule's default: >= 4 Mi tokens of 2,048 -> 2,048 sequences (512 micro-batches per
     # DP rank), a smaller bubble than the stated 256: faster
     assert rule["status"] == "ok" and rule["predicted"] > want["predicted"]
-    assert "global batch not stated: the plan rule's 2048 sequences" in " ".join(
+    assert "global batch not stated: 2048 sequences (emu's default" in " ".join(
         rule["approximates"]
     )
     timed = next(r for r in ROWS.values() if r["metric"] == "iteration_time")
@@ -1008,3 +1020,27 @@ def test_a_row_without_its_precision_reads_the_format_its_notes_name():
         got, want = V.validate_rows([row(rid, id=rid + "_x", precision=None), ROWS[rid]])
         assert got["predicted"] == pytest.approx(want["predicted"], rel=1e-6)
         assert any(a.startswith("precision not stated: ") for a in got["approximates"])
+
+
+def test_notes_name_a_precision_and_a_pre_training_length_only_where_they_are_unambiguous():
+    """The strongest phrase wins ("FP8 GEMMs" over "BF16 weights"); two formats in phrases
+    of one strength, a negation or a baseline's format name none; GPT-2, GPT-4 and gpt-oss
+    are not GPT-3's 2,048 context, Code Llama is Llama 2's 4,096."""
+    from emu.validation._rows import TRAIN_CONTEXTS, notes_precision
+
+    said = {
+        "BF16 weights, FP8 GEMMs": "fp8",
+        "FP8 training vs BF16 training": None,
+        "not FP8 training; bf16": None,
+        "an FP8 training baseline; this run BF16": None,
+    }
+    for notes, prec in said.items():
+        assert notes_precision({"metric": "mfu", "notes": notes})[0] == prec, notes
+    import re
+
+    def context(name):
+        return next((n for p, n, _ in TRAIN_CONTEXTS if re.search(p, name.lower())), None)
+
+    assert [context(n) for n in ("GPT-2 1.5B", "GPT-4", "gpt-oss-120b", "GPT 1T",
+                                 "Megatron GPT 8.3B", "Code Llama 34B")] == [
+        None, None, None, 2048, 2048, 4096]  # fmt: skip

@@ -43,7 +43,7 @@ from typing import NamedTuple
 
 from emu._backend import jnp
 from emu.parallelism import Plan, make_plan, validate_plan
-from emu.policy import DEFAULT_BATCH_TOKENS, DEFAULT_MTP_ACCEPT, auto_plan
+from emu.policy import DEFAULT_MTP_ACCEPT, auto_plan, default_global_batch
 from emu.struct import replace
 from emu.validation._rows import int_or, num_in, row_text, train_seq_len
 from emu.workload import Model
@@ -81,50 +81,67 @@ OFFLINE_MAX_BATCH = 2048
 #: decode instance's size (its tp): half (an assumption; the shipped SGLang rows state it)
 DEFAULT_DECODE_SHARE = 0.5
 
-#: the bounds on a deployment's running requests its notes may state when its
-#: `global_batch` field is empty: the engines' admission flags (SGLang
-#: --max-running-requests, vLLM --max-num-seqs, TensorRT-LLM max_batch_size; the largest
-#: stated is the decode instance's, a PD deployment's prefill servers admit few) and the
-#: benchmark's closed-loop concurrency (--max-concurrency, "N concurrent users"; the
-#: smallest stated); `running_requests` takes the smaller of the two
+#: a count as notes write it: "832", "1,536" (thousands grouped by commas), whole (no
+#: shorter prefix of it is read), not one of a list ("1,2,4,8")
+_COUNT = r"(\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d+(?!\d|,\d))"
+#: the largest count read as a batch or a number of requests (a list of sizes, "64,128,256",
+#: reads as one number: above this, none)
+_MAX_COUNT = 10**6
+#: a count that is not the whole of a quantity: a decimal ("8.5"), a range or a product
+#: ("4-64", "60 x 288"), a rate per device, or a size in tokens ("16k tokens", "4M")
+_NOT_A_COUNT = r"(?!\.\d|\s*[-\u2013x\u00d7*/]\s*\d|\s*per\b|\s*[kmb]\b|\s*[kmb]?\s*tokens?\b)"
+#: SGLang's --max-running-requests (a server's admission bound: its DP ranks together) and
+#: "max N running" bound a deployment's running requests; the decode instance's when the
+#: notes name both instances (`_decode_side`). vLLM's --max-num-seqs and TensorRT-LLM's
+#: max_batch_size bound each engine (attention-DP rank) and are not read
 _ADMISSION = (
-    r"max[-_ ]running[-_ ]requests[=:\s]+(\d[\d,]*)",
-    r"\bmax (\d[\d,]*) running\b",
-    r"max[-_ ]num[-_ ]seqs[=:\s]+(\d[\d,]*)",
-    r"max[-_ ]batch[-_ ]size[=:\s]+(\d[\d,]*)",
+    rf"max[-_ ]running[-_ ]requests[=:\s]+{_COUNT}{_NOT_A_COUNT}",
+    rf"\bmax {_COUNT} running\b",
 )
+#: a closed-loop benchmark's concurrency (--max-concurrency 32, "200 concurrent users")
 _CONCURRENCY = (
-    r"\bconcurrency[=:\s]+(?:of\s+)?(\d[\d,]*)",
-    r"(\d[\d,]*) concurrent (?:requests|users|sequences|streams)\b",
+    rf"\bconcurrency[=:\s]+(?:of\s+)?{_COUNT}{_NOT_A_COUNT}",
+    rf"{_COUNT} concurrent (?:requests|users|sequences|streams)\b",
 )
-#: a decode batch named as such ("batch 456", "batch size 1", "bs=8"), not a product
-#: ("batch size of 60 x 288") or a range ("bs 12-26"): read as the batch of each attention
-#: DP rank (`serving_row`), as "batch 128" is in DeepSeek's per-GPU profiles and as a
-#: deployment without attention DP has one rank's batch
+#: a decode batch named as such ("batch 456", "batch size 1", "bs=8"), not a micro-batch,
+#: a local or prefill batch, a product, range, decimal or token count: read as the batch of
+#: each attention-DP rank (`serving_row`), as "batch 128" is in DeepSeek's per-GPU
+#: profiles and as a deployment without attention DP has one rank's batch
 _BATCH_SAID = re.compile(
-    r"(?<![\w.-])(?:batch(?: size)?|bs)[=:\s]+(?:of\s+)?(\d[\d,]*)"
-    r"(?![\d,]*\s*(?:[-x\u00d7*/]|tokens?\b))"
+    rf"(?<![\w.-])(?<!micro )(?<!local )(?<!prefill )(?:batch(?: size)?|bs)[=:\s]+(?:of\s+)?"
+    rf"{_COUNT}{_NOT_A_COUNT}"
 )
 
 
-def _counts(patterns, notes: str) -> list[tuple[int, str]]:
-    """(count, words) of every positive count the patterns find in `notes`."""
+def _decode_side(notes: str, pos: int) -> bool | None:
+    """Whether the instance the notes name last before `pos` is the decode one (True), the
+    prefill one (False), or none is named (None)."""
+    before = notes[:pos].lower()
+    d, p = before.rfind("decode"), before.rfind("prefill")
+    return None if d == p == -1 else d > p
+
+
+def _counts(patterns, notes: str) -> list[tuple[int, str, bool | None]]:
+    """(count, words, decode side) of every positive count the patterns find in `notes`."""
     out = []
     for pattern in patterns:
         for m in re.finditer(pattern, notes, re.I):
             n = int(m.group(1).replace(",", ""))
-            if n >= 1:
-                out.append((n, m.group(0).strip()))
+            if 1 <= n <= _MAX_COUNT:
+                out.append((n, m.group(0).strip(), _decode_side(notes, m.start())))
     return out
 
 
 def running_requests(notes: str) -> tuple[int | None, str | None]:
     """(running requests, the words read) a deployment row's notes state when its
-    `global_batch` field is empty: the smaller of the largest admission bound and the
-    smallest concurrency (`_ADMISSION`, `_CONCURRENCY`); (None, None) when it states
-    neither."""
-    admission, concurrency = _counts(_ADMISSION, notes), _counts(_CONCURRENCY, notes)
-    bounds = ([max(admission)] if admission else []) + ([min(concurrency)] if concurrency else [])
+    `global_batch` is empty: the smaller of the admission bound (`_ADMISSION`: the decode
+    instance's where the notes name it, else the largest not named for the prefill one)
+    and the smallest concurrency (`_CONCURRENCY`); (None, None) when it states neither."""
+    admission = _counts(_ADMISSION, notes)
+    decode = [a for a in admission if a[2]] or [a for a in admission if a[2] is None]
+    bounds = [max(decode)[:2]] if decode else []
+    concurrency = _counts(_CONCURRENCY, notes)
+    bounds += [min(concurrency)[:2]] if concurrency else []
     return min(bounds) if bounds else (None, None)
 
 
@@ -132,7 +149,7 @@ def batch_said(notes: str) -> int | None:
     """The decode batch a deployment row's notes name as such ("batch 1", `_BATCH_SAID`),
     else None."""
     m = _BATCH_SAID.search(notes)
-    return int(m.group(1).replace(",", "")) if m and int(m.group(1).replace(",", "")) else None
+    return n if m and 1 <= (n := int(m.group(1).replace(",", ""))) <= _MAX_COUNT else None
 
 
 #: TRT-LLM's default `max_num_tokens` 8,192: the prompt tokens per rank of one in-flight
@@ -391,40 +408,33 @@ def _row_seq_len(row: dict) -> int:
 
 
 #: a training row's global batch written in its notes: "GBS=64", "GBS1024", "global batch
-#: size 1536", "global batch of 2,048", "global_batch_size: 512" (not "global batch size of
-#: 60 x 288", a product)
+#: size 1536", "global batch of 2,048", "global_batch_size: 512" (not a product, "global
+#: batch size of 60 x 288", nor a size in tokens, "global batch of 16M tokens")
 _GBS = re.compile(
-    r"\bgbs[=:\s]*(\d[\d,]*)\b"
-    r"|\bglobal[ _]batch(?:[ _]size)?(?:[=:\s]+|\s+of\s+)(\d[\d,]*)(?![\d,]*\s*[x\u00d7*])"
+    rf"(?:\bgbs[=:\s]*|\bglobal[ _]batch(?:[ _]size)?(?:[=:\s]+|\s+of\s+)){_COUNT}{_NOT_A_COUNT}"
 )
 #: training metrics that are the time of one step: they scale with the global batch, which a
-#: row that states none takes from the plan rule, and says so (`_predict.item_notes`)
+#: row that states none takes from the plan rule (`emu.policy.default_global_batch`), and
+#: says so (`_predict.item_notes`): blanked, the 22 shipped step-time rows come out 34% off
+#: at the median this way and 84% at one micro-batch per DP rank (all too fast), though
+#: Korthikanti's 4-sequence iterations come out 445x
 STEP_TIME_METRICS = frozenset({"iteration_time", "train_step_time"})
 
 
 def global_batch_of(row: dict) -> tuple[int | None, str | None]:
     """(global batch, how it was read) of a training row: its `parallel.global_batch`, else
-    the batch its notes write (`_GBS`), else (None, None): `unstated_global_batch`."""
+    the batch its notes write (`_GBS`), else (None, None): the plan rule's
+    (`emu.policy.default_global_batch`), where a row with degrees took one micro-batch per
+    DP rank (DeepSeek-V3's PP16 run, blanked, came out 14x slow)."""
     p = row.get("parallel") or {}
     gb = int_or(p.get("global_batch"), None)
     if gb is not None:
         return gb, None
     m = _GBS.search(row_text(row))
-    n = int((m.group(1) or m.group(2)).replace(",", "")) if m else 0
-    if n >= 1:
+    n = int(m.group(1).replace(",", "")) if m else 0
+    if 1 <= n <= _MAX_COUNT:
         return n, f"global batch not in parallel.global_batch: {n} from the notes ('{m.group(0)}')"
     return None, None
-
-
-def unstated_global_batch(unit: int, seq: float) -> int:
-    """The global batch of a training row that states none (`global_batch_of`): the plan
-    rule's, the smallest multiple of `unit` (dp x micro-batch) holding DEFAULT_BATCH_TOKENS
-    tokens of `seq` (`emu.policy.auto_plan`'s default, as `emu run` takes it), where one
-    micro-batch per DP rank was taken (DeepSeek-V3's PP16 run, blanked, came out 14x slow).
-    A step time (STEP_TIME_METRICS) scales with the batch, and says so: blanked, the 22
-    shipped step-time rows are 34% off at the median this way and 84% with one micro-batch
-    per DP rank (all too fast), though Korthikanti's 4-sequence iterations come out 445x."""
-    return unit * max(1, math.ceil(DEFAULT_BATCH_TOKENS / seq / unit))
 
 
 def states_no_degrees(p: dict) -> bool:
@@ -452,12 +462,10 @@ def _rule_plan(row: dict, model: Model, system, p: dict) -> RowPlan:
         system, model, int(row["n_chips"]), seq_len=seq, precision=row.get("precision") or "bf16",
         lora="lora" in notes, **knobs,
     )  # fmt: skip
-    gb = global_batch_of(row)[0]
-    unit = int(float(plan.dp)) * int(float(plan.microbatch))
+    gb = global_batch_of(row)[0]  # else the rule's default (`default_global_batch`)
     if gb is not None:  # the stated batch, rounded to whole micro-batches per DP rank
+        unit = int(float(plan.dp)) * int(float(plan.microbatch))
         plan = replace(plan, global_batch=jnp.float32(unit * max(1, round(gb / unit))))
-    else:  # the rule's own default
-        plan = replace(plan, global_batch=jnp.float32(unstated_global_batch(unit, seq)))
     tp = int(float(plan.tp))
     _, etp, overlap, imbalance = _moe_settings(
         dict(row, parallel=dict(p, ep=int(float(plan.ep)))), model, tp,
@@ -493,8 +501,8 @@ def row_plan(row: dict, model: Model, *, dies: int = 1, system=None) -> RowPlan:
     er, groups = _disaggregation(row, n)
     tp, pp, dp, cp = _degrees(n - er, p, model)
     mb = int_or(p.get("microbatch"), 1)
-    if row["kind"] == "train":  # stated (field or notes), else `unstated_global_batch`
-        gb = global_batch_of(row)[0] or unstated_global_batch(dp * mb, _row_seq_len(row))
+    if row["kind"] == "train":  # stated (field or notes), else the plan rule's default
+        gb = global_batch_of(row)[0] or default_global_batch(dp * mb, _row_seq_len(row))
     else:
         gb = int_or(p.get("global_batch"), dp * mb)
     if gb % (dp * mb):

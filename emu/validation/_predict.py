@@ -340,9 +340,8 @@ def item_notes(item: Item) -> list[str]:
             timed = item.row["metric"] in STEP_TIME_METRICS
             if timed or not states_no_degrees(item.row.get("parallel") or {}):
                 notes.append(
-                    f"global batch not stated: the plan rule's "
-                    f"{float(item.plan.global_batch):g} sequences (>= "
-                    f"{DEFAULT_BATCH_TOKENS / 2**20:g} Mi tokens)"
+                    f"global batch not stated: {float(item.plan.global_batch):g} sequences "
+                    f"(emu's default, >= {DEFAULT_BATCH_TOKENS / 2**20:g} Mi tokens)"
                     + (": a step time scales with it" if timed else "")
                 )
     if (

@@ -148,11 +148,17 @@ DEFAULT_TRAIN_SEQ = 4096
 #: 2.1 n_ctx; SC21 and Korthikanti et al. train them at 2,048), MT-NLG 2,048 (Smith et al.
 #: 2022), LLaMA 2,048 (arXiv:2302.13971 §2.2), Llama 2 4,096 (arXiv:2307.09288 Table 1),
 #: Llama 3 / 3.1 8,192 (arXiv:2407.21783 §3.4: 8K-token sequences), BLOOM 2,048
-#: (arXiv:2211.05100 §3.4). Of the 105 shipped training rows naming these families, 86 state
-#: these lengths; the others are long-context runs and two Llama 3 70B runs at 4,096
+#: (arXiv:2211.05100 §3.4), Code Llama 4,096 (Llama 2's). Of the 106 shipped training rows
+#: naming these families, 87 state these lengths; the others are long-context runs and two
+#: Llama 3 70B runs at 4,096
 TRAIN_CONTEXTS = (
-    (r"\bgpt[\s\-_]*3\b|^gpt[\s\-_]*\d|\bmt[\s\-_]*nlg\b|megatron[\s\-_]*turing", 2048, "GPT-3"),
-    (r"\bllama[\s\-_]*2(?![\d.])", 4096, "Llama 2"),
+    (
+        r"\bgpt[\s\-_]*3\b(?!\.)|(?:^|megatron[\s\-_]*)gpt[\s\-_]*\d+(?:\.\d+)?[bt]\b"
+        r"|\bmt[\s\-_]*nlg\b|megatron[\s\-_]*turing",
+        2048,
+        "GPT-3",
+    ),
+    (r"\bllama[\s\-_]*2(?![\d.])|code[\s\-_]*llama", 4096, "Llama 2"),
     (r"\bllama[\s\-_]*3(?:\.\d)?(?![\d.])", 8192, "Llama 3"),
     (r"\bllama(?:[\s\-_]*\d+(?:\.\d+)?b\b|$)", 2048, "LLaMA"),
     (r"\bbloom\b", 2048, "BLOOM"),
@@ -381,33 +387,46 @@ def row_precision(value) -> str | None:
 
 #: a format word as rows and their notes spell it (PRECISION_SPELLINGS reads it)
 _FORMAT = r"((?:mx|nv)?fp(?:8|4|16)(?:-(?:cs|mx))?|bf16|bfloat16|int8|w8a8|w4a8)"
-#: where a row's notes name its precision when the `precision` field is empty: the format a
-#: MoE dispatch sends ("FP8 dispatch", "INT8 dispatching"; its combine is bf16 anyway), or
-#: the run's ("precision FP8", "FP8 training", "NVFP4 weights", "W8A8 quantization")
-_DISPATCH_FORMAT = re.compile(rf"\b{_FORMAT}[\s-]+dispatch", re.I)
-_RUN_FORMAT = re.compile(
-    rf"\bprecision[:=\s]+(?:is\s+)?{_FORMAT}\b"
-    rf"|\b{_FORMAT}[\s-]+(?:mixed[\s-]+precision|training|weights|quantization|"
-    r"quantized|checkpoint|inference|gemms?|model)\b",
-    re.I,
-)
+#: where a row's notes name its precision when the `precision` field is empty, strongest
+#: first: the format a MoE dispatch sends ("FP8 dispatch", "INT8 dispatching"; its combine
+#: is bf16 anyway), then "precision FP8", then "FP8 training", "FP8 mixed precision", "FP8
+#: GEMMs", then "NVFP4 weights", "W8A8 quantization" (not after "not", "no" or "without",
+#: nor a baseline's: "an FP8 training baseline")
+_NOT = r"(?<!not )(?<!no )(?<!without )"
+_PRECISION_SAID = (
+    ("dispatch", re.compile(rf"{_NOT}\b{_FORMAT}[\s-]+dispatch", re.I)),
+    ("run", re.compile(rf"\bprecision[:=\s]+(?:is\s+)?{_FORMAT}\b", re.I)),
+    ("run", re.compile(
+        rf"{_NOT}\b{_FORMAT}[\s-]+(?:mixed[\s-]+precision|training|gemms?|inference)\b"
+        r"(?![\s-]+baseline)", re.I)),
+    ("run", re.compile(
+        rf"{_NOT}\b{_FORMAT}[\s-]+(?:weights|quantization|quantized|checkpoint|model)\b"
+        r"(?![\s-]+baseline)", re.I)),
+)  # fmt: skip
 
 
 def notes_precision(row: dict) -> tuple[str | None, str | None]:
-    """(precision, the words read) a row's notes state when its `precision` field is empty
-    (`_DISPATCH_FORMAT` for a dispatch row, else `_RUN_FORMAT`), as PRECISION_SPELLINGS
-    reads it; (None, None) when they name none (the rules' defaults apply)."""
+    """(precision, the words read) a row's notes state when its `precision` field is empty:
+    the strongest kind of phrase that names one (`_PRECISION_SAID`: a dispatch row's
+    dispatch format, else the run's), as PRECISION_SPELLINGS reads it; (None, None) when
+    they name none, or two different formats in phrases of the same strength ("BF16
+    weights, FP8 GEMMs" reads the GEMMs'; "FP8 training ... BF16 training" reads none)."""
     text = str(row.get("notes") or "")
-    dispatch = "dispatch" in str(row.get("metric") or "")
-    pattern = _DISPATCH_FORMAT if dispatch else _RUN_FORMAT
-    m = pattern.search(text)
-    if not m:
-        return None, None
-    word = next(g for g in m.groups() if g)
-    prec = row_precision(word.lower())
-    return (
-        (prec, m.group(0).strip()) if prec in {p for _, p in PRECISION_SPELLINGS} else (None, None)
-    )
+    kind = "dispatch" if "dispatch" in str(row.get("metric") or "") else "run"
+    known = {p for _, p in PRECISION_SPELLINGS}
+    for k, pattern in _PRECISION_SAID:
+        if k != kind:
+            continue
+        found = {}
+        for m in pattern.finditer(text):
+            prec = row_precision(next(g for g in m.groups() if g).lower())
+            if prec in known:
+                found.setdefault(prec, m.group(0).strip())
+        if len(found) == 1:
+            return next(iter(found.items()))
+        if len(found) > 1:
+            return None, None
+    return None, None
 
 
 def unit_key(unit: str) -> str:
