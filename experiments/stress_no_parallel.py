@@ -1,6 +1,6 @@
 """Stress test of the row rules: every shipped row with its `parallel` fields blanked.
 
-    python experiments/stress_no_parallel.py [file]    # ~1-2 min on 2 cores
+    python experiments/stress_no_parallel.py [file]    # ~3-4 min on 2 cores (session 30)
     python experiments/stress_no_parallel.py --blank shape   # the models' shapes instead
     python experiments/stress_no_parallel.py --blank each    # one parallel field at a time
 
@@ -13,7 +13,12 @@ still modelled, and how much a source's own plan is worth. Prints the rows that 
 instead, keeping its name, seq_len and MoE fields: a row that names a catalog model then
 takes the catalog's shape (`emu.validation.DENSE_CATALOG`); the others cannot be built.
 `--blank each` nulls one parallel field at a time (global batch, micro-batch, tp, pp, dp,
-ep; ~3 min) and counts the rows still modelled.
+ep; ~3 min) and counts the rows still modelled. `--blank batch` nulls the global batch
+and micro-batch of every run (train, prefill, decode), `--blank precision` every row's
+precision, `--blank seq` every run's model.seq_len: rows that leave these out read their
+notes or take documented defaults (`emu validate`'s `approximates` says which). Each table
+also gives the 90th percentile and the rows more than 100% off, by kind and over the rows
+blanked (the runs, or every row for precision).
 """
 
 from __future__ import annotations
@@ -34,6 +39,32 @@ def _shapeless(row: dict) -> dict:
 
 #: the parallel fields `--blank each` nulls one at a time
 EACH = ("global_batch", "microbatch", "tp", "pp", "dp", "ep")
+RUNS = ("train", "prefill", "decode")
+
+
+def _blanked(row: dict, what: str) -> dict:
+    """`row` with the fields `--blank what` nulls (unchanged where it has none of them)."""
+    if what == "parallel":
+        return {**row, "parallel": None}
+    if what == "shape":
+        return _shapeless(row)
+    if what == "precision":
+        return {**row, "precision": None}
+    m, p = row.get("model"), row.get("parallel")
+    if row.get("kind") not in RUNS:
+        return row
+    if what == "batch" and isinstance(p, dict):
+        return {**row, "parallel": {**p, "global_batch": None, "microbatch": None}}
+    if what == "seq" and isinstance(m, dict):
+        return {**row, "model": {**m, "seq_len": None}}
+    return row
+
+
+def _stats(errors: list[float]) -> str:
+    """median, 90th percentile and rows more than 100% off of absolute % errors."""
+    e = sorted(errors)
+    p90 = e[min(len(e) - 1, int(0.9 * len(e)))]
+    return f"{statistics.median(e):7.1f}% {p90:7.1f}% {sum(x > 100 for x in e):5d}"
 
 
 def _each(rows: list[dict]) -> None:
@@ -56,7 +87,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("file", nargs="?", help="measurements (default: the shipped set)")
     ap.add_argument(
-        "--blank", choices=("parallel", "shape", "each"), default="parallel", help="what to null"
+        "--blank",
+        choices=("parallel", "shape", "each", "batch", "precision", "seq"),
+        default="parallel",
+        help="what to null",
     )
     args = ap.parse_args()
     rows, _ = read_rows(args.file or default_measurements())
@@ -64,19 +98,19 @@ def main() -> None:
         _each(rows)
         return
     stated = validate_rows(rows)
-    if args.blank == "parallel":
-        blank = validate_rows([{**r, "parallel": None} for r in rows])
-    else:
-        blank = validate_rows([_shapeless(r) for r in rows])
+    blank = validate_rows([_blanked(r, args.blank) for r in rows])
     ok = [x for x in blank if x["status"] == "ok"]
     print(f"modelled with {args.blank} blanked: {len(ok)} of {len(blank)}")
-    print(f"{'kind':12} {'rows':>5} {'median, blanked':>16} {'median, as stated':>18}")
-    for kind in ("train", "prefill", "decode", "collective"):
-        e = [x["abs_pct_error"] for x in ok if x["kind"] == kind]
-        e0 = [x["abs_pct_error"] for x in stated if x["status"] == "ok" and x["kind"] == kind]
+    print(f"{'kind':12} {'rows':>5} {'median, blanked':>16} {'median, as stated':>18}"
+          f"   blanked: {'median':>7} {'p90':>8} {'>100%':>5}")  # fmt: skip
+    touched = RUNS if args.blank in ("batch", "seq") else (*RUNS, "collective")
+    for kind in (*RUNS, "collective", "blanked"):
+        kinds = touched if kind == "blanked" else (kind,)
+        e = [x["abs_pct_error"] for x in ok if x["kind"] in kinds]
+        e0 = [x["abs_pct_error"] for x in stated if x["status"] == "ok" and x["kind"] in kinds]
         if e:
             print(f"{kind:12} {len(e):5d} {statistics.median(e):15.1f}% "
-                  f"{statistics.median(e0):17.1f}%")  # fmt: skip
+                  f"{statistics.median(e0):17.1f}%   {'':8}{_stats(e)}")  # fmt: skip
     for r, x in zip(rows, blank, strict=True):
         if x["status"] != "ok":
             print(f"  not modelled: {r['id']}: {x.get('reason')}")

@@ -993,6 +993,10 @@ def test_a_training_row_without_its_global_batch_reads_its_notes_or_takes_the_ru
     assert "global batch not stated: 2048 sequences (emu's default" in " ".join(
         rule["approximates"]
     )
+    odd = row(rid, id=rid + "_odd", parallel={**blank, "global_batch": "abc"})
+    assert "global batch 'abc' is not a positive integer: 2048 sequences" in " ".join(
+        V.validate_rows([odd])[0]["approximates"]
+    )
     timed = next(r for r in ROWS.values() if r["metric"] == "iteration_time")
     gone = row(timed["id"], id="t", parallel={**timed["parallel"], "global_batch": None})
     res = V.validate_rows([gone])[0]

@@ -339,8 +339,10 @@ def item_notes(item: Item) -> list[str]:
         elif gb is None:
             timed = item.row["metric"] in STEP_TIME_METRICS
             if timed or not states_no_degrees(item.row.get("parallel") or {}):
+                raw = (item.row.get("parallel") or {}).get("global_batch")
+                said = "not stated" if raw is None else f"{raw!r} is not a positive integer"
                 notes.append(
-                    f"global batch not stated: {float(item.plan.global_batch):g} sequences "
+                    f"global batch {said}: {float(item.plan.global_batch):g} sequences "
                     f"(emu's default, >= {DEFAULT_BATCH_TOKENS / 2**20:g} Mi tokens)"
                     + (": a step time scales with it" if timed else "")
                 )
