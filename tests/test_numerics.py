@@ -1,11 +1,13 @@
 """emu.numerics: exact helpers with finite gradients, smooth helpers close to the exact ones."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emu import numerics
+from emu import _npjax, numerics
 from emu.numerics import (
     clip01,
     overlapped_sum,
@@ -23,6 +25,37 @@ def test_safe_div_defaults_at_zero_with_finite_gradients():
     g = jax.grad(lambda d: safe_div(1.0, d))(jnp.float32(0.0))
     assert float(g) == 0.0
     assert float(jax.grad(lambda d: safe_div(1.0, d))(jnp.float32(2.0))) == -0.25
+
+
+@pytest.mark.parametrize(
+    "num, den, default",
+    [
+        (6.0, 3.0, 0.0),
+        (1.0, 0.0, 7.0),
+        (np.float32(1.0), np.float32(3.0), 0.0),
+        (np.float32(-2.5), np.float32(0.0), np.inf),
+        (3, np.int32(2), 0.0),  # integers divide as floats
+        (np.float32(1.0), np.float32(np.nan), 0.0),
+        (np.asarray([3.0, -2.0, 5.0], np.float32), np.asarray([2.0, 0.0, -4.0], np.float32), 9.0),
+        (np.float32(2.0), np.asarray([[1.0, 0.0]], np.float32), -1.0),  # broadcast
+        (np.float32(3.6866052), 2.0406027842135877, 0.0),  # a Python float divisor
+        (1.0, 0.0, 0),  # an integer default
+        (np.float32(1.0), np.float32(2.0), np.asarray([5.0, 6.0], np.float32)),  # array default
+        (np.float64(1.0) / 3.0, np.float32(7.0), 0.0),
+    ],
+)
+def test_the_numpy_backends_safe_div_gives_the_same_values_and_dtype(num, den, default):
+    """`emu run`'s NumPy backend divides through `_safe_div_numpy` (NumPy called directly,
+    a scalar fast path): bit for bit what `safe_div`'s own body computes on that backend
+    (`jnp` bound to `emu._npjax.numpy`), dtype and shape included."""
+    body = types.FunctionType(
+        safe_div.__code__, {**safe_div.__globals__, "jnp": _npjax.numpy}, "safe_div",
+        safe_div.__defaults__,
+    )  # fmt: skip
+    want = np.asarray(body(num, den, default))
+    got = np.asarray(numerics._safe_div_numpy(num, den, default))
+    assert got.dtype == want.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
 
 
 def test_safe_div_derivatives_match_the_quotient_rule_and_stay_finite_at_zero():
