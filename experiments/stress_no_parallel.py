@@ -18,7 +18,8 @@ and micro-batch of every run (train, prefill, decode), `--blank precision` every
 precision, `--blank seq` every run's model.seq_len: rows that leave these out read their
 notes or take documented defaults (`emu validate`'s `approximates` says which). Each table
 also gives the 90th percentile and the rows more than 100% off, by kind and over the rows
-blanked (the runs, or every row for precision).
+blanked (the runs, or every row for precision). `--rows` adds each run's signed error as
+stated and blanked, with the plan the rule took.
 """
 
 from __future__ import annotations
@@ -92,6 +93,12 @@ def main() -> None:
         default="parallel",
         help="what to null",
     )
+    ap.add_argument(
+        "--rows",
+        action="store_true",
+        help="also print each run's signed error (predicted / measured - 1) as stated and "
+        "blanked, and the plan rule's plan where it took one",
+    )
     args = ap.parse_args()
     rows, _ = read_rows(args.file or default_measurements())
     if args.blank == "each":
@@ -114,6 +121,26 @@ def main() -> None:
     for r, x in zip(rows, blank, strict=True):
         if x["status"] != "ok":
             print(f"  not modelled: {r['id']}: {x.get('reason')}")
+    if args.rows:
+        _per_row(rows, stated, blank)
+
+
+def _signed(x: dict) -> str:
+    if x["status"] != "ok":
+        return "     -"
+    return f"{x['predicted'] / x['measured'] - 1:+6.0%}"
+
+
+def _per_row(rows: list[dict], stated: list[dict], blank: list[dict]) -> None:
+    """Each run: its error (predicted / measured - 1, on the metric as published: a time
+    metric's sign is the speed's opposite) as stated and blanked, and the rule's plan."""
+    print(f"\n{'row':52} {'stated':>7} {'blanked':>7}  plan rule's plan")
+    for r, a, b in zip(rows, stated, blank, strict=True):
+        if r.get("kind") not in RUNS:
+            continue
+        said = [t for t in b.get("approximates") or [] if "plan rule" in t]
+        plan = said[0].split("plan rule", 1)[1].strip(" '") if said else ""
+        print(f"{r['id'][:52]:52} {_signed(a):>7} {_signed(b):>7}  {plan[:70]}")
 
 
 if __name__ == "__main__":

@@ -18,14 +18,55 @@ def sys_models():
     )
 
 
+def _rate(system, model, plan):
+    r = emu.evaluate(system, model, plan)
+    return float(r.tokens_per_s) if float(r.feasible) > 0.5 else -1.0
+
+
 def test_training_rule(sys_models):
     system, llama, _ = sys_models
     p = auto_plan(system, llama, 72, seq_len=8192)
-    assert [int(p.tp), int(p.pp), int(p.dp), int(p.cp)] == [8, 1, 9, 1]
+    assert int(p.tp * p.pp * p.dp * p.cp) == 72 and int(p.cp) == 1
+    # the fastest of its candidates that fits: the rule at no other TP is faster, and the
+    # base rule's own TP (8) is slower here
+    best = _rate(system, llama, p)
+    assert best > 0
+    for tp in (1, 2, 4, 8):
+        other = auto_plan(system, llama, 72, seq_len=8192, tp=tp)
+        assert _rate(system, llama, other) <= best * (1 + 1e-3), tp
+    assert int(p.tp) != 8
+    assert _rate(system, llama, auto_plan(system, llama, 72, seq_len=8192, tp=8)) < best
     tokens = float(p.global_batch) * 8192
     assert DEFAULT_BATCH_TOKENS <= tokens < DEFAULT_BATCH_TOKENS + 9 * 8192  # smallest multiple
     kept = auto_plan(system, llama, 72, seq_len=8192, tp=4, zero=3, recompute="full")
     assert int(kept.tp) == 4 and int(kept.zero) == 3 and float(kept.recompute) == 2.0
+
+
+def test_training_rule_where_no_plan_fits_returns_the_base_rules_plan():
+    """Nothing fits (Llama 3 405B on one 8-GPU node): the plan the diagnosis explains is the
+    base rule's (the largest TP, full recomputation), not whichever candidate came last."""
+    h100, big = emu.load_system("dgx_h100"), emu.load_model("llama3_405b")
+    p = auto_plan(h100, big, 8, seq_len=8192)
+    assert float(emu.evaluate(h100, big, p).feasible) < 0.5
+    base = emu.policy._rule_plan(h100, big, 8, {"seq_len": 8192})
+    assert emu.plan_dict(p) == emu.plan_dict(base) and int(p.tp) == 8
+    assert float(p.recompute) == 2.0  # full: the last the base rule tried
+
+
+def test_training_rule_picks_a_small_tp_for_a_small_model_and_ep_across_nodes():
+    """The base rule's TP 8 for an 8B model on one 8-GPU node is slower than the TP its
+    candidates find; an MoE model on 8-GPU servers may spread its experts over nodes."""
+    h100 = emu.load_system("dgx_h100")
+    small = emu.load_model("llama3_8b")
+    p = auto_plan(h100, small, 8, seq_len=8192)
+    assert int(p.tp) < 8
+    tp8 = auto_plan(h100, small, 8, seq_len=8192, tp=8)
+    assert _rate(h100, small, p) > 1.2 * _rate(h100, small, tp8)
+    ds = emu.load_model("deepseek_v3")
+    moe = auto_plan(h100, ds, 256, seq_len=4096)
+    assert int(moe.ep) > 8 and _rate(h100, ds, moe) > 0
+    inside = auto_plan(h100, ds, 256, seq_len=4096, ep=8)
+    assert _rate(h100, ds, moe) > _rate(h100, ds, inside)
 
 
 def test_serving_rule_for_moe(sys_models):

@@ -350,6 +350,9 @@ def test_aot_executables_round_trip(tmp_path, nvl72, monkeypatch):
     from emu.objective import evaluate
 
     monkeypatch.setenv("EMU_AOT", "sync")
+    # as in a new process: an in-process `emu run` of an earlier test (the plan rule's
+    # compiled evaluations) may hold this very executable in memory, and would not write it
+    monkeypatch.setattr(fast, "_MEM", {})
     model = emu.load_model("llama3_8b")
     p = emu.make_plan(tp=8, dp=9, global_batch=72, seq_len=4096)
     want = float(jax.jit(evaluate)(nvl72, model, p).tokens_per_joule)

@@ -22,9 +22,11 @@ DEFAULT_MODEL = "llama3_70b"
 MAX_STARTS, MAX_STEPS = BUDGET["starts"][1], BUDGET["steps"][1]
 
 PLAN_RULE = (
-    "Degrees left out are chosen by a stated rule: TP = largest power of two <= 8 dividing "
-    "the heads inside the innermost scale-up tier; CP = 1; PP = smallest divisor of the "
-    "layers that fits in HBM (selective recompute, then full); DP = the rest. Serving "
+    "Degrees left out are chosen by a stated rule: training takes the plan with the most "
+    "tokens/s that fits, of a few candidates, one per TP (1, 2, 4, 8 dividing the heads "
+    "inside the innermost scale-up tier), each with CP = 1, PP = smallest divisor of the "
+    "layers that fits in HBM (selective recompute, then full), DP = the rest and, for MoE "
+    "models, EP inside the scale-up domain or as wide as the ranks allow. Serving "
     "(--phase prefill|decode): TP = 1 and EP = all ranks up to max(scale-up domain, "
     "experts) for MoE models; the batch per DP rank is the largest meeting "
     "--ttft-slo/--tpot-slo; a model with MTP modules decodes with one MTP draft accepted "
