@@ -12,7 +12,8 @@ dividing the heads, inside the scale-up node `emu.topology.node_tier`): CP = 1; 
 smallest divisor of the layers that makes the plan fit in HBM, with selective recomputation,
 else with full; DP takes the remaining ranks; MoE models: EP = the largest divisor of the
 experts that divides tp*dp*cp and fits in the scale-up domain, or (a second candidate) the
-largest that divides tp*dp*cp / etp at all. The default global batch is the smallest
+largest that divides tp*dp*cp / etp at all; a sequence of LONG_CONTEXT tokens or more also
+with CP = 2, 4, 8, ... (each rank keeping >= 4,096 tokens). The default global batch is the smallest
 multiple of dp * microbatch holding >= DEFAULT_BATCH_TOKENS tokens. Before session 31 the
 rule was the base rule at the largest such TP alone: TP 8 for Llama 3 8B on 8 GPUs (35% MFU
 in emu, where TP 2 gives 50%) and EP inside one 8-GPU node for DeepSeek-V3.
@@ -63,6 +64,7 @@ __all__ = [
     "scale_up_domain",
     "divisors",
     "DEFAULT_BATCH_TOKENS",
+    "LONG_CONTEXT",
     "default_global_batch",
     "DEFAULT_MTP_ACCEPT",
     "default_mtp_accept",
@@ -190,10 +192,12 @@ def training_candidates(system: System, model: Model, chips: int, knobs: dict) -
     model without a given EP, each TP (the base rule's too) also with the largest EP
     dividing the experts and the ranks of its TP x DP groups (across nodes, as DeepSeek-V3's
     EP 64 and Qwen3's EP 32 on 8-GPU servers), where the base rule keeps EP inside the
-    scale-up domain. Given knobs are kept in each. One evaluation per candidate (~7 ms on
+    scale-up domain; a sequence of LONG_CONTEXT tokens or more without a given CP, each TP
+    also with CP = 2, 4, 8, ... while each rank keeps >= _CP_MIN tokens. Given knobs are
+    kept in each. One evaluation per candidate (~7 ms on
     the NumPy backend, GPT-3 175B), so the list stays short."""
     ranks = int(chips) * _dies(system)
-    cp = int(knobs.get("cp", 1))
+    cp = int(knobs.get("cp", 1))  # a given CP; the candidates' own CP is chosen below
     heads, kv = _int(model.n_heads), _int(model.n_kv_heads)
     inner = _int(node_tier(system).domain_chips) * _dies(system)
     base_tp = knobs.get("tp")
@@ -205,13 +209,31 @@ def training_candidates(system: System, model: Model, chips: int, knobs: dict) -
         and ranks % (t * cp) == 0
     ]  # fmt: skip
     moe = _int(model.n_experts) > 0 and "ep" not in knobs
+    seq = int(knobs.get("seq_len", 4096))
+    cps = [1]
+    if "cp" not in knobs and seq >= LONG_CONTEXT:  # long sequences: split each over cp ranks
+        cps += [c for c in (2**k for k in range(1, 11)) if seq % c == 0 and seq // c >= _CP_MIN]
     out = []
     for t in tps:
-        if t != base_tp:
-            out.append({**knobs, "tp": t})
-        if moe:
-            out.append({**knobs, "tp": t, "ep": _WIDEST_EP})
+        for c in cps:
+            if ranks % (t * c):
+                continue
+            extra = {"tp": t} if c == 1 else {"tp": t, "cp": c}
+            if t != base_tp or c != 1:
+                out.append({**knobs, **extra})
+            if moe:
+                out.append({**knobs, **extra, "ep": _WIDEST_EP})
     return out
+
+
+#: sequences at least this long (tokens) also try context parallelism (CP 2, 4, ... while
+#: each rank keeps >= _CP_MIN tokens): NeMo's and Megatron-Bridge's long-context recipes
+#: split 32K-1M sequences over 2-32 ranks, and a rule without CP put a 1M-token sequence's
+#: activations through an 8-stage pipeline instead (NeMo's Llama 2 7B at 1M tokens on 1,024
+#: H100, its plan blanked: 85% slow). Shorter sequences (the 8K default) keep CP = 1, so
+#: the first answer evaluates at most eight candidates.
+LONG_CONTEXT = 32768
+_CP_MIN = 4096
 
 
 #: `training_candidates`' marker for "the largest EP the ranks allow", resolved once the

@@ -42,6 +42,19 @@ def test_training_rule(sys_models):
     assert int(kept.tp) == 4 and int(kept.zero) == 3 and float(kept.recompute) == 2.0
 
 
+def test_training_rule_splits_long_sequences_over_context_parallel_ranks():
+    """A 1M-token sequence (NeMo's long-context Llama 2 7B on 1,024 H100) is split over CP
+    ranks, faster than the CP-1 plan; an 8K sequence (the default) tries no CP at all."""
+    h100, small = emu.load_system("dgx_h100"), emu.load_model("llama2_7b")
+    seq = 1 << 20
+    p = auto_plan(h100, small, 1024, seq_len=seq)
+    assert int(p.cp) > 1 and seq // int(p.cp) >= 4096
+    no_cp = auto_plan(h100, small, 1024, seq_len=seq, cp=1)
+    assert _rate(h100, small, p) > 1.5 * _rate(h100, small, no_cp)
+    short = emu.policy.training_candidates(h100, small, 1024, {"seq_len": 8192})
+    assert short and all("cp" not in c for c in short) and len(short) <= 3
+
+
 def test_training_rule_where_no_plan_fits_returns_the_base_rules_plan():
     """Nothing fits (Llama 3 405B on one 8-GPU node): the plan the diagnosis explains is the
     base rule's (the largest TP, full recomputation), not whichever candidate came last."""

@@ -654,6 +654,23 @@ def test_a_deployment_row_without_dp_gets_an_attention_tp_that_divides_the_heads
     assert V.validate_rows([r])[0]["status"] == "ok"
 
 
+def test_a_moe_deployment_row_that_states_no_plan_takes_data_parallel_attention():
+    """DeepSeek's 16-node decode profile with its parallel fields blanked: `emu run`'s
+    serving rule (TP 1, attention DP over every rank, EP over all), not SGLang's --tp-size
+    reading (attention TP 128 over 128 ranks: 99% slow); with the batch its notes name per
+    rank, it comes out near the stated plan's prediction. A row that states some of its
+    deployment keeps the --tp-size reading."""
+    rid = "dsprofile_decode"
+    r = row(rid, parallel=None)
+    s = V.serving_row(r, V.row_model(r))
+    assert (float(s.decode.tp), float(s.decode.dp)) == (1.0, 128.0)
+    blanked, stated = V.validate_rows([r, ROWS[rid]])
+    assert blanked["status"] == "ok"
+    assert abs(blanked["predicted"] / stated["predicted"] - 1) < 0.15
+    said = row(rid, parallel={"tp": 16, "global_batch": 256})
+    assert float(V.serving_row(said, V.row_model(said)).decode.tp) == 16.0
+
+
 def test_mindspeed_mfu_uses_the_source_peak():
     s = load_system("atlas800t_a2")
     assert V.mfu_peak(ROWS["mindspeed_mfu_llama2_7b"], s, "bf16") == 313e12

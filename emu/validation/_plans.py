@@ -783,7 +783,13 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     if ranks > cards * dies:
         raise ValueError(f"decode tp = {ranks} ranks exceeds the {cards * dies} ranks of the row")
     gb = int_or(p.get("global_batch"), None)
-    dp = dp_stated or (ranks if moe and "attention dp" in notes else 1)
+    # data-parallel attention where the notes say so, or where the row states nothing of its
+    # deployment (`emu run`'s serving rule: TP 1 for MoE models); a row that states some of
+    # it reads as SGLang's --tp-size, the instance's ranks, with attention TP over them
+    unstated = all(
+        int_or(p.get(k), None) is None for k in ("tp", "dp", "ep", "global_batch", "microbatch")
+    )
+    dp = dp_stated or (ranks if moe and ("attention dp" in notes or unstated) else 1)
     per_rank = num_in(
         r"batch (?:size )?(?:of )?(\d[\d,]*) (?:sequences |requests )?"
         r"per (?:device|gpu|rank|die|npu)",
