@@ -655,7 +655,8 @@ def test_a_deployment_row_without_dp_gets_an_attention_tp_that_divides_the_heads
 
 
 def test_a_moe_deployment_row_that_states_no_plan_takes_data_parallel_attention():
-    """DeepSeek's 16-node decode profile with its parallel fields blanked: `emu run`'s
+    """DeepSeek's 16-node decode profile with its parallel fields blanked (V.states_nothing):
+    `emu run`'s
     serving rule (TP 1, attention DP over every rank, EP over all), not SGLang's --tp-size
     reading (attention TP 128 over 128 ranks: 99% slow); with the batch its notes name per
     rank, it comes out near the stated plan's prediction. A row that states some of its
@@ -669,6 +670,11 @@ def test_a_moe_deployment_row_that_states_no_plan_takes_data_parallel_attention(
     assert abs(blanked["predicted"] / stated["predicted"] - 1) < 0.15
     said = row(rid, parallel={"tp": 16, "global_batch": 256})
     assert float(V.serving_row(said, V.row_model(said)).decode.tp) == 16.0
+    # a prefill row likewise: SGLang's DeepSeek prefill on 32 H100 states TP 1, DP 32, EP 32,
+    # which is what the serving rule gives it blanked (it took TP 8 x PP 4 before)
+    rid = "sglang_h100_prefill_4096"
+    blanked, stated = V.validate_rows([row(rid, parallel=None), ROWS[rid]])
+    assert blanked["predicted"] == pytest.approx(stated["predicted"], rel=1e-5)
 
 
 def test_mindspeed_mfu_uses_the_source_peak():

@@ -55,6 +55,7 @@ _NAMES = {
     "row_plan": "emu.validation._plans",
     "script_plan": "emu.validation._plans",
     "states_no_degrees": "emu.validation._plans",
+    "states_nothing": "emu.validation._plans",
     "serving_row": "emu.validation._plans",
     "speculation": "emu.validation._plans",
     "MFU_PEAK_FLOPS": "emu.validation._predict",
@@ -138,6 +139,7 @@ if TYPE_CHECKING:  # the same names for type checkers and the docs (griffe)
         serving_row,
         speculation,
         states_no_degrees,
+        states_nothing,
         trtllm_row,
     )
     from emu.validation._predict import (
@@ -222,6 +224,7 @@ __all__ = [
     "row_plan",
     "script_plan",
     "states_no_degrees",
+    "states_nothing",
     "serving_row",
     "needs_serving_rule",
     "speculation",

@@ -487,6 +487,15 @@ def _rule_plan(row: dict, model: Model, system, p: dict) -> RowPlan:
     return RowPlan(validate_plan(plan, model, even_layers=False, even_experts=False), None)
 
 
+def states_nothing(p: dict) -> bool:
+    """Whether a serving row's parallel config states nothing of its deployment (no tp, dp,
+    ep, batch or micro-batch): it takes `emu run`'s serving rule for MoE models (TP 1,
+    data-parallel attention over every rank, EP over all), where a row that states some of
+    it is read in SGLang's convention (--tp-size counts the instance's ranks)."""
+    keys = ("tp", "dp", "ep", "global_batch", "microbatch")
+    return all(int_or(p.get(k), None) is None for k in keys)
+
+
 def row_plan(row: dict, model: Model, *, dies: int = 1, system=None) -> RowPlan:
     """The plan of a train/prefill/decode row on ranks = n_chips x `dies`, with the
     documented defaults for null fields (module doc); `system` (the row's) lets a training
@@ -498,7 +507,10 @@ def row_plan(row: dict, model: Model, *, dies: int = 1, system=None) -> RowPlan:
         return _rule_plan(row, model, system, p)
     n = ranks_of(row, dies)
     er, groups = _disaggregation(row, n)
-    tp, pp, dp, cp = _degrees(n - er, p, model)
+    if row["kind"] in ("prefill", "decode") and float(model.n_experts) > 0 and states_nothing(p):
+        tp, pp, dp, cp = 1, 1, n - er, 1  # `emu run`'s serving rule: TP 1, attention DP
+    else:
+        tp, pp, dp, cp = _degrees(n - er, p, model)
     mb = int_or(p.get("microbatch"), 1)
     if row["kind"] == "train":  # stated (field or notes), else the plan rule's default
         gb = global_batch_of(row)[0] or default_global_batch(dp * mb, _row_seq_len(row))
@@ -786,10 +798,7 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     # data-parallel attention where the notes say so, or where the row states nothing of its
     # deployment (`emu run`'s serving rule: TP 1 for MoE models); a row that states some of
     # it reads as SGLang's --tp-size, the instance's ranks, with attention TP over them
-    unstated = all(
-        int_or(p.get(k), None) is None for k in ("tp", "dp", "ep", "global_batch", "microbatch")
-    )
-    dp = dp_stated or (ranks if moe and ("attention dp" in notes or unstated) else 1)
+    dp = dp_stated or (ranks if moe and ("attention dp" in notes or states_nothing(p)) else 1)
     per_rank = num_in(
         r"batch (?:size )?(?:of )?(\d[\d,]*) (?:sequences |requests )?"
         r"per (?:device|gpu|rank|die|npu)",
