@@ -161,8 +161,11 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     if knobs.get("phase", "train") != "train":
         return _candidate_plan(system, model, chips, knobs)
     base = _candidate_plan(system, model, chips, knobs)  # bad input raises here, once
+    candidates = training_candidates(system, model, chips, knobs)
+    if not candidates:  # the degrees are given: nothing to compare
+        return base
     best, best_rate = base, _rate(system, model, base)
-    for cand in training_candidates(system, model, chips, knobs):
+    for cand in candidates:
         try:
             plan = _candidate_plan(system, model, chips, cand)
         except ValueError:
@@ -191,11 +194,12 @@ def training_candidates(system: System, model: Model, chips: int, knobs: dict) -
     (the shallowest pipeline that fits, selective recomputation before full); for an MoE
     model without a given EP, each TP (the base rule's too) also with the largest EP
     dividing the experts and the ranks of its TP x DP groups (across nodes, as DeepSeek-V3's
-    EP 64 and Qwen3's EP 32 on 8-GPU servers), where the base rule keeps EP inside the
-    scale-up domain; a sequence of LONG_CONTEXT tokens or more without a given CP, each TP
-    also with CP = 2, 4, 8, ... while each rank keeps >= _CP_MIN tokens. Given knobs are
-    kept in each. One evaluation per candidate (~7 ms on
-    the NumPy backend, GPT-3 175B), so the list stays short."""
+    EP 64 and Qwen3's EP 32 on 8-GPU servers), at the pipeline depth of its plan with EP
+    inside the scale-up domain (the base rule's EP); a sequence of LONG_CONTEXT tokens or
+    more without a given CP, each TP also with CP = 2, 4, ..., _CP_MAX while each rank
+    keeps >= _CP_MIN tokens. `knobs` are None-free (as `auto_plan` passes them) and kept in
+    each; `ep` may be the marker _WIDEST_EP, which `auto_plan` resolves. One evaluation per
+    candidate (~7 ms on the NumPy backend, GPT-3 175B): at most 8 below LONG_CONTEXT."""
     ranks = int(chips) * _dies(system)
     cp = int(knobs.get("cp", 1))  # a given CP; the candidates' own CP is chosen below
     heads, kv = _int(model.n_heads), _int(model.n_kv_heads)
@@ -212,7 +216,7 @@ def training_candidates(system: System, model: Model, chips: int, knobs: dict) -
     seq = int(knobs.get("seq_len", 4096))
     cps = [1]
     if "cp" not in knobs and seq >= LONG_CONTEXT:  # long sequences: split each over cp ranks
-        cps += [c for c in (2**k for k in range(1, 11)) if seq % c == 0 and seq // c >= _CP_MIN]
+        cps += [c for c in (2, 4, 8, 16, 32, _CP_MAX) if seq % c == 0 and seq // c >= _CP_MIN]
     out = []
     for t in tps:
         for c in cps:
@@ -226,14 +230,14 @@ def training_candidates(system: System, model: Model, chips: int, knobs: dict) -
     return out
 
 
-#: sequences at least this long (tokens) also try context parallelism (CP 2, 4, ... while
-#: each rank keeps >= _CP_MIN tokens): NeMo's and Megatron-Bridge's long-context recipes
+#: sequences at least this long (tokens) also try context parallelism (CP 2, 4, ..., _CP_MAX
+#: while each rank keeps >= _CP_MIN tokens): NeMo's and Megatron-Bridge's long-context recipes
 #: split 32K-1M sequences over 2-32 ranks, and a rule without CP put a 1M-token sequence's
 #: activations through an 8-stage pipeline instead (NeMo's Llama 2 7B at 1M tokens on 1,024
 #: H100, its plan blanked: 85% slow). Shorter sequences (the 8K default) keep CP = 1, so
 #: the first answer evaluates at most eight candidates.
 LONG_CONTEXT = 32768
-_CP_MIN = 4096
+_CP_MIN, _CP_MAX = 4096, 64
 
 
 #: `training_candidates`' marker for "the largest EP the ranks allow", resolved once the

@@ -44,7 +44,7 @@ def test_training_rule(sys_models):
 
 def test_training_rule_splits_long_sequences_over_context_parallel_ranks():
     """A 1M-token sequence (NeMo's long-context Llama 2 7B on 1,024 H100) is split over CP
-    ranks, faster than the CP-1 plan; an 8K sequence (the default) tries no CP at all."""
+    ranks, faster than the CP-1 plan; an 8K sequence (`emu compare`'s) tries no CP at all."""
     h100, small = emu.load_system("dgx_h100"), emu.load_model("llama2_7b")
     seq = 1 << 20
     p = auto_plan(h100, small, 1024, seq_len=seq)
@@ -52,7 +52,9 @@ def test_training_rule_splits_long_sequences_over_context_parallel_ranks():
     no_cp = auto_plan(h100, small, 1024, seq_len=seq, cp=1)
     assert _rate(h100, small, p) > 1.5 * _rate(h100, small, no_cp)
     short = emu.policy.training_candidates(h100, small, 1024, {"seq_len": 8192})
-    assert short and all("cp" not in c for c in short) and len(short) <= 3
+    assert len(short) == 3 and all("cp" not in c for c in short)  # TP 1, 2, 4 besides 8
+    given = emu.policy.training_candidates(h100, small, 1024, {"seq_len": 8192, "tp": 8})
+    assert given == []  # TP given, a short sequence: the base plan alone, not even rated
 
 
 def test_training_rule_where_no_plan_fits_returns_the_base_rules_plan():

@@ -17,7 +17,9 @@ as the degree rule above does, gives a pipeline of one micro-batch, or more stag
 layers; an expert TP its text names is halved until the rule's EP groups tile its ranks.
 (Prefill and decode rows with a batch or an SLO keep the degree rule: TP over the
 instance, as serving stacks launch by default; an MoE one that states no EP spreads the
-experts over every rank, as `emu run` does.)
+experts over every rank, as `emu run` does; an MoE one that states nothing of its
+deployment, no tp, dp, ep, batch or micro-batch (`states_nothing`), takes `emu run`'s
+serving rule instead: TP 1, attention DP over every rank.)
 
 Ranks: a row's parallel degrees count ranks, and on a system whose chips hold several dies
 (Ascend 910C: 2) a rank is a die while `n_chips` counts packages (MEASUREMENTS.md
@@ -489,9 +491,11 @@ def _rule_plan(row: dict, model: Model, system, p: dict) -> RowPlan:
 
 def states_nothing(p: dict) -> bool:
     """Whether a serving row's parallel config states nothing of its deployment (no tp, dp,
-    ep, batch or micro-batch): it takes `emu run`'s serving rule for MoE models (TP 1,
-    data-parallel attention over every rank, EP over all), where a row that states some of
-    it is read in SGLang's convention (--tp-size counts the instance's ranks)."""
+    ep, batch or micro-batch; pp and cp are not serving degrees): it takes `emu run`'s
+    serving rule for MoE models (TP 1, data-parallel attention over every rank, EP over
+    all), where a row that states some of it keeps its reading (a deployment row SGLang's
+    convention, --tp-size counting the instance's ranks; an instance row the degree
+    rule)."""
     keys = ("tp", "dp", "ep", "global_batch", "microbatch")
     return all(int_or(p.get(k), None) is None for k in keys)
 
@@ -742,7 +746,8 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
 
     - decode instance: R ranks (`tp`, dies on 910C; else all n_chips x dies, or half of
       them in a PD-separated deployment, DEFAULT_DECODE_SHARE), attention DP
-      `dp` (MoE rows that say "attention DP": R; else 1; dp <= the running requests, then
+      `dp` (MoE rows that say "attention DP" or state nothing of their deployment,
+      `states_nothing`: R; else 1; dp <= the running requests, then
       raised, past them if need be, to the next divisor of R whose TP R/dp divides the heads
       and divides or is divided by the KV heads), attention TP R/dp, EP `ep` (MoE: R when
       null); batch per DP rank = `global_batch` (max
