@@ -13,10 +13,10 @@ smallest divisor of the layers that makes the plan fit in HBM, with selective re
 else with full; DP takes the remaining ranks; MoE models: EP = the largest divisor of the
 experts that divides tp*dp*cp and fits in the scale-up domain, or (a second candidate) the
 largest that divides tp*dp*cp / etp at all; a sequence of LONG_CONTEXT tokens or more also
-with CP = 2, 4, 8, ... (each rank keeping >= 4,096 tokens). The default global batch is the smallest
-multiple of dp * microbatch holding >= DEFAULT_BATCH_TOKENS tokens. Before session 31 the
-rule was the base rule at the largest such TP alone: TP 8 for Llama 3 8B on 8 GPUs (35% MFU
-in emu, where TP 2 gives 50%) and EP inside one 8-GPU node for DeepSeek-V3.
+with CP = 2, 4, ..., 64 (each rank keeping >= 4,096 tokens). The default global batch is the
+smallest multiple of dp * microbatch holding >= DEFAULT_BATCH_TOKENS tokens. Before session
+31 the rule was the base rule at the largest such TP alone: TP 8 for Llama 3 8B on 8 GPUs
+(35% MFU in emu, where TP 2 gives 50%) and EP inside one 8-GPU node for DeepSeek-V3.
 
 Serving rule: pp = cp = 1; TP = 1 for MoE models (data-parallel attention, expert-parallel
 MoE), else the smallest power of two <= 8 whose weights fit in HBM; EP = the largest divisor
@@ -159,20 +159,27 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     fits, the base rule's plan at the largest TP, which the diagnosis then explains."""
     knobs = {k: v for k, v in knobs.items() if v is not None}
     if knobs.get("phase", "train") != "train":
-        return _candidate_plan(system, model, chips, knobs)
-    base = _candidate_plan(system, model, chips, knobs)  # bad input raises here, once
+        return _rule_plan(system, model, chips, knobs)
+    base = _rule_plan(system, model, chips, knobs)  # bad input raises here, once
     candidates = training_candidates(system, model, chips, knobs)
-    if not candidates:  # the degrees are given: nothing to compare
+    wide = _int(model.n_experts) > 0 and "ep" not in knobs  # also try EP across nodes
+    if not candidates and not wide:  # the degrees are given: nothing to compare
         return base
-    best, best_rate = base, _rate(system, model, base)
-    for cand in candidates:
+    best, best_rate = base, -1.0
+    for cand in [None, *candidates]:  # None: the base plan
         try:
-            plan = _candidate_plan(system, model, chips, cand)
+            plans = [base if cand is None else _rule_plan(system, model, chips, cand)]
         except ValueError:
             continue  # a candidate the knobs given rule out (dp not dividing, ...)
-        rate = _rate(system, model, plan)
-        if rate > 0 and rate > best_rate * (1.0 + _TIE):  # fits, and faster
-            best, best_rate = plan, rate
+        if wide:
+            try:
+                plans.append(_widest_ep_plan(system, model, chips, cand or knobs, plans[0]))
+            except ValueError:
+                pass  # an EP whose groups cannot tile the plan's ranks
+        for plan in plans:
+            rate = _rate(system, model, plan)
+            if rate > 0 and rate > best_rate * (1.0 + _TIE):  # fits, and faster
+                best, best_rate = plan, rate
     return best
 
 
@@ -192,42 +199,30 @@ def training_candidates(system: System, model: Model, chips: int, knobs: dict) -
     one for each other TP of 1, 2, 4 and 8 that divides the heads (and KV heads) and fits in
     the scale-up node (none where TP is given), each left to the base rule for the rest
     (the shallowest pipeline that fits, selective recomputation before full); for an MoE
-    model without a given EP, each TP (the base rule's too) also with the largest EP
-    dividing the experts and the ranks of its TP x DP groups (across nodes, as DeepSeek-V3's
-    EP 64 and Qwen3's EP 32 on 8-GPU servers), at the pipeline depth of its plan with EP
-    inside the scale-up domain (the base rule's EP); a sequence of LONG_CONTEXT tokens or
-    more without a given CP, each TP also with CP = 2, 4, ..., _CP_MAX while each rank
-    keeps >= _CP_MIN tokens. `knobs` are None-free (as `auto_plan` passes them) and kept in
-    each; `ep` may be the marker _WIDEST_EP, which `auto_plan` resolves. One evaluation per
-    candidate (~7 ms on the NumPy backend, GPT-3 175B): at most 8 below LONG_CONTEXT."""
+    model without a given EP, `auto_plan` also tries each of these plans (the base rule's
+    too) with the largest EP dividing the experts and the ranks of its TP x DP groups
+    (`_widest_ep_plan`: across nodes, as DeepSeek-V3's EP 64 and Qwen3's EP 32 on 8-GPU
+    servers), where the base rule keeps EP inside the scale-up domain; a sequence of
+    LONG_CONTEXT tokens or more without a given CP, each TP also with CP = 2, 4, ...,
+    _CP_MAX while each rank keeps >= _CP_MIN tokens. `knobs` are None-free (as `auto_plan`
+    passes them) and kept in each. One evaluation per plan (~7 ms on the NumPy backend,
+    GPT-3 175B): at most 8 below LONG_CONTEXT."""
     ranks = int(chips) * _dies(system)
     cp = int(knobs.get("cp", 1))  # a given CP; the candidates' own CP is chosen below
-    heads, kv = _int(model.n_heads), _int(model.n_kv_heads)
-    inner = _int(node_tier(system).domain_chips) * _dies(system)
-    base_tp = knobs.get("tp")
-    if base_tp is None:
-        base_tp = _default_tp(system, model, ranks, cp=cp, dp=knobs.get("dp"), pp=knobs.get("pp"))
-    tps = [base_tp] if "tp" in knobs else [base_tp] + [
-        t for t in (1, 2, 4, 8)
-        if t != base_tp and t <= inner and heads % t == 0 and (kv % t == 0 or t % kv == 0)
-        and ranks % (t * cp) == 0
-    ]  # fmt: skip
-    moe = _int(model.n_experts) > 0 and "ep" not in knobs
+    tps = _tp_choices(system, model, ranks, cp=cp, dp=knobs.get("dp"), pp=knobs.get("pp"))
+    base_tp = knobs.get("tp", tps[-1])
+    if "tp" in knobs:
+        tps = [base_tp]
     seq = int(knobs.get("seq_len", 4096))
     cps = [1]
     if "cp" not in knobs and seq >= LONG_CONTEXT:  # long sequences: split each over cp ranks
         cps += [c for c in (2, 4, 8, 16, 32, _CP_MAX) if seq % c == 0 and seq // c >= _CP_MIN]
-    out = []
-    for t in tps:
-        for c in cps:
-            if ranks % (t * c):
-                continue
-            extra = {"tp": t} if c == 1 else {"tp": t, "cp": c}
-            if t != base_tp or c != 1:
-                out.append({**knobs, **extra})
-            if moe:
-                out.append({**knobs, **extra, "ep": _WIDEST_EP})
-    return out
+    return [
+        {**knobs, "tp": t, **({"cp": c} if c > 1 else {})}
+        for t in [base_tp, *(t for t in tps if t != base_tp)]
+        for c in cps
+        if (t != base_tp or c != 1) and ranks % (t * c) == 0
+    ]
 
 
 #: sequences at least this long (tokens) also try context parallelism (CP 2, 4, ..., _CP_MAX
@@ -240,20 +235,13 @@ LONG_CONTEXT = 32768
 _CP_MIN, _CP_MAX = 4096, 64
 
 
-#: `training_candidates`' marker for "the largest EP the ranks allow", resolved once the
-#: candidate's TP x DP groups are known (`_candidate_plan`)
-_WIDEST_EP = "widest"
-
-
-def _candidate_plan(system: System, model: Model, chips: int, knobs: dict) -> Plan:
-    """The plan of one candidate knob set; `ep` = _WIDEST_EP takes the largest divisor of
-    the experts that divides the TP x DP x CP ranks of the candidate's own plan."""
-    if knobs.get("ep") != _WIDEST_EP:
-        return _rule_plan(system, model, chips, knobs)
-    first = _rule_plan(system, model, chips, {k: v for k, v in knobs.items() if k != "ep"})
-    group = _int(first.tp) * _int(first.dp) * _int(first.cp) // max(_int(first.etp), 1)
+def _widest_ep_plan(system: System, model: Model, chips: int, knobs: dict, plan: Plan) -> Plan:
+    """`plan` (the rule's for `knobs`, its EP inside the scale-up domain) with the largest EP
+    dividing the experts and its TP x DP x CP / ETP ranks, at its pipeline depth (unless dp
+    is given)."""
+    group = _int(plan.tp) * _int(plan.dp) * _int(plan.cp) // max(_int(plan.etp), 1)
     widest = max(d for d in divisors(_int(model.n_experts)) if group % d == 0)
-    kept = {"pp": _int(first.pp)} if "dp" not in knobs else {}
+    kept = {"pp": _int(plan.pp)} if "dp" not in knobs else {}
     return _rule_plan(system, model, chips, {**knobs, **kept, "ep": widest})
 
 
@@ -306,19 +294,24 @@ def _rule_plan(system: System, model: Model, chips: int, knobs: dict) -> Plan:
     return check_plan(system, model, chosen, packages)
 
 
-def _default_tp(system: System, model: Model, chips: int, *, cp: int, dp, pp) -> int:
-    """The largest power of two <= 8 dividing the heads (and the KV heads, or vice versa)
-    inside the scale-up node (node_tier, in ranks) and the ranks left by cp (and dp, pp when
-    given)."""
+def _tp_choices(system: System, model: Model, chips: int, *, cp: int, dp, pp) -> list[int]:
+    """The TPs a plan may take, ascending: the powers of two <= 8 dividing the heads (and the
+    KV heads, or vice versa) inside the scale-up node (node_tier, in ranks) and the ranks
+    left by cp (and dp, pp when given); 1 always."""
     heads, kv = _int(model.n_heads), _int(model.n_kv_heads)
     inner = _int(node_tier(system).domain_chips) * _dies(system)
     free = chips // cp if chips % cp == 0 else 1
     if dp is not None and pp is not None:
         free = max(1, free // max(dp * pp, 1))
-    for t in (8, 4, 2):
-        if t <= inner and heads % t == 0 and (kv % t == 0 or t % kv == 0) and free % t == 0:
-            return t
-    return 1
+    return [1] + [
+        t for t in (2, 4, 8)
+        if t <= inner and heads % t == 0 and (kv % t == 0 or t % kv == 0) and free % t == 0
+    ]  # fmt: skip
+
+
+def _default_tp(system: System, model: Model, chips: int, *, cp: int, dp, pp) -> int:
+    """The base rule's TP: the largest of `_tp_choices`."""
+    return _tp_choices(system, model, chips, cp=cp, dp=dp, pp=pp)[-1]
 
 
 def _pp_candidates(model: Model, rest: int, *, pp, dp, vpp: int) -> list[int]:
