@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import inspect
 import math
 from collections.abc import Callable, Mapping
@@ -450,6 +451,7 @@ class Plan:
                 raise error(where, text)
 
 
+@functools.cache  # a class's fields do not change; every plan made reads them (`make`)
 def knobs(
     cls: type = Plan, *, phase: str | None = None, searchable: bool | None = None
 ) -> tuple[Knob, ...]:
