@@ -13,10 +13,16 @@ smallest divisor of the layers that makes the plan fit in HBM, with selective re
 else with full; DP takes the remaining ranks; MoE models: EP = the largest divisor of the
 experts that divides tp*dp*cp and fits in the scale-up domain, or (a second candidate) the
 largest that divides tp*dp*cp / etp at all; a sequence of LONG_CONTEXT tokens or more also
-with CP = 2, 4, ..., 64 (each rank keeping >= 4,096 tokens). The default global batch is the
-smallest multiple of dp * microbatch holding >= DEFAULT_BATCH_TOKENS tokens. Before session
-31 the rule was the base rule at the largest such TP alone: TP 8 for Llama 3 8B on 8 GPUs
-(35% MFU in emu, where TP 2 gives 50%) and EP inside one 8-GPU node for DeepSeek-V3.
+with CP = 2, 4, ..., 64 (each rank keeping >= 4,096 tokens). The fastest of these is then
+tried at micro-batch 2, 4 and 8 where its micro-batches wait on the host and, with a
+pipeline, interleaved 2 and 4 ways at the best micro-batch (`schedule_candidates`: its TP,
+CP and EP kept; the global batch the same or, by default, within 1/8 of it). The default
+global batch is the smallest multiple of dp * microbatch holding >= DEFAULT_BATCH_TOKENS
+tokens. Before session 31 the rule was the base rule at the largest such TP alone: TP 8
+for Llama 3 8B on 8 GPUs (35% MFU in emu, where TP 2 gives 50%) and EP inside one 8-GPU
+node for DeepSeek-V3; until session 32 every plan had micro-batch 1 and no interleaving
+(Qwen3-30B-A3B on 8 B300 then waits on the host for 78% of its step in emu: 6.3K tokens/s
+per GPU, 25K at micro-batch 4).
 
 Serving rule: pp = cp = 1; TP = 1 for MoE models (data-parallel attention, expert-parallel
 MoE), else the smallest power of two <= 8 whose weights fit in HBM; EP = the largest divisor
@@ -35,6 +41,8 @@ chip's 8-bit format (FP8, else INT8), else BF16. FP4 only when asked: it changes
 >>> plan = auto_plan(load_system("gb200_nvl72"), load_model("llama3_70b"), 72, seq_len=8192)
 >>> [int(plan.tp), int(plan.pp), int(plan.dp)]
 [2, 4, 9]
+>>> [int(plan.microbatch), int(plan.vpp)]
+[1, 4]
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ from emu.workload import Model
 __all__ = [
     "auto_plan",
     "training_candidates",
+    "schedule_candidates",
     "check_plan",
     "largest_batch",
     "with_largest_batch",
@@ -163,9 +172,14 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     base = _rule_plan(system, model, chips, knobs)  # bad input raises here, once
     candidates = training_candidates(system, model, chips, knobs)
     wide = _int(model.n_experts) > 0 and "ep" not in knobs  # also try EP across nodes
-    if not candidates and not wide:  # the degrees are given: nothing to compare
-        return base
-    best, best_rate = base, -1.0
+    if not candidates and not wide:  # the degrees are given: the schedule alone to compare
+        if not schedule_candidates(model, knobs, base):
+            return base  # and that too: nothing to compare, not even rated
+        rate, host = _rated(system, model, base)
+        if rate <= 0:
+            return base
+        return _best_schedule(system, model, chips, knobs, base, rate, host)
+    best, best_rate, waits = base, -1.0, False
     for cand in [None, *candidates]:  # None: the base plan
         try:
             plans = [base if cand is None else _rule_plan(system, model, chips, cand)]
@@ -177,10 +191,74 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
             except ValueError:
                 pass  # an EP whose groups cannot tile the plan's ranks
         for plan in plans:
-            rate = _rate(system, model, plan)
+            rate, host = _rated(system, model, plan)
             if rate > 0 and rate > best_rate * (1.0 + _TIE):  # fits, and faster
-                best, best_rate = plan, rate
-    return best
+                best, best_rate, waits = plan, rate, host
+    if best_rate <= 0:
+        return best  # nothing fits: the base plan, for the diagnosis
+    return _best_schedule(system, model, chips, knobs, best, best_rate, waits)
+
+
+def schedule_candidates(
+    model: Model, knobs: dict, plan: Plan, part: str = "both", *, host_bound: bool = True
+) -> list[dict]:
+    """The knob sets the training rule tries after its degrees (module doc): `plan` (the
+    fastest of `training_candidates`) at micro-batch 2, 4 and 8 where its micro-batches wait
+    on the host (`host_bound`; `part` "microbatch"), and with its pipeline interleaved 2 and
+    4 ways at its micro-batch ("vpp"); TP, CP and EP (and the pipeline depth, for
+    interleaving) kept, PP and recomputation left to the base rule, knobs given never
+    changed. Empty where the micro-batch and interleaving are given or cannot apply."""
+    fixed = {**knobs, "tp": _int(plan.tp), "cp": _int(plan.cp), "ep": _int(plan.ep)}
+    out = []
+    if part != "vpp" and "microbatch" not in knobs and host_bound:
+        out += [{**fixed, "microbatch": m} for m in _MICROBATCHES]
+    pp, layers = _int(plan.pp), _int(model.n_layers)
+    if part != "microbatch" and "vpp" not in knobs and pp > 1:
+        mb = {"microbatch": knobs.get("microbatch", _int(plan.microbatch))}
+        out += [{**fixed, **mb, "pp": pp, "vpp": v} for v in _VPPS if layers % (pp * v) == 0]
+    return out
+
+
+#: micro-batches (sequences per pipeline step) and interleaving degrees the rule tries on its
+#: fastest plan: fine-grained MoE models issue many small per-expert kernels per micro-batch,
+#: so one sequence per micro-batch can leave the GPU waiting on the host (Qwen3-30B-A3B on 8
+#: B300: 4x the tokens/s at 4 sequences, emu's host-bound model in `emu.step`); where it
+#: does not wait, one sequence keeps the bubble and the activations smallest and a larger
+#: micro-batch gains at most a few percent of GEMM efficiency in emu (Llama 3 8B on 8 H100:
+#: 1.6% at 2), so only a host-bound plan tries them (each try costs an evaluation of the
+#: first answer); a pipeline's bubble shrinks with interleaving (Narayanan et al. SC21 §2.2)
+_MICROBATCHES = (2, 4, 8)
+_VPPS = (2, 4)
+#: a micro-batch candidate is compared only where its global batch (the rule's default for
+#: its dp x micro-batch) stays within this share of the plan's, so that no candidate wins by
+#: taking a much larger batch (twice as many tokens where dp x micro-batch sequences exceed
+#: the default's 4 Mi tokens; at most 1/8 more here)
+_BATCH_SLACK = 0.125
+
+
+def _best_schedule(system, model, chips, knobs, plan, rate, waits: bool):
+    """`plan` or the fastest of `schedule_candidates` that fits (micro-batch first, where
+    `plan` `waits` on the host, then interleaving at the best micro-batch), at the same
+    global batch: exactly the given one, else the rule's default within _BATCH_SLACK of the
+    plan's."""
+    gb = float(plan.global_batch)
+    for part in ("microbatch", "vpp"):  # the interleaving at the best micro-batch's pipeline
+        for cand in schedule_candidates(model, knobs, plan, part, host_bound=waits):
+            try:
+                other = _rule_plan(system, model, chips, cand)
+            except ValueError:
+                continue  # a pipeline or batch the knobs given rule out
+            # a given batch is every candidate's (make_plan refuses one that dp x micro-batch
+            # does not divide); the rule's default batch is the candidate's own
+            if (
+                "global_batch" not in knobs
+                and abs(float(other.global_batch) / gb - 1.0) > _BATCH_SLACK
+            ):
+                continue
+            r = _rated(system, model, other)[0]
+            if r > 0 and r > rate * (1.0 + _TIE):
+                plan, rate = other, r
+    return plan
 
 
 #: a candidate replaces the best so far only when faster by more than this share (so that
@@ -188,10 +266,17 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
 _TIE = 1e-3
 
 
+def _rated(system: System, model: Model, plan: Plan) -> tuple[float, bool]:
+    """(tokens/s of `plan` where it fits in HBM, else -1; whether its micro-batches wait on
+    the host)."""
+    r = _evaluate(system, model, plan)
+    rate = float(r.tokens_per_s) if float(r.feasible) > 0.5 else -1.0
+    return rate, float(r.breakdown.host_wait_s) > 0.0
+
+
 def _rate(system: System, model: Model, plan: Plan) -> float:
     """tokens/s of `plan` where it fits in HBM, else -1."""
-    r = _evaluate(system, model, plan)
-    return float(r.tokens_per_s) if float(r.feasible) > 0.5 else -1.0
+    return _rated(system, model, plan)[0]
 
 
 def training_candidates(system: System, model: Model, chips: int, knobs: dict) -> list[dict]:

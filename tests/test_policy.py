@@ -257,3 +257,54 @@ def test_prefill_widens_tp_only_when_batch_1_misses_the_slo():
     assert float(emu.evaluate(cm, r1, wider).ttft_s) <= 2.0
     # a loose SLO keeps the rule's tp
     assert int(with_largest_batch(cm, r1, plan, 10.0, widen_tp=True).tp) == 1
+
+
+def test_training_rule_tries_micro_batches_and_interleaving_on_its_fastest_plan():
+    """Qwen3-30B-A3B on 8 B300 waits on the host's per-expert kernel launches at one sequence
+    per micro-batch; the rule takes a larger one, at the same global batch. A pipelined plan
+    (Llama 3 70B on 72 GB200) is interleaved where that is faster. Knobs given are kept."""
+    b300, small_moe = emu.load_system("dgx_b300"), emu.load_model("qwen3_30b_a3b")
+    p = auto_plan(b300, small_moe, 8, seq_len=4096)
+    one = auto_plan(b300, small_moe, 8, seq_len=4096, microbatch=1)
+    assert int(p.microbatch) > 1 and int(one.microbatch) == 1
+    assert float(p.global_batch) == float(one.global_batch)
+    assert _rate(b300, small_moe, p) > 2 * _rate(b300, small_moe, one)
+    assert float(emu.evaluate(b300, small_moe, one).breakdown.host_wait_s) > 0
+    for mb in (2, 4, 8):  # no other micro-batch at its degrees is faster
+        try:
+            other = auto_plan(b300, small_moe, 8, seq_len=4096, microbatch=mb, tp=1, ep=8)
+        except ValueError:  # needs a pipeline, whose DP groups EP 8 cannot tile
+            continue
+        assert _rate(b300, small_moe, other) <= _rate(b300, small_moe, p) * (1 + 1e-3), mb
+
+    nvl, llama = emu.load_system("gb200_nvl72"), emu.load_model("llama3_70b")
+    q = auto_plan(nvl, llama, 72, seq_len=8192)
+    assert int(q.pp) > 1 and int(q.vpp) > 1
+    flat = auto_plan(nvl, llama, 72, seq_len=8192, vpp=1)
+    assert _rate(nvl, llama, q) > _rate(nvl, llama, flat)
+    kept = auto_plan(nvl, llama, 72, seq_len=8192, microbatch=1, vpp=1)
+    assert int(kept.microbatch) == 1 and int(kept.vpp) == 1
+    assert emu.policy.schedule_candidates(llama, {"microbatch": 1, "vpp": 1}, kept) == []
+    # a given global batch is kept, and the micro-batch still chosen at it
+    given = auto_plan(b300, small_moe, 8, seq_len=4096, global_batch=64)
+    assert float(given.global_batch) == 64 and int(given.microbatch) > 1
+    # the degrees given (the rule's own): the micro-batch and interleaving are still chosen
+    pinned = auto_plan(b300, small_moe, 8, seq_len=4096, tp=1, ep=8)
+    assert int(pinned.microbatch) == int(p.microbatch)
+    assert int(auto_plan(nvl, llama, 72, seq_len=8192, tp=2).vpp) == int(q.vpp)
+
+
+def test_a_larger_micro_batch_never_wins_by_taking_a_larger_global_batch():
+    """Qwen3-30B-A3B on 256 H100 runs DP 256 and waits on the host at one sequence per
+    micro-batch: the rule's default batch at micro-batch 8 would be twice that at 4 (2,048
+    sequences, 8 Mi tokens), and faster in emu for that reason too; the rule keeps its
+    batch within 1/8 of its first plan's. A plan that does not wait on the host keeps one
+    sequence per micro-batch (Llama 3 8B on 8 H100)."""
+    h100, small_moe = emu.load_system("dgx_h100"), emu.load_model("qwen3_30b_a3b")
+    p = auto_plan(h100, small_moe, 256, seq_len=4096)
+    first = auto_plan(h100, small_moe, 256, seq_len=4096, microbatch=1, vpp=1)
+    assert int(first.dp) == 256 and float(first.global_batch) == 1024
+    assert int(p.microbatch) > 1
+    assert abs(float(p.global_batch) / float(first.global_batch) - 1) <= 0.125
+    dense = auto_plan(h100, emu.load_model("llama3_8b"), 8, seq_len=8192)
+    assert int(dense.microbatch) == 1

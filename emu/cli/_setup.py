@@ -6,6 +6,7 @@ or link type, and a plan from a quick search (`--plan best`)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 from emu import catalog, policy
@@ -173,6 +174,11 @@ def setup(args, system_name: str) -> Setup:
     if isinstance(share, int | float) and share < 1.0:
         if "recompute" not in knobs and "recompute" not in plan_o:
             knobs["recompute"] = "full"  # a share of layers recomputed in full (as the flag)
+    if phase == "train" and getattr(args, "plan", "rule") != "best":
+        for name in ("recompute_fraction", "microbatch", "vpp"):  # the rule compares its
+            value = plan_o.get(name)  # plans at these, as at the flags' (a bad value is left
+            if _rule_knob_value(name, value):  # to apply_overrides, which names --set)
+                knobs[name] = value
     # the serving rule's MTP (policy.default_mtp_accept) unless speculation is set (--set
     # too: the rule's MTP and a --set draft would be "both"); --plan best searches with it
     spec = [k for k in policy.SPECULATION_KNOBS if k in knobs or k in plan_o]
@@ -205,3 +211,14 @@ def setup(args, system_name: str) -> Setup:
     if not spec and float(plan.mtp_accept) > 0:
         notes.append(mtp_note(model, float(plan.mtp_accept)))
     return Setup(system, model, plan, slo_s, notes)
+
+
+def _rule_knob_value(name: str, value) -> bool:
+    """Whether a `--set plan.<name>` value is one the plan rule can take as a knob: a
+    number in range (a positive whole micro-batch or VPP, a recomputed share in (0, 1])."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    x = float(value)
+    if not math.isfinite(x) or x <= 0:
+        return False
+    return x <= 1.0 if name == "recompute_fraction" else x.is_integer()

@@ -352,7 +352,10 @@ def item_notes(item: Item) -> list[str]:
         and states_no_degrees(item.row.get("parallel") or {})
     ):
         p = item.plan
-        deg = " ".join(f"{k}{float(getattr(p, k)):g}" for k in ("tp", "pp", "dp", "cp", "ep"))
+        deg = " ".join(
+            f"{k}{float(getattr(p, k)):g}" for k in ("tp", "pp", "dp", "cp", "ep", "vpp")
+        )
+        deg += f", micro-batch {float(p.microbatch):g}"
         notes.append(
             f"plan not stated: emu's plan rule ({deg}, global batch {float(p.global_batch):g})"
         )
