@@ -188,7 +188,8 @@ def markdown(rows: dict, results: list[dict], names: list[str]) -> str:
     for name, res in zip(names, results, strict=True):
         p = res["plan"]
         lines.append(
-            f"- {name}: TP {p['tp']:g} x PP {p['pp']:g} x DP {p['dp']:g}, global batch "
+            f"- {name}: TP {p['tp']:g} x PP {p['pp']:g} x DP {p['dp']:g} (VPP {p['vpp']:g}, "
+            f"micro-batch {p['microbatch']:g}), global batch "
             f"{p['global_batch']:g} x {p['seq_len']:g} tokens, recompute {p['recompute']}; "
             f"{res['tokens_per_s']:,.0f} tokens/s, {res['tokens_per_joule']:.4f} tokens/J"
         )
@@ -298,7 +299,8 @@ def plot(rows: dict, hidden: list[str], results: list[dict], names: list[str], t
     ax.grid(axis="x", color="0.9", zorder=0)
     ax.set_xlabel("elasticity: % change in tokens/J per % change in the parameter")
     plans = "  |  ".join(
-        f"{n}: TP {r['plan']['tp']:g} x PP {r['plan']['pp']:g} x DP {r['plan']['dp']:g}, "
+        f"{n}: TP {r['plan']['tp']:g} x PP {r['plan']['pp']:g} (VPP {r['plan']['vpp']:g}) "
+        f"x DP {r['plan']['dp']:g}, "
         f"{r['tokens_per_joule']:.2f} tokens/J"
         for n, r in zip(names, results, strict=True)
     )
@@ -328,7 +330,7 @@ def plot(rows: dict, hidden: list[str], results: list[dict], names: list[str], t
         va="bottom",
         wrap=True,
     )
-    ax.legend(loc="lower right", fontsize=9)
+    ax.legend(loc="upper left", fontsize=9)
     fig.tight_layout(rect=(0.08, 0.07, 1, 0.99))
     fig.savefig(path, dpi=150)
     plt.close(fig)
