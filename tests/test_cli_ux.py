@@ -301,3 +301,17 @@ def test_a_recomputed_share_of_layers_is_full_recompute_and_says_so(capsys):
     assert code == 0 and "recompute=selective recompute_activation" in out
     code, out, err = run_cli(capsys, *args[:-1], "16", *oom, "--recompute", "selective")
     assert "out of memory" in out and "--recompute full, --recompute-activation" in out
+
+
+def test_a_serving_batch_set_through_set_is_refused_in_one_line(capsys):
+    """A serving plan's batch is --batch (the SLO rule sizes it, with the global batch);
+    --set plan.microbatch used to end in "global_batch=64 must be a multiple of
+    dp*microbatch", naming a batch the user never set."""
+    args = ("run", "--system", "gb200_nvl72", "--model", "llama3_70b", "--chips", "64")
+    for phase in ("decode", "prefill"):
+        for path in ("microbatch", "global_batch"):
+            code, out, err = run_cli(capsys, *args, "--phase", phase, "--set", f"plan.{path}=64")
+            assert code == 2 and len(err.strip().splitlines()) == 1
+            assert "--batch" in err and f"plan.{path}" in err
+    res = run_json(capsys, *args, "--phase", "decode", "--batch", "16")
+    assert res["plan"]["microbatch"] == 16

@@ -157,6 +157,11 @@ def setup(args, system_name: str) -> Setup:
             flag = "--batch"
         raise CliError(f"--set plan.{name} and {flag} both set the plan's {name}; drop one.")
     phase = knobs.get("phase", "train")
+    batch_set = [k for k in ("microbatch", "global_batch") if k in plan_o]
+    if phase != "train" and batch_set:  # the SLO rule or --batch sets it (and the global batch)
+        raise CliError(
+            f"a {phase} plan's batch is --batch (per DP rank); drop --set plan.{batch_set[0]}."
+        )
     slo_s = slo(args, phase)
     system = catalog.load_system(resolved(system_name, "systems", notes), sys_o)
     system = cost_flags.with_region(args, system)
