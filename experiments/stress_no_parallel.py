@@ -3,6 +3,7 @@
     python experiments/stress_no_parallel.py [file]    # ~3-4 min on 2 cores (session 30)
     python experiments/stress_no_parallel.py --blank shape   # the models' shapes instead
     python experiments/stress_no_parallel.py --blank each    # one parallel field at a time
+    python experiments/stress_no_parallel.py --blank degrees # training plans, batch kept
 
 Predicts every row of the measurement set (default: the shipped one) twice, as published
 and with `parallel` set to null (the plan left to emu's documented defaults), and prints
@@ -16,7 +17,10 @@ takes the catalog's shape (`emu.validation.DENSE_CATALOG`); the others cannot be
 ep; ~3 min) and counts the rows still modelled. `--blank batch` nulls the global batch
 and micro-batch of every run (train, prefill, decode), `--blank precision` every row's
 precision, `--blank seq` every run's model.seq_len: rows that leave these out read their
-notes or take documented defaults (`emu validate`'s `approximates` says which). Each table
+notes or take documented defaults (`emu validate`'s `approximates` says which).
+`--blank degrees` nulls a training row's degrees, VPP and micro-batch (tp, pp, dp, cp, ep,
+vpp, microbatch) and keeps its global batch, ZeRO stage and recomputation: a run that
+states its batch but not how it split it takes the plan rule's plan at that batch. Each table
 also gives the 90th percentile and the rows more than 100% off, by kind and over the rows
 blanked (the runs, or every row for precision). `--rows` adds each run's signed error as
 stated and blanked, with the plan the rule took.
@@ -40,6 +44,8 @@ def _shapeless(row: dict) -> dict:
 
 #: the parallel fields `--blank each` nulls one at a time
 EACH = ("global_batch", "microbatch", "tp", "pp", "dp", "ep")
+#: the fields `--blank degrees` nulls on training rows
+DEGREES = ("tp", "pp", "dp", "cp", "ep", "vpp", "microbatch")
 RUNS = ("train", "prefill", "decode")
 
 
@@ -54,6 +60,8 @@ def _blanked(row: dict, what: str) -> dict:
     m, p = row.get("model"), row.get("parallel")
     if row.get("kind") not in RUNS:
         return row
+    if what == "degrees" and isinstance(p, dict) and row.get("kind") == "train":
+        return {**row, "parallel": {**p, **dict.fromkeys(DEGREES)}}
     if what == "batch" and isinstance(p, dict):
         return {**row, "parallel": {**p, "global_batch": None, "microbatch": None}}
     if what == "seq" and isinstance(m, dict):
@@ -89,7 +97,7 @@ def main() -> None:
     ap.add_argument("file", nargs="?", help="measurements (default: the shipped set)")
     ap.add_argument(
         "--blank",
-        choices=("parallel", "shape", "each", "batch", "precision", "seq"),
+        choices=("parallel", "shape", "each", "batch", "precision", "seq", "degrees"),
         default="parallel",
         help="what to null",
     )
@@ -110,7 +118,9 @@ def main() -> None:
     print(f"modelled with {args.blank} blanked: {len(ok)} of {len(blank)}")
     print(f"{'kind':12} {'rows':>5} {'median, blanked':>16} {'median, as stated':>18}"
           f"   blanked: {'median':>7} {'p90':>8} {'>100%':>5}")  # fmt: skip
-    touched = RUNS if args.blank in ("batch", "seq") else (*RUNS, "collective")
+    touched = {"batch": RUNS, "seq": RUNS, "degrees": ("train",)}.get(
+        args.blank, (*RUNS, "collective")
+    )
     for kind in (*RUNS, "collective", "blanked"):
         kinds = touched if kind == "blanked" else (kind,)
         e = [x["abs_pct_error"] for x in ok if x["kind"] in kinds]

@@ -469,6 +469,25 @@ def test_a_training_row_that_states_no_degrees_takes_the_plan_rule():
         V.row_plan(r, model)
 
 
+def test_a_row_without_degrees_takes_the_plan_the_rule_picks_at_its_stated_batch():
+    """Korthikanti's 22B layer rows state a global batch of 4 on 8 A100 and, blanked, no
+    degrees or micro-batch: the rule compares its plans at 4 sequences (exactly the plan
+    `auto_plan(..., global_batch=4)` gives), not at its own 4 Mi-token default with the
+    batch applied afterwards."""
+    from emu.policy import auto_plan
+
+    rid = "korth_t4_22B_Baseline_no_recompute"
+    par = {**ROWS[rid]["parallel"], **dict.fromkeys(("tp", "pp", "dp", "microbatch", "vpp"))}
+    r = row(rid, parallel=par)
+    system, model = load_system(r["system"]), V.row_model(r)
+    plan, _ = V.row_plan(r, model, system=system)
+    want = auto_plan(system, model, 8, seq_len=r["model"]["seq_len"], precision="bf16",
+                     global_batch=4, recompute="none", sp=False)  # fmt: skip
+    for k in ("tp", "pp", "dp", "vpp", "microbatch", "global_batch"):
+        assert float(getattr(plan, k)) == float(getattr(want, k)), k
+    assert float(plan.global_batch) == 4
+
+
 def test_a_row_without_degrees_keeps_every_knob_it_states():
     """The plan rule fills in the degrees only: CP, ZeRO ("FSDP" -> 3), recomputation,
     micro-batch and SP stay as stated, and a stated global batch is rounded to whole

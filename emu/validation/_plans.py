@@ -446,7 +446,9 @@ def states_no_degrees(p: dict) -> bool:
 def _rule_plan(row: dict, model: Model, system, p: dict) -> RowPlan:
     """A training row that states none of tp, pp and dp: the plan rule's degrees, global
     batch and recomputation for its system, model and chips, with every knob it does state
-    kept (module doc)."""
+    kept (module doc); a stated global batch is the one the rule compares its plans at,
+    unless the rule's base plan cannot divide it (then the rule's plan at its own batch,
+    with the stated one rounded to whole micro-batches per DP rank)."""
     seq = _row_seq_len(row)
     notes = row_text(row)
     knobs = {
@@ -459,14 +461,19 @@ def _rule_plan(row: dict, model: Model, system, p: dict) -> RowPlan:
         "sp": None if p.get("sp") is None else bool(p.get("sp")),
         "recompute_activation": _recompute_activation(p, notes) or None,
     }
-    plan = auto_plan(
-        system, model, int(row["n_chips"]), seq_len=seq, precision=row.get("precision") or "bf16",
-        lora="lora" in notes, **knobs,
-    )  # fmt: skip
+    common = dict(seq_len=seq, precision=row.get("precision") or "bf16", lora="lora" in notes)
     gb = global_batch_of(row)[0]  # else the rule's default (`default_global_batch`)
-    if gb is not None:  # the stated batch, rounded to whole micro-batches per DP rank
-        unit = int(float(plan.dp)) * int(float(plan.microbatch))
-        plan = replace(plan, global_batch=jnp.float32(unit * max(1, round(gb / unit))))
+    plan = None
+    if gb is not None:  # the rule compares its plans at the stated batch ...
+        try:
+            plan = auto_plan(system, model, int(row["n_chips"]), global_batch=gb, **common, **knobs)
+        except ValueError:
+            plan = None  # ... unless its base plan's dp x micro-batch does not divide it
+    if plan is None:
+        plan = auto_plan(system, model, int(row["n_chips"]), **common, **knobs)
+        if gb is not None:  # the stated batch, rounded to whole micro-batches per DP rank
+            unit = int(float(plan.dp)) * int(float(plan.microbatch))
+            plan = replace(plan, global_batch=jnp.float32(unit * max(1, round(gb / unit))))
     tp = int(float(plan.tp))
     _, etp, overlap, imbalance = _moe_settings(
         dict(row, parallel=dict(p, ep=int(float(plan.ep)))), model, tp,
