@@ -172,13 +172,8 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     base = _rule_plan(system, model, chips, knobs)  # bad input raises here, once
     candidates = training_candidates(system, model, chips, knobs)
     wide = _int(model.n_experts) > 0 and "ep" not in knobs  # also try EP across nodes
-    if not candidates and not wide:  # the degrees are given: the schedule alone to compare
-        if not schedule_candidates(model, knobs, base):
-            return base  # and that too: nothing to compare, not even rated
-        rate, host = _rated(system, model, base)
-        if rate <= 0:
-            return base
-        return _best_schedule(system, model, chips, knobs, base, rate, host)
+    if not candidates and not wide and not schedule_candidates(model, knobs, base):
+        return base  # every degree, the micro-batch and VPP given: not even rated
     best, best_rate, waits = base, -1.0, False
     for cand in [None, *candidates]:  # None: the base plan
         try:
@@ -272,11 +267,6 @@ def _rated(system: System, model: Model, plan: Plan) -> tuple[float, bool]:
     r = _evaluate(system, model, plan)
     rate = float(r.tokens_per_s) if float(r.feasible) > 0.5 else -1.0
     return rate, float(r.breakdown.host_wait_s) > 0.0
-
-
-def _rate(system: System, model: Model, plan: Plan) -> float:
-    """tokens/s of `plan` where it fits in HBM, else -1."""
-    return _rated(system, model, plan)[0]
 
 
 def training_candidates(system: System, model: Model, chips: int, knobs: dict) -> list[dict]:
