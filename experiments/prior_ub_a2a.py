@@ -2,8 +2,8 @@
 measurement (not a row of the measurement set) implies, as candidate priors for
 `dispatch_latency_s` and `combine_latency_s` of [link.ub] in
 configs/calibration/defaults.toml (tried as priors and judged by leave-one-source-out in
-session 11, not shipped: README, "Validation and calibration", "Latest changes", "Tried in
-session 11 and not shipped").
+session 11, not shipped: docs/history.md, "Validation and calibration, by session", "Tried
+in session 11 and not shipped").
 
     python experiments/prior_ub_a2a.py
 
