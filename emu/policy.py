@@ -18,7 +18,9 @@ tried at micro-batch 2, 4 and 8 where its micro-batches wait on the host and, wi
 pipeline, interleaved 2 and 4 ways at the best micro-batch (`schedule_candidates`: its TP,
 CP and EP kept; the global batch the same or, by default, within 1/8 of it). The default
 global batch is the smallest multiple of dp * microbatch holding >= DEFAULT_BATCH_TOKENS
-tokens. Before session 31 the rule was the base rule at the largest such TP alone: TP 8
+tokens; a given one is kept, and only plans whose dp * microbatch divide it are compared
+(`BatchError`, naming the batches the plans take, where none does). Before session 31 the
+rule was the base rule at the largest such TP alone: TP 8
 for Llama 3 8B on 8 GPUs (35% MFU in emu, where TP 2 gives 50%) and EP inside one 8-GPU
 node for DeepSeek-V3; until session 32 every plan had micro-batch 1 and no interleaving
 (Qwen3-30B-A3B on 8 B300 then waits on the host for 78% of its step in emu: 6.3K tokens/s
@@ -62,6 +64,7 @@ from emu.workload import Model
 
 __all__ = [
     "auto_plan",
+    "BatchError",
     "training_candidates",
     "schedule_candidates",
     "check_plan",
@@ -169,8 +172,11 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     knobs = {k: v for k, v in knobs.items() if v is not None}
     if knobs.get("phase", "train") != "train":
         return _rule_plan(system, model, chips, knobs)
-    base = _rule_plan(system, model, chips, knobs)  # bad input raises here, once
     candidates = training_candidates(system, model, chips, knobs)
+    try:
+        base = _rule_plan(system, model, chips, knobs)  # bad input raises here, once
+    except BatchError as err:  # a given batch the base plan cannot divide: another may
+        base = _dividing_plan(system, model, chips, knobs, candidates, err)
     wide = _int(model.n_experts) > 0 and "ep" not in knobs  # also try EP across nodes
     if not candidates and not wide and not schedule_candidates(model, knobs, base):
         return base  # every degree, the micro-batch and VPP given: not even rated
@@ -192,6 +198,42 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     if best_rate <= 0:
         return best  # nothing fits: the base plan, for the diagnosis
     return _best_schedule(system, model, chips, knobs, best, best_rate, waits)
+
+
+class BatchError(ValueError):
+    """A given global batch that no pipeline of a plan's TP and CP divides into whole
+    micro-batches per DP rank (`units`: the dp x micro-batch of those it tried)."""
+
+    def __init__(self, global_batch, units, where: str = ""):
+        self.global_batch, self.units = global_batch, sorted(set(units))
+        near = min(
+            (m for u in self.units for m in (u * (global_batch // u), u * -(-global_batch // u))
+             if m > 0),
+            key=lambda m: (abs(m - global_batch), m),
+        )  # fmt: skip
+        super().__init__(
+            f"Plan: global_batch={global_batch:g} is not a multiple of dp x micro-batch of any "
+            f"plan the rule tries{where} (dp x micro-batch: "
+            f"{', '.join(str(u) for u in self.units)}); give a multiple of one of them "
+            f"(nearest: {near}), or set dp and pp."
+        )
+
+
+def _dividing_plan(system, model, chips, knobs, candidates, err: BatchError) -> Plan:
+    """The first of the rule's candidate plans (`training_candidates`) that divides the given
+    global batch, where the base plan does not; else BatchError naming every candidate's dp x
+    micro-batch and the nearest batch one of them divides."""
+    units = list(err.units)
+    for cand in candidates:
+        try:
+            return _rule_plan(system, model, chips, cand)
+        except BatchError as e:
+            units += e.units
+        except ValueError:
+            continue  # a candidate the knobs given rule out otherwise
+    d = _dies(system)
+    where = f" on {int(chips) * d} ranks" + (f" ({int(chips)} chips x {d} dies)" if d > 1 else "")
+    raise BatchError(err.global_batch, units, where) from None
 
 
 def schedule_candidates(
@@ -349,6 +391,11 @@ def _rule_plan(system: System, model: Model, chips: int, knobs: dict) -> Plan:
         )
     rest = int(rest)
     candidates = _pp_candidates(model, rest, pp=pp, dp=dp, vpp=vpp)
+    if global_batch is not None:  # a given batch: the pipelines whose dp x micro-batch divide it
+        units = sorted({rest // d * microbatch for d in candidates})
+        candidates = [d for d in candidates if global_batch % (rest // d * microbatch) == 0]
+        if not candidates:
+            raise BatchError(global_batch, units)
 
     def build(pp_, rc):
         dp_ = rest // pp_

@@ -315,3 +315,14 @@ def test_a_serving_batch_set_through_set_is_refused_in_one_line(capsys):
             assert "--batch" in err and f"plan.{path}" in err
     res = run_json(capsys, *args, "--phase", "decode", "--batch", "16")
     assert res["plan"]["microbatch"] == 16
+
+
+def test_a_global_batch_no_rule_plan_divides_is_one_line_naming_batches_that_work(capsys):
+    """`--global-batch 1000` on one NVL72 used to end in "must be a multiple of
+    dp*microbatch=9", a dp the rule had chosen, not the user; now the rule looks for a plan
+    that divides it and, finding none, names the batches its plans take."""
+    args = ("run", "--system", "gb200_nvl72", "--model", "llama3_70b")
+    code, out, err = run_cli(capsys, *args, "--global-batch", "1000")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "nearest: 999" in err and "dp x micro-batch" in err
+    assert run_json(capsys, *args, "--global-batch", "999")["plan"]["global_batch"] == 999

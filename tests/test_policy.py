@@ -308,3 +308,27 @@ def test_a_larger_micro_batch_never_wins_by_taking_a_larger_global_batch():
     assert abs(float(p.global_batch) / float(first.global_batch) - 1) <= 0.125
     dense = auto_plan(h100, emu.load_model("llama3_8b"), 8, seq_len=8192)
     assert int(dense.microbatch) == 1
+
+
+def test_a_given_batch_takes_a_pipeline_or_candidate_that_divides_it(sys_models):
+    """A given global batch is kept: the rule uses only plans whose dp x micro-batch divide
+    it (a deeper pipeline of the same TP, else another of its candidates), and where none
+    does it says which batches would work, in one error, instead of naming a dp the user
+    never chose."""
+    system, llama, deepseek = sys_models
+    h100 = emu.load_system("dgx_h100")
+    # 64 H100, TP 8: the shallowest pipeline has dp 8, which 100 does not divide; dp 4 does
+    p = auto_plan(h100, llama, 64, seq_len=8192, global_batch=100)
+    assert int(p.global_batch) == 100 and 100 % int(p.dp * p.microbatch) == 0
+    # DeepSeek-V3's 61 layers leave TP 8 no pipeline, so the base plan has dp = chips / 8;
+    # at 64K tokens the rule's CP candidates have smaller DP groups, and one divides 2
+    p = auto_plan(h100, deepseek, 32, seq_len=65536, global_batch=2)
+    assert int(p.global_batch) == 2 and 2 % int(p.dp * p.microbatch) == 0 and int(p.cp) > 1
+    # none of the rule's plans on one NVL72 divides 1,000: their units and the nearest batch
+    with pytest.raises(emu.policy.BatchError) as err:
+        auto_plan(system, llama, 72, seq_len=8192, global_batch=1000)
+    msg = str(err.value)
+    assert "dp x micro-batch: 9, 18, 36, 72" in msg and "nearest: 999" in msg, msg
+    assert isinstance(err.value, ValueError) and "\n" not in msg
+    ok = auto_plan(system, llama, 72, seq_len=8192, global_batch=999)
+    assert int(ok.global_batch) == 999

@@ -447,8 +447,9 @@ def _rule_plan(row: dict, model: Model, system, p: dict) -> RowPlan:
     """A training row that states none of tp, pp and dp: the plan rule's degrees, global
     batch and recomputation for its system, model and chips, with every knob it does state
     kept (module doc); a stated global batch is the one the rule compares its plans at,
-    unless the rule's base plan cannot divide it (then the rule's plan at its own batch,
-    with the stated one rounded to whole micro-batches per DP rank)."""
+    (only plans whose dp x micro-batch divide it: `emu.policy.BatchError` where none does;
+    then the rule's plan at its own batch, with the stated one rounded to whole
+    micro-batches per DP rank)."""
     seq = _row_seq_len(row)
     notes = row_text(row)
     knobs = {
@@ -468,7 +469,7 @@ def _rule_plan(row: dict, model: Model, system, p: dict) -> RowPlan:
         try:
             plan = auto_plan(system, model, int(row["n_chips"]), global_batch=gb, **common, **knobs)
         except ValueError:
-            plan = None  # ... unless its base plan's dp x micro-batch does not divide it
+            plan = None  # ... unless no plan's dp x micro-batch divides it
     if plan is None:
         plan = auto_plan(system, model, int(row["n_chips"]), **common, **knobs)
         if gb is not None:  # the stated batch, rounded to whole micro-batches per DP rank
