@@ -19,10 +19,11 @@ pipeline, interleaved 2 and 4 ways at the best micro-batch (`schedule_candidates
 CP and EP kept; the global batch the same or, by default, within 1/8 of it). The default
 global batch is the smallest multiple of dp * microbatch holding >= DEFAULT_BATCH_TOKENS
 tokens; a given one is kept, and only plans whose dp * microbatch divide it are compared
-(`BatchError`, naming the batches the plans take, where none does). Before session 31 the
-rule was the base rule at the largest such TP alone: TP 8
-for Llama 3 8B on 8 GPUs (35% MFU in emu, where TP 2 gives 50%) and EP inside one 8-GPU
-node for DeepSeek-V3; until session 32 every plan had micro-batch 1 and no interleaving
+(`BatchError`, naming the batches the plans take, where none does); a dp, pp or VPP given
+that the base rule's TP cannot take is tried at the other TPs (`RuleError` where none can).
+Before session 31 the rule was the base rule at the largest such TP alone: TP 8 for
+Llama 3 8B on 8 GPUs (35% MFU in emu, where TP 2 gives 50%) and EP inside one 8-GPU node
+for DeepSeek-V3; until session 32 every plan had micro-batch 1 and no interleaving
 (Qwen3-30B-A3B on 8 B300 then waits on the host for 78% of its step in emu: 6.3K tokens/s
 per GPU, 25K at micro-batch 4).
 
@@ -65,6 +66,7 @@ from emu.workload import Model
 __all__ = [
     "auto_plan",
     "BatchError",
+    "RuleError",
     "training_candidates",
     "schedule_candidates",
     "check_plan",
@@ -172,11 +174,12 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     knobs = {k: v for k, v in knobs.items() if v is not None}
     if knobs.get("phase", "train") != "train":
         return _rule_plan(system, model, chips, knobs)
-    candidates = training_candidates(system, model, chips, knobs)
     try:
         base = _rule_plan(system, model, chips, knobs)  # bad input raises here, once
-    except BatchError as err:  # a given batch the base plan cannot divide: another may
-        base = _dividing_plan(system, model, chips, knobs, candidates, err)
+    except RuleError as err:  # a knob given that the base TP's pipelines cannot take
+        others = training_candidates(system, model, chips, knobs)
+        base = _other_plan(system, model, chips, knobs, others, err)
+    candidates = training_candidates(system, model, chips, knobs)
     wide = _int(model.n_experts) > 0 and "ep" not in knobs  # also try EP across nodes
     if not candidates and not wide and not schedule_candidates(model, knobs, base):
         return base  # every degree, the micro-batch and VPP given: not even rated
@@ -200,7 +203,12 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     return _best_schedule(system, model, chips, knobs, best, best_rate, waits)
 
 
-class BatchError(ValueError):
+class RuleError(ValueError):
+    """A knob given (dp, pp, VPP, global batch) that the base rule's pipelines at its own TP
+    cannot take; another of the rule's TPs may (`auto_plan` tries them before raising)."""
+
+
+class BatchError(RuleError):
     """A given global batch that no pipeline of a plan's TP and CP divides into whole
     micro-batches per DP rank (`units`: the dp x micro-batch of those it tried)."""
 
@@ -219,21 +227,36 @@ class BatchError(ValueError):
         )
 
 
-def _dividing_plan(system, model, chips, knobs, candidates, err: BatchError) -> Plan:
-    """The first of the rule's candidate plans (`training_candidates`) that divides the given
-    global batch, where the base plan does not; else BatchError naming every candidate's dp x
-    micro-batch and the nearest batch one of them divides."""
-    units = list(err.units)
+def _other_plan(system, model, chips, knobs, candidates, err: RuleError) -> Plan:
+    """The first of the rule's candidate plans (`training_candidates`: other TPs, CPs) that
+    takes the knobs given, where the base plan's TP cannot (`err`); else `err` again: for a
+    global batch, a BatchError naming every candidate's dp x micro-batch and the nearest
+    batch one of them divides; otherwise `err`, saying that the other TPs were tried."""
+    units = list(err.units) if isinstance(err, BatchError) else []
+    batch_only = isinstance(err, BatchError)
     for cand in candidates:
         try:
             return _rule_plan(system, model, chips, cand)
         except BatchError as e:
             units += e.units
+        except RuleError:
+            batch_only = False
         except ValueError:
             continue  # a candidate the knobs given rule out otherwise
-    d = _dies(system)
-    where = f" on {int(chips) * d} ranks" + (f" ({int(chips)} chips x {d} dies)" if d > 1 else "")
-    raise BatchError(err.global_batch, units, where) from None
+    if batch_only:
+        d = _dies(system)
+        where = f" on {int(chips) * d} ranks" + (
+            f" ({int(chips)} chips x {d} dies)" if d > 1 else ""
+        )
+        raise BatchError(err.global_batch, units, where) from None
+    tps = sorted({int(c["tp"]) for c in candidates} - {int(knobs.get("tp", 0))})
+    if "tp" not in knobs and tps:
+        cond, _, advice = str(err).partition("; ")  # "<what>; <advice>."
+        raise RuleError(
+            f"{cond} at the rule's TP, and no other TP it tries ({', '.join(map(str, tps))}) "
+            f"gives a plan either" + (f"; {advice}" if advice else ".")
+        ) from None
+    raise err
 
 
 def schedule_candidates(
@@ -442,16 +465,16 @@ def _pp_candidates(model: Model, rest: int, *, pp, dp, vpp: int) -> list[int]:
     if pp is None and dp is not None:
         pp = rest // dp if rest % dp == 0 else None
         if pp is None:
-            raise ValueError(f"Plan: dp={dp} must divide chips/(tp*cp) = {rest}; adjust dp.")
+            raise RuleError(f"Plan: dp={dp} must divide chips/(tp*cp) = {rest}; adjust dp.")
     if pp is not None and rest % pp:
-        raise ValueError(
+        raise RuleError(
             f"Plan: pp={pp} must divide chips/(tp*cp) = {rest}; adjust pp or the chip count."
         )
     if pp is not None:
         return [pp]
     candidates = [d for d in divisors(rest) if layers % (d * vpp) == 0 and (vpp == 1 or d > 1)]
     if not candidates:
-        raise ValueError(
+        raise RuleError(
             f"Plan: no pipeline degree divides both n_layers={layers} and chips/(tp*cp)={rest}; "
             "set pp and dp explicitly."
         )

@@ -332,3 +332,17 @@ def test_a_given_batch_takes_a_pipeline_or_candidate_that_divides_it(sys_models)
     assert isinstance(err.value, ValueError) and "\n" not in msg
     ok = auto_plan(system, llama, 72, seq_len=8192, global_batch=999)
     assert int(ok.global_batch) == 999
+
+
+def test_a_given_dp_the_base_tp_cannot_take_is_tried_at_the_other_tps(sys_models):
+    """dp 8 on one NVL72: the base rule's TP 8 leaves 9 ranks, which 8 does not divide, but
+    TP 1 with a 9-stage pipeline takes it (it was an error naming chips/(tp*cp) = 9, a TP the
+    user never chose); dp 5 fits no TP, and the error says that every TP was tried."""
+    system, llama, _ = sys_models
+    p = auto_plan(system, llama, 72, seq_len=8192, dp=8)
+    assert int(p.dp) == 8 and int(p.tp * p.pp * p.dp * p.cp) == 72
+    with pytest.raises(emu.policy.RuleError, match=r"no other TP it tries \(1, 2, 4\)"):
+        auto_plan(system, llama, 72, seq_len=8192, dp=5)
+    with pytest.raises(ValueError, match="adjust dp") as err:  # TP given: its own error
+        auto_plan(system, llama, 72, seq_len=8192, dp=8, tp=8)
+    assert "other TP" not in str(err.value)
