@@ -6,7 +6,8 @@ layers of which a share f are MoE layers:
     t_mb = compute_mb + (1 - ov_tp) tp_mb + (1 - ov_cp) cp_mb + (1 - ov_pp) pp_mb + a2a_mb*
     compute_mb = L * (fwd + bwd (= 2 fwd) + recompute) + head
     step = n_mb * t_mb + bubble + exposed_dp + optimizer
-    bubble = (pp - 1) / vpp * t_mb                         (1F1B, interleaved when vpp > 1)
+    bubble = (pp - 1) / vpp * t_mb                         (1F1B, interleaved when vpp > 1;
+             + max(pp - n_mb, 0) (1 - 1/vpp) t_mb           fewer micro-batches than stages)
     exposed_dp = max(0, dp_time - ov_dp * window)          window: one micro-batch of compute
                                                            (all of them with ZeRO-2/3, which
                                                            reduce every micro-batch)
@@ -346,8 +347,14 @@ def host_time(system: System, model: Model, plan: Plan):
 
 def pipeline_bubble(plan: Plan, t_mb):
     """Seconds of pipeline bubble per step: (pp - 1) / vpp micro-batch times (1F1B;
-    interleaved with vpp chunks per stage; Narayanan et al. SC21 §2.2)."""
-    return safe_div(plan.pp - 1.0, plan.vpp) * t_mb
+    interleaved with vpp chunks per stage; Narayanan et al. SC21 §2.2), plus, where the
+    pipeline holds fewer micro-batches m than stages, (pp - m)(1 - 1/vpp): each round of
+    chunks waits for the first micro-batch to come round the pp stages (pp t_mb / vpp),
+    not m t_mb / vpp, so interleaving cannot hide that share; with one micro-batch the step
+    is pp t_mb at any vpp, the sequence through every chunk (Narayanan et al.'s interleaved
+    form assumes m >= pp; Megatron runs it only there). vpp = 1: (pp - 1) t_mb."""
+    few = jnp.maximum(plan.pp - n_microbatches(plan), 0.0) * (1.0 - safe_div(1.0, plan.vpp))
+    return (safe_div(plan.pp - 1.0, plan.vpp) + few) * t_mb
 
 
 def exposed_dp(overlap: Overlap, plan: Plan, work: Compute, comm: Comm):

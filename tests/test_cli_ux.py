@@ -326,3 +326,21 @@ def test_a_global_batch_no_rule_plan_divides_is_one_line_naming_batches_that_wor
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "nearest: 999" in err and "dp x micro-batch" in err
     assert run_json(capsys, *args, "--global-batch", "999")["plan"]["global_batch"] == 999
+
+
+def test_a_degree_set_through_set_is_planned_as_its_flag(capsys):
+    """`--set plan.tp=4` used to be applied after the rule had planned the other degrees for
+    TP 2: one NVL72 then ran 144 GPUs (tp 4 x pp 4 x dp 9) without a word; the rule now takes
+    a degree, length or batch given through --set as it takes the flag, and a plan --set
+    still changes afterwards is checked against the chips asked for (the system's when
+    --chips is left out)."""
+    base = ("run", "--system", "gb200_nvl72", "--model", "llama3_70b")
+    for flag, path in (("--tp", "tp=4"), ("--pp", "pp=3"), ("--seq-len", "seq_len=4096")):
+        by_flag = run_json(capsys, *base, flag, path.split("=")[1])
+        by_set = run_json(capsys, *base, "--set", f"plan.{path}")
+        assert by_set["n_chips"] == by_flag["n_chips"] == 72, path
+        assert by_set["plan"] == by_flag["plan"], path
+        assert by_set["step_time_s"] == pytest.approx(by_flag["step_time_s"]), path
+    serve = run_json(capsys, *base, "--phase", "decode", "--set", "plan.tp=2")
+    p = serve["plan"]
+    assert p["tp"] * p["dp"] == 72 and serve["n_chips"] == 72

@@ -68,6 +68,27 @@ def test_pipeline_bubble_matches_1f1b_formula(catalog):
     assert float(b.bubble_s) == pytest.approx(3 * per_mb, rel=1e-4)
 
 
+def test_interleaving_cannot_hide_the_stages_a_short_pipeline_leaves_empty(catalog):
+    """With fewer micro-batches m than stages, each round of chunks waits for the first
+    micro-batch to come round the pp stages: bubble (pp - 1)/vpp + (pp - m)(1 - 1/vpp) in
+    micro-batch times, so one micro-batch takes pp t_mb at any vpp (it took (pp - 1)/vpp,
+    2.3x faster than a 1F1B pipeline for a sequence that runs strictly in order), and from
+    m = pp on the interleaved (pp - 1)/vpp of Narayanan et al."""
+    from emu.step import pipeline_bubble
+
+    def bubble(m, vpp):
+        plan = make_plan(tp=2, pp=4, dp=9, vpp=vpp, global_batch=9 * m, seq_len=8192)
+        return float(pipeline_bubble(plan, jnp.float32(1.0)))
+
+    for m in (1, 2, 3, 4, 8):
+        assert bubble(m, 1) == pytest.approx(3.0)  # 1F1B: (pp - 1) at any m
+    assert [bubble(m, 4) for m in (1, 2, 3, 4, 8)] == pytest.approx([3.0, 2.25, 1.5, 0.75, 0.75])
+    # in a whole step: one micro-batch interleaved 4 ways is no faster than 1F1B
+    one = {v: train_step(catalog["nvl72"], catalog["llama70"], make_plan(
+        tp=2, pp=4, dp=9, vpp=v, global_batch=9, seq_len=8192)) for v in (1, 4)}  # fmt: skip
+    assert float(one[4].total_s) >= 0.98 * float(one[1].total_s)
+
+
 def test_full_recompute_costs_about_a_third_more_compute(catalog):
     base = make_plan(tp=8, dp=9, global_batch=72, seq_len=4096, recompute="selective")
     full = replace(base, recompute=jnp.float32(2))

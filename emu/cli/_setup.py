@@ -179,11 +179,11 @@ def setup(args, system_name: str) -> Setup:
     if isinstance(share, int | float) and share < 1.0:
         if "recompute" not in knobs and "recompute" not in plan_o:
             knobs["recompute"] = "full"  # a share of layers recomputed in full (as the flag)
-    if phase == "train" and getattr(args, "plan", "rule") != "best":
-        for name in ("recompute_fraction", "microbatch", "vpp"):  # the rule compares its
-            value = plan_o.get(name)  # plans at these, as at the flags' (a bad value is left
-            if _rule_knob_value(name, value):  # to apply_overrides, which names --set)
-                knobs[name] = value
+    if getattr(args, "plan", "rule") != "best":
+        for name in _RULE_SET["train" if phase == "train" else "serve"]:  # the rule plans
+            value = plan_o.get(name)  # at these, as at the flags' (a bad value is left to
+            if _rule_knob_value(name, value):  # apply_overrides, which names --set)
+                knobs[name] = value if name == "recompute_fraction" else int(value)
     # the serving rule's MTP (policy.default_mtp_accept) unless speculation is set (--set
     # too: the rule's MTP and a --set draft would be "both"); --plan best searches with it
     spec = [k for k in policy.SPECULATION_KNOBS if k in knobs or k in plan_o]
@@ -203,7 +203,7 @@ def setup(args, system_name: str) -> Setup:
             except (TypeError, ValueError):
                 pass  # not a number: apply_overrides says so, naming the path
         plan = apply_overrides(plan, plan_o, "Plan")
-        policy.check_plan(system, model, plan, args.chips)
+        policy.check_plan(system, model, plan, chips)  # the chips asked for, or the system's
     if plan.phase != "train" and args.batch is None:
         widen = knobs.get("tp") is None and not plan_o and getattr(args, "plan", "rule") != "best"
         chosen = policy.with_largest_batch(system, model, plan, slo_s, widen_tp=widen)
@@ -218,9 +218,23 @@ def setup(args, system_name: str) -> Setup:
     return Setup(system, model, plan, slo_s, notes)
 
 
+#: `--set plan.<name>` values the plan rule takes as it takes the flags' (training; serving):
+#: a degree set after the rule had planned the rest used to change the chip count silently
+#: (`--set plan.tp=4` on one NVL72 ran 144 GPUs: tp 4 x the rule's pp 4 x dp 9), and the
+#: rule's batch, pipeline and interleaving were chosen for other values
+_RULE_SET = {
+    "train": (
+        "tp", "pp", "dp", "cp", "ep", "etp", "seq_len", "global_batch", "microbatch", "vpp",
+        "recompute_fraction",
+    ),
+    "serve": ("tp", "dp", "ep"),
+}  # fmt: skip
+
+
 def _rule_knob_value(name: str, value) -> bool:
     """Whether a `--set plan.<name>` value is one the plan rule can take as a knob: a
-    number in range (a positive whole micro-batch or VPP, a recomputed share in (0, 1])."""
+    number in range (a positive whole degree, batch, length, micro-batch or VPP, a
+    recomputed share in (0, 1])."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
     x = float(value)
