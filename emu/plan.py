@@ -260,7 +260,8 @@ class Plan:
         bounds="[1, inf)",
         unit="sequences",
         derive=lambda v: v["dp"] * v["microbatch"],
-        help="sequences per step (default dp * microbatch)",
+        help="sequences per step (default dp * microbatch; the plan rule's: the smallest "
+        "multiple of it holding >= 4 Mi tokens)",
     )
     seq_len: Array = knob(
         "int",

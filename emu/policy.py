@@ -212,7 +212,7 @@ class BatchError(RuleError):
     """A given global batch that no pipeline of a plan's TP and CP divides into whole
     micro-batches per DP rank (`units`: the dp x micro-batch of those it tried)."""
 
-    def __init__(self, global_batch, units, where: str = ""):
+    def __init__(self, global_batch, units, where: str = "", advice: str = "or set dp and pp"):
         self.global_batch, self.units = global_batch, sorted(set(units))
         near = min(
             (m for u in self.units for m in (u * (global_batch // u), u * -(-global_batch // u))
@@ -223,8 +223,13 @@ class BatchError(RuleError):
             f"Plan: global_batch={global_batch:g} is not a multiple of dp x micro-batch of any "
             f"plan the rule tries{where} (dp x micro-batch: "
             f"{', '.join(str(u) for u in self.units)}); give a multiple of one of them "
-            f"(nearest: {near}), or set dp and pp."
+            f"(nearest: {near}), {advice}."
         )
+
+
+def _batch_advice(dp) -> str:
+    """A BatchError's other way out: the degrees, unless dp is given (then the micro-batch)."""
+    return "or set dp and pp" if dp is None else "or change dp or the micro-batch"
 
 
 def _other_plan(system, model, chips, knobs, candidates, err: RuleError) -> Plan:
@@ -248,13 +253,18 @@ def _other_plan(system, model, chips, knobs, candidates, err: RuleError) -> Plan
         where = f" on {int(chips) * d} ranks" + (
             f" ({int(chips)} chips x {d} dies)" if d > 1 else ""
         )
-        raise BatchError(err.global_batch, units, where) from None
+        raise BatchError(err.global_batch, units, where, _batch_advice(knobs.get("dp"))) from None
     tps = sorted({int(c["tp"]) for c in candidates} - {int(knobs.get("tp", 0))})
     if "tp" not in knobs and tps:
         cond, _, advice = str(err).partition("; ")  # "<what>; <advice>."
+        cp = int(knobs.get("cp", 1))
+        base_tp = _default_tp(
+            system, model, int(chips) * _dies(system), cp=cp, dp=knobs.get("dp"),
+            pp=knobs.get("pp"),
+        )  # fmt: skip
         raise RuleError(
-            f"{cond} at the rule's TP, and no other TP it tries ({', '.join(map(str, tps))}) "
-            f"gives a plan either" + (f"; {advice}" if advice else ".")
+            f"{cond} at the rule's TP {base_tp}, and no other TP it tries "
+            f"({', '.join(map(str, tps))}) gives a plan either" + (f"; {advice}" if advice else ".")
         ) from None
     raise err
 
@@ -418,7 +428,7 @@ def _rule_plan(system: System, model: Model, chips: int, knobs: dict) -> Plan:
         units = sorted({rest // d * microbatch for d in candidates})
         candidates = [d for d in candidates if global_batch % (rest // d * microbatch) == 0]
         if not candidates:
-            raise BatchError(global_batch, units)
+            raise BatchError(global_batch, units, advice=_batch_advice(dp))
 
     def build(pp_, rc):
         dp_ = rest // pp_
@@ -462,6 +472,11 @@ def _default_tp(system: System, model: Model, chips: int, *, cp: int, dp, pp) ->
 def _pp_candidates(model: Model, rest: int, *, pp, dp, vpp: int) -> list[int]:
     """Pipeline degrees to try, shallowest first, for `rest` = chips / (tp cp)."""
     layers = _int(model.n_layers)
+    if pp is not None and pp * vpp > layers:  # no TP changes this: not a RuleError
+        raise ValueError(
+            f"Plan: pp*vpp = {pp * vpp} exceeds n_layers={layers}: every chunk needs a layer; "
+            "lower pp or vpp."
+        )
     if pp is None and dp is not None:
         pp = rest // dp if rest % dp == 0 else None
         if pp is None:
@@ -474,10 +489,13 @@ def _pp_candidates(model: Model, rest: int, *, pp, dp, vpp: int) -> list[int]:
         return [pp]
     candidates = [d for d in divisors(rest) if layers % (d * vpp) == 0 and (vpp == 1 or d > 1)]
     if not candidates:
-        raise RuleError(
-            f"Plan: no pipeline degree divides both n_layers={layers} and chips/(tp*cp)={rest}; "
-            "set pp and dp explicitly."
+        what = (
+            f"divides both n_layers={layers} and chips/(tp*cp)={rest}"
+            if vpp == 1
+            else f"pp divides chips/(tp*cp)={rest} with pp*vpp (vpp={vpp}) dividing "
+            f"n_layers={layers} (the rule splits the layers evenly)"
         )
+        raise RuleError(f"Plan: no pipeline degree {what}; set pp and dp explicitly.")
     return candidates
 
 

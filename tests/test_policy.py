@@ -341,8 +341,12 @@ def test_a_given_dp_the_base_tp_cannot_take_is_tried_at_the_other_tps(sys_models
     system, llama, _ = sys_models
     p = auto_plan(system, llama, 72, seq_len=8192, dp=8)
     assert int(p.dp) == 8 and int(p.tp * p.pp * p.dp * p.cp) == 72
-    with pytest.raises(emu.policy.RuleError, match=r"no other TP it tries \(1, 2, 4\)"):
+    with pytest.raises(emu.policy.RuleError, match=r"TP 8, and no other TP it tries \(1, 2, 4\)"):
         auto_plan(system, llama, 72, seq_len=8192, dp=5)
+    # a pipeline deeper than the layers fails at every TP: that reason, not a TP's ranks
+    with pytest.raises(ValueError, match=r"pp\*vpp = 64 exceeds n_layers=32") as err:
+        auto_plan(system, emu.load_model("llama3_8b"), 64, seq_len=8192, pp=64)
+    assert not isinstance(err.value, emu.policy.RuleError)
     with pytest.raises(ValueError, match="adjust dp") as err:  # TP given: its own error
         auto_plan(system, llama, 72, seq_len=8192, dp=8, tp=8)
     assert "other TP" not in str(err.value)
