@@ -77,7 +77,7 @@ def diagnose(run: dict, *, slo_s: float | None = None) -> tuple[list[str], list[
         warnings.append(
             f"the pipeline bubble is {bubble:.0%} of the step (pp={plan['pp']}, "
             f"{mbs:g} micro-batches per step): raise --global-batch, lower --microbatch or "
-            "--pp, use --vpp, or try --plan best."
+            f"--pp, {'use --vpp, ' if mbs >= plan['pp'] else ''}or try --plan best."
         )
     if total > 0 and b.get("exposed_comm_s", 0) / total >= EXPOSED_COMM_WARN:
         warnings.append(

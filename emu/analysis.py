@@ -62,7 +62,7 @@ INTERVAL_LEVEL = 0.8
 #: (a refit moves most rows far less) put a kind outside in 12 of 20 copies of the shipped
 #: residuals (`experiments/interval_robustness.py`). At 4: 0 of 20, and the median band
 #: narrows 1.86x -> 1.64x (the shipped residuals of session 22's fit; 1.83x -> 1.63x on
-#: session 26's). 3 and 6 did not hold (README, session 26).
+#: session 26's). 3 and 6 did not hold (docs/history.md, session 26).
 MIN_ROWS = 8
 MIN_SOURCES = 4
 

@@ -15,7 +15,8 @@ experts that divides tp*dp*cp and fits in the scale-up domain, or (a second cand
 largest that divides tp*dp*cp / etp at all; a sequence of LONG_CONTEXT tokens or more also
 with CP = 2, 4, ..., 64 (each rank keeping >= 4,096 tokens). The fastest of these is then
 tried at micro-batch 2, 4 and 8 where its micro-batches wait on the host and, with a
-pipeline, interleaved 2 and 4 ways at the best micro-batch (`schedule_candidates`: its TP,
+pipeline of at least pp micro-batches, interleaved 2 and 4 ways at the best micro-batch
+(`schedule_candidates`: its TP,
 CP and EP kept; the global batch the same or, by default, within 1/8 of it). The default
 global batch is the smallest multiple of dp * microbatch holding >= DEFAULT_BATCH_TOKENS
 tokens; a given one is kept, and only plans whose dp * microbatch divide it are compared
@@ -170,7 +171,8 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     their declared defaults (seq_len: 4096), except a decode plan's speculation
     (`default_mtp_accept`). A training plan is the fastest (tokens/s, by emu's own step
     time) of the rule's candidates (`training_candidates`) that fits in HBM; where none
-    fits, the base rule's plan at the largest TP, which the diagnosis then explains."""
+    fits, the base rule's plan (at the largest TP that takes the knobs given), which the
+    diagnosis then explains."""
     knobs = {k: v for k, v in knobs.items() if v is not None}
     if knobs.get("phase", "train") != "train":
         return _rule_plan(system, model, chips, knobs)
@@ -203,6 +205,11 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     return _best_schedule(system, model, chips, knobs, best, best_rate, waits)
 
 
+def _whole(x):
+    """A count as an int where it is whole (printed without an exponent or ".0")."""
+    return int(x) if float(x).is_integer() else x
+
+
 class RuleError(ValueError):
     """A knob given (dp, pp, VPP, global batch) that the base rule's pipelines at its own TP
     cannot take; another of the rule's TPs may (`auto_plan` tries them before raising)."""
@@ -213,14 +220,15 @@ class BatchError(RuleError):
     micro-batches per DP rank (`units`: the dp x micro-batch of those it tried)."""
 
     def __init__(self, global_batch, units, where: str = "", advice: str = "or set dp and pp"):
-        self.global_batch, self.units = global_batch, sorted(set(units))
+        global_batch = _whole(global_batch)
+        self.global_batch, self.units = global_batch, sorted({_whole(u) for u in units})
         near = min(
             (m for u in self.units for m in (u * (global_batch // u), u * -(-global_batch // u))
              if m > 0),
             key=lambda m: (abs(m - global_batch), m),
         )  # fmt: skip
         super().__init__(
-            f"Plan: global_batch={global_batch:g} is not a multiple of dp x micro-batch of any "
+            f"Plan: global_batch={global_batch} is not a multiple of dp x micro-batch of any "
             f"plan the rule tries{where} (dp x micro-batch: "
             f"{', '.join(str(u) for u in self.units)}); give a multiple of one of them "
             f"(nearest: {near}), {advice}."
@@ -234,34 +242,31 @@ def _batch_advice(dp) -> str:
 
 def _other_plan(system, model, chips, knobs, candidates, err: RuleError) -> Plan:
     """The first of the rule's candidate plans (`training_candidates`: other TPs, CPs) that
-    takes the knobs given, where the base plan's TP cannot (`err`); else `err` again: for a
-    global batch, a BatchError naming every candidate's dp x micro-batch and the nearest
-    batch one of them divides; otherwise `err`, saying that the other TPs were tried."""
+    takes the knobs given, where the base plan's TP cannot (`err`); else an error: a
+    BatchError where the base plan or another candidate failed on the global batch alone
+    (naming their dp x micro-batch and the nearest batch one of them divides), otherwise
+    `err`, saying that the other TPs were tried."""
     units = list(err.units) if isinstance(err, BatchError) else []
-    batch_only = isinstance(err, BatchError)
     for cand in candidates:
         try:
             return _rule_plan(system, model, chips, cand)
-        except BatchError as e:
+        except BatchError as e:  # this candidate takes the other knobs: the batch is the trouble
             units += e.units
-        except RuleError:
-            batch_only = False
         except ValueError:
             continue  # a candidate the knobs given rule out otherwise
-    if batch_only:
+    if units:
         d = _dies(system)
         where = f" on {int(chips) * d} ranks" + (
             f" ({int(chips)} chips x {d} dies)" if d > 1 else ""
         )
-        raise BatchError(err.global_batch, units, where, _batch_advice(knobs.get("dp"))) from None
-    tps = sorted({int(c["tp"]) for c in candidates} - {int(knobs.get("tp", 0))})
+        raise BatchError(knobs["global_batch"], units, where, _batch_advice(knobs.get("dp")))
+    base_tp = _default_tp(
+        system, model, int(chips) * _dies(system), cp=int(knobs.get("cp", 1)),
+        dp=knobs.get("dp"), pp=knobs.get("pp"),
+    )  # fmt: skip
+    tps = sorted({int(c["tp"]) for c in candidates} - {base_tp})
     if "tp" not in knobs and tps:
         cond, _, advice = str(err).partition("; ")  # "<what>; <advice>."
-        cp = int(knobs.get("cp", 1))
-        base_tp = _default_tp(
-            system, model, int(chips) * _dies(system), cp=cp, dp=knobs.get("dp"),
-            pp=knobs.get("pp"),
-        )  # fmt: skip
         raise RuleError(
             f"{cond} at the rule's TP {base_tp}, and no other TP it tries "
             f"({', '.join(map(str, tps))}) gives a plan either" + (f"; {advice}" if advice else ".")
@@ -275,7 +280,8 @@ def schedule_candidates(
     """The knob sets the training rule tries after its degrees (module doc): `plan` (the
     fastest of `training_candidates`) at micro-batch 2, 4 and 8 where its micro-batches wait
     on the host (`host_bound`; `part` "microbatch"), and with its pipeline interleaved 2 and
-    4 ways at its micro-batch ("vpp"); TP, CP and EP (and the pipeline depth, for
+    4 ways at its micro-batch ("vpp") where the pipeline holds at least pp micro-batches
+    (Megatron's interleaved schedule needs them); TP, CP and EP (and the pipeline depth, for
     interleaving) kept, PP and recomputation left to the base rule, knobs given never
     changed. Empty where the micro-batch and interleaving are given or cannot apply."""
     fixed = {**knobs, "tp": _int(plan.tp), "cp": _int(plan.cp), "ep": _int(plan.ep)}
@@ -283,8 +289,10 @@ def schedule_candidates(
     if part != "vpp" and "microbatch" not in knobs and host_bound:
         out += [{**fixed, "microbatch": m} for m in _MICROBATCHES]
     pp, layers = _int(plan.pp), _int(model.n_layers)
-    if part != "microbatch" and "vpp" not in knobs and pp > 1:
-        mb = {"microbatch": knobs.get("microbatch", _int(plan.microbatch))}
+    mbs = knobs.get("microbatch", _int(plan.microbatch))
+    m = float(plan.global_batch) / (_int(plan.dp) * mbs)  # micro-batches per pipeline
+    if part != "microbatch" and "vpp" not in knobs and pp > 1 and m >= pp:
+        mb = {"microbatch": mbs}
         out += [{**fixed, **mb, "pp": pp, "vpp": v} for v in _VPPS if layers % (pp * v) == 0]
     return out
 

@@ -344,3 +344,23 @@ def test_a_degree_set_through_set_is_planned_as_its_flag(capsys):
     serve = run_json(capsys, *base, "--phase", "decode", "--set", "plan.tp=2")
     p = serve["plan"]
     assert p["tp"] * p["dp"] == 72 and serve["n_chips"] == 72
+
+
+def test_plan_errors_name_what_the_user_gave(capsys):
+    """Review findings: a given dp that only another TP takes, with a batch that TP's dp
+    does not divide, is a batch error (it said "adjust dp"); the TPs listed as tried exclude
+    the rule's own (a long sequence's CP candidates repeated it); a --set knob the rule does
+    not plan for, refused on the plan the rule chose, says so; --plan best takes a degree
+    given through --set as the flag, fixed in its search (it searched 20 s, then refused)."""
+    nvl = ("run", "--system", "gb200_nvl72", "--model", "llama3_70b")
+    code, _, err = run_cli(capsys, *nvl, "--dp", "8", "--global-batch", "12")
+    assert code == 2 and "global_batch=12" in err and "nearest: 8" in err and "adjust dp" not in err
+    h100 = ("run", "--system", "dgx_h100", "--chips", "64", "--model", "llama3_70b")
+    code, _, err = run_cli(capsys, *h100, "--seq-len", "65536", "--dp", "3")
+    assert code == 2 and "at the rule's TP 8, and no other TP it tries (1, 2, 4) " in err, err
+    code, _, err = run_cli(capsys, *nvl, "--phase", "decode", "--set", "plan.etp=2")
+    assert code == 2 and "after --set plan.etp on the plan the rule chose" in err
+    assert len(err.strip().splitlines()) == 1
+    small = ("run", "--system", "dgx_h100", "--chips", "8", "--model", "llama3_8b")
+    code, _, err = run_cli(capsys, *small, "--plan", "best", "--set", "plan.tp=16")
+    assert code == 2 and "no valid plan" in err

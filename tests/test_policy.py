@@ -332,6 +332,8 @@ def test_a_given_batch_takes_a_pipeline_or_candidate_that_divides_it(sys_models)
     assert isinstance(err.value, ValueError) and "\n" not in msg
     ok = auto_plan(system, llama, 72, seq_len=8192, global_batch=999)
     assert int(ok.global_batch) == 999
+    with pytest.raises(emu.policy.BatchError, match=r"global_batch=1000 .*nearest: 999\)"):
+        auto_plan(system, llama, 72, seq_len=8192, global_batch=1000.0)  # counts print whole
 
 
 def test_a_given_dp_the_base_tp_cannot_take_is_tried_at_the_other_tps(sys_models):

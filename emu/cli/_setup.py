@@ -179,11 +179,10 @@ def setup(args, system_name: str) -> Setup:
     if isinstance(share, int | float) and share < 1.0:
         if "recompute" not in knobs and "recompute" not in plan_o:
             knobs["recompute"] = "full"  # a share of layers recomputed in full (as the flag)
-    if getattr(args, "plan", "rule") != "best":
-        for name in _RULE_SET["train" if phase == "train" else "serve"]:  # the rule plans
-            value = plan_o.get(name)  # at these, as at the flags' (a bad value is left to
-            if _rule_knob_value(name, value):  # apply_overrides, which names --set)
-                knobs[name] = value if name == "recompute_fraction" else int(value)
+    for name in _RULE_SET["train" if phase == "train" else "serve"]:  # the rule (or --plan
+        value = plan_o.get(name)  # best's search) plans at these, as at the flags' (a bad
+        if _rule_knob_value(name, value):  # value is left to apply_overrides, naming --set)
+            knobs[name] = value if name == "recompute_fraction" else int(value)
     # the serving rule's MTP (policy.default_mtp_accept) unless speculation is set (--set
     # too: the rule's MTP and a --set draft would be "both"); --plan best searches with it
     spec = [k for k in policy.SPECULATION_KNOBS if k in knobs or k in plan_o]
@@ -203,7 +202,14 @@ def setup(args, system_name: str) -> Setup:
             except (TypeError, ValueError):
                 pass  # not a number: apply_overrides says so, naming the path
         plan = apply_overrides(plan, plan_o, "Plan")
-        policy.check_plan(system, model, plan, chips)  # the chips asked for, or the system's
+        try:  # the chips asked for, or the system's
+            policy.check_plan(system, model, plan, chips)
+        except ValueError as e:  # a --set the rule did not plan for (not a degree it takes)
+            sets = ", ".join(f"plan.{k}" for k in plan_o if k not in knobs)
+            if not sets:
+                raise
+            msg = str(e).rstrip(".")
+            raise CliError(f"{msg} (after --set {sets} on the plan the rule chose).") from None
     if plan.phase != "train" and args.batch is None:
         widen = knobs.get("tp") is None and not plan_o and getattr(args, "plan", "rule") != "best"
         chosen = policy.with_largest_batch(system, model, plan, slo_s, widen_tp=widen)
@@ -218,7 +224,8 @@ def setup(args, system_name: str) -> Setup:
     return Setup(system, model, plan, slo_s, notes)
 
 
-#: `--set plan.<name>` values the plan rule takes as it takes the flags' (training; serving):
+#: `--set plan.<name>` values the plan rule (and `--plan best`'s search, as fixed knobs) takes
+#: as it takes the flags' (training; serving):
 #: a degree set after the rule had planned the rest used to change the chip count silently
 #: (`--set plan.tp=4` on one NVL72 ran 144 GPUs: tp 4 x the rule's pp 4 x dp 9), and the
 #: rule's batch, pipeline and interleaving were chosen for other values
@@ -227,7 +234,7 @@ _RULE_SET = {
         "tp", "pp", "dp", "cp", "ep", "etp", "seq_len", "global_batch", "microbatch", "vpp",
         "recompute_fraction",
     ),
-    "serve": ("tp", "dp", "ep"),
+    "serve": ("tp", "dp", "ep", "expert_ranks", "attention_groups", "seq_len", "context"),
 }  # fmt: skip
 
 

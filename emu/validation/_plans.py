@@ -446,10 +446,10 @@ def states_no_degrees(p: dict) -> bool:
 def _rule_plan(row: dict, model: Model, system, p: dict) -> RowPlan:
     """A training row that states none of tp, pp and dp: the plan rule's degrees, global
     batch and recomputation for its system, model and chips, with every knob it does state
-    kept (module doc); a stated global batch is the one the rule compares its plans at,
-    (only plans whose dp x micro-batch divide it: `emu.policy.BatchError` where none does;
-    then the rule's plan at its own batch, with the stated one rounded to whole
-    micro-batches per DP rank)."""
+    kept (module doc); a stated global batch is the one the rule compares its plans at
+    (only plans whose dp x micro-batch divide it); where none does (`emu.policy.BatchError`),
+    the rule's plan at its own batch, with the stated one rounded to whole micro-batches per
+    DP rank."""
     seq = _row_seq_len(row)
     notes = row_text(row)
     knobs = {
