@@ -58,7 +58,7 @@ from emu.advice import check_result, diagnose
 from emu.hardware import peak_flops, usable_hbm_bytes
 from emu.objective import evaluate, inference_memory, max_batch_under_slo
 from emu.parallelism import memory
-from emu.plan import KNOBS, Plan, make_plan, n_ranks, validate_plan
+from emu.plan import KNOBS, Plan, make_plan, n_microbatches, n_ranks, validate_plan
 from emu.struct import check_value, replace
 from emu.topology import System, node_tier, rank_system
 from emu.units import PRECISIONS
@@ -177,11 +177,12 @@ def auto_plan(system: System, model: Model, chips: int, **knobs) -> Plan:
     if knobs.get("phase", "train") != "train":
         return _rule_plan(system, model, chips, knobs)
     try:
-        base = _rule_plan(system, model, chips, knobs)  # bad input raises here, once
-    except RuleError as err:  # a knob given that the base TP's pipelines cannot take
-        others = training_candidates(system, model, chips, knobs)
-        base = _other_plan(system, model, chips, knobs, others, err)
+        base, err = _rule_plan(system, model, chips, knobs), None  # bad input raises here
+    except RuleError as e:  # a knob given that the base TP's pipelines cannot take
+        base, err = None, e
     candidates = training_candidates(system, model, chips, knobs)
+    if err is not None:  # another of the rule's candidates may take it
+        base = _other_plan(system, model, chips, knobs, candidates, err)
     wide = _int(model.n_experts) > 0 and "ep" not in knobs  # also try EP across nodes
     if not candidates and not wide and not schedule_candidates(model, knobs, base):
         return base  # every degree, the micro-batch and VPP given: not even rated
@@ -289,10 +290,8 @@ def schedule_candidates(
     if part != "vpp" and "microbatch" not in knobs and host_bound:
         out += [{**fixed, "microbatch": m} for m in _MICROBATCHES]
     pp, layers = _int(plan.pp), _int(model.n_layers)
-    mbs = knobs.get("microbatch", _int(plan.microbatch))
-    m = float(plan.global_batch) / (_int(plan.dp) * mbs)  # micro-batches per pipeline
-    if part != "microbatch" and "vpp" not in knobs and pp > 1 and m >= pp:
-        mb = {"microbatch": mbs}
+    if part != "microbatch" and "vpp" not in knobs and pp > 1 and float(n_microbatches(plan)) >= pp:
+        mb = {"microbatch": knobs.get("microbatch", _int(plan.microbatch))}
         out += [{**fixed, **mb, "pp": pp, "vpp": v} for v in _VPPS if layers % (pp * v) == 0]
     return out
 
@@ -433,7 +432,7 @@ def _rule_plan(system: System, model: Model, chips: int, knobs: dict) -> Plan:
     rest = int(rest)
     candidates = _pp_candidates(model, rest, pp=pp, dp=dp, vpp=vpp)
     if global_batch is not None:  # a given batch: the pipelines whose dp x micro-batch divide it
-        units = sorted({rest // d * microbatch for d in candidates})
+        units = [rest // d * microbatch for d in candidates]
         candidates = [d for d in candidates if global_batch % (rest // d * microbatch) == 0]
         if not candidates:
             raise BatchError(global_batch, units, advice=_batch_advice(dp))

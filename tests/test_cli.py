@@ -82,6 +82,7 @@ def test_sensitivity_agrees_with_finite_differences_through_run_set(capsys):
         (["validate", "/nonexistent.jsonl"], "not found"),
         (["frobnicate"], "invalid choice"),
         (["run", "--pp", "16"], "must divide chips/(tp*cp)"),
+        (["run", "--set", "plan.global_batch=1e30"], "up to 16,777,216"),  # as the flag
         (["run", "--tp", "0"], "positive integer"),
         (["run", "--seq-len", "0"], "must be an integer in [1, 1e+07]"),
         (["run", "--chips", "100000000000"], "exceeds the largest cluster"),

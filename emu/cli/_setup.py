@@ -11,7 +11,7 @@ from pathlib import Path
 
 from emu import catalog, policy
 from emu.cli import _cost as cost_flags
-from emu.cli._parser import FLAG_DEFAULTS, SLO_DEFAULTS, CliError
+from emu.cli._parser import FLAG_DEFAULTS, MAX_INTEGER_KNOB, SLO_DEFAULTS, CliError
 from emu.overrides import apply_overrides, parse_override, split_overrides
 from emu.plan import KNOBS, Plan
 from emu.topology import System
@@ -147,6 +147,15 @@ def setup(args, system_name: str) -> Setup:
     """The configuration of the workload flags of run/compare/sensitivity on one system."""
     notes: list[str] = []
     sys_o, model_o, plan_o = overrides(args)
+    for name, value in plan_o.items():  # the flags' float32 cap (`--global-batch 1e30`)
+        k = next((k for k in KNOBS if k.name == name), None)
+        big = isinstance(value, int | float) and not isinstance(value, bool)
+        if k is not None and k.integer and big and value > MAX_INTEGER_KNOB:
+            raise CliError(
+                f"--set plan.{name}: must be {k.describe()} up to {MAX_INTEGER_KNOB:,} (got "
+                f"{value:g}): emu computes in float32, which holds integers exactly only up to "
+                "2^24."
+            )
     knobs = plan_knobs(args)
     typed = {k: v for k, v in knobs.items() if FLAG_DEFAULTS.get(k, object()) != v}
     both = [p for p in plan_o if p.removeprefix("plan.") in typed]  # (a flag's default: not typed)
@@ -241,7 +250,8 @@ _RULE_SET = {
 def _rule_knob_value(name: str, value) -> bool:
     """Whether a `--set plan.<name>` value is one the plan rule can take as a knob: a
     number in range (a positive whole degree, batch, length, micro-batch or VPP, a
-    recomputed share in (0, 1])."""
+    recomputed share in (0, 1]); any other is left to apply_overrides, whose error names
+    --set."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
     x = float(value)

@@ -45,7 +45,7 @@ from typing import NamedTuple
 
 from emu._backend import jnp
 from emu.parallelism import Plan, make_plan, validate_plan
-from emu.policy import DEFAULT_MTP_ACCEPT, auto_plan, default_global_batch
+from emu.policy import DEFAULT_MTP_ACCEPT, BatchError, auto_plan, default_global_batch
 from emu.struct import replace
 from emu.validation._rows import int_or, num_in, row_text, train_seq_len
 from emu.workload import Model
@@ -468,7 +468,7 @@ def _rule_plan(row: dict, model: Model, system, p: dict) -> RowPlan:
     if gb is not None:  # the rule compares its plans at the stated batch ...
         try:
             plan = auto_plan(system, model, int(row["n_chips"]), global_batch=gb, **common, **knobs)
-        except ValueError:
+        except BatchError:
             plan = None  # ... unless no plan's dp x micro-batch divides it
     if plan is None:
         plan = auto_plan(system, model, int(row["n_chips"]), **common, **knobs)
