@@ -17,14 +17,26 @@ def _gb(x: float) -> str:
     return f"{x / 1e9:.0f} GB" if x >= 1e10 else f"{x / 1e9:.3g} GB"
 
 
-def _memory_fixes(plan: dict, serving: bool) -> str:
-    """What would shrink the memory of `plan` (only the moves still open)."""
+#: sequences at least this long: activations dominate, and context parallelism splits them
+LONG_SEQUENCE = 16384
+
+
+def _memory_fixes(plan: dict, serving: bool, moe: bool) -> str:
+    """What would shrink the memory of `plan`: only the moves still open on its chips (a
+    degree grows only where DP ranks are left to trade for it; ZeRO shards over DP x CP; EP
+    only on an MoE model)."""
+    dp, cp = plan["dp"], plan.get("cp", 1)
     if serving:
-        moves = ["add chips", "raise ep or tp"]
+        moves = []
+        grow = (["ep"] if moe and plan["ep"] < plan["tp"] * dp else []) + (["tp"] if dp > 1 else [])
+        moves += [f"raise {_either(grow)}"] if grow else []
         moves += ["use an 8-bit --precision"] if plan["precision"] in ("bf16", "fp16") else []
-        moves += ["a smaller --batch or --context"]
+        moves += ["lower --batch or --context", "add chips"]
     else:
-        moves = ["raise tp or pp"] + (["raise --zero"] if plan["zero"] < 3 else [])
+        grow = ["tp", "pp"] + (["cp"] if plan["seq_len"] >= LONG_SEQUENCE else [])
+        grow += ["ep"] if moe and plan["ep"] < dp * cp else []
+        moves = [f"raise {_either(grow)}"] if dp > 1 else []  # each trades DP ranks for it
+        moves += ["raise --zero"] if plan["zero"] < 3 and dp * cp > 1 else []
         if plan["recompute"] != "full":
             moves += ["--recompute full"]
         elif plan.get("recompute_fraction", 1) < 1:  # a share of the layers recomputed
@@ -34,20 +46,30 @@ def _memory_fixes(plan: dict, serving: bool) -> str:
             moves += ["--recompute-activation"]
         moves += ["a smaller --microbatch"] if plan["microbatch"] > 1 else []
         moves += ["add chips"]
-    return ", ".join(moves[:-1]) + f" or {moves[-1]}"
+    return _either(moves)
 
 
-def diagnose(run: dict, *, slo_s: float | None = None) -> tuple[list[str], list[str]]:
+def _either(items: list[str]) -> str:
+    """ "a", "a or b", "a, b or c"."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" or {items[-1]}"
+
+
+def diagnose(
+    run: dict, *, slo_s: float | None = None, moe: bool | None = None
+) -> tuple[list[str], list[str]]:
     """(why the run is infeasible, warnings) for an `emu.analysis.run` dict, each a sentence
     that says what to change. Infeasible: out of memory; the latency SLO missed (when
-    `slo_s` is given). Warnings: a pipeline bubble >= BUBBLE_WARN of the step, exposed
-    communication >= EXPOSED_COMM_WARN, HBM use >= HBM_WARN of capacity."""
+    `slo_s` is given; `moe`: whether the model has experts, so that raising EP is advice;
+    by default read from the plan's ep > 1). Warnings: a pipeline bubble >= BUBBLE_WARN of
+    the step, exposed communication >= EXPOSED_COMM_WARN, HBM use >= HBM_WARN of
+    capacity."""
     reasons, warnings = [], []
     mem, b, plan = run["memory"], run["breakdown"], run["plan"]
     used, cap = mem["total_bytes"], mem["capacity_bytes"]
     serving = run["phase"] != "train"
     if not run["feasible"] and used > cap:
-        fix = "; " + _memory_fixes(plan, serving)
+        moe = plan.get("ep", 1) > 1 if moe is None else moe
+        fix = "; " + _memory_fixes(plan, serving, moe)
         multi_die = run.get("n_ranks", run.get("n_chips")) != run.get("n_chips")
         per = "per die" if multi_die else "per chip"
         reasons.append(f"out of memory: {_gb(used)} of {_gb(cap)} {per}{fix}.")

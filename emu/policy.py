@@ -68,6 +68,7 @@ __all__ = [
     "auto_plan",
     "BatchError",
     "RuleError",
+    "ServingFitError",
     "training_candidates",
     "schedule_candidates",
     "check_plan",
@@ -214,6 +215,21 @@ def _whole(x):
 class RuleError(ValueError):
     """A knob given (dp, pp, VPP, global batch) that the base rule's pipelines at its own TP
     cannot take; another of the rule's TPs may (`auto_plan` tries them before raising)."""
+
+
+class ServingFitError(ValueError):
+    """A serving plan no batch of which works (`largest_batch`): `reason` is "memory" (even
+    batch 1's weights and KV cache overflow HBM), "experts" (the expert ranks of an
+    attention/expert disaggregation cannot hold their experts) or "slo" (even batch 1 misses
+    the latency SLO); `detail` states the numbers, `fixes` the moves in plan-field words (the
+    message is both), `degrees` the plan's degrees that could still grow on its ranks,
+    `weights_fit` whether the weights alone fit (else a shorter context or a smaller KV cache
+    cannot help). A command line with other flags words the moves its own way."""
+
+    def __init__(self, reason, phase, detail, fixes, degrees=(), *, weights_fit=True):
+        self.reason, self.phase, self.detail, self.fixes = reason, phase, detail, fixes
+        self.degrees, self.weights_fit = tuple(degrees), weights_fit
+        super().__init__(f"{detail}; {fixes}.")
 
 
 class BatchError(RuleError):
@@ -704,31 +720,46 @@ def largest_batch(system: System, model: Model, plan: Plan, slo_s: float) -> int
 
     # batch 1 must fit in HBM (weights + KV cache) before any SLO question
     one = ev(1)
+    phase = "decode" if plan.phase == "decode" else "prefill"
+    moe = float(model.n_experts) > 0
+    # the degrees that could still grow on these ranks (tp * dp of them; EP up to all)
+    can = (["ep"] if moe and _int(plan.ep) < _int(plan.tp * plan.dp) else []) + (
+        ["tp"] if _int(plan.dp) > 1 else []
+    )
+    widen = f"raise {' or '.join(can)}" if can else ""
     if float(one.feasible) < 0.5:
         used, cap = float(one.memory.total_bytes), float(one.memory.capacity_bytes)
         er = _int(plan.expert_ranks)
         if er and used <= cap:  # disaggregation: the expert ranks cannot hold their experts
             need = cap + float(one.memory.overshoot_bytes)
-            raise ValueError(
+            raise ServingFitError(
+                "experts", phase,
                 f"the {er} expert ranks cannot hold their experts on {system.name} "
-                f"({_gb(need)} of {_gb(cap)} each): raise --expert-ranks."
-            )
-        lowp = " use an 8-bit precision," if plan.precision in ("bf16", "fp16") else ""
-        raise ValueError(
+                f"({_gb(need)} of {_gb(cap)} each)",
+                "raise expert_ranks",
+            )  # fmt: skip
+        weights = float(one.memory.weights_bytes)
+        moves = ["use an 8-bit precision"] if plan.precision in ("bf16", "fp16") else []
+        moves += [widen] if widen else []
+        moves += ["add chips"] + (["shorten the context"] if weights < cap else [])
+        raise ServingFitError(
+            "memory", phase,
             f"even batch 1 does not fit in HBM on {system.name} ({_gb(used)} of {_gb(cap)} "
-            f"per {'die' if _dies(system) > 1 else 'chip'} for the weights and KV cache at "
-            f"tp={_int(plan.tp)}, ep={_int(plan.ep)}):"
-            f"{lowp} raise ep or tp, add chips or shorten the context."
-        )
+            f"per {'die' if _dies(system) > 1 else 'chip'}, {_gb(weights)} of it weights, at "
+            f"tp={_int(plan.tp)}{f', ep={_int(plan.ep)}' if moe else ''})",
+            ", ".join(moves[:-1]) + f" or {moves[-1]}", can, weights_fit=weights < cap,
+        )  # fmt: skip
     b, _, ok = _max_batch(system, model, plan, jnp.float32(slo_s))
     if float(ok) < 0.5:
-        what = "TPOT" if plan.phase == "decode" else "TTFT"
-        lat = float(getattr(one, "tpot_s" if plan.phase == "decode" else "ttft_s"))
-        raise ValueError(
+        what = "TPOT" if phase == "decode" else "TTFT"
+        lat = float(getattr(one, "tpot_s" if phase == "decode" else "ttft_s"))
+        raise ServingFitError(
+            "slo", phase,
             f"no batch meets the {what} SLO of {slo_s:g} s on {system.name}: even batch 1 "
-            f"takes {lat:.3g} s; relax the SLO, add chips, raise tp or ep, or shorten the "
-            + ("context." if plan.phase == "decode" else "prompt.")
-        )
+            f"takes {lat:.3g} s",
+            f"relax the SLO, add chips, {widen + ', ' if widen else ''}or shorten "
+            f"the {'context' if phase == 'decode' else 'prompt'}", can,
+        )  # fmt: skip
     n = max(1, int(float(b)))
     lat = "tpot_s" if plan.phase == "decode" else "ttft_s"
 
@@ -755,8 +786,8 @@ def with_largest_batch(
         raise ValueError(f"the SLO must be a positive number of seconds (got {slo_s}).")
     try:
         n = largest_batch(system, model, plan, slo_s)
-    except ValueError as e:
-        if not widen_tp or "SLO" not in str(e):
+    except ServingFitError as e:
+        if not widen_tp or e.reason != "slo":
             raise
         tp, ranks = _int(plan.tp), _int(plan.tp * plan.dp)
         for t in (t for t in (2, 4, 8) if t > tp and ranks % t == 0):

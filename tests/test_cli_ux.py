@@ -364,3 +364,81 @@ def test_plan_errors_name_what_the_user_gave(capsys):
     small = ("run", "--system", "dgx_h100", "--chips", "8", "--model", "llama3_8b")
     code, _, err = run_cli(capsys, *small, "--plan", "best", "--set", "plan.tp=16")
     assert code == 2 and "no valid plan" in err
+
+
+def test_serve_says_which_instance_cannot_fit_and_names_its_own_flags(capsys):
+    """`emu serve` used to advise "raise ep or tp" (serve has no --tp or --ep) without
+    saying whether the prefill or the decode instance was short."""
+    base = ["serve", "--system", "dgx_h100", "--model", "llama3_405b", "--precision", "bf16"]
+    code, _, err = run_cli(capsys, *base, "--prefill-chips", "2", "--decode-chips", "8")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "the prefill instance: even batch 1 does not fit in HBM" in err
+    assert "more --prefill-chips (now 2)" in err and "an 8-bit --precision" in err
+    assert "--tp" not in err and "--ep" not in err and "raise" not in err
+    assert "prompt-len" not in err  # the weights alone overflow: a shorter prompt cannot help
+    code, _, err = run_cli(capsys, *base[:-2], "--decode-chips", "8", "--tpot-slo", "1ms")
+    assert code == 2
+    assert "the decode instance: no batch meets the TPOT SLO of 0.001 s" in err
+    assert "a looser --tpot-slo (now 0.001 s), more --decode-chips (now 8)" in err
+
+
+def test_run_serving_errors_name_run_flags_and_only_open_moves(capsys):
+    args = ["run", "--system", "dgx_h100", "--phase", "decode"]
+    # R1 at fp8 on 8 H100: ep already spans all 8 ranks, so only --tp can still grow
+    code, _, err = run_cli(capsys, *args, "--model", "deepseek_r1", "--chips", "8", "--tp", "1")
+    assert code == 2 and "try a higher --tp or more --chips (now 8)." in err
+    assert "--ep" not in err
+    # a dense model's long context on one chip: no degree to raise, the KV cache to shrink
+    long = ["--model", "llama3_8b", "--chips", "1", "--context", "1000000"]
+    code, _, err = run_cli(capsys, *args, *long)
+    assert (
+        code == 2 and "try --kv-precision fp8, more --chips (now 1) or a shorter --context" in err
+    )
+
+
+def test_training_out_of_memory_advice_offers_only_moves_the_plan_has(capsys):
+    """On one chip "raise tp or pp" and "raise --zero" cannot help (nothing to shard over);
+    a dense model has no EP to raise; long sequences can take context parallelism."""
+    args = ["run", "--system", "dgx_h100", "--tp", "1", "--pp", "1"]
+    one = run_json(capsys, *args, "--model", "llama3_70b", "--chips", "1")
+    assert one["infeasible_reasons"] == ["out of memory: 1287 GB of 83 GB per chip; add chips."]
+    long = run_json(capsys, *args, "--model", "llama3_70b", "--chips", "8", "--seq-len", "32768")
+    assert "raise tp, pp or cp, raise --zero or add chips." in long["infeasible_reasons"][0]
+    moe = run_json(capsys, *args, "--model", "deepseek_v3", "--chips", "64", "--ep", "1")
+    assert "raise tp, pp or ep, raise --zero" in moe["infeasible_reasons"][0]
+
+
+def test_inputs_without_effect_are_said_or_refused(capsys):
+    """`--tpot-slo 50` is 50 s; `--no-sp` at tp 1 and `--algorithm` with no all-reduce
+    change nothing; `--set model.top_k` on a dense model was accepted and ignored."""
+    d = run_json(capsys, "serve", "--system", "dgx_h100", "--model", "llama3_8b",
+                 "--tpot-slo", "50")  # fmt: skip
+    assert "--tpot-slo 50 is in seconds (50 s); for 50 ms give 50ms or 0.05" in d["notes"]
+    assert not any("in seconds" in n for n in run_json(capsys, "run", "--tp", "2")["notes"])
+    args = ["run", "--system", "dgx_h100", "--model", "llama3_8b", "--chips", "8", "--tp", "1"]
+    d = run_json(capsys, *args, "--no-sp")
+    assert any(n.startswith("--no-sp has no effect at tp=1") for n in d["notes"])
+    d = run_json(capsys, *args[:-4], "--chips", "1", "--phase", "decode", "--algorithm", "ring")
+    assert "--algorithm has no effect: a tp=1 serving plan runs no all-reduce" in d["notes"]
+    d = run_json(capsys, *args, "--algorithm", "ring")  # dp 8 reduces its gradients
+    assert not any(n.startswith("--algorithm") for n in d["notes"])
+    for cmd in (["run"], ["serve"]):
+        code, _, err = run_cli(capsys, *cmd, "--model", "llama3_70b", "--set", "model.top_k=2")
+        assert code == 2 and "--set model.top_k applies to MoE models' experts" in err
+    moe = [
+        "--set",
+        "model.n_experts=8",
+        "--set",
+        "model.top_k=2",
+        "--set",
+        "model.d_ff_expert=2048",
+    ]
+    code, _, err = run_cli(capsys, "run", "--model", "llama3_8b", *moe)
+    assert code == 0, err
+
+
+def test_serving_text_prints_whole_numbers_and_no_loss(capsys):
+    args = ["run", "--system", "dgx_h100", "--model", "llama3_8b", "--phase", "decode"]
+    code, out, _ = run_cli(capsys, *args, "--context", "1000000", "--kv-precision", "fp8")
+    assert code == 0 and "context=1000000" in out and "e+06" not in out
+    assert "output head " in out and "(+ loss)" not in out

@@ -3,10 +3,18 @@ name parameters, never flags."""
 
 import re
 
+import jax.numpy as jnp
 import pytest
 
 import emu
-from emu.policy import DEFAULT_BATCH_TOKENS, auto_plan, divisors, with_largest_batch
+from emu.policy import (
+    DEFAULT_BATCH_TOKENS,
+    ServingFitError,
+    auto_plan,
+    divisors,
+    with_largest_batch,
+)
+from emu.struct import replace
 
 
 @pytest.fixture(scope="module")
@@ -222,13 +230,25 @@ def test_serving_that_cannot_fit_says_what_to_change():
     with no numbers and no move to make."""
     h100, r1 = emu.load_system("dgx_h100"), emu.load_model("deepseek_r1")
     plan = auto_plan(h100, r1, 8, phase="decode", precision="bf16", seq_len=4096)
-    oom = r"does not fit in HBM on dgx_h100 \(\d+ GB of 83 GB per chip .*\): use an 8-bit"
-    with pytest.raises(ValueError, match=oom):
+    oom = r"does not fit in HBM on dgx_h100 \(\d+ GB of 83 GB per chip, .*\); use an 8-bit"
+    with pytest.raises(ValueError, match=oom) as e:
         with_largest_batch(h100, r1, plan, 0.05)
+    # ep is already all 8 ranks: only tp can grow (dp 8 to trade); the weights alone overflow,
+    # so a shorter context is no move
+    assert isinstance(e.value, ServingFitError) and e.value.reason == "memory"
+    assert e.value.degrees == ("tp",) and not e.value.weights_fit
+    assert "raise tp or add chips" in str(e.value) and "context" not in str(e.value)
     nvl = emu.load_system("gb200_nvl72")
     plan = auto_plan(nvl, r1, 72, phase="prefill", precision="fp8", seq_len=4096)
     with pytest.raises(ValueError, match=r"even batch 1 takes [\d.]+ s; relax the SLO, add chips"):
         with_largest_batch(nvl, r1, plan, 0.001)
+    # a dense model on one chip: no degree to raise, and none named
+    llama = emu.load_model("llama3_8b")
+    plan = auto_plan(h100, llama, 1, phase="decode", precision="bf16", seq_len=4096)
+    with pytest.raises(ServingFitError, match=r"at tp=1\); use an 8-bit precision, add chips or "
+                       r"shorten the context\.$") as e:  # fmt: skip
+        with_largest_batch(h100, llama, replace(plan, context=jnp.float32(1e6)), 0.05)
+    assert e.value.degrees == () and e.value.weights_fit
 
 
 def test_chips_are_packages_and_plans_count_dies():

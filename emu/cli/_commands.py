@@ -10,7 +10,16 @@ from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
 from emu.cli import _render_catalog as render_catalog
 from emu.cli._parser import CliError
-from emu.cli._setup import mtp_note, overrides, refuse_moe_flags, resolved, set_note, setup
+from emu.cli._setup import (
+    mtp_note,
+    overrides,
+    refuse_moe_flags,
+    resolved,
+    serving_fixes,
+    set_note,
+    setup,
+    slo_notes,
+)
 from emu.plan import plan_dict
 from emu.struct import float_leaves
 
@@ -21,7 +30,7 @@ def evaluated(args, s) -> dict:
     uncalibrated parts, a searched plan)."""
     r = analysis.run(s.system, s.model, s.plan)
     policy.check_result(r)
-    reasons, warnings = policy.diagnose(r, slo_s=s.slo_s)
+    reasons, warnings = policy.diagnose(r, slo_s=s.slo_s, moe=float(s.model.n_experts) > 0)
     feasible = r["feasible"] and not reasons
     head = {"feasible": feasible, "infeasible_reasons": reasons, "warnings": warnings}
     if s.slo_s is not None:
@@ -394,7 +403,17 @@ def _serving_plan(args, system, model, phase, chips, batch, slo, precision):
     )
     if batch is not None:
         return plan
-    return policy.with_largest_batch(system, model, plan, slo, widen_tp=True)
+    try:
+        return policy.with_largest_batch(system, model, plan, slo, widen_tp=True)
+    except policy.ServingFitError as e:  # its moves in serve's own flags (no --tp/--ep here)
+        n = getattr(args, f"{phase}_chips")
+        slo_flag = "--tpot-slo" if phase == "decode" else "--ttft-slo"
+        fixes = serving_fixes(
+            e, plan, chips=f"--{phase}-chips (now {n})", slo=f"{slo_flag} (now {slo:g} s)",
+            shorter="--prompt-len/--output-len" if phase == "decode" else "--prompt-len",
+            expert_ranks="--decode-expert-ranks",
+        )  # fmt: skip
+        raise CliError(f"the {phase} instance: {e.detail}; {fixes}.") from None
 
 
 def cmd_serve(args) -> None:
@@ -402,7 +421,7 @@ def cmd_serve(args) -> None:
     sys_o, model_o, plan_o = overrides(args)
     if plan_o:
         raise CliError("serve takes system and model fields in --set, not plan fields.")
-    notes: list[str] = []
+    notes: list[str] = slo_notes(args)
     system = catalog.load_system(resolved(args.system, "systems", notes), sys_o)
     system = cost_flags.with_region(args, system)
     price = cost_flags.pricing(args, system)

@@ -65,13 +65,20 @@ def unit_of(path: str) -> str:
     return "-"
 
 
+def _int(x) -> str:
+    """A whole number in full (1000000, not 1e+06), else as given."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def plan_text(p: dict) -> str:
     """A plan on one line: the knobs of its phase (EP and ETP where they act)."""
     moe = f" ep={p['ep']}" + (f" etp={p['etp']}" if p.get("etp", 1) != 1 else "")
     if p.get("expert_ranks"):  # attention/expert disaggregation
         moe += f" expert_ranks={p['expert_ranks']} attention_groups={p['attention_groups']}"
     if p["phase"] != "train":
-        length = f"context={p['context']:g}" if p["phase"] == "decode" else f"prompt={p['seq_len']}"
+        length = (
+            f"context={_int(p['context'])}" if p["phase"] == "decode" else f"prompt={p['seq_len']}"
+        )
         extra = f" mtp_accept={p['mtp_accept']:g}" if p.get("mtp_accept") else ""
         if p.get("draft_tokens"):  # speculative decoding with its own drafts
             extra += f" draft_tokens={p['draft_tokens']:g} accept_len={p['accept_len']:g}"
@@ -103,7 +110,7 @@ def _phase_rows(results: list[dict]) -> list[list[str]]:
     if any(r["phase"] == "prefill" for r in results):
         rows.append(["prompt", *[f"{r['plan']['seq_len']}" for r in results]])
     if any(r["phase"] == "decode" for r in results):
-        rows.append(["context", *[f"{r['plan']['context']:g}" for r in results]])
+        rows.append(["context", *[_int(r["plan"]["context"]) for r in results]])
     if any(r["phase"] != "train" for r in results):
         rows.append(["batch per DP rank", *[f"{r['plan']['microbatch']}" for r in results]])
     else:
@@ -231,6 +238,9 @@ def run_text(results: list[dict], names: list[str] | None = None) -> str:
     ]
     if all(r["phase"] == "decode" for r in results):  # disaggregation: attention waits
         rows = [[_EXPERT_WAIT if row[0] == "pipeline bubble" else row[0], *row[1:]] for row in rows]
+    if all(r["phase"] != "train" for r in results):  # serving computes no loss
+        rows = [["output head" if row[0] == "output head (+ loss)" else row[0], *row[1:]]
+                for row in rows]  # fmt: skip
     out += [table(rows, ["step breakdown", *names]), ""]
     for r, name in zip(results, names, strict=True):
         out.append(f"plan ({name}): {plan_text(r['plan'])}")

@@ -10,7 +10,15 @@ from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
 from emu.cli._distributed import processes as _processes
 from emu.cli._parser import PROBLEM_KNOBS, SEARCH_FIXED_KNOBS, SLO_DEFAULTS, CliError, as_int
-from emu.cli._setup import mtp_note, overrides, refuse_moe_flags, resolved, set_note, slo
+from emu.cli._setup import (
+    mtp_note,
+    overrides,
+    refuse_moe_flags,
+    resolved,
+    set_note,
+    slo,
+    slo_notes,
+)
 from emu.overrides import check_unit, parse_value
 from emu.plan import KNOBS
 from emu.plan import knobs as plan_knobs
@@ -159,7 +167,7 @@ def search_setup(args):
     out = None
     if args.out:
         out = storage.check_output_path(args.out, suffixes=_OUT_SUFFIXES, what="--out")
-    notes: list[str] = []
+    notes: list[str] = slo_notes(args)
     system = catalog.load_system(resolved(args.system, "systems", notes), sys_o)
     system = cost_flags.with_region(args, system)
     price = cost_flags.pricing(args, system)

@@ -13,7 +13,7 @@ from emu import catalog, policy
 from emu.cli import _cost as cost_flags
 from emu.cli._parser import FLAG_DEFAULTS, MAX_INTEGER_KNOB, SLO_DEFAULTS, CliError
 from emu.overrides import apply_overrides, parse_override, split_overrides
-from emu.plan import KNOBS, Plan
+from emu.plan import KNOBS, KV_PRECISIONS, Plan
 from emu.topology import System
 from emu.workload import Model
 
@@ -72,6 +72,10 @@ MOE_ONLY_KNOBS = (
 )
 
 
+#: model fields that only an MoE model's experts read (a dense model ignores them)
+MOE_ONLY_MODEL_FIELDS = ("top_k", "d_ff_expert", "n_shared_experts", "route_max_nodes")
+
+
 def refuse_moe_flags(args, model: Model) -> None:
     """An expert-only flag on a dense model did nothing and said nothing (`--ep` and
     `--expert-ranks` are refused by the plan rules): refuse it in one line."""
@@ -82,6 +86,12 @@ def refuse_moe_flags(args, model: Model) -> None:
         for name, flag, idle in MOE_ONLY_KNOBS
         if getattr(args, name, None) is not None and getattr(args, name) != idle
     ]
+    fields = [f for f in overrides(args)[1] if f in MOE_ONLY_MODEL_FIELDS]
+    if fields:
+        raise CliError(
+            f"--set model.{fields[0]} applies to MoE models' experts ({model.name} is dense: "
+            "n_experts = 0); drop it, or make the model MoE with --set model.n_experts=N."
+        )
     if given:
         raise CliError(
             f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to MoE models' "
@@ -102,6 +112,24 @@ def slo(args, phase: str) -> float | None:
         return None
     value = getattr(args, own, None)
     return SLO_DEFAULTS[own] if value is None else value
+
+
+#: SLOs at or above these many seconds read like milliseconds given as seconds (a 50 s TPOT
+#: is one token per 50 s): said in a note, not refused (an offline job may mean them)
+SLO_LOOKS_LIKE_MS = {"tpot_slo": 1.0, "ttft_slo": 100.0}
+
+
+def slo_notes(args) -> list[str]:
+    """A note for each SLO flag given at a value that looks like milliseconds."""
+    notes = []
+    for name, limit in SLO_LOOKS_LIKE_MS.items():
+        value = getattr(args, name, None)
+        if value is not None and value >= limit:
+            notes.append(
+                f"--{name.replace('_', '-')} {value:g} is in seconds ({value:g} s); for "
+                f"{value:g} ms give {value:g}ms or {value / 1000:g}"
+            )
+    return notes
 
 
 def plan_knobs(args) -> dict:
@@ -172,6 +200,7 @@ def setup(args, system_name: str) -> Setup:
             f"a {phase} plan's batch is --batch (per DP rank); drop --set plan.{batch_set[0]}."
         )
     slo_s = slo(args, phase)
+    notes += slo_notes(args)
     system = catalog.load_system(resolved(system_name, "systems", notes), sys_o)
     system = cost_flags.with_region(args, system)
     model = catalog.load_model(resolved(args.model, "models", notes), model_o)
@@ -221,7 +250,17 @@ def setup(args, system_name: str) -> Setup:
             raise CliError(f"{msg} (after --set {sets} on the plan the rule chose).") from None
     if plan.phase != "train" and args.batch is None:
         widen = knobs.get("tp") is None and not plan_o and getattr(args, "plan", "rule") != "best"
-        chosen = policy.with_largest_batch(system, model, plan, slo_s, widen_tp=widen)
+        try:
+            chosen = policy.with_largest_batch(system, model, plan, slo_s, widen_tp=widen)
+        except policy.ServingFitError as e:  # its moves in run's flags
+            fixes = serving_fixes(
+                e, plan, chips=f"--chips (now {chips})",
+                slo=f"--{'tpot' if e.phase == 'decode' else 'ttft'}-slo (now {slo_s:g} s)",
+                shorter="--context" if e.phase == "decode" else "--seq-len",
+                expert_ranks="--expert-ranks",
+                degrees=" or ".join(f"--{d}" for d in e.degrees),
+            )  # fmt: skip
+            raise CliError(f"{e.detail}; {fixes}.") from None
         if int(float(chosen.tp)) != int(float(plan.tp)):
             notes.append(
                 f"tp={int(float(chosen.tp))}: at tp={int(float(plan.tp))} even batch 1 misses "
@@ -230,7 +269,42 @@ def setup(args, system_name: str) -> Setup:
         plan = chosen
     if not spec and float(plan.mtp_accept) > 0:
         notes.append(mtp_note(model, float(plan.mtp_accept)))
-    return Setup(system, model, plan, slo_s, notes)
+    return Setup(system, model, plan, slo_s, notes + idle_flag_notes(args, plan))
+
+
+def idle_flag_notes(args, plan: Plan) -> list[str]:
+    """A note for each flag given that the chosen plan leaves without effect: --no-sp at
+    tp 1 (sequence parallelism splits across the TP group), --algorithm where the plan has
+    no all-reduce or reduce-scatter to run (tp 1 in serving; tp, dp and cp 1 in training)."""
+    tp = int(float(plan.tp))
+    notes = []
+    if getattr(args, "sp", None) is False and tp == 1:
+        notes.append("--no-sp has no effect at tp=1 (sequence parallelism splits across TP)")
+    degrees = tp if plan.phase != "train" else tp * int(float(plan.dp * plan.cp))
+    if getattr(args, "algorithm", None) is not None and degrees == 1:
+        what = "tp=1 serving" if plan.phase != "train" else "tp=dp=cp=1"
+        notes.append(f"--algorithm has no effect: a {what} plan runs no all-reduce")
+    return notes
+
+
+def serving_fixes(
+    e, plan, *, chips: str, slo: str, shorter: str, expert_ranks: str, degrees: str = ""
+) -> str:
+    """The moves, in a command's own flags, that would let the serving plan of a
+    `policy.ServingFitError` hold a batch: `chips`, `slo`, `shorter` and `expert_ranks`
+    name its flags (with their values), `degrees` the degrees it could raise (run: "--ep or
+    --tp"; serve has none)."""
+    if e.reason == "experts":
+        return f"raise {expert_ranks}"
+    moves = [f"a looser {slo}"] if e.reason == "slo" else []
+    kv = e.reason != "memory" or e.weights_fit  # a shorter context / smaller KV cache helps
+    if e.reason == "memory":
+        moves += ["an 8-bit --precision"] if plan.precision in ("bf16", "fp16") else []
+        bf16_kv = float(plan.kv_precision) == KV_PRECISIONS["bf16"]
+        moves += ["--kv-precision fp8"] if kv and e.phase == "decode" and bf16_kv else []
+    moves += [f"a higher {degrees}"] if degrees else []
+    moves += [f"more {chips}"] + ([f"a shorter {shorter}"] if kv else [])
+    return "try " + ", ".join(moves[:-1]) + f" or {moves[-1]}"
 
 
 #: `--set plan.<name>` values the plan rule (and `--plan best`'s search, as fixed knobs) takes

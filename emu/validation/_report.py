@@ -239,8 +239,14 @@ def format_report(report: dict, *, show_skipped: bool = False, skipped_hint: str
     """The report as a text table and summary blocks (`skipped_hint`: how to see the reasons
     of skipped rows, shown beside their count)."""
     lines = []
+    # columns as wide as their longest entry: an id is what `emu validate --row` takes, so it
+    # is printed whole (ids run to ~90 characters, metrics to ~35)
+    wi, ws, wm = (
+        max([len(k)] + [len(str(r.get(k, ""))) for r in report["rows"]])
+        for k in ("id", "system", "metric")
+    )
     hdr = (
-        f"{'id':58} {'system':14} {'metric':26} {'predicted':>11} {'80% interval':>21} "
+        f"{'id':{wi}} {'system':{ws}} {'metric':{wm}} {'predicted':>11} {'80% interval':>21} "
         f"{'measured':>11} {'error':>7}"
     )
     lines += [hdr, "-" * len(hdr)]
@@ -255,12 +261,12 @@ def format_report(report: dict, *, show_skipped: bool = False, skipped_hint: str
                 span = f"{mark}[{band['low']:.3g}-{band['high']:.3g}]"
             out = "" if r.get("inside", True) is not False else " out"
             lines.append(
-                f"{r['id'][:58]:58} {r['system']:14} {r['metric'][:26]:26} "
+                f"{r['id']:{wi}} {r['system']:{ws}} {r['metric']:{wm}} "
                 f"{r['predicted']:11.4g} {span:>21} {r['measured']:11.4g} "
                 f"{r['abs_pct_error']:6.1f}%{out}{flag}"
             )
         elif show_skipped or r["status"] == "error":
-            lines.append(f"{r['id'][:58]:58} {r['status'].upper()}: {r['reason']}")
+            lines.append(f"{r['id']:{wi}} {r['status'].upper()}: {r['reason']}")
     s = report["summary"]
     lines += [
         "",
