@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from emu._backend import jnp
-from emu.catalog import config_dir, load_toml
+from emu.catalog import _check_stem, config_dir, load_toml
 from emu.cost import Cost, Region
 from emu.struct import check, check_value, field_info, float_leaves, replace, set_path
 
@@ -321,7 +321,9 @@ def load_region(name_or_path: str | Path, overrides: dict | None = None) -> Regi
     optional overrides by field name (`{"electricity_usd_per_kwh": 0.1}`)."""
     path = _resolve(name_or_path, "regions", "region")
     where = f"region '{Path(path).stem}'"
-    region = _region_from(load_toml(path, "region"), where)
+    data = load_toml(path, "region")
+    _check_stem(data, path, "region")  # results are keyed by the region's name
+    region = _region_from(data, where)
     key = "subsidised_electricity_usd_per_kwh"
     given = {str(k).removeprefix("region.") for k in overrides or {}}
     if key in given and not region.subsidy_chip_origin:

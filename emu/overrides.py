@@ -87,13 +87,19 @@ def parse_value(text: str) -> float:
     for dim, table in UNITS.items():
         if suffix in table:
             return Quantity(x * table[suffix], dim, text.strip())
+    near = [u for table in UNITS.values() for u in table if u.lower() == suffix.lower()]
+    if near:  # units are case-sensitive: "kw" is not "kW", "mb/s" not "MB/s" or "Mb/s"
+        raise ValueError(
+            f"unknown unit '{suffix}' in '{text.strip()}' (units are case-sensitive); did you "
+            f"mean {' or '.join(repr(u) for u in near)}?"
+        )
     known = "; ".join(_examples(d) for d in UNITS)
     raise ValueError(f"unknown unit '{suffix}' in '{text.strip()}'; known units: {known}.")
 
 
 def _examples(dim: str) -> str:
     return {"bytes": "GB, GiB, TB", "bytes/s": "GB/s, TB/s, Gb/s", "s": "ns, us, ms, s",
-            "W": "W, kW", "FLOP/s": "TFLOPS, PFLOPS"}[dim]  # fmt: skip
+            "W": "W, kW, MW", "FLOP/s": "TFLOPS, PFLOPS"}[dim]  # fmt: skip
 
 
 def parse_override(text: str) -> tuple[str, float]:

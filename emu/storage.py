@@ -152,10 +152,16 @@ def read_record(path, *, expect: dict | None = None) -> tuple[dict, dict[str, np
 
 
 @contextlib.contextmanager
-def table_writer(path, header: list[str]) -> Iterator[Callable[[np.ndarray], None]]:
+def table_writer(
+    path, header: list[str], *, labels: dict | None = None, integers=()
+) -> Iterator[Callable[[np.ndarray], None]]:
     """`write(block)` for float rows [n, len(header)], streamed to CSV or Parquet (by the
-    suffix of `path`) through `atomic_write`."""
+    suffix of `path`) through `atomic_write`. `labels`: column -> {stored code: name}, written
+    as the names (a choice knob's "full", not 2); `integers`: columns written as whole numbers
+    (Parquet int64); a value that is not finite is an empty CSV field (Parquet null)."""
     path = Path(path)
+    labels, integers = labels or {}, set(integers)
+    kinds = ["label" if h in labels else "int" if h in integers else "float" for h in header]
     if path.suffix.lower() == ".parquet":
         try:
             import pyarrow as pa
@@ -165,20 +171,55 @@ def table_writer(path, header: list[str]) -> Iterator[Callable[[np.ndarray], Non
                 "Parquet output needs pyarrow: pip install 'cluster-emu[parquet]', "
                 "or give a .csv file name."
             ) from None
-        schema = pa.schema([(h, pa.float64()) for h in header])
+        types = {"label": pa.string(), "int": pa.int64(), "float": pa.float64()}
+        schema = pa.schema([(h, types[k]) for h, k in zip(header, kinds, strict=True)])
         with atomic_write(path) as fh:
             writer = pq.ParquetWriter(fh, schema)
 
             def write(block: np.ndarray) -> None:
-                cols = [pa.array(block[:, j].astype(np.float64)) for j in range(len(header))]
+                cols = []
+                for j, (h, k) in enumerate(zip(header, kinds, strict=True)):
+                    col = np.asarray(block[:, j], np.float64)
+                    if k == "label":
+                        cols.append(pa.array(_labelled(col, labels[h]).tolist(), pa.string()))
+                    elif k == "int":
+                        cols.append(pa.array(np.rint(col).astype(np.int64)))
+                    else:
+                        cols.append(pa.array(col, mask=~np.isfinite(col)))
                 writer.write_table(pa.Table.from_arrays(cols, schema=schema))
 
             yield write
             writer.close()
         return
+
+    def text(col: np.ndarray, h: str, k: str) -> np.ndarray:
+        col = np.asarray(col, np.float64)
+        if k == "label":
+            return _labelled(col, labels[h])
+        if k == "int":
+            return np.rint(col).astype(np.int64).astype(str)
+        out = np.char.mod("%.7g", col)
+        out[~np.isfinite(col)] = ""
+        return out
+
     with atomic_write(path, "w") as fh:
         fh.write(",".join(header) + "\n")
-        yield lambda block: np.savetxt(fh, block, delimiter=",", fmt="%.7g")
+
+        def write(block: np.ndarray) -> None:
+            if len(block):
+                pairs = enumerate(zip(header, kinds, strict=True))
+                cols = [text(block[:, j], h, k) for j, (h, k) in pairs]
+                fh.write("\n".join(",".join(row) for row in zip(*cols, strict=True)) + "\n")
+
+        yield write
+
+
+def _labelled(col: np.ndarray, names: dict) -> np.ndarray:
+    """The names of stored codes (a code without one: the number, as %g)."""
+    out = np.char.mod("%g", col).astype(object)
+    for code, name in names.items():
+        out[col == float(code)] = name
+    return out.astype(str)
 
 
 def check_output_path(

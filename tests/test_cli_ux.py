@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from _cli import run_cli
 from _cli import run_json as _run_json
+from _tables import read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TPU = str(ROOT / "examples" / "tpu_like.toml")
@@ -206,13 +207,13 @@ def test_search_table_shows_chips_and_the_slo(capsys, tmp_path):
     assert "chips" in head and "TPOT (SLO 20 ms)" in head and "tp/dp/ep" in head
     # every evaluated configuration, feasible ones first and ranked (it used to start with an
     # infeasible plan)
-    header = out.read_text().splitlines()[0].split(",")
-    rows = np.loadtxt(out, delimiter=",", skiprows=1)
-    feasible = rows[:, header.index("feasible")] > 0.5
+    t = read_table(out)
+    feasible = t["feasible"] > 0.5
     assert feasible[0] and (~feasible).any()
     assert not np.any(feasible[np.argmin(feasible) :])  # no feasible row after the first not
-    obj = rows[feasible, header.index("objective")]
+    obj = t["objective"][feasible]
     assert np.all(np.diff(obj) <= 0)
+    assert set(t["chips"].tolist()) == {8.0, 16.0}  # the table's chips column, in the file too
 
 
 def test_grid_values_take_units_too(capsys):
@@ -415,11 +416,16 @@ def test_inputs_without_effect_are_said_or_refused(capsys):
                  "--tpot-slo", "50")  # fmt: skip
     assert "--tpot-slo 50 is in seconds (50 s); for 50 ms give 50ms or 0.05" in d["notes"]
     assert not any("in seconds" in n for n in run_json(capsys, "run", "--tp", "2")["notes"])
+    typed = run_json(capsys, "serve", "--system", "dgx_h100", "--model", "llama3_8b",
+                     "--tpot-slo", "2s")  # fmt: skip
+    assert not any("in seconds" in n for n in typed["notes"])  # the unit was written
     args = ["run", "--system", "dgx_h100", "--model", "llama3_8b", "--chips", "8", "--tp", "1"]
     d = run_json(capsys, *args, "--no-sp")
     assert any(n.startswith("--no-sp has no effect at tp=1") for n in d["notes"])
     d = run_json(capsys, *args[:-4], "--chips", "1", "--phase", "decode", "--algorithm", "ring")
     assert "--algorithm has no effect: a tp=1 serving plan runs no all-reduce" in d["notes"]
+    d = run_json(capsys, *args[:-4], "--chips", "1", "--phase", "decode")  # not given: no note
+    assert not any(n.startswith("--algorithm") for n in d["notes"])
     d = run_json(capsys, *args, "--algorithm", "ring")  # dp 8 reduces its gradients
     assert not any(n.startswith("--algorithm") for n in d["notes"])
     for cmd in (["run"], ["serve"]):

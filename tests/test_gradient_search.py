@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _tables import read_table
 
 import emu
 from emu.power import full_load_power
@@ -67,9 +68,8 @@ def test_search_table_lists_every_exact_evaluation(both, tmp_path):
     path = write_table(gs, tmp_path / "gs.csv")
     header = path.read_text().splitlines()[0].split(",")
     unpriced = [c for c in COLUMNS if c != "usd_per_mtoken"]  # no cost: no price column
-    assert header == [*GRID, *KNOBS, "global_batch", *unpriced]
-    rows = np.loadtxt(path, delimiter=",", skiprows=1)
-    assert rows.shape[0] == gs.exact_evaluations
+    assert header == [*GRID, *KNOBS, "global_batch", "chips", *unpriced]
+    assert len(read_table(path)["tp"]) == gs.exact_evaluations
 
 
 def test_decode_plans_meet_the_tpot_slo_and_power_cap(tmp_path):
@@ -90,9 +90,9 @@ def test_decode_plans_meet_the_tpot_slo_and_power_cap(tmp_path):
     assert set(np.unique(col["tp"] * col["dp"]).tolist()) == {16.0, 32.0, 72.0}
     assert np.all(col["pp"] == 1) and np.all(col["zero"] == 0)
     res = sweep(system, model, problem, tmp_path, chunk=1024)
-    rows = np.loadtxt(write_table(res, tmp_path / "d.csv"), delimiter=",", skiprows=1)
-    unpriced = [k for k in COLUMNS if k != "usd_per_mtoken"]  # no cost: no price column
-    c = {k: rows[:, len(KNOBS) + 1 + i] for i, k in enumerate(unpriced)}
+    c = read_table(write_table(res, tmp_path / "d.csv"))
+    assert "usd_per_mtoken" not in c  # no cost: no price column
+    assert set(c["chips"].tolist()) == {16.0, 32.0, 72.0} and np.all(np.isnan(c["ttft_s"]))
     ok = c["feasible"] > 0.5
     assert ok.any() and (~ok).any()  # the constraints bind somewhere
     assert np.all(c["tpot_s"][ok] <= 0.03 * (1 + 1e-6))
@@ -245,9 +245,9 @@ def test_copper_reach_applies_to_the_domain_field_too(tmp_path):
     p = Problem("gb200_nvl72", "llama3_8b", 8, seq_len=4096, free=("pp",))
     for name in ("domain", "tiers.nvlink.domain_chips"):
         res = sweep(system, model, p, tmp_path / name, grid={name: [72, 576]}, chunk=64)
-        rows = np.loadtxt(write_table(res, tmp_path / f"{name}.csv"), delimiter=",", skiprows=1)
-        feasible = rows[:, 1 + len(KNOBS) + 1 + COLUMNS.index("feasible")] > 0.5
-        assert np.all(feasible[rows[:, 0] == 72]) and not np.any(feasible[rows[:, 0] == 576])
+        t = read_table(write_table(res, tmp_path / f"{name}.csv"))
+        feasible, domain = t["feasible"] > 0.5, t[name]
+        assert np.all(feasible[domain == 72]) and not np.any(feasible[domain == 576])
 
 
 @pytest.mark.parametrize("name", emu.list_systems())

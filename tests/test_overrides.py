@@ -125,7 +125,7 @@ def test_values_with_units(text, path, si):
     "text,needle",
     [
         ("chip.tdp_w=3furlongs", "unknown unit 'furlongs' in '3furlongs'; known units: GB"),
-        ("chip.tdp_w=16TB/s", "'16TB/s' is in bytes/s, but chip.tdp_w takes W (W, kW)"),
+        ("chip.tdp_w=16TB/s", "'16TB/s' is in bytes/s, but chip.tdp_w takes W (W, kW, MW)"),
         ("facility.pue=1.2GB", "facility.pue takes a plain number"),
         ("chip.hbm_bytes=80gb", "unknown unit 'gb'"),  # bits or bytes? refused, not guessed
     ],

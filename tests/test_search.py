@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _tables import read_table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -82,12 +83,16 @@ def test_sweep_best_is_the_feasible_maximum_and_front_is_undominated(tmp_path):
     csv = write_table(res, tmp_path / "all.csv")
     header = csv.read_text().splitlines()[0].split(",")
     # unpriced (no cost and region): no usd_per_mtoken column, not a column of NaN
-    assert header == [*KNOBS, "global_batch", *(c for c in COLUMNS if c != "usd_per_mtoken")]
+    unpriced = [c for c in COLUMNS if c != "usd_per_mtoken"]
+    assert header == [*KNOBS, "global_batch", "chips", *unpriced]
     assert "nan" not in csv.read_text()
-    r = np.loadtxt(csv, delimiter=",", skiprows=1)[:, len(KNOBS) + 1 :]
-    assert r.shape[0] == res.evaluations
-    feas = r[:, COLUMNS.index("feasible")] > 0.5
-    tpj = r[:, COLUMNS.index("tokens_per_joule")]
+    t = read_table(csv)
+    assert len(t["tp"]) == res.evaluations
+    feas = t["feasible"] > 0.5
+    tpj = t["tokens_per_joule"]
+    # the chips each plan uses; recompute and sp by name; a training table has no latency
+    assert np.all(t["chips"] == 16) and set(t["recompute"]) <= {"none", "selective", "full"}
+    assert set(t["sp"]) <= {"true", "false"} and np.all(np.isnan(t["ttft_s"]))
     assert res.best["tokens_per_joule"] == pytest.approx(float(tpj[feas].max()), rel=1e-6)
     assert res.feasible == int(feas.sum())
     front = [(p["tokens_per_s"], p["power_w"]) for p in res.pareto]
@@ -309,7 +314,8 @@ def _same_rows(a: list[dict], b: list[dict]) -> None:
 def _csv_rows(data: bytes) -> list[dict]:
     head, *rows = data.decode().splitlines()
     names = head.split(",")
-    return [dict(zip(names, r.split(","), strict=True)) for r in rows]
+    # an empty field (a latency the phase has not) is None, as in the JSON rows
+    return [{k: v or None for k, v in zip(names, r.split(","), strict=True)} for r in rows]
 
 
 def test_per_column_programs_sharded_over_two_devices_equal_one_device():

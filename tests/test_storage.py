@@ -123,6 +123,27 @@ def test_table_writer_csv_and_parquet(tmp_path, umask_027):
     assert _listing(tmp_path) == ["t.csv", "t.parquet"]
 
 
+def test_table_writer_names_codes_keeps_integers_and_leaves_missing_values_empty(tmp_path):
+    """Sweep tables wrote recompute as 2, sp as 1, a training row's TTFT as 0 and every
+    Parquet column as a float."""
+    block = np.array([[2.0, 1.0, 8.0, np.nan], [0.0, 0.0, 16.0, 0.25]])
+    kw = dict(labels={"rc": {0.0: "none", 2.0: "full"}, "sp": {0.0: "false", 1.0: "true"}},
+              integers={"n"})  # fmt: skip
+    with table_writer(tmp_path / "t.csv", ["rc", "sp", "n", "x"], **kw) as write:
+        write(block)
+    assert (tmp_path / "t.csv").read_text().splitlines() == [
+        "rc,sp,n,x", "full,true,8,", "none,false,16,0.25"
+    ]  # fmt: skip
+    pq = pytest.importorskip("pyarrow.parquet")
+    with table_writer(tmp_path / "t.parquet", ["rc", "sp", "n", "x"], **kw) as write:
+        write(block)
+    t = pq.read_table(tmp_path / "t.parquet")
+    assert str(t.schema.field("n").type) == "int64" and str(t.schema.field("rc").type) == "string"
+    assert t.to_pydict() == {
+        "rc": ["full", "none"], "sp": ["true", "false"], "n": [8, 16], "x": [None, 0.25]
+    }  # fmt: skip
+
+
 def test_table_writer_failure_mid_stream_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError), table_writer(tmp_path / "t.csv", ["a"]) as write:
         write(np.ones((10, 1)))

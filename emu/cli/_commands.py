@@ -5,6 +5,8 @@ emu.cli._render."""
 
 from __future__ import annotations
 
+import sys
+
 from emu import _backend, analysis, catalog, policy, storage
 from emu.cli import _cost as cost_flags
 from emu.cli import _render as render
@@ -284,7 +286,7 @@ def cmd_sensitivity(args) -> None:
     render.emit(args, d, lead + render.sensitivity_text(d, args.top))
 
 
-def cmd_validate(args) -> None:
+def cmd_validate(args) -> int | None:
     from emu import validation
 
     storage.enable_compilation_cache()
@@ -317,6 +319,16 @@ def cmd_validate(args) -> None:
         report, show_skipped=args.show_skipped, skipped_hint="use --show-skipped for reasons"
     )
     render.emit(args, report, text)
+    errors = report["summary"]["errors"]
+    if errors:  # the report stands, and a script can tell that rows were left out
+        print(
+            f"emu: {errors} row{'s' if errors > 1 else ''} could not be read (ERROR above, "
+            "`reason` in the JSON); fix them as MEASUREMENTS.md describes, or drop them "
+            "(exit status 1)",
+            file=sys.stderr,
+        )
+        return 1
+    return None
 
 
 def cmd_calibrate(args) -> None:

@@ -88,6 +88,13 @@ def nonnegative_int(text: str) -> int:
     return _int_at_least(text, 0, "non-negative")
 
 
+class Seconds(float):
+    """A time in seconds parsed from the command line; `unit_typed`: the text named its unit
+    ("50ms", "2s"), so a bare "50" (seconds, perhaps meant as ms) can be told apart."""
+
+    unit_typed = False
+
+
 def seconds(text: str) -> float:
     """argparse type: a positive time in seconds, with an optional unit (50ms, 2s, 500us)."""
     from emu.overrides import parse_value
@@ -98,7 +105,9 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
     if getattr(v, "dim", "s") != "s" or not 0 < v <= 3600:
         raise argparse.ArgumentTypeError(f"must be a time in (0, 3600] s, e.g. 0.05 (got {text!r})")
-    return float(v)
+    out = Seconds(v)
+    out.unit_typed = hasattr(v, "dim")
+    return out
 
 
 def watts(text: str) -> float:
@@ -304,6 +313,11 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top", type=positive_int, default=10, help="best configurations listed")
     g.add_argument(
         "--out", metavar="FILE", help="every evaluated configuration as CSV or Parquet (.parquet)"
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file (without it, an existing file is refused)",
     )
 
 

@@ -125,6 +125,11 @@ def _grid(args, system) -> dict:
             text = str(e) if "--grid" in str(e) else f"--grid {name}: {e}"
             raise CliError(text) from None
         grid[name] = [float(v) for v in parsed]
+    if "n_chips" in grid:  # the system's size; the chips a plan uses are --chips
+        raise CliError(
+            f"--grid n_chips would not change the chips searched ({args.command} uses --chips); "
+            f"give the counts as --chips {','.join(f'{v:g}' for v in grid['n_chips'])}."
+        )
     try:
         check_grid(system, grid)
     except ValueError as e:
@@ -167,6 +172,11 @@ def search_setup(args):
     out = None
     if args.out:
         out = storage.check_output_path(args.out, suffixes=_OUT_SUFFIXES, what="--out")
+        if out.exists() and not args.overwrite:  # an earlier run's results: not lost silently
+            raise CliError(
+                f"--out '{out}' exists (an earlier result?); give another file name, or add "
+                "--overwrite to replace it."
+            )
     notes: list[str] = slo_notes(args)
     system = catalog.load_system(resolved(args.system, "systems", notes), sys_o)
     system = cost_flags.with_region(args, system)
@@ -179,6 +189,14 @@ def search_setup(args):
     model = catalog.load_model(resolved(args.model, "models", notes), model_o)
     refuse_moe_flags(args, model)
     free, fixed = _free_and_fixed(args)
+    if args.phase != "train" and args.free is not None and "microbatch" not in free + tuple(fixed):
+        # the batch per DP rank is the lever of serving: left at the base plan's 1 it made
+        # `--free tp` report a best 12x below what the SLO allows, without a word
+        free += ("microbatch",)
+        notes.append(
+            "microbatch (the batch per DP rank) is searched too: it is what the SLO bounds; "
+            "--batch N fixes it"
+        )
     problem = _problem(args, system, model, _chips(args, system), free, fixed, slo_s, price)
     if args.precision is None:
         notes.append(f"precision: {problem.precision} (--precision to change)")

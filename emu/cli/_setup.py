@@ -44,8 +44,18 @@ def overrides(args) -> tuple[dict, dict, dict]:
 
 
 def set_note(args) -> list[str]:
-    """'--set applied: ...' (what the user changed, as typed), or nothing."""
-    return [f"--set applied: {', '.join(args.set)}"] if getattr(args, "set", None) else []
+    """'--set applied: ...' (what the user changed, as typed), or nothing; and what a
+    changed TDP means (--set or --grid chip.tdp_w)."""
+    given = list(getattr(args, "set", None) or [])
+    notes = [f"--set applied: {', '.join(given)}"] if given else []
+    paths = [item.partition("=")[0].strip() for item in given + list(getattr(args, "grid", []))]
+    if "chip.tdp_w" in paths:  # a lower TDP read as a power cap gave free efficiency
+        notes.append(
+            "chip.tdp_w sets the power drawn at the same clocks (a more or less efficient "
+            "chip): emu models no power capping, so a chip held below its TDP, which would "
+            "also run slower, is not what this computes"
+        )
+    return notes
 
 
 def resolved(name: str, kind: str, notes: list[str]) -> str:
@@ -123,8 +133,8 @@ def slo_notes(args) -> list[str]:
     """A note for each SLO flag given at a value that looks like milliseconds."""
     notes = []
     for name, limit in SLO_LOOKS_LIKE_MS.items():
-        value = getattr(args, name, None)
-        if value is not None and value >= limit:
+        value = getattr(args, name, None)  # `seconds`: a float that knows its unit was typed
+        if value is not None and value >= limit and not getattr(value, "unit_typed", False):
             notes.append(
                 f"--{name.replace('_', '-')} {value:g} is in seconds ({value:g} s); for "
                 f"{value:g} ms give {value:g}ms or {value / 1000:g}"
@@ -281,7 +291,8 @@ def idle_flag_notes(args, plan: Plan) -> list[str]:
     if getattr(args, "sp", None) is False and tp == 1:
         notes.append("--no-sp has no effect at tp=1 (sequence parallelism splits across TP)")
     degrees = tp if plan.phase != "train" else tp * int(float(plan.dp * plan.cp))
-    if getattr(args, "algorithm", None) is not None and degrees == 1:
+    algorithm = next(k for k in KNOBS if k.name == "algorithm")
+    if getattr(args, "algorithm", None) not in (None, algorithm.default) and degrees == 1:
         what = "tp=1 serving" if plan.phase != "train" else "tp=dp=cp=1"
         notes.append(f"--algorithm has no effect: a {what} plan runs no all-reduce")
     return notes

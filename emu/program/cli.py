@@ -22,6 +22,8 @@ DEFAULT_SYSTEMS = ["gb200_nvl72"]
 #: infinite tokens/s; an infinite --timeout crashed; --devices 20000 waited out the timeout)
 MAX_TOKENS_PER_STEP = 1e15
 MAX_TIMEOUT_S = 86400.0
+#: `--timeout` of a builder when not given (seconds), as the library's `trace_program`
+DEFAULT_TIMEOUT_S = 600.0
 MAX_DEVICES = 16384
 
 
@@ -54,7 +56,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fusion", default="ideal", choices=["ideal", "as_compiled"])
     p.add_argument("--algorithm", default="hierarchical", choices=["hierarchical", "ring"])
     p.add_argument("--top", type=int, default=10, help="most expensive ops listed")
-    p.add_argument("--timeout", type=float, default=600.0, help="tracing timeout, seconds")
+    p.add_argument(
+        "--timeout", type=float, default=None, help="builder tracing timeout, seconds (default 600)"
+    )
     _repeatable(p, "--set", "PATH=VALUE", "override a system field by dotted path (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
@@ -126,7 +130,7 @@ def run_program_cli(args: argparse.Namespace) -> int:
             f"--tokens-per-step must be a number of tokens in [0, {MAX_TOKENS_PER_STEP:.0e}] "
             f"(got {tps:g})."
         )
-    if not 0 < args.timeout <= MAX_TIMEOUT_S:
+    if args.timeout is not None and not 0 < args.timeout <= MAX_TIMEOUT_S:
         raise ValueError(
             f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT_S:g}] "
             f"(got {args.timeout:g})."
@@ -181,7 +185,11 @@ def _hlo_program(args: argparse.Namespace, roles: dict[str, str]):
 
     if args.builder:
         raise ValueError("give either a builder or --hlo FILE, not both.")
-    unused = [f for f, v in (("--devices", args.devices), ("--arg", args.arg)) if v]
+    unused = [
+        f
+        for f, v in (("--devices", args.devices), ("--arg", args.arg), ("--timeout", args.timeout))
+        if v is not None and v != []
+    ]
     if unused:
         raise ValueError(
             f"{' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} for a builder; "
@@ -222,7 +230,7 @@ def _builder_program(args: argparse.Namespace, roles: dict[str, str]):
         kwargs=kwargs,
         fusion=args.fusion,
         axis_roles=roles,
-        timeout_s=args.timeout,
+        timeout_s=DEFAULT_TIMEOUT_S if args.timeout is None else args.timeout,
     )
 
 

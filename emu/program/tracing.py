@@ -170,9 +170,8 @@ def load_builder(spec: str):
     builder = getattr(module, name, None)
     if builder is None or not callable(builder):
         known = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
-        raise ValueError(
-            f"'{where}' has no function '{name}'; its functions: {', '.join(known[:12])}."
-        )
+        has = f"its functions: {', '.join(known[:12])}" if known else "it defines no functions"
+        raise ValueError(f"'{where}' has no function '{name}'; {has}.")
     return builder
 
 

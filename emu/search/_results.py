@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emu.search._problem import COLUMNS, Problem
+from emu.plan import knobs as plan_knobs
+from emu.search._problem import COLUMNS, KNOBS, Problem
 from emu.search._space import Space
 from emu.storage import RecordError, read_record, table_writer
 
@@ -127,6 +128,10 @@ def chunk_header(index: int, rows: int, signature: str) -> dict:
 #: a sweep table up to this many rows is ranked whole in memory (~100 MB); a larger one is
 #: streamed feasible rows first, then the rest, each in the order of the space
 RANK_ROWS = 1 << 20
+#: the searched knobs stored as codes of names (recompute: none/selective/full)
+_CHOICE_KNOBS = [k for k in plan_knobs(searchable=True) if k.kind == "choice"]
+#: latency columns a phase does not have (written empty in a table, not as 0 s)
+_IDLE_LATENCY = {"train": ("ttft_s", "tpot_s"), "prefill": ("tpot_s",), "decode": ("ttft_s",)}
 
 
 def _ranked(block: np.ndarray, feasible_col: int, objective_col: int, sign: float):
@@ -149,8 +154,23 @@ def write_table(result: SweepResult | SearchResult, path) -> Path:
     # an unpriced problem (no cost and region) has no usd_per_mtoken: the column is left
     # out rather than written as NaN on every row
     cols = [j for j, h in enumerate(header) if h != "usd_per_mtoken" or result.problem.cost]
-    with table_writer(path, [header[j] for j in cols]) as put:
-        write = lambda block: put(block[:, cols])  # noqa: E731
+    names = [header[j] for j in cols]
+    at = names.index("global_batch") + 1  # chips (packages) after the global batch
+    names = [*names[:at], "chips", *names[at:]]
+    ranks = [header.index(k) for k in ("tp", "pp", "dp", "cp")]
+    # a latency the phase does not have is empty, not 0 s
+    idle = [names.index(c) for c in _IDLE_LATENCY[result.problem.phase] if c in names]
+    labels = {k.name: {v: n for n, v in k.names.items()} for k in _CHOICE_KNOBS}
+    labels["sp"] = {0.0: "false", 1.0: "true"}
+    whole = {*KNOBS, "global_batch", "chips", "feasible"}
+
+    def write(block: np.ndarray) -> None:
+        chips = np.prod(block[:, ranks], axis=1) / result.space.dies
+        out = np.column_stack([block[:, cols[:at]], chips, block[:, cols[at:]]])
+        out[:, idle] = np.nan
+        put(out)
+
+    with table_writer(path, names, labels=labels, integers=whole) as put:
         if isinstance(result, SearchResult) or result.evaluations <= RANK_ROWS:
             blocks = list(result.table_blocks())
             if blocks:

@@ -289,6 +289,7 @@ class Space:
             [np.unique(c, return_inverse=True)[1] for c in self.moves.T]
         ).astype(np.int32)
         self.chips = chips
+        self.dies = int(float(system.chip.dies_per_chip))  # ranks per chip package
 
     def point(self, g) -> np.ndarray:
         """Grid values [len(g), G] of flat grid indices g."""

@@ -45,6 +45,7 @@ from emu.validation._plans import (
     states_no_degrees,
 )
 from emu.validation._rows import (
+    WHOLE_PARALLEL,
     approximations,
     check_row,
     in_metric_unit,
@@ -309,6 +310,17 @@ def item_notes(item: Item) -> list[str]:
     row what it does not state and emu assumed (message size; tokens per rank, hidden size,
     top-k)."""
     notes = approximations(item.row)
+    par = item.row.get("parallel") or {}
+    for key in WHOLE_PARALLEL:  # a stated value that is no count (tp 0, 2.5, "thirty")
+        raw = par.get(key)
+        if (
+            raw is not None
+            and int_or(raw, None) is None
+            and not (
+                key == "vpp" and isinstance(raw, str)  # a schedule named in words
+            )
+        ):
+            notes.append(f"parallel.{key} {raw!r} is not a whole number >= 1: taken as not stated")
     if "_stated" in item.row:  # exact: the value converted into the metric's unit
         (value, unit), r = item.row["_stated"], item.row
         notes.append(f"stated as {value:g} {unit}: {r['value']:g} {r['unit']}")

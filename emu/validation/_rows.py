@@ -448,13 +448,20 @@ def unit_key(unit: str) -> str:
     return re.sub(r"\s+", " ", u)
 
 
+#: `parallel` fields that are counts: null (not stated) or a whole number >= 1; any other
+#: value is taken as not stated, and the prediction's `approximates` says so
+WHOLE_PARALLEL = ("tp", "pp", "dp", "ep", "cp", "etp", "vpp", "microbatch")
+
+
 def check_row(row: dict) -> None:
     """ValueError when a row cannot describe a run: n_chips not a whole number in
-    [1, MAX_CHIPS] (a collective: at least 2), or a `unit` that does not match the metric
-    (METRIC_UNITS)."""
+    [1, MAX_CHIPS] (a collective: at least 2), an unknown kind, or a `unit` that does not
+    match the metric (METRIC_UNITS)."""
     for key in ("kind", "system", "metric"):
         if not isinstance(row.get(key), str):
             raise ValueError(f"{key} must be a string (got {row.get(key)!r}); see MEASUREMENTS.md")
+    if row["kind"] not in KINDS:
+        raise ValueError(f"unknown kind '{row['kind']}'; known: {', '.join(KINDS)}")
     n = row.get("n_chips")
     ok = isinstance(n, int | float) and not isinstance(n, bool) and math.isfinite(n)
     if not ok or n != int(n) or not 1 <= n <= MAX_CHIPS:
@@ -784,12 +791,12 @@ def num_in(pattern: str, text: str, default=None):
 
 
 def int_or(x, default):
-    """`x` as an int when it is a finite number >= 1 (or a string of one: "8"), else
-    `default`."""
+    """`x` as an int when it is a whole number >= 1 (or a string of one: "8"), else
+    `default` (2.5 is not cut to 2)."""
     if isinstance(x, bool) or x is None:
         return default
     if isinstance(x, str) and re.fullmatch(r"\s*\d+(?:\.0*)?\s*", x):
         x = float(x)
-    if isinstance(x, int | float) and math.isfinite(x) and x >= 1:
+    if isinstance(x, int | float) and math.isfinite(x) and x >= 1 and x == int(x):
         return int(x)
     return default

@@ -1,0 +1,124 @@
+"""Inputs that were accepted and then ignored, cut or lost (a red-team pass over search,
+sweep, validate, program and the region files, session 34): each is now refused in one
+line, said in a note, or kept."""
+
+import json
+
+import pytest
+from _cli import run_cli
+from _cli import run_json as _run_json
+
+run_json = _run_json
+
+SWEEP = ["sweep", "--system", "dgx_h100", "--model", "llama3_8b"]
+
+
+def test_sweep_out_keeps_an_earlier_result_unless_told_to_overwrite(capsys, tmp_path):
+    out = tmp_path / "s.csv"
+    args = [*SWEEP, "--chips", "16", "--seq-len", "4096", "--free", "pp", "--out", str(out)]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    first = out.read_bytes()
+    code, _, err = run_cli(capsys, *args[:-4], "--free", "pp,zero", "--out", str(out))
+    assert code == 2 and f"--out '{out}' exists" in err and "--overwrite" in err
+    assert out.read_bytes() == first  # refused before any work: the earlier table stands
+    code, _, err = run_cli(capsys, *args, "--overwrite")
+    assert code == 0, err
+
+
+def test_grid_over_the_systems_size_is_refused_for_chips(capsys):
+    """`--grid n_chips=8,16` labelled rows 16 that ran on 8 chips."""
+    code, _, err = run_cli(capsys, *SWEEP, "--grid", "n_chips=8,16")
+    assert code == 2 and "give the counts as --chips 8,16" in err
+
+
+def test_a_serving_search_searches_the_batch_unless_given(capsys):
+    """`--free tp` in decode left the batch at 1: its best was 12x below the SLO's."""
+    args = [*SWEEP, "--phase", "decode", "--tpot-slo", "20ms", "--json"]
+    free = run_json(capsys, *args, "--free", "tp")["best"]
+    whole = run_json(capsys, *args)["best"]
+    assert free["plan"]["microbatch"] > 1
+    assert free["tokens_per_s"] == pytest.approx(whole["tokens_per_s"], rel=0.02)
+    notes = run_json(capsys, *args, "--free", "tp")["notes"]
+    assert any(n.startswith("microbatch (the batch per DP rank) is searched") for n in notes)
+    fixed = run_json(capsys, *args, "--free", "tp", "--batch", "4")
+    assert fixed["best"]["plan"]["microbatch"] == 4
+    assert not any("searched too" in n for n in fixed["notes"])
+
+
+def _row(**parallel) -> str:
+    from emu.validation import default_measurements
+
+    lines = default_measurements().read_text(encoding="utf-8").splitlines()
+    row = json.loads(next(r for r in lines if '"id": "sc21_t1_1.7B"' in r))
+    key, value = next(iter(parallel.items()))
+    row["id"] = f"{key}_{value}"
+    row["parallel"][key] = value
+    return json.dumps(row)
+
+
+def test_validate_says_which_degrees_it_could_not_use_and_exits_1_on_bad_rows(capsys, tmp_path):
+    """tp 0, -8 or "thirty" were dropped (the degree planned again) and tp 2.5 ran as 2,
+    without a word; a file with rows that could not be read exited 0. A stated value that
+    is no count is now taken as not stated and said so (rows from other sources may state
+    odd things: the row is still modelled); a row that cannot be read sets exit status 1."""
+    path = tmp_path / "rows.jsonl"
+    odd = [_row(tp=0), _row(tp=2.5), _row(dp="thirty"), _row(tp="8")]
+    path.write_text("\n".join(odd) + "\n")
+    code, out, err = run_cli(capsys, "validate", str(path), "--json")
+    assert code == 0, err
+    rows = json.loads(out)["rows"]
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    said = [[a for a in r["approximates"] if a.startswith("parallel.")] for r in rows]
+    assert said[0] == ["parallel.tp 0 is not a whole number >= 1: taken as not stated"]
+    assert "parallel.tp 2.5 is not" in said[1][0] and "parallel.dp 'thirty'" in said[2][0]
+    assert said[3] == [] and rows[1]["predicted"] == rows[0]["predicted"]  # 2.5 is not 2
+    path.write_text("\n".join([_row(tp=8), _row(tp=8)]) + "\n")  # a duplicate id
+    code, out, err = run_cli(capsys, "validate", str(path))
+    assert code == 1 and "rows 2: modelled 1" in out
+    assert err.startswith("emu: 1 row could not be read (ERROR above")
+
+
+def test_program_hlo_refuses_the_builders_timeout(capsys, tmp_path):
+    hlo = tmp_path / "m.hlo"
+    hlo.write_text("HloModule m\n")
+    code, _, err = run_cli(capsys, "program", "--hlo", str(hlo), "--mesh", "data=2",
+                           "--timeout", "5")  # fmt: skip
+    assert code == 2 and "--timeout is for a builder" in err
+
+
+def test_a_region_file_is_named_as_its_file(capsys, tmp_path):
+    from emu.catalog import config_dir
+
+    text = (config_dir() / "regions" / "south_africa.toml").read_text()
+    (tmp_path / "mine.toml").write_text(text)  # still says name = "south_africa"
+    code, _, err = run_cli(capsys, "run", "--region", str(tmp_path / "mine.toml"))
+    assert code == 2 and 'a region\'s name must equal its file stem: set name = "mine"' in err
+
+
+def test_a_changed_tdp_says_what_it_means(capsys):
+    """A lower chip.tdp_w cut the power at the same step time, and a grid over it always
+    picked the lowest: it is a more efficient chip, not a power cap, and the note says so."""
+    d = run_json(capsys, "run", "--system", "dgx_h100", "--model", "llama3_8b",
+                 "--set", "chip.tdp_w=500")  # fmt: skip
+    assert any(
+        n.startswith("chip.tdp_w sets the power drawn at the same clocks") for n in d["notes"]
+    )
+    d = run_json(capsys, *SWEEP, "--chips", "8", "--free", "pp", "--grid", "chip.tdp_w=500,700")
+    assert any("emu models no power capping" in n for n in d["notes"])
+    d = run_json(capsys, "run", "--system", "dgx_h100", "--model", "llama3_8b")
+    assert not any("tdp_w" in n for n in d["notes"])
+
+
+def test_small_messages_say_what_was_meant(capsys, tmp_path):
+    code, _, err = run_cli(capsys, *SWEEP, "--power-cap", "60kw")
+    assert code == 2 and "(units are case-sensitive); did you mean 'kW'?" in err
+    code, _, err = run_cli(capsys, "run", "--set", "chip.hbm_bytes_per_s=3tb/s")
+    assert code == 2 and "did you mean 'TB/s' or 'Tb/s'?" in err
+    path = tmp_path / "rows.jsonl"
+    path.write_text(_row(tp=8).replace('"kind": "train"', '"kind": "trian"') + "\n")
+    code, _, err = run_cli(capsys, "validate", str(path))
+    assert code == 2 and "line 1: unknown kind 'trian'; known: train, prefill" in err
+    (tmp_path / "empty.py").write_text("X = 1\n")
+    code, _, err = run_cli(capsys, "program", f"{tmp_path / 'empty.py'}:build", "--devices", "2")
+    assert code == 2 and "has no function 'build'; it defines no functions." in err
