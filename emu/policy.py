@@ -53,13 +53,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from emu._backend import jax, jnp
 from emu.advice import check_result, diagnose
 from emu.hardware import peak_flops, usable_hbm_bytes
 from emu.objective import evaluate, inference_memory, max_batch_under_slo
 from emu.parallelism import memory
 from emu.plan import KNOBS, Plan, make_plan, n_microbatches, n_ranks, validate_plan
-from emu.struct import check_value, replace
+from emu.struct import check, check_value, replace
 from emu.topology import System, node_tier, rank_system
 from emu.units import PRECISIONS
 from emu.workload import Model
@@ -77,6 +79,7 @@ __all__ = [
     "serving_precision",
     "default_precision",
     "checked_evaluate",
+    "check_inputs",
     "scale_up_domain",
     "divisors",
     "DEFAULT_BATCH_TOKENS",
@@ -684,26 +687,77 @@ def _concrete(*trees) -> bool:
     return True
 
 
-def checked_evaluate(system: System, model: Model, plan: Plan):
-    """`emu.objective.evaluate`, after `check_plan` when the inputs are concrete scalars
-    (a plan the system cannot run raises ValueError: a degree that does not divide the
-    heads, more chips than the system builds, a precision the chip lacks). Under jit, vmap
-    or grad the inputs are tracers and pass through unchecked: traced code never raises.
-    A concrete result is also checked physically possible (`check_result`)."""
-    if not _concrete(system, model, plan):
-        return evaluate(system, model, plan)
+#: a batch evaluated eagerly (not under jit/vmap) has each of up to this many elements
+#: checked as one plan; every element's result is checked whatever the size
+BATCH_CHECK_MAX = 4096
+
+_RESULT_FIELDS = ("step_time_s", "power_w", "tokens_per_s", "mfu", "energy_per_step_j")
+
+
+def _has_tracer(*trees) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(trees))
+
+
+def check_inputs(system: System, model: Model, plan: Plan) -> None:
+    """The checks of a concrete evaluation before it runs: every system and model leaf
+    against its declared bounds (a system built with `emu.struct.replace` skips the
+    loaders' checks: zero HBM bandwidth made a step faster), then `check_plan`."""
+    check(system, system.name)
+    check(model, model.name)
     check_plan(system, model, plan)
+
+
+def checked_evaluate(system: System, model: Model, plan: Plan):
+    """`emu.objective.evaluate`, after `check_inputs` when the inputs are concrete (a
+    system or model value out of its bounds, or a plan the system cannot run, raises
+    ValueError: a degree that does not divide the heads, more chips than the system builds,
+    a precision the chip lacks). Under jit, vmap or grad the inputs are tracers and pass
+    through unchecked: traced code never raises. A concrete result is also checked
+    physically possible (`check_result`). A batch passed eagerly (leaves with a leading
+    axis, not under vmap) is checked element by element (up to BATCH_CHECK_MAX elements;
+    every result always), naming the element."""
+    if _has_tracer(system, model, plan):
+        return evaluate(system, model, plan)
+    if not _concrete(system, model, plan):
+        return _checked_batch(system, model, plan)
+    check_inputs(system, model, plan)
     r = evaluate(system, model, plan)
     check_result(
         {
             "system": system.name,
             "model": model.name,
-            **{
-                k: float(getattr(r, k))
-                for k in ("step_time_s", "power_w", "tokens_per_s", "mfu", "energy_per_step_j")
-            },
+            **{k: float(getattr(r, k)) for k in _RESULT_FIELDS},
         }
     )
+    return r
+
+
+def _checked_batch(system: System, model: Model, plan: Plan):
+    """`checked_evaluate` of inputs with a leading batch axis, evaluated eagerly."""
+    trees = (system, model, plan)
+    n = max(jnp.shape(x)[0] for x in jax.tree_util.tree_leaves(trees) if jnp.ndim(x))
+    if n <= BATCH_CHECK_MAX:
+        for i in range(n):
+            one = jax.tree_util.tree_map(lambda x, i=i: x[i] if jnp.ndim(x) else x, trees)
+            try:
+                check_inputs(*one)
+            except ValueError as e:
+                raise ValueError(f"element {i} of the batch: {e}") from None
+    r = evaluate(system, model, plan)
+    got = {
+        k: np.broadcast_to(np.asarray(getattr(r, k), np.float64).reshape(-1), (n,))
+        for k in _RESULT_FIELDS
+    }
+    bad = ~np.all([np.isfinite(v) for v in got.values()], axis=0)
+    bad |= (got["step_time_s"] <= 0) | (got["power_w"] <= 0) | (got["tokens_per_s"] < 0)
+    bad |= (got["mfu"] < 0) | (got["mfu"] > 1 + 1e-6)
+    if bad.any():  # the first bad element, in check_result's words
+        i = int(np.argmax(bad))
+        row = {k: float(v[i]) for k, v in got.items()}
+        try:
+            check_result({"system": system.name, "model": model.name, **row})
+        except ValueError as e:
+            raise ValueError(f"element {i} of the batch: {e}") from None
     return r
 
 
@@ -711,9 +765,22 @@ _evaluate = jax.jit(evaluate)
 _max_batch = jax.jit(max_batch_under_slo)  # module level: compiled once per structure
 
 
+def _check_slo(slo_s) -> None:
+    ok = isinstance(slo_s, int | float) and not isinstance(slo_s, bool)
+    if not (ok and slo_s > 0 and math.isfinite(slo_s)):
+        raise ValueError(
+            f"the SLO must be a positive number of seconds, e.g. 0.05 (got {slo_s!r})."
+        )
+
+
 def largest_batch(system: System, model: Model, plan: Plan, slo_s: float) -> int:
     """The largest integer batch per DP rank meeting the phase's latency SLO (exactly
     re-evaluated) and fitting in HBM, or ValueError if even one sequence misses either."""
+
+    if plan.phase == "train":
+        raise ValueError("largest_batch sizes a prefill or decode plan; got a train plan.")
+    _check_slo(slo_s)
+    check_plan(system, model, plan)
 
     def ev(k):
         return _evaluate(system, model, replace(plan, microbatch=jnp.float32(k)))
@@ -782,8 +849,7 @@ def with_largest_batch(
     `widen_tp` (TP left to the rule), when even batch 1 misses the SLO at the plan's TP, the
     smallest TP in 2, 4, 8 (dp shrinking to keep the ranks) whose batch 1 meets it (prefill:
     one long prompt split over a few ranks, as prefill deployments do; decode likewise)."""
-    if not (slo_s > 0 and math.isfinite(slo_s)):
-        raise ValueError(f"the SLO must be a positive number of seconds (got {slo_s}).")
+    _check_slo(slo_s)
     try:
         n = largest_batch(system, model, plan, slo_s)
     except ServingFitError as e:

@@ -24,10 +24,13 @@ True
 
 from __future__ import annotations
 
-from emu._backend import jnp
+import math
+
+from emu._backend import jax, jnp
 from emu.numerics import safe_div
 from emu.objective import RunResult, evaluate
 from emu.parallelism import Plan
+from emu.plan import validate_plan
 from emu.struct import dataclass
 from emu.topology import System
 from emu.workload import Model
@@ -70,7 +73,29 @@ def disaggregated(
     output_len,
 ) -> ServingResult:
     """Throughput, latency and energy of serving with separate prefill and decode instances
-    (both on `system`); see the module doc for the formulas."""
+    (both on `system`); see the module doc for the formulas. ValueError when a plan is of
+    another phase (a swapped pair gave TTFT = TPOT = 0), and, for concrete inputs, when a
+    length is not a positive finite number of tokens or a plan fails `validate_plan`."""
+    for name, plan, want in (("prefill_plan", prefill_plan, "prefill"),
+                             ("decode_plan", decode_plan, "decode")):  # fmt: skip
+        if plan.phase != want:
+            raise ValueError(f"{name} is a {plan.phase} plan; give a {want} plan.")
+    args = (system, model, prefill_plan, decode_plan, prompt_len, output_len)
+    leaves = jax.tree_util.tree_leaves(args)
+    if not any(isinstance(x, jax.core.Tracer) or jnp.ndim(x) for x in leaves):
+        for name, n in (("prompt_len", prompt_len), ("output_len", output_len)):
+            try:
+                x = math.nan if isinstance(n, bool | str) else float(n)
+            except (TypeError, ValueError):
+                x = math.nan
+            if not 0 < x < math.inf:
+                raise ValueError(f"{name} must be a positive number of tokens (got {n!r}).")
+        for plan in (prefill_plan, decode_plan):
+            validate_plan(
+                plan, model, max_chips=float(system.tiers[-1].domain_chips),
+                dies_per_chip=float(system.chip.dies_per_chip), even_layers=False,
+                even_experts=False,
+            )  # fmt: skip
     pre = evaluate(system, model, prefill_plan)
     dec = evaluate(system, model, decode_plan)
     pre_rps = safe_div(pre.tokens_per_s, prompt_len)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from emu.program.cost import ProgramCost, program_cost
 from emu.program.report import CollectiveSummary, ProgramResult, TopOp
 from emu.program.table import MeshInfo, OpTable, build_table
 from emu.program.tracing import Traced, compile_hlo, trace_builder
+from emu.struct import check
 from emu.topology import System, participants, rank_system
 
 __all__ = ["Program", "trace", "trace_program", "from_hlo"]
@@ -132,8 +134,12 @@ class Program:
         if isinstance(systems, System):
             systems = [systems]
         tokens = float(tokens_per_step or 0.0)
-        if tokens < 0:
-            raise ValueError(f"tokens_per_step must be >= 0 (got {tokens_per_step}).")
+        if not 0 <= tokens < math.inf:
+            raise ValueError(
+                f"tokens_per_step must be a finite number >= 0 (got {tokens_per_step})."
+            )
+        for system in systems:  # built with emu.struct.replace: the loaders' checks skipped
+            check(system, system.name)
         out = []
         for system in systems:
             cost = self.cost_fn(tokens_per_step=tokens, algorithm=algorithm)(system)

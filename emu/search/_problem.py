@@ -146,6 +146,9 @@ def check_problem(system: System, problem: Problem) -> None:
         )
     if "dp" in dict(problem.fixed):
         raise ValueError("dp follows the chip count (dp = chips / (tp pp cp)); fix chips.")
+    both = sorted(set(problem.free or ()) & set(dict(problem.fixed)))
+    if both:
+        raise ValueError(f"{both[0]} is both free and fixed; drop it from free or from fixed.")
     topo = set(problem.free or ()) & set(TOPOLOGY_KNOBS)
     if topo:
         raise ValueError(

@@ -47,11 +47,13 @@ def _pow2_upto(n: int) -> list[int]:
 
 
 def _pick(problem: Problem, knob: str, values) -> list[int]:
-    """The values a knob may take: all valid `values` if it is free, else its fixed value
-    (or default) when that value is valid here."""
-    if problem.free is None or knob in problem.free:
+    """The values a knob may take: its fixed value when `problem.fixed` sets it (with or
+    without `free`: a fixed knob given alone was searched over every value), all valid
+    `values` if it is free, else its default; each only when valid here."""
+    fixed = dict(problem.fixed)
+    if knob not in fixed and (problem.free is None or knob in problem.free):
         return list(values)
-    v = dict(problem.fixed).get(knob, DEFAULTS[knob])
+    v = fixed.get(knob, DEFAULTS[knob])
     return [x for x in values if x == v]
 
 

@@ -1,0 +1,95 @@
+"""The library's concrete calls check their inputs and results (a red-team pass over the
+Python API, session 34): values built with `emu.struct.replace` bypass the loaders'
+checks, batches passed without vmap skipped every check, and `analysis.run`,
+`serving.disaggregated`, `policy.largest_batch`, `Program.estimate` and
+`search.Problem(fixed=...)` answered inputs they could not honour."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import emu
+from emu.analysis import run
+from emu.policy import largest_batch
+from emu.search import Problem, enumerate_plans
+from emu.serving import disaggregated
+from emu.struct import replace, stack
+
+
+@pytest.fixture(scope="module")
+def smp():
+    system, model = emu.load_system("gb200_nvl72"), emu.load_model("llama3_8b")
+    return system, model, emu.make_plan(tp=8, dp=9, global_batch=72, seq_len=4096)
+
+
+def test_evaluate_checks_system_and_model_values(smp):
+    """Zero HBM bandwidth made a step faster (safe_div(x, 0) = 0 in the traced model)."""
+    s, m, p = smp
+    slow = replace(s, chip=replace(s.chip, hbm_bytes_per_s=jnp.float32(0.0)))
+    with pytest.raises(ValueError, match=r"chip.hbm_bytes_per_s must be in \[1e\+09"):
+        emu.evaluate(slow, m, p)
+    with pytest.raises(ValueError, match="n_layers must be an integer"):
+        emu.evaluate(s, replace(m, n_layers=jnp.float32(2.5)), p)
+    # traced: unchecked, finite
+    g = jax.grad(lambda x: emu.evaluate(x, m, p).tokens_per_joule)(s)
+    assert jnp.isfinite(g.chip.hbm_bytes_per_s)
+
+
+def test_a_batch_evaluated_eagerly_is_checked_per_element(smp):
+    s, m, p = smp
+    with pytest.raises(ValueError, match=r"element 1 of the batch: Plan: tp must be a positive"):
+        emu.evaluate(s, m, stack([p, replace(p, tp=jnp.float32(-8.0))]))
+    two = replace(p, microbatch=jnp.float32(2.0), global_batch=jnp.float32(144.0))
+    r = emu.evaluate(s, m, stack([p, two]))
+    assert r.mfu.shape == (2,) and bool(jnp.all((r.mfu > 0) & (r.mfu < 1)))
+    one = emu.evaluate(s, m, p)
+    assert float(r.step_time_s[0]) == pytest.approx(float(one.step_time_s), rel=1e-6)
+
+
+def test_analysis_run_checks_the_plan_and_the_result(smp):
+    s, m, p = smp
+    with pytest.raises(ValueError, match="tp=3 must divide the model's n_heads=32"):
+        run(s, m, replace(p, tp=jnp.float32(3.0)))
+    with pytest.raises(ValueError, match="microbatch must be a positive integer"):
+        run(s, m, replace(p, microbatch=jnp.float32(0.0)))
+
+
+def test_disaggregated_serving_checks_phases_lengths_and_plans(smp):
+    s, m, _ = smp
+    pre = emu.make_plan(phase="prefill", tp=8, dp=1, microbatch=1, seq_len=4096)
+    dec = emu.make_plan(phase="decode", tp=8, dp=1, microbatch=64, context=4096)
+    ok = disaggregated(s, m, pre, dec, prompt_len=4096, output_len=512)
+    assert float(ok.requests_per_s) > 0
+    with pytest.raises(ValueError, match="output_len must be a positive number of tokens"):
+        disaggregated(s, m, pre, dec, prompt_len=4096, output_len=-5)
+    with pytest.raises(ValueError, match="prefill_plan is a decode plan"):
+        disaggregated(s, m, dec, pre, prompt_len=4096, output_len=512)
+    with pytest.raises(ValueError, match="tp=3 must divide"):
+        disaggregated(s, m, replace(pre, tp=jnp.float32(3.0)), dec, prompt_len=4096, output_len=8)
+    # traced lengths pass through unchecked, as any traced input
+    f = jax.jit(lambda o: disaggregated(s, m, pre, dec, prompt_len=4096.0, output_len=o))
+    assert float(f(512.0).requests_per_s) == pytest.approx(float(ok.requests_per_s), rel=1e-5)
+
+
+def test_largest_batch_sizes_serving_plans_under_a_real_slo(smp):
+    s, m, p = smp
+    dec = emu.make_plan(phase="decode", tp=8, dp=1, microbatch=1, context=4096)
+    assert largest_batch(s, m, dec, 0.05) > 1
+    with pytest.raises(ValueError, match="got a train plan"):
+        largest_batch(s, m, p, 0.05)
+    for bad in (float("nan"), -1.0, "50ms"):
+        with pytest.raises(ValueError, match="the SLO must be a positive number of seconds"):
+            largest_batch(s, m, dec, bad)
+    with pytest.raises(ValueError, match="tp=3 must divide"):
+        largest_batch(s, m, replace(dec, tp=jnp.float32(3.0)), 0.05)
+
+
+def test_a_fixed_knob_is_fixed_without_free():
+    """`Problem(fixed=(("tp", 8),))` searched tp 1-8 unless `free` was also given."""
+    h, m = emu.load_system("dgx_h100"), emu.load_model("llama3_8b")
+    plans = enumerate_plans(h, m, Problem("dgx_h100", "llama3_8b", 16, fixed=(("tp", 8),)))
+    assert set(plans[:, 0].tolist()) == {8.0} and len(plans) > 1
+    with pytest.raises(ValueError, match="tp is both free and fixed"):
+        enumerate_plans(
+            h, m, Problem("dgx_h100", "llama3_8b", 16, free=("tp",), fixed=(("tp", 8),))
+        )
