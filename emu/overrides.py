@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
+
 from emu._backend import jnp
 from emu.struct import check, check_value, float_leaves, info_at, set_path
 
@@ -145,12 +147,32 @@ def apply_overrides(tree, overrides: dict, where: str = ""):
     declared bounds, then the result checked whole (`struct.check`: cross-field rules such
     as idle_w <= tdp_w). ValueError names the path (and `where`, for the whole-tree rules).
     """
+    if not isinstance(overrides, dict):
+        raise ValueError(
+            f"overrides must be a dict of dotted path -> value, e.g. {{'chip.tdp_w': 1000}} "
+            f"(got {type(overrides).__name__})."
+        )
     leaves = float_leaves(tree)
     for path, value in overrides.items():
+        if not isinstance(path, str):
+            raise ValueError(
+                f"override paths are dotted strings such as 'chip.tdp_w' (got {path!r})."
+            )
         if path not in leaves:
             set_path(tree, path, value)  # raises the "unknown field path" error
         info = info_at(tree, path)
+        if isinstance(value, str):  # a unit suffix, as on the command line ("16TB/s")
+            try:
+                value = parse_value(value)
+            except ValueError as e:
+                raise ValueError(f"{path}: {e}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float) and np.ndim(value) != 0:
+            raise ValueError(f"{path}: the value must be one number (got {value!r}).")
         check_unit(value, info, path)
-        x = check_value(float(value), info, path)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: the value must be one number (got {value!r}).") from None
+        x = check_value(number, info, path)
         tree = set_path(tree, path, jnp.float32(x))
     return check(tree, where) if overrides else tree

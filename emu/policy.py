@@ -142,8 +142,9 @@ _SERVING_FIXED = ("pp", "cp", "etp", "vpp")
 def _check_knobs(chips, system: System, knobs: dict) -> int:
     """`chips` as an int after checking it, that every name is a plan knob and that every
     given count (degrees, integers) is valid by its declaration."""
-    if chips < 1 or chips != int(chips):
-        raise ValueError(f"chips must be a positive integer (got {chips}).")
+    number = isinstance(chips, int | float | np.integer | np.floating)
+    if isinstance(chips, bool) or not number or chips < 1 or chips != int(chips):
+        raise ValueError(f"chips must be a positive integer (got {chips!r}).")
     chips = int(chips)
     max_chips = float(system.tiers[-1].domain_chips)
     if chips > max_chips:
@@ -716,6 +717,16 @@ def checked_evaluate(system: System, model: Model, plan: Plan):
     physically possible (`check_result`). A batch passed eagerly (leaves with a leading
     axis, not under vmap) is checked element by element (up to BATCH_CHECK_MAX elements;
     every result always), naming the element."""
+    for name, value, cls, how in (
+        ("system", system, System, "emu.load_system(NAME)"),
+        ("model", model, Model, "emu.load_model(NAME)"),
+        ("plan", plan, Plan, "emu.make_plan(...)"),
+    ):
+        if not isinstance(value, cls):
+            raise ValueError(
+                f"evaluate(system, model, plan): {name} must be an emu {cls.__name__} (got "
+                f"{type(value).__name__}); make one with {how}."
+            )
     if _has_tracer(system, model, plan):
         return evaluate(system, model, plan)
     if not _concrete(system, model, plan):

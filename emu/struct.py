@@ -319,6 +319,14 @@ def stack(objs: Sequence[T]) -> T:
     """Stack pytrees of identical structure along a new leading axis (for `vmap`)."""
     if not objs:
         raise ValueError("stack: got an empty sequence; pass at least one pytree.")
+    first = jax.tree_util.tree_structure(objs[0])
+    for i, o in enumerate(objs[1:], 1):
+        if jax.tree_util.tree_structure(o) != first:
+            raise ValueError(
+                f"stack: element {i} differs from element 0 in its static fields (a plan's "
+                "phase, precision or algorithm; a system or model's structure): stack only "
+                "trees that share them, and evaluate the groups separately."
+            )
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *objs)
 
 

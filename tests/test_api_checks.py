@@ -93,3 +93,48 @@ def test_a_fixed_knob_is_fixed_without_free():
         enumerate_plans(
             h, m, Problem("dgx_h100", "llama3_8b", 16, free=("tp",), fixed=(("tp", 8),))
         )
+
+
+def test_wrong_types_are_one_value_error_naming_the_parameter(smp):
+    """Each of these ended in a TypeError, AttributeError or IndexError from deep inside,
+    or was silently coerced (chips=True planned one chip)."""
+    import numpy as np
+
+    from emu.policy import auto_plan
+    from emu.search import Space
+
+    s, m, p = smp
+    # overrides take unit strings, as --set does, and name the path otherwise
+    hbm = emu.load_system("gb200_nvl72", {"chip.hbm_bytes_per_s": "16TB/s"}).chip.hbm_bytes_per_s
+    assert float(hbm) == pytest.approx(16e12, rel=1e-6)
+    for bad, needle in (
+        ({"chip.tdp_w": [1000]}, "chip.tdp_w: the value must be one number"),
+        ({"chip.tdp_w": "16TB/s"}, "chip.tdp_w: '16TB/s' is in bytes/s"),
+        ({1: 2}, "override paths are dotted strings"),
+        (["chip.tdp_w=1kW"], "overrides must be a dict"),
+    ):
+        with pytest.raises(ValueError, match=needle):
+            emu.load_system("gb200_nvl72", bad)
+    with pytest.raises(ValueError, match="system must be an emu System \\(got Model\\)"):
+        emu.evaluate(m, s, p)
+    with pytest.raises(ValueError, match="plan must be an emu Plan \\(got dict\\)"):
+        emu.evaluate(s, m, {"tp": 8})
+    decode = emu.make_plan(phase="decode", tp=8, dp=9, microbatch=1, context=4096)
+    with pytest.raises(ValueError, match="stack: element 1 differs from element 0"):
+        stack([p, decode])
+    for chips in ("72", True, 7.5):
+        with pytest.raises(ValueError, match="chips must be a positive integer"):
+            auto_plan(s, m, chips)
+    assert float(auto_plan(s, m, np.int64(72)).tp) >= 1
+    h = emu.load_system("dgx_h100")
+    for kw, needle in (
+        (dict(seq_len=-1), "seq_len must be a positive integer"),
+        (dict(chips=True), "chips must be positive integers"),
+        (dict(global_batch=0), "global_batch must be a positive integer or None"),
+        (dict(power_cap="60kW"), "the power cap must be a positive finite number"),
+    ):
+        with pytest.raises(ValueError, match=needle):
+            enumerate_plans(h, m, Problem("dgx_h100", "llama3_8b", **{"chips": 16, **kw}))
+    problem = Problem("dgx_h100", "llama3_8b", 16, free=("pp",))
+    with pytest.raises(ValueError, match="grid chip.hbm_bytes_per_s: give a list of numbers"):
+        Space(h, m, problem, {"chip.hbm_bytes_per_s": "3e12"})

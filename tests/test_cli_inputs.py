@@ -57,11 +57,12 @@ def _row(**parallel) -> str:
     return json.dumps(row)
 
 
-def test_validate_says_which_degrees_it_could_not_use_and_exits_1_on_bad_rows(capsys, tmp_path):
+def test_validate_says_which_degrees_it_could_not_use_and_strict_exits_1(capsys, tmp_path):
     """tp 0, -8 or "thirty" were dropped (the degree planned again) and tp 2.5 ran as 2,
     without a word; a file with rows that could not be read exited 0. A stated value that
     is no count is now taken as not stated and said so (rows from other sources may state
-    odd things: the row is still modelled); a row that cannot be read sets exit status 1."""
+    odd things: the row is still modelled); with --strict, a row that cannot be read sets exit
+    status 1."""
     path = tmp_path / "rows.jsonl"
     odd = [_row(tp=0), _row(tp=2.5), _row(dp="thirty"), _row(tp="8")]
     path.write_text("\n".join(odd) + "\n")
@@ -75,6 +76,8 @@ def test_validate_says_which_degrees_it_could_not_use_and_exits_1_on_bad_rows(ca
     assert said[3] == [] and rows[1]["predicted"] == rows[0]["predicted"]  # 2.5 is not 2
     path.write_text("\n".join([_row(tp=8), _row(tp=8)]) + "\n")  # a duplicate id
     code, out, err = run_cli(capsys, "validate", str(path))
+    assert code == 0 and "rows 2: modelled 1" in out and "errors 1" in out
+    code, out, err = run_cli(capsys, "validate", str(path), "--strict")
     assert code == 1 and "rows 2: modelled 1" in out
     assert err.startswith("emu: 1 row could not be read (ERROR above")
 

@@ -115,7 +115,8 @@ def _detach_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (0 ok, 2 bad input, 1 I/O or internal
-    error, or rows of `emu validate FILE` that could not be read, 130 interrupted)."""
+    error, or rows of `emu validate --strict FILE` that could not be read, 130
+    interrupted)."""
     own_process = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         configure_progress(args)
-        status = COMMANDS[args.command](args)  # None: 0 (validate: 1 when rows failed)
+        status = COMMANDS[args.command](args)  # None: 0 (validate --strict: 1 when rows failed)
         sys.stdout.flush()  # a closed pipe or a full disk shows here, not at exit
     except BrokenPipeError:  # the reader went away (`emu ... | head`): not an error
         _detach_stdout()

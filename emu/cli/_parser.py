@@ -515,6 +515,12 @@ def _add_measurement_commands(sub) -> None:
         metavar="ID",
         help="explain one row: its plan, deployment or collective setup, step breakdown and error",
     )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with status 1 when a row could not be read (default: 0; the report and "
+        "its JSON summary.errors count them)",
+    )
     _common(p)
 
     p = sub.add_parser(

@@ -136,6 +136,12 @@ def _function_key(f) -> str:
     return "|".join(parts)
 
 
+def _whole(x) -> bool:
+    """A positive whole number (not a bool, not a string)."""
+    ok = isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool)
+    return ok and math.isfinite(x) and x >= 1 and x == int(x)
+
+
 def check_problem(system: System, problem: Problem) -> None:
     """ValueError naming the parameter when the problem cannot be searched on `system`."""
     if problem.phase not in PHASES:
@@ -182,8 +188,18 @@ def check_problem(system: System, problem: Problem) -> None:
             f"objective '{objective.name}' exists only in the {', '.join(objective.phases)} "
             f"phase (it is 0 in {problem.phase})."
         )
-    if any(c < 1 for c in problem.chip_counts()) or not problem.chip_counts():
-        raise ValueError(f"chips must be positive integers (got {problem.chips}).")
+    counts = problem.chips if isinstance(problem.chips, tuple | list) else (problem.chips,)
+    if not counts or not all(_whole(c) for c in counts):
+        raise ValueError(f"chips must be positive integers (got {problem.chips!r}).")
+    if not _whole(problem.seq_len):
+        raise ValueError(f"seq_len must be a positive integer (got {problem.seq_len!r}).")
+    if problem.global_batch is not None and not _whole(problem.global_batch):
+        raise ValueError(
+            f"global_batch must be a positive integer or None (derived; got "
+            f"{problem.global_batch!r})."
+        )
+    if problem.context is not None and not _whole(problem.context):
+        raise ValueError(f"context must be a positive integer or None (got {problem.context!r}).")
     top = float(system.tiers[-1].domain_chips)
     if max(problem.chip_counts()) > top:
         raise ValueError(
@@ -195,8 +211,12 @@ def check_problem(system: System, problem: Problem) -> None:
         ("TPOT SLO", problem.tpot_slo),
         ("TTFT SLO", problem.ttft_slo),
     ):
-        if v is not None and not (v > 0 and math.isfinite(v)):
-            raise ValueError(f"the {name} must be a positive finite number (got {v}).")
+        number = isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+        if v is not None and not (number and v > 0 and math.isfinite(v)):
+            raise ValueError(
+                f"the {name} must be a positive finite number ({'W' if 'power' in name else 's'}; "
+                f"got {v!r})."
+            )
 
 
 #: bounds of the search budget arguments (inclusive): a typo must not run for days or crash

@@ -227,7 +227,15 @@ def check_grid(system: System, grid: dict | None) -> dict:
     rules); a topology knob's values lie in TOPOLOGY_RANGES."""
     out = {}
     for name, values in (grid or {}).items():
-        vals = sorted({float(v) for v in values})
+        try:
+            if isinstance(values, str | bytes) or any(isinstance(v, bool | str) for v in values):
+                raise TypeError  # a string is not a list of values ("3e12" -> "3", "e", ...)
+            vals = sorted({float(v) for v in values})
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"grid {name}: give a list of numbers (SI units), e.g. [1e12, 2e12] (got "
+                f"{values!r})."
+            ) from None
         if not vals:
             raise ValueError(f"grid {name}: give at least one value.")
         if name in TOPOLOGY_KNOBS:
