@@ -61,11 +61,14 @@ def evaluate(system: System, model: Model, plan: Plan) -> RunResult:
     """Step time, memory, power and efficiency of `model` on `system` under `plan`
     (`emu.objective.evaluate`: the formulas, units and sources are there).
 
-    With concrete inputs the plan is first checked against the system and the model
-    (`emu.policy.check_plan`): a degree that does not divide the heads, more chips than the
-    system builds or a precision the chip lacks raises ValueError naming the knob. Under
-    `jit`, `vmap` or `grad` the inputs are tracers and pass through unchecked (traced code
-    never raises; validate plans on the host, or read `RunResult.feasible`).
+    With concrete inputs, the system's and model's values are first checked against their
+    bounds and the plan against the system and the model (`emu.policy.check_inputs`): zero
+    HBM bandwidth, a degree that does not divide the heads, more chips than the system
+    builds or a precision the chip lacks raises ValueError naming the field; the result is
+    then checked physically possible. A one-axis batch passed without `vmap` is checked
+    element by element. Under `jit`, `vmap` or `grad` the inputs are tracers and pass
+    through unchecked (traced code never raises; `RunResult.feasible` says only whether the
+    plan fits in HBM, so validate traced plans on the host, `emu.plan.validate_plan`).
     """
     from emu import policy
 

@@ -21,7 +21,7 @@ def _gb(x: float) -> str:
 LONG_SEQUENCE = 16384
 
 
-def _memory_fixes(plan: dict, serving: bool, moe: bool) -> str:
+def _memory_fixes(plan: dict, serving: bool, moe: bool, weights_fit: bool = True) -> str:
     """What would shrink the memory of `plan`: only the moves still open on its chips (a
     degree grows only where DP ranks are left to trade for it; ZeRO shards over DP x CP; EP
     only on an MoE model)."""
@@ -29,13 +29,14 @@ def _memory_fixes(plan: dict, serving: bool, moe: bool) -> str:
     if serving:
         moves = []
         grow = (["ep"] if moe and plan["ep"] < plan["tp"] * dp else []) + (["tp"] if dp > 1 else [])
-        moves += [f"raise {_either(grow)}"] if grow else []
+        moves += [f"raise {either(grow)}"] if grow else []
         moves += ["use an 8-bit --precision"] if plan["precision"] in ("bf16", "fp16") else []
-        moves += ["lower --batch or --context", "add chips"]
+        moves += ["lower --batch or --context"] if weights_fit else []  # else: no help
+        moves += ["add chips"]
     else:
         grow = ["tp", "pp"] + (["cp"] if plan["seq_len"] >= LONG_SEQUENCE else [])
         grow += ["ep"] if moe and plan["ep"] < dp * cp else []
-        moves = [f"raise {_either(grow)}"] if dp > 1 else []  # each trades DP ranks for it
+        moves = [f"raise {either(grow)}"] if dp > 1 else []  # each trades DP ranks for it
         moves += ["raise --zero"] if plan["zero"] < 3 and dp * cp > 1 else []
         if plan["recompute"] != "full":
             moves += ["--recompute full"]
@@ -46,10 +47,10 @@ def _memory_fixes(plan: dict, serving: bool, moe: bool) -> str:
             moves += ["--recompute-activation"]
         moves += ["a smaller --microbatch"] if plan["microbatch"] > 1 else []
         moves += ["add chips"]
-    return _either(moves)
+    return either(moves)
 
 
-def _either(items: list[str]) -> str:
+def either(items: list[str]) -> str:
     """ "a", "a or b", "a, b or c"."""
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" or {items[-1]}"
 
@@ -69,7 +70,8 @@ def diagnose(
     serving = run["phase"] != "train"
     if not run["feasible"] and used > cap:
         moe = plan.get("ep", 1) > 1 if moe is None else moe
-        fix = "; " + _memory_fixes(plan, serving, moe)
+        weights_fit = mem.get("weights_bytes", 0) < cap
+        fix = "; " + _memory_fixes(plan, serving, moe, weights_fit)
         multi_die = run.get("n_ranks", run.get("n_chips")) != run.get("n_chips")
         per = "per die" if multi_die else "per chip"
         reasons.append(f"out of memory: {_gb(used)} of {_gb(cap)} {per}{fix}.")

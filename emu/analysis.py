@@ -227,16 +227,19 @@ def intervals(
     }
 
 
-def run(system: System, model: Model, plan: Plan) -> dict:
-    """Evaluate one configuration (compiled; the plan checked first, `policy.check_plan`,
-    and the result after, `policy.check_result`) and return the `run` JSON object: system,
+def run(system: System, model: Model, plan: Plan, *, check: bool = True) -> dict:
+    """Evaluate one configuration (compiled; with `check`, the plan checked first,
+    `policy.check_plan`, and the result after, `policy.check_result`; `emu validate --row`
+    turns it off to show the report's own plan as predicted) and return the `run` JSON
+    object: system,
     model, phase, plan, every RunResult field (ttft_s only in prefill, tpot_s only in decode;
     None elsewhere), `interval` (the 80% intervals of tokens_per_s and step_time_s, see
     `interval`), backend ("jax", or "numpy": evaluated without compiling, `emu._backend`),
     compile_s and eval_s."""
     from emu.policy import check_plan, check_result  # host layer below analysis
 
-    check_plan(system, model, plan)  # a degree that does not divide, tp -8: one ValueError
+    if check:  # a degree that does not divide, tp -8: one ValueError
+        check_plan(system, model, plan)
     t0 = time.perf_counter()
     if is_numpy():  # the NumPy backend evaluates directly: nothing to compile
         t1 = t0
@@ -248,7 +251,8 @@ def run(system: System, model: Model, plan: Plan) -> dict:
     t2 = time.perf_counter()
     d = tree_to_dict(r)
     _check_finite(d, f"{system.name}/{model.name}")
-    check_result({"system": system.name, "model": model.name, **d})
+    if check:
+        check_result({"system": system.name, "model": model.name, **d})
     d["feasible"] = bool(d["feasible"] > 0.5)
     d["memory"]["feasible"] = d["feasible"]
     if plan.phase != "prefill":

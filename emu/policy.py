@@ -56,7 +56,7 @@ import math
 import numpy as np
 
 from emu._backend import jax, jnp
-from emu.advice import check_result, diagnose
+from emu.advice import check_result, diagnose, either
 from emu.hardware import peak_flops, usable_hbm_bytes
 from emu.objective import evaluate, inference_memory, max_batch_under_slo
 from emu.parallelism import memory
@@ -142,8 +142,8 @@ _SERVING_FIXED = ("pp", "cp", "etp", "vpp")
 def _check_knobs(chips, system: System, knobs: dict) -> int:
     """`chips` as an int after checking it, that every name is a plan knob and that every
     given count (degrees, integers) is valid by its declaration."""
-    number = isinstance(chips, int | float | np.integer | np.floating)
-    if isinstance(chips, bool) or not number or chips < 1 or chips != int(chips):
+    x = _real(chips)
+    if x is None or not math.isfinite(x) or x < 1 or x != int(x):
         raise ValueError(f"chips must be a positive integer (got {chips!r}).")
     chips = int(chips)
     max_chips = float(system.tiers[-1].domain_chips)
@@ -690,7 +690,7 @@ def _concrete(*trees) -> bool:
 
 #: a batch evaluated eagerly (not under jit/vmap) has each of up to this many elements
 #: checked as one plan; every element's result is checked whatever the size
-BATCH_CHECK_MAX = 4096
+BATCH_CHECK_MAX = 1024
 
 _RESULT_FIELDS = ("step_time_s", "power_w", "tokens_per_s", "mfu", "energy_per_step_j")
 
@@ -744,21 +744,31 @@ def checked_evaluate(system: System, model: Model, plan: Plan):
 
 
 def _checked_batch(system: System, model: Model, plan: Plan):
-    """`checked_evaluate` of inputs with a leading batch axis, evaluated eagerly."""
+    """`checked_evaluate` of inputs with batch axes, evaluated eagerly: each element of a
+    one-axis batch (up to BATCH_CHECK_MAX) checked as one configuration, on host copies of
+    the leaves; then every element's result (any batch shape)."""
     trees = (system, model, plan)
-    n = max(jnp.shape(x)[0] for x in jax.tree_util.tree_leaves(trees) if jnp.ndim(x))
-    if n <= BATCH_CHECK_MAX:
-        for i in range(n):
-            one = jax.tree_util.tree_map(lambda x, i=i: x[i] if jnp.ndim(x) else x, trees)
-            try:
-                check_inputs(*one)
-            except ValueError as e:
-                raise ValueError(f"element {i} of the batch: {e}") from None
+    shapes = {tuple(jnp.shape(x)) for x in jax.tree_util.tree_leaves(trees) if jnp.ndim(x)}
+    if len(shapes) == 1 and len(next(iter(shapes))) == 1:
+        (n,) = next(iter(shapes))
+        if n <= BATCH_CHECK_MAX:
+            host = jax.tree_util.tree_map(np.asarray, trees)  # one transfer, then cheap slices
+            for i in range(n):
+                one = jax.tree_util.tree_map(lambda x, i=i: x[i] if x.ndim else x, host)
+                try:
+                    check_inputs(*one)
+                except ValueError as e:
+                    raise ValueError(f"element {i} of the batch: {e}") from None
     r = evaluate(system, model, plan)
-    got = {
-        k: np.broadcast_to(np.asarray(getattr(r, k), np.float64).reshape(-1), (n,))
-        for k in _RESULT_FIELDS
-    }
+    got = dict(
+        zip(
+            _RESULT_FIELDS,
+            (v.reshape(-1) for v in np.broadcast_arrays(
+                *(np.asarray(getattr(r, k), np.float64) for k in _RESULT_FIELDS)
+            )),
+            strict=True,
+        )
+    )  # fmt: skip
     bad = ~np.all([np.isfinite(v) for v in got.values()], axis=0)
     bad |= (got["step_time_s"] <= 0) | (got["power_w"] <= 0) | (got["tokens_per_s"] < 0)
     bad |= (got["mfu"] < 0) | (got["mfu"] > 1 + 1e-6)
@@ -776,9 +786,20 @@ _evaluate = jax.jit(evaluate)
 _max_batch = jax.jit(max_batch_under_slo)  # module level: compiled once per structure
 
 
+def _real(x) -> float | None:
+    """`x` as a float when it is one real number (Python, NumPy or a 0-d array; not a bool
+    or a string), else None."""
+    if isinstance(x, bool | str | bytes) or np.ndim(x) != 0:
+        return None
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
 def _check_slo(slo_s) -> None:
-    ok = isinstance(slo_s, int | float) and not isinstance(slo_s, bool)
-    if not (ok and slo_s > 0 and math.isfinite(slo_s)):
+    x = _real(slo_s)
+    if not (x is not None and x > 0 and math.isfinite(x)):
         raise ValueError(
             f"the SLO must be a positive number of seconds, e.g. 0.05 (got {slo_s!r})."
         )
@@ -825,7 +846,7 @@ def largest_batch(system: System, model: Model, plan: Plan, slo_s: float) -> int
             f"even batch 1 does not fit in HBM on {system.name} ({_gb(used)} of {_gb(cap)} "
             f"per {'die' if _dies(system) > 1 else 'chip'}, {_gb(weights)} of it weights, at "
             f"tp={_int(plan.tp)}{f', ep={_int(plan.ep)}' if moe else ''})",
-            ", ".join(moves[:-1]) + f" or {moves[-1]}", can, weights_fit=weights < cap,
+            either(moves), can, weights_fit=weights < cap,
         )  # fmt: skip
     b, _, ok = _max_batch(system, model, plan, jnp.float32(slo_s))
     if float(ok) < 0.5:

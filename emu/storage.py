@@ -206,9 +206,10 @@ def table_writer(
         fh.write(",".join(header) + "\n")
 
         def write(block: np.ndarray) -> None:
-            if len(block):
+            for at in range(0, len(block), 1 << 16):  # bounded memory for a large table
+                part = block[at : at + (1 << 16)]
                 pairs = enumerate(zip(header, kinds, strict=True))
-                cols = [text(block[:, j], h, k) for j, (h, k) in pairs]
+                cols = [text(part[:, j], h, k) for j, (h, k) in pairs]
                 fh.write("\n".join(",".join(row) for row in zip(*cols, strict=True)) + "\n")
 
         yield write

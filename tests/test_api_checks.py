@@ -138,3 +138,28 @@ def test_wrong_types_are_one_value_error_naming_the_parameter(smp):
     problem = Problem("dgx_h100", "llama3_8b", 16, free=("pp",))
     with pytest.raises(ValueError, match="grid chip.hbm_bytes_per_s: give a list of numbers"):
         Space(h, m, problem, {"chip.hbm_bytes_per_s": "3e12"})
+
+
+def test_numpy_scalars_pass_and_a_single_move_reads_as_one(smp, capsys):
+    import numpy as np
+    from _cli import run_cli
+
+    s, m, _ = smp
+    dec = emu.make_plan(phase="decode", tp=8, dp=1, microbatch=1, context=4096)
+    n = largest_batch(s, m, dec, 0.05)
+    assert (
+        largest_batch(s, m, dec, np.float32(0.05))
+        == largest_batch(s, m, dec, jnp.float32(0.05))
+        == n
+    )
+    # a two-axis batch evaluated eagerly: results checked, no per-element slicing error
+    mb = jnp.ones((2, 3))
+    r = emu.evaluate(s, m, replace(emu.make_plan(tp=8, dp=9, seq_len=4096), microbatch=mb,
+                                   global_batch=9 * mb))  # fmt: skip
+    assert r.mfu.shape == (2, 3)
+    # only "add chips" is left: one move, not " or add chips"
+    args = ["run", "--system", "dgx_h100", "--model", "llama3_405b", "--phase", "decode"]
+    code, _, err = run_cli(capsys, *args, "--chips", "1", "--precision", "fp8")
+    assert code == 2 and err.rstrip().endswith("at tp=1); try more --chips (now 1).")
+    code, out, _ = run_cli(capsys, *args, "--chips", "1", "--precision", "fp8", "--batch", "1")
+    assert out.splitlines()[0].endswith("per chip; add chips.")  # weights alone: no --batch move

@@ -59,10 +59,9 @@ def _row(**parallel) -> str:
 
 def test_validate_says_which_degrees_it_could_not_use_and_strict_exits_1(capsys, tmp_path):
     """tp 0, -8 or "thirty" were dropped (the degree planned again) and tp 2.5 ran as 2,
-    without a word; a file with rows that could not be read exited 0. A stated value that
-    is no count is now taken as not stated and said so (rows from other sources may state
-    odd things: the row is still modelled); with --strict, a row that cannot be read sets exit
-    status 1."""
+    without a word. They still are (rows from other sources may state odd things: the row is
+    modelled, no prediction moves), and `approximates` now says so; with --strict, a row
+    that cannot be read sets exit status 1."""
     path = tmp_path / "rows.jsonl"
     odd = [_row(tp=0), _row(tp=2.5), _row(dp="thirty"), _row(tp="8")]
     path.write_text("\n".join(odd) + "\n")
@@ -72,8 +71,8 @@ def test_validate_says_which_degrees_it_could_not_use_and_strict_exits_1(capsys,
     assert [r["status"] for r in rows] == ["ok"] * 4
     said = [[a for a in r["approximates"] if a.startswith("parallel.")] for r in rows]
     assert said[0] == ["parallel.tp 0 is not a whole number >= 1: taken as not stated"]
-    assert "parallel.tp 2.5 is not" in said[1][0] and "parallel.dp 'thirty'" in said[2][0]
-    assert said[3] == [] and rows[1]["predicted"] == rows[0]["predicted"]  # 2.5 is not 2
+    assert said[1] == ["parallel.tp 2.5 is not a whole number: 2 used"]  # as before, now said
+    assert "parallel.dp 'thirty'" in said[2][0] and said[3] == []
     path.write_text("\n".join([_row(tp=8), _row(tp=8)]) + "\n")  # a duplicate id
     code, out, err = run_cli(capsys, "validate", str(path))
     assert code == 0 and "rows 2: modelled 1" in out and "errors 1" in out

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from emu import catalog, policy
+from emu.advice import either
 from emu.cli import _cost as cost_flags
 from emu.cli._parser import FLAG_DEFAULTS, MAX_INTEGER_KNOB, SLO_DEFAULTS, CliError
 from emu.overrides import apply_overrides, parse_override, split_overrides
@@ -315,7 +316,7 @@ def serving_fixes(
         moves += ["--kv-precision fp8"] if kv and e.phase == "decode" and bf16_kv else []
     moves += [f"a higher {degrees}"] if degrees else []
     moves += [f"more {chips}"] + ([f"a shorter {shorter}"] if kv else [])
-    return "try " + ", ".join(moves[:-1]) + f" or {moves[-1]}"
+    return "try " + either(moves)
 
 
 #: `--set plan.<name>` values the plan rule (and `--plan best`'s search, as fixed knobs) takes

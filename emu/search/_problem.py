@@ -138,8 +138,13 @@ def _function_key(f) -> str:
 
 def _whole(x) -> bool:
     """A positive whole number (not a bool, not a string)."""
-    ok = isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool)
-    return ok and math.isfinite(x) and x >= 1 and x == int(x)
+    if isinstance(x, bool | str | bytes) or np.ndim(x) != 0:
+        return False
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(x) and x >= 1 and x == int(x)
 
 
 def check_problem(system: System, problem: Problem) -> None:

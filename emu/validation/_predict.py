@@ -54,6 +54,7 @@ from emu.validation._rows import (
     row_model,
     row_precision,
     row_source,
+    with_kind,
 )
 from emu.workload import Model, model_flops_per_token
 
@@ -264,6 +265,7 @@ def prepare_rows(
         return systems[name]
 
     for row in rows:
+        row = with_kind(row)  # "Train", " training ": the kind it spells
         try:  # "ms" for a time in s: the value in the metric's unit, before it is read
             row = in_metric_unit(row)
         except ValueError as e:
@@ -312,15 +314,13 @@ def item_notes(item: Item) -> list[str]:
     notes = approximations(item.row)
     par = item.row.get("parallel") or {}
     for key in WHOLE_PARALLEL:  # a stated value that is no count (tp 0, 2.5, "thirty")
-        raw = par.get(key)
-        if (
-            raw is not None
-            and int_or(raw, None) is None
-            and not (
-                key == "vpp" and isinstance(raw, str)  # a schedule named in words
-            )
-        ):
+        raw, used = par.get(key), int_or(par.get(key), None)
+        if raw is None or (key == "vpp" and isinstance(raw, str)):  # vpp: a schedule in words
+            continue
+        if used is None and key != "global_batch":  # (its own note says what was taken)
             notes.append(f"parallel.{key} {raw!r} is not a whole number >= 1: taken as not stated")
+        elif isinstance(raw, int | float) and raw != used:
+            notes.append(f"parallel.{key} {raw!r} is not a whole number: {used} used")
     if "_stated" in item.row:  # exact: the value converted into the metric's unit
         (value, unit), r = item.row["_stated"], item.row
         notes.append(f"stated as {value:g} {unit}: {r['value']:g} {r['unit']}")

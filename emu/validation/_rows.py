@@ -448,9 +448,24 @@ def unit_key(unit: str) -> str:
     return re.sub(r"\s+", " ", u)
 
 
-#: `parallel` fields that are counts: null (not stated) or a whole number >= 1; any other
-#: value is taken as not stated, and the prediction's `approximates` says so
-WHOLE_PARALLEL = ("tp", "pp", "dp", "ep", "cp", "etp", "vpp", "microbatch")
+#: `parallel` fields that are counts: null (not stated) or a whole number >= 1; a fraction
+#: is cut and any other value taken as not stated (`int_or`), and `approximates` says so
+WHOLE_PARALLEL = ("tp", "pp", "dp", "ep", "cp", "etp", "vpp", "microbatch", "global_batch")
+
+
+#: kinds as other sources spell them (case and spaces aside)
+_KIND_ALIASES = {"training": "train", "pretrain": "train", "pretraining": "train"}
+
+
+def with_kind(row: dict) -> dict:
+    """`row` with its kind as emu spells it: case and surrounding spaces ignored, and a few
+    synonyms ("training" is train); other rows as they are (`check_row` names them)."""
+    kind = row.get("kind")
+    if not isinstance(kind, str):
+        return row
+    k = kind.strip().lower()
+    k = _KIND_ALIASES.get(k, k)
+    return row if k == kind or k not in KINDS else {**row, "kind": k}
 
 
 def check_row(row: dict) -> None:
@@ -791,12 +806,12 @@ def num_in(pattern: str, text: str, default=None):
 
 
 def int_or(x, default):
-    """`x` as an int when it is a whole number >= 1 (or a string of one: "8"), else
-    `default` (2.5 is not cut to 2)."""
+    """`x` as an int when it is a finite number >= 1 (or a string of one: "8"; a fraction
+    is cut: 2.5 -> 2), else `default`."""
     if isinstance(x, bool) or x is None:
         return default
     if isinstance(x, str) and re.fullmatch(r"\s*\d+(?:\.0*)?\s*", x):
         x = float(x)
-    if isinstance(x, int | float) and math.isfinite(x) and x >= 1 and x == int(x):
+    if isinstance(x, int | float) and math.isfinite(x) and x >= 1:
         return int(x)
     return default
