@@ -163,3 +163,27 @@ def test_numpy_scalars_pass_and_a_single_move_reads_as_one(smp, capsys):
     assert code == 2 and err.rstrip().endswith("at tp=1); try more --chips (now 1).")
     code, out, _ = run_cli(capsys, *args, "--chips", "1", "--precision", "fp8", "--batch", "1")
     assert out.splitlines()[0].endswith("per chip; add chips.")  # weights alone: no --batch move
+
+
+def test_a_problem_names_its_system_and_estimate_checks_its_arguments():
+    h, m = emu.load_system("dgx_h100"), emu.load_model("llama3_8b")
+    with pytest.raises(ValueError, match="Problem.system is 'gb200_nvl72' but the system"):
+        enumerate_plans(h, m, Problem("gb200_nvl72", "llama3_8b", 8))
+    from emu.program import from_hlo
+
+    hlo = "\n".join([
+        "HloModule m, entry_computation_layout={(f32[8,8]{1,0})->f32[8,8]{1,0}}",
+        "ENTRY e {",
+        "  p = f32[8,8]{1,0} parameter(0)",
+        "  ROOT t = f32[8,8]{1,0} tanh(p)",
+        "}",
+    ])  # fmt: skip
+    prog = from_hlo(hlo, {"data": 1})
+    assert prog.estimate(h, tokens_per_step=8)[0].step_time_s > 0
+    for kw, needle in (
+        (dict(top=0), "top must be a positive integer"),
+        (dict(algorithm="bogus"), "unknown algorithm 'bogus'"),
+        (dict(tokens_per_step=float("nan")), "tokens_per_step must be a finite number"),
+    ):
+        with pytest.raises(ValueError, match=needle):
+            prog.estimate(h, **{"tokens_per_step": 8, **kw})

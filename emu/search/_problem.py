@@ -151,6 +151,11 @@ def check_problem(system: System, problem: Problem) -> None:
     """ValueError naming the parameter when the problem cannot be searched on `system`."""
     if problem.phase not in PHASES:
         raise ValueError(f"unknown phase '{problem.phase}'; use train, prefill or decode.")
+    if problem.system != system.name:  # results are labelled and priced by the name
+        raise ValueError(
+            f"Problem.system is '{problem.system}' but the system searched is "
+            f"'{system.name}'; give Problem(system='{system.name}', ...)."
+        )
     if float(peak_flops(system.chip, problem.precision)) <= 0:
         raise ValueError(
             f"{system.chip.name} has no {problem.precision} support; choose another precision."
