@@ -187,3 +187,6 @@ def test_a_problem_names_its_system_and_estimate_checks_its_arguments():
     ):
         with pytest.raises(ValueError, match=needle):
             prog.estimate(h, **{"tokens_per_step": 8, **kw})
+    hot = replace(h, chip=replace(h.chip, tdp_w=jnp.float32(-1000.0)))  # gave -357 W
+    with pytest.raises(ValueError, match="tdp_w"):
+        prog.estimate(hot, tokens_per_step=8)
