@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 __all__ = ["diagnose", "check_result", "BUBBLE_WARN", "EXPOSED_COMM_WARN", "HBM_WARN"]
 
 #: thresholds of the advice in `diagnose` (shares of the step time / of usable HBM)
@@ -116,25 +118,44 @@ def diagnose(
     return reasons, warnings
 
 
+#: the result fields `check_result` reads
+CHECKED_FIELDS = ("step_time_s", "power_w", "tokens_per_s", "mfu", "energy_per_step_j")
+#: (holds, what is wrong): each works on floats and, element-wise, on arrays
+_RULES = (
+    (lambda r: r["step_time_s"] > 0, lambda r: f"step time {r['step_time_s']:g} s is not positive"),
+    (lambda r: r["power_w"] > 0, lambda r: f"power {r['power_w']:g} W is not positive"),
+    (lambda r: r["tokens_per_s"] >= 0, lambda r: f"tokens/s {r['tokens_per_s']:g} is negative"),
+    (
+        lambda r: (0 <= r["mfu"]) & (r["mfu"] <= 1 + 1e-6),
+        lambda r: f"MFU {r['mfu']:.3g} is outside [0, 1]",
+    ),
+)
+
+
 def check_result(run: dict) -> None:
     """ValueError unless the run is physically possible: every number finite, step time and
-    power > 0, tokens/s >= 0 and 0 <= MFU <= 1 (never report an impossible number)."""
+    power > 0, tokens/s >= 0 and 0 <= MFU <= 1 (never report an impossible number). The
+    fields may be arrays (a batch): the first impossible element is named."""
     where = f"{run['system']}/{run['model']}"
-    for k in ("step_time_s", "power_w", "tokens_per_s", "mfu", "energy_per_step_j"):
-        if k in run and not math.isfinite(run[k]):
+    keys = [k for k in CHECKED_FIELDS if k in run]
+    arrays = np.broadcast_arrays(*(np.asarray(run[k], np.float64) for k in keys))
+    v = {k: a.reshape(-1) for k, a in zip(keys, arrays, strict=True)}
+    ok = np.all([np.isfinite(a) for a in v.values()], axis=0)
+    ok &= np.all([holds(v) for holds, _ in _RULES], axis=0)
+    if ok.all():
+        return
+    i = int(np.argmin(ok))
+    r = {k: float(a[i]) for k, a in v.items()}
+    head = f"element {i} of the batch: " if arrays[0].ndim else ""
+    for k in keys:
+        if not math.isfinite(r[k]):
             raise ValueError(
-                f"{where}: {k} is not finite; an input is outside the float32 range (check "
-                "seq_len, global_batch and the overridden values)."
+                f"{head}{where}: {k} is not finite; an input is outside the float32 range "
+                "(check seq_len, global_batch and the overridden values)."
             )
-    rules = (
-        (run["step_time_s"] > 0, f"step time {run['step_time_s']:g} s is not positive"),
-        (run["power_w"] > 0, f"power {run['power_w']:g} W is not positive"),
-        (run["tokens_per_s"] >= 0, f"tokens/s {run['tokens_per_s']:g} is negative"),
-        (0 <= run["mfu"] <= 1 + 1e-6, f"MFU {run['mfu']:.3g} is outside [0, 1]"),
-    )
-    for ok, text in rules:
-        if not ok:
+    for holds, text in _RULES:
+        if not holds(r):
             raise ValueError(
-                f"{where}: {text}; the inputs are outside what emu models (check the "
+                f"{head}{where}: {text(r)}; the inputs are outside what emu models (check the "
                 "--set values and the plan)."
             )

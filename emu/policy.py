@@ -56,12 +56,12 @@ import math
 import numpy as np
 
 from emu._backend import jax, jnp
-from emu.advice import check_result, diagnose, either
+from emu.advice import CHECKED_FIELDS, check_result, diagnose, either
 from emu.hardware import peak_flops, usable_hbm_bytes
 from emu.objective import evaluate, inference_memory, max_batch_under_slo
 from emu.parallelism import memory
 from emu.plan import KNOBS, Plan, make_plan, n_microbatches, n_ranks, validate_plan
-from emu.struct import check, check_value, replace
+from emu.struct import check, check_value, real_scalar, replace
 from emu.topology import System, node_tier, rank_system
 from emu.units import PRECISIONS
 from emu.workload import Model
@@ -142,7 +142,7 @@ _SERVING_FIXED = ("pp", "cp", "etp", "vpp")
 def _check_knobs(chips, system: System, knobs: dict) -> int:
     """`chips` as an int after checking it, that every name is a plan knob and that every
     given count (degrees, integers) is valid by its declaration."""
-    x = _real(chips)
+    x = real_scalar(chips)
     if x is None or not math.isfinite(x) or x < 1 or x != int(x):
         raise ValueError(f"chips must be a positive integer (got {chips!r}).")
     chips = int(chips)
@@ -692,8 +692,6 @@ def _concrete(*trees) -> bool:
 #: checked as one plan; every element's result is checked whatever the size
 BATCH_CHECK_MAX = 1024
 
-_RESULT_FIELDS = ("step_time_s", "power_w", "tokens_per_s", "mfu", "energy_per_step_j")
-
 
 def _has_tracer(*trees) -> bool:
     return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(trees))
@@ -737,7 +735,7 @@ def checked_evaluate(system: System, model: Model, plan: Plan):
         {
             "system": system.name,
             "model": model.name,
-            **{k: float(getattr(r, k)) for k in _RESULT_FIELDS},
+            **{k: float(getattr(r, k)) for k in CHECKED_FIELDS},
         }
     )
     return r
@@ -760,25 +758,9 @@ def _checked_batch(system: System, model: Model, plan: Plan):
                 except ValueError as e:
                     raise ValueError(f"element {i} of the batch: {e}") from None
     r = evaluate(system, model, plan)
-    got = dict(
-        zip(
-            _RESULT_FIELDS,
-            (v.reshape(-1) for v in np.broadcast_arrays(
-                *(np.asarray(getattr(r, k), np.float64) for k in _RESULT_FIELDS)
-            )),
-            strict=True,
-        )
-    )  # fmt: skip
-    bad = ~np.all([np.isfinite(v) for v in got.values()], axis=0)
-    bad |= (got["step_time_s"] <= 0) | (got["power_w"] <= 0) | (got["tokens_per_s"] < 0)
-    bad |= (got["mfu"] < 0) | (got["mfu"] > 1 + 1e-6)
-    if bad.any():  # the first bad element, in check_result's words
-        i = int(np.argmax(bad))
-        row = {k: float(v[i]) for k, v in got.items()}
-        try:
-            check_result({"system": system.name, "model": model.name, **row})
-        except ValueError as e:
-            raise ValueError(f"element {i} of the batch: {e}") from None
+    check_result(
+        {"system": system.name, "model": model.name, **{k: getattr(r, k) for k in CHECKED_FIELDS}}
+    )  # each element's result; the first impossible one is named
     return r
 
 
@@ -786,19 +768,8 @@ _evaluate = jax.jit(evaluate)
 _max_batch = jax.jit(max_batch_under_slo)  # module level: compiled once per structure
 
 
-def _real(x) -> float | None:
-    """`x` as a float when it is one real number (Python, NumPy or a 0-d array; not a bool
-    or a string), else None."""
-    if isinstance(x, bool | str | bytes) or np.ndim(x) != 0:
-        return None
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return None
-
-
 def _check_slo(slo_s) -> None:
-    x = _real(slo_s)
+    x = real_scalar(slo_s)
     if not (x is not None and x > 0 and math.isfinite(x)):
         raise ValueError(
             f"the SLO must be a positive number of seconds, e.g. 0.05 (got {slo_s!r})."
@@ -881,8 +852,7 @@ def with_largest_batch(
     `widen_tp` (TP left to the rule), when even batch 1 misses the SLO at the plan's TP, the
     smallest TP in 2, 4, 8 (dp shrinking to keep the ranks) whose batch 1 meets it (prefill:
     one long prompt split over a few ranks, as prefill deployments do; decode likewise)."""
-    _check_slo(slo_s)
-    try:
+    try:  # largest_batch checks the SLO and the plan
         n = largest_batch(system, model, plan, slo_s)
     except ServingFitError as e:
         if not widen_tp or e.reason != "slo":
@@ -890,8 +860,7 @@ def with_largest_batch(
         tp, ranks = _int(plan.tp), _int(plan.tp * plan.dp)
         for t in (t for t in (2, 4, 8) if t > tp and ranks % t == 0):
             wider = replace(plan, tp=jnp.float32(t), dp=jnp.float32(ranks // t))
-            try:
-                check_plan(system, model, wider)
+            try:  # a wider plan the model cannot take fails largest_batch's check_plan
                 return with_largest_batch(system, model, wider, slo_s)
             except ValueError:
                 continue

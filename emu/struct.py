@@ -247,6 +247,17 @@ def _check_numbers(values: np.ndarray, info: FieldInfo | None, where: str, path:
             )
 
 
+def real_scalar(x: Any) -> float | None:
+    """`x` as a float when it is one real number (Python, NumPy or a 0-d array; not a bool
+    or a string), else None: the API's scalar arguments (chips, SLOs, counts)."""
+    if isinstance(x, bool | str | bytes) or np.ndim(x) != 0:
+        return None
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
 def check_value(value: Any, info: FieldInfo | None, where: str) -> float:
     """`value` as the float32 number emu would store, after checking it is a number (not a
     bool or a string), representable in float32 (no overflow, no underflow to 0, no

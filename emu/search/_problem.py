@@ -16,7 +16,7 @@ from emu.hardware import peak_flops
 from emu.plan import PHASES
 from emu.plan import knobs as plan_knobs
 from emu.search._objectives import get_objective
-from emu.struct import float_leaves
+from emu.struct import float_leaves, real_scalar
 from emu.topology import TOPOLOGY_KNOBS, System
 
 #: plan knobs a search varies (declared searchable in emu.plan), in the column order of its
@@ -138,13 +138,8 @@ def _function_key(f) -> str:
 
 def _whole(x) -> bool:
     """A positive whole number (not a bool, not a string)."""
-    if isinstance(x, bool | str | bytes) or np.ndim(x) != 0:
-        return False
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return False
-    return math.isfinite(x) and x >= 1 and x == int(x)
+    x = real_scalar(x)
+    return x is not None and math.isfinite(x) and x >= 1 and x == int(x)
 
 
 def check_problem(system: System, problem: Problem) -> None:
