@@ -529,6 +529,10 @@ def _load_hf(path: Path) -> Model:
     return model_from_hf(config, name, f"model '{path}'")
 
 
+#: model fields that only an MoE model's experts read (a dense model ignores them)
+MOE_ONLY_MODEL_FIELDS = ("top_k", "d_ff_expert", "n_shared_experts", "route_max_nodes")
+
+
 def load_model(name_or_path: str | Path, overrides: dict | None = None) -> Model:
     """A validated Model from the catalog (any spelling of a name: `resolve_name`), a TOML
     file, or a Hugging Face `config.json` (or a folder holding one), with optional dotted
@@ -542,4 +546,14 @@ def load_model(name_or_path: str | Path, overrides: dict | None = None) -> Model
         data = load_toml(path, "model")
         _check_stem(data, path, "model")
         m = model_from_dict(data, where)
-    return apply_overrides(m, overrides, where) if overrides else m
+    if not overrides:
+        return m
+    m = apply_overrides(m, overrides, where)
+    moe_only = [f for f in overrides if f in MOE_ONLY_MODEL_FIELDS]  # a dict: checked above
+    if moe_only and float(m.n_experts) == 0:
+        raise ValueError(
+            f"{where}: {moe_only[0]} applies to an MoE model's experts and this model is dense "
+            f"(n_experts = 0), so it would change nothing; drop it, or make the model MoE "
+            f"with n_experts=N."
+        )
+    return m

@@ -173,8 +173,9 @@ class System:
     """A machine: `n_chips` chips (one supernode, rack or node) of `chip` on `tiers`.
 
     Clusters larger than `n_chips` are several systems on the outermost tier. Rules across
-    fields: tier names unique, `domain_chips` non-decreasing outwards, `n_chips` no larger
-    than the outermost domain.
+    fields: tier names unique, `domain_chips` non-decreasing outwards, each scale-up tier's
+    (every tier but the outermost) a multiple of the one inside it and a divisor of `n_chips`
+    where it is no larger, `n_chips` no larger than the outermost domain.
     """
 
     name: str = static_field()
@@ -199,6 +200,16 @@ class System:
                     f"{at}tiers.{t.name}.domain_chips={d:g} must be an integer no smaller than "
                     f"the tier inside it ({prev:g}); list tiers innermost first.",
                 )
+            last = t is self.tiers[-1]
+            if prev >= 1 and not last and d % prev:
+                # a scale-up domain holds whole domains of the tier inside it (the outermost,
+                # scale-out tier is the whole cluster and need not be a multiple)
+                raise error(
+                    where,
+                    f"{at}tiers.{t.name}.domain_chips={d:g} is not a multiple of the tier "
+                    f"inside it ({prev:g}): its domains would split one of those; use a "
+                    f"multiple of {prev:g}.",
+                )
             prev = d
         n = float(self.n_chips)
         if n > prev:
@@ -206,6 +217,15 @@ class System:
                 where,
                 f"{at}n_chips={n:g} must be an integer <= the outermost tier's domain ({prev:g}).",
             )
+        for t in self.tiers[:-1]:
+            d = float(t.domain_chips)
+            if 1 < d <= n and n % d:
+                raise error(
+                    where,
+                    f"{at}tiers.{t.name}.domain_chips={d:g} does not divide the system's "
+                    f"n_chips={n:g}: a group would straddle two domains, which emu does not "
+                    f"model; use a divisor of {n:g} (or a domain larger than the system).",
+                )
 
 
 #: topology knobs of `reshape`: name -> meaning (all smooth, so gradients flow through them)

@@ -180,6 +180,14 @@ def test_a_problem_names_its_system_and_estimate_checks_its_arguments():
     ])  # fmt: skip
     prog = from_hlo(hlo, {"data": 1})
     assert prog.estimate(h, tokens_per_step=8)[0].step_time_s > 0
+    # a file read in binary mode is the same module; a cut text and a non-text are refused
+    # (the cut one priced the computations it had read; bytes gave a TypeError)
+    same = from_hlo(hlo.encode(), {"data": 1}).estimate(h, tokens_per_step=8)[0]
+    assert float(same.step_time_s) == float(prog.estimate(h, tokens_per_step=8)[0].step_time_s)
+    with pytest.raises(ValueError, match="computation 'e' has no closing"):
+        from_hlo(hlo.rsplit("\n", 2)[0], {"data": 1})
+    with pytest.raises(ValueError, match="hlo must be the module's text, a str"):
+        from_hlo(None, {"data": 1})
     for kw, needle in (
         (dict(top=0), "top must be a positive integer"),
         (dict(algorithm="bogus"), "unknown algorithm 'bogus'"),
@@ -190,3 +198,24 @@ def test_a_problem_names_its_system_and_estimate_checks_its_arguments():
     hot = replace(h, chip=replace(h.chip, tdp_w=jnp.float32(-1000.0)))  # gave -357 W
     with pytest.raises(ValueError, match="tdp_w"):
         prog.estimate(hot, tokens_per_step=8)
+
+
+def test_a_problem_refuses_fields_it_would_ignore():
+    """A Problem field of another phase (a TTFT SLO in training, a KV context in prefill)
+    or an expert knob on a dense model was accepted and changed nothing."""
+    h, dense, moe = (emu.load_system("dgx_h100"), emu.load_model("llama3_8b"),
+                     emu.load_model("mixtral_8x7b"))  # fmt: skip
+    for kw, needle in (
+        (dict(ttft_slo=0.5), "ttft_slo applies to prefill problems only (this one is train)"),
+        (dict(tpot_slo=0.02), "tpot_slo applies to decode problems only"),
+        (dict(phase="prefill", context=100), "context applies to decode problems only"),
+        (dict(cache_hit=0.5), "cache_hit applies to prefill problems only"),
+        (dict(moe_imbalance=1.3), "moe_imbalance applies to MoE models' experts"),
+        (dict(a2a_overlap=True), "a2a_overlap applies to MoE models' experts"),
+    ):
+        p = Problem("dgx_h100", "llama3_8b", 8, **kw)
+        with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+            enumerate_plans(h, dense, p)
+    assert len(enumerate_plans(h, moe, Problem("dgx_h100", "mixtral_8x7b", 8, moe_imbalance=1.3)))
+    ok = Problem("dgx_h100", "llama3_8b", 8, phase="decode", context=100, kv_precision="fp8")
+    assert len(enumerate_plans(h, dense, ok))

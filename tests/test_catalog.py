@@ -195,3 +195,13 @@ def test_a_malformed_hf_sliding_window_is_refused_not_read_as_none(cfg, field):
         model_from_hf({**base, **cfg}, "x", "model 'cfg.json'")
     # null and 0 stay "no window", as the Hugging Face configs write it
     assert float(model_from_hf({**base, "sliding_window": 0}, "x").attention_window) == 0
+
+
+def test_an_expert_field_on_a_dense_model_is_refused():
+    # load_model(name, {"top_k": 4}) on a dense model changed nothing and said nothing
+    for field in ("top_k", "d_ff_expert", "n_shared_experts", "route_max_nodes"):
+        with pytest.raises(ValueError, match=rf"'llama3_8b': {field} applies to an MoE model"):
+            load_model("llama3_8b", {field: 2})
+    moe = load_model("llama3_8b", {"n_experts": 8, "top_k": 2, "d_ff_expert": 2048})
+    assert float(moe.n_experts) == 8 and float(moe.top_k) == 2
+    assert float(load_model("deepseek_v3", {"top_k": 4}).top_k) == 4

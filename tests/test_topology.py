@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import emu
 from emu.struct import check, field_info, replace
 from emu.topology import (
     TOPOLOGY_KNOBS,
@@ -69,6 +70,18 @@ def test_tier_and_system_bounds_are_declared_and_checked():
         ValueError, match="unknown tiers.nvlink.topology 'torus'; known: switch, mesh"
     ):
         check(replace(sys, tiers=(replace(nv, topology="torus"), ib)))
+
+
+def test_scale_up_domains_tile_the_system():
+    # a scale-up domain holds whole domains of the tier inside it and divides the system,
+    # where it is no larger (a group straddling two domains is not modelled); the
+    # outermost, scale-out tier is the whole cluster and need not be a multiple
+    with pytest.raises(ValueError, match=r"domain_chips=3 does not divide the system's n_chips=8"):
+        emu.load_system("dgx_h100", {"tiers.nvlink.domain_chips": 3})
+    with pytest.raises(ValueError, match=r"ub_supernode.domain_chips=100 is not a multiple of"):
+        emu.load_system("cloudmatrix384", {"tiers.ub_supernode.domain_chips": 100})
+    assert float(emu.load_system("dgx_h100", {"tiers.nvlink.domain_chips": 16}).n_chips) == 8
+    assert float(emu.load_system("gb200_nvl72", {"tiers.nvlink.domain_chips": 36}).n_chips) == 72
 
 
 # --- dies as ranks (issue 11): the TOML keeps packages, the cost model computes per die ---

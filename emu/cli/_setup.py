@@ -83,13 +83,10 @@ MOE_ONLY_KNOBS = (
 )
 
 
-#: model fields that only an MoE model's experts read (a dense model ignores them)
-MOE_ONLY_MODEL_FIELDS = ("top_k", "d_ff_expert", "n_shared_experts", "route_max_nodes")
-
-
 def refuse_moe_flags(args, model: Model) -> None:
     """An expert-only flag on a dense model did nothing and said nothing (`--ep` and
-    `--expert-ranks` are refused by the plan rules): refuse it in one line."""
+    `--expert-ranks` are refused by the plan rules, `--set model.top_k` and the other
+    expert-only fields by `catalog.load_model`): refuse it in one line."""
     if float(model.n_experts) > 0:
         return
     given = [
@@ -97,12 +94,6 @@ def refuse_moe_flags(args, model: Model) -> None:
         for name, flag, idle in MOE_ONLY_KNOBS
         if getattr(args, name, None) is not None and getattr(args, name) != idle
     ]
-    fields = [f for f in overrides(args)[1] if f in MOE_ONLY_MODEL_FIELDS]
-    if fields:
-        raise CliError(
-            f"--set model.{fields[0]} applies to MoE models' experts ({model.name} is dense: "
-            "n_experts = 0); drop it, or make the model MoE with --set model.n_experts=N."
-        )
     if given:
         raise CliError(
             f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to MoE models' "

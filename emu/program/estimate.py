@@ -278,4 +278,14 @@ def from_hlo(
     the mesh ({axis: size} in mesh order) it was partitioned over."""
     from emu.program.tracing import _as_mesh
 
+    if isinstance(hlo, bytes | bytearray):  # a file read in binary mode
+        try:
+            hlo = bytes(hlo).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("from_hlo: the bytes given are not UTF-8 HLO text.") from None
+    if not isinstance(hlo, str):
+        raise ValueError(
+            f"from_hlo: hlo must be the module's text, a str such as `compiled.as_text()` "
+            f"(got {type(hlo).__name__})."
+        )
     return Program(Traced(hlo, _as_mesh(mesh), name), fusion=fusion, axis_roles=axis_roles)

@@ -326,6 +326,11 @@ def parse_module(text: str) -> Module:
             ins = _parse_instruction(line, current, frames)
             if ins is not None:
                 current.instructions.append(ins)
+    if current is not None:
+        raise ValueError(
+            f"HLO module '{name}' is cut short: computation '{current.name}' has no closing "
+            "'}'; pass the whole text of `compiled.as_text()`."
+        )
     if entry is None:
         if not comps:
             raise ValueError("HLO module has no computations.")

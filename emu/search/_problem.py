@@ -142,10 +142,42 @@ def _whole(x) -> bool:
     return x is not None and math.isfinite(x) and x >= 1 and x == int(x)
 
 
-def check_problem(system: System, problem: Problem) -> None:
-    """ValueError naming the parameter when the problem cannot be searched on `system`."""
+#: Problem fields that are plan knobs read only in some phases (their `phases`), and those
+#: only an MoE model's experts read
+_PHASE_KNOBS = ("context", "mtp_accept", "cache_hit", "kv_precision")
+_MOE_ONLY = ("a2a_overlap", "moe_imbalance")
+
+
+def _ignored_fields(problem: Problem, model) -> str | None:
+    """The first Problem field set away from its default that the problem would ignore
+    (a knob of another phase, a SLO of another phase, an expert knob on a dense model),
+    worded as the fix; None when every given field is read."""
+    default = {f.name: f.default for f in dataclasses.fields(Problem)}
+    given = [n for n in default if getattr(problem, n) != default[n]]
+    phase = problem.phase
+    slos = {"tpot_slo": "decode", "ttft_slo": "prefill"}
+    by_name = {k.name: k for k in plan_knobs()}
+    for name in given:
+        if name in slos and slos[name] != phase:
+            return f"{name} applies to {slos[name]} problems only (this one is {phase}); drop it."
+        if name in _PHASE_KNOBS and phase not in by_name[name].phases:
+            return (
+                f"{name} applies to {'/'.join(by_name[name].phases)} problems only (this one "
+                f"is {phase}); drop it."
+            )
+        if name in _MOE_ONLY and model is not None and float(model.n_experts) == 0:
+            return f"{name} applies to MoE models' experts ({model.name} is dense); drop it."
+    return None
+
+
+def check_problem(system: System, problem: Problem, model=None) -> None:
+    """ValueError naming the parameter when the problem cannot be searched on `system`
+    (and `model`, where given: expert knobs need an MoE model)."""
     if problem.phase not in PHASES:
         raise ValueError(f"unknown phase '{problem.phase}'; use train, prefill or decode.")
+    ignored = _ignored_fields(problem, model)
+    if ignored:
+        raise ValueError(f"Problem.{ignored}")
     if problem.system != system.name:  # results are labelled and priced by the name
         raise ValueError(
             f"Problem.system is '{problem.system}' but the system searched is "

@@ -124,7 +124,7 @@ def enumerate_plans(system: System, model: Model, problem: Problem) -> np.ndarra
     (prefill) or 4096 (decode); pp = cp = vpp = 1, no ZeRO, recompute or SP.
     Knobs that are not free take their fixed value. Each chip count of the problem adds its
     plans."""
-    check_problem(system, problem)
+    check_problem(system, problem, model)
     heads, kv = int(model.n_heads), int(model.n_kv_heads)
     dies = int(round(float(system.chip.dies_per_chip)))  # plans count ranks (dies)
     inner = max(int(float(node_tier(system).domain_chips)), 1) * dies
