@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # the names of the signature below, for type checkers and the
 _MODULES = (
     "collectives", "comm", "compute", "hardware", "numerics", "objective", "parallelism",
     "plan", "power", "serving", "step", "struct", "topology", "units", "workload", "fast",
+    "cost", "costs_catalog", "catalog", "overrides", "storage", "advice", "policy",
+    "analysis", "validation", "calibration", "search", "program", "examples",
 )  # fmt: skip
 #: public names -> the module that defines them
 _NAMES = {

@@ -328,12 +328,23 @@ def _jac():
     return jax.jit(jax.jacrev(_log_outputs))
 
 
+#: system fields with no elasticity: whole counts whose smooth relaxation is no design
+#: change (a system's size, which the plan's chips set, and how a package splits into
+#: ranks); the scale-up domains stay (emu's topology search varies them smoothly)
+NO_ELASTICITY = ("n_chips", "chip.dies_per_chip")
+
+
+def _system_leaves(tree) -> dict:
+    return {k: v for k, v in float_leaves(tree).items() if k not in NO_ELASTICITY}
+
+
 def sensitivity(system: System, model: Model, plan: Plan) -> dict:
     """Elasticities d ln(y) / d ln(x) of tokens/J and tokens/s for every float field x of
-    the system, from one reverse-mode pass; sorted by |elasticity of tokens/J|."""
+    the system (but NO_ELASTICITY), from one reverse-mode pass; sorted by |elasticity of
+    tokens/J|."""
     r = _evaluate(system, model, plan)
     grads = _jac()(system, model, plan)
-    values = float_leaves(system)
+    values = _system_leaves(system)
     g = float_leaves(grads)
     rows = {}
     for path, x in values.items():
@@ -364,7 +375,8 @@ def cost_block(system: System, result, cost: C.Cost, region: C.Region) -> dict:
 
     `result`: an `analysis.run` dict, a RunResult or a ServingResult (n_chips, power_w,
     tokens_per_s); the facility is charged on the full-load IT power of its chips on
-    `system` (give the system with the region's PUE, `emu.cost.with_region_pue`)."""
+    `system` (give the system with the region's PUE, `emu.cost.with_region_pue`). An
+    infeasible result (its `feasible` false) has no cost per token: those keys are None."""
     get = result.__getitem__ if isinstance(result, dict) else lambda k: getattr(result, k)
     n = jnp.float32(get("n_chips"))
     b = C.run_cost(
@@ -376,6 +388,13 @@ def cost_block(system: System, result, cost: C.Cost, region: C.Region) -> dict:
         provisioned_w=full_load_power(system, n).it_w,
     )
     d = {k: (v if math.isfinite(v) else None) for k, v in tree_to_dict(b).items()}
+    feasible = (
+        result.get("feasible", True)
+        if isinstance(result, dict)
+        else getattr(result, "feasible", True)
+    )
+    if not all(bool(x) for x in jnp.ravel(jnp.asarray(feasible))):  # it makes no tokens
+        d |= {k: None for k in d if k.endswith("_per_mtoken")}
     d |= {
         "region": region.name,
         "cost": cost.name,
@@ -403,7 +422,8 @@ def cost_sensitivity(
     system: System, model: Model, plan: Plan, cost: C.Cost, region: C.Region
 ) -> dict:
     """`sensitivity` with a price: elasticities d ln(y) / d ln(x) of tokens/J, tokens/s and
-    USD per million tokens for every float field x of the system (`chip.tdp_w`, ...), of the
+    USD per million tokens for every float field x of the system (`chip.tdp_w`, ...; but
+    NO_ELASTICITY), of the
     cost (`cost.<field>`) and of the region (`region.<field>`), from one reverse-mode pass
     through the emulator and the cost model; sorted by |elasticity of usd_per_mtoken|. Give
     the system with the region's PUE (`emu.cost.with_region_pue`)."""
@@ -415,7 +435,7 @@ def cost_sensitivity(
         ("region.", region, j_reg),
     ):
         g = float_leaves(jac)
-        for path, x in float_leaves(tree).items():
+        for path, x in (_system_leaves(tree) if tree is system else float_leaves(tree)).items():
             e = [float(x * gi) + 0.0 for gi in g[path]]  # no -0.0
             rows[prefix + path] = {
                 "value": float(x),

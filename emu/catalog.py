@@ -117,6 +117,9 @@ def resolve_name(name: str, kind: str) -> str:
     close = difflib.get_close_matches(_key(name), [_key(k) for k in known], n=1, cutoff=0.7)
     guess = next((k for k in known if close and _key(k) == close[0]), None)
     hint = f" Did you mean '{guess}'?" if guess else ""
+    other = {"systems": "models", "models": "systems"}.get(kind)
+    if other and any(_key(k) == _key(name) for k in _names(other)):
+        hint = f" '{name}' is a {other[:-1]}, not a {what}."
     raise ValueError(
         f"unknown {what} '{name}'.{hint} Known: {', '.join(known)}; "
         "or pass the path of a TOML file."

@@ -53,15 +53,18 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from emu._backend import jax, jnp
 from emu.numerics import safe_div
-from emu.struct import dataclass, field, float_leaves, replace, static_field
+from emu.struct import check, dataclass, field, float_leaves, replace, static_field
 
 __all__ = [
     "Cost",
     "Region",
     "CostBreakdown",
     "run_cost",
+    "check_cost_inputs",
     "usd_per_mtoken",
     "from_result",
     "electricity_price",
@@ -175,9 +178,34 @@ class CostBreakdown:
 
 def electricity_price(cost: Cost, region: Region) -> Array:
     """USD per kWh this system pays in this region (the subsidised price when the region
-    subsidises chips of the cost's origin)."""
-    eligible = bool(region.subsidy_chip_origin) and cost.chip_origin == region.subsidy_chip_origin
+    subsidises chips of the cost's origin; country codes compare case-insensitively)."""
+    origin = region.subsidy_chip_origin.strip().upper()  # a country code: "cn" is "CN"
+    eligible = bool(origin) and cost.chip_origin.strip().upper() == origin
     return region.subsidised_electricity_usd_per_kwh if eligible else region.electricity_usd_per_kwh
+
+
+def _traced(*trees) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(trees))
+
+
+def check_cost_inputs(cost: Cost, region: Region, **numbers) -> None:
+    """ValueError naming the field when a concrete input of `run_cost` is out of its
+    bounds (every element of a batch): the Cost and Region fields against the bounds beside
+    them (a utilisation or a life of 0 made capital free, a negative one negative), and the
+    run's `n_chips` (> 0), `power_w`, `provisioned_w` and `tokens_per_s` (>= 0; 0 tokens/s
+    costs inf per token), all finite."""
+    check(cost, "Cost")
+    check(region, "Region")
+    for name, value in numbers.items():
+        if value is None:
+            continue
+        a = np.asarray(value, np.float64)
+        bad = ~np.isfinite(a) | ((a <= 0) if name == "n_chips" else (a < 0))
+        if bad.any():
+            sign = "> 0" if name == "n_chips" else ">= 0"
+            raise ValueError(
+                f"run_cost: {name} must be a finite number {sign} (got {a[bad][0]:g})."
+            )
 
 
 def run_cost(
@@ -187,7 +215,13 @@ def run_cost(
 
     `power_w`: average IT power of the run (RunResult.power_w); `provisioned_w`: the IT power
     the facility capital is charged on (default `power_w`; the full-load power is the honest
-    choice). All arguments may be traced."""
+    choice). All arguments may be traced; concrete ones are checked first
+    (`check_cost_inputs`), traced ones are not."""
+    numbers = dict(
+        n_chips=n_chips, power_w=power_w, tokens_per_s=tokens_per_s, provisioned_w=provisioned_w
+    )
+    if not _traced(cost, region, numbers):
+        check_cost_inputs(cost, region, **numbers)
     prov = power_w if provisioned_w is None else provisioned_w
     hours = HOURS_PER_YEAR * cost.utilisation
     hw_hours = hours * cost.hardware_life_years
@@ -285,7 +319,19 @@ def elasticities(
 ) -> dict[str, float]:
     """d ln(usd_per_mtoken) / d ln(x) for every cost and region field (`cost.<field>`,
     `region.<field>`) and for power_w, provisioned_w and tokens_per_s, from one reverse
-    pass; sorted by magnitude. A 1% rise in x raises the cost per token by e %."""
+    pass; sorted by magnitude. A 1% rise in x raises the cost per token by e %. Concrete
+    inputs are checked (`check_cost_inputs`); at 0 tokens/s the cost per token is infinite
+    and has no elasticities (ValueError)."""
+    numbers = dict(
+        n_chips=n_chips, power_w=power_w, tokens_per_s=tokens_per_s, provisioned_w=provisioned_w
+    )
+    if not _traced(cost, region, numbers):
+        check_cost_inputs(cost, region, **numbers)
+        if np.any(np.asarray(tokens_per_s, np.float64) <= 0):
+            raise ValueError(
+                "elasticities: tokens_per_s must be > 0 (at 0 tokens/s the cost per token is "
+                "infinite and has no elasticities)."
+            )
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     args = {
         "cost": cost,
@@ -319,6 +365,11 @@ def newton(f, x0: float, *, log_space: bool = True, steps: int = 50, rtol: float
     `log_space`: iterate on ln x (x stays positive; right for prices, lives, throughputs).
     Without it, a root may be negative, which for a price means "no positive value works".
     `f` must be a JAX function of a float32 scalar."""
+    if log_space and not (isinstance(x0, int | float) and math.isfinite(x0) and x0 > 0):
+        raise ValueError(
+            f"newton: x0 must be a finite number > 0 with log_space=True (it iterates on ln x; "
+            f"got {x0!r}); pass log_space=False to search all reals."
+        )
     g = jax.jit(jax.value_and_grad(lambda u: f(jnp.exp(u)) if log_space else f(u)))
     u = math.log(x0) if log_space else float(x0)
     for _ in range(steps):

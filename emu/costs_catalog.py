@@ -295,6 +295,12 @@ def _region_from(data: dict, where: str) -> Region:
         raise ValueError(
             f"{where}: subsidy_chip_origin = {origin!r} needs a subsidised electricity price."
         )
+    if not origin and "subsidised_electricity_usd_per_kwh" in data:
+        raise ValueError(
+            f"{where}: a subsidised electricity price without subsidy_chip_origin applies to "
+            'no chip; add subsidy_chip_origin = "CN" (the country of the chips it subsidises) '
+            "or drop the subsidised price."
+        )
     if "subsidised_electricity_usd_per_kwh" not in data and "electricity_usd_per_kwh" in data:
         data["subsidised_electricity_usd_per_kwh"] = data["electricity_usd_per_kwh"]
     infos = field_info(Region)

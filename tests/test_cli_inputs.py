@@ -124,3 +124,14 @@ def test_small_messages_say_what_was_meant(capsys, tmp_path):
     (tmp_path / "empty.py").write_text("X = 1\n")
     code, _, err = run_cli(capsys, "program", f"{tmp_path / 'empty.py'}:build", "--devices", "2")
     assert code == 2 and "has no function 'build'; it defines no functions." in err
+
+
+def test_a_name_of_the_other_kind_and_a_repeated_set_are_said(capsys):
+    """`describe llama3_70b` said only "unknown system"; a path given twice in --set kept the
+    last value and the note listed both as applied."""
+    code, _, err = run_cli(capsys, "describe", "llama3_70b")
+    assert code == 2 and "'llama3_70b' is a model, not a system" in err
+    code, _, err = run_cli(capsys, "run", "--model", "gb200_nvl72")
+    assert code == 2 and "'gb200_nvl72' is a system, not a model" in err
+    code, _, err = run_cli(capsys, "run", "--set", "chip.tdp_w=1000", "--set", "chip.tdp_w=1200")
+    assert code == 2 and "--set chip.tdp_w is given twice; give it once." in err

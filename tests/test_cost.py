@@ -289,7 +289,9 @@ def test_newton_solves_linear_and_nonlinear_crossovers(gb, cm, us):
         return C.usd_per_mtoken(replace(cm, chip_usd=x), us, **cmk) - target
 
     x, ok = C.newton(gap_chip, 7000.0, log_space=False)
-    assert ok and abs(float(gap_chip(jnp.float32(x)))) < 1e-4 * float(target)
+    # a negative root is the linear extrapolation newton documents: concrete cost inputs
+    # are checked (a negative price is refused), traced ones are not
+    assert ok and abs(float(jax.jit(gap_chip)(jnp.float32(x)))) < 1e-4 * float(target)
     cm_cost = C.usd_per_mtoken(cm, us, **cmk)
 
     def gap_util(u):
@@ -416,3 +418,49 @@ def test_the_objective_prices_an_evaluation_like_from_result(catalog):
     got = get_objective("usd_per_mtoken").value(r, system=sys, problem=p)
     want = C.from_result(*price, r, system=sys).usd_per_mtoken
     assert float(got) == float(want) > 0
+
+
+def test_concrete_cost_inputs_are_checked():
+    """run_cost checked nothing: a utilisation or life of 0 made capital free (0.0175 against
+    0.272 USD/M), negative prices gave negative costs; traced inputs still pass."""
+    cost, region = K.load_cost("gb200_nvl72"), K.load_region("us_average")
+    run = dict(n_chips=72.0, power_w=120e3, tokens_per_s=2e5)
+    for tree, change, needle in (
+        ("cost", dict(utilisation=jnp.float32(0)), r"Cost: utilisation must be in \(0, 1\]"),
+        ("cost", dict(hardware_life_years=jnp.float32(0)), "hardware_life_years must be in"),
+        ("cost", dict(chip_usd=jnp.float32(-1)), "chip_usd must be in"),
+        ("region", dict(electricity_usd_per_kwh=jnp.float32(-1)), "Region: electricity_usd"),
+        ("cost", dict(utilisation=jnp.linspace(0.0, 1.0, 5)), "utilisation must be in"),
+    ):
+        c = replace(cost, **change) if tree == "cost" else cost
+        r = replace(region, **change) if tree == "region" else region
+        with pytest.raises(ValueError, match=needle):
+            C.run_cost(c, r, **run)
+    for name, value in (("n_chips", 0.0), ("tokens_per_s", -1e5), ("power_w", float("nan"))):
+        with pytest.raises(ValueError, match=f"run_cost: {name} must be a finite number"):
+            C.run_cost(cost, region, **{**run, name: value})
+    assert math.isinf(
+        float(C.run_cost(cost, region, **{**run, "tokens_per_s": 0.0}).usd_per_mtoken)
+    )
+    # traced: unchecked (jit and grad still reach every field)
+    f = jax.jit(lambda u: C.run_cost(replace(cost, utilisation=u), region, **run).usd_per_mtoken)
+    assert float(f(jnp.float32(0.5))) > float(f(jnp.float32(1.0))) > 0
+    with pytest.raises(ValueError, match="tokens_per_s must be > 0"):
+        C.elasticities(cost, region, **{**run, "tokens_per_s": 0.0})
+    with pytest.raises(ValueError, match="x0 must be a finite number > 0 with log_space"):
+        C.newton(lambda x: x - 2.0, 0.0)
+    assert emu.cost is C  # a public module is reachable from `import emu` alone
+
+
+def test_region_subsidy_rules(tmp_path):
+    """A subsidised price without a chip origin applied to no chip (silently); an origin
+    in lower case never matched the cost file's "CN"."""
+    p = tmp_path / "r.toml"
+    p.write_text('name = "r"\nelectricity_usd_per_kwh = 0.1\n'
+                 'subsidised_electricity_usd_per_kwh = 0.01\npue = 1.2\n')  # fmt: skip
+    with pytest.raises(ValueError, match="without subsidy_chip_origin applies to no chip"):
+        K.load_region(p)
+    p.write_text(p.read_text() + 'subsidy_chip_origin = "cn"\n')
+    r = K.load_region(p)
+    assert float(C.electricity_price(K.load_cost("cloudmatrix384"), r)) == pytest.approx(0.01)
+    assert float(C.electricity_price(K.load_cost("gb200_nvl72"), r)) == pytest.approx(0.1)

@@ -131,6 +131,16 @@ def test_cost_fields_are_settable_and_move_the_price(capsys):
         (["run", "--system", "cloudmatrix384", "--chips", "16", "--region", "china_dc_subsidy",
           "--set", "region.subsidised_electricity_usd_per_kwh=5"],
          "exceeds the unsubsidised one (0.063 USD/kWh)"),
+        # inputs an all-in hourly price makes idle were shown as applied and changed nothing
+        (["run", "--region", "us_average", "--hourly-price", "2", "--set",
+          "cost.utilisation=0.1"], "--set cost.utilisation does not change an all-in hourly"),
+        (["run", "--region", "us_average", "--reference-hourly", "--set",
+          "region.electricity_usd_per_kwh=5"], "--set region.electricity_usd_per_kwh does not"),
+        # two sources of one price: the --set one was used, or (at 0) the build-up
+        (["run", "--region", "us_average", "--reference-hourly", "--set",
+          "cost.hourly_usd_per_chip=0"], "give one"),
+        (["serve", "--system", "dgx_h100", "--model", "llama3_70b", "--mtp-accept", "0.5"],
+         "--mtp-accept needs a model with MTP modules (llama3_70b has none); serve models no"),
     ],
 )  # fmt: skip
 def test_bad_cost_input_is_one_line_exit_2(capsys, args, needle):
@@ -223,3 +233,32 @@ def test_region_overrides_by_either_spelling_are_checked_alike():
             load_region("us_average", {k: 1.0})
     with pytest.raises(ValueError, match=f"set region.{key} <= 0.03"):
         load_region("china_dc_subsidy", {"region.electricity_usd_per_kwh": 0.03})
+
+
+def test_what_a_price_does_not_cover_is_said(capsys):
+    """Another system's cost file is named in a note (it priced B200s at 910C prices without
+    a word); an infeasible plan has no cost per token (it was priced below the feasible one);
+    the all-in header does not show the utilisation it ignores."""
+    base = ["run", "--system", "gb200_nvl72", "--model", "llama3_70b", "--region", "us_average"]
+    d = run_json(capsys, *base, "--cost", "cloudmatrix384")
+    assert any("priced with the capital costs of 'cloudmatrix384'" in n for n in d["notes"])
+    assert not any("--cost" in n for n in run_json(capsys, *base, "--cost", "gb200_nvl72")["notes"])
+    bad = run_json(capsys, *base, "--tp", "1", "--pp", "1", "--dp", "72", "--recompute", "none")
+    assert bad["feasible"] is False and bad["usd_per_mtoken"] is None
+    assert bad["cost"]["energy_usd_per_mtoken"] is None and bad["usd_per_hour"] > 0
+    code, out, _ = run_cli(capsys, *base, "--tp", "1", "--pp", "1", "--dp", "72")
+    assert code == 0 and "infeasible: no cost per token" in out
+    code, out, _ = run_cli(capsys, *base, "--hourly-price", "2")
+    assert "(PUE 1.3, all-in hourly price)" in out and "utilisation" not in out
+
+
+def test_serve_says_which_instance_is_short_and_by_how_much(capsys):
+    args = ["serve", "--system", "dgx_h100", "--model", "llama3_70b"]
+    d = run_json(capsys, *args, "--decode-batch", "100000")
+    assert d["feasible"] is False and d["decode"]["feasible"] is False
+    assert d["prefill"]["feasible"] is True
+    assert d["infeasible_reasons"][0].startswith("the decode instance is out of memory: 18.9 TB")
+    d = run_json(capsys, *args, "--decode-batch", "256", "--tpot-slo", "30ms")
+    assert d["feasible"] is True and d["infeasible_reasons"] == []
+    assert d["warnings"][0].startswith("the decode instance's TPOT 0.0391 s misses the 0.03 s")
+    assert run_json(capsys, *args)["warnings"] == []  # the batch rule meets the SLO

@@ -16,6 +16,7 @@ from emu.cli._setup import (
     mtp_note,
     overrides,
     refuse_moe_flags,
+    refuse_mtp_flag,
     resolved,
     serving_fixes,
     set_note,
@@ -225,6 +226,7 @@ def cmd_run(args) -> None:
         r = evaluated(args, s)
     if price:
         r |= analysis.cost_block(s.system, r, *price)
+        r["notes"] += cost_flags.notes(args, s.system, price[0])
     render.emit(args, r, render.run_text([r]) + cost_flags.text([r]))
 
 
@@ -257,7 +259,10 @@ def _priced_run(args, name: str) -> dict:
     s = setup(args, name)
     price = cost_flags.pricing(args, s.system)
     r = evaluated(args, s)
-    return r | analysis.cost_block(s.system, r, *price) if price else r
+    if price:
+        r |= analysis.cost_block(s.system, r, *price)
+        r["notes"] += cost_flags.notes(args, s.system, price[0])
+    return r
 
 
 def cmd_sensitivity(args) -> None:
@@ -273,7 +278,9 @@ def cmd_sensitivity(args) -> None:
         # --region, cost_sensitivity compiled none, so this compiles one)
         r = evaluated(args, s)
     d = {k: r[k] for k in ("feasible", "infeasible_reasons", "warnings")} | d
-    d["notes"] = s.notes + set_note(args)
+    d["notes"] = (
+        s.notes + set_note(args) + (cost_flags.notes(args, s.system, price[0]) if price else [])
+    )
     why_not = d["infeasible_reasons"] or ([] if d["feasible"] else ["out of memory"])
     lead = "".join(
         f"INFEASIBLE on {s.system.name}: {why.rstrip('.')}; the elasticities below are of a "
@@ -437,8 +444,10 @@ def cmd_serve(args) -> None:
     system = catalog.load_system(resolved(args.system, "systems", notes), sys_o)
     system = cost_flags.with_region(args, system)
     price = cost_flags.pricing(args, system)
+    notes += cost_flags.notes(args, system, price[0]) if price else []
     model = catalog.load_model(resolved(args.model, "models", notes), model_o)
     refuse_moe_flags(args, model)
+    refuse_mtp_flag(args, model)
     precision = args.precision or policy.serving_precision(system)
     if args.precision is None:
         notes.append(f"precision: {precision} (the chip's serving format; --precision to change)")
@@ -487,4 +496,34 @@ def _serve(args, system, model, precision) -> tuple:
     d["prefill"]["plan"] = plan_dict(prefill)
     d["decode"]["plan"] = plan_dict(decode)
     feasible = d.pop("feasible")
-    return {"feasible": feasible, "system": system.name, "model": model.name, **d}, r
+    reasons, warnings = _serve_diagnosis(args, d)
+    head = {"feasible": feasible, "infeasible_reasons": reasons, "warnings": warnings}
+    return {**head, "system": system.name, "model": model.name, **d}, r
+
+
+def _serve_diagnosis(args, d: dict) -> tuple[list[str], list[str]]:
+    """(why an instance cannot run, which one misses its latency SLO) of a `serve` result,
+    each in serve's own flags: the instance out of memory, by how much; the latency over its
+    SLO (a batch given with --prefill-batch/--decode-batch is kept, not fitted to it)."""
+    reasons, warnings = [], []
+    for phase, lat, what in (("prefill", "ttft_s", "TTFT"), ("decode", "tpot_s", "TPOT")):
+        slo_s = getattr(args, f"{lat[:4]}_slo")  # serve's --ttft-slo and --tpot-slo
+        inst, n = d[phase], getattr(args, f"{phase}_chips")
+        d[phase]["feasible"] = bool(inst["feasible"] > 0.5)
+        mem = inst["memory"]
+        per = "per die" if inst["n_ranks"] != inst["n_chips"] else "per chip"
+        batch = inst["plan"]["microbatch"]
+        if not d[phase]["feasible"]:
+            reasons.append(
+                f"the {phase} instance is out of memory: {render.si(mem['total_bytes'], 'B')} "
+                f"of {render.si(mem['capacity_bytes'], 'B')} {per} at batch {batch} per DP "
+                f"rank; lower --{phase}-batch (or leave it out for the largest that fits) or add "
+                f"--{phase}-chips (now {n})."
+            )
+        if d[phase]["feasible"] and inst[lat] > slo_s:
+            warnings.append(
+                f"the {phase} instance's {what} {inst[lat]:.3g} s misses the {slo_s:g} s SLO "
+                f"at batch {batch} per DP rank; lower --{phase}-batch (or leave it out for the "
+                "largest batch meeting it)."
+            )
+    return reasons, warnings

@@ -117,13 +117,18 @@ def with_region(args, system):
 def _load_cost(args, system_name: str) -> C.Cost:
     """The Cost of the flags: --cost or the system's own file, --hourly-price,
     --reference-hourly and the --set cost.* overrides."""
-    cost_o, _ = _cost_overrides(args)
+    cost_o, region_o = _cost_overrides(args)
+    sources = (
+        args.hourly_price is not None,
+        args.reference_hourly,
+        "hourly_usd_per_chip" in cost_o,
+    )
+    if sum(sources) > 1:
+        raise ValueError(
+            "--hourly-price, --reference-hourly and --set cost.hourly_usd_per_chip set the "
+            "same price; give one."
+        )
     if args.hourly_price is not None:
-        if args.reference_hourly or "hourly_usd_per_chip" in cost_o:
-            raise ValueError(
-                "--hourly-price, --reference-hourly and --set cost.hourly_usd_per_chip set the "
-                "same price; give one."
-            )
         cost_o["hourly_usd_per_chip"] = args.hourly_price
     name = args.cost or system_name
     if args.cost is None and name not in costs_catalog.list_costs():
@@ -131,7 +136,32 @@ def _load_cost(args, system_name: str) -> C.Cost:
             f"no cost file for system '{name}' (known: {', '.join(costs_catalog.list_costs())}); "
             "give --cost NAME|PATH or --hourly-price USD."
         )
-    return costs_catalog.load_cost(name, cost_o, reference_hourly=args.reference_hourly)
+    cost = costs_catalog.load_cost(name, cost_o, reference_hourly=args.reference_hourly)
+    idle = [f"cost.{k}" for k in cost_o if k in _BUILD_UP_ONLY]
+    idle += [f"region.{k}" for k in region_o if k in _ENERGY_PRICES]
+    if idle and float(cost.hourly_usd_per_chip) > 0:
+        raise ValueError(
+            f"--set {idle[0]} does not change an all-in hourly price (it covers capital and "
+            "electricity at any utilisation); drop it, or drop the hourly price to build the "
+            "cost up."
+        )
+    return cost
+
+
+#: fields an all-in hourly price makes idle (the capital parts still give `capex_usd`)
+_BUILD_UP_ONLY = ("utilisation", "hardware_life_years", "facility_life_years")
+_ENERGY_PRICES = ("electricity_usd_per_kwh", "subsidised_electricity_usd_per_kwh")
+
+
+def notes(args, system, cost: C.Cost) -> list[str]:
+    """A note when --cost names another system's file: its chip, host and fabric prices and
+    its chip origin (a region's subsidy) then price this system."""
+    if not getattr(args, "cost", None) or cost.name == system.name:
+        return []
+    return [
+        f"--cost {args.cost}: {system.name} is priced with the capital costs of '{cost.name}' "
+        f"(its chip, host and fabric prices; chip origin {cost.chip_origin or 'not given'})."
+    ]
 
 
 def pricing(args, system) -> tuple[C.Cost, C.Region] | None:
@@ -181,9 +211,10 @@ def text(results: list[dict], names: list[str] | None = None) -> str:
         ["cost file (mode)", *[f"{c['cost']} ({c['mode']})" for c in cs]],
     ]
     c0 = cs[0]
-    head = (
-        f"cost in {c0['region']} (PUE {c0['pue']:.3g}, utilisation {100 * c0['utilisation']:.0f}%)"
-    )
+    rate = "all-in hourly price" if all_in else f"utilisation {100 * c0['utilisation']:.3g}%"
+    head = f"cost in {c0['region']} (PUE {c0['pue']:.3g}, {rate})"
+    if any(r["usd_per_mtoken"] is None and r.get("feasible") is False for r in priced):
+        head += "; infeasible: no cost per token"
     cols = [n for n, r in zip(names, results, strict=True) if "cost" in r]
     return "\n\n" + render.table(rows, [head, *cols])
 

@@ -466,10 +466,12 @@ def serve_text(d: dict, chips: tuple[int, int]) -> str:
         ["power (IT)", si(d["power_w"], "W")],
         ["output tokens/J", f"{d['tokens_per_joule']:.4g}"],
     ]
-    lead = "" if d["feasible"] else "INFEASIBLE: out of memory or SLO missed in one instance\n"
+    why = "; ".join(r.rstrip(".") for r in d.get("infeasible_reasons", [])) or "out of memory"
+    lead = "" if d["feasible"] else f"INFEASIBLE: {why}.\n"
     rows.insert(0, ["feasible", "yes" if d["feasible"] else "NO"])
     plans = "".join(f"\nplan ({k}): {plan_text(d[k]['plan'])}" for k in ("prefill", "decode"))
-    notes = "".join(f"\nnote: {n}" for n in d.get("notes", []))
+    notes = "".join(f"\nwarning: {w}" for w in d.get("warnings", []))
+    notes += "".join(f"\nnote: {n}" for n in d.get("notes", []))
     head = f"{d['system']} / {d['model']}\n"
     ivs = "".join(f"\n{line}" for line in interval_lines([d]))
     return lead + head + table(rows, ["quantity", "value"]) + plans + ivs + notes

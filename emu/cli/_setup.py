@@ -38,6 +38,8 @@ def overrides(args) -> tuple[dict, dict, dict]:
             path, value = parse_override(item)
         except ValueError as e:
             raise CliError(f"--set {e}") from None
+        if path in parsed:  # the last one won, and the note listed both as applied
+            raise CliError(f"--set {path} is given twice; give it once.")
         parsed[path] = value
     if hasattr(args, "region"):  # cost.* and region.* go to the cost flags (emu.cli._cost)
         parsed = {p: v for p, v in parsed.items() if not cost_flags.is_cost_path(p)}
@@ -99,6 +101,20 @@ def refuse_moe_flags(args, model: Model) -> None:
             f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to MoE models' "
             f"experts ({model.name} is dense); drop {'it' if len(given) == 1 else 'them'}."
         )
+
+
+def refuse_mtp_flag(args, model: Model) -> None:
+    """--mtp-accept on a model without MTP modules: the plan's own error named the plan
+    fields draft_tokens and accept_len, which `serve` has no flags for."""
+    if getattr(args, "mtp_accept", None) is None or float(model.mtp_layers) > 0:
+        return
+    other = (
+        "for another draft model use --draft-tokens K --accept-len A"
+        if hasattr(args, "draft_tokens")
+        else "serve models no other draft model (emu run --phase decode --draft-tokens K "
+        "--accept-len A does)"
+    )
+    raise CliError(f"--mtp-accept needs a model with MTP modules ({model.name} has none); {other}.")
 
 
 def slo(args, phase: str) -> float | None:
@@ -207,6 +223,7 @@ def setup(args, system_name: str) -> Setup:
     system = cost_flags.with_region(args, system)
     model = catalog.load_model(resolved(args.model, "models", notes), model_o)
     refuse_moe_flags(args, model)
+    refuse_mtp_flag(args, model)
     knobs["precision"] = _precision(args, system, phase, notes)
     missing = catalog.uncalibrated(system)
     if missing:
