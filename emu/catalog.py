@@ -536,6 +536,19 @@ def _load_hf(path: Path) -> Model:
 MOE_ONLY_MODEL_FIELDS = ("top_k", "d_ff_expert", "n_shared_experts", "route_max_nodes")
 
 
+class DenseModelError(ValueError):
+    """An override of an expert-only field (`field`) on a dense model (`model`), which would
+    change nothing."""
+
+    def __init__(self, where: str, field: str, model: str):
+        super().__init__(
+            f"{where}: {field} applies to an MoE model's experts and this model is dense "
+            f"(n_experts = 0), so it would change nothing; drop it, or make the model MoE "
+            f"with n_experts=N."
+        )
+        self.field, self.model = field, model
+
+
 def load_model(name_or_path: str | Path, overrides: dict | None = None) -> Model:
     """A validated Model from the catalog (any spelling of a name: `resolve_name`), a TOML
     file, or a Hugging Face `config.json` (or a folder holding one), with optional dotted
@@ -554,9 +567,5 @@ def load_model(name_or_path: str | Path, overrides: dict | None = None) -> Model
     m = apply_overrides(m, overrides, where)
     moe_only = [f for f in overrides if f in MOE_ONLY_MODEL_FIELDS]  # a dict: checked above
     if moe_only and float(m.n_experts) == 0:
-        raise ValueError(
-            f"{where}: {moe_only[0]} applies to an MoE model's experts and this model is dense "
-            f"(n_experts = 0), so it would change nothing; drop it, or make the model MoE "
-            f"with n_experts=N."
-        )
+        raise DenseModelError(where, moe_only[0], m.name)
     return m

@@ -57,7 +57,16 @@ import numpy as np
 
 from emu._backend import jax, jnp
 from emu.numerics import safe_div
-from emu.struct import check, dataclass, field, float_leaves, replace, static_field
+from emu.struct import (
+    check,
+    dataclass,
+    field,
+    float_leaves,
+    has_tracer,
+    real_scalar,
+    replace,
+    static_field,
+)
 
 __all__ = [
     "Cost",
@@ -184,10 +193,6 @@ def electricity_price(cost: Cost, region: Region) -> Array:
     return region.subsidised_electricity_usd_per_kwh if eligible else region.electricity_usd_per_kwh
 
 
-def _traced(*trees) -> bool:
-    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(trees))
-
-
 def check_cost_inputs(cost: Cost, region: Region, **numbers) -> None:
     """ValueError naming the field when a concrete input of `run_cost` is out of its
     bounds (every element of a batch): the Cost and Region fields against the bounds beside
@@ -208,6 +213,18 @@ def check_cost_inputs(cost: Cost, region: Region, **numbers) -> None:
             )
 
 
+def _check_concrete(cost, region, n_chips, power_w, tokens_per_s, provisioned_w) -> bool:
+    """`check_cost_inputs` where every input is concrete (True: checked); traced inputs
+    (jit, vmap, grad) pass unchecked (False)."""
+    numbers = dict(
+        n_chips=n_chips, power_w=power_w, tokens_per_s=tokens_per_s, provisioned_w=provisioned_w
+    )
+    if has_tracer(cost, region, numbers):
+        return False
+    check_cost_inputs(cost, region, **numbers)
+    return True
+
+
 def run_cost(
     cost: Cost, region: Region, *, n_chips, power_w, tokens_per_s, provisioned_w=None
 ) -> CostBreakdown:
@@ -217,11 +234,7 @@ def run_cost(
     the facility capital is charged on (default `power_w`; the full-load power is the honest
     choice). All arguments may be traced; concrete ones are checked first
     (`check_cost_inputs`), traced ones are not."""
-    numbers = dict(
-        n_chips=n_chips, power_w=power_w, tokens_per_s=tokens_per_s, provisioned_w=provisioned_w
-    )
-    if not _traced(cost, region, numbers):
-        check_cost_inputs(cost, region, **numbers)
+    _check_concrete(cost, region, n_chips, power_w, tokens_per_s, provisioned_w)
     prov = power_w if provisioned_w is None else provisioned_w
     hours = HOURS_PER_YEAR * cost.utilisation
     hw_hours = hours * cost.hardware_life_years
@@ -322,11 +335,7 @@ def elasticities(
     pass; sorted by magnitude. A 1% rise in x raises the cost per token by e %. Concrete
     inputs are checked (`check_cost_inputs`); at 0 tokens/s the cost per token is infinite
     and has no elasticities (ValueError)."""
-    numbers = dict(
-        n_chips=n_chips, power_w=power_w, tokens_per_s=tokens_per_s, provisioned_w=provisioned_w
-    )
-    if not _traced(cost, region, numbers):
-        check_cost_inputs(cost, region, **numbers)
+    if _check_concrete(cost, region, n_chips, power_w, tokens_per_s, provisioned_w):
         if np.any(np.asarray(tokens_per_s, np.float64) <= 0):
             raise ValueError(
                 "elasticities: tokens_per_s must be > 0 (at 0 tokens/s the cost per token is "
@@ -365,13 +374,15 @@ def newton(f, x0: float, *, log_space: bool = True, steps: int = 50, rtol: float
     `log_space`: iterate on ln x (x stays positive; right for prices, lives, throughputs).
     Without it, a root may be negative, which for a price means "no positive value works".
     `f` must be a JAX function of a float32 scalar."""
-    if log_space and not (isinstance(x0, int | float) and math.isfinite(x0) and x0 > 0):
+    x = real_scalar(x0)
+    if x is None or not math.isfinite(x) or (log_space and x <= 0):
+        need = "a finite number > 0 with log_space=True (it iterates on ln x)"
         raise ValueError(
-            f"newton: x0 must be a finite number > 0 with log_space=True (it iterates on ln x; "
-            f"got {x0!r}); pass log_space=False to search all reals."
+            f"newton: x0 must be {need if log_space else 'a finite number'} (got {x0!r})"
+            + ("; pass log_space=False to search all reals." if log_space else ".")
         )
     g = jax.jit(jax.value_and_grad(lambda u: f(jnp.exp(u)) if log_space else f(u)))
-    u = math.log(x0) if log_space else float(x0)
+    u = math.log(x) if log_space else x
     for _ in range(steps):
         v, dv = g(jnp.float32(u))
         v, dv = float(v), float(dv)

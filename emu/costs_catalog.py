@@ -221,11 +221,14 @@ def cost_reference(name_or_path: str | Path) -> dict:
     path = _resolve(name_or_path, "costs", "cost (system)")
     ref = load_toml(path, "cost").get("reference")
     h = ref.get("hourly_usd_per_chip") if isinstance(ref, dict) else None
-    if not isinstance(h, int | float) or isinstance(h, bool) or not h > 0:
+    if h is None:
         raise ValueError(
             f"cost '{Path(path).stem}' has no [reference] hourly_usd_per_chip (no published "
             "all-in hourly price); set cost.hourly_usd_per_chip yourself."
         )
+    where = f"cost '{Path(path).stem}'.reference.hourly_usd_per_chip"
+    if float(_number(h, Cost, "hourly_usd_per_chip", where)) <= 0:  # the field's bounds
+        raise ValueError(f"{where} must be > 0 (0 means no all-in price).")
     return dict(ref)
 
 

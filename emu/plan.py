@@ -47,6 +47,7 @@ __all__ = [
     "knob",
     "knobs",
     "KNOBS",
+    "MOE_ONLY_KNOBS",
     "make",
     "make_plan",
     "validate_plan",
@@ -474,6 +475,8 @@ def knobs(
 
 #: every knob of `Plan`, in field order (the host derives CLI flags and search spaces)
 KNOBS = knobs(Plan)
+#: plan knobs that only an MoE model's experts read (a dense model ignores them)
+MOE_ONLY_KNOBS = ("moe_imbalance", "a2a_overlap", "moe_dedup")
 
 
 def make(cls: type, /, **values: Any):

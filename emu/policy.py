@@ -61,7 +61,7 @@ from emu.hardware import peak_flops, usable_hbm_bytes
 from emu.objective import evaluate, inference_memory, max_batch_under_slo
 from emu.parallelism import memory
 from emu.plan import KNOBS, Plan, make_plan, n_microbatches, n_ranks, validate_plan
-from emu.struct import check, check_value, real_scalar, replace
+from emu.struct import check, check_value, has_tracer, real_scalar, replace
 from emu.topology import System, node_tier, rank_system
 from emu.units import PRECISIONS
 from emu.workload import Model
@@ -693,10 +693,6 @@ def _concrete(*trees) -> bool:
 BATCH_CHECK_MAX = 1024
 
 
-def _has_tracer(*trees) -> bool:
-    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(trees))
-
-
 def check_inputs(system: System, model: Model, plan: Plan) -> None:
     """The checks of a concrete evaluation before it runs: every system and model leaf
     against its declared bounds (a system built with `emu.struct.replace` skips the
@@ -725,7 +721,7 @@ def checked_evaluate(system: System, model: Model, plan: Plan):
                 f"evaluate(system, model, plan): {name} must be an emu {cls.__name__} (got "
                 f"{type(value).__name__}); make one with {how}."
             )
-    if _has_tracer(system, model, plan):
+    if has_tracer(system, model, plan):
         return evaluate(system, model, plan)
     if not _concrete(system, model, plan):
         return _checked_batch(system, model, plan)

@@ -39,6 +39,7 @@ T = TypeVar("T")
 
 __all__ = [
     "dataclass",
+    "has_tracer",
     "static_field",
     "field",
     "FieldInfo",
@@ -245,6 +246,12 @@ def _check_numbers(values: np.ndarray, info: FieldInfo | None, where: str, path:
                 f"{path} = {x:g} is outside the float32 range emu computes in "
                 f"(0 or magnitudes in [{_F32_TINY:.3g}, {_F32_MAX:.3g}]).",
             )
+
+
+def has_tracer(*trees: Any) -> bool:
+    """Whether any leaf of `trees` is a JAX tracer (inside jit, vmap or grad): the checks
+    of concrete inputs skip traced ones."""
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(trees))
 
 
 def real_scalar(x: Any) -> float | None:

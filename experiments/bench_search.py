@@ -98,7 +98,7 @@ PROBLEMS = {
             power_cap=60e3,
             tpot_slo=0.03,
         ),
-        {"scaleup_bw": BW, "domain": [8, 16, 36, 72]},
+        {"scaleup_bw": BW, "domain": [8, 18, 36, 72]},  # 16 does not tile the 72-GPU rack
     ),
     "nvl72-405b-train-8192-1e8": (
         Problem("gb200_nvl72", "llama3_405b", 8192, seq_len=8192),

@@ -75,9 +75,9 @@ def solve(system_name: str, workload: tuple) -> dict:
     prec = "bf16" if phase == "train" else ("int8" if system_name == "cloudmatrix384" else "fp8")
     kw = {}
     if phase != "train":
-        kw = dict(tpot_slo=TPOT_SLO, ttft_slo=TTFT_SLO if phase == "prefill" else None)
-        if phase == "decode":  # a prefill problem reads no KV context or MTP drafts
-            kw.update(context=4096, mtp_accept=MTP_ACCEPT)
+        kw = dict(ttft_slo=TTFT_SLO) if phase == "prefill" else {}
+        if phase == "decode":  # a prefill problem reads no TPOT SLO, KV context or MTP drafts
+            kw.update(tpot_slo=TPOT_SLO, context=4096, mtp_accept=MTP_ACCEPT)
     problem = Problem(
         system_name, model_name, CHIPS, seq_len=seq, precision=prec, phase=phase,
         objective="usd_per_mtoken", cost=price, **kw,

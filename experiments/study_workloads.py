@@ -88,9 +88,9 @@ def problem_for(system: str, workload: tuple, scale: str, budget: float) -> Prob
     prec = "bf16" if phase == "train" else ("int8" if system == "cloudmatrix384" else "fp8")
     kw = {}
     if phase != "train":
-        kw = dict(tpot_slo=TPOT_SLO, ttft_slo=TTFT_SLO if phase == "prefill" else None)
-        if phase == "decode":  # a prefill problem reads no KV context or MTP drafts
-            kw.update(context=4096, mtp_accept=MTP_ACCEPT)
+        kw = dict(ttft_slo=TTFT_SLO) if phase == "prefill" else {}
+        if phase == "decode":  # a prefill problem reads no TPOT SLO, KV context or MTP drafts
+            kw.update(tpot_slo=TPOT_SLO, context=4096, mtp_accept=MTP_ACCEPT)
     if scale == "equal chips":
         chips, obj, cap = EQUAL_CHIPS, "tokens_per_joule", None
     else:

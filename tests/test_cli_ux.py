@@ -430,7 +430,7 @@ def test_inputs_without_effect_are_said_or_refused(capsys):
     assert not any(n.startswith("--algorithm") for n in d["notes"])
     for cmd in (["run"], ["serve"]):
         code, _, err = run_cli(capsys, *cmd, "--model", "llama3_70b", "--set", "model.top_k=2")
-        assert code == 2 and "top_k applies to an MoE model's experts and this model" in err
+        assert code == 2 and "--set model.top_k applies to MoE models' experts" in err
     moe = [
         "--set",
         "model.n_experts=8",

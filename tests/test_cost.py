@@ -4,6 +4,9 @@ checked against finite differences, properties) and its loaders (validation mess
 from __future__ import annotations
 
 import math
+import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -449,7 +452,10 @@ def test_concrete_cost_inputs_are_checked():
         C.elasticities(cost, region, **{**run, "tokens_per_s": 0.0})
     with pytest.raises(ValueError, match="x0 must be a finite number > 0 with log_space"):
         C.newton(lambda x: x - 2.0, 0.0)
-    assert emu.cost is C  # a public module is reachable from `import emu` alone
+    # a public module is reachable from `import emu` alone (it raised AttributeError)
+    code = "import emu; print(emu.cost.run_cost.__name__, emu.search.Problem.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == ["run_cost", "Problem"], out.stderr
 
 
 def test_region_subsidy_rules(tmp_path):
@@ -464,3 +470,17 @@ def test_region_subsidy_rules(tmp_path):
     r = K.load_region(p)
     assert float(C.electricity_price(K.load_cost("cloudmatrix384"), r)) == pytest.approx(0.01)
     assert float(C.electricity_price(K.load_cost("gb200_nvl72"), r)) == pytest.approx(0.1)
+
+
+def test_a_wrong_reference_price_is_not_called_missing(tmp_path):
+    """A negative or quoted [reference] price was reported as "has no [reference]" price."""
+    text = (K.config_dir() / "costs" / "gb200_nvl72.toml").read_text()
+    for bad, needle in (
+        ("-3", "must be in [0, 1000] USD per chip-hour (got -3)"),
+        ('"2.2"', "must be a number (got str '2.2')"),
+        ("0", "must be > 0 (0 means no all-in price)"),
+    ):
+        p = tmp_path / "gb200_nvl72.toml"
+        p.write_text(text.replace("hourly_usd_per_chip = 2.21", f"hourly_usd_per_chip = {bad}"))
+        with pytest.raises(ValueError, match=re.escape(f"reference.hourly_usd_per_chip {needle}")):
+            K.cost_reference(p)

@@ -258,7 +258,12 @@ def test_serve_says_which_instance_is_short_and_by_how_much(capsys):
     assert d["feasible"] is False and d["decode"]["feasible"] is False
     assert d["prefill"]["feasible"] is True
     assert d["infeasible_reasons"][0].startswith("the decode instance is out of memory: 18.9 TB")
-    d = run_json(capsys, *args, "--decode-batch", "256", "--tpot-slo", "30ms")
-    assert d["feasible"] is True and d["infeasible_reasons"] == []
-    assert d["warnings"][0].startswith("the decode instance's TPOT 0.0391 s misses the 0.03 s")
-    assert run_json(capsys, *args)["warnings"] == []  # the batch rule meets the SLO
+    d = run_json(capsys, *args, "--decode-batch", "256", "--tpot-slo", "30ms")  # as `run`
+    assert d["feasible"] is False and d["decode"]["feasible"] is False
+    assert d["infeasible_reasons"][0].startswith("the decode instance's TPOT 0.0391 s misses")
+    priced = run_json(capsys, *args, "--decode-batch", "256", "--tpot-slo", "30ms",
+                      "--region", "us_average")  # fmt: skip
+    assert priced["usd_per_mtoken"] is None and priced["decode"]["usd_per_mtoken"] is None
+    assert priced["prefill"]["usd_per_mtoken"] > 0
+    assert run_json(capsys, *args)["infeasible_reasons"] == []  # the batch rule meets the SLO
+    assert run_json(capsys, *args, "--decode-batch", "256")["feasible"] is True  # 39 < 50 ms

@@ -517,3 +517,26 @@ def test_a_device_is_a_rank_on_a_multi_die_chip(collective_program):
     assert float(a.power_w) == pytest.approx(float(b.power_w), rel=1e-6)
     one_die = emu.struct.replace(cm, chip=emu.struct.replace(cm.chip, dies_per_chip=1.0))
     assert float(fn(one_die).power_w) > 1.5 * float(a.power_w)
+
+
+def test_a_computation_closed_with_its_execution_thread_ends_there():
+    """XLA writes a host computation's end as `}, execution_thread="host"`: it was not read
+    as an end, so the next computation's instructions were merged into it."""
+    from emu.program.hlo import parse_module
+
+    text = "\n".join([
+        "HloModule m",
+        "host_fn {",
+        "  a = f32[8]{0} parameter(0)",
+        "  ROOT n = f32[8]{0} negate(a)",
+        '}, execution_thread="host"',
+        "",
+        "ENTRY main {",
+        "  p = f32[8]{0} parameter(0)",
+        "  ROOT t = f32[8]{0} tanh(p)",
+        "}",
+    ])  # fmt: skip
+    mod = parse_module(text)
+    assert sorted(mod.computations) == ["host_fn", "main"]
+    assert [i.name for i in mod.entry.instructions] == ["p", "t"]
+    assert [i.name for i in mod.computations["host_fn"].instructions] == ["a", "n"]

@@ -13,10 +13,9 @@ from emu.cli import _render as render
 from emu.cli import _render_catalog as render_catalog
 from emu.cli._parser import CliError
 from emu.cli._setup import (
+    load_model,
     mtp_note,
     overrides,
-    refuse_moe_flags,
-    refuse_mtp_flag,
     resolved,
     serving_fixes,
     set_note,
@@ -445,14 +444,12 @@ def cmd_serve(args) -> None:
     system = cost_flags.with_region(args, system)
     price = cost_flags.pricing(args, system)
     notes += cost_flags.notes(args, system, price[0]) if price else []
-    model = catalog.load_model(resolved(args.model, "models", notes), model_o)
-    refuse_moe_flags(args, model)
-    refuse_mtp_flag(args, model)
+    model = load_model(args, notes, model_o)
     precision = args.precision or policy.serving_precision(system)
     if args.precision is None:
         notes.append(f"precision: {precision} (the chip's serving format; --precision to change)")
     with render.working(_compiling(system.name, model.name, compiles=" (prefill and decode)")):
-        out, r = _serve(args, system, model, precision)
+        out = _serve(args, system, model, precision)
     if args.mtp_accept is None and out["decode"]["plan"]["mtp_accept"] > 0:
         notes.append(mtp_note(model, out["decode"]["plan"]["mtp_accept"]))
     out["notes"] = notes + set_note(args)
@@ -463,15 +460,16 @@ def cmd_serve(args) -> None:
     )
     text = render.serve_text(out, (args.prefill_chips, args.decode_chips))
     if price:  # the deployment per output token; each instance per token it makes
-        out |= analysis.cost_block(system, r, *price)
-        out["prefill"] |= analysis.cost_block(system, r.prefill, *price)
-        out["decode"] |= analysis.cost_block(system, r.decode, *price)
+        # the result dicts: their `feasible` counts a latency over its SLO (at a given batch)
+        out |= analysis.cost_block(system, out, *price)
+        out["prefill"] |= analysis.cost_block(system, out["prefill"], *price)
+        out["decode"] |= analysis.cost_block(system, out["decode"], *price)
         names = ["deployment (output)", "prefill (prompt)", "decode (output)"]
         text += cost_flags.text([out, out["prefill"], out["decode"]], names)
     render.emit(args, out, text)
 
 
-def _serve(args, system, model, precision) -> tuple:
+def _serve(args, system, model, precision) -> dict:
     from emu.serving import disaggregated
 
     prefill = _serving_plan(
@@ -496,16 +494,16 @@ def _serve(args, system, model, precision) -> tuple:
     d["prefill"]["plan"] = plan_dict(prefill)
     d["decode"]["plan"] = plan_dict(decode)
     feasible = d.pop("feasible")
-    reasons, warnings = _serve_diagnosis(args, d)
-    head = {"feasible": feasible, "infeasible_reasons": reasons, "warnings": warnings}
-    return {**head, "system": system.name, "model": model.name, **d}, r
+    reasons = _serve_diagnosis(args, d)
+    head = {"feasible": feasible and not reasons, "infeasible_reasons": reasons, "warnings": []}
+    return {**head, "system": system.name, "model": model.name, **d}
 
 
-def _serve_diagnosis(args, d: dict) -> tuple[list[str], list[str]]:
-    """(why an instance cannot run, which one misses its latency SLO) of a `serve` result,
-    each in serve's own flags: the instance out of memory, by how much; the latency over its
-    SLO (a batch given with --prefill-batch/--decode-batch is kept, not fitted to it)."""
-    reasons, warnings = [], []
+def _serve_diagnosis(args, d: dict) -> list[str]:
+    """Why a `serve` deployment cannot run, in serve's own flags: an instance out of memory,
+    by how much; an instance whose latency misses its SLO at a batch given with
+    --prefill-batch/--decode-batch (as `run` does; the batch rule meets the SLO itself)."""
+    reasons = []
     for phase, lat, what in (("prefill", "ttft_s", "TTFT"), ("decode", "tpot_s", "TPOT")):
         slo_s = getattr(args, f"{lat[:4]}_slo")  # serve's --ttft-slo and --tpot-slo
         inst, n = d[phase], getattr(args, f"{phase}_chips")
@@ -520,10 +518,11 @@ def _serve_diagnosis(args, d: dict) -> tuple[list[str], list[str]]:
                 f"rank; lower --{phase}-batch (or leave it out for the largest that fits) or add "
                 f"--{phase}-chips (now {n})."
             )
-        if d[phase]["feasible"] and inst[lat] > slo_s:
-            warnings.append(
-                f"the {phase} instance's {what} {inst[lat]:.3g} s misses the {slo_s:g} s SLO "
-                f"at batch {batch} per DP rank; lower --{phase}-batch (or leave it out for the "
-                "largest batch meeting it)."
+        elif inst[lat] > slo_s:
+            d[phase]["feasible"] = False
+            reasons.append(
+                f"the {phase} instance's {what} {inst[lat]:.3g} s misses the {slo_s:g} s SLO at "
+                f"batch {batch} per DP rank; lower --{phase}-batch (or leave it out for the "
+                f"largest batch meeting it) or relax --{what.lower()}-slo."
             )
-    return reasons, warnings
+    return reasons

@@ -11,9 +11,9 @@ from emu.cli import _render as render
 from emu.cli._distributed import processes as _processes
 from emu.cli._parser import PROBLEM_KNOBS, SEARCH_FIXED_KNOBS, SLO_DEFAULTS, CliError, as_int
 from emu.cli._setup import (
+    load_model,
     mtp_note,
     overrides,
-    refuse_moe_flags,
     resolved,
     set_note,
     slo,
@@ -186,8 +186,7 @@ def search_setup(args):
             "--objective usd_per_mtoken needs --region (cost per token needs a region's "
             "electricity price and PUE); `emu list` shows the regions."
         )
-    model = catalog.load_model(resolved(args.model, "models", notes), model_o)
-    refuse_moe_flags(args, model)
+    model = load_model(args, notes, model_o)
     free, fixed = _free_and_fixed(args)
     if args.phase != "train" and args.free is not None and "microbatch" not in free + tuple(fixed):
         # the batch per DP rank is the lever of serving: left at the base plan's 1 it made

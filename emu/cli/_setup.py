@@ -14,7 +14,7 @@ from emu.advice import either
 from emu.cli import _cost as cost_flags
 from emu.cli._parser import FLAG_DEFAULTS, MAX_INTEGER_KNOB, SLO_DEFAULTS, CliError
 from emu.overrides import apply_overrides, parse_override, split_overrides
-from emu.plan import KNOBS, KV_PRECISIONS, Plan
+from emu.plan import KNOBS, KV_PRECISIONS, MOE_ONLY_KNOBS, Plan
 from emu.topology import System
 from emu.workload import Model
 
@@ -77,24 +77,33 @@ def resolved(name: str, kind: str, notes: list[str]) -> str:
     return canonical
 
 
-#: plan knobs that only an MoE model's experts read: (name, flag, value that does nothing)
-MOE_ONLY_KNOBS = (
-    ("moe_imbalance", "--moe-imbalance", 1.0),
-    ("a2a_overlap", "--a2a-overlap", False),
-    ("moe_dedup", "--no-moe-dedup", True),
-)
+def load_model(args, notes: list[str], model_o: dict) -> Model:
+    """The --model with its --set model.* overrides, refusing what it would ignore: an
+    expert-only field or flag on a dense model, --mtp-accept on a model without MTP."""
+    try:
+        model = catalog.load_model(resolved(args.model, "models", notes), model_o)
+    except catalog.DenseModelError as e:
+        raise CliError(
+            f"--set model.{e.field} applies to MoE models' experts ({e.model} is dense: "
+            "n_experts = 0); drop it, or make the model MoE with --set model.n_experts=N."
+        ) from None
+    refuse_moe_flags(args, model)
+    refuse_mtp_flag(args, model)
+    return model
 
 
 def refuse_moe_flags(args, model: Model) -> None:
     """An expert-only flag on a dense model did nothing and said nothing (`--ep` and
     `--expert-ranks` are refused by the plan rules, `--set model.top_k` and the other
-    expert-only fields by `catalog.load_model`): refuse it in one line."""
+    expert-only fields by `load_model`): refuse it in one line."""
     if float(model.n_experts) > 0:
         return
     given = [
         flag
-        for name, flag, idle in MOE_ONLY_KNOBS
-        if getattr(args, name, None) is not None and getattr(args, name) != idle
+        for name, flag, idle in ((k.name, k.flag, k.default) for k in KNOBS)
+        if name in MOE_ONLY_KNOBS  # their defaults do nothing on any model
+        and getattr(args, name, None) is not None
+        and getattr(args, name) != idle
     ]
     if given:
         raise CliError(
@@ -106,13 +115,13 @@ def refuse_moe_flags(args, model: Model) -> None:
 def refuse_mtp_flag(args, model: Model) -> None:
     """--mtp-accept on a model without MTP modules: the plan's own error named the plan
     fields draft_tokens and accept_len, which `serve` has no flags for."""
-    if getattr(args, "mtp_accept", None) is None or float(model.mtp_layers) > 0:
-        return
+    if not getattr(args, "mtp_accept", None) or float(model.mtp_layers) > 0:
+        return  # not given, or 0 (no speculation: valid on any model)
     other = (
         "for another draft model use --draft-tokens K --accept-len A"
-        if hasattr(args, "draft_tokens")
-        else "serve models no other draft model (emu run --phase decode --draft-tokens K "
-        "--accept-len A does)"
+        if hasattr(args, "draft_tokens") and args.command not in ("search", "sweep")
+        else f"{args.command} models no other draft model (emu run --phase decode "
+        "--draft-tokens K --accept-len A does)"
     )
     raise CliError(f"--mtp-accept needs a model with MTP modules ({model.name} has none); {other}.")
 
@@ -221,9 +230,7 @@ def setup(args, system_name: str) -> Setup:
     notes += slo_notes(args)
     system = catalog.load_system(resolved(system_name, "systems", notes), sys_o)
     system = cost_flags.with_region(args, system)
-    model = catalog.load_model(resolved(args.model, "models", notes), model_o)
-    refuse_moe_flags(args, model)
-    refuse_mtp_flag(args, model)
+    model = load_model(args, notes, model_o)
     knobs["precision"] = _precision(args, system, phase, notes)
     missing = catalog.uncalibrated(system)
     if missing:

@@ -316,7 +316,7 @@ def parse_module(text: str) -> Module:
             if section and stripped:
                 frames.read(section, stripped)
             continue
-        if stripped == "}":
+        if stripped == "}" or stripped.startswith("},"):  # "}, execution_thread=..."
             comps[current.name] = current
             if current.is_entry:
                 entry = current

@@ -13,7 +13,7 @@ import numpy as np
 
 from emu import cost as C
 from emu.hardware import peak_flops
-from emu.plan import PHASES
+from emu.plan import MOE_ONLY_KNOBS, PHASES
 from emu.plan import knobs as plan_knobs
 from emu.search._objectives import get_objective
 from emu.struct import float_leaves, real_scalar
@@ -145,7 +145,6 @@ def _whole(x) -> bool:
 #: Problem fields that are plan knobs read only in some phases (their `phases`), and those
 #: only an MoE model's experts read
 _PHASE_KNOBS = ("context", "mtp_accept", "cache_hit", "kv_precision")
-_MOE_ONLY = ("a2a_overlap", "moe_imbalance")
 
 
 def _ignored_fields(problem: Problem, model) -> str | None:
@@ -165,7 +164,7 @@ def _ignored_fields(problem: Problem, model) -> str | None:
                 f"{name} applies to {'/'.join(by_name[name].phases)} problems only (this one "
                 f"is {phase}); drop it."
             )
-        if name in _MOE_ONLY and model is not None and float(model.n_experts) == 0:
+        if name in MOE_ONLY_KNOBS and model is not None and float(model.n_experts) == 0:
             return f"{name} applies to MoE models' experts ({model.name} is dense); drop it."
     return None
 

@@ -20,7 +20,7 @@ from emu.plan import Plan, make_plan
 from emu.plan import knobs as plan_knobs
 from emu.policy import DEFAULT_BATCH_TOKENS, divisors
 from emu.search._problem import COLUMNS, DEFAULTS, KNOBS, Problem, check_problem
-from emu.struct import replace, set_path
+from emu.struct import check, replace, set_path
 from emu.topology import TOPOLOGY_KNOBS, System, node_tier, reshape
 from emu.workload import Model
 
@@ -251,6 +251,8 @@ def check_grid(system: System, grid: dict | None) -> dict:
                     f"grid {name}: {bad[0]:g} is not a whole number of chips "
                     f"({TOPOLOGY_KNOBS[name]})."
                 )
+            for v in vals if name == "domain" else ():  # the system's tiling rules too
+                check(reshape(system, domain=v)[0], f"grid domain={v:g}")
         else:
             for v in vals:  # unknown path, out of bounds or inconsistent: raises
                 apply_overrides(system, {name: v}, f"grid {name}={v:g}")
