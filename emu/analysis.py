@@ -423,10 +423,10 @@ def cost_sensitivity(
 ) -> dict:
     """`sensitivity` with a price: elasticities d ln(y) / d ln(x) of tokens/J, tokens/s and
     USD per million tokens for every float field x of the system (`chip.tdp_w`, ...; but
-    NO_ELASTICITY), of the
-    cost (`cost.<field>`) and of the region (`region.<field>`), from one reverse-mode pass
-    through the emulator and the cost model; sorted by |elasticity of usd_per_mtoken|. Give
-    the system with the region's PUE (`emu.cost.with_region_pue`)."""
+    NO_ELASTICITY), of the cost (`cost.<field>`) and of the region (`region.<field>`),
+    from one reverse-mode pass through the emulator and the cost model; sorted by
+    |elasticity of usd_per_mtoken|. Give the system with the region's PUE
+    (`emu.cost.with_region_pue`)."""
     (j_sys, j_cost, j_reg), values = _priced_jac()(system, model, plan, cost, region)
     rows = {}
     for prefix, tree, jac in (

@@ -266,9 +266,10 @@ def real_scalar(x: Any) -> float | None:
 
 
 def check_value(value: Any, info: FieldInfo | None, where: str) -> float:
-    """`value` as the float32 number emu would store, after checking it is a number (not a
-    bool or a string), representable in float32 (no overflow, no underflow to 0, no
-    subnormal) and admitted by `info`. Raises ValueError naming `where`.
+    """`value` as the float32 number emu would store, after checking it is one number (not a
+    bool, a string or an array of several; a 0-d array is one), representable in float32
+    (no overflow, no underflow to 0, no subnormal) and admitted by `info`. Raises
+    ValueError naming `where`.
 
     >>> check_value(0.5, FieldInfo(lo=0, hi=1), "overlap.tp")
     0.5
@@ -277,12 +278,12 @@ def check_value(value: Any, info: FieldInfo | None, where: str) -> float:
     ...
     ValueError: efficiency = 1e-38 is outside the float32 range emu computes in (0 or ...
     """
-    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+    x = real_scalar(value)  # a Python, NumPy or 0-d JAX number (not a bool or a string)
+    if x is None:
         raise ValueError(
             f"{where} must be a number (got {type(value).__name__} {value!r}); "
             "write SI units as plain numbers, e.g. 9e11."
         )
-    x = float(value)
     if math.isfinite(x) and (abs(x) > _F32_MAX or (x != 0 and float(np.float32(x)) == 0)):
         raise ValueError(f"{where} = {value!r} is outside the float32 range emu computes in.")
     _check_numbers(np.asarray([x]), info, "", where, echo=False)

@@ -135,3 +135,8 @@ def test_a_name_of_the_other_kind_and_a_repeated_set_are_said(capsys):
     assert code == 2 and "'gb200_nvl72' is a system, not a model" in err
     code, _, err = run_cli(capsys, "run", "--set", "chip.tdp_w=1000", "--set", "chip.tdp_w=1200")
     assert code == 2 and "--set chip.tdp_w is given twice; give it once." in err
+    # `list --fields ""` printed the whole catalog; --regions beside --fields was dropped
+    code, _, err = run_cli(capsys, "list", "--fields", "")
+    assert code == 2 and "--fields is empty" in err
+    code, _, err = run_cli(capsys, "list", "--fields", "plan", "--regions")
+    assert code == 2 and "--fields and --regions list different things; give one." in err

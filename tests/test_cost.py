@@ -452,6 +452,9 @@ def test_concrete_cost_inputs_are_checked():
         C.elasticities(cost, region, **{**run, "tokens_per_s": 0.0})
     with pytest.raises(ValueError, match="x0 must be a finite number > 0 with log_space"):
         C.newton(lambda x: x - 2.0, 0.0)
+    # a 0-d array is one number (it was refused as "must be a number (got ArrayImpl ...)")
+    half = K.load_cost("gb200_nvl72", {"utilisation": jnp.float32(0.5)})
+    assert float(half.utilisation) == 0.5
     # a public module is reachable from `import emu` alone (it raised AttributeError)
     code = "import emu; print(emu.cost.run_cost.__name__, emu.search.Problem.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -50,6 +50,10 @@ def _cost_flags_given(args) -> list[str]:
 
 
 def cmd_list(args) -> None:
+    if args.fields is not None and not args.fields.strip():
+        raise CliError("--fields is empty; give a system or model name, or plan.")
+    if args.fields and args.regions:  # --regions was dropped without a word
+        raise CliError("--fields and --regions list different things; give one.")
     if args.fields:
         _list_fields(args)
         return

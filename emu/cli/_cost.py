@@ -16,6 +16,7 @@ from emu import cost as C
 from emu.cli import _render as render
 from emu.cli._types import in_range
 from emu.overrides import parse_override
+from emu.struct import field_info
 
 #: --set prefixes that go to the cost and the region instead of the system
 PREFIXES = ("cost.", "region.")
@@ -63,6 +64,34 @@ _price = in_range(
 
 def is_cost_path(path: str) -> bool:
     return path.startswith(PREFIXES)
+
+
+def plain_number_message(item: str) -> str | None:
+    """The message for a `--set cost.*/region.*` value that does not parse (`35k`, `80%`):
+    those fields take plain numbers (USD, fractions, years), which the list of byte, watt
+    and second units in the generic message does not say; None for other paths."""
+    path, _, value = item.partition("=")
+    path = path.strip()
+    for prefix, cls in (("cost.", C.Cost), ("region.", C.Region)):
+        info = field_info(cls).get(path.removeprefix(prefix)) if path.startswith(prefix) else None
+        if info is not None:
+            got = f"(got '{value.strip()}'){_as_plain(value)}"
+            return f"{path} takes a plain number in {info.unit} {got}."
+    return None
+
+
+#: suffixes a price or a share is often written with -> their factor
+_PLAIN = {"%": 0.01, "k": 1e3, "K": 1e3, "M": 1e6}
+
+
+def _as_plain(value: str) -> str:
+    """'; write 0.8' for '80%', '; write 35000' for '35k', else ''."""
+    v = value.strip()
+    factor = _PLAIN.get(v[-1:])
+    try:
+        return f"; write {float(v[:-1]) * factor:.10g}" if factor else ""
+    except ValueError:
+        return ""
 
 
 def _cost_overrides(args) -> tuple[dict, dict]:

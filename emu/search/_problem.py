@@ -142,8 +142,7 @@ def _whole(x) -> bool:
     return x is not None and math.isfinite(x) and x >= 1 and x == int(x)
 
 
-#: Problem fields that are plan knobs read only in some phases (their `phases`), and those
-#: only an MoE model's experts read
+#: Problem fields that are plan knobs read only in some phases (their declared `phases`)
 _PHASE_KNOBS = ("context", "mtp_accept", "cache_hit", "kv_precision")
 
 
