@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--cases", default="run-1024,run-3072,compare")
     ap.add_argument("--no-old", action="store_true", help="skip the EMU_AOT=off reference")
     args = ap.parse_args()
+    if args.rounds < 1:  # 0 or less gave an empty table, a crash or nan
+        ap.error(f"--rounds must be at least 1 (got {args.rounds}).")
     calc = _calculon(args)
     if calc is None:
         print(__doc__.split("Calculon is not part of emu:")[1].strip())

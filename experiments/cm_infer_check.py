@@ -19,6 +19,7 @@ emu's decode step over DeepSeek-R1's 61 layers.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -105,4 +106,6 @@ def main(as_json: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main("--json" in sys.argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    main(ap.parse_args().json)

@@ -21,6 +21,7 @@ deployment rule (prefill share, first wave) from the decode step model.
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 
@@ -68,6 +69,8 @@ def main(pattern: str = "") -> None:
         r for r in rows
         if r["kind"] == "decode" and pattern in r["id"] and _first(TPOT, r.get("notes", "").lower())
     ]  # fmt: skip
+    if not picked:  # an empty table said nothing
+        sys.exit(f"decode_steps.py: no decode row with a stated TPOT has '{pattern}' in its id.")
     items, failures = prepare_rows(picked)
     for f in failures:
         print(f"{f['id']}: not modelled ({f['reason']})")
@@ -102,4 +105,6 @@ def main(pattern: str = "") -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("pattern", nargs="?", default="", help="only rows whose id contains it")
+    main(ap.parse_args().pattern)

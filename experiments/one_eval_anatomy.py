@@ -68,6 +68,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--calls", type=int, default=1000)
     args = ap.parse_args()
+    if args.rounds < 1:  # 0 or less gave an empty table, a crash or nan
+        ap.error(f"--rounds must be at least 1 (got {args.rounds}).")
+    if args.calls < 1:  # 0 or less gave an empty table, a crash or nan
+        ap.error(f"--calls must be at least 1 (got {args.calls}).")
     from jax._src import core
     from jax._src.lib import _jax
     from jax._src.lib import xla_client as xc

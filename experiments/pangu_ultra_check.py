@@ -21,6 +21,7 @@ MFU tables use ~313 TF (facts §26), so both are shown.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -124,4 +125,6 @@ def main(as_json: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main("--json" in sys.argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="machine-readable output")
+    main(ap.parse_args().json)

@@ -29,6 +29,8 @@ rows (`emu.validation`'s collective rows; private there, so copied).
 
 from __future__ import annotations
 
+import argparse
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -84,4 +86,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help
     main()

@@ -214,6 +214,8 @@ def main() -> None:
     ap.add_argument("--out", default="experiments/figures/study")
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per size")
     args = ap.parse_args()
+    if args.repeats < 1:  # 0 or less gave an empty table, a crash or nan
+        ap.error(f"--repeats must be at least 1 (got {args.repeats}).")
     enable_cache()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -341,6 +341,8 @@ def main() -> None:
     ap.add_argument("--out", default="experiments/figures/study")
     ap.add_argument("--top", type=int, default=12, help="bars in the figure")
     args = ap.parse_args()
+    if args.top < 1:  # 0 or less gave an empty table, a crash or nan
+        ap.error(f"--top must be at least 1 (got {args.top}).")
     enable_cache()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

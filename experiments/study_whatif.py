@@ -116,6 +116,8 @@ def main() -> None:
     ap.add_argument("--out", default="experiments/figures/study")
     ap.add_argument("--jobs", type=int, default=2, help="searches run at once (processes)")
     args = ap.parse_args()
+    if args.jobs < 1:  # 0 or less gave an empty table, a crash or nan
+        ap.error(f"--jobs must be at least 1 (got {args.jobs}).")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from emu.calibration import cross_validate, fit, interval_records, write_intervals, write_residuals
 from emu.storage import enable_compilation_cache as enable_cache
+from emu.struct import json_safe
 from emu.validation import coverage, format_report, plot_report, tails_text, validate_file
 
 
@@ -48,12 +49,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--no-fit", action="store_true", help="only the report (no refit)")
     args = ap.parse_args()
+    if args.steps < 1:  # 0 or less gave an empty table, a crash or nan
+        ap.error(f"--steps must be at least 1 (got {args.steps}).")
     enable_cache()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     report = validate_file(args.file)
-    (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False))
+    (out / "report.json").write_text(json.dumps(json_safe(report), indent=1, allow_nan=False))
     (out / "table.txt").write_text(format_report(report, show_skipped=True) + "\n")
     plot_report(report, out / "validation.png")
     s = report["summary"]
@@ -89,7 +92,7 @@ def main() -> None:
         "uncertainty": rep["uncertainty"],
         "wall_s": time.perf_counter() - t0,
     }
-    (out / "calibration.json").write_text(json.dumps(cal, indent=1, allow_nan=False))
+    (out / "calibration.json").write_text(json.dumps(json_safe(cal), indent=1, allow_nan=False))
     ins, held = by_source.summary["in_sample"], by_source.summary["held_out"]
     lines = [
         f"refit: {rep['parameters']} shared parameters, {rep['rows']} rows, {rep['steps']} steps, "

@@ -337,3 +337,47 @@ def test_no_prior_of_a_fitted_parameter_is_a_fit_to_the_rows():
             bad.append(f"[{sec}] {key} = {value}: the old fitted value")
     assert len(old_fits) > 40  # the old file's fits were found, so the value check bites
     assert not bad, "priors fitted to the rows:\n" + "\n".join(bad)
+
+
+def test_rows_left_out_of_a_fit_are_said(tmp_path):
+    """A row with a negative value (or a duplicated id, an unknown system) was dropped from
+    the fit without a word: `fit to 4 rows` of a file of 5."""
+    src = SHARED if SHARED.exists() else default_measurements()
+    rows = [json.loads(line) for line in open(src)][:5]
+    rows[1]["value"] = -5
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    warnings = []
+    rep = fit(path, steps=1, warn=warnings.append)
+    assert rep.rows == 4
+    assert warnings == [
+        f"1 of 5 rows of '{path}' not fitted (line 2: value must be a positive number in "
+        f"[1e-06, 1e+12] in the metric's unit (got -5)); `emu validate {path}` gives each reason"
+    ]
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--out", ""], "--out is empty; give a .toml file name"),  # it wrote the shipped one
+        (["--out", "x.toml", "--dry-run"], "--dry-run writes nothing; drop --out or --dry-run."),
+        (["--out", "x.txt"], "use a .toml file name"),
+        (["--out", "taken.toml"], "'taken.toml' exists; give another path, or --overwrite"),
+        (["--out", "new.toml", "--cv"], "'residuals.jsonl' exists"),  # written beside it
+    ],
+)
+def test_calibrate_writes_only_where_asked(tmp_path, capsys, monkeypatch, extra, needle):
+    import emu.calibration
+    from emu.cli import main
+
+    def no_fit(*a, **k):
+        raise AssertionError("the fit started before the output path was checked")
+
+    monkeypatch.setattr(emu.calibration, "fit", no_fit)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken.toml").write_text("# an earlier fit\n")
+    (tmp_path / "residuals.jsonl").write_text("precious\n")
+    code = main(["calibrate", *extra, "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and err.count("\n") == 1, err
+    assert (tmp_path / "residuals.jsonl").read_text() == "precious\n"

@@ -140,3 +140,14 @@ def test_a_name_of_the_other_kind_and_a_repeated_set_are_said(capsys):
     assert code == 2 and "--fields is empty" in err
     code, _, err = run_cli(capsys, "list", "--fields", "plan", "--regions")
     assert code == 2 and "--fields and --regions list different things; give one." in err
+
+
+def test_a_plot_is_written_in_its_suffix_format_or_refused(capsys, tmp_path):
+    """--plot wrote PNG bytes under any name (plot.pdf, notes.txt); --plot "" was skipped."""
+    note = tmp_path / "notes.txt"
+    note.write_text("mine\n")
+    for value, needle in ((str(note), "use a .png or .pdf or .svg file name"),
+                          ("", "--plot is empty")):  # fmt: skip
+        code, _, err = run_cli(capsys, "validate", "--plot", value)
+        assert code == 2 and needle in err, err
+    assert note.read_text() == "mine\n"

@@ -34,6 +34,7 @@ prediction's 80% interval (written beside the overlay: residuals.jsonl, interval
 from emu.calibration._fit import CHECKPOINT_EVERY, Calibration, CrossValidation, cross_validate, fit
 from emu.calibration._overlay import (
     interval_records,
+    overlay_files,
     overlay_path,
     toml_string,
     write_intervals,
@@ -50,6 +51,7 @@ __all__ = [
     "write_intervals",
     "interval_records",
     "overlay_path",
+    "overlay_files",
     "parameter_spec",
     "apply_parameters",
     "toml_string",

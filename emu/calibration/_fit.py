@@ -265,10 +265,18 @@ def fit(
     """
     t0 = time.perf_counter()
     src = Path(path) if path else default_measurements()
-    rows, _ = read_rows(src)
-    items, _ = prepare_rows(rows, calibration=calibration(fitted=False))
+    rows, problems = read_rows(src)
+    items, failures = prepare_rows(rows, calibration=calibration(fitted=False))
+    dropped = [f"line {p['line']}: {p['reason']}" if "line" in p else p["reason"] for p in problems]
+    dropped += [f"{f.get('id')}: {f.get('reason')}" for f in failures]
     if not items:
-        raise ValueError(f"no modelled rows in '{src}' to calibrate against.")
+        why = f" ({len(dropped)} rows not modelled; {dropped[0]})" if dropped else ""
+        raise ValueError(f"no modelled rows in '{src}' to calibrate against{why}.")
+    if dropped and warn is not None:  # a fit of the rest, said (it was silent)
+        warn(
+            f"{len(dropped)} of {len(rows) + len(problems)} rows of '{src}' not fitted "
+            f"({dropped[0]}); `emu validate {src}` gives each reason"
+        )
     w = row_weights(items, weights)
     problem = FitProblem(items)
     before = np.abs(np.expm1(problem.log_errors(problem.u0)))

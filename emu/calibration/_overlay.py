@@ -50,6 +50,16 @@ def _fmt(x: float) -> str:
     return f"{x:.6g}" if "e" not in f"{x:.6g}" else f"{x:.4e}"
 
 
+def overlay_files(path, cv: bool) -> list[Path]:
+    """The files `write_overlay` writes for the overlay `path`: the overlay, and with
+    leave-one-source-out cross-validation the held-out residuals and the interval tails
+    beside it (residuals.jsonl, intervals.toml)."""
+    path = Path(path)
+    return [path] + (
+        [path.parent / "residuals.jsonl", path.parent / "intervals.toml"] if cv else []
+    )
+
+
 def write_overlay(
     report: Calibration,
     path: Path | None = None,
@@ -95,11 +105,12 @@ def write_overlay(
     # every file's text first, then the writes: a cross-validation that cannot give
     # intervals (no held-out residual) must not leave a new overlay beside old intervals
     files = [(path, "\n".join(lines) + "\n")]
+    _, residuals, intervals = overlay_files(path, cv=True)
     for c in cv or []:
         if c.by == "source" and c.rows:
-            files.append((path.parent / "residuals.jsonl", _residuals_text(c)))
+            files.append((residuals, _residuals_text(c)))
             body = "\n".join(_intervals_lines(c, command=command)) + "\n"
-            files.append((path.parent / "intervals.toml", body))
+            files.append((intervals, body))
     for p, text in files:
         with atomic_write(check_output_path(p, make_parents=True, what=p.name), "w") as fh:
             fh.write(text)

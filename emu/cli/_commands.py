@@ -311,8 +311,12 @@ def cmd_validate(args) -> int | None:
         exp = validation.explain_row(args.row, args.file, overrides=sys_o)
         render.emit(args, exp.to_json(), render.explain_text(exp))
         return
-    if args.plot:  # before the work, not after it
-        storage.check_output_path(args.plot, make_parents=True, what="--plot")
+    if args.plot is not None:  # before the work, not after it
+        if not args.plot.strip():
+            raise CliError("--plot is empty; give a file name (.png, .pdf or .svg).")
+        storage.check_output_path(
+            args.plot, suffixes=(".png", ".pdf", ".svg"), make_parents=True, what="--plot"
+        )
         render.need_matplotlib("--plot")
     report = validation.validate_file(args.file, kind=args.kind, overrides=sys_o)
     if not any(r.get("status") == "ok" for r in report["rows"]):
@@ -349,9 +353,23 @@ def cmd_calibrate(args) -> None:
         raise CliError("calibrate takes no --set: it fits the shared parameters itself.")
     if args.cv:  # before a fit of minutes, not after it
         _check_cv_groups(args.file)
+    if args.out is not None and not args.out.strip():  # "" was the shipped overlay
+        raise CliError(
+            "--out is empty; give a .toml file name, or leave --out out to replace the "
+            "shipped overlay (configs/calibration/fitted.toml)."
+        )
+    if args.out and args.dry_run:
+        raise CliError("--dry-run writes nothing; drop --out or --dry-run.")
     if not args.dry_run:  # before a fit of minutes, not after it
         out = args.out or calibration.overlay_path()
-        storage.check_output_path(out, make_parents=True, what="--out")
+        storage.check_output_path(out, suffixes=(".toml",), make_parents=True, what="--out")
+        taken = [p for p in calibration.overlay_files(out, args.cv) if p.exists()]
+        if args.out and taken and not args.overwrite:
+            raise CliError(
+                f"--out: '{taken[0]}' exists; give another path, or --overwrite to replace it"
+                + (" (--cv writes residuals.jsonl and intervals.toml beside the overlay)."
+                   if args.cv else ".")
+            )  # fmt: skip
     report = calibration.fit(
         args.file,
         steps=args.steps,
@@ -372,12 +390,14 @@ def cmd_calibrate(args) -> None:
         + (f" --steps {args.steps}" + (" --cv" if args.cv else ""))
         + (f" --weights {args.weights}" if args.weights != "confidence" else "")
     )
-    path = None
+    path, written = None, []
     if not args.dry_run:
         path = calibration.write_overlay(report, args.out, command=command, cv=cvs)
+        written = [str(p) for p in calibration.overlay_files(path, args.cv) if p.exists()]
     out = report.to_json()
     out["cross_validation"] = [vars(c) for c in cvs]
     out["overlay"] = str(path) if path else None
+    out["written"] = written
     render.emit(args, out, render.calibrate_text(out, path))
 
 

@@ -509,7 +509,9 @@ def _add_measurement_commands(sub) -> None:
     p.add_argument("file", nargs="?", help="JSON Lines (default: the shipped measurement set)")
     p.add_argument("--kind", choices=KINDS, help="only rows of this kind")
     p.add_argument("--show-skipped", action="store_true", help="list skipped rows in the table")
-    p.add_argument("--plot", metavar="FILE", help="write a predicted-vs-measured PNG")
+    p.add_argument(
+        "--plot", metavar="FILE", help="write a predicted-vs-measured plot (.png, .pdf or .svg)"
+    )
     p.add_argument(
         "--row",
         metavar="ID",
@@ -531,14 +533,28 @@ def _add_measurement_commands(sub) -> None:
         "measurements, and write the overlay that emu loads by default.",
     )
     p.add_argument("file", nargs="?", help="JSON Lines (default: the shipped measurement set)")
-    p.add_argument("--steps", type=positive_int, default=150, help="optimiser steps (default 150)")
+    p.add_argument(
+        "--steps",
+        type=_bounded_int(1, MAX_STEPS),  # 1e9 steps ran for days without a word
+        default=150,
+        help=f"optimiser steps, 1 to {MAX_STEPS:,} (default 150)",
+    )
     p.add_argument(
         "--cv",
         action="store_true",
         help="also leave-one-source-out and leave-one-system-out cross-validation",
     )
     p.add_argument(
-        "--out", metavar="PATH", help="overlay to write (default: configs/calibration/fitted.toml)"
+        "--out",
+        metavar="PATH",
+        help="overlay to write, a .toml file (default: configs/calibration/fitted.toml); "
+        "with --cv, residuals.jsonl and intervals.toml are written beside it",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing files at --out (without it, they are refused; the default "
+        "overlay is always replaced)",
     )
     p.add_argument(
         "--weights",

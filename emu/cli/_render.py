@@ -404,7 +404,9 @@ def calibrate_text(out: dict, path) -> str:
         "",
         table(rows, ["parameter", "fitted", "+- 1 sigma", "prior"]),
         "",
-        f"overlay written to {path}" if path else "dry run: nothing written",
+        f"written: {', '.join(out.get('written') or [str(path)])}"
+        if path
+        else "dry run: nothing written",
     ]
     return "\n".join(text)
 

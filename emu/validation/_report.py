@@ -331,8 +331,9 @@ def _width(w) -> str:
 
 def plot_report(report: dict, path) -> None:
     """Predicted vs measured on log-log axes, one colour per system, with the 1:1 line and
-    +-10% bands; written as PNG (needs matplotlib: pip install 'cluster-emu[plot]'),
-    atomically; the folder is created if missing."""
+    +-10% bands; written in the format of the file's suffix (.png, .pdf, .svg; PNG without
+    one; needs matplotlib: pip install 'cluster-emu[plot]'), atomically; the folder is
+    created if missing."""
     out = check_output_path(path, make_parents=True, what="plot")
     try:
         import matplotlib
@@ -373,6 +374,6 @@ def plot_report(report: dict, path) -> None:
     fig.tight_layout()
     try:
         with atomic_write(out, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=120)
+            fig.savefig(fh, format=Path(out).suffix.lstrip(".").lower() or "png", dpi=120)
     finally:
         plt.close(fig)
