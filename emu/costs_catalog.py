@@ -32,6 +32,7 @@ from typing import Any
 from emu._backend import jnp
 from emu.catalog import _check_stem, config_dir, load_toml
 from emu.cost import Cost, Region
+from emu.overrides import check_unit
 from emu.struct import check, check_value, field_info, float_leaves, replace, set_path
 
 __all__ = [
@@ -133,6 +134,7 @@ def apply_cost_overrides(tree: Cost | Region, overrides: dict | None, where: str
                 where or prefix, f"{prefix}.{name}", [f"{prefix}.{f}" for f in fields]
             )
         w = f"{where}: {prefix}.{name}" if where else f"{prefix}.{name}"
+        check_unit(value, field_info(type(tree))[name], f"{prefix}.{name}")  # 5kW as USD
         tree = set_path(tree, name, _number(value, type(tree), name, w))
     return check(tree, where)
 

@@ -257,7 +257,9 @@ def has_tracer(*trees: Any) -> bool:
 def real_scalar(x: Any) -> float | None:
     """`x` as a float when it is one real number (Python, NumPy or a 0-d array; not a bool
     or a string), else None: the API's scalar arguments (chips, SLOs, counts)."""
-    if isinstance(x, bool | str | bytes) or np.ndim(x) != 0:
+    if isinstance(x, bool | str | bytes | complex | np.bool_) or np.ndim(x) != 0:
+        return None
+    if getattr(getattr(x, "dtype", None), "kind", "f") not in "iuf":  # bool, str, complex
         return None
     try:
         return float(x)

@@ -43,6 +43,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from emu.cli import positive_int
+
 EMU = [sys.executable, "-m", "emu"]
 CASES = {
     "run-1024": ["run", "--system", "dgx_a100", "--model", "gpt3_175b", "--chips", "1024"],
@@ -82,14 +84,12 @@ def _calculon(args) -> tuple[list[str], Path] | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=positive_int, default=5)
     ap.add_argument("--calculon", help="Calculon's folder (default $CALCULON, /tmp/calc/calculon)")
     ap.add_argument("--python", help="a Python with Calculon's dependencies")
     ap.add_argument("--cases", default="run-1024,run-3072,compare")
     ap.add_argument("--no-old", action="store_true", help="skip the EMU_AOT=off reference")
     args = ap.parse_args()
-    if args.rounds < 1:  # 0 or less gave an empty table, a crash or nan
-        ap.error(f"--rounds must be at least 1 (got {args.rounds}).")
     calc = _calculon(args)
     if calc is None:
         print(__doc__.split("Calculon is not part of emu:")[1].strip())

@@ -32,6 +32,7 @@ import numpy as np
 
 from emu import fast, policy
 from emu.catalog import load_model, load_system
+from emu.cli import positive_int
 
 
 def _us(f, calls: int) -> float:
@@ -65,13 +66,9 @@ def _reciprocal_safe_div():
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--calls", type=int, default=1000)
+    ap.add_argument("--rounds", type=positive_int, default=5)
+    ap.add_argument("--calls", type=positive_int, default=1000)
     args = ap.parse_args()
-    if args.rounds < 1:  # 0 or less gave an empty table, a crash or nan
-        ap.error(f"--rounds must be at least 1 (got {args.rounds}).")
-    if args.calls < 1:  # 0 or less gave an empty table, a crash or nan
-        ap.error(f"--calls must be at least 1 (got {args.calls}).")
     from jax._src import core
     from jax._src.lib import _jax
     from jax._src.lib import xla_client as xc

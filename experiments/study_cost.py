@@ -43,6 +43,8 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from emu.cli import positive_int
+
 SYSTEMS = {"cloudmatrix384": "CloudMatrix 384", "gb200_nvl72": "GB200 NVL72"}
 SHORT = {"cloudmatrix384": "CM384", "gb200_nvl72": "NVL72"}
 COLORS = {"cloudmatrix384": "#c0392b", "gb200_nvl72": "#2e86c1"}
@@ -199,10 +201,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="experiments/figures/study")
-    ap.add_argument("--jobs", type=int, default=2, help="searches run at once (processes)")
+    ap.add_argument("--jobs", type=positive_int, default=2, help="searches run at once (processes)")
     args = ap.parse_args()
-    if args.jobs < 1:  # 0 or less gave an empty table, a crash or nan
-        ap.error(f"--jobs must be at least 1 (got {args.jobs}).")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

@@ -24,6 +24,7 @@ from pathlib import Path
 import jax
 
 import emu
+from emu.cli import positive_int
 from emu.storage import enable_compilation_cache as enable_cache
 
 MODEL, SEQ, BATCH_SEQS, TP = "llama3_405b", 8192, 2048, 8
@@ -212,10 +213,8 @@ def plot(rows: list[dict], path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="experiments/figures/study")
-    ap.add_argument("--repeats", type=int, default=5, help="timed calls per size")
+    ap.add_argument("--repeats", type=positive_int, default=5, help="timed calls per size")
     args = ap.parse_args()
-    if args.repeats < 1:  # 0 or less gave an empty table, a crash or nan
-        ap.error(f"--repeats must be at least 1 (got {args.repeats}).")
     enable_cache()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import emu
 from emu.analysis import sensitivity
+from emu.cli import positive_int
 from emu.policy import auto_plan
 from emu.storage import enable_compilation_cache as enable_cache
 
@@ -339,10 +340,8 @@ def plot(rows: dict, hidden: list[str], results: list[dict], names: list[str], t
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="experiments/figures/study")
-    ap.add_argument("--top", type=int, default=12, help="bars in the figure")
+    ap.add_argument("--top", type=positive_int, default=12, help="bars in the figure")
     args = ap.parse_args()
-    if args.top < 1:  # 0 or less gave an empty table, a crash or nan
-        ap.error(f"--top must be at least 1 (got {args.top}).")
     enable_cache()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

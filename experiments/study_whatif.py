@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 import emu
+from emu.cli import positive_int
 from emu.search import Problem, gradient_search, plan_of, sweep, write_table
 from emu.struct import replace
 
@@ -114,10 +115,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="experiments/figures/study")
-    ap.add_argument("--jobs", type=int, default=2, help="searches run at once (processes)")
+    ap.add_argument("--jobs", type=positive_int, default=2, help="searches run at once (processes)")
     args = ap.parse_args()
-    if args.jobs < 1:  # 0 or less gave an empty table, a crash or nan
-        ap.error(f"--jobs must be at least 1 (got {args.jobs}).")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from emu.calibration import cross_validate, fit, interval_records, write_intervals, write_residuals
+from emu.cli import positive_int
 from emu.storage import enable_compilation_cache as enable_cache
 from emu.struct import json_safe
 from emu.validation import coverage, format_report, plot_report, tails_text, validate_file
@@ -46,11 +47,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("file", nargs="?", help="measurements (default: the shipped set)")
     ap.add_argument("--out", default="experiments/figures/validation")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=positive_int, default=300)
     ap.add_argument("--no-fit", action="store_true", help="only the report (no refit)")
     args = ap.parse_args()
-    if args.steps < 1:  # 0 or less gave an empty table, a crash or nan
-        ap.error(f"--steps must be at least 1 (got {args.steps}).")
     enable_cache()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -364,6 +364,7 @@ def test_rows_left_out_of_a_fit_are_said(tmp_path):
         (["--out", "x.txt"], "use a .toml file name"),
         (["--out", "taken.toml"], "'taken.toml' exists; give another path, or --overwrite"),
         (["--out", "new.toml", "--cv"], "'residuals.jsonl' exists"),  # written beside it
+        (["--overwrite", "--dry-run"], "--overwrite replaces files at --out; give --out"),
     ],
 )
 def test_calibrate_writes_only_where_asked(tmp_path, capsys, monkeypatch, extra, needle):

@@ -455,6 +455,9 @@ def test_concrete_cost_inputs_are_checked():
     # a 0-d array is one number (it was refused as "must be a number (got ArrayImpl ...)")
     half = K.load_cost("gb200_nvl72", {"utilisation": jnp.float32(0.5)})
     assert float(half.utilisation) == 0.5
+    for odd in (np.True_, np.array("0.5"), jnp.array(True), np.complex128(0.5 + 2j)):
+        with pytest.raises(ValueError, match="cost.utilisation must be a number"):
+            K.load_cost("gb200_nvl72", {"utilisation": odd})
     # a public module is reachable from `import emu` alone (it raised AttributeError)
     code = "import emu; print(emu.cost.run_cost.__name__, emu.search.Problem.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

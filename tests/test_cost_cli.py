@@ -141,8 +141,13 @@ def test_cost_fields_are_settable_and_move_the_price(capsys):
           "cost.hourly_usd_per_chip=0"], "give one"),
         # a price or share written with a suffix got the list of byte/watt/second units
         (["run", "--region", "us_average", "--set", "cost.chip_usd=35k"],
-         "cost.chip_usd takes a plain number in USD per chip (got '35k'); write 35000."),
+         "cost.chip_usd takes a plain number, USD per chip, without a unit (got '35k'); "
+         "write 35000."),
         (["run", "--region", "us_average", "--set", "cost.utilisation=80%"], "; write 0.8."),
+        (["run", "--region", "us_average", "--set", "cost.chip_usd=nan"], "must be finite"),
+        # a known unit on a cost field was applied as its SI number (5kW -> 5000 USD)
+        (["run", "--region", "us_average", "--set", "cost.chip_usd=5kW"],
+         "'5kW' is in W, but cost.chip_usd takes a plain number"),
         (["serve", "--system", "dgx_h100", "--model", "llama3_70b", "--mtp-accept", "0.5"],
          "--mtp-accept needs a model with MTP modules (llama3_70b has none); serve models no"),
     ],

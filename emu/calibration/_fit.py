@@ -267,7 +267,7 @@ def fit(
     src = Path(path) if path else default_measurements()
     rows, problems = read_rows(src)
     items, failures = prepare_rows(rows, calibration=calibration(fitted=False))
-    dropped = [f"line {p['line']}: {p['reason']}" if "line" in p else p["reason"] for p in problems]
+    dropped = [p["reason"] for p in problems]  # "line N: ..."
     dropped += [f"{f.get('id')}: {f.get('reason')}" for f in failures]
     if not items:
         why = f" ({len(dropped)} rows not modelled; {dropped[0]})" if dropped else ""

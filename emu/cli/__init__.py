@@ -94,7 +94,15 @@ def build_parser():
     return build()
 
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, refused in emu's words otherwise (emu's flags and the
+    experiment scripts' counts use it)."""
+    from emu.cli._parser import positive_int as parse
+
+    return parse(text)
+
+
+__all__ = ["main", "build_parser", "positive_int", "COMMANDS"]
 
 
 def _first_line(e: BaseException) -> str:

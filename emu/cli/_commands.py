@@ -360,6 +360,11 @@ def cmd_calibrate(args) -> None:
         )
     if args.out and args.dry_run:
         raise CliError("--dry-run writes nothing; drop --out or --dry-run.")
+    if args.overwrite and not args.out:
+        raise CliError(
+            "--overwrite replaces files at --out; give --out (the default overlay is always "
+            "replaced, and --dry-run writes nothing)."
+        )
     if not args.dry_run:  # before a fit of minutes, not after it
         out = args.out or calibration.overlay_path()
         storage.check_output_path(out, suffixes=(".toml",), make_parents=True, what="--out")

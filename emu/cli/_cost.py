@@ -10,6 +10,7 @@ result gains `usd_per_hour`, `usd_per_mtoken` and a `cost` breakdown.
 from __future__ import annotations
 
 import argparse
+import math
 
 from emu import analysis, costs_catalog
 from emu import cost as C
@@ -66,17 +67,19 @@ def is_cost_path(path: str) -> bool:
     return path.startswith(PREFIXES)
 
 
-def plain_number_message(item: str) -> str | None:
-    """The message for a `--set cost.*/region.*` value that does not parse (`35k`, `80%`):
-    those fields take plain numbers (USD, fractions, years), which the list of byte, watt
-    and second units in the generic message does not say; None for other paths."""
+def plain_number_message(item: str, error: Exception) -> str | None:
+    """For a `--set cost.*/region.*` value with a unit the parser does not know (`35k`,
+    `80%`), the message that those fields take plain numbers (USD, fractions, years), which
+    the generic list of byte, watt and second units does not say; None otherwise."""
     path, _, value = item.partition("=")
     path = path.strip()
+    if "unknown unit" not in str(error):
+        return None
     for prefix, cls in (("cost.", C.Cost), ("region.", C.Region)):
         info = field_info(cls).get(path.removeprefix(prefix)) if path.startswith(prefix) else None
         if info is not None:
             got = f"(got '{value.strip()}'){_as_plain(value)}"
-            return f"{path} takes a plain number in {info.unit} {got}."
+            return f"{path} takes a plain number, {info.unit}, without a unit {got}."
     return None
 
 
@@ -89,9 +92,10 @@ def _as_plain(value: str) -> str:
     v = value.strip()
     factor = _PLAIN.get(v[-1:])
     try:
-        return f"; write {float(v[:-1]) * factor:.10g}" if factor else ""
+        x = float(v[:-1]) * factor if factor else math.nan
     except ValueError:
         return ""
+    return f"; write {x:.10g}" if math.isfinite(x) else ""
 
 
 def _cost_overrides(args) -> tuple[dict, dict]:

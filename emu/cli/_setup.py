@@ -37,7 +37,7 @@ def overrides(args) -> tuple[dict, dict, dict]:
         try:
             path, value = parse_override(item)
         except ValueError as e:
-            raise CliError(f"--set {cost_flags.plain_number_message(item) or e}") from None
+            raise CliError(f"--set {cost_flags.plain_number_message(item, e) or e}") from None
         if path in parsed:  # the last one won, and the note listed both as applied
             raise CliError(f"--set {path} is given twice; give it once.")
         parsed[path] = value
