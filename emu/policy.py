@@ -61,7 +61,7 @@ from emu.hardware import peak_flops, usable_hbm_bytes
 from emu.objective import evaluate, inference_memory, max_batch_under_slo
 from emu.parallelism import memory
 from emu.plan import KNOBS, Plan, make_plan, n_microbatches, n_ranks, validate_plan
-from emu.struct import check, check_value, has_tracer, real_scalar, replace
+from emu.struct import check, check_value, has_tracer, is_concrete, real_scalar, replace
 from emu.topology import System, node_tier, rank_system
 from emu.units import PRECISIONS
 from emu.workload import Model
@@ -680,14 +680,6 @@ def check_plan(system: System, model: Model, plan: Plan, chips: int | None = Non
     )
 
 
-def _concrete(*trees) -> bool:
-    """True when every leaf is a concrete scalar (not a tracer, not a batch)."""
-    for x in jax.tree_util.tree_leaves(trees):
-        if isinstance(x, jax.core.Tracer) or jnp.ndim(x) != 0:
-            return False
-    return True
-
-
 #: a batch evaluated eagerly (not under jit/vmap) has each of up to this many elements
 #: checked as one plan; every element's result is checked whatever the size
 BATCH_CHECK_MAX = 1024
@@ -723,7 +715,7 @@ def checked_evaluate(system: System, model: Model, plan: Plan):
             )
     if has_tracer(system, model, plan):
         return evaluate(system, model, plan)
-    if not _concrete(system, model, plan):
+    if not is_concrete(system, model, plan):
         return _checked_batch(system, model, plan)
     check_inputs(system, model, plan)
     r = evaluate(system, model, plan)

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import math
 
-from emu._backend import jax, jnp
+from emu._backend import jnp
 from emu.numerics import safe_div
 from emu.objective import RunResult, evaluate
 from emu.parallelism import Plan
 from emu.plan import validate_plan
-from emu.struct import dataclass
+from emu.struct import dataclass, is_concrete
 from emu.topology import System
 from emu.workload import Model
 
@@ -80,9 +80,7 @@ def disaggregated(
                              ("decode_plan", decode_plan, "decode")):  # fmt: skip
         if plan.phase != want:
             raise ValueError(f"{name} is a {plan.phase} plan; give a {want} plan.")
-    args = (system, model, prefill_plan, decode_plan, prompt_len, output_len)
-    leaves = jax.tree_util.tree_leaves(args)
-    if not any(isinstance(x, jax.core.Tracer) or jnp.ndim(x) for x in leaves):
+    if is_concrete(system, model, prefill_plan, decode_plan, prompt_len, output_len):
         for name, n in (("prompt_len", prompt_len), ("output_len", output_len)):
             try:
                 x = math.nan if isinstance(n, bool | str) else float(n)

@@ -40,6 +40,7 @@ T = TypeVar("T")
 __all__ = [
     "dataclass",
     "has_tracer",
+    "is_concrete",
     "static_field",
     "field",
     "FieldInfo",
@@ -252,6 +253,14 @@ def has_tracer(*trees: Any) -> bool:
     """Whether any leaf of `trees` is a JAX tracer (inside jit, vmap or grad): the checks
     of concrete inputs skip traced ones."""
     return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(trees))
+
+
+def is_concrete(*trees: Any) -> bool:
+    """True when every leaf of `trees` is a concrete scalar (not a tracer, not a batch):
+    the inputs that the concrete-input checks read one by one."""
+    return not any(
+        isinstance(x, jax.core.Tracer) or np.ndim(x) != 0 for x in jax.tree_util.tree_leaves(trees)
+    )
 
 
 def real_scalar(x: Any) -> float | None:

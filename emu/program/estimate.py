@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emu.collectives import ALGORITHMS
+from emu.collectives import _algorithm
 from emu.program.cost import ProgramCost, program_cost
 from emu.program.report import CollectiveSummary, ProgramResult, TopOp
 from emu.program.table import MeshInfo, OpTable, build_table
@@ -143,8 +143,7 @@ class Program:
             check(system, system.name)
         if isinstance(top, bool) or not isinstance(top, int) or top < 1:
             raise ValueError(f"top must be a positive integer of ops listed (got {top!r}).")
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm '{algorithm}'; known: {', '.join(ALGORITHMS)}.")
+        _algorithm(algorithm)  # refused here too where the program runs no collective
         out = []
         for system in systems:
             cost = self.cost_fn(tokens_per_step=tokens, algorithm=algorithm)(system)
