@@ -54,6 +54,7 @@ import numpy as np
 
 from emu import fast, policy
 from emu.catalog import load_model, load_system
+from emu.cli import positive_int
 from emu.objective import evaluate
 from emu.parallelism import make_plan
 from emu.search import COLUMNS, KNOBS, Problem, Space, plan_of
@@ -337,14 +338,14 @@ def _timed_once(fn) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--max", type=float, default=1e6, help="largest batch (default 1e6)")
+    ap.add_argument("--max", type=positive_int, default=10**6, help="largest batch (default 1e6)")
     ap.add_argument("--sections", default="one,batch,options,train,grad,scale")
-    ap.add_argument("--rounds", type=int, default=3, help="`one`: rounds of fresh processes")
+    ap.add_argument(
+        "--rounds", type=positive_int, default=3, help="`one`: rounds of fresh processes"
+    )
     ap.add_argument("--one-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--sync", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.rounds < 1:
-        ap.error(f"--rounds must be at least 1 (got {args.rounds}).")
     if args.one_child:
         if args.sync:
             jax.config.update("jax_cpu_enable_async_dispatch", False)

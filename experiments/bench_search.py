@@ -171,11 +171,16 @@ def main() -> None:
     )
     args = ap.parse_args()
     names = args.only.split(",") if args.only else list(PROBLEMS)
+    unknown = [n for n in names if n not in PROBLEMS]
+    if unknown:
+        ap.error(f"--only: unknown problem {unknown[0]!r}; choose from {', '.join(PROBLEMS)}")
     if args.sweep_columns:
+        bad = [w for w in args.sweep_columns.split(",") if w not in SWEEP_COLUMNS]
+        if bad:
+            ap.error(f"--sweep-columns: unknown set {bad[0]!r}; choose from "
+                     f"{', '.join(SWEEP_COLUMNS)}")  # fmt: skip
         for name in names:
             for which in args.sweep_columns.split(","):
-                if which not in SWEEP_COLUMNS:
-                    raise SystemExit(f"--sweep-columns: unknown set {which!r}")
                 wall, n = sweep_only(name, which)
                 print(f"{name:28} sweep, {which:6} columns: {n:,} in {wall:.1f} s "
                       f"({n / wall:.3g}/s)", flush=True)  # fmt: skip

@@ -76,9 +76,26 @@ print(json.dumps({"configurations": n, "wall_s": wall, "per_s": n / wall,
 )
 
 
+def _sizes(text: str) -> list[str]:
+    """argparse type: comma-separated positive counts, kept as spelled (the child reads them)."""
+    from emu.cli import positive_int
+
+    sizes = [s for s in text.split(",") if s.strip()]
+    for s in sizes:
+        positive_int(s)
+    if not sizes:
+        raise argparse.ArgumentTypeError("give at least one size, e.g. 1e5,1e6")
+    return sizes
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="1e5,1e6,1e7,4e7")
+    ap.add_argument(
+        "--sizes",
+        type=_sizes,
+        default="1e5,1e6,1e7,4e7",
+        help="configurations per row, comma-separated (default 1e5,1e6,1e7,4e7)",
+    )
     ap.add_argument("--cached", action="store_true", help="use the compilation cache")
     ap.add_argument("--columns", default="all,merge",
                     help="all, merge and/or cli, comma-separated (default all,merge)")  # fmt: skip
@@ -94,7 +111,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         if not args.cached:  # a private, empty cache: every child compiles from scratch
             env["XDG_CACHE_HOME"] = cache
-        for size, cols in [(s, c) for s in args.sizes.split(",") for c in args.columns.split(",")]:
+        for size, cols in [(s, c) for s in args.sizes for c in args.columns.split(",")]:
             if cols == "cli":
                 _cli_row(size, env)
                 continue

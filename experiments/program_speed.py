@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 import emu
+from emu.cli import positive_int
 from emu.program import Program, trace_program
 
 
@@ -30,9 +31,13 @@ def timed(f, *args):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--devices", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=10_000, help="systems in the vmapped call")
+    ap.add_argument("--devices", type=positive_int, default=64)
+    ap.add_argument(
+        "--batch", type=positive_int, default=10_000, help="systems in the vmapped call"
+    )
     args = ap.parse_args()
+    if args.devices % 8:
+        ap.error(f"--devices must be a multiple of 8, the program's TP (got {args.devices})")
     kwargs = {"size": "8b", "seq_len": 4096, "batch": args.devices // 8, "tp": 8}
     t0 = time.perf_counter()
     prog = trace_program("emu/examples/llama.py:train", devices=args.devices, kwargs=kwargs)

@@ -108,7 +108,10 @@ def main() -> None:
         "blanked, and the plan rule's plan where it took one",
     )
     args = ap.parse_args()
-    rows, _ = read_rows(args.file or default_measurements())
+    try:
+        rows, _ = read_rows(args.file or default_measurements())
+    except ValueError as e:  # a missing or unreadable file: its one line
+        ap.error(str(e))
     if args.blank == "each":
         _each(rows)
         return

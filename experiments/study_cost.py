@@ -204,6 +204,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=positive_int, default=2, help="searches run at once (processes)")
     args = ap.parse_args()
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        ap.error(f"--out '{out}' is a file; give a folder for the figures and tables")
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 

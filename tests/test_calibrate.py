@@ -53,6 +53,21 @@ def test_cross_validation_reports_held_out_error(small_fit):
     assert cv.groups == 2 and cv.median_abs_pct_error > 0
 
 
+def test_cross_validation_needs_two_sources_among_the_fitted_rows(tmp_path):
+    """The CLI's early check reads the file: a second source whose rows are not modelled
+    (an unknown system) passed it, and leave-one-source-out then held out the only
+    fitted source against nothing. `cross_validate` now refuses in one line."""
+    rows = [json.loads(line) for line in open(SHARED) if line.strip()]
+    keep = [r for r in rows if r["id"].startswith("sc21_t1_")][:3]
+    other = {**rows[-1], "id": "other_source_row", "system": "no_such_system"}
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*keep, other]))
+    rep = fit(path, steps=2)
+    assert rep.rows == 3
+    with pytest.raises(ValueError, match="at least two sources; they come from 1"):
+        cross_validate(rep, by="source", steps=1)
+
+
 def test_apply_parameters_targets_family_and_link_only():
     s = load_system("dgx_a100")
     vals = {

@@ -151,3 +151,13 @@ def test_a_plot_is_written_in_its_suffix_format_or_refused(capsys, tmp_path):
         code, _, err = run_cli(capsys, "validate", "--plot", value)
         assert code == 2 and needle in err, err
     assert note.read_text() == "mine\n"
+
+
+def test_a_kind_spelled_training_is_found_by_kind_train(capsys, tmp_path):
+    """A row of kind "Training" was modelled as train, yet `--kind train` dropped it (the
+    filter read the kind before it was normalised): the reader now spells it train."""
+    row = json.loads(_row(tp=8))
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({**row, "kind": " Training"}) + "\n")
+    report = run_json(capsys, "validate", str(path), "--kind", "train")
+    assert [(r["id"], r["kind"], r["status"]) for r in report["rows"]] == [("tp_8", "train", "ok")]

@@ -571,6 +571,17 @@ def test_calibrate_cv_on_one_source_is_refused_before_the_fit(capsys, tmp_path):
     )  # fmt: skip
 
 
+def test_calibrate_help_does_not_offer_the_set_it_refuses(capsys):
+    """`emu calibrate --help` listed --set, which calibrate refuses: the flag is hidden there
+    and still refused in its own words."""
+    from emu.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+    assert "--set" not in sub["calibrate"].format_help()
+    assert "--set PATH=VALUE" in sub["validate"].format_help()
+    _one_line(capsys, ["calibrate", "--set", "a=1"], "calibrate takes no --set")
+
+
 def test_calibrate_cv_on_one_system_says_nothing_was_held_out(capsys, tmp_path):
     """Two sources on one system: leave-one-source-out works, leave-one-system-out has
     nothing to hold out. It printed 'median nan%, p90 nan%'."""
@@ -707,3 +718,34 @@ def test_integer_flags_take_an_integer_spelled_as_a_float_and_refuse_a_fraction(
                  "7.2e1,72.5"])  # fmt: skip
     _, err = capsys.readouterr()
     assert code == 2 and "--chips expects integers" in err and "72.5" in err
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "said"),
+    [
+        ("bench_eval.py", ["--max", "nan"], "--max: must be a positive integer"),
+        ("bench_sweep.py", ["--sizes", "abc"], "--sizes: must be a positive integer"),
+        ("bench_search.py", ["--only", "bogus"], "--only: unknown problem 'bogus'"),
+        ("bench_first_answer.py", ["--cases", "bogus"], "--cases: unknown case 'bogus'"),
+        ("program_speed.py", ["--devices", "12"], "--devices must be a multiple of 8"),
+        ("stress_no_parallel.py", ["/no/such.jsonl"], "'/no/such.jsonl' not found"),
+        ("study_cost.py", ["--out", "README.md"], "--out 'README.md' is a file"),
+    ],
+)
+def test_experiment_scripts_refuse_bad_arguments_in_one_line(
+    script, args, said, capsys, monkeypatch
+):
+    """`bench_eval --max nan`, `bench_search --only bogus`, `program_speed --devices 0`
+    and a missing file for `stress_no_parallel` ended in tracebacks; each now exits 2 with
+    argparse's line, before any work."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(root / "experiments" / script), run_name="__main__")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and said in err and "Traceback" not in err

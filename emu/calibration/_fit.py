@@ -354,6 +354,12 @@ def cross_validate(report: Calibration, *, by: str = "source", steps: int | None
     w_all = report.w if report.w is not None else np.ones(len(problem.items), np.float32)
     steps = report.steps if steps is None else steps
     labels = [it.base[by] for it in problem.items]
+    if by == "source" and len(set(labels)) < 2:  # the file may name more; these were fitted
+        raise ValueError(
+            f"leave-one-source-out needs the modelled rows to come from at least two sources; "
+            f"they come from {len(set(labels))} (`emu validate` says why the others' rows are "
+            "not modelled)."
+        )
     held = np.full(len(labels), np.nan)
     for g in sorted(set(labels)):
         mask = np.array([lab == g for lab in labels])

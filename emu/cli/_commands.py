@@ -415,7 +415,7 @@ def _check_cv_groups(file) -> None:
     rows, _ = validation.read_rows(file or validation.default_measurements())
     # the intervals come from the leave-one-source-out pass; leave-one-system-out over one
     # system simply holds nothing out. (Rows that turn out not to be modelled still count
-    # here: the check reads the file, not the fit's items.)
+    # here: the check reads the file; `cross_validate` checks the fitted rows' sources.)
     sources = {validation.row_source(r) for r in rows}
     if len(sources) < 2:
         raise CliError(

@@ -136,13 +136,15 @@ def _bounded_int(lo: int, hi: int):
     return parse
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, *, set_help: bool = True) -> None:
+    """--set and --json. `set_help` False hides --set from the help of a command that
+    refuses it in its own words (calibrate fits the fields --set would change)."""
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="PATH=VALUE",
-        help="override a field by dotted path (repeatable)",
+        help="override a field by dotted path (repeatable)" if set_help else argparse.SUPPRESS,
     )
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
@@ -568,7 +570,7 @@ def _add_measurement_commands(sub) -> None:
     )
     p.add_argument("--dry-run", action="store_true", help="fit and report, write nothing")
     p.add_argument("--throttle-s", type=float, default=0.0, help=argparse.SUPPRESS)  # tests
-    _common(p)
+    _common(p, set_help=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -265,7 +265,7 @@ def prepare_rows(
         return systems[name]
 
     for row in rows:
-        row = with_kind(row)  # "Train", " training ": the kind it spells
+        row = with_kind(row)  # rows built in code, not read by read_rows: "Train" is train
         try:  # "ms" for a time in s: the value in the metric's unit, before it is read
             row = in_metric_unit(row)
         except ValueError as e:

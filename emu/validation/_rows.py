@@ -333,6 +333,7 @@ def read_rows(path) -> tuple[list[dict], list[dict]]:
             )
             continue
         first_line[row["id"]] = i
+        row = with_kind(row)  # "Training" is train before any filter by kind reads it
         row["_line"] = i
         rows.append(row)
     if not rows and not problems:
