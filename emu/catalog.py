@@ -383,7 +383,74 @@ def model_from_dict(data: dict, where: str) -> Model:
 
 #: Hugging Face `model_type`s whose FFN is a plain two-matrix MLP (the rest are gated:
 #: SwiGLU/GeGLU, three matrices)
-_HF_UNGATED = {"gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "gpt_bigcode", "phi"}
+_HF_UNGATED = {
+    "gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "gpt_bigcode", "phi", "starcoder2",
+}  # fmt: skip
+#: `model_type`s whose config class ties the output head to the input embedding unless the
+#: file says otherwise (transformers' `PretrainedConfig` default, kept by these classes;
+#: Llama, Mistral, Qwen, Mixtral and DeepSeek classes default to untied): the published
+#: Gemma and GPT-2 configs leave the key out
+_HF_TIED_BY_DEFAULT = {"gemma", "gemma2", "gemma3", "gemma3_text", "gpt2", "opt", "bloom",
+                       "gpt_bigcode"}  # fmt: skip
+#: config.json fields emu reads as counts or sizes: a value must be a number >= 0 (> 0 for
+#: the first six), else the file is refused naming the field
+_HF_POSITIVE = ("num_hidden_layers", "n_layer", "hidden_size", "n_embd", "num_attention_heads",
+                "n_head")  # fmt: skip
+_HF_COUNTS = _HF_POSITIVE + (
+    "num_key_value_heads", "head_dim", "intermediate_size", "n_inner", "ffn_dim",
+    "moe_intermediate_size", "n_routed_experts", "num_local_experts", "num_experts",
+    "num_experts_per_tok", "num_experts_per_token", "n_shared_experts",
+    "shared_expert_intermediate_size", "first_k_dense_replace", "num_nextn_predict_layers",
+    "topk_group", "n_group", "q_lora_rank", "kv_lora_rank", "qk_rope_head_dim",
+    "qk_nope_head_dim", "v_head_dim", "vocab_size", "decoder_sparse_step",
+    "interleave_moe_layer_step", "max_window_layers", "intermediate_size_mlp",
+)  # fmt: skip
+
+
+def _check_hf_numbers(cfg: dict, where: str) -> None:
+    """One line naming the first count or size of `cfg` (`_HF_COUNTS`) that is not a finite
+    number >= 0 (> 0 for the layers, width and heads), and a `tie_word_embeddings` that is
+    not a boolean: they were read into arithmetic and failed there ("internal error")."""
+    for key in _HF_COUNTS:
+        v = cfg.get(key)
+        if v is None:
+            continue
+        ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok or v < 0 or (key in _HF_POSITIVE and v == 0):
+            least = "a positive number" if key in _HF_POSITIVE else "a number >= 0"
+            raise ValueError(f"{where}: config.json's {key} is {v!r}; give {least}.")
+    tie = cfg.get("tie_word_embeddings")
+    if tie is not None and not isinstance(tie, bool):
+        raise ValueError(
+            f"{where}: config.json's tie_word_embeddings is {tie!r}; give true or false."
+        )
+
+
+def _hf_moe_layers(cfg: dict, g, experts, where: str) -> int:
+    """The leading dense layers of a MoE config.json (`first_k_dense_replace`, or Qwen's
+    `mlp_only_layers` when they are the first k); MoE on every other layer (Qwen's
+    `decoder_sparse_step`, Llama 4's `interleave_moe_layer_step` > 1) or dense layers
+    elsewhere are refused: emu's MoE models have experts on every layer after the first
+    `n_dense_layers`."""
+    if not experts:
+        return 0
+    for key in ("decoder_sparse_step", "interleave_moe_layer_step"):
+        step = cfg.get(key)
+        if step is not None and step > 1:
+            raise ValueError(
+                f"{where}: config.json's {key} = {step} puts experts on one layer in "
+                f"{step}; emu models experts on every layer after the first n_dense_layers "
+                "(not modelled: give a model TOML with n_dense_layers as the nearest)."
+            )
+    only = cfg.get("mlp_only_layers")
+    if only:
+        if not isinstance(only, list) or sorted(only) != list(range(len(only))):
+            raise ValueError(
+                f"{where}: config.json's mlp_only_layers {only!r} are not the first layers; "
+                "emu models dense layers only before the MoE ones (n_dense_layers)."
+            )
+        return len(only)
+    return g("first_k_dense_replace", default=0)
 
 
 def _hf_get(cfg: dict, *names, default=None):
@@ -407,6 +474,7 @@ def model_from_hf(config: dict, name: str, where: str | None = None) -> Model:
         raise ValueError(f"{where}: config.json must hold a JSON object.")
     cfg = config.get("text_config") if "num_hidden_layers" not in config else None
     cfg = cfg if isinstance(cfg, dict) else config
+    _check_hf_numbers(cfg, where)
     g = lambda *n, default=None: _hf_get(cfg, *n, default=default)
     layers, d, heads = (
         g("num_hidden_layers", "n_layer"),
@@ -425,11 +493,15 @@ def model_from_hf(config: dict, name: str, where: str | None = None) -> Model:
     shared = g("n_shared_experts")
     if shared is None and g("shared_expert_intermediate_size") and d_ff_expert:
         shared = g("shared_expert_intermediate_size") / d_ff_expert
+    kind = cfg.get("model_type")
+    if kind == "llama4_text" and experts:  # Llama4TextMoe: one shared expert, always
+        shared = 1 if shared is None else shared
+        d_ff = g("intermediate_size_mlp", default=d_ff)  # dense layers' width
     data = {
         "name": name,
-        "ffn": "gelu" if cfg.get("model_type") in _HF_UNGATED else "swiglu",
+        "ffn": "gelu" if kind in _HF_UNGATED else "swiglu",
         "attention": "mla" if mla else "gqa",
-        "tied_embeddings": bool(g("tie_word_embeddings", default=False)),
+        "tied_embeddings": g("tie_word_embeddings", default=kind in _HF_TIED_BY_DEFAULT),
         "n_layers": layers,
         "d_model": d,
         "n_heads": heads,
@@ -441,7 +513,7 @@ def model_from_hf(config: dict, name: str, where: str | None = None) -> Model:
         "top_k": g("num_experts_per_tok", "num_experts_per_token", default=0) if experts else 0,
         "d_ff_expert": d_ff_expert,
         "n_shared_experts": shared or 0,
-        "n_dense_layers": g("first_k_dense_replace", default=0) if experts else 0,
+        "n_dense_layers": _hf_moe_layers(cfg, g, experts, where),
         "mtp_layers": g("num_nextn_predict_layers", default=0),
         # DeepSeek group-limited routing: experts in n_group groups (one per node in
         # deployment), a token reaches topk_group of them
@@ -463,10 +535,11 @@ def model_from_hf(config: dict, name: str, where: str | None = None) -> Model:
 def _hf_window(cfg: dict, layers, where: str = "model") -> dict:
     """attention_window and window_layers of a config.json: `sliding_window` unless
     `use_sliding_window` is false (Qwen2/3), on the layers `layer_types` names
-    "sliding_attention", else all but every `sliding_window_pattern`-th (Gemma 3), else
-    every other layer (Gemma 2), else every layer (Mistral 7B v0.1). A window or pattern that
-    is not a positive number (a string, NaN, negative) is refused (ValueError naming
-    `where`), not read as no window."""
+    "sliding_attention" (one type per layer), else those from `max_window_layers` on
+    (Qwen2/3 with `use_sliding_window`), else all but every `sliding_window_pattern`-th
+    (Gemma 3), else every other layer (Gemma 2), else every layer (Mistral 7B v0.1). A
+    window or pattern that is not a positive number (a string, NaN, negative) is refused
+    (ValueError naming `where`), not read as no window."""
 
     def number(x) -> bool:
         return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
@@ -492,7 +565,15 @@ def _hf_window(cfg: dict, layers, where: str = "model") -> dict:
             "global layers (a positive integer, Gemma 3: 6), or leave it out."
         )
     if isinstance(types, list) and types:
+        if len(types) != int(layers):
+            raise ValueError(
+                f"{where}: config.json's layer_types names {len(types)} layers, "
+                f"num_hidden_layers is {int(layers)}: give one type per layer."
+            )
         local = sum(1 for t in types if t == "sliding_attention")
+    elif cfg.get("use_sliding_window") and number(cfg.get("max_window_layers")):
+        # Qwen2/3: layers from max_window_layers on use the window, the first ones do not
+        local = max(0, int(layers) - int(cfg["max_window_layers"]))
     elif pattern is not None:
         local = int(layers) - int(layers) // pattern
     elif cfg.get("model_type") == "gemma2":

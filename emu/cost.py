@@ -198,18 +198,30 @@ def check_cost_inputs(cost: Cost, region: Region, **numbers) -> None:
     bounds (every element of a batch): the Cost and Region fields against the bounds beside
     them (a utilisation or a life of 0 made capital free, a negative one negative), and the
     run's `n_chips` (> 0), `power_w`, `provisioned_w` and `tokens_per_s` (>= 0; 0 tokens/s
-    costs inf per token), all finite."""
+    costs inf per token), all numbers (not strings or booleans) that float32, the dtype the
+    cost is computed in, holds (1e40 chips gave NaN)."""
+    for obj, cls in ((cost, Cost), (region, Region)):
+        if not isinstance(obj, cls):
+            raise ValueError(
+                f"run_cost: expected a {cls.__name__} (got {type(obj).__name__}); the "
+                "arguments are (cost, region, n_chips=, power_w=, tokens_per_s=)."
+            )
     check(cost, "Cost")
     check(region, "Region")
+    big = float(np.finfo(np.float32).max)
     for name, value in numbers.items():
         if value is None:
             continue
-        a = np.asarray(value, np.float64)
-        bad = ~np.isfinite(a) | ((a <= 0) if name == "n_chips" else (a < 0))
+        a = np.asarray(value)
+        if a.dtype.kind not in "iuf":
+            raise ValueError(f"run_cost: {name} must be a number (got {value!r}).")
+        a = a.astype(np.float64)
+        bad = ~np.isfinite(a) | ((a <= 0) if name == "n_chips" else (a < 0)) | (a > big)
         if bad.any():
             sign = "> 0" if name == "n_chips" else ">= 0"
             raise ValueError(
-                f"run_cost: {name} must be a finite number {sign} (got {a[bad][0]:g})."
+                f"run_cost: {name} must be a finite number {sign}, at most {big:.3g} "
+                f"(got {a[bad][0]:g})."
             )
 
 

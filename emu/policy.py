@@ -700,9 +700,9 @@ def checked_evaluate(system: System, model: Model, plan: Plan):
     ValueError: a degree that does not divide the heads, more chips than the system builds,
     a precision the chip lacks). Under jit, vmap or grad the inputs are tracers and pass
     through unchecked: traced code never raises. A concrete result is also checked
-    physically possible (`check_result`). A batch passed eagerly (leaves with a leading
-    axis, not under vmap) is checked element by element (up to BATCH_CHECK_MAX elements;
-    every result always), naming the element."""
+    physically possible (`check_result`). A batch passed eagerly (leaves with batch axes
+    that broadcast to one shape, not under vmap) is checked element by element (up to
+    BATCH_CHECK_MAX elements; every result always), naming the element."""
     for name, value, cls, how in (
         ("system", system, System, "emu.load_system(NAME)"),
         ("model", model, Model, "emu.load_model(NAME)"),
@@ -730,21 +730,33 @@ def checked_evaluate(system: System, model: Model, plan: Plan):
 
 
 def _checked_batch(system: System, model: Model, plan: Plan):
-    """`checked_evaluate` of inputs with batch axes, evaluated eagerly: each element of a
-    one-axis batch (up to BATCH_CHECK_MAX) checked as one configuration, on host copies of
-    the leaves; then every element's result (any batch shape)."""
+    """`checked_evaluate` of inputs with batch axes, evaluated eagerly: each element of the
+    batch (its leaves broadcast to one shape; up to BATCH_CHECK_MAX elements) checked as one
+    configuration, on host copies of the leaves; then every element's result. Batch axes
+    that do not broadcast are refused in one line."""
     trees = (system, model, plan)
     shapes = {tuple(jnp.shape(x)) for x in jax.tree_util.tree_leaves(trees) if jnp.ndim(x)}
-    if len(shapes) == 1 and len(next(iter(shapes))) == 1:
-        (n,) = next(iter(shapes))
-        if n <= BATCH_CHECK_MAX:
-            host = jax.tree_util.tree_map(np.asarray, trees)  # one transfer, then cheap slices
-            for i in range(n):
-                one = jax.tree_util.tree_map(lambda x, i=i: x[i] if x.ndim else x, host)
-                try:
-                    check_inputs(*one)
-                except ValueError as e:
-                    raise ValueError(f"element {i} of the batch: {e}") from None
+    try:
+        shape = np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise ValueError(
+            f"the batched fields have shapes {sorted(shapes)}, which do not broadcast to one "
+            "batch; give every batched field the same shape (or one that broadcasts)."
+        ) from None
+    n = math.prod(shape)
+    if n <= BATCH_CHECK_MAX:
+        host = jax.tree_util.tree_map(  # one transfer, then cheap slices
+            lambda x: np.broadcast_to(np.asarray(x), shape).reshape(n) if np.ndim(x) else x,
+            trees,
+        )
+        for i in range(n):
+            one = jax.tree_util.tree_map(lambda x, i=i: x[i] if np.ndim(x) else x, host)
+            try:
+                check_inputs(*one)
+            except ValueError as e:
+                at = np.unravel_index(i, shape)
+                where = i if len(shape) == 1 else tuple(int(j) for j in at)
+                raise ValueError(f"element {where} of the batch: {e}") from None
     r = evaluate(system, model, plan)
     check_result(
         {"system": system.name, "model": model.name, **{k: getattr(r, k) for k in CHECKED_FIELDS}}

@@ -157,6 +157,14 @@ def test_numpy_scalars_pass_and_a_single_move_reads_as_one(smp, capsys):
     r = emu.evaluate(s, m, replace(emu.make_plan(tp=8, dp=9, seq_len=4096), microbatch=mb,
                                    global_batch=9 * mb))  # fmt: skip
     assert r.mfu.shape == (2, 3)
+    # ... and each of its elements checked (a tp of 3 in a 2-D batch ran unchecked), and
+    # batch axes that do not broadcast refused in one line (JAX's shape error before)
+    p = emu.make_plan(tp=8, dp=9, seq_len=4096)
+    with pytest.raises(ValueError, match=r"element \(0, 1\) of the batch: Plan: tp=3 must"):
+        emu.evaluate(s, m, replace(p, tp=jnp.array([[8.0, 3.0], [8.0, 8.0]])))
+    with pytest.raises(ValueError, match=r"shapes \[\(2,\), \(3,\)\], which do not broadcast"):
+        emu.evaluate(s, m, replace(p, seq_len=jnp.array([1024.0, 2048.0]),
+                                   tp=jnp.array([8.0, 4.0, 2.0])))  # fmt: skip
     # only "add chips" is left: one move, not " or add chips"
     args = ["run", "--system", "dgx_h100", "--model", "llama3_405b", "--phase", "decode"]
     code, _, err = run_cli(capsys, *args, "--chips", "1", "--precision", "fp8")
@@ -169,6 +177,9 @@ def test_a_problem_names_its_system_and_estimate_checks_its_arguments():
     h, m = emu.load_system("dgx_h100"), emu.load_model("llama3_8b")
     with pytest.raises(ValueError, match="Problem.system is 'gb200_nvl72' but the system"):
         enumerate_plans(h, m, Problem("gb200_nvl72", "llama3_8b", 8))
+    # the model too: a sweep of llama3_8b labelled its results mixtral_8x7b (session 36)
+    with pytest.raises(ValueError, match="Problem.model is 'mixtral_8x7b' but the model"):
+        enumerate_plans(h, m, Problem("dgx_h100", "mixtral_8x7b", 8))
     from emu.program import from_hlo
 
     hlo = "\n".join([
@@ -180,6 +191,9 @@ def test_a_problem_names_its_system_and_estimate_checks_its_arguments():
     ])  # fmt: skip
     prog = from_hlo(hlo, {"data": 1})
     assert prog.estimate(h, tokens_per_step=8)[0].step_time_s > 0
+    for wrong in (["gb200_nvl72"], m):  # a name or a model: AttributeError / TypeError before
+        with pytest.raises(ValueError, match="estimate takes Systems"):
+            prog.estimate(wrong)
     # a file read in binary mode is the same module; a cut text and a non-text are refused
     # (the cut one priced the computations it had read; bytes gave a TypeError)
     same = from_hlo(hlo.encode(), {"data": 1}).estimate(h, tokens_per_step=8)[0]

@@ -53,6 +53,26 @@ def test_cross_validation_reports_held_out_error(small_fit):
     assert cv.groups == 2 and cv.median_abs_pct_error > 0
 
 
+def test_refit_without_is_the_cross_validation_fold(small_fit):
+    """`refit_without` gives the parameters of one leave-one-source-out fold and its held-out
+    rows' errors, the same as `cross_validate`'s for that source."""
+    import math
+
+    from emu.calibration import refit_without
+
+    rep, _ = small_fit
+    sources = sorted({it.base["source"] for it in rep.problem.items})
+    values, held = refit_without(rep, sources[0], steps=5)
+    assert set(values) == set(rep.values) and all(v > 0 for v in values.values())
+    cv = cross_validate(rep, by="source", steps=5)
+    want = [r["predicted_cv"] / r["measured"] for r in cv.rows if r["source"] == sources[0]]
+    assert len(held) == len(want) > 0
+    assert [math.exp(float(x)) for x in held] == pytest.approx(want, rel=1e-5)
+    assert values != rep.values  # refitted without those rows, from the priors
+    with pytest.raises(ValueError, match="no fitted row has source 'nope'"):
+        refit_without(rep, "nope")
+
+
 def test_cross_validation_needs_two_sources_among_the_fitted_rows(tmp_path):
     """The CLI's early check reads the file: a second source whose rows are not modelled
     (an unknown system) passed it, and leave-one-source-out then held out the only

@@ -205,3 +205,66 @@ def test_an_expert_field_on_a_dense_model_is_refused():
     moe = load_model("llama3_8b", {"n_experts": 8, "top_k": 2, "d_ff_expert": 2048})
     assert float(moe.n_experts) == 8 and float(moe.top_k) == 2
     assert float(load_model("deepseek_v3", {"top_k": 4}).top_k) == 4
+
+
+def test_hf_configs_read_as_transformers_reads_them():
+    """A red-team pass over config.json files (session 36): Gemma and GPT-2 configs leave
+    tie_word_embeddings out and transformers ties them (read untied: Gemma 2 27B came out
+    28.4B); Llama 4's text_config has one shared expert in every MoE layer (read without
+    it); StarCoder2's MLP is not gated; Qwen2's window covers the layers from
+    max_window_layers on (read on every layer); Qwen's mlp_only_layers and a step of MoE
+    layers (read as MoE everywhere)."""
+    from emu.catalog import model_from_hf
+    from emu.workload import params_total
+
+    base = {"hidden_size": 512, "num_attention_heads": 8, "num_hidden_layers": 4,
+            "intermediate_size": 1024, "vocab_size": 1000}  # fmt: skip
+    assert model_from_hf({**base, "model_type": "gemma2"}, "x").tied_embeddings
+    assert model_from_hf({**base, "model_type": "gpt2"}, "x").tied_embeddings
+    assert not model_from_hf({**base, "model_type": "llama"}, "x").tied_embeddings
+    assert not model_from_hf(
+        {**base, "model_type": "gemma2", "tie_word_embeddings": False}, "x"
+    ).tied_embeddings
+    assert model_from_hf({**base, "model_type": "starcoder2"}, "x").ffn == "gelu"
+    scout = {"model_type": "llama4", "text_config": {
+        "model_type": "llama4_text", "hidden_size": 5120, "intermediate_size": 8192,
+        "intermediate_size_mlp": 16384, "num_attention_heads": 40, "num_key_value_heads": 8,
+        "head_dim": 128, "num_hidden_layers": 48, "num_local_experts": 16,
+        "num_experts_per_tok": 1, "interleave_moe_layer_step": 1, "vocab_size": 202048,
+        "tie_word_embeddings": False}}  # fmt: skip
+    m = model_from_hf(scout, "scout")
+    assert float(m.n_shared_experts) == 1 and float(m.d_ff) == 16384
+    assert float(params_total(m)) == pytest.approx(float(params_total(load_model("llama4_scout"))))
+    qwen2 = {**base, "model_type": "qwen2", "use_sliding_window": True, "sliding_window": 64,
+             "max_window_layers": 3}  # fmt: skip
+    assert float(model_from_hf(qwen2, "x").window_layers) == 1
+    moe = {**base, "model_type": "qwen3_moe", "num_experts": 8, "num_experts_per_tok": 2,
+           "moe_intermediate_size": 256}  # fmt: skip
+    assert float(model_from_hf({**moe, "mlp_only_layers": [0, 1]}, "x").n_dense_layers) == 2
+    with pytest.raises(ValueError, match="mlp_only_layers .* are not the first layers"):
+        model_from_hf({**moe, "mlp_only_layers": [1, 3]}, "x")
+    with pytest.raises(ValueError, match="decoder_sparse_step = 2 puts experts on one layer in 2"):
+        model_from_hf({**moe, "decoder_sparse_step": 2}, "x")
+
+
+@pytest.mark.parametrize(
+    ("cfg", "said"),
+    [
+        ({"hidden_size": "512"}, "config.json's hidden_size is '512'; give a positive number"),
+        ({"num_attention_heads": 0}, "num_attention_heads is 0; give a positive number"),
+        ({"n_group": "8"}, "config.json's n_group is '8'; give a number >= 0"),
+        ({"tie_word_embeddings": "false"}, "tie_word_embeddings is 'false'; give true or false"),
+        ({"layer_types": ["full_attention"] * 3, "sliding_window": 64},
+         "layer_types names 3 layers, num_hidden_layers is 4"),
+    ],
+)  # fmt: skip
+def test_hf_config_fields_of_the_wrong_type_are_one_line(cfg, said):
+    """A string or zero where a count belongs failed in arithmetic ("internal error
+    (TypeError)" from the CLI); a layer_types list of the wrong length was counted as it
+    stood."""
+    from emu.catalog import model_from_hf
+
+    base = {"hidden_size": 512, "num_attention_heads": 8, "num_hidden_layers": 4,
+            "intermediate_size": 1024, "vocab_size": 1000}  # fmt: skip
+    with pytest.raises(ValueError, match=re.escape(said)):
+        model_from_hf({**base, **cfg}, "x", "model 'cfg.json'")

@@ -442,9 +442,19 @@ def test_concrete_cost_inputs_are_checked():
         r = replace(region, **change) if tree == "region" else region
         with pytest.raises(ValueError, match=needle):
             C.run_cost(c, r, **run)
-    for name, value in (("n_chips", 0.0), ("tokens_per_s", -1e5), ("power_w", float("nan"))):
+    for name, value in (
+        ("n_chips", 0.0),
+        ("tokens_per_s", -1e5),
+        ("power_w", float("nan")),
+        ("n_chips", 1e40),
+    ):  # fmt: skip  (1e40 overflowed float32: NaN)
         with pytest.raises(ValueError, match=f"run_cost: {name} must be a finite number"):
             C.run_cost(cost, region, **{**run, name: value})
+    for value in ("1e6", True, [1.0, "x"]):  # a string or a boolean is no number
+        with pytest.raises(ValueError, match="run_cost: tokens_per_s must be a number"):
+            C.run_cost(cost, region, **{**run, "tokens_per_s": value})
+    with pytest.raises(ValueError, match="expected a Cost .got Region.; the arguments are"):
+        C.run_cost(region, cost, **run)
     assert math.isinf(
         float(C.run_cost(cost, region, **{**run, "tokens_per_s": 0.0}).usd_per_mtoken)
     )

@@ -31,7 +31,14 @@ from the priors with one source (or one system) left out and predicts its rows; 
 prediction's 80% interval (written beside the overlay: residuals.jsonl, intervals.toml).
 """
 
-from emu.calibration._fit import CHECKPOINT_EVERY, Calibration, CrossValidation, cross_validate, fit
+from emu.calibration._fit import (
+    CHECKPOINT_EVERY,
+    Calibration,
+    CrossValidation,
+    cross_validate,
+    fit,
+    refit_without,
+)
 from emu.calibration._overlay import (
     interval_records,
     overlay_files,
@@ -46,6 +53,7 @@ from emu.calibration._problem import FitProblem, apply_parameters, parameter_spe
 __all__ = [
     "fit",
     "cross_validate",
+    "refit_without",
     "write_overlay",
     "write_residuals",
     "write_intervals",

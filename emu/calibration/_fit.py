@@ -343,6 +343,37 @@ def _summary(records: list[dict]) -> dict:
     return out
 
 
+def _refit(report: Calibration, mask: np.ndarray, steps: int):
+    """Parameters (transformed coordinates) fitted from the priors with the fit's weights,
+    the rows in `mask` weighted 0; None when no row would be left."""
+    w_all = report.w if report.w is not None else np.ones(len(mask), np.float32)
+    w = np.where(mask, 0.0, w_all).astype(np.float32)
+    if float(w.sum()) == 0:
+        return None
+    u, _ = _adam(report.problem, report.problem.u0, w, steps)
+    return u
+
+
+def refit_without(report: Calibration, group: str, *, by: str = "source", steps=None):
+    """(values, held): the shared parameters fitted from the priors without the rows of one
+    source (or system, `by`), natural units keyed as `Calibration.values`, and the held-out
+    rows' log errors (log predicted - log measured) under them. The one fold of
+    `cross_validate` that explains a group's held-out error: the parameters only its rows
+    inform return to their priors (experiments/loso_parameters.py)."""
+    if by not in ("source", "system"):
+        raise ValueError(f"by must be 'source' or 'system' (got {by!r}).")
+    problem = report.problem
+    mask = np.array([it.base[by] == group for it in problem.items])
+    if not mask.any():
+        known = sorted({it.base[by] for it in problem.items})
+        raise ValueError(f"no fitted row has {by} {group!r}; the fit's {by}s: {known}.")
+    u = _refit(report, mask, report.steps if steps is None else steps)
+    if u is None:
+        raise ValueError(f"every fitted row has {by} {group!r}: nothing is left to refit on.")
+    values = {k: float(v) for k, v in problem.values(u).items()}
+    return values, problem.log_errors(u)[mask]
+
+
 def cross_validate(report: Calibration, *, by: str = "source", steps: int | None = None):
     """Leave-one-group-out errors (`by`: "source" or "system"): refit without each group,
     from the priors with the fit's own steps and weights (`steps` to change them), and
@@ -363,11 +394,9 @@ def cross_validate(report: Calibration, *, by: str = "source", steps: int | None
     held = np.full(len(labels), np.nan)
     for g in sorted(set(labels)):
         mask = np.array([lab == g for lab in labels])
-        w = np.where(mask, 0.0, w_all).astype(np.float32)
-        if float(w.sum()) == 0:
-            continue
-        u, _ = _adam(problem, problem.u0, w, steps)
-        held[mask] = problem.log_errors(u)[mask]
+        u = _refit(report, mask, steps)
+        if u is not None:
+            held[mask] = problem.log_errors(u)[mask]
     r_in = problem.log_errors(u_full)
     records = [
         _record(it, w_all[i], float(r_in[i]), None if np.isnan(held[i]) else float(held[i]))

@@ -134,6 +134,14 @@ class Program:
         """Typed results, one per system (host side)."""
         if isinstance(systems, System):
             systems = [systems]
+        if isinstance(systems, str | bytes) or not isinstance(systems, Sequence):
+            systems = [systems]  # one thing that is not a System: named below
+        for system in systems:
+            if not isinstance(system, System):
+                raise ValueError(
+                    f"estimate takes Systems (emu.load_system(NAME)), got "
+                    f"{type(system).__name__} {system!r:.60}."
+                )
         tokens = float(tokens_per_step or 0.0)
         if not 0 <= tokens < math.inf:
             raise ValueError(

@@ -91,7 +91,7 @@ def compile_hlo(fn: Any, args: Any, *, mesh: Any = None, name: str = "") -> Trac
     if info.size > jax.device_count():
         raise ValueError(
             f"the mesh needs {info.size} devices but this process has {jax.device_count()}; "
-            f"call emu.program.trace_builder('file.py:builder', devices={info.size}) (a "
+            f"call emu.program.trace_program('file.py:builder', devices={info.size}) (a "
             f"subprocess) or set XLA_FLAGS=--xla_force_host_platform_device_count={info.size} "
             "before JAX starts."
         )

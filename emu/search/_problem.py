@@ -181,6 +181,12 @@ def check_problem(system: System, problem: Problem, model=None) -> None:
             f"Problem.system is '{problem.system}' but the system searched is "
             f"'{system.name}'; give Problem(system='{system.name}', ...)."
         )
+    name = getattr(model, "name", None)
+    if isinstance(name, str) and problem.model != name:  # labelled by the name, too
+        raise ValueError(
+            f"Problem.model is '{problem.model}' but the model searched is '{name}'; give "
+            f"Problem(model='{name}', ...)."
+        )
     if float(peak_flops(system.chip, problem.precision)) <= 0:
         raise ValueError(
             f"{system.chip.name} has no {problem.precision} support; choose another precision."

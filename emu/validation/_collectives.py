@@ -69,11 +69,34 @@ _RANGE = r"(?<![\w.,\-])(\d+(?:\.\d+)?)\s*(?:-|\u2013|to)\s*" + _NUM_UNIT
 
 def message_size(row: dict) -> tuple[float, str | None]:
     """The all-reduce buffer of a row in bytes and, when the row does not state it, the phrase
-    saying what was assumed: the byte count closing its id ("..._allreduce_1048576"), a
-    size label closing it ("..._ring_67M": the repo's labels for powers of two, Azure
-    issue #8, so 2^26), a byte count in the notes ("at size 1048576 B"), one size named as
-    the message ("32 MB messages", "message size 512 MiB"; then as the buffer), a range
-    ("4-8 GB messages" -> the geometric mean) or ">256 MB"; else DEFAULT_MESSAGE_BYTES."""
+    saying what was assumed. What the notes say first: a byte count ("at size 1048576 B",
+    "134217728 bytes"), a size after "at" or "size" ("busbw at 128 MiB", "size: 1 GiB"), one
+    nccl-tests size (`-b 1G -e 1G`, binary units), one size named as the message ("32 MB
+    messages", "message size 512 MiB"; then as the buffer); then the id: the byte count
+    closing it ("..._allreduce_1048576"; an id may also end in a rank count, so the notes
+    come first), a size label closing it ("..._ring_67M": the repo's labels for powers of
+    two, Azure issue #8, so 2^26); then a range in the notes ("4-8 GB messages" -> the
+    geometric mean) or ">256 MB"; else DEFAULT_MESSAGE_BYTES."""
+    notes = str(row.get("notes", ""))
+    unit = lambda u: _SIZE_UNITS[u.upper()]  # noqa: E731
+    num = lambda x: float(x.replace(",", ""))  # noqa: E731
+    m = re.search(r"\bat (?:size )?(\d{3,}) ?B\b", notes) or re.search(
+        r"(?<![\w.,])(\d{1,3}(?:,\d{3})+|\d{3,}) ?(?i:bytes)\b", notes
+    )
+    if m:
+        return num(m.group(1)), None
+    m = re.search(r"(?i:\b(?:at|size))\s*(?:of|=|:)?\s*" + _SIZE, notes)
+    if m:
+        return num(m.group(1)) * unit(m.group(2)), None
+    m = re.search(r"(?<!\S)-b\s*(\d+)([KMG]?)\s+-e\s*(\d+)([KMG]?)(?!\S)", notes)
+    if m and m.group(1, 2) == m.group(3, 4):  # nccl-tests: one size (a sweep names none)
+        return float(m.group(1)) * 1024.0 ** " KMG".index(m.group(2) or " "), None
+    for word in ("messages?", "buffers?"):
+        m = re.search(_SIZE + rf"\s*(?i:{word})\b", notes) or re.search(
+            rf"\b(?i:{word[:-2]})(?i: size)?s?\s*(?:of|=|:)?\s*" + _SIZE, notes
+        )
+        if m:
+            return num(m.group(1)) * unit(m.group(2)), None
     rid = str(row["id"])
     m = re.search(r"allreduce_(\d{4,})$", rid)
     if m:
@@ -82,18 +105,6 @@ def message_size(row: dict) -> tuple[float, str | None]:
     if m:
         v = float(m.group(1)) * {"K": 1e3, "M": 1e6, "G": 1e9}[m.group(2)]
         return float(2 ** round(math.log2(v))), None
-    notes = str(row.get("notes", ""))
-    unit = lambda u: _SIZE_UNITS[u.upper()]  # noqa: E731
-    num = lambda x: float(x.replace(",", ""))  # noqa: E731
-    m = re.search(r"\bat (?:size )?(\d{3,}) ?B\b", notes)
-    if m:
-        return float(m.group(1)), None
-    for word in ("messages?", "buffers?"):
-        m = re.search(_SIZE + rf"\s*(?i:{word})\b", notes) or re.search(
-            rf"\b(?i:{word[:-2]})(?i: size)?s?\s*(?:of|=|:)?\s*" + _SIZE, notes
-        )
-        if m:
-            return num(m.group(1)) * unit(m.group(2)), None
     m = re.search(_RANGE, notes)
     if m:
         return math.sqrt(num(m.group(1)) * num(m.group(2))) * unit(m.group(3)), None

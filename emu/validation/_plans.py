@@ -678,10 +678,9 @@ def _inference_plan(row, model, tp, dp, ep, prec, notes, overlap, imbalance, **d
     batch = int_or(p.get("microbatch"), None)
     slo = None
     if batch is None:
-        lo_hi = re.search(r"([\d.]+)-([\d.]+) tokens/s per user", notes)
-        if not lo_hi:
+        slo = per_user_slo(notes)
+        if slo is None:
             raise ValueError("decode row gives neither a batch nor a per-user speed (SLO)")
-        slo = 2.0 / (float(lo_hi.group(1)) + float(lo_hi.group(2)))
         batch = 1
     plan = make_plan(
         **common,
@@ -702,8 +701,28 @@ def needs_serving_rule(row: dict) -> bool:
     return (
         row["kind"] == "decode"
         and int_or(p.get("microbatch"), None) is None
-        and not re.search(r"([\d.]+)-([\d.]+) tokens/s per user", row_text(row))
+        and per_user_slo(row_text(row)) is None
     )
+
+
+#: a decode speed per user, one value or a range ("20-22 tokens/s per user", "21 tok/s/user",
+#: "20 to 22 output tokens per second per user")
+_PER_USER = re.compile(
+    r"(?<![\w.])(\d+(?:\.\d+)?)(?:\s*(?:-|\u2013|to)\s*(\d+(?:\.\d+)?))?\s*(?:output\s+)?"
+    r"(?:tokens?|toks?)\s*(?:/\s*s(?:ec)?\b|per second)\s*(?:per user|/\s*user)",
+    re.I,
+)
+
+
+def per_user_slo(notes: str) -> float | None:
+    """The TPOT SLO (s) a decode row's per-user speed sets (`_PER_USER`; a range: its
+    mid-point), else None."""
+    m = _PER_USER.search(notes)
+    if m is None:
+        return None
+    lo = float(m.group(1))
+    speed = (lo + float(m.group(2) or lo)) / 2.0
+    return 1.0 / speed if speed > 0 else None
 
 
 def speculation(notes: str, model: Model) -> tuple[float, float]:
@@ -812,11 +831,18 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     # deployment (`emu run`'s serving rule: TP 1 for MoE models); a row that states some of
     # it reads as SGLang's --tp-size, the instance's ranks, with attention TP over them
     dp = dp_stated or (ranks if moe and ("attention dp" in notes or states_nothing(p)) else 1)
-    per_rank = num_in(
-        r"batch (?:size )?(?:of )?(\d[\d,]*) (?:sequences |requests )?"
-        r"per (?:device|gpu|rank|die|npu)",
-        notes,
-    ) or num_in(r"\blocal batch (?:size )?(?:of )?(\d[\d,]*)", notes)
+    per_rank = (
+        num_in(
+            r"batch (?:size )?(?:of )?(\d[\d,]*) (?:sequences |requests )?"
+            r"per (?:device|gpu|rank|die|npu)",
+            notes,
+        )
+        or num_in(r"\blocal batch (?:size )?(?:of )?(\d[\d,]*)", notes)
+        or num_in(r"\bbatch (?:size )?per (?:device|gpu|rank|die|npu)[=:\s]+(\d[\d,]*)", notes)
+        or num_in(
+            r"(?<![\w.,])(\d[\d,]*) (?:sequences|requests) per (?:device|gpu|rank|die|npu)\b", notes
+        )
+    )
     per_rank = int(per_rank) if gb is None and per_rank else None  # per attention-DP rank
     read = None
     if gb is None and per_rank is None:  # the running requests the notes state, if any,
@@ -859,6 +885,7 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
         requests = num_in(r"([\d,]+) requests", notes)
         if requests:
             cap = min(cap, int(requests))
+        read = read or f"decode batch not stated: the largest that fits (capped at {cap})"
     b = max(1, round(gb / dp)) if gb else 1
     dec = make_plan(
         **common, **spec, tp=att_tp, dp=dp, ep=ep, microbatch=b, global_batch=b * dp,

@@ -55,6 +55,7 @@ from emu.validation._rows import (
     row_precision,
     row_source,
     with_kind,
+    with_moe_keys,
 )
 from emu.workload import Model, model_flops_per_token
 
@@ -139,6 +140,15 @@ def _failed(base: dict, status: str, reason: str) -> dict:
     return {**base, "predicted": None, "abs_pct_error": None, "status": status, "reason": reason}
 
 
+def _canonical_system(name):
+    """The catalog system a row's `system` spells, case, hyphens and spaces aside ("DGX-H100"
+    is dgx_h100); anything else as it is (`_row_system` refuses it)."""
+    if not isinstance(name, str) or name in list_systems():
+        return name
+    key = re.sub(r"[\s_\-]+", "", name.lower())
+    return {s.replace("_", ""): s for s in list_systems()}.get(key, name)
+
+
 def _row_system(name) -> str:
     """A row names a catalog system, never a file (a FIFO or a huge file would hang)."""
     if not isinstance(name, str) or name not in list_systems():
@@ -196,17 +206,25 @@ def _largest_fitting(system: System, model: Model, plan: Plan, cap: int, reserve
 
 def _run_item(row: dict, base: dict, system_of) -> Item:
     """The Item of a train/prefill/decode row (NotImplementedError: not modelled yet)."""
-    if row["kind"] not in ("train", "prefill", "decode"):
-        raise NotImplementedError(f"kind '{row['kind']}' metric '{row['metric']}'")
+    if row["kind"] not in ("train", "prefill", "decode"):  # a collective's other metrics
+        known = sorted({*METRICS_ALLREDUCE, *METRICS_MOE_COMM})
+        raise NotImplementedError(
+            f"collective metric '{row['metric']}' is not modelled yet; modelled: "
+            f"{', '.join(known)} (MEASUREMENTS.md)"
+        )
     known = METRICS_TRAIN if row["kind"] == "train" else set(METRICS_INFERENCE)
     if row["metric"] not in known:
-        raise NotImplementedError(f"metric '{row['metric']}' is not modelled yet")
+        raise NotImplementedError(
+            f"{row['kind']} metric '{row['metric']}' is not modelled yet; modelled: "
+            f"{', '.join(sorted(known))} (MEASUREMENTS.md)"
+        )
     system = system_of(row["system"])
     dies = dies_of(system)
     row = script_plan(row) or row
     model = row_model(row)
     if needs_serving_rule(row):
         s = serving_row(row, model, dies=dies)
+        _check_precision(system, s.decode)
         if s.batch_cap is not None:
             plan = _largest_fitting(system, model, s.decode, s.batch_cap, s.kv_reserve)
             s = s._replace(decode=plan)
@@ -214,9 +232,13 @@ def _run_item(row: dict, base: dict, system_of) -> Item:
     plan, slo = row_plan(row, model, dies=dies, system=system)
     if slo is not None:
         plan = with_largest_batch(system, model, plan, slo)
+    _check_precision(system, plan)
+    return Item(base=base, row=row, kind="run", system=system, model=model, plan=plan)
+
+
+def _check_precision(system: System, plan: Plan) -> None:
     if float(system.chip.peak_flops_per_s.get(plan.precision, 0.0)) <= 0:
         raise ValueError(f"{system.chip.name} has no {plan.precision} support")
-    return Item(base=base, row=row, kind="run", system=system, model=model, plan=plan)
 
 
 #: a row whose notes say it was measured in the "same setup as <id>" of another row
@@ -266,6 +288,7 @@ def prepare_rows(
 
     for row in rows:
         row = with_kind(row)  # rows built in code, not read by read_rows: "Train" is train
+        row = {**row, "system": _canonical_system(row.get("system"))}
         try:  # "ms" for a time in s: the value in the metric's unit, before it is read
             row = in_metric_unit(row)
         except ValueError as e:
@@ -279,6 +302,7 @@ def prepare_rows(
             if prec is not None:
                 row = {**row, "precision": prec, "_precision_read": words}
         try:
+            row = with_moe_keys(row)  # "num_experts_per_tok" is top_k
             check_row(row)
             system = system_of(row["system"])
             _check_size(row, system)
@@ -337,6 +361,8 @@ def item_notes(item: Item) -> list[str]:
             f"precision not stated: {item.row['precision']} from the notes "
             f"('{item.row['_precision_read']}')"
         )
+    elif item.kind == "run" and item.row.get("precision") is None:
+        notes.append(f"precision not stated: {item.plan.precision} assumed")
     if item.serving is not None and item.serving.batch_read:
         notes.append(item.serving.batch_read)
     said = message_size(item.row)[1] if item.kind == "allreduce" else None

@@ -43,11 +43,11 @@ METRIC_UNITS = {
     "mfu": r"%",
     "gpu_hours_per_trillion_tokens": r"(\w+ )?gpu-hours/1t tokens",
     "input_tokens_per_s_per_node": r"tokens/s/(\d+-(gpu|npu) )?node",
-    "input_tokens_per_s_per_gpu": r"tokens/s/gpu",
-    "input_tokens_per_s_per_npu": r"tokens/s/npu",
+    "input_tokens_per_s_per_gpu": r"tokens/s/(gpu|npu)",
+    "input_tokens_per_s_per_npu": r"tokens/s/(gpu|npu)",
     "output_tokens_per_s_per_node": r"tokens/s/(\d+-(gpu|npu) )?node",
-    "output_tokens_per_s_per_gpu": r"tokens/s/gpu",
-    "output_tokens_per_s_per_npu": r"tokens/s/npu",
+    "output_tokens_per_s_per_gpu": r"tokens/s/(gpu|npu)",
+    "output_tokens_per_s_per_npu": r"tokens/s/(gpu|npu)",
     "allreduce_busbw": r"gb/s",
     "allreduce_busbw_peak": r"gb/s",
     "effective_nvlink_busbw_ring": r"gb/s",
@@ -347,9 +347,9 @@ def read_rows(path) -> tuple[list[dict], list[dict]]:
 PRECISION_SPELLINGS = (
     (r"^(bf16|bfloat16)$", "bf16"),
     (r"^(fp16|float16|half)$", "fp16"),
-    (r"^(mx|nv)?fp8([\-_ ]?(cs|ds|mx|e4m3|hybrid|delayed|current))?$", "fp8"),
+    (r"^(mx|nv)?fp8([\-_ ]?(cs|ds|mx|e4m3(fn)?|hybrid|delayed|current))?$", "fp8"),
     (r"^(nv|mx)?fp4$", "fp4"),
-    (r"^(int8|w8a8|w4a8|w8a8c8)$", "int8"),
+    (r"^(int8|w8a8|a8w8|w4a8|w8a8c8)([\-_ ]?dynamic)?$", "int8"),
 )
 
 
@@ -383,6 +383,8 @@ def row_precision(value) -> str | None:
         return value
     # a closing parenthetical qualifies the format ("fp8 (blockwise scaling)")
     low = re.sub(r"\s*\([^()]*\)\s*$", "", value.strip().lower())
+    # a MoE kernel's "INT8 dispatch / BF16 combine": the dispatch's (the combine is bf16)
+    low = re.sub(r"^(\S+)[\s\-]+dispatch\b.*$", r"\1", low)
     return next((p for pattern, p in PRECISION_SPELLINGS if re.match(pattern, low)), value)
 
 
@@ -446,6 +448,10 @@ def unit_key(unit: str) -> str:
     u = re.sub(r"^(?:sec|secs|seconds?)$", "s", u)
     u = re.sub(r"\btflops\b", "tflop/s", u)
     u = re.sub(r"\bgbps\b", "gb/s", u)
+    u = re.sub(r"^(?:output |input )?tokens/(gpu|npu|card|chip)/s$", r"tokens/s/\1", u)
+    u = re.sub(r"^(?:output|input) tokens/", "tokens/", u)
+    u = re.sub(r"/(?:card|chip|accelerator)$", "/gpu", u)  # one chip, however named
+    u = re.sub(r"^(?:s|sec|secs|seconds?)/(?:step|iter|iteration)$", "s", u)
     return re.sub(r"\s+", " ", u)
 
 
@@ -455,7 +461,13 @@ WHOLE_PARALLEL = ("tp", "pp", "dp", "ep", "cp", "etp", "vpp", "microbatch", "glo
 
 
 #: kinds as other sources spell them (case and spaces aside)
-_KIND_ALIASES = {"training": "train", "pretrain": "train", "pretraining": "train"}
+_KIND_ALIASES = {
+    "training": "train",
+    "pretrain": "train",
+    "pretraining": "train",
+    "pre-train": "train",
+    "pre-training": "train",
+}
 
 
 def with_kind(row: dict) -> dict:
@@ -467,6 +479,46 @@ def with_kind(row: dict) -> dict:
     k = kind.strip().lower()
     k = _KIND_ALIASES.get(k, k)
     return row if k == kind or k not in KINDS else {**row, "kind": k}
+
+
+#: the moe block's fields (MEASUREMENTS.md) and the names other sources give them (Hugging
+#: Face configs, Megatron flags), read as the field
+MOE_KEYS = ("n_experts", "top_k", "d_ff_expert", "n_shared")
+_MOE_ALIASES = {
+    "num_experts": "n_experts",
+    "n_routed_experts": "n_experts",
+    "num_local_experts": "n_experts",
+    "num_moe_experts": "n_experts",
+    "num_experts_per_tok": "top_k",
+    "moe_router_topk": "top_k",
+    "topk": "top_k",
+    "moe_intermediate_size": "d_ff_expert",
+    "moe_ffn_hidden_size": "d_ff_expert",
+    "expert_intermediate_size": "d_ff_expert",
+    "n_shared_experts": "n_shared",
+    "num_shared_experts": "n_shared",
+}
+
+
+def with_moe_keys(row: dict) -> dict:
+    """`row` with its model's moe block in MOE_KEYS (`_MOE_ALIASES` read as the field they
+    name); ValueError for a key neither names, or a field given twice. Other rows as they
+    are (`check_row` refuses a moe block that is not an object)."""
+    moe = (row.get("model") or {}).get("moe") if isinstance(row.get("model"), dict) else None
+    if not isinstance(moe, dict) or all(k in MOE_KEYS for k in moe):
+        return row
+    out = {}
+    for key, value in moe.items():
+        field = key if key in MOE_KEYS else _MOE_ALIASES.get(str(key).lower())
+        if field is None:
+            raise ValueError(
+                f"model.moe has an unknown field '{key}'; its fields are {', '.join(MOE_KEYS)} "
+                "(MEASUREMENTS.md)"
+            )
+        if field in out:
+            raise ValueError(f"model.moe gives {field} twice (as '{key}' too); keep one")
+        out[field] = value
+    return {**row, "model": {**row["model"], "moe": out}}
 
 
 def check_row(row: dict) -> None:
@@ -489,6 +541,12 @@ def check_row(row: dict) -> None:
     for key in ("model", "parallel"):
         if row.get(key) is not None and not isinstance(row[key], dict):
             raise ValueError(f"{key} must be a JSON object or null (got {row[key]!r})")
+    moe = (row.get("model") or {}).get("moe")
+    if moe is not None and (not isinstance(moe, dict) or not moe):
+        raise ValueError(
+            f"model.moe must be a JSON object or null (got {moe!r}); give it as "
+            '{"n_experts": 128, "top_k": 8, "d_ff_expert": 768, "n_shared": 0}'
+        )
     unit = row.get("unit")
     want = METRIC_UNITS.get(row["metric"])
     if unit is not None and want is not None:
@@ -505,12 +563,32 @@ _SCALES = {
     "s": {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "min": 60.0, "h": 3600.0},
     "ms": {"s": 1e3, "ms": 1.0, "us": 1e-3},
     "us": {"s": 1e6, "ms": 1e3, "us": 1.0, "ns": 1e-3},
-    "gb/s": {"gb/s": 1.0, "tb/s": 1e3, "mb/s": 1e-3, "gbit/s": 1 / 8, "tbit/s": 1e3 / 8},
+    "gb/s": {
+        "gb/s": 1.0,
+        "tb/s": 1e3,
+        "mb/s": 1e-3,
+        "gbit/s": 1 / 8,
+        "tbit/s": 1e3 / 8,
+        "gib/s": 2**30 / 1e9,
+        "mib/s": 2**20 / 1e9,
+    },
 }
 
 
 #: how a converted row's unit is written (METRIC_UNITS keys are lower case)
 _DISPLAY = {"s": "s", "ms": "ms", "us": "us", "gb/s": "GB/s"}
+
+
+def _mfu_fraction(unit, value) -> bool:
+    """An MFU given as a fraction: its unit says so ("fraction", "ratio"), or it names none
+    and the value is at most 1 (no published run reports an MFU of 1% or less)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        return False
+    return unit is None or (isinstance(unit, str) and unit.strip().lower() in _FRACTION_UNITS)
+
+
+#: units naming an MFU given as a fraction of the peak
+_FRACTION_UNITS = ("", "fraction", "ratio", "fraction of peak")
 
 
 def in_metric_unit(row: dict) -> dict:
@@ -522,6 +600,9 @@ def in_metric_unit(row: dict) -> dict:
     row = {k: v for k, v in row.items() if k != "_stated"}
     unit, value, metric = row.get("unit"), row.get("value"), row.get("metric")
     want = METRIC_UNITS.get(metric) if isinstance(metric, str) else None
+    if want == "%" and _mfu_fraction(unit, value):  # 0.69 for 69%: a percent of 1 or less
+        stated = unit or "(no unit: a fraction)"
+        return {**row, "value": 100.0 * value, "unit": "%", "_stated": (value, stated)}
     if not isinstance(unit, str) or want not in _SCALES:
         return row
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -577,12 +658,14 @@ def approximations(row: dict) -> list[str]:
     text = f"{row_text(row)} {(row.get('model') or {}).get('name', '')}".lower()
     out = [say for pattern, say in APPROXIMATIONS if re.search(pattern, text)]
     m = row.get("model")
-    name = _catalog_of(m) if isinstance(m, dict) and m.get("moe") else None
+    name = _catalog_of(m) if isinstance(m, dict) else None
     catalog = False  # the catalog model is used: its dimensions, not defaults
     if name is not None:
         try:
             _catalog_model(m, name)
             catalog = True
+            if not m.get("moe"):
+                out.append(f"model.moe not stated: the catalog {name}'s experts")
         except ValueError as e:
             out.append(f"built from the row's fields: {e}")
     filled = (_filled(m) if not m.get("moe") else m) if isinstance(m, dict) else {}
@@ -626,7 +709,7 @@ def row_model(row: dict) -> Model:
     if not isinstance(m, dict):
         raise ValueError("no model description")
     moe = m.get("moe")
-    name = _catalog_of(m) if moe else None
+    name = _catalog_of(m)  # a catalog MoE model named without its moe block is that model
     if name is not None:
         try:
             return _catalog_model(m, name)
@@ -792,7 +875,7 @@ def _catalog_model(m: dict, name: str) -> Model:
         raise ValueError(
             f"catalog model {name} has {field}={float(getattr(model, field)):g}, the row {m[field]}"
         )
-    field = _disagreeing(m["moe"], model, ("n_experts", "top_k"))
+    field = _disagreeing(m["moe"], model, ("n_experts", "top_k")) if m.get("moe") else None
     if field:
         raise ValueError(f"catalog model {name} disagrees with the row on {field}")
     return replace(model, name="row")
@@ -807,12 +890,17 @@ def num_in(pattern: str, text: str, default=None):
 
 
 def int_or(x, default):
-    """`x` as an int when it is a finite number >= 1 (or a string of one: "8"; a fraction
-    is cut: 2.5 -> 2), else `default`."""
+    """`x` as an int when it is a finite number >= 1 (or a string of one: "8", or the
+    degree's name and one: "TP8", "ep=8"; a fraction is cut: 2.5 -> 2), else `default`."""
     if isinstance(x, bool) or x is None:
         return default
-    if isinstance(x, str) and re.fullmatch(r"\s*\d+(?:\.0*)?\s*", x):
-        x = float(x)
+    m = (
+        re.fullmatch(r"\s*(?:[a-z]{2,3}\s*[=:]?\s*)?(\d+(?:\.0*)?)\s*", x, re.I)
+        if isinstance(x, str)
+        else None
+    )
+    if m:
+        x = float(m.group(1))
     if isinstance(x, int | float) and math.isfinite(x) and x >= 1:
         return int(x)
     return default
