@@ -391,7 +391,7 @@ _HF_UNGATED = {
 #: Llama, Mistral, Qwen, Mixtral and DeepSeek classes default to untied): the published
 #: Gemma and GPT-2 configs leave the key out
 _HF_TIED_BY_DEFAULT = {"gemma", "gemma2", "gemma3", "gemma3_text", "gpt2", "opt", "bloom",
-                       "gpt_bigcode"}  # fmt: skip
+                       "gpt_bigcode", "falcon", "starcoder2", "cohere", "cohere2"}  # fmt: skip
 #: config.json fields emu reads as counts or sizes: a value must be a number >= 0 (> 0 for
 #: the first six), else the file is refused naming the field
 _HF_POSITIVE = ("num_hidden_layers", "n_layer", "hidden_size", "n_embd", "num_attention_heads",
@@ -444,7 +444,10 @@ def _hf_moe_layers(cfg: dict, g, experts, where: str) -> int:
             )
     only = cfg.get("mlp_only_layers")
     if only:
-        if not isinstance(only, list) or sorted(only) != list(range(len(only))):
+        ints = isinstance(only, list) and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in only
+        )
+        if not ints or sorted(only) != list(range(len(only))):
             raise ValueError(
                 f"{where}: config.json's mlp_only_layers {only!r} are not the first layers; "
                 "emu models dense layers only before the MoE ones (n_dense_layers)."

@@ -213,7 +213,7 @@ def check_cost_inputs(cost: Cost, region: Region, **numbers) -> None:
         if value is None:
             continue
         a = np.asarray(value)
-        if a.dtype.kind not in "iuf":
+        if a.dtype.kind not in "iuf" and str(a.dtype) != "bfloat16":
             raise ValueError(f"run_cost: {name} must be a number (got {value!r}).")
         a = a.astype(np.float64)
         bad = ~np.isfinite(a) | ((a <= 0) if name == "n_chips" else (a < 0)) | (a > big)

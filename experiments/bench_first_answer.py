@@ -90,15 +90,15 @@ def main() -> None:
     ap.add_argument("--cases", default="run-1024,run-3072,compare")
     ap.add_argument("--no-old", action="store_true", help="skip the EMU_AOT=off reference")
     args = ap.parse_args()
-    calc = _calculon(args)
-    if calc is None:
-        print(__doc__.split("Calculon is not part of emu:")[1].strip())
-        print("\n(Calculon not found: emu's figures only.)\n")
     cases = [c for c in args.cases.split(",") if c]
     unknown = [c for c in cases if c not in CASES]
     if unknown or not cases:
         what = f"unknown case {unknown[0]!r}" if unknown else "no case given"
         ap.error(f"--cases: {what}; choose from {', '.join(CASES)}")
+    calc = _calculon(args)
+    if calc is None:
+        print(__doc__.split("Calculon is not part of emu:")[1].strip())
+        print("\n(Calculon not found: emu's figures only.)\n")
     modes = ["cold", "warm", "jax-cold", "jax-warm"]
     modes += [] if args.no_old else ["old-cold", "old-warm"]
     scratch = Path(tempfile.mkdtemp(prefix="emu-first-answer-"))

@@ -31,11 +31,13 @@ import time
 
 from emu import calibration, storage
 from emu.cli import positive_int
-from emu.validation import default_measurements
+from emu.validation import default_measurements, read_rows, row_source
 
 
 def _worst_sources(n: int) -> list[str]:
     path = calibration.overlay_files(calibration.overlay_path(), True)[1]
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: run `emu calibrate --cv`, or name the sources.")
     by: dict[str, list[float]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
@@ -55,7 +57,14 @@ def main() -> None:
     ap.add_argument("--steps", type=positive_int, default=150, help="Adam steps (default 150)")
     ap.add_argument("--show", type=positive_int, default=6, help="parameters per source")
     args = ap.parse_args()
-    wanted = args.sources or _worst_sources(args.top)
+    names = sorted({row_source(r) for r in read_rows(default_measurements())[0]})
+    wanted = []  # each name matched before a fit of minutes
+    for want in args.sources or _worst_sources(args.top):
+        hits = [s for s in names if want in s]
+        if len(hits) != 1:
+            what = "no source" if not hits else f"{len(hits)} sources"
+            ap.error(f"{want!r} matches {what} of the shipped set; give a longer substring")
+        wanted.append(hits[0])
     storage.enable_compilation_cache()
     t0 = time.perf_counter()
     print(f"fitting {default_measurements().name} ({args.steps} steps) ...", flush=True)
@@ -67,15 +76,8 @@ def main() -> None:
     report = calibration.fit(steps=args.steps, progress=progress)
     print(f"fitted in {time.perf_counter() - t0:.0f} s: in sample median "
           f"{report.median_abs_pct_error:.2f}%", flush=True)  # fmt: skip
-    names = sorted({it.base["source"] for it in report.problem.items})
     r_in = report.problem.log_errors(report.u)
-    for want in wanted:
-        hits = [s for s in names if want in s]
-        if len(hits) != 1:
-            what = "no fitted source" if not hits else f"{len(hits)} sources"
-            print(f"\n{want!r}: {what} matches; give a longer substring", flush=True)
-            continue
-        source = hits[0]
+    for source in wanted:
         values, held = calibration.refit_without(report, source, steps=args.steps)
         mine = [i for i, it in enumerate(report.problem.items) if it.base["source"] == source]
         print(f"\n{source[:90]}\n  {len(mine)} rows: median |error| held out "

@@ -93,6 +93,13 @@ def test_a_fixed_knob_is_fixed_without_free():
         enumerate_plans(
             h, m, Problem("dgx_h100", "llama3_8b", 16, free=("tp",), fixed=(("tp", 8),))
         )
+    # a choice knob fixed by its name, as make_plan takes it ("no valid plan" before)
+    named = enumerate_plans(h, m, Problem("dgx_h100", "llama3_8b", 16,
+                                          fixed=(("recompute", "full"),)))  # fmt: skip
+    coded = enumerate_plans(h, m, Problem("dgx_h100", "llama3_8b", 16, fixed=(("recompute", 2),)))
+    assert named.shape == coded.shape and (named == coded).all()
+    with pytest.raises(ValueError, match="Problem.fixed: unknown recompute 'fully'; known"):
+        enumerate_plans(h, m, Problem("dgx_h100", "llama3_8b", 16, fixed=(("recompute", "fully"),)))
 
 
 def test_wrong_types_are_one_value_error_naming_the_parameter(smp):

@@ -71,8 +71,12 @@ def test_validate_says_which_degrees_it_could_not_use_and_strict_exits_1(capsys,
     assert [r["status"] for r in rows] == ["ok"] * 4
     said = [[a for a in r["approximates"] if a.startswith("parallel.")] for r in rows]
     assert said[0] == ["parallel.tp 0 is not a whole number >= 1: taken as not stated"]
-    assert said[1] == ["parallel.tp 2.5 is not a whole number: 2 used"]  # as before, now said
-    assert "parallel.dp 'thirty'" in said[2][0] and said[3] == []
+    assert said[1] == [  # as before, now said (and the dp the cut tp leaves, session 36)
+        "parallel.tp 2.5 is not a whole number: 2 used",
+        "parallel.dp 32 at tp 2, pp 1, cp 1 is not the row's 32 ranks: dp 16 used",
+    ]
+    assert "parallel.dp 'thirty'" in said[2][0]  # "8" is read as 8: its dp 32 no longer fits
+    assert said[3] == ["parallel.dp 32 at tp 8, pp 1, cp 1 is not the row's 32 ranks: dp 4 used"]
     path.write_text("\n".join([_row(tp=8), _row(tp=8)]) + "\n")  # a duplicate id
     code, out, err = run_cli(capsys, "validate", str(path))
     assert code == 0 and "rows 2: modelled 1" in out and "errors 1" in out

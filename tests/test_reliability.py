@@ -735,9 +735,9 @@ def test_integer_flags_take_an_integer_spelled_as_a_float_and_refuse_a_fraction(
 def test_experiment_scripts_refuse_bad_arguments_in_one_line(
     script, args, said, capsys, monkeypatch
 ):
-    """`bench_eval --max nan`, `bench_search --only bogus`, `program_speed --devices 0`
-    and a missing file for `stress_no_parallel` ended in tracebacks; each now exits 2 with
-    argparse's line, before any work."""
+    """`bench_eval --max nan`, `bench_search --only bogus`, `program_speed --devices 0` (and
+    12, not a multiple of its TP 8) and a missing file for `stress_no_parallel` ended in
+    tracebacks; each now exits 2 with argparse's line, before any work."""
     import runpy
     import sys
     from pathlib import Path

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
@@ -134,8 +134,9 @@ class Program:
         """Typed results, one per system (host side)."""
         if isinstance(systems, System):
             systems = [systems]
-        if isinstance(systems, str | bytes) or not isinstance(systems, Sequence):
+        if isinstance(systems, str | bytes) or not isinstance(systems, Iterable):
             systems = [systems]  # one thing that is not a System: named below
+        systems = list(systems)
         for system in systems:
             if not isinstance(system, System):
                 raise ValueError(

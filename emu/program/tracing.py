@@ -62,6 +62,17 @@ def _as_mesh(mesh: Any) -> MeshInfo:
     if isinstance(mesh, MeshInfo):
         return mesh
     if isinstance(mesh, dict):
+        for axis, size in mesh.items():  # 1.5 was cut to 1, "x" raised from int()
+            if (
+                isinstance(size, bool)
+                or not isinstance(size, int | float)
+                or size < 1
+                or size != int(size)
+            ):
+                raise ValueError(
+                    f"mesh axis {axis!r} has size {size!r}; give each axis a whole number of "
+                    "devices >= 1, e.g. {'data': 8, 'model': 4}."
+                )
         return MeshInfo(tuple(mesh), tuple(int(v) for v in mesh.values()))
     names = getattr(mesh, "axis_names", None)
     if names is not None:

@@ -42,6 +42,23 @@ COLUMNS = (
 DEFAULTS = {k.name: int(k.encode(k.default)) for k in plan_knobs(searchable=True) if k.name != "dp"}
 
 
+def fixed_values(problem: Problem) -> dict:
+    """`problem.fixed` as the search's codes: a choice knob's name is its code
+    (("recompute", "full") is 2, as `make_plan` reads it); a value a knob cannot take is
+    refused (ValueError naming it). Unknown knobs are `check_problem`'s to refuse."""
+    pairs = problem.fixed
+    pairs = tuple(pairs.items()) if isinstance(pairs, dict) else pairs
+    if not isinstance(pairs, tuple | list) or not all(
+        isinstance(p, tuple | list) and len(p) == 2 and isinstance(p[0], str) for p in pairs
+    ):
+        raise ValueError(
+            f"Problem.fixed must be (knob, value) pairs, e.g. (('tp', 8), ('recompute', "
+            f"'full')) (got {pairs!r})."
+        )
+    of = {k.name: k for k in plan_knobs(searchable=True)}
+    return {k: of[k].encode(v, "Problem.fixed") if k in of else v for k, v in dict(pairs).items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class Problem:
     """A search problem: the workload, its constraints and which knobs are free.
@@ -191,6 +208,7 @@ def check_problem(system: System, problem: Problem, model=None) -> None:
         raise ValueError(
             f"{system.chip.name} has no {problem.precision} support; choose another precision."
         )
+    fixed_values(problem)  # a fixed value its knob cannot take, named
     if "dp" in dict(problem.fixed):
         raise ValueError("dp follows the chip count (dp = chips / (tp pp cp)); fix chips.")
     both = sorted(set(problem.free or ()) & set(dict(problem.fixed)))

@@ -19,7 +19,7 @@ from emu.overrides import apply_overrides
 from emu.plan import Plan, make_plan
 from emu.plan import knobs as plan_knobs
 from emu.policy import DEFAULT_BATCH_TOKENS, divisors
-from emu.search._problem import COLUMNS, DEFAULTS, KNOBS, Problem, check_problem
+from emu.search._problem import COLUMNS, DEFAULTS, KNOBS, Problem, check_problem, fixed_values
 from emu.struct import check, replace, set_path
 from emu.topology import TOPOLOGY_KNOBS, System, node_tier, reshape
 from emu.workload import Model
@@ -50,7 +50,7 @@ def _pick(problem: Problem, knob: str, values) -> list[int]:
     """The values a knob may take: its fixed value when `problem.fixed` sets it (with or
     without `free`: a fixed knob given alone was searched over every value), all valid
     `values` if it is free, else its default; each only when valid here."""
-    fixed = dict(problem.fixed)
+    fixed = fixed_values(problem)
     if knob not in fixed and (problem.free is None or knob in problem.free):
         return list(values)
     v = fixed.get(knob, DEFAULTS[knob])

@@ -64,15 +64,20 @@ _SIZE_UNITS = {"B": 1.0, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2.0**10, "MIB":
 _NUM_UNIT = r"(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)\s*((?i:[kmg])i?B)(?![\w/])"
 # not the end of a range ("4 - 8 GB", "4 to 8 GB") or of a number with thousands separators
 _SIZE = r"(?<![\w.,\-\u2013])(?<!\d - )(?<!\d \u2013 )(?<!\d to )" + _NUM_UNIT
+#: not a chunk, memory or HBM size ("HBM at 80 GB", "chunk size 4 MB")
+_NOT_MEMORY = "".join(
+    rf"(?<!{w} )" for w in ("chunk", "Chunk", "memory", "Memory", "HBM", "hbm", "GPU", "gpu")
+)
 _RANGE = r"(?<![\w.,\-])(\d+(?:\.\d+)?)\s*(?:-|\u2013|to)\s*" + _NUM_UNIT
 
 
 def message_size(row: dict) -> tuple[float, str | None]:
     """The all-reduce buffer of a row in bytes and, when the row does not state it, the phrase
-    saying what was assumed. What the notes say first: a byte count ("at size 1048576 B",
-    "134217728 bytes"), a size after "at" or "size" ("busbw at 128 MiB", "size: 1 GiB"), one
-    nccl-tests size (`-b 1G -e 1G`, binary units), one size named as the message ("32 MB
-    messages", "message size 512 MiB"; then as the buffer); then the id: the byte count
+    saying what was assumed. What the notes say first: a byte count ("at size 1048576 B"),
+    one size named as the message ("32 MB messages", "message size 512 MiB"; then as the
+    buffer), a count of bytes ("134217728 bytes", not "bytes per ..."), a size after "at" or
+    "size" ("busbw at 128 MiB", "size: 1 GiB"; not a chunk, memory or HBM size), one
+    nccl-tests size (`-b 1G -e 1G`, binary units); then the id: the byte count
     closing it ("..._allreduce_1048576"; an id may also end in a rank count, so the notes
     come first), a size label closing it ("..._ring_67M": the repo's labels for powers of
     two, Azure issue #8, so 2^26); then a range in the notes ("4-8 GB messages" -> the
@@ -80,23 +85,25 @@ def message_size(row: dict) -> tuple[float, str | None]:
     notes = str(row.get("notes", ""))
     unit = lambda u: _SIZE_UNITS[u.upper()]  # noqa: E731
     num = lambda x: float(x.replace(",", ""))  # noqa: E731
-    m = re.search(r"\bat (?:size )?(\d{3,}) ?B\b", notes) or re.search(
-        r"(?<![\w.,])(\d{1,3}(?:,\d{3})+|\d{3,}) ?(?i:bytes)\b", notes
-    )
+    m = re.search(r"\bat (?:size )?(\d{3,}) ?B\b", notes)
     if m:
         return num(m.group(1)), None
-    m = re.search(r"(?i:\b(?:at|size))\s*(?:of|=|:)?\s*" + _SIZE, notes)
-    if m:
-        return num(m.group(1)) * unit(m.group(2)), None
-    m = re.search(r"(?<!\S)-b\s*(\d+)([KMG]?)\s+-e\s*(\d+)([KMG]?)(?!\S)", notes)
-    if m and m.group(1, 2) == m.group(3, 4):  # nccl-tests: one size (a sweep names none)
-        return float(m.group(1)) * 1024.0 ** " KMG".index(m.group(2) or " "), None
     for word in ("messages?", "buffers?"):
         m = re.search(_SIZE + rf"\s*(?i:{word})\b", notes) or re.search(
             rf"\b(?i:{word[:-2]})(?i: size)?s?\s*(?:of|=|:)?\s*" + _SIZE, notes
         )
         if m:
             return num(m.group(1)) * unit(m.group(2)), None
+    m = re.search(r"(?<![\w.,])(\d{1,3}(?:,\d{3})+|\d{3,}) ?(?i:bytes)\b(?!\s*per\b)", notes)
+    if m:
+        return num(m.group(1)), None
+    # "busbw at 128 MiB", "size: 1 GiB"; not a chunk, memory or HBM size
+    m = re.search(_NOT_MEMORY + r"(?i:\bat|\bsize)\s*(?:of|=|:)?\s*" + _SIZE, notes)
+    if m:
+        return num(m.group(1)) * unit(m.group(2)), None
+    m = re.search(r"(?<!\S)-b\s*(\d+)([KMG]?)\s+-e\s*(\d+)([KMG]?)(?!\S)", notes)
+    if m and m.group(1, 2) == m.group(3, 4):  # nccl-tests: one size (a sweep names none)
+        return float(m.group(1)) * 1024.0 ** " KMG".index(m.group(2) or " "), None
     rid = str(row["id"])
     m = re.search(r"allreduce_(\d{4,})$", rid)
     if m:

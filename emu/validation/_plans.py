@@ -708,7 +708,8 @@ def needs_serving_rule(row: dict) -> bool:
 #: a decode speed per user, one value or a range ("20-22 tokens/s per user", "21 tok/s/user",
 #: "20 to 22 output tokens per second per user")
 _PER_USER = re.compile(
-    r"(?<![\w.])(\d+(?:\.\d+)?)(?:\s*(?:-|\u2013|to)\s*(\d+(?:\.\d+)?))?\s*(?:output\s+)?"
+    r"(?<![\w.,])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)"
+    r"(?:\s*(?:-|\u2013|to)\s*(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?))?\s*(?:output\s+)?"
     r"(?:tokens?|toks?)\s*(?:/\s*s(?:ec)?\b|per second)\s*(?:per user|/\s*user)",
     re.I,
 )
@@ -720,8 +721,8 @@ def per_user_slo(notes: str) -> float | None:
     m = _PER_USER.search(notes)
     if m is None:
         return None
-    lo = float(m.group(1))
-    speed = (lo + float(m.group(2) or lo)) / 2.0
+    lo = float(m.group(1).replace(",", ""))
+    speed = (lo + float((m.group(2) or m.group(1)).replace(",", ""))) / 2.0
     return 1.0 / speed if speed > 0 else None
 
 
@@ -840,7 +841,9 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
         or num_in(r"\blocal batch (?:size )?(?:of )?(\d[\d,]*)", notes)
         or num_in(r"\bbatch (?:size )?per (?:device|gpu|rank|die|npu)[=:\s]+(\d[\d,]*)", notes)
         or num_in(
-            r"(?<![\w.,])(\d[\d,]*) (?:sequences|requests) per (?:device|gpu|rank|die|npu)\b", notes
+            r"(?<![\w.,])(\d[\d,]*) (?:sequences|requests) per (?:device|gpu|rank|die|npu)\b"
+            r"(?!\s*(?:per|/)\s*(?:s|sec|second|min|minute|h|hour)\b)",  # not a rate
+            notes,
         )
     )
     per_rank = int(per_rank) if gb is None and per_rank else None  # per attention-DP rank

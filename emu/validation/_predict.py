@@ -14,7 +14,7 @@ from collections import defaultdict
 import jax
 import jax.numpy as jnp
 
-from emu.catalog import list_systems, load_system
+from emu.catalog import list_systems, load_system, resolve_name
 from emu.hardware import peak_flops, usable_hbm_bytes
 from emu.numerics import safe_div
 from emu.objective import evaluate
@@ -56,6 +56,7 @@ from emu.validation._rows import (
     row_source,
     with_kind,
     with_moe_keys,
+    with_parallel_counts,
 )
 from emu.workload import Model, model_flops_per_token
 
@@ -141,12 +142,15 @@ def _failed(base: dict, status: str, reason: str) -> dict:
 
 
 def _canonical_system(name):
-    """The catalog system a row's `system` spells, case, hyphens and spaces aside ("DGX-H100"
-    is dgx_h100); anything else as it is (`_row_system` refuses it)."""
-    if not isinstance(name, str) or name in list_systems():
+    """The catalog system a row's `system` spells, case, hyphens, dots and spaces aside
+    ("DGX-H100" is dgx_h100; `catalog.resolve_name`); anything else as it is
+    (`_row_system` refuses it)."""
+    if not isinstance(name, str):
         return name
-    key = re.sub(r"[\s_\-]+", "", name.lower())
-    return {s.replace("_", ""): s for s in list_systems()}.get(key, name)
+    try:
+        return resolve_name(name, "systems")
+    except ValueError:
+        return name
 
 
 def _row_system(name) -> str:
@@ -302,7 +306,7 @@ def prepare_rows(
             if prec is not None:
                 row = {**row, "precision": prec, "_precision_read": words}
         try:
-            row = with_moe_keys(row)  # "num_experts_per_tok" is top_k
+            row = with_parallel_counts(with_moe_keys(row))  # "num_experts_per_tok", "TP8"
             check_row(row)
             system = system_of(row["system"])
             _check_size(row, system)
@@ -345,6 +349,14 @@ def item_notes(item: Item) -> list[str]:
             notes.append(f"parallel.{key} {raw!r} is not a whole number >= 1: taken as not stated")
         elif isinstance(raw, int | float) and raw != used:
             notes.append(f"parallel.{key} {raw!r} is not a whole number: {used} used")
+    dp = int_or(par.get("dp"), None)
+    if item.kind == "run" and item.row["kind"] == "train" and dp and dp != float(item.plan.dp):
+        p = item.plan
+        ranks = float(p.dp * p.tp * p.pp * p.cp)
+        notes.append(  # the ranks fix dp: n_chips x dies / (tp pp cp)
+            f"parallel.dp {dp} at tp {float(p.tp):g}, pp {float(p.pp):g}, cp {float(p.cp):g} "
+            f"is not the row's {ranks:g} ranks: dp {float(p.dp):g} used"
+        )
     if "_stated" in item.row:  # exact: the value converted into the metric's unit
         (value, unit), r = item.row["_stated"], item.row
         notes.append(f"stated as {value:g} {unit}: {r['value']:g} {r['unit']}")

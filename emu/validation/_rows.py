@@ -43,11 +43,11 @@ METRIC_UNITS = {
     "mfu": r"%",
     "gpu_hours_per_trillion_tokens": r"(\w+ )?gpu-hours/1t tokens",
     "input_tokens_per_s_per_node": r"tokens/s/(\d+-(gpu|npu) )?node",
-    "input_tokens_per_s_per_gpu": r"tokens/s/(gpu|npu)",
-    "input_tokens_per_s_per_npu": r"tokens/s/(gpu|npu)",
+    "input_tokens_per_s_per_gpu": r"(input )?tokens/s/(gpu|npu)",
+    "input_tokens_per_s_per_npu": r"(input )?tokens/s/(gpu|npu)",
     "output_tokens_per_s_per_node": r"tokens/s/(\d+-(gpu|npu) )?node",
-    "output_tokens_per_s_per_gpu": r"tokens/s/(gpu|npu)",
-    "output_tokens_per_s_per_npu": r"tokens/s/(gpu|npu)",
+    "output_tokens_per_s_per_gpu": r"(output )?tokens/s/(gpu|npu)",
+    "output_tokens_per_s_per_npu": r"(output )?tokens/s/(gpu|npu)",
     "allreduce_busbw": r"gb/s",
     "allreduce_busbw_peak": r"gb/s",
     "effective_nvlink_busbw_ring": r"gb/s",
@@ -384,7 +384,7 @@ def row_precision(value) -> str | None:
     # a closing parenthetical qualifies the format ("fp8 (blockwise scaling)")
     low = re.sub(r"\s*\([^()]*\)\s*$", "", value.strip().lower())
     # a MoE kernel's "INT8 dispatch / BF16 combine": the dispatch's (the combine is bf16)
-    low = re.sub(r"^(\S+)[\s\-]+dispatch\b.*$", r"\1", low)
+    low = re.sub(r"^(\S+)[\s\-]+dispatch(?:\s*[/,+&]\s*\S+[\s\-]+combine)?$", r"\1", low)
     return next((p for pattern, p in PRECISION_SPELLINGS if re.match(pattern, low)), value)
 
 
@@ -448,10 +448,10 @@ def unit_key(unit: str) -> str:
     u = re.sub(r"^(?:sec|secs|seconds?)$", "s", u)
     u = re.sub(r"\btflops\b", "tflop/s", u)
     u = re.sub(r"\bgbps\b", "gb/s", u)
-    u = re.sub(r"^(?:output |input )?tokens/(gpu|npu|card|chip)/s$", r"tokens/s/\1", u)
-    u = re.sub(r"^(?:output|input) tokens/", "tokens/", u)
+    u = re.sub(r"^((?:output |input )?)tokens/(gpu|npu|card|chip)/s$", r"\1tokens/s/\2", u)
     u = re.sub(r"/(?:card|chip|accelerator)$", "/gpu", u)  # one chip, however named
     u = re.sub(r"^(?:s|sec|secs|seconds?)/(?:step|iter|iteration)$", "s", u)
+    u = re.sub(r"^(?:ms|msec|milliseconds?)/(?:step|iter|iteration)$", "ms", u)
     return re.sub(r"\s+", " ", u)
 
 
@@ -509,7 +509,8 @@ def with_moe_keys(row: dict) -> dict:
         return row
     out = {}
     for key, value in moe.items():
-        field = key if key in MOE_KEYS else _MOE_ALIASES.get(str(key).lower())
+        low = str(key).lower()
+        field = low if low in MOE_KEYS else _MOE_ALIASES.get(low)
         if field is None:
             raise ValueError(
                 f"model.moe has an unknown field '{key}'; its fields are {', '.join(MOE_KEYS)} "
@@ -519,6 +520,34 @@ def with_moe_keys(row: dict) -> dict:
             raise ValueError(f"model.moe gives {field} twice (as '{key}' too); keep one")
         out[field] = value
     return {**row, "model": {**row["model"], "moe": out}}
+
+
+#: the names a `parallel` count may carry in its value ("TP8", "ep=72", "MBS 2")
+_DEGREE_NAMES = {
+    "tp": ("tp",), "pp": ("pp",), "dp": ("dp",), "ep": ("ep",), "cp": ("cp",),
+    "etp": ("etp",), "vpp": ("vpp",), "microbatch": ("mbs", "mb", "microbatch"),
+    "global_batch": ("gbs", "gb", "global_batch"),
+}  # fmt: skip
+
+
+def with_parallel_counts(row: dict) -> dict:
+    """`row` with each `parallel` count written with its own name ("TP8", "ep=72", "MBS 2")
+    as the number; a value naming another degree ("EP8" as tp) stays as given (read as not
+    stated, and said)."""
+    p = row.get("parallel")
+    if not isinstance(p, dict):
+        return row
+    out = dict(p)
+    for key, names in _DEGREE_NAMES.items():
+        v = p.get(key)
+        m = (
+            re.fullmatch(r"\s*([a-z_]+)\s*[=:]?\s*(\d+)\s*", v, re.I)
+            if isinstance(v, str)
+            else None
+        )
+        if m and m.group(1).lower() in names:
+            out[key] = int(m.group(2))
+    return row if out == p else {**row, "parallel": out}
 
 
 def check_row(row: dict) -> None:
@@ -890,17 +919,12 @@ def num_in(pattern: str, text: str, default=None):
 
 
 def int_or(x, default):
-    """`x` as an int when it is a finite number >= 1 (or a string of one: "8", or the
-    degree's name and one: "TP8", "ep=8"; a fraction is cut: 2.5 -> 2), else `default`."""
+    """`x` as an int when it is a finite number >= 1 (or a string of one: "8"; a fraction
+    is cut: 2.5 -> 2), else `default`."""
     if isinstance(x, bool) or x is None:
         return default
-    m = (
-        re.fullmatch(r"\s*(?:[a-z]{2,3}\s*[=:]?\s*)?(\d+(?:\.0*)?)\s*", x, re.I)
-        if isinstance(x, str)
-        else None
-    )
-    if m:
-        x = float(m.group(1))
+    if isinstance(x, str) and re.fullmatch(r"\s*\d+(?:\.0*)?\s*", x):
+        x = float(x)
     if isinstance(x, int | float) and math.isfinite(x) and x >= 1:
         return int(x)
     return default
