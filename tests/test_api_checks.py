@@ -98,6 +98,8 @@ def test_a_fixed_knob_is_fixed_without_free():
                                           fixed=(("recompute", "full"),)))  # fmt: skip
     coded = enumerate_plans(h, m, Problem("dgx_h100", "llama3_8b", 16, fixed=(("recompute", 2),)))
     assert named.shape == coded.shape and (named == coded).all()
+    with pytest.raises(ValueError, match=r"Problem.fixed must be \(knob, value\) pairs"):
+        enumerate_plans(h, m, Problem("dgx_h100", "llama3_8b", 16, fixed=(("tp",),)))
     with pytest.raises(ValueError, match="Problem.fixed: unknown recompute 'fully'; known"):
         enumerate_plans(h, m, Problem("dgx_h100", "llama3_8b", 16, fixed=(("recompute", "fully"),)))
 
@@ -201,6 +203,10 @@ def test_a_problem_names_its_system_and_estimate_checks_its_arguments():
     for wrong in (["gb200_nvl72"], m):  # a name or a model: AttributeError / TypeError before
         with pytest.raises(ValueError, match="estimate takes Systems"):
             prog.estimate(wrong)
+    assert len(prog.estimate({"h": h}.values())) == 1  # any iterable of Systems
+    for size in (1.5, 0, "2"):  # 1.5 was cut to 1, 0 met a device-count message
+        with pytest.raises(ValueError, match=f"mesh axis 'data' has size {size!r}; give each"):
+            from_hlo(hlo, {"data": size})
     # a file read in binary mode is the same module; a cut text and a non-text are refused
     # (the cut one priced the computations it had read; bytes gave a TypeError)
     same = from_hlo(hlo.encode(), {"data": 1}).estimate(h, tokens_per_step=8)[0]
