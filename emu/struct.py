@@ -352,12 +352,40 @@ def stack(objs: Sequence[T]) -> T:
     first = jax.tree_util.tree_structure(objs[0])
     for i, o in enumerate(objs[1:], 1):
         if jax.tree_util.tree_structure(o) != first:
+            field = _static_difference(objs[0], o)
+            which = f"'{field}'" if field else "its static fields"
             raise ValueError(
-                f"stack: element {i} differs from element 0 in its static fields (a plan's "
-                "phase, precision or algorithm; a system or model's structure): stack only "
+                f"stack: element {i} differs from element 0 in {which} (a plan's phase, "
+                "precision or algorithm; a system or model's name or structure): stack only "
                 "trees that share them, and evaluate the groups separately."
             )
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *objs)
+
+
+def _static_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    """The dotted path of the first static field in which two dataclass trees differ (a
+    tier count or another type: the path of the node), else None."""
+    if type(a) is not type(b):
+        return prefix.rstrip(".") or None
+    if not (dataclasses.is_dataclass(a) and not isinstance(a, type)):
+        if isinstance(a, tuple | list) and len(a) != len(b):
+            return prefix.rstrip(".") or None
+        if isinstance(a, tuple | list):
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
+                got = _static_difference(x, y, f"{prefix}{i}.")
+                if got:
+                    return got
+        return None
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if not f.metadata.get("pytree_node", True):
+            if x != y:
+                return f"{prefix}{f.name}"
+        else:
+            got = _static_difference(x, y, f"{prefix}{f.name}.")
+            if got:
+                return got
+    return None
 
 
 def _children(obj: Any) -> Iterator[tuple[str, Any]]:
@@ -393,13 +421,30 @@ def get_path(obj: Any, path: str) -> Any:
     """The leaf at a dotted `path` (see `float_leaves`); ValueError names the known paths."""
     leaves = float_leaves(obj)
     if path not in leaves:
-        raise ValueError(_unknown_path_message(path, leaves))
+        raise ValueError(_unknown_path_message(path, leaves, obj))
     return leaves[path]
 
 
-def _unknown_path_message(path: str, leaves: dict[str, Any]) -> str:
+def _static_paths(obj: Any, prefix: str = "") -> set[str]:
+    """Dotted paths of the static fields (structure: names, kinds) of a dataclass tree."""
+    out: set[str] = set()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            if not f.metadata.get("pytree_node", True):
+                out.add(f"{prefix}{f.name}")
+    for name, value in _children(obj):
+        out |= _static_paths(value, f"{prefix}{name}.")
+    return out
+
+
+def _unknown_path_message(path: str, leaves: dict[str, Any], obj: Any = None) -> str:
     import difflib
 
+    if obj is not None and path in _static_paths(obj):
+        return (
+            f"'{path}' is a static field (the structure, not a number): it cannot be set by "
+            "path; copy the catalog TOML, change it there and pass the file."
+        )
     close = difflib.get_close_matches(path, list(leaves), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return (
@@ -412,7 +457,7 @@ def set_path(obj: T, path: str, value: Any) -> T:
     """A copy of `obj` with the leaf at dotted `path` replaced by `value`."""
     leaves = float_leaves(obj)
     if path not in leaves:
-        raise ValueError(_unknown_path_message(path, leaves))
+        raise ValueError(_unknown_path_message(path, leaves, obj))
     head, _, rest = path.partition(".")
     return _set(obj, head, rest, value)
 

@@ -191,14 +191,6 @@ def crossovers(costs: dict, region, cm: dict, nv: dict) -> dict:
 
 
 def main() -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from emu import costs_catalog as K
-    from emu.struct import replace
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="experiments/figures/study")
     ap.add_argument("--jobs", type=positive_int, default=2, help="searches run at once (processes)")
@@ -206,6 +198,16 @@ def main() -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         ap.error(f"--out '{out}' is a file; give a folder for the figures and tables")
+    try:  # the figures' library, an extra: said before the searches run
+        import matplotlib
+    except ImportError:
+        ap.error("the figures need matplotlib: pip install 'cluster-emu[plot]'")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from emu import costs_catalog as K
+    from emu.struct import replace
+
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 

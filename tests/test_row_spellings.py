@@ -170,3 +170,16 @@ def test_a_stated_dp_the_ranks_overrule_is_said():
         "parallel.dp 4 at tp 1, pp 1, cp 1 is not the row's 16 ranks: dp 16 used"
         in (got["approximates"])
     )
+
+
+def test_a_prefill_rows_prompt_is_its_seq_len_and_the_defaults_are_said():
+    """A prefill row's `model.seq_len` is its prompt: Pangu Pro MoE's prefill row ("sequence
+    length of 2k", seq_len 2048) ran a 4,096-token prompt; a row stating neither takes
+    the default and says so, as it takes the default prompt tokens per rank."""
+    from emu.validation._plans import prefill_shape
+
+    pangu = ROWS["pangu_pro_moe_800ia2_prefill"]
+    assert prefill_shape(pangu)[:2] == (2048, 2) and prefill_shape(pangu)[2] == []
+    said = one(ROWS["ds_infer_prefill"])["approximates"]
+    assert "prompt length not stated: 4,096 tokens assumed" in said
+    assert any(a.startswith("prefill batch not stated: 16,384 prompt tokens") for a in said)

@@ -73,6 +73,12 @@ def test_directions_and_phases_are_declared():
         get_objective("speed")
     with pytest.raises(ValueError, match="sign must be"):
         register_objective("bad", lambda r: r.mfu, sign=2.0)
+    # a vector objective: one line while tracing (a reshape error from the sweep before)
+    s, m = emu.load_system("dgx_h100"), emu.load_model("llama3_8b")
+    r = emu.evaluate(s, m, emu.make_plan(**PHASE_PLAN["train"]))
+    vector = get_objective(lambda r: jnp.stack([r.mfu, r.mfu]))
+    with pytest.raises(ValueError, match=r"must return one number per evaluation \(got shape"):
+        vector.value(r)
 
 
 @pytest.fixture

@@ -29,6 +29,30 @@ def test_stack_adds_leading_axis():
     assert s.chip.tdp_w.shape == (2,)
 
 
+def test_stack_names_the_static_field_that_differs():
+    """Two models that differ only in their name were "its static fields (... structure)"."""
+    import pytest
+
+    import emu
+
+    with pytest.raises(ValueError, match="element 1 differs from element 0 in 'name'"):
+        stack([emu.load_model("llama3_8b"), emu.load_model("llama2_7b")])
+    with pytest.raises(ValueError, match="differs from element 0 in 'phase'"):
+        stack([emu.make_plan(tp=8), emu.make_plan(tp=8, phase="decode")])
+
+
+def test_a_static_field_by_path_says_it_is_static():
+    """`load_model(name, {"ffn": "gelu"})` said "unknown field path 'ffn'. Did you mean d_ff?"."""
+    import pytest
+
+    import emu
+
+    with pytest.raises(ValueError, match="'ffn' is a static field .* copy the catalog TOML"):
+        emu.load_model("llama3_8b", {"ffn": "gelu"})
+    with pytest.raises(ValueError, match="unknown field path 'd_fff'. Did you mean d_ff"):
+        emu.load_model("llama3_8b", {"d_fff": 3})
+
+
 # --- field metadata beside the field, and the one validation path ---
 
 import math  # noqa: E402

@@ -23,6 +23,8 @@ import dataclasses
 import operator
 from collections.abc import Callable
 
+import numpy as np
+
 from emu import cost as C
 from emu.parallelism import PHASES
 
@@ -45,10 +47,18 @@ class Objective:
     needs: tuple[str, ...] = ()
 
     def value(self, result, *, system=None, problem=None):
-        """The objective of one evaluation: `fn(result)`, or with the context it `needs`."""
+        """The objective of one evaluation: `fn(result)`, or with the context it `needs`;
+        ValueError when it is not one number (a vector ended in a reshape error)."""
         if self.needs:
-            return self.fn(result, system=system, problem=problem)
-        return self.fn(result)
+            v = self.fn(result, system=system, problem=problem)
+        else:
+            v = self.fn(result)
+        if np.ndim(v) != 0:  # static under jit and vmap: checked while tracing
+            raise ValueError(
+                f"objective '{self.name}' must return one number per evaluation (got shape "
+                f"{tuple(np.shape(v))}); reduce it, e.g. with jnp.sum or jnp.mean."
+            )
+        return v
 
 
 #: the registered objectives by name

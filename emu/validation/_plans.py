@@ -658,11 +658,7 @@ def _inference_plan(row, model, tp, dp, ep, prec, notes, overlap, imbalance, **d
         kv_precision=kv_precision(row),
     )
     if phase == "prefill":
-        prompt = num_in(r"(?:prompt|input) length ([\d,]+)", notes) or (
-            1024 * num_in(r"(\d+)k prompt", notes, DEFAULT_PROMPT / 1024)
-        )
-        per_dev = num_in(r"([\d,]+) tokens per device", notes, DEFAULT_PREFILL_TOKENS)
-        batch = int_or(p.get("microbatch"), None) or max(1.0, per_dev / prompt)
+        prompt, batch, _ = prefill_shape(row)
         hit = num_in(r"([\d.]+)% of [\w\s]*input tokens hit", notes, 0.0) / 100.0
         plan = make_plan(
             **common,
@@ -692,6 +688,32 @@ def _inference_plan(row, model, tp, dp, ep, prec, notes, overlap, imbalance, **d
         mtp_accept=accept,
     )
     return RowPlan(validate_plan(plan, model, even_layers=False, even_experts=False), slo)
+
+
+def prefill_shape(row: dict) -> tuple[float, float, list[str]]:
+    """(prompt tokens, sequences per rank, what was assumed) of a prefill row that is not a
+    deployment: the prompt its notes state ("input length 4,096", "4k prompt"), else its
+    `model.seq_len` (a prefill row's sequence is its prompt; it was left unread), else
+    DEFAULT_PROMPT; its micro-batch, else its prompt tokens per device ("16,384 tokens per
+    device", else DEFAULT_PREFILL_TOKENS) over the prompt, at least one sequence."""
+    p, notes, said = row.get("parallel") or {}, row_text(row), []
+    prompt = num_in(r"(?:prompt|input) length ([\d,]+)", notes)
+    k = num_in(r"(\d+)k prompt", notes)
+    seq = int_or((row.get("model") or {}).get("seq_len"), None)
+    if not prompt:
+        prompt = 1024 * k if k else (seq or DEFAULT_PROMPT)
+        if not (k or seq):
+            said.append(f"prompt length not stated: {DEFAULT_PROMPT:,} tokens assumed")
+    batch = int_or(p.get("microbatch"), None)
+    if batch is None:
+        per_dev = num_in(r"([\d,]+) tokens per device", notes)
+        batch = max(1.0, (per_dev or DEFAULT_PREFILL_TOKENS) / prompt)
+        if per_dev is None:
+            said.append(
+                f"prefill batch not stated: {DEFAULT_PREFILL_TOKENS:,} prompt tokens per rank "
+                f"assumed ({batch:g} sequences)"
+            )
+    return prompt, batch, said
 
 
 def needs_serving_rule(row: dict) -> bool:

@@ -39,6 +39,7 @@ from emu.validation._plans import (
     global_batch_of,
     lengths,
     needs_serving_rule,
+    prefill_shape,
     row_plan,
     script_plan,
     serving_row,
@@ -377,6 +378,8 @@ def item_notes(item: Item) -> list[str]:
         notes.append(f"precision not stated: {item.plan.precision} assumed")
     if item.serving is not None and item.serving.batch_read:
         notes.append(item.serving.batch_read)
+    if item.kind == "run" and item.serving is None and item.row["kind"] == "prefill":
+        notes.extend(prefill_shape(item.row)[2])
     said = message_size(item.row)[1] if item.kind == "allreduce" else None
     if said:
         notes.append(said)

@@ -51,7 +51,7 @@ def _plans(system, model, phase, precision, chips, n, rng):
     extra = {}
     if phase == "decode":
         extra = dict(context=4096, mtp_accept=0.7 if model.mtp_layers > 0 else 0.0)
-    if phase != "train":
+    if phase != "train" and float(model.n_experts) > 0:  # a dense model's Problem refuses it
         extra["a2a_overlap"] = True
     prob = Problem(
         system=system.name,
