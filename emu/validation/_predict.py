@@ -44,6 +44,7 @@ from emu.validation._plans import (
     script_plan,
     serving_row,
     states_no_degrees,
+    states_nothing,
 )
 from emu.validation._rows import (
     WHOLE_PARALLEL,
@@ -411,6 +412,13 @@ def item_notes(item: Item) -> list[str]:
         deg += f", micro-batch {float(p.microbatch):g}"
         notes.append(
             f"plan not stated: emu's plan rule ({deg}, global batch {float(p.global_batch):g})"
+        )
+    elif item.kind == "run" and states_nothing(item.row.get("parallel") or {}):
+        p = item.plan  # a serving row that states nothing of its deployment
+        deg = " ".join(f"{k}{float(getattr(p, k)):g}" for k in ("tp", "dp", "ep"))
+        notes.append(
+            f"deployment not stated: emu's serving rule ({deg}, batch "
+            f"{float(p.microbatch):g} per DP rank)"
         )
     return notes
 
