@@ -713,7 +713,8 @@ def approximations(row: dict) -> list[str]:
         missing = [f for f in MODEL_FIELDS if m.get(f) is None and filled.get(f) is not None]
         if missing:
             out.append(f"{', '.join(missing)} not stated: catalog {dense_catalog_of(m)}'s")
-    if isinstance(m, dict) and not catalog and not str(m.get("name") or "").strip():
+    unnamed = isinstance(m, dict) and not str(m.get("name") or "").strip()
+    if unnamed and not m.get("moe"):  # (an MoE row's experts are gated: SwiGLU, untied)
         out.append(
             "model.name not stated: a GELU MLP with tied embeddings (Megatron's GPT) assumed"
         )
