@@ -363,28 +363,21 @@ def stack(objs: Sequence[T]) -> T:
 
 
 def _static_difference(a: Any, b: Any, prefix: str = "") -> str | None:
-    """The dotted path of the first static field in which two dataclass trees differ (a
-    tier count or another type: the path of the node), else None."""
+    """The dotted path of the first static field in which two trees differ (another type or
+    a tier count: the path of the node), else None; children as `_children` names them."""
     if type(a) is not type(b):
         return prefix.rstrip(".") or None
-    if not (dataclasses.is_dataclass(a) and not isinstance(a, type)):
-        if isinstance(a, tuple | list) and len(a) != len(b):
-            return prefix.rstrip(".") or None
-        if isinstance(a, tuple | list):
-            for i, (x, y) in enumerate(zip(a, b, strict=True)):
-                got = _static_difference(x, y, f"{prefix}{i}.")
-                if got:
-                    return got
-        return None
-    for f in dataclasses.fields(a):
-        x, y = getattr(a, f.name), getattr(b, f.name)
-        if not f.metadata.get("pytree_node", True):
-            if x != y:
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        for f in dataclasses.fields(a):
+            if not f.metadata.get("pytree_node", True) and getattr(a, f.name) != getattr(b, f.name):
                 return f"{prefix}{f.name}"
-        else:
-            got = _static_difference(x, y, f"{prefix}{f.name}.")
-            if got:
-                return got
+    kids_a, kids_b = list(_children(a)), list(_children(b))
+    if len(kids_a) != len(kids_b):
+        return prefix.rstrip(".") or None
+    for (name, x), (_, y) in zip(kids_a, kids_b, strict=True):
+        got = _static_difference(x, y, f"{prefix}{name}.")
+        if got:
+            return got
     return None
 
 

@@ -132,7 +132,10 @@ def markdown(rows: list[dict], compile_s: dict, repeats: int) -> str:
 
 
 def plot(rows: list[dict], path) -> None:
-    import matplotlib
+    try:  # the figures' library, an extra
+        import matplotlib
+    except ImportError:
+        raise SystemExit("the figures need matplotlib: pip install 'cluster-emu[plot]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

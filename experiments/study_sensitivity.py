@@ -228,7 +228,10 @@ def markdown(rows: dict, results: list[dict], names: list[str]) -> str:
 
 
 def plot(rows: dict, hidden: list[str], results: list[dict], names: list[str], top: int, path):
-    import matplotlib
+    try:  # the figures' library, an extra
+        import matplotlib
+    except ImportError:
+        raise SystemExit("the figures need matplotlib: pip install 'cluster-emu[plot]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

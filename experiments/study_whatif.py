@@ -108,7 +108,10 @@ def exhaustive(system_name, model_name, chips, **kw):
 
 
 def main() -> None:
-    import matplotlib
+    try:  # the figures' library, an extra
+        import matplotlib
+    except ImportError:
+        raise SystemExit("the figures need matplotlib: pip install 'cluster-emu[plot]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -40,6 +40,8 @@ COLUMNS = (
 #: knob values when a knob is not free and not given: the declared defaults, as stored
 #: numbers (dp has none: it follows the chip count)
 DEFAULTS = {k.name: int(k.encode(k.default)) for k in plan_knobs(searchable=True) if k.name != "dp"}
+#: the searchable knobs by name (`fixed_values` encodes a fixed value with its knob)
+_KNOB_OF = {k.name: k for k in plan_knobs(searchable=True)}
 
 
 def fixed_values(problem: Problem) -> dict:
@@ -55,8 +57,10 @@ def fixed_values(problem: Problem) -> dict:
             f"Problem.fixed must be (knob, value) pairs, e.g. (('tp', 8), ('recompute', "
             f"'full')) (got {pairs!r})."
         )
-    of = {k.name: k for k in plan_knobs(searchable=True)}
-    return {k: of[k].encode(v, "Problem.fixed") if k in of else v for k, v in dict(pairs).items()}
+    return {
+        k: _KNOB_OF[k].encode(v, "Problem.fixed") if k in _KNOB_OF else v
+        for k, v in dict(pairs).items()
+    }
 
 
 @dataclasses.dataclass(frozen=True)
