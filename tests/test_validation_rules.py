@@ -38,6 +38,12 @@ def test_rows_with_fractional_or_absurd_chip_counts_are_refused(n):
     assert res["status"] == "error" and "n_chips must be a whole number" in res["reason"]
 
 
+def test_a_row_without_its_chip_count_says_to_give_it():
+    res = V.validate_rows([row("limulidae_910b_allreduce_8npu", n_chips=None)])[0]
+    assert res["status"] == "error" and "n_chips is null" in res["reason"]
+    assert "give the count" in res["reason"]
+
+
 def test_a_unit_that_does_not_match_the_metric_is_refused():
     res = V.validate_rows([row("limulidae_910b_allreduce_8npu", unit="us")])[0]
     assert res["status"] == "error" and "unit 'us' does not match" in res["reason"]
@@ -1020,9 +1026,12 @@ def test_a_training_row_without_its_global_batch_reads_its_notes_or_takes_the_ru
                                      "from the notes ('gbs=256')")  # fmt: skip
     assert global_batch_of(row(rid, notes="global batch size of 1,536 sequences"))[0] == 256
     assert global_batch_of(row(rid, parallel=blank, notes="global batch size 1,536"))[0] == 1536
-    for notes in ("global batch size of 60 x 288", "global batch of 16M tokens",
-                  "GBS 4,096 tokens", "global batch sizes 1,2,4"):  # fmt: skip
+    for notes in ("global batch size of 60 x 288", "GBS 4,096 tokens",
+                  "global batch sizes 1,2,4"):  # fmt: skip
         assert global_batch_of(row(rid, parallel=blank, notes=notes))[0] is None, notes
+    # a batch in tokens is its sequences (session 37), not a count of 16
+    tokens = row(rid, parallel=blank, notes="global batch of 16M tokens")
+    assert global_batch_of(tokens)[0] == 2**24 // 2048
     none = row(rid, id=rid + "_nogbs", parallel=blank)
     got, want, rule = V.validate_rows([said, base, none])
     assert got["predicted"] == pytest.approx(want["predicted"], rel=1e-6)

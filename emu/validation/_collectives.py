@@ -128,12 +128,18 @@ def message_bytes(row: dict) -> float:
     return message_size(row)[0]
 
 
+_NOT_SMALL = r"(?![/\s]*(?:ll\b|up to))"
+
+
 def allreduce_algorithm(row: dict) -> str:
     """ "ring" when the row measures rings only (the ring metric, NCCL_ALGO=Ring, NVLS
     disabled), else emu's default algorithm (NVLS inside a switch domain where it exists)."""
     text = f"{row_text(row)} {str(row.get('hardware', '')).lower()}"
-    ring = row["metric"] == "effective_nvlink_busbw_ring" or any(
-        k in text for k in ("nccl_algo=ring", "ring algorithm", "nvls_enable=0", "nvls off")
+    ring = (
+        row["metric"] == "effective_nvlink_busbw_ring"
+        or any(k in text for k in ("nccl_algo=ring", "ring algorithm", "nvls_enable=0", "nvls off"))
+        # "NCCL picks Ring"; not "uses Ring/LL up to 1MiB" (small messages only)
+        or bool(re.search(r"\b(?:picks|selects|chooses|uses) (?:the )?ring\b" + _NOT_SMALL, text))
     )
     return "ring" if ring else "hierarchical"
 
@@ -162,13 +168,21 @@ def moe_comm_setup(row: dict, system) -> dict:
     text = row_text(row)
     metric = row["metric"]
     combine = "combine" in metric
-    low_latency = "low-latency" in text or "_ll_" in row["id"] or "latency" in metric
+    # a low-latency kernel: said so (not "not a low-latency kernel"), an "_ll_" id, or a
+    # latency metric unless the notes name the normal (high-throughput) kernels
+    said_ll = re.search(r"(?<!not a )(?<!not the )(?<!not )\blow[- ]latency", text)
+    normal = re.search(
+        r"\bnormal (?:\(high-throughput\) )?(?:mode|kernels?|dispatch|combine)", text
+    )
+    low_latency = bool(said_ll) or "_ll_" in row["id"] or ("latency" in metric and not normal)
     one_sided = "one-sided" in text or "a2e" in text or "e2a" in text or "in-situ" in text
     p = row.get("parallel") or {}
     assumed = []
-    stated = re.search(r"(\d[\d,]*)\s*tokens? per (?:batch|rank|gpu|die|npu|device)\b", text)
+    stated = re.search(
+        r"(\d[\d,]*)\s*(k?)\s*tokens? per (?:batch|rank|gpu|die|npu|device)\b", text
+    )  # "4096 tokens per rank", "8K tokens per batch" (K: 1,024)
     tokens = int_or(p.get("microbatch"), None) or (
-        int(stated.group(1).replace(",", "")) if stated else None
+        int(stated.group(1).replace(",", "")) * (1024 if stated.group(2) else 1) if stated else None
     )
     if not tokens:
         tokens = LOW_LATENCY_TOKENS if low_latency else NORMAL_TOKENS
@@ -181,7 +195,7 @@ def moe_comm_setup(row: dict, system) -> dict:
     number = r"(\d{1,3}(?:,\d{3})+|\d{3,})(?!\d|,\d{3}(?!\d))"
     hid = re.search(
         r"hidden(?:[\s_\-](?:size|dim(?:ension)?))?\s*(?:of\s+)?[=:]?\s*" + number, text
-    ) or re.search(number + r" hidden[\s_\-](?:size|dim)", text)
+    ) or re.search(number + r"[\s_\-]hidden\b(?![\s_\-](?:layers?|states?)\b)", text)
     hidden = int(hid.group(1).replace(",", "")) if hid else 0
     table = re.search(r"\| (?:mxfp8|nvfp4) \| (\d+)", text)
     tabled = bool(table) and not combine  # the row's own bytes per token: no hidden size

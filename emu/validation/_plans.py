@@ -47,7 +47,7 @@ from emu._backend import jnp
 from emu.parallelism import Plan, make_plan, validate_plan
 from emu.policy import DEFAULT_MTP_ACCEPT, BatchError, auto_plan, default_global_batch
 from emu.struct import replace
-from emu.validation._rows import int_or, num_in, row_text, train_seq_len
+from emu.validation._rows import NO_MTP, int_or, num_in, row_text, train_seq_len
 from emu.workload import Model
 
 #: production expert-load imbalance when a MoE row does not say (perfect-EPLB projections
@@ -225,15 +225,15 @@ def ranks_of(row: dict, dies: int) -> int:
 
 
 def _zero(z) -> int:
-    """A row's ZeRO stage: a number as given; else, its parentheticals set aside: FSDP
-    (FULL_SHARD) 3, SHARD_GRAD_OP 2, "ZeRO-N" / "zero_stage=N" / "ZeRO stage: N" / a field
+    """A row's ZeRO stage: a number as given; else, its parentheticals set aside: FSDP or
+    FSDP2 (FULL_SHARD) 3, SHARD_GRAD_OP 2, "ZeRO-N" / "zero_stage=N" / "ZeRO stage: N" / a field
     that starts "stage N" N; plain DDP (no distributed optimizer named) or "none" 0;
     otherwise (a distributed optimizer, a spelling not listed, null) 1, Megatron's
     distributed optimizer."""
     if isinstance(z, int | float) and not isinstance(z, bool):
         return int(z)
     text = re.sub(r"\([^()]*\)", " ", str(z).lower()) if isinstance(z, str) else ""
-    if re.search(r"\bfsdp\b|full_shard", text) and not re.search(r"\bno\s+fsdp", text):
+    if re.search(r"\bfsdp2?\b|full_shard", text) and not re.search(r"\bno\s+fsdp", text):
         return 3
     if "shard_grad_op" in text:
         return 2
@@ -359,10 +359,8 @@ def _moe_settings(row: dict, model: Model, tp: int, text: str) -> tuple[int, int
     # "ETP4" (dgxc recipe tables) names the expert TP; without expert parallelism (EP1) the
     # experts are Megatron MLPs split over the TP group like the dense ones
     # (DEFAULT_ETP_WITHOUT_EP; MindSpeed Mixtral TP8 EP1)
-    etp = int(num_in(r"\betp(\d+)", text, 1)) if moe else 1
+    etp = expert_tp(row, text, tp, ep) if moe else 1
     if moe and re.search(r"for attention and experts", text):
-        etp = tp
-    if moe and ep == 1 and DEFAULT_ETP_WITHOUT_EP and not re.search(r"\betp\d", text):
         etp = tp
     off = bool(re.search(r"\b(no|without) (two-(micro)?batch overlap|tbo)\b", text))
     overlap = not off and bool(
@@ -372,9 +370,25 @@ def _moe_settings(row: dict, model: Model, tp: int, text: str) -> tuple[int, int
         # expert-parallel serving overlaps one micro-batch's dispatch/combine with the other's
         # compute unless the row says otherwise (DEFAULT_EP_SERVING_OVERLAP)
         overlap = overlap or (DEFAULT_EP_SERVING_OVERLAP and not off)
-    balanced = bool(re.search(r"perfect eplb|force-balanced", text))
+    balanced = bool(re.search(r"perfect eplb|force-balanced|fake[ _-]balanced", text))
     imbalance = 1.0 if (balanced or not moe) else DEFAULT_MOE_IMBALANCE
     return ep, etp, overlap, imbalance
+
+
+def expert_tp(row: dict, text: str, tp: int, ep: int) -> int:
+    """The expert TP of an MoE row: "ETP4" (dgxc recipe tables) or "MoE TP4" / "moe_tp_size
+    4" as stated; else tp without expert parallelism (DEFAULT_ETP_WITHOUT_EP: the experts are
+    split over the TP group like the dense FFN, in Megatron and in SGLang's TP8 EP1); else, on
+    TensorRT-LLM (`trtllm_row`), whose --tp counts the GPUs the experts are split over too
+    (moe_tp x moe_ep = tp), tp / ep where ep divides tp; else 1."""
+    m = re.search(r"\betp(\d+)|\bmoe[\s_-]*tp(?:[\s_-]*size)?[\s=:]*(\d+)", text)
+    if m and int(m.group(1) or m.group(2)) > 0:
+        return int(m.group(1) or m.group(2))
+    if ep == 1 and DEFAULT_ETP_WITHOUT_EP:
+        return tp
+    if trtllm_row(row) and 1 < ep < tp and tp % ep == 0:
+        return tp // ep
+    return 1
 
 
 def script_plan(row: dict) -> dict | None:
@@ -415,6 +429,14 @@ def _row_seq_len(row: dict) -> int:
 _GBS = re.compile(
     rf"(?:\bgbs[=:\s]*|\bglobal[ _]batch(?:[ _]size)?(?:[=:\s]+|\s+of\s+)){_COUNT}{_NOT_A_COUNT}"
 )
+#: a training batch written in tokens: "batch 2M tokens", "global batch size of 4M tokens",
+#: "batch size: 16M tokens" (K and M binary: the batches are powers of two in sequences,
+#: OPT's 2M is 1,024 x 2,048 and Llama 3's 16M 2,048 x 8,192); its sequences are the tokens
+#: over the row's sequence length
+_GBS_TOKENS = re.compile(
+    r"\b(?:global[ _])?batch(?:[ _]size)?(?:\s+of|\s*[=:])?\s*(?:~|about\s+)?"
+    r"(\d+(?:\.\d+)?)\s*([km]?)\s*tokens\b"
+)
 #: training metrics that are the time of one step: they scale with the global batch, which a
 #: row that states none takes from the plan rule (`emu.policy.default_global_batch`), and
 #: says so (`_predict.item_notes`): Korthikanti's 4-sequence iterations, blanked, are timed
@@ -431,10 +453,20 @@ def global_batch_of(row: dict) -> tuple[int | None, str | None]:
     gb = int_or(p.get("global_batch"), None)
     if gb is not None:
         return gb, None
-    m = _GBS.search(row_text(row))
+    text = row_text(row)
+    m = _GBS.search(text)
     n = int(m.group(1).replace(",", "")) if m else 0
     if 1 <= n <= _MAX_COUNT:
         return n, f"global batch not in parallel.global_batch: {n} from the notes ('{m.group(0)}')"
+    m, seq = _GBS_TOKENS.search(text), train_seq_len(row)[0]
+    if m and seq:
+        tokens = float(m.group(1)) * {"k": 2.0**10, "m": 2.0**20, "": 1.0}[m.group(2)]
+        n = max(1, round(tokens / seq))
+        if n <= _MAX_COUNT:
+            return n, (
+                f"global batch not in parallel.global_batch: {n} sequences of {seq} tokens "
+                f"from the notes' batch in tokens ('{m.group(0)}')"
+            )
     return None, None
 
 
@@ -548,7 +580,7 @@ def row_plan(row: dict, model: Model, *, dies: int = 1, system=None) -> RowPlan:
         disagg = dict(expert_ranks=er, attention_groups=groups) if er else {}
         overlap = overlap and not er  # domains take turns on the experts instead
         return _inference_plan(
-            row, model, tp, dp * pp, ep, prec, notes, overlap, imbalance, **disagg
+            row, model, tp, dp * pp, ep, prec, notes, overlap, imbalance, etp=etp, **disagg
         )
     seq = _row_seq_len(row)
     plan = make_plan(
@@ -566,9 +598,24 @@ def trtllm_row(row: dict) -> bool:
     return bool(TRTLLM_STACK.search(f"{row.get('hardware') or ''} {row['id']}".lower()))
 
 
+#: a KV-cache format the notes state ("FP8 KV cache", "BF16/FP16 KV", "FP8 attention/KV",
+#: "kv_cache_dtype fp8", "KV cache in INT8", "attention/KV BF16"): the first one stated
+_KV_FORMAT = re.compile(
+    r"\b(fp8|bf16|fp16|int8)(?:\s*/\s*(?:bf16|fp16))?[\s/]*(?:attention\s*(?:/|and)\s*)?kv\b"
+    r"|\bkv(?:[\s_-]*cache)?(?:[\s_-]*dtype)?(?:\s*(?:in|=|:|is))?\s*\(?\b(fp8|bf16|fp16|int8)\b"
+)
+#: the KV_PRECISIONS format of each stated one (an INT8 cache keeps one byte per element,
+#: as FP8)
+_KV_OF = {"fp8": "fp8", "int8": "fp8", "bf16": "bf16", "fp16": "bf16"}
+
+
 def kv_precision(row: dict) -> str:
-    """The KV-cache format of a serving row: "fp8" for TensorRT-LLM rows at FP8/FP4
-    (`trtllm_row`, FP8_KV_PRECISIONS), else "bf16"."""
+    """The KV-cache format of a serving row: the one its notes state (`_KV_FORMAT`), else
+    "fp8" for TensorRT-LLM rows at FP8/FP4 (`trtllm_row`, FP8_KV_PRECISIONS), else
+    "bf16"."""
+    m = _KV_FORMAT.search(row_text(row))
+    if m:
+        return _KV_OF[m.group(1) or m.group(2)]
     low = str(row.get("precision") or "bf16").lower() in FP8_KV_PRECISIONS
     return "fp8" if low and trtllm_row(row) else "bf16"
 
@@ -580,13 +627,18 @@ def lengths(row: dict) -> tuple[float | None, float | None]:
     notes = str(row.get("notes", "")).lower()
     rid = row["id"].lower()
     for pattern in (
-        r"input (\d[\d,]*)\s*[,/]\s*output (\d[\d,]*)",
+        r"\b(?:input|prompt)s? (?:length )?(\d[\d,]*)\s*[,/|;]\s*outputs? (?:length )?(\d[\d,]*)",
         r"\bin (\d+) / out (\d+)",
         r"\b(\d{3,6})/(\d{3,6}) ->",
     ):
         m = re.search(pattern, notes)
         if m:
             return tuple(float(g.replace(",", "")) for g in m.groups())
+    # "ISL = 1K, OSL = 2K", "ISL 128K / OSL 8K", "ISL/OSL 1024/2048" (K: 1,024 tokens)
+    m = re.search(_ISL_OSL, notes)
+    if m:
+        isl, osl = (g for g in m.groups() if g)
+        return _tokens(isl), _tokens(osl)
     m = re.search(r"\b(\d+)k\+(\d+)k workload", notes)  # "a fixed 2K+2K workload"
     if m:
         return tuple(1024.0 * float(g) for g in m.groups())
@@ -600,23 +652,42 @@ def lengths(row: dict) -> tuple[float | None, float | None]:
     osl = num_in(r"(\d+)k-token outputs", notes)
     if isl:
         return 1024 * isl, (1024 * osl if osl else None)
-    return num_in(r"input length ([\d,]+)", notes), None
+    # "input length 4,096", "input length 128k", "2,000-token input lengths": the prompt alone
+    m = re.search(r"input length (\d[\d,]*k?)\b|(\d[\d,]*)-token (?:input|prompt)", notes)
+    return (_tokens(m.group(1) or m.group(2)) if m else None), None
+
+
+#: the ISL/OSL pair of TensorRT-LLM's and InferenceMAX's tables: "isl = 1k, osl = 2k", "isl
+#: 128k / osl 8k", "isl/osl 1024/2048"
+_ISL_OSL = (
+    r"\bisl\s*[=:]?\s*(\d[\d,]*k?)\s*[,/;]?\s*osl\s*[=:]?\s*(\d[\d,]*k?)\b"
+    r"|\bisl\s*/\s*osl\s*[=:]?\s*(\d[\d,]*k?)\s*/\s*(\d[\d,]*k?)\b"
+)
+
+
+def _tokens(text: str) -> float:
+    """Tokens of "2048", "2,048" or "2k" (1,024 a K)."""
+    text = text.replace(",", "")
+    return 1024.0 * float(text[:-1]) if text.endswith("k") else float(text)
 
 
 def _context(row: dict, notes: str) -> float:
     """Decode context: the row's "kv (cache) length", else prompt + half the output, else
-    the prompt, else DEFAULT_PROMPT."""
+    the prompt, else its `model.seq_len` (on the shipped decode rows with a batch and no
+    stated lengths, seq_len is the KV length their notes give), else DEFAULT_PROMPT."""
     ctx = num_in(r"kv (?:cache )?length (?:per output token )?([\d,]+)", notes) or num_in(
         r"kv ([\d,]+)", notes
     )
     if ctx:
         return ctx
     isl, osl = lengths(row)
-    return (isl + (osl or 0.0) / 2) if isl else DEFAULT_PROMPT
+    if isl:
+        return isl + (osl or 0.0) / 2
+    return float(int_or((row.get("model") or {}).get("seq_len"), None) or DEFAULT_PROMPT)
 
 
 def _mtp_accept(notes: str) -> float:
-    if "mtp" not in notes or re.search(r"\b(no|without) mtp", notes):
+    if "mtp" not in notes or NO_MTP.search(notes):
         return 0.0
     pct = num_in(r"([\d.]+)% acceptance", notes) or num_in(
         r"acceptance rate of (?:about )?([\d.]+)%", notes, 100 * DEFAULT_MTP_ACCEPT
@@ -671,6 +742,10 @@ def _inference_plan(row, model, tp, dp, ep, prec, notes, overlap, imbalance, **d
         return RowPlan(validate_plan(plan, model, even_layers=False, even_experts=False), None)
     ctx = _context(row, notes)
     accept = _mtp_accept(notes) if float(model.mtp_layers) > 0 else 0.0
+    # a chain of drafts the notes state ("3 steps", "num_nextn_predict_layers 3", an
+    # accept length above 2) as the serving rule reads it; one MTP draft as mtp_accept
+    k, acc = speculation(notes, model)
+    spec = dict(draft_tokens=k, accept_len=acc, mtp_accept=0.0) if k > 1 else {}
     batch = int_or(p.get("microbatch"), None)
     slo = None
     if batch is None:
@@ -685,7 +760,7 @@ def _inference_plan(row, model, tp, dp, ep, prec, notes, overlap, imbalance, **d
         seq_len=ctx,
         context=ctx,
         phase="decode",
-        mtp_accept=accept,
+        **({"mtp_accept": accept} | spec),
     )
     return RowPlan(validate_plan(plan, model, even_layers=False, even_experts=False), slo)
 
@@ -695,9 +770,11 @@ def prefill_shape(row: dict) -> tuple[float, float, list[str]]:
     deployment: the prompt its notes state ("input length 4,096", "4k prompt"), else its
     `model.seq_len` (a prefill row's sequence is its prompt; it was left unread), else
     DEFAULT_PROMPT; its micro-batch, else its prompt tokens per device ("16,384 tokens per
-    device", else DEFAULT_PREFILL_TOKENS) over the prompt, at least one sequence."""
+    device" or per accelerator, GPU, NPU, die or rank, else DEFAULT_PREFILL_TOKENS) over the
+    prompt, in whole sequences (rounded down, at least one)."""
     p, notes, said = row.get("parallel") or {}, row_text(row), []
-    prompt = num_in(r"(?:prompt|input) length ([\d,]+)", notes)
+    m = re.search(r"(?:prompt|input) length (\d[\d,]*k?)\b", notes)
+    prompt = _tokens(m.group(1)) if m else None
     k = num_in(r"(\d+)k prompt", notes)
     seq = int_or((row.get("model") or {}).get("seq_len"), None)
     if not prompt:
@@ -706,8 +783,8 @@ def prefill_shape(row: dict) -> tuple[float, float, list[str]]:
             said.append(f"prompt length not stated: {DEFAULT_PROMPT:,} tokens assumed")
     batch = int_or(p.get("microbatch"), None)
     if batch is None:
-        per_dev = num_in(r"([\d,]+) tokens per device", notes)
-        batch = max(1.0, (per_dev or DEFAULT_PREFILL_TOKENS) / prompt)
+        per_dev = num_in(r"([\d,]+) tokens per (?:device|accelerator|gpu|npu|die|rank)\b", notes)
+        batch = max(1.0, float((per_dev or DEFAULT_PREFILL_TOKENS) // prompt))  # whole sequences
         if per_dev is None:
             said.append(
                 f"prefill batch not stated: {DEFAULT_PREFILL_TOKENS:,} prompt tokens per rank "
@@ -716,15 +793,29 @@ def prefill_shape(row: dict) -> tuple[float, float, list[str]]:
     return prompt, batch, said
 
 
+#: a run whose prefills share the decode ranks: "PD mixed", "interleaved", "offline",
+#: "prefill and decode share the 8 GPUs" (a count of them: the shipped SGLang rows' "share
+#: the cards in pd-mixed mode" is said of PD-separated rows too), "static-batch" benchmarks
+#: (each batch's context phase is timed with it)
+_SHARED_RANKS = (
+    r"pd mixed|interleaved|offline|static[- ]batch"
+    r"|prefill and decode (?:share|run on) the (?:same )?\d+ (?:gpus|npus|cards|chips|dies)"
+)
+
+
 def needs_serving_rule(row: dict) -> bool:
-    """A decode row that gives neither a per-rank batch nor a per-user speed (SLO): it
-    describes a deployment, predicted by the serving rule (`serving_row`)."""
+    """A decode row that gives no per-user speed (SLO) and either no per-rank batch or a
+    batch in a run where prefill and decode share the ranks ("offline", "interleaved",
+    "PD mixed") with its output length stated: it describes a deployment, predicted by the
+    serving rule (`serving_row`; the output rate of a mixed run counts its prefills)."""
     p = row.get("parallel") or {}
-    return (
-        row["kind"] == "decode"
-        and int_or(p.get("microbatch"), None) is None
-        and per_user_slo(row_text(row)) is None
-    )
+    notes = row_text(row)
+    if row["kind"] != "decode" or per_user_slo(notes) is not None:
+        return False
+    if int_or(p.get("microbatch"), None) is None:
+        return True
+    shares = bool(re.search(_SHARED_RANKS, notes))
+    return shares and _default_lengths(row, *lengths(row))[1] is not None
 
 
 #: a decode speed per user, one value or a range ("20-22 tokens/s per user", "21 tok/s/user",
@@ -748,6 +839,14 @@ def per_user_slo(notes: str) -> float | None:
     return 1.0 / speed if speed > 0 else None
 
 
+#: a row that runs no speculative decoding at all
+_NO_SPEC = re.compile(
+    r"\b(?:no|without) specul\w*(?: decoding)?\b|\bspeculative decoding (?:is )?(?:off|disabled)\b"
+)
+#: a draft model other than the model's own MTP modules (a row may say "no MTP" and use one)
+_DRAFT_MODEL = re.compile(r"eagle|medusa|draft model|n-?gram|lookahead")
+
+
 def speculation(notes: str, model: Model) -> tuple[float, float]:
     """(draft tokens k, accept length A) of a decode row: "accept length 2.59" with
     "NEXTN 3 steps / 4 draft tokens" (k = steps = draft tokens - 1, the verified root
@@ -755,10 +854,30 @@ def speculation(notes: str, model: Model) -> tuple[float, float]:
     "EAGLE3 3 steps" (DEFAULT_DRAFT_STEPS when only the accept length is given; at least
     A - 1); steps > 1 without an accept length: A = 1 + a + ... + a^k with a =
     DEFAULT_MTP_ACCEPT (each draft accepted after its predecessor); "with MTP" without an
-    accept length: one draft at DEFAULT_MTP_ACCEPT; (0, 1) without speculation."""
-    acc = num_in(r"accept(?:ance)?(?: length)? (\d+(?:\.\d+)?)", notes)
-    # the decode instance's steps: the largest stated (PD prefill instances run NEXTN 1)
-    steps = [float(x) for x in re.findall(r"(\d+) steps|nextn (\d+)", notes) for x in x if x]
+    accept length: one draft at DEFAULT_MTP_ACCEPT; (0, 1) without speculation, and for a
+    row that turns it off ("no speculative decoding", or "no MTP" without an EAGLE or other
+    draft model), whatever accept length it quotes of another run."""
+    if _NO_SPEC.search(notes) or (NO_MTP.search(notes) and not _DRAFT_MODEL.search(notes)):
+        return 0.0, 1.0
+    # "accept length 2.59", "accept 2.94", "acceptance rate ~3.06" (not a percentage)
+    acc = num_in(
+        r"accept(?:ance)?(?: (?:length|rate))?\s*(?:of\s*|[:=]\s*)?[~\u2248]?\s*"
+        r"(\d+(?:\.\d+)?)(?!\s*%|\d|\.\d)",
+        notes,
+    )
+    # the decode instance's steps: the largest stated (PD prefill instances run NEXTN 1);
+    # TensorRT-LLM's "num_nextn_predict_layers 3" and "MTP3" are three MTP drafts, its
+    # EAGLE "max_draft_len 3" three drafts
+    steps = [
+        float(x)
+        for x in re.findall(
+            r"(\d+) steps|nextn (\d+)|nextn_predict_layers[=:\s]+(\d+)|\bmtp[\s-]?(\d)\b"
+            r"|max_draft_len[=:\s]+(\d+)",
+            notes,
+        )
+        for x in x
+        if x
+    ]
     drafts = num_in(r"(\d+) draft tokens", notes)
     if acc and acc > 1:
         k = max(steps) if steps else (drafts - 1 if drafts else DEFAULT_DRAFT_STEPS)
@@ -767,7 +886,7 @@ def speculation(notes: str, model: Model) -> tuple[float, float]:
     if steps and max(steps) > 1:  # steps without an accept length: a chain of drafts,
         k = max(steps)  # each accepted with DEFAULT_MTP_ACCEPT after its predecessor
         return k, 1.0 + sum(DEFAULT_MTP_ACCEPT**i for i in range(1, int(k) + 1))
-    if re.search(r"\bwith mtp\b|enable mtp", notes):
+    if re.search(r"\bwith mtp\b|enable mtp", notes) and not NO_MTP.search(notes):
         return 1.0, 1.0 + DEFAULT_MTP_ACCEPT
     return 0.0, 1.0
 
@@ -821,7 +940,8 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     notes = row_text(row)
     cards = int(row["n_chips"])
     said = re.search(r"disagg\w*[\s_\-]+(?:moe|expert)|(?:moe|expert)[\s_\-/]+attention", notes)
-    if said and "pd separation" not in notes and _disaggregation(row, cards * dies)[0]:
+    separated = pd_separated(notes)
+    if said and not separated and _disaggregation(row, cards * dies)[0]:
         raise ValueError(
             "an attention/expert-disaggregated decode row needs its batch per attention rank "
             "(parallel.microbatch): the serving rule sizes only co-located deployments"
@@ -833,7 +953,6 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     prec = row.get("precision") or "bf16"
     moe = float(model.n_experts) > 0
     k, acc = speculation(notes, model)
-    separated = "pd separation" in notes
     # decode ranks: the stated decode TP; else all (PD separation without it: half the cards,
     # DEFAULT_DECODE_SHARE, the other half prefill)
     default = max(dies, int(cards * DEFAULT_DECODE_SHARE) * dies) if separated else cards * dies
@@ -855,7 +974,8 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     # it reads as SGLang's --tp-size, the instance's ranks, with attention TP over them
     dp = dp_stated or (ranks if moe and ("attention dp" in notes or states_nothing(p)) else 1)
     per_rank = (
-        num_in(
+        int_or(p.get("microbatch"), None)
+        or num_in(
             r"batch (?:size )?(?:of )?(\d[\d,]*) (?:sequences |requests )?"
             r"per (?:device|gpu|rank|die|npu)",
             notes,
@@ -898,6 +1018,8 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     if per_rank:  # the stated batch on each DP rank settled above
         gb = per_rank * dp
     ep = (int_or(p.get("ep"), None) or ranks) if moe else 1
+    etp = expert_tp(row, notes, att_tp, ep) if moe else 1
+    etp = etp if ranks % (ep * etp) == 0 else 1
     imbalance = DEFAULT_MOE_IMBALANCE if moe else 1.0
     common = dict(
         precision=prec, recompute="none", zero=0, moe_imbalance=imbalance,
@@ -913,15 +1035,17 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
         read = read or f"decode batch not stated: the largest that fits (capped at {cap})"
     b = max(1, round(gb / dp)) if gb else 1
     dec = make_plan(
-        **common, **spec, tp=att_tp, dp=dp, ep=ep, microbatch=b, global_batch=b * dp,
+        **common, **spec, tp=att_tp, dp=dp, ep=ep, etp=etp, microbatch=b, global_batch=b * dp,
         a2a_overlap=DEFAULT_EP_SERVING_OVERLAP and ep > 1, seq_len=ctx, context=ctx,
         phase="decode",
     )  # fmt: skip
     dec = validate_plan(dec, model, even_layers=False, even_experts=False)
-    mixed = bool(re.search(r"pd mixed|interleaved|offline", notes)) or gb is None
+    mixed = bool(re.search(_SHARED_RANKS, notes)) or gb is None
     pre_ranks = cards * dies - ranks if separated else ranks
-    if not (separated or mixed) or (osl is None and not separated):
-        # decode alone; also a row that gives no output length to share the ranks by
+    if not (separated or mixed) or (osl is None and not separated) or (separated and pre_ranks < 1):
+        # decode alone; also a row that gives no output length to share the ranks by, and a
+        # PD-separated row whose chips are all its decode instance's (the prefill instance
+        # ran on cards the row does not count)
         return ServingRow(dec, None, "decode", isl, osl or isl, cards, cap, batch_read=read)
     if osl is None:
         raise ValueError("a PD deployment row gives no output length (serving rule)")
@@ -941,6 +1065,21 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     mode = "separated" if separated else "mixed"
     reserve = isl + osl if cap is not None and trtllm_row(row) else None
     return ServingRow(dec, pre, mode, isl, osl, cards, cap, ramp, reserve, read)
+
+
+#: a deployment with its own prefill cards: "PD separation", "PD disaggregated", "P/D
+#: disaggregation", "prefill-decode disaggregation", "disaggregated prefill" (not after
+#: "no" or "without")
+_PD_SEPARATED = re.compile(
+    r"(?<!no )(?<!without )(?:\bp\s*/?\s*d[\s-]*|\bprefill[\s/-]*decode[\s-]*)"
+    r"(?:separation|separated|disaggregat\w*)|\bdisaggregated prefill"
+)
+
+
+def pd_separated(notes: str) -> bool:
+    """Whether a serving row's (lower-case) notes say its prefill ran on other cards
+    (`_PD_SEPARATED`)."""
+    return bool(_PD_SEPARATED.search(notes))
 
 
 def _first_wave(notes: str) -> float:

@@ -39,6 +39,7 @@ from emu.validation._plans import (
     global_batch_of,
     lengths,
     needs_serving_rule,
+    pd_separated,
     prefill_shape,
     row_plan,
     script_plan,
@@ -56,6 +57,7 @@ from emu.validation._rows import (
     row_model,
     row_precision,
     row_source,
+    row_text,
     with_kind,
     with_moe_keys,
     with_parallel_counts,
@@ -377,6 +379,15 @@ def item_notes(item: Item) -> list[str]:
         )
     elif item.kind == "run" and item.row.get("precision") is None:
         notes.append(f"precision not stated: {item.plan.precision} assumed")
+    if (
+        item.serving is not None
+        and item.serving.prefill is None
+        and pd_separated(row_text(item.row))
+    ):
+        notes.append(
+            "PD-separated, and the row's chips are its decode instance's: their decode rate "
+            "alone (the prefill instance's cards are not in the row)"
+        )
     if item.serving is not None and item.serving.batch_read:
         notes.append(item.serving.batch_read)
     if item.kind == "run" and item.serving is None and item.row["kind"] == "prefill":

@@ -560,6 +560,11 @@ def check_row(row: dict) -> None:
     if row["kind"] not in KINDS:
         raise ValueError(f"unknown kind '{row['kind']}'; known: {', '.join(KINDS)}")
     n = row.get("n_chips")
+    if n is None:  # a source that does not say how many chips ran: nothing to scale by
+        raise ValueError(
+            "n_chips is null: a row must state the chips its run used (a per-chip figure "
+            "without them cannot be modelled); drop the row or give the count"
+        )
     ok = isinstance(n, int | float) and not isinstance(n, bool) and math.isfinite(n)
     if not ok or n != int(n) or not 1 <= n <= MAX_CHIPS:
         raise ValueError(
@@ -734,6 +739,15 @@ def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
+#: a row that turns its model's multi-token prediction off: "no MTP", "without MTP", "do
+#: not enable MTP", "MTP disabled", "MTP off" (a catalog model's MTP modules are then not
+#: run: no drafts in decode, no MTP block and head in training)
+NO_MTP = re.compile(
+    r"\b(?:no|without|not enable|disable[sd]?)\s+(?:the\s+)?mtp\b"
+    r"|\bmtp\s+(?:is\s+)?(?:off|disabled)\b"
+)
+
+
 def row_model(row: dict) -> Model:
     """The model of a row: the catalog MoE model it names (MOE_CATALOG) when the row's
     dimensions agree with it, or one built from its fields with the documented defaults
@@ -746,9 +760,13 @@ def row_model(row: dict) -> Model:
     name = _catalog_of(m)  # a catalog MoE model named without its moe block is that model
     if name is not None:
         try:
-            return _catalog_model(m, name)
+            model = _catalog_model(m, name)
         except ValueError:  # dimensions of another variant: built from the row's fields
             pass  # (`approximations` says so)
+        else:
+            if float(model.mtp_layers) > 0 and NO_MTP.search(row_text(row)):
+                model = replace(model, mtp_layers=0.0)
+            return model
     m = _filled(m) if not moe else m
     gated = _ffn(m) == "swiglu" or bool(moe)
     label = str(m.get("name", "")).lower()
