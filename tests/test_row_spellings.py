@@ -489,7 +489,7 @@ def test_the_out_of_sample_rows_are_well_formed_and_cite_their_sources():
 
     path = Path(__file__).resolve().parents[1] / "experiments" / "data" / "out_of_sample.jsonl"
     rows, problems = V.read_rows(path)
-    assert len(rows) == 131 and not problems
+    assert len(rows) == 150 and not problems
     refused = []
     for r in rows:
         assert re.search(r"https?://|arxiv:\d|commit [0-9a-f]{7}", r["source"], re.I), r["id"]
@@ -502,3 +502,138 @@ def test_the_out_of_sample_rows_are_well_formed_and_cite_their_sources():
         "oos_sglang_gb200_nvl72_longctx_128k8k_nomtp",
     ]
     assert all("n_chips is null" in why for _, why in refused)
+
+
+# --- Session 37, the review of the reading above: what it misread in turn.
+
+
+@pytest.mark.parametrize(
+    ("notes", "spec"),
+    [
+        ("measured over 64 steps.", (0.0, 1.0)),  # not draft steps (64 was an error)
+        ("runs 2 steps per second", (0.0, 1.0)),
+        ("mtp1 198, mtp3 253, mtp5 239 tok/s", (0.0, 1.0)),  # runs compared: none read
+        ("num_nextn_predict_layers: 1", (1.0, 1.7)),  # one draft ("mtp1")
+        ("mtp3, accept length 2.8 (1.8x over no mtp)", (3.0, 2.8)),  # a comparison
+        ("with mtp, 1.5x faster than without mtp", (1.0, 1.7)),
+        ("eagle3 3 steps, accept length 2.5 vs no speculative decoding baseline", (3.0, 2.5)),
+        ("--speculative-num-steps 2, accept length 2.4", (2.0, 2.4)),
+    ],
+)
+def test_speculation_is_not_read_from_other_steps_or_compared_runs(notes, spec):
+    from emu.validation._plans import speculation
+
+    model = V.row_model(ROWS["sglang_h100_decode_2k"])
+    assert speculation(notes, model) == pytest.approx(spec)
+
+
+def test_mtp_turned_off_for_prefill_only_or_in_another_word_is_not_off():
+    from emu.validation._rows import NO_MTP
+
+    for notes in ("mtp disabled for prefill only", "no mtp-specific tuning", "over no mtp"):
+        assert not NO_MTP.search(notes), notes
+    assert NO_MTP.search("mtp disabled") and NO_MTP.search("no mtp; bf16 kv")
+
+
+def test_a_prefill_rate_per_gpu_is_not_its_batch():
+    from emu.validation._plans import prefill_shape
+
+    r = {**ROWS["dsprofile_prefill"], "notes": "input length 2,000; 22,480 tokens per GPU per "
+         "second", "model": {**ROWS["dsprofile_prefill"]["model"], "seq_len": 2000}}  # fmt: skip
+    prompt, batch, said = prefill_shape(r)
+    assert (prompt, batch) == (2000, 8) and any("not stated" in a for a in said)
+    assert prefill_shape({**r, "notes": "ISL=2K"})[0] == 2048
+    assert prefill_shape({**r, "notes": "input length 1.5k"})[0] == 1536
+
+
+def test_a_batch_row_goes_to_the_serving_rule_only_for_a_shared_run_of_its_own_ranks():
+    from emu.validation._plans import needs_serving_rule
+
+    for notes in ("weights quantized offline; ISL 1K OSL 1K",
+                  "interleaved sliding-window attention; ISL 1K OSL 1K"):  # fmt: skip
+        assert not needs_serving_rule(_decode(notes=notes)), notes
+    shared = _decode(notes="prefill and decode run on the same GPU (no disaggregation); "
+                           "ISL 1K OSL 1K")  # fmt: skip
+    assert needs_serving_rule(shared, 72) and needs_serving_rule(shared)
+    # tp1 with no dp on 8 chips: the batch path's dp 8, not one TP1 instance over 8 cards
+    dense = {**shared, "parallel": {**shared["parallel"], "dp": None}}
+    assert not needs_serving_rule(dense, 72)
+
+
+def test_a_request_rate_is_not_a_request_count():
+    par = {**ROWS["sglang_h100_decode_2k"]["parallel"], "microbatch": None}
+    r = _decode(notes="offline; 2.82 requests per second sustained; ISL 1K OSL 128", parallel=par)
+    s = V.serving_row(r, V.row_model(r))
+    assert s.batch_cap == 2048  # OFFLINE_MAX_BATCH, not 82 requests
+
+
+def test_serving_experts_without_ep_are_split_over_the_instance():
+    """--tp 8 --enable-dp-attention without EP: attention TP 1 over DP 8, and the experts
+    split over all 8 ranks (they were whole on each: etp from the attention TP)."""
+    r = _decode(notes="SGLang --tp 8 --dp 8 --enable-dp-attention; batch 32 per device; "
+                      "input 1000, output 1000", n_chips=8,
+                parallel={**ROWS["sglang_h100_decode_2k"]["parallel"], "tp": 8, "dp": 8,
+                          "ep": 1, "microbatch": None})  # fmt: skip
+    s = V.serving_row(r, V.row_model(r))
+    assert float(s.decode.tp) == 1 and float(s.decode.ep) * float(s.decode.etp) == 8
+
+
+@pytest.mark.parametrize(
+    ("notes", "separated"),
+    [
+        ("pd separation not used", False),
+        ("not pd-disaggregated", False),
+        ("non-pd-disaggregated", False),
+        ("pd disaggregation disabled", False),
+        ("unlike the pd-disaggregated run", False),
+        ("vs pd disaggregation", False),
+        ("pd-separated, 2 prefill nodes", True),
+    ],
+)
+def test_pd_separation_negated_or_compared_is_not_read(notes, separated):
+    from emu.validation._plans import pd_separated
+
+    assert pd_separated(notes) is separated
+
+
+@pytest.mark.parametrize(
+    ("notes", "kv"),
+    [
+        ("weights bf16 / kv cache fp8", "fp8"),
+        ("model in bf16 kv cache fp8", "fp8"),
+        ("kv-cache: fp8_e4m3", "fp8"),
+        ("--kv_cache_dtype=fp8_e5m2", "fp8"),
+        ("bf16 weights, fp8 kv", "fp8"),
+    ],
+)
+def test_the_kv_format_is_the_one_said_of_the_cache(notes, kv):
+    from emu.validation._plans import kv_precision
+
+    assert kv_precision({"id": "x", "precision": "bf16", "notes": notes}) == kv
+
+
+def test_a_micro_batch_in_tokens_is_not_the_global_batch():
+    from emu.validation._plans import global_batch_of
+
+    base = ROWS["sc21_t1_1.7B"]
+    r = {**base, "parallel": {**base["parallel"], "global_batch": None},
+         "model": {**base["model"], "seq_len": 2048}}  # fmt: skip
+    assert global_batch_of({**r, "notes": "micro-batch 4 tokens"})[0] is None
+    assert (
+        global_batch_of({**r, "notes": "micro-batch 8192 tokens; global batch 2M tokens"})[0]
+        == 1024
+    )
+    assert global_batch_of({**r, "notes": "global batch 1,048,576 tokens"})[0] == 512
+
+
+def test_ring_for_small_messages_or_ring_based_nvls_is_not_the_ring_algorithm():
+    from emu.validation._collectives import allreduce_algorithm, moe_comm_setup
+
+    r = {"id": "x", "metric": "allreduce_busbw"}
+    for notes in ("nccl picks ring for small messages", "uses ring for messages below 1mb",
+                  "uses ring-based allreduce with nvls"):  # fmt: skip
+        assert allreduce_algorithm({**r, "notes": notes}) == "hierarchical", notes
+    base = ROWS["deepep_v1_ll_dispatch_ep8"]
+    s = moe_comm_setup({**base, "id": "x", "notes": "non-low-latency kernel, 1.5k tokens per "
+                        "rank, hidden 7168"}, None)  # fmt: skip
+    assert s["dedup"] == 1.0 and s["tokens"] == 1536

@@ -128,7 +128,7 @@ def message_bytes(row: dict) -> float:
     return message_size(row)[0]
 
 
-_NOT_SMALL = r"(?![/\s]*(?:ll\b|up to))"
+_NOT_SMALL = r"(?![/\s-]*(?:ll\b|up to|for small|for messages|below|under|based))"
 
 
 def allreduce_algorithm(row: dict) -> str:
@@ -170,19 +170,26 @@ def moe_comm_setup(row: dict, system) -> dict:
     combine = "combine" in metric
     # a low-latency kernel: said so (not "not a low-latency kernel"), an "_ll_" id, or a
     # latency metric unless the notes name the normal (high-throughput) kernels
-    said_ll = re.search(r"(?<!not a )(?<!not the )(?<!not )\blow[- ]latency", text)
+    said_ll = re.search(
+        r"(?<!not a )(?<!not the )(?<!not )(?<!non-)(?<!not using )(?<!no )\blow[- ]latency", text
+    )
     normal = re.search(
-        r"\bnormal (?:\(high-throughput\) )?(?:mode|kernels?|dispatch|combine)", text
+        r"\bnormal (?:\(high-throughput\) )?(?:mode|kernels?|dispatch|combine)"
+        r"|(?:\bnot a |\bnot the |\bnot |\bnon-|\bno )low[- ]latency",
+        text,
     )
     low_latency = bool(said_ll) or "_ll_" in row["id"] or ("latency" in metric and not normal)
     one_sided = "one-sided" in text or "a2e" in text or "e2a" in text or "in-situ" in text
     p = row.get("parallel") or {}
     assumed = []
     stated = re.search(
-        r"(\d[\d,]*)\s*(k?)\s*tokens? per (?:batch|rank|gpu|die|npu|device)\b", text
+        r"(?<![\d.])(\d[\d,]*(?:\.\d+)?)\s*(k?)\s*tokens? per (?:batch|rank|gpu|die|npu|device)\b",
+        text,
     )  # "4096 tokens per rank", "8K tokens per batch" (K: 1,024)
     tokens = int_or(p.get("microbatch"), None) or (
-        int(stated.group(1).replace(",", "")) * (1024 if stated.group(2) else 1) if stated else None
+        round(float(stated.group(1).replace(",", "")) * (1024 if stated.group(2) else 1))
+        if stated
+        else None
     )
     if not tokens:
         tokens = LOW_LATENCY_TOKENS if low_latency else NORMAL_TOKENS

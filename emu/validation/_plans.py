@@ -47,7 +47,7 @@ from emu._backend import jnp
 from emu.parallelism import Plan, make_plan, validate_plan
 from emu.policy import DEFAULT_MTP_ACCEPT, BatchError, auto_plan, default_global_batch
 from emu.struct import replace
-from emu.validation._rows import NO_MTP, int_or, num_in, row_text, train_seq_len
+from emu.validation._rows import COMPARED, NO_MTP, int_or, num_in, row_text, train_seq_len
 from emu.workload import Model
 
 #: production expert-load imbalance when a MoE row does not say (perfect-EPLB projections
@@ -434,8 +434,9 @@ _GBS = re.compile(
 #: OPT's 2M is 1,024 x 2,048 and Llama 3's 16M 2,048 x 8,192); its sequences are the tokens
 #: over the row's sequence length
 _GBS_TOKENS = re.compile(
+    r"(?<!micro-)(?<!micro )(?<!micro_)(?<!mini-)(?<!mini )(?<!local )(?<!per-gpu )"
     r"\b(?:global[ _])?batch(?:[ _]size)?(?:\s+of|\s*[=:])?\s*(?:~|about\s+)?"
-    r"(\d+(?:\.\d+)?)\s*([km]?)\s*tokens\b"
+    r"(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)\s*([km]?)\s*tokens\b"
 )
 #: training metrics that are the time of one step: they scale with the global batch, which a
 #: row that states none takes from the plan rule (`emu.policy.default_global_batch`), and
@@ -460,7 +461,9 @@ def global_batch_of(row: dict) -> tuple[int | None, str | None]:
         return n, f"global batch not in parallel.global_batch: {n} from the notes ('{m.group(0)}')"
     m, seq = _GBS_TOKENS.search(text), train_seq_len(row)[0]
     if m and seq:
-        tokens = float(m.group(1)) * {"k": 2.0**10, "m": 2.0**20, "": 1.0}[m.group(2)]
+        tokens = (
+            float(m.group(1).replace(",", "")) * {"k": 2.0**10, "m": 2.0**20, "": 1.0}[m.group(2)]
+        )
         n = max(1, round(tokens / seq))
         if n <= _MAX_COUNT:
             return n, (
@@ -598,11 +601,16 @@ def trtllm_row(row: dict) -> bool:
     return bool(TRTLLM_STACK.search(f"{row.get('hardware') or ''} {row['id']}".lower()))
 
 
-#: a KV-cache format the notes state ("FP8 KV cache", "BF16/FP16 KV", "FP8 attention/KV",
-#: "kv_cache_dtype fp8", "KV cache in INT8", "attention/KV BF16"): the first one stated
-_KV_FORMAT = re.compile(
-    r"\b(fp8|bf16|fp16|int8)(?:\s*/\s*(?:bf16|fp16))?[\s/]*(?:attention\s*(?:/|and)\s*)?kv\b"
-    r"|\bkv(?:[\s_-]*cache)?(?:[\s_-]*dtype)?(?:\s*(?:in|=|:|is))?\s*\(?\b(fp8|bf16|fp16|int8)\b"
+#: a KV-cache format the notes state: "kv_cache_dtype fp8", "KV cache in INT8", "attention/KV
+#: BF16", "kv-cache: fp8_e4m3" first (so "model in bf16, kv cache fp8" is fp8), then "FP8
+#: KV cache", "BF16/FP16 KV", "FP8 attention/KV"
+_KV_AFTER = re.compile(
+    r"\bkv(?:[\s_-]*cache)?(?:[\s_-]*dtype)?(?:\s*(?:in|=|:|is))?\s*\(?\b(fp8|bf16|fp16|int8)"
+    r"(?:_e[45]m[23])?\b"
+)
+_KV_BEFORE = re.compile(
+    r"\b(fp8|bf16|fp16|int8)(?:_e[45]m[23])?(?:\s*/\s*(?:bf16|fp16))?[\s-]*"
+    r"(?:attention\s*(?:/|and)\s*)?kv\b"
 )
 #: the KV_PRECISIONS format of each stated one (an INT8 cache keeps one byte per element,
 #: as FP8)
@@ -610,12 +618,14 @@ _KV_OF = {"fp8": "fp8", "int8": "fp8", "bf16": "bf16", "fp16": "bf16"}
 
 
 def kv_precision(row: dict) -> str:
-    """The KV-cache format of a serving row: the one its notes state (`_KV_FORMAT`), else
+    """The KV-cache format of a serving row: the one its notes state (`_KV_AFTER`, then
+    `_KV_BEFORE`), else
     "fp8" for TensorRT-LLM rows at FP8/FP4 (`trtllm_row`, FP8_KV_PRECISIONS), else
     "bf16"."""
-    m = _KV_FORMAT.search(row_text(row))
+    text = row_text(row)
+    m = _KV_AFTER.search(text) or _KV_BEFORE.search(text)
     if m:
-        return _KV_OF[m.group(1) or m.group(2)]
+        return _KV_OF[m.group(1)]
     low = str(row.get("precision") or "bf16").lower() in FP8_KV_PRECISIONS
     return "fp8" if low and trtllm_row(row) else "bf16"
 
@@ -652,9 +662,23 @@ def lengths(row: dict) -> tuple[float | None, float | None]:
     osl = num_in(r"(\d+)k-token outputs", notes)
     if isl:
         return 1024 * isl, (1024 * osl if osl else None)
-    # "input length 4,096", "input length 128k", "2,000-token input lengths": the prompt alone
-    m = re.search(r"input length (\d[\d,]*k?)\b|(\d[\d,]*)-token (?:input|prompt)", notes)
-    return (_tokens(m.group(1) or m.group(2)) if m else None), None
+    return stated_prompt(notes), None
+
+
+#: a token count: "2,048", "2048", "2k", "1.5k" (K: 1,024 tokens)
+_TOKENS = r"(?<![\d.,])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?k?|\d+)\b"
+#: a prompt stated alone: "input length 4,096", "prompt length 128k", "2,000-token input(s)",
+#: "ISL=2K", "ISL 1024"
+_PROMPT = re.compile(
+    rf"(?:input|prompt) length\s*[=:]?\s*{_TOKENS}|{_TOKENS}-token (?:input|prompt)"
+    rf"|\bisl\s*[=:]?\s*{_TOKENS}"
+)
+
+
+def stated_prompt(notes: str) -> float | None:
+    """The prompt tokens a (lower-case) text states alone (`_PROMPT`), else None."""
+    m = _PROMPT.search(notes)
+    return _tokens(next(g for g in m.groups() if g)) if m else None
 
 
 #: the ISL/OSL pair of TensorRT-LLM's and InferenceMAX's tables: "isl = 1k, osl = 2k", "isl
@@ -767,14 +791,14 @@ def _inference_plan(row, model, tp, dp, ep, prec, notes, overlap, imbalance, **d
 
 def prefill_shape(row: dict) -> tuple[float, float, list[str]]:
     """(prompt tokens, sequences per rank, what was assumed) of a prefill row that is not a
-    deployment: the prompt its notes state ("input length 4,096", "4k prompt"), else its
+    deployment: the prompt its notes state (`stated_prompt`: "input length 4,096", "ISL=2K";
+    "4k prompt"), else its
     `model.seq_len` (a prefill row's sequence is its prompt; it was left unread), else
     DEFAULT_PROMPT; its micro-batch, else its prompt tokens per device ("16,384 tokens per
     device" or per accelerator, GPU, NPU, die or rank, else DEFAULT_PREFILL_TOKENS) over the
     prompt, in whole sequences (rounded down, at least one)."""
     p, notes, said = row.get("parallel") or {}, row_text(row), []
-    m = re.search(r"(?:prompt|input) length (\d[\d,]*k?)\b", notes)
-    prompt = _tokens(m.group(1)) if m else None
+    prompt = stated_prompt(notes)
     k = num_in(r"(\d+)k prompt", notes)
     seq = int_or((row.get("model") or {}).get("seq_len"), None)
     if not prompt:
@@ -783,7 +807,11 @@ def prefill_shape(row: dict) -> tuple[float, float, list[str]]:
             said.append(f"prompt length not stated: {DEFAULT_PROMPT:,} tokens assumed")
     batch = int_or(p.get("microbatch"), None)
     if batch is None:
-        per_dev = num_in(r"([\d,]+) tokens per (?:device|accelerator|gpu|npu|die|rank)\b", notes)
+        per_dev = num_in(  # not a rate: "22,480 tokens per GPU per second"
+            r"([\d,]+) tokens per (?:device|accelerator|gpu|npu|die|rank)\b"
+            r"(?!\s*(?:per\s+s(?:ec(?:ond)?)?\b|/\s*s\b))",
+            notes,
+        )
         batch = max(1.0, float((per_dev or DEFAULT_PREFILL_TOKENS) // prompt))  # whole sequences
         if per_dev is None:
             said.append(
@@ -793,29 +821,45 @@ def prefill_shape(row: dict) -> tuple[float, float, list[str]]:
     return prompt, batch, said
 
 
+#: prefill and decode named on the same devices: "prefill and decode share the 8 GPUs", "run
+#: on the same GPU" (a count, or "same": the shipped SGLang rows' "share the cards in
+#: pd-mixed mode" is said of PD-separated rows too)
+_SAME_DEVICES = (
+    r"prefill and decode (?:share the \d+|run on the same(?: \d+)?) "
+    r"(?:gpus?|npus?|cards?|chips?|dies|devices?)\b"
+)
 #: a run whose prefills share the decode ranks: "PD mixed", "interleaved", "offline",
-#: "prefill and decode share the 8 GPUs" (a count of them: the shipped SGLang rows' "share
-#: the cards in pd-mixed mode" is said of PD-separated rows too), "static-batch" benchmarks
-#: (each batch's context phase is timed with it)
-_SHARED_RANKS = (
-    r"pd mixed|interleaved|offline|static[- ]batch"
-    r"|prefill and decode (?:share|run on) the (?:same )?\d+ (?:gpus|npus|cards|chips|dies)"
+#: `_SAME_DEVICES`, "static-batch" benchmarks (each batch's context phase is timed with it)
+_SHARED_RANKS = r"pd mixed|interleaved|offline|static[- ]batch|" + _SAME_DEVICES
+#: a run with a stated batch whose prefills share its ranks: narrower than _SHARED_RANKS
+#: ("interleaved sliding-window attention" and "quantized offline" are not such runs)
+_SHARED_BATCH = (
+    r"pd mixed|static[- ]batch|offline[\s-]+(?:max[\s-]*throughput|throughput|benchmark|mode"
+    r"|inference|serving|run)|(?:prefill|context)\s*(?:\+|and|/|&)\s*(?:decode|generation)"
+    r"\s+interleaved|" + _SAME_DEVICES
 )
 
 
-def needs_serving_rule(row: dict) -> bool:
+def needs_serving_rule(row: dict, ranks: int | None = None) -> bool:
     """A decode row that gives no per-user speed (SLO) and either no per-rank batch or a
-    batch in a run where prefill and decode share the ranks ("offline", "interleaved",
-    "PD mixed") with its output length stated: it describes a deployment, predicted by the
-    serving rule (`serving_row`; the output rate of a mixed run counts its prefills)."""
+    batch in a run where prefill and decode share the ranks (`_SHARED_BATCH`: "offline max
+    throughput", "prefill+decode interleaved", "static-batch", "PD mixed") whose prompt and
+    output lengths are stated or split from its seq_len (`_default_lengths`) and whose
+    stated tp x dp x pp are its `ranks` (else the batch path's degrees, `_degrees`, apply): it
+    describes a deployment, predicted by the serving rule (`serving_row`; the output rate
+    of a mixed run counts its prefills)."""
     p = row.get("parallel") or {}
     notes = row_text(row)
     if row["kind"] != "decode" or per_user_slo(notes) is not None:
         return False
     if int_or(p.get("microbatch"), None) is None:
         return True
-    shares = bool(re.search(_SHARED_RANKS, notes))
-    return shares and _default_lengths(row, *lengths(row))[1] is not None
+    degrees = math.prod(int_or(p.get(k), 1) for k in ("tp", "dp", "pp"))
+    return (
+        bool(re.search(_SHARED_BATCH, notes))
+        and _default_lengths(row, *lengths(row))[1] is not None
+        and (ranks is None or degrees == ranks)
+    )
 
 
 #: a decode speed per user, one value or a range ("20-22 tokens/s per user", "21 tok/s/user",
@@ -841,7 +885,8 @@ def per_user_slo(notes: str) -> float | None:
 
 #: a row that runs no speculative decoding at all
 _NO_SPEC = re.compile(
-    r"\b(?:no|without) specul\w*(?: decoding)?\b|\bspeculative decoding (?:is )?(?:off|disabled)\b"
+    COMPARED + r"\b(?:no|without) specul\w*(?: decoding)?\b(?!\s+(?:baseline|run|case))"
+    r"|\bspeculative decoding (?:is )?(?:off|disabled)\b"
 )
 #: a draft model other than the model's own MTP modules (a row may say "no MTP" and use one)
 _DRAFT_MODEL = re.compile(r"eagle|medusa|draft model|n-?gram|lookahead")
@@ -871,19 +916,23 @@ def speculation(notes: str, model: Model) -> tuple[float, float]:
     steps = [
         float(x)
         for x in re.findall(
-            r"(\d+) steps|nextn (\d+)|nextn_predict_layers[=:\s]+(\d+)|\bmtp[\s-]?(\d)\b"
-            r"|max_draft_len[=:\s]+(\d+)",
+            r"(?:nextn|eagle\d*|mtp|specul\w*|draft\w*)\W{1,3}(?:\w+\W{1,3}){0,2}?(\d+) steps"
+            r"|speculative[-_]num[-_]steps[=:\s]+(\d+)|nextn (\d+)"
+            r"|nextn_predict_layers[=:\s]+(\d+)|max_draft_len[=:\s]+(\d+)",
             notes,
         )
         for x in x
-        if x
+        if x and 0 < float(x) <= 16
     ]
+    mtp_n = set(re.findall(r"\bmtp[\s-]?(\d)\b(?!\s*%)", notes))
+    if len(mtp_n) == 1:  # "MTP3"; several ("MTP1 ..., MTP3 ...") compare runs: none read
+        steps.append(float(mtp_n.pop()))
     drafts = num_in(r"(\d+) draft tokens", notes)
     if acc and acc > 1:
         k = max(steps) if steps else (drafts - 1 if drafts else DEFAULT_DRAFT_STEPS)
         k = max(k, math.ceil(acc - 1.0))  # an accept length needs that many drafts
         return k, acc
-    if steps and max(steps) > 1:  # steps without an accept length: a chain of drafts,
+    if steps:  # steps without an accept length: a chain of drafts (one: "MTP1"),
         k = max(steps)  # each accepted with DEFAULT_MTP_ACCEPT after its predecessor
         return k, 1.0 + sum(DEFAULT_MTP_ACCEPT**i for i in range(1, int(k) + 1))
     if re.search(r"\bwith mtp\b|enable mtp", notes) and not NO_MTP.search(notes):
@@ -1018,7 +1067,7 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     if per_rank:  # the stated batch on each DP rank settled above
         gb = per_rank * dp
     ep = (int_or(p.get("ep"), None) or ranks) if moe else 1
-    etp = expert_tp(row, notes, att_tp, ep) if moe else 1
+    etp = expert_tp(row, notes, ranks, ep) if moe else 1  # the instance's experts: all ranks
     etp = etp if ranks % (ep * etp) == 0 else 1
     imbalance = DEFAULT_MOE_IMBALANCE if moe else 1.0
     common = dict(
@@ -1029,7 +1078,9 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     cap = None
     if gb is None:
         cap = OFFLINE_MAX_BATCH
-        requests = num_in(r"([\d,]+) requests", notes)
+        requests = num_in(  # a count, not a rate ("2.82 requests per second")
+            r"(?<![\d.,])(\d[\d,]*) requests\b(?!\s*(?:per|/)\s*(?:s|sec|second|min)\b)", notes
+        )
         if requests:
             cap = min(cap, int(requests))
         read = read or f"decode batch not stated: the largest that fits (capped at {cap})"
@@ -1068,11 +1119,13 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
 
 
 #: a deployment with its own prefill cards: "PD separation", "PD disaggregated", "P/D
-#: disaggregation", "prefill-decode disaggregation", "disaggregated prefill" (not after
-#: "no" or "without")
+#: disaggregation", "prefill-decode disaggregation", "disaggregated prefill" (not after "no",
+#: "without", "not", "non-", "unlike", "vs"..., nor followed by "not used" / "disabled")
 _PD_SEPARATED = re.compile(
-    r"(?<!no )(?<!without )(?:\bp\s*/?\s*d[\s-]*|\bprefill[\s/-]*decode[\s-]*)"
-    r"(?:separation|separated|disaggregat\w*)|\bdisaggregated prefill"
+    COMPARED + r"(?<!no )(?<!without )(?<!not )(?<!non-)(?<!non )(?<!unlike the )"
+    r"(?:\bp\s*/?\s*d[\s-]*|\bprefill[\s/-]*decode[\s-]*)"
+    r"(?:separation|separated|disaggregat\w*)\b(?!\s+(?:is\s+)?(?:not used|disabled|off)\b)"
+    r"|" + COMPARED + r"(?<!no )(?<!without )\bdisaggregated prefill"
 )
 
 

@@ -41,6 +41,7 @@ from emu.validation._plans import (
     needs_serving_rule,
     pd_separated,
     prefill_shape,
+    ranks_of,
     row_plan,
     script_plan,
     serving_row,
@@ -230,7 +231,7 @@ def _run_item(row: dict, base: dict, system_of) -> Item:
     dies = dies_of(system)
     row = script_plan(row) or row
     model = row_model(row)
-    if needs_serving_rule(row):
+    if needs_serving_rule(row, ranks_of(row, dies)):
         s = serving_row(row, model, dies=dies)
         _check_precision(system, s.decode)
         if s.batch_cap is not None:
