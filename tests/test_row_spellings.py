@@ -626,14 +626,64 @@ def test_a_micro_batch_in_tokens_is_not_the_global_batch():
     assert global_batch_of({**r, "notes": "global batch 1,048,576 tokens"})[0] == 512
 
 
-def test_ring_for_small_messages_or_ring_based_nvls_is_not_the_ring_algorithm():
+def test_ring_for_small_messages_is_not_the_ring_algorithm():
     from emu.validation._collectives import allreduce_algorithm, moe_comm_setup
 
     r = {"id": "x", "metric": "allreduce_busbw"}
-    for notes in ("nccl picks ring for small messages", "uses ring for messages below 1mb",
-                  "uses ring-based allreduce with nvls"):  # fmt: skip
+    for notes in ("nccl picks ring for small messages", "uses ring for messages below 1mb"):
         assert allreduce_algorithm({**r, "notes": notes}) == "hierarchical", notes
     base = ROWS["deepep_v1_ll_dispatch_ep8"]
     s = moe_comm_setup({**base, "id": "x", "notes": "non-low-latency kernel, 1.5k tokens per "
                         "rank, hidden 7168"}, None)  # fmt: skip
     assert s["dedup"] == 1.0 and s["tokens"] == 1536
+
+
+# --- Session 37, a second review of the tightened rules.
+
+
+def test_comparisons_and_statements_of_speculation_and_pd_after_the_second_review():
+    from emu.validation._plans import pd_separated, speculation
+    from emu.validation._rows import NO_MTP
+
+    model = V.row_model(ROWS["sglang_h100_decode_2k"])
+    # "to" alone is not a comparison: "thanks to PD disaggregation", "set to no MTP"
+    assert pd_separated("thanks to pd disaggregation, 2 prefill nodes")
+    assert NO_MTP.search("speculation set to no mtp")
+    assert speculation("mtp3, accept length 2.8; 1.8x compared with no mtp", model) == (3, 2.8)
+    eagle = "eagle3 3 steps; 2.1x over the no speculative decoding baseline"
+    assert speculation(eagle, model) == pytest.approx((3, 1 + 0.7 + 0.49 + 0.343))
+
+
+def test_the_first_kv_format_said_wins_and_offline_spellings_route_a_batch_row():
+    from emu.validation._plans import kv_precision, needs_serving_rule
+
+    for notes, kv in (("fp8 kv cache (vs kv cache in bf16)", "fp8"),
+                      ("model in bf16 kv cache fp8", "fp8"),
+                      ("weights bf16 / kv cache fp8", "fp8")):  # fmt: skip
+        assert kv_precision({"id": "x", "notes": notes}) == kv, notes
+    for notes in ("mlperf offline scenario", "offline (max throughput)",
+                  "offline batch inference", "throughput benchmark (offline)"):  # fmt: skip
+        assert needs_serving_rule(_decode(notes=notes + "; isl 1k, osl 1k")), notes
+    assert not needs_serving_rule(_decode(notes="weights quantized offline; isl 1k, osl 1k"))
+    # SGLang's --tp 8 --dp 8 on 8 GPUs: tp counts the ranks, dp splits them
+    par = {**ROWS["sglang_h100_decode_2k"]["parallel"], "tp": 8, "dp": 8, "microbatch": 32}
+    sgl = _decode(notes="offline throughput benchmark; isl 1k, osl 1k", parallel=par, n_chips=8)
+    assert needs_serving_rule(sgl, 8)
+
+
+def test_more_spellings_the_second_review_found():
+    from emu.validation._collectives import allreduce_algorithm
+    from emu.validation._plans import global_batch_of, lengths, prefill_shape
+
+    assert lengths({"id": "x", "notes": "isl 1.5k/osl 2k"}) == (1536, 2048)
+    base = ROWS["dsprofile_prefill"]
+    for notes, batch in (("tokens per gpu 16384", 4), ("fp8, tokens per gpu: 16,384", 4),
+                         ("9,000 tokens per gpu/sec", 4), ("8,192 tokens per gpu (per second)", 4),
+                         ("8,192 tokens per gpu", 2)):  # fmt: skip
+        assert prefill_shape({**base, "notes": "input length 4096; " + notes})[1] == batch, notes
+    r = {**ROWS["sc21_t1_1.7B"], "notes": "per-device batch 4096 tokens",
+         "parallel": {**ROWS["sc21_t1_1.7B"]["parallel"], "global_batch": None}}  # fmt: skip
+    assert global_batch_of(r)[0] is None
+    ring = {"id": "x", "metric": "allreduce_busbw"}
+    for notes in ("nccl uses ring-based all-reduce", "picks ring for messages above 1 mb"):
+        assert allreduce_algorithm({**ring, "notes": notes}) == "ring", notes

@@ -128,7 +128,7 @@ def message_bytes(row: dict) -> float:
     return message_size(row)[0]
 
 
-_NOT_SMALL = r"(?![/\s-]*(?:ll\b|up to|for small|for messages|below|under|based))"
+_NOT_SMALL = r"(?![/\s-]*(?:ll\b|up to|for small|for messages (?:below|under|up to)|below|under))"
 
 
 def allreduce_algorithm(row: dict) -> str:
@@ -171,11 +171,13 @@ def moe_comm_setup(row: dict, system) -> dict:
     # a low-latency kernel: said so (not "not a low-latency kernel"), an "_ll_" id, or a
     # latency metric unless the notes name the normal (high-throughput) kernels
     said_ll = re.search(
-        r"(?<!not a )(?<!not the )(?<!not )(?<!non-)(?<!not using )(?<!no )\blow[- ]latency", text
+        r"(?<!not a )(?<!not the )(?<!not )(?<!non-)(?<!non )(?<!not using )(?<!no )"
+        r"\blow[- ]latency",
+        text,
     )
     normal = re.search(
         r"\bnormal (?:\(high-throughput\) )?(?:mode|kernels?|dispatch|combine)"
-        r"|(?:\bnot a |\bnot the |\bnot |\bnon-|\bno )low[- ]latency",
+        r"|(?:\bnot a |\bnot the |\bnot |\bnon-|\bnon |\bno )low[- ]latency",
         text,
     )
     low_latency = bool(said_ll) or "_ll_" in row["id"] or ("latency" in metric and not normal)

@@ -435,6 +435,7 @@ _GBS = re.compile(
 #: over the row's sequence length
 _GBS_TOKENS = re.compile(
     r"(?<!micro-)(?<!micro )(?<!micro_)(?<!mini-)(?<!mini )(?<!local )(?<!per-gpu )"
+    r"(?<!per gpu )(?<!per-device )(?<!per device )(?<!sub-)"
     r"\b(?:global[ _])?batch(?:[ _]size)?(?:\s+of|\s*[=:])?\s*(?:~|about\s+)?"
     r"(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)\s*([km]?)\s*tokens\b"
 )
@@ -601,16 +602,17 @@ def trtllm_row(row: dict) -> bool:
     return bool(TRTLLM_STACK.search(f"{row.get('hardware') or ''} {row['id']}".lower()))
 
 
-#: a KV-cache format the notes state: "kv_cache_dtype fp8", "KV cache in INT8", "attention/KV
-#: BF16", "kv-cache: fp8_e4m3" first (so "model in bf16, kv cache fp8" is fp8), then "FP8
-#: KV cache", "BF16/FP16 KV", "FP8 attention/KV"
+#: a KV-cache format the notes state, the first said: "kv_cache_dtype fp8", "KV cache in
+#: INT8", "attention/KV BF16", "kv-cache: fp8_e4m3", or "FP8 KV cache", "BF16/FP16 KV", "FP8
+#: attention/KV" (not a format glued to a "kv cache fp8": "model in bf16 kv cache fp8")
 _KV_AFTER = re.compile(
     r"\bkv(?:[\s_-]*cache)?(?:[\s_-]*dtype)?(?:\s*(?:in|=|:|is))?\s*\(?\b(fp8|bf16|fp16|int8)"
     r"(?:_e[45]m[23])?\b"
 )
 _KV_BEFORE = re.compile(
     r"\b(fp8|bf16|fp16|int8)(?:_e[45]m[23])?(?:\s*/\s*(?:bf16|fp16))?[\s-]*"
-    r"(?:attention\s*(?:/|and)\s*)?kv\b"
+    r"(?:attention\s*(?:/|and)\s*)?kv\b(?![\s_-]*(?:cache)?[\s_-]*(?:dtype)?\s*(?:in|=|:|is)?"
+    r"\s*\(?\b(?:fp8|bf16|fp16|int8))"
 )
 #: the KV_PRECISIONS format of each stated one (an INT8 cache keeps one byte per element,
 #: as FP8)
@@ -623,9 +625,9 @@ def kv_precision(row: dict) -> str:
     "fp8" for TensorRT-LLM rows at FP8/FP4 (`trtllm_row`, FP8_KV_PRECISIONS), else
     "bf16"."""
     text = row_text(row)
-    m = _KV_AFTER.search(text) or _KV_BEFORE.search(text)
-    if m:
-        return _KV_OF[m.group(1)]
+    found = [m for m in (_KV_AFTER.search(text), _KV_BEFORE.search(text)) if m]
+    if found:  # the first said ("fp8 kv cache (vs kv cache in bf16)" is fp8)
+        return _KV_OF[min(found, key=lambda m: m.start()).group(1)]
     low = str(row.get("precision") or "bf16").lower() in FP8_KV_PRECISIONS
     return "fp8" if low and trtllm_row(row) else "bf16"
 
@@ -684,8 +686,8 @@ def stated_prompt(notes: str) -> float | None:
 #: the ISL/OSL pair of TensorRT-LLM's and InferenceMAX's tables: "isl = 1k, osl = 2k", "isl
 #: 128k / osl 8k", "isl/osl 1024/2048"
 _ISL_OSL = (
-    r"\bisl\s*[=:]?\s*(\d[\d,]*k?)\s*[,/;]?\s*osl\s*[=:]?\s*(\d[\d,]*k?)\b"
-    r"|\bisl\s*/\s*osl\s*[=:]?\s*(\d[\d,]*k?)\s*/\s*(\d[\d,]*k?)\b"
+    r"\bisl\s*[=:]?\s*(\d[\d,]*(?:\.\d+)?k?)\s*[,/;]?\s*osl\s*[=:]?\s*(\d[\d,]*(?:\.\d+)?k?)\b"
+    r"|\bisl\s*/\s*osl\s*[=:]?\s*(\d[\d,]*(?:\.\d+)?k?)\s*/\s*(\d[\d,]*(?:\.\d+)?k?)\b"
 )
 
 
@@ -807,10 +809,13 @@ def prefill_shape(row: dict) -> tuple[float, float, list[str]]:
             said.append(f"prompt length not stated: {DEFAULT_PROMPT:,} tokens assumed")
     batch = int_or(p.get("microbatch"), None)
     if batch is None:
-        per_dev = num_in(  # not a rate: "22,480 tokens per GPU per second"
-            r"([\d,]+) tokens per (?:device|accelerator|gpu|npu|die|rank)\b"
-            r"(?!\s*(?:per\s+s(?:ec(?:ond)?)?\b|/\s*s\b))",
-            notes,
+        # "16,384 tokens per device", "tokens per GPU: 16,384"; not a rate ("22,480 tokens
+        # per GPU per second", "tokens per gpu/sec")
+        dev = r"tokens per (?:device|accelerator|gpu|npu|die|rank)\b"
+        rate = r"(?!\s*(?:\(?\s*per\s+s(?:ec(?:ond)?)?\b|/\s*s(?:ec(?:ond)?)?\b))"
+        count = r"(\d{1,3}(?:,\d{3})+|\d+)"
+        per_dev = num_in(rf"(?<![\w.,]){count} {dev}{rate}", notes) or num_in(
+            rf"{dev}{rate}\s*[:=]?\s*{count}(?![\d.])", notes
         )
         batch = max(1.0, float((per_dev or DEFAULT_PREFILL_TOKENS) // prompt))  # whole sequences
         if per_dev is None:
@@ -832,11 +837,13 @@ _SAME_DEVICES = (
 #: `_SAME_DEVICES`, "static-batch" benchmarks (each batch's context phase is timed with it)
 _SHARED_RANKS = r"pd mixed|interleaved|offline|static[- ]batch|" + _SAME_DEVICES
 #: a run with a stated batch whose prefills share its ranks: narrower than _SHARED_RANKS
-#: ("interleaved sliding-window attention" and "quantized offline" are not such runs)
+#: ("interleaved sliding-window attention" and "quantized offline" are not such runs;
+#: "MLPerf offline scenario", "offline (max throughput)" are)
 _SHARED_BATCH = (
-    r"pd mixed|static[- ]batch|offline[\s-]+(?:max[\s-]*throughput|throughput|benchmark|mode"
-    r"|inference|serving|run)|(?:prefill|context)\s*(?:\+|and|/|&)\s*(?:decode|generation)"
-    r"\s+interleaved|" + _SAME_DEVICES
+    r"pd mixed|static[- ]batch"
+    r"|(?<!quantized )(?<!quantised )(?<!converted )(?<!calibrated )\boffline\b"
+    r"(?![\s-]+(?:quantiz|quantis|calibrat|conver))"
+    r"|(?:prefill|context)\s*(?:\+|and|/|&)\s*(?:decode|generation)\s+interleaved|" + _SAME_DEVICES
 )
 
 
@@ -845,7 +852,8 @@ def needs_serving_rule(row: dict, ranks: int | None = None) -> bool:
     batch in a run where prefill and decode share the ranks (`_SHARED_BATCH`: "offline max
     throughput", "prefill+decode interleaved", "static-batch", "PD mixed") whose prompt and
     output lengths are stated or split from its seq_len (`_default_lengths`) and whose
-    stated tp x dp x pp are its `ranks` (else the batch path's degrees, `_degrees`, apply): it
+    stated degrees are its `ranks` (tp x dp x pp, or SGLang's tp with a dp <= tp; else the
+    batch path's degrees, `_degrees`, apply; `ranks` None skips this check): it
     describes a deployment, predicted by the serving rule (`serving_row`; the output rate
     of a mixed run counts its prefills)."""
     p = row.get("parallel") or {}
@@ -854,11 +862,13 @@ def needs_serving_rule(row: dict, ranks: int | None = None) -> bool:
         return False
     if int_or(p.get("microbatch"), None) is None:
         return True
-    degrees = math.prod(int_or(p.get(k), 1) for k in ("tp", "dp", "pp"))
+    tp, dp = int_or(p.get("tp"), 1), int_or(p.get("dp"), 1)
+    # Megatron's tp x dp x pp ranks, or SGLang's --tp-size over all of them, --dp-size <= tp
+    own = ranks is None or tp * dp * int_or(p.get("pp"), 1) == ranks or (tp == ranks and dp <= tp)
     return (
         bool(re.search(_SHARED_BATCH, notes))
         and _default_lengths(row, *lengths(row))[1] is not None
-        and (ranks is None or degrees == ranks)
+        and own
     )
 
 
@@ -885,7 +895,7 @@ def per_user_slo(notes: str) -> float | None:
 
 #: a row that runs no speculative decoding at all
 _NO_SPEC = re.compile(
-    COMPARED + r"\b(?:no|without) specul\w*(?: decoding)?\b(?!\s+(?:baseline|run|case))"
+    COMPARED + r"\b(?:no|without) specul\w*\b(?!(?:\s+decoding)?\s+(?:baseline|run|case))"
     r"|\bspeculative decoding (?:is )?(?:off|disabled)\b"
 )
 #: a draft model other than the model's own MTP modules (a row may say "no MTP" and use one)
@@ -1079,7 +1089,9 @@ def serving_row(row: dict, model: Model, *, dies: int = 1) -> ServingRow:
     if gb is None:
         cap = OFFLINE_MAX_BATCH
         requests = num_in(  # a count, not a rate ("2.82 requests per second")
-            r"(?<![\d.,])(\d[\d,]*) requests\b(?!\s*(?:per|/)\s*(?:s|sec|second|min)\b)", notes
+            r"(?<![\d.,])(\d[\d,]*) requests\b"
+            r"(?!\s*(?:per|/)\s*(?:s|sec|second|min|minute|h|hr|hour)\b)",
+            notes,
         )
         if requests:
             cap = min(cap, int(requests))

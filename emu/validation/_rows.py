@@ -742,7 +742,19 @@ def _norm(name: str) -> str:
 #: not a setting the row ran but one it is compared with ("1.8x over no MTP", "faster than
 #: without MTP", "vs no speculative decoding")
 COMPARED = "".join(
-    rf"(?<!{w} )" for w in ("over", "than", "vs", "vs.", "versus", "to", "against", "unlike")
+    rf"(?<!{re.escape(w)} )"
+    for w in (
+        "over",
+        "than",
+        "vs",
+        "vs.",
+        "versus",
+        "compared to",
+        "compared with",
+        "relative to",
+        "against",
+        "unlike",
+    )  # fmt: skip
 )
 #: a row that turns its model's multi-token prediction off: "no MTP", "without MTP", "do
 #: not enable MTP", "MTP disabled", "MTP off" (a catalog model's MTP modules are then not
