@@ -620,10 +620,9 @@ _KV_OF = {"fp8": "fp8", "int8": "fp8", "bf16": "bf16", "fp16": "bf16"}
 
 
 def kv_precision(row: dict) -> str:
-    """The KV-cache format of a serving row: the one its notes state (`_KV_AFTER`, then
-    `_KV_BEFORE`), else
-    "fp8" for TensorRT-LLM rows at FP8/FP4 (`trtllm_row`, FP8_KV_PRECISIONS), else
-    "bf16"."""
+    """The KV-cache format of a serving row: the first its notes state (`_KV_AFTER`,
+    `_KV_BEFORE`), else "fp8" for TensorRT-LLM rows at FP8/FP4 (`trtllm_row`,
+    FP8_KV_PRECISIONS), else "bf16"."""
     text = row_text(row)
     found = [m for m in (_KV_AFTER.search(text), _KV_BEFORE.search(text)) if m]
     if found:  # the first said ("fp8 kv cache (vs kv cache in bf16)" is fp8)
@@ -794,8 +793,7 @@ def _inference_plan(row, model, tp, dp, ep, prec, notes, overlap, imbalance, **d
 def prefill_shape(row: dict) -> tuple[float, float, list[str]]:
     """(prompt tokens, sequences per rank, what was assumed) of a prefill row that is not a
     deployment: the prompt its notes state (`stated_prompt`: "input length 4,096", "ISL=2K";
-    "4k prompt"), else its
-    `model.seq_len` (a prefill row's sequence is its prompt; it was left unread), else
+    "4k prompt"), else its `model.seq_len` (a prefill row's sequence is its prompt), else
     DEFAULT_PROMPT; its micro-batch, else its prompt tokens per device ("16,384 tokens per
     device" or per accelerator, GPU, NPU, die or rank, else DEFAULT_PREFILL_TOKENS) over the
     prompt, in whole sequences (rounded down, at least one)."""
