@@ -687,3 +687,12 @@ def test_more_spellings_the_second_review_found():
     ring = {"id": "x", "metric": "allreduce_busbw"}
     for notes in ("nccl uses ring-based all-reduce", "picks ring for messages above 1 mb"):
         assert allreduce_algorithm({**ring, "notes": notes}) == "ring", notes
+
+
+def test_the_coverage_line_says_when_no_row_of_a_file_was_fitted():
+    from emu.validation._report import coverage_lines
+
+    report = {"summary": {"inside": {"share": 0.5, "n": 4}}, "coverage": None}
+    lines = coverage_lines(report)
+    assert "none of these rows is among the shipped calibration's residuals" in lines[1]
+    assert "in sample for rows the calibration saw" not in lines[1]

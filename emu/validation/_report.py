@@ -302,13 +302,20 @@ def coverage_lines(report: dict) -> list[str]:
     """The coverage block of a report: in-sample share inside the shipped bands and the
     out-of-sample coverage from the shipped residuals."""
     s = report["summary"].get("inside") or {}
+    c = report.get("coverage")
     out = ["interval coverage (target 75-85% for an 80% band)"]
     if s.get("share") is not None:
+        # rows the shipped residuals do not hold were not in the fit that wrote them: for
+        # them the bands are out of sample (`experiments/data/out_of_sample.jsonl`)
+        seen = (
+            "in sample for rows the calibration saw"
+            if c
+            else "none of these rows is among the shipped calibration's residuals"
+        )
         out.append(
             f"  this file, shipped interval table: {100 * s['share']:.1f}% of {s['n']} rows "
-            "inside (in sample for rows the calibration saw)"
+            f"inside ({seen})"
         )
-    c = report.get("coverage")
     if not c:
         out.append("  out of sample: no shipped residuals match these rows (emu calibrate --cv)")
         return out
