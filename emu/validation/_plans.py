@@ -605,14 +605,14 @@ def trtllm_row(row: dict) -> bool:
 #: a KV-cache format the notes state, the first said: "kv_cache_dtype fp8", "KV cache in
 #: INT8", "attention/KV BF16", "kv-cache: fp8_e4m3", or "FP8 KV cache", "BF16/FP16 KV", "FP8
 #: attention/KV" (not a format glued to a "kv cache fp8": "model in bf16 kv cache fp8")
-_KV_AFTER = re.compile(
-    r"\bkv(?:[\s_-]*cache)?(?:[\s_-]*dtype)?(?:\s*(?:in|=|:|is))?\s*\(?\b(fp8|bf16|fp16|int8)"
-    r"(?:_e[45]m[23])?\b"
-)
+_KV_FMT = r"(fp8|bf16|fp16|int8)(?:_e[45]m[23])?"
+#: what may stand between "kv" and the format said of it: "kv cache in", "kv_cache_dtype=",
+#: "kv-cache: ("
+_KV_TO_FMT = r"(?:[\s_-]*cache)?(?:[\s_-]*dtype)?(?:\s*(?:in|=|:|is))?\s*\(?\b"
+_KV_AFTER = re.compile(rf"\bkv{_KV_TO_FMT}{_KV_FMT}\b")
 _KV_BEFORE = re.compile(
-    r"\b(fp8|bf16|fp16|int8)(?:_e[45]m[23])?(?:\s*/\s*(?:bf16|fp16))?[\s-]*"
-    r"(?:attention\s*(?:/|and)\s*)?kv\b(?![\s_-]*(?:cache)?[\s_-]*(?:dtype)?\s*(?:in|=|:|is)?"
-    r"\s*\(?\b(?:fp8|bf16|fp16|int8))"
+    rf"\b{_KV_FMT}(?:\s*/\s*(?:bf16|fp16))?[\s-]*(?:attention\s*(?:/|and)\s*)?kv\b"
+    rf"(?!{_KV_TO_FMT}{_KV_FMT})"
 )
 #: the KV_PRECISIONS format of each stated one (an INT8 cache keeps one byte per element,
 #: as FP8)
@@ -667,7 +667,7 @@ def lengths(row: dict) -> tuple[float | None, float | None]:
 
 
 #: a token count: "2,048", "2048", "2k", "1.5k" (K: 1,024 tokens)
-_TOKENS = r"(?<![\d.,])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?k?|\d+)\b"
+_TOKENS = r"(?<![\d.,])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?k?)\b"
 #: a prompt stated alone: "input length 4,096", "prompt length 128k", "2,000-token input(s)",
 #: "ISL=2K", "ISL 1024"
 _PROMPT = re.compile(
@@ -685,8 +685,8 @@ def stated_prompt(notes: str) -> float | None:
 #: the ISL/OSL pair of TensorRT-LLM's and InferenceMAX's tables: "isl = 1k, osl = 2k", "isl
 #: 128k / osl 8k", "isl/osl 1024/2048"
 _ISL_OSL = (
-    r"\bisl\s*[=:]?\s*(\d[\d,]*(?:\.\d+)?k?)\s*[,/;]?\s*osl\s*[=:]?\s*(\d[\d,]*(?:\.\d+)?k?)\b"
-    r"|\bisl\s*/\s*osl\s*[=:]?\s*(\d[\d,]*(?:\.\d+)?k?)\s*/\s*(\d[\d,]*(?:\.\d+)?k?)\b"
+    rf"\bisl\s*[=:]?\s*{_TOKENS}\s*[,/;]?\s*osl\s*[=:]?\s*{_TOKENS}"
+    rf"|\bisl\s*/\s*osl\s*[=:]?\s*{_TOKENS}\s*/\s*{_TOKENS}"
 )
 
 

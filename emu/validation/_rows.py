@@ -741,21 +741,9 @@ def _norm(name: str) -> str:
 
 #: not a setting the row ran but one it is compared with ("1.8x over no MTP", "faster than
 #: without MTP", "vs no speculative decoding")
-COMPARED = "".join(
-    rf"(?<!{re.escape(w)} )"
-    for w in (
-        "over",
-        "than",
-        "vs",
-        "vs.",
-        "versus",
-        "compared to",
-        "compared with",
-        "relative to",
-        "against",
-        "unlike",
-    )  # fmt: skip
-)
+_COMPARING = ("over", "than", "vs", "vs.", "versus", "compared to", "compared with",
+              "relative to", "against", "unlike")  # fmt: skip
+COMPARED = "".join(rf"(?<!{re.escape(w)} )" for w in _COMPARING)
 #: a row that turns its model's multi-token prediction off: "no MTP", "without MTP", "do
 #: not enable MTP", "MTP disabled", "MTP off" (a catalog model's MTP modules are then not
 #: run: no drafts in decode, no MTP block and head in training)
