@@ -96,7 +96,8 @@ def _check_finite(d: dict, what: str, prefix: str = "") -> None:
 
 def interval_path() -> Path:
     """The shipped interval table (configs/calibration/intervals.toml), written by
-    `emu calibrate --cv` from the leave-one-source-out residuals."""
+    `emu calibrate --cv --holdout FILE` from the leave-one-source-out residuals and those of
+    the holdout rows."""
     return config_dir() / "calibration" / "intervals.toml"
 
 
@@ -107,7 +108,7 @@ def _shipped_table() -> dict | None:
 
 
 def interval_table(path=None) -> dict | None:
-    """The interval table ({"provenance": {level, tail (the widest kind's), tails (per kind),
+    """The interval table ({"provenance": {level, tail (the "all" basis'), tails (per kind),
     coverage ...}, "basis": {name: {rows, sources, tail, q_lo, q_hi, usable}}}) at `path`,
     default the shipped one; None when there is none. Each basis' quantiles are read at its
     kind's tail (`emu.validation.calibrate_tails`); `interval` uses them as they are."""

@@ -41,7 +41,7 @@ def _worst_sources(n: int) -> list[str]:
     by: dict[str, list[float]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
-        if r.get("r_cv") is not None:
+        if r.get("r_cv") is not None and not r.get("holdout"):  # the fitted sources only
             by.setdefault(r["source"], []).append(abs(math.expm1(r["r_cv"])))
     return sorted(by, key=lambda s: -statistics.median(by[s]))[:n]
 

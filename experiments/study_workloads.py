@@ -245,7 +245,8 @@ def main() -> None:
     lines += [
         "",
         "Band ends: each system's 80% throughput interval (`emu.analysis.interval`, from the "
-        "leave-one-source-out residuals of its chip family and kind) applied at opposite ends; "
+        "held-out residuals of its chip family and kind: leave-one-source-out, and rows of "
+        "sources the fit never saw) applied at opposite ends; "
         "tokens/J shares the throughput's band (power is modelled, not measured). Bases:",
         "",
     ]

@@ -1,6 +1,7 @@
 """Regenerate the full validation report into a results folder.
 
     python experiments/validation.py [file] [--out experiments/figures/validation] [--steps 300]
+        [--holdout experiments/data/out_of_sample.jsonl]
 
 Writes: report.json (every row: prediction, measurement, error, 80% interval; summaries by
 kind, system and source, with the committed calibration; the out-of-sample coverage of the
@@ -9,18 +10,29 @@ measured, log-log, one colour per system, 1:1 line and +-10% bands), calibration
 from-scratch fit with in-sample and leave-one-source-out errors by system, kind and source,
 leave-one-system-out, and the coverage of intervals built from these residuals),
 residuals.jsonl and intervals.toml (what `emu calibrate --cv` ships, for comparison; the
-committed overlay is not modified). Prints the headline tables.
+committed overlay is not modified; `--holdout` as `emu calibrate --cv --holdout`: rows of
+sources the fit never saw join the residuals the intervals are calibrated on). Prints the
+headline tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
-from emu.calibration import cross_validate, fit, interval_records, write_intervals, write_residuals
+from emu.calibration import (
+    cross_validate,
+    fit,
+    holdout_residuals,
+    interval_records,
+    read_holdout,
+    write_intervals,
+    write_residuals,
+)
 from emu.cli import positive_int
 from emu.storage import enable_compilation_cache as enable_cache
 from emu.struct import json_safe
@@ -49,7 +61,14 @@ def main() -> None:
     ap.add_argument("--out", default="experiments/figures/validation")
     ap.add_argument("--steps", type=positive_int, default=300)
     ap.add_argument("--no-fit", action="store_true", help="only the report (no refit)")
+    ap.add_argument("--holdout", help="rows of sources the fit never saw, for the intervals")
     args = ap.parse_args()
+    if args.holdout and args.no_fit:
+        sys.exit("validation.py: --holdout calibrates the refit's intervals; drop --no-fit.")
+    try:  # before the fit of minutes
+        held_rows = read_holdout(args.holdout, args.file) if args.holdout else []
+    except (OSError, ValueError) as e:
+        sys.exit(f"validation.py: {e}")
     enable_cache()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,6 +94,9 @@ def main() -> None:
     rep = fitted.to_json()  # parameter keys joined with "."
     by_source = cross_validate(fitted, by="source")
     by_system = cross_validate(fitted, by="system")
+    if held_rows:
+        extra = holdout_residuals(fitted, held_rows)
+        by_source = dataclasses.replace(by_source, holdout=extra)
     cov = coverage(interval_records(by_source))
     write_residuals(by_source, out / "residuals.jsonl")
     write_intervals(by_source, out / "intervals.toml", command="experiments/validation.py")

@@ -8,7 +8,7 @@ import pytest
 
 from emu.calibration import apply_parameters, cross_validate, fit, write_overlay
 from emu.catalog import load_system
-from emu.validation import default_measurements, row_source
+from emu.validation import TIME_METRICS, default_measurements, row_source
 
 # Regression tests are pinned to the 141-row set they were written for (the shared file has
 # grown since); the fidelity tests read the grown set.
@@ -417,3 +417,110 @@ def test_calibrate_writes_only_where_asked(tmp_path, capsys, monkeypatch, extra,
     err = capsys.readouterr().err
     assert code == 2 and needle in err and err.count("\n") == 1, err
     assert (tmp_path / "residuals.jsonl").read_text() == "precious\n"
+
+
+def _holdout_file(path: Path, fitted: Path) -> list[dict]:
+    """Two fitted rows again under new ids and a source the fit does not know, and one row
+    of a chip family the fit has no row of; written to `path`."""
+    rows = [json.loads(line) for line in open(fitted) if line.strip()]
+    src = SHARED if SHARED.exists() else default_measurements()
+    other = next(json.loads(line) for line in open(src) if json.loads(line)["system"] == "dgx_h100")
+    time = next(r for r in rows if r["metric"] in TIME_METRICS)  # the other speed sign
+    twins = [rows[0], rows[1], time]
+    copies = [{**r, "id": f"again_{r['id']}", "source": "Holdout test source"} for r in twins]
+    out = [*copies, {**other, "id": "holdout_h100", "source": "Another holdout source"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in out))
+    return twins
+
+
+def test_holdout_rows_are_scored_by_the_full_fit_and_join_the_intervals(small_fit, tmp_path):
+    """`emu calibrate --cv --holdout FILE`: rows of sources the fit never saw are predicted
+    with the fitted parameters (a fitted row copied under a new source gets that row's
+    in-sample residual; a family the fit has no row of keeps its priors), and their residuals
+    join residuals.jsonl and the interval table, not the fit's medians."""
+    from emu.analysis import interval_table
+    from emu.calibration import holdout_residuals, read_holdout
+    from emu.validation import read_residuals
+
+    rep, fitted = small_fit
+    twins = _holdout_file(tmp_path / "holdout.jsonl", fitted)
+    rows = read_holdout(tmp_path / "holdout.jsonl", fitted)
+    recs = holdout_residuals(rep, rows)
+    cv = cross_validate(rep, by="source", steps=5)
+    by_id = {x["id"]: x for x in cv.rows}
+    assert [x["id"] for x in recs] == [f"again_{r['id']}" for r in twins] + ["holdout_h100"]
+    assert all(x["holdout"] is True for x in recs)
+    for x, r in zip(recs, twins, strict=False):
+        assert x["r_cv"] == x["r_in"] == pytest.approx(by_id[r["id"]]["r_in"], abs=1e-4)
+    assert math.isfinite(recs[3]["r_cv"]) and recs[3]["group"].startswith("train/hopper")
+    import dataclasses
+
+    with_holdout = dataclasses.replace(cv, holdout=recs)
+    write_overlay(rep, tmp_path / "out" / "fitted.toml", command="t", cv=[with_holdout])
+    res = read_residuals(tmp_path / "out" / "residuals.jsonl")
+    assert [x["id"] for x in res] == [x["id"] for x in cv.rows] + [x["id"] for x in recs]
+    prov = interval_table(tmp_path / "out" / "intervals.toml")["provenance"]
+    assert prov["rows"] == rep.rows + 4 and prov["holdout_rows"] == 4
+    assert set(prov["coverage_by_origin"]) == {"fitted", "holdout"}
+
+
+def test_fitted_calibration_is_what_the_written_overlay_loads(small_fit, tmp_path):
+    """The overlay `holdout_residuals` predicts with is the defaults with the fitted values
+    in place, as emu loads them once `write_overlay` has written the overlay (shared link
+    fields in every link type)."""
+    from emu.calibration import fitted_calibration
+    from emu.catalog import _merge, calibration
+
+    rep, _ = small_fit
+    out = write_overlay(rep, tmp_path / "fitted.toml", command="t")
+    loaded = calibration(fitted=False)
+    written = tomllib.loads(out.read_text())
+    written.pop("provenance")
+    _merge(loaded, written)
+    got = fitted_calibration(rep)
+
+    def leaves(d, path=()):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from leaves(v, (*path, k))
+            else:
+                yield (*path, k), v
+
+    want = dict(leaves(loaded))
+    assert set(dict(leaves(got))) == set(want)
+    for k, v in leaves(got):  # the overlay writes 5-6 significant digits (`_fmt`)
+        assert v == pytest.approx(want[k], rel=1e-4), k
+
+
+def test_a_holdout_row_of_a_fitted_source_is_refused_before_the_fit(small_fit, tmp_path):
+    from emu.calibration import read_holdout
+
+    _, fitted = small_fit
+    row = json.loads(next(line for line in open(fitted) if line.strip()))
+    path = tmp_path / "h.jsonl"
+    path.write_text(json.dumps({**row, "id": "new_id"}) + "\n")
+    with pytest.raises(ValueError, match="has the source of a fitted row; a holdout row must"):
+        read_holdout(path, fitted)
+    path.write_text(json.dumps({**row, "source": "Elsewhere"}) + "\n")
+    with pytest.raises(ValueError, match="has the id of a fitted row"):
+        read_holdout(path, fitted)
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        ([], "--holdout calibrates the intervals with --cv's residuals; add --cv"),
+        (["--cv"], "--holdout: measurement file"),  # a file that is not there
+    ],
+)
+def test_a_bad_holdout_is_one_line_before_the_fit(tmp_path, capsys, monkeypatch, extra, needle):
+    import emu.calibration
+    from emu.cli import main
+
+    def no_fit(*a, **k):
+        raise AssertionError("the fit started before --holdout was checked")
+
+    monkeypatch.setattr(emu.calibration, "fit", no_fit)
+    code = main(["calibrate", "--dry-run", *extra, "--holdout", str(tmp_path / "h.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and err.count("\n") == 1, err

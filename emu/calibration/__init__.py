@@ -37,6 +37,9 @@ from emu.calibration._fit import (
     CrossValidation,
     cross_validate,
     fit,
+    fitted_calibration,
+    holdout_residuals,
+    read_holdout,
     refit_without,
 )
 from emu.calibration._overlay import (
@@ -54,6 +57,9 @@ __all__ = [
     "fit",
     "cross_validate",
     "refit_without",
+    "read_holdout",
+    "fitted_calibration",
+    "holdout_residuals",
     "write_overlay",
     "write_residuals",
     "write_intervals",

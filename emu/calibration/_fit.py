@@ -3,9 +3,11 @@ approximation of the uncertainty, and leave-one-group-out cross-validation."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,8 +27,10 @@ from emu.validation import (
     item_group,
     prepare_rows,
     read_rows,
+    row_source,
     row_weight,
     speed_sign,
+    validate_rows,
 )
 
 #: optimiser steps between two checkpoints
@@ -109,6 +113,10 @@ class CrossValidation:
     p90_abs_pct_error: float
     rows: list = dataclasses.field(default_factory=list, repr=False)
     summary: dict = dataclasses.field(default_factory=dict, repr=False)
+    #: records of the same form for rows of sources the fit never saw (`holdout_residuals`):
+    #: r_in = r_cv, their error under the full fit; they join the interval calibration and
+    #: residuals.jsonl, not the medians above
+    holdout: list = dataclasses.field(default_factory=list, repr=False)
 
 
 class _Checkpoint:
@@ -411,3 +419,79 @@ def cross_validate(report: Calibration, *, by: str = "source", steps: int | None
         rows=records,
         summary=_summary(records),
     )
+
+
+def read_holdout(path, fit_path=None, *, warn=None) -> list[dict]:
+    """The rows of `path`, for `holdout_residuals`: rows of sources the fit does not see.
+    ValueError (one line, before any fit) when the file cannot be read, has no modelled row,
+    or shares a source or a row id with the fitted file `fit_path` (default: the shipped
+    measurements): such a row would be scored in sample. `warn` is told how many rows will
+    not be scored and the first reason."""
+    src = Path(path)
+    try:
+        rows, problems = read_rows(src)
+    except ValueError as e:
+        raise ValueError(f"--holdout: {e}") from None
+    items, failures = prepare_rows(rows, calibration=calibration(fitted=False))
+    if not items:
+        raise ValueError(f"--holdout: no modelled rows in '{src}' (`emu validate {src}` says why).")
+    dropped = [p["reason"] for p in problems]
+    dropped += [f"{f.get('id')}: {f.get('reason')}" for f in failures]
+    if dropped and warn is not None:
+        warn(
+            f"{len(dropped)} of {len(rows) + len(problems)} rows of '{src}' will not be scored "
+            f"({dropped[0]}); `emu validate {src}` gives each reason"
+        )
+    fitted, _ = read_rows(Path(fit_path) if fit_path else default_measurements())
+    sources = {row_source(r) for r in fitted}
+    ids = {r.get("id") for r in fitted}
+    for it in items:
+        if it.base["source"] in sources or it.base["id"] in ids:
+            what = "source" if it.base["source"] in sources else "id"
+            raise ValueError(
+                f"--holdout: row '{it.base['id']}' of '{src}' has the {what} of a fitted row; "
+                "a holdout row must come from a source the fit does not see."
+            )
+    return rows
+
+
+def fitted_calibration(report: Calibration) -> dict:
+    """The calibration overlay (`emu.catalog.calibration`'s form) of the priors with the
+    fitted values of `report` in place: what emu loads once `write_overlay` has written it."""
+    cal = copy.deepcopy(calibration(fitted=False))
+    for (sec, key, f), v in report.values.items():
+        if sec == "link" and not key:  # shared: every link type, as write_overlay writes it
+            for fields in cal["link"].values():
+                fields[f] = v
+        else:
+            (cal[sec][key] if key else cal[sec])[f] = v
+    return cal
+
+
+def holdout_residuals(report: Calibration, rows: list[dict]) -> list[dict]:
+    """Residual records (`CrossValidation.rows`' form) of rows from sources the fit never
+    saw (`read_holdout`), predicted as `emu validate` predicts them with the fitted
+    parameters in place (`fitted_calibration`; a parameter no fitted row informs keeps its
+    prior): out of sample for the fit as the leave-one-source-out residuals are, so they can
+    calibrate the intervals with them (`write_overlay`; each record has `holdout` true).
+    Rows not modelled are left out; a row's weight is its stated confidence's."""
+    by_id = {str(x.get("id")): x for x in rows}
+    out = []
+    for res in validate_rows(rows, calibration=fitted_calibration(report), table={}):
+        if res["status"] != "ok":
+            continue
+        r = speed_sign(res["metric"]) * math.log(res["predicted"] / res["measured"])
+        row = by_id[str(res["id"])]
+        out.append(
+            {
+                **{k: res[k] for k in ("id", "source", "system", "kind", "metric", "group")},
+                "weight": float(row_weight(row)),
+                "measured": res["measured"],
+                "predicted_in": res["predicted"],
+                "predicted_cv": res["predicted"],
+                "r_in": r,
+                "r_cv": r,
+                "holdout": True,
+            }
+        )
+    return out

@@ -3,7 +3,9 @@
 
 - fitted.toml: the fitted values as a TOML overlay, with provenance;
 - residuals.jsonl: every row's in-sample and leave-one-source-out residual
-  (`CrossValidation.rows`), which `emu validate` reads for the coverage of the intervals;
+  (`CrossValidation.rows`), then the holdout rows' (`CrossValidation.holdout`, sources the
+  fit never saw, under the full fit), which `emu validate` reads for the coverage of the
+  intervals;
 - intervals.toml: the residual quantile table every prediction's interval comes from
   (`emu.analysis.interval`), its tail calibrated per kind by nested leave-one-source-out
   (`emu.validation.calibrate_tails`), with the out-of-sample coverage of the procedure.
@@ -118,7 +120,7 @@ def write_overlay(
 
 
 def _residuals_text(cv: CrossValidation) -> str:
-    return "".join(json.dumps(x, allow_nan=False) + "\n" for x in cv.rows)
+    return "".join(json.dumps(x, allow_nan=False) + "\n" for x in [*cv.rows, *cv.holdout])
 
 
 def write_residuals(cv: CrossValidation, path: Path) -> Path:
@@ -131,10 +133,17 @@ def write_residuals(cv: CrossValidation, path: Path) -> Path:
 
 
 def interval_records(cv: CrossValidation) -> list[dict]:
-    """The held-out residuals of `cv` in the form `emu.validation.coverage` reads."""
+    """The held-out residuals of `cv` in the form `emu.validation.coverage` reads: the
+    leave-one-source-out rows', then the holdout rows' (`CrossValidation.holdout`)."""
     return [
-        {"id": x["id"], "source": x["source"], "group": x["group"], "r": x["r_cv"]}
-        for x in cv.rows
+        {
+            "id": x["id"],
+            "source": x["source"],
+            "group": x["group"],
+            "r": x["r_cv"],
+            "holdout": bool(x.get("holdout")),
+        }
+        for x in [*cv.rows, *cv.holdout]
         if x["r_cv"] is not None
     ]
 
@@ -162,21 +171,24 @@ def _intervals_lines(cv: CrossValidation, *, command: str, level=INTERVAL_LEVEL)
     table = quantile_table(recs, tails)
     cov = coverage(recs, level)
     lines = [
-        "# 80% prediction intervals from leave-one-source-out residuals (emu calibrate --cv).",
+        "# 80% prediction intervals from held-out residuals (emu calibrate --cv [--holdout]).",
         "# r = log(predicted / measured speed); a rate y lies in [y exp(-q_hi), y exp(-q_lo)],",
         "# a time t in [t exp(q_lo), t exp(q_hi)]. Do not edit by hand.",
         "",
         "[provenance]",
         f"command = {toml_string(command)}",
         f"level = {level:g}",
-        f"tail = {tails['all']:g}  # per side, the smallest of the kinds' (their widest band)",
+        f"tail = {tails['all']:g}  # per side, of the 'all' basis (extrapolations' widening)",
         "tails = {"
         + ", ".join(f"{k} = {v:g}" for k, v in sorted(tails.items()) if k != "all")
         + "}  # per side and kind, calibrated by nested leave-one-source-out",
-        'residual = "log(predicted / measured speed), leave-one-source-out"',
+        'residual = "log(predicted / measured speed), leave-one-source-out; holdout rows'
+        ' under the full fit"',
         f"min_rows = {MIN_ROWS}",
         f"min_sources = {MIN_SOURCES}",
         f"rows = {len(recs)}",
+        f"holdout_rows = {sum(x['r_cv'] is not None for x in cv.holdout)}  # of them, rows of"
+        " sources the fit never saw (emu calibrate --holdout), scored by the full fit",
         f"coverage_out_of_sample = {_fmt(cov['out_of_sample'])}  # level chosen without the row's"
         " source",
         f"coverage_nested = {_fmt(cov['nested'])}  # at the shipped tails",
@@ -184,6 +196,12 @@ def _intervals_lines(cv: CrossValidation, *, command: str, level=INTERVAL_LEVEL)
         "coverage_by_kind = {"
         + ", ".join(f"{k} = {_fmt(v['coverage'])}" for k, v in cov["by_kind"].items())
         + "}  # out of sample",
+        "coverage_by_origin = {"
+        + ", ".join(f"{k} = {_fmt(v['coverage'])}" for k, v in cov["by_origin"].items())
+        + "}  # out of sample: leave-one-source-out rows (fitted), holdout rows",
+        "coverage_holdout_by_kind = {"
+        + ", ".join(f"{k} = {_fmt(v['coverage'])}" for k, v in cov["holdout_by_kind"].items())
+        + "}  # out of sample, the holdout rows alone: what the tails are calibrated on",
         f'date = "{datetime.date.today().isoformat()}"',
     ]
     for name, b in table.items():

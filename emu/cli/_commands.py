@@ -5,6 +5,7 @@ emu.cli._render."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from emu import _backend, analysis, catalog, policy, storage
@@ -353,6 +354,15 @@ def cmd_calibrate(args) -> None:
         raise CliError("calibrate takes no --set: it fits the shared parameters itself.")
     if args.cv:  # before a fit of minutes, not after it
         _check_cv_groups(args.file)
+    if args.holdout is not None and not args.cv:
+        raise CliError(
+            "--holdout calibrates the intervals with --cv's residuals; add --cv, or drop --holdout."
+        )
+    if args.holdout is not None and not args.holdout.strip():
+        raise CliError("--holdout is empty; give a JSON Lines file of rows the fit does not see.")
+    holdout = (
+        calibration.read_holdout(args.holdout, args.file, warn=render.warn) if args.holdout else []
+    )
     if args.out is not None and not args.out.strip():  # "" was the shipped overlay
         raise CliError(
             "--out is empty; give a .toml file name, or leave --out out to replace the "
@@ -389,11 +399,18 @@ def cmd_calibrate(args) -> None:
         if args.cv
         else []
     )
+    if holdout:  # the source pass's residuals, which the intervals come from
+        import jax
+
+        jax.clear_caches()  # the fit's and the folds' compiled blocks are not needed again
+        extra = calibration.holdout_residuals(report, holdout)
+        cvs[0] = dataclasses.replace(cvs[0], holdout=extra)
     command = (
         "emu calibrate"
         + (f" {args.file}" if args.file else "")
         + (f" --steps {args.steps}" + (" --cv" if args.cv else ""))
         + (f" --weights {args.weights}" if args.weights != "confidence" else "")
+        + (f" --holdout {args.holdout}" if args.holdout else "")
     )
     path, written = None, []
     if not args.dry_run:

@@ -568,6 +568,14 @@ def _add_measurement_commands(sub) -> None:
         "1 + 0.3 (n - 1), n the rows of the row's source, rescaled to the same total, so "
         "that a source counts by its information, not its row count; 'none': all alike",
     )
+    p.add_argument(
+        "--holdout",
+        metavar="FILE",
+        help="with --cv: JSON Lines of rows from sources the fit does not see (e.g. "
+        "experiments/data/out_of_sample.jsonl); they are predicted with the fitted "
+        "parameters and their residuals join the leave-one-source-out ones that calibrate "
+        "the 80%% intervals (and residuals.jsonl), not the fit or its medians",
+    )
     p.add_argument("--dry-run", action="store_true", help="fit and report, write nothing")
     p.add_argument("--throttle-s", type=float, default=0.0, help=argparse.SUPPRESS)  # tests
     _common(p, set_help=False)

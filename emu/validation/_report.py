@@ -4,8 +4,9 @@ predicted-vs-measured plot.
 
 Error = |predicted - measured| / measured on the metric as published. Coverage: the share
 of rows whose measurement lies inside the interval of their prediction, (a) out of sample,
-from the shipped leave-one-source-out residuals (configs/calibration/residuals.jsonl,
-written by `emu calibrate --cv`; no refit), doubly nested (`_intervals.coverage`), and (b)
+from the shipped held-out residuals (configs/calibration/residuals.jsonl, written by `emu
+calibrate --cv [--holdout]`: leave-one-source-out, and holdout rows under the full fit; no
+refit), doubly nested (`_intervals.coverage`), and (b)
 with the shipped interval table on this file's predictions (in sample for the rows the
 calibration saw; out of sample for a file it never saw).
 """
@@ -55,7 +56,8 @@ _eval_group = jax.jit(jax.vmap(evaluate, in_axes=(None, 0, 0)))
 
 
 def residuals_path() -> Path:
-    """The shipped leave-one-source-out residuals (configs/calibration/residuals.jsonl)."""
+    """The shipped held-out residuals (configs/calibration/residuals.jsonl): leave-one-source-
+    out, then the holdout rows' (`holdout` true)."""
     return config_dir() / "calibration" / "residuals.jsonl"
 
 
@@ -167,12 +169,18 @@ def summarise(results: list[dict]) -> dict:
 
 def coverage_of_file(results: list[dict], residuals: list[dict] | None = None) -> dict | None:
     """Out-of-sample coverage of the intervals (`_intervals.coverage`) over the shipped
-    leave-one-source-out residuals of the rows of `results` (matched by id and measured
-    value); None when no shipped residual matches."""
+    held-out residuals of the rows of `results` (matched by id and measured value); None
+    when no shipped residual matches."""
     residuals = read_residuals() if residuals is None else residuals
     ok = {(r["id"], r["measured"]) for r in results if r["status"] == "ok"}
     recs = [
-        {"id": x["id"], "source": x["source"], "group": x["group"], "r": x["r_cv"]}
+        {
+            "id": x["id"],
+            "source": x["source"],
+            "group": x["group"],
+            "r": x["r_cv"],
+            "holdout": bool(x.get("holdout")),
+        }
         for x in residuals
         if x.get("r_cv") is not None and (x["id"], x["measured"]) in ok
     ]
@@ -320,7 +328,7 @@ def coverage_lines(report: dict) -> list[str]:
         out.append("  out of sample: no shipped residuals match these rows (emu calibrate --cv)")
         return out
     out.append(
-        f"  out of sample (leave-one-source-out residuals, level calibrated without the "
+        f"  out of sample (held-out residuals, level calibrated without the "
         f"row's source): {100 * c['out_of_sample']:.1f}% of {c['rows']} rows; nested at the "
         f"{'shipped tails' if c.get('tails_are_shipped') else 'tails these rows calibrate'} "
         f"({tails_text(c['tail'])}): {100 * c['nested']:.1f}%; median width "
@@ -328,6 +336,10 @@ def coverage_lines(report: dict) -> list[str]:
     )
     for k, v in c["by_kind"].items():
         out.append(f"    {k:40} {v['n']:4d} {100 * v['coverage']:6.1f}%")
+    if len(c.get("by_origin", {})) > 1:  # leave-one-source-out rows and holdout rows
+        for k, v in c["by_origin"].items():
+            what = "rows of sources the fit never saw" if k == "holdout" else "fitted rows"
+            out.append(f"    {what:40} {v['n']:4d} {100 * v['coverage']:6.1f}%")
     return out
 
 
