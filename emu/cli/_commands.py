@@ -404,6 +404,8 @@ def cmd_calibrate(args) -> None:
 
         jax.clear_caches()  # the fit's and the folds' compiled blocks are not needed again
         extra = calibration.holdout_residuals(report, holdout)
+        if not extra:
+            render.warn(f"no row of '{args.holdout}' could be scored with the fitted parameters")
         cvs[0] = dataclasses.replace(cvs[0], holdout=extra)
     command = (
         "emu calibrate"

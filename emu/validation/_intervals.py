@@ -23,16 +23,17 @@ rows pooled: with one tail for all, collectives (whose sources agree more) were 
 (session 19, the shipped residuals). The "all" basis, which only widens extrapolations,
 is calibrated the same way on its own pool (all kinds' target rows; until session 38 it
 took the smallest of the kinds' tails, which a kind at the grid's floor made a band of the
-pool's extremes); the kinds' calibration reads it at each candidate tail (its own tail is
-only known once theirs are), the reported coverage at the shipped one.
-Where a kind has enough holdout rows (`_targets`), its tail is calibrated to cover *them*,
+pool's extremes); it is calibrated first, and the kinds' calibration reads it at its own
+tail (until session 38 at each candidate tail, as it was only known once theirs were).
+Where a kind has enough holdout rows (`_targets`), its tail is calibrated to cover *them*
+(or is the grid's smallest when no tail reaches the level: the shipped collectives'),
 with bands still drawn from every other source: rows of sources
 the fit never saw sit further from emu than held-out sources of the fitted set (session 38:
 at tails calibrated on all rows, the holdout rows were covered 71% and the fitted rows 84%),
 and a prediction for a user's workload is of the first kind.
 `coverage` reports it honestly, doubly nested: for each source S the tails are calibrated
 on the other sources, then S's rows are scored with bands from the other sources at their
-kind's tail (a kind that only S shows takes the other kinds' widest).
+kind's tail (a kind that only S shows takes the "all" basis' tail).
 
 >>> recs = [{"id": str(i), "source": f"s{i % 4}", "group": "train/x", "r": 0.01 * (i - 10)}
 ...         for i in range(21)]
@@ -70,13 +71,13 @@ def tail_of(tail, basis: str) -> float:
         return float(tail)
     if not tail:
         raise ValueError("no tails to choose from.")
-    widest = tail.get("all", min(tail.values()))
-    return float(tail.get(record_kind(basis), widest)) if basis != "all" else float(widest)
+    fallback = tail.get("all", min(tail.values()))
+    return float(tail.get(record_kind(basis), fallback)) if basis != "all" else float(fallback)
 
 
 def tails_text(tail) -> str:
     """`tail` (a float or `calibrate_tails`' mapping) for a report line: "collective 0.08,
-    serve 0.05, train 0.06" (the "all" entry, their minimum, left out)."""
+    serve 0.05, train 0.06" (the "all" entry left out)."""
     if not isinstance(tail, Mapping):
         return f"{float(tail):g}"
     return ", ".join(f"{k} {v:g}" for k, v in sorted(tail.items()) if k != "all")
@@ -159,12 +160,13 @@ class _Pools:
         return lo, hi, key
 
 
-def _inside(records, pools: _Pools, outer: frozenset, tails) -> np.ndarray:
+def _inside(records, pools: _Pools, outer: frozenset, tails, all_tails=None) -> np.ndarray:
     """Inside flags (rows x tails) of each record of `records` with the bands from the pool
-    without its own source and the `outer` sources."""
+    without its own source and the `outer` sources (the "all" pool read at `all_tails`,
+    default `tails`, as `_Pools.band`)."""
     out = np.zeros((len(records), len(tails)), bool)
     for i, x in enumerate(records):
-        lo, hi, _ = pools.band(outer | {x["source"]}, x["group"], tails)
+        lo, hi, _ = pools.band(outer | {x["source"]}, x["group"], tails, all_tails)
         out[i] = (lo <= x["r"]) & (x["r"] <= hi)
     return out
 
@@ -193,14 +195,17 @@ def _targets(sub: list[dict]) -> list[dict]:
 
 
 def _tails(records, pools: _Pools, excluded: frozenset, level: float) -> dict[str, float]:
+    kinds = sorted({record_kind(x) for x in records})
+    targets = {k: _targets([x for x in records if record_kind(x) == k]) for k in kinds}
+    # the "all" basis (a last resort, and the widening of an extrapolation) first, calibrated
+    # the same way on its own pool: every kind's targets, each band from every other source
+    every = [{**x, "group": "all"} for k in kinds for x in targets[k]]
+    t_all = _pick(_inside(every, pools, excluded, TAIL_GRID).mean(axis=0), level)
     out = {}
-    for kind in sorted({record_kind(x) for x in records}):
-        sub = _targets([x for x in records if record_kind(x) == kind])
-        out[kind] = _pick(_inside(sub, pools, excluded, TAIL_GRID).mean(axis=0), level)
-    # the "all" basis (a last resort, and the widening of an extrapolation) calibrated the
-    # same way on its own pool: all kinds' targets, each band from every other source's rows
-    every = [{**x, "group": "all"} for x in _targets(records)]
-    out["all"] = _pick(_inside(every, pools, excluded, TAIL_GRID).mean(axis=0), level)
+    for k in kinds:  # each kind's candidate tails, the "all" pool read at its own tail
+        inside = _inside(targets[k], pools, excluded, TAIL_GRID, [t_all] * len(TAIL_GRID))
+        out[k] = _pick(inside.mean(axis=0), level)
+    out["all"] = t_all
     return out
 
 

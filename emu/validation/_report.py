@@ -187,11 +187,17 @@ def coverage_of_file(results: list[dict], residuals: list[dict] | None = None) -
     if not recs:
         return None
     cov = coverage(recs)
-    shipped = ((interval_table() or {}).get("provenance") or {}).get("tails")
-    cov["tails_are_shipped"] = isinstance(shipped, dict) and all(
-        math.isclose(float(shipped.get(k, math.nan)), float(v)) for k, v in cov["tail"].items()
-        if k != "all"
-    )  # fmt: skip
+    prov = (interval_table() or {}).get("provenance") or {}
+    shipped = prov.get("tails")
+    cov["tails_are_shipped"] = (
+        isinstance(shipped, dict)
+        and all(
+            math.isclose(float(shipped.get(k, math.nan)), float(v))
+            for k, v in cov["tail"].items()
+            if k != "all"
+        )
+        and math.isclose(float(prov.get("tail", math.nan)), float(cov["tail"]["all"]))
+    )
     return cov
 
 
