@@ -435,23 +435,23 @@ def read_holdout(path, fit_path=None, *, warn=None) -> list[dict]:
     items, failures = prepare_rows(rows, calibration=calibration(fitted=False))
     if not items:
         raise ValueError(f"--holdout: no modelled rows in '{src}' (`emu validate {src}` says why).")
-    dropped = [p["reason"] for p in problems]
-    dropped += [f"{f.get('id')}: {f.get('reason')}" for f in failures]
-    if dropped and warn is not None:
-        warn(
-            f"{len(dropped)} of {len(rows) + len(problems)} rows of '{src}' will not be scored "
-            f"({dropped[0]}); `emu validate {src}` gives each reason"
-        )
     fitted, _ = read_rows(Path(fit_path) if fit_path else default_measurements())
     sources = {row_source(r) for r in fitted}
-    ids = {r.get("id") for r in fitted}
+    ids = {str(r.get("id")) for r in fitted}
     for it in items:
-        if it.base["source"] in sources or it.base["id"] in ids:
+        if it.base["source"] in sources or str(it.base["id"]) in ids:
             what = "source" if it.base["source"] in sources else "id"
             raise ValueError(
                 f"--holdout: row '{it.base['id']}' of '{src}' has the {what} of a fitted row; "
                 "a holdout row must come from a source the fit does not see."
             )
+    dropped = [p["reason"] for p in problems]
+    dropped += [f"{f.get('id')}: {f.get('reason')}" for f in failures]
+    if dropped and warn is not None:  # after the refusals: a refused file says one line
+        warn(
+            f"{len(dropped)} of {len(rows) + len(problems)} rows of '{src}' will not be scored "
+            f"({dropped[0]}); `emu validate {src}` gives each reason"
+        )
     return rows
 
 
