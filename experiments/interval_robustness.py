@@ -31,26 +31,10 @@ import sys
 
 import numpy as np
 
-from emu.validation import coverage, read_residuals
+from emu.validation import coverage, read_residuals, residual_records
 
 #: the per-kind band the shipped table is held to (tests/test_intervals.py)
 KIND_RANGE = (0.75, 0.85)
-
-
-def records(residuals: list[dict]) -> list[dict]:
-    """The coverage records of residual rows: id, source, group, the held-out r and whether
-    the row is a holdout row (a source the fit never saw)."""
-    return [
-        {
-            "id": x["id"],
-            "source": x["source"],
-            "group": x["group"],
-            "r": float(x["r_cv"]),
-            "holdout": bool(x.get("holdout")),
-        }
-        for x in residuals
-        if x.get("r_cv") is not None
-    ]
 
 
 def copies(recs: list[dict], n: int, noise: float, seed: int = 0):
@@ -91,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows = [json.loads(line) for line in fh if line.strip()]
         else:
             rows = read_residuals()
-        recs = records(rows)
+        recs = residual_records(rows)
         if not recs:
             raise ValueError("no held-out residuals (r_cv) in the file")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:

@@ -22,7 +22,7 @@ from emu.analysis import INTERVAL_LEVEL, MIN_ROWS, MIN_SOURCES
 from emu.calibration._fit import Calibration, CrossValidation
 from emu.catalog import calibration, config_dir
 from emu.storage import atomic_write, check_output_path
-from emu.validation import calibrate_tails, coverage, quantile_table
+from emu.validation import calibrate_tails, coverage, quantile_table, residual_records
 
 
 def overlay_path() -> Path:
@@ -135,17 +135,7 @@ def write_residuals(cv: CrossValidation, path: Path) -> Path:
 def interval_records(cv: CrossValidation) -> list[dict]:
     """The held-out residuals of `cv` in the form `emu.validation.coverage` reads: the
     leave-one-source-out rows', then the holdout rows' (`CrossValidation.holdout`)."""
-    return [
-        {
-            "id": x["id"],
-            "source": x["source"],
-            "group": x["group"],
-            "r": x["r_cv"],
-            "holdout": bool(x.get("holdout")),
-        }
-        for x in [*cv.rows, *cv.holdout]
-        if x["r_cv"] is not None
-    ]
+    return residual_records([*cv.rows, *cv.holdout])
 
 
 def write_intervals(

@@ -42,6 +42,7 @@ _NAMES = {
     "calibrate_tails": "emu.validation._intervals",
     "tails_text": "emu.validation._intervals",
     "coverage": "emu.validation._intervals",
+    "residual_records": "emu.validation._intervals",
     "quantile_table": "emu.validation._intervals",
     "DEFAULT_MOE_IMBALANCE": "emu.validation._plans",
     "OFFLINE_MAX_BATCH": "emu.validation._plans",
@@ -123,6 +124,7 @@ if TYPE_CHECKING:  # the same names for type checkers and the docs (griffe)
         calibrate_tails,
         coverage,
         quantile_table,
+        residual_records,
         tails_text,
     )
     from emu.validation._plans import (
@@ -258,6 +260,7 @@ __all__ = [
     "calibrate_tails",
     "tails_text",
     "coverage",
+    "residual_records",
     "KINDS",
     "TAIL_GRID",
     "TIME_METRICS",

@@ -57,6 +57,23 @@ from emu.analysis import INTERVAL_LEVEL, MIN_ROWS, MIN_SOURCES, basis_keys
 TAIL_GRID = tuple(round(0.005 * k, 3) for k in range(1, 41))
 
 
+def residual_records(residuals) -> list[dict]:
+    """The records `coverage` and `calibrate_tails` read (id, source, group, held-out r,
+    holdout) of residual rows (`residuals.jsonl`'s form: r_cv, and `holdout` true for a
+    row of a source the fit never saw); rows without a held-out residual are left out."""
+    return [
+        {
+            "id": x["id"],
+            "source": x["source"],
+            "group": x["group"],
+            "r": float(x["r_cv"]),
+            "holdout": bool(x.get("holdout")),
+        }
+        for x in residuals
+        if x.get("r_cv") is not None
+    ]
+
+
 def record_kind(x: dict) -> str:
     """The kind of a residual record or basis name: "train/hopper" -> "train"."""
     return (x["group"] if isinstance(x, dict) else x).split("/", 1)[0]

@@ -25,7 +25,7 @@ from emu.analysis import interval, interval_table
 from emu.catalog import config_dir
 from emu.objective import evaluate
 from emu.storage import atomic_write, check_output_path
-from emu.validation._intervals import coverage, tails_text
+from emu.validation._intervals import coverage, residual_records, tails_text
 from emu.validation._predict import Item, item_group, item_notes, predict_items, prepare_rows
 from emu.validation._rows import KINDS, TIME_METRICS, default_measurements, read_rows
 
@@ -173,17 +173,7 @@ def coverage_of_file(results: list[dict], residuals: list[dict] | None = None) -
     when no shipped residual matches."""
     residuals = read_residuals() if residuals is None else residuals
     ok = {(r["id"], r["measured"]) for r in results if r["status"] == "ok"}
-    recs = [
-        {
-            "id": x["id"],
-            "source": x["source"],
-            "group": x["group"],
-            "r": x["r_cv"],
-            "holdout": bool(x.get("holdout")),
-        }
-        for x in residuals
-        if x.get("r_cv") is not None and (x["id"], x["measured"]) in ok
-    ]
+    recs = residual_records(x for x in residuals if (x["id"], x["measured"]) in ok)
     if not recs:
         return None
     cov = coverage(recs)
