@@ -18,7 +18,6 @@ headline tables.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -30,13 +29,21 @@ from emu.calibration import (
     holdout_residuals,
     interval_records,
     read_holdout,
+    with_holdout,
     write_intervals,
     write_residuals,
 )
 from emu.cli import positive_int
 from emu.storage import enable_compilation_cache as enable_cache
 from emu.struct import json_safe
-from emu.validation import coverage, format_report, plot_report, tails_text, validate_file
+from emu.validation import (
+    coverage,
+    format_report,
+    plot_report,
+    stats_line,
+    tails_text,
+    validate_file,
+)
 
 
 def _table(title: str, ins: dict, held: dict | None) -> list[str]:
@@ -96,7 +103,7 @@ def main() -> None:
     by_system = cross_validate(fitted, by="system")
     if held_rows:
         extra = holdout_residuals(fitted, held_rows)
-        by_source = dataclasses.replace(by_source, holdout=extra)
+        by_source = with_holdout(by_source, extra)
     cov = coverage(interval_records(by_source))
     write_residuals(by_source, out / "residuals.jsonl")
     write_intervals(by_source, out / "intervals.toml", command="experiments/validation.py")
@@ -108,6 +115,7 @@ def main() -> None:
         "in_sample": by_source.summary["in_sample"],
         "leave_one_source_out": by_source.summary["held_out"],
         "leave_one_system_out": by_system.summary["held_out"],
+        "holdout": by_source.summary.get("holdout"),
         "coverage": cov,
         "values": rep["values"],
         "uncertainty": rep["uncertainty"],
@@ -124,6 +132,11 @@ def main() -> None:
         f"{held['all']['median_abs_pct_error']:.1f}%, p90 {held['all']['p90_abs_pct_error']:.1f}%",
         f"leave-one-system-out ({by_system.groups} systems): median "
         f"{by_system.median_abs_pct_error:.1f}%, p90 {by_system.p90_abs_pct_error:.1f}%",
+        *(
+            [f"sources the fit never saw (--holdout): {stats_line(by_source.summary['holdout'])}"]
+            if "holdout" in by_source.summary
+            else []
+        ),
         f"interval coverage (80% band, out of sample, level calibrated without the row's source): "
         f"{100 * cov['out_of_sample']:.1f}% of {cov['rows']} rows (tails "
         f"{tails_text(cov['tail'])}, median width {cov['median_width']:.2f}x)",

@@ -13,6 +13,7 @@ from emu.validation import TIME_METRICS, default_measurements, row_source
 # Regression tests are pinned to the 141-row set they were written for (the shared file has
 # grown since); the fidelity tests read the grown set.
 SHARED = Path(__file__).resolve().parent / "data" / "measurements_141.jsonl"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -439,7 +440,8 @@ def test_holdout_rows_are_scored_by_the_full_fit_and_join_the_intervals(small_fi
     in-sample residual; a family the fit has no row of keeps its priors), and their residuals
     join residuals.jsonl and the interval table, not the fit's medians."""
     from emu.analysis import interval_table
-    from emu.calibration import holdout_residuals, read_holdout
+    from emu.calibration import holdout_residuals, read_holdout, with_holdout
+    from emu.cli._render import calibrate_text
     from emu.validation import read_residuals
 
     rep, fitted = small_fit
@@ -453,15 +455,37 @@ def test_holdout_rows_are_scored_by_the_full_fit_and_join_the_intervals(small_fi
     for x, r in zip(recs, twins, strict=False):
         assert x["r_cv"] == x["r_in"] == pytest.approx(by_id[r["id"]]["r_in"], abs=1e-4)
     assert math.isfinite(recs[3]["r_cv"]) and recs[3]["group"].startswith("train/hopper")
-    import dataclasses
-
-    with_holdout = dataclasses.replace(cv, holdout=recs)
-    write_overlay(rep, tmp_path / "out" / "fitted.toml", command="t", cv=[with_holdout])
+    both = with_holdout(cv, recs)
+    # the out-of-sample accuracy: their |error| under the full fit; the folds' medians stay
+    errors = sorted(100 * abs(x["predicted_cv"] / x["measured"] - 1) for x in recs)
+    held = both.summary["holdout"]
+    assert held["all"]["n"] == 4 and set(held["by_source"]) == {
+        "Holdout test source",
+        "Another holdout source",
+    }
+    assert held["all"]["median_abs_pct_error"] == pytest.approx((errors[1] + errors[2]) / 2)
+    assert both.median_abs_pct_error == cv.median_abs_pct_error and both.rows == cv.rows
+    assert both.summary["held_out"] == cv.summary["held_out"] and "holdout" not in cv.summary
+    assert with_holdout(cv, []).summary == cv.summary  # nothing scored: nothing reported
+    out = tmp_path / "out" / "fitted.toml"
+    write_overlay(rep, out, command="t", cv=[both])
     res = read_residuals(tmp_path / "out" / "residuals.jsonl")
     assert [x["id"] for x in res] == [x["id"] for x in cv.rows] + [x["id"] for x in recs]
     prov = interval_table(tmp_path / "out" / "intervals.toml")["provenance"]
     assert prov["rows"] == rep.rows + 4 and prov["holdout_rows"] == 4
     assert set(prov["coverage_by_origin"]) == {"fitted", "holdout"}
+    fitted_prov = tomllib.loads(out.read_text())["provenance"]
+    assert fitted_prov["holdout_rows"] == 4
+    assert fitted_prov["holdout_median_abs_pct_error"] == pytest.approx(
+        held["all"]["median_abs_pct_error"], rel=1e-4
+    )
+    report = {**rep.to_json(), "cross_validation": [vars(both)]}
+    line = next(x for x in calibrate_text(report, None).splitlines() if "never saw" in x)
+    median = f"median {held['all']['median_abs_pct_error']:.1f}%"
+    assert line.startswith("sources the fit never saw (--holdout): 4 rows of 2 sources: ")
+    assert median in line and "train " in line, line
+    plain = {**rep.to_json(), "cross_validation": [vars(cv)]}
+    assert "never saw" not in calibrate_text(plain, None)
 
 
 def test_fitted_calibration_is_what_the_written_overlay_loads(small_fit, tmp_path):
@@ -524,3 +548,44 @@ def test_a_bad_holdout_is_one_line_before_the_fit(tmp_path, capsys, monkeypatch,
     code = main(["calibrate", "--dry-run", *extra, "--holdout", str(tmp_path / "h.jsonl")])
     err = capsys.readouterr().err
     assert code == 2 and needle in err and err.count("\n") == 1, err
+
+
+def test_compare_fits_reports_the_held_out_change(small_fit):
+    """experiments/compare_fits.py compares two `emu calibrate --cv --json` outputs: the
+    held-out medians as `emu calibrate` reports them, the rows that moved, the parameters
+    that moved, and the holdout rows when either run has them."""
+    import dataclasses
+    import runpy
+    import statistics
+
+    from emu.struct import json_safe
+
+    compare = runpy.run_path(str(ROOT / "experiments" / "compare_fits.py"))["compare"]
+    rep, _ = small_fit
+    cv = cross_validate(rep, by="source", steps=5)
+
+    def output(c, values):
+        return json.loads(
+            json.dumps(
+                json_safe({**rep.to_json(), "values": values, "cross_validation": [vars(c)]})
+            )
+        )
+
+    base_values = rep.to_json()["values"]
+    key = next(iter(base_values))
+    worse = [dict(x) for x in cv.rows]
+    worse[0]["predicted_cv"] = worse[0]["measured"] * 3.0  # that row now 200% off held out
+    new_cv = dataclasses.replace(cv, rows=worse, holdout=[dict(cv.rows[1], holdout=True)])
+    new = output(new_cv, {**base_values, key: base_values[key] * 2.0})
+    lines = compare(output(cv, base_values), new, 5)
+    held0 = statistics.median(100 * abs(x["predicted_cv"] / x["measured"] - 1) for x in cv.rows)
+    held1 = statistics.median(100 * abs(x["predicted_cv"] / x["measured"] - 1) for x in worse)
+    loso = next(x for x in lines if x.strip().startswith("leave-one-source-out "))
+    assert f"{held0:.2f}%" in loso and f"{held1:.2f}%" in loso, loso
+    assert cv.median_abs_pct_error == pytest.approx(held0, rel=1e-6)  # as calibrate reports
+    hold = next(x for x in lines if x.strip().startswith("holdout rows"))
+    assert "nan%" in hold.split("->")[0] and "nan" not in hold.split("->")[1], hold
+    worse_part = lines[lines.index("held-out rows that moved most (worse)") + 1]
+    assert worse[0]["id"][:40] in worse_part and "+200.0%" in worse_part, worse_part
+    moved = lines[lines.index("fitted parameters that moved most") + 1]
+    assert moved.split()[0] == key, moved

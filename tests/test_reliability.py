@@ -730,6 +730,9 @@ def test_integer_flags_take_an_integer_spelled_as_a_float_and_refuse_a_fraction(
         ("program_speed.py", ["--devices", "12"], "--devices must be a multiple of 8"),
         ("stress_no_parallel.py", ["/no/such.jsonl"], "'/no/such.jsonl' not found"),
         ("study_cost.py", ["--out", "README.md"], "--out 'README.md' is a file"),
+        ("compare_fits.py", ["/no/such.json", "README.md"], "'/no/such.json' not found"),
+        ("compare_fits.py", ["README.md", "README.md"], "'README.md' is not JSON"),
+        ("compare_fits.py", ["pyproject.toml", "x", "--top", "0"], "--top: must be a positive"),
     ],
 )
 def test_experiment_scripts_refuse_bad_arguments_in_one_line(

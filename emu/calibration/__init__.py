@@ -41,6 +41,7 @@ from emu.calibration._fit import (
     holdout_residuals,
     read_holdout,
     refit_without,
+    with_holdout,
 )
 from emu.calibration._overlay import (
     interval_records,
@@ -60,6 +61,7 @@ __all__ = [
     "read_holdout",
     "fitted_calibration",
     "holdout_residuals",
+    "with_holdout",
     "write_overlay",
     "write_residuals",
     "write_intervals",

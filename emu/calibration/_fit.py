@@ -468,6 +468,18 @@ def fitted_calibration(report: Calibration) -> dict:
     return cal
 
 
+def with_holdout(cv: CrossValidation, records: list[dict]) -> CrossValidation:
+    """`cv` (the leave-one-source-out pass) with the residual records of rows from sources
+    the fit never saw (`holdout_residuals`): they join its `holdout`, which the intervals
+    are calibrated on and residuals.jsonl holds, and its `summary` as "holdout", their
+    |error| (%) under the full fit overall and by system, kind and source, the out-of-sample
+    accuracy `emu calibrate --cv --holdout` reports. Its medians stay those of the folds."""
+    summary = dict(cv.summary)
+    if records:
+        summary["holdout"] = _summary(records)["held_out"]
+    return dataclasses.replace(cv, holdout=list(records), summary=summary)
+
+
 def holdout_residuals(report: Calibration, rows: list[dict]) -> list[dict]:
     """Residual records (`CrossValidation.rows`' form) of rows from sources the fit never
     saw (`read_holdout`), predicted as `emu validate` predicts them with the fitted

@@ -90,6 +90,13 @@ def write_overlay(
     ]
     for c in cv or []:
         lines.append(f"cv_{c.by}_median_abs_pct_error = {_fmt(c.median_abs_pct_error)}")
+        held = (c.summary.get("holdout") or {}).get("all")
+        if held:  # rows of sources the fit never saw (`with_holdout`), under the full fit
+            lines += [
+                f"holdout_rows = {held['n']}",
+                f"holdout_median_abs_pct_error = {_fmt(held['median_abs_pct_error'])}",
+                f"holdout_p90_abs_pct_error = {_fmt(held['p90_abs_pct_error'])}",
+            ]
     sections: dict = OrderedDict()
     links = sorted(calibration(fitted=False).get("link", {}))
     for (sec, key, f), v in report.values.items():

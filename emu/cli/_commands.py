@@ -5,7 +5,6 @@ emu.cli._render."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 from emu import _backend, analysis, catalog, policy, storage
@@ -406,7 +405,7 @@ def cmd_calibrate(args) -> None:
         extra = calibration.holdout_residuals(report, holdout)
         if not extra:
             render.warn(f"no row of '{args.holdout}' could be scored with the fitted parameters")
-        cvs[0] = dataclasses.replace(cvs[0], holdout=extra)
+        cvs[0] = calibration.with_holdout(cvs[0], extra)
     command = (
         "emu calibrate"
         + (f" {args.file}" if args.file else "")

@@ -400,6 +400,7 @@ def calibrate_text(out: dict, path) -> str:
         f"median |error| {out['median_abs_pct_error_before']:.1f}% -> "
         f"{out['median_abs_pct_error']:.1f}%, p90 {out['p90_abs_pct_error']:.1f}%",
         *[_cv_line(c) for c in out["cross_validation"]],
+        *_holdout_line(out["cross_validation"]),
         *_cv_tables(out["cross_validation"]),
         "",
         table(rows, ["parameter", "fitted", "+- 1 sigma", "prior"]),
@@ -417,6 +418,14 @@ def _cv_line(c: dict) -> str:
     if c["groups"] < 2 or not math.isfinite(c["median_abs_pct_error"]):
         return head + f"nothing held out (one {c['by']} in the file)"
     return head + f"median {c['median_abs_pct_error']:.1f}%, p90 {c['p90_abs_pct_error']:.1f}%"
+
+
+def _holdout_line(cvs: list[dict]) -> list[str]:
+    """The |error| of the rows of sources the fit never saw (`--holdout`), if any."""
+    from emu.validation import stats_line
+
+    held = next((c["summary"]["holdout"] for c in cvs if "holdout" in c.get("summary", {})), None)
+    return [] if held is None else [f"sources the fit never saw (--holdout): {stats_line(held)}"]
 
 
 def _cv_tables(cvs: list[dict]) -> list[str]:
