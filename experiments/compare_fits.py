@@ -6,12 +6,15 @@
 
 Both files are `emu calibrate --cv --json` outputs (with `--holdout FILE` as well, the rows
 of sources the fit never saw are compared too). It prints, base -> new: the median and p90
-|error| in sample, leave-one-source-out, leave-one-system-out and on the holdout rows; the
-rows more than 25% off held out; the leave-one-source-out median by system and by kind;
-the rows whose held-out |error| moved most each way; and the fitted parameters that moved
-most (|log| of the ratio). A change is worth keeping when the held-out figures improve,
-not when only the in-sample ones do (a parameter that one source alone informs returns to
-its prior when that source is held out; `experiments/loso_parameters.py` says which).
+|error| in sample, leave-one-source-out, leave-one-system-out and on the holdout rows, as
+`emu calibrate` reports them (on the metric as published; `emu.validation.error_stats`);
+the rows more than 25% off held out; the leave-one-source-out median by system and by
+kind; the `--top` rows whose held-out |error| moved most each way, with their signed
+error (+: predicted above the measurement, as `emu validate` says it); and the `--top`
+fitted parameters that moved most (|log| of the ratio). A change is worth keeping when the
+held-out figures improve, not when only the in-sample ones do (a parameter that one
+source alone informs returns to its prior when that source is held out;
+`experiments/loso_parameters.py` says which).
 
 From a scratch worktree, give `emu calibrate` `--dry-run` (or `--out` a scratch path):
 without them it writes the shipped overlay of the installed emu, wherever it was run from.
@@ -22,14 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 from pathlib import Path
 
 from emu.cli import positive_int
+from emu.validation import error_stats
 
-#: |error| (%) above which a held-out row counts as far off (the README's tail count)
+#: |error| (%) above which a held-out row counts as far off
 FAR = 25.0
+NAN = (math.nan, math.nan)
 
 
 def _refuse(text: str):
@@ -37,105 +41,152 @@ def _refuse(text: str):
     sys.exit(2)
 
 
+def _number(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _records(recs, path: str, what: str) -> list[dict]:
+    """The residual records of `what` in the file at `path`, each checked: an id, a positive
+    measured value, a predicted value in sample (a number) and held out (a number or null,
+    a row whose fold predicted nothing)."""
+    if not isinstance(recs, list):
+        _refuse(f"'{path}': {what} is not a list of records")
+    for r in recs:
+        ok = (
+            isinstance(r, dict)
+            and isinstance(r.get("id"), str)
+            and _number(r.get("measured"))
+            and r["measured"] > 0
+            and _number(r.get("predicted_in"))
+            and (r.get("predicted_cv") is None or _number(r["predicted_cv"]))
+            and all(isinstance(r.get(k), str) for k in ("system", "kind", "source"))
+        )
+        if not ok:
+            _refuse(
+                f"'{path}': a record of {what} is not a residual record of `emu calibrate "
+                f"--cv --json` (id, system, kind, source, measured > 0, predicted_in, "
+                f"predicted_cv): {json.dumps(r)[:120]}"
+            )
+    return recs
+
+
 def _load(path: str) -> dict:
+    """The parts of an `emu calibrate --cv --json` output compared here, checked."""
     try:
         out = json.loads(Path(path).read_text())
     except FileNotFoundError:
         _refuse(f"'{path}' not found")
+    except IsADirectoryError:
+        _refuse(f"'{path}' is a folder; give the JSON file `emu calibrate --cv --json` wrote")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         _refuse(f"'{path}' is not JSON ({e})")
     cvs = out.get("cross_validation") if isinstance(out, dict) else None
-    if not isinstance(cvs, list) or not any(
-        isinstance(c, dict) and c.get("by") == "source" and c.get("rows") for c in cvs
-    ):
+    cvs = [c for c in cvs if isinstance(c, dict)] if isinstance(cvs, list) else []
+    src = next((c for c in cvs if c.get("by") == "source" and c.get("rows")), None)
+    if src is None:
         _refuse(
             f"'{path}' has no leave-one-source-out rows; give the output of "
             "`emu calibrate --cv --json`"
         )
-    return out
-
-
-def _err(r: dict, key: str = "predicted_cv") -> float:
-    """|error| (%) of a residual record on its metric as published (as `emu calibrate`
-    reports it): in sample with `key` "predicted_in", held out with "predicted_cv"."""
-    return 100.0 * abs(r[key] / r["measured"] - 1.0)
-
-
-def _p90(xs: list[float]) -> float:
-    return statistics.quantiles(xs, n=10, method="inclusive")[-1] if len(xs) > 1 else xs[0]
-
-
-def _by(out: dict, by: str) -> dict:
-    return next((c for c in out["cross_validation"] if c.get("by") == by), {})
-
-
-def _headline(out: dict) -> dict:
-    src = _by(out, "source")
-    rows = [r for r in src["rows"] if r.get("predicted_cv") is not None]
-    held = [_err(r) for r in rows]
-    ins = [_err(r, "predicted_in") for r in rows]
-    hold = [_err(r) for r in src.get("holdout") or []]
-    sys_ = _by(out, "system")
-    line = {
-        "in sample": (statistics.median(ins), _p90(ins)),
-        "leave-one-source-out": (statistics.median(held), _p90(held)),
-        "leave-one-system-out": (
-            sys_.get("median_abs_pct_error", math.nan),
-            sys_.get("p90_abs_pct_error", math.nan),
+    rows = _records(src["rows"], path, "cross_validation (by source) rows")
+    if not any(r.get("predicted_cv") is not None for r in rows):
+        _refuse(f"'{path}': no row has a held-out prediction (predicted_cv)")
+    system = next((c for c in cvs if c.get("by") == "system"), {})
+    values = out.get("values")
+    return {
+        "rows": rows,
+        "holdout": _records(src.get("holdout") or [], path, "the holdout records"),
+        "system": tuple(
+            system.get(k) if _number(system.get(k)) else math.nan
+            for k in ("median_abs_pct_error", "p90_abs_pct_error")
         ),
+        "values": values if isinstance(values, dict) else None,
     }
-    if hold:
-        line["holdout rows"] = (statistics.median(hold), _p90(hold))
-    return {"line": line, "far": sum(x > FAR for x in held), "rows": rows}
 
 
-def _medians(rows: list[dict], key: str) -> dict:
-    split: dict = {}
-    for r in rows:
-        split.setdefault(r[key], []).append(_err(r))
-    return {k: statistics.median(v) for k, v in sorted(split.items())}
+def _stats(recs: list[dict], key: str = "predicted_cv") -> dict:
+    """`error_stats` of the records that have `key` (|error| % on the metric as published,
+    as `emu calibrate` computes its summary)."""
+    have = [r for r in recs if r.get(key) is not None]
+    return error_stats(have, lambda r: 100.0 * abs(r[key] / r["measured"] - 1.0))
+
+
+def _pair(stats: dict) -> tuple[float, float]:
+    a = stats["all"]
+    return (a["median_abs_pct_error"], a["p90_abs_pct_error"]) if a["n"] else NAN
+
+
+def _err(r: dict) -> float:
+    return 100.0 * abs(r["predicted_cv"] / r["measured"] - 1.0)
 
 
 def _signed(r: dict) -> str:
     return f"{100.0 * (r['predicted_cv'] / r['measured'] - 1.0):+.1f}%"
 
 
+def _value(x: float) -> str:
+    return "      -" if math.isnan(x) else f"{x:6.2f}%"
+
+
 def compare(base: dict, new: dict, top: int) -> list[str]:
-    """The report lines (module doc)."""
-    a, b = _headline(base), _headline(new)
+    """The report lines (module doc) for two `_load`ed outputs."""
+    lines = {}
+    for name, f in (("base", base), ("new", new)):
+        held = _stats(f["rows"])
+        lines[name] = {
+            "in sample": _pair(_stats(f["rows"], "predicted_in")),
+            "leave-one-source-out": _pair(held),
+            "leave-one-system-out": f["system"],
+            "holdout rows": _pair(_stats(f["holdout"])) if f["holdout"] else NAN,
+            "held": held,
+        }
+    a, b = lines["base"], lines["new"]
     out = ["median / p90 |error| (on the metric as published), base -> new"]
-    nan = (math.nan, math.nan)
-    for name in dict.fromkeys([*a["line"], *b["line"]]):  # holdout rows: in either
-        (m0, p0), (m1, p1) = a["line"].get(name, nan), b["line"].get(name, nan)
-        out.append(f"  {name:22} {m0:6.2f}% / {p0:5.1f}%  ->  {m1:6.2f}% / {p1:5.1f}%")
-    out.append(f"  rows more than {FAR:g}% off held out: {a['far']} -> {b['far']}")
-    for key in ("system", "kind"):
-        m0, m1 = _medians(a["rows"], key), _medians(b["rows"], key)
-        out += ["", f"leave-one-source-out median by {key}"]
-        out += [f"  {k:16} {v:6.1f}% -> {m1.get(k, math.nan):6.1f}%" for k, v in m0.items()]
-    old = {r["id"]: r for r in a["rows"]}
+    for name in ("in sample", "leave-one-source-out", "leave-one-system-out", "holdout rows"):
+        (m0, p0), (m1, p1) = a[name], b[name]
+        if name == "holdout rows" and math.isnan(m0) and math.isnan(m1):
+            continue
+        out.append(f"  {name:22} {_value(m0)} / {_value(p0)}  ->  {_value(m1)} / {_value(p1)}")
+    far = [sum(_err(r) > FAR for r in f["rows"] if r["predicted_cv"] is not None)
+           for f in (base, new)]  # fmt: skip
+    out.append(f"  rows more than {FAR:g}% off held out: {far[0]} -> {far[1]}")
+    for key, title in (("by_system", "system"), ("by_kind", "kind")):
+        g0, g1 = a["held"][key], b["held"][key]
+        out += ["", f"leave-one-source-out median by {title}"]
+        for k in sorted(set(g0) | set(g1)):
+            m0 = (g0.get(k) or {}).get("median_abs_pct_error") or math.nan
+            m1 = (g1.get(k) or {}).get("median_abs_pct_error") or math.nan
+            out.append(f"  {k:16} {_value(m0)} -> {_value(m1)}")
+    old = {r["id"]: r for r in base["rows"] if r["predicted_cv"] is not None}
+    now = {r["id"]: r for r in new["rows"] if r["predicted_cv"] is not None}
     moved = sorted(
-        ((_err(r) - _err(old[r["id"]]), r, old[r["id"]])
-         for r in b["rows"] if r["id"] in old),
-        key=lambda x: (x[0], x[1]["id"]),
-    )  # fmt: skip
-    for title, part in (("better", moved[:top]), ("worse", moved[::-1][:top])):
-        out += ["", f"held-out rows that moved most ({title})"]
-        out += [
-            f"  {d:+6.1f}  {r['id'][:58]:58} {_signed(o):>8} -> {_signed(r):>8}"
-            for d, r, o in part
-            if (d < 0) == (title == "better") and d != 0
-        ]
-    v0, v1 = base.get("values") or {}, new.get("values") or {}
-    shift = sorted(
-        ((abs(math.log(v1[k] / v0[k])), k) for k in v0 if k in v1 and v0[k] > 0 and v1[k] > 0),
-        reverse=True,
+        ((_err(now[k]) - _err(old[k]), k) for k in set(old) & set(now)),
+        key=lambda x: (x[0], x[1]),
     )
+    for title, part in (("better", moved), ("worse", moved[::-1])):
+        shown = [(d, k) for d, k in part if d != 0 and (d < 0) == (title == "better")][:top]
+        out += ["", f"held-out rows that moved most ({title}; signed error on the metric)"]
+        out += [
+            f"  {d:+6.1f}  {k[:58]:58} {_signed(old[k]):>8} -> {_signed(now[k]):>8}"
+            for d, k in shown
+        ]
+    only = sorted(set(old) ^ set(now))
+    if only:
+        out.append(f"  rows held out in one run only: {len(only)} ({', '.join(only[:5])})")
     out += ["", "fitted parameters that moved most"]
+    v0, v1 = base["values"], new["values"]
+    if v0 is None or v1 is None:
+        which = " and ".join(n for n, v in (("base", v0), ("new", v1)) if v is None)
+        return [*out, f"  {which} has no fitted values"]
+    shift = sorted(
+        ((abs(math.log(v1[k] / v0[k])), k) for k in set(v0) & set(v1)
+         if _number(v0[k]) and _number(v1[k]) and v0[k] > 0 and v1[k] > 0),
+        reverse=True,
+    )  # fmt: skip
     out += [f"  {k:50} {v0[k]:.4g} -> {v1[k]:.4g}" for d, k in shift[:top] if d > 1e-3]
-    gone = sorted(set(v0) ^ set(v1))
-    if gone:
-        out.append(f"  in one fit only: {', '.join(gone)}")
+    for name, keys in (("base", set(v0) - set(v1)), ("new", set(v1) - set(v0))):
+        if keys:
+            out.append(f"  fitted in {name} only: {', '.join(sorted(keys))}")
     return out
 
 
@@ -143,7 +194,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("base", help="`emu calibrate --cv --json` output before the change")
     ap.add_argument("new", help="the same after it")
-    ap.add_argument("--top", type=positive_int, default=10, help="rows and parameters shown")
+    ap.add_argument(
+        "--top", type=positive_int, default=10, help="rows and parameters shown each way"
+    )
     args = ap.parse_args()
     print("\n".join(compare(_load(args.base), _load(args.new), args.top)))
 

@@ -39,8 +39,8 @@ from emu.struct import json_safe
 from emu.validation import (
     coverage,
     format_report,
+    holdout_line,
     plot_report,
-    stats_line,
     tails_text,
     validate_file,
 )
@@ -132,11 +132,7 @@ def main() -> None:
         f"{held['all']['median_abs_pct_error']:.1f}%, p90 {held['all']['p90_abs_pct_error']:.1f}%",
         f"leave-one-system-out ({by_system.groups} systems): median "
         f"{by_system.median_abs_pct_error:.1f}%, p90 {by_system.p90_abs_pct_error:.1f}%",
-        *(
-            [f"sources the fit never saw (--holdout): {stats_line(by_source.summary['holdout'])}"]
-            if "holdout" in by_source.summary
-            else []
-        ),
+        *([holdout_line(by_source.summary["holdout"])] if "holdout" in by_source.summary else []),
         f"interval coverage (80% band, out of sample, level calibrated without the row's source): "
         f"{100 * cov['out_of_sample']:.1f}% of {cov['rows']} rows (tails "
         f"{tails_text(cov['tail'])}, median width {cov['median_width']:.2f}x)",

@@ -467,6 +467,7 @@ def test_holdout_rows_are_scored_by_the_full_fit_and_join_the_intervals(small_fi
     assert both.median_abs_pct_error == cv.median_abs_pct_error and both.rows == cv.rows
     assert both.summary["held_out"] == cv.summary["held_out"] and "holdout" not in cv.summary
     assert with_holdout(cv, []).summary == cv.summary  # nothing scored: nothing reported
+    assert with_holdout(both, []).summary == cv.summary  # nor a stale figure kept
     out = tmp_path / "out" / "fitted.toml"
     write_overlay(rep, out, command="t", cv=[both])
     res = read_residuals(tmp_path / "out" / "residuals.jsonl")
@@ -550,7 +551,7 @@ def test_a_bad_holdout_is_one_line_before_the_fit(tmp_path, capsys, monkeypatch,
     assert code == 2 and needle in err and err.count("\n") == 1, err
 
 
-def test_compare_fits_reports_the_held_out_change(small_fit):
+def test_compare_fits_reports_the_held_out_change(small_fit, tmp_path):
     """experiments/compare_fits.py compares two `emu calibrate --cv --json` outputs: the
     held-out medians as `emu calibrate` reports them, the rows that moved, the parameters
     that moved, and the holdout rows when either run has them."""
@@ -560,32 +561,62 @@ def test_compare_fits_reports_the_held_out_change(small_fit):
 
     from emu.struct import json_safe
 
-    compare = runpy.run_path(str(ROOT / "experiments" / "compare_fits.py"))["compare"]
+    ns = runpy.run_path(str(ROOT / "experiments" / "compare_fits.py"))
     rep, _ = small_fit
     cv = cross_validate(rep, by="source", steps=5)
 
-    def output(c, values):
-        return json.loads(
-            json.dumps(
-                json_safe({**rep.to_json(), "values": values, "cross_validation": [vars(c)]})
-            )
-        )
+    def output(name, c, values):
+        doc = {**rep.to_json(), "values": values, "cross_validation": [vars(c)]}
+        path = tmp_path / name
+        path.write_text(json.dumps(json_safe(doc)))
+        return ns["_load"](str(path))
+
+    def err(x):
+        return 100 * abs(x["predicted_cv"] / x["measured"] - 1)
 
     base_values = rep.to_json()["values"]
     key = next(iter(base_values))
     worse = [dict(x) for x in cv.rows]
-    worse[0]["predicted_cv"] = worse[0]["measured"] * 3.0  # that row now 200% off held out
+    best = min(range(len(worse)), key=lambda i: err(worse[i]))  # below the median
+    worse[best]["predicted_cv"] = worse[best]["measured"] * 3.0  # now 200% off held out
     new_cv = dataclasses.replace(cv, rows=worse, holdout=[dict(cv.rows[1], holdout=True)])
-    new = output(new_cv, {**base_values, key: base_values[key] * 2.0})
-    lines = compare(output(cv, base_values), new, 5)
-    held0 = statistics.median(100 * abs(x["predicted_cv"] / x["measured"] - 1) for x in cv.rows)
-    held1 = statistics.median(100 * abs(x["predicted_cv"] / x["measured"] - 1) for x in worse)
+    lines = ns["compare"](
+        output("base.json", cv, base_values),
+        output("new.json", new_cv, {**base_values, key: base_values[key] * 2.0}),
+        5,
+    )
+    held0 = statistics.median(err(x) for x in cv.rows)
+    held1 = statistics.median(err(x) for x in worse)
+    assert held1 > held0 and cv.median_abs_pct_error == pytest.approx(held0, rel=1e-6)
     loso = next(x for x in lines if x.strip().startswith("leave-one-source-out "))
-    assert f"{held0:.2f}%" in loso and f"{held1:.2f}%" in loso, loso
-    assert cv.median_abs_pct_error == pytest.approx(held0, rel=1e-6)  # as calibrate reports
+    assert loso.split("->")[0].split()[1] == f"{held0:.2f}%", loso
+    assert loso.split("->")[1].split()[0] == f"{held1:.2f}%", loso
+    far = sum(err(x) > 25 for x in cv.rows)
+    assert f"rows more than 25% off held out: {far} -> {far + 1}" in [x.strip() for x in lines]
     hold = next(x for x in lines if x.strip().startswith("holdout rows"))
-    assert "nan%" in hold.split("->")[0] and "nan" not in hold.split("->")[1], hold
-    worse_part = lines[lines.index("held-out rows that moved most (worse)") + 1]
-    assert worse[0]["id"][:40] in worse_part and "+200.0%" in worse_part, worse_part
+    assert hold.split("->")[0].split()[2:] == ["-", "/", "-"], hold
+    assert f"{err(cv.rows[1]):.2f}%" in hold.split("->")[1], hold
+    worse_part = lines[lines.index(next(x for x in lines if "moved most (worse" in x)) + 1]
+    assert worse[best]["id"][:40] in worse_part and "+200.0%" in worse_part, worse_part
     moved = lines[lines.index("fitted parameters that moved most") + 1]
     assert moved.split()[0] == key, moved
+
+
+def test_calibrate_cli_reports_the_holdout_rows(small_fit, tmp_path, capsys):
+    """`emu calibrate --cv --holdout FILE --json` carries the holdout rows' |error| under the
+    full fit in its leave-one-source-out summary (the text line: `calibrate_text`, tested
+    above)."""
+    from emu.cli import main
+
+    _, fitted = small_fit
+    _holdout_file(tmp_path / "holdout.jsonl", fitted)
+    args = ["calibrate", str(fitted), "--steps", "3", "--cv", "--dry-run"]
+    args += ["--holdout", str(tmp_path / "holdout.jsonl")]
+    assert main([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    src = next(c for c in out["cross_validation"] if c["by"] == "source")
+    held = src["summary"]["holdout"]["all"]
+    errors = sorted(100 * abs(x["predicted_cv"] / x["measured"] - 1) for x in src["holdout"])
+    assert held["n"] == len(errors) == 4
+    assert held["median_abs_pct_error"] == pytest.approx((errors[1] + errors[2]) / 2)
+    assert set(held) >= {"p90_abs_pct_error"} and src["median_abs_pct_error"] > 0

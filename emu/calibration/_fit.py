@@ -474,7 +474,7 @@ def with_holdout(cv: CrossValidation, records: list[dict]) -> CrossValidation:
     are calibrated on and residuals.jsonl holds, and its `summary` as "holdout", their
     |error| (%) under the full fit overall and by system, kind and source, the out-of-sample
     accuracy `emu calibrate --cv --holdout` reports. Its medians stay those of the folds."""
-    summary = dict(cv.summary)
+    summary = {k: v for k, v in cv.summary.items() if k != "holdout"}
     if records:
         summary["holdout"] = _summary(records)["held_out"]
     return dataclasses.replace(cv, holdout=list(records), summary=summary)

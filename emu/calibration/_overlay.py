@@ -90,7 +90,7 @@ def write_overlay(
     ]
     for c in cv or []:
         lines.append(f"cv_{c.by}_median_abs_pct_error = {_fmt(c.median_abs_pct_error)}")
-        held = (c.summary.get("holdout") or {}).get("all")
+        held = (c.summary.get("holdout") or {}).get("all") if c.by == "source" else None
         if held:  # rows of sources the fit never saw (`with_holdout`), under the full fit
             lines += [
                 f"holdout_rows = {held['n']}",

@@ -422,10 +422,10 @@ def _cv_line(c: dict) -> str:
 
 def _holdout_line(cvs: list[dict]) -> list[str]:
     """The |error| of the rows of sources the fit never saw (`--holdout`), if any."""
-    from emu.validation import stats_line
+    from emu.validation import holdout_line
 
     held = next((c["summary"]["holdout"] for c in cvs if "holdout" in c.get("summary", {})), None)
-    return [] if held is None else [f"sources the fit never saw (--holdout): {stats_line(held)}"]
+    return [] if held is None else [holdout_line(held)]
 
 
 def _cv_tables(cvs: list[dict]) -> list[str]:
