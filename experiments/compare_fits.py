@@ -42,31 +42,43 @@ def _refuse(text: str):
 
 
 def _number(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+    """A finite number (an integer too large for a float is not one)."""
+    if not isinstance(x, int | float) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
 
 
-def _records(recs, path: str, what: str) -> list[dict]:
-    """The residual records of `what` in the file at `path`, each checked: an id, a positive
-    measured value, a predicted value in sample (a number) and held out (a number or null,
-    a row whose fold predicted nothing)."""
+def _records(recs, path: str, what: str, *, held_out: bool = False) -> list[dict]:
+    """The residual records of `what` in the file at `path`, each checked: an id (once),
+    system, kind and source, a positive measured value, a predicted value in sample (a
+    number) and held out (a number; null, a row whose fold predicted nothing, only where
+    `held_out` is False)."""
     if not isinstance(recs, list):
         _refuse(f"'{path}': {what} is not a list of records")
+    seen = set()
     for r in recs:
+        cv = r.get("predicted_cv") if isinstance(r, dict) else None
         ok = (
             isinstance(r, dict)
             and isinstance(r.get("id"), str)
             and _number(r.get("measured"))
             and r["measured"] > 0
             and _number(r.get("predicted_in"))
-            and (r.get("predicted_cv") is None or _number(r["predicted_cv"]))
+            and ((cv is None and not held_out) or _number(cv))
             and all(isinstance(r.get(k), str) for k in ("system", "kind", "source"))
         )
         if not ok:
             _refuse(
                 f"'{path}': a record of {what} is not a residual record of `emu calibrate "
                 f"--cv --json` (id, system, kind, source, measured > 0, predicted_in, "
-                f"predicted_cv): {json.dumps(r)[:120]}"
+                f"predicted_cv): {json.dumps(r, ensure_ascii=True)[:120]}"
             )
+        if r["id"] in seen:
+            _refuse(f"'{path}': {what} hold the row {r['id']!r} twice")
+        seen.add(r["id"])
     return recs
 
 
@@ -78,8 +90,8 @@ def _load(path: str) -> dict:
         _refuse(f"'{path}' not found")
     except IsADirectoryError:
         _refuse(f"'{path}' is a folder; give the JSON file `emu calibrate --cv --json` wrote")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        _refuse(f"'{path}' is not JSON ({e})")
+    except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as e:
+        _refuse(f"'{path}' is not JSON ({type(e).__name__}: {str(e)[:80]})")
     cvs = out.get("cross_validation") if isinstance(out, dict) else None
     cvs = [c for c in cvs if isinstance(c, dict)] if isinstance(cvs, list) else []
     src = next((c for c in cvs if c.get("by") == "source" and c.get("rows")), None)
@@ -95,12 +107,12 @@ def _load(path: str) -> dict:
     values = out.get("values")
     return {
         "rows": rows,
-        "holdout": _records(src.get("holdout") or [], path, "the holdout records"),
+        "holdout": _records(src.get("holdout") or [], path, "the holdout records", held_out=True),
         "system": tuple(
             system.get(k) if _number(system.get(k)) else math.nan
             for k in ("median_abs_pct_error", "p90_abs_pct_error")
         ),
-        "values": values if isinstance(values, dict) else None,
+        "values": values if isinstance(values, dict) and values else None,
     }
 
 
@@ -154,8 +166,8 @@ def compare(base: dict, new: dict, top: int) -> list[str]:
         g0, g1 = a["held"][key], b["held"][key]
         out += ["", f"leave-one-source-out median by {title}"]
         for k in sorted(set(g0) | set(g1)):
-            m0 = (g0.get(k) or {}).get("median_abs_pct_error") or math.nan
-            m1 = (g1.get(k) or {}).get("median_abs_pct_error") or math.nan
+            m0, m1 = ((g.get(k) or {}).get("median_abs_pct_error") for g in (g0, g1))
+            m0, m1 = (math.nan if m is None else m for m in (m0, m1))
             out.append(f"  {k:16} {_value(m0)} -> {_value(m1)}")
     old = {r["id"]: r for r in base["rows"] if r["predicted_cv"] is not None}
     now = {r["id"]: r for r in new["rows"] if r["predicted_cv"] is not None}
@@ -172,7 +184,7 @@ def compare(base: dict, new: dict, top: int) -> list[str]:
         ]
     only = sorted(set(old) ^ set(now))
     if only:
-        out.append(f"  rows held out in one run only: {len(only)} ({', '.join(only[:5])})")
+        out += ["", f"rows held out in one run only: {len(only)} ({', '.join(only[:5])})"]
     out += ["", "fitted parameters that moved most"]
     v0, v1 = base["values"], new["values"]
     if v0 is None or v1 is None:
@@ -198,6 +210,7 @@ def main() -> None:
         "--top", type=positive_int, default=10, help="rows and parameters shown each way"
     )
     args = ap.parse_args()
+    sys.stdout.reconfigure(errors="backslashreplace")  # an id with an odd character
     print("\n".join(compare(_load(args.base), _load(args.new), args.top)))
 
 

@@ -600,6 +600,43 @@ def test_compare_fits_reports_the_held_out_change(small_fit, tmp_path):
     assert worse[best]["id"][:40] in worse_part and "+200.0%" in worse_part, worse_part
     moved = lines[lines.index("fitted parameters that moved most") + 1]
     assert moved.split()[0] == key, moved
+    # a system only the new run has is listed; a row only one run holds out is said
+    other = [dict(x) for x in cv.rows[1:]]
+    other[0]["system"] = "a_new_system"
+    lines = ns["compare"](
+        output("base.json", cv, base_values),
+        output("other.json", dataclasses.replace(cv, rows=other), base_values),
+        5,
+    )
+    assert any(x.split()[:3] == ["a_new_system", "-", "->"] for x in lines), lines
+    assert f"rows held out in one run only: 1 ({cv.rows[0]['id']})" in lines
+    assert lines[-1] == "fitted parameters that moved most"  # the same values: none listed
+
+
+def test_compare_fits_refuses_a_malformed_file_in_one_line(small_fit, tmp_path, capsys):
+    import runpy
+    import sys
+
+    from emu.struct import json_safe
+
+    rep, _ = small_fit
+    cv = cross_validate(rep, by="source", steps=5)
+    rows = [dict(x) for x in cv.rows]
+    rows[2]["measured"] = 0
+    doc = {**rep.to_json(), "cross_validation": [{**vars(cv), "rows": rows}]}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(json_safe(doc)))
+    twice = tmp_path / "twice.json"
+    twice.write_text(json.dumps(json_safe({**doc, "cross_validation": [
+        {**vars(cv), "rows": [*cv.rows, cv.rows[0]]}]})))  # fmt: skip
+    for path, said in ((bad, "is not a residual record"), (twice, "twice")):
+        argv = ["compare_fits.py", str(path), str(path)]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(sys, "argv", argv)
+            with pytest.raises(SystemExit) as e:
+                runpy.run_path(str(ROOT / "experiments" / "compare_fits.py"), run_name="__main__")
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and said in err and err.count("\n") == 1, err
 
 
 def test_calibrate_cli_reports_the_holdout_rows(small_fit, tmp_path, capsys):
