@@ -468,6 +468,9 @@ def test_holdout_rows_are_scored_by_the_full_fit_and_join_the_intervals(small_fi
     assert both.summary["held_out"] == cv.summary["held_out"] and "holdout" not in cv.summary
     assert with_holdout(cv, []).summary == cv.summary  # nothing scored: nothing reported
     assert with_holdout(both, []).summary == cv.summary  # nor a stale figure kept
+    from emu.validation import error_stats, stats_line
+
+    assert stats_line(error_stats([], lambda x: 0.0)) == "no rows"
     out = tmp_path / "out" / "fitted.toml"
     write_overlay(rep, out, command="t", cv=[both])
     res = read_residuals(tmp_path / "out" / "residuals.jsonl")

@@ -141,6 +141,8 @@ def stats_line(stats: dict) -> str:
     """`error_stats`' result as one report line: "148 rows of 51 sources: median 17.9%,
     p90 73.3% (collective 12.1%, decode 29.5%, ...)", the medians by kind in brackets."""
     a = stats["all"]
+    if not a["n"]:
+        return "no rows"
     kinds = ", ".join(
         f"{k} {v['median_abs_pct_error']:.1f}%" for k, v in stats["by_kind"].items() if v["n"]
     )
