@@ -120,16 +120,17 @@ def _stats(recs: list[dict], key: str = "predicted_cv") -> dict:
     """`error_stats` of the records that have `key` (|error| % on the metric as published,
     as `emu calibrate` computes its summary)."""
     have = [r for r in recs if r.get(key) is not None]
-    return error_stats(have, lambda r: 100.0 * abs(r[key] / r["measured"] - 1.0))
+    return error_stats(have, lambda r: _err(r, key))
+
+
+def _err(r: dict, key: str = "predicted_cv") -> float:
+    """|error| (%) of a record's prediction `key` on its metric as published."""
+    return 100.0 * abs(r[key] / r["measured"] - 1.0)
 
 
 def _pair(stats: dict) -> tuple[float, float]:
     a = stats["all"]
     return (a["median_abs_pct_error"], a["p90_abs_pct_error"]) if a["n"] else NAN
-
-
-def _err(r: dict) -> float:
-    return 100.0 * abs(r["predicted_cv"] / r["measured"] - 1.0)
 
 
 def _signed(r: dict) -> str:
