@@ -16,6 +16,17 @@ held-out figures improve, not when only the in-sample ones do (a parameter that 
 source alone informs returns to its prior when that source is held out;
 `experiments/loso_parameters.py` says which).
 
+A change that adds rows to the fit (a file of more sources given to `emu calibrate`) is
+judged on the rows both runs fit: `--common` computes every figure on them alone. The
+rows one run holds out (`--holdout`) and the other fits get their own line, their
+|error| where the fit never saw their source against the other run's held-out and
+in-sample |error| on the same rows:
+
+    cat ../shared/data/measurements.jsonl experiments/data/out_of_sample.jsonl > all.jsonl
+    emu calibrate --cv --dry-run --json all.jsonl > all.json          # ~21 min, 2 cores
+    emu calibrate --cv --holdout experiments/data/out_of_sample.jsonl --dry-run --json > base.json
+    python experiments/compare_fits.py base.json all.json --common
+
 From a scratch worktree, give `emu calibrate` `--dry-run` (or `--out` a scratch path):
 without them it writes the shipped overlay of the installed emu, wherever it was run from.
 """
@@ -105,8 +116,14 @@ def _load(path: str) -> dict:
         _refuse(f"'{path}': no row has a held-out prediction (predicted_cv)")
     system = next((c for c in cvs if c.get("by") == "system"), {})
     values = out.get("values")
+    sys_rows = system.get("rows")
     return {
         "rows": rows,
+        "system_rows": (
+            _records(sys_rows, path, "cross_validation (by system) rows")
+            if isinstance(sys_rows, list) and sys_rows
+            else None
+        ),
         "holdout": _records(src.get("holdout") or [], path, "the holdout records", held_out=True),
         "system": tuple(
             system.get(k) if _number(system.get(k)) else math.nan
@@ -141,20 +158,73 @@ def _value(x: float) -> str:
     return "      -" if math.isnan(x) else f"{x:6.2f}%"
 
 
-def compare(base: dict, new: dict, top: int) -> list[str]:
-    """The report lines (module doc) for two `_load`ed outputs."""
+def _only_common(base: dict, new: dict) -> tuple[dict, dict, list[str]]:
+    """`base` and `new` with their rows (by source and by system) cut to the ids both fit,
+    and the line that says what was left out (`--common`)."""
+    ids = {r["id"] for r in base["rows"]} & {r["id"] for r in new["rows"]}
+    if not ids:
+        _refuse("--common: the two runs fit no row in common")
+    cut, left = [], []
+    for f in (base, new):
+        sys_rows = f["system_rows"]
+        cut.append(dict(
+            f,
+            rows=[r for r in f["rows"] if r["id"] in ids],
+            system_rows=None if sys_rows is None else [r for r in sys_rows if r["id"] in ids],
+        ))  # fmt: skip
+        left.append(len(f["rows"]) - len(ids))
+    line = (
+        f"  --common: the {len(ids)} rows both runs fit ({left[0]} of base's and "
+        f"{left[1]} of new's left out)"
+    )
+    return cut[0], cut[1], [line]
+
+
+def _crossed(base: dict, new: dict) -> list[str]:
+    """For the rows one run holds out (`--holdout`) and the other fits: their |error|
+    where the fit never saw their source, against the other run's held-out
+    (leave-one-source-out) and in-sample |error| on the same rows."""
+    out = []
+    for a, b, x, y in (("base", "new", base, new), ("new", "base", new, base)):
+        fitted = {r["id"]: r for r in y["rows"]}
+        pairs = [(r, fitted[r["id"]]) for r in x["holdout"] if r["id"] in fitted]
+        if not pairs:
+            continue
+        never = _pair(_stats([r for r, _ in pairs]))
+        held = _pair(_stats([f for _, f in pairs if f["predicted_cv"] is not None]))
+        ins = _pair(_stats([f for _, f in pairs], "predicted_in"))
+        out += [
+            "",
+            f"rows {a} held out (--holdout) that {b} fits: {len(pairs)}, median / p90 |error|",
+            f"  {a}, never seen {_value(never[0])} / {_value(never[1])}  ->  {b} held out "
+            f"{_value(held[0])} / {_value(held[1])}, in sample {_value(ins[0])} / "
+            f"{_value(ins[1])}",
+        ]
+    return out
+
+
+def compare(base: dict, new: dict, top: int, *, common: bool = False) -> list[str]:
+    """The report lines (module doc) for two `_load`ed outputs; `common`: on the rows both
+    fit alone."""
+    crossed = _crossed(base, new)
+    said = []
+    if common:
+        base, new, said = _only_common(base, new)
     lines = {}
     for name, f in (("base", base), ("new", new)):
         held = _stats(f["rows"])
+        system = f["system"]
+        if common:
+            system = _pair(_stats(f["system_rows"])) if f["system_rows"] else NAN
         lines[name] = {
             "in sample": _pair(_stats(f["rows"], "predicted_in")),
             "leave-one-source-out": _pair(held),
-            "leave-one-system-out": f["system"],
+            "leave-one-system-out": system,
             "holdout rows": _pair(_stats(f["holdout"])) if f["holdout"] else NAN,
             "held": held,
         }
     a, b = lines["base"], lines["new"]
-    out = ["median / p90 |error| (on the metric as published), base -> new"]
+    out = ["median / p90 |error| (on the metric as published), base -> new", *said]
     for name in ("in sample", "leave-one-source-out", "leave-one-system-out", "holdout rows"):
         (m0, p0), (m1, p1) = a[name], b[name]
         if name == "holdout rows" and math.isnan(m0) and math.isnan(m1):
@@ -186,6 +256,7 @@ def compare(base: dict, new: dict, top: int) -> list[str]:
     only = sorted(set(old) ^ set(now))
     if only:
         out += ["", f"rows held out in one run only: {len(only)} ({', '.join(only[:5])})"]
+    out += crossed
     out += ["", "fitted parameters that moved most"]
     v0, v1 = base["values"], new["values"]
     if v0 is None or v1 is None:
@@ -210,9 +281,15 @@ def main() -> None:
     ap.add_argument(
         "--top", type=positive_int, default=10, help="rows and parameters shown each way"
     )
+    ap.add_argument(
+        "--common",
+        action="store_true",
+        help="every figure on the rows both runs fit alone (a run that fits more rows)",
+    )
     args = ap.parse_args()
     sys.stdout.reconfigure(errors="backslashreplace")  # an id with an odd character
-    print("\n".join(compare(_load(args.base), _load(args.new), args.top)))
+    base, new = _load(args.base), _load(args.new)
+    print("\n".join(compare(base, new, args.top, common=args.common)))
 
 
 if __name__ == "__main__":

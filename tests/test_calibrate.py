@@ -616,6 +616,68 @@ def test_compare_fits_reports_the_held_out_change(small_fit, tmp_path):
     assert lines[-1] == "fitted parameters that moved most"  # the same values: none listed
 
 
+def test_compare_fits_judges_a_fit_on_more_rows(small_fit, tmp_path):
+    """`--common` computes every figure on the rows both runs fit, and the rows one run
+    holds out (--holdout) and the other fits are compared on a line of their own: never
+    seen -> held out, in sample."""
+    import runpy
+    import statistics
+
+    from emu.struct import json_safe
+
+    ns = runpy.run_path(str(ROOT / "experiments" / "compare_fits.py"))
+    rep, _ = small_fit
+    cv = cross_validate(rep, by="source", steps=5)
+    by_system = cross_validate(rep, by="system", steps=5)
+    rows = [dict(x) for x in cv.rows]
+    extra = [dict(x, id=f"{x['id']}_more") for x in rows if x["predicted_cv"] is not None][:3]
+
+    def err(x, key="predicted_cv"):
+        return 100 * abs(x[key] / x["measured"] - 1)
+
+    def median(recs):
+        return statistics.median(err(x) for x in recs if x["predicted_cv"] is not None)
+
+    # base holds the extra rows out; new fits them, 5x off held out and 3x in sample
+    held = [dict(x, predicted_cv=x["measured"] * 1.5, holdout=True) for x in extra]
+    fitted = [dict(x, predicted_cv=x["measured"] * 5.0, predicted_in=x["measured"] * 3.0)
+              for x in extra]  # fmt: skip
+
+    def output(name, src, system, holdout):
+        cvs = [{**vars(cv), "rows": src, "holdout": holdout},
+               {**vars(by_system), "rows": system}]  # fmt: skip
+        doc = {**rep.to_json(), "cross_validation": cvs}
+        path = tmp_path / name
+        path.write_text(json.dumps(json_safe(doc)))
+        return ns["_load"](str(path))
+
+    # leave-one-system-out: 20% off on every row (the small fit has one system)
+    system_rows = [dict(x, predicted_cv=x["measured"] * 1.2) for x in rows]
+    base = output("base.json", rows, system_rows, held)
+    new = output("new.json", rows + fitted, system_rows + fitted, [])
+    plain = ns["compare"](base, new, 5)
+    common = ns["compare"](base, new, 5, common=True)
+    loso = [next(x for x in ls if x.strip().startswith("leave-one-source-out "))
+            for ls in (plain, common)]  # fmt: skip
+    alone, more = median(rows), median(rows + fitted)
+    assert more > alone  # the fitted extra rows raise the median of all new rows
+    assert loso[0].split("->")[1].split()[0] == f"{more:.2f}%", loso[0]
+    assert loso[1].split("->")[1].split()[0] == f"{alone:.2f}%", loso[1]
+    system = next(x for x in common if x.strip().startswith("leave-one-system-out"))
+    assert system.split("->")[1].split()[0] == "20.00%", system
+    said = f"--common: the {len(rows)} rows both runs fit (0 of base's and 3 of new's left out)"
+    assert said in [x.strip() for x in common]
+    for lines in (plain, common):
+        i = lines.index("rows base held out (--holdout) that new fits: 3, median / p90 |error|")
+        line = lines[i + 1]
+        assert line.split()[:3] == ["base,", "never", "seen"], line
+        words = line.split()
+        assert words[3] == "50.00%" and words[words.index("held") + 2] == "400.00%", line
+        assert words[words.index("sample") + 1] == "200.00%", line
+    with pytest.raises(SystemExit):  # no row in common: refused, not an empty report
+        ns["compare"](base, dict(new, rows=fitted), 5, common=True)
+
+
 def test_compare_fits_refuses_a_malformed_file_in_one_line(small_fit, tmp_path, capsys):
     import runpy
     import sys
