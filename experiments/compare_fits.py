@@ -18,11 +18,11 @@ source alone informs returns to its prior when that source is held out;
 
 A change that adds rows to the fit (a file of more sources given to `emu calibrate`) is
 judged on the rows both runs fit: `--common` computes every figure on them alone. The
-rows one run holds out (`--holdout`) and the other fits get their own line, their
-|error| where the fit never saw their source against the other run's held-out and
-in-sample |error| on the same rows:
+`--holdout` rows of one run that the other fits get their own line: their |error| where
+the fit never saw their source against the other run's held-out and in-sample |error| on
+the same rows:
 
-    cat ../shared/data/measurements.jsonl experiments/data/out_of_sample.jsonl > all.jsonl
+    cat emu/data/measurements.jsonl experiments/data/out_of_sample.jsonl > all.jsonl
     emu calibrate --cv --dry-run --json all.jsonl > all.json          # ~21 min, 2 cores
     emu calibrate --cv --holdout experiments/data/out_of_sample.jsonl --dry-run --json > base.json
     python experiments/compare_fits.py base.json all.json --common
@@ -68,7 +68,7 @@ def _records(recs, path: str, what: str, *, held_out: bool = False) -> list[dict
     number) and held out (a number; null, a row whose fold predicted nothing, only where
     `held_out` is False)."""
     if not isinstance(recs, list):
-        _refuse(f"'{path}': {what} is not a list of records")
+        _refuse(f"'{path}': {what}: not a list of records")
     seen = set()
     for r in recs:
         cv = r.get("predicted_cv") if isinstance(r, dict) else None
@@ -120,9 +120,9 @@ def _load(path: str) -> dict:
     return {
         "rows": rows,
         "system_rows": (
-            _records(sys_rows, path, "cross_validation (by system) rows")
-            if isinstance(sys_rows, list) and sys_rows
-            else None
+            None
+            if sys_rows is None or sys_rows == []
+            else _records(sys_rows, path, "cross_validation (by system) rows")
         ),
         "holdout": _records(src.get("holdout") or [], path, "the holdout records", held_out=True),
         "system": tuple(
@@ -159,25 +159,52 @@ def _value(x: float) -> str:
 
 
 def _only_common(base: dict, new: dict) -> tuple[dict, dict, list[str]]:
-    """`base` and `new` with their rows (by source and by system) cut to the ids both fit,
-    and the line that says what was left out (`--common`)."""
+    """`base` and `new` cut to the rows both fit (`--common`), and the lines that say what
+    was left out: by source and by system, the ids both runs' by-source rows hold; held
+    out, only those both runs predicted (a row one fold predicted nothing for has no
+    held-out error in either); the holdout records, those both runs hold when both have
+    some."""
     ids = {r["id"] for r in base["rows"]} & {r["id"] for r in new["rows"]}
     if not ids:
         _refuse("--common: the two runs fit no row in common")
-    cut, left = [], []
-    for f in (base, new):
+    blind = {
+        r["id"] for f in (base, new) for r in f["rows"] if r["predicted_cv"] is None
+    }  # fmt: skip
+    shared_holdout = None
+    if base["holdout"] and new["holdout"]:
+        shared_holdout = {r["id"] for r in base["holdout"]} & {r["id"] for r in new["holdout"]}
+    cut, left, on_system = [], [], []
+    for name, f in (("base", base), ("new", new)):
         sys_rows = f["system_rows"]
+        if sys_rows is not None:
+            sys_rows = [r for r in sys_rows if r["id"] in ids]
+            on_system.append((name, len(sys_rows)))
+        holdout = f["holdout"]
+        if shared_holdout is not None:
+            holdout = [r for r in holdout if r["id"] in shared_holdout]
         cut.append(dict(
             f,
-            rows=[r for r in f["rows"] if r["id"] in ids],
-            system_rows=None if sys_rows is None else [r for r in sys_rows if r["id"] in ids],
+            rows=[r if r["id"] not in blind else dict(r, predicted_cv=None)
+                  for r in f["rows"] if r["id"] in ids],
+            system_rows=sys_rows,
+            holdout=holdout,
         ))  # fmt: skip
         left.append(len(f["rows"]) - len(ids))
-    line = (
+    lines = [
         f"  --common: the {len(ids)} rows both runs fit ({left[0]} of base's and "
         f"{left[1]} of new's left out)"
-    )
-    return cut[0], cut[1], [line]
+    ]
+    if blind & ids:
+        lines.append(f"  --common: held out on the {len(ids - blind)} of them both runs predicted")
+    if any(n != len(ids) for _, n in on_system):
+        counts = " and ".join(f"{n} ({name})" for name, n in on_system)
+        lines.append(
+            f"  --common: leave-one-system-out on {counts} of them (the by-system rows "
+            "lack the others)"
+        )
+    if shared_holdout is not None:
+        lines.append(f"  --common: the {len(shared_holdout)} holdout rows both runs hold")
+    return cut[0], cut[1], lines
 
 
 def _crossed(base: dict, new: dict) -> list[str]:

@@ -664,7 +664,7 @@ def test_compare_fits_judges_a_fit_on_more_rows(small_fit, tmp_path):
     assert loso[0].split("->")[1].split()[0] == f"{more:.2f}%", loso[0]
     assert loso[1].split("->")[1].split()[0] == f"{alone:.2f}%", loso[1]
     system = next(x for x in common if x.strip().startswith("leave-one-system-out"))
-    assert system.split("->")[1].split()[0] == "20.00%", system
+    assert system.split("->")[1].split()[0:3] == ["20.00%", "/", "20.00%"], system
     said = f"--common: the {len(rows)} rows both runs fit (0 of base's and 3 of new's left out)"
     assert said in [x.strip() for x in common]
     for lines in (plain, common):
@@ -674,6 +674,16 @@ def test_compare_fits_judges_a_fit_on_more_rows(small_fit, tmp_path):
         words = line.split()
         assert words[3] == "50.00%" and words[words.index("held") + 2] == "400.00%", line
         assert words[words.index("sample") + 1] == "200.00%", line
+    # a row the new run's fold predicted nothing for leaves both runs' held-out figures
+    blind = [dict(x) for x in rows + fitted]
+    first = next(i for i, x in enumerate(blind) if x["predicted_cv"] is not None)
+    blind[first]["predicted_cv"] = None
+    lines = ns["compare"](base, dict(new, rows=blind), 5, common=True)
+    both = [x for x in rows if x["predicted_cv"] is not None and x["id"] != blind[first]["id"]]
+    said = f"--common: held out on the {len(both)} of them both runs predicted"
+    assert said in [x.strip() for x in lines], lines
+    loso = next(x for x in lines if x.strip().startswith("leave-one-source-out "))
+    assert loso.split()[1] == f"{statistics.median(err(x) for x in both):.2f}%", loso
     with pytest.raises(SystemExit):  # no row in common: refused, not an empty report
         ns["compare"](base, dict(new, rows=fitted), 5, common=True)
 
