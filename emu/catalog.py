@@ -63,6 +63,17 @@ def config_dir() -> Path:
         return Path(__file__).resolve().parent.parent / "configs"
 
 
+def parse_failure(e: Exception) -> str | None:
+    """What a JSON or TOML parser's non-syntax failure means, for a one-line error: nesting
+    deeper than Python's recursion limit, or an integer of more digits than Python converts;
+    None for any other error."""
+    if isinstance(e, RecursionError):
+        return "its values are nested too deeply to read"
+    if isinstance(e, ValueError) and "digits" in str(e):
+        return "it holds an integer of over 4,300 digits"
+    return None
+
+
 def load_toml(path: Path, what: str) -> dict:
     """The parsed TOML file at `path` (`what` names it in errors). Only a regular file is
     opened: a FIFO or a device would block or never end."""
@@ -81,6 +92,11 @@ def load_toml(path: Path, what: str) -> dict:
         raise ValueError(f"{what} file '{path}' is not UTF-8 text.") from None
     except OSError as e:
         raise ValueError(f"cannot read {what} file '{path}': {e.strerror}.") from None
+    except (RecursionError, ValueError) as e:
+        why = parse_failure(e)
+        if why is None:
+            raise
+        raise ValueError(f"{what} file '{path}' cannot be read: {why}.") from None
 
 
 def _names(kind: str) -> list[str]:
@@ -126,9 +142,18 @@ def resolve_name(name: str, kind: str) -> str:
     )
 
 
+def path_is(path: Path, test: str) -> bool:
+    """`path.is_file()` / `path.is_dir()` (`test`), False where the path cannot be looked up
+    at all (a name longer than the file system allows), which pathlib raises on."""
+    try:
+        return getattr(path, test)()
+    except OSError:
+        return False
+
+
 def _resolve(name_or_path: str | Path, kind: str) -> Path:
     s = str(name_or_path)
-    if s.endswith((".toml", ".json")) or "/" in s or Path(s).is_file():
+    if s.endswith((".toml", ".json")) or "/" in s or path_is(Path(s), "is_file"):
         return Path(s)
     return config_dir() / kind / f"{resolve_name(s, kind)}.toml"
 
@@ -606,6 +631,11 @@ def _load_hf(path: Path) -> Model:
         raise ValueError(f"model file '{path}' is not valid JSON: {e}.") from None
     except OSError as e:
         raise ValueError(f"cannot read model file '{path}': {e.strerror}.") from None
+    except (RecursionError, ValueError) as e:
+        why = parse_failure(e)
+        if why is None:
+            raise
+        raise ValueError(f"model file '{path}' cannot be read: {why}.") from None
     if not isinstance(config, dict):
         raise ValueError(
             f"model file '{path}' must hold a JSON object (a Hugging Face config.json), "
@@ -638,7 +668,9 @@ def load_model(name_or_path: str | Path, overrides: dict | None = None) -> Model
     file, or a Hugging Face `config.json` (or a folder holding one), with optional dotted
     overrides."""
     p = Path(str(name_or_path))
-    if str(name_or_path).endswith(".json") or (p.is_dir() and (p / "config.json").is_file()):
+    if str(name_or_path).endswith(".json") or (
+        path_is(p, "is_dir") and path_is(p / "config.json", "is_file")
+    ):
         m, where = _load_hf(p), f"model '{p}'"
     else:
         path = _resolve(name_or_path, "models")

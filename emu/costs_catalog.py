@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,14 @@ def apply_cost_overrides(tree: Cost | Region, overrides: dict | None, where: str
     return check(tree, where)
 
 
+def _country_code(origin) -> bool:
+    """An ISO 3166-1 alpha-2 code in any case ("CN", "us"), or "" (none): what the
+    subsidy test (`emu.cost`) compares."""
+    return isinstance(origin, str) and (
+        not origin.strip() or re.fullmatch(r"[A-Za-z]{2}", origin.strip()) is not None
+    )
+
+
 _COST_META = ("name", "description", "system", "chip_origin", "source", "total", "reference")
 
 
@@ -165,8 +174,11 @@ def _cost_from(data: dict, where: str, defaults: dict) -> Cost:
     if not isinstance(name, str) or not name:
         raise ValueError(f"{where}.name must be a non-empty string.")
     origin = data.get("chip_origin", "")
-    if not isinstance(origin, str):
-        raise ValueError(f'{where}.chip_origin must be a country code string, e.g. "US".')
+    if not _country_code(origin):  # "China" never matched a region's "CN": no subsidy
+        raise ValueError(
+            f'{where}.chip_origin must be a two-letter country code, e.g. "US" or "CN" '
+            f"(got {origin!r})."
+        )
     cost = check(Cost(name=name, chip_origin=origin, **kw), where)
     total = data.get("total")
     if total is not None:
@@ -294,8 +306,11 @@ def _region_from(data: dict, where: str) -> Region:
             raise _unknown_key(where, key, allowed)
     data = _local_prices(data, where)
     origin = data.get("subsidy_chip_origin", "")
-    if not isinstance(origin, str):
-        raise ValueError(f'{where}.subsidy_chip_origin must be a country code string or "".')
+    if not _country_code(origin):
+        raise ValueError(
+            f'{where}.subsidy_chip_origin must be a two-letter country code, e.g. "CN", or "" '
+            f"(got {origin!r})."
+        )
     if origin and "subsidised_electricity_usd_per_kwh" not in data:
         raise ValueError(
             f"{where}: subsidy_chip_origin = {origin!r} needs a subsidised electricity price."

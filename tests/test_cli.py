@@ -181,7 +181,29 @@ def test_validate_checks_the_plot_path_before_predicting(tmp_path, capsys, monke
         (["search", "--starts", "1000000"], "--starts: must be an integer in [1, 1024]"),
         (["sweep", "--num-processes", "2"], "need --coordinator"),
         (["sweep", "--coordinator", "foo:1"], "--coordinator joins a sweep of several"),
+        # process 0 too: jax's coordinator server crashed (segmentation fault) on such ports
+        *[
+            (
+                ["sweep", "--num-processes", "2", "--process-id", "0", "--coordinator", c],
+                "--coordinator expects HOST:PORT with a port in 1-65535",
+            )
+            for c in (
+                "localhost:abc",
+                "localhost:-5",
+                "localhost:99999",
+                "localhost:",
+                ":1234",
+                "local host:1",
+            )
+        ],
         (["run", "--microbatch", "1e30"], "up to 16,777,216 (got '1e30')"),
+        (["sweep", "--out", ""], "--out is empty; give a file name"),
+        (["search", "--out", " "], "--out is empty; give a file name"),
+        (["sweep", "--chips", "8,,16"], "--chips has an empty entry"),
+        (["search", "--chips", ",8"], "--chips has an empty entry"),
+        # a name longer than the file system allows is an unknown model, not a write error
+        (["run", "--model", "x" * 300], "unknown model 'xxxx"),
+        (["serve", "--model", "x" * 300], "unknown model 'xxxx"),
         (["list", "--region", "us_average"], "run, compare, serve, search, sweep and sensitivity"),
     ],
 )

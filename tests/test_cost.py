@@ -333,6 +333,8 @@ def _region_file(tmp_path, body: str) -> Path:
          'electricity_per_kwh = 0.9\n', r"per_usd must be > 0"),
         ('electricity_usd_per_kwh = 0.1\npue = 1.2\nsubsidy_chip_origin = "CN"\n',
          r"needs a subsidised electricity price"),
+        ('electricity_usd_per_kwh = 0.1\nsubsidised_electricity_usd_per_kwh = 0.01\npue = 1.2\n'
+         'subsidy_chip_origin = "China"\n', r"must be a two-letter country code, e\.g\. \"CN\""),
     ],
 )  # fmt: skip
 def test_bad_region_files(tmp_path, body, message):
@@ -489,6 +491,13 @@ def test_region_subsidy_rules(tmp_path):
     r = K.load_region(p)
     assert float(C.electricity_price(K.load_cost("cloudmatrix384"), r)) == pytest.approx(0.01)
     assert float(C.electricity_price(K.load_cost("gb200_nvl72"), r)) == pytest.approx(0.1)
+    # a cost file's origin spelled out never matched "CN": the subsidy was silently lost
+    text = (K.config_dir() / "costs" / "cloudmatrix384.toml").read_text()
+    for origin in ("China", "Mars", "C N", "1"):
+        spelled = tmp_path / "cloudmatrix384.toml"
+        spelled.write_text(text.replace('chip_origin = "CN"', f'chip_origin = "{origin}"'))
+        with pytest.raises(ValueError, match="chip_origin must be a two-letter country code"):
+            K.load_cost(spelled)
 
 
 def test_a_wrong_reference_price_is_not_called_missing(tmp_path):

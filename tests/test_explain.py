@@ -120,8 +120,12 @@ def test_row_not_modelled_says_why(tmp_path, capsys):
         e = explain_row(rid, f)
         assert e.result["status"] == status and why in e.result["reason"]
         assert e.runs == [] and e.derived is None
+        # not success: one line on stderr (exit 2), or with --json the record and exit 1
         code, out, err = run_cli(capsys, "validate", str(f), "--row", rid)
-        assert code == 0 and f"row {rid}: not modelled ({status})" in out
+        assert code == 2 and f"row {rid}: not modelled ({status})" in err, (code, err)
+        assert out == "" and err.count("\n") == 1
+        code, out, err = run_cli(capsys, "validate", str(f), "--row", rid, "--json")
+        assert code == 1 and json.loads(out)["result"]["status"] == status, (code, out)
 
 
 def test_cli_row_text_json_and_refusals(capsys):

@@ -623,6 +623,35 @@ def test_validate_keeps_the_good_rows_when_one_row_is_malformed(capsys, tmp_path
     assert "line 4: parallel must be a JSON object or null (got 'tp8')" in reasons
 
 
+def test_files_nested_too_deeply_or_with_huge_integers_are_one_line(capsys, tmp_path):
+    """JSON or TOML nested past Python's recursion limit gave 'internal error
+    (RecursionError)', and an integer of over 4,300 digits a message naming no file: each
+    now names the file (a measurement row: its line, and the good rows are kept)."""
+    (good,) = _rows_of("sc21_t1_1.7B")
+    deep, digits = "[" * 100_000 + "]" * 100_000, "9" * 5_000
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("\n".join([good, deep, good.replace('"value": 137', f'"value": {digits}')]))
+    code = main(["validate", str(rows), "--json"])
+    out, err = capsys.readouterr()
+    reasons = [r.get("reason") or "" for r in json.loads(out)["rows"]]
+    assert code == 0 and [r["status"] for r in json.loads(out)["rows"]].count("ok") == 1
+    assert "line 2: invalid JSON (its values are nested too deeply to read)" in reasons
+    assert "line 3: invalid JSON (it holds an integer of over 4,300 digits)" in reasons
+    (tmp_path / "deep.json").write_text(deep)
+    (tmp_path / "deep.toml").write_text("x = " + "[" * 50_000 + "]" * 50_000 + "\n")
+    (tmp_path / "big.json").write_text('{"hidden_size": ' + digits + "}")
+    for flag, name, said in (
+        ("--model", "deep.json", "nested too deeply"),
+        ("--model", "deep.toml", "nested too deeply"),
+        ("--system", "deep.toml", "nested too deeply"),
+        ("--model", "big.json", "over 4,300 digits"),
+    ):
+        code = main(["run", flag, str(tmp_path / name)])
+        _, err = capsys.readouterr()
+        assert code == 2 and said in err and name in err and err.count("\n") == 1, err
+        assert "internal error" not in err
+
+
 def test_validate_refuses_a_denormal_value_and_a_duplicate_id_on_their_lines(capsys, tmp_path):
     """A measured value of 5e-324 was taken: its error overflowed to 'inf%' and the
     summary's p90 became NaN; a row repeated under the same id was counted twice in every

@@ -56,6 +56,9 @@ def processes(args) -> tuple[int, int]:
     if nproc > 1:
         if not coord:
             raise CliError("several processes need --coordinator HOST:PORT.")
+        # every process, process 0 too: jax's server crashes (a segmentation fault) on a
+        # port it cannot bind
+        _host_port(coord)
         if pid != 0:  # jax aborts the process (C++) when the coordinator never answers
             _wait_for_coordinator(coord, args.coordinator_timeout)
         import jax
@@ -82,15 +85,27 @@ def processes(args) -> tuple[int, int]:
     return pid, nproc
 
 
+def _host_port(coord: str) -> tuple[str, int]:
+    """(host, port) of a HOST:PORT coordinator address ([v6]:PORT too); CliError unless the
+    host is a name or address (no spaces) and the port a whole number in 1-65535."""
+    host, sep, port = coord.rpartition(":")
+    host = host.strip("[]")
+    ok = sep and host and not any(c.isspace() for c in host) and port.isdigit()
+    if not ok or not 1 <= int(port) <= 65535:
+        raise CliError(
+            f"--coordinator expects HOST:PORT with a port in 1-65535, e.g. node0:1234 "
+            f"(got '{coord}')."
+        )
+    return host, int(port)
+
+
 def _wait_for_coordinator(coord: str, timeout_s: float) -> None:
     """Return once a TCP connection to HOST:PORT succeeds; CliError after `timeout_s`."""
-    host, sep, port = coord.rpartition(":")
-    if not sep or not port.isdigit():
-        raise CliError(f"--coordinator expects HOST:PORT (got '{coord}').")
+    host, port = _host_port(coord)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+            with socket.create_connection((host, port), timeout=1.0):
                 return
         except OSError:
             if time.monotonic() > deadline:

@@ -68,7 +68,12 @@ def _check_flags(args) -> None:
 def _chips(args, system) -> int | tuple:
     if args.chips is None:
         return int(float(system.n_chips))
-    counts = tuple(as_int(c.strip()) for c in str(args.chips).split(",") if c.strip())
+    parts = [c.strip() for c in str(args.chips).split(",")]
+    if any(not c for c in parts) and any(parts):  # "8,,16", ",8": a count left out
+        raise CliError(
+            f"--chips has an empty entry; give counts like 64,128,256 (got '{args.chips}')."
+        )
+    counts = tuple(as_int(c) for c in parts if c)
     if None in counts:
         raise CliError(f"--chips expects integers, e.g. 72 or 64,128,256 (got '{args.chips}').")
     if not counts:
@@ -170,6 +175,8 @@ def search_setup(args):
     _check_flags(args)
     slo_s = slo(args, args.phase)
     out = None
+    if args.out is not None and not args.out.strip():  # "" wrote nothing, silently
+        raise CliError("--out is empty; give a file name (.csv or .parquet).")
     if args.out:
         out = storage.check_output_path(args.out, suffixes=_OUT_SUFFIXES, what="--out")
         if out.exists() and not args.overwrite:  # an earlier run's results: not lost silently

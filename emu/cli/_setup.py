@@ -66,7 +66,7 @@ def resolved(name: str, kind: str, notes: list[str]) -> str:
     s = str(name)
     if s.endswith((".toml", ".json")) or "/" in s:
         return s
-    if kind == "models" and (Path(s) / "config.json").is_file():
+    if kind == "models" and catalog.path_is(Path(s) / "config.json", "is_file"):
         # a Hugging Face folder in the working directory (`--model hf`): it wins over a
         # catalog model of the same name, and says so
         notes.append(f"model '{s}' is the Hugging Face folder ./{s} (its config.json)")

@@ -16,7 +16,7 @@ import re
 import stat
 from pathlib import Path
 
-from emu.catalog import load_model, model_from_dict
+from emu.catalog import load_model, model_from_dict, parse_failure
 from emu.struct import replace
 from emu.workload import Model
 
@@ -273,13 +273,12 @@ def read_rows(path) -> tuple[list[dict], list[dict]]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as e:
+        except (RecursionError, ValueError) as e:  # JSONDecodeError is a ValueError
+            why = e.msg if isinstance(e, json.JSONDecodeError) else parse_failure(e)
+            if why is None:
+                raise
             problems.append(
-                {
-                    "id": f"line {i}",
-                    "status": "error",
-                    "reason": f"line {i}: invalid JSON ({e.msg})",
-                }
+                {"id": f"line {i}", "status": "error", "reason": f"line {i}: invalid JSON ({why})"}
             )
             continue
         if not isinstance(row, dict):
