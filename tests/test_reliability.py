@@ -623,6 +623,19 @@ def test_validate_keeps_the_good_rows_when_one_row_is_malformed(capsys, tmp_path
     assert "line 4: parallel must be a JSON object or null (got 'tp8')" in reasons
 
 
+def test_a_row_with_no_experts_but_a_top_k_is_refused(capsys, tmp_path):
+    """model.moe with n_experts 0 and top_k 8 ran as some other, dense model (25% -> 0.25%
+    off, silently); it is now that row's error."""
+    (row,) = _rows_of("mindspeed_tps_mixtral_8x7b_32k_8x8")
+    row = json.loads(row)
+    row["model"]["moe"]["n_experts"] = 0
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    code = main(["validate", str(path), "--row", row["id"]])
+    _, err = capsys.readouterr()
+    assert code == 2 and "model.moe has n_experts 0 but top_k 2" in err, err
+
+
 def test_files_nested_too_deeply_or_with_huge_integers_are_one_line(capsys, tmp_path):
     """JSON or TOML nested past Python's recursion limit gave 'internal error
     (RecursionError)', and an integer of over 4,300 digits a message naming no file: each

@@ -580,6 +580,13 @@ def check_row(row: dict) -> None:
             f"model.moe must be a JSON object or null (got {moe!r}); give it as "
             '{"n_experts": 128, "top_k": 8, "d_ff_expert": 768, "n_shared": 0}'
         )
+    if moe is not None:  # 0 experts with a top-k ran as some other, dense model, silently
+        ne, tk = moe.get("n_experts"), moe.get("top_k")
+        if ne == 0 and isinstance(tk, int | float) and not isinstance(tk, bool) and tk > 0:
+            raise ValueError(
+                f"model.moe has n_experts 0 but top_k {tk!r}: give the expert count, or "
+                '"moe": null for a dense model'
+            )
     unit = row.get("unit")
     want = METRIC_UNITS.get(row["metric"])
     if unit is not None and want is not None:
