@@ -197,6 +197,8 @@ def test_validate_checks_the_plot_path_before_predicting(tmp_path, capsys, monke
             )
         ],
         (["run", "--microbatch", "1e30"], "up to 16,777,216 (got '1e30')"),
+        (["sweep", "--model", "llama3_8b", "--ep", "8"], "--ep 8 needs an MoE model"),
+        (["search", "--model", "llama3_8b", "--ep", "4"], "--ep 4 needs an MoE model"),
         (["sweep", "--out", ""], "--out is empty; give a file name"),
         (["search", "--out", " "], "--out is empty; give a file name"),
         (["sweep", "--chips", "8,,16"], "--chips has an empty entry"),

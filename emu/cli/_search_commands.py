@@ -194,6 +194,13 @@ def search_setup(args):
             "electricity price and PUE); `emu list` shows the regions."
         )
     model = load_model(args, notes, model_o)
+    if float(model.n_experts) == 0:  # else "no valid plan ... check the fixed degrees"
+        given = [f"--{k} {getattr(args, k):g}" for k in ("ep", "etp")
+                 if (getattr(args, k, None) or 1) > 1]  # fmt: skip
+        if given:
+            raise CliError(
+                f"{' and '.join(given)} needs an MoE model ({model.name} is dense); drop it."
+            )
     free, fixed = _free_and_fixed(args)
     if args.phase != "train" and args.free is not None and "microbatch" not in free + tuple(fixed):
         # the batch per DP rank is the lever of serving: left at the base plan's 1 it made
