@@ -24,6 +24,7 @@ import difflib
 import math
 import os
 import stat
+import sys
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -65,13 +66,20 @@ def config_dir() -> Path:
 
 def parse_failure(e: Exception) -> str | None:
     """What a JSON or TOML parser's non-syntax failure means, for a one-line error: nesting
-    deeper than Python's recursion limit, or an integer of more digits than Python converts;
-    None for any other error."""
+    deeper than Python's recursion limit, or an integer of more digits than Python converts
+    (`sys.get_int_max_str_digits`); None for any other error."""
     if isinstance(e, RecursionError):
         return "its values are nested too deeply to read"
-    if isinstance(e, ValueError) and "digits" in str(e):
-        return "it holds an integer of over 4,300 digits"
+    if isinstance(e, ValueError) and "integer string conversion" in str(e):
+        return f"it holds an integer of over {sys.get_int_max_str_digits():,} digits"
     return None
+
+
+def _unreadable(e: Exception, what: str, path) -> ValueError:
+    """The one-line ValueError for a file a parser could not read (`parse_failure`); `e`
+    itself for any other error."""
+    why = parse_failure(e)
+    return e if why is None else ValueError(f"{what} file '{path}' cannot be read: {why}.")
 
 
 def load_toml(path: Path, what: str) -> dict:
@@ -93,10 +101,7 @@ def load_toml(path: Path, what: str) -> dict:
     except OSError as e:
         raise ValueError(f"cannot read {what} file '{path}': {e.strerror}.") from None
     except (RecursionError, ValueError) as e:
-        why = parse_failure(e)
-        if why is None:
-            raise
-        raise ValueError(f"{what} file '{path}' cannot be read: {why}.") from None
+        raise _unreadable(e, what, path) from None
 
 
 def _names(kind: str) -> list[str]:
@@ -632,10 +637,7 @@ def _load_hf(path: Path) -> Model:
     except OSError as e:
         raise ValueError(f"cannot read model file '{path}': {e.strerror}.") from None
     except (RecursionError, ValueError) as e:
-        why = parse_failure(e)
-        if why is None:
-            raise
-        raise ValueError(f"model file '{path}' cannot be read: {why}.") from None
+        raise _unreadable(e, "model", path) from None
     if not isinstance(config, dict):
         raise ValueError(
             f"model file '{path}' must hold a JSON object (a Hugging Face config.json), "

@@ -179,7 +179,7 @@ def _cost_from(data: dict, where: str, defaults: dict) -> Cost:
             f'{where}.chip_origin must be a two-letter country code, e.g. "US" or "CN" '
             f"(got {origin!r})."
         )
-    cost = check(Cost(name=name, chip_origin=origin, **kw), where)
+    cost = check(Cost(name=name, chip_origin=origin.strip().upper(), **kw), where)
     total = data.get("total")
     if total is not None:
         _check_total(cost, total, where)
@@ -311,6 +311,7 @@ def _region_from(data: dict, where: str) -> Region:
             f'{where}.subsidy_chip_origin must be a two-letter country code, e.g. "CN", or "" '
             f"(got {origin!r})."
         )
+    origin = origin.strip().upper()  # " " is none: the checks below must see it so
     if origin and "subsidised_electricity_usd_per_kwh" not in data:
         raise ValueError(
             f"{where}: subsidy_chip_origin = {origin!r} needs a subsidised electricity price."

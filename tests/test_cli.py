@@ -185,7 +185,7 @@ def test_validate_checks_the_plot_path_before_predicting(tmp_path, capsys, monke
         *[
             (
                 ["sweep", "--num-processes", "2", "--process-id", "0", "--coordinator", c],
-                "--coordinator expects HOST:PORT with a port in 1-65535",
+                "expects HOST:PORT with a port in 1-65535",
             )
             for c in (
                 "localhost:abc",
@@ -229,3 +229,16 @@ def test_a_dead_coordinator_is_one_line_after_the_timeout(capsys):
     )  # fmt: skip
     assert code == 2 and "cannot reach the coordinator" in err and err.count("\n") == 1
     assert 2 <= time.perf_counter() - t < 30
+
+
+def test_chips_take_a_trailing_comma_but_no_empty_entry():
+    import argparse
+
+    from emu.cli._parser import CliError
+    from emu.cli._search_commands import _chips
+
+    assert _chips(argparse.Namespace(chips="64, 128,"), None) == (64, 128)
+    assert _chips(argparse.Namespace(chips="8"), None) == 8
+    for bad in ("8,,16", ",8", "8,,"):
+        with pytest.raises(CliError, match="--chips has an empty entry"):
+            _chips(argparse.Namespace(chips=bad), None)

@@ -491,6 +491,10 @@ def test_region_subsidy_rules(tmp_path):
     r = K.load_region(p)
     assert float(C.electricity_price(K.load_cost("cloudmatrix384"), r)) == pytest.approx(0.01)
     assert float(C.electricity_price(K.load_cost("gb200_nvl72"), r)) == pytest.approx(0.1)
+    # a blank origin is none, so a subsidised price with it applies to no chip: refused
+    p.write_text(p.read_text().replace('subsidy_chip_origin = "cn"', 'subsidy_chip_origin = " "'))
+    with pytest.raises(ValueError, match="without subsidy_chip_origin applies to no chip"):
+        K.load_region(p)
     # a cost file's origin spelled out never matched "CN": the subsidy was silently lost
     text = (K.config_dir() / "costs" / "cloudmatrix384.toml").read_text()
     for origin in ("China", "Mars", "C N", "1"):

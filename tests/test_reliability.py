@@ -4,6 +4,7 @@ and fuzzing of the CLI and the loaders (only success or a clean error may come o
 import argparse
 import json
 import math
+import os
 import re
 
 import jax
@@ -372,6 +373,25 @@ def test_process_0_waits_for_its_peers_a_bounded_time():
     assert time.perf_counter() - t < 60
 
 
+def test_process_0_refuses_a_coordinator_port_it_cannot_serve(capsys):
+    """Process 0 segfaulted in jax's gRPC server on a port it could not bind (taken, or
+    spelled in non-ASCII digits); now one line before jax starts."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        for coord, said in (
+            (f"localhost:{port}", f"process 0 cannot serve the coordinator on port {port}"),
+            ("localhost:\uff11\uff12\uff13\uff14", "expects HOST:PORT with a port in 1-65535"),
+        ):
+            code = main(["sweep", "--num-processes", "2", "--process-id", "0",
+                         "--coordinator", coord])  # fmt: skip
+            _, err = capsys.readouterr()
+            assert code == 2 and said in err and err.count("\n") == 1, err
+
+
 def test_progress_is_quiet_when_piped_or_json(capsys):
     code = main(["describe", "gb200_nvl72", "--json"])
     out, err = capsys.readouterr()
@@ -653,7 +673,11 @@ def test_files_nested_too_deeply_or_with_huge_integers_are_one_line(capsys, tmp_
     (tmp_path / "deep.json").write_text(deep)
     (tmp_path / "deep.toml").write_text("x = " + "[" * 50_000 + "]" * 50_000 + "\n")
     (tmp_path / "big.json").write_text('{"hidden_size": ' + digits + "}")
+    # a path that merely says "digits" keeps its own error (a FIFO is not a regular file)
+    (tmp_path / "digits").mkdir()
+    os.mkfifo(tmp_path / "digits" / "m.toml")
     for flag, name, said in (
+        ("--model", "digits/m.toml", "is not a regular file"),
         ("--model", "deep.json", "nested too deeply"),
         ("--model", "deep.toml", "nested too deeply"),
         ("--system", "deep.toml", "nested too deeply"),

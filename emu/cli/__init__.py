@@ -124,7 +124,8 @@ def _detach_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (0 ok, 2 bad input, 1 I/O or internal
     error, or rows of `emu validate --strict FILE` that could not be read, 130
-    interrupted)."""
+    interrupted; `emu validate --row ID` on a row it could not read 2, on one it skips
+    (a metric emu does not model) 1)."""
     own_process = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     try:

@@ -309,11 +309,13 @@ def cmd_validate(args) -> int | None:
         if given:
             raise CliError(f"--row explains one row: drop {' and '.join(given)}.")
         exp = validation.explain_row(args.row, args.file, overrides=sys_o)
-        if exp.result["status"] != "ok":  # not success: one line, or the JSON and status 1
-            if not args.json:
-                raise CliError(render.explain_text(exp))
-            render.emit(args, exp.to_json(), "")
-            return 1
+        status = exp.result["status"]
+        if status != "ok":  # not success: 2 for a row it could not read, 1 for one it skips
+            if args.json:
+                render.emit(args, exp.to_json(), "")
+            else:
+                print(f"emu: {render.explain_text(exp)}", file=sys.stderr)
+            return 2 if status == "error" else 1
         render.emit(args, exp.to_json(), render.explain_text(exp))
         return
     if args.plot is not None:  # before the work, not after it

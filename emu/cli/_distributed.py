@@ -3,7 +3,9 @@ one line (never jax's C++ abort) after --coordinator-timeout."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import socket
 import sys
 import threading
@@ -58,9 +60,11 @@ def processes(args) -> tuple[int, int]:
             raise CliError("several processes need --coordinator HOST:PORT.")
         # every process, process 0 too: jax's server crashes (a segmentation fault) on a
         # port it cannot bind
-        _host_port(coord)
-        if pid != 0:  # jax aborts the process (C++) when the coordinator never answers
-            _wait_for_coordinator(coord, args.coordinator_timeout)
+        host, port = _host_port(coord)
+        if pid == 0:
+            _check_bindable(coord, port)
+        else:  # jax aborts the process (C++) when the coordinator never answers
+            _wait_for_coordinator(coord, host, port, args.coordinator_timeout)
         import jax
 
         timeout = args.coordinator_timeout
@@ -87,21 +91,38 @@ def processes(args) -> tuple[int, int]:
 
 def _host_port(coord: str) -> tuple[str, int]:
     """(host, port) of a HOST:PORT coordinator address ([v6]:PORT too); CliError unless the
-    host is a name or address (no spaces) and the port a whole number in 1-65535."""
+    host is a name or address (no spaces) and the port a whole number in 1-65535 (ASCII
+    digits: jax takes no other)."""
     host, sep, port = coord.rpartition(":")
     host = host.strip("[]")
-    ok = sep and host and not any(c.isspace() for c in host) and port.isdigit()
-    if not ok or not 1 <= int(port) <= 65535:
+    ok = sep and host and not any(c.isspace() for c in host)
+    if not ok or not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
         raise CliError(
-            f"--coordinator expects HOST:PORT with a port in 1-65535, e.g. node0:1234 "
-            f"(got '{coord}')."
+            "--coordinator (or JAX_COORDINATOR_ADDRESS) expects HOST:PORT with a port in "
+            f"1-65535, e.g. node0:1234 (got '{coord}')."
         )
     return host, int(port)
 
 
-def _wait_for_coordinator(coord: str, timeout_s: float) -> None:
+def _check_bindable(coord: str, port: int) -> None:
+    """Process 0 serves the coordinator on every interface at `port`: CliError when that
+    port cannot be bound (taken, or privileged), which jax's server answers with a crash."""
+    for family, addr in ((socket.AF_INET6, "::"), (socket.AF_INET, "")):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.bind((addr, port))
+            return
+        except OSError as e:
+            if family == socket.AF_INET6 and e.errno == errno.EAFNOSUPPORT:
+                continue  # no IPv6 on this machine: the IPv4 bind decides
+            raise CliError(
+                f"process 0 cannot serve the coordinator on port {port} of {coord} "
+                f"({e.strerror}); free the port or give --coordinator another one."
+            ) from None
+
+
+def _wait_for_coordinator(coord: str, host: str, port: int, timeout_s: float) -> None:
     """Return once a TCP connection to HOST:PORT succeeds; CliError after `timeout_s`."""
-    host, port = _host_port(coord)
     deadline = time.monotonic() + timeout_s
     while True:
         try:

@@ -68,7 +68,7 @@ def _check_flags(args) -> None:
 def _chips(args, system) -> int | tuple:
     if args.chips is None:
         return int(float(system.n_chips))
-    parts = [c.strip() for c in str(args.chips).split(",")]
+    parts = [c.strip() for c in str(args.chips).strip().removesuffix(",").split(",")]
     if any(not c for c in parts) and any(parts):  # "8,,16", ",8": a count left out
         raise CliError(
             f"--chips has an empty entry; give counts like 64,128,256 (got '{args.chips}')."
