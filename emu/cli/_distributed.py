@@ -110,6 +110,9 @@ def _check_bindable(coord: str, port: int) -> None:
     for family, addr in ((socket.AF_INET6, "::"), (socket.AF_INET, "")):
         try:
             with socket.socket(family, socket.SOCK_STREAM) as sock:
+                # as gRPC binds: a port whose last connections linger (TIME_WAIT) is free,
+                # one another process listens on is not
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind((addr, port))
             return
         except OSError as e:
