@@ -624,7 +624,7 @@ _JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a num
 def _load_hf(path: Path) -> Model:
     import json
 
-    if path.is_dir():
+    if path_is(path, "is_dir"):
         path = path / "config.json"
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):

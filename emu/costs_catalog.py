@@ -140,12 +140,17 @@ def apply_cost_overrides(tree: Cost | Region, overrides: dict | None, where: str
     return check(tree, where)
 
 
-def _country_code(origin) -> bool:
-    """An ISO 3166-1 alpha-2 code in any case ("CN", "us"), or "" (none): what the
-    subsidy test (`emu.cost`) compares."""
-    return isinstance(origin, str) and (
-        not origin.strip() or re.fullmatch(r"[A-Za-z]{2}", origin.strip()) is not None
-    )
+def _country_code(data: dict, key: str, where: str) -> str:
+    """`data[key]` (default "") as an upper-case ISO 3166-1 alpha-2 code, "" for none (blank
+    too): what the subsidy test (`emu.cost`) compares. ValueError for anything else: a
+    spelled-out "China" never matched a region's "CN", so the subsidy was lost silently."""
+    code = data.get(key, "")
+    if not isinstance(code, str) or not re.fullmatch(r"(?:[A-Za-z]{2})?", code.strip()):
+        raise ValueError(
+            f'{where}.{key} must be a two-letter country code, e.g. "CN" or "US", or "" for '
+            f"none (got {code!r})."
+        )
+    return code.strip().upper()
 
 
 _COST_META = ("name", "description", "system", "chip_origin", "source", "total", "reference")
@@ -173,13 +178,8 @@ def _cost_from(data: dict, where: str, defaults: dict) -> Cost:
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise ValueError(f"{where}.name must be a non-empty string.")
-    origin = data.get("chip_origin", "")
-    if not _country_code(origin):  # "China" never matched a region's "CN": no subsidy
-        raise ValueError(
-            f'{where}.chip_origin must be a two-letter country code, e.g. "US" or "CN" '
-            f"(got {origin!r})."
-        )
-    cost = check(Cost(name=name, chip_origin=origin.strip().upper(), **kw), where)
+    origin = _country_code(data, "chip_origin", where)
+    cost = check(Cost(name=name, chip_origin=origin, **kw), where)
     total = data.get("total")
     if total is not None:
         _check_total(cost, total, where)
@@ -305,13 +305,7 @@ def _region_from(data: dict, where: str) -> Region:
         if key not in allowed:
             raise _unknown_key(where, key, allowed)
     data = _local_prices(data, where)
-    origin = data.get("subsidy_chip_origin", "")
-    if not _country_code(origin):
-        raise ValueError(
-            f'{where}.subsidy_chip_origin must be a two-letter country code, e.g. "CN", or "" '
-            f"(got {origin!r})."
-        )
-    origin = origin.strip().upper()  # " " is none: the checks below must see it so
+    origin = _country_code(data, "subsidy_chip_origin", where)  # " " is none, as below
     if origin and "subsidised_electricity_usd_per_kwh" not in data:
         raise ValueError(
             f"{where}: subsidy_chip_origin = {origin!r} needs a subsidised electricity price."

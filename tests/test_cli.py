@@ -206,6 +206,7 @@ def test_validate_checks_the_plot_path_before_predicting(tmp_path, capsys, monke
         # a name longer than the file system allows is an unknown model, not a write error
         (["run", "--model", "x" * 300], "unknown model 'xxxx"),
         (["serve", "--model", "x" * 300], "unknown model 'xxxx"),
+        (["run", "--model", "a" * 5000 + ".json"], "cannot read model file 'aaaa"),
         (["list", "--region", "us_average"], "run, compare, serve, search, sweep and sensitivity"),
     ],
 )
