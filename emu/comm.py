@@ -11,7 +11,8 @@ system's tiers (ranks in Megatron order: TP stride 1, then CP, DP, PP):
     PP   send/recv of the activations (t d / tp with SP) at each of the 2 vpp chunk
          boundaries per training micro-batch; pp - 1 hops per serving pass
     EP   MoE dispatch (8-bit tokens under FP8/INT8/FP4, else bf16) and combine (bf16) over
-         the EP group, times `moe_imbalance`, plus the ETP token exchange
+         the EP group, times `moe_imbalance`, plus the ETP token exchange; none in a
+         serving pass whose EP x ETP group lies inside its TP group (`tokens_replicated`)
     DP   ZeRO 0: all-reduce of the gradients; ZeRO 1/2: reduce-scatter of the gradients
          (every micro-batch with ZeRO 2) and all-gather of the updated bf16 weights;
          ZeRO 3: per-micro-batch gathers and reductions as one-channel rings (once per step
@@ -58,6 +59,7 @@ __all__ = [
     "cp_time",
     "pp_time",
     "ep_layer_time",
+    "tokens_replicated",
     "dp_time",
     "full_recompute",
 ]
@@ -238,12 +240,29 @@ def train_comm(system: System, model: Model, plan: Plan) -> Comm:
     )
 
 
+def tokens_replicated(plan: Plan):
+    """1 where a serving pass's MoE layers see every token of the TP group on each of its
+    ranks, else 0: attention is tensor-parallel without sequence sharding, so after its
+    all-reduce the tp ranks hold the same t tokens, and an EP x ETP group of at most tp
+    ranks (inside the TP group: TP stride 1) has them all. Each rank then runs its local
+    experts (its share of each expert's width) on the tokens routed to them and the
+    layer's output all-reduce, which `inference_comm` counts among the TP all-reduces,
+    sums the partial outputs: no dispatch or combine (TensorRT-LLM's attention-TP MoE with
+    --tp 8 --ep 2; vLLM's and SGLang's expert parallelism without DP attention reduce the
+    experts' output with the TP all-reduce). With DP attention the EP group spans
+    several TP groups' disjoint tokens and all-to-alls them (`ep_layer_time`)."""
+    return jnp.where(plan.ep * plan.etp <= plan.tp + 0.5, 1.0, 0.0)
+
+
 def inference_comm(system: System, model: Model, plan: Plan, t) -> Comm:
     """Raw communication of one serving pass over all layers for `t` tokens per rank: TP
-    all-reduces (no SP), pp - 1 pipeline hops, MoE dispatch and combine per layer."""
+    all-reduces (no SP), pp - 1 pipeline hops, MoE dispatch and combine per layer (none
+    where the tokens are replicated over the EP group: `tokens_replicated`)."""
     layers = model.n_layers
     act = t * model.d_model * _BF16
     disp_f, comb_f = ep_layer_time(system, model, plan, t)
+    a2a = 1.0 - tokens_replicated(plan)
+    disp_f, comb_f = a2a * disp_f, a2a * comb_f
     tp_all = (
         layers
         * _TP_PER_LAYER_SERVE

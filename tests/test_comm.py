@@ -61,6 +61,31 @@ def test_moe_dispatch_and_combine(catalog):
     assert transfer(d2) == pytest.approx(2 * transfer(d), rel=1e-4)
 
 
+def test_serving_moe_inside_the_tp_group_needs_no_all_to_all(catalog):
+    """Attention TP without DP replicates the tokens over the TP ranks, so an EP x ETP
+    group inside the TP group routes nothing (the layer's TP all-reduce sums the experts'
+    partial outputs, TensorRT-LLM's --tp 8 --ep 2); with DP attention the EP group spans
+    disjoint tokens and all-to-alls them. The TP all-reduces are the same either way."""
+    from emu.catalog import load_model
+
+    sys, moe = catalog["nvl72"], load_model("deepseek_r1")
+    t = jnp.float32(4)
+    kw = dict(phase="decode", microbatch=4, precision="fp8")
+    for ep, etp in ((2, 4), (8, 1), (1, 8)):
+        plan = make_plan(tp=8, ep=ep, etp=etp, **kw)
+        assert float(comm.tokens_replicated(plan)) == 1.0
+        c = comm.inference_comm(sys, moe, plan, t)
+        assert float(c.dispatch_s) == float(c.combine_s) == 0.0 and float(c.tp_s) > 0
+        d, _ = comm.ep_layer_time(sys, moe, plan, t)  # what an all-to-all would have cost
+        assert float(d) > 0
+    wide = make_plan(tp=8, dp=2, ep=16, **kw)  # the EP group spans two TP groups
+    c = comm.inference_comm(sys, moe, wide, t)
+    assert float(comm.tokens_replicated(wide)) == 0.0 and float(c.dispatch_s) > 0
+    dp_attention = make_plan(tp=1, dp=8, ep=8, **kw)
+    c = comm.inference_comm(sys, moe, dp_attention, t)
+    assert float(c.dispatch_s) > 0 and float(c.combine_s) > 0 and float(c.tp_s) == 0.0
+
+
 def test_a_dense_model_pays_no_expert_group_in_dp(catalog):
     # issue 14 regression: the expert group of a dense model holds no bytes, so it costs 0
     # (before: ~34 us per step of fixed latency at tp = 8)
