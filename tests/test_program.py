@@ -540,3 +540,149 @@ def test_a_computation_closed_with_its_execution_thread_ends_there():
     assert sorted(mod.computations) == ["host_fn", "main"]
     assert [i.name for i in mod.entry.instructions] == ["p", "t"]
     assert [i.name for i in mod.computations["host_fn"].instructions] == ["a", "n"]
+
+
+def test_in_process_builder_prints_to_stderr_and_json_stays_json(tmp_path, capsys):
+    """With --devices 1 the builder runs in this process: its print reached stdout ahead of
+    the JSON, which then did not parse."""
+    path = tmp_path / "chatty.py"
+    path.write_text(
+        "import jax, jax.numpy as jnp\n"
+        "print('hello at import')\n"
+        "def build():\n"
+        "    print('hello from builder')\n"
+        "    return jax.jit(lambda x: x * 2), (jax.ShapeDtypeStruct((8,), jnp.float32),)\n"
+    )
+    assert jax.device_count() == 1  # so the builder runs in this process
+    assert main_program([f"{path}:build", "--devices", "1", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["results"][0]["n_devices"] == 1
+    assert "hello at import" in err and "hello from builder" in err
+
+
+def test_token_rates_are_null_without_tokens_per_step_and_zero_is_refused(tmp_path, capsys):
+    """Without --tokens-per-step the JSON said tokens_per_s = tokens_per_joule = 0.0;
+    --tokens-per-step 0 was accepted and did the same."""
+    path = tmp_path / "m.hlo"
+    path.write_text(_two_groups())
+    argv = ["--hlo", str(path), "--mesh", "data=8,model=8", "--system", "dgx_h100", "--json"]
+    assert main_program(argv) == 0
+    (r,) = json.loads(capsys.readouterr().out)["results"]
+    assert r["tokens_per_step"] is None and r["tokens_per_s"] is None
+    assert r["tokens_per_joule"] is None and r["step_time_s"] > 0
+    assert main_program([*argv, "--tokens-per-step", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--tokens-per-step must be" in err and "(got 0)" in err and err.count("\n") == 1
+
+
+def test_uncalibrated_system_is_noted_as_by_emu_run(tmp_path, capsys):
+    """A system file with a chip family and link type the calibration does not know: `emu
+    run` notes it as uncalibrated, `emu program` said nothing (JSON "notes": [])."""
+    path = tmp_path / "m.hlo"
+    path.write_text(_two_groups())
+    argv = ["--hlo", str(path), "--mesh", "data=8,model=8"]
+    systems = ["--system", "examples/tpu_like.toml", "--system", "dgx_h100"]
+    assert main_program([*argv, *systems]) == 0
+    out = capsys.readouterr().out
+    assert "note: tpu_like: uncalibrated: chip family 'tpu', link type 'ici'" in out
+    assert "dgx_h100: uncalibrated" not in out
+    assert main_program([*argv, *systems, "--json"]) == 0
+    tpu, h100 = json.loads(capsys.readouterr().out)["results"]
+    assert any(n.startswith("uncalibrated: chip family 'tpu'") for n in tpu["notes"])
+    assert not any("uncalibrated" in n for n in h100["notes"])
+
+
+def test_mesh_whose_axes_cannot_give_the_replica_groups(tmp_path, capsys):
+    """Only the device count was checked: a mesh of other axes was accepted and its axes
+    labelled the groups (another overlap class, another answer). A group along no axis or
+    product of (sub-)axes is refused; one along part of an axis (a sub-axis, as GSPMD
+    makes after a reshape) is labelled with a note."""
+    from emu.program._collectives import mesh_fit
+
+    text = _two_groups()  # groups of 8 at stride 1 and at stride 8
+    assert program.from_hlo(text, {"data": 8, "model": 8}).table.notes == []
+    coarse = program.from_hlo(text, {"data": 64}).table.notes
+    assert len(coarse) == 2 and all("cover mesh axis data only in part" in n for n in coarse)
+    # {0,1,4,5} on (4, 2) is data's outer half x model: a mapping exists
+    assert mesh_fit(MeshInfo(("data", "model"), (4, 2)), [[0, 1, 4, 5]]) == (
+        "sub-axes",
+        ("data",),
+    )
+    bad = text.replace("[8,8]<=[64]", "{{0,3},{1,2}}", 1)  # {0,3}: no axis gives it
+    with pytest.raises(ValueError, match=r"cannot produce .* group of 2 devices \{0,3\}"):
+        program.from_hlo(bad, {"data": 8, "model": 8})
+    path = tmp_path / "bad.hlo"
+    path.write_text(bad)
+    assert main_program(["--hlo", str(path), "--mesh", "data=8,model=8"]) == 2
+    err = capsys.readouterr().err
+    assert "group sizes: 2, 8" in err and err.count("\n") == 1
+
+
+def test_malformed_hlo_is_one_line_with_where(tmp_path, capsys):
+    """A text cut mid-line said 'substring not found', a dimension 'nan' 'invalid literal
+    for int()', a module without ENTRY was priced, a group naming device 64 of 64 was
+    accepted."""
+    text = _two_groups()
+    at = text.index("[4096,1024]{1,0} all-reduce") + 5
+    line = text[:at].count("\n") + 1
+    cases = [
+        (text[:at], rf"malformed HLO at line {line} .*cannot read the result type"),
+        (
+            text.replace("bf16[4096,1024]{1,0} parameter(0)", "bf16[nan,1024]{1,0} parameter(0)"),
+            r"malformed HLO at line \d+ .*dimension 'nan'",
+        ),
+        (text.replace("ENTRY %main", "%main"), "malformed HLO: module 'm' has no ENTRY"),
+        ("HloModule m\n\nENTRY %e {\n}\n", r"line 3 \(ENTRY e\): it has no instructions"),
+        (
+            text.replace("[8,8]<=[64]", "{{0,1,2,3,4,5,6,64}}", 1),
+            r"line \d+ \(all-reduce %inner\): its replica_groups name device 64 but the "
+            "module runs on 64 devices",
+        ),
+    ]
+    for bad, needle in cases:
+        with pytest.raises(ValueError, match=needle):
+            program.from_hlo(bad, {"data": 8, "model": 8})
+    path = tmp_path / "cut.hlo"
+    path.write_text(text[:at])
+    assert main_program(["--hlo", str(path), "--mesh", "data=8,model=8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("emu: error: malformed HLO at line") and err.count("\n") == 1
+
+
+def test_unknown_axis_role_is_refused_before_tracing(monkeypatch, capsys):
+    """--axis-role data=xx was refused only after the builder was traced (seconds)."""
+    from emu.program import estimate
+
+    def never(*args, **kwargs):
+        raise AssertionError("traced before the roles were checked")
+
+    monkeypatch.setattr(estimate, "trace_builder", never)
+    argv = ["emu/examples/llama.py:train", "--devices", "8", "--axis-role", "data=xx"]
+    assert main_program(argv) == 2
+    err = capsys.readouterr().err
+    assert "unknown role 'xx' for mesh axis 'data'" in err and err.count("\n") == 1
+    with pytest.raises(ValueError, match="unknown role 'xx'"):
+        program.trace_program("emu/examples/llama.py:train", devices=8, axis_roles={"d": "xx"})
+
+
+def test_parameters_and_outputs_larger_than_hbm_are_flagged():
+    """A 4 TiB operand on one device was priced as if it fit (a step time, an MFU)."""
+    body = """
+        ENTRY %main (p: f32[1048576,1048576]) -> f32[1048576,1048576] {
+          %p = f32[1048576,1048576]{1,0} parameter(0)
+          ROOT %n = f32[1048576,1048576]{1,0} negate(%p)
+        }
+        """
+    h100 = emu.load_system("dgx_h100")
+    (r,) = program.from_hlo(_synthetic(body), {"d": 1}).estimate(h100)
+    assert r.io_bytes == 2 * 4.0 * 2**40 and not r.fits_hbm
+    assert any(n.startswith("out of memory: the program's parameters") for n in r.notes)
+    assert r.to_json()["fits_hbm"] is False
+    # a donated buffer (the output aliases the parameter) is counted once
+    donated = _synthetic(body).replace(
+        "num_partitions=1", "num_partitions=1, input_output_alias={ {}: (0, {}, may-alias) }"
+    )
+    assert program.from_hlo(donated, {"d": 1}).table.io_bytes == 4.0 * 2**40
+    small = body.replace("1048576", "1024")
+    (r,) = program.from_hlo(_synthetic(small), {"d": 1}).estimate(h100)
+    assert r.fits_hbm and not any("out of memory" in n for n in r.notes)

@@ -22,27 +22,63 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from emu.program._opcodes import COLLECTIVE_OPS, width
 from emu.program._optable import MeshInfo, Op, OpTable
 from emu.program._values import Values
-from emu.program.hlo import Computation, Instruction, replica_groups, source_target_pairs
+from emu.program.hlo import (
+    Computation,
+    Instruction,
+    malformed,
+    replica_groups,
+    source_target_pairs,
+)
 
-__all__ = ["Placement", "collective_op", "overlap_windows", "unplaced_notes"]
+__all__ = [
+    "Placement",
+    "collective_op",
+    "mesh_fit",
+    "mesh_misfits",
+    "overlap_windows",
+    "unplaced_notes",
+]
 
 
 @dataclasses.dataclass
 class Placement:
-    """Where a module's replica groups sit: the mesh, the axis roles, the partition count."""
+    """Where a module's replica groups sit: the mesh, the axis roles, the partition count;
+    `misfits` collects the collectives whose groups are not along whole mesh axes (see
+    `mesh_fit`): (instruction, groups, "sub-axes" or "", the axes split)."""
 
     mesh: MeshInfo
     roles: dict[str, str]
     n_devices: int
+    misfits: list[tuple] = dataclasses.field(default_factory=list)
+    #: the group sizes met
+    sizes: set[int] = dataclasses.field(default_factory=set)
+    _fits: dict[str, tuple] = dataclasses.field(default_factory=dict, repr=False)
 
     def groups(self, ins: Instruction) -> list[list[int]]:
-        """The replica groups of a collective (one group of all devices when absent)."""
+        """The replica groups of a collective (one group of all devices when absent);
+        ValueError for device ids the module does not have or a device in two groups."""
         if "replica_groups" in ins.attrs:
-            return replica_groups(ins.attrs["replica_groups"], self.n_devices)
-        return [list(range(self.n_devices))]
+            try:
+                groups = replica_groups(ins.attrs["replica_groups"], self.n_devices)
+            except ValueError as e:
+                what = str(e).removeprefix("HLO: ").rstrip(".")
+                raise malformed(ins.line, f"{ins.opcode} %{ins.name}", what) from None
+        else:
+            groups = [list(range(self.n_devices))]
+        key = ins.attrs.get("replica_groups", "")
+        if key not in self._fits:  # once per spelling: a module repeats a few of them
+            _check_ids(ins, [d for g in groups for d in g], self.mesh.size, "replica_groups")
+            self._fits[key] = mesh_fit(self.mesh, groups)
+        fit, split = self._fits[key]
+        self.sizes.add(max(len(g) for g in groups) if groups else 1)
+        if fit != "axes":
+            self.misfits.append((ins, groups, fit, split))
+        return groups
 
     def place(self, groups: list[list[int]]) -> tuple[float, float, tuple[str, ...]]:
         """(group size, stride, mesh axes) of a collective's groups (see the module doc)."""
@@ -111,12 +147,96 @@ def _group_bytes(
     return values.value_bytes(comp, ins.name) * (size if kind == "reduce-scatter" else 1.0)
 
 
+def _check_ids(ins: Instruction, ids: list[int], n: int, attr: str, *, once: bool = True):
+    """ValueError (malformed HLO) for a device id outside the module's `n` devices, or
+    (`once`) named twice."""
+    bad = next((d for d in ids if d >= n), None)
+    if bad is not None:
+        what = (
+            f"its {attr} name device {bad} but the module runs on {n} device"
+            f"{'s' if n > 1 else ''} (ids 0 to {n - 1})"
+        )
+        raise malformed(ins.line, f"{ins.opcode} %{ins.name}", what)
+    if once and len(set(ids)) != len(ids):
+        seen: set[int] = set()
+        twice = next(d for d in ids if d in seen or seen.add(d))
+        what = f"its {attr} name device {twice} twice (each device is in one group)"
+        raise malformed(ins.line, f"{ins.opcode} %{ins.name}", what)
+
+
+def mesh_fit(mesh: MeshInfo, groups: list[list[int]]) -> tuple[str, tuple[str, ...]]:
+    """How a collective's replica groups (device ids = positions in mesh order) lie on the
+    mesh: "axes" when each is the devices along whole mesh axes (the other coordinates
+    fixed), "sub-axes" when along parts of axes (XLA's sub-axes: some digits of an axis's
+    coordinate free, e.g. {0,1,2,3} on data=8 is data's inner 4; GSPMD makes such groups
+    after a reshape), "" when some group is along neither (no mesh of these axes gives
+    it); and the axes covered only in part.
+
+    >>> mesh_fit(MeshInfo(("data", "model"), (2, 4)), [[0, 1, 2, 3], [4, 5, 6, 7]])
+    ('axes', ())
+    >>> mesh_fit(MeshInfo(("data",), (8,)), [[0, 1, 2, 3], [4, 5, 6, 7]])
+    ('sub-axes', ('data',))
+    >>> mesh_fit(MeshInfo(("data",), (8,)), [[0, 3, 5]])
+    ('', ())
+    """
+    by_size: dict[int, list[list[int]]] = {}
+    for g in groups:
+        by_size.setdefault(len(g), []).append(g)
+    split: set[str] = set()
+    for size, same in by_size.items():
+        if size < 2:
+            continue
+        coords = np.unravel_index(np.asarray(same), mesh.shape)  # per axis: (groups, size)
+        combos = np.ones(len(same), np.int64)
+        for name, n, c in zip(mesh.axis_names, mesh.shape, coords, strict=True):
+            c = np.sort(c, axis=1)
+            distinct = 1 + (np.diff(c, axis=1) != 0).sum(axis=1)
+            combos *= distinct
+            part = (distinct > 1) & (distinct < n)
+            if not part.any():
+                continue
+            for row in np.unique(c[part], axis=0):
+                if not _sub_axes(sorted(set(row.tolist())), n):
+                    return "", ()
+            split.add(name)
+        if (combos != size).any():  # not every combination of the coordinates: no product
+            return "", ()
+    names = tuple(a for a in mesh.axis_names if a in split)
+    return ("sub-axes" if names else "axes"), names
+
+
+def _sub_axes(vals: list[int], size: int) -> bool:
+    """`vals` (sorted, distinct, in [0, size)) are an axis's coordinates along some of its
+    sub-axes: written in a mixed radix whose radices multiply to `size`, some digits take
+    every value and the others are fixed. The lowest free digit has place k (the first
+    gap) and m values (a run of `vals` from the smallest), its block k m divides `size`;
+    the rest is the same question for the digits above the block."""
+    if len(vals) < 2:
+        return True
+    v0, k = vals[0], vals[1] - vals[0]
+    run = 1
+    while run < len(vals) and vals[run] == v0 + run * k:
+        run += 1
+    for m in range(run, 1, -1):
+        block = k * m
+        if size % block or (v0 // k) % m:
+            continue
+        base = [c for c in vals if c % block == v0 % block]
+        if sorted(c + j * k for c in base for j in range(m)) != vals:
+            continue
+        if _sub_axes([c // block for c in base], size // block):
+            return True
+    return False
+
+
 def _permute_shape(
     values: Values, placement: Placement, comp: Computation, ins: Instruction
 ) -> tuple[float, float, float, tuple[str, ...]]:
     """(bytes, group size, stride, axes) of a collective-permute: bytes = its operand, a
     pair (a group of one when every pair is a self-send) at the longest source-target hop."""
     pairs = source_target_pairs(ins.attrs.get("source_target_pairs", ""))
+    ids = [d for p in pairs for d in p]
+    _check_ids(ins, ids, placement.mesh.size, "source_target_pairs", once=False)
     nbytes = sum(values.value_bytes(comp, o) for o in ins.operands[:1])
     dist = max((abs(t - s) for s, t in pairs), default=0)
     axes = ()
@@ -149,6 +269,36 @@ def _only_sliced(values: Values, comp: Computation, ins: Instruction, size: floa
             if got > full / size * 1.0001 or got <= 0:
                 return False
     return True
+
+
+def mesh_misfits(placement: Placement) -> list[str]:
+    """For a mesh given with the module (the caller's word, not the traced program's): a
+    ValueError for replica groups along no mesh axes at all (the mesh is not the module's),
+    and notes for the collectives whose groups cover mesh axes only in part (labelled with
+    those axes)."""
+    mesh = placement.mesh
+    shape = ", ".join(f"{n}={s}" for n, s in zip(mesh.axis_names, mesh.shape, strict=True))
+    found = ", ".join(str(s) for s in sorted(placement.sizes))
+    notes: dict[tuple, str] = {}
+    for ins, groups, fit, split in placement.misfits:
+        bad = next((g for g in groups if mesh_fit(mesh, [g])[0] == fit), groups[0])
+        example = "{" + ",".join(map(str, bad[:8])) + (",..." if len(bad) > 8 else "") + "}"
+        if fit == "":
+            raise ValueError(
+                f"the mesh ({shape}) cannot produce the module's replica groups: "
+                f"{ins.opcode} %{ins.name} (line {ins.line}) has a group of {len(bad)} "
+                f"devices {example} along no mesh axis or product of axes (the module's "
+                f"group sizes: {found}); pass the mesh the module was compiled for, its axes "
+                "in order (device id = position in the mesh)."
+            )
+        key = (tuple(sorted(bad)), split)
+        if key not in notes:
+            notes[key] = (
+                f"collective {ins.name}: its groups of {len(bad)} devices (e.g. {example}) "
+                f"cover mesh axis {', '.join(split)} only in part and are labelled with it; "
+                "if the module was compiled for another mesh, pass that one"
+            )
+    return list(notes.values())
 
 
 def unplaced_notes(table: OpTable) -> list[str]:

@@ -26,6 +26,7 @@ __all__ = [
     "ROLES",
     "ROLE_OF_AXIS",
     "KERNEL_MARK",
+    "check_roles",
 ]
 
 #: canonical collective kinds (HLO opcode names)
@@ -46,6 +47,19 @@ ROLE_OF_AXIS = {
     **dict.fromkeys(("pipe", "pipeline", "pp", "stage"), "pp"),
     **dict.fromkeys(("expert", "experts", "ep"), "ep"),
 }
+
+
+def check_roles(axis_roles: dict[str, str] | None) -> None:
+    """ValueError (one line) for an overlap class that is not one of `ROLES`: checked
+    before a program is traced, which takes seconds."""
+    bad = {a: r for a, r in (axis_roles or {}).items() if r not in ROLES}
+    if bad:
+        axis, role = next(iter(bad.items()))
+        raise ValueError(
+            f"unknown role {role!r} for mesh axis {axis!r}; known: {', '.join(ROLES)}."
+        )
+
+
 #: prefix of the `jax.named_scope` that marks a fused kernel (`emu.program.fused_kernel`)
 KERNEL_MARK = "emu_kernel["
 
@@ -124,6 +138,8 @@ class OpTable:
     n_devices: int
     fusion: str
     notes: list[str]
+    #: the entry's parameters and outputs on one device (`emu.program.hlo.Module.io_bytes`)
+    io_bytes: float = 0.0
 
     def __post_init__(self):
         f = lambda attr: np.array([float(getattr(o, attr)) for o in self.ops], np.float32)  # noqa: E731

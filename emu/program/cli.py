@@ -113,8 +113,10 @@ def _literal(text: str):
 def run_program_cli(args: argparse.Namespace) -> int:
     """Run `emu program` for parsed `args`; prints the report, returns 0 (raises ValueError
     with one line on bad input)."""
+    import emu  # the command's host side: the catalog's systems and their calibration
     from emu import load_system
     from emu.program import text_report
+    from emu.program._optable import check_roles
 
     if args.top < 1:
         raise ValueError(f"--top must be >= 1: the most expensive ops listed (got {args.top}).")
@@ -123,10 +125,10 @@ def run_program_cli(args: argparse.Namespace) -> int:
     if twice is not None:
         raise ValueError(f"--system {twice} is given twice; name each system once.")
     tps = args.tokens_per_step
-    if tps is not None and not 0 <= tps <= MAX_TOKENS_PER_STEP:
+    if tps is not None and not 0 < tps <= MAX_TOKENS_PER_STEP:
         raise ValueError(
-            f"--tokens-per-step must be a number of tokens in [0, {MAX_TOKENS_PER_STEP:.0e}] "
-            f"(got {tps:g})."
+            f"--tokens-per-step must be a number of tokens in (0, {MAX_TOKENS_PER_STEP:.0e}] "
+            f"(got {tps:g}); leave it out for no tokens/s."
         )
     if args.timeout is not None and not 0 < args.timeout <= MAX_TIMEOUT_S:
         raise ValueError(
@@ -141,10 +143,18 @@ def run_program_cli(args: argparse.Namespace) -> int:
     overrides = _system_overrides(args.set)
     systems = [load_system(s, overrides) for s in (args.system or DEFAULT_SYSTEMS)]
     roles = _pairs(args.axis_role, "--axis-role")
+    check_roles(roles)  # before the seconds a builder takes to trace
     prog = _hlo_program(args, roles) if args.hlo else _builder_program(args, roles)
     results = prog.estimate(
         systems, tokens_per_step=args.tokens_per_step, algorithm=args.algorithm, top=args.top
     )
+    for system, r in zip(systems, results, strict=True):
+        missing = emu.catalog.uncalibrated(system)  # as `emu run`, `compare`, `describe`
+        if missing:
+            r.notes.append(
+                f"uncalibrated: {', '.join(missing)} (parameters declared in the file, not "
+                "fitted to measurements); expect larger errors"
+            )
     if args.json:
         from emu.struct import json_safe  # non-finite numbers as null, as every command
 

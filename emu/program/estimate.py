@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from emu.collectives import _algorithm
+from emu.hardware import usable_hbm_bytes
+from emu.program._optable import check_roles
 from emu.program.cost import ProgramCost, program_cost
 from emu.program.report import CollectiveSummary, ProgramResult, TopOp
 from emu.program.table import MeshInfo, OpTable, build_table
@@ -46,10 +48,10 @@ class Program:
     `estimate(systems)` returns typed, host-side results for reports.
     """
 
-    def __init__(self, traced: Traced, *, fusion: str = "ideal", axis_roles=None):
+    def __init__(self, traced: Traced, *, fusion: str = "ideal", axis_roles=None, check_mesh=False):
         self.traced = traced
         self.table: OpTable = build_table(
-            traced.hlo, traced.mesh, fusion=fusion, axis_roles=axis_roles
+            traced.hlo, traced.mesh, fusion=fusion, axis_roles=axis_roles, check_mesh=check_mesh
         )
         self._jit: dict[tuple, Any] = {}
 
@@ -202,7 +204,19 @@ class Program:
         for g in groups.values():
             g.bytes_per_call = g.bytes / g.count if g.count else 0.0
         bd = {k: float(v) for k, v in vars(cost.breakdown).items()}
-        peak = float(rank_system(system).chip.peak_flops_per_s["bf16"])  # per device
+        chip = rank_system(system).chip  # a device is a rank (a die on a CloudMatrix 384)
+        peak = float(chip.peak_flops_per_s["bf16"])
+        usable = float(usable_hbm_bytes(chip))
+        need = self.table.io_bytes
+        notes = list(dict.fromkeys(self.table.notes))
+        if need > usable:
+            notes.append(
+                f"out of memory: the program's parameters and outputs take {need / 1e9:.4g} GB "
+                f"per device, more than the {usable / 1e9:.4g} GB of usable HBM of one "
+                f"{system.chip.name} device; the step cannot run as compiled (shard it over "
+                "more devices)"
+            )
+        given = tokens > 0
         return ProgramResult(
             system=system.name,
             program=self.name,
@@ -213,14 +227,17 @@ class Program:
             power_w=float(cost.power_w),
             facility_power_w=float(cost.facility_power_w),
             energy_per_step_j=float(cost.energy_per_step_j),
-            tokens_per_step=tokens,
-            tokens_per_s=float(cost.tokens_per_s),
-            tokens_per_joule=float(cost.tokens_per_joule),
+            tokens_per_step=tokens if given else None,
+            tokens_per_s=float(cost.tokens_per_s) if given else None,
+            tokens_per_joule=float(cost.tokens_per_joule) if given else None,
             mfu=self.flops / (step * peak) if step > 0 and peak > 0 else 0.0,
             collectives=sorted(groups.values(), key=lambda g: -g.time_s),
             top_ops=top_ops,
             uncosted=self.uncosted,
-            notes=list(dict.fromkeys(self.table.notes)),
+            notes=notes,
+            io_bytes=need,
+            usable_hbm_bytes=usable,
+            fits_hbm=need <= usable,
         )
 
 
@@ -270,6 +287,7 @@ def trace_program(
     """Call `builder` ('path/file.py:name' or 'package.module:name', returning `(fn, args)`)
     in a process with `devices` CPU devices (a subprocess unless this one has exactly that
     many), compile, and read the HLO into a Program."""
+    check_roles(axis_roles)  # before the seconds of tracing
     traced = trace_builder(builder, devices=devices, kwargs=kwargs, timeout_s=timeout_s)
     return Program(traced, fusion=fusion, axis_roles=axis_roles)
 
@@ -283,7 +301,9 @@ def from_hlo(
     name: str = "hlo",
 ) -> Program:
     """A Program from HLO text compiled elsewhere (`compiled.as_text()`, e.g. on a GPU) and
-    the mesh ({axis: size} in mesh order) it was partitioned over."""
+    the mesh ({axis: size} in mesh order) it was partitioned over. A mesh whose axes cannot
+    give the module's replica groups is refused; groups that cover an axis only in part are
+    noted (`build_table(check_mesh=True)`)."""
     from emu.program.tracing import _as_mesh
 
     if isinstance(hlo, bytes | bytearray):  # a file read in binary mode
@@ -296,4 +316,5 @@ def from_hlo(
             f"from_hlo: hlo must be the module's text, a str such as `compiled.as_text()` "
             f"(got {type(hlo).__name__})."
         )
-    return Program(Traced(hlo, _as_mesh(mesh), name), fusion=fusion, axis_roles=axis_roles)
+    traced = Traced(hlo, _as_mesh(mesh), name)
+    return Program(traced, fusion=fusion, axis_roles=axis_roles, check_mesh=True)

@@ -43,6 +43,7 @@ __all__ = [
     "parse_module",
     "parse_shape",
     "called_name",
+    "malformed",
     "replica_groups",
     "source_target_pairs",
     "ELEMENT_BYTES",
@@ -143,6 +144,8 @@ class Instruction:
     source: str = ""
     #: parameter number (opcode "parameter") or constant text (opcode "constant")
     literal: str = ""
+    #: line of the module text it was read from (1-based; 0 when not read from text)
+    line: int = 0
 
     def called(self) -> list[str]:
         """Names of the computations this instruction calls, in attribute order."""
@@ -206,6 +209,29 @@ class Module:
     num_partitions: int = 1
     #: `replica_count` of the header (a pmap-style module runs on that many replicas)
     num_replicas: int = 1
+    #: output indices ({} the whole result, {1} its second element) that alias a parameter
+    #: (`input_output_alias` of the header: donated buffers)
+    aliased_outputs: tuple[tuple[int, ...], ...] = ()
+
+    def io_bytes(self) -> float:
+        """Bytes of the entry's parameters and outputs on one device, an output that
+        aliases a parameter counted once: what a step holds besides its temporaries (an
+        element type emu does not know counts 0 here)."""
+
+        def nbytes(shape: Shape | None) -> float:
+            leaves = shape.leaves() if shape is not None else []
+            return sum(x.size * ELEMENT_BYTES.get(x.dtype, 0.0) for x in leaves)
+
+        params = sum(nbytes(p.shape) for p in self.entry.parameters())
+        out = self.entry.root.shape
+        aliased = 0.0
+        for path in self.aliased_outputs:
+            shape = out
+            for i in path:
+                ok = shape is not None and shape.is_tuple and i < len(shape.elements)
+                shape = shape.elements[i] if ok else None
+            aliased += nbytes(shape)
+        return params + nbytes(out) - aliased
 
 
 _ARRAY = re.compile(r"(\w+)\[([^\]]*)\]")
@@ -227,8 +253,16 @@ def parse_shape(text: str) -> Shape:
         if text.startswith("token"):
             return Shape("token")
         raise ValueError(f"HLO: cannot read the type '{text[:60]}'.")
-    dims = tuple(int(d.replace("<=", "")) for d in m.group(2).split(",") if d.strip())
-    return Shape(m.group(1), dims)
+    dims = []
+    for d in m.group(2).split(","):
+        if not d.strip():
+            continue
+        if not re.fullmatch(r"\s*(<=)?\d+\s*", d):  # a static or bounded dynamic size
+            raise ValueError(
+                f"HLO: dimension '{d.strip()[:20]}' of the type '{text[:60]}' is not a size."
+            )
+        dims.append(int(d.replace("<=", "")))
+    return Shape(m.group(1), tuple(dims))
 
 
 _INSTR = re.compile(r"^\s*(ROOT\s+)?%?(" + NAME + r")\s*=\s*")
@@ -292,17 +326,36 @@ def parse_module(text: str) -> Module:
             "not an HLO module: expected text from `jax.jit(f).lower(*args).compile().as_text()`."
         )
     header = next(line for line in lines if line.startswith("HloModule"))
-    name = header.split()[1].rstrip(",")
+    name = (header.split()[1:] or [""])[0].rstrip(",")
     m = re.search(r"num_partitions=(\d+)", header)
     partitions = int(m.group(1)) if m else 1
     m = re.search(r"replica_count=(\d+)", header)
     replicas = int(m.group(1)) if m else 1
+    if not name or partitions < 1 or replicas < 1:
+        what = (
+            f"num_partitions={partitions}, replica_count={replicas} (0 devices)"
+            if name
+            else "no module name"
+        )
+        raise ValueError(
+            f"malformed HLO: its header has {what}; pass the whole, unedited text of "
+            "`compiled.as_text()`."
+        )
+    aliased = ()
+    if "input_output_alias=" in header:
+        at = header.index("input_output_alias=") + len("input_output_alias=")
+        text = header[at : matching(header, at)] if header[at : at + 1] == "{" else ""
+        aliased = tuple(
+            tuple(int(x) for x in re.findall(r"\d+", path))
+            for path in re.findall(r"\{([\d,\s]*)\}\s*:\s*\(", text)
+        )
     frames = _Frames()
     comps: dict[str, Computation] = {}
     entry = None
     current: Computation | None = None
     section = ""
-    for line in lines[1:]:
+    entry_line = 0
+    for number, line in enumerate(lines[1:], start=2):
         stripped = line.strip()
         if current is None:
             if stripped in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
@@ -312,6 +365,10 @@ def parse_module(text: str) -> Module:
             if hm and stripped.endswith("{"):
                 section = ""
                 current = Computation(hm.group(2), [], is_entry=bool(hm.group(1)))
+                if current.is_entry and entry_line:
+                    what = f"a second ENTRY computation (the first at line {entry_line})"
+                    raise malformed(number, f"'{stripped}'", what)
+                entry_line = number if current.is_entry else entry_line
                 continue
             if section and stripped:
                 frames.read(section, stripped)
@@ -323,8 +380,13 @@ def parse_module(text: str) -> Module:
             current = None
             continue
         if stripped:
-            ins = _parse_instruction(line, current, frames)
+            try:
+                ins = _parse_instruction(line, current, frames)
+            except (ValueError, IndexError) as e:
+                what = str(e).removeprefix("HLO: ").rstrip(".")
+                raise malformed(number, f"'{stripped}'", what) from None
             if ins is not None:
+                ins.line = number
                 current.instructions.append(ins)
     if current is not None:
         raise ValueError(
@@ -332,16 +394,29 @@ def parse_module(text: str) -> Module:
             "'}'; pass the whole text of `compiled.as_text()`."
         )
     if entry is None:
-        if not comps:
-            raise ValueError("HLO module has no computations.")
-        entry = list(comps.values())[-1]
-        entry.is_entry = True
+        raise ValueError(
+            f"malformed HLO: module '{name}' has no ENTRY computation (the program's entry "
+            "point); pass the whole, unedited text of `compiled.as_text()`."
+        )
+    if not entry.instructions:
+        raise malformed(entry_line, f"ENTRY {entry.name}", "it has no instructions")
     for comp in comps.values():
         comp.by_name = {i.name: i for i in comp.instructions}
         for ins in comp.instructions:
             for op in ins.operands:
                 comp.users.setdefault(op, []).append(ins)
-    return Module(name, comps, entry, partitions, replicas)
+    return Module(name, comps, entry, partitions, replicas, aliased)
+
+
+def malformed(number: int, where: str, what: str) -> ValueError:
+    """The one-line error of HLO text that does not read: its line `number`, `where` on it
+    (the line or the instruction) and `what` is wrong."""
+    shown = where if len(where) <= 60 else where[:57] + "..."
+    at = f" at line {number}" if number else ""
+    return ValueError(
+        f"malformed HLO{at} ({shown}): {what}; pass the whole, unedited text of "
+        "`compiled.as_text()`."
+    )
 
 
 def _parse_instruction(line: str, comp: Computation, frames: _Frames) -> Instruction | None:
@@ -354,7 +429,9 @@ def _parse_instruction(line: str, comp: Computation, frames: _Frames) -> Instruc
         end = matching(rest, 0)
     else:
         tm = re.match(r"\w+\[[^\]]*\](\{[^}]*\})?", rest)
-        end = tm.end() if tm else rest.index(" ")
+        end = tm.end() if tm else rest.find(" ")
+        if end < 0:
+            raise ValueError(f"cannot read the result type '{rest[:40]}' (the line is cut?)")
     shape = parse_shape(rest[:end])
     rest = rest[end:].strip()
     om = re.match(r"([\w\-]+)\(", rest)

@@ -6,7 +6,8 @@ JSON (`ProgramResult.to_json()`), one object per system, SI units:
      "breakdown": {"matmul_s", "attention_s", "memory_s", "compute_s", "all_reduce_s", ...,
                    "exposed_comm_s", "total_s"},
      "power_w", "facility_power_w", "energy_per_step_j", "tokens_per_step", "tokens_per_s",
-     "tokens_per_joule",
+     "tokens_per_joule" (the three null without tokens per step),
+     "io_bytes" (parameters + outputs per device), "usable_hbm_bytes", "fits_hbm",
      "collectives": [{"kind", "axes", "group_size", "stride", "tiers", "count",
                       "bytes", "bytes_per_call", "time_s"}],
      "top_ops": [{"name", "kind", "time_s", "share", "count", "flops", "bytes",
@@ -60,7 +61,10 @@ class TopOp:
 class ProgramResult:
     """The program on one system: what `emu program` prints (SI units, per step). `flops`
     are the dot FLOPs one device executes per step; `mfu` = flops / (step time x one device's
-    dense bf16 peak: a rank's, a die's on CloudMatrix 384)."""
+    dense bf16 peak: a rank's, a die's on CloudMatrix 384). The token rates are None when
+    no tokens per step were given. `io_bytes` are the entry's parameters and outputs on one
+    device (donated buffers once), a lower bound of its memory: `fits_hbm` is False (and a
+    note says so) when they exceed one device's usable HBM (`emu.hardware.usable_hbm_bytes`)."""
 
     system: str
     program: str
@@ -71,14 +75,17 @@ class ProgramResult:
     power_w: float
     facility_power_w: float
     energy_per_step_j: float
-    tokens_per_step: float
-    tokens_per_s: float
-    tokens_per_joule: float
+    tokens_per_step: float | None
+    tokens_per_s: float | None
+    tokens_per_joule: float | None
     mfu: float
     collectives: list[CollectiveSummary]
     top_ops: list[TopOp]
     uncosted: list[dict[str, Any]]
     notes: list[str]
+    io_bytes: float = 0.0
+    usable_hbm_bytes: float = math.inf
+    fits_hbm: bool = True
 
     def to_json(self) -> dict[str, Any]:
         """The result as JSON-ready dicts (non-finite numbers as null)."""
@@ -216,6 +223,12 @@ def text_report(results: list[ProgramResult], *, top: int = 10) -> str:
     first = results[0]
     for u in first.uncosted:
         out.append(f"uncosted: {u['name']} x{u['count']:g} ({u['reason']})")
-    for n in first.notes:
-        out.append(f"note: {n}")
+    notes: list[str] = []  # the program's once; a system's own (uncalibrated, memory) named
+    for r in results:
+        for n in r.notes:
+            own = len(results) > 1 and not all(n in x.notes for x in results)
+            line = f"note: {r.system}: {n}" if own else f"note: {n}"
+            if line not in notes:
+                notes.append(line)
+    out += notes
     return "\n".join(out).rstrip()

@@ -52,7 +52,7 @@ from __future__ import annotations
 import re
 
 from emu.program._builder import Builder
-from emu.program._collectives import overlap_windows, unplaced_notes
+from emu.program._collectives import mesh_misfits, overlap_windows, unplaced_notes
 from emu.program._optable import (
     COLLECTIVE_KINDS,
     KERNEL_MARK,
@@ -61,6 +61,7 @@ from emu.program._optable import (
     MeshInfo,
     Op,
     OpTable,
+    check_roles,
 )
 from emu.program.hlo import parse_module
 
@@ -98,6 +99,7 @@ def build_table(
     *,
     fusion: str = "ideal",
     axis_roles: dict[str, str] | None = None,
+    check_mesh: bool = False,
 ) -> OpTable:
     """The op table of an optimised, SPMD-partitioned HLO module (`compiled.as_text()`).
 
@@ -108,13 +110,20 @@ def build_table(
             "as_compiled" (every top-level HLO fusion is one kernel).
         axis_roles: overlap class (`ROLES`) of mesh axes whose names `ROLE_OF_AXIS` does
             not know.
+        check_mesh: the mesh is the caller's word (HLO compiled elsewhere): refuse one
+            whose axes cannot give the module's replica groups, and note groups that cover
+            an axis only in part (a traced program's mesh is the one it ran on).
 
     Returns:
         The rows (per device, per execution; `count` executions per step) as static arrays.
     """
     module = parse_module(hlo_text)
     _check(module.num_partitions, mesh, axis_roles or {}, replicas=module.num_replicas)
-    table = Builder(module, mesh, fusion=fusion, axis_roles=axis_roles or {}).run()
+    builder = Builder(module, mesh, fusion=fusion, axis_roles=axis_roles or {})
+    table = builder.run()
+    table.io_bytes = module.io_bytes()
+    if check_mesh:
+        table.notes.extend(mesh_misfits(builder.placement))
     if not table.ops:
         raise ValueError(
             "the program has nothing emu can price (no matmul, kernel, memory traffic or "
@@ -151,6 +160,4 @@ def _check(
             f"axis_roles names unknown mesh axes {sorted(unknown)}; the mesh has "
             f"{', '.join(mesh.axis_names)}."
         )
-    bad = {r for r in axis_roles.values() if r not in ROLES}
-    if bad:
-        raise ValueError(f"unknown role(s) {sorted(bad)}; known: {', '.join(ROLES)}.")
+    check_roles(axis_roles)
