@@ -135,9 +135,12 @@ def resolve_name(name: str, kind: str) -> str:
     what = kind[:-1]
     if len(hits) > 1:
         raise ValueError(f"{what} '{name}' could be {' or '.join(hits)}; give the exact name.")
+    # a name the typed one begins ('gpt3' -> gpt3_175b, 'gb200' -> gb200_nvl72), else the
+    # closest spelling
+    starts = [k for k in known if _key(name) and _key(k).startswith(_key(name))]
     close = difflib.get_close_matches(_key(name), [_key(k) for k in known], n=1, cutoff=0.7)
-    guess = next((k for k in known if close and _key(k) == close[0]), None)
-    hint = f" Did you mean '{guess}'?" if guess else ""
+    guesses = starts[:3] or [k for k in known if close and _key(k) == close[0]][:1]
+    hint = f" Did you mean {' or '.join(repr(g) for g in guesses)}?" if guesses else ""
     other = {"systems": "models", "models": "systems"}.get(kind)
     if other and any(_key(k) == _key(name) for k in _names(other)):
         hint = f" '{name}' is a {other[:-1]}, not a {what}."
@@ -249,7 +252,13 @@ def _declared(data: dict, known: dict, name, what: str, keys: tuple, where: str)
             f"{where}: like = {like!r} is not a calibrated {what}; "
             f"known: {', '.join(sorted(known))}."
         )
-    if name in known and like is None:
+    if name in known and like is not None:  # hopper's label on ampere's numbers
+        raise ValueError(
+            f"{where}: {what} {name!r} is calibrated, so like = {like!r} would replace its "
+            f"parameters under its name; drop `like`, or give the {what} a new name to start "
+            f"it from {like!r}."
+        )
+    if name in known:
         return dict(known[name])
     params = dict(known[like]) if like is not None else {}
     missing = [k for k in keys if k not in params and k not in data]
@@ -408,7 +417,16 @@ def model_from_dict(data: dict, where: str) -> Model:
         data["d_head"] = data["d_model"] / data["n_heads"]
     defaults = {k: v for k, v in _MODEL_OPTIONAL.items() if v is not None}
     kw = _build(Model, data, where, defaults=defaults)
-    return check(Model(**kw), where)
+    model = check(Model(**kw), where)
+    if float(model.n_experts) <= 0:  # `top_k = 2` without experts: a dense model, silently
+        for key in MOE_ONLY_MODEL_FIELDS:
+            if float(kw.get(key, 0.0)) > 0:
+                raise ValueError(
+                    f"{where}: {key} = {float(kw[key]):g} applies to an MoE model's experts, "
+                    f"but the model has no routed experts (n_experts = 0), so it would be "
+                    f"dense; set n_experts, or drop {key}."
+                )
+    return model
 
 
 #: Hugging Face `model_type`s whose FFN is a plain two-matrix MLP (the rest are gated:
@@ -505,6 +523,11 @@ def model_from_hf(config: dict, name: str, where: str | None = None) -> Model:
     where = where or f"model '{name}'"
     if not isinstance(config, dict):
         raise ValueError(f"{where}: config.json must hold a JSON object.")
+    if config.get("text_config") is not None and not isinstance(config["text_config"], dict):
+        raise ValueError(
+            f"{where}: text_config must be a JSON object (got "
+            f"{type(config['text_config']).__name__}); fix it or drop it."
+        )
     cfg = config.get("text_config") if "num_hidden_layers" not in config else None
     cfg = cfg if isinstance(cfg, dict) else config
     _check_hf_numbers(cfg, where)

@@ -165,3 +165,69 @@ def test_a_kind_spelled_training_is_found_by_kind_train(capsys, tmp_path):
     path.write_text(json.dumps({**row, "kind": " Training"}) + "\n")
     report = run_json(capsys, "validate", str(path), "--kind", "train")
     assert [(r["id"], r["kind"], r["status"]) for r in report["rows"]] == [("tp_8", "train", "ok")]
+
+
+@pytest.mark.parametrize(
+    "args, said",
+    [  # the last of a repeated flag won silently (session 41 red team)
+        (["compare", "--model", "llama3_8b", "--systems", "dgx_h100", "--system", "dgx_b200"],
+         "--systems and --system (one option) are both given"),
+        (["run", "--model", "llama3_8b", "--tp", "2", "--tp=4"], "--tp is given twice"),
+        (["run", "--model", "llama3_8b", "--model", "llama3_70b"], "--model is given twice"),
+    ],
+)  # fmt: skip
+def test_a_flag_that_takes_one_value_is_refused_when_given_twice(capsys, args, said):
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2 and said in err and "give it once" in err and not out
+
+
+def test_a_flag_is_not_read_as_an_abbreviation_of_another(capsys):
+    """`--sys` was `--system`; `compare --system` (an abbreviation of `--systems`) is now
+    its own spelling of it."""
+    code, _, err = run_cli(capsys, "run", "--model", "llama3_8b", "--sys", "dgx_h100")
+    assert code == 2 and "unrecognized arguments: --sys" in err
+    got = run_json(capsys, "compare", "--model", "llama3_8b", "--system", "dgx_h100,dgx_b200")
+    assert [r["system"] for r in got["results"]] == ["dgx_h100", "dgx_b200"]
+
+
+def test_unknown_plan_and_model_paths_keep_their_prefix(capsys):
+    code, _, err = run_cli(capsys, "run", "--model", "llama3_8b", "--set", "plan.tpp=1")
+    assert code == 2 and "unknown field path 'plan.tpp'" in err and "plan.tp," in err
+    code, _, err = run_cli(capsys, "run", "--model", "llama3_8b", "--set", "model.nosuch=1")
+    assert code == 2 and "unknown field path 'model.nosuch'" in err
+
+
+def test_a_name_the_typed_one_begins_is_suggested(capsys):
+    code, _, err = run_cli(capsys, "describe", "gb200")
+    assert code == 2 and "Did you mean 'gb200_nvl72'?" in err
+    code, _, err = run_cli(capsys, "run", "--model", "gpt3")
+    assert code == 2 and "'gpt3_175b'" in err.split("Known:")[0]
+
+
+def test_a_calibrated_family_cannot_borrow_another_ones_parameters(capsys, tmp_path):
+    """`family = "hopper"` with `like = "ampere"` ran on Ampere's numbers labelled Hopper."""
+    from emu.catalog import config_dir
+
+    text = (config_dir() / "systems" / "dgx_h100.toml").read_text(encoding="utf-8")
+    assert '\nfamily = "hopper"' in text
+    bad = tmp_path / "dgx_h100.toml"
+    bad.write_text(text.replace('\nfamily = "hopper"', '\nfamily = "hopper"\nlike = "ampere"'))
+    code, _, err = run_cli(capsys, "run", "--model", "llama3_8b", "--system", str(bad))
+    assert code == 2 and "chip family 'hopper' is calibrated" in err and "drop `like`" in err
+
+
+def test_a_model_file_with_expert_fields_but_no_experts_is_refused(capsys, tmp_path):
+    m = tmp_path / "m.toml"
+    m.write_text(
+        'name = "m"\nn_layers = 2\nd_model = 256\nn_heads = 4\nd_ff = 1024\nvocab = 1000\n'
+        "top_k = 2\n"
+    )
+    code, _, err = run_cli(capsys, "run", "--model", str(m), "--system", "dgx_h100")
+    assert code == 2 and "top_k = 2 applies to an MoE model's experts" in err
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    cfg = {"num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 4,
+           "intermediate_size": 1024, "vocab_size": 1000, "text_config": "oops"}  # fmt: skip
+    (hf / "config.json").write_text(json.dumps(cfg))
+    code, _, err = run_cli(capsys, "run", "--model", str(hf), "--system", "dgx_h100")
+    assert code == 2 and "text_config must be a JSON object" in err

@@ -196,7 +196,8 @@ def test_cli_search_bad_input_is_one_line(args, msg, capsys):
     each); the test below runs one case through a real `python -m emu` process."""
     from emu.cli import main
 
-    code = main(["search", "--system", "dgx_h100", "--model", "llama3_8b", "--chips", "16", *args])
+    chips = [] if "--chips" in args else ["--chips", "16"]  # a flag given twice is refused
+    code = main(["search", "--system", "dgx_h100", "--model", "llama3_8b", *chips, *args])
     err = capsys.readouterr().err
     assert code == 2 and msg in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
