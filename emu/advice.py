@@ -19,6 +19,17 @@ def _gb(x: float) -> str:
     return f"{x / 1e9:.0f} GB" if x >= 1e10 else f"{x / 1e9:.3g} GB"
 
 
+def gb_of(used: float, cap: float) -> str:
+    """'USED of CAP' in GB, with the digits that tell them apart ('83 GB of 83 GB' was a
+    plan 0.2 GB over the capacity)."""
+    a, b = _gb(used), _gb(cap)
+    digits = 3
+    while a == b and digits < 9:
+        a, b = f"{used / 1e9:.{digits}g} GB", f"{cap / 1e9:.{digits}g} GB"
+        digits += 1
+    return f"{a} of {b}"
+
+
 #: sequences at least this long: activations dominate, and context parallelism splits them
 LONG_SEQUENCE = 16384
 
@@ -76,7 +87,7 @@ def diagnose(
         fix = "; " + _memory_fixes(plan, serving, moe, weights_fit)
         multi_die = run.get("n_ranks", run.get("n_chips")) != run.get("n_chips")
         per = "per die" if multi_die else "per chip"
-        reasons.append(f"out of memory: {_gb(used)} of {_gb(cap)} {per}{fix}.")
+        reasons.append(f"out of memory: {gb_of(used, cap)} {per}{fix}.")
     elif not run["feasible"] and plan.get("expert_ranks") and mem["overshoot_bytes"] > 0:
         # attention/expert disaggregation: the attention ranks fit, the expert ranks do not
         need = cap + mem["overshoot_bytes"]

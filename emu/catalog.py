@@ -93,7 +93,8 @@ def load_toml(path: Path, what: str) -> dict:
     except FileNotFoundError:
         raise ValueError(f"{what} file '{path}' not found.") from None
     except IsADirectoryError:
-        raise ValueError(f"{what} path '{path}' is a directory, not a TOML file.") from None
+        hf = " or a Hugging Face folder with a config.json" if what == "model" else ""
+        raise ValueError(f"{what} path '{path}' is a directory, not a TOML file{hf}.") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{what} file '{path}' is not valid TOML: {e}.") from None
     except UnicodeDecodeError:

@@ -221,7 +221,11 @@ def load_cost(
     for key in defaults:
         if key not in _leaf_fields(Cost):
             raise _unknown_key("configs/costs/defaults.toml", key, sorted(_leaf_fields(Cost)))
-    cost = _cost_from(load_toml(path, "cost"), where, defaults)
+    data = load_toml(path, "cost")
+    cost = _cost_from(data, where, defaults)
+    ref = data.get("reference")
+    if not reference_hourly and isinstance(ref, dict) and "hourly_usd_per_chip" in ref:
+        cost_reference(path)  # checked whenever given (a nan waited for --reference-hourly)
     if reference_hourly:
         hourly = cost_reference(path)["hourly_usd_per_chip"]
         cost = replace(cost, hourly_usd_per_chip=_number(hourly, Cost, "hourly_usd_per_chip",

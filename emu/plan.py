@@ -345,7 +345,8 @@ class Plan:
     )
     context: Array = knob(
         "float",
-        bounds="[1, inf)",
+        # a mean context may be fractional (prompt + output / 2); the bound is seq_len's
+        bounds="[1, 1e7]",
         unit="tokens",
         phases=("decode",),
         derive=lambda v: v["seq_len"],

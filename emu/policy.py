@@ -56,7 +56,7 @@ import math
 import numpy as np
 
 from emu._backend import jax, jnp
-from emu.advice import CHECKED_FIELDS, check_result, diagnose, either
+from emu.advice import CHECKED_FIELDS, check_result, diagnose, either, gb_of
 from emu.hardware import peak_flops, usable_hbm_bytes
 from emu.objective import evaluate, inference_memory, max_batch_under_slo
 from emu.parallelism import memory
@@ -805,7 +805,7 @@ def largest_batch(system: System, model: Model, plan: Plan, slo_s: float) -> int
             raise ServingFitError(
                 "experts", phase,
                 f"the {er} expert ranks cannot hold their experts on {system.name} "
-                f"({_gb(need)} of {_gb(cap)} each)",
+                f"({gb_of(need, cap)} each)",
                 "raise expert_ranks",
             )  # fmt: skip
         weights = float(one.memory.weights_bytes)
@@ -814,7 +814,7 @@ def largest_batch(system: System, model: Model, plan: Plan, slo_s: float) -> int
         moves += ["add chips"] + (["shorten the context"] if weights < cap else [])
         raise ServingFitError(
             "memory", phase,
-            f"even batch 1 does not fit in HBM on {system.name} ({_gb(used)} of {_gb(cap)} "
+            f"even batch 1 does not fit in HBM on {system.name} ({gb_of(used, cap)} "
             f"per {'die' if _dies(system) > 1 else 'chip'}, {_gb(weights)} of it weights, at "
             f"tp={_int(plan.tp)}{f', ep={_int(plan.ep)}' if moe else ''})",
             either(moves), can, weights_fit=weights < cap,

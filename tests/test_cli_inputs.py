@@ -231,3 +231,7 @@ def test_a_model_file_with_expert_fields_but_no_experts_is_refused(capsys, tmp_p
     (hf / "config.json").write_text(json.dumps(cfg))
     code, _, err = run_cli(capsys, "run", "--model", str(hf), "--system", "dgx_h100")
     assert code == 2 and "text_config must be a JSON object" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run_cli(capsys, "run", "--model", str(empty), "--system", "dgx_h100")
+    assert code == 2 and "not a TOML file or a Hugging Face folder with a config.json" in err

@@ -516,3 +516,17 @@ def test_a_wrong_reference_price_is_not_called_missing(tmp_path):
         p.write_text(text.replace("hourly_usd_per_chip = 2.21", f"hourly_usd_per_chip = {bad}"))
         with pytest.raises(ValueError, match=re.escape(f"reference.hourly_usd_per_chip {needle}")):
             K.cost_reference(p)
+
+
+def test_a_cost_files_reference_price_is_checked_even_when_not_used(tmp_path):
+    """`[reference] hourly_usd_per_chip = nan` was read only under --reference-hourly."""
+    from emu.catalog import config_dir
+    from emu.costs_catalog import load_cost
+
+    text = (config_dir() / "costs" / "dgx_h100.toml").read_text(encoding="utf-8")
+    bad = re.sub(r"(?m)^hourly_usd_per_chip = [0-9.]+", "hourly_usd_per_chip = nan", text)
+    assert bad != text
+    path = tmp_path / "dgx_h100.toml"
+    path.write_text(bad, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"reference\.hourly_usd_per_chip must be in"):
+        load_cost(path)

@@ -372,3 +372,12 @@ def test_a_given_dp_the_base_tp_cannot_take_is_tried_at_the_other_tps(sys_models
     with pytest.raises(ValueError, match="adjust dp") as err:  # TP given: its own error
         auto_plan(system, llama, 72, seq_len=8192, dp=8, tp=8)
     assert "other TP" not in str(err.value)
+
+
+def test_an_overshoot_is_printed_with_the_digits_that_show_it():
+    """'83 GB of 83 GB per chip' did not fit: both sides rounded to the same number."""
+    from emu.advice import gb_of
+
+    assert gb_of(83.2e9, 83.0e9) == "83.2 GB of 83 GB"
+    assert gb_of(230e9, 190e9) == "230 GB of 190 GB"
+    assert gb_of(83.0004e9, 83.0001e9) == "83.0004 GB of 83.0001 GB"
