@@ -92,8 +92,8 @@ def diagnose(
         # attention/expert disaggregation: the attention ranks fit, the expert ranks do not
         need = cap + mem["overshoot_bytes"]
         reasons.append(
-            f"out of memory on the {plan['expert_ranks']} expert ranks: each needs {_gb(need)} "
-            f"of {_gb(cap)} for its expert slots; raise --expert-ranks."
+            f"out of memory on the {plan['expert_ranks']} expert ranks: each needs "
+            f"{gb_of(need, cap)} for its expert slots; raise --expert-ranks."
         )
     if slo_s is not None and serving:
         lat, what = (run["tpot_s"], "TPOT") if run["phase"] == "decode" else (run["ttft_s"], "TTFT")

@@ -546,7 +546,8 @@ def model_from_hf(config: dict, name: str, where: str | None = None) -> Model:
     mla = g("kv_lora_rank") is not None
     experts = g("n_routed_experts", "num_local_experts", "num_experts", default=0)
     d_ff = g("intermediate_size", "n_inner", "ffn_dim", default=4 * d)
-    d_ff_expert = g("moe_intermediate_size", default=d_ff if experts else 0)
+    # a dense config may carry moe_intermediate_size (a family's shared config class)
+    d_ff_expert = g("moe_intermediate_size", default=d_ff) if experts else 0
     shared = g("n_shared_experts")
     if shared is None and g("shared_expert_intermediate_size") and d_ff_expert:
         shared = g("shared_expert_intermediate_size") / d_ff_expert
@@ -569,12 +570,12 @@ def model_from_hf(config: dict, name: str, where: str | None = None) -> Model:
         "n_experts": experts,
         "top_k": g("num_experts_per_tok", "num_experts_per_token", default=0) if experts else 0,
         "d_ff_expert": d_ff_expert,
-        "n_shared_experts": shared or 0,
+        "n_shared_experts": (shared or 0) if experts else 0,
         "n_dense_layers": _hf_moe_layers(cfg, g, experts, where),
         "mtp_layers": g("num_nextn_predict_layers", default=0),
         # DeepSeek group-limited routing: experts in n_group groups (one per node in
         # deployment), a token reaches topk_group of them
-        "route_max_nodes": g("topk_group", default=0) if (g("n_group") or 1) > 1 else 0,
+        "route_max_nodes": g("topk_group", default=0) if experts and (g("n_group") or 1) > 1 else 0,
     }
     if mla:
         data.update(

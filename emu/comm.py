@@ -249,9 +249,16 @@ def tokens_replicated(plan: Plan):
     layer's output all-reduce, which `inference_comm` counts among the TP all-reduces,
     sums the partial outputs: no dispatch or combine (TensorRT-LLM's attention-TP MoE with
     --tp 8 --ep 2; vLLM's and SGLang's expert parallelism without DP attention reduce the
-    experts' output with the TP all-reduce). With DP attention the EP group spans
-    several TP groups' disjoint tokens and all-to-alls them (`ep_layer_time`)."""
-    return jnp.where(plan.ep * plan.etp <= plan.tp + 0.5, 1.0, 0.0)
+    experts' output with the TP all-reduce). The group must tile the TP group (ep x etp
+    divides tp): with tp 8 and ep 6 the groups of ranks 6-11 and 18-23 straddle two TP
+    groups' different tokens. With DP attention the EP group spans several TP groups'
+    disjoint tokens and all-to-alls them (`ep_layer_time`). A step in the degrees, like
+    the other degree tests (pp > 1): no gradient across it."""
+    group = plan.ep * plan.etp
+    inside = (group <= plan.tp + 0.5) & (
+        jnp.abs(jnp.round(plan.tp / group) * group - plan.tp) < 0.5
+    )
+    return jnp.where(inside, 1.0, 0.0)
 
 
 def inference_comm(system: System, model: Model, plan: Plan, t) -> Comm:

@@ -246,7 +246,10 @@ def cost_reference(name_or_path: str | Path) -> dict:
         )
     where = f"cost '{Path(path).stem}'.reference.hourly_usd_per_chip"
     if float(_number(h, Cost, "hourly_usd_per_chip", where)) <= 0:  # the field's bounds
-        raise ValueError(f"{where} must be > 0 (0 means no all-in price).")
+        raise ValueError(
+            f"{where} must be > 0; leave hourly_usd_per_chip out where there is no published "
+            "all-in price."
+        )
     return dict(ref)
 
 

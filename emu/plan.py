@@ -345,8 +345,9 @@ class Plan:
     )
     context: Array = knob(
         "float",
-        # a mean context may be fractional (prompt + output / 2); the bound is seq_len's
-        bounds="[1, 1e7]",
+        # a mean context may be fractional, and `emu serve` gives prompt + output / 2 of
+        # prompts and outputs up to 1e7 each (float32 counts whole tokens exactly to 2^24)
+        bounds="[1, 1.6e7]",
         unit="tokens",
         phases=("decode",),
         derive=lambda v: v["seq_len"],

@@ -214,6 +214,10 @@ def test_a_calibrated_family_cannot_borrow_another_ones_parameters(capsys, tmp_p
     bad.write_text(text.replace('\nfamily = "hopper"', '\nfamily = "hopper"\nlike = "ampere"'))
     code, _, err = run_cli(capsys, "run", "--model", "llama3_8b", "--system", str(bad))
     assert code == 2 and "chip family 'hopper' is calibrated" in err and "drop `like`" in err
+    assert '\nlink = "nvlink4"' in text  # a tier's link type: the same rule
+    bad.write_text(text.replace('\nlink = "nvlink4"', '\nlink = "nvlink4"\nlike = "ib"', 1))
+    code, _, err = run_cli(capsys, "run", "--model", "llama3_8b", "--system", str(bad))
+    assert code == 2 and "link type 'nvlink4' is calibrated" in err
 
 
 def test_a_model_file_with_expert_fields_but_no_experts_is_refused(capsys, tmp_path):
@@ -231,7 +235,22 @@ def test_a_model_file_with_expert_fields_but_no_experts_is_refused(capsys, tmp_p
     (hf / "config.json").write_text(json.dumps(cfg))
     code, _, err = run_cli(capsys, "run", "--model", str(hf), "--system", "dgx_h100")
     assert code == 2 and "text_config must be a JSON object" in err
+    # a dense config of an MoE family's class keeps its expert fields unread, not refused
+    del cfg["text_config"]
+    cfg.update(moe_intermediate_size=1408, n_shared_experts=2, n_group=8, topk_group=4)
+    (hf / "config.json").write_text(json.dumps(cfg))
+    code, _, err = run_cli(capsys, "run", "--model", str(hf), "--system", "dgx_h100")
+    assert code == 0, err
     empty = tmp_path / "empty"
     empty.mkdir()
     code, _, err = run_cli(capsys, "run", "--model", str(empty), "--system", "dgx_h100")
     assert code == 2 and "not a TOML file or a Hugging Face folder with a config.json" in err
+
+
+def test_serve_takes_prompts_and_outputs_up_to_their_bounds(capsys):
+    """--context's bound must hold serve's mean context, prompt + output / 2 (1.3e7 here)."""
+    code, _, err = run_cli(
+        capsys, "serve", "--model", "llama3_8b", "--system", "dgx_h100",
+        "--prompt-len", "9000000", "--output-len", "4000000",
+    )  # fmt: skip
+    assert code == 2 and "does not fit in HBM" in err and "context" not in err

@@ -81,6 +81,15 @@ def test_serving_moe_inside_the_tp_group_needs_no_all_to_all(catalog):
     wide = make_plan(tp=8, dp=2, ep=16, **kw)  # the EP group spans two TP groups
     c = comm.inference_comm(sys, moe, wide, t)
     assert float(comm.tokens_replicated(wide)) == 0.0 and float(c.dispatch_s) > 0
+    # ep 6 inside tp 8 over 24 ranks: the groups of ranks 6-11 and 18-23 straddle two TP
+    # groups' different tokens, so the all-to-all stays
+    straddle = make_plan(tp=8, dp=3, ep=6, **kw)
+    c = comm.inference_comm(sys, moe, straddle, t)
+    assert float(comm.tokens_replicated(straddle)) == 0.0 and float(c.dispatch_s) > 0
+    # the TP all-reduces are the same either way
+    inside = comm.inference_comm(sys, moe, make_plan(tp=8, ep=8, **kw), t)
+    across = comm.inference_comm(sys, moe, make_plan(tp=8, dp=2, ep=16, **kw), t)
+    assert float(inside.tp_s) == pytest.approx(float(across.tp_s), rel=1e-6)
     dp_attention = make_plan(tp=1, dp=8, ep=8, **kw)
     c = comm.inference_comm(sys, moe, dp_attention, t)
     assert float(c.dispatch_s) > 0 and float(c.combine_s) > 0 and float(c.tp_s) == 0.0

@@ -510,7 +510,7 @@ def test_a_wrong_reference_price_is_not_called_missing(tmp_path):
     for bad, needle in (
         ("-3", "must be in [0, 1000] USD per chip-hour (got -3)"),
         ('"2.2"', "must be a number (got str '2.2')"),
-        ("0", "must be > 0 (0 means no all-in price)"),
+        ("0", "must be > 0; leave hourly_usd_per_chip out"),
     ):
         p = tmp_path / "gb200_nvl72.toml"
         p.write_text(text.replace("hourly_usd_per_chip = 2.21", f"hourly_usd_per_chip = {bad}"))

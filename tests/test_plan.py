@@ -226,4 +226,4 @@ def test_knob_descriptions():
     assert by["lora"].describe() == "0 or 1"
     assert by["recompute"].describe() == "one of none (0), selective (1), full (2)"
     assert by["mtp_accept"].describe() == "in [0, 1)"
-    assert math.isinf(by["global_batch"].hi) and by["context"].hi == 1e7
+    assert math.isinf(by["global_batch"].hi) and by["context"].hi == 1.6e7

@@ -72,7 +72,8 @@ def _choose_backend(argv: list[str], *, own_process: bool) -> None:
 def forward_only(argv: list[str]) -> bool:
     """True when the command line only evaluates configurations forward (NUMPY_COMMANDS,
     help, --version), i.e. needs no jit, vmap or grad: not `--plan best` (a gradient
-    search), in any spelling argparse accepts (`--plan=best`, `--pla best`)."""
+    search), in either spelling (`--plan best`, `--plan=best`; the parser refuses
+    abbreviations such as `--pla`, so they count as JAX work here, which is harmless)."""
     command = next((a for a in argv if not a.startswith("-")), None)
     if not {"-h", "--help", "--version"}.isdisjoint(argv):
         return True  # parsing only: no physics

@@ -50,6 +50,8 @@ def _prefixed(e: ValueError, prefix: str, given: dict) -> ValueError:
     """`e` with the field paths of an unknown-path error spelled as --set takes them
     ('nosuch' -> 'plan.nosuch', its suggestions too): split_overrides dropped the prefix."""
     msg = str(e)
+    if msg.startswith("'") and "' is a static field" in msg and given:
+        return CliError(f"'{prefix}{msg[1:]}")
     if not msg.startswith("unknown field path '") or not given:
         return e
     head, _, rest = msg.partition("'")

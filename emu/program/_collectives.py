@@ -272,10 +272,12 @@ def _only_sliced(values: Values, comp: Computation, ins: Instruction, size: floa
 
 
 def mesh_misfits(placement: Placement) -> list[str]:
-    """For a mesh given with the module (the caller's word, not the traced program's): a
-    ValueError for replica groups along no mesh axes at all (the mesh is not the module's),
-    and notes for the collectives whose groups cover mesh axes only in part (labelled with
-    those axes)."""
+    """For a mesh given with the module (the caller's word, not the traced program's):
+    notes for the collectives whose groups lie along no mesh axis or product of axes (the
+    mesh is likely not the module's; GSPMD can still make such groups after a reshape on a
+    mesh whose axes are not powers of two, so they are priced by their size and span, not
+    refused) and for those whose groups cover mesh axes only in part (labelled with those
+    axes)."""
     mesh = placement.mesh
     shape = ", ".join(f"{n}={s}" for n, s in zip(mesh.axis_names, mesh.shape, strict=True))
     found = ", ".join(str(s) for s in sorted(placement.sizes))
@@ -283,15 +285,16 @@ def mesh_misfits(placement: Placement) -> list[str]:
     for ins, groups, fit, split in placement.misfits:
         bad = next((g for g in groups if mesh_fit(mesh, [g])[0] == fit), groups[0])
         example = "{" + ",".join(map(str, bad[:8])) + (",..." if len(bad) > 8 else "") + "}"
-        if fit == "":
-            raise ValueError(
-                f"the mesh ({shape}) cannot produce the module's replica groups: "
-                f"{ins.opcode} %{ins.name} (line {ins.line}) has a group of {len(bad)} "
-                f"devices {example} along no mesh axis or product of axes (the module's "
-                f"group sizes: {found}); pass the mesh the module was compiled for, its axes "
-                "in order (device id = position in the mesh)."
-            )
         key = (tuple(sorted(bad)), split)
+        if fit == "" and key not in notes:
+            notes[key] = (
+                f"the mesh ({shape}) does not give the replica groups of {ins.opcode} "
+                f"%{ins.name} (line {ins.line}): a group of {len(bad)} devices {example} lies "
+                f"along no mesh axis or product of axes (the module's group sizes: {found}); "
+                "it is priced by its size and span, unlabelled; if the module was compiled "
+                "for another mesh, pass that one, its axes in order (device id = position)"
+            )
+            continue
         if key not in notes:
             notes[key] = (
                 f"collective {ins.name}: its groups of {len(bad)} devices (e.g. {example}) "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import sys
 
@@ -144,7 +145,11 @@ def run_program_cli(args: argparse.Namespace) -> int:
     systems = [load_system(s, overrides) for s in (args.system or DEFAULT_SYSTEMS)]
     roles = _pairs(args.axis_role, "--axis-role")
     check_roles(roles)  # before the seconds a builder takes to trace
-    prog = _hlo_program(args, roles) if args.hlo else _builder_program(args, roles)
+    if args.hlo:
+        prog = _hlo_program(args, roles)
+    else:  # a builder traced in this process prints to stdout: keep it for the report
+        with contextlib.redirect_stdout(sys.stderr):
+            prog = _builder_program(args, roles)
     results = prog.estimate(
         systems, tokens_per_step=args.tokens_per_step, algorithm=args.algorithm, top=args.top
     )

@@ -301,9 +301,9 @@ def from_hlo(
     name: str = "hlo",
 ) -> Program:
     """A Program from HLO text compiled elsewhere (`compiled.as_text()`, e.g. on a GPU) and
-    the mesh ({axis: size} in mesh order) it was partitioned over. A mesh whose axes cannot
-    give the module's replica groups is refused; groups that cover an axis only in part are
-    noted (`build_table(check_mesh=True)`)."""
+    the mesh ({axis: size} in mesh order) it was partitioned over. Replica groups that lie
+    along no mesh axis, or cover an axis only in part, are noted
+    (`build_table(check_mesh=True)`)."""
     from emu.program.tracing import _as_mesh
 
     if isinstance(hlo, bytes | bytearray):  # a file read in binary mode

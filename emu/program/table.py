@@ -110,9 +110,9 @@ def build_table(
             "as_compiled" (every top-level HLO fusion is one kernel).
         axis_roles: overlap class (`ROLES`) of mesh axes whose names `ROLE_OF_AXIS` does
             not know.
-        check_mesh: the mesh is the caller's word (HLO compiled elsewhere): refuse one
-            whose axes cannot give the module's replica groups, and note groups that cover
-            an axis only in part (a traced program's mesh is the one it ran on).
+        check_mesh: the mesh is the caller's word (HLO compiled elsewhere): note the
+            replica groups that lie along no mesh axis or cover an axis only in part (a
+            traced program's mesh is the one it ran on).
 
     Returns:
         The rows (per device, per execution; `count` executions per step) as static arrays.

@@ -269,8 +269,8 @@ def _in_process(spec: str, devices: int, kwargs: dict, timeout_s: float) -> Trac
     """`_run_builder` in this process, under the same timeout as the child process (it had
     none: a builder that hangs kept `emu program --timeout 3` waiting). The builder runs in
     a daemon thread; past the timeout it is abandoned (a thread cannot be stopped) and the
-    error says so. What it prints goes to stderr, as the child's does not reach stdout:
-    stdout is the report's (`--json` must stay JSON)."""
+    error says so. What the builder prints goes where this process's stdout goes (`emu
+    program` sends it to stderr: its stdout is the report's)."""
     import threading
 
     box: dict = {}
@@ -282,12 +282,8 @@ def _in_process(spec: str, devices: int, kwargs: dict, timeout_s: float) -> Trac
             box["error"] = e
 
     thread = threading.Thread(target=work, name="emu-trace", daemon=True)
-    stdout, sys.stdout = sys.stdout, sys.stderr
-    try:
-        thread.start()
-        thread.join(min(float(timeout_s), threading.TIMEOUT_MAX))
-    finally:
-        sys.stdout = stdout
+    thread.start()
+    thread.join(min(float(timeout_s), threading.TIMEOUT_MAX))
     if thread.is_alive():
         raise ValueError(
             f"tracing '{spec}' on {devices} devices took over {timeout_s:g} s; "
