@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EMU = ROOT / "emu"
 
 CORE = [
+    "_argparse",
     "_lazy",
     "_npjax",
     "_backend",

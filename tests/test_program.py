@@ -687,3 +687,12 @@ def test_parameters_and_outputs_larger_than_hbm_are_flagged():
     small = body.replace("1048576", "1024")
     (r,) = program.from_hlo(_synthetic(small), {"d": 1}).estimate(h100)
     assert r.fits_hbm and not any("out of memory" in n for n in r.notes)
+
+
+def test_the_standalone_parser_reads_flags_as_written(capsys):
+    """`main_program` took `--dev 8` for `--devices 8` and `--devices 8 --devices 4` as 4,
+    where `emu program` through the main parser refuses both."""
+    assert main_program(["b.py:f", "--devices", "8", "--devices", "4"]) == 2
+    assert "--devices is given twice" in capsys.readouterr().err
+    assert main_program(["b.py:f", "--dev", "8"]) == 2
+    assert "unrecognized arguments: --dev" in capsys.readouterr().err

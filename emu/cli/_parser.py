@@ -9,6 +9,7 @@ import argparse
 import math
 import sys
 
+from emu._argparse import repeated_flag
 from emu.cli._cost import add_cost_args
 from emu.cli._types import in_range
 from emu.plan import KNOBS, KV_PRECISIONS
@@ -58,39 +59,10 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{message} (see `{self.prog} --help`)")
 
     def parse_known_args(self, args=None, namespace=None):
-        _refuse_repeated(self, sys.argv[1:] if args is None else list(args))
+        twice = repeated_flag(self, sys.argv[1:] if args is None else list(args))
+        if twice:
+            raise CliError(twice)
         return super().parse_known_args(args, namespace)
-
-
-def _refuse_repeated(parser: argparse.ArgumentParser, args: list[str]) -> None:
-    """CliError for a flag of `parser` that stores one value given more than once (in any
-    of its spellings, `--tp 4` or `--tp=4`); repeatable flags (`--set`) append and pass."""
-    single = {
-        opt: action
-        for action in parser._actions
-        if type(action) is argparse._StoreAction
-        for opt in action.option_strings
-    }
-    seen: dict[int, str] = {}
-    for arg in args:
-        if arg == "--":
-            break
-        action = single.get(arg.split("=", 1)[0]) if arg.startswith("-") else None
-        if action is None:
-            continue
-        flag = arg.split("=", 1)[0]
-        if id(action) in seen:
-            first = seen[id(action)]
-            what = (
-                f"{flag} is given twice"
-                if flag == first
-                else f"{first} and {flag} (one option) are both given"
-            )
-            raise CliError(
-                f"{what}: it takes one value and the last would replace the first; give it "
-                f"once (see `{parser.prog} --help`)"
-            )
-        seen[id(action)] = flag
 
 
 #: the largest integer an integer flag takes, however spelled (float64 holds every integer

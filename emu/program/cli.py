@@ -77,10 +77,24 @@ def add_program_parser(subparsers) -> argparse.ArgumentParser:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors raised as ValueError (exit status 2 in `main_program`)."""
+    """argparse with one-line errors raised as ValueError (exit status 2 in `main_program`),
+    no abbreviated flags and a single-value flag refused when given twice, as `emu`'s own
+    parser (`emu._argparse`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):  # one line, exit 2, no usage dump
         raise ValueError(f"{message} (see `{self.prog} --help`)")
+
+    def parse_known_args(self, args=None, namespace=None):
+        from emu._argparse import repeated_flag
+
+        twice = repeated_flag(self, sys.argv[1:] if args is None else list(args))
+        if twice:
+            raise ValueError(twice)
+        return super().parse_known_args(args, namespace)
 
 
 def build_program_parser() -> argparse.ArgumentParser:
