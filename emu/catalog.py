@@ -690,10 +690,13 @@ class DenseModelError(ValueError):
         self.field, self.model = field, model
 
 
-def load_model(name_or_path: str | Path, overrides: dict | None = None) -> Model:
+def load_model(
+    name_or_path: str | Path, overrides: dict | None = None, *, prefix: str = ""
+) -> Model:
     """A validated Model from the catalog (any spelling of a name: `resolve_name`), a TOML
     file, or a Hugging Face `config.json` (or a folder holding one), with optional dotted
-    overrides."""
+    overrides (an unknown path is spelled with `prefix` in the error, `model.` for
+    `--set`)."""
     p = Path(str(name_or_path))
     if str(name_or_path).endswith(".json") or (
         path_is(p, "is_dir") and path_is(p / "config.json", "is_file")
@@ -707,7 +710,7 @@ def load_model(name_or_path: str | Path, overrides: dict | None = None) -> Model
         m = model_from_dict(data, where)
     if not overrides:
         return m
-    m = apply_overrides(m, overrides, where)
+    m = apply_overrides(m, overrides, where, prefix=prefix)
     moe_only = [f for f in overrides if f in MOE_ONLY_MODEL_FIELDS]  # a dict: checked above
     if moe_only and float(m.n_experts) == 0:
         raise DenseModelError(where, moe_only[0], m.name)

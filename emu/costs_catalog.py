@@ -224,10 +224,10 @@ def load_cost(
     data = load_toml(path, "cost")
     cost = _cost_from(data, where, defaults)
     ref = data.get("reference")
-    if not reference_hourly and isinstance(ref, dict) and "hourly_usd_per_chip" in ref:
-        cost_reference(path)  # checked whenever given (a nan waited for --reference-hourly)
-    if reference_hourly:
+    # the reference price is checked whenever given (a nan waited for --reference-hourly)
+    if reference_hourly or (isinstance(ref, dict) and "hourly_usd_per_chip" in ref):
         hourly = cost_reference(path)["hourly_usd_per_chip"]
+    if reference_hourly:
         cost = replace(cost, hourly_usd_per_chip=_number(hourly, Cost, "hourly_usd_per_chip",
                                                          f"{where}.reference"))  # fmt: skip
     return apply_cost_overrides(cost, overrides, where)

@@ -27,7 +27,7 @@ import re
 import numpy as np
 
 from emu._backend import jnp
-from emu.struct import check, check_value, float_leaves, info_at, set_path
+from emu.struct import _unknown_path_message, check, check_value, float_leaves, info_at, set_path
 
 __all__ = ["parse_override", "parse_value", "split_overrides", "apply_overrides", "UNITS"]
 
@@ -142,10 +142,11 @@ def split_overrides(overrides: dict) -> tuple[dict, dict, dict]:
     return sys_o, model_o, plan_o
 
 
-def apply_overrides(tree, overrides: dict, where: str = ""):
+def apply_overrides(tree, overrides: dict, where: str = "", *, prefix: str = ""):
     """`tree` with leaves replaced by dotted path, each value checked against its field's
     declared bounds, then the result checked whole (`struct.check`: cross-field rules such
-    as idle_w <= tdp_w). ValueError names the path (and `where`, for the whole-tree rules).
+    as idle_w <= tdp_w). ValueError names the path (and `where`, for the whole-tree rules);
+    an unknown or static path is spelled with `prefix` (`plan.`, as `--set` takes it).
     """
     if not isinstance(overrides, dict):
         raise ValueError(
@@ -159,7 +160,7 @@ def apply_overrides(tree, overrides: dict, where: str = ""):
                 f"override paths are dotted strings such as 'chip.tdp_w' (got {path!r})."
             )
         if path not in leaves:
-            set_path(tree, path, value)  # raises the "unknown field path" error
+            raise ValueError(_unknown_path_message(path, leaves, tree, prefix))
         info = info_at(tree, path)
         if isinstance(value, str):  # a unit suffix, as on the command line ("16TB/s")
             try:

@@ -430,18 +430,22 @@ def _static_paths(obj: Any, prefix: str = "") -> set[str]:
     return out
 
 
-def _unknown_path_message(path: str, leaves: dict[str, Any], obj: Any = None) -> str:
+def _unknown_path_message(
+    path: str, leaves: dict[str, Any], obj: Any = None, prefix: str = ""
+) -> str:
+    """Why `path` cannot be set on `obj`, its paths spelled with `prefix` ("plan." where
+    the caller's paths were `plan.<field>`)."""
     import difflib
 
     if obj is not None and path in _static_paths(obj):
         return (
-            f"'{path}' is a static field (the structure, not a number): it cannot be set by "
-            "path; copy the catalog TOML, change it there and pass the file."
+            f"'{prefix}{path}' is a static field (the structure, not a number): it cannot be "
+            "set by path; copy the catalog TOML, change it there and pass the file."
         )
     close = difflib.get_close_matches(path, list(leaves), n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    hint = f" Did you mean {', '.join(prefix + c for c in close)}?" if close else ""
     return (
-        f"unknown field path '{path}'.{hint} "
+        f"unknown field path '{prefix}{path}'.{hint} "
         f"List the paths with `emu list --fields` ({len(leaves)} fields)."
     )
 

@@ -46,23 +46,6 @@ def overrides(args) -> tuple[dict, dict, dict]:
     return split_overrides(parsed)
 
 
-def _prefixed(e: ValueError, prefix: str, given: dict) -> ValueError:
-    """`e` with the field paths of an unknown-path error spelled as --set takes them
-    ('nosuch' -> 'plan.nosuch', its suggestions too): split_overrides dropped the prefix."""
-    msg = str(e)
-    if msg.startswith("'") and "' is a static field" in msg and given:
-        return CliError(f"'{prefix}{msg[1:]}")
-    if not msg.startswith("unknown field path '") or not given:
-        return e
-    head, _, rest = msg.partition("'")
-    path, _, rest = rest.partition("'")
-    hint, sep, tail = rest.partition(" List the paths")
-    if hint.startswith(". Did you mean "):
-        names = hint[len(". Did you mean ") :].rstrip("?").split(", ")
-        hint = ". Did you mean " + ", ".join(prefix + n for n in names) + "?"
-    return CliError(f"{head}'{prefix}{path}'{hint}{sep}{tail}")
-
-
 def set_note(args) -> list[str]:
     """'--set applied: ...' (what the user changed, as typed), or nothing; and what a
     changed TDP means (--set or --grid chip.tdp_w)."""
@@ -98,14 +81,12 @@ def load_model(args, notes: list[str], model_o: dict) -> Model:
     """The --model with its --set model.* overrides, refusing what it would ignore: an
     expert-only field or flag on a dense model, --mtp-accept on a model without MTP."""
     try:
-        model = catalog.load_model(resolved(args.model, "models", notes), model_o)
+        model = catalog.load_model(resolved(args.model, "models", notes), model_o, prefix="model.")
     except catalog.DenseModelError as e:
         raise CliError(
             f"--set model.{e.field} applies to MoE models' experts ({e.model} is dense: "
             "n_experts = 0); drop it, or make the model MoE with --set model.n_experts=N."
         ) from None
-    except ValueError as e:
-        raise _prefixed(e, "model.", model_o) from None
     refuse_moe_flags(args, model)
     refuse_mtp_flag(args, model)
     return model
@@ -284,10 +265,7 @@ def setup(args, system_name: str) -> Setup:
                 plan_o = {**plan_o, "accept_len": 1.0 + float(plan_o["mtp_accept"])}
             except (TypeError, ValueError):
                 pass  # not a number: apply_overrides says so, naming the path
-        try:
-            plan = apply_overrides(plan, plan_o, "Plan")
-        except ValueError as e:
-            raise _prefixed(e, "plan.", plan_o) from None
+        plan = apply_overrides(plan, plan_o, "Plan", prefix="plan.")
         try:  # the chips asked for, or the system's
             policy.check_plan(system, model, plan, chips)
         except ValueError as e:  # a --set the rule did not plan for (not a degree it takes)

@@ -48,16 +48,13 @@ __all__ = [
 @dataclasses.dataclass
 class Placement:
     """Where a module's replica groups sit: the mesh, the axis roles, the partition count;
-    `misfits` collects the collectives whose groups are not along whole mesh axes (see
-    `mesh_fit`): (instruction, groups, "sub-axes" or "", the axes split)."""
+    `spellings`: each distinct `replica_groups` text with the first collective that has it
+    and its groups (what `mesh_misfits` checks against a mesh given with the module)."""
 
     mesh: MeshInfo
     roles: dict[str, str]
     n_devices: int
-    misfits: list[tuple] = dataclasses.field(default_factory=list)
-    #: the group sizes met
-    sizes: set[int] = dataclasses.field(default_factory=set)
-    _fits: dict[str, tuple] = dataclasses.field(default_factory=dict, repr=False)
+    spellings: dict[str, tuple] = dataclasses.field(default_factory=dict, repr=False)
 
     def groups(self, ins: Instruction) -> list[list[int]]:
         """The replica groups of a collective (one group of all devices when absent);
@@ -71,13 +68,9 @@ class Placement:
         else:
             groups = [list(range(self.n_devices))]
         key = ins.attrs.get("replica_groups", "")
-        if key not in self._fits:  # once per spelling: a module repeats a few of them
+        if key not in self.spellings:  # once per spelling: a module repeats a few of them
             _check_ids(ins, [d for g in groups for d in g], self.mesh.size, "replica_groups")
-            self._fits[key] = mesh_fit(self.mesh, groups)
-        fit, split = self._fits[key]
-        self.sizes.add(max(len(g) for g in groups) if groups else 1)
-        if fit != "axes":
-            self.misfits.append((ins, groups, fit, split))
+            self.spellings[key] = (ins, groups)
         return groups
 
     def place(self, groups: list[list[int]]) -> tuple[float, float, tuple[str, ...]]:
@@ -280,27 +273,29 @@ def mesh_misfits(placement: Placement) -> list[str]:
     axes)."""
     mesh = placement.mesh
     shape = ", ".join(f"{n}={s}" for n, s in zip(mesh.axis_names, mesh.shape, strict=True))
-    found = ", ".join(str(s) for s in sorted(placement.sizes))
+    spelled = placement.spellings.values()
+    found = ", ".join(str(s) for s in sorted({max(map(len, g), default=1) for _, g in spelled}))
     notes: dict[tuple, str] = {}
-    for ins, groups, fit, split in placement.misfits:
-        bad = next((g for g in groups if mesh_fit(mesh, [g])[0] == fit), groups[0])
-        example = "{" + ",".join(map(str, bad[:8])) + (",..." if len(bad) > 8 else "") + "}"
-        key = (tuple(sorted(bad)), split)
-        if fit == "" and key not in notes:
-            notes[key] = (
-                f"the mesh ({shape}) does not give the replica groups of {ins.opcode} "
-                f"%{ins.name} (line {ins.line}): a group of {len(bad)} devices {example} lies "
-                f"along no mesh axis or product of axes (the module's group sizes: {found}); "
-                "it is priced by its size and span, unlabelled; if the module was compiled "
-                "for another mesh, pass that one, its axes in order (device id = position)"
-            )
+    for ins, groups in spelled:
+        fit, split = mesh_fit(mesh, groups)
+        if fit == "axes":
             continue
-        if key not in notes:
-            notes[key] = (
-                f"collective {ins.name}: its groups of {len(bad)} devices (e.g. {example}) "
-                f"cover mesh axis {', '.join(split)} only in part and are labelled with it; "
-                "if the module was compiled for another mesh, pass that one"
-            )
+        bad = next((g for g in groups if mesh_fit(mesh, [g])[0] == fit), groups[0])
+        key = (tuple(sorted(bad)), split)
+        if key in notes:
+            continue
+        example = "{" + ",".join(map(str, bad[:8])) + (",..." if len(bad) > 8 else "") + "}"
+        notes[key] = (
+            f"the mesh ({shape}) does not give the replica groups of {ins.opcode} "
+            f"%{ins.name} (line {ins.line}): a group of {len(bad)} devices {example} lies "
+            f"along no mesh axis or product of axes (the module's group sizes: {found}); "
+            "it is priced by its size and span, unlabelled; if the module was compiled "
+            "for another mesh, pass that one, its axes in order (device id = position)"
+            if fit == ""
+            else f"collective {ins.name}: its groups of {len(bad)} devices (e.g. {example}) "
+            f"cover mesh axis {', '.join(split)} only in part and are labelled with it; "
+            "if the module was compiled for another mesh, pass that one"
+        )
     return list(notes.values())
 
 
