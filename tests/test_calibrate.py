@@ -1,9 +1,11 @@
 import json
 import math
+import re
 import tomllib
 from pathlib import Path
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from emu.calibration import apply_parameters, cross_validate, fit, write_overlay
@@ -400,6 +402,8 @@ def test_rows_left_out_of_a_fit_are_said(tmp_path):
         (["--out", "x.txt"], "use a .toml file name"),
         (["--out", "taken.toml"], "'taken.toml' exists; give another path, or --overwrite"),
         (["--out", "new.toml", "--cv"], "'residuals.jsonl' exists"),  # written beside it
+        # the interval table would replace the overlay it is written beside
+        (["--out", "intervals.toml", "--cv"], "the overlay needs another name"),
         (["--overwrite", "--dry-run"], "--overwrite replaces files at --out; give --out"),
     ],
 )
@@ -732,3 +736,76 @@ def test_calibrate_cli_reports_the_holdout_rows(small_fit, tmp_path, capsys):
     assert held["n"] == len(errors) == 4
     assert held["median_abs_pct_error"] == pytest.approx((errors[1] + errors[2]) / 2)
     assert set(held) >= {"p90_abs_pct_error"} and src["median_abs_pct_error"] > 0
+
+
+def test_rows_validate_refuses_as_not_finite_are_not_fitted(tmp_path):
+    """Session 42's red team: a row whose prediction is not finite (a message size of 10^45
+    bytes) reached the fit, which wrote `efficiency = nan` into the overlay (exit 0), and
+    every later command failed on it."""
+    src = SHARED if SHARED.exists() else default_measurements()
+    ok = next(json.loads(line) for line in open(src) if '"nccl_h100_roce_2node_nvls"' in line)
+    bad = {**ok, "id": "ar_inf", "notes": "busbw at size " + "9" * 45 + " B"}
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(bad) + "\n" + json.dumps(ok) + "\n")
+    warnings = []
+    rep = fit(path, steps=3, warn=warnings.append)
+    assert rep.rows == 1 and "ar_inf" in warnings[0] and "not finite" in warnings[0]
+    assert all(np.isfinite(v) for v in rep.values.values())
+    out = write_overlay(rep, tmp_path / "fitted.toml")
+    assert not re.search(r"=\s*-?nan", out.read_text())
+
+
+def test_a_fit_that_reaches_fewer_fields_does_not_replace_the_shipped_overlay(
+    small_fit, tmp_path, capsys, monkeypatch
+):
+    """The default overlay is replaced whole: a fit of a few rows would return every chip
+    family and link type they do not reach to its priors, for every run (red team, session
+    42). It is refused before the first step; --out writes it elsewhere."""
+    import shutil
+
+    import emu.calibration
+    import emu.calibration._overlay as overlay
+    from emu.cli import main
+
+    shipped = tmp_path / "calibration" / "fitted.toml"
+    shipped.parent.mkdir()
+    shutil.copy(overlay.overlay_path(), shipped)
+    before = shipped.read_text()
+    monkeypatch.setattr(overlay, "overlay_path", lambda: shipped)
+    monkeypatch.setattr(emu.calibration, "overlay_path", lambda: shipped)
+    _, rows = small_fit
+    code = main(["calibrate", str(rows), "--steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "fields the shipped overlay fits" in err and "--out" in err, err
+    assert shipped.read_text() == before
+    missing = emu.calibration.overlay_missing(small_fit[0].problem.keys, shipped)
+    assert missing and all("." in m for m in missing)
+    assert emu.calibration.overlay_missing(small_fit[0].problem.keys, tmp_path / "no.toml") == []
+
+
+def test_cv_on_rows_of_one_modelled_source_is_refused_before_the_fit(tmp_path, capsys):
+    """The file names two sources, but only one's rows are modelled: the fit ran for
+    minutes, then cross-validation said so (red team, session 42)."""
+    from emu.cli import main
+
+    src = SHARED if SHARED.exists() else default_measurements()
+    rows = [json.loads(line) for line in open(src) if '"sc21_t1_' in line]
+    other = {**rows[0], "id": "elsewhere", "source": "another paper", "metric": "not_a_metric"}
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, other]))
+    code = main(["calibrate", str(path), "--cv", "--dry-run", "--steps", "10000"])
+    err = capsys.readouterr().err
+    assert code == 2 and "at least 2 sources; they come from 1" in err, err
+
+
+def test_an_interrupted_fit_says_it_resumes(tmp_path, capsys, monkeypatch):
+    import emu.calibration
+    from emu.cli import main
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(emu.calibration, "fit", interrupted)
+    assert main(["calibrate", "--dry-run", "--steps", "5"]) == 130
+    err = capsys.readouterr().err
+    assert "checkpointed" in err and "the same command resumes it" in err and err.count("\n") == 1

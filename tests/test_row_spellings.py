@@ -696,3 +696,71 @@ def test_the_coverage_line_says_when_no_row_of_a_file_was_fitted():
     lines = coverage_lines(report)
     assert "none of these rows is among the shipped calibration's residuals" in lines[1]
     assert "in sample for rows the calibration saw" not in lines[1]
+
+
+def test_a_misspelt_field_is_refused_with_the_field_it_meant():
+    """Session 42's red team: "paralel", a parallel "globalbatch" and a model "seqlen" were
+    ignored in silence (the row ran on the plan rule's or the catalog's values, 25-63% off)."""
+    base = ROWS["sc21_t1_1.7B"]
+    cases = [
+        ({**{k: v for k, v in base.items() if k != "parallel"}, "paralel": base["parallel"]},
+         "unknown field 'paralel'; did you mean 'parallel'?"),
+        ({**base, "parallel": {**base["parallel"], "globalbatch": 512}},
+         "parallel has an unknown field 'globalbatch'; did you mean 'global_batch'?"),
+        ({**base, "model": {**base["model"], "seqlen": 4096}},
+         "model has an unknown field 'seqlen'; did you mean 'seq_len'?"),
+        ({**{k: v for k, v in base.items() if k != "precision"}, "precison": "bf16"},
+         "unknown field 'precison'; did you mean 'precision'?"),
+        ({**base, "parallel": {**base["parallel"], "tp": 2, "tensor_model_parallel_size": 4}},
+         "parallel gives tp twice"),
+    ]  # fmt: skip
+    for r, needle in cases:
+        got = one(r)
+        assert got["status"] == "error" and needle in got["reason"], got["reason"]
+    # metadata of its own (not a near miss of a field) rides along
+    assert one({**base, "url": "https://example.org"})["status"] == "ok"
+
+
+def test_megatron_and_hugging_face_names_of_row_fields_are_read_as_the_field():
+    rid = "msmoe_t3_Megatron-LM_240"
+    stated = one(row(rid, parallel={**ROWS[rid]["parallel"], "microbatch": 2}))
+    par = {k: v for k, v in ROWS[rid]["parallel"].items() if k != "microbatch"}
+    for alias in ("micro_batch_size", "micro_batch", "mbs"):
+        got = one(row(rid, parallel={**par, alias: 2}))
+        assert got["predicted"] == pytest.approx(stated["predicted"]), alias
+    # a null field is one not stated: the alias beside it gives the value
+    got = one(row(rid, parallel={**ROWS[rid]["parallel"], "microbatch": None, "mbs": 2}))
+    assert got["predicted"] == pytest.approx(stated["predicted"])
+    base = ROWS["sc21_t1_1.7B"]
+    hf = {"hidden_size" if k == "d_model" else k: v for k, v in base["model"].items()}
+    assert one({**base, "model": hf})["predicted"] == pytest.approx(one(base)["predicted"])
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"metric": "achieved_tflop_per_gpu"}, "did you mean 'achieved_tflops_per_gpu'?"),
+        ({"kind": "prefill"}, "is a train metric, but the row's kind is 'prefill'"),
+    ],
+)
+def test_a_misspelt_metric_or_another_kinds_metric_is_an_error_not_a_skip(changes, needle):
+    got = one(row("sc21_t1_1.7B", **changes))
+    assert got["status"] == "error" and needle in got["reason"], got
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "needle"),
+    [(150, "%", "at most 100"), (1e9, "%", "at most 100"), (0.69, "%", "give it as 69")],
+)
+def test_an_mfu_outside_what_a_run_can_reach_is_refused(value, unit, needle):
+    mfu = next(r for r in ROWS.values() if r["metric"] == "mfu")
+    got = one({**mfu, "value": value, "unit": unit})
+    assert got["status"] == "error" and needle in got["reason"], got
+
+
+def test_a_json_array_file_is_refused_with_how_to_convert_it(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text("[\n" + ",\n".join(__import__("json").dumps(r) for r in
+                                         list(ROWS.values())[:2]) + "\n]\n")  # fmt: skip
+    with pytest.raises(ValueError, match=r"is a JSON array; emu reads JSON Lines.*jq -c"):
+        V.read_rows(path)

@@ -46,6 +46,7 @@ from emu.calibration._fit import (
 from emu.calibration._overlay import (
     interval_records,
     overlay_files,
+    overlay_missing,
     overlay_path,
     toml_string,
     write_intervals,
@@ -68,6 +69,7 @@ __all__ = [
     "interval_records",
     "overlay_path",
     "overlay_files",
+    "overlay_missing",
     "parameter_spec",
     "apply_parameters",
     "toml_string",

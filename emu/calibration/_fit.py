@@ -260,6 +260,8 @@ def fit(
     warn=None,
     throttle_s: float = 0.0,
     weights: str = "confidence",
+    min_sources: int = 0,
+    check=None,
 ) -> Calibration:
     """Fit the shared parameters to every modelled row of `path` (default: the shipped
     measurements), from the priors. `weights`: "confidence" weighs each row by its stated
@@ -269,7 +271,10 @@ def fit(
     With `checkpoint_dir`, the optimiser state is saved every CHECKPOINT_EVERY steps
     (emu.storage records, keyed by the rows, the parameters and the steps), and a run killed
     at any moment resumes from it with the same result as an uninterrupted run.
-    `throttle_s` pauses after each step (tests kill a fit mid-way with it).
+    `throttle_s` pauses after each step (tests kill a fit mid-way with it). `min_sources`:
+    refuse, before the fit, modelled rows from fewer sources (`cross_validate` by source
+    needs two). `check(problem)`, if given, runs on the fit problem before the first step
+    (the CLI refuses there what it would refuse to write).
     """
     t0 = time.perf_counter()
     src = Path(path) if path else default_measurements()
@@ -277,6 +282,19 @@ def fit(
     items, failures = prepare_rows(rows, calibration=calibration(fitted=False))
     dropped = [p["reason"] for p in problems]  # "line N: ..."
     dropped += [f"{f.get('id')}: {f.get('reason')}" for f in failures]
+    problem = FitProblem(items) if items else None
+    r0 = problem.log_errors(problem.u0) if items else np.zeros(0)
+    if not np.isfinite(r0).all():  # rows `emu validate` refuses are not fitted either
+        bad = ~np.isfinite(r0)
+        dropped += [
+            f"{it.base['id']}: line {it.row.get('_line')}: prediction is not finite (an input "
+            "is zero where a size is needed, or outside the float32 range)"
+            for it, b in zip(items, bad, strict=True)
+            if b
+        ]
+        items = [it for it, b in zip(items, bad, strict=True) if not b]
+        problem = FitProblem(items) if items else None
+        r0 = r0[~bad]
     if not items:
         why = f" ({len(dropped)} rows not modelled; {dropped[0]})" if dropped else ""
         raise ValueError(f"no modelled rows in '{src}' to calibrate against{why}.")
@@ -285,14 +303,28 @@ def fit(
             f"{len(dropped)} of {len(rows) + len(problems)} rows of '{src}' not fitted "
             f"({dropped[0]}); `emu validate {src}` gives each reason"
         )
+    n_sources = len({it.base["source"] for it in items})
+    if n_sources < min_sources:  # before a fit of minutes, not after it
+        raise ValueError(
+            f"leave-one-source-out needs the modelled rows to come from at least {min_sources} "
+            f"sources; they come from {n_sources} (`emu validate {src}` says why the others' "
+            "rows are not modelled). Leave out --cv to fit without cross-validation."
+        )
+    if check is not None:
+        check(problem)
     w = row_weights(items, weights)
-    problem = FitProblem(items)
-    before = np.abs(np.expm1(problem.log_errors(problem.u0)))
+    before = np.abs(np.expm1(r0))
     ckpt = _checkpoint(problem, steps, checkpoint_dir, warn, w)
     u, loss = _adam(
         problem, problem.u0, w, steps, progress=progress, checkpoint=ckpt, throttle_s=throttle_s
     )
     r = problem.log_errors(u)
+    if not (np.isfinite(loss) and np.isfinite(np.asarray(u)).all() and np.isfinite(r).all()):
+        raise ValueError(
+            f"the fit to '{src}' did not converge (a parameter or a row's error is not finite "
+            "after the last step); nothing was written. `emu validate` on the file shows the "
+            "rows far off; fewer --steps, or a file without them, may fit."
+        )
     after = np.abs(np.expm1(r))
     std_u = _uncertainty(problem, u, w, r)
     values, uncertainty = {}, {}

@@ -62,6 +62,40 @@ def overlay_files(path, cv: bool) -> list[Path]:
     )
 
 
+def _tables(param):
+    """[(table, field, shared)] where the overlay writes the fitted parameter (section, key,
+    field): `link` fields without a key are one value shared by every link type."""
+    sec, key, f = param
+    if sec == "link" and not key:
+        return [(f"link.{link}", f, True) for link in sorted(calibration(fitted=False)["link"])]
+    return [(f"{sec}.{key}" if key else sec, f, False)]
+
+
+def overlay_missing(params, path=None) -> list[str]:
+    """The fields ("table.field") the overlay at `path` (default the shipped one) sets that a
+    fit of `params` (the fit problem's keys) would not: writing it there returns them to
+    their priors for every run. [] where no overlay exists."""
+    import tomllib
+
+    path = Path(path or overlay_path())
+    try:
+        old = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    have = set()
+
+    def walk(table, prefix):
+        for k, v in table.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif prefix:
+                have.add(f"{prefix}{k}")
+
+    walk({k: v for k, v in old.items() if k != "provenance"}, "")
+    new = {f"{t}.{f}" for p in params for t, f, _ in _tables(p)}
+    return sorted(have - new)
+
+
 def write_overlay(
     report: Calibration,
     path: Path | None = None,
@@ -98,17 +132,12 @@ def write_overlay(
                 f"holdout_p90_abs_pct_error = {_fmt(held['p90_abs_pct_error'])}",
             ]
     sections: dict = OrderedDict()
-    links = sorted(calibration(fitted=False).get("link", {}))
     for (sec, key, f), v in report.values.items():
         sd = report.uncertainty[(sec, key, f)]
         prior = report.priors[(sec, key, f)]
         text = f"{f} = {_fmt(v)}  # +- {_fmt(sd)} (1 sigma, Laplace); prior {_fmt(prior)}"
-        if sec == "link" and not key:  # one value shared by every link type
-            for link in links:
-                sections.setdefault(f"[link.{link}]", []).append(text + "; shared")
-            continue
-        head = f"[{sec}.{key}]" if key else f"[{sec}]"
-        sections.setdefault(head, []).append(text)
+        for head, _, shared in _tables((sec, key, f)):
+            sections.setdefault(f"[{head}]", []).append(text + ("; shared" if shared else ""))
     for head, body in sections.items():
         lines += ["", head, *body]
     # every file's text first, then the writes: a cross-validation that cannot give

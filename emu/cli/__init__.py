@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 from emu import _backend
 
@@ -138,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     from emu.cli._parser import CliError, build_parser
     from emu.cli._progress import configure as configure_progress
 
+    if own_process:  # an input outside float32 is said once, per row or per value, not as
+        # NumPy's overflow warnings from inside JAX (the result is checked for finiteness)
+        warnings.filterwarnings("ignore", message="overflow encountered", category=RuntimeWarning)
+
     try:
         args = build_parser().parse_args(argv)
         configure_progress(args)
@@ -164,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except SystemExit as e:  # --help, --version
         return e.code if isinstance(e.code, int) else 0
-    except KeyboardInterrupt:
-        print("emu: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a command may say what was kept and how to resume
+        print(f"emu: interrupted{': ' + _first_line(e) if str(e) else ''}", file=sys.stderr)
         return 130
     return status or 0

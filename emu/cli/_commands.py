@@ -6,6 +6,7 @@ emu.cli._render."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from emu import _backend, analysis, catalog, policy, storage
 from emu.cli import _cost as cost_flags
@@ -384,6 +385,19 @@ def cmd_calibrate(args) -> None:
     if not args.dry_run:  # before a fit of minutes, not after it
         out = args.out or calibration.overlay_path()
         storage.check_output_path(out, suffixes=(".toml",), make_parents=True, what="--out")
+        beside = calibration.overlay_files(out, True)[1:]
+        if args.cv and Path(out).name in {p.name for p in beside}:
+            raise CliError(
+                f"--out '{out}': --cv writes residuals.jsonl and intervals.toml beside the "
+                "overlay, so the overlay needs another name (e.g. fitted.toml)."
+            )
+        inputs = [Path(f) for f in (args.file, args.holdout) if f]
+        hit = [p for p in beside if args.cv and any(_same_file(p, f) for f in inputs)]
+        if hit:
+            raise CliError(
+                f"--cv would write its residuals over '{hit[0]}', a file this fit reads; "
+                "give --out in another folder."
+            )
         taken = [p for p in calibration.overlay_files(out, args.cv) if p.exists()]
         if args.out and taken and not args.overwrite:
             raise CliError(
@@ -391,15 +405,43 @@ def cmd_calibrate(args) -> None:
                 + (" (--cv writes residuals.jsonl and intervals.toml beside the overlay)."
                    if args.cv else ".")
             )  # fmt: skip
-    report = calibration.fit(
-        args.file,
-        steps=args.steps,
-        progress=render.fit_progress("fit"),
-        checkpoint_dir=storage.cache_dir("calibrate"),
-        warn=render.warn,
-        throttle_s=args.throttle_s,
-        weights=args.weights,
-    )
+
+    def keeps_overlay(problem):  # the shipped overlay is replaced whole: not by a part
+        if args.out or args.dry_run:
+            return
+        missing = calibration.overlay_missing(problem.keys)
+        if missing:
+            raise CliError(
+                f"this fit sets no value for {len(missing)} fields the shipped overlay fits "
+                f"(e.g. {', '.join(missing[:3])}): its rows do not reach them, and writing it "
+                "to configs/calibration/fitted.toml would return them to their priors for every "
+                "run. Give --out PATH to write it elsewhere, --dry-run to see it, or add your "
+                "rows to the shipped ones (emu/data/measurements.jsonl) and fit them all."
+            )
+        if not args.cv:
+            render.warn(
+                "the intervals beside the overlay (intervals.toml, residuals.jsonl) stay those "
+                "of the last `emu calibrate --cv`; add --cv to recalibrate them with this fit"
+            )
+
+    try:
+        report = calibration.fit(
+            args.file,
+            steps=args.steps,
+            progress=render.fit_progress("fit"),
+            checkpoint_dir=storage.cache_dir("calibrate"),
+            warn=render.warn,
+            throttle_s=args.throttle_s,
+            weights=args.weights,
+            min_sources=2 if args.cv else 0,
+            check=keeps_overlay,
+        )
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            "the fit is checkpointed every "
+            f"{calibration.CHECKPOINT_EVERY} steps in {storage.cache_dir('calibrate')}; "
+            "the same command resumes it"
+        ) from None
     cvs = (
         [calibration.cross_validate(report, by=by) for by in ("source", "system")]
         if args.cv
@@ -429,6 +471,13 @@ def cmd_calibrate(args) -> None:
     out["overlay"] = str(path) if path else None
     out["written"] = written
     render.emit(args, out, render.calibrate_text(out, path))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
 
 
 def _check_cv_groups(file) -> None:

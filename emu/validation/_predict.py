@@ -59,6 +59,7 @@ from emu.validation._rows import (
     row_precision,
     row_source,
     row_text,
+    with_field_names,
     with_kind,
     with_moe_keys,
     with_parallel_counts,
@@ -213,8 +214,35 @@ def _largest_fitting(system: System, model: Model, plan: Plan, cap: int, reserve
     return replace(plan, microbatch=jnp.float32(lo), global_batch=plan.dp * jnp.float32(lo))
 
 
+def _check_metric_name(row: dict) -> None:
+    """ValueError for a metric that is another kind's (a train metric on a prefill row) or
+    a misspelling of a modelled one: a row that says what it meant is an error to fix, not
+    a metric emu has yet to model (skipped)."""
+    import difflib
+
+    by_kind = {
+        "train": set(METRICS_TRAIN),
+        "prefill": set(METRICS_INFERENCE),
+        "decode": set(METRICS_INFERENCE),
+        "collective": {*METRICS_ALLREDUCE, *METRICS_MOE_COMM},
+    }
+    metric, kind = row["metric"], row["kind"]
+    if metric in by_kind.get(kind, ()):
+        return
+    other = [k for k, ms in by_kind.items() if metric in ms and k != kind]
+    if other:
+        raise ValueError(
+            f"metric '{metric}' is a {' or '.join(other)} metric, but the row's kind is "
+            f"'{kind}'; fix the kind or the metric (MEASUREMENTS.md)"
+        )
+    near = difflib.get_close_matches(metric, sorted(set().union(*by_kind.values())), 1, 0.85)
+    if near:
+        raise ValueError(f"unknown metric '{metric}'; did you mean '{near[0]}'? (MEASUREMENTS.md)")
+
+
 def _run_item(row: dict, base: dict, system_of) -> Item:
     """The Item of a train/prefill/decode row (NotImplementedError: not modelled yet)."""
+    _check_metric_name(row)
     if row["kind"] not in ("train", "prefill", "decode"):  # a collective's other metrics
         known = sorted({*METRICS_ALLREDUCE, *METRICS_MOE_COMM})
         raise NotImplementedError(
@@ -299,7 +327,7 @@ def prepare_rows(
         row = with_kind(row)  # rows built in code, not read by read_rows: "Train" is train
         row = {**row, "system": _canonical_system(row.get("system"))}
         try:  # "ms" for a time in s: the value in the metric's unit, before it is read
-            row = in_metric_unit(row)
+            row = in_metric_unit(with_field_names(row))
         except ValueError as e:
             failures.append(_failed(_base(row), "error", f"line {row.get('_line')}: {e}"))
             continue
@@ -324,6 +352,15 @@ def prepare_rows(
                 items.append(_run_item(row, base, system_of))
         except NotImplementedError as e:
             failures.append(_failed(base, "skipped", str(e)))
+        except OverflowError as e:  # "1e400 tokens" in the notes: Python's words, then ours
+            failures.append(
+                _failed(
+                    base,
+                    "error",
+                    f"line {row.get('_line')}: a number in the row or its notes is too large "
+                    f"to use ({e}); give counts and sizes as finite numbers",
+                )
+            )
         except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as e:
             failures.append(_failed(base, "error", f"line {row.get('_line')}: {e}"))
     return items, failures

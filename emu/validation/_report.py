@@ -38,8 +38,8 @@ def _scored(base: dict, pred: float, row: dict, **extra) -> dict:
             "predicted": None,
             "abs_pct_error": None,
             "status": "error",
-            "reason": f"line {row.get('_line')}: prediction is not finite "
-            "(inputs outside float32 range)",
+            "reason": f"line {row.get('_line')}: prediction is not finite (an input is zero "
+            "where a size is needed, or outside the float32 range)",
         }
     err = abs(pred - base["measured"]) / base["measured"]
     return {

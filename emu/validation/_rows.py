@@ -267,16 +267,24 @@ def read_rows(path) -> tuple[list[dict], list[dict]]:
         raise ValueError(f"measurement file '{p}' is not UTF-8 text.") from None
     except OSError as e:
         raise ValueError(f"cannot read measurement file '{p}': {e.strerror}.") from None
+    if text.lstrip().startswith("["):  # a JSON array (pretty-printed or not): one hint
+        raise ValueError(
+            f"measurement file '{p}' is a JSON array; emu reads JSON Lines, one row object per "
+            f"line (convert it with: jq -c '.[]' {p} > rows.jsonl)."
+        )
     rows, problems, first_line = [], [], {}
     for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        line = line.removeprefix("\ufeff")  # files joined with `cat`: a BOM inside is no row
         try:
             row = json.loads(line)
         except (RecursionError, ValueError) as e:  # JSONDecodeError is a ValueError
             why = e.msg if isinstance(e, json.JSONDecodeError) else parse_failure(e)
             if why is None:
                 raise
+            if why == "Extra data":  # two objects on one line
+                why = "Extra data: one row object per line"
             problems.append(
                 {"id": f"line {i}", "status": "error", "reason": f"line {i}: invalid JSON ({why})"}
             )
@@ -521,6 +529,96 @@ def with_moe_keys(row: dict) -> dict:
     return {**row, "model": {**row["model"], "moe": out}}
 
 
+#: a row's own fields (MEASUREMENTS.md); others may ride along, but one a letter or two
+#: from a field the row lacks ("paralel") is a misspelling, not metadata
+ROW_KEYS = (
+    "id", "source", "kind", "system", "hardware", "precision", "n_chips", "model", "parallel",
+    "metric", "value", "unit", "confidence", "notes",
+)  # fmt: skip
+PARALLEL_KEYS = (
+    "tp", "pp", "dp", "ep", "etp", "cp", "sp", "zero", "vpp", "microbatch", "global_batch",
+    "recompute",
+)  # fmt: skip
+MODEL_KEYS = (
+    "name", "n_layers", "d_model", "n_heads", "n_kv_heads", "d_ff", "vocab", "seq_len", "moe",
+)  # fmt: skip
+#: the names Megatron flags and Hugging Face configs give those fields, read as the field
+_PARALLEL_ALIASES = {
+    "tensor_model_parallel_size": "tp", "tensor_parallel_size": "tp", "tp_size": "tp",
+    "pipeline_model_parallel_size": "pp", "pipeline_parallel_size": "pp", "pp_size": "pp",
+    "data_parallel_size": "dp", "dp_size": "dp",
+    "expert_model_parallel_size": "ep", "expert_parallel_size": "ep", "ep_size": "ep",
+    "expert_tensor_parallel_size": "etp",
+    "context_parallel_size": "cp", "cp_size": "cp",
+    "sequence_parallel": "sp",
+    "virtual_pipeline_model_parallel_size": "vpp",
+    "micro_batch_size": "microbatch", "micro_batch": "microbatch", "mbs": "microbatch",
+    "global_batch_size": "global_batch", "gbs": "global_batch",
+}  # fmt: skip
+_MODEL_ALIASES = {
+    "num_hidden_layers": "n_layers", "num_layers": "n_layers",
+    "hidden_size": "d_model",
+    "num_attention_heads": "n_heads",
+    "num_key_value_heads": "n_kv_heads", "num_query_groups": "n_kv_heads",
+    "intermediate_size": "d_ff", "ffn_hidden_size": "d_ff",
+    "vocab_size": "vocab",
+    "seq_length": "seq_len", "sequence_length": "seq_len",
+}  # fmt: skip
+
+
+def _did_you_mean(key: str, known) -> str:
+    import difflib
+
+    near = difflib.get_close_matches(key.lower(), known, n=1, cutoff=0.6)
+    return f"; did you mean '{near[0]}'?" if near else "."
+
+
+def _named_block(row: dict, block: str, keys, aliases) -> dict:
+    table = row.get(block)
+    if not isinstance(table, dict) or all(k in keys for k in table):
+        return row
+    out = {}
+    for key, value in table.items():
+        low = str(key).lower()
+        field = low if low in keys else aliases.get(low)
+        if field is None:
+            raise ValueError(
+                f"{block} has an unknown field '{key}'{_did_you_mean(str(key), keys)} "
+                f"Its fields are {', '.join(keys)} (MEASUREMENTS.md)"
+            )
+        if field in out and value is not None and out[field] is not None:
+            if out[field] != value:
+                raise ValueError(
+                    f"{block} gives {field} twice (as '{key}' too), {out[field]!r} and "
+                    f"{value!r}; keep one"
+                )
+            continue
+        if field not in out or out[field] is None:  # a null field is one not stated
+            out[field] = value
+    return {**row, block: out}
+
+
+def with_field_names(row: dict) -> dict:
+    """`row` with its `parallel` and `model` fields under their own names (Megatron's and
+    Hugging Face's names read as the field they name); ValueError for a field of those
+    blocks neither names, a field given twice, or a top-level key that is a misspelling of
+    a field the row lacks ("paralel", "globalbatch" inside parallel is refused above). Keys
+    starting with "_" are the reader's own."""
+    import difflib
+
+    for key in row:
+        if key.startswith("_") or key in ROW_KEYS:
+            continue
+        near = difflib.get_close_matches(key.lower(), ROW_KEYS, n=1, cutoff=0.8)
+        if near and near[0] not in row:
+            raise ValueError(
+                f"unknown field '{key}'; did you mean '{near[0]}'? (a row's fields: "
+                "MEASUREMENTS.md)"
+            )
+    row = _named_block(row, "parallel", PARALLEL_KEYS, _PARALLEL_ALIASES)
+    return _named_block(row, "model", MODEL_KEYS, _MODEL_ALIASES)
+
+
 #: the names a `parallel` count may carry in its value ("TP8", "ep=72", "MBS 2")
 _DEGREE_NAMES = {
     "tp": ("tp",), "pp": ("pp",), "dp": ("dp",), "ep": ("ep",), "cp": ("cp",),
@@ -643,6 +741,17 @@ def in_metric_unit(row: dict) -> dict:
     if want == "%" and _mfu_fraction(unit, value):  # 0.69 for 69%: a percent of 1 or less
         stated = unit or "(no unit: a fraction)"
         return {**row, "value": 100.0 * value, "unit": "%", "_stated": (value, stated)}
+    if want == "%" and isinstance(value, int | float) and not isinstance(value, bool):
+        if value > 100:
+            raise ValueError(
+                f"an MFU is a percentage of the chip's peak, at most 100 (got {value:g} %)"
+            )
+        if 0 < value <= 1:  # stated in %, yet no published run reports 1% or less
+            raise ValueError(
+                f"an MFU of {value:g} % is below any published run's: if {value:g} is a "
+                f"fraction of the peak, give it as {100 * value:g} (%) or with unit "
+                '"fraction"'
+            )
     if not isinstance(unit, str) or want not in _SCALES:
         return row
     if isinstance(value, bool) or not isinstance(value, int | float):
