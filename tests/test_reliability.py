@@ -818,3 +818,38 @@ def test_experiment_scripts_refuse_bad_arguments_in_one_line(
         runpy.run_path(str(root / "experiments" / script), run_name="__main__")
     err = capsys.readouterr().err
     assert e.value.code == 2 and said in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        # the power followed the grid's PUE and the cost the region's, in silence
+        (["--grid", "facility.pue=1.1,1.5", "--region", "us_iowa", "--free", "tp"],
+         "a --grid of facility.pue would price every point at the region's"),
+        # the grid replaced the --set value in silence
+        (["--set", "chip.tdp_w=500", "--grid", "chip.tdp_w=700", "--free", "tp"],
+         "--set chip.tdp_w and --grid chip.tdp_w both give it"),
+        (["--grid", "tiers.nvlink.domain_chips=8", "--grid", "domain=4,8", "--free", "tp"],
+         "both set the scale-up domain"),
+        # a knob the model or the phase does not have: 1 configuration, then "no feasible"
+        (["--free", "ep"], "--free ep needs an MoE model (llama3_8b is dense)"),
+        (["--phase", "decode", "--free", "pp"], "--free pp varies a knob decode plans do not have"),
+    ],
+)  # fmt: skip
+def test_sweep_refuses_what_it_would_ignore(capsys, args, needle):
+    """Session 42's red team: each ran, some with a wrong answer."""
+    _one_line(capsys, ["sweep", "--system", "dgx_h100", "--model", "llama3_8b", *args], needle)
+
+
+def test_an_interrupted_sweep_says_its_chunks_are_kept_and_how_to_resume(capsys, monkeypatch):
+    import emu.cli as cli
+    import emu.search
+
+    def interrupted(*a, **k):
+        raise cli._Terminated()
+
+    monkeypatch.setattr(emu.search, "sweep", interrupted)
+    code = main(["sweep", "--system", "dgx_h100", "--model", "llama3_8b", "--free", "tp"])
+    err = capsys.readouterr().err
+    assert code == 143 and err.startswith("emu: terminated: the finished chunks are kept")
+    assert "the same command resumes" in err and err.count("\n") == 1

@@ -14,7 +14,9 @@ Parts: `_parser` (the flags), `_commands` and `_search_commands` (flags -> libra
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import warnings
 
@@ -130,6 +132,31 @@ def main(argv: list[str] | None = None) -> int:
     (a metric emu does not model) 1)."""
     own_process = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
+    if own_process:  # SIGTERM as an interrupt: temporary files go, what was kept is said
+        signal.signal(signal.SIGTERM, _terminated)
+    try:
+        status = _main(argv, own_process)
+    except KeyboardInterrupt as e:  # a command may say what was kept and how to resume
+        terminated = isinstance(e, _Terminated)
+        what = "terminated" if terminated else "interrupted"
+        print(f"emu: {what}{': ' + _first_line(e) if str(e) else ''}", file=sys.stderr)
+        status = 143 if terminated else 130
+        if own_process:  # XLA's compiler threads may still run: skip the teardown they crash
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os._exit(status)
+    return status
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is (`_terminated`)."""
+
+
+def _terminated(signum, frame):
+    raise _Terminated()
+
+
+def _main(argv: list[str], own_process: bool) -> int:
     try:
         _choose_backend(argv, own_process=own_process)
         _backend.aot_from_env()
@@ -169,7 +196,4 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except SystemExit as e:  # --help, --version
         return e.code if isinstance(e.code, int) else 0
-    except KeyboardInterrupt as e:  # a command may say what was kept and how to resume
-        print(f"emu: interrupted{': ' + _first_line(e) if str(e) else ''}", file=sys.stderr)
-        return 130
     return status or 0

@@ -436,8 +436,8 @@ def cmd_calibrate(args) -> None:
             min_sources=2 if args.cv else 0,
             check=keeps_overlay,
         )
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(
+    except KeyboardInterrupt as e:
+        raise type(e)(  # SIGTERM stays a termination
             "the fit is checkpointed every "
             f"{calibration.CHECKPOINT_EVERY} steps in {storage.cache_dir('calibrate')}; "
             "the same command resumes it"

@@ -144,6 +144,12 @@ def with_region(args, system):
             "with --region the PUE is the region's (it replaces the system's facility.pue); "
             "write --set region.pue=V instead of facility.pue."
         )
+    if any(item.partition("=")[0].strip() == "facility.pue" for item in getattr(args, "grid", [])):
+        raise ValueError(  # the power would follow the grid and the cost the region's PUE
+            "with --region the PUE is the region's (it replaces the system's facility.pue); "
+            "a --grid of facility.pue would price every point at the region's. Sweep the PUE "
+            "without --region, or compare regions one run each."
+        )
     return C.with_region_pue(system, r)
 
 

@@ -130,6 +130,15 @@ def _grid(args, system) -> dict:
             text = str(e) if "--grid" in str(e) else f"--grid {name}: {e}"
             raise CliError(text) from None
         grid[name] = [float(v) for v in parsed]
+    given = {item.partition("=")[0].strip() for item in args.set}
+    twice = sorted(given & set(grid))
+    if twice:  # the grid replaced the --set value in silence
+        raise CliError(f"--set {twice[0]} and --grid {twice[0]} both give it; drop one of them.")
+    domains = sorted(k for k in {*given, *grid} if k.endswith(".domain_chips"))
+    if "domain" in grid and domains:  # `domain` sets the scale-up domain's chips itself
+        raise CliError(
+            f"--grid domain and {domains[0]} both set the scale-up domain; drop one of them."
+        )
     if "n_chips" in grid:  # the system's size; the chips a plan uses are --chips
         raise CliError(
             f"--grid n_chips would not change the chips searched ({args.command} uses --chips); "
@@ -202,6 +211,17 @@ def search_setup(args):
                 f"{' and '.join(given)} needs an MoE model ({model.name} is dense); drop it."
             )
     free, fixed = _free_and_fixed(args)
+    if args.free is not None:  # a knob the phase or the model ignores varies nothing
+        knobs = {k.name: k for k in plan_knobs(searchable=True)}
+        idle = [k for k in free if k != "microbatch" and not knobs[k].applies_to(args.phase)]
+        if idle:
+            raise CliError(
+                f"--free {idle[0]} varies a knob {args.phase} plans do not have (it applies "
+                f"to {'/'.join(knobs[idle[0]].phases)} plans); drop it from --free."
+            )
+        moe = [k for k in free if k in ("ep", "etp")]
+        if moe and float(model.n_experts) == 0:
+            raise CliError(f"--free {moe[0]} needs an MoE model ({model.name} is dense); drop it.")
     if args.phase != "train" and args.free is not None and "microbatch" not in free + tuple(fixed):
         # the batch per DP rank is the lever of serving: left at the base plan's 1 it made
         # `--free tp` report a best 12x below what the SLO allows, without a word
@@ -363,26 +383,38 @@ def cmd_sweep(args) -> None:
     # merge's columns alone and its top and Pareto rows evaluated in full (`FILL_MIN`)
     size = Space(system, model, problem, grid).size
     lean = out is None and nproc == 1 and size >= FILL_MIN
-    res = sweep(
-        system,
-        model,
-        problem,
-        base,
-        grid=grid,
-        top=args.top,
-        chunk=args.chunk,
-        process_id=pid,
-        num_processes=nproc,
-        progress=render.sweep_progress(),
-        warn=render.warn,
-        throttle_s=args.throttle_s,
-        columns=MERGE_COLUMNS if lean else None,
-        fill=lean,
-    )
+    try:
+        res = sweep(
+            system,
+            model,
+            problem,
+            base,
+            grid=grid,
+            top=args.top,
+            chunk=args.chunk,
+            process_id=pid,
+            num_processes=nproc,
+            progress=render.sweep_progress(),
+            warn=render.warn,
+            throttle_s=args.throttle_s,
+            columns=MERGE_COLUMNS if lean else None,
+            fill=lean,
+        )
+    except KeyboardInterrupt as e:  # say what is kept (its finished chunks) and how to go on
+        raise type(e)(  # SIGTERM stays a termination
+            f"the finished chunks are kept under {base}; the same command resumes from them"
+        ) from None
     if pid != 0:
         return
     if out:
-        write_table(res, out)
+        try:
+            write_table(res, out)
+        except KeyboardInterrupt as e:
+            raise type(e)(  # SIGTERM stays a termination
+                f"'{out}' was not written (an earlier file there is unchanged); the sweep's "
+                f"chunks are kept under {base}, so the same command writes it without "
+                "recomputing"
+            ) from None
     res.remove_parts()  # only a killed sweep needs its chunks
     if out:
         _remove_if_empty(base)
