@@ -834,6 +834,9 @@ def test_experiment_scripts_refuse_bad_arguments_in_one_line(
         # a knob the model or the phase does not have: 1 configuration, then "no feasible"
         (["--free", "ep"], "--free ep needs an MoE model (llama3_8b is dense)"),
         (["--phase", "decode", "--free", "pp"], "--free pp varies a knob decode plans do not have"),
+        # the one fixed knob that leaves no plan, with its rule (one generic message before)
+        (["--microbatch", "3"], "microbatch = 3 admits none (it must divide global batch / dp)"),
+        (["--phase", "decode", "--batch", "3"], "the batch per DP rank = 3 admits none"),
     ],
 )  # fmt: skip
 def test_sweep_refuses_what_it_would_ignore(capsys, args, needle):
@@ -853,3 +856,15 @@ def test_an_interrupted_sweep_says_its_chunks_are_kept_and_how_to_resume(capsys,
     err = capsys.readouterr().err
     assert code == 143 and err.startswith("emu: terminated: the finished chunks are kept")
     assert "the same command resumes" in err and err.count("\n") == 1
+
+
+def test_compare_shows_a_system_that_misses_the_slo_beside_the_others(capsys):
+    """It stopped at the first system no batch of which meets the SLO, and the others'
+    results were never shown (red team, session 42)."""
+    args = ["compare", "--systems", "gb200_nvl72,dgx_a100", "--model", "llama3_405b",
+            "--chips", "8", "--phase", "decode", "--json"]  # fmt: skip
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out)["results"]
+    assert [r["feasible"] for r in res] == [True, False]
+    assert any("no batch meets the SLO" in n and "batch 1" in n for n in res[1]["notes"])
+    _one_line(capsys, args[:2] + ["dgx_a100"] + args[3:-1], "no batch meets the TPOT SLO")

@@ -5,6 +5,7 @@ emu.cli._render."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from emu.cli import _render as render
 from emu.cli import _render_catalog as render_catalog
 from emu.cli._parser import CliError
 from emu.cli._setup import (
+    SloMissed,
     load_model,
     mtp_note,
     overrides,
@@ -248,6 +250,12 @@ def cmd_compare(args) -> None:
         with render.working(_compiling(name, args.model)):
             try:
                 results.append(_priced_run(args, name))
+            except SloMissed as e:  # one system misses the SLO: the others' results stand
+                if len(names) < 2:
+                    raise
+                one = _priced_run(argparse.Namespace(**{**vars(args), "batch": 1}), name)
+                one["notes"] = [*one["notes"], f"no batch meets the SLO ({e}); shown at batch 1"]
+                results.append(one)
             except ValueError as e:  # say which of the compared systems it is
                 if len(names) < 2 or str(e).startswith(f"{name}:"):
                     raise

@@ -286,7 +286,7 @@ def setup(args, system_name: str) -> Setup:
                 expert_ranks="--expert-ranks",
                 degrees=" or ".join(f"--{d}" for d in e.degrees),
             )  # fmt: skip
-            raise CliError(f"{e.detail}; {fixes}.") from None
+            raise (SloMissed if e.reason == "slo" else CliError)(f"{e.detail}; {fixes}.") from None
         if int(float(chosen.tp)) != int(float(plan.tp)):
             notes.append(
                 f"tp={int(float(chosen.tp))}: at tp={int(float(plan.tp))} even batch 1 misses "
@@ -312,6 +312,11 @@ def idle_flag_notes(args, plan: Plan) -> list[str]:
         what = "tp=1 serving" if plan.phase != "train" else "tp=dp=cp=1"
         notes.append(f"--algorithm has no effect: a {what} plan runs no all-reduce")
     return notes
+
+
+class SloMissed(CliError):
+    """No serving batch meets the SLO on the system (`compare` shows such a system as an
+    infeasible column at batch 1 instead of dropping the others' results)."""
 
 
 def serving_fixes(

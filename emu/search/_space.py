@@ -124,6 +124,59 @@ def enumerate_plans(system: System, model: Model, problem: Problem) -> np.ndarra
     (prefill) or 4096 (decode); pp = cp = vpp = 1, no ZeRO, recompute or SP.
     Knobs that are not free take their fixed value. Each chip count of the problem adds its
     plans."""
+    rows = _plan_rows(system, model, problem)
+    if not rows:
+        raise ValueError(_no_plan_reason(system, model, problem))
+    return np.asarray(rows, np.float32)
+
+
+#: what a fixed knob must satisfy (`enumerate_plans`), by phase kind
+_KNOB_RULES = {
+    ("tp", "train"): "divide the heads (and the KV heads, or be divided by them) and the "
+    "chips, within the scale-up domain",
+    ("pp", "train"): "divide the layers and chips / (tp x cp)",
+    ("cp", "train"): "divide the sequence length (at most 16) and chips / tp",
+    ("vpp", "train"): "divide layers / pp (and be 1 without a pipeline)",
+    ("microbatch", "train"): "divide global batch / dp",
+    ("ep", "train"): "divide the experts and tp x dp x cp",
+    ("tp", "serve"): "divide the heads (and the KV heads, or be divided by them) and the "
+    "chips, within the scale-up domain",
+    ("ep", "serve"): "divide the experts and the chips",
+    ("microbatch", "serve"): "be a power of two, up to 64 in prefill and 4096 in decode",
+}
+
+
+def _no_plan_reason(system: System, model: Model, problem: Problem) -> str:
+    """Why no plan is valid: the one fixed knob that, left free, admits plans (with the
+    rule it breaks), else the general rules."""
+    head = (
+        f"no valid plan for {problem.chips} chips of {problem.system} and {problem.model} "
+        "with the fixed knobs"
+    )
+    kind = "train" if problem.phase == "train" else "serve"
+    for name, value in problem.fixed:
+        if (name, kind) not in _KNOB_RULES:
+            continue
+        freed = replace(
+            problem,
+            fixed=tuple(kv for kv in problem.fixed if kv[0] != name),
+            free=None if problem.free is None else (*problem.free, name),
+        )
+        if _plan_rows(system, model, freed):
+            label = "the batch per DP rank" if (name, kind) == ("microbatch", "serve") else name
+            return (
+                f"{head}: {label} = {value:g} admits none (it must "
+                f"{_KNOB_RULES[name, kind]}); change or drop it."
+            )
+    return (
+        f"{head}; check the chip count, the sequence length and the fixed degrees (degrees "
+        "must divide the heads, layers and experts; a training micro-batch must divide the "
+        "global batch / dp; a serving batch is a power of two, up to 64 in prefill and 4096 "
+        "in decode)."
+    )
+
+
+def _plan_rows(system: System, model: Model, problem: Problem) -> list:
     check_problem(system, problem, model)
     heads, kv = int(model.n_heads), int(model.n_kv_heads)
     dies = int(round(float(system.chip.dies_per_chip)))  # plans count ranks (dies)
@@ -141,14 +194,7 @@ def enumerate_plans(system: System, model: Model, problem: Problem) -> np.ndarra
                 rows += _serving_rows(problem, chips, tp, int(model.n_experts))
             else:
                 rows += _training_rows(problem, model, chips, tp)
-    if not rows:
-        raise ValueError(
-            f"no valid plan for {problem.chips} chips of {problem.system} and {problem.model} "
-            "with the fixed knobs; check the chip count, the sequence length and the fixed "
-            "degrees (degrees must divide the heads, layers and experts; batches are powers "
-            "of two, up to 64 in prefill and 4096 in decode)."
-        )
-    return np.asarray(rows, np.float32)
+    return rows
 
 
 def global_batch(problem: Problem, dp: np.ndarray, mb: np.ndarray) -> np.ndarray:
