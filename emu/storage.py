@@ -202,7 +202,7 @@ def table_writer(
         out[~np.isfinite(col)] = ""
         return out
 
-    with atomic_write(path, "w") as fh:
+    with atomic_write(path, "w") as fh, _signals_between_blocks() as pending:
         fh.write(",".join(header) + "\n")
 
         def write(block: np.ndarray) -> None:
@@ -211,8 +211,48 @@ def table_writer(
                 pairs = enumerate(zip(header, kinds, strict=True))
                 cols = [text(part[:, j], h, k) for j, (h, k) in pairs]
                 fh.write("\n".join(",".join(row) for row in zip(*cols, strict=True)) + "\n")
+                pending()
 
         yield write
+
+
+@contextlib.contextmanager
+def _signals_between_blocks():
+    """SIGINT and SIGTERM held while a block is formatted and raised between blocks (by
+    the handler they had): NumPy's element-wise string formatting loses an exception raised
+    inside it, so a Ctrl-C during a large CSV write went unheard (red team, session 42).
+    Yields `pending()`, which re-delivers a held signal. Outside the main thread: nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    held: list[int] = []
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.getsignal(s) for s in sigs}
+
+    def hold(signum, frame):
+        held.append(signum)
+
+    def pending() -> None:
+        if held:
+            signum = held[0]
+            for s in sigs:
+                signal.signal(s, old[s])
+            handler = old[signum]
+            if callable(handler):
+                handler(signum, None)
+            signal.raise_signal(signum)  # the default action (SIG_DFL) or none (SIG_IGN)
+
+    for s in sigs:
+        signal.signal(s, hold)
+    try:
+        yield pending
+        pending()
+    finally:
+        for s in sigs:
+            signal.signal(s, old[s])
 
 
 def _labelled(col: np.ndarray, names: dict) -> np.ndarray:

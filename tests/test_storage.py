@@ -204,3 +204,24 @@ def test_compilation_cache_keeps_a_folder_jax_was_given(tmp_path, monkeypatch):
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xdg" / "emu" / "jax")
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_a_ctrl_c_during_a_csv_write_is_heard_between_blocks(tmp_path):
+    """NumPy's element-wise formatting lost a KeyboardInterrupt raised inside it, so a large
+    sweep's CSV write ignored Ctrl-C (red team, session 42): the signal is now held while a
+    block is formatted and raised after it; the file is not written, no temporary is left."""
+    import os
+    import signal
+
+    from emu.storage import table_writer
+
+    path = tmp_path / "t.csv"
+    block = np.arange(12.0).reshape(4, 3)
+    with pytest.raises(KeyboardInterrupt):
+        with table_writer(path, ["a", "b", "c"]) as write:
+            write(block)
+            os.kill(os.getpid(), signal.SIGINT)  # held: nothing is raised here
+            write(block)  # raised after this block
+            raise AssertionError("the held interrupt was not raised")
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
