@@ -837,6 +837,9 @@ def test_experiment_scripts_refuse_bad_arguments_in_one_line(
         # the one fixed knob that leaves no plan, with its rule (one generic message before)
         (["--microbatch", "3"], "microbatch = 3 admits none (it must divide global batch / dp)"),
         (["--phase", "decode", "--batch", "3"], "the batch per DP rank = 3 admits none"),
+        # accepted and ignored
+        (["--free", "tp", "--overwrite"], "--overwrite replaces the file at --out; give --out"),
+        (["--free", "tp", "--coordinator-timeout", "5"], "--coordinator-timeout bounds the wait"),
     ],
 )  # fmt: skip
 def test_sweep_refuses_what_it_would_ignore(capsys, args, needle):

@@ -50,6 +50,12 @@ def processes(args) -> tuple[int, int]:
         raise CliError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers.") from None
     if nproc < 1 or not 0 <= pid < nproc:
         raise CliError(f"--process-id must be in [0, {nproc}) (got {pid}).")
+    if nproc == 1 and args.coordinator_timeout is not None:  # accepted and ignored
+        raise CliError(
+            "--coordinator-timeout bounds the wait for the processes of a sweep of several; "
+            "give --num-processes N (N > 1), or drop it."
+        )
+    wait_s = args.coordinator_timeout or 120
     if nproc == 1 and args.coordinator:  # it was accepted and ignored
         raise CliError(
             "--coordinator joins a sweep of several processes; give --num-processes N (N > 1) "
@@ -64,10 +70,10 @@ def processes(args) -> tuple[int, int]:
         if pid == 0:
             _check_bindable(coord, port)
         else:  # jax aborts the process (C++) when the coordinator never answers
-            _wait_for_coordinator(coord, host, port, args.coordinator_timeout)
+            _wait_for_coordinator(coord, host, port, wait_s)
         import jax
 
-        timeout = args.coordinator_timeout
+        timeout = wait_s
         # jax aborts the process (C++, a stack trace) when the wait runs out: a watchdog
         # ends it first with one line; jax's own limit is a little later
         watchdog = _watchdog(coord, pid, nproc, timeout)
@@ -81,7 +87,7 @@ def processes(args) -> tuple[int, int]:
         except Exception as e:  # noqa: BLE001 - jax raises several types; one line for all
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise CliError(
-                f"cannot reach the coordinator {coord} within {args.coordinator_timeout} s "
+                f"cannot reach the coordinator {coord} within {wait_s} s "
                 f"({first}); start every process, or raise --coordinator-timeout."
             ) from None
         finally:

@@ -516,7 +516,7 @@ def _add_search_commands(sub) -> None:
     p.add_argument(
         "--coordinator-timeout",
         type=positive_int,
-        default=120,
+        default=None,
         metavar="S",
         help="seconds to wait for all processes to connect (default 120)",
     )

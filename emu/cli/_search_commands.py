@@ -186,6 +186,8 @@ def search_setup(args):
     out = None
     if args.out is not None and not args.out.strip():  # "" wrote nothing, silently
         raise CliError("--out is empty; give a file name (.csv or .parquet).")
+    if args.overwrite and not args.out:  # it was accepted and ignored
+        raise CliError("--overwrite replaces the file at --out; give --out, or drop --overwrite.")
     if args.out:
         out = storage.check_output_path(args.out, suffixes=_OUT_SUFFIXES, what="--out")
         if out.exists() and not args.overwrite:  # an earlier run's results: not lost silently
