@@ -234,7 +234,8 @@ def run(system: System, model: Model, plan: Plan, *, check: bool = True) -> dict
     turns it off to show the report's own plan as predicted) and return the `run` JSON
     object: system,
     model, phase, plan, every RunResult field (ttft_s only in prefill, tpot_s only in decode;
-    None elsewhere), `interval` (the 80% intervals of tokens_per_s and step_time_s, see
+    None elsewhere), `interval` (the 80% intervals of tokens_per_s, step_time_s and
+    tokens_per_joule, see
     `interval`), backend ("jax", or "numpy": evaluated without compiling, `emu._backend`),
     compile_s and eval_s."""
     from emu.policy import check_plan, check_result  # host layer below analysis
@@ -267,8 +268,12 @@ def run(system: System, model: Model, plan: Plan, *, check: bool = True) -> dict
         "phase": plan.phase,
         "plan": plan_dict(plan),
         **d,
-        "interval": intervals(
-            {"tokens_per_s": d["tokens_per_s"], "step_time_s": d["step_time_s"]},
+        "interval": intervals(  # tokens/J shares the throughput's band (power is modelled)
+            {
+                "tokens_per_s": d["tokens_per_s"],
+                "step_time_s": d["step_time_s"],
+                "tokens_per_joule": d["tokens_per_joule"],
+            },
             group,
             uncalibrated=tuple(catalog_uncalibrated(system)),
         ),

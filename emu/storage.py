@@ -235,24 +235,25 @@ def _signals_between_blocks():
     def hold(signum, frame):
         held.append(signum)
 
-    def pending() -> None:
+    def restore() -> None:
+        for s in sigs:
+            signal.signal(s, old[s])
+
+    def pending() -> None:  # the first held signal, once, to the handler it had
         if held:
             signum = held[0]
-            for s in sigs:
-                signal.signal(s, old[s])
-            handler = old[signum]
-            if callable(handler):
-                handler(signum, None)
-            signal.raise_signal(signum)  # the default action (SIG_DFL) or none (SIG_IGN)
+            held.clear()
+            restore()
+            signal.raise_signal(signum)
 
     for s in sigs:
         signal.signal(s, hold)
     try:
         yield pending
-        pending()
     finally:
-        for s in sigs:
-            signal.signal(s, old[s])
+        restore()
+        if held:  # one that came after the last block, or while unwinding
+            signal.raise_signal(held[0])
 
 
 def _labelled(col: np.ndarray, names: dict) -> np.ndarray:

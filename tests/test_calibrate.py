@@ -778,6 +778,10 @@ def test_a_fit_that_reaches_fewer_fields_does_not_replace_the_shipped_overlay(
     err = capsys.readouterr().err
     assert code == 2 and "fields the shipped overlay fits" in err and "--out" in err, err
     assert shipped.read_text() == before
+    # naming the shipped file with --out is the same write (the review)
+    code = main(["calibrate", str(rows), "--steps", "2", "--out", str(shipped), "--overwrite"])
+    assert code == 2 and "fields the shipped overlay fits" in capsys.readouterr().err
+    assert shipped.read_text() == before
     missing = emu.calibration.overlay_missing(small_fit[0].problem.keys, shipped)
     assert missing and all("." in m for m in missing)
     assert emu.calibration.overlay_missing(small_fit[0].problem.keys, tmp_path / "no.toml") == []
@@ -802,10 +806,18 @@ def test_an_interrupted_fit_says_it_resumes(tmp_path, capsys, monkeypatch):
     import emu.calibration
     from emu.cli import main
 
-    def interrupted(*a, **k):
+    def interrupted(*a, check=None, **k):
+        check(None)  # the rows are read; the first step is next
+        raise KeyboardInterrupt
+
+    def early(*a, **k):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(emu.calibration, "fit", interrupted)
     assert main(["calibrate", "--dry-run", "--steps", "5"]) == 130
     err = capsys.readouterr().err
     assert "checkpointed" in err and "the same command resumes it" in err and err.count("\n") == 1
+    monkeypatch.setattr(emu.calibration, "fit", early)  # while the rows are read
+    assert main(["calibrate", "--dry-run", "--steps", "5"]) == 130
+    err = capsys.readouterr().err
+    assert "before the fit's first step; nothing was written" in err and "checkpoint" not in err

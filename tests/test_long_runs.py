@@ -107,3 +107,24 @@ def test_smooth_variants_agree_with_exact_where_smooth_and_have_finite_gradients
     ):
         g = jax.vmap(jax.grad(f))(jnp.asarray([0.0, 1.0, 2.0, -1e-7], jnp.float32))
         assert np.isfinite(np.asarray(g)).all()
+
+
+def test_a_terminated_sweep_says_so_and_leaves_no_temporary_file(tmp_path, shared_jax_cache):
+    """SIGTERM was silent (exit 143 with nothing said) and left `.tmp` files beside --out
+    (red team, session 42): it is now an interrupt that unwinds, says what was kept, and
+    ends with 143."""
+    env = shared_jax_cache(tmp_path / "cache")
+    out = tmp_path / "s.csv"
+    cmd = [sys.executable, "-m", "emu", "sweep", "--system", "dgx_h100", "--model",
+           "llama3_8b", "--chips", "8,16,32", "--chunk", "64", "--throttle-s", "0.3",
+           "--out", str(out)]  # fmt: skip
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parts = tmp_path / "s.csv.parts"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(parts.rglob("chunk-*.npz")):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("emu: terminated: the finished chunks")
+    assert not out.exists() and not list(tmp_path.rglob("*.tmp"))

@@ -871,3 +871,37 @@ def test_compare_shows_a_system_that_misses_the_slo_beside_the_others(capsys):
     assert [r["feasible"] for r in res] == [True, False]
     assert any("no batch meets the SLO" in n and "batch 1" in n for n in res[1]["notes"])
     _one_line(capsys, args[:2] + ["dgx_a100"] + args[3:-1], "no batch meets the TPOT SLO")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["search", "--gpus", "64"], "unrecognized arguments: --gpus 64; did you mean --chips?"),
+        (["run", "--tpot_slo", "1"], "did you mean --tpot-slo?"),
+        (["run", "--objective", "x"], "--objective is a flag of emu search and emu sweep"),
+    ],
+)
+def test_an_unknown_flag_names_the_flag_meant(capsys, args, needle):
+    """A flag guessed from other tools got "unrecognized arguments" alone (a newcomer's
+    walk through the README, session 42)."""
+    _one_line(capsys, args, needle)
+
+
+def test_compare_gives_the_ratio_to_the_first_system_with_its_band(capsys):
+    """The study's question (which system gives more tokens per joule, with error bars) had
+    to be worked out by hand from two intervals (session 42's newcomer)."""
+    assert main(["compare", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    a, b = d["results"]
+    for r in (a, b):
+        iv = r["interval"]["tokens_per_joule"]
+        assert iv["low"] < r["tokens_per_joule"] < iv["high"]
+    (ratio,) = d["ratios"]
+    tpj = ratio["tokens_per_joule"]
+    assert ratio["system"] == b["system"] and ratio["to"] == a["system"]
+    assert tpj["value"] == pytest.approx(b["tokens_per_joule"] / a["tokens_per_joule"])
+    ia, ib = a["interval"]["tokens_per_joule"], b["interval"]["tokens_per_joule"]
+    assert tpj["low"] == pytest.approx(ib["low"] / ia["high"])
+    assert tpj["high"] == pytest.approx(ib["high"] / ia["low"])
+    assert main(["compare"]) == 0
+    assert "tokens/J [80% band]" in capsys.readouterr().out

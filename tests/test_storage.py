@@ -225,3 +225,22 @@ def test_a_ctrl_c_during_a_csv_write_is_heard_between_blocks(tmp_path):
             raise AssertionError("the held interrupt was not raised")
     assert not path.exists() and list(tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_held_signal_reaches_its_handler_once(tmp_path):
+    """The first version re-delivered a held signal twice per block (the review)."""
+    import os
+    import signal
+
+    from emu.storage import table_writer
+
+    calls = []
+    old = signal.signal(signal.SIGTERM, lambda s, f: calls.append(s))
+    try:
+        with table_writer(tmp_path / "t.csv", ["a"]) as write:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(3):
+                write(np.ones((2, 1)))
+        assert calls == [signal.SIGTERM] and (tmp_path / "t.csv").exists()
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -132,19 +132,24 @@ def main(argv: list[str] | None = None) -> int:
     (a metric emu does not model) 1)."""
     own_process = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
-    if own_process:  # SIGTERM as an interrupt: temporary files go, what was kept is said
-        signal.signal(signal.SIGTERM, _terminated)
+    old_term = _catch_sigterm() if own_process else None
     try:
         status = _main(argv, own_process)
     except KeyboardInterrupt as e:  # a command may say what was kept and how to resume
         terminated = isinstance(e, _Terminated)
+        if "emu.cli._progress" in sys.modules:  # the bar or spinner gives back the terminal
+            sys.modules["emu.cli._progress"].stop_all()
         what = "terminated" if terminated else "interrupted"
         print(f"emu: {what}{': ' + _first_line(e) if str(e) else ''}", file=sys.stderr)
         status = 143 if terminated else 130
         if own_process:  # XLA's compiler threads may still run: skip the teardown they crash
-            with contextlib.suppress(Exception):
-                sys.stderr.flush()
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
             os._exit(status)
+    finally:
+        if old_term is not None:  # not beyond main(): the interpreter's teardown is not ours
+            signal.signal(signal.SIGTERM, old_term)
     return status
 
 
@@ -154,6 +159,45 @@ class _Terminated(KeyboardInterrupt):
 
 def _terminated(signum, frame):
     raise _Terminated()
+
+
+#: seconds a SIGTERM waits for the program to unwind (temporary files removed, what was
+#: kept said) before the process ends anyway: the main thread may be inside XLA or a wait,
+#: where no Python handler runs
+TERM_GRACE_S = 5.0
+
+
+def _catch_sigterm():
+    """SIGTERM as an interrupt (`_Terminated`), with a watchdog thread woken by the signal
+    itself (`signal.set_wakeup_fd`) that ends the process after TERM_GRACE_S if it has not
+    unwound by then. Returns the previous handler."""
+    import threading
+    import time
+
+    old = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except (OSError, ValueError):  # not the main thread, or no pipe: the handler alone
+        return old
+
+    def watch():
+        while True:
+            try:
+                data = os.read(r, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            if signal.SIGTERM in data:
+                time.sleep(TERM_GRACE_S)
+                with contextlib.suppress(Exception):
+                    print("emu: terminated", file=sys.stderr, flush=True)
+                os._exit(143)
+
+    threading.Thread(target=watch, name="emu-sigterm", daemon=True).start()
+    return old
 
 
 def _main(argv: list[str], own_process: bool) -> int:

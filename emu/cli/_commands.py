@@ -261,19 +261,52 @@ def cmd_compare(args) -> None:
                     raise
                 raise ValueError(f"{name}: {e}") from None
     names = render.column_names(results)
+    ratios = _ratios(results, names)
     render.emit(
-        args, {"results": results}, render.run_text(results) + cost_flags.text(results, names)
+        args,
+        {"results": results, "ratios": ratios},
+        render.run_text(results)
+        + cost_flags.text(results, names)
+        + render.ratios_text(ratios, names[0]),
     )
 
 
+def _ratios(results: list[dict], names: list[str]) -> list[dict]:
+    """Each other system against the first (`compare`): the ratio of tokens/s and tokens/J
+    with its 80% band, the two systems' intervals at opposite ends (each prediction's
+    interval, not a band of the ratio itself: conservative), as the study reports them."""
+    out = []
+    a = results[0]
+    for b, name in zip(results[1:], names[1:], strict=True):
+        if not (a["feasible"] and b["feasible"]):
+            continue
+        row = {"system": name, "to": names[0]}
+        for key in ("tokens_per_s", "tokens_per_joule"):
+            ia, ib = (r.get("interval", {}).get(key) or {} for r in (a, b))
+            value = b[key] / a[key] if a[key] else None
+            ends = (ia.get("low"), ia.get("high"), ib.get("low"), ib.get("high"))
+            low = ends[2] / ends[1] if None not in ends and ends[1] else None
+            high = ends[3] / ends[0] if None not in ends and ends[0] else None
+            row[key] = {"value": value, "low": low, "high": high}
+        out.append(row)
+    return out
+
+
 def _priced_run(args, name: str) -> dict:
-    """`evaluated` on one system, with its cost block under --region."""
+    """`evaluated` on one system, with its cost block under --region (and the 80% band of
+    its USD per M tokens: cost per token goes as 1 / throughput, power being modelled)."""
     s = setup(args, name)
     price = cost_flags.pricing(args, s.system)
     r = evaluated(args, s)
     if price:
         r |= analysis.cost_block(s.system, r, *price)
         r["notes"] += cost_flags.notes(args, s.system, price[0])
+        iv = (r.get("interval") or {}).get("tokens_per_s") or {}
+        usd, tps = r.get("usd_per_mtoken"), r["tokens_per_s"]
+        if usd and iv.get("low") and iv.get("high"):
+            r["interval"]["usd_per_mtoken"] = {
+                **iv, "low": usd * tps / iv["high"], "high": usd * tps / iv["low"]
+            }  # fmt: skip
     return r
 
 
@@ -414,8 +447,12 @@ def cmd_calibrate(args) -> None:
                    if args.cv else ".")
             )  # fmt: skip
 
+    started = []
+
     def keeps_overlay(problem):  # the shipped overlay is replaced whole: not by a part
-        if args.out or args.dry_run:
+        started.append(True)  # the rows are read; the steps (and checkpoints) follow
+        shipped = calibration.overlay_path()
+        if args.dry_run or (args.out and not _same_file(Path(args.out), shipped)):
             return
         missing = calibration.overlay_missing(problem.keys)
         if missing:
@@ -445,6 +482,8 @@ def cmd_calibrate(args) -> None:
             check=keeps_overlay,
         )
     except KeyboardInterrupt as e:
+        if not started:  # still reading the rows: nothing to keep
+            raise type(e)("before the fit's first step; nothing was written") from None
         raise type(e)(  # SIGTERM stays a termination
             "the fit is checkpointed every "
             f"{calibration.CHECKPOINT_EVERY} steps in {storage.cache_dir('calibrate')}; "

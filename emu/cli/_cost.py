@@ -219,6 +219,12 @@ def _usd(x) -> str:
     return "-" if x is None else f"{x:.4g}"
 
 
+def _usd_band(iv: dict | None) -> str:
+    if not iv or iv.get("low") is None:
+        return "-"
+    return f"{'~' if iv.get('extrapolation') else ''}[{_usd(iv['low'])} - {_usd(iv['high'])}]"
+
+
 def text(results: list[dict], names: list[str] | None = None) -> str:
     """The cost table of priced results (one column each): USD per M tokens with its
     capital/energy split, USD per hour by part, energy share; '' when none is priced."""
@@ -230,6 +236,10 @@ def text(results: list[dict], names: list[str] | None = None) -> str:
     all_in = any(c["mode"] == "all-in" for c in cs)
     rows = [
         ["USD per M tokens", *[_usd(r["usd_per_mtoken"]) for r in priced]],
+        [
+            "  80% interval",
+            *[_usd_band((r.get("interval") or {}).get("usd_per_mtoken")) for r in priced],
+        ],  # fmt: skip
         ["  capital (hardware + facility)", *[_usd(c["capital_usd_per_mtoken"]) for c in cs]],
         ["  energy", *[_usd(c["energy_usd_per_mtoken"]) for c in cs]],
     ]
@@ -246,7 +256,7 @@ def text(results: list[dict], names: list[str] | None = None) -> str:
     rows += [
         ["energy share", *[f"{100 * c['energy_share']:.1f}%" for c in cs]],
         ["electricity (USD/kWh)", *[f"{c['electricity_usd_per_kwh']:.4g}" for c in cs]],
-        ["capital (USD, build-up)", *[render.si(c["capex_usd"], "USD") for c in cs]],
+        ["capital incl. facility (USD)", *[render.si(c["capex_usd"], "USD") for c in cs]],
         ["cost file (mode)", *[f"{c['cost']} ({c['mode']})" for c in cs]],
     ]
     c0 = cs[0]

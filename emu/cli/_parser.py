@@ -46,6 +46,17 @@ class CliError(ValueError):
     """Bad command-line input: printed as one line, exit status 2."""
 
 
+#: words other tools use for emu's flags
+_FLAG_ALIASES = {
+    "--gpus": "--chips", "--npus": "--chips", "--num-gpus": "--chips", "--n-gpus": "--chips",
+    "--num-chips": "--chips", "--devices": "--chips", "--world-size": "--chips",
+    "--batch-size": "--batch", "--micro-batch": "--microbatch", "--micro-batch-size":
+    "--microbatch", "--global-batch-size": "--global-batch", "--seq-length": "--seq-len",
+    "--sequence-length": "--seq-len", "--tensor-parallel": "--tp", "--pipeline-parallel": "--pp",
+    "--expert-parallel": "--ep", "--dtype": "--precision",
+}  # fmt: skip
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors, no abbreviated flags (`--system` is not `--systems`)
     and a flag that takes one value refused when given twice (the last would silently win:
@@ -56,7 +67,37 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):  # one line, exit 2, no usage dump
+        if message.startswith("unrecognized arguments:"):
+            flag = next((w for w in message.split()[2:] if w.startswith("--")), None)
+            hint = self._flag_hint(flag) if flag else ""
+            if hint:
+                message += f"; did you mean {hint}?" if " " not in hint else f"; {hint}"
         raise CliError(f"{message} (see `{self.prog} --help`)")
+
+    def _flag_hint(self, flag: str) -> str:
+        """A flag of this parser or its commands that `flag` likely means ("--gpus" for
+        "--chips", "--tpot_slo" for "--tpot-slo", a near spelling)."""
+        import difflib
+
+        known = set(self._option_string_actions)
+        owners: dict[str, list[str]] = {}
+        for action in self._actions:  # the commands' flags too
+            for cmd, sub in (getattr(action, "choices", None) or {}).items():
+                if isinstance(sub, argparse.ArgumentParser):
+                    known |= set(sub._option_string_actions)
+                    for f in sub._option_string_actions:
+                        owners.setdefault(f, []).append(cmd)
+        name = flag.split("=", 1)[0]
+        if name in owners:  # a flag of other commands, given to this one
+            cmds = " and ".join(f"emu {c}" for c in owners[name])
+            return f"{name} is a flag of {cmds}, not of this command"
+        alias = _FLAG_ALIASES.get(name.lower().replace("_", "-"))
+        if alias in known:
+            return alias
+        if name.replace("_", "-") in known:
+            return name.replace("_", "-")
+        near = difflib.get_close_matches(name, sorted(k for k in known if k.startswith("--")), 1)
+        return near[0] if near else ""
 
     def parse_known_args(self, args=None, namespace=None):
         twice = repeated_flag(self, sys.argv[1:] if args is None else list(args))

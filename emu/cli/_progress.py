@@ -13,6 +13,19 @@ import sys
 _state = {"quiet": False, "status": None}
 
 
+def stop_all() -> None:
+    """Stop every live display (the bar, the spinner) and give the terminal back its cursor:
+    an interrupted process exits without running the atexit hooks that would."""
+    status = _state["status"]
+    if status is not None:
+        with contextlib.suppress(Exception):
+            status.stop()
+        _state["status"] = None
+    for bar in list(_BARS):
+        with contextlib.suppress(Exception):
+            bar.stop()
+
+
 def configure(args) -> None:
     """Quiet for --json (called once per command by `emu.cli.main`)."""
     _state["quiet"] = bool(getattr(args, "json", False))
@@ -88,6 +101,7 @@ class _Bar:
             )
             self.live.start()
             atexit.register(self.stop)
+            _BARS.append(self)
             self.task = self.live.add_task(self.label, total=total, extra="")
         self.live.update(self.task, completed=done, total=total, extra=extra)
         if done >= total:
@@ -97,6 +111,12 @@ class _Bar:
         if self.live is not None:
             self.live.stop()
             self.live = None
+        if self in _BARS:
+            _BARS.remove(self)
+
+
+#: the bars shown now (`stop_all`)
+_BARS: list[_Bar] = []
 
 
 def fit_progress(label: str):

@@ -163,6 +163,14 @@ def band(iv: dict | None, unit: str) -> str:
     return f"{mark}[{si(iv['low'], unit)} - {si(iv['high'], unit)}]"
 
 
+def plain_band(iv: dict | None, fmt: str = ".3g") -> str:
+    """`band` without SI prefixes (tokens/J, USD: "[0.31 - 1.2]")."""
+    if not iv or iv.get("low") is None:
+        return "-"
+    mark = "~" if iv.get("extrapolation") else ""
+    return f"{mark}[{iv['low']:{fmt}} - {iv['high']:{fmt}}]"
+
+
 def interval_lines(results: list[dict], names: list[str] | None = None) -> list[str]:
     """One line per result naming the basis of its intervals (and the extrapolation);
     `names`: the results' labels (default: their systems)."""
@@ -220,6 +228,7 @@ def run_text(results: list[dict], names: list[str] | None = None) -> str:
         ["power (IT)", *[si(r["power_w"], "W") for r in results]],
         ["power (facility)", *[si(r["facility_power_w"], "W") for r in results]],
         ["tokens/J (IT)", *[f"{r['tokens_per_joule']:.3g}" for r in results]],
+        ["  80% interval", *[plain_band(iv.get("tokens_per_joule")) for iv in ivs]],
         ["MFU", *[f"{100 * r['mfu']:.1f}%" for r in results]],
         [
             "memory/rank" if any(_dies(r) > 1 for r in results) else "memory/chip",
@@ -573,3 +582,23 @@ def need_matplotlib(flag: str) -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise ValueError(f"{flag} needs matplotlib: pip install 'cluster-emu[plot]'") from None
+
+
+def ratios_text(ratios: list[dict], base: str) -> str:
+    """`emu compare`'s ratios to the first system, with their 80% bands ('' for none)."""
+    if not ratios:
+        return ""
+
+    def x(v):
+        return "-" if v is None else f"{v:.2f}x"
+
+    def cell(d):
+        return f"{x(d['value'])} [{x(d['low'])} - {x(d['high'])}]"
+
+    rows = [[f"{r['system']} / {base}", cell(r["tokens_per_s"]), cell(r["tokens_per_joule"])]
+            for r in ratios]  # fmt: skip
+    head = ["ratio", "tokens/s [80% band]", "tokens/J [80% band]"]
+    return (
+        "\n\n" + table(rows, head) + "\nbands: the two systems' 80% intervals at opposite "
+        "ends (conservative: their errors are not independent)"
+    )

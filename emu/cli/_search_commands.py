@@ -130,15 +130,14 @@ def _grid(args, system) -> dict:
             text = str(e) if "--grid" in str(e) else f"--grid {name}: {e}"
             raise CliError(text) from None
         grid[name] = [float(v) for v in parsed]
-    given = {item.partition("=")[0].strip() for item in args.set}
+    given = {item.partition("=")[0].strip() for item in getattr(args, "set", None) or ()}
     twice = sorted(given & set(grid))
     if twice:  # the grid replaced the --set value in silence
         raise CliError(f"--set {twice[0]} and --grid {twice[0]} both give it; drop one of them.")
-    domains = sorted(k for k in {*given, *grid} if k.endswith(".domain_chips"))
-    if "domain" in grid and domains:  # `domain` sets the scale-up domain's chips itself
-        raise CliError(
-            f"--grid domain and {domains[0]} both set the scale-up domain; drop one of them."
-        )
+    # `domain` sets the outermost scale-up tier's chips (`topology.reshape`)
+    up = f"tiers.{system.tiers[-2].name}.domain_chips" if len(system.tiers) > 1 else None
+    if "domain" in grid and up in {*given, *grid}:
+        raise CliError(f"--grid domain and {up} both set the scale-up domain; drop one of them.")
     if "n_chips" in grid:  # the system's size; the chips a plan uses are --chips
         raise CliError(
             f"--grid n_chips would not change the chips searched ({args.command} uses --chips); "

@@ -218,8 +218,6 @@ def _check_metric_name(row: dict) -> None:
     """ValueError for a metric that is another kind's (a train metric on a prefill row) or
     a misspelling of a modelled one: a row that says what it meant is an error to fix, not
     a metric emu has yet to model (skipped)."""
-    import difflib
-
     by_kind = {
         "train": set(METRICS_TRAIN),
         "prefill": set(METRICS_INFERENCE),
@@ -235,9 +233,27 @@ def _check_metric_name(row: dict) -> None:
             f"metric '{metric}' is a {' or '.join(other)} metric, but the row's kind is "
             f"'{kind}'; fix the kind or the metric (MEASUREMENTS.md)"
         )
-    near = difflib.get_close_matches(metric, sorted(set().union(*by_kind.values())), 1, 0.85)
+    # a near spelling with the same "per X" (per_card is not per_node; a p99 latency is not
+    # the mean): a metric emu does not model stays a skip, not an error with a wrong hint
+    tail = metric.rsplit("_per_", 1)[-1] if "_per_" in metric else None
+    near = [
+        m
+        for m in sorted(set().union(*by_kind.values()))
+        if _edits(metric, m) <= 2 and (m.rsplit("_per_", 1)[-1] if "_per_" in m else None) == tail
+    ]
     if near:
         raise ValueError(f"unknown metric '{metric}'; did you mean '{near[0]}'? (MEASUREMENTS.md)")
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance (a misspelling is a letter or two)."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
 
 
 def _run_item(row: dict, base: dict, system_of) -> Item:

@@ -573,6 +573,15 @@ def _did_you_mean(key: str, known) -> str:
     return f"; did you mean '{near[0]}'?" if near else "."
 
 
+def _could_be(field: str, value) -> bool:
+    """Whether `value` has the type the row field takes (MEASUREMENTS.md)."""
+    if field in ("model", "parallel"):
+        return value is None or isinstance(value, dict)
+    if field in ("n_chips", "value"):
+        return isinstance(value, int | float | str) and not isinstance(value, bool)
+    return value is None or isinstance(value, str)
+
+
 def _named_block(row: dict, block: str, keys, aliases) -> dict:
     table = row.get(block)
     if not isinstance(table, dict) or all(k in keys for k in table):
@@ -606,10 +615,14 @@ def with_field_names(row: dict) -> dict:
     starting with "_" are the reader's own."""
     import difflib
 
-    for key in row:
+    for key, value in row.items():
         if key.startswith("_") or key in ROW_KEYS:
             continue
         near = difflib.get_close_matches(key.lower(), ROW_KEYS, n=1, cutoff=0.8)
+        # metadata of its own ("confidence_note", "hardware_id", a collective's "mode":
+        # "out-of-place") is not the field: a prefix of it, or a value the field cannot be
+        if near and (key.lower().startswith(near[0] + "_") or not _could_be(near[0], value)):
+            continue
         if near and near[0] not in row:
             raise ValueError(
                 f"unknown field '{key}'; did you mean '{near[0]}'? (a row's fields: "
