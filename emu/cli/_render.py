@@ -93,7 +93,8 @@ def plan_text(p: dict) -> str:
     return (
         f"tp={p['tp']} pp={p['pp']} dp={p['dp']} cp={p['cp']}{moe} vpp={p['vpp']} "
         f"mb={p['microbatch']} gbs={p['global_batch']} seq={p['seq_len']} "
-        f"zero={p['zero']} recompute={rc} sp={p['sp']} {p['precision']}"
+        # sequence parallelism splits along the TP group: none without one
+        f"zero={p['zero']} recompute={rc} sp={bool(p['sp']) and p['tp'] > 1} {p['precision']}"
     )
 
 
@@ -163,6 +164,14 @@ def band(iv: dict | None, unit: str) -> str:
     return f"{mark}[{si(iv['low'], unit)} - {si(iv['high'], unit)}]"
 
 
+def _per_chip_band(r: dict, iv: dict | None) -> str:
+    """The tokens/s band per chip ("[568 - 2351]")."""
+    if not iv or iv.get("low") is None:
+        return "-"
+    n = max(r["n_chips"], 1e-9)
+    return plain_band({**iv, "low": iv["low"] / n, "high": iv["high"] / n}, ".0f")
+
+
 def plain_band(iv: dict | None, fmt: str = ".3g") -> str:
     """`band` without SI prefixes (tokens/J, USD: "[0.31 - 1.2]")."""
     if not iv or iv.get("low") is None:
@@ -225,6 +234,13 @@ def run_text(results: list[dict], names: list[str] | None = None) -> str:
         ["tokens/s", *[si(r["tokens_per_s"], "tok/s") for r in results]],
         ["  80% interval", *[band(iv.get("tokens_per_s"), "tok/s") for iv in ivs]],
         ["tokens/s per chip", *[f"{r['tokens_per_s'] / r['n_chips']:.0f}" for r in results]],
+        [
+            "  80% interval",
+            *[
+                _per_chip_band(r, iv.get("tokens_per_s"))
+                for r, iv in zip(results, ivs, strict=True)
+            ],
+        ],  # fmt: skip
         ["power (IT)", *[si(r["power_w"], "W") for r in results]],
         ["power (facility)", *[si(r["facility_power_w"], "W") for r in results]],
         ["tokens/J (IT)", *[f"{r['tokens_per_joule']:.3g}" for r in results]],
