@@ -905,3 +905,16 @@ def test_compare_gives_the_ratio_to_the_first_system_with_its_band(capsys):
     assert tpj["high"] == pytest.approx(ib["high"] / ia["low"])
     assert main(["compare"]) == 0
     assert "tokens/J [80% band]" in capsys.readouterr().out
+
+
+def test_capital_fields_under_an_all_in_price_are_said_to_price_nothing(capsys):
+    """`--set cost.chip_usd=1e6` with `--hourly-price` was noted as applied while the cost
+    per token did not move (red team, session 42)."""
+    args = ["run", "--region", "us_iowa", "--hourly-price", "2", "--json"]
+    assert main([*args, "--set", "cost.chip_usd=1e6"]) == 0
+    with_set = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert with_set["usd_per_mtoken"] == plain["usd_per_mtoken"]
+    assert any("cost.chip_usd: an all-in hourly price sets the cost per token" in n
+               for n in with_set["notes"])  # fmt: skip

@@ -194,13 +194,27 @@ _ENERGY_PRICES = ("electricity_usd_per_kwh", "subsidised_electricity_usd_per_kwh
 
 def notes(args, system, cost: C.Cost) -> list[str]:
     """A note when --cost names another system's file: its chip, host and fabric prices and
-    its chip origin (a region's subsidy) then price this system."""
-    if not getattr(args, "cost", None) or cost.name == system.name:
-        return []
-    return [
-        f"--cost {args.cost}: {system.name} is priced with the capital costs of '{cost.name}' "
-        f"(its chip, host and fabric prices; chip origin {cost.chip_origin or 'not given'})."
+    its chip origin (a region's subsidy) then price this system; and one when an all-in
+    hourly price makes the --set capital fields informational (they priced nothing)."""
+    out = []
+    if getattr(args, "cost", None) and cost.name != system.name:
+        out.append(
+            f"--cost {args.cost}: {system.name} is priced with the capital costs of "
+            f"'{cost.name}' (its chip, host and fabric prices; chip origin "
+            f"{cost.chip_origin or 'not given'})."
+        )
+    capital = [
+        item.partition("=")[0].strip()
+        for item in getattr(args, "set", None) or ()
+        if item.startswith("cost.") and "hourly" not in item and "utilisation" not in item
     ]
+    if capital and float(cost.hourly_usd_per_chip) > 0:
+        out.append(
+            f"{', '.join(capital)}: an all-in hourly price sets the cost per token, so the "
+            "capital fields only change the 'capital' line (drop --hourly-price to price "
+            "with them)."
+        )
+    return out
 
 
 def pricing(args, system) -> tuple[C.Cost, C.Region] | None:
