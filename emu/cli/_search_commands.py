@@ -242,7 +242,9 @@ def search_setup(args):
 def quick_search(args, system, model, chips: int, knobs: dict, slo_s) -> tuple:
     """`--plan best` of run/compare: a short gradient search over the knobs not given
     (exactly re-evaluated); (plan, a sentence saying what it was)."""
-    from emu.search import gradient_search, plan_of
+    import tempfile
+
+    from emu.search import Space, gradient_search, plan_of, sweep
 
     searchable = {k.name for k in plan_knobs(searchable=True)} - {"dp"}
     for k in KNOBS:  # a knob the search's Problem has no place for would be dropped silently
@@ -269,19 +271,31 @@ def quick_search(args, system, model, chips: int, knobs: dict, slo_s) -> tuple:
         tpot_slo=slo_s if phase == "decode" else SLO_DEFAULTS["tpot_slo"],
         ttft_slo=slo_s if phase == "prefill" else None, **given,
     )  # fmt: skip
+    size = Space(system, model, problem, {}).size
+    exhaustive = size <= EXHAUSTIVE_MAX  # as `emu search` chooses: every plan is quicker
     with render.working(f"--plan best: searching plans of {system.name} / {model.name}"):
-        res = gradient_search(system, model, problem, starts=4, steps=20, polish=2, top=1)
+        if exhaustive:
+            with tempfile.TemporaryDirectory(prefix="emu-plan-best-") as parts:
+                res = sweep(system, model, problem, parts, top=1, columns=["tokens_per_joule"])
+        else:
+            res = gradient_search(system, model, problem, starts=4, steps=20, polish=2, top=1)
     if res.best is None:
         raise CliError(
             f"--plan best found no feasible plan on {system.name} (none fits in memory and "
             "meets the SLO); add chips, relax the SLO or fix fewer knobs."
         )
     plan = plan_of(problem, res.best)
-    text = (
-        f"plan on {system.name}: the best of a quick gradient search for tokens/J "
-        f"({res.evaluations:,} evaluations of a space of {res.space_size:,}, "
-        f"{res.wall_s:.0f} s); `emu search` searches longer, `emu sweep` exhaustively"
-    )
+    if exhaustive:
+        text = (
+            f"plan on {system.name}: the best for tokens/J of every one of {size:,} plans "
+            f"(an exhaustive search, {res.wall_s:.1f} s)"
+        )
+    else:
+        text = (
+            f"plan on {system.name}: the best of a quick gradient search for tokens/J "
+            f"({res.evaluations:,} evaluations of a space of {res.space_size:,}, "
+            f"{res.wall_s:.0f} s); `emu search` searches longer, `emu sweep` exhaustively"
+        )
     return plan, text
 
 
