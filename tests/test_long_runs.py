@@ -128,3 +128,22 @@ def test_a_terminated_sweep_says_so_and_leaves_no_temporary_file(tmp_path, share
     assert p.returncode == 143, err
     assert err.strip().splitlines()[-1].startswith("emu: terminated: the finished chunks")
     assert not out.exists() and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_main_as_a_program_gives_back_sigterm_when_it_returns(tmp_path):
+    """The SIGTERM handler and its watchdog belong to main() only: a script that calls it
+    and then takes SIGTERM itself must not be ended by emu's watchdog (the review)."""
+    script = tmp_path / "s.py"
+    script.write_text(
+        "import os, signal, sys, time\n"
+        "import emu.cli\n"
+        "sys.argv = ['emu', 'list']\n"
+        "assert emu.cli.main() == 0\n"
+        "seen = []\n"
+        "signal.signal(signal.SIGTERM, lambda s, f: seen.append(s))\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(6)\n"
+        "print('alive', seen == [signal.SIGTERM])\n"
+    )
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip().endswith("alive True"), (p.stdout, p.stderr)

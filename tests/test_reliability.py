@@ -879,6 +879,9 @@ def test_compare_shows_a_system_that_misses_the_slo_beside_the_others(capsys):
         (["search", "--gpus", "64"], "unrecognized arguments: --gpus 64; did you mean --chips?"),
         (["run", "--tpot_slo", "1"], "did you mean --tpot-slo?"),
         (["run", "--objective", "x"], "--objective is a flag of emu search and emu sweep"),
+        (["--json", "list"], "--json is a flag of emu list: give it after the command"),
+        (["run", "--tpot", "0.05"], "did you mean --tpot-slo?"),
+        (["run", "--tensor-parallel-size", "8"], "did you mean --tp?"),
     ],
 )
 def test_an_unknown_flag_names_the_flag_meant(capsys, args, needle):
@@ -904,7 +907,8 @@ def test_compare_gives_the_ratio_to_the_first_system_with_its_band(capsys):
     assert tpj["low"] == pytest.approx(ib["low"] / ia["high"])
     assert tpj["high"] == pytest.approx(ib["high"] / ia["low"])
     assert main(["compare"]) == 0
-    assert "tokens/J [80% band]" in capsys.readouterr().out
+    text = capsys.readouterr().out  # CloudMatrix training extrapolates: so does the ratio
+    assert "tokens/J [band]" in text and "3.13x ~[" in text and tpj["extrapolation"]
 
 
 def test_capital_fields_under_an_all_in_price_are_said_to_price_nothing(capsys):
@@ -916,5 +920,31 @@ def test_capital_fields_under_an_all_in_price_are_said_to_price_nothing(capsys):
     assert main(args) == 0
     plain = json.loads(capsys.readouterr().out)
     assert with_set["usd_per_mtoken"] == plain["usd_per_mtoken"]
-    assert any("cost.chip_usd: an all-in hourly price sets the cost per token" in n
+    assert any("cost.chip_usd: the all-in hourly price (--hourly-price) sets" in n
                for n in with_set["notes"])  # fmt: skip
+
+
+def test_a_hint_names_only_a_visible_flag_of_the_command_given(capsys):
+    """The first hints came from every command's flags, hidden ones too: `run --throttle`
+    was told --throttle-s (a test flag), `run --seq` --set (the review)."""
+    for args in (["run", "--throttle", "1"], ["run", "--zzz", "1"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "did you mean" not in err and err.count("\n") == 1, err
+
+
+def test_a_ratio_with_an_infeasible_system_says_so(capsys):
+    args = ["compare", "--systems", "gb200_nvl72,dgx_h100,cloudmatrix384", "--json"]
+    assert main(args) == 0
+    ratios = json.loads(capsys.readouterr().out)["ratios"]
+    assert [r["system"] for r in ratios] == ["dgx_h100", "cloudmatrix384"]
+    assert ratios[0]["infeasible"] and ratios[0]["tokens_per_joule"]["value"] is None
+    assert not ratios[1]["infeasible"] and ratios[1]["tokens_per_joule"]["value"] > 0
+
+
+def test_run_with_a_region_gives_the_usd_band(capsys):
+    assert main(["run", "--region", "us_iowa", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    iv, tps = r["interval"]["usd_per_mtoken"], r["interval"]["tokens_per_s"]
+    assert iv["low"] < r["usd_per_mtoken"] < iv["high"]  # cost goes as 1 / throughput
+    assert iv["low"] == pytest.approx(r["usd_per_mtoken"] * r["tokens_per_s"] / tps["high"])

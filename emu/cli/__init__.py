@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     (a metric emu does not model) 1)."""
     own_process = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
-    old_term = _catch_sigterm() if own_process else None
+    release = _catch_sigterm() if own_process else None
     try:
         status = _main(argv, own_process)
     except KeyboardInterrupt as e:  # a command may say what was kept and how to resume
@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                     stream.flush()
             os._exit(status)
     finally:
-        if old_term is not None:  # not beyond main(): the interpreter's teardown is not ours
-            signal.signal(signal.SIGTERM, old_term)
+        if release is not None:  # not beyond main(): the interpreter's teardown is not ours
+            release()
     return status
 
 
@@ -170,7 +170,8 @@ TERM_GRACE_S = 5.0
 def _catch_sigterm():
     """SIGTERM as an interrupt (`_Terminated`), with a watchdog thread woken by the signal
     itself (`signal.set_wakeup_fd`) that ends the process after TERM_GRACE_S if it has not
-    unwound by then. Returns the previous handler."""
+    unwound by then. Returns `release()`, which puts back the handler and the wakeup fd
+    and ends the thread."""
     import threading
     import time
 
@@ -178,9 +179,16 @@ def _catch_sigterm():
     try:
         r, w = os.pipe()
         os.set_blocking(w, False)
-        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
     except (OSError, ValueError):  # not the main thread, or no pipe: the handler alone
-        return old
+        return lambda: signal.signal(signal.SIGTERM, old)
+
+    def release() -> None:
+        signal.signal(signal.SIGTERM, old)
+        with contextlib.suppress(OSError, ValueError):
+            signal.set_wakeup_fd(old_fd)
+        with contextlib.suppress(OSError):
+            os.close(w)  # the thread's read returns b"": it ends
 
     def watch():
         while True:
@@ -197,7 +205,7 @@ def _catch_sigterm():
                 os._exit(143)
 
     threading.Thread(target=watch, name="emu-sigterm", daemon=True).start()
-    return old
+    return release
 
 
 def _main(argv: list[str], own_process: bool) -> int:

@@ -6,6 +6,7 @@ emu.cli._render."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -231,9 +232,21 @@ def cmd_run(args) -> None:
         price = cost_flags.pricing(args, s.system)  # checked before the run
         r = evaluated(args, s)
     if price:
-        r |= analysis.cost_block(s.system, r, *price)
-        r["notes"] += cost_flags.notes(args, s.system, price[0])
+        _price(args, s, r, price)
     render.emit(args, r, render.run_text([r]) + cost_flags.text([r]))
+
+
+def _price(args, s, r: dict, price) -> None:
+    """`r` with its cost block under --region, and the 80% band of its USD per M tokens:
+    cost per token goes as 1 / throughput, power being modelled."""
+    r |= analysis.cost_block(s.system, r, *price)
+    r["notes"] += cost_flags.notes(args, s.system, price[0])
+    iv = (r.get("interval") or {}).get("tokens_per_s") or {}
+    usd, tps = r.get("usd_per_mtoken"), r["tokens_per_s"]
+    if usd and iv.get("low") and iv.get("high"):
+        r["interval"]["usd_per_mtoken"] = {
+            **iv, "low": usd * tps / iv["high"], "high": usd * tps / iv["low"]
+        }  # fmt: skip
 
 
 def cmd_compare(args) -> None:
@@ -278,35 +291,34 @@ def _ratios(results: list[dict], names: list[str]) -> list[dict]:
     out = []
     a = results[0]
     for b, name in zip(results[1:], names[1:], strict=True):
-        if not (a["feasible"] and b["feasible"]):
-            continue
         row = {"system": name, "to": names[0]}
+        if not (a["feasible"] and b["feasible"]):  # no tokens to compare: said, not dropped
+            none = {"value": None, "low": None, "high": None, "extrapolation": False}
+            out.append({**row, "infeasible": True, "tokens_per_s": none,
+                        "tokens_per_joule": none})  # fmt: skip
+            continue
         for key in ("tokens_per_s", "tokens_per_joule"):
             ia, ib = (r.get("interval", {}).get(key) or {} for r in (a, b))
             value = b[key] / a[key] if a[key] else None
             ends = (ia.get("low"), ia.get("high"), ib.get("low"), ib.get("high"))
-            low = ends[2] / ends[1] if None not in ends and ends[1] else None
-            high = ends[3] / ends[0] if None not in ends and ends[0] else None
-            row[key] = {"value": value, "low": low, "high": high}
-        out.append(row)
+            ok = None not in ends and all(math.isfinite(e) and e > 0 for e in ends)
+            row[key] = {
+                "value": value,
+                "low": ends[2] / ends[1] if ok else None,
+                "high": ends[3] / ends[0] if ok else None,
+                "extrapolation": bool(ia.get("extrapolation") or ib.get("extrapolation")),
+            }
+        out.append({**row, "infeasible": False})
     return out
 
 
 def _priced_run(args, name: str) -> dict:
-    """`evaluated` on one system, with its cost block under --region (and the 80% band of
-    its USD per M tokens: cost per token goes as 1 / throughput, power being modelled)."""
+    """`evaluated` on one system, with its cost block under --region (`_price`)."""
     s = setup(args, name)
     price = cost_flags.pricing(args, s.system)
     r = evaluated(args, s)
     if price:
-        r |= analysis.cost_block(s.system, r, *price)
-        r["notes"] += cost_flags.notes(args, s.system, price[0])
-        iv = (r.get("interval") or {}).get("tokens_per_s") or {}
-        usd, tps = r.get("usd_per_mtoken"), r["tokens_per_s"]
-        if usd and iv.get("low") and iv.get("high"):
-            r["interval"]["usd_per_mtoken"] = {
-                **iv, "low": usd * tps / iv["high"], "high": usd * tps / iv["low"]
-            }  # fmt: skip
+        _price(args, s, r, price)
     return r
 
 

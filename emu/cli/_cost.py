@@ -209,10 +209,18 @@ def notes(args, system, cost: C.Cost) -> list[str]:
         if item.startswith("cost.") and "hourly" not in item and "utilisation" not in item
     ]
     if capital and float(cost.hourly_usd_per_chip) > 0:
+        if getattr(args, "hourly_price", None) is not None:
+            by = "--hourly-price"
+        elif getattr(args, "reference_hourly", False):
+            by = "--reference-hourly"
+        elif any(i.startswith("cost.hourly_usd_per_chip") for i in getattr(args, "set", ())):
+            by = "--set cost.hourly_usd_per_chip"
+        else:
+            by = "the cost's hourly_usd_per_chip"
         out.append(
-            f"{', '.join(capital)}: an all-in hourly price sets the cost per token, so the "
-            "capital fields only change the 'capital' line (drop --hourly-price to price "
-            "with them)."
+            f"{', '.join(capital)}: the all-in hourly price ({by}) sets the cost per token, "
+            "so the capital fields change only the 'capital incl. facility (USD)' line; "
+            f"without {by} they price it."
         )
     return out
 

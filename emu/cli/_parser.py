@@ -53,7 +53,9 @@ _FLAG_ALIASES = {
     "--batch-size": "--batch", "--micro-batch": "--microbatch", "--micro-batch-size":
     "--microbatch", "--global-batch-size": "--global-batch", "--seq-length": "--seq-len",
     "--sequence-length": "--seq-len", "--tensor-parallel": "--tp", "--pipeline-parallel": "--pp",
-    "--expert-parallel": "--ep", "--dtype": "--precision",
+    "--expert-parallel": "--ep", "--dtype": "--precision", "--tp-size": "--tp",
+    "--tensor-parallel-size": "--tp", "--pipeline-parallel-size": "--pp",
+    "--expert-parallel-size": "--ep",
 }  # fmt: skip
 
 
@@ -75,32 +77,50 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{message} (see `{self.prog} --help`)")
 
     def _flag_hint(self, flag: str) -> str:
-        """A flag of this parser or its commands that `flag` likely means ("--gpus" for
-        "--chips", "--tpot_slo" for "--tpot-slo", a near spelling)."""
+        """What an unrecognised `flag` likely meant, among the visible flags of the command
+        given ("--gpus" for "--chips", "--tpot_slo" for "--tpot-slo", a near spelling), or
+        that it belongs after the command or to other commands; "" when nothing is close."""
         import difflib
 
-        known = set(self._option_string_actions)
-        owners: dict[str, list[str]] = {}
-        for action in self._actions:  # the commands' flags too
-            for cmd, sub in (getattr(action, "choices", None) or {}).items():
-                if isinstance(sub, argparse.ArgumentParser):
-                    known |= set(sub._option_string_actions)
-                    for f in sub._option_string_actions:
-                        owners.setdefault(f, []).append(cmd)
+        subs = {
+            cmd: sub
+            for action in self._actions
+            for cmd, sub in (getattr(action, "choices", None) or {}).items()
+            if isinstance(sub, argparse.ArgumentParser)
+        }
+        argv = getattr(self, "_argv", [])
+        cmd = next((w for w in argv if w in subs), None)
         name = flag.split("=", 1)[0]
-        if name in owners:  # a flag of other commands, given to this one
-            cmds = " and ".join(f"emu {c}" for c in owners[name])
-            return f"{name} is a flag of {cmds}, not of this command"
-        alias = _FLAG_ALIASES.get(name.lower().replace("_", "-"))
-        if alias in known:
-            return alias
-        if name.replace("_", "-") in known:
-            return name.replace("_", "-")
-        near = difflib.get_close_matches(name, sorted(k for k in known if k.startswith("--")), 1)
+
+        def visible(parser):
+            return {
+                f
+                for a in parser._actions
+                if a.help is not argparse.SUPPRESS
+                for f in a.option_strings
+                if f.startswith("--")
+            }
+
+        own = visible(subs[cmd]) if cmd else visible(self)
+        if cmd and name in own:  # given before the command: "--json list"
+            return f"{name} is a flag of emu {cmd}: give it after the command"
+        owners = [c for c, sub in subs.items() if name in visible(sub)]
+        if owners:  # a flag of other commands
+            cmds = " and ".join(f"emu {c}" for c in owners)
+            return f"{name} is a flag of {cmds}, not of {'emu ' + cmd if cmd else 'emu'}"
+        spelled = name.lower().replace("_", "-")
+        for guess in (_FLAG_ALIASES.get(spelled), spelled):
+            if guess in own:
+                return guess
+        longer = sorted(f for f in own if f.startswith(spelled) and len(spelled) >= 5)
+        if len(longer) == 1:  # "--tpot" for "--tpot-slo"
+            return longer[0]
+        near = difflib.get_close_matches(spelled, sorted(own), 1, cutoff=0.75)
         return near[0] if near else ""
 
     def parse_known_args(self, args=None, namespace=None):
-        twice = repeated_flag(self, sys.argv[1:] if args is None else list(args))
+        self._argv = sys.argv[1:] if args is None else list(args)  # for `_flag_hint`
+        twice = repeated_flag(self, self._argv)
         if twice:
             raise CliError(twice)
         return super().parse_known_args(args, namespace)

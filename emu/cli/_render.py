@@ -608,13 +608,21 @@ def ratios_text(ratios: list[dict], base: str) -> str:
     def x(v):
         return "-" if v is None else f"{v:.2f}x"
 
-    def cell(d):
-        return f"{x(d['value'])} [{x(d['low'])} - {x(d['high'])}]"
+    def cell(d, infeasible):
+        if infeasible:
+            return "- (infeasible)"
+        if d["low"] is None:
+            return x(d["value"])
+        mark = "~" if d.get("extrapolation") else ""
+        return f"{x(d['value'])} {mark}[{x(d['low'])} - {x(d['high'])}]"
 
-    rows = [[f"{r['system']} / {base}", cell(r["tokens_per_s"]), cell(r["tokens_per_joule"])]
-            for r in ratios]  # fmt: skip
-    head = ["ratio", "tokens/s [80% band]", "tokens/J [80% band]"]
+    rows = [
+        [f"{r['system']} / {base}", *(cell(r[k], r.get("infeasible"))
+                                      for k in ("tokens_per_s", "tokens_per_joule"))]
+        for r in ratios
+    ]  # fmt: skip
+    head = ["ratio", "tokens/s [band]", "tokens/J [band]"]
     return (
         "\n\n" + table(rows, head) + "\nbands: the two systems' 80% intervals at opposite "
-        "ends (conservative: their errors are not independent)"
+        "ends (a conservative band of the ratio); ~: an extrapolation"
     )
