@@ -453,3 +453,14 @@ def test_serving_text_prints_whole_numbers_and_no_loss(capsys):
     code, out, _ = run_cli(capsys, *args, "--context", "1000000", "--kv-precision", "fp8")
     assert code == 0 and "context=1000000" in out and "e+06" not in out
     assert "output head " in out and "(+ loss)" not in out
+
+
+def test_sensitivity_says_the_plan_it_differentiated_at(capsys):
+    """The text gave the elasticities but not the plan they are of (only the JSON had the
+    system and model); an elasticity that rounds to zero read "-0.0000" (session 42's
+    newcomer)."""
+    code, out, _ = run_cli(capsys, "sensitivity")
+    assert code == 0 and out.splitlines()[1].startswith("plan: tp=")
+    assert "-0.0000" not in out
+    d = run_json(capsys, "sensitivity")
+    assert d["plan"]["tp"] >= 1

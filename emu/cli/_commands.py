@@ -335,6 +335,7 @@ def cmd_sensitivity(args) -> None:
         # --region, cost_sensitivity compiled none, so this compiles one)
         r = evaluated(args, s)
     d = {k: r[k] for k in ("feasible", "infeasible_reasons", "warnings")} | d
+    d["plan"] = r["plan"]  # the plan the gradient was taken at
     d["notes"] = (
         s.notes + set_note(args) + (cost_flags.notes(args, s.system, price[0]) if price else [])
     )

@@ -296,16 +296,17 @@ def sensitivity_text(d: dict, top: int) -> str:
         [
             k,
             f"{v['value']:.4g}",
-            f"{v['usd_per_mtoken']:+.4f}",
-            f"{v['tokens_per_joule']:+.4f}",
-            f"{v['tokens_per_s']:+.4f}",
+            render.elasticity(v["usd_per_mtoken"]),
+            render.elasticity(v["tokens_per_joule"]),
+            render.elasticity(v["tokens_per_s"]),
         ]
         for k, v in list(d["elasticities"].items())[:top]
     ]
+    plan = f"plan: {render.plan_text(d['plan'])}\n" if d.get("plan") else ""
     return (
         f"{d['system']} / {d['model']} in {d['region']}: {_usd(d['usd_per_mtoken'])} USD per M "
         f"tokens, tokens/J {d['tokens_per_joule']:.4g}, tokens/s {d['tokens_per_s']:.4g}\n"
-        "elasticity d ln(y) / d ln(x), largest |USD per M tokens| first\n"
+        f"{plan}elasticity d ln(y) / d ln(x), largest |USD per M tokens| first\n"
         + render.table(rows, ["field", "value", "USD/Mtok", "tokens/J", "tokens/s"])
     )
 

@@ -400,15 +400,21 @@ def describe_text(d: dict) -> str:
     return f"{d['system']}\n" + table(rows, ["quantity", "value"]) + notes
 
 
+def elasticity(v: float) -> str:
+    """An elasticity to 4 decimals, 0 where it rounds to zero (not "-0.0000")."""
+    return "0" if abs(v) < 5e-5 else f"{v:+.4f}"
+
+
 def sensitivity_text(d: dict, top: int) -> str:
     rows = [
-        [k, f"{v['value']:.4g}", f"{v['tokens_per_joule']:+.4f}", f"{v['tokens_per_s']:+.4f}"]
+        [k, f"{v['value']:.4g}", elasticity(v["tokens_per_joule"]), elasticity(v["tokens_per_s"])]
         for k, v in list(d["elasticities"].items())[:top]
     ]
+    plan = f"plan: {plan_text(d['plan'])}\n" if d.get("plan") else ""
     return (
         f"{d['system']} / {d['model']}: tokens/J {d['tokens_per_joule']:.4g}, "
-        f"tokens/s {d['tokens_per_s']:.4g}\nelasticity d ln(y) / d ln(x), "
-        f"largest |tokens/J| first\n"
+        f"tokens/s {d['tokens_per_s']:.4g}\n{plan}elasticity d ln(y) / d ln(x) (value in "
+        "the field's SI unit: `emu list --fields`), largest |tokens/J| first\n"
         + table(rows, ["field", "value", "tokens/J", "tokens/s"])
         + "".join(f"\nnote: {n}" for n in d.get("notes", []))
     )
