@@ -514,18 +514,7 @@ def with_moe_keys(row: dict) -> dict:
     moe = (row.get("model") or {}).get("moe") if isinstance(row.get("model"), dict) else None
     if not isinstance(moe, dict) or all(k in MOE_KEYS for k in moe):
         return row
-    out = {}
-    for key, value in moe.items():
-        low = str(key).lower()
-        field = low if low in MOE_KEYS else _MOE_ALIASES.get(low)
-        if field is None:
-            raise ValueError(
-                f"model.moe has an unknown field '{key}'; its fields are {', '.join(MOE_KEYS)} "
-                "(MEASUREMENTS.md)"
-            )
-        if field in out:
-            raise ValueError(f"model.moe gives {field} twice (as '{key}' too); keep one")
-        out[field] = value
+    out = _named_table(moe, "model.moe", MOE_KEYS, _MOE_ALIASES)
     return {**row, "model": {**row["model"], "moe": out}}
 
 
@@ -586,6 +575,13 @@ def _named_block(row: dict, block: str, keys, aliases) -> dict:
     table = row.get(block)
     if not isinstance(table, dict) or all(k in keys for k in table):
         return row
+    return {**row, block: _named_table(table, block, keys, aliases)}
+
+
+def _named_table(table: dict, block: str, keys, aliases) -> dict:
+    """`table` with its fields under their own names (`aliases` read as the field they
+    name); ValueError for a key neither names or a field given twice with two values (a
+    null one is one not stated)."""
     out = {}
     for key, value in table.items():
         low = str(key).lower()
@@ -604,7 +600,7 @@ def _named_block(row: dict, block: str, keys, aliases) -> dict:
             continue
         if field not in out or out[field] is None:  # a null field is one not stated
             out[field] = value
-    return {**row, block: out}
+    return out
 
 
 def with_field_names(row: dict) -> dict:
