@@ -241,12 +241,6 @@ def _usd(x) -> str:
     return "-" if x is None else f"{x:.4g}"
 
 
-def _usd_band(iv: dict | None) -> str:
-    if not iv or iv.get("low") is None:
-        return "-"
-    return f"{'~' if iv.get('extrapolation') else ''}[{_usd(iv['low'])} - {_usd(iv['high'])}]"
-
-
 def text(results: list[dict], names: list[str] | None = None) -> str:
     """The cost table of priced results (one column each): USD per M tokens with its
     capital/energy split, USD per hour by part, energy share; '' when none is priced."""
@@ -260,7 +254,10 @@ def text(results: list[dict], names: list[str] | None = None) -> str:
         ["USD per M tokens", *[_usd(r["usd_per_mtoken"]) for r in priced]],
         [
             "  80% interval",
-            *[_usd_band((r.get("interval") or {}).get("usd_per_mtoken")) for r in priced],
+            *[
+                render.plain_band((r.get("interval") or {}).get("usd_per_mtoken"), ".4g")
+                for r in priced
+            ],
         ],  # fmt: skip
         ["  capital (hardware + facility)", *[_usd(c["capital_usd_per_mtoken"]) for c in cs]],
         ["  energy", *[_usd(c["energy_usd_per_mtoken"]) for c in cs]],

@@ -606,9 +606,9 @@ def _named_table(table: dict, block: str, keys, aliases) -> dict:
 def with_field_names(row: dict) -> dict:
     """`row` with its `parallel` and `model` fields under their own names (Megatron's and
     Hugging Face's names read as the field they name); ValueError for a field of those
-    blocks neither names, a field given twice, or a top-level key that is a misspelling of
-    a field the row lacks ("paralel", "globalbatch" inside parallel is refused above). Keys
-    starting with "_" are the reader's own."""
+    blocks neither names ("globalbatch"), a field given twice with two values, or a
+    top-level key that is a misspelling of a field the row lacks ("paralel"). Keys starting
+    with "_" are the reader's own."""
     import difflib
 
     for key, value in row.items():
