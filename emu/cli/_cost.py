@@ -189,6 +189,11 @@ def _load_cost(args, system_name: str) -> C.Cost:
 
 #: fields an all-in hourly price makes idle (the capital parts still give `capex_usd`)
 _BUILD_UP_ONLY = ("utilisation", "hardware_life_years", "facility_life_years")
+#: cost fields that under an all-in price move only the capital shown, not the cost (noted)
+_CAPEX_ONLY = (
+    "chip_usd", "host_usd_per_chip", "scale_up_usd_per_chip", "scale_out_usd_per_chip",
+    "optics_usd_per_chip", "facility_usd_per_w",
+)  # fmt: skip
 _ENERGY_PRICES = ("electricity_usd_per_kwh", "subsidised_electricity_usd_per_kwh")
 
 
@@ -203,11 +208,9 @@ def notes(args, system, cost: C.Cost) -> list[str]:
             f"'{cost.name}' (its chip, host and fabric prices; chip origin "
             f"{cost.chip_origin or 'not given'})."
         )
-    capital = [
-        item.partition("=")[0].strip()
-        for item in getattr(args, "set", None) or ()
-        if item.startswith("cost.") and "hourly" not in item and "utilisation" not in item
-    ]
+    # the part prices an all-in price leaves to the capex line (`_BUILD_UP_ONLY`: refused)
+    given = (item.partition("=")[0].strip() for item in getattr(args, "set", None) or ())
+    capital = [p for p in given if p.removeprefix("cost.") in _CAPEX_ONLY]
     if capital and float(cost.hourly_usd_per_chip) > 0:
         if getattr(args, "hourly_price", None) is not None:
             by = "--hourly-price"
